@@ -1,0 +1,92 @@
+"""The typer application, its global options and the entry point.
+
+Global options (``--config``, ``--data-dir``) are kept on the typer context object so every
+command loads the same validated settings through :func:`settings_from`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from meldingstjener import __version__
+
+if TYPE_CHECKING:
+    from meldingstjener.config import Settings
+
+app = typer.Typer(
+    name="meldingstjener",
+    help="Message server (MSH) for electronic messaging in Norwegian health care.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class GlobalOptions:
+    config_file: Path | None = None
+    data_dir: Path | None = None
+    _settings: Settings | None = None
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"meldingstjener {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="MELDINGSTJENER_CONFIG",
+            help="TOML configuration file (see config.example.toml); "
+            "not needed for the embedded default.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Data directory for the SQLite store, payloads and development keys "
+            "(default: MELDINGSTJENER_DATA_DIR or ./meldingstjener-data).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    ctx.obj = GlobalOptions(config_file=config, data_dir=data_dir)
+
+
+def settings_from(ctx: typer.Context, **overrides: object) -> Settings:
+    """Load and validate the settings once per invocation; exits with code 2 on a config error."""
+    from meldingstjener.config import ConfigError, load_settings
+
+    root = ctx.find_root()
+    options = root.obj if isinstance(root.obj, GlobalOptions) else GlobalOptions()
+    if options._settings is not None and not overrides:
+        return options._settings
+    try:
+        settings = load_settings(options.config_file, data_dir=options.data_dir, **overrides)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    if not overrides:
+        options._settings = settings
+    return settings
+
+
+def main() -> None:
+    app()

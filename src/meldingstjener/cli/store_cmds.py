@@ -1,0 +1,254 @@
+"""Store commands: ``db upgrade``, ``log`` (the message log) and ``show`` (one timeline)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meldingstjener.cli.app import app, settings_from
+from meldingstjener.model.status import ALL_STATUSES
+from meldingstjener.store.tables import EventRow, MessageRow
+from meldingstjener.store.uow import LogFilter
+
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.store.migrate import current_revision
+
+    settings = settings_from(ctx)
+    store = open_store(settings, migrate=True)
+    revision = current_revision(store.database)
+    typer.echo(f"database {store.database.engine.url.render_as_string()} at revision {revision}")
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r} is not a date or time (use e.g. 2026-11-23 or 2026-11-23T08:00)",
+                param_hint="--since",
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def wide_console() -> Console:
+    """A console that does not squeeze tables to 80 columns when output goes to a file or pipe."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def message_summary(message: MessageRow | None) -> dict[str, Any]:
+    """What the log shows of a message: ids, addressing, type and status; never patient data."""
+    if message is None:
+        return {}
+    return {
+        "message_id": message.id,
+        "direction": message.direction,
+        "status": message.status,
+        "channel": message.channel,
+        "msg_type": message.msg_type,
+        "msg_type_version": message.msg_type_version,
+        "msg_id": message.msg_id,
+        "ebxml_message_id": message.ebxml_message_id,
+        "conversation_id": message.ebxml_conversation_id,
+        "cpa_id": message.cpa_id,
+        "from_her_id": message.from_her_id,
+        "to_her_id": message.to_her_id,
+        "sender": {
+            "organisation": message.sender_org_her_id,
+            "service": message.sender_service_her_id,
+            "person": message.sender_person_her_id,
+        },
+        "receiver": {
+            "organisation": message.receiver_org_her_id,
+            "service": message.receiver_service_her_id,
+            "person": message.receiver_person_her_id,
+        },
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def event_dict(event: EventRow) -> dict[str, Any]:
+    return {
+        "event_id": event.id,
+        "at": event.at.isoformat(),
+        "kind": event.kind,
+        "from_status": event.from_status,
+        "to_status": event.to_status,
+        "actor": event.actor,
+        "code": event.code,
+        "detail": event.detail,
+        "ebxml_message_id": event.ebxml_message_id,
+    }
+
+
+@app.command("log")
+def log_command(
+    ctx: typer.Context,
+    her_id: Annotated[
+        str | None, typer.Option("--her-id", help="Only messages to or from this HER-id.")
+    ] = None,
+    msg_type: Annotated[
+        str | None, typer.Option("--type", help="Only this message type, e.g. DIALOG_NOTAT.")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only messages now in this status.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only events from this date/time (ISO 8601).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many events.")] = 1000,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event (JSON lines).")
+    ] = False,
+) -> None:
+    """The message log: every status change and signal, oldest first."""
+    from meldingstjener.bootstrap import open_store
+
+    if status is not None and status not in ALL_STATUSES:
+        raise typer.BadParameter(
+            f"unknown status {status!r}; known: {', '.join(sorted(ALL_STATUSES))}",
+            param_hint="--status",
+        )
+    store = open_store(settings_from(ctx))
+    log_filter = LogFilter(
+        her_id=her_id, msg_type=msg_type, status=status, since=_parse_since(since), limit=limit
+    )
+    with store.unit_of_work() as uow:
+        rows = uow.messages.log(log_filter)
+    if as_json:
+        for event, message in rows:
+            typer.echo(json.dumps({**event_dict(event), **message_summary(message)}))
+        return
+    table = Table("time (UTC)", "message", "dir", "type", "from", "to", "event", "detail")
+    for event, message in rows:
+        change = (
+            f"{event.from_status or '·'} → {event.to_status}" if event.to_status else event.kind
+        )
+        table.add_row(
+            event.at.strftime("%Y-%m-%d %H:%M:%S"),
+            (message.id[:8] if message else "-"),
+            message.direction if message else "",
+            (message.msg_type or "") if message else "",
+            (message.from_her_id or "") if message else "",
+            (message.to_her_id or "") if message else "",
+            change,
+            " ".join(part for part in (event.code, event.detail) if part),
+        )
+    wide_console().print(table)
+    if not rows:
+        typer.echo("no events match")
+
+
+@app.command("show")
+def show_command(
+    ctx: typer.Context,
+    message_id: Annotated[
+        str, typer.Argument(help="Our message id, its ebXML MessageId or its MsgHead MsgId.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+) -> None:
+    """One message's timeline: its identities, addressing, status and every event."""
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    with store.unit_of_work() as uow:
+        message = find_message(uow, message_id)
+        if message is None:
+            typer.echo(f"no message with id {message_id!r}", err=True)
+            raise typer.Exit(1)
+        events = uow.events.for_message(message.id)
+        receipts = uow.receipts.for_message(message.id)
+    if as_json:
+        document = message_summary(message)
+        document["last_error"] = {"code": message.last_error_code, "text": message.last_error_text}
+        document["attempts"] = message.attempts
+        document["events"] = [event_dict(event) for event in events]
+        document["receipts"] = [
+            {
+                "kind": receipt.kind,
+                "direction": receipt.direction,
+                "at": receipt.at.isoformat(),
+                "ebxml_message_id": receipt.ebxml_message_id,
+                "apprec_status": receipt.apprec_status,
+                "error_codes": receipt.error_codes,
+                "description": receipt.description,
+            }
+            for receipt in receipts
+        ]
+        typer.echo(json.dumps(document, indent=2))
+        return
+    console = wide_console()
+    summary = message_summary(message)
+    for key in (
+        "message_id",
+        "direction",
+        "status",
+        "msg_type",
+        "msg_type_version",
+        "msg_id",
+        "ebxml_message_id",
+        "conversation_id",
+        "cpa_id",
+        "from_her_id",
+        "to_her_id",
+    ):
+        console.print(f"[bold]{key:>18}[/bold]  {summary[key] or ''}")
+    for side in ("sender", "receiver"):
+        levels = summary[side]
+        console.print(
+            f"[bold]{side:>18}[/bold]  org {levels['organisation'] or '-'} / "
+            f"service {levels['service'] or '-'} / person {levels['person'] or '-'}"
+        )
+    if message.last_error_code:
+        console.print(
+            f"[bold]{'last error':>18}[/bold]  "
+            f"{message.last_error_code} {message.last_error_text or ''}"
+        )
+    table = Table("time (UTC)", "event", "actor", "code", "detail")
+    for event in events:
+        change = (
+            f"{event.from_status or '·'} → {event.to_status}" if event.to_status else event.kind
+        )
+        table.add_row(
+            event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            change,
+            event.actor,
+            event.code or "",
+            event.detail or "",
+        )
+    console.print(table)
+
+
+def find_message(uow: Any, identifier: str) -> MessageRow | None:
+    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId."""
+    from meldingstjener.model import Direction
+
+    message: MessageRow | None = uow.messages.get(identifier)
+    if message is not None:
+        return message
+    for direction in (Direction.OUTBOUND, Direction.INBOUND):
+        message = uow.messages.by_ebxml_id(direction, identifier)
+        if message is not None:
+            return message
+    for direction in (Direction.OUTBOUND, Direction.INBOUND):
+        matches = uow.messages.by_msg_id(direction, identifier)
+        if matches:
+            return matches[0]
+    return None

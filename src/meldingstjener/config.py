@@ -1,0 +1,232 @@
+"""Configuration: one TOML file, environment overrides, validated once at start.
+
+Precedence, highest first: command-line options, environment variables, the TOML file, defaults.
+Environment variables are ``MELDINGSTJENER_<KEY>`` for top-level keys and
+``MELDINGSTJENER_<SECTION>__<KEY>`` for keys in a section (for example
+``MELDINGSTJENER_DATABASE__URL`` or ``MELDINGSTJENER_SERVER__PORT``).
+
+The embedded default needs no file at all: SQLite, payloads and development keys live under the data
+directory (``--data-dir``, ``MELDINGSTJENER_DATA_DIR``, default ``./meldingstjener-data``) and HTTP
+listens on 127.0.0.1:8080. Every key is explained in ``config.example.toml``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from meldingstjener.model import HerId, InvalidHerId
+
+Environment = Literal["test", "qa", "prod"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names each key and what is wrong with it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _her_id(value: object) -> str:
+    try:
+        return str(HerId(value))  # type: ignore[arg-type]
+    except InvalidHerId as exc:
+        raise ValueError(str(exc)) from None
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = None
+    max_request_bytes: int = Field(default=52_000_000, gt=0)
+
+
+class OwnService(_Section):
+    her_id: str
+    name: str = ""
+
+    _check_her = field_validator("her_id", mode="before")(_her_id)
+
+
+class IdentitySettings(_Section):
+    organisation_her_id: str | None = None
+    name: str = "meldingstjener development organisation"
+    organisation_number: str | None = Field(default=None, pattern=r"^\d{9}$")
+    services: list[OwnService] = Field(default_factory=list)
+
+    @field_validator("organisation_her_id", mode="before")
+    @classmethod
+    def _check_org(cls, value: object) -> object:
+        return None if value is None else _her_id(value)
+
+    @property
+    def her_ids(self) -> list[str]:
+        """Every own HER-id: the organisation first, then its services."""
+        own = [self.organisation_her_id] if self.organisation_her_id else []
+        return own + [service.her_id for service in self.services]
+
+
+class DatabaseSettings(_Section):
+    url: str | None = None
+    echo: bool = False
+    pool_size: int = Field(default=10, ge=1)
+
+
+class KeySettings(_Section):
+    signing_pkcs12: Path | None = None
+    signing_key: Path | None = None
+    signing_cert: Path | None = None
+    encryption_pkcs12: Path | None = None
+    encryption_key: Path | None = None
+    encryption_cert: Path | None = None
+    previous_encryption_pkcs12: Path | None = None
+    previous_encryption_key: Path | None = None
+    previous_encryption_cert: Path | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+
+class SecuritySettings(_Section):
+    trust_anchors: list[Path] = Field(default_factory=list)
+    revocation_policy: Literal["soft", "hard"] = "soft"
+    revocation_timeout_seconds: float = Field(default=5.0, gt=0)
+    revocation_cache_seconds: int = Field(default=3600, ge=0)
+    allow_sha1: bool = True
+    allow_3des: bool = True
+    compress_payloads: bool = False
+
+
+class FormatsSettings(_Section):
+    schema_dir: Path | None = None
+    max_xml_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+
+class WorkerSettings(_Section):
+    count: int = Field(default=1, ge=1, le=64)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    claim_batch: int = Field(default=20, ge=1)
+    lease_seconds: int = Field(default=120, ge=5)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = False
+
+
+class Settings(BaseSettings):
+    """All settings. Construct through :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MELDINGSTJENER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("meldingstjener-data")
+    environment: Environment = "test"
+    server: ServerSettings = ServerSettings()
+    identity: IdentitySettings = IdentitySettings()
+    database: DatabaseSettings = DatabaseSettings()
+    keys: KeySettings = KeySettings()
+    security: SecuritySettings = SecuritySettings()
+    formats: FormatsSettings = FormatsSettings()
+    workers: WorkerSettings = WorkerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        if self.workers.count > 1 and self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "workers.count > 1 needs PostgreSQL (database.url); SQLite runs one worker"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'meldingstjener.db').resolve()}"
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.data_dir / "payloads"
+
+    @property
+    def dev_pki_dir(self) -> Path:
+        return self.data_dir / "dev-pki"
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        problem = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problem = "unknown key (see config.example.toml for the keys that exist)"
+        given = error.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        lines.append(f"  {key}: {problem}{shown}")
+    return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (optional), apply environment and explicit overrides, validate.
+
+    ``overrides`` are command-line options; ``None`` values are ignored. ``server_port`` is
+    accepted as a shortcut for ``server={"port": ...}``.
+    """
+    file_values = _read_toml(config_file) if config_file is not None else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if "server_port" in given:
+        given.setdefault("server", {})["port"] = given.pop("server_port")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
+
+    source = f"file {config_file}" if config_file else "defaults and environment"
+    try:
+        loaded = _FromFile(**given)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    return Settings.model_validate(loaded.model_dump())
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Values read from the TOML file, lowest precedence above defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)

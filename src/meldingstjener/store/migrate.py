@@ -1,0 +1,47 @@
+"""Schema migrations with Alembic, run from code (``meldingstjener db upgrade``) or at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from meldingstjener.store.database import Database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_KEY = 0x6D656C64  # any constant; "meld"
+
+
+def alembic_config(database: Database) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database.url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    """Bring the schema up to ``revision``; safe to run on every start (no-op when current)."""
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        if database.is_postgresql:
+            # Several workers may start at once; one migrates, the others wait and find it done.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(database: Database) -> str | None:
+    with database.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def is_current(database: Database) -> bool:
+    return current_revision(database) == head_revision()

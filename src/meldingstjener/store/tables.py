@@ -1,0 +1,270 @@
+"""The tables, as SQLAlchemy 2 typed ORM classes. Migrations in ``migrations/`` create them.
+
+Patient data never goes into these columns: a message row holds ids, HER-ids, types and a reference
+to the payload file; event and alert texts are written by our code, not copied from payloads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from meldingstjener.store.types import UtcDateTime, utcnow
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT primary keys autoincrement on PostgreSQL; SQLite only autoincrements INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class MessageRow(Base):
+    """One message, inbound or outbound: identities, addressing, payload reference, status."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("direction", "ebxml_message_id", name="uq_messages_direction_ebxml_id"),
+        Index("ix_messages_status", "status"),
+        Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_msg_id", "msg_id"),
+        Index("ix_messages_conversation", "ebxml_conversation_id"),
+        Index("ix_messages_sender_org", "sender_org_her_id"),
+        Index("ix_messages_receiver_org", "receiver_org_her_id"),
+        Index("ix_messages_from_to", "from_her_id", "to_her_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    direction: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(16))
+    environment: Mapped[str | None] = mapped_column(String(8))
+
+    # ebXML envelope
+    ebxml_message_id: Mapped[str | None] = mapped_column(String(255))
+    ebxml_conversation_id: Mapped[str | None] = mapped_column(String(255))
+    ebxml_ref_to_message_id: Mapped[str | None] = mapped_column(String(255))
+    cpa_id: Mapped[str | None] = mapped_column(String(255))
+    ebxml_service: Mapped[str | None] = mapped_column(String(255))
+    ebxml_action: Mapped[str | None] = mapped_column(String(255))
+    from_her_id: Mapped[str | None] = mapped_column(String(16))
+    to_her_id: Mapped[str | None] = mapped_column(String(16))
+
+    # MsgHead
+    msg_id: Mapped[str | None] = mapped_column(String(255))
+    msg_type: Mapped[str | None] = mapped_column(String(64))
+    msg_type_version: Mapped[str | None] = mapped_column(String(64))
+    conversation_ref_to_parent: Mapped[str | None] = mapped_column(String(255))
+    conversation_ref_to_conversation: Mapped[str | None] = mapped_column(String(255))
+    sender_org_her_id: Mapped[str | None] = mapped_column(String(16))
+    sender_service_her_id: Mapped[str | None] = mapped_column(String(16))
+    sender_person_her_id: Mapped[str | None] = mapped_column(String(16))
+    receiver_org_her_id: Mapped[str | None] = mapped_column(String(16))
+    receiver_service_her_id: Mapped[str | None] = mapped_column(String(16))
+    receiver_person_her_id: Mapped[str | None] = mapped_column(String(16))
+    patient_present: Mapped[bool | None] = mapped_column(Boolean)
+
+    # payload (the fagmelding in clear text, in the payload store) and the wire form
+    payload_ref: Mapped[str | None] = mapped_column(String(64))
+    payload_size: Mapped[int | None] = mapped_column(BigInteger)
+    payload_sha256: Mapped[str | None] = mapped_column(String(64))
+    wire_ref: Mapped[str | None] = mapped_column(String(64))
+
+    # scheduling and outcome
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    last_error_text: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[str | None] = mapped_column(String(128))
+    read_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EventRow(Base):
+    """The message log: every status change and every signal, with time, actor and detail."""
+
+    __tablename__ = "message_events"
+    __table_args__ = (
+        Index("ix_message_events_message_at", "message_id", "at"),
+        Index("ix_message_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    code: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    ebxml_message_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class ReceiptRow(Base):
+    """A transport receipt, an ebXML error or an AppRec, sent or received, tied to its message."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (Index("ix_receipts_message", "message_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # acknowledgment | message-error | apprec
+    direction: Mapped[str] = mapped_column(String(3))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    ebxml_message_id: Mapped[str | None] = mapped_column(String(255))
+    ref_to_message_id: Mapped[str | None] = mapped_column(String(255))
+    apprec_status: Mapped[str | None] = mapped_column(String(8))
+    error_codes: Mapped[list[Any] | None]
+    description: Mapped[str | None] = mapped_column(Text)
+    wire_ref: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertRow(Base):
+    """An avvik: a problem an operator must follow up, deduplicated by ``dedup_key``."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_open", "resolved_at", "acknowledged_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    severity: Mapped[str] = mapped_column(String(16))
+    dedup_key: Mapped[str] = mapped_column(String(255), unique=True)
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    partner_her_id: Mapped[str | None] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+
+
+class PartyRow(Base):
+    """A communication party from the address register, kept locally."""
+
+    __tablename__ = "communication_parties"
+    __table_args__ = (
+        Index("ix_communication_parties_parent", "parent_her_id"),
+        Index("ix_communication_parties_orgnr", "organisation_number"),
+    )
+
+    her_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    parent_her_id: Mapped[str | None] = mapped_column(String(16))
+    party_type: Mapped[str] = mapped_column(String(16))
+    organisation_number: Mapped[str | None] = mapped_column(String(9))
+    name: Mapped[str] = mapped_column(String(512))
+    display_name: Mapped[str | None] = mapped_column(String(512))
+    parent_name: Mapped[str | None] = mapped_column(String(512))
+    business_types: Mapped[list[Any] | None]
+    edi_address: Mapped[str | None] = mapped_column(String(255))
+    amqp_queues: Mapped[dict[str, Any] | None]
+    signing_certificate: Mapped[str | None] = mapped_column(Text)  # base64 DER
+    signing_cert_not_after: Mapped[datetime | None]
+    encryption_certificate: Mapped[str | None] = mapped_column(Text)  # base64 DER
+    encryption_cert_not_after: Mapped[datetime | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    valid_from: Mapped[datetime | None]
+    valid_to: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(String(32), default="manual")
+    details: Mapped[dict[str, Any] | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AgreementRow(Base):
+    """A partner agreement: what we agreed with one counterparty and how to reach it."""
+
+    __tablename__ = "partner_agreements"
+    __table_args__ = (
+        UniqueConstraint("our_her_id", "counterparty_her_id", name="uq_partner_agreements_pair"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    our_her_id: Mapped[str] = mapped_column(String(16))
+    counterparty_her_id: Mapped[str] = mapped_column(String(16))
+    cpa_id: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(24), default="ordered")
+    channel: Mapped[str] = mapped_column(String(16), default="http")
+    endpoint: Mapped[str | None] = mapped_column(String(512))
+    message_types: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    retries: Mapped[int] = mapped_column(Integer, default=5)
+    retry_interval_seconds: Mapped[int] = mapped_column(Integer, default=12 * 3600)
+    persist_duration_seconds: Mapped[int] = mapped_column(Integer, default=4 * 24 * 3600)
+    ack_requested: Mapped[bool] = mapped_column(Boolean, default=True)
+    duplicate_elimination: Mapped[bool] = mapped_column(Boolean, default=True)
+    sync_reply_mode: Mapped[str] = mapped_column(String(32), default="none")
+    apprec_version: Mapped[str | None] = mapped_column(String(8))
+    auto_apprec: Mapped[bool] = mapped_column(Boolean, default=False)
+    contacts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(String(16), default="manual")
+    activation_date: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class JobRow(Base):
+    """Due work (transmit, retry, time-outs): claimed by workers with a lease.
+
+    Scheduling lives in the store so it survives restarts and is shared by several workers.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "due_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    dedup_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None]
+    data: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StateRow(Base):
+    """Small named values that must survive restarts (e.g. the last synced register event)."""
+
+    __tablename__ = "kv_state"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

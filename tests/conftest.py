@@ -1,0 +1,105 @@
+"""Shared test fixtures: where the reference material in ../shared lives."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from meldingstjener.store.uow import Store
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("MELDINGSTJENER_SHARED", PROJECT_ROOT.parent / "shared"))
+REFERENCE_DIR = SHARED_DIR / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """../shared/reference, or a skip with the reason when it is not beside the project."""
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference material not found at {REFERENCE_DIR} (../shared is absent)")
+    return REFERENCE_DIR
+
+
+# --- databases -------------------------------------------------------------------------------
+# Store tests run on SQLite and on PostgreSQL. Each test session gets its own PostgreSQL
+# database (created here, dropped at the end), so parallel runs never see each other's rows.
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MELDINGSTJENER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_available() -> str | None:
+    """None when PostgreSQL answers, else the reason."""
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL.replace("+psycopg", ""), connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL database for this test session."""
+    import uuid
+
+    import psycopg
+
+    reason = _postgres_available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # in CI PostgreSQL is part of the machine: its absence is a failure
+        pytest.skip(reason)
+    name = f"mt_test_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_ADMIN_URL.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database on each backend."""
+    from sqlalchemy import text
+
+    from meldingstjener.store.database import Database
+    from meldingstjener.store.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        upgrade(Database(url))
+        yield url
+        return
+    url = request.getfixturevalue("postgres_url")
+    database = Database(url)
+    upgrade(database)
+    yield url
+    with database.engine.begin() as connection:  # leave the shared session database empty
+        connection.execute(
+            text(
+                "TRUNCATE messages, message_events, receipts, alerts, jobs, kv_state, "
+                "communication_parties, partner_agreements RESTART IDENTITY CASCADE"
+            )
+        )
+    database.dispose()
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
+    from meldingstjener.store.database import Database
+    from meldingstjener.store.payloads import PayloadStore
+    from meldingstjener.store.uow import Store
+
+    database = Database(database_url)
+    yield Store(database, PayloadStore(tmp_path / "payloads"))
+    database.dispose()

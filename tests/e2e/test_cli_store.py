@@ -1,0 +1,126 @@
+"""The store commands as an operator runs them: db upgrade, log, show, --help, --version."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meldingstjener.bootstrap import open_store
+from meldingstjener.config import load_settings
+from meldingstjener.store.tables import MessageRow
+
+
+def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meldingstjener", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> tuple[Path, str]:
+    store = open_store(load_settings(data_dir=tmp_path))
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(
+            MessageRow(
+                direction="out",
+                msg_type="DIALOG_NOTAT",
+                ebxml_message_id="e1@x",
+                msg_id="msg-1",
+                from_her_id="8142987",
+                to_her_id="8142520",
+            ),
+            actor="cli-test",
+        )
+        uow.messages.set_status(row, "sent", actor="worker")
+        uow.messages.set_status(row, "transport-acknowledged", actor="worker")
+        other = uow.messages.add(
+            MessageRow(
+                direction="in",
+                msg_type="APPREC",
+                ebxml_message_id="e2@x",
+                from_her_id="90001",
+                to_her_id="8142987",
+            ),
+            actor="cli-test",
+        )
+        uow.commit()
+    assert other.id
+    return tmp_path, row.id
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    result = run(tmp_path, "--version")
+    assert result.returncode == 0 and result.stdout.startswith("meldingstjener ")
+    for command in ([], ["db"], ["db", "upgrade"], ["log"], ["show"]):
+        result = run(tmp_path, *command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout
+
+
+def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
+    result = run(tmp_path, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "revision 0001" in result.stdout
+    assert (tmp_path / "meldingstjener.db").exists()
+
+
+def test_log_json_prints_one_object_per_event(populated: tuple[Path, str]) -> None:
+    data_dir, message_id = populated
+    result = run(data_dir, "log", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 4
+    mine = [e for e in events if e["message_id"] == message_id]
+    assert [e["to_status"] for e in mine] == ["accepted", "sent", "transport-acknowledged"]
+    assert {e["actor"] for e in mine} == {"cli-test", "worker"}
+
+    filtered = [
+        json.loads(x)
+        for x in run(data_dir, "log", "--json", "--her-id", "90001").stdout.splitlines()
+    ]
+    assert [e["msg_type"] for e in filtered] == ["APPREC"]
+    by_type = run(
+        data_dir, "log", "--json", "--type", "DIALOG_NOTAT", "--status", "transport-acknowledged"
+    )
+    assert len(by_type.stdout.splitlines()) == 3
+    assert run(data_dir, "log", "--json", "--since", "2999-01-01").stdout == ""
+    assert run(data_dir, "log", "--since", "yesterday").returncode == 2
+
+
+def test_log_table(populated: tuple[Path, str]) -> None:
+    result = run(populated[0], "log")
+    assert result.returncode == 0
+    assert "DIALOG_NOTAT" in result.stdout and "transport-acknowledged" in result.stdout
+
+
+def test_show_by_any_id(populated: tuple[Path, str]) -> None:
+    data_dir, message_id = populated
+    for identifier in (message_id, "e1@x", "msg-1"):
+        result = run(data_dir, "show", identifier, "--json")
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert document["message_id"] == message_id
+        assert [e["to_status"] for e in document["events"]][-1] == "transport-acknowledged"
+    assert run(data_dir, "show", message_id).returncode == 0
+    missing = run(data_dir, "show", "nope")
+    assert missing.returncode == 1 and "no message" in missing.stderr
+
+
+def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nport = -1\n")
+    result = run(tmp_path, "--config", str(config), "log")
+    assert result.returncode == 2
+    assert "server.port" in result.stderr

@@ -1,0 +1,226 @@
+"""The store on SQLite and PostgreSQL: messages, event log, atomicity, alerts, jobs, state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from meldingstjener.model import Direction, IllegalTransition
+from meldingstjener.store.tables import MessageRow, ReceiptRow
+from meldingstjener.store.uow import LogFilter, Store
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def outbound(**fields: object) -> MessageRow:
+    defaults: dict[str, object] = {
+        "direction": "out",
+        "channel": "http",
+        "ebxml_message_id": "m-1@example",
+        "msg_id": "a1b2",
+        "msg_type": "DIALOG_NOTAT",
+        "msg_type_version": "v1.0 2006-10-11",
+        "from_her_id": "8142987",
+        "to_her_id": "8142520",
+        "sender_org_her_id": "8142987",
+        "receiver_org_her_id": "8142519",
+        "receiver_service_her_id": "8142520",
+    }
+    defaults.update(fields)
+    return MessageRow(**defaults)
+
+
+def test_message_lifecycle_writes_one_event_per_change(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="api:epj")
+        uow.messages.set_status(row, "sent", actor="worker-1")
+        uow.messages.set_status(row, "transport-acknowledged", actor="worker-1")
+        uow.commit()
+        message_id = row.id
+    with store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        assert row is not None and row.status == "transport-acknowledged"
+        events = uow.events.for_message(message_id)
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, "accepted"),
+        ("accepted", "sent"),
+        ("sent", "transport-acknowledged"),
+    ]
+    assert [e.actor for e in events] == ["api:epj", "worker-1", "worker-1"]
+    assert all(e.at.tzinfo is not None for e in events)
+
+
+def test_illegal_transition_raises_and_leaves_nothing(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="test")
+        uow.commit()
+        message_id = row.id
+    with store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        assert row is not None
+        with pytest.raises(IllegalTransition):
+            uow.messages.set_status(row, "apprec-ok", actor="test")
+    with store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        assert row is not None and row.status == "accepted"
+        assert len(uow.events.for_message(message_id)) == 1
+
+
+def test_uncommitted_work_is_rolled_back(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="test")
+        message_id = row.id
+        raise RuntimeError("crash before commit")
+    with store.unit_of_work() as uow:
+        assert uow.messages.get(message_id) is None
+        assert uow.events.for_message(message_id) == []
+
+
+def test_duplicate_ebxml_message_id_is_refused_per_direction(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.messages.add(outbound(direction="in", ebxml_message_id="dup@x"), actor="t")
+        uow.messages.add(outbound(direction="out", ebxml_message_id="dup@x"), actor="t")
+        uow.commit()
+    with store.unit_of_work() as uow, pytest.raises(IntegrityError):
+        uow.messages.add(outbound(direction="in", ebxml_message_id="dup@x"), actor="t")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        found = uow.messages.by_ebxml_id(Direction.INBOUND, "dup@x")
+        assert found is not None and found.direction == "in"
+
+
+def test_event_detail_never_keeps_a_national_identity_number(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="t", detail="patient 01017012345 in text")
+        uow.commit()
+        events = uow.events.for_message(row.id)
+    assert events[0].detail is not None
+    assert "01017012345" not in events[0].detail
+
+
+def test_log_filters(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        a = uow.messages.add(outbound(ebxml_message_id="a@x"), actor="t")
+        b = uow.messages.add(
+            outbound(
+                ebxml_message_id="b@x",
+                msg_type="APPREC",
+                to_her_id="90001",
+                receiver_org_her_id="90001",
+                receiver_service_her_id=None,
+            ),
+            actor="t",
+        )
+        uow.messages.set_status(b, "sent", actor="t")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert {m.id for _, m in uow.messages.log(LogFilter(her_id="90001")) if m} == {b.id}
+        assert {m.id for _, m in uow.messages.log(LogFilter(msg_type="DIALOG_NOTAT")) if m} == {
+            a.id
+        }
+        assert len(uow.messages.log(LogFilter(status="sent"))) == 2  # both of b's events
+        future = datetime.now(UTC) + timedelta(days=1)
+        assert uow.messages.log(LogFilter(since=future)) == []
+        assert len(uow.messages.log(LogFilter())) == 3
+
+
+def test_receipts_belong_to_their_message(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="t")
+        uow.receipts.add(
+            ReceiptRow(
+                message_id=row.id,
+                kind="apprec",
+                direction="in",
+                apprec_status="2",
+                error_codes=[{"code": "E21", "text": "Mottaker finnes ikke"}],
+            )
+        )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        receipts = uow.receipts.for_message(row.id)
+    assert receipts[0].error_codes == [{"code": "E21", "text": "Mottaker finnes ikke"}]
+
+
+def test_alerts_are_deduplicated_and_reopen(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        for minute in range(3):
+            uow.alerts.raise_alert(
+                "partner-unreachable",
+                severity="warning",
+                dedup_key="unreachable:8142520",
+                summary="partner 8142520 does not answer",
+                partner_her_id="8142520",
+                at=T0 + timedelta(minutes=minute),
+            )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+        assert (alert.count, alert.first_seen, alert.last_seen) == (
+            3,
+            T0,
+            T0 + timedelta(minutes=2),
+        )
+        uow.alerts.acknowledge(alert.id, by="operator")
+        uow.alerts.resolve("unreachable:8142520")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.alerts.list(open_only=True) == []
+        uow.alerts.raise_alert(
+            "partner-unreachable",
+            severity="warning",
+            dedup_key="unreachable:8142520",
+            summary="again",
+        )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+        assert alert.count == 4 and alert.acknowledged_at is None
+
+
+def test_jobs_are_claimed_when_due_and_taken_over_after_the_lease(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("transmit", T0, data={"n": 1})
+        uow.jobs.schedule("transmit", T0 + timedelta(hours=1), data={"n": 2})
+        uow.commit()
+    lease = timedelta(minutes=2)
+    with store.unit_of_work() as uow:
+        claimed = uow.jobs.claim_due("w1", now=T0, limit=10, lease=lease)
+        uow.commit()
+    assert [job.data for job in claimed] == [{"n": 1}]
+    with store.unit_of_work() as uow:  # still leased to w1
+        assert uow.jobs.claim_due("w2", now=T0 + timedelta(minutes=1), limit=10, lease=lease) == []
+        uow.commit()
+    with store.unit_of_work() as uow:  # w1 died; its lease ran out
+        again = uow.jobs.claim_due("w2", now=T0 + timedelta(minutes=3), limit=10, lease=lease)
+        assert [(job.data, job.attempts) for job in again] == [({"n": 1}, 2)]
+        uow.jobs.finish(again[0].id)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.jobs.count() == 1
+        assert uow.jobs.next_due() == T0 + timedelta(hours=1)
+
+
+def test_job_dedup_key_moves_instead_of_doubling(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("apprec-deadline", T0, dedup_key="deadline:1")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("apprec-deadline", T0 + timedelta(hours=5), dedup_key="deadline:1")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.jobs.count() == 1 and uow.jobs.next_due() == T0 + timedelta(hours=5)
+
+
+def test_state_values_survive(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.state.set("ar.last_event", "41")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        uow.state.set("ar.last_event", "42")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.state.get("ar.last_event") == "42"
+        assert uow.state.get("nothing") is None

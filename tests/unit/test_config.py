@@ -1,0 +1,110 @@
+"""Configuration: defaults, TOML, environment overrides and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meldingstjener.config import ConfigError, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("MELDINGSTJENER_"):
+            monkeypatch.delenv(key)
+
+
+def test_embedded_default_needs_no_file(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.database_url == f"sqlite:///{(tmp_path / 'meldingstjener.db').resolve()}"
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
+    assert settings.payload_dir == tmp_path / "payloads"
+    assert settings.environment == "test"
+
+
+def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MELDINGSTJENER_DATA_DIR", str(tmp_path / "x"))
+    assert load_settings().data_dir == tmp_path / "x"
+
+
+def test_precedence_cli_over_env_over_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('environment = "qa"\n[server]\nhost = "0.0.0.0"\nport = 7000\n')
+    assert load_settings(config).server.port == 7000
+    monkeypatch.setenv("MELDINGSTJENER_SERVER__PORT", "7100")
+    settings = load_settings(config)
+    assert (settings.server.host, settings.server.port, settings.environment) == (
+        "0.0.0.0",
+        7100,
+        "qa",
+    )
+    assert load_settings(config, server_port=7200).server.port == 7200
+
+
+def test_identity_her_ids(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[identity]\norganisation_her_id = "8142987"\n'
+        '[[identity.services]]\nher_id = 8142988\nname = "Legevakt"\n'
+    )
+    assert load_settings(config).identity.her_ids == ["8142987", "8142988"]
+
+
+def test_errors_name_every_bad_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'environment = "production"\n[server]\nport = 70000\ncolour = "blue"\n'
+        '[identity]\norganisation_her_id = "12ab"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    text = str(caught.value)
+    for key in ("environment", "server.port", "server.colour", "identity.organisation_her_id"):
+        assert key in text
+    assert "unknown key" in text
+
+
+def test_environment_value_error_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MELDINGSTJENER_WORKERS__COUNT", "many")
+    with pytest.raises(ConfigError, match=r"workers\.count"):
+        load_settings()
+
+
+def test_several_workers_need_postgresql() -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        load_settings(workers={"count": 4})
+    settings = load_settings(workers={"count": 4}, database={"url": "postgresql://h/db"})
+    assert settings.workers.count == 4
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "b.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
+
+
+def test_the_example_file_is_valid_and_complete() -> None:
+    """config.example.toml loads, and every key of the settings appears in it."""
+    from meldingstjener.config import Settings
+
+    example = PROJECT_ROOT / "config.example.toml"
+    settings = load_settings(example)
+    text = example.read_text()
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            assert f"[{name}]" in text, f"section [{name}] missing from the example"
+            for key in annotation.model_fields:
+                assert f"{key} =" in text or f"# {key} =" in text, f"{name}.{key} not explained"
+        else:
+            assert f"{name} =" in text or f"# {name} =" in text, f"{name} not explained"
+    assert settings.environment in ("test", "qa", "prod")
