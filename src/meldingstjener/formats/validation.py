@@ -1,0 +1,673 @@
+"""Validation of business messages in layers, as a help desk would check them.
+
+1. ``structure``: built-in rules on the element tree (mandatory elements, supported versions,
+   known status codes), each with the path of the offending element.
+2. ``xsd``: the official KITH schemas, when a schema directory is given.
+3. ``business``: HER-ids present at the right levels, service-based addressing where it is
+   mandatory (Henvisning 1.1, Epikrise 1.2, PLO 1.5/1.6), a sane GenDate, a MsgId, codes that
+   exist in their code lists.
+
+:func:`validate` never raises for bad input: every finding is a :class:`Problem`. The report
+says whether a patient is present, never who the patient is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+from meldingstjener.formats.apprec import (
+    AppRec,
+    AppRecStatus,
+    apprec_from_element,
+    apprec_party_from_element,
+    apprec_version_of,
+)
+from meldingstjener.formats.codelists import (
+    APPREC_ERRORS,
+    APPREC_STATUS,
+    MESSAGE_TYPES,
+    code_list,
+    oid_of,
+)
+from meldingstjener.formats.dialog import (
+    DIALOG_TYPE_VERSION,
+    DIALOG_VERSION_BY_NAMESPACE,
+    SVAR,
+    dialogmelding_from_element,
+)
+from meldingstjener.formats.errors import FormatError
+from meldingstjener.formats.msghead import (
+    MSGHEAD_VERSION,
+    MsgHead,
+    msghead_from_element,
+    organisation_from_element,
+)
+from meldingstjener.formats.parties import Ident, Organisation, Party
+from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES, XmlError, parse_xml
+from meldingstjener.formats.xmlutil import (
+    NS_APPREC_10,
+    NS_APPREC_11,
+    NS_BASE64,
+    NS_MSGHEAD,
+    child,
+    children,
+    elements,
+    local_name,
+    namespace,
+    path_of,
+    qname,
+    text,
+)
+from meldingstjener.formats.xsd import SchemaError, schema_set
+from meldingstjener.model import HerId, InvalidHerId, PartyRef
+
+ERROR = "error"
+WARNING = "warning"
+
+# Content namespaces of the message versions where service-based addressing is mandatory.
+_SERVICE_ADDRESSING_REQUIRED = (
+    ("Henvisning 1.1", "http://www.kith.no/xmlstds/henvisning/2012-02-15"),
+    ("Epikrise 1.2", "http://www.kith.no/xmlstds/epikrise/2012-02-15"),
+)
+_PLO_PREFIX = "http://www.kith.no/xmlstds/po/"
+_PLO_VERSIONS = {"2009-06-30": "PLO 1.5", "2012-04-01": "PLO 1.6"}
+_FUTURE_SLACK = timedelta(days=1)
+_EARLIEST_GEN_DATE = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: which layer found it, a stable code, where, what, and how bad."""
+
+    layer: str
+    code: str
+    path: str
+    message: str
+    severity: str = ERROR
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "layer": self.layer,
+            "code": self.code,
+            "path": self.path,
+            "message": self.message,
+            "severity": self.severity,
+        }
+
+
+@dataclass
+class ValidationReport:
+    """What was found in one document. ``well_formed`` is False when it is not XML at all."""
+
+    format: str | None = None
+    type: str | None = None
+    type_name: str | None = None
+    version: str | None = None
+    content: str | None = None
+    sender: PartyRef = field(default_factory=PartyRef)
+    receiver: PartyRef = field(default_factory=PartyRef)
+    patient_present: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    well_formed: bool = True
+
+    @property
+    def valid(self) -> bool:
+        return self.well_formed and not any(p.severity == ERROR for p in self.problems)
+
+    def add(self, layer: str, code: str, path: str, message: str, severity: str = ERROR) -> None:
+        self.problems.append(Problem(layer, code, path, message, severity))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "format": self.format,
+            "type": self.type,
+            "type_name": self.type_name,
+            "version": self.version,
+            "content": self.content,
+            "sender": self.sender.as_dict(),
+            "receiver": self.receiver.as_dict(),
+            "patient_present": self.patient_present,
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def validate(
+    data: bytes, schema_dir: Path | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> ValidationReport:
+    """Validate one document in all layers; see the module docstring."""
+    report = ValidationReport()
+    try:
+        root = parse_xml(data, max_bytes=max_bytes)
+    except XmlError as exc:
+        report.well_formed = False
+        report.add("xml", exc.code, "/", str(exc))
+        return report
+    if namespace(root) == NS_MSGHEAD and local_name(root) == "MsgHead":
+        _validate_msghead(root, report)
+    elif namespace(root) in (NS_APPREC_10, NS_APPREC_11) and local_name(root) == "AppRec":
+        _validate_apprec(root, report)
+    else:
+        report.add(
+            "structure",
+            "unknown-format",
+            path_of(root),
+            f"not a business message this server reads: root element {local_name(root)!r} "
+            f"in namespace {namespace(root)!r} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
+        )
+        return report
+    if schema_dir is not None:
+        _validate_xsd(root, schema_dir, report)
+    return report
+
+
+# ------------------------------------------------------------------------------------- MsgHead
+
+
+def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
+    report.format = "MsgHead"
+    info = child(root, NS_MSGHEAD, "MsgInfo")
+    type_element = child(info, NS_MSGHEAD, "Type")
+    report.type = type_element.get("V") if type_element is not None else None
+    report.type_name = (type_element.get("DN") if type_element is not None else None) or (
+        code_list(MESSAGE_TYPES).text(report.type)
+    )
+    report.version = text(info, NS_MSGHEAD, "MIGversion")
+    report.sender = _lenient_party(info, "Sender")
+    report.receiver = _lenient_party(info, "Receiver")
+    report.patient_present = child(info, NS_MSGHEAD, "Patient") is not None
+
+    _msghead_structure(root, info, report)
+    try:
+        head = msghead_from_element(root)
+    except FormatError as exc:
+        _report_read_error(report, exc, "/MsgHead")
+        return
+    content = _content_root(root)
+    if content is not None:
+        report.content = _describe_content(content)
+        if local_name(content) == "Dialogmelding":
+            _dialog_structure(content, head, report)
+    _msghead_business(head, content, report)
+
+
+def _lenient_party(info: etree._Element | None, local: str) -> PartyRef:
+    organisation = organisation_from_element(
+        child(child(info, NS_MSGHEAD, local), NS_MSGHEAD, "Organisation")
+    )
+    return Party(organisation=organisation).her_ids if organisation is not None else PartyRef()
+
+
+def _require(
+    report: ValidationReport, parent: etree._Element, local: str, what: str
+) -> etree._Element | None:
+    found = child(parent, NS_MSGHEAD, local)
+    if found is None or (len(found) == 0 and not (found.text or "").strip() and not found.attrib):
+        report.add(
+            "structure",
+            "missing-element",
+            f"{path_of(parent)}/{local}",
+            f"{what} is missing ({local} is mandatory)",
+        )
+        return None
+    return found
+
+
+def _msghead_structure(
+    root: etree._Element, info: etree._Element | None, report: ValidationReport
+) -> None:
+    if info is None:
+        report.add("structure", "missing-element", "/MsgHead/MsgInfo", "MsgInfo is missing")
+        return
+    mig = _require(report, info, "MIGversion", "the MsgHead version")
+    if mig is not None and (mig.text or "").strip() != MSGHEAD_VERSION:
+        report.add(
+            "structure",
+            "unsupported-version",
+            path_of(mig),
+            f"MIGversion {(mig.text or '').strip()!r} is not supported "
+            f"(expected {MSGHEAD_VERSION!r})",
+        )
+    type_element = _require(report, info, "Type", "the message type")
+    if type_element is not None and not type_element.get("V"):
+        report.add(
+            "structure",
+            "missing-element",
+            path_of(type_element) + "/@V",
+            "the message type has no code (attribute V)",
+        )
+    _require(report, info, "GenDate", "the generation time")
+    _require(report, info, "MsgId", "the message id")
+    for local in ("Sender", "Receiver"):
+        party = _require(report, info, local, local.lower())
+        if party is not None:
+            organisation = _require(
+                report, party, "Organisation", f"the {local.lower()}'s organisation"
+            )
+            if organisation is not None:
+                _organisation_structure(organisation, report)
+    documents = children(root, NS_MSGHEAD, "Document")
+    if not documents:
+        report.add(
+            "structure",
+            "missing-element",
+            "/MsgHead/Document",
+            "the message has no Document (at least one is mandatory)",
+        )
+    for document in documents:
+        _document_structure(document, report)
+
+
+def _organisation_structure(organisation: etree._Element, report: ValidationReport) -> None:
+    _require(report, organisation, "OrganisationName", "the organisation name")
+    idents = children(organisation, NS_MSGHEAD, "Ident")
+    if not idents:
+        report.add(
+            "structure",
+            "missing-element",
+            path_of(organisation) + "/Ident",
+            "the organisation has no Ident (Id and TypeId)",
+        )
+    for ident in idents:
+        _require(report, ident, "Id", "the identifier")
+        _require(report, ident, "TypeId", "the identifier type")
+    nested = child(organisation, NS_MSGHEAD, "Organisation")
+    if nested is not None:
+        _organisation_structure(nested, report)
+    hcp = child(organisation, NS_MSGHEAD, "HealthcareProfessional")
+    if hcp is not None and not children(hcp, NS_MSGHEAD, "Ident"):
+        report.add(
+            "structure",
+            "missing-element",
+            path_of(hcp) + "/Ident",
+            "the health professional has no Ident",
+        )
+
+
+def _document_structure(document: etree._Element, report: ValidationReport) -> None:
+    ref = _require(report, document, "RefDoc", "the document reference")
+    if ref is None:
+        return
+    msg_type = _require(report, ref, "MsgType", "the document type (XML or A)")
+    if msg_type is not None and msg_type.get("V") not in ("XML", "A"):
+        report.add(
+            "structure",
+            "invalid-value",
+            path_of(msg_type),
+            f"document MsgType {msg_type.get('V')!r} is neither XML nor A (attachment)",
+        )
+    content = child(ref, NS_MSGHEAD, "Content")
+    file_reference = child(ref, NS_MSGHEAD, "FileReference")
+    if content is None and file_reference is None:
+        report.add(
+            "structure",
+            "missing-element",
+            path_of(ref) + "/Content",
+            "the document has neither Content nor FileReference",
+            WARNING,
+        )
+    if content is not None:
+        container = child(content, NS_BASE64, "Base64Container")
+        is_attachment = msg_type is not None and msg_type.get("V") == "A"
+        if (
+            is_attachment
+            and container is not None
+            and not _is_base64("".join(container.xpath("text()")))
+        ):
+            report.add(
+                "structure",
+                "invalid-value",
+                path_of(container),
+                "the attachment is not valid base64",
+            )
+
+
+def _is_base64(encoded: str) -> bool:
+    try:
+        base64.b64decode("".join(encoded.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _content_root(root: etree._Element) -> etree._Element | None:
+    for document in children(root, NS_MSGHEAD, "Document"):
+        ref = child(document, NS_MSGHEAD, "RefDoc")
+        msg_type = child(ref, NS_MSGHEAD, "MsgType")
+        if msg_type is None or msg_type.get("V") != "XML":
+            continue
+        content = child(ref, NS_MSGHEAD, "Content")
+        for element in content if content is not None else ():
+            if isinstance(element.tag, str):
+                return element
+    return None
+
+
+def _describe_content(content: etree._Element) -> str:
+    version = DIALOG_VERSION_BY_NAMESPACE.get(namespace(content) or "")
+    if local_name(content) == "Dialogmelding" and version:
+        return f"Dialogmelding {version}"
+    return f"{local_name(content)} ({namespace(content)})"
+
+
+def _dialog_structure(content: etree._Element, head: MsgHead, report: ValidationReport) -> None:
+    try:
+        dialog = dialogmelding_from_element(content)
+    except FormatError as exc:
+        _report_read_error(report, exc, path_of(content))
+        return
+    path = path_of(content)
+    if dialog.foresporsler and dialog.notater:
+        report.add(
+            "structure",
+            "invalid-value",
+            path,
+            "a Dialogmelding holds either Foresporsel or Notat, not both",
+        )
+    if not dialog.foresporsler and not dialog.notater:
+        report.add(
+            "structure",
+            "missing-element",
+            path,
+            "the Dialogmelding holds neither Foresporsel nor Notat",
+        )
+    expected = DIALOG_TYPE_VERSION.get(head.message_type or "")
+    if expected is not None and expected != dialog.version:
+        report.add(
+            "business",
+            "version-mismatch",
+            path,
+            f"{head.message_type} is sent as Dialogmelding {expected}, "
+            f"but the content is Dialogmelding {dialog.version}",
+        )
+
+
+def _msghead_business(
+    head: MsgHead, content: etree._Element | None, report: ValidationReport
+) -> None:
+    info = head.msg_info
+    if head.message_type not in code_list(MESSAGE_TYPES):
+        report.add(
+            "business",
+            "unknown-code",
+            "/MsgHead/MsgInfo/Type",
+            f"message type {head.message_type!r} is not in code list 8279",
+            WARNING,
+        )
+    _gen_date_rule(info.gen_date, "/MsgHead/MsgInfo/GenDate", report)
+    for local, party in (("Sender", info.sender), ("Receiver", info.receiver)):
+        _her_rules(party.organisation, f"/MsgHead/MsgInfo/{local}/Organisation", report)
+        refs = party.her_ids
+        if refs.organisation is None and refs.service is None:
+            report.add(
+                "business",
+                "missing-her-id",
+                f"/MsgHead/MsgInfo/{local}/Organisation",
+                f"the {local.lower()} has no HER-id at organisation or service level "
+                "(Ident with TypeId V=HER)",
+            )
+        elif refs.organisation is None:
+            # Seen in practice (e.g. Helsenorge: the organisation by ENH, the service by HER).
+            report.add(
+                "business",
+                "missing-her-id",
+                f"/MsgHead/MsgInfo/{local}/Organisation",
+                f"the {local.lower()} organisation has no HER-id (only its service has one)",
+                WARNING,
+            )
+    required_by = _service_addressing_required_by(content)
+    if head.receiver_her_ids.service is None:
+        if required_by:
+            report.add(
+                "business",
+                "service-addressing-required",
+                "/MsgHead/MsgInfo/Receiver/Organisation/Organisation",
+                f"service-based addressing is mandatory for {required_by}: the receiver "
+                "needs a service (nested Organisation) with a HER-id",
+            )
+        else:
+            report.add(
+                "business",
+                "service-addressing-recommended",
+                "/MsgHead/MsgInfo/Receiver/Organisation/Organisation",
+                "the receiver is not addressed to a service (recommended for all messages)",
+                WARNING,
+            )
+    if head.message_type == SVAR and head.conversation_ref is None:
+        report.add(
+            "business",
+            "missing-conversation-ref",
+            "/MsgHead/MsgInfo/ConversationRef",
+            "an answer (DIALOG_SVAR) should point at the question in ConversationRef",
+            WARNING,
+        )
+
+
+def _her_rules(organisation: Organisation, path: str, report: ValidationReport) -> None:
+    idents: list[tuple[Ident, str]] = [(i, path) for i in organisation.idents]
+    if organisation.organisation is not None:
+        _her_rules(organisation.organisation, path + "/Organisation", report)
+    if organisation.healthcare_professional is not None:
+        hcp_path = path + "/HealthcareProfessional"
+        idents.extend((i, hcp_path) for i in organisation.healthcare_professional.idents)
+    for ident, where in idents:
+        if ident.is_her:
+            try:
+                HerId(ident.id)
+            except InvalidHerId:
+                report.add(
+                    "business",
+                    "invalid-her-id",
+                    where + "/Ident",
+                    "a HER-id must be 1 to 12 digits and not zero",
+                )
+
+
+def _service_addressing_required_by(content: etree._Element | None) -> str | None:
+    if content is None:
+        return None
+    ns = namespace(content) or ""
+    for name, required_ns in _SERVICE_ADDRESSING_REQUIRED:
+        if ns == required_ns:
+            return name
+    if ns.startswith(_PLO_PREFIX):
+        return _PLO_VERSIONS.get(ns.rsplit("/", 1)[-1])
+    return None
+
+
+def _gen_date_rule(value: str, path: str, report: ValidationReport) -> None:
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        report.add(
+            "business",
+            "invalid-gen-date",
+            path,
+            "GenDate is not a date and time (xs:dateTime, e.g. 2025-05-13T11:51:01)",
+        )
+        return
+    if when.tzinfo is None:
+        when = when.astimezone()  # no offset: the sender's local time, taken as ours
+    now = datetime.now(UTC)
+    if when > now + _FUTURE_SLACK:
+        report.add(
+            "business",
+            "gen-date-in-future",
+            path,
+            "GenDate is more than a day in the future (is the sender's clock wrong?)",
+        )
+    elif when < _EARLIEST_GEN_DATE:
+        report.add("business", "gen-date-too-old", path, "GenDate is before 1990")
+
+
+def _report_read_error(report: ValidationReport, exc: FormatError, default_path: str) -> None:
+    message = str(exc)
+    if exc.path and message.endswith(f" (at {exc.path})"):
+        message = message[: -len(f" (at {exc.path})")]
+    # The structure layer usually found the same fault already; do not report it twice.
+    path = exc.path or default_path
+    if any(p.path == path and p.code == exc.code for p in report.problems):
+        return
+    report.add("structure", exc.code, path, message)
+
+
+# -------------------------------------------------------------------------------------- AppRec
+
+
+def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
+    report.format = "AppRec"
+    ns = namespace(root) or ""
+    msg_type = child(root, ns, "MsgType")
+    report.type = (msg_type.get("V") if msg_type is not None else None) or "APPREC"
+    report.type_name = code_list(MESSAGE_TYPES).text("APPREC")
+    report.version = text(root, ns, "MIGversion")
+    try:
+        apprec_version_of(root)
+    except FormatError as exc:
+        _report_read_error(report, exc, "/AppRec")
+        return
+    _apprec_structure(root, ns, report)
+    for local in ("Sender", "Receiver"):
+        try:
+            refs = apprec_party_from_element(root, ns, local).her_ids
+        except FormatError:
+            continue  # already reported by the structure layer
+        if local == "Sender":
+            report.sender = refs
+        else:
+            report.receiver = refs
+    try:
+        apprec = apprec_from_element(root)
+    except FormatError as exc:
+        _report_read_error(report, exc, "/AppRec")
+        return
+    report.content = f"AppRec {apprec.version}"
+    report.sender = apprec.sender.her_ids
+    report.receiver = apprec.receiver.her_ids
+    _apprec_business(apprec, report)
+
+
+def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -> None:
+    for local in ("MsgType", "GenDate", "Id", "Sender", "Receiver", "Status", "OriginalMsgId"):
+        if child(root, ns, local) is None:
+            report.add(
+                "structure",
+                "missing-element",
+                f"/AppRec/{local}",
+                f"{local} is missing (mandatory in AppRec)",
+            )
+    status = child(root, ns, "Status")
+    if status is not None and status.get("V") not in code_list(APPREC_STATUS):
+        report.add(
+            "structure",
+            "unknown-status",
+            path_of(status),
+            f"Status {status.get('V')!r} is not in code list 8258 (1 OK, 2 Avvist, "
+            "3 OK, feil i delmelding)",
+        )
+    for local in ("Sender", "Receiver"):
+        party = child(root, ns, local)
+        if party is not None and child(child(party, ns, "HCP"), ns, "Inst") is None:
+            report.add(
+                "structure",
+                "missing-element",
+                f"/AppRec/{local}/HCP/Inst",
+                f"the {local.lower()} has no HCP/Inst",
+            )
+    original = child(root, ns, "OriginalMsgId")
+    for local in ("MsgType", "IssueDate", "Id"):
+        if original is not None and child(original, ns, local) is None:
+            report.add(
+                "structure",
+                "missing-element",
+                f"/AppRec/OriginalMsgId/{local}",
+                f"OriginalMsgId has no {local}",
+            )
+    for element in elements(root):
+        if element.tag == qname(ns, "Error") and not element.get("V"):
+            report.add(
+                "structure",
+                "missing-element",
+                path_of(element) + "/@V",
+                "an Error has no code (attribute V)",
+            )
+
+
+def _apprec_business(apprec: AppRec, report: ValidationReport) -> None:
+    _gen_date_rule(apprec.gen_date, "/AppRec/GenDate", report)
+    if apprec.status is not AppRecStatus.OK and not apprec.errors:
+        report.add(
+            "business",
+            "missing-error",
+            "/AppRec/Error",
+            f"status {apprec.status.value} ({apprec.status.text}) needs at least one "
+            "Error saying what was wrong",
+        )
+    if apprec.status is AppRecStatus.OK and apprec.errors:
+        report.add(
+            "business",
+            "unexpected-error",
+            "/AppRec/Error",
+            "status 1 (OK) with Error elements: did the sender mean status 3?",
+            WARNING,
+        )
+    errors_oid = oid_of(APPREC_ERRORS)
+    for index, error in enumerate(apprec.errors, start=1):
+        if error.code_list == errors_oid and error.code not in code_list(APPREC_ERRORS):
+            report.add(
+                "business",
+                "unknown-code",
+                f"/AppRec/Error[{index}]",
+                f"error code {error.code!r} is not in code list 8221",
+                WARNING,
+            )
+    for local, party in (("Sender", apprec.sender), ("Receiver", apprec.receiver)):
+        if party.her_ids.organisation is None:
+            report.add(
+                "business",
+                "missing-her-id",
+                f"/AppRec/{local}/HCP/Inst",
+                f"the {local.lower()} institution has no HER-id (TypeId V=HER); "
+                "matching the receipt to a party relies on it",
+                WARNING,
+            )
+    if not apprec.original_msg_id.issue_date:
+        return
+    try:
+        datetime.fromisoformat(apprec.original_msg_id.issue_date.replace("Z", "+00:00"))
+    except ValueError:
+        report.add(
+            "business",
+            "invalid-value",
+            "/AppRec/OriginalMsgId/IssueDate",
+            "OriginalMsgId IssueDate is not a date and time",
+        )
+
+
+# ----------------------------------------------------------------------------------------- XSD
+
+
+def _validate_xsd(root: etree._Element, schema_dir: Path, report: ValidationReport) -> None:
+    try:
+        schemas = schema_set(schema_dir)
+    except SchemaError as exc:
+        report.add("xsd", exc.code, "/", str(exc))
+        return
+    if not schemas.covers(namespace(root)):
+        report.add(
+            "xsd",
+            "no-schema",
+            path_of(root),
+            f"no schema for namespace {namespace(root)!r} in {schema_dir}",
+            WARNING,
+        )
+        return
+    for issue in schemas.validate(root):
+        report.add("xsd", "xsd-invalid", issue.path or f"line {issue.line}", issue.message)

@@ -1,0 +1,140 @@
+"""Small helpers shared by the readers and builders: namespaces, coded values, element access.
+
+KITH messages carry coded values as attributes on an empty element (``<Type V="EPIKRISE"
+DN="Epikrise"/>``): ``V`` the code, ``DN`` its display name, ``S`` the code list OID and
+``OT`` original text. :class:`Coded` holds one of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lxml import etree
+
+NS_MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
+NS_APPREC_10 = "http://www.kith.no/xmlstds/apprec/2004-11-21"
+NS_APPREC_11 = "http://www.kith.no/xmlstds/apprec/2012-02-15"
+NS_DIALOG_10 = "http://www.kith.no/xmlstds/dialog/2006-10-11"
+NS_DIALOG_11 = "http://www.kith.no/xmlstds/dialog/2013-01-23"
+NS_FK1 = "http://www.kith.no/xmlstds/felleskomponent1"
+NS_BASE64 = "http://www.kith.no/xmlstds/base64container"
+NS_DSIG = "http://www.w3.org/2000/09/xmldsig#"
+NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+OID_PREFIX = "2.16.578.1.12.4.1.1."
+
+
+@dataclass(frozen=True, slots=True)
+class Coded:
+    """A coded value: ``v`` the code, ``dn`` display name, ``s`` code list OID, ``ot`` text."""
+
+    v: str | None = None
+    dn: str | None = None
+    s: str | None = None
+    ot: str | None = None
+
+
+def qname(ns: str, local: str) -> str:
+    return f"{{{ns}}}{local}"
+
+
+def local_name(element: etree._Element) -> str:
+    return etree.QName(element).localname
+
+
+def namespace(element: etree._Element) -> str | None:
+    return etree.QName(element).namespace
+
+
+def child(parent: etree._Element | None, ns: str, local: str) -> etree._Element | None:
+    if parent is None:
+        return None
+    return parent.find(qname(ns, local))
+
+
+def children(parent: etree._Element | None, ns: str, local: str) -> list[etree._Element]:
+    if parent is None:
+        return []
+    return parent.findall(qname(ns, local))
+
+
+def text(parent: etree._Element | None, ns: str, local: str) -> str | None:
+    """The stripped text of a child element, or None when the child is absent."""
+    element = child(parent, ns, local)
+    if element is None:
+        return None
+    return (element.text or "").strip()
+
+
+def all_text(element: etree._Element | None) -> str | None:
+    """All text below an element (anyType content such as TekstNotatInnhold may hold markup)."""
+    if element is None:
+        return None
+    return "".join(element.itertext())
+
+
+def coded(parent: etree._Element | None, ns: str, local: str) -> Coded | None:
+    element = child(parent, ns, local)
+    return None if element is None else coded_of(element)
+
+
+def coded_of(element: etree._Element) -> Coded:
+    return Coded(v=element.get("V"), dn=element.get("DN"), s=element.get("S"), ot=element.get("OT"))
+
+
+def add(parent: etree._Element, ns: str, local: str, value: str | None = None) -> etree._Element:
+    element = etree.SubElement(parent, qname(ns, local))
+    if value is not None:
+        element.text = value
+    return element
+
+
+def add_opt(parent: etree._Element, ns: str, local: str, value: str | None) -> None:
+    if value is not None:
+        add(parent, ns, local, value)
+
+
+def add_coded(
+    parent: etree._Element, ns: str, local: str, value: Coded | None, *, with_s: bool = True
+) -> None:
+    """Append ``value`` as a coded element; CS types (``with_s=False``) carry only V and DN."""
+    if value is None:
+        return
+    element = add(parent, ns, local)
+    if value.v is not None:
+        element.set("V", value.v)
+    if value.dn is not None:
+        element.set("DN", value.dn)
+    if with_s and value.s is not None:
+        element.set("S", value.s)
+    if with_s and value.ot is not None:
+        element.set("OT", value.ot)
+
+
+def path_of(element: etree._Element) -> str:
+    """A readable path such as ``/MsgHead/MsgInfo/Sender/Organisation[1]`` (no namespaces)."""
+    parts: list[str] = []
+    current: etree._Element | None = element
+    while current is not None:
+        name = local_name(current)
+        parent = current.getparent()
+        if parent is not None:
+            same = [c for c in parent if isinstance(c.tag, str) and c.tag == current.tag]
+            if len(same) > 1:
+                name = f"{name}[{same.index(current) + 1}]"
+        parts.append(name)
+        current = parent
+    return "/" + "/".join(reversed(parts))
+
+
+def elements(root: etree._Element) -> Iterator[etree._Element]:
+    """Every element below ``root`` (comments and processing instructions skipped)."""
+    for element in root.iter():
+        if isinstance(element.tag, str):
+            yield element
+
+
+def to_bytes(root: etree._Element) -> bytes:
+    """UTF-8 XML with declaration, as every builder returns."""
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))

@@ -1,0 +1,151 @@
+"""XSD validation against the official KITH schemas, loaded from a configured directory.
+
+The package does not ship the schemas. Every ``*.xsd`` in the directory is mapped by its
+targetNamespace (so the official file names do not matter), and one wrapper schema importing
+all of them is compiled once per directory and cached. The KITH schemas import each other by
+relative path; those imports are resolved inside the directory only: the parser never touches
+the network and refuses DTDs, like every other parser in this package.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from lxml import etree
+
+from meldingstjener.formats.errors import FormatError
+from meldingstjener.formats.xmlutil import NS_XSI, path_of
+
+_XS = "http://www.w3.org/2001/XMLSchema"
+
+
+class SchemaError(FormatError):
+    """The schema directory cannot be used (missing, unreadable, schemas do not compile)."""
+
+    code = "schema-error"
+    apprec_code = "T99"
+
+
+@dataclass(frozen=True, slots=True)
+class XsdIssue:
+    line: int
+    path: str
+    message: str
+
+
+class _LocalOnly(etree.Resolver):
+    """Resolves schema imports inside the schema directory; anything else gets an empty answer."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self._root = root
+
+    def resolve(self, system_url: str, public_id: str, context: object) -> object:
+        if system_url.startswith("file:"):
+            path = Path(system_url.removeprefix("file://")).resolve()
+        elif "://" in system_url:
+            path = None
+        else:
+            path = (self._root / system_url).resolve()
+        if path is None or not path.is_relative_to(self._root) or not path.is_file():
+            # An empty schema: the import fails to compile with a clear error, nothing is fetched.
+            return self.resolve_string(
+                f'<schema xmlns="{_XS}"/>', context, base_url=str(self._root / "refused.xsd")
+            )
+        return self.resolve_filename(str(path), context)
+
+
+def _schema_parser(root: Path) -> etree.XMLParser:
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+    )
+    parser.resolvers.add(_LocalOnly(root))
+    return parser
+
+
+class SchemaSet:
+    """The compiled KITH schemas of one directory, by target namespace."""
+
+    def __init__(self, directory: Path) -> None:
+        root = directory.resolve()
+        if not root.is_dir():
+            raise SchemaError(f"schema directory {directory} does not exist")
+        self.directory = root
+        self.files: dict[str, Path] = {}
+        for path in sorted(root.glob("*.xsd")):
+            try:
+                tree = etree.parse(str(path), _schema_parser(root))
+            except etree.XMLSyntaxError as exc:
+                raise SchemaError(f"schema {path.name} is not well-formed: {exc}") from None
+            target = tree.getroot().get("targetNamespace")
+            if target and target not in self.files:
+                self.files[target] = path
+        if not self.files:
+            raise SchemaError(f"no XML schemas (*.xsd) in {directory}")
+        imports = "".join(
+            f"<xs:import namespace={quoteattr(ns)} schemaLocation={quoteattr(p.name)}/>"
+            for ns, p in self.files.items()
+        )
+        wrapper = f'<xs:schema xmlns:xs="{_XS}">{imports}</xs:schema>'
+        parser = _schema_parser(root)
+        try:
+            document = etree.fromstring(
+                wrapper.encode(), parser, base_url=str(root / "__wrapper__.xsd")
+            )
+            self._schema = etree.XMLSchema(document)
+        except (etree.XMLSchemaParseError, etree.XMLSyntaxError) as exc:
+            raise SchemaError(f"schemas in {directory} do not compile: {exc}") from None
+        self._lock = threading.Lock()  # an XMLSchema object keeps its error log: one at a time
+
+    def covers(self, namespace: str | None) -> bool:
+        return namespace in self.files
+
+    def validate(self, root: etree._Element) -> list[XsdIssue]:
+        with self._lock:
+            if self._schema.validate(root.getroottree()):
+                return []
+            return [
+                XsdIssue(line=e.line, path=_readable_path(root, e.path), message=_plain(e.message))
+                for e in self._schema.error_log
+            ]
+
+
+def _readable_path(root: etree._Element, xpath: str | None) -> str:
+    # libxml2 reports default-namespace elements as "*" ("/*/*[3]"); find the element and name it.
+    if not xpath:
+        return ""
+    try:
+        found = root.getroottree().xpath(xpath)
+    except etree.XPathError:
+        return xpath
+    if isinstance(found, list) and found and isinstance(found[0], etree._Element):
+        return path_of(found[0])
+    return xpath
+
+
+def _plain(message: str) -> str:
+    # libxml2 writes names as {namespace}Local; the namespace adds noise for a reader.
+    for ns in ("{http://www.kith.no/xmlstds/", "{" + NS_XSI + "}"):
+        while ns in message:
+            start = message.index(ns)
+            end = message.index("}", start)
+            message = message[:start] + message[end + 1 :]
+    return message
+
+
+_CACHE: dict[Path, SchemaSet] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def schema_set(directory: Path) -> SchemaSet:
+    """The compiled schemas of ``directory``, compiled on first use and cached."""
+    key = directory.resolve()
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is None:
+            cached = SchemaSet(key)
+            _CACHE[key] = cached
+        return cached

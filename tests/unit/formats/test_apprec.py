@@ -1,0 +1,118 @@
+"""AppRec 1.0 and 1.1: samples round-trip, bad ones are refused, build_apprec answers a MsgHead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from formats_sample_names import VALID_APPREC_SAMPLES
+
+from meldingstjener.formats import (
+    AppRecError,
+    AppRecStatus,
+    InvalidValue,
+    UnknownAppRecStatus,
+    UnsupportedVersion,
+    build_apprec,
+    read_apprec,
+    read_msghead,
+    serialize_apprec,
+    validate,
+)
+from meldingstjener.model import HerId, PartyRef
+
+FORESPORSEL = "dialogmelding__1.0__foresporsel-og-svar__dialog-foresporsel-samsvar-test.xml"
+
+
+@pytest.mark.parametrize("name", VALID_APPREC_SAMPLES)
+def test_apprec_round_trip_is_equal_and_xsd_valid(name: str, samples: Path, kith_xsd: Path) -> None:
+    apprec = read_apprec((samples / name).read_bytes())
+    built = serialize_apprec(apprec)
+    assert read_apprec(built) == apprec
+    report = validate(built, kith_xsd)
+    assert [p for p in report.problems if p.layer in ("xsd", "structure")] == []
+
+
+def test_all_data_sample(samples: Path) -> None:
+    apprec = read_apprec((samples / "app-rec__1.1__all-data.xml").read_bytes())
+    assert apprec.version == "1.1"
+    assert apprec.status is AppRecStatus.OK
+    assert apprec.status_text == "OK"
+    assert apprec.sender.her_ids == PartyRef(HerId(8142987), HerId(8143060), HerId(123456))
+    assert apprec.receiver.her_ids == PartyRef(HerId(998877), HerId(555111), HerId(9512))
+    assert apprec.original_msg_id.id == "5d79bd68-a58c-4599-a4e7-9db28ea20099"
+    assert apprec.original_msg_id.msg_type.v == "DIALOG_HELSEFAGLIG"
+
+
+def test_rejected_sample_errors(samples: Path) -> None:
+    apprec = read_apprec((samples / "app-rec__1.0__example-avvist.xml").read_bytes())
+    assert apprec.status is AppRecStatus.REJECTED
+    (error,) = apprec.errors
+    assert (error.code, error.text, error.ot) == (
+        "E21",
+        "Mottaker finnes ikke",
+        "Legen har sluttet",
+    )
+    assert error.code_list == "2.16.578.1.12.4.1.1.8221"
+
+
+def test_errors_from_other_code_lists_are_read_as_sent(samples: Path) -> None:
+    apprec = read_apprec((samples / "app-rec__1.0__example-ok-feil-i-delmelding.xml").read_bytes())
+    assert apprec.status is AppRecStatus.OK_WITH_ERRORS
+    assert [(e.code, e.code_list, e.ot) for e in apprec.errors] == [
+        ("07", "2.16.578.1.12.4.1.1.8223", "93495"),
+        ("16", "2.16.578.1.12.4.1.1.8223", "93498"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("app-rec__1.0__unknown-status.xml", UnknownAppRecStatus),
+        ("app-rec__1.1__unknown-status.xml", UnknownAppRecStatus),
+        ("app-rec__missing-migversion.xml", UnsupportedVersion),
+        ("app-rec__unknown-migversion.xml", UnsupportedVersion),
+    ],
+)
+def test_invalid_samples_give_the_right_error(
+    name: str, error: type[Exception], samples: Path
+) -> None:
+    with pytest.raises(error) as caught:
+        read_apprec((samples / name).read_bytes())
+    assert "Status" in str(caught.value) or "MIGversion" in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_build_apprec_answers_the_original(version: str, samples: Path, kith_xsd: Path) -> None:
+    original = read_msghead((samples / FORESPORSEL).read_bytes())
+    data = build_apprec(
+        original,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("E21", "Tjenesten er nedlagt")],
+        version=version,
+        msg_id="apprec-1",
+        gen_date="2025-05-13T12:00:00",
+    )
+    apprec = read_apprec(data)
+    assert apprec.version == version
+    assert apprec.id == "apprec-1"
+    assert apprec.sender.her_ids == original.receiver_her_ids
+    assert apprec.receiver.her_ids == original.sender_her_ids
+    assert apprec.original_msg_id.id == original.msg_id
+    assert apprec.original_msg_id.issue_date == original.msg_info.gen_date
+    assert apprec.original_msg_id.msg_type.v == "DIALOG_FORESPORSEL"
+    assert [(e.code, e.text, e.ot) for e in apprec.errors] == [
+        ("E21", "Mottaker finnes ikke", "Tjenesten er nedlagt")
+    ]
+    report = validate(data, kith_xsd)
+    assert report.valid, report.problems
+
+
+def test_rejection_without_error_is_refused(samples: Path) -> None:
+    original = read_msghead((samples / FORESPORSEL).read_bytes())
+    with pytest.raises(InvalidValue, match="needs an Error"):
+        build_apprec(original, status=2)
+    with pytest.raises(ValueError):
+        build_apprec(original, status=7)
+    with pytest.raises(InvalidValue, match="version"):
+        build_apprec(original, status=1, version="2.0")
