@@ -1,0 +1,299 @@
+"""Revocation status of a certificate: CRLs (configured or fetched from the distribution point
+the certificate names) and OCSP (where the certificate names a responder).
+
+Network access goes through an injectable fetcher with a timeout, and fetched CRLs are cached
+until their nextUpdate (at most ``cache_seconds``), so a busy server does not download the
+same CRL for every message. The outcome is GOOD, REVOKED or UNKNOWN; what UNKNOWN means
+(soft or hard fail) is decided by :mod:`validation`.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+Fetcher = Callable[[str, bytes | None, str | None, float], bytes]
+"""fetch(url, body or None for GET, content type of the body, timeout seconds) -> bytes."""
+
+_CLOCK_SKEW = timedelta(minutes=5)
+_MAX_RESPONSE = 20 * 1024 * 1024  # national CA CRLs are large, but not this large
+
+
+class RevocationStatus(enum.Enum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    status: RevocationStatus
+    source: str  # "crl <url>", "ocsp <url>", "configured crl", or "none"
+    detail: str
+    revoked_at: datetime | None = None
+
+
+def urllib_fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+    """Default fetcher: plain HTTP(S) GET or POST with a timeout and a size limit."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"unsupported URL scheme in {url}")
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data: bytes = response.read(_MAX_RESPONSE + 1)
+    if len(data) > _MAX_RESPONSE:
+        raise ValueError(f"response from {url} is larger than {_MAX_RESPONSE} bytes")
+    return data
+
+
+class RevocationChecker:
+    """Finds the revocation status of a certificate given its issuer."""
+
+    def __init__(
+        self,
+        *,
+        crls: Sequence[x509.CertificateRevocationList] = (),
+        fetch_crls: bool = True,
+        ocsp_enabled: bool = True,
+        fetcher: Fetcher = urllib_fetch,
+        timeout: float = 5.0,
+        cache_seconds: float = 3600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._configured = list(crls)
+        self._fetch_crls = fetch_crls
+        self._ocsp = ocsp_enabled
+        self._fetcher = fetcher
+        self._timeout = timeout
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[x509.CertificateRevocationList, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def check(
+        self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
+    ) -> RevocationResult:
+        notes: list[str] = []
+        for source, crl in self._crls_for(cert, issuer, notes):
+            result = self._from_crl(crl, cert, at, source, notes)
+            if result is not None:
+                return result
+        if self._ocsp:
+            for url in _ocsp_urls(cert):
+                result = self._from_ocsp(url, cert, issuer, at, notes)
+                if result is not None:
+                    return result
+        detail = "; ".join(notes) or "no CRL or OCSP responder is available for this certificate"
+        return RevocationResult(RevocationStatus.UNKNOWN, "none", detail)
+
+    # --- CRL ---------------------------------------------------------------------------------
+
+    def _crls_for(
+        self, cert: x509.Certificate, issuer: x509.Certificate, notes: list[str]
+    ) -> list[tuple[str, x509.CertificateRevocationList]]:
+        found = [
+            ("configured crl", crl)
+            for crl in self._configured
+            if crl.issuer == issuer.subject and _crl_signed_by(crl, issuer)
+        ]
+        if self._fetch_crls:
+            for url in _crl_urls(cert):
+                crl = self._fetched_crl(url, notes)
+                if crl is None:
+                    continue
+                if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                    notes.append(f"the CRL from {url} is not signed by the certificate's issuer")
+                    continue
+                found.append((f"crl {url}", crl))
+        return found
+
+    def _fetched_crl(self, url: str, notes: list[str]) -> x509.CertificateRevocationList | None:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(url)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+        try:
+            data = self._fetcher(url, None, None, self._timeout)
+            crl = (
+                x509.load_pem_x509_crl(data)
+                if data.lstrip().startswith(b"-----BEGIN")
+                else x509.load_der_x509_crl(data)
+            )
+        except (OSError, ValueError) as exc:
+            notes.append(f"could not fetch the CRL from {url}: {type(exc).__name__}: {exc}")
+            return None
+        expires = now + timedelta(seconds=self._cache_seconds)
+        next_update = crl.next_update_utc
+        if next_update is not None:
+            expires = min(expires, next_update)
+        with self._lock:
+            self._cache[url] = (crl, expires)
+        return crl
+
+    def _from_crl(
+        self,
+        crl: x509.CertificateRevocationList,
+        cert: x509.Certificate,
+        at: datetime,
+        source: str,
+        notes: list[str],
+    ) -> RevocationResult | None:
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if entry is not None and entry.revocation_date_utc <= at:
+            return RevocationResult(
+                RevocationStatus.REVOKED,
+                source,
+                f"revoked on {entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC ({source})",
+                entry.revocation_date_utc,
+            )
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < self._clock():
+            notes.append(f"the {source} is out of date (next update was {next_update:%Y-%m-%d})")
+            return None
+        return RevocationResult(RevocationStatus.GOOD, source, f"not on the {source}")
+
+    # --- OCSP --------------------------------------------------------------------------------
+
+    def _from_ocsp(
+        self,
+        url: str,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        at: datetime,
+        notes: list[str],
+    ) -> RevocationResult | None:
+        request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+        try:
+            data = self._fetcher(
+                url,
+                request.public_bytes(serialization.Encoding.DER),
+                "application/ocsp-request",
+                self._timeout,
+            )
+            response = ocsp.load_der_ocsp_response(data)
+        except (OSError, ValueError) as exc:
+            notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
+            return None
+        problem = _ocsp_problem(response, cert, issuer, self._clock())
+        if problem is not None:
+            notes.append(f"OCSP answer from {url} not usable: {problem}")
+            return None
+        source = f"ocsp {url}"
+        if response.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+            revoked_at = response.revocation_time_utc
+            if revoked_at is not None and revoked_at <= at:
+                return RevocationResult(
+                    RevocationStatus.REVOKED,
+                    source,
+                    f"revoked on {revoked_at:%Y-%m-%d %H:%M} UTC (OCSP {url})",
+                    revoked_at,
+                )
+            return RevocationResult(RevocationStatus.GOOD, source, "revoked only after that time")
+        if response.certificate_status == ocsp.OCSPCertStatus.GOOD:
+            return RevocationResult(RevocationStatus.GOOD, source, f"OCSP {url} says good")
+        notes.append(f"OCSP {url} does not know the certificate")
+        return None
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    key = issuer.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        return False
+    return crl.is_signature_valid(key)
+
+
+def _crl_urls(cert: x509.Certificate) -> list[str]:
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        name.value
+        for point in points
+        for name in point.full_name or []
+        if isinstance(name, x509.UniformResourceIdentifier)
+        and name.value.lower().startswith(("http://", "https://"))
+    ]
+
+
+def _ocsp_urls(cert: x509.Certificate) -> list[str]:
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        item.access_location.value
+        for item in access
+        if item.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(item.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+def _ocsp_problem(
+    response: ocsp.OCSPResponse,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    now: datetime,
+) -> str | None:
+    if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return f"status {response.response_status.name}"
+    if response.serial_number != cert.serial_number:
+        return "the answer is about another certificate"
+    responder = _ocsp_responder(response, issuer)
+    if responder is None:
+        return "the answer is not signed by the issuer or a responder it authorised"
+    key = responder.public_key()
+    algorithm = response.signature_hash_algorithm
+    if not isinstance(key, rsa.RSAPublicKey) or algorithm is None:
+        return "unsupported OCSP signature"
+    try:
+        key.verify(response.signature, response.tbs_response_bytes, padding.PKCS1v15(), algorithm)
+    except InvalidSignature:
+        return "the answer's signature does not verify"
+    if response.this_update_utc > now + _CLOCK_SKEW:
+        return "the answer is dated in the future"
+    next_update = response.next_update_utc
+    if next_update is not None and next_update < now - _CLOCK_SKEW:
+        return "the answer is out of date"
+    return None
+
+
+def _ocsp_responder(
+    response: ocsp.OCSPResponse, issuer: x509.Certificate
+) -> x509.Certificate | None:
+    if _responder_is(response, issuer):
+        return issuer
+    for candidate in response.certificates:
+        if not _responder_is(response, candidate):
+            continue
+        try:
+            candidate.verify_directly_issued_by(issuer)
+            usage = candidate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            continue
+        if ExtendedKeyUsageOID.OCSP_SIGNING in usage:
+            return candidate
+    return None
+
+
+def _responder_is(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
+    if response.responder_name is not None:
+        return response.responder_name == cert.subject
+    key_hash = response.responder_key_hash
+    digest = hashes.Hash(hashes.SHA1())
+    digest.update(
+        cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    )
+    return key_hash == digest.finalize()

@@ -1,0 +1,178 @@
+"""CMS EnvelopedData and SignedData between our own encrypt/decrypt/sign/verify.
+
+Interoperability with openssl is proven in tests/integration/security.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+
+import pytest
+from asn1crypto import cms as acms
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meldingstjener.security import cms
+from meldingstjener.security.devpki import DevParty, DevPki
+
+SENDER = "8141253"  # HER-ids the session PKI in conftest.py issues for
+RECEIVER = "79768"
+
+
+def _candidates(party: DevParty) -> list[cms.DecryptionCandidate]:
+    return [(party.encryption.key, party.encryption.certificate)]
+
+
+@pytest.fixture(scope="module")
+def sender(pki: DevPki) -> DevParty:
+    return pki.parties[SENDER]
+
+
+@pytest.fixture(scope="module")
+def receiver(pki: DevPki) -> DevParty:
+    return pki.parties[RECEIVER]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.binary(max_size=3000))
+def test_encrypt_then_decrypt_gives_back_the_bytes(receiver: DevParty, data: bytes) -> None:
+    party = receiver
+    if data.startswith(b"\x1f\x8b"):
+        data = b"x" + data  # a plaintext that happens to look gzipped is gunzipped by design
+    assert cms.decrypt(cms.encrypt(data, party.encryption.certificate), _candidates(party)) == data
+
+
+def test_envelope_uses_aes256_pkcs1_and_issuer_serial(receiver: DevParty) -> None:
+    der = cms.encrypt(b"<MsgHead/>", receiver.encryption.certificate)
+    enveloped = acms.ContentInfo.load(der)["content"]
+    content = enveloped["encrypted_content_info"]
+    assert content["content_encryption_algorithm"]["algorithm"].native == "aes256_cbc"
+    ktri = enveloped["recipient_infos"][0].chosen
+    assert ktri["key_encryption_algorithm"]["algorithm"].native == "rsaes_pkcs1v15"
+    assert ktri["rid"].name == "issuer_and_serial_number"
+    assert (
+        ktri["rid"].chosen["serial_number"].native == receiver.encryption.certificate.serial_number
+    )
+
+
+def test_compressed_payload_is_gunzipped_on_receipt(receiver: DevParty) -> None:
+    payload = b"<MsgHead>" + b"a" * 5000 + b"</MsgHead>"
+    der = cms.encrypt(payload, receiver.encryption.certificate, compress=True)
+    assert len(der) < 1000
+    assert cms.decrypt(der, _candidates(receiver)) == payload
+    raw = cms.decrypt(der, _candidates(receiver), gunzip=False)
+    assert gzip.decompress(raw) == payload
+
+
+def test_gzip_bomb_is_refused(receiver: DevParty) -> None:
+    der = cms.encrypt(b"\0" * 2_000_000, receiver.encryption.certificate, compress=True)
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(der, _candidates(receiver), max_size=1_000_000)
+    assert caught.value.code == "too-large"
+
+
+def test_previous_key_decrypts_during_rollover(sender: DevParty, receiver: DevParty) -> None:
+    der = cms.encrypt(b"old", receiver.encryption.certificate)
+    candidates = _candidates(sender) + _candidates(receiver)  # current first, previous second
+    assert cms.decrypt(der, candidates) == b"old"
+
+
+def test_message_for_someone_else(sender: DevParty, receiver: DevParty) -> None:
+    der = cms.encrypt(b"x", receiver.encryption.certificate)
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(der, _candidates(sender))
+    assert caught.value.code == "recipient-not-found"
+
+
+def test_wrong_key_for_the_named_certificate_fails_uniformly(
+    sender: DevParty, receiver: DevParty
+) -> None:
+    der = cms.encrypt(b"secret", receiver.encryption.certificate)
+    wrong = [(sender.encryption.key, receiver.encryption.certificate)]
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(der, wrong)
+    assert caught.value.code == "decryption-failed"
+
+
+def test_altered_ciphertext_fails(receiver: DevParty) -> None:
+    der = bytearray(cms.encrypt(b"secret" * 10, receiver.encryption.certificate))
+    der[-1] ^= 0x01
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(bytes(der), _candidates(receiver))
+    assert caught.value.code == "decryption-failed"
+
+
+@pytest.mark.parametrize("data", [b"", b"hello", b"\x02\x01\x00", b"-----BEGIN PKCS7-----\n!!\n"])
+def test_not_cms(data: bytes, receiver: DevParty) -> None:
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(cms.cms_der_from_any(data) if data[:1] == b"\x30" else data, [])
+    assert caught.value.code == "not-cms"
+
+
+def test_input_forms_der_pem_base64(receiver: DevParty) -> None:
+    der = cms.encrypt(b"x", receiver.encryption.certificate)
+    b64 = base64.encodebytes(der)
+    pem = b"-----BEGIN CMS-----\n" + b64 + b"-----END CMS-----\n"
+    assert cms.cms_der_from_any(der) == der
+    assert cms.cms_der_from_any(b64) == der
+    assert cms.cms_der_from_any(pem) == der
+    with pytest.raises(cms.CmsError):
+        cms.cms_der_from_any(b"not base64 at all!")
+
+
+def test_signed_data_round_trip(sender: DevParty) -> None:
+    der = cms.sign(b"<MsgHead/>", sender.signing.key, sender.signing.certificate)
+    verified = cms.verify(der, expected_signer=sender.signing.certificate)
+    assert verified.content == b"<MsgHead/>"
+    assert verified.signer == sender.signing.certificate
+    assert verified.signing_time is not None
+
+
+def test_signer_must_be_the_expected_certificate(sender: DevParty, receiver: DevParty) -> None:
+    der = cms.sign(b"x", sender.signing.key, sender.signing.certificate)
+    with pytest.raises(cms.CmsError) as caught:
+        cms.verify(der, expected_signer=receiver.signing.certificate)
+    assert caught.value.code == "signer-mismatch"
+
+
+def test_altered_signed_content_is_detected(sender: DevParty) -> None:
+    der = cms.sign(b"original content", sender.signing.key, sender.signing.certificate)
+    tampered = der.replace(b"original content", b"0riginal content")
+    with pytest.raises(cms.CmsError) as caught:
+        cms.verify(tampered, expected_signer=sender.signing.certificate)
+    assert caught.value.code == "digest-mismatch"
+
+
+def test_forged_signature_is_detected(sender: DevParty, receiver: DevParty) -> None:
+    # Signed with another key but claiming the sender's certificate.
+    der = cms.sign(b"x", receiver.signing.key, sender.signing.certificate)
+    with pytest.raises(cms.CmsError) as caught:
+        cms.verify(der, expected_signer=sender.signing.certificate)
+    assert caught.value.code == "signature-invalid"
+
+
+def test_sign_and_encrypt_then_decrypt_and_verify(sender: DevParty, receiver: DevParty) -> None:
+    der = cms.sign_and_encrypt(
+        b"<Dialogmelding/>",
+        sender.signing.key,
+        sender.signing.certificate,
+        receiver.encryption.certificate,
+        compress=True,
+    )
+    verified = cms.decrypt_and_verify(
+        der, _candidates(receiver), expected_signer=sender.signing.certificate
+    )
+    assert verified.content == b"<Dialogmelding/>"
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt_and_verify(
+            der, _candidates(receiver), expected_signer=receiver.signing.certificate
+        )
+    assert caught.value.code == "signer-mismatch"
+
+
+def test_enveloped_data_given_to_verify(receiver: DevParty) -> None:
+    der = cms.encrypt(b"x", receiver.encryption.certificate)
+    with pytest.raises(cms.CmsError) as caught:
+        cms.verify(der, expected_signer=None)
+    assert caught.value.code == "unexpected-content-type"

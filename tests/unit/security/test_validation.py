@@ -1,0 +1,270 @@
+"""Certificate validation against a development CA, with its CRL and an OCSP responder served
+over real HTTP from a local server thread."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from meldingstjener.security.devpki import (
+    DevPki,
+    init_pki,
+    issue_certificate,
+    party_name,
+    revoke,
+)
+from meldingstjener.security.validation import CertificateValidator, Reason
+
+Route = Callable[[bytes], tuple[int, bytes]]
+
+
+class LocalServer:
+    """A stdlib HTTP server on 127.0.0.1 whose routes the tests set."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: Counter[str] = Counter()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bytes) -> None:
+                server.hits[self.path] += 1
+                route = server.routes.get(self.path)
+                status, data = route(body) if route else (404, b"")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer(b"")
+
+            def do_POST(self) -> None:
+                self._answer(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    srv = LocalServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def ca(server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    pki = init_pki(tmp_path_factory.mktemp("vpki"), ["1001"], crl_url=f"{server.url}/ca.crl")
+    server.routes["/ca.crl"] = lambda _: (200, pki.crl_path.read_bytes())
+    return pki
+
+
+def _cert(
+    pki: DevPki,
+    *,
+    role: str = "sign",
+    crl_url: str | None = None,
+    ocsp_url: str | None = None,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    party = pki.parties["1001"]
+    key_usage = (party.signing if role == "sign" else party.encryption).certificate.extensions
+    return issue_certificate(
+        pki.ca,
+        party.signing.key.public_key(),
+        party_name("TEST AS", "974760673"),
+        key_usage.get_extension_for_class(x509.KeyUsage).value,
+        not_before=not_before or now - timedelta(days=1),
+        not_after=not_after or now + timedelta(days=30),
+        crl_url=crl_url,
+        ocsp_url=ocsp_url,
+    )
+
+
+def _validator(pki: DevPki, **options: object) -> CertificateValidator:
+    return CertificateValidator([pki.ca_certificate], timeout=2.0, **options)  # type: ignore[arg-type]
+
+
+def test_valid_certificate_with_crl_from_its_distribution_point(
+    ca: DevPki, server: LocalServer
+) -> None:
+    check = _validator(ca).validate(ca.parties["1001"].signing.certificate, usage="signing")
+    assert check.ok, check.details
+    assert check.reasons == []
+    assert check.chain[-1] == ca.ca_certificate
+
+
+def test_crl_is_cached(ca: DevPki, server: LocalServer) -> None:
+    validator = _validator(ca)
+    before = server.hits["/ca.crl"]
+    for _ in range(3):
+        assert validator.validate(ca.parties["1001"].encryption.certificate, usage="encryption").ok
+    assert server.hits["/ca.crl"] - before == 1
+
+
+def test_revoked_certificate(tmp_path: Path, server: LocalServer) -> None:
+    pki = init_pki(tmp_path, ["2002"], crl_url=f"{server.url}/revoking.crl")
+    server.routes["/revoking.crl"] = lambda _: (200, pki.crl_path.read_bytes())
+    cert = pki.parties["2002"].signing.certificate
+    assert _validator(pki).validate(cert, usage="signing").ok
+    revoke(tmp_path, tmp_path / "2002-sign.pem")
+    check = _validator(pki).validate(cert, usage="signing")
+    assert not check.ok
+    assert check.reasons == [Reason.REVOKED]
+    assert "revoked on" in check.details[0]
+    # Checked at a time before the revocation, it was still good.
+    earlier = datetime.now(UTC) - timedelta(minutes=30)
+    assert _validator(pki).validate(cert, usage="signing", at=earlier).ok
+
+
+def test_configured_crl_without_fetching(tmp_path: Path) -> None:
+    pki = init_pki(tmp_path, ["3003"])
+    revoke(tmp_path, pki.parties["3003"].encryption.certificate)
+    validator = _validator(pki, crls=[pki.crl()], fetch_crls=False)
+    assert validator.validate(pki.parties["3003"].signing.certificate, usage="signing").ok
+    check = validator.validate(pki.parties["3003"].encryption.certificate, usage="encryption")
+    assert check.reasons == [Reason.REVOKED]
+
+
+def test_expired(ca: DevPki) -> None:
+    now = datetime.now(UTC)
+    cert = _cert(ca, not_before=now - timedelta(days=400), not_after=now - timedelta(days=1))
+    check = _validator(ca, check_revocation=False).validate(cert, usage="signing")
+    assert check.reasons == [Reason.EXPIRED]
+    assert not check.ok
+    assert check.details[0].startswith("the certificate has expired:")
+
+
+def test_not_yet_valid(ca: DevPki) -> None:
+    now = datetime.now(UTC)
+    cert = _cert(ca, not_before=now + timedelta(days=2), not_after=now + timedelta(days=30))
+    check = _validator(ca, check_revocation=False).validate(cert, usage="signing")
+    assert check.reasons == [Reason.NOT_YET_VALID]
+
+
+def test_wrong_usage(ca: DevPki) -> None:
+    check = _validator(ca, check_revocation=False).validate(
+        ca.parties["1001"].encryption.certificate, usage="signing"
+    )
+    assert check.reasons == [Reason.WRONG_USAGE]
+    assert Reason.WRONG_USAGE.amqp_error_condition == "transport:invalid-certificate"
+
+
+def test_untrusted(ca: DevPki, tmp_path: Path) -> None:
+    stranger = init_pki(tmp_path, ["4004"])
+    check = _validator(ca).validate(stranger.parties["4004"].signing.certificate, usage="signing")
+    assert check.reasons == [Reason.UNTRUSTED]
+    assert not check.ok
+
+
+def test_revocation_unknown_soft_and_hard(ca: DevPki, server: LocalServer) -> None:
+    cert = _cert(ca, crl_url=f"{server.url}/missing.crl")
+    soft = _validator(ca).validate(cert, usage="signing")
+    assert soft.reasons == [Reason.REVOCATION_UNKNOWN]
+    assert soft.ok
+    assert "missing.crl" in soft.details[0]
+    hard = _validator(ca, revocation_policy="hard").validate(cert, usage="signing")
+    assert hard.reasons == [Reason.REVOCATION_UNKNOWN]
+    assert not hard.ok
+
+
+def test_certificate_naming_no_revocation_source(ca: DevPki) -> None:
+    check = _validator(ca, revocation_policy="hard").validate(_cert(ca), usage="signing")
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+
+
+def test_crl_fetch_times_out(ca: DevPki, server: LocalServer) -> None:
+    def hang(_: bytes) -> tuple[int, bytes]:
+        server.release.wait(30)  # released when the server fixture closes
+        return 200, b""
+
+    server.routes["/slow.crl"] = hang
+    cert = _cert(ca, crl_url=f"{server.url}/slow.crl")
+    check = CertificateValidator([ca.ca_certificate], timeout=0.3).validate(cert, usage="signing")
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+    assert "timed out" in check.details[0] or "Timeout" in check.details[0]
+
+
+def test_crl_signed_by_someone_else_is_not_used(
+    ca: DevPki, server: LocalServer, tmp_path: Path
+) -> None:
+    stranger = init_pki(tmp_path, [])
+    server.routes["/forged.crl"] = lambda _: (200, stranger.crl_path.read_bytes())
+    cert = _cert(ca, crl_url=f"{server.url}/forged.crl")
+    check = _validator(ca).validate(cert, usage="signing")
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+
+
+def _ocsp_responder(pki: DevPki, issued: list[x509.Certificate], revoked: set[int]) -> Route:
+    def answer(body: bytes) -> tuple[int, bytes]:
+        request = ocsp.load_der_ocsp_request(body)
+        now = datetime.now(UTC)
+        cert = next(c for c in issued if c.serial_number == request.serial_number)
+        status = (
+            ocsp.OCSPCertStatus.REVOKED
+            if cert.serial_number in revoked
+            else (ocsp.OCSPCertStatus.GOOD)
+        )
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=pki.ca_certificate,
+                algorithm=hashes.SHA1(),
+                cert_status=status,
+                this_update=now - timedelta(minutes=1),
+                next_update=now + timedelta(hours=1),
+                revocation_time=now - timedelta(minutes=10)
+                if cert.serial_number in revoked
+                else None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.ca_certificate)
+            .sign(pki.ca.key, hashes.SHA256())
+        )
+        return 200, response.public_bytes(serialization.Encoding.DER)
+
+    return answer
+
+
+def test_ocsp_good_and_revoked(ca: DevPki, server: LocalServer) -> None:
+    good = _cert(ca, ocsp_url=f"{server.url}/ocsp")
+    bad = _cert(ca, ocsp_url=f"{server.url}/ocsp")
+    server.routes["/ocsp"] = _ocsp_responder(ca, [good, bad], {bad.serial_number})
+    validator = _validator(ca, revocation_policy="hard")
+    assert validator.validate(good, usage="signing").ok
+    revoked = validator.validate(bad, usage="signing")
+    assert revoked.reasons == [Reason.REVOKED]
+    assert "OCSP" in revoked.details[0]
+    without_ocsp = _validator(ca, ocsp=False).validate(good, usage="signing")
+    assert without_ocsp.reasons == [Reason.REVOCATION_UNKNOWN]
+
+
+def test_every_reason_has_plain_words() -> None:
+    for reason in Reason:
+        assert reason.message.startswith("the certificate") or reason.message.startswith("whether")
+        assert reason.amqp_error_condition.startswith("transport:")
