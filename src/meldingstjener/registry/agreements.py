@@ -1,0 +1,285 @@
+"""Partner agreements (partneravtaler): what we may send to one counterparty, and the gate the
+outbound pipeline passes every message through.
+
+A :class:`PartnerAgreement` is built from :class:`AgreementTerms` (CPA, CPP or address register,
+see :func:`resolve_terms`) plus what only we know: the onboarding state and the contacts. The
+state follows the regional routine for connecting partners: ordered -> testing ->
+verified-inactive -> active, with suspended as a pause from active.
+
+:func:`check_send` refuses a message type or version that is not agreed, or any message while the
+agreement is not active, with :class:`NotAgreed` (stable code, readable message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+
+from meldingstjener.registry.cpa import agreement_for, terms_from_cpp
+from meldingstjener.registry.cppa_model import CollaborationProtocol
+from meldingstjener.registry.errors import RegistryError
+from meldingstjener.registry.parties import CommunicationParty
+from meldingstjener.registry.terms import AgreementTerms, TermsSource, terms_from_ar
+from meldingstjener.registry.versions import choose_version, normalise_version, sort_versions
+
+__all__ = [
+    "AgreementState",
+    "Contact",
+    "NotAgreed",
+    "PartnerAgreement",
+    "check_send",
+    "check_state_change",
+    "choose_version",
+    "negotiate_version",
+    "resolve_terms",
+]
+
+
+class AgreementState(StrEnum):
+    ORDERED = "ordered"
+    TESTING = "testing"
+    VERIFIED_INACTIVE = "verified-inactive"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+_S = AgreementState
+# The onboarding routine: test messages go out in "testing"; after a verified test the service
+# is switched off ("verified-inactive") until the activation date. Suspension is reversible, and
+# a suspended or verified partner can be sent back to testing after a change (new certificate).
+_NEXT_STATES: dict[AgreementState, frozenset[AgreementState]] = {
+    _S.ORDERED: frozenset({_S.TESTING}),
+    _S.TESTING: frozenset({_S.VERIFIED_INACTIVE, _S.ORDERED}),
+    _S.VERIFIED_INACTIVE: frozenset({_S.ACTIVE, _S.TESTING}),
+    _S.ACTIVE: frozenset({_S.SUSPENDED}),
+    _S.SUSPENDED: frozenset({_S.ACTIVE, _S.TESTING}),
+}
+
+
+class NotAgreed(Exception):
+    """A send the partner agreement does not allow. ``code`` is stable; the message says what
+    is missing and what to do about it."""
+
+    # Codes: agreement-not-active, message-type-not-agreed, version-not-agreed,
+    # no-common-version, no-agreement-source, illegal-state-change.
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    # A receiver reports the same situation with ebXML "NotSupported"; the engine can map to it.
+    ebxml_error_code = "NotSupported"
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Someone at the partner to call about deviations (name/role of staff, never patients)."""
+
+    name: str
+    role: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerAgreement:
+    our_her_id: str
+    counterparty_her_id: str
+    state: AgreementState
+    source: TermsSource
+    cpa_id: str | None = None
+    channel: str | None = None  # "smtp", "http", "amqp"
+    endpoint: str | None = None
+    message_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    retries: int | None = None
+    retry_interval: timedelta | None = None
+    persist_duration: timedelta | None = None
+    ack_requested: str | None = None
+    duplicate_elimination: str | None = None
+    sync_reply_mode: str | None = None
+    contacts: tuple[Contact, ...] = ()
+    any_message_type: bool = False  # terms from the address register do not name types
+    activation_date: date | None = None
+    valid_to: datetime | None = None
+
+    @classmethod
+    def from_terms(
+        cls,
+        terms: AgreementTerms,
+        *,
+        our_her_id: str | None = None,
+        state: AgreementState = AgreementState.ORDERED,
+        contacts: Iterable[Contact] = (),
+        activation_date: date | None = None,
+    ) -> PartnerAgreement:
+        ours = our_her_id or terms.our_her_id
+        if not ours:
+            raise ValueError("our HER-id is needed to make a partner agreement")
+        channel = terms.default_channel
+        return cls(
+            our_her_id=str(ours),
+            counterparty_her_id=terms.counterparty_her_id,
+            state=state,
+            source=terms.source,
+            cpa_id=terms.cpa_id,
+            channel=channel.transport if channel else None,
+            endpoint=channel.endpoint if channel else None,
+            message_types=terms.message_types(),
+            retries=channel.retries if channel else None,
+            retry_interval=channel.retry_interval if channel else None,
+            persist_duration=channel.persist_duration if channel else None,
+            ack_requested=channel.ack_requested if channel else None,
+            duplicate_elimination=channel.duplicate_elimination if channel else None,
+            sync_reply_mode=channel.sync_reply_mode if channel else None,
+            contacts=tuple(contacts),
+            any_message_type=terms.any_message_type,
+            activation_date=activation_date,
+            valid_to=terms.valid_to,
+        )
+
+    def versions_for(self, message_type: str) -> tuple[str, ...] | None:
+        """Agreed versions of ``message_type`` (exact name first, then ignoring case)."""
+        if message_type in self.message_types:
+            return self.message_types[message_type]
+        folded = message_type.casefold()
+        for name, versions in self.message_types.items():
+            if name.casefold() == folded:
+                return versions
+        return None
+
+
+def check_state_change(current: AgreementState, new: AgreementState) -> AgreementState:
+    if new not in _NEXT_STATES[current]:
+        allowed = ", ".join(sorted(s.value for s in _NEXT_STATES[current]))
+        raise NotAgreed(
+            "illegal-state-change",
+            f"a partner agreement cannot go from {current.value} to {new.value} "
+            f"(allowed from {current.value}: {allowed})",
+        )
+    return new
+
+
+def check_send(
+    agreement: PartnerAgreement,
+    message_type: str,
+    version: str,
+    *,
+    test_message: bool = False,
+    now: datetime | None = None,
+) -> None:
+    """Raise :class:`NotAgreed` unless ``message_type`` in ``version`` may go to the partner.
+
+    Ordinary messages need an active agreement; ``test_message`` also allows the testing state
+    (the routine sends test messages one week before activation).
+    """
+    _check_state(agreement, test_message)
+    if now is not None and agreement.valid_to is not None and now > agreement.valid_to:
+        raise NotAgreed(
+            "agreement-not-active",
+            f"the agreement with HER-id {agreement.counterparty_her_id} ended "
+            f"{agreement.valid_to.isoformat()}; renew the CPA before sending",
+        )
+    if agreement.any_message_type:
+        return
+    versions = _agreed_versions(agreement, message_type)
+    if normalise_version(version) not in {normalise_version(v) for v in versions}:
+        raise NotAgreed(
+            "version-not-agreed",
+            f"{message_type} version {version} is not agreed with HER-id "
+            f"{agreement.counterparty_her_id} (agreed: {', '.join(versions) or 'none'}); "
+            "send an agreed version or update the agreement",
+        )
+
+
+def negotiate_version(
+    agreement: PartnerAgreement, message_type: str, our_versions: Iterable[str]
+) -> str:
+    """The newest version of ``message_type`` we support and the partner accepts."""
+    ours = tuple(our_versions)
+    if agreement.any_message_type:
+        newest = sort_versions(ours)
+        if not newest:
+            raise NotAgreed("no-common-version", f"we support no version of {message_type}")
+        return newest[0]
+    theirs = _agreed_versions(agreement, message_type)
+    chosen = choose_version(ours, theirs)
+    if chosen is None:
+        raise NotAgreed(
+            "no-common-version",
+            f"no common version of {message_type} with HER-id {agreement.counterparty_her_id}: "
+            f"we support {', '.join(sort_versions(ours)) or 'none'}, they accept "
+            f"{', '.join(theirs) or 'none'}; upgrade one side or agree another message type",
+        )
+    return chosen
+
+
+def _check_state(agreement: PartnerAgreement, test_message: bool) -> None:
+    allowed = {AgreementState.ACTIVE}
+    if test_message:
+        allowed.add(AgreementState.TESTING)
+    if agreement.state not in allowed:
+        hint = {
+            AgreementState.ORDERED: "it is ordered but not yet tested",
+            AgreementState.TESTING: "it is in testing; only test messages may be sent",
+            AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation date",
+            AgreementState.SUSPENDED: "it is suspended",
+        }.get(agreement.state, agreement.state.value)
+        raise NotAgreed(
+            "agreement-not-active",
+            f"the partner agreement with HER-id {agreement.counterparty_her_id} is not active "
+            f"({hint}); activate it before sending",
+        )
+
+
+def _agreed_versions(agreement: PartnerAgreement, message_type: str) -> tuple[str, ...]:
+    versions = agreement.versions_for(message_type)
+    if versions is None:
+        agreed = ", ".join(sorted(agreement.message_types)) or "none"
+        raise NotAgreed(
+            "message-type-not-agreed",
+            f"message type {message_type} is not agreed with HER-id "
+            f"{agreement.counterparty_her_id} (agreed types: {agreed}); order it from the partner "
+            "and update the agreement",
+        )
+    return versions
+
+
+def resolve_terms(
+    cpa: CollaborationProtocol | None,
+    cpp: CollaborationProtocol | None,
+    ar_party: CommunicationParty | None,
+    *,
+    our_her_id: str,
+    now: datetime | None = None,
+) -> tuple[AgreementTerms, TermsSource]:
+    """Terms from the best source available: our CPA with them, else their CPP, else their
+    address-register entry. Skipped sources are explained in ``terms.notes``."""
+    notes: list[str] = []
+    if cpa is None:
+        notes.append("no CPA with the counterparty")
+    elif now is not None and not cpa.in_force_at(now):
+        notes.append(f"CPA {cpa.protocol_id} is not in force at {now.isoformat()}")
+    else:
+        try:
+            terms = agreement_for(cpa, our_her_id)
+            return replace(terms, notes=tuple(notes)), TermsSource.CPA
+        except RegistryError as exc:
+            notes.append(f"CPA {cpa.protocol_id} unusable: {exc}")
+    if cpp is None:
+        notes.append("no CPP from the counterparty")
+    else:
+        try:
+            terms = terms_from_cpp(cpp, our_her_id)
+            return replace(terms, notes=tuple(notes)), TermsSource.CPP
+        except RegistryError as exc:
+            notes.append(f"CPP {cpp.protocol_id} unusable: {exc}")
+    if ar_party is None:
+        notes.append("no address-register entry")
+        raise NotAgreed(
+            "no-agreement-source",
+            "cannot tell how to reach the counterparty: " + "; ".join(notes),
+        )
+    terms = terms_from_ar(ar_party, our_her_id)
+    return replace(terms, notes=tuple(notes)), TermsSource.AR

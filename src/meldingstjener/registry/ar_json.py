@@ -1,0 +1,331 @@
+"""Read address-register JSON into :class:`CommunicationParty`.
+
+Two shapes exist in the wild and both are accepted:
+
+* the CommunicationDetails REST shape (Helsenorge): ``{"herId", "type", "communicationParty":
+  {"HerId", "Name", "ElectronicAddresses": [...], ...}}`` with PascalCase fields, the same
+  structure as the older SOAP service (``ar_soap`` reuses :func:`party_from_record`);
+* the newer register REST shape (camelCase: ``herId``, ``ediAddress``, ``organizationDetails``,
+  ``currentSigningCertificate``, ``amqpTransportStatus``).
+
+Field names are matched case-insensitively, so both shapes go through one mapper. Missing or
+unknown fields become None; a record without a HER-id is refused with :class:`ArFormatError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from meldingstjener.registry.certificates import (
+    CertificateUnreadable,
+    PartyCertificate,
+    certificate_from_base64,
+)
+from meldingstjener.registry.errors import ArFormatError
+from meldingstjener.registry.isotime import parse_timestamp
+from meldingstjener.registry.parties import (
+    CodedValue,
+    CommunicationParty,
+    PartyType,
+    complete_queues,
+    queues_for_her_id,
+)
+
+_PARTY_TYPES = {
+    "organization": PartyType.ORGANISATION,
+    "organisation": PartyType.ORGANISATION,
+    "department": PartyType.ORGANISATION,
+    "service": PartyType.SERVICE,
+    "person": PartyType.PERSON,
+    "organizationperson": PartyType.PERSON,
+}
+
+# Register address types (code list 9044) and the queue kind each one names.
+_QUEUE_ADDRESS_TYPES = {
+    "E_SB_ASYNC": "async",
+    "E_SB_SYNC": "sync",
+    "E_SB_ERROR": "error",
+    "E_SB_SYNCREPLY": "syncreply",
+    "E_SB_DL": "dl",
+}
+_EDI_ADDRESS_TYPE = "E_EDI"
+_CERTIFICATE_ADDRESS_TYPE = "E_DS"
+_NO_VALUE = {"", "-1", "0"}
+
+
+class _Record:
+    """Case-insensitive read access to one JSON object (PascalCase and camelCase alike)."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = {str(key).lower(): value for key, value in data.items()}
+
+    def get(self, *names: str) -> Any:
+        for name in names:
+            value = self._data.get(name.lower())
+            if value is not None:
+                return value
+        return None
+
+    def text(self, *names: str) -> str | None:
+        value = self.get(*names)
+        if value is None or isinstance(value, Mapping | list):
+            return None
+        text = str(value).strip()
+        return text or None
+
+    def child(self, *names: str) -> _Record | None:
+        value = self.get(*names)
+        return _Record(value) if isinstance(value, Mapping) else None
+
+    def children(self, *names: str) -> list[_Record]:
+        value = self.get(*names)
+        if isinstance(value, Mapping):
+            value = [value]
+        if not isinstance(value, list):
+            return []
+        return [_Record(item) for item in value if isinstance(item, Mapping)]
+
+    def flag(self, *names: str, default: bool) -> bool:
+        value = self.get(*names)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+            return value.strip().lower() == "true"
+        return default
+
+
+def load_json(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> Any:
+    """Decode JSON bytes/text (a BOM is tolerated); mappings and lists pass through."""
+    if isinstance(data, bytes | str):
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.lstrip("\ufeff")
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArFormatError(f"address-register JSON is not valid JSON: {exc}") from None
+    return data
+
+
+def parse_party_json(data: bytes | str | Mapping[str, Any]) -> CommunicationParty:
+    """One communication party from a register JSON document (either shape)."""
+    document = load_json(data)
+    if not isinstance(document, Mapping):
+        raise ArFormatError(
+            "address-register JSON is not a communication party: expected an object, "
+            f"got {type(document).__name__}"
+        )
+    return party_from_record(document)
+
+
+def parse_parties_json(
+    data: bytes | str | Sequence[Any] | Mapping[str, Any],
+) -> list[CommunicationParty]:
+    """A list of parties (a full export): a JSON array, or an object holding one under
+    ``communicationParties``/``items``/``parties``. A single party object gives a list of one."""
+    document = load_json(data)
+    if isinstance(document, Mapping):
+        wrapper = _Record(document)
+        inner = wrapper.get("communicationParties", "items", "parties")
+        document = inner if isinstance(inner, list) else [document]
+    if not isinstance(document, list):
+        raise ArFormatError("address-register export is neither a JSON array nor an object")
+    parties = []
+    for position, item in enumerate(document):
+        if not isinstance(item, Mapping):
+            raise ArFormatError(f"entry {position} of the export is not a JSON object")
+        parties.append(party_from_record(item))
+    return parties
+
+
+def party_from_record(data: Mapping[str, Any]) -> CommunicationParty:
+    """Map one record (already decoded; either JSON shape or the SOAP shape as dicts)."""
+    outer = _Record(data)
+    inner = outer.child("communicationParty")
+    record = inner if inner is not None else outer
+    her_id = _identifier(record.text("HerId") or outer.text("herId"))
+    if her_id is None:
+        keys = ", ".join(sorted(str(k) for k in data)[:8]) or "none"
+        raise ArFormatError(
+            "not a communication party record: it has no HER-id (HerId/herId); "
+            f"top-level fields: {keys}"
+        )
+    party_type = _party_type(record.text("Type") or outer.text("type"), her_id)
+    addresses = _addresses(record)
+    business = _coded(record.child("BusinessType"))
+    details = record.child("organizationDetails")
+    if details is not None:
+        business = business or _coded(details.child("businessType"))
+    if business is None:
+        business = _coded(record.child("ParentBusinessType"))
+    service_code = _coded(record.child("Code")) or _coded(
+        (record.child("serviceDetails") or record).child("serviceType", "serviceCode")
+    )
+    municipality = record.child("Municipality")
+    return CommunicationParty(
+        her_id=her_id,
+        party_type=party_type,
+        name=_name(record) or "",
+        display_name=record.text("DisplayName"),
+        parent_her_id=_identifier(record.text("ParentHerId") or outer.text("parentHerId")),
+        parent_name=record.text("ParentName"),
+        organisation_number=_identifier(
+            record.text("OrganizationNumber")
+            or (details.text("organizationNumber") if details else None)
+        ),
+        parent_organisation_number=_identifier(record.text("ParentOrganizationNumber")),
+        business_types=(business,) if business else (),
+        service_types=(service_code,) if service_code and party_type is PartyType.SERVICE else (),
+        edi_address=addresses.get(_EDI_ADDRESS_TYPE) or record.text("ediAddress"),
+        amqp_queues=_queues(record, addresses, her_id),
+        signing_certificate=_certificate(record.child("currentSigningCertificate")),
+        encryption_certificate=_certificate(record.child("currentEncryptionCertificate")),
+        certificate_ldap_url=addresses.get(_CERTIFICATE_ADDRESS_TYPE),
+        active=record.flag("Active", "isActive", default=True),
+        valid=record.flag("IsValidCommunicationParty", "isValid", default=True),
+        valid_from=parse_timestamp(_validity(record, "From")),
+        valid_to=parse_timestamp(_validity(record, "To")),
+        municipality=municipality.text("CodeText") if municipality else None,
+        last_changed=parse_timestamp(record.text("LastChanged", "lastChanged")),
+    )
+
+
+def parse_certificate_json(data: bytes | str | Mapping[str, Any]) -> PartyCertificate:
+    """The register's certificate document (``thumbprint``, ``validFrom``, ``validTo``,
+    ``certificateValue`` as base64 DER). The thumbprint must match the bytes."""
+    document = load_json(data)
+    if not isinstance(document, Mapping):
+        raise ArFormatError("certificate JSON is not an object")
+    certificate = _certificate(_Record(document))
+    if certificate is None or certificate.der is None:
+        raise ArFormatError("certificate JSON has no certificateValue (base64 DER)")
+    return certificate
+
+
+def _certificate(record: _Record | None) -> PartyCertificate | None:
+    if record is None:
+        return None
+    thumbprint = record.text("thumbprint")
+    value = record.text("certificateValue", "certificate")
+    if value is not None:
+        try:
+            return certificate_from_base64(value, thumbprint=thumbprint)
+        except CertificateUnreadable as exc:
+            raise ArFormatError(f"certificate in register record is unusable: {exc}") from None
+    if thumbprint is None:
+        return None
+    return PartyCertificate(
+        der=None,
+        thumbprint=thumbprint.upper(),
+        not_before=parse_timestamp(record.text("validFrom")),
+        not_after=parse_timestamp(record.text("validTo")),
+    )
+
+
+def _identifier(value: str | None) -> str | None:
+    """HER-ids and organisation numbers: digits only; the register writes -1 for "none"."""
+    if value is None or value in _NO_VALUE:
+        return None
+    text = value.strip()
+    return text if text.isdigit() and int(text) > 0 else None
+
+
+def _party_type(value: str | None, her_id: str) -> PartyType:
+    if value is None:
+        raise ArFormatError(
+            f"communication party {her_id} has no type (Organization/Service/Person)"
+        )
+    try:
+        return _PARTY_TYPES[value.strip().lower()]
+    except KeyError:
+        raise ArFormatError(
+            f"communication party {her_id} has an unknown type {value[:40]!r} "
+            "(expected Organization, Service, Person or Department)"
+        ) from None
+
+
+def _name(record: _Record) -> str | None:
+    name = record.text("Name")
+    if name:
+        return name
+    person = record.child("Person")
+    if person is None:
+        return None
+    parts = [person.text(k) for k in ("FirstName", "MiddleName", "LastName")]
+    return " ".join(p for p in parts if p) or None
+
+
+def _addresses(record: _Record) -> dict[str, str]:
+    """The current electronic addresses by type code (first of each type wins)."""
+    found: dict[str, str] = {}
+    for address in record.children("ElectronicAddresses"):
+        code = address.text("TypeCodeValue")
+        if code is None:
+            kind = address.child("Type")
+            code = kind.text("CodeValue") if kind else None
+        value = address.text("Address")
+        if code and value:
+            found.setdefault(code.upper(), value)
+    return found
+
+
+def _queues(record: _Record, addresses: Mapping[str, str], her_id: str) -> dict[str, str]:
+    queues = {
+        kind: addresses[code] for code, kind in _QUEUE_ADDRESS_TYPES.items() if code in addresses
+    }
+    if queues:
+        return complete_queues(queues)
+    status = record.text("amqpTransportStatus")
+    if status is not None and status.lower() in {"enabled", "active"}:
+        # The newer register only says AMQP is on; the names follow the {herId}_{kind} rule.
+        return queues_for_her_id(her_id)
+    return {}
+
+
+def _coded(record: _Record | None) -> CodedValue | None:
+    if record is None:
+        return None
+    code = record.text("CodeValue", "value", "code")
+    if code is None:
+        return None
+    return CodedValue(
+        code=code,
+        text=record.text("CodeText", "name", "text"),
+        code_list=record.text("OID", "codeListId"),
+    )
+
+
+def _validity(record: _Record, bound: str) -> str | None:
+    valid = record.child("Valid")
+    if valid is not None and valid.text(bound):
+        return valid.text(bound)
+    return record.text(f"valid{bound}")
+
+
+def with_certificates(
+    party: CommunicationParty,
+    *,
+    signing: PartyCertificate | None = None,
+    encryption: PartyCertificate | None = None,
+) -> CommunicationParty:
+    """The party with certificate bytes fetched separately (the register's certificate endpoint).
+
+    A certificate whose thumbprint differs from the one the party record names is refused: it
+    belongs to another party or an older key, and encrypting to it would make the message
+    unreadable for the receiver.
+    """
+    for role, new, known in (
+        ("signing", signing, party.signing_certificate),
+        ("encryption", encryption, party.encryption_certificate),
+    ):
+        if new is not None and known is not None and known.thumbprint not in {None, new.thumbprint}:
+            raise ArFormatError(
+                f"{role} certificate {new.thumbprint} does not match the one the register "
+                f"names for HER-id {party.her_id} ({known.thumbprint})"
+            )
+    return replace(
+        party,
+        signing_certificate=signing or party.signing_certificate,
+        encryption_certificate=encryption or party.encryption_certificate,
+    )
