@@ -1,0 +1,139 @@
+"""MIME header blocks and Content-Type parameters, read and written without the email package.
+
+Why our own: the header block of an ebXML mail is small, but it sits in front of a body of up to
+51 MB. Reading it here by offsets means the body is never copied to find where it starts, and
+the rules are the few RFC 5322/2045 ones ebXML needs: unfolding continuation lines, CRLF or LF
+line ends, case-insensitive names, quoted parameter values.
+"""
+
+from __future__ import annotations
+
+from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
+
+MAX_HEADER_BLOCK = 256 * 1024  # a real mail's headers are a few kB; refuse runaway blocks
+FOLD_AT = 78
+
+
+class Headers:
+    """An ordered header list with case-insensitive lookup of the first value of a name."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+        self._first: dict[str, str] = {}
+        for name, value in items:
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._first.get(name.lower(), default)
+
+    def as_dict(self) -> dict[str, str]:
+        """First value of each header, by lower-case name."""
+        return dict(self._first)
+
+
+def split_header_block(data: bytes, start: int, end: int, what: str) -> tuple[Headers, int]:
+    """Parse the header lines of ``data[start:end]``; return them and where the body begins.
+
+    The block ends at the first empty line (``\\n\\n`` or ``\\r\\n\\r\\n``, also mixed). Lines
+    starting with a space or tab continue the previous header (folding).
+    """
+    items: list[tuple[str, str]] = []
+    pos = start
+    while True:
+        if pos - start > MAX_HEADER_BLOCK:
+            raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} headers are implausibly long")
+        newline = data.find(b"\n", pos, end)
+        if newline < 0:
+            if pos == end or not data[pos:end].strip():
+                # Headers right up to the end with no body (an empty part).
+                return Headers(items), end
+            raise EbxmlError(
+                ErrorCode.MIME_PROBLEM,
+                f"the {what} has no empty line between its headers and its body",
+            )
+        line = data[pos:newline].rstrip(b"\r")
+        pos = newline + 1
+        if not line:
+            return Headers(items), pos
+        text = line.decode("latin-1")
+        if text[0] in " \t":
+            if not items:
+                raise EbxmlError(
+                    ErrorCode.MIME_PROBLEM, f"the {what} starts with a continuation line"
+                )
+            name, value = items[-1]
+            items[-1] = (name, f"{value} {text.strip()}".strip())
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} has a line that is not a header")
+        items.append((name.strip(), value.strip()))
+
+
+def _read_value(text: str, pos: int) -> tuple[str, int]:
+    """A parameter value at ``pos``: a quoted string (with backslash escapes) or a token."""
+    if pos < len(text) and text[pos] == '"':
+        out: list[str] = []
+        pos += 1
+        while pos < len(text):
+            char = text[pos]
+            if char == "\\" and pos + 1 < len(text):
+                out.append(text[pos + 1])
+                pos += 2
+                continue
+            if char == '"':
+                return "".join(out), pos + 1
+            out.append(char)
+            pos += 1
+        raise EbxmlError(ErrorCode.MIME_PROBLEM, "a quoted Content-Type parameter is not closed")
+    stop = text.find(";", pos)
+    stop = len(text) if stop < 0 else stop
+    return text[pos:stop].strip(), stop
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """``("multipart/related", {"boundary": ..., "start": ..., "type": ...})`` from a header
+    value; parameter names lower-cased, values unquoted."""
+    media, _, rest = value.partition(";")
+    media = media.strip().lower()
+    if "/" not in media:
+        raise EbxmlError(ErrorCode.MIME_PROBLEM, f"not a media type: {media[:40]!r}")
+    params: dict[str, str] = {}
+    text = rest
+    pos = 0
+    while pos < len(text):
+        while pos < len(text) and text[pos] in " \t;":
+            pos += 1
+        if pos >= len(text):
+            break
+        equals = text.find("=", pos)
+        semicolon = text.find(";", pos)
+        if equals < 0:
+            break  # a stray token without a value carries nothing we need
+        if 0 <= semicolon < equals:
+            pos = semicolon  # likewise a stray token followed by more parameters
+            continue
+        name = text[pos:equals].strip().lower()
+        pos = equals + 1
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        param, pos = _read_value(text, pos)
+        params.setdefault(name, param)
+    return media, params
+
+
+def quote_param(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def bare_content_id(value: str) -> str:
+    """A content-id without surrounding ``<>`` and blanks (headers may have either form)."""
+    return value.strip().removeprefix("<").removesuffix(">").strip()
+
+
+def render_header(name: str, value: str) -> bytes:
+    """One header line with CRLF, folded before ``;`` parameters when longer than 78."""
+    line = f"{name}: {value}"
+    if len(line) > FOLD_AT and "; " in value:
+        line = f"{name}: " + ";\r\n\t".join(value.split("; "))
+    return line.encode("ascii") + b"\r\n"

@@ -1,0 +1,174 @@
+"""The MSH's own answers: the Acknowledgment (transport receipt) and the MessageError.
+
+Both are envelopes of the ebMS service (``urn:oasis:names:tc:ebxml-msg:service``) addressed back
+to the sender of the original: From = us, To = the original sender, same CPAId and
+ConversationId, RefToMessageId = the original MessageId. Neither requests an acknowledgment
+(ebMS 2.0 forbids acknowledging signals). The Acknowledgment repeats the ``ds:Reference``
+digests of the signature it received, so the sender holds proof of what arrived
+(non-repudiation of receipt); the caller signs the result like any other envelope.
+
+Parsing a received signal is :func:`meldingstjener.ebxml.parse.parse_envelope`
+(``acknowledgment`` / ``error_list``); matching it to what we sent is the engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from lxml import etree
+
+from meldingstjener.ebxml.build import build_envelope
+from meldingstjener.ebxml.codes import (
+    ACTION_ACKNOWLEDGMENT,
+    ACTION_MESSAGE_ERROR,
+    DS_NS,
+    EBMS_SERVICE,
+    SOAP_NS,
+    ErrorDetail,
+    Severity,
+)
+from meldingstjener.ebxml.description import MshDescription
+from meldingstjener.ebxml.parse import ds_references
+from meldingstjener.ebxml.values import (
+    AcknowledgmentInfo,
+    Envelope,
+    ErrorList,
+    MessageHeader,
+    Party,
+    SignedReference,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalIds:
+    """What a MessageError must know about a message that could not be fully read.
+
+    ``message_id`` is None when even the MessageId was unreadable (then the error carries no
+    RefToMessageId). ``receiver`` is the party the original was addressed to (us), if known.
+    """
+
+    sender: Party
+    cpa_id: str
+    conversation_id: str
+    message_id: str | None = None
+    receiver: Party | None = None
+
+    @classmethod
+    def of(cls, header: MessageHeader) -> OriginalIds:
+        return cls(
+            header.from_party,
+            header.cpa_id,
+            header.conversation_id,
+            header.message_id,
+            header.to_party,
+        )
+
+
+def signature_references(root: etree._Element) -> list[SignedReference]:
+    """The ds:Reference URIs and digests of the envelope's signature (first ds:Signature in
+    SOAP:Header); empty when the envelope is unsigned."""
+    header = root.find(f"{{{SOAP_NS}}}Header")
+    signature = None if header is None else header.find(f"{{{DS_NS}}}Signature")
+    signed_info = None if signature is None else signature.find(f"{{{DS_NS}}}SignedInfo")
+    if signed_info is None:
+        return []
+    return list(ds_references(signed_info))
+
+
+def _reply_header(
+    original: OriginalIds,
+    *,
+    action: str,
+    our_party: Party | None,
+    message_id: str,
+    timestamp: datetime,
+    description: MshDescription | None,
+) -> MessageHeader:
+    sender = our_party or original.receiver
+    if sender is None:
+        raise ValueError("our party is unknown: pass our_party when the original had no To")
+    return MessageHeader(
+        from_party=sender,
+        to_party=original.sender,
+        cpa_id=original.cpa_id,
+        conversation_id=original.conversation_id,
+        service=EBMS_SERVICE,
+        service_type=None,
+        action=action,
+        message_id=message_id,
+        timestamp=timestamp,
+        ref_to_message_id=original.message_id,
+        description=description,
+    )
+
+
+def build_acknowledgment(
+    original: Envelope | MessageHeader,
+    *,
+    references: Sequence[SignedReference | tuple[str, str, str]],
+    message_id: str,
+    timestamp: datetime,
+    our_party: Party | None = None,
+    received_at: datetime | None = None,
+    description: MshDescription | None = None,
+) -> etree._Element:
+    """An unsigned Acknowledgment for ``original``.
+
+    ``references`` are (uri, digest method, digest value) from the original's signature
+    (:func:`signature_references`). ``our_party`` defaults to the original's To party;
+    ``received_at`` (eb:Acknowledgment/eb:Timestamp, when the original arrived) defaults to
+    ``timestamp``.
+    """
+    header = original.header if isinstance(original, Envelope) else original
+    reply = _reply_header(
+        OriginalIds.of(header),
+        action=ACTION_ACKNOWLEDGMENT,
+        our_party=our_party,
+        message_id=message_id,
+        timestamp=timestamp,
+        description=description,
+    )
+    acknowledgment = AcknowledgmentInfo(
+        timestamp=received_at or timestamp,
+        ref_to_message_id=header.message_id,
+        references=tuple(SignedReference(*reference) for reference in references),
+    )
+    return build_envelope(reply, ack_requested=False, acknowledgment=acknowledgment)
+
+
+def highest_severity(errors: Sequence[ErrorDetail]) -> Severity:
+    if any(error.severity is Severity.ERROR for error in errors):
+        return Severity.ERROR
+    return Severity.WARNING
+
+
+def build_message_error(
+    original: Envelope | MessageHeader | OriginalIds,
+    errors: Sequence[ErrorDetail],
+    *,
+    message_id: str,
+    timestamp: datetime,
+    our_party: Party | None = None,
+    description: MshDescription | None = None,
+) -> etree._Element:
+    """An unsigned MessageError about ``original`` listing ``errors`` (at least one)."""
+    if not errors:
+        raise ValueError("a MessageError needs at least one error")
+    if isinstance(original, Envelope):
+        ids = OriginalIds.of(original.header)
+    elif isinstance(original, MessageHeader):
+        ids = OriginalIds.of(original)
+    else:
+        ids = original
+    reply = _reply_header(
+        ids,
+        action=ACTION_MESSAGE_ERROR,
+        our_party=our_party,
+        message_id=message_id,
+        timestamp=timestamp,
+        description=description,
+    )
+    error_list = ErrorList(highest_severity(errors), tuple(errors))
+    return build_envelope(reply, ack_requested=False, error_list=error_list)

@@ -1,0 +1,276 @@
+"""Defective envelopes give the ebMS error code the parse module's table promises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from ebxml_factories import payload_bytes, payload_header, payload_root
+from lxml import etree
+
+from meldingstjener.ebxml import (
+    EbxmlError,
+    ErrorCode,
+    ErrorDetail,
+    ManifestReference,
+    Severity,
+    build_envelope,
+    build_message_error,
+    check_manifest,
+    envelope_bytes,
+    parse_envelope,
+)
+from meldingstjener.ebxml.codes import EB_NS, EBMS_SERVICE, SOAP_NS
+
+EB = f"{{{EB_NS}}}"
+SOAP = f"{{{SOAP_NS}}}"
+
+Mutation = Callable[[etree._Element], None]
+MH = "SOAP:Header/eb:MessageHeader"
+
+
+def _find(root: etree._Element, path: str) -> etree._Element:
+    element = root.find(path, namespaces={"eb": EB_NS, "SOAP": SOAP_NS})
+    assert element is not None, path
+    return element
+
+
+def _remove(path: str) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        element = _find(root, path)
+        parent = element.getparent()
+        assert parent is not None
+        parent.remove(element)
+
+    return mutate
+
+
+def _set_text(path: str, text: str) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        _find(root, path).text = text
+
+    return mutate
+
+
+def _set_attr(path: str, name: str, value: str | None) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        element = _find(root, path)
+        if value is None:
+            del element.attrib[name]
+        else:
+            element.set(name, value)
+
+    return mutate
+
+
+def _add_header_block(tag: str, must_understand: str | None, actor: str | None = None) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        block = etree.SubElement(_find(root, "SOAP:Header"), tag)
+        if must_understand is not None:
+            block.set(f"{SOAP}mustUnderstand", must_understand)
+        block.set(f"{EB}version", "2.0")
+        if actor is not None:
+            block.set(f"{SOAP}actor", actor)
+
+    return mutate
+
+
+def _signal(action: str) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        _set_text(f"{MH}/eb:Service", EBMS_SERVICE)(root)
+        _set_text(f"{MH}/eb:Action", action)(root)
+
+    return mutate
+
+
+def _duplicate(path: str) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        element = _find(root, path)
+        parent = element.getparent()
+        assert parent is not None
+        parent.append(etree.fromstring(etree.tostring(element)))
+
+    return mutate
+
+
+CASES: list[tuple[str, Mutation, ErrorCode]] = [
+    ("no MessageHeader", _remove(MH), ErrorCode.OTHER_XML),
+    ("two MessageHeaders", _duplicate(MH), ErrorCode.OTHER_XML),
+    ("no SOAP Header", _remove("SOAP:Header"), ErrorCode.OTHER_XML),
+    ("no SOAP Body", _remove("SOAP:Body"), ErrorCode.OTHER_XML),
+    ("no From", _remove(f"{MH}/eb:From"), ErrorCode.OTHER_XML),
+    ("no PartyId", _remove(f"{MH}/eb:To/eb:PartyId"), ErrorCode.OTHER_XML),
+    ("empty PartyId", _set_text(f"{MH}/eb:To/eb:PartyId", " "), ErrorCode.OTHER_XML),
+    ("no CPAId", _remove(f"{MH}/eb:CPAId"), ErrorCode.OTHER_XML),
+    ("empty CPAId", _set_text(f"{MH}/eb:CPAId", ""), ErrorCode.OTHER_XML),
+    ("no ConversationId", _remove(f"{MH}/eb:ConversationId"), ErrorCode.OTHER_XML),
+    ("no Action", _remove(f"{MH}/eb:Action"), ErrorCode.OTHER_XML),
+    ("no MessageId", _remove(f"{MH}/eb:MessageData/eb:MessageId"), ErrorCode.OTHER_XML),
+    ("no Timestamp", _remove(f"{MH}/eb:MessageData/eb:Timestamp"), ErrorCode.OTHER_XML),
+    ("no version", _set_attr(MH, f"{EB}version", None), ErrorCode.OTHER_XML),
+    ("version 3.0", _set_attr(MH, f"{EB}version", "3.0"), ErrorCode.NOT_SUPPORTED),
+    (
+        "Manifest version 1.0",
+        _set_attr("SOAP:Body/eb:Manifest", f"{EB}version", "1.0"),
+        ErrorCode.NOT_SUPPORTED,
+    ),
+    (
+        "bad Timestamp",
+        _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "29.08.2023 10:56"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "HER PartyId not a HER-id",
+        _set_text(f"{MH}/eb:From/eb:PartyId", "Legekontoret"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "untyped PartyId not a URI",
+        _set_attr(f"{MH}/eb:From/eb:PartyId", f"{EB}type", None),
+        ErrorCode.INCONSISTENT,
+    ),
+    (
+        "untyped Service not a URI",
+        _set_attr(f"{MH}/eb:Service", f"{EB}type", None),
+        ErrorCode.INCONSISTENT,
+    ),
+    (
+        "AckRequested signed missing",
+        _set_attr("SOAP:Header/eb:AckRequested", f"{EB}signed", None),
+        ErrorCode.OTHER_XML,
+    ),
+    (
+        "AckRequested signed not boolean",
+        _set_attr("SOAP:Header/eb:AckRequested", f"{EB}signed", "yes"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "Manifest reference without href",
+        _set_attr("SOAP:Body/eb:Manifest/eb:Reference", "{http://www.w3.org/1999/xlink}href", None),
+        ErrorCode.OTHER_XML,
+    ),
+    (
+        "unknown eb block with mustUnderstand",
+        _add_header_block(f"{EB}MessageOrder", "1"),
+        ErrorCode.NOT_SUPPORTED,
+    ),
+    (
+        "foreign block with mustUnderstand",
+        _add_header_block("{http://docs.oasis-open.org/wss/2004/01/x}Security", "true"),
+        ErrorCode.NOT_SUPPORTED,
+    ),
+    (
+        "ebMS service with an unsupported action",
+        _signal("Ping"),
+        ErrorCode.NOT_SUPPORTED,
+    ),
+    (
+        "Acknowledgment action without eb:Acknowledgment",
+        _signal("Acknowledgment"),
+        ErrorCode.INCONSISTENT,
+    ),
+    (
+        "MessageError action without eb:ErrorList",
+        _signal("MessageError"),
+        ErrorCode.INCONSISTENT,
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutate", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_defect_gives_its_code(mutate: Mutation, code: ErrorCode) -> None:
+    root = payload_root()
+    mutate(root)
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(envelope_bytes(root))
+    assert caught.value.code is code
+    assert caught.value.message
+    assert caught.value.to_detail().code is code
+
+
+def test_tolerated_variations_still_parse() -> None:
+    root = payload_root()
+    # mustUnderstand="true" (the NAV Acknowledgment sample does it), a foreign header block
+    # without mustUnderstand, one meant for another actor, and an unqualified version.
+    _set_attr(MH, f"{SOAP}mustUnderstand", "true")(root)
+    _add_header_block("{urn:example}Trace", None)(root)
+    _add_header_block("{urn:example}Routing", "1", actor="urn:example:someone-else")(root)
+    header = _find(root, MH)
+    del header.attrib[f"{EB}version"]
+    header.set("version", "2.0")
+    envelope = parse_envelope(envelope_bytes(root))
+    assert envelope.header.message_id == "m-1@msh.example.no"
+    assert envelope.extra_header_elements == ("Trace", "Routing")
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"<SOAP:Envelope xmlns:SOAP='x'", ErrorCode.OTHER_XML),
+        (b"not xml at all", ErrorCode.OTHER_XML),
+        (
+            b'<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>',
+            ErrorCode.OTHER_XML,
+        ),
+        (
+            b"<e:Envelope xmlns:e='http://www.w3.org/2003/05/soap-envelope'><e:Header/></e:Envelope>",
+            ErrorCode.NOT_SUPPORTED,
+        ),
+    ],
+)
+def test_unreadable_documents(data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(data)
+    assert caught.value.code is code
+
+
+def test_unknown_error_code_in_a_received_error_list_is_kept() -> None:
+    root = build_message_error(
+        payload_header(),
+        [ErrorDetail(ErrorCode.UNKNOWN, Severity.WARNING, reported_code="E-Custom-42")],
+        message_id="e-1@x",
+        timestamp=payload_header().timestamp,
+    )
+    envelope = parse_envelope(envelope_bytes(root))
+    assert envelope.error_list is not None
+    error = envelope.error_list.errors[0]
+    assert (error.code, error.reported_code, error.severity) == (
+        ErrorCode.UNKNOWN,
+        "E-Custom-42",
+        Severity.WARNING,
+    )
+
+
+def test_check_manifest() -> None:
+    envelope = parse_envelope(payload_bytes())
+    check_manifest(envelope, {"part-1@x"})
+    with pytest.raises(EbxmlError) as caught:
+        check_manifest(envelope, {"other@x"})
+    assert caught.value.code is ErrorCode.MIME_PROBLEM
+    external = parse_envelope(
+        envelope_bytes(
+            build_envelope(
+                payload_header(), manifest=[ManifestReference("https://example.no/x.xml")]
+            )
+        )
+    )
+    assert external.manifest[0].content_id is None
+    with pytest.raises(EbxmlError) as caught:
+        check_manifest(external, {"part-1@x"})
+    assert caught.value.code is ErrorCode.NOT_SUPPORTED
+
+
+def test_error_texts_do_not_echo_long_values() -> None:
+    root = payload_root()
+    _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "x" * 5000)(root)
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(envelope_bytes(root))
+    assert len(str(caught.value)) < 200
+
+
+def test_error_texts_mask_national_identity_numbers() -> None:
+    root = payload_root()
+    _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "01017012345")(root)
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(envelope_bytes(root))
+    assert "01017012345" not in str(caught.value)

@@ -1,0 +1,175 @@
+"""Acknowledgment and MessageError: built by us, read back, addressed back to the sender."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from ebxml_factories import RECEIVER, SENDER, payload_bytes, payload_header
+from lxml import etree
+
+from meldingstjener.ebxml import (
+    EbxmlError,
+    ErrorCode,
+    ErrorDetail,
+    OriginalIds,
+    Party,
+    Severity,
+    SignedReference,
+    build_acknowledgment,
+    build_message_error,
+    envelope_bytes,
+    parse_envelope,
+    signature_references,
+    unpackage_message,
+)
+from meldingstjener.ebxml.codes import DS_NS, EB_NS, EBMS_SERVICE
+from meldingstjener.formats.xmlparse import parse_xml
+
+ACKED_AT = datetime(2024, 3, 1, 12, 31, tzinfo=UTC)
+RECEIVED_AT = datetime(2024, 3, 1, 12, 30, 59, tzinfo=UTC)
+REFERENCES = [
+    SignedReference("", "http://www.w3.org/2001/04/xmlenc#sha256", "AAAA"),
+    ("cid:part-1@x", "http://www.w3.org/2001/04/xmlenc#sha256", "BBBB"),
+]
+
+
+def test_acknowledgment_round_trip() -> None:
+    original = parse_envelope(payload_bytes())
+    root = build_acknowledgment(
+        original,
+        references=REFERENCES,
+        message_id="ack-1@us",
+        timestamp=ACKED_AT,
+        received_at=RECEIVED_AT,
+    )
+    ack = parse_envelope(envelope_bytes(root))
+    header = ack.header
+    assert (header.service, header.action) == (EBMS_SERVICE, "Acknowledgment")
+    assert header.from_party == RECEIVER  # us: the original's To
+    assert header.to_party == SENDER
+    assert header.cpa_id == original.header.cpa_id
+    assert header.conversation_id == original.header.conversation_id
+    assert header.ref_to_message_id == "m-1@msh.example.no"
+    assert header.message_id == "ack-1@us"
+    assert header.timestamp == ACKED_AT
+    assert not ack.ack_requested  # signals are never acknowledged
+    assert ack.acknowledgment is not None
+    assert ack.acknowledgment.ref_to_message_id == "m-1@msh.example.no"
+    assert ack.acknowledgment.timestamp == RECEIVED_AT
+    assert list(ack.acknowledgment.references) == [tuple(r) for r in REFERENCES]
+    block = root.find(f".//{{{EB_NS}}}Acknowledgment")
+    assert block is not None
+    assert block.get("{http://schemas.xmlsoap.org/soap/envelope/}actor") == (
+        "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
+    )
+    # The whole-envelope reference restates the HIS 1037 transforms.
+    transforms = block.findall(f".//{{{DS_NS}}}Transform")
+    assert [t.get("Algorithm") for t in transforms] == [
+        "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+        "http://www.w3.org/TR/1999/REC-xpath-19991116",
+        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+    ]
+
+
+def test_acknowledgment_our_party_can_be_given() -> None:
+    us = Party("79768", "Mottaker", "HER", (("ENH", "889640782"),))
+    root = build_acknowledgment(
+        payload_header(), references=[], message_id="a@us", timestamp=ACKED_AT, our_party=us
+    )
+    assert parse_envelope(envelope_bytes(root)).header.from_party == us
+
+
+def test_acknowledgment_refs_mismatch_is_inconsistent() -> None:
+    root = build_acknowledgment(
+        payload_header(), references=[], message_id="a@us", timestamp=ACKED_AT
+    )
+    ref = root.find(f".//{{{EB_NS}}}Acknowledgment/{{{EB_NS}}}RefToMessageId")
+    assert ref is not None
+    ref.text = "someone-else@x"
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(envelope_bytes(root))
+    assert caught.value.code is ErrorCode.INCONSISTENT
+
+
+def test_message_error_round_trip() -> None:
+    errors = [
+        ErrorDetail(ErrorCode.SECURITY_FAILURE, Severity.ERROR, "cid:part-1@x", "digest mismatch"),
+        ErrorDetail(ErrorCode.INCONSISTENT, Severity.WARNING, "//eb:MessageHeader/eb:CPAId"),
+    ]
+    root = build_message_error(
+        parse_envelope(payload_bytes()), errors, message_id="err-1@us", timestamp=ACKED_AT
+    )
+    parsed = parse_envelope(envelope_bytes(root))
+    assert parsed.is_message_error
+    assert parsed.header.from_party == RECEIVER and parsed.header.to_party == SENDER
+    assert parsed.header.ref_to_message_id == "m-1@msh.example.no"
+    assert not parsed.ack_requested
+    assert parsed.error_list is not None
+    assert parsed.error_list.highest_severity is Severity.ERROR
+    assert parsed.error_list.errors == tuple(errors)
+
+
+def test_message_error_of_warnings_only_has_highest_severity_warning() -> None:
+    root = build_message_error(
+        payload_header(),
+        [ErrorDetail(ErrorCode.NOT_SUPPORTED, Severity.WARNING)],
+        message_id="err-2@us",
+        timestamp=ACKED_AT,
+    )
+    error_list = parse_envelope(envelope_bytes(root)).error_list
+    assert error_list is not None and error_list.highest_severity is Severity.WARNING
+
+
+def test_message_error_for_a_message_whose_id_was_unreadable() -> None:
+    ids = OriginalIds(sender=SENDER, cpa_id="nav:qass:35065", conversation_id="c-9")
+    root = build_message_error(
+        ids,
+        [EbxmlError(ErrorCode.OTHER_XML, "MessageId missing", "//eb:MessageData").to_detail()],
+        message_id="err-3@us",
+        timestamp=ACKED_AT,
+        our_party=RECEIVER,
+    )
+    parsed = parse_envelope(envelope_bytes(root))
+    assert parsed.header.ref_to_message_id is None
+    assert parsed.header.to_party == SENDER
+    assert parsed.error_list is not None
+    assert parsed.error_list.errors[0].code is ErrorCode.OTHER_XML
+    assert parsed.error_list.errors[0].location == "//eb:MessageData"
+
+
+def test_message_error_needs_errors_and_a_sender() -> None:
+    with pytest.raises(ValueError):
+        build_message_error(payload_header(), [], message_id="e@us", timestamp=ACKED_AT)
+    ids = OriginalIds(sender=SENDER, cpa_id="c", conversation_id="c")
+    with pytest.raises(ValueError):
+        build_message_error(
+            ids, [ErrorDetail(ErrorCode.UNKNOWN)], message_id="e@us", timestamp=ACKED_AT
+        )
+
+
+def test_signature_references_of_an_unsigned_envelope_are_empty() -> None:
+    assert signature_references(parse_xml(payload_bytes())) == []
+
+
+def test_acknowledgment_for_the_real_mail_carries_its_digests(reference_dir: Path) -> None:
+    mail = reference_dir / "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.msg"
+    message = unpackage_message(mail.read_bytes())
+    root = parse_xml(message.envelope_xml)
+    original = parse_envelope(root)
+    ack_root = build_acknowledgment(
+        original,
+        references=signature_references(root),
+        message_id="ack@nav",
+        timestamp=ACKED_AT,
+    )
+    ack = parse_envelope(etree.tostring(ack_root))
+    assert ack.header.to_party.her_id == "8141253"
+    assert ack.header.from_party.her_id == "79768"
+    assert ack.header.ref_to_message_id == "7104acf8-21e9-4ee7-b894-d413a00a8881"
+    assert ack.acknowledgment is not None
+    assert [r.digest_value for r in ack.acknowledgment.references] == [
+        "Mw8YxTebu2r+7Q2xcmzX1CxetA2bAdQCUqHetehHMaI=",
+        "ihNHQl8a44GwTy72Bq7m0jyn8/Ap7nbSOtNix4sycTs=",
+    ]
