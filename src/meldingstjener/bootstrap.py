@@ -1,12 +1,22 @@
-"""The one place that wires configuration to concrete adapters: store, payloads, keys, engine."""
+"""The one place that wires configuration to concrete adapters: store, keys, transports, engine."""
 
 from __future__ import annotations
 
-from meldingstjener.config import Settings
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
 from meldingstjener.store.migrate import upgrade
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
+
+if TYPE_CHECKING:
+    from meldingstjener.engine.context import EngineContext, OwnKeys
+    from meldingstjener.security.keystore import KeySource
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
@@ -17,3 +27,105 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     if migrate:
         upgrade(database)
     return Store(database, PayloadStore(settings.payload_dir))
+
+
+def _source(keys: KeySettings, prefix: str) -> KeySource | None:
+    from meldingstjener.security.keystore import KeySource
+
+    pkcs12: Path | None = getattr(keys, f"{prefix}_pkcs12")
+    key: Path | None = getattr(keys, f"{prefix}_key")
+    cert: Path | None = getattr(keys, f"{prefix}_cert")
+    password_file, password_env = keys.password_file, keys.password_env
+    if pkcs12 is not None:
+        return KeySource.pkcs12(pkcs12, password_file=password_file, password_env=password_env)
+    if key is not None and cert is not None:
+        return KeySource.pem(key, cert, password_file=password_file, password_env=password_env)
+    if key is not None or cert is not None:
+        raise ConfigError(f"keys.{prefix}_key and keys.{prefix}_cert must be given together")
+    return None
+
+
+def load_own_keys(settings: Settings) -> OwnKeys:
+    """Our keys from ``[keys]``; in the test environment, development keys when none are set."""
+    from meldingstjener.engine.context import OwnKeys
+    from meldingstjener.security.devpki import init_pki, load_dev_party
+    from meldingstjener.security.keystore import KeyStore
+
+    signing = _source(settings.keys, "signing")
+    encryption = _source(settings.keys, "encryption")
+    previous = _source(settings.keys, "previous_encryption")
+    if signing is not None and encryption is not None:
+        store = KeyStore.load(signing, encryption, previous)
+        return OwnKeys(
+            store.signing_key,
+            store.signing_certificate,
+            store.encryption_certificate,
+            store.decryption_candidates,
+        )
+    if signing is not None or encryption is not None:
+        raise ConfigError("[keys]: give both the signing and the encryption key, or neither")
+    if settings.environment != "test":
+        raise ConfigError(
+            f"[keys]: environment {settings.environment} needs real enterprise certificates; "
+            "development keys are only made for the test environment"
+        )
+    her_id = _organisation_her_id(settings)
+    init_pki(settings.dev_pki_dir, [her_id], names={her_id: settings.identity.name})
+    party = load_dev_party(settings.dev_pki_dir, her_id)
+    return OwnKeys(
+        party.signing.key,
+        party.signing.certificate,
+        party.encryption.certificate,
+        [(party.encryption.key, party.encryption.certificate)],
+    )
+
+
+def _organisation_her_id(settings: Settings) -> str:
+    her_ids = settings.identity.her_ids
+    if not her_ids:
+        raise ConfigError(
+            "identity.organisation_her_id: not set; the server must know its own HER-id(s)"
+        )
+    return her_ids[0]
+
+
+def message_id_host(settings: Settings) -> str:
+    if settings.server.public_url:
+        host = urlparse(settings.server.public_url).hostname
+        if host:
+            return host
+    return f"msh-{_organisation_her_id(settings)}.meldingstjener.local"
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> EngineContext:
+    """A ready engine context: store migrated, configured partners synced, keys loaded."""
+    from meldingstjener.engine.context import EngineContext, Policy, utc_now
+    from meldingstjener.engine.directory import PartyDirectory, sync_configured_partners
+    from meldingstjener.transport.http import HttpTransport
+
+    store = store or open_store(settings)
+    own = settings.identity.her_ids
+    keys = load_own_keys(settings)
+    sync_configured_partners(store, settings)
+    return EngineContext(
+        store=store,
+        own_her_ids=frozenset(own),
+        keys=keys,
+        directory=PartyDirectory(store, own),
+        transports={"http": HttpTransport()},
+        policy=Policy(
+            environment=settings.environment,
+            schema_dir=settings.formats.schema_dir,
+            allow_sha1=settings.security.allow_sha1,
+            allow_3des=settings.security.allow_3des,
+            compress_payloads=settings.security.compress_payloads,
+            max_xml_bytes=settings.formats.max_xml_bytes,
+        ),
+        clock=clock or utc_now,
+        host=message_id_host(settings),
+    )

@@ -113,9 +113,91 @@ class WorkerSettings(_Section):
     lease_seconds: int = Field(default=120, ge=5)
 
 
+class PartnerSettings(_Section):
+    """A counterparty configured by hand (until, or beside, the address register and CPAs)."""
+
+    her_id: str
+    name: str = ""
+    organisation_her_id: str | None = None
+    channel: Literal["http", "smtp", "amqp"] = "http"
+    endpoint: str
+    signing_cert: Path
+    encryption_cert: Path
+    our_her_id: str | None = None
+    retries: int = Field(default=5, ge=0)
+    retry_interval_seconds: int = Field(default=12 * 3600, ge=1)
+    persist_duration_seconds: int = Field(default=4 * 24 * 3600, ge=1)
+    sync_reply: bool = False
+    auto_apprec: bool = False
+
+    _check_her = field_validator("her_id", mode="before")(_her_id)
+
+    @field_validator("organisation_her_id", "our_her_id", mode="before")
+    @classmethod
+    def _check_optional_her(cls, value: object) -> object:
+        return None if value is None else _her_id(value)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
+
+
+Security = Literal["starttls", "tls", "none"]
+
+
+class SmtpSettings(_Section):
+    """Sending by mail (the EDI-over-SMTP channel). Not configured while ``host`` is unset.
+
+    Never a password in the file: ``password_file`` or ``password_env`` names where it is.
+    """
+
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security = "starttls"
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    edi_address: str | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    max_mail_bytes: int = Field(default=51_200_000, gt=0)
+    ca_file: Path | None = None
+    test_domains: list[str] = Field(default_factory=lambda: ["testedi.nhn.no", "samsvar.nhn.no"])
+    prod_domains: list[str] = Field(default_factory=lambda: ["edi.nhn.no"])
+
+    @model_validator(mode="after")
+    def _check(self) -> SmtpSettings:
+        if self.host is not None and not self.edi_address:
+            raise ValueError(
+                "smtp.edi_address: our own EDI address (the From of our mails) is needed"
+            )
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("smtp: give password_file or password_env, not both")
+        return self
+
+
+class MailboxSettings(_Section):
+    """Collecting from our own mailbox by POP3 or IMAP. Not configured while ``host`` is unset."""
+
+    protocol: Literal["pop3", "imap"] = "imap"
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security = "tls"
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    folder: str = "INBOX"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MailboxSettings:
+        if self.host is not None and not self.username:
+            raise ValueError("mailbox.username: needed to log in to the mailbox")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("mailbox: give password_file or password_env, not both")
+        return self
 
 
 class Settings(BaseSettings):
@@ -138,6 +220,9 @@ class Settings(BaseSettings):
     formats: FormatsSettings = FormatsSettings()
     workers: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
+    partners: list[PartnerSettings] = Field(default_factory=list)
+    smtp: SmtpSettings = SmtpSettings()
+    mailbox: MailboxSettings = MailboxSettings()
 
     @model_validator(mode="after")
     def _check_workers(self) -> Settings:

@@ -7,6 +7,8 @@ this file only builds the app, the global options and the entry point.
 from __future__ import annotations
 
 from meldingstjener.cli import (  # noqa: F401  (imported for their command registrations)
+    ebxml_cmds,
+    engine_cmds,
     formats_cmds,
     security_cmds,
     store_cmds,

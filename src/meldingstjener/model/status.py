@@ -48,6 +48,8 @@ _I = InboundStatus
 _APPRECS = frozenset({_O.APPREC_OK, _O.APPREC_REJECTED, _O.APPREC_OK_WITH_ERRORS})
 
 # Why some edges exist:
+# - accepted -> transport-acknowledged / transport-error / apprec-*: the partner's signal can
+#   arrive (as its own request) before the sender has recorded that the send succeeded.
 # - sent/retrying -> apprec-*: the Acknowledgment can be lost while the AppRec arrives; the AppRec
 #   proves delivery, so we accept it rather than leave the message hanging.
 # - not-delivered -> transport-acknowledged / apprec-*: a late receipt after we gave up is still a
@@ -55,7 +57,10 @@ _APPRECS = frozenset({_O.APPREC_OK, _O.APPREC_REJECTED, _O.APPREC_OK_WITH_ERRORS
 # - transport-error -> retrying: an operator may resend after fixing the cause (e.g. a certificate).
 # - apprec-ok-with-errors -> apprec-*: a corrected AppRec may follow.
 _OUTBOUND: dict[OutboundStatus, frozenset[OutboundStatus]] = {
-    _O.ACCEPTED: frozenset({_O.SENT, _O.RETRYING, _O.TRANSPORT_ERROR, _O.NOT_DELIVERED}),
+    _O.ACCEPTED: frozenset(
+        {_O.SENT, _O.RETRYING, _O.TRANSPORT_ACKNOWLEDGED, _O.TRANSPORT_ERROR, _O.NOT_DELIVERED}
+        | _APPRECS
+    ),
     _O.SENT: frozenset(
         {_O.TRANSPORT_ACKNOWLEDGED, _O.TRANSPORT_ERROR, _O.RETRYING, _O.NOT_DELIVERED} | _APPRECS
     ),

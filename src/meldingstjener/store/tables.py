@@ -101,6 +101,7 @@ class MessageRow(Base):
     payload_size: Mapped[int | None] = mapped_column(BigInteger)
     payload_sha256: Mapped[str | None] = mapped_column(String(64))
     wire_ref: Mapped[str | None] = mapped_column(String(64))
+    wire_content_type: Mapped[str | None] = mapped_column(String(512))
 
     # scheduling and outcome
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -154,6 +155,7 @@ class ReceiptRow(Base):
     error_codes: Mapped[list[Any] | None]
     description: Mapped[str | None] = mapped_column(Text)
     wire_ref: Mapped[str | None] = mapped_column(String(64))
+    wire_content_type: Mapped[str | None] = mapped_column(String(512))
 
 
 class AlertRow(Base):

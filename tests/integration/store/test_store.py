@@ -61,7 +61,7 @@ def test_illegal_transition_raises_and_leaves_nothing(store: Store) -> None:
         row = uow.messages.get(message_id)
         assert row is not None
         with pytest.raises(IllegalTransition):
-            uow.messages.set_status(row, "apprec-ok", actor="test")
+            uow.messages.set_status(row, "delivered", actor="test")
     with store.unit_of_work() as uow:
         row = uow.messages.get(message_id)
         assert row is not None and row.status == "accepted"

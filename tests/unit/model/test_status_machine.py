@@ -48,7 +48,7 @@ def test_inbound_paths() -> None:
 @pytest.mark.parametrize(
     ("direction", "current", "new"),
     [
-        (OUT, "accepted", "apprec-ok"),
+        (OUT, "accepted", "accepted"),
         (OUT, "apprec-ok", "sent"),
         (OUT, "transport-acknowledged", "sent"),
         (OUT, "accepted", "delivered"),  # an inbound status on an outbound message

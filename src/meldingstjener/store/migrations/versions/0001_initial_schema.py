@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 14:08:27.112102
+Create Date: 2026-11-23 14:18:59.707549
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("payload_size", sa.BigInteger(), nullable=True),
         sa.Column("payload_sha256", sa.String(length=64), nullable=True),
         sa.Column("wire_ref", sa.String(length=64), nullable=True),
+        sa.Column("wire_content_type", sa.String(length=512), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column(
             "next_attempt_at", meldingstjener.store.types.UtcDateTime(timezone=True), nullable=True
@@ -293,6 +294,7 @@ def upgrade() -> None:
         sa.Column("error_codes", sa.JSON(), nullable=True),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("wire_ref", sa.String(length=64), nullable=True),
+        sa.Column("wire_content_type", sa.String(length=512), nullable=True),
         sa.ForeignKeyConstraint(
             ["message_id"],
             ["messages.id"],

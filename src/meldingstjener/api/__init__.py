@@ -1,0 +1,1 @@
+"""HTTP entry points: the ebXML endpoint (``POST /ebms``), health, and the EPJ/operator API."""

@@ -1,0 +1,80 @@
+"""The FastAPI application served by ``meldingstjener serve``.
+
+``POST /ebms`` takes ebXML over HTTP (ebMS 2.0 HTTP binding): the whole MIME multipart/related
+message as the body, its Content-Type as the header. The answer is 200 once the message is
+durably stored (empty body, or the signal in the body when the sender asked for SyncReply),
+400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
+large, and 503 when the server cannot store right now (the sender then retries).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from meldingstjener import __version__
+from meldingstjener.engine import inbound
+from meldingstjener.engine.context import EngineContext
+
+log = logging.getLogger(__name__)
+
+
+def create_app(ctx: EngineContext, *, max_request_bytes: int = 52_000_000) -> FastAPI:
+    app = FastAPI(
+        title="meldingstjener",
+        version=__version__,
+        description="Message server (MSH) for electronic messaging in Norwegian health care.",
+    )
+
+    @app.get("/health", summary="Liveness and database reachability")
+    def health() -> dict[str, object]:
+        with ctx.store.database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__, "her_ids": sorted(ctx.own_her_ids)}
+
+    @app.post(
+        "/ebms",
+        summary="Receive an ebXML message (HIS 1037 over HTTP)",
+        response_class=Response,
+        responses={
+            200: {"description": "Stored; the body is a signal when SyncReply was asked for"},
+            400: {"description": "Unreadable ebXML: no MessageHeader to answer"},
+            413: {"description": "Larger than the configured limit"},
+            503: {"description": "Cannot store now; resend later"},
+        },
+    )
+    async def ebms(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+            return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_request_bytes:
+                return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        del chunks
+        try:
+            reply = await run_in_threadpool(inbound.receive, ctx, content_type, body)
+        except inbound.InboundRefused as refused:
+            return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
+        except OperationalError:
+            log.exception("database unavailable while receiving")
+            return Response("temporarily unable to store; resend later\n", 503)
+        if reply.body is not None:
+            return Response(
+                reply.body,
+                200,
+                headers={"SOAPAction": '"ebXML"'},
+                media_type=reply.content_type,
+            )
+        return Response(status_code=200)
+
+    return app

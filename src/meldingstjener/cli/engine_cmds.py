@@ -1,0 +1,112 @@
+"""Commands that run the server or hand it work: ``serve`` and ``send``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meldingstjener.cli.app import app, settings_from
+from meldingstjener.config import ConfigError
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    port: Annotated[
+        int | None, typer.Option("--port", help="HTTP port (default: server.port, 8080).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default: server.host).")
+    ] = None,
+) -> None:
+    """Run the server: the HTTP endpoint (POST /ebms, the API) and the workers."""
+    import uvicorn
+
+    from meldingstjener.api.app import create_app
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.engine.worker import Worker
+
+    settings = settings_from(ctx, server_port=port)
+    _configure_logging(settings.logging.level)
+    try:
+        engine = build_engine(settings)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    threads = []
+    for number in range(settings.workers.count):
+        worker = Worker(
+            engine,
+            f"{engine.host}/{number}",
+            batch=settings.workers.claim_batch,
+            lease=timedelta(seconds=settings.workers.lease_seconds),
+            poll_interval=settings.workers.poll_interval_seconds,
+        )
+        thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{number}")
+        thread.daemon = True
+        thread.start()
+        threads.append(thread)
+    application = create_app(engine, max_request_bytes=settings.server.max_request_bytes)
+    listen = host or settings.server.host
+    typer.echo(
+        f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "
+        f"on http://{listen}:{settings.server.port} ({settings.environment}, "
+        f"{engine.store.database.dialect}, {settings.workers.count} worker(s))"
+    )
+    try:
+        uvicorn.run(
+            application,
+            host=listen,
+            port=settings.server.port,
+            log_level=settings.logging.level.lower(),
+            access_log=False,
+        )
+    finally:
+        stop.set()
+        engine.wakeup.notify()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+@app.command("send")
+def send(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The business message (MsgHead XML or AppRec).")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Receiver HER-id for the envelope (default: from the message)."),
+    ] = None,
+) -> None:
+    """Submit a fagmelding for sending; print its message id. The server sends it."""
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.engine.outbound import submit
+
+    settings = settings_from(ctx)
+    try:
+        payload = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        engine = build_engine(settings)
+        message_id = submit(engine, payload, to_her_id=to, actor="cli:send")
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    except SubmitRejected as rejected:
+        typer.echo(f"refused ({rejected.code}): {rejected.message}", err=True)
+        for problem in rejected.problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(message_id)

@@ -1,0 +1,61 @@
+"""Alert (avvik) kinds and the one helper that raises them, deduplicated.
+
+Every alert says what happened, to which message or partner, and what to do; never patient data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from meldingstjener.store.uow import UnitOfWork
+
+
+class AlertKind(StrEnum):
+    NOT_DELIVERED = "not-delivered"
+    MESSAGE_ERROR_RECEIVED = "message-error-received"
+    APPREC_REJECTED = "apprec-rejected"
+    APPREC_MISSING = "apprec-missing"
+    MISADDRESSED_RECEIVED = "misaddressed-received"
+    CERTIFICATE_EXPIRING = "certificate-expiring"
+    CERTIFICATE_INVALID = "certificate-invalid"
+    PARTNER_UNREACHABLE = "partner-unreachable"
+    SIGNAL_UNDELIVERED = "signal-undelivered"
+    MAIL_QUARANTINED = "mail-quarantined"
+
+
+SEVERITY = {
+    AlertKind.NOT_DELIVERED: "critical",
+    AlertKind.MESSAGE_ERROR_RECEIVED: "error",
+    AlertKind.APPREC_REJECTED: "error",
+    AlertKind.APPREC_MISSING: "warning",
+    AlertKind.MISADDRESSED_RECEIVED: "warning",
+    AlertKind.CERTIFICATE_EXPIRING: "warning",
+    AlertKind.CERTIFICATE_INVALID: "critical",
+    AlertKind.PARTNER_UNREACHABLE: "warning",
+    AlertKind.SIGNAL_UNDELIVERED: "warning",
+    AlertKind.MAIL_QUARANTINED: "error",
+}
+
+
+def raise_alert(
+    uow: UnitOfWork,
+    kind: AlertKind,
+    summary: str,
+    *,
+    at: datetime,
+    message_id: str | None = None,
+    partner_her_id: str | None = None,
+    key: str | None = None,
+) -> None:
+    """Open or count an alert. The dedup key is per message when there is one, else per partner."""
+    dedup_key = f"{kind}:{key or message_id or partner_her_id or 'global'}"
+    uow.alerts.raise_alert(
+        kind.value,
+        severity=SEVERITY[kind],
+        dedup_key=dedup_key,
+        summary=summary,
+        message_id=message_id,
+        partner_her_id=partner_her_id,
+        at=at,
+    )

@@ -1,0 +1,84 @@
+"""The engine's wiring: store, own identity and keys, partner directory, transports, clock.
+
+Built once by ``bootstrap.build_engine``; every service of the engine takes this one object.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from meldingstjener import __version__
+from meldingstjener.ebxml import MshDescription, Party
+from meldingstjener.engine.directory import PartyDirectory
+from meldingstjener.store.uow import Store
+from meldingstjener.transport.base import Transport
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class OwnKeys:
+    """Our signing pair and the pairs we can decrypt with (current first, then previous)."""
+
+    signing_key: rsa.RSAPrivateKey
+    signing_certificate: x509.Certificate
+    encryption_certificate: x509.Certificate
+    decryption_candidates: Sequence[tuple[rsa.RSAPrivateKey, x509.Certificate]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    environment: str = "test"
+    schema_dir: Path | None = None
+    allow_sha1: bool = True
+    allow_3des: bool = True
+    compress_payloads: bool = False
+    max_xml_bytes: int = 64 * 1024 * 1024
+
+
+class Wakeup:
+    """Lets a producer wake the in-process workers at once instead of at their next poll."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+        self._event.clear()
+
+
+@dataclass
+class EngineContext:
+    store: Store
+    own_her_ids: frozenset[str]
+    keys: OwnKeys
+    directory: PartyDirectory
+    transports: Mapping[str, Transport]
+    policy: Policy = field(default_factory=Policy)
+    clock: Callable[[], datetime] = utc_now
+    host: str = "meldingstjener.local"
+    wakeup: Wakeup = field(default_factory=Wakeup)
+    application: str = "meldingstjener"
+
+    def description(self) -> MshDescription:
+        return MshDescription(
+            msh_system="meldingstjener",
+            msh_version=__version__,
+            application=self.application,
+            application_version=__version__,
+        )
+
+    def our_party(self, her_id: str) -> Party:
+        return Party(her_id=her_id, role="Utleverer")

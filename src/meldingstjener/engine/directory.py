@@ -1,0 +1,181 @@
+"""Who a partner is and how to reach it, as the engine needs it, read from the store.
+
+The communication-party and partner-agreement tables are filled by the address register, CPAs and
+``[[partners]]`` in the configuration (synced here at start). Certificates are parsed once and
+cached per party until the row changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from sqlalchemy import select
+
+from meldingstjener.config import PartnerSettings, Settings
+from meldingstjener.security.certs import certificate_from_bytes, load_certificate
+from meldingstjener.store.tables import AgreementRow, PartyRow
+from meldingstjener.store.uow import Store, UnitOfWork
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A counterparty with the terms of our agreement with it."""
+
+    her_id: str
+    name: str
+    organisation_her_id: str | None
+    our_her_id: str
+    channel: str
+    endpoint: str | None
+    cpa_id: str
+    signing_certificate: x509.Certificate | None
+    encryption_certificate: x509.Certificate | None
+    retries: int
+    retry_interval: timedelta
+    persist_duration: timedelta
+    sync_reply: bool
+    auto_apprec: bool
+    agreement_state: str
+    message_types: tuple[dict[str, object], ...]
+
+
+class PartnerUnknown(LookupError):
+    """No communication party or no agreement for a HER-id."""
+
+    def __init__(self, her_id: str, what: str) -> None:
+        super().__init__(f"{what} for HER-id {her_id}")
+        self.her_id = her_id
+        self.what = what
+
+
+def cpa_id_for(our_her_id: str, their_her_id: str) -> str:
+    """The CPAId used when no CPA names one: stable per pair, the same on both sides."""
+    low, high = sorted((our_her_id, their_her_id), key=int)
+    return f"nhn:cpa:{low}:{high}"
+
+
+class PartyDirectory:
+    def __init__(self, store: Store, own_her_ids: list[str]) -> None:
+        self.store = store
+        self.own_her_ids = own_her_ids
+        self._certificates: dict[tuple[str, str], x509.Certificate] = {}
+        self._lock = threading.Lock()
+
+    def _certificate(self, b64: str | None) -> x509.Certificate | None:
+        if not b64:
+            return None
+        key = ("der", b64[-64:] + str(len(b64)))
+        with self._lock:
+            cached = self._certificates.get(key)
+        if cached is None:
+            cached = certificate_from_bytes(base64.b64decode(b64))
+            with self._lock:
+                self._certificates[key] = cached
+        return cached
+
+    def partner(self, uow: UnitOfWork, her_id: str, *, our_her_id: str | None = None) -> Partner:
+        """The partner ``her_id`` and our agreement with it; raises :class:`PartnerUnknown`."""
+        party = uow.parties.get(her_id)
+        if party is None:
+            raise PartnerUnknown(her_id, "no communication party")
+        agreement = None
+        if our_her_id is not None:
+            agreement = uow.agreements.for_pair(our_her_id, her_id)
+        if agreement is None:
+            candidates = [
+                row
+                for row in uow.agreements.for_counterparty(her_id)
+                if our_her_id is None or row.our_her_id in self.own_her_ids
+            ]
+            agreement = candidates[0] if candidates else None
+        if agreement is None:
+            raise PartnerUnknown(her_id, "no partner agreement")
+        return Partner(
+            her_id=her_id,
+            name=party.display_name or party.name,
+            organisation_her_id=party.parent_her_id,
+            our_her_id=agreement.our_her_id,
+            channel=agreement.channel,
+            endpoint=agreement.endpoint,
+            cpa_id=agreement.cpa_id or cpa_id_for(agreement.our_her_id, her_id),
+            signing_certificate=self._certificate(party.signing_certificate),
+            encryption_certificate=self._certificate(party.encryption_certificate),
+            retries=agreement.retries,
+            retry_interval=timedelta(seconds=agreement.retry_interval_seconds),
+            persist_duration=timedelta(seconds=agreement.persist_duration_seconds),
+            sync_reply=agreement.sync_reply_mode != "none",
+            auto_apprec=agreement.auto_apprec,
+            agreement_state=agreement.state,
+            message_types=tuple(agreement.message_types or ()),
+        )
+
+    def signing_certificate(self, uow: UnitOfWork, her_id: str) -> x509.Certificate | None:
+        """The signing certificate of ``her_id``. Enterprise certificates belong to the
+        organisation, so an organisation we know only as the parent of a service is found
+        through that service."""
+        party = uow.parties.get(her_id)
+        if party is None:
+            party = uow.session.scalars(
+                select(PartyRow).where(PartyRow.parent_her_id == her_id).limit(1)
+            ).first()
+        return None if party is None else self._certificate(party.signing_certificate)
+
+
+def _b64(certificate: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return base64.b64encode(certificate.public_bytes(Encoding.DER)).decode("ascii")
+
+
+def sync_configured_partners(store: Store, settings: Settings) -> int:
+    """Write ``[[partners]]`` from the configuration into the party and agreement tables."""
+    own = settings.identity.her_ids
+    default_our = settings.identity.organisation_her_id or (own[0] if own else None)
+    with store.unit_of_work() as uow:
+        for partner in settings.partners:
+            our = partner.our_her_id or default_our
+            if our is None:
+                raise ValueError(
+                    f"partner {partner.her_id}: set identity.organisation_her_id or our_her_id"
+                )
+            _upsert_partner(uow, partner, our)
+        uow.commit()
+    return len(settings.partners)
+
+
+def _upsert_partner(uow: UnitOfWork, partner: PartnerSettings, our: str) -> None:
+    signing = load_certificate(partner.signing_cert)
+    encryption = load_certificate(partner.encryption_cert)
+    uow.parties.upsert(
+        PartyRow(
+            her_id=partner.her_id,
+            parent_her_id=partner.organisation_her_id,
+            party_type="service" if partner.organisation_her_id else "organisation",
+            name=partner.name or f"partner {partner.her_id}",
+            display_name=partner.name or None,
+            edi_address=partner.endpoint if partner.channel == "smtp" else None,
+            signing_certificate=_b64(signing),
+            signing_cert_not_after=signing.not_valid_after_utc,
+            encryption_certificate=_b64(encryption),
+            encryption_cert_not_after=encryption.not_valid_after_utc,
+            active=True,
+            source="config",
+        )
+    )
+    row = uow.agreements.for_pair(our, partner.her_id)
+    if row is None:
+        row = uow.agreements.add(AgreementRow(our_her_id=our, counterparty_her_id=partner.her_id))
+    row.state = "active"
+    row.channel = partner.channel
+    row.endpoint = partner.endpoint
+    row.retries = partner.retries
+    row.retry_interval_seconds = partner.retry_interval_seconds
+    row.persist_duration_seconds = partner.persist_duration_seconds
+    row.sync_reply_mode = "signalsOnly" if partner.sync_reply else "none"
+    row.auto_apprec = partner.auto_apprec
+    row.source = "config"
+    row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)

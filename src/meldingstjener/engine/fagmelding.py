@@ -1,0 +1,68 @@
+"""What the engine needs to know about a business message: its identity and addressing.
+
+One read of the payload gives the validation report (all layers) and the routing facts. MsgHead
+and standalone AppRec are both first-class payloads (an AppRec travels without a MsgHead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meldingstjener.formats import ValidationReport, read_apprec, read_msghead, validate
+from meldingstjener.formats.errors import FormatError
+from meldingstjener.formats.xmlparse import XmlError
+from meldingstjener.model import PartyRef
+
+
+@dataclass(frozen=True)
+class Fagmelding:
+    report: ValidationReport
+    msg_id: str | None
+    msg_type: str | None
+    version: str | None
+    sender: PartyRef
+    receiver: PartyRef
+    patient_present: bool
+    ref_to_parent: str | None = None
+    ref_to_conversation: str | None = None
+    apprec_original_msg_id: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.report.valid
+
+    def problem_lines(self) -> list[str]:
+        return [f"{p.path}: {p.message} ({p.code})" for p in self.report.problems]
+
+
+def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
+    """Validate ``data`` and read the facts routing needs. Never raises for bad content."""
+    report = validate(data, schema_dir)
+    msg_id = ref_parent = ref_conversation = original = None
+    if report.well_formed:
+        try:
+            if report.format == "MsgHead":
+                head = read_msghead(data)
+                msg_id = head.msg_id
+                if head.conversation_ref is not None:
+                    ref_parent = head.conversation_ref.ref_to_parent
+                    ref_conversation = head.conversation_ref.ref_to_conversation
+            elif report.format == "AppRec":
+                apprec = read_apprec(data)
+                msg_id = apprec.id
+                original = apprec.original_msg_id.id
+        except (FormatError, XmlError):
+            pass  # the report already lists the problem
+    return Fagmelding(
+        report=report,
+        msg_id=msg_id,
+        msg_type=report.type,
+        version=report.version,
+        sender=report.sender,
+        receiver=report.receiver,
+        patient_present=report.patient_present,
+        ref_to_parent=ref_parent,
+        ref_to_conversation=ref_conversation,
+        apprec_original_msg_id=original,
+    )

@@ -1,0 +1,423 @@
+"""The inbound pipeline: from received bytes to a durably stored message and its Acknowledgment.
+
+parse MIME and envelope -> signals go to :mod:`.signals` -> verify the signature with the sender's
+registered certificate -> check the manifest -> check that To is ours -> duplicate check (a
+repeated eb:MessageId is not processed again; its original signal is sent again) -> decrypt ->
+read the fagmelding and check its HER-ids against the envelope -> store payload, message and the
+signed Acknowledgment in one commit -> only then is the Acknowledgment released (in the HTTP
+response for SyncReply, else by a ``send-signal`` job). Every failure becomes the right ebXML
+MessageError to the sender and an event in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from lxml import etree
+from sqlalchemy.exc import IntegrityError
+
+from meldingstjener.ebxml import (
+    EbxmlError,
+    Envelope,
+    ErrorCode,
+    ErrorDetail,
+    MimeMessage,
+    OriginalIds,
+    Severity,
+    check_manifest,
+    parse_envelope,
+    unpackage,
+)
+from meldingstjener.engine import signals
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.directory import PartnerUnknown
+from meldingstjener.engine.fagmelding import Fagmelding, inspect
+from meldingstjener.formats.xmlparse import XmlError, parse_xml
+from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.security import cms_enveloped
+from meldingstjener.security.errors import SecurityError
+from meldingstjener.security.xmldsig import verify_ebxml_envelope
+from meldingstjener.store.tables import MessageRow, ReceiptRow
+from meldingstjener.store.uow import EventKind, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InboundReply:
+    """What the channel should answer right away: a signal (SyncReply or fallback) or nothing."""
+
+    content_type: str | None = None
+    body: bytes | None = None
+
+
+class InboundRefused(Exception):
+    """Input so broken that no ebXML answer can be addressed (no readable MessageHeader).
+
+    The HTTP endpoint answers 400 with ``detail``; the event is already in the log.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class _Reject(Exception):
+    def __init__(self, code: ErrorCode, detail: str, location: str | None = None) -> None:
+        super().__init__(detail)
+        self.error = ErrorDetail(code, Severity.ERROR, location, detail)
+
+
+def receive(
+    ctx: EngineContext, content_type: str, body: bytes, *, channel: str = "http"
+) -> InboundReply:
+    """Take one received ebXML message. Returns what to answer synchronously, if anything."""
+    try:
+        mime = unpackage(content_type, body)
+        root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
+        envelope = parse_envelope(root)
+    except (EbxmlError, XmlError) as exc:
+        code = str(exc.code) if isinstance(exc, EbxmlError) else "OtherXml"
+        with ctx.store.unit_of_work() as uow:
+            uow.events.record(
+                None,
+                EventKind.ERROR,
+                actor=channel,
+                code=code,
+                detail=f"unreadable ebXML message refused: {exc}",
+            )
+            uow.commit()
+        raise InboundRefused(code, f"unreadable ebXML message: {exc}") from None
+
+    if envelope.header.is_signal:
+        signals.handle_incoming(ctx, envelope, root, channel=channel)
+        return InboundReply()
+    return _receive_message(ctx, mime, envelope, root, body, channel)
+
+
+def _receive_message(
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    body: bytes,
+    channel: str,
+) -> InboundReply:
+    header = envelope.header
+    sender = header.from_party.her_id
+    with ctx.store.unit_of_work() as uow:
+        duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
+        if duplicate is not None:
+            return _resend_signal(ctx, uow, duplicate, envelope, channel)
+        certificate = ctx.directory.signing_certificate(uow, sender)
+    try:
+        message, plain = _check(ctx, mime, envelope, root, certificate)
+    except _Reject as reject:
+        return _refuse(ctx, envelope, body, reject.error, channel)
+
+    ack = signals.build_ack(ctx, envelope, root)
+    payload_ref = ctx.store.payloads.put(plain)
+    wire_ref = ctx.store.payloads.put(body)
+    now = ctx.clock()
+    row = MessageRow(
+        direction=Direction.INBOUND.value,
+        channel=channel,
+        environment=ctx.policy.environment,
+        ebxml_message_id=header.message_id,
+        ebxml_conversation_id=header.conversation_id,
+        ebxml_ref_to_message_id=header.ref_to_message_id,
+        cpa_id=header.cpa_id,
+        ebxml_service=header.service,
+        ebxml_action=header.action,
+        from_her_id=sender,
+        to_her_id=header.to_party.her_id,
+        msg_id=message.msg_id,
+        msg_type=message.msg_type,
+        msg_type_version=message.version,
+        conversation_ref_to_parent=message.ref_to_parent,
+        conversation_ref_to_conversation=message.ref_to_conversation,
+        sender_org_her_id=message.sender.organisation,
+        sender_service_her_id=message.sender.service,
+        sender_person_her_id=message.sender.person,
+        receiver_org_her_id=message.receiver.organisation,
+        receiver_service_her_id=message.receiver.service,
+        receiver_person_her_id=message.receiver.person,
+        patient_present=message.patient_present,
+        payload_ref=payload_ref.key,
+        payload_size=payload_ref.size,
+        payload_sha256=payload_ref.sha256,
+        wire_ref=wire_ref.key,
+        wire_content_type=mime.headers.get("content-type"),
+    )
+    reply_inline = envelope.sync_reply
+    try:
+        with ctx.store.unit_of_work() as uow:
+            uow.messages.add(row, actor=f"{channel}:{sender}", detail=f"received from {sender}")
+            if message.report.problems:
+                uow.events.record(
+                    row.id,
+                    EventKind.NOTE,
+                    actor="validator",
+                    code="validation",
+                    detail=f"{len(message.report.problems)} validation finding(s): "
+                    + "; ".join(f"{p.code} at {p.path}" for p in message.report.problems[:5]),
+                    at=now,
+                )
+            endpoint = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
+            reply_inline = reply_inline or endpoint is None
+            uow.messages.set_status(
+                row,
+                InboundStatus.ACKNOWLEDGED.value,
+                actor="msh",
+                detail="stored durably; Acknowledgment "
+                + ("returned in the response" if reply_inline else "queued"),
+                at=now,
+            )
+            _record_signal(ctx, uow, ack, "acknowledgment", row, endpoint, reply_inline, channel)
+            uow.commit()
+    except IntegrityError:
+        # The same message arrived twice at once; the other request stored it first.
+        with ctx.store.unit_of_work() as uow:
+            duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
+            assert duplicate is not None
+            return _resend_signal(ctx, uow, duplicate, envelope, channel)
+    ctx.wakeup.notify()
+    if reply_inline:
+        return InboundReply(ack.content_type, ack.body)
+    return InboundReply()
+
+
+def _check(
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    certificate: object,
+) -> tuple[Fagmelding, bytes]:
+    header = envelope.header
+    sender = header.from_party.her_id
+    if certificate is None:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the sender {sender} is not a known communication party with a signing certificate",
+            "eb:MessageHeader/eb:From/eb:PartyId",
+        )
+    check = verify_ebxml_envelope(
+        root,
+        mime.attachment_bytes(),
+        certificate=certificate,  # type: ignore[arg-type]
+        allow_sha1=ctx.policy.allow_sha1,
+    )
+    if not check.valid:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the signature did not verify: {check.problem or 'a reference did not match'}",
+            "ds:Signature",
+        )
+    try:
+        check_manifest(envelope, frozenset(mime.attachments))
+    except EbxmlError as exc:
+        raise _Reject(exc.code, str(exc), exc.location) from None
+    to = header.to_party.her_id
+    if to not in ctx.own_her_ids:
+        raise _Reject(
+            ErrorCode.VALUE_NOT_RECOGNIZED,
+            f"the receiver {to} is not served by this message server",
+            "eb:MessageHeader/eb:To/eb:PartyId",
+        )
+    if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
+        raise _Reject(ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest")
+    encrypted = mime.attachments[str(envelope.manifest[0].content_id)].data
+    try:
+        plain = cms_enveloped.decrypt(
+            encrypted, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
+        )
+    except SecurityError as exc:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE, f"the payload could not be decrypted: {exc}", "cid"
+        ) from None
+    message = inspect(plain, ctx.policy.schema_dir)
+    if not message.report.well_formed or message.report.format is None:
+        raise _Reject(
+            ErrorCode.OTHER_XML,
+            "the business message cannot be interpreted: "
+            + "; ".join(p.message for p in message.report.problems[:3]),
+            "cid",
+        )
+    in_message_from = {str(h) for h in (message.sender.organisation, message.sender.service) if h}
+    in_message_to = {str(h) for h in (message.receiver.organisation, message.receiver.service) if h}
+    if sender not in in_message_from or to not in in_message_to:
+        said_from = "/".join(sorted(in_message_from)) or "?"
+        said_to = "/".join(sorted(in_message_to)) or "?"
+        raise _Reject(
+            ErrorCode.INCONSISTENT,
+            f"the envelope says {sender} -> {to}, the business message says "
+            f"{said_from} -> {said_to}",
+            "eb:MessageHeader",
+        )
+    return message, plain
+
+
+def _reply_endpoint(
+    ctx: EngineContext, uow: UnitOfWork, sender: str, our_her_id: str
+) -> str | None:
+    try:
+        partner = ctx.directory.partner(uow, sender, our_her_id=our_her_id)
+    except PartnerUnknown:
+        return None
+    return partner.endpoint if partner.channel in ctx.transports else None
+
+
+def _record_signal(
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    wire: signals.SignalWire,
+    kind: str,
+    row: MessageRow,
+    endpoint: str | None,
+    inline: bool,
+    channel: str,
+    *,
+    description: str | None = None,
+    error_codes: list[dict[str, object]] | None = None,
+) -> None:
+    if inline or endpoint is None:
+        wire_ref = ctx.store.payloads.put(wire.body)
+        uow.receipts.add(
+            ReceiptRow(
+                message_id=row.id,
+                kind=kind,
+                direction="out",
+                at=ctx.clock(),
+                ebxml_message_id=wire.message_id,
+                ref_to_message_id=row.ebxml_message_id,
+                wire_ref=wire_ref.key,
+                wire_content_type=wire.content_type,
+                description=description,
+                error_codes=error_codes,
+            )
+        )
+        return
+    signals.queue_signal(
+        ctx,
+        uow,
+        wire,
+        kind=kind,
+        message_id=row.id,
+        ref_to_message_id=row.ebxml_message_id,
+        partner_her_id=str(row.from_her_id),
+        endpoint=endpoint,
+        channel=channel,
+        description=description,
+        error_codes=error_codes,
+    )
+
+
+def _refuse(
+    ctx: EngineContext, envelope: Envelope, body: bytes, error: ErrorDetail, channel: str
+) -> InboundReply:
+    header = envelope.header
+    our = header.to_party.her_id if header.to_party.her_id in ctx.own_her_ids else None
+    our = our or sorted(ctx.own_her_ids)[0]
+    wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
+    wire_ref = ctx.store.payloads.put(body)
+    now = ctx.clock()
+    row = MessageRow(
+        direction=Direction.INBOUND.value,
+        channel=channel,
+        environment=ctx.policy.environment,
+        ebxml_message_id=header.message_id,
+        ebxml_conversation_id=header.conversation_id,
+        cpa_id=header.cpa_id,
+        ebxml_service=header.service,
+        ebxml_action=header.action,
+        from_her_id=header.from_party.her_id,
+        to_her_id=header.to_party.her_id,
+        wire_ref=wire_ref.key,
+    )
+    reply_inline = envelope.sync_reply
+    codes: list[dict[str, object]] = [
+        {
+            "code": str(error.code),
+            "severity": str(error.severity),
+            "location": error.location,
+            "description": error.description,
+        }
+    ]
+    try:
+        with ctx.store.unit_of_work() as uow:
+            uow.messages.add(row, actor=f"{channel}:{header.from_party.her_id}")
+            uow.messages.set_status(
+                row,
+                InboundStatus.REJECTED.value,
+                actor="msh",
+                code=str(error.code),
+                detail=f"MessageError sent: {error.description}",
+                at=now,
+            )
+            endpoint = _reply_endpoint(ctx, uow, header.from_party.her_id, our)
+            reply_inline = reply_inline or endpoint is None
+            _record_signal(
+                ctx,
+                uow,
+                wire,
+                "message-error",
+                row,
+                endpoint,
+                reply_inline,
+                channel,
+                description=error.description,
+                error_codes=codes,
+            )
+            uow.commit()
+    except IntegrityError:
+        with ctx.store.unit_of_work() as uow:
+            duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
+            assert duplicate is not None
+            return _resend_signal(ctx, uow, duplicate, envelope, channel)
+    ctx.wakeup.notify()
+    return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
+
+
+def _resend_signal(
+    ctx: EngineContext, uow: UnitOfWork, original: MessageRow, envelope: Envelope, channel: str
+) -> InboundReply:
+    """A repeated eb:MessageId: not processed again; the signal we sent for it is sent again."""
+    sent = [r for r in uow.receipts.for_message(original.id) if r.direction == "out"]
+    signal = sent[-1] if sent else None
+    now = ctx.clock()
+    uow.events.record(
+        original.id,
+        EventKind.SIGNAL_IN,
+        actor=f"{channel}:{envelope.header.from_party.her_id}",
+        code="duplicate",
+        detail="the same ebXML MessageId arrived again; not processed again, "
+        + (f"our {signal.kind} is sent again" if signal else "no signal to repeat yet"),
+        ebxml_message_id=envelope.header.message_id,
+        at=now,
+    )
+    reply = InboundReply()
+    if signal is not None and signal.wire_ref is not None:
+        body = ctx.store.payloads.read_bytes(signal.wire_ref)
+        content_type = str(signal.wire_content_type)
+        endpoint = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))
+        if envelope.sync_reply or endpoint is None:
+            reply = InboundReply(content_type, body)
+        else:
+            uow.jobs.schedule(
+                signals.SEND_SIGNAL,
+                now,
+                message_id=original.id,
+                data={
+                    "receipt_id": signal.id,
+                    "content_type": content_type,
+                    "endpoint": endpoint,
+                    "channel": channel,
+                    "partner": original.from_her_id,
+                },
+            )
+    uow.commit()
+    ctx.wakeup.notify()
+    return reply

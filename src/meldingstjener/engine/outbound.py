@@ -1,0 +1,195 @@
+"""The outbound pipeline: accept a fagmelding for a receiver and make it ready to send.
+
+accept -> validate -> find the receiver and our agreement -> check that the MsgHead HER-ids agree
+with the envelope -> encrypt to the receiver's certificate -> build and sign the envelope ->
+store (payload, wire form, message row, transmit job) in one commit. Sending, waiting for the
+Acknowledgment and retrying happen in :mod:`.transmit`, driven by jobs in the store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from meldingstjener.ebxml import (
+    Attachment,
+    ManifestReference,
+    MessageHeader,
+    Party,
+    build_envelope,
+    envelope_bytes,
+    new_message_id,
+    package,
+)
+from meldingstjener.ebxml.mime import new_content_id
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.fagmelding import Fagmelding, inspect
+from meldingstjener.engine.routing import APPREC, names_for
+from meldingstjener.model import Direction
+from meldingstjener.security import cms_enveloped
+from meldingstjener.security.xmldsig import sign_ebxml_envelope
+from meldingstjener.store.tables import MessageRow
+
+PAYLOAD_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data"
+MAX_PAYLOAD_BYTES = 35 * 1024 * 1024
+TRANSMIT = "transmit"
+
+
+def submit(
+    ctx: EngineContext,
+    payload: bytes,
+    *,
+    to_her_id: str | None = None,
+    actor: str,
+    client_id: str | None = None,
+) -> str:
+    """Accept ``payload`` for sending; return our message id. Raises :class:`SubmitRejected`."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise SubmitRejected(
+            "too-large",
+            f"the business message is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+        )
+    message = inspect(payload, ctx.policy.schema_dir)
+    if not message.valid:
+        raise SubmitRejected(
+            "invalid-message",
+            "the business message is not valid; nothing was sent",
+            message.problem_lines(),
+        )
+    sender_her, receiver_her = _addressing(ctx, message, to_her_id)
+    with ctx.store.unit_of_work() as uow:
+        try:
+            partner = ctx.directory.partner(uow, receiver_her, our_her_id=sender_her)
+        except PartnerUnknown as exc:
+            code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
+            raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
+        answered_type = None
+        if message.msg_type == APPREC and message.apprec_original_msg_id:
+            originals = uow.messages.by_msg_id(Direction.INBOUND, message.apprec_original_msg_id)
+            answered_type = originals[0].msg_type if originals else None
+    _check_partner(ctx, partner, message)
+
+    now = ctx.clock()
+    assert partner.encryption_certificate is not None  # checked in _check_partner
+    encrypted = cms_enveloped.encrypt(
+        payload, partner.encryption_certificate, compress=ctx.policy.compress_payloads
+    )
+    content_id = new_content_id(ctx.host)
+    names = names_for(message.msg_type, answered_type=answered_type)
+    header = MessageHeader(
+        from_party=Party(sender_her, names.from_role),
+        to_party=Party(receiver_her, names.to_role),
+        cpa_id=partner.cpa_id,
+        conversation_id=message.ref_to_conversation or message.msg_id or str(uuid.uuid4()),
+        service=names.service,
+        service_type=names.service_type,
+        action=names.action,
+        message_id=new_message_id(ctx.host),
+        timestamp=now,
+        description=ctx.description(),
+    )
+    root = build_envelope(
+        header,
+        manifest=[ManifestReference.for_content_id(content_id, "Encrypted business message")],
+        ack_requested=True,
+        sync_reply=partner.sync_reply,
+        duplicate_elimination=True,
+    )
+    sign_ebxml_envelope(
+        root, {content_id: encrypted}, ctx.keys.signing_key, ctx.keys.signing_certificate
+    )
+    body, content_type = package(
+        envelope_bytes(root),
+        [Attachment(content_id, PAYLOAD_CONTENT_TYPE, encrypted)],
+        transfer_encoding="binary" if partner.channel == "http" else "base64",
+    )
+    payload_ref = ctx.store.payloads.put(payload)
+    wire_ref = ctx.store.payloads.put(body)
+    row = MessageRow(
+        direction=Direction.OUTBOUND.value,
+        channel=partner.channel,
+        environment=ctx.policy.environment,
+        ebxml_message_id=header.message_id,
+        ebxml_conversation_id=header.conversation_id,
+        cpa_id=header.cpa_id,
+        ebxml_service=header.service,
+        ebxml_action=header.action,
+        from_her_id=sender_her,
+        to_her_id=receiver_her,
+        payload_ref=payload_ref.key,
+        payload_size=payload_ref.size,
+        payload_sha256=payload_ref.sha256,
+        wire_ref=wire_ref.key,
+        wire_content_type=content_type,
+        expires_at=now + partner.persist_duration,
+        next_attempt_at=now,
+        client_id=client_id,
+        **_message_fields(message),
+    )
+    with ctx.store.unit_of_work() as uow:
+        uow.messages.add(row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})")
+        uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+        uow.commit()
+    ctx.wakeup.notify()
+    return row.id
+
+
+def _message_fields(message: Fagmelding) -> dict[str, object]:
+    return {
+        "msg_id": message.msg_id,
+        "msg_type": message.msg_type,
+        "msg_type_version": message.version,
+        "conversation_ref_to_parent": message.ref_to_parent,
+        "conversation_ref_to_conversation": message.ref_to_conversation,
+        "sender_org_her_id": message.sender.organisation,
+        "sender_service_her_id": message.sender.service,
+        "sender_person_her_id": message.sender.person,
+        "receiver_org_her_id": message.receiver.organisation,
+        "receiver_service_her_id": message.receiver.service,
+        "receiver_person_her_id": message.receiver.person,
+        "patient_present": message.patient_present,
+    }
+
+
+def _addressing(ctx: EngineContext, message: Fagmelding, to_her_id: str | None) -> tuple[str, str]:
+    """(our HER-id, their HER-id) for the envelope; they must agree with the MsgHead."""
+    sender_her = message.sender.communication_party
+    if sender_her is None or sender_her not in ctx.own_her_ids:
+        raise SubmitRejected(
+            "inconsistent-addressing",
+            f"the sender HER-id in the message ({sender_her or 'none'}) is not one of ours "
+            f"({', '.join(sorted(ctx.own_her_ids)) or 'none configured'})",
+        )
+    in_message = {message.receiver.organisation, message.receiver.service} - {None}
+    receiver_her = to_her_id or message.receiver.communication_party
+    if receiver_her is None:
+        raise SubmitRejected("inconsistent-addressing", "the message names no receiver HER-id")
+    if receiver_her not in in_message:
+        raise SubmitRejected(
+            "inconsistent-addressing",
+            f"the receiver {receiver_her} does not agree with the message, which is addressed to "
+            f"{' / '.join(sorted(str(h) for h in in_message)) or 'nobody'}",
+        )
+    return str(sender_her), str(receiver_her)
+
+
+def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) -> None:
+    if partner.agreement_state == "suspended":
+        raise SubmitRejected(
+            "not-agreed", f"the agreement with {partner.her_id} is suspended; nothing was sent"
+        )
+    if partner.encryption_certificate is None:
+        raise SubmitRejected(
+            "certificate-problem", f"no encryption certificate is known for {partner.her_id}"
+        )
+    now: datetime = ctx.clock()
+    if partner.encryption_certificate.not_valid_after_utc < now:
+        raise SubmitRejected(
+            "certificate-problem",
+            f"the encryption certificate of {partner.her_id} expired "
+            f"{partner.encryption_certificate.not_valid_after_utc:%Y-%m-%d}",
+        )
+    if partner.endpoint is None:
+        raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")

@@ -1,0 +1,329 @@
+"""ebXML signals: incoming Acknowledgments and MessageErrors, and sending our own.
+
+Incoming signals are verified with the sender's registered signing certificate and matched to
+the sent message by RefToMessageId; a signal for a message we do not know is logged, never a
+crash. Our signals are built, signed and packaged here, then either returned in the HTTP response
+(SyncReply) or stored with a ``send-signal`` job so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from lxml import etree
+
+from meldingstjener.ebxml import (
+    Envelope,
+    ErrorDetail,
+    OriginalIds,
+    Party,
+    build_acknowledgment,
+    build_message_error,
+    envelope_bytes,
+    new_message_id,
+    package,
+    signature_references,
+)
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.model import Direction, OutboundStatus, allowed_next
+from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
+from meldingstjener.store.tables import ReceiptRow
+from meldingstjener.store.uow import ClaimedJob, EventKind
+from meldingstjener.transport.base import Delivery, TransportFailure
+
+log = logging.getLogger(__name__)
+
+SEND_SIGNAL = "send-signal"
+SIGNAL_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class SignalWire:
+    """A signed, packaged signal ready to go: its ebXML MessageId, Content-Type and body."""
+
+    message_id: str
+    content_type: str
+    body: bytes
+
+
+def _finish(ctx: EngineContext, root: etree._Element, message_id: str) -> SignalWire:
+    sign_ebxml_envelope(root, {}, ctx.keys.signing_key, ctx.keys.signing_certificate)
+    body, content_type = package(envelope_bytes(root), [], transfer_encoding="binary")
+    return SignalWire(message_id, content_type, body)
+
+
+def build_ack(ctx: EngineContext, original: Envelope, original_root: etree._Element) -> SignalWire:
+    """A signed Acknowledgment carrying the digests of what we received (non-repudiation)."""
+    message_id = new_message_id(ctx.host)
+    root = build_acknowledgment(
+        original,
+        references=signature_references(original_root),
+        message_id=message_id,
+        timestamp=ctx.clock(),
+        our_party=Party(original.header.to_party.her_id, original.header.to_party.role),
+        description=ctx.description(),
+    )
+    return _finish(ctx, root, message_id)
+
+
+def build_error(
+    ctx: EngineContext, original: OriginalIds, errors: list[ErrorDetail], our_her_id: str
+) -> SignalWire:
+    message_id = new_message_id(ctx.host)
+    root = build_message_error(
+        original,
+        errors,
+        message_id=message_id,
+        timestamp=ctx.clock(),
+        our_party=Party(our_her_id, original.receiver.role if original.receiver else None),
+        description=ctx.description(),
+    )
+    return _finish(ctx, root, message_id)
+
+
+# --- incoming signals ------------------------------------------------------------------------
+
+
+def handle_incoming(
+    ctx: EngineContext, envelope: Envelope, root: etree._Element, *, channel: str
+) -> None:
+    """Verify an Acknowledgment or MessageError and apply it to the message it refers to."""
+    header = envelope.header
+    ref = header.ref_to_message_id or (
+        envelope.acknowledgment.ref_to_message_id if envelope.acknowledgment else None
+    )
+    kind = "acknowledgment" if envelope.is_acknowledgment else "message-error"
+    sender = header.from_party.her_id
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        certificate = ctx.directory.signing_certificate(uow, sender)
+        check = verify_ebxml_envelope(
+            root, {}, certificate=certificate, allow_sha1=ctx.policy.allow_sha1
+        )
+        row = uow.messages.by_ebxml_id(Direction.OUTBOUND, ref, for_update=True) if ref else None
+        if row is None:
+            uow.events.record(
+                None,
+                EventKind.SIGNAL_IN,
+                actor=f"{channel}:{sender}",
+                code=kind,
+                detail=f"{header.action} from {sender} for a message we do not know ({ref}); "
+                "logged and ignored",
+                ebxml_message_id=header.message_id,
+                at=now,
+            )
+            uow.commit()
+            return
+        if certificate is None or not check.valid:
+            uow.events.record(
+                row.id,
+                EventKind.ERROR,
+                actor=f"{channel}:{sender}",
+                code="SecurityFailure",
+                detail=f"{header.action} from {sender} ignored: its signature did not verify "
+                f"({check.problem or 'no registered signing certificate'})",
+                ebxml_message_id=header.message_id,
+                at=now,
+            )
+            uow.commit()
+            return
+        possible = allowed_next(Direction.OUTBOUND, row.status)
+        if envelope.is_acknowledgment:
+            uow.receipts.add(
+                ReceiptRow(
+                    message_id=row.id,
+                    kind=kind,
+                    direction="in",
+                    at=now,
+                    ebxml_message_id=header.message_id,
+                    ref_to_message_id=ref,
+                )
+            )
+            if OutboundStatus.TRANSPORT_ACKNOWLEDGED.value in possible:
+                late = row.status == OutboundStatus.NOT_DELIVERED.value
+                uow.messages.set_status(
+                    row,
+                    OutboundStatus.TRANSPORT_ACKNOWLEDGED.value,
+                    actor=f"{channel}:{sender}",
+                    detail="Acknowledgment received"
+                    + (" after the message was given up; check the alert" if late else ""),
+                    at=now,
+                )
+                uow.jobs.cancel_for_message(row.id)
+            else:
+                uow.events.record(
+                    row.id,
+                    EventKind.SIGNAL_IN,
+                    actor=f"{channel}:{sender}",
+                    detail=f"Acknowledgment received again (status stays {row.status})",
+                    ebxml_message_id=header.message_id,
+                    at=now,
+                )
+        else:
+            errors = envelope.error_list.errors if envelope.error_list else ()
+            codes = [
+                {
+                    "code": str(e.code),
+                    "severity": str(e.severity),
+                    "location": e.location,
+                    "description": e.description,
+                }
+                for e in errors
+            ]
+            text = "; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors)
+            uow.receipts.add(
+                ReceiptRow(
+                    message_id=row.id,
+                    kind=kind,
+                    direction="in",
+                    at=now,
+                    ebxml_message_id=header.message_id,
+                    ref_to_message_id=ref,
+                    error_codes=codes,
+                    description=text,
+                )
+            )
+            first_code = str(errors[0].code) if errors else "Unknown"
+            if OutboundStatus.TRANSPORT_ERROR.value in possible:
+                uow.messages.set_status(
+                    row,
+                    OutboundStatus.TRANSPORT_ERROR.value,
+                    actor=f"{channel}:{sender}",
+                    code=first_code,
+                    detail=f"MessageError from {sender}: {text}",
+                    at=now,
+                )
+                uow.jobs.cancel_for_message(row.id)
+            raise_alert(
+                uow,
+                AlertKind.MESSAGE_ERROR_RECEIVED,
+                f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
+                f"{first_code}: {text}. Correct the cause and resend, or deliver the content "
+                "another way.",
+                at=now,
+                message_id=row.id,
+                partner_her_id=sender,
+            )
+        uow.commit()
+
+
+# --- outgoing signals ------------------------------------------------------------------------
+
+
+def queue_signal(
+    ctx: EngineContext,
+    uow: object,
+    wire: SignalWire,
+    *,
+    kind: str,
+    message_id: str | None,
+    ref_to_message_id: str | None,
+    partner_her_id: str,
+    endpoint: str,
+    channel: str,
+    description: str | None = None,
+    error_codes: list[dict[str, object]] | None = None,
+) -> ReceiptRow:
+    """Store a signal and a job that sends it (in the caller's transaction)."""
+    from meldingstjener.store.uow import UnitOfWork
+
+    assert isinstance(uow, UnitOfWork)
+    wire_ref = ctx.store.payloads.put(wire.body)
+    receipt = uow.receipts.add(
+        ReceiptRow(
+            message_id=message_id,
+            kind=kind,
+            direction="out",
+            at=ctx.clock(),
+            ebxml_message_id=wire.message_id,
+            ref_to_message_id=ref_to_message_id,
+            wire_ref=wire_ref.key,
+            wire_content_type=wire.content_type,
+            description=description,
+            error_codes=error_codes,
+        )
+    )
+    uow.session.flush()
+    uow.jobs.schedule(
+        SEND_SIGNAL,
+        ctx.clock(),
+        message_id=message_id,
+        data={
+            "receipt_id": receipt.id,
+            "content_type": wire.content_type,
+            "endpoint": endpoint,
+            "channel": channel,
+            "partner": partner_her_id,
+        },
+    )
+    return receipt
+
+
+def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    """Send a stored signal; retry with growing pauses; alert when it cannot be delivered."""
+    from meldingstjener.store.tables import ReceiptRow as Receipt
+
+    data = job.data or {}
+    with ctx.store.unit_of_work() as uow:
+        receipt = uow.session.get(Receipt, data.get("receipt_id"))
+        if receipt is None or receipt.wire_ref is None:
+            uow.jobs.finish(job.id)
+            uow.commit()
+            return
+        wire_path = ctx.store.payloads.path(receipt.wire_ref)
+        kind = receipt.kind
+        signal_message_id = receipt.ebxml_message_id
+    transport = ctx.transports.get(str(data.get("channel")))
+    now = ctx.clock()
+    try:
+        if transport is None:
+            raise TransportFailure("no-transport", f"no transport for {data.get('channel')}")
+        transport.send(
+            Delivery(
+                str(data["endpoint"]),
+                str(data["content_type"]),
+                wire_path,
+                ebxml_message_id=signal_message_id,
+                to_her_id=str(data.get("partner")),
+            )
+        )
+    except TransportFailure as failure:
+        with ctx.store.unit_of_work() as uow:
+            if job.attempts >= SIGNAL_ATTEMPTS:
+                uow.jobs.finish(job.id)
+                raise_alert(
+                    uow,
+                    AlertKind.SIGNAL_UNDELIVERED,
+                    f"our {kind} to {data.get('partner')} could not be delivered after "
+                    f"{job.attempts} attempts ({failure.code}); the partner will resend.",
+                    at=now,
+                    message_id=job.message_id,
+                    partner_her_id=str(data.get("partner")),
+                )
+            else:
+                pause = timedelta(seconds=min(2**job.attempts, 3600))
+                uow.jobs.reschedule(job.id, now + pause)
+            uow.events.record(
+                job.message_id,
+                EventKind.ATTEMPT,
+                actor="worker",
+                code=failure.code,
+                detail=f"sending our {kind} failed: {failure.detail}",
+                at=now,
+            )
+            uow.commit()
+        return
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
+        uow.events.record(
+            job.message_id,
+            EventKind.SIGNAL_OUT,
+            actor="worker",
+            code=kind,
+            detail=f"{kind} delivered to {data.get('partner')}",
+            at=now,
+        )
+        uow.commit()

@@ -1,0 +1,200 @@
+"""Sending and resending: the ``transmit`` and ``ack-timeout`` jobs.
+
+A send that reaches the partner moves the message to ``sent`` and schedules an ``ack-timeout``
+one RetryInterval later. If neither Acknowledgment nor MessageError has arrived by then, the same
+wire bytes (same MessageId, so the partner's duplicate elimination works) are sent again, up to
+``Retries`` resends and never past ``PersistDuration``. Then the message is ``not-delivered`` and
+an alert tells the operator that the content must reach the receiver another way.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.model import Direction, OutboundStatus, allowed_next
+from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+
+log = logging.getLogger(__name__)
+
+TRANSMIT = "transmit"
+ACK_TIMEOUT = "ack-timeout"
+_SENDABLE = {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
+
+
+def _next_attempt(row: MessageRow, partner: Partner, now: datetime) -> datetime | None:
+    """When to try again, or None when the agreement allows no more attempts."""
+    if row.attempts > partner.retries:
+        return None
+    if row.expires_at is not None and now >= row.expires_at:
+        return None
+    due = now + partner.retry_interval
+    return min(due, row.expires_at) if row.expires_at is not None else due
+
+
+def _give_up(
+    uow: UnitOfWork, row: MessageRow, partner_name: str, reason: str, now: datetime
+) -> None:
+    uow.messages.set_status(
+        row,
+        OutboundStatus.NOT_DELIVERED.value,
+        actor="worker",
+        code="not-delivered",
+        detail=f"given up after {row.attempts} attempt(s): {reason}",
+        at=now,
+    )
+    uow.jobs.cancel_for_message(row.id)
+    raise_alert(
+        uow,
+        AlertKind.NOT_DELIVERED,
+        f"message {row.id} ({row.msg_type}) to {row.to_her_id} ({partner_name}) was NOT "
+        f"delivered: {reason}. No transport receipt arrived. The content must reach the "
+        "receiver another way (for example phone or paper).",
+        at=now,
+        message_id=row.id,
+        partner_her_id=row.to_her_id,
+    )
+
+
+def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
+    """Send (or resend) one message. Returns the transport's result when it was delivered."""
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id))
+        if row is None or row.status not in _SENDABLE | {OutboundStatus.SENT.value}:
+            uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
+            uow.commit()
+            return None
+        try:
+            partner = ctx.directory.partner(uow, str(row.to_her_id), our_her_id=row.from_her_id)
+        except PartnerUnknown as exc:
+            _give_up(uow, row, str(row.to_her_id), f"the partner is no longer known ({exc})", now)
+            uow.commit()
+            return None
+        wire = ctx.store.payloads.path(str(row.wire_ref))
+        content_type = str(row.wire_content_type)
+    transport = ctx.transports.get(partner.channel)
+    try:
+        if transport is None:
+            raise TransportFailure(
+                "no-transport", f"this server has no {partner.channel} transport", retryable=False
+            )
+        result = transport.send(
+            Delivery(
+                str(partner.endpoint),
+                content_type,
+                wire,
+                timeout_seconds=60.0,
+                ebxml_message_id=row.ebxml_message_id,
+                from_her_id=row.from_her_id,
+                to_her_id=row.to_her_id,
+            )
+        )
+    except TransportFailure as failure:
+        _failed(ctx, job, partner, failure, now)
+        return None
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id), for_update=True)
+        assert row is not None
+        row.attempts += 1
+        uow.events.record(
+            row.id,
+            EventKind.ATTEMPT,
+            actor="worker",
+            detail=f"attempt {row.attempts} delivered to {partner.endpoint}",
+            ebxml_message_id=row.ebxml_message_id,
+            at=now,
+        )
+        if row.status in _SENDABLE:
+            uow.messages.set_status(row, OutboundStatus.SENT.value, actor="worker", at=now)
+        uow.jobs.finish(job.id)
+        if row.status == OutboundStatus.SENT.value:
+            due = _next_attempt(row, partner, now) or (now + partner.retry_interval)
+            uow.jobs.schedule(
+                ACK_TIMEOUT, due, message_id=row.id, dedup_key=f"{ACK_TIMEOUT}:{row.id}"
+            )
+        uow.alerts.resolve(f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}", at=now)
+        uow.commit()
+    return result
+
+
+def _failed(
+    ctx: EngineContext, job: ClaimedJob, partner: Partner, failure: TransportFailure, now: datetime
+) -> None:
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id), for_update=True)
+        assert row is not None
+        row.attempts += 1
+        uow.events.record(
+            row.id,
+            EventKind.ATTEMPT,
+            actor="worker",
+            code=failure.code,
+            detail=f"attempt {row.attempts} failed: {failure.detail}",
+            ebxml_message_id=row.ebxml_message_id,
+            at=now,
+        )
+        if row.status not in _SENDABLE | {OutboundStatus.SENT.value}:
+            uow.jobs.finish(job.id)
+            uow.commit()
+            return
+        due = _next_attempt(row, partner, now) if failure.retryable else None
+        if due is None:
+            _give_up(uow, row, partner.name, f"last attempt failed ({failure.detail})", now)
+        else:
+            if row.status != OutboundStatus.RETRYING.value:
+                uow.messages.set_status(
+                    row,
+                    OutboundStatus.RETRYING.value,
+                    actor="worker",
+                    code=failure.code,
+                    detail=f"{failure.detail}; next attempt {due:%Y-%m-%d %H:%M:%S} UTC",
+                    at=now,
+                )
+            row.next_attempt_at = due
+            uow.jobs.reschedule(job.id, due)
+            raise_alert(
+                uow,
+                AlertKind.PARTNER_UNREACHABLE,
+                f"{partner.her_id} ({partner.name}) cannot be reached at {partner.endpoint}: "
+                f"{failure.detail}. Messages are kept and resent.",
+                at=now,
+                partner_her_id=partner.her_id,
+            )
+        uow.commit()
+
+
+def ack_timeout_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    """No Acknowledgment or MessageError arrived in time: resend, or give up."""
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id), for_update=True)
+        if row is None or row.status != OutboundStatus.SENT.value:
+            uow.jobs.finish(job.id)
+            uow.commit()
+            return
+        try:
+            partner = ctx.directory.partner(uow, str(row.to_her_id), our_her_id=row.from_her_id)
+        except PartnerUnknown as exc:
+            _give_up(uow, row, str(row.to_her_id), f"the partner is no longer known ({exc})", now)
+            uow.commit()
+            return
+        uow.jobs.finish(job.id)
+        if _next_attempt(row, partner, now) is None:
+            _give_up(uow, row, partner.name, "neither Acknowledgment nor MessageError arrived", now)
+        else:
+            assert OutboundStatus.RETRYING.value in allowed_next(Direction.OUTBOUND, row.status)
+            uow.messages.set_status(
+                row,
+                OutboundStatus.RETRYING.value,
+                actor="worker",
+                detail="no Acknowledgment within the retry interval; resending",
+                at=now,
+            )
+            uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+        uow.commit()

@@ -1,0 +1,96 @@
+"""Workers: claim due jobs from the store and run them.
+
+Each worker claims a batch with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), runs each job
+in its own unit of work, and never dies of one bad job: an unexpected error is logged (without
+patient data) and the job is tried again later. A worker sleeps until the next poll, or until the
+engine's wake-up says new work was stored in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from meldingstjener.engine import inbound, signals, transmit
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.uow import ClaimedJob
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_CRASH = timedelta(seconds=30)
+
+
+def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
+    result = transmit.transmit_job(ctx, job)
+    if result is not None and result.reply_body and result.reply_content_type:
+        # SyncReply: the partner's signal came back in the HTTP response.
+        try:
+            inbound.receive(ctx, result.reply_content_type, result.reply_body, channel="http")
+        except inbound.InboundRefused as refused:
+            log.warning("unreadable synchronous reply for job %s: %s", job.id, refused.code)
+
+
+HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
+    transmit.TRANSMIT: _transmit,
+    transmit.ACK_TIMEOUT: transmit.ack_timeout_job,
+    signals.SEND_SIGNAL: signals.send_signal_job,
+}
+
+
+class Worker:
+    def __init__(
+        self,
+        ctx: EngineContext,
+        name: str,
+        *,
+        batch: int = 20,
+        lease: timedelta = timedelta(seconds=120),
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.batch = batch
+        self.lease = lease
+        self.poll_interval = poll_interval
+
+    def run_once(self) -> int:
+        """Claim and run the jobs due now; return how many were run."""
+        with self.ctx.store.unit_of_work() as uow:
+            jobs = uow.jobs.claim_due(
+                self.name, now=self.ctx.clock(), limit=self.batch, lease=self.lease
+            )
+            uow.commit()
+        for job in jobs:
+            handler = HANDLERS.get(job.kind)
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for job kind {job.kind!r}")
+                handler(self.ctx, job)
+            except Exception as exc:  # one bad job must not stop the worker
+                log.exception("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)
+                with self.ctx.store.unit_of_work() as uow:
+                    uow.jobs.reschedule(job.id, self.ctx.clock() + RETRY_AFTER_CRASH)
+                    uow.commit()
+        return len(jobs)
+
+    def run_until_idle(self, max_rounds: int = 1000) -> int:
+        """Run until nothing is due (tests and the demo use this with an injected clock)."""
+        total = 0
+        for _ in range(max_rounds):
+            ran = self.run_once()
+            total += ran
+            if ran == 0:
+                break
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                log.exception("worker %s could not claim work; retrying", self.name)
+                ran = 0
+            if ran == 0:
+                self.ctx.wakeup.wait(self.poll_interval)

@@ -1,0 +1,65 @@
+"""The transport interface: what the engine needs from any channel.
+
+A transport moves one packaged ebXML message (MIME bytes and its Content-Type) to an endpoint and
+reports what happened. It knows nothing about envelopes, signatures or the store; receiving is the
+job of each channel's entry point (the HTTP endpoint, the mailbox poller, the AMQP consumer), which
+hands the bytes to the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message to move: the endpoint, the MIME Content-Type, and the body (bytes or a file).
+
+    ``endpoint`` is channel-specific: an http(s) URL, a ``mailto:`` address, a queue name.
+    ``ebxml_message_id`` and the HER-ids let a channel frame the message (a mail's Message-Id,
+    AMQP properties) without reading the envelope.
+    """
+
+    endpoint: str
+    content_type: str
+    body: bytes | Path
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 30.0
+    ebxml_message_id: str | None = None
+    from_her_id: str | None = None
+    to_her_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    """The receiving side took the message. A synchronous reply (a signal) may come with it."""
+
+    reply_content_type: str | None = None
+    reply_body: bytes | None = None
+    status_code: int | None = None
+
+
+class TransportFailure(Exception):
+    """The message did not reach the other side; ``retryable`` says whether trying again may help.
+
+    ``code`` is a stable short code for the message log (e.g. ``connect-failed``, ``timeout``,
+    ``http-503``), ``detail`` a plain sentence without patient data.
+    """
+
+    def __init__(self, code: str, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.retryable = retryable
+
+
+class Transport(Protocol):
+    """A channel. ``send`` raises :class:`TransportFailure` when the message did not arrive."""
+
+    channel: str
+
+    def send(self, delivery: Delivery) -> TransportResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,343 @@
+"""ebXML over SMTP: mail one packaged message (or signal) to a partner's EDI address.
+
+The endpoint is ``mailto:<EDI address>`` (from the address register or the CPA). Every attempt
+gets a NEW MIME Message-Id: receivers drop a repeated Message-Id as the same mail delivered
+twice, while a deliberate resend of the same ebXML message must reach the receiver's MSH, whose
+eb:MessageId duplicate check then answers it with the original signal.
+
+Before connecting, two refusals that no retry can fix: the mail would exceed the network's size
+limit (``too-large``), or the address lies in the other environment's EDI domains
+(``environment-guard``: a test server never mails production, a production server never mails
+test). Connection, TLS, authentication problems and 4xx answers are retryable; 5xx are not.
+
+Memory: a file body is streamed to the server in chunks during DATA (with the dot-stuffing SMTP
+needs), so a 50 MB message is never held whole by this module.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import unquote
+
+from meldingstjener.ebxml.codes import EbxmlError
+from meldingstjener.ebxml.mime import (
+    mail_headers,
+    new_content_id,
+    package,
+    render_message,
+    unpackage,
+)
+from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+
+NETWORK_MAX_MAIL_BYTES = 51_200_000
+DEFAULT_TEST_DOMAINS = ("testedi.nhn.no", "samsvar.nhn.no")
+DEFAULT_PROD_DOMAINS = ("edi.nhn.no",)
+_CHUNK = 1024 * 1024
+_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+_MAX_LINE = 998  # RFC 5322 2.1.1: longer lines are broken by relays (and signatures with them)
+
+
+def mail_address(endpoint: str) -> str:
+    """The address of a ``mailto:`` endpoint (a bare address is accepted too)."""
+    value = endpoint.strip()
+    if value.lower().startswith("mailto:"):
+        value = unquote(value[len("mailto:") :].split("?", 1)[0])
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain or any(c in value for c in " \t\r\n<>,;"):
+        raise TransportFailure(
+            "bad-endpoint", f"{endpoint[:80]!r} is not a mailto: EDI address", retryable=False
+        )
+    return f"{local}@{domain.lower()}"
+
+
+def _in_domains(domain: str, domains: Iterable[str]) -> bool:
+    """``domain`` is one of ``domains`` or below one of them (``a.edi.nhn.no`` is below
+    ``edi.nhn.no``; ``testedi.nhn.no`` is not)."""
+    domain = domain.lower().rstrip(".")
+    return any(domain == d.lower() or domain.endswith("." + d.lower()) for d in domains)
+
+
+@dataclass(frozen=True)
+class EnvironmentGuard:
+    """Which EDI domains this server must never mail, given its environment."""
+
+    environment: str = "test"
+    test_domains: Sequence[str] = DEFAULT_TEST_DOMAINS
+    prod_domains: Sequence[str] = DEFAULT_PROD_DOMAINS
+
+    def check(self, address: str) -> None:
+        domain = address.rpartition("@")[2]
+        if self.environment == "prod":
+            forbidden, other = self.test_domains, "test"
+            # A test domain can sit below a production one; the more specific list wins.
+        else:
+            forbidden, other = self.prod_domains, "production"
+            if _in_domains(domain, self.test_domains):
+                return
+        if _in_domains(domain, forbidden):
+            raise TransportFailure(
+                "environment-guard",
+                f"a {self.environment} server does not send to the {other} EDI domain {domain}",
+                retryable=False,
+            )
+
+
+def dot_stuffed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The DATA stream for ``chunks`` (CRLF-terminated lines expected): every line starting with
+    ``.`` gets another ``.`` (RFC 5321 4.5.2), across chunk borders; the last line is closed
+    with CRLF when it was not."""
+    at_line_start = True
+    last = b"\n"
+    for chunk in chunks:
+        if not chunk:
+            continue
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if at_line_start and stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        at_line_start = stuffed.endswith(b"\n")
+        last = stuffed[-1:]
+        yield stuffed
+    if last != b"\n":
+        yield b"\r\n"
+
+
+def mail_safe(chunks: Iterable[bytes]) -> bool:
+    """Whether the bytes can travel in a 7bit mail unchanged: ASCII, CRLF line ends only, no
+    line over 998 characters. Scans chunk by chunk, so a file is never read whole for this."""
+    line = 0
+    previous = b""
+    for chunk in chunks:
+        if not chunk.isascii() or b"\0" in chunk:
+            return False
+        joined = previous + chunk
+        if b"\n" in joined.replace(b"\r\n", b"") or b"\r" in joined[:-1].replace(b"\r\n", b""):
+            return False
+        pieces = chunk.split(b"\n")
+        if len(pieces) == 1:
+            line += len(chunk)
+        else:
+            line = max(line + len(pieces[0]), *(len(p) for p in pieces[1:-1]), 0)
+            if line > _MAX_LINE + 1:
+                return False
+            line = len(pieces[-1])
+        if line > _MAX_LINE + 1:
+            return False
+        previous = chunk[-1:]
+    return True
+
+
+def reencode_for_mail(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """The same ebXML message with every part base64 (what mail carries unharmed). Signatures
+    cover decoded part contents, so changing the transfer encoding keeps them valid."""
+    try:
+        message = unpackage(content_type, body)
+    except EbxmlError as exc:
+        raise TransportFailure(
+            "not-mailable", f"the message cannot be prepared for mail: {exc}", retryable=False
+        ) from None
+    new_body, new_type = package(
+        message.envelope_xml,
+        list(message.attachments.values()),
+        transfer_encoding="base64",
+        envelope_content_id=message.start or None,
+    )
+    return new_type, new_body
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+
+
+@dataclass
+class SmtpTransport:
+    """Sends ebXML mail through one SMTP server. A connection per send: mail volumes are low
+    and a fresh connection never carries a half-broken session into the next message."""
+
+    host: str
+    from_address: str
+    port: int | None = None
+    security: str = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 60.0
+    max_mail_bytes: int = NETWORK_MAX_MAIL_BYTES
+    guard: EnvironmentGuard = field(default_factory=EnvironmentGuard)
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    message_id_host: str = "meldingstjener"
+    channel: str = field(default="smtp", init=False)
+
+    def __post_init__(self) -> None:
+        if self.security not in _DEFAULT_PORTS:
+            raise ValueError(f"security must be starttls, tls or none, not {self.security!r}")
+
+    def render_head(self, delivery: Delivery, to_address: str) -> bytes:
+        """The mail's header block (and the blank line after it), with a fresh Message-Id."""
+        headers = mail_headers(
+            content_type=delivery.content_type,
+            from_address=self.from_address,
+            to_address=to_address,
+            message_id=new_content_id(self.message_id_host),
+            subject=f"ebXML {delivery.ebxml_message_id}" if delivery.ebxml_message_id else None,
+        )
+        return render_message(headers, b"")
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        to_address = mail_address(delivery.endpoint)
+        self.guard.check(to_address)
+        delivery = _mailable(delivery)
+        head = self.render_head(delivery, to_address)
+        if isinstance(delivery.body, Path):
+            try:
+                body_size = delivery.body.stat().st_size
+            except OSError as exc:
+                raise TransportFailure(
+                    "body-missing",
+                    f"the stored message cannot be read: {exc.strerror}",
+                    retryable=False,
+                ) from None
+            body: Iterable[bytes] = _file_chunks(delivery.body)
+        else:
+            body_size = len(delivery.body)
+            body = [delivery.body]
+        size = len(head) + body_size
+        if size > self.max_mail_bytes:
+            raise TransportFailure(
+                "too-large",
+                f"the mail would be {size:,} bytes; the limit is {self.max_mail_bytes:,} bytes "
+                "per mail. Send the content another way or split it.",
+                retryable=False,
+            )
+        timeout = min(self.timeout_seconds, delivery.timeout_seconds or self.timeout_seconds)
+        server = self._connect(timeout)
+        try:
+            self._transfer(
+                server,
+                to_address,
+                size,
+                [head, *body] if isinstance(body, list) else _prepend(head, body),
+            )
+        finally:
+            _quietly_quit(server)
+        return TransportResult(status_code=250)
+
+    def _connect(self, timeout: float) -> smtplib.SMTP:
+        port = self.port or _DEFAULT_PORTS[self.security]
+        context = self.ssl_context or ssl.create_default_context()
+        where = f"{self.host}:{port}"
+        try:
+            if self.security == "tls":
+                server: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, port, timeout=timeout, context=context
+                )
+            else:
+                server = smtplib.SMTP(self.host, port, timeout=timeout)
+            server.ehlo()
+            if self.security == "starttls":
+                server.starttls(context=context)
+                server.ehlo()
+            if self.username:
+                server.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TransportFailure(
+                "smtp-auth-failed", f"{where} refused our login ({exc.smtp_code})"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise TransportFailure(
+                "smtp-unsupported", f"{where} does not offer what is configured: {exc}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransportFailure(
+                "smtp-tls-failed", f"TLS with {where} failed: {exc.reason}"
+            ) from None
+        except (TimeoutError, socket.timeout):
+            raise TransportFailure("timeout", f"{where} did not answer in {timeout:g} s") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransportFailure(
+                "connect-failed", f"cannot reach the mail server {where}: {type(exc).__name__}"
+            ) from None
+        return server
+
+    def _transfer(
+        self, server: smtplib.SMTP, to_address: str, size: int, data: Iterable[bytes]
+    ) -> None:
+        options = [f"SIZE={size}"] if server.has_extn("size") else []
+        try:
+            _expect(server.mail(self.from_address, options), "MAIL FROM")
+            _expect(server.rcpt(to_address), f"RCPT TO {to_address}")
+            _expect(server.docmd("DATA"), "DATA", wanted=354)
+            for piece in dot_stuffed(data):
+                server.send(piece)
+            server.send(b".\r\n")
+            _expect(server.getreply(), "end of DATA")
+        except smtplib.SMTPServerDisconnected:
+            raise TransportFailure(
+                "connection-lost", "the mail server closed the connection during the transfer"
+            ) from None
+        except (TimeoutError, socket.timeout):
+            raise TransportFailure("timeout", "the mail server stopped answering") from None
+        except OSError as exc:
+            raise TransportFailure(
+                "connection-lost", f"the connection broke during the transfer: {exc.strerror}"
+            ) from None
+
+
+def _mailable(delivery: Delivery) -> Delivery:
+    """The delivery itself when its body is mail-safe, else re-encoded (signals are packaged
+    binary for HTTP: one long XML line that relays would break)."""
+    body = delivery.body
+    chunks = _file_chunks(body) if isinstance(body, Path) else [body]
+    try:
+        if mail_safe(chunks):
+            return delivery
+        data = body.read_bytes() if isinstance(body, Path) else body
+    except OSError as exc:
+        raise TransportFailure(
+            "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
+        ) from None
+    content_type, new_body = reencode_for_mail(delivery.content_type, data)
+    return replace(delivery, content_type=content_type, body=new_body)
+
+
+def _prepend(head: bytes, body: Iterable[bytes]) -> Iterator[bytes]:
+    yield head
+    yield from body
+
+
+def _expect(reply: tuple[int, bytes], step: str, *, wanted: int | None = None) -> None:
+    code, text = reply
+    ok = code == wanted if wanted is not None else 200 <= code < 300
+    if ok:
+        return
+    said = text.decode("ascii", "replace")[:200]
+    if 400 <= code < 500:
+        raise TransportFailure(f"smtp-{code}", f"{step}: the server answered {code} {said}")
+    raise TransportFailure(
+        f"smtp-{code}", f"{step}: the server refused with {code} {said}", retryable=False
+    )
+
+
+def _quietly_quit(server: smtplib.SMTP) -> None:
+    try:
+        server.quit()
+    except (OSError, smtplib.SMTPException):
+        server.close()
+
+
+__all__ = [
+    "DEFAULT_PROD_DOMAINS",
+    "DEFAULT_TEST_DOMAINS",
+    "NETWORK_MAX_MAIL_BYTES",
+    "EnvironmentGuard",
+    "SmtpTransport",
+    "dot_stuffed",
+    "mail_address",
+    "mail_safe",
+    "reencode_for_mail",
+]

@@ -1,0 +1,110 @@
+"""Two real engines in one process, joined by a loopback transport, with an injected clock.
+
+Each side has its own store, keys and configuration (written by ``devsites``); the loopback hands
+the packaged bytes straight to the other side's inbound pipeline, which is exactly what the HTTP
+endpoint does. Real HTTP between processes is tested in ``test_two_servers.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from meldingstjener.bootstrap import build_engine
+from meldingstjener.config import load_settings
+from meldingstjener.devsites import Site, prepare_sites
+from meldingstjener.engine import inbound
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.worker import Worker
+from meldingstjener.store.tables import MessageRow
+from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@dataclass
+class Loopback:
+    """Delivers to the engine registered for the endpoint; can be switched off (receiver down)."""
+
+    engines: dict[str, EngineContext] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    tamper: Callable[[bytes], bytes] | None = None
+    sent: list[Delivery] = field(default_factory=list)
+    channel: str = "http"
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        self.sent.append(delivery)
+        if delivery.endpoint in self.down:
+            raise TransportFailure("connect-failed", f"cannot reach {delivery.endpoint}")
+        body = delivery.body.read_bytes() if isinstance(delivery.body, Path) else delivery.body
+        if self.tamper is not None:
+            body = self.tamper(body)
+        try:
+            reply = inbound.receive(
+                self.engines[delivery.endpoint], delivery.content_type, body, channel="http"
+            )
+        except inbound.InboundRefused as refused:
+            raise TransportFailure("http-400", refused.detail, retryable=False) from None
+        return TransportResult(reply.content_type, reply.body, 200)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Pair:
+    gp_site: Site
+    hospital_site: Site
+    gp: EngineContext
+    hospital: EngineContext
+    clock: Clock
+    network: Loopback
+
+    def run(self) -> None:
+        """Run both sides' due work until neither has any (the clock does not move)."""
+        for _ in range(20):
+            ran = (
+                Worker(self.gp, "gp").run_until_idle()
+                + Worker(self.hospital, "hospital").run_until_idle()
+            )
+            if ran == 0:
+                return
+
+    def message(self, ctx: EngineContext, message_id: str) -> MessageRow:
+        with ctx.store.unit_of_work() as uow:
+            row = uow.messages.get(message_id)
+            assert row is not None
+            return row
+
+    def inbound_messages(self, ctx: EngineContext) -> list[MessageRow]:
+        with ctx.store.unit_of_work() as uow:
+            return [m for m in uow.messages.search(_all()) if m.direction == "in"]
+
+
+def _all() -> object:
+    from meldingstjener.store.uow import LogFilter
+
+    return LogFilter()
+
+
+def make_pair(tmp_path: Path, **site_options: object) -> Pair:
+    gp_site, hospital_site = prepare_sites(tmp_path, **site_options)  # type: ignore[arg-type]
+    clock = Clock()
+    network = Loopback()
+    gp = build_engine(load_settings(gp_site.config_path), clock=clock)
+    hospital = build_engine(load_settings(hospital_site.config_path), clock=clock)
+    for ctx in (gp, hospital):
+        ctx.transports = {"http": network}
+    network.engines = {gp_site.endpoint: gp, hospital_site.endpoint: hospital}
+    return Pair(gp_site, hospital_site, gp, hospital, clock, network)

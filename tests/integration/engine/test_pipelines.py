@@ -1,0 +1,225 @@
+"""Outbound and inbound pipelines end to end between two engines, path by path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from engine_pair import Pair, make_pair
+
+from meldingstjener.devsites import dialog_note, dialog_question
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.outbound import submit
+
+
+def events(pair: Pair, ctx: object, message_id: str) -> list[tuple[str | None, str | None]]:
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        return [(e.to_status, e.code) for e in uow.events.for_message(message_id)]
+
+
+def alerts(ctx: object) -> list[tuple[str, int]]:
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        return [(a.kind, a.count) for a in uow.alerts.list(open_only=True)]
+
+
+def test_delivery_with_acknowledgment(pair: Pair) -> None:
+    payload = dialog_question(pair.gp_site, pair.hospital_site, "Har pasienten fått svar?")
+    message_id = submit(pair.gp, payload, actor="test")
+    assert pair.message(pair.gp, message_id).status == "accepted"
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "transport-acknowledged"
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "acknowledged"
+    assert received.ebxml_message_id == sent.ebxml_message_id
+    assert (received.from_her_id, received.to_her_id) == ("8100001", "8200002")
+    assert (received.receiver_org_her_id, received.receiver_service_her_id) == (
+        "8200001",
+        "8200002",
+    )
+    assert received.msg_type == "DIALOG_FORESPORSEL" and received.patient_present is False
+    assert pair.hospital.store.payloads.read_bytes(str(received.payload_ref)) == payload
+    with pair.gp.store.unit_of_work() as uow:
+        [receipt] = uow.receipts.for_message(message_id)
+        assert (
+            receipt.kind == "acknowledgment" and receipt.ref_to_message_id == sent.ebxml_message_id
+        )
+        assert uow.jobs.count() == 0  # the ack-timeout was cancelled
+    assert alerts(pair.gp) == []
+
+
+def test_sync_reply_returns_the_acknowledgment_in_the_response(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path, sync_reply=True)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    Worker = __import__("meldingstjener.engine.worker", fromlist=["Worker"]).Worker
+    Worker(pair.gp, "gp").run_until_idle()  # only the sender works: the Ack came in the response
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0  # nothing queued on the receiver
+
+
+def test_wrong_receiver_her_id_gets_a_message_error(pair: Pair) -> None:
+    # The hospital's certificates and endpoint, but a HER-id the hospital does not serve.
+    with pair.gp.store.unit_of_work() as uow:
+        party = uow.parties.get("8200002")
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert party is not None and agreement is not None
+        from meldingstjener.store.tables import AgreementRow, PartyRow
+
+        uow.parties.upsert(PartyRow(**{**_columns(party), "her_id": "8299999"}))
+        uow.agreements.add(
+            AgreementRow(**{**_columns(agreement), "id": None, "counterparty_her_id": "8299999"})
+        )
+        uow.commit()
+    other = dataclasses.replace(pair.hospital_site, address_her_id="8299999")
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, other, "feil mottaker"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-error"
+    assert row.last_error_code == "ValueNotRecognized"
+    assert ("message-error-received", 1) in alerts(pair.gp)
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.payload_ref is None
+
+
+def _columns(row: object) -> dict[str, object]:
+    table = row.__table__  # type: ignore[attr-defined]
+    return {column.key: getattr(row, column.key) for column in table.columns}
+
+
+def test_tampered_payload_is_a_security_failure(pair: Pair) -> None:
+    def flip_last_payload_byte(body: bytes) -> bytes:
+        if b"pkcs7-mime" not in body:
+            return body  # leave the signals alone
+        # The encrypted payload is the last part of the binary MIME body.
+        end = body.rindex(b"\r\n--")
+        return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
+
+    pair.network.tamper = flip_last_payload_byte
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-error" and row.last_error_code == "SecurityFailure"
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.last_error_code == "SecurityFailure"
+
+
+def test_duplicate_resend_is_delivered_once_and_acknowledged_again(pair: Pair) -> None:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    wire = pair.gp.store.payloads.path(str(row.wire_ref))
+    # The same bytes again, as a sender that missed our Acknowledgment would resend them.
+    from meldingstjener.transport.base import Delivery
+
+    pair.network.send(Delivery(pair.hospital_site.endpoint, str(row.wire_content_type), wire))
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(received.id)]
+        outgoing = [r for r in uow.receipts.for_message(received.id) if r.direction == "out"]
+    assert codes.count("duplicate") == 1
+    assert len(outgoing) == 1  # the original Acknowledgment, sent twice
+    with pair.gp.store.unit_of_work() as uow:
+        acks = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
+        assert len(acks) == 2 and acks[0].ebxml_message_id == acks[1].ebxml_message_id
+        assert uow.messages.get(message_id).status == "transport-acknowledged"  # type: ignore[union-attr]
+
+
+def test_receiver_down_then_retried_and_delivered(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "retrying" and row.attempts == 1
+    assert ("partner-unreachable", 1) in alerts(pair.gp)
+    pair.clock.advance(minutes=10)
+    pair.run()
+    assert pair.message(pair.gp, message_id).attempts == 2
+    pair.network.down.clear()
+    pair.clock.advance(minutes=10)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.inbound_messages(pair.hospital)) == 1
+    assert alerts(pair.gp) == []  # reaching the partner again resolved the alert
+
+
+def test_receiver_down_beyond_persist_duration_is_not_delivered_with_an_alert(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(10):
+        pair.run()
+        pair.clock.advance(minutes=10)
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered"
+    assert row.attempts == 4  # the first send and three resends (Retries = 3)
+    kinds = dict(alerts(pair.gp))
+    assert kinds.get("not-delivered") == 1
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
+        assert "another way" in alert.summary and alert.message_id == message_id
+        assert uow.jobs.count() == 0
+
+
+def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:
+    # The hospital stores and acknowledges, but its Acknowledgment never reaches the GP.
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    pair.network.down.clear()
+    pair.clock.advance(minutes=11)  # past RetryInterval: resend
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # delivered once
+    sends = [d for d in pair.network.sent if d.endpoint == pair.hospital_site.endpoint]
+    assert len(sends) == 2 and len({d.ebxml_message_id for d in sends}) == 1
+
+
+def test_signal_for_an_unknown_message_is_logged(pair: Pair) -> None:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        uow.jobs.count()
+        from sqlalchemy import delete
+
+        from meldingstjener.store.tables import EventRow, MessageRow, ReceiptRow
+
+        for table in (EventRow, ReceiptRow, MessageRow):
+            uow.session.execute(delete(table))
+        uow.commit()
+    # Send the hospital's Acknowledgment again: the GP no longer knows the message.
+    [received] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        [ack] = [r for r in uow.receipts.for_message(received.id) if r.direction == "out"]
+    from meldingstjener.transport.base import Delivery
+
+    pair.network.send(
+        Delivery(
+            pair.gp_site.endpoint,
+            str(ack.wire_content_type),
+            pair.hospital.store.payloads.path(str(ack.wire_ref)),
+        )
+    )
+    with pair.gp.store.unit_of_work() as uow:
+        from meldingstjener.store.uow import LogFilter
+
+        logged = [e for e, _ in uow.messages.log(LogFilter()) if e.message_id is None]
+    assert len(logged) == 1 and "do not know" in str(logged[0].detail)
+    assert message_id
+
+
+def test_invalid_and_inconsistent_messages_are_refused_before_storing(pair: Pair) -> None:
+    with pytest.raises(SubmitRejected) as invalid:
+        submit(pair.gp, b"<MsgHead/>", actor="t")
+    assert invalid.value.code == "invalid-message" and invalid.value.problems
+    payload = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    with pytest.raises(SubmitRejected) as inconsistent:
+        submit(pair.gp, payload, to_her_id="8100001", actor="t")
+    assert inconsistent.value.code == "inconsistent-addressing"
+    with pytest.raises(SubmitRejected) as not_ours:
+        submit(pair.gp, dialog_note(pair.hospital_site, pair.gp_site, "x"), actor="t")
+    assert not_ours.value.code == "inconsistent-addressing"
+    with pair.gp.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
