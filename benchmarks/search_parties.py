@@ -4,6 +4,11 @@ Run: ``python benchmarks/search_parties.py [--parties N] [--seed S]``. The parti
 Norwegian ones (municipalities, legekontor, sykehus with avdelinger, services, persons), made by a
 seeded random generator so runs compare. Prints index build time, memory the index holds, and
 p50/p99 per query kind (HER-id, organisation number, prefix, typo, folded æøå).
+
+With ``--store`` the parties are also written to a fresh SQLite store (in a temporary folder) and
+read back with ``registry.store.load_index``: the path a restarted server takes. It prints the
+write time, the load-and-index time and checks that searches over the loaded index give the same
+hits as over the in-memory one.
 """
 
 from __future__ import annotations
@@ -350,6 +355,9 @@ def main() -> None:
     parser.add_argument("--parties", type=int, default=100_000, help="how many parties")
     parser.add_argument("--seed", type=int, default=20240613, help="random seed")
     parser.add_argument("--queries", type=int, default=300, help="queries per kind")
+    parser.add_argument(
+        "--store", action="store_true", help="also measure loading the index from a SQLite store"
+    )
     args = parser.parse_args()
 
     parties = generate(args.parties, args.seed)
@@ -402,6 +410,47 @@ def main() -> None:
             f"{kind:36} {statistics.median(timings):8.2f} {percentile(timings, 0.99):8.2f} "
             f"{max(timings):8.2f} {found / len(queries):6.0%}"
         )
+    if args.store:
+        measure_store(parties, index, kinds)
+
+
+def measure_store(
+    parties: list[CommunicationParty], index: PartyIndex, kinds: dict[str, list[str]]
+) -> None:
+    """Write the parties to SQLite, load them back into an index, compare a few searches."""
+    import tempfile
+    from pathlib import Path
+
+    from meldingstjener.registry.store import load_index, save_parties
+    from meldingstjener.store.database import Database
+    from meldingstjener.store.migrate import upgrade
+    from meldingstjener.store.payloads import PayloadStore
+    from meldingstjener.store.uow import Store
+
+    with tempfile.TemporaryDirectory() as folder:
+        database = Database(f"sqlite:///{Path(folder) / 'bench.db'}")
+        upgrade(database)
+        store = Store(database, PayloadStore(Path(folder) / "payloads"))
+        started = time.perf_counter()
+        with store.unit_of_work() as uow:
+            save_parties(uow, parties, source="benchmark")
+            uow.commit()
+        written = time.perf_counter() - started
+        started = time.perf_counter()
+        with store.unit_of_work() as uow:
+            loaded = load_index(uow)
+        loaded.search("warm up")
+        load_seconds = time.perf_counter() - started
+        database.dispose()
+    same = sum(
+        [h.party.her_id for h in loaded.search(q)] == [h.party.her_id for h in index.search(q)]
+        for queries in kinds.values()
+        for q in queries[:20]
+    )
+    total = sum(min(20, len(queries)) for queries in kinds.values())
+    print(f"store write (SQLite, one transaction): {written:.2f} s")
+    print(f"store load + index build: {load_seconds:.2f} s")
+    print(f"same hits from the loaded index: {same}/{total} queries")
 
 
 if __name__ == "__main__":

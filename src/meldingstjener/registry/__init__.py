@@ -1,9 +1,13 @@
 """The address register, CPP/CPA and partner agreements: who a receiver is, how to reach it,
 and what we have agreed to send it.
 
-Pure parts only (no database, no network): parsers for the register's JSON and SOAP records and
-for CPPA 2.0 documents, the recipient search index, and the partner-agreement gate the outbound
-pipeline calls. The store persists the dataclasses; sync and commands build on these.
+Exported here are the pure parts (no database, no network): parsers for the register's JSON and
+SOAP records and for CPPA 2.0 documents, the recipient search index, and the partner-agreement
+rules. The parts that touch storage and the network are imported from their modules so that
+importing this package stays cheap: ``store`` (parties and agreements in the database),
+``policy`` (``check_outbound``, the gate the engine calls), ``lookup`` (service-based addressing,
+the party cache), ``auth``/``ar_client``/``cppa_client`` (HelseID tokens, the register and CPPA
+REST APIs), ``sync`` (resumable register sync) and ``fakes`` (local fake servers for tests).
 """
 
 from meldingstjener.registry.agreements import (

@@ -51,6 +51,13 @@ _QUEUE_ADDRESS_TYPES = {
     "E_SB_SYNCREPLY": "syncreply",
     "E_SB_DL": "dl",
 }
+# The REST API's amqpAddress object and the queue kind each field names.
+_AMQP_ADDRESS_FIELDS = {
+    "amqpAsyncQueue": "async",
+    "amqpSyncQueue": "sync",
+    "amqpErrorQueue": "error",
+    "amqpSyncReplyQueue": "syncreply",
+}
 _EDI_ADDRESS_TYPE = "E_EDI"
 _CERTIFICATE_ADDRESS_TYPE = "E_DS"
 _NO_VALUE = {"", "-1", "0"}
@@ -276,6 +283,13 @@ def _queues(record: _Record, addresses: Mapping[str, str], her_id: str) -> dict[
     }
     if queues:
         return complete_queues(queues)
+    published = record.child("amqpAddress")
+    if published is not None:
+        # The REST API's amqpAddress names the queues outright (amqpAsyncQueue, ...).
+        named = {kind: published.text(field) for field, kind in _AMQP_ADDRESS_FIELDS.items()}
+        found = {kind: value for kind, value in named.items() if value}
+        if found:
+            return complete_queues(found)
     status = record.text("amqpTransportStatus")
     if status is not None and status.lower() in {"enabled", "active"}:
         # The newer register only says AMQP is on; the names follow the {herId}_{kind} rule.

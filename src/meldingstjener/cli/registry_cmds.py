@@ -1,0 +1,568 @@
+"""Register commands: ``ar`` (address register), ``partners`` (partner agreements), ``cpa``.
+
+``ar import`` and ``ar sync`` fill the local copy of the address register, ``ar search`` and
+``ar show`` read it the way an EPJ's recipient field does; ``partners`` keeps what we agreed with
+each counterparty; ``cpa show`` reads a CPP/CPA file without storing it. Output is a table for
+people or JSON (``--json``) for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from meldingstjener.cli.app import app, settings_from
+
+if TYPE_CHECKING:
+    from meldingstjener.registry.agreements import PartnerAgreement
+    from meldingstjener.registry.parties import CommunicationParty
+    from meldingstjener.store.uow import Store
+
+ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
+partners_app = typer.Typer(help="Partner agreements: what we have agreed with each counterparty.")
+cpa_app = typer.Typer(help="CPP/CPA 2.0 documents (collaboration profiles and agreements).")
+app.add_typer(ar_app, name="ar", no_args_is_help=True)
+app.add_typer(partners_app, name="partners", no_args_is_help=True)
+app.add_typer(cpa_app, name="cpa", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _store(ctx: typer.Context) -> Store:
+    from meldingstjener.bootstrap import open_store
+
+    return open_store(settings_from(ctx))
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    if isinstance(value, bytes):
+        return None  # certificate bytes are not shown; the thumbprint identifies them
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(_jsonable(value), ensure_ascii=False, indent=2))
+
+
+def party_summary(party: CommunicationParty) -> dict[str, Any]:
+    """What ``ar show``/``ar search --json`` print: addressing data, never certificate bytes."""
+    data = asdict(party)
+    for role in ("signing_certificate", "encryption_certificate"):
+        certificate = getattr(party, role)
+        data[role] = (
+            None
+            if certificate is None
+            else {
+                "thumbprint": certificate.thumbprint,
+                "subject": certificate.subject,
+                "not_before": certificate.not_before,
+                "not_after": certificate.not_after,
+                "has_der": certificate.der is not None,
+            }
+        )
+    return data
+
+
+# --- ar ------------------------------------------------------------------------------------
+
+
+@ar_app.command("import")
+def ar_import(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Register files: REST JSON (one party or an export array) or SOAP responses.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Import address-register records into the local copy (upsert; nothing is deleted)."""
+    from meldingstjener.registry.store import import_files
+
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        report = import_files(uow, files)
+        uow.commit()
+    if as_json:
+        _echo_json({"imported": report.imported, "refused": report.refused})
+    else:
+        for path, count in report.imported.items():
+            typer.echo(f"imported {count} part{'y' if count == 1 else 'ies'} from {path}")
+        for path, reason in report.refused.items():
+            typer.echo(f"refused {path}: {reason}", err=True)
+    if report.refused:
+        raise typer.Exit(1)
+
+
+@ar_app.command("sync")
+def ar_sync(
+    ctx: typer.Context,
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="MELDINGSTJENER_AR_URL", help="Base URL of the CommunicationParty API."
+        ),
+    ],
+    token_url: Annotated[
+        str | None,
+        typer.Option(envvar="MELDINGSTJENER_HELSEID_TOKEN_URL", help="HelseID token endpoint."),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(envvar="MELDINGSTJENER_HELSEID_CLIENT_ID", help="HelseID client id."),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(envvar="MELDINGSTJENER_HELSEID_SCOPE", help="Scope to ask HelseID for."),
+    ] = "nhn:communicationparty/read",
+    full: Annotated[
+        bool, typer.Option("--full", help="Read the whole export again, not only new events.")
+    ] = False,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Parties committed per transaction (resume granularity).")
+    ] = 50,
+) -> None:
+    """Sync the local copy from the register: the export first, then events; resumable.
+
+    The client secret is read from MELDINGSTJENER_HELSEID_CLIENT_SECRET (never from the command
+    line, where other users could see it)."""
+    from meldingstjener.registry.ar_client import ArClient
+    from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken
+    from meldingstjener.registry.sync import SyncInterrupted, sync_register
+
+    tokens: ClientCredentialsTokenProvider | StaticToken
+    if token_url and client_id:
+        secret = os.environ.get("MELDINGSTJENER_HELSEID_CLIENT_SECRET")
+        if not secret:
+            raise _fail("set MELDINGSTJENER_HELSEID_CLIENT_SECRET for the HelseID client", 2)
+        tokens = ClientCredentialsTokenProvider(
+            token_url, client_id, scope=scope, client_secret=secret
+        )
+    else:
+        tokens = StaticToken(os.environ.get("MELDINGSTJENER_AR_TOKEN", ""))
+    store = _store(ctx)
+    client = ArClient(url, tokens)
+    try:
+        report = sync_register(store, client, full=full, chunk_size=chunk_size)
+    except SyncInterrupted as exc:
+        raise _fail(f"sync interrupted ({exc.code}): {exc}") from None
+    finally:
+        client.close()
+    typer.echo(
+        f"sync ({report.mode}) wrote {report.parties_written} parties, applied "
+        f"{report.events_applied} events; last event {report.last_sequence_number}"
+        + (f"; {len(report.not_found)} no longer in the register" if report.not_found else "")
+    )
+
+
+@ar_app.command("search")
+def ar_search(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(help="HER-id, organisation number or name words.")],
+    party_type: Annotated[
+        str | None,
+        typer.Option("--type", help="Only parties of this type: organisation, service, person."),
+    ] = None,
+    service_type: Annotated[
+        str | None, typer.Option(help="Only services of this service code or name.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Most hits to show.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the local register as a recipient field does (typos and æøå forgiven)."""
+    from meldingstjener.registry.parties import PartyType
+    from meldingstjener.registry.store import load_index
+
+    if party_type is not None and party_type not in {t.value for t in PartyType}:
+        raise typer.BadParameter(
+            f"{party_type!r} is not a party type (organisation, service, person)",
+            param_hint="--type",
+        )
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        index = load_index(uow)
+    hits = index.search(text, party_type=party_type, service_type=service_type, limit=limit)
+    if as_json:
+        _echo_json(
+            [{"score": h.score, "matched": h.matched, **party_summary(h.party)} for h in hits]
+        )
+        return
+    if not hits:
+        typer.echo("no parties match")
+        return
+    for hit in hits:
+        party = hit.party
+        flag = "" if party.active and party.valid else "  [inactive]"
+        typer.echo(f"{party.her_id:>9}  {party.party_type.value:<12}  {party.label}{flag}")
+
+
+@ar_app.command("show")
+def ar_show(
+    ctx: typer.Context,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one party from the local register: addresses, queues, certificates, validity."""
+    from meldingstjener.registry.store import party_from_row
+
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(her_id.strip())
+        party = party_from_row(row) if row is not None else None
+    if party is None:
+        raise _fail(f"HER-id {her_id} is not in the local register; import or sync it first")
+    summary = party_summary(party)
+    if as_json:
+        _echo_json(summary)
+        return
+    for key, value in _jsonable(summary).items():
+        if value not in (None, [], {}, ""):
+            typer.echo(f"{key:<28} {json.dumps(value, ensure_ascii=False)}")
+
+
+# --- partners --------------------------------------------------------------------------------
+
+
+def _our_her_id(ctx: typer.Context, given: str | None) -> str:
+    if given:
+        return given
+    identity = settings_from(ctx).identity
+    if identity.her_ids:
+        return identity.her_ids[0]
+    raise _fail("give --our (our HER-id) or set identity.organisation_her_id", 2)
+
+
+def _parse_message_types(values: list[str] | None) -> dict[str, tuple[str, ...]]:
+    """``DIALOG_FORESPORSEL=1.0,1.1`` -> {"DIALOG_FORESPORSEL": ("1.1", "1.0")}."""
+    from meldingstjener.registry.versions import sort_versions
+
+    found: dict[str, tuple[str, ...]] = {}
+    for value in values or []:
+        name, sep, versions = value.partition("=")
+        if not sep or not name.strip() or not versions.strip():
+            raise typer.BadParameter(
+                f"{value!r}: write TYPE=VERSION[,VERSION...], e.g. DIALOG_NOTAT=1.0,1.1",
+                param_hint="--message-type",
+            )
+        found[name.strip()] = sort_versions(v.strip() for v in versions.split(","))
+    return found
+
+
+def _parse_contact(value: str) -> Any:
+    from meldingstjener.registry.agreements import Contact
+
+    parts = [p.strip() or None for p in value.split(";")] + [None] * 4
+    if not parts[0]:
+        raise typer.BadParameter(
+            "write NAME;ROLE;EMAIL;PHONE (only the name is required)", param_hint="--contact"
+        )
+    return Contact(name=str(parts[0]), role=parts[1], email=parts[2], phone=parts[3])
+
+
+def agreement_summary(agreement: PartnerAgreement) -> dict[str, Any]:
+    data = asdict(agreement)
+    data["message_types"] = {k: list(v) for k, v in agreement.message_types.items()}
+    return data
+
+
+def _print_agreement(agreement: PartnerAgreement) -> None:
+    for key, value in _jsonable(agreement_summary(agreement)).items():
+        if value not in (None, [], {}, ""):
+            typer.echo(f"{key:<24} {json.dumps(value, ensure_ascii=False)}")
+
+
+@partners_app.command("list")
+def partners_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List every partner agreement."""
+    from meldingstjener.registry.store import agreement_from_row
+
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        agreements = [agreement_from_row(row) for row in uow.agreements.all()]
+    if as_json:
+        _echo_json([agreement_summary(a) for a in agreements])
+        return
+    if not agreements:
+        typer.echo("no partner agreements")
+    for a in agreements:
+        types = ", ".join(a.message_types) or "any message type"
+        typer.echo(
+            f"{a.counterparty_her_id:>9}  {a.state.value:<17}  {a.channel or '-':<5}  "
+            f"{a.source.value:<6}  {types}"
+        )
+
+
+@partners_app.command("show")
+def partners_show(
+    ctx: typer.Context,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
+    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the agreement with one counterparty."""
+    from meldingstjener.registry.store import agreement_from_row
+
+    store = _store(ctx)
+    ours = _our_her_id(ctx, our)
+    with store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(ours, her_id)
+        agreement = agreement_from_row(row) if row is not None else None
+    if agreement is None:
+        raise _fail(f"no partner agreement between {ours} and {her_id}")
+    if as_json:
+        _echo_json(agreement_summary(agreement))
+    else:
+        _print_agreement(agreement)
+
+
+@partners_app.command("add")
+def partners_add(
+    ctx: typer.Context,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
+    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    cpa: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Take the terms from this CPA file."),
+    ] = None,
+    cpp: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Take the terms from the partner's CPP."),
+    ] = None,
+    message_type: Annotated[
+        list[str] | None,
+        typer.Option(help="Agreed TYPE=VERSION[,VERSION]; repeat for several types."),
+    ] = None,
+    channel: Annotated[str | None, typer.Option(help="smtp, http or amqp.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="E-mail address, URL or queue.")] = None,
+    contact: Annotated[
+        list[str] | None, typer.Option(help="NAME;ROLE;EMAIL;PHONE of a contact at the partner.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a partner agreement (state: ordered). Terms come from a CPA, a CPP, the local
+    address register or the options, in that order; the source used is recorded."""
+    from meldingstjener.registry.agreements import AgreementState, NotAgreed, PartnerAgreement
+    from meldingstjener.registry.cpa import agreement_for, parse_cpa, parse_cpp, terms_from_cpp
+    from meldingstjener.registry.errors import RegistryError
+    from meldingstjener.registry.store import party_from_row, save_agreement
+    from meldingstjener.registry.terms import AgreementTerms, TermsSource, terms_from_ar
+
+    ours = _our_her_id(ctx, our)
+    contacts = tuple(_parse_contact(c) for c in contact or [])
+    types = _parse_message_types(message_type)
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        if uow.agreements.for_pair(ours, her_id) is not None:
+            raise _fail(f"an agreement with {her_id} exists; change it with 'partners set'")
+        terms: AgreementTerms | None
+        try:
+            if cpa is not None:
+                terms = agreement_for(parse_cpa(cpa.read_bytes()), ours)
+            elif cpp is not None:
+                terms = terms_from_cpp(parse_cpp(cpp.read_bytes()), ours)
+            else:
+                row = uow.parties.get(her_id)
+                terms = terms_from_ar(party_from_row(row), ours) if row is not None else None
+        except (RegistryError, NotAgreed) as exc:
+            raise _fail(f"cannot take terms: {exc}") from None
+        if terms is not None and terms.counterparty_her_id != her_id:
+            raise _fail(f"the document is about HER-id {terms.counterparty_her_id}, not {her_id}")
+        if terms is not None:
+            agreement = PartnerAgreement.from_terms(terms, our_her_id=ours, contacts=contacts)
+        else:
+            agreement = PartnerAgreement(
+                our_her_id=ours,
+                counterparty_her_id=her_id,
+                state=AgreementState.ORDERED,
+                source=TermsSource.MANUAL,
+                contacts=contacts,
+                any_message_type=not types,
+            )
+        agreement = _with_overrides(agreement, types, channel, endpoint)
+        save_agreement(uow, agreement)
+        uow.commit()
+    if as_json:
+        _echo_json(agreement_summary(agreement))
+    else:
+        typer.echo(f"added agreement with {her_id} (source {agreement.source.value}, ordered)")
+
+
+def _with_overrides(
+    agreement: PartnerAgreement,
+    types: dict[str, tuple[str, ...]],
+    channel: str | None,
+    endpoint: str | None,
+) -> PartnerAgreement:
+    from dataclasses import replace
+
+    if channel is not None and channel not in {"smtp", "http", "amqp"}:
+        raise typer.BadParameter(f"{channel!r} is not smtp, http or amqp", param_hint="--channel")
+    changes: dict[str, Any] = {}
+    if types:
+        changes["message_types"] = types
+        changes["any_message_type"] = False
+    if channel is not None:
+        changes["channel"] = channel
+    if endpoint is not None:
+        changes["endpoint"] = endpoint
+    return replace(agreement, **changes) if changes else agreement
+
+
+@partners_app.command("set")
+def partners_set(
+    ctx: typer.Context,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
+    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="New state: ordered, testing, verified-inactive, active, suspended."),
+    ] = None,
+    message_type: Annotated[
+        list[str] | None,
+        typer.Option(help="Replace the agreed types: TYPE=VERSION[,VERSION]; repeatable."),
+    ] = None,
+    any_message_type: Annotated[
+        bool, typer.Option("--any-message-type", help="Allow every message type.")
+    ] = False,
+    channel: Annotated[str | None, typer.Option(help="smtp, http or amqp.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="E-mail address, URL or queue.")] = None,
+    contact: Annotated[
+        list[str] | None, typer.Option(help="Replace contacts: NAME;ROLE;EMAIL;PHONE; repeatable.")
+    ] = None,
+    activation_date: Annotated[
+        str | None, typer.Option(help="Date the agreement goes live (YYYY-MM-DD).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an agreement: its state (following the onboarding routine), types or contacts."""
+    from dataclasses import replace
+
+    from meldingstjener.registry.agreements import AgreementState, NotAgreed, check_state_change
+    from meldingstjener.registry.store import agreement_from_row, save_agreement
+
+    ours = _our_her_id(ctx, our)
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(ours, her_id)
+        if row is None:
+            raise _fail(f"no partner agreement between {ours} and {her_id}; add it first")
+        agreement = agreement_from_row(row)
+        if state is not None:
+            try:
+                new_state = AgreementState(state)
+                agreement = replace(agreement, state=check_state_change(agreement.state, new_state))
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{state!r} is not a state", param_hint="--state"
+                ) from None
+            except NotAgreed as exc:
+                raise _fail(f"{exc.code}: {exc}") from None
+        agreement = _with_overrides(
+            agreement, _parse_message_types(message_type), channel, endpoint
+        )
+        if any_message_type:
+            agreement = replace(agreement, message_types={}, any_message_type=True)
+        if contact is not None:
+            agreement = replace(agreement, contacts=tuple(_parse_contact(c) for c in contact))
+        if activation_date is not None:
+            try:
+                agreement = replace(agreement, activation_date=date.fromisoformat(activation_date))
+            except ValueError:
+                raise typer.BadParameter("use YYYY-MM-DD", param_hint="--activation-date") from None
+        save_agreement(uow, agreement)
+        uow.commit()
+    if as_json:
+        _echo_json(agreement_summary(agreement))
+    else:
+        typer.echo(f"agreement with {her_id} is {agreement.state.value}")
+
+
+# --- cpa ---------------------------------------------------------------------------------------
+
+
+@cpa_app.command("show")
+def cpa_show(
+    file: Annotated[Path, typer.Argument(help="A CPA or CPP (XML).", exists=True, dir_okay=False)],
+    our: Annotated[
+        str | None, typer.Option(help="Our HER-id: also show the terms seen from our side.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a CPP/CPA: parties, validity, message types and versions, channels."""
+    from meldingstjener.registry.cpa import agreement_for, parse_cppa, terms_from_cpp
+    from meldingstjener.registry.errors import RegistryError
+
+    try:
+        document = parse_cppa(file.read_bytes())
+        terms = None
+        if our is not None:
+            terms = (
+                agreement_for(document, our)
+                if document.kind == "cpa"
+                else terms_from_cpp(document, our)
+            )
+    except RegistryError as exc:
+        raise _fail(f"{file}: {exc.code}: {exc}") from None
+    summary: dict[str, Any] = {
+        "kind": document.kind,
+        "id": document.protocol_id,
+        "status": document.status,
+        "start": document.start,
+        "end": document.end,
+        "parties": [
+            {
+                "her_id": p.her_id,
+                "name": p.name,
+                "can_send": _actions(p.can_send),
+                "can_receive": _actions(p.can_receive),
+            }
+            for p in document.parties
+        ],
+    }
+    if terms is not None:
+        summary["outbound"] = {k: list(v) for k, v in terms.message_types().items()}
+        channel = terms.default_channel
+        summary["channel"] = asdict(channel) if channel is not None else None
+    if as_json:
+        _echo_json(summary)
+        return
+    typer.echo(f"{document.kind.upper()} {document.protocol_id}  status {document.status}")
+    typer.echo(f"valid {_jsonable(document.start)} .. {_jsonable(document.end)}")
+    for party in summary["parties"]:
+        typer.echo(f"party {party['her_id']} {party['name'] or ''}")
+        typer.echo(f"  sends     {len(party['can_send'])} actions")
+        typer.echo(f"  receives  {len(party['can_receive'])} actions")
+    if terms is not None:
+        for name, versions in summary["outbound"].items():
+            typer.echo(f"we may send {name} {', '.join(versions)}")
+
+
+def _actions(bindings: Any) -> list[str]:
+    """``"Dialogmelding/DIALOG_FORESPORSEL 1.1"`` per binding, sorted and distinct."""
+    named = {
+        f"{b.service}/{b.action}" + (f" {b.message_version}" if b.message_version else "")
+        for b in bindings
+    }
+    return sorted(named)

@@ -1,0 +1,178 @@
+"""Client for the address register's CommunicationParty REST API (NHN "cpapi").
+
+Endpoints, as published in the API's OpenAPI description (v1):
+
+* ``GET /api/v1/communicationparty/{herId}`` - one party (404 when unknown);
+* ``GET /api/v1/certificate/{herId}/signing`` and ``/encryption`` - the current certificate with
+  its base64 DER (``certificateValue``) and thumbprint;
+* ``GET /api/v1/communicationparty/export`` - every active HER-id plus ``lastSequenceNumber``, the
+  event to continue from;
+* ``GET /api/v1/event?fromSequenceNumber=N&maxEvents=M`` - change events (``sequenceNumber``,
+  ``herId``, ``eventType``), from and including N.
+
+Every call carries a bearer token from a pluggable :class:`TokenProvider`. Network and server
+failures become :class:`ArUnavailable`, so a caller can keep using its local copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from meldingstjener.registry.ar_json import (
+    parse_certificate_json,
+    party_from_record,
+)
+from meldingstjener.registry.ar_json import with_certificates as attach_certificates
+from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.certificates import PartyCertificate
+from meldingstjener.registry.errors import ArFormatError, ArPartyNotFound, RegistryError
+from meldingstjener.registry.isotime import parse_timestamp
+from meldingstjener.registry.parties import CommunicationParty
+
+__all__ = ["ArClient", "ArEvent", "ArExport", "ArUnavailable"]
+
+
+class ArUnavailable(RegistryError):
+    """The register could not be reached or answered with a server error."""
+
+    code = "ar-unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ArEvent:
+    sequence_number: int
+    her_id: str
+    event_type: str
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArExport:
+    last_sequence_number: int
+    her_ids: tuple[str, ...]
+
+
+class ArClient:
+    """Synchronous client; one instance may be shared (httpx.Client is thread-safe)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._tokens = tokens
+        self._http = http or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the endpoints ---------------------------------------------------------------------
+
+    def party(self, her_id: str, *, with_certificates: bool = True) -> CommunicationParty:
+        """The party, with certificate bytes when the register has them. Raises
+        :class:`ArPartyNotFound` for an unknown HER-id."""
+        body = self._get_json(f"/api/v1/communicationparty/{int(her_id)}", her_id=her_id)
+        if not isinstance(body, dict):
+            raise ArFormatError(f"the register's answer for HER-id {her_id} is not an object")
+        party = party_from_record(body)
+        if not with_certificates:
+            return party
+        signing = self._certificate(her_id, "signing") if party.signing_certificate else None
+        encryption = (
+            self._certificate(her_id, "encryption") if party.encryption_certificate else None
+        )
+        return attach_certificates(party, signing=signing, encryption=encryption)
+
+    def certificate(self, her_id: str, role: str) -> PartyCertificate | None:
+        """The current ``signing`` or ``encryption`` certificate, None when there is none."""
+        return self._certificate(her_id, role)
+
+    def export(self, *, include_deactivated: bool = True) -> ArExport:
+        flag = "true" if include_deactivated else "false"
+        body = self._get_json(f"/api/v1/communicationparty/export?includeDeactivated={flag}")
+        if not isinstance(body, dict):
+            raise ArFormatError("the register's export is not an object")
+        ids = body.get("communicationParties") or []
+        return ArExport(
+            last_sequence_number=int(body.get("lastSequenceNumber") or 0),
+            her_ids=tuple(str(int(i)) for i in ids),
+        )
+
+    def events(self, from_sequence_number: int, *, max_events: int = 1000) -> list[ArEvent]:
+        """Events from and including ``from_sequence_number``, oldest first."""
+        body = self._get_json(
+            f"/api/v1/event?fromSequenceNumber={max(1, from_sequence_number)}"
+            f"&maxEvents={max(1, min(max_events, 1000))}"
+        )
+        results = body.get("results") if isinstance(body, dict) else None
+        events = [_event(item) for item in results or [] if isinstance(item, dict)]
+        return sorted(events, key=lambda e: e.sequence_number)
+
+    def iter_events(self, from_sequence_number: int, *, page: int = 1000) -> Iterator[ArEvent]:
+        """All events from ``from_sequence_number`` on, page by page."""
+        next_number = from_sequence_number
+        while True:
+            batch = self.events(next_number, max_events=page)
+            if not batch:
+                return
+            yield from batch
+            next_number = batch[-1].sequence_number + 1
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _certificate(self, her_id: str, role: str) -> PartyCertificate | None:
+        try:
+            body = self._get_json(f"/api/v1/certificate/{int(her_id)}/{role}", her_id=her_id)
+        except ArPartyNotFound:
+            return None
+        return parse_certificate_json(body)
+
+    def _get_json(self, path: str, *, her_id: str | None = None) -> Any:
+        headers = {
+            "Authorization": f"Bearer {self._tokens.access_token()}",
+            "Accept": "application/json",
+        }
+        try:
+            response = self._http.get(self._base + path, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ArUnavailable(
+                f"the address register at {self._base} could not be reached "
+                f"({type(exc).__name__}); the local copy is used meanwhile"
+            ) from None
+        if response.status_code == 404 and her_id is not None:
+            raise ArPartyNotFound(f"the address register has no party with HER-id {her_id}")
+        if response.status_code in {401, 403}:
+            raise ArUnavailable(
+                f"the address register refused our token (HTTP {response.status_code}); "
+                "check the HelseID client and its scopes",
+                code="ar-unauthorised",
+            )
+        if response.status_code != 200:
+            raise ArUnavailable(
+                f"the address register answered HTTP {response.status_code} for {path}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ArFormatError(f"the address register's answer to {path} is not JSON") from None
+
+
+def _event(item: dict[str, Any]) -> ArEvent:
+    try:
+        return ArEvent(
+            sequence_number=int(item["sequenceNumber"]),
+            her_id=str(int(item["herId"])),
+            event_type=str(item.get("eventType") or ""),
+            at=parse_timestamp(item.get("eventTimestamp")),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ArFormatError("a register event lacks sequenceNumber or herId") from None

@@ -1,0 +1,130 @@
+"""A fake of the address register's CommunicationParty REST API (v1).
+
+Implements the paths our client uses, with the published JSON shapes: a party by HER-id, its
+signing/encryption certificate, the export of all HER-ids with ``lastSequenceNumber``, and
+events from a sequence number (``results`` of ``sequenceNumber``/``herId``/``eventType``/
+``eventTimestamp``). Every change made through :meth:`FakeAddressRegister.put_party` appends an
+event, as the real register does.
+
+For tests of failure handling, ``fail_party_lookups_after`` makes party lookups answer 503 after
+that many successful ones (the register going down half-way through a sync).
+
+Not confirmed: the exact error body of the real service (we send a problem+json-like object).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from meldingstjener.registry.fakes.server import Reply, Request
+
+_PARTY = "/api/v1/communicationparty/"
+_CERTIFICATE = "/api/v1/certificate/"
+
+
+class FakeAddressRegister:
+    def __init__(self, *, token_check: Callable[[str | None], bool] | None = None) -> None:
+        self.parties: dict[str, dict[str, Any]] = {}
+        self.certificates: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.token_check = token_check
+        self.fail_party_lookups_after: int | None = None
+        self.party_lookups = 0
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+
+    # --- arranging the register ---------------------------------------------------------------
+
+    def put_party(
+        self,
+        record: dict[str, Any],
+        *,
+        signing: dict[str, Any] | None = None,
+        encryption: dict[str, Any] | None = None,
+    ) -> int:
+        """Add or change a party (REST JSON shape); returns the event's sequence number."""
+        her_id = str(record.get("herId") or record.get("HerId"))
+        with self._lock:
+            created = her_id not in self.parties
+            self.parties[her_id] = record
+            if signing is not None:
+                self.certificates[(her_id, "signing")] = signing
+            if encryption is not None:
+                self.certificates[(her_id, "encryption")] = encryption
+            sequence = len(self.events) + 1
+            self.events.append(
+                {
+                    "sequenceNumber": sequence,
+                    "herId": int(her_id),
+                    "eventType": "CommunicationPartyCreated"
+                    if created
+                    else "CommunicationPartyUpdated",
+                    "eventTimestamp": datetime.now(UTC).isoformat(),
+                }
+            )
+            return sequence
+
+    # --- the API --------------------------------------------------------------------------------
+
+    def __call__(self, request: Request) -> Reply:
+        with self._lock:
+            self.requests.append(request.path)
+        if self.token_check is not None and not self.token_check(request.bearer()):
+            return Reply.problem(401, "a valid HelseID access token is required")
+        if request.method != "GET":
+            return Reply.problem(405, "method not allowed")
+        path = request.path.rstrip("/")
+        if path == "/api/v1/communicationparty/export":
+            return self._export(request)
+        if path == "/api/v1/event":
+            return self._events(request)
+        if path == "/api/v1/event/latest":
+            return Reply.json(self.events[-1]) if self.events else Reply.problem(404, "no events")
+        if path.startswith(_CERTIFICATE):
+            return self._certificate(path[len(_CERTIFICATE) :])
+        if path.startswith(_PARTY):
+            return self._party(path[len(_PARTY) :])
+        return Reply.problem(404, "no such endpoint")
+
+    def _party(self, her_id: str) -> Reply:
+        with self._lock:
+            limit = self.fail_party_lookups_after
+            if limit is not None and self.party_lookups >= limit:
+                return Reply.problem(503, "the register is unavailable")
+            self.party_lookups += 1
+            record = self.parties.get(her_id)
+        return Reply.json(record) if record is not None else Reply.problem(404, "not found")
+
+    def _certificate(self, rest: str) -> Reply:
+        her_id, _, role = rest.partition("/")
+        with self._lock:
+            certificate = self.certificates.get((her_id, role))
+        if certificate is None:
+            return Reply.problem(404, f"no {role or 'such'} certificate")
+        return Reply.json(certificate)
+
+    def _export(self, request: Request) -> Reply:
+        include_all = request.query.get("includeDeactivated", "false").lower() == "true"
+        with self._lock:
+            her_ids = [
+                int(h)
+                for h, record in self.parties.items()
+                if include_all or record.get("isActive", record.get("active", True)) is not False
+            ]
+            last = len(self.events)
+        return Reply.json(
+            {"lastSequenceNumber": last, "count": len(her_ids), "communicationParties": her_ids}
+        )
+
+    def _events(self, request: Request) -> Reply:
+        try:
+            start = max(1, int(request.query.get("fromSequenceNumber", "1")))
+            most = max(1, min(1000, int(request.query.get("maxEvents", "1000"))))
+        except ValueError:
+            return Reply.problem(400, "fromSequenceNumber and maxEvents must be integers")
+        with self._lock:
+            chosen = [e for e in self.events if e["sequenceNumber"] >= start][:most]
+        return Reply.json({"results": chosen, "count": len(chosen)})

@@ -1,0 +1,51 @@
+"""The outbound gate the engine calls before it sends: is this message agreed with the receiver?
+
+:func:`check_outbound` reads our partner agreement with the receiver from the store and raises
+:class:`NotAgreed` (stable code, readable message) when it does not allow the send. An agreement
+row with an empty message-type list allows any type: partners configured in ``[[partners]]`` and
+agreements built from the address register name no types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from meldingstjener.registry.agreements import NotAgreed, check_send
+from meldingstjener.registry.store import agreement_from_row
+from meldingstjener.store.uow import UnitOfWork
+
+__all__ = ["check_outbound"]
+
+
+def check_outbound(
+    uow: UnitOfWork,
+    our_her_id: str,
+    their_her_id: str,
+    msg_type: str | None,
+    version: str | None,
+    *,
+    test_message: bool = False,
+) -> None:
+    """Raise :class:`NotAgreed` unless we may send ``msg_type`` ``version`` to ``their_her_id``.
+
+    Codes: ``no-agreement`` (no row for the pair), ``agreement-not-active``,
+    ``message-type-not-agreed``, ``version-not-agreed``. ``msg_type`` None (a payload without a
+    MsgHead type) only checks the state; ``version`` None checks the type but not the version.
+    ``test_message`` also allows an agreement in the testing state.
+    """
+    row = uow.agreements.for_pair(str(our_her_id), str(their_her_id))
+    if row is None:
+        raise NotAgreed(
+            "no-agreement",
+            f"there is no partner agreement between HER-id {our_her_id} and HER-id "
+            f"{their_her_id}; add one with 'meldingstjener partners add' before sending",
+        )
+    agreement = agreement_from_row(row)
+    if msg_type is not None and version is not None:
+        check_send(agreement, msg_type, version, test_message=test_message)
+        return
+    unknown_type = msg_type is not None and agreement.versions_for(msg_type) is None
+    if msg_type is not None and unknown_type and not agreement.any_message_type:
+        check_send(agreement, msg_type, "", test_message=test_message)  # raises: type not agreed
+    # With any_message_type set, check_send checks the state and end date and nothing else.
+    check_send(replace(agreement, any_message_type=True), "", "", test_message=test_message)

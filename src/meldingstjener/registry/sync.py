@@ -1,0 +1,177 @@
+"""Resumable sync of the local register copy from the address register's REST API.
+
+First run (or ``full=True``): the export lists every HER-id and the event sequence number it
+reflects; each party is fetched and upserted, a chunk at a time, each chunk committed together
+with "done up to HER-id X". Afterwards only events are read: from the stored sequence number on,
+each changed party is fetched and upserted, and the sequence number of the last applied event is
+committed in the same transaction as the parties it changed.
+
+So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
+deletes a party (a deactivated party is kept, marked inactive, as the register reports it).
+Progress lives in ``kv_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from meldingstjener.registry.ar_client import ArClient, ArEvent
+from meldingstjener.registry.errors import ArPartyNotFound, RegistryError
+from meldingstjener.registry.parties import CommunicationParty
+from meldingstjener.registry.store import save_parties
+from meldingstjener.store.tables import StateRow
+from meldingstjener.store.uow import Store, UnitOfWork
+
+__all__ = [
+    "LAST_SEQUENCE_KEY",
+    "SyncInterrupted",
+    "SyncReport",
+    "last_synced_sequence",
+    "sync_register",
+]
+
+LAST_SEQUENCE_KEY = "registry.ar.last_sequence_number"
+EXPORT_SEQUENCE_KEY = "registry.ar.export.sequence_number"
+EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
+SOURCE = "ar-sync"
+_T = TypeVar("_T")
+
+
+@dataclass
+class SyncReport:
+    mode: str = "events"  # "full" when the export ran (or resumed)
+    resumed: bool = False
+    parties_written: int = 0
+    events_applied: int = 0
+    not_found: list[str] = field(default_factory=list)
+    last_sequence_number: int | None = None
+
+
+class SyncInterrupted(RegistryError):
+    """The sync stopped half-way; what was committed stays, the next run resumes from it."""
+
+    code = "ar-sync-interrupted"
+
+    def __init__(self, message: str, report: SyncReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def last_synced_sequence(uow: UnitOfWork) -> int | None:
+    value = uow.state.get(LAST_SEQUENCE_KEY)
+    return int(value) if value else None
+
+
+def sync_register(
+    store: Store,
+    client: ArClient,
+    *,
+    full: bool = False,
+    chunk_size: int = 50,
+    page_size: int = 1000,
+) -> SyncReport:
+    """Bring the local copy up to date; raises :class:`SyncInterrupted` on a failure half-way."""
+    report = SyncReport()
+    with store.unit_of_work() as uow:
+        last = last_synced_sequence(uow)
+        export_running = bool(uow.state.get(EXPORT_SEQUENCE_KEY))
+        if full and not export_running:
+            _clear(uow, EXPORT_DONE_KEY)
+            uow.commit()
+    try:
+        if full or last is None or export_running:
+            report.mode = "full"
+            report.resumed = export_running
+            _full_export(store, client, report, chunk_size)
+        else:
+            report.resumed = True
+        _apply_events(store, client, report, chunk_size, page_size)
+    except RegistryError as exc:
+        if isinstance(exc, SyncInterrupted):
+            raise
+        with store.unit_of_work() as uow:
+            report.last_sequence_number = last_synced_sequence(uow)
+        raise SyncInterrupted(
+            f"register sync stopped after {report.parties_written} parties: {exc}; what was "
+            "synced is kept, run the sync again to resume",
+            report,
+        ) from exc
+    return report
+
+
+def _full_export(store: Store, client: ArClient, report: SyncReport, chunk_size: int) -> None:
+    export = client.export()
+    with store.unit_of_work() as uow:
+        stored = uow.state.get(EXPORT_SEQUENCE_KEY)
+        # Resuming keeps the sequence number of the export we started: events after it are
+        # replayed, which is harmless (upserts) and misses nothing.
+        target = int(stored) if stored else export.last_sequence_number
+        if not stored:
+            uow.state.set(EXPORT_SEQUENCE_KEY, str(target))
+            uow.commit()
+        done = int(uow.state.get(EXPORT_DONE_KEY) or 0)
+    todo = sorted(int(h) for h in export.her_ids if int(h) > done)
+    for chunk in _chunks(todo, chunk_size):
+        parties = _fetch(client, (str(h) for h in chunk), report)
+        with store.unit_of_work() as uow:
+            report.parties_written += save_parties(uow, parties, source=SOURCE)
+            uow.state.set(EXPORT_DONE_KEY, str(chunk[-1]))
+            uow.commit()
+    with store.unit_of_work() as uow:
+        uow.state.set(LAST_SEQUENCE_KEY, str(target))
+        _clear(uow, EXPORT_SEQUENCE_KEY)
+        _clear(uow, EXPORT_DONE_KEY)
+        uow.commit()
+    report.last_sequence_number = target
+
+
+def _apply_events(
+    store: Store, client: ArClient, report: SyncReport, chunk_size: int, page_size: int
+) -> None:
+    with store.unit_of_work() as uow:
+        last = last_synced_sequence(uow) or 0
+    report.last_sequence_number = last
+    while True:
+        events = client.events(last + 1, max_events=page_size)
+        events = [e for e in events if e.sequence_number > last]
+        if not events:
+            return
+        for chunk in _chunks(events, chunk_size):
+            parties = _fetch(client, _distinct_her_ids(chunk), report)
+            with store.unit_of_work() as uow:
+                report.parties_written += save_parties(uow, parties, source=SOURCE)
+                uow.state.set(LAST_SEQUENCE_KEY, str(chunk[-1].sequence_number))
+                uow.commit()
+            last = chunk[-1].sequence_number
+            report.events_applied += len(chunk)
+            report.last_sequence_number = last
+
+
+def _fetch(
+    client: ArClient, her_ids: Iterable[str], report: SyncReport
+) -> list[CommunicationParty]:
+    parties = []
+    for her_id in her_ids:
+        try:
+            parties.append(client.party(her_id))
+        except ArPartyNotFound:
+            report.not_found.append(her_id)  # gone from the register: keep our copy as it is
+    return parties
+
+
+def _distinct_her_ids(events: Sequence[ArEvent]) -> list[str]:
+    return list(dict.fromkeys(e.her_id for e in events))
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
+    step = max(1, size)
+    for start in range(0, len(items), step):
+        yield items[start : start + step]
+
+
+def _clear(uow: UnitOfWork, key: str) -> None:
+    row = uow.session.get(StateRow, key)
+    if row is not None:
+        uow.session.delete(row)

@@ -1,0 +1,166 @@
+"""The register commands as an operator runs them: ar import/search/show/sync, partners, cpa."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from meldingstjener.cli import registry_cmds  # noqa: F401  (registers the commands)
+from meldingstjener.cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = runner.invoke(app, ["--data-dir", str(data_dir), *args], env=env)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def imported(tmp_path: Path, reference_dir: Path) -> Path:
+    ar = reference_dir / "samples" / "ar"
+    code, output = invoke(
+        tmp_path,
+        "ar",
+        "import",
+        str(ar / "nav-NavCommunicationParty.json"),
+        str(ar / "helsenorge-CommunicationDetailsRest_8141791.json"),
+        str(ar / "ks-soap-get-communication-party-details-organzation-response.xml"),
+    )
+    assert code == 0, output
+    assert "imported 3 parties from" in output
+    return tmp_path
+
+
+def test_ar_show_and_search(imported: Path) -> None:
+    code, output = invoke(imported, "ar", "show", "79768", "--json")
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["name"] == "NAV IKT" and shown["organisation_number"] == "990983291"
+    assert shown["signing_certificate"]["thumbprint"] == "42B5D65754297E5417182530CD2FE473D45CF7D5"
+
+    code, output = invoke(imported, "ar", "search", "jonny ronhvode", "--json")
+    assert code == 0, output
+    assert json.loads(output)[0]["her_id"] == "8141791"
+
+    code, output = invoke(imported, "ar", "search", "931796003", "--type", "service")
+    assert code == 0, output
+    assert "8143060" in output and "8143040" in output and "[inactive]" in output
+
+    code, output = invoke(imported, "ar", "show", "1234")
+    assert code == 1 and "not in the local register" in output
+    code, output = invoke(imported, "ar", "search", "nav", "--type", "robot")
+    assert code == 2 and "not a party type" in output
+
+
+def test_ar_import_refuses_what_is_not_a_party(tmp_path: Path, reference_dir: Path) -> None:
+    cert = reference_dir / "samples" / "ar" / "nav-NavSignCert.json"
+    code, output = invoke(tmp_path, "ar", "import", str(cert))
+    assert code == 1 and "refused" in output and "HER-id" in output
+
+
+def test_partner_lifecycle(imported: Path) -> None:
+    base = ("partners",)
+    code, output = invoke(
+        imported,
+        *base,
+        "add",
+        "79768",
+        "--our",
+        "8142987",
+        "--message-type",
+        "DIALOG_FORESPORSEL=1.0,1.1",
+        "--contact",
+        "Drift;support;drift@example.no",
+    )
+    assert code == 0, output
+    assert "source ar" in output  # the terms came from the local address register
+    code, output = invoke(imported, *base, "add", "79768", "--our", "8142987")
+    assert code == 1 and "exists" in output
+
+    code, output = invoke(imported, *base, "set", "79768", "--our", "8142987", "--state", "active")
+    assert code == 1 and "illegal-state-change" in output
+    for state in ("testing", "verified-inactive", "active"):
+        code, output = invoke(imported, *base, "set", "79768", "--our", "8142987", "--state", state)
+        assert code == 0, output
+
+    code, output = invoke(imported, *base, "show", "79768", "--our", "8142987", "--json")
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["state"] == "active" and shown["source"] == "ar"
+    assert shown["message_types"] == {"DIALOG_FORESPORSEL": ["1.1", "1.0"]}
+    assert shown["channel"] == "smtp" and shown["endpoint"] == "mottak-qass@test-es.nav.no"
+    assert shown["contacts"][0]["email"] == "drift@example.no"
+
+    code, output = invoke(imported, *base, "list")
+    assert code == 0 and "79768" in output and "active" in output
+    code, output = invoke(imported, *base, "add", "1", "--our", "2", "--message-type", "X")
+    assert code == 2 and "TYPE=VERSION" in output
+
+
+def test_partner_from_cpa_and_cpa_show(tmp_path: Path, reference_dir: Path) -> None:
+    cpa = reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml"
+    code, output = invoke(tmp_path, "partners", "add", "93238", "--our", "93252", "--cpa", str(cpa))
+    assert code == 0, output
+    assert "source cpa" in output
+    code, output = invoke(tmp_path, "partners", "list", "--json")
+    listed = json.loads(output)
+    assert listed[0]["cpa_id"] == "49391409-e528-4919-b4a3-9ccdab72c8c1"
+    assert listed[0]["message_types"]  # the CPA's agreed types were stored
+
+    code, output = invoke(tmp_path, "cpa", "show", str(cpa), "--our", "93252", "--json")
+    assert code == 0, output
+    shown = json.loads(output)
+    assert (shown["kind"], shown["id"]) == ("cpa", "49391409-e528-4919-b4a3-9ccdab72c8c1")
+    assert {p["her_id"] for p in shown["parties"]} == {"93238", "93252"}
+    assert shown["outbound"]
+    code, output = invoke(tmp_path, "cpa", "show", str(cpa))
+    assert code == 0 and "CPA 49391409" in output
+
+
+def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
+    from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
+
+    helseid = FakeHelseId({"msh": "pw"})
+    fake = FakeAddressRegister(token_check=helseid.is_valid)
+    fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
+    env = {"MELDINGSTJENER_HELSEID_CLIENT_SECRET": "pw"}
+    with serve(helseid) as token_base, serve(fake) as url:
+        args = ("ar", "sync", "--url", url, "--token-url", f"{token_base}/connect/token")
+        code, output = invoke(tmp_path, *args, "--client-id", "msh", env=env)
+        assert code == 0, output
+        assert "wrote 1 parties" in output
+        code, output = invoke(tmp_path, *args, "--client-id", "msh", env={})
+        assert code == 2 and "CLIENT_SECRET" in output
+    code, output = invoke(tmp_path, "ar", "search", "tonsberg legvakt")
+    assert code == 0 and "500001" in output
+
+
+def test_commands_run_as_a_program(tmp_path: Path, reference_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    program = (
+        "from meldingstjener.cli import registry_cmds; from meldingstjener.cli.app import main; "
+        "main()"
+    )
+    sample = reference_dir / "samples" / "ar" / "nav-NavCommunicationParty.json"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", program, "--data-dir", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    assert run("ar", "import", str(sample)).returncode == 0
+    found = run("ar", "search", "NAV", "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["her_id"] == "79768"

@@ -1,0 +1,154 @@
+"""Sync from a fake address register over HTTP with HelseID tokens: full export, events, and a
+sync that breaks half-way and resumes where it stopped without wiping anything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meldingstjener.registry.ar_client import ArClient
+from meldingstjener.registry.auth import ClientCredentialsTokenProvider
+from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
+from meldingstjener.registry.store import load_parties, party_from_row
+from meldingstjener.registry.sync import (
+    LAST_SEQUENCE_KEY,
+    SyncInterrupted,
+    last_synced_sequence,
+    sync_register,
+)
+from meldingstjener.store.uow import Store
+
+
+def _record(her_id: int, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "herId": her_id,
+        "name": name,
+        "type": "Organization",
+        "ediAddress": f"post-{her_id}@edi.example.no",
+        "amqpTransportStatus": "Disabled",
+        **extra,
+    }
+
+
+@pytest.fixture
+def register() -> Iterator[tuple[FakeAddressRegister, ArClient]]:
+    helseid = FakeHelseId({"msh-test": "s3cret"})
+    fake = FakeAddressRegister(token_check=helseid.is_valid)
+    with serve(helseid) as helseid_url, serve(fake) as ar_url:
+        tokens = ClientCredentialsTokenProvider(
+            f"{helseid_url}/connect/token", "msh-test", client_secret="s3cret"
+        )
+        client = ArClient(ar_url, tokens)
+        yield fake, client
+        client.close()
+
+
+def test_full_export_then_events(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], ar_samples: Path
+) -> None:
+    fake, client = register
+    nav = json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8"))
+    fake.put_party(
+        nav,
+        signing=json.loads((ar_samples / "nav-NavSignCert.json").read_text("utf-8")),
+        encryption=json.loads((ar_samples / "nav-NavEncryptCert.json").read_text("utf-8")),
+    )
+    for her_id in range(100001, 100006):
+        fake.put_party(_record(her_id, f"Legekontor {her_id}"))
+
+    first = sync_register(store, client, chunk_size=2)
+    assert (first.mode, first.parties_written, first.last_sequence_number) == ("full", 6, 6)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get("79768")
+        assert row is not None
+        nav_party = party_from_row(row)
+        assert last_synced_sequence(uow) == 6
+    assert nav_party.signing_certificate_der is not None  # fetched from the certificate API
+    assert nav_party.edi_address == "mottak-qass@test-es.nav.no"
+
+    fake.put_party(_record(100002, "Legekontor Ny Adresse"))
+    fake.put_party(_record(100007, "Helsestasjon Øvre"))
+    second = sync_register(store, client)
+    assert (second.mode, second.events_applied, second.last_sequence_number) == ("events", 2, 8)
+    with store.unit_of_work() as uow:
+        names = {p.her_id: p.name for p in load_parties(uow)}
+    assert names["100002"] == "Legekontor Ny Adresse"
+    assert names["100007"] == "Helsestasjon Øvre"
+    assert len(names) == 7
+
+
+def test_export_interrupted_half_way_resumes_where_it_stopped(
+    store: Store, register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    fake, client = register
+    for her_id in range(200001, 200011):
+        fake.put_party(_record(her_id, f"Sykehus {her_id}"))
+    fake.fail_party_lookups_after = 5  # the register goes down during the sixth lookup
+
+    with pytest.raises(SyncInterrupted) as stopped:
+        sync_register(store, client, chunk_size=2)
+    assert stopped.value.code == "ar-sync-interrupted"
+    assert stopped.value.report.parties_written == 4  # two whole chunks were committed
+    with store.unit_of_work() as uow:
+        assert sorted(p.her_id for p in load_parties(uow)) == [
+            str(h) for h in range(200001, 200005)
+        ]
+        assert uow.state.get(LAST_SEQUENCE_KEY) is None  # the export has not finished
+
+    fake.fail_party_lookups_after = None
+    lookups_before = fake.party_lookups
+    resumed = sync_register(store, client, chunk_size=2)
+    assert resumed.resumed and resumed.mode == "full"
+    # Only the six parties not yet stored were fetched again.
+    assert fake.party_lookups - lookups_before == 6
+    with store.unit_of_work() as uow:
+        assert len(load_parties(uow)) == 10
+        assert last_synced_sequence(uow) == 10
+
+
+def test_event_sync_interrupted_keeps_applied_events_and_never_wipes(
+    store: Store, register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    fake, client = register
+    for her_id in (300001, 300002):
+        fake.put_party(_record(her_id, f"Kommune {her_id}"))
+    sync_register(store, client)
+    for her_id in range(300003, 300009):
+        fake.put_party(_record(her_id, f"Legevakt {her_id}"))
+    fake.fail_party_lookups_after = fake.party_lookups + 3
+
+    with pytest.raises(SyncInterrupted):
+        sync_register(store, client, chunk_size=1)
+    with store.unit_of_work() as uow:
+        assert last_synced_sequence(uow) == 5  # events 3, 4, 5 applied and remembered
+        assert len(load_parties(uow)) == 5
+
+    # A party disappears from the register: our copy keeps it (the register is not the only
+    # place that decides what we can still send to).
+    del fake.parties["300001"]
+    fake.fail_party_lookups_after = None
+    report = sync_register(store, client, chunk_size=1)
+    assert report.events_applied == 3 and report.last_sequence_number == 8
+    with store.unit_of_work() as uow:
+        assert len(load_parties(uow)) == 8
+
+
+def test_sync_without_a_valid_token_is_refused_and_changes_nothing(
+    store: Store, register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    from meldingstjener.registry.auth import StaticToken
+
+    fake, _ = register
+    fake.put_party(_record(400001, "Fastlege"))
+    with serve(fake) as url:
+        client = ArClient(url, StaticToken("forged"))
+        with pytest.raises(SyncInterrupted) as refused:
+            sync_register(store, client)
+        client.close()
+    assert "refused our token" in str(refused.value)
+    with store.unit_of_work() as uow:
+        assert load_parties(uow) == []
