@@ -86,7 +86,11 @@ def prepare_sites(
     channel: str = "http",
     mail_domain: str = "testedi.nhn.no",
     extra_config: dict[str, str] | None = None,
+    endpoint_override: dict[str, str] | None = None,
 ) -> tuple[Site, Site]:
+    """``extra_config`` and ``endpoint_override`` are keyed by the site's organisation HER-id:
+    TOML appended to that site's configuration, and the endpoint that site uses for its partner
+    (for instance a proxy in between)."""
     """Write a shared development PKI and one configuration per site under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     pki = root / "pki"
@@ -113,6 +117,7 @@ def prepare_sites(
     for site, other in ((gp, hospital), (hospital, gp)):
         site.directory.mkdir(parents=True, exist_ok=True)
         endpoint = other.endpoint if channel == "http" else f"mailto:{other.edi_address}"
+        endpoint = (endpoint_override or {}).get(site.organisation_her_id, endpoint)
         services = ""
         if site.service_name:
             services = (
@@ -209,11 +214,12 @@ class RunningServer:
                     f"{self.site.name} exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # waiting for a port to open: nothing to synchronise on but polling
+                socket.create_connection(("127.0.0.1", self.site.port), timeout=0.5).close()
+            except OSError:
+                time.sleep(0.02)  # waiting for a port to open: nothing to synchronise on
+                continue
+            if httpx.get(url, timeout=5.0).status_code == 200:
+                return self
         raise TimeoutError(f"{self.site.name} did not answer on {url} within {timeout} s")
 
     def stop(self) -> None:

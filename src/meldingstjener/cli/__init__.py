@@ -7,9 +7,11 @@ this file only builds the app, the global options and the entry point.
 from __future__ import annotations
 
 from meldingstjener.cli import (  # noqa: F401  (imported for their command registrations)
+    demo_cmds,
     ebxml_cmds,
     engine_cmds,
     formats_cmds,
+    registry_cmds,
     security_cmds,
     store_cmds,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -42,12 +43,22 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    # One serve process per host and port at a time, so this names the instance; claims it
+    # still holds in the store are from a previous process that died, and are taken back.
+    instance = f"{socket.gethostname()}:{settings.server.port}/"
+    with engine.store.unit_of_work() as uow:
+        released = uow.jobs.release_claims(instance)
+        uow.commit()
+    if released:
+        logging.getLogger(__name__).warning(
+            "took back %d job(s) claimed by this instance before a restart", released
+        )
     stop = threading.Event()
     threads = []
     for number in range(settings.workers.count):
         worker = Worker(
             engine,
-            f"{engine.host}/{number}",
+            f"{instance}{number}",
             batch=settings.workers.claim_batch,
             lease=timedelta(seconds=settings.workers.lease_seconds),
             poll_interval=settings.workers.poll_interval_seconds,

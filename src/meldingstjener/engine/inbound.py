@@ -154,7 +154,9 @@ def _receive_message(
     reply_inline = envelope.sync_reply
     try:
         with ctx.store.unit_of_work() as uow:
-            uow.messages.add(row, actor=f"{channel}:{sender}", detail=f"received from {sender}")
+            uow.messages.add(
+                row, actor=f"{channel}:{sender}", detail=f"received from {sender}", at=now
+            )
             if message.report.problems:
                 uow.events.record(
                     row.id,
@@ -348,7 +350,7 @@ def _refuse(
     ]
     try:
         with ctx.store.unit_of_work() as uow:
-            uow.messages.add(row, actor=f"{channel}:{header.from_party.her_id}")
+            uow.messages.add(row, actor=f"{channel}:{header.from_party.her_id}", at=now)
             uow.messages.set_status(
                 row,
                 InboundStatus.REJECTED.value,

@@ -28,6 +28,8 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.model import Direction
+from meldingstjener.registry.agreements import NotAgreed
+from meldingstjener.registry.policy import check_outbound
 from meldingstjener.security import cms_enveloped
 from meldingstjener.security.xmldsig import sign_ebxml_envelope
 from meldingstjener.store.tables import MessageRow
@@ -65,6 +67,10 @@ def submit(
         except PartnerUnknown as exc:
             code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
+        try:
+            check_outbound(uow, sender_her, receiver_her, message.msg_type, _version_of(message))
+        except NotAgreed as exc:
+            raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None
         answered_type = None
         if message.msg_type == APPREC and message.apprec_original_msg_id:
             originals = uow.messages.by_msg_id(Direction.INBOUND, message.apprec_original_msg_id)
@@ -129,11 +135,21 @@ def submit(
         **_message_fields(message),
     )
     with ctx.store.unit_of_work() as uow:
-        uow.messages.add(row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})")
+        uow.messages.add(
+            row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
+        )
         uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
         uow.commit()
     ctx.wakeup.notify()
     return row.id
+
+
+def _version_of(message: Fagmelding) -> str | None:
+    """The business-content version an agreement speaks of (e.g. "1.0" of Dialogmelding 1.0)."""
+    if message.report.content is None:
+        return None
+    numbers = [part for part in message.report.content.split() if part[:1].isdigit()]
+    return numbers[0] if numbers else None
 
 
 def _message_fields(message: Fagmelding) -> dict[str, object]:

@@ -99,11 +99,18 @@ class MessageRepository:
         self.session = session
         self.events = events
 
-    def add(self, row: MessageRow, *, actor: str, detail: str | None = None) -> MessageRow:
+    def add(
+        self,
+        row: MessageRow,
+        *,
+        actor: str,
+        detail: str | None = None,
+        at: datetime | None = None,
+    ) -> MessageRow:
         """Store a new message in its initial status and log its creation."""
         direction = Direction(row.direction)
         row.status = initial_status(direction).value
-        now = utcnow()
+        now = at or utcnow()
         row.created_at = row.created_at or now
         row.status_changed_at = now
         self.session.add(row)
@@ -368,6 +375,19 @@ class JobRepository:
                 ClaimedJob(row.id, row.kind, row.message_id, row.data, row.attempts, row.due_at)
             )
         return claimed
+
+    def release_claims(self, worker_prefix: str) -> int:
+        """Release every lease held by workers whose name starts with ``worker_prefix``.
+
+        A restarted server calls this for its own instance: its earlier claims died with the
+        previous process, and their work should not wait for the lease to run out.
+        """
+        result = self.session.execute(
+            update(JobRow)
+            .where(JobRow.claimed_by.startswith(worker_prefix, autoescape=True))
+            .values(claimed_by=None, claimed_until=None)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def finish(self, job_id: int) -> None:
         row = self.session.get(JobRow, job_id)

@@ -223,3 +223,34 @@ def test_invalid_and_inconsistent_messages_are_refused_before_storing(pair: Pair
     assert not_ours.value.code == "inconsistent-addressing"
     with pair.gp.store.unit_of_work() as uow:
         assert uow.jobs.count() == 0
+
+
+def test_a_message_type_or_version_not_agreed_is_refused(pair: Pair) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.message_types = [{"type": "DIALOG_NOTAT", "versions": ["1.1"]}]
+        uow.commit()
+    with pytest.raises(SubmitRejected) as version:
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    assert version.value.code in ("version-not-agreed", "no-common-version")
+    with pytest.raises(SubmitRejected) as kind:
+        submit(pair.gp, dialog_question(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    assert kind.value.code == "message-type-not-agreed"
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.message_types = [{"type": "DIALOG_NOTAT", "versions": ["1.0"]}]
+        agreement.state = "suspended"
+        uow.commit()
+    with pytest.raises(SubmitRejected) as suspended:
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    assert suspended.value.code == "agreement-not-active"
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.state = "active"
+        uow.commit()
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"

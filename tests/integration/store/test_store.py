@@ -224,3 +224,21 @@ def test_state_values_survive(store: Store) -> None:
     with store.unit_of_work() as uow:
         assert uow.state.get("ar.last_event") == "42"
         assert uow.state.get("nothing") is None
+
+
+def test_a_restarted_instance_takes_back_its_own_claims(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        for n in range(3):
+            uow.jobs.schedule("transmit", T0, data={"n": n})
+        uow.commit()
+    lease = timedelta(minutes=2)
+    with store.unit_of_work() as uow:
+        uow.jobs.claim_due("host-a:8080/0", now=T0, limit=2, lease=lease)
+        uow.jobs.claim_due("host-b:8080/0", now=T0, limit=1, lease=lease)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.jobs.release_claims("host-a:8080/") == 2
+        uow.commit()
+    with store.unit_of_work() as uow:  # host-b's claim stands; host-a's are free at once
+        again = uow.jobs.claim_due("host-a:8080/0", now=T0, limit=10, lease=lease)
+        assert sorted(job.data["n"] for job in again if job.data) == [0, 1]
