@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -43,6 +43,12 @@ class Policy:
     allow_3des: bool = True
     compress_payloads: bool = False
     max_xml_bytes: int = 64 * 1024 * 1024
+    default_apprec_deadline: timedelta = timedelta(hours=24)
+    apprec_deadlines: Mapping[str, timedelta] = field(default_factory=dict)
+
+    def apprec_deadline(self, msg_type: str | None) -> timedelta:
+        """How long after the transport receipt an AppRec may take before an alert."""
+        return self.apprec_deadlines.get(msg_type or "", self.default_apprec_deadline)
 
 
 class Wakeup:

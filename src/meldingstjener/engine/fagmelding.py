@@ -27,6 +27,9 @@ class Fagmelding:
     ref_to_parent: str | None = None
     ref_to_conversation: str | None = None
     apprec_original_msg_id: str | None = None
+    apprec_status: str | None = None
+    apprec_errors: tuple[tuple[str, str], ...] = ()
+    copy_receivers: frozenset[str] = frozenset()
 
     @property
     def valid(self) -> bool:
@@ -39,7 +42,9 @@ class Fagmelding:
 def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
     """Validate ``data`` and read the facts routing needs. Never raises for bad content."""
     report = validate(data, schema_dir)
-    msg_id = ref_parent = ref_conversation = original = None
+    msg_id = ref_parent = ref_conversation = original = apprec_status = None
+    apprec_errors: tuple[tuple[str, str], ...] = ()
+    copies: set[str] = set()
     if report.well_formed:
         try:
             if report.format == "MsgHead":
@@ -48,10 +53,16 @@ def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
                 if head.conversation_ref is not None:
                     ref_parent = head.conversation_ref.ref_to_parent
                     ref_conversation = head.conversation_ref.ref_to_conversation
+                for other in head.msg_info.other_receivers:
+                    if other.organisation is not None:
+                        levels = (other.organisation, other.organisation.organisation)
+                        copies |= {str(o.her_id) for o in levels if o is not None and o.her_id}
             elif report.format == "AppRec":
                 apprec = read_apprec(data)
                 msg_id = apprec.id
                 original = apprec.original_msg_id.id
+                apprec_status = str(apprec.status.value)
+                apprec_errors = tuple((e.code, e.text or "") for e in apprec.errors)
         except (FormatError, XmlError):
             pass  # the report already lists the problem
     return Fagmelding(
@@ -65,4 +76,7 @@ def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
         ref_to_parent=ref_parent,
         ref_to_conversation=ref_conversation,
         apprec_original_msg_id=original,
+        apprec_status=apprec_status,
+        apprec_errors=apprec_errors,
+        copy_receivers=frozenset(copies),
     )

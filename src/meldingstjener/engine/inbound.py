@@ -29,7 +29,7 @@ from meldingstjener.ebxml import (
     parse_envelope,
     unpackage,
 )
-from meldingstjener.engine import signals
+from meldingstjener.engine import receipts, signals
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
@@ -178,6 +178,8 @@ def _receive_message(
                 at=now,
             )
             _record_signal(ctx, uow, ack, "acknowledgment", row, endpoint, reply_inline, channel)
+            if message.msg_type == receipts.APPREC:
+                receipts.apply_incoming_apprec(ctx, uow, row, message)
             uow.commit()
     except IntegrityError:
         # The same message arrived twice at once; the other request stored it first.
@@ -185,6 +187,9 @@ def _receive_message(
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
             return _resend_signal(ctx, uow, duplicate, envelope, channel)
+    verdict = receipts.judge(ctx, message, header.to_party.her_id)
+    if verdict is not None:
+        receipts.reject_by_server(ctx, row.id, plain, verdict)
     ctx.wakeup.notify()
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -223,34 +228,42 @@ def _check(
     except EbxmlError as exc:
         raise _Reject(exc.code, str(exc), exc.location) from None
     to = header.to_party.her_id
-    if to not in ctx.own_her_ids:
-        raise _Reject(
-            ErrorCode.VALUE_NOT_RECOGNIZED,
-            f"the receiver {to} is not served by this message server",
-            "eb:MessageHeader/eb:To/eb:PartyId",
-        )
     if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
         raise _Reject(ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest")
+    not_ours = _Reject(
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+        f"the receiver {to} is not served by this message server",
+        "eb:MessageHeader/eb:To/eb:PartyId",
+    )
     encrypted = mime.attachments[str(envelope.manifest[0].content_id)].data
     try:
         plain = cms_enveloped.decrypt(
             encrypted, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
         )
     except SecurityError as exc:
+        if to not in ctx.own_her_ids:
+            raise not_ours from None
         raise _Reject(
             ErrorCode.SECURITY_FAILURE, f"the payload could not be decrypted: {exc}", "cid"
         ) from None
     message = inspect(plain, ctx.policy.schema_dir)
     if not message.report.well_formed or message.report.format is None:
+        if to not in ctx.own_her_ids:
+            raise not_ours
         raise _Reject(
             ErrorCode.OTHER_XML,
             "the business message cannot be interpreted: "
             + "; ".join(p.message for p in message.report.problems[:3]),
             "cid",
         )
+    # A service HER-id we do not have, under our own organisation, is a misaddressed message
+    # (accepted, purged and answered with AppRec E21 by receipts.judge); anything else not ours
+    # is refused here.
+    if to not in ctx.own_her_ids and str(message.receiver.organisation) not in ctx.own_her_ids:
+        raise not_ours
     in_message_from = {str(h) for h in (message.sender.organisation, message.sender.service) if h}
     in_message_to = {str(h) for h in (message.receiver.organisation, message.receiver.service) if h}
-    if sender not in in_message_from or to not in in_message_to:
+    if sender not in in_message_from or to not in in_message_to | message.copy_receivers:
         said_from = "/".join(sorted(in_message_from)) or "?"
         said_to = "/".join(sorted(in_message_to)) or "?"
         raise _Reject(

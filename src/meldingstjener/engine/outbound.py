@@ -9,6 +9,7 @@ Acknowledgment and retrying happen in :mod:`.transmit`, driven by jobs in the st
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 from meldingstjener.ebxml import (
@@ -33,6 +34,7 @@ from meldingstjener.registry.policy import check_outbound
 from meldingstjener.security import cms_enveloped
 from meldingstjener.security.xmldsig import sign_ebxml_envelope
 from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import UnitOfWork
 
 PAYLOAD_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data"
 MAX_PAYLOAD_BYTES = 35 * 1024 * 1024
@@ -46,8 +48,13 @@ def submit(
     to_her_id: str | None = None,
     actor: str,
     client_id: str | None = None,
+    on_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
 ) -> str:
-    """Accept ``payload`` for sending; return our message id. Raises :class:`SubmitRejected`."""
+    """Accept ``payload`` for sending; return our message id. Raises :class:`SubmitRejected`.
+
+    ``on_stored`` runs in the same transaction that stores the message, so a caller's own
+    bookkeeping (an AppRec marking the message it answers) commits with it or not at all.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SubmitRejected(
             "too-large",
@@ -68,7 +75,10 @@ def submit(
             code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
         try:
-            check_outbound(uow, sender_her, receiver_her, message.msg_type, _version_of(message))
+            # the agreement the directory found: our organisation's covers its services
+            check_outbound(
+                uow, partner.our_her_id, receiver_her, message.msg_type, _version_of(message)
+            )
         except NotAgreed as exc:
             raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None
         answered_type = None
@@ -139,6 +149,8 @@ def submit(
             row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
         )
         uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+        if on_stored is not None:
+            on_stored(uow, row)
         uow.commit()
     ctx.wakeup.notify()
     return row.id

@@ -28,6 +28,7 @@ from meldingstjener.ebxml import (
 )
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
 from meldingstjener.store.tables import ReceiptRow
@@ -153,6 +154,7 @@ def handle_incoming(
                     at=now,
                 )
                 uow.jobs.cancel_for_message(row.id)
+                schedule_apprec_deadline(ctx, uow, row)
             else:
                 uow.events.record(
                     row.id,

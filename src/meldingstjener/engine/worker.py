@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from meldingstjener.engine import inbound, signals, transmit
+from meldingstjener.engine import inbound, receipts, signals, transmit
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob
 
@@ -36,6 +36,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     transmit.TRANSMIT: _transmit,
     transmit.ACK_TIMEOUT: transmit.ack_timeout_job,
     signals.SEND_SIGNAL: signals.send_signal_job,
+    receipts.APPREC_DEADLINE: receipts.apprec_deadline_job,
 }
 
 

@@ -7,6 +7,7 @@ PostgreSQL URLs (``postgresql://...``) are routed to the psycopg 3 driver.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,11 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Threads of one process queue on this lock instead of
+        # on SQLite's busy handler, which sleeps up to 100 ms per retry and wrecks latency.
+        self.write_lock: threading.Lock | None = (
+            threading.Lock() if self.dialect == "sqlite" else None
+        )
 
     @property
     def is_postgresql(self) -> bool:

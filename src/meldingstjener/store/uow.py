@@ -482,6 +482,8 @@ class UnitOfWork:
         self.database = database
 
     def __enter__(self) -> UnitOfWork:
+        if self.database.write_lock is not None:
+            self.database.write_lock.acquire()
         self.session = self.database.sessions()
         self.events = EventRepository(self.session)
         self.messages = MessageRepository(self.session, self.events)
@@ -501,7 +503,11 @@ class UnitOfWork:
     ) -> None:
         # close() rolls back whatever was not committed and detaches the objects without
         # expiring them, so values read inside the block stay readable after it.
-        self.session.close()
+        try:
+            self.session.close()
+        finally:
+            if self.database.write_lock is not None:
+                self.database.write_lock.release()
 
     def commit(self) -> None:
         self.session.commit()

@@ -166,7 +166,7 @@ def test_delivery_with_acknowledgment(servers: Servers) -> None:
 
 
 def test_wrong_receiver_gets_a_message_error(servers: Servers) -> None:
-    wrong = Site("Ukjent", "8200001", WRONG_HER, "Ukjent tjeneste", 0, Path("."))
+    wrong = Site("Ukjent", "8290000", WRONG_HER, "Ukjent tjeneste", 0, Path("."))
     message_id = servers.send_note("Feil mottaker", to=wrong)
     wait_for(lambda: servers.status(servers.gp, message_id) == "transport-error", "MessageError")
     with servers.gp.store.unit_of_work() as uow:

@@ -1,0 +1,556 @@
+"""Application receipts (AppRec), misaddressed messages and the end-to-end status of a message.
+
+Receiving side: a message delivered to the EPJ owes an AppRec; the EPJ decides (``send_apprec``),
+or the server sends a positive one itself for partners configured so. The server rejects on its
+own (negative AppRec) for reasons it knows: a receiver service that is not ours (E21), a business
+message with format errors (T02), anything else with X99 and a text. A message we were not
+entitled to never reaches the EPJ: its payload is purged and the sender told — by a negative
+AppRec, or by a DIALOG_AVVIK when a positive AppRec had already gone out (``report_misaddressed``).
+
+Sending side: incoming AppRecs are matched to the sent message by OriginalMsgId and sender; the
+status becomes apprec-ok / apprec-rejected / apprec-ok-with-errors; a rejection raises an alert,
+and so does an AppRec that has not arrived by its deadline (``apprec-deadline`` jobs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.fagmelding import Fagmelding
+from meldingstjener.engine.outbound import submit
+from meldingstjener.formats import (
+    AppRecError,
+    AppRecStatus,
+    build_apprec,
+    build_dialog_avvik,
+    read_apprec,
+    read_msghead,
+    serialize_apprec,
+)
+from meldingstjener.formats.apprec import apprec_party_from
+from meldingstjener.formats.parties import Party
+from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
+from meldingstjener.store.tables import MessageRow, ReceiptRow
+from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+
+APPREC = "APPREC"
+APPREC_DEADLINE = "apprec-deadline"
+DEFAULT_APPREC_VERSION = "1.1"
+
+_OUT_STATUS = {
+    "1": OutboundStatus.APPREC_OK,
+    "2": OutboundStatus.APPREC_REJECTED,
+    "3": OutboundStatus.APPREC_OK_WITH_ERRORS,
+}
+_API_APPREC_STATUS = {
+    OutboundStatus.APPREC_OK.value: "Ok",
+    OutboundStatus.APPREC_REJECTED.value: "Rejected",
+    OutboundStatus.APPREC_OK_WITH_ERRORS.value: "OkErrorInMessagePart",
+}
+_API_STATUS_BY_CODE = {"1": "Ok", "2": "Rejected", "3": "OkErrorInMessagePart"}
+
+
+class AppRecRefused(Exception):
+    """An AppRec that may not be sent now (already answered, purged, not an inbound message...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ReceiverStatus:
+    """Status per receiver in the shape of NHN's EDI 2.0 API (StatusInfo)."""
+
+    receiver_her_id: str
+    transport_delivery_state: str  # Unconfirmed | Acknowledged | Rejected
+    app_rec_status: str | None  # Ok | Rejected | OkErrorInMessagePart | None
+
+
+@dataclass(frozen=True)
+class AppRecInfo:
+    receiver_her_id: str
+    app_rec_status: str
+    errors: tuple[tuple[str, str], ...]
+    received_at: datetime
+
+
+# --- receiving side: deliver, answer -----------------------------------------------------------
+
+
+def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
+    """The message has reached the EPJ (fetched, marked read, or written to the inbox folder)."""
+    auto = False
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id, for_update=True)
+        if row.status in (InboundStatus.DELIVERED.value, InboundStatus.APPREC_SENT.value):
+            return  # delivering is idempotent
+        if row.status != InboundStatus.ACKNOWLEDGED.value or row.payload_ref is None:
+            raise AppRecRefused(
+                "not-deliverable", f"message {message_id} is {row.status}; it is not for the EPJ"
+            )
+        uow.messages.set_status(
+            row, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
+        )
+        if row.msg_type != APPREC:
+            auto = _auto_apprec(ctx, uow, row)
+        uow.commit()
+    if auto:
+        send_apprec(ctx, message_id, status=1, errors=[], actor="msh:auto-apprec")
+
+
+def _auto_apprec(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> bool:
+    agreement = uow.agreements.for_pair(str(row.to_her_id), str(row.from_her_id))
+    if agreement is None:
+        agreements = uow.agreements.for_counterparty(str(row.from_her_id))
+        agreement = agreements[0] if agreements else None
+    return bool(agreement is not None and agreement.auto_apprec)
+
+
+def send_apprec(
+    ctx: EngineContext,
+    message_id: str,
+    *,
+    status: int,
+    errors: list[tuple[str, str]],
+    actor: str,
+    version: str | None = None,
+) -> str:
+    """Answer a received message with an AppRec; return the AppRec's own message id."""
+    try:
+        code = AppRecStatus(status)
+    except ValueError:
+        raise AppRecRefused(
+            "invalid-status", f"AppRec status must be 1, 2 or 3, not {status}"
+        ) from None
+    if code is not AppRecStatus.OK and not errors:
+        raise AppRecRefused("errors-required", "a rejection or partial error needs an error code")
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id)
+        if row.msg_type == APPREC:
+            raise AppRecRefused("apprec-for-apprec", "an AppRec is never answered with an AppRec")
+        allowed = allowed_next(Direction.INBOUND, row.status)
+        target = (
+            InboundStatus.APPREC_SENT
+            if code is not AppRecStatus.REJECTED
+            else InboundStatus.REJECTED
+        )
+        if target.value not in allowed or row.payload_ref is None:
+            raise AppRecRefused(
+                "already-answered",
+                f"message {message_id} is {row.status}; an AppRec cannot be sent now",
+            )
+        original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
+        version = version or _apprec_version(uow, row)
+    payload = build_apprec(
+        original,
+        status=code,
+        errors=[AppRecError.of(c, text or None) for c, text in errors],
+        version=version,
+        software_name="meldingstjener",
+    )
+    return _submit_answer(ctx, payload, row, target, actor, code, errors, "AppRec")
+
+
+def _apprec_version(uow: UnitOfWork, row: MessageRow) -> str:
+    agreement = uow.agreements.for_pair(str(row.to_her_id), str(row.from_her_id))
+    if agreement is None:
+        found = uow.agreements.for_counterparty(str(row.from_her_id))
+        agreement = found[0] if found else None
+    if agreement is not None and agreement.apprec_version:
+        return agreement.apprec_version
+    return DEFAULT_APPREC_VERSION
+
+
+def _submit_answer(
+    ctx: EngineContext,
+    payload: bytes,
+    row: MessageRow,
+    target: InboundStatus,
+    actor: str,
+    code: AppRecStatus | None,
+    errors: list[tuple[str, str]],
+    what: str,
+    *,
+    purge: bool = False,
+) -> str:
+    """Send ``payload`` back to the sender of ``row`` and move ``row`` to ``target`` atomically."""
+
+    def mark(uow: UnitOfWork, answer: MessageRow) -> None:
+        original = _inbound(uow, row.id, for_update=True)
+        uow.messages.set_status(
+            original,
+            target.value,
+            actor=actor,
+            code=errors[0][0] if errors else None,
+            detail=f"{what} sent ({answer.id})"
+            + (f": {', '.join(c for c, _ in errors)}" if errors else ""),
+        )
+        uow.receipts.add(
+            ReceiptRow(
+                message_id=original.id,
+                kind="apprec" if what == "AppRec" else "dialog-avvik",
+                direction="out",
+                at=ctx.clock(),
+                ref_to_message_id=original.msg_id,
+                apprec_status=str(code.value) if code is not None else None,
+                error_codes=[{"code": c, "text": t} for c, t in errors] or None,
+            )
+        )
+        if purge and original.payload_ref:
+            ctx.store.payloads.delete(original.payload_ref)
+            original.payload_ref = None
+
+    try:
+        return submit(ctx, payload, to_her_id=str(row.from_her_id), actor=actor, on_stored=mark)
+    except SubmitRejected as exc:
+        raise AppRecRefused(exc.code, f"the {what} could not be sent: {exc.message}") from None
+
+
+def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:
+    row = uow.messages.get(message_id, for_update=for_update)
+    if row is None or row.direction != Direction.INBOUND.value:
+        raise AppRecRefused("not-found", f"no received message {message_id}")
+    return row
+
+
+def report_misaddressed(ctx: EngineContext, message_id: str, *, actor: str, reason: str) -> str:
+    """A clinician says the message was not for us: purge it and tell the sender.
+
+    After a positive AppRec the sender gets a DIALOG_AVVIK (Tilbakemelding om feil i mottatt
+    melding); before any AppRec, a negative AppRec (X99 with the reason).
+    """
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id)
+        if InboundStatus.MISADDRESSED_PURGED.value not in allowed_next(
+            Direction.INBOUND, row.status
+        ):
+            raise AppRecRefused("not-allowed", f"message {message_id} is {row.status}")
+        if row.payload_ref is None:
+            raise AppRecRefused("purged", f"message {message_id} has no payload any more")
+        original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
+        answered = row.status == InboundStatus.APPREC_SENT.value
+        raise_alert(
+            uow,
+            AlertKind.MISADDRESSED_RECEIVED,
+            f"message {row.id} ({row.msg_type}) from {row.from_her_id} was reported as not for "
+            f"us by {actor}; its content was purged and the sender told",
+            at=ctx.clock(),
+            message_id=row.id,
+            partner_her_id=row.from_her_id,
+        )
+        uow.commit()
+    if answered:
+        payload = build_dialog_avvik(original, description=reason)
+        return _submit_answer(
+            ctx,
+            payload,
+            row,
+            InboundStatus.MISADDRESSED_PURGED,
+            actor,
+            None,
+            [],
+            "DIALOG_AVVIK",
+            purge=True,
+        )
+    payload = build_apprec(
+        original,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("X99", reason)],
+        version=DEFAULT_APPREC_VERSION,
+        software_name="meldingstjener",
+    )
+    return _submit_answer(
+        ctx,
+        payload,
+        row,
+        InboundStatus.MISADDRESSED_PURGED,
+        actor,
+        AppRecStatus.REJECTED,
+        [("X99", reason)],
+        "AppRec",
+        purge=True,
+    )
+
+
+# --- receiving side: what the server decides itself -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerVerdict:
+    """A rejection the server makes on its own after acknowledging a message."""
+
+    status: InboundStatus
+    errors: list[tuple[str, str]]
+    purge: bool
+    alert: bool
+
+
+def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVerdict | None:
+    """Decide whether a stored, acknowledged message must be rejected by the server itself."""
+    if message.msg_type == APPREC:
+        return None
+    ours = ctx.own_her_ids
+    service = message.receiver.service
+    addressed = {str(h) for h in (message.receiver.organisation, service) if h}
+    copy = envelope_to in message.copy_receivers and envelope_to not in addressed
+    if not copy and (envelope_to not in ours or (service is not None and str(service) not in ours)):
+        return ServerVerdict(
+            InboundStatus.MISADDRESSED_PURGED,
+            [("E21", f"mottaker {service or envelope_to} finnes ikke hos oss")],
+            purge=True,
+            alert=True,
+        )
+    errors = [p for p in message.report.problems if p.severity == "error"]
+    if errors:
+        first = errors[0]
+        return ServerVerdict(
+            InboundStatus.REJECTED,
+            [("T02", f"{first.path}: {first.code}")],
+            purge=False,
+            alert=False,
+        )
+    return None
+
+
+def reject_by_server(
+    ctx: EngineContext, message_id: str, original_payload: bytes, verdict: ServerVerdict
+) -> str | None:
+    """Send the server's own negative AppRec (E21 / T02 / X99) and apply the verdict."""
+    original = read_msghead(original_payload)
+    payload = build_apprec(
+        original,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of(code, text) for code, text in verdict.errors],
+        version=DEFAULT_APPREC_VERSION,
+        software_name="meldingstjener",
+    )
+    if verdict.status is InboundStatus.MISADDRESSED_PURGED:
+        payload = _from_our_organisation(ctx, payload)
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id)
+        if verdict.alert:
+            raise_alert(
+                uow,
+                AlertKind.MISADDRESSED_RECEIVED,
+                f"message {row.id} ({row.msg_type}) from {row.from_her_id} was addressed to "
+                f"{verdict.errors[0][1].split()[1]}, which is not ours; it was purged and the "
+                "sender got a negative AppRec (E21)",
+                at=ctx.clock(),
+                message_id=row.id,
+                partner_her_id=row.from_her_id,
+            )
+            uow.commit()
+    try:
+        return _submit_answer(
+            ctx,
+            payload,
+            row,
+            verdict.status,
+            "msh",
+            AppRecStatus.REJECTED,
+            verdict.errors,
+            "AppRec",
+            purge=verdict.purge,
+        )
+    except AppRecRefused as refused:
+        with ctx.store.unit_of_work() as uow:
+            row = _inbound(uow, message_id, for_update=True)
+            uow.messages.set_status(
+                row,
+                verdict.status.value,
+                actor="msh",
+                code=refused.code,
+                detail=f"rejected, but the AppRec could not be sent: {refused.message}",
+            )
+            if verdict.purge and row.payload_ref:
+                ctx.store.payloads.delete(row.payload_ref)
+                row.payload_ref = None
+            uow.commit()
+        return None
+
+
+def _from_our_organisation(ctx: EngineContext, payload: bytes) -> bytes:
+    """An AppRec about a service we do not have comes from our organisation, not that service."""
+    apprec = read_apprec(payload)
+    organisation = sorted(ctx.own_her_ids, key=int)[0]
+    name = apprec.sender.inst.name or "meldingstjener"
+    sender = apprec_party_from(Party.of(name, organisation))
+    return serialize_apprec(dataclasses.replace(apprec, sender=sender))
+
+
+# --- sending side: incoming AppRecs and deadlines -----------------------------------------------
+
+
+def apply_incoming_apprec(
+    ctx: EngineContext, uow: UnitOfWork, received: MessageRow, message: Fagmelding
+) -> None:
+    """Match a received AppRec to what we sent (OriginalMsgId + sender) and update its status."""
+    now = ctx.clock()
+    candidates = [
+        m
+        for m in uow.messages.by_msg_id(Direction.OUTBOUND, str(message.apprec_original_msg_id))
+        if m.to_her_id in {received.from_her_id}
+        or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
+    ]
+    if not candidates:
+        uow.events.record(
+            received.id,
+            EventKind.NOTE,
+            actor="msh",
+            code="apprec-unmatched",
+            detail=f"AppRec from {received.from_her_id} for a message we did not send "
+            f"(OriginalMsgId {message.apprec_original_msg_id})",
+            at=now,
+        )
+        return
+    original = uow.messages.get(candidates[-1].id, for_update=True)
+    assert original is not None
+    status_code = message.apprec_status or "2"
+    target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
+    codes = [{"code": c, "text": t} for c, t in message.apprec_errors]
+    uow.receipts.add(
+        ReceiptRow(
+            message_id=original.id,
+            kind="apprec",
+            direction="in",
+            at=now,
+            ebxml_message_id=received.ebxml_message_id,
+            ref_to_message_id=original.msg_id,
+            apprec_status=status_code,
+            error_codes=codes or None,
+            description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
+        )
+    )
+    text = ", ".join(c for c, _ in message.apprec_errors)
+    if target.value in allowed_next(Direction.OUTBOUND, original.status):
+        uow.messages.set_status(
+            original,
+            target.value,
+            actor=f"apprec:{received.from_her_id}",
+            code=message.apprec_errors[0][0] if message.apprec_errors else None,
+            detail=f"AppRec {_API_STATUS_BY_CODE.get(status_code, status_code)}"
+            + (f" ({text})" if text else ""),
+            at=now,
+        )
+        uow.jobs.cancel_for_message(original.id)
+    else:
+        uow.events.record(
+            original.id,
+            EventKind.SIGNAL_IN,
+            actor=f"apprec:{received.from_her_id}",
+            detail=f"another AppRec arrived (status stays {original.status})",
+            at=now,
+        )
+    if target is not OutboundStatus.APPREC_OK:
+        raise_alert(
+            uow,
+            AlertKind.APPREC_REJECTED,
+            f"{received.from_her_id} answered message {original.id} ({original.msg_type}) with "
+            f"AppRec '{_API_STATUS_BY_CODE.get(status_code, status_code)}'"
+            + (f": {text}" if text else "")
+            + ". Follow up with the receiver; the content may not have reached the patient record.",
+            at=now,
+            message_id=original.id,
+            partner_her_id=received.from_her_id,
+        )
+    uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+
+
+def schedule_apprec_deadline(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
+    """After a transport receipt, expect an AppRec within the deadline for its message type."""
+    if row.msg_type == APPREC:
+        return  # an AppRec is never answered with an AppRec
+    deadline = ctx.policy.apprec_deadline(row.msg_type)
+    uow.jobs.schedule(
+        APPREC_DEADLINE,
+        ctx.clock() + deadline,
+        message_id=row.id,
+        dedup_key=f"{APPREC_DEADLINE}:{row.id}",
+    )
+
+
+def apprec_deadline_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
+        row = uow.messages.get(str(job.message_id))
+        if row is not None and row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value:
+            hours = ctx.policy.apprec_deadline(row.msg_type) / timedelta(hours=1)
+            raise_alert(
+                uow,
+                AlertKind.APPREC_MISSING,
+                f"no AppRec from {row.to_her_id} for message {row.id} ({row.msg_type}) "
+                f"{hours:g} h after its transport receipt. Ask the receiver whether it reached "
+                "the patient record.",
+                at=now,
+                message_id=row.id,
+                partner_her_id=row.to_her_id,
+            )
+            uow.events.record(
+                row.id,
+                EventKind.NOTE,
+                actor="worker",
+                code="apprec-missing",
+                detail=f"no AppRec within {hours:g} h",
+                at=now,
+            )
+        uow.commit()
+
+
+# --- status in the shape of EDI 2.0 ------------------------------------------------------------
+
+
+def transport_delivery_state(status: str) -> str:
+    if status in (OutboundStatus.TRANSPORT_ERROR.value, OutboundStatus.NOT_DELIVERED.value):
+        return "Rejected"
+    if status in (
+        OutboundStatus.ACCEPTED.value,
+        OutboundStatus.SENT.value,
+        OutboundStatus.RETRYING.value,
+    ):
+        return "Unconfirmed"
+    return "Acknowledged"
+
+
+def receiver_status(ctx: EngineContext, message_id: str) -> list[ReceiverStatus]:
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        if row is None or row.direction != Direction.OUTBOUND.value:
+            raise AppRecRefused("not-found", f"no sent message {message_id}")
+        return [
+            ReceiverStatus(
+                receiver_her_id=str(row.to_her_id),
+                transport_delivery_state=transport_delivery_state(row.status),
+                app_rec_status=_API_APPREC_STATUS.get(row.status),
+            )
+        ]
+
+
+def apprec_info(ctx: EngineContext, message_id: str) -> list[AppRecInfo]:
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        if row is None:
+            raise AppRecRefused("not-found", f"no message {message_id}")
+        received = [
+            r
+            for r in uow.receipts.for_message(message_id)
+            if r.kind == "apprec" and r.direction == "in"
+        ]
+    return [
+        AppRecInfo(
+            receiver_her_id=str(row.to_her_id),
+            app_rec_status=_API_STATUS_BY_CODE.get(str(r.apprec_status), "Rejected"),
+            errors=tuple(
+                (str(e.get("code")), str(e.get("text") or "")) for e in r.error_codes or []
+            ),
+            received_at=r.at,
+        )
+        for r in received
+    ]

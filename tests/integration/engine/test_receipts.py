@@ -1,0 +1,185 @@
+"""Application receipts, misaddressed messages and the end-to-end status, between two engines."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from engine_pair import Pair
+
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine import receipts
+from meldingstjener.engine.fagmelding import inspect
+from meldingstjener.engine.outbound import submit
+from meldingstjener.store.tables import AgreementRow, MessageRow, PartyRow
+
+
+def received(pair: Pair) -> MessageRow:
+    [row] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    return row
+
+
+def open_alerts(ctx: object, kind: str) -> list[object]:
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        return [a for a in uow.alerts.list(open_only=True) if a.kind == kind]
+
+
+def send_and_deliver(pair: Pair, text: str = "Notat") -> tuple[str, MessageRow]:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, text), actor="t")
+    pair.run()
+    row = received(pair)
+    receipts.deliver(pair.hospital, row.id, actor="epj:test")
+    return message_id, row
+
+
+def test_an_ok_apprec_closes_the_loop(pair: Pair) -> None:
+    message_id, row = send_and_deliver(pair)
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    assert receipts.receiver_status(pair.gp, message_id)[0].app_rec_status is None
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    [status] = receipts.receiver_status(pair.gp, message_id)
+    assert (status.receiver_her_id, status.transport_delivery_state, status.app_rec_status) == (
+        "8200002", "Acknowledged", "Ok",
+    )
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.app_rec_status == "Ok" and info.errors == ()
+    # the AppRec itself reached the GP as a message of its own, and got no AppRec back
+    apprecs = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
+    assert len(apprecs) == 1
+    with pytest.raises(receipts.AppRecRefused) as again:
+        receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    assert again.value.code == "already-answered"
+
+
+def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(pair: Pair) -> None:
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(
+        pair.hospital, row.id, status=2, errors=[("E35", "Pasienten finnes ikke")], actor="epj"
+    )
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "E35"
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.app_rec_status == "Rejected" and info.errors[0][0] == "E35"
+    [alert] = open_alerts(pair.gp, "apprec-rejected")
+    assert "E35" in alert.summary  # type: ignore[attr-defined]
+    assert pair.message(pair.hospital, row.id).status == "rejected"
+
+
+def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    pair.clock.advance(hours=23)
+    pair.run()
+    assert open_alerts(pair.gp, "apprec-missing") == []
+    pair.clock.advance(hours=2)
+    pair.run()
+    [alert] = open_alerts(pair.gp, "apprec-missing")
+    assert alert.message_id == message_id  # type: ignore[attr-defined]
+    # a late AppRec still closes the loop and resolves the alert
+    receipts.deliver(pair.hospital, received(pair).id, actor="epj")
+    receipts.send_apprec(pair.hospital, received(pair).id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    assert open_alerts(pair.gp, "apprec-missing") == []
+
+
+def _alias(pair: Pair, her_id: str) -> None:
+    """Let the GP address ``her_id`` as if it were a hospital service (it is not)."""
+    with pair.gp.store.unit_of_work() as uow:
+        party = uow.parties.get("8200002")
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert party is not None and agreement is not None
+        columns = {c.key: getattr(party, c.key) for c in party.__table__.columns}
+        uow.parties.upsert(PartyRow(**{**columns, "her_id": her_id}))
+        columns = {c.key: getattr(agreement, c.key) for c in agreement.__table__.columns}
+        uow.agreements.add(AgreementRow(**{**columns, "id": None, "counterparty_her_id": her_id}))
+        uow.commit()
+
+
+def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: Pair) -> None:
+    _alias(pair, "8200099")
+    nowhere = dataclasses.replace(pair.hospital_site, address_her_id="8200099",
+                                  service_name="Finnes ikke")
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    pair.run()
+    [row] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    assert row.status == "misaddressed-purged"
+    assert row.payload_ref is None  # purged: the content is gone
+    with pytest.raises(receipts.AppRecRefused):
+        receipts.deliver(pair.hospital, row.id, actor="epj")  # never reaches the inbox
+    assert pair.message(pair.hospital, row.id).status == "misaddressed-purged"
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "E21"
+    assert len(open_alerts(pair.hospital, "misaddressed-received")) == 1
+    with pair.hospital.store.unit_of_work() as uow:
+        details = " ".join(str(e.detail) for e in uow.events.for_message(row.id))
+    assert "feil tjeneste" not in details  # no content in the log
+
+
+def test_a_clinicians_wrong_recipient_report_sends_a_dialog_avvik(pair: Pair) -> None:
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    receipts.report_misaddressed(
+        pair.hospital, row.id, actor="epj:dr.hansen", reason="Pasienten er ikke vår"
+    )
+    pair.run()
+    after = pair.message(pair.hospital, row.id)
+    assert after.status == "misaddressed-purged" and after.payload_ref is None
+    [avvik] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "DIALOG_AVVIK"]
+    assert avvik.status == "acknowledged"
+    assert avvik.conversation_ref_to_parent == pair.message(pair.gp, message_id).msg_id
+    assert len(open_alerts(pair.hospital, "misaddressed-received")) == 1
+
+
+def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec = True
+        agreement.apprec_version = "1.0"
+        uow.commit()
+    message_id, row = send_and_deliver(pair)
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    [apprec] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
+    assert apprec.msg_type_version is not None and "2004-11-21" in apprec.msg_type_version
+
+
+def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
+    broken = dialog_note(pair.gp_site, pair.hospital_site, "x").replace(b"<MsgId>", b"<MsgId> ", 1)
+    message = inspect(broken)
+    message = dataclasses.replace(
+        message,
+        report=dataclasses.replace(
+            message.report,
+            problems=[*message.report.problems,
+                      type(message.report).__annotations__ and _problem()],
+        ),
+    )
+    verdict = receipts.judge(pair.hospital, message, "8200002")
+    assert verdict is not None and verdict.errors[0][0] == "T02" and not verdict.purge
+    ok = receipts.judge(pair.hospital, inspect(dialog_note(pair.gp_site, pair.hospital_site, "x")),
+                        "8200002")
+    assert ok is None
+
+
+def _problem() -> object:
+    from meldingstjener.formats import Problem
+
+    return Problem("xsd", "xsd-invalid", "/MsgHead/MsgInfo/MsgId", "not valid", "error")
+
+
+def test_transport_delivery_state_follows_the_status() -> None:
+    assert receipts.transport_delivery_state("retrying") == "Unconfirmed"
+    assert receipts.transport_delivery_state("not-delivered") == "Rejected"
+    assert receipts.transport_delivery_state("apprec-rejected") == "Acknowledged"
+    assert timedelta(hours=24)
