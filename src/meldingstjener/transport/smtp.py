@@ -17,7 +17,6 @@ needs), so a 50 MB message is never held whole by this module.
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -110,25 +109,24 @@ def mail_safe(chunks: Iterable[bytes]) -> bool:
     """Whether the bytes can travel in a 7bit mail unchanged: ASCII, CRLF line ends only, no
     line over 998 characters. Scans chunk by chunk, so a file is never read whole for this."""
     line = 0
-    previous = b""
+    carry = b""
     for chunk in chunks:
-        if not chunk.isascii() or b"\0" in chunk:
+        data = carry + chunk
+        if not data.isascii() or b"\0" in data:
             return False
-        joined = previous + chunk
-        if b"\n" in joined.replace(b"\r\n", b"") or b"\r" in joined[:-1].replace(b"\r\n", b""):
+        # A CR at the end is held back: its LF may begin the next chunk.
+        carry = b"\r" if data.endswith(b"\r") else b""
+        lines = data[: len(data) - len(carry)].split(b"\r\n")
+        if any(b"\r" in piece or b"\n" in piece for piece in lines):
             return False
-        pieces = chunk.split(b"\n")
-        if len(pieces) == 1:
-            line += len(chunk)
-        else:
-            line = max(line + len(pieces[0]), *(len(p) for p in pieces[1:-1]), 0)
-            if line > _MAX_LINE + 1:
+        if len(lines) > 1:
+            if line + len(lines[0]) > _MAX_LINE or any(len(x) > _MAX_LINE for x in lines[1:-1]):
                 return False
-            line = len(pieces[-1])
-        if line > _MAX_LINE + 1:
+            line = 0
+        line += len(lines[-1])
+        if line > _MAX_LINE:
             return False
-        previous = chunk[-1:]
-    return True
+    return not carry
 
 
 def reencode_for_mail(content_type: str, body: bytes) -> tuple[str, bytes]:
@@ -191,22 +189,27 @@ class SmtpTransport:
     def send(self, delivery: Delivery) -> TransportResult:
         to_address = mail_address(delivery.endpoint)
         self.guard.check(to_address)
+        # Checked before anything is read: a too-large message never costs a read or a connection.
+        self._check_size(len(self.render_head(delivery, to_address)) + _size(delivery.body))
         delivery = _mailable(delivery)
         head = self.render_head(delivery, to_address)
-        if isinstance(delivery.body, Path):
-            try:
-                body_size = delivery.body.stat().st_size
-            except OSError as exc:
-                raise TransportFailure(
-                    "body-missing",
-                    f"the stored message cannot be read: {exc.strerror}",
-                    retryable=False,
-                ) from None
-            body: Iterable[bytes] = _file_chunks(delivery.body)
-        else:
-            body_size = len(delivery.body)
-            body = [delivery.body]
-        size = len(head) + body_size
+        size = len(head) + _size(delivery.body)
+        self._check_size(size)  # again: base64 re-encoding makes a body a third larger
+        body: Iterable[bytes] = (
+            _file_chunks(delivery.body) if isinstance(delivery.body, Path) else [delivery.body]
+        )
+        timeout = min(self.timeout_seconds, delivery.timeout_seconds or self.timeout_seconds)
+        server = self._connect(timeout)
+        try:
+            self._transfer(server, to_address, size, _prepend(head, body))
+        finally:
+            _quietly_quit(server)
+        return TransportResult(status_code=250)
+
+    def close(self) -> None:
+        """Nothing to release: every send opens and closes its own connection."""
+
+    def _check_size(self, size: int) -> None:
         if size > self.max_mail_bytes:
             raise TransportFailure(
                 "too-large",
@@ -214,18 +217,6 @@ class SmtpTransport:
                 "per mail. Send the content another way or split it.",
                 retryable=False,
             )
-        timeout = min(self.timeout_seconds, delivery.timeout_seconds or self.timeout_seconds)
-        server = self._connect(timeout)
-        try:
-            self._transfer(
-                server,
-                to_address,
-                size,
-                [head, *body] if isinstance(body, list) else _prepend(head, body),
-            )
-        finally:
-            _quietly_quit(server)
-        return TransportResult(status_code=250)
 
     def _connect(self, timeout: float) -> smtplib.SMTP:
         port = self.port or _DEFAULT_PORTS[self.security]
@@ -256,7 +247,7 @@ class SmtpTransport:
             raise TransportFailure(
                 "smtp-tls-failed", f"TLS with {where} failed: {exc.reason}"
             ) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise TransportFailure("timeout", f"{where} did not answer in {timeout:g} s") from None
         except (OSError, smtplib.SMTPException) as exc:
             raise TransportFailure(
@@ -280,12 +271,23 @@ class SmtpTransport:
             raise TransportFailure(
                 "connection-lost", "the mail server closed the connection during the transfer"
             ) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise TransportFailure("timeout", "the mail server stopped answering") from None
         except OSError as exc:
             raise TransportFailure(
                 "connection-lost", f"the connection broke during the transfer: {exc.strerror}"
             ) from None
+
+
+def _size(body: bytes | Path) -> int:
+    if not isinstance(body, Path):
+        return len(body)
+    try:
+        return body.stat().st_size
+    except OSError as exc:
+        raise TransportFailure(
+            "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
+        ) from None
 
 
 def _mailable(delivery: Delivery) -> Delivery:

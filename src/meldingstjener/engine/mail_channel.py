@@ -1,0 +1,309 @@
+"""The mail channel's glue: the SMTP transport from settings, and the mailbox collector thread.
+
+Each collected mail goes through :meth:`MailIntake.on_mail`:
+
+1. split headers and body (:mod:`meldingstjener.ebxml.mime_headers`); a mail without headers
+   or Content-Type is unreadable -> quarantine;
+2. a MIME Message-Id already seen -> dropped (the mailbox delivered the same mail twice);
+3. :func:`meldingstjener.engine.inbound.receive` with ``channel="smtp"``: it stores the message
+   and its signal in one commit, or answers a MessageError, or refuses (InboundRefused);
+4. remember the Message-Id as seen (``mail-seen:<id>`` in the state table), then return, and
+   the collector deletes the mail from the box;
+5. refused or unreadable -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
+   named by its SHA-256 so writing it twice is harmless), an alert is raised, and
+   :class:`~meldingstjener.transport.mailbox.Quarantine` tells the collector it may delete it.
+
+Crash windows (the process may die between any two steps):
+
+* after 3 committed, before 4: the mail is collected again; its Message-Id is not marked yet,
+  so it reaches ``receive`` again, whose eb:MessageId duplicate check does not store it twice
+  and sends the original signal again. Nothing lost, nothing doubled.
+* after 4, before the mailbox deletion: collected again, dropped as a repeated Message-Id.
+* during 5, before the alert commit: collected again and quarantined again (same file name;
+  the alert is deduplicated by the mail's hash).
+* Marking the id BEFORE ``receive`` would be wrong: a crash in between would drop a mail that
+  was never stored. That is why the mark is the last step, not the first.
+
+A synchronous reply (SyncReply, or a sender we have no mail agreement with) has no way back by
+mail: it stays in the message log as the receipt of the message and is not mailed to the
+(unauthenticated) From address.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from meldingstjener.config import ConfigError, MailboxSettings, Settings, SmtpSettings
+from meldingstjener.ebxml.codes import EbxmlError
+from meldingstjener.ebxml.mime_headers import bare_content_id, split_header_block
+from meldingstjener.engine import inbound
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.uow import EventKind
+from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
+from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
+
+log = logging.getLogger(__name__)
+
+SEEN_PREFIX = "mail-seen:"
+_STATE_KEY_MAX = 128
+
+
+class MailSettingsError(ConfigError):
+    """The [smtp] or [mailbox] section cannot be used (a password that cannot be read)."""
+
+
+def _password(section: str, password_file: Path | None, password_env: str | None) -> str | None:
+    if password_file is not None:
+        try:
+            return password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError):
+            raise MailSettingsError(
+                f"{section}.password_file: {password_file} cannot be read or is empty"
+            ) from None
+    if password_env is not None:
+        value = os.environ.get(password_env)
+        if value is None:
+            raise MailSettingsError(f"{section}.password_env: {password_env} is not set")
+        return value
+    return None
+
+
+def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def build_smtp_transport(
+    settings: Settings, *, host: str = "meldingstjener"
+) -> SmtpTransport | None:
+    """The SMTP transport for ``settings.smtp``, or None when [smtp] has no host."""
+    smtp: SmtpSettings = settings.smtp
+    if smtp.host is None:
+        return None
+    assert smtp.edi_address is not None  # the settings validator requires it with a host
+    return SmtpTransport(
+        host=smtp.host,
+        port=smtp.port,
+        from_address=smtp.edi_address,
+        security=smtp.security,
+        username=smtp.username,
+        password=_password("smtp", smtp.password_file, smtp.password_env),
+        timeout_seconds=smtp.timeout_seconds,
+        max_mail_bytes=smtp.max_mail_bytes,
+        guard=EnvironmentGuard(settings.environment, smtp.test_domains, smtp.prod_domains),
+        ssl_context=_ssl_context(smtp.ca_file),
+        message_id_host=host,
+    )
+
+
+def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
+    """The collector for ``settings.mailbox``, or None when [mailbox] has no host."""
+    box: MailboxSettings = settings.mailbox
+    if box.host is None:
+        return None
+    assert box.username is not None  # the settings validator requires it with a host
+    return MailboxCollector(
+        protocol=box.protocol,
+        host=box.host,
+        port=box.port,
+        security=box.security,
+        username=box.username,
+        password=_password("mailbox", box.password_file, box.password_env) or "",
+        folder=box.folder,
+        timeout_seconds=box.timeout_seconds,
+        ssl_context=_ssl_context(box.ca_file),
+    )
+
+
+def seen_key(message_id: str) -> str:
+    """The state key remembering one MIME Message-Id (hashed when too long for the column)."""
+    key = SEEN_PREFIX + message_id
+    if len(key) <= _STATE_KEY_MAX:
+        return key
+    return SEEN_PREFIX + "sha256:" + hashlib.sha256(message_id.encode()).hexdigest()
+
+
+@dataclass
+class MailIntake:
+    """Turns collected mails into received messages (see the module docstring)."""
+
+    ctx: EngineContext
+    quarantine_dir: Path
+
+    def on_mail(self, raw: bytes) -> None:
+        try:
+            headers, body_start = split_header_block(raw, 0, len(raw), "mail")
+        except EbxmlError as exc:
+            self._quarantine(raw, str(exc.code), None)
+        content_type = headers.get("Content-Type")
+        raw_id = headers.get("Message-ID")
+        message_id = bare_content_id(raw_id) if raw_id else None
+        if not content_type:
+            self._quarantine(raw, "MimeProblem", message_id)
+        if message_id is not None and self._seen(message_id):
+            log.info("dropped a repeated mail (its Message-Id was collected before)")
+            return
+        try:
+            body = _decoded_body(raw, body_start, headers.get("Content-Transfer-Encoding"))
+        except binascii.Error:
+            self._quarantine(raw, "MimeProblem", message_id)
+        try:
+            inbound.receive(self.ctx, str(content_type), body, channel="smtp")
+        except inbound.InboundRefused as refused:
+            self._quarantine(raw, refused.code, message_id)
+        if message_id is not None:
+            with self.ctx.store.unit_of_work() as uow:
+                uow.state.set(seen_key(message_id), self.ctx.clock().isoformat())
+                uow.commit()
+
+    def _seen(self, message_id: str) -> bool:
+        with self.ctx.store.unit_of_work() as uow:
+            return uow.state.get(seen_key(message_id)) is not None
+
+    def _quarantine(self, raw: bytes, code: str, message_id: str | None) -> NoReturn:
+        """Store the mail aside durably, alert, and tell the collector (raises Quarantine)."""
+        digest = hashlib.sha256(raw).hexdigest()
+        path = self.quarantine_dir / f"{digest[:32]}.eml"
+        _write_durably(path, raw)
+        now = self.ctx.clock()
+        summary = (
+            f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
+            f"{path}"
+            + (f" (Message-Id {message_id[:120]})" if message_id else "")
+            + ". Look at it, and ask the sender to resend if it was meant for us."
+        )
+        with self.ctx.store.unit_of_work() as uow:
+            uow.events.record(
+                None, EventKind.ERROR, actor="smtp", code=code, detail=summary, at=now
+            )
+            raise_alert(uow, AlertKind.MAIL_QUARANTINED, summary, at=now, key=digest[:32])
+            uow.commit()
+        log.warning("quarantined a mail (%s) as %s", code, path.name)
+        raise Quarantine(code)
+
+
+def _decoded_body(raw: bytes, start: int, encoding: str | None) -> bytes:
+    """The mail body as the HTTP channel would carry it (some gateways base64 the whole)."""
+    name = (encoding or "7bit").strip().lower()
+    if name == "base64":
+        return binascii.a2b_base64(raw[start:])
+    if name == "quoted-printable":
+        return binascii.a2b_qp(raw[start:])
+    return raw[start:]
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write, fsync the file, rename into place, fsync the folder: it survives a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class MailCollectorThread(threading.Thread):
+    """Collects on an interval, and at once when :meth:`collect_now` asks."""
+
+    def __init__(
+        self,
+        collector: MailboxCollector,
+        intake: MailIntake,
+        interval_seconds: float,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="mail-collector", daemon=True)
+        self.collector = collector
+        self.intake = intake
+        self.interval_seconds = interval_seconds
+        self.stop_event = stop
+        self.last_result: CollectResult | None = None
+        self.last_failure: TransportFailure | None = None
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._rounds = 0
+        self._collecting = False
+
+    def collect_now(self, *, wait: bool = True, timeout: float = 60.0) -> CollectResult | None:
+        """Ask for a collection at once. With ``wait``: block until a collection that began
+        after this call has finished, and return its result (None on failure or time-out)."""
+        with self._done:
+            wanted = self._rounds + 2 if self._collecting else self._rounds + 1
+            self._wake.set()
+            if not wait:
+                return None
+            if not self._done.wait_for(lambda: self._rounds >= wanted, timeout):
+                return None
+            return self.last_result
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with self._done:
+                self._collecting = True
+                self._wake.clear()
+            self._collect_round()
+            with self._done:
+                self._collecting = False
+                self._rounds += 1
+                self._done.notify_all()
+            self._pause()
+
+    def _collect_round(self) -> None:
+        try:
+            self.last_result = self.collector.collect_once(self.intake.on_mail)
+            self.last_failure = None
+        except TransportFailure as failure:
+            self.last_result = None
+            self.last_failure = failure
+            log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
+        except Exception:
+            self.last_result = None
+            log.exception("mail collection failed unexpectedly; trying again next round")
+
+    def _pause(self) -> None:
+        # Waits in slices so a stop is noticed within a second even with long intervals.
+        remaining = self.interval_seconds
+        while remaining > 0 and not self.stop_event.is_set():
+            step = min(remaining, 1.0)
+            if self._wake.wait(step):
+                return
+            remaining -= step
+
+
+def start_mail_collector(
+    ctx: EngineContext, settings: Settings, stop: threading.Event
+) -> MailCollectorThread | None:
+    """Start polling our mailbox, or return None when [mailbox] is not configured."""
+    collector = build_mailbox_collector(settings)
+    if collector is None:
+        return None
+    intake = MailIntake(ctx, settings.data_dir / "quarantine")
+    thread = MailCollectorThread(collector, intake, settings.mailbox.poll_interval_seconds, stop)
+    thread.start()
+    return thread
+
+
+__all__ = [
+    "MailCollectorThread",
+    "MailIntake",
+    "MailSettingsError",
+    "build_mailbox_collector",
+    "build_smtp_transport",
+    "seen_key",
+    "start_mail_collector",
+]

@@ -1,0 +1,269 @@
+"""Collecting ebXML mail from our own mailbox, by POP3 or IMAP (TLS, STARTTLS or plain).
+
+One collection (:meth:`MailboxCollector.collect_once`) hands every mail in the box, raw, to a
+callback and deletes a mail only after the callback returned: the callback stores the content
+durably first. A callback raising :class:`Quarantine` has stored the mail aside itself, so the
+mail is deleted too; any other exception leaves the mail in the box for the next collection.
+
+Failing half-way is safe by construction. POP3 deletes only at QUIT (RFC 1939 section 6), so a
+connection lost before QUIT deletes nothing and the next collection sees those mails again; the
+callback drops them by their MIME Message-Id (or the engine by eb:MessageId). IMAP marks each
+mail \\Deleted and expunges it (UID EXPUNGE when offered) right after the callback; a mail whose
+flag never reached the server is simply collected again. Nothing is deleted that was not stored.
+
+POP3 sessions are closed with QUIT every ``batch`` mails, so a drop late in a large collection
+does not make the whole box come again. Mails are read whole (poplib and imaplib have no
+streaming); the size limit of the network (51.2 MB) bounds what that costs.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import poplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meldingstjener.transport.base import TransportFailure
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["pop3", "imap"]
+_DEFAULT_PORTS = {
+    ("pop3", "tls"): 995,
+    ("pop3", "starttls"): 110,
+    ("pop3", "none"): 110,
+    ("imap", "tls"): 993,
+    ("imap", "starttls"): 143,
+    ("imap", "none"): 143,
+}
+
+
+class Quarantine(Exception):
+    """Raised by the callback: the mail cannot be processed and was stored aside durably (with
+    an alert). The collector deletes it from the box; ``reason`` is a short code for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class CollectResult:
+    """What one collection did. ``kept`` mails stay in the box (the callback failed)."""
+
+    found: int = 0
+    delivered: int = 0
+    quarantined: int = 0
+    kept: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: CollectResult) -> None:
+        self.found += other.found
+        self.delivered += other.delivered
+        self.quarantined += other.quarantined
+        self.kept += other.kept
+        self.problems += other.problems
+
+
+OnMail = Callable[[bytes], None]
+
+
+@dataclass
+class MailboxCollector:
+    """Collects from one mailbox. ``protocol`` is ``pop3`` or ``imap``."""
+
+    protocol: Protocol
+    host: str
+    username: str
+    password: str = field(repr=False)
+    port: int | None = None
+    security: str = "tls"
+    folder: str = "INBOX"
+    timeout_seconds: float = 60.0
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    batch: int = 50
+
+    def __post_init__(self) -> None:
+        if (self.protocol, self.security) not in _DEFAULT_PORTS:
+            raise ValueError(
+                f"protocol must be pop3 or imap and security tls, starttls or none "
+                f"(got {self.protocol!r}, {self.security!r})"
+            )
+
+    @property
+    def where(self) -> str:
+        port = self.port or _DEFAULT_PORTS[(self.protocol, self.security)]
+        return f"{self.protocol}://{self.host}:{port}"
+
+    def collect_once(self, on_mail: OnMail) -> CollectResult:
+        """Collect every mail now in the box. Raises :class:`TransportFailure` when the mailbox
+        cannot be reached or the connection breaks; what was handled before stays handled."""
+        try:
+            if self.protocol == "pop3":
+                return self._collect_pop3(on_mail)
+            return self._collect_imap(on_mail)
+        except TransportFailure:
+            raise
+        except ssl.SSLError as exc:
+            raise TransportFailure(
+                "mailbox-tls-failed", f"TLS with {self.where} failed: {exc.reason}"
+            ) from None
+        except TimeoutError:
+            raise TransportFailure("timeout", f"{self.where} stopped answering") from None
+        except (OSError, EOFError, poplib.error_proto, imaplib.IMAP4.error) as exc:
+            raise TransportFailure(
+                "mailbox-connection-lost",
+                f"the connection to {self.where} failed: {type(exc).__name__}",
+            ) from None
+
+    # --- POP3 ------------------------------------------------------------------------------
+
+    def _pop3_session(self) -> poplib.POP3:
+        port = self.port or _DEFAULT_PORTS[("pop3", self.security)]
+        context = self.ssl_context or ssl.create_default_context()
+        session: poplib.POP3
+        if self.security == "tls":
+            session = poplib.POP3_SSL(
+                self.host, port, timeout=self.timeout_seconds, context=context
+            )
+        else:
+            session = poplib.POP3(self.host, port, timeout=self.timeout_seconds)
+            if self.security == "starttls":
+                session.stls(context=context)
+        try:
+            session.user(self.username)
+            session.pass_(self.password)
+        except poplib.error_proto:
+            session.close()
+            raise TransportFailure(
+                "mailbox-auth-failed", f"{self.where} refused the login of {self.username}"
+            ) from None
+        return session
+
+    def _collect_pop3(self, on_mail: OnMail) -> CollectResult:
+        result = CollectResult()
+        while True:
+            session = self._pop3_session()
+            try:
+                listing = session.list()[1]
+                count = len(listing)
+                if result.found == 0:
+                    result.found = count
+                handled = self._pop3_batch(session, listing, on_mail, result)
+            except BaseException:
+                # No QUIT: the server rolls the session's deletions back (RFC 1939 section 6).
+                session.close()
+                raise
+            session.quit()  # commits the deletions of this batch
+            if handled < self.batch or count <= self.batch:
+                return result
+
+    def _pop3_batch(
+        self, session: poplib.POP3, listing: list[bytes], on_mail: OnMail, result: CollectResult
+    ) -> int:
+        """Handle up to ``batch`` mails; return how many were looked at."""
+        looked = 0
+        for line in listing:
+            if looked >= self.batch:
+                break
+            number = int(line.split()[0])
+            raw = b"\r\n".join(session.retr(number)[1]) + b"\r\n"
+            looked += 1
+            if self._hand_over(on_mail, raw, result):
+                session.dele(number)
+        # Mails kept in the box would be looked at again by the next batch forever.
+        return looked if result.kept == 0 else 0
+
+    # --- IMAP ------------------------------------------------------------------------------
+
+    def _imap_session(self) -> imaplib.IMAP4:
+        port = self.port or _DEFAULT_PORTS[("imap", self.security)]
+        context = self.ssl_context or ssl.create_default_context()
+        session: imaplib.IMAP4
+        if self.security == "tls":
+            session = imaplib.IMAP4_SSL(
+                self.host, port, ssl_context=context, timeout=self.timeout_seconds
+            )
+        else:
+            session = imaplib.IMAP4(self.host, port, timeout=self.timeout_seconds)
+            if self.security == "starttls":
+                session.starttls(ssl_context=context)
+        try:
+            session.login(self.username, self.password)
+        except imaplib.IMAP4.error:
+            session.shutdown()
+            raise TransportFailure(
+                "mailbox-auth-failed", f"{self.where} refused the login of {self.username}"
+            ) from None
+        status, _ = session.select(_quoted(self.folder))
+        if status != "OK":
+            session.logout()
+            raise TransportFailure(
+                "mailbox-folder", f"{self.where} has no folder {self.folder!r}", retryable=False
+            )
+        return session
+
+    def _collect_imap(self, on_mail: OnMail) -> CollectResult:
+        result = CollectResult()
+        session = self._imap_session()
+        try:
+            uidplus = "UIDPLUS" in session.capabilities
+            status, data = session.uid("SEARCH", "UNDELETED")
+            if status != "OK":
+                raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH")
+            uids = data[0].split() if data and data[0] else []
+            result.found = len(uids)
+            for uid in uids:
+                raw = _fetched_body(session.uid("FETCH", uid, "(UID BODY.PEEK[])"))
+                if raw is None:
+                    continue  # expunged meanwhile by another collector
+                if self._hand_over(on_mail, raw, result):
+                    session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
+                    if uidplus:
+                        session.uid("EXPUNGE", uid)
+            if not uidplus:
+                session.expunge()
+        except BaseException:
+            session.shutdown()
+            raise
+        session.close()
+        session.logout()
+        return result
+
+    # --- both ------------------------------------------------------------------------------
+
+    def _hand_over(self, on_mail: OnMail, raw: bytes, result: CollectResult) -> bool:
+        """Give one mail to the callback; return whether it may be deleted."""
+        try:
+            on_mail(raw)
+        except Quarantine as quarantined:
+            result.quarantined += 1
+            result.problems.append(f"quarantined: {quarantined.reason}")
+            return True
+        except Exception as exc:  # any failure keeps the mail; the next collection retries
+            result.kept += 1
+            result.problems.append(f"kept in the mailbox: {type(exc).__name__}")
+            log.warning("a mail stays in %s: %s", self.where, type(exc).__name__)
+            return False
+        result.delivered += 1
+        return True
+
+
+def _quoted(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _fetched_body(response: tuple[str, list[object]]) -> bytes | None:
+    status, data = response
+    if status != "OK":
+        raise imaplib.IMAP4.error("FETCH refused")
+    for item in data:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+            return item[1]
+    return None
+
+
+__all__ = ["CollectResult", "MailboxCollector", "OnMail", "Quarantine"]

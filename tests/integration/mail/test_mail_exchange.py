@@ -1,0 +1,193 @@
+"""Two message servers exchanging messages and Acknowledgments by mail only, through the real
+Postfix and Dovecot; and a mailbox connection cut in the middle of a collection, which loses
+and doubles nothing."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from mailtest_support import (
+    CuttingProxy,
+    MailSite,
+    mail_pair,
+    mailbox_count,
+    wait_for_mail,
+)
+
+from meldingstjener.devsites import dialog_question
+from meldingstjener.engine.mail_channel import (
+    MailCollectorThread,
+    seen_key,
+    start_mail_collector,
+)
+from meldingstjener.engine.outbound import submit
+from meldingstjener.model import InboundStatus, OutboundStatus
+from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.mailbox import MailboxCollector
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_boxes: list[str],
+    pki_template: Path,
+) -> tuple[MailSite, MailSite]:
+    gp, hospital = mail_pair(tmp_path, monkeypatch, pki_template)
+    fresh_boxes.append(gp.user)
+    fresh_boxes.append(hospital.user)
+    return gp, hospital
+
+
+def _send_questions(gp: MailSite, hospital: MailSite, count: int) -> list[str]:
+    ids = [
+        submit(
+            gp.ctx,
+            dialog_question(gp.site, hospital.site, f"spørsmål {n}"),
+            actor="test",
+        )
+        for n in range(count)
+    ]
+    gp.work()
+    return ids
+
+
+def test_messages_and_acknowledgments_travel_by_mail_only(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    gp, hospital = pair
+    (message_id,) = _send_questions(gp, hospital, 1)
+    assert gp.messages("out")[0].status == OutboundStatus.SENT.value
+
+    wait_for_mail(hospital.user, 1, tls_context)
+    assert hospital.collect().delivered == 1
+    (received,) = hospital.messages("in")
+    assert received.channel == "smtp"
+    assert received.status == InboundStatus.ACKNOWLEDGED.value
+    assert mailbox_count(hospital.user, tls_context) == 0
+
+    assert hospital.work() >= 1  # the Acknowledgment goes back by mail
+    wait_for_mail(gp.user, 1, tls_context)
+    assert gp.collect().delivered == 1
+    with gp.ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        assert row is not None
+        assert row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value
+        receipts = uow.receipts.for_message(message_id)
+    assert [r.kind for r in receipts if r.direction == "in"] == ["acknowledgment"]
+
+
+@pytest.mark.parametrize(("protocol", "port"), [("pop3", 995), ("imap", 993)])
+def test_a_connection_cut_mid_collection_loses_and_doubles_nothing(
+    pair: tuple[MailSite, MailSite],
+    tls_context: ssl.SSLContext,
+    proxy_factory: list[CuttingProxy],
+    protocol: str,
+    port: int,
+) -> None:
+    gp, hospital = pair
+    sent = _send_questions(gp, hospital, 4)
+    wait_for_mail(hospital.user, 4, tls_context)
+
+    handed: list[bytes] = []
+
+    def counting(raw: bytes) -> None:
+        handed.append(raw)
+        hospital.intake.on_mail(raw)
+
+    # Cut the stream from the server after about two and a half mails.
+    mail_size = len(
+        Path(str(gp.ctx.store.payloads.path(str(gp.messages("out")[0].wire_ref)))).read_bytes()
+    )
+    proxy = CuttingProxy(port, cut_after=int(mail_size * 2.5)).start()
+    proxy_factory.append(proxy)
+    cut = MailboxCollector(
+        protocol=protocol,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=proxy.port,
+        security="tls",
+        username=hospital.user,
+        password=hospital.collector.password,
+        ssl_context=tls_context,
+    )
+    with pytest.raises(TransportFailure) as caught:
+        cut.collect_once(counting)
+    assert caught.value.code == "mailbox-connection-lost"
+    assert proxy.cuts == 1
+    assert 1 <= len(handed) < 4  # the cut really came in the middle
+    stored_before = len(hospital.messages("in"))
+    assert stored_before == len(handed)
+
+    again = hospital.collect()  # directly, no proxy
+    assert again.kept == 0 and again.quarantined == 0
+    received = hospital.messages("in")
+    assert len(received) == 4
+    assert len({m.ebxml_message_id for m in received}) == 4
+    assert mailbox_count(hospital.user, tls_context) == 0
+
+    # Every message is acknowledged exactly once, by mail, and reaches its sender.
+    hospital.work()
+    wait_for_mail(gp.user, 4, tls_context)
+    assert gp.collect().delivered == 4
+    statuses = {gp.messages("out")[i].status for i in range(4)}
+    assert statuses == {OutboundStatus.TRANSPORT_ACKNOWLEDGED.value}
+    assert sorted(m.id for m in gp.messages("out")) == sorted(sent)
+    assert mailbox_count(gp.user, tls_context) == 0
+
+
+def test_the_crash_window_between_storing_and_marking_is_answered_by_the_ebxml_check(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    """A crash after the message was stored but before its Message-Id was marked seen: the mail
+    comes again, and the eb:MessageId duplicate check keeps it from being stored twice."""
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+    raw: list[bytes] = []
+    hospital.collector.collect_once(raw.append)  # fetched and deleted, kept here
+    hospital.intake.on_mail(raw[0])
+    with hospital.ctx.store.unit_of_work() as uow:  # undo the mark: the crash came before it
+        message_id = raw[0].split(b"Message-Id: <", 1)[1].split(b">", 1)[0].decode()
+        key = seen_key(message_id)
+        assert uow.state.get(key) is not None
+        from meldingstjener.store.tables import StateRow
+
+        uow.session.delete(uow.session.get(StateRow, key))
+        uow.commit()
+    jobs_before = _jobs(hospital)
+    hospital.intake.on_mail(raw[0])  # the same mail again
+    assert len(hospital.messages("in")) == 1
+    assert _jobs(hospital) == jobs_before + 1  # the eb:MessageId check: our signal again
+    hospital.intake.on_mail(raw[0])  # and once more, now dropped by its Message-Id
+    assert len(hospital.messages("in")) == 1
+    assert _jobs(hospital) == jobs_before + 1  # not even the signal is repeated
+
+
+def _jobs(site: MailSite) -> int:
+    with site.ctx.store.unit_of_work() as uow:
+        return uow.jobs.count()
+
+
+def test_the_collector_thread_collects_on_demand(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+    stop = threading.Event()
+    thread = start_mail_collector(hospital.ctx, hospital.settings, stop)  # as serve starts it
+    assert isinstance(thread, MailCollectorThread)
+    try:
+        first = thread.collect_now(timeout=30)
+        if first is not None and first.found == 0:
+            first = thread.collect_now(timeout=30)  # the first round began before the mail
+        assert first is not None
+        assert len(hospital.messages("in")) == 1
+    finally:
+        stop.set()
+        thread.collect_now(wait=False)
+        thread.join(timeout=30)
+    assert not thread.is_alive()

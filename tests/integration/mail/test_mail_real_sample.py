@@ -1,0 +1,130 @@
+"""The real third-party ebXML mail (../shared/reference/samples/ebxml/real-smtp-mail), dropped into
+our mailbox through Postfix: collected, parsed, its signature verified with its certificate as
+of its signing time, and then answered with a MessageError (not quarantined) — its header is
+readable, so an ebXML answer can be addressed; it is refused because its sender (HER 8141253)
+is no communication party of ours (and its receiver, HER 79768, is not us either). Unreadable
+mail, by contrast, is quarantined with an alert."""
+
+from __future__ import annotations
+
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from mailtest_support import MailSite, drop_mail, mail_gp, mailbox_count, wait_for_mail
+
+from meldingstjener.ebxml import parse_envelope
+from meldingstjener.ebxml.mime import unpackage_message
+from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.mail_channel import seen_key
+from meldingstjener.formats.xmlparse import parse_xml
+from meldingstjener.model import InboundStatus
+from meldingstjener.security.certs import load_certificate
+from meldingstjener.security.devpki import init_pki
+from meldingstjener.security.validation import CertificateValidator, Reason
+from meldingstjener.security.xmldsig import verify_ebxml_envelope
+
+STEM = "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328"
+
+
+@pytest.fixture
+def gp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_boxes: list[str], pki_template: Path
+) -> MailSite:
+    site = mail_gp(tmp_path, monkeypatch, pki_template)
+    fresh_boxes.append(site.user)
+    return site
+
+
+def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
+    gp: MailSite, tls_context: ssl.SSLContext, reference_dir: Path, tmp_path: Path
+) -> None:
+    original = (reference_dir / f"{STEM}.msg").read_bytes()
+    certificate = load_certificate(reference_dir / f"{STEM}.cer")
+    drop_mail(gp.user, original)
+    wait_for_mail(gp.user, 1, tls_context)
+
+    checked: list[datetime] = []
+
+    def verify_then_receive(raw: bytes) -> None:
+        mime = unpackage_message(raw)
+        root = parse_xml(mime.envelope_xml)
+        check = verify_ebxml_envelope(root, mime.attachment_bytes(), certificate=certificate)
+        assert check.valid, check.problem
+        signed_at = parse_envelope(root).header.timestamp
+        checked.append(signed_at)
+        gp.intake.on_mail(raw)
+
+    # A failed assertion in the callback would leave the mail in the box (counted as kept).
+    result = gp.collector.collect_once(verify_then_receive)
+    assert (result.found, result.delivered, result.quarantined) == (1, 1, 0), result.problems
+    assert mailbox_count(gp.user, tls_context) == 0
+
+    # The certificate was valid when the message was signed, and has expired since.
+    (signed_at,) = checked
+    assert signed_at.astimezone(UTC).date().isoformat() == "2023-08-29"
+    # Any trust anchor will do: we lack the issuer's test CA, so "untrusted" is expected too.
+    anchor = init_pki(tmp_path / "ca", []).ca_certificate
+    validator = CertificateValidator([anchor], check_revocation=False)
+    assert (
+        Reason.EXPIRED not in validator.validate(certificate, usage="signing", at=signed_at).reasons
+    )
+    later = validator.validate(certificate, usage="signing", at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert Reason.EXPIRED in later.reasons
+
+    # The engine answered with a MessageError; it stays in the log (no agreement to mail it to).
+    (row,) = gp.messages("in")
+    assert row.status == InboundStatus.REJECTED.value
+    assert (row.from_her_id, row.to_her_id, row.channel) == ("8141253", "79768", "smtp")
+    with gp.ctx.store.unit_of_work() as uow:
+        (receipt,) = uow.receipts.for_message(row.id)
+        assert receipt.kind == "message-error"
+        assert receipt.error_codes is not None
+        assert receipt.error_codes[0]["code"] == "SecurityFailure"
+        assert uow.jobs.count() == 0  # nothing is mailed to an unknown sender
+        message_id = unpackage_message(original).message_id
+        assert message_id is not None
+        assert uow.state.get(seen_key(message_id)) is not None
+
+    # The same mail again is dropped by its Message-Id and deleted.
+    drop_mail(gp.user, original)
+    wait_for_mail(gp.user, 1, tls_context)
+    assert gp.collect().delivered == 1
+    assert len(gp.messages("in")) == 1
+    assert mailbox_count(gp.user, tls_context) == 0
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        b"Message-Id: <plain-1@x>\r\nContent-Type: text/plain\r\n\r\nhello\r\n",
+        b"Message-Id: <none-1@x>\r\nSubject: no content type\r\n\r\nhello\r\n",
+        b"Message-Id: <cut-1@x>\r\nContent-Type: multipart/related; boundary=b\r\n\r\n--b\r\n",
+    ],
+    ids=["not-ebxml", "no-content-type", "truncated"],
+)
+def test_an_unreadable_mail_is_quarantined_with_an_alert(
+    gp: MailSite, tls_context: ssl.SSLContext, mail: bytes
+) -> None:
+    drop_mail(gp.user, mail)
+    wait_for_mail(gp.user, 1, tls_context)
+    collected: list[bytes] = []
+
+    def keep_copy(raw: bytes) -> None:
+        collected.append(raw)
+        gp.intake.on_mail(raw)
+
+    result = gp.collector.collect_once(keep_copy)
+    assert (result.found, result.quarantined, result.kept) == (1, 1, 0)
+    assert mailbox_count(gp.user, tls_context) == 0
+    files = list(gp.intake.quarantine_dir.glob("*.eml"))
+    assert len(files) == 1
+    assert files[0].read_bytes() == collected[0]  # the whole mail, as collected
+    with gp.ctx.store.unit_of_work() as uow:
+        alerts = [
+            a for a in uow.alerts.list(open_only=True) if a.kind == AlertKind.MAIL_QUARANTINED
+        ]
+        assert len(alerts) == 1
+        assert files[0].name in alerts[0].summary
+    assert gp.messages("in") == []

@@ -1,0 +1,151 @@
+"""SmtpTransport and MailboxCollector against the real local Postfix and Dovecot: STARTTLS with
+login, TLS and plain; POP3 and IMAP; what is deleted and what stays; SMTP error classes."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from mailtest_support import PASSWORD, address, drop_mail, mailbox_count, wait_for_mail
+
+from meldingstjener.ebxml.mime import Attachment, package, unpackage_message
+from meldingstjener.transport.base import Delivery, TransportFailure
+from meldingstjener.transport.mailbox import MailboxCollector, Quarantine
+from meldingstjener.transport.smtp import SmtpTransport
+
+SENDER = "8300001"
+BOX = "8300003"
+
+
+def _transport(context: ssl.SSLContext, **kwargs: object) -> SmtpTransport:
+    options: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 587,
+        "security": "starttls",
+        "username": address(SENDER),
+        "password": PASSWORD,
+        "from_address": address(SENDER),
+        "ssl_context": context,
+    }
+    options.update(kwargs)
+    return SmtpTransport(**options)  # type: ignore[arg-type]
+
+
+def _collector(context: ssl.SSLContext, protocol: str, security: str) -> MailboxCollector:
+    return MailboxCollector(
+        protocol=protocol,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        security=security,
+        username=address(BOX),
+        password=PASSWORD,
+        ssl_context=context,
+    )
+
+
+def _message(payload: bytes) -> tuple[bytes, str]:
+    return package(b"<SOAP:Envelope/>", [Attachment("p@x", "application/pkcs7-mime", payload)])
+
+
+@pytest.mark.parametrize(
+    ("protocol", "security"),
+    [("pop3", "tls"), ("pop3", "starttls"), ("imap", "tls"), ("imap", "starttls")],
+)
+def test_sent_mail_is_collected_unchanged_and_deleted(
+    tls_context: ssl.SSLContext,
+    fresh_boxes: list[str],
+    tmp_path: Path,
+    protocol: str,
+    security: str,
+) -> None:
+    fresh_boxes.append(address(BOX))
+    payload = b".a line that starts with a dot\r\n" * 3 + bytes(range(256)) * 100
+    body, content_type = _message(payload)
+    wire = tmp_path / "wire.mime"
+    wire.write_bytes(body)
+    delivery = Delivery(f"mailto:{address(BOX)}", content_type, wire, ebxml_message_id="m-1")
+    transport = _transport(tls_context)
+    transport.send(delivery)
+    transport.send(delivery)  # a resend of the same ebXML message: a second, distinct mail
+    wait_for_mail(address(BOX), 2, tls_context)
+
+    collected: list[bytes] = []
+    result = _collector(tls_context, protocol, security).collect_once(collected.append)
+
+    assert (result.found, result.delivered, result.kept) == (2, 2, 0)
+    mails = [unpackage_message(raw) for raw in collected]
+    assert all(m.attachment_bytes() == {"p@x": payload} for m in mails)
+    assert all(m.headers.get("soapaction") == '"ebXML"' for m in mails)
+    assert mails[0].message_id != mails[1].message_id
+    assert mailbox_count(address(BOX), tls_context) == 0
+
+
+def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str]
+) -> None:
+    fresh_boxes.append(address(BOX))
+    for number in (1, 2):
+        drop_mail(
+            address(BOX), f"Message-Id: <n{number}@x>\r\nSubject: {number}\r\n\r\nx\r\n".encode()
+        )
+    wait_for_mail(address(BOX), 2, tls_context)
+
+    def fail_always(raw: bytes) -> None:
+        raise RuntimeError("the database is down")
+
+    collector = _collector(tls_context, "imap", "tls")
+    kept = collector.collect_once(fail_always)
+    assert (kept.found, kept.kept, kept.delivered) == (2, 2, 0)
+    assert mailbox_count(address(BOX), tls_context) == 2
+
+    def quarantine(raw: bytes) -> None:
+        raise Quarantine("MimeProblem")
+
+    pop = _collector(tls_context, "pop3", "tls")
+    aside = pop.collect_once(quarantine)
+    assert (aside.found, aside.quarantined) == (2, 2)
+    assert mailbox_count(address(BOX), tls_context) == 0
+
+
+def test_plain_port_25_without_login(tls_context: ssl.SSLContext, fresh_boxes: list[str]) -> None:
+    fresh_boxes.append(address(BOX))
+    body, content_type = _message(b"x")
+    _transport(tls_context, port=25, security="none", username=None).send(
+        Delivery(f"mailto:{address(BOX)}", content_type, body)
+    )
+    wait_for_mail(address(BOX), 1, tls_context)
+
+
+def test_a_wrong_password_is_a_retryable_auth_failure(tls_context: ssl.SSLContext) -> None:
+    with pytest.raises(TransportFailure) as caught:
+        _transport(tls_context, password="wrong").send(
+            Delivery(f"mailto:{address(BOX)}", "text/xml", b"<x/>\r\n")
+        )
+    assert caught.value.code == "smtp-auth-failed"
+    assert caught.value.retryable
+
+
+def test_an_unknown_recipient_is_a_permanent_5xx(tls_context: ssl.SSLContext) -> None:
+    with pytest.raises(TransportFailure) as caught:
+        _transport(tls_context).send(
+            Delivery("mailto:9999999@testedi.nhn.no", "text/xml", b"<x/>\r\n")
+        )
+    assert caught.value.code.startswith("smtp-5")
+    assert not caught.value.retryable
+
+
+def test_an_untrusted_certificate_fails_tls(tls_context: ssl.SSLContext) -> None:
+    with pytest.raises(TransportFailure) as caught:
+        _transport(tls_context, ssl_context=ssl.create_default_context()).send(
+            Delivery(f"mailto:{address(BOX)}", "text/xml", b"<x/>\r\n")
+        )
+    assert caught.value.code == "smtp-tls-failed"
+
+
+def test_a_wrong_mailbox_password_is_an_auth_failure(tls_context: ssl.SSLContext) -> None:
+    for protocol in ("pop3", "imap"):
+        collector = _collector(tls_context, protocol, "tls")
+        collector.password = "wrong"
+        with pytest.raises(TransportFailure) as caught:
+            collector.collect_once(lambda raw: None)
+        assert caught.value.code == "mailbox-auth-failed"

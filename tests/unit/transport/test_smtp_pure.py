@@ -1,0 +1,193 @@
+"""The pure parts of the SMTP transport: addresses, the environment guard, the size limit (checked
+before any connection), dot-stuffing, mail-safety and the re-encoding of binary signals."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meldingstjener.ebxml.mime import Attachment, package, unpackage
+from meldingstjener.transport.base import Delivery, TransportFailure
+from meldingstjener.transport.smtp import (
+    EnvironmentGuard,
+    SmtpTransport,
+    dot_stuffed,
+    mail_address,
+    mail_safe,
+    reencode_for_mail,
+)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address"),
+    [
+        ("mailto:8100001@testedi.nhn.no", "8100001@testedi.nhn.no"),
+        ("MAILTO:8100001@TestEDI.nhn.no", "8100001@testedi.nhn.no"),
+        ("mailto:post%2Bx@edi.nhn.no?subject=x", "post+x@edi.nhn.no"),
+        ("8100001@samsvar.nhn.no", "8100001@samsvar.nhn.no"),
+    ],
+)
+def test_mail_address(endpoint: str, address: str) -> None:
+    assert mail_address(endpoint) == address
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["mailto:", "http://x/ebms", "mailto:a b@c.no", "mailto:@x.no"]
+)
+def test_bad_endpoints_are_refused_for_good(endpoint: str) -> None:
+    with pytest.raises(TransportFailure) as caught:
+        mail_address(endpoint)
+    assert caught.value.code == "bad-endpoint"
+    assert not caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("environment", "address", "allowed"),
+    [
+        ("test", "1@testedi.nhn.no", True),
+        ("test", "1@samsvar.nhn.no", True),
+        ("test", "1@edi.nhn.no", False),
+        ("test", "1@sub.edi.nhn.no", False),
+        ("qa", "1@edi.nhn.no", False),
+        ("test", "1@example.no", True),
+        ("prod", "1@edi.nhn.no", True),
+        ("prod", "1@testedi.nhn.no", False),
+        ("prod", "1@samsvar.nhn.no", False),
+    ],
+)
+def test_environment_guard(environment: str, address: str, allowed: bool) -> None:
+    guard = EnvironmentGuard(environment)
+    if allowed:
+        guard.check(address)
+        return
+    with pytest.raises(TransportFailure) as caught:
+        guard.check(address)
+    assert caught.value.code == "environment-guard"
+    assert not caught.value.retryable
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A listening socket nobody accepts on: a connection attempt would show as readable."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        yield server
+
+
+def _connected(server: socket.socket) -> bool:
+    readable, _, _ = select.select([server], [], [], 0)
+    return bool(readable)
+
+
+def test_an_oversize_mail_is_refused_before_connecting(
+    tmp_path: Path, listener: socket.socket
+) -> None:
+    big = tmp_path / "big.mime"
+    with big.open("wb") as handle:
+        handle.truncate(51_200_000)  # sparse: the size counts, the disk does not
+    transport = SmtpTransport(
+        host="127.0.0.1",
+        port=listener.getsockname()[1],
+        security="none",
+        from_address="8100001@testedi.nhn.no",
+    )
+    delivery = Delivery("mailto:8200001@testedi.nhn.no", "multipart/related; boundary=x", big)
+    with pytest.raises(TransportFailure) as caught:
+        transport.send(delivery)
+    assert caught.value.code == "too-large"
+    assert not caught.value.retryable
+    assert "51,200,000" in caught.value.detail
+    assert not _connected(listener)
+
+
+def test_the_guard_refuses_before_connecting(listener: socket.socket) -> None:
+    transport = SmtpTransport(
+        host="127.0.0.1",
+        port=listener.getsockname()[1],
+        security="none",
+        from_address="8100001@testedi.nhn.no",
+    )
+    with pytest.raises(TransportFailure) as caught:
+        transport.send(Delivery("mailto:8200001@edi.nhn.no", "text/xml", b"<x/>\r\n"))
+    assert caught.value.code == "environment-guard"
+    assert not _connected(listener)
+
+
+def test_a_closed_port_is_a_retryable_connect_failure() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when the block ends
+    transport = SmtpTransport(
+        host="127.0.0.1", port=port, security="none", from_address="8100001@testedi.nhn.no"
+    )
+    with pytest.raises(TransportFailure) as caught:
+        transport.send(Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n"))
+    assert caught.value.code == "connect-failed"
+    assert caught.value.retryable
+
+
+def test_each_attempt_gets_a_new_message_id() -> None:
+    transport = SmtpTransport(host="h", from_address="8100001@testedi.nhn.no")
+    delivery = Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"", ebxml_message_id="m1")
+    heads = [transport.render_head(delivery, "8200001@testedi.nhn.no") for _ in range(2)]
+    ids = [
+        next(line for line in head.split(b"\r\n") if line.startswith(b"Message-Id:"))
+        for head in heads
+    ]
+    assert ids[0] != ids[1]
+    assert b'SOAPAction: "ebXML"' in heads[0]
+    assert b"From: 8100001@testedi.nhn.no" in heads[0]
+    assert heads[0].endswith(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b"a\r\n.b\r\n"], b"a\r\n..b\r\n"),
+        ([b"a\r\n", b".b\r\n"], b"a\r\n..b\r\n"),
+        ([b".start\r\n"], b"..start\r\n"),
+        ([b"a.\r\nb"], b"a.\r\nb\r\n"),
+        ([b"a\r", b"\n.", b"x\r\n"], b"a\r\n..x\r\n"),
+    ],
+)
+def test_dot_stuffing(chunks: list[bytes], expected: bytes) -> None:
+    assert b"".join(dot_stuffed(chunks)) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunks", "safe"),
+    [
+        ([b"abc\r\ndef\r\n"], True),
+        ([b"abc\r", b"\ndef\r\n"], True),
+        ([b"abc\ndef\r\n"], False),  # bare LF
+        ([b"abc\rdef\r\n"], False),  # bare CR
+        ([b"\xc3\xa6\r\n"], False),  # 8-bit
+        ([b"x" * 998 + b"\r\n"], True),
+        ([b"x" * 999 + b"\r\n"], False),
+        ([b"x" * 500, b"x" * 499, b"\r\n"], False),  # a long line across chunks
+    ],
+)
+def test_mail_safety(chunks: list[bytes], safe: bool) -> None:
+    assert mail_safe(chunks) is safe
+
+
+def test_a_binary_signal_is_reencoded_with_the_same_content() -> None:
+    envelope = b"<SOAP:Envelope>" + b"x" * 5000 + "æ</SOAP:Envelope>".encode()
+    body, content_type = package(
+        envelope,
+        [Attachment("p1@x", "application/pkcs7-mime", bytes(range(256)) * 10)],
+        transfer_encoding="binary",
+        envelope_content_id="env@x",
+    )
+    assert not mail_safe([body])
+    new_type, new_body = reencode_for_mail(content_type, body)
+    assert mail_safe([new_body])
+    before, after = unpackage(content_type, body), unpackage(new_type, new_body)
+    assert after.envelope_xml == before.envelope_xml
+    assert after.start == "env@x"
+    assert after.attachment_bytes() == before.attachment_bytes()
