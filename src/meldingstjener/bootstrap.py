@@ -106,13 +106,14 @@ def build_engine(
     """A ready engine context: store migrated, configured partners synced, keys loaded."""
     from meldingstjener.engine.context import EngineContext, Policy, utc_now
     from meldingstjener.engine.directory import PartyDirectory, sync_configured_partners
+    from meldingstjener.engine.mail_channel import build_smtp_transport
     from meldingstjener.transport.http import HttpTransport
 
     store = store or open_store(settings)
     own = settings.identity.her_ids
     keys = load_own_keys(settings)
     sync_configured_partners(store, settings)
-    return EngineContext(
+    context = EngineContext(
         store=store,
         own_her_ids=frozenset(own),
         keys=keys,
@@ -129,3 +130,7 @@ def build_engine(
         clock=clock or utc_now,
         host=message_id_host(settings),
     )
+    smtp = build_smtp_transport(settings, host=context.host)
+    if smtp is not None:
+        context.transports = {**context.transports, "smtp": smtp}
+    return context

@@ -7,6 +7,7 @@ this file only builds the app, the global options and the entry point.
 from __future__ import annotations
 
 from meldingstjener.cli import (  # noqa: F401  (imported for their command registrations)
+    alerts_cmds,
     demo_cmds,
     ebxml_cmds,
     engine_cmds,

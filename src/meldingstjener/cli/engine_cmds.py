@@ -53,6 +53,9 @@ def serve(
         logging.getLogger(__name__).warning(
             "took back %d job(s) claimed by this instance before a restart", released
         )
+    from meldingstjener.engine.certificates import check_certificates
+
+    check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
     threads = []
     for number in range(settings.workers.count):
@@ -67,6 +70,9 @@ def serve(
         thread.daemon = True
         thread.start()
         threads.append(thread)
+    from meldingstjener.engine.mail_channel import start_mail_collector
+
+    collector = start_mail_collector(engine, settings, stop)
     application = create_app(engine, max_request_bytes=settings.server.max_request_bytes)
     listen = host or settings.server.host
     typer.echo(
@@ -85,6 +91,9 @@ def serve(
     finally:
         stop.set()
         engine.wakeup.notify()
+        if collector is not None:
+            collector.collect_now(wait=False)  # wakes it so it sees the stop
+            collector.join(timeout=10)
         for thread in threads:
             thread.join(timeout=10)
 

@@ -167,8 +167,8 @@ def _receive_message(
                     + "; ".join(f"{p.code} at {p.path}" for p in message.report.problems[:5]),
                     at=now,
                 )
-            endpoint = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
-            reply_inline = reply_inline or endpoint is None
+            route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
+            reply_inline = _inline(channel, envelope.sync_reply, route)
             uow.messages.set_status(
                 row,
                 InboundStatus.ACKNOWLEDGED.value,
@@ -177,7 +177,7 @@ def _receive_message(
                 + ("returned in the response" if reply_inline else "queued"),
                 at=now,
             )
-            _record_signal(ctx, uow, ack, "acknowledgment", row, endpoint, reply_inline, channel)
+            _record_signal(ctx, uow, ack, "acknowledgment", row, route, reply_inline)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
             uow.commit()
@@ -275,14 +275,27 @@ def _check(
     return message, plain
 
 
+def _inline(channel: str, sync_reply: bool, route: tuple[str, str] | None) -> bool:
+    """Answer in the HTTP response: when asked (SyncReply), or when there is no other way back.
+
+    Mail has no response to answer in; a signal we cannot route is then only stored and logged.
+    """
+    if channel != "http":
+        return False
+    return sync_reply or route is None
+
+
 def _reply_endpoint(
     ctx: EngineContext, uow: UnitOfWork, sender: str, our_her_id: str
-) -> str | None:
+) -> tuple[str, str] | None:
+    """(endpoint, channel) where our signals to ``sender`` go, per its agreement."""
     try:
         partner = ctx.directory.partner(uow, sender, our_her_id=our_her_id)
     except PartnerUnknown:
         return None
-    return partner.endpoint if partner.channel in ctx.transports else None
+    if partner.endpoint is None or partner.channel not in ctx.transports:
+        return None
+    return partner.endpoint, partner.channel
 
 
 def _record_signal(
@@ -291,14 +304,13 @@ def _record_signal(
     wire: signals.SignalWire,
     kind: str,
     row: MessageRow,
-    endpoint: str | None,
+    route: tuple[str, str] | None,
     inline: bool,
-    channel: str,
     *,
     description: str | None = None,
     error_codes: list[dict[str, object]] | None = None,
 ) -> None:
-    if inline or endpoint is None:
+    if inline or route is None:
         wire_ref = ctx.store.payloads.put(wire.body)
         uow.receipts.add(
             ReceiptRow(
@@ -323,8 +335,8 @@ def _record_signal(
         message_id=row.id,
         ref_to_message_id=row.ebxml_message_id,
         partner_her_id=str(row.from_her_id),
-        endpoint=endpoint,
-        channel=channel,
+        endpoint=route[0],
+        channel=route[1],
         description=description,
         error_codes=error_codes,
     )
@@ -372,17 +384,16 @@ def _refuse(
                 detail=f"MessageError sent: {error.description}",
                 at=now,
             )
-            endpoint = _reply_endpoint(ctx, uow, header.from_party.her_id, our)
-            reply_inline = reply_inline or endpoint is None
+            route = _reply_endpoint(ctx, uow, header.from_party.her_id, our)
+            reply_inline = _inline(channel, envelope.sync_reply, route)
             _record_signal(
                 ctx,
                 uow,
                 wire,
                 "message-error",
                 row,
-                endpoint,
+                route,
                 reply_inline,
-                channel,
                 description=error.description,
                 error_codes=codes,
             )
@@ -417,8 +428,8 @@ def _resend_signal(
     if signal is not None and signal.wire_ref is not None:
         body = ctx.store.payloads.read_bytes(signal.wire_ref)
         content_type = str(signal.wire_content_type)
-        endpoint = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))
-        if envelope.sync_reply or endpoint is None:
+        route = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))
+        if _inline(channel, envelope.sync_reply, route) or route is None:
             reply = InboundReply(content_type, body)
         else:
             uow.jobs.schedule(
@@ -428,8 +439,8 @@ def _resend_signal(
                 data={
                     "receipt_id": signal.id,
                     "content_type": content_type,
-                    "endpoint": endpoint,
-                    "channel": channel,
+                    "endpoint": route[0],
+                    "channel": route[1],
                     "partner": original.from_her_id,
                 },
             )

@@ -47,7 +47,7 @@ _OUT_STATUS = {
     "2": OutboundStatus.APPREC_REJECTED,
     "3": OutboundStatus.APPREC_OK_WITH_ERRORS,
 }
-_API_APPREC_STATUS = {
+API_APPREC_STATUS = {
     OutboundStatus.APPREC_OK.value: "Ok",
     OutboundStatus.APPREC_REJECTED.value: "Rejected",
     OutboundStatus.APPREC_OK_WITH_ERRORS.value: "OkErrorInMessagePart",
@@ -528,7 +528,7 @@ def receiver_status(ctx: EngineContext, message_id: str) -> list[ReceiverStatus]
             ReceiverStatus(
                 receiver_her_id=str(row.to_her_id),
                 transport_delivery_state=transport_delivery_state(row.status),
-                app_rec_status=_API_APPREC_STATUS.get(row.status),
+                app_rec_status=API_APPREC_STATUS.get(row.status),
             )
         ]
 

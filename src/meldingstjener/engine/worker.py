@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from meldingstjener.engine import inbound, receipts, signals, transmit
+from meldingstjener.engine import certificates, inbound, receipts, signals, transmit
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob
 
@@ -37,6 +37,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     transmit.ACK_TIMEOUT: transmit.ack_timeout_job,
     signals.SEND_SIGNAL: signals.send_signal_job,
     receipts.APPREC_DEADLINE: receipts.apprec_deadline_job,
+    certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
 }
 
 

@@ -1,0 +1,158 @@
+"""Operator commands: ``alerts`` (list, ack) and ``status`` (one message, end to end)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.store_cmds import find_message, wide_console
+
+alerts_app = typer.Typer(
+    help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+def _alert_dict(alert: Any) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "message_id": alert.message_id,
+        "partner_her_id": alert.partner_her_id,
+        "first_seen": alert.first_seen.isoformat(),
+        "last_seen": alert.last_seen.isoformat(),
+        "count": alert.count,
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
+@alerts_app.callback()
+def alerts_list(
+    ctx: typer.Context,
+    open_only: Annotated[bool, typer.Option("--open", help="Only alerts not resolved.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert.")] = False,
+) -> None:
+    """List alerts, newest first (``alerts ack ID`` acknowledges one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    with store.unit_of_work() as uow:
+        alerts = uow.alerts.list(open_only=open_only)
+    if as_json:
+        for alert in alerts:
+            typer.echo(json.dumps(_alert_dict(alert)))
+        return
+    table = Table("id", "severity", "kind", "count", "last seen", "ack", "summary")
+    for alert in alerts:
+        table.add_row(
+            str(alert.id),
+            alert.severity,
+            alert.kind,
+            str(alert.count),
+            alert.last_seen.strftime("%Y-%m-%d %H:%M"),
+            alert.acknowledged_by or ("resolved" if alert.resolved_at else ""),
+            alert.summary,
+        )
+    wide_console().print(table)
+    if not alerts:
+        typer.echo("no alerts")
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    ctx: typer.Context,
+    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    by: Annotated[str, typer.Option("--by", help="Who acknowledges it.")] = "operator",
+) -> None:
+    """Acknowledge an alert: someone is following it up."""
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    with store.unit_of_work() as uow:
+        alert = uow.alerts.acknowledge(alert_id, by=by)
+        if alert is None:
+            typer.echo(f"no alert {alert_id}", err=True)
+            raise typer.Exit(1)
+        uow.commit()
+    typer.echo(f"alert {alert_id} acknowledged by {alert.acknowledged_by}")
+
+
+@app.command("status")
+def status_command(
+    ctx: typer.Context,
+    message_id: Annotated[str, typer.Argument(help="Our id, the ebXML MessageId or the MsgId.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+) -> None:
+    """A message's end-to-end status: transport receipt and AppRec, per receiver."""
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
+
+    store = open_store(settings_from(ctx))
+    with store.unit_of_work() as uow:
+        message = find_message(uow, message_id)
+        if message is None:
+            typer.echo(f"no message with id {message_id!r}", err=True)
+            raise typer.Exit(1)
+        receipts = uow.receipts.for_message(message.id)
+        alerts = [a for a in uow.alerts.list() if a.message_id == message.id]
+    document: dict[str, Any] = {
+        "message_id": message.id,
+        "direction": message.direction,
+        "status": message.status,
+        "msg_type": message.msg_type,
+        "from_her_id": message.from_her_id,
+        "to_her_id": message.to_her_id,
+        "last_error": {"code": message.last_error_code, "text": message.last_error_text},
+        "receipts": [
+            {
+                "kind": r.kind,
+                "direction": r.direction,
+                "at": r.at.isoformat(),
+                "apprec_status": r.apprec_status,
+                "error_codes": r.error_codes,
+            }
+            for r in receipts
+        ],
+        "alerts": [_alert_dict(a) for a in alerts],
+    }
+    if message.direction == "out":
+        document["receivers"] = [
+            {
+                "receiverHerId": message.to_her_id,
+                "transportDeliveryState": transport_delivery_state(message.status),
+                "appRecStatus": API_APPREC_STATUS.get(message.status),
+            }
+        ]
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+        return
+    console = wide_console()
+    console.print(
+        f"[bold]{message.id}[/] {message.direction} {message.msg_type} "
+        f"{message.from_her_id} → {message.to_her_id}: [bold]{message.status}[/]"
+    )
+    for receiver in document.get("receivers", []):
+        console.print(
+            f"  receiver {receiver['receiverHerId']}: transport "
+            f"{receiver['transportDeliveryState']}, AppRec {receiver['appRecStatus'] or '-'}"
+        )
+    if message.last_error_code:
+        console.print(f"  last error: {message.last_error_code} {message.last_error_text or ''}")
+    for receipt in document["receipts"]:
+        console.print(
+            f"  {receipt['at'][:19]} {receipt['direction']:>3} {receipt['kind']}"
+            + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
+            + (f" {receipt['error_codes']}" if receipt["error_codes"] else "")
+        )
+    for alert in alerts:
+        console.print(f"  [red]alert {alert.id}[/] {alert.kind}: {alert.summary}")

@@ -1,0 +1,65 @@
+"""Operator commands over a real store: alerts, alerts ack, status; and the certificate check."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from engine_pair import Pair
+from typer.testing import CliRunner
+
+from meldingstjener.cli import app
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine.certificates import check_certificates
+from meldingstjener.engine.outbound import submit
+
+
+def cli(pair: Pair, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["--config", str(pair.gp_site.config_path), *args])
+    return result.exit_code, result.output
+
+
+def test_status_alerts_and_ack(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(6):
+        pair.run()
+        pair.clock.advance(minutes=11)
+    code, output = cli(pair, "status", message_id, "--json")
+    assert code == 0, output
+    status = json.loads(output)
+    assert status["status"] == "not-delivered"
+    assert status["receivers"] == [
+        {"receiverHerId": "8200002", "transportDeliveryState": "Rejected", "appRecStatus": None}
+    ]
+    assert {a["kind"] for a in status["alerts"]} == {"not-delivered"}
+
+    code, output = cli(pair, "alerts", "--open", "--json")
+    alerts = [json.loads(line) for line in output.splitlines()]
+    assert code == 0 and {a["kind"] for a in alerts} >= {"not-delivered", "partner-unreachable"}
+    [not_delivered] = [a for a in alerts if a["kind"] == "not-delivered"]
+    code, output = cli(pair, "alerts", "ack", str(not_delivered["id"]), "--by", "kari")
+    assert code == 0 and "kari" in output
+    code, output = cli(pair, "alerts", "--json")
+    [acked] = [json.loads(x) for x in output.splitlines() if json.loads(x)["kind"] == "not-delivered"]
+    assert acked["acknowledged_by"] == "kari"
+    assert cli(pair, "alerts", "ack", "99999")[0] == 1
+    assert cli(pair, "status", "no-such-message")[0] == 1
+    code, output = cli(pair, "status", message_id)
+    assert code == 0 and "not-delivered" in output
+
+
+def test_certificates_expiring_within_30_days_raise_alerts(pair: Pair) -> None:
+    pair.clock.now = datetime.now(UTC)  # the certificates were issued moments ago
+    assert check_certificates(pair.gp) == 0  # development certificates are valid for 825 days
+    expiry = pair.gp.keys.signing_certificate.not_valid_after_utc
+    pair.clock.now = expiry - timedelta(days=10)
+    assert check_certificates(pair.gp) >= 3  # ours and the hospital's, all from the same run
+    with pair.gp.store.unit_of_work() as uow:
+        kinds = {a.kind for a in uow.alerts.list(open_only=True)}
+    assert kinds == {"certificate-expiring"}
+    pair.clock.now = expiry + timedelta(days=1)
+    check_certificates(pair.gp)
+    with pair.gp.store.unit_of_work() as uow:
+        kinds = {a.kind for a in uow.alerts.list(open_only=True)}
+    assert "certificate-invalid" in kinds
