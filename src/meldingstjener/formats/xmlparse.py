@@ -52,7 +52,10 @@ def _parser() -> etree.XMLParser:
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
-        huge_tree=False,  # keeps libxml2's own limits (depth 256, text node size, ...)
+        # A 35 MB attachment is one base64 text node, beyond libxml2's default 10 MB text limit.
+        # huge_tree lifts that; what it guarded against is covered here: the document size is
+        # checked before parsing, DTDs and entities are refused, and depth is limited below.
+        huge_tree=True,
         remove_blank_text=False,
         collect_ids=False,
     )
@@ -115,8 +118,8 @@ def _refuse_doctype_in_prolog(data: bytes) -> None:
 
 
 def _check_depth(root: etree._Element, max_depth: int) -> None:
-    # The parser already bounds depth (libxml2 refuses > 256 levels without huge_tree); this
-    # walk applies the caller's tighter limit and is cheap at those depths.
+    # libxml2 bounds depth itself (2048 levels with huge_tree); this walk applies the caller's
+    # tighter limit and is cheap at those depths.
     stack: list[tuple[etree._Element, int]] = [(root, 1)]
     while stack:
         element, depth = stack.pop()

@@ -41,7 +41,9 @@ def test_status_alerts_and_ack(pair: Pair) -> None:
     code, output = cli(pair, "alerts", "ack", str(not_delivered["id"]), "--by", "kari")
     assert code == 0 and "kari" in output
     code, output = cli(pair, "alerts", "--json")
-    [acked] = [json.loads(x) for x in output.splitlines() if json.loads(x)["kind"] == "not-delivered"]
+    [acked] = [
+        json.loads(x) for x in output.splitlines() if json.loads(x)["kind"] == "not-delivered"
+    ]
     assert acked["acknowledged_by"] == "kari"
     assert cli(pair, "alerts", "ack", "99999")[0] == 1
     assert cli(pair, "status", "no-such-message")[0] == 1

@@ -265,3 +265,32 @@ def test_a_message_type_or_version_not_agreed_is_refused(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_35_mb_business_message_is_delivered_intact(pair: Pair) -> None:
+    import hashlib
+    import os
+
+    from meldingstjener.formats import (
+        Attachment,
+        Coded,
+        Dialogmelding,
+        Notat,
+        build_dialogmelding,
+    )
+
+    note = Notat(tema_kodet=Coded(v="1", dn="Helseopplysninger"), tekst="Skannet journal")
+    scan = os.urandom(26 * 1024 * 1024)  # 26 MB of attachment is ~35 MB once base64 in XML
+    payload = build_dialogmelding(
+        message_type="DIALOG_NOTAT",
+        sender=pair.gp_site.party(),
+        receiver=pair.hospital_site.party(),
+        dialog=Dialogmelding(version="1.0", notater=(note,)),
+        attachments=(Attachment(data=scan, mime_type="application/pdf"),),
+    )
+    assert 34 * 1024 * 1024 < len(payload) <= 35 * 1024 * 1024
+    message_id = submit(pair.gp, payload, actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.payload_sha256 == hashlib.sha256(payload).hexdigest()

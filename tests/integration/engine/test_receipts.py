@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
 
 import pytest
 from engine_pair import Pair
@@ -43,7 +42,9 @@ def test_an_ok_apprec_closes_the_loop(pair: Pair) -> None:
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
     [status] = receipts.receiver_status(pair.gp, message_id)
     assert (status.receiver_her_id, status.transport_delivery_state, status.app_rec_status) == (
-        "8200002", "Acknowledged", "Ok",
+        "8200002",
+        "Acknowledged",
+        "Ok",
     )
     [info] = receipts.apprec_info(pair.gp, message_id)
     assert info.app_rec_status == "Ok" and info.errors == ()
@@ -104,8 +105,9 @@ def _alias(pair: Pair, her_id: str) -> None:
 
 def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: Pair) -> None:
     _alias(pair, "8200099")
-    nowhere = dataclasses.replace(pair.hospital_site, address_her_id="8200099",
-                                  service_name="Finnes ikke")
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
     message_id = submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
     pair.run()
     [row] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
@@ -155,31 +157,26 @@ def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
 
 
 def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
-    broken = dialog_note(pair.gp_site, pair.hospital_site, "x").replace(b"<MsgId>", b"<MsgId> ", 1)
-    message = inspect(broken)
-    message = dataclasses.replace(
-        message,
-        report=dataclasses.replace(
-            message.report,
-            problems=[*message.report.problems,
-                      type(message.report).__annotations__ and _problem()],
-        ),
-    )
-    verdict = receipts.judge(pair.hospital, message, "8200002")
-    assert verdict is not None and verdict.errors[0][0] == "T02" and not verdict.purge
-    ok = receipts.judge(pair.hospital, inspect(dialog_note(pair.gp_site, pair.hospital_site, "x")),
-                        "8200002")
-    assert ok is None
-
-
-def _problem() -> object:
     from meldingstjener.formats import Problem
 
-    return Problem("xsd", "xsd-invalid", "/MsgHead/MsgInfo/MsgId", "not valid", "error")
+    sound = inspect(dialog_note(pair.gp_site, pair.hospital_site, "x"))
+    assert receipts.judge(pair.hospital, sound, "8200002") is None
+    xsd_error = Problem("xsd", "xsd-invalid", "/MsgHead/MsgInfo/MsgId", "not valid", "error")
+    faulty = dataclasses.replace(
+        sound, report=dataclasses.replace(sound.report, problems=[xsd_error])
+    )
+    verdict = receipts.judge(pair.hospital, faulty, "8200002")
+    assert verdict is not None
+    assert verdict.errors[0][0] == "T02" and verdict.status.value == "rejected"
+    assert not verdict.purge  # a format error is not a misaddressed message
+    warning = dataclasses.replace(xsd_error, severity="warning")
+    merely_warned = dataclasses.replace(
+        sound, report=dataclasses.replace(sound.report, problems=[warning])
+    )
+    assert receipts.judge(pair.hospital, merely_warned, "8200002") is None
 
 
 def test_transport_delivery_state_follows_the_status() -> None:
     assert receipts.transport_delivery_state("retrying") == "Unconfirmed"
     assert receipts.transport_delivery_state("not-delivered") == "Rejected"
     assert receipts.transport_delivery_state("apprec-rejected") == "Acknowledged"
-    assert timedelta(hours=24)
