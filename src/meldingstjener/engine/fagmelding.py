@@ -35,6 +35,23 @@ class Fagmelding:
     def valid(self) -> bool:
         return self.report.valid
 
+    def row_fields(self) -> dict[str, object]:
+        """The message-table columns this business message fills (ids, type, HER-ids)."""
+        return {
+            "msg_id": self.msg_id,
+            "msg_type": self.msg_type,
+            "msg_type_version": self.version,
+            "conversation_ref_to_parent": self.ref_to_parent,
+            "conversation_ref_to_conversation": self.ref_to_conversation,
+            "sender_org_her_id": self.sender.organisation,
+            "sender_service_her_id": self.sender.service,
+            "sender_person_her_id": self.sender.person,
+            "receiver_org_her_id": self.receiver.organisation,
+            "receiver_service_her_id": self.receiver.service,
+            "receiver_person_her_id": self.receiver.person,
+            "patient_present": self.patient_present,
+        }
+
     def problem_lines(self) -> list[str]:
         return [f"{p.path}: {p.message} ({p.code})" for p in self.report.problems]
 

@@ -121,36 +121,13 @@ def _receive_message(
     payload_ref = ctx.store.payloads.put(plain)
     wire_ref = ctx.store.payloads.put(body)
     now = ctx.clock()
-    row = MessageRow(
-        direction=Direction.INBOUND.value,
-        channel=channel,
-        environment=ctx.policy.environment,
-        ebxml_message_id=header.message_id,
-        ebxml_conversation_id=header.conversation_id,
-        ebxml_ref_to_message_id=header.ref_to_message_id,
-        cpa_id=header.cpa_id,
-        ebxml_service=header.service,
-        ebxml_action=header.action,
-        from_her_id=sender,
-        to_her_id=header.to_party.her_id,
-        msg_id=message.msg_id,
-        msg_type=message.msg_type,
-        msg_type_version=message.version,
-        conversation_ref_to_parent=message.ref_to_parent,
-        conversation_ref_to_conversation=message.ref_to_conversation,
-        sender_org_her_id=message.sender.organisation,
-        sender_service_her_id=message.sender.service,
-        sender_person_her_id=message.sender.person,
-        receiver_org_her_id=message.receiver.organisation,
-        receiver_service_her_id=message.receiver.service,
-        receiver_person_her_id=message.receiver.person,
-        patient_present=message.patient_present,
-        payload_ref=payload_ref.key,
-        payload_size=payload_ref.size,
-        payload_sha256=payload_ref.sha256,
-        wire_ref=wire_ref.key,
-        wire_content_type=mime.headers.get("content-type"),
-    )
+    row = _envelope_row(ctx, envelope, channel, wire_ref.key)
+    for column, value in message.row_fields().items():
+        setattr(row, column, value)
+    row.payload_ref = payload_ref.key
+    row.payload_size = payload_ref.size
+    row.payload_sha256 = payload_ref.sha256
+    row.wire_content_type = mime.headers.get("content-type")
     reply_inline = envelope.sync_reply
     try:
         with ctx.store.unit_of_work() as uow:
@@ -275,6 +252,27 @@ def _check(
     return message, plain
 
 
+def _envelope_row(
+    ctx: EngineContext, envelope: Envelope, channel: str, wire_ref: str
+) -> MessageRow:
+    """A received message's row as far as the envelope tells (the fagmelding adds the rest)."""
+    header = envelope.header
+    return MessageRow(
+        direction=Direction.INBOUND.value,
+        channel=channel,
+        environment=ctx.policy.environment,
+        ebxml_message_id=header.message_id,
+        ebxml_conversation_id=header.conversation_id,
+        ebxml_ref_to_message_id=header.ref_to_message_id,
+        cpa_id=header.cpa_id,
+        ebxml_service=header.service,
+        ebxml_action=header.action,
+        from_her_id=header.from_party.her_id,
+        to_her_id=header.to_party.her_id,
+        wire_ref=wire_ref,
+    )
+
+
 def _inline(channel: str, sync_reply: bool, route: tuple[str, str] | None) -> bool:
     """Answer in the HTTP response: when asked (SyncReply), or when there is no other way back.
 
@@ -351,19 +349,7 @@ def _refuse(
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
     now = ctx.clock()
-    row = MessageRow(
-        direction=Direction.INBOUND.value,
-        channel=channel,
-        environment=ctx.policy.environment,
-        ebxml_message_id=header.message_id,
-        ebxml_conversation_id=header.conversation_id,
-        cpa_id=header.cpa_id,
-        ebxml_service=header.service,
-        ebxml_action=header.action,
-        from_her_id=header.from_party.her_id,
-        to_her_id=header.to_party.her_id,
-        wire_ref=wire_ref.key,
-    )
+    row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     reply_inline = envelope.sync_reply
     codes: list[dict[str, object]] = [
         {

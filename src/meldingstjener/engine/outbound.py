@@ -142,7 +142,7 @@ def submit(
         expires_at=now + partner.persist_duration,
         next_attempt_at=now,
         client_id=client_id,
-        **_message_fields(message),
+        **message.row_fields(),
     )
     with ctx.store.unit_of_work() as uow:
         uow.messages.add(
@@ -162,23 +162,6 @@ def _version_of(message: Fagmelding) -> str | None:
         return None
     numbers = [part for part in message.report.content.split() if part[:1].isdigit()]
     return numbers[0] if numbers else None
-
-
-def _message_fields(message: Fagmelding) -> dict[str, object]:
-    return {
-        "msg_id": message.msg_id,
-        "msg_type": message.msg_type,
-        "msg_type_version": message.version,
-        "conversation_ref_to_parent": message.ref_to_parent,
-        "conversation_ref_to_conversation": message.ref_to_conversation,
-        "sender_org_her_id": message.sender.organisation,
-        "sender_service_her_id": message.sender.service,
-        "sender_person_her_id": message.sender.person,
-        "receiver_org_her_id": message.receiver.organisation,
-        "receiver_service_her_id": message.receiver.service,
-        "receiver_person_her_id": message.receiver.person,
-        "patient_present": message.patient_present,
-    }
 
 
 def _addressing(ctx: EngineContext, message: Fagmelding, to_her_id: str | None) -> tuple[str, str]:
