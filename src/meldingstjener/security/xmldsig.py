@@ -14,6 +14,7 @@ make a signature cover less than it seems to.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import threading
 from collections.abc import Mapping
@@ -122,6 +123,14 @@ def _run_with_attachments(attachments: Mapping[str, bytes], action: Any) -> Any:
             _attachments = {}
 
 
+@functools.lru_cache(maxsize=256)
+def _xmlsec_key(pem: bytes, key_format: int) -> xmlsec.Key:
+    """Parse a key or certificate once. Parsing a PEM private key costs more than the RSA
+    operation itself; the context takes its own copy of the key when assigned, so sharing the
+    parsed key is safe (and it is only used under ``_lock``)."""
+    return xmlsec.Key.from_memory(pem, key_format)
+
+
 # --- building signatures ----------------------------------------------------------------------
 
 
@@ -209,7 +218,7 @@ def _finish_and_sign(
 
     def sign() -> None:
         context = xmlsec.SignatureContext()
-        context.key = xmlsec.Key.from_memory(key_pem, xmlsec.constants.KeyDataFormatPem)
+        context.key = _xmlsec_key(key_pem, xmlsec.constants.KeyDataFormatPem)
         context.sign(signature)
 
     try:
@@ -360,7 +369,7 @@ def _xmlsec_verifies(
 
     def verify() -> bool:
         context = xmlsec.SignatureContext()
-        context.key = xmlsec.Key.from_memory(pem, xmlsec.constants.KeyDataFormatCertPem)
+        context.key = _xmlsec_key(pem, xmlsec.constants.KeyDataFormatCertPem)
         try:
             context.verify(signature)
         except xmlsec.Error:
