@@ -17,6 +17,7 @@ from meldingstjener.store.uow import Store
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext, OwnKeys
     from meldingstjener.security.keystore import KeySource
+    from meldingstjener.security.validation import CertificateValidator
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
@@ -89,6 +90,35 @@ def _organisation_her_id(settings: Settings) -> str:
     return her_ids[0]
 
 
+def build_validator(
+    settings: Settings, *, clock: Callable[[], datetime]
+) -> CertificateValidator | None:
+    """The certificate validator for ``[security]``; None without trust anchors."""
+    from cryptography import x509
+
+    from meldingstjener.security.certs import load_certificates
+    from meldingstjener.security.validation import CertificateValidator
+
+    security = settings.security
+    if not security.trust_anchors:
+        return None
+    anchors = [cert for path in security.trust_anchors for cert in load_certificates(path)]
+    crls = []
+    for path in security.crl_files:
+        data = path.read_bytes()
+        crls.append(
+            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+        )
+    return CertificateValidator(
+        anchors,
+        crls=crls,
+        revocation_policy=security.revocation_policy,
+        timeout=security.revocation_timeout_seconds,
+        cache_seconds=security.revocation_cache_seconds,
+        clock=clock,
+    )
+
+
 def message_id_host(settings: Settings) -> str:
     if settings.server.public_url:
         host = urlparse(settings.server.public_url).hostname
@@ -129,6 +159,7 @@ def build_engine(
         ),
         clock=clock or utc_now,
         host=message_id_host(settings),
+        validator=build_validator(settings, clock=clock or utc_now),
     )
     smtp = build_smtp_transport(settings, host=context.host)
     if smtp is not None:

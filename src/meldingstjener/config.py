@@ -93,6 +93,7 @@ class KeySettings(_Section):
 
 class SecuritySettings(_Section):
     trust_anchors: list[Path] = Field(default_factory=list)
+    crl_files: list[Path] = Field(default_factory=list)
     revocation_policy: Literal["soft", "hard"] = "soft"
     revocation_timeout_seconds: float = Field(default=5.0, gt=0)
     revocation_cache_seconds: int = Field(default=3600, ge=0)

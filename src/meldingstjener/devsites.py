@@ -140,6 +140,8 @@ def prepare_sites(
             f'signing_cert = "{pki / (site.organisation_her_id + "-sign.pem")}"\n'
             f'encryption_key = "{pki / (site.organisation_her_id + "-enc.key")}"\n'
             f'encryption_cert = "{pki / (site.organisation_her_id + "-enc.pem")}"\n'
+            f'[security]\ntrust_anchors = ["{pki / "ca.pem"}"]\n'
+            f'crl_files = ["{pki / "crl.pem"}"]\n'
             f"{database}"
             f"[workers]\ncount = {workers}\npoll_interval_seconds = 0.2\n"
             f'[logging]\nlevel = "WARNING"\n'

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from meldingstjener import __version__
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
+from meldingstjener.security.validation import CertificateValidator
 from meldingstjener.store.uow import Store
 from meldingstjener.transport.base import Transport
 
@@ -77,6 +78,7 @@ class EngineContext:
     host: str = "meldingstjener.local"
     wakeup: Wakeup = field(default_factory=Wakeup)
     application: str = "meldingstjener"
+    validator: CertificateValidator | None = None
 
     def description(self) -> MshDescription:
         return MshDescription(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cryptography import x509
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
 
@@ -33,6 +34,7 @@ from meldingstjener.engine import receipts, signals
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
+from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security import cms_enveloped
@@ -178,7 +180,7 @@ def _check(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    certificate: object,
+    certificate: x509.Certificate | None,
 ) -> tuple[Fagmelding, bytes]:
     header = envelope.header
     sender = header.from_party.her_id
@@ -191,7 +193,7 @@ def _check(
     check = verify_ebxml_envelope(
         root,
         mime.attachment_bytes(),
-        certificate=certificate,  # type: ignore[arg-type]
+        certificate=certificate,
         allow_sha1=ctx.policy.allow_sha1,
     )
     if not check.valid:
@@ -199,6 +201,13 @@ def _check(
             ErrorCode.SECURITY_FAILURE,
             f"the signature did not verify: {check.problem or 'a reference did not match'}",
             "ds:Signature",
+        )
+    problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
+    if problem is not None:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the sender's signing certificate is not acceptable: {problem}",
+            "ds:Signature/ds:KeyInfo",
         )
     try:
         check_manifest(envelope, frozenset(mime.attachments))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 
 from meldingstjener.ebxml import (
     Attachment,
@@ -28,6 +27,7 @@ from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.routing import APPREC, names_for
+from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
 from meldingstjener.registry.policy import check_outbound
@@ -195,12 +195,13 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
         raise SubmitRejected(
             "certificate-problem", f"no encryption certificate is known for {partner.her_id}"
         )
-    now: datetime = ctx.clock()
-    if partner.encryption_certificate.not_valid_after_utc < now:
+    problem = certificate_problem(
+        ctx.validator, partner.encryption_certificate, "encryption", ctx.clock()
+    )
+    if problem is not None:
         raise SubmitRejected(
             "certificate-problem",
-            f"the encryption certificate of {partner.her_id} expired "
-            f"{partner.encryption_certificate.not_valid_after_utc:%Y-%m-%d}",
+            f"the encryption certificate of {partner.her_id} is not acceptable: {problem}",
         )
     if partner.endpoint is None:
         raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")

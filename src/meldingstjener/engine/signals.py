@@ -29,6 +29,7 @@ from meldingstjener.ebxml import (
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline
+from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
 from meldingstjener.store.tables import ReceiptRow
@@ -118,14 +119,19 @@ def handle_incoming(
             )
             uow.commit()
             return
-        if certificate is None or not check.valid:
+        problem = (
+            certificate_problem(ctx.validator, certificate, "signing", now)
+            if certificate is not None and check.valid
+            else None
+        )
+        if certificate is None or not check.valid or problem is not None:
             uow.events.record(
                 row.id,
                 EventKind.ERROR,
                 actor=f"{channel}:{sender}",
                 code="SecurityFailure",
                 detail=f"{header.action} from {sender} ignored: its signature did not verify "
-                f"({check.problem or 'no registered signing certificate'})",
+                f"({problem or check.problem or 'no registered signing certificate'})",
                 ebxml_message_id=header.message_id,
                 at=now,
             )

@@ -24,7 +24,8 @@ from meldingstjener.transport.base import Delivery, TransportFailure, TransportR
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+        # the development certificates are valid from the moment they were made
+        self.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
 
     def __call__(self) -> datetime:
         return self.now

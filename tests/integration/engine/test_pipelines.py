@@ -294,3 +294,25 @@ def test_a_35_mb_business_message_is_delivered_intact(pair: Pair) -> None:
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     [received] = pair.inbound_messages(pair.hospital)
     assert received.payload_sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_a_revoked_sender_certificate_is_refused_with_its_reason(tmp_path: Path) -> None:
+    from meldingstjener.security.devpki import revoke
+
+    pki = tmp_path / "pki"
+    pair = make_pair(tmp_path)
+    revoke(pki, pki / "8100001-sign.pem")
+    # The hospital restarts and reads the new CRL.
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.config import load_settings
+
+    hospital = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
+    hospital.transports = {"http": pair.network}
+    pair.network.engines[pair.hospital_site.endpoint] = hospital
+    pair.hospital = hospital
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-error" and row.last_error_code == "SecurityFailure"
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert "revoked" in str(refused.last_error_text)
