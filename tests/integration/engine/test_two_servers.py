@@ -20,6 +20,7 @@ from proxy import Proxy
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, Site, dialog_note, prepare_sites
+from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.outbound import submit
 from meldingstjener.store.tables import MessageRow
@@ -28,6 +29,7 @@ from meldingstjener.store.uow import LogFilter
 pytestmark = pytest.mark.slow
 
 WRONG_HER = "8299999"
+MISSING_SERVICE_HER = "8200099"  # under the hospital's organisation, but no such service
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -108,6 +110,12 @@ def start_servers(
         f'signing_cert = "{root / "pki" / "8200001-sign.pem"}"\n'
         f'encryption_cert = "{root / "pki" / "8200001-enc.pem"}"\n'
         "retries = 0\n"
+        "[[partners]]\n"
+        f'her_id = "{MISSING_SERVICE_HER}"\nname = "A service the hospital does not have"\n'
+        'organisation_her_id = "8200001"\n'
+        'channel = "http"\nendpoint = "{hospital}"\n'
+        f'signing_cert = "{root / "pki" / "8200001-sign.pem"}"\n'
+        f'encryption_cert = "{root / "pki" / "8200001-enc.pem"}"\n'
     )
     gp_site, hospital_site = prepare_sites(
         root,
@@ -268,3 +276,70 @@ def test_receiver_down_beyond_persist_duration_is_not_delivered(
     finally:
         stop_servers(running)
         next(databases, None)
+
+
+def _received(servers: Servers, message_id: str) -> MessageRow:
+    row = servers.acknowledged(message_id)
+    [received] = servers.inbound_by_ebxml_id(servers.hospital, row.ebxml_message_id)
+    return received
+
+
+def _wait_status(servers: Servers, ctx: EngineContext, message_id: str, status: str) -> None:
+    wait_for(lambda: servers.status(ctx, message_id) == status, f"{message_id} {status}")
+
+
+def test_an_ok_apprec_closes_the_loop(servers: Servers) -> None:
+    message_id = servers.send_note("Takk for henvisningen")
+    received = _received(servers, message_id)
+    receipts.deliver(servers.hospital, received.id, actor="epj")
+    receipts.send_apprec(servers.hospital, received.id, status=1, errors=[], actor="epj")
+    _wait_status(servers, servers.gp, message_id, "apprec-ok")
+    [status] = receipts.receiver_status(servers.gp, message_id)
+    assert (status.transport_delivery_state, status.app_rec_status) == ("Acknowledged", "Ok")
+
+
+def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(servers: Servers) -> None:
+    message_id = servers.send_note("Ukjent pasient")
+    received = _received(servers, message_id)
+    receipts.deliver(servers.hospital, received.id, actor="epj")
+    receipts.send_apprec(
+        servers.hospital, received.id, status=2, errors=[("E35", "Pasient ukjent")], actor="epj"
+    )
+    _wait_status(servers, servers.gp, message_id, "apprec-rejected")
+    [info] = receipts.apprec_info(servers.gp, message_id)
+    assert info.app_rec_status == "Rejected" and info.errors[0][0] == "E35"
+    with servers.gp.store.unit_of_work() as uow:
+        assert any(
+            a.kind == "apprec-rejected" and a.message_id == message_id for a in uow.alerts.list()
+        )
+
+
+def test_a_service_we_do_not_have_is_purged_and_answered_e21(servers: Servers) -> None:
+    nowhere = Site("Sykehuset Demo HF", "8200001", MISSING_SERVICE_HER, "Finnes ikke", 0, Path("."))
+    message_id = servers.send_note("Til en tjeneste som ikke finnes", to=nowhere)
+    _wait_status(servers, servers.gp, message_id, "apprec-rejected")
+    with servers.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id)
+        assert row is not None and row.last_error_code == "E21"
+    [received] = servers.inbound_by_ebxml_id(servers.hospital, row.ebxml_message_id)
+    assert received.status == "misaddressed-purged" and received.payload_ref is None
+
+
+def test_a_wrong_recipient_report_sends_a_dialog_avvik(servers: Servers) -> None:
+    message_id = servers.send_note("Feil pasient?")
+    received = _received(servers, message_id)
+    receipts.deliver(servers.hospital, received.id, actor="epj")
+    receipts.send_apprec(servers.hospital, received.id, status=1, errors=[], actor="epj")
+    _wait_status(servers, servers.gp, message_id, "apprec-ok")
+    receipts.report_misaddressed(servers.hospital, received.id, actor="epj:lege", reason="Ikke vår")
+    with servers.gp.store.unit_of_work() as uow:
+        msg_id = uow.messages.get(message_id).msg_id  # type: ignore[union-attr]
+
+    def avvik_arrived() -> bool:
+        return any(
+            m.msg_type == "DIALOG_AVVIK" and m.conversation_ref_to_parent == msg_id
+            for m in servers.inbound(servers.gp)
+        )
+
+    wait_for(avvik_arrived, "the DIALOG_AVVIK at the GP")
+    assert servers.status(servers.hospital, received.id) == "misaddressed-purged"
