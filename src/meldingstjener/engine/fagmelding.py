@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from meldingstjener.formats import ValidationReport, read_apprec, read_msghead, validate
-from meldingstjener.formats.errors import FormatError
-from meldingstjener.formats.xmlparse import XmlError
+from meldingstjener.formats import ValidationReport, validate
 from meldingstjener.model import PartyRef
 
 
@@ -57,31 +55,27 @@ class Fagmelding:
 
 
 def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
-    """Validate ``data`` and read the facts routing needs. Never raises for bad content."""
+    """Validate ``data`` and read the facts routing needs (one parse). Never raises."""
     report = validate(data, schema_dir)
     msg_id = ref_parent = ref_conversation = original = apprec_status = None
     apprec_errors: tuple[tuple[str, str], ...] = ()
     copies: set[str] = set()
-    if report.well_formed:
-        try:
-            if report.format == "MsgHead":
-                head = read_msghead(data)
-                msg_id = head.msg_id
-                if head.conversation_ref is not None:
-                    ref_parent = head.conversation_ref.ref_to_parent
-                    ref_conversation = head.conversation_ref.ref_to_conversation
-                for other in head.msg_info.other_receivers:
-                    if other.organisation is not None:
-                        levels = (other.organisation, other.organisation.organisation)
-                        copies |= {str(o.her_id) for o in levels if o is not None and o.her_id}
-            elif report.format == "AppRec":
-                apprec = read_apprec(data)
-                msg_id = apprec.id
-                original = apprec.original_msg_id.id
-                apprec_status = str(apprec.status.value)
-                apprec_errors = tuple((e.code, e.text or "") for e in apprec.errors)
-        except (FormatError, XmlError):
-            pass  # the report already lists the problem
+    head = report.msghead  # read once, by the validator
+    if head is not None:
+        msg_id = head.msg_id
+        if head.conversation_ref is not None:
+            ref_parent = head.conversation_ref.ref_to_parent
+            ref_conversation = head.conversation_ref.ref_to_conversation
+        for other in head.msg_info.other_receivers:
+            if other.organisation is not None:
+                levels = (other.organisation, other.organisation.organisation)
+                copies |= {str(o.her_id) for o in levels if o is not None and o.her_id}
+    apprec = report.apprec
+    if apprec is not None:
+        msg_id = apprec.id
+        original = apprec.original_msg_id.id
+        apprec_status = str(apprec.status.value)
+        apprec_errors = tuple((e.code, e.text or "") for e in apprec.errors)
     return Fagmelding(
         report=report,
         msg_id=msg_id,

@@ -116,6 +116,10 @@ class ValidationReport:
     patient_present: bool = False
     problems: list[Problem] = field(default_factory=list)
     well_formed: bool = True
+    # The read model, when the document could be read: callers that route the message use it
+    # instead of parsing (and decoding attachments) a second time. Not part of ``as_dict``.
+    msghead: MsgHead | None = field(default=None, repr=False, compare=False)
+    apprec: AppRec | None = field(default=None, repr=False, compare=False)
 
     @property
     def valid(self) -> bool:
@@ -190,6 +194,7 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     except FormatError as exc:
         _report_read_error(report, exc, "/MsgHead")
         return
+    report.msghead = head
     content = _content_root(root)
     if content is not None:
         report.content = _describe_content(content)
@@ -545,6 +550,7 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
             report.receiver = refs
     try:
         apprec = apprec_from_element(root)
+        report.apprec = apprec
     except FormatError as exc:
         _report_read_error(report, exc, "/AppRec")
         return
