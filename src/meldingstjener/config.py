@@ -225,14 +225,6 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     mailbox: MailboxSettings = MailboxSettings()
 
-    @model_validator(mode="after")
-    def _check_workers(self) -> Settings:
-        if self.workers.count > 1 and self.database_url.startswith("sqlite"):
-            raise ValueError(
-                "workers.count > 1 needs PostgreSQL (database.url); SQLite runs one worker"
-            )
-        return self
-
     @property
     def database_url(self) -> str:
         if self.database.url:

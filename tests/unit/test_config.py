@@ -76,11 +76,12 @@ def test_environment_value_error_names_the_key(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
 
 
-def test_several_workers_need_postgresql() -> None:
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        load_settings(workers={"count": 4})
+def test_worker_threads_on_either_database() -> None:
+    assert load_settings(workers={"count": 4}).workers.count == 4
     settings = load_settings(workers={"count": 4}, database={"url": "postgresql://h/db"})
     assert settings.workers.count == 4
+    with pytest.raises(ConfigError, match=r"workers\.count"):
+        load_settings(workers={"count": 0})
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
