@@ -13,13 +13,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meldingstjener.cli.app import app
+
+if TYPE_CHECKING:
+    from meldingstjener.engine.context import EngineContext
 
 console = Console()
 if console.width < 110:  # the logs need room; a pipe or a narrow terminal would squeeze them
@@ -60,7 +63,6 @@ def _run(root: Path) -> None:
     from meldingstjener.bootstrap import build_engine
     from meldingstjener.config import load_settings
     from meldingstjener.devsites import RunningServer, dialog_note, dialog_question, prepare_sites
-    from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.outbound import submit
     from meldingstjener.formats import build_dialog_svar, read_msghead
     from meldingstjener.model import Direction
@@ -174,11 +176,9 @@ def _run(root: Path) -> None:
     console.print("\n[bold green]Every step worked.[/]")
 
 
-def _print_log(title: str, ctx: object) -> None:
-    from meldingstjener.engine.context import EngineContext
+def _print_log(title: str, ctx: EngineContext) -> None:
     from meldingstjener.store.uow import LogFilter
 
-    assert isinstance(ctx, EngineContext)
     table = Table(title=title, title_justify="left")
     for column in ("time", "message", "dir", "type", "from → to", "event"):
         table.add_column(column, no_wrap=column != "event")

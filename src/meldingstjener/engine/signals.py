@@ -33,7 +33,7 @@ from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
 from meldingstjener.store.tables import ReceiptRow
-from meldingstjener.store.uow import ClaimedJob, EventKind
+from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def handle_incoming(
 
 def queue_signal(
     ctx: EngineContext,
-    uow: object,
+    uow: UnitOfWork,
     wire: SignalWire,
     *,
     kind: str,
@@ -236,9 +236,6 @@ def queue_signal(
     error_codes: list[dict[str, object]] | None = None,
 ) -> ReceiptRow:
     """Store a signal and a job that sends it (in the caller's transaction)."""
-    from meldingstjener.store.uow import UnitOfWork
-
-    assert isinstance(uow, UnitOfWork)
     wire_ref = ctx.store.payloads.put(wire.body)
     receipt = uow.receipts.add(
         ReceiptRow(
@@ -272,11 +269,9 @@ def queue_signal(
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
     """Send a stored signal; retry with growing pauses; alert when it cannot be delivered."""
-    from meldingstjener.store.tables import ReceiptRow as Receipt
-
     data = job.data or {}
     with ctx.store.unit_of_work() as uow:
-        receipt = uow.session.get(Receipt, data.get("receipt_id"))
+        receipt = uow.session.get(ReceiptRow, data.get("receipt_id"))
         if receipt is None or receipt.wire_ref is None:
             uow.jobs.finish(job.id)
             uow.commit()
