@@ -201,6 +201,56 @@ class MailboxSettings(_Section):
         return self
 
 
+class ApiSettings(_Section):
+    """The EPJ API (EDI 2.0 shape): limits and, optionally, OAuth2/JWT bearer tokens.
+
+    API keys of client systems live in the database (``meldingstjener clients add``). When
+    ``jwt_issuer`` is set, bearer tokens from that issuer are accepted as well; their ``scope``
+    claim gives the scopes and ``jwt_her_ids_claim`` the HER-ids the client may act for.
+    """
+
+    max_payload_bytes: int = Field(default=35 * 1024 * 1024, gt=0)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_her_ids_claim: str = "her_ids"
+    jwt_person_claim: str = "sub"
+
+
+class FolderSettings(_Section):
+    """Folder integration: an outbox watched for fagmeldinger, an inbox we write received ones to.
+
+    Off while ``outbox_dir`` and ``inbox_dir`` are unset. ``sent_dir`` and ``failed_dir`` default
+    to ``sent/`` and ``failed/`` beside the outbox.
+    """
+
+    outbox_dir: Path | None = None
+    inbox_dir: Path | None = None
+    sent_dir: Path | None = None
+    failed_dir: Path | None = None
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    as_her_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("as_her_ids", mode="before")
+    @classmethod
+    def _check_her_ids(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [_her_id(item) for item in value]
+        return value
+
+
+class WebhookSettings(_Section):
+    """Webhook delivery: how often to look for news, how to retry, when to give up."""
+
+    enabled: bool = True
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    first_retry_seconds: float = Field(default=5.0, gt=0)
+    max_retry_seconds: float = Field(default=3600.0, gt=0)
+    disable_after_failures: int = Field(default=10, ge=1)
+
+
 class Settings(BaseSettings):
     """All settings. Construct through :func:`load_settings`."""
 
@@ -224,6 +274,9 @@ class Settings(BaseSettings):
     partners: list[PartnerSettings] = Field(default_factory=list)
     smtp: SmtpSettings = SmtpSettings()
     mailbox: MailboxSettings = MailboxSettings()
+    api: ApiSettings = ApiSettings()
+    folder: FolderSettings = FolderSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @property
     def database_url(self) -> str:

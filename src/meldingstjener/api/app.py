@@ -17,18 +17,43 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from meldingstjener import __version__
+from meldingstjener.api.auth import Authenticator
+from meldingstjener.api.edi2 import Edi2, edi2_router
+from meldingstjener.api.limits import BodyLimit
+from meldingstjener.api.ops import ops_router
+from meldingstjener.api.problems import install_handlers
+from meldingstjener.config import ApiSettings
 from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
 
 log = logging.getLogger(__name__)
 
 
-def create_app(ctx: EngineContext, *, max_request_bytes: int = 52_000_000) -> FastAPI:
+def create_app(
+    ctx: EngineContext,
+    *,
+    max_request_bytes: int = 52_000_000,
+    api_settings: ApiSettings | None = None,
+) -> FastAPI:
+    """The whole HTTP surface: ``/ebms`` and ``/health`` (unauthenticated), the EPJ API
+    (``/Messages``, EDI 2.0 shape) and the operator API (``/api/...``), both authenticated.
+    """
+    api = api_settings or ApiSettings()
     app = FastAPI(
         title="meldingstjener",
         version=__version__,
-        description="Message server (MSH) for electronic messaging in Norwegian health care.",
+        description="Message server (MSH) for electronic messaging in Norwegian health care. "
+        "The /Messages operations have the shape of NHN's EDI 2.0 message API (msh-api-v2); "
+        "see docs/API.md for where this server differs.",
     )
+    install_handlers(app)
+    # A base64 document is 4/3 of its size; JSON around it is small.
+    app.add_middleware(
+        BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
+    )
+    auth = Authenticator(ctx.store, api)
+    app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
+    app.include_router(ops_router(ctx, auth))
 
     @app.get("/health", summary="Liveness and database reachability")
     def health() -> dict[str, object]:

@@ -270,3 +270,102 @@ class StateRow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# --- EPJ integration: API clients, audit log, webhooks, folder drop ---------------------------
+
+
+class ApiClientRow(Base):
+    """A client system (an EPJ) allowed to use the API: scopes and the own HER-ids it acts for.
+
+    Only a SHA-256 hash of the key is kept; the key itself is shown once when the client is made.
+    """
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    her_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditRow(Base):
+    """Who read or changed which message, when, and with what outcome. Rows are only ever added."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_message", "message_id"),
+        Index("ix_audit_log_client", "client"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    client: Mapped[str] = mapped_column(String(128))
+    person: Mapped[str | None] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(48))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    her_id: Mapped[str | None] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | not-found | invalid
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookRow(Base):
+    """A client URL notified of events (new message, status change, alert), signed with HMAC."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    client_name: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(1024))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    her_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class WebhookDeliveryRow(Base):
+    """One notification owed to one webhook; retried with backoff until sent or given up."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_key", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_due", "state", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_key: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FolderFileRow(Base):
+    """A file taken from the outbox folder, or a message written to the inbox folder.
+
+    The row is what makes the folder integration exactly-once across crashes: an outbox file is
+    submitted only if no row with its content hash exists; an inbox file is written only if no
+    row for its message exists.
+    """
+
+    __tablename__ = "folder_files"
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # outbox | inbox
+    key: Mapped[str] = mapped_column(String(255))  # outbox: name + sha256; inbox: message id
+    file_name: Mapped[str] = mapped_column(String(512))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | failed | written
+    at: Mapped[datetime] = mapped_column(default=utcnow)

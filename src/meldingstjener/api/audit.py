@@ -1,0 +1,90 @@
+"""The audit log: who read or changed which message, when, and with what outcome.
+
+Rows are only added, each in its own transaction, so a refused attempt is recorded even though
+the request itself fails. There is no update or delete path in the code. Details are composed
+from ids and codes, never copied from message content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from meldingstjener.model.privacy import redact
+from meldingstjener.store.tables import AuditRow
+from meldingstjener.store.types import utcnow
+from meldingstjener.store.uow import Store
+
+
+class Outcome:
+    OK = "ok"
+    REFUSED = "refused"
+    NOT_FOUND = "not-found"
+    INVALID = "invalid"
+
+
+def record(
+    store: Store,
+    *,
+    client: str,
+    person: str | None,
+    action: str,
+    outcome: str,
+    message_id: str | None = None,
+    her_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    with store.unit_of_work() as uow:
+        uow.session.add(
+            AuditRow(
+                at=utcnow(),
+                client=client[:128],
+                # An HPR number or HelseID subject is expected; anything shaped like a
+                # national identity number is masked like every other stored text.
+                person=redact(person),
+                action=action,
+                message_id=message_id,
+                her_id=her_id,
+                outcome=outcome,
+                detail=redact(detail),
+            )
+        )
+        uow.commit()
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    message_id: str | None = None
+    client: str | None = None
+    since: datetime | None = None
+    limit: int = 1000
+
+
+def query(store: Store, q: AuditQuery) -> list[dict[str, Any]]:
+    """Audit rows, oldest first, as plain dictionaries (for JSON and the CLI)."""
+    statement = select(AuditRow)
+    if q.message_id:
+        statement = statement.where(AuditRow.message_id == q.message_id)
+    if q.client:
+        statement = statement.where(AuditRow.client == q.client)
+    if q.since is not None:
+        statement = statement.where(AuditRow.at >= q.since)
+    statement = statement.order_by(AuditRow.at, AuditRow.id).limit(q.limit)
+    with store.unit_of_work() as uow:
+        return [
+            {
+                "id": row.id,
+                "at": row.at.isoformat(),
+                "client": row.client,
+                "person": row.person,
+                "action": row.action,
+                "messageId": row.message_id,
+                "herId": row.her_id,
+                "outcome": row.outcome,
+                "detail": row.detail,
+            }
+            for row in uow.session.scalars(statement)
+        ]

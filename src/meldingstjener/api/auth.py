@@ -1,0 +1,117 @@
+"""Who is calling: API keys per client system, or OAuth2/JWT bearer tokens from one issuer.
+
+A request carries ``Authorization: Bearer <key-or-token>`` or ``X-Api-Key: <key>``. The answer is
+a :class:`Principal`: the client system, the person when one is named (``X-Person`` or the JWT's
+person claim), its scopes (send, receive, admin) and the own HER-ids it may act for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from meldingstjener.api.clients import find_by_key
+from meldingstjener.api.problems import ApiProblem
+from meldingstjener.config import ApiSettings
+from meldingstjener.store.uow import Store
+
+MAX_PERSON_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Principal:
+    client: str
+    person: str | None
+    scopes: frozenset[str]
+    her_ids: frozenset[str]
+    source_system: str | None = None
+
+    def may_act_for(self, her_id: str | int | None) -> bool:
+        return her_id is not None and str(her_id) in self.her_ids
+
+
+class Authenticator:
+    """Turns request headers into a :class:`Principal`, or refuses with 401."""
+
+    def __init__(self, store: Store, settings: ApiSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._jwks_client: Any = None
+
+    def principal(self, request: Request) -> Principal:
+        credential = _credential(request)
+        if credential is None:
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "no credentials: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
+            )
+        person = _person(request.headers.get("x-person"))
+        source = request.headers.get("nhn-source-system", "")[:128] or None
+        client = find_by_key(self.store, credential)
+        if client is not None:
+            return Principal(
+                client.name, person, frozenset(client.scopes), frozenset(client.her_ids), source
+            )
+        if self.settings.jwt_issuer and credential.count(".") == 2:
+            return self._from_jwt(credential, person, source)
+        raise ApiProblem(401, "unauthenticated", "the key or token is not valid (or revoked)")
+
+    def _from_jwt(self, token: str, person: str | None, source: str | None) -> Principal:
+        import jwt  # PyJWT; needed only when a JWT issuer is configured
+
+        try:
+            key = self._signing_key(token)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
+                issuer=self.settings.jwt_issuer,
+                audience=self.settings.jwt_audience,
+                options={"require": ["exp", "iss"], "verify_aud": bool(self.settings.jwt_audience)},
+            )
+        except (jwt.PyJWTError, OSError, ValueError) as exc:
+            raise ApiProblem(
+                401, "unauthenticated", f"the bearer token is not valid: {type(exc).__name__}"
+            ) from None
+        scope_claim = claims.get("scope", "")
+        scopes = scope_claim.split() if isinstance(scope_claim, str) else list(scope_claim)
+        her_claim = claims.get(self.settings.jwt_her_ids_claim, [])
+        her_ids = [her_claim] if isinstance(her_claim, str | int) else list(her_claim)
+        claimed_person = claims.get(self.settings.jwt_person_claim)
+        return Principal(
+            client=str(claims.get("client_id") or claims.get("azp") or claims.get("sub", "jwt")),
+            person=person or (_person(str(claimed_person)) if claimed_person else None),
+            scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
+            her_ids=frozenset(str(h) for h in her_ids),
+            source_system=source,
+        )
+
+    def _signing_key(self, token: str) -> Any:
+        import jwt
+
+        if self.settings.jwt_public_key_file is not None:
+            return self.settings.jwt_public_key_file.read_bytes()
+        if self.settings.jwt_jwks_url:
+            if self._jwks_client is None:
+                self._jwks_client = jwt.PyJWKClient(self.settings.jwt_jwks_url)
+            return self._jwks_client.get_signing_key_from_jwt(token).key
+        raise ValueError("no key configured for the JWT issuer")
+
+
+def _credential(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get("x-api-key", "").strip()
+    return key or None
+
+
+def _person(value: str | None) -> str | None:
+    if not value:
+        return None
+    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_PERSON_CHARS].strip()
+    return cleaned or None

@@ -1,0 +1,600 @@
+"""The EDI 2.0-shaped message API: the operations of NHN's msh-api-v2 on a local server.
+
+Same paths, parameter names, bodies and status values as NHN's service, so an EPJ moves between
+the two by changing its base URL. Where we differ, docs/API.md says so. Every read or change of a
+message, and every refused attempt, is written to the audit log.
+"""
+
+import base64
+import binascii
+import contextlib
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+
+from meldingstjener.api import audit
+from meldingstjener.api.audit import Outcome
+from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.edi2_models import (
+    MAX_INT32,
+    AppRecError,
+    ApprecInfo,
+    AppRecStatus,
+    DeliveryState,
+    GetBusinessDocumentResponse,
+    Message,
+    MisaddressedRequest,
+    OrderBy,
+    PostAppRecRequest,
+    PostMessageRequest,
+    StatusInfo,
+)
+from meldingstjener.api.problems import ApiProblem
+from meldingstjener.engine import receipts
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.fagmelding import inspect
+from meldingstjener.engine.outbound import submit
+from meldingstjener.model import Direction
+from meldingstjener.store.tables import MessageRow
+
+UNREAD_STATUSES = ("acknowledged", "delivered", "apprec-sent")
+XML_CONTENT_TYPES = ("application/xml", "text/xml")
+CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
+APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
+# Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
+NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad request: invalid input (problem details)"},
+    401: {"description": "No or invalid credentials"},
+    403: {"description": "The client may not act for this HER-id or lacks the scope"},
+    413: {"description": "The business document is larger than the limit"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such message (for this client)"}
+}
+
+ApiVersion = Annotated[
+    str | None, Header(alias="api-version", description="API version; '2' (optional here)")
+]
+SourceSystem = Annotated[
+    str | None,
+    Header(alias="nhn-source-system", description="Name of the calling system (audited)"),
+]
+MessageId = Annotated[uuid.UUID, Path(description="Our message id (a GUID)")]
+HerIdPath = Annotated[int, Path(ge=1, le=MAX_INT32, description="A HER-id")]
+
+
+class Edi2:
+    """The operations, bound to one engine and authenticator."""
+
+    def __init__(self, ctx: EngineContext, auth: Authenticator, max_payload_bytes: int) -> None:
+        self.ctx = ctx
+        self.auth = auth
+        self.max_payload_bytes = max_payload_bytes
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _audit(
+        self,
+        who: Principal,
+        action: str,
+        outcome: str,
+        *,
+        message_id: str | None = None,
+        her_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        if who.source_system:
+            source = f"source system {who.source_system}"
+            detail = f"{detail}; {source}" if detail else source
+        audit.record(
+            self.ctx.store,
+            client=who.client,
+            person=who.person,
+            action=action,
+            outcome=outcome,
+            message_id=message_id,
+            her_id=her_id,
+            detail=detail,
+        )
+
+    def _refuse(
+        self,
+        who: Principal,
+        action: str,
+        detail: str,
+        *,
+        message_id: str | None = None,
+        her_id: str | None = None,
+    ) -> ApiProblem:
+        self._audit(
+            who, action, Outcome.REFUSED, message_id=message_id, her_id=her_id, detail=detail
+        )
+        return ApiProblem(403, "forbidden", detail)
+
+    def _need_scope(self, who: Principal, scope: str, action: str, message_id: str | None) -> None:
+        if scope not in who.scopes:
+            raise self._refuse(
+                who, action, f"the client lacks the '{scope}' scope", message_id=message_id
+            )
+
+    def _message(
+        self, who: Principal, message_id: uuid.UUID, action: str, *, direction: str | None = None
+    ) -> MessageRow:
+        """The message, if this client may see it; 404 / 403 (audited) otherwise."""
+        key = str(message_id)
+        with self.ctx.store.unit_of_work() as uow:
+            row = uow.messages.get(key)
+        if row is None or (direction is not None and row.direction != direction):
+            self._audit(who, action, Outcome.NOT_FOUND, message_id=key)
+            raise ApiProblem(404, "not-found", f"no message {key}")
+        own = row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
+        scope = "receive" if row.direction == Direction.INBOUND.value else "send"
+        self._need_scope(who, scope, action, key)
+        if not who.may_act_for(own):
+            raise self._refuse(
+                who,
+                action,
+                f"the client may not act for HER-id {own}",
+                message_id=key,
+                her_id=own,
+            )
+        return row
+
+    def _deliver(self, who: Principal, row: MessageRow) -> None:
+        """Tell the engine the EPJ has the message. A message the engine no longer offers
+        (rejected, purged) is not delivered, but reading what is stored is still allowed.
+        """
+        with contextlib.suppress(receipts.AppRecRefused):
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}")
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def post_message(self, who: Principal, body: PostMessageRequest) -> JSONResponse:
+        action = "send-message"
+        self._need_scope(who, "send", action, None)
+        if body.contentTransferEncoding.lower() != "base64":
+            raise ApiProblem(400, "invalid-input", "contentTransferEncoding must be 'base64'")
+        if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
+            raise ApiProblem(400, "invalid-input", "contentType must be application/xml")
+        if len(body.businessDocument) > (self.max_payload_bytes * 4) // 3 + 4:
+            raise ApiProblem(
+                413,
+                "too-large",
+                f"the business document is larger than {self.max_payload_bytes} bytes",
+            )
+        try:
+            payload = base64.b64decode(body.businessDocument, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiProblem(400, "invalid-input", "businessDocument is not valid base64") from None
+        if len(payload) > self.max_payload_bytes:
+            raise ApiProblem(
+                413,
+                "too-large",
+                f"the business document is {len(payload)} bytes; the limit is "
+                f"{self.max_payload_bytes}",
+            )
+        _check_overrides(body)
+        subset = body.receiverHerIdsSubset or []
+        if len(subset) > 1:
+            raise ApiProblem(
+                400,
+                "invalid-input",
+                "this server sends to one receiver per request; post once per receiver",
+            )
+        if any(not 1 <= h <= MAX_INT32 for h in subset):
+            raise ApiProblem(400, "invalid-input", "receiverHerIdsSubset holds an invalid HER-id")
+        sender = inspect(payload, self.ctx.policy.schema_dir).sender.communication_party
+        if sender is not None and not who.may_act_for(sender):
+            raise self._refuse(
+                who, action, f"the client may not send as HER-id {sender}", her_id=str(sender)
+            )
+        try:
+            message_id = submit(
+                self.ctx,
+                payload,
+                to_her_id=str(subset[0]) if subset else None,
+                actor=f"api:{who.client}",
+                client_id=who.client,
+            )
+        except SubmitRejected as rejected:
+            self._audit(
+                who,
+                action,
+                Outcome.INVALID,
+                her_id=str(sender) if sender else None,
+                detail=rejected.code,
+            )
+            status = 413 if rejected.code == "too-large" else 400
+            raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
+        self._audit(who, action, Outcome.OK, message_id=message_id, her_id=str(sender))
+        return JSONResponse(
+            message_id, status_code=201, headers={"Location": f"/Messages/{message_id}"}
+        )
+
+    def get_messages(
+        self,
+        who: Principal,
+        receivers: list[int],
+        sender: int | None,
+        business_document_id: str | None,
+        include_metadata: bool,
+        count: int,
+        order: OrderBy,
+    ) -> list[Message]:
+        action = "list-messages"
+        self._need_scope(who, "receive", action, None)
+        if not receivers or any(not 1 <= h <= MAX_INT32 for h in receivers):
+            raise ApiProblem(400, "invalid-input", "ReceiverHerIds must name valid HER-ids")
+        for her_id in receivers:
+            if not who.may_act_for(her_id):
+                raise self._refuse(
+                    who,
+                    action,
+                    f"the client may not read messages for HER-id {her_id}",
+                    her_id=str(her_id),
+                )
+        query = select(MessageRow).where(
+            MessageRow.direction == Direction.INBOUND.value,
+            MessageRow.read_at.is_(None),
+            MessageRow.status.in_(UNREAD_STATUSES),
+            MessageRow.to_her_id.in_([str(h) for h in receivers]),
+        )
+        if sender is not None:
+            query = query.where(MessageRow.from_her_id == str(sender))
+        if business_document_id is not None:
+            query = query.where(MessageRow.msg_id == business_document_id)
+        ordering = (
+            MessageRow.created_at.asc()
+            if order is OrderBy.Ascending
+            else (MessageRow.created_at.desc())
+        )
+        with self.ctx.store.unit_of_work() as uow:
+            rows = list(uow.session.scalars(query.order_by(ordering).limit(count)))
+        for row in rows:
+            self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
+        return [_message(row, include_metadata) for row in rows]
+
+    def get_message(self, who: Principal, message_id: uuid.UUID) -> Message:
+        row = self._message(who, message_id, "get-message")
+        self._audit(who, "get-message", Outcome.OK, message_id=row.id, her_id=_own(row))
+        return _message(row, True)
+
+    def get_business_document(
+        self, who: Principal, message_id: uuid.UUID
+    ) -> GetBusinessDocumentResponse:
+        action = "get-business-document"
+        row = self._message(who, message_id, action)
+        if row.payload_ref is None:
+            self._audit(who, action, Outcome.NOT_FOUND, message_id=row.id, detail="purged")
+            raise ApiProblem(404, "not-found", f"message {row.id} has no business document")
+        document = self.ctx.store.payloads.read_bytes(row.payload_ref)
+        if row.direction == Direction.INBOUND.value:
+            self._deliver(who, row)
+        self._audit(who, action, Outcome.OK, message_id=row.id, her_id=_own(row))
+        return GetBusinessDocumentResponse(
+            businessDocument=base64.b64encode(document).decode("ascii"),
+            contentType="application/xml",
+            contentTransferEncoding="base64",
+        )
+
+    def get_status(self, who: Principal, message_id: uuid.UUID) -> list[StatusInfo]:
+        row = self._message(who, message_id, "get-status", direction=Direction.OUTBOUND.value)
+        try:
+            states = receipts.receiver_status(self.ctx, row.id)
+        except receipts.AppRecRefused as refused:
+            raise _apprec_problem(refused) from None
+        self._audit(who, "get-status", Outcome.OK, message_id=row.id, her_id=_own(row))
+        return [
+            StatusInfo(
+                receiverHerId=int(s.receiver_her_id),
+                transportDeliveryState=DeliveryState(s.transport_delivery_state),
+                appRecStatus=_apprec_status(s.app_rec_status),
+            )
+            for s in states
+        ]
+
+    def get_apprec_info(self, who: Principal, message_id: uuid.UUID) -> list[ApprecInfo]:
+        row = self._message(who, message_id, "get-apprec-info", direction=Direction.OUTBOUND.value)
+        try:
+            infos = receipts.apprec_info(self.ctx, row.id)
+        except receipts.AppRecRefused as refused:
+            raise _apprec_problem(refused) from None
+        self._audit(who, "get-apprec-info", Outcome.OK, message_id=row.id, her_id=_own(row))
+        return [
+            ApprecInfo(
+                receiverHerId=int(i.receiver_her_id),
+                appRecStatus=_apprec_status(i.app_rec_status),
+                appRecErrorList=[
+                    AppRecError(errorCode=code, details=text) for code, text in i.errors
+                ]
+                or None,
+            )
+            for i in infos
+        ]
+
+    def post_apprec(
+        self, who: Principal, message_id: uuid.UUID, sender_her_id: int, body: PostAppRecRequest
+    ) -> JSONResponse:
+        action = "send-apprec"
+        row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
+        if str(sender_her_id) != row.to_her_id:
+            raise self._refuse(
+                who,
+                action,
+                f"HER-id {sender_her_id} is not the receiver of this message",
+                message_id=row.id,
+                her_id=str(sender_her_id),
+            )
+        status = body.appRecStatus
+        code = status if isinstance(status, int) else APPREC_CODES[status.value]
+        errors = [
+            (e.errorCode or "", e.details or e.description or "")
+            for e in body.appRecErrorList or []
+        ]
+        if any(not c for c, _ in errors):
+            raise ApiProblem(400, "invalid-input", "every AppRec error needs an errorCode")
+        try:
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}")
+            apprec_id = receipts.send_apprec(
+                self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.client}"
+            )
+        except receipts.AppRecRefused as refused:
+            self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
+            raise _apprec_problem(refused) from None
+        except SubmitRejected as rejected:
+            self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=rejected.code)
+            raise ApiProblem(400, rejected.code, rejected.message, rejected.problems) from None
+        self._audit(
+            who,
+            action,
+            Outcome.OK,
+            message_id=row.id,
+            her_id=row.to_her_id,
+            detail=f"AppRec {apprec_id} status {code}",
+        )
+        return JSONResponse(
+            apprec_id, status_code=201, headers={"Location": f"/Messages/{apprec_id}"}
+        )
+
+    def report_misaddressed(
+        self, who: Principal, message_id: uuid.UUID, body: MisaddressedRequest
+    ) -> JSONResponse:
+        action = "report-misaddressed"
+        row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
+        try:
+            answer_id = receipts.report_misaddressed(
+                self.ctx, row.id, actor=f"api:{who.client}", reason=body.reason
+            )
+        except receipts.AppRecRefused as refused:
+            self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
+            raise _apprec_problem(refused) from None
+        except SubmitRejected as rejected:
+            self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=rejected.code)
+            raise ApiProblem(400, rejected.code, rejected.message, rejected.problems) from None
+        self._audit(
+            who,
+            action,
+            Outcome.OK,
+            message_id=row.id,
+            her_id=row.to_her_id,
+            detail=f"purged; answer {answer_id} sent to the sender",
+        )
+        return JSONResponse(
+            answer_id, status_code=201, headers={"Location": f"/Messages/{answer_id}"}
+        )
+
+    def mark_read(self, who: Principal, message_id: uuid.UUID, her_id: int) -> Response:
+        action = "mark-read"
+        row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
+        if str(her_id) != row.to_her_id:
+            raise self._refuse(
+                who,
+                action,
+                f"HER-id {her_id} is not the receiver of this message",
+                message_id=row.id,
+                her_id=str(her_id),
+            )
+        with self.ctx.store.unit_of_work() as uow:
+            stored = uow.messages.get(row.id, for_update=True)
+            if stored is not None and stored.read_at is None:
+                stored.read_at = self.ctx.clock()
+                uow.commit()
+        self._deliver(who, row)
+        self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
+        return Response(status_code=204)
+
+
+def _apprec_problem(refused: receipts.AppRecRefused) -> ApiProblem:
+    if refused.code == "not-found":
+        return ApiProblem(404, "not-found", refused.message)
+    if refused.code in CONFLICT_CODES:
+        return ApiProblem(409, "conflict", refused.message)
+    return ApiProblem(400, "apprec-refused", refused.message)
+
+
+def _own(row: MessageRow) -> str | None:
+    return row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
+
+
+def _apprec_status(value: str | None) -> AppRecStatus | None:
+    if value is None:
+        return None
+    return AppRecStatus("Ok" if value.upper() == "OK" else value)
+
+
+def _her_int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() and int(value) <= MAX_INT32 else None
+
+
+def _message(row: MessageRow, include_metadata: bool) -> Message:
+    message = Message(
+        id=row.id, contentType="application/xml", receiverHerId=_her_int(row.to_her_id)
+    )
+    if include_metadata:
+        message.senderHerId = _her_int(row.from_her_id)
+        message.businessDocumentId = row.msg_id
+        message.isAppRec = row.msg_type == receipts.APPREC
+    return message
+
+
+def _check_overrides(body: PostMessageRequest) -> None:
+    if body.ebXmlOverrides is None:
+        return
+    given = body.ebXmlOverrides.model_dump(exclude_none=True)
+    unsupported = sorted(set(given) - NAMING_OVERRIDES)
+    if unsupported:
+        raise ApiProblem(
+            400,
+            "override-not-supported",
+            "this server takes these values from the partner agreement (CPA) and the business "
+            f"document and cannot override them: {', '.join(unsupported)}",
+        )
+
+
+def edi2_router(ops: Edi2) -> APIRouter:
+    router = APIRouter(tags=["Messages (EDI 2.0)"], responses=ERRORS)
+
+    def who(request: Request) -> Principal:
+        return ops.auth.principal(request)
+
+    Who = Annotated[Principal, Depends(who)]
+
+    @router.post(
+        "/Messages",
+        operation_id="PostMessage",
+        status_code=201,
+        summary="Send a message (base64 business document)",
+        responses={
+            201: {
+                "description": "Created; the body is the new message id",
+                "content": {"application/json": {"schema": {"type": "string", "format": "uuid"}}},
+            }
+        },
+    )
+    def post_message(
+        body: PostMessageRequest, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+    ) -> JSONResponse:
+        return ops.post_message(principal, body)
+
+    @router.get(
+        "/Messages",
+        operation_id="GetMessages",
+        summary="List unread messages for some of our HER-ids",
+    )
+    def get_messages(
+        principal: Who,
+        receivers: Annotated[list[int], Query(alias="ReceiverHerIds", description="HER-ids")],
+        sender: Annotated[int | None, Query(alias="SenderHerId", ge=1, le=MAX_INT32)] = None,
+        business_document_id: Annotated[
+            str | None, Query(alias="BusinessDocumentId", max_length=100)
+        ] = None,
+        include_metadata: Annotated[bool, Query(alias="IncludeMetadata")] = False,
+        count: Annotated[int, Query(alias="MessagesToFetch", ge=1, le=100)] = 10,
+        order: Annotated[OrderBy, Query(alias="OrderBy")] = OrderBy.Ascending,
+        _v: ApiVersion = None,
+        _s: SourceSystem = None,
+    ) -> list[Message]:
+        return ops.get_messages(
+            principal, receivers, sender, business_document_id, include_metadata, count, order
+        )
+
+    @router.get(
+        "/Messages/{id}",
+        operation_id="GetMessage",
+        summary="A message's metadata",
+        responses=NOT_FOUND,
+    )
+    def get_message(
+        id: MessageId, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+    ) -> Message:
+        return ops.get_message(principal, id)
+
+    @router.get(
+        "/Messages/{id}/business-document",
+        operation_id="GetBusinessDocument",
+        summary="A message's business document (base64)",
+        responses=NOT_FOUND,
+    )
+    def get_business_document(
+        id: MessageId, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+    ) -> GetBusinessDocumentResponse:
+        return ops.get_business_document(principal, id)
+
+    @router.get(
+        "/Messages/{id}/status",
+        operation_id="GetStatus",
+        summary="Status per receiver of a sent message",
+        responses=NOT_FOUND,
+    )
+    def get_status(
+        id: MessageId, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+    ) -> list[StatusInfo]:
+        return ops.get_status(principal, id)
+
+    @router.get(
+        "/Messages/{id}/apprec",
+        operation_id="GetApprecInfo",
+        summary="AppRecs received for a sent message",
+        responses=NOT_FOUND,
+    )
+    def get_apprec(
+        id: MessageId, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+    ) -> list[ApprecInfo]:
+        return ops.get_apprec_info(principal, id)
+
+    @router.post(
+        "/Messages/{id}/apprec/{appRecSenderHerId}",
+        operation_id="PostAppRec",
+        status_code=201,
+        summary="Answer a received message with an AppRec",
+        responses={**NOT_FOUND, 409: {"description": "Already answered"}},
+    )
+    def post_apprec(
+        id: MessageId,
+        appRecSenderHerId: HerIdPath,
+        body: PostAppRecRequest,
+        principal: Who,
+        _v: ApiVersion = None,
+        _s: SourceSystem = None,
+    ) -> JSONResponse:
+        return ops.post_apprec(principal, id, appRecSenderHerId, body)
+
+    @router.post(
+        "/Messages/{id}/misaddressed",
+        operation_id="ReportMisaddressed",
+        status_code=201,
+        summary="Report a received message as not meant for us (extension, not in EDI 2.0)",
+        description="The content is purged and the sender told: a negative AppRec (X99) before "
+        "any AppRec was sent, a DIALOG_AVVIK after. The body of the answer is the id of the "
+        "message sent to the sender.",
+        responses={**NOT_FOUND, 409: {"description": "Not possible in the message's state"}},
+    )
+    def report_misaddressed(
+        id: MessageId, body: MisaddressedRequest, principal: Who
+    ) -> JSONResponse:
+        return ops.report_misaddressed(principal, id, body)
+
+    @router.put(
+        "/Messages/{id}/read/{herId}",
+        operation_id="MarkMessageAsRead",
+        status_code=204,
+        summary="Mark a received message as read",
+        response_class=Response,
+        responses=NOT_FOUND,
+    )
+    def mark_read(
+        id: MessageId,
+        herId: HerIdPath,
+        principal: Who,
+        _v: ApiVersion = None,
+        _s: SourceSystem = None,
+    ) -> Response:
+        return ops.mark_read(principal, id, herId)
+
+    return router

@@ -1,0 +1,109 @@
+"""Request and response bodies of the EDI 2.0-shaped API, with the names of NHN's msh-api-v2.
+
+Field names, enums and ``additionalProperties: false`` follow NHN's OpenAPI document so a client
+generated from it works against this server unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HerIdInt = int
+MAX_INT32 = 2_147_483_647
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppRecStatus(StrEnum):
+    Ok = "Ok"
+    Rejected = "Rejected"
+    OkErrorInMessagePart = "OkErrorInMessagePart"
+
+
+class DeliveryState(StrEnum):
+    Unconfirmed = "Unconfirmed"
+    Acknowledged = "Acknowledged"
+    Rejected = "Rejected"
+
+
+class OrderBy(StrEnum):
+    Ascending = "Ascending"
+    Descending = "Descending"
+
+
+class EbXmlInfo(_Strict):
+    cpaId: str | None = Field(default=None, max_length=255)
+    conversationId: str | None = Field(default=None, max_length=255)
+    service: str | None = Field(default=None, max_length=255)
+    serviceType: str | None = Field(default=None, max_length=255)
+    action: str | None = Field(default=None, max_length=255)
+    senderRole: str | None = Field(default=None, max_length=255)
+    useSenderLevel1HerId: bool | None = None
+    receiverRole: str | None = Field(default=None, max_length=255)
+    applicationName: str | None = Field(default=None, max_length=255)
+    applicationVersion: str | None = Field(default=None, max_length=255)
+    middlewareName: str | None = Field(default=None, max_length=255)
+    middlewareVersion: str | None = Field(default=None, max_length=255)
+    compressPayload: bool | None = None
+
+
+class PostMessageRequest(_Strict):
+    businessDocument: str = Field(min_length=1)
+    contentType: str = Field(min_length=1, max_length=255)
+    contentTransferEncoding: str = Field(min_length=1, max_length=64)
+    ebXmlOverrides: EbXmlInfo | None = None
+    receiverHerIdsSubset: list[int] | None = None
+
+
+class AppRecError(_Strict):
+    errorCode: str | None = Field(max_length=32)
+    details: str | None = Field(max_length=2000)
+    description: str | None = Field(default=None, max_length=2000)
+    oid: str | None = Field(default=None, max_length=64)
+
+
+class PostAppRecRequest(_Strict):
+    appRecStatus: AppRecStatus | int = Field(
+        description="Ok, Rejected or OkErrorInMessagePart (or 1, 2, 3 as in the AppRec)"
+    )
+    appRecErrorList: list[AppRecError] | None = None
+    ebXmlOverrides: EbXmlInfo | None = None
+
+
+class Message(_Strict):
+    id: str | None = None
+    contentType: str | None = None
+    receiverHerId: int | None = None
+    senderHerId: int | None = None
+    businessDocumentId: str | None = None
+    businessDocumentGenDate: datetime | None = None
+    isAppRec: bool | None = None
+
+
+class GetBusinessDocumentResponse(_Strict):
+    businessDocument: str
+    contentType: str
+    contentTransferEncoding: str
+
+
+class StatusInfo(_Strict):
+    receiverHerId: int
+    transportDeliveryState: DeliveryState
+    appRecStatus: AppRecStatus | None = None
+
+
+class ApprecInfo(_Strict):
+    receiverHerId: int
+    appRecStatus: AppRecStatus | None = None
+    appRecErrorList: list[AppRecError] | None = None
+
+
+class MisaddressedRequest(_Strict):
+    """Our extension: a clinician says a received message was not meant for us."""
+
+    reason: str = Field(min_length=1, max_length=500, description="Why, in words for the sender")

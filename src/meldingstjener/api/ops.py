@@ -1,0 +1,205 @@
+"""Operator endpoints beyond EDI 2.0: message-log search, one message's timeline, alerts, the
+audit log and webhook registration. All need the ``admin`` scope, except that any client may
+manage its own webhooks. Answers carry ids, HER-ids, types and statuses; never patient data.
+"""
+
+import secrets
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from meldingstjener.api import audit
+from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.problems import ApiProblem
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.model.status import ALL_STATUSES
+from meldingstjener.store.tables import WebhookRow
+from meldingstjener.store.uow import LogFilter
+from meldingstjener.views import message_summary
+
+WEBHOOK_EVENTS = ("message.received", "message.status", "alert")
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
+    events: list[str] = Field(default_factory=lambda: list(WEBHOOK_EVENTS), max_length=3)
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown events {unknown}; known: {list(WEBHOOK_EVENTS)}")
+        return value
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    return {
+        "at": event.at.isoformat(),
+        "kind": event.kind,
+        "fromStatus": event.from_status,
+        "toStatus": event.to_status,
+        "actor": event.actor,
+        "code": event.code,
+        "detail": event.detail,
+    }
+
+
+def _alert_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "severity": row.severity,
+        "messageId": row.message_id,
+        "partnerHerId": row.partner_her_id,
+        "summary": row.summary,
+        "firstSeen": row.first_seen.isoformat(),
+        "lastSeen": row.last_seen.isoformat(),
+        "count": row.count,
+        "acknowledgedBy": row.acknowledged_by,
+        "acknowledgedAt": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
+        "resolvedAt": row.resolved_at.isoformat() if row.resolved_at else None,
+    }
+
+
+def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["Operations"])
+
+    def admin(request: Request) -> Principal:
+        who = auth.principal(request)
+        if "admin" not in who.scopes:
+            audit.record(
+                ctx.store,
+                client=who.client,
+                person=who.person,
+                action=request.url.path[:48],
+                outcome=audit.Outcome.REFUSED,
+                detail="the client lacks the 'admin' scope",
+            )
+            raise ApiProblem(403, "forbidden", "the client lacks the 'admin' scope")
+        return who
+
+    def anyone(request: Request) -> Principal:
+        return auth.principal(request)
+
+    Admin = Annotated[Principal, Depends(admin)]
+    Anyone = Annotated[Principal, Depends(anyone)]
+
+    @router.get("/log", summary="Search the message log (messages, newest last)")
+    def log(
+        who: Admin,
+        her_id: Annotated[str | None, Query(max_length=12, pattern=r"^\d+$")] = None,
+        msg_type: Annotated[str | None, Query(max_length=64)] = None,
+        status: Annotated[str | None, Query(max_length=32)] = None,
+        direction: Annotated[str | None, Query(pattern="^(in|out)$")] = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in ALL_STATUSES:
+            raise ApiProblem(400, "invalid-input", f"unknown status; known: {sorted(ALL_STATUSES)}")
+        log_filter = LogFilter(her_id, msg_type, status, since, direction, limit)
+        with ctx.store.unit_of_work() as uow:
+            return [message_summary(m) for m in uow.messages.search(log_filter)]
+
+    @router.get("/messages/{message_id}/timeline", summary="One message and its events")
+    def timeline(message_id: str, who: Admin) -> dict[str, Any]:
+        with ctx.store.unit_of_work() as uow:
+            message = uow.messages.get(message_id[:64])
+            if message is None:
+                raise ApiProblem(404, "not-found", f"no message {message_id[:64]}")
+            events = [_event_dict(e) for e in uow.events.for_message(message.id)]
+        audit.record(
+            ctx.store,
+            client=who.client,
+            person=who.person,
+            action="timeline",
+            outcome=audit.Outcome.OK,
+            message_id=message.id,
+        )
+        return {"message": message_summary(message), "events": events}
+
+    @router.get("/alerts", summary="Alerts (avvik), newest first")
+    def alerts(who: Admin, open_only: bool = False) -> list[dict[str, Any]]:
+        with ctx.store.unit_of_work() as uow:
+            return [_alert_dict(a) for a in uow.alerts.list(open_only=open_only)]
+
+    @router.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
+    def acknowledge(alert_id: int, who: Admin) -> dict[str, Any]:
+        if not 1 <= alert_id <= 2**62:
+            raise ApiProblem(404, "not-found", f"no alert {alert_id}")
+        by = f"{who.client}/{who.person}" if who.person else who.client
+        with ctx.store.unit_of_work() as uow:
+            row = uow.alerts.acknowledge(alert_id, by=by[:128], at=ctx.clock())
+            if row is None:
+                raise ApiProblem(404, "not-found", f"no alert {alert_id}")
+            uow.commit()
+            return _alert_dict(row)
+
+    @router.get("/audit", summary="The audit log, oldest first")
+    def audit_log(
+        who: Admin,
+        message_id: Annotated[str | None, Query(max_length=64)] = None,
+        client: Annotated[str | None, Query(max_length=128)] = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        return audit.query(ctx.store, audit.AuditQuery(message_id, client, since, limit))
+
+    @router.post("/webhooks", status_code=201, summary="Register a webhook (secret shown once)")
+    def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:
+        secret = secrets.token_urlsafe(32)
+        row = WebhookRow(
+            client_name=who.client,
+            url=body.url,
+            secret=secret,
+            events=body.events,
+            her_ids=sorted(who.her_ids),
+            active=True,
+            consecutive_failures=0,
+        )
+        if "admin" not in who.scopes:
+            row.events = [e for e in body.events if e != "alert"]
+        with ctx.store.unit_of_work() as uow:
+            uow.session.add(row)
+            uow.commit()
+            return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
+
+    @router.get("/webhooks", summary="The calling client's webhooks")
+    def list_webhooks(who: Anyone) -> list[dict[str, Any]]:
+        with ctx.store.unit_of_work() as uow:
+            rows = uow.session.scalars(
+                select(WebhookRow).where(WebhookRow.client_name == who.client)
+            )
+            return [
+                {
+                    "id": r.id,
+                    "url": r.url,
+                    "events": r.events,
+                    "active": r.active,
+                    "consecutiveFailures": r.consecutive_failures,
+                }
+                for r in rows
+            ]
+
+    @router.delete(
+        "/webhooks/{webhook_id}",
+        status_code=204,
+        response_class=Response,
+        summary="Remove one of the calling client's webhooks",
+    )
+    def delete_webhook(webhook_id: int, who: Anyone) -> Response:
+        with ctx.store.unit_of_work() as uow:
+            row = uow.session.get(WebhookRow, webhook_id) if 0 < webhook_id < 2**62 else None
+            if row is None or row.client_name != who.client:
+                raise ApiProblem(404, "not-found", f"no webhook {webhook_id} of this client")
+            uow.session.delete(row)
+            uow.commit()
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,141 @@
+"""API commands: ``audit`` (the audit log) and ``clients add|list|revoke`` (API client systems)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.store_cmds import parse_since, wide_console
+
+clients_app = typer.Typer(help="API client systems (EPJs): keys, scopes, HER-ids.")
+app.add_typer(clients_app, name="clients", no_args_is_help=True)
+
+
+@app.command("audit")
+def audit_command(
+    ctx: typer.Context,
+    message: Annotated[
+        str | None, typer.Option("--message", help="Only entries about this message id.")
+    ] = None,
+    client: Annotated[
+        str | None, typer.Option("--client", help="Only entries of this client system.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only entries from this date/time (ISO 8601).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many entries.")] = 1000,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per entry (JSON lines).")
+    ] = False,
+) -> None:
+    """The audit log: who read or changed which message, when, with what outcome."""
+    from meldingstjener.api.audit import AuditQuery, query
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    rows = query(store, AuditQuery(message, client, parse_since(since), limit))
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table("time (UTC)", "client", "person", "action", "message", "HER-id", "outcome")
+    for row in rows:
+        table.add_row(
+            str(row["at"])[:19],
+            row["client"],
+            row["person"] or "",
+            row["action"],
+            row["messageId"] or "",
+            row["herId"] or "",
+            row["outcome"],
+        )
+    wide_console().print(table)
+
+
+@clients_app.command("add")
+def clients_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A name for the client system, e.g. 'dips-prod'.")],
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", help="send, receive or admin; repeat for several."),
+    ],
+    her_id: Annotated[
+        list[str] | None,
+        typer.Option("--her-id", help="An own HER-id the client may act for; repeat for several."),
+    ] = None,
+) -> None:
+    """Make a client and print its API key once (only a hash is stored)."""
+    from meldingstjener.api.clients import ClientError, add_client
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    try:
+        client, key = add_client(store, name, scope, her_id or [])
+    except ClientError as exc:
+        typer.echo(f"error ({exc.code}): {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"client {client.name}: scopes {', '.join(client.scopes)}; "
+        f"HER-ids {', '.join(client.her_ids) or 'none'}",
+        err=True,
+    )
+    typer.echo("the key below is shown only now; store it in the client system:", err=True)
+    typer.echo(key)
+
+
+@clients_app.command("list")
+def clients_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List client systems (never their keys)."""
+    from meldingstjener.api.clients import list_clients
+    from meldingstjener.bootstrap import open_store
+
+    clients = list_clients(open_store(settings_from(ctx)))
+    if as_json:
+        for c in clients:
+            typer.echo(
+                json.dumps(
+                    {
+                        "name": c.name,
+                        "scopes": list(c.scopes),
+                        "herIds": list(c.her_ids),
+                        "createdAt": c.created_at.isoformat(),
+                        "revokedAt": c.revoked_at.isoformat() if c.revoked_at else None,
+                    }
+                )
+            )
+        return
+    table = Table("name", "scopes", "HER-ids", "created", "revoked")
+    for c in clients:
+        table.add_row(
+            c.name,
+            ", ".join(c.scopes),
+            ", ".join(c.her_ids),
+            c.created_at.isoformat()[:19],
+            c.revoked_at.isoformat()[:19] if c.revoked_at else "",
+        )
+    wide_console().print(table)
+
+
+@clients_app.command("revoke")
+def clients_revoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The client system to revoke.")],
+) -> None:
+    """Revoke a client's key at once; its audit history stays."""
+    from meldingstjener.api.clients import ClientError, revoke_client
+    from meldingstjener.bootstrap import open_store
+
+    try:
+        client = revoke_client(open_store(settings_from(ctx)), name)
+    except ClientError as exc:
+        typer.echo(f"error ({exc.code}): {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"client {client.name} revoked")

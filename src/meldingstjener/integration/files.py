@@ -1,0 +1,42 @@
+"""Durable file steps for the folder integration: write-then-rename, fsync, move."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX needs the directory itself synced)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``path`` appears whole or not at all, and survives a crash once this returns."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    os.replace(source, target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+
+
+def free_name(directory: Path, name: str, tag: str) -> Path:
+    """``directory/name``, or ``name`` with ``tag`` before the suffix when that is taken."""
+    target = directory / name
+    if not target.exists():
+        return target
+    stem, dot, suffix = name.rpartition(".")
+    return directory / (f"{stem}.{tag}.{suffix}" if dot else f"{name}.{tag}")

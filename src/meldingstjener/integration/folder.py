@@ -1,0 +1,262 @@
+"""Folder integration: the EPJ drops fagmeldinger in an outbox and finds received ones in an inbox.
+
+Outbox: the EPJ writes ``<name>.xml`` under a temporary name and renames it (so we never see half
+a file). Each file is submitted and moved to ``sent/``, or to ``failed/`` beside
+``<name>.error.txt`` saying why in plain words. Exactly once across crashes: a ``folder_files``
+row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
+the message carries that key as its ``client_id``, so after a crash we can tell whether the
+submit committed and never send the same file twice.
+
+Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
+is written first; both are renamed into place. A ``folder_files`` row records the write; a crash
+before it only means the same two files are written again under the same names. After that the
+engine is told the message reached the EPJ (``receipts.deliver``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+
+from meldingstjener.config import FolderSettings
+from meldingstjener.engine import receipts
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
+from meldingstjener.integration.files import free_name, move_durably, write_atomically
+from meldingstjener.model import Direction
+from meldingstjener.store.tables import FolderFileRow, MessageRow
+
+log = logging.getLogger(__name__)
+
+OUTBOX, INBOX = "outbox", "inbox"
+PENDING, SENT, FAILED, WRITTEN = "pending", "sent", "failed", "written"
+ACTOR = "folder"
+
+
+class FolderIntegration:
+    def __init__(self, ctx: EngineContext, settings: FolderSettings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.outbox = settings.outbox_dir
+        self.inbox = settings.inbox_dir
+        self.sent = settings.sent_dir or (self.outbox / "sent" if self.outbox else None)
+        self.failed = settings.failed_dir or (self.outbox / "failed" if self.outbox else None)
+        self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
+        for directory in (self.outbox, self.inbox, self.sent, self.failed):
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep the loop alive; the next round tries again
+                log.exception("folder integration round failed")
+            stop.wait(self.settings.poll_interval_seconds)
+
+    def run_once(self) -> int:
+        return self.outbox_once() + self.inbox_once()
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def outbox_once(self) -> int:
+        if self.outbox is None:
+            return 0
+        handled = 0
+        for path in sorted(self.outbox.iterdir()):
+            if path.is_file() and path.suffix.lower() == ".xml" and not path.name.startswith("."):
+                self.take(path)
+                handled += 1
+        return handled
+
+    def take(self, path: Path) -> None:
+        """Send one outbox file exactly once and move it out of the outbox."""
+        stat = path.stat()
+        if stat.st_size > MAX_PAYLOAD_BYTES:
+            self._fail(
+                path,
+                None,
+                "too-large",
+                f"the file is {stat.st_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                [],
+            )
+            return
+        data = path.read_bytes()
+        content = hashlib.sha256(data).hexdigest()
+        key = hashlib.sha256(
+            f"{path.name}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{content}".encode()
+        ).hexdigest()
+        state = self._claim(key, path.name)
+        if state is None:
+            return  # another process claimed it first
+        outcome, message_id = state
+        if outcome == SENT:
+            self._move_sent(path, message_id)
+            return
+        if outcome == FAILED:
+            self._move_failed(path, key)
+            return
+        message_id = message_id or self._submitted_before(key)
+        if message_id is None:
+            try:
+                message_id = submit(self.ctx, data, actor=ACTOR, client_id=f"{ACTOR}:{key}")
+            except SubmitRejected as rejected:
+                self._fail(path, key, rejected.code, rejected.message, rejected.problems)
+                return
+        self._mark(key, SENT, message_id)
+        self._move_sent(path, message_id)
+        log.info("outbox file sent as message %s", message_id)
+
+    def _claim(self, key: str, name: str) -> tuple[str, str | None] | None:
+        with self.ctx.store.unit_of_work() as uow:
+            row = uow.session.scalars(
+                select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
+            ).first()
+            if row is not None:
+                return row.outcome, row.message_id
+            uow.session.add(
+                FolderFileRow(
+                    kind=OUTBOX, key=key, file_name=name[:512], outcome=PENDING, at=self.ctx.clock()
+                )
+            )
+            try:
+                uow.commit()
+            except IntegrityError:
+                return None
+            return PENDING, None
+
+    def _submitted_before(self, key: str) -> str | None:
+        """The message of an earlier attempt that committed before the process died."""
+        with self.ctx.store.unit_of_work() as uow:
+            return uow.session.scalars(
+                select(MessageRow.id).where(
+                    MessageRow.direction == Direction.OUTBOUND.value,
+                    MessageRow.client_id == f"{ACTOR}:{key}",
+                )
+            ).first()
+
+    def _mark(self, key: str, outcome: str, message_id: str | None) -> None:
+        with self.ctx.store.unit_of_work() as uow:
+            row = uow.session.scalars(
+                select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
+            ).one()
+            row.outcome = outcome
+            row.message_id = message_id
+            uow.commit()
+
+    def _fail(
+        self, path: Path, key: str | None, code: str, reason: str, problems: list[str]
+    ) -> None:
+        assert self.failed is not None
+        lines = [
+            f"The file {path.name} was not sent, and nothing was sent for it.",
+            f"Reason ({code}): {reason}",
+        ]
+        if problems:
+            lines.append("What is wrong in the message:")
+            lines.extend(f"  - {problem}" for problem in problems)
+        lines.append("Correct the message and put it in the outbox again as a new file.")
+        target = free_name(self.failed, path.name, (key or "large")[:12])
+        write_atomically(
+            target.with_name(target.name + ".error.txt"), ("\n".join(lines) + "\n").encode()
+        )
+        if key is not None:
+            self._mark(key, FAILED, None)
+        move_durably(path, target)
+        log.warning("outbox file refused (%s)", code)
+
+    def _move_failed(self, path: Path, key: str) -> None:
+        assert self.failed is not None
+        move_durably(path, free_name(self.failed, path.name, key[:12]))
+
+    def _move_sent(self, path: Path, message_id: str | None) -> None:
+        assert self.sent is not None
+        move_durably(path, free_name(self.sent, path.name, (message_id or "sent")[:8]))
+
+    # -- inbox ----------------------------------------------------------------------------------
+
+    def inbox_once(self) -> int:
+        if self.inbox is None:
+            return 0
+        written = FolderFileRow
+        query = (
+            select(MessageRow)
+            .where(
+                MessageRow.direction == Direction.INBOUND.value,
+                MessageRow.status == "acknowledged",
+                MessageRow.payload_ref.is_not(None),
+                MessageRow.to_her_id.in_(self.her_ids),
+                ~exists().where(written.kind == INBOX, written.key == MessageRow.id),
+            )
+            .order_by(MessageRow.created_at)
+            .limit(100)
+        )
+        with self.ctx.store.unit_of_work() as uow:
+            rows = list(uow.session.scalars(query))
+        for row in rows:
+            self.write_inbox(row)
+        return len(rows)
+
+    def write_inbox(self, row: MessageRow) -> None:
+        assert self.inbox is not None and row.payload_ref is not None
+        payload = self.ctx.store.payloads.read_bytes(row.payload_ref)
+        sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
+        # The sidecar first: when the .xml appears, its metadata is already there.
+        write_atomically(self.inbox / f"{row.id}.json", sidecar)
+        write_atomically(self.inbox / f"{row.id}.xml", payload)
+        self._record_written(row.id)
+        try:
+            receipts.deliver(self.ctx, row.id, actor=ACTOR)
+        except receipts.AppRecRefused as refused:
+            log.warning(
+                "message %s written to the inbox but not deliverable: %s", row.id, refused.code
+            )
+
+    def _record_written(self, message_id: str) -> None:
+        with self.ctx.store.unit_of_work() as uow:
+            uow.session.add(
+                FolderFileRow(
+                    kind=INBOX,
+                    key=message_id,
+                    file_name=f"{message_id}.xml",
+                    message_id=message_id,
+                    outcome=WRITTEN,
+                    at=self.ctx.clock(),
+                )
+            )
+            # Written by an earlier attempt or another process: the same files, nothing to do.
+            with contextlib.suppress(IntegrityError):
+                uow.commit()
+
+
+def inbox_metadata(row: MessageRow) -> dict[str, Any]:
+    """The sidecar: ids, addressing and type of a received message; never its content."""
+    return {
+        "id": row.id,
+        "ebxmlMessageId": row.ebxml_message_id,
+        "conversationId": row.ebxml_conversation_id,
+        "businessDocumentId": row.msg_id,
+        "messageType": row.msg_type,
+        "messageTypeVersion": row.msg_type_version,
+        "isAppRec": row.msg_type == receipts.APPREC,
+        "senderHerId": row.from_her_id,
+        "receiverHerId": row.to_her_id,
+        "sender": {"organisation": row.sender_org_her_id, "service": row.sender_service_her_id},
+        "receiver": {
+            "organisation": row.receiver_org_her_id,
+            "service": row.receiver_service_her_id,
+        },
+        "receivedAt": row.created_at.isoformat(),
+        "payloadSha256": row.payload_sha256,
+        "payloadSize": row.payload_size,
+        "contentType": "application/xml",
+    }

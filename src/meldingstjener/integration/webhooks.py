@@ -1,0 +1,270 @@
+"""Webhooks: tell client URLs about new messages, status changes and alerts.
+
+The dispatcher follows the message log and the alerts table with cursors kept in the store, and
+turns news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
+notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
+over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; failures are retried with doubling
+waits; after ``disable_after_failures`` failures in a row the webhook is disabled and an alert
+raised. Bodies carry ids, HER-ids and statuses only, never message content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from meldingstjener.config import WebhookSettings
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.model import Direction
+from meldingstjener.store.tables import (
+    AlertRow,
+    EventRow,
+    MessageRow,
+    WebhookDeliveryRow,
+    WebhookRow,
+)
+from meldingstjener.store.uow import EventKind, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+EVENT_CURSOR = "webhooks.event_cursor"
+ALERT_CURSOR = "webhooks.alert_cursor"
+SIGNATURE_HEADER = "X-Meldingstjener-Signature"
+TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
+WEBHOOK_DISABLED = "webhook-disabled"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature a receiver recomputes to know the call is ours and unaltered."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        ctx: EngineContext,
+        settings: WebhookSettings,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.http = http or httpx.Client(timeout=settings.timeout_seconds)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep the loop alive; the next round tries again
+                log.exception("webhook round failed")
+            stop.wait(self.settings.poll_interval_seconds)
+
+    def run_once(self) -> int:
+        self.collect()
+        return self.deliver_due()
+
+    # -- news -> deliveries ---------------------------------------------------------------------
+
+    def collect(self) -> int:
+        """Turn new log events and alerts into deliveries; return how many were made."""
+        made = 0
+        with self.ctx.store.unit_of_work() as uow:
+            hooks = list(uow.session.scalars(select(WebhookRow).where(WebhookRow.active)))
+            cursor = int(uow.state.get(EVENT_CURSOR) or 0)
+            if cursor == 0 and not hooks:
+                # Nobody listens yet: start from now rather than replaying the whole history.
+                last = uow.session.scalars(select(EventRow.id).order_by(EventRow.id.desc())).first()
+                uow.state.set(EVENT_CURSOR, str(last or 0))
+                uow.commit()
+                return 0
+            rows = uow.session.execute(
+                select(EventRow, MessageRow)
+                .join(MessageRow, EventRow.message_id == MessageRow.id)
+                .where(EventRow.id > cursor, EventRow.kind == EventKind.STATUS)
+                .order_by(EventRow.id)
+                .limit(500)
+            ).all()
+            newest = cursor
+            for event, message in rows:
+                newest = max(newest, event.id)
+                made += self._fan_out(uow, hooks, *_message_news(event, message))
+            if rows:
+                uow.state.set(EVENT_CURSOR, str(newest))
+            made += self._collect_alerts(uow, hooks)
+            uow.commit()
+        return made
+
+    def _collect_alerts(self, uow: UnitOfWork, hooks: list[WebhookRow]) -> int:
+        since = uow.state.get(ALERT_CURSOR)
+        query = select(AlertRow).order_by(AlertRow.last_seen).limit(500)
+        if since:
+            query = query.where(AlertRow.last_seen > datetime.fromisoformat(since))
+        alerts = list(uow.session.scalars(query))
+        made = 0
+        for alert in alerts:
+            body = {
+                "event": "alert",
+                "alertId": alert.id,
+                "kind": alert.kind,
+                "severity": alert.severity,
+                "messageId": alert.message_id,
+                "partnerHerId": alert.partner_her_id,
+                "summary": alert.summary,
+                "count": alert.count,
+                "at": alert.last_seen.isoformat(),
+            }
+            made += self._fan_out(
+                uow, hooks, "alert", f"alert:{alert.id}:{alert.count}", body, None
+            )
+        if alerts:
+            uow.state.set(ALERT_CURSOR, alerts[-1].last_seen.isoformat())
+        return made
+
+    def _fan_out(
+        self,
+        uow: UnitOfWork,
+        hooks: list[WebhookRow],
+        event_type: str,
+        key: str,
+        body: dict[str, Any],
+        her_id: str | None,
+    ) -> int:
+        made = 0
+        for hook in hooks:
+            if event_type not in hook.events:
+                continue
+            if her_id is not None and her_id not in hook.her_ids:
+                continue  # a client hears only about its own HER-ids
+            exists = uow.session.scalars(
+                select(WebhookDeliveryRow.id).where(
+                    WebhookDeliveryRow.webhook_id == hook.id, WebhookDeliveryRow.event_key == key
+                )
+            ).first()
+            if exists is None:
+                uow.session.add(
+                    WebhookDeliveryRow(
+                        webhook_id=hook.id,
+                        event_key=key,
+                        event_type=event_type,
+                        body=body,
+                        state="pending",
+                        attempts=0,
+                        due_at=self.ctx.clock(),
+                    )
+                )
+                made += 1
+        return made
+
+    # -- deliveries -> HTTP ---------------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            due = list(
+                uow.session.execute(
+                    select(WebhookDeliveryRow, WebhookRow)
+                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                    .where(WebhookDeliveryRow.state == "pending", WebhookDeliveryRow.due_at <= now)
+                    .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
+                    .limit(100)
+                ).all()
+            )
+        for delivery, hook in due:
+            self._deliver(delivery.id, hook, delivery.event_type, delivery.body)
+        return len(due)
+
+    def _deliver(self, delivery_id: int, hook: WebhookRow, event_type: str, body: Any) -> None:
+        data = json.dumps({**body, "deliveryId": delivery_id}, sort_keys=True).encode()
+        timestamp = self.ctx.clock().isoformat()
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(hook.secret, timestamp, data),
+            "X-Meldingstjener-Event": event_type,
+            "X-Meldingstjener-Delivery": str(delivery_id),
+        }
+        error: str | None = None
+        try:
+            response = self.http.post(hook.url, content=data, headers=headers)
+            if not 200 <= response.status_code < 300:
+                error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}"
+        self._record(delivery_id, error)
+
+    def _record(self, delivery_id: int, error: str | None) -> None:
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            delivery = uow.session.get(WebhookDeliveryRow, delivery_id)
+            if delivery is None:
+                return
+            hook = uow.session.get(WebhookRow, delivery.webhook_id)
+            assert hook is not None
+            delivery.attempts += 1
+            if error is None:
+                delivery.state = "sent"
+                delivery.last_error = None
+                hook.consecutive_failures = 0
+                uow.commit()
+                return
+            delivery.last_error = error
+            hook.consecutive_failures += 1
+            wait = min(
+                self.settings.first_retry_seconds * 2 ** (delivery.attempts - 1),
+                self.settings.max_retry_seconds,
+            )
+            delivery.due_at = now + timedelta(seconds=wait)
+            if hook.consecutive_failures >= self.settings.disable_after_failures:
+                self._disable(uow, hook, error, now)
+            uow.commit()
+
+    def _disable(self, uow: UnitOfWork, hook: WebhookRow, error: str, now: datetime) -> None:
+        hook.active = False
+        hook.disabled_at = now
+        for pending in uow.session.scalars(
+            select(WebhookDeliveryRow).where(
+                WebhookDeliveryRow.webhook_id == hook.id, WebhookDeliveryRow.state == "pending"
+            )
+        ):
+            pending.state = "failed"
+        uow.alerts.raise_alert(
+            WEBHOOK_DISABLED,
+            severity="error",
+            dedup_key=f"{WEBHOOK_DISABLED}:{hook.id}",
+            summary=f"webhook {hook.id} of client {hook.client_name} disabled after "
+            f"{hook.consecutive_failures} failed deliveries in a row (last: {error}); "
+            "fix the receiving URL and register the webhook again",
+            at=now,
+        )
+        log.warning("webhook %s disabled", hook.id)
+
+
+def _message_news(
+    event: EventRow, message: MessageRow
+) -> tuple[str, str, dict[str, Any], str | None]:
+    """(event type, dedup key, body, the own HER-id it concerns) for one status event."""
+    inbound = message.direction == Direction.INBOUND.value
+    own = message.to_her_id if inbound else message.from_her_id
+    event_type = (
+        "message.received" if inbound and event.to_status == "acknowledged" else ("message.status")
+    )
+    body = {
+        "event": event_type,
+        "messageId": message.id,
+        "direction": message.direction,
+        "status": event.to_status,
+        "previousStatus": event.from_status,
+        "messageType": message.msg_type,
+        "senderHerId": message.from_her_id,
+        "receiverHerId": message.to_her_id,
+        "at": event.at.isoformat(),
+    }
+    return event_type, f"event:{event.id}", body, own

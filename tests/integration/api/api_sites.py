@@ -1,0 +1,52 @@
+"""Two engines for the API tests without making a new PKI each time.
+
+``prepare_sites`` (keys, certificates, configuration) takes most of a second and a half; the tests
+prepare one template per session and copy it, rewriting the paths in the configuration, then wire
+the engines exactly as ``engine_pair.make_pair`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+
+from engine_pair import Clock, Loopback, Pair
+
+from meldingstjener.bootstrap import build_engine
+from meldingstjener.config import load_settings
+from meldingstjener.devsites import Site, prepare_sites
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    root: Path
+    gp: Site
+    hospital: Site
+
+
+def make_template(root: Path) -> Template:
+    gp, hospital = prepare_sites(root)
+    return Template(root, gp, hospital)
+
+
+def copy_pair(template: Template, target: Path) -> Pair:
+    shutil.copytree(template.root, target)
+    old, new = str(template.root), str(target)
+    for config in target.rglob("*.toml"):
+        config.write_text(config.read_text().replace(old, new))
+    gp_site, hospital_site = (
+        dataclasses.replace(site, directory=Path(str(site.directory).replace(old, new)))
+        for site in (template.gp, template.hospital)
+    )
+    clock = Clock()
+    network = Loopback()
+    gp = build_engine(load_settings(gp_site.config_path), clock=clock)
+    hospital = build_engine(load_settings(hospital_site.config_path), clock=clock)
+    for ctx in (gp, hospital):
+        ctx.transports = {"http": network}
+    network.engines = {gp_site.endpoint: gp, hospital_site.endpoint: hospital}
+    return Pair(gp_site, hospital_site, gp, hospital, clock, network)

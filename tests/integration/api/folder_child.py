@@ -1,0 +1,63 @@
+"""Runs the folder integration in its own process for the crash tests, and can kill itself
+(SIGKILL, as kill -9) at a named point: ``after-submit`` (the message is stored, the file not
+yet moved), ``before-move`` (the row says sent, the file is still in the outbox) or
+``after-inbox-write`` (both inbox files are in place, the row recording them is not).
+
+usage: python folder_child.py CONFIG OUTBOX INBOX CRASH_POINT CRASH_ON_CALL
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from meldingstjener.bootstrap import build_engine
+from meldingstjener.config import FolderSettings, load_settings
+from meldingstjener.integration import folder
+
+
+def die_on(call: int, real):  # type: ignore[no-untyped-def]
+    count = 0
+
+    def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += 1
+        if count == call and wrapped.point == "before":  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = real(*args, **kwargs)
+        if count == call and wrapped.point == "after":  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    return wrapped
+
+
+def main() -> None:
+    config, outbox, inbox, point, call = sys.argv[1:6]
+    ctx = build_engine(load_settings(Path(config)))
+    settings = FolderSettings(
+        outbox_dir=Path(outbox) if outbox != "-" else None,
+        inbox_dir=Path(inbox) if inbox != "-" else None,
+        poll_interval_seconds=0.05,
+    )
+    if point == "after-submit":
+        folder.submit = die_on(int(call), folder.submit)  # type: ignore[assignment]
+        folder.submit.point = "after"  # type: ignore[attr-defined]
+    elif point == "before-move":
+        folder.move_durably = die_on(int(call), folder.move_durably)  # type: ignore[assignment]
+        folder.move_durably.point = "before"  # type: ignore[attr-defined]
+    elif point == "after-inbox-write":
+        real = folder.FolderIntegration._record_written
+        wrapped = die_on(int(call), real)
+        wrapped.point = "before"  # type: ignore[attr-defined]
+        folder.FolderIntegration._record_written = wrapped  # type: ignore[method-assign]
+    integration = folder.FolderIntegration(ctx, settings)
+    print("ready", flush=True)
+    integration.run(threading.Event())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Rights, audit and bad input: no client reads or answers for a HER-id it may not act for, every
+attempt is audited, and client mistakes get a 4xx problem body, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+from typer.testing import CliRunner
+
+import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
+from conftest import ApiPair
+from meldingstjener.api.audit import AuditQuery, query
+from meldingstjener.cli.app import app
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _deliver_one(api_pair: ApiPair) -> str:
+    pair = api_pair.pair
+    document = dialog_note(pair.gp_site, pair.hospital_site, "Svar på prøver")
+    sent = api_pair.gp_http.post(
+        "/Messages",
+        headers=_bearer(api_pair.gp_key),
+        json={
+            "businessDocument": base64.b64encode(document).decode(),
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        },
+    )
+    assert sent.status_code == 201, sent.text
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    return received.id
+
+
+def test_client_without_rights_gets_403_and_the_attempt_is_audited(api_pair: ApiPair) -> None:
+    received_id = _deliver_one(api_pair)
+    outsider = {**_bearer(api_pair.outsider_key), "X-Person": "helsesekretaer 42"}
+    http = api_pair.hospital_http
+
+    document = http.get(f"/Messages/{received_id}/business-document", headers=outsider)
+    assert document.status_code == 403
+    assert document.headers["content-type"].startswith("application/problem+json")
+    assert document.json()["code"] == "forbidden"
+    listing = http.get(
+        "/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER}, headers=outsider
+    )
+    assert listing.status_code == 403
+    apprec = http.post(
+        f"/Messages/{received_id}/apprec/{HOSPITAL_SERVICE_HER}",
+        headers=outsider,
+        json={"appRecStatus": "Ok"},
+    )
+    assert apprec.status_code == 403
+    # The scope is checked too: the admin may search the log but not read the message.
+    admin_read = http.get(f"/Messages/{received_id}", headers=_bearer(api_pair.hospital_admin_key))
+    assert admin_read.status_code == 403
+
+    entries = query(api_pair.pair.hospital.store, AuditQuery(client="lab-system"))
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("get-business-document", "refused"),
+        ("list-messages", "refused"),
+        ("send-apprec", "refused"),
+    ]
+    assert entries[0]["messageId"] == received_id
+    assert entries[0]["person"] == "helsesekretaer 42"
+    # Refused reads deliver nothing: the message is still waiting for the EPJ.
+    assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == "acknowledged"
+
+    # The operator sees the same through the API and the CLI.
+    admin = _bearer(api_pair.hospital_admin_key)
+    through_api = http.get("/api/audit", params={"message_id": received_id}, headers=admin)
+    assert [e["outcome"] for e in through_api.json()] == ["refused", "refused", "refused"]
+    settings = api_pair.pair.hospital_site.config_path
+    result = CliRunner().invoke(
+        app, ["--config", str(settings), "audit", "--client", "lab-system", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert {line["outcome"] for line in lines} == {"refused"} and len(lines) == 3
+
+
+def test_allowed_reads_are_audited_with_the_person(api_pair: ApiPair) -> None:
+    received_id = _deliver_one(api_pair)
+    headers = {**_bearer(api_pair.hospital_key), "X-Person": "lege 7"}
+    http = api_pair.hospital_http
+    assert http.get(f"/Messages/{received_id}/business-document", headers=headers).is_success
+    assert (
+        http.put(
+            f"/Messages/{received_id}/read/{HOSPITAL_SERVICE_HER}", headers=headers
+        ).status_code
+        == 204
+    )
+    entries = query(api_pair.pair.hospital.store, AuditQuery(message_id=received_id))
+    assert [(e["client"], e["person"], e["action"], e["outcome"]) for e in entries] == [
+        ("dips", "lege 7", "get-business-document", "ok"),
+        ("dips", "lege 7", "mark-read", "ok"),
+    ]
+    assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == "delivered"
+
+
+def test_cli_client_lifecycle_and_401s(api_pair: ApiPair) -> None:
+    """Made by the CLI, the key works once shown; without a key or after revoking: 401."""
+    settings = api_pair.pair.hospital_site.config_path
+    made = CliRunner().invoke(
+        app,
+        [
+            "--config",
+            str(settings),
+            "clients",
+            "add",
+            "new-epj",
+            "--scope",
+            "receive",
+            "--her-id",
+            HOSPITAL_SERVICE_HER,
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    listed = api_pair.hospital_http.get(
+        "/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER}, headers=_bearer(key)
+    )
+    assert listed.status_code == 200 and listed.json() == []
+    shown = CliRunner().invoke(app, ["--config", str(settings), "clients", "list", "--json"])
+    assert key not in shown.output and "new-epj" in shown.output
+    http = api_pair.hospital_http
+    missing = http.get("/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER})
+    assert missing.status_code == 401 and missing.json()["code"] == "unauthenticated"
+    result = CliRunner().invoke(app, ["--config", str(settings), "clients", "revoke", "dips"])
+    assert result.exit_code == 0, result.output
+    revoked = http.get(
+        "/Messages",
+        params={"ReceiverHerIds": HOSPITAL_SERVICE_HER},
+        headers={"X-Api-Key": api_pair.hospital_key},
+    )
+    assert revoked.status_code == 401
+
+
+def test_client_mistakes_get_4xx_problem_bodies(api_pair: ApiPair) -> None:
+    http = api_pair.gp_http
+    headers = _bearer(api_pair.gp_key)
+    bad_base64 = http.post(
+        "/Messages",
+        headers=headers,
+        json={
+            "businessDocument": "***",
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        },
+    )
+    assert bad_base64.status_code == 400 and bad_base64.json()["errorCode"] == 1000
+    not_xml = http.post(
+        "/Messages",
+        headers=headers,
+        json={
+            "businessDocument": base64.b64encode(b"<a>").decode(),
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        },
+    )
+    assert not_xml.status_code == 400 and not_xml.json()["code"] == "invalid-message"
+    unknown_field = http.post(
+        "/Messages",
+        headers=headers,
+        json={
+            "businessDocument": "QQ==",
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+            "surprise": 1,
+        },
+    )
+    assert unknown_field.status_code == 400 and unknown_field.json()["validationErrors"]
+    assert http.get("/Messages/not-a-guid", headers=headers).status_code == 400
+    missing = http.get(f"/Messages/{uuid.uuid4()}", headers=headers)
+    assert missing.status_code == 404 and missing.json()["code"] == "not-found"
+    too_large = http.post(
+        "/Messages",
+        headers={**headers, "Content-Type": "application/json"},
+        content=b'{"businessDocument": "' + b"A" * (48 * 1024 * 1024) + b'"}',
+    )
+    assert too_large.status_code == 413 and too_large.json()["code"] == "too-large"
+    override = http.post(
+        "/Messages",
+        headers=headers,
+        json={
+            "businessDocument": "QQ==",
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+            "ebXmlOverrides": {"cpaId": "x"},
+        },
+    )
+    assert override.status_code == 400 and override.json()["code"] == "override-not-supported"
+
+
+def test_misaddressed_message_is_purged_and_the_sender_told(api_pair: ApiPair) -> None:
+    received_id = _deliver_one(api_pair)
+    http = api_pair.hospital_http
+    outsider = http.post(
+        f"/Messages/{received_id}/misaddressed",
+        headers=_bearer(api_pair.outsider_key),
+        json={"reason": "Feil pasient"},
+    )
+    assert outsider.status_code == 403
+    reported = http.post(
+        f"/Messages/{received_id}/misaddressed",
+        headers=_bearer(api_pair.hospital_key),
+        json={"reason": "Ikke vår pasient"},
+    )
+    assert reported.status_code == 201, reported.text
+    assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == (
+        "misaddressed-purged"
+    )
+    gone = http.get(
+        f"/Messages/{received_id}/business-document", headers=_bearer(api_pair.hospital_key)
+    )
+    assert gone.status_code == 404
+    again = http.post(
+        f"/Messages/{received_id}/misaddressed",
+        headers=_bearer(api_pair.hospital_key),
+        json={"reason": "igjen"},
+    )
+    assert again.status_code == 409

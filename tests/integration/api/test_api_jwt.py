@@ -1,0 +1,68 @@
+"""OAuth2/JWT bearer tokens from a configured issuer: scopes and HER-ids come from the claims;
+a token for another audience, an expired one or one signed by another key gets 401.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from engine_pair import Pair
+from fastapi.testclient import TestClient
+
+from meldingstjener.api.app import create_app
+from meldingstjener.api.audit import AuditQuery, query
+from meldingstjener.config import ApiSettings
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+
+ISSUER = "https://helseid.test"
+
+
+def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
+    claims = {
+        "iss": ISSUER,
+        "aud": "meldingstjener",
+        "exp": datetime.now(UTC) + timedelta(minutes=5),
+        "client_id": "jwt-epj",
+        "sub": "lege-9",
+        "scope": "receive",
+        "her_ids": [HOSPITAL_SERVICE_HER],
+        **changes,
+    }
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "issuer.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = ApiSettings(
+        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
+    )
+    with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
+
+        def get(token: str, her_id: str = HOSPITAL_SERVICE_HER) -> int:
+            answer = http.get(
+                "/Messages",
+                params={"ReceiverHerIds": her_id},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return answer.status_code
+
+        assert get(_token(key)) == 200
+        assert get(_token(key), her_id="8200001") == 403
+        assert get(_token(key, aud="someone-else")) == 401
+        assert get(_token(key, exp=datetime.now(UTC) - timedelta(minutes=1))) == 401
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        assert get(_token(other)) == 401
+        assert get(_token(key, scope="send")) == 403
+    entries = query(pair.hospital.store, AuditQuery(client="jwt-epj"))
+    assert [(e["person"], e["outcome"]) for e in entries] == [("lege-9", "refused")] * 2

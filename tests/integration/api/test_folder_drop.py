@@ -1,0 +1,192 @@
+"""Folder integration: outbox files are sent exactly once and moved, refused ones explained in
+failed/, received messages appear in the inbox with a sidecar; kill -9 at any step loses nothing
+and doubles nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from engine_pair import Pair
+from sqlalchemy import select
+
+from meldingstjener.config import FolderSettings
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine.outbound import submit
+from meldingstjener.integration.folder import FolderIntegration
+from meldingstjener.store.tables import FolderFileRow, MessageRow
+from meldingstjener.store.uow import LogFilter
+
+CHILD = Path(__file__).with_name("folder_child.py")
+
+
+def drop(outbox: Path, name: str, data: bytes) -> None:
+    """As an EPJ does it: write under a temporary name, then rename."""
+    temporary = outbox / f".{name}.partial"
+    temporary.write_bytes(data)
+    os.replace(temporary, outbox / name)
+
+
+def outbound(pair: Pair) -> list[MessageRow]:
+    with pair.gp.store.unit_of_work() as uow:
+        return uow.messages.search(LogFilter(direction="out", limit=100_000))
+
+
+def test_outbox_sends_and_explains_refusals(pair: Pair, tmp_path: Path) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Fra mappa")
+    drop(outbox, "a.xml", note)
+    drop(outbox, "broken.xml", b"<MsgHead>not a message")
+    (outbox / ".c.xml.partial").write_bytes(b"half writ")
+    assert integration.outbox_once() == 2
+    assert sorted(p.name for p in (outbox / "sent").iterdir()) == ["a.xml"]
+    assert sorted(p.name for p in (outbox / "failed").iterdir()) == [
+        "broken.xml",
+        "broken.xml.error.txt",
+    ]
+    explanation = (outbox / "failed" / "broken.xml.error.txt").read_text()
+    assert "was not sent" in explanation and "invalid-message" in explanation
+    assert (outbox / ".c.xml.partial").exists()  # not yet renamed: not ours to take
+    [message] = outbound(pair)
+    assert message.client_id and message.client_id.startswith("folder:")
+    assert integration.outbox_once() == 0
+
+
+def test_same_content_dropped_again_is_sent_again(pair: Pair, tmp_path: Path) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "To ganger med vilje")
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_inbox_gets_each_message_with_its_sidecar(pair: Pair, tmp_path: Path) -> None:
+    inbox = tmp_path / "inn"
+    sent = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Til mappa"), actor="t")
+    pair.run()
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    assert integration.inbox_once() == 1
+    [received] = pair.inbound_messages(pair.hospital)
+    assert sorted(p.name for p in inbox.iterdir()) == [f"{received.id}.json", f"{received.id}.xml"]
+    sidecar = json.loads((inbox / f"{received.id}.json").read_text())
+    assert sidecar["senderHerId"] == pair.gp_site.address_her_id
+    assert sidecar["messageType"] == "DIALOG_NOTAT"
+    assert "Til mappa" not in (inbox / f"{received.id}.json").read_text()
+    assert pair.message(pair.hospital, received.id).status == "delivered"
+    assert integration.inbox_once() == 0
+    assert sent
+
+
+def _run_child_until_killed(config: Path, outbox: str, inbox: str, point: str, call: int) -> None:
+    child = subprocess.run(
+        [sys.executable, str(CHILD), str(config), outbox, inbox, point, str(call)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -9, child.stderr.decode(errors="replace")[-3000:]
+
+
+def _run_until(config: Path, outbox: str, inbox: str, done: object) -> None:
+    """Run a healthy child until ``done()`` holds, then stop it."""
+    log = config.parent / "folder-child.log"
+    with log.open("wb") as output:
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), str(config), outbox, inbox, "none", "0"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not done():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "the folder integration did not finish"
+            assert child.poll() is None, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("point", ["after-submit", "before-move"])
+def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
+    outbox = tmp_path / "ut"
+    outbox.mkdir()
+    for number in range(6):
+        note = dialog_note(pair.gp_site, pair.hospital_site, f"Melding {number}")
+        drop(outbox, f"m{number}.xml", note)
+    config = pair.gp_site.config_path
+    _run_child_until_killed(config, str(outbox), "-", point, 3)  # at the third file
+    left = sorted(p.name for p in outbox.glob("*.xml"))
+    assert 0 < len(left) < 6
+    _run_until(config, str(outbox), "-", lambda: not list(outbox.glob("*.xml")))
+
+    messages = outbound(pair)
+    assert len(messages) == 6  # nothing lost, nothing doubled
+    assert len({m.payload_sha256 for m in messages}) == 6
+    assert sorted(p.name for p in (outbox / "sent").iterdir()) == [f"m{n}.xml" for n in range(6)]
+
+
+def test_inbox_survives_kill_9(pair: Pair, tmp_path: Path) -> None:
+    inbox = tmp_path / "inn"
+    for number in range(4):
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, f"Inn {number}"), actor="t")
+    pair.run()
+    config = pair.hospital_site.config_path
+    _run_child_until_killed(config, "-", str(inbox), "after-inbox-write", 2)
+
+    def all_recorded() -> bool:
+        if len(list(inbox.glob("*.xml"))) < 4:
+            return False  # look at the files first: cheaper, and no lock taken in the store
+        with pair.hospital.store.unit_of_work() as uow:
+            rows = list(uow.session.scalars(select(FolderFileRow)))
+        return len(rows) == 4 and all(
+            pair.message(pair.hospital, r.key).status == "delivered" for r in rows
+        )
+
+    _run_until(config, "-", str(inbox), all_recorded)
+    received = pair.inbound_messages(pair.hospital)
+    expected = sorted([f"{m.id}.xml" for m in received] + [f"{m.id}.json" for m in received])
+    assert sorted(p.name for p in inbox.iterdir()) == expected  # no temporary files left over
+    for message in received:
+        assert (
+            inbox / f"{message.id}.xml"
+        ).read_bytes() == pair.hospital.store.payloads.read_bytes(str(message.payload_ref))
+
+
+def test_start_integrations_runs_the_folder_until_stopped(pair: Pair, tmp_path: Path) -> None:
+    import threading
+
+    from meldingstjener.config import load_settings
+    from meldingstjener.integration import start_integrations
+
+    outbox = tmp_path / "ut"
+    settings = load_settings(
+        pair.gp_site.config_path,
+        folder={"outbox_dir": str(outbox), "poll_interval_seconds": 0.05},
+        webhooks={"poll_interval_seconds": 0.05},
+    )
+    stop = threading.Event()
+    threads = start_integrations(pair.gp, settings, stop)
+    assert sorted(t.name for t in threads) == ["folder", "webhooks"]
+    try:
+        drop(outbox, "x.xml", dialog_note(pair.gp_site, pair.hospital_site, "Tråd"))
+        deadline = time.monotonic() + 30
+        while not (outbox / "sent" / "x.xml").exists():
+            assert time.monotonic() < deadline, "the folder thread did not send the file"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outbound(pair)) == 1
