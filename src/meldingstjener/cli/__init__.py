@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from meldingstjener.cli import (  # noqa: F401  (imported for their command registrations)
     alerts_cmds,
+    api_cmds,
     demo_cmds,
     ebxml_cmds,
     engine_cmds,

@@ -71,9 +71,13 @@ def serve(
         thread.start()
         threads.append(thread)
     from meldingstjener.engine.mail_channel import start_mail_collector
+    from meldingstjener.integration import start_integrations
 
     collector = start_mail_collector(engine, settings, stop)
-    application = create_app(engine, max_request_bytes=settings.server.max_request_bytes)
+    threads += start_integrations(engine, settings, stop)
+    application = create_app(
+        engine, max_request_bytes=settings.server.max_request_bytes, api_settings=settings.api
+    )
     listen = host or settings.server.host
     typer.echo(
         f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from
 from meldingstjener.model.status import ALL_STATUSES
-from meldingstjener.store.tables import EventRow, MessageRow
+from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import LogFilter
+from meldingstjener.views import event_dict, message_summary
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -31,7 +32,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     typer.echo(f"database {store.database.engine.url.render_as_string()} at revision {revision}")
 
 
-def _parse_since(value: str | None) -> datetime | None:
+def parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
@@ -51,51 +52,6 @@ def wide_console() -> Console:
     """A console that does not squeeze tables to 80 columns when output goes to a file or pipe."""
     console = Console()
     return console if console.is_terminal else Console(width=200)
-
-
-def message_summary(message: MessageRow | None) -> dict[str, Any]:
-    """What the log shows of a message: ids, addressing, type and status; never patient data."""
-    if message is None:
-        return {}
-    return {
-        "message_id": message.id,
-        "direction": message.direction,
-        "status": message.status,
-        "channel": message.channel,
-        "msg_type": message.msg_type,
-        "msg_type_version": message.msg_type_version,
-        "msg_id": message.msg_id,
-        "ebxml_message_id": message.ebxml_message_id,
-        "conversation_id": message.ebxml_conversation_id,
-        "cpa_id": message.cpa_id,
-        "from_her_id": message.from_her_id,
-        "to_her_id": message.to_her_id,
-        "sender": {
-            "organisation": message.sender_org_her_id,
-            "service": message.sender_service_her_id,
-            "person": message.sender_person_her_id,
-        },
-        "receiver": {
-            "organisation": message.receiver_org_her_id,
-            "service": message.receiver_service_her_id,
-            "person": message.receiver_person_her_id,
-        },
-        "created_at": message.created_at.isoformat(),
-    }
-
-
-def event_dict(event: EventRow) -> dict[str, Any]:
-    return {
-        "event_id": event.id,
-        "at": event.at.isoformat(),
-        "kind": event.kind,
-        "from_status": event.from_status,
-        "to_status": event.to_status,
-        "actor": event.actor,
-        "code": event.code,
-        "detail": event.detail,
-        "ebxml_message_id": event.ebxml_message_id,
-    }
 
 
 @app.command("log")
@@ -128,7 +84,7 @@ def log_command(
         )
     store = open_store(settings_from(ctx))
     log_filter = LogFilter(
-        her_id=her_id, msg_type=msg_type, status=status, since=_parse_since(since), limit=limit
+        her_id=her_id, msg_type=msg_type, status=status, since=parse_since(since), limit=limit
     )
     with store.unit_of_work() as uow:
         rows = uow.messages.log(log_filter)

@@ -151,6 +151,10 @@ def submit(
         uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
         if on_stored is not None:
             on_stored(uow, row)
+        elif message.msg_type == APPREC:
+            from meldingstjener.engine.receipts import mark_answered_by_document  # (cycle)
+
+            mark_answered_by_document(ctx, uow, row, message)
         uow.commit()
     ctx.wakeup.notify()
     return row.id

@@ -213,6 +213,47 @@ def _submit_answer(
         raise AppRecRefused(exc.code, f"the {what} could not be sent: {exc.message}") from None
 
 
+def mark_answered_by_document(
+    ctx: EngineContext, uow: UnitOfWork, answer: MessageRow, message: Fagmelding
+) -> None:
+    """An AppRec the EPJ built itself (folder drop, API document) answers a received message:
+    move that message on and record the receipt, in the transaction that stores the AppRec."""
+    if message.msg_type != APPREC or not message.apprec_original_msg_id:
+        return
+    originals = [
+        m
+        for m in uow.messages.by_msg_id(Direction.INBOUND, message.apprec_original_msg_id)
+        if m.from_her_id == answer.to_her_id
+    ]
+    if not originals:
+        return
+    original = uow.messages.get(originals[-1].id, for_update=True)
+    assert original is not None
+    code = message.apprec_status or "1"
+    target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
+    if target.value not in allowed_next(Direction.INBOUND, original.status):
+        return  # already answered, or not delivered yet: the AppRec goes out, status stays
+    errors = list(message.apprec_errors)
+    uow.messages.set_status(
+        original,
+        target.value,
+        actor=f"apprec-document:{answer.client_id or 'epj'}",
+        code=errors[0][0] if errors else None,
+        detail=f"AppRec sent ({answer.id})",
+    )
+    uow.receipts.add(
+        ReceiptRow(
+            message_id=original.id,
+            kind="apprec",
+            direction="out",
+            at=ctx.clock(),
+            ref_to_message_id=original.msg_id,
+            apprec_status=code,
+            error_codes=[{"code": c, "text": t} for c, t in errors] or None,
+        )
+    )
+
+
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:
     row = uow.messages.get(message_id, for_update=for_update)
     if row is None or row.direction != Direction.INBOUND.value:

@@ -180,3 +180,15 @@ def test_transport_delivery_state_follows_the_status() -> None:
     assert receipts.transport_delivery_state("retrying") == "Unconfirmed"
     assert receipts.transport_delivery_state("not-delivered") == "Rejected"
     assert receipts.transport_delivery_state("apprec-rejected") == "Acknowledged"
+
+
+def test_an_apprec_document_from_the_epj_marks_the_message_it_answers(pair: Pair) -> None:
+    from meldingstjener.formats import AppRecStatus, build_apprec, read_msghead
+
+    message_id, row = send_and_deliver(pair)
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    document = build_apprec(original, status=AppRecStatus.OK, version="1.0")
+    submit(pair.hospital, document, actor="folder")
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
