@@ -1,7 +1,8 @@
 """End-to-end throughput and latency between two real servers over HTTP.
 
-Starts a GP office and a hospital server (``devsites``), submits N dialog messages from the GP
-side, and measures until every one is transport-acknowledged:
+Starts a GP office and a hospital server (``devsites``), submits N dialog messages through the
+GP server's EDI 2.0 API (``POST /Messages``, 8 client threads, as EPJs would), and measures until
+every one is transport-acknowledged:
 
 - messages per second end to end (submit of the first -> Acknowledgment of the last),
 - submit-to-Acknowledgment latency p50/p99 at full speed and at a paced 100 messages/s,
@@ -13,25 +14,28 @@ side, and measures until every one is transport-acknowledged:
 
 Usage:
     python benchmarks/throughput.py [--messages N] [--backend sqlite|postgresql|both]
-        [--postgres-url URL] [--large-mb 35] [--workers 4]
+        [--postgres-url URL] [--large-mb 35] [--workers 4] [--rate 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from meldingstjener.api.clients import add_client
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, dialog_note, prepare_sites
-from meldingstjener.engine.outbound import submit
 from meldingstjener.store.tables import MessageRow
 
 
@@ -87,7 +91,9 @@ def create_databases(admin_url: str) -> tuple[str, str]:
     return f"{base}/{names[0]}", f"{base}/{names[1]}"
 
 
-def run(backend: str, messages: int, postgres_admin: str, large_mb: int, workers: int) -> None:
+def run(
+    backend: str, messages: int, postgres_admin: str, large_mb: int, workers: int, rate: float
+) -> None:
     root = Path(tempfile.mkdtemp(prefix=f"mt-bench-{backend}-"))
     urls: tuple[str | None, str | None] = (None, None)
     if backend == "postgresql":
@@ -101,37 +107,54 @@ def run(backend: str, messages: int, postgres_admin: str, large_mb: int, workers
         persist_duration_seconds=600,
         workers=workers,
     )
+    gp = build_engine(load_settings(gp_site.config_path))
+    _, key = add_client(gp.store, "benchmark", ["send", "receive"], [gp_site.organisation_her_id])
     gp_server = RunningServer(gp_site, root / "gp.log").start()
     hospital_server = RunningServer(hospital_site, root / "hospital.log").start()
-    gp = build_engine(load_settings(gp_site.config_path))
     payload = dialog_note(gp_site, hospital_site, "Benchmark " + "x" * 2000)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{gp_site.port}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
+    body = {
+        "businessDocument": base64.b64encode(payload).decode("ascii"),
+        "contentType": "application/xml",
+        "contentTransferEncoding": "base64",
+    }
+
+    def post(_: int = 0) -> str:
+        response = api.post("/Messages", json=body)
+        response.raise_for_status()
+        return str(response.json())
+
+    pool = ThreadPoolExecutor(max_workers=8)
     try:
         # warm-up (connections, caches)
-        wait_acknowledged(gp, [submit(gp, payload, actor="bench") for _ in range(10)], 60)
+        wait_acknowledged(gp, list(pool.map(post, range(10))), 60)
 
         started = time.perf_counter()
-        ids = [submit(gp, payload, actor="bench") for _ in range(messages)]
+        ids = list(pool.map(post, range(messages)))
         submitted = time.perf_counter() - started
         rows = wait_acknowledged(gp, ids, 600)
         elapsed = time.perf_counter() - started
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
         print(f"\n== {backend}: {messages} messages, GP -> hospital over HTTP ==")
-        print(f"submit rate (validate+encrypt+sign+store): {messages / submitted:7.1f} msg/s")
+        print(f"API submit rate (validate+encrypt+sign+store): {messages / submitted:7.1f} msg/s")
         print(f"end to end (submit -> Acknowledgment):      {messages / elapsed:7.1f} msg/s")
         print(
             f"latency at full load  p50 {statistics.median(latencies):7.1f} ms   "
             f"p99 {percentile(latencies, 0.99):7.1f} ms"
         )
 
-        paced_ids = []
-        rate = 100.0
+        paced = []
         start = time.perf_counter()
         for n in range(min(messages, 500)):
-            target = start + n / rate
-            delay = target - time.perf_counter()
+            delay = start + n / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            paced_ids.append(submit(gp, payload, actor="bench"))
+            paced.append(pool.submit(post))
+        paced_ids = [future.result() for future in paced]
         achieved = len(paced_ids) / (time.perf_counter() - start)
         rows = wait_acknowledged(gp, paced_ids, 600)
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
@@ -153,7 +176,12 @@ def run(backend: str, messages: int, postgres_admin: str, large_mb: int, workers
             gp_pid = gp_server.process.pid
             before = {"gp": current_rss_mb(gp_pid), "hospital": current_rss_mb(hospital_pid)}
             big = _large_message(gp_site, hospital_site, large_mb, Attachment)
-            large_id = submit(gp, big, actor="bench")
+            large = api.post(
+                "/Messages",
+                json={**body, "businessDocument": base64.b64encode(big).decode("ascii")},
+            )
+            large.raise_for_status()
+            large_id = str(large.json())
             wait_acknowledged(gp, [large_id], 600)
             size_mb = len(big) / 1024 / 1024
             for name, pid in (("GP", gp_pid), ("hospital", hospital_pid)):
@@ -163,6 +191,8 @@ def run(backend: str, messages: int, postgres_admin: str, large_mb: int, workers
                     f"= {growth / size_mb:4.1f} x the payload (from {before[name.lower()]:.0f} MB)"
                 )
     finally:
+        pool.shutdown()
+        api.close()
         gp_server.stop()
         hospital_server.stop()
         gp.store.database.dispose()
@@ -199,6 +229,9 @@ def main() -> None:
         help="an admin connection; two fresh databases are created for the run",
     )
     parser.add_argument("--large-mb", type=int, default=35)
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="offered load for the paced latency run, msg/s"
+    )
     parser.add_argument("--workers", type=int, default=4, help="worker threads per server")
     args = parser.parse_args()
     ops = rsa_private_ops_per_second()
@@ -208,7 +241,7 @@ def main() -> None:
     )
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for backend in backends:
-        run(backend, args.messages, args.postgres_url, args.large_mb, args.workers)
+        run(backend, args.messages, args.postgres_url, args.large_mb, args.workers, args.rate)
 
 
 if __name__ == "__main__":
