@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meldingstjener.store.tables import EventRow, MessageRow
+from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
 
 
 def message_summary(message: MessageRow | None) -> dict[str, Any]:
@@ -53,4 +53,34 @@ def event_dict(event: EventRow) -> dict[str, Any]:
         "code": event.code,
         "detail": event.detail,
         "ebxml_message_id": event.ebxml_message_id,
+    }
+
+
+def receipt_dict(receipt: ReceiptRow) -> dict[str, Any]:
+    """A transport receipt, ebXML error or AppRec as the log shows it."""
+    return {
+        "kind": receipt.kind,
+        "direction": receipt.direction,
+        "at": receipt.at.isoformat(),
+        "ebxml_message_id": receipt.ebxml_message_id,
+        "apprec_status": receipt.apprec_status,
+        "error_codes": receipt.error_codes,
+        "description": receipt.description,
+    }
+
+
+def alert_dict(alert: AlertRow) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "message_id": alert.message_id,
+        "partner_her_id": alert.partner_her_id,
+        "first_seen": alert.first_seen.isoformat(),
+        "last_seen": alert.last_seen.isoformat(),
+        "count": alert.count,
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
     }

@@ -10,28 +10,12 @@ from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from
 from meldingstjener.cli.store_cmds import find_message, wide_console
+from meldingstjener.views import alert_dict, receipt_dict
 
 alerts_app = typer.Typer(
     help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
 )
 app.add_typer(alerts_app, name="alerts")
-
-
-def _alert_dict(alert: Any) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "summary": alert.summary,
-        "message_id": alert.message_id,
-        "partner_her_id": alert.partner_her_id,
-        "first_seen": alert.first_seen.isoformat(),
-        "last_seen": alert.last_seen.isoformat(),
-        "count": alert.count,
-        "acknowledged_by": alert.acknowledged_by,
-        "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
-        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
-    }
 
 
 @alerts_app.callback()
@@ -50,7 +34,7 @@ def alerts_list(
         alerts = uow.alerts.list(open_only=open_only)
     if as_json:
         for alert in alerts:
-            typer.echo(json.dumps(_alert_dict(alert)))
+            typer.echo(json.dumps(alert_dict(alert)))
         return
     table = Table("id", "severity", "kind", "count", "last seen", "ack", "summary")
     for alert in alerts:
@@ -113,17 +97,8 @@ def status_command(
         "from_her_id": message.from_her_id,
         "to_her_id": message.to_her_id,
         "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [
-            {
-                "kind": r.kind,
-                "direction": r.direction,
-                "at": r.at.isoformat(),
-                "apprec_status": r.apprec_status,
-                "error_codes": r.error_codes,
-            }
-            for r in receipts
-        ],
-        "alerts": [_alert_dict(a) for a in alerts],
+        "receipts": [receipt_dict(receipt) for receipt in receipts],
+        "alerts": [alert_dict(a) for a in alerts],
     }
     if message.direction == "out":
         document["receivers"] = [

@@ -14,7 +14,7 @@ from meldingstjener.cli.app import app, settings_from
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import LogFilter
-from meldingstjener.views import event_dict, message_summary
+from meldingstjener.views import event_dict, message_summary, receipt_dict
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -136,18 +136,7 @@ def show_command(
         document["last_error"] = {"code": message.last_error_code, "text": message.last_error_text}
         document["attempts"] = message.attempts
         document["events"] = [event_dict(event) for event in events]
-        document["receipts"] = [
-            {
-                "kind": receipt.kind,
-                "direction": receipt.direction,
-                "at": receipt.at.isoformat(),
-                "ebxml_message_id": receipt.ebxml_message_id,
-                "apprec_status": receipt.apprec_status,
-                "error_codes": receipt.error_codes,
-                "description": receipt.description,
-            }
-            for receipt in receipts
-        ]
+        document["receipts"] = [receipt_dict(receipt) for receipt in receipts]
         typer.echo(json.dumps(document, indent=2))
         return
     console = wide_console()
