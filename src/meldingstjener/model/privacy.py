@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-_NATIONAL_ID = re.compile(r"(?<!\d)\d{6}[ -]?\d{5}(?!\d)")
+# A national identity number stands as its own token: digits inside a hex id, a UUID or a file
+# name are not one (and masking them would garble the very ids an operator needs).
+_NATIONAL_ID = re.compile(r"(?<![\w-])\d{6}[ -]?\d{5}(?![\w-])")
 
 
 def redact(text: str | None) -> str | None:

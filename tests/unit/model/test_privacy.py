@@ -1,0 +1,38 @@
+"""Redaction masks national identity numbers and nothing that merely contains digits."""
+
+from __future__ import annotations
+
+import pytest
+
+from meldingstjener.model.privacy import redact
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pasient 01017012345 mottatt",
+        "pasient 010170 12345 mottatt",
+        "fnr:01017012345.",
+        "01017012345",
+    ],
+)
+def test_national_identity_numbers_are_masked(text: str) -> None:
+    masked = redact(text)
+    assert masked is not None and "12345" not in masked and "[redacted-id]" in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kept aside as c405b3daee2397273da03596293768b2.eml",
+        "message 6a896844-9ae6-4e4a-b2ed-bc2c3f44dd3b",
+        "HER-id 8142987 and organisation number 999999999",
+        "MsgId 2023082912565832812",  # 19 digits: an id, not a person
+    ],
+)
+def test_ids_that_contain_digits_are_left_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_none_stays_none() -> None:
+    assert redact(None) is None
