@@ -31,9 +31,14 @@ class CmsError(SecurityError):
 
 def cms_der_from_any(data: bytes) -> bytes:
     """DER (or BER) bytes of a CMS structure given as DER, PEM, or plain base64."""
+    # Binary DER is taken exactly as given: its last bytes may well be "whitespace" values
+    # (0x0b, 0x20, ...), and stripping them would corrupt the structure. Text forms never start
+    # with 0x30 ('0' is not a base64 start of a CMS ContentInfo, which encodes as "MI...").
+    if data[:1] == b"\x30":
+        return bytes(data)
     stripped = data.strip()
-    if stripped[:1] == b"\x30":
-        return bytes(stripped)
+    if stripped[:1] == b"\x30":  # DER after leading blank lines: only the front is trimmed
+        return bytes(data.lstrip())
     pem = _PEM_BLOCK.search(stripped)
     body = pem.group(1) if pem else stripped
     try:

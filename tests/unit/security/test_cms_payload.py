@@ -185,3 +185,11 @@ def test_enveloped_data_given_to_verify(receiver: DevParty) -> None:
     with pytest.raises(cms.CmsError) as caught:
         cms.verify(der, expected_signer=None)
     assert caught.value.code == "unexpected-content-type"
+
+
+@pytest.mark.parametrize("last", [b"\x0b", b" ", b"\n", b"\t"])
+def test_der_ending_in_a_whitespace_byte_is_kept_whole(last: bytes) -> None:
+    # A DER value whose final content byte happens to be a whitespace value (1 in ~40 random
+    # ciphertexts) must not be trimmed.
+    der = b"\x30\x03\x04\x01" + last
+    assert cms.cms_der_from_any(der) == der
