@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from meldingstjener.registry.ar_json import (
     parse_certificate_json,
     party_from_record,
 )
 from meldingstjener.registry.ar_json import with_certificates as attach_certificates
-from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.auth import BearerClient
 from meldingstjener.registry.certificates import PartyCertificate
 from meldingstjener.registry.errors import ArFormatError, ArPartyNotFound, RegistryError
 from meldingstjener.registry.isotime import parse_timestamp
@@ -57,23 +55,11 @@ class ArExport:
     her_ids: tuple[str, ...]
 
 
-class ArClient:
+class ArClient(BearerClient):
     """Synchronous client; one instance may be shared (httpx.Client is thread-safe)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        tokens: TokenProvider,
-        *,
-        http: httpx.Client | None = None,
-        timeout: float = 15.0,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._tokens = tokens
-        self._http = http or httpx.Client(timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
+    unavailable = ArUnavailable
+    service_name = "the address register"
 
     # --- the endpoints ---------------------------------------------------------------------
 
@@ -137,17 +123,9 @@ class ArClient:
         return parse_certificate_json(body)
 
     def _get_json(self, path: str, *, her_id: str | None = None) -> Any:
-        headers = {
-            "Authorization": f"Bearer {self._tokens.access_token()}",
-            "Accept": "application/json",
-        }
-        try:
-            response = self._http.get(self._base + path, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ArUnavailable(
-                f"the address register at {self._base} could not be reached "
-                f"({type(exc).__name__}); the local copy is used meanwhile"
-            ) from None
+        response = self._authorised_get(
+            path, accept="application/json", unreachable_hint="; the local copy is used meanwhile"
+        )
         if response.status_code == 404 and her_id is not None:
             raise ArPartyNotFound(f"the address register has no party with HER-id {her_id}")
         if response.status_code in {401, 403}:

@@ -20,6 +20,7 @@ import httpx
 from meldingstjener.registry.errors import RegistryError
 
 __all__ = [
+    "BearerClient",
     "ClientCredentialsTokenProvider",
     "StaticToken",
     "TokenError",
@@ -128,3 +129,41 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("error", ""))[:80]
     return ""
+
+
+class BearerClient:
+    """A synchronous client of one register API: base URL, bearer tokens, a shared httpx.Client.
+
+    Subclasses say which error means "the service cannot be reached" (``unavailable``) and name
+    the service in messages; they interpret status codes themselves, since the APIs differ there.
+    """
+
+    unavailable: type[RegistryError] = RegistryError
+    service_name = "the register"
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._tokens = tokens
+        self._http = http or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _authorised_get(
+        self, path: str, *, accept: str, unreachable_hint: str = ""
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._tokens.access_token()}", "Accept": accept}
+        try:
+            return self._http.get(self._base + path, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self.unavailable(
+                f"{self.service_name} at {self._base} could not be reached "
+                f"({type(exc).__name__}){unreachable_hint}"
+            ) from None

@@ -19,10 +19,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-import httpx
-
 from meldingstjener.registry.agreements import resolve_terms
-from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.auth import BearerClient
 from meldingstjener.registry.cpa import parse_cpa, parse_cpp
 from meldingstjener.registry.cppa_model import CollaborationProtocol
 from meldingstjener.registry.errors import CpaFormatError, RegistryError
@@ -36,21 +34,9 @@ class CppaUnavailable(RegistryError):
     code = "cppa-unavailable"
 
 
-class CppaClient:
-    def __init__(
-        self,
-        base_url: str,
-        tokens: TokenProvider,
-        *,
-        http: httpx.Client | None = None,
-        timeout: float = 15.0,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._tokens = tokens
-        self._http = http or httpx.Client(timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
+class CppaClient(BearerClient):
+    unavailable = CppaUnavailable
+    service_name = "the CPPA service"
 
     def profile(self, her_id: str) -> CollaborationProtocol | None:
         """The CPP of ``her_id``, None when it has none."""
@@ -66,16 +52,7 @@ class CppaClient:
         return parse_cpa(body) if body else None
 
     def _get(self, path: str) -> bytes | None:
-        headers = {
-            "Authorization": f"Bearer {self._tokens.access_token()}",
-            "Accept": "application/xml",
-        }
-        try:
-            response = self._http.get(self._base + path, headers=headers)
-        except httpx.HTTPError as exc:
-            raise CppaUnavailable(
-                f"the CPPA service at {self._base} could not be reached ({type(exc).__name__})"
-            ) from None
+        response = self._authorised_get(path, accept="application/xml")
         if response.status_code in {204, 404}:
             return None
         if response.status_code != 200:
