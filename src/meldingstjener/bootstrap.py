@@ -146,6 +146,7 @@ def build_engine(
     context = EngineContext(
         store=store,
         own_her_ids=frozenset(own),
+        organisation_her_id=_organisation_her_id(settings),
         keys=keys,
         directory=PartyDirectory(store, own),
         transports={"http": HttpTransport()},

@@ -79,6 +79,12 @@ class EngineContext:
     wakeup: Wakeup = field(default_factory=Wakeup)
     application: str = "meldingstjener"
     validator: CertificateValidator | None = None
+    organisation_her_id: str | None = None  # ours; None only where no organisation is configured
+
+    @property
+    def organisation(self) -> str:
+        """Our organisation's HER-id: what we answer from when the addressed HER-id is not ours."""
+        return self.organisation_her_id or min(self.own_her_ids, key=int)
 
     def description(self) -> MshDescription:
         return MshDescription(

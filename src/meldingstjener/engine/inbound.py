@@ -354,7 +354,7 @@ def _refuse(
 ) -> InboundReply:
     header = envelope.header
     our = header.to_party.her_id if header.to_party.her_id in ctx.own_her_ids else None
-    our = our or sorted(ctx.own_her_ids)[0]
+    our = our or ctx.organisation
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
     now = ctx.clock()

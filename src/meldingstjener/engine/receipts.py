@@ -420,7 +420,7 @@ def reject_by_server(
 def _from_our_organisation(ctx: EngineContext, payload: bytes) -> bytes:
     """An AppRec about a service we do not have comes from our organisation, not that service."""
     apprec = read_apprec(payload)
-    organisation = sorted(ctx.own_her_ids, key=int)[0]
+    organisation = ctx.organisation
     name = apprec.sender.inst.name or "meldingstjener"
     sender = apprec_party_from(Party.of(name, organisation))
     return serialize_apprec(dataclasses.replace(apprec, sender=sender))
