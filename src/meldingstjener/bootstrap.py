@@ -148,7 +148,7 @@ def build_engine(
         own_her_ids=frozenset(own),
         organisation_her_id=_organisation_her_id(settings),
         keys=keys,
-        directory=PartyDirectory(store, own),
+        directory=PartyDirectory(store, own, cache_seconds=settings.database.partner_cache_seconds),
         transports={"http": HttpTransport()},
         policy=Policy(
             environment=settings.environment,

@@ -75,6 +75,7 @@ class DatabaseSettings(_Section):
     url: str | None = None
     echo: bool = False
     pool_size: int = Field(default=10, ge=1)
+    partner_cache_seconds: float = Field(default=10.0, ge=0)
 
 
 class KeySettings(_Section):

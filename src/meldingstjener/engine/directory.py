@@ -3,19 +3,29 @@
 The communication-party and partner-agreement tables are filled by the address register, CPAs and
 ``[[partners]]`` in the configuration (synced here at start). Certificates are parsed once and
 cached per party until the row changes.
+
+Every message needs its partner several times on each side, so what is read here is kept for
+``database.partner_cache_seconds``. A change this process commits to those tables is seen at
+once (:mod:`meldingstjener.store.changes`); a change by another process (the operator's CLI, a
+second server) within that many seconds.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from cryptography import x509
 from sqlalchemy import select
 
 from meldingstjener.config import PartnerSettings, Settings
+from meldingstjener.registry.agreements import PartnerAgreement
+from meldingstjener.registry.store import agreement_from_row
 from meldingstjener.security.certs import certificate_from_bytes, load_certificate
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import Store, UnitOfWork
@@ -58,12 +68,55 @@ def cpa_id_for(our_her_id: str, their_her_id: str) -> str:
     return f"nhn:cpa:{low}:{high}"
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    value: object
+    generation: int
+    expires: float
+
+
 class PartyDirectory:
-    def __init__(self, store: Store, own_her_ids: list[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        own_her_ids: list[str],
+        *,
+        cache_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.own_her_ids = own_her_ids
+        self.cache_seconds = cache_seconds
+        self._monotonic = monotonic
         self._certificates: dict[tuple[str, str], x509.Certificate] = {}
+        self._entries: dict[tuple[str, ...], _Entry] = {}
         self._lock = threading.Lock()
+
+    def _cached(self, key: tuple[str, ...], read: Callable[[], T]) -> T:
+        """``read()``'s answer (or the PartnerUnknown it raised), kept while still fresh."""
+        if self.cache_seconds <= 0:
+            return read()
+        # the generation is taken BEFORE reading: a change committed meanwhile makes it stale
+        generation = self.store.database.generation()
+        now = self._monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry.generation != generation or entry.expires <= now:
+            try:
+                value: object = read()
+            except PartnerUnknown as unknown:
+                value = unknown
+            entry = _Entry(value, generation, now + self.cache_seconds)
+            with self._lock:
+                if len(self._entries) > 10_000:  # a flood of unknown senders must not grow it
+                    self._entries.clear()
+                self._entries[key] = entry
+        if isinstance(entry.value, PartnerUnknown):
+            raise PartnerUnknown(entry.value.her_id, entry.value.what)
+        return entry.value  # type: ignore[return-value]
 
     def _certificate(self, b64: str | None) -> x509.Certificate | None:
         if not b64:
@@ -79,6 +132,12 @@ class PartyDirectory:
 
     def partner(self, uow: UnitOfWork, her_id: str, *, our_her_id: str | None = None) -> Partner:
         """The partner ``her_id`` and our agreement with it; raises :class:`PartnerUnknown`."""
+        return self._cached(
+            ("partner", her_id, our_her_id or ""),
+            lambda: self._read_partner(uow, her_id, our_her_id),
+        )
+
+    def _read_partner(self, uow: UnitOfWork, her_id: str, our_her_id: str | None) -> Partner:
         party = uow.parties.get(her_id)
         if party is None:
             raise PartnerUnknown(her_id, "no communication party")
@@ -113,10 +172,24 @@ class PartyDirectory:
             message_types=tuple(agreement.message_types or ()),
         )
 
+    def agreement(self, uow: UnitOfWork, our_her_id: str, her_id: str) -> PartnerAgreement | None:
+        """Our agreement with ``her_id`` as the send check reads it (None: there is none)."""
+
+        def read() -> PartnerAgreement | None:
+            row = uow.agreements.for_pair(our_her_id, her_id)
+            return None if row is None else agreement_from_row(row)
+
+        return self._cached(("agreement", our_her_id, her_id), read)
+
     def signing_certificate(self, uow: UnitOfWork, her_id: str) -> x509.Certificate | None:
         """The signing certificate of ``her_id``. Enterprise certificates belong to the
         organisation, so an organisation we know only as the parent of a service is found
         through that service."""
+        return self._cached(
+            ("signing", her_id), lambda: self._read_signing_certificate(uow, her_id)
+        )
+
+    def _read_signing_certificate(self, uow: UnitOfWork, her_id: str) -> x509.Certificate | None:
         party = uow.parties.get(her_id)
         if party is None:
             party = uow.session.scalars(

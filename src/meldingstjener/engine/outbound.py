@@ -30,7 +30,7 @@ from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
-from meldingstjener.registry.policy import check_outbound
+from meldingstjener.registry.policy import check_agreement
 from meldingstjener.security import cms_enveloped
 from meldingstjener.security.xmldsig import sign_ebxml_envelope
 from meldingstjener.store.tables import MessageRow
@@ -76,8 +76,12 @@ def submit(
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
         try:
             # the agreement the directory found: our organisation's covers its services
-            check_outbound(
-                uow, partner.our_her_id, receiver_her, message.msg_type, _version_of(message)
+            check_agreement(
+                ctx.directory.agreement(uow, partner.our_her_id, receiver_her),
+                partner.our_her_id,
+                receiver_her,
+                message.msg_type,
+                _version_of(message),
             )
         except NotAgreed as exc:
             raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from meldingstjener.registry.agreements import NotAgreed, check_send
+from meldingstjener.registry.agreements import NotAgreed, PartnerAgreement, check_send
 from meldingstjener.registry.store import agreement_from_row
 from meldingstjener.store.uow import UnitOfWork
 
-__all__ = ["check_outbound"]
+__all__ = ["check_agreement", "check_outbound"]
 
 
 def check_outbound(
@@ -34,13 +34,28 @@ def check_outbound(
     ``test_message`` also allows an agreement in the testing state.
     """
     row = uow.agreements.for_pair(str(our_her_id), str(their_her_id))
-    if row is None:
+    agreement = None if row is None else agreement_from_row(row)
+    check_agreement(
+        agreement, our_her_id, their_her_id, msg_type, version, test_message=test_message
+    )
+
+
+def check_agreement(
+    agreement: PartnerAgreement | None,
+    our_her_id: str,
+    their_her_id: str,
+    msg_type: str | None,
+    version: str | None,
+    *,
+    test_message: bool = False,
+) -> None:
+    """:func:`check_outbound` for an agreement already read (the engine keeps them cached)."""
+    if agreement is None:
         raise NotAgreed(
             "no-agreement",
             f"there is no partner agreement between HER-id {our_her_id} and HER-id "
             f"{their_her_id}; add one with 'meldingstjener partners add' before sending",
         )
-    agreement = agreement_from_row(row)
     if msg_type is not None and version is not None:
         check_send(agreement, msg_type, version, test_message=test_message)
         return

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Insert, Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from meldingstjener.model import Direction, check_transition, initial_status
@@ -31,6 +32,7 @@ from meldingstjener.store.tables import (
     PartyRow,
     ReceiptRow,
     StateRow,
+    new_id,
 )
 from meldingstjener.store.types import utcnow
 
@@ -47,8 +49,12 @@ class EventKind:
 
 
 class EventRepository:
+    """The message log. Events are collected and written in one statement when the unit of work
+    commits (after the rows they refer to), not one ORM object and round trip each."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._pending: list[dict[str, Any]] = []
 
     def record(
         self,
@@ -62,22 +68,32 @@ class EventRepository:
         to_status: str | None = None,
         ebxml_message_id: str | None = None,
         at: datetime | None = None,
-    ) -> EventRow:
-        row = EventRow(
-            message_id=message_id,
-            kind=kind,
-            actor=actor,
-            detail=redact(detail),
-            code=code,
-            from_status=from_status,
-            to_status=to_status,
-            ebxml_message_id=ebxml_message_id,
-            at=at or utcnow(),
+    ) -> None:
+        self._pending.append(
+            {
+                "message_id": message_id,
+                "kind": kind,
+                "actor": actor,
+                "detail": redact(detail),
+                "code": code,
+                "from_status": from_status,
+                "to_status": to_status,
+                "ebxml_message_id": ebxml_message_id,
+                "at": at or utcnow(),
+            }
         )
-        self.session.add(row)
-        return row
+
+    def write_pending(self) -> None:
+        """Write the collected events (the ORM flushes the messages they refer to first)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.session.flush()
+            # Core, not ORM bulk: the ORM splits rows by which values are None, Core sends one
+            # multi-row INSERT.
+            self.session.connection().execute(insert(cast(Table, EventRow.__table__)), pending)
 
     def for_message(self, message_id: str) -> list[EventRow]:
+        self.write_pending()
         query = select(EventRow).where(EventRow.message_id == message_id)
         return list(self.session.scalars(query.order_by(EventRow.at, EventRow.id)))
 
@@ -111,10 +127,12 @@ class MessageRepository:
         direction = Direction(row.direction)
         row.status = initial_status(direction).value
         now = at or utcnow()
+        row.id = row.id or new_id()
         row.created_at = row.created_at or now
         row.status_changed_at = now
+        # No flush here: a status set later in the same unit of work goes into the one INSERT,
+        # and the message and its events reach the database in one round trip at commit.
         self.session.add(row)
-        self.session.flush()
         self.events.record(
             row.id,
             EventKind.STATUS,
@@ -186,6 +204,7 @@ class MessageRepository:
 
     def log(self, log_filter: LogFilter) -> list[tuple[EventRow, MessageRow | None]]:
         """Events joined with their message, oldest first, filtered like the message log."""
+        self.events.write_pending()
         query: Select[Any] = select(EventRow, MessageRow).outerjoin(  # type: ignore[assignment]
             MessageRow, EventRow.message_id == MessageRow.id
         )
@@ -296,11 +315,14 @@ class AlertRepository:
             row.acknowledged_by = by
         return row
 
-    def resolve(self, dedup_key: str, *, at: datetime | None = None) -> AlertRow | None:
-        row = self.session.scalars(select(AlertRow).where(AlertRow.dedup_key == dedup_key)).first()
-        if row is not None and row.resolved_at is None:
-            row.resolved_at = at or utcnow()
-        return row
+    def resolve(self, dedup_key: str, *, at: datetime | None = None) -> None:
+        """Mark the open alert of ``dedup_key`` resolved (one statement; none open is fine)."""
+        self.session.execute(
+            update(AlertRow)
+            .where(AlertRow.dedup_key == dedup_key, AlertRow.resolved_at.is_(None))
+            .values(resolved_at=at or utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
     def list(self, *, open_only: bool = False, limit: int = 1000) -> list[AlertRow]:
         query = select(AlertRow)
@@ -320,8 +342,14 @@ class ClaimedJob:
 
 
 class JobRepository:
+    """Due work. Each operation is one statement: this is the hot path of every message."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def _insert(self) -> Any:
+        dialect = self.session.get_bind().dialect.name
+        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(JobRow)
 
     def schedule(
         self,
@@ -331,33 +359,47 @@ class JobRepository:
         message_id: str | None = None,
         data: dict[str, Any] | None = None,
         dedup_key: str | None = None,
-    ) -> JobRow:
+    ) -> None:
         """Schedule due work. With ``dedup_key``, an existing job of that key is moved instead."""
-        if dedup_key is not None:
-            existing = self.session.scalars(
-                select(JobRow).where(JobRow.dedup_key == dedup_key)
-            ).first()
-            if existing is not None:
-                existing.due_at = due_at
-                existing.claimed_by = None
-                existing.claimed_until = None
-                existing.data = data
-                return existing
-        row = JobRow(
-            kind=kind, due_at=due_at, message_id=message_id, data=data, dedup_key=dedup_key
-        )
-        self.session.add(row)
-        return row
+        values = {
+            "kind": kind,
+            "due_at": due_at,
+            "message_id": message_id,
+            "data": data,
+            "dedup_key": dedup_key,
+            "attempts": 0,
+            "created_at": utcnow(),
+        }
+        statement: Insert
+        if dedup_key is None:
+            statement = insert(JobRow).values(**values)
+        else:
+            statement = (
+                self._insert()
+                .values(**values)
+                .on_conflict_do_update(
+                    index_elements=[JobRow.dedup_key],
+                    set_={
+                        "due_at": due_at,
+                        "claimed_by": None,
+                        "claimed_until": None,
+                        "data": data,
+                    },
+                )
+            )
+        self.session.execute(statement)
 
     def claim_due(
         self, worker: str, *, now: datetime, limit: int, lease: timedelta
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs for ``worker`` until ``now + lease``.
 
-        A job whose lease ran out (its worker died) is due again. The caller commits.
+        A job whose lease ran out (its worker died) is due again. The caller commits. One
+        ``UPDATE ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` selection (PostgreSQL), so
+        concurrent workers never take the same job and a claim costs one round trip.
         """
-        query = (
-            select(JobRow)
+        due = (
+            select(JobRow.id)
             .where(
                 JobRow.due_at <= now,
                 or_(JobRow.claimed_until.is_(None), JobRow.claimed_until < now),
@@ -366,15 +408,23 @@ class JobRepository:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        claimed = []
-        for row in self.session.scalars(query):
-            row.claimed_by = worker
-            row.claimed_until = now + lease
-            row.attempts += 1
-            claimed.append(
-                ClaimedJob(row.id, row.kind, row.message_id, row.data, row.attempts, row.due_at)
+        statement = (
+            update(JobRow)
+            .where(JobRow.id.in_(due))
+            .values(claimed_by=worker, claimed_until=now + lease, attempts=JobRow.attempts + 1)
+            .returning(
+                JobRow.id,
+                JobRow.kind,
+                JobRow.message_id,
+                JobRow.data,
+                JobRow.attempts,
+                JobRow.due_at,
             )
-        return claimed
+            .execution_options(synchronize_session=False)
+        )
+        claimed = [ClaimedJob(*row) for row in self.session.execute(statement)]
+        # RETURNING has no order: hand the jobs out oldest first, as selected
+        return sorted(claimed, key=lambda job: (job.due_at, job.id))
 
     def release_claims(self, worker_prefix: str) -> int:
         """Release every lease held by workers whose name starts with ``worker_prefix``.
@@ -390,22 +440,23 @@ class JobRepository:
         return int(getattr(result, "rowcount", 0) or 0)
 
     def finish(self, job_id: int) -> None:
-        row = self.session.get(JobRow, job_id)
-        if row is not None:
-            self.session.delete(row)
+        self.session.execute(
+            delete(JobRow).where(JobRow.id == job_id).execution_options(synchronize_session=False)
+        )
 
     def reschedule(self, job_id: int, due_at: datetime) -> None:
         self.session.execute(
             update(JobRow)
             .where(JobRow.id == job_id)
             .values(due_at=due_at, claimed_by=None, claimed_until=None)
+            .execution_options(synchronize_session=False)
         )
 
     def cancel_for_message(self, message_id: str, kind: str | None = None) -> None:
-        rows = self.session.scalars(select(JobRow).where(JobRow.message_id == message_id))
-        for row in rows:
-            if kind is None or row.kind == kind:
-                self.session.delete(row)
+        statement = delete(JobRow).where(JobRow.message_id == message_id)
+        if kind is not None:
+            statement = statement.where(JobRow.kind == kind)
+        self.session.execute(statement.execution_options(synchronize_session=False))
 
     def next_due(self) -> datetime | None:
         return self.session.scalar(select(func.min(JobRow.due_at)))
@@ -510,6 +561,7 @@ class UnitOfWork:
                 self.database.write_lock.release()
 
     def commit(self) -> None:
+        self.events.write_pending()
         self.session.commit()
 
     def rollback(self) -> None:

@@ -1,0 +1,81 @@
+"""Change generations: lets a cache in this process know that a table it read has changed.
+
+The engine reads partner and agreement rows for every message; reading them from the database
+each time costs three round trips per message and side. The directory therefore caches them, and
+must never serve a row this process has changed. Every committed INSERT, UPDATE or DELETE on a
+watched table, by any :class:`~meldingstjener.store.database.Database` of the same URL in this
+process, moves the table's generation on; a cache compares generations before it trusts an entry.
+Changes made by other processes (an operator's CLI) are seen when the cache's time runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+WATCHED = ("communication_parties", "partner_agreements")
+_WRITES = ("insert", "update", "delete")
+_INFO_KEY = "meldingstjener.touched"
+
+_lock = threading.Lock()
+_generations: dict[tuple[str, str], int] = {}
+_pending = threading.local()
+
+
+def generation(url: str, tables: tuple[str, ...] = WATCHED) -> int:
+    """The sum of the tables' generations: any committed change to any of them moves it."""
+    with _lock:
+        return sum(_generations.get((url, table), 0) for table in tables)
+
+
+def _bump(url: str, tables: set[str]) -> None:
+    with _lock:
+        for table in tables:
+            _generations[(url, table)] = _generations.get((url, table), 0) + 1
+
+
+def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
+    """Count committed writes to the watched tables made through ``engine``.
+
+    The generation moves when the COMMIT is sent and again once it has completed (the session's
+    ``after_commit``, same thread): a reader that began between the two cannot keep what it read
+    under the final generation.
+    """
+
+    def after_execute(
+        connection: Any,
+        _cursor: Any,
+        statement: str,
+        _parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> None:
+        head = statement.lstrip()[:6].lower()
+        if head not in _WRITES:
+            return
+        touched = {table for table in WATCHED if table in statement}
+        if touched:
+            connection.info.setdefault(_INFO_KEY, set()).update(touched)
+
+    def on_commit(connection: Any) -> None:
+        touched = connection.info.pop(_INFO_KEY, None)
+        if touched:
+            _bump(url, touched)
+            _pending.tables = getattr(_pending, "tables", set()) | touched
+
+    def after_session_commit(_session: Session) -> None:
+        touched = getattr(_pending, "tables", None)
+        if touched:
+            _pending.tables = set()
+            _bump(url, touched)
+
+    def after_rollback(connection: Any) -> None:
+        connection.info.pop(_INFO_KEY, None)
+
+    event.listen(engine, "after_cursor_execute", after_execute)
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine, "rollback", after_rollback)
+    event.listen(sessions, "after_commit", after_session_commit)
