@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import statistics
 import tempfile
 import time
@@ -60,6 +61,18 @@ def current_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle (all cores, every process incl. PostgreSQL)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -154,11 +167,17 @@ def run(
         # warm-up (connections, caches)
         wait_acknowledged(gp, list(pool.map(post, range(10))), 60)
 
+        assert gp_server.process is not None and hospital_server.process is not None
+        pids = {"GP": gp_server.process.pid, "hospital": hospital_server.process.pid}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        busy_before = machine_busy_seconds()
         started = time.perf_counter()
         ids = list(pool.map(post, range(messages)))
         submitted = time.perf_counter() - started
         rows = wait_acknowledged(gp, ids, 600)
         elapsed = time.perf_counter() - started
+        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 for name, pid in pids.items()}
+        busy = (machine_busy_seconds() - busy_before) * 1000
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
         mode = "SyncReply: Acknowledgment in the HTTP response" if sync_reply else "async signals"
         print(f"\n== {backend}: {messages} messages, GP -> hospital over HTTP ({mode}) ==")
@@ -167,6 +186,11 @@ def run(
         print(
             f"latency at full load  p50 {statistics.median(latencies):7.1f} ms   "
             f"p99 {percentile(latencies, 0.99):7.1f} ms"
+        )
+        print(
+            f"CPU per message: GP server {cpu['GP'] / messages:5.1f} ms, hospital server "
+            f"{cpu['hospital'] / messages:5.1f} ms, whole machine {busy / messages:5.1f} ms "
+            f"(of {os.cpu_count()} cores; includes PostgreSQL and this client)"
         )
 
         paced = []

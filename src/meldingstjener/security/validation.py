@@ -107,6 +107,9 @@ class CertificateValidator:
             raise ValueError("revocation_policy must be 'soft' or 'hard'")
         self._anchors = list(trust_anchors)
         self._pool = list(intermediates) + self._anchors
+        # Chains depend only on the certificate and the fixed pool; building one verifies
+        # signatures, and the engine validates the same partner certificates for every message.
+        self._chains: dict[x509.Certificate, tuple[list[x509.Certificate], str | None]] = {}
         self._check_revocation = check_revocation
         self._policy = revocation_policy
         self._clock = clock
@@ -148,6 +151,15 @@ class CertificateValidator:
         return CertificateCheck(not fatal, reasons, details, chain, when)
 
     def _build_chain(self, cert: x509.Certificate) -> tuple[list[x509.Certificate], str | None]:
+        known = self._chains.get(cert)
+        if known is None:
+            known = self._chain_of(cert)
+            if len(self._chains) > 1000:  # many partners' certificates; keep it bounded
+                self._chains.clear()
+            self._chains[cert] = known
+        return list(known[0]), known[1]
+
+    def _chain_of(self, cert: x509.Certificate) -> tuple[list[x509.Certificate], str | None]:
         chain = [cert]
         current = cert
         for _ in range(_MAX_CHAIN):
