@@ -15,9 +15,20 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, cast
 
-from sqlalchemy import Insert, Select, Table, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    Select,
+    Table,
+    TextClause,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import TextualSelect
 
 from meldingstjener.model import Direction, check_transition, initial_status
 from meldingstjener.model.privacy import redact
@@ -341,15 +352,63 @@ class ClaimedJob:
     due_at: datetime
 
 
+def _job_sql(sql: str, **types: str) -> TextClause:
+    """A job statement prepared once: building and cache-keying a SQLAlchemy construct per call
+    cost more CPU than the database spends on it. Binds get the column types (SQLite stores
+    times as text in our format, so they must be converted exactly as the ORM would)."""
+    columns = cast(Table, JobRow.__table__).c
+    binds = [bindparam(name, type_=columns[column].type) for name, column in types.items()]
+    return text(sql).bindparams(*binds)
+
+
+_JOB_COLUMNS = "kind, dedup_key, message_id, due_at, attempts, data, created_at"
+_JOB_VALUES = ":kind, :dedup_key, :message_id, :due_at, 0, :data, :created_at"
+_TIMES = {"due_at": "due_at", "created_at": "created_at", "data": "data"}
+_SCHEDULE = _job_sql(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})", **_TIMES)
+# a job of the same key is moved, not duplicated (its kind and attempts stay)
+_SCHEDULE_DEDUP = _job_sql(
+    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES}) "
+    "ON CONFLICT (dedup_key) DO UPDATE SET due_at = excluded.due_at, claimed_by = NULL, "
+    "claimed_until = NULL, data = excluded.data",
+    **_TIMES,
+)
+_FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
+_CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
+_CANCEL_KIND = _job_sql("DELETE FROM jobs WHERE message_id = :message_id AND kind = :kind")
+_RESCHEDULE = _job_sql(
+    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL WHERE id = :id",
+    due_at="due_at",
+)
+
+
+def _claim_sql(lock: str) -> TextualSelect:
+    columns = cast(Table, JobRow.__table__).c
+    return _job_sql(
+        "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
+        "WHERE id IN (SELECT id FROM jobs WHERE due_at <= :now "
+        "AND (claimed_until IS NULL OR claimed_until < :now) "
+        f"ORDER BY due_at, id LIMIT :limit {lock}) "
+        "RETURNING id, kind, message_id, data, attempts, due_at",
+        until="claimed_until",
+        now="due_at",
+    ).columns(
+        columns.id, columns.kind, columns.message_id, columns.data, columns.attempts, columns.due_at
+    )
+
+
+# PostgreSQL: concurrent workers skip each other's rows. SQLite has one writer at a time.
+_CLAIM = {"postgresql": _claim_sql("FOR UPDATE SKIP LOCKED"), "sqlite": _claim_sql("")}
+
+
 class JobRepository:
-    """Due work. Each operation is one statement: this is the hot path of every message."""
+    """Due work. Each operation is one prepared statement: this is the hot path of every
+    message (a message needs about six job operations on its way)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _insert(self) -> Any:
-        dialect = self.session.get_bind().dialect.name
-        return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(JobRow)
+    def _run(self, statement: TextClause | TextualSelect, **parameters: Any) -> Any:
+        return self.session.connection().execute(statement, parameters)
 
     def schedule(
         self,
@@ -361,33 +420,17 @@ class JobRepository:
         dedup_key: str | None = None,
     ) -> None:
         """Schedule due work. With ``dedup_key``, an existing job of that key is moved instead."""
-        values = {
-            "kind": kind,
-            "due_at": due_at,
-            "message_id": message_id,
-            "data": data,
-            "dedup_key": dedup_key,
-            "attempts": 0,
-            "created_at": utcnow(),
-        }
-        statement: Insert
-        if dedup_key is None:
-            statement = insert(JobRow).values(**values)
-        else:
-            statement = (
-                self._insert()
-                .values(**values)
-                .on_conflict_do_update(
-                    index_elements=[JobRow.dedup_key],
-                    set_={
-                        "due_at": due_at,
-                        "claimed_by": None,
-                        "claimed_until": None,
-                        "data": data,
-                    },
-                )
-            )
-        self.session.execute(statement)
+        if message_id is not None:
+            self.session.flush()  # the message row this job refers to goes first
+        self._run(
+            _SCHEDULE if dedup_key is None else _SCHEDULE_DEDUP,
+            kind=kind,
+            dedup_key=dedup_key,
+            message_id=message_id,
+            due_at=due_at,
+            data=data,
+            created_at=utcnow(),
+        )
 
     def claim_due(
         self, worker: str, *, now: datetime, limit: int, lease: timedelta
@@ -398,31 +441,9 @@ class JobRepository:
         ``UPDATE ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` selection (PostgreSQL), so
         concurrent workers never take the same job and a claim costs one round trip.
         """
-        due = (
-            select(JobRow.id)
-            .where(
-                JobRow.due_at <= now,
-                or_(JobRow.claimed_until.is_(None), JobRow.claimed_until < now),
-            )
-            .order_by(JobRow.due_at, JobRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(JobRow)
-            .where(JobRow.id.in_(due))
-            .values(claimed_by=worker, claimed_until=now + lease, attempts=JobRow.attempts + 1)
-            .returning(
-                JobRow.id,
-                JobRow.kind,
-                JobRow.message_id,
-                JobRow.data,
-                JobRow.attempts,
-                JobRow.due_at,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        claimed = [ClaimedJob(*row) for row in self.session.execute(statement)]
+        dialect = self.session.get_bind().dialect.name
+        rows = self._run(_CLAIM[dialect], worker=worker, until=now + lease, now=now, limit=limit)
+        claimed = [ClaimedJob(*row) for row in rows]
         # RETURNING has no order: hand the jobs out oldest first, as selected
         return sorted(claimed, key=lambda job: (job.due_at, job.id))
 
@@ -440,23 +461,16 @@ class JobRepository:
         return int(getattr(result, "rowcount", 0) or 0)
 
     def finish(self, job_id: int) -> None:
-        self.session.execute(
-            delete(JobRow).where(JobRow.id == job_id).execution_options(synchronize_session=False)
-        )
+        self._run(_FINISH, id=job_id)
 
     def reschedule(self, job_id: int, due_at: datetime) -> None:
-        self.session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id)
-            .values(due_at=due_at, claimed_by=None, claimed_until=None)
-            .execution_options(synchronize_session=False)
-        )
+        self._run(_RESCHEDULE, id=job_id, due_at=due_at)
 
     def cancel_for_message(self, message_id: str, kind: str | None = None) -> None:
-        statement = delete(JobRow).where(JobRow.message_id == message_id)
-        if kind is not None:
-            statement = statement.where(JobRow.kind == kind)
-        self.session.execute(statement.execution_options(synchronize_session=False))
+        if kind is None:
+            self._run(_CANCEL, message_id=message_id)
+        else:
+            self._run(_CANCEL_KIND, message_id=message_id, kind=kind)
 
     def next_due(self) -> datetime | None:
         return self.session.scalar(select(func.min(JobRow.due_at)))
