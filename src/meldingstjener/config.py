@@ -111,7 +111,7 @@ class FormatsSettings(_Section):
 class WorkerSettings(_Section):
     count: int = Field(default=1, ge=1, le=64)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
-    claim_batch: int = Field(default=20, ge=1)
+    claim_batch: int = Field(default=4, ge=1)
     lease_seconds: int = Field(default=120, ge=5)
 
 

@@ -94,7 +94,7 @@ def serve(
         )
     finally:
         stop.set()
-        engine.wakeup.notify()
+        engine.wakeup.wake_all()
         if collector is not None:
             collector.collect_now(wait=False)  # wakes it so it sees the stop
             collector.join(timeout=10)

@@ -53,17 +53,32 @@ class Policy:
 
 
 class Wakeup:
-    """Lets a producer wake the in-process workers at once instead of at their next poll."""
+    """Lets a producer wake an in-process worker at once instead of at its next poll.
+
+    Each notice wakes ONE waiting worker (or is kept for the next one that waits): waking every
+    worker for every new message made all but one of them claim nothing, each a round trip and
+    a commit. A worker that found work loops without waiting, so a burst still spreads out.
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._condition = threading.Condition()
+        self._pending = 0
 
     def notify(self) -> None:
-        self._event.set()
+        with self._condition:
+            self._pending += 1
+            self._condition.notify()
+
+    def wake_all(self) -> None:
+        """Wake every waiting worker (shutdown: each must see the stop at once)."""
+        with self._condition:
+            self._condition.notify_all()
 
     def wait(self, timeout: float) -> None:
-        self._event.wait(timeout)
-        self._event.clear()
+        with self._condition:
+            if self._pending == 0:
+                self._condition.wait(timeout)
+            self._pending = max(0, self._pending - 1)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -262,23 +264,40 @@ def queue_signal(
             "endpoint": endpoint,
             "channel": channel,
             "partner": partner_her_id,
+            # what the send needs, so the job does not have to read the receipt back
+            "wire_ref": wire_ref.key,
+            "kind": kind,
+            "signal_message_id": wire.message_id,
         },
     )
     return receipt
 
 
+def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str, str] | None:
+    """(wire file, kind, ebXML MessageId) of the signal a send-signal job sends."""
+    if data.get("wire_ref"):
+        path = ctx.store.payloads.path(str(data["wire_ref"]))
+        if not path.is_file():
+            return None
+        return path, str(data.get("kind")), str(data.get("signal_message_id"))
+    with ctx.store.unit_of_work() as uow:  # jobs queued by a resend carry only the receipt id
+        receipt = uow.session.get(ReceiptRow, data.get("receipt_id"))
+        if receipt is None or receipt.wire_ref is None:
+            return None
+        path = ctx.store.payloads.path(receipt.wire_ref)
+        return path, receipt.kind, str(receipt.ebxml_message_id)
+
+
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
     """Send a stored signal; retry with growing pauses; alert when it cannot be delivered."""
     data = job.data or {}
-    with ctx.store.unit_of_work() as uow:
-        receipt = uow.session.get(ReceiptRow, data.get("receipt_id"))
-        if receipt is None or receipt.wire_ref is None:
+    stored = _stored_signal(ctx, data)
+    if stored is None:  # purged or never stored: nothing to send
+        with ctx.store.unit_of_work() as uow:
             uow.jobs.finish(job.id)
             uow.commit()
-            return
-        wire_path = ctx.store.payloads.path(receipt.wire_ref)
-        kind = receipt.kind
-        signal_message_id = receipt.ebxml_message_id
+        return
+    wire_path, kind, signal_message_id = stored
     transport = ctx.transports.get(str(data.get("channel")))
     now = ctx.clock()
     try:

@@ -65,19 +65,21 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     """Send (or resend) one message. Returns the transport's result when it was delivered."""
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
-        row = uow.messages.get(str(job.message_id))
-        if row is None or row.status not in _SENDABLE | {OutboundStatus.SENT.value}:
+        view = uow.messages.sending_view(str(job.message_id))
+        if view is None or view.status not in _SENDABLE | {OutboundStatus.SENT.value}:
             uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
             uow.commit()
             return None
         try:
-            partner = ctx.directory.partner(uow, str(row.to_her_id), our_her_id=row.from_her_id)
+            partner = ctx.directory.partner(uow, str(view.to_her_id), our_her_id=view.from_her_id)
         except PartnerUnknown as exc:
+            row = uow.messages.get(view.id, for_update=True)
+            assert row is not None
             _give_up(uow, row, str(row.to_her_id), f"the partner is no longer known ({exc})", now)
             uow.commit()
             return None
-        wire = ctx.store.payloads.path(str(row.wire_ref))
-        content_type = str(row.wire_content_type)
+        wire = ctx.store.payloads.path(str(view.wire_ref))
+        content_type = str(view.wire_content_type)
     transport = ctx.transports.get(partner.channel)
     try:
         if transport is None:
@@ -90,9 +92,9 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
                 content_type,
                 wire,
                 timeout_seconds=60.0,
-                ebxml_message_id=row.ebxml_message_id,
-                from_her_id=row.from_her_id,
-                to_her_id=row.to_her_id,
+                ebxml_message_id=view.ebxml_message_id,
+                from_her_id=view.from_her_id,
+                to_her_id=view.to_her_id,
             )
         )
     except TransportFailure as failure:

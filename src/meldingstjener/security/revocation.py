@@ -80,6 +80,9 @@ class RevocationChecker:
         self._clock = clock
         self._cache: dict[str, tuple[x509.CertificateRevocationList, datetime]] = {}
         self._lock = threading.Lock()
+        # (CRL signature, issuer) pairs already verified: a CRL serves every message until the
+        # next one replaces it, and its signature check was an RSA verify per message
+        self._verified: dict[tuple[bytes, x509.Certificate], bool] = {}
 
     def check(
         self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
@@ -105,18 +108,28 @@ class RevocationChecker:
         found = [
             ("configured crl", crl)
             for crl in self._configured
-            if crl.issuer == issuer.subject and _crl_signed_by(crl, issuer)
+            if crl.issuer == issuer.subject and self._signed_by(crl, issuer)
         ]
         if self._fetch_crls:
             for url in _crl_urls(cert):
                 crl = self._fetched_crl(url, notes)
                 if crl is None:
                     continue
-                if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                if crl.issuer != issuer.subject or not self._signed_by(crl, issuer):
                     notes.append(f"the CRL from {url} is not signed by the certificate's issuer")
                     continue
                 found.append((f"crl {url}", crl))
         return found
+
+    def _signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+        key = (crl.signature, issuer)
+        known = self._verified.get(key)
+        if known is None:
+            known = _crl_signed_by(crl, issuer)
+            if len(self._verified) > 1000:
+                self._verified.clear()
+            self._verified[key] = known
+        return known
 
     def _fetched_crl(self, url: str, notes: list[str]) -> x509.CertificateRevocationList | None:
         now = self._clock()
