@@ -69,6 +69,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes on this machine (its CPU is part of the cost)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def total_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue  # a backend that exited meanwhile
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine spent not idle (all cores, every process incl. PostgreSQL)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -171,6 +194,9 @@ def run(
         pids = {"GP": gp_server.process.pid, "hospital": hospital_server.process.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy_before = machine_busy_seconds()
+        database_pids = postgres_pids() if backend == "postgresql" else []
+        database_before = total_cpu_seconds(database_pids)
+        client_before = time.process_time()
         started = time.perf_counter()
         ids = list(pool.map(post, range(messages)))
         submitted = time.perf_counter() - started
@@ -178,6 +204,9 @@ def run(
         elapsed = time.perf_counter() - started
         cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 for name, pid in pids.items()}
         busy = (machine_busy_seconds() - busy_before) * 1000
+        client = (time.process_time() - client_before) * 1000
+        database_pids += [p for p in postgres_pids() if p not in database_pids]
+        database = (total_cpu_seconds(database_pids) - database_before) * 1000
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
         mode = "SyncReply: Acknowledgment in the HTTP response" if sync_reply else "async signals"
         print(f"\n== {backend}: {messages} messages, GP -> hospital over HTTP ({mode}) ==")
@@ -189,8 +218,9 @@ def run(
         )
         print(
             f"CPU per message: GP server {cpu['GP'] / messages:5.1f} ms, hospital server "
-            f"{cpu['hospital'] / messages:5.1f} ms, whole machine {busy / messages:5.1f} ms "
-            f"(of {os.cpu_count()} cores; includes PostgreSQL and this client)"
+            f"{cpu['hospital'] / messages:5.1f} ms, PostgreSQL {database / messages:5.1f} ms, "
+            f"this client {client / messages:5.1f} ms; whole machine {busy / messages:5.1f} ms "
+            f"(of {os.cpu_count()} cores, anything else running included)"
         )
 
         paced = []
