@@ -82,14 +82,20 @@ def postgres_pids() -> list[int]:
     return found
 
 
-def total_cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    found = {}
     for pid in pids:
         try:
-            total += cpu_seconds(pid)
+            found[pid] = cpu_seconds(pid)
         except OSError:
-            continue  # a backend that exited meanwhile
-    return total
+            continue  # a backend that exited meanwhile (its time is not counted)
+    return found
+
+
+def database_cpu_since(before: dict[int, float]) -> float:
+    """CPU the PostgreSQL processes alive now used since ``before`` (new ones: all of it)."""
+    after = cpu_by_pid(postgres_pids())
+    return sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
 
 
 def machine_busy_seconds() -> float:
@@ -194,8 +200,7 @@ def run(
         pids = {"GP": gp_server.process.pid, "hospital": hospital_server.process.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy_before = machine_busy_seconds()
-        database_pids = postgres_pids() if backend == "postgresql" else []
-        database_before = total_cpu_seconds(database_pids)
+        database_before = cpu_by_pid(postgres_pids())
         client_before = time.process_time()
         started = time.perf_counter()
         ids = list(pool.map(post, range(messages)))
@@ -205,8 +210,7 @@ def run(
         cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 for name, pid in pids.items()}
         busy = (machine_busy_seconds() - busy_before) * 1000
         client = (time.process_time() - client_before) * 1000
-        database_pids += [p for p in postgres_pids() if p not in database_pids]
-        database = (total_cpu_seconds(database_pids) - database_before) * 1000
+        database = database_cpu_since(database_before) * 1000 if backend == "postgresql" else 0.0
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
         mode = "SyncReply: Acknowledgment in the HTTP response" if sync_reply else "async signals"
         print(f"\n== {backend}: {messages} messages, GP -> hospital over HTTP ({mode}) ==")
