@@ -1,8 +1,8 @@
 """End-to-end throughput and latency between two real servers over HTTP.
 
 Starts a GP office and a hospital server (``devsites``), submits N dialog messages through the
-GP server's EDI 2.0 API (``POST /Messages``, 8 client threads, as EPJs would), and measures until
-every one is transport-acknowledged:
+GP server's EDI 2.0 API (``POST /Messages``, 8 client threads by default, as EPJs would), and
+measures until every one is transport-acknowledged:
 
 - messages per second end to end (submit of the first -> Acknowledgment of the last),
 - submit-to-Acknowledgment latency p50/p99 at full speed and at a paced 100 messages/s,
@@ -14,7 +14,7 @@ every one is transport-acknowledged:
 
 Usage:
     python benchmarks/throughput.py [--messages N] [--backend sqlite|postgresql|both]
-        [--postgres-url URL] [--large-mb 35] [--workers 4] [--rate 100] [--sync-reply]
+        [--postgres-url URL] [--large-mb 35] [--workers 4] [--rate 100] [--sync-reply] [--clients 8]
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ def current_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+def cpu_seconds(pid: int, *, kernel_only: bool = False) -> float:
+    """User + system CPU time of a process so far (or only the system part)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_pids() -> list[int]:
@@ -155,6 +156,7 @@ def run(
     workers: int,
     rate: float,
     sync_reply: bool,
+    clients: int,
 ) -> None:
     root = Path(tempfile.mkdtemp(prefix=f"mt-bench-{backend}-"))
     urls: tuple[str | None, str | None] = (None, None)
@@ -191,7 +193,7 @@ def run(
         response.raise_for_status()
         return str(response.json())
 
-    pool = ThreadPoolExecutor(max_workers=8)
+    pool = ThreadPoolExecutor(max_workers=clients)
     try:
         # warm-up (connections, caches)
         wait_acknowledged(gp, list(pool.map(post, range(10))), 60)
@@ -199,6 +201,7 @@ def run(
         assert gp_server.process is not None and hospital_server.process is not None
         pids = {"GP": gp_server.process.pid, "hospital": hospital_server.process.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        kernel_before = {name: cpu_seconds(pid, kernel_only=True) for name, pid in pids.items()}
         busy_before = machine_busy_seconds()
         database_before = cpu_by_pid(postgres_pids())
         client_before = time.process_time()
@@ -208,6 +211,10 @@ def run(
         rows = wait_acknowledged(gp, ids, 600)
         elapsed = time.perf_counter() - started
         cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 for name, pid in pids.items()}
+        kernel = {
+            name: (cpu_seconds(pid, kernel_only=True) - kernel_before[name]) * 1000
+            for name, pid in pids.items()
+        }
         busy = (machine_busy_seconds() - busy_before) * 1000
         client = (time.process_time() - client_before) * 1000
         database = database_cpu_since(database_before) * 1000 if backend == "postgresql" else 0.0
@@ -221,13 +228,16 @@ def run(
             f"p99 {percentile(latencies, 0.99):7.1f} ms"
         )
         print(
-            f"CPU per message: GP server {cpu['GP'] / messages:5.1f} ms, hospital server "
-            f"{cpu['hospital'] / messages:5.1f} ms, PostgreSQL {database / messages:5.1f} ms, "
+            f"CPU per message: GP server {cpu['GP'] / messages:5.1f} ms "
+            f"({kernel['GP'] / messages:4.1f} in the kernel), hospital server "
+            f"{cpu['hospital'] / messages:5.1f} ms ({kernel['hospital'] / messages:4.1f} in the "
+            f"kernel), PostgreSQL {database / messages:5.1f} ms, "
             f"this client {client / messages:5.1f} ms; whole machine {busy / messages:5.1f} ms "
             f"(of {os.cpu_count()} cores, anything else running included)"
         )
 
         paced = []
+        paced_cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         start = time.perf_counter()
         for n in range(min(messages, 500)):
             delay = start + n / rate - time.perf_counter()
@@ -238,9 +248,14 @@ def run(
         achieved = len(paced_ids) / (time.perf_counter() - start)
         rows = wait_acknowledged(gp, paced_ids, 600)
         latencies = [(r.status_changed_at - r.created_at).total_seconds() * 1000 for r in rows]
+        paced_cpu = {
+            name: (cpu_seconds(pid) - paced_cpu_before[name]) * 1000 / len(paced_ids)
+            for name, pid in pids.items()
+        }
         print(
             f"latency at {achieved:5.1f} msg/s offered  p50 {statistics.median(latencies):7.1f} ms"
-            f"   p99 {percentile(latencies, 0.99):7.1f} ms"
+            f"   p99 {percentile(latencies, 0.99):7.1f} ms   (CPU per message: GP server "
+            f"{paced_cpu['GP']:5.1f} ms, hospital server {paced_cpu['hospital']:5.1f} ms)"
         )
 
         assert gp_server.process is not None and hospital_server.process is not None
@@ -313,6 +328,7 @@ def main() -> None:
         "--rate", type=float, default=100.0, help="offered load for the paced latency run, msg/s"
     )
     parser.add_argument("--workers", type=int, default=4, help="worker threads per server")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent API clients")
     parser.add_argument(
         "--sync-reply",
         action="store_true",
@@ -335,6 +351,7 @@ def main() -> None:
             args.workers,
             args.rate,
             args.sync_reply,
+            args.clients,
         )
 
 
