@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
+from meldingstjener.api.document_spool import DocumentSpool
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.ops import ops_router
@@ -51,6 +52,10 @@ def create_app(
         "see docs/API.md for where this server differs.",
     )
     install_handlers(app)
+    # Inside the body limit: a large business document is decoded into a file as it arrives.
+    app.add_middleware(
+        DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
+    )
     # A base64 document is 4/3 of its size; JSON around it is small.
     app.add_middleware(
         BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
