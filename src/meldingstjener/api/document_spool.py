@@ -143,7 +143,6 @@ class _Scanner:
     def __init__(self, new_document: Callable[[], SpooledDocument]) -> None:
         self.new_document = new_document
         self.out = bytearray()
-        self.documents: list[SpooledDocument] = []
         self.stack = bytearray()  # b"{" and b"[" of the open containers
         self.expect_key = False  # in the top-level object, the next string is a key
         self.last_key: str | None = None
@@ -170,8 +169,7 @@ class _Scanner:
                 pos = self._document(data, pos)
 
     def finish(self) -> bytes:
-        if self.mode == "document":
-            self.escape = b""  # an unterminated string: the skeleton stays unterminated too
+        """The skeleton (unterminated where the body was: FastAPI then refuses it)."""
         return bytes(self.out)
 
     def _top_object(self) -> bool:
@@ -214,14 +212,10 @@ class _Scanner:
             self.key.clear()
         else:
             self.is_key = False
-        if top and not self.is_key and self.value_of == FIELD:
-            self.document = self.new_document()
-            self.documents.append(self.document)
-            self.mode = "document"
-            self._emit(b'"')
-        else:
-            self.mode = "string"
-            self._emit(b'"')
+        document = top and not self.is_key and self.value_of == FIELD
+        self.document = self.new_document() if document else None
+        self.mode = "document" if document else "string"
+        self._emit(b'"')
         self.value_of = None
 
     def _string(self, data: bytes, pos: int) -> int:
