@@ -12,7 +12,8 @@ large fagmelding went through:
 - ``folder``: the folder drop taking the same file from an outbox in a child process.
 
 Usage:
-    python benchmarks/memory.py [--mb 35] [--paths api,receive,file,folder] [--keep]
+    python benchmarks/memory.py [--mb 35] [--paths api,receive,file,folder] [--rounds 1]
+        [--keep]
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def _wait_acknowledged(gp_config: Path, message_id: str, timeout: float) -> None
         engine.store.database.dispose()
 
 
-def measure_servers(root: Path, gp: Site, hospital: Site, document: Path) -> dict[str, float]:
-    """``api`` (GP server) and ``receive`` (hospital server) growth in MB for one document."""
+def measure_servers(
+    root: Path, gp: Site, hospital: Site, document: Path, rounds: int
+) -> dict[str, float]:
+    """``api`` (GP server) and ``receive`` (hospital server) growth in MB for one document
+    (the largest growth over ``rounds`` documents)."""
     engine = build_engine(load_settings(gp.config_path))
     _, key = add_client(engine.store, "memory-benchmark", ["send"], [gp.organisation_her_id])
     engine.store.database.dispose()
@@ -154,16 +158,20 @@ def measure_servers(root: Path, gp: Site, hospital: Site, document: Path) -> dic
         warm.raise_for_status()
         _wait_acknowledged(gp.config_path, str(warm.json()), 120)
         assert gp_server.process is not None and hospital_server.process is not None
-        gp_peak = PeakGrowth(gp_server.process.pid)
-        hospital_peak = PeakGrowth(hospital_server.process.pid)
-        response = api.post(
-            "/Messages",
-            content=_file_chunks(body),
-            headers={"Content-Length": str(body.stat().st_size)},
-        )
-        response.raise_for_status()
-        _wait_acknowledged(gp.config_path, str(response.json()), 600)
-        return {"api": gp_peak.grown_mb(), "receive": hospital_peak.grown_mb()}
+        grown = {"api": 0.0, "receive": 0.0}
+        for _ in range(rounds):  # later rounds: a process that already had a large message
+            gp_peak = PeakGrowth(gp_server.process.pid)
+            hospital_peak = PeakGrowth(hospital_server.process.pid)
+            response = api.post(
+                "/Messages",
+                content=_file_chunks(body),
+                headers={"Content-Length": str(body.stat().st_size)},
+            )
+            response.raise_for_status()
+            _wait_acknowledged(gp.config_path, str(response.json()), 600)
+            grown["api"] = max(grown["api"], gp_peak.grown_mb())
+            grown["receive"] = max(grown["receive"], hospital_peak.grown_mb())
+        return grown
     finally:
         api.close()
         gp_server.stop()
@@ -171,10 +179,19 @@ def measure_servers(root: Path, gp: Site, hospital: Site, document: Path) -> dic
         body.unlink(missing_ok=True)
 
 
-def measure_child(path_name: str, gp: Site, document: Path) -> float:
+def measure_child(path_name: str, gp: Site, document: Path, rounds: int) -> float:
     """Growth in MB of a fresh process that submits ``document`` by file (``file``/``folder``)."""
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", path_name, str(gp.config_path), str(document)],
+        [
+            sys.executable,
+            __file__,
+            "--rounds",
+            str(rounds),
+            "--child",
+            path_name,
+            str(gp.config_path),
+            str(document),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -184,7 +201,7 @@ def measure_child(path_name: str, gp: Site, document: Path) -> float:
     return float(completed.stdout.strip().splitlines()[-1])
 
 
-def child(path_name: str, config: Path, document: Path) -> None:
+def child(path_name: str, config: Path, document: Path, rounds: int) -> None:
     """Runs in the fresh process: warm up with a small file, then measure the large one."""
     from meldingstjener.cli import app
 
@@ -211,9 +228,12 @@ def child(path_name: str, config: Path, document: Path) -> None:
             folder.take(target)
 
     run(small)
-    peak = PeakGrowth(os.getpid())
-    run(document)
-    print(f"{peak.grown_mb():.1f}")
+    grown = 0.0
+    for _ in range(rounds):
+        peak = PeakGrowth(os.getpid())
+        run(document)
+        grown = max(grown, peak.grown_mb())
+    print(f"{grown:.1f}")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -237,11 +257,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=35.0, help="fagmelding size in MiB")
     parser.add_argument("--paths", default="api,receive,file,folder")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="large messages per process; the worst counts"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "CONFIG", "DOCUMENT"))
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]), args.rounds)
         return
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     root = Path(tempfile.mkdtemp(prefix="mt-memory-"))
@@ -255,10 +278,10 @@ def main() -> None:
         print(f"fagmelding: {size_mb:.1f} MiB ({document.stat().st_size} bytes)")
         results: dict[str, float] = {}
         if {"api", "receive"} & set(paths):
-            results.update(measure_servers(root, gp, hospital, document))
+            results.update(measure_servers(root, gp, hospital, document, args.rounds))
         for name in ("file", "folder"):
             if name in paths:
-                results[name] = measure_child(name, gp, document)
+                results[name] = measure_child(name, gp, document, args.rounds)
         labels = {
             "api": "submit via POST /Messages + send (GP server)",
             "receive": "receive via POST /ebms (hospital server)",
