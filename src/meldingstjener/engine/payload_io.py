@@ -3,8 +3,10 @@
 A 35 MB fagmelding must not be held whole several times over. Received: the payload part is
 decrypted (and gunzipped) straight into a spool in the payload store, which the validator then
 parses from the file and which becomes the stored payload by a rename. Sent: the payload is
-encrypted from its file into a spool, the envelope is signed over that ciphertext, and the MIME
-message is written piece by piece into another spool, which becomes the stored wire form.
+encrypted from its file into a temporary spool, the envelope is signed over that ciphertext, and
+the MIME message is written piece by piece into another spool, which becomes the stored wire
+form. (A payload of up to ``IN_MEMORY`` bytes, nearly every message, is encrypted in memory: no
+temporary file on the hot path.)
 
 What must be in memory at once is what the libraries need whole: the XML tree while the
 fagmelding is validated, and the ciphertext while xmlsec signs or verifies the envelope (it
@@ -14,6 +16,7 @@ reads attachments from bytes).
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ from meldingstjener.security.xmldsig import sign_ebxml_envelope
 from meldingstjener.store.payloads import CHUNK, PayloadSource, Spool, source_size
 
 PAYLOAD_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data"
+IN_MEMORY = 1024 * 1024  # payloads up to this size are sealed in memory
 
 
 def decrypt_payload(ctx: EngineContext, part: Attachment) -> Spool:
@@ -58,27 +62,50 @@ def seal(
     transfer_encoding: TransferEncoding,
 ) -> tuple[Spool, str]:
     """Encrypt ``payload`` to ``recipient``, sign ``envelope`` over the ciphertext and write
-    the MIME message: (the wire form in a spool, its Content-Type)."""
-    with _encrypted(ctx, payload, recipient) as encrypted:
-        ciphertext = encrypted.read_bytes()  # xmlsec digests attachments from bytes
-        sign_ebxml_envelope(
-            envelope, {content_id: ciphertext}, ctx.keys.signing_key, ctx.keys.signing_certificate
+    the MIME message: (the wire form in a spool, its Content-Type).
+
+    Up to ``IN_MEMORY`` bytes this happens in memory (the common small message pays for no
+    temporary file); above, the ciphertext goes through a temporary spool.
+    """
+    if source_size(payload) <= IN_MEMORY:
+        plaintext = payload if isinstance(payload, bytes) else _read(payload)
+        ciphertext = cms_enveloped.encrypt(
+            plaintext, recipient, compress=ctx.policy.compress_payloads
         )
-        del ciphertext
-        wire = ctx.store.payloads.spool()
-        try:
-            sink = _Batched(wire)
-            content_type = write_package(
-                sink,
-                envelope_bytes(envelope),
-                [Attachment.from_file(content_id, PAYLOAD_CONTENT_TYPE, encrypted)],
-                transfer_encoding=transfer_encoding,
-            )
-            sink.flush()
-        except BaseException:
-            wire.discard()
-            raise
+        part = Attachment(content_id, PAYLOAD_CONTENT_TYPE, ciphertext)
+        return _signed_package(ctx, envelope, part, transfer_encoding)
+    with _encrypted(ctx, payload, recipient) as encrypted:
+        part = Attachment.from_file(content_id, PAYLOAD_CONTENT_TYPE, encrypted)
+        return _signed_package(ctx, envelope, part, transfer_encoding)
+
+
+def _signed_package(
+    ctx: EngineContext,
+    envelope: etree._Element,
+    part: Attachment,
+    transfer_encoding: TransferEncoding,
+) -> tuple[Spool, str]:
+    ciphertext = part.data  # the signature digests bytes; a part in a file is read for it
+    sign_ebxml_envelope(
+        envelope, {part.content_id: ciphertext}, ctx.keys.signing_key, ctx.keys.signing_certificate
+    )
+    del ciphertext  # gone before the package is written (which streams a part in a file)
+    wire = ctx.store.payloads.spool()
+    try:
+        sink = _Batched(wire)
+        content_type = write_package(
+            sink, envelope_bytes(envelope), [part], transfer_encoding=transfer_encoding
+        )
+        sink.flush()
+    except BaseException:
+        wire.discard()
+        raise
     return wire, content_type
+
+
+def _read(path: os.PathLike[str]) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 @contextmanager

@@ -202,31 +202,49 @@ def decrypt_to(
     """:func:`decrypt` in pieces: ``open_source()`` gives a new reader of the DER (BER) each
     time it is called (once per recipient key tried; almost always once); the plaintext goes
     to ``sink``, which is reset after a failed attempt. Raises :class:`CmsError`."""
-    with open_source() as stream:
-        envelope = _read_envelope(ber.Reader(stream))
-    algorithm = envelope.algorithm
-    name = algorithm["algorithm"].native
-    _check_content_algorithm(name, allow_3des)
-    key_length, block_bits = _CIPHERS[name]
-    if envelope.content is None:
-        raise CmsError("the EnvelopedData carries no encrypted content", code="detached-content")
-
-    matched = False
-    for recipient_info in envelope.recipient_infos:
-        if recipient_info.name != "ktri":
-            continue
-        ktri = recipient_info.chosen
-        for key, cert in candidates:
-            if not identifies(ktri["rid"], cert):
+    stream: BinaryIO | None = open_source()
+    try:
+        assert stream is not None
+        reader = ber.Reader(stream)
+        envelope = _read_envelope(reader)
+        algorithm = envelope.algorithm
+        name = algorithm["algorithm"].native
+        _check_content_algorithm(name, allow_3des)
+        key_length, block_bits = _CIPHERS[name]
+        if envelope.content is None:
+            raise CmsError(
+                "the EnvelopedData carries no encrypted content", code="detached-content"
+            )
+        matched = False
+        for recipient_info in envelope.recipient_infos:
+            if recipient_info.name != "ktri":
                 continue
-            matched = True
-            content_key = _unwrap_key(ktri, key, key_length)
-            output = _Plaintext(sink, block_bits, gunzip=gunzip, max_size=max_size)
-            if _decrypt_content(name, content_key, algorithm, open_source, output, block_bits):
-                if output.problem is not None:
-                    raise output.problem
-                return
-            sink.reset()
+            ktri = recipient_info.chosen
+            for key, cert in candidates:
+                if not identifies(ktri["rid"], cert):
+                    continue
+                matched = True
+                content_key = _unwrap_key(ktri, key, key_length)
+                iv = _iv(algorithm, block_bits)
+                if stream is None:  # another key: read the content again from its start
+                    stream = open_source()
+                    _skip(stream, envelope.content_offset)
+                    reader = ber.Reader(stream)
+                    content = reader.header()
+                else:  # the first try goes on where reading the structure stopped
+                    content = envelope.content
+                output = _Plaintext(sink, block_bits, gunzip=gunzip, max_size=max_size)
+                done = _decrypt_content(name, content_key, iv, reader, content, output)
+                stream.close()
+                stream = None
+                if done:
+                    if output.problem is not None:
+                        raise output.problem
+                    return
+                sink.reset()
+    finally:
+        if stream is not None:
+            stream.close()
     if not matched:
         raise CmsError(
             "the message is not encrypted to any of our encryption certificates "
@@ -238,11 +256,20 @@ def decrypt_to(
     raise CmsError("the message could not be decrypted with our key", code="decryption-failed")
 
 
+def _skip(stream: BinaryIO, count: int) -> None:
+    while count > 0:
+        piece = stream.read(min(count, CHUNK))
+        if not piece:
+            raise CmsError("the input is not a readable CMS structure", code="not-cms")
+        count -= len(piece)
+
+
 @dataclass(frozen=True)
 class _Envelope:
     recipient_infos: acms.RecipientInfos
     algorithm: algos.EncryptionAlgorithm
     content: ber.Header | None  # the [0] encrypted content's header; None when detached
+    content_offset: int  # where that header starts
 
 
 def _read_envelope(reader: ber.Reader) -> _Envelope:
@@ -273,6 +300,7 @@ def _read_envelope(reader: ber.Reader) -> _Envelope:
         algorithm_tlv = reader.element(_expect(reader.next_in(eci, eci_start), ber.SEQUENCE))
         algorithm = algos.EncryptionAlgorithm.load(algorithm_tlv)
         _ = algorithm.native
+        content_offset = reader.consumed
         content = reader.next_in(eci, eci_start)
     except (ValueError, TypeError, KeyError):
         raise CmsError("the input is not a readable CMS structure", code="not-cms") from None
@@ -281,7 +309,7 @@ def _read_envelope(reader: ber.Reader) -> _Envelope:
         ber.CONTEXT_0_CONSTRUCTED,
     ):
         raise CmsError("the input is not a readable CMS structure", code="not-cms")
-    return _Envelope(recipients, algorithm, content)
+    return _Envelope(recipients, algorithm, content, content_offset)
 
 
 def _expect(header: ber.Header | None, tag: int) -> ber.Header:
@@ -336,31 +364,31 @@ def _oaep_padding(params: algos.RSAESOAEPParams | None) -> padding.OAEP:
     return padding.OAEP(padding.MGF1(mgf_hash), digest, label)
 
 
-def _decrypt_content(
-    name: str,
-    content_key: bytes,
-    algorithm: algos.EncryptionAlgorithm,
-    open_source: Callable[[], BinaryIO],
-    output: _Plaintext,
-    block_bits: int,
-) -> bool:
-    """Decrypt the content into ``output``; False when the key or the padding was wrong."""
+def _iv(algorithm: algos.EncryptionAlgorithm, block_bits: int) -> bytes:
     iv = algorithm["parameters"].native
     if not isinstance(iv, bytes) or len(iv) * 8 != block_bits:
         raise CmsError("the encryption parameters carry no valid IV", code="not-cms")
+    return iv
+
+
+def _decrypt_content(
+    name: str,
+    content_key: bytes,
+    iv: bytes,
+    reader: ber.Reader,
+    content: ber.Header,
+    output: _Plaintext,
+) -> bool:
+    """Decrypt the content into ``output``; False when the key or the padding was wrong."""
     cipher: CipherAlgorithm = (
         TripleDES(content_key) if name == "tripledes_3key" else algorithms.AES(content_key)
     )
     decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
     total = 0
-    with open_source() as stream:
-        reader = ber.Reader(stream)
-        content = _read_envelope(reader).content
-        assert content is not None  # the first reading found it
-        for chunk in reader.content_chunks(content):
-            total += len(chunk)
-            output.feed(decryptor.update(chunk))
-    if total % (block_bits // 8):
+    for chunk in reader.content_chunks(content):
+        total += len(chunk)
+        output.feed(decryptor.update(chunk))
+    if total % len(iv):  # the IV is one block long
         return False
     output.feed(decryptor.finalize())
     return output.finish()

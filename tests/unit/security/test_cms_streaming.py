@@ -132,17 +132,22 @@ def test_a_trickling_stream_decrypts(receiver: DevParty) -> None:
     assert _decrypt(lambda: Trickle(der), receiver)[0] == data  # type: ignore[arg-type,return-value]
 
 
+@pytest.mark.parametrize("trickle", [False, True])
 def test_a_wrong_key_tried_first_leaves_nothing_behind(
-    sender: DevParty, receiver: DevParty
+    sender: DevParty, receiver: DevParty, trickle: bool
 ) -> None:
     data = b"<MsgHead>" + os.urandom(100_000) + b"</MsgHead>"
-    der = cms.encrypt(data, receiver.encryption.certificate)
+    der = _as_ber(cms.encrypt(data, receiver.encryption.certificate), 4096)
     wrong_then_right = [
         (sender.encryption.key, receiver.encryption.certificate),
         (receiver.encryption.key, receiver.encryption.certificate),
     ]
     sink = Sink()
-    cms_enveloped.decrypt_to(lambda: io.BytesIO(der), sink, wrong_then_right)
+
+    def opener() -> BinaryIO:
+        return Trickle(der, 999) if trickle else io.BytesIO(der)  # type: ignore[return-value]
+
+    cms_enveloped.decrypt_to(opener, sink, wrong_then_right)
     assert bytes(sink.data) == data and sink.resets == 1
 
 
