@@ -39,7 +39,7 @@ from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig import verify_ebxml_envelope
-from meldingstjener.store.payloads import PayloadSource, Spool
+from meldingstjener.store.payloads import PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
@@ -169,7 +169,7 @@ def _receive_message(
             return _resend_signal(ctx, uow, duplicate, envelope, channel)
     verdict = receipts.judge(ctx, message, header.to_party.her_id)
     if verdict is not None:
-        receipts.reject_by_server(ctx, row.id, plain.read_bytes(), verdict)
+        receipts.reject_by_server(ctx, row.id, payload_io.read_all(plain), verdict)
     ctx.wakeup.notify()
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -182,7 +182,7 @@ def _check(
     envelope: Envelope,
     root: etree._Element,
     certificate: x509.Certificate | None,
-) -> tuple[Fagmelding, Spool]:
+) -> tuple[Fagmelding, PayloadSource]:
     header = envelope.header
     sender = header.from_party.her_id
     if certificate is None:

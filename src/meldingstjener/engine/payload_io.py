@@ -1,7 +1,7 @@
 """How the bytes of a message move through the engine: through files, in pieces.
 
-A 35 MB fagmelding must not be held whole several times over. Received: the payload part is
-decrypted (and gunzipped) straight into a spool in the payload store, which the validator then
+A 35 MB fagmelding must not be held whole several times over. Received: a large payload part
+is decrypted (and gunzipped) straight into a spool in the payload store, which the validator then
 parses from the file and which becomes the stored payload by a rename. Sent: the payload is
 encrypted from its file into a temporary spool, the envelope is signed over that ciphertext, and
 the MIME message is written piece by piece into another spool, which becomes the stored wire
@@ -16,7 +16,6 @@ reads attachments from bytes).
 from __future__ import annotations
 
 import io
-import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,11 +35,16 @@ PAYLOAD_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data"
 IN_MEMORY = 1024 * 1024  # payloads up to this size are sealed in memory
 
 
-def decrypt_payload(ctx: EngineContext, part: Attachment) -> Spool:
-    """The plaintext of a received payload part, in a spool of the payload store.
+def decrypt_payload(ctx: EngineContext, part: Attachment) -> bytes | Spool:
+    """The plaintext of a received payload part: bytes for a small part held in memory (as
+    before, nothing to gain from a file), else a spool of the payload store written in pieces.
 
-    Raises :class:`~meldingstjener.security.errors.SecurityError`; the spool is then gone.
+    Raises :class:`~meldingstjener.security.errors.SecurityError`; a spool is then gone.
     """
+    if not part.in_file and part.size <= IN_MEMORY:
+        return cms_enveloped.decrypt(
+            part.data, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
+        )
     spool = ctx.store.payloads.spool()
     try:
         cms_enveloped.decrypt_to(
@@ -50,6 +54,14 @@ def decrypt_payload(ctx: EngineContext, part: Attachment) -> Spool:
         spool.discard()
         raise
     return spool
+
+
+def read_all(payload: PayloadSource) -> bytes:
+    """A payload as bytes (for the rare caller that needs it whole)."""
+    if isinstance(payload, bytes):
+        return payload
+    with open(payload, "rb") as handle:
+        return handle.read()
 
 
 def seal(
@@ -68,7 +80,7 @@ def seal(
     temporary file); above, the ciphertext goes through a temporary spool.
     """
     if source_size(payload) <= IN_MEMORY:
-        plaintext = payload if isinstance(payload, bytes) else _read(payload)
+        plaintext = read_all(payload)
         ciphertext = cms_enveloped.encrypt(
             plaintext, recipient, compress=ctx.policy.compress_payloads
         )
@@ -101,11 +113,6 @@ def _signed_package(
         wire.discard()
         raise
     return wire, content_type
-
-
-def _read(path: os.PathLike[str]) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 @contextmanager

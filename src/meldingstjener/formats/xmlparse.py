@@ -28,6 +28,7 @@ DEFAULT_MAX_DEPTH = 200
 _PROLOG_SCAN_BYTES = 64 * 1024
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _ROOT_START = re.compile(rb"<[A-Za-z_]")
+_READ_WHOLE = 1024 * 1024  # files up to this size are read whole and parsed from memory
 
 
 class XmlError(ValueError):
@@ -96,6 +97,8 @@ def parse_xml_file(
     if size > max_bytes:
         raise XmlRefused(f"XML file of {size} bytes is larger than the limit of {max_bytes}")
     with open(path, "rb") as handle:
+        if size <= _READ_WHOLE:  # one read and a parse from memory is cheaper for small files
+            return parse_xml(handle.read(max_bytes + 1), max_bytes=max_bytes, max_depth=max_depth)
         _refuse_doctype_in_prolog(handle.read(_PROLOG_SCAN_BYTES))
         handle.seek(0)
         with _syntax_errors():
