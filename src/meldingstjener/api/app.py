@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
+from meldingstjener.api.document_spool import DocumentSpool
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.ops import ops_router
@@ -25,8 +26,12 @@ from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
 from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.payloads import PayloadStore, Spool
 
 log = logging.getLogger(__name__)
+
+# A received body larger than this is written to a file as it arrives instead of being held.
+SPOOL_ABOVE = 1024 * 1024
 
 
 def create_app(
@@ -47,6 +52,10 @@ def create_app(
         "see docs/API.md for where this server differs.",
     )
     install_handlers(app)
+    # Inside the body limit: a large business document is decoded into a file as it arrives.
+    app.add_middleware(
+        DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
+    )
     # A base64 document is 4/3 of its size; JSON around it is small.
     app.add_middleware(
         BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
@@ -77,15 +86,10 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_request_bytes:
-                return Response(f"message larger than {max_request_bytes} bytes\n", 413)
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        del chunks
+        try:
+            body = await _read_body(request, max_request_bytes, ctx.store.payloads)
+        except _TooLarge:
+            return Response(f"message larger than {max_request_bytes} bytes\n", 413)
         try:
             reply = await run_in_threadpool(inbound.receive, ctx, content_type, body)
         except inbound.InboundRefused as refused:
@@ -93,6 +97,10 @@ def create_app(
         except OperationalError:
             log.exception("database unavailable while receiving")
             return Response("temporarily unable to store; resend later\n", 503)
+        finally:
+            if isinstance(body, Spool):
+                body.discard()  # kept as the wire form by then, unless it was refused
+            del body
         if reply.body is not None:
             return Response(
                 reply.body,
@@ -103,3 +111,37 @@ def create_app(
         return Response(status_code=200)
 
     return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, payloads: PayloadStore) -> bytes | Spool:
+    """The request body: in memory up to ``SPOOL_ABOVE`` bytes, else in a spool of the payload
+    store (written as it arrives, in ~1 MiB writes off the event loop), which becomes the
+    stored wire form by a rename. Raises :class:`_TooLarge` past ``limit``."""
+    chunks: list[bytes] = []
+    held = size = 0
+    spool: Spool | None = None
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+            held += len(chunk)
+            if held >= SPOOL_ABOVE:
+                if spool is None:
+                    spool = await run_in_threadpool(payloads.spool)
+                await run_in_threadpool(spool.write, b"".join(chunks))
+                chunks, held = [], 0
+        if spool is None:
+            return b"".join(chunks)
+        if chunks:
+            await run_in_threadpool(spool.write, b"".join(chunks))
+        return spool
+    except BaseException:
+        if spool is not None:
+            spool.discard()
+        raise

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
 from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.document_spool import SpooledDocument, spooled_document
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
     AppRecError,
@@ -39,6 +40,7 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
 from meldingstjener.model import Direction
+from meldingstjener.store.payloads import Spool, source_size
 from meldingstjener.store.tables import MessageRow
 
 UNREAD_STATUSES = ("acknowledged", "delivered", "apprec-sent")
@@ -155,29 +157,33 @@ class Edi2:
 
     # -- operations -----------------------------------------------------------------------------
 
-    def post_message(self, who: Principal, body: PostMessageRequest) -> JSONResponse:
+    def post_message(
+        self, who: Principal, body: PostMessageRequest, spooled: SpooledDocument | None = None
+    ) -> JSONResponse:
+        """``spooled``: the document when a large body was decoded into a file on arrival
+        (see :mod:`meldingstjener.api.document_spool`); the checks are the same."""
         action = "send-message"
         self._need_scope(who, "send", action, None)
         if body.contentTransferEncoding.lower() != "base64":
             raise ApiProblem(400, "invalid-input", "contentTransferEncoding must be 'base64'")
         if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
             raise ApiProblem(400, "invalid-input", "contentType must be application/xml")
-        if len(body.businessDocument) > (self.max_payload_bytes * 4) // 3 + 4:
+        encoded_length = (
+            spooled.encoded_length if spooled is not None else len(body.businessDocument)
+        )
+        if encoded_length > (self.max_payload_bytes * 4) // 3 + 4:
             raise ApiProblem(
                 413,
                 "too-large",
                 f"the business document is larger than {self.max_payload_bytes} bytes",
             )
-        try:
-            payload = base64.b64decode(body.businessDocument, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiProblem(400, "invalid-input", "businessDocument is not valid base64") from None
-        if len(payload) > self.max_payload_bytes:
+        payload = _decoded(body.businessDocument, spooled)
+        size = source_size(payload)
+        if size > self.max_payload_bytes:
             raise ApiProblem(
                 413,
                 "too-large",
-                f"the business document is {len(payload)} bytes; the limit is "
-                f"{self.max_payload_bytes}",
+                f"the business document is {size} bytes; the limit is {self.max_payload_bytes}",
             )
         _check_overrides(body)
         subset = body.receiverHerIdsSubset or []
@@ -443,6 +449,18 @@ def _message(row: MessageRow, include_metadata: bool) -> Message:
     return message
 
 
+def _decoded(document: str, spooled: SpooledDocument | None) -> bytes | Spool:
+    """The business document's bytes: decoded now, or already in a spool."""
+    if spooled is None:
+        try:
+            return base64.b64decode(document, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiProblem(400, "invalid-input", "businessDocument is not valid base64") from None
+    if spooled.invalid or spooled.spool is None:
+        raise ApiProblem(400, "invalid-input", "businessDocument is not valid base64")
+    return spooled.spool
+
+
 def _check_overrides(body: PostMessageRequest) -> None:
     if body.ebXmlOverrides is None:
         return
@@ -478,9 +496,13 @@ def edi2_router(ops: Edi2) -> APIRouter:
         },
     )
     def post_message(
-        body: PostMessageRequest, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
+        body: PostMessageRequest,
+        principal: Who,
+        request: Request,
+        _v: ApiVersion = None,
+        _s: SourceSystem = None,
     ) -> JSONResponse:
-        return ops.post_message(principal, body)
+        return ops.post_message(principal, body, spooled_document(request, body.businessDocument))
 
     @router.get(
         "/Messages",

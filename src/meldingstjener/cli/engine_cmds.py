@@ -118,13 +118,21 @@ def send(
 
     settings = settings_from(ctx)
     try:
-        payload = file.read_bytes()
+        source = file.open("rb")
     except OSError as exc:
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
     try:
         engine = build_engine(settings)
-        message_id = submit(engine, payload, to_her_id=to, actor="cli:send")
+        # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
+        # and it becomes the stored payload by a rename
+        with source, engine.store.payloads.spool() as payload:
+            try:
+                payload.write_from(source)
+            except OSError as exc:
+                typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
+                raise typer.Exit(2) from None
+            message_id = submit(engine, payload, to_her_id=to, actor="cli:send")
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None

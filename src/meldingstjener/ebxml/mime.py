@@ -11,24 +11,28 @@ quoted-printable, 7bit, 8bit or binary parts, a preamble and an epilogue. A plai
 message (an envelope without attachments) is accepted too. Everything that makes the parts
 unknowable is a :class:`~meldingstjener.ebxml.codes.EbxmlError` with code MimeProblem.
 
-Memory: the body is never copied to be split. Parts are found with ``bytes.find`` on the
-original buffer and decoded straight from a ``memoryview`` slice, so a 35 MB payload costs the
-raw mail plus one decoded copy of each part (base64: about 0.75 of its encoded size). Building
-holds the payload, its encoded form and the joined body at the peak: about 3.7 times the payload
-for base64 (35 MB: about 130 MB, well under a second), 2 times for binary.
+Memory: the body is never copied to be split. Parts are found with ``find`` on the original
+buffer and decoded straight from a ``memoryview`` slice, so a 35 MB payload costs the raw mail
+plus one decoded copy of each part. A body in a file (a large HTTP request spooled to disk) is
+split the same way through :class:`~.mime_source.FileSource`, and its payload parts stay in the
+file: an :class:`Attachment` then decodes its part as it is read (``open``/``chunks``), and
+``data`` makes one bytes object only for the callers that need one. :func:`write_package`
+writes a message to a file in pieces, reading each payload from its source as it goes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
+import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Literal
+from typing import BinaryIO, Literal, Protocol
 
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
@@ -39,6 +43,12 @@ from meldingstjener.ebxml.mime_headers import (
     render_header,
     split_header_block,
 )
+from meldingstjener.ebxml.mime_source import (
+    ByteSource,
+    FilePart,
+    FileSource,
+    validate_base64_range,
+)
 
 TransferEncoding = Literal["base64", "binary"]
 SOAP_ACTION = '"ebXML"'
@@ -48,13 +58,80 @@ _BASE64_SLICE = 57 * 1024  # 57 input bytes make one 76-character line
 _REQUEST_LINE = re.compile(rb"^(?:[A-Z]+ \S+ HTTP/\d(?:\.\d)?|HTTP/\d(?:\.\d)? \d{3}[^\r\n]*)\r?\n")
 
 
-@dataclass(frozen=True, slots=True)
 class Attachment:
-    """One payload part: its content-id (bare, without ``<>``), media type and decoded bytes."""
+    """One payload part: its content-id (bare, without ``<>``), media type and decoded bytes.
 
-    content_id: str
-    content_type: str
-    data: bytes
+    A part of a message read from a file stays in the file (``part``): ``open()`` and
+    ``chunks()`` decode it as they read, and every access to ``data`` decodes it into a new
+    bytes object, so callers that only stream never hold it whole.
+    """
+
+    __slots__ = ("_data", "_part", "content_id", "content_type")
+
+    def __init__(
+        self,
+        content_id: str,
+        content_type: str,
+        data: bytes = b"",
+        *,
+        part: FilePart | None = None,
+    ) -> None:
+        self.content_id = content_id
+        self.content_type = content_type
+        self._data = data
+        self._part = part
+
+    @classmethod
+    def from_file(
+        cls, content_id: str, content_type: str, path: str | os.PathLike[str]
+    ) -> Attachment:
+        """A payload that stays in the file at ``path`` (its bytes as they are)."""
+        source = FileSource(path)
+        size = len(source)
+        return cls(content_id, content_type, part=FilePart(source, 0, size, "binary", size))
+
+    @property
+    def data(self) -> bytes:
+        return self._data if self._part is None else self._part.read_all()
+
+    @property
+    def size(self) -> int:
+        return len(self._data) if self._part is None else self._part.size
+
+    @property
+    def in_file(self) -> bool:
+        return self._part is not None
+
+    def chunks(self) -> Iterator[bytes]:
+        """The decoded bytes in pieces (one piece for a part held in memory)."""
+        if self._part is None:
+            if self._data:
+                yield self._data
+            return
+        yield from self._part.chunks()
+
+    def open(self) -> BinaryIO:
+        """A reader of the decoded bytes."""
+        return io.BytesIO(self._data) if self._part is None else self._part.open()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attachment):
+            return NotImplemented
+        return (self.content_id, self.content_type, self.size) == (
+            other.content_id,
+            other.content_type,
+            other.size,
+        ) and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash((self.content_id, self.content_type, self.size))
+
+    def __repr__(self) -> str:
+        where = "in file" if self._part is not None else "in memory"
+        return (
+            f"Attachment(content_id={self.content_id!r}, content_type={self.content_type!r}, "
+            f"{self.size} bytes {where})"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,21 +181,63 @@ def _decode(data: bytes, start: int, end: int, encoding: str | None, what: str) 
     )
 
 
-def _delimiter_at(data: bytes, index: int, delimiter: bytes) -> tuple[bool, int] | None:
+def _decode_bytes(data: ByteSource, start: int, end: int, encoding: str | None, what: str) -> bytes:
+    """A part decoded into memory (the envelope, or any part of a body held in memory)."""
+    if isinstance(data, bytes):
+        return _decode(data, start, end, encoding, what)
+    raw = data[start:end]
+    return _decode(raw, 0, len(raw), encoding, what)
+
+
+def _attachment(
+    data: ByteSource,
+    cid: str,
+    part_type: str,
+    span: tuple[int, int],
+    encoding: str | None,
+    what: str,
+) -> Attachment:
+    """A payload part: decoded now from memory, or left in the file (its encoding checked)."""
+    start, end = span
+    name = (encoding or "7bit").strip().lower()
+    if not isinstance(data, FileSource) or name == "quoted-printable":
+        # quoted-printable is for text; no sender uses it for a large encrypted payload
+        return Attachment(cid, part_type, _decode_bytes(data, start, end, encoding, what))
+    if name == "base64":
+        try:
+            size = validate_base64_range(data, start, end)
+        except (binascii.Error, ValueError) as exc:
+            raise EbxmlError(
+                ErrorCode.MIME_PROBLEM, f"the {what} is not valid base64: {exc}"
+            ) from None
+        return Attachment(cid, part_type, part=FilePart(data, start, end, "base64", size))
+    if name in ("7bit", "8bit", "binary"):
+        return Attachment(cid, part_type, part=FilePart(data, start, end, "binary", end - start))
+    raise EbxmlError(
+        ErrorCode.MIME_PROBLEM, f"the {what} has an unsupported transfer encoding {name[:30]!r}"
+    )
+
+
+def _delimiter_at(data: ByteSource, index: int, delimiter: bytes) -> tuple[bool, int] | None:
     """At ``index`` (a line start holding ``delimiter``): (is_closing, start of next line), or
     None when the line merely starts with the delimiter text."""
     after = index + len(delimiter)
     if data.startswith(b"--", after):
         return True, after + 2
-    newline = data.find(b"\n", after)
-    if newline < 0:
-        return None if data[after:].strip(b" \t\r") else (False, len(data))
-    if data[after:newline].strip(b" \t\r"):
-        return None
-    return False, newline + 1
+    pos = after
+    while True:  # the rest of the line must be blank (transport padding), read in small pieces
+        window = data[pos : pos + 1024]
+        newline = window.find(b"\n")
+        if window[: newline if newline >= 0 else len(window)].strip(b" \t\r"):
+            return None
+        if newline >= 0:
+            return False, pos + newline + 1
+        if pos + len(window) >= len(data):
+            return False, len(data)
+        pos += len(window)
 
 
-def _next_delimiter(data: bytes, frm: int, delimiter: bytes) -> tuple[int, bool, int]:
+def _next_delimiter(data: ByteSource, frm: int, delimiter: bytes) -> tuple[int, bool, int]:
     """The next delimiter line at or after ``frm`` (``frm`` must sit at a line start or just
     before a newline): (line start, is_closing, start of the following line)."""
     if data.startswith(delimiter, frm):
@@ -140,7 +259,7 @@ def _next_delimiter(data: bytes, frm: int, delimiter: bytes) -> tuple[int, bool,
         pos = hit + 1
 
 
-def _split_parts(data: bytes, start: int, boundary: str) -> list[tuple[int, int]]:
+def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int, int]]:
     """(start, end) offsets of each body part between the boundaries (RFC 2046 5.1.1: the line
     break before a delimiter belongs to the delimiter)."""
     delimiter = b"--" + boundary.encode("latin-1")
@@ -159,12 +278,12 @@ def _split_parts(data: bytes, start: int, boundary: str) -> list[tuple[int, int]
 
 
 def _unpackage(
-    content_type: str, data: bytes, offset: int, transfer_encoding: str | None
+    content_type: str, data: ByteSource, offset: int, transfer_encoding: str | None
 ) -> MimeMessage:
     media, params = parse_content_type(content_type)
     encoding = (transfer_encoding or "7bit").strip().lower()
     if media in _XML_TYPES:
-        envelope = _decode(data, offset, len(data), encoding, "message body")
+        envelope = _decode_bytes(data, offset, len(data), encoding, "message body")
         return MimeMessage(envelope, {}, "")
     if media != "multipart/related":
         raise EbxmlError(
@@ -173,7 +292,8 @@ def _unpackage(
         )
     if encoding in ("base64", "quoted-printable"):
         # A multipart body must not be encoded (RFC 2045 6.4); some gateways do it anyway.
-        data, offset = _decode(data, offset, len(data), encoding, "message body"), 0
+        # Rare enough to decode in memory, also when the body is in a file.
+        data, offset = _decode_bytes(data, offset, len(data), encoding, "message body"), 0
     boundary = params.get("boundary")
     if not boundary:
         raise EbxmlError(ErrorCode.MIME_PROBLEM, "the Content-Type has no boundary parameter")
@@ -187,19 +307,19 @@ def _unpackage(
         cid = bare_content_id(raw_cid) if raw_cid else ""
         is_start = cid == wanted_start if wanted_start is not None else index == 1
         part_type = headers.get("Content-Type") or "text/plain"
-        decoded = _decode(
-            data, body_start, part_end, headers.get("Content-Transfer-Encoding"), what
-        )
+        encoding_of_part = headers.get("Content-Transfer-Encoding")
         if is_start:
+            decoded = _decode_bytes(data, body_start, part_end, encoding_of_part, what)
             envelope_part = (cid, decoded)
             continue
+        part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
         if not cid:
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"{what} has no Content-ID")
         if cid in attachments or (envelope_part is not None and cid == envelope_part[0]):
             raise EbxmlError(
                 ErrorCode.MIME_PROBLEM, f"two MIME parts have the content-id {cid[:60]!r}"
             )
-        attachments[cid] = Attachment(cid, part_type, decoded)
+        attachments[cid] = part
     if envelope_part is None:
         raise EbxmlError(
             ErrorCode.MIME_PROBLEM,
@@ -209,9 +329,17 @@ def _unpackage(
 
 
 def unpackage(
-    content_type: str, body: bytes, *, transfer_encoding: str | None = None
+    content_type: str,
+    body: bytes | os.PathLike[str],
+    *,
+    transfer_encoding: str | None = None,
 ) -> MimeMessage:
-    """Split a message body, given its Content-Type header value (HTTP: headers come apart)."""
+    """Split a message body, given its Content-Type header value (HTTP: headers come apart).
+
+    ``body`` is the bytes, or a file holding them: then the payload parts stay in the file.
+    """
+    if isinstance(body, os.PathLike):
+        return _unpackage(content_type, FileSource(body), 0, transfer_encoding)
     return _unpackage(content_type, body, 0, transfer_encoding)
 
 
@@ -240,28 +368,91 @@ def unpackage_message(raw: bytes) -> MimeMessage:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _encoded(data: bytes, transfer_encoding: TransferEncoding) -> bytes | bytearray:
-    if transfer_encoding == "binary":
-        return data
-    # 76-character lines (RFC 2045 6.8) with CRLF, the line end of mail on the wire. Encoded
-    # in slices of whole lines so only the output grows, never a second full-size copy.
-    out = bytearray()
-    for start in range(0, len(data), _BASE64_SLICE):
-        chunk = base64.encodebytes(data[start : start + _BASE64_SLICE])
-        out += chunk.replace(b"\n", b"\r\n")
-    return out
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
 
 
-def _part(
-    content_id: str, content_type: str, payload: bytes | bytearray, encoding: str
-) -> list[bytes | bytearray]:
-    head = (
+def _base64_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """76-character lines (RFC 2045 6.8) with CRLF, the line end of mail on the wire. Encoded in
+    slices of whole lines (a multiple of 57 input bytes), so the output is the same however the
+    input is cut into chunks."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        cut = len(data) - len(data) % _BASE64_SLICE
+        for start in range(0, cut, _BASE64_SLICE):
+            yield base64.encodebytes(data[start : start + _BASE64_SLICE]).replace(b"\n", b"\r\n")
+        carry = data[cut:]
+    if carry:
+        yield base64.encodebytes(carry).replace(b"\n", b"\r\n")
+
+
+def _part_head(content_id: str, content_type: str, encoding: str) -> bytes:
+    return (
         render_header("Content-Type", content_type)
         + render_header("Content-Transfer-Encoding", encoding)
         + render_header("Content-ID", f"<{content_id}>")
         + b"\r\n"
     )
-    return [head, payload]
+
+
+def _contains(chunks: Iterable[bytes], needle: bytes) -> bool:
+    """Whether ``needle`` occurs in the concatenation of ``chunks`` (also across two chunks)."""
+    keep = len(needle) - 1
+    tail = b""
+    for chunk in chunks:
+        if needle in tail + chunk[:keep] or needle in chunk:
+            return True
+        tail = (tail + chunk[-keep:])[-keep:] if keep else b""
+    return False
+
+
+def write_package(
+    sink: Writable,
+    envelope_xml: bytes,
+    attachments: Sequence[Attachment],
+    *,
+    transfer_encoding: TransferEncoding = "base64",
+    envelope_content_id: str | None = None,
+    boundary: str | None = None,
+) -> str:
+    """Write the multipart/related body to ``sink`` in pieces; return its Content-Type value.
+
+    Each payload is read from its attachment as it is written (a part in a file is streamed),
+    so the whole message is never held in memory. See :func:`package` for the choices.
+    """
+    if transfer_encoding not in ("base64", "binary"):
+        raise ValueError(f"transfer encoding must be base64 or binary, not {transfer_encoding!r}")
+    start = bare_content_id(envelope_content_id or new_content_id())
+    seen = {start}
+    for attachment in attachments:
+        cid = bare_content_id(attachment.content_id)
+        if not cid or cid in seen:
+            raise ValueError(f"attachment content-ids must be unique and not empty: {cid[:60]!r}")
+        seen.add(cid)
+    boundary = boundary or f"----=_Part_{uuid.uuid4().hex}"
+    delimiter = b"--" + boundary.encode("ascii")
+    if transfer_encoding == "binary":
+        # '=' and '_' never occur in base64, so only raw bytes can collide with the boundary.
+        while delimiter in envelope_xml or any(
+            _contains(a.chunks(), delimiter) for a in attachments
+        ):
+            boundary = f"----=_Part_{uuid.uuid4().hex}"
+            delimiter = b"--" + boundary.encode("ascii")
+    sources: list[Iterable[bytes]] = [[envelope_xml], *(a.chunks() for a in attachments)]
+    types = [ENVELOPE_CONTENT_TYPE] + [a.content_type for a in attachments]
+    cids = [start] + [bare_content_id(a.content_id) for a in attachments]
+    for cid, media, source in zip(cids, types, sources, strict=True):
+        sink.write(delimiter + b"\r\n" + _part_head(cid, media, transfer_encoding))
+        pieces = source if transfer_encoding == "binary" else _base64_lines(source)
+        for piece in pieces:
+            sink.write(piece)
+        sink.write(b"\r\n")
+    sink.write(delimiter + b"--\r\n")
+    return (
+        f'multipart/related; type="text/xml"; boundary={quote_param(boundary)}; '
+        f"start={quote_param('<' + start + '>')}"
+    )
 
 
 def package(
@@ -277,37 +468,16 @@ def package(
     ``base64`` suits SMTP (every part base64, as other Norwegian MSHs send); ``binary`` suits
     HTTP. Content-ids are given bare (no ``<>``); the envelope's is generated when not given.
     """
-    if transfer_encoding not in ("base64", "binary"):
-        raise ValueError(f"transfer encoding must be base64 or binary, not {transfer_encoding!r}")
-    start = bare_content_id(envelope_content_id or new_content_id())
-    seen = {start}
-    for attachment in attachments:
-        cid = bare_content_id(attachment.content_id)
-        if not cid or cid in seen:
-            raise ValueError(f"attachment content-ids must be unique and not empty: {cid[:60]!r}")
-        seen.add(cid)
-    payloads = [_encoded(envelope_xml, transfer_encoding)]
-    payloads += [_encoded(a.data, transfer_encoding) for a in attachments]
-    boundary = boundary or f"----=_Part_{uuid.uuid4().hex}"
-    delimiter = b"--" + boundary.encode("ascii")
-    if transfer_encoding == "binary":
-        # '=' and '_' never occur in base64, so only raw bytes can collide with the boundary.
-        while any(delimiter in payload for payload in payloads):
-            boundary = f"----=_Part_{uuid.uuid4().hex}"
-            delimiter = b"--" + boundary.encode("ascii")
-    chunks: list[bytes | bytearray] = []
-    types = [ENVELOPE_CONTENT_TYPE] + [a.content_type for a in attachments]
-    cids = [start] + [bare_content_id(a.content_id) for a in attachments]
-    for cid, media, payload in zip(cids, types, payloads, strict=True):
-        chunks.append(delimiter + b"\r\n")
-        chunks += _part(cid, media, payload, transfer_encoding)
-        chunks.append(b"\r\n")
-    chunks.append(delimiter + b"--\r\n")
-    content_type = (
-        f'multipart/related; type="text/xml"; boundary={quote_param(boundary)}; '
-        f"start={quote_param('<' + start + '>')}"
+    out = io.BytesIO()
+    content_type = write_package(
+        out,
+        envelope_xml,
+        attachments,
+        transfer_encoding=transfer_encoding,
+        envelope_content_id=envelope_content_id,
+        boundary=boundary,
     )
-    return b"".join(chunks), content_type
+    return out.getvalue(), content_type
 
 
 def mail_headers(
@@ -359,4 +529,5 @@ __all__ = [
     "render_message",
     "unpackage",
     "unpackage_message",
+    "write_package",
 ]

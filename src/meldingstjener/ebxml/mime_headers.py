@@ -9,6 +9,7 @@ line ends, case-insensitive names, quoted parameter values.
 from __future__ import annotations
 
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
+from meldingstjener.ebxml.mime_source import ByteSource
 
 MAX_HEADER_BLOCK = 256 * 1024  # a real mail's headers are a few kB; refuse runaway blocks
 FOLD_AT = 78
@@ -31,18 +32,22 @@ class Headers:
         return dict(self._first)
 
 
-def split_header_block(data: bytes, start: int, end: int, what: str) -> tuple[Headers, int]:
+def split_header_block(data: ByteSource, start: int, end: int, what: str) -> tuple[Headers, int]:
     """Parse the header lines of ``data[start:end]``; return them and where the body begins.
 
     The block ends at the first empty line (``\\n\\n`` or ``\\r\\n\\r\\n``, also mixed). Lines
-    starting with a space or tab continue the previous header (folding).
+    starting with a space or tab continue the previous header (folding). Searches stop at
+    ``MAX_HEADER_BLOCK``, so a part without headers is not scanned to its end.
     """
     items: list[tuple[str, str]] = []
     pos = start
+    limit = min(end, start + MAX_HEADER_BLOCK + 1)
     while True:
         if pos - start > MAX_HEADER_BLOCK:
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} headers are implausibly long")
-        newline = data.find(b"\n", pos, end)
+        newline = data.find(b"\n", pos, limit)
+        if newline < 0 and limit < end:
+            raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} headers are implausibly long")
         if newline < 0:
             if pos == end or not data[pos:end].strip():
                 # Headers right up to the end with no body (an empty part).

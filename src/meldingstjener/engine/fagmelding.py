@@ -6,6 +6,7 @@ and standalone AppRec are both first-class payloads (an AppRec travels without a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,12 @@ class Fagmelding:
         return [f"{p.path}: {p.message} ({p.code})" for p in self.report.problems]
 
 
-def inspect(data: bytes, schema_dir: Path | None = None) -> Fagmelding:
-    """Validate ``data`` and read the facts routing needs (one parse). Never raises."""
+def inspect(data: bytes | os.PathLike[str], schema_dir: Path | None = None) -> Fagmelding:
+    """Validate ``data`` and read the facts routing needs (one parse). Never raises.
+
+    ``data`` may be a file (a path, or a spooled payload): the parser then reads it in pieces,
+    and attachments are checked but never decoded, so a 35 MB message costs its tree and no
+    more than one transient copy of the attachment text."""
     report = validate(data, schema_dir)
     msg_id = ref_parent = ref_conversation = original = apprec_status = None
     apprec_errors: tuple[tuple[str, str], ...] = ()

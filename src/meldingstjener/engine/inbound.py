@@ -30,16 +30,16 @@ from meldingstjener.ebxml import (
     parse_envelope,
     unpackage,
 )
-from meldingstjener.engine import receipts, signals
+from meldingstjener.engine import payload_io, receipts, signals
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
-from meldingstjener.security import cms_enveloped
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig import verify_ebxml_envelope
+from meldingstjener.store.payloads import PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
@@ -73,9 +73,10 @@ class _Reject(Exception):
 
 
 def receive(
-    ctx: EngineContext, content_type: str, body: bytes, *, channel: str = "http"
+    ctx: EngineContext, content_type: str, body: PayloadSource, *, channel: str = "http"
 ) -> InboundReply:
-    """Take one received ebXML message. Returns what to answer synchronously, if anything."""
+    """Take one received ebXML message (bytes, or a spooled file that is then kept as the wire
+    form without a copy). Returns what to answer synchronously, if anything."""
     try:
         mime = unpackage(content_type, body)
         root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
@@ -104,7 +105,7 @@ def _receive_message(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    body: bytes,
+    body: PayloadSource,
     channel: str,
 ) -> InboundReply:
     header = envelope.header
@@ -168,7 +169,7 @@ def _receive_message(
             return _resend_signal(ctx, uow, duplicate, envelope, channel)
     verdict = receipts.judge(ctx, message, header.to_party.her_id)
     if verdict is not None:
-        receipts.reject_by_server(ctx, row.id, plain, verdict)
+        receipts.reject_by_server(ctx, row.id, payload_io.read_all(plain), verdict)
     ctx.wakeup.notify()
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -181,7 +182,7 @@ def _check(
     envelope: Envelope,
     root: etree._Element,
     certificate: x509.Certificate | None,
-) -> tuple[Fagmelding, bytes]:
+) -> tuple[Fagmelding, PayloadSource]:
     header = envelope.header
     sender = header.from_party.her_id
     if certificate is None:
@@ -221,11 +222,9 @@ def _check(
         f"the receiver {to} is not served by this message server",
         "eb:MessageHeader/eb:To/eb:PartyId",
     )
-    encrypted = mime.attachments[str(envelope.manifest[0].content_id)].data
+    encrypted = mime.attachments[str(envelope.manifest[0].content_id)]
     try:
-        plain = cms_enveloped.decrypt(
-            encrypted, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
-        )
+        plain = payload_io.decrypt_payload(ctx, encrypted)
     except SecurityError as exc:
         if to not in ctx.own_her_ids:
             raise not_ours from None
@@ -350,7 +349,7 @@ def _record_signal(
 
 
 def _refuse(
-    ctx: EngineContext, envelope: Envelope, body: bytes, error: ErrorDetail, channel: str
+    ctx: EngineContext, envelope: Envelope, body: PayloadSource, error: ErrorDetail, channel: str
 ) -> InboundReply:
     header = envelope.header
     our = header.to_party.her_id if header.to_party.her_id in ctx.own_her_ids else None

@@ -12,16 +12,14 @@ import uuid
 from collections.abc import Callable
 
 from meldingstjener.ebxml import (
-    Attachment,
     ManifestReference,
     MessageHeader,
     Party,
     build_envelope,
-    envelope_bytes,
     new_message_id,
-    package,
 )
 from meldingstjener.ebxml.mime import new_content_id
+from meldingstjener.engine import payload_io
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.errors import SubmitRejected
@@ -31,34 +29,35 @@ from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
 from meldingstjener.registry.policy import check_agreement
-from meldingstjener.security import cms_enveloped
-from meldingstjener.security.xmldsig import sign_ebxml_envelope
+from meldingstjener.store.payloads import PayloadSource, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
-PAYLOAD_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data"
+PAYLOAD_CONTENT_TYPE = payload_io.PAYLOAD_CONTENT_TYPE
 MAX_PAYLOAD_BYTES = 35 * 1024 * 1024
 TRANSMIT = "transmit"
 
 
 def submit(
     ctx: EngineContext,
-    payload: bytes,
+    payload: PayloadSource,
     *,
     to_her_id: str | None = None,
     actor: str,
     client_id: str | None = None,
     on_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
 ) -> str:
-    """Accept ``payload`` for sending; return our message id. Raises :class:`SubmitRejected`.
+    """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
+    for sending; return our message id. Raises :class:`SubmitRejected`.
 
     ``on_stored`` runs in the same transaction that stores the message, so a caller's own
     bookkeeping (an AppRec marking the message it answers) commits with it or not at all.
     """
-    if len(payload) > MAX_PAYLOAD_BYTES:
+    size = source_size(payload)
+    if size > MAX_PAYLOAD_BYTES:
         raise SubmitRejected(
             "too-large",
-            f"the business message is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+            f"the business message is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
     message = inspect(payload, ctx.policy.schema_dir)
     if not message.valid:
@@ -93,9 +92,6 @@ def submit(
 
     now = ctx.clock()
     assert partner.encryption_certificate is not None  # checked in _check_partner
-    encrypted = cms_enveloped.encrypt(
-        payload, partner.encryption_certificate, compress=ctx.policy.compress_payloads
-    )
     content_id = new_content_id(ctx.host)
     names = names_for(message.msg_type, answered_type=answered_type)
     header = MessageHeader(
@@ -117,12 +113,12 @@ def submit(
         sync_reply=partner.sync_reply,
         duplicate_elimination=True,
     )
-    sign_ebxml_envelope(
-        root, {content_id: encrypted}, ctx.keys.signing_key, ctx.keys.signing_certificate
-    )
-    body, content_type = package(
-        envelope_bytes(root),
-        [Attachment(content_id, PAYLOAD_CONTENT_TYPE, encrypted)],
+    body, content_type = payload_io.seal(
+        ctx,
+        payload,
+        partner.encryption_certificate,
+        root,
+        content_id,
         transfer_encoding="binary" if partner.channel == "http" else "base64",
     )
     payload_ref = ctx.store.payloads.put(payload)

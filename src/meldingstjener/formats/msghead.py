@@ -44,8 +44,10 @@ from meldingstjener.formats.xmlutil import (
     child,
     children,
     coded,
+    is_base64_text,
     local_name,
     namespace,
+    own_text,
     path_of,
     qname,
     text,
@@ -206,7 +208,10 @@ def read_msghead(data: bytes) -> MsgHead:
     return msghead_from_element(parse_xml(data))
 
 
-def msghead_from_element(root: etree._Element) -> MsgHead:
+def msghead_from_element(root: etree._Element, *, decode_attachments: bool = True) -> MsgHead:
+    """The read model of a parsed MsgHead. With ``decode_attachments=False`` base64
+    attachments are checked but not decoded (``content_base64`` stays None): what a validator
+    needs, without a second copy of a large attachment."""
     if namespace(root) != MH or local_name(root) != "MsgHead":
         raise UnknownMessageFormat(
             f"not a MsgHead 1.2 document: root element is {local_name(root)!r} in namespace "
@@ -244,7 +249,9 @@ def msghead_from_element(root: etree._Element) -> MsgHead:
     )
     return MsgHead(
         msg_info=msg_info,
-        documents=tuple(_read_document(e) for e in children(root, MH, "Document")),
+        documents=tuple(
+            _read_document(e, decode_attachments) for e in children(root, MH, "Document")
+        ),
         signature_present=child(root, NS_DSIG, "Signature") is not None,
     )
 
@@ -358,7 +365,7 @@ def _read_other(element: etree._Element) -> OtherReceiver:
     )
 
 
-def _read_document(element: etree._Element) -> Document:
+def _read_document(element: etree._Element, decode: bool = True) -> Document:
     ref = child(element, MH, "RefDoc")
     if ref is None:
         raise MissingElement("Document has no RefDoc", path=path_of(element) + "/RefDoc")
@@ -366,7 +373,7 @@ def _read_document(element: etree._Element) -> Document:
     if msg_type is None:
         raise MissingElement("RefDoc has no MsgType", path=path_of(ref) + "/MsgType")
     issue = child(ref, MH, "IssueDate")
-    content_xml, content_b64 = _read_content(child(ref, MH, "Content"))
+    content_xml, content_b64 = _read_content(child(ref, MH, "Content"), decode)
     return Document(
         content_description=text(element, MH, "ContentDescription"),
         ref_doc=RefDoc(
@@ -383,7 +390,9 @@ def _read_document(element: etree._Element) -> Document:
     )
 
 
-def _read_content(content: etree._Element | None) -> tuple[bytes | None, bytes | None]:
+def _read_content(
+    content: etree._Element | None, decode: bool = True
+) -> tuple[bytes | None, bytes | None]:
     if content is None:
         return None, None
     instances = [e for e in content if isinstance(e.tag, str)]
@@ -391,6 +400,10 @@ def _read_content(content: etree._Element | None) -> tuple[bytes | None, bytes |
         return None, None
     first = instances[0]
     if namespace(first) == NS_BASE64 and local_name(first) == "Base64Container":
+        if not decode:  # checked as the decoder would, but neither joined nor decoded
+            if not is_base64_text(own_text(first)):
+                raise InvalidValue("attachment is not valid base64", path=path_of(first))
+            return None, None
         # Only the element's own text nodes: comments inside the container are not payload.
         encoded = "".join(first.xpath("text()"))
         try:

@@ -13,8 +13,7 @@ says whether a patient is present, never who the patient is.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,7 +49,7 @@ from meldingstjener.formats.msghead import (
     organisation_from_element,
 )
 from meldingstjener.formats.parties import Ident, Organisation, Party
-from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES, XmlError, parse_xml
+from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES, XmlError, parse_xml, parse_xml_file
 from meldingstjener.formats.xmlutil import (
     NS_APPREC_10,
     NS_APPREC_11,
@@ -59,8 +58,10 @@ from meldingstjener.formats.xmlutil import (
     child,
     children,
     elements,
+    is_base64_text,
     local_name,
     namespace,
+    own_text,
     path_of,
     qname,
     text,
@@ -144,12 +145,19 @@ class ValidationReport:
 
 
 def validate(
-    data: bytes, schema_dir: Path | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes | os.PathLike[str],
+    schema_dir: Path | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ValidationReport:
-    """Validate one document in all layers; see the module docstring."""
+    """Validate one document (bytes, or a file read by the parser in pieces) in all layers;
+    see the module docstring."""
     report = ValidationReport()
     try:
-        root = parse_xml(data, max_bytes=max_bytes)
+        if isinstance(data, os.PathLike):
+            root = parse_xml_file(data, max_bytes=max_bytes)
+        else:
+            root = parse_xml(data, max_bytes=max_bytes)
     except XmlError as exc:
         report.well_formed = False
         report.add("xml", exc.code, "/", str(exc))
@@ -190,7 +198,7 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
 
     _msghead_structure(root, info, report)
     try:
-        head = msghead_from_element(root)
+        head = msghead_from_element(root, decode_attachments=False)
     except FormatError as exc:
         _report_read_error(report, exc, "/MsgHead")
         return
@@ -321,25 +329,13 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
     if content is not None:
         container = child(content, NS_BASE64, "Base64Container")
         is_attachment = msg_type is not None and msg_type.get("V") == "A"
-        if (
-            is_attachment
-            and container is not None
-            and not _is_base64("".join(container.xpath("text()")))
-        ):
+        if is_attachment and container is not None and not is_base64_text(own_text(container)):
             report.add(
                 "structure",
                 "invalid-value",
                 path_of(container),
                 "the attachment is not valid base64",
             )
-
-
-def _is_base64(encoded: str) -> bool:
-    try:
-        base64.b64decode("".join(encoded.split()), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
 
 
 def _content_root(root: etree._Element) -> etree._Element | None:

@@ -10,9 +10,12 @@ file is refused without expanding or reading anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
-from pathlib import Path
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from lxml import etree
 
@@ -26,6 +29,7 @@ DEFAULT_MAX_DEPTH = 200
 _PROLOG_SCAN_BYTES = 64 * 1024
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _ROOT_START = re.compile(rb"<[A-Za-z_]")
+_READ_WHOLE = 1024 * 1024  # files up to this size are read whole and parsed from memory
 
 
 class XmlError(ValueError):
@@ -74,8 +78,56 @@ def parse_xml(
             f"XML document of {len(data)} bytes is larger than the limit of {max_bytes}"
         )
     _refuse_doctype_in_prolog(data)
-    try:
+    with _syntax_errors():
         root = etree.fromstring(data, parser=_parser())
+    return _checked(root, max_depth)
+
+
+def parse_xml_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> etree._Element:
+    """Parse the file at ``path`` safely; its size is checked before it is opened.
+
+    The parser reads the file in pieces, so a 35 MB document costs its tree, not also its
+    bytes; the size limit also holds while reading (a file that grows meanwhile is refused).
+    """
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise XmlRefused(f"XML file of {size} bytes is larger than the limit of {max_bytes}")
+    with open(path, "rb") as handle:
+        if size <= _READ_WHOLE:  # one read and a parse from memory is cheaper for small files
+            return parse_xml(handle.read(max_bytes + 1), max_bytes=max_bytes, max_depth=max_depth)
+        _refuse_doctype_in_prolog(handle.read(_PROLOG_SCAN_BYTES))
+        handle.seek(0)
+        with _syntax_errors():
+            root = etree.parse(_Limited(handle, max_bytes), parser=_parser()).getroot()
+    return _checked(root, max_depth)
+
+
+class _Limited:
+    """A file object for the parser that refuses to read past ``limit`` bytes."""
+
+    def __init__(self, handle: BinaryIO, limit: int) -> None:
+        self.handle = handle
+        self.limit = limit
+        self.seen = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise XmlRefused(f"XML file grew beyond the limit of {self.limit} bytes")
+        return data
+
+
+@contextlib.contextmanager
+def _syntax_errors() -> Iterator[None]:
+    """libxml2's complaints as our error types."""
+    try:
+        yield
     except etree.XMLSyntaxError as exc:
         message = str(exc)
         lowered = message.lower()
@@ -84,8 +136,13 @@ def parse_xml(
         if "entity" in lowered:
             raise XmlRefused(f"XML with entity references is refused: {message}") from None
         raise XmlMalformed(f"not well-formed XML: {message}") from None
+    except XmlRefused:
+        raise
     except ValueError as exc:  # e.g. a str with an encoding declaration, or empty input
         raise XmlMalformed(f"not well-formed XML: {exc}") from None
+
+
+def _checked(root: etree._Element | None, max_depth: int) -> etree._Element:
     if root is None:
         raise XmlMalformed("not well-formed XML: no root element")
     docinfo = root.getroottree().docinfo
@@ -93,19 +150,6 @@ def parse_xml(
         raise XmlRefused("XML with a DOCTYPE/DTD is refused (entity declarations are not allowed)")
     _check_depth(root, max_depth)
     return root
-
-
-def parse_xml_file(
-    path: Path,
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-) -> etree._Element:
-    """Parse the file at ``path`` safely; its size is checked before it is opened."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise XmlRefused(f"XML file of {size} bytes is larger than the limit of {max_bytes}")
-    return parse_xml(path.read_bytes(), max_bytes=max_bytes, max_depth=max_depth)
 
 
 def _refuse_doctype_in_prolog(data: bytes) -> None:

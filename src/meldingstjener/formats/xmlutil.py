@@ -7,7 +7,8 @@ DN="Epikrise"/>``): ``V`` the code, ``DN`` its display name, ``S`` the code list
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lxml import etree
@@ -23,6 +24,9 @@ NS_DSIG = "http://www.w3.org/2000/09/xmldsig#"
 NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 OID_PREFIX = "2.16.578.1.12.4.1.1."
+
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
+_TEXT_SLICE = 1024 * 1024  # characters looked at at a time when checking a long text
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +142,42 @@ def elements(root: etree._Element) -> Iterator[etree._Element]:
 def to_bytes(root: etree._Element) -> bytes:
     """UTF-8 XML with declaration, as every builder returns."""
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def own_text(element: etree._Element) -> Iterator[str]:
+    """The element's own text nodes in order (what XPath ``text()`` selects): its text and the
+    tails of its children, never the text inside them. Yielded one by one, not joined."""
+    if element.text:
+        yield element.text
+    for node in element:
+        if node.tail:
+            yield node.tail
+
+
+def is_base64_text(pieces: Iterable[str]) -> bool:
+    """Whether the text made of ``pieces``, whitespace removed, is what
+    ``base64.b64decode(text, validate=True)`` accepts: only the base64 alphabet, at most two
+    ``=`` and only at the end, whole groups of four.
+
+    Checked in slices and without decoding, so a 35 MB attachment costs no second copy of its
+    text and no decoded bytes.
+    """
+    count = pads = 0
+    for piece in pieces:
+        for start in range(0, len(piece), _TEXT_SLICE):
+            part = "".join(piece[start : start + _TEXT_SLICE].split())
+            if not part:
+                continue
+            if pads and part.strip("="):
+                return False  # data after padding
+            body = part.rstrip("=")
+            if not body.isascii() or not _BASE64_BODY.fullmatch(body):
+                return False
+            count += len(body)
+            pads += len(part) - len(body)
+    if not count:
+        return not pads  # empty is fine; padding alone is not
+    group = count % 4
+    if not pads or group == 0:
+        return group == 0  # padding after whole groups is skipped by the decoder
+    return group >= 2 and pads == 4 - group  # one padding that completes the group exactly

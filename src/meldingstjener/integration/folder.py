@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import free_name, move_durably, write_atomically
 from meldingstjener.model import Direction
+from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,16 @@ class FolderIntegration:
                 [],
             )
             return
-        data = path.read_bytes()
-        content = hashlib.sha256(data).hexdigest()
+        # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
+        # it becomes the stored payload by a rename (a 35 MB file is never held in memory).
+        with self.ctx.store.payloads.spool() as data:
+            with path.open("rb") as handle:
+                data.write_from(handle)
+            self._take(path, stat, data)
+
+    def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
         key = hashlib.sha256(
-            f"{path.name}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{content}".encode()
+            f"{path.name}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{data.sha256}".encode()
         ).hexdigest()
         state = self._claim(key, path.name)
         if state is None:

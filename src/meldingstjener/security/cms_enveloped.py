@@ -7,12 +7,21 @@ accepted; 3DES only while the policy allows it (large senders still use it).
 
 The structure is read and written with asn1crypto and the primitives come from cryptography,
 because cryptography's own CMS decryptor supports neither 3DES nor OAEP.
+
+Large payloads stream: :func:`encrypt_to` and :func:`decrypt_to` read their input in pieces and
+write their output in pieces (the ASN.1 around the content is read and written by
+:mod:`.ber`; only the small elements go through asn1crypto), so a 35 MB message is never held
+whole, let alone twice. :func:`encrypt` and :func:`decrypt` are the same for bytes in memory.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from asn1crypto import algos
 from asn1crypto import cms as acms
@@ -22,16 +31,16 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 
+from meldingstjener.security import ber
 from meldingstjener.security.certs import describe
 from meldingstjener.security.cms_common import (
     DEFAULT_MAX_PLAINTEXT,
+    GZIP_MAGIC,
     CmsError,
-    gunzip_if_gzip,
     gzip_bytes,
     hash_by_name,
     identifies,
     issuer_and_serial,
-    load_content_info,
 )
 
 DecryptionCandidate = tuple[rsa.RSAPrivateKey, x509.Certificate]
@@ -44,44 +53,116 @@ _CIPHERS: dict[str, tuple[int, int]] = {
     "tripledes_3key": (24, 64),
 }
 _WEAK = {"tripledes_3key", "des"}
+CHUNK = 1024 * 1024
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class PlaintextSink(Protocol):
+    """Where :func:`decrypt_to` writes; ``reset`` forgets a failed attempt's output."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def reset(self) -> None: ...
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def reset(self) -> None:
+        self.buffer = io.BytesIO()
 
 
 def encrypt(data: bytes, recipient: x509.Certificate, *, compress: bool = False) -> bytes:
     """DER EnvelopedData of ``data`` (gzipped first when ``compress``) for ``recipient``."""
+    plaintext = gzip_bytes(data) if compress else data
+    out = io.BytesIO()
+    encrypt_to(io.BytesIO(plaintext), len(plaintext), recipient, out)
+    return out.getvalue()
+
+
+def encrypt_to(source: BinaryIO, length: int, recipient: x509.Certificate, sink: Writable) -> int:
+    """Write the DER EnvelopedData of the ``length`` bytes ``source`` holds to ``sink``, in
+    pieces; return the number of bytes written. (Compress first, if wanted: the length of the
+    content must be known before it is written.)"""
     public_key = recipient.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise CmsError(
             f"the recipient certificate {describe(recipient)} has no RSA key",
             code="unsupported-algorithm",
         )
-    plaintext = gzip_bytes(data) if compress else data
     content_key, iv = os.urandom(32), os.urandom(16)
+    recipient_info = acms.RecipientInfo(
+        {
+            "ktri": acms.KeyTransRecipientInfo(
+                {
+                    "version": "v0",
+                    "rid": acms.RecipientIdentifier(
+                        {"issuer_and_serial_number": issuer_and_serial(recipient)}
+                    ),
+                    "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+                    "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
+                }
+            )
+        }
+    )
+    ciphertext_length = (length // 16 + 1) * 16  # PKCS#7 always pads, 1 to 16 bytes
+    prefix = enveloped_prefix(recipient_info, iv, ciphertext_length)
+    sink.write(prefix)
     padder = sym_padding.PKCS7(128).padder()
-    padded = padder.update(plaintext) + padder.finalize()
     encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padded) + encryptor.finalize()
-    recipient_info = acms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": acms.RecipientIdentifier(
-                {"issuer_and_serial_number": issuer_and_serial(recipient)}
-            ),
-            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-            "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
-        }
+    taken = written = 0
+    while chunk := source.read(CHUNK):
+        taken += len(chunk)
+        out = encryptor.update(padder.update(chunk))
+        written += len(out)
+        sink.write(out)
+    out = encryptor.update(padder.finalize()) + encryptor.finalize()
+    written += len(out)
+    sink.write(out)
+    if taken != length or written != ciphertext_length:
+        raise CmsError(f"the content was {taken} bytes, not {length} as announced")
+    return len(prefix) + written
+
+
+def enveloped_prefix(
+    recipient_info: acms.RecipientInfo, iv: bytes, ciphertext_length: int
+) -> bytes:
+    """Everything of a DER ContentInfo/EnvelopedData (AES-256-CBC) before the ciphertext: the
+    bytes asn1crypto would write, with the lengths computed for content not yet encrypted."""
+    outer_type = acms.ContentType("enveloped_data").dump()
+    version = acms.CMSVersion("v0").dump()
+    recipients = acms.RecipientInfos([recipient_info]).dump()
+    content_type = acms.ContentType("data").dump()
+    algorithm = algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv}).dump()
+    content_head = ber.der_header(ber.CONTEXT_0_PRIMITIVE, ciphertext_length)
+    eci_length = len(content_type) + len(algorithm) + len(content_head) + ciphertext_length
+    eci_head = ber.der_header(ber.SEQUENCE, eci_length)
+    enveloped_length = len(version) + len(recipients) + len(eci_head) + eci_length
+    enveloped_head = ber.der_header(ber.SEQUENCE, enveloped_length)
+    explicit_length = len(enveloped_head) + enveloped_length
+    explicit_head = ber.der_header(ber.CONTEXT_0_CONSTRUCTED, explicit_length)
+    outer_length = len(outer_type) + len(explicit_head) + explicit_length
+    return b"".join(
+        (
+            ber.der_header(ber.SEQUENCE, outer_length),
+            outer_type,
+            explicit_head,
+            enveloped_head,
+            version,
+            recipients,
+            eci_head,
+            content_type,
+            algorithm,
+            content_head,
+        )
     )
-    enveloped = acms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": [acms.RecipientInfo({"ktri": recipient_info})],
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
-                "encrypted_content": ciphertext,
-            },
-        }
-    )
-    return acms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
 def decrypt(
@@ -97,29 +178,73 @@ def decrypt(
     The recipient is chosen by IssuerAndSerialNumber (or subject key identifier). A gzipped
     plaintext is gunzipped unless ``gunzip`` is False.
     """
-    enveloped = load_content_info(der, "enveloped_data")["content"]
-    content_info = enveloped["encrypted_content_info"]
-    algorithm = content_info["content_encryption_algorithm"]
-    name = algorithm["algorithm"].native
-    _check_content_algorithm(name, allow_3des)
-    key_length, block_bits = _CIPHERS[name]
-    ciphertext = content_info["encrypted_content"].native
-    if ciphertext is None:
-        raise CmsError("the EnvelopedData carries no encrypted content", code="detached-content")
+    sink = _MemorySink()
+    decrypt_to(
+        lambda: io.BytesIO(der),
+        sink,
+        candidates,
+        allow_3des=allow_3des,
+        gunzip=gunzip,
+        max_size=max_size,
+    )
+    return sink.buffer.getvalue()
 
-    matched = False
-    for recipient_info in enveloped["recipient_infos"]:
-        if recipient_info.name != "ktri":
-            continue
-        ktri = recipient_info.chosen
-        for key, cert in candidates:
-            if not identifies(ktri["rid"], cert):
+
+def decrypt_to(
+    open_source: Callable[[], BinaryIO],
+    sink: PlaintextSink,
+    candidates: Sequence[DecryptionCandidate],
+    *,
+    allow_3des: bool = True,
+    gunzip: bool = True,
+    max_size: int = DEFAULT_MAX_PLAINTEXT,
+) -> None:
+    """:func:`decrypt` in pieces: ``open_source()`` gives a new reader of the DER (BER) each
+    time it is called (once per recipient key tried; almost always once); the plaintext goes
+    to ``sink``, which is reset after a failed attempt. Raises :class:`CmsError`."""
+    stream: BinaryIO | None = open_source()
+    try:
+        assert stream is not None
+        reader = ber.Reader(stream)
+        envelope = _read_envelope(reader)
+        algorithm = envelope.algorithm
+        name = algorithm["algorithm"].native
+        _check_content_algorithm(name, allow_3des)
+        key_length, block_bits = _CIPHERS[name]
+        if envelope.content is None:
+            raise CmsError(
+                "the EnvelopedData carries no encrypted content", code="detached-content"
+            )
+        matched = False
+        for recipient_info in envelope.recipient_infos:
+            if recipient_info.name != "ktri":
                 continue
-            matched = True
-            content_key = _unwrap_key(ktri, key, key_length)
-            plaintext = _decrypt_content(name, content_key, algorithm, ciphertext, block_bits)
-            if plaintext is not None:
-                return gunzip_if_gzip(plaintext, max_size=max_size) if gunzip else plaintext
+            ktri = recipient_info.chosen
+            for key, cert in candidates:
+                if not identifies(ktri["rid"], cert):
+                    continue
+                matched = True
+                content_key = _unwrap_key(ktri, key, key_length)
+                iv = _iv(algorithm, block_bits)
+                if stream is None:  # another key: read the content again from its start
+                    stream = open_source()
+                    _skip(stream, envelope.content_offset)
+                    reader = ber.Reader(stream)
+                    content = reader.header()
+                else:  # the first try goes on where reading the structure stopped
+                    content = envelope.content
+                output = _Plaintext(sink, block_bits, gunzip=gunzip, max_size=max_size)
+                done = _decrypt_content(name, content_key, iv, reader, content, output)
+                stream.close()
+                stream = None
+                if done:
+                    if output.problem is not None:
+                        raise output.problem
+                    return
+                sink.reset()
+    finally:
+        if stream is not None:
+            stream.close()
     if not matched:
         raise CmsError(
             "the message is not encrypted to any of our encryption certificates "
@@ -129,6 +254,68 @@ def decrypt(
     # One message for every failure after the recipient matched: telling a wrong key apart
     # from bad padding would give an attacker a decryption oracle.
     raise CmsError("the message could not be decrypted with our key", code="decryption-failed")
+
+
+def _skip(stream: BinaryIO, count: int) -> None:
+    while count > 0:
+        piece = stream.read(min(count, CHUNK))
+        if not piece:
+            raise CmsError("the input is not a readable CMS structure", code="not-cms")
+        count -= len(piece)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    recipient_infos: acms.RecipientInfos
+    algorithm: algos.EncryptionAlgorithm
+    content: ber.Header | None  # the [0] encrypted content's header; None when detached
+    content_offset: int  # where that header starts
+
+
+def _read_envelope(reader: ber.Reader) -> _Envelope:
+    """Read a ContentInfo/EnvelopedData up to the start of its encrypted content."""
+    try:
+        outer = _expect(reader.header(), ber.SEQUENCE)
+        outer_start = reader.consumed
+        content_type = acms.ContentType.load(reader.element()).native
+        if content_type != "enveloped_data":
+            raise CmsError(
+                f"expected CMS enveloped data, got {content_type}",
+                code="unexpected-content-type",
+            )
+        explicit = _expect(reader.next_in(outer, outer_start), ber.CONTEXT_0_CONSTRUCTED)
+        explicit_start = reader.consumed
+        enveloped = _expect(reader.next_in(explicit, explicit_start), ber.SEQUENCE)
+        start = reader.consumed
+        acms.CMSVersion.load(reader.element(_expect(reader.next_in(enveloped, start), 0x02)))
+        following = reader.next_in(enveloped, start)
+        if following is not None and following.tag == ber.CONTEXT_0_CONSTRUCTED:
+            reader.element(following)  # originatorInfo: not used for key transport
+            following = reader.next_in(enveloped, start)
+        recipients = acms.RecipientInfos.load(reader.element(_expect(following, ber.SET)))
+        _ = recipients.native  # parse it all now: a broken structure is "not CMS"
+        eci = _expect(reader.next_in(enveloped, start), ber.SEQUENCE)
+        eci_start = reader.consumed
+        acms.ContentType.load(reader.element(_expect(reader.next_in(eci, eci_start), 0x06)))
+        algorithm_tlv = reader.element(_expect(reader.next_in(eci, eci_start), ber.SEQUENCE))
+        algorithm = algos.EncryptionAlgorithm.load(algorithm_tlv)
+        _ = algorithm.native
+        content_offset = reader.consumed
+        content = reader.next_in(eci, eci_start)
+    except (ValueError, TypeError, KeyError):
+        raise CmsError("the input is not a readable CMS structure", code="not-cms") from None
+    if content is not None and content.tag not in (
+        ber.CONTEXT_0_PRIMITIVE,
+        ber.CONTEXT_0_CONSTRUCTED,
+    ):
+        raise CmsError("the input is not a readable CMS structure", code="not-cms")
+    return _Envelope(recipients, algorithm, content, content_offset)
+
+
+def _expect(header: ber.Header | None, tag: int) -> ber.Header:
+    if header is None or header.tag != tag:
+        raise CmsError("the input is not a readable CMS structure", code="not-cms")
+    return header
 
 
 def _check_content_algorithm(name: str, allow_3des: bool) -> None:
@@ -177,25 +364,93 @@ def _oaep_padding(params: algos.RSAESOAEPParams | None) -> padding.OAEP:
     return padding.OAEP(padding.MGF1(mgf_hash), digest, label)
 
 
-def _decrypt_content(
-    name: str,
-    content_key: bytes,
-    algorithm: algos.EncryptionAlgorithm,
-    ciphertext: bytes,
-    block_bits: int,
-) -> bytes | None:
+def _iv(algorithm: algos.EncryptionAlgorithm, block_bits: int) -> bytes:
     iv = algorithm["parameters"].native
     if not isinstance(iv, bytes) or len(iv) * 8 != block_bits:
         raise CmsError("the encryption parameters carry no valid IV", code="not-cms")
+    return iv
+
+
+def _decrypt_content(
+    name: str,
+    content_key: bytes,
+    iv: bytes,
+    reader: ber.Reader,
+    content: ber.Header,
+    output: _Plaintext,
+) -> bool:
+    """Decrypt the content into ``output``; False when the key or the padding was wrong."""
     cipher: CipherAlgorithm = (
         TripleDES(content_key) if name == "tripledes_3key" else algorithms.AES(content_key)
     )
-    if len(ciphertext) % (block_bits // 8):
-        return None
     decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
-    padded = decryptor.update(ciphertext) + decryptor.finalize()
-    unpadder = sym_padding.PKCS7(block_bits).unpadder()
-    try:
-        return unpadder.update(padded) + unpadder.finalize()
-    except ValueError:
-        return None
+    total = 0
+    for chunk in reader.content_chunks(content):
+        total += len(chunk)
+        output.feed(decryptor.update(chunk))
+    if total % len(iv):  # the IV is one block long
+        return False
+    output.feed(decryptor.finalize())
+    return output.finish()
+
+
+class _Plaintext:
+    """Decrypted blocks -> PKCS#7 unpadding -> gunzip when the plaintext is gzip -> the sink.
+
+    The padding is known to be right only at the end, so a gzip failure or an oversize output
+    on the way is remembered (``problem``) and reported only if the padding then checks out:
+    the same answer, in the same order, as decrypting everything first.
+    """
+
+    def __init__(self, sink: PlaintextSink, block_bits: int, *, gunzip: bool, max_size: int):
+        self.sink = sink
+        self.unpadder = sym_padding.PKCS7(block_bits).unpadder()
+        self.gunzip = gunzip
+        self.max_size = max_size
+        self.head = b""
+        self.mode: str | None = None  # "plain" or "gzip", known after two bytes
+        self.inflater = zlib.decompressobj(wbits=31)
+        self.produced = 0
+        self.problem: CmsError | None = None
+
+    def feed(self, padded: bytes) -> None:
+        self._out(self.unpadder.update(padded), final=False)
+
+    def finish(self) -> bool:
+        try:
+            rest = self.unpadder.finalize()
+        except ValueError:
+            return False
+        self._out(rest, final=True)
+        return True
+
+    def _out(self, data: bytes, *, final: bool) -> None:
+        if self.mode is None:
+            self.head += data
+            if len(self.head) < len(GZIP_MAGIC) and not final:
+                return
+            self.mode = "gzip" if self.gunzip and self.head.startswith(GZIP_MAGIC) else "plain"
+            data, self.head = self.head, b""
+        if self.mode == "plain":
+            if data:
+                self.sink.write(data)
+            return
+        self._inflate(data)
+
+    def _inflate(self, data: bytes) -> None:
+        # after the end of the gzip member the rest is ignored, as one decompress() call would
+        while data and self.problem is None and not self.inflater.eof:
+            try:
+                out = self.inflater.decompress(data, CHUNK)
+            except zlib.error:
+                self.problem = CmsError("the decrypted content looks gzipped but is not valid gzip")
+                return
+            self.produced += len(out)
+            if self.produced > self.max_size:
+                self.problem = CmsError(
+                    f"the gunzipped content exceeds {self.max_size} bytes", code="too-large"
+                )
+                return
+            if out:
+                self.sink.write(out)
+            data = self.inflater.unconsumed_tail

@@ -4,20 +4,33 @@ A 35 MB payload is never held whole in memory here: ``put`` copies from a stream
 hashing as it goes. A file is written to a temporary name, fsynced, renamed into place and its
 directory fsynced, so a reference stored in the database always points at a complete file.
 Orphans (a file written, then a crash before the database commit) are harmless and can be swept.
+
+A :class:`Spool` is a payload written piece by piece *before* it is known whether it will be
+kept: a received body as it streams in, a decrypted plaintext, a packaged wire form. It lives
+under its final directory with a temporary name, so keeping it (``put(spool)``) is a rename, not
+a copy, and dropping it removes the file. A spool that is neither kept nor discarded removes its
+file when it is garbage-collected, so an exception on the way never leaves a temporary behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import secrets
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+
+# What the engine passes around as a business message or wire form: bytes in memory, or a file
+# (a path, or a Spool, which is a path too).
+PayloadSource = bytes | os.PathLike[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,112 @@ class PayloadNotFound(FileNotFoundError):
     """The payload was purged or never stored."""
 
 
+class Spool(os.PathLike[str]):
+    """A payload file being written; becomes a stored payload by :meth:`PayloadStore.put`.
+
+    Writes are unbuffered, so the file (``os.fspath(spool)``) always holds everything written:
+    readers may open it at any time. The size and SHA-256 are kept as it is written.
+    """
+
+    def __init__(self, store: PayloadStore, key: str, final: Path) -> None:
+        self.store = store
+        self.key = key
+        self._final = final
+        self._temporary = final.with_name(f".{key}.tmp")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._temporary, "xb", buffering=0)  # noqa: SIM115 (closed on commit)
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._ref: PayloadRef | None = None
+        self._finalizer = weakref.finalize(self, _drop, self._file, self._temporary)
+
+    def __fspath__(self) -> str:
+        return str(self._final if self._ref is not None else self._temporary)
+
+    def __repr__(self) -> str:
+        return f"Spool({self.key!r}, {self.size} bytes, {'kept' if self._ref else 'open'})"
+
+    @property
+    def committed(self) -> bool:
+        return self._ref is not None
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 (hex) of what was written so far."""
+        return self._digest.hexdigest()
+
+    @property
+    def ref(self) -> PayloadRef | None:
+        """The stored payload's reference once kept."""
+        return self._ref
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._ref is not None or self._file.closed:
+            raise ValueError("the spool is closed")
+        view = memoryview(data)
+        written = 0
+        while written < len(view):  # a raw write may take less than it was given
+            written += self._file.write(view[written:]) or 0
+        self._digest.update(view)
+        self.size += written
+        return written
+
+    def write_from(self, source: BinaryIO) -> None:
+        """Append everything ``source`` still has, in chunks."""
+        while chunk := source.read(CHUNK):
+            self.write(chunk)
+
+    def reset(self) -> None:
+        """Forget everything written so far (a decryption attempt with the wrong key)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def open(self) -> BinaryIO:
+        """A new reader of what was written (also after the spool was kept)."""
+        return open(os.fspath(self), "rb")
+
+    def read_bytes(self) -> bytes:
+        """Everything written, as one bytes object (one allocation of exactly its size)."""
+        with self.open() as handle:
+            return handle.read()
+
+    def commit(self) -> PayloadRef:
+        """Make the file durable under its final name and return its reference."""
+        if self._ref is not None:
+            raise ValueError("the spool was already kept")
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._temporary, self._final)
+        self._finalizer.detach()
+        _fsync_dir(self._final.parent)
+        self._ref = PayloadRef(key=self.key, size=self.size, sha256=self._digest.hexdigest())
+        return self._ref
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing happens once the spool was kept)."""
+        if self._ref is None:
+            self._finalizer()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+def _drop(handle: io.FileIO, path: Path) -> None:
+    handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 class PayloadStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -41,24 +160,27 @@ class PayloadStore:
             raise ValueError(f"not a payload key: {key!r}")
         return self.root / key[:2] / key
 
-    def put(self, source: bytes | BinaryIO | Iterable[bytes]) -> PayloadRef:
-        """Store ``source`` durably and return its reference."""
+    def spool(self) -> Spool:
+        """A new payload to write piece by piece; keep it with :meth:`put`, else discard it."""
         key = secrets.token_hex(16)
-        final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = final.with_name(f".{key}.tmp")
-        digest = hashlib.sha256()
-        size = 0
-        with temporary.open("wb") as handle:
-            for chunk in _chunks(source):
-                handle.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-        _fsync_dir(final.parent)
-        return PayloadRef(key=key, size=size, sha256=digest.hexdigest())
+        return Spool(self, key, self._path(key))
+
+    def put(self, source: bytes | BinaryIO | Iterable[bytes] | os.PathLike[str]) -> PayloadRef:
+        """Store ``source`` durably and return its reference.
+
+        A :class:`Spool` of this store that was not kept yet is kept as it is (a rename); any
+        other file or stream is copied in chunks.
+        """
+        if isinstance(source, Spool) and source.store is self and not source.committed:
+            return source.commit()
+        with self.spool() as spool:
+            if isinstance(source, os.PathLike):
+                with open(source, "rb") as handle:
+                    spool.write_from(handle)
+            else:
+                for chunk in _chunks(source):
+                    spool.write(chunk)
+            return spool.commit()
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -88,6 +210,15 @@ class PayloadStore:
             return False
         _fsync_dir(self._path(key).parent)
         return True
+
+
+def source_size(source: PayloadSource) -> int:
+    """The size in bytes of a payload in memory or in a file."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    if isinstance(source, Spool):
+        return source.size
+    return os.stat(source).st_size
 
 
 def _chunks(source: bytes | BinaryIO | Iterable[bytes]) -> Iterable[bytes]:
