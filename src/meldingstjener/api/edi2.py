@@ -195,7 +195,8 @@ class Edi2:
             )
         if any(not 1 <= h <= MAX_INT32 for h in subset):
             raise ApiProblem(400, "invalid-input", "receiverHerIdsSubset holds an invalid HER-id")
-        sender = inspect(payload, self.ctx.policy.schema_dir).sender.communication_party
+        inspected = inspect(payload, self.ctx.policy.schema_dir)
+        sender = inspected.sender.communication_party
         if sender is not None and not who.may_act_for(sender):
             raise self._refuse(
                 who, action, f"the client may not send as HER-id {sender}", her_id=str(sender)
@@ -207,6 +208,7 @@ class Edi2:
                 to_her_id=str(subset[0]) if subset else None,
                 actor=f"api:{who.client}",
                 client_id=who.client,
+                inspected=inspected,
             )
         except SubmitRejected as rejected:
             self._audit(

@@ -46,9 +46,13 @@ def submit(
     actor: str,
     client_id: str | None = None,
     on_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
+    inspected: Fagmelding | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
+
+    ``inspected`` is ``inspect(payload)`` when the caller has already read it (the API does, to
+    check whom the client may send as): a fagmelding is parsed and validated once, not twice.
 
     ``on_stored`` runs in the same transaction that stores the message, so a caller's own
     bookkeeping (an AppRec marking the message it answers) commits with it or not at all.
@@ -59,7 +63,7 @@ def submit(
             "too-large",
             f"the business message is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
-    message = inspect(payload, ctx.policy.schema_dir)
+    message = inspected or inspect(payload, ctx.policy.schema_dir)
     if not message.valid:
         raise SubmitRejected(
             "invalid-message",
