@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meldingstjener.api.problems import PROBLEM_JSON, problem_body
+from meldingstjener.api.problems import send_too_large
 from meldingstjener.store.payloads import CHUNK, PayloadStore, Spool
 
 SPOOL_ABOVE = 1024 * 1024  # smaller bodies go to FastAPI untouched
@@ -342,7 +342,9 @@ class DocumentSpool:
             try:
                 skeleton = await self._scan(b"".join(head), more, receive, documents)
             except SkeletonTooLarge:
-                await _refuse(send, f"the request without its document exceeds {SKELETON_LIMIT}")
+                await send_too_large(
+                    send, f"the request without its document exceeds {SKELETON_LIMIT}"
+                )
                 return
             scope = dict(scope)
             scope[SCOPE_KEY] = documents
@@ -397,21 +399,6 @@ def _replay(messages: list[Message], then: Message | None, receive: Receive) -> 
         return await receive()
 
     return replay
-
-
-async def _refuse(send: Send, detail: str) -> None:
-    body = json.dumps(problem_body(413, "too-large", detail)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def spooled_document(request: Request, value: str) -> SpooledDocument | None:

@@ -7,11 +7,9 @@ Starlette reads a JSON body whole, so the limit must hold before that: a declare
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meldingstjener.api.problems import PROBLEM_JSON, problem_body
+from meldingstjener.api.problems import send_too_large
 
 
 class _TooLarge(Exception):
@@ -57,17 +55,4 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            problem_body(413, "too-large", f"the request is larger than {self.limit} bytes")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_too_large(send, f"the request is larger than {self.limit} bytes")

@@ -9,6 +9,7 @@ our code from ids and codes; never patient data.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -108,3 +110,19 @@ def install_handlers(app: FastAPI) -> None:
         codes = {404: "not-found", 405: "method-not-allowed", 401: "unauthenticated"}
         code = codes.get(exc.status_code, "invalid-input")
         return problem_response(exc.status_code, code, str(exc.detail))
+
+
+async def send_too_large(send: Send, detail: str) -> None:
+    """Answer 413 as problem details from an ASGI middleware (before any route runs)."""
+    body = json.dumps(problem_body(413, "too-large", detail)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
