@@ -126,6 +126,10 @@ class SpooledDocument:
             self.invalid = True
             self._drop()
 
+    def supersede(self) -> None:
+        """A later value of the same key replaces this one: its file is not needed."""
+        self._drop()
+
     def _drop(self) -> None:
         if self.spool is not None:
             self.spool.discard()
@@ -346,6 +350,8 @@ class DocumentSpool:
                     send, f"the request without its document exceeds {SKELETON_LIMIT}"
                 )
                 return
+            except ClientDisconnect:
+                return  # the client went away mid-body: nobody to answer, nothing to keep
             scope = dict(scope)
             scope[SCOPE_KEY] = documents
             scope["headers"] = [
@@ -366,6 +372,11 @@ class DocumentSpool:
         documents: dict[str, SpooledDocument],
     ) -> bytes:
         def new_document() -> SpooledDocument:
+            # Of repeated top-level keys JSON keeps the last, so an earlier document is dead
+            # weight; dropping it now also keeps one open file per request, not one per repeat
+            # (a body of "businessDocument" keys would otherwise exhaust the descriptors).
+            if documents:  # only the one before can still hold a file
+                next(reversed(documents.values())).supersede()
             token = f"spooled:{secrets.token_hex(16)}"
             document = SpooledDocument(token, self.payloads.spool(), self.max_encoded)
             documents[token] = document

@@ -89,11 +89,14 @@ class FileSource:
         while pos < end:
             # each read repeats the last len(sub) - 1 bytes of the one before: a match may
             # straddle two reads
-            data = self.read(pos, min(block + overlap, end - pos))
+            wanted = min(block + overlap, end - pos)
+            data = self.read(pos, wanted)
             hit = data.find(sub)
             if hit >= 0:
                 return pos + hit
-            if pos + len(data) >= end or not data:
+            if pos + len(data) >= end or len(data) < wanted:
+                # a short read: the file shrank since it was opened. Searching on would read
+                # the same few bytes again and again, for ever.
                 return -1
             pos += len(data) - overlap
             block = min(block * 4, CHUNK)

@@ -17,7 +17,7 @@ from meldingstjener.security.cms_common import CmsError
 
 CHUNK = 1024 * 1024
 MAX_ELEMENT = 16 * 1024 * 1024  # recipients, algorithms: a few kB; anything above is not CMS
-MAX_DEPTH = 32  # nesting of constructed OCTET STRING segments
+MAX_DEPTH = 32  # nesting of indefinite lengths and of constructed OCTET STRING segments
 
 # tags (the first identifier octet)
 SEQUENCE = 0x30
@@ -84,13 +84,17 @@ class Reader:
         octets = self._exactly(count)
         return Header(first[0], int.from_bytes(octets, "big"), first + size_octet + octets)
 
-    def element(self, header: Header | None = None) -> bytes:
+    def element(self, header: Header | None = None, depth: int = 0) -> bytes:
         """One whole small element (header included) as bytes, for asn1crypto to read."""
         header = header or self.header()
         if header.length is not None:
             if header.length > MAX_ELEMENT:
                 raise _not_cms("an implausibly large element")
             return header.raw + self._exactly(header.length)
+        # each indefinite length inside another costs a level of recursion here: a few bytes of
+        # "30 80" repeated must be refused as not CMS, not end in a RecursionError
+        if depth >= MAX_DEPTH:
+            raise _not_cms("indefinite lengths nested too deeply")
         parts = [header.raw]
         size = 0
         while True:
@@ -98,7 +102,7 @@ class Reader:
             if inner.end_of_contents:
                 parts.append(inner.raw)
                 return b"".join(parts)
-            piece = self.element(inner)
+            piece = self.element(inner, depth + 1)
             size += len(piece)
             if size > MAX_ELEMENT:
                 raise _not_cms("an implausibly large element")

@@ -78,6 +78,8 @@ def gunzip_if_gzip(data: bytes, *, max_size: int = DEFAULT_MAX_PLAINTEXT) -> byt
         raise CmsError("the decrypted content looks gzipped but is not valid gzip") from None
     if len(out) > max_size or inflater.unconsumed_tail:
         raise CmsError(f"the gunzipped content exceeds {max_size} bytes", code="too-large")
+    if not inflater.eof:  # zlib takes a stream that just stops; a cut-off gzip is not valid
+        raise CmsError("the decrypted content looks gzipped but is not valid gzip")
     return out
 
 

@@ -359,6 +359,9 @@ def _oaep_padding(params: algos.RSAESOAEPParams | None) -> padding.OAEP:
     mgf = params["mask_gen_algorithm"]
     if mgf["algorithm"].native != "mgf1":
         raise CmsError("OAEP with a mask generator other than MGF1", code="unsupported-algorithm")
+    if not isinstance(mgf["parameters"], algos.DigestAlgorithm):
+        # MGF1 without its hash: asn1crypto hands over Void, which has no ["algorithm"]
+        raise CmsError("OAEP's MGF1 names no hash algorithm", code="unsupported-algorithm")
     mgf_hash = hash_by_name(mgf["parameters"]["algorithm"].native)
     label = params["p_source_algorithm"]["parameters"].native or None
     return padding.OAEP(padding.MGF1(mgf_hash), digest, label)
@@ -422,6 +425,10 @@ class _Plaintext:
         except ValueError:
             return False
         self._out(rest, final=True)
+        if self.mode == "gzip" and self.problem is None and not self.inflater.eof:
+            # zlib reports no error for a stream cut short: without this check a truncated
+            # gzip member would pass as a shorter plaintext
+            self.problem = CmsError("the decrypted content looks gzipped but is not valid gzip")
         return True
 
     def _out(self, data: bytes, *, final: bool) -> None:
