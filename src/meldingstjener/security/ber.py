@@ -95,18 +95,16 @@ class Reader:
         # "30 80" repeated must be refused as not CMS, not end in a RecursionError
         if depth >= MAX_DEPTH:
             raise _not_cms("indefinite lengths nested too deeply")
-        parts = [header.raw]
-        size = 0
+        # one growing buffer: a list of many tiny bytes objects costs many times their size
+        whole = bytearray(header.raw)
         while True:
             inner = self.header()
             if inner.end_of_contents:
-                parts.append(inner.raw)
-                return b"".join(parts)
-            piece = self.element(inner, depth + 1)
-            size += len(piece)
-            if size > MAX_ELEMENT:
+                whole += inner.raw
+                return bytes(whole)
+            whole += self.element(inner, depth + 1)
+            if len(whole) > MAX_ELEMENT:
                 raise _not_cms("an implausibly large element")
-            parts.append(piece)
 
     def content_chunks(self, header: Header, depth: int = 0) -> Iterator[bytes]:
         """The octets of an OCTET STRING (or [0] IMPLICIT one) in pieces, primitive or not."""
