@@ -52,15 +52,19 @@ def create_app(
         "see docs/API.md for where this server differs.",
     )
     install_handlers(app)
-    # Inside the body limit: a large business document is decoded into a file as it arrives.
+    auth = Authenticator(ctx.store, api)
+    # Inside the body limit: a large business document is decoded into a file as it arrives,
+    # once the client is known.
     app.add_middleware(
-        DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
+        DocumentSpool,
+        payloads=ctx.store.payloads,
+        max_payload_bytes=api.max_payload_bytes,
+        authenticate=auth.principal,
     )
     # A base64 document is 4/3 of its size; JSON around it is small.
     app.add_middleware(
         BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
     )
-    auth = Authenticator(ctx.store, api)
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))
 

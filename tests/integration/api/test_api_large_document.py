@@ -225,3 +225,31 @@ def test_the_document_decoder_agrees_with_b64decode(text: bytes) -> None:
     except ValueError:
         got = None
     assert got == expected
+
+
+def test_an_unauthenticated_large_request_is_refused_before_its_body_is_read(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spooled: list[object] = []
+    start = PayloadStore.spool
+
+    def counting(self: PayloadStore) -> object:
+        spooled.append(self)
+        return start(self)
+
+    monkeypatch.setattr(PayloadStore, "spool", counting)
+    body = _body(_document(api_pair))
+    http = api_pair.gp_http
+    for headers in (
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", "Authorization": "Bearer not-a-key"},
+    ):
+        answer = http.post("/Messages", headers=headers, content=_pieces(body))
+        assert answer.status_code == 401 and answer.json()["code"] == "unauthenticated"
+        assert answer.headers["www-authenticate"] == "Bearer"
+    assert spooled == []
+    assert _temporaries(api_pair.pair.gp.store.payloads.root) == []
+    # with a key the same body is spooled (document, then what is sent) and taken
+    answer = http.post("/Messages", headers=_bearer(api_pair.gp_key), content=_pieces(body))
+    assert answer.status_code == 201, answer.text
+    assert spooled
