@@ -9,8 +9,8 @@ form. (A payload of up to ``IN_MEMORY`` bytes, nearly every message, is encrypte
 temporary file on the hot path.)
 
 What must be in memory at once is what the libraries need whole: the XML tree while the
-fagmelding is validated, and the ciphertext while xmlsec signs or verifies the envelope (it
-reads attachments from bytes).
+fagmelding is validated, and the ciphertext while the envelope signature is made or checked
+(the signature code digests attachments from bytes; that is not the peak, validation is).
 """
 
 from __future__ import annotations
