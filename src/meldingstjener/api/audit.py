@@ -1,7 +1,8 @@
 """The audit log: who read or changed which message, when, and with what outcome.
 
-Rows are only added, each in its own transaction, so a refused attempt is recorded even though
-the request itself fails. There is no update or delete path in the code. Details are composed
+Rows are only added: a refused attempt in its own transaction, so it is recorded even though the
+request itself fails; a sent message in the transaction that stores it, so neither exists
+without the other. There is no update or delete path in the code. Details are composed
 from ids and codes, never copied from message content.
 """
 
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from meldingstjener.model.privacy import redact
 from meldingstjener.store.tables import AuditRow
 from meldingstjener.store.types import utcnow
-from meldingstjener.store.uow import Store
+from meldingstjener.store.uow import Store, UnitOfWork
 
 
 class Outcome:
@@ -37,22 +38,48 @@ def record(
     her_id: str | None = None,
     detail: str | None = None,
 ) -> None:
+    """Add one row in its own transaction (refusals: the request itself fails)."""
     with store.unit_of_work() as uow:
-        uow.session.add(
-            AuditRow(
-                at=utcnow(),
-                client=client[:128],
-                # An HPR number or HelseID subject is expected; anything shaped like a
-                # national identity number is masked like every other stored text.
-                person=redact(person),
-                action=action,
-                message_id=message_id,
-                her_id=her_id,
-                outcome=outcome,
-                detail=redact(detail),
-            )
+        add(
+            uow,
+            client=client,
+            person=person,
+            action=action,
+            outcome=outcome,
+            message_id=message_id,
+            her_id=her_id,
+            detail=detail,
         )
         uow.commit()
+
+
+def add(
+    uow: UnitOfWork,
+    *,
+    client: str,
+    person: str | None,
+    action: str,
+    outcome: str,
+    message_id: str | None = None,
+    her_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Add one row in the caller's transaction (a sent message and its audit row commit
+    together)."""
+    uow.session.add(
+        AuditRow(
+            at=utcnow(),
+            client=client[:128],
+            # An HPR number or HelseID subject is expected; anything shaped like a
+            # national identity number is masked like every other stored text.
+            person=redact(person),
+            action=action,
+            message_id=message_id,
+            her_id=her_id,
+            outcome=outcome,
+            detail=redact(detail),
+        )
+    )
 
 
 @dataclass(frozen=True)

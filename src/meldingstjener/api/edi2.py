@@ -42,6 +42,7 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool, source_size
 from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import UnitOfWork
 
 UNREAD_STATUSES = ("acknowledged", "delivered", "apprec-sent")
 XML_CONTENT_TYPES = ("application/xml", "text/xml")
@@ -91,11 +92,28 @@ class Edi2:
         her_id: str | None = None,
         detail: str | None = None,
     ) -> None:
+        with self.ctx.store.unit_of_work() as uow:
+            self._audit_in(
+                uow, who, action, outcome, message_id=message_id, her_id=her_id, detail=detail
+            )
+            uow.commit()
+
+    @staticmethod
+    def _audit_in(
+        uow: UnitOfWork,
+        who: Principal,
+        action: str,
+        outcome: str,
+        *,
+        message_id: str | None = None,
+        her_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         if who.source_system:
             source = f"source system {who.source_system}"
             detail = f"{detail}; {source}" if detail else source
-        audit.record(
-            self.ctx.store,
+        audit.add(
+            uow,
             client=who.client,
             person=who.person,
             action=action,
@@ -209,6 +227,9 @@ class Edi2:
                 actor=f"api:{who.client}",
                 client_id=who.client,
                 inspected=inspected,
+                also_stored=lambda uow, row: self._audit_in(
+                    uow, who, action, Outcome.OK, message_id=row.id, her_id=str(sender)
+                ),
             )
         except SubmitRejected as rejected:
             self._audit(
@@ -220,7 +241,6 @@ class Edi2:
             )
             status = 413 if rejected.code == "too-large" else 400
             raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
-        self._audit(who, action, Outcome.OK, message_id=message_id, her_id=str(sender))
         return JSONResponse(
             message_id, status_code=201, headers={"Location": f"/Messages/{message_id}"}
         )

@@ -47,6 +47,7 @@ def submit(
     client_id: str | None = None,
     on_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
     inspected: Fagmelding | None = None,
+    also_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -55,7 +56,9 @@ def submit(
     check whom the client may send as): a fagmelding is parsed and validated once, not twice.
 
     ``on_stored`` runs in the same transaction that stores the message, so a caller's own
-    bookkeeping (an AppRec marking the message it answers) commits with it or not at all.
+    bookkeeping (an AppRec marking the message it answers) commits with it or not at all; it
+    replaces the marking done for an AppRec posted from outside. ``also_stored`` runs in that
+    transaction too, besides that marking (the API's audit row).
     """
     size = source_size(payload)
     if size > MAX_PAYLOAD_BYTES:
@@ -159,6 +162,8 @@ def submit(
             from meldingstjener.engine.receipts import mark_answered_by_document  # (cycle)
 
             mark_answered_by_document(ctx, uow, row, message)
+        if also_stored is not None:
+            also_stored(uow, row)
         uow.commit()
     ctx.wakeup.notify()
     return row.id

@@ -8,13 +8,16 @@ import base64
 import json
 import uuid
 
+import pytest
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
 from conftest import ApiPair
+from meldingstjener.api import audit
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.store.uow import LogFilter
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -227,3 +230,32 @@ def test_misaddressed_message_is_purged_and_the_sender_told(api_pair: ApiPair) -
         json={"reason": "igjen"},
     )
     assert again.status_code == 409
+
+
+def test_a_sent_message_and_its_audit_row_commit_together(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = api_pair.pair
+    document = dialog_note(pair.gp_site, pair.hospital_site, "Henvisning")
+    body = {
+        "businessDocument": base64.b64encode(document).decode(),
+        "contentType": "application/xml",
+        "contentTransferEncoding": "base64",
+    }
+    sent = api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), json=body)
+    assert sent.status_code == 201, sent.text
+    [row] = query(pair.gp.store, AuditQuery(message_id=sent.json()))
+    assert (row["action"], row["outcome"], row["herId"]) == ("send-message", "ok", "8100001")
+
+    # the audit row cannot be written: then the message is not stored (and not sent) either
+    def broken_audit_row(**_: object) -> None:
+        raise RuntimeError("audit table unavailable")
+
+    with pair.gp.store.unit_of_work() as uow:
+        stored_before = len(uow.messages.search(LogFilter(direction="out")))
+    monkeypatch.setattr(audit, "AuditRow", broken_audit_row)
+    with pytest.raises(RuntimeError):
+        api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), json=body)
+    monkeypatch.undo()
+    with pair.gp.store.unit_of_work() as uow:
+        assert len(uow.messages.search(LogFilter(direction="out"))) == stored_before
