@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
 from engine_pair import Clock, Loopback, Pair
+from fastapi.testclient import TestClient
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
@@ -50,3 +51,19 @@ def copy_pair(template: Template, target: Path) -> Pair:
         ctx.transports = {"http": network}
     network.engines = {gp_site.endpoint: gp, hospital_site.endpoint: hospital}
     return Pair(gp_site, hospital_site, gp, hospital, clock, network)
+
+
+@dataclasses.dataclass
+class ApiPair:
+    """The API tests' fixture: both engines with their HTTP applications and client keys.
+
+    It lives here, not in ``conftest.py``: a module named ``conftest`` imported by tests collides
+    with the engine tests' ``conftest`` when both directories run in one pytest call."""
+
+    pair: Pair
+    gp_http: TestClient
+    hospital_http: TestClient
+    gp_key: str
+    hospital_key: str
+    hospital_admin_key: str
+    outsider_key: str

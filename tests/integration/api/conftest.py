@@ -5,11 +5,10 @@ each with the full HTTP application in front, and API clients made the way an op
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_sites import Template, copy_pair, make_template
+from api_sites import ApiPair, Template, copy_pair, make_template
 from engine_pair import Pair
 from fastapi.testclient import TestClient
 
@@ -29,17 +28,6 @@ def pair(site_template: Template, tmp_path: Path) -> Iterator[Pair]:
     yield made
     made.gp.store.database.dispose()
     made.hospital.store.database.dispose()
-
-
-@dataclass
-class ApiPair:
-    pair: Pair
-    gp_http: TestClient
-    hospital_http: TestClient
-    gp_key: str
-    hospital_key: str
-    hospital_admin_key: str
-    outsider_key: str
 
 
 @pytest.fixture

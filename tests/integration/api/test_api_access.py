@@ -9,10 +9,10 @@ import json
 import uuid
 
 import pytest
+from api_sites import ApiPair
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
-from conftest import ApiPair
 from meldingstjener.api import audit
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.cli.app import app

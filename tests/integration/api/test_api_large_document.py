@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_sites import ApiPair
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ApiPair
 from meldingstjener.api import document_spool
 from meldingstjener.api.app import create_app
 from meldingstjener.api.document_spool import SpooledDocument, _Scanner

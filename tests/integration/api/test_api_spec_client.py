@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from api_sites import ApiPair
 from edi2_spec_client import SpecClient
 
-from conftest import ApiPair
 from meldingstjener.devsites import GP_HER, HOSPITAL_SERVICE_HER, dialog_note
 
 

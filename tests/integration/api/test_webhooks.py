@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from api_sites import ApiPair
 from sqlalchemy import select
 
-from conftest import ApiPair
 from meldingstjener.config import WebhookSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
