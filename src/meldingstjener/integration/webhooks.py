@@ -1,6 +1,7 @@
 """Webhooks: tell client URLs about new messages, status changes and alerts.
 
-The dispatcher follows the message log and the alerts table with cursors kept in the store, and
+The dispatcher follows the message log and the alerts table with cursors kept in the store (the
+log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and
 turns news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
 over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; failures are retried with doubling
@@ -15,6 +16,8 @@ import hmac
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +39,9 @@ from meldingstjener.store.uow import EventKind, UnitOfWork
 log = logging.getLogger(__name__)
 
 EVENT_CURSOR = "webhooks.event_cursor"
+# how long a missing event id may hold the cursor back before it counts as rolled back
+EVENT_GAP_SECONDS = 60.0
+EVENT_BATCH = 500
 ALERT_CURSOR = "webhooks.alert_cursor"
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
@@ -54,9 +60,13 @@ class WebhookDispatcher:
         ctx: EngineContext,
         settings: WebhookSettings,
         http: httpx.Client | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
+        self._monotonic = monotonic
+        self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
         self.http = http or httpx.Client(timeout=settings.timeout_seconds)
 
     def run(self, stop: threading.Event) -> None:
@@ -90,17 +100,49 @@ class WebhookDispatcher:
                 .join(MessageRow, EventRow.message_id == MessageRow.id)
                 .where(EventRow.id > cursor, EventRow.kind == EventKind.STATUS)
                 .order_by(EventRow.id)
-                .limit(500)
+                .limit(EVENT_BATCH)
             ).all()
-            newest = cursor
             for event, message in rows:
-                newest = max(newest, event.id)
+                # idempotent: an event seen again (behind a gap) finds its delivery made
                 made += self._fan_out(uow, hooks, *_message_news(event, message))
-            if rows:
-                uow.state.set(EVENT_CURSOR, str(newest))
+            settled = self._settled_up_to(uow, cursor)
+            if len(rows) == EVENT_BATCH:  # more news than one round takes: continue after it
+                settled = min(settled, rows[-1][0].id)
+            if settled != cursor:
+                uow.state.set(EVENT_CURSOR, str(settled))
             made += self._collect_alerts(uow, hooks)
             uow.commit()
         return made
+
+    def _settled_up_to(self, uow: UnitOfWork, cursor: int) -> int:
+        """The highest event id up to which every id is committed (or given up as never coming).
+
+        On PostgreSQL ids are taken when a row is inserted, not when its transaction commits, so
+        id 11 can become visible after id 12. The cursor waits at such a gap; the events beyond
+        it are looked at again each round (their deliveries already exist). A sequence also
+        skips ids for good (a rolled-back insert): a gap still open after
+        ``EVENT_GAP_SECONDS`` is taken to be one.
+        """
+        ids = uow.session.scalars(
+            select(EventRow.id).where(EventRow.id > cursor).order_by(EventRow.id).limit(5000)
+        ).all()
+        now = self._monotonic()
+        settled = cursor
+        for event_id in ids:
+            while settled + 1 < event_id:  # ids missing before this one
+                missing = settled + 1
+                first_seen = self._gaps_seen.setdefault(missing, now)
+                if now - first_seen < EVENT_GAP_SECONDS:
+                    self._forget_gaps_below(settled)
+                    return settled
+                settled = missing  # waited long enough: never committed
+            settled = event_id
+        self._forget_gaps_below(settled)
+        return settled
+
+    def _forget_gaps_below(self, settled: int) -> None:
+        for event_id in [gap for gap in self._gaps_seen if gap <= settled]:
+            del self._gaps_seen[event_id]
 
     def _collect_alerts(self, uow: UnitOfWork, hooks: list[WebhookRow]) -> int:
         since = uow.state.get(ALERT_CURSOR)

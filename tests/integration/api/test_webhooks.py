@@ -17,12 +17,15 @@ from meldingstjener.config import WebhookSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.webhooks import (
+    EVENT_CURSOR,
+    EVENT_GAP_SECONDS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookDispatcher,
     sign,
 )
-from meldingstjener.store.tables import WebhookDeliveryRow, WebhookRow
+from meldingstjener.store.tables import EventRow, WebhookDeliveryRow, WebhookRow
+from meldingstjener.store.uow import EventKind
 
 
 class Receiver:
@@ -113,3 +116,75 @@ def test_failing_url_is_retried_then_disabled_with_an_alert(
     assert len(alerts) == 1 and "disabled" in alerts[0].summary
     pair.clock.advance(seconds=3600)
     assert dispatcher.run_once() == 0
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _received_events(api_pair: ApiPair) -> list[EventRow]:
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        return list(
+            uow.session.scalars(
+                select(EventRow)
+                .where(EventRow.kind == EventKind.STATUS, EventRow.to_status == "acknowledged")
+                .order_by(EventRow.id)
+            )
+        )
+
+
+def _remove_event(api_pair: ApiPair, event_id: int) -> dict[str, object]:
+    """Take an event out of the log as if its transaction had not committed yet."""
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        row = uow.session.get(EventRow, event_id)
+        assert row is not None
+        values = {c.name: getattr(row, c.name) for c in EventRow.__table__.columns}
+        uow.session.delete(row)
+        uow.commit()
+    return values
+
+
+def test_an_event_committed_after_a_later_one_is_still_announced(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    _register(api_pair, receiver.url)
+    clock = FakeMonotonic()
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
+    _send_note(api_pair)
+    _send_note(api_pair)
+    first, second = _received_events(api_pair)
+    late = _remove_event(api_pair, first.id)  # its id is taken, its commit comes later
+    assert dispatcher.run_once() == 1  # the second message, seen across the gap
+    clock.now += 30
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        uow.session.add(EventRow(**late))
+        uow.commit()
+    assert dispatcher.run_once() == 1  # the late one is announced, not skipped
+    announced = sorted(json.loads(body)["messageId"] for _, body in receiver.calls)
+    assert announced == sorted([str(first.message_id), str(second.message_id)])
+    assert dispatcher.run_once() == 0
+
+
+def test_an_event_id_that_never_commits_holds_the_cursor_only_for_a_while(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    _register(api_pair, receiver.url)
+    clock = FakeMonotonic()
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
+    _send_note(api_pair)
+    _send_note(api_pair)
+    first, _ = _received_events(api_pair)
+    _remove_event(api_pair, first.id)  # a rolled-back insert: the id never appears
+    assert dispatcher.run_once() == 1
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        held = int(uow.state.get(EVENT_CURSOR) or 0)
+    assert held < first.id
+    clock.now += EVENT_GAP_SECONDS + 1
+    assert dispatcher.run_once() == 0
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        newest = uow.session.scalars(select(EventRow.id).order_by(EventRow.id.desc())).first()
+        assert int(uow.state.get(EVENT_CURSOR) or 0) == newest
