@@ -88,10 +88,11 @@ def prepare_sites(
     extra_config: dict[str, str] | None = None,
     endpoint_override: dict[str, str] | None = None,
 ) -> tuple[Site, Site]:
-    """``extra_config`` and ``endpoint_override`` are keyed by the site's organisation HER-id:
+    """Write a shared development PKI and one configuration per site under ``root``.
+
+    ``extra_config`` and ``endpoint_override`` are keyed by the site's organisation HER-id:
     TOML appended to that site's configuration, and the endpoint that site uses for its partner
     (for instance a proxy in between)."""
-    """Write a shared development PKI and one configuration per site under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     pki = root / "pki"
     init_pki(

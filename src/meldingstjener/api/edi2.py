@@ -8,6 +8,7 @@ message, and every refused attempt, is written to the audit log.
 import base64
 import binascii
 import contextlib
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -91,29 +92,15 @@ class Edi2:
         message_id: str | None = None,
         her_id: str | None = None,
         detail: str | None = None,
+        uow: UnitOfWork | None = None,
     ) -> None:
-        with self.ctx.store.unit_of_work() as uow:
-            self._audit_in(
-                uow, who, action, outcome, message_id=message_id, her_id=her_id, detail=detail
-            )
-            uow.commit()
-
-    @staticmethod
-    def _audit_in(
-        uow: UnitOfWork,
-        who: Principal,
-        action: str,
-        outcome: str,
-        *,
-        message_id: str | None = None,
-        her_id: str | None = None,
-        detail: str | None = None,
-    ) -> None:
+        """One audit row: in ``uow`` when given (it commits with the caller's work), else in a
+        transaction of its own (a refusal is recorded although the request fails)."""
         if who.source_system:
             source = f"source system {who.source_system}"
             detail = f"{detail}; {source}" if detail else source
-        audit.add(
-            uow,
+        write = functools.partial(
+            audit.add,
             client=who.client,
             person=who.person,
             action=action,
@@ -122,6 +109,12 @@ class Edi2:
             her_id=her_id,
             detail=detail,
         )
+        if uow is not None:
+            write(uow)
+            return
+        with self.ctx.store.unit_of_work() as own:
+            write(own)
+            own.commit()
 
     def _refuse(
         self,
@@ -227,8 +220,8 @@ class Edi2:
                 actor=f"api:{who.client}",
                 client_id=who.client,
                 inspected=inspected,
-                also_stored=lambda uow, row: self._audit_in(
-                    uow, who, action, Outcome.OK, message_id=row.id, her_id=str(sender)
+                also_stored=lambda uow, row: self._audit(
+                    who, action, Outcome.OK, message_id=row.id, her_id=str(sender), uow=uow
                 ),
             )
         except SubmitRejected as rejected:

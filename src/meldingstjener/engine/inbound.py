@@ -420,23 +420,18 @@ def _resend_signal(
     )
     reply = InboundReply()
     if signal is not None and signal.wire_ref is not None:
-        body = ctx.store.payloads.read_bytes(signal.wire_ref)
-        content_type = str(signal.wire_content_type)
         route = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))
         if _inline(channel, envelope.sync_reply, route) or route is None:
-            reply = InboundReply(content_type, body)
+            body = ctx.store.payloads.read_bytes(signal.wire_ref)
+            reply = InboundReply(str(signal.wire_content_type), body)
         else:
-            uow.jobs.schedule(
-                signals.SEND_SIGNAL,
-                now,
-                message_id=original.id,
-                data={
-                    "receipt_id": signal.id,
-                    "content_type": content_type,
-                    "endpoint": route[0],
-                    "channel": route[1],
-                    "partner": original.from_her_id,
-                },
+            signals.schedule_send(
+                ctx,
+                uow,
+                signal,
+                endpoint=route[0],
+                channel=route[1],
+                partner=str(original.from_her_id),
             )
     uow.commit()
     ctx.wakeup.notify()

@@ -254,23 +254,36 @@ def queue_signal(
         )
     )
     uow.session.flush()
+    schedule_send(ctx, uow, receipt, endpoint=endpoint, channel=channel, partner=partner_her_id)
+    return receipt
+
+
+def schedule_send(
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    receipt: ReceiptRow,
+    *,
+    endpoint: str,
+    channel: str,
+    partner: str,
+) -> None:
+    """A ``send-signal`` job for a stored outgoing signal (first send, or sent again for a
+    duplicate). It carries what the send needs, so the job does not read the receipt back."""
     uow.jobs.schedule(
         SEND_SIGNAL,
         ctx.clock(),
-        message_id=message_id,
+        message_id=receipt.message_id,
         data={
             "receipt_id": receipt.id,
-            "content_type": wire.content_type,
+            "content_type": receipt.wire_content_type,
             "endpoint": endpoint,
             "channel": channel,
-            "partner": partner_her_id,
-            # what the send needs, so the job does not have to read the receipt back
-            "wire_ref": wire_ref.key,
-            "kind": kind,
-            "signal_message_id": wire.message_id,
+            "partner": partner,
+            "wire_ref": receipt.wire_ref,
+            "kind": receipt.kind,
+            "signal_message_id": receipt.ebxml_message_id,
         },
     )
-    return receipt
 
 
 def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str, str] | None:
@@ -280,7 +293,7 @@ def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str,
         if not path.is_file():
             return None
         return path, str(data.get("kind")), str(data.get("signal_message_id"))
-    with ctx.store.unit_of_work() as uow:  # jobs queued by a resend carry only the receipt id
+    with ctx.store.unit_of_work() as uow:  # jobs stored by earlier versions: only the receipt id
         receipt = uow.session.get(ReceiptRow, data.get("receipt_id"))
         if receipt is None or receipt.wire_ref is None:
             return None

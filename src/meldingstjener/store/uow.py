@@ -400,14 +400,14 @@ def _job_sql(sql: str, **types: str) -> TextClause:
 
 _JOB_COLUMNS = "kind, dedup_key, message_id, due_at, attempts, data, created_at"
 _JOB_VALUES = ":kind, :dedup_key, :message_id, :due_at, 0, :data, :created_at"
-_TIMES = {"due_at": "due_at", "created_at": "created_at", "data": "data"}
-_SCHEDULE = _job_sql(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})", **_TIMES)
+_TYPED = {"due_at": "due_at", "created_at": "created_at", "data": "data"}  # bind -> column
+_SCHEDULE = _job_sql(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})", **_TYPED)
 # a job of the same key is moved, not duplicated (its kind and attempts stay)
 _SCHEDULE_DEDUP = _job_sql(
     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES}) "
     "ON CONFLICT (dedup_key) DO UPDATE SET due_at = excluded.due_at, claimed_by = NULL, "
     "claimed_until = NULL, data = excluded.data",
-    **_TIMES,
+    **_TYPED,
 )
 _FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")

@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 
+import httpx
 import pytest
 from api_sites import ApiPair
 from typer.testing import CliRunner
@@ -24,10 +25,10 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _deliver_one(api_pair: ApiPair) -> str:
+def _post_note(api_pair: ApiPair, text: str) -> httpx.Response:
     pair = api_pair.pair
-    document = dialog_note(pair.gp_site, pair.hospital_site, "Svar på prøver")
-    sent = api_pair.gp_http.post(
+    document = dialog_note(pair.gp_site, pair.hospital_site, text)
+    return api_pair.gp_http.post(
         "/Messages",
         headers=_bearer(api_pair.gp_key),
         json={
@@ -36,6 +37,11 @@ def _deliver_one(api_pair: ApiPair) -> str:
             "contentTransferEncoding": "base64",
         },
     )
+
+
+def _deliver_one(api_pair: ApiPair) -> str:
+    pair = api_pair.pair
+    sent = _post_note(api_pair, "Svar på prøver")
     assert sent.status_code == 201, sent.text
     pair.run()
     [received] = pair.inbound_messages(pair.hospital)
@@ -236,13 +242,7 @@ def test_a_sent_message_and_its_audit_row_commit_together(
     api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pair = api_pair.pair
-    document = dialog_note(pair.gp_site, pair.hospital_site, "Henvisning")
-    body = {
-        "businessDocument": base64.b64encode(document).decode(),
-        "contentType": "application/xml",
-        "contentTransferEncoding": "base64",
-    }
-    sent = api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), json=body)
+    sent = _post_note(api_pair, "Henvisning")
     assert sent.status_code == 201, sent.text
     [row] = query(pair.gp.store, AuditQuery(message_id=sent.json()))
     assert (row["action"], row["outcome"], row["herId"]) == ("send-message", "ok", "8100001")
@@ -255,7 +255,7 @@ def test_a_sent_message_and_its_audit_row_commit_together(
         stored_before = len(uow.messages.search(LogFilter(direction="out")))
     monkeypatch.setattr(audit, "AuditRow", broken_audit_row)
     with pytest.raises(RuntimeError):
-        api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), json=body)
+        _post_note(api_pair, "Henvisning")
     monkeypatch.undo()
     with pair.gp.store.unit_of_work() as uow:
         assert len(uow.messages.search(LogFilter(direction="out"))) == stored_before

@@ -148,15 +148,22 @@ def _remove_event(api_pair: ApiPair, event_id: int) -> dict[str, object]:
     return values
 
 
-def test_an_event_committed_after_a_later_one_is_still_announced(
+def _two_received_with_a_clock(
     api_pair: ApiPair, receiver: Receiver
-) -> None:
+) -> tuple[WebhookDispatcher, FakeMonotonic, EventRow, EventRow]:
     _register(api_pair, receiver.url)
     clock = FakeMonotonic()
     dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
     _send_note(api_pair)
     _send_note(api_pair)
     first, second = _received_events(api_pair)
+    return dispatcher, clock, first, second
+
+
+def test_an_event_committed_after_a_later_one_is_still_announced(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    dispatcher, clock, first, second = _two_received_with_a_clock(api_pair, receiver)
     late = _remove_event(api_pair, first.id)  # its id is taken, its commit comes later
     assert dispatcher.run_once() == 1  # the second message, seen across the gap
     clock.now += 30
@@ -172,12 +179,7 @@ def test_an_event_committed_after_a_later_one_is_still_announced(
 def test_an_event_id_that_never_commits_holds_the_cursor_only_for_a_while(
     api_pair: ApiPair, receiver: Receiver
 ) -> None:
-    _register(api_pair, receiver.url)
-    clock = FakeMonotonic()
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
-    _send_note(api_pair)
-    _send_note(api_pair)
-    first, _ = _received_events(api_pair)
+    dispatcher, clock, first, _ = _two_received_with_a_clock(api_pair, receiver)
     _remove_event(api_pair, first.id)  # a rolled-back insert: the id never appears
     assert dispatcher.run_once() == 1
     with api_pair.pair.hospital.store.unit_of_work() as uow:

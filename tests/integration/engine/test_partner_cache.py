@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from engine_pair import Pair
@@ -38,6 +39,16 @@ def _outside_process_update(pair: Pair, endpoint: str) -> None:
             "UPDATE partner_agreements SET endpoint = ? WHERE counterparty_her_id = ?",
             (endpoint, HOSPITAL_SERVICE),
         )
+
+
+R = TypeVar("R")
+
+
+def _copy(row: R, **changes: object) -> R:
+    """A new row of the same table with the same columns (but its own id) and ``changes``."""
+    table = row.__table__  # type: ignore[attr-defined]
+    values = {c.name: getattr(row, c.name) for c in table.columns if c.name != "id"}
+    return type(row)(**{**values, **changes})
 
 
 def test_own_changes_are_seen_at_once(pair: Pair) -> None:
@@ -104,20 +115,8 @@ def test_an_unknown_partner_is_found_once_this_process_adds_it(pair: Pair) -> No
         known = uow.parties.get(HOSPITAL_SERVICE)
         agreement = uow.agreements.for_pair(GP, HOSPITAL_SERVICE)
         assert known is not None and agreement is not None
-        clone = type(known)(
-            **{c.name: getattr(known, c.name) for c in known.__table__.columns}  # type: ignore[attr-defined]
-        )
-        clone.her_id = "8300003"
-        uow.parties.upsert(clone)
-        copy = type(agreement)(
-            **{
-                c.name: getattr(agreement, c.name)
-                for c in agreement.__table__.columns  # type: ignore[attr-defined]
-                if c.name != "id"
-            }
-        )
-        copy.counterparty_her_id = "8300003"
-        uow.agreements.add(copy)
+        uow.parties.upsert(_copy(known, her_id="8300003"))
+        uow.agreements.add(_copy(agreement, counterparty_her_id="8300003"))
         uow.commit()
     with pair.gp.store.unit_of_work() as uow:
         assert directory.partner(uow, "8300003", our_her_id=GP).her_id == "8300003"
