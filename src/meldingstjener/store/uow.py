@@ -32,7 +32,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 
 from meldingstjener.model import Direction, check_transition, initial_status
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.database import Database
+from meldingstjener.store.database import Database, wrote_in_transaction
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.tables import (
     AgreementRow,
@@ -93,6 +93,9 @@ class EventRepository:
                 "at": at or utcnow(),
             }
         )
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def write_pending(self) -> None:
         """Write the collected events (the ORM flushes the messages they refer to first)."""
@@ -604,8 +607,12 @@ class UnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         # close() rolls back whatever was not committed and detaches the objects without
-        # expiring them, so values read inside the block stay readable after it.
+        # expiring them, so values read inside the block stay readable after it. A block that
+        # only read ends with a COMMIT instead: the same for the database, but a rollback makes
+        # psycopg drop every prepared statement of the connection.
         try:
+            if exc_type is None and self._only_read():
+                self.session.commit()
             self.session.close()
         finally:
             if self.database.write_lock is not None:
@@ -614,6 +621,16 @@ class UnitOfWork:
     def commit(self) -> None:
         self.events.write_pending()
         self.session.commit()
+
+    def _only_read(self) -> bool:
+        """An open transaction in which nothing was written or is waiting to be flushed."""
+        session = self.session
+        transaction = session.get_transaction()
+        if transaction is None or not transaction.is_active or self.events.has_pending():
+            return False  # nothing begun, or a failed flush: only a rollback ends it
+        if session.new or session.dirty or session.deleted:
+            return False
+        return not wrote_in_transaction(session.connection())
 
     def rollback(self) -> None:
         self.session.rollback()
