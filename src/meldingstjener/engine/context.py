@@ -57,7 +57,8 @@ class Wakeup:
 
     Each notice wakes ONE waiting worker (or is kept for the next one that waits): waking every
     worker for every new message made all but one of them claim nothing, each a round trip and
-    a commit. A worker that found work loops without waiting, so a burst still spreads out.
+    a commit. A worker that filled its batch claims again at once, so a burst still spreads out;
+    one that claimed less took everything stored before its claim, and waits for the next notice.
     """
 
     def __init__(self) -> None:
@@ -73,6 +74,12 @@ class Wakeup:
         """Wake every waiting worker (shutdown: each must see the stop at once)."""
         with self._condition:
             self._condition.notify_all()
+
+    def claiming(self) -> None:
+        """A worker is about to claim: it will see every job stored before now, so the notices
+        given so far are answered (keeping them would send idle workers to claim nothing)."""
+        with self._condition:
+            self._pending = 0
 
     def wait(self, timeout: float) -> None:
         with self._condition:

@@ -89,10 +89,11 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self.ctx.wakeup.claiming()
             try:
                 ran = self.run_once()
             except Exception:
                 log.exception("worker %s could not claim work; retrying", self.name)
                 ran = 0
-            if ran == 0:
+            if ran < self.batch:  # took all that was due: claiming again would find nothing
                 self.ctx.wakeup.wait(self.poll_interval)
