@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from meldingstjener.api.clients import find_by_key
+from meldingstjener.api.clients import ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.uow import Store
@@ -38,6 +38,7 @@ class Authenticator:
     def __init__(self, store: Store, settings: ApiSettings) -> None:
         self.store = store
         self.settings = settings
+        self.clients = ClientCache(store)
         self._jwks_client: Any = None
 
     def principal(self, request: Request) -> Principal:
@@ -50,7 +51,7 @@ class Authenticator:
             )
         person = _person(request.headers.get("x-person"))
         source = request.headers.get("nhn-source-system", "")[:128] or None
-        client = find_by_key(self.store, credential)
+        client = self.clients.find(credential)
         if client is not None:
             return Principal(
                 client.name, person, frozenset(client.scopes), frozenset(client.her_ids), source

@@ -1,10 +1,18 @@
-"""API client systems: create (the key is shown once, only its hash is kept), list, revoke."""
+"""API client systems: create (the key is shown once, only its hash is kept), list, revoke.
+
+Every API request looks its key up. :class:`ClientCache` keeps the clients found for a few
+seconds, so a busy EPJ does not cost a database round trip per request: a revocation by this
+process is seen at once (change generations), one by another process (the operator's CLI) within
+``KEY_CACHE_SECONDS``. Unknown keys are not kept: whoever tries random keys fills no memory.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,12 +20,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from meldingstjener.model import HerId, InvalidHerId
+from meldingstjener.store import changes
 from meldingstjener.store.tables import ApiClientRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
 
 SCOPES = ("send", "receive", "admin")
 KEY_PREFIX = "mtk_"
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_ENTRIES = 1024
 
 
 class ClientError(ValueError):
@@ -107,3 +118,44 @@ def find_by_key(store: Store, key: str) -> ClientInfo | None:
         if row is None or row.revoked_at is not None:
             return None
         return _info(row)
+
+
+class ClientCache:
+    """Active clients by key hash, kept ``seconds`` or until this process changes a client."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        seconds: float = KEY_CACHE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.seconds = seconds
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[ClientInfo, int, float]] = {}
+
+    def _generation(self) -> int:
+        return changes.generation(self.store.database.url, changes.CLIENT_TABLES)
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def find(self, key: str) -> ClientInfo | None:
+        """The active client holding ``key``, or None (as :func:`find_by_key`)."""
+        key_hash = hash_key(key)
+        generation = self._generation()
+        with self._lock:
+            entry = self._entries.get(key_hash)
+        if entry is not None and entry[1] == generation and entry[2] > self.monotonic():
+            return entry[0]
+        client = find_by_key(self.store, key)
+        if client is not None:
+            with self._lock:
+                if len(self._entries) >= KEY_CACHE_ENTRIES:
+                    self._entries.clear()
+                # the generation read BEFORE the lookup: a change committed meanwhile voids it
+                self._entries[key_hash] = (client, generation, self.monotonic() + self.seconds)
+        return client

@@ -1,8 +1,9 @@
 """Change generations: lets a cache in this process know that a table it read has changed.
 
-The engine reads partner and agreement rows for every message; reading them from the database
-each time costs three round trips per message and side. The directory therefore caches them, and
-must never serve a row this process has changed. Every committed INSERT, UPDATE or DELETE on a
+The engine reads partner and agreement rows for every message, and the API the calling client's
+row for every request; reading them from the database each time costs round trips per message.
+The directory and the API's key check therefore cache them, and must never serve a row this
+process has changed. Every committed INSERT, UPDATE or DELETE on a
 watched table, by any :class:`~meldingstjener.store.database.Database` of the same URL in this
 process, moves the table's generation on; a cache compares generations before it trusts an entry.
 Changes made by other processes (an operator's CLI) are seen when the cache's time runs out.
@@ -16,7 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-WATCHED = ("communication_parties", "partner_agreements")
+PARTNER_TABLES = ("communication_parties", "partner_agreements")
+CLIENT_TABLES = ("api_clients",)
+WATCHED = PARTNER_TABLES + CLIENT_TABLES
 _WRITES = ("insert", "update", "delete")
 _INFO_KEY = "meldingstjener.touched"
 
@@ -25,7 +28,7 @@ _generations: dict[tuple[str, str], int] = {}
 _pending = threading.local()
 
 
-def generation(url: str, tables: tuple[str, ...] = WATCHED) -> int:
+def generation(url: str, tables: tuple[str, ...] = PARTNER_TABLES) -> int:
     """The sum of the tables' generations: any committed change to any of them moves it."""
     with _lock:
         return sum(_generations.get((url, table), 0) for table in tables)
