@@ -211,6 +211,8 @@ def _check_period(
     label: str,
 ) -> None:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if start <= when <= end:
+        return
     stamp = f"{when:%Y-%m-%d %H:%M} UTC"
     if when > end:
         add(
