@@ -16,6 +16,7 @@ whole, let alone twice. :func:`encrypt` and :func:`decrypt` are the same for byt
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import zlib
@@ -98,22 +99,9 @@ def encrypt_to(source: BinaryIO, length: int, recipient: x509.Certificate, sink:
             code="unsupported-algorithm",
         )
     content_key, iv = os.urandom(32), os.urandom(16)
-    recipient_info = acms.RecipientInfo(
-        {
-            "ktri": acms.KeyTransRecipientInfo(
-                {
-                    "version": "v0",
-                    "rid": acms.RecipientIdentifier(
-                        {"issuer_and_serial_number": issuer_and_serial(recipient)}
-                    ),
-                    "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-                    "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
-                }
-            )
-        }
-    )
+    recipients = recipient_infos(recipient, public_key.encrypt(content_key, padding.PKCS1v15()))
     ciphertext_length = (length // 16 + 1) * 16  # PKCS#7 always pads, 1 to 16 bytes
-    prefix = enveloped_prefix(recipient_info, iv, ciphertext_length)
+    prefix = enveloped_prefix(recipients, iv, ciphertext_length)
     sink.write(prefix)
     padder = sym_padding.PKCS7(128).padder()
     encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
@@ -131,16 +119,46 @@ def encrypt_to(source: BinaryIO, length: int, recipient: x509.Certificate, sink:
     return len(prefix) + written
 
 
-def enveloped_prefix(
-    recipient_info: acms.RecipientInfo, iv: bytes, ciphertext_length: int
-) -> bytes:
+# The parts of an EnvelopedData that never change, encoded once (asn1crypto's encodings).
+_ENVELOPED_DATA_TYPE = acms.ContentType("enveloped_data").dump()
+_VERSION_0 = acms.CMSVersion("v0").dump()
+_DATA_TYPE = acms.ContentType("data").dump()
+_RSA_PKCS1 = acms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}).dump()
+_AES256_CBC = algos.EncryptionAlgorithmId("aes256_cbc").dump()
+
+
+def _der(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return ber.der_header(tag, len(body)) + body
+
+
+@functools.lru_cache(maxsize=256)
+def _recipient_id(recipient: x509.Certificate) -> bytes:
+    """The IssuerAndSerialNumber of a recipient, encoded once per certificate."""
+    return issuer_and_serial(recipient).dump()
+
+
+def recipient_infos(recipient: x509.Certificate, encrypted_key: bytes) -> bytes:
+    """The DER RecipientInfos with one KeyTransRecipientInfo (v0, issuer and serial, RSA
+    PKCS#1 v1.5), written directly: building it as asn1crypto objects for every message cost
+    more than the encryption."""
+    ktri = _der(
+        ber.SEQUENCE,
+        _VERSION_0,
+        _recipient_id(recipient),
+        _RSA_PKCS1,
+        _der(ber.OCTET_STRING, encrypted_key),
+    )
+    return _der(ber.SET, ktri)
+
+
+def enveloped_prefix(recipients: bytes, iv: bytes, ciphertext_length: int) -> bytes:
     """Everything of a DER ContentInfo/EnvelopedData (AES-256-CBC) before the ciphertext: the
     bytes asn1crypto would write, with the lengths computed for content not yet encrypted."""
-    outer_type = acms.ContentType("enveloped_data").dump()
-    version = acms.CMSVersion("v0").dump()
-    recipients = acms.RecipientInfos([recipient_info]).dump()
-    content_type = acms.ContentType("data").dump()
-    algorithm = algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv}).dump()
+    outer_type = _ENVELOPED_DATA_TYPE
+    version = _VERSION_0
+    content_type = _DATA_TYPE
+    algorithm = _der(ber.SEQUENCE, _AES256_CBC, _der(ber.OCTET_STRING, iv))
     content_head = ber.der_header(ber.CONTEXT_0_PRIMITIVE, ciphertext_length)
     eci_length = len(content_type) + len(algorithm) + len(content_head) + ciphertext_length
     eci_head = ber.der_header(ber.SEQUENCE, eci_length)

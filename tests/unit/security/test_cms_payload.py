@@ -9,11 +9,16 @@ import base64
 import gzip
 
 import pytest
+from asn1crypto import algos
 from asn1crypto import cms as acms
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meldingstjener.security import cms
+from meldingstjener.security import cms_enveloped as enveloped
 from meldingstjener.security.devpki import DevParty, DevPki
 
 SENDER = "8141253"  # HER-ids the session PKI in conftest.py issues for
@@ -193,3 +198,69 @@ def test_der_ending_in_a_whitespace_byte_is_kept_whole(last: bytes) -> None:
     # ciphertexts) must not be trimmed.
     der = b"\x30\x03\x04\x01" + last
     assert cms.cms_der_from_any(der) == der
+
+
+def _asn1crypto_recipient_infos(recipient: x509.Certificate, encrypted_key: bytes) -> bytes:
+    parsed = ax509.Certificate.load(recipient.public_bytes(serialization.Encoding.DER))
+    return acms.RecipientInfos(
+        [
+            acms.RecipientInfo(
+                {
+                    "ktri": acms.KeyTransRecipientInfo(
+                        {
+                            "version": "v0",
+                            "rid": acms.RecipientIdentifier(
+                                {
+                                    "issuer_and_serial_number": acms.IssuerAndSerialNumber(
+                                        {
+                                            "issuer": parsed.issuer,
+                                            "serial_number": parsed.serial_number,
+                                        }
+                                    )
+                                }
+                            ),
+                            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+                            "encrypted_key": encrypted_key,
+                        }
+                    )
+                }
+            )
+        ]
+    ).dump()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=600),
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 70_000),  # one-, two- and three-octet lengths
+)
+def test_the_envelope_prefix_is_what_asn1crypto_writes(
+    pki: DevPki, encrypted_key: bytes, iv: bytes, ciphertext_length: int
+) -> None:
+    """The RecipientInfos and the EnvelopedData head are written directly; asn1crypto is the
+    reference for every byte (short and long lengths, every party's certificate)."""
+    ciphertext = b"\0" * ciphertext_length
+    for party in pki.parties.values():
+        certificate = party.encryption.certificate
+        ours = enveloped.recipient_infos(certificate, encrypted_key)
+        assert ours == _asn1crypto_recipient_infos(certificate, encrypted_key)
+        algorithm = algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv})
+        content = acms.ContentInfo(
+            {
+                "content_type": "enveloped_data",
+                "content": acms.EnvelopedData(
+                    {
+                        "version": "v0",
+                        "recipient_infos": acms.RecipientInfos.load(ours),
+                        "encrypted_content_info": {
+                            "content_type": "data",
+                            "content_encryption_algorithm": algorithm,
+                            "encrypted_content": ciphertext,
+                        },
+                    }
+                ),
+            }
+        )
+        prefix = enveloped.enveloped_prefix(ours, iv, ciphertext_length)
+        assert prefix + ciphertext == content.dump()
