@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
@@ -89,10 +89,13 @@ class WebhookDispatcher:
         with self.ctx.store.unit_of_work() as uow:
             hooks = list(uow.session.scalars(select(WebhookRow).where(WebhookRow.active)))
             cursor = int(uow.state.get(EVENT_CURSOR) or 0)
-            if cursor == 0 and not hooks:
-                # Nobody listens yet: start from now rather than replaying the whole history.
-                last = uow.session.scalars(select(EventRow.id).order_by(EventRow.id.desc())).first()
-                uow.state.set(EVENT_CURSOR, str(last or 0))
+            if not hooks:
+                # Nobody listens: keep the cursor at the newest event, so that a webhook added
+                # later starts from then, without reading every event of a busy server.
+                last = uow.session.scalar(select(func.max(EventRow.id))) or 0
+                if last > cursor:
+                    uow.state.set(EVENT_CURSOR, str(last))
+                self._collect_alerts(uow, hooks)
                 uow.commit()
                 return 0
             rows = uow.session.execute(

@@ -190,3 +190,21 @@ def test_an_event_id_that_never_commits_holds_the_cursor_only_for_a_while(
     with api_pair.pair.hospital.store.unit_of_work() as uow:
         newest = uow.session.scalars(select(EventRow.id).order_by(EventRow.id.desc())).first()
         assert int(uow.state.get(EVENT_CURSOR) or 0) == newest
+
+
+def test_with_no_webhook_the_cursor_follows_the_log_and_a_new_hook_starts_from_then(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    pair = api_pair.pair
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    assert dispatcher.run_once() == 0
+    _send_note(api_pair)  # news nobody listens to
+    assert dispatcher.run_once() == 0
+    with pair.hospital.store.unit_of_work() as uow:
+        newest = max(event.id for event in uow.session.scalars(select(EventRow)))
+        assert int(uow.state.get(EVENT_CURSOR) or 0) == newest
+    _register(api_pair, receiver.url)
+    assert dispatcher.run_once() == 0  # what happened before the hook is not announced to it
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1
+    assert len(receiver.calls) == 1
