@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from meldingstjener.model import Direction, IllegalTransition
 from meldingstjener.store.tables import MessageRow, ReceiptRow
-from meldingstjener.store.uow import LogFilter, Store
+from meldingstjener.store.uow import EventKind, LogFilter, Store
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -50,6 +50,31 @@ def test_message_lifecycle_writes_one_event_per_change(store: Store) -> None:
     ]
     assert [e.actor for e in events] == ["api:epj", "worker-1", "worker-1"]
     assert all(e.at.tzinfo is not None for e in events)
+
+
+def test_many_events_of_one_transaction_are_all_written_in_order(store: Store) -> None:
+    """Events go to the database as multi-row INSERTs of at most 50 rows; 120 take three."""
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="api:epj", at=T0)
+        for number in range(119):
+            uow.events.record(
+                row.id,
+                EventKind.NOTE,
+                actor=f"note-{number}",
+                detail=None if number % 2 else f"detail {number}",
+                code="c" if number == 60 else None,
+                at=T0 + timedelta(seconds=number + 1),
+            )
+        uow.commit()
+        message_id = row.id
+    with store.unit_of_work() as uow:
+        events = uow.events.for_message(message_id)
+    assert len(events) == 120
+    assert [e.actor for e in events[1:]] == [f"note-{n}" for n in range(119)]
+    assert [e.at for e in events] == [T0 + timedelta(seconds=n) for n in range(120)]
+    assert events[1].detail == "detail 0" and events[2].detail is None
+    assert [e.code for e in events].count("c") == 1 and events[61].code == "c"
+    assert all(e.message_id == message_id and e.kind == EventKind.NOTE for e in events[1:])
 
 
 def test_illegal_transition_raises_and_leaves_nothing(store: Store) -> None:
