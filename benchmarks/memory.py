@@ -8,11 +8,13 @@ large fagmelding went through:
   (``POST /Messages``, JSON with the document base64) and sends it to the hospital; measured
   until the hospital's Acknowledgment is stored,
 - ``receive``: the real hospital server receiving that message over HTTP (``POST /ebms``),
+- ``fetch``: the hospital's EPJ fetching that document from the hospital server
+  (``GET /Messages/{id}/business-document``, read by the client in pieces),
 - ``file``: ``meldingstjener send FILE`` in a child process (submit only; a server sends),
 - ``folder``: the folder drop taking the same file from an outbox in a child process.
 
 Usage:
-    python benchmarks/memory.py [--mb 35] [--paths api,receive,file,folder] [--rounds 1]
+    python benchmarks/memory.py [--mb 35] [--paths api,receive,fetch,file,folder] [--rounds 1]
         [--keep]
 """
 
@@ -36,6 +38,7 @@ from meldingstjener.api.clients import add_client
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, Site, dialog_note, prepare_sites
+from meldingstjener.store.uow import LogFilter
 
 CHUNK = 1024 * 1024
 MB = 1024 * 1024
@@ -126,14 +129,33 @@ def _wait_acknowledged(gp_config: Path, message_id: str, timeout: float) -> None
         engine.store.database.dispose()
 
 
+def _newest_received(hospital_config: Path) -> str:
+    """The id of the message the hospital received last."""
+    engine = build_engine(load_settings(hospital_config))
+    try:
+        with engine.store.unit_of_work() as uow:
+            rows = uow.messages.search(LogFilter(direction="in"))
+        return max(rows, key=lambda row: row.created_at).id
+    finally:
+        engine.store.database.dispose()
+
+
 def measure_servers(
     root: Path, gp: Site, hospital: Site, document: Path, rounds: int
 ) -> dict[str, float]:
-    """``api`` (GP server) and ``receive`` (hospital server) growth in MB for one document
-    (the largest growth over ``rounds`` documents)."""
+    """``api`` (GP server), ``receive`` and ``fetch`` (hospital server) growth in MB for one
+    document (the largest growth over ``rounds`` documents)."""
     engine = build_engine(load_settings(gp.config_path))
     _, key = add_client(engine.store, "memory-benchmark", ["send"], [gp.organisation_her_id])
     engine.store.database.dispose()
+    hospital_engine = build_engine(load_settings(hospital.config_path))
+    _, hospital_key = add_client(
+        hospital_engine.store,
+        "memory-benchmark",
+        ["receive"],
+        [hospital.organisation_her_id, hospital.address_her_id],
+    )
+    hospital_engine.store.database.dispose()
     body = root / "request.json"
     _json_request(document, body)
     gp_server = RunningServer(gp, root / "gp.log").start()
@@ -141,6 +163,11 @@ def measure_servers(
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{gp.port}",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=600,
+    )
+    epj = httpx.Client(
+        base_url=f"http://127.0.0.1:{hospital.port}",
+        headers={"Authorization": f"Bearer {hospital_key}"},
         timeout=600,
     )
     try:
@@ -157,8 +184,12 @@ def measure_servers(
         )
         warm.raise_for_status()
         _wait_acknowledged(gp.config_path, str(warm.json()), 120)
+        warm_fetch = epj.get(
+            f"/Messages/{_newest_received(hospital.config_path)}/business-document"
+        )
+        warm_fetch.raise_for_status()
         assert gp_server.process is not None and hospital_server.process is not None
-        grown = {"api": 0.0, "receive": 0.0}
+        grown = {"api": 0.0, "receive": 0.0, "fetch": 0.0}
         for _ in range(rounds):  # later rounds: a process that already had a large message
             gp_peak = PeakGrowth(gp_server.process.pid)
             hospital_peak = PeakGrowth(hospital_server.process.pid)
@@ -171,9 +202,20 @@ def measure_servers(
             _wait_acknowledged(gp.config_path, str(response.json()), 600)
             grown["api"] = max(grown["api"], gp_peak.grown_mb())
             grown["receive"] = max(grown["receive"], hospital_peak.grown_mb())
+            received = _newest_received(hospital.config_path)
+            fetch_peak = PeakGrowth(hospital_server.process.pid)
+            fetched = 0
+            with epj.stream("GET", f"/Messages/{received}/business-document") as answer:
+                answer.raise_for_status()
+                for piece in answer.iter_bytes():
+                    fetched += len(piece)
+            if fetched < document.stat().st_size:
+                raise RuntimeError(f"fetched {fetched} bytes, less than the document")
+            grown["fetch"] = max(grown["fetch"], fetch_peak.grown_mb())
         return grown
     finally:
         api.close()
+        epj.close()
         gp_server.stop()
         hospital_server.stop()
         body.unlink(missing_ok=True)
@@ -256,7 +298,7 @@ def _sites_of(config: Path) -> tuple[Site, Site]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=35.0, help="fagmelding size in MiB")
-    parser.add_argument("--paths", default="api,receive,file,folder")
+    parser.add_argument("--paths", default="api,receive,fetch,file,folder")
     parser.add_argument(
         "--rounds", type=int, default=1, help="large messages per process; the worst counts"
     )
@@ -277,7 +319,7 @@ def main() -> None:
         size_mb = document.stat().st_size / MB
         print(f"fagmelding: {size_mb:.1f} MiB ({document.stat().st_size} bytes)")
         results: dict[str, float] = {}
-        if {"api", "receive"} & set(paths):
+        if {"api", "receive", "fetch"} & set(paths):
             results.update(measure_servers(root, gp, hospital, document, args.rounds))
         for name in ("file", "folder"):
             if name in paths:
@@ -285,6 +327,7 @@ def main() -> None:
         labels = {
             "api": "submit via POST /Messages + send (GP server)",
             "receive": "receive via POST /ebms (hospital server)",
+            "fetch": "fetch via GET .../business-document (hospital)",
             "file": "submit via `meldingstjener send FILE`",
             "folder": "submit via the folder drop",
         }

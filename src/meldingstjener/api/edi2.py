@@ -19,6 +19,7 @@ from sqlalchemy import select
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
 from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.document_response import business_document_response
 from meldingstjener.api.document_spool import SpooledDocument, spooled_document
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
@@ -41,7 +42,7 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
 from meldingstjener.model import Direction
-from meldingstjener.store.payloads import Spool, source_size
+from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
@@ -286,23 +287,27 @@ class Edi2:
         self._audit(who, "get-message", Outcome.OK, message_id=row.id, her_id=_own(row))
         return _message(row, True)
 
-    def get_business_document(
-        self, who: Principal, message_id: uuid.UUID
-    ) -> GetBusinessDocumentResponse:
+    def get_business_document(self, who: Principal, message_id: uuid.UUID) -> Response:
         action = "get-business-document"
         row = self._message(who, message_id, action)
-        if row.payload_ref is None:
+        try:
+            if row.payload_ref is None:
+                raise PayloadNotFound(row.id)
+            # opened now: a purge after this point does not cut the answer short
+            document = self.ctx.store.payloads.open(row.payload_ref)
+        except PayloadNotFound:
             self._audit(who, action, Outcome.NOT_FOUND, message_id=row.id, detail="purged")
-            raise ApiProblem(404, "not-found", f"message {row.id} has no business document")
-        document = self.ctx.store.payloads.read_bytes(row.payload_ref)
-        if row.direction == Direction.INBOUND.value:
-            self._deliver(who, row)
-        self._audit(who, action, Outcome.OK, message_id=row.id, her_id=_own(row))
-        return GetBusinessDocumentResponse(
-            businessDocument=base64.b64encode(document).decode("ascii"),
-            contentType="application/xml",
-            contentTransferEncoding="base64",
-        )
+            raise ApiProblem(
+                404, "not-found", f"message {row.id} has no business document"
+            ) from None
+        try:
+            if row.direction == Direction.INBOUND.value:
+                self._deliver(who, row)
+            self._audit(who, action, Outcome.OK, message_id=row.id, her_id=_own(row))
+        except BaseException:
+            document.close()
+            raise
+        return business_document_response(document)
 
     def get_status(self, who: Principal, message_id: uuid.UUID) -> list[StatusInfo]:
         row = self._message(who, message_id, "get-status", direction=Direction.OUTBOUND.value)
@@ -556,11 +561,12 @@ def edi2_router(ops: Edi2) -> APIRouter:
         "/Messages/{id}/business-document",
         operation_id="GetBusinessDocument",
         summary="A message's business document (base64)",
+        response_model=GetBusinessDocumentResponse,
         responses=NOT_FOUND,
     )
     def get_business_document(
         id: MessageId, principal: Who, _v: ApiVersion = None, _s: SourceSystem = None
-    ) -> GetBusinessDocumentResponse:
+    ) -> Response:
         return ops.get_business_document(principal, id)
 
     @router.get(

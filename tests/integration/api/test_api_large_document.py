@@ -15,11 +15,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meldingstjener.api import document_spool
+from meldingstjener.api import document_response, document_spool
 from meldingstjener.api.app import create_app
 from meldingstjener.api.document_spool import SpooledDocument, _Scanner
 from meldingstjener.api.edi2 import Edi2
+from meldingstjener.api.edi2_models import GetBusinessDocumentResponse
 from meldingstjener.config import ApiSettings
+from meldingstjener.devsites import dialog_note
 from meldingstjener.formats import Attachment as Vedlegg
 from meldingstjener.formats import Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.store.payloads import PayloadStore
@@ -253,3 +255,70 @@ def test_an_unauthenticated_large_request_is_refused_before_its_body_is_read(
     answer = http.post("/Messages", headers=_bearer(api_pair.gp_key), content=_pieces(body))
     assert answer.status_code == 201, answer.text
     assert spooled
+
+
+def test_a_large_document_is_fetched_in_pieces_byte_exact(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET .../business-document streams a large document with its length announced: the body
+    is the JSON FastAPI writes for the model, and no piece holds more than a slice of it."""
+    document = _document(api_pair, size=3 * MiB)
+    pair = api_pair.pair
+    answer = api_pair.gp_http.post(
+        "/Messages", headers=_bearer(api_pair.gp_key), content=_body(document)
+    )
+    assert answer.status_code == 201, answer.text
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    encoded: list[int] = []
+    original = base64.b64encode
+
+    def watching(data: bytes) -> bytes:
+        encoded.append(len(data))
+        return original(data)
+
+    monkeypatch.setattr(document_response.base64, "b64encode", watching)
+    with api_pair.hospital_http.stream(
+        "GET",
+        f"/Messages/{received.id}/business-document",
+        headers=_bearer(api_pair.hospital_key),
+    ) as fetched:
+        assert fetched.status_code == 200
+        body = b"".join(fetched.iter_bytes())
+        assert fetched.headers["content-length"] == str(len(body))
+        assert fetched.headers["content-type"] == "application/json"
+    expected = GetBusinessDocumentResponse(
+        businessDocument=original(document).decode("ascii"),
+        contentType="application/xml",
+        contentTransferEncoding="base64",
+    )
+    assert body == json.dumps(expected.model_dump(), separators=(",", ":")).encode()
+    assert len(encoded) > 1 and max(encoded) <= document_response.PIECE
+
+
+def test_a_small_document_answer_is_the_model_json_and_a_purged_file_is_404(
+    api_pair: ApiPair,
+) -> None:
+    pair = api_pair.pair
+    answer = api_pair.gp_http.post(
+        "/Messages",
+        headers=_bearer(api_pair.gp_key),
+        content=_body(dialog_note(pair.gp_site, pair.hospital_site, "Liten")),
+    )
+    assert answer.status_code == 201, answer.text
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    headers = _bearer(api_pair.hospital_key)
+    url = f"/Messages/{received.id}/business-document"
+    fetched = api_pair.hospital_http.get(url, headers=headers)
+    assert fetched.status_code == 200
+    stored = pair.hospital.store.payloads.read_bytes(str(received.payload_ref))
+    assert fetched.json() == {
+        "businessDocument": base64.b64encode(stored).decode("ascii"),
+        "contentType": "application/xml",
+        "contentTransferEncoding": "base64",
+    }
+    assert fetched.content == json.dumps(fetched.json(), separators=(",", ":")).encode()
+    assert pair.hospital.store.payloads.delete(str(received.payload_ref))
+    gone = api_pair.hospital_http.get(url, headers=headers)
+    assert gone.status_code == 404 and gone.json()["code"] == "not-found"
