@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import BinaryIO
+
+COPY_PIECE = 1024 * 1024
 
 
 def fsync_dir(directory: Path) -> None:
@@ -15,11 +19,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """``path`` appears whole or not at all, and survives a crash once this returns."""
+def write_atomically(path: Path, data: bytes | BinaryIO) -> None:
+    """``path`` appears whole or not at all, and survives a crash once this returns. ``data`` is
+    bytes or an open file, copied in pieces (a large received document is never held whole)."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("wb") as handle:
-        handle.write(data)
+        if isinstance(data, bytes):
+            handle.write(data)
+        else:
+            shutil.copyfileobj(data, handle, COPY_PIECE)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

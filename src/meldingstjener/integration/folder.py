@@ -216,11 +216,11 @@ class FolderIntegration:
 
     def write_inbox(self, row: MessageRow) -> None:
         assert self.inbox is not None and row.payload_ref is not None
-        payload = self.ctx.store.payloads.read_bytes(row.payload_ref)
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        # The sidecar first: when the .xml appears, its metadata is already there.
-        write_atomically(self.inbox / f"{row.id}.json", sidecar)
-        write_atomically(self.inbox / f"{row.id}.xml", payload)
+        with self.ctx.store.payloads.open(row.payload_ref) as payload:
+            # The sidecar first: when the .xml appears, its metadata is already there.
+            write_atomically(self.inbox / f"{row.id}.json", sidecar)
+            write_atomically(self.inbox / f"{row.id}.xml", payload)
         self._record_written(row.id)
         try:
             receipts.deliver(self.ctx, row.id, actor=ACTOR)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ from sqlalchemy import select
 from meldingstjener.config import FolderSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
+from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
 from meldingstjener.store.tables import FolderFileRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 
 CHILD = Path(__file__).with_name("folder_child.py")
+MiB = 1024 * 1024
 
 
 def drop(outbox: Path, name: str, data: bytes) -> None:
@@ -86,6 +89,33 @@ def test_inbox_gets_each_message_with_its_sidecar(pair: Pair, tmp_path: Path) ->
     assert pair.message(pair.hospital, received.id).status == "delivered"
     assert integration.inbox_once() == 0
     assert sent
+
+
+def test_a_large_message_reaches_the_inbox_without_being_held_whole(
+    pair: Pair, tmp_path: Path
+) -> None:
+    note = Notat(tema_kodet=Coded(v="1", dn="Helseopplysninger"), tekst="Skannet journal")
+    document = build_dialogmelding(
+        message_type="DIALOG_NOTAT",
+        sender=pair.gp_site.party(),
+        receiver=pair.hospital_site.party(),
+        dialog=Dialogmelding(version="1.0", notater=(note,)),
+        attachments=(Attachment(data=os.urandom(6 * MiB), mime_type="application/pdf"),),
+    )
+    submit(pair.gp, document, actor="test")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    inbox = tmp_path / "inn"
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    tracemalloc.start()
+    try:
+        integration.write_inbox(received)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (inbox / f"{received.id}.xml").read_bytes() == document
+    # pieces of 1 MiB and the reader's buffer, not the document
+    assert peak < len(document) // 3, f"{peak} bytes allocated at the peak for {len(document)}"
 
 
 def _run_child_until_killed(config: Path, outbox: str, inbox: str, point: str, call: int) -> None:
