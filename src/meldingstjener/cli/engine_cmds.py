@@ -34,6 +34,7 @@ def serve(
 
     from meldingstjener.api.app import create_app
     from meldingstjener.bootstrap import build_engine
+    from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
 
     settings = settings_from(ctx, server_port=port)
@@ -58,12 +59,18 @@ def serve(
     check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
     threads = []
+    lease = timedelta(seconds=settings.workers.lease_seconds)
+    if settings.workers.count > 0:
+        # its name starts with the instance's, so a restart takes its claims back too
+        engine.handoff = Handoff(
+            f"{instance}handoff", lease, settings.workers.claim_batch * settings.workers.count
+        )
     for number in range(settings.workers.count):
         worker = Worker(
             engine,
             f"{instance}{number}",
             batch=settings.workers.claim_batch,
-            lease=timedelta(seconds=settings.workers.lease_seconds),
+            lease=lease,
             poll_interval=settings.workers.poll_interval_seconds,
         )
         thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{number}")

@@ -6,10 +6,12 @@ Built once by ``bootstrap.build_engine``; every service of the engine takes this
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,7 +20,7 @@ from meldingstjener import __version__
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
 from meldingstjener.security.validation import CertificateValidator
-from meldingstjener.store.uow import Store
+from meldingstjener.store.uow import ClaimedJob, Store, UnitOfWork
 from meldingstjener.transport.base import Transport
 
 
@@ -64,6 +66,21 @@ class Wakeup:
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._pending = 0
+        self._handed: deque[ClaimedJob] = deque()
+
+    def hand_over(self, job: ClaimedJob) -> None:
+        """Give a job stored already claimed (see :class:`Handoff`) to a waiting worker."""
+        with self._condition:
+            self._handed.append(job)
+            self._condition.notify()
+
+    def handed_count(self) -> int:
+        with self._condition:
+            return len(self._handed)
+
+    def take_handed(self, limit: int) -> list[ClaimedJob]:
+        with self._condition:
+            return [self._handed.popleft() for _ in range(min(limit, len(self._handed)))]
 
     def notify(self) -> None:
         with self._condition:
@@ -81,11 +98,32 @@ class Wakeup:
         with self._condition:
             self._pending = 0
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
+        """Wait for a notice, a handed job or ``timeout``; whether the store should be claimed
+        from now (a notice, or the poll time) rather than only handed jobs be run."""
         with self._condition:
-            if self._pending == 0:
+            if self._pending == 0 and not self._handed:
                 self._condition.wait(timeout)
-            self._pending = max(0, self._pending - 1)
+            if self._pending > 0:
+                self._pending -= 1
+                return True
+            return not self._handed
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Work this process stores for its own workers goes to them directly.
+
+    A job due now (a new message's send, an Acknowledgment to send) is stored already claimed by
+    ``worker`` with the workers' lease and handed to a waiting worker after the commit, instead of
+    being stored unclaimed and then claimed in a transaction of its own. At most ``capacity`` jobs
+    wait in memory; beyond that work is stored unclaimed as usual. Only ``serve`` sets this up
+    (a process without workers must leave its jobs to the workers of another).
+    """
+
+    worker: str
+    lease: timedelta
+    capacity: int
 
 
 @dataclass
@@ -102,6 +140,42 @@ class EngineContext:
     application: str = "meldingstjener"
     validator: CertificateValidator | None = None
     organisation_her_id: str | None = None  # ours; None only where no organisation is configured
+    handoff: Handoff | None = None  # set by ``serve``, which runs workers in this process
+
+    def schedule_now(
+        self,
+        uow: UnitOfWork,
+        kind: str,
+        *,
+        message_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+    ) -> None:
+        """Schedule work due now: handed to this process's workers after the commit when they
+        have room (:class:`Handoff`), else stored for any worker to claim. Callers tell the
+        workers afterwards with :meth:`notify_workers`."""
+        handoff = self.handoff
+        if handoff is None or self.wakeup.handed_count() >= handoff.capacity:
+            uow.jobs.schedule(
+                kind, self.clock(), message_id=message_id, data=data, dedup_key=dedup_key
+            )
+            return
+        job = uow.jobs.schedule_claimed(
+            kind,
+            now=self.clock(),
+            worker=handoff.worker,
+            lease=handoff.lease,
+            message_id=message_id,
+            data=data,
+            dedup_key=dedup_key,
+        )
+        uow.after_commit(lambda: self.wakeup.hand_over(job))
+
+    def notify_workers(self, uow: UnitOfWork) -> None:
+        """After a commit: wake a worker if the unit of work stored a job for claiming (a job
+        handed over has woken one already)."""
+        if uow.jobs.stored_unclaimed:
+            self.wakeup.notify()
 
     @property
     def organisation(self) -> str:

@@ -170,7 +170,7 @@ def _receive_message(
     verdict = receipts.judge(ctx, message, header.to_party.her_id)
     if verdict is not None:
         receipts.reject_by_server(ctx, row.id, payload_io.read_all(plain), verdict)
-    ctx.wakeup.notify()
+    ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
@@ -397,7 +397,7 @@ def _refuse(
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
             return _resend_signal(ctx, uow, duplicate, envelope, channel)
-    ctx.wakeup.notify()
+    ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 
 
@@ -434,5 +434,5 @@ def _resend_signal(
                 partner=str(original.from_her_id),
             )
     uow.commit()
-    ctx.wakeup.notify()
+    ctx.notify_workers(uow)
     return reply

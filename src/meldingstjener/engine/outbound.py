@@ -155,7 +155,7 @@ def submit(
         uow.messages.add(
             row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
         )
-        uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+        ctx.schedule_now(uow, TRANSMIT, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
         if on_stored is not None:
             on_stored(uow, row)
         elif message.msg_type == APPREC:
@@ -165,7 +165,7 @@ def submit(
         if also_stored is not None:
             also_stored(uow, row)
         uow.commit()
-    ctx.wakeup.notify()
+    ctx.notify_workers(uow)
     return row.id
 
 

@@ -269,9 +269,9 @@ def schedule_send(
 ) -> None:
     """A ``send-signal`` job for a stored outgoing signal (first send, or sent again for a
     duplicate). It carries what the send needs, so the job does not read the receipt back."""
-    uow.jobs.schedule(
+    ctx.schedule_now(
+        uow,
         SEND_SIGNAL,
-        ctx.clock(),
         message_id=receipt.message_id,
         data={
             "receipt_id": receipt.id,

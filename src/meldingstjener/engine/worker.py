@@ -64,6 +64,24 @@ class Worker:
                 self.name, now=self.ctx.clock(), limit=self.batch, lease=self.lease
             )
             uow.commit()
+        self._run_jobs(jobs)
+        return len(jobs)
+
+    def run_handed(self) -> int:
+        """Run jobs handed over by this process (stored claimed for us); return how many.
+
+        One whose lease is half gone is left alone: it may be claimed from the store by then."""
+        handed = self.ctx.wakeup.take_handed(self.batch)
+        now = self.ctx.clock()
+        fresh = [
+            job
+            for job in handed
+            if job.claimed_until is None or job.claimed_until - now > self.lease / 2
+        ]
+        self._run_jobs(fresh)
+        return len(handed)
+
+    def _run_jobs(self, jobs: list[ClaimedJob]) -> None:
         for job in jobs:
             handler = HANDLERS.get(job.kind)
             try:
@@ -75,7 +93,6 @@ class Worker:
                 with self.ctx.store.unit_of_work() as uow:
                     uow.jobs.reschedule(job.id, self.ctx.clock() + RETRY_AFTER_CRASH)
                     uow.commit()
-        return len(jobs)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Run until nothing is due (tests and the demo use this with an injected clock)."""
@@ -88,12 +105,22 @@ class Worker:
         return total
 
     def run(self, stop: threading.Event) -> None:
+        claim = True
         while not stop.is_set():
-            self.ctx.wakeup.claiming()
             try:
-                ran = self.run_once()
+                if self.run_handed():
+                    continue  # handed jobs first: they are due and need no claim
             except Exception:
-                log.exception("worker %s could not claim work; retrying", self.name)
-                ran = 0
-            if ran < self.batch:  # took all that was due: claiming again would find nothing
-                self.ctx.wakeup.wait(self.poll_interval)
+                log.exception("worker %s could not run handed jobs", self.name)
+            if claim:
+                self.ctx.wakeup.claiming()
+                try:
+                    ran = self.run_once()
+                except Exception:
+                    log.exception("worker %s could not claim work; retrying", self.name)
+                    ran = 0
+                if ran >= self.batch:
+                    continue  # there may be more
+            # took all that was due: claim again on a notice or at the poll time, not when only
+            # a handed job woke us
+            claim = self.ctx.wakeup.wait(self.poll_interval)

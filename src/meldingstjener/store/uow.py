@@ -10,7 +10,7 @@ every transaction starts with ``BEGIN IMMEDIATE`` and claims are serialised.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -425,6 +425,7 @@ class ClaimedJob:
     data: dict[str, Any] | None
     attempts: int
     due_at: datetime
+    claimed_until: datetime | None = None  # known when it was stored claimed (handed over)
 
 
 def _job_sql(sql: str, **types: str) -> TextClause:
@@ -445,6 +446,13 @@ _SCHEDULE_DEDUP = _job_sql(
     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES}) "
     "ON CONFLICT (dedup_key) DO UPDATE SET due_at = excluded.due_at, claimed_by = NULL, "
     "claimed_until = NULL, data = excluded.data",
+    **_TYPED,
+)
+# stored already claimed, for this process's own workers (see JobRepository.schedule_claimed)
+_SCHEDULE_CLAIMED = _job_sql(
+    f"INSERT INTO jobs ({_JOB_COLUMNS}, claimed_by, claimed_until) VALUES (:kind, :dedup_key, "
+    ":message_id, :due_at, 1, :data, :created_at, :worker, :until) RETURNING id",
+    until="claimed_until",
     **_TYPED,
 )
 _FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
@@ -481,6 +489,7 @@ class JobRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.stored_unclaimed = False  # some job waits for a claim: workers should be told
 
     def _run(self, statement: TextClause | TextualSelect, **parameters: Any) -> Any:
         return self.session.connection().execute(statement, parameters)
@@ -497,6 +506,7 @@ class JobRepository:
         """Schedule due work. With ``dedup_key``, an existing job of that key is moved instead."""
         if message_id is not None:
             self.session.flush()  # the message row this job refers to goes first
+        self.stored_unclaimed = True
         self._run(
             _SCHEDULE if dedup_key is None else _SCHEDULE_DEDUP,
             kind=kind,
@@ -506,6 +516,38 @@ class JobRepository:
             data=data,
             created_at=utcnow(),
         )
+
+    def schedule_claimed(
+        self,
+        kind: str,
+        *,
+        now: datetime,
+        worker: str,
+        lease: timedelta,
+        message_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+    ) -> ClaimedJob:
+        """Store work due now already claimed by ``worker`` until ``now + lease``, as if it had
+        been stored and then claimed: the caller hands it to its own worker after commit, which
+        saves the claim's transaction. If this process dies first, the lease runs out (or the
+        restarted instance takes its claims back) and any worker claims it as usual. A job of
+        the same ``dedup_key`` must not exist (a new message's first job)."""
+        if message_id is not None:
+            self.session.flush()
+        until = now + lease
+        job_id = self._run(
+            _SCHEDULE_CLAIMED,
+            kind=kind,
+            dedup_key=dedup_key,
+            message_id=message_id,
+            due_at=now,
+            data=data,
+            created_at=utcnow(),
+            worker=worker,
+            until=until,
+        ).scalar_one()
+        return ClaimedJob(int(job_id), kind, message_id, data, 1, now, until)
 
     def claim_due(
         self, worker: str, *, now: datetime, limit: int, lease: timedelta
@@ -620,6 +662,11 @@ class UnitOfWork:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this unit of work has committed (never if it rolls back)."""
+        self._after_commit.append(action)
 
     def __enter__(self) -> UnitOfWork:
         if self.database.write_lock is not None:
@@ -656,6 +703,9 @@ class UnitOfWork:
     def commit(self) -> None:
         self.events.write_pending()
         self.session.commit()
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
 
     def _only_read(self) -> bool:
         """An open transaction in which nothing was written or is waiting to be flushed."""

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from engine_pair import Pair
+from sqlalchemy import text
 
 from meldingstjener.engine import worker as worker_module
-from meldingstjener.engine.context import EngineContext, Wakeup
+from meldingstjener.engine.context import EngineContext, Handoff, Wakeup
 from meldingstjener.engine.worker import Worker
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import ClaimedJob, JobRepository, Store
@@ -22,15 +24,25 @@ TIMEOUT = 30.0
 
 
 class Watched(Wakeup):
-    """A wake-up that tells the test when the worker starts to wait."""
+    """A wake-up that tells the test when the worker starts to wait (and how often it did)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.waiting = threading.Event()
+        self._entered = 0
+        self._counted = threading.Condition()
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
+        with self._counted:
+            self._entered += 1
+            self._counted.notify_all()
         self.waiting.set()
-        super().wait(timeout)
+        return super().wait(timeout)
+
+    def waited(self, times: int) -> bool:
+        """Block until the worker has started to wait ``times`` times in all."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self._entered >= times, TIMEOUT)
 
 
 def _schedule(store: Store, wakeup: Wakeup) -> None:
@@ -82,3 +94,112 @@ def test_no_empty_claim_after_a_short_batch_and_no_lost_notice(
         wakeup.wake_all()
         thread.join(TIMEOUT)
     assert len(handled) == 2
+
+
+def _claimed_by(store: Store, job_id: int) -> str | None:
+    with store.unit_of_work() as uow:
+        found = uow.session.execute(
+            text("SELECT claimed_by FROM jobs WHERE id = :id"), {"id": job_id}
+        )
+        return found.scalar_one_or_none()
+
+
+def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claimed(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = pair.gp
+    claims: list[int] = []
+    original_claim = JobRepository.claim_due
+
+    def counting_claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
+        jobs = original_claim(self, *args, **kwargs)
+        claims.append(len(jobs))
+        return jobs
+
+    seen: list[tuple[int, str | None]] = []
+    done = threading.Semaphore(0)
+    started = threading.Semaphore(0)
+    hold, release = threading.Event(), threading.Event()
+
+    def handler(context: EngineContext, job: ClaimedJob) -> None:
+        seen.append((job.id, _claimed_by(context.store, job.id)))
+        started.release()
+        if hold.is_set():
+            assert release.wait(TIMEOUT)
+        with context.store.unit_of_work() as uow:
+            uow.jobs.finish(job.id)
+            uow.commit()
+        done.release()
+
+    monkeypatch.setattr(JobRepository, "claim_due", counting_claim)
+    monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
+    ctx.clock = utcnow
+    ctx.wakeup = Watched()
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=1)
+    worker = Worker(ctx, "test-host:1/0", batch=4, poll_interval=TIMEOUT)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert ctx.wakeup.waiting.wait(TIMEOUT)
+        assert claims == [0]  # the first look into the store, before anything was stored
+        with ctx.store.unit_of_work() as uow:
+            ctx.schedule_now(uow, KIND)
+            uow.commit()
+        ctx.notify_workers(uow)
+        assert not uow.jobs.stored_unclaimed
+        assert done.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
+        assert seen[0][1] == "test-host:1/handoff"  # stored claimed, run as it was handed
+        assert ctx.wakeup.waited(2)
+        assert claims == [0]  # no claim for the handed job, none after it
+        # while the worker is busy, one job waits in memory (the capacity) and the next is
+        # stored for claiming, with a notice
+        hold.set()
+        units = []
+        for _ in range(3):
+            with ctx.store.unit_of_work() as uow:
+                ctx.schedule_now(uow, KIND)
+                uow.commit()
+            ctx.notify_workers(uow)
+            units.append(uow)
+            if len(units) == 1:  # the worker has taken the first and is held in it
+                assert started.acquire(timeout=TIMEOUT)
+        assert [u.jobs.stored_unclaimed for u in units] == [False, False, True]
+        release.set()
+        for _ in range(3):
+            assert done.acquire(timeout=TIMEOUT)
+        assert [claimed_by for _, claimed_by in seen[1:]] == [
+            "test-host:1/handoff",
+            "test-host:1/handoff",
+            "test-host:1/0",  # claimed from the store on the notice
+        ]
+        assert claims == [0, 1]
+    finally:
+        stop.set()
+        ctx.wakeup.wake_all()
+        thread.join(TIMEOUT)
+    with ctx.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
+
+
+def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair) -> None:
+    ctx = pair.gp
+    ctx.clock = utcnow
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    with ctx.store.unit_of_work() as uow:
+        ctx.schedule_now(uow, KIND)
+        uow.commit()  # handed to a worker of a process that dies before running it
+    ctx.wakeup = Wakeup()  # the restarted process: nothing in memory
+    with ctx.store.unit_of_work() as uow:
+        kept = uow.jobs.claim_due("other:2/0", now=utcnow(), limit=4, lease=timedelta(minutes=2))
+        uow.commit()
+    assert kept == []  # still leased to the instance that died
+    with ctx.store.unit_of_work() as uow:
+        assert uow.jobs.release_claims("test-host:1/") == 1
+        uow.commit()
+    with ctx.store.unit_of_work() as uow:
+        [job] = uow.jobs.claim_due(
+            "test-host:1/0", now=utcnow(), limit=4, lease=timedelta(minutes=2)
+        )
+        uow.commit()
+    assert job.kind == KIND and job.attempts == 2

@@ -67,3 +67,15 @@ def test_an_exception_rolls_back_a_flushed_write(store: Store) -> None:
         raise RuntimeError("half-way")
     with store.unit_of_work() as uow:
         assert uow.messages.by_ebxml_id(Direction.INBOUND, "thrown@example") is None
+
+
+def test_after_commit_actions_run_only_after_a_commit(store: Store) -> None:
+    ran: list[str] = []
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("transmit", utcnow())
+        uow.after_commit(lambda: ran.append("rolled back"))
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("transmit", utcnow())
+        uow.after_commit(lambda: ran.append(f"committed, {uow.jobs.count()} job"))
+        uow.commit()
+    assert ran == ["committed, 1 job"]
