@@ -34,11 +34,19 @@ def make_template(root: Path) -> Template:
     return Template(root, gp, hospital)
 
 
-def copy_pair(template: Template, target: Path) -> Pair:
+def copy_pair(
+    template: Template, target: Path, databases: tuple[str, str] | None = None
+) -> Pair:
+    """A pair from the template; on SQLite in its directory, or on the two database URLs given
+    (GP's, hospital's)."""
     shutil.copytree(template.root, target)
     old, new = str(template.root), str(target)
     for config in target.rglob("*.toml"):
         config.write_text(config.read_text().replace(old, new))
+    if databases is not None:
+        for site, url in zip((template.gp, template.hospital), databases, strict=True):
+            config = Path(str(site.config_path).replace(old, new))
+            config.write_text(config.read_text() + f'\n[database]\nurl = "{url}"\n')
     gp_site, hospital_site = (
         dataclasses.replace(site, directory=Path(str(site.directory).replace(old, new)))
         for site in (template.gp, template.hospital)

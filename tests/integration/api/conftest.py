@@ -4,9 +4,11 @@ each with the full HTTP application in front, and API clients made the way an op
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from api_sites import ApiPair, Template, copy_pair, make_template
 from engine_pair import Pair
@@ -22,12 +24,34 @@ def site_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     return make_template(tmp_path_factory.mktemp("template") / "sites")
 
 
-@pytest.fixture
-def pair(site_template: Template, tmp_path: Path) -> Iterator[Pair]:
-    made = copy_pair(site_template, tmp_path / "sites")
+def _postgres_databases(base: str) -> Iterator[tuple[str, str]]:
+    """Two fresh PostgreSQL databases (GP's, hospital's), dropped afterwards."""
+    server = base.rsplit("/", 1)[0]
+    names = [f"mt_api_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        for name in names:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    yield f"{server}/{names[0]}", f"{server}/{names[1]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        for name in names:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def pair(
+    site_template: Template, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pair]:
+    """Both engines on SQLite, and again on PostgreSQL (each its own fresh database)."""
+    databases = None
+    if request.param == "postgresql":
+        databases = _postgres_databases(request.getfixturevalue("postgres_url"))
+    made = copy_pair(site_template, tmp_path / "sites", next(databases) if databases else None)
+    assert made.gp.store.database.dialect == made.hospital.store.database.dialect == request.param
     yield made
     made.gp.store.database.dispose()
     made.hospital.store.database.dispose()
+    if databases is not None:
+        next(databases, None)
 
 
 @pytest.fixture
