@@ -155,7 +155,8 @@ class EngineContext:
         have room (:class:`Handoff`), else stored for any worker to claim. Callers tell the
         workers afterwards with :meth:`notify_workers`."""
         handoff = self.handoff
-        if handoff is None or self.wakeup.handed_count() >= handoff.capacity:
+        waiting = self.wakeup.handed_count() + uow.jobs.stored_claimed  # incl. this transaction's
+        if handoff is None or waiting >= handoff.capacity:
             uow.jobs.schedule(
                 kind, self.clock(), message_id=message_id, data=data, dedup_key=dedup_key
             )

@@ -490,6 +490,7 @@ class JobRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.stored_unclaimed = False  # some job waits for a claim: workers should be told
+        self.stored_claimed = 0  # jobs stored claimed, to be handed over after the commit
 
     def _run(self, statement: TextClause | TextualSelect, **parameters: Any) -> Any:
         return self.session.connection().execute(statement, parameters)
@@ -536,6 +537,7 @@ class JobRepository:
         if message_id is not None:
             self.session.flush()
         until = now + lease
+        self.stored_claimed += 1
         job_id = self._run(
             _SCHEDULE_CLAIMED,
             kind=kind,

@@ -182,6 +182,17 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
         assert uow.jobs.count() == 0
 
 
+def test_the_capacity_counts_the_jobs_of_the_same_transaction(pair: Pair) -> None:
+    ctx = pair.gp
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=1)
+    with ctx.store.unit_of_work() as uow:
+        ctx.schedule_now(uow, KIND)
+        ctx.schedule_now(uow, KIND)
+        uow.commit()
+    assert uow.jobs.stored_claimed == 1 and uow.jobs.stored_unclaimed
+    assert len(ctx.wakeup.take_handed(10)) == 1
+
+
 def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair) -> None:
     ctx = pair.gp
     ctx.clock = utcnow
