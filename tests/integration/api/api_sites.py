@@ -34,9 +34,7 @@ def make_template(root: Path) -> Template:
     return Template(root, gp, hospital)
 
 
-def copy_pair(
-    template: Template, target: Path, databases: tuple[str, str] | None = None
-) -> Pair:
+def copy_pair(template: Template, target: Path, databases: tuple[str, str] | None = None) -> Pair:
     """A pair from the template; on SQLite in its directory, or on the two database URLs given
     (GP's, hospital's)."""
     shutil.copytree(template.root, target)

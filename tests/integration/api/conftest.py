@@ -38,9 +38,7 @@ def _postgres_databases(base: str) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def pair(
-    site_template: Template, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Pair]:
+def pair(site_template: Template, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
     """Both engines on SQLite, and again on PostgreSQL (each its own fresh database)."""
     databases = None
     if request.param == "postgresql":

@@ -222,8 +222,8 @@ def test_the_document_decoder_agrees_with_b64decode(text: bytes) -> None:
         expected = None
     decoder = document_spool.StrictBase64()
     try:
-        got: bytes | None = b"".join(decoder.feed(text[i : i + 1]) for i in range(len(text)))
-        got += decoder.finish()
+        pieces = b"".join(decoder.feed(text[i : i + 1]) for i in range(len(text)))
+        got: bytes | None = pieces + decoder.finish()
     except ValueError:
         got = None
     assert got == expected

@@ -19,6 +19,7 @@ from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import Worker
 from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import LogFilter
 from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 
 
@@ -93,9 +94,7 @@ class Pair:
             return [m for m in uow.messages.search(_all()) if m.direction == "in"]
 
 
-def _all() -> object:
-    from meldingstjener.store.uow import LogFilter
-
+def _all() -> LogFilter:
     return LogFilter()
 
 
