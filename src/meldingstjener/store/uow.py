@@ -505,17 +505,31 @@ class JobRepository:
         dedup_key: str | None = None,
     ) -> None:
         """Schedule due work. With ``dedup_key``, an existing job of that key is moved instead."""
+        self.stored_unclaimed = True
+        statement = _SCHEDULE if dedup_key is None else _SCHEDULE_DEDUP
+        self._insert(statement, kind, due_at, message_id, data, dedup_key)
+
+    def _insert(
+        self,
+        statement: TextClause,
+        kind: str,
+        due_at: datetime,
+        message_id: str | None,
+        data: dict[str, Any] | None,
+        dedup_key: str | None,
+        **claim: Any,
+    ) -> Any:
         if message_id is not None:
             self.session.flush()  # the message row this job refers to goes first
-        self.stored_unclaimed = True
-        self._run(
-            _SCHEDULE if dedup_key is None else _SCHEDULE_DEDUP,
+        return self._run(
+            statement,
             kind=kind,
             dedup_key=dedup_key,
             message_id=message_id,
             due_at=due_at,
             data=data,
             created_at=utcnow(),
+            **claim,
         )
 
     def schedule_claimed(
@@ -534,21 +548,12 @@ class JobRepository:
         saves the claim's transaction. If this process dies first, the lease runs out (or the
         restarted instance takes its claims back) and any worker claims it as usual. A job of
         the same ``dedup_key`` must not exist (a new message's first job)."""
-        if message_id is not None:
-            self.session.flush()
         until = now + lease
         self.stored_claimed += 1
-        job_id = self._run(
-            _SCHEDULE_CLAIMED,
-            kind=kind,
-            dedup_key=dedup_key,
-            message_id=message_id,
-            due_at=now,
-            data=data,
-            created_at=utcnow(),
-            worker=worker,
-            until=until,
-        ).scalar_one()
+        inserted = self._insert(
+            _SCHEDULE_CLAIMED, kind, now, message_id, data, dedup_key, worker=worker, until=until
+        )
+        job_id = inserted.scalar_one()
         return ClaimedJob(int(job_id), kind, message_id, data, 1, now, until)
 
     def claim_due(

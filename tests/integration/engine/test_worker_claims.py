@@ -45,6 +45,20 @@ class Watched(Wakeup):
             return self._counted.wait_for(lambda: self._entered >= times, TIMEOUT)
 
 
+def _count_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many jobs each claim took, in order."""
+    claims: list[int] = []
+    original_claim = JobRepository.claim_due
+
+    def counting_claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
+        jobs = original_claim(self, *args, **kwargs)
+        claims.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(JobRepository, "claim_due", counting_claim)
+    return claims
+
+
 def _schedule(store: Store, wakeup: Wakeup) -> None:
     with store.unit_of_work() as uow:
         uow.jobs.schedule(KIND, utcnow() - timedelta(seconds=1))
@@ -55,13 +69,7 @@ def _schedule(store: Store, wakeup: Wakeup) -> None:
 def test_no_empty_claim_after_a_short_batch_and_no_lost_notice(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    claims: list[int] = []
-    original_claim = JobRepository.claim_due
-
-    def counting_claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
-        jobs = original_claim(self, *args, **kwargs)
-        claims.append(len(jobs))
-        return jobs
+    claims = _count_claims(monkeypatch)
 
     handled: list[int] = []
     handled_once = threading.Event()
@@ -74,7 +82,6 @@ def test_no_empty_claim_after_a_short_batch_and_no_lost_notice(
         handled.append(job.id)
         (handled_twice if handled_once.is_set() else handled_once).set()
 
-    monkeypatch.setattr(JobRepository, "claim_due", counting_claim)
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
     wakeup = Watched()
     ctx = cast(EngineContext, SimpleNamespace(store=store, clock=utcnow, wakeup=wakeup))
@@ -108,13 +115,7 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = pair.gp
-    claims: list[int] = []
-    original_claim = JobRepository.claim_due
-
-    def counting_claim(self: JobRepository, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
-        jobs = original_claim(self, *args, **kwargs)
-        claims.append(len(jobs))
-        return jobs
+    claims = _count_claims(monkeypatch)
 
     seen: list[tuple[int, str | None]] = []
     done = threading.Semaphore(0)
@@ -131,7 +132,6 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
             uow.commit()
         done.release()
 
-    monkeypatch.setattr(JobRepository, "claim_due", counting_claim)
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
     ctx.clock = utcnow
     ctx.wakeup = Watched()
