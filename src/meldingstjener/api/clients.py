@@ -109,11 +109,11 @@ def revoke_client(store: Store, name: str) -> ClientInfo:
         return _info(row)
 
 
-def find_by_key(store: Store, key: str) -> ClientInfo | None:
-    """The active client holding ``key``, or None."""
+def _find_by_hash(store: Store, key_hash: str) -> ClientInfo | None:
+    """The active client whose key hashes to ``key_hash``, or None."""
     with store.unit_of_work() as uow:
         row = uow.session.scalars(
-            select(ApiClientRow).where(ApiClientRow.key_hash == hash_key(key))
+            select(ApiClientRow).where(ApiClientRow.key_hash == key_hash)
         ).first()
         if row is None or row.revoked_at is not None:
             return None
@@ -144,14 +144,14 @@ class ClientCache:
             return len(self._entries)
 
     def find(self, key: str) -> ClientInfo | None:
-        """The active client holding ``key``, or None (as :func:`find_by_key`)."""
+        """The active client holding ``key``, or None (read from the store when not kept)."""
         key_hash = hash_key(key)
         generation = self._generation()
         with self._lock:
             entry = self._entries.get(key_hash)
         if entry is not None and entry[1] == generation and entry[2] > self.monotonic():
             return entry[0]
-        client = find_by_key(self.store, key)
+        client = _find_by_hash(self.store, key_hash)
         if client is not None:
             with self._lock:
                 if len(self._entries) >= KEY_CACHE_ENTRIES:

@@ -9,6 +9,7 @@ document is read, encoded and sent in pieces with its length announced up front,
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -36,13 +37,12 @@ def _pieces(document: BinaryIO) -> Iterator[bytes]:
 
 def business_document_response(document: BinaryIO) -> Response:
     """The response for an open document file (closed when the response is done with it)."""
-    first = document.read(PIECE)
-    if len(first) < PIECE:  # all of it: one piece, answered at once
-        document.close()
-        return Response(_HEAD + base64.b64encode(first) + _TAIL, media_type="application/json")
-    document.seek(0)
-    size = document.seek(0, 2)
-    document.seek(0)
+    size = os.fstat(document.fileno()).st_size
+    if size <= PIECE:  # one piece: answered at once
+        with document:
+            return Response(
+                _HEAD + base64.b64encode(document.read()) + _TAIL, media_type="application/json"
+            )
     return StreamingResponse(
         _pieces(document),
         media_type="application/json",

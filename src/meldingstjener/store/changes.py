@@ -7,6 +7,9 @@ process has changed. Every committed INSERT, UPDATE or DELETE on a
 watched table, by any :class:`~meldingstjener.store.database.Database` of the same URL in this
 process, moves the table's generation on; a cache compares generations before it trusts an entry.
 Changes made by other processes (an operator's CLI) are seen when the cache's time runs out.
+
+The same listener notes whether a transaction wrote anything at all (``wrote_in_transaction``),
+which decides how a unit of work that was not committed ends.
 """
 
 from __future__ import annotations
@@ -22,10 +25,20 @@ CLIENT_TABLES = ("api_clients",)
 WATCHED = PARTNER_TABLES + CLIENT_TABLES
 _WRITES = ("insert", "update", "delete")
 _INFO_KEY = "meldingstjener.touched"
+_WROTE = "meldingstjener.wrote"
 
 _lock = threading.Lock()
 _generations: dict[tuple[str, str], int] = {}
 _pending = threading.local()
+
+
+def wrote_in_transaction(connection: Any) -> bool:
+    """Whether a statement other than a SELECT ran on ``connection`` in the open transaction.
+
+    A unit of work that only read ends with COMMIT instead of ROLLBACK (see ``UnitOfWork``):
+    psycopg drops its prepared statements on every rollback, so reads ended by rollbacks kept the
+    hot path's statements from ever being prepared."""
+    return bool(connection.info.get(_WROTE))
 
 
 def generation(url: str, tables: tuple[str, ...] = PARTNER_TABLES) -> int:
@@ -57,6 +70,11 @@ def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
         _executemany: bool,
     ) -> None:
         head = statement.lstrip()[:6].lower()
+        if head == "select":
+            return
+        # Anything but a SELECT counts as written for the unit of work's ending (see
+        # ``wrote_in_transaction``); only INSERT/UPDATE/DELETE can touch a watched table.
+        connection.info[_WROTE] = True
         if head not in _WRITES:
             return
         touched = {table for table in WATCHED if table in statement}
@@ -64,6 +82,7 @@ def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
             connection.info.setdefault(_INFO_KEY, set()).update(touched)
 
     def on_commit(connection: Any) -> None:
+        connection.info.pop(_WROTE, None)
         touched = connection.info.pop(_INFO_KEY, None)
         if touched:
             _bump(url, touched)
@@ -76,6 +95,7 @@ def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
             _bump(url, touched)
 
     def after_rollback(connection: Any) -> None:
+        connection.info.pop(_WROTE, None)
         connection.info.pop(_INFO_KEY, None)
 
     event.listen(engine, "after_cursor_execute", after_execute)

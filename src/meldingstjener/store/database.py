@@ -28,30 +28,6 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-_WROTE = "meldingstjener.wrote"
-
-
-def wrote_in_transaction(connection: Any) -> bool:
-    """Whether a statement other than a SELECT ran on ``connection`` in the open transaction."""
-    return bool(connection.info.get(_WROTE))
-
-
-def _track_writes(engine: Engine) -> None:
-    # A unit of work that only read ends with COMMIT instead of ROLLBACK (see UnitOfWork): psycopg
-    # discards its prepared statements on every rollback, so reads ended by rollbacks kept every
-    # statement of the hot path from ever being prepared. This flag tells the two cases apart.
-    def after_execute(connection: Any, _c: Any, statement: str, *_rest: Any) -> None:
-        if not connection.info.get(_WROTE) and statement.lstrip()[:6].upper() != "SELECT":
-            connection.info[_WROTE] = True
-
-    def transaction_ended(connection: Any) -> None:
-        connection.info.pop(_WROTE, None)
-
-    event.listen(engine, "after_cursor_execute", after_execute)
-    event.listen(engine, "commit", transaction_ended)
-    event.listen(engine, "rollback", transaction_ended)
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # The pysqlite driver opens transactions lazily; we take control so that BEGIN happens
     # when SQLAlchemy asks for it (see _sqlite_begin) and the pragmas run outside a transaction.
@@ -91,7 +67,6 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
-        _track_writes(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         changes.watch(self.engine, self.sessions, self.url)
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of

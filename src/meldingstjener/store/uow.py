@@ -32,7 +32,8 @@ from sqlalchemy.sql.selectable import TextualSelect
 
 from meldingstjener.model import Direction, check_transition, initial_status
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.database import Database, wrote_in_transaction
+from meldingstjener.store.changes import wrote_in_transaction
+from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.tables import (
     AgreementRow,
