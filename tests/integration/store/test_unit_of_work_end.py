@@ -30,6 +30,9 @@ def _prepared_here(store: Store) -> int:
 def test_reads_without_commit_keep_prepared_statements(postgres_url: str, tmp_path: Path) -> None:
     database = Database(postgres_url, pool_size=1)
     upgrade(database)
+    # the migration may have opened a second connection; from here on the reads must all run
+    # on one (the pool hands connections out in turn), as prepared statements are per connection
+    database.engine.dispose()
     store = Store(database, PayloadStore(tmp_path / "payloads"))
     for _ in range(USES_BEFORE_PREPARED + 1):
         with store.unit_of_work() as uow:  # left without commit, as every read is
