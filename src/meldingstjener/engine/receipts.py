@@ -504,16 +504,18 @@ def apply_incoming_apprec(
     uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
 
 
-def schedule_apprec_deadline(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
+def schedule_apprec_deadline(
+    ctx: EngineContext, uow: UnitOfWork, message_id: str, msg_type: str | None
+) -> None:
     """After a transport receipt, expect an AppRec within the deadline for its message type."""
-    if row.msg_type == APPREC:
+    if msg_type == APPREC:
         return  # an AppRec is never answered with an AppRec
-    deadline = ctx.policy.apprec_deadline(row.msg_type)
+    deadline = ctx.policy.apprec_deadline(msg_type)
     uow.jobs.schedule(
         APPREC_DEADLINE,
         ctx.clock() + deadline,
-        message_id=row.id,
-        dedup_key=f"{APPREC_DEADLINE}:{row.id}",
+        message_id=message_id,
+        dedup_key=f"{APPREC_DEADLINE}:{message_id}",
     )
 
 

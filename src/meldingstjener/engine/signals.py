@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
 from meldingstjener.store.tables import ReceiptRow
-from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,10 @@ def handle_incoming(
         check = verify_ebxml_envelope(
             root, {}, certificate=certificate, allow_sha1=ctx.policy.allow_sha1
         )
-        row = uow.messages.by_ebxml_id(Direction.OUTBOUND, ref, for_update=True) if ref else None
-        if row is None:
+        # every sent message gets its Acknowledgment here: its state is read and written
+        # without the ORM (lock_state); the rare MessageError loads the whole row
+        state = uow.messages.lock_state_by_ebxml_id(Direction.OUTBOUND, ref) if ref else None
+        if state is None:
             uow.events.record(
                 None,
                 EventKind.SIGNAL_IN,
@@ -128,7 +130,7 @@ def handle_incoming(
         )
         if certificate is None or not check.valid or problem is not None:
             uow.events.record(
-                row.id,
+                state.id,
                 EventKind.ERROR,
                 actor=f"{channel}:{sender}",
                 code="SecurityFailure",
@@ -139,85 +141,112 @@ def handle_incoming(
             )
             uow.commit()
             return
-        possible = allowed_next(Direction.OUTBOUND, row.status)
         if envelope.is_acknowledgment:
-            uow.receipts.add(
-                ReceiptRow(
-                    message_id=row.id,
-                    kind=kind,
-                    direction="in",
-                    at=now,
-                    ebxml_message_id=header.message_id,
-                    ref_to_message_id=ref,
-                )
-            )
-            if OutboundStatus.TRANSPORT_ACKNOWLEDGED.value in possible:
-                late = row.status == OutboundStatus.NOT_DELIVERED.value
-                uow.messages.set_status(
-                    row,
-                    OutboundStatus.TRANSPORT_ACKNOWLEDGED.value,
-                    actor=f"{channel}:{sender}",
-                    detail="Acknowledgment received"
-                    + (" after the message was given up; check the alert" if late else ""),
-                    at=now,
-                )
-                uow.jobs.cancel_for_message(row.id)
-                schedule_apprec_deadline(ctx, uow, row)
-            else:
-                uow.events.record(
-                    row.id,
-                    EventKind.SIGNAL_IN,
-                    actor=f"{channel}:{sender}",
-                    detail=f"Acknowledgment received again (status stays {row.status})",
-                    ebxml_message_id=header.message_id,
-                    at=now,
-                )
+            _apply_acknowledgment(ctx, uow, state, header.message_id, f"{channel}:{sender}", now)
         else:
-            errors = envelope.error_list.errors if envelope.error_list else ()
-            codes = [
-                {
-                    "code": str(e.code),
-                    "severity": str(e.severity),
-                    "location": e.location,
-                    "description": e.description,
-                }
-                for e in errors
-            ]
-            text = "; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors)
-            uow.receipts.add(
-                ReceiptRow(
-                    message_id=row.id,
-                    kind=kind,
-                    direction="in",
-                    at=now,
-                    ebxml_message_id=header.message_id,
-                    ref_to_message_id=ref,
-                    error_codes=codes,
-                    description=text,
-                )
-            )
-            first_code = str(errors[0].code) if errors else "Unknown"
-            if OutboundStatus.TRANSPORT_ERROR.value in possible:
-                uow.messages.set_status(
-                    row,
-                    OutboundStatus.TRANSPORT_ERROR.value,
-                    actor=f"{channel}:{sender}",
-                    code=first_code,
-                    detail=f"MessageError from {sender}: {text}",
-                    at=now,
-                )
-                uow.jobs.cancel_for_message(row.id)
-            raise_alert(
-                uow,
-                AlertKind.MESSAGE_ERROR_RECEIVED,
-                f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
-                f"{first_code}: {text}. Correct the cause and resend, or deliver the content "
-                "another way.",
-                at=now,
-                message_id=row.id,
-                partner_her_id=sender,
-            )
+            _apply_message_error(ctx, uow, state.id, envelope, f"{channel}:{sender}", now)
         uow.commit()
+
+
+def _apply_acknowledgment(
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    state: MessageState,
+    signal_id: str,
+    actor: str,
+    now: datetime,
+) -> None:
+    uow.receipts.insert(
+        ReceiptRow(
+            message_id=state.id,
+            kind="acknowledgment",
+            direction="in",
+            at=now,
+            ebxml_message_id=signal_id,
+            ref_to_message_id=state.ebxml_message_id,
+        )
+    )
+    if OutboundStatus.TRANSPORT_ACKNOWLEDGED.value in allowed_next(
+        Direction.OUTBOUND, state.status
+    ):
+        late = state.status == OutboundStatus.NOT_DELIVERED.value
+        uow.messages.change_state(
+            state,
+            status=OutboundStatus.TRANSPORT_ACKNOWLEDGED.value,
+            actor=actor,
+            detail="Acknowledgment received"
+            + (" after the message was given up; check the alert" if late else ""),
+            at=now,
+        )
+        uow.jobs.cancel_for_message(state.id)
+        schedule_apprec_deadline(ctx, uow, state.id, state.msg_type)
+    else:
+        uow.events.record(
+            state.id,
+            EventKind.SIGNAL_IN,
+            actor=actor,
+            detail=f"Acknowledgment received again (status stays {state.status})",
+            ebxml_message_id=signal_id,
+            at=now,
+        )
+
+
+def _apply_message_error(
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    message_id: str,
+    envelope: Envelope,
+    actor: str,
+    now: datetime,
+) -> None:
+    row = uow.messages.get(message_id)
+    assert row is not None  # locked by the caller
+    header = envelope.header
+    sender = header.from_party.her_id
+    errors = envelope.error_list.errors if envelope.error_list else ()
+    codes = [
+        {
+            "code": str(e.code),
+            "severity": str(e.severity),
+            "location": e.location,
+            "description": e.description,
+        }
+        for e in errors
+    ]
+    text = "; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors)
+    uow.receipts.add(
+        ReceiptRow(
+            message_id=row.id,
+            kind="message-error",
+            direction="in",
+            at=now,
+            ebxml_message_id=header.message_id,
+            ref_to_message_id=row.ebxml_message_id,
+            error_codes=codes,
+            description=text,
+        )
+    )
+    first_code = str(errors[0].code) if errors else "Unknown"
+    if OutboundStatus.TRANSPORT_ERROR.value in allowed_next(Direction.OUTBOUND, row.status):
+        uow.messages.set_status(
+            row,
+            OutboundStatus.TRANSPORT_ERROR.value,
+            actor=actor,
+            code=first_code,
+            detail=f"MessageError from {sender}: {text}",
+            at=now,
+        )
+        uow.jobs.cancel_for_message(row.id)
+    raise_alert(
+        uow,
+        AlertKind.MESSAGE_ERROR_RECEIVED,
+        f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
+        f"{first_code}: {text}. Correct the cause and resend, or deliver the content "
+        "another way.",
+        at=now,
+        message_id=row.id,
+        partner_her_id=sender,
+    )
 
 
 # --- outgoing signals ------------------------------------------------------------------------
@@ -239,7 +268,7 @@ def queue_signal(
 ) -> ReceiptRow:
     """Store a signal and a job that sends it (in the caller's transaction)."""
     wire_ref = ctx.store.payloads.put(wire.body)
-    receipt = uow.receipts.add(
+    receipt = uow.receipts.insert(  # written at once: the job needs its id
         ReceiptRow(
             message_id=message_id,
             kind=kind,
@@ -253,7 +282,6 @@ def queue_signal(
             error_codes=error_codes,
         )
     )
-    uow.session.flush()
     schedule_send(ctx, uow, receipt, endpoint=endpoint, channel=channel, partner=partner_her_id)
     return receipt
 

@@ -17,7 +17,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ ACK_TIMEOUT = "ack-timeout"
 _SENDABLE = {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
 
 
-def _next_attempt(row: MessageRow, partner: Partner, now: datetime) -> datetime | None:
+def _next_attempt(
+    row: MessageRow | MessageState, partner: Partner, now: datetime
+) -> datetime | None:
     """When to try again, or None when the agreement allows no more attempts."""
     if row.attempts > partner.retries:
         return None
@@ -100,26 +102,30 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     except TransportFailure as failure:
         _failed(ctx, job, partner, failure, now)
         return None
+    # every message passes here: its state is read and written without the ORM (lock_state)
     with ctx.store.unit_of_work() as uow:
-        row = uow.messages.get(str(job.message_id), for_update=True)
-        assert row is not None
-        row.attempts += 1
+        state = uow.messages.lock_state(str(job.message_id))
+        assert state is not None
+        attempts = state.attempts + 1
         uow.events.record(
-            row.id,
+            state.id,
             EventKind.ATTEMPT,
             actor="worker",
-            detail=f"attempt {row.attempts} delivered to {partner.endpoint}",
-            ebxml_message_id=row.ebxml_message_id,
+            detail=f"attempt {attempts} delivered to {partner.endpoint}",
+            ebxml_message_id=state.ebxml_message_id,
             at=now,
         )
-        if row.status in _SENDABLE:
-            uow.messages.set_status(row, OutboundStatus.SENT.value, actor="worker", at=now)
-        uow.jobs.finish(job.id)
-        if row.status == OutboundStatus.SENT.value:
-            due = _next_attempt(row, partner, now) or (now + partner.retry_interval)
-            uow.jobs.schedule(
-                ACK_TIMEOUT, due, message_id=row.id, dedup_key=f"{ACK_TIMEOUT}:{row.id}"
+        sent = OutboundStatus.SENT.value if state.status in _SENDABLE else state.status
+        state = uow.messages.change_state(
+            state, status=sent, attempts=attempts, actor="worker", at=now
+        )
+        if state.status == OutboundStatus.SENT.value:
+            due = _next_attempt(state, partner, now) or (now + partner.retry_interval)
+            uow.jobs.finish_and_schedule(
+                job.id, ACK_TIMEOUT, due, message_id=state.id, dedup_key=f"{ACK_TIMEOUT}:{state.id}"
             )
+        else:
+            uow.jobs.finish(job.id)
         uow.alerts.resolve(f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}", at=now)
         uow.commit()
     return result

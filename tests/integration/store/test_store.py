@@ -267,3 +267,108 @@ def test_a_restarted_instance_takes_back_its_own_claims(store: Store) -> None:
     with store.unit_of_work() as uow:  # host-b's claim stands; host-a's are free at once
         again = uow.jobs.claim_due("host-a:8080/0", now=T0, limit=10, lease=lease)
         assert sorted(job.data["n"] for job in again if job.data) == [0, 1]
+
+
+def test_a_state_change_without_the_orm_is_checked_and_logged_like_set_status(
+    store: Store,
+) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="api:epj", at=T0)
+        uow.commit()
+    later = T0 + timedelta(minutes=1)
+    with store.unit_of_work() as uow:
+        state = uow.messages.lock_state(row.id)
+        assert state is not None and (state.status, state.attempts) == ("accepted", 0)
+        state = uow.messages.change_state(
+            state, status="sent", attempts=1, actor="worker", detail="sent", at=later
+        )
+        uow.commit()
+    with store.unit_of_work() as uow:  # the attempt count alone leaves the status time
+        found = uow.messages.lock_state_by_ebxml_id(Direction.OUTBOUND, "m-1@example")
+        assert found == state
+        uow.messages.change_state(found, attempts=2, actor="worker", at=later + timedelta(hours=1))
+        with pytest.raises(IllegalTransition):
+            uow.messages.change_state(found, status="accepted", actor="worker")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        stored = uow.messages.get(row.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.status_changed_at) == ("sent", 2, later)
+        assert stored.updated_at == later + timedelta(hours=1)
+        events = uow.events.for_message(row.id)
+        assert uow.messages.lock_state("no-such-message") is None
+        assert uow.messages.lock_state_by_ebxml_id(Direction.INBOUND, "m-1@example") is None
+    assert [(e.from_status, e.to_status, e.detail) for e in events] == [
+        (None, "accepted", None),
+        ("accepted", "sent", "sent"),
+    ]
+
+
+def test_a_finished_job_becomes_the_next_job_of_its_message(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        first = uow.messages.add(outbound(), actor="t")
+        second = uow.messages.add(outbound(ebxml_message_id="m-2@example"), actor="t")
+        for row in (first, second):
+            uow.jobs.schedule("transmit", T0, message_id=row.id, dedup_key=f"transmit:{row.id}")
+        # the second message has its next job already: that one is moved, not doubled
+        uow.jobs.schedule(
+            "ack-timeout",
+            T0 + timedelta(hours=1),
+            message_id=second.id,
+            dedup_key=f"ack:{second.id}",
+        )
+        uow.commit()
+    lease = timedelta(minutes=2)
+    with store.unit_of_work() as uow:
+        claimed = uow.jobs.claim_due("w1", now=T0, limit=10, lease=lease)
+        uow.commit()
+    transmits = {job.message_id: job for job in claimed if job.kind == "transmit"}
+    due = T0 + timedelta(minutes=30)
+    with store.unit_of_work() as uow:
+        for row in (first, second):
+            uow.jobs.finish_and_schedule(
+                transmits[row.id].id,
+                "ack-timeout",
+                due,
+                message_id=row.id,
+                dedup_key=f"ack:{row.id}",
+            )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.jobs.count() == 2 and uow.jobs.next_due() == due
+        assert uow.jobs.claim_due("w2", now=due - timedelta(seconds=1), limit=10, lease=lease) == []
+        again = uow.jobs.claim_due("w2", now=due, limit=10, lease=lease)
+        uow.commit()
+    assert sorted((job.kind, job.message_id, job.attempts) for job in again) == sorted(
+        [("ack-timeout", first.id, 1), ("ack-timeout", second.id, 1)]
+    )
+
+
+def test_a_transport_receipt_is_written_at_once_with_its_id(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="t")  # not flushed yet: the receipt waits for it
+        receipt_id = uow.receipts.insert(
+            ReceiptRow(
+                message_id=row.id,
+                kind="message-error",
+                direction="out",
+                at=T0,
+                ebxml_message_id="error-1@example",
+                ref_to_message_id="m-1@example",
+                error_codes=[{"code": "SecurityFailure"}],
+                description="for 01017012345: the signature did not verify",
+                wire_ref="wire-1",
+                wire_content_type="multipart/related",
+            )
+        ).id
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [receipt] = uow.receipts.for_message(row.id)
+    assert (receipt.id, receipt.kind, receipt.at, receipt.wire_ref, receipt.error_codes) == (
+        receipt_id,
+        "message-error",
+        T0,
+        "wire-1",
+        [{"code": "SecurityFailure"}],
+    )
+    assert receipt.description is not None and "01017012345" not in receipt.description
