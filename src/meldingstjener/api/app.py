@@ -65,6 +65,8 @@ def create_app(
     app.add_middleware(
         BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
     )
+    app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
+    app.include_router(ops_router(ctx, auth))
 
     @app.get("/health", summary="Liveness and database reachability")
     def health() -> dict[str, object]:
@@ -112,10 +114,6 @@ def create_app(
             )
         return Response(status_code=200)
 
-    # after /ebms: routes are matched in order, and every message passes /ebms (twice, with
-    # its Acknowledgment) while the APIs have some forty routes
-    app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
-    app.include_router(ops_router(ctx, auth))
     return app
 
 

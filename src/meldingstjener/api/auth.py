@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from meldingstjener.api.clients import ClientCache, ClientInfo
+from meldingstjener.api.clients import ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.uow import Store
@@ -42,22 +42,23 @@ class Authenticator:
         self._jwks_client: Any = None
 
     def principal(self, request: Request) -> Principal:
-        """The caller, or :class:`ApiProblem` 401. May read the store or the token issuer."""
-        credential = _required_credential(request)
-        client = self.clients.find(credential)
-        if client is not None:
-            return _client_principal(client, request)
+        credential = _credential(request)
+        if credential is None:
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "no credentials: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
+            )
         person = _person(request.headers.get("x-person"))
         source = request.headers.get("nhn-source-system", "")[:128] or None
+        client = self.clients.find(credential)
+        if client is not None:
+            return Principal(
+                client.name, person, frozenset(client.scopes), frozenset(client.her_ids), source
+            )
         if self.settings.jwt_issuer and credential.count(".") == 2:
             return self._from_jwt(credential, person, source)
         raise ApiProblem(401, "unauthenticated", "the key or token is not valid (or revoked)")
-
-    def kept_principal(self, request: Request) -> Principal | None:
-        """:meth:`principal` when it needs no I/O (a key this process keeps), so the event loop
-        may answer it; None when :meth:`principal` must be asked."""
-        client = self.clients.kept(_required_credential(request))
-        return None if client is None else _client_principal(client, request)
 
     def _from_jwt(self, token: str, person: str | None, source: str | None) -> Principal:
         import jwt  # PyJWT; needed only when a JWT issuer is configured
@@ -99,27 +100,6 @@ class Authenticator:
                 self._jwks_client = jwt.PyJWKClient(self.settings.jwt_jwks_url)
             return self._jwks_client.get_signing_key_from_jwt(token).key
         raise ValueError("no key configured for the JWT issuer")
-
-
-def _client_principal(client: ClientInfo, request: Request) -> Principal:
-    return Principal(
-        client.name,
-        _person(request.headers.get("x-person")),
-        frozenset(client.scopes),
-        frozenset(client.her_ids),
-        request.headers.get("nhn-source-system", "")[:128] or None,
-    )
-
-
-def _required_credential(request: Request) -> str:
-    credential = _credential(request)
-    if credential is None:
-        raise ApiProblem(
-            401,
-            "unauthenticated",
-            "no credentials: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
-        )
-    return credential
 
 
 def _credential(request: Request) -> str | None:

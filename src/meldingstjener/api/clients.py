@@ -139,18 +139,6 @@ class ClientCache:
     def _generation(self) -> int:
         return changes.generation(self.store.database.url, changes.CLIENT_TABLES)
 
-    def kept(self, key: str) -> ClientInfo | None:
-        """The client of ``key`` if it is kept and still valid, without reading the store
-        (None: not known here, :meth:`find` must ask the store)."""
-        return self._kept(hash_key(key), self._generation())
-
-    def _kept(self, key_hash: str, generation: int) -> ClientInfo | None:
-        with self._lock:
-            entry = self._entries.get(key_hash)
-        if entry is not None and entry[1] == generation and entry[2] > self.monotonic():
-            return entry[0]
-        return None
-
     def size(self) -> int:
         with self._lock:
             return len(self._entries)
@@ -159,9 +147,10 @@ class ClientCache:
         """The active client holding ``key``, or None (read from the store when not kept)."""
         key_hash = hash_key(key)
         generation = self._generation()
-        kept = self._kept(key_hash, generation)
-        if kept is not None:
-            return kept
+        with self._lock:
+            entry = self._entries.get(key_hash)
+        if entry is not None and entry[1] == generation and entry[2] > self.monotonic():
+            return entry[0]
         client = _find_by_hash(self.store, key_hash)
         if client is not None:
             with self._lock:

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
@@ -499,13 +498,8 @@ def _check_overrides(body: PostMessageRequest) -> None:
 def edi2_router(ops: Edi2) -> APIRouter:
     router = APIRouter(tags=["Messages (EDI 2.0)"], responses=ERRORS)
 
-    async def who(request: Request) -> Principal:
-        # a kept key is answered on the event loop: a thread hand-over per request less
-        kept = ops.auth.kept_principal(request)
-        if kept is not None:
-            return kept
-        principal: Principal = await run_in_threadpool(ops.auth.principal, request)
-        return principal
+    def who(request: Request) -> Principal:
+        return ops.auth.principal(request)
 
     Who = Annotated[Principal, Depends(who)]
 

@@ -68,20 +68,3 @@ def test_unknown_keys_fill_no_memory(store: Store) -> None:
     for attempt in range(50):
         assert cache.find(f"mtk_guess-{attempt}") is None
     assert cache.size() == 0
-
-
-def test_the_event_loop_answer_comes_only_from_a_valid_kept_key(store: Store) -> None:
-    """``kept`` never reads the store: None means "ask find", never "refused"."""
-    clock = FakeMonotonic()
-    cache = ClientCache(store, seconds=5, monotonic=clock)
-    _, key = add_client(store, "epj", ["send"], ["8100001"])
-    assert cache.kept(key) is None  # not read yet
-    assert cache.find(key) is not None
-    kept = cache.kept(key)
-    assert kept is not None and kept.name == "epj"
-    clock.now += 6
-    assert cache.kept(key) is None  # its time ran out
-    assert cache.find(key) is not None
-    revoke_client(store, "epj")
-    assert cache.kept(key) is None  # a change by this process voids it at once
-    assert cache.find(key) is None
