@@ -20,7 +20,7 @@ from meldingstjener import __version__
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
 from meldingstjener.security.validation import CertificateValidator
-from meldingstjener.store.uow import ClaimedJob, Store, UnitOfWork
+from meldingstjener.store.uow import ClaimedJob, SendingView, Store, UnitOfWork
 from meldingstjener.transport.base import Transport
 
 
@@ -150,10 +150,12 @@ class EngineContext:
         message_id: str | None = None,
         data: dict[str, Any] | None = None,
         dedup_key: str | None = None,
+        sending: SendingView | None = None,
     ) -> None:
         """Schedule work due now: handed to this process's workers after the commit when they
         have room (:class:`Handoff`), else stored for any worker to claim. Callers tell the
-        workers afterwards with :meth:`notify_workers`."""
+        workers afterwards with :meth:`notify_workers`. ``sending`` goes with a handed-over
+        transmit job (see :class:`ClaimedJob`)."""
         handoff = self.handoff
         waiting = self.wakeup.handed_count() + uow.jobs.stored_claimed  # incl. this transaction's
         if handoff is None or waiting >= handoff.capacity:
@@ -169,6 +171,7 @@ class EngineContext:
             message_id=message_id,
             data=data,
             dedup_key=dedup_key,
+            sending=sending,
         )
         uow.after_commit(lambda: self.wakeup.hand_over(job))
 

@@ -31,7 +31,7 @@ from meldingstjener.registry.agreements import NotAgreed
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.payloads import PayloadSource, source_size
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import UnitOfWork
+from meldingstjener.store.uow import SendingView, UnitOfWork
 
 PAYLOAD_CONTENT_TYPE = payload_io.PAYLOAD_CONTENT_TYPE
 MAX_PAYLOAD_BYTES = 35 * 1024 * 1024
@@ -155,7 +155,24 @@ def submit(
         uow.messages.add(
             row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
         )
-        ctx.schedule_now(uow, TRANSMIT, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+        # a new message cannot have changed before its first send: the worker is told what
+        # it would otherwise read back
+        sending = SendingView(
+            row.id,
+            row.status,
+            sender_her,
+            receiver_her,
+            wire_ref.key,
+            content_type,
+            header.message_id,
+        )
+        ctx.schedule_now(
+            uow,
+            TRANSMIT,
+            message_id=row.id,
+            dedup_key=f"{TRANSMIT}:{row.id}",
+            sending=sending,
+        )
         if on_stored is not None:
             on_stored(uow, row)
         elif message.msg_type == APPREC:

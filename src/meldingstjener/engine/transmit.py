@@ -66,8 +66,8 @@ def _give_up(
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     """Send (or resend) one message. Returns the transport's result when it was delivered."""
     now = ctx.clock()
-    with ctx.store.unit_of_work() as uow:
-        view = uow.messages.sending_view(str(job.message_id))
+    with ctx.store.unit_of_work() as uow:  # no statement at all for a handed-over new message
+        view = job.sending or uow.messages.sending_view(str(job.message_id))
         if view is None or view.status not in _SENDABLE | {OutboundStatus.SENT.value}:
             uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
             uow.commit()

@@ -582,6 +582,9 @@ class ClaimedJob:
     attempts: int
     due_at: datetime
     claimed_until: datetime | None = None  # known when it was stored claimed (handed over)
+    # a transmit job handed over by the process that has just stored its message carries what
+    # the send would otherwise read back (kept in memory only, never stored)
+    sending: SendingView | None = None
 
 
 def _job_sql(sql: str, **types: str) -> TextClause:
@@ -705,6 +708,7 @@ class JobRepository:
         message_id: str | None = None,
         data: dict[str, Any] | None = None,
         dedup_key: str | None = None,
+        sending: SendingView | None = None,
     ) -> ClaimedJob:
         """Store work due now already claimed by ``worker`` until ``now + lease``, as if it had
         been stored and then claimed: the caller hands it to its own worker after commit, which
@@ -717,7 +721,7 @@ class JobRepository:
             _SCHEDULE_CLAIMED, kind, now, message_id, data, dedup_key, worker=worker, until=until
         )
         job_id = inserted.scalar_one()
-        return ClaimedJob(int(job_id), kind, message_id, data, 1, now, until)
+        return ClaimedJob(int(job_id), kind, message_id, data, 1, now, until, sending)
 
     def claim_due(
         self, worker: str, *, now: datetime, limit: int, lease: timedelta

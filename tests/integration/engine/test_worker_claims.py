@@ -214,3 +214,35 @@ def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair
         )
         uow.commit()
     assert job.kind == KIND and job.attempts == 2
+
+
+def test_a_handed_over_send_carries_what_it_would_read_and_reads_nothing(pair: Pair) -> None:
+    from sqlalchemy import event
+
+    from meldingstjener.devsites import dialog_note
+    from meldingstjener.engine.outbound import submit
+    from meldingstjener.engine.transmit import transmit_job
+
+    ctx = pair.gp
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    message_id = submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "Hei"), actor="test")
+    [job] = ctx.wakeup.take_handed(10)
+    with ctx.store.unit_of_work() as uow:
+        assert job.sending is not None
+        assert job.sending == uow.messages.sending_view(message_id)  # what the store says
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    engine = ctx.store.database.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert transmit_job(ctx, job) is not None
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert pair.network.sent  # sent to the hospital
+    # one transaction (SQLite: BEGIN IMMEDIATE), after the send: its one read is the lock
+    assert statements.count("BEGIN") == 1 and statements.count("SELECT") == 1
+    assert statements[:2] == ["BEGIN", "SELECT"]
+    assert pair.message(ctx, message_id).status == "sent"
