@@ -1,8 +1,9 @@
 """Unit of work and repositories: "store + record event" as one atomic step.
 
 The engine opens a :class:`UnitOfWork`, changes messages through the repositories and commits once.
-A status change always goes through :meth:`MessageRepository.set_status`, which checks the status
-machine and writes the event row in the same transaction. Due work is claimed with
+A status change always goes through :meth:`MessageRepository.set_status` (a loaded row) or
+:meth:`MessageRepository.change_state` (the hot path, without the ORM), which check the status
+machine and write the event row in the same transaction. Due work is claimed with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several workers never take the same job; on SQLite
 every transaction starts with ``BEGIN IMMEDIATE`` and claims are serialised.
 """
@@ -182,9 +183,9 @@ class SendingView:
 
 @dataclass(frozen=True)
 class MessageState:
-    """What a status change on the hot path needs of a message (see :meth:`MessageRepository.
-    lock_state`): loading and flushing the whole 40-column row through the ORM cost the sender
-    more than twice the CPU of the statements themselves."""
+    """What a status change on the hot path needs of a message, read by
+    :meth:`MessageRepository.lock_state`: loading and flushing the whole 40-column row through
+    the ORM cost the sender more than twice the CPU of the statements themselves."""
 
     id: str
     direction: str

@@ -40,8 +40,8 @@ def test_message_lifecycle_writes_one_event_per_change(store: Store) -> None:
         uow.commit()
         message_id = row.id
     with store.unit_of_work() as uow:
-        row = uow.messages.get(message_id)
-        assert row is not None and row.status == "transport-acknowledged"
+        stored = uow.messages.get(message_id)
+        assert stored is not None and stored.status == "transport-acknowledged"
         events = uow.events.for_message(message_id)
     assert [(e.from_status, e.to_status) for e in events] == [
         (None, "accepted"),
@@ -83,13 +83,13 @@ def test_illegal_transition_raises_and_leaves_nothing(store: Store) -> None:
         uow.commit()
         message_id = row.id
     with store.unit_of_work() as uow:
-        row = uow.messages.get(message_id)
-        assert row is not None
+        loaded = uow.messages.get(message_id)
+        assert loaded is not None
         with pytest.raises(IllegalTransition):
-            uow.messages.set_status(row, "delivered", actor="test")
+            uow.messages.set_status(loaded, "delivered", actor="test")
     with store.unit_of_work() as uow:
-        row = uow.messages.get(message_id)
-        assert row is not None and row.status == "accepted"
+        stored = uow.messages.get(message_id)
+        assert stored is not None and stored.status == "accepted"
         assert len(uow.events.for_message(message_id)) == 1
 
 
