@@ -372,3 +372,21 @@ def test_a_transport_receipt_is_written_at_once_with_its_id(store: Store) -> Non
         [{"code": "SecurityFailure"}],
     )
     assert receipt.description is not None and "01017012345" not in receipt.description
+
+
+def test_a_new_message_written_ahead_of_the_orm_keeps_later_changes(store: Store) -> None:
+    """New message rows are written by a prepared INSERT at the first flush; a change after it,
+    in the same unit of work, must still reach the database (as an UPDATE)."""
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(outbound(), actor="api:epj", at=T0)
+        uow.jobs.schedule("transmit", T0, message_id=row.id)  # flushes: the row is written
+        uow.messages.set_status(row, "sent", actor="worker", at=T0 + timedelta(seconds=1))
+        row.attempts += 1
+        uow.commit()
+    with store.unit_of_work() as uow:
+        stored = uow.messages.get(row.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.created_at) == ("sent", 1, T0)
+        assert stored.status_changed_at == T0 + timedelta(seconds=1)
+        assert stored.updated_at is not None and stored.msg_id == "a1b2"
+        assert [e.to_status for e in uow.events.for_message(row.id)] == ["accepted", "sent"]
