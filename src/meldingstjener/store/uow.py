@@ -229,15 +229,12 @@ class MessageState:
     ebxml_message_id: str | None
 
 
-_STATE_COLUMNS = ("id", "direction", "status", "attempts", "expires_at", "msg_type")
+_STATE_COLUMNS = [_MESSAGE_COLUMNS[name] for name in MessageState.__dataclass_fields__]
 
 
 def _state_sql(where: str, lock: str) -> TextualSelect:
-    columns = cast(Table, MessageRow.__table__).c
-    names = (*_STATE_COLUMNS, "ebxml_message_id")
-    return text(f"SELECT {', '.join(names)} FROM messages WHERE {where} {lock}").columns(
-        *(columns[name] for name in names)
-    )
+    names = ", ".join(column.name for column in _STATE_COLUMNS)
+    return text(f"SELECT {names} FROM messages WHERE {where} {lock}").columns(*_STATE_COLUMNS)
 
 
 # SQLite needs no row lock: every unit of work holds the database's write lock (BEGIN IMMEDIATE)
@@ -249,12 +246,11 @@ _LOCK_STATE_BY_EBXML_ID = {
     dialect: _state_sql("direction = :direction AND ebxml_message_id = :ebxml_id", lock)
     for dialect, lock in (("postgresql", "FOR UPDATE"), ("sqlite", ""))
 }
-_MESSAGE_TIMES = cast(Table, MessageRow.__table__).c
 # the right-hand sides see the row as it was: status_changed_at moves only with the status
 _CHANGE_STATE = text(
     "UPDATE messages SET status_changed_at = CASE WHEN status = :status THEN status_changed_at "
     "ELSE :at END, status = :status, attempts = :attempts, updated_at = :at WHERE id = :id"
-).bindparams(bindparam("at", type_=_MESSAGE_TIMES["updated_at"].type))
+).bindparams(bindparam("at", type_=_MESSAGE_COLUMNS["updated_at"].type))
 
 
 class MessageRepository:
