@@ -318,7 +318,7 @@ def _record_signal(
 ) -> None:
     if inline or route is None:
         wire_ref = ctx.store.payloads.put(wire.body)
-        uow.receipts.insert(
+        uow.receipts.add(
             ReceiptRow(
                 message_id=row.id,
                 kind=kind,

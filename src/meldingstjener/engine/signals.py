@@ -156,7 +156,7 @@ def _apply_acknowledgment(
     actor: str,
     now: datetime,
 ) -> None:
-    uow.receipts.insert(
+    uow.receipts.add(
         ReceiptRow(
             message_id=state.id,
             kind="acknowledgment",
@@ -268,7 +268,7 @@ def queue_signal(
 ) -> ReceiptRow:
     """Store a signal and a job that sends it (in the caller's transaction)."""
     wire_ref = ctx.store.payloads.put(wire.body)
-    receipt = uow.receipts.insert(  # written at once: the job needs its id
+    receipt = uow.receipts.add(  # written at once: the job needs its id
         ReceiptRow(
             message_id=message_id,
             kind=kind,

@@ -83,6 +83,14 @@ def flush(session: Session) -> None:
     session.flush()
 
 
+def _execute_for_dialect(
+    session: Session, statements: dict[str, TextualSelect], **parameters: Any
+) -> Any:
+    """Run the statement written for this database (they differ in their row locks)."""
+    dialect = session.get_bind().dialect.name
+    return session.connection().execute(statements[dialect], parameters)
+
+
 class EventKind:
     """The kinds of entries in the message log."""
 
@@ -356,14 +364,17 @@ class MessageRepository:
     def lock_state(self, message_id: str) -> MessageState | None:
         """Read and lock (PostgreSQL: ``FOR UPDATE``) what a status change needs of a message,
         one prepared statement instead of the ORM's load of the whole row."""
-        found = self._execute(_LOCK_STATE, id=message_id).first()
+        found = _execute_for_dialect(self.session, _LOCK_STATE, id=message_id).first()
         return None if found is None else MessageState(*found)
 
     def lock_state_by_ebxml_id(
         self, direction: Direction, ebxml_message_id: str
     ) -> MessageState | None:
-        found = self._execute(
-            _LOCK_STATE_BY_EBXML_ID, direction=direction.value, ebxml_id=ebxml_message_id
+        found = _execute_for_dialect(
+            self.session,
+            _LOCK_STATE_BY_EBXML_ID,
+            direction=direction.value,
+            ebxml_id=ebxml_message_id,
         ).first()
         return None if found is None else MessageState(*found)
 
@@ -402,10 +413,6 @@ class MessageRepository:
             {"id": state.id, "status": changed.status, "attempts": changed.attempts, "at": now},
         )
         return changed
-
-    def _execute(self, statements: dict[str, TextualSelect], **parameters: Any) -> Any:
-        dialect = self.session.get_bind().dialect.name
-        return self.session.connection().execute(statements[dialect], parameters)
 
     def _log_transition(
         self,
@@ -487,14 +494,9 @@ class ReceiptRepository:
         self.session = session
 
     def add(self, row: ReceiptRow) -> ReceiptRow:
-        row.description = redact(row.description)
-        self.session.add(row)
-        return row
-
-    def insert(self, row: ReceiptRow) -> ReceiptRow:
-        """Write ``row`` at once as one prepared INSERT and set its id; the row is not tracked
-        afterwards (change it through :meth:`add`-ed rows only). Every message has a transport
-        receipt on each side, and the ORM's flush of a ReceiptRow was on that hot path."""
+        """Write ``row`` at once as one prepared INSERT and set its id (receipts are never
+        changed afterwards, so the row is not tracked). Every message has a transport receipt
+        on each side, and the ORM's flush of a ReceiptRow was on that hot path."""
         flush(self.session)  # the message row it refers to goes first
         values = {column: getattr(row, column) for column in _RECEIPT_COLUMNS}
         values["description"] = redact(values["description"])
@@ -762,8 +764,9 @@ class JobRepository:
         ``UPDATE ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` selection (PostgreSQL), so
         concurrent workers never take the same job and a claim costs one round trip.
         """
-        dialect = self.session.get_bind().dialect.name
-        rows = self._run(_CLAIM[dialect], worker=worker, until=now + lease, now=now, limit=limit)
+        rows = _execute_for_dialect(
+            self.session, _CLAIM, worker=worker, until=now + lease, now=now, limit=limit
+        )
         claimed = [ClaimedJob(*row) for row in rows]
         # RETURNING has no order: hand the jobs out oldest first, as selected
         return sorted(claimed, key=lambda job: (job.due_at, job.id))

@@ -347,7 +347,7 @@ def test_a_finished_job_becomes_the_next_job_of_its_message(store: Store) -> Non
 def test_a_transport_receipt_is_written_at_once_with_its_id(store: Store) -> None:
     with store.unit_of_work() as uow:
         row = uow.messages.add(outbound(), actor="t")  # not flushed yet: the receipt waits for it
-        receipt_id = uow.receipts.insert(
+        receipt_id = uow.receipts.add(
             ReceiptRow(
                 message_id=row.id,
                 kind="message-error",
