@@ -51,16 +51,18 @@ def namespace(element: etree._Element) -> str | None:
     return etree.QName(element).namespace
 
 
+# iterchildren(tag) rather than find(tag): the same first match, without ElementPath's parsing
+# of the tag as a path, in half the time. Every field of every message is read through these.
 def child(parent: etree._Element | None, ns: str, local: str) -> etree._Element | None:
     if parent is None:
         return None
-    return parent.find(qname(ns, local))
+    return next(parent.iterchildren(qname(ns, local)), None)
 
 
 def children(parent: etree._Element | None, ns: str, local: str) -> list[etree._Element]:
     if parent is None:
         return []
-    return parent.findall(qname(ns, local))
+    return list(parent.iterchildren(qname(ns, local)))
 
 
 def text(parent: etree._Element | None, ns: str, local: str) -> str | None:
