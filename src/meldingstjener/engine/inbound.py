@@ -401,11 +401,20 @@ def _refuse(
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 
 
+_TRANSPORT_SIGNALS = ("acknowledgment", "message-error")
+
+
 def _resend_signal(
     ctx: EngineContext, uow: UnitOfWork, original: MessageRow, envelope: Envelope, channel: str
 ) -> InboundReply:
     """A repeated eb:MessageId: not processed again; the signal we sent for it is sent again."""
-    sent = [r for r in uow.receipts.for_message(original.id) if r.direction == "out"]
+    # Only the transport signal is repeated: an AppRec or DIALOG_AVVIK recorded since is an
+    # answer of its own (a message with its own receipts), not what the sender is waiting for.
+    sent = [
+        r
+        for r in uow.receipts.for_message(original.id)
+        if r.direction == "out" and r.kind in _TRANSPORT_SIGNALS
+    ]
     signal = sent[-1] if sent else None
     now = ctx.clock()
     uow.events.record(

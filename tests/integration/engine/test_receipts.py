@@ -192,3 +192,29 @@ def test_an_apprec_document_from_the_epj_marks_the_message_it_answers(pair: Pair
     pair.run()
     assert pair.message(pair.hospital, row.id).status == "apprec-sent"
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_a_resend_after_our_apprec_gets_the_acknowledgment_again(pair: Pair) -> None:
+    # The sender missed our Acknowledgment and resends after the EPJ has answered with an
+    # AppRec: the transport signal is what it waits for, not the AppRec (a message of its own).
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    wire = pair.message(pair.gp, message_id)
+    from meldingstjener.transport.base import Delivery
+
+    pair.network.send(
+        Delivery(
+            pair.hospital_site.endpoint,
+            str(wire.wire_content_type),
+            pair.gp.store.payloads.path(str(wire.wire_ref)),
+        )
+    )
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        acks = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
+    assert len(acks) == 2 and acks[0].ebxml_message_id == acks[1].ebxml_message_id
+    with pair.hospital.store.unit_of_work() as uow:
+        [duplicate] = [e for e in uow.events.for_message(row.id) if e.code == "duplicate"]
+    assert "acknowledgment is sent again" in str(duplicate.detail)
