@@ -22,6 +22,7 @@ class AlertKind(StrEnum):
     PARTNER_UNREACHABLE = "partner-unreachable"
     SIGNAL_UNDELIVERED = "signal-undelivered"
     MAIL_QUARANTINED = "mail-quarantined"
+    APPREC_UNSENT = "apprec-unsent"
 
 
 SEVERITY = {
@@ -35,6 +36,7 @@ SEVERITY = {
     AlertKind.PARTNER_UNREACHABLE: "warning",
     AlertKind.SIGNAL_UNDELIVERED: "warning",
     AlertKind.MAIL_QUARANTINED: "error",
+    AlertKind.APPREC_UNSENT: "error",
 }
 
 

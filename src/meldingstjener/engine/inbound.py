@@ -132,6 +132,7 @@ def _receive_message(
     row.payload_sha256 = payload_ref.sha256
     row.wire_content_type = mime.headers.get("content-type")
     reply_inline = envelope.sync_reply
+    verdict = receipts.judge(ctx, message, header.to_party.her_id)
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(
@@ -149,14 +150,24 @@ def _receive_message(
                 )
             route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
             reply_inline = _inline(channel, envelope.sync_reply, route)
-            uow.messages.set_status(
-                row,
-                InboundStatus.ACKNOWLEDGED.value,
-                actor="msh",
-                detail="stored durably; Acknowledgment "
-                + ("returned in the response" if reply_inline else "queued"),
-                at=now,
+            stored = "stored durably; Acknowledgment " + (
+                "returned in the response" if reply_inline else "queued"
             )
+            if verdict is None:
+                uow.messages.set_status(
+                    row, InboundStatus.ACKNOWLEDGED.value, actor="msh", detail=stored, at=now
+                )
+            else:  # received, never acknowledged to the EPJ: the verdict job moves it on
+                codes = ", ".join(code for code, _ in verdict.errors)
+                uow.events.record(
+                    row.id,
+                    EventKind.NOTE,
+                    actor="msh",
+                    code=verdict.errors[0][0],
+                    detail=f"{stored}; the server rejects it ({codes}), its AppRec follows",
+                    at=now,
+                )
+                receipts.schedule_verdict(ctx, uow, row.id, verdict)
             _record_signal(ctx, uow, ack, "acknowledgment", row, route, reply_inline)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
@@ -167,9 +178,6 @@ def _receive_message(
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
             return _resend_signal(ctx, uow, duplicate, envelope, channel)
-    verdict = receipts.judge(ctx, message, header.to_party.her_id)
-    if verdict is not None:
-        receipts.reject_by_server(ctx, row.id, payload_io.read_all(plain), verdict)
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)

@@ -33,13 +33,16 @@ from meldingstjener.formats import (
     serialize_apprec,
 )
 from meldingstjener.formats.apprec import apprec_party_from
+from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.parties import Party
+from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
 APPREC = "APPREC"
 APPREC_DEADLINE = "apprec-deadline"
+SERVER_VERDICT = "server-verdict"
 DEFAULT_APPREC_VERSION = "1.1"
 
 _OUT_STATUS = {
@@ -325,7 +328,7 @@ def report_misaddressed(ctx: EngineContext, message_id: str, *, actor: str, reas
 
 @dataclass(frozen=True)
 class ServerVerdict:
-    """A rejection the server makes on its own after acknowledging a message."""
+    """A rejection the server makes on its own, decided before the message is stored."""
 
     status: InboundStatus
     errors: list[tuple[str, str]]
@@ -333,8 +336,54 @@ class ServerVerdict:
     alert: bool
 
 
+def schedule_verdict(
+    ctx: EngineContext, uow: UnitOfWork, message_id: str, verdict: ServerVerdict
+) -> None:
+    """Store the server's verdict with the message it judges, in the same transaction.
+
+    The message stays ``received`` (in no inbox, no webhook) until the verdict's AppRec has gone
+    and moved it on, so the EPJ never sees a message the server rejects, and a crash in between
+    leaves this job, not a message that is acknowledged but never judged.
+    """
+    ctx.schedule_now(
+        uow,
+        SERVER_VERDICT,
+        message_id=message_id,
+        data={
+            "status": verdict.status.value,
+            "errors": [list(error) for error in verdict.errors],
+            "purge": verdict.purge,
+            "alert": verdict.alert,
+        },
+        dedup_key=f"{SERVER_VERDICT}:{message_id}",
+    )
+
+
+def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    """Send the AppRec of a stored verdict and apply it; done already when the message has
+    moved on from ``received`` (the job repeated after a crash)."""
+    data = job.data or {}
+    verdict = ServerVerdict(
+        InboundStatus(data["status"]),
+        [(str(code), str(text)) for code, text in data["errors"]],
+        purge=bool(data["purge"]),
+        alert=bool(data["alert"]),
+    )
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id))
+        pending = row is not None and row.status == InboundStatus.RECEIVED.value
+        payload_ref = row.payload_ref if pending and row is not None else None
+    if payload_ref is not None:
+        original = ctx.store.payloads.read_bytes(payload_ref)
+        reject_by_server(ctx, str(job.message_id), original, verdict)
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
+        uow.commit()
+
+
 def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVerdict | None:
-    """Decide whether a stored, acknowledged message must be rejected by the server itself."""
+    """Decide whether a received message must be rejected by the server itself (before it is
+    stored: the verdict is stored with it, see ``schedule_verdict``)."""
     if message.msg_type == APPREC:
         return None
     ours = ctx.own_her_ids
@@ -364,16 +413,22 @@ def reject_by_server(
     ctx: EngineContext, message_id: str, original_payload: bytes, verdict: ServerVerdict
 ) -> str | None:
     """Send the server's own negative AppRec (E21 / T02 / X99) and apply the verdict."""
-    original = read_msghead(original_payload)
-    payload = build_apprec(
-        original,
-        status=AppRecStatus.REJECTED,
-        errors=[AppRecError.of(code, text) for code, text in verdict.errors],
-        version=DEFAULT_APPREC_VERSION,
-        software_name="meldingstjener",
-    )
-    if verdict.status is InboundStatus.MISADDRESSED_PURGED:
-        payload = _from_our_organisation(ctx, payload)
+    try:
+        # a message the lenient validator let through may still lack what an AppRec quotes
+        original = read_msghead(original_payload)
+        payload = build_apprec(
+            original,
+            status=AppRecStatus.REJECTED,
+            errors=[AppRecError.of(code, text) for code, text in verdict.errors],
+            version=DEFAULT_APPREC_VERSION,
+            software_name="meldingstjener",
+        )
+        if verdict.status is InboundStatus.MISADDRESSED_PURGED:
+            payload = _from_our_organisation(ctx, payload)
+    except (FormatError, XmlError) as exc:
+        unbuildable = AppRecRefused("apprec-unbuildable", f"the AppRec cannot be built: {exc}")
+        _rejected_without_apprec(ctx, message_id, verdict, unbuildable)
+        return None
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id)
         if verdict.alert:
@@ -401,20 +456,39 @@ def reject_by_server(
             purge=verdict.purge,
         )
     except AppRecRefused as refused:
-        with ctx.store.unit_of_work() as uow:
-            row = _inbound(uow, message_id, for_update=True)
-            uow.messages.set_status(
-                row,
-                verdict.status.value,
-                actor="msh",
-                code=refused.code,
-                detail=f"rejected, but the AppRec could not be sent: {refused.message}",
-            )
-            if verdict.purge and row.payload_ref:
-                ctx.store.payloads.delete(row.payload_ref)
-                row.payload_ref = None
-            uow.commit()
+        _rejected_without_apprec(ctx, message_id, verdict, refused)
         return None
+
+
+def _rejected_without_apprec(
+    ctx: EngineContext, message_id: str, verdict: ServerVerdict, refused: AppRecRefused
+) -> None:
+    """Apply the verdict all the same, and tell the operator: the sender holds our
+    Acknowledgment and waits for an AppRec that will not come."""
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id, for_update=True)
+        uow.messages.set_status(
+            row,
+            verdict.status.value,
+            actor="msh",
+            code=refused.code,
+            detail=f"rejected, but the AppRec could not be sent: {refused.message}",
+        )
+        if verdict.purge and row.payload_ref:
+            ctx.store.payloads.delete(row.payload_ref)
+            row.payload_ref = None
+        raise_alert(
+            uow,
+            AlertKind.APPREC_UNSENT,
+            f"message {row.id} ({row.msg_type}) from {row.from_her_id} was rejected by this "
+            f"server ({', '.join(code for code, _ in verdict.errors)}), but no AppRec could be "
+            f"sent ({refused.code}). Tell the sender another way that it did not reach the "
+            "patient record.",
+            at=ctx.clock(),
+            message_id=row.id,
+            partner_her_id=row.from_her_id,
+        )
+        uow.commit()
 
 
 def _from_our_organisation(ctx: EngineContext, payload: bytes) -> bytes:

@@ -218,3 +218,62 @@ def test_a_resend_after_our_apprec_gets_the_acknowledgment_again(pair: Pair) -> 
     with pair.hospital.store.unit_of_work() as uow:
         [duplicate] = [e for e in uow.events.for_message(row.id) if e.code == "duplicate"]
     assert "acknowledgment is sent again" in str(duplicate.detail)
+
+
+def _send_as_a_careless_sender(pair: Pair, payload: bytes) -> str:
+    """Send ``payload`` as a sender that does not validate would: the GP's own check is given
+    the reading of a sound message, so the hospital is the first to look at this one."""
+    sound = inspect(dialog_note(pair.gp_site, pair.hospital_site, "x"))
+    return submit(pair.gp, payload, actor="t", inspected=sound)
+
+
+def _jobs(ctx: object, kind: str) -> list[object]:
+    from sqlalchemy import select
+
+    from meldingstjener.store.tables import JobRow
+
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        return list(uow.session.scalars(select(JobRow).where(JobRow.kind == kind)))
+
+
+def test_the_servers_own_rejection_is_stored_with_the_message(pair: Pair) -> None:
+    # The verdict (here E21: a service we do not have) commits with the message. Until its
+    # AppRec has gone the message is "received": in no inbox, and a crash leaves the job.
+    from meldingstjener.engine.worker import Worker
+
+    _alias(pair, "8200099")
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()  # the send; the hospital's workers have not run
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.status == "received"
+    assert row.payload_ref is not None
+    [verdict] = _jobs(pair.hospital, receipts.SERVER_VERDICT)
+    assert verdict.message_id == row.id  # type: ignore[attr-defined]
+    with pytest.raises(receipts.AppRecRefused):
+        receipts.deliver(pair.hospital, row.id, actor="epj")  # not in the EPJ's inbox
+    pair.run()  # the hospital's workers, as after a restart
+    after = pair.message(pair.hospital, row.id)
+    assert after.status == "misaddressed-purged" and after.payload_ref is None
+    assert pair.message(pair.gp, message_id).status == "apprec-rejected"
+    assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
+
+
+def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair: Pair) -> None:
+    # No GenDate: the validator finds it (T02), and an AppRec, which quotes the original's
+    # identity, cannot be built from it. The message is rejected all the same, the operator told.
+    import re
+
+    faulty = re.sub(
+        rb"<GenDate>[^<]*</GenDate>", b"", dialog_note(pair.gp_site, pair.hospital_site, "x")
+    )
+    message_id = _send_as_a_careless_sender(pair, faulty)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.status == "rejected" and row.last_error_code == "apprec-unbuildable"
+    [alert] = open_alerts(pair.hospital, "apprec-unsent")
+    assert "T02" in alert.summary and alert.message_id == row.id  # type: ignore[attr-defined]
+    assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
