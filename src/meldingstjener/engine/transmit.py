@@ -68,8 +68,11 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:  # no statement at all for a handed-over new message
         view = job.sending or uow.messages.sending_view(str(job.message_id))
-        if view is None or view.status not in _SENDABLE | {OutboundStatus.SENT.value}:
-            uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
+        if view is None or view.status not in _SENDABLE:
+            if view is None or view.status != OutboundStatus.SENT.value:
+                uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
+            # sent: a run of this job whose lease ran out; the other run got through and the
+            # job's row is that send's ack-timeout now, which must stay
             uow.commit()
             return None
         try:
@@ -147,8 +150,10 @@ def _failed(
             ebxml_message_id=row.ebxml_message_id,
             at=now,
         )
-        if row.status not in _SENDABLE | {OutboundStatus.SENT.value}:
-            uow.jobs.finish(job.id)
+        if row.status not in _SENDABLE:
+            # Sent (a run of this job whose lease had run out, while another one got through
+            # and turned the job row into its ack-timeout), acknowledged or given up meanwhile:
+            # that outcome stands, and the row under this job's id is no longer this job.
             uow.commit()
             return
         due = _next_attempt(row, partner, now) if failure.retryable else None

@@ -613,7 +613,7 @@ class ClaimedJob:
     data: dict[str, Any] | None
     attempts: int
     due_at: datetime
-    claimed_until: datetime | None = None  # known when it was stored claimed (handed over)
+    claimed_until: datetime | None = None  # the end of this claim's lease
     # a transmit job handed over by the process that has just stored its message carries what
     # the send would otherwise read back (kept in memory only, never stored)
     sending: SendingView | None = None
@@ -767,7 +767,8 @@ class JobRepository:
         rows = _execute_for_dialect(
             self.session, _CLAIM, worker=worker, until=now + lease, now=now, limit=limit
         )
-        claimed = [ClaimedJob(*row) for row in rows]
+        until = now + lease
+        claimed = [ClaimedJob(*row, claimed_until=until) for row in rows]
         # RETURNING has no order: hand the jobs out oldest first, as selected
         return sorted(claimed, key=lambda job: (job.due_at, job.id))
 

@@ -317,3 +317,85 @@ def test_a_revoked_sender_certificate_is_refused_with_its_reason(tmp_path: Path)
     assert row.status == "transport-error" and row.last_error_code == "SecurityFailure"
     [refused] = pair.inbound_messages(pair.hospital)
     assert "revoked" in str(refused.last_error_text)
+
+
+def _claim(pair: Pair, worker: str) -> list[object]:
+    from datetime import timedelta
+
+    with pair.gp.store.unit_of_work() as uow:
+        jobs = uow.jobs.claim_due(worker, now=pair.clock(), limit=10, lease=timedelta(seconds=120))
+        uow.commit()
+    return jobs  # type: ignore[return-value]
+
+
+def test_a_claimed_job_is_not_started_once_its_lease_has_run_low(pair: Pair) -> None:
+    # Jobs of a batch run one after another; after a slow one the rest may have little lease
+    # left, and another worker may claim them when it runs out. Such a job is left alone.
+    from datetime import timedelta
+
+    from meldingstjener.engine.worker import Worker
+
+    ids = [
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, f"n{n}"), actor="t")
+        for n in range(2)
+    ]
+    slow = Worker(pair.gp, "gp-slow", lease=timedelta(seconds=120))
+    jobs = _claim(pair, "gp-slow")
+    assert len(jobs) == 2
+    pair.clock.advance(seconds=61)  # as if a send before them had taken a minute
+    slow._run_jobs(jobs)  # type: ignore[arg-type]
+    assert pair.network.sent == []
+    pair.clock.advance(seconds=60)  # the lease has run out: any worker claims them
+    pair.run()
+    assert [pair.message(pair.gp, i).status for i in ids] == ["transport-acknowledged"] * 2
+    assert len(pair.network.sent) == 4  # each message once, each Acknowledgment once
+
+
+def test_an_overtaken_send_that_fails_leaves_the_sent_message_alone(pair: Pair) -> None:
+    # A run of the transmit job outlives its lease; meanwhile another worker sends the message
+    # (its job row becomes the ack-timeout). The late run's send then fails: the message stays
+    # sent and keeps its ack-timeout, so a lost Acknowledgment still leads to a resend.
+    from meldingstjener.engine import transmit
+    from meldingstjener.engine.worker import Worker
+    from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    [late] = _claim(pair, "gp-late")
+    pair.clock.advance(seconds=121)
+    pair.network.down.add(pair.gp_site.endpoint)  # the Acknowledgment will be lost
+
+    class Overtaken:
+        def send(self, delivery: Delivery) -> TransportResult:
+            pair.gp.transports = {"http": pair.network}
+            Worker(pair.gp, "gp-other").run_until_idle()  # claims the job and gets through
+            raise TransportFailure("timeout", "no answer in 60 s")
+
+    pair.gp.transports = {"http": Overtaken()}  # type: ignore[dict-item]
+    transmit.transmit_job(pair.gp, late)  # type: ignore[arg-type]
+    assert pair.message(pair.gp, message_id).status == "sent"
+    with pair.gp.store.unit_of_work() as uow:
+        assert job_kinds(uow) == ["ack-timeout"]
+    pair.run()  # the hospital's Acknowledgment does not get through
+    pair.network.down.clear()
+    pair.clock.advance(minutes=11)  # past RetryInterval: resent, answered by the duplicate check
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_late_run_of_a_job_whose_message_was_sent_does_nothing(pair: Pair) -> None:
+    # The same, with the other worker done before the late run begins: nothing is sent again
+    # and the ack-timeout, which now has the job's id, stays.
+    from meldingstjener.engine import transmit
+    from meldingstjener.engine.worker import Worker
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    [late] = _claim(pair, "gp-late")
+    pair.clock.advance(seconds=121)
+    pair.network.down.add(pair.gp_site.endpoint)
+    Worker(pair.gp, "gp-other").run_until_idle()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    sends = len(pair.network.sent)
+    assert transmit.transmit_job(pair.gp, late) is None  # type: ignore[arg-type]
+    assert len(pair.network.sent) == sends
+    with pair.gp.store.unit_of_work() as uow:
+        assert job_kinds(uow) == ["ack-timeout"]
