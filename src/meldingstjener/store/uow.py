@@ -768,7 +768,10 @@ class JobRepository:
             self.session, _CLAIM, worker=worker, until=now + lease, now=now, limit=limit
         )
         until = now + lease
-        claimed = [ClaimedJob(*row, claimed_until=until) for row in rows]
+        claimed = [
+            ClaimedJob(job_id, kind, message_id, data, attempts, due_at, until)
+            for job_id, kind, message_id, data, attempts, due_at in rows
+        ]
         # RETURNING has no order: hand the jobs out oldest first, as selected
         return sorted(claimed, key=lambda job: (job.due_at, job.id))
 
