@@ -141,6 +141,25 @@ def handle_incoming(
             )
             uow.commit()
             return
+        if envelope.is_acknowledgment and sender not in (
+            state.to_her_id,
+            state.receiver_org_her_id,
+        ):
+            # signed by a party we know, but not the one we sent the message to: it cannot say
+            # that the receiver has the message. (A MessageError may come from another party:
+            # the MSH at the endpoint saying that the To is not one of its HER-ids.)
+            uow.events.record(
+                state.id,
+                EventKind.ERROR,
+                actor=f"{channel}:{sender}",
+                code="Inconsistent",
+                detail=f"{header.action} from {sender} ignored: the message was sent to "
+                f"{state.to_her_id}",
+                ebxml_message_id=header.message_id,
+                at=now,
+            )
+            uow.commit()
+            return
         if envelope.is_acknowledgment:
             _apply_acknowledgment(ctx, uow, state, header.message_id, f"{channel}:{sender}", now)
         else:

@@ -235,6 +235,8 @@ class MessageState:
     expires_at: datetime | None
     msg_type: str | None
     ebxml_message_id: str | None
+    to_her_id: str | None  # who may send a signal about it (with the receiver's organisation)
+    receiver_org_her_id: str | None
 
 
 _STATE_COLUMNS = [_MESSAGE_COLUMNS[name] for name in MessageState.__dataclass_fields__]

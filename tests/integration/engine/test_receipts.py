@@ -277,3 +277,35 @@ def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair:
     [alert] = open_alerts(pair.hospital, "apprec-unsent")
     assert "T02" in alert.summary and alert.message_id == row.id  # type: ignore[attr-defined]
     assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
+
+
+def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair: Pair) -> None:
+    # 8200099 is a party the GP knows, with a valid signing certificate, but the message went
+    # to 8200002: its Acknowledgment must not mark the message as received.
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.engine import inbound, signals
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    _alias(pair, "8200099")
+    pair.network.down.add(pair.gp_site.endpoint)  # the genuine Acknowledgment waits
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "sent"
+    mime = unpackage(
+        str(sent.wire_content_type), pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    )
+    root = parse_xml(mime.envelope_xml)
+    envelope = parse_envelope(root)
+    header = envelope.header
+    other = dataclasses.replace(header.to_party, her_id="8200099")
+    spoofed = dataclasses.replace(envelope, header=dataclasses.replace(header, to_party=other))
+    forged = signals.build_ack(pair.hospital, spoofed, root)  # From 8200099, validly signed
+    inbound.receive(pair.gp, forged.content_type, forged.body)
+    assert pair.message(pair.gp, message_id).status == "sent"
+    with pair.gp.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(message_id)]
+    assert "Inconsistent" in codes
+    genuine = signals.build_ack(pair.hospital, envelope, root)  # From 8200002
+    inbound.receive(pair.gp, genuine.content_type, genuine.body)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
