@@ -533,6 +533,18 @@ _RECEIPT_INSERT = text(
     bindparam("error_codes", type_=_RECEIPT_TYPES["error_codes"].type),
 )
 
+# A problem that comes back after it was resolved reopens its alert, unacknowledged. In an
+# ON CONFLICT update every right-hand side sees the row as it was, on both databases.
+_UPSERT_ALERT = text(
+    "INSERT INTO alerts (kind, severity, dedup_key, summary, message_id, partner_her_id, "
+    "first_seen, last_seen, count) VALUES (:kind, :severity, :dedup_key, :summary, :message_id, "
+    ":partner_her_id, :at, :at, 1) ON CONFLICT (dedup_key) DO UPDATE SET "
+    "count = alerts.count + 1, last_seen = excluded.last_seen, summary = excluded.summary, "
+    "acknowledged_at = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_at END, "
+    "acknowledged_by = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_by END, "
+    "resolved_at = NULL"
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
+
 _RESOLVE_ALERT = text(
     "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
@@ -552,35 +564,26 @@ class AlertRepository:
         message_id: str | None = None,
         partner_her_id: str | None = None,
         at: datetime | None = None,
-    ) -> AlertRow:
-        """Open an alert, or count one more occurrence of the same open (or resolved) problem."""
-        now = at or utcnow()
-        existing = self.session.scalars(
-            select(AlertRow).where(AlertRow.dedup_key == dedup_key).with_for_update()
-        ).first()
-        if existing is not None:
-            existing.count += 1
-            existing.last_seen = now
-            existing.summary = redact(summary) or ""
-            if existing.resolved_at is not None:  # the problem came back
-                existing.resolved_at = None
-                existing.acknowledged_at = None
-                existing.acknowledged_by = None
-            return existing
-        row = AlertRow(
-            kind=kind,
-            severity=severity,
-            dedup_key=dedup_key,
-            summary=redact(summary) or "",
-            message_id=message_id,
-            partner_her_id=partner_her_id,
-            first_seen=now,
-            last_seen=now,
-            count=1,
-        )
-        self.session.add(row)
+    ) -> None:
+        """Open an alert, or count one more occurrence of the same open (or resolved) problem.
+
+        One upsert: two workers that meet the same new problem at once (a partner that stops
+        answering while both send to it) must not collide on the unique key, which would roll
+        back the rest of the transaction that raised it."""
         flush(self.session)  # the message it names goes first
-        return row
+        now = at or utcnow()
+        self.session.connection().execute(
+            _UPSERT_ALERT,
+            {
+                "kind": kind,
+                "severity": severity,
+                "dedup_key": dedup_key,
+                "summary": redact(summary) or "",
+                "message_id": message_id,
+                "partner_her_id": partner_her_id,
+                "at": now,
+            },
+        )
 
     def get(self, alert_id: int) -> AlertRow | None:
         return self.session.get(AlertRow, alert_id)

@@ -205,6 +205,60 @@ def test_alerts_are_deduplicated_and_reopen(store: Store) -> None:
         assert alert.count == 4 and alert.acknowledged_at is None
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_transactions_raising_the_same_new_alert_both_commit(store: Store) -> None:
+    # Two workers meet the same new problem at once (a partner stops answering). The second
+    # waits for the first's uncommitted alert and then counts it, instead of failing on the
+    # unique key and losing the rest of its transaction. PostgreSQL only: on SQLite the second
+    # transaction cannot begin before the first has committed.
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    def raise_it(uow: object) -> None:
+        uow.alerts.raise_alert(  # type: ignore[attr-defined]
+            "partner-unreachable",
+            severity="warning",
+            dedup_key="partner-unreachable:8142520",
+            summary="partner 8142520 does not answer",
+            partner_her_id="8142520",
+            at=T0,
+        )
+
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with store.unit_of_work() as uow:
+                raise_it(uow)
+                uow.commit()
+        except BaseException as exc:  # reported to the test below
+            failures.append(exc)
+
+    with store.unit_of_work() as first:
+        raise_it(first)
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 30
+        with store.database.engine.connect() as watcher:
+            # until the second transaction waits for this one's row
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            while not watcher.execute(waiting).scalar():
+                assert time.monotonic() < deadline, "the second transaction never waited"
+                watcher.rollback()
+                time.sleep(0.01)
+        first.commit()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and failures == []
+    with store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+        assert alert.count == 2
+
+
 def test_jobs_are_claimed_when_due_and_taken_over_after_the_lease(store: Store) -> None:
     with store.unit_of_work() as uow:
         uow.jobs.schedule("transmit", T0, data={"n": 1})
