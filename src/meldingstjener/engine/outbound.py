@@ -165,6 +165,8 @@ def submit(
             wire_ref.key,
             content_type,
             header.message_id,
+            row.attempts or 0,
+            row.expires_at,
         )
         ctx.schedule_now(
             uow,

@@ -21,6 +21,7 @@ from meldingstjener.ebxml import (
     ErrorDetail,
     OriginalIds,
     Party,
+    Severity,
     build_acknowledgment,
     build_message_error,
     envelope_bytes,
@@ -246,6 +247,18 @@ def _apply_message_error(
         )
     )
     first_code = str(errors[0].code) if errors else "Unknown"
+    if errors and all(error.severity is Severity.WARNING for error in errors):
+        # the partner processed the message and only remarks on it: no failure, no alert
+        uow.events.record(
+            row.id,
+            EventKind.NOTE,
+            actor=actor,
+            code=first_code,
+            detail=f"MessageError with warnings only from {sender}: {text}",
+            ebxml_message_id=header.message_id,
+            at=now,
+        )
+        return
     if OutboundStatus.TRANSPORT_ERROR.value in allowed_next(Direction.OUTBOUND, row.status):
         uow.messages.set_status(
             row,

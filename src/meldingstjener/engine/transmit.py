@@ -33,10 +33,12 @@ def _next_attempt(
     """When to try again, or None when the agreement allows no more attempts."""
     if row.attempts > partner.retries:
         return None
-    if row.expires_at is not None and now >= row.expires_at:
-        return None
     due = now + partner.retry_interval
-    return min(due, row.expires_at) if row.expires_at is not None else due
+    if row.expires_at is not None and due >= row.expires_at:
+        # PersistDuration is how long the receiver remembers the MessageId to eliminate
+        # duplicates: a send at or after it could be delivered twice
+        return None
+    return due
 
 
 def _give_up(
@@ -81,6 +83,14 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             row = uow.messages.get(view.id, for_update=True)
             assert row is not None
             _give_up(uow, row, str(row.to_her_id), f"the partner is no longer known ({exc})", now)
+            uow.commit()
+            return None
+        if view.attempts > 0 and view.expires_at is not None and now >= view.expires_at:
+            # a resend that waited past PersistDuration (a backlog, the server down)
+            row = uow.messages.get(view.id, for_update=True)
+            assert row is not None
+            if row.status in _SENDABLE:
+                _give_up(uow, row, partner.name, "PersistDuration ran out before a resend", now)
             uow.commit()
             return None
         wire = ctx.store.payloads.path(str(view.wire_ref))

@@ -30,6 +30,11 @@ def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
             inbound.receive(ctx, result.reply_content_type, result.reply_body, channel="http")
         except inbound.InboundRefused as refused:
             log.warning("unreadable synchronous reply for job %s: %s", job.id, refused.code)
+        except Exception as exc:
+            # The send is recorded and its job is the ack-timeout now: rescheduling it as a
+            # failed job would resend at once. Without the signal the ack-timeout resends, and
+            # the partner's duplicate elimination answers with the same signal again.
+            log.exception("synchronous reply for job %s failed: %s", job.id, type(exc).__name__)
 
 
 HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {

@@ -205,14 +205,13 @@ class LogFilter:
 _MESSAGE_BY_EBXML_ID = text(
     "SELECT id FROM messages WHERE direction = :direction AND ebxml_message_id = :ebxml_id"
 )
-_SENDING_VIEW = text(
-    "SELECT id, status, from_her_id, to_her_id, wire_ref, wire_content_type, ebxml_message_id "
-    "FROM messages WHERE id = :id"
-)
 
 
 @dataclass(frozen=True)
 class SendingView:
+    """What a send needs of its message (read by ``sending_view``, or carried by a handed-over
+    first send)."""
+
     id: str
     status: str
     from_her_id: str | None
@@ -220,6 +219,8 @@ class SendingView:
     wire_ref: str | None
     wire_content_type: str | None
     ebxml_message_id: str | None
+    attempts: int
+    expires_at: datetime | None  # PersistDuration: no send after it
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,10 @@ class MessageState:
 
 
 _STATE_COLUMNS = [_MESSAGE_COLUMNS[name] for name in MessageState.__dataclass_fields__]
+_SENDING_COLUMNS = [_MESSAGE_COLUMNS[name] for name in SendingView.__dataclass_fields__]
+_SENDING_VIEW = text(
+    f"SELECT {', '.join(column.name for column in _SENDING_COLUMNS)} FROM messages WHERE id = :id"
+).columns(*_SENDING_COLUMNS)
 
 
 def _state_sql(where: str, lock: str) -> TextualSelect:

@@ -39,7 +39,14 @@ class HttpTransport:
         headers = {"Content-Type": delivery.content_type, "SOAPAction": '"ebXML"'}
         headers.update(delivery.headers)
         if isinstance(delivery.body, Path):
-            headers["Content-Length"] = str(delivery.body.stat().st_size)
+            try:
+                headers["Content-Length"] = str(delivery.body.stat().st_size)
+            except OSError as exc:
+                raise TransportFailure(
+                    "body-missing",
+                    f"the stored message cannot be read: {exc.strerror}",
+                    retryable=False,
+                ) from None
             content: bytes | Iterator[bytes] = _file_chunks(delivery.body)
         else:
             content = delivery.body

@@ -399,3 +399,74 @@ def test_a_late_run_of_a_job_whose_message_was_sent_does_nothing(pair: Pair) -> 
     assert len(pair.network.sent) == sends
     with pair.gp.store.unit_of_work() as uow:
         assert job_kinds(uow) == ["ack-timeout"]
+
+
+def test_a_resend_that_waited_past_persist_duration_is_not_sent(pair: Pair) -> None:
+    # The receiver remembers a MessageId for PersistDuration (3600 s here) to drop duplicates;
+    # a resend after that could be delivered twice. One that waited so long (the sending server
+    # was down) gives up instead, with the not-delivered alert.
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    pair.network.down.clear()
+    pair.clock.advance(hours=2)
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered" and row.attempts == 1
+    assert pair.inbound_messages(pair.hospital) == []
+    assert ("not-delivered", 1) in alerts(pair.gp)
+
+
+def test_no_attempt_is_made_at_or_after_persist_duration(tmp_path: Path) -> None:
+    # Retries would allow more, but the next attempt after the third would fall on the
+    # PersistDuration itself (30 min with a 10-minute interval): the third is the last.
+    pair = make_pair(
+        tmp_path, retry_interval_seconds=600, retries=10, persist_duration_seconds=1800
+    )
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(6):
+        pair.run()
+        pair.clock.advance(minutes=10)
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered" and row.attempts == 3
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
+def test_a_sync_reply_that_fails_to_process_leaves_the_ack_timeout_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send is recorded before its synchronous reply is read; if reading it fails in an
+    # unforeseen way (here: the store goes away), the job is the ack-timeout by then and keeps
+    # its due time, one RetryInterval later, instead of being treated as a failed send.
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from meldingstjener.engine import worker as worker_module
+    from meldingstjener.store.tables import JobRow
+
+    pair = make_pair(tmp_path, sync_reply=True, retry_interval_seconds=600)
+
+    def store_gone(*_: object, **__: object) -> None:
+        raise RuntimeError("the database went away")
+
+    # only the worker's reading of the reply fails; the hospital receives as usual
+    from types import SimpleNamespace
+
+    from meldingstjener.engine import inbound
+
+    reader = SimpleNamespace(receive=store_gone, InboundRefused=inbound.InboundRefused)
+    monkeypatch.setattr(worker_module, "inbound", reader)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    started = pair.clock()
+    worker_module.Worker(pair.gp, "gp").run_until_idle()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    with pair.gp.store.unit_of_work() as uow:
+        [job] = uow.session.scalars(select(JobRow))
+        assert job.kind == "ack-timeout"
+        assert job.due_at == started + timedelta(seconds=600)
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()

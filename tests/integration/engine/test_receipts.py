@@ -309,3 +309,40 @@ def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair:
     genuine = signals.build_ack(pair.hospital, envelope, root)  # From 8200002
     inbound.receive(pair.gp, genuine.content_type, genuine.body)
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def _sent_envelope(pair: Pair, message_id: str) -> tuple[object, object]:
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(
+        str(sent.wire_content_type), pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    )
+    root = parse_xml(mime.envelope_xml)
+    return parse_envelope(root), root
+
+
+def test_a_message_error_with_warnings_only_does_not_fail_the_message(pair: Pair) -> None:
+    # Warnings say the partner processed the message and only remarks on it: no transport
+    # error, no alert, and the Acknowledgment still counts afterwards. (Signals other than
+    # Acknowledgment and MessageError are refused by the envelope parser as NotSupported.)
+    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
+    from meldingstjener.engine import inbound, signals
+
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    envelope, root = _sent_envelope(pair, message_id)
+    header = envelope.header  # type: ignore[attr-defined]
+    remark = ErrorDetail(ErrorCode.UNKNOWN, Severity.WARNING, None, "a remark only")
+    warning = signals.build_error(pair.hospital, OriginalIds.of(header), [remark], "8200002")
+    inbound.receive(pair.gp, warning.content_type, warning.body)
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert open_alerts(pair.gp, "message-error-received") == []
+    with pair.gp.store.unit_of_work() as uow:
+        [noted] = [e for e in uow.events.for_message(message_id) if e.code == "Unknown"]
+    assert "warnings only" in str(noted.detail)
+    genuine = signals.build_ack(pair.hospital, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, genuine.content_type, genuine.body)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
