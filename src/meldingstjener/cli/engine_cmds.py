@@ -46,6 +46,17 @@ def serve(
         raise typer.Exit(2) from None
     # One serve process per host and port at a time, so this names the instance; claims it
     # still holds in the store are from a previous process that died, and are taken back.
+    # Unless the port is taken: then the instance is alive (or something else listens there),
+    # and taking its claims back would run its jobs twice.
+    listen = host or settings.server.host
+    problem = _port_taken(listen, settings.server.port)
+    if problem is not None:
+        typer.echo(
+            f"cannot listen on {listen}:{settings.server.port} ({problem}); is another "
+            "meldingstjener serve running there? Nothing was started.",
+            err=True,
+        )
+        raise typer.Exit(2)
     instance = f"{socket.gethostname()}:{settings.server.port}/"
     with engine.store.unit_of_work() as uow:
         released = uow.jobs.release_claims(instance)
@@ -85,7 +96,6 @@ def serve(
     application = create_app(
         engine, max_request_bytes=settings.server.max_request_bytes, api_settings=settings.api
     )
-    listen = host or settings.server.host
     typer.echo(
         f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "
         f"on http://{listen}:{settings.server.port} ({settings.environment}, "
@@ -149,3 +159,14 @@ def send(
             typer.echo(f"  - {problem}", err=True)
         raise typer.Exit(1) from None
     typer.echo(message_id)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now, or None. (uvicorn binds it later; a process
+    starting in between is not caught, two started by hand or by a service manager are.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__

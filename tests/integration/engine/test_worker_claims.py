@@ -246,3 +246,32 @@ def test_a_handed_over_send_carries_what_it_would_read_and_reads_nothing(pair: P
     assert statements.count("BEGIN") == 1 and statements.count("SELECT") == 1
     assert statements[:2] == ["BEGIN", "SELECT"]
     assert pair.message(ctx, message_id).status == "sent"
+
+
+def test_a_second_serve_on_a_taken_port_leaves_the_running_ones_claims(pair: Pair) -> None:
+    # A serve takes back the claims of its own host:port at start, as those of a process that
+    # died. When the port is taken, that process is alive: the new one must stop untouched.
+    import socket
+    import subprocess
+    import sys
+
+    site = pair.gp_site
+    instance = f"{socket.gethostname()}:{site.port}/0"
+    with pair.gp.store.unit_of_work() as uow:
+        uow.jobs.schedule(KIND, utcnow())
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        [held] = uow.jobs.claim_due(instance, now=utcnow(), limit=1, lease=timedelta(minutes=2))
+        uow.commit()
+    with socket.create_server(("127.0.0.1", site.port)):  # the running instance's listener
+        started = subprocess.run(
+            [sys.executable, "-m", "meldingstjener", "--config", str(site.config_path), "serve"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert started.returncode == 2
+    assert "cannot listen on" in started.stderr
+    with pair.gp.store.unit_of_work() as uow:
+        taken = uow.jobs.claim_due("other:2/0", now=utcnow(), limit=1, lease=timedelta(minutes=2))
+    assert taken == [] and held.kind == KIND  # still leased to the running instance
