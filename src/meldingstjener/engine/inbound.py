@@ -31,6 +31,7 @@ from meldingstjener.ebxml import (
     unpackage,
 )
 from meldingstjener.engine import payload_io, receipts, signals
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
@@ -151,7 +152,11 @@ def _receive_message(
             route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
             reply_inline = _inline(channel, envelope.sync_reply, route)
             stored = "stored durably; Acknowledgment " + (
-                "returned in the response" if reply_inline else "queued"
+                "returned in the response"
+                if reply_inline
+                else "queued"
+                if route is not None
+                else "stored, with no way back to the sender"
             )
             if verdict is None:
                 uow.messages.set_status(
@@ -340,6 +345,8 @@ def _record_signal(
                 error_codes=error_codes,
             )
         )
+        if not inline:  # received by mail from a partner we have no way back to
+            _unroutable(ctx, uow, kind, row)
         return
     signals.queue_signal(
         ctx,
@@ -353,6 +360,33 @@ def _record_signal(
         channel=route[1],
         description=description,
         error_codes=error_codes,
+    )
+
+
+def _unroutable(ctx: EngineContext, uow: UnitOfWork, kind: str, row: MessageRow) -> None:
+    """Our signal is stored, but there is no agreement with an endpoint on a channel of ours to
+    send it by: the sender will resend and in the end give up, unless someone acts."""
+    sender = str(row.from_her_id)
+    now = ctx.clock()
+    uow.events.record(
+        row.id,
+        EventKind.ERROR,
+        actor="msh",
+        code="no-route",
+        detail=f"our {kind} is stored but cannot be sent: no agreement with {sender} on a "
+        "channel this server has",
+        at=now,
+    )
+    raise_alert(
+        uow,
+        AlertKind.SIGNAL_UNDELIVERED,
+        f"our {kind} for message {row.id} from {sender} cannot be sent: this server has no "
+        f"agreement with {sender} on a channel it speaks. Add the partner (address register "
+        "and CPA, or [[partners]]); until then the sender resends and will give up.",
+        at=now,
+        message_id=row.id,
+        partner_her_id=sender,
+        key=f"no-route:{sender}",  # one alert per partner, counting its messages
     )
 
 

@@ -83,6 +83,9 @@ def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
         assert receipt.error_codes is not None
         assert receipt.error_codes[0]["code"] == "SecurityFailure"
         assert uow.jobs.count() == 0  # nothing is mailed to an unknown sender
+        # ... and the operator is told that this party gets no answer from us
+        [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "signal-undelivered"]
+        assert "8141253" in alert.summary and alert.message_id == row.id
         message_id = unpackage_message(original).message_id
         assert message_id is not None
         assert uow.state.get(seen_key(message_id)) is not None
