@@ -40,7 +40,7 @@ from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig import verify_ebxml_envelope
-from meldingstjener.store.payloads import PayloadSource
+from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
@@ -124,6 +124,7 @@ def _receive_message(
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
     wire_ref = ctx.store.payloads.put(body)
+    ack_ref = ctx.store.payloads.put(ack.body)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     for column, value in message.row_fields().items():
@@ -173,12 +174,15 @@ def _receive_message(
                     at=now,
                 )
                 receipts.schedule_verdict(ctx, uow, row.id, verdict)
-            _record_signal(ctx, uow, ack, "acknowledgment", row, route, reply_inline)
+            _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
             uow.commit()
     except IntegrityError:
-        # The same message arrived twice at once; the other request stored it first.
+        # The same message arrived twice at once; the other request stored it first. Nothing
+        # refers to this request's files (their keys are random): the decrypted content must
+        # not stay on disk.
+        _drop(ctx, payload_ref, wire_ref, ack_ref)
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
@@ -321,6 +325,7 @@ def _record_signal(
     ctx: EngineContext,
     uow: UnitOfWork,
     wire: signals.SignalWire,
+    wire_ref: PayloadRef,
     kind: str,
     row: MessageRow,
     route: tuple[str, str] | None,
@@ -329,8 +334,9 @@ def _record_signal(
     description: str | None = None,
     error_codes: list[dict[str, object]] | None = None,
 ) -> None:
+    """Record our signal (its wire form stored by the caller before the transaction, so the
+    caller knows every file of a unit of work that may not commit)."""
     if inline or route is None:
-        wire_ref = ctx.store.payloads.put(wire.body)
         uow.receipts.add(
             ReceiptRow(
                 message_id=row.id,
@@ -352,6 +358,7 @@ def _record_signal(
         ctx,
         uow,
         wire,
+        wire_ref,
         kind=kind,
         message_id=row.id,
         ref_to_message_id=row.ebxml_message_id,
@@ -361,6 +368,13 @@ def _record_signal(
         description=description,
         error_codes=error_codes,
     )
+
+
+def _drop(ctx: EngineContext, *refs: PayloadRef) -> None:
+    """Remove files a unit of work stored and then did not commit (a unique key refused it).
+    Only there: when a commit fails otherwise, it may have gone through after all."""
+    for ref in refs:
+        ctx.store.payloads.delete(ref.key)
 
 
 def _unroutable(ctx: EngineContext, uow: UnitOfWork, kind: str, row: MessageRow) -> None:
@@ -398,6 +412,7 @@ def _refuse(
     our = our or ctx.organisation
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
+    error_ref = ctx.store.payloads.put(wire.body)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     reply_inline = envelope.sync_reply
@@ -426,6 +441,7 @@ def _refuse(
                 ctx,
                 uow,
                 wire,
+                error_ref,
                 "message-error",
                 row,
                 route,
@@ -435,6 +451,7 @@ def _refuse(
             )
             uow.commit()
     except IntegrityError:
+        _drop(ctx, wire_ref, error_ref)
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None

@@ -35,6 +35,7 @@ from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
+from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure
@@ -288,6 +289,7 @@ def queue_signal(
     ctx: EngineContext,
     uow: UnitOfWork,
     wire: SignalWire,
+    wire_ref: PayloadRef,
     *,
     kind: str,
     message_id: str | None,
@@ -298,8 +300,8 @@ def queue_signal(
     description: str | None = None,
     error_codes: list[dict[str, object]] | None = None,
 ) -> ReceiptRow:
-    """Store a signal and a job that sends it (in the caller's transaction)."""
-    wire_ref = ctx.store.payloads.put(wire.body)
+    """Record a signal whose wire form the caller has stored (``wire_ref``) and a job that
+    sends it, in the caller's transaction."""
     receipt = uow.receipts.add(  # written at once: the job needs its id
         ReceiptRow(
             message_id=message_id,

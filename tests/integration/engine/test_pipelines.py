@@ -470,3 +470,49 @@ def test_a_sync_reply_that_fails_to_process_leaves_the_ack_timeout_as_it_was(
         assert job.due_at == started + timedelta(seconds=600)
     pair.gp.store.database.dispose()
     pair.hospital.store.database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_same_message_arriving_at_once_is_stored_once_and_leaves_no_copies(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Several requests carry the same message at the same moment; each passes the duplicate
+    # check before any has committed, and the unique key decides. Every request is answered
+    # with the Acknowledgment, one message is stored, and no request leaves its decrypted copy
+    # behind. (Whether the race is met in a run depends on timing; these hold either way.)
+    import threading
+
+    from meldingstjener.engine import inbound
+
+    pair = make_pair(tmp_path, hospital_database_url=database_url)
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    body = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def deliver() -> None:
+        start.wait()
+        try:
+            inbound.receive(pair.hospital, str(sent.wire_content_type), body)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    [stored] = pair.inbound_messages(pair.hospital)
+    root = pair.hospital.store.payloads.root
+    files = sorted(path.name for path in root.rglob("*") if path.is_file())
+    with pair.hospital.store.unit_of_work() as uow:
+        signals = [r.wire_ref for r in uow.receipts.for_message(stored.id)]
+        duplicates = [e for e in uow.events.for_message(stored.id) if e.code == "duplicate"]
+    assert files == sorted([str(stored.payload_ref), str(stored.wire_ref), *map(str, signals)])
+    assert len(duplicates) == 3
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
