@@ -34,7 +34,11 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
-from meldingstjener.security.xmldsig import sign_ebxml_envelope, verify_ebxml_envelope
+from meldingstjener.security.xmldsig import (
+    SignatureCheck,
+    sign_ebxml_envelope,
+    verify_ebxml_envelope,
+)
 from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
@@ -130,33 +134,15 @@ def handle_incoming(
             if certificate is not None and check.valid
             else None
         )
-        if certificate is None or not check.valid or problem is not None:
+        ignored = _ignored_because(envelope, state, certificate, check, problem)
+        if ignored is not None:
+            code, reason = ignored
             uow.events.record(
                 state.id,
                 EventKind.ERROR,
                 actor=f"{channel}:{sender}",
-                code="SecurityFailure",
-                detail=f"{header.action} from {sender} ignored: its signature did not verify "
-                f"({problem or check.problem or 'no registered signing certificate'})",
-                ebxml_message_id=header.message_id,
-                at=now,
-            )
-            uow.commit()
-            return
-        if envelope.is_acknowledgment and sender not in (
-            state.to_her_id,
-            state.receiver_org_her_id,
-        ):
-            # signed by a party we know, but not the one we sent the message to: it cannot say
-            # that the receiver has the message. (A MessageError may come from another party:
-            # the MSH at the endpoint saying that the To is not one of its HER-ids.)
-            uow.events.record(
-                state.id,
-                EventKind.ERROR,
-                actor=f"{channel}:{sender}",
-                code="Inconsistent",
-                detail=f"{header.action} from {sender} ignored: the message was sent to "
-                f"{state.to_her_id}",
+                code=code,
+                detail=f"{header.action} from {sender} ignored: {reason}",
                 ebxml_message_id=header.message_id,
                 at=now,
             )
@@ -167,6 +153,26 @@ def handle_incoming(
         else:
             _apply_message_error(ctx, uow, state.id, envelope, f"{channel}:{sender}", now)
         uow.commit()
+
+
+def _ignored_because(
+    envelope: Envelope,
+    state: MessageState,
+    certificate: object | None,
+    check: SignatureCheck,
+    trust_problem: str | None,
+) -> tuple[str, str] | None:
+    """(code, reason) when a signal about our message must change nothing, else None."""
+    if certificate is None or not check.valid or trust_problem is not None:
+        why = trust_problem or check.problem or "no registered signing certificate"
+        return "SecurityFailure", f"its signature did not verify ({why})"
+    sender = envelope.header.from_party.her_id
+    if envelope.is_acknowledgment and sender not in (state.to_her_id, state.receiver_org_her_id):
+        # signed by a party we know, but not the one we sent the message to: it cannot say
+        # that the receiver has the message. (A MessageError may come from another party: the
+        # MSH at the endpoint saying that the To is not one of its HER-ids.)
+        return "Inconsistent", f"the message was sent to {state.to_her_id}"
+    return None
 
 
 def _apply_acknowledgment(

@@ -66,7 +66,14 @@ class FolderIntegration:
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:
-        return self.outbox_once() + self.inbox_once()
+        # each side on its own: a fault on one must not stop the other
+        handled = 0
+        for side in (self.outbox_once, self.inbox_once):
+            try:
+                handled += side()
+            except Exception:
+                log.exception("folder integration: the %s round failed", side.__name__)
+        return handled
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -76,7 +83,10 @@ class FolderIntegration:
         handled = 0
         for path in sorted(self.outbox.iterdir()):
             if path.is_file() and path.suffix.lower() == ".xml" and not path.name.startswith("."):
-                self.take(path)
+                try:
+                    self.take(path)
+                except Exception as exc:  # one file must not hold up the rest; tried again
+                    log.exception("folder outbox: a file not taken (%s)", type(exc).__name__)
                 handled += 1
         return handled
 
@@ -100,10 +110,10 @@ class FolderIntegration:
             self._take(path, stat, data)
 
     def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
-        key = hashlib.sha256(
-            f"{path.name}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{data.sha256}".encode()
-        ).hexdigest()
-        state = self._claim(key, path.name)
+        # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
+        identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
+        key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
+        state = self._claim(key, _printable(path.name))
         if state is None:
             return  # another process claimed it first
         outcome, message_id = state
@@ -166,7 +176,7 @@ class FolderIntegration:
     ) -> None:
         assert self.failed is not None
         lines = [
-            f"The file {path.name} was not sent, and nothing was sent for it.",
+            f"The file {_printable(path.name)} was not sent, and nothing was sent for it.",
             f"Reason ({code}): {reason}",
         ]
         if problems:
@@ -196,22 +206,31 @@ class FolderIntegration:
         if self.inbox is None:
             return 0
         written = FolderFileRow
+        # Still acknowledged: not written yet, or written by a round that died before it marked
+        # the message delivered (then only that is done: the EPJ may have taken the files).
         query = (
-            select(MessageRow)
+            select(MessageRow, exists().where(written.kind == INBOX, written.key == MessageRow.id))
             .where(
                 MessageRow.direction == Direction.INBOUND.value,
                 MessageRow.status == "acknowledged",
                 MessageRow.payload_ref.is_not(None),
                 MessageRow.to_her_id.in_(self.her_ids),
-                ~exists().where(written.kind == INBOX, written.key == MessageRow.id),
             )
             .order_by(MessageRow.created_at)
             .limit(100)
         )
         with self.ctx.store.unit_of_work() as uow:
-            rows = list(uow.session.scalars(query))
-        for row in rows:
-            self.write_inbox(row)
+            rows = [(row, bool(was_written)) for row, was_written in uow.session.execute(query)]
+        for row, was_written in rows:
+            try:
+                if was_written:
+                    self._deliver(row.id)
+                else:
+                    self.write_inbox(row)
+            except Exception as exc:  # one message must not hold up the rest; tried again
+                log.exception(
+                    "folder inbox: message %s could not be written (%s)", row.id, type(exc).__name__
+                )
         return len(rows)
 
     def write_inbox(self, row: MessageRow) -> None:
@@ -222,11 +241,14 @@ class FolderIntegration:
             write_atomically(self.inbox / f"{row.id}.json", sidecar)
             write_atomically(self.inbox / f"{row.id}.xml", payload)
         self._record_written(row.id)
+        self._deliver(row.id)
+
+    def _deliver(self, message_id: str) -> None:
         try:
-            receipts.deliver(self.ctx, row.id, actor=ACTOR)
+            receipts.deliver(self.ctx, message_id, actor=ACTOR)
         except receipts.AppRecRefused as refused:
             log.warning(
-                "message %s written to the inbox but not deliverable: %s", row.id, refused.code
+                "message %s written to the inbox but not deliverable: %s", message_id, refused.code
             )
 
     def _record_written(self, message_id: str) -> None:
@@ -244,6 +266,11 @@ class FolderIntegration:
             # Written by an earlier attempt or another process: the same files, nothing to do.
             with contextlib.suppress(IntegrityError):
                 uow.commit()
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be stored and shown (undecodable bytes as escapes)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def inbox_metadata(row: MessageRow) -> dict[str, Any]:
