@@ -70,6 +70,18 @@ SourceSystem = Annotated[
     str | None,
     Header(alias="nhn-source-system", description="Name of the calling system (audited)"),
 ]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="A key of the client's choosing, new for each new message: a retry with the "
+        "same key and the same document returns the message created the first time instead of "
+        "sending it again (the same key with another document is refused with 409)",
+    ),
+]
 MessageId = Annotated[uuid.UUID, Path(description="Our message id (a GUID)")]
 HerIdPath = Annotated[int, Path(ge=1, le=MAX_INT32, description="A HER-id")]
 
@@ -170,7 +182,11 @@ class Edi2:
     # -- operations -----------------------------------------------------------------------------
 
     def post_message(
-        self, who: Principal, body: PostMessageRequest, spooled: SpooledDocument | None = None
+        self,
+        who: Principal,
+        body: PostMessageRequest,
+        spooled: SpooledDocument | None = None,
+        idempotency_key: str | None = None,
     ) -> JSONResponse:
         """``spooled``: the document when a large body was decoded into a file on arrival
         (see :mod:`meldingstjener.api.document_spool`); the checks are the same."""
@@ -220,6 +236,7 @@ class Edi2:
                 to_her_id=str(subset[0]) if subset else None,
                 actor=f"api:{who.client}",
                 client_id=who.client,
+                idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
                 inspected=inspected,
                 also_stored=lambda uow, row: self._audit(
                     who, action, Outcome.OK, message_id=row.id, her_id=str(sender), uow=uow
@@ -233,7 +250,7 @@ class Edi2:
                 her_id=str(sender) if sender else None,
                 detail=rejected.code,
             )
-            status = 413 if rejected.code == "too-large" else 400
+            status = {"too-large": 413, "idempotency-key-reused": 409}.get(rejected.code, 400)
             raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
         return JSONResponse(
             message_id, status_code=201, headers={"Location": f"/Messages/{message_id}"}
@@ -510,9 +527,11 @@ def edi2_router(ops: Edi2) -> APIRouter:
         summary="Send a message (base64 business document)",
         responses={
             201: {
-                "description": "Created; the body is the new message id",
+                "description": "Created; the body is the new message id (for a retry with the "
+                "same Idempotency-Key: the id of the message created the first time)",
                 "content": {"application/json": {"schema": {"type": "string", "format": "uuid"}}},
-            }
+            },
+            409: {"description": "The Idempotency-Key was used for another business document"},
         },
     )
     def post_message(
@@ -521,8 +540,11 @@ def edi2_router(ops: Edi2) -> APIRouter:
         request: Request,
         _v: ApiVersion = None,
         _s: SourceSystem = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        return ops.post_message(principal, body, spooled_document(request, body.businessDocument))
+        return ops.post_message(
+            principal, body, spooled_document(request, body.businessDocument), idempotency_key
+        )
 
     @router.get(
         "/Messages",

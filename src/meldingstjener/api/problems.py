@@ -34,6 +34,7 @@ ERROR_NUMBERS: dict[str, int] = {
     "too-large": 1008,
     "override-not-supported": 1009,
     "apprec-refused": 1010,
+    "idempotency-key-reused": 1011,
     "unauthenticated": 4010,
     "forbidden": 4030,
     "not-found": 4040,

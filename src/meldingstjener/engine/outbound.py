@@ -11,6 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
 from meldingstjener.ebxml import (
     ManifestReference,
     MessageHeader,
@@ -29,7 +32,7 @@ from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
 from meldingstjener.registry.policy import check_agreement
-from meldingstjener.store.payloads import PayloadSource, source_size
+from meldingstjener.store.payloads import PayloadSource, source_sha256, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import SendingView, UnitOfWork
 
@@ -48,6 +51,7 @@ def submit(
     on_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
     inspected: Fagmelding | None = None,
     also_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
+    idempotency_key: str | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -59,7 +63,16 @@ def submit(
     bookkeeping (an AppRec marking the message it answers) commits with it or not at all; it
     replaces the marking done for an AppRec posted from outside. ``also_stored`` runs in that
     transaction too, besides that marking (the API's audit row).
+
+    ``idempotency_key`` (the API's ``Idempotency-Key``, prefixed with the client): a submit
+    that carries the key of a stored message returns that message instead of sending again, so
+    a client may retry a request whose answer it never got. The same key with another business
+    message is refused (``idempotency-key-reused``).
     """
+    if idempotency_key is not None:
+        earlier = _submitted_with(ctx, idempotency_key, payload)
+        if earlier is not None:
+            return earlier
     size = source_size(payload)
     if size > MAX_PAYLOAD_BYTES:
         raise SubmitRejected(
@@ -149,43 +162,79 @@ def submit(
         expires_at=now + partner.persist_duration,
         next_attempt_at=now,
         client_id=client_id,
+        idempotency_key=idempotency_key,
         **message.row_fields(),
     )
-    with ctx.store.unit_of_work() as uow:
-        uow.messages.add(
-            row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
-        )
-        # a new message cannot have changed before its first send: the worker is told what
-        # it would otherwise read back
-        sending = SendingView(
-            row.id,
-            row.status,
-            sender_her,
-            receiver_her,
-            wire_ref.key,
-            content_type,
-            header.message_id,
-            row.attempts or 0,
-            row.expires_at,
-        )
-        ctx.schedule_now(
-            uow,
-            TRANSMIT,
-            message_id=row.id,
-            dedup_key=f"{TRANSMIT}:{row.id}",
-            sending=sending,
-        )
-        if on_stored is not None:
-            on_stored(uow, row)
-        elif message.msg_type == APPREC:
-            from meldingstjener.engine.receipts import mark_answered_by_document  # (cycle)
+    try:
+        with ctx.store.unit_of_work() as uow:
+            uow.messages.add(
+                row, actor=actor, detail=f"accepted for {receiver_her} ({partner.name})", at=now
+            )
+            # a new message cannot have changed before its first send: the worker is told what
+            # it would otherwise read back
+            sending = SendingView(
+                row.id,
+                row.status,
+                sender_her,
+                receiver_her,
+                wire_ref.key,
+                content_type,
+                header.message_id,
+                row.attempts or 0,
+                row.expires_at,
+            )
+            ctx.schedule_now(
+                uow,
+                TRANSMIT,
+                message_id=row.id,
+                dedup_key=f"{TRANSMIT}:{row.id}",
+                sending=sending,
+            )
+            if on_stored is not None:
+                on_stored(uow, row)
+            elif message.msg_type == APPREC:
+                from meldingstjener.engine.receipts import mark_answered_by_document  # (cycle)
 
-            mark_answered_by_document(ctx, uow, row, message)
-        if also_stored is not None:
-            also_stored(uow, row)
-        uow.commit()
+                mark_answered_by_document(ctx, uow, row, message)
+            if also_stored is not None:
+                also_stored(uow, row)
+            uow.commit()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # the same key in two requests at once: the other one stored its message first, and
+        # nothing refers to this one's files (their keys are random)
+        try:
+            earlier = _submitted_with(ctx, idempotency_key, payload)
+        finally:
+            ctx.store.payloads.delete(payload_ref.key)
+            ctx.store.payloads.delete(wire_ref.key)
+        if earlier is None:
+            raise
+        return earlier
     ctx.notify_workers(uow)
     return row.id
+
+
+def _submitted_with(ctx: EngineContext, idempotency_key: str, payload: PayloadSource) -> str | None:
+    """The message stored under ``idempotency_key``, if any, when it carries this same business
+    message; SubmitRejected when it carries another one."""
+    with ctx.store.unit_of_work() as uow:
+        earlier = uow.session.execute(
+            select(MessageRow.id, MessageRow.payload_sha256).where(
+                MessageRow.direction == Direction.OUTBOUND.value,
+                MessageRow.idempotency_key == idempotency_key,
+            )
+        ).first()
+    if earlier is None:
+        return None
+    if earlier.payload_sha256 is not None and earlier.payload_sha256 != source_sha256(payload):
+        raise SubmitRejected(
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for another business message; use a new key for "
+            "each new message",
+        )
+    return str(earlier.id)
 
 
 def _version_of(message: Fagmelding) -> str | None:

@@ -221,6 +221,20 @@ def source_size(source: PayloadSource) -> int:
     return os.stat(source).st_size
 
 
+def source_sha256(source: PayloadSource) -> str:
+    """The SHA-256 (hex) of a payload in memory or in a file, as the store records it."""
+    if isinstance(source, Spool):
+        return source.sha256
+    digest = hashlib.sha256()
+    if isinstance(source, bytes | bytearray | memoryview):
+        digest.update(source)
+    else:
+        with open(source, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _chunks(source: bytes | BinaryIO | Iterable[bytes]) -> Iterable[bytes]:
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source)

@@ -64,6 +64,9 @@ class MessageRow(Base):
         Index("ix_messages_sender_org", "sender_org_her_id"),
         Index("ix_messages_receiver_org", "receiver_org_her_id"),
         Index("ix_messages_from_to", "from_her_id", "to_her_id"),
+        Index("ix_messages_client_id", "client_id"),
+        # a retried API request with the same Idempotency-Key finds the message it created
+        Index("uq_messages_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -110,6 +113,7 @@ class MessageRow(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_error_text: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(400))  # "<client>:<key>"
     read_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -259,3 +259,71 @@ def test_a_sent_message_and_its_audit_row_commit_together(
     monkeypatch.undo()
     with pair.gp.store.unit_of_work() as uow:
         assert len(uow.messages.search(LogFilter(direction="out"))) == stored_before
+
+
+def test_a_retry_with_the_same_idempotency_key_sends_nothing_again(api_pair: ApiPair) -> None:
+    # The EPJ's request timed out after the server had stored the message; it sends the same
+    # request again with the same Idempotency-Key and gets the same message back.
+    pair = api_pair.pair
+    document = dialog_note(pair.gp_site, pair.hospital_site, "Sendt to ganger?")
+    other = dialog_note(pair.gp_site, pair.hospital_site, "En annen melding")
+
+    def post(data: bytes, key: str) -> httpx.Response:
+        return api_pair.gp_http.post(
+            "/Messages",
+            headers={**_bearer(api_pair.gp_key), "Idempotency-Key": key},
+            json={
+                "businessDocument": base64.b64encode(data).decode(),
+                "contentType": "application/xml",
+                "contentTransferEncoding": "base64",
+            },
+        )
+
+    first = post(document, "epj-4711")
+    again = post(document, "epj-4711")
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json() == again.json()
+    fresh = post(document, "epj-4712")  # a new key is a new message, even with the same bytes
+    assert fresh.status_code == 201 and fresh.json() != first.json()
+    reused = post(other, "epj-4711")
+    assert reused.status_code == 409
+    assert reused.json()["code"] == "idempotency-key-reused"
+    assert post(document, "has space").status_code == 400
+    with pair.gp.store.unit_of_work() as uow:
+        sent = uow.messages.search(LogFilter(direction="out"))
+    assert sorted(m.id for m in sent) == sorted([first.json(), fresh.json()])
+    pair.run()
+    assert len(pair.inbound_messages(pair.hospital)) == 2
+
+
+def test_the_same_idempotency_key_at_once_stores_one_message(api_pair: ApiPair) -> None:
+    # Two requests with the same key at the same moment: the unique key decides, and both get
+    # the one message. (Whether they really meet depends on timing; these hold either way.)
+    import threading
+
+    from meldingstjener.engine.outbound import submit
+
+    pair = api_pair.pair
+    document = dialog_note(pair.gp_site, pair.hospital_site, "Samtidig")
+    start = threading.Barrier(3)
+    answers: list[str] = []
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        start.wait()
+        try:
+            answers.append(submit(pair.gp, document, actor="t", idempotency_key="epj:same"))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == [] and len(answers) == 3 and len(set(answers)) == 1
+    with pair.gp.store.unit_of_work() as uow:
+        [sent] = uow.messages.search(LogFilter(direction="out"))
+    assert sent.id == answers[0]
+    stored = sorted(p.name for p in pair.gp.store.payloads.root.rglob("*") if p.is_file())
+    assert stored == sorted([str(sent.payload_ref), str(sent.wire_ref)])

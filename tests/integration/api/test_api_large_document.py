@@ -71,7 +71,7 @@ def test_a_large_document_is_stored_byte_exact_and_sent(
     post_message = Edi2.post_message
 
     def watching(self: Edi2, *args: object) -> object:
-        taken.append(args[-1])
+        taken.append(args[2])  # (who, body, spooled document, idempotency key)
         return post_message(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Edi2, "post_message", watching)
