@@ -182,7 +182,7 @@ def _receive_message(
         # The same message arrived twice at once; the other request stored it first. Nothing
         # refers to this request's files (their keys are random): the decrypted content must
         # not stay on disk.
-        _drop(ctx, payload_ref, wire_ref, ack_ref)
+        ctx.store.payloads.discard(payload_ref, wire_ref, ack_ref)
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
@@ -370,13 +370,6 @@ def _record_signal(
     )
 
 
-def _drop(ctx: EngineContext, *refs: PayloadRef) -> None:
-    """Remove files a unit of work stored and then did not commit (a unique key refused it).
-    Only there: when a commit fails otherwise, it may have gone through after all."""
-    for ref in refs:
-        ctx.store.payloads.delete(ref.key)
-
-
 def _unroutable(ctx: EngineContext, uow: UnitOfWork, kind: str, row: MessageRow) -> None:
     """Our signal is stored, but there is no agreement with an endpoint on a channel of ours to
     send it by: the sender will resend and in the end give up, unless someone acts."""
@@ -451,7 +444,7 @@ def _refuse(
             )
             uow.commit()
     except IntegrityError:
-        _drop(ctx, wire_ref, error_ref)
+        ctx.store.payloads.discard(wire_ref, error_ref)
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None

@@ -202,13 +202,11 @@ def submit(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        # the same key in two requests at once: the other one stored its message first, and
-        # nothing refers to this one's files (their keys are random)
+        # the same key in two requests at once: the other one stored its message first
         try:
             earlier = _submitted_with(ctx, idempotency_key, payload)
         finally:
-            ctx.store.payloads.delete(payload_ref.key)
-            ctx.store.payloads.delete(wire_ref.key)
+            ctx.store.payloads.discard(payload_ref, wire_ref)
         if earlier is None:
             raise
         return earlier

@@ -371,8 +371,9 @@ def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
     )
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id))
-        pending = row is not None and row.status == InboundStatus.RECEIVED.value
-        payload_ref = row.payload_ref if pending and row is not None else None
+        payload_ref = (
+            row.payload_ref if row is not None and row.status == InboundStatus.RECEIVED else None
+        )
     if payload_ref is not None:
         original = ctx.store.payloads.read_bytes(payload_ref)
         reject_by_server(ctx, str(job.message_id), original, verdict)

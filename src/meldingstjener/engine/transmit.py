@@ -65,6 +65,17 @@ def _give_up(
     )
 
 
+def _give_up_before_sending(
+    uow: UnitOfWork, message_id: str, partner_name: str, reason: str, now: datetime
+) -> None:
+    """Give up on a message under its lock, unless it was acknowledged or given up meanwhile."""
+    row = uow.messages.get(message_id, for_update=True)
+    assert row is not None
+    if row.status in _SENDABLE:
+        _give_up(uow, row, partner_name, reason, now)
+    uow.commit()
+
+
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     """Send (or resend) one message. Returns the transport's result when it was delivered."""
     now = ctx.clock()
@@ -80,18 +91,13 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         try:
             partner = ctx.directory.partner(uow, str(view.to_her_id), our_her_id=view.from_her_id)
         except PartnerUnknown as exc:
-            row = uow.messages.get(view.id, for_update=True)
-            assert row is not None
-            _give_up(uow, row, str(row.to_her_id), f"the partner is no longer known ({exc})", now)
-            uow.commit()
+            reason = f"the partner is no longer known ({exc})"
+            _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
         if view.attempts > 0 and view.expires_at is not None and now >= view.expires_at:
             # a resend that waited past PersistDuration (a backlog, the server down)
-            row = uow.messages.get(view.id, for_update=True)
-            assert row is not None
-            if row.status in _SENDABLE:
-                _give_up(uow, row, partner.name, "PersistDuration ran out before a resend", now)
-            uow.commit()
+            reason = "PersistDuration ran out before a resend"
+            _give_up_before_sending(uow, view.id, partner.name, reason, now)
             return None
         wire = ctx.store.payloads.path(str(view.wire_ref))
         content_type = str(view.wire_content_type)

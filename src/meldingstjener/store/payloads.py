@@ -202,6 +202,13 @@ class PayloadStore:
         """The file's path, for zero-copy senders (sendfile) and streaming readers."""
         return self._path(key)
 
+    def discard(self, *refs: PayloadRef) -> None:
+        """Remove files stored for a unit of work that then did not commit because a unique key
+        refused it (their keys are random: nothing else refers to them). Only then: when a
+        commit fails otherwise, it may have gone through after all."""
+        for ref in refs:
+            self.delete(ref.key)
+
     def delete(self, key: str) -> bool:
         """Purge a payload (misaddressed messages). True when a file was removed."""
         try:

@@ -774,10 +774,10 @@ class JobRepository:
         ``UPDATE ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` selection (PostgreSQL), so
         concurrent workers never take the same job and a claim costs one round trip.
         """
-        rows = _execute_for_dialect(
-            self.session, _CLAIM, worker=worker, until=now + lease, now=now, limit=limit
-        )
         until = now + lease
+        rows = _execute_for_dialect(
+            self.session, _CLAIM, worker=worker, until=until, now=now, limit=limit
+        )
         claimed = [
             ClaimedJob(job_id, kind, message_id, data, attempts, due_at, until)
             for job_id, kind, message_id, data, attempts, due_at in rows

@@ -55,6 +55,23 @@ class TransportFailure(Exception):
         self.retryable = retryable
 
 
+def body_missing(exc: OSError) -> TransportFailure:
+    """The stored wire form cannot be read: resending cannot help, so it is final."""
+    return TransportFailure(
+        "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
+    )
+
+
+def body_size(body: bytes | Path) -> int:
+    """The size of what a delivery sends; :func:`body_missing` when its file is gone."""
+    if not isinstance(body, Path):
+        return len(body)
+    try:
+        return body.stat().st_size
+    except OSError as exc:
+        raise body_missing(exc) from None
+
+
 class Transport(Protocol):
     """A channel. ``send`` raises :class:`TransportFailure` when the message did not arrive."""
 

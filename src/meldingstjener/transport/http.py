@@ -14,7 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+from meldingstjener.transport.base import (
+    Delivery,
+    TransportFailure,
+    TransportResult,
+    body_size,
+)
 
 CHUNK = 1024 * 1024
 
@@ -39,14 +44,7 @@ class HttpTransport:
         headers = {"Content-Type": delivery.content_type, "SOAPAction": '"ebXML"'}
         headers.update(delivery.headers)
         if isinstance(delivery.body, Path):
-            try:
-                headers["Content-Length"] = str(delivery.body.stat().st_size)
-            except OSError as exc:
-                raise TransportFailure(
-                    "body-missing",
-                    f"the stored message cannot be read: {exc.strerror}",
-                    retryable=False,
-                ) from None
+            headers["Content-Length"] = str(body_size(delivery.body))
             content: bytes | Iterator[bytes] = _file_chunks(delivery.body)
         else:
             content = delivery.body

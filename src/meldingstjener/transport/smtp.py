@@ -31,7 +31,13 @@ from meldingstjener.ebxml.mime import (
     render_message,
     unpackage,
 )
-from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+from meldingstjener.transport.base import (
+    Delivery,
+    TransportFailure,
+    TransportResult,
+    body_missing,
+    body_size,
+)
 
 NETWORK_MAX_MAIL_BYTES = 51_200_000
 DEFAULT_TEST_DOMAINS = ("testedi.nhn.no", "samsvar.nhn.no")
@@ -190,10 +196,10 @@ class SmtpTransport:
         to_address = mail_address(delivery.endpoint)
         self.guard.check(to_address)
         # Checked before anything is read: a too-large message never costs a read or a connection.
-        self._check_size(len(self.render_head(delivery, to_address)) + _size(delivery.body))
+        self._check_size(len(self.render_head(delivery, to_address)) + body_size(delivery.body))
         delivery = _mailable(delivery)
         head = self.render_head(delivery, to_address)
-        size = len(head) + _size(delivery.body)
+        size = len(head) + body_size(delivery.body)
         self._check_size(size)  # again: base64 re-encoding makes a body a third larger
         body: Iterable[bytes] = (
             _file_chunks(delivery.body) if isinstance(delivery.body, Path) else [delivery.body]
@@ -279,17 +285,6 @@ class SmtpTransport:
             ) from None
 
 
-def _size(body: bytes | Path) -> int:
-    if not isinstance(body, Path):
-        return len(body)
-    try:
-        return body.stat().st_size
-    except OSError as exc:
-        raise TransportFailure(
-            "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
-        ) from None
-
-
 def _mailable(delivery: Delivery) -> Delivery:
     """The delivery itself when its body is mail-safe, else re-encoded (signals are packaged
     binary for HTTP: one long XML line that relays would break)."""
@@ -300,9 +295,7 @@ def _mailable(delivery: Delivery) -> Delivery:
             return delivery
         data = body.read_bytes() if isinstance(body, Path) else body
     except OSError as exc:
-        raise TransportFailure(
-            "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
-        ) from None
+        raise body_missing(exc) from None
     content_type, new_body = reencode_for_mail(delivery.content_type, data)
     return replace(delivery, content_type=content_type, body=new_body)
 

@@ -11,6 +11,7 @@ import uuid
 import httpx
 import pytest
 from api_sites import ApiPair
+from engine_pair import at_once
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
@@ -299,29 +300,12 @@ def test_a_retry_with_the_same_idempotency_key_sends_nothing_again(api_pair: Api
 def test_the_same_idempotency_key_at_once_stores_one_message(api_pair: ApiPair) -> None:
     # Two requests with the same key at the same moment: the unique key decides, and both get
     # the one message. (Whether they really meet depends on timing; these hold either way.)
-    import threading
-
     from meldingstjener.engine.outbound import submit
 
     pair = api_pair.pair
     document = dialog_note(pair.gp_site, pair.hospital_site, "Samtidig")
-    start = threading.Barrier(3)
-    answers: list[str] = []
-    failures: list[BaseException] = []
-
-    def send() -> None:
-        start.wait()
-        try:
-            answers.append(submit(pair.gp, document, actor="t", idempotency_key="epj:same"))
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=send) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert failures == [] and len(answers) == 3 and len(set(answers)) == 1
+    answers = at_once(3, lambda: submit(pair.gp, document, actor="t", idempotency_key="epj:same"))
+    assert len(answers) == 3 and len(set(answers)) == 1
     with pair.gp.store.unit_of_work() as uow:
         [sent] = uow.messages.search(LogFilter(direction="out"))
     assert sent.id == answers[0]

@@ -7,10 +7,12 @@ endpoint does. Real HTTP between processes is tested in ``test_two_servers.py``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
@@ -108,3 +110,32 @@ def make_pair(tmp_path: Path, **site_options: object) -> Pair:
         ctx.transports = {"http": network}
     network.engines = {gp_site.endpoint: gp, hospital_site.endpoint: hospital}
     return Pair(gp_site, hospital_site, gp, hospital, clock, network)
+
+
+T = TypeVar("T")
+
+
+def at_once(count: int, action: Callable[[], T], timeout: float = 60.0) -> list[T]:
+    """Run ``action`` in ``count`` threads released together; their results, or the first
+    exception one of them raised. (Whether they really meet inside ``action`` is up to the
+    scheduler: a test built on this must hold either way.)"""
+    start = threading.Barrier(count)
+    results: list[T] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(action())
+        except BaseException as exc:  # handed to the test below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), f"still running after {timeout} s"
+    if failures:
+        raise failures[0]
+    return results

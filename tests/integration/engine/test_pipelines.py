@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair, make_pair
+from engine_pair import Pair, at_once, make_pair
 
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.engine.errors import SubmitRejected
@@ -480,8 +480,6 @@ def test_the_same_message_arriving_at_once_is_stored_once_and_leaves_no_copies(
     # check before any has committed, and the unique key decides. Every request is answered
     # with the Acknowledgment, one message is stored, and no request leaves its decrypted copy
     # behind. (Whether the race is met in a run depends on timing; these hold either way.)
-    import threading
-
     from meldingstjener.engine import inbound
 
     pair = make_pair(tmp_path, hospital_database_url=database_url)
@@ -490,22 +488,7 @@ def test_the_same_message_arriving_at_once_is_stored_once_and_leaves_no_copies(
     pair.run()
     sent = pair.message(pair.gp, message_id)
     body = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
-    start = threading.Barrier(4)
-    failures: list[BaseException] = []
-
-    def deliver() -> None:
-        start.wait()
-        try:
-            inbound.receive(pair.hospital, str(sent.wire_content_type), body)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert failures == []
+    at_once(4, lambda: inbound.receive(pair.hospital, str(sent.wire_content_type), body))
     [stored] = pair.inbound_messages(pair.hospital)
     root = pair.hospital.store.payloads.root
     files = sorted(path.name for path in root.rglob("*") if path.is_file())
