@@ -317,9 +317,10 @@ class Edi2:
             raise ApiProblem(
                 404, "not-found", f"message {row.id} has no business document"
             ) from None
+        # Fetching does not deliver: the bytes may never reach the EPJ (a dropped connection,
+        # a crash before it stored them). The EPJ says it has the message by marking it read
+        # (or by answering it), as the API asks of it; until then the message stays unread.
         try:
-            if row.direction == Direction.INBOUND.value:
-                self._deliver(who, row)
             self._audit(who, action, Outcome.OK, message_id=row.id, her_id=_own(row))
         except BaseException:
             document.close()

@@ -117,6 +117,32 @@ def test_allowed_reads_are_audited_with_the_person(api_pair: ApiPair) -> None:
     assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == "delivered"
 
 
+def test_fetching_the_document_does_not_deliver_it_marking_it_read_does(
+    api_pair: ApiPair,
+) -> None:
+    """The bytes of a fetch may never reach the EPJ: the message stays unread and undelivered
+    (no auto-AppRec goes out) until the EPJ marks it read."""
+    received_id = _deliver_one(api_pair)
+    pair, http = api_pair.pair, api_pair.hospital_http
+    headers = _bearer(api_pair.hospital_key)
+
+    def unread() -> list[str]:
+        listed = http.get(
+            "/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER}, headers=headers
+        )
+        assert listed.status_code == 200, listed.text
+        return [m["id"] for m in listed.json()]
+
+    for _ in range(2):  # a fetch, and a fetch again after a lost answer
+        assert http.get(f"/Messages/{received_id}/business-document", headers=headers).is_success
+    assert pair.message(pair.hospital, received_id).status == "acknowledged"
+    assert unread() == [received_id]
+    read = http.put(f"/Messages/{received_id}/read/{HOSPITAL_SERVICE_HER}", headers=headers)
+    assert read.status_code == 204, read.text
+    assert pair.message(pair.hospital, received_id).status == "delivered"
+    assert unread() == []
+
+
 def test_cli_client_lifecycle_and_401s(api_pair: ApiPair) -> None:
     """Made by the CLI, the key works once shown; without a key or after revoking: 401."""
     settings = api_pair.pair.hospital_site.config_path
