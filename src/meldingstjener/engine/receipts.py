@@ -223,14 +223,10 @@ def mark_answered_by_document(
     move that message on and record the receipt, in the transaction that stores the AppRec."""
     if message.msg_type != APPREC or not message.apprec_original_msg_id:
         return
-    originals = [
-        m
-        for m in uow.messages.by_msg_id(Direction.INBOUND, message.apprec_original_msg_id)
-        if m.from_her_id == answer.to_her_id
-    ]
-    if not originals:
+    original_id = _answered_copy(uow, answer, message.apprec_original_msg_id)
+    if original_id is None:
         return
-    original = uow.messages.get(originals[-1].id, for_update=True)
+    original = uow.messages.get(original_id, for_update=True)
     assert original is not None
     code = message.apprec_status or "1"
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
@@ -255,6 +251,39 @@ def mark_answered_by_document(
             error_codes=[{"code": c, "text": t} for c, t in errors] or None,
         )
     )
+
+
+def _answered_copy(uow: UnitOfWork, answer: MessageRow, original_msg_id: str) -> str | None:
+    """The received message an AppRec document answers: the one with that MsgId from the
+    AppRec's receiver, sent to the AppRec's sender.
+
+    The same MsgId reaches several of our HER-ids when the sender sends copies (one message
+    per receiver, the MsgHead alike); the sender's MsgId alone would pick any of them. When no
+    copy was sent to exactly the answering HER-id, a single message from that sender is still
+    the one answered; between several, none is guessed (the AppRec goes out, no status moves).
+    """
+    from_them = [
+        m
+        for m in uow.messages.by_msg_id(Direction.INBOUND, original_msg_id)
+        if m.from_her_id == answer.to_her_id
+    ]
+    answering = {answer.from_her_id, answer.sender_service_her_id, answer.sender_person_her_id}
+    addressed = [m for m in from_them if m.to_her_id in answering - {None}]
+    if addressed:
+        return addressed[-1].id
+    if len(from_them) == 1:
+        return from_them[0].id
+    if from_them:
+        uow.events.record(
+            answer.id,
+            EventKind.NOTE,
+            actor="msh",
+            code="apprec-ambiguous",
+            detail=f"this AppRec answers MsgId {original_msg_id}, received {len(from_them)} "
+            f"times from {answer.to_her_id}, none of them sent to {answer.from_her_id}: no "
+            "received message is marked answered",
+        )
+    return None
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from engine_pair import Pair
 
-from meldingstjener.devsites import dialog_note
+from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine import receipts
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
@@ -192,6 +192,31 @@ def test_an_apprec_document_from_the_epj_marks_the_message_it_answers(pair: Pair
     pair.run()
     assert pair.message(pair.hospital, row.id).status == "apprec-sent"
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pair) -> None:
+    """One MsgHead sent twice, to our service and to our organisation: the EPJ's AppRec from
+    the service marks the copy sent to the service, not the one that happened to come last."""
+    from meldingstjener.formats import AppRecStatus, build_apprec, read_msghead
+
+    _alias(pair, HOSPITAL_HER)  # the GP may address the hospital's organisation too
+    document = dialog_note(pair.gp_site, pair.hospital_site, "Notat til to")
+    submit(pair.gp, document, actor="t")  # To: the service
+    submit(pair.gp, document, actor="t", to_her_id=HOSPITAL_HER)
+    pair.run()
+    copies = {m.to_her_id: m for m in pair.inbound_messages(pair.hospital)}
+    to_service, to_organisation = copies[HOSPITAL_SERVICE_HER], copies[HOSPITAL_HER]
+    assert to_service.msg_id == to_organisation.msg_id
+    assert to_service.created_at <= to_organisation.created_at  # the service's copy is older
+    for copy in (to_service, to_organisation):
+        receipts.deliver(pair.hospital, copy.id, actor="epj:test")
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(to_service.payload_ref)))
+    answer_id = submit(
+        pair.hospital, build_apprec(original, status=AppRecStatus.OK, version="1.0"), actor="t"
+    )
+    assert pair.message(pair.hospital, answer_id).from_her_id == HOSPITAL_SERVICE_HER
+    assert pair.message(pair.hospital, to_service.id).status == "apprec-sent"
+    assert pair.message(pair.hospital, to_organisation.id).status == "delivered"
 
 
 def test_a_resend_after_our_apprec_gets_the_acknowledgment_again(pair: Pair) -> None:
