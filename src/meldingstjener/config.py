@@ -218,6 +218,18 @@ class ApiSettings(_Section):
     jwt_her_ids_claim: str = "her_ids"
     jwt_person_claim: str = "sub"
 
+    @model_validator(mode="after")
+    def _check(self) -> ApiSettings:
+        if self.jwt_issuer is None:
+            return self
+        # An issuer such as HelseID signs tokens for many APIs: without the audience, a token
+        # meant for another API of the same issuer would be taken as one meant for us.
+        if not self.jwt_audience:
+            raise ValueError("api.jwt_audience: needed with jwt_issuer (the 'aud' tokens name)")
+        if self.jwt_jwks_url is None and self.jwt_public_key_file is None:
+            raise ValueError("api: jwt_issuer needs jwt_jwks_url or jwt_public_key_file")
+        return self
+
 
 class FolderSettings(_Section):
     """Folder integration: an outbox watched for fagmeldinger, an inbox we write received ones to.

@@ -109,3 +109,15 @@ def test_the_example_file_is_valid_and_complete() -> None:
         else:
             assert f"{name} =" in text or f"# {name} =" in text, f"{name} not explained"
     assert settings.environment in ("test", "qa", "prod")
+
+
+def test_a_jwt_issuer_needs_an_audience_and_a_key(tmp_path: Path) -> None:
+    """Without an audience, a token the same issuer made for another API would be accepted."""
+    issuer = {"jwt_issuer": "https://helseid.test", "jwt_jwks_url": "https://helseid.test/jwks"}
+    with pytest.raises(ConfigError, match=r"jwt_audience"):
+        load_settings(api=issuer)
+    with pytest.raises(ConfigError, match=r"jwt_jwks_url or jwt_public_key_file"):
+        load_settings(api={"jwt_issuer": "https://helseid.test", "jwt_audience": "msh"})
+    settings = load_settings(api={**issuer, "jwt_audience": "msh"})
+    assert settings.api.jwt_audience == "msh"
+    assert load_settings().api.jwt_issuer is None  # no issuer: API keys only, nothing needed

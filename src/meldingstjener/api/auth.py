@@ -71,7 +71,7 @@ class Authenticator:
                 algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
                 issuer=self.settings.jwt_issuer,
                 audience=self.settings.jwt_audience,
-                options={"require": ["exp", "iss"], "verify_aud": bool(self.settings.jwt_audience)},
+                options={"require": ["exp", "iss", "aud"]},
             )
         except (jwt.PyJWTError, OSError, ValueError) as exc:
             raise ApiProblem(

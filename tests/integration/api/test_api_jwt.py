@@ -33,7 +33,7 @@ def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
         "her_ids": [HOSPITAL_SERVICE_HER],
         **changes,
     }
-    return jwt.encode(claims, key, algorithm="RS256")
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="RS256")
 
 
 def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
@@ -60,6 +60,7 @@ def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
         assert get(_token(key)) == 200
         assert get(_token(key), her_id="8200001") == 403
         assert get(_token(key, aud="someone-else")) == 401
+        assert get(_token(key, aud=None)) == 401  # a token naming no audience is not for us
         assert get(_token(key, exp=datetime.now(UTC) - timedelta(minutes=1))) == 401
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         assert get(_token(other)) == 401
