@@ -229,6 +229,12 @@ class Edi2:
             raise self._refuse(
                 who, action, f"the client may not send as HER-id {sender}", her_id=str(sender)
             )
+        stored: list[str] = []
+
+        def audit_stored(uow: UnitOfWork, row: MessageRow) -> None:
+            stored.append(row.id)
+            self._audit(who, action, Outcome.OK, message_id=row.id, her_id=str(sender), uow=uow)
+
         try:
             message_id = submit(
                 self.ctx,
@@ -238,9 +244,7 @@ class Edi2:
                 client_id=who.client,
                 idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
                 inspected=inspected,
-                also_stored=lambda uow, row: self._audit(
-                    who, action, Outcome.OK, message_id=row.id, her_id=str(sender), uow=uow
-                ),
+                also_stored=audit_stored,
             )
         except SubmitRejected as rejected:
             self._audit(
@@ -252,6 +256,15 @@ class Edi2:
             )
             status = {"too-large": 413, "idempotency-key-reused": 409}.get(rejected.code, 400)
             raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
+        if not stored:  # a retry under a key already used: the message stored the first time
+            self._audit(
+                who,
+                action,
+                Outcome.OK,
+                message_id=message_id,
+                her_id=str(sender),
+                detail="a retry with the same Idempotency-Key: nothing sent again",
+            )
         return JSONResponse(
             message_id, status_code=201, headers={"Location": f"/Messages/{message_id}"}
         )

@@ -321,6 +321,10 @@ def test_a_retry_with_the_same_idempotency_key_sends_nothing_again(api_pair: Api
     assert sorted(m.id for m in sent) == sorted([first.json(), fresh.json()])
     pair.run()
     assert len(pair.inbound_messages(pair.hospital)) == 2
+    # the retry is audited too: the help desk sees that the EPJ asked twice
+    entries = query(pair.gp.store, AuditQuery(message_id=first.json()))
+    assert [(e["action"], e["outcome"]) for e in entries] == [("send-message", "ok")] * 2
+    assert "Idempotency-Key" in str(entries[-1]["detail"])
 
 
 def test_the_same_idempotency_key_at_once_stores_one_message(api_pair: ApiPair) -> None:
