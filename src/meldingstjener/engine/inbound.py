@@ -23,6 +23,7 @@ from meldingstjener.ebxml import (
     Envelope,
     ErrorCode,
     ErrorDetail,
+    MessageHeader,
     MimeMessage,
     OriginalIds,
     Severity,
@@ -113,9 +114,9 @@ def _receive_message(
     sender = header.from_party.her_id
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-        if duplicate is not None:
-            return _resend_signal(ctx, uow, duplicate, envelope, channel)
         certificate = ctx.directory.signing_certificate(uow, sender)
+    if duplicate is not None:
+        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
     try:
         message, plain = _check(ctx, mime, envelope, root, certificate)
     except _Reject as reject:
@@ -202,24 +203,7 @@ def _check(
 ) -> tuple[Fagmelding, PayloadSource]:
     header = envelope.header
     sender = header.from_party.her_id
-    if certificate is None:
-        raise _Reject(
-            ErrorCode.SECURITY_FAILURE,
-            f"the sender {sender} is not a known communication party with a signing certificate",
-            "eb:MessageHeader/eb:From/eb:PartyId",
-        )
-    check = verify_ebxml_envelope(
-        root,
-        mime.attachment_bytes(),
-        certificate=certificate,
-        allow_sha1=ctx.policy.allow_sha1,
-    )
-    if not check.valid:
-        raise _Reject(
-            ErrorCode.SECURITY_FAILURE,
-            f"the signature did not verify: {check.problem or 'a reference did not match'}",
-            "ds:Signature",
-        )
+    certificate = _verify_signature(ctx, mime, envelope, root, certificate)
     problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
     if problem is not None:
         raise _Reject(
@@ -275,6 +259,83 @@ def _check(
             "eb:MessageHeader",
         )
     return message, plain
+
+
+def _verify_signature(
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    certificate: x509.Certificate | None,
+) -> x509.Certificate:
+    """The sender's registered certificate, once the envelope's signature verifies with it."""
+    if certificate is None:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the sender {envelope.header.from_party.her_id} is not a known communication party "
+            "with a signing certificate",
+            "eb:MessageHeader/eb:From/eb:PartyId",
+        )
+    check = verify_ebxml_envelope(
+        root,
+        mime.attachment_bytes(),
+        certificate=certificate,
+        allow_sha1=ctx.policy.allow_sha1,
+    )
+    if not check.valid:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the signature did not verify: {check.problem or 'a reference did not match'}",
+            "ds:Signature",
+        )
+    return certificate
+
+
+def _duplicate(
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    certificate: x509.Certificate | None,
+    original: MessageRow,
+    channel: str,
+) -> InboundReply:
+    """A known eb:MessageId. A resend by its sender gets our signal again; anything else (not
+    signed by the sender, or from another party) is not that message, and is not answered with
+    that message's Acknowledgment: it is logged against it and refused, with nothing stored."""
+    header = envelope.header
+    with ctx.store.unit_of_work() as uow:
+        ours = _last_transport_receipt(uow, original.id)
+    refused = ours is not None and ours.kind == "message-error"
+    try:
+        if header.from_party.her_id != original.from_her_id:
+            raise _Reject(
+                ErrorCode.INCONSISTENT,
+                f"this MessageId was received from {original.from_her_id}, not from "
+                f"{header.from_party.her_id}",
+                "eb:MessageHeader/eb:MessageData/eb:MessageId",
+            )
+        if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
+            _verify_signature(ctx, mime, envelope, root, certificate)
+    except _Reject as reject:
+        with ctx.store.unit_of_work() as uow:
+            uow.events.record(
+                original.id,
+                EventKind.ERROR,
+                actor=f"{channel}:{header.from_party.her_id}",
+                code=str(reject.error.code),
+                detail="the ebXML MessageId of this message arrived again, but not as a resend "
+                f"by its sender ({reject.error.description}): refused, not answered with our "
+                "signal",
+                ebxml_message_id=header.message_id,
+            )
+            uow.commit()
+        if channel != "http" or not envelope.sync_reply:
+            return InboundReply()  # no signal to a party that may not be who it says
+        wire = signals.build_error(ctx, OriginalIds.of(header), [reject.error], _us(ctx, header))
+        return InboundReply(wire.content_type, wire.body)
+    with ctx.store.unit_of_work() as uow:
+        return _resend_signal(ctx, uow, original, envelope, channel)
 
 
 def _envelope_row(
@@ -397,12 +458,16 @@ def _unroutable(ctx: EngineContext, uow: UnitOfWork, kind: str, row: MessageRow)
     )
 
 
+def _us(ctx: EngineContext, header: MessageHeader) -> str:
+    """The HER-id our MessageError comes from: the To when it is ours, else our organisation."""
+    return header.to_party.her_id if header.to_party.her_id in ctx.own_her_ids else ctx.organisation
+
+
 def _refuse(
     ctx: EngineContext, envelope: Envelope, body: PayloadSource, error: ErrorDetail, channel: str
 ) -> InboundReply:
     header = envelope.header
-    our = header.to_party.her_id if header.to_party.her_id in ctx.own_her_ids else None
-    our = our or ctx.organisation
+    our = _us(ctx, header)
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
     error_ref = ctx.store.payloads.put(wire.body)
@@ -456,18 +521,23 @@ def _refuse(
 _TRANSPORT_SIGNALS = ("acknowledgment", "message-error")
 
 
+def _last_transport_receipt(uow: UnitOfWork, message_id: str) -> ReceiptRow | None:
+    """Our last Acknowledgment or MessageError for a received message."""
+    sent = [
+        r
+        for r in uow.receipts.for_message(message_id)
+        if r.direction == "out" and r.kind in _TRANSPORT_SIGNALS
+    ]
+    return sent[-1] if sent else None
+
+
 def _resend_signal(
     ctx: EngineContext, uow: UnitOfWork, original: MessageRow, envelope: Envelope, channel: str
 ) -> InboundReply:
     """A repeated eb:MessageId: not processed again; the signal we sent for it is sent again."""
     # Only the transport signal is repeated: an AppRec or DIALOG_AVVIK recorded since is an
     # answer of its own (a message with its own receipts), not what the sender is waiting for.
-    sent = [
-        r
-        for r in uow.receipts.for_message(original.id)
-        if r.direction == "out" and r.kind in _TRANSPORT_SIGNALS
-    ]
-    signal = sent[-1] if sent else None
+    signal = _last_transport_receipt(uow, original.id)
     now = ctx.clock()
     uow.events.record(
         original.id,

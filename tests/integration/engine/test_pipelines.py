@@ -99,14 +99,30 @@ def _columns(row: object) -> dict[str, object]:
     return {column.key: getattr(row, column.key) for column in table.columns}
 
 
-def test_tampered_payload_is_a_security_failure(pair: Pair) -> None:
-    def flip_last_payload_byte(body: bytes) -> bytes:
-        if b"pkcs7-mime" not in body:
-            return body  # leave the signals alone
-        # The encrypted payload is the last part of the binary MIME body.
-        end = body.rindex(b"\r\n--")
-        return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
+def flip_last_payload_byte(body: bytes) -> bytes:
+    if b"pkcs7-mime" not in body:
+        return body  # leave the signals alone
+    # The encrypted payload is the last part of the binary MIME body.
+    end = body.rindex(b"\r\n--")
+    return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
 
+
+def resend(pair: Pair, message_id: str) -> None:
+    """The stored wire form of a sent message, sent again as it is."""
+    from meldingstjener.transport.base import Delivery
+
+    row = pair.message(pair.gp, message_id)
+    wire = pair.gp.store.payloads.path(str(row.wire_ref))
+    pair.network.send(Delivery(pair.hospital_site.endpoint, str(row.wire_content_type), wire))
+    pair.run()
+
+
+def receipt_kinds(ctx: object, message_id: str) -> list[str]:
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        return [r.kind for r in uow.receipts.for_message(message_id)]
+
+
+def test_tampered_payload_is_a_security_failure(pair: Pair) -> None:
     pair.network.tamper = flip_last_payload_byte
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
@@ -114,6 +130,35 @@ def test_tampered_payload_is_a_security_failure(pair: Pair) -> None:
     assert row.status == "transport-error" and row.last_error_code == "SecurityFailure"
     [refused] = pair.inbound_messages(pair.hospital)
     assert refused.status == "rejected" and refused.last_error_code == "SecurityFailure"
+
+
+def test_a_replay_not_signed_by_the_sender_does_not_get_our_acknowledgment(pair: Pair) -> None:
+    # A known MessageId with a payload that no longer matches the sender's signature: not a
+    # resend of that message, so our signed Acknowledgment of it is not given out again.
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]
+    pair.network.tamper = flip_last_payload_byte
+    resend(pair, message_id)
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]  # nothing came back
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "acknowledged"
+    codes = [code for _, code in events(pair, pair.hospital, received.id)]
+    assert "SecurityFailure" in codes and "duplicate" not in codes
+    assert receipt_kinds(pair.hospital, received.id) == ["acknowledgment"]
+    pair.network.tamper = None
+    resend(pair, message_id)  # the sender's own resend still gets it
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"] * 2
+
+
+def test_a_resend_of_a_refused_message_gets_the_message_error_again(pair: Pair) -> None:
+    pair.network.tamper = flip_last_payload_byte
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    resend(pair, message_id)
+    assert receipt_kinds(pair.gp, message_id) == ["message-error"] * 2
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert [code for _, code in events(pair, pair.hospital, refused.id)].count("duplicate") == 1
 
 
 def test_duplicate_resend_is_delivered_once_and_acknowledged_again(pair: Pair) -> None:
