@@ -34,6 +34,7 @@ def serve(
 
     from meldingstjener.api.app import create_app
     from meldingstjener.bootstrap import build_engine
+    from meldingstjener.engine import housekeeping
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
 
@@ -60,6 +61,7 @@ def serve(
     instance = f"{socket.gethostname()}:{settings.server.port}/"
     with engine.store.unit_of_work() as uow:
         released = uow.jobs.release_claims(instance)
+        housekeeping.schedule_sweep(engine, uow)
         uow.commit()
     if released:
         logging.getLogger(__name__).warning(

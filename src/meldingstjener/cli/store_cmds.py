@@ -1,4 +1,5 @@
-"""Store commands: ``db upgrade``, ``log`` (the message log) and ``show`` (one timeline)."""
+"""Store commands: ``db upgrade``, ``log`` (the message log), ``show`` (one timeline) and
+``sweep`` (payload files nothing refers to)."""
 
 from __future__ import annotations
 
@@ -179,6 +180,55 @@ def show_command(
             event.detail or "",
         )
     console.print(table)
+
+
+@app.command("sweep")
+def sweep_command(
+    ctx: typer.Context,
+    older_than_hours: Annotated[
+        float,
+        typer.Option(
+            "--older-than",
+            min=1.0,
+            help="Only files last written longer ago than this many hours (at least 1).",
+        ),
+    ] = 24.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+) -> None:
+    """Remove payload files no message or receipt refers to (left by a crash).
+
+    ``serve`` does this daily by itself; this looks at every file, not only the newest.
+    """
+    from datetime import timedelta
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.engine.housekeeping import record_sweep
+    from meldingstjener.store.orphans import sweep
+
+    store = open_store(settings_from(ctx))
+    report = sweep(store, grace=timedelta(hours=older_than_hours), dry_run=dry_run)
+    with store.unit_of_work() as uow:
+        record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run)
+        uow.commit()
+    figures = {
+        "examined": report.examined,
+        "orphans": len(report.orphans),
+        "orphan_bytes": report.orphan_bytes,
+        "unfinished_spools": report.temporaries,
+        "removed": 0 if dry_run else len(report.orphans),
+    }
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    done = "would remove" if dry_run else "removed"
+    typer.echo(
+        f"examined {report.examined} file(s) older than {older_than_hours:g} h; {done} "
+        f"{len(report.orphans)} that nothing refers to ({report.orphan_bytes} bytes, "
+        f"{report.temporaries} unfinished spool(s))"
+    )
 
 
 def find_message(uow: Any, identifier: str) -> MessageRow | None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from meldingstjener.engine import certificates, inbound, receipts, signals, transmit
+from meldingstjener.engine import certificates, housekeeping, inbound, receipts, signals, transmit
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob
 
@@ -44,6 +44,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     receipts.APPREC_DEADLINE: receipts.apprec_deadline_job,
     receipts.SERVER_VERDICT: receipts.server_verdict_job,
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
+    housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,
 }
 
 

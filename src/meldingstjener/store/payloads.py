@@ -3,7 +3,8 @@
 A 35 MB payload is never held whole in memory here: ``put`` copies from a stream in 1 MiB chunks,
 hashing as it goes. A file is written to a temporary name, fsynced, renamed into place and its
 directory fsynced, so a reference stored in the database always points at a complete file.
-Orphans (a file written, then a crash before the database commit) are harmless and can be swept.
+Orphans (a file written, then a crash before the database commit) are swept by
+:mod:`meldingstjener.store.orphans`.
 
 A :class:`Spool` is a payload written piece by piece *before* it is known whether it will be
 kept: a received body as it streams in, a decrypted plaintext, a packaged wire form. It lives
@@ -20,7 +21,7 @@ import io
 import os
 import secrets
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -150,13 +151,27 @@ def _drop(handle: io.FileIO, path: Path) -> None:
         path.unlink()
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file found in the store: a kept payload (``key``), or a spool never kept."""
+
+    path: Path
+    size: int
+    modified: float  # seconds since the epoch, as the file system keeps it
+    key: str | None  # None: an unfinished spool's temporary file
+
+    @property
+    def temporary(self) -> bool:
+        return self.key is None
+
+
 class PayloadStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not key.isalnum() or len(key) < 8:
+        if not _is_key(key):
             raise ValueError(f"not a payload key: {key!r}")
         return self.root / key[:2] / key
 
@@ -217,6 +232,44 @@ class PayloadStore:
             return False
         _fsync_dir(self._path(key).parent)
         return True
+
+    def files(
+        self, *, modified_before: float, modified_since: float | None = None
+    ) -> Iterator[StoredFile]:
+        """Kept payloads and spool temporaries last written in ``[modified_since,
+        modified_before)``, directory by directory (nothing else in the tree is touched)."""
+        for directory in sorted(self.root.iterdir()):
+            if len(directory.name) != 2 or not directory.is_dir():
+                continue
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    name = entry.name
+                    temporary = name.startswith(".") and name.endswith(".tmp")
+                    key = name[1:-4] if temporary else name
+                    if not _is_key(key) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                    if stat.st_mtime >= modified_before or (
+                        modified_since is not None and stat.st_mtime < modified_since
+                    ):
+                        continue
+                    yield StoredFile(
+                        Path(entry.path), stat.st_size, stat.st_mtime, None if temporary else key
+                    )
+
+    def remove(self, found: StoredFile) -> bool:
+        """Remove a file :meth:`files` found. True when it was there to remove."""
+        if found.key is not None:
+            return self.delete(found.key)
+        try:
+            found.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _is_key(name: str) -> bool:
+    return name.isalnum() and len(name) >= 8
 
 
 def source_size(source: PayloadSource) -> int:

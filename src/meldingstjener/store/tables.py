@@ -65,6 +65,8 @@ class MessageRow(Base):
         Index("ix_messages_receiver_org", "receiver_org_her_id"),
         Index("ix_messages_from_to", "from_her_id", "to_her_id"),
         Index("ix_messages_client_id", "client_id"),
+        Index("ix_messages_payload_ref", "payload_ref"),  # the sweep of unreferenced files
+        Index("ix_messages_wire_ref", "wire_ref"),
         # a retried API request with the same Idempotency-Key finds the message it created
         Index("uq_messages_idempotency_key", "idempotency_key", unique=True),
     )
@@ -146,7 +148,10 @@ class ReceiptRow(Base):
     """A transport receipt, an ebXML error or an AppRec, sent or received, tied to its message."""
 
     __tablename__ = "receipts"
-    __table_args__ = (Index("ix_receipts_message", "message_id"),)
+    __table_args__ = (
+        Index("ix_receipts_message", "message_id"),
+        Index("ix_receipts_wire_ref", "wire_ref"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

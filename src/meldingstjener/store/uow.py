@@ -649,6 +649,11 @@ _SCHEDULE_DEDUP = _job_sql(
     "claimed_until = NULL, data = excluded.data",
     **_TYPED,
 )
+# a job of the same key is left as it is (a recurring job keeps its time and its data)
+_SCHEDULE_IF_ABSENT = _job_sql(
+    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES}) ON CONFLICT (dedup_key) DO NOTHING",
+    **_TYPED,
+)
 # stored already claimed, for this process's own workers (see JobRepository.schedule_claimed)
 _SCHEDULE_CLAIMED = _job_sql(
     f"INSERT INTO jobs ({_JOB_COLUMNS}, claimed_by, claimed_until) VALUES (:kind, :dedup_key, "
@@ -716,6 +721,13 @@ class JobRepository:
         self.stored_unclaimed = True
         statement = _SCHEDULE if dedup_key is None else _SCHEDULE_DEDUP
         self._insert(statement, kind, due_at, message_id, data, dedup_key)
+
+    def schedule_if_absent(
+        self, kind: str, due_at: datetime, *, dedup_key: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Schedule a recurring job unless one of ``dedup_key`` exists (then it stays as it is)."""
+        self.stored_unclaimed = True
+        self._insert(_SCHEDULE_IF_ABSENT, kind, due_at, None, data, dedup_key)
 
     def _insert(
         self,

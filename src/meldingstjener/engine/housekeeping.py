@@ -1,0 +1,67 @@
+"""The daily sweep of payload files nothing refers to (``payload-sweep`` job).
+
+A crash between writing a payload file and committing its row leaves a file that may hold a
+decrypted business message; see :mod:`meldingstjener.store.orphans`. ``serve`` schedules the
+sweep when none is scheduled; it then runs daily, each run looking only at the files written
+since the last one. What it removes is logged and put in the message log (counts, never names of
+patients or content).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.orphans import SweepReport, sweep
+from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_SWEEP = "payload-sweep"
+EVERY = timedelta(days=1)
+FIRST_AFTER = timedelta(minutes=10)  # after a start, when the start's own work is done
+
+
+def schedule_sweep(ctx: EngineContext, uow: UnitOfWork) -> None:
+    """Make sure a sweep is scheduled (one that is keeps its time and what it swept)."""
+    uow.jobs.schedule_if_absent(PAYLOAD_SWEEP, ctx.clock() + FIRST_AFTER, dedup_key=PAYLOAD_SWEEP)
+
+
+def record_sweep(
+    uow: UnitOfWork, report: SweepReport, *, actor: str, dry_run: bool, at: datetime | None = None
+) -> None:
+    """Put a sweep that found orphans in the message log (a sweep that found none is quiet)."""
+    if not report.orphans:
+        return
+    done = "would remove" if dry_run else "removed"
+    uow.events.record(
+        None,
+        EventKind.NOTE,
+        actor=actor,
+        code="orphan-files",
+        detail=f"{done} {len(report.orphans)} payload file(s), {report.orphan_bytes} bytes, that "
+        f"no message or receipt refers to ({report.temporaries} unfinished spool(s)); left by "
+        "a crash or a killed process",
+        at=at,
+    )
+
+
+def payload_sweep_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    since = (job.data or {}).get("swept_until")
+    report = sweep(ctx.store, since=float(since) if since is not None else None)
+    if report.orphans:
+        log.warning(
+            "removed %d payload file(s) (%d bytes) nothing referred to",
+            len(report.orphans),
+            report.orphan_bytes,
+        )
+    with ctx.store.unit_of_work() as uow:
+        record_sweep(uow, report, actor="msh:sweep", dry_run=False, at=ctx.clock())
+        uow.jobs.schedule(
+            PAYLOAD_SWEEP,
+            ctx.clock() + EVERY,
+            dedup_key=PAYLOAD_SWEEP,
+            data={"swept_until": report.swept_until},
+        )
+        uow.commit()
