@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -157,6 +157,7 @@ def build_engine(
             allow_3des=settings.security.allow_3des,
             compress_payloads=settings.security.compress_payloads,
             max_xml_bytes=settings.formats.max_xml_bytes,
+            inbox_wait=timedelta(minutes=settings.alerts.inbox_wait_minutes),
         ),
         clock=clock or utc_now,
         host=message_id_host(settings),

@@ -264,6 +264,14 @@ class WebhookSettings(_Section):
     disable_after_failures: int = Field(default=10, ge=1)
 
 
+class AlertSettings(_Section):
+    """When a deviation becomes an alert."""
+
+    # A received message the EPJ has not taken (fetched and marked read, or written to the inbox
+    # folder) after this long: the EPJ integration may have stopped.
+    inbox_wait_minutes: int = Field(default=60, ge=1)
+
+
 class Settings(BaseSettings):
     """All settings. Construct through :func:`load_settings`."""
 
@@ -290,6 +298,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     folder: FolderSettings = FolderSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @property
     def database_url(self) -> str:

@@ -34,7 +34,7 @@ def serve(
 
     from meldingstjener.api.app import create_app
     from meldingstjener.bootstrap import build_engine
-    from meldingstjener.engine import housekeeping
+    from meldingstjener.engine import housekeeping, inbox_watch
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
 
@@ -62,6 +62,7 @@ def serve(
     with engine.store.unit_of_work() as uow:
         released = uow.jobs.release_claims(instance)
         housekeeping.schedule_sweep(engine, uow)
+        inbox_watch.schedule_check(engine, uow)
         uow.commit()
     if released:
         logging.getLogger(__name__).warning(

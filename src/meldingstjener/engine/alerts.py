@@ -23,6 +23,7 @@ class AlertKind(StrEnum):
     SIGNAL_UNDELIVERED = "signal-undelivered"
     MAIL_QUARANTINED = "mail-quarantined"
     APPREC_UNSENT = "apprec-unsent"
+    INBOX_WAITING = "inbox-waiting"
 
 
 SEVERITY = {
@@ -37,6 +38,7 @@ SEVERITY = {
     AlertKind.SIGNAL_UNDELIVERED: "warning",
     AlertKind.MAIL_QUARANTINED: "error",
     AlertKind.APPREC_UNSENT: "error",
+    AlertKind.INBOX_WAITING: "error",
 }
 
 

@@ -48,6 +48,7 @@ class Policy:
     max_xml_bytes: int = 64 * 1024 * 1024
     default_apprec_deadline: timedelta = timedelta(hours=24)
     apprec_deadlines: Mapping[str, timedelta] = field(default_factory=dict)
+    inbox_wait: timedelta = timedelta(minutes=60)  # a received message not taken by the EPJ
 
     def apprec_deadline(self, msg_type: str | None) -> timedelta:
         """How long after the transport receipt an AppRec may take before an alert."""

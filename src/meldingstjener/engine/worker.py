@@ -13,7 +13,15 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from meldingstjener.engine import certificates, housekeeping, inbound, receipts, signals, transmit
+from meldingstjener.engine import (
+    certificates,
+    housekeeping,
+    inbound,
+    inbox_watch,
+    receipts,
+    signals,
+    transmit,
+)
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob
 
@@ -45,6 +53,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     receipts.SERVER_VERDICT: receipts.server_verdict_job,
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
     housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,
+    inbox_watch.INBOX_CHECK: inbox_watch.inbox_check_job,
 }
 
 

@@ -1,0 +1,60 @@
+"""Received messages the EPJ does not take raise an inbox-waiting alert for their HER-id, which
+follows how many wait and is resolved when none do."""
+
+from __future__ import annotations
+
+from engine_pair import Pair
+
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.engine import inbox_watch, receipts
+from meldingstjener.engine.outbound import submit
+from meldingstjener.store.tables import AlertRow
+
+
+def inbox_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
+    with pair.hospital.store.unit_of_work() as uow:
+        return [a for a in uow.alerts.list(open_only=open_only) if a.kind == "inbox-waiting"]
+
+
+def test_messages_the_epj_does_not_take_raise_an_alert_until_taken(pair: Pair) -> None:
+    for text in ("Henvisning 1", "Henvisning 2"):
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, text), actor="t")
+    # and an AppRec for the hospital, which the EPJ need not fetch
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="t")
+    pair.run()
+    [to_gp] = pair.inbound_messages(pair.gp)
+    receipts.deliver(pair.gp, to_gp.id, actor="epj:test")
+    receipts.send_apprec(pair.gp, to_gp.id, status=1, errors=[], actor="epj:test")
+    pair.run()
+    received = pair.inbound_messages(pair.hospital)
+    notes = [m for m in received if m.msg_type != "APPREC"]
+    assert len(notes) == 2 and len(received) == 3
+    assert all(m.status == "acknowledged" for m in received)
+
+    with pair.hospital.store.unit_of_work() as uow:
+        inbox_watch.schedule_check(pair.hospital, uow)
+        uow.commit()
+    pair.run()
+    assert inbox_alerts(pair) == []  # waiting, but not for long yet
+    pair.clock.advance(minutes=61)
+    pair.run()
+    [alert] = inbox_alerts(pair)
+    assert alert.severity == "error" and alert.count == 1
+    assert f"2 received message(s) for HER-id {HOSPITAL_SERVICE_HER}" in alert.summary
+
+    pair.clock.advance(minutes=5)
+    pair.run()
+    assert [a.count for a in inbox_alerts(pair)] == [1]  # the same news is not raised again
+
+    receipts.deliver(pair.hospital, notes[0].id, actor="epj:test")
+    pair.clock.advance(minutes=5)
+    pair.run()
+    [alert] = inbox_alerts(pair)
+    assert alert.count == 2 and "1 received message(s)" in alert.summary
+
+    receipts.deliver(pair.hospital, notes[1].id, actor="epj:test")
+    pair.clock.advance(minutes=5)
+    pair.run()
+    assert inbox_alerts(pair) == []
+    [resolved] = inbox_alerts(pair, open_only=False)
+    assert resolved.resolved_at is not None
