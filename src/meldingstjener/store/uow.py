@@ -627,6 +627,7 @@ class ClaimedJob:
     # a transmit job handed over by the process that has just stored its message carries what
     # the send would otherwise read back (kept in memory only, never stored)
     sending: SendingView | None = None
+    claimed_by: str | None = None  # the worker name the claim is stored under
 
 
 def _job_sql(sql: str, **types: str) -> TextClause:
@@ -662,6 +663,10 @@ _SCHEDULE_CLAIMED = _job_sql(
     **_TYPED,
 )
 _FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
+_EXTEND_CLAIM = _job_sql(
+    "UPDATE jobs SET claimed_until = :until WHERE id = :id AND claimed_by = :worker",
+    until="claimed_until",
+)
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
 _CANCEL_KIND = _job_sql("DELETE FROM jobs WHERE message_id = :message_id AND kind = :kind")
 # the job row becomes another job of its message, unless one of that key exists already
@@ -775,7 +780,9 @@ class JobRepository:
             _SCHEDULE_CLAIMED, kind, now, message_id, data, dedup_key, worker=worker, until=until
         )
         job_id = inserted.scalar_one()
-        return ClaimedJob(int(job_id), kind, message_id, data, 1, now, until, sending)
+        return ClaimedJob(
+            int(job_id), kind, message_id, data, 1, now, until, sending, claimed_by=worker
+        )
 
     def claim_due(
         self, worker: str, *, now: datetime, limit: int, lease: timedelta
@@ -791,7 +798,7 @@ class JobRepository:
             self.session, _CLAIM, worker=worker, until=until, now=now, limit=limit
         )
         claimed = [
-            ClaimedJob(job_id, kind, message_id, data, attempts, due_at, until)
+            ClaimedJob(job_id, kind, message_id, data, attempts, due_at, until, claimed_by=worker)
             for job_id, kind, message_id, data, attempts, due_at in rows
         ]
         # RETURNING has no order: hand the jobs out oldest first, as selected
@@ -812,6 +819,11 @@ class JobRepository:
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)
+
+    def extend_claim(self, job_id: int, *, worker: str, until: datetime) -> bool:
+        """Keep ``worker``'s claim on a job it is still running until ``until``. False when the
+        claim is no longer its own (finished, rescheduled, reused as the next job, or taken)."""
+        return bool(self._run(_EXTEND_CLAIM, id=job_id, worker=worker, until=until).rowcount)
 
     def finish_and_schedule(
         self, job_id: int, kind: str, due_at: datetime, *, message_id: str, dedup_key: str

@@ -11,11 +11,12 @@ from typing import Any, cast
 
 import pytest
 from engine_pair import Pair
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from meldingstjener.engine import worker as worker_module
 from meldingstjener.engine.context import EngineContext, Handoff, Wakeup
 from meldingstjener.engine.worker import Worker
+from meldingstjener.store.tables import JobRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import ClaimedJob, JobRepository, Store
 
@@ -275,3 +276,66 @@ def test_a_second_serve_on_a_taken_port_leaves_the_running_ones_claims(pair: Pai
     with pair.gp.store.unit_of_work() as uow:
         taken = uow.jobs.claim_due("other:2/0", now=utcnow(), limit=1, lease=timedelta(minutes=2))
     assert taken == [] and held.kind == KIND  # still leased to the running instance
+
+
+def _claimed_until(store: Store, job_id: int) -> Any:
+    with store.unit_of_work() as uow:
+        [job] = [j for j in uow.session.scalars(select(JobRow).where(JobRow.id == job_id))]
+        return job.claimed_until
+
+
+def test_a_job_that_outlasts_its_lease_keeps_its_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A send that takes longer than the lease (a large upload over a slow link) must not be
+    # claimed and sent again by another worker while it runs.
+    lease = timedelta(seconds=3)
+    t0 = utcnow()
+    moment = [t0]
+    running, release, extended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(ctx: EngineContext, job: ClaimedJob) -> None:
+        moment[0] = t0 + timedelta(seconds=2)  # two thirds of the lease gone, still sending
+        running.set()
+        assert release.wait(TIMEOUT)
+        with ctx.store.unit_of_work() as uow:
+            uow.jobs.finish(job.id)
+            uow.commit()
+
+    original_extend = worker_module.LeaseKeeper._extend
+
+    def watched_extend(keeper: worker_module.LeaseKeeper, job: ClaimedJob, name: str) -> None:
+        original_extend(keeper, job, name)
+        extended.set()  # after its commit
+
+    monkeypatch.setitem(worker_module.HANDLERS, KIND, slow)
+    monkeypatch.setattr(worker_module.LeaseKeeper, "_extend", watched_extend)
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule(KIND, t0 - timedelta(seconds=1))
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [job_id] = uow.session.scalars(select(JobRow.id).where(JobRow.kind == KIND))
+    wakeup = Watched()
+    ctx = cast(EngineContext, SimpleNamespace(store=store, clock=lambda: moment[0], wakeup=wakeup))
+    worker = Worker(ctx, "slow-worker", lease=lease, poll_interval=TIMEOUT)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert running.wait(TIMEOUT)
+        assert extended.wait(TIMEOUT)
+        assert _claimed_until(store, job_id) == t0 + timedelta(seconds=2) + lease
+        # another worker looking after the first lease ran out finds nothing to take
+        with store.unit_of_work() as uow:
+            taken = uow.jobs.claim_due("other", now=t0 + timedelta(seconds=4), limit=5, lease=lease)
+            uow.commit()
+        assert taken == []
+    finally:
+        release.set()
+        assert wakeup.waited(1)  # done with the job, waiting for more
+        stop.set()
+        wakeup.wake_all()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive() and worker.keeper is None
+    with store.unit_of_work() as uow:
+        assert list(uow.session.scalars(select(JobRow.id).where(JobRow.id == job_id))) == []
