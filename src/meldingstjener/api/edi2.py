@@ -256,7 +256,7 @@ class Edi2:
             )
             status = {"too-large": 413, "idempotency-key-reused": 409}.get(rejected.code, 400)
             raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
-        if not stored:  # a retry under a key already used: the message stored the first time
+        if message_id not in stored:  # a retry under a key used before (its row or a racer's)
             self._audit(
                 who,
                 action,
@@ -397,7 +397,7 @@ class Edi2:
         if any(not c for c, _ in errors):
             raise ApiProblem(400, "invalid-input", "every AppRec error needs an errorCode")
         try:
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}")
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", answering=True)
             apprec_id = receipts.send_apprec(
                 self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.client}"
             )

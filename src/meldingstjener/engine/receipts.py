@@ -87,8 +87,13 @@ class AppRecInfo:
 # --- receiving side: deliver, answer -----------------------------------------------------------
 
 
-def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
-    """The message has reached the EPJ (fetched, marked read, or written to the inbox folder)."""
+def deliver(ctx: EngineContext, message_id: str, *, actor: str, answering: bool = False) -> None:
+    """The message has reached the EPJ: marked read, answered, or written to the inbox folder
+    (fetching the document alone is not enough: the answer may never have arrived).
+
+    ``answering``: the EPJ delivers it by sending its own AppRec, so the agreement's automatic
+    positive AppRec is not sent.
+    """
     auto = False
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id, for_update=True)
@@ -101,7 +106,7 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
         uow.messages.set_status(
             row, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
         )
-        if row.msg_type != APPREC:
+        if row.msg_type != APPREC and not answering:
             auto = _auto_apprec(ctx, uow, row)
         uow.commit()
     if auto:
@@ -230,13 +235,19 @@ def mark_answered_by_document(
     assert original is not None
     code = message.apprec_status or "1"
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
+    actor = f"apprec-document:{answer.client_id or 'epj'}"
+    if original.status == InboundStatus.ACKNOWLEDGED.value and target is InboundStatus.APPREC_SENT:
+        # answered before it was marked read: answering it shows the EPJ has it
+        uow.messages.set_status(
+            original, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
+        )
     if target.value not in allowed_next(Direction.INBOUND, original.status):
         return  # already answered, or not delivered yet: the AppRec goes out, status stays
     errors = list(message.apprec_errors)
     uow.messages.set_status(
         original,
         target.value,
-        actor=f"apprec-document:{answer.client_id or 'epj'}",
+        actor=actor,
         code=errors[0][0] if errors else None,
         detail=f"AppRec sent ({answer.id})",
     )

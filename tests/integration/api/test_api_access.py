@@ -143,6 +143,36 @@ def test_fetching_the_document_does_not_deliver_it_marking_it_read_does(
     assert unread() == []
 
 
+def test_an_epj_answering_under_auto_apprec_sends_its_own_apprec_only(api_pair: ApiPair) -> None:
+    """With an agreement that answers automatically on delivery, an EPJ that fetches and then
+    posts its own AppRec gets it sent (not a 409 after an automatic one went first)."""
+    pair = api_pair.pair
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec, agreement.apprec_version = True, "1.0"
+        uow.commit()
+    received_id = _deliver_one(api_pair)
+    http, headers = api_pair.hospital_http, _bearer(api_pair.hospital_key)
+    assert http.get(f"/Messages/{received_id}/business-document", headers=headers).is_success
+    answered = http.post(
+        f"/Messages/{received_id}/apprec/{HOSPITAL_SERVICE_HER}",
+        headers=headers,
+        json={
+            "appRecStatus": "Rejected",
+            "appRecErrorList": [{"errorCode": "E10", "details": "Ukjent pasient"}],
+        },
+    )
+    assert answered.status_code == 201, answered.text
+    pair.run()
+    assert pair.message(pair.hospital, received_id).status == "rejected"
+    [apprec] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
+    assert pair.message(pair.gp, str(apprec.id)).status == "acknowledged"
+    with pair.gp.store.unit_of_work() as uow:
+        [sent] = [m for m in uow.messages.search(LogFilter(direction="out"))]
+    assert sent.status == "apprec-rejected"
+
+
 def test_cli_client_lifecycle_and_401s(api_pair: ApiPair) -> None:
     """Made by the CLI, the key works once shown; without a key or after revoking: 401."""
     settings = api_pair.pair.hospital_site.config_path

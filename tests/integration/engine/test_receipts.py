@@ -219,6 +219,30 @@ def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pa
     assert pair.message(pair.hospital, to_organisation.id).status == "delivered"
 
 
+def test_an_apprec_document_for_a_message_not_marked_read_delivers_it_once(pair: Pair) -> None:
+    """The EPJ answers before marking the message read: the answer delivers it, and marking it
+    read afterwards sends no automatic AppRec on top of the EPJ's own."""
+    from meldingstjener.formats import AppRecStatus, build_apprec, read_msghead
+
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec, agreement.apprec_version = True, "1.0"
+        uow.commit()
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Svar?"), actor="t")
+    pair.run()
+    row = received(pair)
+    assert row.status == "acknowledged"
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    submit(pair.hospital, build_apprec(original, status=AppRecStatus.OK, version="1.0"), actor="t")
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    receipts.deliver(pair.hospital, row.id, actor="epj:test")  # marked read afterwards
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    assert [m.msg_type for m in pair.inbound_messages(pair.gp)] == ["APPREC"]
+
+
 def test_a_resend_after_our_apprec_gets_the_acknowledgment_again(pair: Pair) -> None:
     # The sender missed our Acknowledgment and resends after the EPJ has answered with an
     # AppRec: the transport signal is what it waits for, not the AppRec (a message of its own).
