@@ -186,8 +186,8 @@ def _receive_message(
         ctx.store.payloads.discard(payload_ref, wire_ref, ack_ref)
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-            assert duplicate is not None
-            return _resend_signal(ctx, uow, duplicate, envelope, channel)
+        assert duplicate is not None
+        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -318,24 +318,32 @@ def _duplicate(
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
             _verify_signature(ctx, mime, envelope, root, certificate)
     except _Reject as reject:
-        with ctx.store.unit_of_work() as uow:
-            uow.events.record(
-                original.id,
-                EventKind.ERROR,
-                actor=f"{channel}:{header.from_party.her_id}",
-                code=str(reject.error.code),
-                detail="the ebXML MessageId of this message arrived again, but not as a resend "
-                f"by its sender ({reject.error.description}): refused, not answered with our "
-                "signal",
-                ebxml_message_id=header.message_id,
-            )
-            uow.commit()
-        if channel != "http" or not envelope.sync_reply:
-            return InboundReply()  # no signal to a party that may not be who it says
-        wire = signals.build_error(ctx, OriginalIds.of(header), [reject.error], _us(ctx, header))
-        return InboundReply(wire.content_type, wire.body)
+        return _refuse_repeat(ctx, envelope, original, reject.error, channel)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
+
+
+def _refuse_repeat(
+    ctx: EngineContext, envelope: Envelope, original: MessageRow, error: ErrorDetail, channel: str
+) -> InboundReply:
+    """A message with the eb:MessageId of ``original`` that is not its sender's resend: logged
+    against the original, nothing stored; a MessageError only in a SyncReply response."""
+    header = envelope.header
+    with ctx.store.unit_of_work() as uow:
+        uow.events.record(
+            original.id,
+            EventKind.ERROR,
+            actor=f"{channel}:{header.from_party.her_id}",
+            code=str(error.code),
+            detail="the ebXML MessageId of this message arrived again, but not as a resend by "
+            f"its sender ({error.description}): refused, not answered with our signal",
+            ebxml_message_id=header.message_id,
+        )
+        uow.commit()
+    if channel != "http" or not envelope.sync_reply:
+        return InboundReply()  # no signal to a party that may not be who it says
+    wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
+    return InboundReply(wire.content_type, wire.body)
 
 
 def _envelope_row(
@@ -510,10 +518,19 @@ def _refuse(
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
+        # The same MessageId was stored meanwhile. This copy failed its checks: only a refusal
+        # of that message may be repeated to it, never its Acknowledgment.
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
             assert duplicate is not None
-            return _resend_signal(ctx, uow, duplicate, envelope, channel)
+            ours = _last_transport_receipt(uow, duplicate.id)
+            if (
+                ours is not None
+                and ours.kind == "message-error"
+                and duplicate.from_her_id == header.from_party.her_id
+            ):
+                return _resend_signal(ctx, uow, duplicate, envelope, channel)
+        return _refuse_repeat(ctx, envelope, duplicate, error, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 

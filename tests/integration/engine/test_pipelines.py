@@ -151,6 +151,33 @@ def test_a_replay_not_signed_by_the_sender_does_not_get_our_acknowledgment(pair:
     assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"] * 2
 
 
+def test_a_tampered_copy_that_loses_the_race_does_not_get_our_acknowledgment(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The altered copy passed the duplicate check before the genuine one was stored (they came
+    # at once), was refused, and then lost on the unique key: it must not get the genuine
+    # message's Acknowledgment either.
+    from meldingstjener.store.uow import MessageRepository
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    looked_up = MessageRepository.by_ebxml_id
+    lookups: list[str] = []
+
+    def before_the_genuine_was_stored(self: MessageRepository, *args: object) -> object:
+        lookups.append("")
+        return None if len(lookups) == 1 else looked_up(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MessageRepository, "by_ebxml_id", before_the_genuine_was_stored)
+    pair.network.tamper = flip_last_payload_byte
+    resend(pair, message_id)
+    assert len(lookups) >= 2  # the copy did reach the unique key
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]  # nothing more came back
+    [received] = pair.inbound_messages(pair.hospital)
+    codes = [code for _, code in events(pair, pair.hospital, received.id)]
+    assert "SecurityFailure" in codes and "duplicate" not in codes
+
+
 def test_a_resend_of_a_refused_message_gets_the_message_error_again(pair: Pair) -> None:
     pair.network.tamper = flip_last_payload_byte
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
