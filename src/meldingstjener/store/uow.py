@@ -608,10 +608,14 @@ class AlertRepository:
             _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
         )
 
-    def list(self, *, open_only: bool = False, limit: int = 1000) -> list[AlertRow]:
+    def list(
+        self, *, open_only: bool = False, limit: int | None = 1000, kind: str | None = None
+    ) -> list[AlertRow]:
         query = select(AlertRow)
         if open_only:
             query = query.where(AlertRow.resolved_at.is_(None))
+        if kind is not None:
+            query = query.where(AlertRow.kind == kind)
         return list(self.session.scalars(query.order_by(AlertRow.last_seen.desc()).limit(limit)))
 
 

@@ -4,6 +4,7 @@ follows how many wait and is resolved when none do."""
 from __future__ import annotations
 
 from engine_pair import Pair
+from sqlalchemy import select
 
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine import inbox_watch, receipts
@@ -12,8 +13,11 @@ from meldingstjener.store.tables import AlertRow
 
 
 def inbox_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
+    query = select(AlertRow).where(AlertRow.kind == "inbox-waiting")
+    if open_only:
+        query = query.where(AlertRow.resolved_at.is_(None))
     with pair.hospital.store.unit_of_work() as uow:
-        return [a for a in uow.alerts.list(open_only=open_only) if a.kind == "inbox-waiting"]
+        return list(uow.session.scalars(query))
 
 
 def test_messages_the_epj_does_not_take_raise_an_alert_until_taken(pair: Pair) -> None:
@@ -58,3 +62,31 @@ def test_messages_the_epj_does_not_take_raise_an_alert_until_taken(pair: Pair) -
     assert inbox_alerts(pair) == []
     [resolved] = inbox_alerts(pair, open_only=False)
     assert resolved.resolved_at is not None
+
+
+def test_the_inbox_alert_is_followed_among_many_other_alerts(pair: Pair) -> None:
+    from datetime import timedelta
+
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Henvisning"), actor="t")
+    pair.run()
+    [note] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        inbox_watch.schedule_check(pair.hospital, uow)
+        uow.commit()
+    pair.clock.advance(minutes=61)
+    pair.run()
+    assert [a.count for a in inbox_alerts(pair)] == [1]
+    with pair.hospital.store.unit_of_work() as uow:  # more, and newer, than a page of alerts
+        later = pair.clock() + timedelta(minutes=1)
+        for number in range(1_001):
+            raise_alert(uow, AlertKind.PARTNER_UNREACHABLE, "x", at=later, key=str(number))
+        uow.commit()
+    pair.clock.advance(minutes=5)
+    pair.run()
+    assert [a.count for a in inbox_alerts(pair)] == [1]  # still known: not raised again
+    receipts.deliver(pair.hospital, note.id, actor="epj:test")
+    pair.clock.advance(minutes=5)
+    pair.run()
+    assert inbox_alerts(pair) == []
