@@ -1,5 +1,10 @@
 """indexes on the payload-store references, for the sweep of files nothing refers to
 
+On PostgreSQL a plain CREATE INDEX holds writes to the table while it builds (CONCURRENTLY
+cannot run inside the migration's transaction, which also holds the migration lock): measured
+about 2.5 s per index per million rows on the 2-core development machine, so about 8 s of held
+writes per million messages.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-03 17:40:00
