@@ -397,7 +397,6 @@ class Edi2:
         if any(not c for c, _ in errors):
             raise ApiProblem(400, "invalid-input", "every AppRec error needs an errorCode")
         try:
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", answering=True)
             apprec_id = receipts.send_apprec(
                 self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.client}"
             )

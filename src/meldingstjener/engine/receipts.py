@@ -87,13 +87,10 @@ class AppRecInfo:
 # --- receiving side: deliver, answer -----------------------------------------------------------
 
 
-def deliver(ctx: EngineContext, message_id: str, *, actor: str, answering: bool = False) -> None:
-    """The message has reached the EPJ: marked read, answered, or written to the inbox folder
-    (fetching the document alone is not enough: the answer may never have arrived).
-
-    ``answering``: the EPJ delivers it by sending its own AppRec, so the agreement's automatic
-    positive AppRec is not sent.
-    """
+def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
+    """The message has reached the EPJ: marked read, or written to the inbox folder (fetching
+    the document alone is not enough: the answer may never have arrived). Answering it delivers
+    it too, in the answer's own transaction (:func:`_taken_by_answer`)."""
     auto = False
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id, for_update=True)
@@ -106,7 +103,7 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str, answering: bool 
         uow.messages.set_status(
             row, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
         )
-        if row.msg_type != APPREC and not answering:
+        if row.msg_type != APPREC:
             auto = _auto_apprec(ctx, uow, row)
         uow.commit()
     if auto:
@@ -143,7 +140,11 @@ def send_apprec(
         row = _inbound(uow, message_id)
         if row.msg_type == APPREC:
             raise AppRecRefused("apprec-for-apprec", "an AppRec is never answered with an AppRec")
-        allowed = allowed_next(Direction.INBOUND, row.status)
+        # an answer to a message not marked read yet delivers it on the way
+        unread = row.status == InboundStatus.ACKNOWLEDGED.value
+        allowed = allowed_next(
+            Direction.INBOUND, InboundStatus.DELIVERED.value if unread else row.status
+        )
         target = (
             InboundStatus.APPREC_SENT
             if code is not AppRecStatus.REJECTED
@@ -192,6 +193,7 @@ def _submit_answer(
 
     def mark(uow: UnitOfWork, answer: MessageRow) -> None:
         original = _inbound(uow, row.id, for_update=True)
+        _taken_by_answer(uow, original, target, actor)
         uow.messages.set_status(
             original,
             target.value,
@@ -236,11 +238,7 @@ def mark_answered_by_document(
     code = message.apprec_status or "1"
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
     actor = f"apprec-document:{answer.client_id or 'epj'}"
-    if original.status == InboundStatus.ACKNOWLEDGED.value and target is InboundStatus.APPREC_SENT:
-        # answered before it was marked read: answering it shows the EPJ has it
-        uow.messages.set_status(
-            original, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
-        )
+    _taken_by_answer(uow, original, target, actor)
     if target.value not in allowed_next(Direction.INBOUND, original.status):
         return  # already answered, or not delivered yet: the AppRec goes out, status stays
     errors = list(message.apprec_errors)
@@ -295,6 +293,17 @@ def _answered_copy(uow: UnitOfWork, answer: MessageRow, original_msg_id: str) ->
             "received message is marked answered",
         )
     return None
+
+
+def _taken_by_answer(
+    uow: UnitOfWork, original: MessageRow, target: InboundStatus, actor: str
+) -> None:
+    """An EPJ that answers a message it has not marked read has it: it is delivered on the way
+    to ``apprec-sent``, without the agreement's automatic AppRec (the EPJ's own is the answer)."""
+    if original.status == InboundStatus.ACKNOWLEDGED.value and target is InboundStatus.APPREC_SENT:
+        uow.messages.set_status(
+            original, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
+        )
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:

@@ -155,6 +155,13 @@ def test_an_epj_answering_under_auto_apprec_sends_its_own_apprec_only(api_pair: 
     received_id = _deliver_one(api_pair)
     http, headers = api_pair.hospital_http, _bearer(api_pair.hospital_key)
     assert http.get(f"/Messages/{received_id}/business-document", headers=headers).is_success
+    refused = http.post(  # a rejection without an error code is refused, and changes nothing
+        f"/Messages/{received_id}/apprec/{HOSPITAL_SERVICE_HER}",
+        headers=headers,
+        json={"appRecStatus": "Rejected"},
+    )
+    assert refused.status_code in (400, 409), refused.text
+    assert pair.message(pair.hospital, received_id).status == "acknowledged"
     answered = http.post(
         f"/Messages/{received_id}/apprec/{HOSPITAL_SERVICE_HER}",
         headers=headers,
