@@ -120,7 +120,7 @@ def _receive_message(
     try:
         message, plain = _check(ctx, mime, envelope, root, certificate)
     except _Reject as reject:
-        return _refuse(ctx, envelope, body, reject.error, channel)
+        return _refuse(ctx, mime, envelope, root, certificate, body, reject.error, channel)
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
@@ -472,7 +472,14 @@ def _us(ctx: EngineContext, header: MessageHeader) -> str:
 
 
 def _refuse(
-    ctx: EngineContext, envelope: Envelope, body: PayloadSource, error: ErrorDetail, channel: str
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    certificate: x509.Certificate | None,
+    body: PayloadSource,
+    error: ErrorDetail,
+    channel: str,
 ) -> InboundReply:
     header = envelope.header
     our = _us(ctx, header)
@@ -518,19 +525,12 @@ def _refuse(
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
-        # The same MessageId was stored meanwhile. This copy failed its checks: only a refusal
-        # of that message may be repeated to it, never its Acknowledgment.
+        # The same MessageId was stored meanwhile: this copy is judged as a later repeat would
+        # be (its sender's, and signed by it, or refused without that message's signal).
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-            assert duplicate is not None
-            ours = _last_transport_receipt(uow, duplicate.id)
-            if (
-                ours is not None
-                and ours.kind == "message-error"
-                and duplicate.from_her_id == header.from_party.her_id
-            ):
-                return _resend_signal(ctx, uow, duplicate, envelope, channel)
-        return _refuse_repeat(ctx, envelope, duplicate, error, channel)
+        assert duplicate is not None
+        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 

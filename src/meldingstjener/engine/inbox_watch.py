@@ -48,7 +48,7 @@ def check_inbox(ctx: EngineContext) -> dict[str, int]:
     with ctx.store.unit_of_work() as uow:
         open_alerts = {
             a.dedup_key: a
-            for a in uow.alerts.list(open_only=True, limit=None, kind=AlertKind.INBOX_WAITING)
+            for a in uow.alerts.list(open_only=True, limit=None, kind=AlertKind.INBOX_WAITING.value)
         }
         for her_id, count, oldest in uow.session.execute(waiting):
             found[str(her_id)] = count

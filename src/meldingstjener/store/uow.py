@@ -668,7 +668,9 @@ _SCHEDULE_CLAIMED = _job_sql(
 )
 _FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
 _EXTEND_CLAIM = _job_sql(
-    "UPDATE jobs SET claimed_until = :until WHERE id = :id AND claimed_by = :worker",
+    "UPDATE jobs SET claimed_until = :until WHERE id = :id AND claimed_by = :worker "
+    "AND kind = :kind AND (message_id = :message_id OR (message_id IS NULL AND "
+    "CAST(:message_id AS VARCHAR(36)) IS NULL))",
     until="claimed_until",
 )
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
@@ -824,10 +826,19 @@ class JobRepository:
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)
 
-    def extend_claim(self, job_id: int, *, worker: str, until: datetime) -> bool:
+    def extend_claim(self, job: ClaimedJob, *, worker: str, until: datetime) -> bool:
         """Keep ``worker``'s claim on a job it is still running until ``until``. False when the
-        claim is no longer its own (finished, rescheduled, reused as the next job, or taken)."""
-        return bool(self._run(_EXTEND_CLAIM, id=job_id, worker=worker, until=until).rowcount)
+        claim is no longer its own (finished, rescheduled, reused as the next job, or taken).
+        The kind and message must match too: SQLite may give a finished job's id to a new one."""
+        extended = self._run(
+            _EXTEND_CLAIM,
+            id=job.id,
+            worker=worker,
+            until=until,
+            kind=job.kind,
+            message_id=job.message_id,
+        )
+        return bool(extended.rowcount)
 
     def finish_and_schedule(
         self, job_id: int, kind: str, due_at: datetime, *, message_id: str, dedup_key: str

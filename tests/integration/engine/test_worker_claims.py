@@ -339,3 +339,35 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
     assert not thread.is_alive() and worker.keeper is None
     with store.unit_of_work() as uow:
         assert list(uow.session.scalars(select(JobRow.id).where(JobRow.id == job_id))) == []
+
+
+def test_a_claim_is_extended_only_for_the_same_worker_and_job(store: Store) -> None:
+    import dataclasses
+
+    from meldingstjener.store.tables import MessageRow
+
+    now = utcnow()
+    with store.unit_of_work() as uow:
+        row = uow.messages.add(
+            MessageRow(direction="out", ebxml_message_id="e@x", from_her_id="1", to_her_id="2"),
+            actor="t",
+        )
+        uow.jobs.schedule(KIND, now, message_id=row.id)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [job] = uow.jobs.claim_due("w", now=now, limit=5, lease=timedelta(seconds=60))
+        uow.commit()
+    later = now + timedelta(minutes=5)
+    with store.unit_of_work() as uow:
+        assert job.claimed_by == "w" and job.message_id == row.id
+        assert not uow.jobs.extend_claim(job, worker="another", until=later)
+        # the same id, but another job (SQLite gives a deleted top id to the next row)
+        assert not uow.jobs.extend_claim(
+            dataclasses.replace(job, kind="x"), worker="w", until=later
+        )
+        assert not uow.jobs.extend_claim(
+            dataclasses.replace(job, message_id=None), worker="w", until=later
+        )
+        assert uow.jobs.extend_claim(job, worker="w", until=later)
+        uow.commit()
+    assert _claimed_until(store, job.id) == later
