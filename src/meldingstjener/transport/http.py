@@ -1,10 +1,9 @@
 """ebXML over HTTP(S): POST the MIME message to the partner's endpoint (``POST /ebms`` on ours).
 
 A 2xx answer means the receiving MSH took the message; a body in the answer is a synchronous
-signal (SyncReply). Anything else is a :class:`TransportFailure`: connection problems, time-outs
-and 5xx/429 answers are retryable; other 4xx answers mean the request itself is wrong for that
-endpoint and are not retried blindly (they still go through the agreement's retry policy if the
-engine decides so).
+signal (SyncReply). Anything else is a :class:`TransportFailure`: connection problems, time-outs,
+redirects (not followed), 5xx and 408/425/429 answers are retryable; other 4xx answers mean the
+request itself is wrong for that endpoint and are not retried.
 """
 
 from __future__ import annotations
@@ -22,6 +21,9 @@ from meldingstjener.transport.base import (
 )
 
 CHUNK = 1024 * 1024
+# 4xx answers that say "not now" rather than "never": a proxy that timed out waiting for a
+# large upload (408), too early (425), too many requests (429)
+_RETRY_LATER = frozenset({408, 425, 429})
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -63,15 +65,22 @@ class HttpTransport:
             raise TransportFailure(
                 "connect-failed", f"cannot reach {delivery.endpoint}: {type(exc).__name__}"
             ) from None
-        if response.status_code >= 500 or response.status_code == 429:
+        status = response.status_code
+        if 300 <= status < 400:
+            # not followed: the agreement names the endpoint, and a redirect is a change the
+            # operator must see (and make), not one to follow silently with a health message
             raise TransportFailure(
-                f"http-{response.status_code}",
-                f"{delivery.endpoint} answered {response.status_code}",
+                f"http-{status}",
+                f"{delivery.endpoint} redirected ({status}) to "
+                f"{response.headers.get('location', '(no Location)')[:200]}; the agreement's "
+                "endpoint may be out of date",
             )
-        if response.status_code >= 400:
+        if status >= 500 or status in _RETRY_LATER:
+            raise TransportFailure(f"http-{status}", f"{delivery.endpoint} answered {status}")
+        if not 200 <= status < 300:
             raise TransportFailure(
-                f"http-{response.status_code}",
-                f"{delivery.endpoint} refused the request with {response.status_code}",
+                f"http-{status}",
+                f"{delivery.endpoint} refused the request with {status}",
                 retryable=False,
             )
         body = response.content
