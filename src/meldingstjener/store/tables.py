@@ -257,7 +257,9 @@ class JobRow(Base):
     """
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_due", "due_at"),)
+    # AUTOINCREMENT: SQLite must not give a deleted job's id to a new one (jobs are finished,
+    # rescheduled and extended by id)
+    __table_args__ = (Index("ix_jobs_due", "due_at"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))

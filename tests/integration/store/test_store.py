@@ -444,3 +444,26 @@ def test_a_new_message_written_ahead_of_the_orm_keeps_later_changes(store: Store
         assert stored.status_changed_at == T0 + timedelta(seconds=1)
         assert stored.updated_at is not None and stored.msg_id == "a1b2"
         assert [e.to_status for e in uow.events.for_message(row.id)] == ["accepted", "sent"]
+
+
+def test_a_finished_jobs_id_is_never_given_to_a_new_job(store: Store) -> None:
+    # Jobs are finished and rescheduled by id: a worker finishing a job that another unit of
+    # work removed first must not hit the job stored after it (SQLite reused the top id).
+    from sqlalchemy import select
+
+    from meldingstjener.store.tables import JobRow
+
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule("transmit", T0)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [first] = uow.session.scalars(select(JobRow.id))
+        uow.jobs.finish(first)
+        uow.jobs.schedule("apprec-deadline", T0)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        [second] = uow.session.scalars(select(JobRow.id))
+        uow.jobs.finish(first)  # the late finish of the first job
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert list(uow.session.scalars(select(JobRow.id))) == [second] and second != first
