@@ -42,12 +42,14 @@ from meldingstjener.security.xmldsig import (
 from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
-from meldingstjener.transport.base import Delivery, TransportFailure
+from meldingstjener.transport.base import Delivery, TransportFailure, send_once
 
 log = logging.getLogger(__name__)
 
 SEND_SIGNAL = "send-signal"
-SIGNAL_ATTEMPTS = 8
+# pauses of 2, 4, ... 2048 s: about 68 minutes of trying before the alert (the partner resends
+# the message after its RetryInterval anyway, and its duplicate gets our signal again)
+SIGNAL_ATTEMPTS = 12
 
 
 @dataclass(frozen=True)
@@ -384,14 +386,15 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
     try:
         if transport is None:
             raise TransportFailure("no-transport", f"no transport for {data.get('channel')}")
-        transport.send(
+        send_once(
+            transport,
             Delivery(
                 str(data["endpoint"]),
                 str(data["content_type"]),
                 wire_path,
                 ebxml_message_id=signal_message_id,
                 to_her_id=str(data.get("partner")),
-            )
+            ),
         )
     except TransportFailure as failure:
         with ctx.store.unit_of_work() as uow:
@@ -421,6 +424,8 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
         return
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
+        if job.message_id is not None:  # an earlier send of this message's signal gave up
+            uow.alerts.resolve(f"{AlertKind.SIGNAL_UNDELIVERED}:{job.message_id}", at=now)
         uow.events.record(
             job.message_id,
             EventKind.SIGNAL_OUT,

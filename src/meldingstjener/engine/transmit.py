@@ -18,7 +18,12 @@ from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
-from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+from meldingstjener.transport.base import (
+    Delivery,
+    TransportFailure,
+    TransportResult,
+    send_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +112,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             raise TransportFailure(
                 "no-transport", f"this server has no {partner.channel} transport", retryable=False
             )
-        result = transport.send(
+        result = send_once(
+            transport,
             Delivery(
                 str(partner.endpoint),
                 content_type,
@@ -116,7 +122,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
                 ebxml_message_id=view.ebxml_message_id,
                 from_her_id=view.from_her_id,
                 to_her_id=view.to_her_id,
-            )
+            ),
         )
     except TransportFailure as failure:
         _failed(ctx, job, partner, failure, now)

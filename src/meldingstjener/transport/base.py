@@ -8,9 +8,12 @@ hands the bytes to the engine.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,23 @@ class TransportFailure(Exception):
         self.code = code
         self.detail = detail
         self.retryable = retryable
+
+
+def send_once(transport: Transport, delivery: Delivery) -> TransportResult:
+    """``transport.send``, with any error it did not foresee (an endpoint the HTTP library
+    cannot parse, say) made a final :class:`TransportFailure`. Left to the worker, such an error
+    would be retried every 30 s for ever: no attempt counted, no giving up, no alert."""
+    try:
+        return transport.send(delivery)
+    except TransportFailure:
+        raise
+    except Exception as exc:
+        log.exception("sending to %s failed unexpectedly", delivery.endpoint)
+        raise TransportFailure(
+            "transport-error",
+            f"sending to {delivery.endpoint} failed: {type(exc).__name__}",
+            retryable=False,
+        ) from exc
 
 
 def body_missing(exc: OSError) -> TransportFailure:

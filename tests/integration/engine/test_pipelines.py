@@ -245,6 +245,52 @@ def test_receiver_down_beyond_persist_duration_is_not_delivered_with_an_alert(pa
         assert uow.jobs.count() == 0
 
 
+def test_an_endpoint_the_http_library_cannot_use_ends_the_message_with_an_alert(
+    pair: Pair,
+) -> None:
+    # An agreement endpoint with a broken port: the HTTP library raises an error of its own,
+    # not a transport failure. Left to the worker it was retried every 30 s for ever, with the
+    # message `accepted`, no attempt counted and no alert.
+    from meldingstjener.transport.http import HttpTransport
+
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.endpoint = "http://hospital.example:80a/ebms"
+        uow.commit()
+    pair.gp.transports = {"http": HttpTransport()}
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered"
+    assert "transport-error" in [code for _, code in events(pair, pair.gp, message_id)]
+    assert ("not-delivered", 1) in alerts(pair.gp)
+    with pair.gp.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
+
+
+def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_goes(
+    pair: Pair,
+) -> None:
+    from meldingstjener.engine import signals
+    from meldingstjener.engine.worker import Worker
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.network.down.add(pair.gp_site.endpoint)  # our Acknowledgment cannot reach the GP
+    Worker(pair.gp, "gp").run_until_idle()  # the GP sends; the hospital stores and queues
+    hospital = Worker(pair.hospital, "hospital")
+    for _ in range(signals.SIGNAL_ATTEMPTS):
+        hospital.run_until_idle()
+        pair.clock.advance(seconds=3600)
+    [received] = pair.inbound_messages(pair.hospital)
+    assert ("signal-undelivered", 1) in alerts(pair.hospital)
+    pair.network.down.clear()
+    resend(pair, message_id)  # the GP resends; its duplicate gets our Acknowledgment again
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]
+    assert [kind for kind, _ in alerts(pair.hospital)] == []
+    assert received.status == "acknowledged"
+
+
 def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:
     # The hospital stores and acknowledges, but its Acknowledgment never reaches the GP.
     pair.network.down.add(pair.gp_site.endpoint)
