@@ -32,18 +32,21 @@ ACK_TIMEOUT = "ack-timeout"
 _SENDABLE = {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
 
 
+def _attempt_allowed(row: MessageRow | MessageState, partner: Partner, at: datetime) -> bool:
+    """Whether the agreement allows another attempt at ``at``: not after Retries resends, and
+    not at or after PersistDuration (how long the receiver remembers the MessageId to eliminate
+    duplicates: a send then could be delivered twice)."""
+    if row.attempts > partner.retries:
+        return False
+    return row.expires_at is None or at < row.expires_at
+
+
 def _next_attempt(
     row: MessageRow | MessageState, partner: Partner, now: datetime
 ) -> datetime | None:
-    """When to try again, or None when the agreement allows no more attempts."""
-    if row.attempts > partner.retries:
-        return None
+    """When to try again after a failed send, or None when the agreement allows no more."""
     due = now + partner.retry_interval
-    if row.expires_at is not None and due >= row.expires_at:
-        # PersistDuration is how long the receiver remembers the MessageId to eliminate
-        # duplicates: a send at or after it could be delivered twice
-        return None
-    return due
+    return due if _attempt_allowed(row, partner, due) else None
 
 
 def _give_up(
@@ -220,7 +223,7 @@ def ack_timeout_job(ctx: EngineContext, job: ClaimedJob) -> None:
             uow.commit()
             return
         uow.jobs.finish(job.id)
-        if _next_attempt(row, partner, now) is None:
+        if not _attempt_allowed(row, partner, now):  # the resend would go now
             _give_up(uow, row, partner.name, "neither Acknowledgment nor MessageError arrived", now)
         else:
             assert OutboundStatus.RETRYING.value in allowed_next(Direction.OUTBOUND, row.status)

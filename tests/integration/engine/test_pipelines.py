@@ -553,6 +553,25 @@ def test_no_attempt_is_made_at_or_after_persist_duration(tmp_path: Path) -> None
     pair.hospital.store.database.dispose()
 
 
+def test_resends_after_lost_acknowledgments_run_up_to_persist_duration(tmp_path: Path) -> None:
+    # The same limits, but every send arrives and every Acknowledgment is lost: the resend due
+    # at 20 minutes is before PersistDuration and goes (it used to be refused, as if it were the
+    # attempt after it); the one that would go at 30 minutes does not.
+    pair = make_pair(
+        tmp_path, retry_interval_seconds=600, retries=10, persist_duration_seconds=1800
+    )
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(6):
+        pair.run()
+        pair.clock.advance(minutes=10)
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered" and row.attempts == 3
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # the resends were duplicates
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
 def test_a_sync_reply_that_fails_to_process_leaves_the_ack_timeout_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
