@@ -34,6 +34,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
+from meldingstjener.model.privacy import redact
 from meldingstjener.security.xmldsig import (
     SignatureCheck,
     sign_ebxml_envelope,
@@ -233,16 +234,17 @@ def _apply_message_error(
     header = envelope.header
     sender = header.from_party.her_id
     errors = envelope.error_list.errors if envelope.error_list else ()
+    # the partner's own words: masked like any text we store (they may quote the content)
     codes = [
         {
             "code": str(e.code),
             "severity": str(e.severity),
-            "location": e.location,
-            "description": e.description,
+            "location": redact(e.location),
+            "description": redact(e.description),
         }
         for e in errors
     ]
-    text = "; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors)
+    text = redact("; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors))
     uow.receipts.add(
         ReceiptRow(
             message_id=row.id,

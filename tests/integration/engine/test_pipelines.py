@@ -291,6 +291,37 @@ def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_g
     assert received.status == "acknowledged"
 
 
+def test_a_partners_message_error_text_is_stored_without_a_national_id(pair: Pair) -> None:
+    # A MessageError's description is the partner's own text and may quote the content.
+    from meldingstjener.ebxml import (
+        ErrorCode,
+        ErrorDetail,
+        OriginalIds,
+        Severity,
+        parse_envelope,
+        unpackage,
+    )
+    from meldingstjener.engine import inbound, signals
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.network.down.add(pair.hospital_site.endpoint)
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
+    header = parse_envelope(parse_xml(mime.envelope_xml)).header
+    error = ErrorDetail(
+        ErrorCode.DELIVERY_FAILURE, Severity.ERROR, "cid", "pasient 01017012345 finnes ikke"
+    )
+    wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+    with pair.gp.store.unit_of_work() as uow:
+        [receipt] = [r for r in uow.receipts.for_message(message_id) if r.direction == "in"]
+        stored = str(receipt.description) + str(receipt.error_codes)
+    assert receipt.kind == "message-error" and "finnes ikke" in stored
+    assert "01017012345" not in stored and "[redacted-id]" in stored
+
+
 def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:
     # The hospital stores and acknowledges, but its Acknowledgment never reaches the GP.
     pair.network.down.add(pair.gp_site.endpoint)
