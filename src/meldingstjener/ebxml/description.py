@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+MAX_DESCRIPTION_CHARS = 4096
 KEY_MSH = "MSH-system"
 KEY_MSH_VERSION = "MSH-versjon"
 KEY_APPLICATION = "fagsystem"
@@ -52,11 +53,13 @@ class MshDescription:
     @classmethod
     def from_text(cls, text: str | None) -> MshDescription | None:
         """The description in ``text``, or None when it is not a HITS 1210 JSON object."""
-        if not text or not text.strip().startswith("{"):
+        # four names and versions fit in far less; a longer text is not one (and deeply nested
+        # JSON would exhaust the parser's recursion)
+        if not text or len(text) > MAX_DESCRIPTION_CHARS or not text.strip().startswith("{"):
             return None
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
             return None

@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 _TIMESTAMP = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
-    r"(Z|z|[+-]\d{2}:?\d{2})?$"
+    r"(Z|z|[+-]\d{2}:?\d{2})?$",
+    re.ASCII,  # \d would take any script's digits
 )
 _HOST = re.compile(r"^[A-Za-z0-9.-]+$")
 
@@ -50,4 +51,7 @@ def parse_timestamp(text: str) -> datetime:
         digits = zone[1:].replace(":", "")
         tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
     moment = datetime(year, month, day, hour, minute, second, int(fraction), tzinfo=tz)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it
+        raise ValueError("a date-time outside the years 1-9999 in UTC") from None

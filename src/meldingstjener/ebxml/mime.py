@@ -54,6 +54,12 @@ TransferEncoding = Literal["base64", "binary"]
 SOAP_ACTION = '"ebXML"'
 ENVELOPE_CONTENT_TYPE = "text/xml; charset=UTF-8"
 _XML_TYPES = frozenset({"text/xml", "application/xml"})
+# An ebXML message has the envelope and a payload or two: a cap keeps a body of a million empty
+# parts from costing seconds of parsing
+MAX_PARTS = 100
+# The SOAP envelope is a few kilobytes (headers, signature, manifest); its parse costs about 35
+# times its size in memory, so it gets a limit of its own, far below the payload's
+MAX_ENVELOPE_BYTES = 1024 * 1024
 _BASE64_SLICE = 57 * 1024  # 57 input bytes make one 76-character line
 _REQUEST_LINE = re.compile(rb"^(?:[A-Z]+ \S+ HTTP/\d(?:\.\d)?|HTTP/\d(?:\.\d)? \d{3}[^\r\n]*)\r?\n")
 
@@ -262,12 +268,18 @@ def _next_delimiter(data: ByteSource, frm: int, delimiter: bytes) -> tuple[int, 
 def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int, int]]:
     """(start, end) offsets of each body part between the boundaries (RFC 2046 5.1.1: the line
     break before a delimiter belongs to the delimiter)."""
-    delimiter = b"--" + boundary.encode("latin-1")
+    if not boundary.isascii():  # RFC 2046: a boundary is ASCII
+        raise EbxmlError(ErrorCode.MIME_PROBLEM, "the boundary holds characters outside ASCII")
+    delimiter = b"--" + boundary.encode("ascii")
     line_start, closing, pos = _next_delimiter(data, start, delimiter)
     if closing:
         raise EbxmlError(ErrorCode.MIME_PROBLEM, "the multipart message has no parts")
     parts: list[tuple[int, int]] = []
     while not closing:
+        if len(parts) == MAX_PARTS:
+            raise EbxmlError(
+                ErrorCode.MIME_PROBLEM, f"the message has more than {MAX_PARTS} MIME parts"
+            )
         part_start = pos
         line_start, closing, pos = _next_delimiter(data, max(part_start - 1, start), delimiter)
         part_end = line_start - 1  # drop the LF that belongs to the delimiter ...
@@ -277,6 +289,15 @@ def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int,
     return parts
 
 
+def _envelope_sized(envelope: bytes) -> bytes:
+    if len(envelope) > MAX_ENVELOPE_BYTES:
+        raise EbxmlError(
+            ErrorCode.OTHER_XML,
+            f"the SOAP envelope is {len(envelope)} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+        )
+    return envelope
+
+
 def _unpackage(
     content_type: str, data: ByteSource, offset: int, transfer_encoding: str | None
 ) -> MimeMessage:
@@ -284,7 +305,7 @@ def _unpackage(
     encoding = (transfer_encoding or "7bit").strip().lower()
     if media in _XML_TYPES:
         envelope = _decode_bytes(data, offset, len(data), encoding, "message body")
-        return MimeMessage(envelope, {}, "")
+        return MimeMessage(_envelope_sized(envelope), {}, "")
     if media != "multipart/related":
         raise EbxmlError(
             ErrorCode.MIME_PROBLEM,
@@ -309,8 +330,12 @@ def _unpackage(
         part_type = headers.get("Content-Type") or "text/plain"
         encoding_of_part = headers.get("Content-Transfer-Encoding")
         if is_start:
+            if envelope_part is not None:
+                raise EbxmlError(
+                    ErrorCode.MIME_PROBLEM, f"two MIME parts have the start content-id {cid[:60]!r}"
+                )
             decoded = _decode_bytes(data, body_start, part_end, encoding_of_part, what)
-            envelope_part = (cid, decoded)
+            envelope_part = (cid, _envelope_sized(decoded))
             continue
         part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
         if not cid:

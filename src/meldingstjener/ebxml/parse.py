@@ -80,6 +80,8 @@ from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.model.privacy import redact
 
+# the database keeps ids, names and times of the header in columns of 255 characters
+MAX_VALUE_CHARS = 255
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
 # Header blocks addressed to these actors (or to no actor: the ultimate receiver) are ours.
 _OUR_ACTORS = frozenset({None, ACTOR_TO_PARTY_MSH, ACTOR_NEXT_MSH, ACTOR_SOAP_NEXT})
@@ -144,14 +146,24 @@ def _text(parent: etree._Element, name: str, location: str) -> str:
     text = (_child(parent, name, where).text or "").strip()
     if not text:
         raise EbxmlError(ErrorCode.OTHER_XML, f"eb:{name} is empty", where)
-    return text
+    return _bounded(text, f"eb:{name}", where)
 
 
 def _optional_text(parent: etree._Element, name: str) -> str | None:
     element = parent.find(_eb(name))
     if element is None:
         return None
-    return (element.text or "").strip() or None
+    text = (element.text or "").strip() or None
+    return None if text is None else _bounded(text, f"eb:{name}", f"eb:{name}")
+
+
+def _bounded(text: str, what: str, where: str) -> str:
+    """Ids, names and times in the header are short; a longer one is not a value we keep."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise EbxmlError(
+            ErrorCode.OTHER_XML, f"{what} is longer than {MAX_VALUE_CHARS} characters", where
+        )
+    return text
 
 
 def _timestamp(text: str, location: str) -> datetime:
@@ -171,10 +183,12 @@ def _party(parent: etree._Element, name: str, location: str) -> Party:
     ids: list[tuple[str | None, str]] = []
     for index, party_id in enumerate(element.findall(_eb("PartyId")), start=1):
         id_where = f"{where}/eb:PartyId[{index}]"
-        value = (party_id.text or "").strip()
+        value = _bounded((party_id.text or "").strip(), "eb:PartyId", id_where)
         if not value:
             raise EbxmlError(ErrorCode.OTHER_XML, "eb:PartyId is empty", id_where)
-        id_type = _eb_attr(party_id, "type")
+        id_type = (_eb_attr(party_id, "type") or "").strip() or None
+        if id_type is not None and id_type.upper() == PARTY_TYPE_HER:
+            id_type = PARTY_TYPE_HER  # "her" and " HER " are checked as HER-ids too
         if id_type is None and not _URI.match(value):
             raise EbxmlError(
                 ErrorCode.INCONSISTENT,

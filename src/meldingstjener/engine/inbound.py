@@ -26,11 +26,13 @@ from meldingstjener.ebxml import (
     MessageHeader,
     MimeMessage,
     OriginalIds,
+    Party,
     Severity,
     check_manifest,
     parse_envelope,
     unpackage,
 )
+from meldingstjener.ebxml.codes import PARTY_TYPE_HER
 from meldingstjener.engine import payload_io, receipts, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -204,6 +206,15 @@ def _check(
     header = envelope.header
     sender = header.from_party.her_id
     certificate = _verify_signature(ctx, mime, envelope, root, certificate)
+    expires = header.time_to_live
+    if expires is not None and ctx.clock() > expires:
+        # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
+        # up on it, or will have, and may have sent the content another way)
+        raise _Reject(
+            ErrorCode.TIME_TO_LIVE_EXPIRED,
+            f"the message's TimeToLive ({expires:%Y-%m-%dT%H:%M:%SZ}) has passed",
+            "eb:MessageHeader/eb:MessageData/eb:TimeToLive",
+        )
     problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
     if problem is not None:
         raise _Reject(
@@ -361,10 +372,15 @@ def _envelope_row(
         cpa_id=header.cpa_id,
         ebxml_service=header.service,
         ebxml_action=header.action,
-        from_her_id=header.from_party.her_id,
-        to_her_id=header.to_party.her_id,
+        # a PartyId of another type (a URI, say) is no HER-id: kept in the stored envelope only
+        from_her_id=_her_id(header.from_party),
+        to_her_id=_her_id(header.to_party),
         wire_ref=wire_ref,
     )
+
+
+def _her_id(party: Party) -> str | None:
+    return party.her_id if party.party_type == PARTY_TYPE_HER else None
 
 
 def _inline(channel: str, sync_reply: bool, route: tuple[str, str] | None) -> bool:

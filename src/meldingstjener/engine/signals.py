@@ -237,14 +237,14 @@ def _apply_message_error(
     # the partner's own words: masked like any text we store (they may quote the content)
     codes = [
         {
-            "code": str(e.code),
+            "code": _reported(e),
             "severity": str(e.severity),
             "location": redact(e.location),
             "description": redact(e.description),
         }
         for e in errors
     ]
-    text = redact("; ".join(f"{e.code}: {e.description or ''}".strip() for e in errors))
+    text = redact("; ".join(f"{_reported(e)}: {e.description or ''}".strip() for e in errors))
     uow.receipts.add(
         ReceiptRow(
             message_id=row.id,
@@ -257,7 +257,7 @@ def _apply_message_error(
             description=text,
         )
     )
-    first_code = str(errors[0].code) if errors else "Unknown"
+    first_code = _reported(errors[0]) if errors else "Unknown"
     if errors and all(error.severity is Severity.WARNING for error in errors):
         # the partner processed the message and only remarks on it: no failure, no alert
         uow.events.record(
@@ -371,6 +371,11 @@ def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str,
             return None
         path = ctx.store.payloads.path(receipt.wire_ref)
         return path, receipt.kind, str(receipt.ebxml_message_id)
+
+
+def _reported(error: ErrorDetail) -> str:
+    """The code as the partner wrote it (one outside the ebMS set is kept, not made Unknown)."""
+    return (error.reported_code or str(error.code))[:64]
 
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:

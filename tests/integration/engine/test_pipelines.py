@@ -293,23 +293,13 @@ def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_g
 
 def test_a_partners_message_error_text_is_stored_without_a_national_id(pair: Pair) -> None:
     # A MessageError's description is the partner's own text and may quote the content.
-    from meldingstjener.ebxml import (
-        ErrorCode,
-        ErrorDetail,
-        OriginalIds,
-        Severity,
-        parse_envelope,
-        unpackage,
-    )
+    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
     from meldingstjener.engine import inbound, signals
-    from meldingstjener.formats.xmlparse import parse_xml
 
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.network.down.add(pair.hospital_site.endpoint)
     pair.run()
-    sent = pair.message(pair.gp, message_id)
-    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
-    header = parse_envelope(parse_xml(mime.envelope_xml)).header
+    header = _sent_header(pair, message_id)
     error = ErrorDetail(
         ErrorCode.DELIVERY_FAILURE, Severity.ERROR, "cid", "pasient 01017012345 finnes ikke"
     )
@@ -320,6 +310,96 @@ def test_a_partners_message_error_text_is_stored_without_a_national_id(pair: Pai
         stored = str(receipt.description) + str(receipt.error_codes)
     assert receipt.kind == "message-error" and "finnes ikke" in stored
     assert "01017012345" not in stored and "[redacted-id]" in stored
+
+
+def test_a_message_past_its_time_to_live_is_refused(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ebMS 2.0: a message whose TimeToLive has passed is not delivered (TimeToLiveExpired).
+    from datetime import timedelta
+
+    from meldingstjener.engine import outbound
+
+    build = outbound.build_envelope
+
+    def with_time_to_live(header: object, **rest: object) -> object:
+        ttl = dataclasses.replace(header, time_to_live=pair.clock() + timedelta(minutes=1))  # type: ignore[type-var]
+        return build(ttl, **rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbound, "build_envelope", with_time_to_live)
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.network.down.clear()
+    pair.clock.advance(seconds=90)  # the resend comes after the TimeToLive
+    resend(pair, message_id)
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.last_error_code == "TimeToLiveExpired"
+    assert refused.payload_ref is None  # not delivered, not even decrypted
+    assert receipt_kinds(pair.gp, message_id) == ["message-error"]
+
+
+def test_a_message_error_code_outside_the_ebms_set_is_kept_as_sent(pair: Pair) -> None:
+    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
+    from meldingstjener.engine import inbound, signals
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.network.down.add(pair.hospital_site.endpoint)
+    pair.run()
+    header = _sent_header(pair, message_id)
+    error = ErrorDetail(
+        ErrorCode.UNKNOWN, Severity.ERROR, None, "lokal feil", reported_code="NHN:QueueFull"
+    )
+    wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+    row = pair.message(pair.gp, message_id)
+    assert row.last_error_code == "NHN:QueueFull"
+    with pair.gp.store.unit_of_work() as uow:
+        [receipt] = [r for r in uow.receipts.for_message(message_id) if r.direction == "in"]
+    assert receipt.error_codes is not None and receipt.error_codes[0]["code"] == "NHN:QueueFull"
+
+
+def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pair) -> None:
+    # A PartyId of another type (here a long URN) is not a HER-id: the refusal is stored
+    # without one, instead of putting the URN in a HER-id column (PostgreSQL refused that).
+    from meldingstjener.ebxml import (
+        Attachment,
+        ManifestReference,
+        envelope_bytes,
+        package,
+        parse_envelope,
+    )
+    from meldingstjener.ebxml import build_envelope as build
+    from meldingstjener.ebxml.values import Party
+    from meldingstjener.engine import inbound
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    header = dataclasses.replace(
+        _sent_header(
+            pair, submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+        ),  # type: ignore[type-var]
+        from_party=Party("urn:example:legekontor:" + "x" * 100, "Behandler", ""),
+        message_id="urn-sender-1@example.no",
+    )
+    envelope = envelope_bytes(
+        build(header, manifest=[ManifestReference.for_content_id("p@x", "x")], sync_reply=True)
+    )
+    assert parse_envelope(parse_xml(envelope)).header.from_party.party_type == ""
+    body, content_type = package(envelope, [Attachment("p@x", "application/pkcs7-mime", b"x")])
+    reply = inbound.receive(pair.hospital, content_type, body)
+    assert reply.body is not None and b"SecurityFailure" in reply.body
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.from_her_id is None
+    assert refused.to_her_id == "8200002"
+
+
+def _sent_header(pair: Pair, message_id: str) -> object:
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
+    return parse_envelope(parse_xml(mime.envelope_xml)).header
 
 
 def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:

@@ -75,6 +75,14 @@ def _add_header_block(tag: str, must_understand: str | None, actor: str | None =
     return mutate
 
 
+def _all(*mutations: Mutation) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        for mutation in mutations:
+            mutation(root)
+
+    return mutate
+
+
 def _signal(action: str) -> Mutation:
     def mutate(root: etree._Element) -> None:
         _set_text(f"{MH}/eb:Service", EBMS_SERVICE)(root)
@@ -172,6 +180,46 @@ CASES: list[tuple[str, Mutation, ErrorCode]] = [
     (
         "MessageError action without eb:ErrorList",
         _signal("MessageError"),
+        ErrorCode.INCONSISTENT,
+    ),
+    # found by feeding the parser malformed input: each of these escaped as another exception
+    # (a 500 from POST /ebms, a mail retried every round) or slipped through
+    (
+        "Timestamp beyond the year 9999 in UTC",
+        _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "9999-12-31T23:59:59-01:00"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "Timestamp before the year 1 in UTC",
+        _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "0001-01-01T00:00:00+01:00"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "Timestamp in Arabic-Indic digits",
+        _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "\u0662\u0660\u0662\u0664-01-01T00:00:00Z"),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "MessageId longer than a column",
+        _set_text(f"{MH}/eb:MessageData/eb:MessageId", "m" * 256 + "@x"),
+        ErrorCode.OTHER_XML,
+    ),
+    (
+        "PartyId longer than a column",
+        _set_text(f"{MH}/eb:To/eb:PartyId", "urn:x:" + "9" * 300),
+        ErrorCode.OTHER_XML,
+    ),
+    (
+        "HER PartyId typed in lower case, not a HER-id",
+        _all(
+            _set_attr(f"{MH}/eb:From/eb:PartyId", f"{EB}type", " her "),
+            _set_text(f"{MH}/eb:From/eb:PartyId", "Legekontoret"),
+        ),
+        ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "PartyId with an empty type, not a URI",
+        _set_attr(f"{MH}/eb:From/eb:PartyId", f"{EB}type", ""),
         ErrorCode.INCONSISTENT,
     ),
 ]
@@ -274,3 +322,9 @@ def test_error_texts_mask_national_identity_numbers() -> None:
     with pytest.raises(EbxmlError) as caught:
         parse_envelope(envelope_bytes(root))
     assert "01017012345" not in str(caught.value)
+
+
+def test_a_description_too_long_or_too_deep_for_json_is_not_read_as_one() -> None:
+    root = payload_root()
+    _set_text(f"{MH}/eb:Description", '{"a":' + "[" * 100_000)(root)
+    assert parse_envelope(envelope_bytes(root)).header.description is None

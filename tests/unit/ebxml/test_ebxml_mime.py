@@ -194,6 +194,12 @@ MIME_DEFECTS: list[tuple[str, bytes]] = [
     ("garbage header line", _mail([ENV_PART, b"Content-ID <a@x>\n\nx"])),
     ("unclosed quote", b'Content-Type: multipart/related; boundary="B\n\n--B\n\nx\n--B--\n'),
     ("not a media type", b"Content-Type: related\n\nx"),
+    ("boundary outside ASCII", _mail([ENV_PART], boundary="\u20ac".encode())),
+    (
+        "more parts than a message has",
+        _mail([ENV_PART] + [b"Content-ID: <p%d@x>\n\nx" % n for n in range(100)]),
+    ),
+    ("two parts with the start content-id", _mail([ENV_PART, ENV_PART])),
 ]
 
 
@@ -245,3 +251,14 @@ def test_base64_lines_are_76_characters_with_crlf() -> None:
 )
 def test_parse_content_type(value: str, expected: tuple[str, dict[str, str]]) -> None:
     assert parse_content_type(value) == expected
+
+
+def test_an_envelope_larger_than_any_real_one_is_not_parsed() -> None:
+    # an envelope is a few kilobytes; parsing costs some 35 times its size in memory
+    from meldingstjener.ebxml.mime import MAX_ENVELOPE_BYTES
+
+    big = b"<e>" + b"<a/>" * (MAX_ENVELOPE_BYTES // 4) + b"</e>"
+    with pytest.raises(EbxmlError) as caught:
+        unpackage_message(_mail([b"Content-Type: text/xml\nContent-ID: <env@x>\n\n" + big]))
+    assert caught.value.code is ErrorCode.OTHER_XML
+    assert unpackage_message(_mail([ENV_PART])).envelope_xml == b"<e/>"  # the usual size
