@@ -9,7 +9,8 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    and its signal in one commit, or answers a MessageError, or refuses (InboundRefused);
 4. remember the Message-Id as seen (``mail-seen:<id>`` in the state table), then return, and
    the collector deletes the mail from the box;
-5. refused or unreadable -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
+5. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
+   ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
    named by its SHA-256 so writing it twice is harmless), an alert is raised, and
    :class:`~meldingstjener.transport.mailbox.Quarantine` tells the collector it may delete it.
 
@@ -55,6 +56,8 @@ from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
 log = logging.getLogger(__name__)
 
 SEEN_PREFIX = "mail-seen:"
+FAILED_PREFIX = "mail-failed:"
+FAILED_ROUNDS_BEFORE_QUARANTINE = 5
 _STATE_KEY_MAX = 128
 
 
@@ -160,10 +163,30 @@ class MailIntake:
             inbound.receive(self.ctx, str(content_type), body, channel="smtp")
         except inbound.InboundRefused as refused:
             self._quarantine(raw, refused.code, message_id)
+        except Exception:
+            # Kept in the box and tried again next round (the database may be away). A mail
+            # that fails the same way round after round would block the box for good: after
+            # a few rounds it is put aside like an unreadable one. (If the database is away,
+            # the count cannot be written either, and the mail simply stays.)
+            if self._failed_again(raw) >= FAILED_ROUNDS_BEFORE_QUARANTINE:
+                log.exception(
+                    "a mail failed %d times; quarantined", FAILED_ROUNDS_BEFORE_QUARANTINE
+                )
+                self._quarantine(raw, "Unknown", message_id)
+            raise
         if message_id is not None:
             with self.ctx.store.unit_of_work() as uow:
                 uow.state.set(seen_key(message_id), self.ctx.clock().isoformat())
                 uow.commit()
+
+    def _failed_again(self, raw: bytes) -> int:
+        """Count one more failed round for this mail; return how many there have been."""
+        key = FAILED_PREFIX + hashlib.sha256(raw).hexdigest()[:32]
+        with self.ctx.store.unit_of_work() as uow:
+            failed = int(uow.state.get(key) or 0) + 1
+            uow.state.set(key, str(failed))
+            uow.commit()
+        return failed
 
     def _seen(self, message_id: str) -> bool:
         with self.ctx.store.unit_of_work() as uow:

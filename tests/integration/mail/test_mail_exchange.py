@@ -191,3 +191,33 @@ def test_the_collector_thread_collects_on_demand(
         thread.collect_now(wait=False)
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_a_mail_that_fails_round_after_round_is_put_aside_and_the_box_moves_on(
+    pair: tuple[MailSite, MailSite],
+    tls_context: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unforeseen failure keeps the mail for the next round (the database may be away); one
+    that fails every round would block the box for good, so the fifth round quarantines it."""
+    from meldingstjener.engine import mail_channel
+
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an unforeseen fault")
+
+    monkeypatch.setattr(mail_channel.inbound, "receive", failing)
+    for _ in range(mail_channel.FAILED_ROUNDS_BEFORE_QUARANTINE - 1):
+        result = hospital.collect()
+        assert (result.kept, result.quarantined) == (1, 0)
+        assert mailbox_count(hospital.user, tls_context) == 1
+    result = hospital.collect()
+    assert (result.kept, result.quarantined) == (0, 1)
+    assert mailbox_count(hospital.user, tls_context) == 0
+    assert len(list((hospital.settings.data_dir / "quarantine").glob("*.eml"))) == 1
+    with hospital.ctx.store.unit_of_work() as uow:
+        [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "mail-quarantined"]
+    assert "(Unknown)" in alert.summary
