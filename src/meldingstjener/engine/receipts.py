@@ -214,8 +214,7 @@ def _submit_answer(
             )
         )
         if purge and original.payload_ref:
-            ctx.store.payloads.delete(original.payload_ref)
-            original.payload_ref = None
+            _purge_after_commit(ctx, uow, original)
 
     try:
         return submit(ctx, payload, to_her_id=str(row.from_her_id), actor=actor, on_stored=mark)
@@ -304,6 +303,15 @@ def _taken_by_answer(
         uow.messages.set_status(
             original, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
         )
+
+
+def _purge_after_commit(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
+    """Forget the message's content: the row lets go of its file now, the file goes once that
+    has committed. (Deleting first, a crash or a failed commit left a row pointing at nothing;
+    this way a crash leaves a file nothing refers to, which the payload sweep removes.)"""
+    key = str(row.payload_ref)
+    row.payload_ref = None
+    uow.after_commit(lambda: ctx.store.payloads.delete(key))
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:
@@ -525,8 +533,7 @@ def _rejected_without_apprec(
             detail=f"rejected, but the AppRec could not be sent: {refused.message}",
         )
         if verdict.purge and row.payload_ref:
-            ctx.store.payloads.delete(row.payload_ref)
-            row.payload_ref = None
+            _purge_after_commit(ctx, uow, row)
         raise_alert(
             uow,
             AlertKind.APPREC_UNSENT,

@@ -934,9 +934,9 @@ class UnitOfWork:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: list[Callable[[], object]] = []
 
-    def after_commit(self, action: Callable[[], None]) -> None:
+    def after_commit(self, action: Callable[[], object]) -> None:
         """Run ``action`` once this unit of work has committed (never if it rolls back)."""
         self._after_commit.append(action)
 

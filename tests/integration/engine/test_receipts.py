@@ -395,3 +395,29 @@ def test_a_message_error_with_warnings_only_does_not_fail_the_message(pair: Pair
     genuine = signals.build_ack(pair.hospital, envelope, root)  # type: ignore[arg-type]
     inbound.receive(pair.gp, genuine.content_type, genuine.body)
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_purge_whose_commit_fails_keeps_the_content(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file goes only once the row has let go of it: deleting it first, a failed commit (or
+    # a crash) left a message whose content was gone while its row still pointed at it.
+    from meldingstjener.store.uow import UnitOfWork
+
+    _, row = send_and_deliver(pair)
+    real_commit = UnitOfWork.commit
+
+    def database_gone_at_the_purge(self: UnitOfWork) -> None:
+        if self._after_commit:  # the unit of work that purges
+            raise RuntimeError("the database went away")
+        real_commit(self)
+
+    monkeypatch.setattr(UnitOfWork, "commit", database_gone_at_the_purge)
+    with pytest.raises(RuntimeError):
+        receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
+    monkeypatch.undo()
+    kept = pair.message(pair.hospital, row.id)
+    assert kept.payload_ref == row.payload_ref and kept.status == "delivered"
+    assert pair.hospital.store.payloads.exists(str(row.payload_ref))
+    receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
+    assert not pair.hospital.store.payloads.exists(str(row.payload_ref))  # gone after commit
