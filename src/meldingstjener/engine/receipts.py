@@ -15,6 +15,7 @@ and so does an AppRec that has not arrived by its deadline (``apprec-deadline`` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,7 +42,10 @@ from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
 APPREC = "APPREC"
+log = logging.getLogger(__name__)
+
 APPREC_DEADLINE = "apprec-deadline"
+AUTO_APPREC = "auto-apprec"
 SERVER_VERDICT = "server-verdict"
 DEFAULT_APPREC_VERSION = "1.1"
 
@@ -91,7 +95,6 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
     """The message has reached the EPJ: marked read, or written to the inbox folder (fetching
     the document alone is not enough: the answer may never have arrived). Answering it delivers
     it too, in the answer's own transaction (:func:`_taken_by_answer`)."""
-    auto = False
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id, for_update=True)
         if row.status in (InboundStatus.DELIVERED.value, InboundStatus.APPREC_SENT.value):
@@ -103,11 +106,25 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
         uow.messages.set_status(
             row, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
         )
-        if row.msg_type != APPREC:
-            auto = _auto_apprec(ctx, uow, row)
+        if row.msg_type != APPREC and _auto_apprec(ctx, uow, row):
+            # owed from this commit on: a job, so that a crash before it is sent cannot lose it
+            ctx.schedule_now(
+                uow, AUTO_APPREC, message_id=row.id, dedup_key=f"{AUTO_APPREC}:{row.id}"
+            )
         uow.commit()
-    if auto:
-        send_apprec(ctx, message_id, status=1, errors=[], actor="msh:auto-apprec")
+    ctx.notify_workers(uow)
+
+
+def auto_apprec_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    """Send the positive AppRec the agreement asks for on delivery. One that cannot go (the EPJ
+    answered first, or the message was purged) is not owed any more."""
+    try:
+        send_apprec(ctx, str(job.message_id), status=1, errors=[], actor="msh:auto-apprec")
+    except AppRecRefused as refused:
+        log.info("no automatic AppRec for message %s: %s", job.message_id, refused.code)
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
+        uow.commit()
 
 
 def _auto_apprec(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> bool:

@@ -53,6 +53,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     transmit.ACK_TIMEOUT: transmit.ack_timeout_job,
     signals.SEND_SIGNAL: signals.send_signal_job,
     receipts.APPREC_DEADLINE: receipts.apprec_deadline_job,
+    receipts.AUTO_APPREC: receipts.auto_apprec_job,
     receipts.SERVER_VERDICT: receipts.server_verdict_job,
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
     housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,

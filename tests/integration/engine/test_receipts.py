@@ -12,6 +12,7 @@ from meldingstjener.engine import receipts
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
 from meldingstjener.store.tables import AgreementRow, MessageRow, PartyRow
+from meldingstjener.store.uow import LogFilter
 
 
 def received(pair: Pair) -> MessageRow:
@@ -421,3 +422,25 @@ def test_a_purge_whose_commit_fails_keeps_the_content(
     assert pair.hospital.store.payloads.exists(str(row.payload_ref))
     receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
     assert not pair.hospital.store.payloads.exists(str(row.payload_ref))  # gone after commit
+
+
+def test_the_automatic_apprec_is_owed_from_the_delivery_commit(pair: Pair) -> None:
+    # Sent after the delivery had committed, a crash in between lost it with nothing to show:
+    # now the delivery stores it as a job, and any worker (after a restart too) sends it.
+    from sqlalchemy import select
+
+    from meldingstjener.store.tables import JobRow
+
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec, agreement.apprec_version = True, "1.0"
+        uow.commit()
+    message_id, row = send_and_deliver(pair)  # delivered; no worker has run since
+    with pair.hospital.store.unit_of_work() as uow:
+        owed = list(uow.session.scalars(select(JobRow.kind).where(JobRow.message_id == row.id)))
+        sent = [m for m in uow.messages.search(LogFilter(direction="out"))]
+    assert owed == ["auto-apprec"] and sent == []
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
