@@ -126,7 +126,15 @@ class FolderIntegration:
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
             try:
-                message_id = submit(self.ctx, data, actor=ACTOR, client_id=f"{ACTOR}:{key}")
+                # the key as idempotency key too: two processes watching one outbox may both
+                # find the file claimed but unsent; the unique index lets one message through
+                message_id = submit(
+                    self.ctx,
+                    data,
+                    actor=ACTOR,
+                    client_id=f"{ACTOR}:{key}",
+                    idempotency_key=f"{ACTOR}:{key}",
+                )
             except SubmitRejected as rejected:
                 self._fail(path, key, rejected.code, rejected.message, rejected.problems)
                 return

@@ -74,6 +74,32 @@ def test_same_content_dropped_again_is_sent_again(pair: Pair, tmp_path: Path) ->
     assert len(list((outbox / "sent").iterdir())) == 2
 
 
+def test_two_processes_on_one_outbox_send_a_file_once(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Process A has claimed the file and is submitting it when process B's round finds it
+    # claimed but not sent, and sees no message of it yet (A has not committed). B submits too:
+    # the file's key, used as idempotency key, lets only one message through.
+    outbox = tmp_path / "ut"
+    first = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "En gang"))
+
+    def died_before_marking(*args: object) -> None:
+        raise SystemExit("process A stops here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FolderIntegration, "_mark", died_before_marking)
+        with pytest.raises(SystemExit):
+            first.outbox_once()
+    assert len(outbound(pair)) == 1
+    # B did not see A's message (the race): it submits the same file again
+    monkeypatch.setattr(FolderIntegration, "_submitted_before", lambda self, key: None)
+    assert second.outbox_once() == 1
+    assert len(outbound(pair)) == 1
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+
+
 def test_inbox_gets_each_message_with_its_sidecar(pair: Pair, tmp_path: Path) -> None:
     inbox = tmp_path / "inn"
     sent = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Til mappa"), actor="t")
