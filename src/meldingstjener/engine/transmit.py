@@ -102,8 +102,12 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             reason = f"the partner is no longer known ({exc})"
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
-        if view.attempts > 0 and view.expires_at is not None and now >= view.expires_at:
-            # a resend that waited past PersistDuration (a backlog, the server down)
+        # A resend, or a first send whose job was claimed before (its worker may have died
+        # after the partner took it, before recording that), is a resend: not at or after
+        # PersistDuration, when the partner no longer knows the MessageId. A first send that
+        # only waited (a backlog, the server down) goes: the partner has never seen it.
+        maybe_sent = view.attempts > 0 or job.attempts > 1
+        if maybe_sent and view.expires_at is not None and now >= view.expires_at:
             reason = "PersistDuration ran out before a resend"
             _give_up_before_sending(uow, view.id, partner.name, reason, now)
             return None

@@ -647,6 +647,30 @@ def test_a_resend_that_waited_past_persist_duration_is_not_sent(pair: Pair) -> N
     assert ("not-delivered", 1) in alerts(pair.gp)
 
 
+def test_a_first_send_claimed_before_is_a_resend_once_persist_duration_has_run_out(
+    pair: Pair,
+) -> None:
+    # A worker claimed the first send and died; whether the partner took the message before,
+    # nobody knows. After PersistDuration the partner no longer knows the MessageId, so it is
+    # not sent again. A first send that only waited (never claimed) has never been seen: it goes.
+    from datetime import timedelta
+
+    claimed = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "a"), actor="t")
+    with pair.gp.store.unit_of_work() as uow:
+        [died_with] = uow.jobs.claim_due(
+            "a-worker-that-died", now=pair.clock(), limit=5, lease=timedelta(seconds=60)
+        )
+        uow.commit()
+    assert died_with.message_id == claimed
+    waited = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "b"), actor="t")
+    pair.clock.advance(hours=2)
+    pair.run()
+    assert pair.message(pair.gp, claimed).status == "not-delivered"
+    assert pair.message(pair.gp, waited).status == "transport-acknowledged"
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.ebxml_message_id == pair.message(pair.gp, waited).ebxml_message_id
+
+
 def test_no_attempt_is_made_at_or_after_persist_duration(tmp_path: Path) -> None:
     # Retries would allow more, but the next attempt after the third would fall on the
     # PersistDuration itself (30 min with a 10-minute interval): the third is the last.
