@@ -48,6 +48,7 @@ from meldingstjener.ebxml.mime_headers import bare_content_id, split_header_bloc
 from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.payloads import make_durable_dir
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
@@ -226,7 +227,7 @@ def _decoded_body(raw: bytes, start: int, encoding: str | None) -> bytes:
 
 def _write_durably(path: Path, data: bytes) -> None:
     """Write, fsync the file, rename into place, fsync the folder: it survives a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_durable_dir(path.parent)
     temporary = path.with_suffix(".tmp")
     with temporary.open("wb") as handle:
         handle.write(data)

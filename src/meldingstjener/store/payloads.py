@@ -57,7 +57,7 @@ class Spool(os.PathLike[str]):
         self.key = key
         self._final = final
         self._temporary = final.with_name(f".{key}.tmp")
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_durable_dir(final.parent)
         self._file = open(self._temporary, "xb", buffering=0)  # noqa: SIM115 (closed on commit)
         self._digest = hashlib.sha256()
         self.size = 0
@@ -307,6 +307,15 @@ def _chunks(source: bytes | BinaryIO | Iterable[bytes]) -> Iterable[bytes]:
             yield chunk
         return
     yield from source
+
+
+def make_durable_dir(directory: Path) -> None:
+    """Create ``directory`` if needed, with its entry in the parent made durable: the files'
+    own fsyncs do not cover the new folder's name, which a power cut could otherwise lose."""
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    _fsync_dir(directory.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

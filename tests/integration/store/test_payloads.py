@@ -57,3 +57,15 @@ def test_a_35_mb_payload_is_streamed_not_held(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert ref.size == size
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while storing {size}"
+
+
+def test_a_new_folder_is_made_durable_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The new folder's own entry must reach the disk too (its parent is fsynced); an existing
+    # folder costs no fsync. (What a power cut would do cannot be shown here; the calls can.)
+    from meldingstjener.store import payloads
+
+    synced: list[Path] = []
+    monkeypatch.setattr(payloads, "_fsync_dir", lambda directory: synced.append(directory))
+    payloads.make_durable_dir(tmp_path / "quarantine")
+    payloads.make_durable_dir(tmp_path / "quarantine")
+    assert (tmp_path / "quarantine").is_dir() and synced == [tmp_path]
