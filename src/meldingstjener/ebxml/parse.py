@@ -29,7 +29,8 @@ Acknowledgment signal without eb:Acknowledgment or without     Inconsistent
 
 Deliberately tolerated (peers in the field do these and the meaning is still clear):
 ``mustUnderstand="true"`` (SOAP 1.1 says "1"), timestamps with seven fraction digits or without a
-zone, ErrorList highestSeverity that disagrees with its errors, AckRequested on a signal, an
+zone, ErrorList highestSeverity that disagrees with its errors or is missing (then the errors
+decide), severities in another case ("error"), AckRequested on a signal, an
 Acknowledgment piggy-backed on a business message, extra PartyIds of other types, an
 eb:Description that is not HITS 1210 JSON, an unknown errorCode in a received ErrorList (kept as
 ``reported_code`` with code Unknown).
@@ -287,9 +288,10 @@ def _acknowledgment(element: etree._Element) -> AcknowledgmentInfo:
 def _severity(value: str | None, location: str) -> Severity:
     if value is None:
         raise EbxmlError(ErrorCode.OTHER_XML, "the severity attribute is missing", location)
+    wanted = value.strip().lower()
     try:
-        return Severity(value.strip())
-    except ValueError:
+        return next(s for s in Severity if s.value.lower() == wanted)  # "error" is Error
+    except StopIteration:
         raise EbxmlError(
             ErrorCode.VALUE_NOT_RECOGNIZED,
             f"severity {_short(value)} is neither Warning nor Error",
@@ -300,7 +302,7 @@ def _severity(value: str | None, location: str) -> Severity:
 def _error_list(element: etree._Element) -> ErrorList:
     where = "//eb:ErrorList"
     _check_version(element, where)
-    highest = _severity(_eb_attr(element, "highestSeverity"), f"{where}/@eb:highestSeverity")
+    stated = _eb_attr(element, "highestSeverity")
     errors = []
     for index, error in enumerate(element.findall(_eb("Error")), start=1):
         error_where = f"{where}/eb:Error[{index}]"
@@ -323,7 +325,10 @@ def _error_list(element: etree._Element) -> ErrorList:
         )
     if not errors:
         raise EbxmlError(ErrorCode.OTHER_XML, "eb:ErrorList holds no eb:Error", where)
-    return ErrorList(highest, tuple(errors))
+    if stated is None:  # required, but the errors say it: better read than refused whole
+        error = any(e.severity is Severity.ERROR for e in errors)
+        return ErrorList(Severity.ERROR if error else Severity.WARNING, tuple(errors))
+    return ErrorList(_severity(stated, f"{where}/@eb:highestSeverity"), tuple(errors))
 
 
 def _manifest(body: etree._Element) -> tuple[ManifestReference, ...]:

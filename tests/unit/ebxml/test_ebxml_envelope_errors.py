@@ -289,6 +289,30 @@ def test_unknown_error_code_in_a_received_error_list_is_kept() -> None:
     )
 
 
+def test_a_received_error_list_in_another_case_or_without_its_highest_severity_is_read() -> None:
+    # Refusing the whole MessageError left the message we sent waiting for its time-out.
+    root = build_message_error(
+        payload_header(),
+        [
+            ErrorDetail(ErrorCode.DELIVERY_FAILURE, Severity.WARNING),
+            ErrorDetail(ErrorCode.SECURITY_FAILURE, Severity.ERROR),
+        ],
+        message_id="e-1@x",
+        timestamp=payload_header().timestamp,
+    )
+    error_list = _find(root, "SOAP:Header/eb:ErrorList")
+    del error_list.attrib[f"{EB}highestSeverity"]
+    for error in error_list:
+        error.set(f"{EB}severity", error.get(f"{EB}severity", "").lower())
+    read = parse_envelope(envelope_bytes(root)).error_list
+    assert read is not None and read.highest_severity is Severity.ERROR
+    assert [e.severity for e in read.errors] == [Severity.WARNING, Severity.ERROR]
+    error_list.set(f"{EB}highestSeverity", "Fatal")  # one that is there must still mean something
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(envelope_bytes(root))
+    assert caught.value.code is ErrorCode.VALUE_NOT_RECOGNIZED
+
+
 def test_check_manifest() -> None:
     envelope = parse_envelope(payload_bytes())
     check_manifest(envelope, {"part-1@x"})
