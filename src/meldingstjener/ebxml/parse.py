@@ -436,6 +436,19 @@ def parse_envelope(source: etree._Element | bytes) -> Envelope:
                     f"//eb:{qname.localname}",
                 )
             parts[qname.localname] = child
+        elif (
+            must_understand
+            and _soap_actor(child) in _OUR_ACTORS
+            and qname.localname in _KNOWN_EB_BLOCKS
+        ):
+            # an ebXML block in another namespace (a typo, another ebMS version): the block is
+            # there but not ebMS 2.0's, which says more than "not supported"
+            raise EbxmlError(
+                ErrorCode.OTHER_XML,
+                f"{qname.localname} is in the namespace {_short(str(qname.namespace))}, not "
+                f"ebMS 2.0's {EB_NS}",
+                f"//{qname.localname}",
+            )
         elif must_understand and _soap_actor(child) in _OUR_ACTORS:
             raise EbxmlError(
                 ErrorCode.NOT_SUPPORTED,

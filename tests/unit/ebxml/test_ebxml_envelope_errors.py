@@ -75,6 +75,13 @@ def _add_header_block(tag: str, must_understand: str | None, actor: str | None =
     return mutate
 
 
+def _retag(path: str, tag: str) -> Mutation:
+    def mutate(root: etree._Element) -> None:
+        _find(root, path).tag = tag
+
+    return mutate
+
+
 def _all(*mutations: Mutation) -> Mutation:
     def mutate(root: etree._Element) -> None:
         for mutation in mutations:
@@ -216,6 +223,11 @@ CASES: list[tuple[str, Mutation, ErrorCode]] = [
             _set_text(f"{MH}/eb:From/eb:PartyId", "Legekontoret"),
         ),
         ErrorCode.VALUE_NOT_RECOGNIZED,
+    ),
+    (
+        "MessageHeader in another namespace, mustUnderstand",
+        _all(_set_attr(MH, f"{SOAP}mustUnderstand", "1"), _retag(MH, "{urn:x:eb}MessageHeader")),
+        ErrorCode.OTHER_XML,
     ),
     (
         "PartyId with an empty type, not a URI",
