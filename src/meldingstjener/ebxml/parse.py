@@ -14,6 +14,8 @@ MessageHeader missing or twice; a required element missing     OtherXml
   Service, Action, MessageData, MessageId, Timestamp,
   ErrorList/Error, AckRequested/@signed, Reference/@href)
 eb:version missing                                             OtherXml
+a header value longer than 255 characters; an ebXML block       OtherXml
+  (MessageHeader, ...) in another namespace with mustUnderstand
 SOAP 1.2 envelope; eb:version other than 2.0                   NotSupported
 a header block we do not implement with mustUnderstand="1"     NotSupported
   (eb:MessageOrder, eb:StatusRequest, WS-Security, ...)
