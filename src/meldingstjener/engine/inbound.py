@@ -319,7 +319,7 @@ def _duplicate(
         ours = _last_transport_receipt(uow, original.id)
     refused = ours is not None and ours.kind == "message-error"
     try:
-        if header.from_party.her_id != original.from_her_id:
+        if _her_id(header.from_party) != original.from_her_id:
             raise _Reject(
                 ErrorCode.INCONSISTENT,
                 f"this MessageId was received from {original.from_her_id}, not from "
