@@ -41,9 +41,9 @@ from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allow
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
-APPREC = "APPREC"
 log = logging.getLogger(__name__)
 
+APPREC = "APPREC"
 APPREC_DEADLINE = "apprec-deadline"
 AUTO_APPREC = "auto-apprec"
 SERVER_VERDICT = "server-verdict"
