@@ -9,8 +9,10 @@ import pytest
 from engine_pair import Pair, at_once, make_pair
 
 from meldingstjener.devsites import dialog_note, dialog_question
+from meldingstjener.ebxml import ErrorDetail
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
+from meldingstjener.store.tables import ReceiptRow
 
 
 def events(pair: Pair, ctx: object, message_id: str) -> list[tuple[str | None, str | None]]:
@@ -291,23 +293,34 @@ def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_g
     assert received.status == "acknowledged"
 
 
-def test_a_partners_message_error_text_is_stored_without_a_national_id(pair: Pair) -> None:
-    # A MessageError's description is the partner's own text and may quote the content.
-    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
+def _answered_with_error(pair: Pair, error: ErrorDetail) -> tuple[str, ReceiptRow]:
+    """A message the GP sent, answered by the hospital with a MessageError holding ``error``;
+    the message's id and the receipt the GP stored."""
+    from meldingstjener.ebxml import OriginalIds
     from meldingstjener.engine import inbound, signals
 
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.network.down.add(pair.hospital_site.endpoint)
     pair.run()
     header = _sent_header(pair, message_id)
-    error = ErrorDetail(
-        ErrorCode.DELIVERY_FAILURE, Severity.ERROR, "cid", "pasient 01017012345 finnes ikke"
-    )
     wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
     inbound.receive(pair.gp, wire.content_type, wire.body)
     with pair.gp.store.unit_of_work() as uow:
         [receipt] = [r for r in uow.receipts.for_message(message_id) if r.direction == "in"]
-        stored = str(receipt.description) + str(receipt.error_codes)
+    return message_id, receipt
+
+
+def test_a_partners_message_error_text_is_stored_without_a_national_id(pair: Pair) -> None:
+    # A MessageError's description is the partner's own text and may quote the content.
+    from meldingstjener.ebxml import ErrorCode, Severity
+
+    _, receipt = _answered_with_error(
+        pair,
+        ErrorDetail(
+            ErrorCode.DELIVERY_FAILURE, Severity.ERROR, "cid", "pasient 01017012345 finnes ikke"
+        ),
+    )
+    stored = str(receipt.description) + str(receipt.error_codes)
     assert receipt.kind == "message-error" and "finnes ikke" in stored
     assert "01017012345" not in stored and "[redacted-id]" in stored
 
@@ -340,22 +353,15 @@ def test_a_message_past_its_time_to_live_is_refused(
 
 
 def test_a_message_error_code_outside_the_ebms_set_is_kept_as_sent(pair: Pair) -> None:
-    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
-    from meldingstjener.engine import inbound, signals
+    from meldingstjener.ebxml import ErrorCode, Severity
 
-    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    pair.network.down.add(pair.hospital_site.endpoint)
-    pair.run()
-    header = _sent_header(pair, message_id)
-    error = ErrorDetail(
-        ErrorCode.UNKNOWN, Severity.ERROR, None, "lokal feil", reported_code="NHN:QueueFull"
+    message_id, receipt = _answered_with_error(
+        pair,
+        ErrorDetail(
+            ErrorCode.UNKNOWN, Severity.ERROR, None, "lokal feil", reported_code="NHN:QueueFull"
+        ),
     )
-    wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
-    inbound.receive(pair.gp, wire.content_type, wire.body)
-    row = pair.message(pair.gp, message_id)
-    assert row.last_error_code == "NHN:QueueFull"
-    with pair.gp.store.unit_of_work() as uow:
-        [receipt] = [r for r in uow.receipts.for_message(message_id) if r.direction == "in"]
+    assert pair.message(pair.gp, message_id).last_error_code == "NHN:QueueFull"
     assert receipt.error_codes is not None and receipt.error_codes[0]["code"] == "NHN:QueueFull"
 
 
