@@ -4,26 +4,28 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
 
 1. split headers and body (:mod:`meldingstjener.ebxml.mime_headers`); a mail without headers
    or Content-Type is unreadable -> quarantine;
-2. a MIME Message-Id already seen -> dropped (the mailbox delivered the same mail twice);
-3. :func:`meldingstjener.engine.inbound.receive` with ``channel="smtp"``: it stores the message
-   and its signal in one commit, or answers a MessageError, or refuses (InboundRefused);
-4. remember the Message-Id as seen (``mail-seen:<id>`` in the state table), then return, and
-   the collector deletes the mail from the box;
-5. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
+2. :func:`meldingstjener.engine.inbound.receive` with ``channel="smtp"``: it stores the message
+   and its signal in one commit, or answers a MessageError, or refuses (InboundRefused); a
+   message it has already (its eb:MessageId, from the same sender, signed by it) is not stored
+   again and gets our signal again, whether the mailbox delivered the mail twice or the
+   partner resent it;
+3. return, and the collector deletes the mail from the box;
+4. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
    ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
    named by its SHA-256 so writing it twice is harmless), an alert is raised, and
    :class:`~meldingstjener.transport.mailbox.Quarantine` tells the collector it may delete it.
 
 Crash windows (the process may die between any two steps):
 
-* after 3 committed, before 4: the mail is collected again; its Message-Id is not marked yet,
-  so it reaches ``receive`` again, whose eb:MessageId duplicate check does not store it twice
-  and sends the original signal again. Nothing lost, nothing doubled.
-* after 4, before the mailbox deletion: collected again, dropped as a repeated Message-Id.
-* during 5, before the alert commit: collected again and quarantined again (same file name;
+* after 2 committed, before the mailbox deletion: the mail is collected again and reaches
+  ``receive`` again, whose eb:MessageId duplicate check does not store it twice and sends the
+  original signal again. Nothing lost, nothing doubled.
+* during 4, before the alert commit: collected again and quarantined again (same file name;
   the alert is deduplicated by the mail's hash).
-* Marking the id BEFORE ``receive`` would be wrong: a crash in between would drop a mail that
-  was never stored. That is why the mark is the last step, not the first.
+
+The MIME Message-Id is not used to drop repeats: a partner that resends the same MIME (same
+Message-Id) because our Acknowledgment did not reach it must get it again, and a forged mail
+must not make a later real one with its Message-Id disappear.
 
 A synchronous reply (SyncReply, or a sender we have no mail agreement with) has no way back by
 mail: it stays in the message log as the receipt of the message and is not mailed to the
@@ -56,10 +58,8 @@ from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
 
 log = logging.getLogger(__name__)
 
-SEEN_PREFIX = "mail-seen:"
 FAILED_PREFIX = "mail-failed:"
 FAILED_ROUNDS_BEFORE_QUARANTINE = 5
-_STATE_KEY_MAX = 128
 
 
 class MailSettingsError(ConfigError):
@@ -128,14 +128,6 @@ def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
     )
 
 
-def seen_key(message_id: str) -> str:
-    """The state key remembering one MIME Message-Id (hashed when too long for the column)."""
-    key = SEEN_PREFIX + message_id
-    if len(key) <= _STATE_KEY_MAX:
-        return key
-    return SEEN_PREFIX + "sha256:" + hashlib.sha256(message_id.encode()).hexdigest()
-
-
 @dataclass
 class MailIntake:
     """Turns collected mails into received messages (see the module docstring)."""
@@ -153,9 +145,6 @@ class MailIntake:
         message_id = bare_content_id(raw_id) if raw_id else None
         if not content_type:
             self._quarantine(raw, "MimeProblem", message_id)
-        if message_id is not None and self._seen(message_id):
-            log.info("dropped a repeated mail (its Message-Id was collected before)")
-            return
         try:
             body = _decoded_body(raw, body_start, headers.get("Content-Transfer-Encoding"))
         except binascii.Error:
@@ -175,10 +164,6 @@ class MailIntake:
                 )
                 self._quarantine(raw, "Unknown", message_id)
             raise
-        if message_id is not None:
-            with self.ctx.store.unit_of_work() as uow:
-                uow.state.set(seen_key(message_id), self.ctx.clock().isoformat())
-                uow.commit()
 
     def _failed_again(self, raw: bytes) -> int:
         """Count one more failed round for this mail; return how many there have been."""
@@ -188,10 +173,6 @@ class MailIntake:
             uow.state.set(key, str(failed))
             uow.commit()
         return failed
-
-    def _seen(self, message_id: str) -> bool:
-        with self.ctx.store.unit_of_work() as uow:
-            return uow.state.get(seen_key(message_id)) is not None
 
     def _quarantine(self, raw: bytes, code: str, message_id: str | None) -> NoReturn:
         """Store the mail aside durably, alert, and tell the collector (raises Quarantine)."""
@@ -328,6 +309,5 @@ __all__ = [
     "MailSettingsError",
     "build_mailbox_collector",
     "build_smtp_transport",
-    "seen_key",
     "start_mail_collector",
 ]

@@ -11,7 +11,6 @@ from meldingstjener.engine.mail_channel import (
     MailSettingsError,
     build_mailbox_collector,
     build_smtp_transport,
-    seen_key,
 )
 
 
@@ -87,13 +86,6 @@ def test_a_missing_password_source_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_mail_settings_are_named(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         load_settings(_write(tmp_path, text))
-
-
-def test_seen_keys_fit_the_state_column() -> None:
-    assert seen_key("abc@x") == "mail-seen:abc@x"
-    long_key = seen_key("x" * 300 + "@host")
-    assert len(long_key) <= 128
-    assert long_key != seen_key("y" * 300 + "@host")
 
 
 def _write(tmp_path: Path, text: str, environment: str = "test") -> Path:
