@@ -596,6 +596,7 @@ def _resend_signal(
                 endpoint=route[0],
                 channel=route[1],
                 partner=str(original.from_her_id),
+                again=True,
             )
     uow.commit()
     ctx.notify_workers(uow)

@@ -338,8 +338,9 @@ def schedule_send(
     endpoint: str,
     channel: str,
     partner: str,
+    again: bool = False,
 ) -> None:
-    """A ``send-signal`` job for a stored outgoing signal (first send, or sent again for a
+    """A ``send-signal`` job for a stored outgoing signal (first send, or ``again`` for a
     duplicate). It carries what the send needs, so the job does not read the receipt back."""
     ctx.schedule_now(
         uow,
@@ -354,6 +355,7 @@ def schedule_send(
             "wire_ref": receipt.wire_ref,
             "kind": receipt.kind,
             "signal_message_id": receipt.ebxml_message_id,
+            **({"again": True} if again else {}),
         },
     )
 
@@ -431,7 +433,9 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
         return
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
-        if job.message_id is not None:  # an earlier send of this message's signal gave up
+        if data.get("again") and job.message_id is not None:
+            # a repeat got through where an earlier send may have given up (a first send has
+            # no earlier one: no statement for it on the path of every message)
             uow.alerts.resolve(f"{AlertKind.SIGNAL_UNDELIVERED}:{job.message_id}", at=now)
         uow.events.record(
             job.message_id,
