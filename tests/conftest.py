@@ -103,3 +103,33 @@ def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
     database = Database(database_url)
     yield Store(database, PayloadStore(tmp_path / "payloads"))
     database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A database of this test's own, so downgrading it disturbs no other test."""
+    import uuid
+
+    import psycopg
+
+    from meldingstjener.store.database import Database
+    from meldingstjener.store.migrate import upgrade
+    from meldingstjener.store.payloads import PayloadStore
+    from meldingstjener.store.uow import Store
+
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'own.db'}")
+        upgrade(database)
+        yield Store(database, PayloadStore(tmp_path / "payloads"))
+        database.dispose()
+        return
+    base = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
+    name = f"mt_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    database = Database(f"{base}/{name}")
+    upgrade(database)
+    yield Store(database, PayloadStore(tmp_path / "payloads"))
+    database.dispose()
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

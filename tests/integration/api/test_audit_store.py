@@ -5,9 +5,7 @@ a row; migration 0002 goes down and up again cleanly.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -53,32 +51,6 @@ def test_audit_rows_are_append_only(store: Store) -> None:
             uow.session.execute(statement)
             uow.commit()
     assert len(audit.query(store, audit.AuditQuery(client=client))) == 2
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A database of this test's own, so downgrading it disturbs no other test."""
-    import psycopg
-
-    from meldingstjener.store.database import Database
-    from meldingstjener.store.payloads import PayloadStore
-
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'own.db'}")
-        upgrade(database)
-        yield Store(database, PayloadStore(tmp_path / "payloads"))
-        database.dispose()
-        return
-    base = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
-    name = f"mt_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(f"{base}/{name}")
-    upgrade(database)
-    yield Store(database, PayloadStore(tmp_path / "payloads"))
-    database.dispose()
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migration_0002_downgrades_and_upgrades(own_database: Store) -> None:

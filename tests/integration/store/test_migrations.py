@@ -1,0 +1,37 @@
+"""The migrations build the schema the model declares, on both backends, and the newest one goes
+down and up again cleanly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from meldingstjener.store.migrate import alembic_config, current_revision, head_revision, upgrade
+from meldingstjener.store.tables import Base
+from meldingstjener.store.uow import Store
+
+
+def differences(store: Store) -> list[Any]:
+    with store.database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_the_migrated_schema_is_the_models(own_database: Store) -> None:
+    assert current_revision(own_database.database) == head_revision()
+    assert differences(own_database) == []
+
+
+def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> None:
+    database = own_database.database
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "-1")
+    assert current_revision(database) != head_revision()
+    assert differences(own_database) != []  # the model is ahead of the schema now
+    upgrade(database)
+    assert differences(own_database) == []
