@@ -158,6 +158,9 @@ def build_engine(
             compress_payloads=settings.security.compress_payloads,
             max_xml_bytes=settings.formats.max_xml_bytes,
             inbox_wait=timedelta(minutes=settings.alerts.inbox_wait_minutes),
+            previous_signing_grace=timedelta(
+                days=settings.security.previous_signing_certificate_days
+            ),
         ),
         clock=clock or utc_now,
         host=message_id_host(settings),

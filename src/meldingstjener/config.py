@@ -101,6 +101,9 @@ class SecuritySettings(_Section):
     allow_sha1: bool = True
     allow_3des: bool = True
     compress_payloads: bool = False
+    # after a partner's signing certificate changes, how long its old one still verifies (its
+    # resends signed before the change); 0 = never
+    previous_signing_certificate_days: float = Field(default=7.0, ge=0)
 
 
 class FormatsSettings(_Section):

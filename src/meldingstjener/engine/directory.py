@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from cryptography import x509
@@ -51,6 +51,29 @@ class Partner:
     auto_apprec: bool
     agreement_state: str
     message_types: tuple[dict[str, object], ...]
+
+
+@dataclass(frozen=True)
+class SigningCertificates:
+    """A party's registered signing certificate, and the one it replaced (if we hold it)."""
+
+    current: x509.Certificate | None
+    previous: x509.Certificate | None = None
+    replaced_at: datetime | None = None  # when we learnt of the change
+
+    def candidates(self, now: datetime, grace: timedelta) -> list[x509.Certificate]:
+        """The certificates a signature by the party may verify with at ``now``: the
+        registered one first, then the replaced one for ``grace`` after the change (its resends
+        signed before the rollover are still on their way)."""
+        found = [self.current] if self.current is not None else []
+        if (
+            self.previous is not None
+            and self.replaced_at is not None
+            and grace > timedelta(0)  # 0: the old one is never accepted
+            and now - self.replaced_at <= grace
+        ):
+            found.append(self.previous)
+        return found
 
 
 class PartnerUnknown(LookupError):
@@ -181,21 +204,27 @@ class PartyDirectory:
 
         return self._cached(("agreement", our_her_id, her_id), read)
 
-    def signing_certificate(self, uow: UnitOfWork, her_id: str) -> x509.Certificate | None:
-        """The signing certificate of ``her_id``. Enterprise certificates belong to the
-        organisation, so an organisation we know only as the parent of a service is found
-        through that service."""
+    def signing_certificates(self, uow: UnitOfWork, her_id: str) -> SigningCertificates:
+        """The signing certificate of ``her_id``, and the one it replaced. Enterprise
+        certificates belong to the organisation, so an organisation we know only as the parent
+        of a service is found through that service."""
         return self._cached(
-            ("signing", her_id), lambda: self._read_signing_certificate(uow, her_id)
+            ("signing", her_id), lambda: self._read_signing_certificates(uow, her_id)
         )
 
-    def _read_signing_certificate(self, uow: UnitOfWork, her_id: str) -> x509.Certificate | None:
+    def _read_signing_certificates(self, uow: UnitOfWork, her_id: str) -> SigningCertificates:
         party = uow.parties.get(her_id)
         if party is None:
             party = uow.session.scalars(
                 select(PartyRow).where(PartyRow.parent_her_id == her_id).limit(1)
             ).first()
-        return None if party is None else self._certificate(party.signing_certificate)
+        if party is None:
+            return SigningCertificates(None)
+        return SigningCertificates(
+            current=self._certificate(party.signing_certificate),
+            previous=self._certificate(party.previous_signing_certificate),
+            replaced_at=party.signing_cert_replaced_at,
+        )
 
 
 def _b64(certificate: x509.Certificate) -> str:

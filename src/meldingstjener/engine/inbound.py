@@ -1,12 +1,13 @@
 """The inbound pipeline: from received bytes to a durably stored message and its Acknowledgment.
 
 parse MIME and envelope -> signals go to :mod:`.signals` -> verify the signature with the sender's
-registered certificate -> check the manifest -> check that To is ours -> duplicate check (a
-repeated eb:MessageId is not processed again; its original signal is sent again) -> decrypt ->
-read the fagmelding and check its HER-ids against the envelope -> store payload, message and the
-signed Acknowledgment in one commit -> only then is the Acknowledgment released (in the HTTP
-response for SyncReply, else by a ``send-signal`` job). Every failure becomes the right ebXML
-MessageError to the sender and an event in the log.
+registered certificate (or, for a while after a rollover, the one it replaced) -> check the
+manifest -> check that To is ours -> duplicate check (a repeated eb:MessageId is not processed
+again; its original signal is sent again) -> decrypt -> read the fagmelding and check its HER-ids
+against the envelope -> store payload, message and the signed Acknowledgment in one commit ->
+only then is the Acknowledgment released (in the HTTP response for SyncReply, else by a
+``send-signal`` job). Every failure becomes the right ebXML MessageError to the sender and an
+event in the log.
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ from meldingstjener.ebxml.codes import PARTY_TYPE_HER
 from meldingstjener.engine import payload_io, receipts, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.directory import PartnerUnknown
+from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
-from meldingstjener.engine.trust import certificate_problem
+from meldingstjener.engine.trust import certificate_problem, verify_party_signature
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security.errors import SecurityError
-from meldingstjener.security.xmldsig import verify_ebxml_envelope
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
@@ -116,13 +116,13 @@ def _receive_message(
     sender = header.from_party.her_id
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-        certificate = ctx.directory.signing_certificate(uow, sender)
+        certificates = ctx.directory.signing_certificates(uow, sender)
     if duplicate is not None:
-        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
+        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     try:
-        message, plain = _check(ctx, mime, envelope, root, certificate)
+        message, plain = _check(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse(ctx, mime, envelope, root, certificate, body, reject.error, channel)
+        return _refuse(ctx, mime, envelope, root, certificates, body, reject.error, channel)
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
@@ -189,7 +189,7 @@ def _receive_message(
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
         assert duplicate is not None
-        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
+        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -201,11 +201,11 @@ def _check(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    certificate: x509.Certificate | None,
+    certificates: SigningCertificates,
 ) -> tuple[Fagmelding, PayloadSource]:
     header = envelope.header
     sender = header.from_party.her_id
-    certificate = _verify_signature(ctx, mime, envelope, root, certificate)
+    certificate = _verify_signature(ctx, mime, envelope, root, certificates)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
         # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
@@ -277,23 +277,26 @@ def _verify_signature(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    certificate: x509.Certificate | None,
+    certificates: SigningCertificates,
 ) -> x509.Certificate:
-    """The sender's registered certificate, once the envelope's signature verifies with it."""
-    if certificate is None:
+    """The sender's certificate the envelope's signature verifies with: its registered one,
+    or during a rollover the one it replaced (see :func:`trust.verify_party_signature`)."""
+    check, certificate = verify_party_signature(
+        root,
+        mime.attachment_bytes(),
+        certificates,
+        now=ctx.clock(),
+        grace=ctx.policy.previous_signing_grace,
+        allow_sha1=ctx.policy.allow_sha1,
+    )
+    if certificate is None and certificates.current is None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
             f"the sender {envelope.header.from_party.her_id} is not a known communication party "
             "with a signing certificate",
             "eb:MessageHeader/eb:From/eb:PartyId",
         )
-    check = verify_ebxml_envelope(
-        root,
-        mime.attachment_bytes(),
-        certificate=certificate,
-        allow_sha1=ctx.policy.allow_sha1,
-    )
-    if not check.valid:
+    if certificate is None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
             f"the signature did not verify: {check.problem or 'a reference did not match'}",
@@ -307,7 +310,7 @@ def _duplicate(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    certificate: x509.Certificate | None,
+    certificates: SigningCertificates,
     original: MessageRow,
     channel: str,
 ) -> InboundReply:
@@ -327,7 +330,7 @@ def _duplicate(
                 "eb:MessageHeader/eb:MessageData/eb:MessageId",
             )
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
-            _verify_signature(ctx, mime, envelope, root, certificate)
+            _verify_signature(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
         return _refuse_repeat(ctx, envelope, original, reject.error, channel)
     with ctx.store.unit_of_work() as uow:
@@ -492,7 +495,7 @@ def _refuse(
     mime: MimeMessage,
     envelope: Envelope,
     root: etree._Element,
-    certificate: x509.Certificate | None,
+    certificates: SigningCertificates,
     body: PayloadSource,
     error: ErrorDetail,
     channel: str,
@@ -546,7 +549,7 @@ def _refuse(
         with ctx.store.unit_of_work() as uow:
             duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
         assert duplicate is not None
-        return _duplicate(ctx, mime, envelope, root, certificate, duplicate, channel)
+        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 

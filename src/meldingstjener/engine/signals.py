@@ -32,13 +32,12 @@ from meldingstjener.ebxml import (
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline
-from meldingstjener.engine.trust import certificate_problem
+from meldingstjener.engine.trust import certificate_problem, verify_party_signature
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import redact
 from meldingstjener.security.xmldsig import (
     SignatureCheck,
     sign_ebxml_envelope,
-    verify_ebxml_envelope,
 )
 from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
@@ -112,9 +111,13 @@ def handle_incoming(
     sender = header.from_party.her_id
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
-        certificate = ctx.directory.signing_certificate(uow, sender)
-        check = verify_ebxml_envelope(
-            root, {}, certificate=certificate, allow_sha1=ctx.policy.allow_sha1
+        check, certificate = verify_party_signature(
+            root,
+            {},
+            ctx.directory.signing_certificates(uow, sender),
+            now=now,
+            grace=ctx.policy.previous_signing_grace,
+            allow_sha1=ctx.policy.allow_sha1,
         )
         # every sent message gets its Acknowledgment here: its state is read and written
         # without the ORM (lock_state); the rare MessageError loads the whole row

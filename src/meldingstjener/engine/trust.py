@@ -1,4 +1,5 @@
-"""Is a partner's (or our own) certificate acceptable for this use, now?
+"""Is a partner's (or our own) certificate acceptable for this use, now? Which of a partner's
+certificates does its signature verify with?
 
 With trust anchors configured (``security.trust_anchors``), the security layer's validator checks
 validity, key usage, the chain and revocation (CRL/OCSP, with the soft/hard policy). Without any
@@ -9,12 +10,16 @@ trusts the certificates in its register as given.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
 from cryptography import x509
+from lxml import etree
 
+from meldingstjener.engine.directory import SigningCertificates
 from meldingstjener.security.certs import Usage, usage_allowed
 from meldingstjener.security.validation import CertificateValidator
+from meldingstjener.security.xmldsig import SignatureCheck, verify_ebxml_envelope
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +41,40 @@ def certificate_problem(
     if not usage_allowed(certificate, usage):
         return f"the certificate's key usage does not allow {usage}"
     return None
+
+
+def verify_party_signature(
+    envelope: etree._Element,
+    attachments: Mapping[str, bytes],
+    certificates: SigningCertificates,
+    *,
+    now: datetime,
+    grace: timedelta,
+    allow_sha1: bool,
+) -> tuple[SignatureCheck, x509.Certificate | None]:
+    """The envelope's signature checked with the sender's registered signing certificate and,
+    if that fails, with the one it replaced (for ``grace`` after the rollover).
+
+    Returns the check and the certificate it verified with; when none did, the check with the
+    registered certificate (its problem is the one to report) and None. The certificate in the
+    signature's KeyInfo is never trusted by itself. Whether the certificate that verified is
+    still acceptable is :func:`certificate_problem`'s question.
+    """
+    candidates = certificates.candidates(now, grace)
+    if not candidates:
+        return SignatureCheck(False, problem="no registered signing certificate"), None
+    failed: list[SignatureCheck] = []
+    for certificate in candidates:
+        check = verify_ebxml_envelope(
+            envelope, attachments, certificate=certificate, allow_sha1=allow_sha1
+        )
+        if check.valid:
+            if certificate is not certificates.current:
+                log.info(
+                    "a signature verified with the sender's previous signing certificate "
+                    "(replaced %s)",
+                    f"{certificates.replaced_at:%Y-%m-%d %H:%M}Z",
+                )
+            return check, certificate
+        failed.append(check)
+    return failed[0], None

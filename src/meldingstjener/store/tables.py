@@ -209,6 +209,10 @@ class PartyRow(Base):
     amqp_queues: Mapped[dict[str, Any] | None]
     signing_certificate: Mapped[str | None] = mapped_column(Text)  # base64 DER
     signing_cert_not_after: Mapped[datetime | None]
+    # the signing certificate the current one replaced, and when we learnt of the change: a
+    # partner's resends signed before its rollover still verify for a while (engine.directory)
+    previous_signing_certificate: Mapped[str | None] = mapped_column(Text)  # base64 DER
+    signing_cert_replaced_at: Mapped[datetime | None]
     encryption_certificate: Mapped[str | None] = mapped_column(Text)  # base64 DER
     encryption_cert_not_after: Mapped[datetime | None]
     active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -891,11 +891,31 @@ class PartyRepository:
     def get(self, her_id: str) -> PartyRow | None:
         return self.session.get(PartyRow, her_id)
 
-    def upsert(self, row: PartyRow) -> PartyRow:
+    def upsert(self, row: PartyRow, *, at: datetime | None = None) -> PartyRow:
+        """Insert ``row`` or write it over the stored one, keeping a replaced signing
+        certificate as the previous one (see :func:`_keep_replaced_signing_certificate`)."""
+        known = self.session.get(PartyRow, row.her_id)
+        if known is not None:
+            _keep_replaced_signing_certificate(known, row, at or utcnow())
         return self.session.merge(row)
 
     def all(self) -> Sequence[PartyRow]:
         return list(self.session.scalars(select(PartyRow)))
+
+
+def _keep_replaced_signing_certificate(known: PartyRow, new: PartyRow, at: datetime) -> None:
+    """A party's signing certificate that changes is kept as its previous one, with the time
+    we learnt of the change; otherwise the stored previous one stays.
+
+    A partner rolling its certificate over has messages in flight signed with the old key:
+    its resends (the same signed envelope, for up to its PersistDuration) and signals. Without
+    the old certificate every one of them would fail verification here and be refused."""
+    if known.signing_certificate and new.signing_certificate != known.signing_certificate:
+        new.previous_signing_certificate = known.signing_certificate
+        new.signing_cert_replaced_at = at
+    else:
+        new.previous_signing_certificate = known.previous_signing_certificate
+        new.signing_cert_replaced_at = known.signing_cert_replaced_at
 
 
 class AgreementRepository:
