@@ -161,6 +161,7 @@ def build_engine(
             previous_signing_grace=timedelta(
                 days=settings.security.previous_signing_certificate_days
             ),
+            clock_skew=timedelta(seconds=settings.alerts.clock_skew_seconds),
         ),
         clock=clock or utc_now,
         host=message_id_host(settings),

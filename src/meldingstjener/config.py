@@ -273,6 +273,9 @@ class AlertSettings(_Section):
     # A received message the EPJ has not taken (fetched and marked read, or written to the inbox
     # folder) after this long: the EPJ integration may have stopped.
     inbox_wait_minutes: int = Field(default=60, ge=1)
+    # This host's clock further than this from the database server's (PostgreSQL): leases and
+    # deadlines are judged by each host's clock.
+    clock_skew_seconds: float = Field(default=10.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -73,6 +73,11 @@ def serve(
     check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
     threads = []
+    from meldingstjener.engine.clock_watch import start_clock_watch
+
+    clock_watch = start_clock_watch(engine, instance.rstrip("/"), stop)
+    if clock_watch is not None:
+        threads.append(clock_watch)
     lease = timedelta(seconds=settings.workers.lease_seconds)
     if settings.workers.count > 0:
         # its name starts with the instance's, so a restart takes its claims back too

@@ -24,6 +24,7 @@ class AlertKind(StrEnum):
     MAIL_QUARANTINED = "mail-quarantined"
     APPREC_UNSENT = "apprec-unsent"
     INBOX_WAITING = "inbox-waiting"
+    CLOCK_SKEW = "clock-skew"
 
 
 SEVERITY = {
@@ -39,6 +40,7 @@ SEVERITY = {
     AlertKind.MAIL_QUARANTINED: "error",
     AlertKind.APPREC_UNSENT: "error",
     AlertKind.INBOX_WAITING: "error",
+    AlertKind.CLOCK_SKEW: "error",
 }
 
 

@@ -50,6 +50,7 @@ class Policy:
     apprec_deadlines: Mapping[str, timedelta] = field(default_factory=dict)
     inbox_wait: timedelta = timedelta(minutes=60)  # a received message not taken by the EPJ
     previous_signing_grace: timedelta = timedelta(days=7)  # a partner's replaced certificate
+    clock_skew: timedelta = timedelta(seconds=10)  # this host's clock off the database's
 
     def apprec_deadline(self, msg_type: str | None) -> timedelta:
         """How long after the transport receipt an AppRec may take before an alert."""
