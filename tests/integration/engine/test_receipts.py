@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from engine_pair import Pair
@@ -218,6 +219,43 @@ def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pa
     assert pair.message(pair.hospital, answer_id).from_her_id == HOSPITAL_SERVICE_HER
     assert pair.message(pair.hospital, to_service.id).status == "apprec-sent"
     assert pair.message(pair.hospital, to_organisation.id).status == "delivered"
+
+
+def test_an_apprec_document_that_fits_several_copies_marks_none(tmp_path: Path) -> None:
+    """The GP's EPJ submitted one MsgHead twice, both to the hospital's organisation; the AppRec
+    comes from a third HER-id of ours (the service the MsgHead names). Nothing tells which copy
+    it answers: it goes out, no copy is marked, and the answer's log says why."""
+    from engine_pair import make_pair
+
+    from meldingstjener.formats import AppRecStatus, build_apprec, read_msghead
+
+    clinic = '[[identity.services]]\nher_id = "8200003"\nname = "Poliklinikk"\n'
+    pair = make_pair(tmp_path, extra_config={HOSPITAL_HER: clinic})
+    _alias(pair, HOSPITAL_HER)
+    _alias(pair, "8200003")  # the GP knows the clinic from the register
+    to_clinic = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200003", service_name="Poliklinikk"
+    )
+    document = dialog_note(pair.gp_site, to_clinic, "Sendt to ganger")
+    for _ in range(2):
+        submit(pair.gp, document, actor="t", to_her_id=HOSPITAL_HER)
+    pair.run()
+    copies = pair.inbound_messages(pair.hospital)
+    assert [c.to_her_id for c in copies] == [HOSPITAL_HER, HOSPITAL_HER]
+    assert copies[0].msg_id == copies[1].msg_id
+    for copy in copies:
+        receipts.deliver(pair.hospital, copy.id, actor="epj:test")
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(copies[0].payload_ref)))
+    answer_id = submit(
+        pair.hospital, build_apprec(original, status=AppRecStatus.OK, version="1.0"), actor="t"
+    )
+    assert pair.message(pair.hospital, answer_id).from_her_id == "8200003"
+    assert [pair.message(pair.hospital, c.id).status for c in copies] == ["delivered"] * 2
+    with pair.hospital.store.unit_of_work() as uow:
+        notes = [e for e in uow.events.for_message(answer_id) if e.code == "apprec-ambiguous"]
+    assert len(notes) == 1 and "received 2 times from 8100001" in str(notes[0].detail)
+    pair.run()
+    assert pair.message(pair.hospital, answer_id).status == "transport-acknowledged"
 
 
 def test_an_apprec_document_for_a_message_not_marked_read_delivers_it_once(pair: Pair) -> None:
