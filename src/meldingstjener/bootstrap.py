@@ -142,7 +142,7 @@ def build_engine(
     store = store or open_store(settings)
     own = settings.identity.her_ids
     keys = load_own_keys(settings)
-    sync_configured_partners(store, settings)
+    sync_configured_partners(store, settings, at=(clock or utc_now)())
     context = EngineContext(
         store=store,
         own_her_ids=frozenset(own),

@@ -7,8 +7,9 @@ still running, and one that is behind sends retries late and accepts what has ex
 are meant to keep time with NTP; this check shows when one does not. Each ``serve`` process
 measures its offset from the database server's clock (half-way through one round trip) at start
 and every ten minutes, raises the alert when it exceeds ``[alerts] clock_skew_seconds`` and
-resolves it when the clock is right again. On SQLite the database is on the same host: there is
-nothing to compare.
+resolves it when the clock is right again. An instance that never runs again (its host or port
+changed) leaves its last alert open: acknowledge it. On SQLite the database is on the same host:
+there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -68,17 +69,23 @@ def start_clock_watch(
     ctx: EngineContext, instance: str, stop: threading.Event
 ) -> threading.Thread | None:
     """Check now, then every ten minutes until ``stop`` in a thread of its own (None on
-    SQLite: no thread is needed)."""
-    if check_clock(ctx, instance) is None:
+    SQLite: no thread is needed). A failed check is logged and made again at the next turn:
+    the database may be away for a while, and serving must not wait for it."""
+    if not ctx.store.database.is_postgresql:
         return None
+    _check_or_log(ctx, instance)
 
     def watch() -> None:
         while not stop.wait(EVERY.total_seconds()):
-            try:
-                check_clock(ctx, instance)
-            except Exception as exc:  # the database may be away for a while; look again later
-                log.warning("could not compare the clock: %s", type(exc).__name__)
+            _check_or_log(ctx, instance)
 
     thread = threading.Thread(target=watch, name="clock-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _check_or_log(ctx: EngineContext, instance: str) -> None:
+    try:
+        check_clock(ctx, instance)
+    except Exception as exc:  # a statement about clocks: its error carries no patient data
+        log.warning("could not compare this host's clock with the database's: %s", exc)

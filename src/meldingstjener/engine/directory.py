@@ -26,7 +26,11 @@ from sqlalchemy import select
 from meldingstjener.config import PartnerSettings, Settings
 from meldingstjener.registry.agreements import PartnerAgreement
 from meldingstjener.registry.store import agreement_from_row
-from meldingstjener.security.certs import certificate_from_bytes, load_certificate
+from meldingstjener.security.certs import (
+    certificate_from_bytes,
+    load_certificate,
+    organisation_number,
+)
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import Store, UnitOfWork
 
@@ -71,9 +75,17 @@ class SigningCertificates:
             and self.replaced_at is not None
             and grace > timedelta(0)  # 0: the old one is never accepted
             and now - self.replaced_at <= grace
+            and self._same_organisation()
         ):
             found.append(self.previous)
         return found
+
+    def _same_organisation(self) -> bool:
+        """A rollover keeps the organisation (its organisation number); a HER-id that moved to
+        another organisation must not go on accepting the former owner's key."""
+        if self.current is None or self.previous is None:
+            return True  # the new certificate is not known yet (only its thumbprint)
+        return organisation_number(self.current) == organisation_number(self.previous)
 
 
 class PartnerUnknown(LookupError):
@@ -215,8 +227,13 @@ class PartyDirectory:
     def _read_signing_certificates(self, uow: UnitOfWork, her_id: str) -> SigningCertificates:
         party = uow.parties.get(her_id)
         if party is None:
+            # any service row carries the organisation's certificates; the same one each time,
+            # and one that knows a replaced certificate before one that does not
             party = uow.session.scalars(
-                select(PartyRow).where(PartyRow.parent_her_id == her_id).limit(1)
+                select(PartyRow)
+                .where(PartyRow.parent_her_id == her_id)
+                .order_by(PartyRow.signing_cert_replaced_at.desc().nulls_last(), PartyRow.her_id)
+                .limit(1)
             ).first()
         if party is None:
             return SigningCertificates(None)
@@ -233,8 +250,11 @@ def _b64(certificate: x509.Certificate) -> str:
     return base64.b64encode(certificate.public_bytes(Encoding.DER)).decode("ascii")
 
 
-def sync_configured_partners(store: Store, settings: Settings) -> int:
-    """Write ``[[partners]]`` from the configuration into the party and agreement tables."""
+def sync_configured_partners(
+    store: Store, settings: Settings, *, at: datetime | None = None
+) -> int:
+    """Write ``[[partners]]`` from the configuration into the party and agreement tables
+    (``at``: the time a changed signing certificate is recorded as replaced)."""
     own = settings.identity.her_ids
     default_our = settings.identity.organisation_her_id or (own[0] if own else None)
     with store.unit_of_work() as uow:
@@ -244,12 +264,14 @@ def sync_configured_partners(store: Store, settings: Settings) -> int:
                 raise ValueError(
                     f"partner {partner.her_id}: set identity.organisation_her_id or our_her_id"
                 )
-            _upsert_partner(uow, partner, our)
+            _upsert_partner(uow, partner, our, at)
         uow.commit()
     return len(settings.partners)
 
 
-def _upsert_partner(uow: UnitOfWork, partner: PartnerSettings, our: str) -> None:
+def _upsert_partner(
+    uow: UnitOfWork, partner: PartnerSettings, our: str, at: datetime | None
+) -> None:
     signing = load_certificate(partner.signing_cert)
     encryption = load_certificate(partner.encryption_cert)
     uow.parties.upsert(
@@ -266,7 +288,8 @@ def _upsert_partner(uow: UnitOfWork, partner: PartnerSettings, our: str) -> None
             encryption_cert_not_after=encryption.not_valid_after_utc,
             active=True,
             source="config",
-        )
+        ),
+        at=at,
     )
     row = uow.agreements.for_pair(our, partner.her_id)
     if row is None:

@@ -205,7 +205,7 @@ def _check(
 ) -> tuple[Fagmelding, PayloadSource]:
     header = envelope.header
     sender = header.from_party.her_id
-    certificate = _verify_signature(ctx, mime, envelope, root, certificates)
+    _verify_signature(ctx, mime, envelope, root, certificates)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
         # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
@@ -214,13 +214,6 @@ def _check(
             ErrorCode.TIME_TO_LIVE_EXPIRED,
             f"the message's TimeToLive ({expires:%Y-%m-%dT%H:%M:%SZ}) has passed",
             "eb:MessageHeader/eb:MessageData/eb:TimeToLive",
-        )
-    problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
-    if problem is not None:
-        raise _Reject(
-            ErrorCode.SECURITY_FAILURE,
-            f"the sender's signing certificate is not acceptable: {problem}",
-            "ds:Signature/ds:KeyInfo",
         )
     try:
         check_manifest(envelope, frozenset(mime.attachments))
@@ -279,21 +272,23 @@ def _verify_signature(
     root: etree._Element,
     certificates: SigningCertificates,
 ) -> x509.Certificate:
-    """The sender's certificate the envelope's signature verifies with: its registered one,
-    or during a rollover the one it replaced (see :func:`trust.verify_party_signature`)."""
+    """The sender's certificate the envelope's signature verifies with, once it has passed the
+    certificate checks: its registered one, or during a rollover the one it replaced (see
+    :func:`trust.verify_party_signature`). First receipts and repeats alike."""
+    sender = envelope.header.from_party.her_id
     check, certificate = verify_party_signature(
         root,
         mime.attachment_bytes(),
         certificates,
+        sender=sender,
         now=ctx.clock(),
         grace=ctx.policy.previous_signing_grace,
         allow_sha1=ctx.policy.allow_sha1,
     )
-    if certificate is None and certificates.current is None:
+    if certificate is None and certificates.current is None and certificates.previous is None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
-            f"the sender {envelope.header.from_party.her_id} is not a known communication party "
-            "with a signing certificate",
+            f"the sender {sender} is not a known communication party with a signing certificate",
             "eb:MessageHeader/eb:From/eb:PartyId",
         )
     if certificate is None:
@@ -301,6 +296,13 @@ def _verify_signature(
             ErrorCode.SECURITY_FAILURE,
             f"the signature did not verify: {check.problem or 'a reference did not match'}",
             "ds:Signature",
+        )
+    problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
+    if problem is not None:
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            f"the sender's signing certificate is not acceptable: {problem}",
+            "ds:Signature/ds:KeyInfo",
         )
     return certificate
 

@@ -115,6 +115,7 @@ def handle_incoming(
             root,
             {},
             ctx.directory.signing_certificates(uow, sender),
+            sender=sender,
             now=now,
             grace=ctx.policy.previous_signing_grace,
             allow_sha1=ctx.policy.allow_sha1,

@@ -48,6 +48,7 @@ def verify_party_signature(
     attachments: Mapping[str, bytes],
     certificates: SigningCertificates,
     *,
+    sender: str,
     now: datetime,
     grace: timedelta,
     allow_sha1: bool,
@@ -70,9 +71,11 @@ def verify_party_signature(
         )
         if check.valid:
             if certificate is not certificates.current:
+                # the operator sees which partner still signs with its old key
                 log.info(
-                    "a signature verified with the sender's previous signing certificate "
+                    "a signature of %s verified with its previous signing certificate "
                     "(replaced %s)",
+                    sender,
                     f"{certificates.replaced_at:%Y-%m-%d %H:%M}Z",
                 )
             return check, certificate

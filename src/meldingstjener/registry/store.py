@@ -120,12 +120,17 @@ def party_from_row(row: PartyRow | Row[Any]) -> CommunicationParty:
 
 
 def save_parties(
-    uow: UnitOfWork, parties: Iterable[CommunicationParty], *, source: str = "ar"
+    uow: UnitOfWork,
+    parties: Iterable[CommunicationParty],
+    *,
+    source: str = "ar",
+    at: datetime | None = None,
 ) -> int:
     """Insert or update each party (the caller commits). Returns how many were written.
 
     Stored rows are read a batch at a time with one query, so a full export of 100,000 parties
-    does not cost two round trips per party.
+    does not cost two round trips per party. ``at`` is when a changed signing certificate was
+    replaced (default: now).
     """
     count = 0
     pending = list(parties)
@@ -145,7 +150,7 @@ def save_parties(
             else:
                 _keep_known_certificates(old, new)
                 # merge() finds the old row in the session (loaded above): no extra query.
-                known[party.her_id] = uow.parties.upsert(new)
+                known[party.her_id] = uow.parties.upsert(new, at=at)
             count += 1
         uow.session.flush()
     return count

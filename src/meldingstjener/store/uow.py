@@ -909,10 +909,15 @@ def _keep_replaced_signing_certificate(known: PartyRow, new: PartyRow, at: datet
 
     A partner rolling its certificate over has messages in flight signed with the old key:
     its resends (the same signed envelope, for up to its PersistDuration) and signals. Without
-    the old certificate every one of them would fail verification here and be refused."""
+    the old certificate every one of them would fail verification here and be refused.
+
+    A change back to the certificate just replaced is not a new rollover: it keeps the time of
+    the first change, so two sources that disagree (a ``[[partners]]`` entry written at every
+    start, and the address register) cannot keep both certificates accepted for ever."""
     if known.signing_certificate and new.signing_certificate != known.signing_certificate:
+        back = new.signing_certificate == known.previous_signing_certificate
         new.previous_signing_certificate = known.signing_certificate
-        new.signing_cert_replaced_at = at
+        new.signing_cert_replaced_at = known.signing_cert_replaced_at if back else at
     else:
         new.previous_signing_certificate = known.previous_signing_certificate
         new.signing_cert_replaced_at = known.signing_cert_replaced_at

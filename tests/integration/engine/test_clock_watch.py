@@ -6,6 +6,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import prepare_sites
@@ -79,3 +81,28 @@ def test_serve_checks_at_start_and_stops_watching_when_told(
     stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_failed_check_does_not_stop_the_start(
+    own_database: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from meldingstjener.engine import clock_watch
+
+    engine = engine_on(own_database, tmp_path, OffsetClock())
+
+    def database_away(ctx: EngineContext, instance: str) -> None:
+        raise ConnectionError("the database server is restarting")
+
+    monkeypatch.setattr(clock_watch, "check_clock", database_away)
+    stop = threading.Event()
+    thread = start_clock_watch(engine, "host-c:8080", stop)
+    stop.set()
+    if not engine.store.database.is_postgresql:
+        assert thread is None
+        return
+    assert thread is not None
+    thread.join(timeout=10)
+    assert "the database server is restarting" in caplog.text
