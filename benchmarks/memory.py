@@ -11,11 +11,14 @@ large fagmelding went through:
 - ``fetch``: the hospital's EPJ fetching that document from the hospital server
   (``GET /Messages/{id}/business-document``, read by the client in pieces),
 - ``file``: ``meldingstjener send FILE`` in a child process (submit only; a server sends),
-- ``folder``: the folder drop taking the same file from an outbox in a child process.
+- ``folder``: the folder drop taking the same file from an outbox in a child process,
+- ``mail``: a fresh hospital process collecting the message from its mailbox (IMAP, or POP3 with
+  ``--mail-protocol pop3``) after the GP sent it by SMTP; needs the local mail server of
+  ``scripts/install-mail-server.sh``.
 
 Usage:
-    python benchmarks/memory.py [--mb 35] [--paths api,receive,fetch,file,folder] [--rounds 1]
-        [--keep]
+    python benchmarks/memory.py [--mb 35] [--paths api,receive,fetch,file,folder,mail] [--rounds 1]
+        [--mail-protocol imap|pop3] [--keep]
 """
 
 from __future__ import annotations
@@ -222,7 +225,9 @@ def measure_servers(
 
 
 def measure_child(path_name: str, gp: Site, document: Path, rounds: int) -> float:
-    """Growth in MB of a fresh process that submits ``document`` by file (``file``/``folder``)."""
+    """Growth in MB of a fresh child process: one that submits ``document`` by file
+    (``file``/``folder``), or the hospital collecting its mail (``mail``, ``document`` is the
+    warm-up mail)."""
     completed = subprocess.run(
         [
             sys.executable,
@@ -279,6 +284,105 @@ def child(path_name: str, config: Path, document: Path, rounds: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+# the local mail server of scripts/install-mail-server.sh
+MAIL_PASSWORD = "meldingstjener-test"
+MAIL_CA = Path("/etc/dovecot/private/meldingstjener-mail.pem")
+MAIL_DOMAIN = "testedi.nhn.no"
+
+
+def _mail_config(her_id: str, protocol: str) -> str:
+    return (
+        f'[smtp]\nhost = "127.0.0.1"\nport = 587\nsecurity = "starttls"\n'
+        f'username = "{her_id}@{MAIL_DOMAIN}"\npassword_env = "MT_BENCH_MAIL_PASSWORD"\n'
+        f'edi_address = "{her_id}@{MAIL_DOMAIN}"\nca_file = "{MAIL_CA}"\n'
+        f'[mailbox]\nprotocol = "{protocol}"\nhost = "127.0.0.1"\nsecurity = "tls"\n'
+        f'username = "{her_id}@{MAIL_DOMAIN}"\npassword_env = "MT_BENCH_MAIL_PASSWORD"\n'
+        f'ca_file = "{MAIL_CA}"\n'
+    )
+
+
+def _mails_in_box(her_id: str, *, empty: bool = False) -> int:
+    import imaplib
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(MAIL_CA))
+    with imaplib.IMAP4_SSL("127.0.0.1", 993, ssl_context=context) as box:
+        box.login(f"{her_id}@{MAIL_DOMAIN}", MAIL_PASSWORD)
+        box.select("INBOX")
+        _, data = box.search(None, "ALL")
+        numbers = data[0].split() if data and data[0] else []
+        if empty and numbers:
+            box.store(b",".join(numbers).decode(), "+FLAGS.SILENT", r"(\Deleted)")
+            box.expunge()
+        return len(numbers)
+
+
+def _wait_for_mail(her_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _mails_in_box(her_id) < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no mail for {her_id} within {timeout} s")
+        time.sleep(0.2)  # Postfix delivers on its own time; there is nothing to wait on
+
+
+def measure_mail(root: Path, megabytes: float, rounds: int, protocol: str) -> float:
+    """``mail``: growth in MB of a fresh hospital process collecting one large mail."""
+    from meldingstjener.devsites import GP_HER, HOSPITAL_HER
+    from meldingstjener.engine.mail_channel import build_mailbox_collector, build_smtp_transport
+    from meldingstjener.engine.outbound import submit
+    from meldingstjener.engine.worker import Worker
+
+    os.environ["MT_BENCH_MAIL_PASSWORD"] = MAIL_PASSWORD
+    gp, hospital = prepare_sites(
+        root / "mail",
+        retry_interval_seconds=3600,  # no resend of the warm-up mail while the large one goes
+        channel="smtp",
+        extra_config={h: _mail_config(h, protocol) for h in (GP_HER, HOSPITAL_HER)},
+    )
+    engine = build_engine(load_settings(gp.config_path))
+    smtp = build_smtp_transport(load_settings(gp.config_path), host=engine.host)
+    assert smtp is not None
+    engine.transports = {**engine.transports, "smtp": smtp}
+    _mails_in_box(hospital.organisation_her_id, empty=True)
+    small = root / "mail" / "small.eml"
+    submit(engine, dialog_note(gp, hospital, "warm-up"), actor="memory-benchmark")
+    Worker(engine, "memory-benchmark").run_until_idle()
+    _wait_for_mail(hospital.organisation_her_id, 60)
+    collector = build_mailbox_collector(load_settings(hospital.config_path))
+    assert collector is not None
+    collector.collect_once(lambda mail: small.write_bytes(mail.read()))  # kept for the child
+    grown = 0.0
+    document = root / "mail" / "large.xml"
+    document.write_bytes(large_fagmelding(gp, hospital, megabytes))
+    for _ in range(rounds):
+        submit(engine, document.read_bytes(), actor="memory-benchmark")
+        Worker(engine, "memory-benchmark").run_until_idle()
+        _wait_for_mail(hospital.organisation_her_id, 300)
+        grown = max(grown, measure_child("mail", hospital, small, 1))
+    engine.store.database.dispose()
+    return grown
+
+
+def mail_child(config: Path, small: Path) -> None:
+    """Runs in the fresh hospital process: a small mail through the intake, then the large one
+    collected from the box."""
+    from meldingstjener.engine.mail_channel import MailIntake, build_mailbox_collector
+
+    os.environ["MT_BENCH_MAIL_PASSWORD"] = MAIL_PASSWORD
+    settings = load_settings(config)
+    engine = build_engine(settings)
+    intake = MailIntake(engine, settings.data_dir / "quarantine")
+    collector = build_mailbox_collector(settings)
+    assert collector is not None
+    with small.open("rb") as warm_up:
+        intake.on_mail(warm_up)
+    peak = PeakGrowth(os.getpid())
+    result = collector.collect_once(intake.on_mail)
+    if result.delivered != 1:
+        raise RuntimeError(f"the large mail was not received: {result}")
+    print(f"{peak.grown_mb():.1f}")
+
+
 def _sites_of(config: Path) -> tuple[Site, Site]:
     """The two demo sites as ``prepare_sites`` wrote them (only what a MsgHead party needs)."""
     from meldingstjener.devsites import GP_HER, HOSPITAL_HER, HOSPITAL_SERVICE_HER
@@ -303,8 +407,12 @@ def main() -> None:
         "--rounds", type=int, default=1, help="large messages per process; the worst counts"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--mail-protocol", choices=("imap", "pop3"), default="imap")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "CONFIG", "DOCUMENT"))
     args = parser.parse_args()
+    if args.child and args.child[0] == "mail":
+        mail_child(Path(args.child[1]), Path(args.child[2]))
+        return
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]), args.rounds)
         return
@@ -324,12 +432,15 @@ def main() -> None:
         for name in ("file", "folder"):
             if name in paths:
                 results[name] = measure_child(name, gp, document, args.rounds)
+        if "mail" in paths:
+            results["mail"] = measure_mail(root, args.mb, args.rounds, args.mail_protocol)
         labels = {
             "api": "submit via POST /Messages + send (GP server)",
             "receive": "receive via POST /ebms (hospital server)",
             "fetch": "fetch via GET .../business-document (hospital)",
             "file": "submit via `meldingstjener send FILE`",
             "folder": "submit via the folder drop",
+            "mail": f"collect by {args.mail_protocol.upper()} + receive (hospital)",
         }
         for name in paths:
             grown = results[name]

@@ -36,21 +36,28 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import io
 import logging
 import os
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from meldingstjener.config import ConfigError, MailboxSettings, Settings, SmtpSettings
 from meldingstjener.ebxml.codes import EbxmlError
-from meldingstjener.ebxml.mime_headers import bare_content_id, split_header_block
+from meldingstjener.ebxml.mime_headers import (
+    MAX_HEADER_BLOCK,
+    bare_content_id,
+    split_header_block,
+)
+from meldingstjener.ebxml.mime_source import Base64Decoder
 from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.payloads import make_durable_dir
+from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
@@ -125,6 +132,7 @@ def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
         folder=box.folder,
         timeout_seconds=box.timeout_seconds,
         ssl_context=_ssl_context(box.ca_file),
+        spool_dir=settings.data_dir / "mail-spool",  # on the data disk: /tmp may be in memory
     )
 
 
@@ -135,50 +143,55 @@ class MailIntake:
     ctx: EngineContext
     quarantine_dir: Path
 
-    def on_mail(self, raw: bytes) -> None:
+    def on_mail(self, mail: bytes | BinaryIO) -> None:
+        """Receive one collected mail: bytes, or a readable, seekable file at its start (the
+        collector spools mails to files, so a large one is never held in memory whole)."""
+        source: BinaryIO = io.BytesIO(mail) if isinstance(mail, bytes) else mail
+        head = source.read(MAX_HEADER_BLOCK + _READ)
         try:
-            headers, body_start = split_header_block(raw, 0, len(raw), "mail")
+            headers, body_start = split_header_block(head, 0, len(head), "mail")
         except EbxmlError as exc:
-            self._quarantine(raw, str(exc.code), None)
+            self._quarantine(source, str(exc.code), None)
         content_type = headers.get("Content-Type")
         raw_id = headers.get("Message-ID")
         message_id = bare_content_id(raw_id) if raw_id else None
         if not content_type:
-            self._quarantine(raw, "MimeProblem", message_id)
-        try:
-            body = _decoded_body(raw, body_start, headers.get("Content-Transfer-Encoding"))
-        except binascii.Error:
-            self._quarantine(raw, "MimeProblem", message_id)
-        try:
-            inbound.receive(self.ctx, str(content_type), body, channel="smtp")
-        except inbound.InboundRefused as refused:
-            self._quarantine(raw, refused.code, message_id)
-        except Exception:
-            # Kept in the box and tried again next round (the database may be away). A mail
-            # that fails the same way round after round would block the box for good: after
-            # a few rounds it is put aside like an unreadable one. (If the database is away,
-            # the count cannot be written either, and the mail simply stays.)
-            if self._failed_again(raw) >= FAILED_ROUNDS_BEFORE_QUARANTINE:
-                log.exception(
-                    "a mail failed %d times; quarantined", FAILED_ROUNDS_BEFORE_QUARANTINE
-                )
-                self._quarantine(raw, "Unknown", message_id)
-            raise
+            self._quarantine(source, "MimeProblem", message_id)
+        with self.ctx.store.payloads.spool() as body:
+            try:
+                _decode_body(source, body_start, headers.get("Content-Transfer-Encoding"), body)
+            except binascii.Error:
+                self._quarantine(source, "MimeProblem", message_id)
+            try:
+                inbound.receive(self.ctx, str(content_type), body, channel="smtp")
+            except inbound.InboundRefused as refused:
+                self._quarantine(source, refused.code, message_id)
+            except Exception:
+                # Kept in the box and tried again next round (the database may be away). A
+                # mail that fails the same way round after round would block the box for good:
+                # after a few rounds it is put aside like an unreadable one. (If the database
+                # is away, the count cannot be written either, and the mail simply stays.)
+                if self._failed_again(source) >= FAILED_ROUNDS_BEFORE_QUARANTINE:
+                    log.exception(
+                        "a mail failed %d times; quarantined", FAILED_ROUNDS_BEFORE_QUARANTINE
+                    )
+                    self._quarantine(source, "Unknown", message_id)
+                raise
 
-    def _failed_again(self, raw: bytes) -> int:
+    def _failed_again(self, mail: BinaryIO) -> int:
         """Count one more failed round for this mail; return how many there have been."""
-        key = FAILED_PREFIX + hashlib.sha256(raw).hexdigest()[:32]
+        key = FAILED_PREFIX + _sha256(mail)[:32]
         with self.ctx.store.unit_of_work() as uow:
             failed = int(uow.state.get(key) or 0) + 1
             uow.state.set(key, str(failed))
             uow.commit()
         return failed
 
-    def _quarantine(self, raw: bytes, code: str, message_id: str | None) -> NoReturn:
+    def _quarantine(self, mail: BinaryIO, code: str, message_id: str | None) -> NoReturn:
         """Store the mail aside durably, alert, and tell the collector (raises Quarantine)."""
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
-        _write_durably(path, raw)
+        _write_durably(path, mail)
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
@@ -196,22 +209,48 @@ class MailIntake:
         raise Quarantine(code)
 
 
-def _decoded_body(raw: bytes, start: int, encoding: str | None) -> bytes:
-    """The mail body as the HTTP channel would carry it (some gateways base64 the whole)."""
+_READ = 1024 * 1024  # bytes per read of a spooled mail
+
+
+def _pieces(mail: BinaryIO, start: int) -> Iterator[bytes]:
+    mail.seek(start)
+    while piece := mail.read(_READ):
+        yield piece
+
+
+def _sha256(mail: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for piece in _pieces(mail, 0):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def _decode_body(mail: BinaryIO, start: int, encoding: str | None, target: Spool) -> None:
+    """Write the mail body as the HTTP channel would carry it (some gateways base64 the whole)
+    into ``target``, a piece at a time."""
     name = (encoding or "7bit").strip().lower()
     if name == "base64":
-        return binascii.a2b_base64(raw[start:])
-    if name == "quoted-printable":
-        return binascii.a2b_qp(raw[start:])
-    return raw[start:]
+        decoder = Base64Decoder()
+        for piece in _pieces(mail, start):
+            target.write(decoder.feed(piece))
+        decoder.finish()  # raises binascii.Error where a2b_base64 would
+    elif name == "quoted-printable":
+        # an encoded line decodes on its own (a soft line break ends its line): line by line
+        mail.seek(start)
+        for line in mail:
+            target.write(binascii.a2b_qp(line))
+    else:
+        for piece in _pieces(mail, start):
+            target.write(piece)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, mail: BinaryIO) -> None:
     """Write, fsync the file, rename into place, fsync the folder: it survives a crash."""
     make_durable_dir(path.parent)
     temporary = path.with_suffix(".tmp")
     with temporary.open("wb") as handle:
-        handle.write(data)
+        for piece in _pieces(mail, 0):
+            handle.write(piece)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

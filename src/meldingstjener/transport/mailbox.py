@@ -12,8 +12,13 @@ mail \\Deleted and expunges it (UID EXPUNGE when offered) right after the callba
 flag never reached the server is simply collected again. Nothing is deleted that was not stored.
 
 POP3 sessions are closed with QUIT every ``batch`` mails, so a drop late in a large collection
-does not make the whole box come again. Mails are read whole (poplib and imaplib have no
-streaming); the size limit of the network (51.2 MB) bounds what that costs.
+does not make the whole box come again.
+
+A mail is handed over as a file, not in memory: an unnamed temporary file in ``spool_dir`` (it
+disappears when closed, or with the process). POP3's RETR is written line by line as it arrives
+(``poplib.retr`` would gather the whole mail as a list of lines), and IMAP fetches the mail in
+pieces of ``FETCH_PIECE`` bytes (partial FETCH, RFC 3501 6.4.5), so a 35 MB mail costs a few
+MB of memory to collect, not several times its size.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import imaplib
 import logging
 import poplib
 import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
 from meldingstjener.transport.base import TransportFailure
 
@@ -39,6 +46,7 @@ _DEFAULT_PORTS = {
     ("imap", "starttls"): 143,
     ("imap", "none"): 143,
 }
+FETCH_PIECE = 4 * 1024 * 1024  # bytes of a mail per IMAP FETCH: memory per piece, round trips
 
 
 class Quarantine(Exception):
@@ -68,7 +76,8 @@ class CollectResult:
         self.problems += other.problems
 
 
-OnMail = Callable[[bytes], None]
+OnMail = Callable[[BinaryIO], None]
+"""Called with each mail as a readable, seekable file at its start; closed after the call."""
 
 
 @dataclass
@@ -85,6 +94,7 @@ class MailboxCollector:
     timeout_seconds: float = 60.0
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     batch: int = 50
+    spool_dir: Path | None = None  # where mails are spooled (default: the system's temp dir)
 
     def __post_init__(self) -> None:
         if (self.protocol, self.security) not in _DEFAULT_PORTS:
@@ -170,9 +180,11 @@ class MailboxCollector:
             if looked >= self.batch:
                 break
             number = int(line.split()[0])
-            raw = b"\r\n".join(session.retr(number)[1]) + b"\r\n"
-            looked += 1
-            if self._hand_over(on_mail, raw, result):
+            with self._spool() as mail:
+                _retr_into(session, number, mail)
+                looked += 1
+                handed = self._hand_over(on_mail, mail, result)
+            if handed:
                 session.dele(number)
         # Mails kept in the box would be looked at again by the next batch forever.
         return looked if result.kept == 0 else 0
@@ -217,10 +229,11 @@ class MailboxCollector:
             uids = data[0].split() if data and data[0] else []
             result.found = len(uids)
             for uid in uids:
-                raw = _fetched_body(session.uid("FETCH", uid, "(UID BODY.PEEK[])"))
-                if raw is None:
-                    continue  # expunged meanwhile by another collector
-                if self._hand_over(on_mail, raw, result):
+                with self._spool() as mail:
+                    if not _fetch_into(session, uid.decode("ascii"), mail):
+                        continue  # expunged meanwhile by another collector
+                    handed = self._hand_over(on_mail, mail, result)
+                if handed:
                     session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
                     if uidplus:
                         session.uid("EXPUNGE", uid)
@@ -235,10 +248,16 @@ class MailboxCollector:
 
     # --- both ------------------------------------------------------------------------------
 
-    def _hand_over(self, on_mail: OnMail, raw: bytes, result: CollectResult) -> bool:
+    def _spool(self) -> BinaryIO:
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryFile(dir=self.spool_dir)  # the caller closes it
+
+    def _hand_over(self, on_mail: OnMail, mail: BinaryIO, result: CollectResult) -> bool:
         """Give one mail to the callback; return whether it may be deleted."""
+        mail.seek(0)
         try:
-            on_mail(raw)
+            on_mail(mail)
         except Quarantine as quarantined:
             result.quarantined += 1
             result.problems.append(f"quarantined: {quarantined.reason}")
@@ -254,6 +273,40 @@ class MailboxCollector:
 
 def _quoted(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _retr_into(session: poplib.POP3, number: int, target: BinaryIO) -> None:
+    """RETR one mail into ``target`` as it arrives (multi-line response, RFC 1939 section 3:
+    lines end in CRLF, a lone "." ends it, a leading "." is doubled). poplib's own line reader
+    keeps its limits; only the gathering of the lines is left out (poplib has no public way to
+    read a response as it comes: these three methods, not in its type stubs, are what its own
+    ``retr`` uses)."""
+    internals: Any = session
+    internals._putcmd(f"RETR {number}")
+    internals._getresp()  # raises error_proto on -ERR
+    while True:
+        line, _ = internals._getline()
+        if line == b".":
+            return
+        if line.startswith(b".."):
+            line = line[1:]
+        target.write(line + b"\r\n")
+
+
+def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
+    """Fetch one mail into ``target`` piece by piece; False when it is gone (expunged)."""
+    offset = 0
+    while True:
+        piece = _fetched_body(
+            session.uid("FETCH", uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_PIECE}>)")
+        )
+        if piece is None:
+            # no data: gone, or (after a piece of exactly FETCH_PIECE) nothing left
+            return offset > 0
+        target.write(piece)
+        offset += len(piece)
+        if len(piece) < FETCH_PIECE:
+            return True
 
 
 def _fetched_body(response: tuple[str, list[object]]) -> bytes | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from mailtest_support import (
@@ -93,7 +94,8 @@ def test_a_connection_cut_mid_collection_loses_and_doubles_nothing(
 
     handed: list[bytes] = []
 
-    def counting(raw: bytes) -> None:
+    def counting(mail: BinaryIO) -> None:
+        raw = mail.read()
         handed.append(raw)
         hospital.intake.on_mail(raw)
 
@@ -154,7 +156,7 @@ def test_a_mail_collected_again_is_answered_by_the_ebxml_check(
     _send_questions(gp, hospital, 1)
     wait_for_mail(hospital.user, 1, tls_context)
     raw: list[bytes] = []
-    hospital.collector.collect_once(raw.append)  # fetched and deleted, kept here
+    hospital.collector.collect_once(lambda mail: raw.append(mail.read()))  # kept here
     hospital.intake.on_mail(raw[0])
     [received] = hospital.messages("in")
     for _ in range(2):  # the same mail again, twice
@@ -225,3 +227,50 @@ def test_a_mail_that_fails_round_after_round_is_put_aside_and_the_box_moves_on(
     with hospital.ctx.store.unit_of_work() as uow:
         [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "mail-quarantined"]
     assert "(Unknown)" in alert.summary
+
+
+def _whole_body_encoded(raw: bytes, encoding: str) -> bytes:
+    """The mail as a gateway that encodes the whole body would pass it on."""
+    import base64
+    import binascii
+
+    cut = raw.index(b"\r\n\r\n") + 4
+    headers, body = raw[: cut - 2], raw[cut:]
+    assert b"Content-Transfer-Encoding: 7bit\r\n" in headers
+    headers = headers.replace(b"Content-Transfer-Encoding: 7bit\r\n", b"")
+    if encoding == "base64":
+        encoded = base64.encodebytes(body).replace(b"\n", b"\r\n")
+    else:
+        encoded = binascii.b2a_qp(body).replace(b"\n", b"\r\n")
+    return headers + f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode() + encoded
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_a_mail_whose_whole_body_is_encoded_is_received(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext, encoding: str
+) -> None:
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+    raw: list[bytes] = []
+    hospital.collector.collect_once(lambda mail: raw.append(mail.read()))
+    hospital.intake.on_mail(_whole_body_encoded(raw[0], encoding))
+    [received] = hospital.messages("in")
+    assert received.status == InboundStatus.ACKNOWLEDGED.value
+
+
+def test_a_whole_body_that_is_not_base64_is_quarantined(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    from meldingstjener.transport.mailbox import Quarantine
+
+    _, hospital = pair
+    mail = (
+        b"Message-Id: <broken@x>\r\nContent-Type: multipart/related; boundary=b\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nQUJDR\r\n"
+    )
+    with pytest.raises(Quarantine) as caught:
+        hospital.intake.on_mail(mail)
+    assert caught.value.reason == "MimeProblem"
+    assert len(list(hospital.intake.quarantine_dir.glob("*.eml"))) == 1
+    assert hospital.messages("in") == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from mailtest_support import MailSite, drop_mail, mail_gp, mailbox_count, wait_for_mail
@@ -46,14 +47,15 @@ def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
 
     checked: list[datetime] = []
 
-    def verify_then_receive(raw: bytes) -> None:
-        mime = unpackage_message(raw)
+    def verify_then_receive(mail: BinaryIO) -> None:
+        mime = unpackage_message(mail.read())
         root = parse_xml(mime.envelope_xml)
         check = verify_ebxml_envelope(root, mime.attachment_bytes(), certificate=certificate)
         assert check.valid, check.problem
         signed_at = parse_envelope(root).header.timestamp
         checked.append(signed_at)
-        gp.intake.on_mail(raw)
+        mail.seek(0)
+        gp.intake.on_mail(mail)  # the spooled file itself, as the collector thread hands it
 
     # A failed assertion in the callback would leave the mail in the box (counted as kept).
     result = gp.collector.collect_once(verify_then_receive)
@@ -112,9 +114,10 @@ def test_an_unreadable_mail_is_quarantined_with_an_alert(
     wait_for_mail(gp.user, 1, tls_context)
     collected: list[bytes] = []
 
-    def keep_copy(raw: bytes) -> None:
-        collected.append(raw)
-        gp.intake.on_mail(raw)
+    def keep_copy(mail: BinaryIO) -> None:
+        collected.append(mail.read())
+        mail.seek(0)
+        gp.intake.on_mail(mail)
 
     result = gp.collector.collect_once(keep_copy)
     assert (result.found, result.quarantined, result.kept) == (1, 1, 0)

@@ -3,13 +3,16 @@ login, TLS and plain; POP3 and IMAP; what is deleted and what stays; SMTP error 
 
 from __future__ import annotations
 
+import imaplib
 import ssl
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from mailtest_support import PASSWORD, address, drop_mail, mailbox_count, wait_for_mail
 
 from meldingstjener.ebxml.mime import Attachment, package, unpackage_message
+from meldingstjener.transport import mailbox
 from meldingstjener.transport.base import Delivery, TransportFailure
 from meldingstjener.transport.mailbox import MailboxCollector, Quarantine
 from meldingstjener.transport.smtp import SmtpTransport
@@ -70,7 +73,9 @@ def test_sent_mail_is_collected_unchanged_and_deleted(
     wait_for_mail(address(BOX), 2, tls_context)
 
     collected: list[bytes] = []
-    result = _collector(tls_context, protocol, security).collect_once(collected.append)
+    result = _collector(tls_context, protocol, security).collect_once(
+        lambda mail: collected.append(mail.read())
+    )
 
     assert (result.found, result.delivered, result.kept) == (2, 2, 0)
     mails = [unpackage_message(raw) for raw in collected]
@@ -78,6 +83,38 @@ def test_sent_mail_is_collected_unchanged_and_deleted(
     assert all(m.headers.get("soapaction") == '"ebXML"' for m in mails)
     assert mails[0].message_id != mails[1].message_id
     assert mailbox_count(address(BOX), tls_context) == 0
+
+
+def _size_in_box(context: ssl.SSLContext) -> int:
+    with imaplib.IMAP4_SSL("127.0.0.1", 993, ssl_context=context) as session:
+        session.login(address(BOX), PASSWORD)
+        session.select("INBOX", readonly=True)
+        _, data = session.fetch("1", "(RFC822.SIZE)")
+        return int(str(data[0]).rsplit("RFC822.SIZE ", 1)[1].rstrip(")'"))
+
+
+def test_imap_fetches_a_mail_in_pieces_and_keeps_it_whole(
+    tls_context: ssl.SSLContext,
+    fresh_boxes: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fresh_boxes.append(address(BOX))
+    payload = bytes(range(256)) * 400
+    body, content_type = _message(payload)
+    delivery = Delivery(f"mailto:{address(BOX)}", content_type, body, ebxml_message_id="m-2")
+    collected: list[bytes] = []
+    for piece in ("the whole size", 997):  # one piece of exactly its size; many odd pieces
+        _transport(tls_context).send(delivery)
+        wait_for_mail(address(BOX), 1, tls_context)
+        size = _size_in_box(tls_context)
+        monkeypatch.setattr(mailbox, "FETCH_PIECE", size if isinstance(piece, str) else piece)
+        collected.clear()
+        result = _collector(tls_context, "imap", "tls").collect_once(
+            lambda mail: collected.append(mail.read())
+        )
+        assert result.delivered == 1 and len(collected[0]) == size
+        assert unpackage_message(collected[0]).attachment_bytes() == {"p@x": payload}
 
 
 def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
@@ -90,7 +127,7 @@ def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
         )
     wait_for_mail(address(BOX), 2, tls_context)
 
-    def fail_always(raw: bytes) -> None:
+    def fail_always(mail: BinaryIO) -> None:
         raise RuntimeError("the database is down")
 
     collector = _collector(tls_context, "imap", "tls")
@@ -98,7 +135,7 @@ def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     assert (kept.found, kept.kept, kept.delivered) == (2, 2, 0)
     assert mailbox_count(address(BOX), tls_context) == 2
 
-    def quarantine(raw: bytes) -> None:
+    def quarantine(mail: BinaryIO) -> None:
         raise Quarantine("MimeProblem")
 
     pop = _collector(tls_context, "pop3", "tls")
@@ -147,5 +184,5 @@ def test_a_wrong_mailbox_password_is_an_auth_failure(tls_context: ssl.SSLContext
         collector = _collector(tls_context, protocol, "tls")
         collector.password = "wrong"
         with pytest.raises(TransportFailure) as caught:
-            collector.collect_once(lambda raw: None)
+            collector.collect_once(lambda mail: None)
         assert caught.value.code == "mailbox-auth-failed"
