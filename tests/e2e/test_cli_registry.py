@@ -164,3 +164,48 @@ def test_commands_run_as_a_program(tmp_path: Path, reference_dir: Path) -> None:
     found = run("ar", "search", "NAV", "--json")
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["her_id"] == "79768"
+
+
+def test_ar_show_names_a_replaced_signing_certificate_and_it_can_be_forgotten(
+    imported: Path,
+) -> None:
+    import dataclasses
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+    from meldingstjener.registry.certificates import certificate_from_der
+    from meldingstjener.registry.store import party_from_row, save_parties
+    from meldingstjener.security.devpki import init_pki
+
+    pki = init_pki(imported / "pki", ["7001", "7002"])
+    first, second = (
+        certificate_from_der(pki.parties[h].signing.certificate.public_bytes(Encoding.DER))
+        for h in ("7001", "7002")
+    )
+    store = open_store(load_settings(data_dir=imported))
+    for certificate in (first, second):  # the register names one, then its successor
+        with store.unit_of_work() as uow:
+            row = uow.parties.get("79768")
+            assert row is not None
+            party = dataclasses.replace(party_from_row(row), signing_certificate=certificate)
+            save_parties(uow, [party])
+            uow.commit()
+    store.database.dispose()
+
+    code, output = invoke(imported, "ar", "show", "79768", "--json")
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["signing_certificate"]["thumbprint"] == second.thumbprint
+    assert shown["previous_signing_certificate"]["thumbprint"] == first.thumbprint
+    assert shown["previous_signing_certificate"]["replaced_at"]
+
+    code, output = invoke(imported, "ar", "forget-previous-certificate", "79768")
+    assert code == 0 and "no longer accepted" in output, output
+    code, output = invoke(imported, "ar", "show", "79768", "--json")
+    assert "previous_signing_certificate" not in json.loads(output)
+    code, output = invoke(imported, "ar", "forget-previous-certificate", "79768")
+    assert code == 0 and "nothing to do" in output
+    code, output = invoke(imported, "ar", "forget-previous-certificate", "1234")
+    assert code == 1 and "not in the local register" in output

@@ -8,6 +8,7 @@ people or JSON (``--json``) for scripts.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import asdict
@@ -231,15 +232,55 @@ def ar_show(
     with store.unit_of_work() as uow:
         row = uow.parties.get(her_id.strip())
         party = party_from_row(row) if row is not None else None
+        previous = _previous_signing(row) if row is not None else None
     if party is None:
         raise _fail(f"HER-id {her_id} is not in the local register; import or sync it first")
     summary = party_summary(party)
+    if previous is not None:
+        summary["previous_signing_certificate"] = previous
     if as_json:
         _echo_json(summary)
         return
     for key, value in _jsonable(summary).items():
         if value not in (None, [], {}, ""):
             typer.echo(f"{key:<28} {json.dumps(value, ensure_ascii=False)}")
+
+
+def _previous_signing(row: Any) -> dict[str, Any] | None:
+    """The signing certificate the current one replaced, as ``ar show`` prints it."""
+    from meldingstjener.registry.certificates import certificate_from_der
+
+    if not row.previous_signing_certificate:
+        return None
+    certificate = certificate_from_der(base64.b64decode(row.previous_signing_certificate))
+    return {
+        "thumbprint": certificate.thumbprint,
+        "not_after": certificate.not_after,
+        "replaced_at": row.signing_cert_replaced_at,
+    }
+
+
+@ar_app.command("forget-previous-certificate")
+def ar_forget_previous_certificate(
+    ctx: typer.Context,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+) -> None:
+    """Stop accepting a party's replaced signing certificate now, before its grace period
+    (security.previous_signing_certificate_days) ends: for an old key that must not be trusted
+    any more and that no revocation list names. Running servers see it within
+    database.partner_cache_seconds."""
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(her_id.strip())
+        if row is None:
+            raise _fail(f"HER-id {her_id} is not in the local register")
+        if not row.previous_signing_certificate:
+            typer.echo(f"{her_id} has no previous signing certificate; nothing to do")
+            return
+        row.previous_signing_certificate = None
+        row.signing_cert_replaced_at = None
+        uow.commit()
+    typer.echo(f"{her_id}: its previous signing certificate is no longer accepted")
 
 
 # --- partners --------------------------------------------------------------------------------
