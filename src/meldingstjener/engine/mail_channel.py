@@ -235,10 +235,17 @@ def _decode_body(mail: BinaryIO, start: int, encoding: str | None, target: Spool
             target.write(decoder.feed(piece))
         decoder.finish()  # raises binascii.Error where a2b_base64 would
     elif name == "quoted-printable":
-        # an encoded line decodes on its own (a soft line break ends its line): line by line
-        mail.seek(start)
-        for line in mail:
-            target.write(binascii.a2b_qp(line))
+        # no encoded sequence crosses a line end (a soft line break ends its line), so whole
+        # lines decode alone: a piece at a time, cut after its last line end
+        rest = b""
+        for piece in _pieces(mail, start):
+            text = rest + piece
+            cut = text.rfind(b"\n") + 1
+            if cut:
+                target.write(binascii.a2b_qp(text[:cut]))
+            rest = text[cut:]
+        if rest:
+            target.write(binascii.a2b_qp(rest))
     else:
         for piece in _pieces(mail, start):
             target.write(piece)

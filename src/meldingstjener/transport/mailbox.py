@@ -26,6 +26,7 @@ from __future__ import annotations
 import imaplib
 import logging
 import poplib
+import re
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class MailboxCollector:
     def collect_once(self, on_mail: OnMail) -> CollectResult:
         """Collect every mail now in the box. Raises :class:`TransportFailure` when the mailbox
         cannot be reached or the connection breaks; what was handled before stays handled."""
+        self._prepare_spool()
         try:
             if self.protocol == "pop3":
                 return self._collect_pop3(on_mail)
@@ -248,10 +250,19 @@ class MailboxCollector:
 
     # --- both ------------------------------------------------------------------------------
 
-    def _spool(self) -> BinaryIO:
-        if self.spool_dir is not None:
+    def _prepare_spool(self) -> None:
+        if self.spool_dir is None:
+            return
+        try:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryFile(dir=self.spool_dir)  # the caller closes it
+        except OSError as exc:
+            raise _spool_failure(exc) from None
+
+    def _spool(self) -> BinaryIO:
+        try:
+            return tempfile.TemporaryFile(dir=self.spool_dir)  # the caller closes it
+        except OSError as exc:
+            raise _spool_failure(exc) from None
 
     def _hand_over(self, on_mail: OnMail, mail: BinaryIO, result: CollectResult) -> bool:
         """Give one mail to the callback; return whether it may be deleted."""
@@ -275,48 +286,114 @@ def _quoted(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _spool_failure(exc: OSError) -> TransportFailure:
+    """A local disk problem, not the mailbox's: said so, so that nobody looks at the network."""
+    return TransportFailure(
+        "mail-spool", f"a collected mail cannot be written to disk: {exc.strerror or exc}"
+    )
+
+
+def _spool_write(target: BinaryIO, data: bytes) -> None:
+    try:
+        target.write(data)
+    except OSError as exc:
+        raise _spool_failure(exc) from None
+
+
+_POP3_PIECE = 64 * 1024  # bytes read at most at once from a POP3 line; lines may be longer
+
+
 def _retr_into(session: poplib.POP3, number: int, target: BinaryIO) -> None:
-    """RETR one mail into ``target`` as it arrives (multi-line response, RFC 1939 section 3:
-    lines end in CRLF, a lone "." ends it, a leading "." is doubled). poplib's own line reader
-    keeps its limits; only the gathering of the lines is left out (poplib has no public way to
-    read a response as it comes: these three methods, not in its type stubs, are what its own
-    ``retr`` uses)."""
-    internals: Any = session
+    """RETR one mail into ``target`` as it arrives (multi-line response, RFC 1939 section 3: a
+    lone "." ends it, a leading "." is doubled), each line ending in CRLF as ``poplib.retr``
+    gave them. Its own line reader is not used: it refuses lines over 2048 bytes, and one such
+    line (an ebXML envelope on one line) would block the mailbox for good."""
+    internals: Any = session  # poplib has no public way to send a command and read on
     internals._putcmd(f"RETR {number}")
     internals._getresp()  # raises error_proto on -ERR
+    at_line_start = True
+    held_cr = b""  # a CR at the end of a piece may be the first half of the line's CRLF
     while True:
-        line, _ = internals._getline()
-        if line == b".":
-            return
-        if line.startswith(b".."):
-            line = line[1:]
-        target.write(line + b"\r\n")
+        piece = _pop3_read(session)
+        if at_line_start:
+            while len(piece) < 3 and not piece.endswith(b"\n"):  # enough to see a dot line
+                piece += _pop3_read(session)
+            if piece in (b".\r\n", b".\n"):
+                return
+            if piece.startswith(b".."):
+                piece = piece[1:]
+        data = held_cr + piece
+        if data.endswith(b"\n"):
+            line = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+            _spool_write(target, line + b"\r\n")
+            held_cr, at_line_start = b"", True
+        else:
+            held_cr = b"\r" if data.endswith(b"\r") else b""
+            _spool_write(target, data[: len(data) - len(held_cr)])
+            at_line_start = False
+
+
+def _pop3_read(session: poplib.POP3) -> bytes:
+    piece = session.file.readline(_POP3_PIECE)
+    if not piece:
+        raise poplib.error_proto("-ERR EOF")
+    return piece
 
 
 def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
     """Fetch one mail into ``target`` piece by piece; False when it is gone (expunged)."""
     offset = 0
     while True:
-        piece = _fetched_body(
-            session.uid("FETCH", uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_PIECE}>)")
-        )
+        status, data = session.uid("FETCH", uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_PIECE}>)")
+        if status != "OK":
+            raise imaplib.IMAP4.error("FETCH refused")
+        piece = fetched_piece(data, offset)
         if piece is None:
-            # no data: gone, or (after a piece of exactly FETCH_PIECE) nothing left
-            return offset > 0
-        target.write(piece)
+            if offset == 0:
+                return False
+            raise TransportFailure(
+                "mailbox-protocol", "a mail went away while it was being fetched; it stays"
+            )
+        if len(piece) > FETCH_PIECE:
+            raise TransportFailure(
+                "mailbox-protocol", "the IMAP server sent more of a mail than was asked for"
+            )
+        _spool_write(target, piece)
         offset += len(piece)
         if len(piece) < FETCH_PIECE:
             return True
 
 
-def _fetched_body(response: tuple[str, list[object]]) -> bytes | None:
-    status, data = response
-    if status != "OK":
-        raise imaplib.IMAP4.error("FETCH refused")
+_BODY_ITEM = re.compile(rb'BODY\[\]<(\d+)>\s*(?:\{\d+\}$|NIL|"((?:[^"\\]|\\.)*)")?', re.DOTALL)
+
+
+def fetched_piece(data: list[Any], offset: int) -> bytes | None:
+    """The part of the mail in a partial FETCH answer (RFC 3501 7.4.2: ``BODY[]<origin>``
+    followed by a literal, a quoted string or NIL); None when the answer has no body item (the
+    message is gone). An origin other than ``offset`` (a server that ignored the range) is a
+    protocol failure: appending it would corrupt the mail."""
     for item in data:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
-            return item[1]
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes):
+            found = _BODY_ITEM.search(item[0])
+            if found is not None and isinstance(item[1], bytes):
+                _check_origin(found, offset)
+                return item[1]
+        elif isinstance(item, bytes):
+            found = _BODY_ITEM.search(item)
+            if found is not None:
+                _check_origin(found, offset)
+                quoted = found.group(2)
+                # NIL or "" past the end; a short last piece may come as a quoted string
+                return re.sub(rb"\\(.)", rb"\1", quoted) if quoted else b""
     return None
 
 
-__all__ = ["CollectResult", "MailboxCollector", "OnMail", "Quarantine"]
+def _check_origin(found: re.Match[bytes], offset: int) -> None:
+    if int(found.group(1)) != offset:
+        raise TransportFailure(
+            "mailbox-protocol",
+            f"the IMAP server answered from byte {int(found.group(1))}, not {offset}",
+        )
+
+
+__all__ = ["CollectResult", "MailboxCollector", "OnMail", "Quarantine", "fetched_piece"]

@@ -241,7 +241,7 @@ def _whole_body_encoded(raw: bytes, encoding: str) -> bytes:
     if encoding == "base64":
         encoded = base64.encodebytes(body).replace(b"\n", b"\r\n")
     else:
-        encoded = binascii.b2a_qp(body).replace(b"\n", b"\r\n")
+        encoded = binascii.b2a_qp(body)  # keeps the CRLF line ends of the body
     return headers + f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode() + encoded
 
 

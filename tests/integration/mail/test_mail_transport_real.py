@@ -117,6 +117,49 @@ def test_imap_fetches_a_mail_in_pieces_and_keeps_it_whole(
         assert unpackage_message(collected[0]).attachment_bytes() == {"p@x": payload}
 
 
+@pytest.mark.parametrize("pop3_piece", [64 * 1024, 7, 2])
+def test_pop3_and_imap_collect_a_7bit_mail_byte_for_byte(
+    tls_context: ssl.SSLContext,
+    fresh_boxes: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pop3_piece: int,
+) -> None:
+    """Lines that start with a dot (doubled on the wire, RFC 1939), a lone dot inside the
+    text, and a line far over poplib's 2048-byte limit (an envelope on one line): both
+    protocols give the body exactly as it was sent, also when a POP3 line comes in pieces
+    that split a CRLF."""
+    monkeypatch.setattr(mailbox, "_POP3_PIECE", pop3_piece)
+    fresh_boxes.append(address(BOX))
+    body = (
+        b".a line that starts with a dot\r\n"
+        b"..two dots\r\n"
+        b".\r\n"
+        b"<SOAP:Envelope>" + b"x" * 10_000 + b"</SOAP:Envelope>\r\n"
+        b"last line\r\n"
+    )
+    mail = b"Message-Id: <dots@x>\r\nSubject: dots\r\n\r\n" + body
+    collected: list[bytes] = []
+    for protocol in ("pop3", "imap"):
+        drop_mail(address(BOX), mail)
+        wait_for_mail(address(BOX), 1, tls_context)
+        result = _collector(tls_context, protocol, "tls").collect_once(
+            lambda handed: collected.append(handed.read())
+        )
+        assert result.delivered == 1, result.problems
+    assert [whole.split(b"\r\n\r\n", 1)[1] for whole in collected] == [body, body]
+
+
+def test_a_spool_directory_that_cannot_be_made_is_a_disk_problem(
+    tls_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    collector = _collector(tls_context, "pop3", "tls")
+    (tmp_path / "a-file").write_text("not a directory")
+    collector.spool_dir = tmp_path / "a-file" / "mail-spool"
+    with pytest.raises(TransportFailure) as caught:
+        collector.collect_once(lambda mail: None)
+    assert caught.value.code == "mail-spool"
+
+
 def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     tls_context: ssl.SSLContext, fresh_boxes: list[str]
 ) -> None:

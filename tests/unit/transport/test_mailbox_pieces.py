@@ -1,0 +1,114 @@
+"""Reading a mail in pieces: IMAP partial FETCH answers, and the intake's body decoding from a
+spooled file, against the whole-text results they must equal."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import random
+from typing import Any
+
+import pytest
+
+from meldingstjener.engine import mail_channel
+from meldingstjener.transport import mailbox
+from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.mailbox import fetched_piece
+
+
+def test_a_partial_fetch_answer_gives_its_piece() -> None:
+    assert fetched_piece([(b"1 (UID 5 BODY[]<0> {5}", b"hello"), b")"], 0) == b"hello"
+    with_flags = [(b"1 (FLAGS (\\Seen) UID 5 BODY[]<8> {2}", b"lo"), b")"]
+    assert fetched_piece(with_flags, 8) == b"lo"
+    # past the end: NIL or an empty string; a short last piece may come quoted
+    assert fetched_piece([b"1 (UID 5 BODY[]<10> NIL)"], 10) == b""
+    assert fetched_piece([b'1 (UID 5 BODY[]<10> "")'], 10) == b""
+    assert fetched_piece([b'1 (UID 5 BODY[]<10> "a\\"b\\\\c")'], 10) == b'a"b\\c'
+    # no body item: the message is gone
+    assert fetched_piece([b"1 (FLAGS (\\Seen))"], 0) is None
+    assert fetched_piece([None], 0) is None
+
+
+def test_a_piece_from_another_place_is_refused() -> None:
+    with pytest.raises(TransportFailure) as caught:
+        fetched_piece([(b"1 (UID 5 BODY[]<0> {5}", b"hello")], 4)
+    assert caught.value.code == "mailbox-protocol"
+
+
+class ScriptedImap:
+    """Answers UID FETCH from a list of (status, data); records the ranges asked for."""
+
+    def __init__(self, answers: list[tuple[str, list[Any]]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def uid(self, command: str, uid: str, what: str) -> tuple[str, list[Any]]:
+        self.asked.append(what)
+        return self.answers.pop(0)
+
+
+def literal(offset: int, data: bytes) -> tuple[str, list[Any]]:
+    return "OK", [(f"1 (UID 7 BODY[]<{offset}> {{{len(data)}}}".encode(), data), b")"]
+
+
+def fetch(
+    answers: list[tuple[str, list[Any]]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[bool, bytes, list[str]]:
+    monkeypatch.setattr(mailbox, "FETCH_PIECE", 4)
+    session = ScriptedImap(answers)
+    target = io.BytesIO()
+    whole = mailbox._fetch_into(session, "7", target)  # type: ignore[arg-type]
+    return whole, target.getvalue(), session.asked
+
+
+def test_pieces_are_asked_for_in_order_until_a_short_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole, data, asked = fetch(
+        [literal(0, b"abcd"), literal(4, b"efgh"), literal(8, b"ij")], monkeypatch
+    )
+    assert (whole, data) == (True, b"abcdefghij")
+    assert asked == [f"(UID BODY.PEEK[]<{n}.4>)" for n in (0, 4, 8)]
+    # a mail of exactly two pieces ends with an empty answer
+    whole, data, _ = fetch(
+        [literal(0, b"abcd"), literal(4, b"efgh"), ("OK", [b"1 (UID 7 BODY[]<8> NIL)"])],
+        monkeypatch,
+    )
+    assert (whole, data) == (True, b"abcdefgh")
+
+
+def test_a_mail_gone_before_or_while_it_is_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fetch([("OK", [None])], monkeypatch)[0] is False  # expunged before: skipped
+    with pytest.raises(TransportFailure) as caught:  # expunged half-way: not handed over cut
+        fetch([literal(0, b"abcd"), ("OK", [None])], monkeypatch)
+    assert caught.value.code == "mailbox-protocol"
+    with pytest.raises(TransportFailure):  # more than was asked for
+        fetch([literal(0, b"abcdefgh")], monkeypatch)
+
+
+class Spooled(io.BytesIO):
+    """Stands in for the payload spool the intake decodes into."""
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 64])
+def test_the_body_decodes_in_pieces_as_it_would_whole(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mail_channel, "_READ", piece)
+    chance = random.Random(piece)
+    payload = bytes(chance.randrange(256) for _ in range(600))
+    encoded = {
+        "base64": base64.encodebytes(payload).replace(b"\n", b"\r\n") + b"trailing junk",
+        "quoted-printable": binascii.b2a_qp(payload)
+        + b"soft=\r\nbreak =3D end=\r\nno final line end",
+    }
+    expected = {
+        "base64": binascii.a2b_base64(encoded["base64"]),
+        "quoted-printable": binascii.a2b_qp(encoded["quoted-printable"]),
+    }
+    for name, body in encoded.items():
+        mail = io.BytesIO(b"Header: x\r\n\r\n" + body)
+        target = Spooled()
+        mail_channel._decode_body(mail, 13, name, target)  # type: ignore[arg-type]
+        assert target.getvalue() == expected[name], name
+    with pytest.raises(binascii.Error):
+        mail_channel._decode_body(io.BytesIO(b"QUJDR"), 0, "base64", Spooled())  # type: ignore[arg-type]
