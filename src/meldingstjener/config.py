@@ -195,6 +195,9 @@ class MailboxSettings(_Section):
     folder: str = "INBOX"
     timeout_seconds: float = Field(default=60.0, gt=0)
     ca_file: Path | None = None
+    # Larger mails are left in the mailbox, unfetched, with a mail-too-large alert (the network
+    # carries at most 51.2 MB; this bounds what one mail may cost the data disk).
+    max_mail_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> MailboxSettings:

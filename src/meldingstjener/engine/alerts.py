@@ -25,6 +25,8 @@ class AlertKind(StrEnum):
     APPREC_UNSENT = "apprec-unsent"
     INBOX_WAITING = "inbox-waiting"
     CLOCK_SKEW = "clock-skew"
+    MAILBOX_UNREACHABLE = "mailbox-unreachable"
+    MAIL_TOO_LARGE = "mail-too-large"
 
 
 SEVERITY = {
@@ -41,6 +43,8 @@ SEVERITY = {
     AlertKind.APPREC_UNSENT: "error",
     AlertKind.INBOX_WAITING: "error",
     AlertKind.CLOCK_SKEW: "error",
+    AlertKind.MAILBOX_UNREACHABLE: "error",
+    AlertKind.MAIL_TOO_LARGE: "error",
 }
 
 

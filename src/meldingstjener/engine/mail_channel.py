@@ -133,6 +133,7 @@ def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
         timeout_seconds=box.timeout_seconds,
         ssl_context=_ssl_context(box.ca_file),
         spool_dir=settings.data_dir / "mail-spool",  # on the data disk: /tmp may be in memory
+        max_mail_bytes=box.max_mail_bytes,
     )
 
 
@@ -289,6 +290,7 @@ class MailCollectorThread(threading.Thread):
         self._done = threading.Condition()
         self._rounds = 0
         self._collecting = False
+        self._failed_rounds = 0  # collections in a row that failed
 
     def collect_now(self, *, wait: bool = True, timeout: float = 60.0) -> CollectResult | None:
         """Ask for a collection at once. With ``wait``: block until a collection that began
@@ -318,13 +320,26 @@ class MailCollectorThread(threading.Thread):
         try:
             self.last_result = self.collector.collect_once(self.intake.on_mail)
             self.last_failure = None
+            self._failed_rounds = 0
         except TransportFailure as failure:
             self.last_result = None
             self.last_failure = failure
+            self._failed_rounds += 1
             log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
         except Exception:
             self.last_result = None
+            self._failed_rounds += 1
             log.exception("mail collection failed unexpectedly; trying again next round")
+        try:
+            report_collection(
+                self.intake.ctx,
+                self.collector,
+                self.last_result,
+                self.last_failure,
+                self._failed_rounds,
+            )
+        except Exception as exc:  # the database may be away too; the next round reports
+            log.warning("could not record the mail collection: %s", type(exc).__name__)
 
     def _pause(self) -> None:
         # Waits in slices so a stop is noticed within a second even with long intervals.
@@ -334,6 +349,52 @@ class MailCollectorThread(threading.Thread):
             if self._wake.wait(step):
                 return
             remaining -= step
+
+
+FAILED_COLLECTIONS_BEFORE_ALERT = 3  # one failure is a blip; three in a row are not
+
+
+def report_collection(
+    ctx: EngineContext,
+    collector: MailboxCollector,
+    result: CollectResult | None,
+    failure: TransportFailure | None,
+    failed_rounds: int,
+) -> None:
+    """Raise or resolve the mailbox's alerts after a collection: ``mailbox-unreachable`` after
+    several failed collections in a row (no mail arrives while it lasts), ``mail-too-large``
+    while mails over the limit sit in the box. Both are kept per mailbox account, so a fixed
+    host or port resolves the alert raised for the old one."""
+    now = ctx.clock()
+    where, account = collector.where, collector.username
+    with ctx.store.unit_of_work() as uow:
+        if result is not None:
+            uow.alerts.resolve(f"{AlertKind.MAILBOX_UNREACHABLE}:{account}", at=now)
+        elif failed_rounds >= FAILED_COLLECTIONS_BEFORE_ALERT:
+            why = f"{failure.code}: {failure.detail}" if failure is not None else "an error"
+            raise_alert(
+                uow,
+                AlertKind.MAILBOX_UNREACHABLE,
+                f"the mailbox {where} could not be collected {failed_rounds} times in a row "
+                f"({why}). No mail from partners arrives while this lasts: check the mail "
+                "server, the account and its password.",
+                at=now,
+                key=account,
+            )
+        if result is not None and result.too_large:
+            sizes = ", ".join(f"{size:,} bytes" for size in result.large_sizes[:10])
+            raise_alert(
+                uow,
+                AlertKind.MAIL_TOO_LARGE,
+                f"{result.too_large} mail(s) in {where} are larger than the limit "
+                f"([mailbox] max_mail_bytes) and were left there, unread ({sizes}). Look at "
+                "them in the mailbox, and remove them or raise the limit.",
+                at=now,
+                key=account,
+            )
+        elif result is not None:
+            uow.alerts.resolve(f"{AlertKind.MAIL_TOO_LARGE}:{account}", at=now)
+        uow.commit()
 
 
 def start_mail_collector(

@@ -61,12 +61,15 @@ class Quarantine(Exception):
 
 @dataclass
 class CollectResult:
-    """What one collection did. ``kept`` mails stay in the box (the callback failed)."""
+    """What one collection did. ``kept`` mails stay in the box (the callback failed), and so do
+    ``too_large`` ones (over ``max_mail_bytes``: not fetched; their sizes in ``large_sizes``)."""
 
     found: int = 0
     delivered: int = 0
     quarantined: int = 0
     kept: int = 0
+    too_large: int = 0
+    large_sizes: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def add(self, other: CollectResult) -> None:
@@ -74,6 +77,8 @@ class CollectResult:
         self.delivered += other.delivered
         self.quarantined += other.quarantined
         self.kept += other.kept
+        self.too_large += other.too_large
+        self.large_sizes += other.large_sizes
         self.problems += other.problems
 
 
@@ -96,6 +101,7 @@ class MailboxCollector:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     batch: int = 50
     spool_dir: Path | None = None  # where mails are spooled (default: the system's temp dir)
+    max_mail_bytes: int | None = None  # larger mails stay in the box, unfetched
 
     def __post_init__(self) -> None:
         if (self.protocol, self.security) not in _DEFAULT_PORTS:
@@ -181,15 +187,26 @@ class MailboxCollector:
         for line in listing:
             if looked >= self.batch:
                 break
-            number = int(line.split()[0])
+            fields = line.split()
+            number, size = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
+            looked += 1
+            if self._too_large(size, result):
+                continue
             with self._spool() as mail:
                 _retr_into(session, number, mail)
-                looked += 1
                 handed = self._hand_over(on_mail, mail, result)
             if handed:
                 session.dele(number)
         # Mails kept in the box would be looked at again by the next batch forever.
-        return looked if result.kept == 0 else 0
+        return looked if result.kept == 0 and result.too_large == 0 else 0
+
+    def _too_large(self, size: int, result: CollectResult) -> bool:
+        if self.max_mail_bytes is None or size <= self.max_mail_bytes:
+            return False
+        result.too_large += 1
+        result.large_sizes.append(size)
+        result.problems.append(f"left in the mailbox: {size} bytes, over {self.max_mail_bytes}")
+        return True
 
     # --- IMAP ------------------------------------------------------------------------------
 
@@ -230,7 +247,10 @@ class MailboxCollector:
                 raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH")
             uids = data[0].split() if data and data[0] else []
             result.found = len(uids)
+            sizes = self._imap_sizes(session) if self.max_mail_bytes is not None else {}
             for uid in uids:
+                if self._too_large(sizes.get(uid, 0), result):
+                    continue
                 with self._spool() as mail:
                     if not _fetch_into(session, uid.decode("ascii"), mail):
                         continue  # expunged meanwhile by another collector
@@ -247,6 +267,26 @@ class MailboxCollector:
         session.close()
         session.logout()
         return result
+
+    def _imap_sizes(self, session: imaplib.IMAP4) -> dict[bytes, int]:
+        """The size of each undeleted mail larger than ``max_mail_bytes`` (SEARCH LARGER, then
+        RFC822.SIZE of just those), by UID."""
+        limit = self.max_mail_bytes or 0
+        status, data = session.uid("SEARCH", "UNDELETED", "LARGER", str(limit))
+        if status != "OK":
+            raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH LARGER")
+        large = data[0].split() if data and data[0] else []
+        if not large:
+            return {}
+        status, data = session.uid("FETCH", b",".join(large).decode(), "(UID RFC822.SIZE)")
+        told: dict[bytes, int] = {}
+        for item in data if status == "OK" else []:
+            uid = _UID.search(item) if isinstance(item, bytes) else None
+            size = _SIZE.search(item) if isinstance(item, bytes) else None
+            if uid is not None and size is not None:
+                told[uid.group(1)] = int(size.group(1))
+        # one whose size was not told is over the limit all the same: SEARCH said so
+        return {uid: told.get(uid, limit + 1) for uid in large}
 
     # --- both ------------------------------------------------------------------------------
 
@@ -364,6 +404,8 @@ def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
             return True
 
 
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _BODY_ITEM = re.compile(rb'BODY\[\]<(\d+)>\s*(?:\{\d+\}$|NIL|"((?:[^"\\]|\\.)*)")?', re.DOTALL)
 
 

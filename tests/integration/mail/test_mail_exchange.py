@@ -20,6 +20,7 @@ from mailtest_support import (
 
 from meldingstjener.devsites import dialog_question
 from meldingstjener.engine.mail_channel import (
+    FAILED_COLLECTIONS_BEFORE_ALERT,
     MailCollectorThread,
     start_mail_collector,
 )
@@ -274,3 +275,49 @@ def test_a_whole_body_that_is_not_base64_is_quarantined(
     assert caught.value.reason == "MimeProblem"
     assert len(list(hospital.intake.quarantine_dir.glob("*.eml"))) == 1
     assert hospital.messages("in") == []
+
+
+def _open_alerts(site: MailSite) -> dict[str, str]:
+    with site.ctx.store.unit_of_work() as uow:
+        return {a.kind: a.summary for a in uow.alerts.list(open_only=True)}
+
+
+def test_a_mailbox_that_cannot_be_collected_raises_an_alert_until_it_can(
+    pair: tuple[MailSite, MailSite],
+) -> None:
+    import dataclasses
+
+    _, hospital = pair
+    stop = threading.Event()
+    away = dataclasses.replace(hospital.collector, port=1)  # nothing listens there
+    thread = MailCollectorThread(away, hospital.intake, 3600, stop)
+    for _ in range(FAILED_COLLECTIONS_BEFORE_ALERT - 1):
+        thread._collect_round()
+    assert "mailbox-unreachable" not in _open_alerts(hospital)  # a blip is no deviation
+    thread._collect_round()
+    assert (
+        "could not be collected 3 times in a row" in _open_alerts(hospital)["mailbox-unreachable"]
+    )
+    thread.collector = hospital.collector
+    thread._collect_round()
+    assert thread.last_result is not None
+    assert "mailbox-unreachable" not in _open_alerts(hospital)
+
+
+def test_a_mail_left_for_its_size_is_an_alert_while_it_stays(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    from mailtest_support import drop_mail
+
+    _, hospital = pair
+    drop_mail(hospital.user, b"Message-Id: <big@x>\r\n\r\n" + b"x" * 5_000)
+    wait_for_mail(hospital.user, 1, tls_context)
+    hospital.collector.max_mail_bytes = 1_000
+    thread = MailCollectorThread(hospital.collector, hospital.intake, 3600, threading.Event())
+    thread._collect_round()
+    assert "left there, unread" in _open_alerts(hospital)["mail-too-large"]
+    assert mailbox_count(hospital.user, tls_context) == 1
+    hospital.collector.max_mail_bytes = 10_000  # the operator raised the limit
+    thread._collect_round()
+    assert "mail-too-large" not in _open_alerts(hospital)
+    assert len(list(hospital.intake.quarantine_dir.glob("*.eml"))) == 1  # not ebXML: aside

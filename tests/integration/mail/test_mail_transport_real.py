@@ -160,6 +160,26 @@ def test_a_spool_directory_that_cannot_be_made_is_a_disk_problem(
     assert caught.value.code == "mail-spool"
 
 
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+def test_a_mail_over_the_limit_stays_in_the_box_unread(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str], protocol: str
+) -> None:
+    fresh_boxes.append(address(BOX))
+    drop_mail(address(BOX), b"Message-Id: <small@x>\r\nSubject: s\r\n\r\nsmall\r\n")
+    drop_mail(address(BOX), b"Message-Id: <big@x>\r\nSubject: b\r\n\r\n" + b"x" * 20_000)
+    wait_for_mail(address(BOX), 2, tls_context)
+    collector = _collector(tls_context, protocol, "tls")
+    collector.max_mail_bytes = 10_000
+    handed: list[bytes] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert (result.delivered, result.too_large) == (1, 1)
+    assert b"small" in handed[0] and 20_000 < result.large_sizes[0] < 21_000
+    assert mailbox_count(address(BOX), tls_context) == 1
+    collector.max_mail_bytes = None
+    result = collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert (result.delivered, result.too_large) == (1, 0) and b"x" * 20_000 in handed[1]
+
+
 def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     tls_context: ssl.SSLContext, fresh_boxes: list[str]
 ) -> None:
