@@ -121,3 +121,12 @@ def test_a_jwt_issuer_needs_an_audience_and_a_key(tmp_path: Path) -> None:
     settings = load_settings(api={**issuer, "jwt_audience": "msh"})
     assert settings.api.jwt_audience == "msh"
     assert load_settings().api.jwt_issuer is None  # no issuer: API keys only, nothing needed
+
+
+def test_every_alert_kind_is_explained_in_the_readme() -> None:
+    """The help desk reads the table of alerts: a new kind must not be missing from it."""
+    from meldingstjener.engine.alerts import SEVERITY, AlertKind
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for kind in AlertKind:
+        assert f"| `{kind}` | {SEVERITY[kind]} |" in readme, f"{kind} missing from README.md"
