@@ -27,6 +27,7 @@ class AlertKind(StrEnum):
     CLOCK_SKEW = "clock-skew"
     MAILBOX_UNREACHABLE = "mailbox-unreachable"
     MAIL_TOO_LARGE = "mail-too-large"
+    WEBHOOK_DISABLED = "webhook-disabled"
 
 
 SEVERITY = {
@@ -45,6 +46,7 @@ SEVERITY = {
     AlertKind.CLOCK_SKEW: "error",
     AlertKind.MAILBOX_UNREACHABLE: "error",
     AlertKind.MAIL_TOO_LARGE: "error",
+    AlertKind.WEBHOOK_DISABLED: "error",
 }
 
 

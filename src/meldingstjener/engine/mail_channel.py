@@ -39,6 +39,7 @@ import hashlib
 import io
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -278,8 +279,10 @@ class MailCollectorThread(threading.Thread):
         intake: MailIntake,
         interval_seconds: float,
         stop: threading.Event,
+        instance: str | None = None,
     ) -> None:
         super().__init__(name="mail-collector", daemon=True)
+        self.instance = instance or socket.gethostname()  # whose collections fail, in alerts
         self.collector = collector
         self.intake = intake
         self.interval_seconds = interval_seconds
@@ -326,14 +329,16 @@ class MailCollectorThread(threading.Thread):
             self.last_failure = failure
             self._failed_rounds += 1
             log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
-        except Exception:
+        except Exception as exc:
             self.last_result = None
+            self.last_failure = TransportFailure("unexpected", type(exc).__name__)
             self._failed_rounds += 1
             log.exception("mail collection failed unexpectedly; trying again next round")
         try:
             report_collection(
                 self.intake.ctx,
                 self.collector,
+                self.instance,
                 self.last_result,
                 self.last_failure,
                 self._failed_rounds,
@@ -357,29 +362,38 @@ FAILED_COLLECTIONS_BEFORE_ALERT = 3  # one failure is a blip; three in a row are
 def report_collection(
     ctx: EngineContext,
     collector: MailboxCollector,
+    instance: str,
     result: CollectResult | None,
     failure: TransportFailure | None,
     failed_rounds: int,
 ) -> None:
-    """Raise or resolve the mailbox's alerts after a collection: ``mailbox-unreachable`` after
-    several failed collections in a row (no mail arrives while it lasts), ``mail-too-large``
-    while mails over the limit sit in the box. Both are kept per mailbox account, so a fixed
-    host or port resolves the alert raised for the old one."""
+    """Raise or resolve the mailbox's alerts after a collection.
+
+    ``mailbox-unreachable`` after several failed collections in a row, per collecting instance
+    (several servers may collect one box; a broken one is a deviation of its own), resolved by
+    its next collection that works. ``mail-too-large`` while mails over the limit sit in the
+    box, per mailbox account."""
     now = ctx.clock()
     where, account = collector.where, collector.username
     with ctx.store.unit_of_work() as uow:
         if result is not None:
-            uow.alerts.resolve(f"{AlertKind.MAILBOX_UNREACHABLE}:{account}", at=now)
+            uow.alerts.resolve(f"{AlertKind.MAILBOX_UNREACHABLE}:{instance}", at=now)
         elif failed_rounds >= FAILED_COLLECTIONS_BEFORE_ALERT:
-            why = f"{failure.code}: {failure.detail}" if failure is not None else "an error"
+            code = failure.code if failure is not None else "unexpected"
+            why = f"{code}: {failure.detail}" if failure is not None else "an error"
+            advice = (
+                "the local disk of the data directory (space, permissions)"
+                if code == "mail-spool"
+                else "the mail server, the account and its password"
+            )
             raise_alert(
                 uow,
                 AlertKind.MAILBOX_UNREACHABLE,
-                f"the mailbox {where} could not be collected {failed_rounds} times in a row "
-                f"({why}). No mail from partners arrives while this lasts: check the mail "
-                "server, the account and its password.",
+                f"{instance} could not collect the mailbox {where} {failed_rounds} times in a "
+                f"row ({why}). Mail from partners does not arrive here while this lasts: "
+                f"check {advice}.",
                 at=now,
-                key=account,
+                key=instance,
             )
         if result is not None and result.too_large:
             sizes = ", ".join(f"{size:,} bytes" for size in result.large_sizes[:10])
@@ -405,7 +419,13 @@ def start_mail_collector(
     if collector is None:
         return None
     intake = MailIntake(ctx, settings.data_dir / "quarantine")
-    thread = MailCollectorThread(collector, intake, settings.mailbox.poll_interval_seconds, stop)
+    thread = MailCollectorThread(
+        collector,
+        intake,
+        settings.mailbox.poll_interval_seconds,
+        stop,
+        instance=f"{socket.gethostname()}:{settings.server.port}",  # as serve names itself
+    )
     thread.start()
     return thread
 

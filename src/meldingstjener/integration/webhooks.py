@@ -25,6 +25,7 @@ import httpx
 from sqlalchemy import func, select
 
 from meldingstjener.config import WebhookSettings
+from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
@@ -45,7 +46,7 @@ EVENT_BATCH = 500
 ALERT_CURSOR = "webhooks.alert_cursor"
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
-WEBHOOK_DISABLED = "webhook-disabled"
+WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -163,14 +163,16 @@ class MailboxCollector:
 
     def _collect_pop3(self, on_mail: OnMail) -> CollectResult:
         result = CollectResult()
+        first = True
         while True:
             session = self._pop3_session()
             try:
                 listing = session.list()[1]
                 count = len(listing)
-                if result.found == 0:
+                if first:
                     result.found = count
-                handled = self._pop3_batch(session, listing, on_mail, result)
+                handled = self._pop3_batch(session, listing, on_mail, result, first=first)
+                first = False
             except BaseException:
                 # No QUIT: the server rolls the session's deletions back (RFC 1939 section 6).
                 session.close()
@@ -180,25 +182,35 @@ class MailboxCollector:
                 return result
 
     def _pop3_batch(
-        self, session: poplib.POP3, listing: list[bytes], on_mail: OnMail, result: CollectResult
+        self,
+        session: poplib.POP3,
+        listing: list[bytes],
+        on_mail: OnMail,
+        result: CollectResult,
+        *,
+        first: bool,
     ) -> int:
-        """Handle up to ``batch`` mails; return how many were looked at."""
+        """Handle up to ``batch`` mails; return how many were looked at. Mails over the size
+        limit are passed by (and counted in the ``first`` session only: they are listed again
+        in every later one)."""
         looked = 0
         for line in listing:
             if looked >= self.batch:
                 break
             fields = line.split()
             number, size = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
+            if self.max_mail_bytes is not None and size > self.max_mail_bytes:
+                if first:
+                    self._too_large(size, result)
+                continue  # not looked at: it stays first in every LIST and must not use a batch
             looked += 1
-            if self._too_large(size, result):
-                continue
             with self._spool() as mail:
                 _retr_into(session, number, mail)
                 handed = self._hand_over(on_mail, mail, result)
             if handed:
                 session.dele(number)
         # Mails kept in the box would be looked at again by the next batch forever.
-        return looked if result.kept == 0 and result.too_large == 0 else 0
+        return looked if result.kept == 0 else 0
 
     def _too_large(self, size: int, result: CollectResult) -> bool:
         if self.max_mail_bytes is None or size <= self.max_mail_bytes:
@@ -388,9 +400,9 @@ def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
         if status != "OK":
             raise imaplib.IMAP4.error("FETCH refused")
         piece = fetched_piece(data, offset)
-        if piece is None:
+        if piece is None or (piece == b"" and offset == 0):
             if offset == 0:
-                return False
+                return False  # gone: no body, or NIL for an expunged message (RFC 2180 4.1.3)
             raise TransportFailure(
                 "mailbox-protocol", "a mail went away while it was being fetched; it stays"
             )

@@ -295,9 +295,8 @@ def test_a_mailbox_that_cannot_be_collected_raises_an_alert_until_it_can(
         thread._collect_round()
     assert "mailbox-unreachable" not in _open_alerts(hospital)  # a blip is no deviation
     thread._collect_round()
-    assert (
-        "could not be collected 3 times in a row" in _open_alerts(hospital)["mailbox-unreachable"]
-    )
+    summary = _open_alerts(hospital)["mailbox-unreachable"]
+    assert "could not collect the mailbox imap://127.0.0.1:1 3 times in a row" in summary
     thread.collector = hospital.collector
     thread._collect_round()
     assert thread.last_result is not None

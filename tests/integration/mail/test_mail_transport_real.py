@@ -180,6 +180,24 @@ def test_a_mail_over_the_limit_stays_in_the_box_unread(
     assert (result.delivered, result.too_large) == (1, 0) and b"x" * 20_000 in handed[1]
 
 
+def test_a_large_mail_first_in_a_pop3_box_does_not_hold_the_others_back(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str]
+) -> None:
+    # LIST gives the oldest first: the mail left for its size is first in every later batch
+    fresh_boxes.append(address(BOX))
+    drop_mail(address(BOX), b"Message-Id: <big@x>\r\n\r\n" + b"x" * 20_000)
+    wait_for_mail(address(BOX), 1, tls_context)
+    for number in range(5):
+        drop_mail(address(BOX), f"Message-Id: <s{number}@x>\r\n\r\nsmall\r\n".encode())
+    wait_for_mail(address(BOX), 6, tls_context)
+    collector = _collector(tls_context, "pop3", "tls")
+    collector.max_mail_bytes, collector.batch = 10_000, 2
+    handed: list[bytes] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert (result.delivered, result.too_large, len(result.large_sizes)) == (5, 1, 1)
+    assert mailbox_count(address(BOX), tls_context) == 1
+
+
 def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     tls_context: ssl.SSLContext, fresh_boxes: list[str]
 ) -> None:

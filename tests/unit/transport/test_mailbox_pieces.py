@@ -78,6 +78,8 @@ def test_pieces_are_asked_for_in_order_until_a_short_one(monkeypatch: pytest.Mon
 
 def test_a_mail_gone_before_or_while_it_is_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fetch([("OK", [None])], monkeypatch)[0] is False  # expunged before: skipped
+    # a server answering NIL for an expunged message (RFC 2180 4.1.3): skipped, not empty
+    assert fetch([("OK", [b"1 (UID 7 BODY[]<0> NIL)"])], monkeypatch)[0] is False
     with pytest.raises(TransportFailure) as caught:  # expunged half-way: not handed over cut
         fetch([literal(0, b"abcd"), ("OK", [None])], monkeypatch)
     assert caught.value.code == "mailbox-protocol"
@@ -112,3 +114,43 @@ def test_the_body_decodes_in_pieces_as_it_would_whole(
         assert target.getvalue() == expected[name], name
     with pytest.raises(binascii.Error):
         mail_channel._decode_body(io.BytesIO(b"QUJDR"), 0, "base64", Spooled())  # type: ignore[arg-type]
+
+
+class Pop3Wire:
+    """Stands in for a POP3 session: the server's bytes for one RETR, read in odd pieces."""
+
+    def __init__(self, wire: bytes, pieces: random.Random) -> None:
+        self._wire = wire
+        self._pieces = pieces
+        self.file = self
+
+    def _putcmd(self, line: str) -> None:
+        assert line.startswith("RETR ")
+
+    def _getresp(self) -> bytes:
+        return b"+OK"
+
+    def readline(self, limit: int) -> bytes:
+        size = min(limit, self._pieces.randint(1, 5))
+        end = self._wire.find(b"\n", 0, size)
+        cut = end + 1 if end >= 0 else size
+        piece, self._wire = self._wire[:cut], self._wire[cut:]
+        return piece
+
+
+def test_a_pop3_mail_comes_out_as_sent_however_its_lines_arrive() -> None:
+    chance = random.Random(5)
+    alphabet = [b"a", b".", b"\r", b"x", b" "]
+    for _ in range(2000):
+        lines = [
+            b"".join(chance.choice(alphabet) for _ in range(chance.randint(0, 6)))
+            for _ in range(chance.randint(0, 5))
+        ]
+        mail = b"".join(line + b"\r\n" for line in lines)
+        stuffed = b"".join(
+            (b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines
+        )
+        target = io.BytesIO()
+        wire = Pop3Wire(stuffed + b".\r\n", chance)
+        mailbox._retr_into(wire, 1, target)  # type: ignore[arg-type]
+        assert target.getvalue() == mail, lines
