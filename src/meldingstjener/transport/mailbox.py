@@ -400,9 +400,9 @@ def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
         if status != "OK":
             raise imaplib.IMAP4.error("FETCH refused")
         piece = fetched_piece(data, offset)
-        if piece is None or (piece == b"" and offset == 0):
+        if piece is None:
             if offset == 0:
-                return False  # gone: no body, or NIL for an expunged message (RFC 2180 4.1.3)
+                return False  # gone (expunged by another collector)
             raise TransportFailure(
                 "mailbox-protocol", "a mail went away while it was being fetched; it stays"
             )
@@ -423,9 +423,10 @@ _BODY_ITEM = re.compile(rb'BODY\[\]<(\d+)>\s*(?:\{\d+\}$|NIL|"((?:[^"\\]|\\.)*)"
 
 def fetched_piece(data: list[Any], offset: int) -> bytes | None:
     """The part of the mail in a partial FETCH answer (RFC 3501 7.4.2: ``BODY[]<origin>``
-    followed by a literal, a quoted string or NIL); None when the answer has no body item (the
-    message is gone). An origin other than ``offset`` (a server that ignored the range) is a
-    protocol failure: appending it would corrupt the mail."""
+    followed by a literal, a quoted string or NIL); None when the message is gone (no body
+    item, or NIL for the first piece). An empty literal or string is an empty piece. An origin
+    other than ``offset`` (a server that ignored the range) is a protocol failure: appending
+    it would corrupt the mail."""
     for item in data:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes):
             found = _BODY_ITEM.search(item[0])
@@ -436,8 +437,11 @@ def fetched_piece(data: list[Any], offset: int) -> bytes | None:
             found = _BODY_ITEM.search(item)
             if found is not None:
                 _check_origin(found, offset)
+                if found.group(0).endswith(b"NIL"):
+                    # past the end; at the start, an expunged message (RFC 2180 4.1.3)
+                    return None if offset == 0 else b""
                 quoted = found.group(2)
-                # NIL or "" past the end; a short last piece may come as a quoted string
+                # "" past the end (or an empty mail); a short last piece may come quoted
                 return re.sub(rb"\\(.)", rb"\1", quoted) if quoted else b""
     return None
 

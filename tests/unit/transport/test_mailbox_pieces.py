@@ -25,9 +25,12 @@ def test_a_partial_fetch_answer_gives_its_piece() -> None:
     assert fetched_piece([b"1 (UID 5 BODY[]<10> NIL)"], 10) == b""
     assert fetched_piece([b'1 (UID 5 BODY[]<10> "")'], 10) == b""
     assert fetched_piece([b'1 (UID 5 BODY[]<10> "a\\"b\\\\c")'], 10) == b'a"b\\c'
-    # no body item: the message is gone
+    # no body item, or NIL for the first piece (RFC 2180 4.1.3): the message is gone
     assert fetched_piece([b"1 (FLAGS (\\Seen))"], 0) is None
     assert fetched_piece([None], 0) is None
+    assert fetched_piece([b"1 (UID 5 BODY[]<0> NIL)"], 0) is None
+    # an empty mail is an empty piece: handed over (and quarantined), not skipped for ever
+    assert fetched_piece([(b"1 (UID 5 BODY[]<0> {0}", b""), b")"], 0) == b""
 
 
 def test_a_piece_from_another_place_is_refused() -> None:
