@@ -194,6 +194,7 @@ class MailboxCollector:
         limit are passed by (and counted in the ``first`` session only: they are listed again
         in every later one)."""
         looked = 0
+        lied = False  # a mail turned out larger than its LIST size
         for line in listing:
             if looked >= self.batch:
                 break
@@ -205,12 +206,17 @@ class MailboxCollector:
                 continue  # not looked at: it stays first in every LIST and must not use a batch
             looked += 1
             with self._spool() as mail:
-                _retr_into(session, number, mail)
+                written = _retr_into(session, number, mail, self.max_mail_bytes)
+                if written is None:
+                    # larger than LIST said: left, and this collection ends with this batch
+                    self._too_large(_past(self.max_mail_bytes), result)
+                    lied = True
+                    continue
                 handed = self._hand_over(on_mail, mail, result)
             if handed:
                 session.dele(number)
         # Mails kept in the box would be looked at again by the next batch forever.
-        return looked if result.kept == 0 else 0
+        return looked if result.kept == 0 and not lied else 0
 
     def _too_large(self, size: int, result: CollectResult) -> bool:
         if self.max_mail_bytes is None or size <= self.max_mail_bytes:
@@ -264,8 +270,12 @@ class MailboxCollector:
                 if self._too_large(sizes.get(uid, 0), result):
                     continue
                 with self._spool() as mail:
-                    if not _fetch_into(session, uid.decode("ascii"), mail):
+                    fetched = _fetch_into(session, uid.decode("ascii"), mail, self.max_mail_bytes)
+                    if fetched == "gone":
                         continue  # expunged meanwhile by another collector
+                    if fetched == "too-large":  # larger than its size said
+                        self._too_large(_past(self.max_mail_bytes), result)
+                        continue
                     handed = self._hand_over(on_mail, mail, result)
                 if handed:
                     session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
@@ -355,34 +365,41 @@ def _spool_write(target: BinaryIO, data: bytes) -> None:
 _POP3_PIECE = 64 * 1024  # bytes read at most at once from a POP3 line; lines may be longer
 
 
-def _retr_into(session: poplib.POP3, number: int, target: BinaryIO) -> None:
+def _retr_into(
+    session: poplib.POP3, number: int, target: BinaryIO, limit: int | None = None
+) -> int | None:
     """RETR one mail into ``target`` as it arrives (multi-line response, RFC 1939 section 3: a
     lone "." ends it, a leading "." is doubled), each line ending in CRLF as ``poplib.retr``
-    gave them. Its own line reader is not used: it refuses lines over 2048 bytes, and one such
-    line (an ebXML envelope on one line) would block the mailbox for good."""
+    gave them; return how many bytes were written. Its own line reader is not used: it refuses
+    lines over 2048 bytes, and one such line (an ebXML envelope on one line) would block the
+    mailbox for good. A mail that grows past ``limit`` is read to its end (the session must go
+    on) but no more is written: None. The size in LIST is the server's word, not a bound."""
     internals: Any = session  # poplib has no public way to send a command and read on
     internals._putcmd(f"RETR {number}")
     internals._getresp()  # raises error_proto on -ERR
     at_line_start = True
     held_cr = b""  # a CR at the end of a piece may be the first half of the line's CRLF
+    written = 0
     while True:
         piece = _pop3_read(session)
         if at_line_start:
             while len(piece) < 3 and not piece.endswith(b"\n"):  # enough to see a dot line
                 piece += _pop3_read(session)
             if piece in (b".\r\n", b".\n"):
-                return
+                return written if limit is None or written <= limit else None
             if piece.startswith(b".."):
                 piece = piece[1:]
         data = held_cr + piece
         if data.endswith(b"\n"):
-            line = data[:-2] if data.endswith(b"\r\n") else data[:-1]
-            _spool_write(target, line + b"\r\n")
+            out = (data[:-2] if data.endswith(b"\r\n") else data[:-1]) + b"\r\n"
             held_cr, at_line_start = b"", True
         else:
             held_cr = b"\r" if data.endswith(b"\r") else b""
-            _spool_write(target, data[: len(data) - len(held_cr)])
+            out = data[: len(data) - len(held_cr)]
             at_line_start = False
+        if limit is None or written + len(out) <= limit:
+            _spool_write(target, out)
+        written += len(out)
 
 
 def _pop3_read(session: poplib.POP3) -> bytes:
@@ -392,17 +409,26 @@ def _pop3_read(session: poplib.POP3) -> bytes:
     return piece
 
 
-def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
-    """Fetch one mail into ``target`` piece by piece; False when it is gone (expunged)."""
+Fetched = Literal["whole", "gone", "too-large"]
+
+
+def _fetch_into(
+    session: imaplib.IMAP4, uid: str, target: BinaryIO, limit: int | None = None
+) -> Fetched:
+    """Fetch one mail into ``target`` piece by piece: ``whole``, ``gone`` (expunged), or
+    ``too-large`` when it grows past ``limit`` (fetching stops there: the size the server
+    gave is its word, not a bound)."""
     offset = 0
     while True:
+        if limit is not None and offset > limit:
+            return "too-large"
         status, data = session.uid("FETCH", uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_PIECE}>)")
         if status != "OK":
             raise imaplib.IMAP4.error("FETCH refused")
         piece = fetched_piece(data, offset)
         if piece is None:
             if offset == 0:
-                return False  # gone (expunged by another collector)
+                return "gone"  # expunged by another collector
             raise TransportFailure(
                 "mailbox-protocol", "a mail went away while it was being fetched; it stays"
             )
@@ -413,7 +439,12 @@ def _fetch_into(session: imaplib.IMAP4, uid: str, target: BinaryIO) -> bool:
         _spool_write(target, piece)
         offset += len(piece)
         if len(piece) < FETCH_PIECE:
-            return True
+            return "too-large" if limit is not None and offset > limit else "whole"
+
+
+def _past(limit: int | None) -> int:
+    """The size to report for a mail found larger than ``limit`` while reading it."""
+    return (limit or 0) + 1
 
 
 _UID = re.compile(rb"\bUID (\d+)")

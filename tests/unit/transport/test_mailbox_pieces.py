@@ -56,33 +56,33 @@ def literal(offset: int, data: bytes) -> tuple[str, list[Any]]:
 
 
 def fetch(
-    answers: list[tuple[str, list[Any]]], monkeypatch: pytest.MonkeyPatch
-) -> tuple[bool, bytes, list[str]]:
+    answers: list[tuple[str, list[Any]]], monkeypatch: pytest.MonkeyPatch, limit: int | None = None
+) -> tuple[str, bytes, list[str]]:
     monkeypatch.setattr(mailbox, "FETCH_PIECE", 4)
     session = ScriptedImap(answers)
     target = io.BytesIO()
-    whole = mailbox._fetch_into(session, "7", target)  # type: ignore[arg-type]
-    return whole, target.getvalue(), session.asked
+    outcome = mailbox._fetch_into(session, "7", target, limit)  # type: ignore[arg-type]
+    return outcome, target.getvalue(), session.asked
 
 
 def test_pieces_are_asked_for_in_order_until_a_short_one(monkeypatch: pytest.MonkeyPatch) -> None:
     whole, data, asked = fetch(
         [literal(0, b"abcd"), literal(4, b"efgh"), literal(8, b"ij")], monkeypatch
     )
-    assert (whole, data) == (True, b"abcdefghij")
+    assert (whole, data) == ("whole", b"abcdefghij")
     assert asked == [f"(UID BODY.PEEK[]<{n}.4>)" for n in (0, 4, 8)]
     # a mail of exactly two pieces ends with an empty answer
     whole, data, _ = fetch(
         [literal(0, b"abcd"), literal(4, b"efgh"), ("OK", [b"1 (UID 7 BODY[]<8> NIL)"])],
         monkeypatch,
     )
-    assert (whole, data) == (True, b"abcdefgh")
+    assert (whole, data) == ("whole", b"abcdefgh")
 
 
 def test_a_mail_gone_before_or_while_it_is_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fetch([("OK", [None])], monkeypatch)[0] is False  # expunged before: skipped
+    assert fetch([("OK", [None])], monkeypatch)[0] == "gone"  # expunged before: skipped
     # a server answering NIL for an expunged message (RFC 2180 4.1.3): skipped, not empty
-    assert fetch([("OK", [b"1 (UID 7 BODY[]<0> NIL)"])], monkeypatch)[0] is False
+    assert fetch([("OK", [b"1 (UID 7 BODY[]<0> NIL)"])], monkeypatch)[0] == "gone"
     with pytest.raises(TransportFailure) as caught:  # expunged half-way: not handed over cut
         fetch([literal(0, b"abcd"), ("OK", [None])], monkeypatch)
     assert caught.value.code == "mailbox-protocol"
@@ -157,3 +157,23 @@ def test_a_pop3_mail_comes_out_as_sent_however_its_lines_arrive() -> None:
         wire = Pop3Wire(stuffed + b".\r\n", chance)
         mailbox._retr_into(wire, 1, target)  # type: ignore[arg-type]
         assert target.getvalue() == mail, lines
+
+
+def test_a_mail_larger_than_its_size_said_is_cut_off_at_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # IMAP: fetching stops once past the limit (a piece beyond it at most is written)
+    answers = [literal(0, b"abcd"), literal(4, b"efgh"), literal(8, b"ij")]
+    outcome, data, asked = fetch(answers, monkeypatch, limit=6)
+    assert (outcome, data, len(asked)) == ("too-large", b"abcdefgh", 2)
+    assert fetch([literal(0, b"abcd"), literal(4, b"ef")], monkeypatch, limit=6)[0] == "whole"
+    # POP3: the response is read to its end (the session goes on), nothing past the limit kept
+    wire = Pop3Wire(b"0123456789\r\n" * 5 + b".\r\n", random.Random(1))
+    target = io.BytesIO()
+    assert mailbox._retr_into(wire, 1, target, limit=30) is None  # type: ignore[arg-type]
+    kept = target.getvalue()
+    assert 24 <= len(kept) <= 30 and (b"0123456789\r\n" * 5).startswith(kept)
+    assert wire._wire == b""
+    target = io.BytesIO()
+    wire = Pop3Wire(b"0123456789\r\n" * 2 + b".\r\n", random.Random(1))
+    assert mailbox._retr_into(wire, 1, target, limit=24) == 24  # type: ignore[arg-type]
