@@ -198,6 +198,40 @@ def test_a_large_mail_first_in_a_pop3_box_does_not_hold_the_others_back(
     assert mailbox_count(address(BOX), tls_context) == 1
 
 
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+def test_a_mail_larger_than_its_server_said_is_cut_off_and_left(
+    tls_context: ssl.SSLContext,
+    fresh_boxes: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str,
+) -> None:
+    """A server that under-reports sizes (LIST says 1 byte, SEARCH LARGER finds nothing): the
+    limit holds while the mail is read, and the mail after it is still collected."""
+    import poplib
+
+    fresh_boxes.append(address(BOX))
+    drop_mail(address(BOX), b"Message-Id: <big@x>\r\n\r\n" + b"x" * 20_000)
+    wait_for_mail(address(BOX), 1, tls_context)
+    drop_mail(address(BOX), b"Message-Id: <small@x>\r\n\r\nsmall\r\n")
+    wait_for_mail(address(BOX), 2, tls_context)
+    listed = poplib.POP3.list
+
+    def under_reported(session: poplib.POP3, *args: object) -> tuple[bytes, list[bytes], int]:
+        response, lines, octets = listed(session, *args)  # type: ignore[arg-type]
+        return response, [line.split()[0] + b" 1" for line in lines], octets
+
+    monkeypatch.setattr(poplib.POP3, "list", under_reported)
+    monkeypatch.setattr(MailboxCollector, "_imap_sizes", lambda self, session: {})
+    monkeypatch.setattr(mailbox, "FETCH_PIECE", 4096)
+    collector = _collector(tls_context, protocol, "tls")
+    collector.max_mail_bytes = 10_000
+    handed: list[bytes] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert result.too_large == 1 and result.delivered == 1
+    assert len(handed) == 1 and b"small" in handed[0]
+    assert mailbox_count(address(BOX), tls_context) == 1  # the large one, left
+
+
 def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     tls_context: ssl.SSLContext, fresh_boxes: list[str]
 ) -> None:
