@@ -39,7 +39,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
-from meldingstjener.engine.trust import certificate_problem, verify_party_signature
+from meldingstjener.engine.trust import verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security.errors import SecurityError
@@ -274,37 +274,28 @@ def _verify_signature(
 ) -> x509.Certificate:
     """The sender's certificate the envelope's signature verifies with, once it has passed the
     certificate checks: its registered one, or during a rollover the one it replaced (see
-    :func:`trust.verify_party_signature`). First receipts and repeats alike."""
+    :func:`trust.verify_sender`). First receipts and repeats alike."""
     sender = envelope.header.from_party.her_id
-    check, certificate = verify_party_signature(
-        root,
-        mime.attachment_bytes(),
-        certificates,
-        sender=sender,
-        now=ctx.clock(),
-        grace=ctx.policy.previous_signing_grace,
-        allow_sha1=ctx.policy.allow_sha1,
-    )
-    if certificate is None and certificates.current is None and certificates.previous is None:
+    signature = verify_sender(ctx, root, mime.attachment_bytes(), sender, certificates)
+    if signature.certificate is None:
+        if certificates.current is None and certificates.previous is None:
+            raise _Reject(
+                ErrorCode.SECURITY_FAILURE,
+                f"the sender {sender} is not a known communication party with a signing "
+                "certificate",
+                "eb:MessageHeader/eb:From/eb:PartyId",
+            )
+        problem = signature.check.problem or "a reference did not match"
         raise _Reject(
-            ErrorCode.SECURITY_FAILURE,
-            f"the sender {sender} is not a known communication party with a signing certificate",
-            "eb:MessageHeader/eb:From/eb:PartyId",
+            ErrorCode.SECURITY_FAILURE, f"the signature did not verify: {problem}", "ds:Signature"
         )
-    if certificate is None:
+    if signature.problem is not None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
-            f"the signature did not verify: {check.problem or 'a reference did not match'}",
-            "ds:Signature",
-        )
-    problem = certificate_problem(ctx.validator, certificate, "signing", ctx.clock())
-    if problem is not None:
-        raise _Reject(
-            ErrorCode.SECURITY_FAILURE,
-            f"the sender's signing certificate is not acceptable: {problem}",
+            f"the sender's signing certificate is not acceptable: {signature.problem}",
             "ds:Signature/ds:KeyInfo",
         )
-    return certificate
+    return signature.certificate
 
 
 def _duplicate(

@@ -396,7 +396,10 @@ def report_collection(
                 key=instance,
             )
         if result is not None and result.too_large:
-            sizes = ", ".join(f"{size:,} bytes" for size in result.large_sizes[:10])
+            sizes = ", ".join(
+                f"{size:,} bytes" if size is not None else "size not told"
+                for size in result.large_sizes[:10]
+            )
             raise_alert(
                 uow,
                 AlertKind.MAIL_TOO_LARGE,

@@ -32,11 +32,10 @@ from meldingstjener.ebxml import (
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline
-from meldingstjener.engine.trust import certificate_problem, verify_party_signature
+from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import redact
 from meldingstjener.security.xmldsig import (
-    SignatureCheck,
     sign_ebxml_envelope,
 )
 from meldingstjener.store.payloads import PayloadRef
@@ -111,14 +110,9 @@ def handle_incoming(
     sender = header.from_party.her_id
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
-        check, certificate = verify_party_signature(
-            root,
-            {},
-            ctx.directory.signing_certificates(uow, sender),
-            sender=sender,
-            now=now,
-            grace=ctx.policy.previous_signing_grace,
-            allow_sha1=ctx.policy.allow_sha1,
+        # verified (and its certificate checked) before the message's row is locked
+        signature = verify_sender(
+            ctx, root, {}, sender, ctx.directory.signing_certificates(uow, sender)
         )
         # every sent message gets its Acknowledgment here: its state is read and written
         # without the ORM (lock_state); the rare MessageError loads the whole row
@@ -136,12 +130,7 @@ def handle_incoming(
             )
             uow.commit()
             return
-        problem = (
-            certificate_problem(ctx.validator, certificate, "signing", now)
-            if certificate is not None and check.valid
-            else None
-        )
-        ignored = _ignored_because(envelope, state, certificate, check, problem)
+        ignored = _ignored_because(envelope, state, signature)
         if ignored is not None:
             code, reason = ignored
             uow.events.record(
@@ -163,15 +152,11 @@ def handle_incoming(
 
 
 def _ignored_because(
-    envelope: Envelope,
-    state: MessageState,
-    certificate: object | None,
-    check: SignatureCheck,
-    trust_problem: str | None,
+    envelope: Envelope, state: MessageState, signature: SenderSignature
 ) -> tuple[str, str] | None:
     """(code, reason) when a signal about our message must change nothing, else None."""
-    if certificate is None or not check.valid or trust_problem is not None:
-        why = trust_problem or check.problem or "no registered signing certificate"
+    if not signature.trusted:
+        why = signature.problem or signature.check.problem or "no registered signing certificate"
         return "SecurityFailure", f"its signature did not verify ({why})"
     sender = envelope.header.from_party.her_id
     if envelope.is_acknowledgment and sender not in (state.to_her_id, state.receiver_org_her_id):

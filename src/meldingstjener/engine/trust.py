@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography import x509
 from lxml import etree
 
+from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import SigningCertificates
 from meldingstjener.security.certs import Usage, usage_allowed
 from meldingstjener.security.validation import CertificateValidator
@@ -43,31 +45,45 @@ def certificate_problem(
     return None
 
 
-def verify_party_signature(
+@dataclass(frozen=True)
+class SenderSignature:
+    """How a partner's signature on an envelope fared: the check, the certificate it verified
+    with (None: none did), and why that certificate is not acceptable now (None: it is)."""
+
+    check: SignatureCheck
+    certificate: x509.Certificate | None
+    problem: str | None = None
+
+    @property
+    def trusted(self) -> bool:
+        return self.certificate is not None and self.problem is None
+
+
+def verify_sender(
+    ctx: EngineContext,
     envelope: etree._Element,
     attachments: Mapping[str, bytes],
-    certificates: SigningCertificates,
-    *,
     sender: str,
-    now: datetime,
-    grace: timedelta,
-    allow_sha1: bool,
-) -> tuple[SignatureCheck, x509.Certificate | None]:
+    certificates: SigningCertificates,
+) -> SenderSignature:
     """The envelope's signature checked with the sender's registered signing certificate and,
-    if that fails, with the one it replaced (for ``grace`` after the rollover).
+    if that fails, with the one it replaced (for ``security.previous_signing_certificate_days``
+    after the rollover); then the certificate that verified is checked for this use, now.
 
-    Returns the check and the certificate it verified with; when none did, the check with the
-    registered certificate (its problem is the one to report) and None. The certificate in the
-    signature's KeyInfo is never trusted by itself. Whether the certificate that verified is
-    still acceptable is :func:`certificate_problem`'s question.
+    When no certificate verified, the check is the one with the registered certificate (its
+    problem is the one to report). The certificate in the signature's KeyInfo is never trusted
+    by itself. Messages, their repeats and signals all come through here.
     """
-    candidates = certificates.candidates(now, grace)
+    now = ctx.clock()
+    candidates = certificates.candidates(now, ctx.policy.previous_signing_grace)
     if not candidates:
-        return SignatureCheck(False, problem="no registered signing certificate"), None
+        return SenderSignature(
+            SignatureCheck(False, problem="no registered signing certificate"), None
+        )
     failed: list[SignatureCheck] = []
     for certificate in candidates:
         check = verify_ebxml_envelope(
-            envelope, attachments, certificate=certificate, allow_sha1=allow_sha1
+            envelope, attachments, certificate=certificate, allow_sha1=ctx.policy.allow_sha1
         )
         if check.valid:
             if certificate is not certificates.current:
@@ -78,6 +94,7 @@ def verify_party_signature(
                     sender,
                     f"{certificates.replaced_at:%Y-%m-%d %H:%M}Z",
                 )
-            return check, certificate
+            problem = certificate_problem(ctx.validator, certificate, "signing", now)
+            return SenderSignature(check, certificate, problem)
         failed.append(check)
-    return failed[0], None
+    return SenderSignature(failed[0], None)

@@ -69,7 +69,7 @@ class CollectResult:
     quarantined: int = 0
     kept: int = 0
     too_large: int = 0
-    large_sizes: list[int] = field(default_factory=list)
+    large_sizes: list[int | None] = field(default_factory=list)  # None: not told
     problems: list[str] = field(default_factory=list)
 
     def add(self, other: CollectResult) -> None:
@@ -200,16 +200,16 @@ class MailboxCollector:
                 break
             fields = line.split()
             number, size = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
-            if self.max_mail_bytes is not None and size > self.max_mail_bytes:
+            if self._over_limit(size):
                 if first:
-                    self._too_large(size, result)
+                    self._leave(result, size)
                 continue  # not looked at: it stays first in every LIST and must not use a batch
             looked += 1
             with self._spool() as mail:
                 written = _retr_into(session, number, mail, self.max_mail_bytes)
                 if written is None:
                     # larger than LIST said: left, and this collection ends with this batch
-                    self._too_large(_past(self.max_mail_bytes), result)
+                    self._leave(result, None)
                     lied = True
                     continue
                 handed = self._hand_over(on_mail, mail, result)
@@ -218,13 +218,15 @@ class MailboxCollector:
         # Mails kept in the box would be looked at again by the next batch forever.
         return looked if result.kept == 0 and not lied else 0
 
-    def _too_large(self, size: int, result: CollectResult) -> bool:
-        if self.max_mail_bytes is None or size <= self.max_mail_bytes:
-            return False
+    def _over_limit(self, size: int) -> bool:
+        return self.max_mail_bytes is not None and size > self.max_mail_bytes
+
+    def _leave(self, result: CollectResult, size: int | None) -> None:
+        """Count a mail left in the box for its size (None: not told, or found while read)."""
         result.too_large += 1
         result.large_sizes.append(size)
-        result.problems.append(f"left in the mailbox: {size} bytes, over {self.max_mail_bytes}")
-        return True
+        told = f"{size} bytes" if size is not None else "size not told"
+        result.problems.append(f"left in the mailbox: {told}, over {self.max_mail_bytes}")
 
     # --- IMAP ------------------------------------------------------------------------------
 
@@ -267,14 +269,15 @@ class MailboxCollector:
             result.found = len(uids)
             sizes = self._imap_sizes(session) if self.max_mail_bytes is not None else {}
             for uid in uids:
-                if self._too_large(sizes.get(uid, 0), result):
+                if uid in sizes:  # SEARCH LARGER found it
+                    self._leave(result, sizes[uid])
                     continue
                 with self._spool() as mail:
                     fetched = _fetch_into(session, uid.decode("ascii"), mail, self.max_mail_bytes)
                     if fetched == "gone":
                         continue  # expunged meanwhile by another collector
                     if fetched == "too-large":  # larger than its size said
-                        self._too_large(_past(self.max_mail_bytes), result)
+                        self._leave(result, None)
                         continue
                     handed = self._hand_over(on_mail, mail, result)
                 if handed:
@@ -290,7 +293,7 @@ class MailboxCollector:
         session.logout()
         return result
 
-    def _imap_sizes(self, session: imaplib.IMAP4) -> dict[bytes, int]:
+    def _imap_sizes(self, session: imaplib.IMAP4) -> dict[bytes, int | None]:
         """The size of each undeleted mail larger than ``max_mail_bytes`` (SEARCH LARGER, then
         RFC822.SIZE of just those), by UID."""
         limit = self.max_mail_bytes or 0
@@ -308,7 +311,7 @@ class MailboxCollector:
             if uid is not None and size is not None:
                 told[uid.group(1)] = int(size.group(1))
         # one whose size was not told is over the limit all the same: SEARCH said so
-        return {uid: told.get(uid, limit + 1) for uid in large}
+        return {uid: told.get(uid) for uid in large}
 
     # --- both ------------------------------------------------------------------------------
 
@@ -440,11 +443,6 @@ def _fetch_into(
         offset += len(piece)
         if len(piece) < FETCH_PIECE:
             return "too-large" if limit is not None and offset > limit else "whole"
-
-
-def _past(limit: int | None) -> int:
-    """The size to report for a mail found larger than ``limit`` while reading it."""
-    return (limit or 0) + 1
 
 
 _UID = re.compile(rb"\bUID (\d+)")

@@ -320,3 +320,14 @@ def test_a_mail_left_for_its_size_is_an_alert_while_it_stays(
     thread._collect_round()
     assert "mail-too-large" not in _open_alerts(hospital)
     assert len(list(hospital.intake.quarantine_dir.glob("*.eml"))) == 1  # not ebXML: aside
+
+
+def test_a_mail_whose_size_was_not_told_is_named_so(pair: tuple[MailSite, MailSite]) -> None:
+    from meldingstjener.engine.mail_channel import report_collection
+    from meldingstjener.transport.mailbox import CollectResult
+
+    _, hospital = pair
+    result = CollectResult(found=2, too_large=2, large_sizes=[70_000_000, None])
+    report_collection(hospital.ctx, hospital.collector, "host-a:8080", result, None, 0)
+    summary = _open_alerts(hospital)["mail-too-large"]
+    assert "(70,000,000 bytes, size not told)" in summary
