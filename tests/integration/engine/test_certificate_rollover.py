@@ -117,7 +117,9 @@ def test_an_acknowledgment_signed_before_the_receivers_rollover_is_applied(pair:
 def test_a_revoked_previous_certificate_is_not_accepted(pair: Pair) -> None:
     # The old key was compromised: the partner rolled over and its CA revoked the old
     # certificate. The grace period must not let a signature with that key through.
-    revoke(pki_of(pair), pki_of(pair) / "8100001-sign.pem")
+    # (Revoked as of the engines' clock, not the wall clock: the injected clock stands still
+    # while the test runs, and a revocation after it would not count yet.)
+    revoke(pki_of(pair), pki_of(pair) / "8100001-sign.pem", when=pair.clock())
     restart_hospital(pair)  # it reads the new CRL
     register_rollover(pair.hospital, "8100001", new_signing_certificate(pair))
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
@@ -194,7 +196,7 @@ def test_a_resend_signed_before_the_rollover_gets_our_acknowledgment_again(pair:
 def test_a_resend_signed_with_a_revoked_previous_certificate_is_refused(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
-    revoke(pki_of(pair), pki_of(pair) / "8100001-sign.pem")
+    revoke(pki_of(pair), pki_of(pair) / "8100001-sign.pem", when=pair.clock())
     restart_hospital(pair)
     register_rollover(pair.hospital, "8100001", new_signing_certificate(pair))
     resend(pair, message_id)

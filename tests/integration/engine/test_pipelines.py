@@ -537,7 +537,8 @@ def test_a_revoked_sender_certificate_is_refused_with_its_reason(tmp_path: Path)
 
     pki = tmp_path / "pki"
     pair = make_pair(tmp_path)
-    revoke(pki, pki / "8100001-sign.pem")
+    # as of the engines' clock: it stands still while the wall clock goes on
+    revoke(pki, pki / "8100001-sign.pem", when=pair.clock())
     # The hospital restarts and reads the new CRL.
     from meldingstjener.bootstrap import build_engine
     from meldingstjener.config import load_settings
