@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -128,7 +129,7 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
     from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
 
     helseid = FakeHelseId({"msh": "pw"})
-    fake = FakeAddressRegister(token_check=helseid.is_valid)
+    fake = FakeAddressRegister(guard=helseid.guard)
     fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
     env = {"MELDINGSTJENER_HELSEID_CLIENT_SECRET": "pw"}
     with serve(helseid) as token_base, serve(fake) as url:
@@ -140,6 +141,79 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
         assert code == 2 and "CLIENT_SECRET" in output
     code, output = invoke(tmp_path, "ar", "search", "tonsberg legvakt")
     assert code == 0 and "500001" in output
+
+
+def _client_key_file(tmp_path: Path) -> tuple[Path, Any]:
+    """A HelseID client key as the self-service portal hands it out: a private JWK."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "helseid-client.jwk"
+    path.write_text(json.dumps({**RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}))
+    return path, key.public_key()
+
+
+def test_ar_sync_with_private_key_jwt_and_dpop(tmp_path: Path) -> None:
+    from jwt.algorithms import RSAAlgorithm
+
+    from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
+    from meldingstjener.registry.helseid import jwk_thumbprint
+
+    key_file, public_key = _client_key_file(tmp_path)
+    helseid = FakeHelseId(keys={"msh": public_key}, require_dpop=True, nonce="n", api_nonce="a")
+    fake = FakeAddressRegister(guard=helseid.guard)
+    fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
+    with serve(helseid) as token_base, serve(fake) as url:
+        args = ("ar", "sync", "--url", url, "--token-url", f"{token_base}/connect/token")
+        code, output = invoke(tmp_path, *args, "--client-id", "msh", "--key-file", str(key_file))
+        assert code == 0, output
+        assert "wrote 1 parties" in output
+        # the token was bound to the client key
+        assert list(helseid.issued.values()) == [
+            jwk_thumbprint(RSAAlgorithm.to_jwk(public_key, as_dict=True))
+        ]
+        # --no-dpop: HelseID (here: requiring DPoP) refuses, and the command says why
+        code, output = invoke(
+            tmp_path, *args, "--client-id", "msh", "--key-file", str(key_file), "--no-dpop"
+        )
+        assert code == 1 and "refused client msh: HTTP 400 invalid_dpop_proof" in output
+        public_only = tmp_path / "public.jwk"
+        public_only.write_text(json.dumps({"kty": "RSA", "n": "AQAB", "e": "AQAB"}))
+        code, output = invoke(tmp_path, *args, "--client-id", "msh", "--key-file", str(public_only))
+        assert code == 2 and "is public) (helseid-key)" in output
+
+
+def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path) -> None:
+    from meldingstjener.registry.fakes import FakeCppa, FakeHelseId, serve
+
+    key_file, public_key = _client_key_file(tmp_path)
+    helseid = FakeHelseId(keys={"msh": public_key}, nonce="n")
+    cppa = FakeCppa(guard=helseid.guard)
+    cpa = (reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml").read_bytes()
+    cppa.put_agreement("49391409-e528-4919-b4a3-9ccdab72c8c1", cpa, ("93252", "93238"))
+    with serve(helseid) as token_base, serve(cppa) as url:
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "93238", "--our", "93252", "--cppa-url", url),
+            *("--token-url", f"{token_base}/connect/token", "--client-id", "msh"),
+            *("--key-file", str(key_file)),
+        )
+        assert code == 0, output
+        assert "source cpa" in output
+        # a partner the service has no CPA or CPP for, nor the local register: manual terms
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "5555", "--our", "93252", "--cppa-url", url),
+            *("--token-url", f"{token_base}/connect/token", "--client-id", "msh"),
+            *("--key-file", str(key_file), "--channel", "smtp"),
+        )
+        assert code == 0, output
+        assert "no CPA with the counterparty" in output and "source manual" in output
+    code, output = invoke(tmp_path, "partners", "list", "--json")
+    listed = {a["counterparty_her_id"]: a for a in json.loads(output)}
+    assert listed["93238"]["cpa_id"] == "49391409-e528-4919-b4a3-9ccdab72c8c1"
+    assert listed["5555"]["source"] == "manual"
 
 
 def test_commands_run_as_a_program(tmp_path: Path, reference_dir: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -19,11 +18,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.helseid_options import (
+    AudienceOption,
+    ClientIdOption,
+    DpopOption,
+    KeyFileOption,
+    TokenUrlOption,
+    helseid_tokens,
+)
 
 if TYPE_CHECKING:
     from meldingstjener.registry.agreements import PartnerAgreement
+    from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.registry.parties import CommunicationParty
-    from meldingstjener.store.uow import Store
+    from meldingstjener.registry.terms import AgreementTerms
+    from meldingstjener.store.uow import Store, UnitOfWork
 
 ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
 partners_app = typer.Typer(help="Partner agreements: what we have agreed with each counterparty.")
@@ -126,18 +135,15 @@ def ar_sync(
             envvar="MELDINGSTJENER_AR_URL", help="Base URL of the CommunicationParty API."
         ),
     ],
-    token_url: Annotated[
-        str | None,
-        typer.Option(envvar="MELDINGSTJENER_HELSEID_TOKEN_URL", help="HelseID token endpoint."),
-    ] = None,
-    client_id: Annotated[
-        str | None,
-        typer.Option(envvar="MELDINGSTJENER_HELSEID_CLIENT_ID", help="HelseID client id."),
-    ] = None,
+    token_url: TokenUrlOption = None,
+    client_id: ClientIdOption = None,
     scope: Annotated[
         str | None,
         typer.Option(envvar="MELDINGSTJENER_HELSEID_SCOPE", help="Scope to ask HelseID for."),
     ] = "nhn:communicationparty/read",
+    key_file: KeyFileOption = None,
+    audience: AudienceOption = None,
+    dpop: DpopOption = True,
     full: Annotated[
         bool, typer.Option("--full", help="Read the whole export again, not only new events.")
     ] = False,
@@ -147,22 +153,21 @@ def ar_sync(
 ) -> None:
     """Sync the local copy from the register: the export first, then events; resumable.
 
-    The client secret is read from MELDINGSTJENER_HELSEID_CLIENT_SECRET (never from the command
-    line, where other users could see it)."""
+    HelseID: with --key-file the client signs in with private_key_jwt and DPoP-bound tokens;
+    else with MELDINGSTJENER_HELSEID_CLIENT_SECRET. Without --token-url a fixed token is read
+    from MELDINGSTJENER_AR_TOKEN."""
     from meldingstjener.registry.ar_client import ArClient
-    from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken
     from meldingstjener.registry.sync import SyncInterrupted, sync_register
 
-    tokens: ClientCredentialsTokenProvider | StaticToken
-    if token_url and client_id:
-        secret = os.environ.get("MELDINGSTJENER_HELSEID_CLIENT_SECRET")
-        if not secret:
-            raise _fail("set MELDINGSTJENER_HELSEID_CLIENT_SECRET for the HelseID client", 2)
-        tokens = ClientCredentialsTokenProvider(
-            token_url, client_id, scope=scope, client_secret=secret
-        )
-    else:
-        tokens = StaticToken(os.environ.get("MELDINGSTJENER_AR_TOKEN", ""))
+    tokens = helseid_tokens(
+        token_url=token_url,
+        client_id=client_id,
+        scope=scope,
+        key_file=key_file,
+        audience=audience,
+        dpop=dpop,
+        static_token_variable="MELDINGSTJENER_AR_TOKEN",
+    )
     store = _store(ctx)
     client = ArClient(url, tokens)
     try:
@@ -400,19 +405,52 @@ def partners_add(
     contact: Annotated[
         list[str] | None, typer.Option(help="NAME;ROLE;EMAIL;PHONE of a contact at the partner.")
     ] = None,
+    cppa_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MELDINGSTJENER_CPPA_URL",
+            help="Without --cpa/--cpp: ask NHN's CPPA service for our CPA with the partner, "
+            "then its CPP, before the local address register.",
+        ),
+    ] = None,
+    token_url: TokenUrlOption = None,
+    client_id: ClientIdOption = None,
+    cppa_scope: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MELDINGSTJENER_HELSEID_CPPA_SCOPE", help="Scope to ask HelseID for (CPPA)."
+        ),
+    ] = None,
+    key_file: KeyFileOption = None,
+    audience: AudienceOption = None,
+    dpop: DpopOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Add a partner agreement (state: ordered). Terms come from a CPA, a CPP, the local
-    address register or the options, in that order; the source used is recorded."""
+    address register or the options, in that order; the source used is recorded.
+
+    With --cppa-url the CPA and CPP are asked for at NHN's CPPA service (HelseID as for
+    'ar sync'; without --token-url a fixed token from MELDINGSTJENER_CPPA_TOKEN)."""
     from meldingstjener.registry.agreements import AgreementState, NotAgreed, PartnerAgreement
     from meldingstjener.registry.cpa import agreement_for, parse_cpa, parse_cpp, terms_from_cpp
     from meldingstjener.registry.errors import RegistryError
     from meldingstjener.registry.store import party_from_row, save_agreement
-    from meldingstjener.registry.terms import AgreementTerms, TermsSource, terms_from_ar
+    from meldingstjener.registry.terms import TermsSource, terms_from_ar
 
     ours = _our_her_id(ctx, our)
     contacts = tuple(_parse_contact(c) for c in contact or [])
     types = _parse_message_types(message_type)
+    tokens = None
+    if cppa_url is not None and cpa is None and cpp is None:
+        tokens = helseid_tokens(
+            token_url=token_url,
+            client_id=client_id,
+            scope=cppa_scope,
+            key_file=key_file,
+            audience=audience,
+            dpop=dpop,
+            static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
+        )
     store = _store(ctx)
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:
@@ -423,6 +461,8 @@ def partners_add(
                 terms = agreement_for(parse_cpa(cpa.read_bytes()), ours)
             elif cpp is not None:
                 terms = terms_from_cpp(parse_cpp(cpp.read_bytes()), ours)
+            elif cppa_url is not None and tokens is not None:
+                terms = _terms_from_cppa(cppa_url, tokens, ours, her_id, uow)
             else:
                 row = uow.parties.get(her_id)
                 terms = terms_from_ar(party_from_row(row), ours) if row is not None else None
@@ -448,6 +488,32 @@ def partners_add(
         _echo_json(agreement_summary(agreement))
     else:
         typer.echo(f"added agreement with {her_id} (source {agreement.source.value}, ordered)")
+
+
+def _terms_from_cppa(
+    url: str, tokens: TokenProvider, ours: str, her_id: str, uow: UnitOfWork
+) -> AgreementTerms | None:
+    """Terms by the CPPA service's CPA, else its CPP, else the local register (None if even that
+    does not know the party); why a better source was passed over is shown on stderr."""
+    from meldingstjener.registry.agreements import NotAgreed
+    from meldingstjener.registry.cppa_client import CppaClient, fetch_terms
+    from meldingstjener.registry.store import party_from_row
+
+    def local_party(wanted: str) -> CommunicationParty | None:
+        row = uow.parties.get(wanted)
+        return party_from_row(row) if row is not None else None
+
+    client = CppaClient(url, tokens)
+    try:
+        terms, _ = fetch_terms(ours, her_id, cppa=client, ar_party=local_party)
+    except NotAgreed as exc:
+        typer.echo(f"note: {exc}", err=True)
+        return None
+    finally:
+        client.close()
+    for note in terms.notes:
+        typer.echo(f"note: {note}", err=True)
+    return terms
 
 
 def _with_overrides(

@@ -1,11 +1,11 @@
 """Access tokens for NHN's register APIs: a pluggable provider and HelseID client credentials.
 
-The register APIs want an OAuth 2 bearer token from HelseID, got with the client-credentials
-grant. HelseID authenticates the client with a signed JWT (``private_key_jwt``) and may bind the
-token to a key with DPoP; both are pluggable here (``client_assertion``), so a deployment can
-plug in its own signer while tests use a shared secret against the local fake token endpoint.
-
-Not implemented: DPoP proofs on API calls (the fake APIs do not ask for them).
+The register APIs want an OAuth 2 access token from HelseID, got with the client-credentials
+grant. HelseID authenticates the client with a signed JWT (``private_key_jwt``,
+:class:`~meldingstjener.registry.helseid.ClientAssertion`) and binds the token to the client's
+key with DPoP (:class:`~meldingstjener.registry.helseid.DPoPProver`): then every API call carries
+``Authorization: DPoP <token>`` and a fresh proof. A shared secret and plain bearer tokens remain
+for token servers that use them (and for tests).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Protocol
 import httpx
 
 from meldingstjener.registry.errors import RegistryError
+from meldingstjener.registry.helseid import DPoPProver
 
 __all__ = [
     "BearerClient",
@@ -38,13 +39,20 @@ class TokenError(RegistryError):
 
 
 class TokenProvider(Protocol):
-    """Anything that hands out a bearer token for the register APIs."""
+    """Anything that authorises calls to the register APIs."""
 
-    def access_token(self) -> str: ...
+    def authorization(self, method: str, url: str) -> dict[str, str]:
+        """The headers that authorise one request (``Authorization``, and ``DPoP`` if bound)."""
+        ...
+
+    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
+        """Whether a ``401`` from an API is worth one more try with new headers: the API asked
+        for a DPoP nonce, or dropped the token before it ran out."""
+        ...
 
 
 class StaticToken:
-    """A fixed token (tests, or a token obtained outside the server)."""
+    """A fixed bearer token (tests, or a token obtained outside the server)."""
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -52,12 +60,20 @@ class StaticToken:
     def access_token(self) -> str:
         return self._token
 
+    def authorization(self, method: str, url: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
+        return False  # the same token again would be refused again
+
 
 class ClientCredentialsTokenProvider:
     """OAuth 2 client-credentials grant against a HelseID token endpoint, cached until expiry.
 
     Give either ``client_secret`` or ``client_assertion`` (a callable returning a fresh signed
-    JWT for each request; HelseID requires ``private_key_jwt``).
+    JWT for each request; HelseID requires ``private_key_jwt``). With ``dpop`` the token is asked
+    for bound to the client's key, and each API call gets a proof; a token server that answers
+    with a plain bearer token anyway gets it used as one (RFC 9449, 7.1).
     """
 
     def __init__(
@@ -68,6 +84,7 @@ class ClientCredentialsTokenProvider:
         scope: str | None = None,
         client_secret: str | None = None,
         client_assertion: Callable[[], str] | None = None,
+        dpop: DPoPProver | None = None,
         http: httpx.Client | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -79,34 +96,55 @@ class ClientCredentialsTokenProvider:
         self._scope = scope
         self._secret = client_secret
         self._assertion = client_assertion
+        self._dpop = dpop
         self._http = http or httpx.Client(timeout=timeout)
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
+        self._bound = False  # the token is DPoP-bound (token_type "DPoP")
         self._expires_at = 0.0
 
     def access_token(self) -> str:
+        return self._current()[0]
+
+    def authorization(self, method: str, url: str) -> dict[str, str]:
+        token, bound = self._current()
+        if not bound or self._dpop is None:
+            return {"Authorization": f"Bearer {token}"}
+        return {
+            "Authorization": f"DPoP {token}",
+            "DPoP": self._dpop.proof(method, url, access_token=token),
+        }
+
+    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if self._dpop is not None and "use_dpop_nonce" in challenge:
+            # Worth a retry only if the nonce is new: the same one again would fail again.
+            return self._dpop.remember_nonce(url, response.headers.get("DPoP-Nonce"))
+        if "invalid_token" in challenge:
+            with self._lock:
+                self._token = None  # revoked or expired early: a new one may do
+            return True
+        return False
+
+    def _current(self) -> tuple[str, bool]:
         with self._lock:
             if self._token is None or self._clock() >= self._expires_at:
-                self._token, lifetime = self._fetch()
+                self._token, self._bound, lifetime = self._fetch()
                 self._expires_at = self._clock() + max(0.0, lifetime - _EXPIRY_MARGIN_SECONDS)
-            return self._token
+            return self._token, self._bound
 
-    def _fetch(self) -> tuple[str, float]:
-        form = {"grant_type": "client_credentials", "client_id": self._client_id}
-        if self._scope:
-            form["scope"] = self._scope
-        if self._assertion is not None:
-            form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-            form["client_assertion"] = self._assertion()
-        elif self._secret is not None:
-            form["client_secret"] = self._secret
-        try:
-            response = self._http.post(self._token_url, data=form)
-        except httpx.HTTPError as exc:
-            raise TokenError(
-                f"the token endpoint {self._token_url} could not be reached ({type(exc).__name__})"
-            ) from None
+    def _fetch(self) -> tuple[str, bool, float]:
+        response = self._post_token_request()
+        if (
+            self._dpop is not None
+            and response.status_code == 400
+            and _error_text(response) == "use_dpop_nonce"
+            and self._dpop.remember_nonce(self._token_url, response.headers.get("DPoP-Nonce"))
+        ):
+            # HelseID asks for its nonce in the proof first: ask again with a new assertion
+            # (its jti is single use) and a proof that carries the nonce.
+            response = self._post_token_request()
         if response.status_code != 200:
             error = _error_text(response)
             raise TokenError(
@@ -116,9 +154,33 @@ class ClientCredentialsTokenProvider:
         try:
             body = response.json()
             token = str(body["access_token"])
+            token_type = str(body.get("token_type", "Bearer"))
         except (ValueError, KeyError, TypeError):
             raise TokenError("the token endpoint answered without an access_token") from None
-        return token, float(body.get("expires_in", 60))
+        bound = self._dpop is not None and token_type.lower() == "dpop"
+        return token, bound, float(body.get("expires_in", 60))
+
+    def _post_token_request(self) -> httpx.Response:
+        form = {"grant_type": "client_credentials", "client_id": self._client_id}
+        if self._scope:
+            form["scope"] = self._scope
+        if self._assertion is not None:
+            form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            form["client_assertion"] = self._assertion()
+        elif self._secret is not None:
+            form["client_secret"] = self._secret
+        headers = {}
+        if self._dpop is not None:
+            headers["DPoP"] = self._dpop.proof("POST", self._token_url)
+        try:
+            response = self._http.post(self._token_url, data=form, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TokenError(
+                f"the token endpoint {self._token_url} could not be reached ({type(exc).__name__})"
+            ) from None
+        if self._dpop is not None and response.status_code == 200:
+            self._dpop.remember_nonce(self._token_url, response.headers.get("DPoP-Nonce"))
+        return response
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -159,11 +221,20 @@ class BearerClient:
     def _authorised_get(
         self, path: str, *, accept: str, unreachable_hint: str = ""
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._tokens.access_token()}", "Accept": accept}
-        try:
-            return self._http.get(self._base + path, headers=headers)
-        except httpx.HTTPError as exc:
-            raise self.unavailable(
-                f"{self.service_name} at {self._base} could not be reached "
-                f"({type(exc).__name__}){unreachable_hint}"
-            ) from None
+        url = self._base + path
+        for attempt in (1, 2):
+            headers = {**self._tokens.authorization("GET", url), "Accept": accept}
+            try:
+                response = self._http.get(url, headers=headers)
+            except httpx.HTTPError as exc:
+                raise self.unavailable(
+                    f"{self.service_name} at {self._base} could not be reached "
+                    f"({type(exc).__name__}){unreachable_hint}"
+                ) from None
+            if not (
+                response.status_code == 401
+                and attempt == 1
+                and self._tokens.retry_after_refusal(response, url)
+            ):
+                break
+        return response

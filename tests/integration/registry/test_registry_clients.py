@@ -13,7 +13,13 @@ from meldingstjener.registry.ar_client import ArClient, ArUnavailable
 from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken, TokenError
 from meldingstjener.registry.cppa_client import CppaClient, fetch_terms
 from meldingstjener.registry.errors import ArPartyNotFound
-from meldingstjener.registry.fakes import FakeAddressRegister, FakeCppa, FakeHelseId, serve
+from meldingstjener.registry.fakes import (
+    FakeAddressRegister,
+    FakeCppa,
+    FakeHelseId,
+    fixed_bearer,
+    serve,
+)
 
 NAV_HER_ID = "79768"
 
@@ -45,21 +51,17 @@ def test_wrong_secret_and_assertion_clients(helseid: tuple[FakeHelseId, str]) ->
     with pytest.raises(TokenError) as refused:
         ClientCredentialsTokenProvider(token_url, "msh", client_secret="wrong").access_token()
     assert refused.value.code == "helseid-token" and "invalid_client" in str(refused.value)
-    # private_key_jwt: the assertion callable is asked for a fresh JWT on each token request.
-    made: list[str] = []
-
-    def assertion() -> str:
-        made.append("jwt")
-        return "header.payload.signature"
-
-    assert ClientCredentialsTokenProvider(
-        token_url, "msh", client_assertion=assertion
-    ).access_token()
-    assert made == ["jwt"]
+    # private_key_jwt: an assertion that is no JWT signed by the client's key is refused
+    # (test_helseid_dpop.py has the real ones)
+    with pytest.raises(TokenError) as forged:
+        ClientCredentialsTokenProvider(
+            token_url, "msh", client_assertion=lambda: "header.payload.signature"
+        ).access_token()
+    assert "invalid_client" in str(forged.value)
 
 
 def test_ar_client_reads_party_certificates_and_errors(ar_samples: Path) -> None:
-    fake = FakeAddressRegister(token_check=lambda token: token == "good")
+    fake = FakeAddressRegister(guard=fixed_bearer("good"))
     fake.put_party(
         json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8")),
         signing=json.loads((ar_samples / "nav-NavSignCert.json").read_text("utf-8")),
@@ -88,7 +90,7 @@ def test_ar_client_reads_party_certificates_and_errors(ar_samples: Path) -> None
 
 @pytest.fixture
 def cppa(cpa_samples: Path) -> Iterator[tuple[FakeCppa, CppaClient]]:
-    fake = FakeCppa(token_check=lambda token: token == "t")
+    fake = FakeCppa(guard=fixed_bearer("t"))
     # The Helsenorge sample CPA is between HER-ids 93238 and 93252.
     fake.put_agreement(
         "cpa-93252", (cpa_samples / "helsenorge-CPA_93252.xml").read_bytes(), ("93252", "93238")

@@ -37,7 +37,7 @@ def _record(her_id: int, name: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def register() -> Iterator[tuple[FakeAddressRegister, ArClient]]:
     helseid = FakeHelseId({"msh-test": "s3cret"})
-    fake = FakeAddressRegister(token_check=helseid.is_valid)
+    fake = FakeAddressRegister(guard=helseid.guard)
     with serve(helseid) as helseid_url, serve(fake) as ar_url:
         tokens = ClientCredentialsTokenProvider(
             f"{helseid_url}/connect/token", "msh-test", client_secret="s3cret"

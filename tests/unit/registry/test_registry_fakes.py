@@ -36,8 +36,8 @@ def test_token_check_guards_the_apis() -> None:
     form = b"grant_type=client_credentials&client_id=c&client_secret=s"
     reply = helseid(Request("POST", "/connect/token", {}, {}, form))
     token = json.loads(reply.body)["access_token"]
-    register = FakeAddressRegister(token_check=helseid.is_valid)
-    cppa = FakeCppa(token_check=helseid.is_valid)
+    register = FakeAddressRegister(guard=helseid.guard)
+    cppa = FakeCppa(guard=helseid.guard)
     anonymous = Request("GET", "/api/v1/communicationparty/1", {}, {})
     assert register(anonymous).status == 401
     assert cppa(Request("GET", "/Profiles/1", {}, {})).status == 401

@@ -26,11 +26,11 @@ _CERTIFICATE = "/api/v1/certificate/"
 
 
 class FakeAddressRegister:
-    def __init__(self, *, token_check: Callable[[str | None], bool] | None = None) -> None:
+    def __init__(self, *, guard: Callable[[Request], Reply | None] | None = None) -> None:
         self.parties: dict[str, dict[str, Any]] = {}
         self.certificates: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
-        self.token_check = token_check
+        self.guard = guard  # HelseID's check of the token (and DPoP proof)
         self.fail_party_lookups_after: int | None = None
         self.party_lookups = 0
         self.requests: list[str] = []
@@ -72,8 +72,9 @@ class FakeAddressRegister:
     def __call__(self, request: Request) -> Reply:
         with self._lock:
             self.requests.append(request.path)
-        if self.token_check is not None and not self.token_check(request.bearer()):
-            return Reply.problem(401, "a valid HelseID access token is required")
+        refusal = self.guard(request) if self.guard is not None else None
+        if refusal is not None:
+            return refusal
         if request.method != "GET":
             return Reply.problem(405, "method not allowed")
         path = request.path.rstrip("/")

@@ -16,11 +16,11 @@ _XML = "application/xml"
 
 
 class FakeCppa:
-    def __init__(self, *, token_check: Callable[[str | None], bool] | None = None) -> None:
+    def __init__(self, *, guard: Callable[[Request], Reply | None] | None = None) -> None:
         self.profiles: dict[str, bytes] = {}
         self.agreements: dict[str, bytes] = {}
         self.pairs: dict[tuple[str, str], str] = {}  # (her_id, her_id) -> cpa id, both orders
-        self.token_check = token_check
+        self.guard = guard  # HelseID's check of the token (and DPoP proof)
         self.down = False
         self._lock = threading.Lock()
 
@@ -36,8 +36,9 @@ class FakeCppa:
             self.pairs[(second, first)] = cpa_id
 
     def __call__(self, request: Request) -> Reply:
-        if self.token_check is not None and not self.token_check(request.bearer()):
-            return Reply.problem(401, "a valid HelseID access token is required")
+        refusal = self.guard(request) if self.guard is not None else None
+        if refusal is not None:
+            return refusal
         if self.down:
             return Reply.problem(503, "the CPPA service is unavailable")
         parts = [p for p in request.path.split("/") if p]

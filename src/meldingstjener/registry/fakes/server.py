@@ -24,9 +24,10 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes = b""
 
-    def bearer(self) -> str | None:
-        value = self.headers.get("authorization", "")
-        return value[7:] if value.lower().startswith("bearer ") else None
+    @property
+    def url(self) -> str:
+        """The URL the client asked for, without the query (as a DPoP proof names it)."""
+        return f"http://{self.headers.get('host', '')}{self.path}"
 
     def form(self) -> dict[str, str]:
         return {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8")).items()}
