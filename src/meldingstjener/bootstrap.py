@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from meldingstjener.store.uow import Store
 
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext, OwnKeys
+    from meldingstjener.engine.register_sync import RegisterSync
+    from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.security.keystore import KeySource
     from meldingstjener.security.validation import CertificateValidator
 
@@ -170,4 +173,42 @@ def build_engine(
     smtp = build_smtp_transport(settings, host=context.host)
     if smtp is not None:
         context.transports = {**context.transports, "smtp": smtp}
+    context.register_sync = build_register_sync(settings)
     return context
+
+
+def build_register_sync(settings: Settings) -> RegisterSync | None:
+    """How ``serve`` syncs the address register: None while ``[address_register] url`` is unset."""
+    from meldingstjener.engine.register_sync import RegisterSync
+
+    register = settings.address_register
+    if register.url is None:
+        return None
+    return RegisterSync(
+        url=register.url,
+        tokens=register_tokens(settings),
+        every=timedelta(minutes=register.sync_minutes),
+        alert_after_failures=register.alert_after_failures,
+    )
+
+
+def register_tokens(settings: Settings) -> TokenProvider:
+    """The configured ``[helseid]`` client with the register's scope; without one, the token in
+    ``MELDINGSTJENER_AR_TOKEN``."""
+    from meldingstjener.registry.auth import StaticToken, helseid_token_provider
+    from meldingstjener.registry.helseid import ClientKeyError
+
+    helseid = settings.helseid
+    if helseid.token_url is None or helseid.client_id is None:
+        return StaticToken(os.environ.get("MELDINGSTJENER_AR_TOKEN", ""))
+    try:
+        return helseid_token_provider(
+            helseid.token_url,
+            helseid.client_id,
+            scope=settings.address_register.scope,
+            key_file=helseid.key_file,
+            audience=helseid.audience,
+            dpop=helseid.dpop,
+        )
+    except ClientKeyError as exc:
+        raise ConfigError(f"helseid.key_file: {exc}") from None

@@ -281,6 +281,40 @@ class AlertSettings(_Section):
     clock_skew_seconds: float = Field(default=10.0, gt=0)
 
 
+class HelseIdSettings(_Section):
+    """The HelseID client ``serve`` uses for NHN's APIs (the address register's sync).
+
+    The client signs in with ``private_key_jwt`` using ``key_file`` (its private key: a JWK as
+    HelseID's self-service portal hands it out, or PEM) and asks for DPoP-bound tokens.
+    ``audience`` defaults to the token endpoint's origin (HelseID's issuer).
+    """
+
+    token_url: str | None = None
+    client_id: str | None = None
+    key_file: Path | None = None
+    audience: str | None = None
+    dpop: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> HelseIdSettings:
+        if self.token_url is not None and (not self.client_id or self.key_file is None):
+            raise ValueError("helseid: token_url needs client_id and key_file")
+        return self
+
+
+class RegisterSettings(_Section):
+    """Keeping the local copy of the address register current: ``serve`` syncs it from the
+    CommunicationParty API every ``sync_minutes`` (off while ``url`` is unset), with the
+    ``[helseid]`` client (or, without one, the token in ``MELDINGSTJENER_AR_TOKEN``)."""
+
+    url: str | None = None
+    scope: str = "nhn:communicationparty/read"
+    sync_minutes: int = Field(default=15, ge=1)
+    # Syncs that failed in a row before a register-sync-failed alert (one failure is often
+    # the network; several mean certificates and addresses are getting out of date).
+    alert_after_failures: int = Field(default=3, ge=1)
+
+
 class Settings(BaseSettings):
     """All settings. Construct through :func:`load_settings`."""
 
@@ -308,6 +342,8 @@ class Settings(BaseSettings):
     folder: FolderSettings = FolderSettings()
     webhooks: WebhookSettings = WebhookSettings()
     alerts: AlertSettings = AlertSettings()
+    helseid: HelseIdSettings = HelseIdSettings()
+    address_register: RegisterSettings = RegisterSettings()
 
     @property
     def database_url(self) -> str:

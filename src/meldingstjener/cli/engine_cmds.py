@@ -34,7 +34,7 @@ def serve(
 
     from meldingstjener.api.app import create_app
     from meldingstjener.bootstrap import build_engine
-    from meldingstjener.engine import housekeeping, inbox_watch
+    from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
 
@@ -63,6 +63,7 @@ def serve(
         released = uow.jobs.release_claims(instance)
         housekeeping.schedule_sweep(engine, uow)
         inbox_watch.schedule_check(engine, uow)
+        register_sync.schedule_register_sync(engine, uow)
         uow.commit()
     if released:
         logging.getLogger(__name__).warning(

@@ -62,38 +62,31 @@ def helseid_tokens(
     static_token_variable: str,
 ) -> TokenProvider:
     """The token provider the options ask for; a clear exit (code 2) when they do not add up."""
-    from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken
-    from meldingstjener.registry.helseid import (
-        ClientAssertion,
-        ClientKeyError,
-        DPoPProver,
-        audience_for,
-        load_client_key,
-    )
+    from meldingstjener.registry.auth import StaticToken, helseid_token_provider
+    from meldingstjener.registry.helseid import ClientKeyError
 
     if not (token_url and client_id):
         if key_file is not None:
             raise _usage("--key-file needs --token-url and --client-id")
         return StaticToken(os.environ.get(static_token_variable, ""))
-    if key_file is not None:
-        try:
-            key = load_client_key(key_file)
-        except ClientKeyError as exc:
-            raise _usage(f"{exc} ({exc.code})") from None
-        return ClientCredentialsTokenProvider(
-            token_url,
-            client_id,
-            scope=scope,
-            client_assertion=ClientAssertion(client_id, audience or audience_for(token_url), key),
-            dpop=DPoPProver(key) if dpop else None,
-        )
     secret = os.environ.get("MELDINGSTJENER_HELSEID_CLIENT_SECRET")
-    if not secret:
+    if key_file is None and not secret:
         raise _usage(
             "give the HelseID client's key with --key-file (or "
             "MELDINGSTJENER_HELSEID_KEY_FILE), or set MELDINGSTJENER_HELSEID_CLIENT_SECRET"
         )
-    return ClientCredentialsTokenProvider(token_url, client_id, scope=scope, client_secret=secret)
+    try:
+        return helseid_token_provider(
+            token_url,
+            client_id,
+            scope=scope,
+            key_file=key_file,
+            client_secret=secret,
+            audience=audience,
+            dpop=dpop,
+        )
+    except ClientKeyError as exc:
+        raise _usage(f"{exc} ({exc.code})") from None
 
 
 def _usage(message: str) -> typer.Exit:

@@ -130,17 +130,21 @@ def ar_import(
 def ar_sync(
     ctx: typer.Context,
     url: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="MELDINGSTJENER_AR_URL", help="Base URL of the CommunicationParty API."
+            envvar="MELDINGSTJENER_AR_URL",
+            help="Base URL of the CommunicationParty API (default: [address_register] url).",
         ),
-    ],
+    ] = None,
     token_url: TokenUrlOption = None,
     client_id: ClientIdOption = None,
     scope: Annotated[
         str | None,
-        typer.Option(envvar="MELDINGSTJENER_HELSEID_SCOPE", help="Scope to ask HelseID for."),
-    ] = "nhn:communicationparty/read",
+        typer.Option(
+            envvar="MELDINGSTJENER_HELSEID_SCOPE",
+            help="Scope to ask HelseID for (default: [address_register] scope).",
+        ),
+    ] = None,
     key_file: KeyFileOption = None,
     audience: AudienceOption = None,
     dpop: DpopOption = True,
@@ -154,20 +158,34 @@ def ar_sync(
     """Sync the local copy from the register: the export first, then events; resumable.
 
     HelseID: with --key-file the client signs in with private_key_jwt and DPoP-bound tokens;
-    else with MELDINGSTJENER_HELSEID_CLIENT_SECRET. Without --token-url a fixed token is read
-    from MELDINGSTJENER_AR_TOKEN."""
+    else with MELDINGSTJENER_HELSEID_CLIENT_SECRET. Without --token-url the configuration's
+    [helseid] client is used, and without that a fixed token from MELDINGSTJENER_AR_TOKEN.
+    (serve syncs by itself when [address_register] url is set.)"""
+    from meldingstjener.bootstrap import register_tokens
+    from meldingstjener.config import ConfigError
     from meldingstjener.registry.ar_client import ArClient
     from meldingstjener.registry.sync import SyncInterrupted, sync_register
 
-    tokens = helseid_tokens(
-        token_url=token_url,
-        client_id=client_id,
-        scope=scope,
-        key_file=key_file,
-        audience=audience,
-        dpop=dpop,
-        static_token_variable="MELDINGSTJENER_AR_TOKEN",
-    )
+    settings = settings_from(ctx)
+    url = url or settings.address_register.url
+    if url is None:
+        raise _fail("give --url (or MELDINGSTJENER_AR_URL), or set [address_register] url", 2)
+    tokens: TokenProvider
+    if token_url is None and client_id is None and key_file is None:
+        try:
+            tokens = register_tokens(settings)
+        except ConfigError as exc:
+            raise _fail(str(exc), 2) from None
+    else:
+        tokens = helseid_tokens(
+            token_url=token_url,
+            client_id=client_id,
+            scope=scope or settings.address_register.scope,
+            key_file=key_file,
+            audience=audience,
+            dpop=dpop,
+            static_token_variable="MELDINGSTJENER_AR_TOKEN",
+        )
     store = _store(ctx)
     client = ArClient(url, tokens)
     try:

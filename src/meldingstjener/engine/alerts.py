@@ -28,6 +28,7 @@ class AlertKind(StrEnum):
     MAILBOX_UNREACHABLE = "mailbox-unreachable"
     MAIL_TOO_LARGE = "mail-too-large"
     WEBHOOK_DISABLED = "webhook-disabled"
+    REGISTER_SYNC_FAILED = "register-sync-failed"
 
 
 SEVERITY = {
@@ -47,6 +48,7 @@ SEVERITY = {
     AlertKind.MAILBOX_UNREACHABLE: "error",
     AlertKind.MAIL_TOO_LARGE: "error",
     AlertKind.WEBHOOK_DISABLED: "error",
+    AlertKind.REGISTER_SYNC_FAILED: "error",
 }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,6 +22,9 @@ from meldingstjener.engine.directory import PartyDirectory
 from meldingstjener.security.validation import CertificateValidator
 from meldingstjener.store.uow import ClaimedJob, SendingView, Store, UnitOfWork
 from meldingstjener.transport.base import Transport
+
+if TYPE_CHECKING:
+    from meldingstjener.engine.register_sync import RegisterSync
 
 
 def utc_now() -> datetime:
@@ -144,6 +147,7 @@ class EngineContext:
     validator: CertificateValidator | None = None
     organisation_her_id: str | None = None  # ours; None only where no organisation is configured
     handoff: Handoff | None = None  # set by ``serve``, which runs workers in this process
+    register_sync: RegisterSync | None = None  # how to sync the address register, if configured
 
     def schedule_now(
         self,

@@ -22,6 +22,7 @@ from meldingstjener.engine import (
     inbound,
     inbox_watch,
     receipts,
+    register_sync,
     signals,
     transmit,
 )
@@ -58,6 +59,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
     housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,
     inbox_watch.INBOX_CHECK: inbox_watch.inbox_check_job,
+    register_sync.REGISTER_SYNC: register_sync.register_sync_job,
 }
 
 

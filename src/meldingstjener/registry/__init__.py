@@ -7,7 +7,8 @@ rules. The parts that touch storage and the network are imported from their modu
 importing this package stays cheap: ``store`` (parties and agreements in the database),
 ``policy`` (``check_outbound``, the gate the engine calls), ``lookup`` (service-based addressing,
 the party cache), ``auth``/``helseid``/``ar_client``/``cppa_client`` (HelseID tokens with
-``private_key_jwt`` and DPoP, the register and CPPA REST APIs), ``sync`` (resumable register sync) and ``fakes`` (local fake servers for tests).
+``private_key_jwt`` and DPoP, the register and CPPA REST APIs), ``sync`` (resumable register
+sync) and ``fakes`` (local fake servers for tests).
 """
 
 from meldingstjener.registry.agreements import (

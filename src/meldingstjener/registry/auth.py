@@ -13,12 +13,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from meldingstjener.registry.errors import RegistryError
-from meldingstjener.registry.helseid import DPoPProver
+from meldingstjener.registry.helseid import (
+    ClientAssertion,
+    DPoPProver,
+    audience_for,
+    load_client_key,
+)
 
 __all__ = [
     "BearerClient",
@@ -26,6 +32,7 @@ __all__ = [
     "StaticToken",
     "TokenError",
     "TokenProvider",
+    "helseid_token_provider",
 ]
 
 # Renew a little before expiry so a token never runs out between fetch and use.
@@ -238,3 +245,33 @@ class BearerClient:
             ):
                 break
         return response
+
+
+def helseid_token_provider(
+    token_url: str,
+    client_id: str,
+    *,
+    scope: str | None,
+    key_file: Path | None = None,
+    client_secret: str | None = None,
+    audience: str | None = None,
+    dpop: bool = True,
+) -> ClientCredentialsTokenProvider:
+    """A HelseID client: with ``key_file`` it signs in with ``private_key_jwt`` (the assertion's
+    audience defaults to the token endpoint's origin, HelseID's issuer) and, with ``dpop``,
+    asks for DPoP-bound tokens; else it gives ``client_secret``. Raises ``ClientKeyError`` for a
+    key that cannot be used and ``ValueError`` when neither is given."""
+    if key_file is not None:
+        key = load_client_key(key_file)
+        return ClientCredentialsTokenProvider(
+            token_url,
+            client_id,
+            scope=scope,
+            client_assertion=ClientAssertion(client_id, audience or audience_for(token_url), key),
+            dpop=DPoPProver(key) if dpop else None,
+        )
+    if not client_secret:
+        raise ValueError("a HelseID client needs its key file or a client secret")
+    return ClientCredentialsTokenProvider(
+        token_url, client_id, scope=scope, client_secret=client_secret
+    )

@@ -1,0 +1,123 @@
+"""The address register kept current by ``serve`` (``register-sync`` job).
+
+Partners change their certificates, addresses and services in the address register; a server
+that does not follow sends to old addresses, encrypts to replaced certificates and refuses
+signatures made with new ones. With ``[address_register] url`` set, ``serve`` schedules this
+job: it applies the register's events since the last sync (the whole export the first time,
+resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists however
+many servers share the store, so one of them syncs at a time.
+
+A sync that fails is tried again at the next turn; after ``alert_after_failures`` failures in a
+row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next
+sync that works resolves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.registry.ar_client import ArClient
+from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.errors import RegistryError
+from meldingstjener.registry.sync import sync_register
+from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+REGISTER_SYNC = "register-sync"
+FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work is done
+_ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
+
+
+@dataclass(frozen=True)
+class RegisterSync:
+    """How this server reaches the register: its API, the token provider (kept, so tokens are
+    reused between syncs), how often, and how many failures before an alert."""
+
+    url: str
+    tokens: TokenProvider
+    every: timedelta
+    alert_after_failures: int
+
+
+def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
+    """Make sure a sync is scheduled when the register is configured (one that is keeps its
+    time and its count of failures)."""
+    if ctx.register_sync is not None:
+        uow.jobs.schedule_if_absent(
+            REGISTER_SYNC, ctx.clock() + FIRST_AFTER, dedup_key=REGISTER_SYNC
+        )
+
+
+def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    config = ctx.register_sync
+    if config is None:
+        # The register was configured when this job was scheduled and is not now: end it.
+        log.info("the address register is no longer configured; its sync stops")
+        with ctx.store.unit_of_work() as uow:
+            uow.jobs.finish(job.id)
+            uow.commit()
+        return
+    data = job.data or {}
+    failures = int(data.get("failures", 0))
+    failing_since = data.get("failing_since")
+    client = ArClient(config.url, config.tokens)
+    try:
+        report = sync_register(ctx.store, client)
+    except RegistryError as exc:
+        failures += 1
+        failing_since = failing_since or ctx.clock().isoformat()
+        code = getattr(exc, "code", "register")
+        log.warning("address register sync failed (%d in a row): %s: %s", failures, code, exc)
+        _after(ctx, config, failures, failing_since, problem=f"{code}: {exc}")
+        return
+    finally:
+        client.close()
+    log.info(
+        "address register synced: %d parties written, %d events applied",
+        report.parties_written,
+        report.events_applied,
+    )
+    _after(ctx, config, 0, None, problem=None, written=report.parties_written)
+
+
+def _after(
+    ctx: EngineContext,
+    config: RegisterSync,
+    failures: int,
+    failing_since: str | None,
+    *,
+    problem: str | None,
+    written: int = 0,
+) -> None:
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        if problem is None:
+            uow.alerts.resolve(_ALERT_KEY, at=now)
+            if written:
+                uow.events.record(
+                    None,
+                    EventKind.NOTE,
+                    actor="msh:register-sync",
+                    code="register-synced",
+                    detail=f"{written} parties written from the address register",
+                    at=now,
+                )
+        elif failures >= config.alert_after_failures:
+            since = datetime.fromisoformat(failing_since) if failing_since else now
+            raise_alert(
+                uow,
+                AlertKind.REGISTER_SYNC_FAILED,
+                f"The address register could not be synced {failures} times in a row, since "
+                f"{since:%Y-%m-%d %H:%M} UTC ({problem}). Partners' certificates and addresses "
+                "are not kept current while this lasts: check the network to the register, "
+                "the HelseID client and its key.",
+                at=now,
+            )
+        data = {"failures": failures, "failing_since": failing_since} if failures else None
+        uow.jobs.schedule(REGISTER_SYNC, now + config.every, dedup_key=REGISTER_SYNC, data=data)
+        uow.commit()

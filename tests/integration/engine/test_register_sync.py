@@ -1,0 +1,152 @@
+"""The address register kept current by the ``register-sync`` job: over real HTTP against the
+fake register and the fake HelseID (private_key_jwt, DPoP), rescheduled after each run, with an
+alert after failures in a row that the next good sync resolves; and ``serve`` scheduling it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from engine_pair import Pair
+from jwt.algorithms import RSAAlgorithm
+from sqlalchemy import select
+
+from meldingstjener.bootstrap import build_engine
+from meldingstjener.config import ConfigError, load_settings
+from meldingstjener.devsites import RunningServer
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
+from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
+from meldingstjener.store.tables import EventRow, JobRow
+
+PARTY = 500001
+Register = tuple[FakeHelseId, FakeAddressRegister, str, str, rsa.RSAPrivateKey]
+
+
+@pytest.fixture
+def register() -> Iterator[Register]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    helseid = FakeHelseId(keys={"msh": key.public_key()}, require_dpop=True, nonce="n1")
+    fake = FakeAddressRegister(guard=helseid.guard)
+    fake.put_party({"herId": PARTY, "name": "Tønsberg legevakt", "type": "Organization"})
+    with serve(helseid) as sts, serve(fake) as url:
+        yield helseid, fake, f"{sts}/connect/token", url, key
+
+
+def configure(
+    pair: Pair, token_url: str, url: str, key: rsa.RSAPrivateKey, **register: object
+) -> EngineContext:
+    """The GP's configuration gets [helseid] and [address_register]; its engine built again."""
+    key_file = pair.gp_site.directory / "helseid-client.jwk"
+    key_file.write_text(json.dumps({**RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}))
+    extra = "".join(f"{name} = {value}\n" for name, value in register.items())
+    config = pair.gp_site.config_path
+    config.write_text(
+        config.read_text()
+        + f'\n[helseid]\ntoken_url = "{token_url}"\nclient_id = "msh"\nkey_file = "{key_file}"\n'
+        + f'\n[address_register]\nurl = "{url}"\nsync_minutes = 15\n{extra}'
+    )
+    pair.gp.store.database.dispose()
+    gp = build_engine(load_settings(config), clock=pair.clock)
+    gp.transports = {"http": pair.network}
+    pair.network.engines[pair.gp_site.endpoint] = gp
+    pair.gp = gp
+    return gp
+
+
+def sync_job(ctx: EngineContext) -> JobRow:
+    with ctx.store.unit_of_work() as uow:
+        [job] = uow.session.scalars(select(JobRow).where(JobRow.kind == REGISTER_SYNC))
+        return job
+
+
+def party_name(ctx: EngineContext) -> str | None:
+    with ctx.store.unit_of_work() as uow:
+        row = uow.parties.get(str(PARTY))
+        return row.name if row is not None else None
+
+
+def open_alerts(ctx: EngineContext) -> list[str]:
+    with ctx.store.unit_of_work() as uow:
+        return [
+            a.summary for a in uow.alerts.list(open_only=True) if a.kind == "register-sync-failed"
+        ]
+
+
+def test_the_job_syncs_the_register_and_comes_back(pair: Pair, register: Register) -> None:
+    helseid, fake, token_url, url, key = register
+    gp = configure(pair, token_url, url, key)
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    assert party_name(gp) is None
+    pair.clock.advance(minutes=2)
+    pair.run()
+    assert party_name(gp) == "Tønsberg legevakt"
+    assert sync_job(gp).due_at.replace(tzinfo=None) == (
+        pair.clock() + timedelta(minutes=15)
+    ).replace(tzinfo=None)
+    assert all(bound is not None for bound in helseid.issued.values())  # DPoP-bound tokens
+    with gp.store.unit_of_work() as uow:
+        [synced] = uow.session.scalars(select(EventRow).where(EventRow.code == "register-synced"))
+        assert synced.detail.startswith("1 parties written")
+
+    fake.put_party(
+        {"herId": PARTY, "name": "Tønsberg interkommunale legevakt", "type": "Organization"}
+    )
+    pair.run()  # not due yet
+    assert party_name(gp) == "Tønsberg legevakt"
+    pair.clock.advance(minutes=16)
+    pair.run()
+    assert party_name(gp) == "Tønsberg interkommunale legevakt"
+    assert len(helseid.issued) == 1  # the token was kept between the syncs
+
+
+def test_failures_in_a_row_raise_an_alert_that_the_next_good_sync_resolves(
+    pair: Pair, register: Register
+) -> None:
+    _, fake, token_url, url, key = register
+    gp = configure(pair, token_url, url, key, alert_after_failures=2)
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    pair.clock.advance(minutes=2)
+    pair.run()
+    fake.put_party({"herId": PARTY, "name": "Ny", "type": "Organization"})
+    fake.fail_party_lookups_after = fake.party_lookups  # the register is down from now
+    pair.clock.advance(minutes=16)
+    pair.run()
+    assert open_alerts(gp) == []  # one failure is not yet a deviation
+    assert (sync_job(gp).data or {}).get("failures") == 1
+    pair.clock.advance(minutes=16)
+    pair.run()
+    [summary] = open_alerts(gp)
+    assert "could not be synced 2 times in a row" in summary and "503" in summary
+    fake.fail_party_lookups_after = None
+    pair.clock.advance(minutes=16)
+    pair.run()
+    assert open_alerts(gp) == [] and party_name(gp) == "Ny"
+    assert sync_job(gp).data is None  # the count of failures starts again
+
+
+def test_a_client_key_that_cannot_be_used_stops_the_start(pair: Pair, register: Register) -> None:
+    _, _, token_url, url, key = register
+    configure(pair, token_url, url, key)
+    (pair.gp_site.directory / "helseid-client.jwk").write_text('{"kty": "RSA"}')
+    with pytest.raises(ConfigError, match=r"helseid\.key_file: .* holds no private key"):
+        build_engine(load_settings(pair.gp_site.config_path), clock=pair.clock)
+
+
+def test_serve_schedules_the_sync(pair: Pair, register: Register, tmp_path: Path) -> None:
+    _, _, token_url, url, key = register
+    gp = configure(pair, token_url, url, key)
+    server = RunningServer(pair.gp_site, tmp_path / "gp.log").start()
+    try:
+        job = sync_job(gp)  # stored before serve listens
+        assert job.claimed_by is None and job.data is None
+    finally:
+        server.stop()
