@@ -1,4 +1,5 @@
-"""Operator commands: ``alerts`` (list, ack) and ``status`` (one message, end to end)."""
+"""Operator commands: ``alerts`` (list, ack), ``status`` (one message, end to end) and
+``instances`` (the serve processes on the store)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,49 @@ def status_command(
         )
     for alert in alerts:
         console.print(f"  [red]alert {alert.id}[/] {alert.kind}: {alert.summary}")
+
+
+@app.command("instances")
+def instances_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per instance.")] = False,
+) -> None:
+    """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
+    minutes; their clock-skew and mailbox-unreachable alerts are resolved then)."""
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.engine.context import utc_now
+    from meldingstjener.engine.instances import instance_state
+
+    store = open_store(settings_from(ctx))
+    now = utc_now()
+    with store.unit_of_work() as uow:
+        rows = [
+            {
+                "name": row.name,
+                "state": instance_state(row.last_seen_at, row.stopped_at, now),
+                "host": row.host,
+                "pid": row.pid,
+                "version": row.version,
+                "started_at": row.started_at.isoformat(),
+                "last_seen_at": row.last_seen_at.isoformat(),
+                "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None,
+            }
+            for row in uow.instances.all()
+        ]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table("instance", "state", "pid", "version", "started", "last seen")
+    for row in rows:
+        table.add_row(
+            str(row["name"]),
+            str(row["state"]),
+            str(row["pid"]),
+            str(row["version"]),
+            str(row["started_at"])[:16].replace("T", " "),
+            str(row["last_seen_at"])[:16].replace("T", " "),
+        )
+    wide_console().print(table)
+    if not rows:
+        typer.echo("no instance has run serve on this store")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -73,9 +75,10 @@ def serve(
 
     check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
-    threads = []
     from meldingstjener.engine.clock_watch import start_clock_watch
+    from meldingstjener.engine.instances import start_heartbeat, stopped
 
+    threads = [start_heartbeat(engine, instance.rstrip("/"), stop)]
     clock_watch = start_clock_watch(engine, instance.rstrip("/"), stop)
     if clock_watch is not None:
         threads.append(clock_watch)
@@ -110,6 +113,10 @@ def serve(
         f"on http://{listen}:{settings.server.port} ({settings.environment}, "
         f"{engine.store.database.dialect}, {settings.workers.count} worker(s))"
     )
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the
+    # handler it found: with the default one the process would die there, before the workers,
+    # the collector and the heartbeat are stopped below. This handler ends it as SystemExit.
+    signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
         uvicorn.run(
             application,
@@ -126,6 +133,14 @@ def serve(
             collector.join(timeout=10)
         for thread in threads:
             thread.join(timeout=10)
+        try:
+            stopped(engine, instance.rstrip("/"))
+        except Exception as exc:  # the database may be what stopped us
+            logging.getLogger(__name__).warning("could not record this stop: %s", exc)
+
+
+def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @app.command("send")

@@ -7,8 +7,8 @@ still running, and one that is behind sends retries late and accepts what has ex
 are meant to keep time with NTP; this check shows when one does not. Each ``serve`` process
 measures its offset from the database server's clock (half-way through one round trip) at start
 and every ten minutes, raises the alert when it exceeds ``[alerts] clock_skew_seconds`` and
-resolves it when the clock is right again. An instance that never runs again (its host or port
-changed) leaves its last alert open: acknowledge it. On SQLite the database is on the same host:
+resolves it when the clock is right again, or when the instance stops or is gone (see
+:mod:`meldingstjener.engine.instances`). On SQLite the database is on the same host:
 there is nothing to compare.
 """
 

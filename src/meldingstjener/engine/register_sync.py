@@ -4,8 +4,8 @@ Partners change their certificates, addresses and services in the address regist
 that does not follow sends to old addresses, encrypts to replaced certificates and refuses
 signatures made with new ones. With ``[address_register] url`` set, ``serve`` schedules this
 job: it applies the register's events since the last sync (the whole export the first time,
-resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists however
-many servers share the store, so one of them syncs at a time.
+resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists
+however many servers share the store, so one of them syncs at a time.
 
 A sync that fails is tried again at the next turn; after ``alert_after_failures`` failures in a
 row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next

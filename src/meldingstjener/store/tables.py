@@ -287,6 +287,21 @@ class StateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class InstanceRow(Base):
+    """A ``serve`` process on this store, known by its heartbeat: what only it can resolve (its
+    clock-skew and mailbox-unreachable alerts) is resolved when it has stopped or is gone."""
+
+    __tablename__ = "serving_instances"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:port
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+
+
 # --- EPJ integration: API clients, audit log, webhooks, folder drop ---------------------------
 
 

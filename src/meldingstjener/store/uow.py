@@ -40,6 +40,7 @@ from meldingstjener.store.tables import (
     AgreementRow,
     AlertRow,
     EventRow,
+    InstanceRow,
     JobRow,
     MessageRow,
     PartyRow,
@@ -884,6 +885,40 @@ class StateRepository:
             row.value = value
 
 
+class InstanceRepository:
+    """The ``serve`` processes on this store (see :mod:`meldingstjener.engine.instances`)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def seen(
+        self, name: str, *, host: str, pid: int, version: str, at: datetime, started: bool
+    ) -> None:
+        """Record a heartbeat of ``name``; ``started``: it (re)started now."""
+        row = self.session.get(InstanceRow, name)
+        if row is None:
+            row = InstanceRow(name=name, started_at=at)
+            self.session.add(row)
+        if started:
+            row.started_at = at
+        row.host, row.pid, row.version = host, pid, version
+        row.last_seen_at = at
+        row.stopped_at = None
+
+    def stopped(self, name: str, *, at: datetime) -> None:
+        row = self.session.get(InstanceRow, name)
+        if row is not None:
+            row.stopped_at = at
+
+    def all(self) -> list[InstanceRow]:
+        return list(self.session.scalars(select(InstanceRow).order_by(InstanceRow.name)))
+
+    def forget(self, name: str) -> None:
+        row = self.session.get(InstanceRow, name)
+        if row is not None:
+            self.session.delete(row)
+
+
 class PartyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -975,6 +1010,7 @@ class UnitOfWork:
         self.alerts = AlertRepository(self.session)
         self.jobs = JobRepository(self.session)
         self.state = StateRepository(self.session)
+        self.instances = InstanceRepository(self.session)
         self.parties = PartyRepository(self.session)
         self.agreements = AgreementRepository(self.session)
         return self

@@ -1,0 +1,101 @@
+"""The ``serve`` processes on one store, known by their heartbeats.
+
+Some deviations belong to one process: its host clock is off (``clock-skew``), it cannot reach
+the mailbox (``mailbox-unreachable``). Only that process can see them end, so when it stops, or
+its host is replaced or renamed, nobody would resolve them and they would stay open for ever.
+Each ``serve`` therefore records itself at start, beats every minute, and marks itself stopped
+when it stops. Every beat also looks at the others: an instance that stopped, or has not beaten
+for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
+later, is forgotten. ``meldingstjener instances`` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import datetime, timedelta
+
+from meldingstjener import __version__
+from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = timedelta(minutes=1)
+GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a process that is gone
+FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
+# the alerts raised per instance (their dedup key is "<kind>:<instance name>")
+INSTANCE_ALERTS = (AlertKind.CLOCK_SKEW, AlertKind.MAILBOX_UNREACHABLE)
+
+
+def instance_state(last_seen: datetime, stopped: datetime | None, now: datetime) -> str:
+    """``running``, ``stopped`` or ``gone`` (no beat for ``GONE_AFTER``)."""
+    if stopped is not None:
+        return "stopped"
+    return "gone" if now - last_seen > GONE_AFTER else "running"
+
+
+def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
+    """Record that ``name`` runs, and tidy after the instances that do not any more."""
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        uow.instances.seen(
+            name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            at=now,
+            started=started,
+        )
+        _tidy(uow, name, now)
+        uow.commit()
+
+
+def stopped(ctx: EngineContext, name: str) -> None:
+    """``name`` stops: its own alerts end with it."""
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        uow.instances.stopped(name, at=now)
+        _resolve_alerts_of(uow, name, now)
+        uow.commit()
+
+
+def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
+    for row in uow.instances.all():
+        if row.name == own:
+            continue
+        state = instance_state(row.last_seen_at, row.stopped_at, now)
+        if state == "running":
+            continue
+        _resolve_alerts_of(uow, row.name, now)
+        if now - (row.stopped_at or row.last_seen_at) > FORGET_AFTER:
+            uow.instances.forget(row.name)
+
+
+def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
+    for kind in INSTANCE_ALERTS:
+        uow.alerts.resolve(f"{kind}:{name}", at=now)
+
+
+def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:
+    """Beat now (as a start), then every minute until ``stop`` in a thread of its own. A beat
+    that fails is logged and made again at the next turn: the database may be away a while."""
+    _beat_or_log(ctx, name, started=True)
+
+    def run() -> None:
+        while not stop.wait(HEARTBEAT.total_seconds()):
+            _beat_or_log(ctx, name, started=False)
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def _beat_or_log(ctx: EngineContext, name: str, *, started: bool) -> None:
+    try:
+        beat(ctx, name, started=started)
+    except Exception as exc:  # names of hosts and processes only: no patient data
+        log.warning("could not record this instance's heartbeat: %s", exc)
