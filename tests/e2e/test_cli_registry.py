@@ -210,8 +210,35 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
         )
         assert code == 0, output
         assert "no CPA with the counterparty" in output and "source manual" in output
+        # what the service cannot say stops the command: no agreement is made on a guess
+        cppa.put_agreement("cpa-of-others", cpa, ("93252", "4444"))  # names 93238, not 4444
+        sts = ("--token-url", f"{token_base}/connect/token", "--client-id", "msh")
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "4444", "--our", "93252", "--cppa-url", url, *sts),
+            *("--key-file", str(key_file)),
+        )
+        assert (
+            code == 1 and "(cppa-wrong-party)" in output and "does not name HER-id 4444" in output
+        )
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "4445", "--our", "93252", "--cppa-url", url),
+            env={"MELDINGSTJENER_CPPA_TOKEN": "not-a-token"},
+        )
+        assert code == 1 and "(cppa-unauthorised)" in output
+        cppa.down = True
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "4446", "--our", "93252", "--cppa-url", url, *sts),
+            *("--key-file", str(key_file)),
+        )
+        assert code == 1 and "(cppa-unavailable)" in output and "HTTP 503" in output
+        code, output = invoke(tmp_path, "partners", "add", "abc", "--cppa-url", url)
+        assert code == 2 and "HER-id" in output
     code, output = invoke(tmp_path, "partners", "list", "--json")
     listed = {a["counterparty_her_id"]: a for a in json.loads(output)}
+    assert set(listed) == {"93238", "5555"}
     assert listed["93238"]["cpa_id"] == "49391409-e528-4919-b4a3-9ccdab72c8c1"
     assert listed["5555"]["source"] == "manual"
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.registry.parties import CommunicationParty
     from meldingstjener.registry.terms import AgreementTerms
-    from meldingstjener.store.uow import Store, UnitOfWork
+    from meldingstjener.store.uow import Store
 
 ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
 partners_app = typer.Typer(help="Partner agreements: what we have agreed with each counterparty.")
@@ -449,12 +449,17 @@ def partners_add(
 
     With --cppa-url the CPA and CPP are asked for at NHN's CPPA service (HelseID as for
     'ar sync'; without --token-url a fixed token from MELDINGSTJENER_CPPA_TOKEN)."""
+    from meldingstjener.model.herid import HerId, InvalidHerId
     from meldingstjener.registry.agreements import AgreementState, NotAgreed, PartnerAgreement
     from meldingstjener.registry.cpa import agreement_for, parse_cpa, parse_cpp, terms_from_cpp
     from meldingstjener.registry.errors import RegistryError
     from meldingstjener.registry.store import party_from_row, save_agreement
     from meldingstjener.registry.terms import TermsSource, terms_from_ar
 
+    try:
+        her_id = str(HerId(her_id))
+    except InvalidHerId as exc:
+        raise typer.BadParameter(str(exc), param_hint="HER_ID") from None
     ours = _our_her_id(ctx, our)
     contacts = tuple(_parse_contact(c) for c in contact or [])
     types = _parse_message_types(message_type)
@@ -470,36 +475,42 @@ def partners_add(
             static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
         )
     store = _store(ctx)
+    # A short look first: no transaction is held open while the CPPA service is asked.
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:
             raise _fail(f"an agreement with {her_id} exists; change it with 'partners set'")
-        terms: AgreementTerms | None
-        try:
-            if cpa is not None:
-                terms = agreement_for(parse_cpa(cpa.read_bytes()), ours)
-            elif cpp is not None:
-                terms = terms_from_cpp(parse_cpp(cpp.read_bytes()), ours)
-            elif cppa_url is not None and tokens is not None:
-                terms = _terms_from_cppa(cppa_url, tokens, ours, her_id, uow)
-            else:
-                row = uow.parties.get(her_id)
-                terms = terms_from_ar(party_from_row(row), ours) if row is not None else None
-        except (RegistryError, NotAgreed) as exc:
-            raise _fail(f"cannot take terms: {exc}") from None
-        if terms is not None and terms.counterparty_her_id != her_id:
-            raise _fail(f"the document is about HER-id {terms.counterparty_her_id}, not {her_id}")
-        if terms is not None:
-            agreement = PartnerAgreement.from_terms(terms, our_her_id=ours, contacts=contacts)
+        row = uow.parties.get(her_id)
+        local = party_from_row(row) if row is not None else None
+    terms: AgreementTerms | None
+    try:
+        if cpa is not None:
+            terms = agreement_for(parse_cpa(cpa.read_bytes()), ours)
+        elif cpp is not None:
+            terms = terms_from_cpp(parse_cpp(cpp.read_bytes()), ours)
+        elif cppa_url is not None and tokens is not None:
+            terms = _terms_from_cppa(cppa_url, tokens, ours, her_id, local)
         else:
-            agreement = PartnerAgreement(
-                our_her_id=ours,
-                counterparty_her_id=her_id,
-                state=AgreementState.ORDERED,
-                source=TermsSource.MANUAL,
-                contacts=contacts,
-                any_message_type=not types,
-            )
-        agreement = _with_overrides(agreement, types, channel, endpoint)
+            terms = terms_from_ar(local, ours) if local is not None else None
+    except (RegistryError, NotAgreed) as exc:
+        code = getattr(exc, "code", "registry-error")
+        raise _fail(f"cannot take terms ({code}): {exc}") from None
+    if terms is not None and terms.counterparty_her_id != her_id:
+        raise _fail(f"the document is about HER-id {terms.counterparty_her_id}, not {her_id}")
+    if terms is not None:
+        agreement = PartnerAgreement.from_terms(terms, our_her_id=ours, contacts=contacts)
+    else:
+        agreement = PartnerAgreement(
+            our_her_id=ours,
+            counterparty_her_id=her_id,
+            state=AgreementState.ORDERED,
+            source=TermsSource.MANUAL,
+            contacts=contacts,
+            any_message_type=not types,
+        )
+    agreement = _with_overrides(agreement, types, channel, endpoint)
+    with store.unit_of_work() as uow:
+        if uow.agreements.for_pair(ours, her_id) is not None:
+            raise _fail(f"an agreement with {her_id} was added meanwhile; see 'partners show'")
         save_agreement(uow, agreement)
         uow.commit()
     if as_json:
@@ -509,26 +520,37 @@ def partners_add(
 
 
 def _terms_from_cppa(
-    url: str, tokens: TokenProvider, ours: str, her_id: str, uow: UnitOfWork
+    url: str, tokens: TokenProvider, ours: str, her_id: str, local: CommunicationParty | None
 ) -> AgreementTerms | None:
-    """Terms by the CPPA service's CPA, else its CPP, else the local register (None if even that
-    does not know the party); why a better source was passed over is shown on stderr."""
-    from meldingstjener.registry.agreements import NotAgreed
-    from meldingstjener.registry.cppa_client import CppaClient, fetch_terms
-    from meldingstjener.registry.store import party_from_row
-
-    def local_party(wanted: str) -> CommunicationParty | None:
-        row = uow.parties.get(wanted)
-        return party_from_row(row) if row is not None else None
+    """Terms by the CPPA service's CPA with the partner, else the partner's CPP, else the local
+    register entry ``local`` (None if there is none: the terms are then the options'). A
+    service that fails, refuses us or answers about another party stops the command instead:
+    an agreement is not made on a guess. Why a better source was passed over goes to stderr."""
+    from meldingstjener.registry.agreements import NotAgreed, resolve_terms
+    from meldingstjener.registry.cppa_client import CppaClient
+    from meldingstjener.registry.errors import RegistryError
 
     client = CppaClient(url, tokens)
     try:
-        terms, _ = fetch_terms(ours, her_id, cppa=client, ar_party=local_party)
+        cpa = client.agreement_between(ours, her_id)
+        if cpa is not None and cpa.party(her_id) is None:
+            raise RegistryError(
+                f"the CPPA service's CPA {cpa.protocol_id} does not name HER-id {her_id}",
+                code="cppa-wrong-party",
+            )
+        cpp = client.profile(her_id) if cpa is None else None
+        if cpp is not None and cpp.party(her_id) is None:
+            raise RegistryError(
+                f"the CPPA service's CPP {cpp.protocol_id} is not the profile of HER-id {her_id}",
+                code="cppa-wrong-party",
+            )
+    finally:
+        client.close()
+    try:
+        terms, _ = resolve_terms(cpa, cpp, local, our_her_id=ours)
     except NotAgreed as exc:
         typer.echo(f"note: {exc}", err=True)
         return None
-    finally:
-        client.close()
     for note in terms.notes:
         typer.echo(f"note: {note}", err=True)
     return terms

@@ -24,6 +24,7 @@ from meldingstjener.registry.helseid import (
     DPoPProver,
     audience_for,
     load_client_key,
+    proof_nonce,
 )
 
 __all__ = [
@@ -52,9 +53,10 @@ class TokenProvider(Protocol):
         """The headers that authorise one request (``Authorization``, and ``DPoP`` if bound)."""
         ...
 
-    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
-        """Whether a ``401`` from an API is worth one more try with new headers: the API asked
-        for a DPoP nonce, or dropped the token before it ran out."""
+    def after_response(self, response: httpx.Response) -> bool:
+        """Learn from an API's answer (a new DPoP nonce comes on any answer); whether a ``401``
+        is worth one more try with new headers: the API asked for a nonce the request did not
+        carry, or dropped the token before it ran out."""
         ...
 
 
@@ -70,7 +72,7 @@ class StaticToken:
     def authorization(self, method: str, url: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
 
-    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
+    def after_response(self, response: httpx.Response) -> bool:
         return False  # the same token again would be refused again
 
 
@@ -123,14 +125,23 @@ class ClientCredentialsTokenProvider:
             "DPoP": self._dpop.proof(method, url, access_token=token),
         }
 
-    def retry_after_refusal(self, response: httpx.Response, url: str) -> bool:
+    def after_response(self, response: httpx.Response) -> bool:
+        url = str(response.request.url)
+        nonce = response.headers.get("DPoP-Nonce")
+        if self._dpop is not None:
+            self._dpop.remember_nonce(url, nonce)
+        if response.status_code != 401:
+            return False
         challenge = response.headers.get("WWW-Authenticate", "")
         if self._dpop is not None and "use_dpop_nonce" in challenge:
-            # Worth a retry only if the nonce is new: the same one again would fail again.
-            return self._dpop.remember_nonce(url, response.headers.get("DPoP-Nonce"))
+            # Worth a retry if the nonce asked for is not the one this request carried (another
+            # request may have learnt it meanwhile: the retry carries it all the same).
+            return nonce is not None and nonce != proof_nonce(response.request.headers.get("DPoP"))
         if "invalid_token" in challenge:
+            refused = response.request.headers.get("Authorization", "").partition(" ")[2]
             with self._lock:
-                self._token = None  # revoked or expired early: a new one may do
+                if self._token == refused:
+                    self._token = None  # revoked or expired early: a new one may do
             return True
         return False
 
@@ -143,20 +154,22 @@ class ClientCredentialsTokenProvider:
 
     def _fetch(self) -> tuple[str, bool, float]:
         response = self._post_token_request()
+        nonce = response.headers.get("DPoP-Nonce")
         if (
             self._dpop is not None
             and response.status_code == 400
             and _error_text(response) == "use_dpop_nonce"
-            and self._dpop.remember_nonce(self._token_url, response.headers.get("DPoP-Nonce"))
+            and nonce is not None
+            and nonce != proof_nonce(response.request.headers.get("DPoP"))
         ):
             # HelseID asks for its nonce in the proof first: ask again with a new assertion
             # (its jti is single use) and a proof that carries the nonce.
             response = self._post_token_request()
         if response.status_code != 200:
-            error = _error_text(response)
             raise TokenError(
                 f"the token endpoint refused client {self._client_id}: HTTP "
-                f"{response.status_code} {error}; check the client id, key and scope"
+                f"{response.status_code} {_error_text(response, described=True)}; check the "
+                "client id, its key, its scope and the clocks"
             )
         try:
             body = response.json()
@@ -185,19 +198,25 @@ class ClientCredentialsTokenProvider:
             raise TokenError(
                 f"the token endpoint {self._token_url} could not be reached ({type(exc).__name__})"
             ) from None
-        if self._dpop is not None and response.status_code == 200:
+        if self._dpop is not None:
             self._dpop.remember_nonce(self._token_url, response.headers.get("DPoP-Nonce"))
         return response
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx.Response, *, described: bool = False) -> str:
+    """The OAuth ``error`` (and with ``described`` its ``error_description``), shortened: what
+    the token endpoint says is wrong, never anything we sent."""
     try:
         body = response.json()
     except ValueError:
         return ""
-    if isinstance(body, dict):
-        return str(body.get("error", ""))[:80]
-    return ""
+    if not isinstance(body, dict):
+        return ""
+    error = str(body.get("error", ""))[:80]
+    description = body.get("error_description")
+    if described and isinstance(description, str) and description:
+        return f"{error} ({description[:200]})"
+    return error
 
 
 class BearerClient:
@@ -238,11 +257,7 @@ class BearerClient:
                     f"{self.service_name} at {self._base} could not be reached "
                     f"({type(exc).__name__}){unreachable_hint}"
                 ) from None
-            if not (
-                response.status_code == 401
-                and attempt == 1
-                and self._tokens.retry_after_refusal(response, url)
-            ):
+            if not self._tokens.after_response(response) or attempt == 2:
                 break
         return response
 

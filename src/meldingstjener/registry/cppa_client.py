@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from meldingstjener.registry.agreements import resolve_terms
+from meldingstjener.registry.agreements import NotAgreed, resolve_terms
 from meldingstjener.registry.auth import BearerClient
 from meldingstjener.registry.cpa import parse_cpa, parse_cpp
 from meldingstjener.registry.cppa_model import CollaborationProtocol
@@ -40,7 +40,7 @@ class CppaClient(BearerClient):
 
     def profile(self, her_id: str) -> CollaborationProtocol | None:
         """The CPP of ``her_id``, None when it has none."""
-        body = self._get(f"/Profiles/{int(her_id)}")
+        body = self._get(f"/Profiles/{_her_id(her_id)}")
         return parse_cpp(body) if body else None
 
     def agreement(self, cpa_id: str) -> CollaborationProtocol | None:
@@ -48,18 +48,30 @@ class CppaClient(BearerClient):
         return parse_cpa(body) if body else None
 
     def agreement_between(self, our_her_id: str, their_her_id: str) -> CollaborationProtocol | None:
-        body = self._get(f"/Agreements/HerIds/{int(our_her_id)}/{int(their_her_id)}")
+        body = self._get(f"/Agreements/HerIds/{_her_id(our_her_id)}/{_her_id(their_her_id)}")
         return parse_cpa(body) if body else None
 
     def _get(self, path: str) -> bytes | None:
         response = self._authorised_get(path, accept="application/xml")
         if response.status_code in {204, 404}:
             return None
+        if response.status_code in {401, 403}:
+            raise CppaUnavailable(
+                f"the CPPA service refused our token (HTTP {response.status_code}); "
+                "check the HelseID client and its scopes",
+                code="cppa-unauthorised",
+            )
         if response.status_code != 200:
             raise CppaUnavailable(
                 f"the CPPA service answered HTTP {response.status_code} for {path}"
             )
         return response.content or None
+
+
+def _her_id(value: str) -> int:
+    if not value.isdigit():
+        raise RegistryError(f"{value[:20]!r} is not a HER-id", code="invalid-her-id")
+    return int(value)
 
 
 def fetch_terms(
@@ -96,7 +108,15 @@ def fetch_terms(
             # A profile of another party would send our messages to the wrong place.
             problems.append(f"CPP {cpp.protocol_id} is not the profile of HER-id {their_her_id}")
             cpp = None
-    terms, source = resolve_terms(cpa, cpp, ar_party(their_her_id), our_her_id=our_her_id, now=now)
+    try:
+        terms, source = resolve_terms(
+            cpa, cpp, ar_party(their_her_id), our_her_id=our_her_id, now=now
+        )
+    except NotAgreed as exc:
+        if not problems:
+            raise
+        # why the CPPA service gave nothing belongs in the answer too
+        raise NotAgreed(exc.code, f"{exc}; {'; '.join(problems)}") from None
     if problems:
         terms = replace(terms, notes=tuple(problems) + terms.notes)
     return terms, source

@@ -9,7 +9,8 @@ useless without the key.
 
 Both servers may answer "use this nonce" (HelseID with ``400 use_dpop_nonce``, an API with
 ``401`` and ``WWW-Authenticate: DPoP error="use_dpop_nonce"``), each with a ``DPoP-Nonce``
-header: the proof is made again with the nonce. The last nonce of each server is kept.
+header: the request is made once more, with a proof that carries the nonce. The last nonce each
+server sent, on any answer, goes into the next proof for it.
 
 The same key signs the client assertion and the DPoP proofs: that is the one key an operator
 has to keep safe and register, and HelseID accepts it.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -44,6 +46,7 @@ __all__ = [
     "audience_for",
     "jwk_thumbprint",
     "load_client_key",
+    "proof_nonce",
     "request_uri",
 ]
 
@@ -70,11 +73,13 @@ class ClientKey:
     key_id: str | None = None
 
     def public_jwk(self) -> dict[str, str]:
-        """The public half as a JWK, as a DPoP proof carries it (never the private members)."""
+        """The public half as a DPoP proof carries it: the key's required members only."""
         public = self.private_key.public_key()
         if isinstance(public, rsa.RSAPublicKey):
-            return dict(RSAAlgorithm.to_jwk(public, as_dict=True))
-        return dict(ECAlgorithm.to_jwk(public, as_dict=True))
+            members = RSAAlgorithm.to_jwk(public, as_dict=True)
+            return {name: str(members[name]) for name in ("kty", "n", "e")}
+        members = ECAlgorithm.to_jwk(public, as_dict=True)
+        return {name: str(members[name]) for name in ("kty", "crv", "x", "y")}
 
     def thumbprint(self) -> str:
         return jwk_thumbprint(self.public_jwk())
@@ -125,11 +130,15 @@ def _key_from_jwk(data: bytes, path: Path, algorithm: str | None) -> ClientKey:
         members = private[0]
     if not isinstance(members, dict) or "d" not in members:
         raise ClientKeyError(f"{path} holds no private key (a JWK without 'd' is public)")
+    kty = members.get("kty")
+    if kty not in ("RSA", "EC"):
+        raise ClientKeyError(f"{path} is not an RSA or EC key (kty {str(kty)[:10]!r})")
     try:
         # Read without "alg": PyJWK would refuse a mismatched one with a less helpful message.
         key = jwt.PyJWK({k: v for k, v in members.items() if k != "alg"}).key
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
-        raise ClientKeyError(f"{path} is not a usable JWK: {exc}") from None
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        # Never the library's message: some quote the whole JWK, private members included.
+        raise ClientKeyError(f"{path} is a malformed {kty} JWK") from None
     chosen = members.get("alg") if isinstance(members.get("alg"), str) else algorithm
     kid = members.get("kid") if isinstance(members.get("kid"), str) else None
     return _checked(key, chosen, kid, path)
@@ -163,9 +172,20 @@ def audience_for(token_url: str) -> str:
 
 
 def request_uri(url: str) -> str:
-    """A DPoP proof's ``htu``: the URL without query and fragment."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    """A DPoP proof's ``htu``: the URL as the request line sends it (host in lower case, the
+    path percent-encoded, a default port left out), without query and fragment."""
+    return str(httpx.URL(url).copy_with(query=None, fragment=None))
+
+
+def proof_nonce(proof: str | None) -> str | None:
+    """The nonce a (sent) DPoP proof carried, read without verifying it: it is our own."""
+    if not proof:
+        return None
+    try:
+        nonce = jwt.decode(proof, options={"verify_signature": False}).get("nonce")
+    except jwt.PyJWTError:
+        return None
+    return nonce if isinstance(nonce, str) else None
 
 
 class ClientAssertion:
@@ -230,15 +250,11 @@ class DPoPProver:
         headers = {"typ": "dpop+jwt", "jwk": self._jwk}
         return jwt.encode(claims, self._key.private_key, self._key.algorithm, headers=headers)
 
-    def remember_nonce(self, url: str, nonce: str | None) -> bool:
-        """Keep the nonce a server sent (on any answer); True if it is new."""
-        if not nonce:
-            return False
-        origin = audience_for(url)
-        with self._lock:
-            known = self._nonces.get(origin)
-            self._nonces[origin] = nonce
-        return known != nonce
+    def remember_nonce(self, url: str, nonce: str | None) -> None:
+        """Keep the nonce a server sent (on any answer, RFC 9449 section 8 and 9)."""
+        if nonce:
+            with self._lock:
+                self._nonces[audience_for(url)] = nonce
 
     def _nonce_for(self, url: str) -> str | None:
         with self._lock:

@@ -124,3 +124,48 @@ def test_a_token_server_without_dpop_hands_out_a_bearer_token_that_is_used_as_on
     assert setup.helseid.issued[token] is None
     assert setup.sent[-1].headers["Authorization"] == f"Bearer {token}"
     assert "DPoP" not in setup.sent[-1].headers
+
+
+def test_a_nonce_announced_on_an_answer_is_used_without_a_challenge() -> None:
+    # RFC 9449, section 8: a server may send the next nonce on any answer.
+    helseid = FakeHelseId(keys={"msh": CLIENT_KEY.private_key.public_key()}, api_nonce="a1")
+    register = FakeAddressRegister()
+    register.put_party({"herId": int(HER_ID), "name": "Legevakt", "type": "Organization"})
+    with serve(helseid) as sts, serve(helseid.guarded(register)) as api:
+        setup = Setup(helseid, register, f"{sts}/connect/token", api, [])
+        client = setup.client()
+        client.party(HER_ID)  # challenged once for a1
+        helseid.api_nonce_next = "a2"  # announced on the answers from now, a1 still taken
+        client.party(HER_ID)
+        helseid.api_nonce, helseid.api_nonce_next = "a2", None  # a1 is no longer taken
+        before = len(setup.sent)
+        assert client.party(HER_ID).her_id == HER_ID
+        assert len(setup.sent) - before == 1  # no challenge: a2 was already known
+        client.close()
+
+
+def test_a_token_the_api_keeps_refusing_is_replaced_once_only(setup: Setup) -> None:
+    client = setup.client()
+    client.party(HER_ID)
+    before_tokens, before_calls = len(setup.helseid.issued), len(setup.register.requests)
+    setup.helseid.revoke_all = True  # every token refused as soon as it is shown
+    with pytest.raises(ArUnavailable) as refused:
+        client.party(HER_ID)
+    assert refused.value.code == "ar-unauthorised"
+    assert len(setup.register.requests) - before_calls == 2  # the refused call and one retry
+    assert len(setup.helseid.issued) - before_tokens <= 1
+
+
+def test_a_challenge_for_a_nonce_learnt_meanwhile_is_still_answered(setup: Setup) -> None:
+    # Two requests in flight: the other one learnt the API's new nonce first. This one was
+    # sent without it and must still be retried, although the nonce is no longer news.
+    client = setup.client()
+    client.party(HER_ID)
+    tokens = client._tokens
+    url = f"{setup.register_url}/api/v1/communicationparty/{HER_ID}"
+    setup.helseid.api_nonce = "a2"
+    held = tokens.authorization("GET", url)  # made while a1 was the nonce we knew
+    client.party(HER_ID)  # the other request: challenged, learns a2
+    late = httpx.get(url, headers=held)
+    assert late.status_code == 401
+    assert tokens.after_response(late) is True

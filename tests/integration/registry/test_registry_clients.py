@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from meldingstjener.registry import NotAgreed, TermsSource, parse_party_json
 from meldingstjener.registry.ar_client import ArClient, ArUnavailable
@@ -26,7 +27,9 @@ NAV_HER_ID = "79768"
 
 @pytest.fixture
 def helseid() -> Iterator[tuple[FakeHelseId, str]]:
-    fake = FakeHelseId({"msh": "secret"})
+    # msh has a key registered too: a forged assertion is refused for its signature
+    key = ec.generate_private_key(ec.SECP256R1())
+    fake = FakeHelseId({"msh": "secret"}, keys={"msh": key.public_key()})
     with serve(fake) as url:
         yield fake, f"{url}/connect/token"
 
@@ -47,7 +50,7 @@ def test_token_is_fetched_once_and_reused_until_it_expires(
 
 
 def test_wrong_secret_and_assertion_clients(helseid: tuple[FakeHelseId, str]) -> None:
-    _, token_url = helseid
+    fake, token_url = helseid
     with pytest.raises(TokenError) as refused:
         ClientCredentialsTokenProvider(token_url, "msh", client_secret="wrong").access_token()
     assert refused.value.code == "helseid-token" and "invalid_client" in str(refused.value)
@@ -58,6 +61,7 @@ def test_wrong_secret_and_assertion_clients(helseid: tuple[FakeHelseId, str]) ->
             token_url, "msh", client_assertion=lambda: "header.payload.signature"
         ).access_token()
     assert "invalid_client" in str(forged.value)
+    assert fake.refusals[-1].startswith("client assertion refused")
 
 
 def test_ar_client_reads_party_certificates_and_errors(ar_samples: Path) -> None:
@@ -154,3 +158,4 @@ def test_fallback_cpa_then_cpp_then_register(
     with pytest.raises(NotAgreed) as nothing:
         fetch_terms(ours, "5555", cppa=client, ar_party=register.get)
     assert nothing.value.code == "no-agreement-source"
+    assert "CPA lookup failed" in str(nothing.value)  # why the service gave nothing, kept

@@ -25,6 +25,8 @@ from meldingstjener.registry.helseid import (
     audience_for,
     jwk_thumbprint,
     load_client_key,
+    proof_nonce,
+    request_uri,
 )
 
 TOKEN_URL = "http://sts.test/connect/token"
@@ -168,11 +170,11 @@ def test_a_dpop_proof_names_the_request_the_token_and_the_nonce() -> None:
         2_000,
     )
     assert "ath" not in claims and "nonce" not in claims
-    assert prover.remember_nonce("https://api.test/other", "n-1")
-    assert not prover.remember_nonce("https://api.test/again", "n-1")  # not new
+    prover.remember_nonce("https://api.test/other", "n-1")
     bound = prover.proof("GET", "https://api.test/v1/party/5", access_token="tok")
     claims = jwt.decode(bound, ec_key.public_key(), algorithms=["ES256"])
-    assert claims["nonce"] == "n-1"
+    assert claims["nonce"] == "n-1" and proof_nonce(bound) == "n-1"
+    assert proof_nonce(plain) is None and proof_nonce("not a jwt") is None
     assert _b64url_decode(claims["ath"]) == hashlib.sha256(b"tok").digest()
     # the nonce of one server is not shown to another
     elsewhere = prover.proof("POST", "https://sts.test/connect/token")
@@ -225,3 +227,26 @@ def test_the_fake_token_endpoint_checks_the_assertion_and_the_proof() -> None:
     wrong_url = prover.proof("POST", "http://sts.test/connect/other")
     refused = helseid(_token_request(_assertion_form(assertion()), wrong_url))
     assert refused.status == 400 and json.loads(refused.body)["error"] == "invalid_dpop_proof"
+
+
+def test_the_proof_names_the_uri_as_the_request_line_sends_it() -> None:
+    assert request_uri("HTTPS://API.Test:443/cpa/Agreements/a b?x=1#f") == (
+        "https://api.test/cpa/Agreements/a%20b"
+    )
+    assert request_uri("http://127.0.0.1:8080/x") == "http://127.0.0.1:8080/x"
+
+
+def test_a_malformed_jwk_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    members = RSAAlgorithm.to_jwk(RSA_KEY, as_dict=True)
+    secret_part = members["d"]
+    without_kty = {k: v for k, v in members.items() if k != "kty"}
+    for broken in (without_kty, {**members, "n": "!!"}, {**members, "kty": "oct"}):
+        with pytest.raises(ClientKeyError) as refused:
+            load_client_key(_jwk_file(tmp_path, broken))
+        assert secret_part[:12] not in str(refused.value)
+
+
+def test_the_public_jwk_has_the_required_members_only() -> None:
+    assert set(ClientKey(RSA_KEY, "PS256").public_jwk()) == {"kty", "n", "e"}
+    ec_key = ClientKey(ec.generate_private_key(ec.SECP256R1()), "ES256")
+    assert set(ec_key.public_jwk()) == {"kty", "crv", "x", "y"}

@@ -25,7 +25,7 @@ from typing import Any
 
 import jwt
 
-from meldingstjener.registry.fakes.server import Reply, Request
+from meldingstjener.registry.fakes.server import FakeApp, Reply, Request
 from meldingstjener.registry.helseid import jwk_thumbprint, request_uri
 
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -46,6 +46,7 @@ class FakeHelseId:
         dpop_supported: bool = True,
         nonce: str | None = None,
         api_nonce: str | None = None,
+        api_nonce_next: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clients = dict(clients or {})  # client_id -> secret
@@ -56,8 +57,11 @@ class FakeHelseId:
         self.dpop_supported = dpop_supported  # False: a server that ignores DPoP headers
         self.nonce = nonce
         self.api_nonce = api_nonce
+        # a nonce announced on the APIs' answers (see guarded) and accepted beside api_nonce
+        self.api_nonce_next = api_nonce_next
         self.clock = clock
         self.issued: dict[str, str | None] = {}  # token -> thumbprint of the bound key
+        self.revoke_all = False  # an API that refuses every token as if it had been revoked
         self.requests = 0
         self.refusals: list[str] = []  # why requests were refused, for tests to read
         self._seen_jti: set[str] = set()
@@ -122,6 +126,12 @@ class FakeHelseId:
         if key is None:
             return "no key is registered for the client"
         try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError as exc:
+            return f"client assertion refused: {exc}"
+        if header.get("typ") != "client-authentication+jwt":
+            return "the client assertion's typ is not client-authentication+jwt"
+        try:
             claims = jwt.decode(
                 assertion,
                 key,
@@ -132,6 +142,8 @@ class FakeHelseId:
             )
         except jwt.PyJWTError as exc:
             return f"client assertion refused: {exc}"
+        if not isinstance(claims["aud"], str):
+            return "the client assertion must name one audience"
         if claims["iss"] != client_id or claims["sub"] != client_id:
             return "the client assertion's iss and sub are not the client id"
         if int(claims["exp"]) - int(claims["iat"]) > _ASSERTION_MAX_LIFETIME_SECONDS:
@@ -146,7 +158,7 @@ class FakeHelseId:
         """None if the request's token (and proof) authorise it, else the 401 to answer."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         with self._lock:
-            known = token in self.issued
+            known = token in self.issued and not self.revoke_all
             bound_to = self.issued.get(token)
         if not known:
             return self._unauthorised("Bearer", "invalid_token", "unknown or revoked token")
@@ -160,23 +172,48 @@ class FakeHelseId:
         proof = request.headers.get("dpop")
         if proof is None:
             return self._unauthorised("DPoP", "invalid_dpop_proof", "no DPoP proof")
+        accepted = {self.api_nonce, self.api_nonce_next} - {None}
         checked = self._check_proof(
-            proof, request.method, request.url, token=token, nonce=self.api_nonce
+            proof, request.method, request.url, token=token, nonce=accepted or None
         )
         if checked == "use_dpop_nonce":
-            assert self.api_nonce is not None
+            announced = self.api_nonce_next or self.api_nonce
+            assert announced is not None
             return self._unauthorised(
-                "DPoP", "use_dpop_nonce", "nonce required", {"DPoP-Nonce": self.api_nonce}
+                "DPoP", "use_dpop_nonce", "nonce required", {"DPoP-Nonce": announced}
             )
         if checked != f"jkt:{bound_to}":
             problem = checked if not checked.startswith("jkt:") else "signed by another key"
             return self._unauthorised("DPoP", "invalid_dpop_proof", problem)
         return None
 
+    def guarded(self, app: FakeApp) -> FakeApp:
+        """``app`` behind :meth:`guard`, its answers announcing the API's nonce (the next one
+        when one is set), as an API that rotates its nonces does."""
+
+        def guarded_app(request: Request) -> Reply:
+            refusal = self.guard(request)
+            if refusal is not None:
+                return refusal
+            reply = app(request)
+            announced = self.api_nonce_next or self.api_nonce
+            if announced is None:
+                return reply
+            headers = {**reply.headers, "DPoP-Nonce": announced}
+            return Reply(reply.status, reply.body, reply.content_type, headers)
+
+        return guarded_app
+
     # --- shared ------------------------------------------------------------------------------
 
     def _check_proof(
-        self, proof: str, method: str, url: str, *, token: str | None, nonce: str | None
+        self,
+        proof: str,
+        method: str,
+        url: str,
+        *,
+        token: str | None,
+        nonce: str | set[str | None] | None,
     ) -> str:
         """``jkt:<thumbprint>`` for a good proof, ``use_dpop_nonce``, or what is wrong."""
         try:
@@ -206,7 +243,8 @@ class FakeHelseId:
             expected = urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=")
             if claims.get("ath") != expected.decode():
                 return "the proof's ath is not the hash of the token"
-        if nonce is not None and claims.get("nonce") != nonce:
+        wanted = {nonce} if isinstance(nonce, str) else nonce
+        if wanted and claims.get("nonce") not in wanted:
             return "use_dpop_nonce"
         if not self._first_use(f"proof:{claims['jti']}"):
             return "the proof was used before"
