@@ -214,6 +214,23 @@ class MailIntake:
 _READ = 1024 * 1024  # bytes per read of a spooled mail
 
 
+# A quoted-printable "line" longer than this is decoded in pieces too (the encoding allows 76).
+_QP_LONGEST_LINE = 64 * 1024
+
+
+def _qp_cut(text: bytes) -> int:
+    """Where ``text`` can be cut without changing how it decodes (0: nowhere yet). a2b_qp reads
+    an "=" with the one or two bytes after it ("=3D", "==", "=" alone), so no "=" may stand in
+    the last two bytes before the cut. A text with an "=" in every two bytes is cut at its end
+    once it is four times the longest line: such a "line" is not worth holding whole."""
+    cut = len(text)
+    while cut > 2 and b"=" in text[cut - 2 : cut]:
+        cut -= 1
+    if cut > 2:
+        return cut
+    return len(text) if len(text) > 4 * _QP_LONGEST_LINE else 0
+
+
 def _pieces(mail: BinaryIO, start: int) -> Iterator[bytes]:
     mail.seek(start)
     while piece := mail.read(_READ):
@@ -243,6 +260,10 @@ def _decode_body(mail: BinaryIO, start: int, encoding: str | None, target: Spool
         for piece in _pieces(mail, start):
             text = rest + piece
             cut = text.rfind(b"\n") + 1
+            if not cut and len(text) > _QP_LONGEST_LINE:
+                # Not quoted-printable (its lines have 76 characters at most), but decoded as
+                # leniently as the whole would be, without holding it all.
+                cut = _qp_cut(text)
             if cut:
                 target.write(binascii.a2b_qp(text[:cut]))
             rest = text[cut:]

@@ -119,6 +119,31 @@ def test_the_body_decodes_in_pieces_as_it_would_whole(
         mail_channel._decode_body(io.BytesIO(b"QUJDR"), 0, "base64", Spooled())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 64])
+def test_a_quoted_printable_body_without_line_ends_is_decoded_in_pieces(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mail_channel, "_READ", piece)
+    monkeypatch.setattr(mail_channel, "_QP_LONGEST_LINE", 10)
+    chance = random.Random(piece)
+    # escapes and soft breaks everywhere, and never a line end: one "line" of 3,000 bytes
+    body = b"".join(
+        chance.choice([b"=3D", b"=41", b"x", b"==", b"  ", b"=", b"=4", b"_", b"= "])
+        for _ in range(1000)
+    )
+    writes: list[int] = []
+
+    class Counted(Spooled):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            writes.append(len(data))
+            return super().write(data)
+
+    target = Counted()
+    mail_channel._decode_body(io.BytesIO(body), 0, "quoted-printable", target)  # type: ignore[arg-type]
+    assert target.getvalue() == binascii.a2b_qp(body)
+    assert len(writes) > 10 and max(writes) <= 4 * 10 + piece  # never the whole body at once
+
+
 class Pop3Wire:
     """Stands in for a POP3 session: the server's bytes for one RETR, read in odd pieces."""
 
