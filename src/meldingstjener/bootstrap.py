@@ -178,12 +178,19 @@ def build_engine(
 
 
 def build_register_sync(settings: Settings) -> RegisterSync | None:
-    """How ``serve`` syncs the address register: None while ``[address_register] url`` is unset."""
+    """How ``serve`` syncs the address register: None while ``[address_register] url`` is
+    unset. Without a ``[helseid]`` client or ``MELDINGSTJENER_AR_TOKEN`` it cannot sign in:
+    a configuration error now rather than a failed sync every turn."""
     from meldingstjener.engine.register_sync import RegisterSync
 
     register = settings.address_register
     if register.url is None:
         return None
+    if settings.helseid.token_url is None and not os.environ.get("MELDINGSTJENER_AR_TOKEN"):
+        raise ConfigError(
+            "address_register.url: the register needs a HelseID client ([helseid] token_url, "
+            "client_id, key_file) or a token in MELDINGSTJENER_AR_TOKEN"
+        )
     return RegisterSync(
         url=register.url,
         tokens=register_tokens(settings),
@@ -192,9 +199,15 @@ def build_register_sync(settings: Settings) -> RegisterSync | None:
     )
 
 
-def register_tokens(settings: Settings) -> TokenProvider:
-    """The configured ``[helseid]`` client with the register's scope; without one, the token in
-    ``MELDINGSTJENER_AR_TOKEN``."""
+def register_tokens(
+    settings: Settings,
+    *,
+    scope: str | None = None,
+    audience: str | None = None,
+    dpop: bool | None = None,
+) -> TokenProvider:
+    """The configured ``[helseid]`` client with the register's scope (or the ones given);
+    without one, the token in ``MELDINGSTJENER_AR_TOKEN``."""
     from meldingstjener.registry.auth import StaticToken, helseid_token_provider
     from meldingstjener.registry.helseid import ClientKeyError
 
@@ -205,10 +218,10 @@ def register_tokens(settings: Settings) -> TokenProvider:
         return helseid_token_provider(
             helseid.token_url,
             helseid.client_id,
-            scope=settings.address_register.scope,
+            scope=scope or settings.address_register.scope,
             key_file=helseid.key_file,
-            audience=helseid.audience,
-            dpop=helseid.dpop,
+            audience=audience or helseid.audience,
+            dpop=helseid.dpop if dpop is None else dpop,
         )
     except ClientKeyError as exc:
         raise ConfigError(f"helseid.key_file: {exc}") from None

@@ -299,6 +299,8 @@ class HelseIdSettings(_Section):
     def _check(self) -> HelseIdSettings:
         if self.token_url is not None and (not self.client_id or self.key_file is None):
             raise ValueError("helseid: token_url needs client_id and key_file")
+        if self.token_url is None and (self.client_id or self.key_file is not None):
+            raise ValueError("helseid: client_id and key_file need token_url")
         return self
 
 

@@ -123,6 +123,25 @@ def test_a_jwt_issuer_needs_an_audience_and_a_key(tmp_path: Path) -> None:
     assert load_settings().api.jwt_issuer is None  # no issuer: API keys only, nothing needed
 
 
+def test_the_register_sync_needs_a_way_to_sign_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A register the server cannot sign in to is a configuration error at start, not a
+    failed sync every turn and an alert three turns later."""
+    from meldingstjener.bootstrap import build_register_sync
+
+    with pytest.raises(ConfigError, match=r"client_id and key_file need token_url"):
+        load_settings(helseid={"client_id": "msh"})
+    with pytest.raises(ConfigError, match=r"token_url needs client_id and key_file"):
+        load_settings(helseid={"token_url": "https://sts.test/connect/token"})
+    monkeypatch.delenv("MELDINGSTJENER_AR_TOKEN", raising=False)
+    settings = load_settings(address_register={"url": "https://ar.test"})
+    with pytest.raises(ConfigError, match=r"needs a HelseID client"):
+        build_register_sync(settings)
+    monkeypatch.setenv("MELDINGSTJENER_AR_TOKEN", "t")
+    sync = build_register_sync(settings)
+    assert sync is not None and sync.url == "https://ar.test"
+    assert build_register_sync(load_settings()) is None
+
+
 def test_every_alert_kind_is_explained_in_the_readme() -> None:
     """The help desk reads the table of alerts: a new kind must not be missing from it."""
     from meldingstjener.engine.alerts import SEVERITY, AlertKind

@@ -143,11 +143,11 @@ def instances_list(
     minutes; their clock-skew and mailbox-unreachable alerts are resolved then)."""
     from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.context import utc_now
-    from meldingstjener.engine.instances import instance_state
+    from meldingstjener.engine.instances import instance_state, store_now
 
     store = open_store(settings_from(ctx))
-    now = utc_now()
     with store.unit_of_work() as uow:
+        now = store_now(utc_now, uow)
         rows = [
             {
                 "name": row.name,
@@ -165,7 +165,10 @@ def instances_list(
         for row in rows:
             typer.echo(json.dumps(row))
         return
-    table = Table("instance", "state", "pid", "version", "started", "last seen")
+    if not rows:
+        typer.echo("no instance has run serve on this store")
+        return
+    table = Table("instance", "state", "pid", "version", "started (UTC)", "last seen (UTC)")
     for row in rows:
         table.add_row(
             str(row["name"]),
@@ -176,5 +179,3 @@ def instances_list(
             str(row["last_seen_at"])[:16].replace("T", " "),
         )
     wide_console().print(table)
-    if not rows:
-        typer.echo("no instance has run serve on this store")

@@ -6,15 +6,23 @@ import logging
 import signal
 import socket
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meldingstjener.cli.app import app, settings_from
 from meldingstjener.config import ConfigError
+
+if TYPE_CHECKING:
+    from meldingstjener.engine.context import EngineContext
+    from meldingstjener.engine.mail_channel import MailCollectorThread
+
+# How long a stop waits for the threads, in all (Docker's grace period before SIGKILL is 10 s).
+STOP_SECONDS = 10.0
 
 
 def _configure_logging(level: str) -> None:
@@ -76,48 +84,51 @@ def serve(
     check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
     from meldingstjener.engine.clock_watch import start_clock_watch
-    from meldingstjener.engine.instances import start_heartbeat, stopped
-
-    threads = [start_heartbeat(engine, instance.rstrip("/"), stop)]
-    clock_watch = start_clock_watch(engine, instance.rstrip("/"), stop)
-    if clock_watch is not None:
-        threads.append(clock_watch)
-    lease = timedelta(seconds=settings.workers.lease_seconds)
-    if settings.workers.count > 0:
-        # its name starts with the instance's, so a restart takes its claims back too
-        engine.handoff = Handoff(
-            f"{instance}handoff", lease, settings.workers.claim_batch * settings.workers.count
-        )
-    for number in range(settings.workers.count):
-        worker = Worker(
-            engine,
-            f"{instance}{number}",
-            batch=settings.workers.claim_batch,
-            lease=lease,
-            poll_interval=settings.workers.poll_interval_seconds,
-        )
-        thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{number}")
-        thread.daemon = True
-        thread.start()
-        threads.append(thread)
+    from meldingstjener.engine.instances import start_heartbeat
     from meldingstjener.engine.mail_channel import start_mail_collector
     from meldingstjener.integration import start_integrations
 
-    collector = start_mail_collector(engine, settings, stop)
-    threads += start_integrations(engine, settings, stop)
-    application = create_app(
-        engine, max_request_bytes=settings.server.max_request_bytes, api_settings=settings.api
-    )
-    typer.echo(
-        f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "
-        f"on http://{listen}:{settings.server.port} ({settings.environment}, "
-        f"{engine.store.database.dialect}, {settings.workers.count} worker(s))"
-    )
+    name = instance.rstrip("/")
+    threads: list[threading.Thread] = []
+    collector = None
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the
     # handler it found: with the default one the process would die there, before the workers,
-    # the collector and the heartbeat are stopped below. This handler ends it as SystemExit.
+    # the collector and the heartbeat are stopped below. This handler ends it as SystemExit
+    # (from here on: a SIGTERM while the threads start stops them too).
     signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
+        threads.append(start_heartbeat(engine, name, stop))
+        clock_watch = start_clock_watch(engine, name, stop)
+        if clock_watch is not None:
+            threads.append(clock_watch)
+        lease = timedelta(seconds=settings.workers.lease_seconds)
+        if settings.workers.count > 0:
+            # its name starts with the instance's, so a restart takes its claims back too
+            engine.handoff = Handoff(
+                f"{instance}handoff", lease, settings.workers.claim_batch * settings.workers.count
+            )
+        for number in range(settings.workers.count):
+            worker = Worker(
+                engine,
+                f"{instance}{number}",
+                batch=settings.workers.claim_batch,
+                lease=lease,
+                poll_interval=settings.workers.poll_interval_seconds,
+            )
+            thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{number}")
+            thread.daemon = True
+            thread.start()
+            threads.append(thread)
+        collector = start_mail_collector(engine, settings, stop)
+        threads += start_integrations(engine, settings, stop)
+        application = create_app(
+            engine, max_request_bytes=settings.server.max_request_bytes, api_settings=settings.api
+        )
+        typer.echo(
+            f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "
+            f"on http://{listen}:{settings.server.port} ({settings.environment}, "
+            f"{engine.store.database.dialect}, {settings.workers.count} worker(s))"
+        )
         uvicorn.run(
             application,
             host=listen,
@@ -126,17 +137,35 @@ def serve(
             access_log=False,
         )
     finally:
-        stop.set()
-        engine.wakeup.wake_all()
-        if collector is not None:
-            collector.collect_now(wait=False)  # wakes it so it sees the stop
-            collector.join(timeout=10)
-        for thread in threads:
-            thread.join(timeout=10)
-        try:
-            stopped(engine, instance.rstrip("/"))
-        except Exception as exc:  # the database may be what stopped us
-            logging.getLogger(__name__).warning("could not record this stop: %s", exc)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
+        _stop_serving(engine, name, stop, collector, threads)
+
+
+def _stop_serving(
+    engine: EngineContext,
+    name: str,
+    stop: threading.Event,
+    collector: MailCollectorThread | None,
+    threads: list[threading.Thread],
+) -> None:
+    """Stop the threads, all within ``STOP_SECONDS`` (a service manager kills after its own
+    grace period: ten seconds is Docker's), and record the stop first, so that it is recorded
+    even when that comes."""
+    from meldingstjener.engine.instances import stopped
+
+    stop.set()
+    engine.wakeup.wake_all()
+    try:
+        stopped(engine, name)
+    except Exception as exc:  # the database may be what stopped us
+        logging.getLogger(__name__).warning("could not record this stop: %s", exc)
+    if collector is not None:
+        collector.collect_now(wait=False)  # wakes it so it sees the stop
+    deadline = time.monotonic() + STOP_SECONDS
+    for thread in [*([collector] if collector is not None else []), *threads]:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    # A job still running is left to its lease (or to this instance's restart): crash safety
+    # covers what a stop cut short.
 
 
 def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:

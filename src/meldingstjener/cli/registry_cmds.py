@@ -173,7 +173,10 @@ def ar_sync(
     tokens: TokenProvider
     if token_url is None and client_id is None and key_file is None:
         try:
-            tokens = register_tokens(settings)
+            # --no-dpop and --audience apply to the configured client too
+            tokens = register_tokens(
+                settings, scope=scope, audience=audience, dpop=None if dpop else False
+            )
         except ConfigError as exc:
             raise _fail(str(exc), 2) from None
     else:

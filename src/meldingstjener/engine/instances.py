@@ -15,11 +15,15 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
+
+from sqlalchemy import text
 
 from meldingstjener import __version__
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.register_sync import schedule_register_sync
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,18 @@ FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what 
 INSTANCE_ALERTS = (AlertKind.CLOCK_SKEW, AlertKind.MAILBOX_UNREACHABLE)
 
 
+def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
+    """The time heartbeats are written and judged by. On PostgreSQL the database server's: the
+    hosts sharing it judge each other's beats, and a host whose clock is off (the very thing
+    the clock-skew alert is about) would otherwise look gone, or take the others for gone. On
+    SQLite, one host: its clock."""
+    if uow.session.get_bind().dialect.name == "postgresql":
+        now = uow.session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        assert isinstance(now, datetime)
+        return now
+    return ctx_clock()
+
+
 def instance_state(last_seen: datetime, stopped: datetime | None, now: datetime) -> str:
     """``running``, ``stopped`` or ``gone`` (no beat for ``GONE_AFTER``)."""
     if stopped is not None:
@@ -40,8 +56,8 @@ def instance_state(last_seen: datetime, stopped: datetime | None, now: datetime)
 
 def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
     """Record that ``name`` runs, and tidy after the instances that do not any more."""
-    now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
+        now = store_now(ctx.clock, uow)
         uow.instances.seen(
             name,
             host=socket.gethostname(),
@@ -51,13 +67,16 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
             started=started,
         )
         _tidy(uow, name, now)
+        # The register's sync job is shared; should a server without the register have ended
+        # it (or it be lost), one with it puts it back here.
+        schedule_register_sync(ctx, uow)
         uow.commit()
 
 
 def stopped(ctx: EngineContext, name: str) -> None:
     """``name`` stops: its own alerts end with it."""
-    now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
+        now = store_now(ctx.clock, uow)
         uow.instances.stopped(name, at=now)
         _resolve_alerts_of(uow, name, now)
         uow.commit()
@@ -72,7 +91,7 @@ def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
             continue
         _resolve_alerts_of(uow, row.name, now)
         if now - (row.stopped_at or row.last_seen_at) > FORGET_AFTER:
-            uow.instances.forget(row.name)
+            uow.instances.forget(row.name, seen_before=now - FORGET_AFTER)
 
 
 def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:

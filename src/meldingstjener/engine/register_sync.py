@@ -7,9 +7,14 @@ job: it applies the register's events since the last sync (the whole export the 
 resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists
 however many servers share the store, so one of them syncs at a time.
 
-A sync that fails is tried again at the next turn; after ``alert_after_failures`` failures in a
-row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next
-sync that works resolves it.
+A run gets a minute of its worker: the first sync, the whole register, goes on run after run
+(it resumes where it stopped). A sync that fails, for whatever reason, is tried again at the
+next turn; after ``alert_after_failures`` failures in a row a ``register-sync-failed`` alert says
+since when the copy is stale and why, and the next sync that works resolves it. A server
+without ``[address_register] url`` leaves the job to one that has it; a server that has it puts
+the job back at every heartbeat should it be gone. ``meldingstjener ar sync`` run by hand does
+not take the job's turn: of two syncs at once one may fail on the other's rows and is tried
+again; what both write is the register's.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.ar_client import ArClient
 from meldingstjener.registry.auth import TokenProvider
 from meldingstjener.registry.errors import RegistryError
-from meldingstjener.registry.sync import sync_register
+from meldingstjener.registry.sync import SyncInterrupted, sync_register
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 REGISTER_SYNC = "register-sync"
 FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work is done
+# One run's share of a worker: the first sync (the whole register, hours) goes on run after
+# run, so that sends and receipts are not held up behind it.
+RUN_SECONDS = 60.0
+UNCONFIGURED_LOOK_AGAIN = timedelta(minutes=15)
 _ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
 
 
@@ -56,10 +65,10 @@ def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
 def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     config = ctx.register_sync
     if config is None:
-        # The register was configured when this job was scheduled and is not now: end it.
-        log.info("the address register is no longer configured; its sync stops")
+        # The job is shared by every server on the store: one configured for the register
+        # syncs, this one leaves the job to it (and, were none left, keeps it for one to come).
         with ctx.store.unit_of_work() as uow:
-            uow.jobs.finish(job.id)
+            uow.jobs.reschedule(job.id, ctx.clock() + UNCONFIGURED_LOOK_AGAIN)
             uow.commit()
         return
     data = job.data or {}
@@ -67,22 +76,32 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     failing_since = data.get("failing_since")
     client = ArClient(config.url, config.tokens)
     try:
-        report = sync_register(ctx.store, client)
-    except RegistryError as exc:
+        report = sync_register(ctx.store, client, budget_seconds=RUN_SECONDS)
+    except Exception as exc:  # any failure counts: a sync that never works must be seen
         failures += 1
         failing_since = failing_since or ctx.clock().isoformat()
-        code = getattr(exc, "code", "register")
-        log.warning("address register sync failed (%d in a row): %s: %s", failures, code, exc)
-        _after(ctx, config, failures, failing_since, problem=f"{code}: {exc}")
+        problem = _problem(exc)
+        log.warning("address register sync failed (%d in a row): %s", failures, problem)
+        _after(ctx, config, failures, failing_since, problem=problem)
         return
     finally:
         client.close()
     log.info(
-        "address register synced: %d parties written, %d events applied",
+        "address register %s: %d parties written, %d events applied",
+        "synced" if report.complete else "sync goes on",
         report.parties_written,
         report.events_applied,
     )
-    _after(ctx, config, 0, None, problem=None, written=report.parties_written)
+    _after(ctx, config, 0, None, problem=None, written=report.parties_written, done=report.complete)
+
+
+def _problem(exc: Exception) -> str:
+    """What went wrong, for the alert: the register's or HelseID's code and words (a stopped
+    sync carries the error that stopped it), or only the type of an unexpected error."""
+    cause = exc.__cause__ if isinstance(exc, SyncInterrupted) and exc.__cause__ else exc
+    if isinstance(cause, RegistryError):
+        return f"{cause.code}: {cause}"
+    return f"unexpected {type(cause).__name__}"
 
 
 def _after(
@@ -93,6 +112,7 @@ def _after(
     *,
     problem: str | None,
     written: int = 0,
+    done: bool = True,
 ) -> None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
@@ -115,9 +135,11 @@ def _after(
                 f"The address register could not be synced {failures} times in a row, since "
                 f"{since:%Y-%m-%d %H:%M} UTC ({problem}). Partners' certificates and addresses "
                 "are not kept current while this lasts: check the network to the register, "
-                "the HelseID client and its key.",
+                "the HelseID client and its key. The server tries again by itself.",
                 at=now,
             )
         data = {"failures": failures, "failing_since": failing_since} if failures else None
-        uow.jobs.schedule(REGISTER_SYNC, now + config.every, dedup_key=REGISTER_SYNC, data=data)
+        # A sync that ran out of its time goes on at once (after the jobs due meanwhile).
+        due = now if not done else now + config.every
+        uow.jobs.schedule(REGISTER_SYNC, due, dedup_key=REGISTER_SYNC, data=data)
         uow.commit()

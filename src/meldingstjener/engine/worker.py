@@ -144,6 +144,7 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.keeper: LeaseKeeper | None = None  # set while run() serves
+        self.stopping: threading.Event | None = None  # set while run() serves
 
     def run_once(self) -> int:
         """Claim and run the jobs due now; return how many were run."""
@@ -165,6 +166,11 @@ class Worker:
 
     def _run_jobs(self, jobs: list[ClaimedJob]) -> None:
         for job in jobs:
+            if self.stopping is not None and self.stopping.is_set():
+                # The server stops: the rest of the batch keeps its claims, taken back by this
+                # instance's restart or, when their leases run out, by another server.
+                log.info("job %s (%s) left for after the stop", job.id, job.kind)
+                continue
             # A job is started only while at least half its lease is left: the jobs before it
             # in the batch may have taken long (a send waits up to a minute per step), and once
             # the lease runs out another worker may claim the job and run it too.
@@ -199,11 +205,13 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         self.keeper = LeaseKeeper(self.ctx, self.lease).start()
+        self.stopping = stop
         try:
             self._serve(stop)
         finally:
             self.keeper.stop()
             self.keeper = None
+            self.stopping = None
 
     def _serve(self, stop: threading.Event) -> None:
         claim = True

@@ -88,10 +88,15 @@ class ArClient(BearerClient):
         if not isinstance(body, dict):
             raise ArFormatError("the register's export is not an object")
         ids = body.get("communicationParties") or []
-        return ArExport(
-            last_sequence_number=int(body.get("lastSequenceNumber") or 0),
-            her_ids=tuple(str(int(i)) for i in ids),
-        )
+        try:
+            return ArExport(
+                last_sequence_number=int(body.get("lastSequenceNumber") or 0),
+                her_ids=tuple(str(int(i)) for i in ids),
+            )
+        except (TypeError, ValueError):
+            raise ArFormatError(
+                "the register's export has a sequence number or HER-id that is not a number"
+            ) from None
 
     def events(self, from_sequence_number: int, *, max_events: int = 1000) -> list[ArEvent]:
         """Events from and including ``from_sequence_number``, oldest first."""

@@ -13,7 +13,8 @@ Progress lives in ``kv_state``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -47,6 +48,8 @@ class SyncReport:
     events_applied: int = 0
     not_found: list[str] = field(default_factory=list)
     last_sequence_number: int | None = None
+    # False when the time given ran out first: what was done is kept, the next run goes on
+    complete: bool = True
 
 
 class SyncInterrupted(RegistryError):
@@ -71,9 +74,22 @@ def sync_register(
     full: bool = False,
     chunk_size: int = 50,
     page_size: int = 1000,
+    budget_seconds: float | None = None,
 ) -> SyncReport:
-    """Bring the local copy up to date; raises :class:`SyncInterrupted` on a failure half-way."""
+    """Bring the local copy up to date; raises :class:`SyncInterrupted` on a failure half-way.
+
+    With ``budget_seconds`` it stops after the chunk during which that time ran out, with
+    ``report.complete`` False (a worker must not be taken for the hours a first export of the
+    whole register takes); the next call resumes."""
     report = SyncReport()
+    stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
+
+    def out_of_time() -> bool:
+        if stop_at is not None and time.monotonic() >= stop_at:
+            report.complete = False
+            return True
+        return False
+
     with store.unit_of_work() as uow:
         last = last_synced_sequence(uow)
         export_running = bool(uow.state.get(EXPORT_SEQUENCE_KEY))
@@ -84,10 +100,11 @@ def sync_register(
         if full or last is None or export_running:
             report.mode = "full"
             report.resumed = export_running
-            _full_export(store, client, report, chunk_size)
+            _full_export(store, client, report, chunk_size, out_of_time)
         else:
             report.resumed = True
-        _apply_events(store, client, report, chunk_size, page_size)
+        if report.complete:
+            _apply_events(store, client, report, chunk_size, page_size, out_of_time)
     except RegistryError as exc:
         if isinstance(exc, SyncInterrupted):
             raise
@@ -101,7 +118,13 @@ def sync_register(
     return report
 
 
-def _full_export(store: Store, client: ArClient, report: SyncReport, chunk_size: int) -> None:
+def _full_export(
+    store: Store,
+    client: ArClient,
+    report: SyncReport,
+    chunk_size: int,
+    out_of_time: Callable[[], bool],
+) -> None:
     export = client.export()
     with store.unit_of_work() as uow:
         stored = uow.state.get(EXPORT_SEQUENCE_KEY)
@@ -119,6 +142,8 @@ def _full_export(store: Store, client: ArClient, report: SyncReport, chunk_size:
             report.parties_written += save_parties(uow, parties, source=SOURCE)
             uow.state.set(EXPORT_DONE_KEY, str(chunk[-1]))
             uow.commit()
+        if out_of_time():
+            return  # the export's keys stay: the next run resumes after chunk[-1]
     with store.unit_of_work() as uow:
         uow.state.set(LAST_SEQUENCE_KEY, str(target))
         _clear(uow, EXPORT_SEQUENCE_KEY)
@@ -128,7 +153,12 @@ def _full_export(store: Store, client: ArClient, report: SyncReport, chunk_size:
 
 
 def _apply_events(
-    store: Store, client: ArClient, report: SyncReport, chunk_size: int, page_size: int
+    store: Store,
+    client: ArClient,
+    report: SyncReport,
+    chunk_size: int,
+    page_size: int,
+    out_of_time: Callable[[], bool],
 ) -> None:
     with store.unit_of_work() as uow:
         last = last_synced_sequence(uow) or 0
@@ -147,6 +177,8 @@ def _apply_events(
             last = chunk[-1].sequence_number
             report.events_applied += len(chunk)
             report.last_sequence_number = last
+            if out_of_time():
+                return
 
 
 def _fetch(

@@ -293,7 +293,7 @@ class InstanceRow(Base):
 
     __tablename__ = "serving_instances"
 
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:port
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)  # host:port
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int]
     version: Mapped[str] = mapped_column(String(40))

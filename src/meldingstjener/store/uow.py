@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     TextClause,
     bindparam,
+    delete,
     func,
     or_,
     select,
@@ -913,10 +914,14 @@ class InstanceRepository:
     def all(self) -> list[InstanceRow]:
         return list(self.session.scalars(select(InstanceRow).order_by(InstanceRow.name)))
 
-    def forget(self, name: str) -> None:
-        row = self.session.get(InstanceRow, name)
-        if row is not None:
-            self.session.delete(row)
+    def forget(self, name: str, *, seen_before: datetime) -> None:
+        """Delete ``name`` if it has not been seen since ``seen_before`` (one statement: two
+        instances tidying at once both may try; a restart meanwhile keeps it)."""
+        self.session.execute(
+            delete(InstanceRow).where(
+                InstanceRow.name == name, InstanceRow.last_seen_at < seen_before
+            )
+        )
 
 
 class PartyRepository:

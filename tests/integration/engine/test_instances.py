@@ -5,18 +5,22 @@ has its own alerts (clock-skew, mailbox-unreachable) resolved, and is forgotten 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine_pair import Pair
 from typer.testing import CliRunner
 
 import meldingstjener.cli.alerts_cmds  # noqa: F401  (registers the commands)
+from meldingstjener.bootstrap import build_engine
 from meldingstjener.cli.app import app
-from meldingstjener.devsites import RunningServer
+from meldingstjener.config import load_settings
+from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.instances import beat, stopped
+from meldingstjener.engine.instances import beat, stopped, store_now
+from meldingstjener.store.uow import Store
 
 
 def raise_for(ctx: EngineContext, kind: AlertKind, instance: str) -> None:
@@ -77,8 +81,8 @@ def test_a_stopping_instance_resolves_its_own_alerts(pair: Pair) -> None:
 
 def test_serve_records_its_start_and_its_stop(pair: Pair, tmp_path: Path) -> None:
     server = RunningServer(pair.gp_site, tmp_path / "gp.log").start()
-    assert server.process is not None
-    pid = server.process.pid
+    process = server.process
+    assert process is not None
     try:
         runner = CliRunner()
         result = runner.invoke(
@@ -87,11 +91,37 @@ def test_serve_records_its_start_and_its_stop(pair: Pair, tmp_path: Path) -> Non
         assert result.exit_code == 0, result.output
         [shown] = [json.loads(line) for line in result.output.splitlines()]
         assert shown["name"].endswith(f":{pair.gp_site.port}")
-        assert (shown["state"], shown["pid"], shown["stopped_at"]) == ("running", pid, None)
+        assert (shown["state"], shown["pid"], shown["stopped_at"]) == ("running", process.pid, None)
+        process.send_signal(signal.SIGTERM)
+        # a clean stop: the threads stopped and the stop recorded, not a death by the signal
+        assert process.wait(timeout=30) == 0
     finally:
         server.stop()
     with pair.gp.store.unit_of_work() as uow:
         [row] = uow.instances.all()
-        assert row.stopped_at is not None and row.last_seen_at - row.started_at < timedelta(
-            minutes=5
-        )
+        assert row.stopped_at is not None
+
+
+def test_on_postgresql_the_beats_are_judged_by_the_database_servers_clock(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # A host whose clock is an hour ahead must not take its peers for gone (nor, behind, be
+    # taken for gone): on PostgreSQL the beats are written and compared in database time.
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    ahead = build_engine(
+        load_settings(gp.config_path), clock=lambda: datetime.now(UTC) + timedelta(hours=1)
+    )
+    if not ahead.store.database.is_postgresql:
+        return  # one host on SQLite: its clock is the only one
+    behind = build_engine(
+        load_settings(gp.config_path), clock=lambda: datetime.now(UTC) - timedelta(hours=1)
+    )
+    beat(behind, "behind:8080", started=True)
+    raise_for(behind, AlertKind.CLOCK_SKEW, "behind:8080")
+    beat(ahead, "ahead:8080", started=True)
+    assert "clock-skew:behind:8080" in open_alerts(ahead)
+    with ahead.store.unit_of_work() as uow:
+        rows = {row.name: row for row in uow.instances.all()}
+        database_now = store_now(ahead.clock, uow)
+    assert abs(rows["behind:8080"].last_seen_at - database_now) < timedelta(minutes=1)
+    assert abs(rows["ahead:8080"].last_seen_at - database_now) < timedelta(minutes=1)

@@ -18,7 +18,9 @@ from sqlalchemy import select
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import ConfigError, load_settings
 from meldingstjener.devsites import RunningServer
+from meldingstjener.engine import register_sync
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.instances import beat
 from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
 from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
 from meldingstjener.store.tables import EventRow, JobRow
@@ -150,3 +152,86 @@ def test_serve_schedules_the_sync(pair: Pair, register: Register, tmp_path: Path
         assert job.claimed_by is None and job.data is None
     finally:
         server.stop()
+
+
+def test_a_long_sync_goes_on_run_after_run(
+    pair: Pair, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole register takes hours: each run gets its share of a worker and then lets the
+    # jobs due meanwhile go first. Here the share is nothing: one chunk (50 parties) a run.
+    _, fake, token_url, url, key = register
+    for her_id in range(600001, 600121):
+        fake.put_party({"herId": her_id, "name": f"Part {her_id}", "type": "Organization"})
+    monkeypatch.setattr(register_sync, "RUN_SECONDS", 0.0)
+    gp = configure(pair, token_url, url, key)
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    pair.clock.advance(minutes=2)
+    pair.run()
+    with gp.store.unit_of_work() as uow:
+        synced = list(
+            uow.session.scalars(select(EventRow).where(EventRow.code == "register-synced"))
+        )
+        assert len(uow.parties.all()) >= 121
+    assert [e.detail.split()[0] for e in synced] == ["50", "50", "21"]
+    assert sync_job(gp).due_at.replace(tzinfo=None) == (
+        pair.clock() + timedelta(minutes=15)
+    ).replace(tzinfo=None)
+
+
+def test_a_server_without_the_register_leaves_the_job_to_one_with_it(
+    pair: Pair, register: Register
+) -> None:
+    _, _, token_url, url, key = register
+    gp = configure(pair, token_url, url, key)
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    configured, gp.register_sync = gp.register_sync, None  # as another server sees the store
+    pair.clock.advance(minutes=2)
+    pair.run()
+    assert party_name(gp) is None
+    job = sync_job(gp)  # left, for later
+    assert job.due_at.replace(tzinfo=None) > pair.clock().replace(tzinfo=None)
+    with gp.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)  # gone, as by an older server that ended it
+        uow.commit()
+    gp.register_sync = configured
+    beat(gp, "gp:8080")  # a configured server's heartbeat puts it back
+    pair.clock.advance(minutes=2)
+    pair.run()
+    assert party_name(gp) == "Tønsberg legevakt"
+
+
+def test_an_unexpected_error_counts_as_a_failure_too(
+    pair: Pair, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, token_url, url, key = register
+    gp = configure(pair, token_url, url, key, alert_after_failures=1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(register_sync, "sync_register", broken)
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    pair.clock.advance(minutes=2)
+    pair.run()
+    [summary] = open_alerts(gp)
+    assert "(unexpected RuntimeError)" in summary and "went away" not in summary
+    assert (sync_job(gp).data or {}).get("failures") == 1  # not retried every 30 s
+
+
+def test_the_alert_names_what_stopped_the_sync(pair: Pair, register: Register) -> None:
+    helseid, _, token_url, url, key = register
+    gp = configure(pair, token_url, url, key, alert_after_failures=1)
+    helseid.keys.clear()  # HelseID no longer knows our key
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    pair.clock.advance(minutes=2)
+    pair.run()
+    [summary] = open_alerts(gp)
+    assert "(helseid-token: the token endpoint refused client msh" in summary

@@ -13,10 +13,11 @@ WORKERS = 10
 
 
 def _worker(
-    url: str, name: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue
+    url: str, name: str, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue
 ) -> None:  # type: ignore[name-defined]
     database = Database(url, pool_size=1)
-    start.wait()
+    database.engine.connect().close()  # connected before the start, like the others
+    start.wait(timeout=120)
     claimed: list[int] = []
     now = datetime.now(UTC) + timedelta(seconds=1)
     while True:
@@ -46,7 +47,9 @@ def test_ten_workers_never_claim_the_same_row(postgres_url: str) -> None:
         uow.commit()
 
     context = multiprocessing.get_context("spawn")
-    start = context.Event()
+    # Every worker is started, imported and connected before any claims: with an event set at
+    # once, the first child could claim all 400 jobs while the others were still importing.
+    start = context.Barrier(WORKERS + 1)
     out = context.Queue()
     processes = [
         context.Process(target=_worker, args=(postgres_url, f"w{i}", start, out))
@@ -54,7 +57,7 @@ def test_ten_workers_never_claim_the_same_row(postgres_url: str) -> None:
     ]
     for process in processes:
         process.start()
-    start.set()
+    start.wait(timeout=120)
     results = [out.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=30)

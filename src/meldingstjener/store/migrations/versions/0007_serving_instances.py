@@ -21,7 +21,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "serving_instances",
-        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("name", sa.String(300), nullable=False),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("version", sa.String(40), nullable=False),
