@@ -60,6 +60,15 @@ def configure(
     return gp
 
 
+def first_sync(pair: Pair, gp: EngineContext) -> None:
+    """As serve does at start: the sync scheduled, then run when due (a minute later)."""
+    with gp.store.unit_of_work() as uow:
+        schedule_register_sync(gp, uow)
+        uow.commit()
+    pair.clock.advance(minutes=2)
+    pair.run()
+
+
 def sync_job(ctx: EngineContext) -> JobRow:
     with ctx.store.unit_of_work() as uow:
         [job] = uow.session.scalars(select(JobRow).where(JobRow.kind == REGISTER_SYNC))
@@ -82,12 +91,8 @@ def open_alerts(ctx: EngineContext) -> list[str]:
 def test_the_job_syncs_the_register_and_comes_back(pair: Pair, register: Register) -> None:
     helseid, fake, token_url, url, key = register
     gp = configure(pair, token_url, url, key)
-    with gp.store.unit_of_work() as uow:
-        schedule_register_sync(gp, uow)
-        uow.commit()
     assert party_name(gp) is None
-    pair.clock.advance(minutes=2)
-    pair.run()
+    first_sync(pair, gp)
     assert party_name(gp) == "Tønsberg legevakt"
     assert sync_job(gp).due_at.replace(tzinfo=None) == (
         pair.clock() + timedelta(minutes=15)
@@ -113,11 +118,7 @@ def test_failures_in_a_row_raise_an_alert_that_the_next_good_sync_resolves(
 ) -> None:
     _, fake, token_url, url, key = register
     gp = configure(pair, token_url, url, key, alert_after_failures=2)
-    with gp.store.unit_of_work() as uow:
-        schedule_register_sync(gp, uow)
-        uow.commit()
-    pair.clock.advance(minutes=2)
-    pair.run()
+    first_sync(pair, gp)
     fake.put_party({"herId": PARTY, "name": "Ny", "type": "Organization"})
     fake.fail_party_lookups_after = fake.party_lookups  # the register is down from now
     pair.clock.advance(minutes=16)
@@ -164,11 +165,7 @@ def test_a_long_sync_goes_on_run_after_run(
         fake.put_party({"herId": her_id, "name": f"Part {her_id}", "type": "Organization"})
     monkeypatch.setattr(register_sync, "RUN_SECONDS", 0.0)
     gp = configure(pair, token_url, url, key)
-    with gp.store.unit_of_work() as uow:
-        schedule_register_sync(gp, uow)
-        uow.commit()
-    pair.clock.advance(minutes=2)
-    pair.run()
+    first_sync(pair, gp)
     with gp.store.unit_of_work() as uow:
         synced = list(
             uow.session.scalars(select(EventRow).where(EventRow.code == "register-synced"))
@@ -214,11 +211,7 @@ def test_an_unexpected_error_counts_as_a_failure_too(
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(register_sync, "sync_register", broken)
-    with gp.store.unit_of_work() as uow:
-        schedule_register_sync(gp, uow)
-        uow.commit()
-    pair.clock.advance(minutes=2)
-    pair.run()
+    first_sync(pair, gp)
     [summary] = open_alerts(gp)
     assert "(unexpected RuntimeError)" in summary and "went away" not in summary
     assert (sync_job(gp).data or {}).get("failures") == 1  # not retried every 30 s
@@ -228,10 +221,6 @@ def test_the_alert_names_what_stopped_the_sync(pair: Pair, register: Register) -
     helseid, _, token_url, url, key = register
     gp = configure(pair, token_url, url, key, alert_after_failures=1)
     helseid.keys.clear()  # HelseID no longer knows our key
-    with gp.store.unit_of_work() as uow:
-        schedule_register_sync(gp, uow)
-        uow.commit()
-    pair.clock.advance(minutes=2)
-    pair.run()
+    first_sync(pair, gp)
     [summary] = open_alerts(gp)
     assert "(helseid-token: the token endpoint refused client msh" in summary
