@@ -173,7 +173,6 @@ def build_engine(
     smtp = build_smtp_transport(settings, host=context.host)
     if smtp is not None:
         context.transports = {**context.transports, "smtp": smtp}
-    context.register_sync = build_register_sync(settings)
     return context
 
 

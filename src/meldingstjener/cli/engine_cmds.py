@@ -43,7 +43,7 @@ def serve(
     import uvicorn
 
     from meldingstjener.api.app import create_app
-    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.bootstrap import build_engine, build_register_sync
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
@@ -52,6 +52,8 @@ def serve(
     _configure_logging(settings.logging.level)
     try:
         engine = build_engine(settings)
+        # only serve runs the register's sync: other commands need no HelseID key
+        engine.register_sync = build_register_sync(settings)
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
