@@ -195,6 +195,7 @@ def build_register_sync(settings: Settings) -> RegisterSync | None:
         tokens=register_tokens(settings),
         every=timedelta(minutes=register.sync_minutes),
         alert_after_failures=register.alert_after_failures,
+        run_seconds=min(30.0, settings.workers.lease_seconds / 4),
     )
 
 

@@ -221,6 +221,13 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
         assert (
             code == 1 and "(cppa-wrong-party)" in output and "does not name HER-id 4444" in output
         )
+        cppa.put_agreement("cpa-not-ours", cpa, ("5000", "93238"))  # names 93238, not us (5000)
+        code, output = invoke(
+            tmp_path,
+            *("partners", "add", "93238", "--our", "5000", "--cppa-url", url, *sts),
+            *("--key-file", str(key_file)),
+        )
+        assert code == 1 and "does not name HER-id 5000" in output
         code, output = invoke(
             tmp_path,
             *("partners", "add", "4445", "--our", "93252", "--cppa-url", url),

@@ -153,21 +153,27 @@ def _stop_serving(
     """Stop the threads, all within ``STOP_SECONDS`` (a service manager kills after its own
     grace period: ten seconds is Docker's), and record the stop first, so that it is recorded
     even when that comes."""
-    from meldingstjener.engine.instances import stopped
-
+    deadline = time.monotonic() + STOP_SECONDS
     stop.set()
     engine.wakeup.wake_all()
+    _record_stop(engine, name)
+    if collector is not None:
+        collector.collect_now(wait=False)  # wakes it so it sees the stop
+    for thread in [*([collector] if collector is not None else []), *threads]:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    # A job still running is left to its lease (or to this instance's restart): crash safety
+    # covers what a stop cut short. A last poll of the collector or the clock watch may have
+    # raised this instance's alert after the stop was recorded: resolved once more.
+    _record_stop(engine, name)
+
+
+def _record_stop(engine: EngineContext, name: str) -> None:
+    from meldingstjener.engine.instances import stopped
+
     try:
         stopped(engine, name)
     except Exception as exc:  # the database may be what stopped us
         logging.getLogger(__name__).warning("could not record this stop: %s", exc)
-    if collector is not None:
-        collector.collect_now(wait=False)  # wakes it so it sees the stop
-    deadline = time.monotonic() + STOP_SECONDS
-    for thread in [*([collector] if collector is not None else []), *threads]:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    # A job still running is left to its lease (or to this instance's restart): crash safety
-    # covers what a stop cut short.
 
 
 def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -536,11 +536,12 @@ def _terms_from_cppa(
     client = CppaClient(url, tokens)
     try:
         cpa = client.agreement_between(ours, her_id)
-        if cpa is not None and cpa.party(her_id) is None:
-            raise RegistryError(
-                f"the CPPA service's CPA {cpa.protocol_id} does not name HER-id {her_id}",
-                code="cppa-wrong-party",
-            )
+        for party in (her_id, ours):
+            if cpa is not None and cpa.party(party) is None:
+                raise RegistryError(
+                    f"the CPPA service's CPA {cpa.protocol_id} does not name HER-id {party}",
+                    code="cppa-wrong-party",
+                )
         cpp = client.profile(her_id) if cpa is None else None
         if cpp is not None and cpp.party(her_id) is None:
             raise RegistryError(

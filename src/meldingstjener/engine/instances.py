@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
@@ -43,7 +43,7 @@ def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
     if uow.session.get_bind().dialect.name == "postgresql":
         now = uow.session.execute(text("SELECT clock_timestamp()")).scalar_one()
         assert isinstance(now, datetime)
-        return now
+        return now.astimezone(UTC)  # the session's zone may keep summer time
     return ctx_clock()
 
 

@@ -222,7 +222,8 @@ def _qp_cut(text: bytes) -> int:
     """Where ``text`` can be cut without changing how it decodes (0: nowhere yet). a2b_qp reads
     an "=" with the one or two bytes after it ("=3D", "==", "=" alone), so no "=" may stand in
     the last two bytes before the cut. A text with an "=" in every two bytes is cut at its end
-    once it is four times the longest line: such a "line" is not worth holding whole."""
+    once it is four times the longest line: such a "line" is not worth holding whole, and may
+    then decode otherwise than whole around that cut."""
     cut = len(text)
     while cut > 2 and b"=" in text[cut - 2 : cut]:
         cut -= 1
@@ -257,17 +258,31 @@ def _decode_body(mail: BinaryIO, start: int, encoding: str | None, target: Spool
         # no encoded sequence crosses a line end (a soft line break ends its line), so whole
         # lines decode alone: a piece at a time, cut after its last line end
         rest = b""
+        skipping = False  # a2b_qp drops what follows a soft line break ("=" CR) to the next LF
         for piece in _pieces(mail, start):
             text = rest + piece
+            if skipping:
+                end = text.find(b"\n")
+                rest = b"" if end < 0 else text[end + 1 :]
+                skipping = end < 0
+                if skipping:
+                    continue
+                text = rest
             cut = text.rfind(b"\n") + 1
             if not cut and len(text) > _QP_LONGEST_LINE:
                 # Not quoted-printable (its lines have 76 characters at most), but decoded as
                 # leniently as the whole would be, without holding it all.
                 cut = _qp_cut(text)
+                if cut:
+                    target.write(binascii.a2b_qp(text[:cut]))
+                    # did the piece end inside such a break? then so does the line so far
+                    skipping = not binascii.a2b_qp(text[:cut] + b"Z").endswith(b"Z")
+                    rest = text[cut:]
+                    continue
             if cut:
                 target.write(binascii.a2b_qp(text[:cut]))
             rest = text[cut:]
-        if rest:
+        if rest and not skipping:
             target.write(binascii.a2b_qp(rest))
     else:
         for piece in _pieces(mail, start):

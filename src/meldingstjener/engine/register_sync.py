@@ -7,14 +7,14 @@ job: it applies the register's events since the last sync (the whole export the 
 resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists
 however many servers share the store, so one of them syncs at a time.
 
-A run gets a minute of its worker: the first sync, the whole register, goes on run after run
-(it resumes where it stopped). A sync that fails, for whatever reason, is tried again at the
-next turn; after ``alert_after_failures`` failures in a row a ``register-sync-failed`` alert says
-since when the copy is stale and why, and the next sync that works resolves it. A server
-without ``[address_register] url`` leaves the job to one that has it; a server that has it puts
-the job back at every heartbeat should it be gone. ``meldingstjener ar sync`` run by hand does
-not take the job's turn: of two syncs at once one may fail on the other's rows and is tried
-again; what both write is the register's.
+A run gets at most half a minute of its worker (a quarter of its lease): the first sync, the
+whole register, goes on run after run, resuming where it stopped. A sync that fails, for
+whatever reason, is tried again at the next turn; after ``alert_after_failures`` failures in a
+row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next
+sync that works resolves it. A server without ``[address_register] url`` does not claim the
+job: it is left to one that has it, whose heartbeat puts it back should it be gone.
+``meldingstjener ar sync`` run by hand does not take the job's turn: of two syncs at once one
+may fail on the other's rows and is tried again; what both write is the register's.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ log = logging.getLogger(__name__)
 
 REGISTER_SYNC = "register-sync"
 FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work is done
-# One run's share of a worker: the first sync (the whole register, hours) goes on run after
-# run, so that sends and receipts are not held up behind it.
-RUN_SECONDS = 60.0
+# A run's parties per transaction: few, so that the time a run may take is seldom overrun by much.
+CHUNK_SIZE = 10
 UNCONFIGURED_LOOK_AGAIN = timedelta(minutes=15)
 _ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
 
@@ -51,6 +50,10 @@ class RegisterSync:
     tokens: TokenProvider
     every: timedelta
     alert_after_failures: int
+    # One run's share of a worker: the first sync (the whole register, hours) goes on run after
+    # run. A quarter of the workers' lease at most, so that the jobs claimed with it still have
+    # more than half their lease when it ends and are run, not left to a later claim.
+    run_seconds: float = 30.0
 
 
 def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
@@ -76,12 +79,19 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     failing_since = data.get("failing_since")
     client = ArClient(config.url, config.tokens)
     try:
-        report = sync_register(ctx.store, client, budget_seconds=RUN_SECONDS)
+        report = sync_register(
+            ctx.store, client, chunk_size=CHUNK_SIZE, budget_seconds=config.run_seconds
+        )
     except Exception as exc:  # any failure counts: a sync that never works must be seen
         failures += 1
         failing_since = failing_since or ctx.clock().isoformat()
         problem = _problem(exc)
-        log.warning("address register sync failed (%d in a row): %s", failures, problem)
+        log.warning(
+            "address register sync failed (%d in a row): %s",
+            failures,
+            problem,
+            exc_info=not isinstance(exc, RegistryError),  # a bug: its traceback is wanted
+        )
         _after(ctx, config, failures, failing_since, problem=problem)
         return
     finally:

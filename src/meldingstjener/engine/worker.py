@@ -150,7 +150,12 @@ class Worker:
         """Claim and run the jobs due now; return how many were run."""
         with self.ctx.store.unit_of_work() as uow:
             jobs = uow.jobs.claim_due(
-                self.name, now=self.ctx.clock(), limit=self.batch, lease=self.lease
+                self.name,
+                now=self.ctx.clock(),
+                limit=self.batch,
+                lease=self.lease,
+                # the register's sync is shared: a server without the register leaves it
+                skip_kind="" if self.ctx.register_sync is not None else register_sync.REGISTER_SYNC,
             )
             uow.commit()
         self._run_jobs(jobs)

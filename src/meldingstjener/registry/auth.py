@@ -133,10 +133,11 @@ class ClientCredentialsTokenProvider:
         if response.status_code != 401:
             return False
         challenge = response.headers.get("WWW-Authenticate", "")
-        if self._dpop is not None and "use_dpop_nonce" in challenge:
+        sent_proof = response.request.headers.get("DPoP")
+        if self._dpop is not None and sent_proof is not None and "use_dpop_nonce" in challenge:
             # Worth a retry if the nonce asked for is not the one this request carried (another
             # request may have learnt it meanwhile: the retry carries it all the same).
-            return nonce is not None and nonce != proof_nonce(response.request.headers.get("DPoP"))
+            return nonce is not None and nonce != proof_nonce(sent_proof)
         if "invalid_token" in challenge:
             refused = response.request.headers.get("Authorization", "").partition(" ")[2]
             with self._lock:

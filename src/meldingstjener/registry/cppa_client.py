@@ -69,7 +69,7 @@ class CppaClient(BearerClient):
 
 
 def _her_id(value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise RegistryError(f"{value[:20]!r} is not a HER-id", code="invalid-her-id")
     return int(value)
 

@@ -695,7 +695,7 @@ def _claim_sql(lock: str) -> TextualSelect:
     return _job_sql(
         "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
         "WHERE id IN (SELECT id FROM jobs WHERE due_at <= :now "
-        "AND (claimed_until IS NULL OR claimed_until < :now) "
+        "AND (claimed_until IS NULL OR claimed_until < :now) AND kind <> :skip_kind "
         f"ORDER BY due_at, id LIMIT :limit {lock}) "
         "RETURNING id, kind, message_id, data, attempts, due_at",
         until="claimed_until",
@@ -793,9 +793,10 @@ class JobRepository:
         )
 
     def claim_due(
-        self, worker: str, *, now: datetime, limit: int, lease: timedelta
+        self, worker: str, *, now: datetime, limit: int, lease: timedelta, skip_kind: str = ""
     ) -> list[ClaimedJob]:
-        """Claim up to ``limit`` due jobs for ``worker`` until ``now + lease``.
+        """Claim up to ``limit`` due jobs for ``worker`` until ``now + lease``, none of
+        ``skip_kind`` (work this process is not configured for, left to one that is).
 
         A job whose lease ran out (its worker died) is due again. The caller commits. One
         ``UPDATE ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` selection (PostgreSQL), so
@@ -803,7 +804,13 @@ class JobRepository:
         """
         until = now + lease
         rows = _execute_for_dialect(
-            self.session, _CLAIM, worker=worker, until=until, now=now, limit=limit
+            self.session,
+            _CLAIM,
+            worker=worker,
+            until=until,
+            now=now,
+            limit=limit,
+            skip_kind=skip_kind,
         )
         claimed = [
             ClaimedJob(job_id, kind, message_id, data, attempts, due_at, until, claimed_by=worker)

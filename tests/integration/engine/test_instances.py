@@ -112,7 +112,10 @@ def test_on_postgresql_the_beats_are_judged_by_the_database_servers_clock(
         load_settings(gp.config_path), clock=lambda: datetime.now(UTC) + timedelta(hours=1)
     )
     if not ahead.store.database.is_postgresql:
-        return  # one host on SQLite: its clock is the only one
+        # one host on SQLite: its clock is the only one, and the beats are judged by it
+        with ahead.store.unit_of_work() as uow:
+            assert abs(store_now(ahead.clock, uow) - ahead.clock()) < timedelta(seconds=5)
+        return
     behind = build_engine(
         load_settings(gp.config_path), clock=lambda: datetime.now(UTC) - timedelta(hours=1)
     )

@@ -85,7 +85,9 @@ def test_no_empty_claim_after_a_short_batch_and_no_lost_notice(
 
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
     wakeup = Watched()
-    ctx = cast(EngineContext, SimpleNamespace(store=store, clock=utcnow, wakeup=wakeup))
+    ctx = cast(
+        EngineContext, SimpleNamespace(store=store, clock=utcnow, wakeup=wakeup, register_sync=None)
+    )
     worker = Worker(ctx, "test-worker", batch=4, poll_interval=TIMEOUT)
     stop = threading.Event()
     _schedule(store, wakeup)
@@ -316,7 +318,10 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
     with store.unit_of_work() as uow:
         [job_id] = uow.session.scalars(select(JobRow.id).where(JobRow.kind == KIND))
     wakeup = Watched()
-    ctx = cast(EngineContext, SimpleNamespace(store=store, clock=lambda: moment[0], wakeup=wakeup))
+    ctx = cast(
+        EngineContext,
+        SimpleNamespace(store=store, clock=lambda: moment[0], wakeup=wakeup, register_sync=None),
+    )
     worker = Worker(ctx, "slow-worker", lease=lease, poll_interval=TIMEOUT)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)

@@ -142,6 +142,12 @@ def test_a_quoted_printable_body_without_line_ends_is_decoded_in_pieces(
     mail_channel._decode_body(io.BytesIO(body), 0, "quoted-printable", target)  # type: ignore[arg-type]
     assert target.getvalue() == binascii.a2b_qp(body)
     assert len(writes) > 10 and max(writes) <= 4 * 10 + piece  # never the whole body at once
+    # A soft line break with a CR but no LF: a2b_qp drops what follows it up to the next LF,
+    # however far, and so must the pieces (the LF comes thousands of bytes and pieces later).
+    for skipped in (body[:500] + b"=\r" + body[500:] + b"\r\nafter", body + b"=\r" + body):
+        target = Counted()
+        mail_channel._decode_body(io.BytesIO(skipped), 0, "quoted-printable", target)  # type: ignore[arg-type]
+        assert target.getvalue() == binascii.a2b_qp(skipped)
 
 
 class Pop3Wire:
