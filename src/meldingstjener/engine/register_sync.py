@@ -37,7 +37,6 @@ REGISTER_SYNC = "register-sync"
 FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work is done
 # A run's parties per transaction: few, so that the time a run may take is seldom overrun by much.
 CHUNK_SIZE = 10
-UNCONFIGURED_LOOK_AGAIN = timedelta(minutes=15)
 _ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
 
 
@@ -65,15 +64,17 @@ def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
         )
 
 
+def left_to_others(ctx: EngineContext) -> str:
+    """The job kind this server's workers leave for others to claim: the register's sync when
+    this server has no register configured (the job is shared by every server on the store),
+    else none ("")."""
+    return REGISTER_SYNC if ctx.register_sync is None else ""
+
+
 def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     config = ctx.register_sync
-    if config is None:
-        # The job is shared by every server on the store: one configured for the register
-        # syncs, this one leaves the job to it (and, were none left, keeps it for one to come).
-        with ctx.store.unit_of_work() as uow:
-            uow.jobs.reschedule(job.id, ctx.clock() + UNCONFIGURED_LOOK_AGAIN)
-            uow.commit()
-        return
+    if config is None:  # see left_to_others: a worker without the register never claims it
+        raise LookupError("register-sync claimed by a server without [address_register] url")
     data = job.data or {}
     failures = int(data.get("failures", 0))
     failing_since = data.get("failing_since")

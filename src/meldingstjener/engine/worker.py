@@ -145,6 +145,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.keeper: LeaseKeeper | None = None  # set while run() serves
         self.stopping: threading.Event | None = None  # set while run() serves
+        self.skip_kind = register_sync.left_to_others(ctx)  # work this server is not set up for
 
     def run_once(self) -> int:
         """Claim and run the jobs due now; return how many were run."""
@@ -154,8 +155,7 @@ class Worker:
                 now=self.ctx.clock(),
                 limit=self.batch,
                 lease=self.lease,
-                # the register's sync is shared: a server without the register leaves it
-                skip_kind="" if self.ctx.register_sync is not None else register_sync.REGISTER_SYNC,
+                skip_kind=self.skip_kind,
             )
             uow.commit()
         self._run_jobs(jobs)

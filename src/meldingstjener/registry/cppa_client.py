@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from meldingstjener.model.herid import HerId, InvalidHerId
 from meldingstjener.registry.agreements import NotAgreed, resolve_terms
 from meldingstjener.registry.auth import BearerClient
 from meldingstjener.registry.cpa import parse_cpa, parse_cpp
@@ -68,10 +69,12 @@ class CppaClient(BearerClient):
         return response.content or None
 
 
-def _her_id(value: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        raise RegistryError(f"{value[:20]!r} is not a HER-id", code="invalid-her-id")
-    return int(value)
+def _her_id(value: str) -> HerId:
+    """The HER-id for a path, or a registry error (not a ValueError from deep inside)."""
+    try:
+        return HerId(value)
+    except InvalidHerId as exc:
+        raise RegistryError(str(exc), code="invalid-her-id") from None
 
 
 def fetch_terms(
