@@ -21,8 +21,11 @@ if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.mail_channel import MailCollectorThread
 
-# How long a stop waits for the threads, in all (Docker's grace period before SIGKILL is 10 s).
-STOP_SECONDS = 10.0
+# A stop fits in Docker's grace period before SIGKILL (10 s): requests still open get up to
+# GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the stop for ever), then the
+# threads get STOP_SECONDS in all.
+GRACEFUL_SECONDS = 4
+STOP_SECONDS = 5.0
 
 
 def _configure_logging(level: str) -> None:
@@ -137,6 +140,7 @@ def serve(
             port=settings.server.port,
             log_level=settings.logging.level.lower(),
             access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SECONDS,
         )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
@@ -151,8 +155,11 @@ def _stop_serving(
     threads: list[threading.Thread],
 ) -> None:
     """Stop the threads, all within ``STOP_SECONDS`` (a service manager kills after its own
-    grace period: ten seconds is Docker's), and record the stop first, so that it is recorded
-    even when that comes."""
+    grace period: ten seconds is Docker's, of which uvicorn's graceful shutdown may have taken
+    ``GRACEFUL_SECONDS``), and record the stop first, so that it is recorded even when that
+    comes."""
+    from meldingstjener.engine.worker import release_unstarted
+
     deadline = time.monotonic() + STOP_SECONDS
     stop.set()
     engine.wakeup.wake_all()
@@ -161,9 +168,12 @@ def _stop_serving(
         collector.collect_now(wait=False)  # wakes it so it sees the stop
     for thread in [*([collector] if collector is not None else []), *threads]:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    # A job still running is left to its lease (or to this instance's restart): crash safety
-    # covers what a stop cut short. A last poll of the collector or the clock watch may have
-    # raised this instance's alert after the stop was recorded: resolved once more.
+    # Jobs handed over to the workers and not taken are given back, as the workers give back
+    # the rest of their batches. A job still running is left to its lease (or to this
+    # instance's restart): crash safety covers what a stop cut short.
+    release_unstarted(engine, engine.wakeup.take_handed(engine.wakeup.handed_count()))
+    # A last poll of the collector or the clock watch may have raised this instance's alert
+    # after the stop was recorded: resolved once more.
     _record_stop(engine, name)
 
 

@@ -63,6 +63,26 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
 }
 
 
+def release_unstarted(ctx: EngineContext, jobs: list[ClaimedJob]) -> None:
+    """Give back claimed jobs this process will not start, so that they need not wait for
+    their leases to run out. If that fails (the database may be what stops us), the leases
+    still do it: nothing is lost, only later."""
+    if not jobs:
+        return
+    try:
+        with ctx.store.unit_of_work() as uow:
+            released = uow.jobs.release_unstarted(jobs)
+            uow.commit()
+    except Exception as exc:
+        log.warning(
+            "could not give back %d claimed job(s), left to their leases: %s",
+            len(jobs),
+            type(exc).__name__,
+        )
+        return
+    log.info("gave back %d of %d claimed job(s) not started", released, len(jobs))
+
+
 class LeaseKeeper:
     """Keeps the claim of the job a worker runs for as long as it runs.
 
@@ -170,11 +190,13 @@ class Worker:
         return len(handed)
 
     def _run_jobs(self, jobs: list[ClaimedJob]) -> None:
+        left: list[ClaimedJob] = []
         for job in jobs:
             if self.stopping is not None and self.stopping.is_set():
-                # The server stops: the rest of the batch keeps its claims, taken back by this
-                # instance's restart or, when their leases run out, by another server.
+                # The server stops: the rest of the batch is given back, for another server
+                # or this one's restart.
                 log.info("job %s (%s) left for after the stop", job.id, job.kind)
+                left.append(job)
                 continue
             # A job is started only while at least half its lease is left: the jobs before it
             # in the batch may have taken long (a send waits up to a minute per step), and once
@@ -185,6 +207,7 @@ class Worker:
                 log.warning(
                     "job %s (%s) left for a later claim: its lease ran low", job.id, job.kind
                 )
+                left.append(job)
                 continue
             handler = HANDLERS.get(job.kind)
             try:
@@ -197,6 +220,7 @@ class Worker:
                 with self.ctx.store.unit_of_work() as uow:
                     uow.jobs.reschedule(job.id, self.ctx.clock() + RETRY_AFTER_CRASH)
                     uow.commit()
+        release_unstarted(self.ctx, left)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Run until nothing is due (tests and the demo use this with an injected clock)."""

@@ -675,6 +675,13 @@ _EXTEND_CLAIM = _job_sql(
     "CAST(:message_id AS VARCHAR(36)) IS NULL))",
     until="claimed_until",
 )
+# a claimed job not started is given back as it was before the claim (its attempt undone)
+_RELEASE_UNSTARTED = _job_sql(
+    "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, attempts = attempts - 1 "
+    "WHERE id = :id AND claimed_by = :worker AND attempts > 0 AND kind = :kind AND "
+    "(message_id = :message_id OR (message_id IS NULL AND "
+    "CAST(:message_id AS VARCHAR(36)) IS NULL))"
+)
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
 _CANCEL_KIND = _job_sql("DELETE FROM jobs WHERE message_id = :message_id AND kind = :kind")
 # the job row becomes another job of its message, unless one of that key exists already
@@ -831,6 +838,25 @@ class JobRepository:
             .values(claimed_by=None, claimed_until=None)
         )
         return int(getattr(result, "rowcount", 0) or 0)
+
+    def release_unstarted(self, jobs: list[ClaimedJob]) -> int:
+        """Give back claimed jobs that were not started (a stop, or a lease run low): they are
+        due again at once for any worker, and the claim's attempt is undone, so that a stop
+        does not count against a job's tries. A claim that is no longer the job's own is left
+        as it is. Returns how many were given back."""
+        released = 0
+        for job in jobs:
+            if job.claimed_by is None:
+                continue
+            result = self._run(
+                _RELEASE_UNSTARTED,
+                id=job.id,
+                worker=job.claimed_by,
+                kind=job.kind,
+                message_id=job.message_id,
+            )
+            released += result.rowcount
+        return released
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)

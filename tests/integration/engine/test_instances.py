@@ -102,6 +102,30 @@ def test_serve_records_its_start_and_its_stop(pair: Pair, tmp_path: Path) -> Non
         assert row.stopped_at is not None
 
 
+def test_a_request_that_never_ends_does_not_hold_up_the_stop(pair: Pair, tmp_path: Path) -> None:
+    # A client that sends half a request and then nothing (a stalled upload, a slow attack)
+    # would keep uvicorn's graceful shutdown waiting for ever, and a service manager would kill
+    # the process before the workers and the stop's record. The wait is bounded.
+    import socket
+
+    server = RunningServer(pair.gp_site, tmp_path / "gp.log").start()
+    process = server.process
+    assert process is not None
+    try:
+        with socket.create_connection(("127.0.0.1", pair.gp_site.port), timeout=30) as stalled:
+            stalled.sendall(
+                b"POST /ebms HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                b"Content-Length: 100000\r\n\r\n<partial"
+            )
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+    with pair.gp.store.unit_of_work() as uow:
+        [row] = uow.instances.all()
+        assert row.stopped_at is not None
+
+
 def test_on_postgresql_the_beats_are_judged_by_the_database_servers_clock(
     own_database: Store, tmp_path: Path
 ) -> None:

@@ -566,10 +566,14 @@ def _claim(pair: Pair, worker: str) -> list[object]:
 
 def test_a_claimed_job_is_not_started_once_its_lease_has_run_low(pair: Pair) -> None:
     # Jobs of a batch run one after another; after a slow one the rest may have little lease
-    # left, and another worker may claim them when it runs out. Such a job is left alone.
+    # left, and another worker may claim them when it runs out. Such a job is not started but
+    # given back: due again at once, for any worker, without a try counted.
     from datetime import timedelta
 
+    from sqlalchemy import select
+
     from meldingstjener.engine.worker import Worker
+    from meldingstjener.store.tables import JobRow
 
     ids = [
         submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, f"n{n}"), actor="t")
@@ -581,8 +585,10 @@ def test_a_claimed_job_is_not_started_once_its_lease_has_run_low(pair: Pair) -> 
     pair.clock.advance(seconds=61)  # as if a send before them had taken a minute
     slow._run_jobs(jobs)  # type: ignore[arg-type]
     assert pair.network.sent == []
-    pair.clock.advance(seconds=60)  # the lease has run out: any worker claims them
-    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        rows = list(uow.session.scalars(select(JobRow)))
+        assert [(row.claimed_by, row.attempts) for row in rows] == [(None, 0)] * 2
+    pair.run()  # within the lease the slow worker had: claimed by another at once
     assert [pair.message(pair.gp, i).status for i in ids] == ["transport-acknowledged"] * 2
     assert len(pair.network.sent) == 4  # each message once, each Acknowledgment once
 

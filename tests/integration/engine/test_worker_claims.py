@@ -219,6 +219,60 @@ def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair
     assert job.kind == KIND and job.attempts == 2
 
 
+def _job_rows(store: Store) -> list[tuple[str | None, int]]:
+    """Each job's claim holder and attempts, by id."""
+    with store.unit_of_work() as uow:
+        rows = uow.session.scalars(select(JobRow).order_by(JobRow.id))
+        return [(row.claimed_by, row.attempts) for row in rows]
+
+
+def test_a_stopping_worker_gives_back_the_rest_of_its_batch(store: Store) -> None:
+    # The jobs of a batch not started when the server stops are due again at once, for any
+    # worker, and the stop does not count as one of their tries. A job whose claim another
+    # worker holds meanwhile is not touched.
+    ctx = cast(
+        EngineContext,
+        SimpleNamespace(store=store, clock=utcnow, wakeup=Wakeup(), register_sync=None),
+    )
+    for _ in range(3):
+        _schedule(store, ctx.wakeup)
+    lease = timedelta(minutes=2)
+    with store.unit_of_work() as uow:
+        batch = uow.jobs.claim_due("test-host:1/0", now=utcnow(), limit=3, lease=lease)
+        uow.commit()
+    with store.unit_of_work() as uow:  # the third job's claim is now another worker's
+        uow.session.execute(
+            text("UPDATE jobs SET claimed_by = 'other:2/0' WHERE id = :id"), {"id": batch[2].id}
+        )
+        uow.commit()
+    worker = Worker(ctx, "test-host:1/0", batch=3, lease=lease)
+    worker.stopping = threading.Event()
+    worker.stopping.set()
+    worker._run_jobs(batch)
+    assert _job_rows(store) == [(None, 0), (None, 0), ("other:2/0", 1)]
+    with store.unit_of_work() as uow:
+        again = uow.jobs.claim_due("other:3/0", now=utcnow(), limit=3, lease=lease)
+        uow.commit()
+    assert [(job.id, job.attempts) for job in again] == [(batch[0].id, 1), (batch[1].id, 1)]
+
+
+def test_a_stop_gives_back_the_jobs_handed_over_and_not_taken(pair: Pair) -> None:
+    from meldingstjener.cli.engine_cmds import _stop_serving
+
+    ctx = pair.gp
+    ctx.clock = utcnow
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    with ctx.store.unit_of_work() as uow:
+        ctx.schedule_now(uow, KIND)
+        ctx.schedule_now(uow, KIND)
+        uow.commit()
+    assert ctx.wakeup.handed_count() == 2
+    assert _job_rows(ctx.store) == [("test-host:1/handoff", 1)] * 2
+    _stop_serving(ctx, "test-host:1", threading.Event(), None, [])
+    assert ctx.wakeup.handed_count() == 0
+    assert _job_rows(ctx.store) == [(None, 0)] * 2  # due for any worker, no try counted
+
+
 def test_a_handed_over_send_carries_what_it_would_read_and_reads_nothing(pair: Pair) -> None:
     from sqlalchemy import event
 
