@@ -310,7 +310,9 @@ class RegisterSettings(_Section):
     ``[helseid]`` client (or, without one, the token in ``MELDINGSTJENER_AR_TOKEN``)."""
 
     url: str | None = None
-    scope: str = "nhn:communicationparty/read"
+    # NHN's scope for the CommunicationParty API with DPoP-bound tokens (its documentation,
+    # 2025); a client without DPoP needs the scope its HelseID client was granted instead.
+    scope: str = "nhn:cp-api/access-v2-dpop"
     sync_minutes: int = Field(default=15, ge=1)
     # Syncs that failed in a row before a register-sync-failed alert (one failure is often
     # the network; several mean certificates and addresses are getting out of date).

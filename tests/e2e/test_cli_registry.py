@@ -139,6 +139,11 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
         assert "wrote 1 parties" in output
         code, output = invoke(tmp_path, *args, "--client-id", "msh", env={})
         assert code == 2 and "CLIENT_SECRET" in output
+        # an assertion's audience with a secret, which sends no assertion: said, not ignored
+        code, output = invoke(
+            tmp_path, *args, "--client-id", "msh", "--audience", "https://sts", env=env
+        )
+        assert code == 2 and "--audience is the client assertion's" in output
     code, output = invoke(tmp_path, "ar", "search", "tonsberg legvakt")
     assert code == 0 and "500001" in output
 
@@ -169,10 +174,11 @@ def test_ar_sync_with_private_key_jwt_and_dpop(tmp_path: Path) -> None:
         code, output = invoke(tmp_path, *args, "--client-id", "msh", "--key-file", str(key_file))
         assert code == 0, output
         assert "wrote 1 parties" in output
-        # the token was bound to the client key
+        # the token was bound to the client key, asked for with the register's DPoP scope
         assert list(helseid.issued.values()) == [
             jwk_thumbprint(RSAAlgorithm.to_jwk(public_key, as_dict=True))
         ]
+        assert helseid.scopes == ["nhn:cp-api/access-v2-dpop"]
         # --no-dpop: HelseID (here: requiring DPoP) refuses, and the command says why
         code, output = invoke(
             tmp_path, *args, "--client-id", "msh", "--key-file", str(key_file), "--no-dpop"
@@ -201,6 +207,7 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
         )
         assert code == 0, output
         assert "source cpa" in output
+        assert helseid.scopes == ["nhn:cppa/access-with-dpop"]  # the service's DPoP scope
         # a partner the service has no CPA or CPP for, nor the local register: manual terms
         code, output = invoke(
             tmp_path,

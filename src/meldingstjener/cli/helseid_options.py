@@ -75,6 +75,9 @@ def helseid_tokens(
             "give the HelseID client's key with --key-file (or "
             "MELDINGSTJENER_HELSEID_KEY_FILE), or set MELDINGSTJENER_HELSEID_CLIENT_SECRET"
         )
+    if key_file is None and audience is not None:
+        # said rather than ignored: the operator expects a client assertion that is not sent
+        raise _usage("--audience is the client assertion's: it needs --key-file")
     try:
         return helseid_token_provider(
             token_url,

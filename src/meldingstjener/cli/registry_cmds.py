@@ -439,7 +439,9 @@ def partners_add(
     cppa_scope: Annotated[
         str | None,
         typer.Option(
-            envvar="MELDINGSTJENER_HELSEID_CPPA_SCOPE", help="Scope to ask HelseID for (CPPA)."
+            envvar="MELDINGSTJENER_HELSEID_CPPA_SCOPE",
+            help="Scope to ask HelseID for (default: nhn:cppa/access-with-dpop with DPoP, "
+            "else nhn:cppa/access).",
         ),
     ] = None,
     key_file: KeyFileOption = None,
@@ -468,10 +470,13 @@ def partners_add(
     types = _parse_message_types(message_type)
     tokens = None
     if cppa_url is not None and cpa is None and cpp is None:
+        from meldingstjener.registry.cppa_client import CPPA_SCOPE_BEARER, CPPA_SCOPE_DPOP
+
+        bound = key_file is not None and dpop  # a client secret gets no DPoP-bound token
         tokens = helseid_tokens(
             token_url=token_url,
             client_id=client_id,
-            scope=cppa_scope,
+            scope=cppa_scope or (CPPA_SCOPE_DPOP if bound else CPPA_SCOPE_BEARER),
             key_file=key_file,
             audience=audience,
             dpop=dpop,

@@ -10,6 +10,7 @@ for token servers that use them (and for tests).
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from meldingstjener.registry.helseid import (
 __all__ = [
     "BearerClient",
     "ClientCredentialsTokenProvider",
+    "Retry",
     "StaticToken",
     "TokenError",
     "TokenProvider",
@@ -46,6 +48,13 @@ class TokenError(RegistryError):
     code = "helseid-token"
 
 
+class Retry(enum.Enum):
+    """Why a refused API call is tried again with new headers."""
+
+    NONCE = "the API asked for a DPoP nonce the request did not carry"
+    TOKEN = "the API dropped the token before it ran out"
+
+
 class TokenProvider(Protocol):
     """Anything that authorises calls to the register APIs."""
 
@@ -53,10 +62,11 @@ class TokenProvider(Protocol):
         """The headers that authorise one request (``Authorization``, and ``DPoP`` if bound)."""
         ...
 
-    def after_response(self, response: httpx.Response) -> bool:
-        """Learn from an API's answer (a new DPoP nonce comes on any answer); whether a ``401``
-        is worth one more try with new headers: the API asked for a nonce the request did not
-        carry, or dropped the token before it ran out."""
+    def after_response(self, response: httpx.Response) -> Retry | None:
+        """Learn from an API's answer (a new DPoP nonce comes on any answer); why a ``401`` is
+        worth one more try with new headers, if it is: the API asked for a nonce the request
+        did not carry, or dropped the token before it ran out. Each reason is answered once
+        per call (see :meth:`BearerClient._authorised_get`)."""
         ...
 
 
@@ -72,8 +82,8 @@ class StaticToken:
     def authorization(self, method: str, url: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
 
-    def after_response(self, response: httpx.Response) -> bool:
-        return False  # the same token again would be refused again
+    def after_response(self, response: httpx.Response) -> Retry | None:
+        return None  # the same token again would be refused again
 
 
 class ClientCredentialsTokenProvider:
@@ -125,26 +135,28 @@ class ClientCredentialsTokenProvider:
             "DPoP": self._dpop.proof(method, url, access_token=token),
         }
 
-    def after_response(self, response: httpx.Response) -> bool:
+    def after_response(self, response: httpx.Response) -> Retry | None:
         url = str(response.request.url)
         nonce = response.headers.get("DPoP-Nonce")
         if self._dpop is not None:
             self._dpop.remember_nonce(url, nonce)
         if response.status_code != 401:
-            return False
+            return None
         challenge = response.headers.get("WWW-Authenticate", "")
         sent_proof = response.request.headers.get("DPoP")
         if self._dpop is not None and sent_proof is not None and "use_dpop_nonce" in challenge:
             # Worth a retry if the nonce asked for is not the one this request carried (another
             # request may have learnt it meanwhile: the retry carries it all the same).
-            return nonce is not None and nonce != proof_nonce(sent_proof)
+            if nonce is not None and nonce != proof_nonce(sent_proof):
+                return Retry.NONCE
+            return None
         if "invalid_token" in challenge:
             refused = response.request.headers.get("Authorization", "").partition(" ")[2]
             with self._lock:
                 if self._token == refused:
                     self._token = None  # revoked or expired early: a new one may do
-            return True
-        return False
+            return Retry.TOKEN
+        return None
 
     def _current(self) -> tuple[str, bool]:
         with self._lock:
@@ -249,7 +261,10 @@ class BearerClient:
         self, path: str, *, accept: str, unreachable_hint: str = ""
     ) -> httpx.Response:
         url = self._base + path
-        for attempt in (1, 2):
+        # A new token may meet a new nonce: each reason for a retry is answered once, so a call
+        # is sent three times at most.
+        answered: set[Retry] = set()
+        while True:
             headers = {**self._tokens.authorization("GET", url), "Accept": accept}
             try:
                 response = self._http.get(url, headers=headers)
@@ -258,9 +273,10 @@ class BearerClient:
                     f"{self.service_name} at {self._base} could not be reached "
                     f"({type(exc).__name__}){unreachable_hint}"
                 ) from None
-            if not self._tokens.after_response(response) or attempt == 2:
-                break
-        return response
+            retry = self._tokens.after_response(response)
+            if retry is None or retry in answered:
+                return response
+            answered.add(retry)
 
 
 def helseid_token_provider(

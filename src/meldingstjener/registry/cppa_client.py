@@ -6,6 +6,9 @@ Paths (as NHN's own Helsenorge.Messaging client calls them; answers are CPPA 2.0
 * ``GET /Agreements/{cpaId}`` - a CPA by its id;
 * ``GET /Agreements/HerIds/{ourHerId}/{theirHerId}`` - the CPA between two HER-ids.
 
+HelseID scopes: ``nhn:cppa/access-with-dpop`` for DPoP-bound tokens (the service's version 2
+requires DPoP), ``nhn:cppa/access`` for bearer tokens (version 1).
+
 Not confirmed: the base URL of the production service and whether it answers 404 or an empty
 body for "no such CPA"; both are treated as "none".
 
@@ -28,7 +31,10 @@ from meldingstjener.registry.errors import CpaFormatError, RegistryError
 from meldingstjener.registry.parties import CommunicationParty
 from meldingstjener.registry.terms import AgreementTerms, TermsSource
 
-__all__ = ["CppaClient", "CppaUnavailable", "fetch_terms"]
+__all__ = ["CPPA_SCOPE_BEARER", "CPPA_SCOPE_DPOP", "CppaClient", "CppaUnavailable", "fetch_terms"]
+
+CPPA_SCOPE_DPOP = "nhn:cppa/access-with-dpop"
+CPPA_SCOPE_BEARER = "nhn:cppa/access"
 
 
 class CppaUnavailable(RegistryError):

@@ -11,7 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meldingstjener.registry.ar_client import ArClient, ArUnavailable
-from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken, TokenError
+from meldingstjener.registry.auth import (
+    ClientCredentialsTokenProvider,
+    Retry,
+    StaticToken,
+    TokenError,
+)
 from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
 from meldingstjener.registry.helseid import (
     ClientAssertion,
@@ -114,6 +119,20 @@ def test_a_token_the_api_dropped_is_replaced_once(setup: Setup) -> None:
     assert second != first
 
 
+def test_a_new_token_that_meets_a_new_nonce_gets_through(setup: Setup) -> None:
+    # The API dropped the token and moved on to a new nonce at once: the retry with the new
+    # token is challenged for the nonce, and that is answered too.
+    client = setup.client()
+    client.party(HER_ID)
+    [first] = setup.helseid.issued
+    setup.helseid.revoke(first)
+    setup.helseid.api_nonce = "api-nonce-2"
+    before = len(setup.register.requests)
+    assert client.party(HER_ID).her_id == HER_ID
+    # refused token, refused nonce, through
+    assert len(setup.register.requests) - before == 3
+
+
 def test_a_token_server_without_dpop_hands_out_a_bearer_token_that_is_used_as_one(
     setup: Setup,
 ) -> None:
@@ -168,4 +187,4 @@ def test_a_challenge_for_a_nonce_learnt_meanwhile_is_still_answered(setup: Setup
     client.party(HER_ID)  # the other request: challenged, learns a2
     late = httpx.get(url, headers=held)
     assert late.status_code == 401
-    assert tokens.after_response(late) is True
+    assert tokens.after_response(late) is Retry.NONCE

@@ -63,6 +63,7 @@ class FakeHelseId:
         self.issued: dict[str, str | None] = {}  # token -> thumbprint of the bound key
         self.revoke_all = False  # an API that refuses every token as if it had been revoked
         self.requests = 0
+        self.scopes: list[str | None] = []  # the scope each token issued was asked for with
         self.refusals: list[str] = []  # why requests were refused, for tests to read
         self._seen_jti: set[str] = set()
         self._lock = threading.Lock()
@@ -104,6 +105,7 @@ class FakeHelseId:
         token = secrets.token_urlsafe(24)
         with self._lock:
             self.issued[token] = bound_to
+            self.scopes.append(form.get("scope"))
         return Reply.json(
             {
                 "access_token": token,
