@@ -3,6 +3,8 @@
 Endpoints, as published in the API's OpenAPI description (v1):
 
 * ``GET /api/v1/communicationparty/{herId}`` - one party (404 when unknown);
+* ``POST /api/v1/communicationparty`` with ``{"herIds": [...]}`` - up to 100 parties in one
+  call (the unknown ones are left out of the answer), without certificate bytes;
 * ``GET /api/v1/certificate/{herId}/signing`` and ``/encryption`` - the current certificate with
   its base64 DER (``certificateValue``) and thumbprint;
 * ``GET /api/v1/communicationparty/export`` - every active HER-id plus ``lastSequenceNumber``, the
@@ -16,10 +18,12 @@ failures become :class:`ArUnavailable`, so a caller can keep using its local cop
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import httpx
 
 from meldingstjener.registry.ar_json import (
     parse_certificate_json,
@@ -32,7 +36,9 @@ from meldingstjener.registry.errors import ArFormatError, ArPartyNotFound, Regis
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import CommunicationParty
 
-__all__ = ["ArClient", "ArEvent", "ArExport", "ArUnavailable"]
+__all__ = ["BULK_LOOKUP_LIMIT", "ArClient", "ArEvent", "ArExport", "ArUnavailable"]
+
+BULK_LOOKUP_LIMIT = 100  # HER-ids per bulk lookup, as the API allows
 
 
 class ArUnavailable(RegistryError):
@@ -60,6 +66,7 @@ class ArClient(BearerClient):
 
     unavailable = ArUnavailable
     service_name = "the address register"
+    _bulk_lookup = True  # until the register says it has none
 
     # --- the endpoints ---------------------------------------------------------------------
 
@@ -77,6 +84,33 @@ class ArClient(BearerClient):
             self._certificate(her_id, "encryption") if party.encryption_certificate else None
         )
         return attach_certificates(party, signing=signing, encryption=encryption)
+
+    def parties(self, her_ids: Sequence[str]) -> list[CommunicationParty] | None:
+        """The parties of up to :data:`BULK_LOOKUP_LIMIT` HER-ids in one call, with their
+        certificates' thumbprints but not their bytes (see :meth:`certificate`); HER-ids the
+        register does not know are missing from the list. None when the register has no bulk
+        lookup (HTTP 404 or 405): then ask :meth:`party` one by one."""
+        if len(her_ids) > BULK_LOOKUP_LIMIT:
+            raise ValueError(f"at most {BULK_LOOKUP_LIMIT} HER-ids per bulk lookup")
+        if not self._bulk_lookup:
+            return None
+        if not her_ids:
+            return []
+        path = "/api/v1/communicationparty"
+        response = self._authorised(
+            "POST",
+            path,
+            accept="application/json",
+            json_body={"herIds": [int(h) for h in her_ids]},
+            unreachable_hint=_LOCAL_COPY_HINT,
+        )
+        if response.status_code in {404, 405}:
+            self._bulk_lookup = False  # asked once per client
+            return None
+        body = self._json(response, path)
+        if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+            raise ArFormatError("the register's bulk lookup did not answer a list of parties")
+        return [party_from_record(item) for item in body]
 
     def certificate(self, her_id: str, role: str) -> PartyCertificate | None:
         """The current ``signing`` or ``encryption`` certificate, None when there is none."""
@@ -129,10 +163,13 @@ class ArClient(BearerClient):
 
     def _get_json(self, path: str, *, her_id: str | None = None) -> Any:
         response = self._authorised_get(
-            path, accept="application/json", unreachable_hint="; the local copy is used meanwhile"
+            path, accept="application/json", unreachable_hint=_LOCAL_COPY_HINT
         )
         if response.status_code == 404 and her_id is not None:
             raise ArPartyNotFound(f"the address register has no party with HER-id {her_id}")
+        return self._json(response, path)
+
+    def _json(self, response: httpx.Response, path: str) -> Any:
         if response.status_code in {401, 403}:
             raise ArUnavailable(
                 f"the address register refused our token (HTTP {response.status_code}); "
@@ -147,6 +184,9 @@ class ArClient(BearerClient):
             return response.json()
         except ValueError:
             raise ArFormatError(f"the address register's answer to {path} is not JSON") from None
+
+
+_LOCAL_COPY_HINT = "; the local copy is used meanwhile"
 
 
 def _event(item: dict[str, Any]) -> ArEvent:

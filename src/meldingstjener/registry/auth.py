@@ -260,14 +260,25 @@ class BearerClient:
     def _authorised_get(
         self, path: str, *, accept: str, unreachable_hint: str = ""
     ) -> httpx.Response:
+        return self._authorised("GET", path, accept=accept, unreachable_hint=unreachable_hint)
+
+    def _authorised(
+        self,
+        method: str,
+        path: str,
+        *,
+        accept: str,
+        json_body: object = None,
+        unreachable_hint: str = "",
+    ) -> httpx.Response:
         url = self._base + path
         # A new token may meet a new nonce: each reason for a retry is answered once, so a call
         # is sent three times at most.
         answered: set[Retry] = set()
         while True:
-            headers = {**self._tokens.authorization("GET", url), "Accept": accept}
+            headers = {**self._tokens.authorization(method, url), "Accept": accept}
             try:
-                response = self._http.get(url, headers=headers)
+                response = self._http.request(method, url, headers=headers, json=json_body)
             except httpx.HTTPError as exc:
                 raise self.unavailable(
                     f"{self.service_name} at {self._base} could not be reached "

@@ -52,6 +52,12 @@ class PartyCertificate:
         return not (self.not_after is not None and moment > self.not_after)
 
 
+def register_thumbprint(der: bytes) -> str:
+    """How the register names a certificate: the SHA-1 of its DER, upper-case hex (an
+    identifier, not a security check)."""
+    return hashlib.sha1(der).hexdigest().upper()
+
+
 def certificate_from_der(
     der: bytes, *, cert_id: str | None = None, thumbprint: str | None = None
 ) -> PartyCertificate:
@@ -60,8 +66,7 @@ def certificate_from_der(
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise CertificateUnreadable(f"not a DER X.509 certificate: {exc}") from None
-    # SHA-1 here is the register's thumbprint format (an identifier), not a security check.
-    computed = hashlib.sha1(der).hexdigest().upper()
+    computed = register_thumbprint(der)
     if thumbprint is not None and thumbprint.strip().upper() != computed:
         raise CertificateUnreadable(
             f"certificate thumbprint {thumbprint.strip().upper()} does not match its bytes "

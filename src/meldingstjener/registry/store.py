@@ -30,6 +30,7 @@ from meldingstjener.registry.certificates import (
     CertificateUnreadable,
     PartyCertificate,
     certificate_from_der,
+    register_thumbprint,
 )
 from meldingstjener.registry.errors import ArFormatError, RegistryError
 from meldingstjener.registry.isotime import parse_timestamp
@@ -156,6 +157,26 @@ def save_parties(
     return count
 
 
+def held_certificates(uow: UnitOfWork, her_ids: Iterable[str]) -> set[tuple[str, str, str]]:
+    """``(her_id, role, thumbprint)`` of each certificate whose bytes we hold for these parties
+    (role ``signing`` or ``encryption``; the thumbprint is the SHA-1 of the bytes, upper-case
+    hex, as the register writes it). A sync need not fetch those again."""
+    wanted = list(her_ids)
+    held: set[tuple[str, str, str]] = set()
+    for start in range(0, len(wanted), _BATCH):
+        rows = uow.session.execute(
+            select(
+                PartyRow.her_id, PartyRow.signing_certificate, PartyRow.encryption_certificate
+            ).where(PartyRow.her_id.in_(wanted[start : start + _BATCH]))
+        )
+        for her_id, signing, encryption in rows:
+            for role, value in (("signing", signing), ("encryption", encryption)):
+                if value:
+                    thumbprint = register_thumbprint(base64.b64decode(value))
+                    held.add((her_id, role, thumbprint))
+    return held
+
+
 def load_parties(uow: UnitOfWork) -> list[CommunicationParty]:
     """Every stored party; a row that cannot be read is skipped rather than failing the lot."""
     parties = []
@@ -231,7 +252,8 @@ def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
     ):
         if getattr(new, column) or not getattr(old, column):
             continue
-        old_thumb = (old_details.get(role) or {}).get("thumbprint")
+        # the bytes' own thumbprint: what a sync judged by when it did not fetch them again
+        old_thumb = register_thumbprint(base64.b64decode(getattr(old, column)))
         new_thumb = (new_details.get(role) or {}).get("thumbprint")
         if new_thumb is None or new_thumb == old_thumb:
             setattr(new, column, getattr(old, column))

@@ -9,6 +9,11 @@ committed in the same transaction as the parties it changed.
 So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
 deletes a party (a deactivated party is kept, marked inactive, as the register reports it).
 Progress lives in ``kv_state``.
+
+A chunk's parties are asked for in one bulk lookup (up to 100 HER-ids a call), and only the
+certificates whose bytes we do not hold yet are fetched, two calls each at most: a full export
+of 30,000 parties is 300 lookups instead of 30,000, and a re-sync of unchanged parties fetches
+no certificate. A register without the bulk lookup is asked party by party.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from meldingstjener.registry.ar_client import ArClient, ArEvent
+from meldingstjener.registry.ar_client import BULK_LOOKUP_LIMIT, ArClient, ArEvent
+from meldingstjener.registry.ar_json import with_certificates
+from meldingstjener.registry.certificates import PartyCertificate
 from meldingstjener.registry.errors import ArPartyNotFound, RegistryError
 from meldingstjener.registry.parties import CommunicationParty
-from meldingstjener.registry.store import save_parties
+from meldingstjener.registry.store import held_certificates, save_parties
 from meldingstjener.store.tables import StateRow
 from meldingstjener.store.uow import Store, UnitOfWork
 
@@ -137,7 +144,7 @@ def _full_export(
         done = int(uow.state.get(EXPORT_DONE_KEY) or 0)
     todo = sorted(int(h) for h in export.her_ids if int(h) > done)
     for chunk in _chunks(todo, chunk_size):
-        parties = _fetch(client, (str(h) for h in chunk), report)
+        parties = _fetch(store, client, [str(h) for h in chunk], report)
         with store.unit_of_work() as uow:
             report.parties_written += save_parties(uow, parties, source=SOURCE)
             uow.state.set(EXPORT_DONE_KEY, str(chunk[-1]))
@@ -169,7 +176,7 @@ def _apply_events(
         if not events:
             return
         for chunk in _chunks(events, chunk_size):
-            parties = _fetch(client, _distinct_her_ids(chunk), report)
+            parties = _fetch(store, client, _distinct_her_ids(chunk), report)
             with store.unit_of_work() as uow:
                 report.parties_written += save_parties(uow, parties, source=SOURCE)
                 uow.state.set(LAST_SEQUENCE_KEY, str(chunk[-1].sequence_number))
@@ -182,6 +189,49 @@ def _apply_events(
 
 
 def _fetch(
+    store: Store, client: ArClient, her_ids: Sequence[str], report: SyncReport
+) -> list[CommunicationParty]:
+    parties: list[CommunicationParty] = []
+    for part in _chunks(her_ids, BULK_LOOKUP_LIMIT):
+        found = client.parties(part)
+        if found is None:
+            parties += _fetch_one_by_one(client, part, report)
+            continue
+        by_her_id = {party.her_id: party for party in found}
+        with store.unit_of_work() as uow:
+            held = held_certificates(uow, by_her_id)
+        for her_id in part:
+            party = by_her_id.get(her_id)
+            if party is None:
+                report.not_found.append(her_id)  # gone from the register: keep our copy
+                continue
+            parties.append(_with_new_certificates(client, party, held))
+    return parties
+
+
+def _with_new_certificates(
+    client: ArClient, party: CommunicationParty, held: set[tuple[str, str, str]]
+) -> CommunicationParty:
+    """The party with the bytes of each certificate it names that we do not hold (the ones we
+    hold are kept by :func:`save_parties`, since the record names them by thumbprint)."""
+    fetched: dict[str, PartyCertificate | None] = {}
+    for role, named in (
+        ("signing", party.signing_certificate),
+        ("encryption", party.encryption_certificate),
+    ):
+        if named is None or named.der is not None:
+            continue
+        if named.thumbprint is not None and (party.her_id, role, named.thumbprint) in held:
+            continue
+        fetched[role] = client.certificate(party.her_id, role)
+    if not fetched:
+        return party
+    return with_certificates(
+        party, signing=fetched.get("signing"), encryption=fetched.get("encryption")
+    )
+
+
+def _fetch_one_by_one(
     client: ArClient, her_ids: Iterable[str], report: SyncReport
 ) -> list[CommunicationParty]:
     parties = []

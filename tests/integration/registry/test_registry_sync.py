@@ -81,6 +81,82 @@ def test_full_export_then_events(
     assert len(names) == 7
 
 
+def _calls(fake: FakeAddressRegister, since: int) -> dict[str, int]:
+    """The register calls made since request number ``since``, by kind."""
+    kinds = {"bulk": 0, "party": 0, "certificate": 0, "other": 0}
+    for call in fake.requests[since:]:
+        if call == "POST /api/v1/communicationparty":
+            kinds["bulk"] += 1
+        elif call.startswith("GET /api/v1/certificate/"):
+            kinds["certificate"] += 1
+        elif call.startswith("GET /api/v1/communicationparty/") and "export" not in call:
+            kinds["party"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
+
+
+def _nav_party(ar_samples: Path, fake: FakeAddressRegister, *, new_signing: bool = False) -> None:
+    """The NAV sample party with its certificates; ``new_signing``: its signing certificate
+    replaced (by its encryption certificate's, the one other sample we have)."""
+    nav = json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8"))
+    signing = json.loads((ar_samples / "nav-NavSignCert.json").read_text("utf-8"))
+    encryption = json.loads((ar_samples / "nav-NavEncryptCert.json").read_text("utf-8"))
+    if new_signing:
+        signing = encryption
+        nav["currentSigningCertificate"] = nav["currentEncryptionCertificate"]
+    fake.put_party(nav, signing=signing, encryption=encryption)
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "one-by-one"])
+def test_parties_are_asked_for_in_bulk_and_only_new_certificates_are_fetched(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], ar_samples: Path, bulk: bool
+) -> None:
+    fake, client = register
+    fake.bulk_supported = bulk  # an older register without the bulk lookup: one by one
+    _nav_party(ar_samples, fake)
+    for her_id in range(500001, 500150):
+        fake.put_party(_record(her_id, f"Legekontor {her_id}"))
+    first = sync_register(store, client, chunk_size=200)
+    assert first.parties_written == 150 and first.not_found == []
+    calls = _calls(fake, 0)
+    if bulk:
+        # 150 parties: two lookups of at most 100; NAV's two certificates
+        assert calls == {"bulk": 2, "party": 0, "certificate": 2, "other": 2}
+    else:  # asked once whether it has the bulk lookup
+        assert calls == {"bulk": 1, "party": 150, "certificate": 2, "other": 2}
+
+    # the whole register again: nothing new, so no certificate is fetched
+    before = len(fake.requests)
+    again = sync_register(store, client, full=True, chunk_size=200)
+    assert again.parties_written == 150
+    calls = _calls(fake, before)
+    assert calls["certificate"] == (0 if bulk else 2)  # one by one fetches every time
+    assert calls["bulk"] == (2 if bulk else 0)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get("79768")
+        assert row is not None
+        kept = party_from_row(row)
+    assert kept.signing_certificate_der is not None and kept.encryption_certificate_der
+
+    # NAV's signing certificate changes: that one certificate is fetched, nothing else
+    _nav_party(ar_samples, fake, new_signing=True)
+    fake.put_party(_record(499999, "Borte"))
+    fake.parties.pop("499999")  # an event for a party the register no longer has
+    before = len(fake.requests)
+    events = sync_register(store, client)
+    assert events.mode == "events" and events.parties_written == 1
+    assert events.not_found == ["499999"]
+    calls = _calls(fake, before)
+    assert calls["certificate"] == (1 if bulk else 2)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get("79768")
+        assert row is not None
+        changed = party_from_row(row)
+    assert changed.signing_certificate_der == changed.encryption_certificate_der
+    assert changed.signing_certificate_der != kept.signing_certificate_der
+
+
 def test_export_interrupted_half_way_resumes_where_it_stopped(
     store: Store, register: tuple[FakeAddressRegister, ArClient]
 ) -> None:

@@ -1,6 +1,7 @@
 """A fake of the address register's CommunicationParty REST API (v1).
 
-Implements the paths our client uses, with the published JSON shapes: a party by HER-id, its
+Implements the paths our client uses, with the published JSON shapes: a party by HER-id, up to
+100 parties by a posted list of HER-ids (``bulk_supported`` False: an older API without it), its
 signing/encryption certificate, the export of all HER-ids with ``lastSequenceNumber``, and
 events from a sequence number (``results`` of ``sequenceNumber``/``herId``/``eventType``/
 ``eventTimestamp``). Every change made through :meth:`FakeAddressRegister.put_party` appends an
@@ -14,6 +15,7 @@ Not confirmed: the exact error body of the real service (we send a problem+json-
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +35,8 @@ class FakeAddressRegister:
         self.guard = guard  # HelseID's check of the token (and DPoP proof)
         self.fail_party_lookups_after: int | None = None
         self.party_lookups = 0
-        self.requests: list[str] = []
+        self.requests: list[str] = []  # "METHOD path" of each request
+        self.bulk_supported = True
         self._lock = threading.Lock()
 
     # --- arranging the register ---------------------------------------------------------------
@@ -71,13 +74,15 @@ class FakeAddressRegister:
 
     def __call__(self, request: Request) -> Reply:
         with self._lock:
-            self.requests.append(request.path)
+            self.requests.append(f"{request.method} {request.path}")
         refusal = self.guard(request) if self.guard is not None else None
         if refusal is not None:
             return refusal
+        path = request.path.rstrip("/")
+        if request.method == "POST" and path == _PARTY.rstrip("/") and self.bulk_supported:
+            return self._bulk(request)
         if request.method != "GET":
             return Reply.problem(405, "method not allowed")
-        path = request.path.rstrip("/")
         if path == "/api/v1/communicationparty/export":
             return self._export(request)
         if path == "/api/v1/event":
@@ -98,6 +103,23 @@ class FakeAddressRegister:
             self.party_lookups += 1
             record = self.parties.get(her_id)
         return Reply.json(record) if record is not None else Reply.problem(404, "not found")
+
+    def _bulk(self, request: Request) -> Reply:
+        try:
+            her_ids = json.loads(request.body)["herIds"]
+            if not isinstance(her_ids, list) or not all(type(h) is int for h in her_ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return Reply.problem(400, 'the body must be {"herIds": [integers]}')
+        if len(her_ids) > 100:
+            return Reply.problem(400, "at most 100 herIds")
+        with self._lock:
+            limit = self.fail_party_lookups_after
+            if limit is not None and self.party_lookups + len(her_ids) > limit:
+                return Reply.problem(503, "the register is unavailable")
+            self.party_lookups += len(her_ids)
+            found = [self.parties[str(h)] for h in her_ids if str(h) in self.parties]
+        return Reply.json(found)
 
     def _certificate(self, rest: str) -> Reply:
         her_id, _, role = rest.partition("/")
