@@ -366,6 +366,7 @@ def _spool_write(target: BinaryIO, data: bytes) -> None:
 
 
 _POP3_PIECE = 64 * 1024  # bytes read at most at once from a POP3 line; lines may be longer
+_POP3_STATUS_LINE = 512  # a status line's longest, CRLF included (RFC 1939 section 3)
 
 
 def _retr_into(
@@ -377,9 +378,14 @@ def _retr_into(
     lines over 2048 bytes, and one such line (an ebXML envelope on one line) would block the
     mailbox for good. A mail that grows past ``limit`` is read to its end (the session must go
     on) but no more is written: None. The size in LIST is the server's word, not a bound."""
-    internals: Any = session  # poplib has no public way to send a command and read on
-    internals._putcmd(f"RETR {number}")
-    internals._getresp()  # raises error_proto on -ERR
+    # poplib has no call that sends a command and leaves the answer to be read: the command
+    # goes on the session's socket and its status line is read from its file, as poplib does
+    session.sock.sendall(f"RETR {number}\r\n".encode("ascii"))
+    status = _pop3_read(session)
+    while not status.endswith(b"\n") and len(status) <= _POP3_STATUS_LINE:
+        status += _pop3_read(session)
+    if not status.startswith(b"+OK"):
+        raise poplib.error_proto(status[:_POP3_STATUS_LINE].rstrip(b"\r\n"))
     at_line_start = True
     held_cr = b""  # a CR at the end of a piece may be the first half of the line's CRLF
     written = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import poplib
 import random
 from typing import Any
 
@@ -153,16 +154,16 @@ def test_a_quoted_printable_body_without_line_ends_is_decoded_in_pieces(
 class Pop3Wire:
     """Stands in for a POP3 session: the server's bytes for one RETR, read in odd pieces."""
 
-    def __init__(self, wire: bytes, pieces: random.Random) -> None:
-        self._wire = wire
+    def __init__(self, wire: bytes, pieces: random.Random, status: bytes = b"+OK\r\n") -> None:
+        self._wire = b""
+        self._answer = status + wire
         self._pieces = pieces
+        self.sock = self
         self.file = self
 
-    def _putcmd(self, line: str) -> None:
-        assert line.startswith("RETR ")
-
-    def _getresp(self) -> bytes:
-        return b"+OK"
+    def sendall(self, command: bytes) -> None:
+        assert command == b"RETR 1\r\n"
+        self._wire = self._answer
 
     def readline(self, limit: int) -> bytes:
         size = min(limit, self._pieces.randint(1, 5))
@@ -188,6 +189,13 @@ def test_a_pop3_mail_comes_out_as_sent_however_its_lines_arrive() -> None:
         wire = Pop3Wire(stuffed + b".\r\n", chance)
         mailbox._retr_into(wire, 1, target)  # type: ignore[arg-type]
         assert target.getvalue() == mail, lines
+
+
+def test_a_refused_retr_is_a_pop3_error_with_the_servers_words() -> None:
+    wire = Pop3Wire(b"", random.Random(2), status=b"-ERR no such message\r\n")
+    with pytest.raises(poplib.error_proto) as refused:
+        mailbox._retr_into(wire, 1, io.BytesIO())  # type: ignore[arg-type]
+    assert refused.value.args == (b"-ERR no such message",)
 
 
 def test_a_mail_larger_than_its_size_said_is_cut_off_at_the_limit(
