@@ -66,7 +66,7 @@ class TokenProvider(Protocol):
         """Learn from an API's answer (a new DPoP nonce comes on any answer); why a ``401`` is
         worth one more try with new headers, if it is: the API asked for a nonce the request
         did not carry, or dropped the token before it ran out. Each reason is answered once
-        per call (see :meth:`BearerClient._authorised_get`)."""
+        per call (see :meth:`BearerClient._authorised`)."""
         ...
 
 

@@ -171,10 +171,21 @@ def held_certificates(uow: UnitOfWork, her_ids: Iterable[str]) -> set[tuple[str,
         )
         for her_id, signing, encryption in rows:
             for role, value in (("signing", signing), ("encryption", encryption)):
-                if value:
-                    thumbprint = register_thumbprint(base64.b64decode(value))
+                thumbprint = _stored_thumbprint(value)
+                if thumbprint is not None:  # unreadable bytes are fetched again
                     held.add((her_id, role, thumbprint))
     return held
+
+
+def _stored_thumbprint(value: str | None) -> str | None:
+    """The register thumbprint of stored base64 DER; None when there is none or it is not
+    base64 (a row damaged outside the server must not stop a sync)."""
+    if not value:
+        return None
+    try:
+        return register_thumbprint(base64.b64decode(value, validate=True))
+    except ValueError:  # binascii.Error is one
+        return None
 
 
 def load_parties(uow: UnitOfWork) -> list[CommunicationParty]:
@@ -253,9 +264,9 @@ def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
         if getattr(new, column) or not getattr(old, column):
             continue
         # the bytes' own thumbprint: what a sync judged by when it did not fetch them again
-        old_thumb = register_thumbprint(base64.b64decode(getattr(old, column)))
+        old_thumb = _stored_thumbprint(getattr(old, column))
         new_thumb = (new_details.get(role) or {}).get("thumbprint")
-        if new_thumb is None or new_thumb == old_thumb:
+        if new_thumb is None or (old_thumb is not None and new_thumb == old_thumb):
             setattr(new, column, getattr(old, column))
             setattr(new, limit, getattr(old, limit))
             if new_thumb is None and role in old_details:

@@ -384,7 +384,7 @@ def _retr_into(
     status = _pop3_read(session)
     while not status.endswith(b"\n") and len(status) <= _POP3_STATUS_LINE:
         status += _pop3_read(session)
-    if not status.startswith(b"+OK"):
+    if not status.startswith(b"+OK") or not status.endswith(b"\n"):
         raise poplib.error_proto(status[:_POP3_STATUS_LINE].rstrip(b"\r\n"))
     at_line_start = True
     held_cr = b""  # a CR at the end of a piece may be the first half of the line's CRLF

@@ -157,6 +157,39 @@ def test_parties_are_asked_for_in_bulk_and_only_new_certificates_are_fetched(
     assert changed.signing_certificate_der != kept.signing_certificate_der
 
 
+def test_a_stored_certificate_that_cannot_be_read_is_fetched_again(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], ar_samples: Path
+) -> None:
+    # A row damaged outside the server (its certificate column is not base64) must not stop
+    # the sync: the certificate is fetched again and the row mended.
+    from sqlalchemy import update
+
+    from meldingstjener.store.tables import PartyRow
+
+    fake, client = register
+    _nav_party(ar_samples, fake)
+    sync_register(store, client)
+    with store.unit_of_work() as uow:
+        uow.session.execute(
+            update(PartyRow)
+            .where(PartyRow.her_id == "79768")
+            .values(signing_certificate="not base64!")
+        )
+        uow.commit()
+    before = len(fake.requests)
+    report = sync_register(store, client, full=True)
+    assert report.parties_written == 1
+    assert _calls(fake, before)["certificate"] == 1  # the damaged one, not the good one
+    with store.unit_of_work() as uow:
+        row = uow.parties.get("79768")
+        assert row is not None
+        mended = party_from_row(row)
+    signing = json.loads((ar_samples / "nav-NavSignCert.json").read_text("utf-8"))
+    assert mended.signing_certificate is not None
+    assert mended.signing_certificate.thumbprint == signing["thumbprint"].upper()
+    assert mended.signing_certificate_der is not None
+
+
 def test_export_interrupted_half_way_resumes_where_it_stopped(
     store: Store, register: tuple[FakeAddressRegister, ArClient]
 ) -> None:

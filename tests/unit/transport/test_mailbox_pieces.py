@@ -196,6 +196,10 @@ def test_a_refused_retr_is_a_pop3_error_with_the_servers_words() -> None:
     with pytest.raises(poplib.error_proto) as refused:
         mailbox._retr_into(wire, 1, io.BytesIO())  # type: ignore[arg-type]
     assert refused.value.args == (b"-ERR no such message",)
+    # a status line longer than POP3 allows is refused, not read on as the mail
+    wire = Pop3Wire(b"line\r\n.\r\n", random.Random(3), status=b"+OK " + b"x" * 600 + b"\r\n")
+    with pytest.raises(poplib.error_proto):
+        mailbox._retr_into(wire, 1, io.BytesIO())  # type: ignore[arg-type]
 
 
 def test_a_mail_larger_than_its_size_said_is_cut_off_at_the_limit(
