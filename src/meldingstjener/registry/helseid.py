@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 # How long a client assertion is valid: long enough for one request, short enough that a
-# captured one is of no use (HelseID refuses assertions valid for long).
-_ASSERTION_LIFETIME_SECONDS = 60
+# captured one is of no use. HelseID refuses an exp more than 60 s ahead of its own clock:
+# 30 s leaves room for this host's clock to run ahead of HelseID's.
+_ASSERTION_LIFETIME_SECONDS = 30
 
 _RSA_ALGORITHMS = ("PS256", "PS384", "PS512", "RS256", "RS384", "RS512")
 _EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}

@@ -100,6 +100,26 @@ def test_a_stolen_token_is_refused_without_the_key(setup: Setup) -> None:
     assert answer.status_code == 401 and setup.helseid.refusals[-1] == "signed by another key"
 
 
+def test_a_host_whose_clock_runs_ahead_of_helseids_still_signs_in() -> None:
+    # HelseID refuses a client assertion whose exp is more than 60 s ahead of its own clock;
+    # the assertion's short life leaves room for a host 20 s ahead.
+    import time
+
+    helseid = FakeHelseId(
+        keys={"msh": CLIENT_KEY.private_key.public_key()}, clock=lambda: time.time() - 20
+    )
+    with serve(helseid) as sts:
+        tokens = ClientCredentialsTokenProvider(
+            f"{sts}/connect/token",
+            "msh",
+            client_assertion=ClientAssertion(
+                "msh", audience_for(f"{sts}/connect/token"), CLIENT_KEY
+            ),
+        )
+        assert tokens.access_token() in helseid.issued
+        assert helseid.refusals == []
+
+
 def test_a_client_with_the_wrong_key_gets_no_token(setup: Setup) -> None:
     stranger = ClientKey(ec.generate_private_key(ec.SECP256R1()), "ES256", "key-1")
     with pytest.raises(TokenError) as refused:
