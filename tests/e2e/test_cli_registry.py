@@ -139,6 +139,9 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
         assert "wrote 1 parties" in output
         code, output = invoke(tmp_path, *args, "--client-id", "msh", env={})
         assert code == 2 and "CLIENT_SECRET" in output
+        # neither HelseID nor MELDINGSTJENER_AR_TOKEN: the register's refusal is named
+        code, output = invoke(tmp_path, "ar", "sync", "--url", url, env={})
+        assert code == 1 and "refused our token (HTTP 401)" in output, output
         # an assertion's audience with a secret, which sends no assertion: said, not ignored
         code, output = invoke(
             tmp_path, *args, "--client-id", "msh", "--audience", "https://sts", env=env
@@ -146,6 +149,38 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
         assert code == 2 and "--audience is the client assertion's" in output
     code, output = invoke(tmp_path, "ar", "search", "tonsberg legvakt")
     assert code == 0 and "500001" in output
+
+
+def test_ar_sync_by_hand_waits_its_turn(tmp_path: Path) -> None:
+    # A server is syncing the register (it holds the register-sync job): the command says so
+    # and leaves the register alone; once the turn is free it syncs, and gives the turn back.
+    from datetime import timedelta
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+    from meldingstjener.engine.register_sync import REGISTER_SYNC
+    from meldingstjener.registry.fakes import FakeAddressRegister, serve
+    from meldingstjener.store.types import utcnow
+
+    store = open_store(load_settings(data_dir=tmp_path))
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule_if_absent(REGISTER_SYNC, utcnow(), dedup_key=REGISTER_SYNC)
+        [held] = uow.jobs.claim_due("host:9/0", now=utcnow(), limit=1, lease=timedelta(minutes=2))
+        uow.commit()
+    fake = FakeAddressRegister()
+    fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
+    with serve(fake) as url:
+        code, output = invoke(tmp_path, "ar", "sync", "--url", url)
+        assert code == 1 and "(ar-sync-busy)" in output and "host:9/0" in output
+        assert fake.requests == []
+        with store.unit_of_work() as uow:
+            uow.jobs.give_back(held)
+            uow.commit()
+        code, output = invoke(tmp_path, "ar", "sync", "--url", url)
+        assert code == 0 and "wrote 1 parties" in output, output
+    with store.unit_of_work() as uow:
+        assert uow.jobs.claim_holder(REGISTER_SYNC) == (None, None)
+    store.database.dispose()
 
 
 def _client_key_file(tmp_path: Path) -> tuple[Path, Any]:

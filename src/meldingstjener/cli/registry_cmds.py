@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -163,6 +165,7 @@ def ar_sync(
     (serve syncs by itself when [address_register] url is set.)"""
     from meldingstjener.bootstrap import register_tokens
     from meldingstjener.config import ConfigError
+    from meldingstjener.engine.register_sync import SyncBusy, sync_turn
     from meldingstjener.registry.ar_client import ArClient
     from meldingstjener.registry.sync import SyncInterrupted, sync_register
 
@@ -191,8 +194,12 @@ def ar_sync(
         )
     store = _store(ctx)
     client = ArClient(url, tokens)
+    holder = f"ar-sync:{socket.gethostname()}:{os.getpid()}"
     try:
-        report = sync_register(store, client, full=full, chunk_size=chunk_size)
+        with sync_turn(store, holder):
+            report = sync_register(store, client, full=full, chunk_size=chunk_size)
+    except SyncBusy as exc:
+        raise _fail(f"not synced ({exc.code}): {exc}") from None
     except SyncInterrupted as exc:
         raise _fail(f"sync interrupted ({exc.code}): {exc}") from None
     finally:

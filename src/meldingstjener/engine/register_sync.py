@@ -13,13 +13,16 @@ whatever reason, is tried again at the next turn; after ``alert_after_failures``
 row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next
 sync that works resolves it. A server without ``[address_register] url`` does not claim the
 job: it is left to one that has it, whose heartbeat puts it back should it be gone.
-``meldingstjener ar sync`` run by hand does not take the job's turn: of two syncs at once one
-may fail on the other's rows and is tried again; what both write is the register's.
+``meldingstjener ar sync`` run by hand takes the job's turn (:func:`sync_turn`): it holds the
+job's claim while it runs, so no server syncs meanwhile, and it is told so when one is syncing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +32,8 @@ from meldingstjener.registry.ar_client import ArClient
 from meldingstjener.registry.auth import TokenProvider
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.sync import SyncInterrupted, sync_register
-from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+from meldingstjener.store.types import utcnow
+from meldingstjener.store.uow import ClaimedJob, EventKind, Store, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,15 @@ FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work i
 # A run's parties per transaction: few, so that the time a run may take is seldom overrun by much.
 CHUNK_SIZE = 10
 _ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
+# A sync by hand holds the job's turn with this lease, extended while it runs: a command that
+# is killed gives the turn back to the servers within it.
+HAND_LEASE = timedelta(minutes=2)
+
+
+class SyncBusy(RegistryError):
+    """A server (or another command) is syncing the register now."""
+
+    code = "ar-sync-busy"
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,69 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
         report.events_applied,
     )
     _after(ctx, config, 0, None, problem=None, written=report.parties_written, done=report.complete)
+
+
+@contextlib.contextmanager
+def sync_turn(
+    store: Store,
+    holder: str,
+    *,
+    lease: timedelta = HAND_LEASE,
+    clock: Callable[[], datetime] = utcnow,
+) -> Iterator[None]:
+    """Hold the register-sync job's turn for a sync run by hand, as ``holder``: no server's
+    worker claims the job meanwhile. Raises :class:`SyncBusy` when another holds it. Without
+    the job (no server with the register uses this store) there is no turn to take."""
+    for _ in range(3):  # a turn given back between the two looks: look again
+        with store.unit_of_work() as uow:
+            job = uow.jobs.claim_key(REGISTER_SYNC, holder, now=clock(), lease=lease)
+            held = None if job is not None else uow.jobs.claim_holder(REGISTER_SYNC)
+            uow.commit()
+        if job is not None or held is None or held[0] is not None:
+            break
+    if job is None:
+        if held is not None and held[0] is not None:
+            raise SyncBusy(
+                f"the address register is being synced by {held[0]} now; try again when it is done"
+            )
+        yield
+        return
+    stop = threading.Event()
+    keeper = threading.Thread(
+        target=_keep_turn, args=(store, job, lease, clock, stop), name="sync-turn", daemon=True
+    )
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        try:
+            with store.unit_of_work() as uow:
+                uow.jobs.give_back(job)
+                uow.commit()
+        except Exception as exc:  # the lease gives it back
+            log.warning("could not give back the register sync's turn: %s", type(exc).__name__)
+
+
+def _keep_turn(
+    store: Store,
+    job: ClaimedJob,
+    lease: timedelta,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+) -> None:
+    while not stop.wait(lease.total_seconds() / 4):
+        try:
+            with store.unit_of_work() as uow:
+                kept = uow.jobs.extend_claim(job, worker=str(job.claimed_by), until=clock() + lease)
+                uow.commit()
+        except Exception as exc:  # the next look tries again
+            log.warning("could not keep the register sync's turn: %s", type(exc).__name__)
+            continue
+        if not kept:
+            log.warning("the register sync's turn was lost: a server may sync at the same time")
+            return
 
 
 def _problem(exc: Exception) -> str:

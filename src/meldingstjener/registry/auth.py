@@ -80,6 +80,10 @@ class StaticToken:
         return self._token
 
     def authorization(self, method: str, url: str) -> dict[str, str]:
+        if not self._token:
+            # none given: the call goes without, and a register that wants one says so (401),
+            # rather than the HTTP library refusing "Bearer " as a malformed header
+            return {}
         return {"Authorization": f"Bearer {self._token}"}
 
     def after_response(self, response: httpx.Response) -> Retry | None:

@@ -682,6 +682,17 @@ _RELEASE_UNSTARTED = _job_sql(
     "(message_id = :message_id OR (message_id IS NULL AND "
     "CAST(:message_id AS VARCHAR(36)) IS NULL))"
 )
+# a recurring job's turn taken by hand (its due time and attempts stay), and given back
+_CLAIM_KEY = _job_sql(
+    "UPDATE jobs SET claimed_by = :worker, claimed_until = :until WHERE dedup_key = :dedup_key "
+    "AND (claimed_until IS NULL OR claimed_until < :now) RETURNING id, kind, message_id",
+    until="claimed_until",
+    now="claimed_until",
+)
+_GIVE_BACK = _job_sql(
+    "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL "
+    "WHERE id = :id AND claimed_by = :worker"
+)
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
 _CANCEL_KIND = _job_sql("DELETE FROM jobs WHERE message_id = :message_id AND kind = :kind")
 # the job row becomes another job of its message, unless one of that key exists already
@@ -857,6 +868,32 @@ class JobRepository:
             )
             released += result.rowcount
         return released
+
+    def claim_key(
+        self, dedup_key: str, worker: str, *, now: datetime, lease: timedelta
+    ) -> ClaimedJob | None:
+        """Claim the job of ``dedup_key`` for ``worker`` until ``now + lease`` unless another
+        holds it (or there is none): None then. Its due time and attempts stay as they are; a
+        command that does a recurring job's work by hand takes its turn so."""
+        until = now + lease
+        row = self._run(
+            _CLAIM_KEY, dedup_key=dedup_key, worker=worker, until=until, now=now
+        ).first()
+        if row is None:
+            return None
+        job_id, kind, message_id = row
+        return ClaimedJob(job_id, kind, message_id, None, 0, now, until, claimed_by=worker)
+
+    def claim_holder(self, dedup_key: str) -> tuple[str | None, datetime | None] | None:
+        """Who holds the job of ``dedup_key`` and until when; None when there is no such job."""
+        row = self.session.execute(
+            select(JobRow.claimed_by, JobRow.claimed_until).where(JobRow.dedup_key == dedup_key)
+        ).first()
+        return None if row is None else (row[0], row[1])
+
+    def give_back(self, job: ClaimedJob) -> None:
+        """Clear ``job``'s claim if it is still its holder's (see :meth:`claim_key`)."""
+        self._run(_GIVE_BACK, id=job.id, worker=job.claimed_by)
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)

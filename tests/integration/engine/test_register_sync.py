@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +23,16 @@ from meldingstjener.devsites import RunningServer
 from meldingstjener.engine import register_sync
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.instances import beat
-from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
+from meldingstjener.engine.register_sync import (
+    REGISTER_SYNC,
+    SyncBusy,
+    schedule_register_sync,
+    sync_turn,
+)
 from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
 from meldingstjener.store.tables import EventRow, JobRow
+from meldingstjener.store.types import utcnow
+from meldingstjener.store.uow import ClaimedJob, Store
 
 PARTY = 500001
 Register = tuple[FakeHelseId, FakeAddressRegister, str, str, rsa.RSAPrivateKey]
@@ -229,3 +237,58 @@ def test_the_alert_names_what_stopped_the_sync(pair: Pair, register: Register) -
     first_sync(pair, gp)
     [summary] = open_alerts(gp)
     assert "(helseid-token: the token endpoint refused client msh" in summary
+
+
+def _schedule_the_sync(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule_if_absent(
+            REGISTER_SYNC, utcnow() - timedelta(seconds=1), dedup_key=REGISTER_SYNC
+        )
+        uow.commit()
+
+
+def _claim_for_a_server(store: Store) -> list[ClaimedJob]:
+    with store.unit_of_work() as uow:
+        claimed = uow.jobs.claim_due("host:1/0", now=utcnow(), limit=5, lease=timedelta(minutes=2))
+        uow.commit()
+    return claimed
+
+
+def test_a_sync_by_hand_holds_the_jobs_turn_and_gives_it_back(store: Store) -> None:
+    _schedule_the_sync(store)
+    with sync_turn(store, "ar-sync:test:1"):
+        assert _claim_for_a_server(store) == []  # no server syncs meanwhile
+        with pytest.raises(SyncBusy) as busy, sync_turn(store, "ar-sync:test:2"):
+            pass
+        assert busy.value.code == "ar-sync-busy" and "ar-sync:test:1" in str(busy.value)
+    # given back as it was: due, its attempts untouched
+    [job] = _claim_for_a_server(store)
+    assert (job.kind, job.attempts) == (REGISTER_SYNC, 1)
+    # while a server syncs, a sync by hand is refused
+    with pytest.raises(SyncBusy) as busy, sync_turn(store, "ar-sync:test:3"):
+        pass
+    assert "host:1/0" in str(busy.value)
+
+
+def test_a_long_sync_by_hand_keeps_its_turn(store: Store) -> None:
+    _schedule_the_sync(store)
+    lease = timedelta(seconds=0.4)  # extended every tenth of a second
+    with sync_turn(store, "ar-sync:test:1", lease=lease):
+        with store.unit_of_work() as uow:
+            first = uow.jobs.claim_holder(REGISTER_SYNC)
+        assert first is not None and first[0] == "ar-sync:test:1" and first[1] is not None
+        deadline = time.monotonic() + 30
+        while True:  # until the keeper has extended the claim past its first lease
+            with store.unit_of_work() as uow:
+                now = uow.jobs.claim_holder(REGISTER_SYNC)
+            assert now is not None
+            if now[1] is not None and now[1] > first[1] + lease:
+                break
+            assert time.monotonic() < deadline, "the turn was never extended"
+    with store.unit_of_work() as uow:
+        assert uow.jobs.claim_holder(REGISTER_SYNC) == (None, None)
+
+
+def test_without_the_job_a_sync_by_hand_just_runs(store: Store) -> None:
+    with sync_turn(store, "ar-sync:test:1"), store.unit_of_work() as uow:
+        assert uow.jobs.claim_holder(REGISTER_SYNC) is None
