@@ -188,13 +188,16 @@ def _apply_acknowledgment(
     if OutboundStatus.TRANSPORT_ACKNOWLEDGED.value in allowed_next(
         Direction.OUTBOUND, state.status
     ):
-        late = state.status == OutboundStatus.NOT_DELIVERED.value
+        after = {
+            OutboundStatus.NOT_DELIVERED.value: " after the message was given up",
+            OutboundStatus.TRANSPORT_ERROR.value: " after a MessageError",
+        }.get(state.status, "")
         uow.messages.change_state(
             state,
             status=OutboundStatus.TRANSPORT_ACKNOWLEDGED.value,
             actor=actor,
-            detail="Acknowledgment received"
-            + (" after the message was given up; check the alert" if late else ""),
+            detail=f"Acknowledgment received{after}"
+            + ("; the receiver has the message: check the alert before resending" if after else ""),
             at=now,
         )
         uow.jobs.cancel_for_message(state.id)
@@ -204,7 +207,7 @@ def _apply_acknowledgment(
             state.id,
             EventKind.SIGNAL_IN,
             actor=actor,
-            detail=f"Acknowledgment received again (status stays {state.status})",
+            detail=f"Acknowledgment received (status stays {state.status})",
             ebxml_message_id=signal_id,
             at=now,
         )
@@ -269,12 +272,29 @@ def _apply_message_error(
             at=now,
         )
         uow.jobs.cancel_for_message(row.id)
+        advice = "Correct the cause and resend, or deliver the content another way."
+    else:
+        # acknowledged (or answered, or given up) before: the status stays, the log says why,
+        # and the alert must not ask for a resend of what the receiver may well have
+        uow.events.record(
+            row.id,
+            EventKind.ERROR,
+            actor=actor,
+            code=first_code,
+            detail=f"MessageError from {sender} after the message was {row.status}: {text} "
+            f"(status stays {row.status})",
+            ebxml_message_id=header.message_id,
+            at=now,
+        )
+        advice = (
+            f"The message was {row.status} before: check with the receiver whether it has "
+            "the content before resending it."
+        )
     raise_alert(
         uow,
         AlertKind.MESSAGE_ERROR_RECEIVED,
         f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
-        f"{first_code}: {text}. Correct the cause and resend, or deliver the content "
-        "another way.",
+        f"{first_code}: {text}. {advice}",
         at=now,
         message_id=row.id,
         partner_her_id=sender,

@@ -55,6 +55,10 @@ _APPRECS = frozenset({_O.APPREC_OK, _O.APPREC_REJECTED, _O.APPREC_OK_WITH_ERRORS
 # - not-delivered -> transport-acknowledged / apprec-*: a late receipt after we gave up is still a
 #   fact the help desk must see; it moves the message on (the alert stays for follow-up).
 # - transport-error -> retrying: an operator may resend after fixing the cause (e.g. a certificate).
+# - transport-error -> transport-acknowledged / apprec-*: the receiver's Acknowledgment or AppRec
+#   after a MessageError (overtaken in the mail, or the error came from another MSH): it proves
+#   the receiver has the message, which the help desk must see before anyone resends it (the
+#   MessageError's alert stays for follow-up).
 # - apprec-ok-with-errors -> apprec-*: a corrected AppRec may follow.
 _OUTBOUND: dict[OutboundStatus, frozenset[OutboundStatus]] = {
     _O.ACCEPTED: frozenset(
@@ -68,7 +72,7 @@ _OUTBOUND: dict[OutboundStatus, frozenset[OutboundStatus]] = {
         {_O.SENT, _O.TRANSPORT_ACKNOWLEDGED, _O.TRANSPORT_ERROR, _O.NOT_DELIVERED} | _APPRECS
     ),
     _O.TRANSPORT_ACKNOWLEDGED: _APPRECS,
-    _O.TRANSPORT_ERROR: frozenset({_O.RETRYING}),
+    _O.TRANSPORT_ERROR: frozenset({_O.RETRYING, _O.TRANSPORT_ACKNOWLEDGED} | _APPRECS),
     _O.NOT_DELIVERED: frozenset({_O.TRANSPORT_ACKNOWLEDGED} | _APPRECS),
     _O.APPREC_OK: frozenset(),
     _O.APPREC_REJECTED: frozenset(),

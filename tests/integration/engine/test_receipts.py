@@ -436,6 +436,63 @@ def test_a_message_error_with_warnings_only_does_not_fail_the_message(pair: Pair
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
 
 
+def _message_error_from_the_hospital(pair: Pair, envelope: object) -> None:
+    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
+    from meldingstjener.engine import inbound, signals
+
+    error = ErrorDetail(ErrorCode.DELIVERY_FAILURE, Severity.ERROR, None, "mottak feilet")
+    header = envelope.header  # type: ignore[attr-defined]
+    wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+
+
+def _log(pair: Pair, message_id: str) -> list[tuple[str, str | None, str | None]]:
+    with pair.gp.store.unit_of_work() as uow:
+        return [(e.kind, e.to_status, e.detail) for e in uow.events.for_message(message_id)]
+
+
+def test_an_acknowledgment_after_a_message_error_shows_the_message_delivered(
+    pair: Pair,
+) -> None:
+    # The receiver's Acknowledgment (overtaken in the mail by a MessageError, or the error
+    # came from another MSH) proves it has the message: the help desk must see that before
+    # anyone resends it. The MessageError's alert stays for follow-up. The AppRec counts too.
+    from meldingstjener.engine import inbound, signals
+
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's own signals do not arrive
+    message_id, row = send_and_deliver(pair)
+    envelope, root = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    assert pair.message(pair.gp, message_id).status == "transport-error"
+    ack = signals.build_ack(pair.hospital, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, ack.content_type, ack.body)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    kind, to_status, detail = _log(pair, message_id)[-1]
+    assert (kind, to_status) == ("status", "transport-acknowledged")
+    assert "after a MessageError" in str(detail) and "before resending" in str(detail)
+    assert len(open_alerts(pair.gp, "message-error-received")) == 1
+    pair.network.down.clear()
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_a_message_error_after_the_acknowledgment_does_not_ask_for_a_resend(
+    pair: Pair,
+) -> None:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    envelope, _ = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    kind, _, detail = _log(pair, message_id)[-1]
+    assert kind == "error" and "after the message was transport-acknowledged" in str(detail)
+    [alert] = open_alerts(pair.gp, "message-error-received")
+    summary = str(alert.summary)  # type: ignore[attr-defined]
+    assert "check with the receiver" in summary and "Correct the cause and resend" not in summary
+
+
 def test_a_purge_whose_commit_fails_keeps_the_content(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
