@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Select,
@@ -270,6 +270,16 @@ _CHANGE_STATE = text(
 ).bindparams(bindparam("at", type_=_MESSAGE_COLUMNS["updated_at"].type))
 
 
+_Query = TypeVar("_Query", bound=Select[Any])
+
+
+def _locking(query: _Query) -> _Query:
+    """``query`` taking the row's lock, and reading it afresh: a row this session read before
+    the lock would otherwise keep the values from then (the ORM does not overwrite what it
+    holds), and a status checked against them may be one another transaction has changed."""
+    return query.with_for_update().execution_options(populate_existing=True)
+
+
 class MessageRepository:
     def __init__(self, session: Session, events: EventRepository) -> None:
         self.session = session
@@ -307,7 +317,7 @@ class MessageRepository:
     def get(self, message_id: str, *, for_update: bool = False) -> MessageRow | None:
         query = select(MessageRow).where(MessageRow.id == message_id)
         if for_update:
-            query = query.with_for_update()
+            query = _locking(query)
         return self.session.scalars(query).first()
 
     def by_ebxml_id(
@@ -326,7 +336,7 @@ class MessageRepository:
             MessageRow.ebxml_message_id == ebxml_message_id,
         )
         if for_update:
-            query = query.with_for_update()
+            query = _locking(query)
         return self.session.scalars(query).first()
 
     def sending_view(self, message_id: str) -> SendingView | None:

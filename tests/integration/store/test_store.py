@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -467,3 +468,42 @@ def test_a_finished_jobs_id_is_never_given_to_a_new_job(store: Store) -> None:
         uow.commit()
     with store.unit_of_work() as uow:
         assert list(uow.session.scalars(select(JobRow.id))) == [second] and second != first
+
+
+def test_a_locked_read_sees_what_another_transaction_committed(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # A row read before its lock (the AppRec's lookup, then its lock) must be read afresh when
+    # locked: the ORM keeps what it holds, and the status judged would be the old one.
+    # PostgreSQL only: on SQLite a unit of work holds the write lock from its start, so no
+    # other transaction can commit in between.
+    from sqlalchemy import update
+
+    from meldingstjener.store.database import Database
+    from meldingstjener.store.migrate import upgrade
+    from meldingstjener.store.payloads import PayloadStore
+
+    database = Database(postgres_url)
+    upgrade(database)
+    store = Store(database, PayloadStore(tmp_path / "payloads"))
+    try:
+        with store.unit_of_work() as uow:
+            message_id = uow.messages.add(outbound(ebxml_message_id="lock@x"), actor="t").id
+            uow.commit()
+        with store.unit_of_work() as uow:
+            before = uow.messages.get(message_id)
+            assert before is not None and before.status == "accepted"
+            with database.engine.begin() as other:
+                other.execute(
+                    update(MessageRow)
+                    .where(MessageRow.id == message_id)
+                    .values(status="transport-acknowledged")
+                )
+            locked = uow.messages.get(message_id, for_update=True)
+            assert locked is not None and locked.status == "transport-acknowledged"
+            by_id = uow.messages.by_ebxml_id(Direction.OUTBOUND, "lock@x", for_update=True)
+            assert by_id is locked
+    finally:
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("TRUNCATE messages, message_events CASCADE")
+        database.dispose()
