@@ -99,6 +99,7 @@ class LeaseKeeper:
         self.ctx = ctx
         self.lease = lease
         self._running: tuple[ClaimedJob, float] | None = None  # the job, and since when
+        self._extended: tuple[ClaimedJob, float] | None = None  # the job last extended, when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
@@ -119,22 +120,26 @@ class LeaseKeeper:
             self._running = None
 
     def _loop(self) -> None:
-        lease = self.lease.total_seconds()
-        extended: tuple[ClaimedJob, float] | None = None  # the job last extended, and when
-        while not self._stop.wait(lease / 8):
-            running = self._running
-            if running is None:
-                continue
-            job, since = running
-            if job.claimed_by is None:
-                continue
-            if extended is not None and extended[0] is job:
-                since = extended[1]
-            if time.monotonic() - since >= lease / 4:
-                self._extend(job, job.claimed_by)
-                extended = (job, time.monotonic())
+        while not self._stop.wait(self.lease.total_seconds() / 8):
+            self._look(time.monotonic())
 
-    def _extend(self, job: ClaimedJob, worker: str) -> None:
+    def _look(self, now: float) -> None:
+        """One look at the running job (``now`` on the monotonic clock)."""
+        running = self._running
+        if running is None:
+            return
+        job, since = running
+        if job.claimed_by is None:
+            return
+        if self._extended is not None and self._extended[0] is job:
+            since = self._extended[1]
+        if now - since >= self.lease.total_seconds() / 4 and self._extend(job, job.claimed_by):
+            # only an extension that reached the store counts: one that failed is tried again
+            # at the next look, an eighth of a lease later, not a quarter
+            self._extended = (job, now)
+
+    def _extend(self, job: ClaimedJob, worker: str) -> bool:
+        """Extend the claim; whether the store answered (False: try again)."""
         try:
             with self.ctx.store.unit_of_work() as uow:
                 kept = uow.jobs.extend_claim(
@@ -143,9 +148,10 @@ class LeaseKeeper:
                 uow.commit()
         except Exception as exc:  # the next look tries again; the job itself goes on
             log.warning("could not extend the claim of job %s: %s", job.id, type(exc).__name__)
-            return
+            return False
         if kept:
             log.info("job %s (%s) still running: its claim is extended", job.id, job.kind)
+        return True
 
 
 class Worker:

@@ -360,9 +360,10 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
 
     original_extend = worker_module.LeaseKeeper._extend
 
-    def watched_extend(keeper: worker_module.LeaseKeeper, job: ClaimedJob, name: str) -> None:
-        original_extend(keeper, job, name)
+    def watched_extend(keeper: worker_module.LeaseKeeper, job: ClaimedJob, name: str) -> bool:
+        done = original_extend(keeper, job, name)
         extended.set()  # after its commit
+        return done
 
     monkeypatch.setitem(worker_module.HANDLERS, KIND, slow)
     monkeypatch.setattr(worker_module.LeaseKeeper, "_extend", watched_extend)
@@ -398,6 +399,30 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
     assert not thread.is_alive() and worker.keeper is None
     with store.unit_of_work() as uow:
         assert list(uow.session.scalars(select(JobRow.id).where(JobRow.id == job_id))) == []
+
+
+def test_an_extension_that_failed_is_tried_again_at_the_next_look() -> None:
+    # A database hiccup must not cost the running job a quarter of a lease: by the next try
+    # its claim could have run out, and another worker would send the message again.
+    ctx = cast(EngineContext, SimpleNamespace(store=None, clock=utcnow))
+    keeper = worker_module.LeaseKeeper(ctx, timedelta(seconds=8))  # looks every second
+    job = ClaimedJob(1, KIND, None, None, 1, utcnow(), utcnow(), claimed_by="w")
+    outcomes = [False, True, True]  # the first extension fails, the others reach the store
+    calls: list[str] = []
+
+    def extend(job: ClaimedJob, worker: str) -> bool:
+        calls.append(worker)
+        return outcomes.pop(0)
+
+    keeper._extend = extend  # type: ignore[method-assign]
+    keeper._running = (job, 0.0)
+    keeper._look(1.0)  # an eighth of the lease: too early
+    keeper._look(2.0)  # a quarter: extends, and fails
+    keeper._look(3.0)  # tried again at once
+    keeper._look(4.0)  # extended a second ago: nothing to do
+    assert len(calls) == 2
+    keeper._look(5.0)  # a quarter of a lease after the extension: again
+    assert calls == ["w", "w", "w"]
 
 
 def test_a_claim_is_extended_only_for_the_same_worker_and_job(store: Store) -> None:
