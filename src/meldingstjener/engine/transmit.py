@@ -132,8 +132,11 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             ),
         )
     except TransportFailure as failure:
-        _failed(ctx, job, partner, failure, now)
+        _failed(ctx, job, partner, failure, ctx.clock())
         return None
+    # what follows counts from the end of the send, which may have taken minutes (a large
+    # upload): the wait for the Acknowledgment must not be eaten up by the upload itself
+    now = ctx.clock()
     # every message passes here: its state is read and written without the ORM (lock_state)
     with ctx.store.unit_of_work() as uow:
         state = uow.messages.lock_state(str(job.message_id))

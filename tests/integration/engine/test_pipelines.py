@@ -593,6 +593,30 @@ def test_a_claimed_job_is_not_started_once_its_lease_has_run_low(pair: Pair) -> 
     assert len(pair.network.sent) == 4  # each message once, each Acknowledgment once
 
 
+def test_the_wait_for_the_acknowledgment_counts_from_the_end_of_a_long_send(pair: Pair) -> None:
+    # An upload that takes longer than RetryInterval must not leave the ack-timeout due at
+    # once: that would resend at once, and use up one of the agreement's retries.
+    from meldingstjener.engine import transmit
+    from meldingstjener.store.tables import JobRow
+    from meldingstjener.transport.base import Delivery, TransportResult
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    [job] = _claim(pair, "gp-slow")
+
+    class SlowLink:
+        def send(self, delivery: Delivery) -> TransportResult:
+            pair.clock.advance(minutes=30)  # a large upload over a slow link
+            return TransportResult()
+
+    pair.gp.transports = {"http": SlowLink()}  # type: ignore[dict-item]
+    transmit.transmit_job(pair.gp, job)  # type: ignore[arg-type]
+    with pair.gp.store.unit_of_work() as uow:
+        partner = pair.gp.directory.partner(uow, pair.hospital_site.address_her_id)
+        [row] = [r for r in uow.session.query(JobRow) if r.message_id == message_id]
+    assert row.kind == "ack-timeout"
+    assert row.due_at == pair.clock() + partner.retry_interval
+
+
 def test_an_overtaken_send_that_fails_leaves_the_sent_message_alone(pair: Pair) -> None:
     # A run of the transmit job outlives its lease; meanwhile another worker sends the message
     # (its job row becomes the ack-timeout). The late run's send then fails: the message stays
