@@ -29,6 +29,7 @@ class AlertKind(StrEnum):
     MAIL_TOO_LARGE = "mail-too-large"
     WEBHOOK_DISABLED = "webhook-disabled"
     REGISTER_SYNC_FAILED = "register-sync-failed"
+    JOB_FAILING = "job-failing"
 
 
 SEVERITY = {
@@ -49,6 +50,7 @@ SEVERITY = {
     AlertKind.MAIL_TOO_LARGE: "error",
     AlertKind.WEBHOOK_DISABLED: "error",
     AlertKind.REGISTER_SYNC_FAILED: "error",
+    AlertKind.JOB_FAILING: "error",
 }
 
 

@@ -716,6 +716,12 @@ _RESCHEDULE = _job_sql(
     "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL WHERE id = :id",
     due_at="due_at",
 )
+_RESCHEDULE_OWN = _job_sql(
+    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL, data = :data "
+    "WHERE id = :id AND claimed_by = :worker",
+    due_at="due_at",
+    data="data",
+)
 
 
 def _claim_sql(lock: str) -> TextualSelect:
@@ -936,6 +942,11 @@ class JobRepository:
 
     def reschedule(self, job_id: int, due_at: datetime) -> None:
         self._run(_RESCHEDULE, id=job_id, due_at=due_at)
+
+    def reschedule_own(self, job: ClaimedJob, due_at: datetime, data: dict[str, Any]) -> None:
+        """:meth:`reschedule` a job this claim still holds (whose lease did not run out and
+        pass it to another worker meanwhile), with ``data`` as its data."""
+        self._run(_RESCHEDULE_OWN, id=job.id, worker=job.claimed_by, due_at=due_at, data=data)
 
     def cancel_for_message(self, message_id: str, kind: str | None = None) -> None:
         if kind is None:

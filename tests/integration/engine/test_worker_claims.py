@@ -455,3 +455,52 @@ def test_a_claim_is_extended_only_for_the_same_worker_and_job(store: Store) -> N
         assert uow.jobs.extend_claim(job, worker="w", until=later)
         uow.commit()
     assert _claimed_until(store, job.id) == later
+
+
+def test_a_job_that_keeps_failing_waits_ever_longer_and_raises_an_alert(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job whose handler raises (a fault in the server or its data) is tried again 30 s
+    # later, then 60, 120, ...; after five failures in a row a job-failing alert names it, and
+    # the alert is resolved when the job goes through.
+    from meldingstjener.devsites import dialog_note
+    from meldingstjener.engine.outbound import submit
+
+    ctx = pair.gp
+    message_id = submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    failures: list[int] = []
+
+    def broken(context: EngineContext, job: ClaimedJob) -> None:
+        if len(failures) < 6:
+            failures.append(job.id)
+            raise OSError("the wire file cannot be read")
+        with context.store.unit_of_work() as uow:
+            uow.jobs.finish(job.id)
+            uow.commit()
+
+    monkeypatch.setitem(worker_module.HANDLERS, "transmit", broken)
+    worker = Worker(ctx, "gp:1/0")
+    pauses = []
+    for _ in range(6):
+        start = ctx.clock()
+        assert worker.run_once() == 1
+        with ctx.store.unit_of_work() as uow:
+            [row] = uow.session.scalars(select(JobRow).where(JobRow.message_id == message_id))
+            pauses.append(int((row.due_at - start).total_seconds()))
+            assert row.claimed_by is None
+        alerts = _open_alerts(ctx, "job-failing")
+        assert len(alerts) == (1 if len(failures) >= 5 else 0)
+        assert worker.run_once() == 0  # not due again before its pause
+        pair.clock.advance(seconds=pauses[-1])
+    assert pauses == [30, 60, 120, 240, 480, 960]
+    [alert] = _open_alerts(ctx, "job-failing")
+    assert f"transmit job for message {message_id} failed 6 times" in str(alert.summary)
+    assert "OSError" in str(alert.summary) and "wire file" not in str(alert.summary)
+    assert alert.message_id == message_id
+    assert worker.run_once() == 1  # goes through now
+    assert _open_alerts(ctx, "job-failing") == []
+
+
+def _open_alerts(ctx: EngineContext, kind: str) -> list[Any]:
+    with ctx.store.unit_of_work() as uow:
+        return [a for a in uow.alerts.list(open_only=True) if a.kind == kind]
