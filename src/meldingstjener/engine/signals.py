@@ -109,11 +109,12 @@ def handle_incoming(
     kind = "acknowledgment" if envelope.is_acknowledgment else "message-error"
     sender = header.from_party.her_id
     now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:  # (no statement when the partner cache has them)
+        certificates = ctx.directory.signing_certificates(uow, sender)
+    # verified, and its certificate checked, before any lock: a revocation lookup may wait
+    # seconds for a CRL, and on SQLite a unit of work holds the store's one write lock
+    signature = verify_sender(ctx, root, {}, sender, certificates)
     with ctx.store.unit_of_work() as uow:
-        # verified (and its certificate checked) before the message's row is locked
-        signature = verify_sender(
-            ctx, root, {}, sender, ctx.directory.signing_certificates(uow, sender)
-        )
         # every sent message gets its Acknowledgment here: its state is read and written
         # without the ORM (lock_state); the rare MessageError loads the whole row
         state = uow.messages.lock_state_by_ebxml_id(Direction.OUTBOUND, ref) if ref else None

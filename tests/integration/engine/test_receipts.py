@@ -539,3 +539,26 @@ def test_the_automatic_apprec_is_owed_from_the_delivery_commit(pair: Pair) -> No
     pair.run()
     assert pair.message(pair.hospital, row.id).status == "apprec-sent"
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_a_signal_is_verified_before_the_store_is_locked(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verifying may wait seconds for a CRL: on SQLite, where a unit of work holds the store's
+    # one write lock, every other writer of the process would wait too.
+    from meldingstjener.engine import signals
+
+    lock = pair.gp.store.database.write_lock
+    assert lock is not None  # the pair runs on SQLite
+    held_while_verifying: list[bool] = []
+    original = signals.verify_sender
+
+    def watched(*args: object, **kwargs: object) -> object:
+        held_while_verifying.append(lock.locked())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(signals, "verify_sender", watched)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert held_while_verifying == [False]
