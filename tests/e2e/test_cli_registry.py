@@ -141,7 +141,7 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
         assert code == 2 and "CLIENT_SECRET" in output
         # neither HelseID nor MELDINGSTJENER_AR_TOKEN: the register's refusal is named
         code, output = invoke(tmp_path, "ar", "sync", "--url", url, env={})
-        assert code == 1 and "refused our token (HTTP 401)" in output, output
+        assert code == 1 and "wants a token (HTTP 401) and none was given" in output, output
         # an assertion's audience with a secret, which sends no assertion: said, not ignored
         code, output = invoke(
             tmp_path, *args, "--client-id", "msh", "--audience", "https://sts", env=env

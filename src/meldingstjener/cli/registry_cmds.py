@@ -196,7 +196,8 @@ def ar_sync(
     client = ArClient(url, tokens)
     holder = f"ar-sync:{socket.gethostname()}:{os.getpid()}"
     try:
-        with sync_turn(store, holder):
+        every = timedelta(minutes=settings.address_register.sync_minutes)
+        with sync_turn(store, holder, every=every):
             report = sync_register(store, client, full=full, chunk_size=chunk_size)
     except SyncBusy as exc:
         raise _fail(f"not synced ({exc.code}): {exc}") from None

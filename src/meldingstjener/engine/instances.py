@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from meldingstjener import __version__
+from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
@@ -67,6 +68,7 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
             started=started,
         )
         _tidy(uow, name, now)
+        failing_jobs.tidy(uow, now)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)

@@ -124,12 +124,17 @@ def sync_turn(
     store: Store,
     holder: str,
     *,
+    every: timedelta | None = None,
     lease: timedelta = HAND_LEASE,
     clock: Callable[[], datetime] = utcnow,
 ) -> Iterator[None]:
     """Hold the register-sync job's turn for a sync run by hand, as ``holder``: no server's
     worker claims the job meanwhile. Raises :class:`SyncBusy` when another holds it. Without
-    the job (no server with the register uses this store) there is no turn to take."""
+    the job (no server with the register uses this store) there is no turn to take.
+
+    A block that ends without an error was a sync that worked: the job is next due ``every``
+    later (when given), its count of failures cleared and a register-sync-failed alert
+    resolved. A block that raised gives the turn back as it was."""
     for _ in range(3):  # a turn given back between the two looks: look again
         with store.unit_of_work() as uow:
             job = uow.jobs.claim_key(REGISTER_SYNC, holder, now=clock(), lease=lease)
@@ -149,14 +154,21 @@ def sync_turn(
         target=_keep_turn, args=(store, job, lease, clock, stop), name="sync-turn", daemon=True
     )
     keeper.start()
+    synced = False
     try:
         yield
+        synced = True
     finally:
         stop.set()
         keeper.join()
         try:
             with store.unit_of_work() as uow:
-                uow.jobs.give_back(job)
+                now = clock()
+                if synced and every is not None:
+                    uow.jobs.give_back(job, done_until=now + every)
+                    uow.alerts.resolve(_ALERT_KEY, at=now)
+                else:
+                    uow.jobs.give_back(job)
                 uow.commit()
         except Exception as exc:  # the lease gives it back
             log.warning("could not give back the register sync's turn: %s", type(exc).__name__)

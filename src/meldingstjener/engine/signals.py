@@ -287,9 +287,14 @@ def _apply_message_error(
             ebxml_message_id=header.message_id,
             at=now,
         )
+        delivered = row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value or (
+            row.status.startswith("apprec-")
+        )
         advice = (
             f"The message was {row.status} before: check with the receiver whether it has "
             "the content before resending it."
+            if delivered
+            else "Correct the cause and resend, or deliver the content another way."
         )
     raise_alert(
         uow,

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from meldingstjener.engine import (
     certificates,
+    failing_jobs,
     housekeeping,
     inbound,
     inbox_watch,
@@ -27,18 +28,10 @@ from meldingstjener.engine import (
     signals,
     transmit,
 )
-from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob
 
 log = logging.getLogger(__name__)
-
-RETRY_AFTER_CRASH = timedelta(seconds=30)  # after a job's first unexpected error; doubled after
-RETRY_AFTER_CRASH_AT_MOST = timedelta(hours=1)  # each next one, up to this
-# A job that failed this many times in a row is a fault in the server or its data, not a
-# passing hiccup: a job-failing alert says so (a message's own alert for a message's job).
-ALERT_AFTER_CRASHES = 5
-_CRASHES = "crashes"  # the count's key in the job's data
 
 
 def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
@@ -68,50 +61,6 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     inbox_watch.INBOX_CHECK: inbox_watch.inbox_check_job,
     register_sync.REGISTER_SYNC: register_sync.register_sync_job,
 }
-
-
-def _failing_key(job: ClaimedJob) -> str:
-    return f"{job.kind}:{job.message_id or job.id}"
-
-
-def _crashes(job: ClaimedJob) -> int:
-    """How many times in a row the job failed unexpectedly (kept in its data, which a handler
-    that schedules the job anew replaces: then the count starts again)."""
-    return int((job.data or {}).get(_CRASHES, 0))
-
-
-def _after_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
-    """Try the job again later, each time later (the same error comes back at once, and a
-    job that crashes every 30 s fills the log), and after ``ALERT_AFTER_CRASHES`` failures in
-    a row raise a job-failing alert."""
-    failures = _crashes(job) + 1
-    pause = min(RETRY_AFTER_CRASH * 2 ** min(failures - 1, 16), RETRY_AFTER_CRASH_AT_MOST)
-    now = ctx.clock()
-    with ctx.store.unit_of_work() as uow:
-        uow.jobs.reschedule_own(job, now + pause, {**(job.data or {}), _CRASHES: failures})
-        if failures >= ALERT_AFTER_CRASHES:
-            raise_alert(
-                uow,
-                AlertKind.JOB_FAILING,
-                f"The server's {job.kind} job"
-                + (f" for message {job.message_id}" if job.message_id else "")
-                + f" failed {failures} times in a row ({type(exc).__name__}; the server log "
-                f"has the details). It is tried again every {int(pause.total_seconds())} s "
-                "at the most. This is a fault in the server or its data: report it.",
-                at=now,
-                message_id=job.message_id,
-                key=_failing_key(job),
-            )
-        uow.commit()
-
-
-def _resolve_failing(ctx: EngineContext, job: ClaimedJob) -> None:
-    try:
-        with ctx.store.unit_of_work() as uow:
-            uow.alerts.resolve(f"{AlertKind.JOB_FAILING}:{_failing_key(job)}", at=ctx.clock())
-            uow.commit()
-    except Exception as exc:  # the job went through; the alert waits for a hand
-        log.warning("could not resolve job %s's alert: %s", job.id, type(exc).__name__)
 
 
 def release_unstarted(ctx: EngineContext, jobs: list[ClaimedJob]) -> None:
@@ -267,17 +216,16 @@ class Worker:
                 left.append(job)
                 continue
             handler = HANDLERS.get(job.kind)
+            if handler is None:
+                log.warning("job %s of a kind this server does not know: %s", job.id, job.kind)
+                failing_jobs.unknown_kind(self.ctx, job)
+                continue
             try:
-                if handler is None:
-                    raise LookupError(f"no handler for job kind {job.kind!r}")
                 with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
                     handler(self.ctx, job)
             except Exception as exc:  # one bad job must not stop the worker
                 log.exception("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)
-                _after_crash(self.ctx, job, exc)
-            else:
-                if _crashes(job) >= ALERT_AFTER_CRASHES:  # it failed before: no longer
-                    _resolve_failing(self.ctx, job)
+                failing_jobs.after_crash(self.ctx, job, exc)
         release_unstarted(self.ctx, left)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:

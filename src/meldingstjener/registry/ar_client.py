@@ -171,6 +171,12 @@ class ArClient(BearerClient):
 
     def _json(self, response: httpx.Response, path: str) -> Any:
         if response.status_code in {401, 403}:
+            if "Authorization" not in response.request.headers:
+                raise ArUnavailable(
+                    f"the address register wants a token (HTTP {response.status_code}) and "
+                    "none was given: configure [helseid] or set MELDINGSTJENER_AR_TOKEN",
+                    code="ar-unauthorised",
+                )
             raise ArUnavailable(
                 f"the address register refused our token (HTTP {response.status_code}); "
                 "check the HelseID client and its scopes",

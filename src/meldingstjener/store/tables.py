@@ -271,6 +271,8 @@ class JobRow(Base):
     message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     due_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # unexpected errors in a row (see engine/failing_jobs.py); a handler's own outcome resets it
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_until: Mapped[datetime | None]
     data: Mapped[dict[str, Any] | None]

@@ -663,7 +663,7 @@ _SCHEDULE = _job_sql(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})"
 _SCHEDULE_DEDUP = _job_sql(
     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES}) "
     "ON CONFLICT (dedup_key) DO UPDATE SET due_at = excluded.due_at, claimed_by = NULL, "
-    "claimed_until = NULL, data = excluded.data",
+    "claimed_until = NULL, data = excluded.data, crashes = 0",
     **_TYPED,
 )
 # a job of the same key is left as it is (a recurring job keeps its time and its data)
@@ -703,24 +703,32 @@ _GIVE_BACK = _job_sql(
     "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL "
     "WHERE id = :id AND claimed_by = :worker"
 )
+_GIVE_BACK_DONE = _job_sql(
+    "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, due_at = :due_at, data = NULL, "
+    "crashes = 0 WHERE id = :id AND claimed_by = :worker",
+    due_at="due_at",
+)
 _CANCEL = _job_sql("DELETE FROM jobs WHERE message_id = :message_id")
 _CANCEL_KIND = _job_sql("DELETE FROM jobs WHERE message_id = :message_id AND kind = :kind")
 # the job row becomes another job of its message, unless one of that key exists already
 _BECOME = _job_sql(
     "UPDATE jobs SET kind = :kind, dedup_key = :dedup_key, due_at = :due_at, attempts = 0, "
-    "data = NULL, claimed_by = NULL, claimed_until = NULL WHERE id = :id "
+    "data = NULL, claimed_by = NULL, claimed_until = NULL, crashes = 0 WHERE id = :id "
     "AND NOT EXISTS (SELECT 1 FROM jobs WHERE dedup_key = :dedup_key)",
     due_at="due_at",
 )
+# a handler's own rescheduling: the job did what it does, so its count of crashes starts again
 _RESCHEDULE = _job_sql(
-    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL WHERE id = :id",
+    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL, crashes = 0 "
+    "WHERE id = :id",
     due_at="due_at",
 )
-_RESCHEDULE_OWN = _job_sql(
-    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL, data = :data "
-    "WHERE id = :id AND claimed_by = :worker",
+# the worker's, after an unexpected error: only a claim it still holds, with its count
+_CRASHES_OF_OWN = _job_sql("SELECT crashes FROM jobs WHERE id = :id AND claimed_by = :worker")
+_RESCHEDULE_CRASHED = _job_sql(
+    "UPDATE jobs SET due_at = :due_at, claimed_by = NULL, claimed_until = NULL, "
+    "crashes = :crashes WHERE id = :id AND claimed_by = :worker",
     due_at="due_at",
-    data="data",
 )
 
 
@@ -907,9 +915,14 @@ class JobRepository:
         ).first()
         return None if row is None else (row[0], row[1])
 
-    def give_back(self, job: ClaimedJob) -> None:
-        """Clear ``job``'s claim if it is still its holder's (see :meth:`claim_key`)."""
-        self._run(_GIVE_BACK, id=job.id, worker=job.claimed_by)
+    def give_back(self, job: ClaimedJob, *, done_until: datetime | None = None) -> None:
+        """Clear ``job``'s claim if it is still its holder's (see :meth:`claim_key`). With
+        ``done_until`` its work was done by hand: it is next due then, its data (a count of
+        failures) cleared."""
+        if done_until is None:
+            self._run(_GIVE_BACK, id=job.id, worker=job.claimed_by)
+        else:
+            self._run(_GIVE_BACK_DONE, id=job.id, worker=job.claimed_by, due_at=done_until)
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)
@@ -943,10 +956,24 @@ class JobRepository:
     def reschedule(self, job_id: int, due_at: datetime) -> None:
         self._run(_RESCHEDULE, id=job_id, due_at=due_at)
 
-    def reschedule_own(self, job: ClaimedJob, due_at: datetime, data: dict[str, Any]) -> None:
-        """:meth:`reschedule` a job this claim still holds (whose lease did not run out and
-        pass it to another worker meanwhile), with ``data`` as its data."""
-        self._run(_RESCHEDULE_OWN, id=job.id, worker=job.claimed_by, due_at=due_at, data=data)
+    def crashes_of_own(self, job: ClaimedJob) -> int | None:
+        """The unexpected errors in a row of a job this claim still holds (its lease did not
+        run out and pass it to another worker meanwhile); None when it is not its own."""
+        row = self._run(_CRASHES_OF_OWN, id=job.id, worker=job.claimed_by).first()
+        return None if row is None else int(row[0])
+
+    def reschedule_crashed(self, job: ClaimedJob, due_at: datetime, *, crashes: int) -> None:
+        """Reschedule a job this claim still holds with its count of errors in a row."""
+        self._run(
+            _RESCHEDULE_CRASHED, id=job.id, worker=job.claimed_by, due_at=due_at, crashes=crashes
+        )
+
+    def crashes(self, job_ids: list[int]) -> dict[int, int]:
+        """Each existing job's errors in a row, by id (a job not in the answer is gone)."""
+        if not job_ids:
+            return {}
+        rows = self.session.execute(select(JobRow.id, JobRow.crashes).where(JobRow.id.in_(job_ids)))
+        return {int(job_id): int(crashes) for job_id, crashes in rows}
 
     def cancel_for_message(self, message_id: str, kind: str | None = None) -> None:
         if kind is None:

@@ -493,6 +493,18 @@ def test_a_message_error_after_the_acknowledgment_does_not_ask_for_a_resend(
     assert "check with the receiver" in summary and "Correct the cause and resend" not in summary
 
 
+def test_a_second_message_error_keeps_the_advice_to_resend(pair: Pair) -> None:
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's own signals do not arrive
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    envelope, _ = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    _message_error_from_the_hospital(pair, envelope)
+    assert pair.message(pair.gp, message_id).status == "transport-error"
+    [alert] = open_alerts(pair.gp, "message-error-received")
+    assert "Correct the cause and resend" in str(alert.summary)  # type: ignore[attr-defined]
+
+
 def test_a_purge_whose_commit_fails_keeps_the_content(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -292,3 +292,32 @@ def test_a_long_sync_by_hand_keeps_its_turn(store: Store) -> None:
 def test_without_the_job_a_sync_by_hand_just_runs(store: Store) -> None:
     with sync_turn(store, "ar-sync:test:1"), store.unit_of_work() as uow:
         assert uow.jobs.claim_holder(REGISTER_SYNC) is None
+
+
+def test_a_sync_by_hand_that_worked_counts_as_the_turns_sync(store: Store) -> None:
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    with store.unit_of_work() as uow:
+        uow.jobs.schedule(
+            REGISTER_SYNC,
+            utcnow() - timedelta(seconds=1),
+            dedup_key=REGISTER_SYNC,
+            data={"failures": 3, "failing_since": "2026-12-04T00:00:00+00:00"},
+        )
+        raise_alert(uow, AlertKind.REGISTER_SYNC_FAILED, "stale", at=utcnow())
+        uow.commit()
+    every = timedelta(minutes=15)
+    with pytest.raises(RuntimeError), sync_turn(store, "ar-sync:test:1", every=every):
+        raise RuntimeError("the sync failed")
+    with store.unit_of_work() as uow:  # a failed one gives the turn back as it was
+        [row] = uow.session.scalars(select(JobRow))
+        assert row.data is not None and row.data["failures"] == 3 and row.claimed_by is None
+        assert row.due_at <= utcnow()
+    before = utcnow()
+    with sync_turn(store, "ar-sync:test:1", every=every):
+        pass
+    with store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(JobRow))
+        assert row.data is None and row.claimed_by is None
+        assert before + every <= row.due_at <= utcnow() + every
+        assert [a for a in uow.alerts.list(open_only=True)] == []

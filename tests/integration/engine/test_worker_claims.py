@@ -462,8 +462,9 @@ def test_a_job_that_keeps_failing_waits_ever_longer_and_raises_an_alert(
 ) -> None:
     # A job whose handler raises (a fault in the server or its data) is tried again 30 s
     # later, then 60, 120, ...; after five failures in a row a job-failing alert names it, and
-    # the alert is resolved when the job goes through.
+    # the next heartbeat after the job went through resolves the alert.
     from meldingstjener.devsites import dialog_note
+    from meldingstjener.engine.instances import beat
     from meldingstjener.engine.outbound import submit
 
     ctx = pair.gp
@@ -487,7 +488,7 @@ def test_a_job_that_keeps_failing_waits_ever_longer_and_raises_an_alert(
         with ctx.store.unit_of_work() as uow:
             [row] = uow.session.scalars(select(JobRow).where(JobRow.message_id == message_id))
             pauses.append(int((row.due_at - start).total_seconds()))
-            assert row.claimed_by is None
+            assert row.claimed_by is None and row.crashes == len(failures)
         alerts = _open_alerts(ctx, "job-failing")
         assert len(alerts) == (1 if len(failures) >= 5 else 0)
         assert worker.run_once() == 0  # not due again before its pause
@@ -497,8 +498,54 @@ def test_a_job_that_keeps_failing_waits_ever_longer_and_raises_an_alert(
     assert f"transmit job for message {message_id} failed 6 times" in str(alert.summary)
     assert "OSError" in str(alert.summary) and "wire file" not in str(alert.summary)
     assert alert.message_id == message_id
+    beat(ctx, "gp:1")
+    assert len(_open_alerts(ctx, "job-failing")) == 1  # still failing
     assert worker.run_once() == 1  # goes through now
+    beat(ctx, "gp:1")
     assert _open_alerts(ctx, "job-failing") == []
+
+
+def test_failures_are_counted_in_a_row_and_an_unknown_kind_is_not_one(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler's own rescheduling (the partner unreachable, say) means the job did its work:
+    # the next unexpected error counts from one again. A job of a kind this server does not
+    # know (a newer server's) is left for 30 s, never counted.
+    from datetime import timedelta as delta
+
+    ctx = pair.gp
+    outcome: list[str] = []
+
+    def flaky(context: EngineContext, job: ClaimedJob) -> None:
+        if outcome.pop(0) == "crash":
+            raise RuntimeError("boom")
+        with context.store.unit_of_work() as uow:
+            uow.jobs.reschedule(job.id, context.clock() + delta(seconds=10))
+            uow.commit()
+
+    monkeypatch.setitem(worker_module.HANDLERS, KIND, flaky)
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.schedule(KIND, ctx.clock())
+        uow.jobs.schedule("kind-of-a-newer-server", ctx.clock())
+        uow.commit()
+    worker = Worker(ctx, "gp:1/0")
+
+    def crashes_and_pause() -> dict[str, tuple[int, int]]:
+        with ctx.store.unit_of_work() as uow:
+            return {
+                row.kind: (row.crashes, int((row.due_at - ctx.clock()).total_seconds()))
+                for row in uow.session.scalars(select(JobRow))
+            }
+
+    outcome += ["crash"]
+    assert worker.run_once() == 2
+    assert crashes_and_pause() == {KIND: (1, 30), "kind-of-a-newer-server": (0, 30)}
+    for step in (["crash"], ["ok"], ["crash"]):
+        pair.clock.advance(seconds=3600)
+        outcome += step
+        worker.run_once()
+    assert crashes_and_pause()[KIND] == (1, 30)  # counted afresh after the normal outcome
+    assert crashes_and_pause()["kind-of-a-newer-server"][0] == 0
 
 
 def _open_alerts(ctx: EngineContext, kind: str) -> list[Any]:

@@ -118,7 +118,7 @@ def test_an_unusable_key_is_refused_with_the_reason(
         load_client_key(tmp_path / "missing.jwk")
 
 
-def test_the_client_assertion_names_the_client_and_the_issuer_and_lives_a_minute() -> None:
+def test_the_client_assertion_names_the_client_and_the_issuer_and_lives_half_a_minute() -> None:
     key = ClientKey(RSA_KEY, "PS256", "k-1")
     make = ClientAssertion("client-1", audience_for(TOKEN_URL), key, clock=lambda: 1_000_000)
     first, second = make(), make()

@@ -151,6 +151,8 @@ class FakeHelseId:
             return "the client assertion's iss and sub are not the client id"
         if int(claims["exp"]) > self.clock() + _ASSERTION_MAX_AHEAD_SECONDS:
             return "the client assertion's exp is more than 60 s ahead"
+        if int(claims["exp"]) - int(claims["iat"]) > _ASSERTION_MAX_AHEAD_SECONDS:
+            return "the client assertion is valid for more than 60 s"
         if not self._first_use(f"assertion:{claims['jti']}"):
             return "the client assertion was used before"
         return None

@@ -1,0 +1,82 @@
+"""Jobs that keep failing with an unexpected error: ever longer pauses, and an alert.
+
+An error a handler does not expect (a fault in the server or in its data: a wire file that
+cannot be read, a row that breaks a rule) comes back at once when the job is tried again. So
+each failure in a row doubles the pause (30 s, 60 s, ... an hour at most), and after
+``ALERT_AFTER`` failures in a row a ``job-failing`` alert names the job and its message, for
+someone to look at the server log. The count lives in the job's row (``jobs.crashes``): a
+handler that finishes or reschedules the job the normal way resets it, and the heartbeat of
+every ``serve`` resolves the alert of a job that has gone through, been cancelled or gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.uow import ClaimedJob, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+FIRST_PAUSE = timedelta(seconds=30)
+LONGEST_PAUSE = timedelta(hours=1)
+ALERT_AFTER = 5
+
+
+def pause_after(failures: int) -> timedelta:
+    """The pause after ``failures`` unexpected errors in a row."""
+    return min(FIRST_PAUSE * 2 ** min(max(failures, 1) - 1, 16), LONGEST_PAUSE)
+
+
+def after_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
+    """Reschedule a job whose handler raised ``exc``; alert after ``ALERT_AFTER`` in a row."""
+    now = ctx.clock()
+    with ctx.store.unit_of_work() as uow:
+        before = uow.jobs.crashes_of_own(job)
+        if before is None:  # the claim was no longer ours: the job is another's now
+            uow.commit()
+            return
+        failures = before + 1
+        pause = pause_after(failures)
+        uow.jobs.reschedule_crashed(job, now + pause, crashes=failures)
+        if failures >= ALERT_AFTER:
+            raise_alert(
+                uow,
+                AlertKind.JOB_FAILING,
+                f"The server's {job.kind} job"
+                + (f" for message {job.message_id}" if job.message_id else "")
+                + f" failed {failures} times in a row ({type(exc).__name__}; the server log "
+                f"has the details). It is tried again in {int(pause.total_seconds())} s. This "
+                "is a fault in the server or its data: report it.",
+                at=now,
+                message_id=job.message_id,
+                key=str(job.id),
+            )
+        uow.commit()
+
+
+def unknown_kind(ctx: EngineContext, job: ClaimedJob) -> None:
+    """A job of a kind this server does not know (a newer server's, during an upgrade): left
+    for another server a little later, not counted as a failure."""
+    with ctx.store.unit_of_work() as uow:
+        crashes = uow.jobs.crashes_of_own(job)
+        if crashes is not None:
+            uow.jobs.reschedule_crashed(job, ctx.clock() + FIRST_PAUSE, crashes=crashes)
+        uow.commit()
+
+
+def tidy(uow: UnitOfWork, now: datetime) -> None:
+    """Resolve the job-failing alerts of jobs that went through, were cancelled or are gone."""
+    prefix = f"{AlertKind.JOB_FAILING}:"
+    open_alerts = uow.alerts.list(open_only=True, kind=AlertKind.JOB_FAILING.value)
+    job_ids = {
+        alert.dedup_key: int(alert.dedup_key[len(prefix) :])
+        for alert in open_alerts
+        if alert.dedup_key.startswith(prefix) and alert.dedup_key[len(prefix) :].isdigit()
+    }
+    failing = uow.jobs.crashes(list(job_ids.values()))
+    for dedup_key, job_id in job_ids.items():
+        if failing.get(job_id, 0) == 0:
+            uow.alerts.resolve(dedup_key, at=now)
