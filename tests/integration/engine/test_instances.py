@@ -79,6 +79,12 @@ def test_a_stopping_instance_resolves_its_own_alerts(pair: Pair) -> None:
         assert row.stopped_at is None
 
 
+def _stop_recorded(pair: Pair) -> bool:
+    with pair.gp.store.unit_of_work() as uow:
+        [row] = uow.instances.all()
+        return row.stopped_at is not None
+
+
 def test_serve_records_its_start_and_its_stop(pair: Pair, tmp_path: Path) -> None:
     server = RunningServer(pair.gp_site, tmp_path / "gp.log").start()
     process = server.process
@@ -97,9 +103,7 @@ def test_serve_records_its_start_and_its_stop(pair: Pair, tmp_path: Path) -> Non
         assert process.wait(timeout=30) == 0
     finally:
         server.stop()
-    with pair.gp.store.unit_of_work() as uow:
-        [row] = uow.instances.all()
-        assert row.stopped_at is not None
+    assert _stop_recorded(pair)
 
 
 def test_a_request_that_never_ends_does_not_hold_up_the_stop(pair: Pair, tmp_path: Path) -> None:
@@ -125,9 +129,7 @@ def test_a_request_that_never_ends_does_not_hold_up_the_stop(pair: Pair, tmp_pat
             assert process.wait(timeout=60) == 0
     finally:
         server.stop()
-    with pair.gp.store.unit_of_work() as uow:
-        [row] = uow.instances.all()
-        assert row.stopped_at is not None
+    assert _stop_recorded(pair)
 
 
 def test_on_postgresql_the_beats_are_judged_by_the_database_servers_clock(

@@ -196,10 +196,16 @@ def test_the_capacity_counts_the_jobs_of_the_same_transaction(pair: Pair) -> Non
     assert len(ctx.wakeup.take_handed(10)) == 1
 
 
-def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair) -> None:
+def _handing_over(pair: Pair) -> EngineContext:
+    """The GP's engine on the wall clock, handing its new jobs to its workers (as serve)."""
     ctx = pair.gp
     ctx.clock = utcnow
     ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    return ctx
+
+
+def test_a_handed_job_whose_process_died_is_claimed_after_the_restart(pair: Pair) -> None:
+    ctx = _handing_over(pair)
     with ctx.store.unit_of_work() as uow:
         ctx.schedule_now(uow, KIND)
         uow.commit()  # handed to a worker of a process that dies before running it
@@ -259,9 +265,7 @@ def test_a_stopping_worker_gives_back_the_rest_of_its_batch(store: Store) -> Non
 def test_a_stop_gives_back_the_jobs_handed_over_and_not_taken(pair: Pair) -> None:
     from meldingstjener.cli.engine_cmds import _stop_serving
 
-    ctx = pair.gp
-    ctx.clock = utcnow
-    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    ctx = _handing_over(pair)
     with ctx.store.unit_of_work() as uow:
         ctx.schedule_now(uow, KIND)
         ctx.schedule_now(uow, KIND)
