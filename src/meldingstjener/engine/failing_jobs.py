@@ -40,8 +40,8 @@ def after_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
             return
         failures = before + 1
         pause = pause_after(failures)
-        uow.jobs.reschedule_crashed(job, now + pause, crashes=failures)
-        if failures >= ALERT_AFTER:
+        kept = uow.jobs.reschedule_crashed(job, now + pause, crashes=failures)
+        if kept and failures >= ALERT_AFTER:
             raise_alert(
                 uow,
                 AlertKind.JOB_FAILING,
@@ -68,15 +68,16 @@ def unknown_kind(ctx: EngineContext, job: ClaimedJob) -> None:
 
 
 def tidy(uow: UnitOfWork, now: datetime) -> None:
-    """Resolve the job-failing alerts of jobs that went through, were cancelled or are gone."""
+    """Resolve the job-failing alerts of jobs that went through, were cancelled or are gone, or
+    whose failures are no longer ``ALERT_AFTER`` in a row (the count started again)."""
     prefix = f"{AlertKind.JOB_FAILING}:"
-    open_alerts = uow.alerts.list(open_only=True, kind=AlertKind.JOB_FAILING.value)
+    open_alerts = uow.alerts.list(open_only=True, kind=AlertKind.JOB_FAILING.value, limit=None)
     job_ids = {
         alert.dedup_key: int(alert.dedup_key[len(prefix) :])
         for alert in open_alerts
         if alert.dedup_key.startswith(prefix) and alert.dedup_key[len(prefix) :].isdigit()
     }
     failing = uow.jobs.crashes(list(job_ids.values()))
-    for dedup_key, job_id in job_ids.items():
-        if failing.get(job_id, 0) == 0:
+    for dedup_key, job_id in sorted(job_ids.items()):  # one order: no deadlock between beats
+        if failing.get(job_id, 0) < ALERT_AFTER:
             uow.alerts.resolve(dedup_key, at=now)

@@ -216,16 +216,20 @@ class Worker:
                 left.append(job)
                 continue
             handler = HANDLERS.get(job.kind)
-            if handler is None:
-                log.warning("job %s of a kind this server does not know: %s", job.id, job.kind)
-                failing_jobs.unknown_kind(self.ctx, job)
-                continue
             try:
-                with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
-                    handler(self.ctx, job)
-            except Exception as exc:  # one bad job must not stop the worker
-                log.exception("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)
-                failing_jobs.after_crash(self.ctx, job, exc)
+                if handler is None:
+                    log.warning("job %s of a kind this server does not know: %s", job.id, job.kind)
+                    failing_jobs.unknown_kind(self.ctx, job)
+                    continue
+                try:
+                    with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
+                        handler(self.ctx, job)
+                except Exception as exc:  # one bad job must not stop the worker
+                    log.exception("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)
+                    failing_jobs.after_crash(self.ctx, job, exc)
+            except Exception as exc:  # the store failed us: the lease gives the job back
+                name = type(exc).__name__
+                log.warning("job %s (%s) left to its lease: %s", job.id, job.kind, name)
         release_unstarted(self.ctx, left)
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:

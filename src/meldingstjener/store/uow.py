@@ -962,11 +962,13 @@ class JobRepository:
         row = self._run(_CRASHES_OF_OWN, id=job.id, worker=job.claimed_by).first()
         return None if row is None else int(row[0])
 
-    def reschedule_crashed(self, job: ClaimedJob, due_at: datetime, *, crashes: int) -> None:
-        """Reschedule a job this claim still holds with its count of errors in a row."""
-        self._run(
+    def reschedule_crashed(self, job: ClaimedJob, due_at: datetime, *, crashes: int) -> bool:
+        """Reschedule a job this claim still holds with its count of errors in a row; whether
+        it still held it."""
+        changed = self._run(
             _RESCHEDULE_CRASHED, id=job.id, worker=job.claimed_by, due_at=due_at, crashes=crashes
         )
+        return bool(changed.rowcount)
 
     def crashes(self, job_ids: list[int]) -> dict[int, int]:
         """Each existing job's errors in a row, by id (a job not in the answer is gone)."""

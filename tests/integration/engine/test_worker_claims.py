@@ -555,3 +555,31 @@ def test_failures_are_counted_in_a_row_and_an_unknown_kind_is_not_one(
 def _open_alerts(ctx: EngineContext, kind: str) -> list[Any]:
     with ctx.store.unit_of_work() as uow:
         return [a for a in uow.alerts.list(open_only=True) if a.kind == kind]
+
+
+def test_a_failing_jobs_alert_ends_when_its_failures_are_no_longer_in_a_row(pair: Pair) -> None:
+    from sqlalchemy import update
+
+    from meldingstjener.engine import failing_jobs
+
+    ctx = pair.gp
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.schedule(KIND, ctx.clock())
+        uow.commit()
+    for _ in range(failing_jobs.ALERT_AFTER):
+        pair.clock.advance(hours=2)
+        [job] = _claim_all(ctx)
+        failing_jobs.after_crash(ctx, job, RuntimeError("boom"))
+    assert len(_open_alerts(ctx, "job-failing")) == 1
+    with ctx.store.unit_of_work() as uow:  # went through once, then failed once more
+        uow.session.execute(update(JobRow).values(crashes=1))
+        failing_jobs.tidy(uow, ctx.clock())
+        uow.commit()
+    assert _open_alerts(ctx, "job-failing") == []
+
+
+def _claim_all(ctx: EngineContext) -> list[ClaimedJob]:
+    with ctx.store.unit_of_work() as uow:
+        jobs = uow.jobs.claim_due("gp:1/0", now=ctx.clock(), limit=10, lease=timedelta(minutes=2))
+        uow.commit()
+    return jobs

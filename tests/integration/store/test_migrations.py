@@ -33,5 +33,19 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
         command.downgrade(config, "-1")
     assert current_revision(database) != head_revision()
     assert differences(own_database) != []  # the model is ahead of the schema now
+    assert _job_ids_never_reused(own_database)  # a SQLite table rebuild keeps AUTOINCREMENT
     upgrade(database)
     assert differences(own_database) == []
+    assert _job_ids_never_reused(own_database)
+
+
+def _job_ids_never_reused(store: Store) -> bool:
+    """SQLite keeps a deleted job's id from new jobs only with AUTOINCREMENT (migration 0005),
+    which the model comparison does not see; PostgreSQL's sequences never reuse ids."""
+    if store.database.dialect != "sqlite":
+        return True
+    with store.database.engine.connect() as connection:
+        sql = connection.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).scalar_one()
+    return "AUTOINCREMENT" in str(sql)

@@ -23,5 +23,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
+    # SQLite rebuilds the table to drop a column: it must keep AUTOINCREMENT (see 0005)
+    with op.batch_alter_table("jobs", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_column("crashes")
