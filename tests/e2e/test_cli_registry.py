@@ -174,7 +174,7 @@ def test_ar_sync_by_hand_waits_its_turn(tmp_path: Path) -> None:
         assert code == 1 and "(ar-sync-busy)" in output and "host:9/0" in output
         assert fake.requests == []
         with store.unit_of_work() as uow:
-            uow.jobs.give_back(held)
+            uow.jobs.release_unstarted([held])
             uow.commit()
         code, output = invoke(tmp_path, "ar", "sync", "--url", url)
         assert code == 0 and "wrote 1 parties" in output, output

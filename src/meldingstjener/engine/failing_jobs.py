@@ -11,7 +11,9 @@ every ``serve`` resolves the alert of a job that has gone through, been cancelle
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
@@ -32,6 +34,11 @@ def pause_after(failures: int) -> timedelta:
 
 def after_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
     """Reschedule a job whose handler raised ``exc``; alert after ``ALERT_AFTER`` in a row."""
+    with _left_to_its_lease_on_error(job):
+        _count_crash(ctx, job, exc)
+
+
+def _count_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
         before = uow.jobs.crashes_of_own(job)
@@ -60,11 +67,21 @@ def after_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
 def unknown_kind(ctx: EngineContext, job: ClaimedJob) -> None:
     """A job of a kind this server does not know (a newer server's, during an upgrade): left
     for another server a little later, not counted as a failure."""
-    with ctx.store.unit_of_work() as uow:
+    with _left_to_its_lease_on_error(job), ctx.store.unit_of_work() as uow:
         crashes = uow.jobs.crashes_of_own(job)
         if crashes is not None:
             uow.jobs.reschedule_crashed(job, ctx.clock() + FIRST_PAUSE, crashes=crashes)
         uow.commit()
+
+
+@contextlib.contextmanager
+def _left_to_its_lease_on_error(job: ClaimedJob) -> Iterator[None]:
+    """The store may be what failed the job: then its lease gives it back, and the worker
+    goes on with the rest of its batch."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("job %s (%s) left to its lease: %s", job.id, job.kind, type(exc).__name__)
 
 
 def tidy(uow: UnitOfWork, now: datetime) -> None:

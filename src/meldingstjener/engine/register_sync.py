@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -149,49 +148,27 @@ def sync_turn(
             )
         yield
         return
-    stop = threading.Event()
-    keeper = threading.Thread(
-        target=_keep_turn, args=(store, job, lease, clock, stop), name="sync-turn", daemon=True
-    )
-    keeper.start()
+    from meldingstjener.engine.worker import LeaseKeeper  # (the worker imports this module)
+
+    keeper = LeaseKeeper(store, clock, lease).start()
     synced = False
     try:
-        yield
+        with keeper.running(job):
+            yield
         synced = True
     finally:
-        stop.set()
-        keeper.join()
+        keeper.stop()
         try:
             with store.unit_of_work() as uow:
                 now = clock()
                 if synced and every is not None:
                     uow.jobs.give_back(job, done_until=now + every)
                     uow.alerts.resolve(_ALERT_KEY, at=now)
-                else:
-                    uow.jobs.give_back(job)
+                else:  # as it was: the claim's attempt undone
+                    uow.jobs.release_unstarted([job])
                 uow.commit()
         except Exception as exc:  # the lease gives it back
             log.warning("could not give back the register sync's turn: %s", type(exc).__name__)
-
-
-def _keep_turn(
-    store: Store,
-    job: ClaimedJob,
-    lease: timedelta,
-    clock: Callable[[], datetime],
-    stop: threading.Event,
-) -> None:
-    while not stop.wait(lease.total_seconds() / 4):
-        try:
-            with store.unit_of_work() as uow:
-                kept = uow.jobs.extend_claim(job, worker=str(job.claimed_by), until=clock() + lease)
-                uow.commit()
-        except Exception as exc:  # the next look tries again
-            log.warning("could not keep the register sync's turn: %s", type(exc).__name__)
-            continue
-        if not kept:
-            log.warning("the register sync's turn was lost: a server may sync at the same time")
-            return
 
 
 def _problem(exc: Exception) -> str:

@@ -31,7 +31,7 @@ from meldingstjener.ebxml import (
 )
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.receipts import schedule_apprec_deadline
+from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import redact
@@ -287,13 +287,11 @@ def _apply_message_error(
             ebxml_message_id=header.message_id,
             at=now,
         )
-        delivered = row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value or (
-            row.status.startswith("apprec-")
-        )
+        # the one rule of what counts as the receiver having it (the EDI 2.0 status's)
         advice = (
             f"The message was {row.status} before: check with the receiver whether it has "
             "the content before resending it."
-            if delivered
+            if transport_delivery_state(row.status) == "Acknowledged"
             else "Correct the cause and resend, or deliver the content another way."
         )
     raise_alert(

@@ -694,14 +694,11 @@ _RELEASE_UNSTARTED = _job_sql(
 )
 # a recurring job's turn taken by hand (its due time and attempts stay), and given back
 _CLAIM_KEY = _job_sql(
-    "UPDATE jobs SET claimed_by = :worker, claimed_until = :until WHERE dedup_key = :dedup_key "
-    "AND (claimed_until IS NULL OR claimed_until < :now) RETURNING id, kind, message_id",
+    "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
+    "WHERE dedup_key = :dedup_key AND (claimed_until IS NULL OR claimed_until < :now) "
+    "RETURNING id, kind, message_id, attempts",
     until="claimed_until",
     now="claimed_until",
-)
-_GIVE_BACK = _job_sql(
-    "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL "
-    "WHERE id = :id AND claimed_by = :worker"
 )
 _GIVE_BACK_DONE = _job_sql(
     "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, due_at = :due_at, data = NULL, "
@@ -897,16 +894,17 @@ class JobRepository:
         self, dedup_key: str, worker: str, *, now: datetime, lease: timedelta
     ) -> ClaimedJob | None:
         """Claim the job of ``dedup_key`` for ``worker`` until ``now + lease`` unless another
-        holds it (or there is none): None then. Its due time and attempts stay as they are; a
-        command that does a recurring job's work by hand takes its turn so."""
+        holds it (or there is none): None then, as :meth:`claim_due` claims, whatever its due
+        time. A command that does a recurring job's work by hand takes its turn so, and gives
+        it back with :meth:`give_back` or, as it was, :meth:`release_unstarted`."""
         until = now + lease
         row = self._run(
             _CLAIM_KEY, dedup_key=dedup_key, worker=worker, until=until, now=now
         ).first()
         if row is None:
             return None
-        job_id, kind, message_id = row
-        return ClaimedJob(job_id, kind, message_id, None, 0, now, until, claimed_by=worker)
+        job_id, kind, message_id, attempts = row
+        return ClaimedJob(job_id, kind, message_id, None, attempts, now, until, claimed_by=worker)
 
     def claim_holder(self, dedup_key: str) -> tuple[str | None, datetime | None] | None:
         """Who holds the job of ``dedup_key`` and until when; None when there is no such job."""
@@ -915,14 +913,11 @@ class JobRepository:
         ).first()
         return None if row is None else (row[0], row[1])
 
-    def give_back(self, job: ClaimedJob, *, done_until: datetime | None = None) -> None:
-        """Clear ``job``'s claim if it is still its holder's (see :meth:`claim_key`). With
-        ``done_until`` its work was done by hand: it is next due then, its data (a count of
-        failures) cleared."""
-        if done_until is None:
-            self._run(_GIVE_BACK, id=job.id, worker=job.claimed_by)
-        else:
-            self._run(_GIVE_BACK_DONE, id=job.id, worker=job.claimed_by, due_at=done_until)
+    def give_back(self, job: ClaimedJob, *, done_until: datetime) -> None:
+        """Give back a job whose work was done by hand (see :meth:`claim_key`), if its claim is
+        still its holder's: it is next due ``done_until``, its data (a count of failures)
+        cleared."""
+        self._run(_GIVE_BACK_DONE, id=job.id, worker=job.claimed_by, due_at=done_until)
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)

@@ -408,8 +408,8 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
 def test_an_extension_that_failed_is_tried_again_at_the_next_look() -> None:
     # A database hiccup must not cost the running job a quarter of a lease: by the next try
     # its claim could have run out, and another worker would send the message again.
-    ctx = cast(EngineContext, SimpleNamespace(store=None, clock=utcnow))
-    keeper = worker_module.LeaseKeeper(ctx, timedelta(seconds=8))  # looks every second
+    store = cast(Store, None)  # the extension is replaced below: no store is asked
+    keeper = worker_module.LeaseKeeper(store, utcnow, timedelta(seconds=8))  # looks every second
     job = ClaimedJob(1, KIND, None, None, 1, utcnow(), utcnow(), claimed_by="w")
     outcomes = [False, True, True]  # the first extension fails, the others reach the store
     calls: list[str] = []
