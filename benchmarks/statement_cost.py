@@ -1,9 +1,10 @@
 """What one database statement costs the server's CPU, by the way it is executed.
 
 A message costs the sending server about 17 statements in 4 transactions and the receiving one
-about 8 in 4 (see docs/PERFORMANCE.md), so the client-side CPU of each statement matters. This prints the CPU time (of this process: Python, the driver and the
-kernel's share of the socket calls) per single-row INSERT with two parameters, a text and a
-timestamp with time zone, as the hot path's statements have:
+about 8 in 4 (see docs/PERFORMANCE.md), so the client-side CPU of each statement matters.
+This prints the CPU time (of this process: Python, the driver and the kernel's share of the
+socket calls) per single-row INSERT with two parameters, a text and a timestamp with time
+zone, as the hot path's statements have:
 
 - SQLAlchemy ``Connection.execute`` of a ``text()`` statement with typed binds (how the hot
   path's prepared statements are run today);

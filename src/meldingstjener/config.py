@@ -12,6 +12,7 @@ listens on 127.0.0.1:8080. Every key is explained in ``config.example.toml``.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,14 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
     max_request_bytes: int = Field(default=52_000_000, gt=0)
+    # What this serve process is called in the store (its job claims, its alerts, `instances`).
+    # Unset: host name and port. It must be its own among the processes sharing the store.
+    instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+
+    @property
+    def instance(self) -> str:
+        """The instance name: ``instance_name``, or ``<host name>:<port>``."""
+        return self.instance_name or f"{socket.gethostname()}:{self.port}"
 
 
 class OwnService(_Section):

@@ -149,3 +149,17 @@ def test_every_alert_kind_is_explained_in_the_readme() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     for kind in AlertKind:
         assert f"| `{kind}` | {SEVERITY[kind]} |" in readme, f"{kind} missing from README.md"
+
+
+def test_the_instance_is_named_by_host_and_port_unless_named(tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "c.toml"
+    config.write_text("[server]\nport = 8181\n")
+    assert load_settings(config).server.instance == f"{socket.gethostname()}:8181"
+    config.write_text('[server]\nport = 8181\ninstance_name = "msh-a.1"\n')
+    assert load_settings(config).server.instance == "msh-a.1"
+    # a "/" would run into the workers' names, which are "<instance>/<number>"
+    config.write_text('[server]\ninstance_name = "msh/a"\n')
+    with pytest.raises(ConfigError, match=r"server\.instance_name"):
+        load_settings(config)

@@ -50,6 +50,7 @@ def serve(
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
+    from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
 
     settings = settings_from(ctx, server_port=port)
     _configure_logging(settings.logging.level)
@@ -60,10 +61,8 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
-    # One serve process per host and port at a time, so this names the instance; claims it
-    # still holds in the store are from a previous process that died, and are taken back.
-    # Unless the port is taken: then the instance is alive (or something else listens there),
-    # and taking its claims back would run its jobs twice.
+    # A port in use is the common mistake (a second serve started by hand or by a service
+    # manager): said plainly before anything else is done.
     listen = host or settings.server.host
     problem = _port_taken(listen, settings.server.port)
     if problem is not None:
@@ -73,7 +72,15 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    instance = f"{socket.gethostname()}:{settings.server.port}/"
+    # The instance's name is this process's while it holds the lock, so the claims the name
+    # still has in the store are a dead predecessor's: taken back, not left to their lease.
+    name = settings.server.instance
+    try:
+        name_lock = lock_instance(engine.store.database, name)
+    except InstanceTaken as taken:
+        typer.echo(f"{taken}. Nothing was started.", err=True)
+        raise typer.Exit(2) from None
+    instance = f"{name}/"
     with engine.store.unit_of_work() as uow:
         released = uow.jobs.release_claims(instance)
         housekeeping.schedule_sweep(engine, uow)
@@ -93,7 +100,6 @@ def serve(
     from meldingstjener.engine.mail_channel import start_mail_collector
     from meldingstjener.integration import start_integrations
 
-    name = instance.rstrip("/")
     threads: list[threading.Thread] = []
     collector = None
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the
@@ -102,7 +108,7 @@ def serve(
     # (from here on: a SIGTERM while the threads start stops them too).
     signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
-        threads.append(start_heartbeat(engine, name, stop))
+        threads.append(start_heartbeat(engine, name, stop, name_lock))
         clock_watch = start_clock_watch(engine, name, stop)
         if clock_watch is not None:
             threads.append(clock_watch)
@@ -145,6 +151,7 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
         _stop_serving(engine, name, stop, collector, threads)
+        name_lock.release()
 
 
 def _stop_serving(

@@ -25,6 +25,7 @@ from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
+from meldingstjener.store.instance_lock import InstanceLock
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -101,18 +102,40 @@ def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
         uow.alerts.resolve(f"{kind}:{name}", at=now)
 
 
-def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:
+def start_heartbeat(
+    ctx: EngineContext, name: str, stop: threading.Event, name_lock: InstanceLock | None = None
+) -> threading.Thread:
     """Beat now (as a start), then every minute until ``stop`` in a thread of its own. A beat
-    that fails is logged and made again at the next turn: the database may be away a while."""
+    that fails is logged and made again at the next turn: the database may be away a while.
+    Each later beat also checks that the instance's name is still locked (see
+    ``store.instance_lock``), and takes the lock again after a restart of the database."""
     _beat_or_log(ctx, name, started=True)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
+            if name_lock is not None:
+                check_name_lock(name_lock)
             _beat_or_log(ctx, name, started=False)
 
     thread = threading.Thread(target=run, name="heartbeat", daemon=True)
     thread.start()
     return thread
+
+
+def check_name_lock(name_lock: InstanceLock) -> None:
+    try:
+        kept = name_lock.still_held()
+    except Exception as exc:  # the database may be away: asked again at the next beat
+        log.warning("could not check the lock on instance %s's name: %s", name_lock.name, exc)
+        return
+    if not kept:
+        # Lost while the database restarted, and taken by a process with the same name: each
+        # may take back the other's job claims at a start, and run jobs twice.
+        log.error(
+            "another process has taken the name of instance %s; stop one of them and give it "
+            "a name of its own ([server] instance_name)",
+            name_lock.name,
+        )
 
 
 def _beat_or_log(ctx: EngineContext, name: str, *, started: bool) -> None:

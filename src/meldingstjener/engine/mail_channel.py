@@ -463,7 +463,7 @@ def start_mail_collector(
         intake,
         settings.mailbox.poll_interval_seconds,
         stop,
-        instance=f"{socket.gethostname()}:{settings.server.port}",  # as serve names itself
+        instance=settings.server.instance,
     )
     thread.start()
     return thread

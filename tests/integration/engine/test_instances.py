@@ -5,11 +5,18 @@ has its own alerts (clock-skew, mailbox-unreachable) resolved, and is forgotten 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from engine_pair import Pair
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 import meldingstjener.cli.alerts_cmds  # noqa: F401  (registers the commands)
@@ -19,7 +26,8 @@ from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.instances import beat, stopped, store_now
+from meldingstjener.engine.instances import beat, check_name_lock, stopped, store_now
+from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
 from meldingstjener.store.uow import Store
 
 
@@ -110,8 +118,6 @@ def test_a_request_that_never_ends_does_not_hold_up_the_stop(pair: Pair, tmp_pat
     # A client that sends half a request and then nothing (a stalled upload, a slow attack)
     # would keep uvicorn's graceful shutdown waiting for ever, and a service manager would kill
     # the process before the workers and the stop's record. The wait is bounded.
-    import socket
-
     server = RunningServer(pair.gp_site, tmp_path / "gp.log").start()
     process = server.process
     assert process is not None
@@ -158,3 +164,95 @@ def test_on_postgresql_the_beats_are_judged_by_the_database_servers_clock(
         database_now = store_now(ahead.clock, uow)
     assert abs(rows["behind:8080"].last_seen_at - database_now) < timedelta(minutes=1)
     assert abs(rows["ahead:8080"].last_seen_at - database_now) < timedelta(minutes=1)
+
+
+def _claimed_by(store: Store, kind: str) -> str | None:
+    with store.unit_of_work() as uow:
+        return uow.session.execute(
+            text("SELECT claimed_by FROM jobs WHERE kind = :kind"), {"kind": kind}
+        ).scalar_one()
+
+
+def _name_free(store: Store, name: str) -> bool:
+    try:
+        lock = lock_instance(store.database, name)
+    except InstanceTaken:
+        return False
+    lock.release()
+    return True
+
+
+def test_a_second_serve_with_a_name_in_use_does_not_start_nor_take_its_claims(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # Two processes with one host name and port (here: two listen addresses; in production,
+    # containers with a fixed host name) share an instance name. The second must not take the
+    # first's job claims back as a dead predecessor's: its jobs would run twice.
+    gp_site, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    first = RunningServer(gp_site, tmp_path / "first.log").start()
+    name = f"{socket.gethostname()}:{gp_site.port}"
+    kind = "held-by-the-first"
+    with own_database.unit_of_work() as uow:
+        uow.jobs.schedule(kind, datetime.now(UTC))
+        uow.session.execute(
+            text("UPDATE jobs SET claimed_by = :worker, claimed_until = :until WHERE kind = :kind"),
+            {"worker": f"{name}/7", "until": datetime.now(UTC) + timedelta(hours=1), "kind": kind},
+        )
+        uow.commit()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    try:
+        config = str(gp_site.config_path)
+        twin = subprocess.run(  # on another address, where the port is free
+            [
+                sys.executable,
+                "-m",
+                "meldingstjener",
+                "--config",
+                config,
+                "serve",
+                "--host",
+                "127.0.0.2",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert twin.returncode == 2, twin.stderr
+        assert f"running as instance {name!r}" in twin.stderr
+        assert _claimed_by(own_database, kind) == f"{name}/7"
+        # killed, the first leaves its claims to the next process of its name, which takes
+        # them back at once (on PostgreSQL once the database has seen the session end)
+        first.kill()
+        deadline = time.monotonic() + 30
+        while not _name_free(own_database, name):
+            assert time.monotonic() < deadline, "the killed process's name is still locked"
+            time.sleep(0.05)  # the database ends the session on its own: nothing to wait on
+        RunningServer(gp_site, tmp_path / "second.log").start().stop()
+        assert _claimed_by(own_database, kind) != f"{name}/7"
+    finally:
+        first.stop()
+
+
+class _LostName:
+    name = "msh1:8080"
+
+    def __init__(self, answer: bool | Exception) -> None:
+        self.answer = answer
+
+    def still_held(self) -> bool:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def release(self) -> None:
+        return None
+
+
+def test_a_beat_reports_a_name_taken_by_another_process(caplog: pytest.LogCaptureFixture) -> None:
+    check_name_lock(_LostName(True))
+    check_name_lock(_LostName(OSError("database away")))
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    check_name_lock(_LostName(False))
+    assert caplog.records[-1].levelname == "ERROR"
+    assert "another process has taken the name of instance msh1:8080" in caplog.messages[-1]
