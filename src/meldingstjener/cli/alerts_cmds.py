@@ -140,10 +140,11 @@ def instances_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per instance.")] = False,
 ) -> None:
     """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
-    minutes; their clock-skew and mailbox-unreachable alerts are resolved then)."""
+    minutes, or on PostgreSQL for 3 minutes without its name's lock; their clock-skew and
+    mailbox-unreachable alerts are resolved then)."""
     from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.context import utc_now
-    from meldingstjener.engine.instances import instance_state, store_now
+    from meldingstjener.engine.instances import instance_states, store_now
 
     store = open_store(settings_from(ctx))
     with store.unit_of_work() as uow:
@@ -151,7 +152,7 @@ def instances_list(
         rows = [
             {
                 "name": row.name,
-                "state": instance_state(row.last_seen_at, row.stopped_at, now),
+                "state": state,
                 "host": row.host,
                 "pid": row.pid,
                 "version": row.version,
@@ -159,7 +160,7 @@ def instances_list(
                 "last_seen_at": row.last_seen_at.isoformat(),
                 "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None,
             }
-            for row in uow.instances.all()
+            for row, state in instance_states(uow, now)
         ]
     if as_json:
         for row in rows:

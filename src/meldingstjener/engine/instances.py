@@ -25,13 +25,18 @@ from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
-from meldingstjener.store.instance_lock import InstanceLock
+from meldingstjener.store.instance_lock import InstanceLock, names_locked
+from meldingstjener.store.tables import InstanceRow
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = timedelta(minutes=1)
 GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a process that is gone
+# On PostgreSQL a live process holds its name's lock (store/instance_lock.py), also through a
+# pause in its beats; one that does not, and has missed two beats, is gone. (The grace: after
+# a restart of the database the locks come back with each process's next beat.)
+UNLOCKED_GONE_AFTER = 3 * HEARTBEAT
 FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
 # the alerts raised per instance (their dedup key is "<kind>:<instance name>")
 INSTANCE_ALERTS = (AlertKind.CLOCK_SKEW, AlertKind.MAILBOX_UNREACHABLE)
@@ -49,11 +54,35 @@ def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
     return ctx_clock()
 
 
-def instance_state(last_seen: datetime, stopped: datetime | None, now: datetime) -> str:
-    """``running``, ``stopped`` or ``gone`` (no beat for ``GONE_AFTER``)."""
+def instance_state(
+    last_seen: datetime, stopped: datetime | None, now: datetime, *, locked: bool | None = None
+) -> str:
+    """``running``, ``stopped`` or ``gone``: no beat for ``GONE_AFTER``, or (``locked`` is
+    False: its name's lock is not held) for ``UNLOCKED_GONE_AFTER``. ``locked`` None: unknown."""
     if stopped is not None:
         return "stopped"
-    return "gone" if now - last_seen > GONE_AFTER else "running"
+    silent = now - last_seen
+    if silent > GONE_AFTER or (locked is False and silent > UNLOCKED_GONE_AFTER):
+        return "gone"
+    return "running"
+
+
+def instance_states(uow: UnitOfWork, now: datetime) -> list[tuple[InstanceRow, str]]:
+    """Every instance on the store, with its state."""
+    rows = uow.instances.all()
+    locked = names_locked(uow.session, [row.name for row in rows])
+    return [
+        (
+            row,
+            instance_state(
+                row.last_seen_at,
+                row.stopped_at,
+                now,
+                locked=None if locked is None else locked[row.name],
+            ),
+        )
+        for row in rows
+    ]
 
 
 def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
@@ -86,11 +115,8 @@ def stopped(ctx: EngineContext, name: str) -> None:
 
 
 def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
-    for row in uow.instances.all():
-        if row.name == own:
-            continue
-        state = instance_state(row.last_seen_at, row.stopped_at, now)
-        if state == "running":
+    for row, state in instance_states(uow, now):
+        if row.name == own or state == "running":
             continue
         _resolve_alerts_of(uow, row.name, now)
         if now - (row.stopped_at or row.last_seen_at) > FORGET_AFTER:

@@ -33,6 +33,7 @@ from typing import Protocol
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from meldingstjener.store.database import Database
@@ -84,6 +85,25 @@ def lock_instance(database: Database, name: str) -> InstanceLock:
             "[server] instance_name"
         )
     return lock
+
+
+def names_locked(session: Session, names: list[str]) -> dict[str, bool] | None:
+    """Which of ``names`` are locked by a live process now; None where that cannot be seen
+    from here (SQLite: a file lock can only be tested by taking it, which could turn away a
+    process that starts at that moment)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    held = set(
+        session.execute(
+            text(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = :space AND objsubid = 2"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"space": ADVISORY_KEY_SPACE},
+        ).scalars()
+    )
+    return {name: name_key(name) & 0xFFFFFFFF in held for name in names}
 
 
 def _digest(name: str) -> str:

@@ -26,7 +26,13 @@ from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.instances import beat, check_name_lock, stopped, store_now
+from meldingstjener.engine.instances import (
+    beat,
+    check_name_lock,
+    instance_states,
+    stopped,
+    store_now,
+)
 from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
 from meldingstjener.store.uow import Store
 
@@ -256,3 +262,42 @@ def test_a_beat_reports_a_name_taken_by_another_process(caplog: pytest.LogCaptur
     check_name_lock(_LostName(False))
     assert caplog.records[-1].levelname == "ERROR"
     assert "another process has taken the name of instance msh1:8080" in caplog.messages[-1]
+
+
+def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_beats(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # A process killed (or its host lost) no longer holds its name's lock; one that pauses
+    # (a long collection, its database connections broken for a while) still does. On
+    # PostgreSQL the lock tells them apart well before the fifteen minutes without a beat.
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    ctx = build_engine(load_settings(gp.config_path))
+    paused = lock_instance(own_database.database, "paused:8080")
+    try:
+        with own_database.unit_of_work() as uow:
+            four_minutes_ago = store_now(ctx.clock, uow) - timedelta(minutes=4)
+            for name in ("paused:8080", "killed:8080"):
+                uow.instances.seen(
+                    name, host="h", pid=1, version="v", at=four_minutes_ago, started=True
+                )
+            uow.commit()
+        for name in ("paused:8080", "killed:8080"):
+            raise_for(ctx, AlertKind.MAILBOX_UNREACHABLE, name)
+        beat(ctx, "alive:8080", started=True)
+        with own_database.unit_of_work() as uow:
+            states = {
+                row.name: state for row, state in instance_states(uow, store_now(ctx.clock, uow))
+            }
+        if own_database.database.is_postgresql:
+            assert states == {
+                "alive:8080": "running",
+                "killed:8080": "gone",
+                "paused:8080": "running",
+            }
+            assert open_alerts(ctx) == {"mailbox-unreachable:paused:8080"}
+        else:  # a file lock cannot be looked at without taking it: fifteen minutes it is
+            assert set(states.values()) == {"running"}
+            assert len(open_alerts(ctx)) == 2
+    finally:
+        paused.release()
+        ctx.store.database.dispose()
