@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from meldingstjener.integration.webhooks import end_webhooks_of
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.store import changes
 from meldingstjener.store.tables import ApiClientRow
@@ -105,6 +106,7 @@ def revoke_client(store: Store, name: str) -> ClientInfo:
             raise ClientError("not-found", f"no client named {name!r}")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
+        end_webhooks_of(uow, name, at=row.revoked_at)  # they end with the client
         uow.commit()
         return _info(row)
 

@@ -7,6 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,6 +30,18 @@ class WebhookRequest(BaseModel):
 
     url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
     events: list[str] = Field(default_factory=lambda: list(WEBHOOK_EVENTS), max_length=3)
+
+    @field_validator("url")
+    @classmethod
+    def _callable(cls, value: str) -> str:
+        # what the dispatcher will call must be a URL httpx can call, found out now
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL that can be called: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("an http or https URL with a host is needed")
+        return value
 
     @field_validator("events")
     @classmethod

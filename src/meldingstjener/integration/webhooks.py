@@ -6,7 +6,10 @@ turns news into ``webhook_deliveries`` rows (one per webhook and event, unique, 
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
 over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; failures are retried with doubling
 waits; after ``disable_after_failures`` failures in a row the webhook is disabled and an alert
-raised. Bodies carry ids, HER-ids and statuses only, never message content.
+raised. A webhook whose call failed pauses as a whole until its next try, so the failures in a
+row are tries spread over the doubling waits (with the defaults, ten of them span about 40
+minutes), not the deliveries that happened to be due at once. Bodies carry ids, HER-ids and
+statuses only, never message content.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
@@ -212,22 +215,36 @@ class WebhookDispatcher:
     # -- deliveries -> HTTP ---------------------------------------------------------------------
 
     def deliver_due(self) -> int:
+        """Call the webhooks with what is due; return how many calls were made. A webhook whose
+        call fails is not called again this round, and pauses (see ``_record``): a receiver
+        that is down is asked once per wait, not once per delivery owed to it."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             due = list(
                 uow.session.execute(
                     select(WebhookDeliveryRow, WebhookRow)
                     .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
-                    .where(WebhookDeliveryRow.state == "pending", WebhookDeliveryRow.due_at <= now)
+                    .where(
+                        WebhookDeliveryRow.state == "pending",
+                        WebhookDeliveryRow.due_at <= now,
+                        WebhookRow.active,
+                        or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+                    )
                     .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
                     .limit(100)
                 ).all()
             )
+        failed: set[int] = set()
+        calls = 0
         for delivery, hook in due:
-            self._deliver(delivery.id, hook, delivery.event_type, delivery.body)
-        return len(due)
+            if hook.id in failed:
+                continue
+            calls += 1
+            if not self._deliver(delivery.id, hook, delivery.event_type, delivery.body):
+                failed.add(hook.id)
+        return calls
 
-    def _deliver(self, delivery_id: int, hook: WebhookRow, event_type: str, body: Any) -> None:
+    def _deliver(self, delivery_id: int, hook: WebhookRow, event_type: str, body: Any) -> bool:
         data = json.dumps({**body, "deliveryId": delivery_id}, sort_keys=True).encode()
         timestamp = self.ctx.clock().isoformat()
         headers = {
@@ -242,9 +259,13 @@ class WebhookDispatcher:
             response = self.http.post(hook.url, content=data, headers=headers)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            # Whatever a call raises is that delivery's failure, recorded and retried like any:
+            # a URL httpx cannot use raises InvalidURL, which is no HTTPError, and once stopped
+            # every round before any other delivery was made.
             error = f"{type(exc).__name__}"
         self._record(delivery_id, error)
+        return error is None
 
     def _record(self, delivery_id: int, error: str | None) -> None:
         now = self.ctx.clock()
@@ -259,15 +280,22 @@ class WebhookDispatcher:
                 delivery.state = "sent"
                 delivery.last_error = None
                 hook.consecutive_failures = 0
+                hook.paused_until = None
                 uow.commit()
                 return
             delivery.last_error = error
             hook.consecutive_failures += 1
-            wait = min(
-                self.settings.first_retry_seconds * 2 ** (delivery.attempts - 1),
-                self.settings.max_retry_seconds,
+            # The wait doubles with the webhook's failures in a row, and holds every delivery
+            # owed to it: a receiver that restarts for a minute meets a try or two, not a try
+            # per delivery (which switched it off for good within one round).
+            wait = timedelta(
+                seconds=min(
+                    self.settings.first_retry_seconds * 2 ** (hook.consecutive_failures - 1),
+                    self.settings.max_retry_seconds,
+                )
             )
-            delivery.due_at = now + timedelta(seconds=wait)
+            delivery.due_at = now + wait
+            hook.paused_until = now + wait
             if hook.consecutive_failures >= self.settings.disable_after_failures:
                 self._disable(uow, hook, error, now)
             uow.commit()
@@ -291,6 +319,30 @@ class WebhookDispatcher:
             at=now,
         )
         log.warning("webhook %s disabled", hook.id)
+
+
+def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
+    """Switch off every webhook of ``client_name`` and drop what is owed to them (a client
+    revoked: its URL would go on hearing of every message, and only the client itself may
+    list or delete its webhooks). Returns how many were switched off."""
+    hooks = list(
+        uow.session.scalars(
+            select(WebhookRow).where(WebhookRow.client_name == client_name, WebhookRow.active)
+        )
+    )
+    for hook in hooks:
+        hook.active = False
+        hook.disabled_at = at
+    if hooks:
+        uow.session.execute(
+            update(WebhookDeliveryRow)
+            .where(
+                WebhookDeliveryRow.webhook_id.in_([hook.id for hook in hooks]),
+                WebhookDeliveryRow.state == "pending",
+            )
+            .values(state="failed")
+        )
+    return len(hooks)
 
 
 def _message_news(

@@ -360,6 +360,9 @@ class WebhookRow(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None]
+    # after a failed call none of its deliveries is tried before this (a receiver that is down
+    # is asked once per wait, however many deliveries are due)
+    paused_until: Mapped[datetime | None]
 
 
 class WebhookDeliveryRow(Base):

@@ -13,6 +13,7 @@ import pytest
 from api_sites import ApiPair
 from sqlalchemy import select
 
+from meldingstjener.api.clients import revoke_client
 from meldingstjener.config import WebhookSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
@@ -208,3 +209,80 @@ def test_with_no_webhook_the_cursor_follows_the_log_and_a_new_hook_starts_from_t
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     assert len(receiver.calls) == 1
+
+
+def _deliveries(api_pair: ApiPair) -> list[WebhookDeliveryRow]:
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        return list(uow.session.scalars(select(WebhookDeliveryRow).order_by(WebhookDeliveryRow.id)))
+
+
+def test_a_url_that_cannot_be_called_is_refused_and_never_stops_the_others(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    answer = api_pair.hospital_http.post(
+        "/api/webhooks",
+        headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+        json={"url": "http://[::1/hook", "events": ["message.received"]},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "url" in answer.text
+    # one stored before the check (or by hand): its failure is its own
+    bad = _register(api_pair, receiver.url)
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        row = uow.session.get(WebhookRow, bad["id"])
+        assert row is not None
+        row.url = "http://[::1/hook"
+        uow.commit()
+    _register(api_pair, receiver.url)
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 2
+    assert len(receiver.calls) == 1  # the good one was called
+    failed, sent = _deliveries(api_pair)
+    assert (failed.state, failed.attempts, failed.last_error) == ("pending", 1, "InvalidURL")
+    assert sent.state == "sent"
+
+
+def test_a_receiver_that_is_down_is_asked_once_per_wait_however_much_is_owed(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # Twelve deliveries due at once to a receiver that restarts: one failed call, not twelve
+    # (which, past disable_after_failures, switched the webhook off for good in one round).
+    receiver.status = 503
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    for _ in range(12):
+        _send_note(api_pair)
+    assert dispatcher.run_once() == 1
+    pair.clock.advance(seconds=4)
+    assert dispatcher.run_once() == 0  # the webhook pauses, with everything owed to it
+    pair.clock.advance(seconds=1)
+    assert dispatcher.run_once() == 1
+    receiver.status = 200
+    pair.clock.advance(seconds=10)
+    assert dispatcher.run_once() == 12
+    assert len(receiver.calls) == 14
+    assert {d.state for d in _deliveries(api_pair)} == {"sent"}
+    with pair.hospital.store.unit_of_work() as uow:
+        [hook] = uow.session.scalars(select(WebhookRow))
+    assert (hook.active, hook.consecutive_failures, hook.paused_until) == (True, 0, None)
+
+
+def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Receiver) -> None:
+    receiver.status = 503
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1
+    revoke_client(pair.hospital.store, "dips")
+    receiver.status = 200
+    pair.clock.advance(seconds=3600)
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 0
+    assert len(receiver.calls) == 1
+    assert {d.state for d in _deliveries(api_pair)} == {"failed"}
+    with pair.hospital.store.unit_of_work() as uow:
+        [hook] = uow.session.scalars(select(WebhookRow))
+    assert not hook.active and hook.disabled_at is not None
