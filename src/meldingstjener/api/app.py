@@ -63,7 +63,10 @@ def create_app(
     )
     # A base64 document is 4/3 of its size; JSON around it is small.
     app.add_middleware(
-        BodyLimit, limit=api.max_payload_bytes * 4 // 3 + 1_000_000, exempt=("/ebms",)
+        BodyLimit,
+        limit=api.max_payload_bytes * 4 // 3 + 1_000_000,
+        large=("/Messages",),
+        exempt=("/ebms",),
     )
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))
