@@ -42,9 +42,13 @@ def move_durably(source: Path, target: Path) -> None:
 
 
 def free_name(directory: Path, name: str, tag: str) -> Path:
-    """``directory/name``, or ``name`` with ``tag`` before the suffix when that is taken."""
+    """``directory/name`` or, when that is taken, ``name`` with ``tag`` (then ``tag-2``,
+    ``tag-3`` …) before the suffix: a file moved there never replaces one already there."""
     target = directory / name
-    if not target.exists():
-        return target
     stem, dot, suffix = name.rpartition(".")
-    return directory / (f"{stem}.{tag}.{suffix}" if dot else f"{name}.{tag}")
+    number = 1
+    while target.exists():
+        mark = tag if number == 1 else f"{tag}-{number}"
+        target = directory / (f"{stem}.{mark}.{suffix}" if dot else f"{name}.{mark}")
+        number += 1
+    return target

@@ -8,14 +8,14 @@ the message carries that key as its ``client_id``, so after a crash we can tell 
 submit committed and never send the same file twice.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
-is written first; both are renamed into place. A ``folder_files`` row records the write; a crash
-before it only means the same two files are written again under the same names. After that the
-engine is told the message reached the EPJ (``receipts.deliver``).
+is written first; both are renamed into place, while the message's row is locked (so that two
+processes on one inbox write it once). A ``folder_files`` row, committed with that lock,
+records the write; a crash before it only means the same two files are written again under the
+same names. After that the engine is told the message reached the EPJ (``receipts.deliver``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +36,7 @@ from meldingstjener.integration.files import free_name, move_durably, write_atom
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
+from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class FolderIntegration:
                 try:
                     self.take(path)
                 except Exception as exc:  # one file must not hold up the rest; tried again
-                    log.exception("folder outbox: a file not taken (%s)", type(exc).__name__)
+                    # its type only: a traceback would carry the file's path, and an EPJ may
+                    # name a file by the patient
+                    log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
                 handled += 1
         return handled
 
@@ -244,11 +247,29 @@ class FolderIntegration:
     def write_inbox(self, row: MessageRow) -> None:
         assert self.inbox is not None and row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        with self.ctx.store.payloads.open(row.payload_ref) as payload:
-            # The sidecar first: when the .xml appears, its metadata is already there.
-            write_atomically(self.inbox / f"{row.id}.json", sidecar)
-            write_atomically(self.inbox / f"{row.id}.xml", payload)
-        self._record_written(row.id)
+        with self.ctx.store.unit_of_work() as uow:
+            # The message's lock is held while its files are written. Another process on the
+            # same inbox may have read the same list of messages: it waits here, then finds
+            # them written (had it not waited, it would write the files again after the EPJ
+            # took them, or truncate the temporary file this one is about to rename).
+            state = uow.messages.lock_state(row.id)
+            if state is None or state.status != "acknowledged" or _written(uow, row.id):
+                return
+            with self.ctx.store.payloads.open(row.payload_ref) as payload:
+                # The sidecar first: when the .xml appears, its metadata is already there.
+                write_atomically(self.inbox / f"{row.id}.json", sidecar)
+                write_atomically(self.inbox / f"{row.id}.xml", payload)
+            uow.session.add(
+                FolderFileRow(
+                    kind=INBOX,
+                    key=row.id,
+                    file_name=f"{row.id}.xml",
+                    message_id=row.id,
+                    outcome=WRITTEN,
+                    at=self.ctx.clock(),
+                )
+            )
+            uow.commit()
         self._deliver(row.id)
 
     def _deliver(self, message_id: str) -> None:
@@ -259,21 +280,16 @@ class FolderIntegration:
                 "message %s written to the inbox but not deliverable: %s", message_id, refused.code
             )
 
-    def _record_written(self, message_id: str) -> None:
-        with self.ctx.store.unit_of_work() as uow:
-            uow.session.add(
-                FolderFileRow(
-                    kind=INBOX,
-                    key=message_id,
-                    file_name=f"{message_id}.xml",
-                    message_id=message_id,
-                    outcome=WRITTEN,
-                    at=self.ctx.clock(),
-                )
+
+def _written(uow: UnitOfWork, message_id: str) -> bool:
+    return (
+        uow.session.scalars(
+            select(FolderFileRow.id).where(
+                FolderFileRow.kind == INBOX, FolderFileRow.key == message_id
             )
-            # Written by an earlier attempt or another process: the same files, nothing to do.
-            with contextlib.suppress(IntegrityError):
-                uow.commit()
+        ).first()
+        is not None
+    )
 
 
 def _printable(name: str) -> str:

@@ -50,10 +50,10 @@ def main() -> None:
         folder.move_durably = die_on(int(call), folder.move_durably)  # type: ignore[assignment]
         folder.move_durably.point = "before"  # type: ignore[attr-defined]
     elif point == "after-inbox-write":
-        real = folder.FolderIntegration._record_written
-        wrapped = die_on(int(call), real)
-        wrapped.point = "before"  # type: ignore[attr-defined]
-        folder.FolderIntegration._record_written = wrapped  # type: ignore[method-assign]
+        # each message writes two files, the sidecar and then the document
+        wrapped = die_on(2 * int(call), folder.write_atomically)
+        wrapped.point = "after"  # type: ignore[attr-defined]
+        folder.write_atomically = wrapped  # type: ignore[assignment]
     integration = folder.FolderIntegration(ctx, settings)
     print("ready", flush=True)
     integration.run(threading.Event())

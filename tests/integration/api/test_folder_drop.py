@@ -135,17 +135,18 @@ def test_a_file_name_that_is_not_utf8_is_sent_like_any_other(pair: Pair, tmp_pat
 
 
 def test_one_file_that_fails_holds_up_neither_the_others_nor_the_inbox(
-    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A fault nobody foresaw (here injected into the submit of one file) is logged, the file
-    # stays for the next round, and the rest of the round goes on.
+    # stays for the next round, and the rest of the round goes on. The log does not name the
+    # file (an EPJ may name it by the patient): a traceback of the error would.
     from meldingstjener.integration import folder
 
     real_submit = folder.submit
 
     def submit_failing_once(ctx: object, data: object, **kwargs: object) -> str:
         if b"Uventet" in Path(os.fspath(data)).read_bytes():  # type: ignore[call-overload]
-            raise RuntimeError("unforeseen")
+            raise RuntimeError(f"unforeseen in {tmp_path / 'ut' / 'a.xml'}")
         return real_submit(ctx, data, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(folder, "submit", submit_failing_once)
@@ -158,6 +159,8 @@ def test_one_file_that_fails_holds_up_neither_the_others_nor_the_inbox(
     drop(outbox, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Uventet"))
     drop(outbox, "b.xml", dialog_note(pair.hospital_site, pair.gp_site, "b"))
     integration.run_once()
+    assert "a file not taken (RuntimeError)" in caplog.text
+    assert "a.xml" not in caplog.text
     assert (outbox / "a.xml").exists()  # kept for the next round
     assert sorted(p.name for p in (outbox / "sent").iterdir()) == ["b.xml"]
     [received] = pair.inbound_messages(pair.hospital)
@@ -325,3 +328,46 @@ def test_start_integrations_runs_the_folder_until_stopped(pair: Pair, tmp_path: 
             thread.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
     assert len(outbound(pair)) == 1
+
+
+def test_two_processes_on_one_inbox_write_a_message_once(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Process B has read the list of messages to write when process A writes them, records
+    # them and marks them delivered, and the EPJ takes the files. B must not write them again.
+    inbox = tmp_path / "inn"
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "En gang"), actor="t")
+    pair.run()
+    first = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    second = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    real_write = FolderIntegration.write_inbox
+
+    def first_gets_there_first(self: FolderIntegration, row: MessageRow) -> None:
+        if self is second:
+            assert first.inbox_once() == 1
+            for written in inbox.iterdir():
+                written.unlink()  # the EPJ took the files
+        real_write(self, row)
+
+    monkeypatch.setattr(FolderIntegration, "write_inbox", first_gets_there_first)
+    assert second.inbox_once() == 1
+    assert list(inbox.iterdir()) == []
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "delivered"
+
+
+def test_refused_files_of_one_name_never_replace_each_other(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldingstjener.integration import folder
+
+    monkeypatch.setattr(folder, "MAX_PAYLOAD_BYTES", 10)  # each drop is refused as too large
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    for number in range(3):
+        drop(outbox, "big.xml", f"<drop{number}>more than ten bytes</drop{number}>".encode())
+        integration.outbox_once()
+    failed = outbox / "failed"
+    kept = sorted(p.read_bytes() for p in failed.glob("*.xml"))
+    assert [content[:7] for content in kept] == [b"<drop0>", b"<drop1>", b"<drop2>"]
+    assert len(list(failed.glob("*.error.txt"))) == 3
