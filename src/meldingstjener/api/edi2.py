@@ -245,6 +245,7 @@ class Edi2:
                 idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
                 inspected=inspected,
                 also_stored=audit_stored,
+                may_answer=who.may_act_for,
             )
         except SubmitRejected as rejected:
             self._audit(
@@ -254,7 +255,9 @@ class Edi2:
                 her_id=str(sender) if sender else None,
                 detail=rejected.code,
             )
-            status = {"too-large": 413, "idempotency-key-reused": 409}.get(rejected.code, 400)
+            status = {"too-large": 413, "idempotency-key-reused": 409, "not-allowed": 403}.get(
+                rejected.code, 400
+            )
             raise ApiProblem(status, rejected.code, rejected.message, rejected.problems) from None
         if message_id not in stored:  # a retry under a key used before (its row or a racer's)
             self._audit(

@@ -52,6 +52,7 @@ def submit(
     inspected: Fagmelding | None = None,
     also_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
     idempotency_key: str | None = None,
+    may_answer: Callable[[str], bool] | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -68,6 +69,9 @@ def submit(
     that carries the key of a stored message returns that message instead of sending again, so
     a client may retry a request whose answer it never got. The same key with another business
     message is refused (``idempotency-key-reused``).
+
+    ``may_answer``: for an AppRec posted from outside, whether its client may act for the
+    HER-id of the message it answers (see ``receipts.mark_answered_by_document``).
     """
     if idempotency_key is not None:
         earlier = _submitted_with(ctx, idempotency_key, payload)
@@ -195,7 +199,7 @@ def submit(
             elif message.msg_type == APPREC:
                 from meldingstjener.engine.receipts import mark_answered_by_document  # (cycle)
 
-                mark_answered_by_document(ctx, uow, row, message)
+                mark_answered_by_document(ctx, uow, row, message, may_answer)
             if also_stored is not None:
                 also_stored(uow, row)
             uow.commit()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +39,7 @@ from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.parties import Party
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
+from meldingstjener.model.status import IllegalTransition
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
@@ -205,20 +207,32 @@ def _submit_answer(
     what: str,
     *,
     purge: bool = False,
+    also: Callable[[UnitOfWork, MessageRow], None] | None = None,
 ) -> str:
-    """Send ``payload`` back to the sender of ``row`` and move ``row`` to ``target`` atomically."""
+    """Send ``payload`` back to the sender of ``row`` and move ``row`` to ``target`` atomically
+    (``also`` adds to that transaction)."""
 
     def mark(uow: UnitOfWork, answer: MessageRow) -> None:
         original = _inbound(uow, row.id, for_update=True)
-        _taken_by_answer(uow, original, target, actor)
-        uow.messages.set_status(
-            original,
-            target.value,
-            actor=actor,
-            code=errors[0][0] if errors else None,
-            detail=f"{what} sent ({answer.id})"
-            + (f": {', '.join(c for c, _ in errors)}" if errors else ""),
-        )
+        try:
+            _taken_by_answer(uow, original, target, actor)
+            uow.messages.set_status(
+                original,
+                target.value,
+                actor=actor,
+                code=errors[0][0] if errors else None,
+                detail=f"{what} sent ({answer.id})"
+                + (f": {', '.join(c for c, _ in errors)}" if errors else ""),
+            )
+        except IllegalTransition:
+            # Checked before the answer was built, without the lock: another answer (a retry
+            # of the same request) got there first. This one is refused, and nothing stored.
+            raise AppRecRefused(
+                "already-answered",
+                f"message {row.id} is {original.status}; a {what} cannot be sent now",
+            ) from None
+        if also is not None:
+            also(uow, original)
         uow.receipts.add(
             ReceiptRow(
                 message_id=original.id,
@@ -240,10 +254,18 @@ def _submit_answer(
 
 
 def mark_answered_by_document(
-    ctx: EngineContext, uow: UnitOfWork, answer: MessageRow, message: Fagmelding
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    answer: MessageRow,
+    message: Fagmelding,
+    may_answer: Callable[[str], bool] | None = None,
 ) -> None:
     """An AppRec the EPJ built itself (folder drop, API document) answers a received message:
-    move that message on and record the receipt, in the transaction that stores the AppRec."""
+    move that message on and record the receipt, in the transaction that stores the AppRec.
+
+    ``may_answer`` (the API client's HER-ids): whether the client may act for the HER-id the
+    answered message was sent to. Otherwise the AppRec is refused (``SubmitRejected``, nothing
+    stored): a client would move another client's message, which then leaves its inbox."""
     if message.msg_type != APPREC or not message.apprec_original_msg_id:
         return
     original_id = _answered_copy(uow, answer, message.apprec_original_msg_id)
@@ -251,6 +273,12 @@ def mark_answered_by_document(
         return
     original = uow.messages.get(original_id, for_update=True)
     assert original is not None
+    if may_answer is not None and not may_answer(str(original.to_her_id)):
+        raise SubmitRejected(
+            "not-allowed",
+            f"the AppRec answers a message sent to HER-id {original.to_her_id}, which this "
+            "client may not act for",
+        )
     code = message.apprec_status or "1"
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
     actor = f"apprec-document:{answer.client_id or 'epj'}"
@@ -354,16 +382,20 @@ def report_misaddressed(ctx: EngineContext, message_id: str, *, actor: str, reas
             raise AppRecRefused("purged", f"message {message_id} has no payload any more")
         original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
         answered = row.status == InboundStatus.APPREC_SENT.value
+
+    def alert(uow: UnitOfWork, purged: MessageRow) -> None:
+        # with the purge and the answer, or not at all: an answer that cannot be sent leaves
+        # the content stored and the sender untold, and the alert must not say otherwise
         raise_alert(
             uow,
             AlertKind.MISADDRESSED_RECEIVED,
-            f"message {row.id} ({row.msg_type}) from {row.from_her_id} was reported as not for "
-            f"us by {actor}; its content was purged and the sender told",
+            f"message {purged.id} ({purged.msg_type}) from {purged.from_her_id} was reported "
+            f"as not for us by {actor}; its content was purged and the sender told",
             at=ctx.clock(),
-            message_id=row.id,
-            partner_her_id=row.from_her_id,
+            message_id=purged.id,
+            partner_her_id=purged.from_her_id,
         )
-        uow.commit()
+
     if answered:
         payload = build_dialog_avvik(original, description=reason)
         return _submit_answer(
@@ -376,6 +408,7 @@ def report_misaddressed(ctx: EngineContext, message_id: str, *, actor: str, reas
             [],
             "DIALOG_AVVIK",
             purge=True,
+            also=alert,
         )
     payload = build_apprec(
         original,
@@ -394,6 +427,7 @@ def report_misaddressed(ctx: EngineContext, message_id: str, *, actor: str, reas
         [("X99", reason)],
         "AppRec",
         purge=True,
+        also=alert,
     )
 
 

@@ -408,3 +408,49 @@ def test_a_small_routes_body_is_limited_before_anyone_is_known(api_pair: ApiPair
         json={"url": "http://127.0.0.1:9/hook", "events": ["message.received"]},
     )
     assert webhook.status_code == 201
+
+
+def test_an_apprec_document_answers_only_a_message_its_client_may_act_for(
+    api_pair: ApiPair,
+) -> None:
+    # A client allowed the hospital's organisation only posts an AppRec document from the
+    # organisation answering a message sent to the service, which another client (dips)
+    # serves. It is refused: the message would leave dips' inbox, and the GP hear "rejected".
+    import dataclasses
+
+    from meldingstjener.api.clients import add_client
+    from meldingstjener.formats import AppRecError, AppRecStatus, build_apprec, read_msghead
+
+    pair = api_pair.pair
+    _, org_key = add_client(pair.hospital.store, "org-only", ["send"], [HOSPITAL_HER])
+    received_id = _deliver_one(api_pair)
+    row = pair.message(pair.hospital, received_id)
+    assert row.to_her_id == HOSPITAL_SERVICE_HER
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    receiver = original.msg_info.receiver
+    without_service = dataclasses.replace(
+        receiver, organisation=dataclasses.replace(receiver.organisation, organisation=None)
+    )
+    as_the_organisation = dataclasses.replace(
+        original, msg_info=dataclasses.replace(original.msg_info, receiver=without_service)
+    )
+    document = build_apprec(
+        as_the_organisation,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("X99", "ikke vår")],
+        version="1.0",
+    )
+    answer = api_pair.hospital_http.post(
+        "/Messages",
+        headers=_bearer(org_key),
+        json={
+            "businessDocument": base64.b64encode(document).decode(),
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        },
+    )
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["code"] == "not-allowed"
+    assert pair.message(pair.hospital, received_id).status == row.status
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.messages.search(LogFilter(direction="out", limit=10)) == []

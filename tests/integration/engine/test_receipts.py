@@ -575,3 +575,53 @@ def test_a_signal_is_verified_before_the_store_is_locked(
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     assert held_while_verifying == [False]
+
+
+def test_two_answers_at_once_one_is_refused_and_nothing_of_it_stored(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An EPJ's AppRec is slow, the EPJ times out and retries: the retry passes the unlocked
+    # check while the first is still building its AppRec. Under the lock, the second to get
+    # there is refused (it raised IllegalTransition, an HTTP 500) and nothing of it is stored.
+    _, row = send_and_deliver(pair)
+    real_build = receipts.build_apprec
+    retried: list[str] = []
+
+    overtaken = False
+
+    def the_retry_overtakes(*args: object, **kwargs: object) -> bytes:
+        nonlocal overtaken
+        if not overtaken:
+            overtaken = True
+            retried.append(
+                receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:retry")
+            )
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receipts, "build_apprec", the_retry_overtakes)
+    with pytest.raises(receipts.AppRecRefused) as refused:
+        receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:first")
+    assert refused.value.code == "already-answered"
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    with pair.hospital.store.unit_of_work() as uow:
+        answers = [m.id for m in uow.messages.search(LogFilter(direction="out", limit=100))]
+    assert answers == retried  # one AppRec, the retry's
+
+
+def test_a_misaddressed_report_whose_answer_cannot_be_sent_raises_no_alert(
+    pair: Pair,
+) -> None:
+    # The alert says the content was purged and the sender told: when the answer cannot be
+    # sent (here the sender's certificate is gone), neither happened, and no alert may say so.
+    _, row = send_and_deliver(pair)
+    with pair.hospital.store.unit_of_work() as uow:
+        party = uow.parties.get(str(row.from_her_id))
+        assert party is not None
+        party.encryption_certificate = None
+        uow.commit()
+    with pytest.raises(receipts.AppRecRefused) as refused:
+        receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
+    assert refused.value.code == "certificate-problem"
+    assert open_alerts(pair.hospital, "misaddressed-received") == []
+    kept = pair.message(pair.hospital, row.id)
+    assert kept.status == "delivered" and kept.payload_ref == row.payload_ref
