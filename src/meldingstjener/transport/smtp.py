@@ -159,6 +159,9 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+END_OF_DATA_SECONDS = 600.0
+
+
 @dataclass
 class SmtpTransport:
     """Sends ebXML mail through one SMTP server. A connection per send: mail volumes are low
@@ -204,8 +207,10 @@ class SmtpTransport:
         body: Iterable[bytes] = (
             _file_chunks(delivery.body) if isinstance(delivery.body, Path) else [delivery.body]
         )
-        timeout = min(self.timeout_seconds, delivery.timeout_seconds or self.timeout_seconds)
-        server = self._connect(timeout)
+        # [smtp] timeout_seconds, not the delivery's own wait (set for HTTP): the operator
+        # knows the relay, and a shorter wait here turned a slow relay's acceptance into a
+        # failure, a resend of the whole mail and in the end a false "not delivered".
+        server = self._connect(self.timeout_seconds)
         try:
             self._transfer(server, to_address, size, _prepend(head, body))
         finally:
@@ -272,6 +277,11 @@ class SmtpTransport:
             for piece in dot_stuffed(data):
                 server.send(piece)
             server.send(b".\r\n")
+            # A relay may scan a large mail before it answers the end of the upload: RFC 5321
+            # (4.5.3.2.6) has the client wait ten minutes for that answer. Given up earlier,
+            # the relay may still accept it, and the retry sends it a second time.
+            if server.sock is not None:
+                server.sock.settimeout(max(self.timeout_seconds, END_OF_DATA_SECONDS))
             _expect(server.getreply(), "end of DATA")
         except smtplib.SMTPServerDisconnected:
             raise TransportFailure(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +193,61 @@ def test_a_binary_signal_is_reencoded_with_the_same_content() -> None:
     assert after.envelope_xml == before.envelope_xml
     assert after.start == "env@x"
     assert after.attachment_bytes() == before.attachment_bytes()
+
+
+class SlowRelay:
+    """One SMTP session, scripted: the relay is slow to answer MAIL FROM and slower to answer
+    the end of the upload (it scans the mail first), as relays in front of large mail are."""
+
+    def __init__(self, listener: socket.socket, slow_command: float, slow_end: float) -> None:
+        self.listener = listener
+        self.slow_command, self.slow_end = slow_command, slow_end
+        self.accepted = threading.Event()
+        self.thread = threading.Thread(target=self._session, daemon=True)
+        self.thread.start()
+
+    def _session(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 relay ready\r\n")
+            while line := lines.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    connection.sendall(b"250 relay\r\n")
+                elif verb == b"MAIL":
+                    time.sleep(self.slow_command)  # the slowness under test, not a wait
+                    connection.sendall(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    connection.sendall(b"250 ok\r\n")
+                elif verb == b"DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    while lines.readline() not in (b".\r\n", b""):
+                        pass
+                    time.sleep(self.slow_end)
+                    self.accepted.set()
+                    connection.sendall(b"250 accepted\r\n")
+                elif verb == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    return
+
+
+def test_a_slow_relay_is_waited_for_as_configured_and_the_end_of_the_upload_longer(
+    listener: socket.socket,
+) -> None:
+    # The delivery's own wait (set for HTTP) is shorter than both answers: the transport's
+    # setting governs the commands, and the end of the upload is waited for as RFC 5321 asks.
+    # Given up on, the relay had the mail all the same, and the retry sent it again.
+    relay = SlowRelay(listener, slow_command=0.5, slow_end=1.5)
+    transport = SmtpTransport(
+        host="127.0.0.1",
+        port=listener.getsockname()[1],
+        security="none",
+        from_address="8100001@testedi.nhn.no",
+        timeout_seconds=1.0,
+    )
+    delivery = Delivery(
+        "mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n", timeout_seconds=0.2
+    )
+    assert transport.send(delivery).status_code == 250
+    assert relay.accepted.is_set()
+    relay.thread.join(timeout=10)
