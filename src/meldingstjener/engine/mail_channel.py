@@ -417,11 +417,10 @@ def report_collection(
         elif failed_rounds >= FAILED_COLLECTIONS_BEFORE_ALERT:
             code = failure.code if failure is not None else "unexpected"
             why = f"{code}: {failure.detail}" if failure is not None else "an error"
-            advice = (
-                "the local disk of the data directory (space, permissions)"
-                if code == "mail-spool"
-                else "the mail server, the account and its password"
-            )
+            advice = {
+                "mail-spool": "the local disk of the data directory (space, permissions)",
+                "mailbox-delete": "that the account may delete mail in the folder",
+            }.get(code, "the mail server, the account and its password")
             raise_alert(
                 uow,
                 AlertKind.MAILBOX_UNREACHABLE,

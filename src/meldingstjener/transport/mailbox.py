@@ -260,6 +260,7 @@ class MailboxCollector:
     def _collect_imap(self, on_mail: OnMail) -> CollectResult:
         result = CollectResult()
         session = self._imap_session()
+        refused = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
             status, data = session.uid("SEARCH", "UNDELETED")
@@ -281,11 +282,22 @@ class MailboxCollector:
                         continue
                     handed = self._hand_over(on_mail, mail, result)
                 if handed:
-                    session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
-                    if uidplus:
-                        session.uid("EXPUNGE", uid)
+                    status, _ = session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
+                    if status == "OK" and uidplus:
+                        status, _ = session.uid("EXPUNGE", uid)
+                    refused += status != "OK"
             if not uidplus:
-                session.expunge()
+                status, _ = session.expunge()
+                refused += status != "OK"
+            if refused:
+                # imaplib raises on BAD only; a NO left each mail in the box, collected (and
+                # answered with its Acknowledgment) again at every poll, with nothing to show.
+                # The round fails after the rest of the box was taken: the alert follows.
+                raise TransportFailure(
+                    "mailbox-delete",
+                    f"{self.where} refused to delete {refused} collected mail(s) (their content "
+                    "is stored; they are collected again until deleted)",
+                )
         except BaseException:
             session.shutdown()
             raise

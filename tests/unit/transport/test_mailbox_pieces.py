@@ -220,3 +220,55 @@ def test_a_mail_larger_than_its_size_said_is_cut_off_at_the_limit(
     target = io.BytesIO()
     wire = Pop3Wire(b"0123456789\r\n" * 2 + b".\r\n", random.Random(1))
     assert mailbox._retr_into(wire, 1, target, limit=24) == 24  # type: ignore[arg-type]
+
+
+class RefusingImap:
+    """An IMAP session whose server answers NO to the deletion of mail (a folder the account
+    may read but not change): imaplib raises on BAD only, and hands a NO back."""
+
+    capabilities = ("IMAP4REV1", "UIDPLUS")
+
+    def __init__(self, mails: dict[bytes, bytes]) -> None:
+        self.mails = mails
+        self.closed = False
+
+    def uid(self, command: str, *args: str) -> tuple[str, list[Any]]:
+        if command == "SEARCH":
+            return "OK", [b" ".join(self.mails)]
+        if command == "FETCH":
+            uid = args[0].encode()
+            body = self.mails[uid]
+            return "OK", [(b"1 (UID " + uid + b" BODY[]<0> {%d}" % len(body), body), b")"]
+        return "NO", [b"permission denied"]  # STORE, EXPUNGE
+
+    def expunge(self) -> tuple[str, list[Any]]:
+        return "NO", [b"permission denied"]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def logout(self) -> None:
+        self.closed = True
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+def test_an_imap_server_that_refuses_deletion_fails_the_round_after_taking_every_mail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every mail is handed over (none waits behind one that cannot be deleted), and the round
+    # then fails, so that the operator hears of it (mailbox-unreachable after a few rounds),
+    # instead of each mail being collected and answered again at every poll, unseen.
+    session = RefusingImap({b"7": b"first mail\r\n", b"9": b"second mail\r\n"})
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    handed: list[bytes] = []
+    with pytest.raises(TransportFailure) as failed:
+        collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert handed == [b"first mail\r\n", b"second mail\r\n"]
+    assert failed.value.code == "mailbox-delete"
+    assert "2 collected mail(s)" in failed.value.detail
+    assert session.closed
