@@ -159,37 +159,50 @@ class MailIntake:
         message_id = bare_content_id(raw_id) if raw_id else None
         if not content_type:
             self._quarantine(source, "MimeProblem", message_id)
+        # A mail that fails the same way round after round would block the box for good, so
+        # its tries are counted, and after a few it is put aside like an unreadable one. Each
+        # try is counted before it starts: a mail that kills the process (out of memory, a
+        # crash in native code) ends its tries without a word, and came first again after
+        # every restart. (If the database is away, the count cannot be written, and the mail
+        # simply stays in the box.)
+        tries_key = FAILED_PREFIX + _sha256(source)[:32]
+        tries = self._count_try(tries_key)
+        if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
+            log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
+            self._quarantine(source, "Unknown", message_id, tries_key)
         with self.ctx.store.payloads.spool() as body:
             try:
                 _decode_body(source, body_start, headers.get("Content-Transfer-Encoding"), body)
             except binascii.Error:
-                self._quarantine(source, "MimeProblem", message_id)
+                self._quarantine(source, "MimeProblem", message_id, tries_key)
             try:
                 inbound.receive(self.ctx, str(content_type), body, channel="smtp")
             except inbound.InboundRefused as refused:
-                self._quarantine(source, refused.code, message_id)
+                self._quarantine(source, refused.code, message_id, tries_key)
             except Exception:
-                # Kept in the box and tried again next round (the database may be away). A
-                # mail that fails the same way round after round would block the box for good:
-                # after a few rounds it is put aside like an unreadable one. (If the database
-                # is away, the count cannot be written either, and the mail simply stays.)
-                if self._failed_again(source) >= FAILED_ROUNDS_BEFORE_QUARANTINE:
-                    log.exception(
-                        "a mail failed %d times; quarantined", FAILED_ROUNDS_BEFORE_QUARANTINE
-                    )
-                    self._quarantine(source, "Unknown", message_id)
+                # kept in the box and tried again next round (the database may be away)
+                if tries >= FAILED_ROUNDS_BEFORE_QUARANTINE:
+                    log.exception("a mail failed %d times; quarantined", tries)
+                    self._quarantine(source, "Unknown", message_id, tries_key)
                 raise
+        self._forget_tries(tries_key)
 
-    def _failed_again(self, mail: BinaryIO) -> int:
-        """Count one more failed round for this mail; return how many there have been."""
-        key = FAILED_PREFIX + _sha256(mail)[:32]
+    def _count_try(self, key: str) -> int:
+        """Count one more try of a mail; return how many there have been."""
         with self.ctx.store.unit_of_work() as uow:
-            failed = int(uow.state.get(key) or 0) + 1
-            uow.state.set(key, str(failed))
+            tries = int(uow.state.get(key) or 0) + 1
+            uow.state.set(key, str(tries))
             uow.commit()
-        return failed
+        return tries
 
-    def _quarantine(self, mail: BinaryIO, code: str, message_id: str | None) -> NoReturn:
+    def _forget_tries(self, key: str) -> None:
+        with self.ctx.store.unit_of_work() as uow:
+            uow.state.delete(key)
+            uow.commit()
+
+    def _quarantine(
+        self, mail: BinaryIO, code: str, message_id: str | None, tries_key: str | None = None
+    ) -> NoReturn:
         """Store the mail aside durably, alert, and tell the collector (raises Quarantine)."""
         digest = _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
@@ -206,6 +219,8 @@ class MailIntake:
                 None, EventKind.ERROR, actor="smtp", code=code, detail=summary, at=now
             )
             raise_alert(uow, AlertKind.MAIL_QUARANTINED, summary, at=now, key=digest[:32])
+            if tries_key is not None:
+                uow.state.delete(tries_key)
             uow.commit()
         log.warning("quarantined a mail (%s) as %s", code, path.name)
         raise Quarantine(code)

@@ -1000,6 +1000,9 @@ class StateRepository:
         else:
             row.value = value
 
+    def delete(self, key: str) -> None:
+        self.session.execute(delete(StateRow).where(StateRow.key == key))
+
 
 class InstanceRepository:
     """The ``serve`` processes on this store (see :mod:`meldingstjener.engine.instances`)."""
