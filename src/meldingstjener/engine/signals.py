@@ -420,13 +420,16 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
         )
     except TransportFailure as failure:
         with ctx.store.unit_of_work() as uow:
-            if job.attempts >= SIGNAL_ATTEMPTS:
+            # A failure that no retry can mend (a 5xx answer, a test server's guard against a
+            # production address, a signal too large for the channel) ends at once, as a
+            # message's send does: twelve tries over an hour and a half only delayed the alert.
+            if job.attempts >= SIGNAL_ATTEMPTS or not failure.retryable:
                 uow.jobs.finish(job.id)
                 raise_alert(
                     uow,
                     AlertKind.SIGNAL_UNDELIVERED,
                     f"our {kind} to {data.get('partner')} could not be delivered after "
-                    f"{job.attempts} attempts ({failure.code}); the partner will resend.",
+                    f"{job.attempts} attempt(s) ({failure.code}); the partner will resend.",
                     at=now,
                     message_id=job.message_id,
                     partner_her_id=str(data.get("partner")),

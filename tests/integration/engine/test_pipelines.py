@@ -293,6 +293,27 @@ def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_g
     assert received.status == "acknowledged"
 
 
+def test_our_signal_refused_for_good_alerts_at_once(pair: Pair) -> None:
+    # A failure no retry can mend (here a 5xx answer) ends the signal's job at once, as a
+    # message's send does, instead of twelve tries over an hour and a half before the alert.
+    from meldingstjener.engine.worker import Worker
+    from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
+
+    class Refusing:
+        channel = "http"
+
+        def send(self, delivery: Delivery) -> TransportResult:
+            raise TransportFailure("http-5xx", "HTTP 500 from the partner", retryable=False)
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()  # the hospital stores it and owes its signal
+    pair.hospital.transports = {"http": Refusing()}  # type: ignore[dict-item]
+    Worker(pair.hospital, "hospital").run_until_idle()
+    assert ("signal-undelivered", 1) in alerts(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        assert "send-signal" not in job_kinds(uow)
+
+
 def _answered_with_error(pair: Pair, error: ErrorDetail) -> tuple[str, ReceiptRow]:
     """A message the GP sent, answered by the hospital with a MessageError holding ``error``;
     the message's id and the receipt the GP stored."""
