@@ -21,6 +21,7 @@ from meldingstjener.api.auth import Authenticator
 from meldingstjener.api.document_spool import DocumentSpool
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
+from meldingstjener.api.media_types import JsonMediaTypes
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
@@ -68,6 +69,7 @@ def create_app(
         large=("/Messages",),
         exempt=("/ebms",),
     )
+    app.add_middleware(JsonMediaTypes)  # outermost: every layer sees the type FastAPI reads
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))
 

@@ -27,6 +27,7 @@ from meldingstjener.api.edi2_models import (
     ApprecInfo,
     AppRecStatus,
     DeliveryState,
+    EbXmlInfo,
     GetBusinessDocumentResponse,
     Message,
     MisaddressedRequest,
@@ -213,7 +214,7 @@ class Edi2:
                 "too-large",
                 f"the business document is {size} bytes; the limit is {self.max_payload_bytes}",
             )
-        _check_overrides(body)
+        _check_overrides(body.ebXmlOverrides)
         subset = body.receiverHerIdsSubset or []
         if len(subset) > 1:
             raise ApiProblem(
@@ -391,6 +392,7 @@ class Edi2:
                 message_id=row.id,
                 her_id=str(sender_her_id),
             )
+        _check_overrides(body.ebXmlOverrides)
         status = body.appRecStatus
         code = status if isinstance(status, int) else APPREC_CODES[status.value]
         errors = [
@@ -514,10 +516,11 @@ def _decoded(document: str, spooled: SpooledDocument | None) -> bytes | Spool:
     return spooled.spool
 
 
-def _check_overrides(body: PostMessageRequest) -> None:
-    if body.ebXmlOverrides is None:
+def _check_overrides(overrides: EbXmlInfo | None) -> None:
+    """Refuse the overrides this server cannot honour (PostMessage and PostAppRec alike)."""
+    if overrides is None:
         return
-    given = body.ebXmlOverrides.model_dump(exclude_none=True)
+    given = overrides.model_dump(exclude_none=True)
     unsupported = sorted(set(given) - NAMING_OVERRIDES)
     if unsupported:
         raise ApiProblem(

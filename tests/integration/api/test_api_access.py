@@ -454,3 +454,28 @@ def test_an_apprec_document_answers_only_a_message_its_client_may_act_for(
     assert pair.message(pair.hospital, received_id).status == row.status
     with pair.hospital.store.unit_of_work() as uow:
         assert uow.messages.search(LogFilter(direction="out", limit=10)) == []
+
+
+def test_text_json_is_json_and_an_apprec_override_we_cannot_honour_is_refused(
+    api_pair: ApiPair,
+) -> None:
+    # The EDI 2.0 contract lists text/json beside application/json for request bodies; and
+    # PostAppRec's ebXmlOverrides were silently ignored where PostMessage refuses them.
+    received_id = _deliver_one(api_pair)
+    http, headers = api_pair.hospital_http, _bearer(api_pair.hospital_key)
+    target = f"/Messages/{received_id}/apprec/{HOSPITAL_SERVICE_HER}"
+    overridden = http.post(
+        target,
+        headers=headers,
+        json={"appRecStatus": "Ok", "ebXmlOverrides": {"cpaId": "another-agreement"}},
+    )
+    assert overridden.status_code == 400 and overridden.json()["code"] == "override-not-supported"
+    assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == "acknowledged"
+    answered = http.post(
+        target,
+        headers={**headers, "Content-Type": "text/json; charset=utf-8"},
+        content=json.dumps(
+            {"appRecStatus": "Ok", "ebXmlOverrides": {"applicationName": "EPJ"}}
+        ).encode(),
+    )
+    assert answered.status_code == 201, answered.text
