@@ -358,6 +358,23 @@ class Settings(BaseSettings):
     helseid: HelseIdSettings = HelseIdSettings()
     address_register: RegisterSettings = RegisterSettings()
 
+    @model_validator(mode="after")
+    def _no_clear_text_passwords_in_production(self) -> Settings:
+        # "none" is for local test servers: in production it sends the account's password
+        # over the network as it is
+        for name, section in (("smtp", self.smtp), ("mailbox", self.mailbox)):
+            if (
+                self.environment == "prod"
+                and section.host is not None
+                and section.security == "none"
+                and section.username
+            ):
+                raise ValueError(
+                    f"{name}.security: 'none' would send the password unencrypted; a prod "
+                    "server uses starttls or tls"
+                )
+        return self
+
     @property
     def database_url(self) -> str:
         if self.database.url:

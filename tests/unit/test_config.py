@@ -163,3 +163,17 @@ def test_the_instance_is_named_by_host_and_port_unless_named(tmp_path: Path) -> 
     config.write_text('[server]\ninstance_name = "msh/a"\n')
     with pytest.raises(ConfigError, match=r"server\.instance_name"):
         load_settings(config)
+
+
+def test_a_prod_server_never_logs_in_to_a_mail_server_unencrypted(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    mailbox = '[mailbox]\nhost = "mail.example"\nusername = "u"\nsecurity = "none"\n'
+    config.write_text('environment = "prod"\n' + mailbox)
+    with pytest.raises(ConfigError, match=r"mailbox\.security"):
+        load_settings(config)
+    config.write_text('environment = "test"\n' + mailbox)  # a local test server: allowed
+    assert load_settings(config).mailbox.security == "none"
+    smtp = '[smtp]\nhost = "smtp.example"\nedi_address = "1@edi.nhn.no"\nusername = "u"\n'
+    config.write_text('environment = "prod"\n' + smtp + 'security = "none"\n')
+    with pytest.raises(ConfigError, match=r"smtp\.security"):
+        load_settings(config)
