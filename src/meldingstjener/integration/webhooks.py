@@ -47,6 +47,7 @@ EVENT_CURSOR = "webhooks.event_cursor"
 EVENT_GAP_SECONDS = 60.0
 EVENT_BATCH = 500
 ALERT_CURSOR = "webhooks.alert_cursor"
+ALERT_LOOKBACK = timedelta(seconds=60)  # see _collect_alerts
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
@@ -153,12 +154,31 @@ class WebhookDispatcher:
 
     def _collect_alerts(self, uow: UnitOfWork, hooks: list[WebhookRow]) -> int:
         since = uow.state.get(ALERT_CURSOR)
-        query = select(AlertRow).order_by(AlertRow.last_seen).limit(500)
+        query = select(AlertRow).order_by(AlertRow.last_seen, AlertRow.id).limit(500)
+        late: list[AlertRow] = []
         if since:
-            query = query.where(AlertRow.last_seen > datetime.fromisoformat(since))
+            cursor = datetime.fromisoformat(since)
+            query = query.where(AlertRow.last_seen > cursor)
+            if hooks:
+                # An alert is stamped with its raiser's clock before its transaction commits:
+                # one that commits late, or comes from a host whose clock is a few seconds
+                # behind (or that shares its time with the last of a full batch), has a time
+                # the cursor passed already. The minute before the cursor is looked at again;
+                # a delivery is made once per alert and count (its key), so never twice.
+                late = list(
+                    uow.session.scalars(
+                        select(AlertRow)
+                        .where(
+                            AlertRow.last_seen > cursor - ALERT_LOOKBACK,
+                            AlertRow.last_seen <= cursor,
+                        )
+                        .order_by(AlertRow.last_seen, AlertRow.id)
+                        .limit(500)
+                    )
+                )
         alerts = list(uow.session.scalars(query))
         made = 0
-        for alert in alerts:
+        for alert in late + alerts:
             body = {
                 "event": "alert",
                 "alertId": alert.id,

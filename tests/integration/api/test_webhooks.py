@@ -286,3 +286,35 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     with pair.hospital.store.unit_of_work() as uow:
         [hook] = uow.session.scalars(select(WebhookRow))
     assert not hook.active and hook.disabled_at is not None
+
+
+def test_an_alert_stamped_before_the_cursor_is_still_announced(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # A host whose clock is a few seconds behind (or a transaction that commits late) raises
+    # an alert with a time the alert cursor has already passed: it must be announced all the
+    # same, and once.
+    from datetime import timedelta
+
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    pair = api_pair.pair
+    answer = api_pair.hospital_http.post(
+        "/api/webhooks",
+        headers={"Authorization": f"Bearer {api_pair.hospital_admin_key}"},
+        json={"url": receiver.url, "events": ["alert"]},
+    )
+    assert answer.status_code == 201, answer.text
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    with pair.hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.CLOCK_SKEW, "on time", at=pair.clock(), key="a")
+        uow.commit()
+    assert dispatcher.run_once() == 1
+    with pair.hospital.store.unit_of_work() as uow:
+        behind = pair.clock() - timedelta(seconds=5)
+        raise_alert(uow, AlertKind.CLOCK_SKEW, "from a host behind", at=behind, key="b")
+        uow.commit()
+    assert dispatcher.run_once() == 1
+    assert dispatcher.run_once() == 0
+    summaries = sorted(json.loads(body)["summary"] for _, body in receiver.calls)
+    assert summaries == ["from a host behind", "on time"]
