@@ -182,17 +182,10 @@ class Edi2:
 
     # -- operations -----------------------------------------------------------------------------
 
-    def post_message(
-        self,
-        who: Principal,
-        body: PostMessageRequest,
-        spooled: SpooledDocument | None = None,
-        idempotency_key: str | None = None,
-    ) -> JSONResponse:
-        """``spooled``: the document when a large body was decoded into a file on arrival
-        (see :mod:`meldingstjener.api.document_spool`); the checks are the same."""
-        action = "send-message"
-        self._need_scope(who, "send", action, None)
+    def _checked_request(
+        self, body: PostMessageRequest, spooled: SpooledDocument | None
+    ) -> tuple[bytes | Spool, list[int]]:
+        """The decoded document and the receivers asked for, or an ApiProblem."""
         if body.contentTransferEncoding.lower() != "base64":
             raise ApiProblem(400, "invalid-input", "contentTransferEncoding must be 'base64'")
         if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
@@ -224,6 +217,24 @@ class Edi2:
             )
         if any(not 1 <= h <= MAX_INT32 for h in subset):
             raise ApiProblem(400, "invalid-input", "receiverHerIdsSubset holds an invalid HER-id")
+        return payload, subset
+
+    def post_message(
+        self,
+        who: Principal,
+        body: PostMessageRequest,
+        spooled: SpooledDocument | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSONResponse:
+        """``spooled``: the document when a large body was decoded into a file on arrival
+        (see :mod:`meldingstjener.api.document_spool`); the checks are the same."""
+        action = "send-message"
+        self._need_scope(who, "send", action, None)
+        try:
+            payload, subset = self._checked_request(body, spooled)
+        except ApiProblem as refused:  # every refused attempt is audited
+            self._audit(who, action, Outcome.INVALID, detail=refused.code)
+            raise
         inspected = inspect(payload, self.ctx.policy.schema_dir)
         sender = inspected.sender.communication_party
         if sender is not None and not who.may_act_for(sender):

@@ -479,3 +479,27 @@ def test_text_json_is_json_and_an_apprec_override_we_cannot_honour_is_refused(
         ).encode(),
     )
     assert answered.status_code == 201, answered.text
+
+
+def test_a_refused_document_is_audited_with_its_code(api_pair: ApiPair) -> None:
+    http, headers = api_pair.hospital_http, _bearer(api_pair.hospital_key)
+    document = {"businessDocument": "PGEvPg==", "contentType": "application/xml"}
+    wrong_encoding = http.post(
+        "/Messages", headers=headers, json={**document, "contentTransferEncoding": "7bit"}
+    )
+    assert wrong_encoding.status_code == 400
+    overridden = http.post(
+        "/Messages",
+        headers=headers,
+        json={
+            **document,
+            "contentTransferEncoding": "base64",
+            "ebXmlOverrides": {"service": "another"},
+        },
+    )
+    assert overridden.status_code == 400
+    entries = query(api_pair.pair.hospital.store, AuditQuery(client="dips"))
+    assert [(e["action"], e["outcome"], e["detail"]) for e in entries] == [
+        ("send-message", "invalid", "invalid-input"),
+        ("send-message", "invalid", "override-not-supported"),
+    ]
