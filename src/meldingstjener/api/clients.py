@@ -9,6 +9,7 @@ process is seen at once (change generations), one by another process (the operat
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 import time
@@ -60,6 +61,9 @@ def _info(row: ApiClientRow) -> ClientInfo:
     )
 
 
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 def add_client(
     store: Store, name: str, scopes: Sequence[str], her_ids: Sequence[str]
 ) -> tuple[ClientInfo, str]:
@@ -74,8 +78,13 @@ def add_client(
         checked = [str(HerId(h)) for h in her_ids]
     except InvalidHerId as exc:
         raise ClientError("invalid-her-id", str(exc)) from None
-    if not name.strip() or len(name) > 128:
-        raise ClientError("invalid-name", "the client name must be 1 to 128 characters")
+    # No ":" in particular: a client's idempotency keys are stored as "<client>:<key>", and
+    # client "a" with key "b:c" would meet client "a:b" with key "c".
+    if not _CLIENT_NAME.fullmatch(name):
+        raise ClientError(
+            "invalid-name",
+            "the client name must be 1 to 128 letters, digits, '.', '_' or '-'",
+        )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiClientRow(
         name=name,

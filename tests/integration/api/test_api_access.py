@@ -210,6 +210,10 @@ def test_cli_client_lifecycle_and_401s(api_pair: ApiPair) -> None:
     http = api_pair.hospital_http
     missing = http.get("/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER})
     assert missing.status_code == 401 and missing.json()["code"] == "unauthenticated"
+    colon = CliRunner().invoke(
+        app, ["--config", str(settings), "clients", "add", "a:b", "--scope", "receive"]
+    )
+    assert colon.exit_code != 0 and "invalid-name" in colon.output
     result = CliRunner().invoke(app, ["--config", str(settings), "clients", "revoke", "dips"])
     assert result.exit_code == 0, result.output
     revoked = http.get(
