@@ -169,6 +169,7 @@ def submit(
         idempotency_key=idempotency_key,
         **message.row_fields(),
     )
+    committing = False
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(
@@ -202,6 +203,7 @@ def submit(
                 mark_answered_by_document(ctx, uow, row, message, may_answer)
             if also_stored is not None:
                 also_stored(uow, row)
+            committing = True
             uow.commit()
     except IntegrityError:
         if idempotency_key is None:
@@ -214,6 +216,13 @@ def submit(
         if earlier is None:
             raise
         return earlier
+    except BaseException:
+        # Refused inside the transaction (an answer that lost the race, an AppRec its client
+        # may not send): nothing refers to the files. A failed commit may have stored the row
+        # all the same, so then they stay (the payload sweep takes them if it did not).
+        if not committing:
+            ctx.store.payloads.discard(payload_ref, wire_ref)
+        raise
     ctx.notify_workers(uow)
     return row.id
 

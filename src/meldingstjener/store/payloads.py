@@ -218,9 +218,9 @@ class PayloadStore:
         return self._path(key)
 
     def discard(self, *refs: PayloadRef) -> None:
-        """Remove files stored for a unit of work that then did not commit because a unique key
-        refused it (their keys are random: nothing else refers to them). Only then: when a
-        commit fails otherwise, it may have gone through after all."""
+        """Remove files stored for a unit of work that did not commit: a unique key refused it,
+        or it was given up before its commit (their keys are random: nothing else refers to
+        them). Never after a commit that failed otherwise: it may have gone through after all."""
         for ref in refs:
             self.delete(ref.key)
 

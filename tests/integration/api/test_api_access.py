@@ -444,6 +444,8 @@ def test_an_apprec_document_answers_only_a_message_its_client_may_act_for(
         errors=[AppRecError.of("X99", "ikke vår")],
         version="1.0",
     )
+    payloads = pair.hospital.store.payloads.root
+    files_before = {p.name for p in payloads.rglob("*") if p.is_file()}
     answer = api_pair.hospital_http.post(
         "/Messages",
         headers=_bearer(org_key),
@@ -458,6 +460,7 @@ def test_an_apprec_document_answers_only_a_message_its_client_may_act_for(
     assert pair.message(pair.hospital, received_id).status == row.status
     with pair.hospital.store.unit_of_work() as uow:
         assert uow.messages.search(LogFilter(direction="out", limit=10)) == []
+    assert {p.name for p in payloads.rglob("*") if p.is_file()} == files_before  # none left
 
 
 def test_text_json_is_json_and_an_apprec_override_we_cannot_honour_is_refused(

@@ -599,13 +599,21 @@ def test_two_answers_at_once_one_is_refused_and_nothing_of_it_stored(
         return real_build(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(receipts, "build_apprec", the_retry_overtakes)
+    files_before = _payload_files(pair)
     with pytest.raises(receipts.AppRecRefused) as refused:
         receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:first")
     assert refused.value.code == "already-answered"
     assert pair.message(pair.hospital, row.id).status == "apprec-sent"
     with pair.hospital.store.unit_of_work() as uow:
-        answers = [m.id for m in uow.messages.search(LogFilter(direction="out", limit=100))]
-    assert answers == retried  # one AppRec, the retry's
+        answers = uow.messages.search(LogFilter(direction="out", limit=100))
+    assert [m.id for m in answers] == retried  # one AppRec, the retry's
+    [kept] = answers
+    assert _payload_files(pair) - files_before == {str(kept.payload_ref), str(kept.wire_ref)}
+
+
+def _payload_files(pair: Pair) -> set[str]:
+    root = pair.hospital.store.payloads.root
+    return {p.name for p in root.rglob("*") if p.is_file()}
 
 
 def test_a_misaddressed_report_whose_answer_cannot_be_sent_raises_no_alert(
