@@ -8,23 +8,28 @@ the message carries that key as its ``client_id``, so after a crash we can tell 
 submit committed and never send the same file twice.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
-is written first; both are renamed into place, while the message's row is locked (so that two
-processes on one inbox write it once). A ``folder_files`` row, committed with that lock,
+is written first; both are renamed into place, while the processes on one inbox take turns (so
+that they write it once; see ``write_inbox``). A ``folder_files`` row, committed with that lock,
 records the write; a crash before it only means the same two files are written again under the
 same names. After that the engine is told the message reached the EPJ (``receipts.deliver``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import exists, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from meldingstjener.config import FolderSettings
@@ -245,32 +250,50 @@ class FolderIntegration:
         return len(rows)
 
     def write_inbox(self, row: MessageRow) -> None:
+        """Write one message's files, once. Another process on the same inbox may have read
+        the same list of messages; had it not waited for this one, it would write the files
+        again after the EPJ took them, or truncate the temporary file this one is about to
+        rename. So the processes take turns, and each asks the store again in its turn."""
+        if self.ctx.store.database.is_postgresql:
+            # Processes on any host: the message's row lock, held while its files are written.
+            # (A hung network share holds that row and one connection as long as it hangs.)
+            with self.ctx.store.unit_of_work() as uow:
+                if not _still_to_write(uow, row.id, lock=True):
+                    return
+                self._write_files(row)
+                _record_written(uow, row.id, self.ctx.clock())
+                uow.commit()
+        else:
+            # SQLite serves one host, and its one writer must not wait for file I/O (every
+            # unit of work of the process would): the processes take turns on a file lock in
+            # the inbox, and the store is asked before and told after, each in a moment.
+            with self._turn():
+                with self.ctx.store.unit_of_work() as uow:
+                    if not _still_to_write(uow, row.id, lock=False):
+                        return
+                self._write_files(row)
+                with self.ctx.store.unit_of_work() as uow:
+                    _record_written(uow, row.id, self.ctx.clock())
+                    uow.commit()
+        self._deliver(row.id)
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        """This inbox's turn among the processes sharing the SQLite database: a lock file
+        beside the database (not in the inbox, which is the EPJ's)."""
+        assert self.inbox is not None
+        database = make_url(self.ctx.store.database.url).database
+        if not database or database == ":memory:":
+            return contextlib.nullcontext()  # a database of this process alone
+        inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
+        return _flock(Path(f"{database}.inbox-{inbox}.lock"))
+
+    def _write_files(self, row: MessageRow) -> None:
         assert self.inbox is not None and row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        with self.ctx.store.unit_of_work() as uow:
-            # The message's lock is held while its files are written. Another process on the
-            # same inbox may have read the same list of messages: it waits here, then finds
-            # them written (had it not waited, it would write the files again after the EPJ
-            # took them, or truncate the temporary file this one is about to rename).
-            state = uow.messages.lock_state(row.id)
-            if state is None or state.status != "acknowledged" or _written(uow, row.id):
-                return
-            with self.ctx.store.payloads.open(row.payload_ref) as payload:
-                # The sidecar first: when the .xml appears, its metadata is already there.
-                write_atomically(self.inbox / f"{row.id}.json", sidecar)
-                write_atomically(self.inbox / f"{row.id}.xml", payload)
-            uow.session.add(
-                FolderFileRow(
-                    kind=INBOX,
-                    key=row.id,
-                    file_name=f"{row.id}.xml",
-                    message_id=row.id,
-                    outcome=WRITTEN,
-                    at=self.ctx.clock(),
-                )
-            )
-            uow.commit()
-        self._deliver(row.id)
+        with self.ctx.store.payloads.open(row.payload_ref) as payload:
+            # The sidecar first: when the .xml appears, its metadata is already there.
+            write_atomically(self.inbox / f"{row.id}.json", sidecar)
+            write_atomically(self.inbox / f"{row.id}.xml", payload)
 
     def _deliver(self, message_id: str) -> None:
         try:
@@ -281,15 +304,41 @@ class FolderIntegration:
             )
 
 
-def _written(uow: UnitOfWork, message_id: str) -> bool:
-    return (
-        uow.session.scalars(
-            select(FolderFileRow.id).where(
-                FolderFileRow.kind == INBOX, FolderFileRow.key == message_id
-            )
-        ).first()
-        is not None
+def _still_to_write(uow: UnitOfWork, message_id: str, *, lock: bool) -> bool:
+    """Whether the message is still waiting for its inbox files (``lock``: its row locked)."""
+    if lock:
+        state = uow.messages.lock_state(message_id)
+        status = None if state is None else state.status
+    else:
+        status = uow.session.scalar(select(MessageRow.status).where(MessageRow.id == message_id))
+    written = uow.session.scalars(
+        select(FolderFileRow.id).where(FolderFileRow.kind == INBOX, FolderFileRow.key == message_id)
+    ).first()
+    return status == "acknowledged" and written is None
+
+
+def _record_written(uow: UnitOfWork, message_id: str, at: datetime) -> None:
+    uow.session.add(
+        FolderFileRow(
+            kind=INBOX,
+            key=message_id,
+            file_name=f"{message_id}.xml",
+            message_id=message_id,
+            outcome=WRITTEN,
+            at=at,
+        )
     )
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Hold ``flock`` on ``path`` (the kernel lets go of it when the process dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _printable(name: str) -> str:

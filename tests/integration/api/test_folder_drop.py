@@ -371,3 +371,43 @@ def test_refused_files_of_one_name_never_replace_each_other(
     kept = sorted(p.read_bytes() for p in failed.glob("*.xml"))
     assert [content[:7] for content in kept] == [b"<drop0>", b"<drop1>", b"<drop2>"]
     assert len(list(failed.glob("*.error.txt"))) == 3
+
+
+def test_while_inbox_files_are_written_the_store_serves_others(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An inbox on a slow network share must not stall the server: on SQLite every unit of
+    # work of the process waited for the files while the write held the store's one writer.
+    import threading
+
+    from meldingstjener.integration import folder
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Sakte deling"), actor="t")
+    pair.run()
+    served: list[bool] = []
+    real_write = folder.write_atomically
+
+    def slow_share(path: Path, data: object) -> None:
+        if not served:
+
+            def other_work() -> None:
+                with pair.hospital.store.unit_of_work() as uow:
+                    uow.state.set("probe", "another thread's write")
+                    uow.commit()
+
+            other = threading.Thread(target=other_work)
+            others.append(other)
+            other.start()
+            other.join(timeout=20)  # a bound: it either gets through or waits on this write
+            served.append(not other.is_alive())
+        real_write(path, data)  # type: ignore[arg-type]
+
+    others: list[threading.Thread] = []
+    monkeypatch.setattr(folder, "write_atomically", slow_share)
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=tmp_path / "inn"))
+    assert integration.inbox_once() == 1
+    for other in others:
+        other.join()
+    assert served == [True]
+    [received] = pair.inbound_messages(pair.hospital)
+    assert pair.message(pair.hospital, received.id).status == "delivered"
