@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
@@ -33,6 +33,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
     AlertRow,
+    ApiClientRow,
     EventRow,
     MessageRow,
     WebhookDeliveryRow,
@@ -51,6 +52,16 @@ ALERT_LOOKBACK = timedelta(seconds=60)  # see _collect_alerts
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
+
+
+# Active, and not of a revoked client: revocation ends a client's webhooks (end_webhooks_of),
+# and one it registered with its key in the seconds a server still knew the key is never fed.
+_LIVE = (
+    WebhookRow.active,
+    ~exists().where(
+        ApiClientRow.name == WebhookRow.client_name, ApiClientRow.revoked_at.is_not(None)
+    ),
+)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -92,7 +103,7 @@ class WebhookDispatcher:
         """Turn new log events and alerts into deliveries; return how many were made."""
         made = 0
         with self.ctx.store.unit_of_work() as uow:
-            hooks = list(uow.session.scalars(select(WebhookRow).where(WebhookRow.active)))
+            hooks = list(uow.session.scalars(select(WebhookRow).where(*_LIVE)))
             cursor = int(uow.state.get(EVENT_CURSOR) or 0)
             if not hooks:
                 # Nobody listens: keep the cursor at the newest event, so that a webhook added
@@ -159,12 +170,13 @@ class WebhookDispatcher:
         if since:
             cursor = datetime.fromisoformat(since)
             query = query.where(AlertRow.last_seen > cursor)
-            if hooks:
+            if hooks and self.ctx.clock() - cursor < 2 * ALERT_LOOKBACK:
                 # An alert is stamped with its raiser's clock before its transaction commits:
                 # one that commits late, or comes from a host whose clock is a few seconds
                 # behind (or that shares its time with the last of a full batch), has a time
-                # the cursor passed already. The minute before the cursor is looked at again;
-                # a delivery is made once per alert and count (its key), so never twice.
+                # the cursor passed already. The minute before the cursor is looked at again,
+                # for two minutes after it (then such an alert has long committed); a delivery
+                # is made once per alert and count (its key), so never twice.
                 late = list(
                     uow.session.scalars(
                         select(AlertRow)
@@ -173,7 +185,7 @@ class WebhookDispatcher:
                             AlertRow.last_seen <= cursor,
                         )
                         .order_by(AlertRow.last_seen, AlertRow.id)
-                        .limit(500)
+                        .limit(5000)
                     )
                 )
         alerts = list(uow.session.scalars(query))
@@ -247,7 +259,7 @@ class WebhookDispatcher:
                     .where(
                         WebhookDeliveryRow.state == "pending",
                         WebhookDeliveryRow.due_at <= now,
-                        WebhookRow.active,
+                        *_LIVE,
                         or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
                     )
                     .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
@@ -305,20 +317,24 @@ class WebhookDispatcher:
                 return
             delivery.last_error = error
             hook.consecutive_failures += 1
-            # The wait doubles with the webhook's failures in a row, and holds every delivery
-            # owed to it: a receiver that restarts for a minute meets a try or two, not a try
-            # per delivery (which switched it off for good within one round).
-            wait = timedelta(
-                seconds=min(
-                    self.settings.first_retry_seconds * 2 ** (hook.consecutive_failures - 1),
-                    self.settings.max_retry_seconds,
-                )
-            )
-            delivery.due_at = now + wait
-            hook.paused_until = now + wait
+            # The webhook pauses as a whole, for a wait that doubles with its failures in a
+            # row: a receiver that restarts for a minute meets a try or two, not a try per
+            # delivery (which switched it off for good within one round). The delivery's own
+            # next try doubles with its own attempts: one the receiver always refuses, between
+            # others it takes, is asked ever more rarely, not every first wait for ever.
+            hook.paused_until = now + self._wait(hook.consecutive_failures)
+            delivery.due_at = now + self._wait(delivery.attempts)
             if hook.consecutive_failures >= self.settings.disable_after_failures:
                 self._disable(uow, hook, error, now)
             uow.commit()
+
+    def _wait(self, failures: int) -> timedelta:
+        return timedelta(
+            seconds=min(
+                self.settings.first_retry_seconds * 2 ** (failures - 1),
+                self.settings.max_retry_seconds,
+            )
+        )
 
     def _disable(self, uow: UnitOfWork, hook: WebhookRow, error: str, now: datetime) -> None:
         hook.active = False

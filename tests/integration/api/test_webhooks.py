@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from meldingstjener.api.clients import revoke_client
 from meldingstjener.config import WebhookSettings
-from meldingstjener.devsites import dialog_note
+from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.webhooks import (
     EVENT_CURSOR,
@@ -35,13 +35,14 @@ class Receiver:
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
+        self.answer: Callable[[bytes], int] = lambda body: self.status
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
-                self.send_response(receiver.status)
+                self.send_response(receiver.answer(body))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -277,6 +278,18 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     revoke_client(pair.hospital.store, "dips")
+    with pair.hospital.store.unit_of_work() as uow:
+        # registered with the key in the seconds a server still knew it
+        uow.session.add(
+            WebhookRow(
+                client_name="dips",
+                url=receiver.url,
+                secret="s",
+                events=["message.received"],
+                her_ids=[HOSPITAL_HER, HOSPITAL_SERVICE_HER],
+            )
+        )
+        uow.commit()
     receiver.status = 200
     pair.clock.advance(seconds=3600)
     _send_note(api_pair)
@@ -284,8 +297,31 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     assert len(receiver.calls) == 1
     assert {d.state for d in _deliveries(api_pair)} == {"failed"}
     with pair.hospital.store.unit_of_work() as uow:
-        [hook] = uow.session.scalars(select(WebhookRow))
+        hook, _ = uow.session.scalars(select(WebhookRow).order_by(WebhookRow.id))
     assert not hook.active and hook.disabled_at is not None
+
+
+def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # The receiver refuses one body and takes the rest: the webhook's failures in a row start
+    # again at each success, but the refused delivery's own waits must still grow (it was
+    # asked every first wait for ever, pausing the webhook each time).
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    _send_note(api_pair)
+    dispatcher.collect()
+    [refused] = _deliveries(api_pair)
+    receiver.answer = lambda body: 500 if json.loads(body)["deliveryId"] == refused.id else 200
+    for _ in range(12):  # a minute, a look every five seconds, and a new note each time
+        dispatcher.run_once()
+        pair.clock.advance(seconds=5)
+        _send_note(api_pair)
+    first, *rest = _deliveries(api_pair)
+    assert {d.state for d in rest} == {"sent"}
+    assert first.state == "pending"
+    assert first.attempts == 4  # at 0, 5, 15 and 35 s
 
 
 def test_an_alert_stamped_before_the_cursor_is_still_announced(
