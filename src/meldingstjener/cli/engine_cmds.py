@@ -50,17 +50,11 @@ def serve(
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
+    from meldingstjener.store.database import Database
     from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
 
     settings = settings_from(ctx, server_port=port)
     _configure_logging(settings.logging.level)
-    try:
-        engine = build_engine(settings)
-        # only serve runs the register's sync: other commands need no HelseID key
-        engine.register_sync = build_register_sync(settings)
-    except ConfigError as exc:
-        typer.echo(f"configuration error:\n{exc}", err=True)
-        raise typer.Exit(2) from None
     # A port in use is the common mistake (a second serve started by hand or by a service
     # manager): said plainly before anything else is done.
     listen = host or settings.server.host
@@ -74,11 +68,20 @@ def serve(
         raise typer.Exit(2)
     # The instance's name is this process's while it holds the lock, so the claims the name
     # still has in the store are a dead predecessor's: taken back, not left to their lease.
+    # Taken before the store is opened: a twin (perhaps of a newer version, or with another
+    # configuration) must not migrate the store or write its partners before it is refused.
     name = settings.server.instance
     try:
-        name_lock = lock_instance(engine.store.database, name)
+        name_lock = lock_instance(Database(settings.database_url), name)
     except InstanceTaken as taken:
         typer.echo(f"{taken}. Nothing was started.", err=True)
+        raise typer.Exit(2) from None
+    try:
+        engine = build_engine(settings)
+        # only serve runs the register's sync: other commands need no HelseID key
+        engine.register_sync = build_register_sync(settings)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
     instance = f"{name}/"
     with engine.store.unit_of_work() as uow:
@@ -96,7 +99,7 @@ def serve(
     check_certificates(engine)  # then daily, as a job
     stop = threading.Event()
     from meldingstjener.engine.clock_watch import start_clock_watch
-    from meldingstjener.engine.instances import start_heartbeat
+    from meldingstjener.engine.instances import start_heartbeat, start_name_keeper
     from meldingstjener.engine.mail_channel import start_mail_collector
     from meldingstjener.integration import start_integrations
 
@@ -108,7 +111,8 @@ def serve(
     # (from here on: a SIGTERM while the threads start stops them too).
     signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
-        threads.append(start_heartbeat(engine, name, stop, name_lock))
+        threads.append(start_heartbeat(engine, name, stop))
+        threads.append(start_name_keeper(name_lock, stop))
         clock_watch = start_clock_watch(engine, name, stop)
         if clock_watch is not None:
             threads.append(clock_watch)

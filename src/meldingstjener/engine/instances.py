@@ -128,22 +128,31 @@ def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
         uow.alerts.resolve(f"{kind}:{name}", at=now)
 
 
-def start_heartbeat(
-    ctx: EngineContext, name: str, stop: threading.Event, name_lock: InstanceLock | None = None
-) -> threading.Thread:
+def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:
     """Beat now (as a start), then every minute until ``stop`` in a thread of its own. A beat
-    that fails is logged and made again at the next turn: the database may be away a while.
-    Each later beat also checks that the instance's name is still locked (see
-    ``store.instance_lock``), and takes the lock again after a restart of the database."""
+    that fails is logged and made again at the next turn: the database may be away a while."""
     _beat_or_log(ctx, name, started=True)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            if name_lock is not None:
-                check_name_lock(name_lock)
             _beat_or_log(ctx, name, started=False)
 
     thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_name_keeper(name_lock: InstanceLock, stop: threading.Event) -> threading.Thread:
+    """Check every minute that the instance's name is still locked (see
+    ``store.instance_lock``), taking the lock again after a restart of the database. In a
+    thread of its own: a check that hangs (a connection whose far end stopped answering
+    without closing) must not stop the beats."""
+
+    def run() -> None:
+        while not stop.wait(HEARTBEAT.total_seconds()):
+            check_name_lock(name_lock)
+
+    thread = threading.Thread(target=run, name="instance-name", daemon=True)
     thread.start()
     return thread
 

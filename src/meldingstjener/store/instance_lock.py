@@ -136,7 +136,8 @@ class _AdvisoryLock:
             url,
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",
-            # this side's check at the heartbeat must not hang on a database that went away
+            # connecting must not hang on a database that went away (a check that hangs later,
+            # on a connection whose far end stopped answering, runs in a thread of its own)
             connect_args={"connect_timeout": 10, **_KEEPALIVE},
         )
         self._connection: Connection | None = None

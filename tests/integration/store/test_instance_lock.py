@@ -96,10 +96,28 @@ def _end_holding_session(url: str, name: str) -> None:
     assert ended == [(True,)]  # found by the keys still_held looks for
 
 
+def _holder(url: str, name: str) -> list[int]:
+    """The backend pids holding ``name``'s lock, found as ``still_held`` looks for it."""
+    admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+            " AND objid = %s AND objsubid = 2 AND granted",
+            (ADVISORY_KEY_SPACE, name_key(name) & 0xFFFFFFFF),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
 def test_on_postgresql_a_lost_lock_is_taken_again_or_reported(postgres_url: str) -> None:
     database = Database(postgres_url)
     try:
         lock = lock_instance(database, "msh1:8080")
+        holder = _holder(postgres_url, "msh1:8080")
+        assert len(holder) == 1
+        assert lock.still_held()
+        # the same session still holds it: had the check not found its own lock, it would
+        # have let it go and taken it again, leaving a twin a moment to take the name
+        assert _holder(postgres_url, "msh1:8080") == holder
         _end_holding_session(postgres_url, "msh1:8080")  # as a restart of the database does
         wait_until(lambda: can_take(database, "msh1:8080"), "the session's lock is gone")
         assert lock.still_held()  # taken again

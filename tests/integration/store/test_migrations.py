@@ -8,6 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
 from meldingstjener.store.migrate import alembic_config, current_revision, head_revision, upgrade
 from meldingstjener.store.tables import Base
@@ -27,6 +28,21 @@ def test_the_migrated_schema_is_the_models(own_database: Store) -> None:
 
 def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> None:
     database = own_database.database
+    with database.engine.begin() as connection:  # rows a table rebuild must not lose
+        connection.execute(
+            text(
+                "INSERT INTO webhooks (id, client_name, url, secret, events, her_ids, active,"
+                " consecutive_failures, created_at) VALUES (1, 'epj', 'http://epj/hook', 's',"
+                " '[]', '[]', true, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO webhook_deliveries (webhook_id, event_key, event_type, body, state,"
+                " attempts, due_at, created_at) VALUES (1, 'k', 'alert', '{}', 'pending', 0,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
     config = alembic_config(database)
     with database.engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -34,9 +50,16 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     assert current_revision(database) != head_revision()
     assert differences(own_database) != []  # the model is ahead of the schema now
     assert _job_ids_never_reused(own_database)  # a SQLite table rebuild keeps AUTOINCREMENT
+    assert _deliveries(own_database) == 1
     upgrade(database)
     assert differences(own_database) == []
     assert _job_ids_never_reused(own_database)
+    assert _deliveries(own_database) == 1
+
+
+def _deliveries(store: Store) -> int:
+    with store.database.engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar_one())
 
 
 def _job_ids_never_reused(store: Store) -> bool:

@@ -30,5 +30,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # SQLite drops a column by rebuilding the table, and dropping the old one cascades to
+    # webhook_deliveries (ON DELETE CASCADE): they are kept aside and put back.
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        op.execute("CREATE TEMPORARY TABLE kept_deliveries AS SELECT * FROM webhook_deliveries")
     with op.batch_alter_table("webhooks") as batch:
         batch.drop_column("paused_until")
+    if sqlite:
+        op.execute("INSERT INTO webhook_deliveries SELECT * FROM kept_deliveries")
+        op.execute("DROP TABLE kept_deliveries")
