@@ -403,7 +403,11 @@ class Edi2:
                 message_id=row.id,
                 her_id=str(sender_her_id),
             )
-        _check_overrides(body.ebXmlOverrides)
+        try:
+            _check_overrides(body.ebXmlOverrides)
+        except ApiProblem as refused:  # every refused attempt is audited
+            self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
+            raise
         status = body.appRecStatus
         code = status if isinstance(status, int) else APPREC_CODES[status.value]
         errors = [

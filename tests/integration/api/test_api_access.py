@@ -478,6 +478,10 @@ def test_text_json_is_json_and_an_apprec_override_we_cannot_honour_is_refused(
     )
     assert overridden.status_code == 400 and overridden.json()["code"] == "override-not-supported"
     assert api_pair.pair.message(api_pair.pair.hospital, received_id).status == "acknowledged"
+    audited = query(api_pair.pair.hospital.store, AuditQuery(client="dips"))
+    assert [(e["action"], e["outcome"], e["detail"]) for e in audited] == [
+        ("send-apprec", "invalid", "override-not-supported")
+    ]
     answered = http.post(
         target,
         headers={**headers, "Content-Type": "text/json; charset=utf-8"},

@@ -294,8 +294,9 @@ def test_our_signal_that_cannot_be_delivered_alerts_and_the_alert_ends_when_it_g
 
 
 def test_our_signal_refused_for_good_alerts_at_once(pair: Pair) -> None:
-    # A failure no retry can mend (here a 5xx answer) ends the signal's job at once, as a
-    # message's send does, instead of twelve tries over an hour and a half before the alert.
+    # A failure no retry can mend (here an HTTP 4xx answer, as the HTTP transport reports
+    # one) ends the signal's job at once, as a message's send does, instead of twelve tries
+    # over an hour and a half before the alert.
     from meldingstjener.engine.worker import Worker
     from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 
@@ -303,7 +304,7 @@ def test_our_signal_refused_for_good_alerts_at_once(pair: Pair) -> None:
         channel = "http"
 
         def send(self, delivery: Delivery) -> TransportResult:
-            raise TransportFailure("http-5xx", "HTTP 500 from the partner", retryable=False)
+            raise TransportFailure("http-403", "HTTP 403 from the partner", retryable=False)
 
     submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     Worker(pair.gp, "gp").run_until_idle()  # the hospital stores it and owes its signal

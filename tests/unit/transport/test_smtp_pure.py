@@ -199,9 +199,17 @@ class SlowRelay:
     """One SMTP session, scripted: the relay is slow to answer MAIL FROM and slower to answer
     the end of the upload (it scans the mail first), as relays in front of large mail are."""
 
-    def __init__(self, listener: socket.socket, slow_command: float, slow_end: float) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        slow_command: float,
+        slow_end: float,
+        silent_quit: bool = False,
+    ) -> None:
         self.listener = listener
         self.slow_command, self.slow_end = slow_command, slow_end
+        self.silent_quit = silent_quit
+        self.released = threading.Event()  # a silent QUIT is answered by the closing only
         self.accepted = threading.Event()
         self.thread = threading.Thread(target=self._session, daemon=True)
         self.thread.start()
@@ -227,6 +235,9 @@ class SlowRelay:
                     self.accepted.set()
                     connection.sendall(b"250 accepted\r\n")
                 elif verb == b"QUIT":
+                    if self.silent_quit:
+                        self.released.wait(timeout=600)
+                        return
                     connection.sendall(b"221 bye\r\n")
                     return
 
@@ -251,3 +262,25 @@ def test_a_slow_relay_is_waited_for_as_configured_and_the_end_of_the_upload_long
     assert transport.send(delivery).status_code == 250
     assert relay.accepted.is_set()
     relay.thread.join(timeout=10)
+
+
+def test_a_relay_that_never_answers_quit_holds_the_send_only_its_step(
+    listener: socket.socket,
+) -> None:
+    # The ten minutes are for the answer to the end of the upload only: a relay that took the
+    # mail and then says nothing to QUIT holds the send for one step's wait, not ten minutes.
+    relay = SlowRelay(listener, slow_command=0, slow_end=0, silent_quit=True)
+    transport = SmtpTransport(
+        host="127.0.0.1",
+        port=listener.getsockname()[1],
+        security="none",
+        from_address="8100001@testedi.nhn.no",
+        timeout_seconds=1.0,
+    )
+    delivery = Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n")
+    try:
+        assert transport.send(delivery).status_code == 250
+        assert relay.accepted.is_set()
+    finally:
+        relay.released.set()
+        relay.thread.join(timeout=10)
