@@ -263,6 +263,17 @@ class MailboxCollector:
         refused = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
+            # Mails an earlier round flagged \Deleted and could not expunge (a server that lets
+            # the account flag but not expunge) are no longer found below: expunged here, or
+            # counted as refused, so that every round fails while they stay and the alert comes.
+            status, data = session.uid("SEARCH", "DELETED")
+            leftover = data[0].split() if status == "OK" and data and data[0] else []
+            if leftover:
+                if uidplus:
+                    status, _ = session.uid("EXPUNGE", b",".join(leftover).decode("ascii"))
+                else:
+                    status, _ = session.expunge()
+                refused += len(leftover) if status != "OK" else 0
             status, data = session.uid("SEARCH", "UNDELETED")
             if status != "OK":
                 raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH")

@@ -228,17 +228,28 @@ class RefusingImap:
 
     capabilities = ("IMAP4REV1", "UIDPLUS")
 
-    def __init__(self, mails: dict[bytes, bytes]) -> None:
+    def __init__(self, mails: dict[bytes, bytes], *, may_flag: bool = False) -> None:
         self.mails = mails
+        self.may_flag = may_flag  # RFC 4314's 't' (flag as deleted) without 'e' (expunge)
+        self.flagged: set[bytes] = set()
         self.closed = False
 
-    def uid(self, command: str, *args: str) -> tuple[str, list[Any]]:
+    def uid(self, command: str, *args: Any) -> tuple[str, list[Any]]:
         if command == "SEARCH":
-            return "OK", [b" ".join(self.mails)]
+            wanted = (
+                (lambda uid: uid in self.flagged)
+                if args[0] == "DELETED"
+                else (lambda uid: uid not in self.flagged)
+            )
+            return "OK", [b" ".join(uid for uid in self.mails if wanted(uid))]
         if command == "FETCH":
             uid = args[0].encode()
             body = self.mails[uid]
             return "OK", [(b"1 (UID " + uid + b" BODY[]<0> {%d}" % len(body), body), b")"]
+        if command == "STORE" and self.may_flag:
+            uid = args[0]
+            self.flagged.add(uid if isinstance(uid, bytes) else uid.encode())
+            return "OK", [None]
         return "NO", [b"permission denied"]  # STORE, EXPUNGE
 
     def expunge(self) -> tuple[str, list[Any]]:
@@ -272,3 +283,22 @@ def test_an_imap_server_that_refuses_deletion_fails_the_round_after_taking_every
     assert failed.value.code == "mailbox-delete"
     assert "2 collected mail(s)" in failed.value.detail
     assert session.closed
+
+
+def test_mails_flagged_but_never_expunged_fail_every_round_until_they_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that lets the account flag mail as deleted but not expunge it: the flagged
+    # mails are no longer found, so a round without new mail saw nothing wrong, and the
+    # alert (three failed rounds in a row) never came while they piled up.
+    session = RefusingImap({b"7": b"first mail\r\n"}, may_flag=True)
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    handed: list[bytes] = []
+    for _ in range(3):
+        with pytest.raises(TransportFailure) as failed:
+            collector.collect_once(lambda mail: handed.append(mail.read()))
+        assert failed.value.code == "mailbox-delete"
+    assert handed == [b"first mail\r\n"]  # taken once, never again
