@@ -85,17 +85,6 @@ def test_a_killed_holder_frees_the_name(database_url: str) -> None:
         database.dispose()
 
 
-def _end_holding_session(url: str, name: str) -> None:
-    admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        ended = connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND classid = %s AND objid = %s AND objsubid = 2 AND granted",
-            (ADVISORY_KEY_SPACE, name_key(name) & 0xFFFFFFFF),
-        ).fetchall()
-    assert ended == [(True,)]  # found by the keys still_held looks for
-
-
 def _holder(url: str, name: str) -> list[int]:
     """The backend pids holding ``name``'s lock, found as ``still_held`` looks for it."""
     admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -106,6 +95,14 @@ def _holder(url: str, name: str) -> list[int]:
             (ADVISORY_KEY_SPACE, name_key(name) & 0xFFFFFFFF),
         ).fetchall()
     return [pid for (pid,) in rows]
+
+
+def _end_holding_session(url: str, name: str) -> None:
+    [pid] = _holder(url, name)  # found by the keys still_held looks for
+    admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        ended = connection.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+    assert ended == (True,)
 
 
 def test_on_postgresql_a_lost_lock_is_taken_again_or_reported(postgres_url: str) -> None:

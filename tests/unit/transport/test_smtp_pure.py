@@ -242,6 +242,16 @@ class SlowRelay:
                     return
 
 
+def _waiting_a_second(listener: socket.socket) -> SmtpTransport:
+    return SmtpTransport(
+        host="127.0.0.1",
+        port=listener.getsockname()[1],
+        security="none",
+        from_address="8100001@testedi.nhn.no",
+        timeout_seconds=1.0,
+    )
+
+
 def test_a_slow_relay_is_waited_for_as_configured_and_the_end_of_the_upload_longer(
     listener: socket.socket,
 ) -> None:
@@ -249,13 +259,7 @@ def test_a_slow_relay_is_waited_for_as_configured_and_the_end_of_the_upload_long
     # setting governs the commands, and the end of the upload is waited for as RFC 5321 asks.
     # Given up on, the relay had the mail all the same, and the retry sent it again.
     relay = SlowRelay(listener, slow_command=0.5, slow_end=1.5)
-    transport = SmtpTransport(
-        host="127.0.0.1",
-        port=listener.getsockname()[1],
-        security="none",
-        from_address="8100001@testedi.nhn.no",
-        timeout_seconds=1.0,
-    )
+    transport = _waiting_a_second(listener)
     delivery = Delivery(
         "mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n", timeout_seconds=0.2
     )
@@ -270,13 +274,7 @@ def test_a_relay_that_never_answers_quit_holds_the_send_only_its_step(
     # The ten minutes are for the answer to the end of the upload only: a relay that took the
     # mail and then says nothing to QUIT holds the send for one step's wait, not ten minutes.
     relay = SlowRelay(listener, slow_command=0, slow_end=0, silent_quit=True)
-    transport = SmtpTransport(
-        host="127.0.0.1",
-        port=listener.getsockname()[1],
-        security="none",
-        from_address="8100001@testedi.nhn.no",
-        timeout_seconds=1.0,
-    )
+    transport = _waiting_a_second(listener)
     delivery = Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n")
     try:
         assert transport.send(delivery).status_code == 250
