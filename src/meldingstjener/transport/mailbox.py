@@ -7,7 +7,7 @@ mail is deleted too; any other exception leaves the mail in the box for the next
 
 Failing half-way is safe by construction. POP3 deletes only at QUIT (RFC 1939 section 6), so a
 connection lost before QUIT deletes nothing and the next collection sees those mails again; the
-callback drops them by their MIME Message-Id (or the engine by eb:MessageId). IMAP marks each
+engine knows them again by their eb:MessageId and answers them as repeats. IMAP marks each
 mail \\Deleted and expunges it (UID EXPUNGE when offered) right after the callback; a mail whose
 flag never reached the server is simply collected again. Nothing is deleted that was not stored.
 
