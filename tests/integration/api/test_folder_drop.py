@@ -411,3 +411,63 @@ def test_while_inbox_files_are_written_the_store_serves_others(
     assert served == [True]
     [received] = pair.inbound_messages(pair.hospital)
     assert pair.message(pair.hospital, received.id).status == "delivered"
+
+
+@pytest.mark.parametrize("pair", ["postgresql"], indirect=True)
+def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The overlap the row lock is for: the second process reaches the message while the first
+    # is writing its files. It must wait (seen in pg_stat_activity), then write nothing.
+    import threading
+
+    from sqlalchemy import text
+
+    from meldingstjener.integration import folder
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Samtidig"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    inbox = tmp_path / "inn"
+    first = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    second = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    writing, go_on = threading.Event(), threading.Event()
+    writers: list[str] = []
+    real_write = folder.write_atomically
+
+    def held_write(path: Path, data: object) -> None:
+        writers.append(threading.current_thread().name)
+        if threading.current_thread().name == "first" and path.suffix == ".json":
+            writing.set()
+            assert go_on.wait(60)
+        real_write(path, data)  # type: ignore[arg-type]
+
+    def waiting_on_a_lock() -> int:
+        with pair.hospital.store.unit_of_work() as uow:
+            return int(
+                uow.session.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
+
+    monkeypatch.setattr(folder, "write_atomically", held_write)
+    a = threading.Thread(target=first.write_inbox, args=(row,), name="first")
+    b = threading.Thread(target=second.write_inbox, args=(row,), name="second")
+    a.start()
+    try:
+        assert writing.wait(60)
+        b.start()
+        deadline = time.monotonic() + 60
+        while waiting_on_a_lock() == 0:  # polling another session's state: nothing to wait on
+            assert time.monotonic() < deadline, "the second process did not wait"
+            time.sleep(0.02)
+    finally:
+        go_on.set()
+        a.join(timeout=60)
+        if b.ident is not None:  # started
+            b.join(timeout=60)
+    assert writers == ["first", "first"]  # the sidecar and the document, once
+    assert pair.message(pair.hospital, row.id).status == "delivered"
