@@ -329,10 +329,12 @@ class WebhookDispatcher:
             uow.commit()
 
     def _wait(self, failures: int) -> timedelta:
+        # the exponent capped: a delivery refused for months counts past 2**1024, which no
+        # float holds (the OverflowError stopped every round at that delivery)
+        doubling = 2 ** min(max(failures - 1, 0), 62)
         return timedelta(
             seconds=min(
-                self.settings.first_retry_seconds * 2 ** (failures - 1),
-                self.settings.max_retry_seconds,
+                self.settings.first_retry_seconds * doubling, self.settings.max_retry_seconds
             )
         )
 

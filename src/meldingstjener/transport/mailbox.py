@@ -266,14 +266,7 @@ class MailboxCollector:
             # Mails an earlier round flagged \Deleted and could not expunge (a server that lets
             # the account flag but not expunge) are no longer found below: expunged here, or
             # counted as refused, so that every round fails while they stay and the alert comes.
-            status, data = session.uid("SEARCH", "DELETED")
-            leftover = data[0].split() if status == "OK" and data and data[0] else []
-            if leftover:
-                if uidplus:
-                    status, _ = session.uid("EXPUNGE", b",".join(leftover).decode("ascii"))
-                else:
-                    status, _ = session.expunge()
-                refused += len(leftover) if status != "OK" else 0
+            refused += self._expunge_leftovers(session, uidplus)
             status, data = session.uid("SEARCH", "UNDELETED")
             if status != "OK":
                 raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH")
@@ -293,10 +286,7 @@ class MailboxCollector:
                         continue
                     handed = self._hand_over(on_mail, mail, result)
                 if handed:
-                    status, _ = session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
-                    if status == "OK" and uidplus:
-                        status, _ = session.uid("EXPUNGE", uid)
-                    refused += status != "OK"
+                    refused += not _deleted(session, uid.decode("ascii"), uidplus)
             if not uidplus:
                 status, _ = session.expunge()
                 refused += status != "OK"
@@ -315,6 +305,27 @@ class MailboxCollector:
         session.close()
         session.logout()
         return result
+
+    def _expunge_leftovers(self, session: imaplib.IMAP4, uidplus: bool) -> int:
+        """Expunge the mails flagged \\Deleted that are still in the box; return how many the
+        server refused to expunge. In pieces of 100 UIDs (a command line thousands long is one
+        a server may answer BAD), and a BAD counts as a refusal: the new mail is still taken."""
+        status, data = session.uid("SEARCH", "DELETED")
+        leftover = data[0].split() if status == "OK" and data and data[0] else []
+        if not leftover:
+            return 0
+        pieces = [leftover[at : at + 100] for at in range(0, len(leftover), 100)]
+        refused = 0
+        for piece in pieces if uidplus else [leftover]:
+            try:
+                if uidplus:
+                    status, _ = session.uid("EXPUNGE", b",".join(piece).decode("ascii"))
+                else:
+                    status, _ = session.expunge()
+            except imaplib.IMAP4.error:
+                status = "BAD"
+            refused += len(piece) if status != "OK" else 0
+        return refused
 
     def _imap_sizes(self, session: imaplib.IMAP4) -> dict[bytes, int | None]:
         """The size of each undeleted mail larger than ``max_mail_bytes`` (SEARCH LARGER, then
@@ -368,6 +379,18 @@ class MailboxCollector:
             return False
         result.delivered += 1
         return True
+
+
+def _deleted(session: imaplib.IMAP4, uid: str, uidplus: bool) -> bool:
+    """Flag one stored mail \\Deleted and expunge it (UIDPLUS) or leave that to the round's
+    EXPUNGE. False when the server refused: NO comes back as a status, BAD raises."""
+    try:
+        status, _ = session.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)")
+        if status == "OK" and uidplus:
+            status, _ = session.uid("EXPUNGE", uid)
+    except imaplib.IMAP4.error:
+        return False
+    return status == "OK"
 
 
 def _quoted(folder: str) -> str:

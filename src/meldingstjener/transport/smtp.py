@@ -282,9 +282,11 @@ class SmtpTransport:
             # the relay may still accept it, and the retry sends it a second time.
             if server.sock is not None:
                 server.sock.settimeout(max(self.timeout_seconds, END_OF_DATA_SECONDS))
-            reply = server.getreply()
-            if server.sock is not None:  # QUIT is a step like any other
-                server.sock.settimeout(self.timeout_seconds)
+            try:
+                reply = server.getreply()
+            finally:
+                if server.sock is not None:  # QUIT is a step like any other
+                    server.sock.settimeout(self.timeout_seconds)
             _expect(reply, "end of DATA")
         except smtplib.SMTPServerDisconnected:
             raise TransportFailure(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -354,3 +355,12 @@ def test_an_alert_stamped_before_the_cursor_is_still_announced(
     assert dispatcher.run_once() == 0
     summaries = sorted(json.loads(body)["summary"] for _, body in receiver.calls)
     assert summaries == ["from a host behind", "on time"]
+
+
+def test_the_wait_of_a_delivery_refused_for_months_stays_the_longest_wait(
+    api_pair: ApiPair,
+) -> None:
+    # A delivery refused a thousand times (with max_retry_seconds = 60, in under a day) once
+    # made 2 ** 1024, which no float holds: the OverflowError stopped every round there.
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(max_retry_seconds=60))
+    assert dispatcher._wait(5000) == dispatcher._wait(20) == timedelta(seconds=60)

@@ -302,3 +302,31 @@ def test_mails_flagged_but_never_expunged_fail_every_round_until_they_go(
             collector.collect_once(lambda mail: handed.append(mail.read()))
         assert failed.value.code == "mailbox-delete"
     assert handed == [b"first mail\r\n"]  # taken once, never again
+
+
+def test_a_bad_answer_to_the_expunge_of_old_flagged_mail_still_lets_the_new_mail_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # imaplib raises on BAD (a command line thousands of UIDs long, say): counted as refused,
+    # so the new mail is still taken and the round then fails as mailbox-delete.
+    import imaplib
+
+    session = RefusingImap({b"5": b"old\r\n", b"8": b"new mail\r\n"}, may_flag=True)
+    session.flagged.add(b"5")
+    real_uid = session.uid
+
+    def bad_expunge(command: str, *args: Any) -> tuple[str, list[Any]]:
+        if command == "EXPUNGE":
+            raise imaplib.IMAP4.error("BAD command line too long")
+        return real_uid(command, *args)
+
+    monkeypatch.setattr(session, "uid", bad_expunge)
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    handed: list[bytes] = []
+    with pytest.raises(TransportFailure) as failed:
+        collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert handed == [b"new mail\r\n"]
+    assert failed.value.code == "mailbox-delete"
