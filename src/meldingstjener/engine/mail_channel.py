@@ -165,25 +165,26 @@ class MailIntake:
         # crash in native code) ends its tries without a word, and came first again after
         # every restart. (If the database is away, the count cannot be written, and the mail
         # simply stays in the box.)
-        tries_key = FAILED_PREFIX + _sha256(source)[:32]
+        digest = _sha256(source)  # read once: the try count's key and the quarantine file's name
+        tries_key = FAILED_PREFIX + digest[:32]
         tries = self._count_try(tries_key)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
-            self._quarantine(source, "Unknown", message_id, tries_key)
+            self._quarantine(source, "Unknown", message_id, digest)
         with self.ctx.store.payloads.spool() as body:
             try:
                 _decode_body(source, body_start, headers.get("Content-Transfer-Encoding"), body)
             except binascii.Error:
-                self._quarantine(source, "MimeProblem", message_id, tries_key)
+                self._quarantine(source, "MimeProblem", message_id, digest)
             try:
                 inbound.receive(self.ctx, str(content_type), body, channel="smtp")
             except inbound.InboundRefused as refused:
-                self._quarantine(source, refused.code, message_id, tries_key)
+                self._quarantine(source, refused.code, message_id, digest)
             except Exception:
                 # kept in the box and tried again next round (the database may be away)
                 if tries >= FAILED_ROUNDS_BEFORE_QUARANTINE:
                     log.exception("a mail failed %d times; quarantined", tries)
-                    self._quarantine(source, "Unknown", message_id, tries_key)
+                    self._quarantine(source, "Unknown", message_id, digest)
                 raise
         self._forget_tries(tries_key)
 
@@ -201,10 +202,11 @@ class MailIntake:
             uow.commit()
 
     def _quarantine(
-        self, mail: BinaryIO, code: str, message_id: str | None, tries_key: str | None = None
+        self, mail: BinaryIO, code: str, message_id: str | None, digest: str | None = None
     ) -> NoReturn:
-        """Store the mail aside durably, alert, and tell the collector (raises Quarantine)."""
-        digest = _sha256(mail)
+        """Store the mail aside durably, alert, and tell the collector (raises Quarantine).
+        ``digest``: the mail's SHA-256, when already read; its try count goes with it."""
+        digest = digest or _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
         _write_durably(path, mail)
         now = self.ctx.clock()
@@ -219,8 +221,7 @@ class MailIntake:
                 None, EventKind.ERROR, actor="smtp", code=code, detail=summary, at=now
             )
             raise_alert(uow, AlertKind.MAIL_QUARANTINED, summary, at=now, key=digest[:32])
-            if tries_key is not None:
-                uow.state.delete(tries_key)
+            uow.state.delete(FAILED_PREFIX + digest[:32])
             uow.commit()
         log.warning("quarantined a mail (%s) as %s", code, path.name)
         raise Quarantine(code)

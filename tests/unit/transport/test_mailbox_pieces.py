@@ -222,6 +222,15 @@ def test_a_mail_larger_than_its_size_said_is_cut_off_at_the_limit(
     assert mailbox._retr_into(wire, 1, target, limit=24) == 24  # type: ignore[arg-type]
 
 
+def _collecting_from(session: object, monkeypatch: pytest.MonkeyPatch) -> mailbox.MailboxCollector:
+    """An IMAP collector whose session is ``session``."""
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    return collector
+
+
 class RefusingImap:
     """An IMAP session whose server answers NO to the deletion of mail (a folder the account
     may read but not change): imaplib raises on BAD only, and hands a NO back."""
@@ -272,10 +281,7 @@ def test_an_imap_server_that_refuses_deletion_fails_the_round_after_taking_every
     # then fails, so that the operator hears of it (mailbox-unreachable after a few rounds),
     # instead of each mail being collected and answered again at every poll, unseen.
     session = RefusingImap({b"7": b"first mail\r\n", b"9": b"second mail\r\n"})
-    collector = mailbox.MailboxCollector(
-        protocol="imap", host="imap.example", username="u", password="p"
-    )
-    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    collector = _collecting_from(session, monkeypatch)
     handed: list[bytes] = []
     with pytest.raises(TransportFailure) as failed:
         collector.collect_once(lambda mail: handed.append(mail.read()))
@@ -292,10 +298,7 @@ def test_mails_flagged_but_never_expunged_fail_every_round_until_they_go(
     # mails are no longer found, so a round without new mail saw nothing wrong, and the
     # alert (three failed rounds in a row) never came while they piled up.
     session = RefusingImap({b"7": b"first mail\r\n"}, may_flag=True)
-    collector = mailbox.MailboxCollector(
-        protocol="imap", host="imap.example", username="u", password="p"
-    )
-    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    collector = _collecting_from(session, monkeypatch)
     handed: list[bytes] = []
     for _ in range(3):
         with pytest.raises(TransportFailure) as failed:
@@ -321,10 +324,7 @@ def test_a_bad_answer_to_the_expunge_of_old_flagged_mail_still_lets_the_new_mail
         return real_uid(command, *args)
 
     monkeypatch.setattr(session, "uid", bad_expunge)
-    collector = mailbox.MailboxCollector(
-        protocol="imap", host="imap.example", username="u", password="p"
-    )
-    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    collector = _collecting_from(session, monkeypatch)
     handed: list[bytes] = []
     with pytest.raises(TransportFailure) as failed:
         collector.collect_once(lambda mail: handed.append(mail.read()))
