@@ -259,6 +259,14 @@ class FolderSettings(_Section):
     failed_dir: Path | None = None
     poll_interval_seconds: float = Field(default=2.0, gt=0)
     as_her_ids: list[str] = Field(default_factory=list)
+    # An outbox file is taken once its size and time have stayed the same this long (seen by
+    # this server between rounds): an EPJ that writes in place instead of renaming is not read
+    # half-way. 0 takes a file at first sight (the EPJ renames it into place when whole).
+    settle_seconds: float = Field(default=2.0, ge=0)
+    # A file refused for its receiver's setup (unknown to the register, no active agreement,
+    # its certificate) stays in the outbox this long, tried again every minute, before it is
+    # moved to failed/: the operator may connect the partner meanwhile. 0: at once.
+    hold_minutes: int = Field(default=60, ge=0)
 
     @field_validator("as_her_ids", mode="before")
     @classmethod

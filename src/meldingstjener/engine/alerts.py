@@ -30,6 +30,9 @@ class AlertKind(StrEnum):
     WEBHOOK_DISABLED = "webhook-disabled"
     REGISTER_SYNC_FAILED = "register-sync-failed"
     JOB_FAILING = "job-failing"
+    OUTBOX_REFUSED = "outbox-refused"
+    OUTBOX_HELD = "outbox-held"
+    OUTBOX_STUCK = "outbox-stuck"
 
 
 SEVERITY = {
@@ -51,6 +54,9 @@ SEVERITY = {
     AlertKind.WEBHOOK_DISABLED: "error",
     AlertKind.REGISTER_SYNC_FAILED: "error",
     AlertKind.JOB_FAILING: "error",
+    AlertKind.OUTBOX_REFUSED: "error",
+    AlertKind.OUTBOX_HELD: "warning",
+    AlertKind.OUTBOX_STUCK: "error",
 }
 
 

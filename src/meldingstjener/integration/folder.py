@@ -5,7 +5,10 @@ a file). Each file is submitted and moved to ``sent/``, or to ``failed/`` beside
 ``<name>.error.txt`` saying why in plain words. Exactly once across crashes: a ``folder_files``
 row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
 the message carries that key as its ``client_id``, so after a crash we can tell whether the
-submit committed and never send the same file twice.
+submit committed and never send the same file twice. A file is taken once it has settled (see
+``FolderSettings.settle_seconds``); one refused for its receiver's setup waits in the outbox for
+``hold_minutes``, tried again every minute (``outbox-held``); every refusal raises
+``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
 is written first; both are renamed into place, while the processes on one inbox take turns (so
@@ -23,8 +26,9 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 
 from meldingstjener.config import FolderSettings
 from meldingstjener.engine import receipts
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
@@ -48,17 +53,33 @@ log = logging.getLogger(__name__)
 OUTBOX, INBOX = "outbox", "inbox"
 PENDING, SENT, FAILED, WRITTEN = "pending", "sent", "failed", "written"
 ACTOR = "folder"
+HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
+STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
 
 
 class FolderIntegration:
-    def __init__(self, ctx: EngineContext, settings: FolderSettings) -> None:
+    def __init__(
+        self,
+        ctx: EngineContext,
+        settings: FolderSettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ctx = ctx
         self.settings = settings
+        self._monotonic = monotonic
+        # what this process remembers of the outbox's files, by name (forgotten when gone):
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}  # (size, time), seen since
+        self._held: dict[str, tuple[str, float]] = {}  # held back: file key, next try
+        self._failures: dict[str, int] = {}  # unforeseen failures in a row
+        self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
         self.outbox = settings.outbox_dir
         self.inbox = settings.inbox_dir
         self.sent = settings.sent_dir or (self.outbox / "sent" if self.outbox else None)
         self.failed = settings.failed_dir or (self.outbox / "failed" if self.outbox else None)
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
+        outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
+        self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
         for directory in (self.outbox, self.inbox, self.sent, self.failed):
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -87,27 +108,59 @@ class FolderIntegration:
         if self.outbox is None:
             return 0
         handled = 0
+        present: set[str] = set()
         for path in sorted(self.outbox.iterdir()):
-            if path.is_file() and path.suffix.lower() == ".xml" and not path.name.startswith("."):
-                try:
-                    self.take(path)
-                except Exception as exc:  # one file must not hold up the rest; tried again
-                    # its type only: a traceback would carry the file's path, and an EPJ may
-                    # name a file by the patient
-                    log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
-                handled += 1
+            if not (
+                path.is_file() and path.suffix.lower() == ".xml" and not path.name.startswith(".")
+            ):
+                continue
+            present.add(path.name)
+            try:
+                stat = path.stat()
+                if not self._settled(path.name, stat):
+                    continue
+                self.take(path, stat)
+            except FileNotFoundError:
+                continue  # taken away meanwhile (by another process on this outbox)
+            except Exception as exc:  # one file must not hold up the rest; tried again
+                # its type only: a traceback would carry the file's path, and an EPJ may
+                # name a file by the patient
+                log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
+                self._failures[path.name] = self._failures.get(path.name, 0) + 1
+            else:
+                self._failures.pop(path.name, None)
+            handled += 1
+        for memory in (self._seen, self._held, self._failures):
+            for name in [name for name in memory if name not in present]:
+                del memory[name]
+        self._report_stuck()
         return handled
 
-    def take(self, path: Path) -> None:
+    def _settled(self, name: str, stat: os.stat_result) -> bool:
+        """Whether the file has kept its size and time for ``settle_seconds``, as seen by this
+        process (an EPJ that writes in place, not by a rename). Our own clock between rounds,
+        not the file's time: a share's clock may be off ours."""
+        if self.settings.settle_seconds <= 0:
+            return True
+        now = self._monotonic()
+        shape = (stat.st_size, stat.st_mtime_ns)
+        seen = self._seen.get(name)
+        if seen is None or seen[0] != shape:
+            self._seen[name] = (shape, now)
+            return False
+        return now - seen[1] >= self.settings.settle_seconds
+
+    def take(self, path: Path, stat: os.stat_result | None = None) -> None:
         """Send one outbox file exactly once and move it out of the outbox."""
-        stat = path.stat()
+        stat = stat or path.stat()
         if stat.st_size > MAX_PAYLOAD_BYTES:
             self._fail(
                 path,
-                None,
+                _name_key(path, stat),
                 "too-large",
                 f"the file is {stat.st_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
                 [],
+                claimed=False,
             )
             return
         # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
@@ -115,6 +168,10 @@ class FolderIntegration:
         with self.ctx.store.payloads.spool() as data:
             with path.open("rb") as handle:
                 data.write_from(handle)
+                after = os.fstat(handle.fileno())
+            if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                self._seen.pop(path.name, None)
+                return  # written to while it was read: taken when it has settled
             self._take(path, stat, data)
 
     def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
@@ -124,7 +181,7 @@ class FolderIntegration:
         state = self._claim(key, _printable(path.name))
         if state is None:
             return  # another process claimed it first
-        outcome, message_id = state
+        outcome, message_id, first_tried = state
         if outcome == SENT:
             self._move_sent(path, message_id)
             return
@@ -133,6 +190,9 @@ class FolderIntegration:
             return
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
+            held = self._held.get(path.name)
+            if held is not None and held[0] == key and held[1] > self._monotonic():
+                return  # held back, and not due again yet
             try:
                 # the key as idempotency key too: two processes watching one outbox may both
                 # find the file claimed but unsent; the unique index lets one message through
@@ -144,29 +204,34 @@ class FolderIntegration:
                     idempotency_key=f"{ACTOR}:{key}",
                 )
             except SubmitRejected as rejected:
+                if rejected.about_setup and not self._held_long_enough(first_tried):
+                    self._hold(path.name, key, rejected, announce=held is None or held[0] != key)
+                    return
                 self._fail(path, key, rejected.code, rejected.message, rejected.problems)
                 return
         self._mark(key, SENT, message_id)
+        self._held.pop(path.name, None)
         self._move_sent(path, message_id)
         log.info("outbox file sent as message %s", message_id)
 
-    def _claim(self, key: str, name: str) -> tuple[str, str | None] | None:
+    def _claim(self, key: str, name: str) -> tuple[str, str | None, datetime] | None:
+        """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
+        None when another process claimed it at the same moment."""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
                 select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
             ).first()
             if row is not None:
-                return row.outcome, row.message_id
+                return row.outcome, row.message_id, row.at
+            now = self.ctx.clock()
             uow.session.add(
-                FolderFileRow(
-                    kind=OUTBOX, key=key, file_name=name[:512], outcome=PENDING, at=self.ctx.clock()
-                )
+                FolderFileRow(kind=OUTBOX, key=key, file_name=name[:512], outcome=PENDING, at=now)
             )
             try:
                 uow.commit()
             except IntegrityError:
                 return None
-            return PENDING, None
+            return PENDING, None, now
 
     def _submitted_before(self, key: str) -> str | None:
         """The message of an earlier attempt that committed before the process died."""
@@ -178,6 +243,29 @@ class FolderIntegration:
                 )
             ).first()
 
+    def _held_long_enough(self, first_tried: datetime) -> bool:
+        return self.ctx.clock() - first_tried >= timedelta(minutes=self.settings.hold_minutes)
+
+    def _hold(self, name: str, key: str, rejected: SubmitRejected, *, announce: bool) -> None:
+        """Leave a file refused for its receiver's setup in the outbox, to be tried again: the
+        operator connecting the partner, or the register's next sync, lets it through."""
+        self._held[name] = (key, self._monotonic() + HOLD_RETRY_SECONDS)
+        if not announce:
+            return  # said when this process first held it (counting every try is noise)
+        with self.ctx.store.unit_of_work() as uow:
+            raise_alert(
+                uow,
+                AlertKind.OUTBOX_HELD,
+                f"a file in the folder outbox (file key {key[:12]}) is not sent yet: "
+                f"{rejected.code}: {rejected.message}. It stays in the outbox and is tried again "
+                f"every minute; after {self.settings.hold_minutes} minutes it is moved to "
+                "failed/",
+                at=self.ctx.clock(),
+                key=key,
+            )
+            uow.commit()
+        log.warning("outbox file held back (%s)", rejected.code)
+
     def _mark(self, key: str, outcome: str, message_id: str | None) -> None:
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
@@ -185,10 +273,20 @@ class FolderIntegration:
             ).one()
             row.outcome = outcome
             row.message_id = message_id
+            # a file held back for its receiver's setup is held no more (also when another
+            # process, or one before a restart, held it)
+            uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{key}", at=self.ctx.clock())
             uow.commit()
 
     def _fail(
-        self, path: Path, key: str | None, code: str, reason: str, problems: list[str]
+        self,
+        path: Path,
+        key: str,
+        code: str,
+        reason: str,
+        problems: list[str],
+        *,
+        claimed: bool = True,
     ) -> None:
         assert self.failed is not None
         lines = [
@@ -199,14 +297,71 @@ class FolderIntegration:
             lines.append("What is wrong in the message:")
             lines.extend(f"  - {problem}" for problem in problems)
         lines.append("Correct the message and put it in the outbox again as a new file.")
-        target = free_name(self.failed, path.name, (key or "large")[:12])
+        lines.append(f"(File key {key[:12]}, as the operator's alert names it.)")
+        target = free_name(self.failed, path.name, key[:12])
         write_atomically(
             target.with_name(target.name + ".error.txt"), ("\n".join(lines) + "\n").encode()
         )
-        if key is not None:
+        if claimed:
             self._mark(key, FAILED, None)
+        with self.ctx.store.unit_of_work() as uow:
+            raise_alert(
+                uow,
+                AlertKind.OUTBOX_REFUSED,
+                f"a file in the folder outbox (file key {key[:12]}) was refused and moved to "
+                f"failed/, beside an .error.txt saying why; nothing was sent for it: {code}: "
+                f"{reason}",
+                at=self.ctx.clock(),
+                key=key,
+            )
+            uow.commit()
         move_durably(path, target)
+        self._held.pop(path.name, None)
         log.warning("outbox file refused (%s)", code)
+
+    def _report_stuck(self) -> None:
+        """Raise ``outbox-stuck`` for a file that failed unforeseen ``STUCK_AFTER`` rounds in a
+        row (it cannot be read, or not moved: permissions, a full disk), and resolve it when the
+        file went through or is gone, also one raised before this process started."""
+        assert self.outbox is not None
+        stuck = {
+            self._stuck_key(name): name
+            for name, failures in self._failures.items()
+            if failures >= STUCK_AFTER
+        }
+        if self._stuck_alerts is None:
+            with self.ctx.store.unit_of_work() as uow:
+                self._stuck_alerts = {
+                    alert.dedup_key.partition(":")[2]
+                    for alert in uow.alerts.list(
+                        open_only=True, limit=None, kind=AlertKind.OUTBOX_STUCK.value
+                    )
+                    if alert.dedup_key.startswith(f"{AlertKind.OUTBOX_STUCK}:{self._outbox_tag}.")
+                }
+        news = {key for key, name in stuck.items() if self._failures[name] == STUCK_AFTER}
+        over = self._stuck_alerts - set(stuck)
+        if not news and not over:
+            return
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            for key in news:
+                raise_alert(
+                    uow,
+                    AlertKind.OUTBOX_STUCK,
+                    f"a file in the folder outbox (name key {key.partition('.')[2]}) could not "
+                    f"be taken {STUCK_AFTER} rounds in a row: it cannot be read, or not moved to "
+                    "sent/ or failed/ (permissions, a full disk?). It stays in the outbox and is "
+                    "tried again every round; the server's log names the error",
+                    at=now,
+                    key=key,
+                )
+            for key in over:
+                uow.alerts.resolve(f"{AlertKind.OUTBOX_STUCK}:{key}", at=now)
+            uow.commit()
+        self._stuck_alerts = (self._stuck_alerts - over) | news
+
+    def _stuck_key(self, name: str) -> str:
+        return f"{self._outbox_tag}.{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
 
     def _move_failed(self, path: Path, key: str) -> None:
         assert self.failed is not None
@@ -339,6 +494,12 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _name_key(path: Path, stat: os.stat_result) -> str:
+    """A key for a file refused before it was read (too large): its name, inode and time."""
+    identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}".encode()
+    return hashlib.sha256(identity).hexdigest()
 
 
 def _printable(name: str) -> str:

@@ -42,6 +42,7 @@ def main() -> None:
         outbox_dir=Path(outbox) if outbox != "-" else None,
         inbox_dir=Path(inbox) if inbox != "-" else None,
         poll_interval_seconds=0.05,
+        settle_seconds=0,
     )
     if point == "after-submit":
         folder.submit = die_on(int(call), folder.submit)  # type: ignore[assignment]

@@ -12,6 +12,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from engine_pair import Pair
@@ -22,7 +23,8 @@ from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
-from meldingstjener.store.tables import FolderFileRow, MessageRow
+from meldingstjener.store.payloads import Spool
+from meldingstjener.store.tables import AgreementRow, AlertRow, FolderFileRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 
 CHILD = Path(__file__).with_name("folder_child.py")
@@ -43,7 +45,7 @@ def outbound(pair: Pair) -> list[MessageRow]:
 
 def test_outbox_sends_and_explains_refusals(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
-    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     note = dialog_note(pair.gp_site, pair.hospital_site, "Fra mappa")
     drop(outbox, "a.xml", note)
     drop(outbox, "broken.xml", b"<MsgHead>not a message")
@@ -64,7 +66,7 @@ def test_outbox_sends_and_explains_refusals(pair: Pair, tmp_path: Path) -> None:
 
 def test_same_content_dropped_again_is_sent_again(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
-    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     note = dialog_note(pair.gp_site, pair.hospital_site, "To ganger med vilje")
     drop(outbox, "n.xml", note)
     integration.outbox_once()
@@ -81,8 +83,8 @@ def test_two_processes_on_one_outbox_send_a_file_once(
     # claimed but not sent, and sees no message of it yet (A has not committed). B submits too:
     # the file's key, used as idempotency key, lets only one message through.
     outbox = tmp_path / "ut"
-    first = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
-    second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    first = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "En gang"))
 
     def died_before_marking(*args: object) -> None:
@@ -121,7 +123,7 @@ def test_a_file_name_that_is_not_utf8_is_sent_like_any_other(pair: Pair, tmp_pat
     # Windows-1252 names from an older EPJ: "ærlig.xml" as the byte 0xE6. Its name once broke the
     # key and, with it, every round of the outbox.
     outbox = tmp_path / "ut"
-    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     outbox.mkdir(parents=True, exist_ok=True)
     odd = os.fsdecode(b"\xe6rlig.xml")
     (outbox / odd).write_bytes(dialog_note(pair.gp_site, pair.hospital_site, "ærlig"))
@@ -154,7 +156,7 @@ def test_one_file_that_fails_holds_up_neither_the_others_nor_the_inbox(
     pair.run()
     outbox, inbox = tmp_path / "ut", tmp_path / "inn"
     integration = FolderIntegration(
-        pair.hospital, FolderSettings(outbox_dir=outbox, inbox_dir=inbox)
+        pair.hospital, FolderSettings(outbox_dir=outbox, inbox_dir=inbox, settle_seconds=0)
     )
     drop(outbox, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Uventet"))
     drop(outbox, "b.xml", dialog_note(pair.hospital_site, pair.gp_site, "b"))
@@ -363,7 +365,7 @@ def test_refused_files_of_one_name_never_replace_each_other(
 
     monkeypatch.setattr(folder, "MAX_PAYLOAD_BYTES", 10)  # each drop is refused as too large
     outbox = tmp_path / "ut"
-    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox))
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     for number in range(3):
         drop(outbox, "big.xml", f"<drop{number}>more than ten bytes</drop{number}>".encode())
         integration.outbox_once()
@@ -471,3 +473,188 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
             b.join(timeout=60)
     assert writers == ["first", "first"]  # the sidecar and the document, once
     assert pair.message(pair.hospital, row.id).status == "delivered"
+
+
+def open_alerts(pair: Pair, kind: str) -> list[AlertRow]:
+    with pair.gp.store.unit_of_work() as uow:
+        return uow.alerts.list(open_only=True, kind=kind)
+
+
+def set_agreements(pair: Pair, state: str) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        for agreement in uow.session.scalars(select(AgreementRow)):
+            agreement.state = state
+        uow.commit()
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_every_refused_file_raises_an_alert_that_names_no_file(pair: Pair, tmp_path: Path) -> None:
+    # An EPJ that does not watch failed/ must not leave a refused message unseen.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "Kari Nordmann.xml", b"<MsgHead>not a message")
+    integration.outbox_once()
+    [alert] = open_alerts(pair, "outbox-refused")
+    assert "invalid-message" in alert.summary and "failed/" in alert.summary
+    assert "Kari" not in alert.summary
+    explanation = (outbox / "failed" / "Kari Nordmann.xml.error.txt").read_text()
+    assert explanation.split("File key ")[1][:12] in alert.summary  # the operator finds it
+
+
+def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_when_mended(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # The EPJ sends to a partner whose agreement is not active yet: the operator is told at
+    # once and activates it; the file goes within a minute, nobody drops it again.
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
+    )
+    set_agreements(pair, "suspended")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Venter"))
+    integration.outbox_once()
+    assert (outbox / "a.xml").exists()
+    assert list((outbox / "failed").iterdir()) == []
+    [held] = open_alerts(pair, "outbox-held")
+    assert "agreement-not-active" in held.summary and "60 minutes" in held.summary
+    ticks.now += 30
+    integration.outbox_once()  # not due again yet: neither tried nor counted
+    assert open_alerts(pair, "outbox-held")[0].count == 1
+    set_agreements(pair, "active")
+    ticks.now += 31
+    integration.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert len(outbound(pair)) == 1
+    assert open_alerts(pair, "outbox-held") == []
+    assert open_alerts(pair, "outbox-refused") == []
+
+
+def test_a_held_file_is_refused_when_its_hold_runs_out(pair: Pair, tmp_path: Path) -> None:
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp,
+        FolderSettings(outbox_dir=outbox, settle_seconds=0, hold_minutes=30),
+        monotonic=ticks,
+    )
+    set_agreements(pair, "suspended")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "For lenge"))
+    integration.outbox_once()
+    assert open_alerts(pair, "outbox-held")
+    pair.clock.advance(minutes=29)
+    ticks.now += 29 * 60
+    integration.outbox_once()
+    assert (outbox / "a.xml").exists()
+    pair.clock.advance(minutes=1)
+    ticks.now += 60
+    integration.outbox_once()
+    assert sorted(p.name for p in (outbox / "failed").iterdir()) == ["a.xml", "a.xml.error.txt"]
+    assert open_alerts(pair, "outbox-held") == []
+    [refused] = open_alerts(pair, "outbox-refused")
+    assert "agreement-not-active" in refused.summary
+    assert outbound(pair) == []
+
+
+def test_a_message_refusal_is_not_held(pair: Pair, tmp_path: Path) -> None:
+    # Only the receiver's setup can change; a message that addresses a HER-id that is not ours
+    # as sender is refused at once.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Feil avsender"))
+    integration.outbox_once()
+    assert (outbox / "failed" / "a.xml").exists()
+    [refused] = open_alerts(pair, "outbox-refused")
+    assert "inconsistent-addressing" in refused.summary
+    assert open_alerts(pair, "outbox-held") == []
+
+
+def test_a_file_written_in_place_is_taken_once_it_has_settled(pair: Pair, tmp_path: Path) -> None:
+    # An EPJ that writes the file under its final name: half a file must not be refused.
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=5), monotonic=ticks
+    )
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Skrives sakte")
+    target = outbox / "a.xml"
+    target.write_bytes(note[:100])
+    integration.outbox_once()
+    ticks.now += 4
+    with target.open("ab") as handle:
+        handle.write(note[100:200])
+    integration.outbox_once()
+    ticks.now += 4  # 8 s since first seen, 4 s since it changed
+    integration.outbox_once()
+    with target.open("ab") as handle:
+        handle.write(note[200:])
+    ticks.now += 6
+    integration.outbox_once()  # changed again: seen anew
+    assert target.exists() and list((outbox / "failed").iterdir()) == []
+    ticks.now += 5
+    integration.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert len(outbound(pair)) == 1
+
+
+def test_a_file_written_to_while_it_is_read_is_taken_in_a_later_round(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Midt i")
+    target = outbox / "a.xml"
+    target.write_bytes(note[:100])
+    real_write_from = Spool.write_from
+
+    def the_epj_writes_on(self: Spool, source: BinaryIO) -> None:
+        real_write_from(self, source)
+        with target.open("ab") as handle:
+            handle.write(note[100:])
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Spool, "write_from", the_epj_writes_on)
+        integration.outbox_once()
+    assert target.exists() and list((outbox / "failed").iterdir()) == []
+    integration.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert len(outbound(pair)) == 1
+
+
+def test_a_file_that_cannot_be_moved_raises_outbox_stuck_until_it_goes(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # sent/ is not a directory (a share mounted wrong): the file is sent once, cannot leave the
+    # outbox, and every round fails. After three rounds the operator is told; the alert ends
+    # when the file has gone, also for a process started after it was raised.
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    integration = FolderIntegration(pair.gp, settings)
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "Ola Nordmann.xml", dialog_note(pair.gp_site, pair.hospital_site, "Fast"))
+    for _ in range(2):
+        integration.outbox_once()
+    assert open_alerts(pair, "outbox-stuck") == []
+    integration.outbox_once()
+    [stuck] = open_alerts(pair, "outbox-stuck")
+    assert "Ola" not in stuck.summary and "3 rounds" in stuck.summary
+    integration.outbox_once()
+    assert open_alerts(pair, "outbox-stuck")[0].count == 1  # raised once, not every round
+    assert len(outbound(pair)) == 1
+    (outbox / "sent").unlink()
+    (outbox / "sent").mkdir()
+    later = FolderIntegration(pair.gp, settings)
+    later.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["Ola Nordmann.xml"]
+    assert open_alerts(pair, "outbox-stuck") == []
+    assert len(outbound(pair)) == 1
