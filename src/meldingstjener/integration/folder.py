@@ -120,9 +120,9 @@ class FolderIntegration:
                 if not self._settled(path.name, stat):
                     continue
                 self.take(path, stat)
-            except FileNotFoundError:
-                continue  # taken away meanwhile (by another process on this outbox)
             except Exception as exc:  # one file must not hold up the rest; tried again
+                if isinstance(exc, FileNotFoundError) and not path.exists():
+                    continue  # taken away meanwhile (by another process on this outbox)
                 # its type only: a traceback would carry the file's path, and an EPJ may
                 # name a file by the patient
                 log.error("folder outbox: a file not taken (%s)", type(exc).__name__)

@@ -658,3 +658,16 @@ def test_a_file_that_cannot_be_moved_raises_outbox_stuck_until_it_goes(
     assert [p.name for p in (outbox / "sent").iterdir()] == ["Ola Nordmann.xml"]
     assert open_alerts(pair, "outbox-stuck") == []
     assert len(outbound(pair)) == 1
+
+
+def test_a_missing_sent_folder_is_no_file_taken_away(pair: Pair, tmp_path: Path) -> None:
+    # sent/ removed by someone: the move fails with "no such file" while the file is still
+    # there; that is a stuck file, not one another process took.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    (outbox / "sent").rmdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Borte"))
+    for _ in range(3):
+        integration.outbox_once()
+    assert open_alerts(pair, "outbox-stuck")
+    assert len(outbound(pair)) == 1
