@@ -9,7 +9,8 @@ waits; after ``disable_after_failures`` failures in a row the webhook is disable
 raised. A webhook whose call failed pauses as a whole until its next try, so the failures in a
 row are tries spread over the doubling waits (with the defaults, ten of them span about 40
 minutes), not the deliveries that happened to be due at once. Bodies carry ids, HER-ids and
-statuses only, never message content.
+statuses only, never message content. Every ``serve`` runs a dispatcher: a call is claimed before
+it is made (``_claim``), and on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import exists, func, or_, select, text, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
@@ -52,6 +54,12 @@ ALERT_LOOKBACK = timedelta(seconds=60)  # see _collect_alerts
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
+# A claimed delivery waits this many call timeouts (plus half a minute) before another process
+# may take it: httpx's timeout bounds each phase of a call (connect, write, read, pool)
+CLAIM_CALLS = 4
+# PostgreSQL: the advisory lock (transaction-scoped) one process holds while it turns news into
+# deliveries; the others skip that round instead of inserting the same rows
+COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
 
 
 # Active, and not of a revoked client: revocation ends a client's webhooks (end_webhooks_of),
@@ -62,6 +70,17 @@ _LIVE = (
         ApiClientRow.name == WebhookRow.client_name, ApiClientRow.revoked_at.is_not(None)
     ),
 )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one webhook call needs, read under its claim."""
+
+    delivery_id: int
+    url: str
+    secret: str
+    event_type: str
+    body: Any
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -103,6 +122,13 @@ class WebhookDispatcher:
         """Turn new log events and alerts into deliveries; return how many were made."""
         made = 0
         with self.ctx.store.unit_of_work() as uow:
+            if self.ctx.store.database.is_postgresql and not uow.session.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:space, :key)"),
+                {"space": COLLECT_LOCK[0], "key": COLLECT_LOCK[1]},
+            ):
+                # Another process is collecting: it makes the same deliveries (SQLite needs
+                # no lock: each unit of work holds the database's one writer).
+                return 0
             hooks = list(uow.session.scalars(select(WebhookRow).where(*_LIVE)))
             cursor = int(uow.state.get(EVENT_CURSOR) or 0)
             if not hooks:
@@ -252,43 +278,81 @@ class WebhookDispatcher:
         that is down is asked once per wait, not once per delivery owed to it."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
-            due = list(
-                uow.session.execute(
-                    select(WebhookDeliveryRow, WebhookRow)
-                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
-                    .where(
-                        WebhookDeliveryRow.state == "pending",
-                        WebhookDeliveryRow.due_at <= now,
-                        *_LIVE,
-                        or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
-                    )
-                    .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
-                    .limit(100)
-                ).all()
-            )
+            due = uow.session.execute(
+                select(WebhookDeliveryRow.id, WebhookDeliveryRow.webhook_id)
+                .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                .where(
+                    WebhookDeliveryRow.state == "pending",
+                    WebhookDeliveryRow.due_at <= now,
+                    *_LIVE,
+                    or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+                )
+                .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
+                .limit(100)
+            ).all()
         failed: set[int] = set()
         calls = 0
-        for delivery, hook in due:
-            if hook.id in failed:
+        for delivery_id, hook_id in due:
+            if hook_id in failed:
                 continue
+            call = self._claim(delivery_id, hook_id)
+            if call is None:
+                continue  # another process has it, or the webhook paused meanwhile
             calls += 1
-            if not self._deliver(delivery.id, hook, delivery.event_type, delivery.body):
-                failed.add(hook.id)
+            if not self._deliver(call):
+                failed.add(hook_id)
         return calls
 
-    def _deliver(self, delivery_id: int, hook: WebhookRow, event_type: str, body: Any) -> bool:
-        data = json.dumps({**body, "deliveryId": delivery_id}, sort_keys=True).encode()
+    def _claim(self, delivery_id: int, hook_id: int) -> _Call | None:
+        """Take one delivery for this process's call, or None when it is not to be made.
+
+        Every ``serve`` runs a dispatcher. A delivery is claimed right before its call by moving
+        its due time past the longest the call may take: another process does not send it too,
+        and one that dies in the call leaves it to be sent again then. A webhook that failed
+        last is probed by one process with one delivery: its pause moves likewise, so a
+        receiver that is down is asked once per wait, not once per process."""
+        now = self.ctx.clock()
+        until = now + timedelta(seconds=CLAIM_CALLS * self.settings.timeout_seconds + 30)
+        with self.ctx.store.unit_of_work() as uow:
+            taken = uow.session.execute(
+                update(WebhookDeliveryRow)
+                .where(
+                    WebhookDeliveryRow.id == delivery_id,
+                    WebhookDeliveryRow.state == "pending",
+                    WebhookDeliveryRow.due_at <= now,
+                )
+                .values(due_at=until)
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            hook = uow.session.scalars(
+                select(WebhookRow)
+                .where(WebhookRow.id == hook_id, *_LIVE)
+                .with_for_update(of=WebhookRow)
+            ).first()
+            if hook is None or (hook.paused_until is not None and hook.paused_until > now):
+                return None  # rolled back: the delivery stays due
+            if hook.consecutive_failures:
+                hook.paused_until = until
+            delivery = uow.session.get(WebhookDeliveryRow, delivery_id)
+            assert delivery is not None
+            call = _Call(delivery_id, hook.url, hook.secret, delivery.event_type, delivery.body)
+            uow.commit()
+        return call
+
+    def _deliver(self, call: _Call) -> bool:
+        data = json.dumps({**call.body, "deliveryId": call.delivery_id}, sort_keys=True).encode()
         timestamp = self.ctx.clock().isoformat()
         headers = {
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(hook.secret, timestamp, data),
-            "X-Meldingstjener-Event": event_type,
-            "X-Meldingstjener-Delivery": str(delivery_id),
+            SIGNATURE_HEADER: sign(call.secret, timestamp, data),
+            "X-Meldingstjener-Event": call.event_type,
+            "X-Meldingstjener-Delivery": str(call.delivery_id),
         }
         error: str | None = None
         try:
-            response = self.http.post(hook.url, content=data, headers=headers)
+            response = self.http.post(call.url, content=data, headers=headers)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
         except Exception as exc:
@@ -296,7 +360,7 @@ class WebhookDispatcher:
             # a URL httpx cannot use raises InvalidURL, which is no HTTPError, and once stopped
             # every round before any other delivery was made.
             error = f"{type(exc).__name__}"
-        self._record(delivery_id, error)
+        self._record(call.delivery_id, error)
         return error is None
 
     def _record(self, delivery_id: int, error: str | None) -> None:
@@ -305,7 +369,8 @@ class WebhookDispatcher:
             delivery = uow.session.get(WebhookDeliveryRow, delivery_id)
             if delivery is None:
                 return
-            hook = uow.session.get(WebhookRow, delivery.webhook_id)
+            # locked: another process may record a call to the same webhook at the same time
+            hook = uow.session.get(WebhookRow, delivery.webhook_id, with_for_update=True)
             assert hook is not None
             delivery.attempts += 1
             if error is None:

@@ -364,3 +364,135 @@ def test_the_wait_of_a_delivery_refused_for_months_stays_the_longest_wait(
     # made 2 ** 1024, which no float holds: the OverflowError stopped every round there.
     dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(max_retry_seconds=60))
     assert dispatcher._wait(5000) == dispatcher._wait(20) == timedelta(seconds=60)
+
+
+class HeldFirstCall:
+    """A receiver's answer that holds its first call until released (and says it has it)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._first = True
+        self._lock = threading.Lock()
+
+    def __call__(self, body: bytes) -> int:
+        with self._lock:
+            first, self._first = self._first, False
+        if first:
+            self.entered.set()
+            assert self.release.wait(30)
+        return 200
+
+
+def _deliver_in_a_thread(dispatcher: WebhookDispatcher, held: HeldFirstCall) -> threading.Thread:
+    calling = threading.Thread(target=dispatcher.deliver_due)
+    calling.start()
+    assert held.entered.wait(30), "the first process's call did not arrive"
+    return calling
+
+
+def test_two_processes_make_a_delivery_once(api_pair: ApiPair, receiver: Receiver) -> None:
+    # Every serve runs a dispatcher. While the first one's call is under way, the second one's
+    # round finds the delivery claimed, and does not send it too.
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    first = WebhookDispatcher(pair.hospital, WebhookSettings())
+    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    _send_note(api_pair)
+    assert first.collect() == 1
+    held = HeldFirstCall()
+    receiver.answer = held
+    calling = _deliver_in_a_thread(first, held)
+    try:
+        assert second.run_once() == 0
+    finally:
+        held.release.set()
+        calling.join(30)
+    assert len(receiver.calls) == 1
+    assert [d.state for d in _deliveries(api_pair)] == ["sent"]
+
+
+def test_a_receiver_that_was_down_is_probed_by_one_process(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    receiver.status = 503
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    first = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    second = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    for _ in range(3):
+        _send_note(api_pair)
+    assert first.run_once() == 1
+    receiver.status = 200
+    pair.clock.advance(seconds=5)
+    held = HeldFirstCall()
+    receiver.answer = held
+    calling = _deliver_in_a_thread(first, held)
+    try:
+        assert second.deliver_due() == 0  # the first process probes; the second waits
+    finally:
+        held.release.set()
+        calling.join(30)
+    assert len(receiver.calls) == 4  # the failed call, the probe and the two others
+    assert {d.state for d in _deliveries(api_pair)} == {"sent"}
+
+
+def test_a_delivery_claimed_by_a_process_that_died_is_made_when_the_claim_runs_out(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    settings = WebhookSettings(timeout_seconds=10)
+    died = WebhookDispatcher(pair.hospital, settings)
+    other = WebhookDispatcher(pair.hospital, settings)
+    _send_note(api_pair)
+    died.collect()
+    [delivery] = _deliveries(api_pair)
+    assert died._claim(delivery.id, delivery.webhook_id) is not None  # then it dies
+    assert other.deliver_due() == 0
+    pair.clock.advance(seconds=4 * 10 + 29)
+    assert other.deliver_due() == 0
+    pair.clock.advance(seconds=1)
+    assert other.deliver_due() == 1
+    assert len(receiver.calls) == 1
+
+
+def test_two_processes_collecting_at_once_make_each_delivery_once(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # On PostgreSQL the second process skips the round while the first collects (it inserted
+    # the same deliveries, waited on the first one's unique key and then failed its round);
+    # on SQLite it waits for the store's one writer and then finds the deliveries made.
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    first = WebhookDispatcher(pair.hospital, WebhookSettings())
+    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    _send_note(api_pair)
+    entered, release = threading.Event(), threading.Event()
+    real_fan_out = first._fan_out
+
+    def fan_out_then_wait(*args: object) -> int:
+        made = real_fan_out(*args)  # type: ignore[arg-type]
+        entered.set()
+        assert release.wait(30)
+        return made
+
+    first._fan_out = fan_out_then_wait  # type: ignore[method-assign]
+    results: list[int] = []
+    collecting = threading.Thread(target=lambda: results.append(first.collect()))
+    collecting.start()
+    assert entered.wait(30)
+    second_results: list[int] = []
+    also = threading.Thread(target=lambda: second_results.append(second.collect()))
+    also.start()
+    try:
+        if pair.hospital.store.database.is_postgresql:
+            also.join(20)
+            assert not also.is_alive(), "the second process waited for the first one's round"
+            assert second_results == [0]
+    finally:
+        release.set()
+        collecting.join(30)
+        also.join(30)
+    assert results == [1] and second_results == [0]
+    assert len(_deliveries(api_pair)) == 1
