@@ -486,7 +486,11 @@ def _service_addressing_required_by(content: etree._Element | None) -> str | Non
 def _gen_date_rule(value: str, path: str, report: ValidationReport) -> None:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            # no offset: the sender's local time, taken as ours (year 1 has no local time
+            # before it: ValueError)
+            when = when.astimezone()
+    except (ValueError, OverflowError):
         report.add(
             "business",
             "invalid-gen-date",
@@ -494,8 +498,6 @@ def _gen_date_rule(value: str, path: str, report: ValidationReport) -> None:
             "GenDate is not a date and time (xs:dateTime, e.g. 2025-05-13T11:51:01)",
         )
         return
-    if when.tzinfo is None:
-        when = when.astimezone()  # no offset: the sender's local time, taken as ours
     now = datetime.now(UTC)
     if when > now + _FUTURE_SLACK:
         report.add(

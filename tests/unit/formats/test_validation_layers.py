@@ -125,6 +125,10 @@ def test_her_ids_and_gen_date_rules(samples: Path) -> None:
     assert ("business", "gen-date-in-future", "/MsgHead/MsgInfo/GenDate") in _codes(future)
     nonsense = data.replace(b"2025-05-13T11:51:01</GenDate>", b"yesterday</GenDate>")
     assert ("business", "invalid-gen-date", "/MsgHead/MsgInfo/GenDate") in _codes(nonsense)
+    # year 1 without an offset has no local time to take it in: it raised ValueError, and the
+    # message went down every path of an unforeseen error instead of being refused
+    first_year = data.replace(b"2025-05-13T11:51:01</GenDate>", b"0001-01-01T00:00:00</GenDate>")
+    assert ("business", "invalid-gen-date", "/MsgHead/MsgInfo/GenDate") in _codes(first_year)
 
 
 def test_unknown_codes_are_warnings_not_crashes(samples: Path) -> None:
