@@ -52,7 +52,9 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
         self.url = normalise_url(url)
         self.dialect = make_url(self.url).get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # hide_parameters: a database error's text (logged with its traceback) would end with
+        # every value of the failing statement, and those may be a partner's free text
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             database = make_url(self.url).database
             if database and database != ":memory:":

@@ -136,6 +136,7 @@ class _AdvisoryLock:
             url,
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",
+            hide_parameters=True,  # as the store's engine: no statement values in error texts
             # connecting must not hang on a database that went away (a check that hangs later,
             # on a connection whose far end stopped answering, runs in a thread of its own)
             connect_args={"connect_timeout": 10, **_KEEPALIVE},

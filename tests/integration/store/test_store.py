@@ -507,3 +507,16 @@ def test_a_locked_read_sees_what_another_transaction_committed(
         with database.engine.begin() as connection:
             connection.exec_driver_sql("TRUNCATE messages, message_events CASCADE")
         database.dispose()
+
+
+def test_a_database_error_does_not_carry_the_statements_values(store: Store) -> None:
+    # Such errors are logged with their tracebacks; a value may be a partner's free text.
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    with store.unit_of_work() as uow, pytest.raises(DBAPIError) as failed:
+        uow.session.execute(
+            text("INSERT INTO no_such_table (text) VALUES (:text)"), {"text": "Kari Nordmann"}
+        )
+    assert "no_such_table" in str(failed.value)
+    assert "Kari" not in str(failed.value)
