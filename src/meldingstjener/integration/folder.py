@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -110,13 +111,13 @@ class FolderIntegration:
         handled = 0
         present: set[str] = set()
         for path in sorted(self.outbox.iterdir()):
-            if not (
-                path.is_file() and path.suffix.lower() == ".xml" and not path.name.startswith(".")
-            ):
+            if path.suffix.lower() != ".xml" or path.name.startswith("."):
                 continue
             present.add(path.name)
             try:
                 stat = path.stat()
+                if not S_ISREG(stat.st_mode):
+                    continue  # a directory, a pipe: not a file an EPJ dropped
                 if not self._settled(path.name, stat):
                     continue
                 self.take(path, stat)
@@ -178,7 +179,7 @@ class FolderIntegration:
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
         identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, _printable(path.name))
+        state = self._claim(key, _name_digest(path.name))
         if state is None:
             return  # another process claimed it first
         outcome, message_id, first_tried = state
@@ -214,7 +215,7 @@ class FolderIntegration:
         self._move_sent(path, message_id)
         log.info("outbox file sent as message %s", message_id)
 
-    def _claim(self, key: str, name: str) -> tuple[str, str | None, datetime] | None:
+    def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
         """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
         None when another process claimed it at the same moment."""
         with self.ctx.store.unit_of_work() as uow:
@@ -225,7 +226,7 @@ class FolderIntegration:
                 return row.outcome, row.message_id, row.at
             now = self.ctx.clock()
             uow.session.add(
-                FolderFileRow(kind=OUTBOX, key=key, file_name=name[:512], outcome=PENDING, at=now)
+                FolderFileRow(kind=OUTBOX, key=key, file_name=name_digest, outcome=PENDING, at=now)
             )
             try:
                 uow.commit()
@@ -494,6 +495,12 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _name_digest(name: str) -> str:
+    """What the store keeps of an outbox file's name: a digest, not the name, which an EPJ may
+    make of the patient's (the file key finds the file; nothing needs the name back)."""
+    return "sha256:" + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
 
 
 def _name_key(path: Path, stat: os.stat_result) -> str:

@@ -502,12 +502,16 @@ def test_every_refused_file_raises_an_alert_that_names_no_file(pair: Pair, tmp_p
     outbox = tmp_path / "ut"
     integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     drop(outbox, "Kari Nordmann.xml", b"<MsgHead>not a message")
+    (outbox / "a folder.xml").mkdir()  # not a file: passed over without a word
     integration.outbox_once()
     [alert] = open_alerts(pair, "outbox-refused")
     assert "invalid-message" in alert.summary and "failed/" in alert.summary
     assert "Kari" not in alert.summary
     explanation = (outbox / "failed" / "Kari Nordmann.xml.error.txt").read_text()
     assert explanation.split("File key ")[1][:12] in alert.summary  # the operator finds it
+    with pair.gp.store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(FolderFileRow))
+    assert "Kari" not in row.file_name  # the store keeps a digest of the name, not the name
 
 
 def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_when_mended(
