@@ -11,7 +11,7 @@ The two versions differ only in namespace and MIGversion; both are read and buil
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from lxml import etree
@@ -87,9 +87,9 @@ class AppRecError:
     """One Error: ``code`` (V), ``text`` (DN), code list OID (S, 8221 by default), ``ot``."""
 
     code: str
-    text: str | None = None
+    text: str | None = field(default=None, repr=False)  # free text: never in a repr
     code_list: str | None = oid_of(APPREC_ERRORS)
-    ot: str | None = None
+    ot: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, code: str, detail: str | None = None) -> AppRecError:

@@ -92,7 +92,7 @@ class Foresporsel:
 
     type: Coded
     sporsmal: str | None = field(default=None, repr=False)
-    emne: str | None = None  # EmneSporsmal, Dialogmelding 1.1 only
+    emne: str | None = field(default=None, repr=False)  # EmneSporsmal, Dialogmelding 1.1 only
     formaal: Coded | None = None
     begrunnelse: str | None = field(default=None, repr=False)
     hastegrad: Coded | None = None
@@ -107,7 +107,7 @@ class Notat:
     """A note: an answer (with the question), a note about a patient, or a deviation."""
 
     tema_kodet: Coded
-    tema: str | None = None
+    tema: str | None = field(default=None, repr=False)
     tekst: str | None = field(default=None, repr=False)
     merknad: str | None = field(default=None, repr=False)
     dok_id: str | None = None
@@ -139,7 +139,7 @@ class Attachment:
 
     data: bytes = field(repr=False)
     mime_type: str
-    description: str | None = None
+    description: str | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------------------------------- read

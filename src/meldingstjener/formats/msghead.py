@@ -91,9 +91,10 @@ class RefDoc:
     issue_date: str | None = None
     id: str | None = None
     mime_type: str | None = None
-    description: str | None = None
+    # free text and a link an EPJ may make of the patient's name: never in a repr (a log)
+    description: str | None = field(default=None, repr=False)
     compression: Coded | None = None
-    file_reference: str | None = None
+    file_reference: str | None = field(default=None, repr=False)
     content_xml: bytes | None = field(default=None, repr=False)
     content_base64: bytes | None = field(default=None, repr=False)
 
@@ -109,7 +110,7 @@ class RefDoc:
 @dataclass(frozen=True, slots=True)
 class Document:
     ref_doc: RefDoc
-    content_description: str | None = None
+    content_description: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,3 +125,23 @@ def test_foresporsel_and_notat_together_are_refused() -> None:
         build_dialogmelding(
             message_type="DIALOG_NOTAT", sender=SENDER, receiver=RECEIVER, dialog=mixed
         )
+
+
+def test_free_text_of_a_message_is_never_in_a_repr() -> None:
+    # A log line with a read model (log.debug("%r", ...)) must not carry what a clinician wrote.
+    from meldingstjener.formats.apprec import AppRecError
+    from meldingstjener.formats.msghead import Document, RefDoc
+
+    private = "Kari Nordmann"
+    shown = [
+        Notat(tema_kodet=Coded(v="1", dn="Helseopplysninger"), tema=private, tekst=private),
+        Foresporsel(type=Coded(v="1"), sporsmal=private, emne=private, begrunnelse=private),
+        Attachment(data=b"x", mime_type="application/pdf", description=private),
+        AppRecError(code="X99", text=private, ot=private),
+        Document(
+            RefDoc(msg_type=Coded(v="A"), description=private, file_reference=private),
+            content_description=private,
+        ),
+    ]
+    for model in shown:
+        assert private not in repr(model), type(model).__name__
