@@ -18,6 +18,7 @@ refuse as before. Values other than the document are copied and bounded by ``SKE
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import re
@@ -51,9 +52,22 @@ _SIMPLE_ESCAPES = {
 }
 
 
+# Base64 as NHN's service reads it (.NET's Convert.FromBase64String): space, tab, CR and LF
+# are passed over wherever they stand, so a document wrapped in lines (MIME's 76 characters,
+# Java's MimeEncoder) is read; anything else outside the alphabet is refused.
+BASE64_WHITESPACE = b" \t\r\n"
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """A whole base64 text, read as ``StrictBase64`` reads it in pieces."""
+    data = text.encode("ascii", "replace") if isinstance(text, str) else text
+    return base64.b64decode(data.translate(None, BASE64_WHITESPACE), validate=True)
+
+
 class StrictBase64:
-    """Incremental ``base64.b64decode(text, validate=True)``: the same bytes, and an error
-    (:class:`binascii.Error`) for exactly the texts it refuses."""
+    """Incremental ``decode_base64``: ``base64.b64decode(text, validate=True)`` of the text
+    without its whitespace, the same bytes, and an error (:class:`binascii.Error`) for exactly
+    the texts it refuses."""
 
     def __init__(self) -> None:
         self.pending = b""
@@ -61,6 +75,7 @@ class StrictBase64:
         self.pads = 0  # '=' seen (only at the end)
 
     def feed(self, text: bytes) -> bytes:
+        text = text.translate(None, BASE64_WHITESPACE)
         if not text:
             return b""
         if self.pads:

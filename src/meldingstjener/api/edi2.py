@@ -5,7 +5,6 @@ the two by changing its base URL. Where we differ, docs/API.md says so. Every re
 message, and every refused attempt, is written to the audit log.
 """
 
-import base64
 import binascii
 import contextlib
 import functools
@@ -20,7 +19,7 @@ from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
 from meldingstjener.api.auth import Authenticator, Principal
 from meldingstjener.api.document_response import business_document_response
-from meldingstjener.api.document_spool import SpooledDocument, spooled_document
+from meldingstjener.api.document_spool import SpooledDocument, decode_base64, spooled_document
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
     AppRecError,
@@ -523,7 +522,7 @@ def _decoded(document: str, spooled: SpooledDocument | None) -> bytes | Spool:
     """The business document's bytes: decoded now, or already in a spool."""
     if spooled is None:
         try:
-            return base64.b64decode(document, validate=True)
+            return decode_base64(document)
         except (binascii.Error, ValueError):
             raise ApiProblem(400, "invalid-input", "businessDocument is not valid base64") from None
     if spooled.invalid or spooled.spool is None:

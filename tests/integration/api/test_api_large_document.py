@@ -213,11 +213,12 @@ def test_a_nested_or_repeated_business_document_is_handled_as_json_would(
 
 @pytest.mark.parametrize(
     "text",
-    [b"QQ", b"QQ=", b"=QQ=", b"QUJD=", b"QQ===", b"QQ==QQ==", b"Q Q==", b"QQ==\n", b""],
+    [b"QQ", b"QQ=", b"=QQ=", b"QUJD=", b"QQ===", b"QQ==QQ==", b"Q Q==", b"QQ==\n", b"", b"Q\vQ=="],
 )
 def test_the_document_decoder_agrees_with_b64decode(text: bytes) -> None:
+    # whitespace as .NET's Convert.FromBase64String passes over it: space, tab, CR, LF
     try:
-        expected: bytes | None = base64.b64decode(text, validate=True)
+        expected: bytes | None = base64.b64decode(text.translate(None, b" \t\r\n"), validate=True)
     except ValueError:
         expected = None
     decoder = document_spool.StrictBase64()
@@ -322,3 +323,32 @@ def test_a_small_document_answer_is_the_model_json_and_a_purged_file_is_404(
     assert pair.hospital.store.payloads.delete(str(received.payload_ref))
     gone = api_pair.hospital_http.get(url, headers=headers)
     assert gone.status_code == 404 and gone.json()["code"] == "not-found"
+
+
+@pytest.mark.parametrize("size", [1024, 2 * MiB], ids=["small", "spooled"])
+def test_a_document_wrapped_in_lines_is_read_as_nhns_service_reads_it(
+    api_pair: ApiPair, size: int
+) -> None:
+    # MIME's base64 (76 characters and CRLF, as Java's MimeEncoder writes it): NHN's .NET
+    # service passes over the line ends, so an EPJ written against it sends them.
+    document = _document(api_pair, size)
+    encoded = base64.encodebytes(document).decode("ascii").replace("\n", "\r\n")
+    body = json.dumps(
+        {
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+            "businessDocument": encoded,
+        }
+    ).encode()
+    answer = api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), content=body)
+    assert answer.status_code == 201, answer.text
+    with api_pair.pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(answer.json())
+        assert row is not None and row.payload_ref is not None
+    assert api_pair.pair.gp.store.payloads.read_bytes(row.payload_ref) == document
+    unwrapped = json.loads(body)
+    unwrapped["businessDocument"] = encoded.replace("\r\n", "\r\n*")
+    refused = api_pair.gp_http.post(
+        "/Messages", headers=_bearer(api_pair.gp_key), content=json.dumps(unwrapped).encode()
+    )
+    assert refused.status_code == 400 and "base64" in refused.json()["detail"]
