@@ -71,7 +71,8 @@ class FolderIntegration:
         self._monotonic = monotonic
         # what this process remembers of the outbox's files, by name (forgotten when gone):
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}  # (size, time), seen since
-        self._held: dict[str, tuple[str, float]] = {}  # held back: file key, next try
+        # held back: (size, time, inode) when held, file key, next try
+        self._held: dict[str, tuple[tuple[int, int, int], str, float]] = {}
         self._failures: dict[str, int] = {}  # unforeseen failures in a row
         self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
         self.outbox = settings.outbox_dir
@@ -164,6 +165,9 @@ class FolderIntegration:
                 claimed=False,
             )
             return
+        held = self._held.get(path.name)
+        if held is not None and held[0] == _shape(stat) and held[2] > self._monotonic():
+            return  # held back, unchanged, and not due again: not even read
         # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
         # it becomes the stored payload by a rename (a 35 MB file is never held in memory).
         with self.ctx.store.payloads.spool() as data:
@@ -191,9 +195,6 @@ class FolderIntegration:
             return
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
-            held = self._held.get(path.name)
-            if held is not None and held[0] == key and held[1] > self._monotonic():
-                return  # held back, and not due again yet
             try:
                 # the key as idempotency key too: two processes watching one outbox may both
                 # find the file claimed but unsent; the unique index lets one message through
@@ -206,7 +207,7 @@ class FolderIntegration:
                 )
             except SubmitRejected as rejected:
                 if rejected.about_setup and not self._held_long_enough(first_tried):
-                    self._hold(path.name, key, rejected, announce=held is None or held[0] != key)
+                    self._hold(path.name, _shape(stat), key, rejected)
                     return
                 self._fail(path, key, rejected.code, rejected.message, rejected.problems)
                 return
@@ -247,11 +248,14 @@ class FolderIntegration:
     def _held_long_enough(self, first_tried: datetime) -> bool:
         return self.ctx.clock() - first_tried >= timedelta(minutes=self.settings.hold_minutes)
 
-    def _hold(self, name: str, key: str, rejected: SubmitRejected, *, announce: bool) -> None:
+    def _hold(
+        self, name: str, shape: tuple[int, int, int], key: str, rejected: SubmitRejected
+    ) -> None:
         """Leave a file refused for its receiver's setup in the outbox, to be tried again: the
         operator connecting the partner, or the register's next sync, lets it through."""
-        self._held[name] = (key, self._monotonic() + HOLD_RETRY_SECONDS)
-        if not announce:
+        held = self._held.get(name)
+        self._held[name] = (shape, key, self._monotonic() + HOLD_RETRY_SECONDS)
+        if held is not None and held[1] == key:
             return  # said when this process first held it (counting every try is noise)
         with self.ctx.store.unit_of_work() as uow:
             raise_alert(
@@ -495,6 +499,11 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _shape(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file unchanged without reading it: its size, time and inode."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 def _name_digest(name: str) -> str:

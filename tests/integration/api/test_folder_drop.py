@@ -23,7 +23,7 @@ from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
-from meldingstjener.store.payloads import Spool
+from meldingstjener.store.payloads import PayloadStore, Spool
 from meldingstjener.store.tables import AgreementRow, AlertRow, FolderFileRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 
@@ -515,7 +515,7 @@ def test_every_refused_file_raises_an_alert_that_names_no_file(pair: Pair, tmp_p
 
 
 def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_when_mended(
-    pair: Pair, tmp_path: Path
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The EPJ sends to a partner whose agreement is not active yet: the operator is told at
     # once and activates it; the file goes within a minute, nobody drops it again.
@@ -532,7 +532,12 @@ def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_whe
     [held] = open_alerts(pair, "outbox-held")
     assert "agreement-not-active" in held.summary and "60 minutes" in held.summary
     ticks.now += 30
-    integration.outbox_once()  # not due again yet: neither tried nor counted
+    spooled: list[object] = []
+    with monkeypatch.context() as patched:
+        real_spool = PayloadStore.spool
+        patched.setattr(PayloadStore, "spool", lambda self: spooled.append(1) or real_spool(self))
+        integration.outbox_once()  # not due again yet: neither read, tried nor counted
+    assert spooled == []
     assert open_alerts(pair, "outbox-held")[0].count == 1
     set_agreements(pair, "active")
     ticks.now += 31
