@@ -56,6 +56,7 @@ PENDING, SENT, FAILED, WRITTEN = "pending", "sent", "failed", "written"
 ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
+FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
 
 
 class FolderIntegration:
@@ -111,7 +112,16 @@ class FolderIntegration:
             return 0
         handled = 0
         present: set[str] = set()
-        for path in sorted(self.outbox.iterdir()):
+        try:
+            paths = sorted(self.outbox.iterdir())
+        except OSError as exc:
+            # the folder itself: a share not mounted, a directory removed or not readable
+            log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
+            self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
+            self._report_stuck()
+            return 0
+        self._failures.pop(FOLDER, None)
+        for path in paths:
             if path.suffix.lower() != ".xml" or path.name.startswith("."):
                 continue
             present.add(path.name)
@@ -344,19 +354,29 @@ class FolderIntegration:
                     if alert.dedup_key.startswith(f"{AlertKind.OUTBOX_STUCK}:{self._outbox_tag}.")
                 }
         news = {key for key, name in stuck.items() if self._failures[name] == STUCK_AFTER}
-        over = self._stuck_alerts - set(stuck)
+        # over when the file went through or is gone; not when it failed again (a process
+        # started after the alert counts its own rounds from nought)
+        failing = {self._stuck_key(name) for name in self._failures}
+        over = self._stuck_alerts - failing
         if not news and not over:
             return
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             for key in news:
+                what = (
+                    f"the folder outbox {self.outbox} could not be listed {STUCK_AFTER} rounds in "
+                    "a row (a share not mounted, the directory removed or not readable?): no "
+                    "file in it is sent"
+                    if stuck[key] == FOLDER
+                    else f"a file in the folder outbox (name key {key.partition('.')[2]}) could "
+                    f"not be taken {STUCK_AFTER} rounds in a row: it cannot be read, or not "
+                    "moved to sent/ or failed/ (permissions, a full disk?). It stays in the "
+                    "outbox"
+                )
                 raise_alert(
                     uow,
                     AlertKind.OUTBOX_STUCK,
-                    f"a file in the folder outbox (name key {key.partition('.')[2]}) could not "
-                    f"be taken {STUCK_AFTER} rounds in a row: it cannot be read, or not moved to "
-                    "sent/ or failed/ (permissions, a full disk?). It stays in the outbox and is "
-                    "tried again every round; the server's log names the error",
+                    f"{what}; tried again every round, the server's log names the error",
                     at=now,
                     key=key,
                 )

@@ -648,6 +648,7 @@ def test_a_file_that_cannot_be_moved_raises_outbox_stuck_until_it_goes(
     outbox = tmp_path / "ut"
     settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
     integration = FolderIntegration(pair.gp, settings)
+    meanwhile = FolderIntegration(pair.gp, settings)  # another process, not run yet
     (outbox / "sent").rmdir()
     (outbox / "sent").write_bytes(b"")
     drop(outbox, "Ola Nordmann.xml", dialog_note(pair.gp_site, pair.hospital_site, "Fast"))
@@ -660,6 +661,8 @@ def test_a_file_that_cannot_be_moved_raises_outbox_stuck_until_it_goes(
     integration.outbox_once()
     assert open_alerts(pair, "outbox-stuck")[0].count == 1  # raised once, not every round
     assert len(outbound(pair)) == 1
+    meanwhile.outbox_once()  # a process whose own rounds just began: still stuck
+    assert len(open_alerts(pair, "outbox-stuck")) == 1
     (outbox / "sent").unlink()
     (outbox / "sent").mkdir()
     later = FolderIntegration(pair.gp, settings)
@@ -679,4 +682,28 @@ def test_a_missing_sent_folder_is_no_file_taken_away(pair: Pair, tmp_path: Path)
     for _ in range(3):
         integration.outbox_once()
     assert open_alerts(pair, "outbox-stuck")
+    assert len(outbound(pair)) == 1
+
+
+def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # The share is not mounted: every round fails before any file is seen.
+    outbox = tmp_path / "share" / "ut"
+    settings = FolderSettings(
+        outbox_dir=outbox,
+        sent_dir=tmp_path / "sent",
+        failed_dir=tmp_path / "failed",
+        settle_seconds=0,
+    )
+    integration = FolderIntegration(pair.gp, settings)
+    outbox.rmdir()
+    for _ in range(3):
+        assert integration.outbox_once() == 0
+    [stuck] = open_alerts(pair, "outbox-stuck")
+    assert "could not be listed" in stuck.summary
+    outbox.mkdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Tilbake"))
+    integration.outbox_once()
+    assert open_alerts(pair, "outbox-stuck") == []
     assert len(outbound(pair)) == 1
