@@ -144,11 +144,24 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
 
     @router.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
     def acknowledge(alert_id: int, who: Admin) -> dict[str, Any]:
+        return _followed_up(alert_id, who, resolve=False)
+
+    @router.post(
+        "/alerts/{alert_id}/resolve",
+        summary="Resolve an alert by hand (it was followed up; a repeat opens it again)",
+    )
+    def resolve(alert_id: int, who: Admin) -> dict[str, Any]:
+        return _followed_up(alert_id, who, resolve=True)
+
+    def _followed_up(alert_id: int, who: Principal, *, resolve: bool) -> dict[str, Any]:
         if not 1 <= alert_id <= 2**62:
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
-        by = f"{who.client}/{who.person}" if who.person else who.client
+        by = (f"{who.client}/{who.person}" if who.person else who.client)[:128]
         with ctx.store.unit_of_work() as uow:
-            row = uow.alerts.acknowledge(alert_id, by=by[:128], at=ctx.clock())
+            if resolve:
+                row = uow.alerts.close(alert_id, by=by, at=ctx.clock())
+            else:
+                row = uow.alerts.acknowledge(alert_id, by=by, at=ctx.clock())
             if row is None:
                 raise ApiProblem(404, "not-found", f"no alert {alert_id}")
             uow.commit()

@@ -1,4 +1,4 @@
-"""Operator commands: ``alerts`` (list, ack), ``status`` (one message, end to end) and
+"""Operator commands: ``alerts`` (list, ack, resolve), ``status`` (one message, end to end) and
 ``instances`` (the serve processes on the store)."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def alerts_list(
     open_only: Annotated[bool, typer.Option("--open", help="Only alerts not resolved.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert.")] = False,
 ) -> None:
-    """List alerts, newest first (``alerts ack ID`` acknowledges one)."""
+    """List alerts, newest first (``alerts ack ID`` acknowledges one, ``alerts resolve ID``
+    resolves one by hand)."""
     if ctx.invoked_subcommand is not None:
         return
     from meldingstjener.bootstrap import open_store
@@ -70,6 +71,26 @@ def alerts_ack(
             raise typer.Exit(1)
         uow.commit()
     typer.echo(f"alert {alert_id} acknowledged by {alert.acknowledged_by}")
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    ctx: typer.Context,
+    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    by: Annotated[str, typer.Option("--by", help="Who followed it up.")] = "operator",
+) -> None:
+    """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
+    problem opens it again."""
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(settings_from(ctx))
+    with store.unit_of_work() as uow:
+        alert = uow.alerts.close(alert_id, by=by)
+        if alert is None:
+            typer.echo(f"no alert {alert_id}", err=True)
+            raise typer.Exit(1)
+        uow.commit()
+    typer.echo(f"alert {alert_id} resolved (acknowledged by {alert.acknowledged_by})")
 
 
 @app.command("status")

@@ -612,6 +612,14 @@ class AlertRepository:
             row.acknowledged_by = by
         return row
 
+    def close(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
+        """Resolve an alert by hand: it was followed up (and so acknowledged, if nobody had).
+        A repeat of the problem opens it again, unacknowledged."""
+        row = self.acknowledge(alert_id, by=by, at=at)
+        if row is not None and row.resolved_at is None:
+            row.resolved_at = at or utcnow()
+        return row
+
     def resolve(self, dedup_key: str, *, at: datetime | None = None) -> None:
         """Mark the open alert of ``dedup_key`` resolved (one statement; none open is fine).
 

@@ -514,3 +514,30 @@ def test_a_refused_document_is_audited_with_its_code(api_pair: ApiPair) -> None:
         ("send-message", "invalid", "invalid-input"),
         ("send-message", "invalid", "override-not-supported"),
     ]
+
+
+def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPair) -> None:
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    hospital = api_pair.pair.hospital
+    with hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.APPREC_UNSENT, "an AppRec was not sent", at=hospital.clock())
+        uow.commit()
+    admin = {"Authorization": f"Bearer {api_pair.hospital_admin_key}"}
+    http = api_pair.hospital_http
+    [alert] = http.get("/api/alerts?open_only=true", headers=admin).json()
+    acked = http.post(f"/api/alerts/{alert['id']}/acknowledge", headers=admin)
+    assert acked.status_code == 200 and acked.json()["acknowledgedBy"] == "ops"
+    assert len(http.get("/api/alerts?open_only=true", headers=admin).json()) == 1
+    resolved = http.post(f"/api/alerts/{alert['id']}/resolve", headers=admin)
+    assert resolved.status_code == 200 and resolved.json()["resolvedAt"] is not None
+    assert http.get("/api/alerts?open_only=true", headers=admin).json() == []
+    assert http.post("/api/alerts/99999/resolve", headers=admin).status_code == 404
+    someone = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+    assert http.post(f"/api/alerts/{alert['id']}/resolve", headers=someone).status_code == 403
+    # the problem again: open again, and nobody has acknowledged the new occurrence
+    with hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.APPREC_UNSENT, "an AppRec was not sent", at=hospital.clock())
+        uow.commit()
+    [again] = http.get("/api/alerts?open_only=true", headers=admin).json()
+    assert again["id"] == alert["id"] and again["acknowledgedBy"] is None

@@ -1,4 +1,5 @@
-"""Operator commands over a real store: alerts, alerts ack, status; and the certificate check."""
+"""Operator commands over a real store: alerts, alerts ack and resolve, status; and the certificate
+check."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def test_status_alerts_and_ack(pair: Pair) -> None:
     ]
     assert acked["acknowledged_by"] == "kari"
     assert cli(pair, "alerts", "ack", "99999")[0] == 1
+    code, output = cli(pair, "alerts", "resolve", str(not_delivered["id"]))
+    assert code == 0 and "resolved" in output
+    code, output = cli(pair, "alerts", "--open", "--json")
+    assert "not-delivered" not in {json.loads(line)["kind"] for line in output.splitlines()}
+    assert cli(pair, "alerts", "resolve", "99999")[0] == 1
     assert cli(pair, "status", "no-such-message")[0] == 1
     code, output = cli(pair, "status", message_id)
     assert code == 0 and "not-delivered" in output
