@@ -7,6 +7,12 @@ Each ``serve`` therefore records itself at start, beats every minute, and marks 
 when it stops. Every beat also looks at the others: an instance that stopped, or has not beaten
 for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
 later, is forgotten. ``meldingstjener instances`` lists them.
+
+Resolving a gone instance's alerts also hides what it no longer does: when the host of the only
+server that collected the mailbox is lost, its ``mailbox-unreachable`` would go, and nothing
+would say that no mail is collected. So an instance that goes from running to gone without a
+clean stop raises ``instance-gone``, once per death, resolved when its name beats again or is
+forgotten.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from sqlalchemy import text
 
 from meldingstjener import __version__
 from meldingstjener.engine import failing_jobs
-from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
@@ -97,6 +103,8 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
             at=now,
             started=started,
         )
+        # its name beats again: whatever instance-gone said of it is over
+        uow.alerts.resolve(_gone_key(name), at=now)
         _tidy(uow, name, now)
         failing_jobs.tidy(uow, now)
         # The register's sync job is shared; should a server without the register have ended
@@ -111,6 +119,7 @@ def stopped(ctx: EngineContext, name: str) -> None:
         now = store_now(ctx.clock, uow)
         uow.instances.stopped(name, at=now)
         _resolve_alerts_of(uow, name, now)
+        uow.alerts.resolve(_gone_key(name), at=now)  # it ran until now, and stops cleanly
         uow.commit()
 
 
@@ -121,6 +130,38 @@ def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
         _resolve_alerts_of(uow, row.name, now)
         if now - (row.stopped_at or row.last_seen_at) > FORGET_AFTER:
             uow.instances.forget(row.name, seen_before=now - FORGET_AFTER)
+            # after a week the operator has moved its work or let it go: not news any more
+            uow.alerts.resolve(_gone_key(row.name), at=now)
+        elif state == "gone":
+            _report_gone(uow, row, now)
+
+
+def _gone_key(name: str) -> str:
+    return f"{AlertKind.INSTANCE_GONE}:{name}"
+
+
+def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
+    """Raise ``instance-gone`` for an instance that died, once per death: an alert of its name
+    raised after its last beat (by any instance; open, acknowledged or resolved) has told it.
+    Kept in the alert itself, so that neither a restart of this process nor the beats of the
+    other instances tell it again."""
+    told = uow.alerts.by_key(_gone_key(row.name))
+    if told is not None and told.last_seen >= row.last_seen_at:
+        return
+    raise_alert(
+        uow,
+        AlertKind.INSTANCE_GONE,
+        f"Instance {row.name} (host {row.host}, pid {row.pid}) last beat at "
+        f"{row.last_seen_at:%Y-%m-%d %H:%M:%S} UTC and did not stop cleanly: its process was "
+        "killed or its host lost. What only it did is not being done: if it collected a "
+        "mailbox, watched a folder drop or was the address partners send to, no mail is "
+        "collected, no file taken and nothing received there. Its own alerts (clock-skew, "
+        "mailbox-unreachable) were resolved with it and no longer show that. The jobs it had "
+        "claimed pass to the other servers when their leases run out. Start it again, or let "
+        "another server take over its work.",
+        at=now,
+        key=row.name,
+    )
 
 
 def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:

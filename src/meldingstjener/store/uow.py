@@ -605,6 +605,10 @@ class AlertRepository:
     def get(self, alert_id: int) -> AlertRow | None:
         return self.session.get(AlertRow, alert_id)
 
+    def by_key(self, dedup_key: str) -> AlertRow | None:
+        """The alert of ``dedup_key``, open or resolved; None when there never was one."""
+        return self.session.scalar(select(AlertRow).where(AlertRow.dedup_key == dedup_key))
+
     def acknowledge(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
         row = self.session.get(AlertRow, alert_id)
         if row is not None and row.acknowledged_at is None:

@@ -34,6 +34,7 @@ from meldingstjener.engine.instances import (
     store_now,
 )
 from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
+from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store
 
 
@@ -70,11 +71,61 @@ def test_the_alerts_of_an_instance_that_is_gone_are_resolved_by_another(pair: Pa
     assert open_alerts(ctx) == everything  # b missed beats, but not yet for long
     pair.clock.advance(minutes=1, seconds=1)
     beat(ctx, "a:8080")
-    assert open_alerts(ctx) == {"clock-skew:a:8080"}  # a's own alert is a's to resolve
+    # a's own alert is a's to resolve; that b is gone is said instead of b's own alerts
+    assert open_alerts(ctx) == {"clock-skew:a:8080", "instance-gone:b:8080"}
     assert instance_names(ctx) == ["a:8080", "b:8080"]
     pair.clock.advance(days=7)
     beat(ctx, "a:8080")
     assert instance_names(ctx) == ["a:8080"]  # forgotten
+
+
+def _alert(ctx: EngineContext, dedup_key: str) -> AlertRow:
+    with ctx.store.unit_of_work() as uow:
+        found = uow.alerts.by_key(dedup_key)
+        assert found is not None
+        return found
+
+
+def test_an_instance_that_dies_is_reported_once_until_its_name_beats_again(pair: Pair) -> None:
+    # The host of the only server that collects the mailbox is lost: its mailbox-unreachable
+    # goes with it, and instance-gone says instead that what it did is not being done.
+    ctx = pair.gp
+    for name in ("a:8080", "b:8080", "collector:8080"):
+        beat(ctx, name, started=True)
+    raise_for(ctx, AlertKind.MAILBOX_UNREACHABLE, "collector:8080")
+    pair.clock.advance(minutes=15, seconds=1)
+    beat(ctx, "a:8080")
+    beat(ctx, "b:8080")
+    assert open_alerts(ctx) == {"instance-gone:collector:8080"}
+    gone = _alert(ctx, "instance-gone:collector:8080")
+    assert gone.severity == "error"
+    assert "Instance collector:8080 (host " in gone.summary
+    assert "did not stop cleanly" in gone.summary and "no mail is collected" in gone.summary
+    for _ in range(3):  # every beat of every instance sees it gone: told once
+        pair.clock.advance(minutes=1)
+        beat(ctx, "a:8080")
+        beat(ctx, "b:8080")
+    assert _alert(ctx, "instance-gone:collector:8080").count == 1
+    beat(ctx, "collector:8080", started=True)  # started again
+    assert open_alerts(ctx) == set()
+    pair.clock.advance(minutes=15, seconds=1)  # and dies again: a new death, told again
+    beat(ctx, "a:8080")
+    again = _alert(ctx, "instance-gone:collector:8080")
+    assert (again.resolved_at, again.count) == (None, 2)
+    pair.clock.advance(days=7)
+    beat(ctx, "a:8080")
+    assert "collector:8080" not in instance_names(ctx)
+    assert open_alerts(ctx) == set()  # forgotten, and its alert with it
+
+
+def test_an_instance_that_stops_cleanly_is_not_reported_gone(pair: Pair) -> None:
+    ctx = pair.gp
+    beat(ctx, "a:8080", started=True)
+    beat(ctx, "b:8080", started=True)
+    stopped(ctx, "b:8080")
+    pair.clock.advance(hours=1)
+    beat(ctx, "a:8080")
+    assert open_alerts(ctx) == set()
 
 
 def test_a_stopping_instance_resolves_its_own_alerts(pair: Pair) -> None:
@@ -294,7 +345,10 @@ def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_bea
                 "killed:8080": "gone",
                 "paused:8080": "running",
             }
-            assert open_alerts(ctx) == {"mailbox-unreachable:paused:8080"}
+            assert open_alerts(ctx) == {
+                "mailbox-unreachable:paused:8080",
+                "instance-gone:killed:8080",
+            }
         else:  # a file lock cannot be looked at without taking it: fifteen minutes it is
             assert set(states.values()) == {"running"}
             assert len(open_alerts(ctx)) == 2
