@@ -34,6 +34,7 @@ class AlertKind(StrEnum):
     OUTBOX_HELD = "outbox-held"
     OUTBOX_STUCK = "outbox-stuck"
     INSTANCE_GONE = "instance-gone"
+    JOBS_OVERDUE = "jobs-overdue"
 
 
 SEVERITY = {
@@ -59,6 +60,7 @@ SEVERITY = {
     AlertKind.OUTBOX_HELD: "warning",
     AlertKind.OUTBOX_STUCK: "error",
     AlertKind.INSTANCE_GONE: "error",
+    AlertKind.JOBS_OVERDUE: "error",
 }
 
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from meldingstjener import __version__
-from meldingstjener.engine import failing_jobs
+from meldingstjener.engine import failing_jobs, overdue_jobs
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
@@ -105,8 +105,14 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
         )
         # its name beats again: whatever instance-gone said of it is over
         uow.alerts.resolve(_gone_key(name), at=now)
-        _tidy(uow, name, now)
+        states = instance_states(uow, now)
+        _tidy(uow, name, now, states)
         failing_jobs.tidy(uow, now)
+        # in the heartbeat's own thread: a check that workers which hang cannot stop
+        serving_since = min(
+            (row.started_at for row, state in states if state == "running"), default=now
+        )
+        overdue_jobs.check_overdue(uow, ctx.clock(), now - serving_since)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)
@@ -123,8 +129,8 @@ def stopped(ctx: EngineContext, name: str) -> None:
         uow.commit()
 
 
-def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
-    for row, state in instance_states(uow, now):
+def _tidy(uow: UnitOfWork, own: str, now: datetime, states: list[tuple[InstanceRow, str]]) -> None:
+    for row, state in states:
         if row.name == own or state == "running":
             continue
         _resolve_alerts_of(uow, row.name, now)

@@ -752,6 +752,42 @@ def _claim_sql(lock: str) -> TextualSelect:
 _CLAIM = {"postgresql": _claim_sql("FOR UPDATE SKIP LOCKED"), "sqlite": _claim_sql("")}
 
 
+@dataclass(frozen=True)
+class OverdueJob:
+    """A job due and not done (see :meth:`JobRepository.oldest_overdue`)."""
+
+    id: int
+    kind: str
+    message_id: str | None
+    due_at: datetime
+    claimed_by: str | None
+    claimed_until: datetime | None
+
+
+def _oldest_overdue_sql() -> TextualSelect:
+    columns = cast(Table, JobRow.__table__).c
+    # Along ix_jobs_due from the oldest: it reads the jobs due before ``waiting_before`` only
+    # until the first that qualifies, and the ones it passes are the claims running now.
+    return _job_sql(
+        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until FROM jobs "
+        "WHERE due_at <= :waiting_before AND kind <> :skip_kind AND (claimed_until IS NULL "
+        "OR claimed_until <= :waiting_before OR due_at <= :held_before) "
+        "ORDER BY due_at LIMIT 1",
+        waiting_before="due_at",
+        held_before="due_at",
+    ).columns(
+        columns.id,
+        columns.kind,
+        columns.message_id,
+        columns.due_at,
+        columns.claimed_by,
+        columns.claimed_until,
+    )
+
+
+_OLDEST_OVERDUE = _oldest_overdue_sql()
+
+
 class JobRepository:
     """Due work. Each operation is one prepared statement: this is the hot path of every
     message (a message needs about six job operations on its way)."""
@@ -981,6 +1017,20 @@ class JobRepository:
             self._run(_CANCEL, message_id=message_id)
         else:
             self._run(_CANCEL_KIND, message_id=message_id, kind=kind)
+
+    def oldest_overdue(
+        self, *, waiting_before: datetime, held_before: datetime, skip_kind: str
+    ) -> OverdueJob | None:
+        """The job due longest of those nobody runs: free for a claim (never claimed, or its
+        lease ran out) since ``waiting_before`` or earlier, or due since ``held_before`` or
+        earlier and claimed still; none of ``skip_kind``. One indexed statement."""
+        row = self._run(
+            _OLDEST_OVERDUE,
+            waiting_before=waiting_before,
+            held_before=held_before,
+            skip_kind=skip_kind,
+        ).first()
+        return None if row is None else OverdueJob(*row)
 
     def next_due(self) -> datetime | None:
         return self.session.scalar(select(func.min(JobRow.due_at)))
