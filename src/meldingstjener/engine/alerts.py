@@ -35,6 +35,7 @@ class AlertKind(StrEnum):
     OUTBOX_STUCK = "outbox-stuck"
     INSTANCE_GONE = "instance-gone"
     JOBS_OVERDUE = "jobs-overdue"
+    INSTANCE_NAME_TAKEN = "instance-name-taken"
 
 
 SEVERITY = {
@@ -61,6 +62,7 @@ SEVERITY = {
     AlertKind.OUTBOX_STUCK: "error",
     AlertKind.INSTANCE_GONE: "error",
     AlertKind.JOBS_OVERDUE: "error",
+    AlertKind.INSTANCE_NAME_TAKEN: "error",
 }
 
 

@@ -45,7 +45,14 @@ GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a proce
 UNLOCKED_GONE_AFTER = 3 * HEARTBEAT
 FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
 # the alerts raised per instance (their dedup key is "<kind>:<instance name>")
-INSTANCE_ALERTS = (AlertKind.CLOCK_SKEW, AlertKind.MAILBOX_UNREACHABLE)
+INSTANCE_ALERTS = (
+    AlertKind.CLOCK_SKEW,
+    AlertKind.MAILBOX_UNREACHABLE,
+    AlertKind.INSTANCE_NAME_TAKEN,
+)
+# A process that finds its name taken raises instance-name-taken at every check; the holder of
+# the name resolves one nobody has raised for this long: the other was killed, and cannot.
+TWIN_SILENT_AFTER = 5 * HEARTBEAT
 
 
 def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
@@ -189,35 +196,82 @@ def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> thr
     return thread
 
 
-def start_name_keeper(name_lock: InstanceLock, stop: threading.Event) -> threading.Thread:
+def start_name_keeper(
+    ctx: EngineContext, name_lock: InstanceLock, stop: threading.Event
+) -> threading.Thread:
     """Check every minute that the instance's name is still locked (see
     ``store.instance_lock``), taking the lock again after a restart of the database. In a
     thread of its own: a check that hangs (a connection whose far end stopped answering
     without closing) must not stop the beats."""
+    keeper = NameKeeper(ctx, name_lock)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            check_name_lock(name_lock)
+            keeper.check()
 
     thread = threading.Thread(target=run, name="instance-name", daemon=True)
     thread.start()
     return thread
 
 
-def check_name_lock(name_lock: InstanceLock) -> None:
-    try:
-        kept = name_lock.still_held()
-    except Exception as exc:  # the database may be away: asked again at the next beat
-        log.warning("could not check the lock on instance %s's name: %s", name_lock.name, exc)
-        return
-    if not kept:
-        # Lost while the database restarted, and taken by a process with the same name: each
-        # may take back the other's job claims at a start, and run jobs twice.
-        log.error(
-            "another process has taken the name of instance %s; stop one of them and give it "
-            "a name of its own ([server] instance_name)",
-            name_lock.name,
-        )
+class NameKeeper:
+    """Whether this process still holds its instance's name, told as ``instance-name-taken``.
+
+    The lock can be lost while the database restarts, and taken meanwhile by a process of the
+    same name (two listen addresses, containers with one fixed host name): each may then take
+    back the other's job claims when it starts, and run jobs twice (send a message twice). A
+    log line alone is read by nobody, so the process that lost the name raises the alert at
+    every check; it resolves it once it holds the lock again (the other has gone). Should the
+    other be killed before that, the holder resolves an alert nobody has raised for
+    ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as one of its own."""
+
+    def __init__(self, ctx: EngineContext, name_lock: InstanceLock) -> None:
+        self.ctx = ctx
+        self.name_lock = name_lock
+        self._raised = False  # this process raised the alert and has not resolved it
+
+    def check(self) -> None:
+        name = self.name_lock.name
+        try:
+            kept = self.name_lock.still_held()
+        except Exception as exc:  # the database may be away: asked again at the next beat
+            log.warning("could not check the lock on instance %s's name: %s", name, exc)
+            return
+        if not kept:
+            log.error(
+                "another process has taken the name of instance %s; stop one of them and give "
+                "it a name of its own ([server] instance_name)",
+                name,
+            )
+        try:
+            self._tell(kept)
+        except Exception as exc:  # the database may be away: told at the next check
+            log.warning("could not record whether instance %s's name is taken: %s", name, exc)
+
+    def _tell(self, kept: bool) -> None:
+        name = self.name_lock.name
+        key = f"{AlertKind.INSTANCE_NAME_TAKEN}:{name}"
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            if not kept:
+                raise_alert(
+                    uow,
+                    AlertKind.INSTANCE_NAME_TAKEN,
+                    f"Another process has taken the name of instance {name}: the process "
+                    f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
+                    "with a restart of the database, say). Two serve processes run with one "
+                    "name: each may take back the other's job claims when it starts, and run "
+                    "jobs twice (send a message twice). Stop one of them and give it a name of "
+                    "its own ([server] instance_name).",
+                    at=now,
+                    key=name,
+                )
+            elif self._raised:
+                uow.alerts.resolve(key, at=now)  # the name is this process's again
+            else:
+                uow.alerts.resolve_if_silent(key, seen_before=now - TWIN_SILENT_AFTER, at=now)
+            uow.commit()
+        self._raised = not kept
 
 
 def _beat_or_log(ctx: EngineContext, name: str, *, started: bool) -> None:

@@ -565,6 +565,13 @@ _UPSERT_ALERT = text(
 _RESOLVE_ALERT = text(
     "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+_RESOLVE_ALERT_SILENT = text(
+    "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL "
+    "AND last_seen < :seen_before"
+).bindparams(
+    bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
+    bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
+)
 
 
 class AlertRepository:
@@ -622,6 +629,13 @@ class AlertRepository:
         Runs after every successful send (partner reachable again), hence prepared once."""
         self.session.connection().execute(
             _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
+        )
+
+    def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
+        """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
+        whoever raised it has stopped doing so."""
+        self.session.connection().execute(
+            _RESOLVE_ALERT_SILENT, {"dedup_key": dedup_key, "seen_before": seen_before, "at": at}
         )
 
     def list(

@@ -21,8 +21,9 @@ def database_away(url: str) -> Iterator[None]:
     )
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        # waiting (up to 10 s) until each has ended, and with it the locks it held
         connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = %s",
             (name,),
         )
     try:

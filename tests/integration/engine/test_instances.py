@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair
+from engine_pair import Clock, Pair
+from outage import database_away
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -27,8 +28,8 @@ from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.instances import (
+    NameKeeper,
     beat,
-    check_name_lock,
     instance_states,
     stopped,
     store_now,
@@ -306,13 +307,81 @@ class _LostName:
         return None
 
 
-def test_a_beat_reports_a_name_taken_by_another_process(caplog: pytest.LogCaptureFixture) -> None:
-    check_name_lock(_LostName(True))
-    check_name_lock(_LostName(OSError("database away")))
+def test_a_check_logs_a_name_taken_by_another_process(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    NameKeeper(pair.gp, _LostName(True)).check()
+    NameKeeper(pair.gp, _LostName(OSError("database away"))).check()
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    check_name_lock(_LostName(False))
+    NameKeeper(pair.gp, _LostName(False)).check()
     assert caplog.records[-1].levelname == "ERROR"
     assert "another process has taken the name of instance msh1:8080" in caplog.messages[-1]
+
+
+def _name_taken(ctx: EngineContext, name: str) -> AlertRow | None:
+    with ctx.store.unit_of_work() as uow:
+        found = uow.alerts.by_key(f"instance-name-taken:{name}")
+        return found if found is not None and found.resolved_at is None else None
+
+
+def test_a_name_taken_by_another_process_raises_an_alert_until_the_lock_is_held_again(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # The database restarts, and a twin of the same name (containers with one fixed host
+    # name) takes the name meanwhile: jobs may run twice. A log line is read by nobody.
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    clock = Clock()
+    ctx = build_engine(load_settings(gp.config_path), clock=clock)
+    database = own_database.database
+    name = "msh1:8080"
+    first = lock_instance(database, name)
+    keeper = NameKeeper(ctx, first)
+    locks = [first]
+    try:
+        keeper.check()
+        assert _name_taken(ctx, name) is None
+        if not database.is_postgresql:
+            return  # a file lock is the process's until it ends: it cannot be lost
+        with database_away(database.url):  # as a restart of the database: the lock is lost
+            pass
+        # the pool's connections ended too (a server finds out by one unit of work that fails)
+        ctx.store.database.engine.dispose()
+        twin = lock_instance(database, name)  # and taken by the twin before the first's check
+        locks.append(twin)
+        keeper.check()
+        alert = _name_taken(ctx, name)
+        assert alert is not None and alert.severity == "error"
+        assert f"Another process has taken the name of instance {name}: the process " in (
+            alert.summary
+        )
+        clock.advance(minutes=1)
+        NameKeeper(ctx, twin).check()  # the holder leaves an alert still raised alone
+        keeper.check()
+        alert = _name_taken(ctx, name)
+        assert alert is not None and alert.count == 2
+        twin.release()  # the twin stops: the first takes its name back
+        keeper.check()
+        assert _name_taken(ctx, name) is None
+        # Lost again, and the one that lost it is killed before it holds it again: the holder
+        # resolves what nobody repeats any more.
+        with database_away(database.url):
+            pass
+        ctx.store.database.engine.dispose()
+        second_twin = lock_instance(database, name)
+        locks.append(second_twin)
+        keeper.check()
+        first.release()  # killed: it checks no more
+        holder = NameKeeper(ctx, second_twin)
+        clock.advance(minutes=4, seconds=59)
+        holder.check()
+        assert _name_taken(ctx, name) is not None
+        clock.advance(seconds=2)
+        holder.check()
+        assert _name_taken(ctx, name) is None
+    finally:
+        for lock in locks:
+            lock.release()
+        ctx.store.database.dispose()
 
 
 def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_beats(
