@@ -36,6 +36,7 @@ class AlertKind(StrEnum):
     INSTANCE_GONE = "instance-gone"
     JOBS_OVERDUE = "jobs-overdue"
     INSTANCE_NAME_TAKEN = "instance-name-taken"
+    STORE_UNREACHABLE = "store-unreachable"
 
 
 SEVERITY = {
@@ -63,6 +64,7 @@ SEVERITY = {
     AlertKind.INSTANCE_GONE: "error",
     AlertKind.JOBS_OVERDUE: "error",
     AlertKind.INSTANCE_NAME_TAKEN: "error",
+    AlertKind.STORE_UNREACHABLE: "error",
 }
 
 

@@ -8,6 +8,11 @@ when it stops. Every beat also looks at the others: an instance that stopped, or
 for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
 later, is forgotten. ``meldingstjener instances`` lists them.
 
+A long outage of the database leaves no trace otherwise: nothing can be written while it
+lasts, and afterwards nothing would say that the server could not work for two hours. So the
+heartbeat remembers (in memory) since when the store has been unreachable, and the first beat
+that works after five minutes or more raises ``store-unreachable`` with both times.
+
 Resolving a gone instance's alerts also hides what it no longer does: when the host of the only
 server that collected the mailbox is lost, its ``mailbox-unreachable`` would go, and nothing
 would say that no mail is collected. So an instance that goes from running to gone without a
@@ -25,6 +30,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener import __version__
 from meldingstjener.engine import failing_jobs, overdue_jobs
@@ -53,6 +60,12 @@ INSTANCE_ALERTS = (
 # A process that finds its name taken raises instance-name-taken at every check; the holder of
 # the name resolves one nobody has raised for this long: the other was killed, and cannot.
 TWIN_SILENT_AFTER = 5 * HEARTBEAT
+# An outage of the store this long is told afterwards: a restart of the database takes seconds,
+# a failover a minute or two; five minutes and more held messages back
+UNREACHABLE_TOLD_AFTER = timedelta(minutes=5)
+# what a beat that cannot reach the store fails with: the database is away, or its connections
+# (the pool's wait for one) are
+_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
@@ -98,10 +111,20 @@ def instance_states(uow: UnitOfWork, now: datetime) -> list[tuple[InstanceRow, s
     ]
 
 
-def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
-    """Record that ``name`` runs, and tidy after the instances that do not any more."""
+def beat(
+    ctx: EngineContext,
+    name: str,
+    *,
+    started: bool = False,
+    outage: tuple[datetime, datetime] | None = None,
+) -> None:
+    """Record that ``name`` runs, and tidy after the instances that do not any more.
+    ``outage``: from when to when (this host's clock) the store could not be reached by
+    ``name``, to be told (see :class:`Heartbeat`)."""
     with ctx.store.unit_of_work() as uow:
         now = store_now(ctx.clock, uow)
+        if outage is not None:
+            _report_outage(uow, name, outage, now)
         uow.instances.seen(
             name,
             host=socket.gethostname(),
@@ -177,6 +200,25 @@ def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
     )
 
 
+def _report_outage(
+    uow: UnitOfWork, name: str, outage: tuple[datetime, datetime], now: datetime
+) -> None:
+    since, until = outage
+    minutes = int((until - since).total_seconds() // 60)
+    raise_alert(
+        uow,
+        AlertKind.STORE_UNREACHABLE,
+        f"Instance {name} could not reach the database from {since:%Y-%m-%d %H:%M} to "
+        f"{until:%Y-%m-%d %H:%M} UTC (about {minutes} minutes, by its host's clock). In that "
+        "time it could not store what partners and the EPJ sent (they were answered 503 and "
+        "should send again), nor send messages, Acknowledgments or AppRecs, nor run its timed "
+        "checks, nor raise alerts. It works again: see that what was held back has gone "
+        "(meldingstjener log, alerts --open), and why the database was away.",
+        at=now,
+        key=name,
+    )
+
+
 def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
     for kind in INSTANCE_ALERTS:
         uow.alerts.resolve(f"{kind}:{name}", at=now)
@@ -185,11 +227,12 @@ def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
 def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:
     """Beat now (as a start), then every minute until ``stop`` in a thread of its own. A beat
     that fails is logged and made again at the next turn: the database may be away a while."""
-    _beat_or_log(ctx, name, started=True)
+    heartbeat = Heartbeat(ctx, name)
+    heartbeat.beat(started=True)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            _beat_or_log(ctx, name, started=False)
+            heartbeat.beat()
 
     thread = threading.Thread(target=run, name="heartbeat", daemon=True)
     thread.start()
@@ -274,8 +317,33 @@ class NameKeeper:
         self._raised = not kept
 
 
-def _beat_or_log(ctx: EngineContext, name: str, *, started: bool) -> None:
-    try:
-        beat(ctx, name, started=started)
-    except Exception as exc:  # names of hosts and processes only: no patient data
-        log.warning("could not record this instance's heartbeat: %s", exc)
+class Heartbeat:
+    """The beats of one instance, and what they remember between them: since when the store
+    has been unreachable (in memory, as nothing can be written meanwhile). The first beat that
+    works after ``UNREACHABLE_TOLD_AFTER`` or more raises ``store-unreachable``, from the start
+    of the first beat that failed to the start of the one that works; it is resolved by hand
+    (it tells of something past). A beat that fails for another reason is logged and changes
+    nothing: the outage, if one is under way, is told by the next beat that works."""
+
+    def __init__(self, ctx: EngineContext, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.unreachable_since: datetime | None = None
+
+    def beat(self, *, started: bool = False) -> None:
+        at = self.ctx.clock()
+        since = self.unreachable_since
+        outage = None
+        if since is not None and at - since >= UNREACHABLE_TOLD_AFTER:
+            outage = (since, at)
+        try:
+            beat(self.ctx, self.name, started=started, outage=outage)
+        except _UNREACHABLE as exc:
+            if self.unreachable_since is None:
+                self.unreachable_since = at
+            log.warning("could not record this instance's heartbeat: the database: %s", exc)
+            return
+        except Exception as exc:  # names of hosts and processes only: no patient data
+            log.warning("could not record this instance's heartbeat: %s", exc)
+            return
+        self.unreachable_since = None
