@@ -13,8 +13,9 @@ import logging
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
@@ -73,11 +74,26 @@ def create_app(
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))
 
-    @app.get("/health", summary="Liveness and database reachability")
-    def health() -> dict[str, object]:
-        with ctx.store.database.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return {"status": "ok", "version": __version__, "her_ids": sorted(ctx.own_her_ids)}
+    @app.get(
+        "/health",
+        summary="Liveness and database reachability",
+        responses={503: {"description": "The database cannot be reached: nothing can be stored"}},
+    )
+    def health() -> Response:
+        try:
+            with ctx.store.database.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            # A state to report, not a fault of the server: a load balancer or service manager
+            # reads 503 as "not able to serve now". The body says why, without the error's
+            # text (it names hosts and users) to a caller nobody authenticated.
+            log.warning("health: the database cannot be reached: %s", type(exc).__name__)
+            return JSONResponse(
+                {"status": "database-unreachable", "version": __version__}, status_code=503
+            )
+        return JSONResponse(
+            {"status": "ok", "version": __version__, "her_ids": sorted(ctx.own_her_ids)}
+        )
 
     @app.post(
         "/ebms",

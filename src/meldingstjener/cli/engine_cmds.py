@@ -112,7 +112,7 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
         threads.append(start_heartbeat(engine, name, stop))
-        threads.append(start_name_keeper(name_lock, stop))
+        threads.append(start_name_keeper(engine, name_lock, stop))
         clock_watch = start_clock_watch(engine, name, stop)
         if clock_watch is not None:
             threads.append(clock_watch)

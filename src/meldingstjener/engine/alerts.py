@@ -33,6 +33,10 @@ class AlertKind(StrEnum):
     OUTBOX_REFUSED = "outbox-refused"
     OUTBOX_HELD = "outbox-held"
     OUTBOX_STUCK = "outbox-stuck"
+    INSTANCE_GONE = "instance-gone"
+    JOBS_OVERDUE = "jobs-overdue"
+    INSTANCE_NAME_TAKEN = "instance-name-taken"
+    STORE_UNREACHABLE = "store-unreachable"
 
 
 SEVERITY = {
@@ -57,6 +61,10 @@ SEVERITY = {
     AlertKind.OUTBOX_REFUSED: "error",
     AlertKind.OUTBOX_HELD: "warning",
     AlertKind.OUTBOX_STUCK: "error",
+    AlertKind.INSTANCE_GONE: "error",
+    AlertKind.JOBS_OVERDUE: "error",
+    AlertKind.INSTANCE_NAME_TAKEN: "error",
+    AlertKind.STORE_UNREACHABLE: "error",
 }
 
 

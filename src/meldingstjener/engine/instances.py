@@ -7,6 +7,17 @@ Each ``serve`` therefore records itself at start, beats every minute, and marks 
 when it stops. Every beat also looks at the others: an instance that stopped, or has not beaten
 for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
 later, is forgotten. ``meldingstjener instances`` lists them.
+
+A long outage of the database leaves no trace otherwise: nothing can be written while it
+lasts, and afterwards nothing would say that the server could not work for two hours. So the
+heartbeat remembers (in memory) since when the store has been unreachable, and the first beat
+that works after five minutes or more raises ``store-unreachable`` with both times.
+
+Resolving a gone instance's alerts also hides what it no longer does: when the host of the only
+server that collected the mailbox is lost, its ``mailbox-unreachable`` would go, and nothing
+would say that no mail is collected. So an instance that goes from running to gone without a
+clean stop raises ``instance-gone``, once per death, resolved when its name beats again or is
+forgotten.
 """
 
 from __future__ import annotations
@@ -19,10 +30,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener import __version__
-from meldingstjener.engine import failing_jobs
-from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine import failing_jobs, overdue_jobs
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
@@ -39,7 +52,20 @@ GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a proce
 UNLOCKED_GONE_AFTER = 3 * HEARTBEAT
 FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
 # the alerts raised per instance (their dedup key is "<kind>:<instance name>")
-INSTANCE_ALERTS = (AlertKind.CLOCK_SKEW, AlertKind.MAILBOX_UNREACHABLE)
+INSTANCE_ALERTS = (
+    AlertKind.CLOCK_SKEW,
+    AlertKind.MAILBOX_UNREACHABLE,
+    AlertKind.INSTANCE_NAME_TAKEN,
+)
+# A process that finds its name taken raises instance-name-taken at every check; the holder of
+# the name resolves one nobody has raised for this long: the other was killed, and cannot.
+TWIN_SILENT_AFTER = 5 * HEARTBEAT
+# An outage of the store this long is told afterwards: a restart of the database takes seconds,
+# a failover a minute or two; five minutes and more held messages back
+UNREACHABLE_TOLD_AFTER = timedelta(minutes=5)
+# what a beat that cannot reach the store fails with: the database is away, or its connections
+# (the pool's wait for one) are
+_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
@@ -85,10 +111,20 @@ def instance_states(uow: UnitOfWork, now: datetime) -> list[tuple[InstanceRow, s
     ]
 
 
-def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
-    """Record that ``name`` runs, and tidy after the instances that do not any more."""
+def beat(
+    ctx: EngineContext,
+    name: str,
+    *,
+    started: bool = False,
+    outage: tuple[datetime, datetime] | None = None,
+) -> None:
+    """Record that ``name`` runs, and tidy after the instances that do not any more.
+    ``outage``: from when to when (this host's clock) the store could not be reached by
+    ``name``, to be told (see :class:`Heartbeat`)."""
     with ctx.store.unit_of_work() as uow:
         now = store_now(ctx.clock, uow)
+        if outage is not None:
+            _report_outage(uow, name, outage, now)
         uow.instances.seen(
             name,
             host=socket.gethostname(),
@@ -97,8 +133,16 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
             at=now,
             started=started,
         )
-        _tidy(uow, name, now)
+        # its name beats again: whatever instance-gone said of it is over
+        uow.alerts.resolve(_gone_key(name), at=now)
+        states = instance_states(uow, now)
+        _tidy(uow, name, now, states)
         failing_jobs.tidy(uow, now)
+        # in the heartbeat's own thread: a check that workers which hang cannot stop
+        serving_since = min(
+            (row.started_at for row, state in states if state == "running"), default=now
+        )
+        overdue_jobs.check_overdue(uow, ctx.clock(), now - serving_since)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)
@@ -111,16 +155,68 @@ def stopped(ctx: EngineContext, name: str) -> None:
         now = store_now(ctx.clock, uow)
         uow.instances.stopped(name, at=now)
         _resolve_alerts_of(uow, name, now)
+        uow.alerts.resolve(_gone_key(name), at=now)  # it ran until now, and stops cleanly
         uow.commit()
 
 
-def _tidy(uow: UnitOfWork, own: str, now: datetime) -> None:
-    for row, state in instance_states(uow, now):
+def _tidy(uow: UnitOfWork, own: str, now: datetime, states: list[tuple[InstanceRow, str]]) -> None:
+    for row, state in states:
         if row.name == own or state == "running":
             continue
         _resolve_alerts_of(uow, row.name, now)
         if now - (row.stopped_at or row.last_seen_at) > FORGET_AFTER:
             uow.instances.forget(row.name, seen_before=now - FORGET_AFTER)
+            # after a week the operator has moved its work or let it go: not news any more
+            uow.alerts.resolve(_gone_key(row.name), at=now)
+        elif state == "gone":
+            _report_gone(uow, row, now)
+
+
+def _gone_key(name: str) -> str:
+    return f"{AlertKind.INSTANCE_GONE}:{name}"
+
+
+def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
+    """Raise ``instance-gone`` for an instance that died, once per death: an alert of its name
+    raised after its last beat (by any instance; open, acknowledged or resolved) has told it.
+    Kept in the alert itself, so that neither a restart of this process nor the beats of the
+    other instances tell it again."""
+    told = uow.alerts.by_key(_gone_key(row.name))
+    if told is not None and told.last_seen >= row.last_seen_at:
+        return
+    raise_alert(
+        uow,
+        AlertKind.INSTANCE_GONE,
+        f"Instance {row.name} (host {row.host}, pid {row.pid}) last beat at "
+        f"{row.last_seen_at:%Y-%m-%d %H:%M:%S} UTC and did not stop cleanly: its process was "
+        "killed or its host lost. What only it did is not being done: if it collected a "
+        "mailbox, watched a folder drop or was the address partners send to, no mail is "
+        "collected, no file taken and nothing received there. Its own alerts (clock-skew, "
+        "mailbox-unreachable) were resolved with it and no longer show that. The jobs it had "
+        "claimed pass to the other servers when their leases run out. Start it again, or let "
+        "another server take over its work.",
+        at=now,
+        key=row.name,
+    )
+
+
+def _report_outage(
+    uow: UnitOfWork, name: str, outage: tuple[datetime, datetime], now: datetime
+) -> None:
+    since, until = outage
+    minutes = int((until - since).total_seconds() // 60)
+    raise_alert(
+        uow,
+        AlertKind.STORE_UNREACHABLE,
+        f"Instance {name} could not reach the database from {since:%Y-%m-%d %H:%M} to "
+        f"{until:%Y-%m-%d %H:%M} UTC (about {minutes} minutes, by its host's clock). In that "
+        "time it could not store what partners and the EPJ sent (they were answered 503 and "
+        "should send again), nor send messages, Acknowledgments or AppRecs, nor run its timed "
+        "checks, nor raise alerts. It works again: see that what was held back has gone "
+        "(meldingstjener log, alerts --open), and why the database was away.",
+        at=now,
+        key=name,
+    )
 
 
 def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
@@ -131,50 +227,123 @@ def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
 def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:
     """Beat now (as a start), then every minute until ``stop`` in a thread of its own. A beat
     that fails is logged and made again at the next turn: the database may be away a while."""
-    _beat_or_log(ctx, name, started=True)
+    heartbeat = Heartbeat(ctx, name)
+    heartbeat.beat(started=True)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            _beat_or_log(ctx, name, started=False)
+            heartbeat.beat()
 
     thread = threading.Thread(target=run, name="heartbeat", daemon=True)
     thread.start()
     return thread
 
 
-def start_name_keeper(name_lock: InstanceLock, stop: threading.Event) -> threading.Thread:
+def start_name_keeper(
+    ctx: EngineContext, name_lock: InstanceLock, stop: threading.Event
+) -> threading.Thread:
     """Check every minute that the instance's name is still locked (see
     ``store.instance_lock``), taking the lock again after a restart of the database. In a
     thread of its own: a check that hangs (a connection whose far end stopped answering
     without closing) must not stop the beats."""
+    keeper = NameKeeper(ctx, name_lock)
 
     def run() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            check_name_lock(name_lock)
+            keeper.check()
 
     thread = threading.Thread(target=run, name="instance-name", daemon=True)
     thread.start()
     return thread
 
 
-def check_name_lock(name_lock: InstanceLock) -> None:
-    try:
-        kept = name_lock.still_held()
-    except Exception as exc:  # the database may be away: asked again at the next beat
-        log.warning("could not check the lock on instance %s's name: %s", name_lock.name, exc)
-        return
-    if not kept:
-        # Lost while the database restarted, and taken by a process with the same name: each
-        # may take back the other's job claims at a start, and run jobs twice.
-        log.error(
-            "another process has taken the name of instance %s; stop one of them and give it "
-            "a name of its own ([server] instance_name)",
-            name_lock.name,
-        )
+class NameKeeper:
+    """Whether this process still holds its instance's name, told as ``instance-name-taken``.
+
+    The lock can be lost while the database restarts, and taken meanwhile by a process of the
+    same name (two listen addresses, containers with one fixed host name): each may then take
+    back the other's job claims when it starts, and run jobs twice (send a message twice). A
+    log line alone is read by nobody, so the process that lost the name raises the alert at
+    every check; it resolves it once it holds the lock again (the other has gone). Should the
+    other be killed before that, the holder resolves an alert nobody has raised for
+    ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as one of its own."""
+
+    def __init__(self, ctx: EngineContext, name_lock: InstanceLock) -> None:
+        self.ctx = ctx
+        self.name_lock = name_lock
+        self._raised = False  # this process raised the alert and has not resolved it
+
+    def check(self) -> None:
+        name = self.name_lock.name
+        try:
+            kept = self.name_lock.still_held()
+        except Exception as exc:  # the database may be away: asked again at the next beat
+            log.warning("could not check the lock on instance %s's name: %s", name, exc)
+            return
+        if not kept:
+            log.error(
+                "another process has taken the name of instance %s; stop one of them and give "
+                "it a name of its own ([server] instance_name)",
+                name,
+            )
+        try:
+            self._tell(kept)
+        except Exception as exc:  # the database may be away: told at the next check
+            log.warning("could not record whether instance %s's name is taken: %s", name, exc)
+
+    def _tell(self, kept: bool) -> None:
+        name = self.name_lock.name
+        key = f"{AlertKind.INSTANCE_NAME_TAKEN}:{name}"
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            if not kept:
+                raise_alert(
+                    uow,
+                    AlertKind.INSTANCE_NAME_TAKEN,
+                    f"Another process has taken the name of instance {name}: the process "
+                    f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
+                    "with a restart of the database, say). Two serve processes run with one "
+                    "name: each may take back the other's job claims when it starts, and run "
+                    "jobs twice (send a message twice). Stop one of them and give it a name of "
+                    "its own ([server] instance_name).",
+                    at=now,
+                    key=name,
+                )
+            elif self._raised:
+                uow.alerts.resolve(key, at=now)  # the name is this process's again
+            else:
+                uow.alerts.resolve_if_silent(key, seen_before=now - TWIN_SILENT_AFTER, at=now)
+            uow.commit()
+        self._raised = not kept
 
 
-def _beat_or_log(ctx: EngineContext, name: str, *, started: bool) -> None:
-    try:
-        beat(ctx, name, started=started)
-    except Exception as exc:  # names of hosts and processes only: no patient data
-        log.warning("could not record this instance's heartbeat: %s", exc)
+class Heartbeat:
+    """The beats of one instance, and what they remember between them: since when the store
+    has been unreachable (in memory, as nothing can be written meanwhile). The first beat that
+    works after ``UNREACHABLE_TOLD_AFTER`` or more raises ``store-unreachable``, from the start
+    of the first beat that failed to the start of the one that works; it is resolved by hand
+    (it tells of something past). A beat that fails for another reason is logged and changes
+    nothing: the outage, if one is under way, is told by the next beat that works."""
+
+    def __init__(self, ctx: EngineContext, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.unreachable_since: datetime | None = None
+
+    def beat(self, *, started: bool = False) -> None:
+        at = self.ctx.clock()
+        since = self.unreachable_since
+        outage = None
+        if since is not None and at - since >= UNREACHABLE_TOLD_AFTER:
+            outage = (since, at)
+        try:
+            beat(self.ctx, self.name, started=started, outage=outage)
+        except _UNREACHABLE as exc:
+            if self.unreachable_since is None:
+                self.unreachable_since = at
+            log.warning("could not record this instance's heartbeat: the database: %s", exc)
+            return
+        except Exception as exc:  # names of hosts and processes only: no patient data
+            log.warning("could not record this instance's heartbeat: %s", exc)
+            return
+        self.unreachable_since = None

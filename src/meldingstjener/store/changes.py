@@ -95,6 +95,12 @@ def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
             _bump(url, touched)
 
     def after_rollback(connection: Any) -> None:
+        if connection.invalidated:
+            # The database dropped the connection (a restart, a failover): the DBAPI connection
+            # is discarded, and the info kept on it with it. Asking for that info would raise
+            # PendingRollbackError in place of the database's own error, which callers tell
+            # apart (``/ebms`` answers an OperationalError with 503, a fault with 500).
+            return
         connection.info.pop(_WROTE, None)
         connection.info.pop(_INFO_KEY, None)
 

@@ -565,6 +565,13 @@ _UPSERT_ALERT = text(
 _RESOLVE_ALERT = text(
     "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+_RESOLVE_ALERT_SILENT = text(
+    "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL "
+    "AND last_seen < :seen_before"
+).bindparams(
+    bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
+    bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
+)
 
 
 class AlertRepository:
@@ -605,6 +612,10 @@ class AlertRepository:
     def get(self, alert_id: int) -> AlertRow | None:
         return self.session.get(AlertRow, alert_id)
 
+    def by_key(self, dedup_key: str) -> AlertRow | None:
+        """The alert of ``dedup_key``, open or resolved; None when there never was one."""
+        return self.session.scalar(select(AlertRow).where(AlertRow.dedup_key == dedup_key))
+
     def acknowledge(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
         row = self.session.get(AlertRow, alert_id)
         if row is not None and row.acknowledged_at is None:
@@ -626,6 +637,13 @@ class AlertRepository:
         Runs after every successful send (partner reachable again), hence prepared once."""
         self.session.connection().execute(
             _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
+        )
+
+    def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
+        """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
+        whoever raised it has stopped doing so."""
+        self.session.connection().execute(
+            _RESOLVE_ALERT_SILENT, {"dedup_key": dedup_key, "seen_before": seen_before, "at": at}
         )
 
     def list(
@@ -754,6 +772,42 @@ def _claim_sql(lock: str) -> TextualSelect:
 
 # PostgreSQL: concurrent workers skip each other's rows. SQLite has one writer at a time.
 _CLAIM = {"postgresql": _claim_sql("FOR UPDATE SKIP LOCKED"), "sqlite": _claim_sql("")}
+
+
+@dataclass(frozen=True)
+class OverdueJob:
+    """A job due and not done (see :meth:`JobRepository.oldest_overdue`)."""
+
+    id: int
+    kind: str
+    message_id: str | None
+    due_at: datetime
+    claimed_by: str | None
+    claimed_until: datetime | None
+
+
+def _oldest_overdue_sql() -> TextualSelect:
+    columns = cast(Table, JobRow.__table__).c
+    # Along ix_jobs_due from the oldest: it reads the jobs due before ``waiting_before`` only
+    # until the first that qualifies, and the ones it passes are the claims running now.
+    return _job_sql(
+        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until FROM jobs "
+        "WHERE due_at <= :waiting_before AND kind <> :skip_kind AND (claimed_until IS NULL "
+        "OR claimed_until <= :waiting_before OR due_at <= :held_before) "
+        "ORDER BY due_at LIMIT 1",
+        waiting_before="due_at",
+        held_before="due_at",
+    ).columns(
+        columns.id,
+        columns.kind,
+        columns.message_id,
+        columns.due_at,
+        columns.claimed_by,
+        columns.claimed_until,
+    )
+
+
+_OLDEST_OVERDUE = _oldest_overdue_sql()
 
 
 class JobRepository:
@@ -985,6 +1039,20 @@ class JobRepository:
             self._run(_CANCEL, message_id=message_id)
         else:
             self._run(_CANCEL_KIND, message_id=message_id, kind=kind)
+
+    def oldest_overdue(
+        self, *, waiting_before: datetime, held_before: datetime, skip_kind: str
+    ) -> OverdueJob | None:
+        """The job due longest of those nobody runs: free for a claim (never claimed, or its
+        lease ran out) since ``waiting_before`` or earlier, or due since ``held_before`` or
+        earlier and claimed still; none of ``skip_kind``. One indexed statement."""
+        row = self._run(
+            _OLDEST_OVERDUE,
+            waiting_before=waiting_before,
+            held_before=held_before,
+            skip_kind=skip_kind,
+        ).first()
+        return None if row is None else OverdueJob(*row)
 
     def next_due(self) -> datetime | None:
         return self.session.scalar(select(func.min(JobRow.due_at)))

@@ -13,11 +13,13 @@ import httpx
 import pytest
 from api_sites import ApiPair
 from engine_pair import at_once
+from outage import database_away
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
+from meldingstjener import __version__
 from meldingstjener.api import audit
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.limits import SMALL_BODY_LIMIT
@@ -541,3 +543,19 @@ def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPai
         uow.commit()
     [again] = http.get("/api/alerts?open_only=true", headers=admin).json()
     assert again["id"] == alert["id"] and again["acknowledgedBy"] is None
+
+
+# PostgreSQL only: SQLite is a file on the server's own host, never away while it runs
+@pytest.mark.parametrize("pair", ["postgresql"], indirect=True)
+def test_health_answers_503_while_the_database_is_down(api_pair: ApiPair) -> None:
+    # A load balancer or service manager asks /health: a database that is down is a state to
+    # report (503, the body saying so), not a fault of the server (500 and a traceback).
+    pair, http = api_pair.pair, api_pair.gp_http
+    assert http.get("/health").status_code == 200
+    with database_away(pair.gp.store.database.url):
+        down = http.get("/health")
+    assert down.status_code == 503, down.text
+    body = down.json()
+    assert body["status"] == "database-unreachable"
+    assert body["version"] == __version__
+    assert http.get("/health").json()["status"] == "ok"  # back at the next request

@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair
+from engine_pair import Clock, Pair
+from outage import database_away
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -27,13 +28,14 @@ from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.instances import (
+    NameKeeper,
     beat,
-    check_name_lock,
     instance_states,
     stopped,
     store_now,
 )
 from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
+from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store
 
 
@@ -70,11 +72,61 @@ def test_the_alerts_of_an_instance_that_is_gone_are_resolved_by_another(pair: Pa
     assert open_alerts(ctx) == everything  # b missed beats, but not yet for long
     pair.clock.advance(minutes=1, seconds=1)
     beat(ctx, "a:8080")
-    assert open_alerts(ctx) == {"clock-skew:a:8080"}  # a's own alert is a's to resolve
+    # a's own alert is a's to resolve; that b is gone is said instead of b's own alerts
+    assert open_alerts(ctx) == {"clock-skew:a:8080", "instance-gone:b:8080"}
     assert instance_names(ctx) == ["a:8080", "b:8080"]
     pair.clock.advance(days=7)
     beat(ctx, "a:8080")
     assert instance_names(ctx) == ["a:8080"]  # forgotten
+
+
+def _alert(ctx: EngineContext, dedup_key: str) -> AlertRow:
+    with ctx.store.unit_of_work() as uow:
+        found = uow.alerts.by_key(dedup_key)
+        assert found is not None
+        return found
+
+
+def test_an_instance_that_dies_is_reported_once_until_its_name_beats_again(pair: Pair) -> None:
+    # The host of the only server that collects the mailbox is lost: its mailbox-unreachable
+    # goes with it, and instance-gone says instead that what it did is not being done.
+    ctx = pair.gp
+    for name in ("a:8080", "b:8080", "collector:8080"):
+        beat(ctx, name, started=True)
+    raise_for(ctx, AlertKind.MAILBOX_UNREACHABLE, "collector:8080")
+    pair.clock.advance(minutes=15, seconds=1)
+    beat(ctx, "a:8080")
+    beat(ctx, "b:8080")
+    assert open_alerts(ctx) == {"instance-gone:collector:8080"}
+    gone = _alert(ctx, "instance-gone:collector:8080")
+    assert gone.severity == "error"
+    assert "Instance collector:8080 (host " in gone.summary
+    assert "did not stop cleanly" in gone.summary and "no mail is collected" in gone.summary
+    for _ in range(3):  # every beat of every instance sees it gone: told once
+        pair.clock.advance(minutes=1)
+        beat(ctx, "a:8080")
+        beat(ctx, "b:8080")
+    assert _alert(ctx, "instance-gone:collector:8080").count == 1
+    beat(ctx, "collector:8080", started=True)  # started again
+    assert open_alerts(ctx) == set()
+    pair.clock.advance(minutes=15, seconds=1)  # and dies again: a new death, told again
+    beat(ctx, "a:8080")
+    again = _alert(ctx, "instance-gone:collector:8080")
+    assert (again.resolved_at, again.count) == (None, 2)
+    pair.clock.advance(days=7)
+    beat(ctx, "a:8080")
+    assert "collector:8080" not in instance_names(ctx)
+    assert open_alerts(ctx) == set()  # forgotten, and its alert with it
+
+
+def test_an_instance_that_stops_cleanly_is_not_reported_gone(pair: Pair) -> None:
+    ctx = pair.gp
+    beat(ctx, "a:8080", started=True)
+    beat(ctx, "b:8080", started=True)
+    stopped(ctx, "b:8080")
+    pair.clock.advance(hours=1)
+    beat(ctx, "a:8080")
+    assert open_alerts(ctx) == set()
 
 
 def test_a_stopping_instance_resolves_its_own_alerts(pair: Pair) -> None:
@@ -255,13 +307,81 @@ class _LostName:
         return None
 
 
-def test_a_beat_reports_a_name_taken_by_another_process(caplog: pytest.LogCaptureFixture) -> None:
-    check_name_lock(_LostName(True))
-    check_name_lock(_LostName(OSError("database away")))
+def test_a_check_logs_a_name_taken_by_another_process(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    NameKeeper(pair.gp, _LostName(True)).check()
+    NameKeeper(pair.gp, _LostName(OSError("database away"))).check()
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    check_name_lock(_LostName(False))
+    NameKeeper(pair.gp, _LostName(False)).check()
     assert caplog.records[-1].levelname == "ERROR"
     assert "another process has taken the name of instance msh1:8080" in caplog.messages[-1]
+
+
+def _name_taken(ctx: EngineContext, name: str) -> AlertRow | None:
+    with ctx.store.unit_of_work() as uow:
+        found = uow.alerts.by_key(f"instance-name-taken:{name}")
+        return found if found is not None and found.resolved_at is None else None
+
+
+def test_a_name_taken_by_another_process_raises_an_alert_until_the_lock_is_held_again(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # The database restarts, and a twin of the same name (containers with one fixed host
+    # name) takes the name meanwhile: jobs may run twice. A log line is read by nobody.
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    clock = Clock()
+    ctx = build_engine(load_settings(gp.config_path), clock=clock)
+    database = own_database.database
+    name = "msh1:8080"
+    first = lock_instance(database, name)
+    keeper = NameKeeper(ctx, first)
+    locks = [first]
+    try:
+        keeper.check()
+        assert _name_taken(ctx, name) is None
+        if not database.is_postgresql:
+            return  # a file lock is the process's until it ends: it cannot be lost
+        with database_away(database.url):  # as a restart of the database: the lock is lost
+            pass
+        # the pool's connections ended too (a server finds out by one unit of work that fails)
+        ctx.store.database.engine.dispose()
+        twin = lock_instance(database, name)  # and taken by the twin before the first's check
+        locks.append(twin)
+        keeper.check()
+        alert = _name_taken(ctx, name)
+        assert alert is not None and alert.severity == "error"
+        assert f"Another process has taken the name of instance {name}: the process " in (
+            alert.summary
+        )
+        clock.advance(minutes=1)
+        NameKeeper(ctx, twin).check()  # the holder leaves an alert still raised alone
+        keeper.check()
+        alert = _name_taken(ctx, name)
+        assert alert is not None and alert.count == 2
+        twin.release()  # the twin stops: the first takes its name back
+        keeper.check()
+        assert _name_taken(ctx, name) is None
+        # Lost again, and the one that lost it is killed before it holds it again: the holder
+        # resolves what nobody repeats any more.
+        with database_away(database.url):
+            pass
+        ctx.store.database.engine.dispose()
+        second_twin = lock_instance(database, name)
+        locks.append(second_twin)
+        keeper.check()
+        first.release()  # killed: it checks no more
+        holder = NameKeeper(ctx, second_twin)
+        clock.advance(minutes=4, seconds=59)
+        holder.check()
+        assert _name_taken(ctx, name) is not None
+        clock.advance(seconds=2)
+        holder.check()
+        assert _name_taken(ctx, name) is None
+    finally:
+        for lock in locks:
+            lock.release()
+        ctx.store.database.dispose()
 
 
 def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_beats(
@@ -294,7 +414,10 @@ def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_bea
                 "killed:8080": "gone",
                 "paused:8080": "running",
             }
-            assert open_alerts(ctx) == {"mailbox-unreachable:paused:8080"}
+            assert open_alerts(ctx) == {
+                "mailbox-unreachable:paused:8080",
+                "instance-gone:killed:8080",
+            }
         else:  # a file lock cannot be looked at without taking it: fifteen minutes it is
             assert set(states.values()) == {"running"}
             assert len(open_alerts(ctx)) == 2
