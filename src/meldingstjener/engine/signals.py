@@ -176,6 +176,8 @@ def _apply_acknowledgment(
     actor: str,
     now: datetime,
 ) -> None:
+    # the partner's signals reach us again: one prepared UPDATE, matching nothing as a rule
+    uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{state.to_her_id}", at=now)
     uow.receipts.add(
         ReceiptRow(
             message_id=state.id,
@@ -224,6 +226,8 @@ def _apply_message_error(
 ) -> None:
     row = uow.messages.get(message_id)
     assert row is not None  # locked by the caller
+    # an answer all the same: the ack-timeout waits for an Acknowledgment or a MessageError
+    uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{row.to_her_id}", at=now)
     header = envelope.header
     sender = header.from_party.her_id
     errors = envelope.error_list.errors if envelope.error_list else ()

@@ -445,6 +445,30 @@ def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:
     assert len(sends) == 2 and len({d.ebxml_message_id for d in sends}) == 1
 
 
+def test_a_missing_acknowledgment_alerts_at_the_first_resend_until_one_arrives(
+    pair: Pair,
+) -> None:
+    # Each send gets its 2xx, but the hospital's Acknowledgments never reach the GP: that was
+    # silent until the message was given up, up to PersistDuration later. A send that works
+    # must not resolve the alert (it did work); the partner's Acknowledgment does.
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert alerts(pair.gp) == []  # nothing is late yet
+    pair.clock.advance(minutes=11)  # past RetryInterval: the first resend
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert alerts(pair.gp) == [("ack-missing", 1)]
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+        assert alert.partner_her_id == "8200002" and message_id in alert.summary
+    pair.network.down.clear()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert alerts(pair.gp) == []
+
+
 def test_signal_for_an_unknown_message_is_logged(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()

@@ -633,3 +633,18 @@ def test_a_misaddressed_report_whose_answer_cannot_be_sent_raises_no_alert(
     assert open_alerts(pair.hospital, "misaddressed-received") == []
     kept = pair.message(pair.hospital, row.id)
     assert kept.status == "delivered" and kept.payload_ref == row.payload_ref
+
+
+def test_a_message_error_also_ends_the_wait_for_an_acknowledgment(pair: Pair) -> None:
+    # The ack-timeout waits for either signal: a MessageError shows that the partner's signals
+    # reach us, so the ack-missing alert of that partner is resolved (its own alert follows).
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's Acknowledgment waits
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.clock.advance(minutes=11)  # past RetryInterval: resent, and alerted
+    pair.run()
+    assert len(open_alerts(pair.gp, "ack-missing")) == 1
+    envelope, _ = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    assert open_alerts(pair.gp, "ack-missing") == []
+    assert len(open_alerts(pair.gp, "message-error-received")) == 1
