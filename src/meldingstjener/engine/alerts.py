@@ -34,6 +34,7 @@ class AlertKind(StrEnum):
     OUTBOX_HELD = "outbox-held"
     OUTBOX_STUCK = "outbox-stuck"
     ACK_MISSING = "ack-missing"
+    SIGNAL_UNTRUSTED = "signal-untrusted"
 
 
 SEVERITY = {
@@ -59,6 +60,7 @@ SEVERITY = {
     AlertKind.OUTBOX_HELD: "warning",
     AlertKind.OUTBOX_STUCK: "error",
     AlertKind.ACK_MISSING: "warning",
+    AlertKind.SIGNAL_UNTRUSTED: "error",
 }
 
 

@@ -33,7 +33,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
-from meldingstjener.model import Direction, OutboundStatus, allowed_next
+from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
@@ -108,6 +108,10 @@ def handle_incoming(
     )
     kind = "acknowledgment" if envelope.is_acknowledgment else "message-error"
     sender = header.from_party.her_id
+    # what our columns and texts say of the sender: a forged signal may name any PartyId
+    # (255 characters), and an actor holds 128, a HER-id column 16
+    sender_her_id = _her_id_of(header.from_party)
+    actor = f"{channel}:{sender_her_id or 'no-her-id'}"
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:  # (no statement when the partner cache has them)
         certificates = ctx.directory.signing_certificates(uow, sender)
@@ -122,13 +126,15 @@ def handle_incoming(
             uow.events.record(
                 None,
                 EventKind.SIGNAL_IN,
-                actor=f"{channel}:{sender}",
+                actor=actor,
                 code=kind,
-                detail=f"{header.action} from {sender} for a message we do not know ({ref}); "
-                "logged and ignored",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                f"for a message we do not know ({ref}); logged and ignored",
                 ebxml_message_id=header.message_id,
                 at=now,
             )
+            if signature.trusted:  # (not the common path)
+                uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
             uow.commit()
             return
         ignored = _ignored_because(envelope, state, signature)
@@ -137,19 +143,63 @@ def handle_incoming(
             uow.events.record(
                 state.id,
                 EventKind.ERROR,
-                actor=f"{channel}:{sender}",
+                actor=actor,
                 code=code,
-                detail=f"{header.action} from {sender} ignored: {reason}",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                f"ignored: {reason}",
                 ebxml_message_id=header.message_id,
                 at=now,
             )
+            if signature.trusted:  # signed by a party we trust, about another's message
+                uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
+            else:
+                _alert_untrusted(uow, envelope, state, signature, sender_her_id, now)
             uow.commit()
             return
         if envelope.is_acknowledgment:
-            _apply_acknowledgment(ctx, uow, state, header.message_id, f"{channel}:{sender}", now)
+            _apply_acknowledgment(ctx, uow, state, header.message_id, sender, actor, now)
         else:
-            _apply_message_error(ctx, uow, state.id, envelope, f"{channel}:{sender}", now)
+            _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
+
+
+def _her_id_of(party: Party) -> str | None:
+    """The party's HER-id, or None when its PartyId does not hold one. Judged by the value, not
+    the type: a sloppy peer's PartyId of another type is still looked up as its HER-id."""
+    try:
+        HerId(party.her_id)
+    except InvalidHerId:
+        return None
+    return party.her_id
+
+
+def _alert_untrusted(
+    uow: UnitOfWork,
+    envelope: Envelope,
+    state: MessageState,
+    signature: SenderSignature,
+    sender_her_id: str | None,
+    now: datetime,
+) -> None:
+    """A signal about our message that we cannot trust changed nothing: the message waits, and
+    only an operator can tell a partner's new certificate (not in our register yet) from a
+    forgery. One alert per sender, resolved by its next trusted signal."""
+    what = "Acknowledgment" if envelope.is_acknowledgment else "MessageError"
+    if signature.certificate is None:
+        why = "its signature does not verify with the sender's registered signing certificate"
+    else:
+        why = "the sender's signing certificate is not accepted now"
+    raise_alert(
+        uow,
+        AlertKind.SIGNAL_UNTRUSTED,
+        f"an {what} from {sender_her_id or 'a party without a HER-id'} about message "
+        f"{state.id} was ignored: {why}; the message stays {state.status}. Check the "
+        "partner's certificates in the address register (ar show, ar sync); if they are "
+        "right, the signal may be forged.",
+        at=now,
+        partner_her_id=sender_her_id,
+        key=sender_her_id or "no-her-id",
+    )
 
 
 def _ignored_because(
@@ -173,11 +223,17 @@ def _apply_acknowledgment(
     uow: UnitOfWork,
     state: MessageState,
     signal_id: str,
+    sender: str,
     actor: str,
     now: datetime,
 ) -> None:
-    # the partner's signals reach us again: one prepared UPDATE, matching nothing as a rule
-    uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{state.to_her_id}", at=now)
+    # the partner's signals reach us again, and they are trusted: both in one prepared UPDATE,
+    # which as a rule matches nothing (this is the path of every message we send)
+    uow.alerts.resolve(
+        f"{AlertKind.ACK_MISSING}:{state.to_her_id}",
+        f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}",
+        at=now,
+    )
     uow.receipts.add(
         ReceiptRow(
             message_id=state.id,
@@ -226,10 +282,13 @@ def _apply_message_error(
 ) -> None:
     row = uow.messages.get(message_id)
     assert row is not None  # locked by the caller
-    # an answer all the same: the ack-timeout waits for an Acknowledgment or a MessageError
-    uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{row.to_her_id}", at=now)
     header = envelope.header
     sender = header.from_party.her_id
+    # an answer all the same (the ack-timeout waits for an Acknowledgment or a MessageError),
+    # and a trusted signal from its sender
+    uow.alerts.resolve(
+        f"{AlertKind.ACK_MISSING}:{row.to_her_id}", f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now
+    )
     errors = envelope.error_list.errors if envelope.error_list else ()
     # the partner's own words: masked like any text we store (they may quote the content)
     codes = [

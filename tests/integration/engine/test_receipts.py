@@ -399,6 +399,67 @@ def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair:
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
 
 
+def test_an_untrusted_signal_alerts_until_a_trusted_one_from_its_sender(pair: Pair) -> None:
+    # An Acknowledgment that names the hospital but is signed with another key (the GP's own,
+    # standing in for a new certificate the register does not have yet, or a forgery) changes
+    # nothing; that was an ERROR event only, while the message waited for its give-up.
+    from meldingstjener.engine import inbound, signals
+
+    pair.network.down.add(pair.gp_site.endpoint)  # the genuine Acknowledgment waits
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    envelope, root = _sent_envelope(pair, message_id)
+    forged = signals.build_ack(pair.gp, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, forged.content_type, forged.body)
+    assert pair.message(pair.gp, message_id).status == "sent"
+    [alert] = open_alerts(pair.gp, "signal-untrusted")
+    assert alert.partner_her_id == "8200002" and message_id in alert.summary  # type: ignore[attr-defined]
+    assert alert.severity == "error"  # type: ignore[attr-defined]
+    genuine = signals.build_ack(pair.hospital, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, genuine.content_type, genuine.body)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert open_alerts(pair.gp, "signal-untrusted") == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_untrusted_signal_from_a_long_party_id_is_logged_and_alerted(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A PartyId of 200 characters (any sender may name one) went into the event's actor
+    # (128 characters): PostgreSQL refused the row, and the signal was an error of the server.
+    from engine_pair import make_pair
+
+    from meldingstjener.ebxml import build_acknowledgment, new_message_id, signature_references
+    from meldingstjener.ebxml.values import Party
+    from meldingstjener.engine import inbound, signals
+
+    pair = make_pair(tmp_path, gp_database_url=database_url)
+    try:
+        pair.network.down.add(pair.gp_site.endpoint)
+        message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+        pair.run()
+        envelope, root = _sent_envelope(pair, message_id)
+        ack = build_acknowledgment(
+            envelope,  # type: ignore[arg-type]
+            references=signature_references(root),  # type: ignore[arg-type]
+            message_id=new_message_id("hospital.example"),
+            timestamp=pair.clock(),
+            our_party=Party("urn:example:" + "x" * 188, "Behandler", ""),  # not of type HER
+        )
+        forged = signals._finish(pair.hospital, ack, "forged")
+        inbound.receive(pair.gp, forged.content_type, forged.body)
+        assert pair.message(pair.gp, message_id).status == "sent"
+        [alert] = open_alerts(pair.gp, "signal-untrusted")
+        assert alert.partner_her_id is None  # type: ignore[attr-defined]
+        assert "without a HER-id" in alert.summary  # type: ignore[attr-defined]
+        with pair.gp.store.unit_of_work() as uow:
+            [ignored] = [e for e in uow.events.for_message(message_id) if e.kind == "error"]
+        assert ignored.code == "SecurityFailure" and ignored.actor == "http:no-her-id"
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
+
+
 def _sent_envelope(pair: Pair, message_id: str) -> tuple[object, object]:
     from meldingstjener.ebxml import parse_envelope, unpackage
     from meldingstjener.formats.xmlparse import parse_xml
