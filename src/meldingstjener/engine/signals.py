@@ -9,6 +9,8 @@ crash. Our signals are built, signed and packaged here, then either returned in 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,7 +36,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
-from meldingstjener.model.privacy import redact
+from meldingstjener.model.privacy import partner_code, redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
@@ -290,10 +292,11 @@ def _apply_message_error(
         f"{AlertKind.ACK_MISSING}:{row.to_her_id}", f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now
     )
     errors = envelope.error_list.errors if envelope.error_list else ()
-    # the partner's own words: masked like any text we store (they may quote the content)
+    # the partner's own words, kept in the receipt only and masked like any text we store:
+    # they may quote the content, so the log and the alert (sent on to webhooks) name codes
     codes = [
         {
-            "code": _reported(e),
+            "code": redact(_reported(e)),
             "severity": str(e.severity),
             "location": redact(e.location),
             "description": redact(e.description),
@@ -313,7 +316,8 @@ def _apply_message_error(
             description=text,
         )
     )
-    first_code = _reported(errors[0]) if errors else "Unknown"
+    shown = _codes_shown(errors)
+    first_code = _code_shown(errors[0]) if errors else "Unknown"
     if errors and all(error.severity is Severity.WARNING for error in errors):
         # the partner processed the message and only remarks on it: no failure, no alert
         uow.events.record(
@@ -321,7 +325,7 @@ def _apply_message_error(
             EventKind.NOTE,
             actor=actor,
             code=first_code,
-            detail=f"MessageError with warnings only from {sender}: {text}",
+            detail=f"MessageError with warnings only from {sender}: {shown}",
             ebxml_message_id=header.message_id,
             at=now,
         )
@@ -332,7 +336,7 @@ def _apply_message_error(
             OutboundStatus.TRANSPORT_ERROR.value,
             actor=actor,
             code=first_code,
-            detail=f"MessageError from {sender}: {text}",
+            detail=f"MessageError from {sender}: {shown}",
             at=now,
         )
         uow.jobs.cancel_for_message(row.id)
@@ -345,7 +349,7 @@ def _apply_message_error(
             EventKind.ERROR,
             actor=actor,
             code=first_code,
-            detail=f"MessageError from {sender} after the message was {row.status}: {text} "
+            detail=f"MessageError from {sender} after the message was {row.status}: {shown} "
             f"(status stays {row.status})",
             ebxml_message_id=header.message_id,
             at=now,
@@ -360,8 +364,8 @@ def _apply_message_error(
     raise_alert(
         uow,
         AlertKind.MESSAGE_ERROR_RECEIVED,
-        f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
-        f"{first_code}: {text}. {advice}",
+        f"{sender} refused message {row.id} ({row.msg_type}) with MessageError {shown} "
+        f"(the partner's descriptions are in the message's receipts). {advice}",
         at=now,
         message_id=row.id,
         partner_her_id=sender,
@@ -453,7 +457,26 @@ def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str,
 
 def _reported(error: ErrorDetail) -> str:
     """The code as the partner wrote it (one outside the ebMS set is kept, not made Unknown)."""
-    return (error.reported_code or str(error.code))[:64]
+    return error.reported_code or str(error.code)
+
+
+# the ebMS codes (ValueNotRecognized, SecurityFailure, ...) and a partner's own, such as
+# NHN:QueueFull
+_EBMS_CODE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9:._-]*")
+_CODES_SHOWN = 10
+
+
+def _code_shown(error: ErrorDetail) -> str:
+    """The partner's code as our texts and code columns (64 characters) show it, "?" for one
+    that does not look like a code."""
+    return partner_code(_reported(error), _EBMS_CODE_SHAPE)
+
+
+def _codes_shown(errors: Sequence[ErrorDetail]) -> str:
+    """The codes of a MessageError for the log and the alert, each once, ten at most."""
+    shown = list(dict.fromkeys(_code_shown(error) for error in errors))
+    more = len(shown) - _CODES_SHOWN
+    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
