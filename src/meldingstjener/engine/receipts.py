@@ -117,15 +117,45 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
     ctx.notify_workers(uow)
 
 
+# refusals of an AppRec that is not owed any more: the EPJ answered first (or the message was
+# purged, which leaves no payload: the same code), the message is gone, or it is an AppRec
+_NO_LONGER_OWED = frozenset({"already-answered", "not-found", "apprec-for-apprec"})
+
+
 def auto_apprec_job(ctx: EngineContext, job: ClaimedJob) -> None:
     """Send the positive AppRec the agreement asks for on delivery. One that cannot go (the EPJ
-    answered first, or the message was purged) is not owed any more."""
+    answered first, or the message was purged) is not owed any more; one that is owed and
+    cannot be sent (the sender's certificate, the agreement, ...) is an ``apprec-unsent``."""
+    refused: AppRecRefused | None = None
     try:
         send_apprec(ctx, str(job.message_id), status=1, errors=[], actor="msh:auto-apprec")
-    except AppRecRefused as refused:
-        log.info("no automatic AppRec for message %s: %s", job.message_id, refused.code)
+    except AppRecRefused as exc:
+        refused = exc
+        log.info("no automatic AppRec for message %s: %s", job.message_id, exc.code)
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
+        owed = refused is not None and refused.code not in _NO_LONGER_OWED
+        row = uow.messages.get(str(job.message_id)) if owed else None
+        if refused is not None and row is not None:
+            # it stays delivered for ever, and its sender waits for the AppRec
+            uow.events.record(
+                row.id,
+                EventKind.ERROR,
+                actor="msh:auto-apprec",
+                code=refused.code,
+                detail=f"the automatic AppRec could not be sent: {refused.message}",
+            )
+            raise_alert(
+                uow,
+                AlertKind.APPREC_UNSENT,
+                f"message {row.id} ({row.msg_type}) from {row.from_her_id} was delivered, but "
+                f"the automatic AppRec its agreement asks for could not be sent "
+                f"({refused.code}); the sender waits for it. Mend the cause and have the EPJ "
+                "answer the message, or tell the sender another way.",
+                at=ctx.clock(),
+                message_id=row.id,
+                partner_her_id=row.from_her_id,
+            )
         uow.commit()
 
 

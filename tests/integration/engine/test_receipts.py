@@ -158,6 +158,44 @@ def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
     assert apprec.msg_type_version is not None and "2004-11-21" in apprec.msg_type_version
 
 
+def _auto_apprec(pair: Pair) -> None:
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec, agreement.apprec_version = True, "1.0"
+        uow.commit()
+
+
+def test_an_automatic_apprec_that_cannot_be_sent_raises_apprec_unsent(pair: Pair) -> None:
+    # The sender's certificate is no longer acceptable: the AppRec the agreement asks for is
+    # refused. That was a line in the process log, and the message stayed delivered for ever.
+    _auto_apprec(pair)
+    _, row = send_and_deliver(pair)  # the automatic AppRec is owed from here
+    with pair.hospital.store.unit_of_work() as uow:
+        party = uow.parties.get(str(row.from_her_id))
+        assert party is not None
+        party.encryption_certificate = None
+        uow.commit()
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    [alert] = open_alerts(pair.hospital, "apprec-unsent")
+    assert alert.message_id == row.id and "certificate-problem" in alert.summary  # type: ignore[attr-defined]
+    with pair.hospital.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(row.id)]
+    assert "certificate-problem" in codes
+    assert _jobs(pair.hospital, receipts.AUTO_APPREC) == []
+
+
+def test_an_automatic_apprec_the_epj_answered_first_is_not_owed(pair: Pair) -> None:
+    _auto_apprec(pair)
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    pair.run()  # the automatic AppRec's job finds the message answered
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    assert open_alerts(pair.hospital, "apprec-unsent") == []
+    assert _jobs(pair.hospital, receipts.AUTO_APPREC) == []
+
+
 def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
     from meldingstjener.formats import Problem
 
