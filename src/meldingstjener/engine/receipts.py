@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -39,6 +40,7 @@ from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.parties import Party
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
+from meldingstjener.model.privacy import partner_code, redact
 from meldingstjener.model.status import IllegalTransition
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
@@ -667,7 +669,8 @@ def apply_incoming_apprec(
     assert original is not None
     status_code = message.apprec_status or "2"
     target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
-    codes = [{"code": c, "text": t} for c, t in message.apprec_errors]
+    # the partner's codes and texts as sent, masked like every text we store, in the receipt
+    codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
     uow.receipts.add(
         ReceiptRow(
             message_id=original.id,
@@ -681,13 +684,13 @@ def apply_incoming_apprec(
             description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
         )
     )
-    text = ", ".join(c for c, _ in message.apprec_errors)
+    text = _apprec_codes_shown(message.apprec_errors)
     if target.value in allowed_next(Direction.OUTBOUND, original.status):
         uow.messages.set_status(
             original,
             target.value,
             actor=f"apprec:{received.from_her_id}",
-            code=message.apprec_errors[0][0] if message.apprec_errors else None,
+            code=_apprec_code_shown(message.apprec_errors[0][0]) if message.apprec_errors else None,
             detail=f"AppRec {_API_STATUS_BY_CODE.get(status_code, status_code)}"
             + (f" ({text})" if text else ""),
             at=now,
@@ -714,6 +717,24 @@ def apply_incoming_apprec(
             partner_her_id=received.from_her_id,
         )
     uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+
+
+# an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)
+_APPREC_CODE_SHAPE = re.compile(r"[A-Z0-9]{1,8}")
+_CODES_SHOWN = 10
+
+
+def _apprec_code_shown(code: str) -> str:
+    """A partner's AppRec error code as our texts and code columns show it: "?" for one that
+    does not look like a code (a V is any text the partner likes, and may quote the message)."""
+    return partner_code(code, _APPREC_CODE_SHAPE)
+
+
+def _apprec_codes_shown(errors: Sequence[tuple[str, str]]) -> str:
+    """The error codes of a received AppRec for the log and an alert, each once, ten at most."""
+    shown = list(dict.fromkeys(_apprec_code_shown(code) for code, _ in errors))
+    more = len(shown) - _CODES_SHOWN
+    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def schedule_apprec_deadline(

@@ -73,6 +73,59 @@ def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(pair: Pair) -> No
     assert pair.message(pair.hospital, row.id).status == "rejected"
 
 
+def _apprec_from_the_hospital(
+    pair: Pair, original_payload: bytes, status: int, errors: list[tuple[str, str]]
+) -> None:
+    """An AppRec from the hospital with Error codes and texts as a partner may write them
+    (checked by nobody on its way out), for the message ``original_payload``."""
+    from meldingstjener.formats import AppRecError, build_apprec, read_msghead
+
+    original = read_msghead(original_payload)
+    apprec = build_apprec(
+        original,
+        status=status,
+        errors=[AppRecError(code=code, text=text) for code, text in errors],
+        version="1.1",
+    )
+    sound = build_apprec(original, status=status, errors=[AppRecError.of("E35")], version="1.1")
+    submit(pair.hospital, apprec, actor="t", inspected=inspect(sound))
+    pair.run()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_apprec_error_code_that_is_no_code_is_shown_as_a_question_mark(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A V of 80 characters went into the 64-character code columns: PostgreSQL refused the
+    # row, at every resend of the AppRec. And a V (or DN) may quote the message: the log and
+    # the alert name codes that look like codes, "?" for others; the receipt keeps them.
+    from engine_pair import make_pair
+
+    pair = make_pair(tmp_path, gp_database_url=database_url)
+    try:
+        message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+        pair.run()
+        row = received(pair)
+        payload = pair.hospital.store.payloads.read_bytes(str(row.payload_ref))
+        quoting = "Kari Nordmann 01017012345 " + "x" * 60
+        _apprec_from_the_hospital(pair, payload, 2, [(quoting, "Kari"), ("E35", "Finnes ikke")])
+        sent = pair.message(pair.gp, message_id)
+        assert sent.status == "apprec-rejected" and sent.last_error_code == "?"
+        [alert] = open_alerts(pair.gp, "apprec-rejected")
+        summary = str(alert.summary)  # type: ignore[attr-defined]
+        assert "'Rejected': ?, E35." in summary and "Kari" not in summary
+        with pair.gp.store.unit_of_work() as uow:
+            details = " ".join(str(e.detail) for e in uow.events.for_message(message_id))
+            [receipt] = [r for r in uow.receipts.for_message(message_id) if r.kind == "apprec"]
+        assert "Kari" not in details
+        assert receipt.error_codes is not None
+        assert receipt.error_codes[0]["code"].startswith("Kari Nordmann [redacted-id] xxx")
+        assert "01017012345" not in str(receipt.description)
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
+
+
 def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
