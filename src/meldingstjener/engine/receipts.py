@@ -654,6 +654,8 @@ def apply_incoming_apprec(
         if m.to_her_id in {received.from_her_id}
         or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
     ]
+    status_code = message.apprec_status or "2"
+    target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
     if not candidates:
         uow.events.record(
             received.id,
@@ -664,11 +666,27 @@ def apply_incoming_apprec(
             f"(OriginalMsgId {message.apprec_original_msg_id})",
             at=now,
         )
+        if target is not OutboundStatus.APPREC_OK:
+            # a rejection of something: maybe a message sent past this server (another system
+            # of ours), maybe one whose row is gone; either way someone must look at it
+            shown = _apprec_codes_shown(message.apprec_errors)
+            raise_alert(
+                uow,
+                AlertKind.APPREC_REJECTED,
+                f"{received.from_her_id} sent AppRec "
+                f"'{_API_STATUS_BY_CODE.get(status_code, status_code)}'"
+                + (f" ({shown})" if shown else "")
+                + f" (received as message {received.id}) for a message this server did not "
+                "send. Find out which message it answers; its content may not have reached the "
+                "patient record.",
+                at=now,
+                message_id=received.id,
+                partner_her_id=received.from_her_id,
+                key=f"unmatched:{received.id}",
+            )
         return
     original = uow.messages.get(candidates[-1].id, for_update=True)
     assert original is not None
-    status_code = message.apprec_status or "2"
-    target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
     # the partner's codes and texts as sent, masked like every text we store, in the receipt
     codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
     uow.receipts.add(

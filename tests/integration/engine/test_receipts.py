@@ -74,10 +74,15 @@ def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(pair: Pair) -> No
 
 
 def _apprec_from_the_hospital(
-    pair: Pair, original_payload: bytes, status: int, errors: list[tuple[str, str]]
+    pair: Pair,
+    original_payload: bytes,
+    status: int,
+    errors: list[tuple[str, str]],
+    original_msg_id: str | None = None,
 ) -> None:
     """An AppRec from the hospital with Error codes and texts as a partner may write them
-    (checked by nobody on its way out), for the message ``original_payload``."""
+    (checked by nobody on its way out), for the message ``original_payload`` (or, with
+    ``original_msg_id``, naming another MsgId as the one it answers)."""
     from meldingstjener.formats import AppRecError, build_apprec, read_msghead
 
     original = read_msghead(original_payload)
@@ -87,6 +92,8 @@ def _apprec_from_the_hospital(
         errors=[AppRecError(code=code, text=text) for code, text in errors],
         version="1.1",
     )
+    if original_msg_id is not None:
+        apprec = apprec.replace(original.msg_info.msg_id.encode(), original_msg_id.encode())
     sound = build_apprec(original, status=status, errors=[AppRecError.of("E35")], version="1.1")
     submit(pair.hospital, apprec, actor="t", inspected=inspect(sound))
     pair.run()
@@ -124,6 +131,28 @@ def test_an_apprec_error_code_that_is_no_code_is_shown_as_a_question_mark(
     finally:
         pair.gp.store.database.dispose()
         pair.hospital.store.database.dispose()
+
+
+@pytest.mark.parametrize(("status", "alerted"), [(1, False), (2, True), (3, True)])
+def test_a_rejecting_apprec_for_a_message_we_did_not_send_raises_an_alert(
+    pair: Pair, status: int, alerted: bool
+) -> None:
+    # A rejection that matched none of our messages was a note in the log only.
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    payload = pair.hospital.store.payloads.read_bytes(str(received(pair).payload_ref))
+    errors = [("E35", "Finnes ikke")] if status != 1 else []
+    unknown = "2b7ef7e4-0000-4000-8000-000000000000"
+    _apprec_from_the_hospital(pair, payload, status, errors, original_msg_id=unknown)
+    [apprec] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
+    with pair.gp.store.unit_of_work() as uow:
+        assert "apprec-unmatched" in [e.code for e in uow.events.for_message(apprec.id)]
+    found = open_alerts(pair.gp, "apprec-rejected")
+    assert len(found) == int(alerted)
+    if alerted:
+        [alert] = found
+        assert alert.message_id == apprec.id and "(E35)" in alert.summary  # type: ignore[attr-defined]
+        assert alert.dedup_key == f"apprec-rejected:unmatched:{apprec.id}"  # type: ignore[attr-defined]
 
 
 def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
