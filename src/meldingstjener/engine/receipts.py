@@ -572,18 +572,22 @@ def reject_by_server(
         return None
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id)
-        if verdict.alert:
-            raise_alert(
-                uow,
-                AlertKind.MISADDRESSED_RECEIVED,
-                f"message {row.id} ({row.msg_type}) from {row.from_her_id} was addressed to "
-                f"{verdict.errors[0][1].split()[1]}, which is not ours; it was purged and the "
-                "sender got a negative AppRec (E21)",
-                at=ctx.clock(),
-                message_id=row.id,
-                partner_her_id=row.from_her_id,
-            )
-            uow.commit()
+
+    def alert(uow: UnitOfWork, judged: MessageRow) -> None:
+        # with the purge and the AppRec it announces, or not at all: committed before them, it
+        # stood (saying the sender had its AppRec) when the AppRec could not be sent, and a
+        # crash in between counted it once more at the job's next run
+        raise_alert(
+            uow,
+            AlertKind.MISADDRESSED_RECEIVED,
+            f"message {judged.id} ({judged.msg_type}) from {judged.from_her_id} was addressed "
+            f"to {verdict.errors[0][1].split()[1]}, which is not ours; it was purged and the "
+            "sender got a negative AppRec (E21)",
+            at=ctx.clock(),
+            message_id=judged.id,
+            partner_her_id=judged.from_her_id,
+        )
+
     try:
         return _submit_answer(
             ctx,
@@ -595,6 +599,7 @@ def reject_by_server(
             verdict.errors,
             "AppRec",
             purge=verdict.purge,
+            also=alert if verdict.alert else None,
         )
     except AppRecRefused as refused:
         _rejected_without_apprec(ctx, message_id, verdict, refused)

@@ -208,6 +208,29 @@ def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: 
     assert "feil tjeneste" not in details  # no content in the log
 
 
+def test_a_misaddressed_message_whose_apprec_cannot_be_sent_raises_apprec_unsent_only(
+    pair: Pair,
+) -> None:
+    # The misaddressed alert says the sender got a negative AppRec; it was committed before
+    # the AppRec was tried, and stood when the AppRec could not go (the GP's certificate gone).
+    _alias(pair, "8200099")
+    with pair.hospital.store.unit_of_work() as uow:
+        party = uow.parties.get(pair.gp_site.organisation_her_id)
+        assert party is not None
+        party.encryption_certificate = None
+        uow.commit()
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
+    submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.status == "misaddressed-purged" and row.last_error_code == "certificate-problem"
+    assert open_alerts(pair.hospital, "misaddressed-received") == []
+    [unsent] = open_alerts(pair.hospital, "apprec-unsent")
+    assert "E21" in unsent.summary  # type: ignore[attr-defined]
+
+
 def test_a_clinicians_wrong_recipient_report_sends_a_dialog_avvik(pair: Pair) -> None:
     message_id, row = send_and_deliver(pair)
     receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
