@@ -37,6 +37,8 @@ class AlertKind(StrEnum):
     JOBS_OVERDUE = "jobs-overdue"
     INSTANCE_NAME_TAKEN = "instance-name-taken"
     STORE_UNREACHABLE = "store-unreachable"
+    ACK_MISSING = "ack-missing"
+    SIGNAL_UNTRUSTED = "signal-untrusted"
 
 
 SEVERITY = {
@@ -65,6 +67,8 @@ SEVERITY = {
     AlertKind.JOBS_OVERDUE: "error",
     AlertKind.INSTANCE_NAME_TAKEN: "error",
     AlertKind.STORE_UNREACHABLE: "error",
+    AlertKind.ACK_MISSING: "warning",
+    AlertKind.SIGNAL_UNTRUSTED: "error",
 }
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -39,6 +40,7 @@ from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.parties import Party
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
+from meldingstjener.model.privacy import partner_code, redact
 from meldingstjener.model.status import IllegalTransition
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
@@ -117,15 +119,45 @@ def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
     ctx.notify_workers(uow)
 
 
+# refusals of an AppRec that is not owed any more: the EPJ answered first (or the message was
+# purged, which leaves no payload: the same code), the message is gone, or it is an AppRec
+_NO_LONGER_OWED = frozenset({"already-answered", "not-found", "apprec-for-apprec"})
+
+
 def auto_apprec_job(ctx: EngineContext, job: ClaimedJob) -> None:
     """Send the positive AppRec the agreement asks for on delivery. One that cannot go (the EPJ
-    answered first, or the message was purged) is not owed any more."""
+    answered first, or the message was purged) is not owed any more; one that is owed and
+    cannot be sent (the sender's certificate, the agreement, ...) is an ``apprec-unsent``."""
+    refused: AppRecRefused | None = None
     try:
         send_apprec(ctx, str(job.message_id), status=1, errors=[], actor="msh:auto-apprec")
-    except AppRecRefused as refused:
-        log.info("no automatic AppRec for message %s: %s", job.message_id, refused.code)
+    except AppRecRefused as exc:
+        refused = exc
+        log.info("no automatic AppRec for message %s: %s", job.message_id, exc.code)
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
+        owed = refused is not None and refused.code not in _NO_LONGER_OWED
+        row = uow.messages.get(str(job.message_id)) if owed else None
+        if refused is not None and row is not None:
+            # it stays delivered for ever, and its sender waits for the AppRec
+            uow.events.record(
+                row.id,
+                EventKind.ERROR,
+                actor="msh:auto-apprec",
+                code=refused.code,
+                detail=f"the automatic AppRec could not be sent: {refused.message}",
+            )
+            raise_alert(
+                uow,
+                AlertKind.APPREC_UNSENT,
+                f"message {row.id} ({row.msg_type}) from {row.from_her_id} was delivered, but "
+                f"the automatic AppRec its agreement asks for could not be sent "
+                f"({refused.code}); the sender waits for it. Mend the cause and have the EPJ "
+                "answer the message, or tell the sender another way.",
+                at=ctx.clock(),
+                message_id=row.id,
+                partner_her_id=row.from_her_id,
+            )
         uow.commit()
 
 
@@ -540,18 +572,22 @@ def reject_by_server(
         return None
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id)
-        if verdict.alert:
-            raise_alert(
-                uow,
-                AlertKind.MISADDRESSED_RECEIVED,
-                f"message {row.id} ({row.msg_type}) from {row.from_her_id} was addressed to "
-                f"{verdict.errors[0][1].split()[1]}, which is not ours; it was purged and the "
-                "sender got a negative AppRec (E21)",
-                at=ctx.clock(),
-                message_id=row.id,
-                partner_her_id=row.from_her_id,
-            )
-            uow.commit()
+
+    def alert(uow: UnitOfWork, judged: MessageRow) -> None:
+        # with the purge and the AppRec it announces, or not at all: committed before them, it
+        # stood (saying the sender had its AppRec) when the AppRec could not be sent, and a
+        # crash in between counted it once more at the job's next run
+        raise_alert(
+            uow,
+            AlertKind.MISADDRESSED_RECEIVED,
+            f"message {judged.id} ({judged.msg_type}) from {judged.from_her_id} was addressed "
+            f"to {verdict.errors[0][1].split()[1]}, which is not ours; it was purged and the "
+            "sender got a negative AppRec (E21)",
+            at=ctx.clock(),
+            message_id=judged.id,
+            partner_her_id=judged.from_her_id,
+        )
+
     try:
         return _submit_answer(
             ctx,
@@ -563,6 +599,7 @@ def reject_by_server(
             verdict.errors,
             "AppRec",
             purge=verdict.purge,
+            also=alert if verdict.alert else None,
         )
     except AppRecRefused as refused:
         _rejected_without_apprec(ctx, message_id, verdict, refused)
@@ -622,6 +659,8 @@ def apply_incoming_apprec(
         if m.to_her_id in {received.from_her_id}
         or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
     ]
+    status_code = message.apprec_status or "2"
+    target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
     if not candidates:
         uow.events.record(
             received.id,
@@ -632,12 +671,29 @@ def apply_incoming_apprec(
             f"(OriginalMsgId {message.apprec_original_msg_id})",
             at=now,
         )
+        if target is not OutboundStatus.APPREC_OK:
+            # a rejection of something: maybe a message sent past this server (another system
+            # of ours), maybe one whose row is gone; either way someone must look at it
+            shown = _apprec_codes_shown(message.apprec_errors)
+            raise_alert(
+                uow,
+                AlertKind.APPREC_REJECTED,
+                f"{received.from_her_id} sent AppRec "
+                f"'{_API_STATUS_BY_CODE.get(status_code, status_code)}'"
+                + (f" ({shown})" if shown else "")
+                + f" (received as message {received.id}) for a message this server did not "
+                "send. Find out which message it answers; its content may not have reached the "
+                "patient record.",
+                at=now,
+                message_id=received.id,
+                partner_her_id=received.from_her_id,
+                key=f"unmatched:{received.id}",
+            )
         return
     original = uow.messages.get(candidates[-1].id, for_update=True)
     assert original is not None
-    status_code = message.apprec_status or "2"
-    target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
-    codes = [{"code": c, "text": t} for c, t in message.apprec_errors]
+    # the partner's codes and texts as sent, masked like every text we store, in the receipt
+    codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
     uow.receipts.add(
         ReceiptRow(
             message_id=original.id,
@@ -651,13 +707,13 @@ def apply_incoming_apprec(
             description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
         )
     )
-    text = ", ".join(c for c, _ in message.apprec_errors)
+    text = _apprec_codes_shown(message.apprec_errors)
     if target.value in allowed_next(Direction.OUTBOUND, original.status):
         uow.messages.set_status(
             original,
             target.value,
             actor=f"apprec:{received.from_her_id}",
-            code=message.apprec_errors[0][0] if message.apprec_errors else None,
+            code=_apprec_code_shown(message.apprec_errors[0][0]) if message.apprec_errors else None,
             detail=f"AppRec {_API_STATUS_BY_CODE.get(status_code, status_code)}"
             + (f" ({text})" if text else ""),
             at=now,
@@ -684,6 +740,24 @@ def apply_incoming_apprec(
             partner_her_id=received.from_her_id,
         )
     uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+
+
+# an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)
+_APPREC_CODE_SHAPE = re.compile(r"[A-Z0-9]{1,8}")
+_CODES_SHOWN = 10
+
+
+def _apprec_code_shown(code: str) -> str:
+    """A partner's AppRec error code as our texts and code columns show it: "?" for one that
+    does not look like a code (a V is any text the partner likes, and may quote the message)."""
+    return partner_code(code, _APPREC_CODE_SHAPE)
+
+
+def _apprec_codes_shown(errors: Sequence[tuple[str, str]]) -> str:
+    """The error codes of a received AppRec for the log and an alert, each once, ten at most."""
+    shown = list(dict.fromkeys(_apprec_code_shown(code) for code, _ in errors))
+    more = len(shown) - _CODES_SHOWN
+    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def schedule_apprec_deadline(

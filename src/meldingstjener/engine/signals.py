@@ -9,6 +9,8 @@ crash. Our signals are built, signed and packaged here, then either returned in 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,8 +35,8 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
-from meldingstjener.model import Direction, OutboundStatus, allowed_next
-from meldingstjener.model.privacy import redact
+from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
+from meldingstjener.model.privacy import partner_code, redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
@@ -108,6 +110,10 @@ def handle_incoming(
     )
     kind = "acknowledgment" if envelope.is_acknowledgment else "message-error"
     sender = header.from_party.her_id
+    # what our columns and texts say of the sender: a forged signal may name any PartyId
+    # (255 characters), and an actor holds 128, a HER-id column 16
+    sender_her_id = _her_id_of(header.from_party)
+    actor = f"{channel}:{sender_her_id or 'no-her-id'}"
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:  # (no statement when the partner cache has them)
         certificates = ctx.directory.signing_certificates(uow, sender)
@@ -122,13 +128,15 @@ def handle_incoming(
             uow.events.record(
                 None,
                 EventKind.SIGNAL_IN,
-                actor=f"{channel}:{sender}",
+                actor=actor,
                 code=kind,
-                detail=f"{header.action} from {sender} for a message we do not know ({ref}); "
-                "logged and ignored",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                f"for a message we do not know ({ref}); logged and ignored",
                 ebxml_message_id=header.message_id,
                 at=now,
             )
+            if signature.trusted:  # (not the common path)
+                uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
             uow.commit()
             return
         ignored = _ignored_because(envelope, state, signature)
@@ -137,19 +145,63 @@ def handle_incoming(
             uow.events.record(
                 state.id,
                 EventKind.ERROR,
-                actor=f"{channel}:{sender}",
+                actor=actor,
                 code=code,
-                detail=f"{header.action} from {sender} ignored: {reason}",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                f"ignored: {reason}",
                 ebxml_message_id=header.message_id,
                 at=now,
             )
+            if signature.trusted:  # signed by a party we trust, about another's message
+                uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
+            else:
+                _alert_untrusted(uow, envelope, state, signature, sender_her_id, now)
             uow.commit()
             return
         if envelope.is_acknowledgment:
-            _apply_acknowledgment(ctx, uow, state, header.message_id, f"{channel}:{sender}", now)
+            _apply_acknowledgment(ctx, uow, state, header.message_id, sender, actor, now)
         else:
-            _apply_message_error(ctx, uow, state.id, envelope, f"{channel}:{sender}", now)
+            _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
+
+
+def _her_id_of(party: Party) -> str | None:
+    """The party's HER-id, or None when its PartyId does not hold one. Judged by the value, not
+    the type: a sloppy peer's PartyId of another type is still looked up as its HER-id."""
+    try:
+        HerId(party.her_id)
+    except InvalidHerId:
+        return None
+    return party.her_id
+
+
+def _alert_untrusted(
+    uow: UnitOfWork,
+    envelope: Envelope,
+    state: MessageState,
+    signature: SenderSignature,
+    sender_her_id: str | None,
+    now: datetime,
+) -> None:
+    """A signal about our message that we cannot trust changed nothing: the message waits, and
+    only an operator can tell a partner's new certificate (not in our register yet) from a
+    forgery. One alert per sender, resolved by its next trusted signal."""
+    what = "Acknowledgment" if envelope.is_acknowledgment else "MessageError"
+    if signature.certificate is None:
+        why = "its signature does not verify with the sender's registered signing certificate"
+    else:
+        why = "the sender's signing certificate is not accepted now"
+    raise_alert(
+        uow,
+        AlertKind.SIGNAL_UNTRUSTED,
+        f"an {what} from {sender_her_id or 'a party without a HER-id'} about message "
+        f"{state.id} was ignored: {why}; the message stays {state.status}. Check the "
+        "partner's certificates in the address register (ar show, ar sync); if they are "
+        "right, the signal may be forged.",
+        at=now,
+        partner_her_id=sender_her_id,
+        key=sender_her_id or "no-her-id",
+    )
 
 
 def _ignored_because(
@@ -173,9 +225,17 @@ def _apply_acknowledgment(
     uow: UnitOfWork,
     state: MessageState,
     signal_id: str,
+    sender: str,
     actor: str,
     now: datetime,
 ) -> None:
+    # the partner's signals reach us again, and they are trusted: both in one prepared UPDATE,
+    # which as a rule matches nothing (this is the path of every message we send)
+    uow.alerts.resolve(
+        f"{AlertKind.ACK_MISSING}:{state.to_her_id}",
+        f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}",
+        at=now,
+    )
     uow.receipts.add(
         ReceiptRow(
             message_id=state.id,
@@ -226,11 +286,17 @@ def _apply_message_error(
     assert row is not None  # locked by the caller
     header = envelope.header
     sender = header.from_party.her_id
+    # an answer all the same (the ack-timeout waits for an Acknowledgment or a MessageError),
+    # and a trusted signal from its sender
+    uow.alerts.resolve(
+        f"{AlertKind.ACK_MISSING}:{row.to_her_id}", f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now
+    )
     errors = envelope.error_list.errors if envelope.error_list else ()
-    # the partner's own words: masked like any text we store (they may quote the content)
+    # the partner's own words, kept in the receipt only and masked like any text we store:
+    # they may quote the content, so the log and the alert (sent on to webhooks) name codes
     codes = [
         {
-            "code": _reported(e),
+            "code": redact(_reported(e)),
             "severity": str(e.severity),
             "location": redact(e.location),
             "description": redact(e.description),
@@ -250,7 +316,8 @@ def _apply_message_error(
             description=text,
         )
     )
-    first_code = _reported(errors[0]) if errors else "Unknown"
+    shown = _codes_shown(errors)
+    first_code = _code_shown(errors[0]) if errors else "Unknown"
     if errors and all(error.severity is Severity.WARNING for error in errors):
         # the partner processed the message and only remarks on it: no failure, no alert
         uow.events.record(
@@ -258,7 +325,7 @@ def _apply_message_error(
             EventKind.NOTE,
             actor=actor,
             code=first_code,
-            detail=f"MessageError with warnings only from {sender}: {text}",
+            detail=f"MessageError with warnings only from {sender}: {shown}",
             ebxml_message_id=header.message_id,
             at=now,
         )
@@ -269,7 +336,7 @@ def _apply_message_error(
             OutboundStatus.TRANSPORT_ERROR.value,
             actor=actor,
             code=first_code,
-            detail=f"MessageError from {sender}: {text}",
+            detail=f"MessageError from {sender}: {shown}",
             at=now,
         )
         uow.jobs.cancel_for_message(row.id)
@@ -282,7 +349,7 @@ def _apply_message_error(
             EventKind.ERROR,
             actor=actor,
             code=first_code,
-            detail=f"MessageError from {sender} after the message was {row.status}: {text} "
+            detail=f"MessageError from {sender} after the message was {row.status}: {shown} "
             f"(status stays {row.status})",
             ebxml_message_id=header.message_id,
             at=now,
@@ -297,8 +364,8 @@ def _apply_message_error(
     raise_alert(
         uow,
         AlertKind.MESSAGE_ERROR_RECEIVED,
-        f"{sender} refused message {row.id} ({row.msg_type}) with MessageError "
-        f"{first_code}: {text}. {advice}",
+        f"{sender} refused message {row.id} ({row.msg_type}) with MessageError {shown} "
+        f"(the partner's descriptions are in the message's receipts). {advice}",
         at=now,
         message_id=row.id,
         partner_her_id=sender,
@@ -390,7 +457,26 @@ def _stored_signal(ctx: EngineContext, data: dict[str, Any]) -> tuple[Path, str,
 
 def _reported(error: ErrorDetail) -> str:
     """The code as the partner wrote it (one outside the ebMS set is kept, not made Unknown)."""
-    return (error.reported_code or str(error.code))[:64]
+    return error.reported_code or str(error.code)
+
+
+# the ebMS codes (ValueNotRecognized, SecurityFailure, ...) and a partner's own, such as
+# NHN:QueueFull
+_EBMS_CODE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9:._-]*")
+_CODES_SHOWN = 10
+
+
+def _code_shown(error: ErrorDetail) -> str:
+    """The partner's code as our texts and code columns (64 characters) show it, "?" for one
+    that does not look like a code."""
+    return partner_code(_reported(error), _EBMS_CODE_SHAPE)
+
+
+def _codes_shown(errors: Sequence[ErrorDetail]) -> str:
+    """The codes of a MessageError for the log and the alert, each once, ten at most."""
+    shown = list(dict.fromkeys(_code_shown(error) for error in errors))
+    more = len(shown) - _CODES_SHOWN
+    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:

@@ -242,4 +242,18 @@ def ack_timeout_job(ctx: EngineContext, job: ClaimedJob) -> None:
                 at=now,
             )
             uow.jobs.schedule(TRANSMIT, now, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
+            # The partner took the send (a 2xx answer) but said nothing: left to the give-up,
+            # that was silent for the whole PersistDuration. Per partner, since a partner whose
+            # signals do not reach us misses them for every message; the next send that works
+            # does not resolve it (it did work), the partner's next Acknowledgment does.
+            raise_alert(
+                uow,
+                AlertKind.ACK_MISSING,
+                f"{row.to_her_id} ({partner.name}) took message {row.id} ({row.msg_type}) but "
+                "sent no Acknowledgment within the retry interval; it is resent (attempt "
+                f"{row.attempts + 1} of at most {partner.retries + 1}). Check that the partner's "
+                "signals can reach this server.",
+                at=now,
+                partner_her_id=row.to_her_id,
+            )
         uow.commit()

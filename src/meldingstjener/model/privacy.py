@@ -18,3 +18,13 @@ def redact(text: str | None) -> str | None:
     if text is None:
         return None
     return _NATIONAL_ID.sub("[redacted-id]", text)
+
+
+def partner_code(value: str | None, shape: re.Pattern[str], *, limit: int = 64) -> str:
+    """A code a partner sent (an ebXML errorCode, an AppRec Error V), fit for our texts and
+    code columns: as sent when it has the ``shape`` of a code and hides no national identity
+    number, cut to ``limit`` (what the columns hold); anything else is ``?``. A partner's field
+    may hold any text, and a text where a code belongs may quote the message."""
+    if value is None or not shape.fullmatch(value) or _NATIONAL_ID.search(value):
+        return "?"
+    return value[:limit]

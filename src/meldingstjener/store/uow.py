@@ -574,6 +574,16 @@ _RESOLVE_ALERT_SILENT = text(
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _resolve_alerts(count: int) -> TextClause:
+    """The resolve of ``count`` keys in one statement (an incoming Acknowledgment resolves two
+    kinds of alert, and it is on the path of every message), prepared once per count."""
+    keys = ", ".join(f":dedup_key_{number}" for number in range(count))
+    return text(
+        f"UPDATE alerts SET resolved_at = :at WHERE dedup_key IN ({keys}) AND resolved_at IS NULL"
+    ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+
+
 class AlertRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -631,13 +641,20 @@ class AlertRepository:
             row.resolved_at = at or utcnow()
         return row
 
-    def resolve(self, dedup_key: str, *, at: datetime | None = None) -> None:
-        """Mark the open alert of ``dedup_key`` resolved (one statement; none open is fine).
+    def resolve(self, dedup_key: str, *more_keys: str, at: datetime | None = None) -> None:
+        """Mark the open alerts of ``dedup_key`` (and ``more_keys``) resolved, in one statement;
+        none open is fine.
 
         Runs after every successful send (partner reachable again), hence prepared once."""
-        self.session.connection().execute(
-            _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
-        )
+        if not more_keys:
+            self.session.connection().execute(
+                _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
+            )
+            return
+        keys = (dedup_key, *more_keys)
+        binds: dict[str, object] = {f"dedup_key_{n}": key for n, key in enumerate(keys)}
+        binds["at"] = at or utcnow()
+        self.session.connection().execute(_resolve_alerts(len(keys)), binds)
 
     def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
         """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:

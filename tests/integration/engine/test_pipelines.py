@@ -387,6 +387,56 @@ def test_a_message_error_code_outside_the_ebms_set_is_kept_as_sent(pair: Pair) -
     assert receipt.error_codes is not None and receipt.error_codes[0]["code"] == "NHN:QueueFull"
 
 
+def test_a_message_errors_texts_stay_in_its_receipt_and_the_alert_names_codes(
+    pair: Pair,
+) -> None:
+    # The partner's description may quote the message; the alert's summary also goes out in
+    # webhook bodies. Log and alert name the codes, the receipt keeps the words (masked).
+    from meldingstjener.ebxml import ErrorCode, Severity
+
+    quoting = "pasient Kari Nordmann 01017012345 finnes ikke"
+    message_id, receipt = _answered_with_error(
+        pair, ErrorDetail(ErrorCode.VALUE_NOT_RECOGNIZED, Severity.ERROR, "cid", quoting)
+    )
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True, kind="message-error-received")
+        details = [str(e.detail) for e in uow.events.for_message(message_id)]
+    assert "MessageError ValueNotRecognized" in alert.summary
+    assert "Kari" not in alert.summary and not [d for d in details if "Kari" in d]
+    assert "Kari Nordmann" in str(receipt.description)
+    assert "01017012345" not in str(receipt.description) + str(receipt.error_codes)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    ("reported", "shown"),
+    [("Kari Nordmann mangler i registeret", "?"), ("NHN:" + "Q" * 80, "NHN:" + "Q" * 60)],
+)
+def test_a_message_error_code_that_is_no_code_is_shown_as_a_question_mark(
+    tmp_path: Path, database_url: str, reported: str, shown: str
+) -> None:
+    # A partner's errorCode is any text it likes: one that is no code stays out of the log,
+    # and none, however long, makes the 64-character code columns refuse the row.
+    from meldingstjener.ebxml import ErrorCode, Severity
+
+    pair = make_pair(tmp_path, gp_database_url=database_url)
+    try:
+        message_id, receipt = _answered_with_error(
+            pair,
+            ErrorDetail(ErrorCode.UNKNOWN, Severity.ERROR, None, "x", reported_code=reported),
+        )
+        assert pair.message(pair.gp, message_id).last_error_code == shown
+        with pair.gp.store.unit_of_work() as uow:
+            [alert] = uow.alerts.list(open_only=True, kind="message-error-received")
+            codes = [e.code for e in uow.events.for_message(message_id)]
+        assert f"MessageError {shown} " in alert.summary and shown in codes
+        assert "Kari" not in alert.summary
+        assert receipt.error_codes is not None and receipt.error_codes[0]["code"] == reported
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
+
+
 def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pair) -> None:
     # A PartyId of another type (here a long URN) is not a HER-id: the refusal is stored
     # without one, instead of putting the URN in a HER-id column (PostgreSQL refused that).
@@ -443,6 +493,30 @@ def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:
     assert len(pair.inbound_messages(pair.hospital)) == 1  # delivered once
     sends = [d for d in pair.network.sent if d.endpoint == pair.hospital_site.endpoint]
     assert len(sends) == 2 and len({d.ebxml_message_id for d in sends}) == 1
+
+
+def test_a_missing_acknowledgment_alerts_at_the_first_resend_until_one_arrives(
+    pair: Pair,
+) -> None:
+    # Each send gets its 2xx, but the hospital's Acknowledgments never reach the GP: that was
+    # silent until the message was given up, up to PersistDuration later. A send that works
+    # must not resolve the alert (it did work); the partner's Acknowledgment does.
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert alerts(pair.gp) == []  # nothing is late yet
+    pair.clock.advance(minutes=11)  # past RetryInterval: the first resend
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert alerts(pair.gp) == [("ack-missing", 1)]
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+        assert alert.partner_her_id == "8200002" and message_id in alert.summary
+    pair.network.down.clear()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert alerts(pair.gp) == []
 
 
 def test_signal_for_an_unknown_message_is_logged(pair: Pair) -> None:

@@ -73,6 +73,88 @@ def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(pair: Pair) -> No
     assert pair.message(pair.hospital, row.id).status == "rejected"
 
 
+def _apprec_from_the_hospital(
+    pair: Pair,
+    original_payload: bytes,
+    status: int,
+    errors: list[tuple[str, str]],
+    original_msg_id: str | None = None,
+) -> None:
+    """An AppRec from the hospital with Error codes and texts as a partner may write them
+    (checked by nobody on its way out), for the message ``original_payload`` (or, with
+    ``original_msg_id``, naming another MsgId as the one it answers)."""
+    from meldingstjener.formats import AppRecError, build_apprec, read_msghead
+
+    original = read_msghead(original_payload)
+    apprec = build_apprec(
+        original,
+        status=status,
+        errors=[AppRecError(code=code, text=text) for code, text in errors],
+        version="1.1",
+    )
+    if original_msg_id is not None:
+        apprec = apprec.replace(original.msg_info.msg_id.encode(), original_msg_id.encode())
+    sound = build_apprec(original, status=status, errors=[AppRecError.of("E35")], version="1.1")
+    submit(pair.hospital, apprec, actor="t", inspected=inspect(sound))
+    pair.run()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_apprec_error_code_that_is_no_code_is_shown_as_a_question_mark(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A V of 80 characters went into the 64-character code columns: PostgreSQL refused the
+    # row, at every resend of the AppRec. And a V (or DN) may quote the message: the log and
+    # the alert name codes that look like codes, "?" for others; the receipt keeps them.
+    from engine_pair import make_pair
+
+    pair = make_pair(tmp_path, gp_database_url=database_url)
+    try:
+        message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+        pair.run()
+        row = received(pair)
+        payload = pair.hospital.store.payloads.read_bytes(str(row.payload_ref))
+        quoting = "Kari Nordmann 01017012345 " + "x" * 60
+        _apprec_from_the_hospital(pair, payload, 2, [(quoting, "Kari"), ("E35", "Finnes ikke")])
+        sent = pair.message(pair.gp, message_id)
+        assert sent.status == "apprec-rejected" and sent.last_error_code == "?"
+        [alert] = open_alerts(pair.gp, "apprec-rejected")
+        summary = str(alert.summary)  # type: ignore[attr-defined]
+        assert "'Rejected': ?, E35." in summary and "Kari" not in summary
+        with pair.gp.store.unit_of_work() as uow:
+            details = " ".join(str(e.detail) for e in uow.events.for_message(message_id))
+            [receipt] = [r for r in uow.receipts.for_message(message_id) if r.kind == "apprec"]
+        assert "Kari" not in details
+        assert receipt.error_codes is not None
+        assert receipt.error_codes[0]["code"].startswith("Kari Nordmann [redacted-id] xxx")
+        assert "01017012345" not in str(receipt.description)
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
+
+
+@pytest.mark.parametrize(("status", "alerted"), [(1, False), (2, True), (3, True)])
+def test_a_rejecting_apprec_for_a_message_we_did_not_send_raises_an_alert(
+    pair: Pair, status: int, alerted: bool
+) -> None:
+    # A rejection that matched none of our messages was a note in the log only.
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    payload = pair.hospital.store.payloads.read_bytes(str(received(pair).payload_ref))
+    errors = [("E35", "Finnes ikke")] if status != 1 else []
+    unknown = "2b7ef7e4-0000-4000-8000-000000000000"
+    _apprec_from_the_hospital(pair, payload, status, errors, original_msg_id=unknown)
+    [apprec] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
+    with pair.gp.store.unit_of_work() as uow:
+        assert "apprec-unmatched" in [e.code for e in uow.events.for_message(apprec.id)]
+    found = open_alerts(pair.gp, "apprec-rejected")
+    assert len(found) == int(alerted)
+    if alerted:
+        [alert] = found
+        assert alert.message_id == apprec.id and "(E35)" in alert.summary  # type: ignore[attr-defined]
+        assert alert.dedup_key == f"apprec-rejected:unmatched:{apprec.id}"  # type: ignore[attr-defined]
+
+
 def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
@@ -126,6 +208,29 @@ def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: 
     assert "feil tjeneste" not in details  # no content in the log
 
 
+def test_a_misaddressed_message_whose_apprec_cannot_be_sent_raises_apprec_unsent_only(
+    pair: Pair,
+) -> None:
+    # The misaddressed alert says the sender got a negative AppRec; it was committed before
+    # the AppRec was tried, and stood when the AppRec could not go (the GP's certificate gone).
+    _alias(pair, "8200099")
+    with pair.hospital.store.unit_of_work() as uow:
+        party = uow.parties.get(pair.gp_site.organisation_her_id)
+        assert party is not None
+        party.encryption_certificate = None
+        uow.commit()
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
+    submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.status == "misaddressed-purged" and row.last_error_code == "certificate-problem"
+    assert open_alerts(pair.hospital, "misaddressed-received") == []
+    [unsent] = open_alerts(pair.hospital, "apprec-unsent")
+    assert "E21" in unsent.summary  # type: ignore[attr-defined]
+
+
 def test_a_clinicians_wrong_recipient_report_sends_a_dialog_avvik(pair: Pair) -> None:
     message_id, row = send_and_deliver(pair)
     receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
@@ -156,6 +261,44 @@ def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
     [apprec] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"]
     assert apprec.msg_type_version is not None and "2004-11-21" in apprec.msg_type_version
+
+
+def _auto_apprec(pair: Pair) -> None:
+    with pair.hospital.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8200001", "8100001")
+        assert agreement is not None
+        agreement.auto_apprec, agreement.apprec_version = True, "1.0"
+        uow.commit()
+
+
+def test_an_automatic_apprec_that_cannot_be_sent_raises_apprec_unsent(pair: Pair) -> None:
+    # The sender's certificate is no longer acceptable: the AppRec the agreement asks for is
+    # refused. That was a line in the process log, and the message stayed delivered for ever.
+    _auto_apprec(pair)
+    _, row = send_and_deliver(pair)  # the automatic AppRec is owed from here
+    with pair.hospital.store.unit_of_work() as uow:
+        party = uow.parties.get(str(row.from_her_id))
+        assert party is not None
+        party.encryption_certificate = None
+        uow.commit()
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    [alert] = open_alerts(pair.hospital, "apprec-unsent")
+    assert alert.message_id == row.id and "certificate-problem" in alert.summary  # type: ignore[attr-defined]
+    with pair.hospital.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(row.id)]
+    assert "certificate-problem" in codes
+    assert _jobs(pair.hospital, receipts.AUTO_APPREC) == []
+
+
+def test_an_automatic_apprec_the_epj_answered_first_is_not_owed(pair: Pair) -> None:
+    _auto_apprec(pair)
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    pair.run()  # the automatic AppRec's job finds the message answered
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    assert open_alerts(pair.hospital, "apprec-unsent") == []
+    assert _jobs(pair.hospital, receipts.AUTO_APPREC) == []
 
 
 def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
@@ -399,6 +542,67 @@ def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair:
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
 
 
+def test_an_untrusted_signal_alerts_until_a_trusted_one_from_its_sender(pair: Pair) -> None:
+    # An Acknowledgment that names the hospital but is signed with another key (the GP's own,
+    # standing in for a new certificate the register does not have yet, or a forgery) changes
+    # nothing; that was an ERROR event only, while the message waited for its give-up.
+    from meldingstjener.engine import inbound, signals
+
+    pair.network.down.add(pair.gp_site.endpoint)  # the genuine Acknowledgment waits
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    envelope, root = _sent_envelope(pair, message_id)
+    forged = signals.build_ack(pair.gp, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, forged.content_type, forged.body)
+    assert pair.message(pair.gp, message_id).status == "sent"
+    [alert] = open_alerts(pair.gp, "signal-untrusted")
+    assert alert.partner_her_id == "8200002" and message_id in alert.summary  # type: ignore[attr-defined]
+    assert alert.severity == "error"  # type: ignore[attr-defined]
+    genuine = signals.build_ack(pair.hospital, envelope, root)  # type: ignore[arg-type]
+    inbound.receive(pair.gp, genuine.content_type, genuine.body)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert open_alerts(pair.gp, "signal-untrusted") == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_untrusted_signal_from_a_long_party_id_is_logged_and_alerted(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A PartyId of 200 characters (any sender may name one) went into the event's actor
+    # (128 characters): PostgreSQL refused the row, and the signal was an error of the server.
+    from engine_pair import make_pair
+
+    from meldingstjener.ebxml import build_acknowledgment, new_message_id, signature_references
+    from meldingstjener.ebxml.values import Party
+    from meldingstjener.engine import inbound, signals
+
+    pair = make_pair(tmp_path, gp_database_url=database_url)
+    try:
+        pair.network.down.add(pair.gp_site.endpoint)
+        message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+        pair.run()
+        envelope, root = _sent_envelope(pair, message_id)
+        ack = build_acknowledgment(
+            envelope,  # type: ignore[arg-type]
+            references=signature_references(root),  # type: ignore[arg-type]
+            message_id=new_message_id("hospital.example"),
+            timestamp=pair.clock(),
+            our_party=Party("urn:example:" + "x" * 188, "Behandler", ""),  # not of type HER
+        )
+        forged = signals._finish(pair.hospital, ack, "forged")
+        inbound.receive(pair.gp, forged.content_type, forged.body)
+        assert pair.message(pair.gp, message_id).status == "sent"
+        [alert] = open_alerts(pair.gp, "signal-untrusted")
+        assert alert.partner_her_id is None  # type: ignore[attr-defined]
+        assert "without a HER-id" in alert.summary  # type: ignore[attr-defined]
+        with pair.gp.store.unit_of_work() as uow:
+            [ignored] = [e for e in uow.events.for_message(message_id) if e.kind == "error"]
+        assert ignored.code == "SecurityFailure" and ignored.actor == "http:no-her-id"
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
+
+
 def _sent_envelope(pair: Pair, message_id: str) -> tuple[object, object]:
     from meldingstjener.ebxml import parse_envelope, unpackage
     from meldingstjener.formats.xmlparse import parse_xml
@@ -633,3 +837,18 @@ def test_a_misaddressed_report_whose_answer_cannot_be_sent_raises_no_alert(
     assert open_alerts(pair.hospital, "misaddressed-received") == []
     kept = pair.message(pair.hospital, row.id)
     assert kept.status == "delivered" and kept.payload_ref == row.payload_ref
+
+
+def test_a_message_error_also_ends_the_wait_for_an_acknowledgment(pair: Pair) -> None:
+    # The ack-timeout waits for either signal: a MessageError shows that the partner's signals
+    # reach us, so the ack-missing alert of that partner is resolved (its own alert follows).
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's Acknowledgment waits
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.clock.advance(minutes=11)  # past RetryInterval: resent, and alerted
+    pair.run()
+    assert len(open_alerts(pair.gp, "ack-missing")) == 1
+    envelope, _ = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    assert open_alerts(pair.gp, "ack-missing") == []
+    assert len(open_alerts(pair.gp, "message-error-received")) == 1

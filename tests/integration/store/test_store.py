@@ -206,6 +206,32 @@ def test_alerts_are_deduplicated_and_reopen(store: Store) -> None:
         assert alert.count == 4 and alert.acknowledged_at is None
 
 
+def test_several_alerts_are_resolved_in_one_statement(store: Store) -> None:
+    # An incoming Acknowledgment resolves two kinds of alert on the path of every message.
+    from sqlalchemy import event
+
+    with store.unit_of_work() as uow:
+        for key in ("ack-missing:8142520", "signal-untrusted:8142520", "other:8142520"):
+            uow.alerts.raise_alert("k", severity="warning", dedup_key=key, summary="s", at=T0)
+        uow.commit()
+    updates: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            updates.append(statement)
+
+    event.listen(store.database.engine, "before_cursor_execute", seen)
+    try:
+        with store.unit_of_work() as uow:
+            uow.alerts.resolve("ack-missing:8142520", "signal-untrusted:8142520", "none:1", at=T0)
+            uow.commit()
+    finally:
+        event.remove(store.database.engine, "before_cursor_execute", seen)
+    assert len(updates) == 1
+    with store.unit_of_work() as uow:
+        assert [a.dedup_key for a in uow.alerts.list(open_only=True)] == ["other:8142520"]
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_two_transactions_raising_the_same_new_alert_both_commit(store: Store) -> None:
     # Two workers meet the same new problem at once (a partner stops answering). The second
