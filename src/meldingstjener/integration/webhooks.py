@@ -190,49 +190,56 @@ class WebhookDispatcher:
             del self._gaps_seen[event_id]
 
     def _collect_alerts(self, uow: UnitOfWork, hooks: list[WebhookRow]) -> int:
+        """Alerts raised, counted, acknowledged or resolved since the cursor (``changed_at``):
+        a pager fed by webhooks closes what was resolved."""
         since = uow.state.get(ALERT_CURSOR)
-        query = select(AlertRow).order_by(AlertRow.last_seen, AlertRow.id).limit(500)
+        changed = AlertRow.changed_at
+        query = select(AlertRow).order_by(changed, AlertRow.id).limit(500)
         late: list[AlertRow] = []
         if since:
             cursor = datetime.fromisoformat(since)
-            query = query.where(AlertRow.last_seen > cursor)
+            query = query.where(changed > cursor)
             if hooks and self.ctx.clock() - cursor < 2 * ALERT_LOOKBACK:
                 # An alert is stamped with its raiser's clock before its transaction commits:
                 # one that commits late, or comes from a host whose clock is a few seconds
                 # behind (or that shares its time with the last of a full batch), has a time
                 # the cursor passed already. The minute before the cursor is looked at again,
                 # for two minutes after it (then such an alert has long committed); a delivery
-                # is made once per alert and count (its key), so never twice.
+                # is made once per alert, count and state (its key), so never twice.
                 late = list(
                     uow.session.scalars(
                         select(AlertRow)
-                        .where(
-                            AlertRow.last_seen > cursor - ALERT_LOOKBACK,
-                            AlertRow.last_seen <= cursor,
-                        )
-                        .order_by(AlertRow.last_seen, AlertRow.id)
+                        .where(changed > cursor - ALERT_LOOKBACK, changed <= cursor)
+                        .order_by(changed, AlertRow.id)
                         .limit(5000)
                     )
                 )
         alerts = list(uow.session.scalars(query))
         made = 0
         for alert in late + alerts:
+            state = _alert_state(alert)
             body = {
                 "event": "alert",
                 "alertId": alert.id,
                 "kind": alert.kind,
                 "severity": alert.severity,
+                "state": state,
                 "messageId": alert.message_id,
                 "partnerHerId": alert.partner_her_id,
                 "summary": alert.summary,
                 "count": alert.count,
-                "at": alert.last_seen.isoformat(),
+                "lastSeen": alert.last_seen.isoformat(),
+                "acknowledgedBy": alert.acknowledged_by,
+                "resolvedAt": alert.resolved_at.isoformat() if alert.resolved_at else None,
+                "at": (alert.changed_at or alert.last_seen).isoformat(),
             }
-            made += self._fan_out(
-                uow, hooks, "alert", f"alert:{alert.id}:{alert.count}", body, None
-            )
+            # an open alert keeps the key it had before alerts had states (no repeat after an
+            # upgrade); an acknowledgement or resolution is news of its own
+            key = f"alert:{alert.id}:{alert.count}" + ("" if state == "open" else f":{state}")
+            made += self._fan_out(uow, hooks, "alert", key, body, None)
         if alerts:
-            uow.state.set(ALERT_CURSOR, alerts[-1].last_seen.isoformat())
+            last = alerts[-1]
+            uow.state.set(ALERT_CURSOR, (last.changed_at or last.last_seen).isoformat())
         return made
 
     def _fan_out(
@@ -446,6 +453,12 @@ def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
             .values(state="failed")
         )
     return len(hooks)
+
+
+def _alert_state(alert: AlertRow) -> str:
+    if alert.resolved_at is not None:
+        return "resolved"
+    return "acknowledged" if alert.acknowledged_at is not None else "open"
 
 
 def _message_news(

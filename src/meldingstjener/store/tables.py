@@ -171,7 +171,10 @@ class AlertRow(Base):
     """An avvik: a problem an operator must follow up, deduplicated by ``dedup_key``."""
 
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_open", "resolved_at", "acknowledged_at"),)
+    __table_args__ = (
+        Index("ix_alerts_open", "resolved_at", "acknowledged_at"),
+        Index("ix_alerts_changed", "changed_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(48))
@@ -186,6 +189,8 @@ class AlertRow(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     acknowledged_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
+    # the last change of any kind (raised, counted, acknowledged, resolved): webhooks follow it
+    changed_at: Mapped[datetime | None]
 
 
 class PartyRow(Base):

@@ -554,20 +554,22 @@ _RECEIPT_INSERT = text(
 # ON CONFLICT update every right-hand side sees the row as it was, on both databases.
 _UPSERT_ALERT = text(
     "INSERT INTO alerts (kind, severity, dedup_key, summary, message_id, partner_her_id, "
-    "first_seen, last_seen, count) VALUES (:kind, :severity, :dedup_key, :summary, :message_id, "
-    ":partner_her_id, :at, :at, 1) ON CONFLICT (dedup_key) DO UPDATE SET "
-    "count = alerts.count + 1, last_seen = excluded.last_seen, summary = excluded.summary, "
+    "first_seen, last_seen, changed_at, count) VALUES (:kind, :severity, :dedup_key, :summary, "
+    ":message_id, :partner_her_id, :at, :at, :at, 1) ON CONFLICT (dedup_key) DO UPDATE SET "
+    "count = alerts.count + 1, last_seen = excluded.last_seen, changed_at = excluded.changed_at, "
+    "summary = excluded.summary, "
     "acknowledged_at = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_at END, "
     "acknowledged_by = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_by END, "
     "resolved_at = NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
 
 _RESOLVE_ALERT = text(
-    "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key = :dedup_key "
+    "AND resolved_at IS NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
 _RESOLVE_ALERT_SILENT = text(
-    "UPDATE alerts SET resolved_at = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL "
-    "AND last_seen < :seen_before"
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key = :dedup_key "
+    "AND resolved_at IS NULL AND last_seen < :seen_before"
 ).bindparams(
     bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
     bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
@@ -580,7 +582,8 @@ def _resolve_alerts(count: int) -> TextClause:
     kinds of alert, and it is on the path of every message), prepared once per count."""
     keys = ", ".join(f":dedup_key_{number}" for number in range(count))
     return text(
-        f"UPDATE alerts SET resolved_at = :at WHERE dedup_key IN ({keys}) AND resolved_at IS NULL"
+        f"UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key IN ({keys}) "
+        "AND resolved_at IS NULL"
     ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
 
 
@@ -629,7 +632,7 @@ class AlertRepository:
     def acknowledge(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
         row = self.session.get(AlertRow, alert_id)
         if row is not None and row.acknowledged_at is None:
-            row.acknowledged_at = at or utcnow()
+            row.acknowledged_at = row.changed_at = at or utcnow()
             row.acknowledged_by = by
         return row
 
@@ -638,7 +641,7 @@ class AlertRepository:
         A repeat of the problem opens it again, unacknowledged."""
         row = self.acknowledge(alert_id, by=by, at=at)
         if row is not None and row.resolved_at is None:
-            row.resolved_at = at or utcnow()
+            row.resolved_at = row.changed_at = at or utcnow()
         return row
 
     def resolve(self, dedup_key: str, *more_keys: str, at: datetime | None = None) -> None:

@@ -496,3 +496,40 @@ def test_two_processes_collecting_at_once_make_each_delivery_once(
         also.join(30)
     assert results == [1] and second_results == [0]
     assert len(_deliveries(api_pair)) == 1
+
+
+def test_an_alerts_acknowledgement_and_resolution_are_announced(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # A pager fed by webhooks must learn that an alert was taken care of, or every alert stays
+    # open there for ever.
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    pair = api_pair.pair
+    admin = {"Authorization": f"Bearer {api_pair.hospital_admin_key}"}
+    answer = api_pair.hospital_http.post(
+        "/api/webhooks", headers=admin, json={"url": receiver.url, "events": ["alert"]}
+    )
+    assert answer.status_code == 201, answer.text
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    with pair.hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.INBOX_WAITING, "messages wait", at=pair.clock(), key="8200002")
+        uow.commit()
+    assert dispatcher.run_once() == 1
+    [alert] = api_pair.hospital_http.get("/api/alerts", headers=admin).json()
+    pair.clock.advance(seconds=1)
+    api_pair.hospital_http.post(f"/api/alerts/{alert['id']}/acknowledge", headers=admin)
+    assert dispatcher.run_once() == 1
+    pair.clock.advance(seconds=1)
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.alerts.resolve("inbox-waiting:8200002", at=pair.clock())
+        uow.commit()
+    assert dispatcher.run_once() == 1
+    assert dispatcher.run_once() == 0
+    bodies = [json.loads(body) for _, body in receiver.calls]
+    assert [(b["state"], b["acknowledgedBy"]) for b in bodies] == [
+        ("open", None),
+        ("acknowledged", "ops"),
+        ("resolved", "ops"),
+    ]
+    assert bodies[2]["resolvedAt"] == bodies[2]["at"]
