@@ -71,9 +71,18 @@ class InboundRefused(Exception):
 
 
 class _Reject(Exception):
-    def __init__(self, code: ErrorCode, detail: str, location: str | None = None) -> None:
+    """A refusal: ``error`` goes back to the sender; ``logged`` is what we store and log of it.
+
+    They differ when the sender's text quotes its own message (the XML parser names elements,
+    attributes and entities of the fagmelding, which may be patient data): the sender may read
+    that about its own message, our log and receipts keep codes only."""
+
+    def __init__(
+        self, code: ErrorCode, detail: str, location: str | None = None, *, logged: str = ""
+    ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
+        self.logged = logged or detail
 
 
 def receive(
@@ -122,7 +131,7 @@ def _receive_message(
     try:
         message, plain = _check(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse(ctx, mime, envelope, root, certificates, body, reject.error, channel)
+        return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
@@ -240,11 +249,14 @@ def _check(
     if not message.report.well_formed or message.report.format is None:
         if to not in ctx.own_her_ids:
             raise not_ours
+        problems = message.report.problems[:3]
         raise _Reject(
             ErrorCode.OTHER_XML,
-            "the business message cannot be interpreted: "
-            + "; ".join(p.message for p in message.report.problems[:3]),
+            "the business message cannot be interpreted: " + "; ".join(p.message for p in problems),
             "cid",
+            logged="the business message cannot be interpreted ("
+            + ", ".join(p.code for p in problems)
+            + ")",
         )
     # A service HER-id we do not have, under our own organisation, is a misaddressed message
     # (accepted, purged and answered with AppRec E21 by receipts.judge); anything else not ours
@@ -325,17 +337,18 @@ def _duplicate(
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
             _verify_signature(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse_repeat(ctx, envelope, original, reject.error, channel)
+        return _refuse_repeat(ctx, envelope, original, reject, channel)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
 
 
 def _refuse_repeat(
-    ctx: EngineContext, envelope: Envelope, original: MessageRow, error: ErrorDetail, channel: str
+    ctx: EngineContext, envelope: Envelope, original: MessageRow, reject: _Reject, channel: str
 ) -> InboundReply:
     """A message with the eb:MessageId of ``original`` that is not its sender's resend: logged
     against the original, nothing stored; a MessageError only in a SyncReply response."""
     header = envelope.header
+    error = reject.error
     with ctx.store.unit_of_work() as uow:
         uow.events.record(
             original.id,
@@ -343,7 +356,7 @@ def _refuse_repeat(
             actor=f"{channel}:{header.from_party.her_id}",
             code=str(error.code),
             detail="the ebXML MessageId of this message arrived again, but not as a resend by "
-            f"its sender ({error.description}): refused, not answered with our signal",
+            f"its sender ({reject.logged}): refused, not answered with our signal",
             ebxml_message_id=header.message_id,
         )
         uow.commit()
@@ -490,10 +503,11 @@ def _refuse(
     root: etree._Element,
     certificates: SigningCertificates,
     body: PayloadSource,
-    error: ErrorDetail,
+    reject: _Reject,
     channel: str,
 ) -> InboundReply:
     header = envelope.header
+    error = reject.error
     our = _us(ctx, header)
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
@@ -506,7 +520,7 @@ def _refuse(
             "code": str(error.code),
             "severity": str(error.severity),
             "location": error.location,
-            "description": error.description,
+            "description": reject.logged,
         }
     ]
     try:
@@ -517,7 +531,7 @@ def _refuse(
                 InboundStatus.REJECTED.value,
                 actor="msh",
                 code=str(error.code),
-                detail=f"MessageError sent: {error.description}",
+                detail=f"MessageError sent: {reject.logged}",
                 at=now,
             )
             route = _reply_endpoint(ctx, uow, header.from_party.her_id, our)
@@ -531,7 +545,7 @@ def _refuse(
                 row,
                 route,
                 reply_inline,
-                description=error.description,
+                description=reject.logged,
                 error_codes=codes,
             )
             uow.commit()
