@@ -33,6 +33,7 @@ class AlertKind(StrEnum):
     OUTBOX_REFUSED = "outbox-refused"
     OUTBOX_HELD = "outbox-held"
     OUTBOX_STUCK = "outbox-stuck"
+    MESSAGE_REFUSED = "message-refused"
 
 
 SEVERITY = {
@@ -57,6 +58,7 @@ SEVERITY = {
     AlertKind.OUTBOX_REFUSED: "error",
     AlertKind.OUTBOX_HELD: "warning",
     AlertKind.OUTBOX_STUCK: "error",
+    AlertKind.MESSAGE_REFUSED: "error",
 }
 
 

@@ -12,6 +12,7 @@ event in the log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from meldingstjener.ebxml import (
     unpackage,
 )
 from meldingstjener.ebxml.codes import PARTY_TYPE_HER
-from meldingstjener.engine import payload_io, receipts, signals
+from meldingstjener.engine import payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
@@ -48,6 +49,13 @@ from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# The payload is for a recipient and readable, and was signed by its sender (the signature is
+# checked first): the certificate it was encrypted to is not one we hold the key of, or our key
+# does not open it. Our side's certificates are out of step (ours renewed in the register before
+# its key was installed here, or the sender holds a stale copy of ours): every message from
+# every sender will fail the same way until someone acts.
+_OUR_KEY_FAILED = frozenset({"recipient-not-found", "decryption-failed"})
 
 
 @dataclass(frozen=True)
@@ -78,11 +86,18 @@ class _Reject(Exception):
     that about its own message, our log and receipts keep codes only."""
 
     def __init__(
-        self, code: ErrorCode, detail: str, location: str | None = None, *, logged: str = ""
+        self,
+        code: ErrorCode,
+        detail: str,
+        location: str | None = None,
+        *,
+        logged: str = "",
+        our_key: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
         self.logged = logged or detail
+        self.our_key = our_key  # the CMS code when our keys failed to decrypt (not the sender)
 
 
 def receive(
@@ -189,6 +204,11 @@ def _receive_message(
             _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
+            # A message from this sender, decrypted with our key, is stored: refusals of its
+            # messages and our key's failure are over (no statement unless an alert is open).
+            ctx.recovery.went_through(
+                uow, (recovery.sender(sender), recovery.OUR_DECRYPTION), at=now
+            )
             uow.commit()
     except IntegrityError:
         # The same message arrived twice at once; the other request stored it first. Nothing
@@ -243,7 +263,10 @@ def _check(
         if to not in ctx.own_her_ids:
             raise not_ours from None
         raise _Reject(
-            ErrorCode.SECURITY_FAILURE, f"the payload could not be decrypted: {exc}", "cid"
+            ErrorCode.SECURITY_FAILURE,
+            f"the payload could not be decrypted: {exc}",
+            "cid",
+            our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
     message = inspect(plain, ctx.policy.schema_dir)
     if not message.report.well_formed or message.report.format is None:
@@ -359,6 +382,7 @@ def _refuse_repeat(
             f"its sender ({reject.logged}): refused, not answered with our signal",
             ebxml_message_id=header.message_id,
         )
+        _alert_refused(ctx, uow, header, reject, original.id)
         uow.commit()
     if channel != "http" or not envelope.sync_reply:
         return InboundReply()  # no signal to a party that may not be who it says
@@ -548,6 +572,7 @@ def _refuse(
                 description=reject.logged,
                 error_codes=codes,
             )
+            _alert_refused(ctx, uow, header, reject, row.id)
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
@@ -559,6 +584,46 @@ def _refuse(
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
+
+
+def _alert_refused(
+    ctx: EngineContext, uow: UnitOfWork, header: MessageHeader, reject: _Reject, message_id: str
+) -> None:
+    """A refused message is otherwise known to its sender only (from our MessageError): an
+    unknown sender, a certificate revoked or expired, a stale copy of the register, a
+    TimeToLive passed, HER-ids that disagree, or our own key. One alert per sender and error
+    code counts the repeats; a message from that sender stored later resolves it."""
+    now = ctx.clock()
+    party = header.from_party
+    her_id = _her_id(party)
+    # a PartyId of another type may be a long URI: the alert's key names it by a digest
+    sender = her_id or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
+    code = str(reject.error.code)
+    if reject.our_key is not None:
+        ctx.recovery.raise_alert(
+            uow,
+            AlertKind.CERTIFICATE_INVALID,
+            f"a message from {sender} (message {message_id}) could not be decrypted with our "
+            f"keys ({reject.our_key}) and was refused with {code}. Our encryption certificate "
+            "in the address register and the keys this server holds disagree (a certificate "
+            "renewed before its key was installed here?), or the sender uses an old copy of "
+            "ours. Messages to us fail until it is mended; their senders resend for a while.",
+            subject=recovery.OUR_DECRYPTION,
+            key=recovery.OUR_DECRYPTION,
+            at=now,
+        )
+        return
+    ctx.recovery.raise_alert(
+        uow,
+        AlertKind.MESSAGE_REFUSED,
+        f"a message from {sender} was refused with {code} ({reject.logged}); the last was "
+        f"message {message_id}. Only its sender was told, by our MessageError: look at the "
+        "partner's certificate and register entry, or tell the partner.",
+        subject=recovery.sender(sender),
+        key=f"{sender}:{code}",
+        at=now,
+        partner_her_id=her_id,
+    )
 
 
 _TRANSPORT_SIGNALS = ("acknowledgment", "message-error")

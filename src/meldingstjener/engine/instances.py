@@ -99,6 +99,8 @@ def beat(ctx: EngineContext, name: str, *, started: bool = False) -> None:
         )
         _tidy(uow, name, now)
         failing_jobs.tidy(uow, now)
+        # alerts raised by other processes that a good message here resolves (engine/recovery)
+        ctx.recovery.load(uow, at=now)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)
