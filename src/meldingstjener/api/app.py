@@ -4,7 +4,9 @@
 message as the body, its Content-Type as the header. The answer is 200 once the message is
 durably stored (empty body, or the signal in the body when the sender asked for SyncReply),
 400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
-large, and 503 when the server cannot store right now (the sender then retries).
+large, and 503 when the server cannot store right now (the sender then retries): the database is
+away, or the payload store cannot be written (a ``store-failing`` alert). An unexpected error is
+answered 500 with an ``ebms-failing`` alert.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from meldingstjener.api.media_types import JsonMediaTypes
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
-from meldingstjener.engine import inbound
+from meldingstjener.engine import ebms_alerts, inbound
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.payloads import PayloadStore, Spool
 
@@ -99,6 +101,9 @@ def create_app(
             body = await _read_body(request, max_request_bytes, ctx.store.payloads)
         except _TooLarge:
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+        except OSError as exc:  # the spool of a large body: the disk is full, say
+            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
+            return Response("temporarily unable to store; resend later\n", 503)
         try:
             reply = await run_in_threadpool(inbound.receive, ctx, content_type, body)
         except inbound.InboundRefused as refused:
@@ -106,6 +111,14 @@ def create_app(
         except OperationalError:
             log.exception("database unavailable while receiving")
             return Response("temporarily unable to store; resend later\n", 503)
+        except OSError as exc:
+            # The payload store could not be written (or read): nothing was acknowledged, and
+            # the sender is told to resend later, when the store may be mended.
+            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
+            return Response("temporarily unable to store; resend later\n", 503)
+        except Exception as exc:
+            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+            return Response("internal error\n", 500)
         finally:
             if isinstance(body, Spool):
                 body.discard()  # kept as the wire form by then, unless it was refused

@@ -34,6 +34,8 @@ class AlertKind(StrEnum):
     OUTBOX_HELD = "outbox-held"
     OUTBOX_STUCK = "outbox-stuck"
     MESSAGE_REFUSED = "message-refused"
+    STORE_FAILING = "store-failing"
+    EBMS_FAILING = "ebms-failing"
 
 
 SEVERITY = {
@@ -59,6 +61,8 @@ SEVERITY = {
     AlertKind.OUTBOX_HELD: "warning",
     AlertKind.OUTBOX_STUCK: "error",
     AlertKind.MESSAGE_REFUSED: "error",
+    AlertKind.STORE_FAILING: "critical",
+    AlertKind.EBMS_FAILING: "error",
 }
 
 

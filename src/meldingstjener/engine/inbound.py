@@ -205,9 +205,10 @@ def _receive_message(
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
             # A message from this sender, decrypted with our key, is stored: refusals of its
-            # messages and our key's failure are over (no statement unless an alert is open).
+            # messages, our key's failure and the store's are over (no statement unless an
+            # alert is open).
             ctx.recovery.went_through(
-                uow, (recovery.sender(sender), recovery.OUR_DECRYPTION), at=now
+                uow, (recovery.sender(sender), recovery.OUR_DECRYPTION, recovery.STORE), at=now
             )
             uow.commit()
     except IntegrityError:
@@ -573,6 +574,7 @@ def _refuse(
                 error_codes=codes,
             )
             _alert_refused(ctx, uow, header, reject, row.id)
+            ctx.recovery.went_through(uow, (recovery.STORE,), at=now)  # its files were written
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)

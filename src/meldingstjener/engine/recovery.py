@@ -2,11 +2,12 @@
 
 Some deviations end when a message goes through: a sender whose messages we refused
 (``message-refused``), our own key that failed to decrypt (``certificate-invalid`` under the
-key ``our-decryption``). Resolving them with an UPDATE for every stored message would put a
-statement on the hot path for alerts that are almost never open. So each process keeps the open
-alerts of these kinds in memory, by *subject* (a sender, our key), and a good message costs a
-look in a dict; only when its subject has an open alert is the one prepared UPDATE per alert
-run, in the transaction that stores the message.
+key ``our-decryption``), the payload store that could not be written (``store-failing``).
+Resolving them with an UPDATE for every stored message would put a statement on the hot path
+for alerts that are almost never open. So each process keeps the open alerts of these kinds in
+memory, by *subject* (a sender, our key, the store), and a good message costs a look in a dict;
+only when its subject has an open alert is the one prepared UPDATE per alert run, in the
+transaction that stores the message.
 
 Several processes share a store: the set is read at the first need and again at every
 heartbeat of ``serve`` (``instances.beat``, each minute), so an alert another process raised
@@ -31,8 +32,10 @@ from meldingstjener.store.uow import UnitOfWork
 # could not decrypt (our certificate renewed in the register before its key was installed).
 OUR_DECRYPTION = "our-decryption"
 DECRYPTION_ALERT = f"{AlertKind.CERTIFICATE_INVALID}:{OUR_DECRYPTION}"
+# The subject, and the key of its store-failing alert: the payload store could not be written.
+STORE = "payloads"
 # the kinds whose every alert is resolved by traffic (each has a subject in _subject_of)
-WATCHED_KINDS = (AlertKind.MESSAGE_REFUSED,)
+WATCHED_KINDS = (AlertKind.MESSAGE_REFUSED, AlertKind.STORE_FAILING)
 # Subjects remembered per process: when each last went through. Only parties that sent a good
 # message (signed with a registered certificate) become one, but the number is capped anyway;
 # the oldest are forgotten first (a forgotten subject only loses the heartbeat's catch-up).
@@ -50,6 +53,8 @@ def _subject_of(dedup_key: str) -> str | None:
         return sender(rest.rpartition(":")[0])
     if dedup_key == DECRYPTION_ALERT:
         return OUR_DECRYPTION
+    if kind == AlertKind.STORE_FAILING:
+        return STORE
     return None
 
 
