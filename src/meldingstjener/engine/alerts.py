@@ -36,6 +36,7 @@ class AlertKind(StrEnum):
     MESSAGE_REFUSED = "message-refused"
     STORE_FAILING = "store-failing"
     EBMS_FAILING = "ebms-failing"
+    EBMS_REFUSED = "ebms-refused"
 
 
 SEVERITY = {
@@ -63,6 +64,7 @@ SEVERITY = {
     AlertKind.MESSAGE_REFUSED: "error",
     AlertKind.STORE_FAILING: "critical",
     AlertKind.EBMS_FAILING: "error",
+    AlertKind.EBMS_REFUSED: "warning",
 }
 
 

@@ -3,7 +3,10 @@
 A message that could be read and was refused is alerted by the inbound pipeline
 (``message-refused``). Here: the payload store failing (a full disk, its directory gone), which
 the sender only sees as a 503 to resend on, and an error nobody expected (a fault in the
-server), answered 500. Both would otherwise be a line in the server log only.
+server), answered 500. Both would otherwise be a line in the server log only. And a peer whose
+requests are refused before anything can be answered in ebXML (400: no readable envelope; 413:
+too large) ``REFUSED_IN_A_ROW`` times in a row: one such request may be a stray, a partner that
+keeps sending them has a broken MSH, and only the HTTP answers told it so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,50 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
+
+REFUSED_IN_A_ROW = 3  # at one process: each counts the requests it answers
+
+
+def refused(
+    ctx: EngineContext, address: str, sender: str | None, code: str, http_status: int
+) -> None:
+    """A request answered 400 or 413. Counted per the envelope's From HER-id when that could be
+    read, else per the address it came from; an alert from the ``REFUSED_IN_A_ROW``-th on."""
+    subject = recovery.sender(sender) if sender else recovery.peer(address)
+    count = ctx.recovery.refused(subject)
+    if count < REFUSED_IN_A_ROW:
+        return
+    whose = (
+        f"whose envelopes name {sender} as their sender (not verified)"
+        if sender
+        else f"from address {address}"
+    )
+
+    def alert(uow: UnitOfWork) -> None:
+        ctx.recovery.raise_alert(
+            uow,
+            AlertKind.EBMS_REFUSED,
+            f"{count} requests in a row to POST /ebms {whose} were refused before they could be "
+            f"answered in ebXML (the last: HTTP {http_status}, {code}, from address {address}). "
+            "Only the sending MSH saw the answers: tell the partner.",
+            subject=subject,
+            key=subject,
+            at=ctx.clock(),
+            partner_her_id=sender,
+        )
+
+    _raise(ctx, alert)
+
+
+def accepted(ctx: EngineContext, address: str) -> None:
+    """A request from ``address`` was taken (answered 200) and an alert about it may be open:
+    resolve it (engine/recovery; the caller asked ``went_through_quietly`` first)."""
+    try:
+        with ctx.store.unit_of_work() as uow:
+            ctx.recovery.went_through(uow, (recovery.peer(address),), at=ctx.clock())
+            uow.commit()
+    except Exception:  # the message is stored: its sender gets its answer all the same
+        log.exception("the alerts about %s could not be resolved", address)
 
 
 def store_failed(ctx: EngineContext, exc: OSError) -> None:

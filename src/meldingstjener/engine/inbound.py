@@ -34,7 +34,7 @@ from meldingstjener.ebxml import (
     parse_envelope,
     unpackage,
 )
-from meldingstjener.ebxml.codes import PARTY_TYPE_HER
+from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
 from meldingstjener.engine import payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -42,7 +42,7 @@ from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
-from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
@@ -70,12 +70,15 @@ class InboundRefused(Exception):
     """Input so broken that no ebXML answer can be addressed (no readable MessageHeader).
 
     The HTTP endpoint answers 400 with ``detail``; the event is already in the log.
+    ``sender``: the HER-id the envelope names as its From, when that much could be read (not
+    verified: it tells the operator whose refusals these may be).
     """
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, sender: str | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.sender = sender
 
 
 class _Reject(Exception):
@@ -105,6 +108,7 @@ def receive(
 ) -> InboundReply:
     """Take one received ebXML message (bytes, or a spooled file that is then kept as the wire
     form without a copy). Returns what to answer synchronously, if anything."""
+    root: etree._Element | None = None
     try:
         mime = unpackage(content_type, body)
         root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
@@ -120,12 +124,31 @@ def receive(
                 detail=f"unreadable ebXML message refused: {exc}",
             )
             uow.commit()
-        raise InboundRefused(code, f"unreadable ebXML message: {exc}") from None
+        raise InboundRefused(
+            code, f"unreadable ebXML message: {exc}", _claimed_sender(root)
+        ) from None
 
     if envelope.header.is_signal:
         signals.handle_incoming(ctx, envelope, root, channel=channel)
         return InboundReply()
     return _receive_message(ctx, mime, envelope, root, body, channel)
+
+
+_FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"
+
+
+def _claimed_sender(root: etree._Element | None) -> str | None:
+    """The HER-id of the From of an envelope that could be parsed as XML but not read whole."""
+    if root is None:
+        return None
+    for party_id in root.iterfind(_FROM_PARTY_IDS):
+        kind = party_id.get(f"{{{EB_NS}}}type") or party_id.get("type") or ""
+        if kind.strip().upper() == PARTY_TYPE_HER:
+            try:
+                return str(HerId((party_id.text or "").strip()))
+            except InvalidHerId:
+                return None
+    return None
 
 
 def _receive_message(

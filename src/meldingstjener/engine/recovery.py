@@ -2,11 +2,12 @@
 
 Some deviations end when a message goes through: a sender whose messages we refused
 (``message-refused``), our own key that failed to decrypt (``certificate-invalid`` under the
-key ``our-decryption``), the payload store that could not be written (``store-failing``).
+key ``our-decryption``), the payload store that could not be written (``store-failing``), a
+peer whose requests to ``POST /ebms`` were refused in a row (``ebms-refused``, counted here).
 Resolving them with an UPDATE for every stored message would put a statement on the hot path
 for alerts that are almost never open. So each process keeps the open alerts of these kinds in
-memory, by *subject* (a sender, our key, the store), and a good message costs a look in a dict;
-only when its subject has an open alert is the one prepared UPDATE per alert run, in the
+memory, by *subject* (a sender, a peer, our key, the store), and a good message costs a look in
+a dict; only when its subject has an open alert is the one prepared UPDATE per alert run, in the
 transaction that stores the message.
 
 Several processes share a store: the set is read at the first need and again at every
@@ -35,7 +36,7 @@ DECRYPTION_ALERT = f"{AlertKind.CERTIFICATE_INVALID}:{OUR_DECRYPTION}"
 # The subject, and the key of its store-failing alert: the payload store could not be written.
 STORE = "payloads"
 # the kinds whose every alert is resolved by traffic (each has a subject in _subject_of)
-WATCHED_KINDS = (AlertKind.MESSAGE_REFUSED, AlertKind.STORE_FAILING)
+WATCHED_KINDS = (AlertKind.MESSAGE_REFUSED, AlertKind.STORE_FAILING, AlertKind.EBMS_REFUSED)
 # Subjects remembered per process: when each last went through. Only parties that sent a good
 # message (signed with a registered certificate) become one, but the number is capped anyway;
 # the oldest are forgotten first (a forgotten subject only loses the heartbeat's catch-up).
@@ -47,10 +48,17 @@ def sender(her_id: str) -> str:
     return f"from:{her_id}"
 
 
+def peer(address: str) -> str:
+    """The subject of the alerts about requests from the network address ``address``."""
+    return f"peer:{address}"
+
+
 def _subject_of(dedup_key: str) -> str | None:
     kind, _, rest = dedup_key.partition(":")
     if kind == AlertKind.MESSAGE_REFUSED:  # message-refused:<sender>:<error code>
         return sender(rest.rpartition(":")[0])
+    if kind == AlertKind.EBMS_REFUSED:  # ebms-refused:<subject>
+        return rest
     if dedup_key == DECRYPTION_ALERT:
         return OUR_DECRYPTION
     if kind == AlertKind.STORE_FAILING:
@@ -68,6 +76,7 @@ class RecoveryWatch:
         self._open: dict[str, set[str]] = {}  # subject -> dedup keys
         self._raised: set[tuple[str, str]] = set()  # (subject, key) raised since a load began
         self._went_through: OrderedDict[str, datetime] = OrderedDict()
+        self._refusals: OrderedDict[str, int] = OrderedDict()  # subject -> refused in a row
 
     def raise_alert(
         self,
@@ -96,6 +105,25 @@ class RecoveryWatch:
         for key in keys:
             uow.alerts.resolve(key, at=at)
         uow.after_commit(lambda: self._through(subjects, keys, at))
+
+    def went_through_quietly(self, subjects: Sequence[str], *, at: datetime) -> bool:
+        """:meth:`went_through` without a unit of work, when no alert about ``subjects`` may be
+        open: True. False: nothing was done, call :meth:`went_through` in one."""
+        with self._lock:
+            if not self._loaded or any(subject in self._open for subject in subjects):
+                return False
+        self._through(subjects, [], at)
+        return True
+
+    def refused(self, subject: str) -> int:
+        """Count a refusal of ``subject``'s request; how many there were in a row, in this
+        process (a request of it that goes through starts the count again)."""
+        with self._lock:
+            count = self._refusals.pop(subject, 0) + 1
+            self._refusals[subject] = count
+            while len(self._refusals) > REMEMBERED:
+                self._refusals.popitem(last=False)
+            return count
 
     def load(self, uow: UnitOfWork, *, at: datetime) -> None:
         """Read the open alerts again (the heartbeat; the first need), and resolve those whose
@@ -134,6 +162,7 @@ class RecoveryWatch:
             for subject in subjects:
                 self._went_through.pop(subject, None)  # to the end: the newest is kept longest
                 self._went_through[subject] = at
+                self._refusals.pop(subject, None)
                 if keys and subject in self._open:
                     self._open[subject].difference_update(keys)
                     if not self._open[subject]:

@@ -97,3 +97,67 @@ def test_an_unexpected_error_answers_500_with_an_alert_that_names_its_class_only
     with pair.hospital.store.unit_of_work() as uow:
         [alert] = uow.alerts.list(open_only=True)
     assert "Nordmann" not in alert.summary
+
+
+def test_a_peer_refused_three_times_in_a_row_raises_an_alert_ended_by_its_next_message(
+    pair: Pair,
+) -> None:
+    body, content_type = wire(pair)
+    with TestClient(api_app.create_app(pair.hospital, max_request_bytes=100_000)) as http:
+        garbage = {"Content-Type": "multipart/related; boundary=x"}
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert http.post("/ebms", content=b"x" * 200_000, headers=garbage).status_code == 413
+        assert open_alerts(pair.hospital) == {}  # one or two may be strays
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 1)}
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 2)}
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 200, answer.text
+        assert open_alerts(pair.hospital) == {}
+        # the count starts again after a request that went through
+        for _ in range(2):
+            assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {}
+
+
+def test_refusals_of_envelopes_that_name_their_sender_are_counted_per_sender(
+    pair: Pair, http: TestClient
+) -> None:
+    body, content_type = wire(pair)
+    broken = body.replace(b"eb:CPAId>", b"eb:NoCPAId>")  # the MessageHeader cannot be read
+    assert broken != body
+    for _ in range(3):
+        answer = http.post("/ebms", content=broken, headers={"Content-Type": content_type})
+        assert answer.status_code == 400, answer.text
+    assert open_alerts(pair.hospital) == {"ebms-refused:from:8100001": ("warning", 1)}
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert alert.partner_her_id == "8100001" and "testclient" in alert.summary
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+    assert open_alerts(pair.hospital) == {}
+
+
+def test_a_good_request_costs_no_statement_on_the_alerts_while_none_is_open(
+    pair: Pair, http: TestClient
+) -> None:
+    from sqlalchemy import event
+
+    first, second = wire(pair), wire(pair)
+    answer = http.post("/ebms", content=first[0], headers={"Content-Type": first[1]})
+    assert answer.status_code == 200  # this process has read the open alerts once
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    engine = pair.hospital.store.database.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        answer = http.post("/ebms", content=second[0], headers={"Content-Type": second[1]})
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert answer.status_code == 200
+    assert any("INSERT INTO messages" in s for s in statements)
+    assert not any("alerts" in s for s in statements)
