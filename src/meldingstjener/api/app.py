@@ -4,7 +4,10 @@
 message as the body, its Content-Type as the header. The answer is 200 once the message is
 durably stored (empty body, or the signal in the body when the sender asked for SyncReply),
 400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
-large, and 503 when the server cannot store right now (the sender then retries).
+large, and 503 when the server cannot store right now (the sender then retries): the database is
+away, or the payload store cannot be written (a ``store-failing`` alert). An unexpected error is
+answered 500 with an ``ebms-failing`` alert. A peer refused three times in a row (400 or 413)
+raises an ``ebms-refused`` alert.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from meldingstjener.api.media_types import JsonMediaTypes
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
-from meldingstjener.engine import inbound
+from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.payloads import PayloadStore, Spool
 
@@ -108,24 +111,44 @@ def create_app(
     )
     async def ebms(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
+        address = request.client.host if request.client is not None else "unknown"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
         try:
             body = await _read_body(request, max_request_bytes, ctx.store.payloads)
         except _TooLarge:
+            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+        except OSError as exc:  # the spool of a large body: the disk is full, say
+            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
+            return Response("temporarily unable to store; resend later\n", 503)
         try:
             reply = await run_in_threadpool(inbound.receive, ctx, content_type, body)
         except inbound.InboundRefused as refused:
+            await run_in_threadpool(
+                ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
+            )
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
         except OperationalError:
             log.exception("database unavailable while receiving")
             return Response("temporarily unable to store; resend later\n", 503)
+        except OSError as exc:
+            # The payload store could not be written (or read): nothing was acknowledged, and
+            # the sender is told to resend later, when the store may be mended.
+            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
+            return Response("temporarily unable to store; resend later\n", 503)
+        except Exception as exc:
+            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+            return Response("internal error\n", 500)
         finally:
             if isinstance(body, Spool):
                 body.discard()  # kept as the wire form by then, unless it was refused
             del body
+        # Refusals of this peer in a row end here: in memory, unless an alert may be open.
+        if not ctx.recovery.went_through_quietly((recovery.peer(address),), at=ctx.clock()):
+            await run_in_threadpool(ebms_alerts.accepted, ctx, address)
         if reply.body is not None:
             return Response(
                 reply.body,

@@ -39,6 +39,10 @@ class AlertKind(StrEnum):
     STORE_UNREACHABLE = "store-unreachable"
     ACK_MISSING = "ack-missing"
     SIGNAL_UNTRUSTED = "signal-untrusted"
+    MESSAGE_REFUSED = "message-refused"
+    STORE_FAILING = "store-failing"
+    EBMS_FAILING = "ebms-failing"
+    EBMS_REFUSED = "ebms-refused"
 
 
 SEVERITY = {
@@ -69,6 +73,10 @@ SEVERITY = {
     AlertKind.STORE_UNREACHABLE: "error",
     AlertKind.ACK_MISSING: "warning",
     AlertKind.SIGNAL_UNTRUSTED: "error",
+    AlertKind.MESSAGE_REFUSED: "error",
+    AlertKind.STORE_FAILING: "critical",
+    AlertKind.EBMS_FAILING: "error",
+    AlertKind.EBMS_REFUSED: "warning",
 }
 
 

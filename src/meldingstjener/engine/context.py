@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from meldingstjener import __version__
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
+from meldingstjener.engine.recovery import RecoveryWatch
 from meldingstjener.security.validation import CertificateValidator
 from meldingstjener.store.uow import ClaimedJob, SendingView, Store, UnitOfWork
 from meldingstjener.transport.base import Transport
@@ -148,6 +149,8 @@ class EngineContext:
     organisation_her_id: str | None = None  # ours; None only where no organisation is configured
     handoff: Handoff | None = None  # set by ``serve``, which runs workers in this process
     register_sync: RegisterSync | None = None  # how to sync the address register, if configured
+    # the open alerts a good message resolves, known without a statement per message
+    recovery: RecoveryWatch = field(default_factory=RecoveryWatch)
 
     def schedule_now(
         self,

@@ -12,6 +12,7 @@ event in the log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -33,21 +34,28 @@ from meldingstjener.ebxml import (
     parse_envelope,
     unpackage,
 )
-from meldingstjener.ebxml.codes import PARTY_TYPE_HER
-from meldingstjener.engine import payload_io, receipts, signals
+from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
+from meldingstjener.engine import payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
-from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# The payload is for a recipient and readable, and was signed by its sender (the signature is
+# checked first): the certificate it was encrypted to is not one we hold the key of, or our key
+# does not open it. Our side's certificates are out of step (ours renewed in the register before
+# its key was installed here, or the sender holds a stale copy of ours): every message from
+# every sender will fail the same way until someone acts.
+_OUR_KEY_FAILED = frozenset({"recipient-not-found", "decryption-failed"})
 
 
 @dataclass(frozen=True)
@@ -62,18 +70,37 @@ class InboundRefused(Exception):
     """Input so broken that no ebXML answer can be addressed (no readable MessageHeader).
 
     The HTTP endpoint answers 400 with ``detail``; the event is already in the log.
+    ``sender``: the HER-id the envelope names as its From, when that much could be read (not
+    verified: it tells the operator whose refusals these may be).
     """
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, sender: str | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.sender = sender
 
 
 class _Reject(Exception):
-    def __init__(self, code: ErrorCode, detail: str, location: str | None = None) -> None:
+    """A refusal: ``error`` goes back to the sender; ``logged`` is what we store and log of it.
+
+    They differ when the sender's text quotes its own message (the XML parser names elements,
+    attributes and entities of the fagmelding, which may be patient data): the sender may read
+    that about its own message, our log and receipts keep codes only."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str,
+        location: str | None = None,
+        *,
+        logged: str = "",
+        our_key: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
+        self.logged = logged or detail
+        self.our_key = our_key  # the CMS code when our keys failed to decrypt (not the sender)
 
 
 def receive(
@@ -81,6 +108,7 @@ def receive(
 ) -> InboundReply:
     """Take one received ebXML message (bytes, or a spooled file that is then kept as the wire
     form without a copy). Returns what to answer synchronously, if anything."""
+    root: etree._Element | None = None
     try:
         mime = unpackage(content_type, body)
         root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
@@ -96,12 +124,31 @@ def receive(
                 detail=f"unreadable ebXML message refused: {exc}",
             )
             uow.commit()
-        raise InboundRefused(code, f"unreadable ebXML message: {exc}") from None
+        raise InboundRefused(
+            code, f"unreadable ebXML message: {exc}", _claimed_sender(root)
+        ) from None
 
     if envelope.header.is_signal:
         signals.handle_incoming(ctx, envelope, root, channel=channel)
         return InboundReply()
     return _receive_message(ctx, mime, envelope, root, body, channel)
+
+
+_FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"
+
+
+def _claimed_sender(root: etree._Element | None) -> str | None:
+    """The HER-id of the From of an envelope that could be parsed as XML but not read whole."""
+    if root is None:
+        return None
+    for party_id in root.iterfind(_FROM_PARTY_IDS):
+        kind = party_id.get(f"{{{EB_NS}}}type") or party_id.get("type") or ""
+        if kind.strip().upper() == PARTY_TYPE_HER:
+            try:
+                return str(HerId((party_id.text or "").strip()))
+            except InvalidHerId:
+                return None
+    return None
 
 
 def _receive_message(
@@ -122,7 +169,7 @@ def _receive_message(
     try:
         message, plain = _check(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse(ctx, mime, envelope, root, certificates, body, reject.error, channel)
+        return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
@@ -180,6 +227,12 @@ def _receive_message(
             _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
+            # A message from this sender, decrypted with our key, is stored: refusals of its
+            # messages, our key's failure and the store's are over (no statement unless an
+            # alert is open).
+            ctx.recovery.went_through(
+                uow, (recovery.sender(sender), recovery.OUR_DECRYPTION, recovery.STORE), at=now
+            )
             uow.commit()
     except IntegrityError:
         # The same message arrived twice at once; the other request stored it first. Nothing
@@ -234,17 +287,23 @@ def _check(
         if to not in ctx.own_her_ids:
             raise not_ours from None
         raise _Reject(
-            ErrorCode.SECURITY_FAILURE, f"the payload could not be decrypted: {exc}", "cid"
+            ErrorCode.SECURITY_FAILURE,
+            f"the payload could not be decrypted: {exc}",
+            "cid",
+            our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
     message = inspect(plain, ctx.policy.schema_dir)
     if not message.report.well_formed or message.report.format is None:
         if to not in ctx.own_her_ids:
             raise not_ours
+        problems = message.report.problems[:3]
         raise _Reject(
             ErrorCode.OTHER_XML,
-            "the business message cannot be interpreted: "
-            + "; ".join(p.message for p in message.report.problems[:3]),
+            "the business message cannot be interpreted: " + "; ".join(p.message for p in problems),
             "cid",
+            logged="the business message cannot be interpreted ("
+            + ", ".join(p.code for p in problems)
+            + ")",
         )
     # A service HER-id we do not have, under our own organisation, is a misaddressed message
     # (accepted, purged and answered with AppRec E21 by receipts.judge); anything else not ours
@@ -325,17 +384,18 @@ def _duplicate(
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
             _verify_signature(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse_repeat(ctx, envelope, original, reject.error, channel)
+        return _refuse_repeat(ctx, envelope, original, reject, channel)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
 
 
 def _refuse_repeat(
-    ctx: EngineContext, envelope: Envelope, original: MessageRow, error: ErrorDetail, channel: str
+    ctx: EngineContext, envelope: Envelope, original: MessageRow, reject: _Reject, channel: str
 ) -> InboundReply:
     """A message with the eb:MessageId of ``original`` that is not its sender's resend: logged
     against the original, nothing stored; a MessageError only in a SyncReply response."""
     header = envelope.header
+    error = reject.error
     with ctx.store.unit_of_work() as uow:
         uow.events.record(
             original.id,
@@ -343,9 +403,10 @@ def _refuse_repeat(
             actor=f"{channel}:{header.from_party.her_id}",
             code=str(error.code),
             detail="the ebXML MessageId of this message arrived again, but not as a resend by "
-            f"its sender ({error.description}): refused, not answered with our signal",
+            f"its sender ({reject.logged}): refused, not answered with our signal",
             ebxml_message_id=header.message_id,
         )
+        _alert_refused(ctx, uow, header, reject, original.id)
         uow.commit()
     if channel != "http" or not envelope.sync_reply:
         return InboundReply()  # no signal to a party that may not be who it says
@@ -490,10 +551,11 @@ def _refuse(
     root: etree._Element,
     certificates: SigningCertificates,
     body: PayloadSource,
-    error: ErrorDetail,
+    reject: _Reject,
     channel: str,
 ) -> InboundReply:
     header = envelope.header
+    error = reject.error
     our = _us(ctx, header)
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
     wire_ref = ctx.store.payloads.put(body)
@@ -506,7 +568,7 @@ def _refuse(
             "code": str(error.code),
             "severity": str(error.severity),
             "location": error.location,
-            "description": error.description,
+            "description": reject.logged,
         }
     ]
     try:
@@ -517,7 +579,7 @@ def _refuse(
                 InboundStatus.REJECTED.value,
                 actor="msh",
                 code=str(error.code),
-                detail=f"MessageError sent: {error.description}",
+                detail=f"MessageError sent: {reject.logged}",
                 at=now,
             )
             route = _reply_endpoint(ctx, uow, header.from_party.her_id, our)
@@ -531,9 +593,11 @@ def _refuse(
                 row,
                 route,
                 reply_inline,
-                description=error.description,
+                description=reject.logged,
                 error_codes=codes,
             )
+            _alert_refused(ctx, uow, header, reject, row.id)
+            ctx.recovery.went_through(uow, (recovery.STORE,), at=now)  # its files were written
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
@@ -545,6 +609,46 @@ def _refuse(
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
+
+
+def _alert_refused(
+    ctx: EngineContext, uow: UnitOfWork, header: MessageHeader, reject: _Reject, message_id: str
+) -> None:
+    """A refused message is otherwise known to its sender only (from our MessageError): an
+    unknown sender, a certificate revoked or expired, a stale copy of the register, a
+    TimeToLive passed, HER-ids that disagree, or our own key. One alert per sender and error
+    code counts the repeats; a message from that sender stored later resolves it."""
+    now = ctx.clock()
+    party = header.from_party
+    her_id = _her_id(party)
+    # a PartyId of another type may be a long URI: the alert's key names it by a digest
+    sender = her_id or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
+    code = str(reject.error.code)
+    if reject.our_key is not None:
+        ctx.recovery.raise_alert(
+            uow,
+            AlertKind.CERTIFICATE_INVALID,
+            f"a message from {sender} (message {message_id}) could not be decrypted with our "
+            f"keys ({reject.our_key}) and was refused with {code}. Our encryption certificate "
+            "in the address register and the keys this server holds disagree (a certificate "
+            "renewed before its key was installed here?), or the sender uses an old copy of "
+            "ours. Messages to us fail until it is mended; their senders resend for a while.",
+            subject=recovery.OUR_DECRYPTION,
+            key=recovery.OUR_DECRYPTION,
+            at=now,
+        )
+        return
+    ctx.recovery.raise_alert(
+        uow,
+        AlertKind.MESSAGE_REFUSED,
+        f"a message from {sender} was refused with {code} ({reject.logged}); the last was "
+        f"message {message_id}. Only its sender was told, by our MessageError: look at the "
+        "partner's certificate and register entry, or tell the partner.",
+        subject=recovery.sender(sender),
+        key=f"{sender}:{code}",
+        at=now,
+        partner_her_id=her_id,
+    )
 
 
 _TRANSPORT_SIGNALS = ("acknowledgment", "message-error")

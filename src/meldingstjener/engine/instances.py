@@ -143,6 +143,8 @@ def beat(
             (row.started_at for row, state in states if state == "running"), default=now
         )
         overdue_jobs.check_overdue(uow, ctx.clock(), now - serving_since)
+        # alerts raised by other processes that a good message here resolves (engine/recovery)
+        ctx.recovery.load(uow, at=now)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)

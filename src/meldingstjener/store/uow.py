@@ -666,6 +666,17 @@ class AlertRepository:
             _RESOLVE_ALERT_SILENT, {"dedup_key": dedup_key, "seen_before": seen_before, "at": at}
         )
 
+    def open_keys(
+        self, kinds: Sequence[str], keys: Sequence[str] = ()
+    ) -> list[tuple[str, datetime]]:
+        """Dedup key and last occurrence of each open alert of ``kinds``, or with one of
+        ``keys``."""
+        query = select(AlertRow.dedup_key, AlertRow.last_seen).where(
+            AlertRow.resolved_at.is_(None),
+            or_(AlertRow.kind.in_(kinds), AlertRow.dedup_key.in_(keys)),
+        )
+        return [(key, last_seen) for key, last_seen in self.session.execute(query)]
+
     def list(
         self, *, open_only: bool = False, limit: int | None = 1000, kind: str | None = None
     ) -> list[AlertRow]:

@@ -1,0 +1,163 @@
+"""What ``POST /ebms`` cannot take is alerted: the payload store failing, errors nobody
+expected. The real application in-process (as test_large_streams does), real stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from engine_pair import Pair
+from fastapi.testclient import TestClient
+
+from meldingstjener.api import app as api_app
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine import inbound
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.outbound import submit
+from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
+
+MiB = 1024 * 1024
+
+
+def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
+    with ctx.store.unit_of_work() as uow:
+        return {a.dedup_key: (a.severity, a.count) for a in uow.alerts.list(open_only=True)}
+
+
+def wire(pair: Pair, payload: bytes | None = None) -> tuple[bytes, str]:
+    """A message from the GP to the hospital as it goes over the wire (kept from the network)."""
+    pair.network.down.add(pair.hospital_site.endpoint)
+    note = payload or dialog_note(pair.gp_site, pair.hospital_site, "x")
+    row = pair.message(pair.gp, submit(pair.gp, note, actor="t"))
+    pair.run()
+    pair.network.down.clear()
+    return pair.gp.store.payloads.read_bytes(str(row.wire_ref)), str(row.wire_content_type)
+
+
+def large(pair: Pair) -> bytes:
+    """A fagmelding whose wire form is spooled to the payload store as it arrives."""
+    note = Notat(tema_kodet=Coded(v="1", dn="Helseopplysninger"), tekst="Skannet journal")
+    return build_dialogmelding(
+        message_type="DIALOG_NOTAT",
+        sender=pair.gp_site.party(),
+        receiver=pair.hospital_site.party(),
+        dialog=Dialogmelding(version="1.0", notater=(note,)),
+        attachments=(Attachment(data=os.urandom(2 * MiB), mime_type="application/pdf"),),
+    )
+
+
+@pytest.fixture
+def http(pair: Pair) -> Iterator[TestClient]:
+    with TestClient(api_app.create_app(pair.hospital)) as client:
+        yield client
+
+
+def test_a_payload_store_that_cannot_be_written_answers_503_with_a_critical_alert(
+    pair: Pair, http: TestClient
+) -> None:
+    # The payload directory replaced by a file: every write under it fails (ENOTDIR), also
+    # for root, as a full disk fails every write (ENOSPC). The database lives beside it.
+    small, small_type = wire(pair)
+    big, big_type = wire(pair, large(pair))
+    root = pair.hospital.store.payloads.root
+    shutil.rmtree(root)
+    root.write_bytes(b"")
+    answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
+    assert answer.status_code == 503, answer.text
+    answer = http.post("/ebms", content=big, headers={"Content-Type": big_type})
+    assert answer.status_code == 503, answer.text  # failed while spooling the body
+    assert open_alerts(pair.hospital) == {"store-failing:payloads": ("critical", 2)}
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert "ENOTDIR" in alert.summary
+    assert pair.inbound_messages(pair.hospital) == []
+    root.unlink()
+    root.mkdir()
+    answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
+    assert answer.status_code == 200, answer.text  # the sender's resend
+    assert [m.status for m in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
+    assert open_alerts(pair.hospital) == {}
+
+
+def test_an_unexpected_error_answers_500_with_an_alert_that_names_its_class_only(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault in the server (injected here: a real one is not there to be found), whose text
+    # quotes what was received.
+    def faulty(*_args: object, **_kw: object) -> object:
+        raise KeyError("Kari Nordmann")
+
+    body, content_type = wire(pair)
+    monkeypatch.setattr(inbound, "receive", faulty)
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 500 and "Nordmann" not in answer.text
+    assert open_alerts(pair.hospital) == {"ebms-failing:KeyError": ("error", 1)}
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert "Nordmann" not in alert.summary
+
+
+def test_a_peer_refused_three_times_in_a_row_raises_an_alert_ended_by_its_next_message(
+    pair: Pair,
+) -> None:
+    body, content_type = wire(pair)
+    with TestClient(api_app.create_app(pair.hospital, max_request_bytes=100_000)) as http:
+        garbage = {"Content-Type": "multipart/related; boundary=x"}
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert http.post("/ebms", content=b"x" * 200_000, headers=garbage).status_code == 413
+        assert open_alerts(pair.hospital) == {}  # one or two may be strays
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 1)}
+        assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 2)}
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 200, answer.text
+        assert open_alerts(pair.hospital) == {}
+        # the count starts again after a request that went through
+        for _ in range(2):
+            assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
+        assert open_alerts(pair.hospital) == {}
+
+
+def test_refusals_of_envelopes_that_name_their_sender_are_counted_per_sender(
+    pair: Pair, http: TestClient
+) -> None:
+    body, content_type = wire(pair)
+    broken = body.replace(b"eb:CPAId>", b"eb:NoCPAId>")  # the MessageHeader cannot be read
+    assert broken != body
+    for _ in range(3):
+        answer = http.post("/ebms", content=broken, headers={"Content-Type": content_type})
+        assert answer.status_code == 400, answer.text
+    assert open_alerts(pair.hospital) == {"ebms-refused:from:8100001": ("warning", 1)}
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert alert.partner_her_id == "8100001" and "testclient" in alert.summary
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+    assert open_alerts(pair.hospital) == {}
+
+
+def test_a_good_request_costs_no_statement_on_the_alerts_while_none_is_open(
+    pair: Pair, http: TestClient
+) -> None:
+    from sqlalchemy import event
+
+    first, second = wire(pair), wire(pair)
+    answer = http.post("/ebms", content=first[0], headers={"Content-Type": first[1]})
+    assert answer.status_code == 200  # this process has read the open alerts once
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    engine = pair.hospital.store.database.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        answer = http.post("/ebms", content=second[0], headers={"Content-Type": second[1]})
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert answer.status_code == 200
+    assert any("INSERT INTO messages" in s for s in statements)
+    assert not any("alerts" in s for s in statements)
