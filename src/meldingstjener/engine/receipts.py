@@ -169,6 +169,13 @@ def _auto_apprec(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> bool:
     return bool(agreement is not None and agreement.auto_apprec)
 
 
+def _unbuildable(exc: FormatError | XmlError) -> AppRecRefused:
+    """The refusal of an AppRec its message cannot give: by the fault's code and XML path, not
+    its text (which may quote a value of the message)."""
+    where = f" at {exc.path}" if isinstance(exc, FormatError) and exc.path else ""
+    return AppRecRefused("apprec-unbuildable", f"the AppRec cannot be built ({exc.code}{where})")
+
+
 def send_apprec(
     ctx: EngineContext,
     message_id: str,
@@ -206,15 +213,22 @@ def send_apprec(
                 "already-answered",
                 f"message {message_id} is {row.status}; an AppRec cannot be sent now",
             )
-        original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
+        try:
+            original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
+        except (FormatError, XmlError) as exc:
+            raise _unbuildable(exc) from None
         version = version or _apprec_version(uow, row)
-    payload = build_apprec(
-        original,
-        status=code,
-        errors=[AppRecError.of(c, text or None) for c, text in errors],
-        version=version,
-        software_name="meldingstjener",
-    )
+    try:
+        payload = build_apprec(
+            original,
+            status=code,
+            errors=[AppRecError.of(c, text or None) for c, text in errors],
+            version=version,
+            software_name="meldingstjener",
+        )
+    except (FormatError, XmlError) as exc:
+        # a message the lenient validator let through may lack what an AppRec quotes
+        raise _unbuildable(exc) from None
     return _submit_answer(ctx, payload, row, target, actor, code, errors, "AppRec")
 
 
@@ -567,8 +581,7 @@ def reject_by_server(
         if verdict.status is InboundStatus.MISADDRESSED_PURGED:
             payload = _from_our_organisation(ctx, payload)
     except (FormatError, XmlError) as exc:
-        unbuildable = AppRecRefused("apprec-unbuildable", f"the AppRec cannot be built: {exc}")
-        _rejected_without_apprec(ctx, message_id, verdict, unbuildable)
+        _rejected_without_apprec(ctx, message_id, verdict, _unbuildable(exc))
         return None
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id)
@@ -750,7 +763,7 @@ _CODES_SHOWN = 10
 def _apprec_code_shown(code: str) -> str:
     """A partner's AppRec error code as our texts and code columns show it: "?" for one that
     does not look like a code (a V is any text the partner likes, and may quote the message)."""
-    return partner_code(code, _APPREC_CODE_SHAPE)
+    return partner_code(code.upper(), _APPREC_CODE_SHAPE)  # "e21" is E21, as the lists say
 
 
 def _apprec_codes_shown(errors: Sequence[tuple[str, str]]) -> str:

@@ -154,7 +154,12 @@ def handle_incoming(
             )
             if signature.trusted:  # signed by a party we trust, about another's message
                 uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
-            else:
+            elif sender_her_id is not None and sender_her_id in (
+                state.to_her_id,
+                state.receiver_org_her_id,
+            ):
+                # only the party the message went to: anyone else's untrusted signal (any
+                # PartyId a forger likes) would open an alert no trusted signal ever closes
                 _alert_untrusted(uow, envelope, state, signature, sender_her_id, now)
             uow.commit()
             return
@@ -180,7 +185,7 @@ def _alert_untrusted(
     envelope: Envelope,
     state: MessageState,
     signature: SenderSignature,
-    sender_her_id: str | None,
+    sender_her_id: str,
     now: datetime,
 ) -> None:
     """A signal about our message that we cannot trust changed nothing: the message waits, and
@@ -194,13 +199,13 @@ def _alert_untrusted(
     raise_alert(
         uow,
         AlertKind.SIGNAL_UNTRUSTED,
-        f"an {what} from {sender_her_id or 'a party without a HER-id'} about message "
+        f"an {what} from {sender_her_id} about message "
         f"{state.id} was ignored: {why}; the message stays {state.status}. Check the "
         "partner's certificates in the address register (ar show, ar sync); if they are "
         "right, the signal may be forged.",
         at=now,
         partner_her_id=sender_her_id,
-        key=sender_her_id or "no-her-id",
+        key=sender_her_id,
     )
 
 
@@ -286,11 +291,14 @@ def _apply_message_error(
     assert row is not None  # locked by the caller
     header = envelope.header
     sender = header.from_party.her_id
-    # an answer all the same (the ack-timeout waits for an Acknowledgment or a MessageError),
-    # and a trusted signal from its sender
-    uow.alerts.resolve(
-        f"{AlertKind.ACK_MISSING}:{row.to_her_id}", f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now
-    )
+    # a trusted signal from its sender; and, from the party the message went to, an answer all
+    # the same (the ack-timeout waits for an Acknowledgment or a MessageError): another
+    # party's MessageError about it says nothing of whether that party's signals arrive
+    untrusted = f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}"
+    if sender in (row.to_her_id, row.receiver_org_her_id):
+        uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{row.to_her_id}", untrusted, at=now)
+    else:
+        uow.alerts.resolve(untrusted, at=now)
     errors = envelope.error_list.errors if envelope.error_list else ()
     # the partner's own words, kept in the receipt only and masked like any text we store:
     # they may quote the content, so the log and the alert (sent on to webhooks) name codes
@@ -462,7 +470,7 @@ def _reported(error: ErrorDetail) -> str:
 
 # the ebMS codes (ValueNotRecognized, SecurityFailure, ...) and a partner's own, such as
 # NHN:QueueFull
-_EBMS_CODE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9:._-]*")
+_EBMS_CODE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")  # a partner's own may be 1001
 _CODES_SHOWN = 10
 
 

@@ -14,6 +14,11 @@ import re
 _NATIONAL_ID = re.compile(r"(?<![\w-])\d{6}[ -]?\d{5}(?![\w-])")
 
 
+# Inside a code nothing is an id of ours: eleven digits anywhere in it, glued to letters or
+# not ("Pasient_01017012345"), may be a national identity number
+_ELEVEN_DIGITS = re.compile(r"\d{6}\D?\d{5}")
+
+
 def redact(text: str | None) -> str | None:
     if text is None:
         return None
@@ -25,6 +30,7 @@ def partner_code(value: str | None, shape: re.Pattern[str], *, limit: int = 64) 
     code columns: as sent when it has the ``shape`` of a code and hides no national identity
     number, cut to ``limit`` (what the columns hold); anything else is ``?``. A partner's field
     may hold any text, and a text where a code belongs may quote the message."""
-    if value is None or not shape.fullmatch(value) or _NATIONAL_ID.search(value):
+    value = None if value is None else value.strip()
+    if value is None or not shape.fullmatch(value) or _ELEVEN_DIGITS.search(value):
         return "?"
     return value[:limit]

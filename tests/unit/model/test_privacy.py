@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from meldingstjener.model.privacy import redact
+from meldingstjener.model.privacy import partner_code, redact
 
 
 @pytest.mark.parametrize(
@@ -36,3 +38,24 @@ def test_ids_that_contain_digits_are_left_alone(text: str) -> None:
 
 def test_none_stays_none() -> None:
     assert redact(None) is None
+
+
+CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")  # the shape of an ebXML errorCode
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("ValueNotRecognized", "ValueNotRecognized"),
+        (" SecurityFailure ", "SecurityFailure"),  # padding is no part of a code
+        ("1001", "1001"),
+        ("x" * 80, "x" * 64),  # what the code columns hold
+        ("Pasient_01017012345", "?"),  # glued to letters: still a person's number
+        ("A01017012345", "?"),
+        ("ukjent-pasient-010170-12345", "?"),
+        ("Kari Nordmann", "?"),  # not shaped like a code
+        (None, "?"),
+    ],
+)
+def test_a_partners_code_is_shown_only_when_it_is_one(sent: str | None, shown: str) -> None:
+    assert partner_code(sent, CODE) == shown
