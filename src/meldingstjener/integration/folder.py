@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +59,8 @@ ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
 FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
+STUCK_REREAD_ROUNDS = 30  # the open outbox-stuck alerts are read again this often
+NAME_SECRET = "folder.name_secret"  # the key of the file names' digests, in the store
 
 
 class FolderIntegration:
@@ -76,6 +80,8 @@ class FolderIntegration:
         self._held: dict[str, tuple[tuple[int, int, int], str, float]] = {}
         self._failures: dict[str, int] = {}  # unforeseen failures in a row
         self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
+        self._rounds_since_read = 0
+        self._name_secret: bytes | None = None
         self.outbox = settings.outbox_dir
         self.inbox = settings.inbox_dir
         self.sent = settings.sent_dir or (self.outbox / "sent" if self.outbox else None)
@@ -142,9 +148,15 @@ class FolderIntegration:
             else:
                 self._failures.pop(path.name, None)
             handled += 1
+        gone_held = [held[1] for name, held in self._held.items() if name not in present]
         for memory in (self._seen, self._held, self._failures):
             for name in [name for name in memory if name not in present]:
                 del memory[name]
+        if gone_held:  # removed or renamed while held: no file waits for its receiver now
+            with self.ctx.store.unit_of_work() as uow:
+                for key in gone_held:
+                    uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{key}", at=self.ctx.clock())
+                uow.commit()
         self._report_stuck()
         return handled
 
@@ -193,7 +205,7 @@ class FolderIntegration:
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
         identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, _name_digest(path.name))
+        state = self._claim(key, self._name_digest(path.name))
         if state is None:
             return  # another process claimed it first
         outcome, message_id, first_tried = state
@@ -221,8 +233,14 @@ class FolderIntegration:
                     return
                 self._fail(path, key, rejected.code, rejected.message, rejected.problems)
                 return
-        self._mark(key, SENT, message_id)
+        decided = self._mark(key, SENT, message_id)
         self._held.pop(path.name, None)
+        if decided == FAILED:
+            # another process refused it for good at the end of its hold while this one's
+            # submit went through (a moment's race): the message is sent; the file and its
+            # explanation in failed/ are the other process's
+            log.error("outbox file refused by another process was sent as %s", message_id)
+            return
         self._move_sent(path, message_id)
         log.info("outbox file sent as message %s", message_id)
 
@@ -264,10 +282,13 @@ class FolderIntegration:
         """Leave a file refused for its receiver's setup in the outbox, to be tried again: the
         operator connecting the partner, or the register's next sync, lets it through."""
         held = self._held.get(name)
-        self._held[name] = (shape, key, self._monotonic() + HOLD_RETRY_SECONDS)
         if held is not None and held[1] == key:
-            return  # said when this process first held it (counting every try is noise)
+            # said when this process first held it (counting every try is noise)
+            self._held[name] = (shape, key, self._monotonic() + HOLD_RETRY_SECONDS)
+            return
         with self.ctx.store.unit_of_work() as uow:
+            if held is not None:  # the file was written again: the old one is held no more
+                uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{held[1]}", at=self.ctx.clock())
             raise_alert(
                 uow,
                 AlertKind.OUTBOX_HELD,
@@ -279,19 +300,36 @@ class FolderIntegration:
                 key=key,
             )
             uow.commit()
+        # remembered once told: an alert that did not commit is raised at the next try
+        self._held[name] = (shape, key, self._monotonic() + HOLD_RETRY_SECONDS)
         log.warning("outbox file held back (%s)", rejected.code)
 
-    def _mark(self, key: str, outcome: str, message_id: str | None) -> None:
+    def _mark(
+        self,
+        key: str,
+        outcome: str,
+        message_id: str | None,
+        also: Callable[[UnitOfWork], None] | None = None,
+    ) -> str:
+        """Record the file's outcome, unless another process recorded one first; return the
+        outcome that stands. ``also`` runs in the same transaction (the refusal's alert)."""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
-                select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
+                select(FolderFileRow)
+                .where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
+                .with_for_update()
             ).one()
+            if row.outcome != PENDING:
+                return row.outcome
             row.outcome = outcome
             row.message_id = message_id
             # a file held back for its receiver's setup is held no more (also when another
             # process, or one before a restart, held it)
             uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{key}", at=self.ctx.clock())
+            if also is not None:
+                also(uow)
             uow.commit()
+        return outcome
 
     def _fail(
         self,
@@ -317,9 +355,8 @@ class FolderIntegration:
         write_atomically(
             target.with_name(target.name + ".error.txt"), ("\n".join(lines) + "\n").encode()
         )
-        if claimed:
-            self._mark(key, FAILED, None)
-        with self.ctx.store.unit_of_work() as uow:
+
+        def alert(uow: UnitOfWork) -> None:
             raise_alert(
                 uow,
                 AlertKind.OUTBOX_REFUSED,
@@ -329,7 +366,17 @@ class FolderIntegration:
                 at=self.ctx.clock(),
                 key=key,
             )
-            uow.commit()
+
+        # the alert with the outcome, or neither: a crash between them left a refusal unsaid
+        if not claimed:
+            with self.ctx.store.unit_of_work() as uow:
+                alert(uow)
+                uow.commit()
+        elif self._mark(key, FAILED, None, also=alert) != FAILED:
+            # another process sent it first (at the end of a hold): its outcome stands
+            target.with_name(target.name + ".error.txt").unlink(missing_ok=True)
+            self._held.pop(path.name, None)
+            return
         move_durably(path, target)
         self._held.pop(path.name, None)
         log.warning("outbox file refused (%s)", code)
@@ -344,7 +391,11 @@ class FolderIntegration:
             for name, failures in self._failures.items()
             if failures >= STUCK_AFTER
         }
+        self._rounds_since_read += 1
+        if self._rounds_since_read >= STUCK_REREAD_ROUNDS:
+            self._stuck_alerts = None  # one resolved by hand, opened again if still stuck
         if self._stuck_alerts is None:
+            self._rounds_since_read = 0
             with self.ctx.store.unit_of_work() as uow:
                 self._stuck_alerts = {
                     alert.dedup_key.partition(":")[2]
@@ -353,7 +404,8 @@ class FolderIntegration:
                     )
                     if alert.dedup_key.startswith(f"{AlertKind.OUTBOX_STUCK}:{self._outbox_tag}.")
                 }
-        news = {key for key, name in stuck.items() if self._failures[name] == STUCK_AFTER}
+        # raised while not known to be open: one that did not commit is raised again next round
+        news = set(stuck) - self._stuck_alerts
         # over when the file went through or is gone; not when it failed again (a process
         # started after the alert counts its own rounds from nought)
         failing = {self._stuck_key(name) for name in self._failures}
@@ -386,7 +438,16 @@ class FolderIntegration:
         self._stuck_alerts = (self._stuck_alerts - over) | news
 
     def _stuck_key(self, name: str) -> str:
-        return f"{self._outbox_tag}.{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
+        return f"{self._outbox_tag}.{self._name_digest(name)[:16]}"
+
+    def _name_digest(self, name: str) -> str:
+        """What the store and the alerts keep of an outbox file's name: a keyed digest, not the
+        name, which an EPJ may make of the patient's (a plain hash of a national identity
+        number is found back by trying them all). The key is this store's own, kept in it, so
+        every process sharing the store digests a name alike."""
+        if self._name_secret is None:
+            self._name_secret = bytes.fromhex(_store_secret(self.ctx))
+        return hmac.new(self._name_secret, os.fsencode(name), hashlib.sha256).hexdigest()
 
     def _move_failed(self, path: Path, key: str) -> None:
         assert self.failed is not None
@@ -526,10 +587,19 @@ def _shape(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def _name_digest(name: str) -> str:
-    """What the store keeps of an outbox file's name: a digest, not the name, which an EPJ may
-    make of the patient's (the file key finds the file; nothing needs the name back)."""
-    return "sha256:" + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+def _store_secret(ctx: EngineContext) -> str:
+    """The store's own key for file-name digests (hex), made by the first process to need it."""
+    for _ in range(2):
+        with ctx.store.unit_of_work() as uow:
+            secret = uow.state.get(NAME_SECRET)
+            if secret is not None:
+                return secret
+            uow.state.set(NAME_SECRET, secrets.token_hex(32))
+            try:
+                uow.commit()
+            except IntegrityError:
+                continue  # another process made it at the same moment: read that one
+    raise RuntimeError("the folder integration's name key could not be made")
 
 
 def _name_key(path: Path, stat: os.stat_result) -> str:

@@ -707,3 +707,69 @@ def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
     integration.outbox_once()
     assert open_alerts(pair, "outbox-stuck") == []
     assert len(outbound(pair)) == 1
+
+
+def test_a_held_file_removed_or_written_again_is_held_no_more(pair: Pair, tmp_path: Path) -> None:
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
+    )
+    set_agreements(pair, "suspended")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første"))
+    integration.outbox_once()
+    [first] = open_alerts(pair, "outbox-held")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre"))  # rewritten
+    ticks.now += 61
+    integration.outbox_once()
+    [second] = open_alerts(pair, "outbox-held")
+    assert second.dedup_key != first.dedup_key  # the first file's alert ended with it
+    (outbox / "a.xml").unlink()  # the operator took it away
+    integration.outbox_once()
+    assert open_alerts(pair, "outbox-held") == []
+
+
+def test_a_refusal_whose_alert_could_not_be_stored_is_refused_and_alerted_again(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refusal's outcome and its alert commit together: a failure between them left the
+    # file marked failed and the refusal never told.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "a.xml", b"<MsgHead>not a message")
+    real_raise = folder.raise_alert
+
+    def database_gone(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(folder, "raise_alert", database_gone)
+    integration.outbox_once()
+    assert (outbox / "a.xml").exists()
+    monkeypatch.setattr(folder, "raise_alert", real_raise)
+    integration.outbox_once()
+    assert (outbox / "failed" / "a.xml").exists()
+    assert len(open_alerts(pair, "outbox-refused")) == 1
+
+
+def test_a_stuck_file_resolved_by_hand_is_alerted_again_while_it_stays_stuck(
+    pair: Pair, tmp_path: Path
+) -> None:
+    from meldingstjener.integration.folder import STUCK_REREAD_ROUNDS
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Fast"))
+    for _ in range(3):
+        integration.outbox_once()
+    [stuck] = open_alerts(pair, "outbox-stuck")
+    with pair.gp.store.unit_of_work() as uow:
+        uow.alerts.close(stuck.id, by="kari")
+        uow.commit()
+    for _ in range(STUCK_REREAD_ROUNDS):
+        integration.outbox_once()
+    [again] = open_alerts(pair, "outbox-stuck")
+    assert again.id == stuck.id and again.acknowledged_by is None
