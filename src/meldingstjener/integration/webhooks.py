@@ -321,6 +321,15 @@ class WebhookDispatcher:
         now = self.ctx.clock()
         until = now + timedelta(seconds=CLAIM_CALLS * self.settings.timeout_seconds + 30)
         with self.ctx.store.unit_of_work() as uow:
+            # the webhook's row first, then the delivery's, as _record and _disable lock them
+            # (the other order let two processes wait for each other)
+            hook = uow.session.scalars(
+                select(WebhookRow)
+                .where(WebhookRow.id == hook_id, *_LIVE)
+                .with_for_update(of=WebhookRow)
+            ).first()
+            if hook is None or (hook.paused_until is not None and hook.paused_until > now):
+                return None
             taken = uow.session.execute(
                 update(WebhookDeliveryRow)
                 .where(
@@ -331,14 +340,7 @@ class WebhookDispatcher:
                 .values(due_at=until)
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            hook = uow.session.scalars(
-                select(WebhookRow)
-                .where(WebhookRow.id == hook_id, *_LIVE)
-                .with_for_update(of=WebhookRow)
-            ).first()
-            if hook is None or (hook.paused_until is not None and hook.paused_until > now):
-                return None  # rolled back: the delivery stays due
+                return None  # another process has it
             if hook.consecutive_failures:
                 hook.paused_until = until
             delivery = uow.session.get(WebhookDeliveryRow, delivery_id)

@@ -630,7 +630,9 @@ class AlertRepository:
         return self.session.scalar(select(AlertRow).where(AlertRow.dedup_key == dedup_key))
 
     def acknowledge(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
-        row = self.session.get(AlertRow, alert_id)
+        # locked: a repeat counted at the same moment must not be acknowledged (or resolved) by
+        # someone who never saw it
+        row = self.session.get(AlertRow, alert_id, with_for_update=True, populate_existing=True)
         if row is not None and row.acknowledged_at is None:
             row.acknowledged_at = row.changed_at = at or utcnow()
             row.acknowledged_by = by
