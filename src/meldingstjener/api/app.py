@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
-from meldingstjener.api.document_spool import DocumentSpool
+from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import JsonMediaTypes
@@ -66,10 +66,9 @@ def create_app(
         max_payload_bytes=api.max_payload_bytes,
         authenticate=auth.principal,
     )
-    # A base64 document is 4/3 of its size; JSON around it is small.
     app.add_middleware(
         BodyLimit,
-        limit=api.max_payload_bytes * 4 // 3 + 1_000_000,
+        limit=max_messages_body_bytes(api.max_payload_bytes),
         large=("/Messages",),
         exempt=("/ebms",),
     )

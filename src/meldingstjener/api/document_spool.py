@@ -58,6 +58,23 @@ _SIMPLE_ESCAPES = {
 BASE64_WHITESPACE = b" \t\r\n"
 
 
+def max_encoded_length(max_payload_bytes: int) -> int:
+    """The base64 characters (whitespace not counted) of a document at the payload limit."""
+    return max_payload_bytes * 4 // 3 + 4
+
+
+def max_messages_body_bytes(max_payload_bytes: int) -> int:
+    """The largest ``POST /Messages`` body: the document's base64 at the limit, wrapped in lines
+    of 76 characters whose line ends JSON writes as ``\\r\\n`` (4 bytes each), and a
+    megabyte for the JSON around it."""
+    return max_encoded_length(max_payload_bytes) * 80 // 76 + 1_000_000
+
+
+def base64_length(text: str) -> int:
+    """The base64 characters of ``text``, whitespace not counted."""
+    return len(text) - sum(text.count(space) for space in " \t\r\n")
+
+
 def decode_base64(text: str | bytes) -> bytes:
     """A whole base64 text, read as ``StrictBase64`` reads it in pieces."""
     data = text.encode("ascii", "replace") if isinstance(text, str) else text
@@ -117,6 +134,7 @@ class SpooledDocument:
     decoder: StrictBase64 = field(default_factory=StrictBase64)
 
     def feed(self, text: bytes) -> None:
+        text = text.translate(None, BASE64_WHITESPACE)  # line ends take no part of the limit
         self.encoded_length += len(text)
         if self.spool is None:
             return
@@ -333,7 +351,7 @@ class DocumentSpool:
     ) -> None:
         self.app = app
         self.payloads = payloads
-        self.max_encoded = max_payload_bytes * 4 // 3 + 4
+        self.max_encoded = max_encoded_length(max_payload_bytes)
         # checked before a large body is read: nobody unauthenticated makes us write a file
         self.authenticate = authenticate
 

@@ -19,7 +19,13 @@ from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
 from meldingstjener.api.auth import Authenticator, Principal
 from meldingstjener.api.document_response import business_document_response
-from meldingstjener.api.document_spool import SpooledDocument, decode_base64, spooled_document
+from meldingstjener.api.document_spool import (
+    SpooledDocument,
+    base64_length,
+    decode_base64,
+    max_encoded_length,
+    spooled_document,
+)
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
     AppRecError,
@@ -190,9 +196,9 @@ class Edi2:
         if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
             raise ApiProblem(400, "invalid-input", "contentType must be application/xml")
         encoded_length = (
-            spooled.encoded_length if spooled is not None else len(body.businessDocument)
+            spooled.encoded_length if spooled is not None else base64_length(body.businessDocument)
         )
-        if encoded_length > (self.max_payload_bytes * 4) // 3 + 4:
+        if encoded_length > max_encoded_length(self.max_payload_bytes):
             raise ApiProblem(
                 413,
                 "too-large",

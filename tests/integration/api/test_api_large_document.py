@@ -352,3 +352,24 @@ def test_a_document_wrapped_in_lines_is_read_as_nhns_service_reads_it(
         "/Messages", headers=_bearer(api_pair.gp_key), content=json.dumps(unwrapped).encode()
     )
     assert refused.status_code == 400 and "base64" in refused.json()["detail"]
+
+
+def test_a_wrapped_document_just_under_the_limit_is_taken(api_pair: ApiPair) -> None:
+    # The line ends of a wrapped document are no part of it: counted, they made a document
+    # just under the limit too large.
+    pair = api_pair.pair
+    limit = 1_500_000
+    document = _document(api_pair, 1_120_000)
+    assert limit * 0.97 < len(document) <= limit
+    encoded = base64.encodebytes(document).decode("ascii").replace("\n", "\r\n")
+    body = json.dumps(
+        {
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+            "businessDocument": encoded,
+        }
+    ).encode()
+    app = create_app(pair.gp, api_settings=ApiSettings(max_payload_bytes=limit))
+    with TestClient(app) as http:
+        answer = http.post("/Messages", headers=_bearer(api_pair.gp_key), content=_pieces(body))
+    assert answer.status_code == 201, answer.text
