@@ -55,6 +55,11 @@ def _body(document: bytes, **extra: object) -> bytes:
     return json.dumps(fields).encode()
 
 
+def _wrapped(document: bytes) -> str:
+    """base64 as MIME writes it: lines of 76 characters ending in CRLF."""
+    return base64.encodebytes(document).decode("ascii").replace("\n", "\r\n")
+
+
 def _pieces(body: bytes, size: int = 65_536) -> Iterator[bytes]:
     """Sent without a Content-Length, in pieces, as a streaming client does."""
     return (body[i : i + size] for i in range(0, len(body), size))
@@ -332,14 +337,8 @@ def test_a_document_wrapped_in_lines_is_read_as_nhns_service_reads_it(
     # MIME's base64 (76 characters and CRLF, as Java's MimeEncoder writes it): NHN's .NET
     # service passes over the line ends, so an EPJ written against it sends them.
     document = _document(api_pair, size)
-    encoded = base64.encodebytes(document).decode("ascii").replace("\n", "\r\n")
-    body = json.dumps(
-        {
-            "contentType": "application/xml",
-            "contentTransferEncoding": "base64",
-            "businessDocument": encoded,
-        }
-    ).encode()
+    encoded = _wrapped(document)
+    body = _body(document, businessDocument=encoded)
     answer = api_pair.gp_http.post("/Messages", headers=_bearer(api_pair.gp_key), content=body)
     assert answer.status_code == 201, answer.text
     with api_pair.pair.gp.store.unit_of_work() as uow:
@@ -361,14 +360,8 @@ def test_a_wrapped_document_just_under_the_limit_is_taken(api_pair: ApiPair) -> 
     limit = 1_500_000
     document = _document(api_pair, 1_120_000)
     assert limit * 0.97 < len(document) <= limit
-    encoded = base64.encodebytes(document).decode("ascii").replace("\n", "\r\n")
-    body = json.dumps(
-        {
-            "contentType": "application/xml",
-            "contentTransferEncoding": "base64",
-            "businessDocument": encoded,
-        }
-    ).encode()
+    encoded = _wrapped(document)
+    body = _body(document, businessDocument=encoded)
     app = create_app(pair.gp, api_settings=ApiSettings(max_payload_bytes=limit))
     with TestClient(app) as http:
         answer = http.post("/Messages", headers=_bearer(api_pair.gp_key), content=_pieces(body))
