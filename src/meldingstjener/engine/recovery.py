@@ -132,7 +132,7 @@ class RecoveryWatch:
             with self._lock:
                 self._raised = set()
             rows = uow.alerts.open_keys(WATCHED_KINDS, (DECRYPTION_ALERT,))
-            caught_up: list[str] = []
+            caught_up: list[tuple[str, datetime]] = []
             found: dict[str, set[str]] = {}
             with self._lock:
                 for key, last_seen in rows:
@@ -141,16 +141,17 @@ class RecoveryWatch:
                         continue
                     through = self._went_through.get(subject)
                     if through is not None and through > last_seen:
-                        caught_up.append(key)
-                    else:
-                        found.setdefault(subject, set()).add(key)
+                        caught_up.append((key, through))
+                    # kept even when caught up: it may be raised again before it is resolved
+                    found.setdefault(subject, set()).add(key)
                 # raised here after the read began: the read may not have seen them
                 for subject, key in self._raised:
                     found.setdefault(subject, set()).add(key)
                 self._open = found
                 self._loaded = True
-            for key in caught_up:
-                uow.alerts.resolve(key, at=at)
+            # only if not raised again since it was read (by another process, meanwhile)
+            for key, through in caught_up:
+                uow.alerts.resolve_if_silent(key, seen_before=through, at=at)
 
     def _add(self, subject: str, dedup_key: str) -> None:
         with self._lock:

@@ -207,3 +207,64 @@ def test_an_alert_raised_by_another_process_is_resolved_by_the_next_heartbeat(
     finally:
         for ctx in (pair.gp, first, second):
             ctx.store.database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_heartbeats_catch_up_leaves_a_refusal_raised_after_the_message_went_through(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The second process stored a message of the sender after the first refused one; its
+    # heartbeat reads the open alert and would resolve it. Between that read and the resolve,
+    # the first refuses another message of the sender: that refusal is newer than the message
+    # that went through, and must stay open.
+    from engine_pair import make_pair
+    from sqlalchemy import event
+
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.config import load_settings
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+    from meldingstjener.engine.instances import beat
+
+    pair = make_pair(tmp_path, hospital_database_url=database_url)
+    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
+    second.transports = pair.hospital.transports
+    first = pair.hospital
+    try:
+        beat(second, "second:8080", started=True)
+        pair.network.tamper = flip_last_payload_byte
+        send_note(pair)
+        pair.network.tamper = None
+        pair.network.engines[pair.hospital_site.endpoint] = pair.hospital = second
+        pair.clock.advance(seconds=1)
+        send_note(pair)  # went through at the second
+        pair.clock.advance(seconds=1)
+
+        raised: list[bool] = []
+
+        def refused_meanwhile(
+            _conn: object, _cursor: object, statement: str, params: object, *_: object
+        ) -> None:
+            resolving = "SET resolved_at" in statement and isinstance(params, dict)
+            if resolving and params.get("dedup_key") == REFUSED and not raised:  # type: ignore[union-attr]
+                raised.append(True)
+                with first.store.unit_of_work() as uow:  # the first refuses another
+                    raise_alert(
+                        uow,
+                        AlertKind.MESSAGE_REFUSED,
+                        "refused again",
+                        at=pair.clock(),
+                        key="8100001:SecurityFailure",
+                    )
+                    uow.commit()
+
+        engine = second.store.database.engine
+        event.listen(engine, "before_cursor_execute", refused_meanwhile)
+        try:
+            beat(second, "second:8080")
+        finally:
+            event.remove(engine, "before_cursor_execute", refused_meanwhile)
+        assert raised
+        assert open_alerts(second) == {REFUSED: ("error", 2)}
+    finally:
+        for ctx in (pair.gp, first, second):
+            ctx.store.database.dispose()
