@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
@@ -31,6 +31,7 @@ from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.database import UNREACHABLE
 from meldingstjener.store.payloads import PayloadStore, Spool
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,10 @@ def create_app(
                 ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
             )
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
-        except OperationalError:
-            log.exception("database unavailable while receiving")
+        except UNREACHABLE as exc:
+            # Not a fault of the server, and no alert: it could not be written either (a try
+            # would wait for the pool once more). The heartbeat tells a long outage.
+            log.warning("the database cannot be reached while receiving: %s", exc)
             return Response("temporarily unable to store; resend later\n", 503)
         except OSError as exc:
             # The payload store could not be written (or read): nothing was acknowledged, and

@@ -30,14 +30,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener import __version__
 from meldingstjener.engine import failing_jobs, overdue_jobs
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import schedule_register_sync
+from meldingstjener.store.database import UNREACHABLE
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
 from meldingstjener.store.uow import UnitOfWork
@@ -63,9 +62,6 @@ TWIN_SILENT_AFTER = 5 * HEARTBEAT
 # An outage of the store this long is told afterwards: a restart of the database takes seconds,
 # a failover a minute or two; five minutes and more held messages back
 UNREACHABLE_TOLD_AFTER = timedelta(minutes=5)
-# what a beat that cannot reach the store fails with: the database is away, or its connections
-# (the pool's wait for one) are
-_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
@@ -340,7 +336,7 @@ class Heartbeat:
             outage = (since, at)
         try:
             beat(self.ctx, self.name, started=started, outage=outage)
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:  # the database is away, or its connections are
             if self.unreachable_since is None:
                 self.unreachable_since = at
             log.warning("could not record this instance's heartbeat: the database: %s", exc)

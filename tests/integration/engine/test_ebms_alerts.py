@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 from engine_pair import Pair
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener.api import app as api_app
 from meldingstjener.devsites import dialog_note
@@ -161,3 +163,27 @@ def test_a_good_request_costs_no_statement_on_the_alerts_while_none_is_open(
     assert answer.status_code == 200
     assert any("INSERT INTO messages" in s for s in statements)
     assert not any("alerts" in s for s in statements)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InterfaceError("SELECT 1", {}, Exception("the connection is closed")),
+        PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
+    ],
+    ids=["interface-error", "pool-timeout"],
+)
+def test_a_database_that_cannot_be_reached_answers_503_without_an_alert(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    # A connection the database dropped, or no connection of the pool free in time: the
+    # heartbeat counts both as the store unreachable. The sender is to resend, and an alert
+    # could not be written either (its try would wait for the pool once more).
+    def unreachable(*_args: object, **_kw: object) -> object:
+        raise error
+
+    body, content_type = wire(pair)
+    monkeypatch.setattr(inbound, "receive", unreachable)
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 503, answer.text
+    assert open_alerts(pair.hospital) == {}
