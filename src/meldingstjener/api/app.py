@@ -32,7 +32,7 @@ from meldingstjener.config import ApiSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.database import UNREACHABLE
-from meldingstjener.store.payloads import PayloadStore, Spool
+from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,14 @@ def create_app(
             # would wait for the pool once more). The heartbeat tells a long outage.
             log.warning("the database cannot be reached while receiving: %s", exc)
             return Response("temporarily unable to store; resend later\n", 503)
+        except PayloadNotFound as exc:
+            # A stored file is missing (our signal, to be repeated to a resend): no resend
+            # mends that, and the store is not failing. A fault in the server's data.
+            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+            return Response("internal error\n", 500)
         except OSError as exc:
-            # The payload store could not be written (or read): nothing was acknowledged, and
-            # the sender is told to resend later, when the store may be mended.
+            # The payload store could not be written: nothing was acknowledged, and the sender
+            # is told to resend later, when the store may be mended.
             await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
             return Response("temporarily unable to store; resend later\n", 503)
         except Exception as exc:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from engine_pair import Pair
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -187,3 +188,23 @@ def test_a_database_that_cannot_be_reached_answers_503_without_an_alert(
     answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
     assert answer.status_code == 503, answer.text
     assert open_alerts(pair.hospital) == {}
+
+
+def test_a_stored_signal_file_that_is_missing_is_no_store_failing(
+    pair: Pair, http: TestClient
+) -> None:
+    # A resend of a stored message gets our Acknowledgment again, read from its file; here in
+    # the response, as the sender has no agreement with us any more. The file is gone (removed
+    # by hand): a fault in our data that no resend mends, not a payload store that cannot be
+    # written (503, critical).
+    body, content_type = wire(pair)
+    assert http.post("/ebms", content=body, headers={"Content-Type": content_type}).is_success
+    [message] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        [ack] = uow.receipts.for_message(message.id)
+        uow.session.execute(text("DELETE FROM partner_agreements"))
+        uow.commit()
+    pair.hospital.store.payloads.path(str(ack.wire_ref)).unlink()
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 500, answer.text
+    assert open_alerts(pair.hospital) == {"ebms-failing:PayloadNotFound": ("error", 1)}
