@@ -56,8 +56,8 @@ INSTANCE_ALERTS = (
     AlertKind.MAILBOX_UNREACHABLE,
     AlertKind.INSTANCE_NAME_TAKEN,
 )
-# A process that finds its name taken raises instance-name-taken at every check; the holder of
-# the name resolves one nobody has raised for this long: the other was killed, and cannot.
+# A process that finds its name taken marks instance-name-taken seen at every check; the holder
+# of the name resolves one nobody has seen for this long: the other was killed, and cannot.
 TWIN_SILENT_AFTER = 5 * HEARTBEAT
 # An outage of the store this long is told afterwards: a restart of the database takes seconds,
 # a failover a minute or two; five minutes and more held messages back
@@ -261,9 +261,10 @@ class NameKeeper:
     The lock can be lost while the database restarts, and taken meanwhile by a process of the
     same name (two listen addresses, containers with one fixed host name): each may then take
     back the other's job claims when it starts, and run jobs twice (send a message twice). A
-    log line alone is read by nobody, so the process that lost the name raises the alert at
-    every check; it resolves it once it holds the lock again (the other has gone). Should the
-    other be killed before that, the holder resolves an alert nobody has raised for
+    log line alone is read by nobody, so the process that lost the name raises the alert, once,
+    and marks it seen at every check after (its ``last_seen``, neither counted nor told to a
+    webhook); it resolves it once it holds the lock again (the other has gone). Should the
+    other be killed before that, the holder resolves an alert nobody has seen for
     ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as one of its own."""
 
     def __init__(self, ctx: EngineContext, name_lock: InstanceLock) -> None:
@@ -295,18 +296,21 @@ class NameKeeper:
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             if not kept:
-                raise_alert(
-                    uow,
-                    AlertKind.INSTANCE_NAME_TAKEN,
-                    f"Another process has taken the name of instance {name}: the process "
-                    f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
-                    "with a restart of the database, say). Two serve processes run with one "
-                    "name: each may take back the other's job claims when it starts, and run "
-                    "jobs twice (send a message twice). Stop one of them and give it a name of "
-                    "its own ([server] instance_name).",
-                    at=now,
-                    key=name,
-                )
+                # told once (each raise is a webhook call) and seen again at every check,
+                # uncounted: the holder goes by when it was last seen
+                if not uow.alerts.seen_again(key, at=now):
+                    raise_alert(
+                        uow,
+                        AlertKind.INSTANCE_NAME_TAKEN,
+                        f"Another process has taken the name of instance {name}: the process "
+                        f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
+                        "with a restart of the database, say). Two serve processes run with "
+                        "one name: each may take back the other's job claims when it starts, "
+                        "and run jobs twice (send a message twice). Stop one of them and give "
+                        "it a name of its own ([server] instance_name).",
+                        at=now,
+                        key=name,
+                    )
             elif self._raised:
                 uow.alerts.resolve(key, at=now)  # the name is this process's again
             else:

@@ -575,6 +575,11 @@ _RESOLVE_ALERT_SILENT = text(
     bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
 )
 
+# still so: an open alert seen again, without counting it or telling anyone (no changed_at)
+_SEEN_AGAIN = text(
+    "UPDATE alerts SET last_seen = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
+
 
 @functools.lru_cache(maxsize=8)
 def _resolve_alerts(count: int) -> TextClause:
@@ -658,6 +663,13 @@ class AlertRepository:
         binds: dict[str, object] = {f"dedup_key_{n}": key for n, key in enumerate(keys)}
         binds["at"] = at or utcnow()
         self.session.connection().execute(_resolve_alerts(len(keys)), binds)
+
+    def seen_again(self, dedup_key: str, *, at: datetime) -> bool:
+        """Mark the open alert of ``dedup_key`` as seen at ``at``, not counted: a state that
+        lasts, told once, whose raiser shows it is still there (see :meth:`resolve_if_silent`).
+        False when none is open (then it is to be raised)."""
+        seen = self.session.connection().execute(_SEEN_AGAIN, {"dedup_key": dedup_key, "at": at})
+        return bool(seen.rowcount)
 
     def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
         """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
