@@ -151,6 +151,9 @@ class EngineContext:
     register_sync: RegisterSync | None = None  # how to sync the address register, if configured
     # the open alerts a good message resolves, known without a statement per message
     recovery: RecoveryWatch = field(default_factory=RecoveryWatch)
+    # the name of this process among those on the store, as ``serve`` runs under it
+    # ([server] instance_name, or host:port): its own alerts are keyed by it
+    instance: str = "meldingstjener"
 
     def schedule_now(
         self,

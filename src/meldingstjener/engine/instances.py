@@ -1,8 +1,9 @@
 """The ``serve`` processes on one store, known by their heartbeats.
 
 Some deviations belong to one process: its host clock is off (``clock-skew``), it cannot reach
-the mailbox (``mailbox-unreachable``). Only that process can see them end, so when it stops, or
-its host is replaced or renamed, nobody would resolve them and they would stay open for ever.
+the mailbox (``mailbox-unreachable``), it cannot write its payload store (``store-failing``).
+Only that process can see them end, so when it stops, or its host is replaced or renamed,
+nobody would resolve them and they would stay open for ever.
 Each ``serve`` therefore records itself at start, beats every minute, and marks itself stopped
 when it stops. Every beat also looks at the others: an instance that stopped, or has not beaten
 for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
@@ -55,6 +56,7 @@ INSTANCE_ALERTS = (
     AlertKind.CLOCK_SKEW,
     AlertKind.MAILBOX_UNREACHABLE,
     AlertKind.INSTANCE_NAME_TAKEN,
+    AlertKind.STORE_FAILING,
 )
 # A process that finds its name taken marks instance-name-taken seen at every check; the holder
 # of the name resolves one nobody has seen for this long: the other was killed, and cannot.
@@ -190,9 +192,9 @@ def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
         "killed or its host lost. What only it did is not being done: if it collected a "
         "mailbox, watched a folder drop or was the address partners send to, no mail is "
         "collected, no file taken and nothing received there. Its own alerts (clock-skew, "
-        "mailbox-unreachable) were resolved with it and no longer show that. The jobs it had "
-        "claimed pass to the other servers when their leases run out. Start it again, or let "
-        "another server take over its work.",
+        "mailbox-unreachable, store-failing) were resolved with it and no longer show that. "
+        "The jobs it had claimed pass to the other servers when their leases run out. Start "
+        "it again, or let another server take over its work.",
         at=now,
         key=row.name,
     )

@@ -679,13 +679,16 @@ class AlertRepository:
         )
 
     def open_keys(
-        self, kinds: Sequence[str], keys: Sequence[str] = ()
+        self, kinds: Sequence[str], prefixes: Sequence[str] = (), *, limit: int | None = None
     ) -> list[tuple[str, datetime]]:
-        """Dedup key and last occurrence of each open alert of ``kinds``, or with one of
-        ``keys``."""
-        query = select(AlertRow.dedup_key, AlertRow.last_seen).where(
-            AlertRow.resolved_at.is_(None),
-            or_(AlertRow.kind.in_(kinds), AlertRow.dedup_key.in_(keys)),
+        """Dedup key and last occurrence of each open alert of ``kinds``, or whose key begins
+        with one of ``prefixes``; the ``limit`` last raised."""
+        beginning = (AlertRow.dedup_key.startswith(prefix, autoescape=True) for prefix in prefixes)
+        query = (
+            select(AlertRow.dedup_key, AlertRow.last_seen)
+            .where(AlertRow.resolved_at.is_(None), or_(AlertRow.kind.in_(kinds), *beginning))
+            .order_by(AlertRow.last_seen.desc())
+            .limit(limit)
         )
         return [(key, last_seen) for key, last_seen in self.session.execute(query)]
 
