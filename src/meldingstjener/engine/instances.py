@@ -50,6 +50,9 @@ GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a proce
 # pause in its beats; one that does not, and has missed two beats, is gone. (The grace: after
 # a restart of the database the locks come back with each process's next beat.)
 UNLOCKED_GONE_AFTER = 3 * HEARTBEAT
+# A process that could not beat for longer than this (its database away, its host suspended)
+# was away too: the others' silence meanwhile says nothing of them (see Heartbeat)
+AWAY_AFTER = 2 * HEARTBEAT
 FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
 # the alerts raised per instance (their dedup key is "<kind>:<instance name>")
 INSTANCE_ALERTS = (
@@ -91,15 +94,18 @@ def instance_state(
     return "running"
 
 
-def instance_states(uow: UnitOfWork, now: datetime) -> list[tuple[InstanceRow, str]]:
-    """Every instance on the store, with its state."""
+def instance_states(
+    uow: UnitOfWork, now: datetime, *, present_since: datetime | None = None
+) -> list[tuple[InstanceRow, str]]:
+    """Every instance on the store, with its state. ``present_since``: silence before then is
+    not counted (the one who judges was away itself, see :class:`Heartbeat`)."""
     rows = uow.instances.all()
     locked = names_locked(uow.session, [row.name for row in rows])
     return [
         (
             row,
             instance_state(
-                row.last_seen_at,
+                row.last_seen_at if present_since is None else max(row.last_seen_at, present_since),
                 row.stopped_at,
                 now,
                 locked=None if locked is None else locked[row.name],
@@ -115,12 +121,19 @@ def beat(
     *,
     started: bool = False,
     outage: tuple[datetime, datetime] | None = None,
-) -> None:
+    present_since: datetime | None = None,
+    back: bool = False,
+) -> datetime:
     """Record that ``name`` runs, and tidy after the instances that do not any more.
     ``outage``: from when to when (this host's clock) the store could not be reached by
-    ``name``, to be told (see :class:`Heartbeat`)."""
+    ``name``, to be told. ``present_since`` (the store's time): since when ``name`` has beaten
+    without a gap; the others' silence before then is not counted. ``back``: it has been away
+    (or starts) and beats again now, so that is now. None of these: the others are judged by
+    their silence alone. Returns since when ``name`` is present (see :class:`Heartbeat`)."""
     with ctx.store.unit_of_work() as uow:
         now = store_now(ctx.clock, uow)
+        if back:
+            present_since = now
         if outage is not None:
             _report_outage(uow, name, outage, now)
         uow.instances.seen(
@@ -133,7 +146,7 @@ def beat(
         )
         # its name beats again: whatever instance-gone said of it is over
         uow.alerts.resolve(_gone_key(name), at=now)
-        states = instance_states(uow, now)
+        states = instance_states(uow, now, present_since=present_since)
         _tidy(uow, name, now, states)
         failing_jobs.tidy(uow, now)
         # in the heartbeat's own thread: a check that workers which hang cannot stop
@@ -147,6 +160,7 @@ def beat(
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)
         uow.commit()
+    return present_since or now
 
 
 def stopped(ctx: EngineContext, name: str) -> None:
@@ -327,12 +341,22 @@ class Heartbeat:
     works after ``UNREACHABLE_TOLD_AFTER`` or more raises ``store-unreachable``, from the start
     of the first beat that failed to the start of the one that works; it is resolved by hand
     (it tells of something past). A beat that fails for another reason is logged and changes
-    nothing: the outage, if one is under way, is told by the next beat that works."""
+    nothing: the outage, if one is under way, is told by the next beat that works.
+
+    And since when this process has been present: beating, with no more than ``AWAY_AFTER``
+    between its beats that worked. A process that could not beat for longer (the database was
+    away, its host suspended) does not know what the others did meanwhile: after a restart of
+    the database every instance's beats stopped with its own, and every lock of a name ended,
+    to come back with each one's next beat. So the others are judged gone only by their silence
+    while this process was present (from its start, too): each has the full time to beat again
+    after the database is back."""
 
     def __init__(self, ctx: EngineContext, name: str) -> None:
         self.ctx = ctx
         self.name = name
         self.unreachable_since: datetime | None = None
+        self.last_beat_at: datetime | None = None  # the last beat that worked (this host's clock)
+        self.present_since: datetime | None = None  # the store's time
 
     def beat(self, *, started: bool = False) -> None:
         at = self.ctx.clock()
@@ -340,8 +364,17 @@ class Heartbeat:
         outage = None
         if since is not None and at - since >= UNREACHABLE_TOLD_AFTER:
             outage = (since, at)
+        last = self.last_beat_at
+        back = started or last is None or at - last > AWAY_AFTER
         try:
-            beat(self.ctx, self.name, started=started, outage=outage)
+            present_since = beat(
+                self.ctx,
+                self.name,
+                started=started,
+                outage=outage,
+                present_since=self.present_since,
+                back=back,
+            )
         except UNREACHABLE as exc:  # the database is away, or its connections are
             if self.unreachable_since is None:
                 self.unreachable_since = at
@@ -351,3 +384,4 @@ class Heartbeat:
             log.warning("could not record this instance's heartbeat: %s", exc)
             return
         self.unreachable_since = None
+        self.last_beat_at, self.present_since = at, present_since
