@@ -33,10 +33,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from meldingstjener import __version__
-from meldingstjener.engine import failing_jobs, overdue_jobs
+from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.register_sync import schedule_register_sync
+from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
 from meldingstjener.store.database import UNREACHABLE
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
@@ -153,7 +153,7 @@ def beat(
         serving_since = min(
             (row.started_at for row, state in states if state == "running"), default=now
         )
-        overdue_jobs.check_overdue(uow, ctx.clock(), now - serving_since)
+        ctx.overdue.check(uow, ctx.clock(), now - serving_since, REGISTER_SYNC)
         # alerts raised by other processes that a good message here resolves (engine/recovery)
         ctx.recovery.load(uow, at=now)
         # The register's sync job is shared; should a server without the register have ended

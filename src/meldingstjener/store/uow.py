@@ -822,7 +822,7 @@ _CLAIM = {"postgresql": _claim_sql("FOR UPDATE SKIP LOCKED"), "sqlite": _claim_s
 
 @dataclass(frozen=True)
 class OverdueJob:
-    """A job due and not done (see :meth:`JobRepository.oldest_overdue`)."""
+    """A job due and not done (see :meth:`JobRepository.oldest_free`, ``oldest_held``)."""
 
     id: int
     kind: str
@@ -830,19 +830,18 @@ class OverdueJob:
     due_at: datetime
     claimed_by: str | None
     claimed_until: datetime | None
+    attempts: int  # a claim adds one: (id, claimed_by, attempts) names one claim of the job
 
 
-def _oldest_overdue_sql() -> TextualSelect:
+def _oldest_sql(claimed: str) -> TextualSelect:
     columns = cast(Table, JobRow.__table__).c
-    # Along ix_jobs_due from the oldest: it reads the jobs due before ``waiting_before`` only
-    # until the first that qualifies, and the ones it passes are the claims running now.
+    # Along ix_jobs_due from the oldest, up to the first that qualifies: the jobs passed are
+    # the others (the claims running now, or the free ones).
     return _job_sql(
-        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until FROM jobs "
-        "WHERE due_at <= :waiting_before AND kind <> :skip_kind AND (claimed_until IS NULL "
-        "OR claimed_until <= :waiting_before OR due_at <= :held_before) "
-        "ORDER BY due_at LIMIT 1",
-        waiting_before="due_at",
-        held_before="due_at",
+        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until, attempts FROM jobs "
+        f"WHERE due_at <= :now AND kind <> :skip_kind AND {claimed} "
+        "ORDER BY due_at, id LIMIT 1",
+        now="due_at",
     ).columns(
         columns.id,
         columns.kind,
@@ -850,10 +849,13 @@ def _oldest_overdue_sql() -> TextualSelect:
         columns.due_at,
         columns.claimed_by,
         columns.claimed_until,
+        columns.attempts,
     )
 
 
-_OLDEST_OVERDUE = _oldest_overdue_sql()
+# free for a claim, as a worker claims (never claimed, or its lease ran out); and claimed
+_OLDEST_FREE = _oldest_sql("(claimed_until IS NULL OR claimed_until < :now)")
+_OLDEST_HELD = _oldest_sql("claimed_until >= :now")
 
 
 class JobRepository:
@@ -1086,18 +1088,16 @@ class JobRepository:
         else:
             self._run(_CANCEL_KIND, message_id=message_id, kind=kind)
 
-    def oldest_overdue(
-        self, *, waiting_before: datetime, held_before: datetime, skip_kind: str
-    ) -> OverdueJob | None:
-        """The job due longest of those nobody runs: free for a claim (never claimed, or its
-        lease ran out) since ``waiting_before`` or earlier, or due since ``held_before`` or
-        earlier and claimed still; none of ``skip_kind``. One indexed statement."""
-        row = self._run(
-            _OLDEST_OVERDUE,
-            waiting_before=waiting_before,
-            held_before=held_before,
-            skip_kind=skip_kind,
-        ).first()
+    def oldest_free(self, *, now: datetime, skip_kind: str) -> OverdueJob | None:
+        """The job due longest of those free for a claim at ``now``, none of ``skip_kind``: the
+        next a worker claims. One indexed statement."""
+        row = self._run(_OLDEST_FREE, now=now, skip_kind=skip_kind).first()
+        return None if row is None else OverdueJob(*row)
+
+    def oldest_held(self, *, now: datetime, skip_kind: str) -> OverdueJob | None:
+        """The job due longest of those claimed at ``now``, none of ``skip_kind``. One indexed
+        statement (it passes the free jobs due before it: few, unless no worker claims)."""
+        row = self._run(_OLDEST_HELD, now=now, skip_kind=skip_kind).first()
         return None if row is None else OverdueJob(*row)
 
     def next_due(self) -> datetime | None:
