@@ -169,6 +169,7 @@ def build_engine(
         clock=clock or utc_now,
         host=message_id_host(settings),
         validator=build_validator(settings, clock=clock or utc_now),
+        instance=settings.server.instance,
     )
     smtp = build_smtp_transport(settings, host=context.host)
     if smtp is not None:

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
@@ -31,7 +31,8 @@ from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.payloads import PayloadStore, Spool
+from meldingstjener.store.database import UNREACHABLE
+from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,19 @@ def create_app(
                 ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
             )
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
-        except OperationalError:
-            log.exception("database unavailable while receiving")
+        except UNREACHABLE as exc:
+            # Not a fault of the server, and no alert: it could not be written either (a try
+            # would wait for the pool once more). The heartbeat tells a long outage.
+            log.warning("the database cannot be reached while receiving: %s", exc)
             return Response("temporarily unable to store; resend later\n", 503)
+        except PayloadNotFound as exc:
+            # A stored file is missing (our signal, to be repeated to a resend): no resend
+            # mends that, and the store is not failing. A fault in the server's data.
+            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+            return Response("internal error\n", 500)
         except OSError as exc:
-            # The payload store could not be written (or read): nothing was acknowledged, and
-            # the sender is told to resend later, when the store may be mended.
+            # The payload store could not be written: nothing was acknowledged, and the sender
+            # is told to resend later, when the store may be mended.
             await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
             return Response("temporarily unable to store; resend later\n", 503)
         except Exception as exc:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from meldingstjener import __version__
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
+from meldingstjener.engine.overdue_jobs import OverdueWatch
 from meldingstjener.engine.recovery import RecoveryWatch
 from meldingstjener.security.validation import CertificateValidator
 from meldingstjener.store.uow import ClaimedJob, SendingView, Store, UnitOfWork
@@ -151,6 +152,11 @@ class EngineContext:
     register_sync: RegisterSync | None = None  # how to sync the address register, if configured
     # the open alerts a good message resolves, known without a statement per message
     recovery: RecoveryWatch = field(default_factory=RecoveryWatch)
+    # what this process's heartbeats saw of the jobs (engine/overdue_jobs)
+    overdue: OverdueWatch = field(default_factory=OverdueWatch)
+    # the name of this process among those on the store, as ``serve`` runs under it
+    # ([server] instance_name, or host:port): its own alerts are keyed by it
+    instance: str = "meldingstjener"
 
     def schedule_now(
         self,

@@ -65,6 +65,12 @@ class SigningCertificates:
     previous: x509.Certificate | None = None
     replaced_at: datetime | None = None  # when we learnt of the change
 
+    @property
+    def known(self) -> bool:
+        """We hold a signing certificate of the party, its current or its replaced one: what a
+        message names as its From is then someone, not anyone."""
+        return self.current is not None or self.previous is not None
+
     def candidates(self, now: datetime, grace: timedelta) -> list[x509.Certificate]:
         """The certificates a signature by the party may verify with at ``now``: the
         registered one first, then the replaced one for ``grace`` after the change (its resends

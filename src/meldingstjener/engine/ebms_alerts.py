@@ -23,37 +23,67 @@ from meldingstjener.store.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 REFUSED_IN_A_ROW = 3  # at one process: each counts the requests it answers
+# the key of the one ebms-refused alert for all peers that are not known parties
+UNKNOWN = "unknown"
 
 
 def refused(
     ctx: EngineContext, address: str, sender: str | None, code: str, http_status: int
 ) -> None:
     """A request answered 400 or 413. Counted per the envelope's From HER-id when that could be
-    read, else per the address it came from; an alert from the ``REFUSED_IN_A_ROW``-th on."""
-    subject = recovery.sender(sender) if sender else recovery.peer(address)
+    read and is a party we know, else per the address it came from; an alert from the
+    ``REFUSED_IN_A_ROW``-th on. What such a From says is not verified: a known party has an
+    alert of its own, resolved by its next message stored; requests from anybody else share
+    one (``unknown``), resolved by hand, so that no sender can open an alert per request."""
+    known = sender if sender is not None and _known(ctx, sender) else None
+    subject = recovery.sender(known) if known else recovery.peer(address)
     count = ctx.recovery.refused(subject)
     if count < REFUSED_IN_A_ROW:
         return
     whose = (
-        f"whose envelopes name {sender} as their sender (not verified)"
-        if sender
+        f"whose envelopes name {known} as their sender (not verified)"
+        if known
         else f"from address {address}"
+        + (f", whose envelopes name {sender} as their sender (not verified)" if sender else "")
+    )
+    summary = (
+        f"{count} requests in a row to POST /ebms {whose} were refused before they could be "
+        f"answered in ebXML (the last: HTTP {http_status}, {code}, from address {address}). "
+        "Only the sending MSH saw the answers: tell the partner."
     )
 
     def alert(uow: UnitOfWork) -> None:
+        if known is None:
+            raise_alert(
+                uow,
+                AlertKind.EBMS_REFUSED,
+                summary + " Requests of senders that are not known parties share this alert, "
+                "which no request resolves: resolve it by hand.",
+                at=ctx.clock(),
+                key=UNKNOWN,
+            )
+            return
         ctx.recovery.raise_alert(
             uow,
             AlertKind.EBMS_REFUSED,
-            f"{count} requests in a row to POST /ebms {whose} were refused before they could be "
-            f"answered in ebXML (the last: HTTP {http_status}, {code}, from address {address}). "
-            "Only the sending MSH saw the answers: tell the partner.",
+            summary,
             subject=subject,
             key=subject,
             at=ctx.clock(),
-            partner_her_id=sender,
+            partner_her_id=known,
         )
 
     _raise(ctx, alert)
+
+
+def _known(ctx: EngineContext, her_id: str) -> bool:
+    """Whether ``her_id`` is a party we hold a signing certificate of (current or replaced)."""
+    try:
+        with ctx.store.unit_of_work() as uow:
+            return ctx.directory.signing_certificates(uow, her_id).known
+    except Exception:  # the database may be away: one of many, then
+        log.warning("could not look up the party %s", her_id, exc_info=True)
+        return False
 
 
 def accepted(ctx: EngineContext, address: str) -> None:
@@ -69,7 +99,9 @@ def accepted(ctx: EngineContext, address: str) -> None:
 
 def store_failed(ctx: EngineContext, exc: OSError) -> None:
     """The payload store failed while a message was received; the caller answers 503, and
-    the sender resends. Until the store is mended, every message fails the same way."""
+    the sender resends. Until the store is mended, every message fails the same way here. One
+    alert per ``serve`` process (its store may be a directory of its own), resolved when it
+    stores a message again: a message stored by another does not say that this one can."""
     reason = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
     log.error("the payload store failed while receiving (%s): answered 503", reason, exc_info=exc)
 
@@ -77,11 +109,12 @@ def store_failed(ctx: EngineContext, exc: OSError) -> None:
         ctx.recovery.raise_alert(
             uow,
             AlertKind.STORE_FAILING,
-            f"a received message could not be stored: the payload store failed ({reason}). "
-            "It was answered 503 and its sender resends, until it gives up. Free disk space "
-            "or mend the payload directory; the server log has the file.",
-            subject=recovery.STORE,
-            key=recovery.STORE,
+            f"a message received by instance {ctx.instance} could not be stored: its payload "
+            f"store failed ({reason}). It was answered 503 and its sender resends, until it "
+            "gives up. Free disk space or mend the payload directory; the server log has the "
+            "file.",
+            subject=recovery.store(ctx.instance),
+            key=ctx.instance,
             at=ctx.clock(),
         )
 

@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 # The payload is for a recipient and readable, and was signed by its sender (the signature is
 # checked first): the certificate it was encrypted to is not one we hold the key of, or our key
-# does not open it. Our side's certificates are out of step (ours renewed in the register before
-# its key was installed here, or the sender holds a stale copy of ours): every message from
-# every sender will fail the same way until someone acts.
+# does not open it. The sender holds a stale copy of ours, or our side's certificates are out of
+# step (ours renewed in the register before its key was installed here: then every sender's
+# messages fail the same way) until someone acts.
 _OUR_KEY_FAILED = frozenset({"recipient-not-found", "decryption-failed"})
 
 
@@ -82,11 +82,13 @@ class InboundRefused(Exception):
 
 
 class _Reject(Exception):
-    """A refusal: ``error`` goes back to the sender; ``logged`` is what we store and log of it.
+    """A refusal: ``error`` goes back to the sender; ``logged`` is what we store and log of it;
+    ``reason``, a fixed text of ours, is what the alert says of it.
 
     They differ when the sender's text quotes its own message (the XML parser names elements,
     attributes and entities of the fagmelding, which may be patient data): the sender may read
-    that about its own message, our log and receipts keep codes only."""
+    that about its own message, our log and receipts keep codes only. And the alert, which
+    webhooks pass on, quotes nothing a sender chose (a PartyId of another type is any text)."""
 
     def __init__(
         self,
@@ -94,11 +96,13 @@ class _Reject(Exception):
         detail: str,
         location: str | None = None,
         *,
+        reason: str,
         logged: str = "",
         our_key: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
+        self.reason = reason
         self.logged = logged or detail
         self.our_key = our_key  # the CMS code when our keys failed to decrypt (not the sender)
 
@@ -228,10 +232,10 @@ def _receive_message(
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
             # A message from this sender, decrypted with our key, is stored: refusals of its
-            # messages, our key's failure and the store's are over (no statement unless an
-            # alert is open).
+            # messages, our key's failure on them and this process's store's are over (no
+            # statement unless an alert is open).
             ctx.recovery.went_through(
-                uow, (recovery.sender(sender), recovery.OUR_DECRYPTION, recovery.STORE), at=now
+                uow, (recovery.sender(sender), recovery.store(ctx.instance)), at=now
             )
             uow.commit()
     except IntegrityError:
@@ -267,18 +271,24 @@ def _check(
             ErrorCode.TIME_TO_LIVE_EXPIRED,
             f"the message's TimeToLive ({expires:%Y-%m-%dT%H:%M:%SZ}) has passed",
             "eb:MessageHeader/eb:MessageData/eb:TimeToLive",
+            reason="its TimeToLive had passed",
         )
     try:
         check_manifest(envelope, frozenset(mime.attachments))
     except EbxmlError as exc:
-        raise _Reject(exc.code, str(exc), exc.location) from None
+        raise _Reject(
+            exc.code, str(exc), exc.location, reason="its manifest and parts disagree"
+        ) from None
     to = header.to_party.her_id
     if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
-        raise _Reject(ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest")
+        raise _Reject(
+            ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest", reason="no payload part"
+        )
     not_ours = _Reject(
         ErrorCode.VALUE_NOT_RECOGNIZED,
         f"the receiver {to} is not served by this message server",
         "eb:MessageHeader/eb:To/eb:PartyId",
+        reason="its receiver is not served here",
     )
     encrypted = mime.attachments[str(envelope.manifest[0].content_id)]
     try:
@@ -290,6 +300,7 @@ def _check(
             ErrorCode.SECURITY_FAILURE,
             f"the payload could not be decrypted: {exc}",
             "cid",
+            reason="its payload could not be decrypted",
             our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
     message = inspect(plain, ctx.policy.schema_dir)
@@ -301,6 +312,7 @@ def _check(
             ErrorCode.OTHER_XML,
             "the business message cannot be interpreted: " + "; ".join(p.message for p in problems),
             "cid",
+            reason="its business message cannot be read",
             logged="the business message cannot be interpreted ("
             + ", ".join(p.code for p in problems)
             + ")",
@@ -320,6 +332,7 @@ def _check(
             f"the envelope says {sender} -> {to}, the business message says "
             f"{said_from} -> {said_to}",
             "eb:MessageHeader",
+            reason="the HER-ids of its envelope and business message disagree",
         )
     return message, plain
 
@@ -343,16 +356,21 @@ def _verify_signature(
                 f"the sender {sender} is not a known communication party with a signing "
                 "certificate",
                 "eb:MessageHeader/eb:From/eb:PartyId",
+                reason="its sender is not a known communication party with a signing certificate",
             )
         problem = signature.check.problem or "a reference did not match"
         raise _Reject(
-            ErrorCode.SECURITY_FAILURE, f"the signature did not verify: {problem}", "ds:Signature"
+            ErrorCode.SECURITY_FAILURE,
+            f"the signature did not verify: {problem}",
+            "ds:Signature",
+            reason="its signature did not verify with its sender's certificate",
         )
     if signature.problem is not None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
             f"the sender's signing certificate is not acceptable: {signature.problem}",
             "ds:Signature/ds:KeyInfo",
+            reason="its sender's signing certificate is not accepted now",
         )
     return signature.certificate
 
@@ -380,17 +398,23 @@ def _duplicate(
                 f"this MessageId was received from {original.from_her_id}, not from "
                 f"{header.from_party.her_id}",
                 "eb:MessageHeader/eb:MessageData/eb:MessageId",
+                reason="its MessageId came from another sender before",
             )
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
             _verify_signature(ctx, mime, envelope, root, certificates)
     except _Reject as reject:
-        return _refuse_repeat(ctx, envelope, original, reject, channel)
+        return _refuse_repeat(ctx, envelope, original, reject, channel, certificates)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
 
 
 def _refuse_repeat(
-    ctx: EngineContext, envelope: Envelope, original: MessageRow, reject: _Reject, channel: str
+    ctx: EngineContext,
+    envelope: Envelope,
+    original: MessageRow,
+    reject: _Reject,
+    channel: str,
+    certificates: SigningCertificates,
 ) -> InboundReply:
     """A message with the eb:MessageId of ``original`` that is not its sender's resend: logged
     against the original, nothing stored; a MessageError only in a SyncReply response."""
@@ -406,7 +430,7 @@ def _refuse_repeat(
             f"its sender ({reject.logged}): refused, not answered with our signal",
             ebxml_message_id=header.message_id,
         )
-        _alert_refused(ctx, uow, header, reject, original.id)
+        _alert_refused(ctx, uow, header, reject, original.id, certificates)
         uow.commit()
     if channel != "http" or not envelope.sync_reply:
         return InboundReply()  # no signal to a party that may not be who it says
@@ -596,8 +620,9 @@ def _refuse(
                 description=reject.logged,
                 error_codes=codes,
             )
-            _alert_refused(ctx, uow, header, reject, row.id)
-            ctx.recovery.went_through(uow, (recovery.STORE,), at=now)  # its files were written
+            _alert_refused(ctx, uow, header, reject, row.id, certificates)
+            # its files were written
+            ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=now)
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
@@ -612,42 +637,84 @@ def _refuse(
 
 
 def _alert_refused(
-    ctx: EngineContext, uow: UnitOfWork, header: MessageHeader, reject: _Reject, message_id: str
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    header: MessageHeader,
+    reject: _Reject,
+    message_id: str,
+    certificates: SigningCertificates,
 ) -> None:
-    """A refused message is otherwise known to its sender only (from our MessageError): an
-    unknown sender, a certificate revoked or expired, a stale copy of the register, a
-    TimeToLive passed, HER-ids that disagree, or our own key. One alert per sender and error
-    code counts the repeats; a message from that sender stored later resolves it."""
+    """A refused message is otherwise known to its sender only (from our MessageError): a
+    certificate revoked or expired, a stale copy of the register, a TimeToLive passed, HER-ids
+    that disagree, our own key, an unknown sender.
+
+    One alert per sender and error code counts the repeats; a message from that sender stored
+    later resolves it. Only for a sender we know (we hold its signing certificate): what the
+    From of anybody else's message says is not verified, and an alert per such sender would be
+    an alert (and a webhook call) per request of whoever sends them. Those share one alert per
+    error code, resolved by hand. The text is ours: the error code, a fixed reason, and the
+    sender as a HER-id (or a digest of another PartyId), never text the sender chose."""
     now = ctx.clock()
     party = header.from_party
-    her_id = _her_id(party)
-    # a PartyId of another type may be a long URI: the alert's key names it by a digest
-    sender = her_id or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
+    known = _her_id(party) if certificates.known else None
     code = str(reject.error.code)
+    if known is None:
+        # a PartyId of another type may be a long URI, or any text: named by a digest
+        shown = _her_id(party) or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
+        if reject.our_key is not None:  # signed with a certificate of a party, so rare
+            raise_alert(
+                uow,
+                AlertKind.CERTIFICATE_INVALID,
+                f"a message (message {message_id}; its From, not a known party's HER-id, "
+                f"reads {shown}) could not be decrypted with our keys ({reject.our_key}) and "
+                f"was refused with {code}. Our encryption certificate in the address register "
+                "and the keys this server holds may disagree, or its sender uses an old copy "
+                "of ours. Resolve this alert by hand.",
+                at=now,
+                key=recovery.our_decryption(recovery.UNKNOWN_SENDER),
+            )
+            return
+        raise_alert(
+            uow,
+            AlertKind.MESSAGE_REFUSED,
+            f"messages from senders that are not known parties (no signing certificate of "
+            f"theirs is held here) were refused with {code}: {reject.reason}; the last was "
+            f"message {message_id}, whose From reads {shown} (not verified). A partner missing "
+            "from our copy of the address register is refused so (ar sync, or [[partners]]); "
+            "else these are strays or forgeries. Only their senders were told, by our "
+            "MessageError. One alert for all such senders, which no message resolves: resolve "
+            "it by hand.",
+            at=now,
+            key=f"{recovery.UNKNOWN_SENDER}:{code}",
+        )
+        return
     if reject.our_key is not None:
         ctx.recovery.raise_alert(
             uow,
             AlertKind.CERTIFICATE_INVALID,
-            f"a message from {sender} (message {message_id}) could not be decrypted with our "
-            f"keys ({reject.our_key}) and was refused with {code}. Our encryption certificate "
-            "in the address register and the keys this server holds disagree (a certificate "
-            "renewed before its key was installed here?), or the sender uses an old copy of "
-            "ours. Messages to us fail until it is mended; their senders resend for a while.",
-            subject=recovery.OUR_DECRYPTION,
-            key=recovery.OUR_DECRYPTION,
+            f"a message from {known} (message {message_id}) could not be decrypted with our "
+            f"keys ({reject.our_key}) and was refused with {code}. {known} encrypts to a "
+            "certificate of ours whose key this server does not hold: an old copy of our "
+            "encryption certificate, or ours was renewed in the address register before its "
+            "key was installed here (then other senders' messages fail too, each with an "
+            f"alert of its own). Messages from {known} fail until it is mended; it resends "
+            "for a while.",
+            subject=recovery.sender(known),
+            key=recovery.our_decryption(known),
             at=now,
+            partner_her_id=known,
         )
         return
     ctx.recovery.raise_alert(
         uow,
         AlertKind.MESSAGE_REFUSED,
-        f"a message from {sender} was refused with {code} ({reject.logged}); the last was "
+        f"messages from {known} were refused with {code}: {reject.reason}; the last was "
         f"message {message_id}. Only its sender was told, by our MessageError: look at the "
         "partner's certificate and register entry, or tell the partner.",
-        subject=recovery.sender(sender),
-        key=f"{sender}:{code}",
+        subject=recovery.sender(known),
+        key=f"{known}:{code}",
         at=now,
-        partner_her_id=her_id,
+        partner_her_id=known,
     )
 
 

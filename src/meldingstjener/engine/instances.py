@@ -1,8 +1,9 @@
 """The ``serve`` processes on one store, known by their heartbeats.
 
 Some deviations belong to one process: its host clock is off (``clock-skew``), it cannot reach
-the mailbox (``mailbox-unreachable``). Only that process can see them end, so when it stops, or
-its host is replaced or renamed, nobody would resolve them and they would stay open for ever.
+the mailbox (``mailbox-unreachable``), it cannot write its payload store (``store-failing``).
+Only that process can see them end, so when it stops, or its host is replaced or renamed,
+nobody would resolve them and they would stay open for ever.
 Each ``serve`` therefore records itself at start, beats every minute, and marks itself stopped
 when it stops. Every beat also looks at the others: an instance that stopped, or has not beaten
 for ``GONE_AFTER``, has its own alerts resolved (its deviations ended with it) and, a week
@@ -30,14 +31,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener import __version__
-from meldingstjener.engine import failing_jobs, overdue_jobs
+from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.register_sync import schedule_register_sync
+from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
+from meldingstjener.store.database import UNREACHABLE
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
 from meldingstjener.store.uow import UnitOfWork
@@ -50,22 +50,23 @@ GONE_AFTER = timedelta(minutes=15)  # fifteen missed beats: not a pause, a proce
 # pause in its beats; one that does not, and has missed two beats, is gone. (The grace: after
 # a restart of the database the locks come back with each process's next beat.)
 UNLOCKED_GONE_AFTER = 3 * HEARTBEAT
+# A process that could not beat for longer than this (its database away, its host suspended)
+# was away too: the others' silence meanwhile says nothing of them (see Heartbeat)
+AWAY_AFTER = 2 * HEARTBEAT
 FORGET_AFTER = timedelta(days=7)  # kept this long for the operator to see what ran
 # the alerts raised per instance (their dedup key is "<kind>:<instance name>")
 INSTANCE_ALERTS = (
     AlertKind.CLOCK_SKEW,
     AlertKind.MAILBOX_UNREACHABLE,
     AlertKind.INSTANCE_NAME_TAKEN,
+    AlertKind.STORE_FAILING,
 )
-# A process that finds its name taken raises instance-name-taken at every check; the holder of
-# the name resolves one nobody has raised for this long: the other was killed, and cannot.
+# A process that finds its name taken marks instance-name-taken seen at every check; the holder
+# of the name resolves one nobody has seen for this long: the other was killed, and cannot.
 TWIN_SILENT_AFTER = 5 * HEARTBEAT
 # An outage of the store this long is told afterwards: a restart of the database takes seconds,
 # a failover a minute or two; five minutes and more held messages back
 UNREACHABLE_TOLD_AFTER = timedelta(minutes=5)
-# what a beat that cannot reach the store fails with: the database is away, or its connections
-# (the pool's wait for one) are
-_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def store_now(ctx_clock: Callable[[], datetime], uow: UnitOfWork) -> datetime:
@@ -93,15 +94,18 @@ def instance_state(
     return "running"
 
 
-def instance_states(uow: UnitOfWork, now: datetime) -> list[tuple[InstanceRow, str]]:
-    """Every instance on the store, with its state."""
+def instance_states(
+    uow: UnitOfWork, now: datetime, *, present_since: datetime | None = None
+) -> list[tuple[InstanceRow, str]]:
+    """Every instance on the store, with its state. ``present_since``: silence before then is
+    not counted (the one who judges was away itself, see :class:`Heartbeat`)."""
     rows = uow.instances.all()
     locked = names_locked(uow.session, [row.name for row in rows])
     return [
         (
             row,
             instance_state(
-                row.last_seen_at,
+                row.last_seen_at if present_since is None else max(row.last_seen_at, present_since),
                 row.stopped_at,
                 now,
                 locked=None if locked is None else locked[row.name],
@@ -117,12 +121,19 @@ def beat(
     *,
     started: bool = False,
     outage: tuple[datetime, datetime] | None = None,
-) -> None:
+    present_since: datetime | None = None,
+    back: bool = False,
+) -> datetime:
     """Record that ``name`` runs, and tidy after the instances that do not any more.
     ``outage``: from when to when (this host's clock) the store could not be reached by
-    ``name``, to be told (see :class:`Heartbeat`)."""
+    ``name``, to be told. ``present_since`` (the store's time): since when ``name`` has beaten
+    without a gap; the others' silence before then is not counted. ``back``: it has been away
+    (or starts) and beats again now, so that is now. None of these: the others are judged by
+    their silence alone. Returns since when ``name`` is present (see :class:`Heartbeat`)."""
     with ctx.store.unit_of_work() as uow:
         now = store_now(ctx.clock, uow)
+        if back:
+            present_since = now
         if outage is not None:
             _report_outage(uow, name, outage, now)
         uow.instances.seen(
@@ -135,20 +146,21 @@ def beat(
         )
         # its name beats again: whatever instance-gone said of it is over
         uow.alerts.resolve(_gone_key(name), at=now)
-        states = instance_states(uow, now)
+        states = instance_states(uow, now, present_since=present_since)
         _tidy(uow, name, now, states)
         failing_jobs.tidy(uow, now)
         # in the heartbeat's own thread: a check that workers which hang cannot stop
         serving_since = min(
             (row.started_at for row, state in states if state == "running"), default=now
         )
-        overdue_jobs.check_overdue(uow, ctx.clock(), now - serving_since)
+        ctx.overdue.check(uow, ctx.clock(), now - serving_since, REGISTER_SYNC)
         # alerts raised by other processes that a good message here resolves (engine/recovery)
         ctx.recovery.load(uow, at=now)
         # The register's sync job is shared; should a server without the register have ended
         # it (or it be lost), one with it puts it back here.
         schedule_register_sync(ctx, uow)
         uow.commit()
+    return present_since or now
 
 
 def stopped(ctx: EngineContext, name: str) -> None:
@@ -194,9 +206,9 @@ def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
         "killed or its host lost. What only it did is not being done: if it collected a "
         "mailbox, watched a folder drop or was the address partners send to, no mail is "
         "collected, no file taken and nothing received there. Its own alerts (clock-skew, "
-        "mailbox-unreachable) were resolved with it and no longer show that. The jobs it had "
-        "claimed pass to the other servers when their leases run out. Start it again, or let "
-        "another server take over its work.",
+        "mailbox-unreachable, store-failing) were resolved with it and no longer show that. "
+        "The jobs it had claimed pass to the other servers when their leases run out. Start "
+        "it again, or let another server take over its work.",
         at=now,
         key=row.name,
     )
@@ -265,9 +277,10 @@ class NameKeeper:
     The lock can be lost while the database restarts, and taken meanwhile by a process of the
     same name (two listen addresses, containers with one fixed host name): each may then take
     back the other's job claims when it starts, and run jobs twice (send a message twice). A
-    log line alone is read by nobody, so the process that lost the name raises the alert at
-    every check; it resolves it once it holds the lock again (the other has gone). Should the
-    other be killed before that, the holder resolves an alert nobody has raised for
+    log line alone is read by nobody, so the process that lost the name raises the alert, once,
+    and marks it seen at every check after (its ``last_seen``, neither counted nor told to a
+    webhook); it resolves it once it holds the lock again (the other has gone). Should the
+    other be killed before that, the holder resolves an alert nobody has seen for
     ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as one of its own."""
 
     def __init__(self, ctx: EngineContext, name_lock: InstanceLock) -> None:
@@ -299,18 +312,21 @@ class NameKeeper:
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             if not kept:
-                raise_alert(
-                    uow,
-                    AlertKind.INSTANCE_NAME_TAKEN,
-                    f"Another process has taken the name of instance {name}: the process "
-                    f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
-                    "with a restart of the database, say). Two serve processes run with one "
-                    "name: each may take back the other's job claims when it starts, and run "
-                    "jobs twice (send a message twice). Stop one of them and give it a name of "
-                    "its own ([server] instance_name).",
-                    at=now,
-                    key=name,
-                )
+                # told once (each raise is a webhook call) and seen again at every check,
+                # uncounted: the holder goes by when it was last seen
+                if not uow.alerts.seen_again(key, at=now):
+                    raise_alert(
+                        uow,
+                        AlertKind.INSTANCE_NAME_TAKEN,
+                        f"Another process has taken the name of instance {name}: the process "
+                        f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
+                        "with a restart of the database, say). Two serve processes run with "
+                        "one name: each may take back the other's job claims when it starts, "
+                        "and run jobs twice (send a message twice). Stop one of them and give "
+                        "it a name of its own ([server] instance_name).",
+                        at=now,
+                        key=name,
+                    )
             elif self._raised:
                 uow.alerts.resolve(key, at=now)  # the name is this process's again
             else:
@@ -325,12 +341,22 @@ class Heartbeat:
     works after ``UNREACHABLE_TOLD_AFTER`` or more raises ``store-unreachable``, from the start
     of the first beat that failed to the start of the one that works; it is resolved by hand
     (it tells of something past). A beat that fails for another reason is logged and changes
-    nothing: the outage, if one is under way, is told by the next beat that works."""
+    nothing: the outage, if one is under way, is told by the next beat that works.
+
+    And since when this process has been present: beating, with no more than ``AWAY_AFTER``
+    between its beats that worked. A process that could not beat for longer (the database was
+    away, its host suspended) does not know what the others did meanwhile: after a restart of
+    the database every instance's beats stopped with its own, and every lock of a name ended,
+    to come back with each one's next beat. So the others are judged gone only by their silence
+    while this process was present (from its start, too): each has the full time to beat again
+    after the database is back."""
 
     def __init__(self, ctx: EngineContext, name: str) -> None:
         self.ctx = ctx
         self.name = name
         self.unreachable_since: datetime | None = None
+        self.last_beat_at: datetime | None = None  # the last beat that worked (this host's clock)
+        self.present_since: datetime | None = None  # the store's time
 
     def beat(self, *, started: bool = False) -> None:
         at = self.ctx.clock()
@@ -338,9 +364,18 @@ class Heartbeat:
         outage = None
         if since is not None and at - since >= UNREACHABLE_TOLD_AFTER:
             outage = (since, at)
+        last = self.last_beat_at
+        back = started or last is None or at - last > AWAY_AFTER
         try:
-            beat(self.ctx, self.name, started=started, outage=outage)
-        except _UNREACHABLE as exc:
+            present_since = beat(
+                self.ctx,
+                self.name,
+                started=started,
+                outage=outage,
+                present_since=self.present_since,
+                back=back,
+            )
+        except UNREACHABLE as exc:  # the database is away, or its connections are
             if self.unreachable_since is None:
                 self.unreachable_since = at
             log.warning("could not record this instance's heartbeat: the database: %s", exc)
@@ -349,3 +384,4 @@ class Heartbeat:
             log.warning("could not record this instance's heartbeat: %s", exc)
             return
         self.unreachable_since = None
+        self.last_beat_at, self.present_since = at, present_since

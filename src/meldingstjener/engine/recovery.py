@@ -1,14 +1,22 @@
 """Alerts that traffic going through again resolves, at no cost to a good message.
 
 Some deviations end when a message goes through: a sender whose messages we refused
-(``message-refused``), our own key that failed to decrypt (``certificate-invalid`` under the
-key ``our-decryption``), the payload store that could not be written (``store-failing``), a
-peer whose requests to ``POST /ebms`` were refused in a row (``ebms-refused``, counted here).
-Resolving them with an UPDATE for every stored message would put a statement on the hot path
-for alerts that are almost never open. So each process keeps the open alerts of these kinds in
-memory, by *subject* (a sender, a peer, our key, the store), and a good message costs a look in
-a dict; only when its subject has an open alert is the one prepared UPDATE per alert run, in the
-transaction that stores the message.
+(``message-refused``), our own key that failed to decrypt a sender's message
+(``certificate-invalid`` under the key ``our-decryption:<sender>``), a sender whose requests to
+``POST /ebms`` were refused in a row (``ebms-refused``, counted here), the payload store that
+could not be written by one ``serve`` process (``store-failing``, per instance). Resolving them
+with an UPDATE for every stored message would put a statement on the hot path for alerts that
+are almost never open. So each process keeps the open alerts of these kinds in memory, by
+*subject* (a sender, an instance's store), and a good message costs a look in a dict; only when
+its subject has an open alert is the one prepared UPDATE per alert run, in the transaction that
+stores the message.
+
+A sender is a subject only when it is a party we know (we hold a signing certificate of it):
+what the From of a message from anybody else says is not verified, and a key per such sender
+would let anyone open an alert per request. Their refusals share one alert per error code
+(``unknown-sender``), which no message resolves (by hand). The memory is bounded all the same:
+at most ``REMEMBERED`` subjects with open alerts, read back at each heartbeat (beyond that, the
+newest are left to the database: resolved by hand, or when fewer are open).
 
 Several processes share a store: the set is read at the first need and again at every
 heartbeat of ``serve`` (``instances.beat``, each minute), so an alert another process raised
@@ -29,17 +37,20 @@ from datetime import datetime
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.store.uow import UnitOfWork
 
-# The subject, and the key of its certificate-invalid alert: a received message our keys
-# could not decrypt (our certificate renewed in the register before its key was installed).
-OUR_DECRYPTION = "our-decryption"
-DECRYPTION_ALERT = f"{AlertKind.CERTIFICATE_INVALID}:{OUR_DECRYPTION}"
-# The subject, and the key of its store-failing alert: the payload store could not be written.
-STORE = "payloads"
-# the kinds whose every alert is resolved by traffic (each has a subject in _subject_of)
+# The certificate-invalid alerts about a sender's message our keys could not decrypt (it
+# encrypts to an old copy of our certificate, or ours was renewed in the register before its
+# key was installed here): "certificate-invalid:our-decryption:<sender>".
+DECRYPTION_ALERTS = f"{AlertKind.CERTIFICATE_INVALID}:our-decryption:"
+# Who stands for every sender we do not know, in the keys of their alerts (no subject: no
+# message resolves them). No HER-id looks like it.
+UNKNOWN_SENDER = "unknown-sender"
+# the kinds whose alerts are resolved by traffic (those with a subject in _subject_of)
 WATCHED_KINDS = (AlertKind.MESSAGE_REFUSED, AlertKind.STORE_FAILING, AlertKind.EBMS_REFUSED)
-# Subjects remembered per process: when each last went through. Only parties that sent a good
-# message (signed with a registered certificate) become one, but the number is capped anyway;
-# the oldest are forgotten first (a forgotten subject only loses the heartbeat's catch-up).
+# Subjects remembered per process: when each last went through, how often each was refused in a
+# row, and those with open alerts. Only known parties and instances become one of the last, and
+# a sender of a good message is signed with a registered certificate, but each is capped
+# anyway: the oldest are forgotten first (a forgotten subject only loses the heartbeat's
+# catch-up, or a count of refusals).
 REMEMBERED = 10_000
 
 
@@ -49,20 +60,34 @@ def sender(her_id: str) -> str:
 
 
 def peer(address: str) -> str:
-    """The subject of the alerts about requests from the network address ``address``."""
+    """The subject of the requests from the network address ``address`` (counted in a row; its
+    alerts are not its own, see ``ebms_alerts``)."""
     return f"peer:{address}"
+
+
+def store(instance: str) -> str:
+    """The subject of the alerts about the payload store of the ``serve`` process ``instance``
+    (only it can see that the store works again: its directory may be its own)."""
+    return f"store:{instance}"
+
+
+def our_decryption(her_id: str) -> str:
+    """The key (under ``certificate-invalid``) of our keys failing on ``her_id``'s messages."""
+    return f"our-decryption:{her_id}"
 
 
 def _subject_of(dedup_key: str) -> str | None:
     kind, _, rest = dedup_key.partition(":")
     if kind == AlertKind.MESSAGE_REFUSED:  # message-refused:<sender>:<error code>
-        return sender(rest.rpartition(":")[0])
-    if kind == AlertKind.EBMS_REFUSED:  # ebms-refused:<subject>
-        return rest
-    if dedup_key == DECRYPTION_ALERT:
-        return OUR_DECRYPTION
-    if kind == AlertKind.STORE_FAILING:
-        return STORE
+        who = rest.rpartition(":")[0]
+        return None if who == UNKNOWN_SENDER else sender(who)
+    if kind == AlertKind.EBMS_REFUSED:  # ebms-refused:from:<sender>, or one for the unknown
+        return rest if rest.startswith("from:") else None
+    if dedup_key.startswith(DECRYPTION_ALERTS):  # certificate-invalid:our-decryption:<sender>
+        who = dedup_key[len(DECRYPTION_ALERTS) :]
+        return None if who == UNKNOWN_SENDER else sender(who)
+    if kind == AlertKind.STORE_FAILING:  # store-failing:<instance>
+        return store(rest)
     return None
 
 
@@ -131,8 +156,8 @@ class RecoveryWatch:
         with self._loading:
             with self._lock:
                 self._raised = set()
-            rows = uow.alerts.open_keys(WATCHED_KINDS, (DECRYPTION_ALERT,))
-            caught_up: list[str] = []
+            rows = uow.alerts.open_keys(WATCHED_KINDS, (DECRYPTION_ALERTS,), limit=REMEMBERED)
+            caught_up: list[tuple[str, datetime]] = []
             found: dict[str, set[str]] = {}
             with self._lock:
                 for key, last_seen in rows:
@@ -141,21 +166,22 @@ class RecoveryWatch:
                         continue
                     through = self._went_through.get(subject)
                     if through is not None and through > last_seen:
-                        caught_up.append(key)
-                    else:
-                        found.setdefault(subject, set()).add(key)
+                        caught_up.append((key, through))
+                    # kept even when caught up: it may be raised again before it is resolved
+                    _keep(found, subject, key)
                 # raised here after the read began: the read may not have seen them
                 for subject, key in self._raised:
-                    found.setdefault(subject, set()).add(key)
+                    _keep(found, subject, key)
                 self._open = found
                 self._loaded = True
-            for key in caught_up:
-                uow.alerts.resolve(key, at=at)
+            # only if not raised again since it was read (by another process, meanwhile)
+            for key, through in caught_up:
+                uow.alerts.resolve_if_silent(key, seen_before=through, at=at)
 
     def _add(self, subject: str, dedup_key: str) -> None:
         with self._lock:
-            self._open.setdefault(subject, set()).add(dedup_key)
-            self._raised.add((subject, dedup_key))
+            if _keep(self._open, subject, dedup_key):
+                self._raised.add((subject, dedup_key))
 
     def _through(self, subjects: Sequence[str], keys: list[str], at: datetime) -> None:
         with self._lock:
@@ -169,3 +195,15 @@ class RecoveryWatch:
                         del self._open[subject]
             while len(self._went_through) > REMEMBERED:
                 self._went_through.popitem(last=False)
+
+
+def _keep(found: dict[str, set[str]], subject: str, dedup_key: str) -> bool:
+    """Note the open alert ``dedup_key`` of ``subject``, unless ``REMEMBERED`` subjects are
+    noted already (a new one is then left to the database); whether it was noted."""
+    keys = found.get(subject)
+    if keys is None:
+        if len(found) >= REMEMBERED:
+            return False
+        keys = found[subject] = set()
+    keys.add(dedup_key)
+    return True

@@ -99,7 +99,7 @@ def watch(engine: Engine, sessions: sessionmaker[Session], url: str) -> None:
             # The database dropped the connection (a restart, a failover): the DBAPI connection
             # is discarded, and the info kept on it with it. Asking for that info would raise
             # PendingRollbackError in place of the database's own error, which callers tell
-            # apart (``/ebms`` answers an OperationalError with 503, a fault with 500).
+            # apart (``/ebms`` answers the database's with 503, a fault with 500).
             return
         connection.info.pop(_WROTE, None)
         connection.info.pop(_INFO_KEY, None)

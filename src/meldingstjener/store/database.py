@@ -15,9 +15,18 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from meldingstjener.store import changes
+
+# What a unit of work fails with when the database cannot be reached, rather than for a fault
+# of ours: the server is away or restarting (OperationalError), a connection it dropped is used
+# (InterfaceError), or no connection of the pool comes free in time (the pool's TimeoutError:
+# every one hangs on a database that stopped answering). The one list of them: the heartbeat
+# counts them as the store unreachable, ``POST /ebms`` answers 503 for them.
+UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def normalise_url(url: str) -> str:

@@ -575,6 +575,11 @@ _RESOLVE_ALERT_SILENT = text(
     bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
 )
 
+# still so: an open alert seen again, without counting it or telling anyone (no changed_at)
+_SEEN_AGAIN = text(
+    "UPDATE alerts SET last_seen = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
+
 
 @functools.lru_cache(maxsize=8)
 def _resolve_alerts(count: int) -> TextClause:
@@ -661,6 +666,13 @@ class AlertRepository:
         binds["at"] = at or utcnow()
         self.session.connection().execute(_resolve_alerts(len(keys)), binds)
 
+    def seen_again(self, dedup_key: str, *, at: datetime) -> bool:
+        """Mark the open alert of ``dedup_key`` as seen at ``at``, not counted: a state that
+        lasts, told once, whose raiser shows it is still there (see :meth:`resolve_if_silent`).
+        False when none is open (then it is to be raised)."""
+        seen = self.session.connection().execute(_SEEN_AGAIN, {"dedup_key": dedup_key, "at": at})
+        return bool(seen.rowcount)
+
     def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
         """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
         whoever raised it has stopped doing so."""
@@ -669,13 +681,16 @@ class AlertRepository:
         )
 
     def open_keys(
-        self, kinds: Sequence[str], keys: Sequence[str] = ()
+        self, kinds: Sequence[str], prefixes: Sequence[str] = (), *, limit: int | None = None
     ) -> list[tuple[str, datetime]]:
-        """Dedup key and last occurrence of each open alert of ``kinds``, or with one of
-        ``keys``."""
-        query = select(AlertRow.dedup_key, AlertRow.last_seen).where(
-            AlertRow.resolved_at.is_(None),
-            or_(AlertRow.kind.in_(kinds), AlertRow.dedup_key.in_(keys)),
+        """Dedup key and last occurrence of each open alert of ``kinds``, or whose key begins
+        with one of ``prefixes``; the ``limit`` last raised."""
+        beginning = (AlertRow.dedup_key.startswith(prefix, autoescape=True) for prefix in prefixes)
+        query = (
+            select(AlertRow.dedup_key, AlertRow.last_seen)
+            .where(AlertRow.resolved_at.is_(None), or_(AlertRow.kind.in_(kinds), *beginning))
+            .order_by(AlertRow.last_seen.desc())
+            .limit(limit)
         )
         return [(key, last_seen) for key, last_seen in self.session.execute(query)]
 
@@ -809,7 +824,7 @@ _CLAIM = {"postgresql": _claim_sql("FOR UPDATE SKIP LOCKED"), "sqlite": _claim_s
 
 @dataclass(frozen=True)
 class OverdueJob:
-    """A job due and not done (see :meth:`JobRepository.oldest_overdue`)."""
+    """A job due and not done (see :meth:`JobRepository.oldest_free`, ``oldest_held``)."""
 
     id: int
     kind: str
@@ -817,19 +832,18 @@ class OverdueJob:
     due_at: datetime
     claimed_by: str | None
     claimed_until: datetime | None
+    attempts: int  # a claim adds one: (id, claimed_by, attempts) names one claim of the job
 
 
-def _oldest_overdue_sql() -> TextualSelect:
+def _oldest_sql(claimed: str) -> TextualSelect:
     columns = cast(Table, JobRow.__table__).c
-    # Along ix_jobs_due from the oldest: it reads the jobs due before ``waiting_before`` only
-    # until the first that qualifies, and the ones it passes are the claims running now.
+    # Along ix_jobs_due from the oldest, up to the first that qualifies: the jobs passed are
+    # the others (the claims running now, or the free ones).
     return _job_sql(
-        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until FROM jobs "
-        "WHERE due_at <= :waiting_before AND kind <> :skip_kind AND (claimed_until IS NULL "
-        "OR claimed_until <= :waiting_before OR due_at <= :held_before) "
-        "ORDER BY due_at LIMIT 1",
-        waiting_before="due_at",
-        held_before="due_at",
+        "SELECT id, kind, message_id, due_at, claimed_by, claimed_until, attempts FROM jobs "
+        f"WHERE due_at <= :now AND kind <> :skip_kind AND {claimed} "
+        "ORDER BY due_at, id LIMIT 1",
+        now="due_at",
     ).columns(
         columns.id,
         columns.kind,
@@ -837,10 +851,13 @@ def _oldest_overdue_sql() -> TextualSelect:
         columns.due_at,
         columns.claimed_by,
         columns.claimed_until,
+        columns.attempts,
     )
 
 
-_OLDEST_OVERDUE = _oldest_overdue_sql()
+# free for a claim, as a worker claims (never claimed, or its lease ran out); and claimed
+_OLDEST_FREE = _oldest_sql("(claimed_until IS NULL OR claimed_until < :now)")
+_OLDEST_HELD = _oldest_sql("claimed_until >= :now")
 
 
 class JobRepository:
@@ -1073,18 +1090,16 @@ class JobRepository:
         else:
             self._run(_CANCEL_KIND, message_id=message_id, kind=kind)
 
-    def oldest_overdue(
-        self, *, waiting_before: datetime, held_before: datetime, skip_kind: str
-    ) -> OverdueJob | None:
-        """The job due longest of those nobody runs: free for a claim (never claimed, or its
-        lease ran out) since ``waiting_before`` or earlier, or due since ``held_before`` or
-        earlier and claimed still; none of ``skip_kind``. One indexed statement."""
-        row = self._run(
-            _OLDEST_OVERDUE,
-            waiting_before=waiting_before,
-            held_before=held_before,
-            skip_kind=skip_kind,
-        ).first()
+    def oldest_free(self, *, now: datetime, skip_kind: str) -> OverdueJob | None:
+        """The job due longest of those free for a claim at ``now``, none of ``skip_kind``: the
+        next a worker claims. One indexed statement."""
+        row = self._run(_OLDEST_FREE, now=now, skip_kind=skip_kind).first()
+        return None if row is None else OverdueJob(*row)
+
+    def oldest_held(self, *, now: datetime, skip_kind: str) -> OverdueJob | None:
+        """The job due longest of those claimed at ``now``, none of ``skip_kind``. One indexed
+        statement (it passes the free jobs due before it: few, unless no worker claims)."""
+        row = self._run(_OLDEST_HELD, now=now, skip_kind=skip_kind).first()
         return None if row is None else OverdueJob(*row)
 
     def next_due(self) -> datetime | None:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from engine_pair import Pair
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener.api import app as api_app
 from meldingstjener.devsites import dialog_note
@@ -68,7 +72,8 @@ def test_a_payload_store_that_cannot_be_written_answers_503_with_a_critical_aler
     assert answer.status_code == 503, answer.text
     answer = http.post("/ebms", content=big, headers={"Content-Type": big_type})
     assert answer.status_code == 503, answer.text  # failed while spooling the body
-    assert open_alerts(pair.hospital) == {"store-failing:payloads": ("critical", 2)}
+    failing = f"store-failing:{pair.hospital.instance}"
+    assert open_alerts(pair.hospital) == {failing: ("critical", 2)}
     with pair.hospital.store.unit_of_work() as uow:
         [alert] = uow.alerts.list(open_only=True)
     assert "ENOTDIR" in alert.summary
@@ -99,9 +104,11 @@ def test_an_unexpected_error_answers_500_with_an_alert_that_names_its_class_only
     assert "Nordmann" not in alert.summary
 
 
-def test_a_peer_refused_three_times_in_a_row_raises_an_alert_ended_by_its_next_message(
+def test_peers_that_are_not_known_parties_refused_three_times_in_a_row_share_one_alert(
     pair: Pair,
 ) -> None:
+    # Anybody can send garbage, from many addresses: one alert for all who are not known
+    # parties (not one per address, which would be one per request), resolved by hand.
     body, content_type = wire(pair)
     with TestClient(api_app.create_app(pair.hospital, max_request_bytes=100_000)) as http:
         garbage = {"Content-Type": "multipart/related; boundary=x"}
@@ -109,16 +116,30 @@ def test_a_peer_refused_three_times_in_a_row_raises_an_alert_ended_by_its_next_m
         assert http.post("/ebms", content=b"x" * 200_000, headers=garbage).status_code == 413
         assert open_alerts(pair.hospital) == {}  # one or two may be strays
         assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
-        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 1)}
+        assert open_alerts(pair.hospital) == {"ebms-refused:unknown": ("warning", 1)}
+        with pair.hospital.store.unit_of_work() as uow:
+            [alert] = uow.alerts.list(open_only=True)
+        assert "from address testclient" in alert.summary and alert.partner_her_id is None
         assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
-        assert open_alerts(pair.hospital) == {"ebms-refused:peer:testclient": ("warning", 2)}
+        assert open_alerts(pair.hospital) == {"ebms-refused:unknown": ("warning", 2)}
         answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
         assert answer.status_code == 200, answer.text
-        assert open_alerts(pair.hospital) == {}
+        assert open_alerts(pair.hospital) == {"ebms-refused:unknown": ("warning", 2)}
         # the count starts again after a request that went through
         for _ in range(2):
             assert http.post("/ebms", content=b"not MIME", headers=garbage).status_code == 400
-        assert open_alerts(pair.hospital) == {}
+        assert open_alerts(pair.hospital) == {"ebms-refused:unknown": ("warning", 2)}
+        # an envelope whose From names a party we do not know is anybody's too
+        stranger = body.replace(b">8100001</eb:PartyId>", b">9100001</eb:PartyId>", 1)
+        broken = stranger.replace(b"eb:CPAId>", b"eb:NoCPAId>")
+        for _ in range(3):
+            answer = http.post("/ebms", content=broken, headers={"Content-Type": content_type})
+            assert answer.status_code == 400, answer.text
+        # counted per address (its third to fifth in a row), on the one alert
+        assert open_alerts(pair.hospital) == {"ebms-refused:unknown": ("warning", 5)}
+        with pair.hospital.store.unit_of_work() as uow:
+            [alert] = uow.alerts.list(open_only=True)
+        assert "name 9100001 as their sender (not verified)" in alert.summary
 
 
 def test_refusals_of_envelopes_that_name_their_sender_are_counted_per_sender(
@@ -161,3 +182,104 @@ def test_a_good_request_costs_no_statement_on_the_alerts_while_none_is_open(
     assert answer.status_code == 200
     assert any("INSERT INTO messages" in s for s in statements)
     assert not any("alerts" in s for s in statements)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InterfaceError("SELECT 1", {}, Exception("the connection is closed")),
+        PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
+    ],
+    ids=["interface-error", "pool-timeout"],
+)
+def test_a_database_that_cannot_be_reached_answers_503_without_an_alert(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    # A connection the database dropped, or no connection of the pool free in time: the
+    # heartbeat counts both as the store unreachable. The sender is to resend, and an alert
+    # could not be written either (its try would wait for the pool once more).
+    def unreachable(*_args: object, **_kw: object) -> object:
+        raise error
+
+    body, content_type = wire(pair)
+    monkeypatch.setattr(inbound, "receive", unreachable)
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 503, answer.text
+    assert open_alerts(pair.hospital) == {}
+
+
+def test_a_stored_signal_file_that_is_missing_is_no_store_failing(
+    pair: Pair, http: TestClient
+) -> None:
+    # A resend of a stored message gets our Acknowledgment again, read from its file; here in
+    # the response, as the sender has no agreement with us any more. The file is gone (removed
+    # by hand): a fault in our data that no resend mends, not a payload store that cannot be
+    # written (503, critical).
+    body, content_type = wire(pair)
+    assert http.post("/ebms", content=body, headers={"Content-Type": content_type}).is_success
+    [message] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        [ack] = uow.receipts.for_message(message.id)
+        uow.session.execute(text("DELETE FROM partner_agreements"))
+        uow.commit()
+    pair.hospital.store.payloads.path(str(ack.wire_ref)).unlink()
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 500, answer.text
+    assert open_alerts(pair.hospital) == {"ebms-failing:PayloadNotFound": ("error", 1)}
+
+
+def test_a_store_failing_at_one_serve_is_its_alert_until_it_stores_again(
+    pair: Pair, http: TestClient, tmp_path: Path
+) -> None:
+    # Two serve processes on one database, each with its payload directory (a disk of its
+    # own). The first cannot write its store; the second stores what reaches it. That does not
+    # say the first's store works: its alert stays until the first stores a message again (or
+    # it stops), not raised and resolved in turn by the two.
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.config import load_settings
+    from meldingstjener.engine.instances import beat, stopped
+    from meldingstjener.store.payloads import PayloadStore
+    from meldingstjener.store.uow import Store
+
+    first = pair.hospital
+    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
+    second.instance = "second:8080"
+    second.store = Store(second.store.database, PayloadStore(tmp_path / "second-payloads"))
+    messages = [wire(pair) for _ in range(4)]
+    root = first.store.payloads.root
+    shutil.rmtree(root)
+    root.write_bytes(b"")
+    body, content_type = messages[0]
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 503, answer.text
+    failing = f"store-failing:{first.instance}"
+    assert open_alerts(first) == {failing: ("critical", 1)}
+    try:
+        with TestClient(api_app.create_app(second)) as other:
+            body, content_type = messages[1]
+            answer = other.post("/ebms", content=body, headers={"Content-Type": content_type})
+            assert answer.status_code == 200, answer.text
+            beat(second, second.instance, started=True)  # its catch-up: not its subject
+        assert open_alerts(first) == {failing: ("critical", 1)}
+        root.unlink()
+        root.mkdir()
+        body, content_type = messages[2]
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 200, answer.text
+        assert open_alerts(first) == {}
+        # raised again, and the first stops: its own alerts end with it
+        shutil.rmtree(root)
+        root.write_bytes(b"")
+        body, content_type = messages[3]
+        assert (
+            http.post("/ebms", content=body, headers={"Content-Type": content_type}).status_code
+            == 503
+        )
+        assert open_alerts(first) == {failing: ("critical", 2)}
+        stopped(first, first.instance)
+        assert open_alerts(first) == {}
+    finally:
+        if root.is_file():
+            root.unlink()
+            root.mkdir()
+        second.store.database.dispose()

@@ -28,6 +28,7 @@ from meldingstjener.devsites import RunningServer, prepare_sites
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.instances import (
+    Heartbeat,
     NameKeeper,
     beat,
     instance_states,
@@ -324,11 +325,13 @@ def _name_taken(ctx: EngineContext, name: str) -> AlertRow | None:
         return found if found is not None and found.resolved_at is None else None
 
 
+@pytest.mark.parametrize("own_database", ["postgresql"], indirect=True)
 def test_a_name_taken_by_another_process_raises_an_alert_until_the_lock_is_held_again(
     own_database: Store, tmp_path: Path
 ) -> None:
     # The database restarts, and a twin of the same name (containers with one fixed host
-    # name) takes the name meanwhile: jobs may run twice. A log line is read by nobody.
+    # name) takes the name meanwhile: jobs may run twice. A log line is read by nobody. (On
+    # SQLite the name's file lock is the process's until it ends: it cannot be lost.)
     gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
     clock = Clock()
     ctx = build_engine(load_settings(gp.config_path), clock=clock)
@@ -340,8 +343,6 @@ def test_a_name_taken_by_another_process_raises_an_alert_until_the_lock_is_held_
     try:
         keeper.check()
         assert _name_taken(ctx, name) is None
-        if not database.is_postgresql:
-            return  # a file lock is the process's until it ends: it cannot be lost
         with database_away(database.url):  # as a restart of the database: the lock is lost
             pass
         # the pool's connections ended too (a server finds out by one unit of work that fails)
@@ -354,11 +355,15 @@ def test_a_name_taken_by_another_process_raises_an_alert_until_the_lock_is_held_
         assert f"Another process has taken the name of instance {name}: the process " in (
             alert.summary
         )
-        clock.advance(minutes=1)
-        NameKeeper(ctx, twin).check()  # the holder leaves an alert still raised alone
-        keeper.check()
-        alert = _name_taken(ctx, name)
-        assert alert is not None and alert.count == 2
+        raised = (alert.changed_at, alert.count)
+        holder_now = NameKeeper(ctx, twin)
+        for _ in range(6):  # the loser checks every minute: told once, seen at each check
+            clock.advance(minutes=1)
+            holder_now.check()  # the holder leaves an alert still seen alone
+            keeper.check()
+            alert = _name_taken(ctx, name)
+            assert alert is not None and (alert.changed_at, alert.count) == raised
+            assert alert.last_seen == clock()
         twin.release()  # the twin stops: the first takes its name back
         keeper.check()
         assert _name_taken(ctx, name) is None
@@ -424,3 +429,70 @@ def test_on_postgresql_an_instance_without_its_lock_is_gone_after_two_missed_bea
     finally:
         paused.release()
         ctx.store.database.dispose()
+
+
+@pytest.mark.parametrize("own_database", ["postgresql"], indirect=True)
+def test_after_an_outage_of_the_database_the_live_instances_are_not_taken_for_gone(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # The database is away for four minutes: every instance's beats stop, and its restart
+    # ends every lock of a name. The first beat of b that works again must not take a, whose
+    # next beat and lock are a minute away at most, for gone (nor resolve a's own alerts).
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=own_database.database.url)
+    clock = Clock()
+    ctx = build_engine(load_settings(gp.config_path), clock=clock)
+    database = own_database.database
+    names = ("a:8080", "b:8080")
+    locks = {name: lock_instance(database, name) for name in names}
+    beats = {name: Heartbeat(ctx, name) for name in names}
+    try:
+        for name in names:
+            beats[name].beat(started=True)
+        raise_for(ctx, AlertKind.MAILBOX_UNREACHABLE, "a:8080")
+        with database_away(database.url):
+            for _ in range(4):
+                clock.advance(minutes=1)
+                beats["b:8080"].beat()  # fails: the store is unreachable
+        assert beats["b:8080"].unreachable_since is not None
+        for pool in (ctx.store.database, database):  # their connections ended with it
+            pool.engine.dispose()
+        # four minutes without beats, in the database server's time too
+        with own_database.unit_of_work() as uow:
+            uow.session.execute(
+                text("UPDATE serving_instances SET last_seen_at = :at"),
+                {"at": store_now(ctx.clock, uow) - timedelta(minutes=4)},
+            )
+            uow.commit()
+        clock.advance(minutes=1)
+        beats["b:8080"].beat()  # b's first beat that works: a's lock is not back yet
+        assert open_alerts(ctx) == {"mailbox-unreachable:a:8080"}
+        assert locks["a:8080"].still_held()  # a's next beat takes its lock again
+        beats["a:8080"].beat()
+        clock.advance(minutes=1)
+        beats["b:8080"].beat()
+        assert open_alerts(ctx) == {"mailbox-unreachable:a:8080"}
+    finally:
+        for lock in locks.values():
+            lock.release()
+        ctx.store.database.dispose()
+
+
+def test_an_instance_is_judged_gone_by_its_silence_while_the_judge_beats(pair: Pair) -> None:
+    # b's host was suspended for twenty minutes (or its database away): a's silence meanwhile
+    # says nothing, a may have beaten as little as b. Once b beats again, a has the time an
+    # instance has to show it lives; killed meanwhile, it is gone after that.
+    ctx = pair.gp
+    beats = {name: Heartbeat(ctx, name) for name in ("a:8080", "b:8080")}
+    for heartbeat in beats.values():
+        heartbeat.beat(started=True)
+    raise_for(ctx, AlertKind.MAILBOX_UNREACHABLE, "a:8080")
+    pair.clock.advance(minutes=20)
+    beats["b:8080"].beat()
+    assert open_alerts(ctx) == {"mailbox-unreachable:a:8080"}
+    for _ in range(15):
+        pair.clock.advance(minutes=1)
+        beats["b:8080"].beat()
+    assert open_alerts(ctx) == {"mailbox-unreachable:a:8080"}
+    pair.clock.advance(seconds=1)
+    beats["b:8080"].beat()
+    assert open_alerts(ctx) == {"instance-gone:a:8080"}

@@ -1,6 +1,7 @@
-"""Jobs nobody runs: every heartbeat looks at the job due longest of those no worker runs, and
-raises jobs-overdue when it has waited ten minutes, or has been held by a worker an hour past
-its due time; the beat that finds none resolves it."""
+"""Jobs nobody runs: every heartbeat looks at the job due longest of those free for a claim and
+at the claim held longest, and raises jobs-overdue when no worker has taken a job for five
+minutes while jobs are ten minutes late, or one claim has been held for an hour; a beat that
+sees both move on resolves it. A queue that drains, however long, is no alarm."""
 
 from __future__ import annotations
 
@@ -34,17 +35,17 @@ def test_a_send_no_worker_takes_raises_jobs_overdue_until_a_worker_runs(pair: Pa
     # accepted, and nothing but the heartbeat, in a thread of its own, can tell.
     ctx = pair.gp
     beat(ctx, "a:8080", started=True)
-    message_id = submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "Hei"), actor="t")
-    pair.clock.advance(minutes=9, seconds=59)
-    beat(ctx, "a:8080")
-    assert _overdue(ctx) is None  # not yet ten minutes
-    pair.clock.advance(seconds=1)
+    submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "Hei"), actor="t")
+    for _ in range(9):
+        pair.clock.advance(minutes=1)
+        beat(ctx, "a:8080")
+        assert _overdue(ctx) is None  # not yet ten minutes
+    pair.clock.advance(minutes=1)
     beat(ctx, "a:8080")
     alert = _overdue(ctx)
     assert alert is not None and alert.severity == "error"
-    assert f"(transmit, message {message_id}) has been due since " in alert.summary
-    assert "no worker has taken it" in alert.summary
-    for _ in range(3):  # the same job still: not raised again (each raise is a webhook call)
+    assert "no worker has taken one for 5 minutes" in alert.summary
+    for _ in range(3):  # still so: not raised again (each raise is a webhook call)
         pair.clock.advance(minutes=1)
         beat(ctx, "a:8080")
     alert = _overdue(ctx)
@@ -54,19 +55,32 @@ def test_a_send_no_worker_takes_raises_jobs_overdue_until_a_worker_runs(pair: Pa
     assert _overdue(ctx) is None
 
 
-def test_a_claim_kept_alive_an_hour_past_its_due_time_raises_jobs_overdue(pair: Pair) -> None:
+def test_a_queue_that_drains_slowly_is_no_alarm(pair: Pair) -> None:
+    # Thirty messages submitted at once to a partner that does not answer, one worker that
+    # takes two jobs a minute: the last waits far longer than ten minutes, but the workers
+    # work. (Age alone raised jobs-overdue here, again and again as the job it named changed.)
+    ctx = pair.gp
+    pair.network.down.add(pair.hospital_site.endpoint)
+    beat(ctx, "a:8080", started=True)
+    for _ in range(30):
+        submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "Hei"), actor="t")
+    for _ in range(20):
+        pair.clock.advance(minutes=1)
+        assert Worker(ctx, "a:8080/0", batch=2).run_once() == 2
+        beat(ctx, "a:8080")
+        assert _overdue(ctx) is None
+
+
+def test_a_claim_held_an_hour_raises_jobs_overdue(pair: Pair) -> None:
     # A worker hangs inside a job: its lease keeper (a thread of its own) keeps the claim
-    # alive, so the job never looks free. An hour past its due time it is far beyond any job.
+    # alive, so the job never looks free. An hour of that is far beyond any job.
     ctx = pair.gp
     beat(ctx, "a:8080", started=True)
-    pair.clock.advance(hours=1)  # the instance has served an hour
-    beat(ctx, "a:8080")
     with ctx.store.unit_of_work() as uow:
         uow.jobs.schedule("inbox-check", ctx.clock(), dedup_key="inbox-check")
         [job] = uow.jobs.claim_due("a:8080/3", now=ctx.clock(), limit=1, lease=timedelta(minutes=2))
         uow.commit()
-    for _ in range(59):  # the keeper extends the claim, the beats see it held
-        pair.clock.advance(minutes=1)
+    for _ in range(60):  # the keeper extends the claim, the beats see it held
         with ctx.store.unit_of_work() as uow:
             assert uow.jobs.extend_claim(
                 job, worker="a:8080/3", until=ctx.clock() + timedelta(minutes=2)
@@ -74,15 +88,39 @@ def test_a_claim_kept_alive_an_hour_past_its_due_time_raises_jobs_overdue(pair: 
             uow.commit()
         beat(ctx, "a:8080")
         assert _overdue(ctx) is None
-    pair.clock.advance(minutes=1)  # an hour past its due time, held still
-    beat(ctx, "a:8080")
+        pair.clock.advance(minutes=1)
+    beat(ctx, "a:8080")  # an hour since the first beat that saw it held
     alert = _overdue(ctx)
     assert alert is not None
-    assert f"Job {job.id} (inbox-check), due since " in alert.summary
-    assert "is still claimed by worker a:8080/3" in alert.summary
+    assert "Worker a:8080/3 has held a job for more than an hour" in alert.summary
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
         uow.commit()
+    beat(ctx, "a:8080")
+    assert _overdue(ctx) is None
+
+
+def test_a_job_that_waited_long_and_runs_briefly_is_not_held_too_long(pair: Pair) -> None:
+    # A job that waited an hour past its due time (a queue, a night without a server) is
+    # taken and runs a few seconds: its claim is judged by how long it has been held, not by
+    # the job's due time.
+    ctx = pair.gp
+    beat(ctx, "a:8080", started=True)
+    for _ in range(60):  # the instance has served an hour
+        pair.clock.advance(minutes=1)
+        beat(ctx, "a:8080")
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.schedule(
+            "inbox-check", ctx.clock() - timedelta(minutes=65), dedup_key="inbox-check"
+        )
+        [job] = uow.jobs.claim_due("a:8080/0", now=ctx.clock(), limit=1, lease=timedelta(minutes=2))
+        uow.commit()
+    beat(ctx, "a:8080")  # while it runs
+    assert _overdue(ctx) is None
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
+        uow.commit()
+    pair.clock.advance(minutes=1)
     beat(ctx, "a:8080")
     assert _overdue(ctx) is None
 
@@ -112,7 +150,7 @@ def test_jobs_left_while_no_server_ran_are_not_overdue_before_the_workers_had_th
     beat(ctx, "a:8080")
     alert = _overdue(ctx)
     assert alert is not None  # ten minutes of serving, and the second job still waits
-    assert "(certificate-check) has been due since " in alert.summary
+    assert "no worker has taken one for 5 minutes" in alert.summary
 
 
 def test_the_register_sync_is_left_to_its_own_alert(pair: Pair) -> None:
@@ -147,20 +185,20 @@ def test_the_check_reads_the_due_times_index(own_database: Store) -> None:
     event.listen(database.engine, "before_cursor_execute", seen)
     try:
         with own_database.unit_of_work() as uow:
-            found = uow.jobs.oldest_overdue(
-                waiting_before=now - timedelta(minutes=10),
-                held_before=now - timedelta(hours=1),
-                skip_kind=REGISTER_SYNC,
-            )
+            before = now - timedelta(minutes=1)  # all due later, as most of them are
+            free = uow.jobs.oldest_free(now=before, skip_kind=REGISTER_SYNC)
+            held = uow.jobs.oldest_held(now=before, skip_kind=REGISTER_SYNC)
     finally:
         event.remove(database.engine, "before_cursor_execute", seen)
-    assert found is None
-    [(statement, parameters)] = [(s, p) for s, p in statements if "FROM jobs" in s]
+    assert free is None and held is None
+    queries = [(s, p) for s, p in statements if "FROM jobs" in s]
+    assert len(queries) == 2
     explain = "EXPLAIN " if database.is_postgresql else "EXPLAIN QUERY PLAN "
-    with database.engine.connect() as connection:
-        plan = " ".join(
-            str(row[-1])
-            for row in connection.exec_driver_sql(explain + statement, parameters)  # type: ignore[arg-type]
-        )
-    assert "ix_jobs_due" in plan, plan
-    assert "Seq Scan" not in plan and "SCAN jobs" not in plan, plan
+    for statement, parameters in queries:
+        with database.engine.connect() as connection:
+            plan = " ".join(
+                str(row[-1])
+                for row in connection.exec_driver_sql(explain + statement, parameters)  # type: ignore[arg-type]
+            )
+        assert "ix_jobs_due" in plan, plan
+        assert "Seq Scan" not in plan and "SCAN jobs" not in plan, plan

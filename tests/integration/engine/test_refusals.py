@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_pair import Pair
@@ -12,6 +13,7 @@ from meldingstjener.devsites import dialog_note
 from meldingstjener.engine import payload_io
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.outbound import submit
+from meldingstjener.formats import Coded, Dialogmelding, Notat, Party
 
 
 def stored_text(ctx: EngineContext) -> str:
@@ -122,23 +124,18 @@ def test_a_good_message_costs_no_statement_on_the_alerts_while_none_is_open(
     assert not any("alerts" in s for s in statements)
 
 
-def test_our_key_failing_to_decrypt_is_a_critical_alert_until_a_message_is_decrypted(
-    pair: Pair,
-) -> None:
-    # Our encryption certificate was renewed in the register (the GP's copy of it is the new
-    # one) before its key was installed here: every message to us fails to decrypt.
-    import base64
-    import dataclasses
+def renewed_encryption_certificate(pair: Pair, her_id: str) -> tuple[Any, Any]:
+    """A new key and encryption certificate for ``her_id`` (a renewal), as the address register
+    would name it: (key, certificate)."""
     from datetime import timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.hazmat.primitives.serialization import Encoding
 
     from meldingstjener.security.devpki import issue_certificate, load_pki
 
     pki = load_pki(pair.gp_site.config_path.parent.parent / "pki")
-    old = pki.parties["8200001"].encryption.certificate
+    old = pki.parties[her_id].encryption.certificate
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     renewed = issue_certificate(
         pki.ca,
@@ -149,21 +146,48 @@ def test_our_key_failing_to_decrypt_is_a_critical_alert_until_a_message_is_decry
         not_after=pair.clock() + timedelta(days=365),
         extended_usage=list(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value),
     )
-    with pair.gp.store.unit_of_work() as uow:
-        for her_id in ("8200001", "8200002"):
+    return key, renewed
+
+
+def copy_of_encryption_certificate(ctx: EngineContext, her_ids: tuple[str, ...], cert: Any) -> str:
+    """Set ``ctx``'s copy of the encryption certificate of ``her_ids`` to ``cert``; the copy
+    it had (base64)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    had = ""
+    with ctx.store.unit_of_work() as uow:
+        for her_id in her_ids:
             party = uow.parties.get(her_id)
             if party is not None and party.encryption_certificate is not None:
-                party.encryption_certificate = base64.b64encode(
-                    renewed.public_bytes(Encoding.DER)
-                ).decode()
+                had = party.encryption_certificate
+                party.encryption_certificate = (
+                    cert
+                    if isinstance(cert, str)
+                    else base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
+                )
         uow.commit()
+    return had
+
+
+def test_our_key_failing_to_decrypt_is_a_critical_alert_until_a_message_is_decrypted(
+    pair: Pair,
+) -> None:
+    # Our encryption certificate was renewed in the register (the GP's copy of it is the new
+    # one) before its key was installed here: every message to us fails to decrypt.
+    import dataclasses
+
+    key, renewed = renewed_encryption_certificate(pair, "8200001")
+    copy_of_encryption_certificate(pair.gp, ("8200001", "8200002"), renewed)
     send_note(pair)
     send_note(pair)
-    decryption = "certificate-invalid:our-decryption"
+    decryption = "certificate-invalid:our-decryption:8100001"
     assert open_alerts(pair.hospital) == {decryption: ("critical", 2)}
     with pair.hospital.store.unit_of_work() as uow:
         [alert] = uow.alerts.list(open_only=True)
     assert "recipient-not-found" in alert.summary and "8100001" in alert.summary
+    assert alert.partner_her_id == "8100001"
     # the key is installed (as the previous pair beside the current one)
     keys = pair.hospital.keys
     pair.hospital.keys = dataclasses.replace(
@@ -172,6 +196,136 @@ def test_our_key_failing_to_decrypt_is_a_critical_alert_until_a_message_is_decry
     message_id = send_note(pair)
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     assert open_alerts(pair.hospital) == {}
+
+
+def test_our_key_failing_on_one_senders_messages_is_that_senders_alert(pair: Pair) -> None:
+    # The hospital's service (8200002) encrypts its messages to the GP with an old copy of the
+    # GP's certificate. Other senders' messages are decrypted meanwhile (here the hospital
+    # organisation's, 8200001, once the copy is put right): they do not end the service's
+    # alert, which would be raised again at its next message, a webhook call each time.
+    from meldingstjener.formats import build_dialogmelding
+
+    _, renewed = renewed_encryption_certificate(pair, "8100001")
+    had = copy_of_encryption_certificate(pair.hospital, ("8100001",), renewed)
+
+    def send_from(sender: Party) -> str:
+        note = Notat(tema_kodet=Coded(v="1", dn="Helseopplysninger"), tekst="x")
+        message = build_dialogmelding(
+            message_type="DIALOG_NOTAT",
+            sender=sender,
+            receiver=pair.gp_site.party(),
+            dialog=Dialogmelding(version="1.0", notater=(note,)),
+        )
+        message_id = submit(pair.hospital, message, actor="t")
+        pair.run()
+        return message_id
+
+    service = pair.hospital_site.party()
+    organisation = Party.of(pair.hospital_site.name, pair.hospital_site.organisation_her_id)
+    send_from(service)
+    decryption = "certificate-invalid:our-decryption:8200002"
+    assert open_alerts(pair.gp) == {decryption: ("critical", 1)}
+    copy_of_encryption_certificate(pair.hospital, ("8100001",), had)
+    message_id = send_from(organisation)
+    assert pair.message(pair.hospital, message_id).status == "transport-acknowledged"
+    assert open_alerts(pair.gp) == {decryption: ("critical", 1)}
+    message_id = send_from(service)
+    assert pair.message(pair.hospital, message_id).status == "transport-acknowledged"
+    assert open_alerts(pair.gp) == {}
+
+
+def forged(body: bytes, from_party_id: bytes, party_type: bytes = b"HER") -> bytes:
+    """``body`` (a message from the GP) with another From and a MessageId of its own, unsigned
+    by that sender: what anybody can send to POST /ebms."""
+    import re
+    import uuid
+
+    genuine = b'<eb:PartyId eb:type="HER">8100001</eb:PartyId><eb:Role>DIALOG_NOTATsender'
+    assert genuine in body
+    body = body.replace(
+        genuine,
+        b'<eb:PartyId eb:type="' + party_type + b'">' + from_party_id + b"</eb:PartyId>"
+        b"<eb:Role>DIALOG_NOTATsender",
+    )
+    message_id = f"{uuid.uuid4()}@anywhere".encode()
+    return re.sub(
+        rb"<eb:MessageId>[^<]+</eb:MessageId>",
+        b"<eb:MessageId>" + message_id + b"</eb:MessageId>",
+        body,
+    )
+
+
+def a_wire(pair: Pair) -> tuple[bytes, str]:
+    """A message from the GP to the hospital as it goes over the wire (kept from the network)."""
+    pair.network.down.add(pair.hospital_site.endpoint)
+    row = pair.message(pair.gp, send_note(pair))
+    pair.network.down.clear()
+    return pair.gp.store.payloads.read_bytes(str(row.wire_ref)), str(row.wire_content_type)
+
+
+def test_refusals_of_senders_we_do_not_know_share_one_alert(pair: Pair) -> None:
+    # Anybody can send a well-formed message naming any From: an alert (and a webhook call)
+    # per sender would be one per request, and each process would keep them all in memory.
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    for her_id in (b"9100001", b"9100002", b"9100003"):
+        inbound.receive(pair.hospital, content_type, forged(body, her_id))
+    assert open_alerts(pair.hospital) == {
+        "message-refused:unknown-sender:SecurityFailure": ("error", 3)
+    }
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert alert.partner_her_id is None
+    assert "its sender is not a known communication party" in alert.summary
+    assert "whose From reads 9100003 (not verified)" in alert.summary
+    assert pair.hospital.recovery._open == {}  # nothing kept in memory for them
+    send_note(pair)  # a known sender's message resolves only what is about that sender
+    assert open_alerts(pair.hospital) == {
+        "message-refused:unknown-sender:SecurityFailure": ("error", 3)
+    }
+
+
+def test_an_alert_quotes_nothing_the_sender_chose(pair: Pair) -> None:
+    # A PartyId of a type other than HER is any text (up to 255 characters): not for an alert
+    # text, which webhooks pass on. The alert names the code, a reason of ours, and a digest.
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    inbound.receive(pair.hospital, content_type, forged(body, b"Kari Nordmann", b"navn"))
+    with pair.hospital.store.unit_of_work() as uow:
+        [alert] = uow.alerts.list(open_only=True)
+    assert alert.dedup_key == "message-refused:unknown-sender:SecurityFailure"
+    assert "Nordmann" not in alert.summary
+    assert "whose From reads party-" in alert.summary
+
+
+def test_the_open_alerts_kept_in_memory_are_capped(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However many are open, each process keeps at most REMEMBERED subjects in memory; the
+    # rest are left to the database (resolved by hand, or once fewer are open).
+    from meldingstjener.engine import recovery
+    from meldingstjener.engine.alerts import AlertKind
+    from meldingstjener.engine.instances import beat
+
+    monkeypatch.setattr(recovery, "REMEMBERED", 2)
+    watch = pair.hospital.recovery
+    for her_id in ("9100001", "9100002", "9100003"):
+        with pair.hospital.store.unit_of_work() as uow:
+            watch.raise_alert(
+                uow,
+                AlertKind.MESSAGE_REFUSED,
+                "refused",
+                subject=recovery.sender(her_id),
+                key=f"{her_id}:SecurityFailure",
+                at=pair.clock(),
+            )
+            uow.commit()
+    assert len(watch._open) == 2
+    beat(pair.hospital, "h:8080", started=True)  # read back from the store: capped too
+    assert len(watch._open) == 2
+    assert len(open_alerts(pair.hospital)) == 3
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -204,6 +358,67 @@ def test_an_alert_raised_by_another_process_is_resolved_by_the_next_heartbeat(
         assert open_alerts(second) == {REFUSED: ("error", 1)}  # not known here yet
         beat(second, "second:8080")
         assert open_alerts(second) == {}
+    finally:
+        for ctx in (pair.gp, first, second):
+            ctx.store.database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_heartbeats_catch_up_leaves_a_refusal_raised_after_the_message_went_through(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The second process stored a message of the sender after the first refused one; its
+    # heartbeat reads the open alert and would resolve it. Between that read and the resolve,
+    # the first refuses another message of the sender: that refusal is newer than the message
+    # that went through, and must stay open.
+    from engine_pair import make_pair
+    from sqlalchemy import event
+
+    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.config import load_settings
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+    from meldingstjener.engine.instances import beat
+
+    pair = make_pair(tmp_path, hospital_database_url=database_url)
+    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
+    second.transports = pair.hospital.transports
+    first = pair.hospital
+    try:
+        beat(second, "second:8080", started=True)
+        pair.network.tamper = flip_last_payload_byte
+        send_note(pair)
+        pair.network.tamper = None
+        pair.network.engines[pair.hospital_site.endpoint] = pair.hospital = second
+        pair.clock.advance(seconds=1)
+        send_note(pair)  # went through at the second
+        pair.clock.advance(seconds=1)
+
+        raised: list[bool] = []
+
+        def refused_meanwhile(
+            _conn: object, _cursor: object, statement: str, params: object, *_: object
+        ) -> None:
+            resolving = "SET resolved_at" in statement and isinstance(params, dict)
+            if resolving and params.get("dedup_key") == REFUSED and not raised:  # type: ignore[union-attr]
+                raised.append(True)
+                with first.store.unit_of_work() as uow:  # the first refuses another
+                    raise_alert(
+                        uow,
+                        AlertKind.MESSAGE_REFUSED,
+                        "refused again",
+                        at=pair.clock(),
+                        key="8100001:SecurityFailure",
+                    )
+                    uow.commit()
+
+        engine = second.store.database.engine
+        event.listen(engine, "before_cursor_execute", refused_meanwhile)
+        try:
+            beat(second, "second:8080")
+        finally:
+            event.remove(engine, "before_cursor_execute", refused_meanwhile)
+        assert raised
+        assert open_alerts(second) == {REFUSED: ("error", 2)}
     finally:
         for ctx in (pair.gp, first, second):
             ctx.store.database.dispose()
