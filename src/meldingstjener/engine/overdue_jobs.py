@@ -14,7 +14,8 @@ works. So each beat looks for progress, and each process remembers what its own 
 - the job due longest of those free for a claim (never claimed, or its lease ran out; one
   indexed statement). Workers claim the oldest first, so while any of them claims, that job
   changes from beat to beat, however long the queue. The same job for ``STALLED_FOR`` and due
-  more than ``WAITING_TOO_LONG`` ago: no worker has claimed anything for that long;
+  more than ``WAITING_TOO_LONG`` ago, while no worker holds a claim: none runs (a worker that
+  holds a long send keeps the queue waiting while it works; that is the next rule's);
 - the job due longest of those claimed: a worker that hangs inside a job keeps its claim alive
   (its lease keeper is a thread of its own). The same claim (job, worker, attempt) for
   ``HELD_TOO_LONG`` is far beyond any job that works. The store does not record when a claim
@@ -76,14 +77,14 @@ class OverdueWatch:
         with self._lock:
             free = uow.jobs.oldest_free(now=now, skip_kind=skip_kind)
             waiting = self._judge_free(free, now)
-            held = None
-            holding = _Seen.UNSURE
-            if waiting is not _Seen.STALLED:  # else the claims are not the question
-                held = uow.jobs.oldest_held(now=now, skip_kind=skip_kind)
-                holding = self._judge_held(held, now)
+            held = uow.jobs.oldest_held(now=now, skip_kind=skip_kind)
+            holding = self._judge_held(held, now)
         if serving_for < WAITING_TOO_LONG:
             return  # the workers have not had their turn: nothing said, nothing resolved
-        if waiting is _Seen.STALLED:
+        if waiting is _Seen.STALLED and held is None:
+            # free jobs wait and no worker holds any: none runs. (Workers that all hold a
+            # long send, a 35 MB upload on a slow line, keep the queue waiting while they
+            # work: that is for the rule of the claim held too long, not a restart.)
             _raise(uow, _NOT_TAKEN, now)
         elif holding is _Seen.STALLED and held is not None:
             _raise(uow, _held_summary(held), now)
