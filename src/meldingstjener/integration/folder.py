@@ -149,14 +149,15 @@ class FolderIntegration:
                 self._failures.pop(path.name, None)
             handled += 1
         gone_held = [held[1] for name, held in self._held.items() if name not in present]
+        if gone_held:  # removed or renamed while held: no file waits for its receiver now
+            with self.ctx.store.unit_of_work() as uow:  # (forgotten only once resolved)
+                uow.alerts.resolve(
+                    *(f"{AlertKind.OUTBOX_HELD}:{key}" for key in gone_held), at=self.ctx.clock()
+                )
+                uow.commit()
         for memory in (self._seen, self._held, self._failures):
             for name in [name for name in memory if name not in present]:
                 del memory[name]
-        if gone_held:  # removed or renamed while held: no file waits for its receiver now
-            with self.ctx.store.unit_of_work() as uow:
-                for key in gone_held:
-                    uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{key}", at=self.ctx.clock())
-                uow.commit()
         self._report_stuck()
         return handled
 
@@ -233,13 +234,14 @@ class FolderIntegration:
                     return
                 self._fail(path, key, rejected.code, rejected.message, rejected.problems)
                 return
-        decided = self._mark(key, SENT, message_id)
+        decided = self._mark(key, SENT, message_id, stale_held=self._stale_held(path.name, key))
         self._held.pop(path.name, None)
         if decided == FAILED:
             # another process refused it for good at the end of its hold while this one's
-            # submit went through (a moment's race): the message is sent; the file and its
-            # explanation in failed/ are the other process's
-            log.error("outbox file refused by another process was sent as %s", message_id)
+            # submit went through (a moment's race, its check for a message just before this
+            # one's commit): the file and its explanation in failed/ are the other process's,
+            # and the refusal's alert is put right (the same key: it replaces the text)
+            self._sent_though_refused(key, message_id)
             return
         self._move_sent(path, message_id)
         log.info("outbox file sent as message %s", message_id)
@@ -310,9 +312,11 @@ class FolderIntegration:
         outcome: str,
         message_id: str | None,
         also: Callable[[UnitOfWork], None] | None = None,
+        stale_held: str | None = None,
     ) -> str:
         """Record the file's outcome, unless another process recorded one first; return the
-        outcome that stands. ``also`` runs in the same transaction (the refusal's alert)."""
+        outcome that stands. ``also`` runs in the same transaction (the refusal's alert);
+        ``stale_held``: the key of an earlier version of the file this process held."""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
                 select(FolderFileRow)
@@ -321,15 +325,48 @@ class FolderIntegration:
             ).one()
             if row.outcome != PENDING:
                 return row.outcome
+            if outcome == FAILED:
+                # another process's submit of the file went through (the end of a hold): it
+                # is sent, whatever this process was told
+                sent = uow.session.scalars(
+                    select(MessageRow.id).where(
+                        MessageRow.direction == Direction.OUTBOUND.value,
+                        MessageRow.client_id == f"{ACTOR}:{key}",
+                    )
+                ).first()
+                if sent is not None:
+                    outcome, message_id, also = SENT, sent, None
             row.outcome = outcome
             row.message_id = message_id
             # a file held back for its receiver's setup is held no more (also when another
             # process, or one before a restart, held it)
-            uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{key}", at=self.ctx.clock())
+            now = self.ctx.clock()
+            held = [f"{AlertKind.OUTBOX_HELD}:{k}" for k in (key, stale_held) if k is not None]
+            uow.alerts.resolve(*held, at=now)
             if also is not None:
                 also(uow)
             uow.commit()
         return outcome
+
+    def _stale_held(self, name: str, key: str) -> str | None:
+        """The key of an earlier version of the file ``name`` this process holds back."""
+        held = self._held.get(name)
+        return held[1] if held is not None and held[1] != key else None
+
+    def _sent_though_refused(self, key: str, message_id: str) -> None:
+        log.error("an outbox file refused by another process was sent as %s", message_id)
+        with self.ctx.store.unit_of_work() as uow:
+            raise_alert(
+                uow,
+                AlertKind.OUTBOX_REFUSED,
+                f"a file in the folder outbox (file key {key[:12]}) was moved to failed/ by one "
+                f"server process while another sent it as message {message_id}: it WAS sent, "
+                "whatever its .error.txt says; the EPJ must not send it again",
+                at=self.ctx.clock(),
+                key=key,
+                message_id=message_id,
+            )
+            uow.commit()
 
     def _fail(
         self,
@@ -368,11 +405,14 @@ class FolderIntegration:
             )
 
         # the alert with the outcome, or neither: a crash between them left a refusal unsaid
+        stale = self._stale_held(path.name, key)
         if not claimed:
             with self.ctx.store.unit_of_work() as uow:
+                if stale is not None:
+                    uow.alerts.resolve(f"{AlertKind.OUTBOX_HELD}:{stale}", at=self.ctx.clock())
                 alert(uow)
                 uow.commit()
-        elif self._mark(key, FAILED, None, also=alert) != FAILED:
+        elif self._mark(key, FAILED, None, also=alert, stale_held=stale) != FAILED:
             # another process sent it first (at the end of a hold): its outcome stands
             target.with_name(target.name + ".error.txt").unlink(missing_ok=True)
             self._held.pop(path.name, None)

@@ -87,7 +87,7 @@ def test_two_processes_on_one_outbox_send_a_file_once(
     second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "En gang"))
 
-    def died_before_marking(*args: object) -> None:
+    def died_before_marking(*args: object, **kwargs: object) -> None:
         raise SystemExit("process A stops here")
 
     with monkeypatch.context() as patched:
@@ -773,3 +773,53 @@ def test_a_stuck_file_resolved_by_hand_is_alerted_again_while_it_stays_stuck(
         integration.outbox_once()
     [again] = open_alerts(pair, "outbox-stuck")
     assert again.id == stuck.id and again.acknowledged_by is None
+
+
+def test_a_held_file_written_again_and_sent_ends_the_first_ones_alert(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
+    )
+    set_agreements(pair, "suspended")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første"))
+    integration.outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 1
+    set_agreements(pair, "active")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre"))
+    integration.outbox_once()  # the new version goes at once
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert open_alerts(pair, "outbox-held") == []
+
+
+def test_a_refusal_for_good_yields_to_a_send_that_went_through(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the end of a hold, process B's submit goes through while process A was refused: A must
+    # not move the file to failed/ saying nothing was sent (the EPJ would send it again).
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    first = FolderIntegration(pair.gp, settings)
+    second = FolderIntegration(pair.gp, settings)
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Samtidig"))
+
+    def died_before_marking(*args: object, **kwargs: object) -> str:
+        raise SystemExit("process B stops here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FolderIntegration, "_mark", died_before_marking)
+        with pytest.raises(SystemExit):
+            second.outbox_once()
+    [message] = outbound(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(FolderFileRow))
+    assert row.outcome == "pending"
+    first._fail(outbox / "a.xml", row.key, "agreement-not-active", "refused", [])  # A's verdict
+    assert not (outbox / "failed" / "a.xml").exists()
+    assert list((outbox / "failed").iterdir()) == []
+    assert open_alerts(pair, "outbox-refused") == []
+    first.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert [m.id for m in outbound(pair)] == [message.id]
