@@ -134,7 +134,9 @@ def create_app(
         except UNREACHABLE as exc:
             # Not a fault of the server, and no alert: it could not be written either (a try
             # would wait for the pool once more). The heartbeat tells a long outage.
-            log.warning("the database cannot be reached while receiving: %s", exc)
+            # (with its traceback: the same errors also say deadlock or lock timeout, which are
+            # worth seeing; statement values are hidden from database errors)
+            log.warning("the database could not store a received message: %s", exc, exc_info=True)
             return Response("temporarily unable to store; resend later\n", 503)
         except PayloadNotFound as exc:
             # A stored file is missing (our signal, to be repeated to a resend): no resend
