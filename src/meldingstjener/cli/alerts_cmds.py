@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from rich.table import Table
 from meldingstjener.cli.app import app, settings_from
 from meldingstjener.cli.store_cmds import find_message, wide_console
 from meldingstjener.views import alert_dict, receipt_dict
+
+if TYPE_CHECKING:
+    from meldingstjener.store.tables import AlertRow
 
 alerts_app = typer.Typer(
     help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
@@ -61,15 +64,7 @@ def alerts_ack(
     by: Annotated[str, typer.Option("--by", help="Who acknowledges it.")] = "operator",
 ) -> None:
     """Acknowledge an alert: someone is following it up."""
-    from meldingstjener.bootstrap import open_store
-
-    store = open_store(settings_from(ctx))
-    with store.unit_of_work() as uow:
-        alert = uow.alerts.acknowledge(alert_id, by=by)
-        if alert is None:
-            typer.echo(f"no alert {alert_id}", err=True)
-            raise typer.Exit(1)
-        uow.commit()
+    alert = _follow_up(ctx, alert_id, by=by, resolve=False)
     typer.echo(f"alert {alert_id} acknowledged by {alert.acknowledged_by}")
 
 
@@ -81,16 +76,23 @@ def alerts_resolve(
 ) -> None:
     """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
     problem opens it again."""
+    alert = _follow_up(ctx, alert_id, by=by, resolve=True)
+    typer.echo(f"alert {alert_id} resolved (acknowledged by {alert.acknowledged_by})")
+
+
+def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> AlertRow:
+    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert."""
     from meldingstjener.bootstrap import open_store
 
     store = open_store(settings_from(ctx))
     with store.unit_of_work() as uow:
-        alert = uow.alerts.close(alert_id, by=by)
+        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
+        alert = follow(alert_id, by=by)
         if alert is None:
             typer.echo(f"no alert {alert_id}", err=True)
             raise typer.Exit(1)
         uow.commit()
-    typer.echo(f"alert {alert_id} resolved (acknowledged by {alert.acknowledged_by})")
+    return alert
 
 
 @app.command("status")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -40,7 +40,7 @@ from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.parties import Party
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
-from meldingstjener.model.privacy import partner_code, redact
+from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.model.status import IllegalTransition
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
@@ -687,7 +687,7 @@ def apply_incoming_apprec(
         if target is not OutboundStatus.APPREC_OK:
             # a rejection of something: maybe a message sent past this server (another system
             # of ours), maybe one whose row is gone; either way someone must look at it
-            shown = _apprec_codes_shown(message.apprec_errors)
+            shown = codes_shown(_apprec_code_shown(code) for code, _ in message.apprec_errors)
             raise_alert(
                 uow,
                 AlertKind.APPREC_REJECTED,
@@ -720,7 +720,7 @@ def apply_incoming_apprec(
             description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
         )
     )
-    text = _apprec_codes_shown(message.apprec_errors)
+    text = codes_shown(_apprec_code_shown(code) for code, _ in message.apprec_errors)
     if target.value in allowed_next(Direction.OUTBOUND, original.status):
         uow.messages.set_status(
             original,
@@ -757,20 +757,12 @@ def apply_incoming_apprec(
 
 # an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)
 _APPREC_CODE_SHAPE = re.compile(r"[A-Z0-9]{1,8}")
-_CODES_SHOWN = 10
 
 
 def _apprec_code_shown(code: str) -> str:
     """A partner's AppRec error code as our texts and code columns show it: "?" for one that
     does not look like a code (a V is any text the partner likes, and may quote the message)."""
     return partner_code(code.upper(), _APPREC_CODE_SHAPE)  # "e21" is E21, as the lists say
-
-
-def _apprec_codes_shown(errors: Sequence[tuple[str, str]]) -> str:
-    """The error codes of a received AppRec for the log and an alert, each once, ten at most."""
-    shown = list(dict.fromkeys(_apprec_code_shown(code) for code, _ in errors))
-    more = len(shown) - _CODES_SHOWN
-    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def schedule_apprec_deadline(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +35,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
-from meldingstjener.model.privacy import partner_code, redact
+from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
@@ -324,7 +323,7 @@ def _apply_message_error(
             description=text,
         )
     )
-    shown = _codes_shown(errors)
+    shown = codes_shown(_code_shown(error) for error in errors)
     first_code = _code_shown(errors[0]) if errors else "Unknown"
     if errors and all(error.severity is Severity.WARNING for error in errors):
         # the partner processed the message and only remarks on it: no failure, no alert
@@ -471,20 +470,12 @@ def _reported(error: ErrorDetail) -> str:
 # the ebMS codes (ValueNotRecognized, SecurityFailure, ...) and a partner's own, such as
 # NHN:QueueFull
 _EBMS_CODE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")  # a partner's own may be 1001
-_CODES_SHOWN = 10
 
 
 def _code_shown(error: ErrorDetail) -> str:
     """The partner's code as our texts and code columns (64 characters) show it, "?" for one
     that does not look like a code."""
     return partner_code(_reported(error), _EBMS_CODE_SHAPE)
-
-
-def _codes_shown(errors: Sequence[ErrorDetail]) -> str:
-    """The codes of a MessageError for the log and the alert, each once, ten at most."""
-    shown = list(dict.fromkeys(_code_shown(error) for error in errors))
-    more = len(shown) - _CODES_SHOWN
-    return ", ".join(shown[:_CODES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:

@@ -8,6 +8,7 @@ identity number (fødselsnummer / D-nummer: 11 digits) before text is stored or 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # A national identity number stands as its own token: digits inside a hex id, a UUID or a file
 # name are not one (and masking them would garble the very ids an operator needs).
@@ -34,3 +35,11 @@ def partner_code(value: str | None, shape: re.Pattern[str], *, limit: int = 64) 
     if value is None or not shape.fullmatch(value) or _ELEVEN_DIGITS.search(value):
         return "?"
     return value[:limit]
+
+
+def codes_shown(codes: Iterable[str], *, most: int = 10) -> str:
+    """Codes (already made fit by :func:`partner_code`) for a log line or an alert: each once,
+    in the order met, ``most`` of them and a count of the rest."""
+    shown = list(dict.fromkeys(codes))
+    more = len(shown) - most
+    return ", ".join(shown[:most]) + (f" and {more} more" if more > 0 else "")

@@ -563,10 +563,6 @@ _UPSERT_ALERT = text(
     "resolved_at = NULL"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
 
-_RESOLVE_ALERT = text(
-    "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key = :dedup_key "
-    "AND resolved_at IS NULL"
-).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
 _RESOLVE_ALERT_SILENT = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key = :dedup_key "
     "AND resolved_at IS NULL AND last_seen < :seen_before"
@@ -656,11 +652,6 @@ class AlertRepository:
         none open is fine.
 
         Runs after every successful send (partner reachable again), hence prepared once."""
-        if not more_keys:
-            self.session.connection().execute(
-                _RESOLVE_ALERT, {"dedup_key": dedup_key, "at": at or utcnow()}
-            )
-            return
         keys = (dedup_key, *more_keys)
         binds: dict[str, object] = {f"dedup_key_{n}": key for n, key in enumerate(keys)}
         binds["at"] = at or utcnow()

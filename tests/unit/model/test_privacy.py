@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from meldingstjener.model.privacy import partner_code, redact
+from meldingstjener.model.privacy import codes_shown, partner_code, redact
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,11 @@ CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")  # the shape of an ebXML error
 )
 def test_a_partners_code_is_shown_only_when_it_is_one(sent: str | None, shown: str) -> None:
     assert partner_code(sent, CODE) == shown
+
+
+def test_codes_are_shown_each_once_and_the_rest_counted() -> None:
+    assert codes_shown(["E21", "?", "E21", "X99"]) == "E21, ?, X99"
+    assert codes_shown([]) == ""
+    many = [f"E{number}" for number in range(14)]
+    assert codes_shown(many) == ", ".join(many[:10]) + " and 4 more"
+    assert codes_shown(many, most=13) == ", ".join(many[:13]) + " and 1 more"
