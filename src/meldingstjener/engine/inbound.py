@@ -396,7 +396,7 @@ def _duplicate(
             raise _Reject(
                 ErrorCode.INCONSISTENT,
                 f"this MessageId was received from {original.from_her_id}, not from "
-                f"{header.from_party.her_id}",
+                f"{_party_shown(header.from_party)}",
                 "eb:MessageHeader/eb:MessageData/eb:MessageId",
                 reason="its MessageId came from another sender before",
             )
@@ -424,7 +424,7 @@ def _refuse_repeat(
         uow.events.record(
             original.id,
             EventKind.ERROR,
-            actor=f"{channel}:{header.from_party.her_id}",
+            actor=f"{channel}:{_party_shown(header.from_party)}",
             code=str(error.code),
             detail="the ebXML MessageId of this message arrived again, but not as a resend by "
             f"its sender ({reject.logged}): refused, not answered with our signal",
@@ -462,6 +462,12 @@ def _envelope_row(
 
 def _her_id(party: Party) -> str | None:
     return party.her_id if party.party_type == PARTY_TYPE_HER else None
+
+
+def _party_shown(party: Party) -> str:
+    """A From as our log and texts name it: its HER-id, or a digest of a PartyId of another
+    type (that is any text, up to 255 characters, the log's actor holds 128)."""
+    return _her_id(party) or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
 
 
 def _inline(channel: str, sync_reply: bool, route: tuple[str, str] | None) -> bool:
@@ -597,7 +603,7 @@ def _refuse(
     ]
     try:
         with ctx.store.unit_of_work() as uow:
-            uow.messages.add(row, actor=f"{channel}:{header.from_party.her_id}", at=now)
+            uow.messages.add(row, actor=f"{channel}:{_party_shown(header.from_party)}", at=now)
             uow.messages.set_status(
                 row,
                 InboundStatus.REJECTED.value,
@@ -660,7 +666,7 @@ def _alert_refused(
     code = str(reject.error.code)
     if known is None:
         # a PartyId of another type may be a long URI, or any text: named by a digest
-        shown = _her_id(party) or "party-" + hashlib.sha256(party.her_id.encode()).hexdigest()[:16]
+        shown = _party_shown(party)
         if reject.our_key is not None:  # signed with a certificate of a party, so rare
             raise_alert(
                 uow,
@@ -742,7 +748,7 @@ def _resend_signal(
     uow.events.record(
         original.id,
         EventKind.SIGNAL_IN,
-        actor=f"{channel}:{envelope.header.from_party.her_id}",
+        actor=f"{channel}:{_party_shown(envelope.header.from_party)}",
         code="duplicate",
         detail="the same ebXML MessageId arrived again; not processed again, "
         + (f"our {signal.kind} is sent again" if signal else "no signal to repeat yet"),

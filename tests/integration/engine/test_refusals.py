@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_pair import Pair
+from engine_pair import Pair, make_pair
 from sqlalchemy import text
 
 from meldingstjener.devsites import dialog_note
@@ -422,3 +422,35 @@ def test_the_heartbeats_catch_up_leaves_a_refusal_raised_after_the_message_went_
     finally:
         for ctx in (pair.gp, first, second):
             ctx.store.database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_known_message_id_from_another_party_is_logged_without_its_party_id(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A known eb:MessageId with another From is refused and logged against the message it
+    # names. The From is any text (255 characters): the log's actor (128) and texts name the
+    # sender as a HER-id or a digest (PostgreSQL refused the event, and the request failed).
+    from meldingstjener.engine import inbound
+
+    pair = make_pair(tmp_path, hospital_database_url=database_url)
+    try:
+        body, content_type = a_wire(pair)
+        inbound.receive(pair.hospital, content_type, body)
+        [stored] = pair.inbound_messages(pair.hospital)
+        long_party = b"urn:example:" + b"x" * 200
+        genuine = b'<eb:PartyId eb:type="HER">8100001</eb:PartyId>'
+        inbound.receive(
+            pair.hospital,
+            content_type,
+            body.replace(genuine, b'<eb:PartyId eb:type="navn">' + long_party + b"</eb:PartyId>"),
+        )
+        with pair.hospital.store.unit_of_work() as uow:
+            events = uow.events.for_message(stored.id)
+        [refusal] = [event for event in events if event.code == "Inconsistent"]
+        assert refusal.actor.startswith("http:party-") and len(refusal.actor) <= 128
+        assert b"xxxxxxxx" not in stored_text(pair.hospital).encode()
+        assert [row.id for row in pair.inbound_messages(pair.hospital)] == [stored.id]
+    finally:
+        pair.gp.store.database.dispose()
+        pair.hospital.store.database.dispose()
