@@ -410,6 +410,42 @@ class MailCollectorThread(threading.Thread):
 
 FAILED_COLLECTIONS_BEFORE_ALERT = 3  # one failure is a blip; three in a row are not
 
+# What to check, by the failure's code ("... check <advice>."). A login refusal is named by the
+# server's response code (transport.mailbox.LOGIN_FAILURES): a mailbox held open by another
+# program must not send the operator to change a password that is right.
+COLLECTION_ADVICE = {
+    "mail-spool": "the local disk of the data directory (space, permissions)",
+    "mailbox-delete": "that the account may delete mail in the folder",
+    "mailbox-auth-failed": "the account and its password ([mailbox] username, password_file)",
+    "mailbox-in-use": (
+        "which other program holds the mailbox open on this account: another server or a mail "
+        "client collecting the same box (the server allows one session at a time). Close it, "
+        "or give it an account of its own; the password is right"
+    ),
+    "mailbox-login-delay": (
+        "the poll interval: the mail server allows logins to this account only so often; "
+        "raise [mailbox] poll_interval_seconds, or ask the mail server's administrator"
+    ),
+    "mailbox-unavailable": (
+        "the mail server's side: it says it cannot serve the mailbox for now (a fault of its "
+        "own, its storage or its account database). It may pass; if it lasts, tell the mail "
+        "server's administrator. The password is not the problem"
+    ),
+    "mailbox-account-blocked": (
+        "the account with the mail server's administrator: the server says it must act "
+        "before this account can log in"
+    ),
+    "mailbox-password-expired": (
+        "the account's password: the mail server says it has expired; set a new one, and "
+        "write it to [mailbox] password_file"
+    ),
+    "mailbox-tls-required": (
+        'the connection: the mail server logs in over TLS only; set [mailbox] security = "tls" '
+        'or "starttls"'
+    ),
+}
+_DEFAULT_ADVICE = "the mail server, the account and its password"
+
 
 def report_collection(
     ctx: EngineContext,
@@ -433,10 +469,7 @@ def report_collection(
         elif failed_rounds >= FAILED_COLLECTIONS_BEFORE_ALERT:
             code = failure.code if failure is not None else "unexpected"
             why = f"{code}: {failure.detail}" if failure is not None else "an error"
-            advice = {
-                "mail-spool": "the local disk of the data directory (space, permissions)",
-                "mailbox-delete": "that the account may delete mail in the folder",
-            }.get(code, "the mail server, the account and its password")
+            advice = COLLECTION_ADVICE.get(code, _DEFAULT_ADVICE)
             raise_alert(
                 uow,
                 AlertKind.MAILBOX_UNREACHABLE,

@@ -331,3 +331,48 @@ def test_a_mail_whose_size_was_not_told_is_named_so(pair: tuple[MailSite, MailSi
     report_collection(hospital.ctx, hospital.collector, "host-a:8080", result, None, 0)
     summary = _open_alerts(hospital)["mail-too-large"]
     assert "(70,000,000 bytes, size not told)" in summary
+
+
+LOCKED_BOX = "8300007"  # pop3_lock_session for this user only (scripts/install-mail-server.sh)
+
+
+def test_a_mailbox_held_open_elsewhere_is_reported_in_use_not_as_a_wrong_password(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    """Dovecot with pop3_lock_session refuses a second POP3 session of the same user with
+    "-ERR [IN-USE]" (after waiting about ten seconds for the lock): the collection fails as
+    mailbox-in-use, and after three such rounds the alert points at the other program that
+    holds the box, not at the password."""
+    import poplib
+
+    from mailtest_support import PASSWORD, address
+
+    _, hospital = pair
+    holder = poplib.POP3_SSL("127.0.0.1", 995, context=tls_context, timeout=30)
+    holder.user(address(LOCKED_BOX))
+    holder.pass_(PASSWORD)  # a mail client, say, with the box open
+    try:
+        locked = MailboxCollector(
+            protocol="pop3",
+            host="127.0.0.1",
+            security="tls",
+            username=address(LOCKED_BOX),
+            password=PASSWORD,
+            ssl_context=tls_context,
+            timeout_seconds=30,  # longer than Dovecot's wait for the lock
+        )
+        thread = MailCollectorThread(locked, hospital.intake, 3600, threading.Event())
+        for _ in range(FAILED_COLLECTIONS_BEFORE_ALERT):
+            thread._collect_round()
+            assert thread.last_failure is not None
+            assert thread.last_failure.code == "mailbox-in-use"
+            assert "[IN-USE]" in thread.last_failure.detail
+    finally:
+        holder.quit()
+    summary = _open_alerts(hospital)["mailbox-unreachable"]
+    assert "(mailbox-in-use:" in summary
+    assert "which other program holds the mailbox open on this account" in summary
+    assert "and its password" not in summary
+    thread._collect_round()  # the other session has ended: collected, and the alert goes
+    assert thread.last_failure is None
+    assert "mailbox-unreachable" not in _open_alerts(hospital)
