@@ -9,6 +9,9 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    message it has already (its eb:MessageId, from the same sender, signed by it) is not stored
    again and gets our signal again, whether the mailbox delivered the mail twice or the
    partner resent it;
+   (before that, a bounce of one of our mails is recorded on its message with a
+   ``mail-bounced`` alert, see :mod:`meldingstjener.engine.mail_bounces`, or quarantined as a
+   bounce when it names none of our messages);
 3. return, and the collector deletes the mail from the box;
 4. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
    ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
@@ -58,9 +61,11 @@ from meldingstjener.ebxml.mime_source import Base64Decoder
 from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.bounce import is_bounce, read_bounce
 from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
 from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
 
@@ -171,6 +176,9 @@ class MailIntake:
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
             self._quarantine(source, "Unknown", message_id, digest)
+        if is_bounce(headers):
+            self._take_bounce(source, head, message_id, digest)
+            return
         with self.ctx.store.payloads.spool() as body:
             try:
                 _decode_body(source, body_start, headers.get("Content-Transfer-Encoding"), body)
@@ -188,6 +196,35 @@ class MailIntake:
                 raise
         self._forget_tries(tries_key)
 
+    def _take_bounce(
+        self, source: BinaryIO, head: bytes, message_id: str | None, digest: str
+    ) -> None:
+        """A bounce of one of our mails: recorded on its message (event, alert) and its try
+        count forgotten in one commit, and then the collector deletes it. One that names
+        none of our messages is quarantined, with advice fit for a bounce."""
+        bounce = read_bounce(head)
+        if record_bounce(self.ctx, bounce, forget=FAILED_PREFIX + digest[:32]):
+            log.info("a bounce (%s) of our mail was recorded", bounce.codes)
+            return
+        told = (
+            f"{bounce.refused_by} refused ({bounce.codes})"
+            if bounce.recipients or bounce.returned_to
+            else "it names no address we can read"
+        )
+        self._quarantine(
+            source,
+            "Bounce",
+            message_id,
+            digest,
+            advice=(
+                f"It is a bounce from a mail server ({told}) that names none of our messages "
+                "(no original came back with it, or the one that did is not a message this "
+                "server sent). Look at the mail to see which message and which partner's "
+                "address it is about, and check that address in the address register or the "
+                "agreement; no sender needs to resend it."
+            ),
+        )
+
     def _count_try(self, key: str) -> int:
         """Count one more try of a mail; return how many there have been."""
         with self.ctx.store.unit_of_work() as uow:
@@ -202,19 +239,24 @@ class MailIntake:
             uow.commit()
 
     def _quarantine(
-        self, mail: BinaryIO, code: str, message_id: str | None, digest: str | None = None
+        self,
+        mail: BinaryIO,
+        code: str,
+        message_id: str | None,
+        digest: str | None = None,
+        *,
+        advice: str = "Look at it, and ask the sender to resend if it was meant for us.",
     ) -> NoReturn:
         """Store the mail aside durably, alert, and tell the collector (raises Quarantine).
-        ``digest``: the mail's SHA-256, when already read; its try count goes with it."""
+        ``digest``: the mail's SHA-256, when already read; its try count goes with it.
+        ``advice``: the alert's last sentences, what the operator should do."""
         digest = digest or _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
         _write_durably(path, mail)
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
-            f"{path}"
-            + (f" (Message-Id {message_id[:120]})" if message_id else "")
-            + ". Look at it, and ask the sender to resend if it was meant for us."
+            f"{path}" + (f" (Message-Id {message_id[:120]})" if message_id else "") + f". {advice}"
         )
         with self.ctx.store.unit_of_work() as uow:
             uow.events.record(
