@@ -46,7 +46,8 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -63,6 +64,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.store.payloads import Spool, make_durable_dir
+from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.bounce import is_bounce, read_bounce
@@ -143,12 +145,69 @@ def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
     )
 
 
+# How long before a collection began a try count must have been written last to be dropped
+# when its mail was not in that collection: the servers sharing a store write their counts with
+# their own clocks, which may disagree by this much (beyond [alerts] clock_skew_seconds).
+TRIES_CLOCK_MARGIN = timedelta(minutes=10)
+
+
 @dataclass
 class MailIntake:
     """Turns collected mails into received messages (see the module docstring)."""
 
     ctx: EngineContext
     quarantine_dir: Path
+    _seen: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def collect(self, collector: MailboxCollector) -> CollectResult:
+        """One collection of ``collector``'s mailbox through :meth:`on_mail`; after one that
+        looked at every mail in the box, the try counts of mails no longer there are dropped
+        (:meth:`forget_tries_of_mails_gone`). Raises what ``collect_once`` raises."""
+        self._seen.clear()
+        began = utcnow()
+        result = collector.collect_once(self.on_mail)
+        handed = result.delivered + result.quarantined + result.kept + result.too_large
+        if handed >= result.found:
+            try:
+                self.forget_tries_of_mails_gone(set(self._seen), before=began)
+            except Exception as exc:  # housekeeping: the database may be away; next round
+                log.warning("could not drop old mail try counts: %s", type(exc).__name__)
+        return result
+
+    def forget_tries_of_mails_gone(self, seen: set[str], *, before: datetime) -> int:
+        """Drop the try counts of mails that have left the box; return how many.
+
+        A count is kept while its mail stays in the box, and normally ends with it: the mail
+        is received or quarantined. It outlives its mail when the mail left another way (a
+        person deleted it, another server took it after a try here failed), and nothing else
+        would ever remove it. So, after a collection that looked at every mail in the box
+        (``seen``: their counts' keys), a count is dropped when its mail was not among them
+        and it was last written before the collection began (``before``, less
+        ``TRIES_CLOCK_MARGIN``).
+
+        Why that is safe with several servers collecting one box: a mail that was in the box
+        when this collection listed it was handed to :meth:`on_mail` here, so it is in
+        ``seen``. One that was not had left the box before the listing (its count is stale)
+        or came after it. A count another server writes for a mail that came after our
+        listing is written after our collection began, so it is not old enough to be dropped;
+        and a count dropped all the same (clocks further apart than the margin) costs its mail
+        the tries counted so far, no more: the mail stays in the box while it fails, is in our
+        next listing, and its count is kept from then on. Its quarantine comes some rounds
+        later, never a mail lost or handled twice. A process that dies on a mail never
+        completes its collection, so the count that quarantines such a mail is never
+        dropped."""
+        cutoff = before - TRIES_CLOCK_MARGIN
+        with self.ctx.store.unit_of_work() as uow:
+            gone = [
+                key
+                for key in uow.state.keys_unchanged_since(FAILED_PREFIX, cutoff)
+                if key not in seen
+            ]
+            uow.state.delete_many(gone)
+            uow.commit()
+        if gone:
+            log.info("dropped the try counts of %d mail(s) no longer in the mailbox", len(gone))
+        return len(gone)
 
     def on_mail(self, mail: bytes | BinaryIO) -> None:
         """Receive one collected mail: bytes, or a readable, seekable file at its start (the
@@ -172,6 +231,7 @@ class MailIntake:
         # simply stays in the box.)
         digest = _sha256(source)  # read once: the try count's key and the quarantine file's name
         tries_key = FAILED_PREFIX + digest[:32]
+        self._seen.add(tries_key)
         tries = self._count_try(tries_key)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
@@ -415,7 +475,7 @@ class MailCollectorThread(threading.Thread):
 
     def _collect_round(self) -> None:
         try:
-            self.last_result = self.collector.collect_once(self.intake.on_mail)
+            self.last_result = self.intake.collect(self.collector)
             self.last_failure = None
             self._failed_rounds = 0
         except TransportFailure as failure:

@@ -13,6 +13,7 @@ import pytest
 from mailtest_support import (
     CuttingProxy,
     MailSite,
+    empty_mailbox,
     mail_pair,
     mailbox_count,
     wait_for_mail,
@@ -376,3 +377,64 @@ def test_a_mailbox_held_open_elsewhere_is_reported_in_use_not_as_a_wrong_passwor
     thread._collect_round()  # the other session has ended: collected, and the alert goes
     assert thread.last_failure is None
     assert "mailbox-unreachable" not in _open_alerts(hospital)
+
+
+def _try_counts(site: MailSite) -> dict[str, str]:
+    from sqlalchemy import text
+
+    with site.ctx.store.unit_of_work() as uow:
+        rows = uow.session.execute(
+            text("SELECT key, value FROM kv_state WHERE key LIKE 'mail-failed:%'")
+        ).all()
+    return {key: value for key, value in rows}
+
+
+def test_a_try_count_does_not_outlive_its_mail(
+    pair: tuple[MailSite, MailSite],
+    tls_context: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mail that failed twice and then left the box another way (a person deleted it): the
+    next collection that looks at the whole box drops its count. A count written lately for a
+    mail this collection did not see (another server's, for a mail that came after our
+    listing) is kept, and so is the count of a mail still in the box."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from meldingstjener.engine import mail_channel
+    from meldingstjener.store.types import utcnow
+
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an unforeseen fault")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mail_channel.inbound, "receive", failing)
+        for _ in range(2):
+            assert hospital.collect().kept == 1
+    [(gone_key, tries)] = _try_counts(hospital).items()
+    assert tries == "2"
+    # it was last tried an hour ago; then someone deleted it from the box
+    with hospital.ctx.store.unit_of_work() as uow:
+        uow.session.execute(
+            text("UPDATE kv_state SET updated_at = :at WHERE key = :key"),
+            {"at": utcnow() - timedelta(hours=1), "key": gone_key},
+        )
+        uow.state.set(mail_channel.FAILED_PREFIX + "f" * 32, "1")  # another server's, now
+        uow.commit()
+    empty_mailbox(hospital.user, tls_context)
+    _send_questions(gp, hospital, 1)  # a new mail, which fails once and stays
+    wait_for_mail(hospital.user, 1, tls_context)
+    with monkeypatch.context() as patched:
+        patched.setattr(mail_channel.inbound, "receive", failing)
+        assert hospital.collect().kept == 1
+    counts = _try_counts(hospital)
+    assert gone_key not in counts
+    assert counts[mail_channel.FAILED_PREFIX + "f" * 32] == "1"
+    assert sorted(counts.values()) == ["1", "1"]  # the new mail's count, kept
+    assert hospital.collect().delivered == 1
+    assert _try_counts(hospital) == {mail_channel.FAILED_PREFIX + "f" * 32: "1"}
