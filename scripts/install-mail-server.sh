@@ -19,6 +19,10 @@ DOMAINS="testedi.nhn.no samsvar.nhn.no"
 PASSWORD="meldingstjener-test"
 # HER-ids used by the tests and the demo sites (devsites.py: 8100001 GP, 8200001/8200002 hospital).
 USERS="8100001 8200001 8200002 8300001 8300002 8300003 8300004 8300005 8300006"
+# Users whose POP3 mailbox admits one session at a time (Dovecot's pop3_lock_session, set per
+# user as a userdb extra field): a second session is refused with "-ERR [IN-USE]" (RFC 2449),
+# as a mailbox held open by another server or a mail client is.
+LOCKED_USERS="8300007"
 MAIL_ROOT=/var/mail/vhosts
 CERT_DIR=/etc/dovecot/private
 CERT="$CERT_DIR/meldingstjener-mail.pem"
@@ -85,7 +89,7 @@ postconf -e \
 # Each test user gets a maildir <domain>/<local part>/ (the trailing / means maildir). Postfix's
 # virtual agent allows no regexp substitution, so the map is written out user by user.
 : >/etc/postfix/meldingstjener-vmailbox
-for her_id in $USERS; do
+for her_id in $USERS $LOCKED_USERS; do
     for domain in $DOMAINS; do
         echo "${her_id}@${domain} ${domain}/${her_id}/" >>/etc/postfix/meldingstjener-vmailbox
     done
@@ -162,6 +166,16 @@ for her_id in $USERS; do
     for domain in $DOMAINS; do
         user="${her_id}@${domain}"
         grep -q "^${user}:" "$USERS_FILE" || echo "${user}:{PLAIN}${PASSWORD}" >>"$USERS_FILE"
+    done
+done
+# passwd-file fields: user:password:uid:gid:gecos:home:shell:extra. An extra field named
+# userdb_<setting> is handed to the userdb (here the static one) as that user's own setting.
+# The line is written again on every run, so an older line without the field is replaced.
+for her_id in $LOCKED_USERS; do
+    for domain in $DOMAINS; do
+        user="${her_id}@${domain}"
+        sed -i "/^${user//./\\.}:/d" "$USERS_FILE"
+        echo "${user}:{PLAIN}${PASSWORD}::::::userdb_pop3_lock_session=yes" >>"$USERS_FILE"
     done
 done
 chown root:dovecot "$USERS_FILE"

@@ -43,6 +43,7 @@ class AlertKind(StrEnum):
     STORE_FAILING = "store-failing"
     EBMS_FAILING = "ebms-failing"
     EBMS_REFUSED = "ebms-refused"
+    MAIL_BOUNCED = "mail-bounced"
 
 
 SEVERITY = {
@@ -77,6 +78,7 @@ SEVERITY = {
     AlertKind.STORE_FAILING: "critical",
     AlertKind.EBMS_FAILING: "error",
     AlertKind.EBMS_REFUSED: "warning",
+    AlertKind.MAIL_BOUNCED: "error",
 }
 
 

@@ -9,6 +9,9 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    message it has already (its eb:MessageId, from the same sender, signed by it) is not stored
    again and gets our signal again, whether the mailbox delivered the mail twice or the
    partner resent it;
+   (before that, a bounce of one of our mails is recorded on its message with a
+   ``mail-bounced`` alert, see :mod:`meldingstjener.engine.mail_bounces`, or quarantined as a
+   bounce when it names none of our messages);
 3. return, and the collector deletes the mail from the box;
 4. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
    ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
@@ -43,7 +46,8 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -58,9 +62,12 @@ from meldingstjener.ebxml.mime_source import Base64Decoder
 from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.store.payloads import Spool, make_durable_dir
+from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.bounce import is_bounce, read_bounce
 from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
 from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
 
@@ -138,12 +145,69 @@ def build_mailbox_collector(settings: Settings) -> MailboxCollector | None:
     )
 
 
+# How long before a collection began a try count must have been written last to be dropped
+# when its mail was not in that collection: the servers sharing a store write their counts with
+# their own clocks, which may disagree by this much (beyond [alerts] clock_skew_seconds).
+TRIES_CLOCK_MARGIN = timedelta(minutes=10)
+
+
 @dataclass
 class MailIntake:
     """Turns collected mails into received messages (see the module docstring)."""
 
     ctx: EngineContext
     quarantine_dir: Path
+    _seen: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def collect(self, collector: MailboxCollector) -> CollectResult:
+        """One collection of ``collector``'s mailbox through :meth:`on_mail`; after one that
+        looked at every mail in the box, the try counts of mails no longer there are dropped
+        (:meth:`forget_tries_of_mails_gone`). Raises what ``collect_once`` raises."""
+        self._seen.clear()
+        began = utcnow()
+        result = collector.collect_once(self.on_mail)
+        handed = result.delivered + result.quarantined + result.kept + result.too_large
+        if handed >= result.found:
+            try:
+                self.forget_tries_of_mails_gone(set(self._seen), before=began)
+            except Exception as exc:  # housekeeping: the database may be away; next round
+                log.warning("could not drop old mail try counts: %s", type(exc).__name__)
+        return result
+
+    def forget_tries_of_mails_gone(self, seen: set[str], *, before: datetime) -> int:
+        """Drop the try counts of mails that have left the box; return how many.
+
+        A count is kept while its mail stays in the box, and normally ends with it: the mail
+        is received or quarantined. It outlives its mail when the mail left another way (a
+        person deleted it, another server took it after a try here failed), and nothing else
+        would ever remove it. So, after a collection that looked at every mail in the box
+        (``seen``: their counts' keys), a count is dropped when its mail was not among them
+        and it was last written before the collection began (``before``, less
+        ``TRIES_CLOCK_MARGIN``).
+
+        Why that is safe with several servers collecting one box: a mail that was in the box
+        when this collection listed it was handed to :meth:`on_mail` here, so it is in
+        ``seen``. One that was not had left the box before the listing (its count is stale)
+        or came after it. A count another server writes for a mail that came after our
+        listing is written after our collection began, so it is not old enough to be dropped;
+        and a count dropped all the same (clocks further apart than the margin) costs its mail
+        the tries counted so far, no more: the mail stays in the box while it fails, is in our
+        next listing, and its count is kept from then on. Its quarantine comes some rounds
+        later, never a mail lost or handled twice. A process that dies on a mail never
+        completes its collection, so the count that quarantines such a mail is never
+        dropped."""
+        cutoff = before - TRIES_CLOCK_MARGIN
+        with self.ctx.store.unit_of_work() as uow:
+            gone = [
+                key
+                for key in uow.state.keys_unchanged_since(FAILED_PREFIX, cutoff)
+                if key not in seen
+            ]
+            uow.state.delete_many(gone)
+            uow.commit()
+        if gone:
+            log.info("dropped the try counts of %d mail(s) no longer in the mailbox", len(gone))
+        return len(gone)
 
     def on_mail(self, mail: bytes | BinaryIO) -> None:
         """Receive one collected mail: bytes, or a readable, seekable file at its start (the
@@ -167,10 +231,14 @@ class MailIntake:
         # simply stays in the box.)
         digest = _sha256(source)  # read once: the try count's key and the quarantine file's name
         tries_key = FAILED_PREFIX + digest[:32]
+        self._seen.add(tries_key)
         tries = self._count_try(tries_key)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
             self._quarantine(source, "Unknown", message_id, digest)
+        if is_bounce(headers):
+            self._take_bounce(source, head, message_id, digest)
+            return
         with self.ctx.store.payloads.spool() as body:
             try:
                 _decode_body(source, body_start, headers.get("Content-Transfer-Encoding"), body)
@@ -188,6 +256,35 @@ class MailIntake:
                 raise
         self._forget_tries(tries_key)
 
+    def _take_bounce(
+        self, source: BinaryIO, head: bytes, message_id: str | None, digest: str
+    ) -> None:
+        """A bounce of one of our mails: recorded on its message (event, alert) and its try
+        count forgotten in one commit, and then the collector deletes it. One that names
+        none of our messages is quarantined, with advice fit for a bounce."""
+        bounce = read_bounce(head)
+        if record_bounce(self.ctx, bounce, forget=FAILED_PREFIX + digest[:32]):
+            log.info("a bounce (%s) of our mail was recorded", bounce.codes)
+            return
+        told = (
+            f"{bounce.refused_by} refused ({bounce.codes})"
+            if bounce.recipients or bounce.returned_to
+            else "it names no address we can read"
+        )
+        self._quarantine(
+            source,
+            "Bounce",
+            message_id,
+            digest,
+            advice=(
+                f"It is a bounce from a mail server ({told}) that names none of our messages "
+                "(no original came back with it, or the one that did is not a message this "
+                "server sent). Look at the mail to see which message and which partner's "
+                "address it is about, and check that address in the address register or the "
+                "agreement; no sender needs to resend it."
+            ),
+        )
+
     def _count_try(self, key: str) -> int:
         """Count one more try of a mail; return how many there have been."""
         with self.ctx.store.unit_of_work() as uow:
@@ -202,19 +299,24 @@ class MailIntake:
             uow.commit()
 
     def _quarantine(
-        self, mail: BinaryIO, code: str, message_id: str | None, digest: str | None = None
+        self,
+        mail: BinaryIO,
+        code: str,
+        message_id: str | None,
+        digest: str | None = None,
+        *,
+        advice: str = "Look at it, and ask the sender to resend if it was meant for us.",
     ) -> NoReturn:
         """Store the mail aside durably, alert, and tell the collector (raises Quarantine).
-        ``digest``: the mail's SHA-256, when already read; its try count goes with it."""
+        ``digest``: the mail's SHA-256, when already read; its try count goes with it.
+        ``advice``: the alert's last sentences, what the operator should do."""
         digest = digest or _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
         _write_durably(path, mail)
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
-            f"{path}"
-            + (f" (Message-Id {message_id[:120]})" if message_id else "")
-            + ". Look at it, and ask the sender to resend if it was meant for us."
+            f"{path}" + (f" (Message-Id {message_id[:120]})" if message_id else "") + f". {advice}"
         )
         with self.ctx.store.unit_of_work() as uow:
             uow.events.record(
@@ -373,7 +475,7 @@ class MailCollectorThread(threading.Thread):
 
     def _collect_round(self) -> None:
         try:
-            self.last_result = self.collector.collect_once(self.intake.on_mail)
+            self.last_result = self.intake.collect(self.collector)
             self.last_failure = None
             self._failed_rounds = 0
         except TransportFailure as failure:
@@ -410,6 +512,42 @@ class MailCollectorThread(threading.Thread):
 
 FAILED_COLLECTIONS_BEFORE_ALERT = 3  # one failure is a blip; three in a row are not
 
+# What to check, by the failure's code ("... check <advice>."). A login refusal is named by the
+# server's response code (transport.mailbox.LOGIN_FAILURES): a mailbox held open by another
+# program must not send the operator to change a password that is right.
+COLLECTION_ADVICE = {
+    "mail-spool": "the local disk of the data directory (space, permissions)",
+    "mailbox-delete": "that the account may delete mail in the folder",
+    "mailbox-auth-failed": "the account and its password ([mailbox] username, password_file)",
+    "mailbox-in-use": (
+        "which other program holds the mailbox open on this account: another server or a mail "
+        "client collecting the same box (the server allows one session at a time). Close it, "
+        "or give it an account of its own; the password is right"
+    ),
+    "mailbox-login-delay": (
+        "the poll interval: the mail server allows logins to this account only so often; "
+        "raise [mailbox] poll_interval_seconds, or ask the mail server's administrator"
+    ),
+    "mailbox-unavailable": (
+        "the mail server's side: it says it cannot serve the mailbox for now (a fault of its "
+        "own, its storage or its account database). It may pass; if it lasts, tell the mail "
+        "server's administrator. The password is not the problem"
+    ),
+    "mailbox-account-blocked": (
+        "the account with the mail server's administrator: the server says it must act "
+        "before this account can log in"
+    ),
+    "mailbox-password-expired": (
+        "the account's password: the mail server says it has expired; set a new one, and "
+        "write it to [mailbox] password_file"
+    ),
+    "mailbox-tls-required": (
+        'the connection: the mail server logs in over TLS only; set [mailbox] security = "tls" '
+        'or "starttls"'
+    ),
+}
+_DEFAULT_ADVICE = "the mail server, the account and its password"
+
 
 def report_collection(
     ctx: EngineContext,
@@ -433,10 +571,7 @@ def report_collection(
         elif failed_rounds >= FAILED_COLLECTIONS_BEFORE_ALERT:
             code = failure.code if failure is not None else "unexpected"
             why = f"{code}: {failure.detail}" if failure is not None else "an error"
-            advice = {
-                "mail-spool": "the local disk of the data directory (space, permissions)",
-                "mailbox-delete": "that the account may delete mail in the folder",
-            }.get(code, "the mail server, the account and its password")
+            advice = COLLECTION_ADVICE.get(code, _DEFAULT_ADVICE)
             raise_alert(
                 uow,
                 AlertKind.MAILBOX_UNREACHABLE,

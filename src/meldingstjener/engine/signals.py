@@ -233,11 +233,13 @@ def _apply_acknowledgment(
     actor: str,
     now: datetime,
 ) -> None:
-    # the partner's signals reach us again, and they are trusted: both in one prepared UPDATE,
-    # which as a rule matches nothing (this is the path of every message we send)
+    # the partner's signals reach us again, and they are trusted, and a bounce of this message
+    # by mail was not the last word: all in one prepared UPDATE, which as a rule matches
+    # nothing (this is the path of every message we send)
     uow.alerts.resolve(
         f"{AlertKind.ACK_MISSING}:{state.to_her_id}",
         f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}",
+        f"{AlertKind.MAIL_BOUNCED}:{state.id}",
         at=now,
     )
     uow.receipts.add(

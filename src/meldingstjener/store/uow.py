@@ -1118,6 +1118,22 @@ class StateRepository:
     def delete(self, key: str) -> None:
         self.session.execute(delete(StateRow).where(StateRow.key == key))
 
+    def keys_unchanged_since(self, prefix: str, before: datetime) -> list[str]:
+        """The keys beginning with ``prefix`` whose value was last written before ``before``."""
+        return list(
+            self.session.scalars(
+                select(StateRow.key).where(
+                    StateRow.key.startswith(prefix, autoescape=True),
+                    StateRow.updated_at < before,
+                )
+            )
+        )
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for at in range(0, len(keys), 500):  # well under every database's bind limit
+            piece = list(keys[at : at + 500])
+            self.session.execute(delete(StateRow).where(StateRow.key.in_(piece)))
+
 
 class InstanceRepository:
     """The ``serve`` processes on this store (see :mod:`meldingstjener.engine.instances`)."""

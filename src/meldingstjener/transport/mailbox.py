@@ -154,11 +154,9 @@ class MailboxCollector:
         try:
             session.user(self.username)
             session.pass_(self.password)
-        except poplib.error_proto:
+        except poplib.error_proto as refused:
             session.close()
-            raise TransportFailure(
-                "mailbox-auth-failed", f"{self.where} refused the login of {self.username}"
-            ) from None
+            raise self._login_refused(refused) from None
         return session
 
     def _collect_pop3(self, on_mail: OnMail) -> CollectResult:
@@ -244,11 +242,9 @@ class MailboxCollector:
                 session.starttls(ssl_context=context)
         try:
             session.login(self.username, self.password)
-        except imaplib.IMAP4.error:
+        except imaplib.IMAP4.error as refused:
             session.shutdown()
-            raise TransportFailure(
-                "mailbox-auth-failed", f"{self.where} refused the login of {self.username}"
-            ) from None
+            raise self._login_refused(refused) from None
         status, _ = session.select(_quoted(self.folder))
         if status != "OK":
             session.logout()
@@ -349,6 +345,15 @@ class MailboxCollector:
 
     # --- both ------------------------------------------------------------------------------
 
+    def _login_refused(self, refused: Exception) -> TransportFailure:
+        """The failure for a refused login, named by the server's response code (the code
+        only: the text after it is the server's own and is not repeated)."""
+        reply = refused.args[0] if refused.args else b""
+        code = response_code(reply)
+        failure = login_failure(code)
+        told = f" [{code}]" if code else ""
+        return TransportFailure(failure, f"{self.where} refused the login of {self.username}{told}")
+
     def _prepare_spool(self) -> None:
         if self.spool_dir is None:
             return
@@ -379,6 +384,48 @@ class MailboxCollector:
             return False
         result.delivered += 1
         return True
+
+
+# Why a server refused a login, from the response code in its refusal: POP3's (RFC 2449
+# section 8, RFC 3206) and IMAP's (RFC 5530). One table for both protocols, so that the alert's
+# advice depends on what the server said and not on how it was asked. A refusal without a code,
+# or with one not listed here, is taken for what servers mean by it most often: the credentials.
+LOGIN_FAILURES = {
+    # the account and its password (POP3 AUTH; IMAP AUTHENTICATIONFAILED, AUTHORIZATIONFAILED)
+    "AUTH": "mailbox-auth-failed",
+    "AUTHENTICATIONFAILED": "mailbox-auth-failed",
+    "AUTHORIZATIONFAILED": "mailbox-auth-failed",
+    # another session holds the mailbox (POP3 IN-USE, IMAP INUSE)
+    "IN-USE": "mailbox-in-use",
+    "INUSE": "mailbox-in-use",
+    # the server allows logins only so often (POP3 LOGIN-DELAY)
+    "LOGIN-DELAY": "mailbox-login-delay",
+    # a passing fault on the server's side (POP3 SYS/TEMP, IMAP UNAVAILABLE)
+    "SYS/TEMP": "mailbox-unavailable",
+    "UNAVAILABLE": "mailbox-unavailable",
+    # the server's administrator must act (POP3 SYS/PERM, IMAP CONTACTADMIN)
+    "SYS/PERM": "mailbox-account-blocked",
+    "CONTACTADMIN": "mailbox-account-blocked",
+    # the password was right once and is no more (IMAP EXPIRED)
+    "EXPIRED": "mailbox-password-expired",
+    # the server wants the login protected by TLS (IMAP PRIVACYREQUIRED)
+    "PRIVACYREQUIRED": "mailbox-tls-required",
+}
+_RESPONSE_CODE = re.compile(r"^(?:-ERR\s+)?\[([A-Za-z0-9/-]{1,40})[\] ]")
+
+
+def response_code(reply: bytes | str) -> str | None:
+    """The response code a refusal opens with (``-ERR [IN-USE] ...`` in POP3, ``[INUSE] ...``
+    after IMAP's NO), upper case; None when there is none. A hierarchical POP3 code is kept
+    whole (``SYS/TEMP``)."""
+    text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
+    found = _RESPONSE_CODE.match(text.strip())
+    return found.group(1).upper() if found else None
+
+
+def login_failure(code: str | None) -> str:
+    """The failure code (``mailbox-...``) for a login refused with the response ``code``."""
+    return LOGIN_FAILURES.get(code or "", "mailbox-auth-failed")
 
 
 def _deleted(session: imaplib.IMAP4, uid: str, uidplus: bool) -> bool:
@@ -535,4 +582,13 @@ def _check_origin(found: re.Match[bytes], offset: int) -> None:
         )
 
 
-__all__ = ["CollectResult", "MailboxCollector", "OnMail", "Quarantine", "fetched_piece"]
+__all__ = [
+    "LOGIN_FAILURES",
+    "CollectResult",
+    "MailboxCollector",
+    "OnMail",
+    "Quarantine",
+    "fetched_piece",
+    "login_failure",
+    "response_code",
+]

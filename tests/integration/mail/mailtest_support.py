@@ -213,7 +213,7 @@ class MailSite:
         return Worker(self.ctx, self.site.name).run_until_idle()
 
     def collect(self) -> CollectResult:
-        return self.collector.collect_once(self.intake.on_mail)
+        return self.intake.collect(self.collector)  # as the collector thread collects
 
     def messages(self, direction: str) -> list[MessageRow]:
         with self.ctx.store.unit_of_work() as uow:

@@ -13,6 +13,7 @@ import pytest
 from mailtest_support import (
     CuttingProxy,
     MailSite,
+    empty_mailbox,
     mail_pair,
     mailbox_count,
     wait_for_mail,
@@ -331,3 +332,109 @@ def test_a_mail_whose_size_was_not_told_is_named_so(pair: tuple[MailSite, MailSi
     report_collection(hospital.ctx, hospital.collector, "host-a:8080", result, None, 0)
     summary = _open_alerts(hospital)["mail-too-large"]
     assert "(70,000,000 bytes, size not told)" in summary
+
+
+LOCKED_BOX = "8300007"  # pop3_lock_session for this user only (scripts/install-mail-server.sh)
+
+
+def test_a_mailbox_held_open_elsewhere_is_reported_in_use_not_as_a_wrong_password(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    """Dovecot with pop3_lock_session refuses a second POP3 session of the same user with
+    "-ERR [IN-USE]" (after waiting about ten seconds for the lock): the collection fails as
+    mailbox-in-use, and after three such rounds the alert points at the other program that
+    holds the box, not at the password."""
+    import poplib
+
+    from mailtest_support import PASSWORD, address
+
+    _, hospital = pair
+    holder = poplib.POP3_SSL("127.0.0.1", 995, context=tls_context, timeout=30)
+    holder.user(address(LOCKED_BOX))
+    holder.pass_(PASSWORD)  # a mail client, say, with the box open
+    try:
+        locked = MailboxCollector(
+            protocol="pop3",
+            host="127.0.0.1",
+            security="tls",
+            username=address(LOCKED_BOX),
+            password=PASSWORD,
+            ssl_context=tls_context,
+            timeout_seconds=30,  # longer than Dovecot's wait for the lock
+        )
+        thread = MailCollectorThread(locked, hospital.intake, 3600, threading.Event())
+        for _ in range(FAILED_COLLECTIONS_BEFORE_ALERT):
+            thread._collect_round()
+            assert thread.last_failure is not None
+            assert thread.last_failure.code == "mailbox-in-use"
+            assert "[IN-USE]" in thread.last_failure.detail
+    finally:
+        holder.quit()
+    summary = _open_alerts(hospital)["mailbox-unreachable"]
+    assert "(mailbox-in-use:" in summary
+    assert "which other program holds the mailbox open on this account" in summary
+    assert "and its password" not in summary
+    thread._collect_round()  # the other session has ended: collected, and the alert goes
+    assert thread.last_failure is None
+    assert "mailbox-unreachable" not in _open_alerts(hospital)
+
+
+def _try_counts(site: MailSite) -> dict[str, str]:
+    from sqlalchemy import text
+
+    with site.ctx.store.unit_of_work() as uow:
+        rows = uow.session.execute(
+            text("SELECT key, value FROM kv_state WHERE key LIKE 'mail-failed:%'")
+        ).all()
+    return {key: value for key, value in rows}
+
+
+def test_a_try_count_does_not_outlive_its_mail(
+    pair: tuple[MailSite, MailSite],
+    tls_context: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mail that failed twice and then left the box another way (a person deleted it): the
+    next collection that looks at the whole box drops its count. A count written lately for a
+    mail this collection did not see (another server's, for a mail that came after our
+    listing) is kept, and so is the count of a mail still in the box."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from meldingstjener.engine import mail_channel
+    from meldingstjener.store.types import utcnow
+
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an unforeseen fault")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mail_channel.inbound, "receive", failing)
+        for _ in range(2):
+            assert hospital.collect().kept == 1
+    [(gone_key, tries)] = _try_counts(hospital).items()
+    assert tries == "2"
+    # it was last tried an hour ago; then someone deleted it from the box
+    with hospital.ctx.store.unit_of_work() as uow:
+        uow.session.execute(
+            text("UPDATE kv_state SET updated_at = :at WHERE key = :key"),
+            {"at": utcnow() - timedelta(hours=1), "key": gone_key},
+        )
+        uow.state.set(mail_channel.FAILED_PREFIX + "f" * 32, "1")  # another server's, now
+        uow.commit()
+    empty_mailbox(hospital.user, tls_context)
+    _send_questions(gp, hospital, 1)  # a new mail, which fails once and stays
+    wait_for_mail(hospital.user, 1, tls_context)
+    with monkeypatch.context() as patched:
+        patched.setattr(mail_channel.inbound, "receive", failing)
+        assert hospital.collect().kept == 1
+    counts = _try_counts(hospital)
+    assert gone_key not in counts
+    assert counts[mail_channel.FAILED_PREFIX + "f" * 32] == "1"
+    assert sorted(counts.values()) == ["1", "1"]  # the new mail's count, kept
+    assert hospital.collect().delivered == 1
+    assert _try_counts(hospital) == {mail_channel.FAILED_PREFIX + "f" * 32: "1"}

@@ -330,3 +330,33 @@ def test_a_bad_answer_to_the_expunge_of_old_flagged_mail_still_lets_the_new_mail
         collector.collect_once(lambda mail: handed.append(mail.read()))
     assert handed == [b"new mail\r\n"]
     assert failed.value.code == "mailbox-delete"
+
+
+@pytest.mark.parametrize(
+    ("reply", "failure"),
+    [
+        (b"-ERR [IN-USE] Mailbox is locked by another POP3 session.", "mailbox-in-use"),
+        (b"[INUSE] Mailbox in use", "mailbox-in-use"),
+        (b"-ERR [SYS/TEMP] Failed to create POP3 session lock.", "mailbox-unavailable"),
+        (b"[UNAVAILABLE] Temporary authentication failure.", "mailbox-unavailable"),
+        (b"-ERR [LOGIN-DELAY] Wait a while", "mailbox-login-delay"),
+        (b"-ERR [SYS/PERM] Your account is closed", "mailbox-account-blocked"),
+        (b"[CONTACTADMIN] Ask the administrator", "mailbox-account-blocked"),
+        (b"[EXPIRED] Password expired", "mailbox-password-expired"),
+        (b"[PRIVACYREQUIRED] Use TLS", "mailbox-tls-required"),
+        (b"-ERR [AUTH] Authentication failed.", "mailbox-auth-failed"),
+        (b"[AUTHENTICATIONFAILED] Authentication failed.", "mailbox-auth-failed"),
+        (b"-ERR Authentication failed.", "mailbox-auth-failed"),  # no code: the credentials
+        (b"[SOMETHING-NEW] x", "mailbox-auth-failed"),
+        ("[inuse] lower case", "mailbox-in-use"),
+    ],
+)
+def test_a_refused_login_is_named_by_the_servers_response_code(
+    reply: bytes | str, failure: str
+) -> None:
+    assert mailbox.login_failure(mailbox.response_code(reply)) == failure
+
+
+def test_every_login_failure_has_its_own_advice() -> None:
+    for failure in set(mailbox.LOGIN_FAILURES.values()):
+        assert failure in mail_channel.COLLECTION_ADVICE

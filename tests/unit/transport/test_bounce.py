@@ -1,0 +1,64 @@
+"""Reading bounces: codes and addresses only, each of its shape, and our eb:MessageId from the
+returned original."""
+
+from __future__ import annotations
+
+from meldingstjener.ebxml.mime_headers import Headers
+from meldingstjener.transport.bounce import is_bounce, read_bounce
+
+
+def _dsn(recipient_fields: str, returned: str = "") -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.example\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nYour mail about Ola Nordmann failed.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example\r\n\r\n"
+        + recipient_fields
+        + "\r\n"
+        + returned
+        + "--b--\r\n"
+    ).encode()
+
+
+def test_a_dsn_gives_the_recipient_its_action_and_status_and_our_message() -> None:
+    returned = (
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "From: 8100001@testedi.nhn.no\r\nTo: 8200001@TestEDI.nhn.no\r\n"
+        "Subject: ebXML 1b2c@meldingstjener\r\n\r\n"
+    )
+    fields = (
+        "Final-Recipient: rfc822; 8200001@testedi.nhn.no\r\nAction: failed\r\n"
+        "Status: 5.1.1 (unknown user Ola)\r\nDiagnostic-Code: smtp; 550 Ola Nordmann\r\n"
+    )
+    bounce = read_bounce(_dsn(fields, returned))
+    assert bounce.dsn and bounce.failed
+    assert bounce.ebxml_message_id == "1b2c@meldingstjener"
+    assert (bounce.refused_by, bounce.codes) == ("8200001@testedi.nhn.no", "5.1.1 failed")
+    assert bounce.returned_to == "8200001@testedi.nhn.no"
+
+
+def test_what_is_not_of_its_shape_is_not_repeated() -> None:
+    fields = (
+        "Final-Recipient: rfc822; 01017012345@testedi.nhn.no\r\nAction: bounced by Ola\r\n"
+        "Status: five\r\n"
+    )
+    bounce = read_bounce(_dsn(fields))
+    assert bounce.refused_by == "?" and bounce.codes == "? ?"
+    assert bounce.ebxml_message_id is None
+
+
+def test_a_delayed_delivery_is_no_failure() -> None:
+    fields = "Final-Recipient: rfc822; a@testedi.nhn.no\r\nAction: delayed\r\nStatus: 4.4.1\r\n"
+    bounce = read_bounce(_dsn(fields))
+    assert not bounce.failed and bounce.codes == "4.4.1 delayed"
+
+
+def test_what_is_a_bounce() -> None:
+    dsn = Headers([("Content-Type", "multipart/report; report-type=delivery-status; boundary=b")])
+    daemon = Headers([("From", "Mail Delivery System <MAILER-DAEMON@x>"), ("Return-Path", "<>")])
+    ebxml = Headers([("From", "postmaster@x"), ("Content-Type", "multipart/related; boundary=b")])
+    person = Headers([("From", "someone@x"), ("Content-Type", "text/plain")])
+    other_report = Headers([("Content-Type", "multipart/report; report-type=disposition")])
+    assert is_bounce(dsn) and is_bounce(daemon)
+    assert not is_bounce(ebxml) and not is_bounce(person) and not is_bounce(other_report)
