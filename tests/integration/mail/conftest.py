@@ -10,7 +10,9 @@ import pytest
 from mailtest_support import (
     CA_FILE,
     CuttingProxy,
+    MailSite,
     empty_mailbox,
+    mail_pair,
     make_pki_template,
     require_mail_server,
 )
@@ -56,3 +58,17 @@ def proxy_factory() -> Iterator[list[CuttingProxy]]:
 def pki_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Development keys for the two sites, shared by every test (copied, never changed)."""
     return make_pki_template(tmp_path_factory.mktemp("mail-pki"))
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_boxes: list[str],
+    pki_template: Path,
+) -> tuple[MailSite, MailSite]:
+    """A GP office and a hospital exchanging ebXML by mail, their mailboxes emptied."""
+    gp, hospital = mail_pair(tmp_path, monkeypatch, pki_template)
+    fresh_boxes.append(gp.user)
+    fresh_boxes.append(hospital.user)
+    return gp, hospital

@@ -12,29 +12,15 @@ from email.mime.base import MIMEBase
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from pathlib import Path
 
 import pytest
-from mailtest_support import MailSite, mail_pair, mailbox_count, wait_for_mail
+from mailtest_support import MailSite, mailbox_count, wait_for_mail
 
 from meldingstjener.devsites import dialog_question
 from meldingstjener.engine.outbound import submit
 from meldingstjener.model import OutboundStatus
 
 PRIVATE = "Ola Nordmann 01017012345"  # what a bounce's texts may quote; never in ours
-
-
-@pytest.fixture
-def pair(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    fresh_boxes: list[str],
-    pki_template: Path,
-) -> tuple[MailSite, MailSite]:
-    gp, hospital = mail_pair(tmp_path, monkeypatch, pki_template)
-    fresh_boxes.append(gp.user)
-    fresh_boxes.append(hospital.user)
-    return gp, hospital
 
 
 def _sent_mail(gp: MailSite, hospital: MailSite, tls_context: ssl.SSLContext) -> bytes:

@@ -14,7 +14,6 @@ from mailtest_support import (
     CuttingProxy,
     MailSite,
     empty_mailbox,
-    mail_pair,
     mailbox_count,
     wait_for_mail,
 )
@@ -29,19 +28,6 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.model import InboundStatus, OutboundStatus
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.mailbox import MailboxCollector
-
-
-@pytest.fixture
-def pair(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    fresh_boxes: list[str],
-    pki_template: Path,
-) -> tuple[MailSite, MailSite]:
-    gp, hospital = mail_pair(tmp_path, monkeypatch, pki_template)
-    fresh_boxes.append(gp.user)
-    fresh_boxes.append(hospital.user)
-    return gp, hospital
 
 
 def _send_questions(gp: MailSite, hospital: MailSite, count: int) -> list[str]:
