@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import functools
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -178,12 +179,13 @@ class Edi2:
             )
         return row
 
-    def _deliver(self, who: Principal, row: MessageRow) -> None:
-        """Tell the engine the EPJ has the message. A message the engine no longer offers
-        (rejected, purged) is not delivered, but reading what is stored is still allowed.
+    def _deliver(self, who: Principal, row: MessageRow, *, read_at: datetime) -> None:
+        """Tell the engine the EPJ has the message, and mark it read at ``read_at`` in the same
+        transaction. A message the engine no longer offers (rejected, purged) is not delivered,
+        but reading what is stored is still allowed (it is marked read all the same).
         """
         with contextlib.suppress(receipts.AppRecRefused):
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}")
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", read_at=read_at)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -481,12 +483,9 @@ class Edi2:
                 message_id=row.id,
                 her_id=str(her_id),
             )
-        with self.ctx.store.unit_of_work() as uow:
-            stored = uow.messages.get(row.id, for_update=True)
-            if stored is not None and stored.read_at is None:
-                stored.read_at = self.ctx.clock()
-                uow.commit()
-        self._deliver(who, row)
+        # read and delivered in one transaction: either both or neither (a retry then finds the
+        # message still unread and undelivered, not read and waiting for ever)
+        self._deliver(who, row, read_at=self.ctx.clock())
         self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
         return Response(status_code=204)
 

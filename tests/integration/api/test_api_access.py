@@ -8,24 +8,28 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from api_sites import ApiPair
 from engine_pair import at_once
+from fastapi.testclient import TestClient
 from outage import database_away
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
 from meldingstjener import __version__
 from meldingstjener.api import audit
+from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.limits import SMALL_BODY_LIMIT
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
-from meldingstjener.store.uow import LogFilter
+from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import LogFilter, MessageRepository
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -145,6 +149,46 @@ def test_fetching_the_document_does_not_deliver_it_marking_it_read_does(
     assert read.status_code == 204, read.text
     assert pair.message(pair.hospital, received_id).status == "delivered"
     assert unread() == []
+
+
+def test_a_delivery_the_store_refuses_leaves_the_message_unread_for_a_retry(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking read and delivering are one transaction: when the store refuses the delivery,
+    the message is neither read nor delivered (it stays in the unread list, the engine still
+    waits for it), and the EPJ's retry delivers it."""
+    received_id = _deliver_one(api_pair)
+    pair = api_pair.pair
+    headers = _bearer(api_pair.hospital_key)
+    mark_read = f"/Messages/{received_id}/read/{HOSPITAL_SERVICE_HER}"
+    set_status = MessageRepository.set_status
+
+    def refusing_delivery(
+        self: MessageRepository, row: MessageRow, new_status: str, **kwargs: Any
+    ) -> MessageRow:
+        if new_status == "delivered":
+            raise OperationalError("UPDATE messages", {}, Exception("the database went away"))
+        return set_status(self, row, new_status, **kwargs)
+
+    monkeypatch.setattr(MessageRepository, "set_status", refusing_delivery)
+    with TestClient(create_app(pair.hospital), raise_server_exceptions=False) as http:
+
+        def unread() -> list[str]:
+            listed = http.get(
+                "/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER}, headers=headers
+            )
+            assert listed.status_code == 200, listed.text
+            return [m["id"] for m in listed.json()]
+
+        assert http.put(mark_read, headers=headers).status_code == 500
+        stored = pair.message(pair.hospital, received_id)
+        assert (stored.read_at, stored.status) == (None, "acknowledged")
+        assert unread() == [received_id]
+        monkeypatch.undo()  # the store takes writes again
+        assert http.put(mark_read, headers=headers).status_code == 204
+        stored = pair.message(pair.hospital, received_id)
+        assert stored.read_at is not None and stored.status == "delivered"
+        assert unread() == []
 
 
 def test_an_epj_answering_under_auto_apprec_sends_its_own_apprec_only(api_pair: ApiPair) -> None:
