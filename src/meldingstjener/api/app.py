@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener import __version__
 from meldingstjener.api.auth import Authenticator
+from meldingstjener.api.credentials_first import CredentialsFirst
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
@@ -59,13 +60,9 @@ def create_app(
     )
     install_handlers(app)
     auth = Authenticator(ctx.store, api)
-    # Inside the body limit: a large business document is decoded into a file as it arrives,
-    # once the client is known.
+    # Inside the body limit: a large business document is decoded into a file as it arrives.
     app.add_middleware(
-        DocumentSpool,
-        payloads=ctx.store.payloads,
-        max_payload_bytes=api.max_payload_bytes,
-        authenticate=auth.principal,
+        DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
     )
     app.add_middleware(
         BodyLimit,
@@ -73,6 +70,9 @@ def create_app(
         large=("/Messages",),
         exempt=("/ebms",),
     )
+    # Outside every layer that reads a body: nobody unauthenticated has one read, parsed or
+    # spooled to a file (the answer is 401, whatever the body).
+    app.add_middleware(CredentialsFirst, authenticate=auth.principal)
     app.add_middleware(JsonMediaTypes)  # outermost: every layer sees the type FastAPI reads
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
-from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.document_response import business_document_response
 from meldingstjener.api.document_spool import (
     SpooledDocument,
@@ -553,8 +553,8 @@ def _check_overrides(overrides: EbXmlInfo | None) -> None:
 def edi2_router(ops: Edi2) -> APIRouter:
     router = APIRouter(tags=["Messages (EDI 2.0)"], responses=ERRORS)
 
-    def who(request: Request) -> Principal:
-        return ops.auth.principal(request)
+    async def who(request: Request) -> Principal:
+        return await principal_of(ops.auth, request)
 
     Who = Annotated[Principal, Depends(who)]
 

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from meldingstjener.api import audit
-from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.status import ALL_STATUSES
@@ -84,10 +85,11 @@ def _alert_dict(row: Any) -> dict[str, Any]:
 def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["Operations"])
 
-    def admin(request: Request) -> Principal:
-        who = auth.principal(request)
+    async def admin(request: Request) -> Principal:
+        who = await principal_of(auth, request)
         if "admin" not in who.scopes:
-            audit.record(
+            await run_in_threadpool(
+                audit.record,
                 ctx.store,
                 client=who.client,
                 person=who.person,
@@ -98,8 +100,8 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             raise ApiProblem(403, "forbidden", "the client lacks the 'admin' scope")
         return who
 
-    def anyone(request: Request) -> Principal:
-        return auth.principal(request)
+    async def anyone(request: Request) -> Principal:
+        return await principal_of(auth, request)
 
     Admin = Annotated[Principal, Depends(admin)]
     Anyone = Annotated[Principal, Depends(anyone)]

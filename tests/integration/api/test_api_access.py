@@ -433,24 +433,30 @@ def test_the_same_idempotency_key_at_once_stores_one_message(api_pair: ApiPair) 
     assert stored == sorted([str(sent.payload_ref), str(sent.wire_ref)])
 
 
-def test_a_small_routes_body_is_limited_before_anyone_is_known(api_pair: ApiPair) -> None:
+def test_a_small_routes_body_is_limited_and_read_only_for_a_known_client(
+    api_pair: ApiPair,
+) -> None:
     # FastAPI parses a JSON body before the route's credentials are checked: a 47 MB array
-    # sent with no credentials cost 1.2 GB and seconds of the event loop. Only POST /Messages
-    # carries a document; every other body is refused above a small limit, however it is sent.
+    # sent with no credentials cost 1.2 GB and seconds of the event loop. Now nobody unknown
+    # has a body read at all (401), and a known client's body other than POST /Messages' is
+    # refused above a small limit, however it is sent.
     http = api_pair.hospital_http
     target = f"/Messages/{uuid.uuid4()}/apprec/{HOSPITAL_HER}"
     big = b"[" + b"{}," * (SMALL_BODY_LIMIT // 3) + b"{}]"
     json_type = {"Content-Type": "application/json"}
-    declared = http.post(target, content=big, headers=json_type)
+    unknown = http.post(target, content=big, headers=json_type)
+    assert unknown.status_code == 401 and unknown.json()["code"] == "unauthenticated"
+    known = {**json_type, "Authorization": f"Bearer {api_pair.hospital_key}"}
+    declared = http.post(target, content=big, headers=known)
     assert declared.status_code == 413 and declared.json()["code"] == "too-large"
 
     def streamed_pieces() -> Iterator[bytes]:  # no Content-Length: counted as it comes
         for start in range(0, len(big), 64 * 1024):
             yield big[start : start + 64 * 1024]
 
-    streamed = http.post(target, content=streamed_pieces(), headers=json_type)
+    streamed = http.post(target, content=streamed_pieces(), headers=known)
     assert streamed.status_code == 413 and streamed.json()["code"] == "too-large"
-    # below the limit the route answers as it did: here, that nobody is known
+    # below the limit the route answers as it did
     small = http.post(target, json={"appRecStatus": 1})
     assert small.status_code == 401 and small.json()["code"] == "unauthenticated"
     webhook = http.post(
