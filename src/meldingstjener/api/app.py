@@ -12,6 +12,7 @@ raises an ``ebms-refused`` alert.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from fastapi import FastAPI, Request, Response
@@ -21,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener import __version__
+from meldingstjener.api import validation_audit
 from meldingstjener.api.auth import Authenticator
 from meldingstjener.api.credentials_first import CredentialsFirst
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
@@ -58,7 +60,9 @@ def create_app(
         "The /Messages operations have the shape of NHN's EDI 2.0 message API (msh-api-v2); "
         "see docs/API.md for where this server differs.",
     )
-    install_handlers(app)
+    install_handlers(
+        app, on_invalid=functools.partial(validation_audit.record_invalid_request, ctx.store)
+    )
     auth = Authenticator(ctx.store, api)
     # Inside the body limit: a large business document is decoded into a file as it arrives.
     app.add_middleware(

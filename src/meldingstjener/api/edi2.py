@@ -60,6 +60,20 @@ APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
 
+# The action each operation is audited under, also when FastAPI refuses its request before our
+# code runs (see validation_audit.py).
+ACTIONS_BY_OPERATION = {
+    "PostMessage": "send-message",
+    "GetMessages": "list-messages",
+    "GetMessage": "get-message",
+    "GetBusinessDocument": "get-business-document",
+    "GetStatus": "get-status",
+    "GetApprecInfo": "get-apprec-info",
+    "PostAppRec": "send-apprec",
+    "ReportMisaddressed": "report-misaddressed",
+    "MarkMessageAsRead": "mark-read",
+}
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request: invalid input (problem details)"},
     401: {"description": "No or invalid credentials"},

@@ -191,6 +191,70 @@ def test_a_delivery_the_store_refuses_leaves_the_message_unread_for_a_retry(
         assert unread() == []
 
 
+def test_a_request_fastapi_refuses_is_audited_with_codes_never_values(api_pair: ApiPair) -> None:
+    """A body that is not JSON, or a field FastAPI's validation refuses, never reaches our code:
+    it is audited all the same (client, person, operation, ``invalid``), by where each fault
+    is and which rule it broke, and never with what was sent (it may be patient data)."""
+    http = api_pair.hospital_http
+    message_id = str(uuid.uuid4())
+    apprec = f"/Messages/{message_id}/apprec/{HOSPITAL_SERVICE_HER}"
+    headers = {
+        **_bearer(api_pair.hospital_key),
+        "X-Person": "lege 7",
+        "Content-Type": "application/json",
+    }
+    patient = ("Kari Nordmann", "01017012345")
+    requests = [
+        ("POST", apprec, b'{"appRecStatus": "Kari Nordmann'),  # cut off: not JSON
+        (
+            "POST",
+            apprec,
+            json.dumps(
+                {"appRecStatus": "Kari Nordmann", "fnr 01017012345": "x", "appRecErrorList": 5}
+            ).encode(),
+        ),
+        ("POST", "/Messages", json.dumps({"businessDocument": 1, "note": "Kari"}).encode()),
+        ("POST", "/api/webhooks", json.dumps({"url": "https://[Kari Nordmann]/"}).encode()),
+        ("GET", "/Messages?ReceiverHerIds=Kari", None),
+    ]
+    for method, path, body in requests:
+        answer = http.request(method, path, headers=headers, content=body)
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid-input", answer.text
+    rows = query(api_pair.pair.hospital.store, AuditQuery())
+    assert [(r["client"], r["person"], r["action"], r["outcome"]) for r in rows] == [
+        ("dips", "lege 7", "send-apprec", "invalid"),
+        ("dips", "lege 7", "send-apprec", "invalid"),
+        ("dips", "lege 7", "send-message", "invalid"),
+        ("dips", "lege 7", "/api/webhooks", "invalid"),
+        ("dips", "lege 7", "list-messages", "invalid"),
+    ]
+    assert [r["messageId"] for r in rows] == [message_id, message_id, None, None, None]
+    details = [str(r["detail"]) for r in rows]
+    assert "body.17 (json_invalid)" in details[0]  # where the string began
+    assert "body.appRecStatus.str-enum[AppRecStatus] (enum)" in details[1]
+    assert "body.* (extra_forbidden)" in details[1]
+    assert "body.appRecErrorList (list_type)" in details[1]
+    assert "body.businessDocument (string_type)" in details[2]
+    assert "body.url (value_error)" in details[3]
+    assert "query.ReceiverHerIds.0 (int_parsing)" in details[4]
+    for detail in details:
+        assert not any(value in detail for value in (*patient, "Kari", "fnr")), detail
+
+
+def test_an_unauthenticated_malformed_request_is_audited_under_no_client(
+    api_pair: ApiPair,
+) -> None:
+    """No row under a name the request did not prove: it is answered 401 unread."""
+    http = api_pair.hospital_http
+    apprec = f"/Messages/{uuid.uuid4()}/apprec/{HOSPITAL_SERVICE_HER}"
+    for credentials in ({}, _bearer("dips"), {"X-Api-Key": "not-a-key", "X-Person": "lege 7"}):
+        headers = {**credentials, "Content-Type": "application/json"}
+        for body in (b'{"appRecStatus": ', b'{"appRecStatus": "Kari"}'):
+            answer = http.post(apprec, headers=headers, content=body)
+            assert answer.status_code == 401, answer.text
+    assert query(api_pair.pair.hospital.store, AuditQuery()) == []
+
+
 def test_an_epj_answering_under_auto_apprec_sends_its_own_apprec_only(api_pair: ApiPair) -> None:
     """With an agreement that answers automatically on delivery, an EPJ that fetches and then
     posts its own AppRec gets it sent (not a 409 after an automatic one went first)."""
