@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from meldingstjener.api.clients import ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import ApiSettings
+from meldingstjener.store.tables import Credential
 from meldingstjener.store.uow import Store
 
 MAX_PERSON_CHARS = 128
@@ -30,6 +31,8 @@ class Principal:
     scopes: frozenset[str]
     her_ids: frozenset[str]
     source_system: str | None = None
+    # how it proved itself (Credential): a key client and a token's client_id may share a name
+    credential: str = Credential.API_KEY
 
     def may_act_for(self, her_id: str | int | None) -> bool:
         return her_id is not None and str(her_id) in self.her_ids
@@ -101,6 +104,7 @@ class Authenticator:
             scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
             her_ids=frozenset(str(h) for h in her_ids),
             source_system=source,
+            credential=Credential.JWT,
         )
 
     def _signing_key(self, token: str) -> Any:
