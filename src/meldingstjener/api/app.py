@@ -12,6 +12,7 @@ raises an ``ebms-refused`` alert.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from fastapi import FastAPI, Request, Response
@@ -21,7 +22,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener import __version__
+from meldingstjener.api import validation_audit
 from meldingstjener.api.auth import Authenticator
+from meldingstjener.api.credentials_first import CredentialsFirst
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router
 from meldingstjener.api.limits import BodyLimit
@@ -57,15 +60,13 @@ def create_app(
         "The /Messages operations have the shape of NHN's EDI 2.0 message API (msh-api-v2); "
         "see docs/API.md for where this server differs.",
     )
-    install_handlers(app)
+    install_handlers(
+        app, on_invalid=functools.partial(validation_audit.record_invalid_request, ctx.store)
+    )
     auth = Authenticator(ctx.store, api)
-    # Inside the body limit: a large business document is decoded into a file as it arrives,
-    # once the client is known.
+    # Inside the body limit: a large business document is decoded into a file as it arrives.
     app.add_middleware(
-        DocumentSpool,
-        payloads=ctx.store.payloads,
-        max_payload_bytes=api.max_payload_bytes,
-        authenticate=auth.principal,
+        DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
     )
     app.add_middleware(
         BodyLimit,
@@ -73,6 +74,9 @@ def create_app(
         large=("/Messages",),
         exempt=("/ebms",),
     )
+    # Outside every layer that reads a body: nobody unauthenticated has one read, parsed or
+    # spooled to a file (the answer is 401, whatever the body).
+    app.add_middleware(CredentialsFirst, authenticate=auth.principal)
     app.add_middleware(JsonMediaTypes)  # outermost: every layer sees the type FastAPI reads
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))

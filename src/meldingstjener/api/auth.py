@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from meldingstjener.api.clients import ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import ApiSettings
+from meldingstjener.store.tables import Credential
 from meldingstjener.store.uow import Store
 
 MAX_PERSON_CHARS = 128
+# Where a request's proven principal is kept in its ASGI scope (see credentials_first.py).
+PRINCIPAL_KEY = "meldingstjener.principal"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class Principal:
     scopes: frozenset[str]
     her_ids: frozenset[str]
     source_system: str | None = None
+    # how it proved itself (Credential): a key client and a token's client_id may share a name
+    credential: str = Credential.API_KEY
 
     def may_act_for(self, her_id: str | int | None) -> bool:
         return her_id is not None and str(her_id) in self.her_ids
@@ -42,6 +48,16 @@ class Authenticator:
         self._jwks_client: Any = None
 
     def principal(self, request: Request) -> Principal:
+        """The request's principal: the one it proved already (kept in its scope), else found
+        from its headers now and kept."""
+        known = request.scope.get(PRINCIPAL_KEY)
+        if isinstance(known, Principal):
+            return known
+        found = self._authenticate(request)
+        request.scope[PRINCIPAL_KEY] = found
+        return found
+
+    def _authenticate(self, request: Request) -> Principal:
         credential = _credential(request)
         if credential is None:
             raise ApiProblem(
@@ -88,6 +104,7 @@ class Authenticator:
             scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
             her_ids=frozenset(str(h) for h in her_ids),
             source_system=source,
+            credential=Credential.JWT,
         )
 
     def _signing_key(self, token: str) -> Any:
@@ -100,6 +117,22 @@ class Authenticator:
                 self._jwks_client = jwt.PyJWKClient(self.settings.jwt_jwks_url)
             return self._jwks_client.get_signing_key_from_jwt(token).key
         raise ValueError("no key configured for the JWT issuer")
+
+
+def proven_principal(request: Request) -> Principal | None:
+    """The principal this request proved, or None when it proved none (yet): never a name
+    taken from an unchecked credential."""
+    known = request.scope.get(PRINCIPAL_KEY)
+    return known if isinstance(known, Principal) else None
+
+
+async def principal_of(auth: Authenticator, request: Request) -> Principal:
+    """For a dependency: the principal found before the body was read, without a thread;
+    authenticated now only where no middleware did (a route outside the authenticated paths)."""
+    known = proven_principal(request)
+    if known is not None:
+        return known
+    return await run_in_threadpool(auth.principal, request)
 
 
 def _credential(request: Request) -> str | None:

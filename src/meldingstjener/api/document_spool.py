@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meldingstjener.api.problems import ApiProblem, problem_response, send_too_large
+from meldingstjener.api.problems import send_too_large
 from meldingstjener.store.payloads import CHUNK, PayloadStore, Spool
 
 SPOOL_ABOVE = 1024 * 1024  # smaller bodies go to FastAPI untouched
@@ -347,13 +347,12 @@ class DocumentSpool:
         *,
         payloads: PayloadStore,
         max_payload_bytes: int,
-        authenticate: Callable[[Request], object] | None = None,
     ) -> None:
+        # Nobody unauthenticated makes us write a file: ``CredentialsFirst``, outside this
+        # layer, refuses such a request before its body is read.
         self.app = app
         self.payloads = payloads
         self.max_encoded = max_encoded_length(max_payload_bytes)
-        # checked before a large body is read: nobody unauthenticated makes us write a file
-        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
@@ -365,13 +364,6 @@ class DocumentSpool:
         if declared is not None and declared.isdigit() and int(declared) <= SPOOL_ABOVE:
             await self.app(scope, receive, send)
             return
-        if self.authenticate is not None:
-            try:
-                await run_in_threadpool(self.authenticate, Request(scope))
-            except ApiProblem as refused:  # the route answers the same for a small body
-                answer = problem_response(refused.status, refused.code, refused.detail)
-                await answer(scope, receive, send)
-                return
         await self._spooling(scope, receive, send)
 
     async def _spooling(self, scope: Scope, receive: Receive, send: Send) -> None:

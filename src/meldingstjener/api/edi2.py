@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import functools
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
-from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.document_response import business_document_response
 from meldingstjener.api.document_spool import (
     SpooledDocument,
@@ -58,6 +59,20 @@ CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable"
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
+
+# The action each operation is audited under, also when FastAPI refuses its request before our
+# code runs (see validation_audit.py).
+ACTIONS_BY_OPERATION = {
+    "PostMessage": "send-message",
+    "GetMessages": "list-messages",
+    "GetMessage": "get-message",
+    "GetBusinessDocument": "get-business-document",
+    "GetStatus": "get-status",
+    "GetApprecInfo": "get-apprec-info",
+    "PostAppRec": "send-apprec",
+    "ReportMisaddressed": "report-misaddressed",
+    "MarkMessageAsRead": "mark-read",
+}
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request: invalid input (problem details)"},
@@ -178,12 +193,13 @@ class Edi2:
             )
         return row
 
-    def _deliver(self, who: Principal, row: MessageRow) -> None:
-        """Tell the engine the EPJ has the message. A message the engine no longer offers
-        (rejected, purged) is not delivered, but reading what is stored is still allowed.
+    def _deliver(self, who: Principal, row: MessageRow, *, read_at: datetime) -> None:
+        """Tell the engine the EPJ has the message, and mark it read at ``read_at`` in the same
+        transaction. A message the engine no longer offers (rejected, purged) is not delivered,
+        but reading what is stored is still allowed (it is marked read all the same).
         """
         with contextlib.suppress(receipts.AppRecRefused):
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}")
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", read_at=read_at)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -481,12 +497,9 @@ class Edi2:
                 message_id=row.id,
                 her_id=str(her_id),
             )
-        with self.ctx.store.unit_of_work() as uow:
-            stored = uow.messages.get(row.id, for_update=True)
-            if stored is not None and stored.read_at is None:
-                stored.read_at = self.ctx.clock()
-                uow.commit()
-        self._deliver(who, row)
+        # read and delivered in one transaction: either both or neither (a retry then finds the
+        # message still unread and undelivered, not read and waiting for ever)
+        self._deliver(who, row, read_at=self.ctx.clock())
         self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
         return Response(status_code=204)
 
@@ -554,8 +567,8 @@ def _check_overrides(overrides: EbXmlInfo | None) -> None:
 def edi2_router(ops: Edi2) -> APIRouter:
     router = APIRouter(tags=["Messages (EDI 2.0)"], responses=ERRORS)
 
-    def who(request: Request) -> Principal:
-        return ops.auth.principal(request)
+    async def who(request: Request) -> Principal:
+        return await principal_of(ops.auth, request)
 
     Who = Annotated[Principal, Depends(who)]
 

@@ -1,15 +1,15 @@
 """Request-size limits for the API routes, answered with 413 and a problem body.
 
-Starlette reads a JSON body whole, and FastAPI parses it before a route's dependencies run, so
-before it knows who sends it: the limits must hold before that.
+Starlette reads a JSON body whole, and FastAPI parses it before a route's dependencies run: the
+limits must hold before that. The caller is known by then (``CredentialsFirst``, outside this
+layer, answers 401 before any body is read), so only an authenticated client meets them.
 
 - The routes in ``large`` (``POST /Messages``, whose body carries a business document of up to
   35 MB) get ``limit``: a declared ``Content-Length`` above it is refused at once, and a body
-  without one is counted as it streams. (``DocumentSpool`` authenticates such a body before it
-  reads it.)
+  without one is counted as it streams.
 - Every other route's body is a few fields of JSON. It is read here, up to ``small_limit``,
   before the application sees it: a larger one is refused with 413 however it is sent, and no
-  caller, known or not, makes the server parse more than that.
+  client makes the server parse more than that.
 
 ``/ebms`` keeps its own limit (in ``app.py``) and is exempt here.
 """

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from meldingstjener.api import audit
-from meldingstjener.api.auth import Authenticator, Principal
+from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.status import ALL_STATUSES
@@ -81,13 +82,20 @@ def _alert_dict(row: Any) -> dict[str, Any]:
     }
 
 
+def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
+    """The caller's webhooks: by its name and how it proved itself (a key client and a JWT
+    client of the same name do not see or remove each other's)."""
+    return (WebhookRow.client_name == who.client, WebhookRow.credential == who.credential)
+
+
 def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["Operations"])
 
-    def admin(request: Request) -> Principal:
-        who = auth.principal(request)
+    async def admin(request: Request) -> Principal:
+        who = await principal_of(auth, request)
         if "admin" not in who.scopes:
-            audit.record(
+            await run_in_threadpool(
+                audit.record,
                 ctx.store,
                 client=who.client,
                 person=who.person,
@@ -98,8 +106,8 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             raise ApiProblem(403, "forbidden", "the client lacks the 'admin' scope")
         return who
 
-    def anyone(request: Request) -> Principal:
-        return auth.principal(request)
+    async def anyone(request: Request) -> Principal:
+        return await principal_of(auth, request)
 
     Admin = Annotated[Principal, Depends(admin)]
     Anyone = Annotated[Principal, Depends(anyone)]
@@ -182,6 +190,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,
+            credential=who.credential,
             url=body.url,
             secret=secret,
             events=body.events,
@@ -200,7 +209,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     def list_webhooks(who: Anyone) -> list[dict[str, Any]]:
         with ctx.store.unit_of_work() as uow:
             rows = uow.session.scalars(
-                select(WebhookRow).where(WebhookRow.client_name == who.client)
+                select(WebhookRow).where(*_own_webhooks(who)).order_by(WebhookRow.id)
             )
             return [
                 {
@@ -221,8 +230,14 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     )
     def delete_webhook(webhook_id: int, who: Anyone) -> Response:
         with ctx.store.unit_of_work() as uow:
-            row = uow.session.get(WebhookRow, webhook_id) if 0 < webhook_id < 2**62 else None
-            if row is None or row.client_name != who.client:
+            row = (
+                uow.session.scalars(
+                    select(WebhookRow).where(WebhookRow.id == webhook_id, *_own_webhooks(who))
+                ).first()
+                if 0 < webhook_id < 2**62  # beyond it, no id (and no BIGINT) can hold it
+                else None
+            )
+            if row is None:
                 raise ApiProblem(404, "not-found", f"no webhook {webhook_id} of this client")
             uow.session.delete(row)
             uow.commit()

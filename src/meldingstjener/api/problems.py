@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -93,15 +94,21 @@ def _validation_lines(exc: RequestValidationError) -> list[str]:
     return lines
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Answer every client mistake with a 4xx problem body instead of FastAPI's defaults."""
+def install_handlers(
+    app: FastAPI, *, on_invalid: Callable[[Request, RequestValidationError], None] | None = None
+) -> None:
+    """Answer every client mistake with a 4xx problem body instead of FastAPI's defaults.
+    ``on_invalid`` is told of each request FastAPI's validation refuses (to audit it), in a
+    thread, before it is answered."""
 
     @app.exception_handler(ApiProblem)
     async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:
         return problem_response(exc.status, exc.code, exc.detail, exc.validation_errors)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if on_invalid is not None:
+            await run_in_threadpool(on_invalid, request, exc)
         return problem_response(
             400, "invalid-input", "the request is not valid", _validation_lines(exc)
         )

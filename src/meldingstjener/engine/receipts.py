@@ -95,15 +95,28 @@ class AppRecInfo:
 # --- receiving side: deliver, answer -----------------------------------------------------------
 
 
-def deliver(ctx: EngineContext, message_id: str, *, actor: str) -> None:
+def deliver(
+    ctx: EngineContext, message_id: str, *, actor: str, read_at: datetime | None = None
+) -> None:
     """The message has reached the EPJ: marked read, or written to the inbox folder (fetching
     the document alone is not enough: the answer may never have arrived). Answering it delivers
-    it too, in the answer's own transaction (:func:`_taken_by_answer`)."""
+    it too, in the answer's own transaction (:func:`_taken_by_answer`).
+
+    ``read_at``: the EPJ marked the message read (the API's MarkMessageAsRead) at this time. It
+    is set in the transaction that delivers, so a message is never read but not delivered (it
+    would leave the unread list while the engine, its automatic AppRec and the ``inbox-waiting``
+    follow-up still wait for the delivery). A message the engine no longer offers (rejected,
+    purged) is still marked read, and :class:`AppRecRefused` (``not-deliverable``) raised after
+    the commit."""
     with ctx.store.unit_of_work() as uow:
         row = _inbound(uow, message_id, for_update=True)
+        if read_at is not None and row.read_at is None:
+            row.read_at = read_at
         if row.status in (InboundStatus.DELIVERED.value, InboundStatus.APPREC_SENT.value):
-            return  # delivering is idempotent
+            uow.commit()  # delivering is idempotent; only the read mark may be new
+            return
         if row.status != InboundStatus.ACKNOWLEDGED.value or row.payload_ref is None:
+            uow.commit()  # reading what is stored is allowed
             raise AppRecRefused(
                 "not-deliverable", f"message {message_id} is {row.status}; it is not for the EPJ"
             )

@@ -36,6 +36,7 @@ from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
     AlertRow,
     ApiClientRow,
+    Credential,
     EventRow,
     MessageRow,
     WebhookDeliveryRow,
@@ -62,12 +63,18 @@ CLAIM_CALLS = 4
 COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
 
 
-# Active, and not of a revoked client: revocation ends a client's webhooks (end_webhooks_of),
-# and one it registered with its key in the seconds a server still knew the key is never fed.
+# Active, and not of a revoked API-key client: revocation ends such a client's webhooks
+# (end_webhooks_of), and one it registered with its key in the seconds a server still knew the
+# key is never fed. A JWT client's webhook is not its: a token's client_id may be the name of a
+# revoked key client (an EPJ that moved from a key to HelseID), and its webhooks were
+# registered, then never called.
 _LIVE = (
     WebhookRow.active,
-    ~exists().where(
-        ApiClientRow.name == WebhookRow.client_name, ApiClientRow.revoked_at.is_not(None)
+    ~(
+        (WebhookRow.credential == Credential.API_KEY)
+        & exists().where(
+            ApiClientRow.name == WebhookRow.client_name, ApiClientRow.revoked_at.is_not(None)
+        )
     ),
 )
 
@@ -434,12 +441,17 @@ class WebhookDispatcher:
 
 
 def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
-    """Switch off every webhook of ``client_name`` and drop what is owed to them (a client
-    revoked: its URL would go on hearing of every message, and only the client itself may
-    list or delete its webhooks). Returns how many were switched off."""
+    """Switch off every webhook of API-key client ``client_name`` and drop what is owed to them
+    (a client revoked: its URL would go on hearing of every message, and only the client itself
+    may list or delete its webhooks). Those a JWT client of the same name registered are not
+    its, and stay. Returns how many were switched off."""
     hooks = list(
         uow.session.scalars(
-            select(WebhookRow).where(WebhookRow.client_name == client_name, WebhookRow.active)
+            select(WebhookRow).where(
+                WebhookRow.client_name == client_name,
+                WebhookRow.credential == Credential.API_KEY,
+                WebhookRow.active,
+            )
         )
     )
     for hook in hooks:

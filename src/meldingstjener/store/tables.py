@@ -350,6 +350,15 @@ class AuditRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class Credential:
+    """How an API client proved itself. A key client's name and a token's ``client_id`` come from
+    two places (``clients add``, the issuer) and may be the same text: what belongs to a client
+    (its webhooks) is kept under both, and a key client's revocation ends only its own."""
+
+    API_KEY = "api-key"
+    JWT = "jwt"
+
+
 class WebhookRow(Base):
     """A client URL notified of events (new message, status change, alert), signed with HMAC."""
 
@@ -357,6 +366,11 @@ class WebhookRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     client_name: Mapped[str] = mapped_column(String(128))
+    # how the client that registered it proved itself (Credential): the name is its client's
+    # together with this
+    credential: Mapped[str] = mapped_column(
+        String(16), default=Credential.API_KEY, server_default=Credential.API_KEY
+    )
     url: Mapped[str] = mapped_column(String(1024))
     secret: Mapped[str] = mapped_column(String(128))
     events: Mapped[list[Any]] = mapped_column(JSON, default=list)

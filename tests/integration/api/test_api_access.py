@@ -8,24 +8,28 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from api_sites import ApiPair
 from engine_pair import at_once
+from fastapi.testclient import TestClient
 from outage import database_away
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
 from meldingstjener import __version__
 from meldingstjener.api import audit
+from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.limits import SMALL_BODY_LIMIT
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
-from meldingstjener.store.uow import LogFilter
+from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import LogFilter, MessageRepository
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -145,6 +149,110 @@ def test_fetching_the_document_does_not_deliver_it_marking_it_read_does(
     assert read.status_code == 204, read.text
     assert pair.message(pair.hospital, received_id).status == "delivered"
     assert unread() == []
+
+
+def test_a_delivery_the_store_refuses_leaves_the_message_unread_for_a_retry(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking read and delivering are one transaction: when the store refuses the delivery,
+    the message is neither read nor delivered (it stays in the unread list, the engine still
+    waits for it), and the EPJ's retry delivers it."""
+    received_id = _deliver_one(api_pair)
+    pair = api_pair.pair
+    headers = _bearer(api_pair.hospital_key)
+    mark_read = f"/Messages/{received_id}/read/{HOSPITAL_SERVICE_HER}"
+    set_status = MessageRepository.set_status
+
+    def refusing_delivery(
+        self: MessageRepository, row: MessageRow, new_status: str, **kwargs: Any
+    ) -> MessageRow:
+        if new_status == "delivered":
+            raise OperationalError("UPDATE messages", {}, Exception("the database went away"))
+        return set_status(self, row, new_status, **kwargs)
+
+    monkeypatch.setattr(MessageRepository, "set_status", refusing_delivery)
+    with TestClient(create_app(pair.hospital), raise_server_exceptions=False) as http:
+
+        def unread() -> list[str]:
+            listed = http.get(
+                "/Messages", params={"ReceiverHerIds": HOSPITAL_SERVICE_HER}, headers=headers
+            )
+            assert listed.status_code == 200, listed.text
+            return [m["id"] for m in listed.json()]
+
+        assert http.put(mark_read, headers=headers).status_code == 500
+        stored = pair.message(pair.hospital, received_id)
+        assert (stored.read_at, stored.status) == (None, "acknowledged")
+        assert unread() == [received_id]
+        monkeypatch.undo()  # the store takes writes again
+        assert http.put(mark_read, headers=headers).status_code == 204
+        stored = pair.message(pair.hospital, received_id)
+        assert stored.read_at is not None and stored.status == "delivered"
+        assert unread() == []
+
+
+def test_a_request_fastapi_refuses_is_audited_with_codes_never_values(api_pair: ApiPair) -> None:
+    """A body that is not JSON, or a field FastAPI's validation refuses, never reaches our code:
+    it is audited all the same (client, person, operation, ``invalid``), by where each fault
+    is and which rule it broke, and never with what was sent (it may be patient data)."""
+    http = api_pair.hospital_http
+    message_id = str(uuid.uuid4())
+    apprec = f"/Messages/{message_id}/apprec/{HOSPITAL_SERVICE_HER}"
+    headers = {
+        **_bearer(api_pair.hospital_key),
+        "X-Person": "lege 7",
+        "Content-Type": "application/json",
+    }
+    patient = ("Kari Nordmann", "01017012345")
+    requests = [
+        ("POST", apprec, b'{"appRecStatus": "Kari Nordmann'),  # cut off: not JSON
+        (
+            "POST",
+            apprec,
+            json.dumps(
+                {"appRecStatus": "Kari Nordmann", "fnr 01017012345": "x", "appRecErrorList": 5}
+            ).encode(),
+        ),
+        ("POST", "/Messages", json.dumps({"businessDocument": 1, "note": "Kari"}).encode()),
+        ("POST", "/api/webhooks", json.dumps({"url": "https://[Kari Nordmann]/"}).encode()),
+        ("GET", "/Messages?ReceiverHerIds=Kari", None),
+    ]
+    for method, path, body in requests:
+        answer = http.request(method, path, headers=headers, content=body)
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid-input", answer.text
+    rows = query(api_pair.pair.hospital.store, AuditQuery())
+    assert [(r["client"], r["person"], r["action"], r["outcome"]) for r in rows] == [
+        ("dips", "lege 7", "send-apprec", "invalid"),
+        ("dips", "lege 7", "send-apprec", "invalid"),
+        ("dips", "lege 7", "send-message", "invalid"),
+        ("dips", "lege 7", "/api/webhooks", "invalid"),
+        ("dips", "lege 7", "list-messages", "invalid"),
+    ]
+    assert [r["messageId"] for r in rows] == [message_id, message_id, None, None, None]
+    details = [str(r["detail"]) for r in rows]
+    assert "body.17 (json_invalid)" in details[0]  # where the string began
+    assert "body.appRecStatus.str-enum[AppRecStatus] (enum)" in details[1]
+    assert "body.* (extra_forbidden)" in details[1]
+    assert "body.appRecErrorList (list_type)" in details[1]
+    assert "body.businessDocument (string_type)" in details[2]
+    assert "body.url (value_error)" in details[3]
+    assert "query.ReceiverHerIds.0 (int_parsing)" in details[4]
+    for detail in details:
+        assert not any(value in detail for value in (*patient, "Kari", "fnr")), detail
+
+
+def test_an_unauthenticated_malformed_request_is_audited_under_no_client(
+    api_pair: ApiPair,
+) -> None:
+    """No row under a name the request did not prove: it is answered 401 unread."""
+    http = api_pair.hospital_http
+    apprec = f"/Messages/{uuid.uuid4()}/apprec/{HOSPITAL_SERVICE_HER}"
+    for credentials in ({}, _bearer("dips"), {"X-Api-Key": "not-a-key", "X-Person": "lege 7"}):
+        headers = {**credentials, "Content-Type": "application/json"}
+        for body in (b'{"appRecStatus": ', b'{"appRecStatus": "Kari"}'):
+            answer = http.post(apprec, headers=headers, content=body)
+            assert answer.status_code == 401, answer.text
+    assert query(api_pair.pair.hospital.store, AuditQuery()) == []
 
 
 def test_an_epj_answering_under_auto_apprec_sends_its_own_apprec_only(api_pair: ApiPair) -> None:
@@ -389,24 +497,30 @@ def test_the_same_idempotency_key_at_once_stores_one_message(api_pair: ApiPair) 
     assert stored == sorted([str(sent.payload_ref), str(sent.wire_ref)])
 
 
-def test_a_small_routes_body_is_limited_before_anyone_is_known(api_pair: ApiPair) -> None:
+def test_a_small_routes_body_is_limited_and_read_only_for_a_known_client(
+    api_pair: ApiPair,
+) -> None:
     # FastAPI parses a JSON body before the route's credentials are checked: a 47 MB array
-    # sent with no credentials cost 1.2 GB and seconds of the event loop. Only POST /Messages
-    # carries a document; every other body is refused above a small limit, however it is sent.
+    # sent with no credentials cost 1.2 GB and seconds of the event loop. Now nobody unknown
+    # has a body read at all (401), and a known client's body other than POST /Messages' is
+    # refused above a small limit, however it is sent.
     http = api_pair.hospital_http
     target = f"/Messages/{uuid.uuid4()}/apprec/{HOSPITAL_HER}"
     big = b"[" + b"{}," * (SMALL_BODY_LIMIT // 3) + b"{}]"
     json_type = {"Content-Type": "application/json"}
-    declared = http.post(target, content=big, headers=json_type)
+    unknown = http.post(target, content=big, headers=json_type)
+    assert unknown.status_code == 401 and unknown.json()["code"] == "unauthenticated"
+    known = {**json_type, "Authorization": f"Bearer {api_pair.hospital_key}"}
+    declared = http.post(target, content=big, headers=known)
     assert declared.status_code == 413 and declared.json()["code"] == "too-large"
 
     def streamed_pieces() -> Iterator[bytes]:  # no Content-Length: counted as it comes
         for start in range(0, len(big), 64 * 1024):
             yield big[start : start + 64 * 1024]
 
-    streamed = http.post(target, content=streamed_pieces(), headers=json_type)
+    streamed = http.post(target, content=streamed_pieces(), headers=known)
     assert streamed.status_code == 413 and streamed.json()["code"] == "too-large"
-    # below the limit the route answers as it did: here, that nobody is known
+    # below the limit the route answers as it did
     small = http.post(target, json={"appRecStatus": 1})
     assert small.status_code == 401 and small.json()["code"] == "unauthenticated"
     webhook = http.post(

@@ -7,15 +7,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import jwt
 import pytest
 from api_sites import ApiPair
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from meldingstjener.api.app import create_app
 from meldingstjener.api.clients import revoke_client
-from meldingstjener.config import WebhookSettings
+from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.webhooks import (
@@ -300,6 +306,62 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     with pair.hospital.store.unit_of_work() as uow:
         hook, _ = uow.session.scalars(select(WebhookRow).order_by(WebhookRow.id))
     assert not hook.active and hook.disabled_at is not None
+
+
+def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_name(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    """An EPJ that moved from an API key to tokens keeps its name as the token's client_id, and
+    the operator revokes the old key: the webhooks it registers with its token, before the
+    revocation and after, are called (they were registered, answered 201, and never called)."""
+    pair = api_pair.pair
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "issuer.pem"
+    public.write_bytes(
+        signing.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    token = jwt.encode(
+        {
+            "iss": "https://helseid.test",
+            "aud": "meldingstjener",
+            "exp": datetime.now(UTC) + timedelta(minutes=5),
+            "client_id": "lab-system",  # the name of an API-key client of this server
+            "scope": "receive",
+            "her_ids": [HOSPITAL_HER, HOSPITAL_SERVICE_HER],
+        },
+        signing,
+        algorithm="RS256",
+    )
+    settings = ApiSettings(
+        jwt_issuer="https://helseid.test",
+        jwt_audience="meldingstjener",
+        jwt_public_key_file=public,
+    )
+    with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
+
+        def register() -> int:
+            answer = http.post(
+                "/api/webhooks",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"url": receiver.url, "events": ["message.received"]},
+            )
+            assert answer.status_code == 201, answer.text
+            return int(answer.json()["id"])
+
+        before = register()
+        revoke_client(pair.hospital.store, "lab-system")  # the key it used before
+        after = register()
+        listed = http.get("/api/webhooks", headers={"Authorization": f"Bearer {token}"})
+        assert [hook["id"] for hook in listed.json()] == [before, after]
+    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 2
+    assert sorted(json.loads(body)["deliveryId"] for _, body in receiver.calls) == sorted(
+        d.id for d in _deliveries(api_pair)
+    )
+    assert {d.webhook_id for d in _deliveries(api_pair)} == {before, after}
 
 
 def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(

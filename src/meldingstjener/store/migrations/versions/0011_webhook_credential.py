@@ -1,0 +1,40 @@
+"""how the client that registered a webhook proved itself (API key or JWT)
+
+A JWT client whose client_id is the name of a revoked API-key client had its webhooks
+registered but never called (the dispatcher skips the webhooks of a revoked client by name).
+Webhooks registered before this revision were taken for an API-key client's, and stay so.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-05 09:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("webhooks") as batch:
+        batch.add_column(
+            sa.Column("credential", sa.String(16), nullable=False, server_default="api-key")
+        )
+
+
+def downgrade() -> None:
+    # SQLite drops a column by rebuilding the table, and dropping the old one cascades to
+    # webhook_deliveries (ON DELETE CASCADE): they are kept aside and put back.
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        op.execute("CREATE TEMPORARY TABLE kept_deliveries AS SELECT * FROM webhook_deliveries")
+    with op.batch_alter_table("webhooks") as batch:
+        batch.drop_column("credential")
+    if sqlite:
+        op.execute("INSERT INTO webhook_deliveries SELECT * FROM kept_deliveries")
+        op.execute("DROP TABLE kept_deliveries")
