@@ -72,3 +72,36 @@ def _job_ids_never_reused(store: Store) -> bool:
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
         ).scalar_one()
     return "AUTOINCREMENT" in str(sql)
+
+
+def test_webhooks_older_than_their_credential_column_are_given_the_right_one(
+    own_database: Store,
+) -> None:
+    # Before 0011 a webhook did not say how its client proved itself. A name without an
+    # API-key client (they are revoked, never deleted) was a JWT client's: taken for a key
+    # client's, its webhooks were neither listed nor deletable by their owner.
+    database = own_database.database
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0010")
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO api_clients (id, name, key_hash, scopes, her_ids, created_at)"
+                " VALUES (1, 'epj-key', 'h', '[]', '[]', CURRENT_TIMESTAMP)"
+            )
+        )
+        for number, name in ((1, "epj-key"), (2, "epj-helseid")):
+            connection.execute(
+                text(
+                    "INSERT INTO webhooks (id, client_name, url, secret, events, her_ids, active,"
+                    " consecutive_failures, created_at) VALUES (:id, :name, 'http://epj/hook',"
+                    " 's', '[]', '[]', true, 0, CURRENT_TIMESTAMP)"
+                ),
+                {"id": number, "name": name},
+            )
+    upgrade(database)
+    with database.engine.connect() as connection:
+        found = dict(connection.execute(text("SELECT client_name, credential FROM webhooks")).all())
+    assert found == {"epj-key": "api-key", "epj-helseid": "jwt"}

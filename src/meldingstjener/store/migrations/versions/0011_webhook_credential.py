@@ -2,7 +2,9 @@
 
 A JWT client whose client_id is the name of a revoked API-key client had its webhooks
 registered but never called (the dispatcher skips the webhooks of a revoked client by name).
-Webhooks registered before this revision were taken for an API-key client's, and stay so.
+Webhooks registered before this revision are told apart by the name: API-key clients are
+revoked, never deleted, so a webhook whose client name has no API-key client was a JWT client's.
+One whose name is both (a JWT client named like an API-key client) is taken for the key's.
 
 Revision ID: 0011
 Revises: 0010
@@ -25,6 +27,10 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("credential", sa.String(16), nullable=False, server_default="api-key")
         )
+    op.execute(
+        "UPDATE webhooks SET credential = 'jwt' WHERE NOT EXISTS "
+        "(SELECT 1 FROM api_clients WHERE api_clients.name = webhooks.client_name)"
+    )
 
 
 def downgrade() -> None:
