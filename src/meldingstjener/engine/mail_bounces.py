@@ -9,9 +9,11 @@ naming the address that refused it and the DSN's status and action.
 
 The message's status is left alone, and its retries go on: a refusal may pass (a full mailbox,
 a relay's hiccup, an address the partner fixes), and a later attempt may arrive. The alert is
-per message: it tells which message has not arrived, and the message's Acknowledgment, which
-shows it did arrive after all, resolves it (engine.signals). A per-partner alert would be
-resolved by any other message's Acknowledgment while this one still has not arrived.
+per message: it tells which message has not arrived. What settles the message's fate resolves
+it: its Acknowledgment, or its receiver's MessageError (engine.signals: it did arrive after
+all), or the give-up (engine.transmit: the not-delivered alert takes over). A per-partner
+alert would be resolved by any other message's Acknowledgment while this one still has not
+arrived.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from meldingstjener.model import Direction, OutboundStatus
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.bounce import Bounce
 
-# The receiver has the message: a bounce of an earlier attempt is history, worth an event only
-_ARRIVED = frozenset(
+# The message's fate is known without the bounce: the receiver has it (an Acknowledgment, an
+# AppRec, or its MSH's MessageError, each alerted as need be), or it was given up (alerted as
+# not delivered). A bounce of an earlier attempt is then history, worth an event only.
+_SETTLED = frozenset(
     {
         OutboundStatus.TRANSPORT_ACKNOWLEDGED.value,
+        OutboundStatus.TRANSPORT_ERROR.value,
+        OutboundStatus.NOT_DELIVERED.value,
         OutboundStatus.APPREC_OK.value,
         OutboundStatus.APPREC_REJECTED.value,
         OutboundStatus.APPREC_OK_WITH_ERRORS.value,
@@ -62,7 +68,7 @@ def record_bounce(ctx: EngineContext, bounce: Bounce, *, forget: str | None = No
             ebxml_message_id=row.ebxml_message_id,
             at=now,
         )
-        if bounce.failed and row.status not in _ARRIVED:
+        if bounce.failed and row.status not in _SETTLED:
             raise_alert(
                 uow,
                 AlertKind.MAIL_BOUNCED,

@@ -297,7 +297,14 @@ def _apply_message_error(
     # party's MessageError about it says nothing of whether that party's signals arrive
     untrusted = f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}"
     if sender in (row.to_her_id, row.receiver_org_her_id):
-        uow.alerts.resolve(f"{AlertKind.ACK_MISSING}:{row.to_her_id}", untrusted, at=now)
+        # the receiver's MSH has the message, and says so with its error (alerted below): a
+        # bounce of an earlier attempt by mail is no longer the news
+        uow.alerts.resolve(
+            f"{AlertKind.ACK_MISSING}:{row.to_her_id}",
+            untrusted,
+            f"{AlertKind.MAIL_BOUNCED}:{row.id}",
+            at=now,
+        )
     else:
         uow.alerts.resolve(untrusted, at=now)
     errors = envelope.error_list.errors if envelope.error_list else ()

@@ -61,6 +61,8 @@ def _give_up(
         at=now,
     )
     uow.jobs.cancel_for_message(row.id)
+    # the message's fate is this alert's now; a bounce of it by mail is part of its story
+    uow.alerts.resolve(f"{AlertKind.MAIL_BOUNCED}:{row.id}", at=now)
     raise_alert(
         uow,
         AlertKind.NOT_DELIVERED,

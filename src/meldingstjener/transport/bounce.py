@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from meldingstjener.model.privacy import partner_code
+from meldingstjener.model.privacy import codes_shown, partner_code
 
 # RFC 3464 2.3.3: the actions; RFC 3463: the status (class.subject.detail)
 _ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
@@ -84,7 +84,8 @@ class Bounce:
     def codes(self) -> str:
         """The status and action of each recipient reported on ("5.1.1 failed")."""
         told = [f"{r.status} {r.action}" for r in self.recipients]
-        return ", ".join(dict.fromkeys(told)) if told else "no status code given"
+        # a DSN may report on thousands of recipients: ten codes and a count are enough
+        return codes_shown(told) if told else "no status code given"
 
 
 def is_bounce(headers: HeaderLookup) -> bool:
@@ -117,8 +118,8 @@ def read_bounce(head: bytes) -> Bounce:
             returned.append(email.message_from_bytes(_bytes_of(part)))
     if returned:
         original = returned[0]
-        ebxml_id = _subject_id(original.get("Subject")) or _envelope_id(original)
-        returned_to = _address(original.get("To"))
+        ebxml_id = _subject_id(_header(original, "Subject")) or _envelope_id(original)
+        returned_to = _address(_header(original, "To"))
     else:
         # a plain bounce quotes the original's headers in its text
         text = b"".join(_bytes_of(part) for part in mail.walk() if not part.is_multipart())
@@ -147,18 +148,25 @@ def _recipients(part: email.message.Message) -> list[BouncedRecipient]:
     for block in blocks:
         if not isinstance(block, email.message.Message):
             continue
-        final = block.get("Final-Recipient") or block.get("Original-Recipient")
+        final = _header(block, "Final-Recipient") or _header(block, "Original-Recipient")
         if final is None:
             continue
-        action = (block.get("Action") or "").strip().lower()
+        action = (_header(block, "Action") or "").strip().lower()
         found.append(
             BouncedRecipient(
                 address=_address(final.split(";", 1)[-1]) or "?",
                 action=action if action in _ACTIONS else "?",
-                status=partner_code((block.get("Status") or "").split(" ", 1)[0], _STATUS),
+                status=partner_code((_header(block, "Status") or "").split(" ", 1)[0], _STATUS),
             )
         )
     return found
+
+
+def _header(mail: email.message.Message, name: str) -> str | None:
+    """A header's value as text. The email package gives a header with 8-bit bytes in it as a
+    ``Header`` object, not a str (a bounce may carry any bytes, and was refused as unreadable)."""
+    value = mail.get(name)
+    return None if value is None else str(value)
 
 
 def _bytes_of(part: email.message.Message) -> bytes:
@@ -205,7 +213,7 @@ def _quoted_original(text: bytes) -> tuple[str | None, str | None]:
     start = max(text.rfind(b"\n\n", 0, found.start()), text.rfind(b"\n\r\n", 0, found.start()))
     block = text[start + 1 if start >= 0 else 0 :]
     quoted = email.message_from_bytes(block.lstrip(b"\r\n"))
-    return _checked_id(found.group(1).decode("ascii", "replace")), _address(quoted.get("To"))
+    return _checked_id(found.group(1).decode("ascii", "replace")), _address(_header(quoted, "To"))
 
 
 def _checked_id(value: str) -> str | None:

@@ -17,6 +17,8 @@ from typing import TypeVar
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import Site, prepare_sites
+from meldingstjener.ebxml.codes import ErrorDetail
+from meldingstjener.ebxml.values import MessageHeader
 from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import Worker
@@ -139,3 +141,25 @@ def at_once(count: int, action: Callable[[], T], timeout: float = 60.0) -> list[
     if failures:
         raise failures[0]
     return results
+
+
+def sent_header(pair: Pair, message_id: str) -> MessageHeader:
+    """The ebXML MessageHeader of a message the GP sent, read from its stored wire bytes."""
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
+    return parse_envelope(parse_xml(mime.envelope_xml)).header
+
+
+def answer_with_error(pair: Pair, message_id: str, error: ErrorDetail) -> None:
+    """The hospital's MessageError holding ``error`` about a message the GP sent, received by
+    the GP."""
+    from meldingstjener.ebxml import OriginalIds
+    from meldingstjener.engine import signals
+
+    wire = signals.build_error(
+        pair.hospital, OriginalIds.of(sent_header(pair, message_id)), [error], "8200002"
+    )
+    inbound.receive(pair.gp, wire.content_type, wire.body)

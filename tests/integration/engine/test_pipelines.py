@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair, at_once, make_pair
+from engine_pair import Pair, answer_with_error, at_once, make_pair, sent_header
 
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.ebxml import ErrorDetail
@@ -318,15 +318,10 @@ def test_our_signal_refused_for_good_alerts_at_once(pair: Pair) -> None:
 def _answered_with_error(pair: Pair, error: ErrorDetail) -> tuple[str, ReceiptRow]:
     """A message the GP sent, answered by the hospital with a MessageError holding ``error``;
     the message's id and the receipt the GP stored."""
-    from meldingstjener.ebxml import OriginalIds
-    from meldingstjener.engine import inbound, signals
-
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.network.down.add(pair.hospital_site.endpoint)
     pair.run()
-    header = _sent_header(pair, message_id)
-    wire = signals.build_error(pair.hospital, OriginalIds.of(header), [error], "8200002")
-    inbound.receive(pair.gp, wire.content_type, wire.body)
+    answer_with_error(pair, message_id, error)
     with pair.gp.store.unit_of_work() as uow:
         [receipt] = [r for r in uow.receipts.for_message(message_id) if r.direction == "in"]
     return message_id, receipt
@@ -453,7 +448,7 @@ def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pai
     from meldingstjener.formats.xmlparse import parse_xml
 
     header = dataclasses.replace(
-        _sent_header(
+        sent_header(
             pair, submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
         ),  # type: ignore[type-var]
         from_party=Party("urn:example:legekontor:" + "x" * 100, "Behandler", ""),
@@ -469,15 +464,6 @@ def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pai
     [refused] = pair.inbound_messages(pair.hospital)
     assert refused.status == "rejected" and refused.from_her_id is None
     assert refused.to_her_id == "8200002"
-
-
-def _sent_header(pair: Pair, message_id: str) -> object:
-    from meldingstjener.ebxml import parse_envelope, unpackage
-    from meldingstjener.formats.xmlparse import parse_xml
-
-    sent = pair.message(pair.gp, message_id)
-    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
-    return parse_envelope(parse_xml(mime.envelope_xml)).header
 
 
 def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:

@@ -62,3 +62,32 @@ def test_what_is_a_bounce() -> None:
     other_report = Headers([("Content-Type", "multipart/report; report-type=disposition")])
     assert is_bounce(dsn) and is_bounce(daemon)
     assert not is_bounce(ebxml) and not is_bounce(person) and not is_bounce(other_report)
+
+
+def test_eight_bit_bytes_in_its_headers_are_read_as_text() -> None:
+    # The email package gives such a header as a Header object, not a str: a bounce with
+    # them was retried every round and then quarantined as unreadable, with no alert.
+    returned = (
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "To: 8200001@testedi.nhn.no (Sykehus \u00c5s)\r\n"
+        "Subject: ebXML 1b2c@meldingstjener\r\n\r\n"
+    )
+    fields = (
+        "Final-Recipient: rfc822; 8200001@testedi.nhn.no (\u00c5s)\r\n"
+        "Action: failed \u00e6\r\nStatus: 5.1.1 \u00f8\r\n"
+    )
+    bounce = read_bounce(_dsn(fields, returned).decode().encode("utf-8"))
+    assert bounce.ebxml_message_id == "1b2c@meldingstjener"
+    assert bounce.refused_by == "8200001@testedi.nhn.no"
+    assert bounce.returned_to == "8200001@testedi.nhn.no"
+    assert bounce.codes == "5.1.1 ?"  # "failed æ" is no action of the list
+
+
+def test_the_codes_of_a_report_on_many_recipients_are_cut_short() -> None:
+    fields = "".join(
+        f"Final-Recipient: rfc822; r{n}@testedi.nhn.no\r\nAction: failed\r\n"
+        f"Status: 5.{n // 100}.{n % 100}\r\n\r\n"
+        for n in range(1000)
+    )
+    codes = read_bounce(_dsn(fields)).codes
+    assert codes.startswith("5.0.0 failed, 5.0.1 failed") and codes.endswith(" and 990 more")
