@@ -823,3 +823,60 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
     first.outbox_once()
     assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
     assert [m.id for m in outbound(pair)] == [message.id]
+
+
+def renumbered(path: Path) -> None:
+    """As a share mounted again, or an outbox restored, may show a file: the same name, content
+    and time under a new inode."""
+    import shutil
+
+    before = path.stat().st_ino
+    copy = path.with_name(f".{path.name}.copy")
+    shutil.copy2(path, copy)
+    os.replace(copy, path)
+    assert path.stat().st_ino != before
+
+
+@pytest.mark.parametrize("crash", ["after-submit", "before-move"])
+def test_a_file_renumbered_after_a_crash_is_not_sent_again(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str
+) -> None:
+    # The process dies after the message was stored (its outcome not yet recorded), or after
+    # it was recorded sent (the file not yet moved); the share is mounted again meanwhile and
+    # numbers the file anew. The server started again must know the file.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    outbox.mkdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Montert på nytt"))
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemExit("the process dies here")
+
+    with monkeypatch.context() as patched:
+        if crash == "after-submit":
+            patched.setattr(FolderIntegration, "_mark", dies)
+        else:
+            patched.setattr(folder, "move_durably", dies)
+        with pytest.raises(SystemExit):
+            FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(outbound(pair)) == 1
+    renumbered(outbox / "a.xml")
+    assert FolderIntegration(pair.gp, settings).outbox_once() == 1
+    assert len(outbound(pair)) == 1
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert list(outbox.glob("*.xml")) == []
+
+
+def test_a_new_file_of_the_same_name_is_sent_after_the_first_left(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "svar.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første svar"))
+    integration.outbox_once()
+    drop(outbox, "svar.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre svar"))
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert len(list((outbox / "sent").iterdir())) == 2
