@@ -10,7 +10,8 @@ made of the name's keyed digest, the content's digest and the how-many-th drop o
 when its file left the outbox, after which the same name and content is a new drop. A file is
 taken once it has settled (see ``FolderSettings.settle_seconds``); one refused for its
 receiver's setup waits in the outbox for ``hold_minutes``, tried again every minute
-(``outbox-held``); every refusal raises
+(``outbox-held``, resolved when the file is gone, also gone while no server ran: each round
+reads the rows whose files have not left, see ``_sweep_gone``); every refusal raises
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
@@ -121,6 +122,8 @@ class FolderIntegration:
             return 0
         handled = 0
         present: set[str] = set()
+        # read before the folder is listed: a row's file missing from the listing has gone
+        waiting = self._waiting_rows()
         try:
             paths = sorted(self.outbox.iterdir())
         except OSError as exc:
@@ -151,18 +154,57 @@ class FolderIntegration:
             else:
                 self._failures.pop(path.name, None)
             handled += 1
+        # removed or renamed while this process held it (forgotten only once resolved)
         gone_held = [held[1] for name, held in self._held.items() if name not in present]
-        if gone_held:  # removed or renamed while held: no file waits for its receiver now
-            with self.ctx.store.unit_of_work() as uow:  # (forgotten only once resolved)
-                uow.alerts.resolve(
-                    *(f"{AlertKind.OUTBOX_HELD}:{key}" for key in gone_held), at=self.ctx.clock()
-                )
-                uow.commit()
+        self._sweep_gone(waiting, present, gone_held)
         for memory in (self._seen, self._held, self._failures):
             for name in [name for name in memory if name not in present]:
                 del memory[name]
         self._report_stuck()
         return handled
+
+    def _waiting_rows(self) -> list[tuple[str, str]]:
+        """(key, name digest) of the rows of this outbox whose files have not left it."""
+        with self.ctx.store.unit_of_work() as uow:
+            return [
+                (key, name_digest)
+                for key, name_digest in uow.session.execute(
+                    select(FolderFileRow.key, FolderFileRow.file_name).where(
+                        FolderFileRow.kind == OUTBOX,
+                        FolderFileRow.outbox == self._outbox_tag,
+                        FolderFileRow.left_at.is_(None),
+                    )
+                )
+            ]
+
+    def _sweep_gone(
+        self, waiting: list[tuple[str, str]], present: set[str], gone_held: list[str]
+    ) -> None:
+        """Record that the files of ``waiting`` rows missing from the listing ``present`` (made
+        after those rows were read) have left the outbox, and resolve their ``outbox-held``
+        alerts: a held file the EPJ removed while no server ran, a file another process sent
+        (its outcome and alerts stand: only the leaving is recorded, once), or one whose move
+        was the last thing a process did before it died. ``gone_held``: the keys of files
+        this process held that are gone (also those of rows this sweep does not read)."""
+        here = {self._name_digest(name) for name in present} if waiting else set()
+        gone = [key for key, name_digest in waiting if name_digest not in here]
+        if not gone and not gone_held:
+            return
+        now = self.ctx.clock()
+        with self.ctx.store.unit_of_work() as uow:
+            if gone:
+                uow.session.execute(
+                    update(FolderFileRow)
+                    .where(
+                        FolderFileRow.kind == OUTBOX,
+                        FolderFileRow.key.in_(gone),
+                        FolderFileRow.left_at.is_(None),
+                    )
+                    .values(left_at=now)
+                )
+            keys = sorted(set(gone) | set(gone_held))
+            uow.alerts.resolve(*(f"{AlertKind.OUTBOX_HELD}:{key}" for key in keys), at=now)
+            uow.commit()
 
     def _settled(self, name: str, stat: os.stat_result) -> bool:
         """Whether the file has kept its size and time for ``settle_seconds``, as seen by this

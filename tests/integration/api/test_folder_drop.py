@@ -880,3 +880,65 @@ def test_a_new_file_of_the_same_name_is_sent_after_the_first_left(
     integration.outbox_once()
     assert len(outbound(pair)) == 2
     assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_a_file_moved_just_before_a_crash_is_known_gone_and_its_twin_is_sent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process died between moving the file to sent/ and recording that it left. The next
+    # round finds it gone; the same content dropped under the same name is a new message.
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Flyttet, så borte")
+    outbox.mkdir()
+    drop(outbox, "n.xml", note)
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemExit("the process dies here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FolderIntegration, "_left", dies)
+        with pytest.raises(SystemExit):
+            FolderIntegration(pair.gp, settings).outbox_once()
+    integration = FolderIntegration(pair.gp, settings)
+    integration.outbox_once()  # finds it gone
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_a_held_file_removed_while_no_server_ran_is_held_no_more(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    set_agreements(pair, "suspended")
+    outbox.mkdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Fjernet"))
+    drop(outbox, "b.xml", dialog_note(pair.gp_site, pair.hospital_site, "Blir"))
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 2
+    # the server stops; the operator takes a.xml away; the server starts again
+    (outbox / "a.xml").unlink()
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 1  # b.xml's: it is still held
+    assert (outbox / "b.xml").exists()
+    set_agreements(pair, "active")
+    (outbox / "b.xml").unlink()
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert open_alerts(pair, "outbox-held") == []
+    assert outbound(pair) == []
+
+
+def test_a_held_file_of_another_outbox_is_left_alone(pair: Pair, tmp_path: Path) -> None:
+    # Two outboxes on one store (a process per department): neither takes the other's held
+    # file for gone.
+    settings = FolderSettings(outbox_dir=tmp_path / "ut-a", settle_seconds=0)
+    other = FolderSettings(outbox_dir=tmp_path / "ut-b", settle_seconds=0)
+    set_agreements(pair, "suspended")
+    (tmp_path / "ut-a").mkdir()
+    drop(tmp_path / "ut-a", "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Her"))
+    FolderIntegration(pair.gp, settings).outbox_once()
+    FolderIntegration(pair.gp, other).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 1
