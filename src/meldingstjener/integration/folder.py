@@ -16,9 +16,10 @@ reads the rows whose files have not left, see ``_sweep_gone``); every refusal ra
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
 is written first; both are renamed into place, while the processes on one inbox take turns (so
-that they write it once; see ``write_inbox``). A ``folder_files`` row, committed with that lock,
-records the write; a crash before it only means the same two files are written again under the
-same names. After that the engine is told the message reached the EPJ (``receipts.deliver``).
+that they write it once) and no other channel can move the message on (see ``write_inbox``). A
+``folder_files`` row, committed with the renames, records the write; a crash before it only
+means the same two files are written again under the same names. After that the engine is told
+the message reached the EPJ (``receipts.deliver``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
-from meldingstjener.integration.files import free_name, move_durably, write_atomically
+from meldingstjener.integration.files import (
+    free_name,
+    move_durably,
+    publish,
+    write_atomically,
+    write_temporary,
+)
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
@@ -636,19 +643,30 @@ class FolderIntegration:
             with self.ctx.store.unit_of_work() as uow:
                 if not _still_to_write(uow, row.id, lock=True):
                     return
-                self._write_files(row)
+                for temporary, path in self._stage_files(row):
+                    publish(temporary, path)
                 _record_written(uow, row.id, self.ctx.clock())
                 uow.commit()
         else:
-            # SQLite serves one host, and its one writer must not wait for file I/O (every
-            # unit of work of the process would): the processes take turns on a file lock in
-            # the inbox, and the store is asked before and told after, each in a moment.
+            # SQLite serves one host, and its one writer must not wait for the files' content
+            # to be written (every unit of work of the process would): the processes take turns
+            # on a file lock beside the database, and the content is written under temporary
+            # names with the store free. Then, in one unit of work (which holds the store's
+            # write lock from its first statement: BEGIN IMMEDIATE), the message is asked again
+            # and its files renamed into place and recorded: the EPJ marking it read through the
+            # API meanwhile (another channel) is seen, and no file of it appears after that.
             with self._turn():
                 with self.ctx.store.unit_of_work() as uow:
                     if not _still_to_write(uow, row.id, lock=False):
-                        return
-                self._write_files(row)
+                        return  # asked first: a 35 MB document is not copied for nothing
+                staged = self._stage_files(row)
                 with self.ctx.store.unit_of_work() as uow:
+                    if not _still_to_write(uow, row.id, lock=False):
+                        for temporary, _ in staged:
+                            temporary.unlink(missing_ok=True)
+                        return
+                    for temporary, path in staged:
+                        publish(temporary, path)
                     _record_written(uow, row.id, self.ctx.clock())
                     uow.commit()
         self._deliver(row.id)
@@ -663,13 +681,18 @@ class FolderIntegration:
         inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
         return _flock(Path(f"{database}.inbox-{inbox}.lock"))
 
-    def _write_files(self, row: MessageRow) -> None:
+    def _stage_files(self, row: MessageRow) -> list[tuple[Path, Path]]:
+        """Write a message's two files under temporary names; (temporary, final) of each, in
+        the order they are to be put in place: the sidecar first, so that when the .xml
+        appears its metadata is already there."""
         assert self.inbox is not None and row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
+        sidecar_path, document_path = self.inbox / f"{row.id}.json", self.inbox / f"{row.id}.xml"
         with self.ctx.store.payloads.open(row.payload_ref) as payload:
-            # The sidecar first: when the .xml appears, its metadata is already there.
-            write_atomically(self.inbox / f"{row.id}.json", sidecar)
-            write_atomically(self.inbox / f"{row.id}.xml", payload)
+            return [
+                (write_temporary(sidecar_path, sidecar), sidecar_path),
+                (write_temporary(document_path, payload), document_path),
+            ]
 
     def _deliver(self, message_id: str) -> None:
         try:

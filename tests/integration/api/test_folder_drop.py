@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from api_sites import ApiPair
 from engine_pair import Pair
 from sqlalchemy import select
 
 from meldingstjener.config import FolderSettings
-from meldingstjener.devsites import dialog_note
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
@@ -387,9 +388,9 @@ def test_while_inbox_files_are_written_the_store_serves_others(
     submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Sakte deling"), actor="t")
     pair.run()
     served: list[bool] = []
-    real_write = folder.write_atomically
+    real_write = folder.write_temporary
 
-    def slow_share(path: Path, data: object) -> None:
+    def slow_share(path: Path, data: object) -> Path:
         if not served:
 
             def other_work() -> None:
@@ -402,10 +403,10 @@ def test_while_inbox_files_are_written_the_store_serves_others(
             other.start()
             other.join(timeout=20)  # a bound: it either gets through or waits on this write
             served.append(not other.is_alive())
-        real_write(path, data)  # type: ignore[arg-type]
+        return real_write(path, data)  # type: ignore[arg-type]
 
     others: list[threading.Thread] = []
-    monkeypatch.setattr(folder, "write_atomically", slow_share)
+    monkeypatch.setattr(folder, "write_temporary", slow_share)
     integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=tmp_path / "inn"))
     assert integration.inbox_once() == 1
     for other in others:
@@ -435,14 +436,14 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     second = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
     writing, go_on = threading.Event(), threading.Event()
     writers: list[str] = []
-    real_write = folder.write_atomically
+    real_write = folder.write_temporary
 
-    def held_write(path: Path, data: object) -> None:
+    def held_write(path: Path, data: object) -> Path:
         writers.append(threading.current_thread().name)
         if threading.current_thread().name == "first" and path.suffix == ".json":
             writing.set()
             assert go_on.wait(60)
-        real_write(path, data)  # type: ignore[arg-type]
+        return real_write(path, data)  # type: ignore[arg-type]
 
     def waiting_on_a_lock() -> int:
         with pair.hospital.store.unit_of_work() as uow:
@@ -455,7 +456,7 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
                 ).scalar_one()
             )
 
-    monkeypatch.setattr(folder, "write_atomically", held_write)
+    monkeypatch.setattr(folder, "write_temporary", held_write)
     a = threading.Thread(target=first.write_inbox, args=(row,), name="first")
     b = threading.Thread(target=second.write_inbox, args=(row,), name="second")
     a.start()
@@ -942,3 +943,41 @@ def test_a_held_file_of_another_outbox_is_left_alone(pair: Pair, tmp_path: Path)
     FolderIntegration(pair.gp, settings).outbox_once()
     FolderIntegration(pair.gp, other).outbox_once()
     assert len(open_alerts(pair, "outbox-held")) == 1
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_on_sqlite_a_message_read_through_the_api_meanwhile_gets_no_inbox_files(
+    api_pair: ApiPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inbox has found the message still to be written when the EPJ fetches it through the
+    # API and marks it read, before the inbox writes its files: they must not appear (the EPJ
+    # would take the message twice).
+    pair = api_pair.pair
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "To kanaler"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    payloads = pair.hospital.store.payloads
+    real_open = payloads.open
+    marked: list[int] = []
+
+    def read_through_the_api_first(*args: object, **kwargs: object) -> object:
+        # the inbox opens the stored document to write it out: the store is free again (the
+        # inbox asked it in a unit of work of its own) and the API gets there first
+        if not marked:
+            headers = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+            marked.append(
+                api_pair.hospital_http.put(
+                    f"/Messages/{row.id}/read/{HOSPITAL_SERVICE_HER}", headers=headers
+                ).status_code
+            )
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payloads, "open", read_through_the_api_first)
+    inbox = tmp_path / "inn"
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    integration.inbox_once()
+    assert marked == [204]
+    assert list(inbox.iterdir()) == []  # neither the files nor their temporary names
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    with pair.hospital.store.unit_of_work() as uow:
+        assert list(uow.session.scalars(select(FolderFileRow))) == []
