@@ -22,6 +22,12 @@ def fsync_dir(directory: Path) -> None:
 def write_atomically(path: Path, data: bytes | BinaryIO) -> None:
     """``path`` appears whole or not at all, and survives a crash once this returns. ``data`` is
     bytes or an open file, copied in pieces (a large received document is never held whole)."""
+    publish(write_temporary(path, data), path)
+
+
+def write_temporary(path: Path, data: bytes | BinaryIO) -> Path:
+    """Write ``data`` for ``path`` under a temporary name beside it (``.<name>.tmp``, on disk
+    when this returns) and return that name; :func:`publish` puts it in place, in a moment."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("wb") as handle:
         if isinstance(data, bytes):
@@ -30,6 +36,11 @@ def write_atomically(path: Path, data: bytes | BinaryIO) -> None:
             shutil.copyfileobj(data, handle, COPY_PIECE)
         handle.flush()
         os.fsync(handle.fileno())
+    return temporary
+
+
+def publish(temporary: Path, path: Path) -> None:
+    """Rename a file :func:`write_temporary` wrote into place, durably."""
     os.replace(temporary, path)
     fsync_dir(path.parent)
 

@@ -51,10 +51,10 @@ def main() -> None:
         folder.move_durably = die_on(int(call), folder.move_durably)  # type: ignore[assignment]
         folder.move_durably.point = "before"  # type: ignore[attr-defined]
     elif point == "after-inbox-write":
-        # each message writes two files, the sidecar and then the document
-        wrapped = die_on(2 * int(call), folder.write_atomically)
+        # each message puts two files in place, the sidecar and then the document
+        wrapped = die_on(2 * int(call), folder.publish)
         wrapped.point = "after"  # type: ignore[attr-defined]
-        folder.write_atomically = wrapped  # type: ignore[assignment]
+        folder.publish = wrapped  # type: ignore[assignment]
     integration = folder.FolderIntegration(ctx, settings)
     print("ready", flush=True)
     integration.run(threading.Event())

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from api_sites import ApiPair
 from engine_pair import Pair
 from sqlalchemy import select
 
 from meldingstjener.config import FolderSettings
-from meldingstjener.devsites import dialog_note
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
@@ -387,9 +388,9 @@ def test_while_inbox_files_are_written_the_store_serves_others(
     submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Sakte deling"), actor="t")
     pair.run()
     served: list[bool] = []
-    real_write = folder.write_atomically
+    real_write = folder.write_temporary
 
-    def slow_share(path: Path, data: object) -> None:
+    def slow_share(path: Path, data: object) -> Path:
         if not served:
 
             def other_work() -> None:
@@ -402,10 +403,10 @@ def test_while_inbox_files_are_written_the_store_serves_others(
             other.start()
             other.join(timeout=20)  # a bound: it either gets through or waits on this write
             served.append(not other.is_alive())
-        real_write(path, data)  # type: ignore[arg-type]
+        return real_write(path, data)  # type: ignore[arg-type]
 
     others: list[threading.Thread] = []
-    monkeypatch.setattr(folder, "write_atomically", slow_share)
+    monkeypatch.setattr(folder, "write_temporary", slow_share)
     integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=tmp_path / "inn"))
     assert integration.inbox_once() == 1
     for other in others:
@@ -435,14 +436,14 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     second = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
     writing, go_on = threading.Event(), threading.Event()
     writers: list[str] = []
-    real_write = folder.write_atomically
+    real_write = folder.write_temporary
 
-    def held_write(path: Path, data: object) -> None:
+    def held_write(path: Path, data: object) -> Path:
         writers.append(threading.current_thread().name)
         if threading.current_thread().name == "first" and path.suffix == ".json":
             writing.set()
             assert go_on.wait(60)
-        real_write(path, data)  # type: ignore[arg-type]
+        return real_write(path, data)  # type: ignore[arg-type]
 
     def waiting_on_a_lock() -> int:
         with pair.hospital.store.unit_of_work() as uow:
@@ -455,7 +456,7 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
                 ).scalar_one()
             )
 
-    monkeypatch.setattr(folder, "write_atomically", held_write)
+    monkeypatch.setattr(folder, "write_temporary", held_write)
     a = threading.Thread(target=first.write_inbox, args=(row,), name="first")
     b = threading.Thread(target=second.write_inbox, args=(row,), name="second")
     a.start()
@@ -823,3 +824,160 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
     first.outbox_once()
     assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
     assert [m.id for m in outbound(pair)] == [message.id]
+
+
+def renumbered(path: Path) -> None:
+    """As a share mounted again, or an outbox restored, may show a file: the same name, content
+    and time under a new inode."""
+    import shutil
+
+    before = path.stat().st_ino
+    copy = path.with_name(f".{path.name}.copy")
+    shutil.copy2(path, copy)
+    os.replace(copy, path)
+    assert path.stat().st_ino != before
+
+
+@pytest.mark.parametrize("crash", ["after-submit", "before-move"])
+def test_a_file_renumbered_after_a_crash_is_not_sent_again(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str
+) -> None:
+    # The process dies after the message was stored (its outcome not yet recorded), or after
+    # it was recorded sent (the file not yet moved); the share is mounted again meanwhile and
+    # numbers the file anew. The server started again must know the file.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    outbox.mkdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Montert på nytt"))
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemExit("the process dies here")
+
+    with monkeypatch.context() as patched:
+        if crash == "after-submit":
+            patched.setattr(FolderIntegration, "_mark", dies)
+        else:
+            patched.setattr(folder, "move_durably", dies)
+        with pytest.raises(SystemExit):
+            FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(outbound(pair)) == 1
+    renumbered(outbox / "a.xml")
+    assert FolderIntegration(pair.gp, settings).outbox_once() == 1
+    assert len(outbound(pair)) == 1
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert list(outbox.glob("*.xml")) == []
+
+
+def test_a_new_file_of_the_same_name_is_sent_after_the_first_left(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "svar.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første svar"))
+    integration.outbox_once()
+    drop(outbox, "svar.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre svar"))
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_a_file_moved_just_before_a_crash_is_known_gone_and_its_twin_is_sent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process died between moving the file to sent/ and recording that it left. The next
+    # round finds it gone; the same content dropped under the same name is a new message.
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Flyttet, så borte")
+    outbox.mkdir()
+    drop(outbox, "n.xml", note)
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemExit("the process dies here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FolderIntegration, "_left", dies)
+        with pytest.raises(SystemExit):
+            FolderIntegration(pair.gp, settings).outbox_once()
+    integration = FolderIntegration(pair.gp, settings)
+    integration.outbox_once()  # finds it gone
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_a_held_file_removed_while_no_server_ran_is_held_no_more(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    set_agreements(pair, "suspended")
+    outbox.mkdir()
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Fjernet"))
+    drop(outbox, "b.xml", dialog_note(pair.gp_site, pair.hospital_site, "Blir"))
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 2
+    # the server stops; the operator takes a.xml away; the server starts again
+    (outbox / "a.xml").unlink()
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 1  # b.xml's: it is still held
+    assert (outbox / "b.xml").exists()
+    set_agreements(pair, "active")
+    (outbox / "b.xml").unlink()
+    FolderIntegration(pair.gp, settings).outbox_once()
+    assert open_alerts(pair, "outbox-held") == []
+    assert outbound(pair) == []
+
+
+def test_a_held_file_of_another_outbox_is_left_alone(pair: Pair, tmp_path: Path) -> None:
+    # Two outboxes on one store (a process per department): neither takes the other's held
+    # file for gone.
+    settings = FolderSettings(outbox_dir=tmp_path / "ut-a", settle_seconds=0)
+    other = FolderSettings(outbox_dir=tmp_path / "ut-b", settle_seconds=0)
+    set_agreements(pair, "suspended")
+    (tmp_path / "ut-a").mkdir()
+    drop(tmp_path / "ut-a", "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Her"))
+    FolderIntegration(pair.gp, settings).outbox_once()
+    FolderIntegration(pair.gp, other).outbox_once()
+    assert len(open_alerts(pair, "outbox-held")) == 1
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_on_sqlite_a_message_read_through_the_api_meanwhile_gets_no_inbox_files(
+    api_pair: ApiPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inbox has found the message still to be written when the EPJ fetches it through the
+    # API and marks it read, before the inbox writes its files: they must not appear (the EPJ
+    # would take the message twice).
+    pair = api_pair.pair
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "To kanaler"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    payloads = pair.hospital.store.payloads
+    real_open = payloads.open
+    marked: list[int] = []
+
+    def read_through_the_api_first(*args: object, **kwargs: object) -> object:
+        # the inbox opens the stored document to write it out: the store is free again (the
+        # inbox asked it in a unit of work of its own) and the API gets there first
+        if not marked:
+            headers = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+            marked.append(
+                api_pair.hospital_http.put(
+                    f"/Messages/{row.id}/read/{HOSPITAL_SERVICE_HER}", headers=headers
+                ).status_code
+            )
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payloads, "open", read_through_the_api_first)
+    inbox = tmp_path / "inn"
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    integration.inbox_once()
+    assert marked == [204]
+    assert list(inbox.iterdir()) == []  # neither the files nor their temporary names
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    with pair.hospital.store.unit_of_work() as uow:
+        assert list(uow.session.scalars(select(FolderFileRow))) == []
