@@ -8,7 +8,7 @@ One whose name is both (a JWT client named like an API-key client) is taken for 
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-12-05 09:00:00
+Create Date: 2026-12-04 09:00:00
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """an outbox file's row says which outbox it was in and when the file left it
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-05 10:00:00
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-04 10:00:00
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from alembic import op
 
 import meldingstjener.store.types
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
