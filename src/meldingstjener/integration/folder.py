@@ -3,15 +3,11 @@
 Outbox: the EPJ writes ``<name>.xml`` under a temporary name and renames it (so we never see half
 a file). Each file is submitted and moved to ``sent/``, or to ``failed/`` beside
 ``<name>.error.txt`` saying why in plain words. Exactly once across crashes: a ``folder_files``
-row is claimed before submitting, and the message carries its key as its ``client_id``, so after
-a crash we can tell whether the submit committed and never send the same file twice. The key is
-made of the name's keyed digest, the content's digest and the how-many-th drop of the two it is
-(see ``_claim``), not of the inode or time, which a share mounted again may change; the row says
-when its file left the outbox, after which the same name and content is a new drop. A file is
-taken once it has settled (see ``FolderSettings.settle_seconds``); one refused for its
-receiver's setup waits in the outbox for ``hold_minutes``, tried again every minute
-(``outbox-held``, resolved when the file is gone, also gone while no server ran: each round
-reads the rows whose files have not left, see ``_sweep_gone``); every refusal raises
+row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
+the message carries that key as its ``client_id``, so after a crash we can tell whether the
+submit committed and never send the same file twice. A file is taken once it has settled (see
+``FolderSettings.settle_seconds``); one refused for its receiver's setup waits in the outbox for
+``hold_minutes``, tried again every minute (``outbox-held``); every refusal raises
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
@@ -40,7 +36,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -129,8 +125,6 @@ class FolderIntegration:
             return 0
         handled = 0
         present: set[str] = set()
-        # read before the folder is listed: a row's file missing from the listing has gone
-        waiting = self._waiting_rows()
         try:
             paths = sorted(self.outbox.iterdir())
         except OSError as exc:
@@ -161,57 +155,18 @@ class FolderIntegration:
             else:
                 self._failures.pop(path.name, None)
             handled += 1
-        # removed or renamed while this process held it (forgotten only once resolved)
         gone_held = [held[1] for name, held in self._held.items() if name not in present]
-        self._sweep_gone(waiting, present, gone_held)
+        if gone_held:  # removed or renamed while held: no file waits for its receiver now
+            with self.ctx.store.unit_of_work() as uow:  # (forgotten only once resolved)
+                uow.alerts.resolve(
+                    *(f"{AlertKind.OUTBOX_HELD}:{key}" for key in gone_held), at=self.ctx.clock()
+                )
+                uow.commit()
         for memory in (self._seen, self._held, self._failures):
             for name in [name for name in memory if name not in present]:
                 del memory[name]
         self._report_stuck()
         return handled
-
-    def _waiting_rows(self) -> list[tuple[str, str]]:
-        """(key, name digest) of the rows of this outbox whose files have not left it."""
-        with self.ctx.store.unit_of_work() as uow:
-            return [
-                (key, name_digest)
-                for key, name_digest in uow.session.execute(
-                    select(FolderFileRow.key, FolderFileRow.file_name).where(
-                        FolderFileRow.kind == OUTBOX,
-                        FolderFileRow.outbox == self._outbox_tag,
-                        FolderFileRow.left_at.is_(None),
-                    )
-                )
-            ]
-
-    def _sweep_gone(
-        self, waiting: list[tuple[str, str]], present: set[str], gone_held: list[str]
-    ) -> None:
-        """Record that the files of ``waiting`` rows missing from the listing ``present`` (made
-        after those rows were read) have left the outbox, and resolve their ``outbox-held``
-        alerts: a held file the EPJ removed while no server ran, a file another process sent
-        (its outcome and alerts stand: only the leaving is recorded, once), or one whose move
-        was the last thing a process did before it died. ``gone_held``: the keys of files
-        this process held that are gone (also those of rows this sweep does not read)."""
-        here = {self._name_digest(name) for name in present} if waiting else set()
-        gone = [key for key, name_digest in waiting if name_digest not in here]
-        if not gone and not gone_held:
-            return
-        now = self.ctx.clock()
-        with self.ctx.store.unit_of_work() as uow:
-            if gone:
-                uow.session.execute(
-                    update(FolderFileRow)
-                    .where(
-                        FolderFileRow.kind == OUTBOX,
-                        FolderFileRow.key.in_(gone),
-                        FolderFileRow.left_at.is_(None),
-                    )
-                    .values(left_at=now)
-                )
-            keys = sorted(set(gone) | set(gone_held))
-            uow.alerts.resolve(*(f"{AlertKind.OUTBOX_HELD}:{key}" for key in keys), at=now)
-            uow.commit()
 
     def _settled(self, name: str, stat: os.stat_result) -> bool:
         """Whether the file has kept its size and time for ``settle_seconds``, as seen by this
@@ -252,15 +207,18 @@ class FolderIntegration:
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self._seen.pop(path.name, None)
                 return  # written to while it was read: taken when it has settled
-            self._take(path, after, data)
+            self._take(path, stat, data)
 
     def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
-        state = self._claim(path, stat, data.sha256)
+        # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
+        identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
+        key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
+        state = self._claim(key, self._name_digest(path.name))
         if state is None:
-            return  # another process claimed it first, or took it away
-        key, outcome, message_id, first_tried = state
+            return  # another process claimed it first
+        outcome, message_id, first_tried = state
         if outcome == SENT:
-            self._move_sent(path, key, message_id)
+            self._move_sent(path, message_id)
             return
         if outcome == FAILED:
             self._move_failed(path, key)
@@ -292,76 +250,27 @@ class FolderIntegration:
             # and the refusal's alert is put right (the same key: it replaces the text)
             self._sent_though_refused(key, message_id)
             return
-        self._move_sent(path, key, message_id)
+        self._move_sent(path, message_id)
         log.info("outbox file sent as message %s", message_id)
 
-    def _claim(
-        self, path: Path, read: os.stat_result, content_sha256: str
-    ) -> tuple[str, str, str | None, datetime] | None:
-        """(key, outcome, message id, first claimed) of the row of the file ``path``, read with
-        ``read`` as its stat: the row of its name and content whose file has not left the outbox
-        (an earlier round, before a crash or a remount, took this very file), else a new one
-        claimed now. None when another process claimed it at the same moment, or moved it away.
-
-        The key is made of the name's digest, the content's and the how-many-th drop of the two
-        this is, never of the file's inode or time: a share mounted again, or an outbox
-        restored, may number and stamp the same file anew, and it must not be sent again."""
-        name_digest = self._name_digest(path.name)
+    def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
+        """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
+        None when another process claimed it at the same moment."""
         with self.ctx.store.unit_of_work() as uow:
-            drop = 1
-            while True:  # the EPJ may drop the same content under the same name again, on purpose
-                key = _file_key(name_digest, content_sha256, drop)
-                row = _outbox_row(uow, key)
-                if row is None:
-                    break
-                if row.left_at is None:
-                    return key, row.outcome, row.message_id, row.at
-                drop += 1
-            legacy = _outbox_row(uow, _legacy_key(path.name, read, content_sha256))
-            if legacy is not None and legacy.left_at is None and legacy.outbox is None:
-                # claimed before rows said when their files left (its key names the inode)
-                return legacy.key, legacy.outcome, legacy.message_id, legacy.at
-        # A new drop, unless the file read is not there any more: another process may have
-        # moved it away, and said so, since this one read it. (The inode of the file this
-        # process read, on the same mount, not across a remount; asked outside the store's
-        # transaction, which must not wait for a slow share.)
-        try:
-            if _shape(path.stat()) != _shape(read):
-                return None  # another file there now: read afresh next round
-        except FileNotFoundError:
-            return None
-        with self.ctx.store.unit_of_work() as uow:
+            row = uow.session.scalars(
+                select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
+            ).first()
+            if row is not None:
+                return row.outcome, row.message_id, row.at
             now = self.ctx.clock()
             uow.session.add(
-                FolderFileRow(
-                    kind=OUTBOX,
-                    key=key,
-                    file_name=name_digest,
-                    outcome=PENDING,
-                    at=now,
-                    outbox=self._outbox_tag,
-                )
+                FolderFileRow(kind=OUTBOX, key=key, file_name=name_digest, outcome=PENDING, at=now)
             )
             try:
                 uow.commit()
             except IntegrityError:
                 return None
-            return key, PENDING, None, now
-
-    def _left(self, key: str) -> None:
-        """Record that the file of ``key`` has left the outbox: a file of the same name and
-        content found there from now on is a new drop, sent again."""
-        with self.ctx.store.unit_of_work() as uow:
-            uow.session.execute(
-                update(FolderFileRow)
-                .where(
-                    FolderFileRow.kind == OUTBOX,
-                    FolderFileRow.key == key,
-                    FolderFileRow.left_at.is_(None),
-                )
-                .values(left_at=self.ctx.clock())
-            )
-            uow.commit()
+            return PENDING, None, now
 
     def _submitted_before(self, key: str) -> str | None:
         """The message of an earlier attempt that committed before the process died."""
@@ -517,8 +426,6 @@ class FolderIntegration:
             return
         move_durably(path, target)
         self._held.pop(path.name, None)
-        if claimed:
-            self._left(key)
         log.warning("outbox file refused (%s)", code)
 
     def _report_stuck(self) -> None:
@@ -592,12 +499,10 @@ class FolderIntegration:
     def _move_failed(self, path: Path, key: str) -> None:
         assert self.failed is not None
         move_durably(path, free_name(self.failed, path.name, key[:12]))
-        self._left(key)
 
-    def _move_sent(self, path: Path, key: str, message_id: str | None) -> None:
+    def _move_sent(self, path: Path, message_id: str | None) -> None:
         assert self.sent is not None
         move_durably(path, free_name(self.sent, path.name, (message_id or "sent")[:8]))
-        self._left(key)
 
     # -- inbox ----------------------------------------------------------------------------------
 
@@ -758,24 +663,6 @@ def _store_secret(ctx: EngineContext) -> str:
             except IntegrityError:
                 continue  # another process made it at the same moment: read that one
     raise RuntimeError("the folder integration's name key could not be made")
-
-
-def _file_key(name_digest: str, content_sha256: str, drop: int) -> str:
-    """An outbox file's key: its name's keyed digest, its content's digest, and which drop of
-    the two it is (the first, or the EPJ dropped them again after the first one left)."""
-    return hashlib.sha256(f"{name_digest}\0{content_sha256}\0{drop}".encode()).hexdigest()
-
-
-def _legacy_key(name: str, stat: os.stat_result, content_sha256: str) -> str:
-    """The key an outbox file was given before keys left out the inode and time."""
-    identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
-    return hashlib.sha256(identity + content_sha256.encode()).hexdigest()
-
-
-def _outbox_row(uow: UnitOfWork, key: str) -> FolderFileRow | None:
-    return uow.session.scalars(
-        select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
-    ).first()
 
 
 def _name_key(path: Path, stat: os.stat_result) -> str:

@@ -409,28 +409,17 @@ class FolderFileRow(Base):
     """A file taken from the outbox folder, or a message written to the inbox folder.
 
     The row is what makes the folder integration exactly-once across crashes: an outbox file is
-    submitted only if no row for its name and content is still waiting for that file to leave
-    the outbox; an inbox file is written only if no row for its message exists.
+    submitted only if no row with its content hash exists; an inbox file is written only if no
+    row for its message exists.
     """
 
     __tablename__ = "folder_files"
-    __table_args__ = (
-        UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),
-        # each round reads its outbox's rows whose files have not left it
-        Index("ix_folder_files_in_outbox", "kind", "outbox", "left_at"),
-    )
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))  # outbox | inbox
-    # outbox: a digest of the name's digest, the content's and the how-many-th drop of them;
-    # inbox: the message id
-    key: Mapped[str] = mapped_column(String(255))
-    file_name: Mapped[str] = mapped_column(String(512))  # outbox: the name's keyed digest
+    key: Mapped[str] = mapped_column(String(255))  # outbox: name + sha256; inbox: message id
+    file_name: Mapped[str] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(36))
-    outcome: Mapped[str] = mapped_column(String(16))  # pending | sent | failed | written
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | failed | written
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    # outbox rows: a tag of the outbox folder's path, and when the file left that folder (moved
-    # to sent/ or failed/, or found gone); until then a file there with its name and content is
-    # this row's file, after it a new one (the EPJ may drop the same content twice on purpose)
-    outbox: Mapped[str | None] = mapped_column(String(16))
-    left_at: Mapped[datetime | None]
