@@ -262,15 +262,22 @@ class MailIntake:
         """A bounce of one of our mails: recorded on its message (event, alert) and its try
         count forgotten in one commit, and then the collector deletes it. One that names
         none of our messages is quarantined, with advice fit for a bounce."""
-        bounce = read_bounce(head)
-        if record_bounce(self.ctx, bounce, forget=FAILED_PREFIX + digest[:32]):
+        try:
+            bounce = read_bounce(head)
+        except Exception as exc:  # any bytes a mail server chose: retrying them changes nothing
+            log.warning("a bounce could not be read (%s); quarantined", type(exc).__name__)
+            bounce = None
+        if bounce is not None and record_bounce(
+            self.ctx, bounce, forget=FAILED_PREFIX + digest[:32]
+        ):
             log.info("a bounce (%s) of our mail was recorded", bounce.codes)
             return
-        told = (
-            f"{bounce.refused_by} refused ({bounce.codes})"
-            if bounce.recipients or bounce.returned_to
-            else "it names no address we can read"
-        )
+        if bounce is None:
+            told = "it could not be read"
+        elif bounce.recipients or bounce.returned_to:
+            told = f"{bounce.refused_by} refused ({bounce.codes})"
+        else:
+            told = "it names no address we can read"
         self._quarantine(
             source,
             "Bounce",

@@ -148,3 +148,26 @@ def test_a_bounce_that_names_none_of_our_messages_is_quarantined_as_a_bounce(
     assert f"{hospital.user} refused (5.1.1 failed)" in summary
     assert "ask the sender to resend" not in summary
     assert "Ola" not in summary
+
+
+def test_a_bounce_that_cannot_be_read_is_quarantined_as_a_bounce_at_once(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever a mail server put in it, a bounce is not tried again round after round (and
+    # then quarantined with the advice to ask its sender to resend)
+    from meldingstjener.engine import mail_channel
+
+    def unreadable(head: bytes) -> object:
+        raise ValueError("a header the email package cannot take")
+
+    monkeypatch.setattr(mail_channel, "read_bounce", unreadable)
+    gp, hospital = pair
+    _bounce_to(gp, _dsn(_sent_mail(gp, hospital, tls_context), hospital.user, "x"), tls_context)
+
+    result = gp.collect()
+
+    assert (result.delivered, result.quarantined) == (0, 1)
+    assert mailbox_count(gp.user, tls_context) == 0
+    [(_, summary)] = _open_alerts(gp)["mail-quarantined"]
+    assert "(Bounce)" in summary and "(it could not be read)" in summary
+    assert "ask the sender to resend" not in summary
