@@ -24,6 +24,10 @@ Timestamp/TimeToLive not a date-time; PartyId type HER but     ValueNotRecognize
   not a HER-id; a boolean or severity value we cannot read
 PartyId or Service without type whose value is not a URI       Inconsistent
   (ebMS 2.0 3.1.1.1 and 3.1.5 name Inconsistent for this)
+an element with SOAP:actor nextMSH or next other than the      SecurityFailure
+  header blocks eb:AckRequested and eb:SyncReply (the
+  signature leaves such elements out); a comment or markup
+  inside a value we read (canonicalisation drops comments)
 Acknowledgment signal without eb:Acknowledgment or without     Inconsistent
   RefToMessageId; MessageError without eb:ErrorList;
   eb:Acknowledgment/RefToMessageId != MessageData's
@@ -123,6 +127,36 @@ def _soap_actor(element: etree._Element) -> str | None:
     return element.get(f"{{{SOAP_NS}}}actor")
 
 
+# Header blocks ebMS 2.0 lets each hop change (the signature's XPath filter leaves out every
+# element whose SOAP:actor is nextMSH or next, with all it holds): only these, as SOAP:Header's
+# own children. Nothing we act on is read from them but their presence.
+_HOP_TO_HOP_BLOCKS = frozenset({"AckRequested", "SyncReply"})
+_HOP_ACTORS = frozenset({ACTOR_NEXT_MSH, ACTOR_SOAP_NEXT})
+
+
+def _refuse_hop_to_hop_elements(root: etree._Element, header: etree._Element) -> None:
+    """Refuse an element the envelope's signature does not cover where we read what is signed.
+
+    The signature leaves out any element with SOAP:actor nextMSH or next, anywhere. One put
+    before a signed element of the same name (an eb:MessageId, a RefToMessageId, a PartyId)
+    would be the one read, and a signed envelope of any partner could be made to say another
+    message id (a replay past duplicate elimination, or an Acknowledgment of a message that
+    never arrived) with its signature intact."""
+    for element in root.iter(etree.Element):
+        if _soap_actor(element) not in _HOP_ACTORS:
+            continue
+        qname = etree.QName(element)
+        hop_block = qname.namespace == EB_NS and qname.localname in _HOP_TO_HOP_BLOCKS
+        if hop_block and element.getparent() is header:
+            continue
+        raise EbxmlError(
+            ErrorCode.SECURITY_FAILURE,
+            f"{qname.localname} has SOAP:actor {_soap_actor(element)}: the signature does not "
+            "cover it, and only eb:AckRequested and eb:SyncReply may be so",
+            f"//{qname.localname}",
+        )
+
+
 def _check_version(element: etree._Element, location: str) -> None:
     version = _eb_attr(element, "version")
     if version is None:
@@ -146,7 +180,7 @@ def _child(parent: etree._Element, name: str, location: str) -> etree._Element:
 
 def _text(parent: etree._Element, name: str, location: str) -> str:
     where = f"{location}/eb:{name}"
-    text = (_child(parent, name, where).text or "").strip()
+    text = _value(_child(parent, name, where), f"eb:{name}", where).strip()
     if not text:
         raise EbxmlError(ErrorCode.OTHER_XML, f"eb:{name} is empty", where)
     return _bounded(text, f"eb:{name}", where)
@@ -156,8 +190,21 @@ def _optional_text(parent: etree._Element, name: str) -> str | None:
     element = parent.find(_eb(name))
     if element is None:
         return None
-    text = (element.text or "").strip() or None
+    text = _value(element, f"eb:{name}", f"eb:{name}").strip() or None
     return None if text is None else _bounded(text, f"eb:{name}", f"eb:{name}")
+
+
+def _value(element: etree._Element, what: str, where: str) -> str:
+    """The text of a value element, which holds text only. A comment or processing instruction
+    in it is no part of what the signature digests (canonicalisation drops comments), and cut
+    the text we read: "abc<!---->xyz" would be read as "abc", a value nobody signed."""
+    if len(element):
+        raise EbxmlError(
+            ErrorCode.SECURITY_FAILURE,
+            f"{what} holds a comment or markup: its signed value is not what would be read",
+            where,
+        )
+    return element.text or ""
 
 
 def _bounded(text: str, what: str, where: str) -> str:
@@ -186,7 +233,7 @@ def _party(parent: etree._Element, name: str, location: str) -> Party:
     ids: list[tuple[str | None, str]] = []
     for index, party_id in enumerate(element.findall(_eb("PartyId")), start=1):
         id_where = f"{where}/eb:PartyId[{index}]"
-        value = _bounded((party_id.text or "").strip(), "eb:PartyId", id_where)
+        value = _bounded(_value(party_id, "eb:PartyId", id_where).strip(), "eb:PartyId", id_where)
         if not value:
             raise EbxmlError(ErrorCode.OTHER_XML, "eb:PartyId is empty", id_where)
         id_type = (_eb_attr(party_id, "type") or "").strip() or None
@@ -417,6 +464,7 @@ def parse_envelope(source: etree._Element | bytes) -> Envelope:
     """Read a SOAP:Envelope (element or bytes); raise :class:`EbxmlError` when it is defective."""
     root = _root(source)
     header_el, body = _check_root(root)
+    _refuse_hop_to_hop_elements(root, header_el)
     parts: dict[str, etree._Element] = {}
     ack_requests: list[etree._Element] = []
     extra: list[str] = []

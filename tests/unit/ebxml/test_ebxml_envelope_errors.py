@@ -364,3 +364,61 @@ def test_a_description_too_long_or_too_deep_for_json_is_not_read_as_one() -> Non
     root = payload_root()
     _set_text(f"{MH}/eb:Description", '{"a":' + "[" * 100_000)(root)
     assert parse_envelope(envelope_bytes(root)).header.description is None
+
+
+NEXT_MSH = "urn:oasis:names:tc:ebxml-msg:actor:nextMSH"
+SOAP_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
+
+
+@pytest.mark.parametrize("actor", [NEXT_MSH, SOAP_NEXT])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{MH}/eb:MessageData/eb:MessageId",
+        f"{MH}/eb:To/eb:PartyId",
+        f"{MH}/eb:Action",
+        "SOAP:Header/eb:MessageHeader",
+        "SOAP:Body/eb:Manifest/eb:Reference",
+    ],
+)
+def test_an_element_the_signature_leaves_out_is_refused_where_we_read(
+    path: str, actor: str
+) -> None:
+    # Put before the signed element of its name, it would be the one read, and the signature
+    # would still hold: the signature's XPath filter leaves out any element of these actors.
+    root = payload_root()
+    signed = _find(root, path)
+    inserted = etree.fromstring(etree.tostring(signed))
+    inserted.set(f"{SOAP}actor", actor)
+    signed.addprevious(inserted)
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(root)
+    assert caught.value.code is ErrorCode.SECURITY_FAILURE
+
+
+def test_ack_requested_and_sync_reply_may_be_for_the_next_hop() -> None:
+    root = build_envelope(
+        payload_header(),
+        manifest=[ManifestReference.for_content_id("part-1@x")],
+        sync_reply=True,
+    )
+    _find(root, "SOAP:Header/eb:AckRequested").set(f"{SOAP}actor", NEXT_MSH)
+    assert _find(root, "SOAP:Header/eb:SyncReply").get(f"{SOAP}actor") == SOAP_NEXT
+    envelope = parse_envelope(root)
+    assert envelope.ack_requested and envelope.sync_reply
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{MH}/eb:MessageData/eb:MessageId", f"{MH}/eb:From/eb:PartyId", f"{MH}/eb:CPAId"],
+)
+def test_a_comment_inside_a_value_is_refused(path: str) -> None:
+    # Canonicalisation drops comments, so "abc<!---->xyz" is signed as "abcxyz" and would be
+    # read as "abc": another value under the same signature.
+    root = payload_root()
+    element = _find(root, path)
+    element.append(etree.Comment(""))
+    element[-1].tail = "xyz"
+    with pytest.raises(EbxmlError) as caught:
+        parse_envelope(root)
+    assert caught.value.code is ErrorCode.SECURITY_FAILURE
