@@ -515,19 +515,27 @@ def test_every_refused_file_raises_an_alert_that_names_no_file(pair: Pair, tmp_p
     assert "Kari" not in row.file_name  # the store keeps a digest of the name, not the name
 
 
+def held_file(
+    pair: Pair, outbox: Path, text: str, **settings: int
+) -> tuple[FolderIntegration, Ticks]:
+    """An outbox whose ``a.xml`` is held: its agreement suspended, one round run."""
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0, **settings), monotonic=ticks
+    )
+    set_agreements(pair, "suspended")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, text))
+    integration.outbox_once()
+    return integration, ticks
+
+
 def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_when_mended(
     pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The EPJ sends to a partner whose agreement is not active yet: the operator is told at
     # once and activates it; the file goes within a minute, nobody drops it again.
     outbox = tmp_path / "ut"
-    ticks = Ticks()
-    integration = FolderIntegration(
-        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
-    )
-    set_agreements(pair, "suspended")
-    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Venter"))
-    integration.outbox_once()
+    integration, ticks = held_file(pair, outbox, "Venter")
     assert (outbox / "a.xml").exists()
     assert list((outbox / "failed").iterdir()) == []
     [held] = open_alerts(pair, "outbox-held")
@@ -551,15 +559,7 @@ def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_whe
 
 def test_a_held_file_is_refused_when_its_hold_runs_out(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
-    ticks = Ticks()
-    integration = FolderIntegration(
-        pair.gp,
-        FolderSettings(outbox_dir=outbox, settle_seconds=0, hold_minutes=30),
-        monotonic=ticks,
-    )
-    set_agreements(pair, "suspended")
-    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "For lenge"))
-    integration.outbox_once()
+    integration, ticks = held_file(pair, outbox, "For lenge", hold_minutes=30)
     assert open_alerts(pair, "outbox-held")
     pair.clock.advance(minutes=29)
     ticks.now += 29 * 60
@@ -712,13 +712,7 @@ def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
 
 def test_a_held_file_removed_or_written_again_is_held_no_more(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
-    ticks = Ticks()
-    integration = FolderIntegration(
-        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
-    )
-    set_agreements(pair, "suspended")
-    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første"))
-    integration.outbox_once()
+    integration, ticks = held_file(pair, outbox, "Første")
     [first] = open_alerts(pair, "outbox-held")
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre"))  # rewritten
     ticks.now += 61
@@ -780,13 +774,7 @@ def test_a_held_file_written_again_and_sent_ends_the_first_ones_alert(
     pair: Pair, tmp_path: Path
 ) -> None:
     outbox = tmp_path / "ut"
-    ticks = Ticks()
-    integration = FolderIntegration(
-        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
-    )
-    set_agreements(pair, "suspended")
-    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Første"))
-    integration.outbox_once()
+    integration, _ = held_file(pair, outbox, "Første")
     assert len(open_alerts(pair, "outbox-held")) == 1
     set_agreements(pair, "active")
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Andre"))

@@ -28,12 +28,18 @@ def _bounce_events(pair: Pair, message_id: str) -> int:
         return sum(e.code == "mail-bounced" for e in uow.events.for_message(message_id))
 
 
-def test_a_message_given_up_ends_its_bounce_alert(pair: Pair) -> None:
+def _bounced_while_retried(pair: Pair) -> str:
+    """A message the receiver has not got (it is down), whose mail came back: its id."""
     pair.network.down.add(pair.hospital_site.endpoint)
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
     assert record_bounce(pair.gp, _bounce_of(pair, message_id))
     assert "mail-bounced" in _open_kinds(pair)
+    return message_id
+
+
+def test_a_message_given_up_ends_its_bounce_alert(pair: Pair) -> None:
+    message_id = _bounced_while_retried(pair)
     for _ in range(10):
         pair.clock.advance(minutes=10)
         pair.run()
@@ -51,11 +57,7 @@ def test_the_receivers_message_error_ends_a_bounce_alert(pair: Pair) -> None:
     from meldingstjener.ebxml import ErrorCode, Severity
     from meldingstjener.ebxml.codes import ErrorDetail
 
-    pair.network.down.add(pair.hospital_site.endpoint)
-    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    pair.run()
-    assert record_bounce(pair.gp, _bounce_of(pair, message_id))
-    assert "mail-bounced" in _open_kinds(pair)
+    message_id = _bounced_while_retried(pair)
     answer_with_error(pair, message_id, ErrorDetail(ErrorCode.DELIVERY_FAILURE, Severity.ERROR))
     assert pair.message(pair.gp, message_id).status == "transport-error"
     assert "mail-bounced" not in _open_kinds(pair)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -328,100 +329,99 @@ def test_the_open_alerts_kept_in_memory_are_capped(
     assert len(open_alerts(pair.hospital)) == 3
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_an_alert_raised_by_another_process_is_resolved_by_the_next_heartbeat(
-    tmp_path: Path, database_url: str
-) -> None:
-    # Two serve processes on one store. The first refuses a message; the GP's next message
-    # reaches the second, which did not know of the alert yet. Its heartbeat reads the open
-    # alerts and sees that the sender's message went through here after the refusal.
-    from engine_pair import make_pair
-
+@pytest.fixture
+def two_processes(tmp_path: Path, database_url: str) -> Iterator[tuple[Pair, EngineContext]]:
+    """A pair whose hospital store (PostgreSQL) a second ``serve`` process shares, started (it
+    has read the open alerts: none); the pair's hospital is the first."""
     from meldingstjener.bootstrap import build_engine
     from meldingstjener.config import load_settings
     from meldingstjener.engine.instances import beat
 
     pair = make_pair(tmp_path, hospital_database_url=database_url)
-    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
-    second.transports = pair.hospital.transports
     first = pair.hospital
+    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
+    second.transports = first.transports
     try:
-        beat(second, "second:8080", started=True)  # it has read the open alerts: none
-        pair.network.tamper = flip_last_payload_byte
-        send_note(pair)
-        assert open_alerts(first) == {REFUSED: ("error", 1)}
-        pair.network.tamper = None
-        pair.network.engines[pair.hospital_site.endpoint] = pair.hospital = second
-        pair.clock.advance(seconds=1)
-        message_id = send_note(pair)
-        assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
-        assert open_alerts(second) == {REFUSED: ("error", 1)}  # not known here yet
-        beat(second, "second:8080")
-        assert open_alerts(second) == {}
+        beat(second, "second:8080", started=True)
+        yield pair, second
     finally:
         for ctx in (pair.gp, first, second):
             ctx.store.database.dispose()
 
 
+def _refused_at_the_first_then_sent_to_the_second(pair: Pair, second: EngineContext) -> str:
+    """The first process refuses a message of the GP; the GP's next message goes to the
+    second. Returns that message's id."""
+    pair.network.tamper = flip_last_payload_byte
+    send_note(pair)
+    assert open_alerts(pair.hospital) == {REFUSED: ("error", 1)}
+    pair.network.tamper = None
+    pair.network.engines[pair.hospital_site.endpoint] = pair.hospital = second
+    pair.clock.advance(seconds=1)
+    return send_note(pair)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_alert_raised_by_another_process_is_resolved_by_the_next_heartbeat(
+    two_processes: tuple[Pair, EngineContext],
+) -> None:
+    # Two serve processes on one store. The first refuses a message; the GP's next message
+    # reaches the second, which did not know of the alert yet. Its heartbeat reads the open
+    # alerts and sees that the sender's message went through here after the refusal.
+    from meldingstjener.engine.instances import beat
+
+    pair, second = two_processes
+    message_id = _refused_at_the_first_then_sent_to_the_second(pair, second)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert open_alerts(second) == {REFUSED: ("error", 1)}  # not known here yet
+    beat(second, "second:8080")
+    assert open_alerts(second) == {}
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_heartbeats_catch_up_leaves_a_refusal_raised_after_the_message_went_through(
-    tmp_path: Path, database_url: str
+    two_processes: tuple[Pair, EngineContext],
 ) -> None:
     # The second process stored a message of the sender after the first refused one; its
     # heartbeat reads the open alert and would resolve it. Between that read and the resolve,
     # the first refuses another message of the sender: that refusal is newer than the message
     # that went through, and must stay open.
-    from engine_pair import make_pair
     from sqlalchemy import event
 
-    from meldingstjener.bootstrap import build_engine
-    from meldingstjener.config import load_settings
     from meldingstjener.engine.alerts import AlertKind, raise_alert
     from meldingstjener.engine.instances import beat
 
-    pair = make_pair(tmp_path, hospital_database_url=database_url)
-    second = build_engine(load_settings(pair.hospital_site.config_path), clock=pair.clock)
-    second.transports = pair.hospital.transports
+    pair, second = two_processes
     first = pair.hospital
+    _refused_at_the_first_then_sent_to_the_second(pair, second)  # went through at the second
+    pair.clock.advance(seconds=1)
+
+    raised: list[bool] = []
+
+    def refused_meanwhile(
+        _conn: object, _cursor: object, statement: str, params: object, *_: object
+    ) -> None:
+        resolving = "SET resolved_at" in statement and isinstance(params, dict)
+        if resolving and params.get("dedup_key") == REFUSED and not raised:  # type: ignore[union-attr]
+            raised.append(True)
+            with first.store.unit_of_work() as uow:  # the first refuses another
+                raise_alert(
+                    uow,
+                    AlertKind.MESSAGE_REFUSED,
+                    "refused again",
+                    at=pair.clock(),
+                    key="8100001:SecurityFailure",
+                )
+                uow.commit()
+
+    engine = second.store.database.engine
+    event.listen(engine, "before_cursor_execute", refused_meanwhile)
     try:
-        beat(second, "second:8080", started=True)
-        pair.network.tamper = flip_last_payload_byte
-        send_note(pair)
-        pair.network.tamper = None
-        pair.network.engines[pair.hospital_site.endpoint] = pair.hospital = second
-        pair.clock.advance(seconds=1)
-        send_note(pair)  # went through at the second
-        pair.clock.advance(seconds=1)
-
-        raised: list[bool] = []
-
-        def refused_meanwhile(
-            _conn: object, _cursor: object, statement: str, params: object, *_: object
-        ) -> None:
-            resolving = "SET resolved_at" in statement and isinstance(params, dict)
-            if resolving and params.get("dedup_key") == REFUSED and not raised:  # type: ignore[union-attr]
-                raised.append(True)
-                with first.store.unit_of_work() as uow:  # the first refuses another
-                    raise_alert(
-                        uow,
-                        AlertKind.MESSAGE_REFUSED,
-                        "refused again",
-                        at=pair.clock(),
-                        key="8100001:SecurityFailure",
-                    )
-                    uow.commit()
-
-        engine = second.store.database.engine
-        event.listen(engine, "before_cursor_execute", refused_meanwhile)
-        try:
-            beat(second, "second:8080")
-        finally:
-            event.remove(engine, "before_cursor_execute", refused_meanwhile)
-        assert raised
-        assert open_alerts(second) == {REFUSED: ("error", 2)}
+        beat(second, "second:8080")
     finally:
-        for ctx in (pair.gp, first, second):
-            ctx.store.database.dispose()
+        event.remove(engine, "before_cursor_execute", refused_meanwhile)
+    assert raised
+    assert open_alerts(second) == {REFUSED: ("error", 2)}
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
