@@ -3,7 +3,8 @@
 parse MIME and envelope -> signals go to :mod:`.signals` -> verify the signature with the sender's
 registered certificate (or, for a while after a rollover, the one it replaced) -> check the
 manifest -> check that To is ours -> duplicate check (a repeated eb:MessageId is not processed
-again; its original signal is sent again) -> decrypt -> read the fagmelding and check its HER-ids
+again; its original signal is sent again) -> check that the payload's content key was not used
+by another message (no padding oracle) -> decrypt -> read the fagmelding and check its HER-ids
 against the envelope -> store payload, message and the signed Acknowledgment in one commit ->
 only then is the Acknowledgment released (in the HTTP response for SyncReply, else by a
 ``send-signal`` job). Every failure becomes the right ebXML MessageError to the sender and an
@@ -165,15 +166,22 @@ def _receive_message(
 ) -> InboundReply:
     header = envelope.header
     sender = header.from_party.her_id
+    keys = _payload_keys(ctx, mime, envelope)
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
         certificates = ctx.directory.signing_certificates(uow, sender)
+        keys_used = uow.content_keys.used(keys)
     if duplicate is not None:
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     try:
-        message, plain = _check(ctx, mime, envelope, root, certificates)
+        _check(ctx, mime, envelope, root, certificates, keys_used=keys_used)
     except _Reject as reject:
         return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
+    try:
+        message, plain = _open_payload(ctx, mime, envelope)
+    except _Reject as reject:
+        # the payload's keys were used: another message may not use them again
+        return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel, keys)
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref = ctx.store.payloads.put(plain)
@@ -194,6 +202,7 @@ def _receive_message(
             uow.messages.add(
                 row, actor=f"{channel}:{sender}", detail=f"received from {sender}", at=now
             )
+            uow.content_keys.record(keys, row.id, at=now)
             if message.report.problems:
                 uow.events.record(
                     row.id,
@@ -243,14 +252,50 @@ def _receive_message(
         # refers to this request's files (their keys are random): the decrypted content must
         # not stay on disk.
         ctx.store.payloads.discard(payload_ref, wire_ref, ack_ref)
-        with ctx.store.unit_of_work() as uow:
-            duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-        assert duplicate is not None
-        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
+        return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
+
+
+def _payload_keys(ctx: EngineContext, mime: MimeMessage, envelope: Envelope) -> frozenset[str]:
+    """The names of the content keys of the message's payload wrapped for our keys (none when
+    there is no such payload part: the checks then say what is wrong)."""
+    if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
+        return frozenset()
+    return payload_io.wrapped_keys(ctx, mime.attachments[str(envelope.manifest[0].content_id)])
+
+
+def _after_conflict(
+    ctx: EngineContext,
+    mime: MimeMessage,
+    envelope: Envelope,
+    root: etree._Element,
+    certificates: SigningCertificates,
+    body: PayloadSource,
+    channel: str,
+) -> InboundReply:
+    """Storing the message (or its refusal) met a row stored meanwhile by another request: one
+    with the same eb:MessageId, judged as a later repeat would be (its sender's, and signed by
+    it, or refused without that message's signal), or one that used its payload's key."""
+    with ctx.store.unit_of_work() as uow:
+        duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, envelope.header.message_id)
+    if duplicate is not None:
+        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
+    return _refuse(ctx, mime, envelope, root, certificates, body, _key_used_before(), channel)
+
+
+def _key_used_before() -> _Reject:
+    # The same answer whatever the content would have decrypted to (see
+    # cms_enveloped.wrapped_keys), and no word of which message used the key.
+    return _Reject(
+        ErrorCode.SECURITY_FAILURE,
+        "the payload's content-encryption key was used in another message before: a payload "
+        "is accepted in one message only (encrypt each message with a new key)",
+        "cid",
+        reason="its payload's content key was used in another message before (a copied payload)",
+    )
 
 
 def _check(
@@ -259,9 +304,12 @@ def _check(
     envelope: Envelope,
     root: etree._Element,
     certificates: SigningCertificates,
-) -> tuple[Fagmelding, PayloadSource]:
+    *,
+    keys_used: bool,
+) -> None:
+    """What is checked before the payload is opened: signature, TimeToLive, manifest, and that
+    the payload's content key has not been used before."""
     header = envelope.header
-    sender = header.from_party.her_id
     _verify_signature(ctx, mime, envelope, root, certificates)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
@@ -279,11 +327,22 @@ def _check(
         raise _Reject(
             exc.code, str(exc), exc.location, reason="its manifest and parts disagree"
         ) from None
-    to = header.to_party.her_id
     if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
         raise _Reject(
             ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest", reason="no payload part"
         )
+    if keys_used:
+        raise _key_used_before()
+
+
+def _open_payload(
+    ctx: EngineContext, mime: MimeMessage, envelope: Envelope
+) -> tuple[Fagmelding, PayloadSource]:
+    """Decrypt the payload, read the fagmelding, and check that it is ours and that its
+    HER-ids agree with the envelope's."""
+    header = envelope.header
+    sender = header.from_party.her_id
+    to = header.to_party.her_id
     not_ours = _Reject(
         ErrorCode.VALUE_NOT_RECOGNIZED,
         f"the receiver {to} is not served by this message server",
@@ -583,7 +642,10 @@ def _refuse(
     body: PayloadSource,
     reject: _Reject,
     channel: str,
+    keys: frozenset[str] = frozenset(),
 ) -> InboundReply:
+    """Store the refused message and its MessageError; ``keys``: the content keys its payload
+    used (it was decrypted, or decryption was tried)."""
     header = envelope.header
     error = reject.error
     our = _us(ctx, header)
@@ -604,6 +666,7 @@ def _refuse(
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(row, actor=f"{channel}:{_party_shown(header.from_party)}", at=now)
+            uow.content_keys.record(keys, row.id, at=now)
             uow.messages.set_status(
                 row,
                 InboundStatus.REJECTED.value,
@@ -632,12 +695,12 @@ def _refuse(
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(wire_ref, error_ref)
-        # The same MessageId was stored meanwhile: this copy is judged as a later repeat would
-        # be (its sender's, and signed by it, or refused without that message's signal).
-        with ctx.store.unit_of_work() as uow:
-            duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-        assert duplicate is not None
-        return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
+        if not keys:  # no content key of its: only the same MessageId can have been stored
+            with ctx.store.unit_of_work() as uow:
+                duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
+            assert duplicate is not None
+            return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
+        return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 

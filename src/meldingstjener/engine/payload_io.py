@@ -28,6 +28,7 @@ from meldingstjener.ebxml import envelope_bytes
 from meldingstjener.ebxml.mime import Attachment, TransferEncoding, write_package
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.security import cms_enveloped
+from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig import sign_ebxml_envelope
 from meldingstjener.store.payloads import CHUNK, PayloadSource, Spool, source_size
 
@@ -54,6 +55,16 @@ def decrypt_payload(ctx: EngineContext, part: Attachment) -> bytes | Spool:
         spool.discard()
         raise
     return spool
+
+
+def wrapped_keys(ctx: EngineContext, part: Attachment) -> frozenset[str]:
+    """The names of the content keys of a received payload part that are wrapped for our keys
+    (see :func:`~meldingstjener.security.cms_enveloped.wrapped_keys`): none for a part that is
+    not readable CMS, whose decryption then says what is wrong with it."""
+    try:
+        return cms_enveloped.wrapped_keys(part.open, ctx.keys.decryption_candidates)
+    except SecurityError:
+        return frozenset()
 
 
 def read_all(payload: PayloadSource) -> bytes:

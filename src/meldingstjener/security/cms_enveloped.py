@@ -17,6 +17,7 @@ whole, let alone twice. :func:`encrypt` and :func:`decrypt` are the same for byt
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import zlib
@@ -272,6 +273,36 @@ def decrypt_to(
     # One message for every failure after the recipient matched: telling a wrong key apart
     # from bad padding would give an attacker a decryption oracle.
     raise CmsError("the message could not be decrypted with our key", code="decryption-failed")
+
+
+def wrapped_keys(
+    open_source: Callable[[], BinaryIO], candidates: Sequence[DecryptionCandidate]
+) -> frozenset[str]:
+    """The wrapped content keys of an EnvelopedData that are addressed to one of our
+    ``candidates``, each named by the SHA-256 (hex) of its encrypted form, read without
+    unwrapping anything or touching the content. Raises :class:`CmsError` for input that is
+    not a readable EnvelopedData.
+
+    A receiver that lets a content key be used in one received message only leaves no padding
+    oracle: whoever copies a captured payload into messages of its own, altering the content,
+    could otherwise learn from each answer whether its CBC padding was right (refused as not
+    decryptable, or decrypted to garbage), and so decrypt it block by block. One name per key
+    is enough: an RSA ciphertext is taken only at the modulus's length and below its value
+    (cryptography refuses any other), so a key wrapped for one of our keys has one form.
+    """
+    stream = open_source()
+    try:
+        envelope = _read_envelope(ber.Reader(stream))
+    finally:
+        stream.close()
+    names: set[str] = set()
+    for recipient_info in envelope.recipient_infos:
+        if recipient_info.name != "ktri":
+            continue
+        ktri = recipient_info.chosen
+        if any(identifies(ktri["rid"], cert) for _, cert in candidates):
+            names.add(hashlib.sha256(ktri["encrypted_key"].native).hexdigest())
+    return frozenset(names)
 
 
 def _skip(stream: BinaryIO, count: int) -> None:

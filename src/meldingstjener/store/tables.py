@@ -144,6 +144,19 @@ class EventRow(Base):
     ebxml_message_id: Mapped[str | None] = mapped_column(String(255))
 
 
+class ContentKeyRow(Base):
+    """A content key of a received payload, named by the digest of its wrapped form, and the
+    message that used it. A key is used in one received message only: see
+    :func:`meldingstjener.security.cms_enveloped.wrapped_keys` (no padding oracle)."""
+
+    __tablename__ = "content_keys"
+    __table_args__ = (Index("ix_content_keys_message", "message_id"),)
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256, hex
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ReceiptRow(Base):
     """A transport receipt, an ebXML error or an AppRec, sent or received, tied to its message."""
 

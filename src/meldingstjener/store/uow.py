@@ -40,6 +40,7 @@ from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.tables import (
     AgreementRow,
     AlertRow,
+    ContentKeyRow,
     EventRow,
     InstanceRow,
     JobRow,
@@ -506,6 +507,41 @@ class MessageRepository:
         if with_since:
             query = query.order_by(MessageRow.created_at).limit(f.limit)
         return query
+
+
+_CONTENT_KEY_USED = text("SELECT 1 FROM content_keys WHERE digest IN :digests LIMIT 1").bindparams(
+    bindparam("digests", expanding=True)
+)
+_CONTENT_KEY_COLUMNS = cast(Table, ContentKeyRow.__table__).c
+_CONTENT_KEY_INSERT = text(
+    "INSERT INTO content_keys (digest, message_id, at) VALUES (:digest, :message_id, :at)"
+).bindparams(*(bindparam(c.name, type_=c.type) for c in _CONTENT_KEY_COLUMNS))
+
+
+class ContentKeyRepository:
+    """The content keys of received payloads (by the digest of their wrapped form) and the
+    message that used each: a key is used in one received message only."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def used(self, digests: frozenset[str]) -> bool:
+        """Whether a message has used any of these keys."""
+        if not digests:
+            return False
+        found = self.session.connection().execute(_CONTENT_KEY_USED, {"digests": list(digests)})
+        return found.first() is not None
+
+    def record(self, digests: frozenset[str], message_id: str, *, at: datetime) -> None:
+        """Note that ``message_id`` used these keys. Raises IntegrityError (now, or at commit)
+        when another message did first."""
+        if not digests:
+            return
+        flush(self.session)  # the message row it refers to goes first
+        self.session.connection().execute(
+            _CONTENT_KEY_INSERT,
+            [{"digest": d, "message_id": message_id, "at": at} for d in sorted(digests)],
+        )
 
 
 class ReceiptRepository:
@@ -1261,6 +1297,7 @@ class UnitOfWork:
         self.events = EventRepository(self.session)
         self.messages = MessageRepository(self.session, self.events)
         self.receipts = ReceiptRepository(self.session)
+        self.content_keys = ContentKeyRepository(self.session)
         self.alerts = AlertRepository(self.session)
         self.jobs = JobRepository(self.session)
         self.state = StateRepository(self.session)

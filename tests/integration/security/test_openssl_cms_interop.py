@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from meldingstjener.security import cms
+from meldingstjener.security import cms, cms_enveloped
 from meldingstjener.security.devpki import DevParty, DevPki
 
 SENDER = "8141253"  # HER-ids the session PKI in conftest.py issues for
@@ -79,6 +81,63 @@ def test_openssl_encrypted_decrypts_here(
     der = _openssl_encrypt(tmp_path, cert, cipher, transport, PAYLOAD)
     candidates = [(receiver.encryption.key, receiver.encryption.certificate)]
     assert cms.decrypt(der, candidates) == PAYLOAD
+
+
+def _encrypted_keys_printed(der: Path) -> list[bytes]:
+    """Each RecipientInfo's encryptedKey as `openssl cms -cmsout -print` shows it."""
+    done = run([tool("openssl"), "cms", "-cmsout", "-print", "-inform", "DER", "-in", str(der)])
+    assert done.returncode == 0, done.stderr
+    keys: list[bytes] = []
+    current: list[str] | None = None
+    for line in done.stdout.decode().splitlines():
+        if line.strip() == "encryptedKey:":
+            current = []
+            keys.append(b"")
+            continue
+        dump = re.match(r"\s+[0-9a-f]{4} - ((?:[0-9a-f]{2}[ -]){0,15}[0-9a-f]{2})", line)
+        if current is not None and dump:
+            keys[-1] += bytes.fromhex(dump.group(1).replace("-", " "))
+        else:
+            current = None
+    return keys
+
+
+def test_the_wrapped_keys_for_us_are_named_by_their_digest(
+    receiver: DevParty, sender: DevParty, interop_pki: DevPki, tmp_path: Path
+) -> None:
+    (tmp_path / "plain").write_bytes(PAYLOAD)
+    out = tmp_path / "enc.der"
+    d = interop_pki.directory
+    done = run(
+        [
+            tool("openssl"),
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes256",
+            "-in",
+            str(tmp_path / "plain"),
+            "-outform",
+            "DER",
+            "-out",
+            str(out),
+            str(d / f"{SENDER}-enc.pem"),
+            str(d / f"{RECEIVER}-enc.pem"),
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    printed = _encrypted_keys_printed(out)
+    assert len(printed) == 2 and all(len(key) == 256 for key in printed)
+    ours = cms_enveloped.wrapped_keys(
+        lambda: out.open("rb"), [(receiver.encryption.key, receiver.encryption.certificate)]
+    )
+    assert len(ours) == 1  # the receiver's key only, not the sender's
+    assert ours <= {hashlib.sha256(key).hexdigest() for key in printed}
+    theirs = cms_enveloped.wrapped_keys(
+        lambda: out.open("rb"), [(sender.encryption.key, sender.encryption.certificate)]
+    )
+    assert len(theirs) == 1 and theirs != ours
+    assert cms_enveloped.wrapped_keys(lambda: out.open("rb"), []) == frozenset()
 
 
 def test_des3_refused_by_policy(receiver: DevParty, interop_pki: DevPki, tmp_path: Path) -> None:
