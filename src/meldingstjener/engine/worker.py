@@ -172,6 +172,7 @@ class Worker:
         self.keeper: LeaseKeeper | None = None  # set while run() serves
         self.stopping: threading.Event | None = None  # set while run() serves
         self.skip_kind = register_sync.left_to_others(ctx)  # work this server is not set up for
+        self.monotonic: Callable[[], float] = time.monotonic  # when the poll time has come
 
     def run_once(self) -> int:
         """Claim and run the jobs due now; return how many were run."""
@@ -250,22 +251,29 @@ class Worker:
             self.stopping = None
 
     def _serve(self, stop: threading.Event) -> None:
-        claim = True
+        # The store is claimed from on a notice, and at the latest a poll interval after the
+        # last claim, however often handed jobs woke us meanwhile: jobs that fall due with no
+        # notice (an ack-timeout, a retry, another process's) are found by that look, and a
+        # steady stream of handed jobs must not put it off for ever.
+        notice = True
+        next_claim = self.monotonic()
         while not stop.is_set():
             try:
-                if self.run_handed():
+                if self.run_handed() and not notice and self.monotonic() < next_claim:
                     continue  # handed jobs first: they are due and need no claim
             except Exception:
                 log.exception("worker %s could not run handed jobs", self.name)
-            if claim:
+            if notice or self.monotonic() >= next_claim:
                 self.ctx.wakeup.claiming()
+                next_claim = self.monotonic() + self.poll_interval
                 try:
                     ran = self.run_once()
                 except Exception:
                     log.exception("worker %s could not claim work; retrying", self.name)
                     ran = 0
                 if ran >= self.batch:
-                    continue  # there may be more
+                    notice = True  # there may be more
+                    continue
             # took all that was due: claim again on a notice or at the poll time, not when only
             # a handed job woke us
-            claim = self.ctx.wakeup.wait(self.poll_interval)
+            notice = self.ctx.wakeup.wait(max(0.0, next_claim - self.monotonic()))

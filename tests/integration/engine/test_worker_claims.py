@@ -185,6 +185,64 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
         assert uow.jobs.count() == 0
 
 
+def test_handed_jobs_do_not_put_off_the_look_into_the_store(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that falls due with no notice (an ack-timeout, a retry, another process's) is
+    claimed at the poll time even while handed jobs keep waking the worker: steady traffic
+    of about one message per poll interval once kept it from ever looking."""
+    ctx = pair.gp
+    claims = _count_claims(monkeypatch)
+    ran: list[str | None] = []
+    done = threading.Semaphore(0)
+
+    def handler(context: EngineContext, job: ClaimedJob) -> None:
+        ran.append(_claimed_by(context.store, job.id))
+        with context.store.unit_of_work() as uow:
+            uow.jobs.finish(job.id)
+            uow.commit()
+        done.release()
+
+    monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
+    ctx.clock = utcnow
+    ctx.wakeup = Watched()
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
+    worker = Worker(ctx, "test-host:1/0", batch=4, poll_interval=TIMEOUT)
+    now = [1000.0]
+    worker.monotonic = lambda: now[0]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert ctx.wakeup.waited(1)
+        assert claims == [0]
+        with ctx.store.unit_of_work() as uow:  # due now, and nobody says so
+            uow.jobs.schedule(KIND, utcnow() - timedelta(seconds=1))
+            uow.commit()
+        # a handed job within the poll interval: run, and no look into the store
+        now[0] += 1
+        with ctx.store.unit_of_work() as uow:
+            ctx.schedule_now(uow, KIND)
+            uow.commit()
+        ctx.notify_workers(uow)
+        assert done.acquire(timeout=TIMEOUT) and ctx.wakeup.waited(2)
+        assert claims == [0] and ran == ["test-host:1/handoff"]
+        # another after the poll time: the look is due, handed jobs or not
+        now[0] += TIMEOUT
+        with ctx.store.unit_of_work() as uow:
+            ctx.schedule_now(uow, KIND)
+            uow.commit()
+        ctx.notify_workers(uow)
+        assert done.acquire(timeout=TIMEOUT) and done.acquire(timeout=TIMEOUT)
+        assert ctx.wakeup.waited(3)
+        assert claims == [0, 1]
+        assert ran == ["test-host:1/handoff", "test-host:1/handoff", "test-host:1/0"]
+    finally:
+        stop.set()
+        ctx.wakeup.wake_all()
+        thread.join(TIMEOUT)
+
+
 def test_the_capacity_counts_the_jobs_of_the_same_transaction(pair: Pair) -> None:
     ctx = pair.gp
     ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=1)
