@@ -94,8 +94,11 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         if view is None or view.status not in _SENDABLE:
             if view is None or view.status != OutboundStatus.SENT.value:
                 uow.jobs.finish(job.id)  # acknowledged, refused or given up meanwhile
-            # sent: a run of this job whose lease ran out; the other run got through and the
-            # job's row is that send's ack-timeout now, which must stay
+            else:
+                # sent, by another run: if that was a run of this job (whose lease ran out),
+                # the job's row is that send's ack-timeout now, which must stay; a resend
+                # scheduled before that send got through is no longer wanted
+                uow.jobs.finish_if(job.id, TRANSMIT)
             uow.commit()
             return None
         try:
@@ -174,6 +177,22 @@ def _failed(
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id), for_update=True)
         assert row is not None
+        if row.status not in _SENDABLE:
+            # Sent (a run of this job whose lease had run out, while another one got through
+            # and turned the job row into its ack-timeout), acknowledged or given up meanwhile:
+            # that outcome stands, and the row under this job's id is no longer this job. The
+            # attempt is logged; it does not count against the agreement's Retries.
+            uow.events.record(
+                row.id,
+                EventKind.ATTEMPT,
+                actor="worker",
+                code=failure.code,
+                detail=f"an overtaken attempt failed: {failure.detail}",
+                ebxml_message_id=row.ebxml_message_id,
+                at=now,
+            )
+            uow.commit()
+            return
         row.attempts += 1
         uow.events.record(
             row.id,
@@ -184,12 +203,6 @@ def _failed(
             ebxml_message_id=row.ebxml_message_id,
             at=now,
         )
-        if row.status not in _SENDABLE:
-            # Sent (a run of this job whose lease had run out, while another one got through
-            # and turned the job row into its ack-timeout), acknowledged or given up meanwhile:
-            # that outcome stands, and the row under this job's id is no longer this job.
-            uow.commit()
-            return
         due = _next_attempt(row, partner, now) if failure.retryable else None
         if due is None:
             _give_up(uow, row, partner.name, f"last attempt failed ({failure.detail})", now)

@@ -780,6 +780,7 @@ _SCHEDULE_CLAIMED = _job_sql(
     **_TYPED,
 )
 _FINISH = _job_sql("DELETE FROM jobs WHERE id = :id")
+_FINISH_KIND = _job_sql("DELETE FROM jobs WHERE id = :id AND kind = :kind")
 _EXTEND_CLAIM = _job_sql(
     "UPDATE jobs SET claimed_until = :until WHERE id = :id AND claimed_by = :worker "
     "AND kind = :kind AND (message_id = :message_id OR (message_id IS NULL AND "
@@ -1060,6 +1061,10 @@ class JobRepository:
 
     def finish(self, job_id: int) -> None:
         self._run(_FINISH, id=job_id)
+
+    def finish_if(self, job_id: int, kind: str) -> None:
+        """:meth:`finish` the job unless its row has become a job of another kind."""
+        self._run(_FINISH_KIND, id=job_id, kind=kind)
 
     def extend_claim(self, job: ClaimedJob, *, worker: str, until: datetime) -> bool:
         """Keep ``worker``'s claim on a job it is still running until ``until``. False when the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -720,7 +721,9 @@ def test_an_overtaken_send_that_fails_leaves_the_sent_message_alone(pair: Pair) 
 
     pair.gp.transports = {"http": Overtaken()}  # type: ignore[dict-item]
     transmit.transmit_job(pair.gp, late)  # type: ignore[arg-type]
-    assert pair.message(pair.gp, message_id).status == "sent"
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "sent"
+    assert sent.attempts == 1  # the other worker's; the overtaken one uses up no Retry
     with pair.gp.store.unit_of_work() as uow:
         assert job_kinds(uow) == ["ack-timeout"]
     pair.run()  # the hospital's Acknowledgment does not get through
@@ -747,6 +750,37 @@ def test_a_late_run_of_a_job_whose_message_was_sent_does_nothing(pair: Pair) -> 
     assert len(pair.network.sent) == sends
     with pair.gp.store.unit_of_work() as uow:
         assert job_kinds(uow) == ["ack-timeout"]
+
+
+def test_a_resend_overtaken_by_a_late_send_is_dropped(pair: Pair) -> None:
+    # A run outlives its lease; another worker sends, the Acknowledgment is lost and the
+    # ack-timeout schedules a resend. Then the late run gets through: the message is sent
+    # again, with an ack-timeout of its own. The resend job, finding it sent, goes (it stayed,
+    # claimed again every lease, when a sent message's job was taken for its ack-timeout).
+    from meldingstjener.engine import transmit
+    from meldingstjener.engine.worker import Worker
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    [late] = _claim(pair, "gp-late")
+    pair.clock.advance(seconds=121)
+    pair.network.down.add(pair.gp_site.endpoint)  # the Acknowledgments are lost
+    Worker(pair.gp, "gp-other").run_until_idle()
+    pair.clock.advance(seconds=601)
+    with pair.gp.store.unit_of_work() as uow:
+        [timeout] = uow.jobs.claim_due(
+            "gp-w", now=pair.clock(), limit=1, lease=timedelta(seconds=120)
+        )
+        uow.commit()
+    transmit.ack_timeout_job(pair.gp, timeout)
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    transmit.transmit_job(pair.gp, late)  # type: ignore[arg-type]
+    assert pair.message(pair.gp, message_id).status == "sent"
+    with pair.gp.store.unit_of_work() as uow:
+        assert sorted(job_kinds(uow)) == ["ack-timeout", "transmit"]
+    Worker(pair.gp, "gp-w2").run_once()  # the resend, due now
+    with pair.gp.store.unit_of_work() as uow:
+        assert job_kinds(uow) == ["ack-timeout"]
+    assert pair.message(pair.gp, message_id).status == "sent"
 
 
 def test_a_resend_that_waited_past_persist_duration_is_not_sent(pair: Pair) -> None:
