@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lxml import etree
+from sqlalchemy import or_, select
 
 from meldingstjener.ebxml import (
     Envelope,
@@ -32,6 +34,7 @@ from meldingstjener.ebxml import (
 )
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
@@ -40,9 +43,10 @@ from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
 from meldingstjener.store.payloads import PayloadRef
-from meldingstjener.store.tables import ReceiptRow
+from meldingstjener.store.tables import AgreementRow, PartyRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure, send_once
+from meldingstjener.transport.smtp import mail_address
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +142,7 @@ def handle_incoming(
                 uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
             uow.commit()
             return
-        ignored = _ignored_because(envelope, state, signature)
+        ignored = _ignored_because(ctx, uow, envelope, state, signature)
         if ignored is not None:
             code, reason = ignored
             uow.events.record(
@@ -209,19 +213,79 @@ def _alert_untrusted(
 
 
 def _ignored_because(
-    envelope: Envelope, state: MessageState, signature: SenderSignature
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    envelope: Envelope,
+    state: MessageState,
+    signature: SenderSignature,
 ) -> tuple[str, str] | None:
     """(code, reason) when a signal about our message must change nothing, else None."""
     if not signature.trusted:
         why = signature.problem or signature.check.problem or "no registered signing certificate"
         return "SecurityFailure", f"its signature did not verify ({why})"
     sender = envelope.header.from_party.her_id
-    if envelope.is_acknowledgment and sender not in (state.to_her_id, state.receiver_org_her_id):
+    if sender in (state.to_her_id, state.receiver_org_her_id):
+        return None
+    if envelope.is_acknowledgment:
         # signed by a party we know, but not the one we sent the message to: it cannot say
-        # that the receiver has the message. (A MessageError may come from another party: the
-        # MSH at the endpoint saying that the To is not one of its HER-ids.)
+        # that the receiver has the message
         return "Inconsistent", f"the message was sent to {state.to_her_id}"
-    return None
+    # A MessageError may come from another party: the MSH at the endpoint saying that the To
+    # is not one of its HER-ids. Any other party's would end our message to someone else (no
+    # more resends, the EPJ told it was not delivered) on the word of whoever learnt its
+    # MessageId, which travels in clear (a mail's Subject).
+    if _served_where_sent(ctx, uow, state, sender):
+        return None
+    return "Inconsistent", (
+        f"the message was sent to {state.to_her_id}, and the sender is neither its "
+        "organisation nor registered at the endpoint it was sent to"
+    )
+
+
+def _served_where_sent(
+    ctx: EngineContext, uow: UnitOfWork, state: MessageState, sender: str
+) -> bool:
+    """Whether ``sender`` is registered at the endpoint our message was sent to: the To's
+    agreed endpoint, which the sends read (the message keeps no copy of it), against the
+    endpoints agreed with the sender or, for an organisation, with its services (the MSH that
+    answers for a To it does not serve signs as its organisation, which may have no agreement
+    of its own), and their EDI addresses in the register. Only a MessageError from another
+    party than the To comes here: the row is read for our HER-id, as its handling does anyway."""
+    row = uow.messages.get(state.id)
+    if row is None or row.to_her_id is None:
+        return False
+    try:
+        to = ctx.directory.partner(uow, row.to_her_id, our_her_id=row.from_her_id)
+    except PartnerUnknown:
+        return False
+    where = _endpoint_key(to.channel, to.endpoint)
+    if where is None:
+        return False
+    parties = uow.session.scalars(
+        select(PartyRow).where(or_(PartyRow.her_id == sender, PartyRow.parent_her_id == sender))
+    ).all()
+    her_ids = {sender, *(party.her_id for party in parties)}
+    agreements = uow.session.scalars(
+        select(AgreementRow).where(AgreementRow.counterparty_her_id.in_(her_ids))
+    ).all()
+    registered = {_endpoint_key(a.channel, a.endpoint) for a in agreements}
+    registered.update(_endpoint_key("smtp", party.edi_address) for party in parties)
+    return where in registered
+
+
+def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:
+    """An endpoint as compared: a mail address with its domain in lower case (``mailto:`` or
+    bare), a URL with its scheme and host in lower case; None for none (matches nothing)."""
+    value = (endpoint or "").strip()
+    if not value:
+        return None
+    if channel == "smtp":
+        try:
+            return channel, mail_address(value)
+        except TransportFailure:
+            return None
+    url = urlsplit(value)
+    return channel, url._replace(scheme=url.scheme.lower(), netloc=url.netloc.lower()).geturl()
 
 
 def _apply_acknowledgment(

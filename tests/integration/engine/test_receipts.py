@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -888,3 +889,166 @@ def test_another_partys_message_error_leaves_the_wait_for_an_acknowledgment(pair
     wire = signals.build_error(pair.hospital, original, [error], "8200099")
     inbound.receive(pair.gp, wire.content_type, wire.body)
     assert len(open_alerts(pair.gp, "ack-missing")) == 1
+
+
+@pytest.fixture
+def pair_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Pair]:
+    """The ``pair`` with the GP's store on each backend."""
+    from engine_pair import make_pair
+
+    made = make_pair(
+        tmp_path,
+        gp_database_url=database_url,
+        retry_interval_seconds=600,
+        retries=3,
+        persist_duration_seconds=3600,
+    )
+    yield made
+    made.gp.store.database.dispose()
+    made.hospital.store.database.dispose()
+
+
+def _registered_at(pair: Pair, her_id: str, endpoint: str | None) -> None:
+    """A party the GP knows (the hospital's key stands in for its own, so its signature
+    verifies), agreed at ``endpoint``; with no agreement at all for None."""
+    _alias(pair, her_id)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", her_id)
+        assert agreement is not None
+        if endpoint is None:
+            uow.session.delete(agreement)
+        else:
+            agreement.endpoint = endpoint
+        uow.commit()
+
+
+def _sent_with_its_acknowledgment_held(pair: Pair) -> tuple[str, object]:
+    """A message to the hospital's service, sent, whose Acknowledgment does not arrive."""
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    envelope, _ = _sent_envelope(pair, message_id)
+    return message_id, envelope
+
+
+def _message_error_from(pair: Pair, envelope: object, her_id: str) -> None:
+    """A MessageError about the message, From ``her_id``, signed with the hospital's key."""
+    from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
+    from meldingstjener.engine import inbound, signals
+
+    error = ErrorDetail(ErrorCode.DELIVERY_FAILURE, Severity.ERROR, None, "ikke levert")
+    original = OriginalIds.of(envelope.header)  # type: ignore[attr-defined]
+    wire = signals.build_error(pair.hospital, original, [error], her_id)
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:9/ebms", None], ids=["elsewhere", "no-agreement"]
+)
+def test_a_message_error_from_a_party_not_at_the_receivers_endpoint_is_ignored(
+    pair_on_each_database: Pair, endpoint: str | None
+) -> None:
+    # A registered party that learnt one of our MessageIds (they travel in clear: a mail's
+    # Subject) signed a MessageError about our message to the hospital: that ended the message
+    # (transport-error, no more resends, the EPJ told that it was not delivered).
+    pair = pair_on_each_database
+    _registered_at(pair, "8200099", endpoint)
+    message_id, envelope = _sent_with_its_acknowledgment_held(pair)
+    _message_error_from(pair, envelope, "8200099")
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "sent" and sent.last_error_code is None
+    assert [job.message_id for job in _jobs(pair.gp, "ack-timeout")] == [message_id]  # type: ignore[attr-defined]
+    with pair.gp.store.unit_of_work() as uow:
+        [ignored] = [e for e in uow.events.for_message(message_id) if e.kind == "error"]
+        kinds = [r.kind for r in uow.receipts.for_message(message_id)]
+    assert ignored.code == "Inconsistent" and "MessageError from 8200099 ignored" in str(
+        ignored.detail
+    )
+    assert "message-error" not in kinds
+    # on a forger's say-so: no alert (nor one of an untrusted signal: it is trusted)
+    assert open_alerts(pair.gp, "message-error-received") == []
+    assert open_alerts(pair.gp, "signal-untrusted") == []
+    # the message keeps its retries: resent after RetryInterval
+    pair.clock.advance(minutes=11)
+    pair.run()
+    resent = pair.message(pair.gp, message_id)
+    assert resent.status == "sent" and resent.attempts == 2
+
+
+@pytest.mark.parametrize("sender", ["8200002", "8200001"], ids=["to", "organisation"])
+def test_a_message_error_from_the_receiver_fails_the_message(
+    pair_on_each_database: Pair, sender: str
+) -> None:
+    # its To (the hospital's service) or the receiver's organisation (the MsgHead's): as before
+    pair = pair_on_each_database
+    message_id, envelope = _sent_with_its_acknowledgment_held(pair)
+    _message_error_from(pair, envelope, sender)
+    failed = pair.message(pair.gp, message_id)
+    assert failed.status == "transport-error" and failed.last_error_code == "DeliveryFailure"
+    assert _jobs(pair.gp, "ack-timeout") == []
+    [alert] = open_alerts(pair.gp, "message-error-received")
+    assert alert.partner_her_id == sender  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("written", ["as-is", "other-case"])
+def test_a_message_error_from_a_party_at_the_receivers_endpoint_fails_the_message(
+    pair_on_each_database: Pair, written: str
+) -> None:
+    # The MSH at the endpoint the message went to may answer that the To is not one of its
+    # HER-ids, From another HER-id it serves there. A URL's scheme and host have no case.
+    pair = pair_on_each_database
+    endpoint = pair.hospital_site.endpoint
+    if written == "other-case":
+        endpoint = endpoint.replace("http://", "HTTP://")
+    _registered_at(pair, "8200099", endpoint)
+    message_id, envelope = _sent_with_its_acknowledgment_held(pair)
+    _message_error_from(pair, envelope, "8200099")
+    failed = pair.message(pair.gp, message_id)
+    assert failed.status == "transport-error" and failed.last_error_code == "DeliveryFailure"
+    assert _jobs(pair.gp, "ack-timeout") == []
+    [alert] = open_alerts(pair.gp, "message-error-received")
+    assert alert.partner_her_id == "8200099"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("edi_address", "applied"),
+    [("8200002@EDI.example", True), ("8200099@edi.example", False)],
+    ids=["at-the-mailbox", "elsewhere"],
+)
+def test_a_message_error_by_mail_counts_from_a_party_at_the_mailbox_it_went_to(
+    pair_on_each_database: Pair, edi_address: str, applied: bool
+) -> None:
+    # By mail the endpoint is the receiver's EDI address: a party the register has at that
+    # address (with no agreement of its own) answers for the MSH there; one elsewhere not.
+    from engine_pair import Loopback
+
+    pair = pair_on_each_database
+    mailbox = "mailto:8200002@edi.example"
+    mail = Loopback(engines={mailbox: pair.hospital}, channel="smtp")
+    pair.gp.transports["smtp"] = mail
+    _registered_at(pair, "8200099", None)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        party = uow.parties.get("8200099")
+        assert agreement is not None and party is not None
+        agreement.channel, agreement.endpoint = "smtp", mailbox
+        party.edi_address = edi_address
+        uow.commit()
+    message_id, envelope = _sent_with_its_acknowledgment_held(pair)
+    assert [sent.endpoint for sent in mail.sent] == [mailbox]
+    _message_error_from(pair, envelope, "8200099")
+    status = pair.message(pair.gp, message_id).status
+    assert status == ("transport-error" if applied else "sent")
+
+
+def test_mail_endpoints_are_the_same_however_written() -> None:
+    from meldingstjener.engine.signals import _endpoint_key
+
+    bare = _endpoint_key("smtp", "8200001@testedi.nhn.no")
+    assert bare is not None
+    assert _endpoint_key("smtp", " mailto:8200001@TestEDI.nhn.no ") == bare
+    assert _endpoint_key("smtp", "mailto:8200003@testedi.nhn.no") != bare
+    assert _endpoint_key("http", "8200001@testedi.nhn.no") != bare  # another channel
+    assert _endpoint_key("smtp", "not an address") is None
+    assert _endpoint_key("smtp", "") is None and _endpoint_key("http", None) is None
