@@ -871,8 +871,9 @@ def test_a_message_error_also_ends_the_wait_for_an_acknowledgment(pair: Pair) ->
 
 
 def test_another_partys_message_error_leaves_the_wait_for_an_acknowledgment(pair: Pair) -> None:
-    # Party 8200099 (trusted, but not the receiver) says something about our message: that
-    # tells nothing of whether the receiver's own signals reach us.
+    # Party 8200099 (trusted, registered at the receiver's endpoint, but not the receiver)
+    # answers our message with a MessageError: it counts for the message, but tells nothing
+    # of whether the receiver's own signals reach us.
     from meldingstjener.ebxml import ErrorCode, ErrorDetail, OriginalIds, Severity
     from meldingstjener.engine import inbound, signals
 
