@@ -1,6 +1,10 @@
 """Revocation status of a certificate: CRLs (configured or fetched from the distribution point
 the certificate names) and OCSP (where the certificate names a responder).
 
+The newest CRL of the issuer decides; a CRL whose scope does not cover the certificate (a
+delta CRL, one narrowed by its IssuingDistributionPoint) is not used. An OCSP answer without a
+nextUpdate is taken for ``OCSP_MAX_AGE`` after its thisUpdate.
+
 Network access goes through an injectable fetcher with a timeout, and fetched CRLs are cached
 until their nextUpdate (at most ``cache_seconds``), so a busy server does not download the
 same CRL for every message. The outcome is GOOD, REVOKED or UNKNOWN; what UNKNOWN means
@@ -27,6 +31,9 @@ Fetcher = Callable[[str, bytes | None, str | None, float], bytes]
 """fetch(url, body or None for GET, content type of the body, timeout seconds) -> bytes."""
 
 _CLOCK_SKEW = timedelta(minutes=5)
+# An OCSP answer without nextUpdate says "newer information is always available": it has no
+# end of its own, so an old one (replayed, or from a cache) is taken only this long.
+OCSP_MAX_AGE = timedelta(hours=24)
 _MAX_RESPONSE = 20 * 1024 * 1024  # national CA CRLs are large, but not this large
 
 
@@ -88,7 +95,16 @@ class RevocationChecker:
         self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
     ) -> RevocationResult:
         notes: list[str] = []
-        for source, crl in self._crls_for(cert, issuer, notes):
+        # the newest CRL first: a configured one that is still current must not hide a
+        # revocation a newer one (fetched from the distribution point) lists
+        crls = sorted(
+            self._crls_for(cert, issuer, notes), key=lambda found: _issued(found[1]), reverse=True
+        )
+        for source, crl in crls:
+            scope = _scope_problem(crl, cert)
+            if scope is not None:
+                notes.append(f"the {source} is not used: {scope}")
+                continue
             result = self._from_crl(crl, cert, at, source, notes)
             if result is not None:
                 return result
@@ -220,6 +236,52 @@ class RevocationChecker:
         return None
 
 
+def _issued(crl: x509.CertificateRevocationList) -> tuple[datetime, int]:
+    """When a CRL was issued, its CRL number breaking a tie (the later of two is the newer)."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = -1
+    return crl.last_update_utc, number
+
+
+def _scope_problem(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> str | None:
+    """Why ``crl`` does not tell the whole status of ``cert``, or None when it does: a delta
+    CRL lists only what changed since a base CRL; a CRL whose IssuingDistributionPoint narrows
+    it (to CA or attribute certificates, to some reasons, to another issuer's certificates or
+    to another distribution point, a partitioned CRL) says nothing of a certificate outside
+    that scope, so its not listing one is no proof of anything."""
+    extensions = crl.extensions
+    try:
+        extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+        return "a delta CRL lists changes only"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        point = extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return None
+    if point.only_contains_ca_certs or point.only_contains_attribute_certs:
+        return "it covers CA or attribute certificates only"
+    if point.only_some_reasons is not None:
+        return "it covers some revocation reasons only"
+    if point.indirect_crl:
+        return "an indirect CRL (for another issuer's certificates) is not supported"
+    if point.relative_name is not None:
+        return "its distribution point is named relative to the issuer, which is not supported"
+    if point.full_name is not None and not set(point.full_name) & _distribution_names(cert):
+        return "it is for another distribution point than the certificate names"
+    return None
+
+
+def _distribution_names(cert: x509.Certificate) -> set[x509.GeneralName]:
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {name for point in points for name in point.full_name or ()}
+
+
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
@@ -280,6 +342,9 @@ def _ocsp_problem(
     next_update = response.next_update_utc
     if next_update is not None and next_update < now - _CLOCK_SKEW:
         return "the answer is out of date"
+    if next_update is None and response.this_update_utc < now - OCSP_MAX_AGE - _CLOCK_SKEW:
+        hours = OCSP_MAX_AGE.total_seconds() / 3600
+        return f"the answer names no next update and is older than {hours:.0f} hours"
     return None
 
 

@@ -150,6 +150,93 @@ def test_configured_crl_without_fetching(tmp_path: Path) -> None:
     assert check.reasons == [Reason.REVOKED]
 
 
+def test_a_newer_crl_from_the_distribution_point_outranks_a_configured_one(
+    tmp_path: Path, server: LocalServer
+) -> None:
+    pki = init_pki(tmp_path, ["3004"], crl_url=f"{server.url}/newer.crl")
+    configured = pki.crl()  # still current, from before the revocation
+    cert = pki.parties["3004"].signing.certificate
+    revoke(tmp_path, cert)
+    server.routes["/newer.crl"] = lambda _: (200, pki.crl_path.read_bytes())
+    check = _validator(pki, crls=[configured]).validate(cert, usage="signing")
+    assert check.reasons == [Reason.REVOKED]
+
+
+def _crl(
+    pki: DevPki, *extensions: x509.ExtensionType, revoked: int | None = None
+) -> x509.CertificateRevocationList:
+    """A CRL of the development CA with ``extensions``, listing ``revoked`` if given."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.ca_certificate.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+    )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=True)
+    if revoked is not None:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(revoked)
+            .revocation_date(now - timedelta(minutes=10))
+            .build()
+        )
+    return builder.sign(pki.ca.key, hashes.SHA256())
+
+
+def _point(**narrowed: object) -> x509.IssuingDistributionPoint:
+    given: dict[str, object] = {
+        "full_name": None,
+        "relative_name": None,
+        "only_contains_user_certs": False,
+        "only_contains_ca_certs": False,
+        "only_some_reasons": None,
+        "indirect_crl": False,
+        "only_contains_attribute_certs": False,
+    }
+    given.update(narrowed)
+    return x509.IssuingDistributionPoint(**given)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        x509.DeltaCRLIndicator(1),
+        _point(only_contains_ca_certs=True),
+        _point(only_some_reasons=frozenset({x509.ReasonFlags.key_compromise})),
+        _point(full_name=[x509.UniformResourceIdentifier("http://example.invalid/other.crl")]),
+    ],
+    ids=["delta", "ca-only", "some-reasons", "another-point"],
+)
+def test_a_crl_whose_scope_leaves_the_certificate_out_proves_nothing(
+    ca: DevPki, server: LocalServer, scope: x509.ExtensionType
+) -> None:
+    server.routes["/scoped.crl"] = lambda _: (
+        200,
+        _crl(ca, scope).public_bytes(serialization.Encoding.DER),
+    )
+    cert = _cert(ca, crl_url=f"{server.url}/scoped.crl")
+    check = _validator(ca, revocation_policy="hard").validate(cert, usage="signing")
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+    assert "not used" in check.details[0]
+
+
+def test_a_crl_for_the_certificates_own_distribution_point_is_used(
+    ca: DevPki, server: LocalServer
+) -> None:
+    url = f"{server.url}/partition.crl"
+    cert = _cert(ca, crl_url=url)
+    point = _point(full_name=[x509.UniformResourceIdentifier(url)], only_contains_user_certs=True)
+    server.routes["/partition.crl"] = lambda _: (
+        200,
+        _crl(ca, point, revoked=cert.serial_number).public_bytes(serialization.Encoding.DER),
+    )
+    check = _validator(ca, revocation_policy="hard").validate(cert, usage="signing")
+    assert check.reasons == [Reason.REVOKED]
+
+
 def test_expired(ca: DevPki) -> None:
     now = datetime.now(UTC)
     cert = _cert(ca, not_before=now - timedelta(days=400), not_after=now - timedelta(days=1))
@@ -262,6 +349,41 @@ def test_ocsp_good_and_revoked(ca: DevPki, server: LocalServer) -> None:
     assert "OCSP" in revoked.details[0]
     without_ocsp = _validator(ca, ocsp=False).validate(good, usage="signing")
     assert without_ocsp.reasons == [Reason.REVOCATION_UNKNOWN]
+
+
+@pytest.mark.parametrize(
+    ("age", "usable"), [(timedelta(minutes=1), True), (timedelta(days=2), False)]
+)
+def test_an_ocsp_answer_without_next_update_is_taken_for_a_day(
+    ca: DevPki, server: LocalServer, age: timedelta, usable: bool
+) -> None:
+    cert = _cert(ca, ocsp_url=f"{server.url}/ocsp-open-ended")
+
+    def answer(_body: bytes) -> tuple[int, bytes]:
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=ca.ca_certificate,
+                algorithm=hashes.SHA1(),
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=datetime.now(UTC) - age,
+                next_update=None,
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, ca.ca_certificate)
+            .sign(ca.ca.key, hashes.SHA256())
+        )
+        return 200, response.public_bytes(serialization.Encoding.DER)
+
+    server.routes["/ocsp-open-ended"] = answer
+    check = _validator(ca, revocation_policy="hard").validate(cert, usage="signing")
+    if usable:
+        assert check.ok, check.details
+    else:
+        assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+        assert "no next update" in check.details[0]
 
 
 def test_every_reason_has_plain_words() -> None:
