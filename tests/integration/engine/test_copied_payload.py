@@ -14,10 +14,12 @@ knows): what is checked is the key, not who sends it.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair
+from engine_pair import Pair, at_once, make_pair
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.ebxml import unpackage
@@ -176,3 +178,45 @@ def test_a_key_used_by_a_refused_message_is_used(
     copy = send_with_payload(pair, monkeypatch, garbage)
     status, code, told = refusal_of(pair, copy)
     assert (status, code) == ("transport-error", "SecurityFailure") and COPIED in told
+
+
+@pytest.fixture
+def pair_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Pair]:
+    """The ``pair`` with the hospital's store on each backend."""
+    made = make_pair(
+        tmp_path,
+        hospital_database_url=database_url,
+        retry_interval_seconds=600,
+        retries=3,
+        persist_duration_seconds=3600,
+    )
+    yield made
+    made.gp.store.database.dispose()
+    made.hospital.store.database.dispose()
+
+
+def test_two_copies_at_once_one_goes_through(
+    pair_on_each_database: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = pair_on_each_database
+    pair.network.down.add(pair.hospital_site.endpoint)  # everything stays on the wire
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    payload = captured_payload(pair)
+    for _ in range(2):
+        send_with_payload(pair, monkeypatch, payload)
+    copies = [d for d in pair.network.sent if d.endpoint == pair.hospital_site.endpoint][-2:]
+    assert len({c.ebxml_message_id for c in copies}) == 2
+    turn = iter(copies)
+    lock = threading.Lock()
+
+    def receive_one() -> inbound.InboundReply:
+        with lock:
+            copy = next(turn)
+        return inbound.receive(pair.hospital, copy.content_type, _body(copy.body))
+
+    at_once(2, receive_one)
+    received = pair.inbound_messages(pair.hospital)
+    assert sorted(m.status for m in received) == ["acknowledged", "rejected"]
+    [refused] = [m for m in received if m.status == "rejected"]
+    assert COPIED in str(refused.last_error_text)
