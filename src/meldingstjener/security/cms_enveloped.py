@@ -292,16 +292,21 @@ def wrapped_keys(
     """
     stream = open_source()
     try:
-        envelope = _read_envelope(ber.Reader(stream))
+        # read on demand: what only decryption needs (the issuer names, the algorithm's
+        # parameters) is not parsed here, and decryption checks the structure whole
+        envelope = _read_envelope(ber.Reader(stream), whole=False)
+        names: set[str] = set()
+        for recipient_info in envelope.recipient_infos:
+            if recipient_info.name != "ktri":
+                continue
+            ktri = recipient_info.chosen
+            if any(identifies(ktri["rid"], cert) for _, cert in candidates):
+                # the value, however encoded (BER may split an OCTET STRING into pieces)
+                names.add(hashlib.sha256(ktri["encrypted_key"].native).hexdigest())
+    except (ValueError, TypeError, KeyError):
+        raise CmsError("the input is not a readable CMS structure", code="not-cms") from None
     finally:
         stream.close()
-    names: set[str] = set()
-    for recipient_info in envelope.recipient_infos:
-        if recipient_info.name != "ktri":
-            continue
-        ktri = recipient_info.chosen
-        if any(identifies(ktri["rid"], cert) for _, cert in candidates):
-            names.add(hashlib.sha256(ktri["encrypted_key"].native).hexdigest())
     return frozenset(names)
 
 
@@ -321,8 +326,9 @@ class _Envelope:
     content_offset: int  # where that header starts
 
 
-def _read_envelope(reader: ber.Reader) -> _Envelope:
-    """Read a ContentInfo/EnvelopedData up to the start of its encrypted content."""
+def _read_envelope(reader: ber.Reader, *, whole: bool = True) -> _Envelope:
+    """Read a ContentInfo/EnvelopedData up to the start of its encrypted content; ``whole``:
+    parse its recipients and algorithm completely now (else as they are read)."""
     try:
         outer = _expect(reader.header(), ber.SEQUENCE)
         outer_start = reader.consumed
@@ -342,13 +348,15 @@ def _read_envelope(reader: ber.Reader) -> _Envelope:
             reader.element(following)  # originatorInfo: not used for key transport
             following = reader.next_in(enveloped, start)
         recipients = acms.RecipientInfos.load(reader.element(_expect(following, ber.SET)))
-        _ = recipients.native  # parse it all now: a broken structure is "not CMS"
+        if whole:
+            _ = recipients.native  # parse it all now: a broken structure is "not CMS"
         eci = _expect(reader.next_in(enveloped, start), ber.SEQUENCE)
         eci_start = reader.consumed
         acms.ContentType.load(reader.element(_expect(reader.next_in(eci, eci_start), 0x06)))
         algorithm_tlv = reader.element(_expect(reader.next_in(eci, eci_start), ber.SEQUENCE))
         algorithm = algos.EncryptionAlgorithm.load(algorithm_tlv)
-        _ = algorithm.native
+        if whole:
+            _ = algorithm.native
         content_offset = reader.consumed
         content = reader.next_in(eci, eci_start)
     except (ValueError, TypeError, KeyError):
