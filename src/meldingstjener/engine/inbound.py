@@ -184,9 +184,7 @@ def _receive_message(
         return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel, keys)
 
     ack = signals.build_ack(ctx, envelope, root)
-    payload_ref = ctx.store.payloads.put(plain)
-    wire_ref = ctx.store.payloads.put(body)
-    ack_ref = ctx.store.payloads.put(ack.body)
+    payload_ref, wire_ref, ack_ref = ctx.store.payloads.put_all(plain, body, ack.body)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     for column, value in message.row_fields().items():
@@ -650,8 +648,7 @@ def _refuse(
     error = reject.error
     our = _us(ctx, header)
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], our)
-    wire_ref = ctx.store.payloads.put(body)
-    error_ref = ctx.store.payloads.put(wire.body)
+    wire_ref, error_ref = ctx.store.payloads.put_all(body, wire.body)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     reply_inline = envelope.sync_reply

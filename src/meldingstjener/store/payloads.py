@@ -197,6 +197,22 @@ class PayloadStore:
                     spool.write(chunk)
             return spool.commit()
 
+    def put_all(
+        self, *sources: bytes | BinaryIO | Iterable[bytes] | os.PathLike[str]
+    ) -> list[PayloadRef]:
+        """:meth:`put` each of ``sources``: all or none. When one cannot be stored (a full
+        disk), those stored before it are removed again: nothing refers to them yet, and one
+        may be a decrypted business message, which must not wait on disk for the orphan sweep
+        (a day), one more copy for each resend of its sender."""
+        stored: list[PayloadRef] = []
+        try:
+            for source in sources:
+                stored.append(self.put(source))
+        except BaseException:
+            self.discard(*stored)
+            raise
+        return stored
+
     def open(self, key: str) -> BinaryIO:
         try:
             return self._path(key).open("rb")

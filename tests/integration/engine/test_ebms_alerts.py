@@ -3,6 +3,7 @@ expected. The real application in-process (as test_large_streams does), real sto
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -84,6 +85,37 @@ def test_a_payload_store_that_cannot_be_written_answers_503_with_a_critical_aler
     assert answer.status_code == 200, answer.text  # the sender's resend
     assert [m.status for m in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
     assert open_alerts(pair.hospital) == {}
+
+
+def test_a_disk_that_fills_up_between_two_files_leaves_neither(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decrypted business message is stored first; the disk is full when the wire form
+    # follows. Nothing refers to the first file: it goes at once, not with the orphan sweep a
+    # day later (one more decrypted copy on disk for every resend of the sender meanwhile).
+    from meldingstjener.store.payloads import PayloadStore
+
+    small, small_type = wire(pair)
+    root = pair.hospital.store.payloads.root
+    before = {path for path in root.rglob("*") if path.is_file()}
+    put = PayloadStore.put
+    calls: list[object] = []
+
+    def full_after_one(store: PayloadStore, source: object) -> object:
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return put(store, source)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PayloadStore, "put", full_after_one)
+    answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
+    assert answer.status_code == 503, answer.text
+    assert len(calls) == 2
+    assert {path for path in root.rglob("*") if path.is_file()} == before
+    monkeypatch.setattr(PayloadStore, "put", put)
+    answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
+    assert answer.status_code == 200, answer.text  # the sender's resend
+    assert [m.status for m in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
 
 
 def test_an_unexpected_error_answers_500_with_an_alert_that_names_its_class_only(
