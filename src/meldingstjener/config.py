@@ -45,6 +45,15 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
     max_request_bytes: int = Field(default=52_000_000, gt=0)
+    # Connections and requests served at once; beyond, a new request is answered 503.
+    max_connections: int = Field(default=500, gt=0)
+    # A received ebXML body must keep coming: this many seconds, plus one for every
+    # ``min_body_bytes_per_second`` received (a sender trickling a byte a second is cut off).
+    body_grace_seconds: float = Field(default=30.0, gt=0)
+    min_body_bytes_per_second: int = Field(default=1024, gt=0)
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (a reverse proxy), comma
+    # separated, or "*"; the default believes only a proxy on this host.
+    forwarded_allow_ips: str = "127.0.0.1"
     # What this serve process is called in the store (its job claims, its alerts, `instances`).
     # Unset: host name and port. It must be its own among the processes sharing the store.
     instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")

@@ -6,7 +6,8 @@ durably stored (empty body, or the signal in the body when the sender asked for 
 400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
 large, and 503 when the server cannot store right now (the sender then retries): the database is
 away, or the payload store cannot be written (a ``store-failing`` alert). An unexpected error is
-answered 500 with an ``ebms-failing`` alert. A peer refused three times in a row (400 or 413)
+answered 500 with an ``ebms-failing`` alert. A body that stops coming (slower than the
+:class:`BodyPace` allows) is answered 408. A peer refused three times in a row (400, 408 or 413)
 raises an ``ebms-refused`` alert.
 """
 
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
+import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect
 
 from meldingstjener import __version__
 from meldingstjener.api import validation_audit
@@ -43,16 +47,31 @@ log = logging.getLogger(__name__)
 SPOOL_ABOVE = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class BodyPace:
+    """How long a received ebXML body may take to arrive: ``grace_seconds``, plus a second for
+    every ``min_bytes_per_second`` received. A sender trickling a byte a second would otherwise
+    hold a connection, and up to a megabyte of memory or a spool on disk, for ever."""
+
+    grace_seconds: float = 30.0
+    min_bytes_per_second: int = 1024
+
+    def deadline(self, started: float, received: int) -> float:
+        return started + self.grace_seconds + received / self.min_bytes_per_second
+
+
 def create_app(
     ctx: EngineContext,
     *,
     max_request_bytes: int = 52_000_000,
     api_settings: ApiSettings | None = None,
+    body_pace: BodyPace | None = None,
 ) -> FastAPI:
     """The whole HTTP surface: ``/ebms`` and ``/health`` (unauthenticated), the EPJ API
     (``/Messages``, EDI 2.0 shape) and the operator API (``/api/...``), both authenticated.
     """
     api = api_settings or ApiSettings()
+    pace = body_pace or BodyPace()
     app = FastAPI(
         title="meldingstjener",
         version=__version__,
@@ -121,10 +140,18 @@ def create_app(
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
         try:
-            body = await _read_body(request, max_request_bytes, ctx.store.payloads)
+            body = await _read_body(request, max_request_bytes, ctx.store.payloads, pace)
         except _TooLarge:
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+        except _TooSlow:
+            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-slow", 408)
+            return Response("the message did not arrive in time\n", 408)
+        except ClientDisconnect:
+            # the peer went away mid-body (a dropped link, a sender's own timeout): it resends,
+            # and a traceback per such request would flood the log
+            log.info("a peer at %s went away before its request was read", address)
+            return Response(status_code=400)
         except OSError as exc:  # the spool of a large body: the disk is full, say
             await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
             return Response("temporarily unable to store; resend later\n", 503)
@@ -178,15 +205,32 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int, payloads: PayloadStore) -> bytes | Spool:
+class _TooSlow(Exception):
+    pass
+
+
+async def _read_body(
+    request: Request, limit: int, payloads: PayloadStore, pace: BodyPace
+) -> bytes | Spool:
     """The request body: in memory up to ``SPOOL_ABOVE`` bytes, else in a spool of the payload
     store (written as it arrives, in ~1 MiB writes off the event loop), which becomes the
-    stored wire form by a rename. Raises :class:`_TooLarge` past ``limit``."""
+    stored wire form by a rename. Raises :class:`_TooLarge` past ``limit``, :class:`_TooSlow`
+    when it arrives slower than ``pace``."""
     chunks: list[bytes] = []
     held = size = 0
     spool: Spool | None = None
+    started = anyio.current_time()
+    pieces = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            left = pace.deadline(started, size) - anyio.current_time()
+            with anyio.move_on_after(left) as waited:
+                try:
+                    chunk = await pieces.__anext__()
+                except StopAsyncIteration:
+                    break
+            if waited.cancelled_caught:
+                raise _TooSlow
             size += len(chunk)
             if size > limit:
                 raise _TooLarge

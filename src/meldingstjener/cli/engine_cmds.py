@@ -45,7 +45,7 @@ def serve(
     """Run the server: the HTTP endpoint (POST /ebms, the API) and the workers."""
     import uvicorn
 
-    from meldingstjener.api.app import create_app
+    from meldingstjener.api.app import BodyPace, create_app
     from meldingstjener.bootstrap import build_engine, build_register_sync
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
@@ -137,7 +137,12 @@ def serve(
         collector = start_mail_collector(engine, settings, stop)
         threads += start_integrations(engine, settings, stop)
         application = create_app(
-            engine, max_request_bytes=settings.server.max_request_bytes, api_settings=settings.api
+            engine,
+            max_request_bytes=settings.server.max_request_bytes,
+            api_settings=settings.api,
+            body_pace=BodyPace(
+                settings.server.body_grace_seconds, settings.server.min_body_bytes_per_second
+            ),
         )
         typer.echo(
             f"meldingstjener serving HER-id(s) {', '.join(sorted(engine.own_her_ids))} "
@@ -151,6 +156,11 @@ def serve(
             log_level=settings.logging.level.lower(),
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            # h11 refuses a request head over 16 KB (400); the faster httptools parser takes
+            # headers of any size into memory, from anyone, before any check of ours
+            http="h11",
+            limit_concurrency=settings.server.max_connections,
+            forwarded_allow_ips=settings.server.forwarded_allow_ips,
         )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
