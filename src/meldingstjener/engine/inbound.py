@@ -200,7 +200,6 @@ def _receive_message(
             uow.messages.add(
                 row, actor=f"{channel}:{sender}", detail=f"received from {sender}", at=now
             )
-            uow.content_keys.record(keys, row.id, at=now)
             if message.report.problems:
                 uow.events.record(
                     row.id,
@@ -236,6 +235,8 @@ def _receive_message(
                 )
                 receipts.schedule_verdict(ctx, uow, row.id, verdict)
             _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
+            # after the receipt, which wrote the message row (in one INSERT with its status)
+            uow.content_keys.record(keys, row.id, at=now)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
             # A message from this sender, decrypted with our key, is stored: refusals of its
@@ -663,7 +664,6 @@ def _refuse(
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(row, actor=f"{channel}:{_party_shown(header.from_party)}", at=now)
-            uow.content_keys.record(keys, row.id, at=now)
             uow.messages.set_status(
                 row,
                 InboundStatus.REJECTED.value,
@@ -686,6 +686,7 @@ def _refuse(
                 description=reject.logged,
                 error_codes=codes,
             )
+            uow.content_keys.record(keys, row.id, at=now)  # after the row's one INSERT
             _alert_refused(ctx, uow, header, reject, row.id, certificates)
             # its files were written
             ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=now)
