@@ -2,7 +2,7 @@
 
 The communication-party and partner-agreement tables are filled by the address register, CPAs and
 ``[[partners]]`` in the configuration (synced here at start). Certificates are parsed once and
-cached per party until the row changes.
+cached by a digest of their bytes.
 
 Every message needs its partner several times on each side, so what is read here is kept for
 ``database.partner_cache_seconds``. A change this process commits to those tables is seen at
@@ -13,6 +13,7 @@ second server) within that many seconds.
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -162,7 +163,9 @@ class PartyDirectory:
     def _certificate(self, b64: str | None) -> x509.Certificate | None:
         if not b64:
             return None
-        key = ("der", b64[-64:] + str(len(b64)))
+        # the whole certificate decides the key: two that share a tail (a forged one copying a
+        # real one's signature value and length) must never be taken for each other
+        key = ("der", hashlib.sha256(b64.encode()).hexdigest())
         with self._lock:
             cached = self._certificates.get(key)
         if cached is None:
