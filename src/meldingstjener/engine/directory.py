@@ -312,4 +312,5 @@ def _upsert_partner(
     row.sync_reply_mode = "signalsOnly" if partner.sync_reply else "none"
     row.auto_apprec = partner.auto_apprec
     row.source = "config"
+    row.valid_to = None  # the configuration is the agreement now, not a CPA it replaced
     row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)

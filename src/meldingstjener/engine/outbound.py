@@ -105,6 +105,7 @@ def submit(
                 receiver_her,
                 message.msg_type,
                 _version_of(message),
+                now=ctx.clock(),
             )
         except NotAgreed as exc:
             raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None

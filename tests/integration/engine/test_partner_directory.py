@@ -1,11 +1,14 @@
-"""The partner directory as the engine reads it, on SQLite and PostgreSQL: certificates are told
-apart by their whole bytes."""
+"""The partner directory as the engine reads it, on SQLite and PostgreSQL: nothing is sent under
+an agreement after its end; certificates are told apart by their whole bytes."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import keys as asn1_keys
@@ -14,6 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from engine_pair import Pair, make_pair
 
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.outbound import submit
+from meldingstjener.registry.store import agreement_from_row, save_agreement
+from meldingstjener.registry.terms import TermsSource
 from meldingstjener.store.tables import AgreementRow, PartyRow
 
 GP, HOSPITAL = "8100001", "8200002"
@@ -25,6 +33,47 @@ def pair(tmp_path: Path, database_url: str) -> Iterator[Pair]:
     yield made
     made.gp.store.database.dispose()
     made.hospital.store.database.dispose()
+
+
+def note(pair: Pair) -> bytes:
+    return dialog_note(pair.gp_site, pair.hospital_site, "Timen er flyttet til tirsdag.")
+
+
+def outbound_count(pair: Pair) -> int:
+    with pair.gp.store.unit_of_work() as uow:
+        return len([m for m in uow.messages.search(_everything()) if m.direction == "out"])
+
+
+def _everything() -> Any:
+    from meldingstjener.store.uow import LogFilter
+
+    return LogFilter()
+
+
+# --- an agreement's end -------------------------------------------------------------------------
+
+
+def _cpa_ending(pair: Pair, end: datetime) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(GP, HOSPITAL)
+        assert row is not None
+        agreement = replace(agreement_from_row(row), source=TermsSource.CPA, valid_to=end)
+        save_agreement(uow, agreement)
+        uow.commit()
+
+
+def test_nothing_is_sent_under_an_agreement_after_its_end(pair: Pair) -> None:
+    end = pair.clock() + timedelta(days=1)
+    _cpa_ending(pair, end)
+    submit(pair.gp, note(pair), actor="test")  # before its end: sent
+
+    pair.clock.advance(days=2)
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.gp, note(pair), actor="test")
+    assert refused.value.code == "agreement-not-active" and refused.value.about_setup
+    assert f"ended {end.isoformat()}" in refused.value.message
+    assert "renew the CPA" in refused.value.message
+    assert outbound_count(pair) == 1
 
 
 # --- certificates ---------------------------------------------------------------------------------
