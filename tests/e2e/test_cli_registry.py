@@ -106,6 +106,22 @@ def test_partner_lifecycle(imported: Path) -> None:
     code, output = invoke(imported, *base, "add", "1", "--our", "2", "--message-type", "X")
     assert code == 2 and "TYPE=VERSION" in output
 
+    # register terms follow the register's address; one the operator names is the agreement's
+    code, output = invoke(
+        imported,
+        *base,
+        "set",
+        "79768",
+        "--our",
+        "8142987",
+        "--json",
+        "--endpoint",
+        "edi@drift.example.no",
+    )
+    assert code == 0, output
+    shown = json.loads(output)
+    assert (shown["source"], shown["endpoint"]) == ("manual", "edi@drift.example.no")
+
 
 def in_force(cpa: Path, directory: Path, **bounds: datetime) -> Path:
     """A copy of the sample ``cpa`` in force from a year ago to a year ahead (the samples' own

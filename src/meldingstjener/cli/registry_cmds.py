@@ -600,6 +600,8 @@ def _with_overrides(
 ) -> PartnerAgreement:
     from dataclasses import replace
 
+    from meldingstjener.registry.terms import TermsSource
+
     if channel is not None and channel not in {"smtp", "http", "amqp"}:
         raise typer.BadParameter(f"{channel!r} is not smtp, http or amqp", param_hint="--channel")
     changes: dict[str, Any] = {}
@@ -610,6 +612,10 @@ def _with_overrides(
         changes["channel"] = channel
     if endpoint is not None:
         changes["endpoint"] = endpoint
+    if (channel is not None or endpoint is not None) and agreement.source is TermsSource.AR:
+        # the engine follows the register's address for register terms; one the operator
+        # names is the agreement's own from now on
+        changes["source"] = TermsSource.MANUAL
     return replace(agreement, **changes) if changes else agreement
 
 

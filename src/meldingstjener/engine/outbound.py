@@ -284,6 +284,13 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
         raise SubmitRejected(
             "not-agreed", f"the agreement with {partner.her_id} is suspended; nothing was sent"
         )
+    unusable = partner.unusable_because(ctx.clock())
+    if unusable is not None:
+        raise SubmitRejected(
+            "receiver-inactive",
+            f"cannot send to {partner.her_id} ({partner.name}): it {unusable}; nothing was "
+            "sent. Choose another receiver, or send when the register has it active again",
+        )
     if partner.encryption_certificate is None:
         raise SubmitRejected(
             "certificate-problem", f"no encryption certificate is known for {partner.her_id}"

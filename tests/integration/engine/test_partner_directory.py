@@ -1,9 +1,13 @@
-"""The partner directory as the engine reads it, on SQLite and PostgreSQL: nothing is sent under
-an agreement after its end; certificates are told apart by their whole bytes."""
+"""What the engine sends by after the address register or an agreement changes, on SQLite and
+PostgreSQL: terms taken from the register follow the partner to the address a sync stores, and a
+party the register deactivates is refused; a CPA keeps its own endpoint and is not sent under after
+its end; certificates are told apart by their whole bytes. The register is the fake one over real
+HTTP, synced by the real sync; the GP's mail transport is a loopback to the hospital."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -13,26 +17,107 @@ from typing import Any
 import pytest
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from engine_pair import Pair, make_pair
+from engine_pair import Loopback, Pair, make_pair
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
-from meldingstjener.registry.store import agreement_from_row, save_agreement
-from meldingstjener.registry.terms import TermsSource
+from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
+from meldingstjener.registry.ar_client import ArClient
+from meldingstjener.registry.auth import StaticToken
+from meldingstjener.registry.fakes import FakeAddressRegister, serve
+from meldingstjener.registry.store import agreement_from_row, party_from_row, save_agreement
+from meldingstjener.registry.sync import sync_register
+from meldingstjener.registry.terms import TermsSource, terms_from_ar
+from meldingstjener.security.certs import organisation_number
 from meldingstjener.store.tables import AgreementRow, PartyRow
 
 GP, HOSPITAL = "8100001", "8200002"
+OLD, NEW = "mottak@sykehuset.edi.nhn.no", "ny-mottak@sykehuset.edi.nhn.no"
 
 
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[Pair]:
     made = make_pair(tmp_path / "sites", gp_database_url=database_url)
+    mail = Loopback(channel="smtp")
+    mail.engines = {OLD: made.hospital, NEW: made.hospital}  # both addresses reach the hospital
+    made.gp.transports = {**made.gp.transports, "smtp": mail}
     yield made
     made.gp.store.database.dispose()
     made.hospital.store.database.dispose()
+
+
+@pytest.fixture
+def register() -> Iterator[tuple[FakeAddressRegister, str]]:
+    fake = FakeAddressRegister()
+    with serve(fake) as url:
+        yield fake, url
+
+
+def mail(pair: Pair) -> Loopback:
+    transport = pair.gp.transports["smtp"]
+    assert isinstance(transport, Loopback)
+    return transport
+
+
+def _certificate_document(b64: str) -> dict[str, Any]:
+    certificate = x509.load_der_x509_certificate(base64.b64decode(b64))
+    return {
+        "thumbprint": hashlib.sha1(base64.b64decode(b64)).hexdigest().upper(),
+        "validFrom": certificate.not_valid_before_utc.isoformat(),
+        "validTo": certificate.not_valid_after_utc.isoformat(),
+        "certificateValue": b64,
+    }
+
+
+def publish(pair: Pair, fake: FakeAddressRegister, edi_address: str, **changes: object) -> None:
+    """The hospital's entry in the register: its certificates (the ones the GP holds), the EDI
+    address and ``changes`` (isActive, isValid, validTo, ...)."""
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.parties.get(HOSPITAL)
+        assert row is not None and row.signing_certificate and row.encryption_certificate
+        signing = _certificate_document(row.signing_certificate)
+        encryption = _certificate_document(row.encryption_certificate)
+        certificate = x509.load_der_x509_certificate(base64.b64decode(row.signing_certificate))
+    meta = ("thumbprint", "validFrom", "validTo")
+    record = {
+        "herId": int(HOSPITAL),
+        "name": "Sykehuset poliklinikk",
+        "type": "Organization",
+        "ediAddress": edi_address,
+        "isActive": True,
+        "organizationDetails": {"organizationNumber": organisation_number(certificate)},
+        "currentSigningCertificate": {k: signing[k] for k in meta},
+        "currentEncryptionCertificate": {k: encryption[k] for k in meta},
+        **changes,
+    }
+    fake.put_party(record, signing=signing, encryption=encryption)
+
+
+def sync(pair: Pair, url: str) -> None:
+    client = ArClient(url, StaticToken(""))
+    try:
+        assert sync_register(pair.gp.store, client).complete
+    finally:
+        client.close()
+
+
+def agree_on_register_terms(pair: Pair) -> None:
+    """As 'partners add' without a CPA does: terms from the local register entry, then active."""
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.parties.get(HOSPITAL)
+        assert row is not None
+        terms = terms_from_ar(party_from_row(row), GP)
+        agreement = PartnerAgreement.from_terms(terms, our_her_id=GP, state=AgreementState.ACTIVE)
+        save_agreement(uow, agreement)
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        stored = uow.agreements.for_pair(GP, HOSPITAL)
+        assert stored is not None
+        assert (stored.source, stored.channel, stored.endpoint) == ("ar", "smtp", OLD)
 
 
 def note(pair: Pair) -> bytes:
@@ -48,6 +133,101 @@ def _everything() -> Any:
     from meldingstjener.store.uow import LogFilter
 
     return LogFilter()
+
+
+# --- terms from the register follow the register -----------------------------------------------
+
+
+def test_register_terms_send_to_the_address_the_last_sync_stored(
+    pair: Pair, register: tuple[FakeAddressRegister, str]
+) -> None:
+    fake, url = register
+    publish(pair, fake, OLD)
+    sync(pair, url)
+    agree_on_register_terms(pair)
+
+    publish(pair, fake, NEW)  # the partner moved its mailbox
+    sync(pair, url)
+    message_id = submit(pair.gp, note(pair), actor="test")
+    pair.run()
+
+    assert [d.endpoint for d in mail(pair).sent] == [NEW]
+    assert pair.message(pair.gp, message_id).status != "accepted"
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.to_her_id == HOSPITAL
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"isActive": False}, "is marked inactive in the address register"),
+        ({"isValid": False}, "is marked not valid as a communication party"),
+        ({"validTo": "2020-01-01T00:00:00Z"}, "was valid in the address register only until"),
+        ({"validFrom": "2999-01-01T00:00:00Z"}, "is valid in the address register only from"),
+    ],
+)
+def test_a_party_the_register_no_longer_has_usable_is_refused(
+    pair: Pair,
+    register: tuple[FakeAddressRegister, str],
+    changes: dict[str, object],
+    reason: str,
+) -> None:
+    fake, url = register
+    publish(pair, fake, OLD)
+    sync(pair, url)
+    agree_on_register_terms(pair)
+
+    publish(pair, fake, OLD, **changes)
+    sync(pair, url)
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.gp, note(pair), actor="test")
+
+    # what the EPJ is told: nothing was sent, to whom, and why; a setup refusal (the folder
+    # outbox holds the file, as for an unknown receiver, until the register has it again)
+    assert refused.value.code == "receiver-inactive" and refused.value.about_setup
+    assert reason in refused.value.message
+    assert HOSPITAL in refused.value.message and "nothing was sent" in refused.value.message
+    assert outbound_count(pair) == 0 and mail(pair).sent == []
+
+    publish(pair, fake, OLD)  # back in the register: the same message goes
+    sync(pair, url)
+    submit(pair.gp, note(pair), actor="test")
+    pair.run()
+    assert [d.endpoint for d in mail(pair).sent] == [OLD]
+
+
+def test_a_party_removed_from_the_register_address_is_not_sent_to_its_old_one(
+    pair: Pair, register: tuple[FakeAddressRegister, str]
+) -> None:
+    fake, url = register
+    publish(pair, fake, OLD)
+    sync(pair, url)
+    agree_on_register_terms(pair)
+
+    publish(pair, fake, "")  # the register names no EDI address any more
+    sync(pair, url)
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.gp, note(pair), actor="test")
+    assert refused.value.code == "no-agreement" and "no endpoint" in refused.value.message
+    assert mail(pair).sent == []
+
+
+def test_a_cpa_keeps_its_own_endpoint_whatever_the_register_says(
+    pair: Pair, register: tuple[FakeAddressRegister, str]
+) -> None:
+    fake, url = register
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(GP, HOSPITAL)
+        assert row is not None
+        save_agreement(uow, replace(agreement_from_row(row), source=TermsSource.CPA))
+        uow.commit()
+    publish(pair, fake, NEW)  # the register's EDI address is not the CPA's channel
+    sync(pair, url)
+
+    submit(pair.gp, note(pair), actor="test")
+    pair.run()
+    assert [d.endpoint for d in pair.network.sent][:1] == [pair.hospital_site.endpoint]
+    assert mail(pair).sent == []
 
 
 # --- an agreement's end -------------------------------------------------------------------------
