@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +106,40 @@ def test_partner_lifecycle(imported: Path) -> None:
     code, output = invoke(imported, *base, "add", "1", "--our", "2", "--message-type", "X")
     assert code == 2 and "TYPE=VERSION" in output
 
+    # register terms follow the register's address; one the operator names is the agreement's
+    code, output = invoke(
+        imported,
+        *base,
+        "set",
+        "79768",
+        "--our",
+        "8142987",
+        "--json",
+        "--endpoint",
+        "edi@drift.example.no",
+    )
+    assert code == 0, output
+    shown = json.loads(output)
+    assert (shown["source"], shown["endpoint"]) == ("manual", "edi@drift.example.no")
+
+
+def in_force(cpa: Path, directory: Path, **bounds: datetime) -> Path:
+    """A copy of the sample ``cpa`` in force from a year ago to a year ahead (the samples' own
+    dates pass), or between the ``start``/``end`` given."""
+    now = datetime.now(UTC)
+    start = bounds.get("start", now - timedelta(days=365)).isoformat()
+    end = bounds.get("end", now + timedelta(days=365)).isoformat()
+    text = cpa.read_text(encoding="utf-8")
+    text = re.sub(r"(<(\w+:)?Start>)[^<]*(</)", rf"\g<1>{start}\g<3>", text, count=1)
+    text = re.sub(r"(<(\w+:)?End>)[^<]*(</)", rf"\g<1>{end}\g<3>", text, count=1)
+    copy = directory / f"in-force-{cpa.name}"
+    copy.write_text(text, encoding="utf-8")
+    return copy
+
 
 def test_partner_from_cpa_and_cpa_show(tmp_path: Path, reference_dir: Path) -> None:
-    cpa = reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml"
+    sample = reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml"
+    cpa = in_force(sample, tmp_path)
     code, output = invoke(tmp_path, "partners", "add", "93238", "--our", "93252", "--cpa", str(cpa))
     assert code == 0, output
     assert "source cpa" in output
@@ -114,6 +147,7 @@ def test_partner_from_cpa_and_cpa_show(tmp_path: Path, reference_dir: Path) -> N
     listed = json.loads(output)
     assert listed[0]["cpa_id"] == "49391409-e528-4919-b4a3-9ccdab72c8c1"
     assert listed[0]["message_types"]  # the CPA's agreed types were stored
+    assert listed[0]["valid_to"] is not None  # and its end, after which nothing is sent
 
     code, output = invoke(tmp_path, "cpa", "show", str(cpa), "--our", "93252", "--json")
     assert code == 0, output
@@ -123,6 +157,26 @@ def test_partner_from_cpa_and_cpa_show(tmp_path: Path, reference_dir: Path) -> N
     assert shown["outbound"]
     code, output = invoke(tmp_path, "cpa", "show", str(cpa))
     assert code == 0 and "CPA 49391409" in output
+
+
+def test_a_cpa_not_in_force_is_not_added(tmp_path: Path, reference_dir: Path) -> None:
+    samples = reference_dir / "samples" / "cpa"
+    # the sample as it is: it ended in 2017
+    ended = samples / "helsenorge-CPA_93252.xml"
+    code, output = invoke(
+        tmp_path, "partners", "add", "93238", "--our", "93252", "--cpa", str(ended)
+    )
+    assert code == 1
+    assert "CPA 49391409-e528-4919-b4a3-9ccdab72c8c1 ended 2017-02-05" in output
+    assert "nothing could be sent under it" in output
+    later = datetime.now(UTC) + timedelta(days=30)
+    future = in_force(samples / "nav-qass-35065.xml", tmp_path, start=later)
+    code, output = invoke(
+        tmp_path, "partners", "add", "79768", "--our", "8141253", "--cpa", str(future)
+    )
+    assert code == 1 and f"CPA nav:qass:35065 is in force only from {later.isoformat()}" in output
+    code, output = invoke(tmp_path, "partners", "list", "--json")
+    assert code == 0 and json.loads(output) == []
 
 
 def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
@@ -231,7 +285,8 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
     key_file, public_key = _client_key_file(tmp_path)
     helseid = FakeHelseId(keys={"msh": public_key}, nonce="n")
     cppa = FakeCppa(guard=helseid.guard)
-    cpa = (reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml").read_bytes()
+    sample = reference_dir / "samples" / "cpa" / "helsenorge-CPA_93252.xml"
+    cpa = in_force(sample, tmp_path).read_bytes()
     cppa.put_agreement("49391409-e528-4919-b4a3-9ccdab72c8c1", cpa, ("93252", "93238"))
     with serve(helseid) as token_base, serve(cppa) as url:
         code, output = invoke(
@@ -276,6 +331,18 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
             env={"MELDINGSTJENER_CPPA_TOKEN": "not-a-token"},
         )
         assert code == 1 and "(cppa-unauthorised)" in output
+        # a CPA the service has that is no longer in force is passed over, as a missing one
+        cppa.put_agreement(
+            "49391409-e528-4919-b4a3-9ccdab72c8c1", sample.read_bytes(), ("93252", "93238")
+        )
+        code, output = invoke(
+            tmp_path / "elsewhere",
+            *("partners", "add", "93238", "--our", "93252", "--cppa-url", url, *sts),
+            *("--key-file", str(key_file)),
+        )
+        assert code == 0, output
+        assert "CPA 49391409-e528-4919-b4a3-9ccdab72c8c1 is not in force" in output
+        assert "source manual" in output
         cppa.down = True
         code, output = invoke(
             tmp_path,

@@ -36,6 +36,7 @@ ERROR_NUMBERS: dict[str, int] = {
     "override-not-supported": 1009,
     "apprec-refused": 1010,
     "idempotency-key-reused": 1011,
+    "receiver-inactive": 1012,
     "unauthenticated": 4010,
     "forbidden": 4030,
     "not-found": 4040,

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +32,7 @@ from meldingstjener.cli.helseid_options import (
 if TYPE_CHECKING:
     from meldingstjener.registry.agreements import PartnerAgreement
     from meldingstjener.registry.auth import TokenProvider
+    from meldingstjener.registry.cppa_model import CollaborationProtocol
     from meldingstjener.registry.parties import CommunicationParty
     from meldingstjener.registry.terms import AgreementTerms
     from meldingstjener.store.uow import Store
@@ -500,9 +501,9 @@ def partners_add(
     terms: AgreementTerms | None
     try:
         if cpa is not None:
-            terms = agreement_for(parse_cpa(cpa.read_bytes()), ours)
+            terms = agreement_for(_in_force(parse_cpa(cpa.read_bytes())), ours)
         elif cpp is not None:
-            terms = terms_from_cpp(parse_cpp(cpp.read_bytes()), ours)
+            terms = terms_from_cpp(_in_force(parse_cpp(cpp.read_bytes())), ours)
         elif cppa_url is not None and tokens is not None:
             terms = _terms_from_cppa(cppa_url, tokens, ours, her_id, local)
         else:
@@ -535,6 +536,23 @@ def partners_add(
         typer.echo(f"added agreement with {her_id} (source {agreement.source.value}, ordered)")
 
 
+def _in_force(document: CollaborationProtocol) -> CollaborationProtocol:
+    """``document`` if it is in force now; else the command stops: nothing could be sent under
+    an agreement that has ended, and one that has not begun is added when it begins."""
+    now = datetime.now(UTC)
+    kind, name = document.kind.upper(), document.protocol_id or "without an id"
+    if document.end is not None and now > document.end:
+        raise _fail(
+            f"{kind} {name} ended {document.end.isoformat()}; nothing could be sent under it. "
+            f"Ask the partner (or NHN's CPPA service) for the {kind} that replaced it"
+        )
+    if document.start is not None and now < document.start:
+        raise _fail(
+            f"{kind} {name} is in force only from {document.start.isoformat()}; add it then"
+        )
+    return document
+
+
 def _terms_from_cppa(
     url: str, tokens: TokenProvider, ours: str, her_id: str, local: CommunicationParty | None
 ) -> AgreementTerms | None:
@@ -564,7 +582,8 @@ def _terms_from_cppa(
     finally:
         client.close()
     try:
-        terms, _ = resolve_terms(cpa, cpp, local, our_her_id=ours)
+        # a CPA not in force is passed over (with a note), as a missing one is
+        terms, _ = resolve_terms(cpa, cpp, local, our_her_id=ours, now=datetime.now(UTC))
     except NotAgreed as exc:
         typer.echo(f"note: {exc}", err=True)
         return None
@@ -581,6 +600,8 @@ def _with_overrides(
 ) -> PartnerAgreement:
     from dataclasses import replace
 
+    from meldingstjener.registry.terms import TermsSource
+
     if channel is not None and channel not in {"smtp", "http", "amqp"}:
         raise typer.BadParameter(f"{channel!r} is not smtp, http or amqp", param_hint="--channel")
     changes: dict[str, Any] = {}
@@ -591,6 +612,10 @@ def _with_overrides(
         changes["channel"] = channel
     if endpoint is not None:
         changes["endpoint"] = endpoint
+    if (channel is not None or endpoint is not None) and agreement.source is TermsSource.AR:
+        # the engine follows the register's address for register terms; one the operator
+        # names is the agreement's own from now on
+        changes["source"] = TermsSource.MANUAL
     return replace(agreement, **changes) if changes else agreement
 
 

@@ -2,7 +2,13 @@
 
 The communication-party and partner-agreement tables are filled by the address register, CPAs and
 ``[[partners]]`` in the configuration (synced here at start). Certificates are parsed once and
-cached per party until the row changes.
+cached by a digest of their bytes.
+
+An agreement whose terms came from the address register (source ``ar``) is reached at the address
+the party's row has now (its EDI address, or its AMQP queue), not at the copy the agreement took
+when it was added: a sync that moves the partner is what the next send uses. An agreement from a
+CPA, a CPP, the configuration or the operator keeps its own endpoint (that document is the
+agreement). Whether the register has the party active and valid is read with it.
 
 Every message needs its partner several times on each side, so what is read here is kept for
 ``database.partner_cache_seconds``. A change this process commits to those tables is seen at
@@ -13,6 +19,7 @@ second server) within that many seconds.
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +32,9 @@ from sqlalchemy import select
 
 from meldingstjener.config import PartnerSettings, Settings
 from meldingstjener.registry.agreements import PartnerAgreement
+from meldingstjener.registry.parties import QueueKind
 from meldingstjener.registry.store import agreement_from_row
+from meldingstjener.registry.terms import TermsSource
 from meldingstjener.security.certs import (
     certificate_from_bytes,
     load_certificate,
@@ -55,6 +64,23 @@ class Partner:
     auto_apprec: bool
     agreement_state: str
     message_types: tuple[dict[str, object], ...]
+    # the party as the address register has it (a configured partner is active and valid)
+    active: bool = True
+    valid: bool = True  # the register's IsValidCommunicationParty
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+    def unusable_because(self, now: datetime) -> str | None:
+        """Why the register says nothing may be sent to the party at ``now``; None if it may."""
+        if not self.active:
+            return "is marked inactive in the address register"
+        if not self.valid:
+            return "is marked not valid as a communication party in the address register"
+        if self.valid_from is not None and now < self.valid_from:
+            return f"is valid in the address register only from {self.valid_from.isoformat()}"
+        if self.valid_to is not None and now > self.valid_to:
+            return f"was valid in the address register only until {self.valid_to.isoformat()}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +188,9 @@ class PartyDirectory:
     def _certificate(self, b64: str | None) -> x509.Certificate | None:
         if not b64:
             return None
-        key = ("der", b64[-64:] + str(len(b64)))
+        # the whole certificate decides the key: two that share a tail (a forged one copying a
+        # real one's signature value and length) must never be taken for each other
+        key = ("der", hashlib.sha256(b64.encode()).hexdigest())
         with self._lock:
             cached = self._certificates.get(key)
         if cached is None:
@@ -200,7 +228,7 @@ class PartyDirectory:
             organisation_her_id=party.parent_her_id,
             our_her_id=agreement.our_her_id,
             channel=agreement.channel,
-            endpoint=agreement.endpoint,
+            endpoint=_endpoint(agreement, party),
             cpa_id=agreement.cpa_id or cpa_id_for(agreement.our_her_id, her_id),
             signing_certificate=self._certificate(party.signing_certificate),
             encryption_certificate=self._certificate(party.encryption_certificate),
@@ -211,6 +239,10 @@ class PartyDirectory:
             auto_apprec=agreement.auto_apprec,
             agreement_state=agreement.state,
             message_types=tuple(agreement.message_types or ()),
+            active=bool(party.active),
+            valid=bool((party.details or {}).get("valid", True)),
+            valid_from=party.valid_from,
+            valid_to=party.valid_to,
         )
 
     def agreement(self, uow: UnitOfWork, our_her_id: str, her_id: str) -> PartnerAgreement | None:
@@ -248,6 +280,19 @@ class PartyDirectory:
             previous=self._certificate(party.previous_signing_certificate),
             replaced_at=party.signing_cert_replaced_at,
         )
+
+
+def _endpoint(agreement: AgreementRow, party: PartyRow) -> str | None:
+    """Where the agreement's channel reaches the party. Terms from the address register follow
+    the party's row, which each sync keeps current (no address there: None, nothing is sent);
+    every other agreement names its own endpoint."""
+    if agreement.source != TermsSource.AR.value:
+        return agreement.endpoint
+    if agreement.channel == "smtp":
+        return party.edi_address or None
+    if agreement.channel == "amqp":
+        return (party.amqp_queues or {}).get(QueueKind.ASYNC.value) or None
+    return agreement.endpoint
 
 
 def _b64(certificate: x509.Certificate) -> str:
@@ -309,4 +354,5 @@ def _upsert_partner(
     row.sync_reply_mode = "signalsOnly" if partner.sync_reply else "none"
     row.auto_apprec = partner.auto_apprec
     row.source = "config"
+    row.valid_to = None  # the configuration is the agreement now, not a CPA it replaced
     row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)

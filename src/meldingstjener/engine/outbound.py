@@ -105,6 +105,7 @@ def submit(
                 receiver_her,
                 message.msg_type,
                 _version_of(message),
+                now=ctx.clock(),
             )
         except NotAgreed as exc:
             raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None
@@ -282,6 +283,13 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
     if partner.agreement_state == "suspended":
         raise SubmitRejected(
             "not-agreed", f"the agreement with {partner.her_id} is suspended; nothing was sent"
+        )
+    unusable = partner.unusable_because(ctx.clock())
+    if unusable is not None:
+        raise SubmitRejected(
+            "receiver-inactive",
+            f"cannot send to {partner.her_id} ({partner.name}): it {unusable}; nothing was "
+            "sent. Choose another receiver, or send when the register has it active again",
         )
     if partner.encryption_certificate is None:
         raise SubmitRejected(

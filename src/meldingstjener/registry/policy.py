@@ -1,7 +1,8 @@
 """The outbound gate the engine calls before it sends: is this message agreed with the receiver?
 
 :func:`check_outbound` reads our partner agreement with the receiver from the store and raises
-:class:`NotAgreed` (stable code, readable message) when it does not allow the send. An agreement
+:class:`NotAgreed` (stable code, readable message) when it does not allow the send, or has ended
+(a CPA's end, kept with the agreement) at the moment of the send. An agreement
 row with an empty message-type list allows any type: partners configured in ``[[partners]]`` and
 agreements built from the address register name no types.
 """
@@ -9,6 +10,7 @@ agreements built from the address register name no types.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from meldingstjener.registry.agreements import NotAgreed, PartnerAgreement, check_send
 from meldingstjener.registry.store import agreement_from_row
@@ -25,18 +27,26 @@ def check_outbound(
     version: str | None,
     *,
     test_message: bool = False,
+    now: datetime | None = None,
 ) -> None:
     """Raise :class:`NotAgreed` unless we may send ``msg_type`` ``version`` to ``their_her_id``.
 
-    Codes: ``no-agreement`` (no row for the pair), ``agreement-not-active``,
-    ``message-type-not-agreed``, ``version-not-agreed``. ``msg_type`` None (a payload without a
-    MsgHead type) only checks the state; ``version`` None checks the type but not the version.
-    ``test_message`` also allows an agreement in the testing state.
+    Codes: ``no-agreement`` (no row for the pair), ``agreement-not-active`` (also after the
+    agreement's end), ``message-type-not-agreed``, ``version-not-agreed``. ``msg_type`` None (a
+    payload without a MsgHead type) only checks the state and end; ``version`` None checks the
+    type but not the version. ``test_message`` also allows an agreement in the testing state.
+    ``now`` is the moment of the send (default: the wall clock).
     """
     row = uow.agreements.for_pair(str(our_her_id), str(their_her_id))
     agreement = None if row is None else agreement_from_row(row)
     check_agreement(
-        agreement, our_her_id, their_her_id, msg_type, version, test_message=test_message
+        agreement,
+        our_her_id,
+        their_her_id,
+        msg_type,
+        version,
+        test_message=test_message,
+        now=now,
     )
 
 
@@ -48,8 +58,10 @@ def check_agreement(
     version: str | None,
     *,
     test_message: bool = False,
+    now: datetime | None = None,
 ) -> None:
     """:func:`check_outbound` for an agreement already read (the engine keeps them cached)."""
+    at = now if now is not None else datetime.now(UTC)
     if agreement is None:
         raise NotAgreed(
             "no-agreement",
@@ -57,10 +69,10 @@ def check_agreement(
             f"{their_her_id}; add one with 'meldingstjener partners add' before sending",
         )
     if msg_type is not None and version is not None:
-        check_send(agreement, msg_type, version, test_message=test_message)
+        check_send(agreement, msg_type, version, test_message=test_message, now=at)
         return
     unknown_type = msg_type is not None and agreement.versions_for(msg_type) is None
     if msg_type is not None and unknown_type and not agreement.any_message_type:
-        check_send(agreement, msg_type, "", test_message=test_message)  # raises: type not agreed
+        check_send(agreement, msg_type, "", test_message=test_message, now=at)  # type not agreed
     # With any_message_type set, check_send checks the state and end date and nothing else.
-    check_send(replace(agreement, any_message_type=True), "", "", test_message=test_message)
+    check_send(replace(agreement, any_message_type=True), "", "", test_message=test_message, now=at)

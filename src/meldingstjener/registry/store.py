@@ -396,6 +396,9 @@ def agreement_to_row(agreement: PartnerAgreement, row: AgreementRow | None = Non
     row.contacts = [_contact_to_json(c) for c in agreement.contacts]
     if agreement.activation_date is not None:
         row.activation_date = datetime.combine(agreement.activation_date, time(), tzinfo=UTC)
+    # A CPA's (or CPP's) end is the agreement's. Register terms keep none: the party's own
+    # validity, which each sync keeps current, is what the engine checks for them.
+    row.valid_to = None if agreement.source is TermsSource.AR else agreement.valid_to
     return row
 
 
@@ -419,6 +422,7 @@ def agreement_from_row(row: AgreementRow) -> PartnerAgreement:
         contacts=tuple(_contact_from_json(c) for c in row.contacts or ()),
         any_message_type=not message_types,
         activation_date=_date(row.activation_date),
+        valid_to=row.valid_to,
     )
 
 

@@ -268,6 +268,8 @@ class AgreementRow(Base):
     contacts: Mapped[list[Any]] = mapped_column(JSON, default=list)
     source: Mapped[str] = mapped_column(String(16), default="manual")
     activation_date: Mapped[datetime | None]
+    # when the agreement ends (a CPA's end): nothing is sent under it afterwards
+    valid_to: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -633,6 +633,27 @@ def test_a_refused_document_is_audited_with_its_code(api_pair: ApiPair) -> None:
     ]
 
 
+def test_a_receiver_the_register_has_inactive_is_refused_with_its_own_code(
+    api_pair: ApiPair,
+) -> None:
+    # the EPJ learns that nothing was sent, and why: the register's state, not the message
+    with api_pair.pair.gp.store.unit_of_work() as uow:
+        receiver = uow.parties.get(HOSPITAL_SERVICE_HER)
+        assert receiver is not None
+        receiver.active = False
+        uow.commit()
+    refused = _post_note(api_pair, "Timen er flyttet")
+    assert refused.status_code == 400, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["errorCode"]) == ("receiver-inactive", 1012)
+    assert "inactive in the address register" in problem["detail"]
+    assert "nothing was sent" in problem["detail"] and HOSPITAL_SERVICE_HER in problem["detail"]
+    with api_pair.pair.gp.store.unit_of_work() as uow:
+        assert not uow.messages.search(LogFilter())
+    entries = query(api_pair.pair.gp.store, AuditQuery(client="gp-epj"))
+    assert [(e["outcome"], e["detail"]) for e in entries] == [("invalid", "receiver-inactive")]
+
+
 def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPair) -> None:
     from meldingstjener.engine.alerts import AlertKind, raise_alert
 

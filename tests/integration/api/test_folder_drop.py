@@ -557,6 +557,39 @@ def test_a_file_refused_for_its_receivers_setup_waits_in_the_outbox_and_goes_whe
     assert open_alerts(pair, "outbox-refused") == []
 
 
+def test_a_file_for_a_receiver_the_register_has_inactive_waits_until_it_is_active(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # A refusal by the register's state is about the receiver's setup: held and said at once,
+    # sent when a sync has the party active again; never sent while it is inactive.
+    outbox = tmp_path / "ut"
+    ticks = Ticks()
+    integration = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0), monotonic=ticks
+    )
+    set_receiver_active(pair, False)
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Inaktiv"))
+    integration.outbox_once()
+    assert (outbox / "a.xml").exists() and outbound(pair) == []
+    [held] = open_alerts(pair, "outbox-held")
+    assert "receiver-inactive" in held.summary and "inactive in the address register" in (
+        held.summary
+    )
+    set_receiver_active(pair, True)
+    ticks.now += 61
+    integration.outbox_once()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert len(outbound(pair)) == 1 and open_alerts(pair, "outbox-held") == []
+
+
+def set_receiver_active(pair: Pair, active: bool) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        receiver = uow.parties.get(HOSPITAL_SERVICE_HER)
+        assert receiver is not None
+        receiver.active = active
+        uow.commit()
+
+
 def test_a_held_file_is_refused_when_its_hold_runs_out(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
     integration, ticks = held_file(pair, outbox, "For lenge", hold_minutes=30)

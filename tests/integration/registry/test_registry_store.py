@@ -4,7 +4,7 @@ upserts never wipe, agreements round-trip, and the outbound gate refuses what is
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,6 +181,69 @@ def test_agreement_round_trips_through_the_store(store: Store) -> None:
     with store.unit_of_work() as uow:
         rows = uow.agreements.for_counterparty("79768")
     assert [r.state for r in rows] == ["suspended"]
+
+
+def test_an_agreement_from_a_cpa_keeps_its_end_and_nothing_is_sent_after_it(
+    store: Store, cpa_samples: Path
+) -> None:
+    from meldingstjener.registry.cpa import agreement_for, parse_cpa
+
+    cpa = parse_cpa((cpa_samples / "nav-qass-31162.xml").read_bytes())
+    assert cpa.end is not None
+    ours = cpa.parties[0].her_id
+    agreement = PartnerAgreement.from_terms(
+        agreement_for(cpa, ours), our_her_id=ours, state=AgreementState.ACTIVE
+    )
+    with store.unit_of_work() as uow:
+        save_agreement(uow, agreement)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(ours, "79768")
+        assert row is not None
+        assert agreement_from_row(row).valid_to == cpa.end
+        message_type, versions = next(iter(agreement.message_types.items()))
+        send = (uow, ours, "79768", message_type, versions[0])
+        check_outbound(*send, now=cpa.end - timedelta(days=1))  # in force: allowed
+        check_outbound(uow, ours, "79768", None, None, now=cpa.end)
+        for gate in (
+            lambda: check_outbound(*send, now=cpa.end + timedelta(minutes=1)),
+            lambda: check_outbound(uow, ours, "79768", None, None, now=cpa.end + timedelta(days=1)),
+        ):
+            with pytest.raises(NotAgreed) as ended:
+                gate()
+            assert ended.value.code == "agreement-not-active"
+            assert f"ended {cpa.end.isoformat()}" in str(ended.value)
+
+
+def test_the_gate_checks_an_end_by_the_clock_when_given_no_moment(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        save_agreement(uow, _agreement(valid_to=datetime.now(UTC) - timedelta(minutes=1)))
+        save_agreement(
+            uow,
+            _agreement(
+                counterparty_her_id="8141253", valid_to=datetime.now(UTC) + timedelta(days=1)
+            ),
+        )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        check_outbound(uow, OURS, "8141253", "APPREC", "1.0")
+        with pytest.raises(NotAgreed) as ended:
+            check_outbound(uow, OURS, "79768", "APPREC", "1.0")
+    assert ended.value.code == "agreement-not-active" and "renew the CPA" in str(ended.value)
+
+
+def test_terms_from_the_register_keep_no_end_of_their_own(store: Store) -> None:
+    # the party's validity (kept current by each sync) is what counts for them, not a copy
+    with store.unit_of_work() as uow:
+        save_agreement(
+            uow,
+            _agreement(source=TermsSource.AR, valid_to=datetime(2020, 1, 1, tzinfo=UTC)),
+        )
+        uow.commit()
+    with store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(OURS, "79768")
+        assert row is not None and row.valid_to is None
+        check_outbound(uow, OURS, "79768", "APPREC", "1.0")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from meldingstjener.store.migrate import alembic_config, current_revision, head_revision, upgrade
-from meldingstjener.store.tables import Base
+from meldingstjener.store.tables import AgreementRow, Base
+from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
 
 
@@ -43,6 +44,9 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
                 " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
+    with own_database.unit_of_work() as uow:  # an agreement with an end (0013)
+        uow.agreements.add(AgreementRow(our_her_id="1", counterparty_her_id="2", valid_to=utcnow()))
+        uow.commit()
     config = alembic_config(database)
     with database.engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -51,10 +55,17 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     assert differences(own_database) != []  # the model is ahead of the schema now
     assert _job_ids_never_reused(own_database)  # a SQLite table rebuild keeps AUTOINCREMENT
     assert _deliveries(own_database) == 1
+    assert _count(own_database, "partner_agreements") == 1
     upgrade(database)
     assert differences(own_database) == []
     assert _job_ids_never_reused(own_database)
     assert _deliveries(own_database) == 1
+    assert _count(own_database, "partner_agreements") == 1
+
+
+def _count(store: Store, table: str) -> int:
+    with store.database.engine.connect() as connection:
+        return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 def _deliveries(store: Store) -> int:
