@@ -193,7 +193,9 @@ def ar_sync(
             static_token_variable="MELDINGSTJENER_AR_TOKEN",
         )
     store = _store(ctx)
-    client = ArClient(url, tokens)
+    client = ArClient(
+        url, tokens, max_answer_bytes=settings.address_register.max_answer_mb * 1024 * 1024
+    )
     holder = f"ar-sync:{socket.gethostname()}:{os.getpid()}"
     try:
         every = timedelta(minutes=settings.address_register.sync_minutes)

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.ar_client import ArClient
-from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.auth import DEFAULT_MAX_ANSWER_BYTES, TokenProvider
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.sync import SyncInterrupted, sync_register
 from meldingstjener.store.types import utcnow
@@ -65,6 +65,7 @@ class RegisterSync:
     # run. A quarter of the workers' lease at most, so that the jobs claimed with it still have
     # more than half their lease when it ends and are run, not left to a later claim.
     run_seconds: float = 30.0
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # of one answer of the register
 
 
 def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
@@ -90,7 +91,7 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     data = job.data or {}
     failures = int(data.get("failures", 0))
     failing_since = data.get("failing_since")
-    client = ArClient(config.url, config.tokens)
+    client = ArClient(config.url, config.tokens, max_answer_bytes=config.max_answer_bytes)
     try:
         report = sync_register(
             ctx.store, client, chunk_size=CHUNK_SIZE, budget_seconds=config.run_seconds

@@ -13,7 +13,9 @@ Endpoints, as published in the API's OpenAPI description (v1):
   ``herId``, ``eventType``), from and including N.
 
 Every call carries a bearer token from a pluggable :class:`TokenProvider`. Network and server
-failures become :class:`ArUnavailable`, so a caller can keep using its local copy.
+failures become :class:`ArUnavailable`, so a caller can keep using its local copy. An answer that
+is not JSON, or not of the shape asked for, raises :class:`ArFormatError`. No answer is read past
+``max_answer_bytes``.
 """
 
 from __future__ import annotations
@@ -190,6 +192,10 @@ class ArClient(BearerClient):
             return response.json()
         except ValueError:
             raise ArFormatError(f"the address register's answer to {path} is not JSON") from None
+        except RecursionError:  # nested thousands deep: no register answer is
+            raise ArFormatError(
+                f"the address register's answer to {path} is JSON nested too deeply to read"
+            ) from None
 
 
 _LOCAL_COPY_HINT = "; the local copy is used meanwhile"

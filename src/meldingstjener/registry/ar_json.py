@@ -112,6 +112,10 @@ def load_json(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> Any:
             return json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArFormatError(f"address-register JSON is not valid JSON: {exc}") from None
+        except RecursionError:
+            # arrays or objects nested thousands deep: no register record is, and the
+            # interpreter's limit must not stop a sync or an import as an unexpected error
+            raise ArFormatError("address-register JSON is nested too deeply to read") from None
     return data
 
 
