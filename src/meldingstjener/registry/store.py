@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from meldingstjener.registry.agreements import AgreementState, Contact, PartnerAgreement
-from meldingstjener.registry.ar_json import parse_parties_json
-from meldingstjener.registry.ar_soap import parse_ar_soap_all
+from meldingstjener.registry.ar_json import parse_parties_json, read_parties_json
+from meldingstjener.registry.ar_soap import parse_ar_soap_all, read_ar_soap_all
 from meldingstjener.registry.certificates import (
     CertificateUnreadable,
     PartyCertificate,
@@ -53,6 +53,7 @@ __all__ = [
     "parse_register_file",
     "party_from_row",
     "party_to_row",
+    "read_register_file",
     "save_agreement",
     "save_parties",
 ]
@@ -306,11 +307,13 @@ def _coded_from_json(value: Any) -> CodedValue:
 
 @dataclass
 class ImportReport:
-    """What an import did: parties written per file, and files refused with the reason."""
+    """What an import did: parties written per file, files refused with the reason, and per
+    file the parties refused (by HER-id, with the reason) while the others went in."""
 
     imported: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     her_ids: list[str] = field(default_factory=list)
+    refused_parties: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -328,19 +331,35 @@ def parse_register_file(path: Path) -> list[CommunicationParty]:
     raise ArFormatError(f"{path.name} is neither register JSON nor a SOAP response")
 
 
+def read_register_file(path: Path) -> tuple[list[CommunicationParty], dict[str, str]]:
+    """As :func:`parse_register_file`, each party read on its own: the parties, and why each
+    record that cannot be used is not (by HER-id). A file that is not one raises."""
+    data = path.read_bytes()
+    head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head == b"<":
+        return read_ar_soap_all(data)
+    if head in {b"{", b"["}:
+        return read_parties_json(data)
+    raise ArFormatError(f"{path.name} is neither register JSON nor a SOAP response")
+
+
 def import_files(
     uow: UnitOfWork, paths: Sequence[Path], *, source: str = "ar-file"
 ) -> ImportReport:
-    """Import every file; a bad file is reported and skipped, the others still go in."""
+    """Import every file; a bad file is reported and skipped, the others still go in. So is a
+    party of a file whose record cannot be used: its stored copy stays, and the file's other
+    parties go in."""
     report = ImportReport()
     for path in paths:
         try:
-            parties = parse_register_file(path)
+            parties, refused = read_register_file(path)
         except (OSError, RegistryError) as exc:
             report.refused[str(path)] = str(exc)
             continue
         report.imported[str(path)] = save_parties(uow, parties, source=source)
         report.her_ids.extend(p.her_id for p in parties)
+        if refused:
+            report.refused_parties[str(path)] = refused
     return report
 
 
