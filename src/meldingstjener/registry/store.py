@@ -127,12 +127,19 @@ def save_parties(
     *,
     source: str = "ar",
     at: datetime | None = None,
+    names_all_certificates: bool = False,
 ) -> int:
     """Insert or update each party (the caller commits). Returns how many were written.
 
     Stored rows are read a batch at a time with one query, so a full export of 100,000 parties
     does not cost two round trips per party. ``at`` is when a changed signing certificate was
     replaced (default: now).
+
+    ``names_all_certificates``: the records name every certificate their party has (the
+    register's, at a sync), so a role one names none for has none any more, and its stored
+    certificate is cleared (a signing one is kept as the previous one, accepted for the grace
+    period of a rollover). Without it (files, which may be SOAP answers or exports that never
+    name certificates) a record that names none keeps the stored one.
     """
     count = 0
     pending = list(parties)
@@ -150,7 +157,7 @@ def save_parties(
                 uow.session.add(new)
                 known[party.her_id] = new
             else:
-                _keep_known_certificates(old, new)
+                _keep_known_certificates(old, new, keep_unnamed=not names_all_certificates)
                 # merge() finds the old row in the session (loaded above): no extra query.
                 known[party.her_id] = uow.parties.upsert(new, at=at)
             count += 1
@@ -254,8 +261,10 @@ def _certificate_from_row(
     )
 
 
-def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
-    """A record with only a thumbprint must not wipe the bytes we hold for that certificate."""
+def _keep_known_certificates(old: PartyRow, new: PartyRow, *, keep_unnamed: bool) -> None:
+    """A record with only a thumbprint must not wipe the bytes we hold for that certificate;
+    with ``keep_unnamed``, neither must a record that names no certificate for the role (a file
+    that does not say). Without it such a role has no certificate any more."""
     old_details = old.details or {}
     new_details = new.details or {}
     for column, limit, role in (
@@ -267,6 +276,8 @@ def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
         # the bytes' own thumbprint: what a sync judged by when it did not fetch them again
         old_thumb = _stored_thumbprint(getattr(old, column))
         new_thumb = (new_details.get(role) or {}).get("thumbprint")
+        if new_thumb is None and not keep_unnamed:
+            continue  # withdrawn by the register
         if new_thumb is None or (old_thumb is not None and new_thumb == old_thumb):
             setattr(new, column, getattr(old, column))
             setattr(new, limit, getattr(old, limit))

@@ -22,6 +22,10 @@ stored copy, is named with the reason in ``SyncReport.refused`` and in the stand
 sync that reads the party (the register changed it again, or ``--full``) takes it off that
 list. Only an answer that is malformed as a whole (not JSON, not a list, an event without a
 sequence number) stops the sync.
+
+The register's record names every certificate the party has: a role it names none for is
+cleared (a withdrawn signing certificate stays the previous one, accepted for the grace period
+of a rollover), unlike an import of files that may not name certificates at all.
 """
 
 from __future__ import annotations
@@ -232,7 +236,9 @@ class _Fetched:
 def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
     """Write the chunk's parties and bring the standing list of refused parties up to date, in
     the caller's transaction."""
-    report.parties_written += save_parties(uow, fetched.parties, source=SOURCE)
+    report.parties_written += save_parties(
+        uow, fetched.parties, source=SOURCE, names_all_certificates=True
+    )
     standing = refused_parties(uow)
     settled = [p.her_id for p in fetched.parties if p.her_id not in fetched.refused]
     fetched.no_longer_refused = [
