@@ -363,7 +363,13 @@ def test_ar_show_names_a_replaced_signing_certificate_and_it_can_be_forgotten(
     from meldingstjener.registry.store import party_from_row, save_parties
     from meldingstjener.security.devpki import init_pki
 
-    pki = init_pki(imported / "pki", ["7001", "7002"])
+    # two certificates of NAV IKT's organisation (one of another is refused: see
+    # test_registry_certificate_owner.py)
+    pki = init_pki(
+        imported / "pki",
+        ["7001", "7002"],
+        organisation_numbers=dict.fromkeys(("7001", "7002"), "990983291"),
+    )
     first, second = (
         certificate_from_der(pki.parties[h].signing.certificate.public_bytes(Encoding.DER))
         for h in ("7001", "7002")

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import Row, select
 
 from meldingstjener.registry.agreements import AgreementState, Contact, PartnerAgreement
@@ -32,12 +33,13 @@ from meldingstjener.registry.certificates import (
     certificate_from_der,
     register_thumbprint,
 )
-from meldingstjener.registry.errors import ArFormatError, RegistryError
+from meldingstjener.registry.errors import ArFormatError, ArRecordRefused, RegistryError
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import CodedValue, CommunicationParty, PartyType
 from meldingstjener.registry.search import PartyIndex
 from meldingstjener.registry.terms import TermsSource
 from meldingstjener.registry.versions import sort_versions
+from meldingstjener.security.certs import organisation_number
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import UnitOfWork
 
@@ -128,6 +130,7 @@ def save_parties(
     source: str = "ar",
     at: datetime | None = None,
     names_all_certificates: bool = False,
+    refused: dict[str, str] | None = None,
 ) -> int:
     """Insert or update each party (the caller commits). Returns how many were written.
 
@@ -140,6 +143,10 @@ def save_parties(
     certificate is cleared (a signing one is kept as the previous one, accepted for the grace
     period of a rollover). Without it (files, which may be SOAP answers or exports that never
     name certificates) a record that names none keeps the stored one.
+
+    A party with a certificate of another organisation (see :func:`_foreign_certificate`) is
+    not written: its stored copy stays, and it is put in ``refused`` with the reason (without
+    ``refused``, :class:`ArRecordRefused` is raised).
     """
     count = 0
     pending = list(parties)
@@ -151,8 +158,14 @@ def save_parties(
             for row in uow.session.scalars(select(PartyRow).where(PartyRow.her_id.in_(wanted)))
         }
         for party in batch:
-            new = party_to_row(party, source=source)
             old = known.get(party.her_id)
+            problem = _foreign_certificate(uow, party, old, known)
+            if problem is not None:
+                if refused is None:
+                    raise ArRecordRefused(party.her_id, problem)
+                refused[party.her_id] = problem
+                continue
+            new = party_to_row(party, source=source)
             if old is None:
                 uow.session.add(new)
                 known[party.her_id] = new
@@ -163,6 +176,94 @@ def save_parties(
             count += 1
         uow.session.flush()
     return count
+
+
+def _foreign_certificate(
+    uow: UnitOfWork,
+    party: CommunicationParty,
+    old: PartyRow | None,
+    known: dict[str, PartyRow],
+) -> str | None:
+    """Why a certificate the record brings (its bytes) cannot be the party's, or None.
+
+    Norwegian enterprise certificates carry their organisation's number in the subject
+    (organizationIdentifier ``NTRNO-<number>``, or serialNumber); one the party may use carries
+    its own number, its parent organisation's (in the record, or of its parent's stored row),
+    or the number the certificate we hold for it now carries. That last one is the register's
+    earlier word, and it is needed: a party may be registered under a subunit's number and use
+    its main unit's certificate (NAV IKT, 990983291, has the certificate of Arbeids- og
+    velferdsetaten, 889640782), a relation the record does not name. So a party we hold no
+    certificate for has its first one taken as the register gives it, and a party whose own
+    number is unknown, or a certificate without one, is not checked.
+    """
+    own = party.organisation_number
+    if own is None:
+        return None
+    allowed = {own}
+    looked_further = False
+    for role, certificate in (
+        ("signing", party.signing_certificate),
+        ("encryption", party.encryption_certificate),
+    ):
+        if certificate is None or certificate.der is None:
+            continue  # named by thumbprint only: the bytes we hold for it stay as they were
+        number = _organisation_number(certificate.der)
+        if number is None or number in allowed:
+            continue
+        if not looked_further:
+            looked_further = True
+            allowed |= _parent_organisation(uow, party, known)
+            held = _held_organisations(old)
+            if not held:
+                return None  # nothing to hold it to: the register's first word is taken
+            allowed |= held
+        if number not in allowed:
+            others = ", ".join(sorted(allowed - {own}))
+            return (
+                f"its {role} certificate belongs to organisation {number}, not to the party's "
+                f"own ({own})" + (f" or {others}" if others else "") + "; the stored copy is "
+                "kept"
+            )
+    return None
+
+
+def _parent_organisation(
+    uow: UnitOfWork, party: CommunicationParty, known: dict[str, PartyRow]
+) -> set[str]:
+    if party.parent_organisation_number:
+        return {party.parent_organisation_number}
+    if party.parent_her_id is None:
+        return set()
+    parent = known.get(party.parent_her_id) or uow.parties.get(party.parent_her_id)
+    return {parent.organisation_number} if parent and parent.organisation_number else set()
+
+
+def _held_organisations(old: PartyRow | None) -> set[str]:
+    """The organisation numbers of the certificates stored for the party (its current ones and
+    the signing one they replaced)."""
+    if old is None:
+        return set()
+    numbers = set()
+    for value in (
+        old.signing_certificate,
+        old.encryption_certificate,
+        old.previous_signing_certificate,
+    ):
+        try:
+            der = base64.b64decode(value, validate=True) if value else None
+        except ValueError:
+            continue
+        number = _organisation_number(der) if der else None
+        if number is not None:
+            numbers.add(number)
+    return numbers
+
+
+def _organisation_number(der: bytes) -> str | None:
+    try:
+        return organisation_number(x509.load_der_x509_certificate(der))
+    except ValueError:
+        return None
 
 
 def held_certificates(uow: UnitOfWork, her_ids: Iterable[str]) -> set[tuple[str, str, str]]:
@@ -358,8 +459,8 @@ def import_files(
     uow: UnitOfWork, paths: Sequence[Path], *, source: str = "ar-file"
 ) -> ImportReport:
     """Import every file; a bad file is reported and skipped, the others still go in. So is a
-    party of a file whose record cannot be used: its stored copy stays, and the file's other
-    parties go in."""
+    party of a file whose record cannot be used (or whose certificate is another
+    organisation's): its stored copy stays, and the file's other parties go in."""
     report = ImportReport()
     for path in paths:
         try:
@@ -367,8 +468,8 @@ def import_files(
         except (OSError, RegistryError) as exc:
             report.refused[str(path)] = str(exc)
             continue
-        report.imported[str(path)] = save_parties(uow, parties, source=source)
-        report.her_ids.extend(p.her_id for p in parties)
+        report.imported[str(path)] = save_parties(uow, parties, source=source, refused=refused)
+        report.her_ids.extend(p.her_id for p in parties if p.her_id not in refused)
         if refused:
             report.refused_parties[str(path)] = refused
     return report

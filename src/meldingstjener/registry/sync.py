@@ -16,12 +16,12 @@ fetched, two calls a party at most: a re-sync of unchanged parties fetches no ce
 register without the bulk lookup is asked party by party.
 
 One party's record that cannot be used (a party type we do not know, a certificate that cannot
-be read or whose thumbprint is not the one named) does not stop the sync: that party keeps its
-stored copy, is named with the reason in ``SyncReport.refused`` and in the standing list
-:func:`refused_parties` (committed with the chunk), and the sync goes on and advances. A later
-sync that reads the party (the register changed it again, or ``--full``) takes it off that
-list. Only an answer that is malformed as a whole (not JSON, not a list, an event without a
-sequence number) stops the sync.
+be read, whose thumbprint is not the one named, or that belongs to another organisation) does not
+stop the sync: that party keeps its stored copy, is named with the reason in
+``SyncReport.refused`` and in the standing list :func:`refused_parties` (committed with the
+chunk), and the sync goes on and advances. A later sync that reads the party (the register
+changed it again, or ``--full``) takes it off that list. Only an answer that is malformed as a
+whole (not JSON, not a list, an event without a sequence number) stops the sync.
 
 The register's record names every certificate the party has: a role it names none for is
 cleared (a withdrawn signing certificate stays the previous one, accepted for the grace period
@@ -234,10 +234,14 @@ class _Fetched:
 
 
 def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
-    """Write the chunk's parties and bring the standing list of refused parties up to date, in
-    the caller's transaction."""
+    """Write the chunk's parties (a certificate of another organisation refuses its party here)
+    and bring the standing list of refused parties up to date, in the caller's transaction."""
     report.parties_written += save_parties(
-        uow, fetched.parties, source=SOURCE, names_all_certificates=True
+        uow,
+        fetched.parties,
+        source=SOURCE,
+        names_all_certificates=True,
+        refused=fetched.refused,
     )
     standing = refused_parties(uow)
     settled = [p.her_id for p in fetched.parties if p.her_id not in fetched.refused]
