@@ -197,6 +197,7 @@ def build_register_sync(settings: Settings) -> RegisterSync | None:
         every=timedelta(minutes=register.sync_minutes),
         alert_after_failures=register.alert_after_failures,
         run_seconds=min(30.0, settings.workers.lease_seconds / 4),
+        max_answer_bytes=register.max_answer_mb * 1024 * 1024,
     )
 
 

@@ -343,6 +343,9 @@ class RegisterSettings(_Section):
     # Syncs that failed in a row before a register-sync-failed alert (one failure is often
     # the network; several mean certificates and addresses are getting out of date).
     alert_after_failures: int = Field(default=3, ge=1)
+    # The most of one answer of the register that is read (decompressed): a register (or a
+    # proxy in front of it) that answers more gets the sync stopped, not the memory filled.
+    max_answer_mb: int = Field(default=64, ge=1)
 
 
 class Settings(BaseSettings):

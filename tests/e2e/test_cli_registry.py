@@ -205,6 +205,40 @@ def test_ar_sync_against_the_fake_register(tmp_path: Path) -> None:
     assert code == 0 and "500001" in output
 
 
+def test_ar_sync_and_import_name_the_parties_they_refuse(tmp_path: Path) -> None:
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+    from meldingstjener.registry.fakes import FakeAddressRegister, serve
+
+    fake = FakeAddressRegister()
+    fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
+    fake.put_party({"herId": 500002, "name": "Ny tjeneste", "type": "ExternalService"})
+    with serve(fake) as url:
+        code, output = invoke(tmp_path, "ar", "sync", "--url", url)
+    assert code == 0, output
+    assert "wrote 1 parties" in output and "1 records refused" in output
+    assert "refused HER-id 500002: communication party 500002 has an unknown type" in output
+    store = open_store(load_settings(data_dir=tmp_path))
+    with store.unit_of_work() as uow:  # the alert the servers raise, raised by hand too
+        [alert] = uow.alerts.list(open_only=True, kind="register-parties-refused")
+        assert "500002 (" in alert.summary
+    store.database.dispose()
+
+    export = tmp_path / "export.json"
+    export.write_text(
+        json.dumps(
+            [
+                {"herId": 500003, "name": "Legekontor", "type": "Organization"},
+                {"herId": 500004, "name": "Ny tjeneste", "type": "ExternalService"},
+            ]
+        )
+    )
+    code, output = invoke(tmp_path, "ar", "import", str(export))
+    assert code == 1, output  # not all of it went in
+    assert f"imported 1 party from {export}" in output
+    assert f"refused HER-id 500004 in {export}: communication party 500004" in output
+
+
 def test_ar_sync_by_hand_waits_its_turn(tmp_path: Path) -> None:
     # A server is syncing the register (it holds the register-sync job): the command says so
     # and leaves the register alone; once the turn is free it syncs, and gives the turn back.
@@ -396,7 +430,13 @@ def test_ar_show_names_a_replaced_signing_certificate_and_it_can_be_forgotten(
     from meldingstjener.registry.store import party_from_row, save_parties
     from meldingstjener.security.devpki import init_pki
 
-    pki = init_pki(imported / "pki", ["7001", "7002"])
+    # two certificates of NAV IKT's organisation (one of another is refused: see
+    # test_registry_certificate_owner.py)
+    pki = init_pki(
+        imported / "pki",
+        ["7001", "7002"],
+        organisation_numbers=dict.fromkeys(("7001", "7002"), "990983291"),
+    )
     first, second = (
         certificate_from_der(pki.parties[h].signing.certificate.public_bytes(Encoding.DER))
         for h in ("7001", "7002")

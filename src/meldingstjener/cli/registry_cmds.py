@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.registry.cppa_model import CollaborationProtocol
     from meldingstjener.registry.parties import CommunicationParty
+    from meldingstjener.registry.sync import SyncReport
     from meldingstjener.registry.terms import AgreementTerms
     from meldingstjener.store.uow import Store
 
@@ -119,13 +120,22 @@ def ar_import(
         report = import_files(uow, files)
         uow.commit()
     if as_json:
-        _echo_json({"imported": report.imported, "refused": report.refused})
+        _echo_json(
+            {
+                "imported": report.imported,
+                "refused": report.refused,
+                "refused_parties": report.refused_parties,
+            }
+        )
     else:
         for path, count in report.imported.items():
             typer.echo(f"imported {count} part{'y' if count == 1 else 'ies'} from {path}")
         for path, reason in report.refused.items():
             typer.echo(f"refused {path}: {reason}", err=True)
-    if report.refused:
+        for path, parties in report.refused_parties.items():
+            for her_id, reason in parties.items():
+                typer.echo(f"refused HER-id {her_id} in {path}: {reason}", err=True)
+    if report.refused or report.refused_parties:
         raise typer.Exit(1)
 
 
@@ -194,7 +204,9 @@ def ar_sync(
             static_token_variable="MELDINGSTJENER_AR_TOKEN",
         )
     store = _store(ctx)
-    client = ArClient(url, tokens)
+    client = ArClient(
+        url, tokens, max_answer_bytes=settings.address_register.max_answer_mb * 1024 * 1024
+    )
     holder = f"ar-sync:{socket.gethostname()}:{os.getpid()}"
     try:
         every = timedelta(minutes=settings.address_register.sync_minutes)
@@ -203,14 +215,29 @@ def ar_sync(
     except SyncBusy as exc:
         raise _fail(f"not synced ({exc.code}): {exc}") from None
     except SyncInterrupted as exc:
+        _note_refused(store, exc.report)
         raise _fail(f"sync interrupted ({exc.code}): {exc}") from None
     finally:
         client.close()
+    _note_refused(store, report)
     typer.echo(
         f"sync ({report.mode}) wrote {report.parties_written} parties, applied "
         f"{report.events_applied} events; last event {report.last_sequence_number}"
         + (f"; {len(report.not_found)} no longer in the register" if report.not_found else "")
+        + (f"; {len(report.refused)} records refused" if report.refused else "")
     )
+
+
+def _note_refused(store: Store, report: SyncReport) -> None:
+    """The parties whose records the sync refused, on stderr and in the alert the servers raise."""
+    from meldingstjener.engine.register_sync import note_refused_parties
+    from meldingstjener.store.types import utcnow
+
+    for her_id, reason in report.refused.items():
+        typer.echo(f"refused HER-id {her_id}: {reason} (its stored copy is kept)", err=True)
+    with store.unit_of_work() as uow:
+        note_refused_parties(uow, report, at=utcnow())
+        uow.commit()
 
 
 @ar_app.command("search")

@@ -44,6 +44,7 @@ class AlertKind(StrEnum):
     EBMS_FAILING = "ebms-failing"
     EBMS_REFUSED = "ebms-refused"
     MAIL_BOUNCED = "mail-bounced"
+    REGISTER_PARTIES_REFUSED = "register-parties-refused"
 
 
 SEVERITY = {
@@ -79,6 +80,7 @@ SEVERITY = {
     AlertKind.EBMS_FAILING: "error",
     AlertKind.EBMS_REFUSED: "warning",
     AlertKind.MAIL_BOUNCED: "error",
+    AlertKind.REGISTER_PARTIES_REFUSED: "error",
 }
 
 

@@ -7,6 +7,11 @@ job: it applies the register's events since the last sync (the whole export the 
 resumable) with the ``[helseid]`` client, then comes back after ``sync_minutes``. One job exists
 however many servers share the store, so one of them syncs at a time.
 
+A party whose register record cannot be used (see :mod:`meldingstjener.registry.sync`) does not
+fail the sync: it keeps its stored copy, and one ``register-parties-refused`` alert names every
+such party, resolved when a later sync has read them all (:func:`note_refused_parties`, after
+each sync by the job or by ``ar sync``).
+
 A run gets at most half a minute of its worker (a quarter of its lease): the first sync, the
 whole register, goes on run after run, resuming where it stopped. A sync that fails, for
 whatever reason, is tried again at the next turn; after ``alert_after_failures`` failures in a
@@ -28,9 +33,14 @@ from datetime import datetime, timedelta
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.ar_client import ArClient
-from meldingstjener.registry.auth import TokenProvider
+from meldingstjener.registry.auth import DEFAULT_MAX_ANSWER_BYTES, TokenProvider
 from meldingstjener.registry.errors import RegistryError
-from meldingstjener.registry.sync import SyncInterrupted, sync_register
+from meldingstjener.registry.sync import (
+    SyncInterrupted,
+    SyncReport,
+    refused_parties,
+    sync_register,
+)
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import ClaimedJob, EventKind, Store, UnitOfWork
 
@@ -41,6 +51,8 @@ FIRST_AFTER = timedelta(minutes=1)  # after a start, when the start's own work i
 # A run's parties per transaction: few, so that the time a run may take is seldom overrun by much.
 CHUNK_SIZE = 10
 _ALERT_KEY = f"{AlertKind.REGISTER_SYNC_FAILED}:global"
+_REFUSED_ALERT_KEY = f"{AlertKind.REGISTER_PARTIES_REFUSED}:global"
+_REFUSED_NAMED = 10  # parties the alert names with their reasons; the rest are counted
 # A sync by hand holds the job's turn with this lease, extended while it runs: a command that
 # is killed gives the turn back to the servers within it.
 HAND_LEASE = timedelta(minutes=2)
@@ -65,6 +77,7 @@ class RegisterSync:
     # run. A quarter of the workers' lease at most, so that the jobs claimed with it still have
     # more than half their lease when it ends and are run, not left to a later claim.
     run_seconds: float = 30.0
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # of one answer of the register
 
 
 def schedule_register_sync(ctx: EngineContext, uow: UnitOfWork) -> None:
@@ -90,7 +103,7 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
     data = job.data or {}
     failures = int(data.get("failures", 0))
     failing_since = data.get("failing_since")
-    client = ArClient(config.url, config.tokens)
+    client = ArClient(config.url, config.tokens, max_answer_bytes=config.max_answer_bytes)
     try:
         report = sync_register(
             ctx.store, client, chunk_size=CHUNK_SIZE, budget_seconds=config.run_seconds
@@ -105,17 +118,63 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
             problem,
             exc_info=not isinstance(exc, RegistryError),  # a bug: its traceback is wanted
         )
-        _after(ctx, config, failures, failing_since, problem=problem)
+        # what the chunks committed before the failure refused is told all the same
+        stopped = exc.report if isinstance(exc, SyncInterrupted) else None
+        _after(ctx, config, failures, failing_since, problem=problem, report=stopped)
         return
     finally:
         client.close()
     log.info(
-        "address register %s: %d parties written, %d events applied",
+        "address register %s: %d parties written, %d events applied%s",
         "synced" if report.complete else "sync goes on",
         report.parties_written,
         report.events_applied,
+        f", {len(report.refused)} records refused" if report.refused else "",
     )
-    _after(ctx, config, 0, None, problem=None, written=report.parties_written, done=report.complete)
+    _after(
+        ctx,
+        config,
+        0,
+        None,
+        problem=None,
+        written=report.parties_written,
+        done=report.complete,
+        report=report,
+    )
+
+
+def note_refused_parties(uow: UnitOfWork, report: SyncReport, *, at: datetime) -> None:
+    """After a sync: the ``register-parties-refused`` alert raised when the sync refused a
+    party's record (naming every party refused and not read since), its text brought up to date
+    when some of them were read, and resolved when none is left."""
+    if not report.refused and not report.no_longer_refused:
+        return  # the list is as it was
+    standing = refused_parties(uow)
+    if not standing:
+        uow.alerts.resolve(_REFUSED_ALERT_KEY, at=at)
+        return
+    summary = _refused_summary(standing)
+    if any(her_id in standing for her_id in report.refused):
+        raise_alert(uow, AlertKind.REGISTER_PARTIES_REFUSED, summary, at=at)
+        return
+    alert = uow.alerts.by_key(_REFUSED_ALERT_KEY)
+    if alert is not None and alert.resolved_at is None:
+        alert.summary = summary  # fewer now: not a new occurrence
+
+
+def _refused_summary(standing: dict[str, str]) -> str:
+    named = sorted(standing.items(), key=lambda item: int(item[0]))[:_REFUSED_NAMED]
+    listed = "; ".join(f"{her_id} ({reason})" for her_id, reason in named)
+    more = len(standing) - len(named)
+    return (
+        f"The address register's records of {len(standing)} "
+        f"part{'y' if len(standing) == 1 else 'ies'} could not be used, so their stored copies "
+        f"(addresses, certificates) are kept as they were: {listed}"
+        + (f"; and {more} more" if more else "")
+        + ". The rest of the register is synced. If it lasts, ask NHN or the party about the "
+        "record. Resolved when a sync has read them (after the register changes them, or "
+        "meldingstjener ar sync --full)."
+    )
 
 
 @contextlib.contextmanager
@@ -189,9 +248,12 @@ def _after(
     problem: str | None,
     written: int = 0,
     done: bool = True,
+    report: SyncReport | None = None,
 ) -> None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
+        if report is not None:
+            note_refused_parties(uow, report, at=now)
         if problem is None:
             uow.alerts.resolve(_ALERT_KEY, at=now)
             if written:

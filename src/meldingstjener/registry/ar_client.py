@@ -13,7 +13,10 @@ Endpoints, as published in the API's OpenAPI description (v1):
   ``herId``, ``eventType``), from and including N.
 
 Every call carries a bearer token from a pluggable :class:`TokenProvider`. Network and server
-failures become :class:`ArUnavailable`, so a caller can keep using its local copy.
+failures become :class:`ArUnavailable`, so a caller can keep using its local copy. An answer that
+is not JSON, or not of the shape asked for, raises :class:`ArFormatError`; one party's record or
+certificate that cannot be used raises (or, in a bulk answer, is listed as)
+:class:`ArRecordRefused` for that party alone. No answer is read past ``max_answer_bytes``.
 """
 
 from __future__ import annotations
@@ -28,15 +31,28 @@ import httpx
 from meldingstjener.registry.ar_json import (
     parse_certificate_json,
     party_from_record,
+    read_records,
 )
 from meldingstjener.registry.ar_json import with_certificates as attach_certificates
 from meldingstjener.registry.auth import BearerClient
 from meldingstjener.registry.certificates import PartyCertificate
-from meldingstjener.registry.errors import ArFormatError, ArPartyNotFound, RegistryError
+from meldingstjener.registry.errors import (
+    ArFormatError,
+    ArPartyNotFound,
+    ArRecordRefused,
+    RegistryError,
+)
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import CommunicationParty
 
-__all__ = ["BULK_LOOKUP_LIMIT", "ArClient", "ArEvent", "ArExport", "ArUnavailable"]
+__all__ = [
+    "BULK_LOOKUP_LIMIT",
+    "ArClient",
+    "ArEvent",
+    "ArExport",
+    "ArLookup",
+    "ArUnavailable",
+]
 
 BULK_LOOKUP_LIMIT = 100  # HER-ids per bulk lookup, as the API allows
 
@@ -53,6 +69,15 @@ class ArEvent:
     her_id: str
     event_type: str
     at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArLookup:
+    """A bulk lookup's answer: the parties read, and why each record that could not be used
+    was not, by HER-id (``entry N`` for one without a readable HER-id)."""
+
+    parties: list[CommunicationParty]
+    refused: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +101,10 @@ class ArClient(BearerClient):
         body = self._get_json(f"/api/v1/communicationparty/{int(her_id)}", her_id=her_id)
         if not isinstance(body, dict):
             raise ArFormatError(f"the register's answer for HER-id {her_id} is not an object")
-        party = party_from_record(body)
+        try:
+            party = party_from_record(body)
+        except ArFormatError as exc:
+            raise ArRecordRefused(her_id, str(exc)) from None
         if not with_certificates:
             return party
         signing = self._certificate(her_id, "signing") if party.signing_certificate else None
@@ -85,17 +113,18 @@ class ArClient(BearerClient):
         )
         return attach_certificates(party, signing=signing, encryption=encryption)
 
-    def parties(self, her_ids: Sequence[str]) -> list[CommunicationParty] | None:
+    def parties(self, her_ids: Sequence[str]) -> ArLookup | None:
         """The parties of up to :data:`BULK_LOOKUP_LIMIT` HER-ids in one call, with their
         certificates' thumbprints but not their bytes (see :meth:`certificate`); HER-ids the
-        register does not know are missing from the list. None when the register has no bulk
-        lookup (HTTP 404 or 405): then ask :meth:`party` one by one."""
+        register does not know are missing from the answer, and a record that cannot be read is
+        listed in ``refused`` (the others are read all the same). None when the register has no
+        bulk lookup (HTTP 404 or 405): then ask :meth:`party` one by one."""
         if len(her_ids) > BULK_LOOKUP_LIMIT:
             raise ValueError(f"at most {BULK_LOOKUP_LIMIT} HER-ids per bulk lookup")
         if not self._bulk_lookup:
             return None
         if not her_ids:
-            return []
+            return ArLookup([], {})
         path = "/api/v1/communicationparty"
         response = self._authorised(
             "POST",
@@ -108,12 +137,14 @@ class ArClient(BearerClient):
             self._bulk_lookup = False  # asked once per client
             return None
         body = self._json(response, path)
-        if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+        if not isinstance(body, list):
             raise ArFormatError("the register's bulk lookup did not answer a list of parties")
-        return [party_from_record(item) for item in body]
+        parties, refused = read_records(body)
+        return ArLookup(parties, refused)
 
     def certificate(self, her_id: str, role: str) -> PartyCertificate | None:
-        """The current ``signing`` or ``encryption`` certificate, None when there is none."""
+        """The current ``signing`` or ``encryption`` certificate, None when there is none;
+        :class:`ArRecordRefused` when the register's document holds none we can use."""
         return self._certificate(her_id, role)
 
     def export(self, *, include_deactivated: bool = True) -> ArExport:
@@ -159,7 +190,12 @@ class ArClient(BearerClient):
             body = self._get_json(f"/api/v1/certificate/{int(her_id)}/{role}", her_id=her_id)
         except ArPartyNotFound:
             return None
-        return parse_certificate_json(body)
+        if not isinstance(body, dict):
+            raise ArFormatError(f"the register's {role} certificate answer is not an object")
+        try:
+            return parse_certificate_json(body)
+        except ArFormatError as exc:  # unreadable bytes, a thumbprint that does not match them
+            raise ArRecordRefused(her_id, f"its {role} certificate: {exc}") from None
 
     def _get_json(self, path: str, *, her_id: str | None = None) -> Any:
         response = self._authorised_get(
@@ -190,6 +226,10 @@ class ArClient(BearerClient):
             return response.json()
         except ValueError:
             raise ArFormatError(f"the address register's answer to {path} is not JSON") from None
+        except RecursionError:  # nested thousands deep: no register answer is
+            raise ArFormatError(
+                f"the address register's answer to {path} is JSON nested too deeply to read"
+            ) from None
 
 
 _LOCAL_COPY_HINT = "; the local copy is used meanwhile"

@@ -15,7 +15,7 @@ unknown fields become None; a record without a HER-id is refused with :class:`Ar
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from meldingstjener.registry.certificates import (
     PartyCertificate,
     certificate_from_base64,
 )
-from meldingstjener.registry.errors import ArFormatError
+from meldingstjener.registry.errors import ArFormatError, ArRecordRefused
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import (
     CodedValue,
@@ -112,6 +112,10 @@ def load_json(data: bytes | str | Mapping[str, Any] | Sequence[Any]) -> Any:
             return json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArFormatError(f"address-register JSON is not valid JSON: {exc}") from None
+        except RecursionError:
+            # arrays or objects nested thousands deep: no register record is, and the
+            # interpreter's limit must not stop a sync or an import as an unexpected error
+            raise ArFormatError("address-register JSON is nested too deeply to read") from None
     return data
 
 
@@ -131,19 +135,65 @@ def parse_parties_json(
 ) -> list[CommunicationParty]:
     """A list of parties (a full export): a JSON array, or an object holding one under
     ``communicationParties``/``items``/``parties``. A single party object gives a list of one."""
-    document = load_json(data)
-    if isinstance(document, Mapping):
-        wrapper = _Record(document)
-        inner = wrapper.get("communicationParties", "items", "parties")
-        document = inner if isinstance(inner, list) else [document]
-    if not isinstance(document, list):
-        raise ArFormatError("address-register export is neither a JSON array nor an object")
     parties = []
-    for position, item in enumerate(document):
+    for position, item in enumerate(_export_entries(data)[0]):
         if not isinstance(item, Mapping):
             raise ArFormatError(f"entry {position} of the export is not a JSON object")
         parties.append(party_from_record(item))
     return parties
+
+
+def read_parties_json(
+    data: bytes | str | Sequence[Any] | Mapping[str, Any],
+) -> tuple[list[CommunicationParty], dict[str, str]]:
+    """As :func:`parse_parties_json`, each entry of an export read on its own: the parties, and
+    for each entry that cannot be used why not, by HER-id (``entry N`` when it has none). A
+    document that is not JSON, not an export, or a single object that is not a party (a
+    certificate document, say) still raises :class:`ArFormatError`."""
+    entries, single = _export_entries(data)
+    if single:
+        return [parse_party_json(entries[0])], {}
+    return read_records(entries)
+
+
+def read_records(records: Iterable[Any]) -> tuple[list[CommunicationParty], dict[str, str]]:
+    """Map each record on its own: one the mapper refuses (an unknown party type, an unusable
+    certificate) is left out and named with the reason, and the others are read all the same."""
+    parties: list[CommunicationParty] = []
+    refused: dict[str, str] = {}
+    for position, item in enumerate(records):
+        try:
+            if not isinstance(item, Mapping):
+                raise ArFormatError("the entry is not a JSON object")
+            parties.append(party_from_record(item))
+        except ArFormatError as exc:
+            refused[record_her_id(item) or f"entry {position}"] = str(exc)
+    return parties, refused
+
+
+def record_her_id(data: Any) -> str | None:
+    """The HER-id of a raw record (either shape), None when it has no usable one."""
+    if not isinstance(data, Mapping):
+        return None
+    outer = _Record(data)
+    inner = outer.child("communicationParty")
+    return _identifier((inner or outer).text("HerId") or outer.text("herId"))
+
+
+def _export_entries(
+    data: bytes | str | Sequence[Any] | Mapping[str, Any],
+) -> tuple[list[Any], bool]:
+    """The export's entries, and whether the document was one object rather than an export."""
+    document = load_json(data)
+    if isinstance(document, Mapping):
+        wrapper = _Record(document)
+        inner = wrapper.get("communicationParties", "items", "parties")
+        if not isinstance(inner, list):
+            return [document], True
+        document = inner
+    if not isinstance(document, list):
+        raise ArFormatError("address-register export is neither a JSON array nor an object")
+    return document, False
 
 
 def party_from_record(data: Mapping[str, Any]) -> CommunicationParty:
@@ -325,18 +375,19 @@ def with_certificates(
 ) -> CommunicationParty:
     """The party with certificate bytes fetched separately (the register's certificate endpoint).
 
-    A certificate whose thumbprint differs from the one the party record names is refused: it
-    belongs to another party or an older key, and encrypting to it would make the message
-    unreadable for the receiver.
+    A certificate whose thumbprint differs from the one the party record names is refused
+    (:class:`ArRecordRefused`, that party only): it belongs to another party or an older key,
+    and encrypting to it would make the message unreadable for the receiver.
     """
     for role, new, known in (
         ("signing", signing, party.signing_certificate),
         ("encryption", encryption, party.encryption_certificate),
     ):
         if new is not None and known is not None and known.thumbprint not in {None, new.thumbprint}:
-            raise ArFormatError(
+            raise ArRecordRefused(
+                party.her_id,
                 f"{role} certificate {new.thumbprint} does not match the one the register "
-                f"names for HER-id {party.her_id} ({known.thumbprint})"
+                f"names for it ({known.thumbprint})",
             )
     return replace(
         party,

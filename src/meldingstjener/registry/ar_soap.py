@@ -12,7 +12,7 @@ from typing import Any
 from lxml import etree
 
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
-from meldingstjener.registry.ar_json import party_from_record
+from meldingstjener.registry.ar_json import party_from_record, read_records
 from meldingstjener.registry.errors import ArFormatError, ArPartyNotFound
 from meldingstjener.registry.parties import CommunicationParty
 
@@ -56,6 +56,19 @@ def parse_ar_soap_all(data: bytes) -> list[CommunicationParty]:
             if isinstance(nested, dict) and nested.get("HerId"):
                 parties.append(party_from_record(nested))
     return parties
+
+
+def read_ar_soap_all(data: bytes) -> tuple[list[CommunicationParty], dict[str, str]]:
+    """As :func:`parse_ar_soap_all`, each party read on its own: the parties, and why each one
+    that cannot be used is not, by HER-id. A response that is not one raises."""
+    record = _result_record(data)
+    nested = [
+        item
+        for container in _NESTED_PARTIES
+        for item in record.get(container) or []
+        if isinstance(item, dict) and item.get("HerId")
+    ]
+    return read_records([record, *nested])
 
 
 def _result_record(data: bytes) -> dict[str, Any]:

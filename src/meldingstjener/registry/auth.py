@@ -29,6 +29,8 @@ from meldingstjener.registry.helseid import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "AnswerTooLarge",
     "BearerClient",
     "ClientCredentialsTokenProvider",
     "Retry",
@@ -40,12 +42,23 @@ __all__ = [
 
 # Renew a little before expiry so a token never runs out between fetch and use.
 _EXPIRY_MARGIN_SECONDS = 30.0
+# The most of one answer a register client reads (decompressed): a whole bulk lookup of a
+# hundred parties is well under a megabyte, so this is room, not a budget.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# What a re-built answer must not say of its body, which is then read and decompressed.
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 class TokenError(RegistryError):
     """The token endpoint refused us or could not be reached."""
 
     code = "helseid-token"
+
+
+class AnswerTooLarge(RegistryError):
+    """A register answered more than the client reads of one answer (``max_answer_bytes``)."""
+
+    code = "register-answer-too-large"
 
 
 class Retry(enum.Enum):
@@ -241,6 +254,8 @@ class BearerClient:
 
     Subclasses say which error means "the service cannot be reached" (``unavailable``) and name
     the service in messages; they interpret status codes themselves, since the APIs differ there.
+    An answer is read up to ``max_answer_bytes`` (decompressed), and one that goes on past it
+    raises :class:`AnswerTooLarge` rather than fill the memory.
     """
 
     unavailable: type[RegistryError] = RegistryError
@@ -253,10 +268,12 @@ class BearerClient:
         *,
         http: httpx.Client | None = None,
         timeout: float = 15.0,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._tokens = tokens
         self._http = http or httpx.Client(timeout=timeout)
+        self._max_answer_bytes = max_answer_bytes
 
     def close(self) -> None:
         self._http.close()
@@ -282,7 +299,7 @@ class BearerClient:
         while True:
             headers = {**self._tokens.authorization(method, url), "Accept": accept}
             try:
-                response = self._http.request(method, url, headers=headers, json=json_body)
+                response = self._send(method, url, path, headers=headers, json_body=json_body)
             except httpx.HTTPError as exc:
                 raise self.unavailable(
                     f"{self.service_name} at {self._base} could not be reached "
@@ -292,6 +309,39 @@ class BearerClient:
             if retry is None or retry in answered:
                 return response
             answered.add(retry)
+
+    def _send(
+        self, method: str, url: str, path: str, *, headers: dict[str, str], json_body: object
+    ) -> httpx.Response:
+        """The answer, its body read (decompressed) up to ``max_answer_bytes``."""
+        request = self._http.build_request(method, url, headers=headers, json=json_body)
+        response = self._http.send(request, stream=True)
+        limit = self._max_answer_bytes
+        body = bytearray()
+        try:
+            declared = response.headers.get("Content-Length", "")
+            too_large = declared.isdigit() and int(declared) > limit
+            if not too_large:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        too_large = True
+                        break
+        finally:
+            response.close()
+        if too_large:
+            raise AnswerTooLarge(
+                f"{self.service_name} answered more than {_size(limit)} for {path}; such an "
+                "answer is not read (max_answer_bytes)"
+            )
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        return httpx.Response(
+            response.status_code, headers=kept, content=bytes(body), request=request
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MB" if count >= 1024 * 1024 else f"{count} bytes"
 
 
 def helseid_token_provider(

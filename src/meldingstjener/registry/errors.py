@@ -24,6 +24,19 @@ class ArFormatError(RegistryError):
     code = "ar-format"
 
 
+class ArRecordRefused(ArFormatError):
+    """One party's record, or a certificate the register gives it, that cannot be used: that
+    party is refused, the others of the same answer are not. ``her_id`` names it (or, for a
+    record without a readable HER-id, its place in the answer)."""
+
+    code = "ar-record-refused"
+
+    def __init__(self, her_id: str, reason: str) -> None:
+        super().__init__(f"HER-id {her_id}: {reason}")
+        self.her_id = her_id
+        self.reason = reason
+
+
 class ArPartyNotFound(RegistryError):
     """The address register answered that no party has the requested HER-id."""
 

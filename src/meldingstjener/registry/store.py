@@ -21,23 +21,25 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import Row, select
 
 from meldingstjener.registry.agreements import AgreementState, Contact, PartnerAgreement
-from meldingstjener.registry.ar_json import parse_parties_json
-from meldingstjener.registry.ar_soap import parse_ar_soap_all
+from meldingstjener.registry.ar_json import parse_parties_json, read_parties_json
+from meldingstjener.registry.ar_soap import parse_ar_soap_all, read_ar_soap_all
 from meldingstjener.registry.certificates import (
     CertificateUnreadable,
     PartyCertificate,
     certificate_from_der,
     register_thumbprint,
 )
-from meldingstjener.registry.errors import ArFormatError, RegistryError
+from meldingstjener.registry.errors import ArFormatError, ArRecordRefused, RegistryError
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import CodedValue, CommunicationParty, PartyType
 from meldingstjener.registry.search import PartyIndex
 from meldingstjener.registry.terms import TermsSource
 from meldingstjener.registry.versions import sort_versions
+from meldingstjener.security.certs import organisation_number
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import UnitOfWork
 
@@ -53,6 +55,7 @@ __all__ = [
     "parse_register_file",
     "party_from_row",
     "party_to_row",
+    "read_register_file",
     "save_agreement",
     "save_parties",
 ]
@@ -126,12 +129,24 @@ def save_parties(
     *,
     source: str = "ar",
     at: datetime | None = None,
+    names_all_certificates: bool = False,
+    refused: dict[str, str] | None = None,
 ) -> int:
     """Insert or update each party (the caller commits). Returns how many were written.
 
     Stored rows are read a batch at a time with one query, so a full export of 100,000 parties
     does not cost two round trips per party. ``at`` is when a changed signing certificate was
     replaced (default: now).
+
+    ``names_all_certificates``: the records name every certificate their party has (the
+    register's, at a sync), so a role one names none for has none any more, and its stored
+    certificate is cleared (a signing one is kept as the previous one, accepted for the grace
+    period of a rollover). Without it (files, which may be SOAP answers or exports that never
+    name certificates) a record that names none keeps the stored one.
+
+    A party with a certificate of another organisation (see :func:`_foreign_certificate`) is
+    not written: its stored copy stays, and it is put in ``refused`` with the reason (without
+    ``refused``, :class:`ArRecordRefused` is raised).
     """
     count = 0
     pending = list(parties)
@@ -143,18 +158,112 @@ def save_parties(
             for row in uow.session.scalars(select(PartyRow).where(PartyRow.her_id.in_(wanted)))
         }
         for party in batch:
-            new = party_to_row(party, source=source)
             old = known.get(party.her_id)
+            problem = _foreign_certificate(uow, party, old, known)
+            if problem is not None:
+                if refused is None:
+                    raise ArRecordRefused(party.her_id, problem)
+                refused[party.her_id] = problem
+                continue
+            new = party_to_row(party, source=source)
             if old is None:
                 uow.session.add(new)
                 known[party.her_id] = new
             else:
-                _keep_known_certificates(old, new)
+                _keep_known_certificates(old, new, keep_unnamed=not names_all_certificates)
                 # merge() finds the old row in the session (loaded above): no extra query.
                 known[party.her_id] = uow.parties.upsert(new, at=at)
             count += 1
         uow.session.flush()
     return count
+
+
+def _foreign_certificate(
+    uow: UnitOfWork,
+    party: CommunicationParty,
+    old: PartyRow | None,
+    known: dict[str, PartyRow],
+) -> str | None:
+    """Why a certificate the record brings (its bytes) cannot be the party's, or None.
+
+    Norwegian enterprise certificates carry their organisation's number in the subject
+    (organizationIdentifier ``NTRNO-<number>``, or serialNumber); one the party may use carries
+    its own number, its parent organisation's (in the record, or of its parent's stored row),
+    or the number the certificate we hold for it now carries. That last one is the register's
+    earlier word, and it is needed: a party may be registered under a subunit's number and use
+    its main unit's certificate (NAV IKT, 990983291, has the certificate of Arbeids- og
+    velferdsetaten, 889640782), a relation the record does not name. So a party we hold no
+    certificate for has its first one taken as the register gives it, and a party whose own
+    number is unknown, or a certificate without one, is not checked.
+    """
+    own = party.organisation_number
+    if own is None:
+        return None
+    allowed = {own}
+    looked_further = False
+    for role, certificate in (
+        ("signing", party.signing_certificate),
+        ("encryption", party.encryption_certificate),
+    ):
+        if certificate is None or certificate.der is None:
+            continue  # named by thumbprint only: the bytes we hold for it stay as they were
+        number = _organisation_number(certificate.der)
+        if number is None or number in allowed:
+            continue
+        if not looked_further:
+            looked_further = True
+            allowed |= _parent_organisation(uow, party, known)
+            held = _held_organisations(old)
+            if not held:
+                return None  # nothing to hold it to: the register's first word is taken
+            allowed |= held
+        if number not in allowed:
+            others = ", ".join(sorted(allowed - {own}))
+            return (
+                f"its {role} certificate belongs to organisation {number}, not to the party's "
+                f"own ({own})" + (f" or {others}" if others else "") + "; the stored copy is "
+                "kept"
+            )
+    return None
+
+
+def _parent_organisation(
+    uow: UnitOfWork, party: CommunicationParty, known: dict[str, PartyRow]
+) -> set[str]:
+    if party.parent_organisation_number:
+        return {party.parent_organisation_number}
+    if party.parent_her_id is None:
+        return set()
+    parent = known.get(party.parent_her_id) or uow.parties.get(party.parent_her_id)
+    return {parent.organisation_number} if parent and parent.organisation_number else set()
+
+
+def _held_organisations(old: PartyRow | None) -> set[str]:
+    """The organisation numbers of the certificates stored for the party (its current ones and
+    the signing one they replaced)."""
+    if old is None:
+        return set()
+    numbers = set()
+    for value in (
+        old.signing_certificate,
+        old.encryption_certificate,
+        old.previous_signing_certificate,
+    ):
+        try:
+            der = base64.b64decode(value, validate=True) if value else None
+        except ValueError:
+            continue
+        number = _organisation_number(der) if der else None
+        if number is not None:
+            numbers.add(number)
+    return numbers
+
+
+def _organisation_number(der: bytes) -> str | None:
+    try:
+        return organisation_number(x509.load_der_x509_certificate(der))
+    except ValueError:
+        return None
 
 
 def held_certificates(uow: UnitOfWork, her_ids: Iterable[str]) -> set[tuple[str, str, str]]:
@@ -253,8 +362,10 @@ def _certificate_from_row(
     )
 
 
-def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
-    """A record with only a thumbprint must not wipe the bytes we hold for that certificate."""
+def _keep_known_certificates(old: PartyRow, new: PartyRow, *, keep_unnamed: bool) -> None:
+    """A record with only a thumbprint must not wipe the bytes we hold for that certificate;
+    with ``keep_unnamed``, neither must a record that names no certificate for the role (a file
+    that does not say). Without it such a role has no certificate any more."""
     old_details = old.details or {}
     new_details = new.details or {}
     for column, limit, role in (
@@ -266,6 +377,8 @@ def _keep_known_certificates(old: PartyRow, new: PartyRow) -> None:
         # the bytes' own thumbprint: what a sync judged by when it did not fetch them again
         old_thumb = _stored_thumbprint(getattr(old, column))
         new_thumb = (new_details.get(role) or {}).get("thumbprint")
+        if new_thumb is None and not keep_unnamed:
+            continue  # withdrawn by the register
         if new_thumb is None or (old_thumb is not None and new_thumb == old_thumb):
             setattr(new, column, getattr(old, column))
             setattr(new, limit, getattr(old, limit))
@@ -306,11 +419,13 @@ def _coded_from_json(value: Any) -> CodedValue:
 
 @dataclass
 class ImportReport:
-    """What an import did: parties written per file, and files refused with the reason."""
+    """What an import did: parties written per file, files refused with the reason, and per
+    file the parties refused (by HER-id, with the reason) while the others went in."""
 
     imported: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     her_ids: list[str] = field(default_factory=list)
+    refused_parties: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -328,19 +443,35 @@ def parse_register_file(path: Path) -> list[CommunicationParty]:
     raise ArFormatError(f"{path.name} is neither register JSON nor a SOAP response")
 
 
+def read_register_file(path: Path) -> tuple[list[CommunicationParty], dict[str, str]]:
+    """As :func:`parse_register_file`, each party read on its own: the parties, and why each
+    record that cannot be used is not (by HER-id). A file that is not one raises."""
+    data = path.read_bytes()
+    head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head == b"<":
+        return read_ar_soap_all(data)
+    if head in {b"{", b"["}:
+        return read_parties_json(data)
+    raise ArFormatError(f"{path.name} is neither register JSON nor a SOAP response")
+
+
 def import_files(
     uow: UnitOfWork, paths: Sequence[Path], *, source: str = "ar-file"
 ) -> ImportReport:
-    """Import every file; a bad file is reported and skipped, the others still go in."""
+    """Import every file; a bad file is reported and skipped, the others still go in. So is a
+    party of a file whose record cannot be used (or whose certificate is another
+    organisation's): its stored copy stays, and the file's other parties go in."""
     report = ImportReport()
     for path in paths:
         try:
-            parties = parse_register_file(path)
+            parties, refused = read_register_file(path)
         except (OSError, RegistryError) as exc:
             report.refused[str(path)] = str(exc)
             continue
-        report.imported[str(path)] = save_parties(uow, parties, source=source)
-        report.her_ids.extend(p.her_id for p in parties)
+        report.imported[str(path)] = save_parties(uow, parties, source=source, refused=refused)
+        report.her_ids.extend(p.her_id for p in parties if p.her_id not in refused)
+        if refused:
+            report.refused_parties[str(path)] = refused
     return report
 
 

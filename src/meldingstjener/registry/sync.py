@@ -14,10 +14,23 @@ A chunk's parties are asked for in one bulk lookup (up to 100 HER-ids a call; ``
 10 parties a chunk, ``ar sync`` 50), and only the certificates whose bytes we do not hold yet are
 fetched, two calls a party at most: a re-sync of unchanged parties fetches no certificate. A
 register without the bulk lookup is asked party by party.
+
+One party's record that cannot be used (a party type we do not know, a certificate that cannot
+be read, whose thumbprint is not the one named, or that belongs to another organisation) does not
+stop the sync: that party keeps its stored copy, is named with the reason in
+``SyncReport.refused`` and in the standing list :func:`refused_parties` (committed with the
+chunk), and the sync goes on and advances. A later sync that reads the party (the register
+changed it again, or ``--full``) takes it off that list. Only an answer that is malformed as a
+whole (not JSON, not a list, an event without a sequence number) stops the sync.
+
+The register's record names every certificate the party has: a role it names none for is
+cleared (a withdrawn signing certificate stays the previous one, accepted for the grace period
+of a rollover), unlike an import of files that may not name certificates at all.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +39,7 @@ from typing import TypeVar
 from meldingstjener.registry.ar_client import BULK_LOOKUP_LIMIT, ArClient, ArEvent
 from meldingstjener.registry.ar_json import with_certificates
 from meldingstjener.registry.certificates import PartyCertificate
-from meldingstjener.registry.errors import ArPartyNotFound, RegistryError
+from meldingstjener.registry.errors import ArPartyNotFound, ArRecordRefused, RegistryError
 from meldingstjener.registry.parties import CommunicationParty
 from meldingstjener.registry.store import held_certificates, save_parties
 from meldingstjener.store.tables import StateRow
@@ -34,16 +47,21 @@ from meldingstjener.store.uow import Store, UnitOfWork
 
 __all__ = [
     "LAST_SEQUENCE_KEY",
+    "REFUSED_KEY",
     "SyncInterrupted",
     "SyncReport",
     "last_synced_sequence",
+    "refused_parties",
     "sync_register",
 ]
 
 LAST_SEQUENCE_KEY = "registry.ar.last_sequence_number"
 EXPORT_SEQUENCE_KEY = "registry.ar.export.sequence_number"
 EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
+# The parties whose latest record could not be used, {HER-id: why}: a JSON object.
+REFUSED_KEY = "registry.ar.refused"
 SOURCE = "ar-sync"
+_REASON_LENGTH = 300  # of each stored reason: the register's text, quoted, can be long
 _T = TypeVar("_T")
 
 
@@ -54,6 +72,10 @@ class SyncReport:
     parties_written: int = 0
     events_applied: int = 0
     not_found: list[str] = field(default_factory=list)
+    # HER-id -> why its record was not used (the stored copy is kept); this run's
+    refused: dict[str, str] = field(default_factory=dict)
+    # refused by an earlier sync, read fine (or gone from the register) in this one
+    no_longer_refused: list[str] = field(default_factory=list)
     last_sequence_number: int | None = None
     # False when the time given ran out first: what was done is kept, the next run goes on
     complete: bool = True
@@ -72,6 +94,17 @@ class SyncInterrupted(RegistryError):
 def last_synced_sequence(uow: UnitOfWork) -> int | None:
     value = uow.state.get(LAST_SEQUENCE_KEY)
     return int(value) if value else None
+
+
+def refused_parties(uow: UnitOfWork) -> dict[str, str]:
+    """The parties whose latest register record a sync could not use, with the reason: each
+    keeps its stored copy until a sync reads it."""
+    value = uow.state.get(REFUSED_KEY)
+    try:
+        found = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def sync_register(
@@ -144,11 +177,12 @@ def _full_export(
         done = int(uow.state.get(EXPORT_DONE_KEY) or 0)
     todo = sorted(int(h) for h in export.her_ids if int(h) > done)
     for chunk in _chunks(todo, chunk_size):
-        parties = _fetch(store, client, [str(h) for h in chunk], report)
+        fetched = _fetch(store, client, [str(h) for h in chunk])
         with store.unit_of_work() as uow:
-            report.parties_written += save_parties(uow, parties, source=SOURCE)
+            _save(uow, fetched, report)
             uow.state.set(EXPORT_DONE_KEY, str(chunk[-1]))
             uow.commit()
+        _reported(fetched, report)
         if out_of_time():
             return  # the export's keys stay: the next run resumes after chunk[-1]
     with store.unit_of_work() as uow:
@@ -176,11 +210,12 @@ def _apply_events(
         if not events:
             return
         for chunk in _chunks(events, chunk_size):
-            parties = _fetch(store, client, _distinct_her_ids(chunk), report)
+            fetched = _fetch(store, client, _distinct_her_ids(chunk))
             with store.unit_of_work() as uow:
-                report.parties_written += save_parties(uow, parties, source=SOURCE)
+                _save(uow, fetched, report)
                 uow.state.set(LAST_SEQUENCE_KEY, str(chunk[-1].sequence_number))
                 uow.commit()
+            _reported(fetched, report)
             last = chunk[-1].sequence_number
             report.events_applied += len(chunk)
             report.last_sequence_number = last
@@ -188,25 +223,70 @@ def _apply_events(
                 return
 
 
-def _fetch(
-    store: Store, client: ArClient, her_ids: Sequence[str], report: SyncReport
-) -> list[CommunicationParty]:
-    parties: list[CommunicationParty] = []
+@dataclass
+class _Fetched:
+    """One chunk's parties as read from the register."""
+
+    parties: list[CommunicationParty] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # HER-id -> why not used
+    not_found: list[str] = field(default_factory=list)
+    no_longer_refused: list[str] = field(default_factory=list)
+
+
+def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
+    """Write the chunk's parties (a certificate of another organisation refuses its party here)
+    and bring the standing list of refused parties up to date, in the caller's transaction."""
+    report.parties_written += save_parties(
+        uow,
+        fetched.parties,
+        source=SOURCE,
+        names_all_certificates=True,
+        refused=fetched.refused,
+    )
+    standing = refused_parties(uow)
+    settled = [p.her_id for p in fetched.parties if p.her_id not in fetched.refused]
+    fetched.no_longer_refused = [
+        her_id for her_id in (*settled, *fetched.not_found) if her_id in standing
+    ]
+    for her_id in fetched.no_longer_refused:
+        del standing[her_id]
+    for her_id, reason in fetched.refused.items():
+        if her_id.isdigit():  # a record without a HER-id is not a party we could read later
+            standing[her_id] = reason[:_REASON_LENGTH]
+    if standing:
+        uow.state.set(REFUSED_KEY, json.dumps(standing, sort_keys=True))
+    elif fetched.no_longer_refused:
+        uow.state.delete(REFUSED_KEY)
+
+
+def _reported(fetched: _Fetched, report: SyncReport) -> None:
+    report.not_found += fetched.not_found
+    report.refused.update(fetched.refused)
+    report.no_longer_refused += fetched.no_longer_refused
+
+
+def _fetch(store: Store, client: ArClient, her_ids: Sequence[str]) -> _Fetched:
+    fetched = _Fetched()
     for part in _chunks(her_ids, BULK_LOOKUP_LIMIT):
         found = client.parties(part)
         if found is None:
-            parties += _fetch_one_by_one(client, part, report)
+            _fetch_one_by_one(client, part, fetched)
             continue
-        by_her_id = {party.her_id: party for party in found}
+        fetched.refused.update(found.refused)
+        by_her_id = {party.her_id: party for party in found.parties}
         with store.unit_of_work() as uow:
             held = held_certificates(uow, by_her_id)
         for her_id in part:
             party = by_her_id.get(her_id)
             if party is None:
-                report.not_found.append(her_id)  # gone from the register: keep our copy
+                if her_id not in found.refused:
+                    fetched.not_found.append(her_id)  # gone from the register: keep our copy
                 continue
-            parties.append(_with_new_certificates(client, party, held))
-    return parties
+            try:
+                fetched.parties.append(_with_new_certificates(client, party, held))
+            except ArRecordRefused as refused:  # its certificate: this party only
+                fetched.refused[her_id] = refused.reason
+    return fetched
 
 
 def _with_new_certificates(
@@ -231,16 +311,14 @@ def _with_new_certificates(
     )
 
 
-def _fetch_one_by_one(
-    client: ArClient, her_ids: Iterable[str], report: SyncReport
-) -> list[CommunicationParty]:
-    parties = []
+def _fetch_one_by_one(client: ArClient, her_ids: Iterable[str], fetched: _Fetched) -> None:
     for her_id in her_ids:
         try:
-            parties.append(client.party(her_id))
+            fetched.parties.append(client.party(her_id))
         except ArPartyNotFound:
-            report.not_found.append(her_id)  # gone from the register: keep our copy as it is
-    return parties
+            fetched.not_found.append(her_id)  # gone from the register: keep our copy as it is
+        except ArRecordRefused as refused:  # its record or a certificate: this party only
+            fetched.refused[her_id] = refused.reason
 
 
 def _distinct_her_ids(events: Sequence[ArEvent]) -> list[str]:

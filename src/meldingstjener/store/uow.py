@@ -1243,9 +1243,14 @@ def _keep_replaced_signing_certificate(known: PartyRow, new: PartyRow, at: datet
 
     A change back to the certificate just replaced is not a new rollover: it keeps the time of
     the first change, so two sources that disagree (a ``[[partners]]`` entry written at every
-    start, and the address register) cannot keep both certificates accepted for ever."""
+    start, and the address register) cannot keep both certificates accepted for ever.
+
+    A certificate withdrawn (the new row has none) is replaced too: its window starts now."""
     if known.signing_certificate and new.signing_certificate != known.signing_certificate:
-        back = new.signing_certificate == known.previous_signing_certificate
+        back = (
+            new.signing_certificate is not None
+            and new.signing_certificate == known.previous_signing_certificate
+        )
         new.previous_signing_certificate = known.signing_certificate
         new.signing_cert_replaced_at = known.signing_cert_replaced_at if back else at
     else:

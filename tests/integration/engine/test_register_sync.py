@@ -147,6 +147,47 @@ def test_failures_in_a_row_raise_an_alert_that_the_next_good_sync_resolves(
     assert sync_job(gp).data is None  # the count of failures starts again
 
 
+def refused_alerts(ctx: EngineContext) -> list[str]:
+    with ctx.store.unit_of_work() as uow:
+        return [
+            a.summary
+            for a in uow.alerts.list(open_only=True)
+            if a.kind == "register-parties-refused"
+        ]
+
+
+def test_a_record_that_cannot_be_read_raises_one_alert_until_it_is_read(
+    pair: Pair, register: Register
+) -> None:
+    _, fake, token_url, url, key = register
+    gp = configure(pair, token_url, url, key, alert_after_failures=1)
+    first_sync(pair, gp)
+    fake.put_party({"herId": 500002, "name": "Ny tjeneste", "type": "ExternalService"})
+    fake.put_party({"herId": 500003, "name": "Ny avdeling", "type": "ExternalService"})
+    fake.put_party({"herId": PARTY, "name": "Tønsberg legevakt Ny", "type": "Organization"})
+    pair.clock.advance(minutes=16)
+    pair.run()
+    assert party_name(gp) == "Tønsberg legevakt Ny"  # the sync went on past them
+    assert open_alerts(gp) == [] and sync_job(gp).data is None  # not a failed sync
+    [summary] = refused_alerts(gp)
+    assert "records of 2 parties could not be used" in summary
+    assert "500002 (communication party 500002 has an unknown type 'ExternalService'" in summary
+    assert "500003 (" in summary
+
+    fake.put_party({"herId": 500002, "name": "Ny tjeneste", "type": "Service"})
+    pair.clock.advance(minutes=16)
+    pair.run()
+    [summary] = refused_alerts(gp)  # one of them read: the same alert, naming the other
+    assert "records of 1 party could not be used" in summary and "500002" not in summary
+    fake.put_party({"herId": 500003, "name": "Ny avdeling", "type": "Organization"})
+    pair.clock.advance(minutes=16)
+    pair.run()
+    assert refused_alerts(gp) == []
+    with gp.store.unit_of_work() as uow:
+        [alert] = [a for a in uow.alerts.list() if a.kind == "register-parties-refused"]
+        assert alert.count == 1 and alert.resolved_at is not None
+
+
 def test_a_client_key_that_cannot_be_used_stops_the_start(pair: Pair, register: Register) -> None:
     _, _, token_url, url, key = register
     configure(pair, token_url, url, key)

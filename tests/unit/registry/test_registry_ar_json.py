@@ -163,3 +163,11 @@ def test_export_array_parses_every_party(ar_dir: Path) -> None:
     ]
     parties = parse_parties_json(json.dumps(records))
     assert [p.her_id for p in parties] == ["79768", "8141253"]
+
+
+def test_json_nested_too_deeply_is_a_format_error() -> None:
+    # not the interpreter's RecursionError, which a sync or an import would not expect
+    with pytest.raises(ArFormatError, match="nested too deeply"):
+        parse_parties_json(b"[" * 200_000)
+    with pytest.raises(ArFormatError, match="nested too deeply"):
+        parse_party_json('{"herId": 1, "name": ' + "[" * 200_000)
