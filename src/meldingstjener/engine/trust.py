@@ -10,7 +10,7 @@ trusts the certificates in its register as given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +19,7 @@ from lxml import etree
 
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import SigningCertificates
-from meldingstjener.security.certs import Usage, organisation_number, usage_allowed
+from meldingstjener.security.certs import Usage, usage_allowed
 from meldingstjener.security.validation import CertificateValidator
 from meldingstjener.security.xmldsig import SignatureCheck, verify_ebxml_envelope
 
@@ -31,22 +31,8 @@ def certificate_problem(
     certificate: x509.Certificate,
     usage: Usage,
     now: datetime,
-    *,
-    organisation_numbers: Collection[str] = (),
 ) -> str | None:
-    """None when acceptable; else a plain sentence saying why not (no patient data involved).
-
-    ``organisation_numbers``: those a certificate of the party may carry (its own, its parent
-    organisation's, and any other the caller knows it to use: a subunit registered under its
-    own number may use its main unit's certificate). A certificate that carries another one is
-    refused; with none given, or a certificate that carries none, this is not checked."""
-    if organisation_numbers:
-        number = organisation_number(certificate)
-        if number is not None and number not in organisation_numbers:
-            return (
-                f"the certificate belongs to organisation {number}, not to the party's "
-                f"({', '.join(sorted(organisation_numbers))})"
-            )
+    """None when acceptable; else a plain sentence saying why not (no patient data involved)."""
     if validator is not None:
         check = validator.validate(certificate, usage=usage, at=now)
         return None if check.ok else check.summary()
@@ -79,8 +65,6 @@ def verify_sender(
     attachments: Mapping[str, bytes],
     sender: str,
     certificates: SigningCertificates,
-    *,
-    organisation_numbers: Collection[str] = (),
 ) -> SenderSignature:
     """The envelope's signature checked with the sender's registered signing certificate and,
     if that fails, with the one it replaced (for ``security.previous_signing_certificate_days``
@@ -89,7 +73,6 @@ def verify_sender(
     When no certificate verified, the check is the one with the registered certificate (its
     problem is the one to report). The certificate in the signature's KeyInfo is never trusted
     by itself. Messages, their repeats and signals all come through here.
-    ``organisation_numbers`` as for :func:`certificate_problem`.
     """
     now = ctx.clock()
     candidates = certificates.candidates(now, ctx.policy.previous_signing_grace)
@@ -111,13 +94,7 @@ def verify_sender(
                     sender,
                     f"{certificates.replaced_at:%Y-%m-%d %H:%M}Z",
                 )
-            problem = certificate_problem(
-                ctx.validator,
-                certificate,
-                "signing",
-                now,
-                organisation_numbers=organisation_numbers,
-            )
+            problem = certificate_problem(ctx.validator, certificate, "signing", now)
             return SenderSignature(check, certificate, problem)
         failed.append(check)
     return SenderSignature(failed[0], None)
