@@ -12,6 +12,9 @@ from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_source import ByteSource
 
 MAX_HEADER_BLOCK = 256 * 1024  # a real mail's headers are a few kB; refuse runaway blocks
+# A Content-Type is a media type, a boundary (at most 70 characters), a start content-id, a type
+# and perhaps a charset or start-info: well under 1 kB
+MAX_CONTENT_TYPE = 8 * 1024
 FOLD_AT = 78
 
 
@@ -98,7 +101,13 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
 
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """``("multipart/related", {"boundary": ..., "start": ..., "type": ...})`` from a header
-    value; parameter names lower-cased, values unquoted."""
+    value; parameter names lower-cased, values unquoted. A value over ``MAX_CONTENT_TYPE``
+    characters is a MimeProblem."""
+    if len(value) > MAX_CONTENT_TYPE:
+        raise EbxmlError(
+            ErrorCode.MIME_PROBLEM,
+            f"the Content-Type is {len(value)} characters long; the limit is {MAX_CONTENT_TYPE}",
+        )
     media, _, rest = value.partition(";")
     media = media.strip().lower()
     if "/" not in media:
@@ -111,11 +120,14 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
             pos += 1
         if pos >= len(text):
             break
-        equals = text.find("=", pos)
+        # the '=' of this parameter, if it has one, comes before the next ';' (a quoted value
+        # begins after it): searching further would read the rest of the value once for every
+        # stray token in it
         semicolon = text.find(";", pos)
+        equals = text.find("=", pos, semicolon if semicolon >= 0 else len(text))
         if equals < 0:
-            break  # a stray token without a value carries nothing we need
-        if 0 <= semicolon < equals:
+            if semicolon < 0:
+                break  # a stray token without a value carries nothing we need
             pos = semicolon  # likewise a stray token followed by more parameters
             continue
         name = text[pos:equals].strip().lower()
