@@ -36,6 +36,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
+    MAX_PART_HEADER_BLOCK,
     Headers,
     bare_content_id,
     parse_content_type,
@@ -60,6 +61,9 @@ MAX_PARTS = 100
 # The SOAP envelope is a few kilobytes (headers, signature, manifest); its parse costs about 35
 # times its size in memory, so it gets a limit of its own, far below the payload's
 MAX_ENVELOPE_BYTES = 1024 * 1024
+# ... and is not even decoded when its encoded text is larger than any encoding of 1 MiB can be:
+# base64 with line ends makes 78 characters of 57 bytes, quoted-printable at most about 3.1 of one
+_ENCODED_ENVELOPE_FACTOR = {"base64": 4, "quoted-printable": 4}
 _BASE64_SLICE = 57 * 1024  # 57 input bytes make one 76-character line
 _REQUEST_LINE = re.compile(rb"^(?:[A-Z]+ \S+ HTTP/\d(?:\.\d)?|HTTP/\d(?:\.\d)? \d{3}[^\r\n]*)\r?\n")
 
@@ -289,6 +293,18 @@ def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int,
     return parts
 
 
+def _envelope(data: ByteSource, start: int, end: int, encoding: str | None, what: str) -> bytes:
+    """The envelope decoded into memory, refused by its size before and after decoding (a body
+    of 50 MB is not read or decoded to find that it is too large)."""
+    name = (encoding or "7bit").strip().lower()
+    if end - start > MAX_ENVELOPE_BYTES * _ENCODED_ENVELOPE_FACTOR.get(name, 1):
+        raise EbxmlError(
+            ErrorCode.OTHER_XML,
+            f"the SOAP envelope is {end - start} bytes ({name}); the limit is {MAX_ENVELOPE_BYTES}",
+        )
+    return _envelope_sized(_decode_bytes(data, start, end, encoding, what))
+
+
 def _envelope_sized(envelope: bytes) -> bytes:
     if len(envelope) > MAX_ENVELOPE_BYTES:
         raise EbxmlError(
@@ -304,8 +320,8 @@ def _unpackage(
     media, params = parse_content_type(content_type)
     encoding = (transfer_encoding or "7bit").strip().lower()
     if media in _XML_TYPES:
-        envelope = _decode_bytes(data, offset, len(data), encoding, "message body")
-        return MimeMessage(_envelope_sized(envelope), {}, "")
+        envelope = _envelope(data, offset, len(data), encoding, "message body")
+        return MimeMessage(envelope, {}, "")
     if media != "multipart/related":
         raise EbxmlError(
             ErrorCode.MIME_PROBLEM,
@@ -323,7 +339,9 @@ def _unpackage(
     attachments: dict[str, Attachment] = {}
     for index, (part_start, part_end) in enumerate(_split_parts(data, offset, boundary), 1):
         what = f"MIME part {index}"
-        headers, body_start = split_header_block(data, part_start, part_end, what)
+        headers, body_start = split_header_block(
+            data, part_start, part_end, what, MAX_PART_HEADER_BLOCK
+        )
         raw_cid = headers.get("Content-ID")
         cid = bare_content_id(raw_cid) if raw_cid else ""
         is_start = cid == wanted_start if wanted_start is not None else index == 1
@@ -334,8 +352,7 @@ def _unpackage(
                 raise EbxmlError(
                     ErrorCode.MIME_PROBLEM, f"two MIME parts have the start content-id {cid[:60]!r}"
                 )
-            decoded = _decode_bytes(data, body_start, part_end, encoding_of_part, what)
-            envelope_part = (cid, _envelope_sized(decoded))
+            envelope_part = (cid, _envelope(data, body_start, part_end, encoding_of_part, what))
             continue
         part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
         if not cid:

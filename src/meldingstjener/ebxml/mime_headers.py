@@ -12,6 +12,12 @@ from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_source import ByteSource
 
 MAX_HEADER_BLOCK = 256 * 1024  # a real mail's headers are a few kB; refuse runaway blocks
+# A body part has a Content-Type, a Content-ID, a Content-Transfer-Encoding and perhaps a
+# Content-Description: a few hundred bytes. With up to 100 parts, each may cost this much reading.
+MAX_PART_HEADER_BLOCK = 64 * 1024
+# A Content-Type is a media type, a boundary (at most 70 characters), a start content-id, a type
+# and perhaps a charset or start-info: well under 1 kB
+MAX_CONTENT_TYPE = 8 * 1024
 FOLD_AT = 78
 
 
@@ -32,47 +38,63 @@ class Headers:
         return dict(self._first)
 
 
-def split_header_block(data: ByteSource, start: int, end: int, what: str) -> tuple[Headers, int]:
+def split_header_block(
+    data: ByteSource, start: int, end: int, what: str, limit: int = MAX_HEADER_BLOCK
+) -> tuple[Headers, int]:
     """Parse the header lines of ``data[start:end]``; return them and where the body begins.
 
     The block ends at the first empty line (``\\n\\n`` or ``\\r\\n\\r\\n``, also mixed). Lines
-    starting with a space or tab continue the previous header (folding). Searches stop at
-    ``MAX_HEADER_BLOCK``, so a part without headers is not scanned to its end.
+    starting with a space or tab continue the previous header (folding). At most ``limit``
+    bytes (and the line end after them) are read, in one piece, and parsed in memory: a block
+    that does not end within them is a MimeProblem, and a part without headers is not scanned
+    to its end. (Finding each line in a file would cost a read per line.)
     """
-    items: list[tuple[str, str]] = []
-    pos = start
-    limit = min(end, start + MAX_HEADER_BLOCK + 1)
+    stop = min(end, start + limit + 1)
+    block = data[start:stop]
+    names: list[str] = []
+    values: list[list[str]] = []  # a header's value and its continuation lines, joined once
+    pos = 0
     while True:
-        if pos - start > MAX_HEADER_BLOCK:
+        if pos > limit:
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} headers are implausibly long")
-        newline = data.find(b"\n", pos, limit)
-        if newline < 0 and limit < end:
+        newline = block.find(b"\n", pos)
+        if newline < 0 and stop < end:
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} headers are implausibly long")
         if newline < 0:
-            if pos == end or not data[pos:end].strip():
+            if pos == len(block) or not block[pos:].strip():
                 # Headers right up to the end with no body (an empty part).
-                return Headers(items), end
+                return _headers(names, values), end
             raise EbxmlError(
                 ErrorCode.MIME_PROBLEM,
                 f"the {what} has no empty line between its headers and its body",
             )
-        line = data[pos:newline].rstrip(b"\r")
+        line = block[pos:newline].rstrip(b"\r")
         pos = newline + 1
         if not line:
-            return Headers(items), pos
+            return _headers(names, values), start + pos
         text = line.decode("latin-1")
         if text[0] in " \t":
-            if not items:
+            if not values:
                 raise EbxmlError(
                     ErrorCode.MIME_PROBLEM, f"the {what} starts with a continuation line"
                 )
-            name, value = items[-1]
-            items[-1] = (name, f"{value} {text.strip()}".strip())
+            values[-1].append(text.strip())
             continue
         name, colon, value = text.partition(":")
         if not colon or not name.strip() or " " in name.strip():
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"the {what} has a line that is not a header")
-        items.append((name.strip(), value.strip()))
+        names.append(name.strip())
+        values.append([value.strip()])
+
+
+def _headers(names: list[str], values: list[list[str]]) -> Headers:
+    """Unfolded: the pieces of each value joined by one space, the blank ones left out."""
+    return Headers(
+        [
+            (name, " ".join(piece for piece in pieces if piece))
+            for name, pieces in zip(names, values, strict=True)
+        ]
+    )
 
 
 def _read_value(text: str, pos: int) -> tuple[str, int]:
@@ -98,7 +120,13 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
 
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """``("multipart/related", {"boundary": ..., "start": ..., "type": ...})`` from a header
-    value; parameter names lower-cased, values unquoted."""
+    value; parameter names lower-cased, values unquoted. A value over ``MAX_CONTENT_TYPE``
+    characters is a MimeProblem."""
+    if len(value) > MAX_CONTENT_TYPE:
+        raise EbxmlError(
+            ErrorCode.MIME_PROBLEM,
+            f"the Content-Type is {len(value)} characters long; the limit is {MAX_CONTENT_TYPE}",
+        )
     media, _, rest = value.partition(";")
     media = media.strip().lower()
     if "/" not in media:
@@ -111,11 +139,14 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
             pos += 1
         if pos >= len(text):
             break
-        equals = text.find("=", pos)
+        # the '=' of this parameter, if it has one, comes before the next ';' (a quoted value
+        # begins after it): searching further would read the rest of the value once for every
+        # stray token in it
         semicolon = text.find(";", pos)
+        equals = text.find("=", pos, semicolon if semicolon >= 0 else len(text))
         if equals < 0:
-            break  # a stray token without a value carries nothing we need
-        if 0 <= semicolon < equals:
+            if semicolon < 0:
+                break  # a stray token without a value carries nothing we need
             pos = semicolon  # likewise a stray token followed by more parameters
             continue
         name = text[pos:equals].strip().lower()

@@ -4,10 +4,15 @@ A 2xx answer means the receiving MSH took the message; a body in the answer is a
 signal (SyncReply). Anything else is a :class:`TransportFailure`: connection problems, time-outs,
 redirects (not followed), 5xx and 408/425/429 answers are retryable; other 4xx answers mean the
 request itself is wrong for that endpoint and are not retried.
+
+The answer's body is read up to ``MAX_REPLY_BYTES`` and within the delivery's time-out: a peer
+that trickles its answer, or sends one without end, must not hold a worker for ever or fill its
+memory. A larger or slower answer is a retryable failure, like a 5xx.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +26,8 @@ from meldingstjener.transport.base import (
 )
 
 CHUNK = 1024 * 1024
+# A synchronous answer is one signal, an Acknowledgment or a MessageError: a few kilobytes
+MAX_REPLY_BYTES = 2 * 1024 * 1024
 # 4xx answers that say "not now" rather than "never": a proxy that timed out waiting for a
 # large upload (408), too early (425), too many requests (429)
 _RETRY_LATER = frozenset({408, 425, 429})
@@ -51,12 +58,15 @@ class HttpTransport:
         else:
             content = delivery.body
         try:
-            response = self._client.post(
+            with self._client.stream(
+                "POST",
                 delivery.endpoint,
                 content=content,
                 headers=headers,
                 timeout=delivery.timeout_seconds,
-            )
+            ) as response:
+                _check_status(delivery, response)
+                body = _read_reply(delivery, response)
         except httpx.TimeoutException:
             raise TransportFailure(
                 "timeout", f"no answer from {delivery.endpoint} in {delivery.timeout_seconds:g} s"
@@ -65,25 +75,6 @@ class HttpTransport:
             raise TransportFailure(
                 "connect-failed", f"cannot reach {delivery.endpoint}: {type(exc).__name__}"
             ) from None
-        status = response.status_code
-        if 300 <= status < 400:
-            # not followed: the agreement names the endpoint, and a redirect is a change the
-            # operator must see (and make), not one to follow silently with a health message
-            raise TransportFailure(
-                f"http-{status}",
-                f"{delivery.endpoint} redirected ({status}) to "
-                f"{response.headers.get('location', '(no Location)')[:200]}; the agreement's "
-                "endpoint may be out of date",
-            )
-        if status >= 500 or status in _RETRY_LATER:
-            raise TransportFailure(f"http-{status}", f"{delivery.endpoint} answered {status}")
-        if not 200 <= status < 300:
-            raise TransportFailure(
-                f"http-{status}",
-                f"{delivery.endpoint} refused the request with {status}",
-                retryable=False,
-            )
-        body = response.content
         return TransportResult(
             reply_content_type=response.headers.get("content-type") if body else None,
             reply_body=body or None,
@@ -92,3 +83,49 @@ class HttpTransport:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _check_status(delivery: Delivery, response: httpx.Response) -> None:
+    """A :class:`TransportFailure` for any answer but 2xx (its body is not read)."""
+    status = response.status_code
+    if 300 <= status < 400:
+        # not followed: the agreement names the endpoint, and a redirect is a change the
+        # operator must see (and make), not one to follow silently with a health message
+        raise TransportFailure(
+            f"http-{status}",
+            f"{delivery.endpoint} redirected ({status}) to "
+            f"{response.headers.get('location', '(no Location)')[:200]}; the agreement's "
+            "endpoint may be out of date",
+        )
+    if status >= 500 or status in _RETRY_LATER:
+        raise TransportFailure(f"http-{status}", f"{delivery.endpoint} answered {status}")
+    if not 200 <= status < 300:
+        raise TransportFailure(
+            f"http-{status}",
+            f"{delivery.endpoint} refused the request with {status}",
+            retryable=False,
+        )
+
+
+def _read_reply(delivery: Delivery, response: httpx.Response) -> bytes:
+    """The answer's body, read in pieces: at most ``MAX_REPLY_BYTES``, and all of it within
+    ``delivery.timeout_seconds`` of the answer's start (httpx's time-out is for each read, so
+    a trickle of a byte a second never ends by it; the last read may add one time-out)."""
+    deadline = time.monotonic() + delivery.timeout_seconds
+    pieces: list[bytes] = []
+    size = 0
+    for piece in response.iter_bytes():
+        size += len(piece)
+        if size > MAX_REPLY_BYTES:
+            raise TransportFailure(
+                "reply-too-large",
+                f"{delivery.endpoint} answered with more than {MAX_REPLY_BYTES} bytes; "
+                "a synchronous signal is a few kilobytes",
+            )
+        pieces.append(piece)
+        if time.monotonic() > deadline:
+            raise TransportFailure(
+                "timeout",
+                f"{delivery.endpoint} did not finish its answer in {delivery.timeout_seconds:g} s",
+            )
+    return b"".join(pieces)
