@@ -250,8 +250,13 @@ def _receive_message(
         # The same message arrived twice at once; the other request stored it first. Nothing
         # refers to this request's files (their keys are random): the decrypted content must
         # not stay on disk.
-        ctx.store.payloads.discard(payload_ref, wire_ref, ack_ref)
-        return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
+        # the decrypted content must not stay on disk; the wire form goes once the conflict is
+        # answered (a spooled body is that file: a refusal stores a copy of it)
+        ctx.store.payloads.discard(payload_ref, ack_ref)
+        try:
+            return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
+        finally:
+            ctx.store.payloads.discard(wire_ref)
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -692,13 +697,17 @@ def _refuse(
             ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=now)
             uow.commit()
     except IntegrityError:
-        ctx.store.payloads.discard(wire_ref, error_ref)
-        if not keys:  # no content key of its: only the same MessageId can have been stored
-            with ctx.store.unit_of_work() as uow:
-                duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-            assert duplicate is not None
-            return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
-        return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
+        ctx.store.payloads.discard(error_ref)
+        try:
+            if not keys:  # no content key of its: only the same MessageId can have been stored
+                with ctx.store.unit_of_work() as uow:
+                    duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
+                assert duplicate is not None
+                return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
+            # a spooled body is the wire form's file: the refusal that follows copies it
+            return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
+        finally:
+            ctx.store.payloads.discard(wire_ref)
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
 

@@ -156,6 +156,36 @@ def test_two_messages_with_one_key_at_once_store_one(
     assert sorted(m.status for m in received) == ["acknowledged", "rejected"]
 
 
+def test_a_spooled_copy_that_loses_the_race_is_refused_and_its_file_kept_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A body over a megabyte, and every mail, arrives in a spool that becomes the stored wire
+    # form by a rename: the refusal after the lost race must still find it (it was answered
+    # 503, with a store-failing alert, when the file had gone first).
+    pair.network.down.add(pair.hospital_site.endpoint)
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    payload = captured_payload(pair)
+    for _ in range(2):
+        send_with_payload(pair, monkeypatch, payload)
+    first, second = [d for d in pair.network.sent if d.endpoint == pair.hospital_site.endpoint][-2:]
+    inbound.receive(pair.hospital, first.content_type, _body(first.body))
+    monkeypatch.setattr(ContentKeyRepository, "used", lambda _self, _digests: False)
+    spool = pair.hospital.store.payloads.spool()
+    spool.write(_body(second.body))
+    inbound.receive(pair.hospital, second.content_type, spool)
+    received = pair.inbound_messages(pair.hospital)
+    assert sorted(m.status for m in received) == ["acknowledged", "rejected"]
+    [refused] = [m for m in received if m.status == "rejected"]
+    assert COPIED in str(refused.last_error_text)
+    stored = pair.hospital.store.payloads
+    assert stored.read_bytes(str(refused.wire_ref)) == _body(second.body)
+    root = stored.root
+    files = [p for p in root.rglob("*") if p.is_file()]
+    # per message its wire form and its signal; the accepted one also its business message
+    assert len(files) == 5
+
+
 def test_a_resend_of_the_same_message_is_no_copy(pair: Pair) -> None:
     # the resend carries the same payload, and the same MessageId: answered as a duplicate
     first = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
