@@ -275,7 +275,8 @@ def _served_where_sent(
 
 def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:
     """An endpoint as compared: a mail address with its domain in lower case (``mailto:`` or
-    bare), a URL with its scheme and host in lower case; None for none (matches nothing)."""
+    bare); a URL with its scheme and host in lower case, without its scheme's default port or
+    a trailing slash; None for none (matches nothing)."""
     value = (endpoint or "").strip()
     if not value:
         return None
@@ -285,7 +286,21 @@ def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:
         except TransportFailure:
             return None
     url = urlsplit(value)
-    return channel, url._replace(scheme=url.scheme.lower(), netloc=url.netloc.lower()).geturl()
+    scheme = url.scheme.lower()
+    try:
+        port = url.port
+    except ValueError:
+        return channel, value  # no URL: compared as written
+    host = (url.hostname or "").lower()
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    if url.username or url.password:
+        host = url.netloc.rsplit("@", 1)[0] + "@" + host
+    path = url.path.rstrip("/")
+    return channel, url._replace(scheme=scheme, netloc=host, path=path).geturl()
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _apply_acknowledgment(

@@ -1053,3 +1053,24 @@ def test_mail_endpoints_are_the_same_however_written() -> None:
     assert _endpoint_key("http", "8200001@testedi.nhn.no") != bare  # another channel
     assert _endpoint_key("smtp", "not an address") is None
     assert _endpoint_key("smtp", "") is None and _endpoint_key("http", None) is None
+
+
+def test_urls_are_the_same_however_written() -> None:
+    from meldingstjener.engine.signals import _endpoint_key
+
+    plain = _endpoint_key("http", "https://msh.sykehus.no/ebms")
+    assert plain is not None
+    for same in (
+        "HTTPS://MSH.Sykehus.no/ebms",
+        "https://msh.sykehus.no:443/ebms",
+        "https://msh.sykehus.no/ebms/",
+    ):
+        assert _endpoint_key("http", same) == plain, same
+    for other in (
+        "https://msh.sykehus.no:8443/ebms",
+        "http://msh.sykehus.no/ebms",
+        "https://msh.sykehus.no/EBMS",  # a path is the server's to compare
+        "https://other.sykehus.no/ebms",
+    ):
+        assert _endpoint_key("http", other) != plain, other
+    assert _endpoint_key("http", "http://h:80/") == _endpoint_key("http", "http://h")
