@@ -263,6 +263,8 @@ def _scope_problem(crl: x509.CertificateRevocationList, cert: x509.Certificate) 
         return None
     if point.only_contains_ca_certs or point.only_contains_attribute_certs:
         return "it covers CA or attribute certificates only"
+    if point.only_contains_user_certs and _is_ca(cert):
+        return "it covers end-entity certificates only"
     if point.only_some_reasons is not None:
         return "it covers some revocation reasons only"
     if point.indirect_crl:
@@ -272,6 +274,13 @@ def _scope_problem(crl: x509.CertificateRevocationList, cert: x509.Certificate) 
     if point.full_name is not None and not set(point.full_name) & _distribution_names(cert):
         return "it is for another distribution point than the certificate names"
     return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _distribution_names(cert: x509.Certificate) -> set[x509.GeneralName]:

@@ -223,6 +223,16 @@ def test_a_crl_whose_scope_leaves_the_certificate_out_proves_nothing(
     assert "not used" in check.details[0]
 
 
+def test_a_crl_of_end_entity_certificates_proves_nothing_of_a_ca(ca: DevPki) -> None:
+    from meldingstjener.security.revocation import RevocationChecker, RevocationStatus
+
+    crl = _crl(ca, _point(only_contains_user_certs=True))
+    checker = RevocationChecker(crls=[crl], fetch_crls=False, ocsp_enabled=False)
+    result = checker.check(ca.ca_certificate, ca.ca_certificate, datetime.now(UTC))
+    assert result.status is RevocationStatus.UNKNOWN
+    assert "end-entity certificates only" in result.detail
+
+
 def test_a_crl_for_the_certificates_own_distribution_point_is_used(
     ca: DevPki, server: LocalServer
 ) -> None:
