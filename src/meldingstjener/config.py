@@ -52,8 +52,8 @@ class ServerSettings(_Section):
     body_grace_seconds: float = Field(default=30.0, gt=0)
     min_body_bytes_per_second: int = Field(default=1024, gt=0)
     # Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (a reverse proxy), comma
-    # separated, or "*"; the default believes only a proxy on this host.
-    forwarded_allow_ips: str = "127.0.0.1"
+    # separated, or "*". Unset: uvicorn's FORWARDED_ALLOW_IPS, else a proxy on this host only.
+    forwarded_allow_ips: str | None = None
     # What this serve process is called in the store (its job claims, its alerts, `instances`).
     # Unset: host name and port. It must be its own among the processes sharing the store.
     instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
