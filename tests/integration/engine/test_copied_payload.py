@@ -15,11 +15,10 @@ knows): what is checked is the key, not who sends it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair, at_once, make_pair
+from engine_pair import Pair, at_once
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.ebxml import unpackage
@@ -210,25 +209,10 @@ def test_a_key_used_by_a_refused_message_is_used(
     assert (status, code) == ("transport-error", "SecurityFailure") and COPIED in told
 
 
-@pytest.fixture
-def pair_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Pair]:
-    """The ``pair`` with the hospital's store on each backend."""
-    made = make_pair(
-        tmp_path,
-        hospital_database_url=database_url,
-        retry_interval_seconds=600,
-        retries=3,
-        persist_duration_seconds=3600,
-    )
-    yield made
-    made.gp.store.database.dispose()
-    made.hospital.store.database.dispose()
-
-
 def test_two_copies_at_once_one_goes_through(
-    pair_on_each_database: Pair, monkeypatch: pytest.MonkeyPatch
+    pair_with_hospital_database: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pair = pair_on_each_database
+    pair = pair_with_hospital_database
     pair.network.down.add(pair.hospital_site.endpoint)  # everything stays on the wire
     submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()

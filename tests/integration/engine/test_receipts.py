@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -892,23 +891,6 @@ def test_another_partys_message_error_leaves_the_wait_for_an_acknowledgment(pair
     assert len(open_alerts(pair.gp, "ack-missing")) == 1
 
 
-@pytest.fixture
-def pair_on_each_database(tmp_path: Path, database_url: str) -> Iterator[Pair]:
-    """The ``pair`` with the GP's store on each backend."""
-    from engine_pair import make_pair
-
-    made = make_pair(
-        tmp_path,
-        gp_database_url=database_url,
-        retry_interval_seconds=600,
-        retries=3,
-        persist_duration_seconds=3600,
-    )
-    yield made
-    made.gp.store.database.dispose()
-    made.hospital.store.database.dispose()
-
-
 def _registered_at(pair: Pair, her_id: str, endpoint: str | None) -> None:
     """A party the GP knows (the hospital's key stands in for its own, so its signature
     verifies), agreed at ``endpoint``; with no agreement at all for None."""
@@ -948,12 +930,12 @@ def _message_error_from(pair: Pair, envelope: object, her_id: str) -> None:
     "endpoint", ["http://127.0.0.1:9/ebms", None], ids=["elsewhere", "no-agreement"]
 )
 def test_a_message_error_from_a_party_not_at_the_receivers_endpoint_is_ignored(
-    pair_on_each_database: Pair, endpoint: str | None
+    pair_with_gp_database: Pair, endpoint: str | None
 ) -> None:
     # A registered party that learnt one of our MessageIds (they travel in clear: a mail's
     # Subject) signed a MessageError about our message to the hospital: that ended the message
     # (transport-error, no more resends, the EPJ told that it was not delivered).
-    pair = pair_on_each_database
+    pair = pair_with_gp_database
     _registered_at(pair, "8200099", endpoint)
     message_id, envelope = _sent_with_its_acknowledgment_held(pair)
     _message_error_from(pair, envelope, "8200099")
@@ -979,10 +961,10 @@ def test_a_message_error_from_a_party_not_at_the_receivers_endpoint_is_ignored(
 
 @pytest.mark.parametrize("sender", ["8200002", "8200001"], ids=["to", "organisation"])
 def test_a_message_error_from_the_receiver_fails_the_message(
-    pair_on_each_database: Pair, sender: str
+    pair_with_gp_database: Pair, sender: str
 ) -> None:
     # its To (the hospital's service) or the receiver's organisation (the MsgHead's): as before
-    pair = pair_on_each_database
+    pair = pair_with_gp_database
     message_id, envelope = _sent_with_its_acknowledgment_held(pair)
     _message_error_from(pair, envelope, sender)
     failed = pair.message(pair.gp, message_id)
@@ -994,11 +976,11 @@ def test_a_message_error_from_the_receiver_fails_the_message(
 
 @pytest.mark.parametrize("written", ["as-is", "other-case"])
 def test_a_message_error_from_a_party_at_the_receivers_endpoint_fails_the_message(
-    pair_on_each_database: Pair, written: str
+    pair_with_gp_database: Pair, written: str
 ) -> None:
     # The MSH at the endpoint the message went to may answer that the To is not one of its
     # HER-ids, From another HER-id it serves there. A URL's scheme and host have no case.
-    pair = pair_on_each_database
+    pair = pair_with_gp_database
     endpoint = pair.hospital_site.endpoint
     if written == "other-case":
         endpoint = endpoint.replace("http://", "HTTP://")
@@ -1018,13 +1000,13 @@ def test_a_message_error_from_a_party_at_the_receivers_endpoint_fails_the_messag
     ids=["at-the-mailbox", "elsewhere"],
 )
 def test_a_message_error_by_mail_counts_from_a_party_at_the_mailbox_it_went_to(
-    pair_on_each_database: Pair, edi_address: str, applied: bool
+    pair_with_gp_database: Pair, edi_address: str, applied: bool
 ) -> None:
     # By mail the endpoint is the receiver's EDI address: a party the register has at that
     # address (with no agreement of its own) answers for the MSH there; one elsewhere not.
     from engine_pair import Loopback
 
-    pair = pair_on_each_database
+    pair = pair_with_gp_database
     mailbox = "mailto:8200002@edi.example"
     mail = Loopback(engines={mailbox: pair.hospital}, channel="smtp")
     pair.gp.transports["smtp"] = mail

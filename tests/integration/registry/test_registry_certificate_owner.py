@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meldingstjener.registry.ar_client import ArClient
-from meldingstjener.registry.auth import StaticToken
-from meldingstjener.registry.fakes import FakeAddressRegister, serve
+from meldingstjener.registry.fakes import FakeAddressRegister
 from meldingstjener.registry.store import import_files
 from meldingstjener.registry.sync import refused_parties, sync_register
 from meldingstjener.security.devpki import DevPki, init_pki
@@ -39,16 +37,6 @@ ORG = {
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return init_pki(tmp_path_factory.mktemp("pki"), list(ORG), organisation_numbers=ORG)
-
-
-@pytest.fixture(params=[True, False], ids=["bulk", "one-by-one"])
-def register(request: pytest.FixtureRequest) -> Iterator[tuple[FakeAddressRegister, ArClient]]:
-    fake = FakeAddressRegister()
-    fake.bulk_supported = request.param
-    with serve(fake) as url:
-        client = ArClient(url, StaticToken(""))
-        yield fake, client
-        client.close()
 
 
 def _document(certificate: x509.Certificate) -> dict[str, Any]:

@@ -6,7 +6,6 @@ reads the record takes it off the list. Only an answer malformed as a whole stop
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ NAV = "79768"
 
 def _record(her_id: int, name: str, party_type: str = "Organization") -> dict[str, Any]:
     return {"herId": her_id, "name": name, "type": party_type, "ediAddress": f"{her_id}@edi"}
-
-
-@pytest.fixture(params=[True, False], ids=["bulk", "one-by-one"])
-def register(request: pytest.FixtureRequest) -> Iterator[tuple[FakeAddressRegister, ArClient]]:
-    fake = FakeAddressRegister()
-    fake.bulk_supported = request.param
-    with serve(fake) as url:
-        client = ArClient(url, StaticToken(""))
-        yield fake, client
-        client.close()
 
 
 def _names(store: Store) -> dict[str, str]:

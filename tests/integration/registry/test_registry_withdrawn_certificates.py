@@ -7,19 +7,15 @@ stored ones."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from meldingstjener.engine.directory import PartyDirectory
 from meldingstjener.registry import parse_certificate_json, parse_party_json, with_certificates
 from meldingstjener.registry.ar_client import ArClient
-from meldingstjener.registry.auth import StaticToken
-from meldingstjener.registry.fakes import FakeAddressRegister, serve
+from meldingstjener.registry.fakes import FakeAddressRegister
 from meldingstjener.registry.store import import_files, party_from_row, save_parties
 from meldingstjener.registry.sync import sync_register
 from meldingstjener.store.types import utcnow
@@ -27,16 +23,6 @@ from meldingstjener.store.uow import Store
 
 NAV = "79768"
 GRACE = timedelta(days=7)
-
-
-@pytest.fixture(params=[True, False], ids=["bulk", "one-by-one"])
-def register(request: pytest.FixtureRequest) -> Iterator[tuple[FakeAddressRegister, ArClient]]:
-    fake = FakeAddressRegister()
-    fake.bulk_supported = request.param
-    with serve(fake) as url:
-        client = ArClient(url, StaticToken(""))
-        yield fake, client
-        client.close()
 
 
 def _json(path: Path) -> dict[str, Any]:
