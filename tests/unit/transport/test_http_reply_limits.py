@@ -42,6 +42,8 @@ class _Partner(http.server.BaseHTTPRequestHandler):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/xml")
                 self.send_header("Content-Length", str(len(body)))
+                # said, not only done: a client must not send its next request on this one
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
             elif kind == "trickle":
@@ -69,6 +71,7 @@ class _Partner(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/xml")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()
 
