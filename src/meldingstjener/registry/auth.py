@@ -19,6 +19,7 @@ from typing import Protocol
 
 import httpx
 
+from meldingstjener.httpbody import BodyTooLarge, read_capped
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.helseid import (
     ClientAssertion,
@@ -317,27 +318,17 @@ class BearerClient:
         request = self._http.build_request(method, url, headers=headers, json=json_body)
         response = self._http.send(request, stream=True)
         limit = self._max_answer_bytes
-        body = bytearray()
         try:
-            declared = response.headers.get("Content-Length", "")
-            too_large = declared.isdigit() and int(declared) > limit
-            if not too_large:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        too_large = True
-                        break
-        finally:
-            response.close()
-        if too_large:
+            body = read_capped(response, limit)
+        except BodyTooLarge:
             raise AnswerTooLarge(
                 f"{self.service_name} answered more than {_size(limit)} for {path}; such an "
                 "answer is not read (max_answer_bytes)"
-            )
+            ) from None
+        finally:
+            response.close()
         kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
-        return httpx.Response(
-            response.status_code, headers=kept, content=bytes(body), request=request
-        )
+        return httpx.Response(response.status_code, headers=kept, content=body, request=request)
 
 
 def _size(count: int) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.transport.base import (
     Delivery,
     TransportFailure,
@@ -111,21 +112,18 @@ def _read_reply(delivery: Delivery, response: httpx.Response) -> bytes:
     """The answer's body, read in pieces: at most ``MAX_REPLY_BYTES``, and all of it within
     ``delivery.timeout_seconds`` of the answer's start (httpx's time-out is for each read, so
     a trickle of a byte a second never ends by it; the last read may add one time-out)."""
-    deadline = time.monotonic() + delivery.timeout_seconds
-    pieces: list[bytes] = []
-    size = 0
-    for piece in response.iter_bytes():
-        size += len(piece)
-        if size > MAX_REPLY_BYTES:
-            raise TransportFailure(
-                "reply-too-large",
-                f"{delivery.endpoint} answered with more than {MAX_REPLY_BYTES} bytes; "
-                "a synchronous signal is a few kilobytes",
-            )
-        pieces.append(piece)
-        if time.monotonic() > deadline:
-            raise TransportFailure(
-                "timeout",
-                f"{delivery.endpoint} did not finish its answer in {delivery.timeout_seconds:g} s",
-            )
-    return b"".join(pieces)
+    try:
+        return read_capped(
+            response, MAX_REPLY_BYTES, deadline=time.monotonic() + delivery.timeout_seconds
+        )
+    except BodyTooLarge:
+        raise TransportFailure(
+            "reply-too-large",
+            f"{delivery.endpoint} answered with more than {MAX_REPLY_BYTES} bytes; "
+            "a synchronous signal is a few kilobytes",
+        ) from None
+    except BodyTooSlow:
+        raise TransportFailure(
+            "timeout",
+            f"{delivery.endpoint} did not finish its answer in {delivery.timeout_seconds:g} s",
+        ) from None
