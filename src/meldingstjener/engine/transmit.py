@@ -177,32 +177,26 @@ def _failed(
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id), for_update=True)
         assert row is not None
-        if row.status not in _SENDABLE:
-            # Sent (a run of this job whose lease had run out, while another one got through
-            # and turned the job row into its ack-timeout), acknowledged or given up meanwhile:
-            # that outcome stands, and the row under this job's id is no longer this job. The
-            # attempt is logged; it does not count against the agreement's Retries.
-            uow.events.record(
-                row.id,
-                EventKind.ATTEMPT,
-                actor="worker",
-                code=failure.code,
-                detail=f"an overtaken attempt failed: {failure.detail}",
-                ebxml_message_id=row.ebxml_message_id,
-                at=now,
-            )
-            uow.commit()
-            return
-        row.attempts += 1
+        # Sent (a run of this job whose lease had run out, while another one got through and
+        # turned the job row into its ack-timeout), acknowledged or given up meanwhile: that
+        # outcome stands, and the row under this job's id is no longer this job. The attempt
+        # is logged; it does not count against the agreement's Retries.
+        overtaken = row.status not in _SENDABLE
+        if not overtaken:
+            row.attempts += 1
         uow.events.record(
             row.id,
             EventKind.ATTEMPT,
             actor="worker",
             code=failure.code,
-            detail=f"attempt {row.attempts} failed: {failure.detail}",
+            detail=("an overtaken attempt" if overtaken else f"attempt {row.attempts}")
+            + f" failed: {failure.detail}",
             ebxml_message_id=row.ebxml_message_id,
             at=now,
         )
+        if overtaken:
+            uow.commit()
+            return
         due = _next_attempt(row, partner, now) if failure.retryable else None
         if due is None:
             _give_up(uow, row, partner.name, f"last attempt failed ({failure.detail})", now)
