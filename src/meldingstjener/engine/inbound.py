@@ -22,6 +22,7 @@ from lxml import etree
 from sqlalchemy.exc import IntegrityError
 
 from meldingstjener.ebxml import (
+    Attachment,
     EbxmlError,
     Envelope,
     ErrorCode,
@@ -263,12 +264,18 @@ def _receive_message(
     return InboundReply()
 
 
+def _payload_part(mime: MimeMessage, envelope: Envelope) -> Attachment | None:
+    """The encrypted payload: the part the manifest names first; None when there is none."""
+    if not envelope.manifest:
+        return None
+    return mime.attachments.get(str(envelope.manifest[0].content_id))
+
+
 def _payload_keys(ctx: EngineContext, mime: MimeMessage, envelope: Envelope) -> frozenset[str]:
     """The names of the content keys of the message's payload wrapped for our keys (none when
-    there is no such payload part: the checks then say what is wrong)."""
-    if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
-        return frozenset()
-    return payload_io.wrapped_keys(ctx, mime.attachments[str(envelope.manifest[0].content_id)])
+    there is no payload part: the checks then say what is wrong)."""
+    part = _payload_part(mime, envelope)
+    return frozenset() if part is None else payload_io.wrapped_keys(ctx, part)
 
 
 def _after_conflict(
@@ -331,7 +338,7 @@ def _check(
         raise _Reject(
             exc.code, str(exc), exc.location, reason="its manifest and parts disagree"
         ) from None
-    if not envelope.manifest or envelope.manifest[0].content_id not in mime.attachments:
+    if _payload_part(mime, envelope) is None:
         raise _Reject(
             ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest", reason="no payload part"
         )
@@ -353,7 +360,8 @@ def _open_payload(
         "eb:MessageHeader/eb:To/eb:PartyId",
         reason="its receiver is not served here",
     )
-    encrypted = mime.attachments[str(envelope.manifest[0].content_id)]
+    encrypted = _payload_part(mime, envelope)
+    assert encrypted is not None  # _check refused a message without one
     try:
         plain = payload_io.decrypt_payload(ctx, encrypted)
     except SecurityError as exc:
@@ -699,12 +707,8 @@ def _refuse(
     except IntegrityError:
         ctx.store.payloads.discard(error_ref)
         try:
-            if not keys:  # no content key of its: only the same MessageId can have been stored
-                with ctx.store.unit_of_work() as uow:
-                    duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
-                assert duplicate is not None
-                return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
-            # a spooled body is the wire form's file: the refusal that follows copies it
+            # the same MessageId stored meanwhile, or (only with keys of its own) a content
+            # key used; a spooled body is the wire form's file, which a refusal copies
             return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
         finally:
             ctx.store.payloads.discard(wire_ref)
