@@ -5,6 +5,8 @@ notice given while it works is not lost."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -18,7 +20,7 @@ from meldingstjener.engine.context import EngineContext, Handoff, Wakeup
 from meldingstjener.engine.worker import Worker
 from meldingstjener.store.tables import JobRow
 from meldingstjener.store.types import utcnow
-from meldingstjener.store.uow import ClaimedJob, JobRepository, Store
+from meldingstjener.store.uow import ClaimedJob, JobRepository, Store, UnitOfWork
 
 KIND = "test-job"
 TIMEOUT = 30.0
@@ -114,6 +116,39 @@ def _claimed_by(store: Store, job_id: int) -> str | None:
         return found.scalar_one_or_none()
 
 
+@contextmanager
+def _serving(
+    ctx: EngineContext, capacity: int, monotonic: Callable[[], float] | None = None
+) -> Iterator[Worker]:
+    """A worker of ``ctx`` serving in a thread, with a watched wake-up and a handoff of
+    ``capacity`` jobs, as ``serve`` runs it (its poll times by ``monotonic``, if given);
+    stopped on leaving."""
+    ctx.clock = utcnow
+    ctx.wakeup = Watched()
+    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=capacity)
+    worker = Worker(ctx, "test-host:1/0", batch=4, poll_interval=TIMEOUT)
+    if monotonic is not None:
+        worker.monotonic = monotonic
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        ctx.wakeup.wake_all()
+        thread.join(TIMEOUT)
+
+
+def _schedule_now(ctx: EngineContext) -> UnitOfWork:
+    """A job due now, stored as a new message's send is (handed over when there is room)."""
+    with ctx.store.unit_of_work() as uow:
+        ctx.schedule_now(uow, KIND)
+        uow.commit()
+    ctx.notify_workers(uow)
+    return uow
+
+
 def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claimed(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,21 +171,10 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
         done.release()
 
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
-    ctx.clock = utcnow
-    ctx.wakeup = Watched()
-    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=1)
-    worker = Worker(ctx, "test-host:1/0", batch=4, poll_interval=TIMEOUT)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _serving(ctx, capacity=1):
         assert ctx.wakeup.waiting.wait(TIMEOUT)
         assert claims == [0]  # the first look into the store, before anything was stored
-        with ctx.store.unit_of_work() as uow:
-            ctx.schedule_now(uow, KIND)
-            uow.commit()
-        ctx.notify_workers(uow)
-        assert not uow.jobs.stored_unclaimed
+        assert not _schedule_now(ctx).jobs.stored_unclaimed
         assert done.acquire(timeout=TIMEOUT) and started.acquire(timeout=TIMEOUT)
         assert seen[0][1] == "test-host:1/handoff"  # stored claimed, run as it was handed
         assert ctx.wakeup.waited(2)
@@ -160,11 +184,7 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
         hold.set()
         units = []
         for _ in range(3):
-            with ctx.store.unit_of_work() as uow:
-                ctx.schedule_now(uow, KIND)
-                uow.commit()
-            ctx.notify_workers(uow)
-            units.append(uow)
+            units.append(_schedule_now(ctx))
             if len(units) == 1:  # the worker has taken the first and is held in it
                 assert started.acquire(timeout=TIMEOUT)
         assert [u.jobs.stored_unclaimed for u in units] == [False, False, True]
@@ -177,10 +197,6 @@ def test_a_job_handed_over_runs_without_a_claim_and_one_beyond_capacity_is_claim
             "test-host:1/0",  # claimed from the store on the notice
         ]
         assert claims == [0, 1]
-    finally:
-        stop.set()
-        ctx.wakeup.wake_all()
-        thread.join(TIMEOUT)
     with ctx.store.unit_of_work() as uow:
         assert uow.jobs.count() == 0
 
@@ -204,16 +220,8 @@ def test_handed_jobs_do_not_put_off_the_look_into_the_store(
         done.release()
 
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
-    ctx.clock = utcnow
-    ctx.wakeup = Watched()
-    ctx.handoff = Handoff("test-host:1/handoff", timedelta(minutes=2), capacity=4)
-    worker = Worker(ctx, "test-host:1/0", batch=4, poll_interval=TIMEOUT)
     now = [1000.0]
-    worker.monotonic = lambda: now[0]
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _serving(ctx, capacity=4, monotonic=lambda: now[0]):
         assert ctx.wakeup.waited(1)
         assert claims == [0]
         with ctx.store.unit_of_work() as uow:  # due now, and nobody says so
@@ -221,26 +229,16 @@ def test_handed_jobs_do_not_put_off_the_look_into_the_store(
             uow.commit()
         # a handed job within the poll interval: run, and no look into the store
         now[0] += 1
-        with ctx.store.unit_of_work() as uow:
-            ctx.schedule_now(uow, KIND)
-            uow.commit()
-        ctx.notify_workers(uow)
+        _schedule_now(ctx)
         assert done.acquire(timeout=TIMEOUT) and ctx.wakeup.waited(2)
         assert claims == [0] and ran == ["test-host:1/handoff"]
         # another after the poll time: the look is due, handed jobs or not
         now[0] += TIMEOUT
-        with ctx.store.unit_of_work() as uow:
-            ctx.schedule_now(uow, KIND)
-            uow.commit()
-        ctx.notify_workers(uow)
+        _schedule_now(ctx)
         assert done.acquire(timeout=TIMEOUT) and done.acquire(timeout=TIMEOUT)
         assert ctx.wakeup.waited(3)
         assert claims == [0, 1]
         assert ran == ["test-host:1/handoff", "test-host:1/handoff", "test-host:1/0"]
-    finally:
-        stop.set()
-        ctx.wakeup.wake_all()
-        thread.join(TIMEOUT)
 
 
 def test_the_capacity_counts_the_jobs_of_the_same_transaction(pair: Pair) -> None:
