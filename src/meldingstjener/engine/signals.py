@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lxml import etree
-from sqlalchemy import or_, select
 
 from meldingstjener.ebxml import (
     Envelope,
@@ -43,7 +42,7 @@ from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
 from meldingstjener.store.payloads import PayloadRef
-from meldingstjener.store.tables import AgreementRow, PartyRow, ReceiptRow
+from meldingstjener.store.tables import ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import Delivery, TransportFailure, send_once
 from meldingstjener.transport.smtp import mail_address
@@ -261,13 +260,8 @@ def _served_where_sent(
     where = _endpoint_key(to.channel, to.endpoint)
     if where is None:
         return False
-    parties = uow.session.scalars(
-        select(PartyRow).where(or_(PartyRow.her_id == sender, PartyRow.parent_her_id == sender))
-    ).all()
-    her_ids = {sender, *(party.her_id for party in parties)}
-    agreements = uow.session.scalars(
-        select(AgreementRow).where(AgreementRow.counterparty_her_id.in_(her_ids))
-    ).all()
+    parties = uow.parties.with_services(sender)
+    agreements = uow.agreements.for_counterparties({sender, *(party.her_id for party in parties)})
     registered = {_endpoint_key(a.channel, a.endpoint) for a in agreements}
     registered.update(_endpoint_key("smtp", party.edi_address) for party in parties)
     return where in registered

@@ -1232,6 +1232,13 @@ class PartyRepository:
     def all(self) -> Sequence[PartyRow]:
         return list(self.session.scalars(select(PartyRow)))
 
+    def with_services(self, her_id: str) -> list[PartyRow]:
+        """The party ``her_id`` and the parties whose parent organisation it is."""
+        query = select(PartyRow).where(
+            or_(PartyRow.her_id == her_id, PartyRow.parent_her_id == her_id)
+        )
+        return list(self.session.scalars(query))
+
 
 def _keep_replaced_signing_certificate(known: PartyRow, new: PartyRow, at: datetime) -> None:
     """A party's signing certificate that changes is kept as its previous one, with the time
@@ -1271,11 +1278,11 @@ class AgreementRepository:
         ).first()
 
     def for_counterparty(self, counterparty_her_id: str) -> list[AgreementRow]:
-        return list(
-            self.session.scalars(
-                select(AgreementRow).where(AgreementRow.counterparty_her_id == counterparty_her_id)
-            )
-        )
+        return self.for_counterparties({counterparty_her_id})
+
+    def for_counterparties(self, her_ids: set[str]) -> list[AgreementRow]:
+        query = select(AgreementRow).where(AgreementRow.counterparty_her_id.in_(her_ids))
+        return list(self.session.scalars(query))
 
     def add(self, row: AgreementRow) -> AgreementRow:
         self.session.add(row)
