@@ -244,27 +244,32 @@ def _ignored_because(
 def _served_where_sent(
     ctx: EngineContext, uow: UnitOfWork, state: MessageState, sender: str
 ) -> bool:
-    """Whether ``sender`` is registered at the endpoint our message was sent to: the To's
-    agreed endpoint, which the sends read (the message keeps no copy of it), against the
-    endpoints agreed with the sender or, for an organisation, with its services (the MSH that
-    answers for a To it does not serve signs as its organisation, which may have no agreement
-    of its own), and their EDI addresses in the register. Only a MessageError from another
-    party than the To comes here: the row is read for our HER-id, as its handling does anyway."""
+    """Whether ``sender`` is registered at an endpoint our message was sent to: where its last
+    delivered attempt went (kept on the message), and the To's agreed endpoint now (an attempt
+    that went there may not be recorded yet, or the message was sent before it was kept),
+    against the endpoints agreed with the sender or, for an organisation, with its services
+    (the MSH that answers for a To it does not serve signs as its organisation, which may have
+    no agreement of its own), and their EDI addresses in the register. Only a MessageError
+    from another party than the To comes here: the row is read for our HER-id, as its handling
+    does anyway."""
     row = uow.messages.get(state.id)
     if row is None or row.to_her_id is None:
         return False
+    wheres = {_endpoint_key(str(row.channel), row.sent_endpoint)}
     try:
         to = ctx.directory.partner(uow, row.to_her_id, our_her_id=row.from_her_id)
     except PartnerUnknown:
-        return False
-    where = _endpoint_key(to.channel, to.endpoint)
-    if where is None:
+        pass
+    else:
+        wheres.add(_endpoint_key(to.channel, to.endpoint))
+    wheres.discard(None)
+    if not wheres:
         return False
     parties = uow.parties.with_services(sender)
     agreements = uow.agreements.for_counterparties({sender, *(party.her_id for party in parties)})
     registered = {_endpoint_key(a.channel, a.endpoint) for a in agreements}
     registered.update(_endpoint_key("smtp", party.edi_address) for party in parties)
-    return where in registered
+    return not wheres.isdisjoint(registered)
 
 
 def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:

@@ -157,7 +157,12 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         )
         sent = OutboundStatus.SENT.value if state.status in _SENDABLE else state.status
         state = uow.messages.change_state(
-            state, status=sent, attempts=attempts, actor="worker", at=now
+            state,
+            status=sent,
+            attempts=attempts,
+            actor="worker",
+            at=now,
+            delivered_to=(partner.channel, str(partner.endpoint)),
         )
         if state.status == OutboundStatus.SENT.value:
             due = _next_attempt(state, partner, now) or (now + partner.retry_interval)

@@ -75,6 +75,9 @@ class MessageRow(Base):
     direction: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str | None] = mapped_column(String(16))
+    # outbound: where the last delivered attempt went (the channel above is then its channel);
+    # a MessageError is taken from a party served there even after the receiver has moved
+    sent_endpoint: Mapped[str | None] = mapped_column(Text)
     environment: Mapped[str | None] = mapped_column(String(8))
 
     # ebXML envelope

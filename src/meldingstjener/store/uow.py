@@ -267,8 +267,14 @@ _LOCK_STATE_BY_EBXML_ID = {
 # the right-hand sides see the row as it was: status_changed_at moves only with the status
 _CHANGE_STATE = text(
     "UPDATE messages SET status_changed_at = CASE WHEN status = :status THEN status_changed_at "
-    "ELSE :at END, status = :status, attempts = :attempts, updated_at = :at WHERE id = :id"
-).bindparams(bindparam("at", type_=_MESSAGE_COLUMNS["updated_at"].type))
+    "ELSE :at END, status = :status, attempts = :attempts, updated_at = :at, "
+    "channel = COALESCE(:channel, channel), sent_endpoint = COALESCE(:endpoint, sent_endpoint) "
+    "WHERE id = :id"
+).bindparams(
+    bindparam("at", type_=_MESSAGE_COLUMNS["updated_at"].type),
+    bindparam("channel", type_=_MESSAGE_COLUMNS["channel"].type),
+    bindparam("endpoint", type_=_MESSAGE_COLUMNS["sent_endpoint"].type),
+)
 
 
 _Query = TypeVar("_Query", bound=Select[Any])
@@ -407,9 +413,11 @@ class MessageRepository:
         actor: str,
         detail: str | None = None,
         at: datetime | None = None,
+        delivered_to: tuple[str, str] | None = None,
     ) -> MessageState:
         """:meth:`set_status` (and the attempt count) for a message read with
         :meth:`lock_state`: the same transition check and event, written as one UPDATE.
+        ``delivered_to`` (channel, endpoint) records where an attempt was delivered.
         Do not mix with an ORM row of the same message in one unit of work."""
         now = at or utcnow()
         new_status = status or state.status
@@ -430,7 +438,14 @@ class MessageRepository:
         )
         self.session.connection().execute(
             _CHANGE_STATE,
-            {"id": state.id, "status": changed.status, "attempts": changed.attempts, "at": now},
+            {
+                "id": state.id,
+                "status": changed.status,
+                "attempts": changed.attempts,
+                "at": now,
+                "channel": delivered_to[0] if delivered_to else None,
+                "endpoint": delivered_to[1] if delivered_to else None,
+            },
         )
         return changed
 

@@ -994,6 +994,32 @@ def test_a_message_error_from_a_party_at_the_receivers_endpoint_fails_the_messag
     assert alert.partner_her_id == "8200099"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("sender_at", ["where-it-went", "where-the-to-is-now"])
+def test_a_message_error_counts_from_where_the_message_went_after_the_receiver_moved(
+    pair_with_gp_database: Pair, sender_at: str
+) -> None:
+    # The hospital moves its endpoint after our message was delivered to the old one: the MSH
+    # there may still answer that the To is not one of its HER-ids. Judged by the To's endpoint
+    # now, its genuine MessageError was ignored and the message resent until it gave up.
+    pair = pair_with_gp_database
+    went_to = pair.hospital_site.endpoint
+    moved_to = "http://127.0.0.1:9/ebms"
+    _registered_at(pair, "8200099", went_to if sender_at == "where-it-went" else moved_to)
+    message_id, envelope = _sent_with_its_acknowledgment_held(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.endpoint = moved_to
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        kept = uow.messages.get(message_id)
+        assert kept is not None and (kept.channel, kept.sent_endpoint) == ("http", went_to)
+    _message_error_from(pair, envelope, "8200099")
+    failed = pair.message(pair.gp, message_id)
+    assert failed.status == "transport-error" and failed.last_error_code == "DeliveryFailure"
+    assert _jobs(pair.gp, "ack-timeout") == []
+
+
 @pytest.mark.parametrize(
     ("edi_address", "applied"),
     [("8200002@EDI.example", True), ("8200099@edi.example", False)],
