@@ -18,6 +18,10 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    named by its SHA-256 so writing it twice is harmless), an alert is raised, and
    :class:`~meldingstjener.transport.mailbox.Quarantine` tells the collector it may delete it.
 
+A mail the mail server will not hand out never reaches ``on_mail``: :meth:`MailIntake.on_refused`
+counts its tries by what the server names it with (UIDL, or UIDVALIDITY and UID), and from the
+fifth on it is named in a ``mail-stuck`` alert. It cannot be quarantined: it cannot be read.
+
 Crash windows (the process may die between any two steps):
 
 * after 2 committed, before the mailbox deletion: the mail is collected again and reaches
@@ -45,7 +49,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,7 +72,12 @@ from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.bounce import is_bounce, read_bounce
-from meldingstjener.transport.mailbox import CollectResult, MailboxCollector, Quarantine
+from meldingstjener.transport.mailbox import (
+    CollectResult,
+    MailboxCollector,
+    Quarantine,
+    RefusedMail,
+)
 from meldingstjener.transport.smtp import EnvironmentGuard, SmtpTransport
 
 log = logging.getLogger(__name__)
@@ -157,16 +166,23 @@ class MailIntake:
 
     ctx: EngineContext
     quarantine_dir: Path
+    # the mails of the last collection that stay in the box round after round, for the
+    # mail-stuck alert: what names each, and what the operator should know of it
+    stuck: list[str] = field(default_factory=list, init=False)
     _seen: set[str] = field(default_factory=set, init=False, repr=False)
 
     def collect(self, collector: MailboxCollector) -> CollectResult:
-        """One collection of ``collector``'s mailbox through :meth:`on_mail`; after one that
-        looked at every mail in the box, the try counts of mails no longer there are dropped
-        (:meth:`forget_tries_of_mails_gone`). Raises what ``collect_once`` raises."""
+        """One collection of ``collector``'s mailbox through :meth:`on_mail` (and
+        :meth:`on_refused`); after one that looked at every mail in the box, the try counts of
+        mails no longer there are dropped (:meth:`forget_tries_of_mails_gone`). Raises what
+        ``collect_once`` raises."""
         self._seen.clear()
+        self.stuck.clear()
         began = utcnow()
-        result = collector.collect_once(self.on_mail)
-        handed = result.delivered + result.quarantined + result.kept + result.too_large
+        result = collector.collect_once(self.on_mail, self.on_refused)
+        handed = (
+            result.delivered + result.quarantined + result.kept + result.too_large + result.refused
+        )
         if handed >= result.found:
             try:
                 self.forget_tries_of_mails_gone(set(self._seen), before=began)
@@ -255,6 +271,29 @@ class MailIntake:
                     self._quarantine(source, "Unknown", message_id, digest)
                 raise
         self._forget_tries(tries_key)
+
+    def on_refused(self, mail: RefusedMail) -> None:
+        """A mail the mail server would not hand out: one more try counted (the same count as
+        any mail's, keyed by what the server names it with, so that the counts of mails gone
+        from the box are dropped the same way); from the fifth on, it is named as stuck. It
+        stays in the box, and is tried again next round: the server may mend it."""
+        name = f"refused {mail.mailbox} {mail.identity}".encode()
+        tries_key = FAILED_PREFIX + hashlib.sha256(name).hexdigest()[:32]
+        self._seen.add(tries_key)
+        tries = self._count_try(tries_key)
+        if tries < FAILED_ROUNDS_BEFORE_QUARANTINE:
+            return
+        size = f"{mail.size:,} bytes" if mail.size is not None else "size not told"
+        message_id = (
+            f"Message-Id {mail.message_id[:120]}" if mail.message_id else "no Message-Id told"
+        )
+        said = f"it said [{mail.said}]" if mail.said else "it gave no reason code"
+        self.stuck.append(
+            f"{mail.number} ({size}, {message_id}): the mail server refused to hand it out in "
+            f"{tries} collections ({said}); it cannot be quarantined, as it cannot be read. "
+            "Ask the mail server's administrator why (the server's log names the fault), and "
+            "remove it from the mailbox by hand if it cannot be mended"
+        )
 
     def _take_bounce(
         self, source: BinaryIO, head: bytes, message_id: str | None, digest: str
@@ -483,15 +522,18 @@ class MailCollectorThread(threading.Thread):
     def _collect_round(self) -> None:
         try:
             self.last_result = self.intake.collect(self.collector)
+            stuck: Sequence[str] = list(self.intake.stuck)
             self.last_failure = None
             self._failed_rounds = 0
         except TransportFailure as failure:
             self.last_result = None
+            stuck = ()
             self.last_failure = failure
             self._failed_rounds += 1
             log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
         except Exception as exc:
             self.last_result = None
+            stuck = ()
             self.last_failure = TransportFailure("unexpected", type(exc).__name__)
             self._failed_rounds += 1
             log.exception("mail collection failed unexpectedly; trying again next round")
@@ -503,6 +545,7 @@ class MailCollectorThread(threading.Thread):
                 self.last_result,
                 self.last_failure,
                 self._failed_rounds,
+                stuck=stuck,
             )
         except Exception as exc:  # the database may be away too; the next round reports
             log.warning("could not record the mail collection: %s", type(exc).__name__)
@@ -563,13 +606,16 @@ def report_collection(
     result: CollectResult | None,
     failure: TransportFailure | None,
     failed_rounds: int,
+    *,
+    stuck: Sequence[str] = (),
 ) -> None:
     """Raise or resolve the mailbox's alerts after a collection.
 
     ``mailbox-unreachable`` after several failed collections in a row, per collecting instance
     (several servers may collect one box; a broken one is a deviation of its own), resolved by
     its next collection that works. ``mail-too-large`` while mails over the limit sit in the
-    box, per mailbox account."""
+    box, and ``mail-stuck`` while mails stay in it round after round (``stuck``: what
+    :attr:`MailIntake.stuck` says of each), per mailbox account."""
     now = ctx.clock()
     where, account = collector.where, collector.username
     with ctx.store.unit_of_work() as uow:
@@ -604,6 +650,19 @@ def report_collection(
             )
         elif result is not None:
             uow.alerts.resolve(f"{AlertKind.MAIL_TOO_LARGE}:{account}", at=now)
+        if result is not None and stuck:
+            more = f"; and {len(stuck) - 10} more" if len(stuck) > 10 else ""
+            raise_alert(
+                uow,
+                AlertKind.MAIL_STUCK,
+                f"{len(stuck)} mail(s) stay in {where} collection after collection: "
+                + "; ".join(stuck[:10])
+                + f"{more}. The other mails are collected as usual.",
+                at=now,
+                key=account,
+            )
+        elif result is not None:
+            uow.alerts.resolve(f"{AlertKind.MAIL_STUCK}:{account}", at=now)
         uow.commit()
 
 

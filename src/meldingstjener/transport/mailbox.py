@@ -14,6 +14,13 @@ flag never reached the server is simply collected again. Nothing is deleted that
 POP3 sessions are closed with QUIT every ``batch`` mails, so a drop late in a large collection
 does not make the whole box come again.
 
+A mail the server will not hand out (POP3 ``-ERR`` to RETR, IMAP ``NO`` to FETCH, or an IMAP
+server that ends the session with BYE while it is fetched) is that mail's failure, not the
+mailbox's: it is reported to ``on_refused`` as a :class:`RefusedMail` (what names it: its
+UIDL, or UIDVALIDITY and UID, its size and Message-Id where the server tells them), stays in
+the box, and the mails behind it are collected. Failing the round instead kept every mail
+behind it in the box for good, and with POP3 undid the deletions of the mails before it.
+
 A mail is handed over as a file, not in memory: an unnamed temporary file in ``spool_dir`` (it
 disappears when closed, or with the process). POP3's RETR is written line by line as it arrives
 (``poplib.retr`` would gather the whole mail as a list of lines), and IMAP fetches the mail in
@@ -24,6 +31,7 @@ MB of memory to collect, not several times its size.
 from __future__ import annotations
 
 import imaplib
+import io
 import logging
 import poplib
 import re
@@ -50,6 +58,33 @@ _DEFAULT_PORTS = {
 FETCH_PIECE = 4 * 1024 * 1024  # bytes of a mail per IMAP FETCH: memory per piece, round trips
 
 
+class _MailRefused(Exception):
+    """The server refused a command about one mail (POP3 ``-ERR``, IMAP ``NO``). The answer was
+    complete, so the session is in step and goes on. ``reply``: the server's status line."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class RefusedMail:
+    """A mail the server would not hand out. Its content is unknown; what is told of it comes
+    from the server. ``identity`` names it across sessions (``uidl:<UIDL>`` for POP3,
+    ``uid:<UIDVALIDITY>:<UID>`` for IMAP; where the server has no UIDL, its Message-Id and
+    size, or its number and size); ``mailbox`` names the box (``identity`` is unique only in
+    it); ``number`` is how the server numbers it now, for people. ``said`` is the response code
+    of the refusal (``SYS/TEMP``), ``BYE`` when the server ended the session on it, or None:
+    never the server's text."""
+
+    mailbox: str
+    identity: str
+    number: str
+    size: int | None = None
+    message_id: str | None = None
+    said: str | None = None
+
+
 class Quarantine(Exception):
     """Raised by the callback: the mail cannot be processed and was stored aside durably (with
     an alert). The collector deletes it from the box; ``reason`` is a short code for the log."""
@@ -62,13 +97,15 @@ class Quarantine(Exception):
 @dataclass
 class CollectResult:
     """What one collection did. ``kept`` mails stay in the box (the callback failed), and so do
-    ``too_large`` ones (over ``max_mail_bytes``: not fetched; their sizes in ``large_sizes``)."""
+    ``too_large`` ones (over ``max_mail_bytes``: not fetched; their sizes in ``large_sizes``)
+    and ``refused`` ones (the server would not hand them out)."""
 
     found: int = 0
     delivered: int = 0
     quarantined: int = 0
     kept: int = 0
     too_large: int = 0
+    refused: int = 0
     large_sizes: list[int | None] = field(default_factory=list)  # None: not told
     problems: list[str] = field(default_factory=list)
 
@@ -78,12 +115,28 @@ class CollectResult:
         self.quarantined += other.quarantined
         self.kept += other.kept
         self.too_large += other.too_large
+        self.refused += other.refused
         self.large_sizes += other.large_sizes
         self.problems += other.problems
 
 
 OnMail = Callable[[BinaryIO], None]
 """Called with each mail as a readable, seekable file at its start; closed after the call."""
+OnRefused = Callable[[RefusedMail], None]
+"""Called with each mail the server would not hand out (it stays in the box)."""
+
+# How often one IMAP round opens a new session after the server ended one with BYE while a mail
+# was fetched. A server that does so more often is failing, not refusing a mail or two.
+MAX_REOPEN = 3
+
+
+@dataclass(frozen=True)
+class _Selected:
+    """What SELECT told of the folder: how many mails it has, and its UIDVALIDITY (None: not
+    told), which the UIDs are valid with."""
+
+    exists: int | None
+    uidvalidity: str | None
 
 
 @dataclass
@@ -115,14 +168,20 @@ class MailboxCollector:
         port = self.port or _DEFAULT_PORTS[(self.protocol, self.security)]
         return f"{self.protocol}://{self.host}:{port}"
 
-    def collect_once(self, on_mail: OnMail) -> CollectResult:
+    @property
+    def mailbox(self) -> str:
+        """The box and account, as a refused mail's ``mailbox`` names them."""
+        return f"{self.where}/{self.folder} {self.username}"
+
+    def collect_once(self, on_mail: OnMail, on_refused: OnRefused | None = None) -> CollectResult:
         """Collect every mail now in the box. Raises :class:`TransportFailure` when the mailbox
-        cannot be reached or the connection breaks; what was handled before stays handled."""
+        cannot be reached or the connection breaks; what was handled before stays handled.
+        A mail the server will not hand out goes to ``on_refused`` and stays in the box."""
         self._prepare_spool()
         try:
             if self.protocol == "pop3":
-                return self._collect_pop3(on_mail)
-            return self._collect_imap(on_mail)
+                return self._collect_pop3(on_mail, on_refused)
+            return self._collect_imap(on_mail, on_refused)
         except TransportFailure:
             raise
         except ssl.SSLError as exc:
@@ -159,7 +218,7 @@ class MailboxCollector:
             raise self._login_refused(refused) from None
         return session
 
-    def _collect_pop3(self, on_mail: OnMail) -> CollectResult:
+    def _collect_pop3(self, on_mail: OnMail, on_refused: OnRefused | None) -> CollectResult:
         result = CollectResult()
         first = True
         while True:
@@ -169,7 +228,9 @@ class MailboxCollector:
                 count = len(listing)
                 if first:
                     result.found = count
-                handled = self._pop3_batch(session, listing, on_mail, result, first=first)
+                handled = self._pop3_batch(
+                    session, listing, on_mail, on_refused, result, first=first
+                )
                 first = False
             except BaseException:
                 # No QUIT: the server rolls the session's deletions back (RFC 1939 section 6).
@@ -184,6 +245,7 @@ class MailboxCollector:
         session: poplib.POP3,
         listing: list[bytes],
         on_mail: OnMail,
+        on_refused: OnRefused | None,
         result: CollectResult,
         *,
         first: bool,
@@ -193,6 +255,7 @@ class MailboxCollector:
         in every later one)."""
         looked = 0
         lied = False  # a mail turned out larger than its LIST size
+        refused = False  # a mail the server would not hand out
         for line in listing:
             if looked >= self.batch:
                 break
@@ -204,7 +267,16 @@ class MailboxCollector:
                 continue  # not looked at: it stays first in every LIST and must not use a batch
             looked += 1
             with self._spool() as mail:
-                written = _retr_into(session, number, mail, self.max_mail_bytes)
+                try:
+                    written = _retr_into(session, number, mail, self.max_mail_bytes)
+                except _MailRefused as refusal:
+                    # -ERR is a whole answer: the session goes on, and QUIT still deletes
+                    # the mails handled before this one
+                    self._refused(
+                        result, on_refused, self._pop3_refused(session, number, size, refusal)
+                    )
+                    refused = True
+                    continue
                 if written is None:
                     # larger than LIST said: left, and this collection ends with this batch
                     self._leave(result, None)
@@ -214,7 +286,39 @@ class MailboxCollector:
             if handed:
                 session.dele(number)
         # Mails kept in the box would be looked at again by the next batch forever.
-        return looked if result.kept == 0 and not lied else 0
+        return looked if result.kept == 0 and not lied and not refused else 0
+
+    def _pop3_refused(
+        self, session: poplib.POP3, number: int, size: int, refusal: _MailRefused
+    ) -> RefusedMail:
+        """What names a mail the server refused to RETR: its UIDL (RFC 1939 section 7) and
+        its Message-Id (TOP, which a server that cannot read the mail may refuse too)."""
+        try:
+            reply = session.uidl(number)
+        except poplib.error_proto:
+            reply = b""  # UIDL is optional; what is left names it less well
+        fields = reply.split() if isinstance(reply, bytes) else []
+        uidl = fields[2].decode("ascii", "replace") if len(fields) > 2 else None
+        headers = io.BytesIO()
+        try:
+            _retr_into(session, number, headers, _HEADERS_TOLD, command=f"TOP {number} 0")
+            message_id = _message_id(headers.getvalue())
+        except _MailRefused:
+            message_id = None
+        if uidl is not None:
+            identity = f"uidl:{uidl}"
+        elif message_id is not None:
+            identity = f"message-id:{message_id}:{size}"
+        else:
+            identity = f"number:{number}:{size}"
+        return RefusedMail(
+            self.mailbox,
+            identity,
+            f"number {number}",
+            size,
+            message_id,
+            response_code(refusal.reply),
+        )
 
     def _over_limit(self, size: int) -> bool:
         return self.max_mail_bytes is not None and size > self.max_mail_bytes
@@ -228,7 +332,7 @@ class MailboxCollector:
 
     # --- IMAP ------------------------------------------------------------------------------
 
-    def _imap_session(self) -> imaplib.IMAP4:
+    def _imap_session(self) -> tuple[imaplib.IMAP4, _Selected]:
         port = self.port or _DEFAULT_PORTS[("imap", self.security)]
         context = self.ssl_context or ssl.create_default_context()
         session: imaplib.IMAP4
@@ -245,18 +349,25 @@ class MailboxCollector:
         except imaplib.IMAP4.error as refused:
             session.shutdown()
             raise self._login_refused(refused) from None
-        status, _ = session.select(_quoted(self.folder))
+        status, data = session.select(_quoted(self.folder))
         if status != "OK":
             session.logout()
             raise TransportFailure(
                 "mailbox-folder", f"{self.where} has no folder {self.folder!r}", retryable=False
             )
-        return session
+        exists = data[0] if data else None
+        told = session.response("UIDVALIDITY")[1]
+        validity = told[-1] if told else None
+        return session, _Selected(
+            int(exists) if isinstance(exists, bytes) and exists.isdigit() else None,
+            validity.decode("ascii", "replace") if isinstance(validity, bytes) else None,
+        )
 
-    def _collect_imap(self, on_mail: OnMail) -> CollectResult:
+    def _collect_imap(self, on_mail: OnMail, on_refused: OnRefused | None) -> CollectResult:
         result = CollectResult()
-        session = self._imap_session()
+        session, selected = self._imap_session()
         refused = 0
+        reopened = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
             # Mails an earlier round flagged \Deleted and could not expunge (a server that lets
@@ -273,14 +384,34 @@ class MailboxCollector:
                 if uid in sizes:  # SEARCH LARGER found it
                     self._leave(result, sizes[uid])
                     continue
-                with self._spool() as mail:
-                    fetched = _fetch_into(session, uid.decode("ascii"), mail, self.max_mail_bytes)
-                    if fetched == "gone":
-                        continue  # expunged meanwhile by another collector
-                    if fetched == "too-large":  # larger than its size said
-                        self._leave(result, None)
-                        continue
-                    handed = self._hand_over(on_mail, mail, result)
+                try:
+                    handed = self._imap_take(session, selected, uid, on_mail, on_refused, result)
+                except imaplib.IMAP4.abort:
+                    # A server that ends the session while it hands out one mail (Dovecot
+                    # does so when it cannot read the mail's file) would end every round
+                    # there. It is that mail's failure: a new session goes on with the next.
+                    if not _said_bye(session) or reopened >= MAX_REOPEN:
+                        raise
+                    reopened += 1
+                    session.shutdown()
+                    session, now_selected = self._imap_session()
+                    if now_selected.uidvalidity != selected.uidvalidity:
+                        raise TransportFailure(
+                            "mailbox-protocol",
+                            f"{self.where} changed the folder's UIDVALIDITY during a collection",
+                        ) from None
+                    uid_text = uid.decode("ascii")
+                    self._refused(
+                        result,
+                        on_refused,
+                        RefusedMail(
+                            self.mailbox,
+                            f"uid:{selected.uidvalidity or '?'}:{uid_text}",
+                            f"UID {uid_text}",
+                            said="BYE",
+                        ),
+                    )
+                    continue
                 if handed:
                     refused += not _deleted(session, uid.decode("ascii"), uidplus)
             if not uidplus:
@@ -301,6 +432,42 @@ class MailboxCollector:
         session.close()
         session.logout()
         return result
+
+    def _imap_take(
+        self,
+        session: imaplib.IMAP4,
+        selected: _Selected,
+        uid: bytes,
+        on_mail: OnMail,
+        on_refused: OnRefused | None,
+        result: CollectResult,
+    ) -> bool:
+        """Fetch one mail and hand it over; return whether it may be deleted."""
+        uid_text = uid.decode("ascii")
+        with self._spool() as mail:
+            try:
+                fetched = _fetch_into(session, uid_text, mail, self.max_mail_bytes)
+            except _MailRefused as refusal:
+                size, message_id = _imap_told(session, uid_text)
+                self._refused(
+                    result,
+                    on_refused,
+                    RefusedMail(
+                        self.mailbox,
+                        f"uid:{selected.uidvalidity or '?'}:{uid_text}",
+                        f"UID {uid_text}",
+                        size,
+                        message_id,
+                        response_code(refusal.reply),
+                    ),
+                )
+                return False
+            if fetched == "gone":
+                return False  # expunged meanwhile by another collector
+            if fetched == "too-large":  # larger than its size said
+                self._leave(result, None)
+                return False
+            return self._hand_over(on_mail, mail, result)
 
     def _expunge_leftovers(self, session: imaplib.IMAP4, uidplus: bool) -> int:
         """Expunge the mails flagged \\Deleted that are still in the box; return how many the
@@ -367,6 +534,21 @@ class MailboxCollector:
             return tempfile.TemporaryFile(dir=self.spool_dir)  # the caller closes it
         except OSError as exc:
             raise _spool_failure(exc) from None
+
+    def _refused(
+        self, result: CollectResult, on_refused: OnRefused | None, refused: RefusedMail
+    ) -> None:
+        """Count a mail the server would not hand out, and report it."""
+        result.refused += 1
+        told = f" [{refused.said}]" if refused.said else ""
+        result.problems.append(f"refused by the server: {refused.number}{told}")
+        log.warning("%s would not hand out its mail %s%s", self.where, refused.number, told)
+        if on_refused is None:
+            return
+        try:
+            on_refused(refused)
+        except Exception as exc:  # counting it may fail (the database away): it is still left
+            log.warning("a refused mail could not be counted: %s", type(exc).__name__)
 
     def _hand_over(self, on_mail: OnMail, mail: BinaryIO, result: CollectResult) -> bool:
         """Give one mail to the callback; return whether it may be deleted."""
@@ -463,20 +645,30 @@ _POP3_STATUS_LINE = 512  # a status line's longest, CRLF included (RFC 1939 sect
 
 
 def _retr_into(
-    session: poplib.POP3, number: int, target: BinaryIO, limit: int | None = None
+    session: poplib.POP3,
+    number: int,
+    target: BinaryIO,
+    limit: int | None = None,
+    *,
+    command: str | None = None,
 ) -> int | None:
     """RETR one mail into ``target`` as it arrives (multi-line response, RFC 1939 section 3: a
     lone "." ends it, a leading "." is doubled), each line ending in CRLF as ``poplib.retr``
     gave them; return how many bytes were written. Its own line reader is not used: it refuses
     lines over 2048 bytes, and one such line (an ebXML envelope on one line) would block the
     mailbox for good. A mail that grows past ``limit`` is read to its end (the session must go
-    on) but no more is written: None. The size in LIST is the server's word, not a bound."""
+    on) but no more is written: None. The size in LIST is the server's word, not a bound.
+    A whole ``-ERR`` line is :class:`_MailRefused` (the session is in step); anything else
+    that is not ``+OK`` is ``poplib.error_proto``. ``command``: another multi-line command
+    about the mail (``TOP n 0``), read the same way."""
     # poplib has no call that sends a command and leaves the answer to be read: the command
     # goes on the session's socket and its status line is read from its file, as poplib does
-    session.sock.sendall(f"RETR {number}\r\n".encode("ascii"))
+    session.sock.sendall(f"{command or f'RETR {number}'}\r\n".encode("ascii"))
     status = _pop3_read(session)
     while not status.endswith(b"\n") and len(status) <= _POP3_STATUS_LINE:
         status += _pop3_read(session)
+    if status.startswith(b"-ERR") and status.endswith(b"\n"):
+        raise _MailRefused(status.rstrip(b"\r\n"))
     if not status.startswith(b"+OK") or not status.endswith(b"\n"):
         raise poplib.error_proto(status[:_POP3_STATUS_LINE].rstrip(b"\r\n"))
     at_line_start = True
@@ -525,8 +717,9 @@ def _fetch_into(
         if limit is not None and offset > limit:
             return "too-large"
         status, data = session.uid("FETCH", uid, f"(UID BODY.PEEK[]<{offset}.{FETCH_PIECE}>)")
-        if status != "OK":
-            raise imaplib.IMAP4.error("FETCH refused")
+        if status != "OK":  # NO (imaplib raises on BAD): the server cannot hand this one out
+            said = data[-1] if data and isinstance(data[-1], bytes) else b""
+            raise _MailRefused(said)
         piece = fetched_piece(data, offset)
         if piece is None:
             if offset == 0:
@@ -542,6 +735,44 @@ def _fetch_into(
         offset += len(piece)
         if len(piece) < FETCH_PIECE:
             return "too-large" if limit is not None and offset > limit else "whole"
+
+
+def _said_bye(session: imaplib.IMAP4) -> bool:
+    """Whether the server ended the session with BYE (imaplib then raises ``abort``, as it
+    does for a connection that breaks; only the BYE kept among the untagged answers tells)."""
+    return bool(session.untagged_responses.get("BYE"))
+
+
+def _imap_told(session: imaplib.IMAP4, uid: str) -> tuple[int | None, str | None]:
+    """The size and Message-Id of a mail the server refused to FETCH, if it tells them (it may
+    refuse these too: then None)."""
+    fields = "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+    try:
+        status, data = session.uid("FETCH", uid, fields)
+    except imaplib.IMAP4.abort:
+        raise  # the session is gone: the caller knows what to do
+    except imaplib.IMAP4.error:  # BAD: a server that does not know these items
+        return None, None
+    size = message_id = None
+    for item in data if status == "OK" else []:
+        head, literal = item if isinstance(item, tuple) else (item, b"")
+        if not isinstance(head, bytes):
+            continue
+        found = _SIZE.search(head)
+        size = int(found.group(1)) if found is not None else size
+        if isinstance(literal, bytes):
+            message_id = _message_id(literal) or message_id
+    return size, message_id
+
+
+_HEADERS_TOLD = 64 * 1024  # the most of a refused mail's headers read to find its Message-Id
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[!-~]{1,200}>)[ \t]*\r?$", re.I | re.M)
+
+
+def _message_id(headers: bytes) -> str | None:
+    """The Message-Id among ``headers`` (one printable token in ``<>``), or None."""
+    found = _MESSAGE_ID.search(headers.split(b"\r\n\r\n", 1)[0])
+    return found.group(1).decode("ascii") if found is not None else None
 
 
 _UID = re.compile(rb"\bUID (\d+)")
@@ -587,7 +818,9 @@ __all__ = [
     "CollectResult",
     "MailboxCollector",
     "OnMail",
+    "OnRefused",
     "Quarantine",
+    "RefusedMail",
     "fetched_piece",
     "login_failure",
     "response_code",

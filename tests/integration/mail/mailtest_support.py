@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,34 @@ def wait_for_mail(user: str, count: int, context: ssl.SSLContext, timeout: float
             return
         time.sleep(0.05)  # polling the mailbox for an external delivery; no event to wait on
     raise AssertionError(f"{user} has {seen} mail(s), expected {count} within {timeout} s")
+
+
+MAIL_ROOT = Path("/var/mail/vhosts")  # <domain>/<local part>/: Dovecot's maildirs
+
+
+@contextlib.contextmanager
+def unreadable_on_the_server(user: str, marker: bytes) -> Iterator[Path]:
+    """Makes the file of the mail in ``user``'s box that holds ``marker`` unreadable to Dovecot
+    (mode 000: it reads as the vmail user), as a fault of the server's disk would, until the
+    block ends. Dovecot then answers its POP3 RETR with -ERR and ends an IMAP session that
+    FETCHes it. POP3 must have listed the box since the mail came (``wait_for_mail`` does):
+    it reads each mail's size once, at the first session that sees it. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("making a stored mail unreadable to Dovecot needs root")
+    local, _, domain = user.partition("@")
+    files = [
+        path
+        for folder in ("new", "cur")
+        for path in (MAIL_ROOT / domain / local / folder).glob("*")
+        if marker in path.read_bytes()
+    ]
+    assert len(files) == 1, f"{len(files)} mails of {user} hold {marker!r}"
+    mode = files[0].stat().st_mode
+    files[0].chmod(0)
+    try:
+        yield files[0]
+    finally:
+        files[0].chmod(mode)
 
 
 def drop_mail(user: str, raw: bytes) -> None:

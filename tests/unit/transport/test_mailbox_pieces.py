@@ -191,11 +191,13 @@ def test_a_pop3_mail_comes_out_as_sent_however_its_lines_arrive() -> None:
         assert target.getvalue() == mail, lines
 
 
-def test_a_refused_retr_is_a_pop3_error_with_the_servers_words() -> None:
-    wire = Pop3Wire(b"", random.Random(2), status=b"-ERR no such message\r\n")
-    with pytest.raises(poplib.error_proto) as refused:
+def test_a_refused_retr_is_that_mails_refusal_with_the_servers_words() -> None:
+    # a whole -ERR line: the session is in step, and only this mail is refused
+    wire = Pop3Wire(b"", random.Random(2), status=b"-ERR [SYS/TEMP] no such message\r\n")
+    with pytest.raises(mailbox._MailRefused) as refused:
         mailbox._retr_into(wire, 1, io.BytesIO())  # type: ignore[arg-type]
-    assert refused.value.args == (b"-ERR no such message",)
+    assert refused.value.reply == b"-ERR [SYS/TEMP] no such message"
+    assert mailbox.response_code(refused.value.reply) == "SYS/TEMP"
     # a status line longer than POP3 allows is refused, not read on as the mail
     wire = Pop3Wire(b"line\r\n.\r\n", random.Random(3), status=b"+OK " + b"x" * 600 + b"\r\n")
     with pytest.raises(poplib.error_proto):
@@ -227,7 +229,8 @@ def _collecting_from(session: object, monkeypatch: pytest.MonkeyPatch) -> mailbo
     collector = mailbox.MailboxCollector(
         protocol="imap", host="imap.example", username="u", password="p"
     )
-    monkeypatch.setattr(collector, "_imap_session", lambda: session)
+    selected = mailbox._Selected(exists=None, uidvalidity="1700000000")
+    monkeypatch.setattr(collector, "_imap_session", lambda: (session, selected))
     return collector
 
 
@@ -360,3 +363,57 @@ def test_a_refused_login_is_named_by_the_servers_response_code(
 def test_every_login_failure_has_its_own_advice() -> None:
     for failure in set(mailbox.LOGIN_FAILURES.values()):
         assert failure in mail_channel.COLLECTION_ADVICE
+
+
+class RefusingOneFetch(RefusingImap):
+    """An IMAP session whose server answers NO to the FETCH of one mail (one it cannot read),
+    and tells its size and Message-Id when asked for them alone."""
+
+    def __init__(self, mails: dict[bytes, bytes], unreadable: bytes) -> None:
+        super().__init__(mails, may_flag=True)
+        self.unreadable = unreadable
+        self.expunged: list[bytes] = []
+        self.shut = False
+
+    def uid(self, command: str, *args: Any) -> tuple[str, list[Any]]:
+        if command == "FETCH" and args[0].encode() == self.unreadable:
+            if "RFC822.SIZE" in args[1]:
+                head = b"1 (UID %s RFC822.SIZE 4711 BODY[HEADER.FIELDS (MESSAGE-ID)] {22}" % (
+                    self.unreadable
+                )
+                return "OK", [(head, b"Message-Id: <m2@x>\r\n\r\n"), b")"]
+            return "NO", [b"[SERVERBUG] Internal error occurred."]
+        if command == "EXPUNGE":
+            uid = args[0].encode()
+            self.expunged.append(uid)
+            self.mails.pop(uid)
+            self.flagged.discard(uid)
+            return "OK", [None]
+        return super().uid(command, *args)
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_a_mail_the_imap_server_will_not_fetch_is_left_and_the_rest_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A NO for one mail used to end the round (and every round after it) before the mails
+    # behind it; it is that mail's failure, reported with what names it, and the session
+    # goes on.
+    session = RefusingOneFetch(
+        {b"7": b"first\r\n", b"8": b"unreadable\r\n", b"9": b"third\r\n"}, unreadable=b"8"
+    )
+    collector = _collecting_from(session, monkeypatch)
+    handed: list[bytes] = []
+    refused: list[mailbox.RefusedMail] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()), refused.append)
+    assert handed == [b"first\r\n", b"third\r\n"]
+    assert session.expunged == [b"7", b"9"] and list(session.mails) == [b"8"]
+    assert (result.delivered, result.refused) == (2, 1)
+    assert not session.shut  # not ended as a broken session
+    assert refused == [
+        mailbox.RefusedMail(
+            collector.mailbox, "uid:1700000000:8", "UID 8", 4711, "<m2@x>", "SERVERBUG"
+        )
+    ]
