@@ -21,6 +21,8 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
 A mail the mail server will not hand out never reaches ``on_mail``: :meth:`MailIntake.on_refused`
 counts its tries by what the server names it with (UIDL, or UIDVALIDITY and UID), and from the
 fifth on it is named in a ``mail-stuck`` alert. It cannot be quarantined: it cannot be read.
+A mail that failed five times and cannot be put aside either (its file or its alert cannot be
+written) stays in the box and is named in the same alert while it does.
 
 Crash windows (the process may die between any two steps):
 
@@ -230,25 +232,36 @@ class MailIntake:
         collector spools mails to files, so a large one is never held in memory whole)."""
         source: BinaryIO = io.BytesIO(mail) if isinstance(mail, bytes) else mail
         head = source.read(MAX_HEADER_BLOCK + _READ)
-        try:
-            headers, body_start = split_header_block(head, 0, len(head), "mail")
-        except EbxmlError as exc:
-            self._quarantine(source, str(exc.code), None)
-        content_type = headers.get("Content-Type")
-        raw_id = headers.get("Message-ID")
-        message_id = bare_content_id(raw_id) if raw_id else None
-        if not content_type:
-            self._quarantine(source, "MimeProblem", message_id)
         # A mail that fails the same way round after round would block the box for good, so
         # its tries are counted, and after a few it is put aside like an unreadable one. Each
         # try is counted before it starts: a mail that kills the process (out of memory, a
         # crash in native code) ends its tries without a word, and came first again after
-        # every restart. (If the database is away, the count cannot be written, and the mail
-        # simply stays in the box.)
+        # every restart. Every mail is counted, also one put aside at once: putting it aside
+        # may fail too (a full disk), and then it is kept round after round like any other.
+        # (If the database is away, the count cannot be written, and the mail simply stays
+        # in the box.)
         digest = _sha256(source)  # read once: the try count's key and the quarantine file's name
         tries_key = FAILED_PREFIX + digest[:32]
         self._seen.add(tries_key)
         tries = self._count_try(tries_key)
+        try:
+            self._take(source, head, digest, tries)
+        except _NotPutAside as failed:
+            if tries >= FAILED_ROUNDS_BEFORE_QUARANTINE:
+                self.stuck.append(self._not_put_aside(source, failed, tries))
+            raise
+
+    def _take(self, source: BinaryIO, head: bytes, digest: str, tries: int) -> None:
+        """Receive, record or put aside one mail (see :meth:`on_mail`), its try counted."""
+        try:
+            headers, body_start = split_header_block(head, 0, len(head), "mail")
+        except EbxmlError as exc:
+            self._quarantine(source, str(exc.code), None, digest)
+        content_type = headers.get("Content-Type")
+        raw_id = headers.get("Message-ID")
+        message_id = bare_content_id(raw_id) if raw_id else None
+        if not content_type:
+            self._quarantine(source, "MimeProblem", message_id, digest)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
             self._quarantine(source, "Unknown", message_id, digest)
@@ -270,7 +283,22 @@ class MailIntake:
                     log.exception("a mail failed %d times; quarantined", tries)
                     self._quarantine(source, "Unknown", message_id, digest)
                 raise
-        self._forget_tries(tries_key)
+        self._forget_tries(FAILED_PREFIX + digest[:32])
+
+    def _not_put_aside(self, source: BinaryIO, failed: _NotPutAside, tries: int) -> str:
+        """What the mail-stuck alert says of a mail that failed ``tries`` times and could not
+        be put aside either."""
+        size = source.seek(0, io.SEEK_END)
+        message_id = (
+            f"Message-Id {failed.message_id[:120]}" if failed.message_id else "no Message-Id"
+        )
+        log.error("a mail failed %d times and cannot be put aside: %s", tries, failed.cause)
+        return (
+            f"a mail ({size:,} bytes, {message_id}) failed in {tries} collections and could "
+            f"not be put aside in {self.quarantine_dir} either ({failed.cause}); it is tried "
+            "again every round. Check that folder's disk (space, permissions), and the "
+            "server's log"
+        )
 
     def on_refused(self, mail: RefusedMail) -> None:
         """A mail the mail server would not hand out: one more try counted (the same count as
@@ -358,21 +386,35 @@ class MailIntake:
         ``advice``: the alert's last sentences, what the operator should do."""
         digest = digest or _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
-        _write_durably(path, mail)
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
             f"{path}" + (f" (Message-Id {message_id[:120]})" if message_id else "") + f". {advice}"
         )
-        with self.ctx.store.unit_of_work() as uow:
-            uow.events.record(
-                None, EventKind.ERROR, actor="smtp", code=code, detail=summary, at=now
-            )
-            raise_alert(uow, AlertKind.MAIL_QUARANTINED, summary, at=now, key=digest[:32])
-            uow.state.delete(FAILED_PREFIX + digest[:32])
-            uow.commit()
+        try:
+            _write_durably(path, mail)
+            with self.ctx.store.unit_of_work() as uow:
+                uow.events.record(
+                    None, EventKind.ERROR, actor="smtp", code=code, detail=summary, at=now
+                )
+                raise_alert(uow, AlertKind.MAIL_QUARANTINED, summary, at=now, key=digest[:32])
+                uow.state.delete(FAILED_PREFIX + digest[:32])
+                uow.commit()
+        except Exception as exc:  # the mail stays in the box; said so, round after round
+            raise _NotPutAside(exc, message_id) from exc
         log.warning("quarantined a mail (%s) as %s", code, path.name)
         raise Quarantine(code)
+
+
+class _NotPutAside(Exception):
+    """A mail could not be quarantined (its file or its alert could not be written): it stays
+    in the box. ``cause`` says why, in a few words (no path of the mail's own, no content)."""
+
+    def __init__(self, error: Exception, message_id: str | None) -> None:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else None
+        self.cause = f"{type(error).__name__}: {why}" if why else type(error).__name__
+        super().__init__(self.cause)
+        self.message_id = message_id
 
 
 _READ = 1024 * 1024  # bytes per read of a spooled mail

@@ -12,7 +12,8 @@ mail \\Deleted and expunges it (UID EXPUNGE when offered) right after the callba
 flag never reached the server is simply collected again. Nothing is deleted that was not stored.
 
 POP3 sessions are closed with QUIT every ``batch`` mails, so a drop late in a large collection
-does not make the whole box come again.
+does not make the whole box come again. The mails a batch left in the box are passed by in the
+later ones, so that the mails behind them are collected in the same round.
 
 A mail the server will not hand out (POP3 ``-ERR`` to RETR, IMAP ``NO`` to FETCH, or an IMAP
 server that ends the session with BYE while it is fetched) is that mail's failure, not the
@@ -131,6 +132,15 @@ MAX_REOPEN = 3
 
 
 @dataclass(frozen=True)
+class _Batch:
+    """What one POP3 batch did: how many mails it looked at and left in the box, and whether
+    mails it did not look at are left in its listing (another batch follows)."""
+
+    left: int
+    more: bool
+
+
+@dataclass(frozen=True)
 class _Selected:
     """What SELECT told of the folder: how many mails it has, and its UIDVALIDITY (None: not
     told), which the UIDs are valid with."""
@@ -221,15 +231,22 @@ class MailboxCollector:
     def _collect_pop3(self, on_mail: OnMail, on_refused: OnRefused | None) -> CollectResult:
         result = CollectResult()
         first = True
+        # The mails this collection looked at and left in the box (kept, refused, larger than
+        # LIST said) head every later listing: the mails before them were deleted at each QUIT,
+        # new mail comes after them. Each later batch passes them by, so that the mails behind
+        # them are collected too (stopping at them left those for the next round, and one such
+        # mail in every round held back all but the first batch for good). Passed by their
+        # place, not their UIDL: one listing of UIDLs per batch would double the LISTs' cost,
+        # and a mail another collector deleted meanwhile only makes one mail wait a round.
+        left = 0
         while True:
             session = self._pop3_session()
             try:
                 listing = session.list()[1]
-                count = len(listing)
                 if first:
-                    result.found = count
-                handled = self._pop3_batch(
-                    session, listing, on_mail, on_refused, result, first=first
+                    result.found = len(listing)
+                batch = self._pop3_batch(
+                    session, listing, on_mail, on_refused, result, first=first, passing=left
                 )
                 first = False
             except BaseException:
@@ -237,7 +254,8 @@ class MailboxCollector:
                 session.close()
                 raise
             session.quit()  # commits the deletions of this batch
-            if handled < self.batch or count <= self.batch:
+            left += batch.left
+            if not batch.more:
                 return result
 
     def _pop3_batch(
@@ -249,22 +267,25 @@ class MailboxCollector:
         result: CollectResult,
         *,
         first: bool,
-    ) -> int:
-        """Handle up to ``batch`` mails; return how many were looked at. Mails over the size
+        passing: int,
+    ) -> _Batch:
+        """Handle up to ``batch`` mails, after passing by the first ``passing`` that are not
+        over the size limit (looked at by an earlier batch, and left). Mails over the size
         limit are passed by (and counted in the ``first`` session only: they are listed again
         in every later one)."""
-        looked = 0
-        lied = False  # a mail turned out larger than its LIST size
-        refused = False  # a mail the server would not hand out
+        looked = left = 0
         for line in listing:
-            if looked >= self.batch:
-                break
             fields = line.split()
             number, size = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
             if self._over_limit(size):
                 if first:
                     self._leave(result, size)
                 continue  # not looked at: it stays first in every LIST and must not use a batch
+            if passing:
+                passing -= 1
+                continue
+            if looked >= self.batch:
+                return _Batch(left, more=True)
             looked += 1
             with self._spool() as mail:
                 try:
@@ -272,21 +293,21 @@ class MailboxCollector:
                 except _MailRefused as refusal:
                     # -ERR is a whole answer: the session goes on, and QUIT still deletes
                     # the mails handled before this one
-                    self._refused(
-                        result, on_refused, self._pop3_refused(session, number, size, refusal)
-                    )
-                    refused = True
+                    refused = self._pop3_refused(session, number, size, refusal)
+                    self._refused(result, on_refused, refused)
+                    left += 1
                     continue
                 if written is None:
-                    # larger than LIST said: left, and this collection ends with this batch
+                    # larger than LIST said: left
                     self._leave(result, None)
-                    lied = True
+                    left += 1
                     continue
                 handed = self._hand_over(on_mail, mail, result)
             if handed:
                 session.dele(number)
-        # Mails kept in the box would be looked at again by the next batch forever.
-        return looked if result.kept == 0 and not lied and not refused else 0
+            else:
+                left += 1
+        return _Batch(left, more=False)
 
     def _pop3_refused(
         self, session: poplib.POP3, number: int, size: int, refusal: _MailRefused

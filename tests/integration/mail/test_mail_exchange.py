@@ -217,6 +217,39 @@ def test_a_mail_that_fails_round_after_round_is_put_aside_and_the_box_moves_on(
     assert "(Unknown)" in alert.summary
 
 
+def test_a_mail_that_cannot_be_put_aside_either_is_an_alert_while_it_stays(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    """A mail that fails round after round is quarantined after five; when that fails too (the
+    quarantine folder's disk), it stays in the box, tried every round: mail-stuck names it
+    until a collection finds it gone or put aside."""
+    from mailtest_support import drop_mail
+
+    from meldingstjener.engine import mail_channel
+
+    _, hospital = pair
+    drop_mail(hospital.user, b"Message-Id: <no-type@x>\r\n\r\nnot ebXML\r\n")
+    wait_for_mail(hospital.user, 1, tls_context)
+    quarantine = hospital.intake.quarantine_dir
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    hospital.intake.quarantine_dir = tmp_path / "not-a-folder" / "quarantine"
+    thread = MailCollectorThread(hospital.collector, hospital.intake, 3600, threading.Event())
+    for _ in range(mail_channel.FAILED_ROUNDS_BEFORE_QUARANTINE - 1):
+        thread._collect_round()
+        assert thread.last_result is not None and thread.last_result.kept == 1
+        assert "mail-stuck" not in _open_alerts(hospital)
+    thread._collect_round()
+    summary = _open_alerts(hospital)["mail-stuck"]
+    assert "Message-Id no-type@x) failed in 5 collections and could not be put aside" in summary
+    assert "(NotADirectoryError: Not a directory)" in summary
+    assert mailbox_count(hospital.user, tls_context) == 1
+    hospital.intake.quarantine_dir = quarantine  # the disk is mended
+    thread._collect_round()
+    assert thread.last_result is not None and thread.last_result.quarantined == 1
+    assert "mail-stuck" not in _open_alerts(hospital)
+    assert mailbox_count(hospital.user, tls_context) == 0
+
+
 def _whole_body_encoded(raw: bytes, encoding: str) -> bytes:
     """The mail as a gateway that encodes the whole body would pass it on."""
     import base64

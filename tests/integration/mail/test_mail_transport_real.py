@@ -198,6 +198,32 @@ def test_a_large_mail_first_in_a_pop3_box_does_not_hold_the_others_back(
     assert mailbox_count(address(BOX), tls_context) == 1
 
 
+def test_mails_kept_in_a_pop3_batch_do_not_end_the_collection(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str]
+) -> None:
+    """A mail the callback keeps stays first in every later listing: each later batch passes
+    it by, and the mails behind it are collected in the same round (the collection used to
+    end with the first batch that kept one)."""
+    fresh_boxes.append(address(BOX))
+    for number in range(8):
+        drop_mail(address(BOX), f"Message-Id: <m{number}@x>\r\n\r\nmail {number}\r\n".encode())
+        wait_for_mail(address(BOX), number + 1, tls_context)  # in this order in the box
+    collector = _collector(tls_context, "pop3", "tls")
+    collector.batch = 3
+    handed: list[bytes] = []
+
+    def keep_two(mail: BinaryIO) -> None:
+        text = mail.read()
+        handed.append(text.split(b"mail ")[-1].strip())
+        if b"<m1@x>" in text or b"<m4@x>" in text:
+            raise RuntimeError("the database is away for this one")
+
+    result = collector.collect_once(keep_two)
+    assert handed == [str(number).encode() for number in range(8)]  # each looked at once
+    assert (result.found, result.delivered, result.kept) == (8, 6, 2)
+    assert mailbox_count(address(BOX), tls_context) == 2
+
+
 @pytest.mark.parametrize("protocol", ["pop3", "imap"])
 def test_a_mail_larger_than_its_server_said_is_cut_off_and_left(
     tls_context: ssl.SSLContext,
