@@ -126,6 +126,10 @@ OnMail = Callable[[BinaryIO], None]
 OnRefused = Callable[[RefusedMail], None]
 """Called with each mail the server would not hand out (it stays in the box)."""
 
+# Message numbers per UID SEARCH: an answer names at most this many UIDs of at most 10 digits
+# and a space each, about 220 kB: well under the 1,000,000 bytes imaplib allows a line.
+SEARCH_WINDOW = 20_000
+
 # How often one IMAP round opens a new session after the server ended one with BYE while a mail
 # was fetched. A server that does so more often is failing, not refusing a mail or two.
 MAX_REOPEN = 3
@@ -391,16 +395,22 @@ class MailboxCollector:
         reopened = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
+            # Every search comes before anything is expunged: they ask by message numbers,
+            # which an expunge shifts (a server sends no EXPUNGE while it answers a SEARCH,
+            # RFC 3501 7.4.1, so the numbers hold from one search to the next).
+            uids = self._search(session, selected, "UNDELETED")
+            leftover = self._search(session, selected, "DELETED", required=False)
+            large = (
+                self._search(session, selected, "UNDELETED", "LARGER", str(self.max_mail_bytes))
+                if self.max_mail_bytes is not None
+                else []
+            )
             # Mails an earlier round flagged \Deleted and could not expunge (a server that lets
             # the account flag but not expunge) are no longer found below: expunged here, or
             # counted as refused, so that every round fails while they stay and the alert comes.
-            refused += self._expunge_leftovers(session, uidplus)
-            status, data = session.uid("SEARCH", "UNDELETED")
-            if status != "OK":
-                raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH")
-            uids = data[0].split() if data and data[0] else []
+            refused += self._expunge_leftovers(session, uidplus, leftover)
             result.found = len(uids)
-            sizes = self._imap_sizes(session) if self.max_mail_bytes is not None else {}
+            sizes = self._imap_sizes(session, large)
             for uid in uids:
                 if uid in sizes:  # SEARCH LARGER found it
                     self._leave(result, sizes[uid])
@@ -490,12 +500,41 @@ class MailboxCollector:
                 return False
             return self._hand_over(on_mail, mail, result)
 
-    def _expunge_leftovers(self, session: imaplib.IMAP4, uidplus: bool) -> int:
-        """Expunge the mails flagged \\Deleted that are still in the box; return how many the
-        server refused to expunge. In pieces of 100 UIDs (a command line thousands long is one
-        a server may answer BAD), and a BAD counts as a refusal: the new mail is still taken."""
-        status, data = session.uid("SEARCH", "DELETED")
-        leftover = data[0].split() if status == "OK" and data and data[0] else []
+    def _search(
+        self, session: imaplib.IMAP4, selected: _Selected, *criteria: str, required: bool = True
+    ) -> list[bytes]:
+        """The UIDs of the mails that match ``criteria``, oldest first (a mail's UID is larger
+        than any before it). Asked for ``SEARCH_WINDOW`` message numbers at a time: the answer
+        is one line, and imaplib refuses a line over 1,000,000 bytes, so one search of a box
+        of some 100,000 mails failed every round, and the box could never be collected again.
+        A refused search fails the round, or finds nothing when not ``required``."""
+        exists = selected.exists
+        if exists is None:  # not told: the whole folder at once, as before
+            windows: list[tuple[str, ...]] = [()]
+        else:
+            windows = [
+                (f"{low}:{min(low + SEARCH_WINDOW - 1, exists)}",)
+                for low in range(1, exists + 1, SEARCH_WINDOW)
+            ]
+        found: list[bytes] = []
+        for window in windows:
+            status, data = session.uid("SEARCH", *window, *criteria)
+            if status != "OK":
+                if not required:
+                    return []
+                raise TransportFailure(
+                    "mailbox-search", f"{self.where} refused SEARCH {' '.join(criteria)}"
+                )
+            found += data[0].split() if data and data[0] else []
+        return sorted(found, key=int)
+
+    def _expunge_leftovers(
+        self, session: imaplib.IMAP4, uidplus: bool, leftover: list[bytes]
+    ) -> int:
+        """Expunge the mails flagged \\Deleted that are still in the box (``leftover``); return
+        how many the server refused to expunge. In pieces of 100 UIDs (a command line thousands
+        long is one a server may answer BAD), and a BAD counts as a refusal: the new mail is
+        still taken."""
         if not leftover:
             return 0
         pieces = [leftover[at : at + 100] for at in range(0, len(leftover), 100)]
@@ -511,14 +550,9 @@ class MailboxCollector:
             refused += len(piece) if status != "OK" else 0
         return refused
 
-    def _imap_sizes(self, session: imaplib.IMAP4) -> dict[bytes, int | None]:
-        """The size of each undeleted mail larger than ``max_mail_bytes`` (SEARCH LARGER, then
-        RFC822.SIZE of just those), by UID."""
-        limit = self.max_mail_bytes or 0
-        status, data = session.uid("SEARCH", "UNDELETED", "LARGER", str(limit))
-        if status != "OK":
-            raise TransportFailure("mailbox-search", f"{self.where} refused SEARCH LARGER")
-        large = data[0].split() if data and data[0] else []
+    def _imap_sizes(self, session: imaplib.IMAP4, large: list[bytes]) -> dict[bytes, int | None]:
+        """The size of each undeleted mail larger than ``max_mail_bytes`` (``large``: what
+        SEARCH LARGER found; RFC822.SIZE of just those), by UID."""
         if not large:
             return {}
         status, data = session.uid("FETCH", b",".join(large).decode(), "(UID RFC822.SIZE)")

@@ -4,6 +4,7 @@ login, TLS and plain; POP3 and IMAP; what is deleted and what stays; SMTP error 
 from __future__ import annotations
 
 import imaplib
+import re
 import ssl
 from pathlib import Path
 from typing import BinaryIO
@@ -198,6 +199,52 @@ def test_a_large_mail_first_in_a_pop3_box_does_not_hold_the_others_back(
     assert mailbox_count(address(BOX), tls_context) == 1
 
 
+def test_a_box_whose_search_answer_is_longer_than_imaplib_reads_is_searched_in_windows(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """imaplib refuses an answer line over ``imaplib._MAXLINE`` (1,000,000) bytes, and one
+    SEARCH of a box of some 100,000 mails is such a line: the box could never be collected
+    again. Here the limit is made small (1,000 bytes) and the box holds 300 mails, whose one
+    SEARCH answer is longer than that; the windows hold the answers under it."""
+    import smtplib
+
+    fresh_boxes.append(address(BOX))
+    with smtplib.SMTP("127.0.0.1", 25, timeout=10) as server:
+        for number in range(300):
+            server.sendmail(
+                "dropper@" + address(BOX).partition("@")[2],
+                [address(BOX)],
+                f"Message-Id: <w{number}@x>\r\n\r\nmail {number}\r\n".encode(),
+            )
+    wait_for_mail(address(BOX), 300, tls_context, timeout=120)
+    # oldest first: the order of the UIDs (Postfix may deliver them out of their sending order)
+    session = imaplib.IMAP4_SSL("127.0.0.1", 993, ssl_context=tls_context)
+    session.login(address(BOX), PASSWORD)
+    session.select("INBOX", readonly=True)
+    _, data = session.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    session.logout()
+    told = [item for item in data if isinstance(item, tuple)]
+    by_uid = sorted((int(head.split(b"UID ")[1].split()[0]), body.strip()) for head, body in told)
+    oldest_first = [message_id for _, message_id in by_uid]
+    assert len(oldest_first) == 300
+
+    monkeypatch.setattr(imaplib, "_MAXLINE", 1_000)
+    monkeypatch.setattr(mailbox, "SEARCH_WINDOW", 50)  # 50 UIDs and spaces: under 1,000 bytes
+    collector = _collector(tls_context, "imap", "tls")
+    collector.max_mail_bytes = 10_000  # SEARCH LARGER goes in windows too
+    handed: list[bytes] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()))
+    assert (result.found, result.delivered) == (300, 300)
+    message_ids = [re.search(rb"^Message-Id: <w\d+@x>", mail, re.M) for mail in handed]
+    assert [found.group(0) for found in message_ids if found] == oldest_first
+    assert mailbox_count(address(BOX), tls_context) == 0
+
+
+def test_the_search_window_keeps_an_answer_under_imaplibs_line_limit() -> None:
+    longest_uid = len(str(2**32 - 1))  # a UID is a 32-bit number (RFC 3501 2.3.1.1)
+    assert len(b"* SEARCH\r\n") + mailbox.SEARCH_WINDOW * (1 + longest_uid) < imaplib._MAXLINE
+
+
 def test_mails_kept_in_a_pop3_batch_do_not_end_the_collection(
     tls_context: ssl.SSLContext, fresh_boxes: list[str]
 ) -> None:
@@ -247,7 +294,7 @@ def test_a_mail_larger_than_its_server_said_is_cut_off_and_left(
         return response, [line.split()[0] + b" 1" for line in lines], octets
 
     monkeypatch.setattr(poplib.POP3, "list", under_reported)
-    monkeypatch.setattr(MailboxCollector, "_imap_sizes", lambda self, session: {})
+    monkeypatch.setattr(MailboxCollector, "_imap_sizes", lambda self, session, large: {})
     monkeypatch.setattr(mailbox, "FETCH_PIECE", 4096)
     collector = _collector(tls_context, protocol, "tls")
     collector.max_mail_bytes = 10_000
