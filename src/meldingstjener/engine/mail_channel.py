@@ -73,7 +73,13 @@ from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
-from meldingstjener.transport.bounce import is_bounce, read_bounce
+from meldingstjener.transport.bounce import (
+    MAX_HEADER_LINE,
+    HeaderTooLong,
+    header_cost,
+    is_bounce,
+    read_bounce,
+)
 from meldingstjener.transport.mailbox import (
     CollectResult,
     MailboxCollector,
@@ -260,6 +266,11 @@ class MailIntake:
         content_type = headers.get("Content-Type")
         raw_id = headers.get("Message-ID")
         message_id = bare_content_id(raw_id) if raw_id else None
+        # Before anything reads a header's parameters: see transport.bounce (the email package
+        # takes minutes over one crafted Content-Type of half a megabyte)
+        if any(len(value) > MAX_HEADER_LINE for _, value in headers.items):
+            reason = f"a header of more than {MAX_HEADER_LINE:,} bytes"
+            self._header_too_long(source, reason, digest, message_id)
         if not content_type:
             self._quarantine(source, "MimeProblem", message_id, digest)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
@@ -330,7 +341,10 @@ class MailIntake:
         count forgotten in one commit, and then the collector deletes it. One that names
         none of our messages is quarantined, with advice fit for a bounce."""
         try:
+            header_cost(head)  # checked before it is read: the headers of its nested parts too
             bounce = read_bounce(head)
+        except HeaderTooLong as refused:
+            self._header_too_long(source, refused.reason, digest, message_id)
         except Exception as exc:  # any bytes a mail server chose: retrying them changes nothing
             log.warning("a bounce could not be read (%s); quarantined", type(exc).__name__)
             bounce = None
@@ -356,6 +370,24 @@ class MailIntake:
                 "server sent). Look at the mail to see which message and which partner's "
                 "address it is about, and check that address in the address register or the "
                 "agreement; no sender needs to resend it."
+            ),
+        )
+
+    def _header_too_long(
+        self, source: BinaryIO, reason: str, digest: str, message_id: str | None = None
+    ) -> NoReturn:
+        """Put aside a mail with a header longer than any mail server writes: no further
+        reading of it, which could stall the collector for minutes."""
+        self._quarantine(
+            source,
+            "HeaderTooLong",
+            message_id,
+            digest,
+            advice=(
+                f"It has {reason}: more than any mail server writes. It was not read "
+                "further (reading such headers can take minutes, so it may be meant to stall "
+                "this server). Look at it with care; if it was meant for us, ask the sender "
+                "to send it again."
             ),
         )
 

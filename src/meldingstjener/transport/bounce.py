@@ -17,6 +17,14 @@ Message-Id is of no use here: each attempt gets a fresh one, and it is not store
 Only the start of a mail is read (the caller passes its first bytes): the report and the
 headers of the returned original come first, and a DSN that returns a 35 MB message whole must
 not cost 35 MB to recognise.
+
+The email package reads a Content-Type's parameters in time that grows with the square of its
+length (``a="`` and then many ``;``: minutes for half a megabyte), and a bounce is anybody's
+mail. So no header line longer than ``MAX_HEADER_LINE`` reaches it (:func:`header_cost` checks
+the bytes first, the caller before :func:`read_bounce` and :func:`read_bounce` itself before
+each text it parses), and the Content-Types of one bounce together may cost no more than one of
+the longest allowed. :func:`is_bounce` reads the Content-Type with the project's own parser,
+whose time grows with its length only.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from meldingstjener.ebxml.codes import EbxmlError
+from meldingstjener.ebxml.mime_headers import MAX_CONTENT_TYPE, parse_content_type
 from meldingstjener.model.privacy import codes_shown, partner_code
 
 # RFC 3464 2.3.3: the actions; RFC 3463: the status (class.subject.detail)
@@ -38,6 +48,27 @@ _SUBJECT = re.compile(r"^\s*ebXML\s+(\S+)\s*$")
 _SUBJECT_LINE = re.compile(rb"^Subject:[ \t]*ebXML[ \t]+(\S+)[ \t]*\r?$", re.MULTILINE)
 _ENVELOPE_ID = re.compile(rb"<(?:[\w.-]+:)?MessageId>\s*([^<\s]{1,255})\s*</")
 _BOUNCERS = ("mailer-daemon", "postmaster")
+
+# The longest header line (unfolded) the email package is given to read: no mail server writes
+# a header nearly as long (Postfix keeps at most 100 kB of a mail's headers, all of them), and
+# the Content-Type the ebXML reader allows is as long.
+MAX_HEADER_LINE = MAX_CONTENT_TYPE
+# What the Content-Types one bounce hands the email package may cost together, counted as the
+# sum of the squares of their lengths: as much as one of the longest allowed (some 40 ms), where
+# a real bounce's few Content-Types of a hundred bytes each cost a thousandth of it.
+MAX_CONTENT_TYPE_COST = MAX_HEADER_LINE**2
+_HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+:")
+_CONTENT_TYPE = b"content-type:"
+
+
+class HeaderTooLong(ValueError):
+    """A bounce (or a mail that says it is one) has a header longer than any mail server writes,
+    or Content-Types that together would cost the email package too much time to read. Not
+    read further; ``reason`` says which, in numbers only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class HeaderLookup(Protocol):
@@ -101,8 +132,48 @@ def is_bounce(headers: HeaderLookup) -> bool:
     return any(name in sender for name in _BOUNCERS) and return_path in ("", "<>")
 
 
+def header_cost(data: bytes) -> int:
+    """What reading the headers in ``data`` costs the email package: the sum of the squares of
+    the lengths of its Content-Type lines. Raises :class:`HeaderTooLong` for a header line
+    (unfolded) over ``MAX_HEADER_LINE`` bytes.
+
+    Every line that starts like a header (a name and a colon) counts, wherever it stands: the
+    email package reads the headers of every nested part and returned mail, and a part's own
+    header block cannot be told from its body without reading the structure this guards. A
+    body line that looks like a header and is that long is refused with them."""
+    cost = 0
+    length = 0  # of the header being unfolded; 0: not in a header
+    content_type = False
+    for line in data.split(b"\n"):
+        if length and line[:1] in (b" ", b"\t"):
+            length += len(line)
+        else:
+            cost += length * length if content_type else 0
+            length = len(line) if _HEADER_NAME.match(line) else 0
+            content_type = line[: len(_CONTENT_TYPE)].lower() == _CONTENT_TYPE
+        if length > MAX_HEADER_LINE:
+            raise HeaderTooLong(
+                f"a header line of more than {MAX_HEADER_LINE:,} bytes ({len(data):,} bytes read)"
+            )
+    return cost + (length * length if content_type else 0)
+
+
+def _checked(data: bytes, spent: int) -> int:
+    """``spent`` plus what ``data``'s headers cost; :class:`HeaderTooLong` over the budget."""
+    spent += header_cost(data)
+    if spent > MAX_CONTENT_TYPE_COST:
+        raise HeaderTooLong(
+            "Content-Type headers that together are too long to be read "
+            f"(their squared lengths sum to {spent:,}; the limit is {MAX_CONTENT_TYPE_COST:,})"
+        )
+    return spent
+
+
 def read_bounce(head: bytes) -> Bounce:
-    """What the start of a bounce (``head``: its first bytes, headers included) says."""
+    """What the start of a bounce (``head``: its first bytes, headers included) says. Raises
+    :class:`HeaderTooLong` for headers the email package must not be given (see the module's
+    docstring)."""
+    spent = _checked(head, 0)
     mail = email.message_from_bytes(head)
     recipients: list[BouncedRecipient] = []
     returned: list[email.message.Message] = []
@@ -114,8 +185,10 @@ def read_bounce(head: bytes) -> Bounce:
             recipients += _recipients(part)
         elif kind == "message/rfc822" and isinstance(part.get_payload(), list):
             returned += [m for m in part.get_payload() if isinstance(m, email.message.Message)]
-        elif kind == "text/rfc822-headers":
-            returned.append(email.message_from_bytes(_bytes_of(part)))
+        elif kind == "text/rfc822-headers" and not returned:  # the first one is read
+            headers = _bytes_of(part)  # decoded: what was checked above may have been base64
+            spent = _checked(headers, spent)
+            returned.append(email.message_from_bytes(headers))
     if returned:
         original = returned[0]
         ebxml_id = _subject_id(_header(original, "Subject")) or _envelope_id(original)
@@ -123,7 +196,7 @@ def read_bounce(head: bytes) -> Bounce:
     else:
         # a plain bounce quotes the original's headers in its text
         text = b"".join(_bytes_of(part) for part in mail.walk() if not part.is_multipart())
-        ebxml_id, returned_to = _quoted_original(text)
+        ebxml_id, returned_to = _quoted_original(text, spent)
     return Bounce(dsn, tuple(recipients), ebxml_id, returned_to)
 
 
@@ -132,10 +205,11 @@ def _main_type(value: str | None) -> str:
 
 
 def _is_delivery_report(headers: HeaderLookup) -> bool:
-    message = email.message.Message()
-    message["Content-Type"] = headers.get("Content-Type") or ""
-    report_type = message.get_param("report-type")
-    return isinstance(report_type, str) and report_type.lower() == "delivery-status"
+    try:  # the project's parser: the email package's costs the square of the value's length
+        _, params = parse_content_type(headers.get("Content-Type") or "")
+    except EbxmlError:  # over MAX_CONTENT_TYPE, or no media type: no report we can read
+        return False
+    return params.get("report-type", "").lower() == "delivery-status"
 
 
 def _recipients(part: email.message.Message) -> list[BouncedRecipient]:
@@ -204,14 +278,16 @@ def _envelope_id(original: email.message.Message) -> str | None:
     return None
 
 
-def _quoted_original(text: bytes) -> tuple[str | None, str | None]:
+def _quoted_original(text: bytes, spent: int) -> tuple[str | None, str | None]:
     """The eb:MessageId and To of our original as a plain bounce quotes its headers: the
-    header block around its ``Subject: ebXML <id>`` line."""
+    header block around its ``Subject: ebXML <id>`` line. ``spent``: what the bounce's headers
+    cost so far (the quoted ones are read too)."""
     found = _SUBJECT_LINE.search(text)
     if found is None:
         return None, None
     start = max(text.rfind(b"\n\n", 0, found.start()), text.rfind(b"\n\r\n", 0, found.start()))
     block = text[start + 1 if start >= 0 else 0 :]
+    _checked(block, spent)  # decoded: what was checked before may have been base64
     quoted = email.message_from_bytes(block.lstrip(b"\r\n"))
     return _checked_id(found.group(1).decode("ascii", "replace")), _address(_header(quoted, "To"))
 
@@ -220,4 +296,13 @@ def _checked_id(value: str) -> str | None:
     return value if _EBXML_ID.fullmatch(value) else None
 
 
-__all__ = ["Bounce", "BouncedRecipient", "HeaderLookup", "is_bounce", "read_bounce"]
+__all__ = [
+    "MAX_HEADER_LINE",
+    "Bounce",
+    "BouncedRecipient",
+    "HeaderLookup",
+    "HeaderTooLong",
+    "header_cost",
+    "is_bounce",
+    "read_bounce",
+]

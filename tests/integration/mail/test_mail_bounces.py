@@ -171,3 +171,60 @@ def test_a_bounce_that_cannot_be_read_is_quarantined_as_a_bounce_at_once(
     [(_, summary)] = _open_alerts(gp)["mail-quarantined"]
     assert "(Bounce)" in summary and "(it could not be read)" in summary
     assert "ask the sender to resend" not in summary
+
+
+def test_a_bounce_with_a_header_longer_than_any_server_writes_is_put_aside_unread(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    """A "bounce" whose nested part has a crafted Content-Type of 50 kB (under Postfix's limit
+    of 100 kB per header block): the email package would take seconds over it (minutes over a
+    few hundred kB). It is quarantined with its own code before it is read."""
+    gp, _ = pair
+    crafted = b'Content-Type: multipart/mixed; boundary="' + b";" * 50_000
+    _bounce_to(
+        gp,
+        b"From: MAILER-DAEMON@relay\r\nMessage-Id: <crafted@relay>\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=XX\r\n\r\n"
+        b"--XX\r\n" + crafted + b"\r\n\r\nhello\r\n--XX--\r\n",
+        tls_context,
+    )
+
+    result = gp.collect()
+
+    assert (result.delivered, result.quarantined) == (0, 1)
+    assert mailbox_count(gp.user, tls_context) == 0
+    [(_, summary)] = _open_alerts(gp)["mail-quarantined"]
+    assert "(HeaderTooLong)" in summary and "(Message-Id crafted@relay)" in summary
+    assert "a header line of more than 8,192 bytes" in summary
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["nested", "top"])
+def test_a_crafted_header_is_put_aside_before_it_is_read(
+    pair: tuple[MailSite, MailSite], where: str
+) -> None:
+    """The intake given a crafted mail (not through Postfix, which would cut the header): the
+    email package would take a quarter of an hour over the nested part's Content-Type; the
+    timeout only guards against that coming back. A header of the mail's own that long is
+    put aside too, whatever the mail is."""
+    from meldingstjener.transport.mailbox import Quarantine
+
+    gp, _ = pair
+    crafted = b'multipart/mixed; boundary="' + b";" * 1_200_000
+    if where == "nested":
+        mail = (
+            b"From: MAILER-DAEMON@relay\r\nContent-Type: multipart/report; "
+            b"report-type=delivery-status; boundary=XX\r\n\r\n--XX\r\nContent-Type: "
+            + crafted
+            + b"\r\n\r\nhello\r\n--XX--\r\n"
+        )
+    else:
+        mail = (
+            b"From: 8200001@testedi.nhn.no\r\nContent-Type: multipart/related; boundary=b\r\n"
+            b"X-Filler: " + b"x" * 20_000 + b"\r\n\r\n--b--\r\n"
+        )
+    with pytest.raises(Quarantine) as caught:
+        gp.intake.on_mail(mail)
+    assert caught.value.reason == "HeaderTooLong"
+    [(_, summary)] = _open_alerts(gp)["mail-quarantined"]
+    assert "It was not read further" in summary

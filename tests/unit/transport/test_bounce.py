@@ -3,8 +3,12 @@ returned original."""
 
 from __future__ import annotations
 
+import base64
+
+import pytest
+
 from meldingstjener.ebxml.mime_headers import Headers
-from meldingstjener.transport.bounce import is_bounce, read_bounce
+from meldingstjener.transport.bounce import HeaderTooLong, is_bounce, read_bounce
 
 
 def _dsn(recipient_fields: str, returned: str = "") -> bytes:
@@ -91,3 +95,78 @@ def test_the_codes_of_a_report_on_many_recipients_are_cut_short() -> None:
     )
     codes = read_bounce(_dsn(fields)).codes
     assert codes.startswith("5.0.0 failed, 5.0.1 failed") and codes.endswith(" and 990 more")
+
+
+# The email package reads a Content-Type's parameters in time that grows with the square of its
+# length: ``a="`` and then many ``;`` took it about 150 s for 512 kB. The inputs below would
+# take it well over ten minutes; the timeouts only guard against that coming back.
+CRAFTED = 1_500_000
+
+
+@pytest.mark.timeout(60)
+def test_a_crafted_content_type_is_no_report_and_costs_no_time() -> None:
+    crafted = Headers([("Content-Type", 'multipart/report; a="' + ";" * CRAFTED)])
+    assert not is_bounce(crafted)
+    # the project's parser reads the report type as the email package did
+    quoted = Headers([("Content-Type", 'multipart/report; report-type="Delivery-Status"')])
+    assert is_bounce(quoted)
+
+
+def _with_part(part_head: bytes) -> bytes:
+    return (
+        b"From: MAILER-DAEMON@relay\r\nContent-Type: multipart/report; "
+        b"report-type=delivery-status; boundary=XX\r\n\r\n--XX\r\n"
+        + part_head
+        + b"\r\n\r\nhello\r\n--XX--\r\n"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_part_with_a_header_longer_than_any_server_writes_is_not_read() -> None:
+    crafted = b'Content-Type: multipart/mixed; boundary="' + b";" * CRAFTED
+    with pytest.raises(HeaderTooLong) as refused:
+        read_bounce(_with_part(crafted))
+    assert "a header line of more than 8,192 bytes" in refused.value.reason
+    # folded over many lines, it is as long
+    folded = b"Content-Type: multipart/mixed;\r\n" + b'\t boundary="' + b";" * 9000
+    with pytest.raises(HeaderTooLong):
+        read_bounce(_with_part(folded))
+
+
+@pytest.mark.timeout(60)
+def test_many_long_content_types_together_are_not_read() -> None:
+    # each under the limit (40 ms each), but a megabyte of them would cost seconds
+    part = b'Content-Type: multipart/mixed; boundary="' + b";" * 8000
+    parts = b"".join(b"--XX\r\n" + part + b"\r\n\r\nx\r\n" for _ in range(150))
+    mail = (
+        b"From: MAILER-DAEMON@relay\r\nContent-Type: multipart/report; "
+        b"report-type=delivery-status; boundary=XX\r\n\r\n" + parts + b"--XX--\r\n"
+    )
+    with pytest.raises(HeaderTooLong) as refused:
+        read_bounce(mail)
+    assert "Content-Type headers that together are too long" in refused.value.reason
+
+
+@pytest.mark.timeout(60)
+def test_returned_headers_in_base64_are_checked_once_decoded() -> None:
+    hidden = b'Content-Type: multipart/mixed; boundary="' + b";" * CRAFTED + b"\r\n\r\n"
+    returned = base64.encodebytes(hidden).replace(b"\n", b"\r\n")
+    mail = _dsn("Final-Recipient: rfc822; a@testedi.nhn.no\r\nAction: failed\r\n").replace(
+        b"--b--\r\n",
+        b"--b\r\nContent-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: base64"
+        b"\r\n\r\n" + returned + b"--b--\r\n",
+    )
+    with pytest.raises(HeaderTooLong):
+        read_bounce(mail)
+
+
+def test_a_real_bounces_headers_are_read() -> None:
+    # a line of the body that only looks like a header, and headers of a few hundred bytes
+    fields = "Final-Recipient: rfc822; a@testedi.nhn.no\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    returned = (
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "To: a@testedi.nhn.no\r\nReceived: " + "from relay by mx; " * 40 + "\r\n"
+        "Subject: ebXML 1b2c@meldingstjener\r\n\r\n"
+    )
+    bounce = read_bounce(_dsn(fields, returned))
+    assert bounce.ebxml_message_id == "1b2c@meldingstjener" and bounce.codes == "5.1.1 failed"
