@@ -8,7 +8,13 @@ eb:MessageId duplicate check then answers it with the original signal.
 Before connecting, two refusals that no retry can fix: the mail would exceed the network's size
 limit (``too-large``), or the address lies in the other environment's EDI domains
 (``environment-guard``: a test server never mails production, a production server never mails
-test). Connection, TLS, authentication problems and 4xx answers are retryable; 5xx are not.
+test). Connection, TLS, authentication problems and 4xx answers are retryable. A 5xx answer to
+the recipient or to the mail itself (RCPT TO, the end of the upload, 552 too large) is final;
+a 5xx from our own submission server before that (its greeting, EHLO, STARTTLS, MAIL FROM:
+"530 Must issue a STARTTLS command first", "550 5.7.1 sender not owned") is about this server's
+setup, not the message: retryable, as ``smtp-session-refused`` or ``smtp-sender-refused``, whose
+detail says to look at the [smtp] settings, so that the messages wait (with the
+partner-unreachable alert) until the setup is mended instead of failing for good at once.
 
 Memory: a file body is streamed to the server in chunks during DATA (with the dot-stuffing SMTP
 needs), so a 50 MB message is never held whole by this module.
@@ -229,10 +235,14 @@ class SmtpTransport:
                 retryable=False,
             )
 
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port or _DEFAULT_PORTS[self.security]}"
+
     def _connect(self, timeout: float) -> smtplib.SMTP:
         port = self.port or _DEFAULT_PORTS[self.security]
         context = self.ssl_context or ssl.create_default_context()
-        where = f"{self.host}:{port}"
+        where = self.where
         try:
             if self.security == "tls":
                 server: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -240,10 +250,10 @@ class SmtpTransport:
                 )
             else:
                 server = smtplib.SMTP(self.host, port, timeout=timeout)
-            server.ehlo()
+            self._greeted(server.ehlo(), "EHLO")  # smtplib hands a refusal back, not raised
             if self.security == "starttls":
                 server.starttls(context=context)
-                server.ehlo()
+                self._greeted(server.ehlo(), "EHLO after STARTTLS")
             if self.username:
                 server.login(self.username, self.password or "")
         except smtplib.SMTPAuthenticationError as exc:
@@ -260,18 +270,59 @@ class SmtpTransport:
             ) from None
         except TimeoutError:
             raise TransportFailure("timeout", f"{where} did not answer in {timeout:g} s") from None
+        except (smtplib.SMTPConnectError, smtplib.SMTPResponseException) as exc:
+            # its greeting, HELO (before a login) or STARTTLS answered with a refusal
+            step = (
+                "its greeting"
+                if isinstance(exc, smtplib.SMTPConnectError)
+                else "HELO"
+                if isinstance(exc, smtplib.SMTPHeloError)
+                else "STARTTLS"
+            )
+            raise self._refused_us(step, exc.smtp_code, exc.smtp_error) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise TransportFailure(
                 "connect-failed", f"cannot reach the mail server {where}: {type(exc).__name__}"
             ) from None
         return server
 
+    def _greeted(self, reply: tuple[int, bytes], step: str) -> None:
+        code, text = reply
+        if code != 250:
+            raise self._refused_us(step, code, text)
+
+    def _refused_us(self, step: str, code: int, text: bytes | str) -> TransportFailure:
+        """Our own submission server refused this server before any message was named: a
+        matter of our setup, which no message can mend, and which mending mends for all (a
+        4xx: a passing state of the server, said as such)."""
+        said = (text.decode("ascii", "replace") if isinstance(text, bytes) else text)[:200]
+        if code < 500:
+            return TransportFailure(f"smtp-{code}", f"{step}: {self.where} answered {code} {said}")
+        return TransportFailure(
+            "smtp-session-refused",
+            f"our own mail server {self.where} refused this server at {step} ({code} {said}); "
+            "check this server's [smtp] settings (host, port, security, username) with the "
+            "mail provider: the partner is not the problem",
+        )
+
     def _transfer(
         self, server: smtplib.SMTP, to_address: str, size: int, data: Iterable[bytes]
     ) -> None:
         options = [f"SIZE={size}"] if server.has_extn("size") else []
         try:
-            _expect(server.mail(self.from_address, options), "MAIL FROM")
+            code, text = server.mail(self.from_address, options)
+            if code >= 500 and code != 552:  # 552: this mail is too large, which is final
+                # "530 Must issue a STARTTLS command first", "550 5.7.1 sender not owned by
+                # user": our server refuses our sender for a reason of our setup
+                said = text.decode("ascii", "replace")[:200]
+                raise TransportFailure(
+                    "smtp-sender-refused",
+                    f"our own mail server {self.where} refused our sender {self.from_address} "
+                    f"(MAIL FROM: {code} {said}); check this server's [smtp] settings "
+                    "(security, username, edi_address) with the mail provider: the partner "
+                    "is not the problem",
+                )
+            _expect((code, text), "MAIL FROM")
             _expect(server.rcpt(to_address), f"RCPT TO {to_address}")
             _expect(server.docmd("DATA"), "DATA", wanted=354)
             for piece in dot_stuffed(data):

@@ -250,6 +250,33 @@ def test_a_mail_that_cannot_be_put_aside_either_is_an_alert_while_it_stays(
     assert mailbox_count(hospital.user, tls_context) == 0
 
 
+def test_a_message_our_own_mail_server_refuses_waits_and_the_alert_says_why(
+    pair: tuple[MailSite, MailSite],
+) -> None:
+    """Our submission server refuses our sender (here: no STARTTLS on Postfix's port 587, "530
+    5.7.0 Must issue a STARTTLS command first"): a matter of our setup, so the message is
+    kept and resent, and the partner-unreachable alert says to look at [smtp]; it used to
+    be given up at its first attempt as if the partner had refused it."""
+    import dataclasses
+
+    from meldingstjener.transport.smtp import SmtpTransport
+
+    gp, hospital = pair
+    transport = gp.ctx.transports["smtp"]
+    assert isinstance(transport, SmtpTransport)
+    gp.ctx.transports = {
+        **gp.ctx.transports,
+        "smtp": dataclasses.replace(transport, security="none", username=None),
+    }
+    _send_questions(gp, hospital, 1)
+    [sent] = gp.messages("out")
+    assert sent.status == OutboundStatus.RETRYING.value
+    alerts = _open_alerts(gp)
+    assert "not-delivered" not in alerts
+    assert "our own mail server 127.0.0.1:587 refused our sender" in alerts["partner-unreachable"]
+    assert "[smtp] settings" in alerts["partner-unreachable"]
+
+
 def _whole_body_encoded(raw: bytes, encoding: str) -> bytes:
     """The mail as a gateway that encodes the whole body would pass it on."""
     import base64

@@ -359,6 +359,22 @@ def test_an_unknown_recipient_is_a_permanent_5xx(tls_context: ssl.SSLContext) ->
     assert not caught.value.retryable
 
 
+def test_our_own_server_refusing_our_sender_is_retryable_and_says_so(
+    tls_context: ssl.SSLContext,
+) -> None:
+    # Postfix's submission port wants STARTTLS first: "530 5.7.0 Must issue a STARTTLS command
+    # first" at MAIL FROM. It is this server's setup, not the message: every message failed
+    # for good at its first attempt; now they wait, and the detail says where to look.
+    with pytest.raises(TransportFailure) as caught:
+        _transport(tls_context, security="none", username=None).send(
+            Delivery(f"mailto:{address(BOX)}", "text/xml", b"<x/>\r\n")
+        )
+    assert caught.value.code == "smtp-sender-refused"
+    assert caught.value.retryable
+    assert "our own mail server 127.0.0.1:587 refused our sender" in caught.value.detail
+    assert "530 5.7.0" in caught.value.detail and "[smtp] settings" in caught.value.detail
+
+
 def test_an_untrusted_certificate_fails_tls(tls_context: ssl.SSLContext) -> None:
     with pytest.raises(TransportFailure) as caught:
         _transport(tls_context, ssl_context=ssl.create_default_context()).send(

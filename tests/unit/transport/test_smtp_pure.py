@@ -282,3 +282,65 @@ def test_a_relay_that_never_answers_quit_holds_the_send_only_its_step(
     finally:
         relay.released.set()
         relay.thread.join(timeout=10)
+
+
+class RefusingRelay:
+    """One SMTP session, scripted: the relay answers the step ``refuse_at`` (greeting, EHLO,
+    MAIL, RCPT or the end of DATA) with ``reply``, and every other step as a relay that
+    takes the mail."""
+
+    def __init__(self, listener: socket.socket, refuse_at: str, reply: bytes) -> None:
+        self.listener, self.refuse_at, self.reply = listener, refuse_at, reply
+        self.thread = threading.Thread(target=self._session, daemon=True)
+        self.thread.start()
+
+    def _answer(self, step: str, ok: bytes) -> bytes:
+        return self.reply + b"\r\n" if step == self.refuse_at else ok
+
+    def _session(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(self._answer("greeting", b"220 relay ready\r\n"))
+            if self.refuse_at == "greeting":
+                return
+            while line := lines.readline():
+                verb = line[:4].upper().decode()
+                if verb == "DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    while lines.readline() not in (b".\r\n", b""):
+                        pass
+                    connection.sendall(self._answer("end", b"250 accepted\r\n"))
+                elif verb == "QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    connection.sendall(self._answer(verb, b"250 ok\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("refuse_at", "reply", "code", "retryable"),
+    [
+        # about our setup: retried, and said so
+        ("greeting", b"554 5.7.1 no SMTP service for you", "smtp-session-refused", True),
+        ("EHLO", b"550 5.7.1 client host rejected", "smtp-session-refused", True),
+        ("MAIL", b"530 5.7.0 Must issue a STARTTLS command first", "smtp-sender-refused", True),
+        ("MAIL", b"550 5.7.1 sender not owned by user", "smtp-sender-refused", True),
+        ("EHLO", b"421 4.3.2 busy", "smtp-421", True),
+        # about the recipient or the mail: final
+        ("MAIL", b"552 5.3.4 message size exceeds fixed limit", "smtp-552", False),
+        ("RCPT", b"550 5.1.1 unknown user", "smtp-550", False),
+        ("end", b"554 5.6.0 message refused", "smtp-554", False),
+    ],
+)
+def test_whose_5xx_it_is_decides_whether_to_try_again(
+    listener: socket.socket, refuse_at: str, reply: bytes, code: str, retryable: bool
+) -> None:
+    relay = RefusingRelay(listener, refuse_at, reply)
+    transport = _waiting_a_second(listener)
+    with pytest.raises(TransportFailure) as caught:
+        transport.send(Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n"))
+    assert (caught.value.code, caught.value.retryable) == (code, retryable)
+    assert reply.split(b" ", 1)[1].decode() in caught.value.detail
+    if code.startswith("smtp-s"):
+        assert "[smtp] settings" in caught.value.detail
+    relay.thread.join(timeout=10)
