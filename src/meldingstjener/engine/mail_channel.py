@@ -138,6 +138,7 @@ def build_smtp_transport(
         guard=EnvironmentGuard(settings.environment, smtp.test_domains, smtp.prod_domains),
         ssl_context=_ssl_context(smtp.ca_file),
         message_id_host=host,
+        spool_dir=settings.data_dir / "mail-spool",  # on the data disk: /tmp may be in memory
     )
 
 

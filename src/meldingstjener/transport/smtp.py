@@ -17,25 +17,32 @@ detail says to look at the [smtp] settings, so that the messages wait (with the
 partner-unreachable alert) until the setup is mended instead of failing for good at once.
 
 Memory: a file body is streamed to the server in chunks during DATA (with the dot-stuffing SMTP
-needs), so a 50 MB message is never held whole by this module.
+needs), so a 50 MB message is never held whole by this module. A stored message that is not
+mail-safe (packaged binary for HTTP) is re-encoded part by part into an unnamed temporary file
+in ``spool_dir`` (its payload read from the stored file as it is written), and sent from there.
 """
 
 from __future__ import annotations
 
 import smtplib
 import ssl
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote
 
 from meldingstjener.ebxml.codes import EbxmlError
 from meldingstjener.ebxml.mime import (
+    MimeMessage,
     mail_headers,
     new_content_id,
     package,
     render_message,
     unpackage,
+    write_package,
 )
 from meldingstjener.transport.base import (
     Delivery,
@@ -144,12 +151,7 @@ def mail_safe(chunks: Iterable[bytes]) -> bool:
 def reencode_for_mail(content_type: str, body: bytes) -> tuple[str, bytes]:
     """The same ebXML message with every part base64 (what mail carries unharmed). Signatures
     cover decoded part contents, so changing the transfer encoding keeps them valid."""
-    try:
-        message = unpackage(content_type, body)
-    except EbxmlError as exc:
-        raise TransportFailure(
-            "not-mailable", f"the message cannot be prepared for mail: {exc}", retryable=False
-        ) from None
+    message = _unpackaged(content_type, body)
     new_body, new_type = package(
         message.envelope_xml,
         list(message.attachments.values()),
@@ -157,6 +159,31 @@ def reencode_for_mail(content_type: str, body: bytes) -> tuple[str, bytes]:
         envelope_content_id=message.start or None,
     )
     return new_type, new_body
+
+
+def reencode_file_for_mail(content_type: str, body: Path, sink: BinaryIO) -> str:
+    """:func:`reencode_for_mail` for a message in a file, written to ``sink`` in pieces: the
+    payload parts stay in ``body`` and are read from it as they are encoded, so a 35 MB
+    message costs a few MB, not its size several times over. Returns the new Content-Type."""
+    message = _unpackaged(content_type, body)
+    return write_package(
+        sink,
+        message.envelope_xml,
+        list(message.attachments.values()),
+        transfer_encoding="base64",
+        envelope_content_id=message.start or None,
+    )
+
+
+def _unpackaged(content_type: str, body: bytes | Path) -> MimeMessage:
+    try:
+        return unpackage(content_type, body)
+    except EbxmlError as exc:
+        raise TransportFailure(
+            "not-mailable", f"the message cannot be prepared for mail: {exc}", retryable=False
+        ) from None
+    except OSError as exc:
+        raise body_missing(exc) from None
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -184,16 +211,20 @@ class SmtpTransport:
     guard: EnvironmentGuard = field(default_factory=EnvironmentGuard)
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     message_id_host: str = "meldingstjener"
+    spool_dir: Path | None = None  # where a re-encoded mail is written (default: the temp dir)
     channel: str = field(default="smtp", init=False)
 
     def __post_init__(self) -> None:
         if self.security not in _DEFAULT_PORTS:
             raise ValueError(f"security must be starttls, tls or none, not {self.security!r}")
 
-    def render_head(self, delivery: Delivery, to_address: str) -> bytes:
-        """The mail's header block (and the blank line after it), with a fresh Message-Id."""
+    def render_head(
+        self, delivery: Delivery, to_address: str, content_type: str | None = None
+    ) -> bytes:
+        """The mail's header block (and the blank line after it), with a fresh Message-Id.
+        ``content_type``: the body's as mailed, when re-encoded."""
         headers = mail_headers(
-            content_type=delivery.content_type,
+            content_type=content_type or delivery.content_type,
             from_address=self.from_address,
             to_address=to_address,
             message_id=new_content_id(self.message_id_host),
@@ -206,22 +237,63 @@ class SmtpTransport:
         self.guard.check(to_address)
         # Checked before anything is read: a too-large message never costs a read or a connection.
         self._check_size(len(self.render_head(delivery, to_address)) + body_size(delivery.body))
-        delivery = _mailable(delivery)
-        head = self.render_head(delivery, to_address)
-        size = len(head) + body_size(delivery.body)
-        self._check_size(size)  # again: base64 re-encoding makes a body a third larger
-        body: Iterable[bytes] = (
-            _file_chunks(delivery.body) if isinstance(delivery.body, Path) else [delivery.body]
-        )
-        # [smtp] timeout_seconds, not the delivery's own wait (set for HTTP): the operator
-        # knows the relay, and a shorter wait here turned a slow relay's acceptance into a
-        # failure, a resend of the whole mail and in the end a false "not delivered".
-        server = self._connect(self.timeout_seconds)
-        try:
-            self._transfer(server, to_address, size, _prepend(head, body))
-        finally:
-            _quietly_quit(server)
+        with self._mailable(delivery) as (content_type, body_bytes, body):
+            head = self.render_head(delivery, to_address, content_type)
+            size = len(head) + body_bytes
+            self._check_size(size)  # again: base64 re-encoding makes a body a third larger
+            # [smtp] timeout_seconds, not the delivery's own wait (set for HTTP): the operator
+            # knows the relay, and a shorter wait here turned a slow relay's acceptance into a
+            # failure, a resend of the whole mail and in the end a false "not delivered".
+            server = self._connect(self.timeout_seconds)
+            try:
+                self._transfer(server, to_address, size, _prepend(head, body))
+            finally:
+                _quietly_quit(server)
         return TransportResult(status_code=250)
+
+    @contextmanager
+    def _mailable(self, delivery: Delivery) -> Iterator[tuple[str, int, Iterable[bytes]]]:
+        """The body as mail carries it: its Content-Type, size and bytes in pieces. The
+        delivery's own when it is mail-safe; else re-encoded (signals and messages are
+        packaged binary for HTTP: one long XML line that relays would break), a stored one
+        into a temporary file that is gone when the block ends."""
+        body = delivery.body
+        if not isinstance(body, Path):
+            if mail_safe([body]):
+                yield delivery.content_type, len(body), [body]
+            else:
+                content_type, new_body = reencode_for_mail(delivery.content_type, body)
+                yield content_type, len(new_body), [new_body]
+            return
+        try:
+            safe = mail_safe(_file_chunks(body))
+        except OSError as exc:
+            raise body_missing(exc) from None
+        if safe:
+            yield delivery.content_type, body_size(body), _file_chunks(body)
+            return
+        with self._spool() as spool:
+            try:
+                content_type = reencode_file_for_mail(delivery.content_type, body, spool)
+                size = spool.tell()
+            except (OSError, EOFError) as exc:  # the spool's disk, or the stored file
+                raise TransportFailure(
+                    "mail-spool",
+                    f"the mail could not be prepared on disk: {getattr(exc, 'strerror', exc)}",
+                ) from None
+            yield content_type, size, _handle_chunks(spool)
+
+    def _spool(self) -> BinaryIO:
+        """An unnamed temporary file (gone when closed, or with the process) on the data
+        disk when ``spool_dir`` is set: the system's temp dir may be held in memory."""
+        try:
+            if self.spool_dir is not None:
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+            return tempfile.TemporaryFile(dir=self.spool_dir)
+        except OSError as exc:
+            raise TransportFailure(
+                "mail-spool", f"the mail could not be prepared on disk: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         """Nothing to release: every send opens and closes its own connection."""
@@ -351,19 +423,10 @@ class SmtpTransport:
             ) from None
 
 
-def _mailable(delivery: Delivery) -> Delivery:
-    """The delivery itself when its body is mail-safe, else re-encoded (signals are packaged
-    binary for HTTP: one long XML line that relays would break)."""
-    body = delivery.body
-    chunks = _file_chunks(body) if isinstance(body, Path) else [body]
-    try:
-        if mail_safe(chunks):
-            return delivery
-        data = body.read_bytes() if isinstance(body, Path) else body
-    except OSError as exc:
-        raise body_missing(exc) from None
-    content_type, new_body = reencode_for_mail(delivery.content_type, data)
-    return replace(delivery, content_type=content_type, body=new_body)
+def _handle_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    handle.seek(0)
+    while chunk := handle.read(_CHUNK):
+        yield chunk
 
 
 def _prepend(head: bytes, body: Iterable[bytes]) -> Iterator[bytes]:
@@ -400,5 +463,6 @@ __all__ = [
     "dot_stuffed",
     "mail_address",
     "mail_safe",
+    "reencode_file_for_mail",
     "reencode_for_mail",
 ]

@@ -4,6 +4,7 @@ login, TLS and plain; POP3 and IMAP; what is deleted and what stays; SMTP error 
 from __future__ import annotations
 
 import imaplib
+import random
 import re
 import ssl
 from pathlib import Path
@@ -330,6 +331,45 @@ def test_a_failing_callback_keeps_the_mail_and_quarantine_deletes_it(
     aside = pop.collect_once(quarantine)
     assert (aside.found, aside.quarantined) == (2, 2)
     assert mailbox_count(address(BOX), tls_context) == 0
+
+
+def test_a_stored_binary_message_is_reencoded_for_mail_in_pieces(
+    tls_context: ssl.SSLContext, fresh_boxes: list[str], tmp_path: Path
+) -> None:
+    """A message stored for HTTP (packaged binary) that goes by mail: re-encoded base64 part
+    by part into a temporary file and sent from there, never held whole. It was read whole,
+    unpacked and packaged again in memory: some three times its size. (Python's own
+    allocations are what is measured: the bytes of the mail are all of them.)"""
+    import tracemalloc
+
+    fresh_boxes.append(address(BOX))
+    payload = random.Random(7).randbytes(16 * 1024 * 1024)
+    body, content_type = package(
+        b"<SOAP:Envelope/>",
+        [Attachment("p@x", "application/pkcs7-mime", payload)],
+        transfer_encoding="binary",
+        envelope_content_id="env@x",
+    )
+    stored = tmp_path / "wire.mime"
+    stored.write_bytes(body)
+    del body
+    transport = _transport(tls_context, spool_dir=tmp_path / "mail-spool")
+    tracemalloc.start()
+    try:
+        transport.send(Delivery(f"mailto:{address(BOX)}", content_type, stored))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"{peak:,} bytes at peak for a 16 MiB payload"
+    assert list((tmp_path / "mail-spool").iterdir()) == []  # the temporary file is gone
+
+    wait_for_mail(address(BOX), 1, tls_context)
+    handed: list[bytes] = []
+    _collector(tls_context, "imap", "tls").collect_once(lambda mail: handed.append(mail.read()))
+    received = unpackage_message(handed[0])
+    assert received.start == "env@x" and received.envelope_xml == b"<SOAP:Envelope/>"
+    assert received.attachments["p@x"].data == payload
+    assert handed[0].count(b"Content-Transfer-Encoding: base64") == 2
 
 
 def test_plain_port_25_without_login(tls_context: ssl.SSLContext, fresh_boxes: list[str]) -> None:
