@@ -272,12 +272,15 @@ class MailIntake:
         if any(len(value) > MAX_HEADER_LINE for _, value in headers.items):
             reason = f"a header of more than {MAX_HEADER_LINE:,} bytes"
             self._header_too_long(source, reason, digest, message_id)
-        if not content_type:
+        # before the Content-Type is asked for: a bounce may have none (qmail's have no MIME
+        # headers at all), and is then text (RFC 2045 5.2), not a mail without a type
+        bounce = is_bounce(headers)
+        if not content_type and not bounce:
             self._quarantine(source, "MimeProblem", message_id, digest)
         if tries > FAILED_ROUNDS_BEFORE_QUARANTINE:
             log.error("a mail was tried %d times and never finished; quarantined", tries - 1)
             self._quarantine(source, "Unknown", message_id, digest)
-        if is_bounce(headers):
+        if bounce:
             self._take_bounce(source, head, message_id, digest)
             return
         with self.ctx.store.payloads.spool() as body:

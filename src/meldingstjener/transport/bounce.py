@@ -201,7 +201,9 @@ def read_bounce(head: bytes) -> Bounce:
 
 
 def _main_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
+    """The media type of a Content-Type; a mail without one is text/plain (RFC 2045 5.2), as
+    a qmail bounce is, which has no MIME headers at all."""
+    return (value or "text/plain").split(";", 1)[0].strip().lower()
 
 
 def _is_delivery_report(headers: HeaderLookup) -> bool:
