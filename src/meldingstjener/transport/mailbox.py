@@ -31,6 +31,7 @@ MB of memory to collect, not several times its size.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import io
 import logging
@@ -424,7 +425,8 @@ class MailboxCollector:
                     if not _said_bye(session) or reopened >= MAX_REOPEN:
                         raise
                     reopened += 1
-                    session.shutdown()
+                    with contextlib.suppress(OSError):  # the server has closed it
+                        session.shutdown()
                     session, now_selected = self._imap_session()
                     if now_selected.uidvalidity != selected.uidvalidity:
                         raise TransportFailure(
@@ -458,7 +460,8 @@ class MailboxCollector:
                     "is stored; they are collected again until deleted)",
                 )
         except BaseException:
-            session.shutdown()
+            with contextlib.suppress(OSError):  # it may be closed already (a reopen failed)
+                session.shutdown()
             raise
         session.close()
         session.logout()

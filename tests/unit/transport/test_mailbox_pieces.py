@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import imaplib
 import io
 import poplib
 import random
@@ -417,3 +418,47 @@ def test_a_mail_the_imap_server_will_not_fetch_is_left_and_the_rest_collected(
             collector.mailbox, "uid:1700000000:8", "UID 8", 4711, "<m2@x>", "SERVERBUG"
         )
     ]
+
+
+class EndingOnFetch(RefusingImap):
+    """An IMAP session whose server ends it with BYE when a mail is fetched; a second
+    shutdown of its closed socket fails, as imaplib's does (EBADF)."""
+
+    def __init__(self, mails: dict[bytes, bytes]) -> None:
+        super().__init__(mails)
+        self.untagged_responses: dict[str, list[bytes]] = {}
+        self.shut = 0
+
+    def uid(self, command: str, *args: Any) -> tuple[str, list[Any]]:
+        if command == "FETCH":
+            self.untagged_responses["BYE"] = [b"FETCH failed: Internal error occurred."]
+            raise imaplib.IMAP4.abort("FETCH failed: Internal error occurred.")
+        return super().uid(command, *args)
+
+    def shutdown(self) -> None:
+        self.shut += 1
+        if self.shut > 1:
+            raise OSError(9, "Bad file descriptor")
+
+
+def test_a_new_session_that_cannot_be_had_after_a_bye_is_the_rounds_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server ended the session on one mail; the new session is refused: that refusal is
+    # the round's failure, not the closed socket of the old one (mailbox-connection-lost).
+    session = EndingOnFetch({b"7": b"mail\r\n"})
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    selected = mailbox._Selected(exists=None, uidvalidity="1")
+    sessions: list[object] = [(session, selected)]
+
+    def next_session() -> object:
+        if not sessions:
+            raise TransportFailure("mailbox-unavailable", "imap.example refused the login")
+        return sessions.pop()
+
+    monkeypatch.setattr(collector, "_imap_session", next_session)
+    with pytest.raises(TransportFailure) as failed:
+        collector.collect_once(lambda mail: None)
+    assert failed.value.code == "mailbox-unavailable"
