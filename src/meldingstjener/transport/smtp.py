@@ -322,12 +322,16 @@ class SmtpTransport:
                 )
             else:
                 server = smtplib.SMTP(self.host, port, timeout=timeout)
-            self._greeted(server.ehlo(), "EHLO")  # smtplib hands a refusal back, not raised
-            if self.security == "starttls":
-                server.starttls(context=context)
-                self._greeted(server.ehlo(), "EHLO after STARTTLS")
-            if self.username:
-                server.login(self.username, self.password or "")
+            try:
+                self._greeted(server, "EHLO")
+                if self.security == "starttls":
+                    server.starttls(context=context)
+                    self._greeted(server, "EHLO after STARTTLS")
+                if self.username:
+                    server.login(self.username, self.password or "")
+            except BaseException:
+                server.close()  # not left open until collected: the server waits on it
+                raise
         except smtplib.SMTPAuthenticationError as exc:
             raise TransportFailure(
                 "smtp-auth-failed", f"{where} refused our login ({exc.smtp_code})"
@@ -358,8 +362,12 @@ class SmtpTransport:
             ) from None
         return server
 
-    def _greeted(self, reply: tuple[int, bytes], step: str) -> None:
-        code, text = reply
+    def _greeted(self, server: smtplib.SMTP, step: str) -> None:
+        """EHLO, and HELO where the server does not know EHLO (RFC 5321 4.1.4). smtplib hands
+        a refusal back instead of raising it: it would come up as a refusal of the mail."""
+        code, text = server.ehlo()
+        if code in (500, 502):  # command unknown: a server that speaks SMTP without extensions
+            code, text = server.helo()
         if code != 250:
             raise self._refused_us(step, code, text)
 

@@ -344,3 +344,12 @@ def test_whose_5xx_it_is_decides_whether_to_try_again(
     if code.startswith("smtp-s"):
         assert "[smtp] settings" in caught.value.detail
     relay.thread.join(timeout=10)
+    assert not relay.thread.is_alive()  # the connection was closed, not left to the collector
+
+
+def test_a_relay_that_does_not_know_ehlo_is_greeted_with_helo(listener: socket.socket) -> None:
+    relay = RefusingRelay(listener, "EHLO", b"502 5.5.2 command not recognized")
+    transport = _waiting_a_second(listener)
+    delivery = Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n")
+    assert transport.send(delivery).status_code == 250
+    relay.thread.join(timeout=10)
