@@ -76,7 +76,6 @@ from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.bounce import (
     MAX_HEADER_LINE,
     HeaderTooLong,
-    header_cost,
     is_bounce,
     read_bounce,
 )
@@ -345,7 +344,8 @@ class MailIntake:
         count forgotten in one commit, and then the collector deletes it. One that names
         none of our messages is quarantined, with advice fit for a bounce."""
         try:
-            header_cost(head)  # checked before it is read: the headers of its nested parts too
+            # its headers, its nested parts' too, are measured before the email package reads
+            # any: read_bounce raises HeaderTooLong first
             bounce = read_bounce(head)
         except HeaderTooLong as refused:
             self._header_too_long(source, refused.reason, digest, message_id)
