@@ -276,6 +276,17 @@ class FolderSettings(_Section):
     # its certificate) stays in the outbox this long, tried again every minute, before it is
     # moved to failed/: the operator may connect the partner meanwhile. 0: at once.
     hold_minutes: int = Field(default=60, ge=0)
+    # The mode of the files written for the EPJ (the inbox's, the .error.txt in failed/),
+    # exactly, whatever the server's umask: the EPJ reads them as a member of the group.
+    file_mode: int = Field(default=0o640, ge=0, le=0o777)
+
+    @field_validator("file_mode")
+    @classmethod
+    def _check_file_mode(cls, value: int) -> int:
+        # a file others may write is one any user of the host may change before the EPJ reads it
+        if value & 0o002:
+            raise ValueError("must not let others write the files (no 0o002 bit)")
+        return value
 
     @field_validator("as_her_ids", mode="before")
     @classmethod

@@ -11,8 +11,9 @@ submit committed and never send the same file twice. A file is taken once it has
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
-is written first; both are renamed into place, while the processes on one inbox take turns (so
-that they write it once) and no other channel can move the message on (see ``write_inbox``). A
+is written first; both are written under random temporary names, never through a link (see
+``files.write_temporary``), and renamed into place, while the processes on one inbox take turns
+(so that they write it once) and no other channel can move the message on (see ``write_inbox``). A
 ``folder_files`` row, committed with the renames, records the write; a crash before it only
 means the same two files are written again under the same names. After that the engine is told
 the message reached the EPJ (``receipts.deliver``).
@@ -27,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -49,6 +51,7 @@ from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
     free_name,
     move_durably,
+    open_folder,
     publish,
     write_atomically,
     write_temporary,
@@ -68,6 +71,10 @@ STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbo
 FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
 STUCK_REREAD_ROUNDS = 30  # the open outbox-stuck alerts are read again this often
 NAME_SECRET = "folder.name_secret"  # the key of the file names' digests, in the store
+SWEEP_EVERY_SECONDS = 3600.0  # the inbox is swept of temporaries a crash left this often
+STALE_TEMPORARY_SECONDS = 3600.0  # a temporary inbox file this old is no live process's
+# a temporary inbox file: ".<message id>.<xml|json>.<random>.tmp" (earlier versions: no random)
+INBOX_TEMPORARY = re.compile(r"\.[0-9a-f-]{36}\.(?:xml|json)(?:\.[0-9a-f]{16})?\.tmp")
 
 
 class FolderIntegration:
@@ -89,6 +96,7 @@ class FolderIntegration:
         self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
         self._rounds_since_read = 0
         self._name_secret: bytes | None = None
+        self._swept_at: float | None = None  # when the inbox was last swept of temporaries
         self.outbox = settings.outbox_dir
         self.inbox = settings.inbox_dir
         self.sent = settings.sent_dir or (self.outbox / "sent" if self.outbox else None)
@@ -396,9 +404,13 @@ class FolderIntegration:
         lines.append("Correct the message and put it in the outbox again as a new file.")
         lines.append(f"(File key {key[:12]}, as the operator's alert names it.)")
         target = free_name(self.failed, path.name, key[:12])
-        write_atomically(
-            target.with_name(target.name + ".error.txt"), ("\n".join(lines) + "\n").encode()
-        )
+        with _opened(self.failed) as failed:
+            write_atomically(
+                failed,
+                target.name + ".error.txt",
+                ("\n".join(lines) + "\n").encode(),
+                mode=self.settings.file_mode,
+            )
 
         def alert(uow: UnitOfWork) -> None:
             raise_alert(
@@ -509,6 +521,7 @@ class FolderIntegration:
     def inbox_once(self) -> int:
         if self.inbox is None:
             return 0
+        self._sweep_temporaries()
         written = FolderFileRow
         # Still acknowledged: not written yet, or written by a round that died before it marked
         # the message delivered (then only that is done: the EPJ may have taken the files).
@@ -542,16 +555,26 @@ class FolderIntegration:
         the same list of messages; had it not waited for this one, it would write the files
         again after the EPJ took them, or truncate the temporary file this one is about to
         rename. So the processes take turns, and each asks the store again in its turn."""
+        assert self.inbox is not None
+        with _opened(self.inbox) as inbox:
+            written = self._write_inbox(row, inbox)
+        if written:
+            self._deliver(row.id)
+
+    def _write_inbox(self, row: MessageRow, inbox: int) -> bool:
+        """Write the message's files in the open folder ``inbox`` unless another process (or
+        channel) was first; whether this one wrote them."""
         if self.ctx.store.database.is_postgresql:
             # Processes on any host: the message's row lock, held while its files are written.
             # (A hung network share holds that row and one connection as long as it hangs.)
             with self.ctx.store.unit_of_work() as uow:
                 if not _still_to_write(uow, row.id, lock=True):
-                    return
-                for temporary, path in self._stage_files(row):
-                    publish(temporary, path)
+                    return False
+                for temporary, name in self._stage_files(row, inbox):
+                    publish(inbox, temporary, name)
                 _record_written(uow, row.id, self.ctx.clock())
                 uow.commit()
+            return True
         else:
             # SQLite serves one host, and its one writer must not wait for the files' content
             # to be written (every unit of work of the process would): the processes take turns
@@ -563,18 +586,19 @@ class FolderIntegration:
             with self._turn():
                 with self.ctx.store.unit_of_work() as uow:
                     if not _still_to_write(uow, row.id, lock=False):
-                        return  # asked first: a 35 MB document is not copied for nothing
-                staged = self._stage_files(row)
+                        return False  # asked first: a 35 MB document is not copied for nothing
+                staged = self._stage_files(row, inbox)
                 with self.ctx.store.unit_of_work() as uow:
                     if not _still_to_write(uow, row.id, lock=False):
                         for temporary, _ in staged:
-                            temporary.unlink(missing_ok=True)
-                        return
-                    for temporary, path in staged:
-                        publish(temporary, path)
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(temporary, dir_fd=inbox)
+                        return False
+                    for temporary, name in staged:
+                        publish(inbox, temporary, name)
                     _record_written(uow, row.id, self.ctx.clock())
                     uow.commit()
-        self._deliver(row.id)
+            return True
 
     def _turn(self) -> contextlib.AbstractContextManager[None]:
         """This inbox's turn among the processes sharing the SQLite database: a lock file
@@ -586,18 +610,39 @@ class FolderIntegration:
         inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
         return _flock(Path(f"{database}.inbox-{inbox}.lock"))
 
-    def _stage_files(self, row: MessageRow) -> list[tuple[Path, Path]]:
-        """Write a message's two files under temporary names; (temporary, final) of each, in
-        the order they are to be put in place: the sidecar first, so that when the .xml
-        appears its metadata is already there."""
-        assert self.inbox is not None and row.payload_ref is not None
+    def _stage_files(self, row: MessageRow, inbox: int) -> list[tuple[str, str]]:
+        """Write a message's two files under temporary names in the open folder ``inbox``;
+        (temporary, final) name of each, in the order they are to be put in place: the
+        sidecar first, so that when the .xml appears its metadata is already there."""
+        assert row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        sidecar_path, document_path = self.inbox / f"{row.id}.json", self.inbox / f"{row.id}.xml"
+        sidecar_name, document_name = f"{row.id}.json", f"{row.id}.xml"
+        mode = self.settings.file_mode
         with self.ctx.store.payloads.open(row.payload_ref) as payload:
             return [
-                (write_temporary(sidecar_path, sidecar), sidecar_path),
-                (write_temporary(document_path, payload), document_path),
+                (write_temporary(inbox, sidecar_name, sidecar, mode=mode), sidecar_name),
+                (write_temporary(inbox, document_name, payload, mode=mode), document_name),
             ]
+
+    def _sweep_temporaries(self) -> None:
+        """Remove the temporary inbox files a process left when it died while writing them
+        (hourly): the name of a message's file, a random part, ``.tmp``; also the fixed
+        ``.<name>.tmp`` of earlier versions. Only those older than an hour, so as not to take
+        one another process is writing now; unlinked by name, a link too (never followed)."""
+        assert self.inbox is not None
+        now = self._monotonic()
+        if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY_SECONDS:
+            return
+        self._swept_at = now
+        with _opened(self.inbox) as inbox:
+            for name in os.listdir(inbox):
+                if not INBOX_TEMPORARY.fullmatch(name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    status = os.stat(name, dir_fd=inbox, follow_symlinks=False)
+                    if time.time() - status.st_mtime >= STALE_TEMPORARY_SECONDS:
+                        os.unlink(name, dir_fd=inbox)
+                        log.info("folder inbox: a temporary file left by a crash was removed")
 
     def _deliver(self, message_id: str) -> None:
         try:
@@ -632,6 +677,16 @@ def _record_written(uow: UnitOfWork, message_id: str, at: datetime) -> None:
             at=at,
         )
     )
+
+
+@contextlib.contextmanager
+def _opened(folder: Path) -> Iterator[int]:
+    """The folder ``folder`` open for steps relative to it (see ``files.open_folder``)."""
+    fd = open_folder(folder)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -390,7 +390,7 @@ def test_while_inbox_files_are_written_the_store_serves_others(
     served: list[bool] = []
     real_write = folder.write_temporary
 
-    def slow_share(path: Path, data: object) -> Path:
+    def slow_share(folder: int, name: str, data: object, **kwargs: int) -> str:
         if not served:
 
             def other_work() -> None:
@@ -403,7 +403,7 @@ def test_while_inbox_files_are_written_the_store_serves_others(
             other.start()
             other.join(timeout=20)  # a bound: it either gets through or waits on this write
             served.append(not other.is_alive())
-        return real_write(path, data)  # type: ignore[arg-type]
+        return real_write(folder, name, data, **kwargs)  # type: ignore[arg-type]
 
     others: list[threading.Thread] = []
     monkeypatch.setattr(folder, "write_temporary", slow_share)
@@ -438,12 +438,12 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     writers: list[str] = []
     real_write = folder.write_temporary
 
-    def held_write(path: Path, data: object) -> Path:
+    def held_write(folder: int, name: str, data: object, **kwargs: int) -> str:
         writers.append(threading.current_thread().name)
-        if threading.current_thread().name == "first" and path.suffix == ".json":
+        if threading.current_thread().name == "first" and name.endswith(".json"):
             writing.set()
             assert go_on.wait(60)
-        return real_write(path, data)  # type: ignore[arg-type]
+        return real_write(folder, name, data, **kwargs)  # type: ignore[arg-type]
 
     def waiting_on_a_lock() -> int:
         with pair.hospital.store.unit_of_work() as uow:
