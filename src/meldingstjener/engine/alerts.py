@@ -45,6 +45,7 @@ class AlertKind(StrEnum):
     EBMS_REFUSED = "ebms-refused"
     MAIL_BOUNCED = "mail-bounced"
     REGISTER_PARTIES_REFUSED = "register-parties-refused"
+    FOLDER_UNSAFE = "folder-unsafe"
 
 
 SEVERITY = {
@@ -81,6 +82,7 @@ SEVERITY = {
     AlertKind.EBMS_REFUSED: "warning",
     AlertKind.MAIL_BOUNCED: "error",
     AlertKind.REGISTER_PARTIES_REFUSED: "error",
+    AlertKind.FOLDER_UNSAFE: "error",
 }
 
 

@@ -17,6 +17,9 @@ is written first; both are written under random temporary names, never through a
 ``folder_files`` row, committed with the renames, records the write; a crash before it only
 means the same two files are written again under the same names. After that the engine is told
 the message reached the EPJ (``receipts.deliver``).
+
+The folders are the EPJ's to write in: a side whose folder is a symbolic link does nothing (see
+``folder_checks``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from meldingstjener.integration.files import (
     write_atomically,
     write_temporary,
 )
+from meldingstjener.integration.folder_checks import FolderChecks
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
@@ -104,9 +108,20 @@ class FolderIntegration:
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
         outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
         self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
+        # the folder-unsafe alerts' keys: by the paths as configured (a link in the last part
+        # is what such an alert is about; resolved, the key would change when it is mended)
+        self._unsafe_keys = {
+            side: f"{side}.{hashlib.sha256(os.fsencode(os.path.abspath(folder))).hexdigest()[:16]}"
+            for side, folder in ((OUTBOX, self.outbox), (INBOX, self.inbox))
+            if folder is not None
+        }
+        self._checks = FolderChecks(ctx)
         for directory in (self.outbox, self.inbox, self.sent, self.failed):
-            if directory is not None:
-                directory.mkdir(parents=True, exist_ok=True)
+            if directory is not None and not directory.is_symlink():  # (a link: see _usable)
+                try:
+                    directory.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file in its place: the rounds say so, in an alert
+                    log.error("folder %s cannot be made (%s)", directory, type(exc).__name__)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -131,6 +146,14 @@ class FolderIntegration:
     def outbox_once(self) -> int:
         if self.outbox is None:
             return 0
+        assert self.sent is not None and self.failed is not None
+        folders = [
+            ("outbox folder", self.outbox),
+            ("sent/ folder", self.sent),
+            ("failed/ folder", self.failed),
+        ]
+        if not self._checks.usable(self._unsafe_keys[OUTBOX], "outbox", folders):
+            return 0  # a folder is a link: nothing is sent, nothing moved
         handled = 0
         present: set[str] = set()
         try:
@@ -521,6 +544,9 @@ class FolderIntegration:
     def inbox_once(self) -> int:
         if self.inbox is None:
             return 0
+        inbox = [("inbox folder", self.inbox)]
+        if not self._checks.usable(self._unsafe_keys[INBOX], "inbox", inbox):
+            return 0  # a link: nothing is written through it
         self._sweep_temporaries()
         written = FolderFileRow
         # Still acknowledged: not written yet, or written by a round that died before it marked

@@ -18,7 +18,8 @@ from meldingstjener.config import FolderSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.folder import FolderIntegration
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import AlertRow, MessageRow
+from meldingstjener.store.uow import LogFilter
 
 
 @pytest.fixture
@@ -117,3 +118,95 @@ def test_the_mode_of_the_files_is_the_configured_one(
     assert stat.S_IMODE((inbox / f"{row.id}.xml").stat().st_mode) == 0o600
     with pytest.raises(ValidationError, match="others write"):
         FolderSettings(inbox_dir=inbox, file_mode=0o646)
+
+
+def drop(outbox: Path, name: str, data: bytes) -> None:
+    """As an EPJ does it: write under a temporary name, then rename."""
+    temporary = outbox / f".{name}.partial"
+    temporary.write_bytes(data)
+    os.replace(temporary, outbox / name)
+
+
+def outbound(pair: Pair) -> list[MessageRow]:
+    with pair.gp.store.unit_of_work() as uow:
+        return uow.messages.search(LogFilter(direction="out", limit=100))
+
+
+def open_alerts(pair: Pair, kind: str, site: str = "gp") -> list[AlertRow]:
+    with getattr(pair, site).store.unit_of_work() as uow:
+        return uow.alerts.list(open_only=True, kind=kind)
+
+
+@pytest.mark.parametrize("which", ["sent", "failed", "outbox"])
+def test_an_outbox_folder_that_is_a_link_is_not_used(
+    pair: Pair, tmp_path: Path, which: str
+) -> None:
+    # sent/ and failed/ are inside the outbox, where the EPJ writes: a link put in place of one
+    # would have the server move files (and write .error.txt) wherever it points. Nothing is
+    # sent or moved until the folder is one again, and the operator is told at once.
+    real = tmp_path / "ut"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outbox = real
+    if which == "outbox":  # the configured outbox is a link to the real one
+        outbox = tmp_path / "link-to-ut"
+        (real / "sent").mkdir(parents=True)
+        os.symlink(real, outbox)
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    if which != "outbox":
+        (real / which).rmdir()
+        os.symlink(elsewhere, real / which)
+    placed = real
+    drop(placed, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Lenke"))
+    drop(placed, "b.xml", b"<MsgHead>not a message")
+    for _ in range(2):
+        assert integration.outbox_once() == 0
+    assert outbound(pair) == [] and list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in placed.glob("*.xml")) == ["a.xml", "b.xml"]
+    [unsafe] = open_alerts(pair, "folder-unsafe")
+    assert "symbolic link" in unsafe.summary and unsafe.count == 1
+    assert str(outbox if which == "outbox" else real / which) in unsafe.summary
+    assert open_alerts(pair, "outbox-refused") == []
+    if which == "outbox":
+        outbox.unlink()
+        os.replace(real, outbox)
+    else:
+        (real / which).unlink()
+        (real / which).mkdir()
+    later = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    later.outbox_once()  # another process, or one started since: the alert ends
+    assert open_alerts(pair, "folder-unsafe") == []
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert len(outbound(pair)) == 1
+
+
+def test_an_inbox_that_is_a_link_is_not_written(pair: Pair, tmp_path: Path) -> None:
+    row = received(pair)
+    inbox = tmp_path / "inn"
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    inbox.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, inbox)
+    assert integration.inbox_once() == 0
+    assert list(elsewhere.iterdir()) == []
+    assert pair.message(pair.hospital, row.id).status == "acknowledged"
+    [unsafe] = open_alerts(pair, "folder-unsafe", "hospital")
+    assert "inbox" in unsafe.summary and "symbolic link" in unsafe.summary
+    inbox.unlink()
+    inbox.mkdir()
+    assert integration.inbox_once() == 1
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+    assert open_alerts(pair, "folder-unsafe", "hospital") == []
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_a_dangling_link_in_place_of_a_folder_does_not_stop_the_start(
+    pair: Pair, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "ut"
+    outbox.mkdir()
+    os.symlink(tmp_path / "nowhere", outbox / "sent")
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    assert integration.outbox_once() == 0
+    assert open_alerts(pair, "folder-unsafe")
