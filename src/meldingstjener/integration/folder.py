@@ -19,12 +19,14 @@ means the same two files are written again under the same names. After that the 
 the message reached the EPJ (``receipts.deliver``).
 
 The folders are the EPJ's to write in: a side whose folder is a symbolic link does nothing (see
-``folder_checks``).
+``folder_checks``), and an outbox entry that is not a file (a link, a pipe) is refused, never
+followed or waited on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -38,8 +40,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from stat import S_ISREG
-from typing import Any
+from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
+from typing import Any, BinaryIO
 
 from sqlalchemy import exists, select
 from sqlalchemy.engine import make_url
@@ -170,9 +172,9 @@ class FolderIntegration:
                 continue
             present.add(path.name)
             try:
-                stat = path.stat()
-                if not S_ISREG(stat.st_mode):
-                    continue  # a directory, a pipe: not a file an EPJ dropped
+                stat = path.lstat()  # a link's own: what it points to is not looked at
+                if S_ISDIR(stat.st_mode):
+                    continue  # a folder: not something an EPJ dropped to be sent
                 if not self._settled(path.name, stat):
                     continue
                 self.take(path, stat)
@@ -214,8 +216,36 @@ class FolderIntegration:
         return now - seen[1] >= self.settings.settle_seconds
 
     def take(self, path: Path, stat: os.stat_result | None = None) -> None:
-        """Send one outbox file exactly once and move it out of the outbox."""
-        stat = stat or path.stat()
+        """Send one outbox file exactly once and move it out of the outbox; refuse what is not
+        a file (``stat``: the outbox entry's own status, as listed)."""
+        stat = stat or path.lstat()
+        if not S_ISREG(stat.st_mode):
+            self._refuse_not_a_file(path, stat)
+            return
+        # Never through a link (O_NOFOLLOW), and never to wait: a named pipe renamed over the
+        # file since it was listed opens at once (O_NONBLOCK), and is then told by its status.
+        # (A device put there would be opened; making one takes root.)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a socket
+                raise
+            self._seen.pop(path.name, None)  # not the file listed: looked at again next round
+            return
+        try:
+            opened = os.fstat(fd)
+            if not S_ISREG(opened.st_mode) or _shape(opened) != _shape(stat):
+                self._seen.pop(path.name, None)  # the same
+                return
+            with open(fd, "rb", closefd=False) as handle:
+                self._take_open(path, opened, handle)
+        finally:
+            os.close(fd)
+
+    def _take_open(self, path: Path, stat: os.stat_result, handle: BinaryIO) -> None:
+        """Take the file ``path``, open as ``handle`` (``stat``: its status, from the
+        descriptor): refused when too large, else read, sent and moved."""
         if stat.st_size > MAX_PAYLOAD_BYTES:
             self._fail(
                 path,
@@ -232,13 +262,27 @@ class FolderIntegration:
         # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
         # it becomes the stored payload by a rename (a 35 MB file is never held in memory).
         with self.ctx.store.payloads.spool() as data:
-            with path.open("rb") as handle:
-                data.write_from(handle)
-                after = os.fstat(handle.fileno())
+            data.write_from(handle)
+            after = os.fstat(handle.fileno())
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self._seen.pop(path.name, None)
                 return  # written to while it was read: taken when it has settled
             self._take(path, stat, data)
+
+    def _refuse_not_a_file(self, path: Path, stat: os.stat_result) -> None:
+        """Refuse a link, a named pipe, a socket or a device named like a message: it is moved
+        to failed/ as it is (a link itself, never what it points to), beside an .error.txt.
+        Nothing is read through it: a link may point to any file the server can read."""
+        what = _not_a_file(stat.st_mode)
+        self._fail(
+            path,
+            _name_key(path, stat),
+            "not-a-file",
+            f"it is {what}, not a file; the server sends only files put in the outbox "
+            "themselves, and never reads through a link",
+            [],
+            claimed=False,
+        )
 
     def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
@@ -744,6 +788,17 @@ def _store_secret(ctx: EngineContext) -> str:
             except IntegrityError:
                 continue  # another process made it at the same moment: read that one
     raise RuntimeError("the folder integration's name key could not be made")
+
+
+def _not_a_file(mode: int) -> str:
+    """What an outbox entry that is not a file is, in words."""
+    if S_ISLNK(mode):
+        return "a symbolic link"
+    if S_ISFIFO(mode):
+        return "a named pipe"
+    if S_ISSOCK(mode):
+        return "a socket"
+    return "a device or another special file"
 
 
 def _name_key(path: Path, stat: os.stat_result) -> str:

@@ -4,10 +4,12 @@ server writes or reads is never followed, opened to block, or written through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,81 @@ def test_a_dangling_link_in_place_of_a_folder_does_not_stop_the_start(
     integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     assert integration.outbox_once() == 0
     assert open_alerts(pair, "folder-unsafe")
+
+
+def test_a_link_in_the_outbox_is_refused_and_nothing_read_through_it(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # A link named like a message: the server would read (and send) any file it may read.
+    # It is moved to failed/ as the link it is, beside its explanation; nothing is sent.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    elsewhere = tmp_path / "not-the-outbox"
+    elsewhere.mkdir()
+    target = elsewhere / "someone-elses.xml"
+    target.write_bytes(dialog_note(pair.gp_site, pair.hospital_site, "UTENFOR"))
+    os.symlink(target, outbox / "link.xml")
+    os.symlink("/etc/passwd", outbox / "passwd.xml")
+    os.symlink(tmp_path / "nothing-here.xml", outbox / "dangling.xml")
+    assert integration.outbox_once() == 3
+    assert outbound(pair) == []
+    failed = outbox / "failed"
+    for name in ("link.xml", "passwd.xml", "dangling.xml"):
+        assert (failed / name).is_symlink()
+        explanation = (failed / f"{name}.error.txt").read_text()
+        assert "not-a-file" in explanation and "a symbolic link" in explanation
+    assert list((outbox / "sent").iterdir()) == []
+    assert target.read_bytes().count(b"UTENFOR") == 1  # left as it was
+    assert len(open_alerts(pair, "outbox-refused")) == 3
+
+
+def test_a_named_pipe_in_the_outbox_is_refused_without_waiting(pair: Pair, tmp_path: Path) -> None:
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    os.mkfifo(outbox / "pipe.xml")
+    drop(outbox, "b.xml", dialog_note(pair.gp_site, pair.hospital_site, "b"))
+    assert_done_within(integration.run_once, seconds=30)
+    assert stat.S_ISFIFO((outbox / "failed" / "pipe.xml").lstat().st_mode)
+    assert "a named pipe" in (outbox / "failed" / "pipe.xml.error.txt").read_text()
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["b.xml"]
+
+
+def test_a_pipe_renamed_over_a_file_once_listed_does_not_stop_the_folder(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Listed as a file, a pipe by the time it is opened: an open that waits for a writer would
+    # stop the outbox and the inbox for ever. The pipe is refused in the next round.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "a"))
+    real_settled = integration._settled
+
+    def then_a_pipe(name: str, status: os.stat_result) -> bool:
+        os.mkfifo(outbox / ".fifo")
+        os.replace(outbox / ".fifo", outbox / name)  # as the EPJ side might, by rename
+        return real_settled(name, status)
+
+    monkeypatch.setattr(integration, "_settled", then_a_pipe)
+    try:
+        assert_done_within(integration.run_once, seconds=30)
+    finally:
+        _release_a_waiting_reader(outbox / "a.xml")
+    monkeypatch.undo()
+    assert outbound(pair) == []
+    integration.run_once()
+    assert stat.S_ISFIFO((outbox / "failed" / "a.xml").lstat().st_mode)
+    assert outbound(pair) == []
+
+
+def assert_done_within(work: Callable[[], object], *, seconds: float) -> None:
+    runner = threading.Thread(target=work, daemon=True)
+    runner.start()
+    runner.join(seconds)
+    assert not runner.is_alive(), "the folder round waits (on a pipe?)"
+
+
+def _release_a_waiting_reader(pipe: Path) -> None:
+    """Open a pipe for writing, and close it: a reader stuck in open() goes on (a failed
+    test must not leave a thread waiting for ever)."""
+    with contextlib.suppress(OSError):  # no reader waits, or no pipe there
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
