@@ -2,7 +2,9 @@
 
 Outbox: the EPJ writes ``<name>.xml`` under a temporary name and renames it (so we never see half
 a file). Each file is submitted and moved to ``sent/``, or to ``failed/`` beside
-``<name>.error.txt`` saying why in plain words. Exactly once across crashes: a ``folder_files``
+``<name>.error.txt`` saying why in plain words; moved only if it is the file read, held open
+since (see ``outbox_moves``: the EPJ may rename a new file onto the name meanwhile, which then
+stays in the outbox). Exactly once across crashes: a ``folder_files``
 row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
 the message carries that key as its ``client_id``, so after a crash we can tell whether the
 submit committed and never send the same file twice. A file is taken once it has settled (see
@@ -38,6 +40,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
@@ -54,14 +57,21 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
+    exists_at,
     free_name,
-    move_durably,
+    lstat_at,
     open_folder,
     publish,
     write_atomically,
     write_temporary,
 )
 from meldingstjener.integration.folder_checks import FolderChecks
+from meldingstjener.integration.outbox_moves import (
+    OWN_FOLDER,
+    RoundFolders,
+    move_out,
+    put_back_leftovers,
+)
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
@@ -81,6 +91,16 @@ SWEEP_EVERY_SECONDS = 3600.0  # the inbox is swept of temporaries a crash left t
 STALE_TEMPORARY_SECONDS = 3600.0  # a temporary inbox file this old is no live process's
 # a temporary inbox file: ".<message id>.<xml|json>.<random>.tmp" (earlier versions: no random)
 INBOX_TEMPORARY = re.compile(r"\.[0-9a-f-]{36}\.(?:xml|json)(?:\.[0-9a-f]{16})?\.tmp")
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """An outbox file as a round took it: the round's folders, the file's name, and its status
+    when it was read (from the descriptor held open on it; a link's own, for one refused)."""
+
+    folders: RoundFolders
+    name: str
+    read: os.stat_result
 
 
 class FolderIntegration:
@@ -149,44 +169,65 @@ class FolderIntegration:
         if self.outbox is None:
             return 0
         assert self.sent is not None and self.failed is not None
-        folders = [
+        checked = [
             ("outbox folder", self.outbox),
             ("sent/ folder", self.sent),
             ("failed/ folder", self.failed),
+            ("own folder", self.outbox / OWN_FOLDER),
         ]
-        if not self._checks.usable(self._unsafe_keys[OUTBOX], "outbox", folders):
+        if not self._checks.usable(self._unsafe_keys[OUTBOX], "outbox", checked):
             return 0  # a folder is a link: nothing is sent, nothing moved
+        try:
+            folders = RoundFolders(self.outbox, self.sent, self.failed)
+        except OSError as exc:
+            self._not_listed(exc)
+            return 0
+        try:
+            try:
+                # what a process that died while moving a file left: back first, then listed
+                put_back_leftovers(folders)
+            except OSError as exc:  # the own folder cannot be made: no file can be moved
+                log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+            try:
+                names = sorted(os.listdir(folders.outbox))
+            except OSError as exc:
+                self._not_listed(exc)
+                return 0
+            self._failures.pop(FOLDER, None)
+            return self._outbox_round(folders, names)
+        finally:
+            folders.close()
+
+    def _not_listed(self, exc: OSError) -> None:
+        """The outbox itself failed: a share not mounted, a folder removed or not readable."""
+        log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
+        self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
+        self._report_stuck()
+
+    def _outbox_round(self, folders: RoundFolders, names: list[str]) -> int:
         handled = 0
         present: set[str] = set()
-        try:
-            paths = sorted(self.outbox.iterdir())
-        except OSError as exc:
-            # the folder itself: a share not mounted, a directory removed or not readable
-            log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
-            self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
-            self._report_stuck()
-            return 0
-        self._failures.pop(FOLDER, None)
-        for path in paths:
-            if path.suffix.lower() != ".xml" or path.name.startswith("."):
+        for name in names:
+            if Path(name).suffix.lower() != ".xml" or name.startswith("."):
                 continue
-            present.add(path.name)
+            present.add(name)
             try:
-                stat = path.lstat()  # a link's own: what it points to is not looked at
+                # a link's own status: what it points to is not looked at
+                stat = lstat_at(folders.outbox, name)
                 if S_ISDIR(stat.st_mode):
                     continue  # a folder: not something an EPJ dropped to be sent
-                if not self._settled(path.name, stat):
+                if not self._settled(name, stat):
                     continue
-                self.take(path, stat)
+                self._take_entry(folders, name, stat)
             except Exception as exc:  # one file must not hold up the rest; tried again
-                if isinstance(exc, FileNotFoundError) and not path.exists():
+                if isinstance(exc, FileNotFoundError) and not exists_at(folders.outbox, name):
                     continue  # taken away meanwhile (by another process on this outbox)
                 # its type only: a traceback would carry the file's path, and an EPJ may
                 # name a file by the patient
                 log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
-                self._failures[path.name] = self._failures.get(path.name, 0) + 1
+                self._failures[name] = self._failures.get(name, 0) + 1
             else:
-                self._failures.pop(path.name, None)
+                self._failures.pop(name, None)
             handled += 1
         gone_held = [held[1] for name, held in self._held.items() if name not in present]
         if gone_held:  # removed or renamed while held: no file waits for its receiver now
@@ -215,48 +256,60 @@ class FolderIntegration:
             return False
         return now - seen[1] >= self.settings.settle_seconds
 
-    def take(self, path: Path, stat: os.stat_result | None = None) -> None:
+    def take(self, path: Path) -> None:
+        """Send the outbox file ``path`` exactly once and move it out of the outbox, or refuse
+        it (a round of one file, for tools and benchmarks)."""
+        assert self.outbox is not None and self.sent is not None and self.failed is not None
+        folders = RoundFolders(self.outbox, self.sent, self.failed)
+        try:
+            self._take_entry(folders, path.name, lstat_at(folders.outbox, path.name))
+        finally:
+            folders.close()
+
+    def _take_entry(self, folders: RoundFolders, name: str, stat: os.stat_result) -> None:
         """Send one outbox file exactly once and move it out of the outbox; refuse what is not
         a file (``stat``: the outbox entry's own status, as listed)."""
-        stat = stat or path.lstat()
         if not S_ISREG(stat.st_mode):
-            self._refuse_not_a_file(path, stat)
+            self._refuse_not_a_file(_Taken(folders, name, stat))
             return
         # Never through a link (O_NOFOLLOW), and never to wait: a named pipe renamed over the
         # file since it was listed opens at once (O_NONBLOCK), and is then told by its status.
         # (A device put there would be opened; making one takes root.)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags)
+            fd = os.open(name, flags, dir_fd=folders.outbox)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a socket
                 raise
-            self._seen.pop(path.name, None)  # not the file listed: looked at again next round
+            self._seen.pop(name, None)  # not the file listed: looked at again next round
             return
+        # The descriptor stays open until the file has been moved: while it is, no other file
+        # can have this one's inode, so a file found with it is this file (see outbox_moves).
         try:
             opened = os.fstat(fd)
             if not S_ISREG(opened.st_mode) or _shape(opened) != _shape(stat):
-                self._seen.pop(path.name, None)  # the same
+                self._seen.pop(name, None)  # the same
                 return
             with open(fd, "rb", closefd=False) as handle:
-                self._take_open(path, opened, handle)
+                self._take_open(_Taken(folders, name, opened), handle)
         finally:
             os.close(fd)
 
-    def _take_open(self, path: Path, stat: os.stat_result, handle: BinaryIO) -> None:
-        """Take the file ``path``, open as ``handle`` (``stat``: its status, from the
-        descriptor): refused when too large, else read, sent and moved."""
+    def _take_open(self, taken: _Taken, handle: BinaryIO) -> None:
+        """Take the file, open as ``handle``: refused when too large, else read, sent and
+        moved."""
+        stat, name = taken.read, taken.name
         if stat.st_size > MAX_PAYLOAD_BYTES:
             self._fail(
-                path,
-                _name_key(path, stat),
+                taken,
+                _name_key(name, stat),
                 "too-large",
                 f"the file is {stat.st_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
                 [],
                 claimed=False,
             )
             return
-        held = self._held.get(path.name)
+        held = self._held.get(name)
         if held is not None and held[0] == _shape(stat) and held[2] > self._monotonic():
             return  # held back, unchanged, and not due again: not even read
         # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
@@ -265,18 +318,18 @@ class FolderIntegration:
             data.write_from(handle)
             after = os.fstat(handle.fileno())
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-                self._seen.pop(path.name, None)
+                self._seen.pop(name, None)
                 return  # written to while it was read: taken when it has settled
-            self._take(path, stat, data)
+            self._take(taken, data)
 
-    def _refuse_not_a_file(self, path: Path, stat: os.stat_result) -> None:
+    def _refuse_not_a_file(self, taken: _Taken) -> None:
         """Refuse a link, a named pipe, a socket or a device named like a message: it is moved
         to failed/ as it is (a link itself, never what it points to), beside an .error.txt.
         Nothing is read through it: a link may point to any file the server can read."""
-        what = _not_a_file(stat.st_mode)
+        what = _not_a_file(taken.read.st_mode)
         self._fail(
-            path,
-            _name_key(path, stat),
+            taken,
+            _name_key(taken.name, taken.read),
             "not-a-file",
             f"it is {what}, not a file; the server sends only files put in the outbox "
             "themselves, and never reads through a link",
@@ -284,19 +337,20 @@ class FolderIntegration:
             claimed=False,
         )
 
-    def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
+    def _take(self, taken: _Taken, data: Spool) -> None:
+        name, stat = taken.name, taken.read
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
-        identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
+        identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, self._name_digest(path.name))
+        state = self._claim(key, self._name_digest(name))
         if state is None:
             return  # another process claimed it first
         outcome, message_id, first_tried = state
         if outcome == SENT:
-            self._move_sent(path, message_id)
+            self._move_sent(taken, message_id)
             return
         if outcome == FAILED:
-            self._move_failed(path, key)
+            self._move_failed(taken, key)
             return
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
@@ -312,12 +366,12 @@ class FolderIntegration:
                 )
             except SubmitRejected as rejected:
                 if rejected.about_setup and not self._held_long_enough(first_tried):
-                    self._hold(path.name, _shape(stat), key, rejected)
+                    self._hold(name, _shape(stat), key, rejected)
                     return
-                self._fail(path, key, rejected.code, rejected.message, rejected.problems)
+                self._fail(taken, key, rejected.code, rejected.message, rejected.problems)
                 return
-        decided = self._mark(key, SENT, message_id, stale_held=self._stale_held(path.name, key))
-        self._held.pop(path.name, None)
+        decided = self._mark(key, SENT, message_id, stale_held=self._stale_held(name, key))
+        self._held.pop(name, None)
         if decided == FAILED:
             # another process refused it for good at the end of its hold while this one's
             # submit went through (a moment's race, its check for a message just before this
@@ -325,7 +379,7 @@ class FolderIntegration:
             # and the refusal's alert is put right (the same key: it replaces the text)
             self._sent_though_refused(key, message_id)
             return
-        self._move_sent(path, message_id)
+        self._move_sent(taken, message_id)
         log.info("outbox file sent as message %s", message_id)
 
     def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
@@ -452,7 +506,7 @@ class FolderIntegration:
 
     def _fail(
         self,
-        path: Path,
+        taken: _Taken,
         key: str,
         code: str,
         reason: str,
@@ -460,9 +514,9 @@ class FolderIntegration:
         *,
         claimed: bool = True,
     ) -> None:
-        assert self.failed is not None
+        name = taken.name
         lines = [
-            f"The file {_printable(path.name)} was not sent, and nothing was sent for it.",
+            f"The file {_printable(name)} was not sent, and nothing was sent for it.",
             f"Reason ({code}): {reason}",
         ]
         if problems:
@@ -470,14 +524,11 @@ class FolderIntegration:
             lines.extend(f"  - {problem}" for problem in problems)
         lines.append("Correct the message and put it in the outbox again as a new file.")
         lines.append(f"(File key {key[:12]}, as the operator's alert names it.)")
-        target = free_name(self.failed, path.name, key[:12])
-        with _opened(self.failed) as failed:
-            write_atomically(
-                failed,
-                target.name + ".error.txt",
-                ("\n".join(lines) + "\n").encode(),
-                mode=self.settings.file_mode,
-            )
+        failed = taken.folders.failed()
+        target = free_name(failed, name, key[:12])
+        explanation = ("\n".join(lines) + "\n").encode()
+        mode = self.settings.file_mode
+        write_atomically(failed, f"{target}.error.txt", explanation, mode=mode)
 
         def alert(uow: UnitOfWork) -> None:
             raise_alert(
@@ -491,7 +542,7 @@ class FolderIntegration:
             )
 
         # the alert with the outcome, or neither: a crash between them left a refusal unsaid
-        stale = self._stale_held(path.name, key)
+        stale = self._stale_held(name, key)
         if not claimed:
             with self.ctx.store.unit_of_work() as uow:
                 if stale is not None:
@@ -500,11 +551,16 @@ class FolderIntegration:
                 uow.commit()
         elif self._mark(key, FAILED, None, also=alert, stale_held=stale) != FAILED:
             # another process sent it first (at the end of a hold): its outcome stands
-            target.with_name(target.name + ".error.txt").unlink(missing_ok=True)
-            self._held.pop(path.name, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{target}.error.txt", dir_fd=failed)
+            self._held.pop(name, None)
             return
-        move_durably(path, target)
-        self._held.pop(path.name, None)
+        got = move_out(taken.folders, name, taken.read, failed, target, key[:12])
+        if got is not None and got != target:  # a name taken meanwhile: the explanation follows
+            write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{target}.error.txt", dir_fd=failed)
+        self._held.pop(name, None)
         log.warning("outbox file refused (%s)", code)
 
     def _report_stuck(self) -> None:
@@ -575,13 +631,18 @@ class FolderIntegration:
             self._name_secret = bytes.fromhex(_store_secret(self.ctx))
         return hmac.new(self._name_secret, os.fsencode(name), hashlib.sha256).hexdigest()
 
-    def _move_failed(self, path: Path, key: str) -> None:
-        assert self.failed is not None
-        move_durably(path, free_name(self.failed, path.name, key[:12]))
+    def _move_failed(self, taken: _Taken, key: str) -> None:
+        """Move a file refused before (its .error.txt is in failed/ already)."""
+        failed = taken.folders.failed()
+        target = free_name(failed, taken.name, key[:12])
+        move_out(taken.folders, taken.name, taken.read, failed, target, key[:12])
 
-    def _move_sent(self, path: Path, message_id: str | None) -> None:
-        assert self.sent is not None
-        move_durably(path, free_name(self.sent, path.name, (message_id or "sent")[:8]))
+    def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
+        sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
+        if move_out(taken.folders, taken.name, taken.read, sent, taken.name, tag) is None:
+            # gone (another process moved it), or another file put in its place: that one
+            # is the EPJ's next message, and waits in the outbox for a later round
+            log.info("outbox file sent as message %s was not there to move", message_id)
 
     # -- inbox ----------------------------------------------------------------------------------
 
@@ -801,9 +862,10 @@ def _not_a_file(mode: int) -> str:
     return "a device or another special file"
 
 
-def _name_key(path: Path, stat: os.stat_result) -> str:
-    """A key for a file refused before it was read (too large): its name, inode and time."""
-    identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}".encode()
+def _name_key(name: str, stat: os.stat_result) -> str:
+    """A key for a file refused before it was read (too large, not a file): its name, inode
+    and time."""
+    identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}".encode()
     return hashlib.sha256(identity).hexdigest()
 
 

@@ -5,6 +5,7 @@ and doubles nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -258,7 +259,7 @@ def _run_until(config: Path, outbox: str, inbox: str, done: object) -> None:
         child.wait()
 
 
-@pytest.mark.parametrize("point", ["after-submit", "before-move"])
+@pytest.mark.parametrize("point", ["after-submit", "before-move", "in-own-folder"])
 def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     outbox = tmp_path / "ut"
     outbox.mkdir()
@@ -821,10 +822,14 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
 ) -> None:
     # At the end of a hold, process B's submit goes through while process A was refused: A must
     # not move the file to failed/ saying nothing was sent (the EPJ would send it again).
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.integration import folder
+
     outbox = tmp_path / "ut"
-    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
-    first = FolderIntegration(pair.gp, settings)
-    second = FolderIntegration(pair.gp, settings)
+    first = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0, hold_minutes=0)
+    )
+    second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Samtidig"))
 
     def died_before_marking(*args: object, **kwargs: object) -> str:
@@ -838,7 +843,15 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
     with pair.gp.store.unit_of_work() as uow:
         [row] = uow.session.scalars(select(FolderFileRow))
     assert row.outcome == "pending"
-    first._fail(outbox / "a.xml", row.key, "agreement-not-active", "refused", [])  # A's verdict
+
+    def refused_for_good(*args: object, **kwargs: object) -> str:
+        raise SubmitRejected("agreement-not-active", "refused")
+
+    with monkeypatch.context() as patched:  # A's verdict, not seeing B's message (the race)
+        patched.setattr(FolderIntegration, "_submitted_before", lambda self, key: None)
+        patched.setattr(folder, "submit", refused_for_good)
+        first.outbox_once()
+    assert (outbox / "a.xml").exists()
     assert not (outbox / "failed" / "a.xml").exists()
     assert list((outbox / "failed").iterdir()) == []
     assert open_alerts(pair, "outbox-refused") == []
@@ -883,3 +896,118 @@ def test_on_sqlite_a_message_read_through_the_api_meanwhile_gets_no_inbox_files(
     assert pair.message(pair.hospital, row.id).status == "delivered"
     with pair.hospital.store.unit_of_work() as uow:
         assert list(uow.session.scalars(select(FolderFileRow))) == []
+
+
+def sent_contents(pair: Pair) -> dict[str, bytes]:
+    """What each outbound message carried, by the SHA-256 of its business message."""
+    return {
+        str(m.payload_sha256): pair.gp.store.payloads.read_bytes(str(m.payload_ref))
+        for m in outbound(pair)
+    }
+
+
+def assert_every_file_in_sent_was_sent(pair: Pair, sent: Path) -> None:
+    contents = sent_contents(pair)
+    for moved in sent.iterdir():
+        digest = hashlib.sha256(moved.read_bytes()).hexdigest()
+        assert digest in contents, f"sent/{moved.name} was never sent"
+
+
+def test_a_file_renamed_onto_the_name_of_one_being_sent_is_not_moved_unsent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The EPJ drops its next message under the same name while the first is submitted (schema
+    # validation takes seconds). The file at the name is now the second: it must not be moved
+    # to sent/ (it was never sent) but stay in the outbox and go in a later round.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    first = dialog_note(pair.gp_site, pair.hospital_site, "FØRSTE")
+    second = dialog_note(pair.gp_site, pair.hospital_site, "ANDRE")
+    drop(outbox, "pasient.xml", first)
+    real_submit = folder.submit
+
+    def the_epj_drops_the_next(*args: object, **kwargs: object) -> str:
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(folder, "submit", real_submit)
+        drop(outbox, "pasient.xml", second)
+        return message_id
+
+    monkeypatch.setattr(folder, "submit", the_epj_drops_the_next)
+    integration.outbox_once()
+    assert (outbox / "pasient.xml").read_bytes() == second
+    assert list((outbox / "sent").iterdir()) == []  # the one sent was replaced by the EPJ
+    integration.outbox_once()
+    assert sorted(sent_contents(pair).values()) == sorted([first, second])
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [second]
+    assert_every_file_in_sent_was_sent(pair, outbox / "sent")
+    assert not (outbox / "pasient.xml").exists()
+
+
+def test_a_file_renamed_onto_the_name_of_one_being_refused_is_not_moved_to_failed(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    second = dialog_note(pair.gp_site, pair.hospital_site, "ANDRE")
+    drop(outbox, "pasient.xml", b"<MsgHead>not a message")
+    real_submit = folder.submit
+
+    def the_epj_drops_the_next(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        try:
+            return real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        except SubmitRejected:
+            drop(outbox, "pasient.xml", second)
+            raise
+
+    monkeypatch.setattr(folder, "submit", the_epj_drops_the_next)
+    integration.outbox_once()
+    failed = outbox / "failed"
+    assert [p.name for p in failed.iterdir()] == ["pasient.xml.error.txt"]  # of the refused one
+    assert (outbox / "pasient.xml").read_bytes() == second
+    integration.outbox_once()
+    assert list(sent_contents(pair).values()) == [second]
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [second]
+    assert [p.name for p in failed.iterdir()] == ["pasient.xml.error.txt"]
+
+
+def test_a_file_put_back_while_its_name_is_taken_again_waits_and_is_sent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file found at the name is not the one read, and by the time it is to go back the EPJ
+    # has dropped a third under that name: neither replaces the other, and each is sent.
+    from meldingstjener.integration import folder, outbox_moves
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    notes = [dialog_note(pair.gp_site, pair.hospital_site, f"Nummer {n}") for n in range(3)]
+    drop(outbox, "pasient.xml", notes[0])
+    real_submit, real_same_file = folder.submit, outbox_moves.same_file
+
+    def the_second(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        drop(outbox, "pasient.xml", notes[1])
+        return message_id
+
+    def the_third(seen: os.stat_result, read: os.stat_result) -> bool:
+        monkeypatch.setattr(outbox_moves, "same_file", real_same_file)
+        drop(outbox, "pasient.xml", notes[2])  # the name is free: the second is being moved
+        return real_same_file(seen, read)
+
+    monkeypatch.setattr(folder, "submit", the_second)
+    monkeypatch.setattr(outbox_moves, "same_file", the_third)
+    integration.outbox_once()
+    assert (outbox / "pasient.xml").read_bytes() == notes[2]
+    for _ in range(3):
+        integration.outbox_once()
+    assert sorted(sent_contents(pair).values()) == sorted(notes)
+    assert sorted(p.read_bytes() for p in (outbox / "sent").iterdir()) == sorted(notes[1:])
+    assert_every_file_in_sent_was_sent(pair, outbox / "sent")
+    assert not list(outbox.glob("*.xml"))
+    assert [p.name for p in (outbox / ".meldingstjener").iterdir()] == ["turn.lock"]
