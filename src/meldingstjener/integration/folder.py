@@ -55,6 +55,7 @@ from meldingstjener.engine import receipts
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
     exists_at,
@@ -355,6 +356,7 @@ class FolderIntegration:
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
             try:
+                inspected = self._inspect_sender(data)
                 # the key as idempotency key too: two processes watching one outbox may both
                 # find the file claimed but unsent; the unique index lets one message through
                 message_id = submit(
@@ -363,6 +365,7 @@ class FolderIntegration:
                     actor=ACTOR,
                     client_id=f"{ACTOR}:{key}",
                     idempotency_key=f"{ACTOR}:{key}",
+                    inspected=inspected,
                 )
             except SubmitRejected as rejected:
                 if rejected.about_setup and not self._held_long_enough(first_tried):
@@ -381,6 +384,22 @@ class FolderIntegration:
             return
         self._move_sent(taken, message_id)
         log.info("outbox file sent as message %s", message_id)
+
+    def _inspect_sender(self, data: Spool) -> Fagmelding:
+        """The file's message, read once (``submit`` is given it); refused when it is sent as
+        one of our HER-ids that ``[folder] as_her_ids`` leaves out: the folder acts for those
+        only, as an API client for its own (an EPJ on one service must not send as another)."""
+        inspected = inspect(data, self.ctx.policy.schema_dir)
+        sender = inspected.sender.communication_party
+        bounded = bool(self.settings.as_her_ids)  # unset: every HER-id of ours (submit checks)
+        # an invalid message, or one that names no sender, is refused by submit as that
+        if bounded and inspected.valid and sender is not None and str(sender) not in self.her_ids:
+            raise SubmitRejected(
+                "not-allowed",
+                f"the message is sent as HER-id {sender}, which this folder does not act for "
+                f"([folder] as_her_ids: {', '.join(self.her_ids)}); nothing was sent",
+            )
+        return inspected
 
     def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
         """(outcome, message id, first claimed) of the file's row, claimed now if it had none;

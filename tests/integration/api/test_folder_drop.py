@@ -21,7 +21,7 @@ from engine_pair import Pair
 from sqlalchemy import select
 
 from meldingstjener.config import FolderSettings
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
@@ -477,8 +477,8 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     assert pair.message(pair.hospital, row.id).status == "delivered"
 
 
-def open_alerts(pair: Pair, kind: str) -> list[AlertRow]:
-    with pair.gp.store.unit_of_work() as uow:
+def open_alerts(pair: Pair, kind: str, site: str = "gp") -> list[AlertRow]:
+    with getattr(pair, site).store.unit_of_work() as uow:
         return uow.alerts.list(open_only=True, kind=kind)
 
 
@@ -1011,3 +1011,34 @@ def test_a_file_put_back_while_its_name_is_taken_again_waits_and_is_sent(
     assert_every_file_in_sent_was_sent(pair, outbox / "sent")
     assert not list(outbox.glob("*.xml"))
     assert [p.name for p in (outbox / ".meldingstjener").iterdir()] == ["turn.lock"]
+
+
+def hospital_outbound(pair: Pair) -> list[MessageRow]:
+    with pair.hospital.store.unit_of_work() as uow:
+        return uow.messages.search(LogFilter(direction="out", limit=100))
+
+
+def test_as_her_ids_bounds_what_the_outbox_sends_as(pair: Pair, tmp_path: Path) -> None:
+    # The folder acts for the hospital's organisation only ([folder] as_her_ids); another EPJ
+    # serves its service (through the API). A file sent as the service is refused at once:
+    # the folder's EPJ must not send in the other's name.
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0, as_her_ids=[HOSPITAL_HER])
+    integration = FolderIntegration(pair.hospital, settings)
+    assert pair.hospital_site.address_her_id == HOSPITAL_SERVICE_HER
+    drop(outbox, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))
+    integration.outbox_once()
+    assert hospital_outbound(pair) == []
+    assert sorted(p.name for p in (outbox / "failed").iterdir()) == ["a.xml", "a.xml.error.txt"]
+    explanation = (outbox / "failed" / "a.xml.error.txt").read_text()
+    assert "not-allowed" in explanation and HOSPITAL_SERVICE_HER in explanation
+    assert "as_her_ids" in explanation
+    [refused] = open_alerts(pair, "outbox-refused", "hospital")
+    assert "not-allowed" in refused.summary
+    # the folder of the service sends as the service
+    other = tmp_path / "ut2"
+    served = FolderSettings(outbox_dir=other, settle_seconds=0, as_her_ids=[HOSPITAL_SERVICE_HER])
+    service_folder = FolderIntegration(pair.hospital, served)
+    drop(other, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))
+    service_folder.outbox_once()
+    assert [m.from_her_id for m in hospital_outbound(pair)] == [HOSPITAL_SERVICE_HER]
