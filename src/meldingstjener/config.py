@@ -268,7 +268,8 @@ class FolderSettings(_Section):
     failed_dir: Path | None = None
     poll_interval_seconds: float = Field(default=2.0, gt=0)
     # Which of our HER-ids the folder acts for, as an API client's HER-ids bound it: the inbox
-    # gets their messages, the outbox sends as them only. Empty: every HER-id of ours.
+    # gets their messages, the outbox sends as them only, and AppRecs to their messages only.
+    # Empty: every HER-id of ours.
     as_her_ids: list[str] = Field(default_factory=list)
     # An outbox file is taken once its size and time have stayed the same this long (seen by
     # this server between rounds): an EPJ that writes in place instead of renaming is not read

@@ -366,6 +366,8 @@ class FolderIntegration:
                     client_id=f"{ACTOR}:{key}",
                     idempotency_key=f"{ACTOR}:{key}",
                     inspected=inspected,
+                    # an AppRec answers only a message sent to a HER-id the folder acts for
+                    may_answer=self._acts_for,
                 )
             except SubmitRejected as rejected:
                 if rejected.about_setup and not self._held_long_enough(first_tried):
@@ -400,6 +402,10 @@ class FolderIntegration:
                 f"([folder] as_her_ids: {', '.join(self.her_ids)}); nothing was sent",
             )
         return inspected
+
+    def _acts_for(self, her_id: str) -> bool:
+        """Whether the folder acts for ``her_id`` (``[folder] as_her_ids``, else all of ours)."""
+        return her_id in self.her_ids
 
     def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
         """(outcome, message id, first claimed) of the file's row, claimed now if it had none;

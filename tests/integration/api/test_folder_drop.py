@@ -1042,3 +1042,43 @@ def test_as_her_ids_bounds_what_the_outbox_sends_as(pair: Pair, tmp_path: Path) 
     drop(other, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))
     service_folder.outbox_once()
     assert [m.from_her_id for m in hospital_outbound(pair)] == [HOSPITAL_SERVICE_HER]
+
+
+def test_an_apprec_from_the_outbox_answers_only_a_message_the_folder_acts_for(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # The folder acts for the hospital's organisation only; a message was sent to its service
+    # (another EPJ's). An AppRec dropped as the organisation, answering it, matches it (the one
+    # message of that MsgId from the GP) but is refused: the message would leave the other
+    # EPJ's inbox, and the GP hear "rejected".
+    import dataclasses
+
+    from meldingstjener.formats import AppRecError, AppRecStatus, build_apprec, read_msghead
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Til tjenesten"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.to_her_id == HOSPITAL_SERVICE_HER
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    receiver = original.msg_info.receiver
+    without_service = dataclasses.replace(
+        receiver, organisation=dataclasses.replace(receiver.organisation, organisation=None)
+    )
+    as_the_organisation = dataclasses.replace(
+        original, msg_info=dataclasses.replace(original.msg_info, receiver=without_service)
+    )
+    document = build_apprec(
+        as_the_organisation,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("X99", "ikke vår")],
+        version="1.0",
+    )
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0, as_her_ids=[HOSPITAL_HER])
+    integration = FolderIntegration(pair.hospital, settings)
+    drop(outbox, "apprec.xml", document)
+    integration.outbox_once()
+    assert hospital_outbound(pair) == []
+    assert pair.message(pair.hospital, row.id).status == row.status
+    explanation = (outbox / "failed" / "apprec.xml.error.txt").read_text()
+    assert "not-allowed" in explanation and HOSPITAL_SERVICE_HER in explanation
