@@ -267,6 +267,9 @@ class FolderSettings(_Section):
     sent_dir: Path | None = None
     failed_dir: Path | None = None
     poll_interval_seconds: float = Field(default=2.0, gt=0)
+    # Which of our HER-ids the folder acts for, as an API client's HER-ids bound it: the inbox
+    # gets their messages, the outbox sends as them only, and AppRecs to their messages only.
+    # Empty: every HER-id of ours.
     as_her_ids: list[str] = Field(default_factory=list)
     # An outbox file is taken once its size and time have stayed the same this long (seen by
     # this server between rounds): an EPJ that writes in place instead of renaming is not read
@@ -276,6 +279,17 @@ class FolderSettings(_Section):
     # its certificate) stays in the outbox this long, tried again every minute, before it is
     # moved to failed/: the operator may connect the partner meanwhile. 0: at once.
     hold_minutes: int = Field(default=60, ge=0)
+    # The mode of the files written for the EPJ (the inbox's, the .error.txt in failed/),
+    # exactly, whatever the server's umask: the EPJ reads them as a member of the group.
+    file_mode: int = Field(default=0o640, ge=0, le=0o777)
+
+    @field_validator("file_mode")
+    @classmethod
+    def _check_file_mode(cls, value: int) -> int:
+        # a file others may write is one any user of the host may change before the EPJ reads it
+        if value & 0o002:
+            raise ValueError("must not let others write the files (no 0o002 bit)")
+        return value
 
     @field_validator("as_her_ids", mode="before")
     @classmethod

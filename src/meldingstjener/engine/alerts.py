@@ -46,6 +46,7 @@ class AlertKind(StrEnum):
     MAIL_BOUNCED = "mail-bounced"
     REGISTER_PARTIES_REFUSED = "register-parties-refused"
     MAIL_STUCK = "mail-stuck"
+    FOLDER_UNSAFE = "folder-unsafe"
 
 
 SEVERITY = {
@@ -83,6 +84,7 @@ SEVERITY = {
     AlertKind.MAIL_BOUNCED: "error",
     AlertKind.REGISTER_PARTIES_REFUSED: "error",
     AlertKind.MAIL_STUCK: "error",
+    AlertKind.FOLDER_UNSAFE: "error",
 }
 
 

@@ -2,7 +2,9 @@
 
 Outbox: the EPJ writes ``<name>.xml`` under a temporary name and renames it (so we never see half
 a file). Each file is submitted and moved to ``sent/``, or to ``failed/`` beside
-``<name>.error.txt`` saying why in plain words. Exactly once across crashes: a ``folder_files``
+``<name>.error.txt`` saying why in plain words; moved only if it is the file read, held open
+since (see ``outbox_moves``: the EPJ may rename a new file onto the name meanwhile, which then
+stays in the outbox). Exactly once across crashes: a ``folder_files``
 row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
 the message carries that key as its ``client_id``, so after a crash we can tell whether the
 submit committed and never send the same file twice. A file is taken once it has settled (see
@@ -11,30 +13,38 @@ submit committed and never send the same file twice. A file is taken once it has
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
 
 Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<id>.json``, which
-is written first; both are renamed into place, while the processes on one inbox take turns (so
-that they write it once) and no other channel can move the message on (see ``write_inbox``). A
+is written first; both are written under random temporary names, never through a link (see
+``files.write_temporary``), and renamed into place, while the processes on one inbox take turns
+(so that they write it once) and no other channel can move the message on (see ``write_inbox``). A
 ``folder_files`` row, committed with the renames, records the write; a crash before it only
 means the same two files are written again under the same names. After that the engine is told
 the message reached the EPJ (``receipts.deliver``).
+
+The folders are the EPJ's to write in: a side whose folder is a symbolic link does nothing (see
+``folder_checks``), and an outbox entry that is not a file (a link, a pipe) is refused, never
+followed or waited on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from stat import S_ISREG
-from typing import Any
+from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
+from typing import Any, BinaryIO
 
 from sqlalchemy import exists, select
 from sqlalchemy.engine import make_url
@@ -45,13 +55,23 @@ from meldingstjener.engine import receipts
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
+    exists_at,
     free_name,
-    move_durably,
+    lstat_at,
+    open_folder,
     publish,
     write_atomically,
     write_temporary,
+)
+from meldingstjener.integration.folder_checks import FolderChecks
+from meldingstjener.integration.outbox_moves import (
+    OWN_FOLDER,
+    RoundFolders,
+    move_out,
+    put_back_leftovers,
 )
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import Spool
@@ -68,6 +88,20 @@ STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbo
 FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
 STUCK_REREAD_ROUNDS = 30  # the open outbox-stuck alerts are read again this often
 NAME_SECRET = "folder.name_secret"  # the key of the file names' digests, in the store
+SWEEP_EVERY_SECONDS = 3600.0  # the inbox is swept of temporaries a crash left this often
+STALE_TEMPORARY_SECONDS = 3600.0  # a temporary inbox file this old is no live process's
+# a temporary inbox file: ".<message id>.<xml|json>.<random>.tmp" (earlier versions: no random)
+INBOX_TEMPORARY = re.compile(r"\.[0-9a-f-]{36}\.(?:xml|json)(?:\.[0-9a-f]{16})?\.tmp")
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """An outbox file as a round took it: the round's folders, the file's name, and its status
+    when it was read (from the descriptor held open on it; a link's own, for one refused)."""
+
+    folders: RoundFolders
+    name: str
+    read: os.stat_result
 
 
 class FolderIntegration:
@@ -89,6 +123,7 @@ class FolderIntegration:
         self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
         self._rounds_since_read = 0
         self._name_secret: bytes | None = None
+        self._swept_at: float | None = None  # when the inbox was last swept of temporaries
         self.outbox = settings.outbox_dir
         self.inbox = settings.inbox_dir
         self.sent = settings.sent_dir or (self.outbox / "sent" if self.outbox else None)
@@ -96,9 +131,20 @@ class FolderIntegration:
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
         outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
         self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
+        # the folder-unsafe alerts' keys: by the paths as configured (a link in the last part
+        # is what such an alert is about; resolved, the key would change when it is mended)
+        self._unsafe_keys = {
+            side: f"{side}.{hashlib.sha256(os.fsencode(os.path.abspath(folder))).hexdigest()[:16]}"
+            for side, folder in ((OUTBOX, self.outbox), (INBOX, self.inbox))
+            if folder is not None
+        }
+        self._checks = FolderChecks(ctx)
         for directory in (self.outbox, self.inbox, self.sent, self.failed):
-            if directory is not None:
-                directory.mkdir(parents=True, exist_ok=True)
+            if directory is not None and not directory.is_symlink():  # (a link: see _usable)
+                try:
+                    directory.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file in its place: the rounds say so, in an alert
+                    log.error("folder %s cannot be made (%s)", directory, type(exc).__name__)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -123,37 +169,66 @@ class FolderIntegration:
     def outbox_once(self) -> int:
         if self.outbox is None:
             return 0
+        assert self.sent is not None and self.failed is not None
+        checked = [
+            ("outbox folder", self.outbox),
+            ("sent/ folder", self.sent),
+            ("failed/ folder", self.failed),
+            ("own folder", self.outbox / OWN_FOLDER),
+        ]
+        if not self._checks.usable(self._unsafe_keys[OUTBOX], "outbox", checked):
+            return 0  # a folder is a link: nothing is sent, nothing moved
+        try:
+            folders = RoundFolders(self.outbox, self.sent, self.failed)
+        except OSError as exc:
+            self._not_listed(exc)
+            return 0
+        try:
+            try:
+                # what a process that died while moving a file left: back first, then listed
+                put_back_leftovers(folders)
+            except OSError as exc:  # the own folder cannot be made: no file can be moved
+                log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+            try:
+                names = sorted(os.listdir(folders.outbox))
+            except OSError as exc:
+                self._not_listed(exc)
+                return 0
+            self._failures.pop(FOLDER, None)
+            return self._outbox_round(folders, names)
+        finally:
+            folders.close()
+
+    def _not_listed(self, exc: OSError) -> None:
+        """The outbox itself failed: a share not mounted, a folder removed or not readable."""
+        log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
+        self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
+        self._report_stuck()
+
+    def _outbox_round(self, folders: RoundFolders, names: list[str]) -> int:
         handled = 0
         present: set[str] = set()
-        try:
-            paths = sorted(self.outbox.iterdir())
-        except OSError as exc:
-            # the folder itself: a share not mounted, a directory removed or not readable
-            log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
-            self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
-            self._report_stuck()
-            return 0
-        self._failures.pop(FOLDER, None)
-        for path in paths:
-            if path.suffix.lower() != ".xml" or path.name.startswith("."):
+        for name in names:
+            if Path(name).suffix.lower() != ".xml" or name.startswith("."):
                 continue
-            present.add(path.name)
+            present.add(name)
             try:
-                stat = path.stat()
-                if not S_ISREG(stat.st_mode):
-                    continue  # a directory, a pipe: not a file an EPJ dropped
-                if not self._settled(path.name, stat):
+                # a link's own status: what it points to is not looked at
+                stat = lstat_at(folders.outbox, name)
+                if S_ISDIR(stat.st_mode):
+                    continue  # a folder: not something an EPJ dropped to be sent
+                if not self._settled(name, stat):
                     continue
-                self.take(path, stat)
+                self._take_entry(folders, name, stat)
             except Exception as exc:  # one file must not hold up the rest; tried again
-                if isinstance(exc, FileNotFoundError) and not path.exists():
+                if isinstance(exc, FileNotFoundError) and not exists_at(folders.outbox, name):
                     continue  # taken away meanwhile (by another process on this outbox)
                 # its type only: a traceback would carry the file's path, and an EPJ may
                 # name a file by the patient
                 log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
-                self._failures[path.name] = self._failures.get(path.name, 0) + 1
+                self._failures[name] = self._failures.get(name, 0) + 1
             else:
-                self._failures.pop(path.name, None)
+                self._failures.pop(name, None)
             handled += 1
         gone_held = [held[1] for name, held in self._held.items() if name not in present]
         if gone_held:  # removed or renamed while held: no file waits for its receiver now
@@ -182,50 +257,106 @@ class FolderIntegration:
             return False
         return now - seen[1] >= self.settings.settle_seconds
 
-    def take(self, path: Path, stat: os.stat_result | None = None) -> None:
-        """Send one outbox file exactly once and move it out of the outbox."""
-        stat = stat or path.stat()
+    def take(self, path: Path) -> None:
+        """Send the outbox file ``path`` exactly once and move it out of the outbox, or refuse
+        it (a round of one file, for tools and benchmarks)."""
+        assert self.outbox is not None and self.sent is not None and self.failed is not None
+        folders = RoundFolders(self.outbox, self.sent, self.failed)
+        try:
+            self._take_entry(folders, path.name, lstat_at(folders.outbox, path.name))
+        finally:
+            folders.close()
+
+    def _take_entry(self, folders: RoundFolders, name: str, stat: os.stat_result) -> None:
+        """Send one outbox file exactly once and move it out of the outbox; refuse what is not
+        a file (``stat``: the outbox entry's own status, as listed)."""
+        if not S_ISREG(stat.st_mode):
+            self._refuse_not_a_file(_Taken(folders, name, stat))
+            return
+        # Never through a link (O_NOFOLLOW), and never to wait: a named pipe renamed over the
+        # file since it was listed opens at once (O_NONBLOCK), and is then told by its status.
+        # (A device put there would be opened; making one takes root.)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=folders.outbox)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a socket
+                raise
+            self._seen.pop(name, None)  # not the file listed: looked at again next round
+            return
+        # The descriptor stays open until the file has been moved: while it is, no other file
+        # can have this one's inode, so a file found with it is this file (see outbox_moves).
+        try:
+            opened = os.fstat(fd)
+            if not S_ISREG(opened.st_mode) or _shape(opened) != _shape(stat):
+                self._seen.pop(name, None)  # the same
+                return
+            with open(fd, "rb", closefd=False) as handle:
+                self._take_open(_Taken(folders, name, opened), handle)
+        finally:
+            os.close(fd)
+
+    def _take_open(self, taken: _Taken, handle: BinaryIO) -> None:
+        """Take the file, open as ``handle``: refused when too large, else read, sent and
+        moved."""
+        stat, name = taken.read, taken.name
         if stat.st_size > MAX_PAYLOAD_BYTES:
             self._fail(
-                path,
-                _name_key(path, stat),
+                taken,
+                _name_key(name, stat),
                 "too-large",
                 f"the file is {stat.st_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
                 [],
                 claimed=False,
             )
             return
-        held = self._held.get(path.name)
+        held = self._held.get(name)
         if held is not None and held[0] == _shape(stat) and held[2] > self._monotonic():
             return  # held back, unchanged, and not due again: not even read
         # A snapshot in the payload store, read in pieces: what is hashed is what is sent, and
         # it becomes the stored payload by a rename (a 35 MB file is never held in memory).
         with self.ctx.store.payloads.spool() as data:
-            with path.open("rb") as handle:
-                data.write_from(handle)
-                after = os.fstat(handle.fileno())
+            data.write_from(handle)
+            after = os.fstat(handle.fileno())
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-                self._seen.pop(path.name, None)
+                self._seen.pop(name, None)
                 return  # written to while it was read: taken when it has settled
-            self._take(path, stat, data)
+            self._take(taken, data)
 
-    def _take(self, path: Path, stat: os.stat_result, data: Spool) -> None:
+    def _refuse_not_a_file(self, taken: _Taken) -> None:
+        """Refuse a link, a named pipe, a socket or a device named like a message: it is moved
+        to failed/ as it is (a link itself, never what it points to), beside an .error.txt.
+        Nothing is read through it: a link may point to any file the server can read."""
+        what = _not_a_file(taken.read.st_mode)
+        self._fail(
+            taken,
+            _name_key(taken.name, taken.read),
+            "not-a-file",
+            f"it is {what}, not a file; the server sends only files put in the outbox "
+            "themselves, and never reads through a link",
+            [],
+            claimed=False,
+        )
+
+    def _take(self, taken: _Taken, data: Spool) -> None:
+        name, stat = taken.name, taken.read
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
-        identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
+        identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, self._name_digest(path.name))
+        state = self._claim(key, self._name_digest(name))
         if state is None:
             return  # another process claimed it first
         outcome, message_id, first_tried = state
         if outcome == SENT:
-            self._move_sent(path, message_id)
+            self._move_sent(taken, message_id)
             return
         if outcome == FAILED:
-            self._move_failed(path, key)
+            self._move_failed(taken, key)
             return
         message_id = message_id or self._submitted_before(key)
         if message_id is None:
             try:
+                inspected = self._inspect_sender(data)
                 # the key as idempotency key too: two processes watching one outbox may both
                 # find the file claimed but unsent; the unique index lets one message through
                 message_id = submit(
@@ -234,15 +365,18 @@ class FolderIntegration:
                     actor=ACTOR,
                     client_id=f"{ACTOR}:{key}",
                     idempotency_key=f"{ACTOR}:{key}",
+                    inspected=inspected,
+                    # an AppRec answers only a message sent to a HER-id the folder acts for
+                    may_answer=self._acts_for,
                 )
             except SubmitRejected as rejected:
                 if rejected.about_setup and not self._held_long_enough(first_tried):
-                    self._hold(path.name, _shape(stat), key, rejected)
+                    self._hold(name, _shape(stat), key, rejected)
                     return
-                self._fail(path, key, rejected.code, rejected.message, rejected.problems)
+                self._fail(taken, key, rejected.code, rejected.message, rejected.problems)
                 return
-        decided = self._mark(key, SENT, message_id, stale_held=self._stale_held(path.name, key))
-        self._held.pop(path.name, None)
+        decided = self._mark(key, SENT, message_id, stale_held=self._stale_held(name, key))
+        self._held.pop(name, None)
         if decided == FAILED:
             # another process refused it for good at the end of its hold while this one's
             # submit went through (a moment's race, its check for a message just before this
@@ -250,8 +384,28 @@ class FolderIntegration:
             # and the refusal's alert is put right (the same key: it replaces the text)
             self._sent_though_refused(key, message_id)
             return
-        self._move_sent(path, message_id)
+        self._move_sent(taken, message_id)
         log.info("outbox file sent as message %s", message_id)
+
+    def _inspect_sender(self, data: Spool) -> Fagmelding:
+        """The file's message, read once (``submit`` is given it); refused when it is sent as
+        one of our HER-ids that ``[folder] as_her_ids`` leaves out: the folder acts for those
+        only, as an API client for its own (an EPJ on one service must not send as another)."""
+        inspected = inspect(data, self.ctx.policy.schema_dir)
+        sender = inspected.sender.communication_party
+        bounded = bool(self.settings.as_her_ids)  # unset: every HER-id of ours (submit checks)
+        # an invalid message, or one that names no sender, is refused by submit as that
+        if bounded and inspected.valid and sender is not None and str(sender) not in self.her_ids:
+            raise SubmitRejected(
+                "not-allowed",
+                f"the message is sent as HER-id {sender}, which this folder does not act for "
+                f"([folder] as_her_ids: {', '.join(self.her_ids)}); nothing was sent",
+            )
+        return inspected
+
+    def _acts_for(self, her_id: str) -> bool:
+        """Whether the folder acts for ``her_id`` (``[folder] as_her_ids``, else all of ours)."""
+        return her_id in self.her_ids
 
     def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
         """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
@@ -377,7 +531,7 @@ class FolderIntegration:
 
     def _fail(
         self,
-        path: Path,
+        taken: _Taken,
         key: str,
         code: str,
         reason: str,
@@ -385,9 +539,9 @@ class FolderIntegration:
         *,
         claimed: bool = True,
     ) -> None:
-        assert self.failed is not None
+        name = taken.name
         lines = [
-            f"The file {_printable(path.name)} was not sent, and nothing was sent for it.",
+            f"The file {_printable(name)} was not sent, and nothing was sent for it.",
             f"Reason ({code}): {reason}",
         ]
         if problems:
@@ -395,10 +549,11 @@ class FolderIntegration:
             lines.extend(f"  - {problem}" for problem in problems)
         lines.append("Correct the message and put it in the outbox again as a new file.")
         lines.append(f"(File key {key[:12]}, as the operator's alert names it.)")
-        target = free_name(self.failed, path.name, key[:12])
-        write_atomically(
-            target.with_name(target.name + ".error.txt"), ("\n".join(lines) + "\n").encode()
-        )
+        failed = taken.folders.failed()
+        target = free_name(failed, name, key[:12])
+        explanation = ("\n".join(lines) + "\n").encode()
+        mode = self.settings.file_mode
+        write_atomically(failed, f"{target}.error.txt", explanation, mode=mode)
 
         def alert(uow: UnitOfWork) -> None:
             raise_alert(
@@ -412,7 +567,7 @@ class FolderIntegration:
             )
 
         # the alert with the outcome, or neither: a crash between them left a refusal unsaid
-        stale = self._stale_held(path.name, key)
+        stale = self._stale_held(name, key)
         if not claimed:
             with self.ctx.store.unit_of_work() as uow:
                 if stale is not None:
@@ -421,11 +576,16 @@ class FolderIntegration:
                 uow.commit()
         elif self._mark(key, FAILED, None, also=alert, stale_held=stale) != FAILED:
             # another process sent it first (at the end of a hold): its outcome stands
-            target.with_name(target.name + ".error.txt").unlink(missing_ok=True)
-            self._held.pop(path.name, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{target}.error.txt", dir_fd=failed)
+            self._held.pop(name, None)
             return
-        move_durably(path, target)
-        self._held.pop(path.name, None)
+        got = move_out(taken.folders, name, taken.read, failed, target, key[:12])
+        if got is not None and got != target:  # a name taken meanwhile: the explanation follows
+            write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{target}.error.txt", dir_fd=failed)
+        self._held.pop(name, None)
         log.warning("outbox file refused (%s)", code)
 
     def _report_stuck(self) -> None:
@@ -496,19 +656,28 @@ class FolderIntegration:
             self._name_secret = bytes.fromhex(_store_secret(self.ctx))
         return hmac.new(self._name_secret, os.fsencode(name), hashlib.sha256).hexdigest()
 
-    def _move_failed(self, path: Path, key: str) -> None:
-        assert self.failed is not None
-        move_durably(path, free_name(self.failed, path.name, key[:12]))
+    def _move_failed(self, taken: _Taken, key: str) -> None:
+        """Move a file refused before (its .error.txt is in failed/ already)."""
+        failed = taken.folders.failed()
+        target = free_name(failed, taken.name, key[:12])
+        move_out(taken.folders, taken.name, taken.read, failed, target, key[:12])
 
-    def _move_sent(self, path: Path, message_id: str | None) -> None:
-        assert self.sent is not None
-        move_durably(path, free_name(self.sent, path.name, (message_id or "sent")[:8]))
+    def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
+        sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
+        if move_out(taken.folders, taken.name, taken.read, sent, taken.name, tag) is None:
+            # gone (another process moved it), or another file put in its place: that one
+            # is the EPJ's next message, and waits in the outbox for a later round
+            log.info("outbox file sent as message %s was not there to move", message_id)
 
     # -- inbox ----------------------------------------------------------------------------------
 
     def inbox_once(self) -> int:
         if self.inbox is None:
             return 0
+        inbox = [("inbox folder", self.inbox)]
+        if not self._checks.usable(self._unsafe_keys[INBOX], "inbox", inbox):
+            return 0  # a link: nothing is written through it
+        self._sweep_temporaries()
         written = FolderFileRow
         # Still acknowledged: not written yet, or written by a round that died before it marked
         # the message delivered (then only that is done: the EPJ may have taken the files).
@@ -542,16 +711,26 @@ class FolderIntegration:
         the same list of messages; had it not waited for this one, it would write the files
         again after the EPJ took them, or truncate the temporary file this one is about to
         rename. So the processes take turns, and each asks the store again in its turn."""
+        assert self.inbox is not None
+        with _opened(self.inbox) as inbox:
+            written = self._write_inbox(row, inbox)
+        if written:
+            self._deliver(row.id)
+
+    def _write_inbox(self, row: MessageRow, inbox: int) -> bool:
+        """Write the message's files in the open folder ``inbox`` unless another process (or
+        channel) was first; whether this one wrote them."""
         if self.ctx.store.database.is_postgresql:
             # Processes on any host: the message's row lock, held while its files are written.
             # (A hung network share holds that row and one connection as long as it hangs.)
             with self.ctx.store.unit_of_work() as uow:
                 if not _still_to_write(uow, row.id, lock=True):
-                    return
-                for temporary, path in self._stage_files(row):
-                    publish(temporary, path)
+                    return False
+                for temporary, name in self._stage_files(row, inbox):
+                    publish(inbox, temporary, name)
                 _record_written(uow, row.id, self.ctx.clock())
                 uow.commit()
+            return True
         else:
             # SQLite serves one host, and its one writer must not wait for the files' content
             # to be written (every unit of work of the process would): the processes take turns
@@ -563,18 +742,19 @@ class FolderIntegration:
             with self._turn():
                 with self.ctx.store.unit_of_work() as uow:
                     if not _still_to_write(uow, row.id, lock=False):
-                        return  # asked first: a 35 MB document is not copied for nothing
-                staged = self._stage_files(row)
+                        return False  # asked first: a 35 MB document is not copied for nothing
+                staged = self._stage_files(row, inbox)
                 with self.ctx.store.unit_of_work() as uow:
                     if not _still_to_write(uow, row.id, lock=False):
                         for temporary, _ in staged:
-                            temporary.unlink(missing_ok=True)
-                        return
-                    for temporary, path in staged:
-                        publish(temporary, path)
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(temporary, dir_fd=inbox)
+                        return False
+                    for temporary, name in staged:
+                        publish(inbox, temporary, name)
                     _record_written(uow, row.id, self.ctx.clock())
                     uow.commit()
-        self._deliver(row.id)
+            return True
 
     def _turn(self) -> contextlib.AbstractContextManager[None]:
         """This inbox's turn among the processes sharing the SQLite database: a lock file
@@ -586,18 +766,39 @@ class FolderIntegration:
         inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
         return _flock(Path(f"{database}.inbox-{inbox}.lock"))
 
-    def _stage_files(self, row: MessageRow) -> list[tuple[Path, Path]]:
-        """Write a message's two files under temporary names; (temporary, final) of each, in
-        the order they are to be put in place: the sidecar first, so that when the .xml
-        appears its metadata is already there."""
-        assert self.inbox is not None and row.payload_ref is not None
+    def _stage_files(self, row: MessageRow, inbox: int) -> list[tuple[str, str]]:
+        """Write a message's two files under temporary names in the open folder ``inbox``;
+        (temporary, final) name of each, in the order they are to be put in place: the
+        sidecar first, so that when the .xml appears its metadata is already there."""
+        assert row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        sidecar_path, document_path = self.inbox / f"{row.id}.json", self.inbox / f"{row.id}.xml"
+        sidecar_name, document_name = f"{row.id}.json", f"{row.id}.xml"
+        mode = self.settings.file_mode
         with self.ctx.store.payloads.open(row.payload_ref) as payload:
             return [
-                (write_temporary(sidecar_path, sidecar), sidecar_path),
-                (write_temporary(document_path, payload), document_path),
+                (write_temporary(inbox, sidecar_name, sidecar, mode=mode), sidecar_name),
+                (write_temporary(inbox, document_name, payload, mode=mode), document_name),
             ]
+
+    def _sweep_temporaries(self) -> None:
+        """Remove the temporary inbox files a process left when it died while writing them
+        (hourly): the name of a message's file, a random part, ``.tmp``; also the fixed
+        ``.<name>.tmp`` of earlier versions. Only those older than an hour, so as not to take
+        one another process is writing now; unlinked by name, a link too (never followed)."""
+        assert self.inbox is not None
+        now = self._monotonic()
+        if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY_SECONDS:
+            return
+        self._swept_at = now
+        with _opened(self.inbox) as inbox:
+            for name in os.listdir(inbox):
+                if not INBOX_TEMPORARY.fullmatch(name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    status = os.stat(name, dir_fd=inbox, follow_symlinks=False)
+                    if time.time() - status.st_mtime >= STALE_TEMPORARY_SECONDS:
+                        os.unlink(name, dir_fd=inbox)
+                        log.info("folder inbox: a temporary file left by a crash was removed")
 
     def _deliver(self, message_id: str) -> None:
         try:
@@ -635,6 +836,16 @@ def _record_written(uow: UnitOfWork, message_id: str, at: datetime) -> None:
 
 
 @contextlib.contextmanager
+def _opened(folder: Path) -> Iterator[int]:
+    """The folder ``folder`` open for steps relative to it (see ``files.open_folder``)."""
+    fd = open_folder(folder)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def _flock(path: Path) -> Iterator[None]:
     """Hold ``flock`` on ``path`` (the kernel lets go of it when the process dies)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -665,9 +876,21 @@ def _store_secret(ctx: EngineContext) -> str:
     raise RuntimeError("the folder integration's name key could not be made")
 
 
-def _name_key(path: Path, stat: os.stat_result) -> str:
-    """A key for a file refused before it was read (too large): its name, inode and time."""
-    identity = os.fsencode(path.name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}".encode()
+def _not_a_file(mode: int) -> str:
+    """What an outbox entry that is not a file is, in words."""
+    if S_ISLNK(mode):
+        return "a symbolic link"
+    if S_ISFIFO(mode):
+        return "a named pipe"
+    if S_ISSOCK(mode):
+        return "a socket"
+    return "a device or another special file"
+
+
+def _name_key(name: str, stat: os.stat_result) -> str:
+    """A key for a file refused before it was read (too large, not a file): its name, inode
+    and time."""
+    identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}".encode()
     return hashlib.sha256(identity).hexdigest()
 
 

@@ -1,7 +1,8 @@
 """Runs the folder integration in its own process for the crash tests, and can kill itself
 (SIGKILL, as kill -9) at a named point: ``after-submit`` (the message is stored, the file not
-yet moved), ``before-move`` (the row says sent, the file is still in the outbox) or
-``after-inbox-write`` (both inbox files are in place, the row recording them is not).
+yet moved), ``before-move`` (the row says sent, the file is still in the outbox),
+``in-own-folder`` (the row says sent, the file is in the server's own folder on its way to
+sent/) or ``after-inbox-write`` (both inbox files are in place, the row recording them is not).
 
 usage: python folder_child.py CONFIG OUTBOX INBOX CRASH_POINT CRASH_ON_CALL
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import FolderSettings, load_settings
-from meldingstjener.integration import folder
+from meldingstjener.integration import folder, outbox_moves
 
 
 def die_on(call: int, real):  # type: ignore[no-untyped-def]
@@ -48,8 +49,12 @@ def main() -> None:
         folder.submit = die_on(int(call), folder.submit)  # type: ignore[assignment]
         folder.submit.point = "after"  # type: ignore[attr-defined]
     elif point == "before-move":
-        folder.move_durably = die_on(int(call), folder.move_durably)  # type: ignore[assignment]
-        folder.move_durably.point = "before"  # type: ignore[attr-defined]
+        folder.move_out = die_on(int(call), folder.move_out)  # type: ignore[assignment]
+        folder.move_out.point = "before"  # type: ignore[attr-defined]
+    elif point == "in-own-folder":
+        moving = die_on(int(call), outbox_moves.move_to_free_name)
+        moving.point = "before"  # type: ignore[attr-defined]
+        outbox_moves.move_to_free_name = moving  # type: ignore[assignment]
     elif point == "after-inbox-write":
         # each message puts two files in place, the sidecar and then the document
         wrapped = die_on(2 * int(call), folder.publish)

@@ -5,6 +5,7 @@ and doubles nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from engine_pair import Pair
 from sqlalchemy import select
 
 from meldingstjener.config import FolderSettings
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
@@ -258,7 +259,7 @@ def _run_until(config: Path, outbox: str, inbox: str, done: object) -> None:
         child.wait()
 
 
-@pytest.mark.parametrize("point", ["after-submit", "before-move"])
+@pytest.mark.parametrize("point", ["after-submit", "before-move", "in-own-folder"])
 def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     outbox = tmp_path / "ut"
     outbox.mkdir()
@@ -390,7 +391,7 @@ def test_while_inbox_files_are_written_the_store_serves_others(
     served: list[bool] = []
     real_write = folder.write_temporary
 
-    def slow_share(path: Path, data: object) -> Path:
+    def slow_share(folder: int, name: str, data: object, **kwargs: int) -> str:
         if not served:
 
             def other_work() -> None:
@@ -403,7 +404,7 @@ def test_while_inbox_files_are_written_the_store_serves_others(
             other.start()
             other.join(timeout=20)  # a bound: it either gets through or waits on this write
             served.append(not other.is_alive())
-        return real_write(path, data)  # type: ignore[arg-type]
+        return real_write(folder, name, data, **kwargs)  # type: ignore[arg-type]
 
     others: list[threading.Thread] = []
     monkeypatch.setattr(folder, "write_temporary", slow_share)
@@ -438,12 +439,12 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     writers: list[str] = []
     real_write = folder.write_temporary
 
-    def held_write(path: Path, data: object) -> Path:
+    def held_write(folder: int, name: str, data: object, **kwargs: int) -> str:
         writers.append(threading.current_thread().name)
-        if threading.current_thread().name == "first" and path.suffix == ".json":
+        if threading.current_thread().name == "first" and name.endswith(".json"):
             writing.set()
             assert go_on.wait(60)
-        return real_write(path, data)  # type: ignore[arg-type]
+        return real_write(folder, name, data, **kwargs)  # type: ignore[arg-type]
 
     def waiting_on_a_lock() -> int:
         with pair.hospital.store.unit_of_work() as uow:
@@ -476,8 +477,8 @@ def test_on_postgresql_a_second_process_waits_for_the_first_ones_write(
     assert pair.message(pair.hospital, row.id).status == "delivered"
 
 
-def open_alerts(pair: Pair, kind: str) -> list[AlertRow]:
-    with pair.gp.store.unit_of_work() as uow:
+def open_alerts(pair: Pair, kind: str, site: str = "gp") -> list[AlertRow]:
+    with getattr(pair, site).store.unit_of_work() as uow:
         return uow.alerts.list(open_only=True, kind=kind)
 
 
@@ -821,10 +822,14 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
 ) -> None:
     # At the end of a hold, process B's submit goes through while process A was refused: A must
     # not move the file to failed/ saying nothing was sent (the EPJ would send it again).
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.integration import folder
+
     outbox = tmp_path / "ut"
-    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
-    first = FolderIntegration(pair.gp, settings)
-    second = FolderIntegration(pair.gp, settings)
+    first = FolderIntegration(
+        pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0, hold_minutes=0)
+    )
+    second = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Samtidig"))
 
     def died_before_marking(*args: object, **kwargs: object) -> str:
@@ -838,7 +843,15 @@ def test_a_refusal_for_good_yields_to_a_send_that_went_through(
     with pair.gp.store.unit_of_work() as uow:
         [row] = uow.session.scalars(select(FolderFileRow))
     assert row.outcome == "pending"
-    first._fail(outbox / "a.xml", row.key, "agreement-not-active", "refused", [])  # A's verdict
+
+    def refused_for_good(*args: object, **kwargs: object) -> str:
+        raise SubmitRejected("agreement-not-active", "refused")
+
+    with monkeypatch.context() as patched:  # A's verdict, not seeing B's message (the race)
+        patched.setattr(FolderIntegration, "_submitted_before", lambda self, key: None)
+        patched.setattr(folder, "submit", refused_for_good)
+        first.outbox_once()
+    assert (outbox / "a.xml").exists()
     assert not (outbox / "failed" / "a.xml").exists()
     assert list((outbox / "failed").iterdir()) == []
     assert open_alerts(pair, "outbox-refused") == []
@@ -883,3 +896,189 @@ def test_on_sqlite_a_message_read_through_the_api_meanwhile_gets_no_inbox_files(
     assert pair.message(pair.hospital, row.id).status == "delivered"
     with pair.hospital.store.unit_of_work() as uow:
         assert list(uow.session.scalars(select(FolderFileRow))) == []
+
+
+def sent_contents(pair: Pair) -> dict[str, bytes]:
+    """What each outbound message carried, by the SHA-256 of its business message."""
+    return {
+        str(m.payload_sha256): pair.gp.store.payloads.read_bytes(str(m.payload_ref))
+        for m in outbound(pair)
+    }
+
+
+def assert_every_file_in_sent_was_sent(pair: Pair, sent: Path) -> None:
+    contents = sent_contents(pair)
+    for moved in sent.iterdir():
+        digest = hashlib.sha256(moved.read_bytes()).hexdigest()
+        assert digest in contents, f"sent/{moved.name} was never sent"
+
+
+def test_a_file_renamed_onto_the_name_of_one_being_sent_is_not_moved_unsent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The EPJ drops its next message under the same name while the first is submitted (schema
+    # validation takes seconds). The file at the name is now the second: it must not be moved
+    # to sent/ (it was never sent) but stay in the outbox and go in a later round.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    first = dialog_note(pair.gp_site, pair.hospital_site, "FØRSTE")
+    second = dialog_note(pair.gp_site, pair.hospital_site, "ANDRE")
+    drop(outbox, "pasient.xml", first)
+    real_submit = folder.submit
+
+    def the_epj_drops_the_next(*args: object, **kwargs: object) -> str:
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(folder, "submit", real_submit)
+        drop(outbox, "pasient.xml", second)
+        return message_id
+
+    monkeypatch.setattr(folder, "submit", the_epj_drops_the_next)
+    integration.outbox_once()
+    assert (outbox / "pasient.xml").read_bytes() == second
+    assert list((outbox / "sent").iterdir()) == []  # the one sent was replaced by the EPJ
+    integration.outbox_once()
+    assert sorted(sent_contents(pair).values()) == sorted([first, second])
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [second]
+    assert_every_file_in_sent_was_sent(pair, outbox / "sent")
+    assert not (outbox / "pasient.xml").exists()
+
+
+def test_a_file_renamed_onto_the_name_of_one_being_refused_is_not_moved_to_failed(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    second = dialog_note(pair.gp_site, pair.hospital_site, "ANDRE")
+    drop(outbox, "pasient.xml", b"<MsgHead>not a message")
+    real_submit = folder.submit
+
+    def the_epj_drops_the_next(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        try:
+            return real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        except SubmitRejected:
+            drop(outbox, "pasient.xml", second)
+            raise
+
+    monkeypatch.setattr(folder, "submit", the_epj_drops_the_next)
+    integration.outbox_once()
+    failed = outbox / "failed"
+    assert [p.name for p in failed.iterdir()] == ["pasient.xml.error.txt"]  # of the refused one
+    assert (outbox / "pasient.xml").read_bytes() == second
+    integration.outbox_once()
+    assert list(sent_contents(pair).values()) == [second]
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [second]
+    assert [p.name for p in failed.iterdir()] == ["pasient.xml.error.txt"]
+
+
+def test_a_file_put_back_while_its_name_is_taken_again_waits_and_is_sent(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file found at the name is not the one read, and by the time it is to go back the EPJ
+    # has dropped a third under that name: neither replaces the other, and each is sent.
+    from meldingstjener.integration import folder, outbox_moves
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    notes = [dialog_note(pair.gp_site, pair.hospital_site, f"Nummer {n}") for n in range(3)]
+    drop(outbox, "pasient.xml", notes[0])
+    real_submit, real_same_file = folder.submit, outbox_moves.same_file
+
+    def the_second(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        drop(outbox, "pasient.xml", notes[1])
+        return message_id
+
+    def the_third(seen: os.stat_result, read: os.stat_result) -> bool:
+        monkeypatch.setattr(outbox_moves, "same_file", real_same_file)
+        drop(outbox, "pasient.xml", notes[2])  # the name is free: the second is being moved
+        return real_same_file(seen, read)
+
+    monkeypatch.setattr(folder, "submit", the_second)
+    monkeypatch.setattr(outbox_moves, "same_file", the_third)
+    integration.outbox_once()
+    assert (outbox / "pasient.xml").read_bytes() == notes[2]
+    for _ in range(3):
+        integration.outbox_once()
+    assert sorted(sent_contents(pair).values()) == sorted(notes)
+    assert sorted(p.read_bytes() for p in (outbox / "sent").iterdir()) == sorted(notes[1:])
+    assert_every_file_in_sent_was_sent(pair, outbox / "sent")
+    assert not list(outbox.glob("*.xml"))
+    assert [p.name for p in (outbox / ".meldingstjener").iterdir()] == ["turn.lock"]
+
+
+def hospital_outbound(pair: Pair) -> list[MessageRow]:
+    with pair.hospital.store.unit_of_work() as uow:
+        return uow.messages.search(LogFilter(direction="out", limit=100))
+
+
+def test_as_her_ids_bounds_what_the_outbox_sends_as(pair: Pair, tmp_path: Path) -> None:
+    # The folder acts for the hospital's organisation only ([folder] as_her_ids); another EPJ
+    # serves its service (through the API). A file sent as the service is refused at once:
+    # the folder's EPJ must not send in the other's name.
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0, as_her_ids=[HOSPITAL_HER])
+    integration = FolderIntegration(pair.hospital, settings)
+    assert pair.hospital_site.address_her_id == HOSPITAL_SERVICE_HER
+    drop(outbox, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))
+    integration.outbox_once()
+    assert hospital_outbound(pair) == []
+    assert sorted(p.name for p in (outbox / "failed").iterdir()) == ["a.xml", "a.xml.error.txt"]
+    explanation = (outbox / "failed" / "a.xml.error.txt").read_text()
+    assert "not-allowed" in explanation and HOSPITAL_SERVICE_HER in explanation
+    assert "as_her_ids" in explanation
+    [refused] = open_alerts(pair, "outbox-refused", "hospital")
+    assert "not-allowed" in refused.summary
+    # the folder of the service sends as the service
+    other = tmp_path / "ut2"
+    served = FolderSettings(outbox_dir=other, settle_seconds=0, as_her_ids=[HOSPITAL_SERVICE_HER])
+    service_folder = FolderIntegration(pair.hospital, served)
+    drop(other, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))
+    service_folder.outbox_once()
+    assert [m.from_her_id for m in hospital_outbound(pair)] == [HOSPITAL_SERVICE_HER]
+
+
+def test_an_apprec_from_the_outbox_answers_only_a_message_the_folder_acts_for(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # The folder acts for the hospital's organisation only; a message was sent to its service
+    # (another EPJ's). An AppRec dropped as the organisation, answering it, matches it (the one
+    # message of that MsgId from the GP) but is refused: the message would leave the other
+    # EPJ's inbox, and the GP hear "rejected".
+    import dataclasses
+
+    from meldingstjener.formats import AppRecError, AppRecStatus, build_apprec, read_msghead
+
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Til tjenesten"), actor="t")
+    pair.run()
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.to_her_id == HOSPITAL_SERVICE_HER
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    receiver = original.msg_info.receiver
+    without_service = dataclasses.replace(
+        receiver, organisation=dataclasses.replace(receiver.organisation, organisation=None)
+    )
+    as_the_organisation = dataclasses.replace(
+        original, msg_info=dataclasses.replace(original.msg_info, receiver=without_service)
+    )
+    document = build_apprec(
+        as_the_organisation,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("X99", "ikke vår")],
+        version="1.0",
+    )
+    outbox = tmp_path / "ut"
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0, as_her_ids=[HOSPITAL_HER])
+    integration = FolderIntegration(pair.hospital, settings)
+    drop(outbox, "apprec.xml", document)
+    integration.outbox_once()
+    assert hospital_outbound(pair) == []
+    assert pair.message(pair.hospital, row.id).status == row.status
+    explanation = (outbox / "failed" / "apprec.xml.error.txt").read_text()
+    assert "not-allowed" in explanation and HOSPITAL_SERVICE_HER in explanation
