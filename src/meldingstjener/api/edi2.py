@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
@@ -43,6 +42,7 @@ from meldingstjener.api.edi2_models import (
     StatusInfo,
 )
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
@@ -53,7 +53,6 @@ from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
-UNREAD_STATUSES = ("acknowledged", "delivered", "apprec-sent")
 XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
@@ -327,23 +326,15 @@ class Edi2:
                     f"the client may not read messages for HER-id {her_id}",
                     her_id=str(her_id),
                 )
-        query = select(MessageRow).where(
-            MessageRow.direction == Direction.INBOUND.value,
-            MessageRow.read_at.is_(None),
-            MessageRow.status.in_(UNREAD_STATUSES),
-            MessageRow.to_her_id.in_([str(h) for h in receivers]),
-        )
-        if sender is not None:
-            query = query.where(MessageRow.from_her_id == str(sender))
-        if business_document_id is not None:
-            query = query.where(MessageRow.msg_id == business_document_id)
-        ordering = (
-            MessageRow.created_at.asc()
-            if order is OrderBy.Ascending
-            else (MessageRow.created_at.desc())
+        query = unread_query(
+            receivers,
+            sender=sender,
+            business_document_id=business_document_id,
+            order=order,
+            count=count,
         )
         with self.ctx.store.unit_of_work() as uow:
-            rows = list(uow.session.scalars(query.order_by(ordering).limit(count)))
+            rows = list(uow.session.scalars(query))
         for row in rows:
             self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
         return [_message(row, include_metadata) for row in rows]

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,6 +41,14 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# The received messages not read yet: what GetMessages polls for. The partial index below holds
+# only these, so a poll reads the waiting messages, not every message ever received. A query
+# states this predicate as written here, with literal values: a plan made for any value of a
+# bound "direction = $1" (PostgreSQL's generic plan of a statement psycopg has prepared after
+# a few runs of it) cannot use the partial index.
+UNREAD_INBOUND = "direction = 'in' AND read_at IS NULL"
 
 
 class Base(DeclarativeBase):
@@ -69,6 +78,13 @@ class MessageRow(Base):
         Index("ix_messages_wire_ref", "wire_ref"),
         # a retried API request with the same Idempotency-Key finds the message it created
         Index("uq_messages_idempotency_key", "idempotency_key", unique=True),
+        Index(
+            "ix_messages_unread",
+            "to_her_id",
+            "created_at",
+            postgresql_where=text(UNREAD_INBOUND),
+            sqlite_where=text(UNREAD_INBOUND),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
