@@ -41,6 +41,7 @@ from meldingstjener.api.edi2_models import (
     PostMessageRequest,
     StatusInfo,
 )
+from meldingstjener.api.idempotency import request_digest
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
@@ -98,8 +99,9 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="A key of the client's choosing, new for each new message: a retry with the "
-        "same key and the same document returns the message created the first time instead of "
-        "sending it again (the same key with another document is refused with 409)",
+        "same key and the same request (business document, receiverHerIdsSubset and "
+        "ebXmlOverrides) returns the message created the first time instead of sending it "
+        "again (the same key with another request is refused with 409)",
     ),
 ]
 MessageId = Annotated[uuid.UUID, Path(description="Our message id (a GUID)")]
@@ -275,6 +277,11 @@ class Edi2:
                 actor=f"api:{who.client}",
                 client_id=who.client,
                 idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
+                request_digest=(
+                    request_digest(payload, subset, body.ebXmlOverrides)
+                    if idempotency_key
+                    else None
+                ),
                 inspected=inspected,
                 also_stored=audit_stored,
                 may_answer=who.may_act_for,
@@ -574,7 +581,10 @@ def edi2_router(ops: Edi2) -> APIRouter:
                 "same Idempotency-Key: the id of the message created the first time)",
                 "content": {"application/json": {"schema": {"type": "string", "format": "uuid"}}},
             },
-            409: {"description": "The Idempotency-Key was used for another business document"},
+            409: {
+                "description": "The Idempotency-Key was used for another request (business "
+                "document, receiver or overrides)"
+            },
         },
     )
     def post_message(

@@ -135,6 +135,9 @@ class MessageRow(Base):
     last_error_text: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(128))
     idempotency_key: Mapped[str | None] = mapped_column(String(400))  # "<client>:<key>"
+    # the request the key was first given with (the API's SHA-256 of document, receiver and
+    # overrides): the key again with another request is refused, not answered with this message
+    idempotency_digest: Mapped[str | None] = mapped_column(String(64))
     read_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
