@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import String, Table, bindparam, select, text
 
 from meldingstjener.model.privacy import redact
 from meldingstjener.store.tables import AuditRow
@@ -20,10 +20,14 @@ from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
 
 _COLUMNS = ("at", "client", "person", "action", "message_id", "her_id", "outcome", "detail")
+_TABLE = cast(Table, AuditRow.__table__)
 _INSERT = text(
     f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(':' + column for column in _COLUMNS)})"
-).bindparams(bindparam("at", type_=cast(Table, AuditRow.__table__).c.at.type))
+).bindparams(bindparam("at", type_=_TABLE.c.at.type))
+# what the columns hold (PostgreSQL refuses a longer text; SQLite would keep it)
+_CLIENT_CHARS = cast(String, _TABLE.c.client.type).length or 128
+_PERSON_CHARS = cast(String, _TABLE.c.person.type).length or 128
 
 
 class Outcome:
@@ -77,10 +81,11 @@ def add(
         _INSERT,
         {
             "at": utcnow(),
-            "client": client[:128],
+            "client": client[:_CLIENT_CHARS],
             # An HPR number or HelseID subject is expected; anything shaped like a
-            # national identity number is masked like every other stored text.
-            "person": redact(person),
+            # national identity number is masked like every other stored text. Cut after
+            # masking: the mask is longer than the number it hides.
+            "person": _cut(redact(person), _PERSON_CHARS),
             "action": action,
             "message_id": message_id,
             "her_id": her_id,
@@ -88,6 +93,10 @@ def add(
             "detail": redact(detail),
         },
     )
+
+
+def _cut(value: str | None, chars: int) -> str | None:
+    return None if value is None else value[:chars]
 
 
 @dataclass(frozen=True)

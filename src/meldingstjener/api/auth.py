@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from meldingstjener.api.clients import ClientCache
+from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.tables import Credential
@@ -69,6 +69,14 @@ class Authenticator:
         source = request.headers.get("nhn-source-system", "")[:128] or None
         client = self.clients.find(credential)
         if client is not None:
+            if len(client.name) > MAX_CLIENT_NAME_CHARS:
+                # made by a version that allowed 128: what it does could not be recorded
+                raise ApiProblem(
+                    401,
+                    "unauthenticated",
+                    f"this client's name is longer than {MAX_CLIENT_NAME_CHARS} characters, "
+                    "which the logs cannot hold: make a client with a shorter name",
+                )
             return Principal(
                 client.name, person, frozenset(client.scopes), frozenset(client.her_ids), source
             )
@@ -98,8 +106,16 @@ class Authenticator:
         her_claim = claims.get(self.settings.jwt_her_ids_claim, [])
         her_ids = [her_claim] if isinstance(her_claim, str | int) else list(her_claim)
         claimed_person = claims.get(self.settings.jwt_person_claim)
+        client = str(claims.get("client_id") or claims.get("azp") or claims.get("sub", "jwt"))
+        if len(client) > MAX_CLIENT_NAME_CHARS:
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                f"the bearer token's client_id is longer than {MAX_CLIENT_NAME_CHARS} "
+                "characters, which the logs cannot hold",
+            )
         return Principal(
-            client=str(claims.get("client_id") or claims.get("azp") or claims.get("sub", "jwt")),
+            client=client,
             person=person or (_person(str(claimed_person)) if claimed_person else None),
             scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
             her_ids=frozenset(str(h) for h in her_ids),
