@@ -79,6 +79,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or invalid credentials"},
     403: {"description": "The client may not act for this HER-id or lacks the scope"},
     413: {"description": "The business document is larger than the limit"},
+    500: {"description": "An unexpected fault of the server; requestId names it in its log"},
+    503: {"description": "The database cannot be reached now; repeat after Retry-After seconds"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such message (for this client)"}
