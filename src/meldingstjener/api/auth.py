@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, ClientCache
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.token_claims import read_claims
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.tables import Credential
 from meldingstjener.store.uow import Store
@@ -101,24 +102,16 @@ class Authenticator:
             raise ApiProblem(
                 401, "unauthenticated", f"the bearer token is not valid: {type(exc).__name__}"
             ) from None
-        scope_claim = claims.get("scope", "")
-        scopes = scope_claim.split() if isinstance(scope_claim, str) else list(scope_claim)
-        her_claim = claims.get(self.settings.jwt_her_ids_claim, [])
-        her_ids = [her_claim] if isinstance(her_claim, str | int) else list(her_claim)
-        claimed_person = claims.get(self.settings.jwt_person_claim)
-        client = str(claims.get("client_id") or claims.get("azp") or claims.get("sub", "jwt"))
-        if len(client) > MAX_CLIENT_NAME_CHARS:
-            raise ApiProblem(
-                401,
-                "unauthenticated",
-                f"the bearer token's client_id is longer than {MAX_CLIENT_NAME_CHARS} "
-                "characters, which the logs cannot hold",
-            )
+        read = read_claims(
+            claims,
+            her_ids_claim=self.settings.jwt_her_ids_claim,
+            person_claim=self.settings.jwt_person_claim,
+        )
         return Principal(
-            client=client,
-            person=person or (_person(str(claimed_person)) if claimed_person else None),
-            scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
-            her_ids=frozenset(str(h) for h in her_ids),
+            client=read.client,
+            person=person or _person(read.person),
+            scopes=frozenset(s for s in read.scopes if s in ("send", "receive", "admin")),
+            her_ids=frozenset(read.her_ids),
             source_system=source,
             credential=Credential.JWT,
         )
