@@ -38,6 +38,16 @@ class Principal:
     def may_act_for(self, her_id: str | int | None) -> bool:
         return her_id is not None and str(her_id) in self.her_ids
 
+    @property
+    def label(self) -> str:
+        """The client as the logs name it (the audit log, the message log's actor, a message's
+        client): a key client by its name, a token's client as ``jwt:<client_id>``. A key
+        client's name has no ':', so a token's client never passes for a key client of the same
+        name, nor one token client for another."""
+        if self.credential == Credential.API_KEY:
+            return self.client
+        return f"{self.credential}:{self.client}"
+
 
 class Authenticator:
     """Turns request headers into a :class:`Principal`, or refuses with 401."""

@@ -82,8 +82,8 @@ def add_client(
         checked = [str(HerId(h)) for h in her_ids]
     except InvalidHerId as exc:
         raise ClientError("invalid-her-id", str(exc)) from None
-    # No ":" in particular: a client's idempotency keys are stored as "<client>:<key>", and
-    # client "a" with key "b:c" would meet client "a:b" with key "c".
+    # No ":" in particular: the logs name a token's client "jwt:<client_id>" (Principal.label),
+    # which a key client's name must never be.
     if not _CLIENT_NAME.fullmatch(name):
         raise ClientError(
             "invalid-name",

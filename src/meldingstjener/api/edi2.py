@@ -41,7 +41,7 @@ from meldingstjener.api.edi2_models import (
     PostMessageRequest,
     StatusInfo,
 )
-from meldingstjener.api.idempotency import request_digest
+from meldingstjener.api.idempotency import request_digest, scoped_key
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
@@ -138,7 +138,7 @@ class Edi2:
             detail = f"{detail}; {source}" if detail else source
         write = functools.partial(
             audit.add,
-            client=who.client,
+            client=who.label,
             person=who.person,
             action=action,
             outcome=outcome,
@@ -202,7 +202,7 @@ class Edi2:
         but reading what is stored is still allowed (it is marked read all the same).
         """
         with contextlib.suppress(receipts.AppRecRefused):
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", read_at=read_at)
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.label}", read_at=read_at)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -276,9 +276,9 @@ class Edi2:
                 self.ctx,
                 payload,
                 to_her_id=str(subset[0]) if subset else None,
-                actor=f"api:{who.client}",
-                client_id=who.client,
-                idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
+                actor=f"api:{who.label}",
+                client_id=who.label,
+                idempotency_key=scoped_key(who, idempotency_key) if idempotency_key else None,
                 request_digest=(
                     request_digest(payload, subset, body.ebXmlOverrides)
                     if idempotency_key
@@ -439,7 +439,7 @@ class Edi2:
             raise ApiProblem(400, "invalid-input", "every AppRec error needs an errorCode")
         try:
             apprec_id = receipts.send_apprec(
-                self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.client}"
+                self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.label}"
             )
         except receipts.AppRecRefused as refused:
             self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
@@ -466,7 +466,7 @@ class Edi2:
         row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
         try:
             answer_id = receipts.report_misaddressed(
-                self.ctx, row.id, actor=f"api:{who.client}", reason=body.reason
+                self.ctx, row.id, actor=f"api:{who.label}", reason=body.reason
             )
         except receipts.AppRecRefused as refused:
             self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)

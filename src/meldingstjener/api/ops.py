@@ -97,7 +97,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             await run_in_threadpool(
                 audit.record,
                 ctx.store,
-                client=who.client,
+                client=who.label,
                 person=who.person,
                 action=request.url.path[:48],
                 outcome=audit.Outcome.REFUSED,
@@ -137,7 +137,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             events = [_event_dict(e) for e in uow.events.for_message(message.id)]
         audit.record(
             ctx.store,
-            client=who.client,
+            client=who.label,
             person=who.person,
             action="timeline",
             outcome=audit.Outcome.OK,
@@ -164,7 +164,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     def _followed_up(alert_id: int, who: Principal, *, resolve: bool) -> dict[str, Any]:
         if not 1 <= alert_id <= 2**62:
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
-        by = (f"{who.client}/{who.person}" if who.person else who.client)[:128]
+        by = (f"{who.label}/{who.person}" if who.person else who.label)[:128]
         with ctx.store.unit_of_work() as uow:
             if resolve:
                 row = uow.alerts.close(alert_id, by=by, at=ctx.clock())

@@ -134,7 +134,9 @@ class MessageRow(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_error_text: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(128))
-    idempotency_key: Mapped[str | None] = mapped_column(String(400))  # "<client>:<key>"
+    # of one client ("<credential>:<length of name>:<name>:<key>", see api/idempotency.py) or
+    # of the folder outbox ("folder:<digest>")
+    idempotency_key: Mapped[str | None] = mapped_column(String(400))
     # the request the key was first given with (the API's SHA-256 of document, receiver and
     # overrides): the key again with another request is refused, not answered with this message
     idempotency_digest: Mapped[str | None] = mapped_column(String(64))

@@ -65,7 +65,8 @@ def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         assert get(_token(other)) == 401
         assert get(_token(key, scope="send")) == 403
-    entries = query(pair.hospital.store, AuditQuery(client="jwt-epj"))
+    # a token's client is "jwt:<client_id>" in the logs: never taken for a key client's name
+    entries = query(pair.hospital.store, AuditQuery(client="jwt:jwt-epj"))
     assert [(e["person"], e["outcome"]) for e in entries] == [("lege-9", "refused")] * 2
 
 
