@@ -105,10 +105,13 @@ class AuditQuery:
     client: str | None = None
     since: datetime | None = None
     limit: int = 1000
+    until: datetime | None = None  # at or before
+    newest_first: bool = False  # the newest ``limit`` rows (the API), else the oldest (the CLI)
 
 
 def query(store: Store, q: AuditQuery) -> list[dict[str, Any]]:
-    """Audit rows, oldest first, as plain dictionaries (for JSON and the CLI)."""
+    """Audit rows, oldest first (or newest first), as plain dictionaries (for JSON and the
+    CLI)."""
     statement = select(AuditRow)
     if q.message_id:
         statement = statement.where(AuditRow.message_id == q.message_id)
@@ -116,7 +119,13 @@ def query(store: Store, q: AuditQuery) -> list[dict[str, Any]]:
         statement = statement.where(AuditRow.client == q.client)
     if q.since is not None:
         statement = statement.where(AuditRow.at >= q.since)
-    statement = statement.order_by(AuditRow.at, AuditRow.id).limit(q.limit)
+    if q.until is not None:
+        statement = statement.where(AuditRow.at <= q.until)
+    if q.newest_first:
+        statement = statement.order_by(AuditRow.at.desc(), AuditRow.id.desc())
+    else:
+        statement = statement.order_by(AuditRow.at, AuditRow.id)
+    statement = statement.limit(q.limit)
     with store.unit_of_work() as uow:
         return [
             {
