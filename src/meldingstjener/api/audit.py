@@ -2,8 +2,9 @@
 
 Rows are only added: a refused attempt in its own transaction, so it is recorded even though the
 request itself fails; a sent message in the transaction that stores it, so neither exists
-without the other. There is no update or delete path in the code. Details are composed
-from ids and codes, never copied from message content.
+without the other; the messages a listing shows in one transaction with it (one commit per
+request, not per message listed). There is no update or delete path in the code. Details are
+composed from ids and codes, never copied from message content.
 """
 
 from __future__ import annotations

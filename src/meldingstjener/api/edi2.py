@@ -338,15 +338,25 @@ class Edi2:
         query = unread_query(
             receivers,
             sender=sender,
-            business_document_id=business_document_id,
+            # empty is no filter: the contract's minLength is 0 and its default null, and a
+            # client generated from it may send the parameter empty for "none"
+            business_document_id=business_document_id or None,
             order=order,
             count=count,
         )
+        # the listing and its audit rows in one transaction (not a commit per message listed,
+        # up to 100 a poll): every message listed is audited, or the request fails and the
+        # EPJ has read nothing
         with self.ctx.store.unit_of_work() as uow:
             rows = list(uow.session.scalars(query))
-        for row in rows:
-            self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
-        return [_message(row, include_metadata) for row in rows]
+            listed = [_message(row, include_metadata) for row in rows]
+            for row in rows:
+                self._audit(
+                    who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id, uow=uow
+                )
+            if rows:
+                uow.commit()
+        return listed
 
     def get_message(self, who: Principal, message_id: uuid.UUID) -> Message:
         row = self._message(who, message_id, "get-message")
@@ -615,7 +625,14 @@ def edi2_router(ops: Edi2) -> APIRouter:
         ] = None,
         include_metadata: Annotated[bool, Query(alias="IncludeMetadata")] = False,
         count: Annotated[int, Query(alias="MessagesToFetch", ge=1, le=100)] = 10,
-        order: Annotated[OrderBy, Query(alias="OrderBy")] = OrderBy.Ascending,
+        order: Annotated[
+            OrderBy,
+            Query(
+                alias="OrderBy",
+                description="By the time we received the message: Ascending (or 1, as the "
+                "contract's example has it) or Descending (or 2)",
+            ),
+        ] = OrderBy.Ascending,
         _v: ApiVersion = None,
         _s: SourceSystem = None,
     ) -> list[Message]:

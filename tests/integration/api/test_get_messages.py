@@ -4,6 +4,8 @@ messages alone, whatever the number of messages received and read before.
 
 from __future__ import annotations
 
+import base64
+import itertools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +14,8 @@ from typing import Any
 from api_sites import ApiPair
 from sqlalchemy import Connection, Engine, event, text
 
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+from meldingstjener.api.audit import AuditQuery, query
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
 
 READ_BEFORE = 20_000  # received and read long ago: what a server holds after some months
 
@@ -108,3 +111,87 @@ def _generic_plan(connection: Connection, statement: str, parameters: dict[str, 
         for value in (parameters[name] for name in names)
     )
     return _plan(connection.exec_driver_sql(f"EXPLAIN EXECUTE poll({values})"))
+
+
+def _receive(api_pair: ApiPair, count: int) -> list[str]:
+    """``count`` messages from the GP received by the hospital, each a second after the one
+    before; their ids at the hospital, oldest first."""
+    pair, ids = api_pair.pair, []
+    for number in range(count):
+        document = dialog_note(pair.gp_site, pair.hospital_site, f"Notat {number}")
+        sent = api_pair.gp_http.post(
+            "/Messages",
+            headers=_bearer(api_pair.gp_key),
+            json={
+                "businessDocument": base64.b64encode(document).decode(),
+                "contentType": "application/xml",
+                "contentTransferEncoding": "base64",
+            },
+        )
+        assert sent.status_code == 201, sent.text
+        pair.run()
+        pair.clock.advance(seconds=1)
+        known = {m.id for m in pair.inbound_messages(pair.hospital)}
+        [new] = known - set(ids)
+        ids.append(new)
+    return ids
+
+
+def test_the_contracts_own_spellings_of_its_parameters_are_taken(api_pair: ApiPair) -> None:
+    # The contract's example OrderBy is "1" (its description: 1 = Ascending, 2 = Descending),
+    # and BusinessDocumentId has minLength 0 with default null: "1" was refused 400, and an
+    # empty BusinessDocumentId matched no message instead of being no filter.
+    ids = _receive(api_pair, 2)
+
+    def listed(**params: str) -> list[str]:
+        answer = api_pair.hospital_http.get(
+            "/Messages",
+            params={"ReceiverHerIds": HOSPITAL_SERVICE_HER, **params},
+            headers=_bearer(api_pair.hospital_key),
+        )
+        assert answer.status_code == 200, (params, answer.text)
+        return [m["id"] for m in answer.json()]
+
+    assert listed(OrderBy="1") == listed(OrderBy="Ascending") == ids
+    assert listed(OrderBy="2") == listed(OrderBy="Descending") == ids[::-1]
+    assert listed(BusinessDocumentId="") == ids
+    msg_id = api_pair.pair.message(api_pair.pair.hospital, ids[0]).msg_id
+    assert msg_id and listed(BusinessDocumentId=msg_id) == ids[:1]
+    wrong = api_pair.hospital_http.get(
+        "/Messages",
+        params={"ReceiverHerIds": HOSPITAL_SERVICE_HER, "OrderBy": "3"},
+        headers=_bearer(api_pair.hospital_key),
+    )
+    assert wrong.status_code == 400 and wrong.json()["code"] == "invalid-input"
+
+
+def test_a_listing_and_its_audit_rows_are_one_transaction(api_pair: ApiPair) -> None:
+    # Each message listed was audited in a transaction of its own: up to 100 commits a poll.
+    ids = _receive(api_pair, 3)
+    engine = api_pair.pair.hospital.store.database.engine
+    begun = itertools.count(1)
+    audited_in: list[int] = []  # the transaction of each audit row written
+
+    def began(connection: Connection) -> None:
+        connection.info["transaction"] = next(begun)
+
+    def executing(connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO audit_log"):
+            audited_in.append(connection.info["transaction"])
+
+    event.listen(engine, "begin", began)
+    event.listen(engine, "before_cursor_execute", executing)
+    try:
+        answer = api_pair.hospital_http.get(
+            "/Messages",
+            params={"ReceiverHerIds": HOSPITAL_SERVICE_HER},
+            headers=_bearer(api_pair.hospital_key),
+        )
+    finally:
+        event.remove(engine, "begin", began)
+        event.remove(engine, "before_cursor_execute", executing)
+    assert [m["id"] for m in answer.json()] == ids
+    assert len(audited_in) == 3 and len(set(audited_in)) == 1, audited_in
+    audited = query(api_pair.pair.hospital.store, AuditQuery(client="dips"))
+    listings = [row["messageId"] for row in audited if row["action"] == "list-messages"]
+    assert sorted(listings) == sorted(ids)
