@@ -31,6 +31,7 @@ from meldingstjener.api.auth import Authenticator
 from meldingstjener.api.credentials_first import CredentialsFirst
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router
+from meldingstjener.api.faults import ServerFaults
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import JsonMediaTypes
 from meldingstjener.api.ops import ops_router
@@ -96,7 +97,10 @@ def create_app(
     # Outside every layer that reads a body: nobody unauthenticated has one read, parsed or
     # spooled to a file (the answer is 401, whatever the body).
     app.add_middleware(CredentialsFirst, authenticate=auth.principal)
-    app.add_middleware(JsonMediaTypes)  # outermost: every layer sees the type FastAPI reads
+    app.add_middleware(JsonMediaTypes)  # every layer sees the type FastAPI reads
+    # outermost: an error any layer lets through is answered as a problem (503 while the
+    # database is away), not in Starlette's plain text
+    app.add_middleware(ServerFaults)
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth))
 

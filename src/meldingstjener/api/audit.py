@@ -2,8 +2,9 @@
 
 Rows are only added: a refused attempt in its own transaction, so it is recorded even though the
 request itself fails; a sent message in the transaction that stores it, so neither exists
-without the other. There is no update or delete path in the code. Details are composed
-from ids and codes, never copied from message content.
+without the other; the messages a listing shows in one transaction with it (one commit per
+request, not per message listed). There is no update or delete path in the code. Details are
+composed from ids and codes, never copied from message content.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import String, Table, bindparam, select, text
 
 from meldingstjener.model.privacy import redact
 from meldingstjener.store.tables import AuditRow
@@ -20,10 +21,14 @@ from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
 
 _COLUMNS = ("at", "client", "person", "action", "message_id", "her_id", "outcome", "detail")
+_TABLE = cast(Table, AuditRow.__table__)
 _INSERT = text(
     f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(':' + column for column in _COLUMNS)})"
-).bindparams(bindparam("at", type_=cast(Table, AuditRow.__table__).c.at.type))
+).bindparams(bindparam("at", type_=_TABLE.c.at.type))
+# what the columns hold (PostgreSQL refuses a longer text; SQLite would keep it)
+_CLIENT_CHARS = cast(String, _TABLE.c.client.type).length or 128
+_PERSON_CHARS = cast(String, _TABLE.c.person.type).length or 128
 
 
 class Outcome:
@@ -77,10 +82,11 @@ def add(
         _INSERT,
         {
             "at": utcnow(),
-            "client": client[:128],
+            "client": client[:_CLIENT_CHARS],
             # An HPR number or HelseID subject is expected; anything shaped like a
-            # national identity number is masked like every other stored text.
-            "person": redact(person),
+            # national identity number is masked like every other stored text. Cut after
+            # masking: the mask is longer than the number it hides.
+            "person": _cut(redact(person), _PERSON_CHARS),
             "action": action,
             "message_id": message_id,
             "her_id": her_id,
@@ -90,16 +96,23 @@ def add(
     )
 
 
+def _cut(value: str | None, chars: int) -> str | None:
+    return None if value is None else value[:chars]
+
+
 @dataclass(frozen=True)
 class AuditQuery:
     message_id: str | None = None
     client: str | None = None
     since: datetime | None = None
     limit: int = 1000
+    until: datetime | None = None  # at or before
+    newest_first: bool = False  # the newest ``limit`` rows (the API), else the oldest (the CLI)
 
 
 def query(store: Store, q: AuditQuery) -> list[dict[str, Any]]:
-    """Audit rows, oldest first, as plain dictionaries (for JSON and the CLI)."""
+    """Audit rows, oldest first (or newest first), as plain dictionaries (for JSON and the
+    CLI)."""
     statement = select(AuditRow)
     if q.message_id:
         statement = statement.where(AuditRow.message_id == q.message_id)
@@ -107,7 +120,13 @@ def query(store: Store, q: AuditQuery) -> list[dict[str, Any]]:
         statement = statement.where(AuditRow.client == q.client)
     if q.since is not None:
         statement = statement.where(AuditRow.at >= q.since)
-    statement = statement.order_by(AuditRow.at, AuditRow.id).limit(q.limit)
+    if q.until is not None:
+        statement = statement.where(AuditRow.at <= q.until)
+    if q.newest_first:
+        statement = statement.order_by(AuditRow.at.desc(), AuditRow.id.desc())
+    else:
+        statement = statement.order_by(AuditRow.at, AuditRow.id)
+    statement = statement.limit(q.limit)
     with store.unit_of_work() as uow:
         return [
             {

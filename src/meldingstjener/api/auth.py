@@ -13,8 +13,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from meldingstjener.api.clients import ClientCache
+from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, ClientCache
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.token_claims import read_claims
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.tables import Credential
 from meldingstjener.store.uow import Store
@@ -36,6 +37,16 @@ class Principal:
 
     def may_act_for(self, her_id: str | int | None) -> bool:
         return her_id is not None and str(her_id) in self.her_ids
+
+    @property
+    def label(self) -> str:
+        """The client as the logs name it (the audit log, the message log's actor, a message's
+        client): a key client by its name, a token's client as ``jwt:<client_id>``. A key
+        client's name has no ':', so a token's client never passes for a key client of the same
+        name, nor one token client for another."""
+        if self.credential == Credential.API_KEY:
+            return self.client
+        return f"{self.credential}:{self.client}"
 
 
 class Authenticator:
@@ -69,6 +80,14 @@ class Authenticator:
         source = request.headers.get("nhn-source-system", "")[:128] or None
         client = self.clients.find(credential)
         if client is not None:
+            if len(client.name) > MAX_CLIENT_NAME_CHARS:
+                # made by a version that allowed 128: what it does could not be recorded
+                raise ApiProblem(
+                    401,
+                    "unauthenticated",
+                    f"this client's name is longer than {MAX_CLIENT_NAME_CHARS} characters, "
+                    "which the logs cannot hold: make a client with a shorter name",
+                )
             return Principal(
                 client.name, person, frozenset(client.scopes), frozenset(client.her_ids), source
             )
@@ -93,16 +112,16 @@ class Authenticator:
             raise ApiProblem(
                 401, "unauthenticated", f"the bearer token is not valid: {type(exc).__name__}"
             ) from None
-        scope_claim = claims.get("scope", "")
-        scopes = scope_claim.split() if isinstance(scope_claim, str) else list(scope_claim)
-        her_claim = claims.get(self.settings.jwt_her_ids_claim, [])
-        her_ids = [her_claim] if isinstance(her_claim, str | int) else list(her_claim)
-        claimed_person = claims.get(self.settings.jwt_person_claim)
+        read = read_claims(
+            claims,
+            her_ids_claim=self.settings.jwt_her_ids_claim,
+            person_claim=self.settings.jwt_person_claim,
+        )
         return Principal(
-            client=str(claims.get("client_id") or claims.get("azp") or claims.get("sub", "jwt")),
-            person=person or (_person(str(claimed_person)) if claimed_person else None),
-            scopes=frozenset(s for s in scopes if s in ("send", "receive", "admin")),
-            her_ids=frozenset(str(h) for h in her_ids),
+            client=read.client,
+            person=person or _person(read.person),
+            scopes=frozenset(s for s in read.scopes if s in ("send", "receive", "admin")),
+            her_ids=frozenset(read.her_ids),
             source_system=source,
             credential=Credential.JWT,
         )

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
@@ -42,7 +41,9 @@ from meldingstjener.api.edi2_models import (
     PostMessageRequest,
     StatusInfo,
 )
+from meldingstjener.api.idempotency import request_digest, scoped_key
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
@@ -53,7 +54,6 @@ from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
-UNREAD_STATUSES = ("acknowledged", "delivered", "apprec-sent")
 XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
@@ -79,6 +79,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or invalid credentials"},
     403: {"description": "The client may not act for this HER-id or lacks the scope"},
     413: {"description": "The business document is larger than the limit"},
+    500: {"description": "An unexpected fault of the server; requestId names it in its log"},
+    503: {"description": "The database cannot be reached now; repeat after Retry-After seconds"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such message (for this client)"}
@@ -99,8 +101,9 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="A key of the client's choosing, new for each new message: a retry with the "
-        "same key and the same document returns the message created the first time instead of "
-        "sending it again (the same key with another document is refused with 409)",
+        "same key and the same request (business document, receiverHerIdsSubset and "
+        "ebXmlOverrides) returns the message created the first time instead of sending it "
+        "again (the same key with another request is refused with 409)",
     ),
 ]
 MessageId = Annotated[uuid.UUID, Path(description="Our message id (a GUID)")]
@@ -135,7 +138,7 @@ class Edi2:
             detail = f"{detail}; {source}" if detail else source
         write = functools.partial(
             audit.add,
-            client=who.client,
+            client=who.label,
             person=who.person,
             action=action,
             outcome=outcome,
@@ -199,7 +202,7 @@ class Edi2:
         but reading what is stored is still allowed (it is marked read all the same).
         """
         with contextlib.suppress(receipts.AppRecRefused):
-            receipts.deliver(self.ctx, row.id, actor=f"api:{who.client}", read_at=read_at)
+            receipts.deliver(self.ctx, row.id, actor=f"api:{who.label}", read_at=read_at)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -273,9 +276,14 @@ class Edi2:
                 self.ctx,
                 payload,
                 to_her_id=str(subset[0]) if subset else None,
-                actor=f"api:{who.client}",
-                client_id=who.client,
-                idempotency_key=f"{who.client}:{idempotency_key}" if idempotency_key else None,
+                actor=f"api:{who.label}",
+                client_id=who.label,
+                idempotency_key=scoped_key(who, idempotency_key) if idempotency_key else None,
+                request_digest=(
+                    request_digest(payload, subset, body.ebXmlOverrides)
+                    if idempotency_key
+                    else None
+                ),
                 inspected=inspected,
                 also_stored=audit_stored,
                 may_answer=who.may_act_for,
@@ -327,26 +335,28 @@ class Edi2:
                     f"the client may not read messages for HER-id {her_id}",
                     her_id=str(her_id),
                 )
-        query = select(MessageRow).where(
-            MessageRow.direction == Direction.INBOUND.value,
-            MessageRow.read_at.is_(None),
-            MessageRow.status.in_(UNREAD_STATUSES),
-            MessageRow.to_her_id.in_([str(h) for h in receivers]),
+        query = unread_query(
+            receivers,
+            sender=sender,
+            # empty is no filter: the contract's minLength is 0 and its default null, and a
+            # client generated from it may send the parameter empty for "none"
+            business_document_id=business_document_id or None,
+            order=order,
+            count=count,
         )
-        if sender is not None:
-            query = query.where(MessageRow.from_her_id == str(sender))
-        if business_document_id is not None:
-            query = query.where(MessageRow.msg_id == business_document_id)
-        ordering = (
-            MessageRow.created_at.asc()
-            if order is OrderBy.Ascending
-            else (MessageRow.created_at.desc())
-        )
+        # the listing and its audit rows in one transaction (not a commit per message listed,
+        # up to 100 a poll): every message listed is audited, or the request fails and the
+        # EPJ has read nothing
         with self.ctx.store.unit_of_work() as uow:
-            rows = list(uow.session.scalars(query.order_by(ordering).limit(count)))
-        for row in rows:
-            self._audit(who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id)
-        return [_message(row, include_metadata) for row in rows]
+            rows = list(uow.session.scalars(query))
+            listed = [_message(row, include_metadata) for row in rows]
+            for row in rows:
+                self._audit(
+                    who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id, uow=uow
+                )
+            if rows:
+                uow.commit()
+        return listed
 
     def get_message(self, who: Principal, message_id: uuid.UUID) -> Message:
         row = self._message(who, message_id, "get-message")
@@ -439,7 +449,7 @@ class Edi2:
             raise ApiProblem(400, "invalid-input", "every AppRec error needs an errorCode")
         try:
             apprec_id = receipts.send_apprec(
-                self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.client}"
+                self.ctx, row.id, status=code, errors=errors, actor=f"api:{who.label}"
             )
         except receipts.AppRecRefused as refused:
             self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
@@ -466,7 +476,7 @@ class Edi2:
         row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
         try:
             answer_id = receipts.report_misaddressed(
-                self.ctx, row.id, actor=f"api:{who.client}", reason=body.reason
+                self.ctx, row.id, actor=f"api:{who.label}", reason=body.reason
             )
         except receipts.AppRecRefused as refused:
             self._audit(who, action, Outcome.INVALID, message_id=row.id, detail=refused.code)
@@ -583,7 +593,10 @@ def edi2_router(ops: Edi2) -> APIRouter:
                 "same Idempotency-Key: the id of the message created the first time)",
                 "content": {"application/json": {"schema": {"type": "string", "format": "uuid"}}},
             },
-            409: {"description": "The Idempotency-Key was used for another business document"},
+            409: {
+                "description": "The Idempotency-Key was used for another request (business "
+                "document, receiver or overrides)"
+            },
         },
     )
     def post_message(
@@ -612,7 +625,14 @@ def edi2_router(ops: Edi2) -> APIRouter:
         ] = None,
         include_metadata: Annotated[bool, Query(alias="IncludeMetadata")] = False,
         count: Annotated[int, Query(alias="MessagesToFetch", ge=1, le=100)] = 10,
-        order: Annotated[OrderBy, Query(alias="OrderBy")] = OrderBy.Ascending,
+        order: Annotated[
+            OrderBy,
+            Query(
+                alias="OrderBy",
+                description="By the time we received the message: Ascending (or 1, as the "
+                "contract's example has it) or Descending (or 2)",
+            ),
+        ] = OrderBy.Ascending,
         _v: ApiVersion = None,
         _s: SourceSystem = None,
     ) -> list[Message]:

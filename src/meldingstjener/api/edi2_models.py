@@ -35,6 +35,12 @@ class OrderBy(StrEnum):
     Ascending = "Ascending"
     Descending = "Descending"
 
+    @classmethod
+    def _missing_(cls, value: object) -> OrderBy | None:
+        # NHN's contract lists the names, but describes the parameter as "1 = Ascending,
+        # 2 = Descending" and gives "1" as its example: a client may send either
+        return {"1": cls.Ascending, "2": cls.Descending}.get(str(value))
+
 
 class EbXmlInfo(_Strict):
     cpaId: str | None = Field(default=None, max_length=255)

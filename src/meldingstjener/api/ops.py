@@ -4,7 +4,6 @@ manage its own webhooks. Answers carry ids, HER-ids, types and statuses; never p
 """
 
 import secrets
-from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -16,6 +15,7 @@ from sqlalchemy import ColumnElement, select
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, principal_of
+from meldingstjener.api.log_search import PAGING, Since, Until, as_utc
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.status import ALL_STATUSES
@@ -97,7 +97,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             await run_in_threadpool(
                 audit.record,
                 ctx.store,
-                client=who.client,
+                client=who.label,
                 person=who.person,
                 action=request.url.path[:48],
                 outcome=audit.Outcome.REFUSED,
@@ -112,21 +112,29 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     Admin = Annotated[Principal, Depends(admin)]
     Anyone = Annotated[Principal, Depends(anyone)]
 
-    @router.get("/log", summary="Search the message log (messages, newest last)")
+    @router.get(
+        "/log",
+        summary="Search the message log (messages, newest first)",
+        description=PAGING,
+    )
     def log(
         who: Admin,
         her_id: Annotated[str | None, Query(max_length=12, pattern=r"^\d+$")] = None,
         msg_type: Annotated[str | None, Query(max_length=64)] = None,
         status: Annotated[str | None, Query(max_length=32)] = None,
         direction: Annotated[str | None, Query(pattern="^(in|out)$")] = None,
-        since: datetime | None = None,
+        since: Since = None,
+        until: Until = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in ALL_STATUSES:
             raise ApiProblem(400, "invalid-input", f"unknown status; known: {sorted(ALL_STATUSES)}")
-        log_filter = LogFilter(her_id, msg_type, status, since, direction, limit)
+        log_filter = LogFilter(
+            her_id, msg_type, status, as_utc(since), direction, limit, until=as_utc(until)
+        )
         with ctx.store.unit_of_work() as uow:
-            return [message_summary(m) for m in uow.messages.search(log_filter)]
+            found = uow.messages.search(log_filter, newest_first=True)
+            return [message_summary(m) for m in found]
 
     @router.get("/messages/{message_id}/timeline", summary="One message and its events")
     def timeline(message_id: str, who: Admin) -> dict[str, Any]:
@@ -137,7 +145,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             events = [_event_dict(e) for e in uow.events.for_message(message.id)]
         audit.record(
             ctx.store,
-            client=who.client,
+            client=who.label,
             person=who.person,
             action="timeline",
             outcome=audit.Outcome.OK,
@@ -164,7 +172,7 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     def _followed_up(alert_id: int, who: Principal, *, resolve: bool) -> dict[str, Any]:
         if not 1 <= alert_id <= 2**62:
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
-        by = (f"{who.client}/{who.person}" if who.person else who.client)[:128]
+        by = (f"{who.label}/{who.person}" if who.person else who.label)[:128]
         with ctx.store.unit_of_work() as uow:
             if resolve:
                 row = uow.alerts.close(alert_id, by=by, at=ctx.clock())
@@ -175,15 +183,19 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
             uow.commit()
             return _alert_dict(row)
 
-    @router.get("/audit", summary="The audit log, oldest first")
+    @router.get("/audit", summary="The audit log, newest first", description=PAGING)
     def audit_log(
         who: Admin,
         message_id: Annotated[str | None, Query(max_length=64)] = None,
         client: Annotated[str | None, Query(max_length=128)] = None,
-        since: datetime | None = None,
+        since: Since = None,
+        until: Until = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:
-        return audit.query(ctx.store, audit.AuditQuery(message_id, client, since, limit))
+        asked = audit.AuditQuery(
+            message_id, client, as_utc(since), limit, until=as_utc(until), newest_first=True
+        )
+        return audit.query(ctx.store, asked)
 
     @router.post("/webhooks", status_code=201, summary="Register a webhook (secret shown once)")
     def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:

@@ -42,6 +42,8 @@ ERROR_NUMBERS: dict[str, int] = {
     "not-found": 4040,
     "method-not-allowed": 4050,
     "conflict": 4090,
+    "internal-error": 5000,
+    "unavailable": 5030,
 }
 
 
@@ -59,8 +61,14 @@ class ApiProblem(Exception):
 
 
 def problem_body(
-    status: int, code: str, detail: str, validation_errors: Sequence[str] = ()
+    status: int,
+    code: str,
+    detail: str,
+    validation_errors: Sequence[str] = (),
+    request_id: str | None = None,
 ) -> dict[str, object]:
+    """The body of a refusal; ``request_id`` when the server's log names it too (a new one
+    otherwise)."""
     return {
         "type": f"urn:meldingstjener:problem:{code}",
         "title": code.replace("-", " "),
@@ -70,16 +78,23 @@ def problem_body(
         "error": detail,
         "errorCode": ERROR_NUMBERS.get(code, status * 10),
         "validationErrors": list(validation_errors) or None,
-        "requestId": str(uuid.uuid4()),
+        "requestId": request_id or str(uuid.uuid4()),
     }
 
 
 def problem_response(
-    status: int, code: str, detail: str, validation_errors: Sequence[str] = ()
+    status: int,
+    code: str,
+    detail: str,
+    validation_errors: Sequence[str] = (),
+    *,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(
-        problem_body(status, code, detail, validation_errors),
+        problem_body(status, code, detail, validation_errors, request_id),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,

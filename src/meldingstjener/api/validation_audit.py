@@ -45,7 +45,7 @@ def record_invalid_request(store: Store, request: Request, exc: RequestValidatio
         detail = f"{detail}; source system {who.source_system}"
     audit.record(
         store,
-        client=who.client,
+        client=who.label,
         person=who.person,
         action=action_of(request),
         outcome=audit.Outcome.INVALID,

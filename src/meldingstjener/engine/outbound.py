@@ -53,6 +53,7 @@ def submit(
     also_stored: Callable[[UnitOfWork, MessageRow], None] | None = None,
     idempotency_key: str | None = None,
     may_answer: Callable[[str], bool] | None = None,
+    request_digest: str | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -67,14 +68,15 @@ def submit(
 
     ``idempotency_key`` (the API's ``Idempotency-Key``, prefixed with the client): a submit
     that carries the key of a stored message returns that message instead of sending again, so
-    a client may retry a request whose answer it never got. The same key with another business
-    message is refused (``idempotency-key-reused``).
+    a client may retry a request whose answer it never got. The same key with another request
+    is refused (``idempotency-key-reused``): with ``request_digest`` (the caller's digest of all
+    it was asked, kept with the message), another digest; without it, another business message.
 
     ``may_answer``: for an AppRec posted from outside, whether its client may act for the
     HER-id of the message it answers (see ``receipts.mark_answered_by_document``).
     """
     if idempotency_key is not None:
-        earlier = _submitted_with(ctx, idempotency_key, payload)
+        earlier = _submitted_with(ctx, idempotency_key, payload, request_digest)
         if earlier is not None:
             return earlier
     size = source_size(payload)
@@ -168,6 +170,7 @@ def submit(
         next_attempt_at=now,
         client_id=client_id,
         idempotency_key=idempotency_key,
+        idempotency_digest=request_digest if idempotency_key is not None else None,
         **message.row_fields(),
     )
     committing = False
@@ -211,7 +214,7 @@ def submit(
             raise
         # the same key in two requests at once: the other one stored its message first
         try:
-            earlier = _submitted_with(ctx, idempotency_key, payload)
+            earlier = _submitted_with(ctx, idempotency_key, payload, request_digest)
         finally:
             ctx.store.payloads.discard(payload_ref, wire_ref)
         if earlier is None:
@@ -228,23 +231,35 @@ def submit(
     return row.id
 
 
-def _submitted_with(ctx: EngineContext, idempotency_key: str, payload: PayloadSource) -> str | None:
-    """The message stored under ``idempotency_key``, if any, when it carries this same business
-    message; SubmitRejected when it carries another one."""
+def _submitted_with(
+    ctx: EngineContext, idempotency_key: str, payload: PayloadSource, request_digest: str | None
+) -> str | None:
+    """The message stored under ``idempotency_key``, if any, when it was asked for by this same
+    request; SubmitRejected when by another one.
+
+    The same request: the same ``request_digest`` when the caller gives one and the message
+    kept one; else (a caller that gives none, a message stored before digests were kept) the
+    same business message. A business message alone is not the request: the same document to
+    another receiver, under the same key, would be answered with a message that never went
+    there."""
     with ctx.store.unit_of_work() as uow:
         earlier = uow.session.execute(
-            select(MessageRow.id, MessageRow.payload_sha256).where(
+            select(MessageRow.id, MessageRow.payload_sha256, MessageRow.idempotency_digest).where(
                 MessageRow.direction == Direction.OUTBOUND.value,
                 MessageRow.idempotency_key == idempotency_key,
             )
         ).first()
     if earlier is None:
         return None
-    if earlier.payload_sha256 is not None and earlier.payload_sha256 != source_sha256(payload):
+    if request_digest is not None and earlier.idempotency_digest is not None:
+        same = earlier.idempotency_digest == request_digest
+    else:
+        same = earlier.payload_sha256 is None or earlier.payload_sha256 == source_sha256(payload)
+    if not same:
         raise SubmitRejected(
             "idempotency-key-reused",
-            "this Idempotency-Key was used for another business message; use a new key for "
-            "each new message",
+            "this Idempotency-Key was used for another request (another business message, "
+            "receiver or ebXML overrides); use a new key for each new message",
         )
     return str(earlier.id)
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,6 +41,14 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# The received messages not read yet: what GetMessages polls for. The partial index below holds
+# only these, so a poll reads the waiting messages, not every message ever received. A query
+# states this predicate as written here, with literal values: a plan made for any value of a
+# bound "direction = $1" (PostgreSQL's generic plan of a statement psycopg has prepared after
+# a few runs of it) cannot use the partial index.
+UNREAD_INBOUND = "direction = 'in' AND read_at IS NULL"
 
 
 class Base(DeclarativeBase):
@@ -69,6 +78,13 @@ class MessageRow(Base):
         Index("ix_messages_wire_ref", "wire_ref"),
         # a retried API request with the same Idempotency-Key finds the message it created
         Index("uq_messages_idempotency_key", "idempotency_key", unique=True),
+        Index(
+            "ix_messages_unread",
+            "to_her_id",
+            "created_at",
+            postgresql_where=text(UNREAD_INBOUND),
+            sqlite_where=text(UNREAD_INBOUND),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -118,7 +134,12 @@ class MessageRow(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_error_text: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(128))
-    idempotency_key: Mapped[str | None] = mapped_column(String(400))  # "<client>:<key>"
+    # of one client ("<credential>:<length of name>:<name>:<key>", see api/idempotency.py) or
+    # of the folder outbox ("folder:<digest>")
+    idempotency_key: Mapped[str | None] = mapped_column(String(400))
+    # the request the key was first given with (the API's SHA-256 of document, receiver and
+    # overrides): the key again with another request is refused, not answered with this message
+    idempotency_digest: Mapped[str | None] = mapped_column(String(64))
     read_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -203,6 +203,7 @@ class LogFilter:
     since: datetime | None = None
     direction: str | None = None
     limit: int = 1000
+    until: datetime | None = None  # at or before (the API's paging back, newest first)
 
 
 _MESSAGE_BY_EBXML_ID = text(
@@ -476,8 +477,10 @@ class MessageRepository:
             at=at,
         )
 
-    def search(self, log_filter: LogFilter) -> list[MessageRow]:
-        return list(self.session.scalars(self._filtered(select(MessageRow), log_filter)))
+    def search(self, log_filter: LogFilter, *, newest_first: bool = False) -> list[MessageRow]:
+        """Messages by the time they were made: the oldest ``limit`` of them, or the newest."""
+        query = self._filtered(select(MessageRow), log_filter, newest_first=newest_first)
+        return list(self.session.scalars(query))
 
     def log(self, log_filter: LogFilter) -> list[tuple[EventRow, MessageRow | None]]:
         """Events joined with their message, oldest first, filtered like the message log."""
@@ -487,12 +490,16 @@ class MessageRepository:
         )
         if log_filter.since is not None:
             query = query.where(EventRow.at >= log_filter.since)
+        if log_filter.until is not None:
+            query = query.where(EventRow.at <= log_filter.until)
         query = self._filtered(query, log_filter, with_since=False)
         query = query.order_by(EventRow.at, EventRow.id).limit(log_filter.limit)
         return [(event, message) for event, message in self.session.execute(query)]
 
     @staticmethod
-    def _filtered(query: Select[Any], f: LogFilter, *, with_since: bool = True) -> Select[Any]:
+    def _filtered(
+        query: Select[Any], f: LogFilter, *, with_since: bool = True, newest_first: bool = False
+    ) -> Select[Any]:
         if f.her_id:
             query = query.where(
                 or_(
@@ -519,7 +526,13 @@ class MessageRepository:
             query = query.where(MessageRow.direction == f.direction)
         if with_since and f.since is not None:
             query = query.where(MessageRow.created_at >= f.since)
-        if with_since:
+        if with_since and f.until is not None:
+            query = query.where(MessageRow.created_at <= f.until)
+        if with_since and newest_first:
+            # the id too: messages made in one instant come in one order on every page
+            order = (MessageRow.created_at.desc(), MessageRow.id.desc())
+            query = query.order_by(*order).limit(f.limit)
+        elif with_since:
             query = query.order_by(MessageRow.created_at).limit(f.limit)
         return query
 

@@ -17,7 +17,7 @@ from engine_pair import at_once
 from fastapi.testclient import TestClient
 from outage import database_away
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
@@ -180,7 +180,8 @@ def test_a_delivery_the_store_refuses_leaves_the_message_unread_for_a_retry(
             assert listed.status_code == 200, listed.text
             return [m["id"] for m in listed.json()]
 
-        assert http.put(mark_read, headers=headers).status_code == 500
+        # the database "went away": 503, repeat later (see test_server_faults.py)
+        assert http.put(mark_read, headers=headers).status_code == 503
         stored = pair.message(pair.hospital, received_id)
         assert (stored.read_at, stored.status) == (None, "acknowledged")
         assert unread() == [received_id]
@@ -435,8 +436,9 @@ def test_a_sent_message_and_its_audit_row_commit_together(
     with pair.gp.store.unit_of_work() as uow:
         stored_before = len(uow.messages.search(LogFilter(direction="out")))
     monkeypatch.setattr(audit, "_INSERT", unavailable)
-    with pytest.raises(DBAPIError):
-        _post_note(api_pair, "Henvisning")
+    # a 5xx problem (503 on SQLite, whose missing table is an OperationalError, as an outage is)
+    failed = _post_note(api_pair, "Henvisning")
+    assert failed.status_code in (500, 503), failed.text
     monkeypatch.undo()
     with pair.gp.store.unit_of_work() as uow:
         assert len(uow.messages.search(LogFilter(direction="out"))) == stored_before

@@ -65,5 +65,51 @@ def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         assert get(_token(other)) == 401
         assert get(_token(key, scope="send")) == 403
-    entries = query(pair.hospital.store, AuditQuery(client="jwt-epj"))
+    # a token's client is "jwt:<client_id>" in the logs: never taken for a key client's name
+    entries = query(pair.hospital.store, AuditQuery(client="jwt:jwt-epj"))
     assert [(e["person"], e["outcome"]) for e in entries] == [("lege-9", "refused")] * 2
+
+
+def test_a_token_with_claims_of_other_types_or_bound_to_a_key_is_refused(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Signed by the issuer, so verified, yet not a token we can act on: claims of another type
+    # than ours (they failed the request with a 500), and a token bound to a key whose proof
+    # (DPoP) this server does not check (it was taken as a plain bearer token).
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "issuer.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = ApiSettings(
+        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
+    )
+    with TestClient(
+        create_app(pair.hospital, api_settings=settings), raise_server_exceptions=False
+    ) as http:
+
+        def get(token: str) -> tuple[int, str]:
+            answer = http.get(
+                "/Messages",
+                params={"ReceiverHerIds": HOSPITAL_SERVICE_HER},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return answer.status_code, answer.headers["content-type"]
+
+        refused = (401, "application/problem+json")
+        # (_token leaves out a claim given as None: this one has it, as null)
+        claims = jwt.decode(_token(key), options={"verify_signature": False})
+        assert get(jwt.encode({**claims, "her_ids": None}, key, algorithm="RS256")) == refused
+        for changes in (
+            {"scope": 5},
+            {"scope": ["receive", 5]},
+            {"her_ids": {"id": HOSPITAL_SERVICE_HER}},
+            {"her_ids": [True]},
+            {"client_id": 5},
+            {"sub": {"hpr": 1}},
+            {"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}},
+        ):
+            assert get(_token(key, **changes)) == refused, changes
+        assert get(_token(key, scope=["receive"], her_ids=int(HOSPITAL_SERVICE_HER)))[0] == 200

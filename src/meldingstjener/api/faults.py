@@ -1,0 +1,105 @@
+"""Faults of the server answered in the API's own shape, not as Starlette's ``500 text/plain``.
+
+An error that no route answers reached Starlette's last layer, which answered ``500`` in plain
+text: nothing an EPJ generated from NHN's contract can read, and no word on whether to retry.
+This ASGI middleware sits outside every other layer of ours (:class:`CredentialsFirst` looks
+keys up in the store before any route runs) and answers instead:
+
+- the database cannot be reached (:data:`meldingstjener.store.database.UNREACHABLE`, as the
+  heartbeat and ``POST /ebms`` tell it): ``503 unavailable`` with ``Retry-After``, as
+  ``/health`` says 503 meanwhile. Nothing was done; the EPJ repeats the call later.
+- anything else: ``500 internal-error``, a problem body with EDI 2.0's ``ErrorMessage`` fields,
+  whose ``requestId`` is in the server's log line too, so a help desk finds the one from the
+  other.
+
+The log names the error's class and the lines it passed through, never its text: an exception's
+text may quote what it was given (a value of a business document, a database's DETAIL line).
+``/ebms`` and ``/health`` answer their own errors and never reach this.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meldingstjener.api.problems import problem_response
+from meldingstjener.store.database import UNREACHABLE
+
+log = logging.getLogger(__name__)
+
+# How long an EPJ is asked to wait before it repeats a call the database was away for: about
+# what a PostgreSQL restart or fail-over takes.
+RETRY_AFTER_SECONDS = 10
+
+
+class ServerFaults:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+        try:
+            await self.app(scope, receive, watched)
+        except UNREACHABLE as exc:
+            # a state, not a fault of ours: one line (an outage would otherwise flood the log
+            # with tracebacks); a database error's text shows no statement values
+            first_line = str(exc).strip().split("\n", 1)[0]
+            log.warning("%s: the database cannot be reached: answered 503 (%s)", where, first_line)
+            if started:
+                return  # the answer is under way: the connection is cut short
+            answer = problem_response(
+                503,
+                "unavailable",
+                "the database cannot be reached just now; nothing was done: repeat the call "
+                f"in {RETRY_AFTER_SECONDS} seconds",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+            await answer(scope, receive, send)
+        except Exception as exc:
+            request_id = str(uuid.uuid4())
+            log.error(
+                "%s failed with an unexpected %s: answered 500 (request %s)\n%s",
+                where,
+                type(exc).__name__,
+                request_id,
+                _passed_through(exc),
+            )
+            if started:
+                return
+            answer = problem_response(
+                500,
+                "internal-error",
+                "the server failed with an unexpected error; the server log has the details "
+                f"under request {request_id}",
+                request_id=request_id,
+            )
+            await answer(scope, receive, send)
+
+
+def _passed_through(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the errors it came from, with their class names and
+    source lines but not their texts."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = type(current)
+        lines.append(f"{kind.__module__}.{kind.__qualname__}, raised through:\n")
+        lines.extend(traceback.format_tb(current.__traceback__))
+        current = current.__cause__ or current.__context__
+    return "".join(lines)

@@ -1,0 +1,81 @@
+"""The operator's searches of the message log and the audit log: newest first, paged back with
+``until``, and a time without a zone taken as UTC (it failed with a 500).
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+from api_sites import ApiPair
+
+from meldingstjener.api.clients import add_client
+from meldingstjener.devsites import dialog_note
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _send(api_pair: ApiPair, count: int) -> list[str]:
+    """``count`` messages from the GP, oldest first."""
+    pair, ids = api_pair.pair, []
+    for number in range(count):
+        document = dialog_note(pair.gp_site, pair.hospital_site, f"Notat {number}")
+        sent = api_pair.gp_http.post(
+            "/Messages",
+            headers=_bearer(api_pair.gp_key),
+            json={
+                "businessDocument": base64.b64encode(document).decode(),
+                "contentType": "application/xml",
+                "contentTransferEncoding": "base64",
+            },
+        )
+        assert sent.status_code == 201, sent.text
+        ids.append(sent.json())
+        pair.clock.advance(seconds=1)  # a message is made at the engine's time
+    return ids
+
+
+def test_the_log_and_the_audit_answer_the_newest_first_and_page_back(
+    api_pair: ApiPair,
+) -> None:
+    ids = _send(api_pair, 3)
+    _, admin_key = add_client(api_pair.pair.gp.store, "ops", ["admin"], [])
+    http, admin = api_pair.gp_http, _bearer(admin_key)
+
+    newest = http.get("/api/log", params={"limit": 2}, headers=admin)
+    assert newest.status_code == 200, newest.text
+    assert [m["message_id"] for m in newest.json()] == [ids[2], ids[1]]
+    older = http.get(
+        "/api/log", params={"limit": 2, "until": newest.json()[-1]["created_at"]}, headers=admin
+    )
+    assert [m["message_id"] for m in older.json()] == [ids[1], ids[0]]
+
+    rows = http.get("/api/audit", params={"limit": 2, "client": "gp-epj"}, headers=admin).json()
+    assert [r["messageId"] for r in rows] == [ids[2], ids[1]]
+    rows = http.get(
+        "/api/audit",
+        params={"limit": 2, "client": "gp-epj", "until": rows[-1]["at"]},
+        headers=admin,
+    ).json()
+    assert [r["messageId"] for r in rows] == [ids[1], ids[0]]
+
+
+def test_a_time_without_a_zone_is_utc(api_pair: ApiPair) -> None:
+    [sent] = _send(api_pair, 1)
+    _, admin_key = add_client(api_pair.pair.gp.store, "ops", ["admin"], [])
+    http, admin = api_pair.gp_http, _bearer(admin_key)
+    # (messages are made at the engine's time, audit rows at the wall clock's)
+    moments = (api_pair.pair.clock(), datetime.now(UTC))
+    before, after = min(moments) - timedelta(minutes=1), max(moments) + timedelta(minutes=1)
+    for path, key in (("/api/log", "message_id"), ("/api/audit", "messageId")):
+        for since, found in ((before, [sent]), (after, [])):
+            for written in (since.isoformat(), since.replace(tzinfo=None).isoformat()):
+                answer = http.get(path, params={"since": written}, headers=admin)
+                assert answer.status_code == 200, (path, written, answer.text)
+                listed = [row[key] for row in answer.json() if row[key] == sent]
+                assert listed == found, (path, written)
+        # a date alone is its midnight, UTC
+        day = http.get(path, params={"since": before.date().isoformat()}, headers=admin)
+        assert day.status_code == 200, day.text
