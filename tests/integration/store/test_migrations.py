@@ -116,3 +116,53 @@ def test_webhooks_older_than_their_credential_column_are_given_the_right_one(
     with database.engine.connect() as connection:
         found = dict(connection.execute(text("SELECT client_name, credential FROM webhooks")).all())
     assert found == {"epj-key": "api-key", "epj-helseid": "jwt"}
+
+
+def test_idempotency_keys_stored_before_their_scope_are_found_after_the_upgrade(
+    own_database: Store,
+) -> None:
+    # Keys were "<client>:<key>" until 0018. An EPJ whose POST the upgrade's restart cut off
+    # retries it with the same key: not found in its old form, the message was made twice.
+    from meldingstjener.api.auth import Principal
+    from meldingstjener.api.idempotency import scoped_key
+    from meldingstjener.store.tables import Credential
+
+    database = own_database.database
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0017")
+    stored = {  # message id: (client, key as stored before)
+        "m-key": ("epj-key", "epj-key:retry:1"),
+        "m-jwt": ("epj-helseid", "epj-helseid:a:b"),
+        "m-folder": ("folder:f00d", "folder:f00d"),
+    }
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO api_clients (id, name, key_hash, scopes, her_ids, created_at)"
+                " VALUES (1, 'epj-key', 'h', '[]', '[]', CURRENT_TIMESTAMP)"
+            )
+        )
+        for message_id, (client, key) in stored.items():
+            connection.execute(
+                text(
+                    "INSERT INTO messages (id, direction, status, attempts, client_id,"
+                    " idempotency_key, created_at, updated_at, status_changed_at) VALUES (:id,"
+                    " 'out', 'sent', 1, :client, :key, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP,"
+                    " CURRENT_TIMESTAMP)"
+                ),
+                {"id": message_id, "client": client, "key": key},
+            )
+    upgrade(database)
+    with database.engine.connect() as connection:
+        found = dict(connection.execute(text("SELECT id, idempotency_key FROM messages")).all())
+
+    def client(name: str, credential: str) -> Principal:
+        return Principal(name, None, frozenset(), frozenset(), credential=credential)
+
+    assert found == {
+        "m-key": scoped_key(client("epj-key", Credential.API_KEY), "retry:1"),
+        "m-jwt": scoped_key(client("epj-helseid", Credential.JWT), "a:b"),
+        "m-folder": "folder:f00d",
+    }

@@ -21,9 +21,26 @@ branch_labels = None
 depends_on = None
 
 
+# Keys were stored as "<client>:<key>"; they are "<credential>:<length>:<client>:<key>" now
+# (api/idempotency.py). An EPJ whose POST was cut off by the restart of an upgrade retries it
+# with the same key after it: stored in the old form, that key would not be found and the
+# message made twice. A client without an API-key client of its name (they are revoked, never
+# deleted) was a token's client, as 0011 reads webhooks. The folder outbox's keys keep theirs.
+_REWRITE_KEYS = """
+UPDATE messages SET idempotency_key =
+    CASE WHEN client_id IN (SELECT name FROM api_clients) THEN 'api-key' ELSE 'jwt' END
+    || ':' || CAST(length(client_id) AS TEXT) || ':' || client_id || ':'
+    || substr(idempotency_key, length(client_id) + 2)
+WHERE idempotency_key IS NOT NULL AND client_id IS NOT NULL
+    AND client_id NOT LIKE 'folder:%'
+    AND substr(idempotency_key, 1, length(client_id) + 1) = client_id || ':'
+"""
+
+
 def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("idempotency_digest", sa.String(length=64), nullable=True))
+    op.execute(_REWRITE_KEYS)
 
 
 def downgrade() -> None:
