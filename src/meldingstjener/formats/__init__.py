@@ -38,6 +38,7 @@ from meldingstjener.formats.dialog import (
 from meldingstjener.formats.errors import (
     FormatError,
     InvalidValue,
+    MarkupInValue,
     MissingElement,
     UnknownAppRecStatus,
     UnknownMessageFormat,
@@ -86,6 +87,7 @@ __all__ = [
     "HealthcareProfessional",
     "Ident",
     "InvalidValue",
+    "MarkupInValue",
     "MissingElement",
     "MsgHead",
     "MsgInfo",

@@ -63,6 +63,7 @@ from meldingstjener.formats.xmlutil import (
     namespace,
     own_text,
     path_of,
+    plain_text,
     qname,
     text,
 )
@@ -191,7 +192,7 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     report.type_name = (type_element.get("DN") if type_element is not None else None) or (
         code_list(MESSAGE_TYPES).text(report.type)
     )
-    report.version = text(info, NS_MSGHEAD, "MIGversion")
+    report.version = _lenient_text(info, NS_MSGHEAD, "MIGversion")
     report.sender = _lenient_party(info, "Sender")
     report.receiver = _lenient_party(info, "Receiver")
     report.patient_present = child(info, NS_MSGHEAD, "Patient") is not None
@@ -211,10 +212,24 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     _msghead_business(head, content, report)
 
 
+def _lenient_text(parent: etree._Element | None, ns: str, local: str) -> str | None:
+    """The report's summary fields are read before the layers run and must not raise: a value
+    holding markup reads as absent here, and the reader reports it as a structure problem."""
+    try:
+        return text(parent, ns, local)
+    except FormatError:
+        return None
+
+
 def _lenient_party(info: etree._Element | None, local: str) -> PartyRef:
-    organisation = organisation_from_element(
-        child(child(info, NS_MSGHEAD, local), NS_MSGHEAD, "Organisation")
-    )
+    """The party's HER-ids for the report, or none when its tree holds a value with markup:
+    a HER-id read one way of two is not one to route or check by (the reader reports it)."""
+    try:
+        organisation = organisation_from_element(
+            child(child(info, NS_MSGHEAD, local), NS_MSGHEAD, "Organisation")
+        )
+    except FormatError:
+        return PartyRef()
     return Party(organisation=organisation).her_ids if organisation is not None else PartyRef()
 
 
@@ -240,12 +255,20 @@ def _msghead_structure(
         report.add("structure", "missing-element", "/MsgHead/MsgInfo", "MsgInfo is missing")
         return
     mig = _require(report, info, "MIGversion", "the MsgHead version")
-    if mig is not None and (mig.text or "").strip() != MSGHEAD_VERSION:
+    mig_text = plain_text(mig) if mig is not None else None
+    if mig is not None and mig_text is None:
+        report.add(
+            "structure",
+            "markup-in-value",
+            path_of(mig),
+            "MIGversion holds a comment or markup where only text is allowed",
+        )
+    elif mig is not None and (mig_text or "").strip() != MSGHEAD_VERSION:
         report.add(
             "structure",
             "unsupported-version",
             path_of(mig),
-            f"MIGversion {(mig.text or '').strip()!r} is not supported "
+            f"MIGversion {(mig_text or '').strip()!r} is not supported "
             f"(expected {MSGHEAD_VERSION!r})",
         )
     type_element = _require(report, info, "Type", "the message type")
@@ -530,7 +553,7 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
     msg_type = child(root, ns, "MsgType")
     report.type = (msg_type.get("V") if msg_type is not None else None) or "APPREC"
     report.type_name = code_list(MESSAGE_TYPES).text("APPREC")
-    report.version = text(root, ns, "MIGversion")
+    report.version = _lenient_text(root, ns, "MIGversion")
     try:
         apprec_version_of(root)
     except FormatError as exc:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from meldingstjener.formats.errors import MarkupInValue
+
 NS_MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
 NS_APPREC_10 = "http://www.kith.no/xmlstds/apprec/2004-11-21"
 NS_APPREC_11 = "http://www.kith.no/xmlstds/apprec/2012-02-15"
@@ -65,12 +67,35 @@ def children(parent: etree._Element | None, ns: str, local: str) -> list[etree._
     return list(parent.iterchildren(qname(ns, local)))
 
 
+def plain_text(element: etree._Element) -> str | None:
+    """The text of an element that holds text only, or None when it holds anything besides
+    text: a comment, a processing instruction, an element.
+
+    The one rule for value elements, here and in the ebXML envelope: ``element.text`` stops at
+    the first comment or processing instruction, while XPath ``string()``, XSD validation and
+    canonicalisation (which drops comments) see the text around it joined. ``<Id>1123<!---->74
+    </Id>`` would be read as 1123 and checked, signed or shown as 112374; refusing it leaves
+    one reading. CDATA sections are text (the parser merges them) and pass.
+    """
+    if len(element):  # any child node: element, comment, processing instruction
+        return None
+    return element.text or ""
+
+
 def text(parent: etree._Element | None, ns: str, local: str) -> str | None:
-    """The stripped text of a child element, or None when the child is absent."""
+    """The stripped text of a child element, or None when the child is absent; a child that
+    holds a comment or markup besides its text raises :class:`MarkupInValue` (see
+    :func:`plain_text`)."""
     element = child(parent, ns, local)
     if element is None:
         return None
-    return (element.text or "").strip()
+    value = plain_text(element)
+    if value is None:
+        raise MarkupInValue(
+            f"{local} holds a comment or markup where only text is allowed",
+            path=path_of(element),
+        )
+    return value.strip()
 
 
 def all_text(element: etree._Element | None) -> str | None:

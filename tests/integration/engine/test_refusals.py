@@ -77,6 +77,27 @@ def send_note(pair: Pair) -> str:
 REFUSED = "message-refused:8100001:SecurityFailure"
 
 
+def test_a_sender_her_id_split_by_a_comment_is_refused_as_inconsistent(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The envelope says 8100001; the MsgHead's sender Ident reads 8100001 up to the comment and
+    # 81000019 to XPath, the XSD and the receiver's EPJ. Read the first way, the check of the
+    # envelope against the MsgHead passed, and the patient record showed another sender.
+    seal = payload_io.seal
+
+    def split(ctx: EngineContext, payload: object, *rest: object, **kw: object) -> object:
+        assert isinstance(payload, bytes) and payload.count(b"<Id>8100001</Id>") == 1
+        spoofed = payload.replace(b"<Id>8100001</Id>", b"<Id>8100001<!---->9</Id>")
+        return seal(ctx, spoofed, *rest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payload_io, "seal", split)
+    message_id = send_note(pair)
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "transport-error" and sent.last_error_code == "Inconsistent"
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.last_error_code == "Inconsistent"
+
+
 def test_refused_messages_raise_one_alert_per_sender_and_code_until_one_is_stored(
     pair: Pair,
 ) -> None:
