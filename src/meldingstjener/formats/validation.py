@@ -8,11 +8,14 @@
    exist in their code lists.
 
 :func:`validate` never raises for bad input: every finding is a :class:`Problem`. The report
-says whether a patient is present, never who the patient is.
+says whether a patient is present, never who the patient is. Each layer lists at most
+:data:`MAX_PROBLEMS_PER_LAYER` problems and then one saying more were cut: a hostile document
+of 16,000 faulty siblings is not worth 16,000 lines, nor the time to locate each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +58,7 @@ from meldingstjener.formats.xmlutil import (
     NS_APPREC_11,
     NS_BASE64,
     NS_MSGHEAD,
+    ElementPaths,
     child,
     children,
     elements,
@@ -72,6 +76,8 @@ from meldingstjener.model import HerId, InvalidHerId, PartyRef
 
 ERROR = "error"
 WARNING = "warning"
+MAX_PROBLEMS_PER_LAYER = 100
+TOO_MANY_PROBLEMS = "too-many-problems"
 
 # Content namespaces of the message versions where service-based addressing is mandatory.
 _SERVICE_ADDRESSING_REQUIRED = (
@@ -104,6 +110,19 @@ class Problem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ElementPath:
+    """Where a problem is, as an element and a suffix (``/@V``, ``/Ident``): its readable path
+    is worked out only for a problem the report keeps."""
+
+    element: etree._Element
+    suffix: str = ""
+
+
+def at(element: etree._Element, suffix: str = "") -> ElementPath:
+    return ElementPath(element, suffix)
+
+
 @dataclass
 class ValidationReport:
     """What was found in one document. ``well_formed`` is False when it is not XML at all."""
@@ -122,13 +141,52 @@ class ValidationReport:
     # instead of parsing (and decoding attachments) a second time. Not part of ``as_dict``.
     msghead: MsgHead | None = field(default=None, repr=False, compare=False)
     apprec: AppRec | None = field(default=None, repr=False, compare=False)
+    # problems found per layer (kept or not), the index of each layer's "more were cut"
+    # problem, and the paths of the document's elements, numbered once per parent
+    _found: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _cut_at: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _paths: ElementPaths = field(default_factory=ElementPaths, repr=False, compare=False)
 
     @property
     def valid(self) -> bool:
         return self.well_formed and not any(p.severity == ERROR for p in self.problems)
 
-    def add(self, layer: str, code: str, path: str, message: str, severity: str = ERROR) -> None:
+    def add(
+        self,
+        layer: str,
+        code: str,
+        path: str | ElementPath,
+        message: str,
+        severity: str = ERROR,
+    ) -> None:
+        """Keep a problem, unless its layer has :data:`MAX_PROBLEMS_PER_LAYER` already."""
+        found = self._found.get(layer, 0) + 1
+        self._found[layer] = found
+        if found > MAX_PROBLEMS_PER_LAYER:
+            self._cut(layer, severity)
+            return
+        if isinstance(path, ElementPath):
+            path = self._paths.of(path.element) + path.suffix
         self.problems.append(Problem(layer, code, path, message, severity))
+
+    def _cut(self, layer: str, severity: str) -> None:
+        """One problem says the layer's list was cut; an error among those cut makes it an
+        error, so the report is no more valid for the cut than it was for the problems."""
+        index = self._cut_at.get(layer)
+        if index is None:
+            self._cut_at[layer] = len(self.problems)
+            self.problems.append(
+                Problem(
+                    layer,
+                    TOO_MANY_PROBLEMS,
+                    "/",
+                    f"more than {MAX_PROBLEMS_PER_LAYER} problems in the {layer} layer: "
+                    "the rest are not listed",
+                    severity,
+                )
+            )
+        elif severity == ERROR and self.problems[index].severity != ERROR:
+            self.problems[index] = dataclasses.replace(self.problems[index], severity=ERROR)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -171,13 +229,13 @@ def validate(
         report.add(
             "structure",
             "unknown-format",
-            path_of(root),
+            at(root),
             f"not a business message this server reads: root element {local_name(root)!r} "
             f"in namespace {namespace(root)!r} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
         )
         return report
     if schema_dir is not None:
-        _validate_xsd(root, schema_dir, report)
+        _validate_xsd(root, data, schema_dir, report)
     return report
 
 
@@ -241,7 +299,7 @@ def _require(
         report.add(
             "structure",
             "missing-element",
-            f"{path_of(parent)}/{local}",
+            at(parent, f"/{local}"),
             f"{what} is missing ({local} is mandatory)",
         )
         return None
@@ -260,14 +318,14 @@ def _msghead_structure(
         report.add(
             "structure",
             "markup-in-value",
-            path_of(mig),
+            at(mig),
             "MIGversion holds a comment or markup where only text is allowed",
         )
     elif mig is not None and (mig_text or "").strip() != MSGHEAD_VERSION:
         report.add(
             "structure",
             "unsupported-version",
-            path_of(mig),
+            at(mig),
             f"MIGversion {(mig_text or '').strip()!r} is not supported "
             f"(expected {MSGHEAD_VERSION!r})",
         )
@@ -276,7 +334,7 @@ def _msghead_structure(
         report.add(
             "structure",
             "missing-element",
-            path_of(type_element) + "/@V",
+            at(type_element, "/@V"),
             "the message type has no code (attribute V)",
         )
     _require(report, info, "GenDate", "the generation time")
@@ -308,7 +366,7 @@ def _organisation_structure(organisation: etree._Element, report: ValidationRepo
         report.add(
             "structure",
             "missing-element",
-            path_of(organisation) + "/Ident",
+            at(organisation, "/Ident"),
             "the organisation has no Ident (Id and TypeId)",
         )
     for ident in idents:
@@ -322,7 +380,7 @@ def _organisation_structure(organisation: etree._Element, report: ValidationRepo
         report.add(
             "structure",
             "missing-element",
-            path_of(hcp) + "/Ident",
+            at(hcp, "/Ident"),
             "the health professional has no Ident",
         )
 
@@ -336,7 +394,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
         report.add(
             "structure",
             "invalid-value",
-            path_of(msg_type),
+            at(msg_type),
             f"document MsgType {msg_type.get('V')!r} is neither XML nor A (attachment)",
         )
     content = child(ref, NS_MSGHEAD, "Content")
@@ -345,7 +403,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
         report.add(
             "structure",
             "missing-element",
-            path_of(ref) + "/Content",
+            at(ref, "/Content"),
             "the document has neither Content nor FileReference",
             WARNING,
         )
@@ -356,7 +414,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
             report.add(
                 "structure",
                 "invalid-value",
-                path_of(container),
+                at(container),
                 "the attachment is not valid base64",
             )
 
@@ -595,7 +653,7 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
         report.add(
             "structure",
             "unknown-status",
-            path_of(status),
+            at(status),
             f"Status {status.get('V')!r} is not in code list 8258 (1 OK, 2 Avvist, "
             "3 OK, feil i delmelding)",
         )
@@ -622,7 +680,7 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
             report.add(
                 "structure",
                 "missing-element",
-                path_of(element) + "/@V",
+                at(element, "/@V"),
                 "an Error has no code (attribute V)",
             )
 
@@ -681,7 +739,12 @@ def _apprec_business(apprec: AppRec, report: ValidationReport) -> None:
 # ----------------------------------------------------------------------------------------- XSD
 
 
-def _validate_xsd(root: etree._Element, schema_dir: Path, report: ValidationReport) -> None:
+def _validate_xsd(
+    root: etree._Element,
+    source: bytes | os.PathLike[str],
+    schema_dir: Path,
+    report: ValidationReport,
+) -> None:
     try:
         schemas = schema_set(schema_dir)
     except SchemaError as exc:
@@ -691,10 +754,12 @@ def _validate_xsd(root: etree._Element, schema_dir: Path, report: ValidationRepo
         report.add(
             "xsd",
             "no-schema",
-            path_of(root),
+            at(root),
             f"no schema for namespace {namespace(root)!r} in {schema_dir}",
             WARNING,
         )
         return
-    for issue in schemas.validate(root):
-        report.add("xsd", "xsd-invalid", issue.path or f"line {issue.line}", issue.message)
+    # one more than the report keeps: the report then says that more were cut
+    for issue in schemas.validate(root, source=source, limit=MAX_PROBLEMS_PER_LAYER + 1):
+        where = issue.path or (f"line {issue.line}" if issue.line else "/")
+        report.add("xsd", "xsd-invalid", where, issue.message)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -65,21 +66,40 @@ class _NothingExternal(etree.Resolver):
         return self.resolve_string("", context)
 
 
+_OPTIONS: dict[str, bool] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "dtd_validation": False,
+    # A 35 MB attachment is one base64 text node, beyond libxml2's default 10 MB text limit.
+    # huge_tree lifts that; what it guarded against is covered here: the document size is
+    # checked before parsing, DTDs and entities are refused, and depth is limited below.
+    "huge_tree": True,
+    "remove_blank_text": False,
+    "collect_ids": False,
+}
+
+
 def _parser() -> etree.XMLParser:
-    parser = etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        # A 35 MB attachment is one base64 text node, beyond libxml2's default 10 MB text limit.
-        # huge_tree lifts that; what it guarded against is covered here: the document size is
-        # checked before parsing, DTDs and entities are refused, and depth is limited below.
-        huge_tree=True,
-        remove_blank_text=False,
-        collect_ids=False,
-    )
+    parser = etree.XMLParser(**_OPTIONS)
     parser.resolvers.add(_NothingExternal())
     return parser
+
+
+def reread(
+    source: bytes | os.PathLike[str], *, schema: etree.XMLSchema | None = None
+) -> etree.iterparse:
+    """Read a document again, element by element (their ends), with the options and resolver
+    of :func:`parse_xml`. Only for a document :func:`parse_xml` or :func:`parse_xml_file` has
+    accepted already: size, prolog and depth are not checked again."""
+    reader = etree.iterparse(
+        io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source),
+        events=("end",),
+        schema=schema,
+        **_OPTIONS,
+    )
+    reader.resolvers.add(_NothingExternal())
+    return reader
 
 
 def parse_xml(
