@@ -52,6 +52,7 @@ from meldingstjener.formats.msghead import (
     organisation_from_element,
 )
 from meldingstjener.formats.parties import Ident, Organisation, Party
+from meldingstjener.formats.repeats import APPREC_ONCE, MSGHEAD_ONCE, repeats
 from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES, XmlError, parse_xml, parse_xml_file
 from meldingstjener.formats.xmlutil import (
     NS_APPREC_10,
@@ -256,6 +257,7 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     report.patient_present = child(info, NS_MSGHEAD, "Patient") is not None
 
     _msghead_structure(root, info, report)
+    _report_repeats(report, root, NS_MSGHEAD, MSGHEAD_ONCE)
     try:
         head = msghead_from_element(root, decode_attachments=False)
     except FormatError as exc:
@@ -417,6 +419,15 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
                 at(container),
                 "the attachment is not valid base64",
             )
+
+
+def _report_repeats(
+    report: ValidationReport, root: etree._Element, ns: str, once: dict[str, tuple[str, ...]]
+) -> None:
+    """What the readers take the first of, given twice; a second HER-id at one level."""
+    for found in repeats(root, ns, once):
+        severity = ERROR if found.error else WARNING
+        report.add("structure", found.code, at(found.element), found.message, severity)
 
 
 def _content_root(root: etree._Element) -> etree._Element | None:
@@ -618,6 +629,7 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
         _report_read_error(report, exc, "/AppRec")
         return
     _apprec_structure(root, ns, report)
+    _report_repeats(report, root, ns, APPREC_ONCE)
     for local in ("Sender", "Receiver"):
         try:
             refs = apprec_party_from_element(root, ns, local).her_ids
