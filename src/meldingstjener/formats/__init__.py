@@ -53,6 +53,7 @@ from meldingstjener.formats.msghead import (
     RefDoc,
     answer_conversation_ref,
     build_msghead,
+    copy_receiver,
     read_msghead,
 )
 from meldingstjener.formats.parties import (
@@ -116,6 +117,7 @@ __all__ = [
     "build_dialogmelding",
     "build_msghead",
     "code_list",
+    "copy_receiver",
     "dialog_msghead",
     "dialogmelding_of",
     "message_type_name",

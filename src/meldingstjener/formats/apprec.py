@@ -277,11 +277,14 @@ def build_apprec(
     gen_date: str | None = None,
     software_name: str | None = None,
     software_version: str | None = None,
+    answer_as: Party | None = None,
 ) -> bytes:
     """An AppRec answering ``original``: sender and receiver swapped, OriginalMsgId set.
 
     ``errors`` are required for status 2 (rejected) and 3 (OK with errors); use
     :meth:`AppRecError.of` for 8221 codes (e.g. ``AppRecError.of("E21", "Legen har sluttet")``).
+    ``answer_as`` is the party the AppRec comes from: the original's receiver by default, a
+    copy receiver (``msghead.copy_receiver``) when it answers the copy it got.
     """
     status = AppRecStatus(status)
     if status is not AppRecStatus.OK and not errors:
@@ -293,7 +296,7 @@ def build_apprec(
         version=version,
         id=msg_id or new_msg_id(),
         gen_date=gen_date or gen_date_now(),
-        sender=apprec_party_from(info.receiver),
+        sender=apprec_party_from(answer_as or info.receiver),
         receiver=apprec_party_from(info.sender),
         status=status,
         errors=tuple(errors),

@@ -116,3 +116,27 @@ def test_rejection_without_error_is_refused(samples: Path) -> None:
         build_apprec(original, status=7)
     with pytest.raises(InvalidValue, match="version"):
         build_apprec(original, status=1, version="2.0")
+
+
+def test_a_copy_receiver_answers_as_itself(samples: Path) -> None:
+    from meldingstjener.formats import copy_receiver
+
+    other = b"""<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/><Organisation>
+<OrganisationName>Kopilegen</OrganisationName><Ident><Id>555555</Id>
+<TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident><Organisation>
+<OrganisationName>Kopitjenesten</OrganisationName><Ident><Id>555556</Id>
+<TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident></Organisation>
+</Organisation></OtherReceiver>"""
+    data = (samples / FORESPORSEL).read_bytes().replace(b"</Receiver>", b"</Receiver>" + other, 1)
+    original = read_msghead(data)
+    info = original.msg_info
+    assert copy_receiver(info, "555555") == copy_receiver(info, "555556") is not None
+    assert copy_receiver(info, str(original.receiver_her_ids.organisation)) is None
+    as_copy = read_apprec(
+        build_apprec(original, status=AppRecStatus.OK, answer_as=copy_receiver(info, "555556"))
+    )
+    assert as_copy.sender.her_ids == PartyRef(HerId(555555), HerId(555556))
+    assert as_copy.receiver.her_ids == original.sender_her_ids
+    # without it, the AppRec comes from the MsgHead's receiver, as before
+    as_receiver = read_apprec(build_apprec(original, status=AppRecStatus.OK))
+    assert as_receiver.sender.her_ids.organisation == original.receiver_her_ids.organisation
