@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -241,11 +241,17 @@ def send_apprec(
             version=version,
             software_name="meldingstjener",
             answer_as=_copy_answered(original, row.to_her_id),
+            received_at=_date_time(row.created_at),
         )
     except (FormatError, XmlError) as exc:
         # a message the lenient validator let through may lack what an AppRec quotes
         raise _unbuildable(exc) from None
     return _submit_answer(ctx, payload, row, target, actor, code, errors, "AppRec")
+
+
+def _date_time(at: datetime) -> str:
+    """``at`` as xs:dateTime, UTC when the store gave it without a zone."""
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
 def _copy_answered(original: MsgHead, to_her_id: str | None) -> Party | None:
@@ -608,6 +614,7 @@ def reject_by_server(
             version=DEFAULT_APPREC_VERSION,
             software_name="meldingstjener",
             answer_as=_copy_answered(original, row.to_her_id),
+            received_at=_date_time(row.created_at),
         )
         if verdict.status is InboundStatus.MISADDRESSED_PURGED:
             payload = _from_our_organisation(ctx, payload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from lxml import etree
 
@@ -28,6 +29,10 @@ NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 OID_PREFIX = "2.16.578.1.12.4.1.1."
 
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
+_XS_DATE_TIME = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.[0-9]+)?"
+    r"(?:Z|[+-](?P<zh>[0-9]{2}):(?P<zm>[0-9]{2}))?"
+)
 _TEXT_SLICE = 1024 * 1024  # characters looked at at a time when checking a long text
 
 
@@ -96,6 +101,23 @@ def text(parent: etree._Element | None, ns: str, local: str) -> str | None:
             path=path_of(element),
         )
     return value.strip()
+
+
+def is_xs_date_time(value: str) -> bool:
+    """Whether ``value`` is an xs:dateTime a schema validator accepts, within the years 1 to
+    9999 (stricter than ``datetime.fromisoformat``, which also takes a date alone or a space
+    for the T). Leading and trailing whitespace is allowed, as the schema collapses it."""
+    found = _XS_DATE_TIME.fullmatch(value.strip(" \t\r\n"))
+    if found is None:
+        return False
+    try:
+        datetime.fromisoformat(f"{found['date']}T{found['time']}")
+    except ValueError:  # month 13, February 30, hour 24, year 0
+        return False
+    if found["zh"] is None:
+        return True
+    hours, minutes = int(found["zh"]), int(found["zm"])
+    return minutes < 60 and (hours, minutes) <= (14, 0)
 
 
 def all_text(element: etree._Element | None) -> str | None:

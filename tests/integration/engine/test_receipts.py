@@ -586,6 +586,25 @@ def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair:
     assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
 
 
+def test_a_rejection_for_a_bad_gen_date_gets_its_apprec(pair: Pair) -> None:
+    # The GenDate went into the AppRec's OriginalMsgId/IssueDate, where our own validation
+    # refused it: the sender never heard why its message was rejected.
+    import re
+
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    faulty = re.sub(rb"<GenDate>[^<]*</GenDate>", b"<GenDate>13.05.2025 11:51</GenDate>", note)
+    # sent by a sender that does not validate; its message keeps its MsgId, for the AppRec
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    [row] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    assert row.status == "rejected" and row.last_error_code == "T02"
+    assert open_alerts(pair.hospital, "apprec-unsent") == []
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "T02"
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.errors[0][0] == "T02"
+
+
 def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair: Pair) -> None:
     # 8200099 is a party the GP knows, with a valid signing certificate, but the message went
     # to 8200002: its Acknowledgment must not mark the message as received.
