@@ -54,6 +54,31 @@ def test_a_fagmelding_that_is_not_xml_is_stored_with_codes_only(
     assert str(refused.last_error_text).endswith("cannot be interpreted (xml-malformed)")
 
 
+def test_a_fagmelding_larger_than_formats_max_xml_bytes_is_refused(tmp_path: Path) -> None:
+    # formats.max_xml_bytes held for the envelope only: the business message was parsed with
+    # the 64 MB default whatever the operator had set
+    from meldingstjener.devsites import HOSPITAL_HER
+
+    limit = 20_000
+    made = make_pair(tmp_path, extra_config={HOSPITAL_HER: f"[formats]\nmax_xml_bytes = {limit}\n"})
+    try:
+        assert made.hospital.policy.max_xml_bytes == limit
+        note = dialog_note(made.gp_site, made.hospital_site, "x" * (2 * limit))
+        message_id = submit(made.gp, note, actor="t")
+        made.run()
+        sent = made.message(made.gp, message_id)
+        assert sent.status == "transport-error" and sent.last_error_code == "OtherXml"
+        [refused] = made.inbound_messages(made.hospital)
+        assert refused.status == "rejected"
+        assert str(refused.last_error_text).endswith("cannot be interpreted (xml-refused)")
+        small = submit(made.gp, dialog_note(made.gp_site, made.hospital_site, "x"), actor="t")
+        made.run()
+        assert made.message(made.gp, small).status == "transport-acknowledged"
+    finally:
+        made.gp.store.database.dispose()
+        made.hospital.store.database.dispose()
+
+
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
     """dedup key -> (severity, count) of the open alerts."""
     with ctx.store.unit_of_work() as uow:
