@@ -222,6 +222,20 @@ def validate(
         report.well_formed = False
         report.add("xml", exc.code, "/", str(exc))
         return report
+    try:
+        _validate_layers(root, data, schema_dir, report)
+    finally:
+        # the numbered paths hold elements, and so the tree: not for as long as the report
+        report._paths = ElementPaths()
+    return report
+
+
+def _validate_layers(
+    root: etree._Element,
+    data: bytes | os.PathLike[str],
+    schema_dir: Path | None,
+    report: ValidationReport,
+) -> None:
     if namespace(root) == NS_MSGHEAD and local_name(root) == "MsgHead":
         _validate_msghead(root, report)
     elif namespace(root) in (NS_APPREC_10, NS_APPREC_11) and local_name(root) == "AppRec":
@@ -234,10 +248,9 @@ def validate(
             f"not a business message this server reads: root element {local_name(root)!r} "
             f"in namespace {namespace(root)!r} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
         )
-        return report
+        return
     if schema_dir is not None:
         _validate_xsd(root, data, schema_dir, report)
-    return report
 
 
 # ------------------------------------------------------------------------------------- MsgHead

@@ -131,3 +131,11 @@ def test_paths_number_same_named_siblings_only() -> None:
     assert got == ["/a", "/a/b[1]", "/a/b[2]", "/a/b[2]/c[1]", "/a/b[2]/d", "/a/b[2]/c[2]", "/a/e"]
     paths = ElementPaths()  # one numbering for the tree, the same answers
     assert [paths.of(e) for e in root.iter() if isinstance(e.tag, str)] == got
+
+
+def test_the_report_keeps_no_element_of_the_document() -> None:
+    # the paths numbered while validating hold elements, and each element its whole tree (a
+    # 35 MB attachment's): the report, which outlives the validation, must not keep them
+    report = validate(_apprec(b"<Error/>" * 3))
+    assert len(report.problems) == 4
+    assert not report._paths._labels
