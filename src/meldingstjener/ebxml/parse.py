@@ -84,6 +84,7 @@ from meldingstjener.ebxml.values import (
     content_id_from_href,
 )
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
+from meldingstjener.formats.xmlutil import plain_text
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.model.privacy import redact
 
@@ -197,14 +198,16 @@ def _optional_text(parent: etree._Element, name: str) -> str | None:
 def _value(element: etree._Element, what: str, where: str) -> str:
     """The text of a value element, which holds text only. A comment or processing instruction
     in it is no part of what the signature digests (canonicalisation drops comments), and cut
-    the text we read: "abc<!---->xyz" would be read as "abc", a value nobody signed."""
-    if len(element):
+    the text we read: "abc<!---->xyz" would be read as "abc", a value nobody signed. The rule
+    is the business messages' too (:func:`~meldingstjener.formats.xmlutil.plain_text`)."""
+    text = plain_text(element)
+    if text is None:
         raise EbxmlError(
             ErrorCode.SECURITY_FAILURE,
             f"{what} holds a comment or markup: its signed value is not what would be read",
             where,
         )
-    return element.text or ""
+    return text
 
 
 def _bounded(text: str, what: str, where: str) -> str:

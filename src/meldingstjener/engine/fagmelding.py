@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meldingstjener.formats import ValidationReport, validate
+from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES
 from meldingstjener.model import PartyRef
 
 
@@ -55,13 +56,20 @@ class Fagmelding:
         return [f"{p.path}: {p.message} ({p.code})" for p in self.report.problems]
 
 
-def inspect(data: bytes | os.PathLike[str], schema_dir: Path | None = None) -> Fagmelding:
+def inspect(
+    data: bytes | os.PathLike[str],
+    schema_dir: Path | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Fagmelding:
     """Validate ``data`` and read the facts routing needs (one parse). Never raises.
 
     ``data`` may be a file (a path, or a spooled payload): the parser then reads it in pieces,
     and attachments are checked but never decoded, so a 35 MB message costs its tree and no
-    more than one transient copy of the attachment text."""
-    report = validate(data, schema_dir)
+    more than one transient copy of the attachment text. ``max_bytes`` is the largest XML
+    document parsed (``formats.max_xml_bytes``, ``ctx.policy.max_xml_bytes``); a larger one is
+    refused by the parser (``xml-refused``) before it is read."""
+    report = validate(data, schema_dir, max_bytes=max_bytes)
     msg_id = ref_parent = ref_conversation = original = apprec_status = None
     apprec_errors: tuple[tuple[str, str], ...] = ()
     copies: set[str] = set()

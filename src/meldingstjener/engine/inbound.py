@@ -374,7 +374,7 @@ def _open_payload(
             reason="its payload could not be decrypted",
             our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
-    message = inspect(plain, ctx.policy.schema_dir)
+    message = inspect(plain, ctx.policy.schema_dir, max_bytes=ctx.policy.max_xml_bytes)
     if not message.report.well_formed or message.report.format is None:
         if to not in ctx.own_her_ids:
             raise not_ours

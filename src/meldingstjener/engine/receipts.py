@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -31,12 +31,14 @@ from meldingstjener.formats import (
     AppRecStatus,
     build_apprec,
     build_dialog_avvik,
+    copy_receiver,
     read_apprec,
     read_msghead,
     serialize_apprec,
 )
 from meldingstjener.formats.apprec import apprec_party_from
 from meldingstjener.formats.errors import FormatError
+from meldingstjener.formats.msghead import MsgHead
 from meldingstjener.formats.parties import Party
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
@@ -238,11 +240,30 @@ def send_apprec(
             errors=[AppRecError.of(c, text or None) for c, text in errors],
             version=version,
             software_name="meldingstjener",
+            answer_as=_copy_answered(original, row.to_her_id),
+            received_at=_date_time(row.created_at),
         )
     except (FormatError, XmlError) as exc:
         # a message the lenient validator let through may lack what an AppRec quotes
         raise _unbuildable(exc) from None
     return _submit_answer(ctx, payload, row, target, actor, code, errors, "AppRec")
+
+
+def _date_time(at: datetime) -> str:
+    """``at`` as xs:dateTime, UTC when the store gave it without a zone."""
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).isoformat(timespec="seconds")
+
+
+def _copy_answered(original: MsgHead, to_her_id: str | None) -> Party | None:
+    """The copy receiver (OtherReceiver) a message came to, when it came as a copy: the
+    AppRec comes from it, since the MsgHead's receiver is not ours and outbound refuses to
+    send in its name. None for a message to its receiver."""
+    if to_her_id is None:
+        return None
+    receiver = original.receiver_her_ids
+    if to_her_id in (receiver.organisation, receiver.service):
+        return None
+    return copy_receiver(original.msg_info, to_her_id)
 
 
 def _apprec_version(uow: UnitOfWork, row: MessageRow) -> str:
@@ -581,6 +602,8 @@ def reject_by_server(
     ctx: EngineContext, message_id: str, original_payload: bytes, verdict: ServerVerdict
 ) -> str | None:
     """Send the server's own negative AppRec (E21 / T02 / X99) and apply the verdict."""
+    with ctx.store.unit_of_work() as uow:
+        row = _inbound(uow, message_id)
     try:
         # a message the lenient validator let through may still lack what an AppRec quotes
         original = read_msghead(original_payload)
@@ -590,14 +613,14 @@ def reject_by_server(
             errors=[AppRecError.of(code, text) for code, text in verdict.errors],
             version=DEFAULT_APPREC_VERSION,
             software_name="meldingstjener",
+            answer_as=_copy_answered(original, row.to_her_id),
+            received_at=_date_time(row.created_at),
         )
         if verdict.status is InboundStatus.MISADDRESSED_PURGED:
             payload = _from_our_organisation(ctx, payload)
     except (FormatError, XmlError) as exc:
         _rejected_without_apprec(ctx, message_id, verdict, _unbuildable(exc))
         return None
-    with ctx.store.unit_of_work() as uow:
-        row = _inbound(uow, message_id)
 
     def alert(uow: UnitOfWork, judged: MessageRow) -> None:
         # with the purge and the AppRec it announces, or not at all: committed before them, it

@@ -38,6 +38,7 @@ from meldingstjener.formats.dialog import (
 from meldingstjener.formats.errors import (
     FormatError,
     InvalidValue,
+    MarkupInValue,
     MissingElement,
     UnknownAppRecStatus,
     UnknownMessageFormat,
@@ -52,6 +53,7 @@ from meldingstjener.formats.msghead import (
     RefDoc,
     answer_conversation_ref,
     build_msghead,
+    copy_receiver,
     read_msghead,
 )
 from meldingstjener.formats.parties import (
@@ -86,6 +88,7 @@ __all__ = [
     "HealthcareProfessional",
     "Ident",
     "InvalidValue",
+    "MarkupInValue",
     "MissingElement",
     "MsgHead",
     "MsgInfo",
@@ -114,6 +117,7 @@ __all__ = [
     "build_dialogmelding",
     "build_msghead",
     "code_list",
+    "copy_receiver",
     "dialog_msghead",
     "dialogmelding_of",
     "message_type_name",

@@ -10,6 +10,8 @@ The two versions differ only in namespace and MIGversion; both are read and buil
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -38,6 +40,7 @@ from meldingstjener.formats.xmlutil import (
     children,
     coded,
     coded_of,
+    is_xs_date_time,
     local_name,
     namespace,
     qname,
@@ -45,6 +48,7 @@ from meldingstjener.formats.xmlutil import (
     to_bytes,
 )
 from meldingstjener.model import HerId, InvalidHerId, PartyRef
+from meldingstjener.model.privacy import partner_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,11 +281,20 @@ def build_apprec(
     gen_date: str | None = None,
     software_name: str | None = None,
     software_version: str | None = None,
+    answer_as: Party | None = None,
+    received_at: str | None = None,
 ) -> bytes:
     """An AppRec answering ``original``: sender and receiver swapped, OriginalMsgId set.
 
     ``errors`` are required for status 2 (rejected) and 3 (OK with errors); use
     :meth:`AppRecError.of` for 8221 codes (e.g. ``AppRecError.of("E21", "Legen har sluttet")``).
+    ``answer_as`` is the party the AppRec comes from: the original's receiver by default, a
+    copy receiver (``msghead.copy_receiver``) when it answers the copy it got.
+
+    OriginalMsgId/IssueDate is the original's GenDate. When that is no xs:dateTime (a message
+    rejected for it, say), the AppRec could not carry it and would be refused itself; it
+    carries ``received_at`` (when the original was received, an xs:dateTime; else the AppRec's
+    own GenDate), and the first Error's OT quotes the GenDate sent, if it looks like a date.
     """
     status = AppRecStatus(status)
     if status is not AppRecStatus.OK and not errors:
@@ -289,23 +302,46 @@ def build_apprec(
     if version not in APPREC_VERSIONS:
         raise InvalidValue(f"AppRec version {version!r} is not supported (1.0 or 1.1)")
     info = original.msg_info
+    gen_date = gen_date or gen_date_now()
+    issue_date, errors = info.gen_date, tuple(errors)
+    if not is_xs_date_time(issue_date):
+        issue_date = received_at if received_at and is_xs_date_time(received_at) else gen_date
+        errors = _with_gen_date_quoted(errors, info.gen_date)
     apprec = AppRec(
         version=version,
         id=msg_id or new_msg_id(),
-        gen_date=gen_date or gen_date_now(),
-        sender=apprec_party_from(info.receiver),
+        gen_date=gen_date,
+        sender=apprec_party_from(answer_as or info.receiver),
         receiver=apprec_party_from(info.sender),
         status=status,
-        errors=tuple(errors),
+        errors=errors,
         original_msg_id=OriginalMsgId(
             msg_type=Coded(v=info.type.v, dn=original.message_type_name),
-            issue_date=info.gen_date,
+            issue_date=issue_date,
             id=info.msg_id,
         ),
         software_name=software_name,
         software_version=software_version,
     )
     return serialize_apprec(apprec)
+
+
+# What of a bad GenDate an Error's OT may quote: characters of dates and times, no longer
+# than a date-time with fractions and zone. Anything else (a GenDate may hold any text, and
+# text where a value belongs may quote the message) is shown as "?".
+_DATE_LIKE = re.compile(r"[0-9 .,:/+TZtz-]{1,35}")
+
+
+def _with_gen_date_quoted(
+    errors: tuple[AppRecError, ...], gen_date: str
+) -> tuple[AppRecError, ...]:
+    if not errors:
+        return errors  # an OK without Errors: nowhere to say it, and nothing to dispute
+    shown = partner_code(gen_date, _DATE_LIKE, limit=35)
+    note = f"GenDate {shown!r} is not an xs:dateTime; IssueDate is when it was received"
+    first = errors[0]
+    ot = f"{first.ot}; {note}" if first.ot else note
+    return (dataclasses.replace(first, ot=ot), *errors[1:])
 
 
 def apprec_party_from(party: Party) -> AppRecParty:

@@ -48,6 +48,15 @@ class InvalidValue(FormatError):
     apprec_code = "T02"
 
 
+class MarkupInValue(InvalidValue):
+    """An element that holds a value (an id, a HER-id, a date, a name) holds a comment, a
+    processing instruction or an element besides its text. A comment cuts the text a reader
+    sees (``1123<!---->74`` reads as ``1123`` to some, ``112374`` to others), so such a value
+    is refused rather than read one way."""
+
+    code = "markup-in-value"
+
+
 class UnknownAppRecStatus(InvalidValue):
     """An AppRec Status that is not in code list 8258: the receipt cannot be interpreted."""
 

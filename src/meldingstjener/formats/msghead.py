@@ -129,6 +129,21 @@ class MsgInfo:
     patient: Person | None = None
 
 
+def copy_receiver(info: MsgInfo, her_id: str) -> Party | None:
+    """The copy receiver (OtherReceiver) whose organisation or service has ``her_id``, as the
+    party that answers its copy; None when no OtherReceiver organisation has it (the primary
+    receiver, or a copy to a person without an organisation, which has no HER-id to answer
+    from)."""
+    for other in info.other_receivers:
+        organisation = other.organisation
+        if organisation is None:
+            continue
+        levels = (organisation, organisation.organisation)
+        if any(level is not None and level.her_id == her_id for level in levels):
+            return Party(organisation=organisation, com_method=other.com_method)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class MsgHead:
     msg_info: MsgInfo

@@ -36,7 +36,8 @@ def her_ident(her_id: str | int) -> Ident:
 
 
 def her_id_of(idents: Iterable[Ident]) -> HerId | None:
-    """The first valid HER-id among ``idents`` (an invalid one is the validator's to report)."""
+    """The first valid HER-id among ``idents`` (an invalid one, or a second HER-id, is the
+    validator's to report: see :mod:`meldingstjener.formats.repeats`)."""
     for ident in idents:
         if ident.is_her:
             try:

@@ -8,11 +8,14 @@
    exist in their code lists.
 
 :func:`validate` never raises for bad input: every finding is a :class:`Problem`. The report
-says whether a patient is present, never who the patient is.
+says whether a patient is present, never who the patient is. Each layer lists at most
+:data:`MAX_PROBLEMS_PER_LAYER` problems and then one saying more were cut: a hostile document
+of 16,000 faulty siblings is not worth 16,000 lines, nor the time to locate each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,12 +52,14 @@ from meldingstjener.formats.msghead import (
     organisation_from_element,
 )
 from meldingstjener.formats.parties import Ident, Organisation, Party
+from meldingstjener.formats.repeats import APPREC_ONCE, MSGHEAD_ONCE, repeats
 from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES, XmlError, parse_xml, parse_xml_file
 from meldingstjener.formats.xmlutil import (
     NS_APPREC_10,
     NS_APPREC_11,
     NS_BASE64,
     NS_MSGHEAD,
+    ElementPaths,
     child,
     children,
     elements,
@@ -63,6 +68,7 @@ from meldingstjener.formats.xmlutil import (
     namespace,
     own_text,
     path_of,
+    plain_text,
     qname,
     text,
 )
@@ -71,6 +77,8 @@ from meldingstjener.model import HerId, InvalidHerId, PartyRef
 
 ERROR = "error"
 WARNING = "warning"
+MAX_PROBLEMS_PER_LAYER = 100
+TOO_MANY_PROBLEMS = "too-many-problems"
 
 # Content namespaces of the message versions where service-based addressing is mandatory.
 _SERVICE_ADDRESSING_REQUIRED = (
@@ -103,6 +111,19 @@ class Problem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ElementPath:
+    """Where a problem is, as an element and a suffix (``/@V``, ``/Ident``): its readable path
+    is worked out only for a problem the report keeps."""
+
+    element: etree._Element
+    suffix: str = ""
+
+
+def at(element: etree._Element, suffix: str = "") -> ElementPath:
+    return ElementPath(element, suffix)
+
+
 @dataclass
 class ValidationReport:
     """What was found in one document. ``well_formed`` is False when it is not XML at all."""
@@ -121,13 +142,52 @@ class ValidationReport:
     # instead of parsing (and decoding attachments) a second time. Not part of ``as_dict``.
     msghead: MsgHead | None = field(default=None, repr=False, compare=False)
     apprec: AppRec | None = field(default=None, repr=False, compare=False)
+    # problems found per layer (kept or not), the index of each layer's "more were cut"
+    # problem, and the paths of the document's elements, numbered once per parent
+    _found: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _cut_at: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _paths: ElementPaths = field(default_factory=ElementPaths, repr=False, compare=False)
 
     @property
     def valid(self) -> bool:
         return self.well_formed and not any(p.severity == ERROR for p in self.problems)
 
-    def add(self, layer: str, code: str, path: str, message: str, severity: str = ERROR) -> None:
+    def add(
+        self,
+        layer: str,
+        code: str,
+        path: str | ElementPath,
+        message: str,
+        severity: str = ERROR,
+    ) -> None:
+        """Keep a problem, unless its layer has :data:`MAX_PROBLEMS_PER_LAYER` already."""
+        found = self._found.get(layer, 0) + 1
+        self._found[layer] = found
+        if found > MAX_PROBLEMS_PER_LAYER:
+            self._cut(layer, severity)
+            return
+        if isinstance(path, ElementPath):
+            path = self._paths.of(path.element) + path.suffix
         self.problems.append(Problem(layer, code, path, message, severity))
+
+    def _cut(self, layer: str, severity: str) -> None:
+        """One problem says the layer's list was cut; an error among those cut makes it an
+        error, so the report is no more valid for the cut than it was for the problems."""
+        index = self._cut_at.get(layer)
+        if index is None:
+            self._cut_at[layer] = len(self.problems)
+            self.problems.append(
+                Problem(
+                    layer,
+                    TOO_MANY_PROBLEMS,
+                    "/",
+                    f"more than {MAX_PROBLEMS_PER_LAYER} problems in the {layer} layer: "
+                    "the rest are not listed",
+                    severity,
+                )
+            )
+        elif severity == ERROR and self.problems[index].severity != ERROR:
+            self.problems[index] = dataclasses.replace(self.problems[index], severity=ERROR)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +222,20 @@ def validate(
         report.well_formed = False
         report.add("xml", exc.code, "/", str(exc))
         return report
+    try:
+        _validate_layers(root, data, schema_dir, report)
+    finally:
+        # the numbered paths hold elements, and so the tree: not for as long as the report
+        report._paths = ElementPaths()
+    return report
+
+
+def _validate_layers(
+    root: etree._Element,
+    data: bytes | os.PathLike[str],
+    schema_dir: Path | None,
+    report: ValidationReport,
+) -> None:
     if namespace(root) == NS_MSGHEAD and local_name(root) == "MsgHead":
         _validate_msghead(root, report)
     elif namespace(root) in (NS_APPREC_10, NS_APPREC_11) and local_name(root) == "AppRec":
@@ -170,14 +244,13 @@ def validate(
         report.add(
             "structure",
             "unknown-format",
-            path_of(root),
+            at(root),
             f"not a business message this server reads: root element {local_name(root)!r} "
             f"in namespace {namespace(root)!r} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
         )
-        return report
+        return
     if schema_dir is not None:
-        _validate_xsd(root, schema_dir, report)
-    return report
+        _validate_xsd(root, data, schema_dir, report)
 
 
 # ------------------------------------------------------------------------------------- MsgHead
@@ -191,12 +264,13 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     report.type_name = (type_element.get("DN") if type_element is not None else None) or (
         code_list(MESSAGE_TYPES).text(report.type)
     )
-    report.version = text(info, NS_MSGHEAD, "MIGversion")
+    report.version = _lenient_text(info, NS_MSGHEAD, "MIGversion")
     report.sender = _lenient_party(info, "Sender")
     report.receiver = _lenient_party(info, "Receiver")
     report.patient_present = child(info, NS_MSGHEAD, "Patient") is not None
 
     _msghead_structure(root, info, report)
+    _report_repeats(report, root, NS_MSGHEAD, MSGHEAD_ONCE)
     try:
         head = msghead_from_element(root, decode_attachments=False)
     except FormatError as exc:
@@ -211,10 +285,24 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     _msghead_business(head, content, report)
 
 
+def _lenient_text(parent: etree._Element | None, ns: str, local: str) -> str | None:
+    """The report's summary fields are read before the layers run and must not raise: a value
+    holding markup reads as absent here, and the reader reports it as a structure problem."""
+    try:
+        return text(parent, ns, local)
+    except FormatError:
+        return None
+
+
 def _lenient_party(info: etree._Element | None, local: str) -> PartyRef:
-    organisation = organisation_from_element(
-        child(child(info, NS_MSGHEAD, local), NS_MSGHEAD, "Organisation")
-    )
+    """The party's HER-ids for the report, or none when its tree holds a value with markup:
+    a HER-id read one way of two is not one to route or check by (the reader reports it)."""
+    try:
+        organisation = organisation_from_element(
+            child(child(info, NS_MSGHEAD, local), NS_MSGHEAD, "Organisation")
+        )
+    except FormatError:
+        return PartyRef()
     return Party(organisation=organisation).her_ids if organisation is not None else PartyRef()
 
 
@@ -226,7 +314,7 @@ def _require(
         report.add(
             "structure",
             "missing-element",
-            f"{path_of(parent)}/{local}",
+            at(parent, f"/{local}"),
             f"{what} is missing ({local} is mandatory)",
         )
         return None
@@ -240,12 +328,20 @@ def _msghead_structure(
         report.add("structure", "missing-element", "/MsgHead/MsgInfo", "MsgInfo is missing")
         return
     mig = _require(report, info, "MIGversion", "the MsgHead version")
-    if mig is not None and (mig.text or "").strip() != MSGHEAD_VERSION:
+    mig_text = plain_text(mig) if mig is not None else None
+    if mig is not None and mig_text is None:
+        report.add(
+            "structure",
+            "markup-in-value",
+            at(mig),
+            "MIGversion holds a comment or markup where only text is allowed",
+        )
+    elif mig is not None and (mig_text or "").strip() != MSGHEAD_VERSION:
         report.add(
             "structure",
             "unsupported-version",
-            path_of(mig),
-            f"MIGversion {(mig.text or '').strip()!r} is not supported "
+            at(mig),
+            f"MIGversion {(mig_text or '').strip()!r} is not supported "
             f"(expected {MSGHEAD_VERSION!r})",
         )
     type_element = _require(report, info, "Type", "the message type")
@@ -253,7 +349,7 @@ def _msghead_structure(
         report.add(
             "structure",
             "missing-element",
-            path_of(type_element) + "/@V",
+            at(type_element, "/@V"),
             "the message type has no code (attribute V)",
         )
     _require(report, info, "GenDate", "the generation time")
@@ -285,7 +381,7 @@ def _organisation_structure(organisation: etree._Element, report: ValidationRepo
         report.add(
             "structure",
             "missing-element",
-            path_of(organisation) + "/Ident",
+            at(organisation, "/Ident"),
             "the organisation has no Ident (Id and TypeId)",
         )
     for ident in idents:
@@ -299,7 +395,7 @@ def _organisation_structure(organisation: etree._Element, report: ValidationRepo
         report.add(
             "structure",
             "missing-element",
-            path_of(hcp) + "/Ident",
+            at(hcp, "/Ident"),
             "the health professional has no Ident",
         )
 
@@ -313,7 +409,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
         report.add(
             "structure",
             "invalid-value",
-            path_of(msg_type),
+            at(msg_type),
             f"document MsgType {msg_type.get('V')!r} is neither XML nor A (attachment)",
         )
     content = child(ref, NS_MSGHEAD, "Content")
@@ -322,7 +418,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
         report.add(
             "structure",
             "missing-element",
-            path_of(ref) + "/Content",
+            at(ref, "/Content"),
             "the document has neither Content nor FileReference",
             WARNING,
         )
@@ -333,9 +429,18 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
             report.add(
                 "structure",
                 "invalid-value",
-                path_of(container),
+                at(container),
                 "the attachment is not valid base64",
             )
+
+
+def _report_repeats(
+    report: ValidationReport, root: etree._Element, ns: str, once: dict[str, tuple[str, ...]]
+) -> None:
+    """What the readers take the first of, given twice; a second HER-id at one level."""
+    for found in repeats(root, ns, once):
+        severity = ERROR if found.error else WARNING
+        report.add("structure", found.code, at(found.element), found.message, severity)
 
 
 def _content_root(root: etree._Element) -> etree._Element | None:
@@ -530,13 +635,14 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
     msg_type = child(root, ns, "MsgType")
     report.type = (msg_type.get("V") if msg_type is not None else None) or "APPREC"
     report.type_name = code_list(MESSAGE_TYPES).text("APPREC")
-    report.version = text(root, ns, "MIGversion")
+    report.version = _lenient_text(root, ns, "MIGversion")
     try:
         apprec_version_of(root)
     except FormatError as exc:
         _report_read_error(report, exc, "/AppRec")
         return
     _apprec_structure(root, ns, report)
+    _report_repeats(report, root, ns, APPREC_ONCE)
     for local in ("Sender", "Receiver"):
         try:
             refs = apprec_party_from_element(root, ns, local).her_ids
@@ -572,7 +678,7 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
         report.add(
             "structure",
             "unknown-status",
-            path_of(status),
+            at(status),
             f"Status {status.get('V')!r} is not in code list 8258 (1 OK, 2 Avvist, "
             "3 OK, feil i delmelding)",
         )
@@ -599,7 +705,7 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
             report.add(
                 "structure",
                 "missing-element",
-                path_of(element) + "/@V",
+                at(element, "/@V"),
                 "an Error has no code (attribute V)",
             )
 
@@ -658,7 +764,12 @@ def _apprec_business(apprec: AppRec, report: ValidationReport) -> None:
 # ----------------------------------------------------------------------------------------- XSD
 
 
-def _validate_xsd(root: etree._Element, schema_dir: Path, report: ValidationReport) -> None:
+def _validate_xsd(
+    root: etree._Element,
+    source: bytes | os.PathLike[str],
+    schema_dir: Path,
+    report: ValidationReport,
+) -> None:
     try:
         schemas = schema_set(schema_dir)
     except SchemaError as exc:
@@ -668,10 +779,12 @@ def _validate_xsd(root: etree._Element, schema_dir: Path, report: ValidationRepo
         report.add(
             "xsd",
             "no-schema",
-            path_of(root),
+            at(root),
             f"no schema for namespace {namespace(root)!r} in {schema_dir}",
             WARNING,
         )
         return
-    for issue in schemas.validate(root):
-        report.add("xsd", "xsd-invalid", issue.path or f"line {issue.line}", issue.message)
+    # one more than the report keeps: the report then says that more were cut
+    for issue in schemas.validate(root, source=source, limit=MAX_PROBLEMS_PER_LAYER + 1):
+        where = issue.path or (f"line {issue.line}" if issue.line else "/")
+        report.add("xsd", "xsd-invalid", where, issue.message)

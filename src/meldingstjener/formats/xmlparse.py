@@ -1,17 +1,26 @@
 """Hardened XML parsing for everything that comes from outside.
 
-No DTDs, no entity expansion, no network, limits on size and depth. A violation raises
-:class:`XmlRefused` (hostile or oversize input) or :class:`XmlMalformed` (not well-formed), both
-fast: the size limit is checked before parsing starts (for files: before the file is opened),
-a DOCTYPE in the prolog is refused before the parser sees the document, and entities are never
-expanded or fetched, so a "billion laughs" document or an external entity pointing at a local
-file is refused without expanding or reading anything.
+No DTDs, no entity expansion, no network, no file opened, limits on size and depth. A violation
+raises :class:`XmlRefused` (hostile or oversize input) or :class:`XmlMalformed` (not
+well-formed), both fast: the size limit is checked before parsing starts (for files: before the
+file is opened), a DOCTYPE in the prolog is refused before the parser sees the document, and
+entities are never expanded or fetched, so a "billion laughs" document or an external entity
+pointing at a local file is refused without expanding or reading anything.
+
+Two lines of defence against an external DTD subset (``<!DOCTYPE r SYSTEM "/path">``), which
+libxml2 opens even with ``load_dtd=False``: the prolog is read as libxml2 will read it (encoding
+by byte order mark, NUL pattern or declaration) and a DOCTYPE, or a prolog too long to read to
+its end, is refused before parsing; and the parser's resolver answers every external load with
+nothing, so should a DOCTYPE get past, nothing is opened (a FIFO would block the request for
+good) before the DOCTYPE check after parsing refuses the document.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -22,13 +31,10 @@ from lxml import etree
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a 35 MB payload base64-encoded inside MsgHead fits
 DEFAULT_MAX_DEPTH = 200
 
-# A DOCTYPE can only appear in the prolog, before the root element. Looking at the first bytes
-# (after an optional BOM, XML declaration, comments and processing instructions) is enough to
-# refuse it before libxml2 parses anything; the docinfo check after parsing covers encodings
-# this ASCII scan cannot see (UTF-16).
+# A DOCTYPE can only appear in the prolog, before the root element: reading the prolog (an
+# optional BOM, XML declaration, comments and processing instructions) in its first bytes is
+# enough to refuse it before libxml2 parses anything. A prolog longer than this is refused.
 _PROLOG_SCAN_BYTES = 64 * 1024
-_DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
-_ROOT_START = re.compile(rb"<[A-Za-z_]")
 _READ_WHOLE = 1024 * 1024  # files up to this size are read whole and parsed from memory
 
 
@@ -51,19 +57,49 @@ class XmlMalformed(XmlError):
     code = "xml-malformed"
 
 
+class _NothingExternal(etree.Resolver):
+    """Answers every load of an external resource (DTD subset, parameter entity) with an empty
+    document: libxml2 routes them through the parser's resolvers before opening a file, and
+    without this it opens an external DTD subset even with ``load_dtd=False``."""
+
+    def resolve(self, system_url: str, public_id: str, context: object) -> object:
+        return self.resolve_string("", context)
+
+
+_OPTIONS: dict[str, bool] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "dtd_validation": False,
+    # A 35 MB attachment is one base64 text node, beyond libxml2's default 10 MB text limit.
+    # huge_tree lifts that; what it guarded against is covered here: the document size is
+    # checked before parsing, DTDs and entities are refused, and depth is limited below.
+    "huge_tree": True,
+    "remove_blank_text": False,
+    "collect_ids": False,
+}
+
+
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        # A 35 MB attachment is one base64 text node, beyond libxml2's default 10 MB text limit.
-        # huge_tree lifts that; what it guarded against is covered here: the document size is
-        # checked before parsing, DTDs and entities are refused, and depth is limited below.
-        huge_tree=True,
-        remove_blank_text=False,
-        collect_ids=False,
+    parser = etree.XMLParser(**_OPTIONS)
+    parser.resolvers.add(_NothingExternal())
+    return parser
+
+
+def reread(
+    source: bytes | os.PathLike[str], *, schema: etree.XMLSchema | None = None
+) -> etree.iterparse:
+    """Read a document again, element by element (their ends), with the options and resolver
+    of :func:`parse_xml`. Only for a document :func:`parse_xml` or :func:`parse_xml_file` has
+    accepted already: size, prolog and depth are not checked again."""
+    reader = etree.iterparse(
+        io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source),
+        events=("end",),
+        schema=schema,
+        **_OPTIONS,
     )
+    reader.resolvers.add(_NothingExternal())
+    return reader
 
 
 def parse_xml(
@@ -77,7 +113,7 @@ def parse_xml(
         raise XmlRefused(
             f"XML document of {len(data)} bytes is larger than the limit of {max_bytes}"
         )
-    _refuse_doctype_in_prolog(data)
+    _refuse_doctype_in_prolog(data[:_PROLOG_SCAN_BYTES], len(data))
     with _syntax_errors():
         root = etree.fromstring(data, parser=_parser())
     return _checked(root, max_depth)
@@ -100,7 +136,7 @@ def parse_xml_file(
     with open(path, "rb") as handle:
         if size <= _READ_WHOLE:  # one read and a parse from memory is cheaper for small files
             return parse_xml(handle.read(max_bytes + 1), max_bytes=max_bytes, max_depth=max_depth)
-        _refuse_doctype_in_prolog(handle.read(_PROLOG_SCAN_BYTES))
+        _refuse_doctype_in_prolog(handle.read(_PROLOG_SCAN_BYTES), size)
         handle.seek(0)
         with _syntax_errors():
             root = etree.parse(_Limited(handle, max_bytes), parser=_parser()).getroot()
@@ -152,14 +188,122 @@ def _checked(root: etree._Element | None, max_depth: int) -> etree._Element:
     return root
 
 
-def _refuse_doctype_in_prolog(data: bytes) -> None:
-    head = data[:_PROLOG_SCAN_BYTES]
-    doctype = _DOCTYPE.search(head)
-    if doctype is None:
-        return
-    root = _ROOT_START.search(head)
-    if root is None or doctype.start() < root.start():
-        raise XmlRefused("XML with a DOCTYPE/DTD is refused (entity declarations are not allowed)")
+def _refuse_doctype_in_prolog(head: bytes, size: int) -> None:
+    """Refuse a document whose prolog, read in every way libxml2 may read it, holds a DOCTYPE
+    or does not end within ``head`` (the first bytes of a document of ``size`` bytes)."""
+    for reading in _prolog_readings(head):
+        found = _prolog_end(reading)
+        if found == _DOCTYPE:
+            raise XmlRefused(
+                "XML with a DOCTYPE/DTD is refused (entity declarations are not allowed)"
+            )
+        if found == _OPEN and size > len(head):
+            raise XmlRefused(
+                f"XML whose prolog (declaration, comments, processing instructions before the "
+                f"root element) is longer than {_PROLOG_SCAN_BYTES} bytes is refused"
+            )
+
+
+# By byte order mark, then by the pattern of NULs around the first "<" (XML 1.0 appendix F):
+# the encodings libxml2 detects before it reads a declaration, and then keeps whatever the
+# declaration says. Longest marks first (a UTF-32LE mark begins like a UTF-16LE one).
+_DETECTED = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xfe\xff", "utf-16-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\x00\x00\x00<", "utf-32-be"),
+    (b"<\x00\x00\x00", "utf-32-le"),
+    (b"\x00<\x00?", "utf-16-be"),
+    (b"<\x00?\x00", "utf-16-le"),
+)
+# Patterns libxml2 knows and Python cannot read, or reads another way: UCS-4 in the unusual
+# byte orders 2143 and 3412, and EBCDIC ("<?xm" in code page 37).
+_UNREADABLE = (b"\x00\x00<\x00", b"\x00<\x00\x00", b"\x4c\x6f\xa7\x94")
+# Encodings in which every byte below 0x80 is that ASCII character: the Latin-1 reading
+# already shows their markup as it is, a second reading would add nothing.
+_ASCII_AS_IS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252"})
+_DECLARED = re.compile(
+    rb"<\?xml[ \t\r\n][^>]*?encoding[ \t\r\n]*=[ \t\r\n]*[\"']([A-Za-z][\w.:-]*)[\"']"
+)
+
+
+def _prolog_readings(head: bytes) -> list[str]:
+    """The first bytes as text in each encoding libxml2 may read them in.
+
+    A byte order mark or NUL pattern fixes the encoding (libxml2 then ignores what the
+    declaration says); otherwise the bytes are ASCII-compatible until the declaration names an
+    encoding, and both readings are scanned: "+ADwAIQ-DOCTYPE" is a DOCTYPE in UTF-7, which
+    libxml2 reads through iconv. An encoding Python cannot decode is refused, since its prolog
+    cannot be checked.
+    """
+    if head.startswith(_UNREADABLE):
+        raise XmlRefused("XML in UCS-4 of an unusual byte order or in EBCDIC is not read")
+    for mark, encoding in _DETECTED:
+        if head.startswith(mark):
+            return [_decoded(head, encoding)]
+    readings = [head.decode("latin-1")]  # every byte a character: ASCII markup stays visible
+    declared = _DECLARED.match(head)
+    if declared is not None:
+        name = declared.group(1).decode("ascii")
+        try:
+            codec = codecs.lookup(name).name
+        except LookupError:
+            raise XmlRefused(
+                f"XML declared in encoding {name[:40]!r}, which this server does not read"
+            ) from None
+        if codec not in _ASCII_AS_IS:
+            readings.append(_decoded(head, codec))
+    return readings
+
+
+def _decoded(head: bytes, encoding: str) -> str:
+    # Incremental, so a character cut at the end of the scanned bytes is no error; a byte the
+    # encoding has no character for becomes U+FFFD, which ends the prolog scan (the parser
+    # reports the document as malformed).
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    try:
+        return decoder.decode(head, final=False)
+    except UnicodeError:  # e.g. declared UTF-16 without a byte order mark: libxml2 fails too
+        raise XmlMalformed(
+            f"not well-formed XML: its first bytes are not {encoding[:40]!r} as declared"
+        ) from None
+
+
+_ROOT = "root"  # the root element starts: the prolog is clean
+_DOCTYPE = "doctype"
+_OPEN = "open"  # the text ends inside the prolog
+_OTHER = "other"  # something no prolog holds: the parser reports the document as malformed
+_SPACE = " \t\r\n"
+
+
+def _prolog_end(text: str) -> str:
+    """Walk the prolog of ``text`` past whitespace, the XML declaration, processing
+    instructions and comments, and say what ends it."""
+    pos = 1 if text.startswith("\ufeff") else 0
+    end = len(text)
+    while True:
+        while pos < end and text[pos] in _SPACE:
+            pos += 1
+        if end - pos < len("<!DOCTYPE"):
+            return _OPEN  # too little left to tell (a short document: the parser decides)
+        if text.startswith("<?", pos):
+            close = text.find("?>", pos + 2)
+            if close < 0:
+                return _OPEN
+            pos = close + 2
+        elif text.startswith("<!--", pos):
+            close = text.find("-->", pos + 4)
+            if close < 0:
+                return _OPEN
+            pos = close + 3
+        elif text[pos : pos + 9].upper() == "<!DOCTYPE":
+            return _DOCTYPE
+        elif text[pos] == "<" and text[pos + 1] != "!":
+            return _ROOT
+        else:
+            return _OTHER
 
 
 def _check_depth(root: etree._Element, max_depth: int) -> None:

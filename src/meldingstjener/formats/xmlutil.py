@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from lxml import etree
+
+from meldingstjener.formats.errors import MarkupInValue
 
 NS_MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
 NS_APPREC_10 = "http://www.kith.no/xmlstds/apprec/2004-11-21"
@@ -26,6 +29,10 @@ NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 OID_PREFIX = "2.16.578.1.12.4.1.1."
 
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*")
+_XS_DATE_TIME = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.[0-9]+)?"
+    r"(?:Z|[+-](?P<zh>[0-9]{2}):(?P<zm>[0-9]{2}))?"
+)
 _TEXT_SLICE = 1024 * 1024  # characters looked at at a time when checking a long text
 
 
@@ -65,12 +72,52 @@ def children(parent: etree._Element | None, ns: str, local: str) -> list[etree._
     return list(parent.iterchildren(qname(ns, local)))
 
 
+def plain_text(element: etree._Element) -> str | None:
+    """The text of an element that holds text only, or None when it holds anything besides
+    text: a comment, a processing instruction, an element.
+
+    The one rule for value elements, here and in the ebXML envelope: ``element.text`` stops at
+    the first comment or processing instruction, while XPath ``string()``, XSD validation and
+    canonicalisation (which drops comments) see the text around it joined. ``<Id>1123<!---->74
+    </Id>`` would be read as 1123 and checked, signed or shown as 112374; refusing it leaves
+    one reading. CDATA sections are text (the parser merges them) and pass.
+    """
+    if len(element):  # any child node: element, comment, processing instruction
+        return None
+    return element.text or ""
+
+
 def text(parent: etree._Element | None, ns: str, local: str) -> str | None:
-    """The stripped text of a child element, or None when the child is absent."""
+    """The stripped text of a child element, or None when the child is absent; a child that
+    holds a comment or markup besides its text raises :class:`MarkupInValue` (see
+    :func:`plain_text`)."""
     element = child(parent, ns, local)
     if element is None:
         return None
-    return (element.text or "").strip()
+    value = plain_text(element)
+    if value is None:
+        raise MarkupInValue(
+            f"{local} holds a comment or markup where only text is allowed",
+            path=path_of(element),
+        )
+    return value.strip()
+
+
+def is_xs_date_time(value: str) -> bool:
+    """Whether ``value`` is an xs:dateTime a schema validator accepts, within the years 1 to
+    9999 (stricter than ``datetime.fromisoformat``, which also takes a date alone or a space
+    for the T). Leading and trailing whitespace is allowed, as the schema collapses it."""
+    found = _XS_DATE_TIME.fullmatch(value.strip(" \t\r\n"))
+    if found is None:
+        return False
+    try:
+        datetime.fromisoformat(f"{found['date']}T{found['time']}")
+    except ValueError:  # month 13, February 30, hour 24, year 0
+        return False
+    if found["zh"] is None:
+        return True
+    hours, minutes = int(found["zh"]), int(found["zm"])
+    return minutes < 60 and (hours, minutes) <= (14, 0)
 
 
 def all_text(element: etree._Element | None) -> str | None:
@@ -120,18 +167,49 @@ def add_coded(
 
 def path_of(element: etree._Element) -> str:
     """A readable path such as ``/MsgHead/MsgInfo/Sender/Organisation[1]`` (no namespaces)."""
-    parts: list[str] = []
-    current: etree._Element | None = element
-    while current is not None:
-        name = local_name(current)
-        parent = current.getparent()
-        if parent is not None:
-            same = [c for c in parent if isinstance(c.tag, str) and c.tag == current.tag]
-            if len(same) > 1:
-                name = f"{name}[{same.index(current) + 1}]"
-        parts.append(name)
-        current = parent
-    return "/" + "/".join(reversed(parts))
+    return ElementPaths().of(element)
+
+
+class ElementPaths:
+    """Readable paths (see :func:`path_of`) of many elements of one tree, at a cost linear in
+    the tree: each parent's children are numbered once, on the first path through it, where
+    numbering them again for every path cost a document of 16,000 flagged siblings minutes.
+
+    The numbers are kept by element, so one instance serves one tree while it is unchanged.
+    """
+
+    def __init__(self) -> None:
+        # lxml hands out the same element object for a node while one is referenced, as the
+        # keys here are: so the children numbered are found again by identity.
+        self._labels: dict[etree._Element, str] = {}
+
+    def of(self, element: etree._Element) -> str:
+        parts: list[str] = []
+        current: etree._Element | None = element
+        while current is not None:
+            parent = current.getparent()
+            label = self._labels.get(current)
+            if label is None:
+                label = local_name(current) if parent is None else self._number(parent, current)
+            parts.append(label)
+            current = parent
+        return "/" + "/".join(reversed(parts))
+
+    def _number(self, parent: etree._Element, wanted: etree._Element) -> str:
+        """Label every element child of ``parent``: its name, with its position among the
+        children of its name when there are several. Returns ``wanted``'s label."""
+        siblings = [c for c in parent if isinstance(c.tag, str)]
+        totals: dict[str, int] = {}
+        for sibling in siblings:
+            totals[sibling.tag] = totals.get(sibling.tag, 0) + 1
+        seen: dict[str, int] = {}
+        for sibling in siblings:
+            name = local_name(sibling)
+            if totals[sibling.tag] > 1:
+                seen[sibling.tag] = seen.get(sibling.tag, 0) + 1
+                name = f"{name}[{seen[sibling.tag]}]"
+            self._labels[sibling] = name
+        return self._labels[wanted]
 
 
 def elements(root: etree._Element) -> Iterator[etree._Element]:

@@ -379,6 +379,67 @@ def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pa
     assert pair.message(pair.hospital, to_organisation.id).status == "delivered"
 
 
+def _copy_to_the_hospital(pair: Pair) -> tuple[bytes, bytes]:
+    """A note to another doctor (8300001) with the hospital's service as copy receiver
+    (OtherReceiver, Role COP), and the same note addressed to the hospital: the GP's own
+    outbound sends no copies, so the second is what it checks the addressing by."""
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Kopi til sykehuset")
+    start = note.index(b"<Receiver>")
+    end = note.index(b"</Receiver>") + len(b"</Receiver>")
+    hospital = note[start + len(b"<Receiver>") : end - len(b"</Receiver>")]
+    doctor = (
+        b"<Receiver><Organisation><OrganisationName>Annen lege</OrganisationName><Ident>"
+        b'<Id>8300001</Id><TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident>'
+        b"</Organisation></Receiver>"
+    )
+    copy = b'<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/>' + hospital
+    copy += b"</OtherReceiver>"
+    return note[:start] + doctor + copy + note[end:], note
+
+
+def test_a_copy_receiver_answers_its_copy_with_an_apprec(pair: Pair) -> None:
+    # The AppRec came from the MsgHead's receiver, a HER-id that is not ours: outbound refused
+    # it (inconsistent-addressing), and a copy receiver could never send one.
+    from meldingstjener.formats import read_apprec
+
+    payload, addressed = _copy_to_the_hospital(pair)
+    message_id = submit(pair.gp, payload, actor="t", inspected=inspect(addressed))
+    pair.run()
+    row = received(pair)
+    assert row.status != "rejected" and row.to_her_id == HOSPITAL_SERVICE_HER
+    receipts.deliver(pair.hospital, row.id, actor="epj:test")
+    answer_id = receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj:test")
+    answer = pair.message(pair.hospital, answer_id)
+    assert answer.from_her_id == HOSPITAL_SERVICE_HER
+    apprec = read_apprec(pair.hospital.store.payloads.read_bytes(str(answer.payload_ref)))
+    assert (apprec.sender.her_ids.organisation, apprec.sender.her_ids.service) == (
+        HOSPITAL_HER,
+        HOSPITAL_SERVICE_HER,
+    )
+    pair.run()
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_a_copy_with_a_format_error_is_rejected_by_an_apprec_from_its_copy_receiver(
+    pair: Pair,
+) -> None:
+    # the server's own T02 came from the MsgHead's receiver too: it could not be sent, and the
+    # operator got an apprec-unsent alert instead
+    payload, addressed = _copy_to_the_hospital(pair)
+    ack = b'<Ack V="J" DN="Ja"/>'
+    assert payload.count(ack) == 1
+    message_id = submit(
+        pair.gp, payload.replace(ack, ack + ack), actor="t", inspected=inspect(addressed)
+    )
+    pair.run()
+    row = received(pair)
+    assert pair.message(pair.hospital, row.id).status == "rejected"
+    assert open_alerts(pair.hospital, "apprec-unsent") == []
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "T02"
+
+
 def test_an_apprec_document_that_fits_several_copies_marks_none(tmp_path: Path) -> None:
     """The GP's EPJ submitted one MsgHead twice, both to the hospital's organisation; the AppRec
     comes from a third HER-id of ours (the service the MsgHead names). Nothing tells which copy
@@ -523,6 +584,25 @@ def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair:
     [alert] = open_alerts(pair.hospital, "apprec-unsent")
     assert "T02" in alert.summary and alert.message_id == row.id  # type: ignore[attr-defined]
     assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
+
+
+def test_a_rejection_for_a_bad_gen_date_gets_its_apprec(pair: Pair) -> None:
+    # The GenDate went into the AppRec's OriginalMsgId/IssueDate, where our own validation
+    # refused it: the sender never heard why its message was rejected.
+    import re
+
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    faulty = re.sub(rb"<GenDate>[^<]*</GenDate>", b"<GenDate>13.05.2025 11:51</GenDate>", note)
+    # sent by a sender that does not validate; its message keeps its MsgId, for the AppRec
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    [row] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    assert row.status == "rejected" and row.last_error_code == "T02"
+    assert open_alerts(pair.hospital, "apprec-unsent") == []
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "T02"
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.errors[0][0] == "T02"
 
 
 def test_an_acknowledgment_from_another_party_than_the_receiver_is_ignored(pair: Pair) -> None:

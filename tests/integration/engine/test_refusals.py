@@ -54,6 +54,31 @@ def test_a_fagmelding_that_is_not_xml_is_stored_with_codes_only(
     assert str(refused.last_error_text).endswith("cannot be interpreted (xml-malformed)")
 
 
+def test_a_fagmelding_larger_than_formats_max_xml_bytes_is_refused(tmp_path: Path) -> None:
+    # formats.max_xml_bytes held for the envelope only: the business message was parsed with
+    # the 64 MB default whatever the operator had set
+    from meldingstjener.devsites import HOSPITAL_HER
+
+    limit = 20_000
+    made = make_pair(tmp_path, extra_config={HOSPITAL_HER: f"[formats]\nmax_xml_bytes = {limit}\n"})
+    try:
+        assert made.hospital.policy.max_xml_bytes == limit
+        note = dialog_note(made.gp_site, made.hospital_site, "x" * (2 * limit))
+        message_id = submit(made.gp, note, actor="t")
+        made.run()
+        sent = made.message(made.gp, message_id)
+        assert sent.status == "transport-error" and sent.last_error_code == "OtherXml"
+        [refused] = made.inbound_messages(made.hospital)
+        assert refused.status == "rejected"
+        assert str(refused.last_error_text).endswith("cannot be interpreted (xml-refused)")
+        small = submit(made.gp, dialog_note(made.gp_site, made.hospital_site, "x"), actor="t")
+        made.run()
+        assert made.message(made.gp, small).status == "transport-acknowledged"
+    finally:
+        made.gp.store.database.dispose()
+        made.hospital.store.database.dispose()
+
+
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
     """dedup key -> (severity, count) of the open alerts."""
     with ctx.store.unit_of_work() as uow:
@@ -75,6 +100,27 @@ def send_note(pair: Pair) -> str:
 
 
 REFUSED = "message-refused:8100001:SecurityFailure"
+
+
+def test_a_sender_her_id_split_by_a_comment_is_refused_as_inconsistent(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The envelope says 8100001; the MsgHead's sender Ident reads 8100001 up to the comment and
+    # 81000019 to XPath, the XSD and the receiver's EPJ. Read the first way, the check of the
+    # envelope against the MsgHead passed, and the patient record showed another sender.
+    seal = payload_io.seal
+
+    def split(ctx: EngineContext, payload: object, *rest: object, **kw: object) -> object:
+        assert isinstance(payload, bytes) and payload.count(b"<Id>8100001</Id>") == 1
+        spoofed = payload.replace(b"<Id>8100001</Id>", b"<Id>8100001<!---->9</Id>")
+        return seal(ctx, spoofed, *rest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payload_io, "seal", split)
+    message_id = send_note(pair)
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "transport-error" and sent.last_error_code == "Inconsistent"
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.last_error_code == "Inconsistent"
 
 
 def test_refused_messages_raise_one_alert_per_sender_and_code_until_one_is_stored(

@@ -57,9 +57,8 @@ def test_external_entity_is_refused_before_the_entity_could_be_resolved(tmp_path
     assert SECRET not in str(caught.value)
 
 
-def test_utf16_doctype_slips_past_the_prefilter_but_is_refused_without_expansion(
-    tmp_path: Path,
-) -> None:
+@pytest.mark.usefixtures("parser_must_not_run")
+def test_utf16_doctype_is_refused_before_parsing(tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
     data = _external_entity_doc(secret).decode().replace('"1.0"?>', '"1.0" encoding="UTF-16"?>')
