@@ -259,7 +259,9 @@ class Edi2:
         except ApiProblem as refused:  # every refused attempt is audited
             self._audit(who, action, Outcome.INVALID, detail=refused.code)
             raise
-        inspected = inspect(payload, self.ctx.policy.schema_dir)
+        inspected = inspect(
+            payload, self.ctx.policy.schema_dir, max_bytes=self.ctx.policy.max_xml_bytes
+        )
         sender = inspected.sender.communication_party
         if sender is not None and not who.may_act_for(sender):
             raise self._refuse(

@@ -85,7 +85,9 @@ def submit(
             "too-large",
             f"the business message is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
-    message = inspected or inspect(payload, ctx.policy.schema_dir)
+    message = inspected or inspect(
+        payload, ctx.policy.schema_dir, max_bytes=ctx.policy.max_xml_bytes
+    )
     if not message.valid:
         raise SubmitRejected(
             "invalid-message",

@@ -79,6 +79,29 @@ def test_a_fagmelding_larger_than_formats_max_xml_bytes_is_refused(tmp_path: Pat
         made.hospital.store.database.dispose()
 
 
+def test_a_fagmelding_submitted_larger_than_formats_max_xml_bytes_is_refused(
+    tmp_path: Path,
+) -> None:
+    # the sending side parsed what an EPJ submitted with the 64 MB default as well
+    from meldingstjener.devsites import GP_HER
+    from meldingstjener.engine.outbound import SubmitRejected
+
+    limit = 20_000
+    made = make_pair(tmp_path, extra_config={GP_HER: f"[formats]\nmax_xml_bytes = {limit}\n"})
+    try:
+        note = dialog_note(made.gp_site, made.hospital_site, "x" * (2 * limit))
+        with pytest.raises(SubmitRejected) as refused:
+            submit(made.gp, note, actor="t")
+        assert refused.value.code == "invalid-message"
+        assert any("xml-refused" in line for line in refused.value.problems)
+        small = submit(made.gp, dialog_note(made.gp_site, made.hospital_site, "x"), actor="t")
+        made.run()
+        assert made.message(made.gp, small).status == "transport-acknowledged"
+    finally:
+        made.gp.store.database.dispose()
+        made.hospital.store.database.dispose()
+
+
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
     """dedup key -> (severity, count) of the open alerts."""
     with ctx.store.unit_of_work() as uow:
