@@ -677,6 +677,7 @@ def partners_set(
 
     from meldingstjener.registry.agreements import AgreementState, NotAgreed, check_state_change
     from meldingstjener.registry.store import agreement_from_row, save_agreement
+    from meldingstjener.registry.terms import TermsSource
 
     ours = _our_her_id(ctx, our)
     store = _store(ctx)
@@ -709,6 +710,13 @@ def partners_set(
                 raise typer.BadParameter("use YYYY-MM-DD", param_hint="--activation-date") from None
         save_agreement(uow, agreement)
         uow.commit()
+    if agreement.source is TermsSource.CONFIG and (channel is not None or endpoint is not None):
+        # the file is the agreement's terms: each start writes them again
+        typer.echo(
+            f"note: {her_id} is one of [[partners]] in the configuration; the next start "
+            "(send, serve) takes its channel and endpoint from there again: change them there",
+            err=True,
+        )
     if as_json:
         _echo_json(agreement_summary(agreement))
     else:

@@ -31,7 +31,7 @@ from cryptography import x509
 from sqlalchemy import select
 
 from meldingstjener.config import PartnerSettings, Settings
-from meldingstjener.registry.agreements import PartnerAgreement
+from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.parties import QueueKind
 from meldingstjener.registry.store import agreement_from_row
 from meldingstjener.registry.terms import TermsSource
@@ -305,7 +305,11 @@ def sync_configured_partners(
     store: Store, settings: Settings, *, at: datetime | None = None
 ) -> int:
     """Write ``[[partners]]`` from the configuration into the party and agreement tables
-    (``at``: the time a changed signing certificate is recorded as replaced)."""
+    (``at``: the time a changed signing certificate is recorded as replaced).
+
+    The file gives the terms (channel, endpoint, certificates, reliability), written again at
+    every start; whether the partner may be sent to now is the operator's (``partners set
+    --state``), kept across starts: see :func:`_configured_state`."""
     own = settings.identity.her_ids
     default_our = settings.identity.organisation_her_id or (own[0] if own else None)
     with store.unit_of_work() as uow:
@@ -345,7 +349,7 @@ def _upsert_partner(
     row = uow.agreements.for_pair(our, partner.her_id)
     if row is None:
         row = uow.agreements.add(AgreementRow(our_her_id=our, counterparty_her_id=partner.her_id))
-    row.state = "active"
+    row.state = _configured_state(row)
     row.channel = partner.channel
     row.endpoint = partner.endpoint
     row.retries = partner.retries
@@ -353,6 +357,19 @@ def _upsert_partner(
     row.persist_duration_seconds = partner.persist_duration_seconds
     row.sync_reply_mode = "signalsOnly" if partner.sync_reply else "none"
     row.auto_apprec = partner.auto_apprec
-    row.source = "config"
+    row.source = TermsSource.CONFIG.value
     row.valid_to = None  # the configuration is the agreement now, not a CPA it replaced
     row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)
+
+
+def _configured_state(row: AgreementRow) -> str:
+    """The state of a ``[[partners]]`` agreement after a start. A new one is active (listing
+    a partner in the file is the operator's order to send to it). One the file wrote before
+    keeps the state the operator gave it: a suspension must hold until it is lifted by hand,
+    not be undone by the next ``send`` or ``serve``. An agreement from another source that the
+    file takes over becomes active, unless the operator had suspended it."""
+    if row.state is None:  # a new row: the column's default is applied only at the INSERT
+        return AgreementState.ACTIVE.value
+    if row.source == TermsSource.CONFIG.value or row.state == AgreementState.SUSPENDED.value:
+        return row.state
+    return AgreementState.ACTIVE.value
