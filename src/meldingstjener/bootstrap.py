@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext, OwnKeys
     from meldingstjener.engine.register_sync import RegisterSync
     from meldingstjener.registry.auth import TokenProvider
-    from meldingstjener.security.keystore import KeySource
+    from meldingstjener.security.certs import Usage
+    from meldingstjener.security.keystore import KeyPair, KeySource
     from meldingstjener.security.validation import CertificateValidator
 
 
@@ -59,7 +60,15 @@ def load_own_keys(settings: Settings) -> OwnKeys:
     encryption = _source(settings.keys, "encryption")
     previous = _source(settings.keys, "previous_encryption")
     if signing is not None and encryption is not None:
-        store = KeyStore.load(signing, encryption, previous)
+        store = KeyStore(
+            signing=_key_pair(signing, "signing", "signing"),
+            encryption=_key_pair(encryption, "encryption", "encryption"),
+            previous_encryption=(
+                None
+                if previous is None
+                else _key_pair(previous, "previous_encryption", "encryption")
+            ),
+        )
         return OwnKeys(
             store.signing_key,
             store.signing_certificate,
@@ -84,6 +93,38 @@ def load_own_keys(settings: Settings) -> OwnKeys:
     )
 
 
+def _key_pair(source: KeySource, prefix: str, usage: Usage) -> KeyPair:
+    """One of our key pairs; a file that is missing, unreadable, of another key or locked with
+    another password is a configuration error naming the ``[keys]`` key to mend."""
+    from meldingstjener.security.keystore import (
+        KeyStoreError,
+        PasswordMissing,
+        WrongPassword,
+        load_key_pair,
+    )
+
+    try:
+        return load_key_pair(source, usage=usage)
+    except KeyStoreError as exc:
+        if isinstance(exc, PasswordMissing | WrongPassword):
+            given = [
+                name
+                for name, value in (
+                    ("password_file", source.password_file),
+                    ("password_env", source.password_env),
+                )
+                if value is not None
+            ]
+            key = " and ".join(f"keys.{name}" for name in given) or "keys.password_file"
+        elif source.cert_path is None:
+            key = f"keys.{prefix}_pkcs12"
+        elif str(source.cert_path) in exc.message:  # the certificate file is the one at fault
+            key = f"keys.{prefix}_cert"
+        else:
+            key = f"keys.{prefix}_key"
+        raise ConfigError(f"{key}: {exc.message} ({exc.code})") from None
+
+
 def _organisation_her_id(settings: Settings) -> str:
     her_ids = settings.identity.her_ids
     if not her_ids:
@@ -99,19 +140,35 @@ def build_validator(
     """The certificate validator for ``[security]``; None without trust anchors."""
     from cryptography import x509
 
-    from meldingstjener.security.certs import load_certificates
+    from meldingstjener.security.certs import CertificateLoadError, load_certificates
     from meldingstjener.security.validation import CertificateValidator
 
     security = settings.security
     if not security.trust_anchors:
         return None
-    anchors = [cert for path in security.trust_anchors for cert in load_certificates(path)]
+    anchors = []
+    for number, path in enumerate(security.trust_anchors):
+        try:
+            anchors += load_certificates(path)
+        except CertificateLoadError as exc:
+            raise ConfigError(f"security.trust_anchors[{number}] ({path}): {exc.message}") from None
     crls = []
-    for path in security.crl_files:
-        data = path.read_bytes()
-        crls.append(
-            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
-        )
+    for number, path in enumerate(security.crl_files):
+        try:
+            data = path.read_bytes()
+            crls.append(
+                x509.load_pem_x509_crl(data)
+                if b"-----BEGIN" in data
+                else x509.load_der_x509_crl(data)
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"security.crl_files[{number}]: cannot read {path}: {exc.strerror}"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"security.crl_files[{number}]: {path} holds no CRL (PEM or DER)"
+            ) from None
     return CertificateValidator(
         anchors,
         crls=crls,

@@ -25,17 +25,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
 from sqlalchemy import select
 
-from meldingstjener.config import PartnerSettings, Settings
+from meldingstjener.config import ConfigError, PartnerSettings, Settings
 from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.parties import QueueKind
 from meldingstjener.registry.store import agreement_from_row
 from meldingstjener.registry.terms import TermsSource
 from meldingstjener.security.certs import (
+    CertificateLoadError,
     certificate_from_bytes,
     load_certificate,
     organisation_number,
@@ -313,22 +315,23 @@ def sync_configured_partners(
     own = settings.identity.her_ids
     default_our = settings.identity.organisation_her_id or (own[0] if own else None)
     with store.unit_of_work() as uow:
-        for partner in settings.partners:
+        for number, partner in enumerate(settings.partners):
             our = partner.our_her_id or default_our
             if our is None:
-                raise ValueError(
-                    f"partner {partner.her_id}: set identity.organisation_her_id or our_her_id"
+                raise ConfigError(
+                    f"partners[{number}].our_her_id: partner {partner.her_id} needs it, or "
+                    "identity.organisation_her_id"
                 )
-            _upsert_partner(uow, partner, our, at)
+            _upsert_partner(uow, partner, our, at, key=f"partners[{number}]")
         uow.commit()
     return len(settings.partners)
 
 
 def _upsert_partner(
-    uow: UnitOfWork, partner: PartnerSettings, our: str, at: datetime | None
+    uow: UnitOfWork, partner: PartnerSettings, our: str, at: datetime | None, *, key: str
 ) -> None:
-    signing = load_certificate(partner.signing_cert)
-    encryption = load_certificate(partner.encryption_cert)
+    signing = _partner_certificate(partner.signing_cert, f"{key}.signing_cert")
+    encryption = _partner_certificate(partner.encryption_cert, f"{key}.encryption_cert")
     uow.parties.upsert(
         PartyRow(
             her_id=partner.her_id,
@@ -360,6 +363,15 @@ def _upsert_partner(
     row.source = TermsSource.CONFIG.value
     row.valid_to = None  # the configuration is the agreement now, not a CPA it replaced
     row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)
+
+
+def _partner_certificate(path: Path, key: str) -> x509.Certificate:
+    """A ``[[partners]]`` certificate; one that cannot be read is a configuration error that
+    names its key (``partners[0].signing_cert``), not a failure of the engine."""
+    try:
+        return load_certificate(path)
+    except CertificateLoadError as exc:
+        raise ConfigError(f"{key}: {exc.message}") from None
 
 
 def _configured_state(row: AgreementRow) -> str:
