@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
 from meldingstjener.store.migrate import upgrade
+from meldingstjener.store.opening import (
+    StoreUnavailable,
+    database_failed,
+    payloads_failed,
+    reason,
+)
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
 
@@ -25,13 +33,27 @@ if TYPE_CHECKING:
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    """Open the database and payload store; bring the schema up to date unless told not to."""
-    database = Database(
-        settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
-    )
-    if migrate:
-        upgrade(database)
-    return Store(database, PayloadStore(settings.payload_dir))
+    """Open the database and payload store; bring the schema up to date unless told not to.
+
+    Raises :class:`StoreUnavailable` when the database cannot be reached or written, or the
+    payload directory cannot be made or written."""
+    url = settings.database_url
+    try:
+        database = Database(url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        if migrate:
+            upgrade(database)
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, unwritable, no driver
+        raise database_failed(url, exc) from None
+    try:
+        payloads = PayloadStore(settings.payload_dir)
+    except OSError as exc:
+        database.dispose()
+        raise payloads_failed(settings.payload_dir, exc) from None
+    # root may write anywhere; another user is told now, not at the first message stored
+    if migrate and not os.access(settings.payload_dir, os.W_OK | os.X_OK):
+        database.dispose()
+        raise payloads_failed(settings.payload_dir, "permission denied")
+    return Store(database, payloads)
 
 
 def _source(keys: KeySettings, prefix: str) -> KeySource | None:
@@ -83,7 +105,12 @@ def load_own_keys(settings: Settings) -> OwnKeys:
             "development keys are only made for the test environment"
         )
     her_id = _organisation_her_id(settings)
-    init_pki(settings.dev_pki_dir, [her_id], names={her_id: settings.identity.name})
+    try:
+        init_pki(settings.dev_pki_dir, [her_id], names={her_id: settings.identity.name})
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot write the development keys in {settings.dev_pki_dir}: {reason(exc)}"
+        ) from None
     party = load_dev_party(settings.dev_pki_dir, her_id)
     return OwnKeys(
         party.signing.key,

@@ -177,3 +177,17 @@ def test_a_prod_server_never_logs_in_to_a_mail_server_unencrypted(tmp_path: Path
     config.write_text('environment = "prod"\n' + smtp + 'security = "none"\n')
     with pytest.raises(ConfigError, match=r"smtp\.security"):
         load_settings(config)
+
+
+def test_database_url_must_be_one_the_store_opens() -> None:
+    assert load_settings(database={"url": "postgresql://u@db:5432/m"}).database.url
+    assert load_settings(database={"url": "sqlite:///x.db"}).database.url
+    for url, problem in (
+        ("not-a-url", "not a database URL"),
+        ("mysql://kari:hemmelig@db/m", "'mysql' is not a database this server uses"),
+        ("postgresql://kari:hemmelig@db", "names no database"),
+    ):
+        with pytest.raises(ConfigError, match=r"database\.url") as caught:
+            load_settings(database={"url": url})
+        assert problem in str(caught.value)
+        assert "hemmelig" not in str(caught.value)  # the password is never shown

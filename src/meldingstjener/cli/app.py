@@ -88,5 +88,24 @@ def settings_from(ctx: typer.Context, **overrides: object) -> Settings:
     return settings
 
 
+# Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),
+# 2 a usage or configuration error, 3 the store cannot be used (the database unreachable or
+# unwritable, the payload directory unwritable, no store where one must exist already).
+EXIT_STORE_UNAVAILABLE = 3
+
+
 def main() -> None:
-    app()
+    """The entry point: every command, with the one handler for a store that cannot be used."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from meldingstjener.store.opening import StoreUnavailable, reason
+
+    try:
+        app()
+    except StoreUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise SystemExit(EXIT_STORE_UNAVAILABLE) from None
+    except (OperationalError, InterfaceError) as exc:
+        # the database went away, or turned out read-only, after it was opened
+        typer.echo(f"the database failed: {reason(exc)}", err=True)
+        raise SystemExit(EXIT_STORE_UNAVAILABLE) from None

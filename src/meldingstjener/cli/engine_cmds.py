@@ -44,6 +44,7 @@ def serve(
 ) -> None:
     """Run the server: the HTTP endpoint (POST /ebms, the API) and the workers."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from meldingstjener.api.app import BodyPace, create_app
     from meldingstjener.bootstrap import build_engine, build_register_sync
@@ -52,6 +53,7 @@ def serve(
     from meldingstjener.engine.worker import Worker
     from meldingstjener.store.database import Database
     from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
+    from meldingstjener.store.opening import database_failed
 
     settings = settings_from(ctx, server_port=port)
     _configure_logging(settings.logging.level)
@@ -76,6 +78,8 @@ def serve(
     except InstanceTaken as taken:
         typer.echo(f"{taken}. Nothing was started.", err=True)
         raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise database_failed(settings.database_url, exc) from None
     try:
         engine = build_engine(settings)
         # only serve runs the register's sync: other commands need no HelseID key
