@@ -13,12 +13,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
-from meldingstjener.store.migrate import upgrade
+from meldingstjener.store.migrate import current_revision, upgrade
 from meldingstjener.store.opening import (
     StoreUnavailable,
     database_failed,
+    no_store,
     payloads_failed,
     reason,
+    sqlite_file,
 )
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
@@ -32,17 +34,26 @@ if TYPE_CHECKING:
     from meldingstjener.security.validation import CertificateValidator
 
 
-def open_store(settings: Settings, *, migrate: bool = True) -> Store:
+def open_store(settings: Settings, *, migrate: bool = True, create: bool = True) -> Store:
     """Open the database and payload store; bring the schema up to date unless told not to.
 
-    Raises :class:`StoreUnavailable` when the database cannot be reached or written, or the
-    payload directory cannot be made or written."""
+    ``create=False`` is for commands that read or change what is stored: where there is no
+    store yet (no SQLite file, no tables), they raise :class:`StoreUnavailable` (``missing``)
+    rather than make an empty one and report that nothing is there. It is raised too when the
+    database cannot be reached or written, or the payload directory cannot be made or
+    written."""
     url = settings.database_url
+    file = sqlite_file(url)
+    if not create and file is not None and not file.is_file():
+        raise no_store(url)  # before Database(), which makes the file's directory
     try:
         database = Database(url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        if not create and current_revision(database) is None:
+            database.dispose()
+            raise no_store(url)
         if migrate:
             upgrade(database)
-    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, unwritable, no driver
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, unwritable
         raise database_failed(url, exc) from None
     try:
         payloads = PayloadStore(settings.payload_dir)
@@ -50,7 +61,7 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         database.dispose()
         raise payloads_failed(settings.payload_dir, exc) from None
     # root may write anywhere; another user is told now, not at the first message stored
-    if migrate and not os.access(settings.payload_dir, os.W_OK | os.X_OK):
+    if create and not os.access(settings.payload_dir, os.W_OK | os.X_OK):
         database.dispose()
         raise payloads_failed(settings.payload_dir, "permission denied")
     return Store(database, payloads)

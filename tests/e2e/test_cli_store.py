@@ -126,3 +126,52 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     result = run(tmp_path, "--config", str(config), "log")
     assert result.returncode == 2
     assert "server.port" in result.stderr
+
+
+READING = (
+    ["log"],
+    ["show", "abc"],
+    ["status", "abc"],
+    ["alerts"],
+    ["alerts", "ack", "1"],
+    ["audit"],
+    ["instances"],
+    ["sweep"],
+    ["partners", "list"],
+    ["partners", "show", "8142520", "--our", "8142987"],
+    ["ar", "search", "Sykehus"],
+    ["ar", "show", "8142520"],
+    ["clients", "list"],
+)
+
+
+def test_commands_that_read_make_no_store_where_there_is_none(tmp_path: Path) -> None:
+    # The operator runs from another directory than the server's: the configuration's relative
+    # data_dir names an empty place, which must not become an empty store reported as "no events".
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "op.toml").write_text('data_dir = "data"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+
+    def run_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meldingstjener", "--config", str(server / "op.toml"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=directory,
+            timeout=60,
+            check=False,
+        )
+
+    assert run_in(server, "db", "upgrade").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in READING:
+        result = run_in(elsewhere, *command)
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert f"no database at {elsewhere / 'data' / 'meldingstjener.db'}" in result.stderr
+        assert "meldingstjener db upgrade" in result.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing made
+    found = run_in(server, "log")  # where the server runs, the store is found
+    assert found.returncode == 0 and "no events match" in found.stdout

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import find_message, wide_console
 from meldingstjener.views import alert_dict, receipt_dict
 
@@ -32,9 +32,8 @@ def alerts_list(
     resolves one by hand)."""
     if ctx.invoked_subcommand is not None:
         return
-    from meldingstjener.bootstrap import open_store
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         alerts = uow.alerts.list(open_only=open_only)
     if as_json:
@@ -82,9 +81,7 @@ def alerts_resolve(
 
 def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> AlertRow:
     """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert."""
-    from meldingstjener.bootstrap import open_store
-
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         follow = uow.alerts.close if resolve else uow.alerts.acknowledge
         alert = follow(alert_id, by=by)
@@ -102,10 +99,9 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """A message's end-to-end status: transport receipt and AppRec, per receiver."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         message = find_message(uow, message_id)
         if message is None:
@@ -165,11 +161,10 @@ def instances_list(
     """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
     minutes, or on PostgreSQL for 3 minutes without its name's lock; their clock-skew and
     mailbox-unreachable alerts are resolved then)."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.context import utc_now
     from meldingstjener.engine.instances import instance_states, store_now
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         now = store_now(utc_now, uow)
         rows = [

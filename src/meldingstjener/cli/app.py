@@ -16,6 +16,7 @@ from meldingstjener import __version__
 
 if TYPE_CHECKING:
     from meldingstjener.config import Settings
+    from meldingstjener.store.uow import Store
 
 app = typer.Typer(
     name="meldingstjener",
@@ -86,6 +87,16 @@ def settings_from(ctx: typer.Context, **overrides: object) -> Settings:
     if not overrides:
         options._settings = settings
     return settings
+
+
+def store_from(ctx: typer.Context, *, create: bool = False) -> Store:
+    """The store of this invocation's settings. Only commands that may begin a store
+    (``db upgrade``, ``ar import``, ``partners add``...) pass ``create``: the others, run
+    where no store is (another working directory than the server's, with a relative
+    ``data_dir``), say so instead of making an empty one and reporting that nothing is there."""
+    from meldingstjener.bootstrap import open_store
+
+    return open_store(settings_from(ctx), create=create)
 
 
 # Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.helseid_options import (
     AudienceOption,
     ClientIdOption,
@@ -48,10 +48,10 @@ app.add_typer(cpa_app, name="cpa", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _store(ctx: typer.Context) -> Store:
-    from meldingstjener.bootstrap import open_store
-
-    return open_store(settings_from(ctx))
+def _store(ctx: typer.Context, *, create: bool = False) -> Store:
+    """The store; only the commands that may begin one (``ar import``, ``ar sync``,
+    ``partners add``) pass ``create`` (see :func:`meldingstjener.cli.app.store_from`)."""
+    return store_from(ctx, create=create)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -115,7 +115,7 @@ def ar_import(
     """Import address-register records into the local copy (upsert; nothing is deleted)."""
     from meldingstjener.registry.store import import_files
 
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     with store.unit_of_work() as uow:
         report = import_files(uow, files)
         uow.commit()
@@ -203,7 +203,7 @@ def ar_sync(
             dpop=dpop,
             static_token_variable="MELDINGSTJENER_AR_TOKEN",
         )
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     client = ArClient(
         url, tokens, max_answer_bytes=settings.address_register.max_answer_mb * 1024 * 1024
     )
@@ -518,7 +518,7 @@ def partners_add(
             dpop=dpop,
             static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
         )
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     # A short look first: no transaction is held open while the CPPA service is asked.
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:

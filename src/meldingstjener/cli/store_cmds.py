@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import LogFilter
@@ -76,14 +76,12 @@ def log_command(
     ] = False,
 ) -> None:
     """The message log: every status change and signal, oldest first."""
-    from meldingstjener.bootstrap import open_store
-
     if status is not None and status not in ALL_STATUSES:
         raise typer.BadParameter(
             f"unknown status {status!r}; known: {', '.join(sorted(ALL_STATUSES))}",
             param_hint="--status",
         )
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     log_filter = LogFilter(
         her_id=her_id, msg_type=msg_type, status=status, since=parse_since(since), limit=limit
     )
@@ -122,9 +120,7 @@ def show_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """One message's timeline: its identities, addressing, status and every event."""
-    from meldingstjener.bootstrap import open_store
-
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         message = find_message(uow, message_id)
         if message is None:
@@ -204,11 +200,10 @@ def sweep_command(
     """
     from datetime import timedelta
 
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.housekeeping import record_sweep
     from meldingstjener.store.orphans import sweep
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     report = sweep(store, grace=timedelta(hours=older_than_hours), dry_run=dry_run)
     with store.unit_of_work() as uow:
         record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run)

@@ -16,7 +16,13 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 
 class StoreUnavailable(Exception):
-    """The database or the payload directory cannot be used; the message says which and why."""
+    """The database or the payload directory cannot be used; the message says which and why.
+    ``missing``: there is no store where one was expected (a command that only reads or
+    changes what is stored never makes one)."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 def shown_url(url: str) -> str:
@@ -45,3 +51,23 @@ def database_failed(url: str, exc: BaseException) -> StoreUnavailable:
 def payloads_failed(directory: Path, exc: BaseException | str) -> StoreUnavailable:
     why = exc if isinstance(exc, str) else reason(exc)
     return StoreUnavailable(f"cannot write the payload directory {directory}: {why}")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL or an in-memory database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def no_store(url: str) -> StoreUnavailable:
+    """No store where a command expected one. The likeliest cause is a relative ``data_dir``
+    taken from another working directory than the server's, so the place looked at is named."""
+    file = sqlite_file(url)
+    where = f"no database at {file}" if file is not None else f"no tables in {shown_url(url)}"
+    return StoreUnavailable(
+        f"{where}; run `meldingstjener db upgrade` (or serve) first (relative paths in the "
+        "configuration are taken from the directory the command runs in)",
+        missing=True,
+    )
