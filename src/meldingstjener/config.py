@@ -158,6 +158,19 @@ class FormatsSettings(_Section):
     schema_dir: Path | None = None
     max_xml_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
+    @field_validator("schema_dir")
+    @classmethod
+    def _check_schema_dir(cls, value: Path | None) -> Path | None:
+        # Every fagmelding is checked against the XSDs found there: a wrong path would have
+        # every message refused, found only at the first one sent or received
+        if value is not None and not value.is_dir():
+            what = "is not a directory" if value.exists() else "does not exist"
+            raise ValueError(
+                f"{value} {what}; name the directory of the KITH XSDs, or leave it unset "
+                "(no schema validation)"
+            )
+        return value
+
 
 class WorkerSettings(_Section):
     count: int = Field(default=1, ge=1, le=64)

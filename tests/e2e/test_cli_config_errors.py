@@ -117,3 +117,14 @@ def test_a_key_or_certificate_file_that_cannot_be_used_is_a_configuration_error(
     assert result.exit_code == 2, (result.output, result.exception)
     assert "configuration error" in result.output
     assert key in result.output, result.output
+
+
+def test_a_schema_directory_that_is_not_one_stops_every_command(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[formats]\nschema_dir = "{tmp_path / "kith-xsd"}"\n'
+    )
+    for args in (["log"], ["serve", "--port", str(free_port())]):
+        result = runner.invoke(app, ["--config", str(config), *args])
+        assert result.exit_code == 2, (result.output, result.exception)
+        assert "formats.schema_dir" in result.output and "does not exist" in result.output

@@ -191,3 +191,15 @@ def test_database_url_must_be_one_the_store_opens() -> None:
             load_settings(database={"url": url})
         assert problem in str(caught.value)
         assert "hemmelig" not in str(caught.value)  # the password is never shown
+
+
+def test_the_schema_directory_must_be_one(tmp_path: Path) -> None:
+    assert load_settings(formats={"schema_dir": str(tmp_path)}).formats.schema_dir == tmp_path
+    (tmp_path / "a-file.xsd").write_text("<xs:schema/>")
+    for wrong, problem in (
+        (tmp_path / "nope", "does not exist"),
+        (tmp_path / "a-file.xsd", "is not a directory"),
+    ):
+        with pytest.raises(ConfigError, match=r"formats\.schema_dir") as caught:
+            load_settings(formats={"schema_dir": str(wrong)})
+        assert problem in str(caught.value)
