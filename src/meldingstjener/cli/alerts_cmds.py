@@ -95,7 +95,13 @@ def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> 
 @app.command("status")
 def status_command(
     ctx: typer.Context,
-    message_id: Annotated[str, typer.Argument(help="Our id, the ebXML MessageId or the MsgId.")],
+    message_id: Annotated[
+        str,
+        typer.Argument(
+            help="Our id (or its first 8 or more characters, as log prints it), the ebXML "
+            "MessageId or the MsgId."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """A message's end-to-end status: transport receipt and AppRec, per receiver."""

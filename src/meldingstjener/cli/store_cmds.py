@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.model.status import ALL_STATUSES
@@ -115,7 +117,11 @@ def log_command(
 def show_command(
     ctx: typer.Context,
     message_id: Annotated[
-        str, typer.Argument(help="Our message id, its ebXML MessageId or its MsgHead MsgId.")
+        str,
+        typer.Argument(
+            help="Our message id (or its first 8 or more characters, as log prints it), its "
+            "ebXML MessageId or its MsgHead MsgId."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
@@ -226,8 +232,15 @@ def sweep_command(
     )
 
 
+# The start of our id that ``log`` and ``demo`` print is 8 hex digits; a shorter one would
+# too often fit several messages.
+_ID_PREFIX = re.compile(r"^(?=(?:[0-9a-f]-?){8})[0-9a-f-]{8,36}$")
+
+
 def find_message(uow: Any, identifier: str) -> MessageRow | None:
-    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId."""
+    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId,
+    then by the start of our id (at least 8 hex digits, as ``log`` prints it). A start that
+    several messages share is a usage error that names them."""
     from meldingstjener.model import Direction
 
     message: MessageRow | None = uow.messages.get(identifier)
@@ -241,4 +254,24 @@ def find_message(uow: Any, identifier: str) -> MessageRow | None:
         matches = uow.messages.by_msg_id(direction, identifier)
         if matches:
             return matches[0]
-    return None
+    return _by_id_prefix(uow, identifier.lower())
+
+
+def _by_id_prefix(uow: Any, prefix: str) -> MessageRow | None:
+    if not _ID_PREFIX.match(prefix):
+        return None
+    found = list(
+        uow.session.scalars(
+            select(MessageRow.id)
+            .where(MessageRow.id.startswith(prefix, autoescape=True))
+            .order_by(MessageRow.id)
+            .limit(6)
+        )
+    )
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise typer.BadParameter(
+            f"{prefix!r} is the start of several messages' ids ({shown}); give more of it",
+            param_hint="MESSAGE_ID",
+        )
+    return uow.messages.get(found[0]) if found else None
