@@ -24,6 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help is Markdown: the lines of a docstring's paragraph are joined (Rich markup keeps each
+    # line break), and "[helseid]" or "[address_register]" is text, not a Rich style tag to drop.
+    rich_markup_mode="markdown",
 )
 
 
