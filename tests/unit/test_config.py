@@ -203,3 +203,22 @@ def test_the_schema_directory_must_be_one(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"formats\.schema_dir") as caught:
             load_settings(formats={"schema_dir": str(wrong)})
         assert problem in str(caught.value)
+
+
+def test_the_readme_tells_which_helseid_variables_serve_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # serve's client is the [helseid] section, set from the environment with two underscores;
+    # the one-underscore variables are only the options of ar sync and partners add
+    key = tmp_path / "client.jwk"
+    key.write_text("{}")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__TOKEN_URL", "https://helseid.example/connect/token")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__CLIENT_ID", "meldingstjener")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__KEY_FILE", str(key))
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID_TOKEN_URL", "https://ignored.example/token")
+    helseid = load_settings().helseid
+    assert helseid.token_url == "https://helseid.example/connect/token"
+    readme = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    for name in ("TOKEN_URL", "CLIENT_ID", "KEY_FILE"):
+        assert f"MELDINGSTJENER_HELSEID__{name}" in readme
+    assert "`serve` never reads the one-underscore variables" in readme
