@@ -107,8 +107,40 @@ def test_the_example_file_is_valid_and_complete() -> None:
             for key in annotation.model_fields:
                 assert f"{key} =" in text or f"# {key} =" in text, f"{name}.{key} not explained"
         else:
-            assert f"{name} =" in text or f"# {name} =" in text, f"{name} not explained"
+            named = (f"{name} =", f"# {name} =", f"# [[{name}]]")  # an array of tables
+            assert any(form in text for form in named), f"{name} not explained"
     assert settings.environment in ("test", "qa", "prod")
+
+
+def test_the_example_partner_can_be_uncommented(tmp_path: Path) -> None:
+    """An operator uncomments the example [[partners]] table (its "# # " lines stay comments):
+    valid TOML and a valid configuration, with one partner."""
+    lines = (PROJECT_ROOT / "config.example.toml").read_text().splitlines()
+    start = lines.index("# [[partners]]")
+    end = lines.index("", start)
+    block = [line.removeprefix("# ") for line in lines[start:end]]
+    config = tmp_path / "meldingstjener.toml"
+    config.write_text("\n".join(lines[:start] + block + lines[end:]) + "\n")
+    assert [partner.her_id for partner in load_settings(config).partners] == ["8142520"]
+
+
+def test_every_commented_setting_of_the_example_can_be_uncommented() -> None:
+    import re
+    import tomllib
+
+    text = (PROJECT_ROOT / "config.example.toml").read_text()
+    settings = [line[2:] for line in text.splitlines() if re.match(r"# [a-z_]+ = ", line)]
+    assert len(settings) > 50
+    for line in settings:
+        try:
+            tomllib.loads(line)
+        except tomllib.TOMLDecodeError as exc:
+            raise AssertionError(f"{line!r} is not TOML once uncommented: {exc}") from None
+
+
+def test_the_example_says_workers_run_on_sqlite_too() -> None:
+    text = (PROJECT_ROOT / "config.example.toml").read_text()
+    assert "one worker" not in text  # workers.count is threads in one process, on either database
 
 
 def test_a_jwt_issuer_needs_an_audience_and_a_key(tmp_path: Path) -> None:
