@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -56,40 +57,90 @@ def alerts_list(
         typer.echo("no alerts")
 
 
+# ids are positive, and within what either database's BIGINT holds
+AlertId = Annotated[
+    int, typer.Argument(min=1, max=2**62, help="The alert's id (see `meldingstjener alerts`).")
+]
+
+
 @alerts_app.command("ack")
 def alerts_ack(
     ctx: typer.Context,
-    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    alert_id: AlertId,
     by: Annotated[str, typer.Option("--by", help="Who acknowledges it.")] = "operator",
 ) -> None:
     """Acknowledge an alert: someone is following it up."""
-    alert = _follow_up(ctx, alert_id, by=by, resolve=False)
-    typer.echo(f"alert {alert_id} acknowledged by {alert.acknowledged_by}")
+    before, _ = _follow_up(ctx, alert_id, by=by, resolve=False)
+    if before.acknowledged_by is not None:
+        typer.echo(f"alert {alert_id} was acknowledged by {before.acknowledged_by} already")
+    else:
+        typer.echo(f"alert {alert_id} acknowledged by {by}")
 
 
 @alerts_app.command("resolve")
 def alerts_resolve(
     ctx: typer.Context,
-    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    alert_id: AlertId,
     by: Annotated[str, typer.Option("--by", help="Who followed it up.")] = "operator",
 ) -> None:
     """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
-    problem opens it again."""
-    alert = _follow_up(ctx, alert_id, by=by, resolve=True)
-    typer.echo(f"alert {alert_id} resolved (acknowledged by {alert.acknowledged_by})")
+    problem opens it again. Who resolved it is in the audit log (`meldingstjener audit`)."""
+    before, alert = _follow_up(ctx, alert_id, by=by, resolve=True)
+    if before.resolved:
+        typer.echo(f"alert {alert_id} was resolved already")
+        return
+    acknowledged = (
+        f" (acknowledged by {alert.acknowledged_by} before)"
+        if before.acknowledged_by not in (None, by)
+        else ""
+    )
+    typer.echo(f"alert {alert_id} resolved by {by}{acknowledged}")
 
 
-def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> AlertRow:
-    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert."""
+@dataclass(frozen=True)
+class _Before:
+    """What an alert's follow-up was before this command changed it."""
+
+    acknowledged_by: str | None
+    resolved: bool
+
+
+def _follow_up(
+    ctx: typer.Context, alert_id: int, *, by: str, resolve: bool
+) -> tuple[_Before, AlertRow]:
+    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert.
+
+    The alert keeps only who acknowledged it, so what this command did, and who did it, is
+    also written to the audit log: a resolve by someone other than the one who acknowledged
+    would otherwise leave no trace of them."""
+    from meldingstjener.api.audit import Outcome, add
+
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
-        alert = follow(alert_id, by=by)
-        if alert is None:
+        found = uow.alerts.get(alert_id)
+        if found is None:
             typer.echo(f"no alert {alert_id}", err=True)
             raise typer.Exit(1)
+        before = _Before(found.acknowledged_by, found.resolved_at is not None)
+        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
+        alert = follow(alert_id, by=by)
+        if alert is None:  # gone meanwhile
+            typer.echo(f"no alert {alert_id}", err=True)
+            raise typer.Exit(1)
+        changed = not before.resolved if resolve else before.acknowledged_by is None
+        if changed:
+            add(
+                uow,
+                client="cli",
+                person=by,
+                action="alert-resolve" if resolve else "alert-acknowledge",
+                outcome=Outcome.OK,
+                message_id=alert.message_id,
+                her_id=alert.partner_her_id,
+                detail=f"alert {alert.id} {alert.kind}",
+            )
         uow.commit()
-    return alert
+    return before, alert
 
 
 @app.command("status")
