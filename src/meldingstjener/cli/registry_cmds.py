@@ -48,6 +48,24 @@ app.add_typer(cpa_app, name="cpa", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _her_id(value: str | None) -> str | None:
+    """A HER-id given on the command line, checked and normalised: a mistyped one is a usage
+    error (exit 2), not a party or agreement reported missing."""
+    from meldingstjener.model.herid import HerId, InvalidHerId
+
+    if value is None:
+        return None
+    try:
+        return str(HerId(value))
+    except InvalidHerId as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+OurOption = Annotated[
+    str | None, typer.Option(help="Our HER-id (default: our organisation).", callback=_her_id)
+]
+
+
 def _store(ctx: typer.Context, *, create: bool = False) -> Store:
     """The store; only the commands that may begin one (``ar import``, ``ar sync``,
     ``partners add``) pass ``create`` (see :func:`meldingstjener.cli.app.store_from`)."""
@@ -284,7 +302,7 @@ def ar_search(
 @ar_app.command("show")
 def ar_show(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.", callback=_her_id)],
     as_json: JsonOption = False,
 ) -> None:
     """Show one party from the local register: addresses, queues, certificates, validity."""
@@ -292,7 +310,7 @@ def ar_show(
 
     store = _store(ctx)
     with store.unit_of_work() as uow:
-        row = uow.parties.get(her_id.strip())
+        row = uow.parties.get(her_id)
         party = party_from_row(row) if row is not None else None
         previous = _previous_signing(row) if row is not None else None
     if party is None:
@@ -325,7 +343,7 @@ def _previous_signing(row: Any) -> dict[str, Any] | None:
 @ar_app.command("forget-previous-certificate")
 def ar_forget_previous_certificate(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.", callback=_her_id)],
 ) -> None:
     """Stop accepting a party's replaced signing certificate now, before its grace period
     (security.previous_signing_certificate_days) ends: for an old key that must not be trusted
@@ -333,7 +351,7 @@ def ar_forget_previous_certificate(
     database.partner_cache_seconds."""
     store = _store(ctx)
     with store.unit_of_work() as uow:
-        row = uow.parties.get(her_id.strip())
+        row = uow.parties.get(her_id)
         if row is None:
             raise _fail(f"HER-id {her_id} is not in the local register")
         if not row.previous_signing_certificate:
@@ -420,8 +438,8 @@ def partners_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @partners_app.command("show")
 def partners_show(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show the agreement with one counterparty."""
@@ -443,8 +461,8 @@ def partners_show(
 @partners_app.command("add")
 def partners_add(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     cpa: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Take the terms from this CPA file."),
@@ -649,8 +667,8 @@ def _with_overrides(
 @partners_app.command("set")
 def partners_set(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     state: Annotated[
         str | None,
         typer.Option(help="New state: ordered, testing, verified-inactive, active, suspended."),

@@ -72,7 +72,7 @@ def log_command(
     since: Annotated[
         str | None, typer.Option("--since", help="Only events from this date/time (ISO 8601).")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many events.")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many events.")] = 1000,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per event (JSON lines).")
     ] = False,
