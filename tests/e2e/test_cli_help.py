@@ -4,6 +4,7 @@ line of a wide terminal, configuration names in brackets (``[helseid]``) include
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,3 +59,21 @@ def test_the_register_sync_names_the_configuration_sections() -> None:
     result = runner.invoke(app, ["ar", "sync", "--help"], env={"COLUMNS": "2000"})
     assert "configuration's [helseid] client" in result.output
     assert "(default: [address_register] url)" in result.output
+
+
+def test_the_readme_names_every_command() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    leaves = [path for path, command in commands() if path and not hasattr(command, "commands")]
+    missing = []
+    for path in leaves:
+        *group, name = path
+        # "`ar import/sync/search/show`" names four commands of one group
+        before = re.escape(" ".join(group)) + r" (?:[\w-]+/)*" if group else ""
+        if not re.search(r"`" + before + re.escape(name) + r"\b", table):
+            missing.append(" ".join(path))
+    assert not missing, f"not in README's command table: {missing}"
+    serve = next(line for line in table.splitlines() if line.startswith("| `serve"))
+    assert "--port" in serve and "--host" in serve
