@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
-from meldingstjener.store.migrate import upgrade
+from meldingstjener.store.migrate import current_revision, upgrade
+from meldingstjener.store.opening import (
+    StoreUnavailable,
+    database_failed,
+    no_store,
+    payloads_failed,
+    reason,
+    sqlite_file,
+)
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
 
@@ -19,18 +29,42 @@ if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext, OwnKeys
     from meldingstjener.engine.register_sync import RegisterSync
     from meldingstjener.registry.auth import TokenProvider
-    from meldingstjener.security.keystore import KeySource
+    from meldingstjener.security.certs import Usage
+    from meldingstjener.security.keystore import KeyPair, KeySource
     from meldingstjener.security.validation import CertificateValidator
 
 
-def open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    """Open the database and payload store; bring the schema up to date unless told not to."""
-    database = Database(
-        settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
-    )
-    if migrate:
-        upgrade(database)
-    return Store(database, PayloadStore(settings.payload_dir))
+def open_store(settings: Settings, *, migrate: bool = True, create: bool = True) -> Store:
+    """Open the database and payload store; bring the schema up to date unless told not to.
+
+    ``create=False`` is for commands that read or change what is stored: where there is no
+    store yet (no SQLite file, no tables), they raise :class:`StoreUnavailable` (``missing``)
+    rather than make an empty one and report that nothing is there. It is raised too when the
+    database cannot be reached or written, or the payload directory cannot be made or
+    written."""
+    url = settings.database_url
+    file = sqlite_file(url)
+    if not create and file is not None and not file.is_file():
+        raise no_store(url)  # before Database(), which makes the file's directory
+    try:
+        database = Database(url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        if not create and current_revision(database) is None:
+            database.dispose()
+            raise no_store(url)
+        if migrate:
+            upgrade(database)
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, unwritable
+        raise database_failed(url, exc) from None
+    try:
+        payloads = PayloadStore(settings.payload_dir)
+    except OSError as exc:
+        database.dispose()
+        raise payloads_failed(settings.payload_dir, exc) from None
+    # root may write anywhere; another user is told now, not at the first message stored
+    if create and not os.access(settings.payload_dir, os.W_OK | os.X_OK):
+        database.dispose()
+        raise payloads_failed(settings.payload_dir, "permission denied")
+    return Store(database, payloads)
 
 
 def _source(keys: KeySettings, prefix: str) -> KeySource | None:
@@ -59,7 +93,15 @@ def load_own_keys(settings: Settings) -> OwnKeys:
     encryption = _source(settings.keys, "encryption")
     previous = _source(settings.keys, "previous_encryption")
     if signing is not None and encryption is not None:
-        store = KeyStore.load(signing, encryption, previous)
+        store = KeyStore(
+            signing=_key_pair(signing, "signing", "signing"),
+            encryption=_key_pair(encryption, "encryption", "encryption"),
+            previous_encryption=(
+                None
+                if previous is None
+                else _key_pair(previous, "previous_encryption", "encryption")
+            ),
+        )
         return OwnKeys(
             store.signing_key,
             store.signing_certificate,
@@ -74,7 +116,12 @@ def load_own_keys(settings: Settings) -> OwnKeys:
             "development keys are only made for the test environment"
         )
     her_id = _organisation_her_id(settings)
-    init_pki(settings.dev_pki_dir, [her_id], names={her_id: settings.identity.name})
+    try:
+        init_pki(settings.dev_pki_dir, [her_id], names={her_id: settings.identity.name})
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot write the development keys in {settings.dev_pki_dir}: {reason(exc)}"
+        ) from None
     party = load_dev_party(settings.dev_pki_dir, her_id)
     return OwnKeys(
         party.signing.key,
@@ -82,6 +129,38 @@ def load_own_keys(settings: Settings) -> OwnKeys:
         party.encryption.certificate,
         [(party.encryption.key, party.encryption.certificate)],
     )
+
+
+def _key_pair(source: KeySource, prefix: str, usage: Usage) -> KeyPair:
+    """One of our key pairs; a file that is missing, unreadable, of another key or locked with
+    another password is a configuration error naming the ``[keys]`` key to mend."""
+    from meldingstjener.security.keystore import (
+        KeyStoreError,
+        PasswordMissing,
+        WrongPassword,
+        load_key_pair,
+    )
+
+    try:
+        return load_key_pair(source, usage=usage)
+    except KeyStoreError as exc:
+        if isinstance(exc, PasswordMissing | WrongPassword):
+            given = [
+                name
+                for name, value in (
+                    ("password_file", source.password_file),
+                    ("password_env", source.password_env),
+                )
+                if value is not None
+            ]
+            key = " and ".join(f"keys.{name}" for name in given) or "keys.password_file"
+        elif source.cert_path is None:
+            key = f"keys.{prefix}_pkcs12"
+        elif str(source.cert_path) in exc.message:  # the certificate file is the one at fault
+            key = f"keys.{prefix}_cert"
+        else:
+            key = f"keys.{prefix}_key"
+        raise ConfigError(f"{key}: {exc.message} ({exc.code})") from None
 
 
 def _organisation_her_id(settings: Settings) -> str:
@@ -99,19 +178,35 @@ def build_validator(
     """The certificate validator for ``[security]``; None without trust anchors."""
     from cryptography import x509
 
-    from meldingstjener.security.certs import load_certificates
+    from meldingstjener.security.certs import CertificateLoadError, load_certificates
     from meldingstjener.security.validation import CertificateValidator
 
     security = settings.security
     if not security.trust_anchors:
         return None
-    anchors = [cert for path in security.trust_anchors for cert in load_certificates(path)]
+    anchors = []
+    for number, path in enumerate(security.trust_anchors):
+        try:
+            anchors += load_certificates(path)
+        except CertificateLoadError as exc:
+            raise ConfigError(f"security.trust_anchors[{number}] ({path}): {exc.message}") from None
     crls = []
-    for path in security.crl_files:
-        data = path.read_bytes()
-        crls.append(
-            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
-        )
+    for number, path in enumerate(security.crl_files):
+        try:
+            data = path.read_bytes()
+            crls.append(
+                x509.load_pem_x509_crl(data)
+                if b"-----BEGIN" in data
+                else x509.load_der_x509_crl(data)
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"security.crl_files[{number}]: cannot read {path}: {exc.strerror}"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"security.crl_files[{number}]: {path} holds no CRL (PEM or DER)"
+            ) from None
     return CertificateValidator(
         anchors,
         crls=crls,

@@ -89,11 +89,41 @@ class IdentitySettings(_Section):
         return own + [service.her_id for service in self.services]
 
 
+# The URLs the store can open: SQLite, and PostgreSQL through psycopg 3 (the driver installed).
+_DATABASE_DRIVERS = frozenset(
+    {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
+)
+
+
 class DatabaseSettings(_Section):
     url: str | None = None
     echo: bool = False
     pool_size: int = Field(default=10, ge=1)
     partner_cache_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        # A URL of the wrong form would otherwise be found by the first command that opens
+        # the store, as a traceback of SQLAlchemy's
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if value is None:
+            return None
+        usage = "use sqlite:///PATH or postgresql://USER@HOST:PORT/NAME"
+        try:
+            parsed = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; {usage}") from None
+        if parsed.drivername not in _DATABASE_DRIVERS:
+            raise ValueError(
+                f"{parsed.drivername!r} is not a database this server uses (SQLite, PostgreSQL); "
+                + usage
+            )
+        if parsed.get_backend_name() == "postgresql" and not parsed.database:
+            raise ValueError(f"the URL names no database; {usage}")
+        return value
 
 
 class KeySettings(_Section):
@@ -127,6 +157,19 @@ class SecuritySettings(_Section):
 class FormatsSettings(_Section):
     schema_dir: Path | None = None
     max_xml_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+    @field_validator("schema_dir")
+    @classmethod
+    def _check_schema_dir(cls, value: Path | None) -> Path | None:
+        # Every fagmelding is checked against the XSDs found there: a wrong path would have
+        # every message refused, found only at the first one sent or received
+        if value is not None and not value.is_dir():
+            what = "is not a directory" if value.exists() else "does not exist"
+            raise ValueError(
+                f"{value} {what}; name the directory of the KITH XSDs, or leave it unset "
+                "(no schema validation)"
+            )
+        return value
 
 
 class WorkerSettings(_Section):
@@ -431,10 +474,24 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         problem = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             problem = "unknown key (see config.example.toml for the keys that exist)"
-        given = error.get("input")
+        given = _without_password(error.get("input"))
         shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
         lines.append(f"  {key}: {problem}{shown}")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def _without_password(value: object) -> object:
+    """A value as an error may show it: a URL's password hidden (a database URL may carry
+    one), or nothing when the URL cannot be read well enough to hide it."""
+    if not (isinstance(value, str) and "://" in value and "@" in value):
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

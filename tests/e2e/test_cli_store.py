@@ -126,3 +126,90 @@ def test_bad_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     result = run(tmp_path, "--config", str(config), "log")
     assert result.returncode == 2
     assert "server.port" in result.stderr
+
+
+READING = (
+    ["log"],
+    ["show", "abc"],
+    ["status", "abc"],
+    ["alerts"],
+    ["alerts", "ack", "1"],
+    ["audit"],
+    ["instances"],
+    ["sweep"],
+    ["partners", "list"],
+    ["partners", "show", "8142520", "--our", "8142987"],
+    ["ar", "search", "Sykehus"],
+    ["ar", "show", "8142520"],
+    ["clients", "list"],
+)
+
+
+def test_commands_that_read_make_no_store_where_there_is_none(tmp_path: Path) -> None:
+    # The operator runs from another directory than the server's: the configuration's relative
+    # data_dir names an empty place, which must not become an empty store reported as "no events".
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "op.toml").write_text('data_dir = "data"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+
+    def run_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meldingstjener", "--config", str(server / "op.toml"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=directory,
+            timeout=60,
+            check=False,
+        )
+
+    assert run_in(server, "db", "upgrade").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in READING:
+        result = run_in(elsewhere, *command)
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert f"no database at {elsewhere / 'data' / 'meldingstjener.db'}" in result.stderr
+        assert "meldingstjener db upgrade" in result.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing made
+    found = run_in(server, "log")  # where the server runs, the store is found
+    assert found.returncode == 0 and "no events match" in found.stdout
+
+
+def test_show_and_status_take_the_start_of_an_id_as_log_prints_it(
+    populated: tuple[Path, str],
+) -> None:
+    data_dir, message_id = populated
+    shown = run(data_dir, "log").stdout
+    assert message_id[:8] in shown  # what an operator copies from the log
+    for command in ("show", "status"):
+        result = run(data_dir, command, message_id[:8], "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["message_id"] == message_id
+    assert run(data_dir, "show", message_id[:13].upper(), "--json").returncode == 0
+    too_short = run(data_dir, "show", message_id[:7])
+    assert too_short.returncode == 1 and "no message" in too_short.stderr
+
+
+def test_the_start_of_several_ids_is_refused_with_their_ids(tmp_path: Path) -> None:
+    store = open_store(load_settings(data_dir=tmp_path))
+    with store.unit_of_work() as uow:
+        for tail in ("0000", "1111"):
+            uow.messages.add(
+                MessageRow(
+                    id=f"abcdef01-{tail}-4000-8000-000000000000",
+                    direction="out",
+                    msg_type="DIALOG_NOTAT",
+                    from_her_id="8142987",
+                    to_her_id="8142520",
+                ),
+                actor="cli-test",
+            )
+        uow.commit()
+    result = run(tmp_path, "status", "abcdef01")
+    assert result.returncode == 2
+    assert "abcdef01-0000-" in result.stderr and "abcdef01-1111-" in result.stderr
+    assert "give more" in result.stderr
+    found = run(tmp_path, "show", "abcdef01-1", "--json")
+    assert json.loads(found.stdout)["message_id"].startswith("abcdef01-1111-")

@@ -107,8 +107,40 @@ def test_the_example_file_is_valid_and_complete() -> None:
             for key in annotation.model_fields:
                 assert f"{key} =" in text or f"# {key} =" in text, f"{name}.{key} not explained"
         else:
-            assert f"{name} =" in text or f"# {name} =" in text, f"{name} not explained"
+            named = (f"{name} =", f"# {name} =", f"# [[{name}]]")  # an array of tables
+            assert any(form in text for form in named), f"{name} not explained"
     assert settings.environment in ("test", "qa", "prod")
+
+
+def test_the_example_partner_can_be_uncommented(tmp_path: Path) -> None:
+    """An operator uncomments the example [[partners]] table (its "# # " lines stay comments):
+    valid TOML and a valid configuration, with one partner."""
+    lines = (PROJECT_ROOT / "config.example.toml").read_text().splitlines()
+    start = lines.index("# [[partners]]")
+    end = lines.index("", start)
+    block = [line.removeprefix("# ") for line in lines[start:end]]
+    config = tmp_path / "meldingstjener.toml"
+    config.write_text("\n".join(lines[:start] + block + lines[end:]) + "\n")
+    assert [partner.her_id for partner in load_settings(config).partners] == ["8142520"]
+
+
+def test_every_commented_setting_of_the_example_can_be_uncommented() -> None:
+    import re
+    import tomllib
+
+    text = (PROJECT_ROOT / "config.example.toml").read_text()
+    settings = [line[2:] for line in text.splitlines() if re.match(r"# [a-z_]+ = ", line)]
+    assert len(settings) > 50
+    for line in settings:
+        try:
+            tomllib.loads(line)
+        except tomllib.TOMLDecodeError as exc:
+            raise AssertionError(f"{line!r} is not TOML once uncommented: {exc}") from None
+
+
+def test_the_example_says_workers_run_on_sqlite_too() -> None:
+    text = (PROJECT_ROOT / "config.example.toml").read_text()
+    assert "one worker" not in text  # workers.count is threads in one process, on either database
 
 
 def test_a_jwt_issuer_needs_an_audience_and_a_key(tmp_path: Path) -> None:
@@ -177,3 +209,48 @@ def test_a_prod_server_never_logs_in_to_a_mail_server_unencrypted(tmp_path: Path
     config.write_text('environment = "prod"\n' + smtp + 'security = "none"\n')
     with pytest.raises(ConfigError, match=r"smtp\.security"):
         load_settings(config)
+
+
+def test_database_url_must_be_one_the_store_opens() -> None:
+    assert load_settings(database={"url": "postgresql://u@db:5432/m"}).database.url
+    assert load_settings(database={"url": "sqlite:///x.db"}).database.url
+    for url, problem in (
+        ("not-a-url", "not a database URL"),
+        ("mysql://kari:hemmelig@db/m", "'mysql' is not a database this server uses"),
+        ("postgresql://kari:hemmelig@db", "names no database"),
+    ):
+        with pytest.raises(ConfigError, match=r"database\.url") as caught:
+            load_settings(database={"url": url})
+        assert problem in str(caught.value)
+        assert "hemmelig" not in str(caught.value)  # the password is never shown
+
+
+def test_the_schema_directory_must_be_one(tmp_path: Path) -> None:
+    assert load_settings(formats={"schema_dir": str(tmp_path)}).formats.schema_dir == tmp_path
+    (tmp_path / "a-file.xsd").write_text("<xs:schema/>")
+    for wrong, problem in (
+        (tmp_path / "nope", "does not exist"),
+        (tmp_path / "a-file.xsd", "is not a directory"),
+    ):
+        with pytest.raises(ConfigError, match=r"formats\.schema_dir") as caught:
+            load_settings(formats={"schema_dir": str(wrong)})
+        assert problem in str(caught.value)
+
+
+def test_the_readme_tells_which_helseid_variables_serve_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # serve's client is the [helseid] section, set from the environment with two underscores;
+    # the one-underscore variables are only the options of ar sync and partners add
+    key = tmp_path / "client.jwk"
+    key.write_text("{}")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__TOKEN_URL", "https://helseid.example/connect/token")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__CLIENT_ID", "meldingstjener")
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID__KEY_FILE", str(key))
+    monkeypatch.setenv("MELDINGSTJENER_HELSEID_TOKEN_URL", "https://ignored.example/token")
+    helseid = load_settings().helseid
+    assert helseid.token_url == "https://helseid.example/connect/token"
+    readme = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    for name in ("TOKEN_URL", "CLIENT_ID", "KEY_FILE"):
+        assert f"MELDINGSTJENER_HELSEID__{name}" in readme
+    assert "`serve` never reads the one-underscore variables" in readme

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import find_message, wide_console
 from meldingstjener.views import alert_dict, receipt_dict
 
@@ -32,9 +33,8 @@ def alerts_list(
     resolves one by hand)."""
     if ctx.invoked_subcommand is not None:
         return
-    from meldingstjener.bootstrap import open_store
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         alerts = uow.alerts.list(open_only=open_only)
     if as_json:
@@ -57,55 +57,108 @@ def alerts_list(
         typer.echo("no alerts")
 
 
+# ids are positive, and within what either database's BIGINT holds
+AlertId = Annotated[
+    int, typer.Argument(min=1, max=2**62, help="The alert's id (see `meldingstjener alerts`).")
+]
+
+
 @alerts_app.command("ack")
 def alerts_ack(
     ctx: typer.Context,
-    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    alert_id: AlertId,
     by: Annotated[str, typer.Option("--by", help="Who acknowledges it.")] = "operator",
 ) -> None:
     """Acknowledge an alert: someone is following it up."""
-    alert = _follow_up(ctx, alert_id, by=by, resolve=False)
-    typer.echo(f"alert {alert_id} acknowledged by {alert.acknowledged_by}")
+    before, _ = _follow_up(ctx, alert_id, by=by, resolve=False)
+    if before.acknowledged_by is not None:
+        typer.echo(f"alert {alert_id} was acknowledged by {before.acknowledged_by} already")
+    else:
+        typer.echo(f"alert {alert_id} acknowledged by {by}")
 
 
 @alerts_app.command("resolve")
 def alerts_resolve(
     ctx: typer.Context,
-    alert_id: Annotated[int, typer.Argument(help="The alert's id (see `meldingstjener alerts`).")],
+    alert_id: AlertId,
     by: Annotated[str, typer.Option("--by", help="Who followed it up.")] = "operator",
 ) -> None:
     """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
-    problem opens it again."""
-    alert = _follow_up(ctx, alert_id, by=by, resolve=True)
-    typer.echo(f"alert {alert_id} resolved (acknowledged by {alert.acknowledged_by})")
+    problem opens it again. Who resolved it is in the audit log (`meldingstjener audit`)."""
+    before, alert = _follow_up(ctx, alert_id, by=by, resolve=True)
+    if before.resolved:
+        typer.echo(f"alert {alert_id} was resolved already")
+        return
+    acknowledged = (
+        f" (acknowledged by {alert.acknowledged_by} before)"
+        if before.acknowledged_by not in (None, by)
+        else ""
+    )
+    typer.echo(f"alert {alert_id} resolved by {by}{acknowledged}")
 
 
-def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> AlertRow:
-    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert."""
-    from meldingstjener.bootstrap import open_store
+@dataclass(frozen=True)
+class _Before:
+    """What an alert's follow-up was before this command changed it."""
 
-    store = open_store(settings_from(ctx))
+    acknowledged_by: str | None
+    resolved: bool
+
+
+def _follow_up(
+    ctx: typer.Context, alert_id: int, *, by: str, resolve: bool
+) -> tuple[_Before, AlertRow]:
+    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert.
+
+    The alert keeps only who acknowledged it, so what this command did, and who did it, is
+    also written to the audit log: a resolve by someone other than the one who acknowledged
+    would otherwise leave no trace of them."""
+    from meldingstjener.api.audit import Outcome, add
+
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
-        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
-        alert = follow(alert_id, by=by)
-        if alert is None:
+        found = uow.alerts.get(alert_id)
+        if found is None:
             typer.echo(f"no alert {alert_id}", err=True)
             raise typer.Exit(1)
+        before = _Before(found.acknowledged_by, found.resolved_at is not None)
+        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
+        alert = follow(alert_id, by=by)
+        if alert is None:  # gone meanwhile
+            typer.echo(f"no alert {alert_id}", err=True)
+            raise typer.Exit(1)
+        changed = not before.resolved if resolve else before.acknowledged_by is None
+        if changed:
+            add(
+                uow,
+                client="cli",
+                person=by,
+                action="alert-resolve" if resolve else "alert-acknowledge",
+                outcome=Outcome.OK,
+                message_id=alert.message_id,
+                her_id=alert.partner_her_id,
+                detail=f"alert {alert.id} {alert.kind}",
+            )
         uow.commit()
-    return alert
+    return before, alert
 
 
 @app.command("status")
 def status_command(
     ctx: typer.Context,
-    message_id: Annotated[str, typer.Argument(help="Our id, the ebXML MessageId or the MsgId.")],
+    message_id: Annotated[
+        str,
+        typer.Argument(
+            help="Our id (or its first 8 or more characters, as log prints it), the ebXML "
+            "MessageId or the MsgId."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """A message's end-to-end status: transport receipt and AppRec, per receiver."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         message = find_message(uow, message_id)
         if message is None:
@@ -165,11 +218,10 @@ def instances_list(
     """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
     minutes, or on PostgreSQL for 3 minutes without its name's lock; their clock-skew and
     mailbox-unreachable alerts are resolved then)."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.context import utc_now
     from meldingstjener.engine.instances import instance_states, store_now
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         now = store_now(utc_now, uow)
         rows = [

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import parse_since, wide_console
 
 clients_app = typer.Typer(help="API client systems (EPJs): keys, scopes, HER-ids.")
@@ -27,16 +27,15 @@ def audit_command(
     since: Annotated[
         str | None, typer.Option("--since", help="Only entries from this date/time (ISO 8601).")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many entries.")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many entries.")] = 1000,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per entry (JSON lines).")
     ] = False,
 ) -> None:
     """The audit log: who read or changed which message, when, with what outcome."""
     from meldingstjener.api.audit import AuditQuery, query
-    from meldingstjener.bootstrap import open_store
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     rows = query(store, AuditQuery(message, client, parse_since(since), limit))
     if as_json:
         for row in rows:
@@ -71,9 +70,8 @@ def clients_add(
 ) -> None:
     """Make a client and print its API key once (only a hash is stored)."""
     from meldingstjener.api.clients import ClientError, add_client
-    from meldingstjener.bootstrap import open_store
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx, create=True)
     try:
         client, key = add_client(store, name, scope, her_id or [])
     except ClientError as exc:
@@ -95,9 +93,8 @@ def clients_list(
 ) -> None:
     """List client systems (never their keys)."""
     from meldingstjener.api.clients import list_clients
-    from meldingstjener.bootstrap import open_store
 
-    clients = list_clients(open_store(settings_from(ctx)))
+    clients = list_clients(store_from(ctx))
     if as_json:
         for c in clients:
             typer.echo(
@@ -131,10 +128,9 @@ def clients_revoke(
 ) -> None:
     """Revoke a client's key at once; its audit history stays."""
     from meldingstjener.api.clients import ClientError, revoke_client
-    from meldingstjener.bootstrap import open_store
 
     try:
-        client = revoke_client(open_store(settings_from(ctx)), name)
+        client = revoke_client(store_from(ctx), name)
     except ClientError as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
         raise typer.Exit(2) from None

@@ -16,6 +16,7 @@ from meldingstjener import __version__
 
 if TYPE_CHECKING:
     from meldingstjener.config import Settings
+    from meldingstjener.store.uow import Store
 
 app = typer.Typer(
     name="meldingstjener",
@@ -23,6 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help is Markdown: the lines of a docstring's paragraph are joined (Rich markup keeps each
+    # line break), and "[helseid]" or "[address_register]" is text, not a Rich style tag to drop.
+    rich_markup_mode="markdown",
 )
 
 
@@ -88,5 +92,34 @@ def settings_from(ctx: typer.Context, **overrides: object) -> Settings:
     return settings
 
 
+def store_from(ctx: typer.Context, *, create: bool = False) -> Store:
+    """The store of this invocation's settings. Only commands that may begin a store
+    (``db upgrade``, ``ar import``, ``partners add``...) pass ``create``: the others, run
+    where no store is (another working directory than the server's, with a relative
+    ``data_dir``), say so instead of making an empty one and reporting that nothing is there."""
+    from meldingstjener.bootstrap import open_store
+
+    return open_store(settings_from(ctx), create=create)
+
+
+# Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),
+# 2 a usage or configuration error, 3 the store cannot be used (the database unreachable or
+# unwritable, the payload directory unwritable, no store where one must exist already).
+EXIT_STORE_UNAVAILABLE = 3
+
+
 def main() -> None:
-    app()
+    """The entry point: every command, with the one handler for a store that cannot be used."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from meldingstjener.store.opening import StoreUnavailable, reason
+
+    try:
+        app()
+    except StoreUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise SystemExit(EXIT_STORE_UNAVAILABLE) from None
+    except (OperationalError, InterfaceError) as exc:
+        # the database went away, or turned out read-only, after it was opened
+        typer.echo(f"the database failed: {reason(exc)}", err=True)
+        raise SystemExit(EXIT_STORE_UNAVAILABLE) from None

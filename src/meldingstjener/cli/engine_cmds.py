@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.logging_setup import configure_logging
 from meldingstjener.config import ConfigError
 
 if TYPE_CHECKING:
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 # threads get STOP_SECONDS in all.
 GRACEFUL_SECONDS = 4
 STOP_SECONDS = 5.0
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @app.command("serve")
@@ -44,6 +41,8 @@ def serve(
 ) -> None:
     """Run the server: the HTTP endpoint (POST /ebms, the API) and the workers."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+    from uvicorn.config import LOGGING_CONFIG
 
     from meldingstjener.api.app import BodyPace, create_app
     from meldingstjener.bootstrap import build_engine, build_register_sync
@@ -52,9 +51,10 @@ def serve(
     from meldingstjener.engine.worker import Worker
     from meldingstjener.store.database import Database
     from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
+    from meldingstjener.store.opening import database_failed
 
     settings = settings_from(ctx, server_port=port)
-    _configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, json_lines=settings.logging.json_lines)
     # A port in use is the common mistake (a second serve started by hand or by a service
     # manager): said plainly before anything else is done.
     listen = host or settings.server.host
@@ -76,6 +76,8 @@ def serve(
     except InstanceTaken as taken:
         typer.echo(f"{taken}. Nothing was started.", err=True)
         raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise database_failed(settings.database_url, exc) from None
     try:
         engine = build_engine(settings)
         # only serve runs the register's sync: other commands need no HelseID key
@@ -154,6 +156,9 @@ def serve(
             host=listen,
             port=settings.server.port,
             log_level=settings.logging.level.lower(),
+            # uvicorn's own configuration gives its loggers text handlers; without it their
+            # records reach ours (the JSON lines)
+            log_config=None if settings.logging.json_lines else LOGGING_CONFIG,
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
             # h11 refuses a request head over 16 KB (400); the faster httptools parser takes

@@ -34,6 +34,7 @@ from meldingstjener.formats import (
     read_msghead,
     validate,
 )
+from meldingstjener.formats.apprec import APPREC_VERSIONS
 from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES
 from meldingstjener.formats.xmlutil import Coded
 
@@ -167,7 +168,10 @@ def apprec_build(
         Path, typer.Option("--original", help="The MsgHead XML file this AppRec answers.")
     ],
     status: Annotated[
-        int, typer.Option("--status", help="8258 status: 1 OK, 2 rejected, 3 OK with errors.")
+        int,
+        typer.Option(
+            "--status", min=1, max=3, help="8258 status: 1 OK, 2 rejected, 3 OK with errors."
+        ),
     ] = 1,
     errors: Annotated[
         list[str] | None,
@@ -183,6 +187,8 @@ def apprec_build(
     ] = None,
 ) -> None:
     """Build an AppRec answering a MsgHead (sender and receiver swapped)."""
+    if version not in APPREC_VERSIONS:
+        raise typer.BadParameter(f"{version!r} is not 1.0 or 1.1", param_hint="--version")
     head = _read_original(original)
     parsed: list[AppRecError] = []
     for item in errors or []:

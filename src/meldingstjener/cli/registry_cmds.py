@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.helseid_options import (
     AudienceOption,
     ClientIdOption,
@@ -48,10 +48,28 @@ app.add_typer(cpa_app, name="cpa", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _store(ctx: typer.Context) -> Store:
-    from meldingstjener.bootstrap import open_store
+def _her_id(value: str | None) -> str | None:
+    """A HER-id given on the command line, checked and normalised: a mistyped one is a usage
+    error (exit 2), not a party or agreement reported missing."""
+    from meldingstjener.model.herid import HerId, InvalidHerId
 
-    return open_store(settings_from(ctx))
+    if value is None:
+        return None
+    try:
+        return str(HerId(value))
+    except InvalidHerId as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+OurOption = Annotated[
+    str | None, typer.Option(help="Our HER-id (default: our organisation).", callback=_her_id)
+]
+
+
+def _store(ctx: typer.Context, *, create: bool = False) -> Store:
+    """The store; only the commands that may begin one (``ar import``, ``ar sync``,
+    ``partners add``) pass ``create`` (see :func:`meldingstjener.cli.app.store_from`)."""
+    return store_from(ctx, create=create)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -115,7 +133,7 @@ def ar_import(
     """Import address-register records into the local copy (upsert; nothing is deleted)."""
     from meldingstjener.registry.store import import_files
 
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     with store.unit_of_work() as uow:
         report = import_files(uow, files)
         uow.commit()
@@ -203,7 +221,7 @@ def ar_sync(
             dpop=dpop,
             static_token_variable="MELDINGSTJENER_AR_TOKEN",
         )
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     client = ArClient(
         url, tokens, max_answer_bytes=settings.address_register.max_answer_mb * 1024 * 1024
     )
@@ -284,7 +302,7 @@ def ar_search(
 @ar_app.command("show")
 def ar_show(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.", callback=_her_id)],
     as_json: JsonOption = False,
 ) -> None:
     """Show one party from the local register: addresses, queues, certificates, validity."""
@@ -292,7 +310,7 @@ def ar_show(
 
     store = _store(ctx)
     with store.unit_of_work() as uow:
-        row = uow.parties.get(her_id.strip())
+        row = uow.parties.get(her_id)
         party = party_from_row(row) if row is not None else None
         previous = _previous_signing(row) if row is not None else None
     if party is None:
@@ -325,7 +343,7 @@ def _previous_signing(row: Any) -> dict[str, Any] | None:
 @ar_app.command("forget-previous-certificate")
 def ar_forget_previous_certificate(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the party.")],
+    her_id: Annotated[str, typer.Argument(help="HER-id of the party.", callback=_her_id)],
 ) -> None:
     """Stop accepting a party's replaced signing certificate now, before its grace period
     (security.previous_signing_certificate_days) ends: for an old key that must not be trusted
@@ -333,7 +351,7 @@ def ar_forget_previous_certificate(
     database.partner_cache_seconds."""
     store = _store(ctx)
     with store.unit_of_work() as uow:
-        row = uow.parties.get(her_id.strip())
+        row = uow.parties.get(her_id)
         if row is None:
             raise _fail(f"HER-id {her_id} is not in the local register")
         if not row.previous_signing_certificate:
@@ -420,8 +438,8 @@ def partners_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @partners_app.command("show")
 def partners_show(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show the agreement with one counterparty."""
@@ -443,8 +461,8 @@ def partners_show(
 @partners_app.command("add")
 def partners_add(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     cpa: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Take the terms from this CPA file."),
@@ -518,7 +536,7 @@ def partners_add(
             dpop=dpop,
             static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
         )
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     # A short look first: no transaction is held open while the CPPA service is asked.
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:
@@ -649,8 +667,8 @@ def _with_overrides(
 @partners_app.command("set")
 def partners_set(
     ctx: typer.Context,
-    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.")],
-    our: Annotated[str | None, typer.Option(help="Our HER-id (default: our organisation).")] = None,
+    her_id: Annotated[str, typer.Argument(help="HER-id of the counterparty.", callback=_her_id)],
+    our: OurOption = None,
     state: Annotated[
         str | None,
         typer.Option(help="New state: ordered, testing, verified-inactive, active, suspended."),
@@ -677,6 +695,7 @@ def partners_set(
 
     from meldingstjener.registry.agreements import AgreementState, NotAgreed, check_state_change
     from meldingstjener.registry.store import agreement_from_row, save_agreement
+    from meldingstjener.registry.terms import TermsSource
 
     ours = _our_her_id(ctx, our)
     store = _store(ctx)
@@ -709,6 +728,13 @@ def partners_set(
                 raise typer.BadParameter("use YYYY-MM-DD", param_hint="--activation-date") from None
         save_agreement(uow, agreement)
         uow.commit()
+    if agreement.source is TermsSource.CONFIG and (channel is not None or endpoint is not None):
+        # the file is the agreement's terms: each start writes them again
+        typer.echo(
+            f"note: {her_id} is one of [[partners]] in the configuration; the next start "
+            "(send, serve) takes its channel and endpoint from there again: change them there",
+            err=True,
+        )
     if as_json:
         _echo_json(agreement_summary(agreement))
     else:

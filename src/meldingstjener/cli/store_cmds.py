@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import LogFilter
@@ -70,20 +72,18 @@ def log_command(
     since: Annotated[
         str | None, typer.Option("--since", help="Only events from this date/time (ISO 8601).")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many events.")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many events.")] = 1000,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per event (JSON lines).")
     ] = False,
 ) -> None:
     """The message log: every status change and signal, oldest first."""
-    from meldingstjener.bootstrap import open_store
-
     if status is not None and status not in ALL_STATUSES:
         raise typer.BadParameter(
             f"unknown status {status!r}; known: {', '.join(sorted(ALL_STATUSES))}",
             param_hint="--status",
         )
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     log_filter = LogFilter(
         her_id=her_id, msg_type=msg_type, status=status, since=parse_since(since), limit=limit
     )
@@ -117,14 +117,16 @@ def log_command(
 def show_command(
     ctx: typer.Context,
     message_id: Annotated[
-        str, typer.Argument(help="Our message id, its ebXML MessageId or its MsgHead MsgId.")
+        str,
+        typer.Argument(
+            help="Our message id (or its first 8 or more characters, as log prints it), its "
+            "ebXML MessageId or its MsgHead MsgId."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """One message's timeline: its identities, addressing, status and every event."""
-    from meldingstjener.bootstrap import open_store
-
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     with store.unit_of_work() as uow:
         message = find_message(uow, message_id)
         if message is None:
@@ -204,11 +206,10 @@ def sweep_command(
     """
     from datetime import timedelta
 
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.engine.housekeeping import record_sweep
     from meldingstjener.store.orphans import sweep
 
-    store = open_store(settings_from(ctx))
+    store = store_from(ctx)
     report = sweep(store, grace=timedelta(hours=older_than_hours), dry_run=dry_run)
     with store.unit_of_work() as uow:
         record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run)
@@ -231,8 +232,15 @@ def sweep_command(
     )
 
 
+# The start of our id that ``log`` and ``demo`` print is 8 hex digits; a shorter one would
+# too often fit several messages.
+_ID_PREFIX = re.compile(r"^(?=(?:[0-9a-f]-?){8})[0-9a-f-]{8,36}$")
+
+
 def find_message(uow: Any, identifier: str) -> MessageRow | None:
-    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId."""
+    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId,
+    then by the start of our id (at least 8 hex digits, as ``log`` prints it). A start that
+    several messages share is a usage error that names them."""
     from meldingstjener.model import Direction
 
     message: MessageRow | None = uow.messages.get(identifier)
@@ -246,4 +254,24 @@ def find_message(uow: Any, identifier: str) -> MessageRow | None:
         matches = uow.messages.by_msg_id(direction, identifier)
         if matches:
             return matches[0]
-    return None
+    return _by_id_prefix(uow, identifier.lower())
+
+
+def _by_id_prefix(uow: Any, prefix: str) -> MessageRow | None:
+    if not _ID_PREFIX.match(prefix):
+        return None
+    found = list(
+        uow.session.scalars(
+            select(MessageRow.id)
+            .where(MessageRow.id.startswith(prefix, autoescape=True))
+            .order_by(MessageRow.id)
+            .limit(6)
+        )
+    )
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise typer.BadParameter(
+            f"{prefix!r} is the start of several messages' ids ({shown}); give more of it",
+            param_hint="MESSAGE_ID",
+        )
+    return uow.messages.get(found[0]) if found else None

@@ -25,17 +25,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
 from sqlalchemy import select
 
-from meldingstjener.config import PartnerSettings, Settings
-from meldingstjener.registry.agreements import PartnerAgreement
+from meldingstjener.config import ConfigError, PartnerSettings, Settings
+from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.parties import QueueKind
 from meldingstjener.registry.store import agreement_from_row
 from meldingstjener.registry.terms import TermsSource
 from meldingstjener.security.certs import (
+    CertificateLoadError,
     certificate_from_bytes,
     load_certificate,
     organisation_number,
@@ -305,26 +307,31 @@ def sync_configured_partners(
     store: Store, settings: Settings, *, at: datetime | None = None
 ) -> int:
     """Write ``[[partners]]`` from the configuration into the party and agreement tables
-    (``at``: the time a changed signing certificate is recorded as replaced)."""
+    (``at``: the time a changed signing certificate is recorded as replaced).
+
+    The file gives the terms (channel, endpoint, certificates, reliability), written again at
+    every start; whether the partner may be sent to now is the operator's (``partners set
+    --state``), kept across starts: see :func:`_configured_state`."""
     own = settings.identity.her_ids
     default_our = settings.identity.organisation_her_id or (own[0] if own else None)
     with store.unit_of_work() as uow:
-        for partner in settings.partners:
+        for number, partner in enumerate(settings.partners):
             our = partner.our_her_id or default_our
             if our is None:
-                raise ValueError(
-                    f"partner {partner.her_id}: set identity.organisation_her_id or our_her_id"
+                raise ConfigError(
+                    f"partners[{number}].our_her_id: partner {partner.her_id} needs it, or "
+                    "identity.organisation_her_id"
                 )
-            _upsert_partner(uow, partner, our, at)
+            _upsert_partner(uow, partner, our, at, key=f"partners[{number}]")
         uow.commit()
     return len(settings.partners)
 
 
 def _upsert_partner(
-    uow: UnitOfWork, partner: PartnerSettings, our: str, at: datetime | None
+    uow: UnitOfWork, partner: PartnerSettings, our: str, at: datetime | None, *, key: str
 ) -> None:
-    signing = load_certificate(partner.signing_cert)
-    encryption = load_certificate(partner.encryption_cert)
+    signing = _partner_certificate(partner.signing_cert, f"{key}.signing_cert")
+    encryption = _partner_certificate(partner.encryption_cert, f"{key}.encryption_cert")
     uow.parties.upsert(
         PartyRow(
             her_id=partner.her_id,
@@ -345,7 +352,7 @@ def _upsert_partner(
     row = uow.agreements.for_pair(our, partner.her_id)
     if row is None:
         row = uow.agreements.add(AgreementRow(our_her_id=our, counterparty_her_id=partner.her_id))
-    row.state = "active"
+    row.state = _configured_state(row)
     row.channel = partner.channel
     row.endpoint = partner.endpoint
     row.retries = partner.retries
@@ -353,6 +360,28 @@ def _upsert_partner(
     row.persist_duration_seconds = partner.persist_duration_seconds
     row.sync_reply_mode = "signalsOnly" if partner.sync_reply else "none"
     row.auto_apprec = partner.auto_apprec
-    row.source = "config"
+    row.source = TermsSource.CONFIG.value
     row.valid_to = None  # the configuration is the agreement now, not a CPA it replaced
     row.cpa_id = row.cpa_id or cpa_id_for(our, partner.her_id)
+
+
+def _partner_certificate(path: Path, key: str) -> x509.Certificate:
+    """A ``[[partners]]`` certificate; one that cannot be read is a configuration error that
+    names its key (``partners[0].signing_cert``), not a failure of the engine."""
+    try:
+        return load_certificate(path)
+    except CertificateLoadError as exc:
+        raise ConfigError(f"{key}: {exc.message}") from None
+
+
+def _configured_state(row: AgreementRow) -> str:
+    """The state of a ``[[partners]]`` agreement after a start. A new one is active (listing
+    a partner in the file is the operator's order to send to it). One the file wrote before
+    keeps the state the operator gave it: a suspension must hold until it is lifted by hand,
+    not be undone by the next ``send`` or ``serve``. An agreement from another source that the
+    file takes over becomes active, unless the operator had suspended it."""
+    if row.state is None:  # a new row: the column's default is applied only at the INSERT
+        return AgreementState.ACTIVE.value
+    if row.source == TermsSource.CONFIG.value or row.state == AgreementState.SUSPENDED.value:
+        return row.state
+    return AgreementState.ACTIVE.value

@@ -569,7 +569,7 @@ def _terms_source(value: str | None) -> TermsSource:
     try:
         return TermsSource(value or "manual")
     except ValueError:
-        return TermsSource.MANUAL  # "config" and other origins we did not derive from terms
+        return TermsSource.MANUAL  # origins we did not derive from terms
 
 
 def _date(value: datetime | None) -> date | None:

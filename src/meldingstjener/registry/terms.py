@@ -22,6 +22,9 @@ class TermsSource(StrEnum):
     CPP = "cpp"
     AR = "ar"
     MANUAL = "manual"
+    # ``[[partners]]`` in the configuration: its terms are written again at every start, its
+    # state is the operator's (see ``engine.directory.sync_configured_partners``)
+    CONFIG = "config"
 
 
 @dataclass(frozen=True, slots=True)

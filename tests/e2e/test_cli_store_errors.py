@@ -1,0 +1,91 @@
+"""A store that cannot be used, as an operator meets it: one line that names the database
+(never its password) or the directory and the reason, and exit 3; a database URL of the wrong
+form is a configuration error (exit 2). Never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meldingstjener.devsites import free_port
+
+
+def run(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meldingstjener", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        env={**clean, "MELDINGSTJENER_IDENTITY__ORGANISATION_HER_ID": "8100001", **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def commands(tmp_path: Path) -> list[list[str]]:
+    note = tmp_path / "note.xml"
+    note.write_text("<MsgHead/>")
+    return [["db", "upgrade"], ["log"], ["send", str(note)], ["serve", "--port", str(free_port())]]
+
+
+def assert_said(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_a_database_url_of_the_wrong_form_is_a_configuration_error(tmp_path: Path) -> None:
+    for url, said in (
+        ("not-a-url", "not a database URL"),
+        ("mysql://kari:hemmelig@db/meldinger", "'mysql' is not a database this server uses"),
+        ("postgresql://kari:hemmelig@db:5432", "names no database"),
+    ):
+        result = run(tmp_path, "log", env={"MELDINGSTJENER_DATABASE__URL": url})
+        assert_said(result, 2, "database.url", said)
+        assert "hemmelig" not in result.stderr
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -> None:
+    # nothing listens on a port just found free: the connection is refused at once
+    url = f"postgresql://kari:hemmelig@127.0.0.1:{free_port()}/meldinger"
+    for command in commands(tmp_path):
+        result = run(tmp_path, *command, env={"MELDINGSTJENER_DATABASE__URL": url})
+        assert_said(result, 3, "cannot open the database postgresql://kari:***@127.0.0.1:")
+        assert "hemmelig" not in result.stderr + result.stdout
+
+
+def test_a_data_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    for command in commands(tmp_path):
+        result = run(tmp_path / "a-file" / "data", *command)
+        if command == ["log"]:  # a command that only reads looks for a store, and finds none
+            assert_said(result, 3, "no database at")
+        else:
+            assert_said(result, 3, "cannot open the database sqlite:///", "Not a directory")
+
+
+def test_a_payload_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    (tmp_path / "payloads").rmdir()
+    (tmp_path / "payloads").write_text("not a directory")
+    for command in commands(tmp_path):
+        result = run(tmp_path, *command)
+        assert_said(result, 3, f"cannot write the payload directory {tmp_path / 'payloads'}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes where permissions say no")
+def test_a_payload_directory_without_permission(tmp_path: Path) -> None:
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    (tmp_path / "payloads").chmod(0o500)
+    try:
+        result = run(tmp_path, "db", "upgrade")
+    finally:
+        (tmp_path / "payloads").chmod(0o700)
+    assert_said(result, 3, "cannot write the payload directory", "permission denied")
