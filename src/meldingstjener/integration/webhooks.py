@@ -1,16 +1,18 @@
 """Webhooks: tell client URLs about new messages, status changes and alerts.
 
 The dispatcher follows the message log and the alerts table with cursors kept in the store (the
-log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and
-turns news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
+log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and turns
+news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
-over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; failures are retried with doubling
-waits; after ``disable_after_failures`` failures in a row the webhook is disabled and an alert
-raised. A webhook whose call failed pauses as a whole until its next try, so the failures in a
-row are tries spread over the doubling waits (with the defaults, ten of them span about 40
-minutes), not the deliveries that happened to be due at once. Bodies carry ids, HER-ids and
-statuses only, never message content. Every ``serve`` runs a dispatcher: a call is claimed before
-it is made (``_claim``), and on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
+over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; a call ends by its deadline
+(``CALL_TIMEOUTS`` time-outs, however its receiver paces its answer), and at most
+``ANSWER_BYTES`` of the answer are read. Failures are retried with doubling waits; after
+``disable_after_failures`` failures in a row the webhook is disabled and an alert raised. A webhook
+whose call failed pauses as a whole until its next try, so the failures in a row are tries spread
+over the doubling waits (with the defaults, ten of them span about 40 minutes), not the deliveries
+that happened to be due at once. Bodies carry ids, HER-ids and statuses only, never message
+content. Every ``serve`` runs a dispatcher: a call is claimed before it is made (``_claim``), and
+on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from sqlalchemy import exists, func, or_, select, text, update
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
+from meldingstjener.integration.webhook_http import call_deadline, webhook_client
 from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
     AlertRow,
@@ -56,8 +60,16 @@ SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
 # A claimed delivery waits this many call timeouts (plus half a minute) before another process
-# may take it: httpx's timeout bounds each phase of a call (connect, write, read, pool)
+# may take it: longer than a call may last (CALL_TIMEOUTS), or it would be sent twice
 CLAIM_CALLS = 4
+# A call, from its connect to the last byte of its answer read, ends after this many
+# timeout_seconds (httpx's timeout bounds each read on its own: a receiver trickling its
+# answer held the call as long as it liked, past the claim, and the dispatcher with it).
+CALL_TIMEOUTS = 2
+# What is read of a receiver's answer (it says nothing we use; its status is the answer)
+ANSWER_BYTES = 4096
+# The error recorded for a call cut off at its deadline
+TOO_SLOW = "too-slow"
 # PostgreSQL: the advisory lock (transaction-scoped) one process holds while it turns news into
 # deliveries; the others skip that round instead of inserting the same rows
 COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
@@ -109,7 +121,7 @@ class WebhookDispatcher:
         self.settings = settings
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
-        self.http = http or httpx.Client(timeout=settings.timeout_seconds)
+        self.http = http or webhook_client(settings.timeout_seconds)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -367,10 +379,17 @@ class WebhookDispatcher:
             "X-Meldingstjener-Delivery": str(call.delivery_id),
         }
         error: str | None = None
+        deadline = time.monotonic() + CALL_TIMEOUTS * self.settings.timeout_seconds
         try:
-            response = self.http.post(call.url, content=data, headers=headers)
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code}"
+            with (
+                call_deadline(deadline),
+                self.http.stream("POST", call.url, content=data, headers=headers) as response,
+            ):
+                if not 200 <= response.status_code < 300:
+                    error = f"HTTP {response.status_code}"
+                _read_answer(response, deadline, call.delivery_id)
+        except httpx.TimeoutException as exc:
+            error = TOO_SLOW if time.monotonic() >= deadline else type(exc).__name__
         except Exception as exc:
             # Whatever a call raises is that delivery's failure, recorded and retried like any:
             # a URL httpx cannot use raises InvalidURL, which is no HTTPError, and once stopped
@@ -467,6 +486,16 @@ def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
             .values(state="failed")
         )
     return len(hooks)
+
+
+def _read_answer(response: httpx.Response, deadline: float, delivery_id: int) -> None:
+    """Read the receiver's answer, at most ``ANSWER_BYTES`` of it by ``deadline``: only so
+    that its connection may serve the next call. Its status has said what became of the call;
+    a longer or slower answer is cut off (its connection closed), whatever it holds."""
+    try:
+        read_capped(response, ANSWER_BYTES, deadline=deadline)
+    except (BodyTooLarge, BodyTooSlow, httpx.TransportError) as exc:
+        log.info("webhook delivery %s: answer cut off (%s)", delivery_id, type(exc).__name__)
 
 
 def _alert_state(alert: AlertRow) -> str:

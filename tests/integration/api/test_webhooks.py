@@ -4,7 +4,9 @@ retried with growing waits, then disabled with an alert.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -595,3 +597,128 @@ def test_an_alerts_acknowledgement_and_resolution_are_announced(
         ("resolved", "ops"),
     ]
     assert bodies[2]["resolvedAt"] == bodies[2]["at"]
+
+
+class RawReceiver:
+    """A webhook endpoint that answers as ``answer(connection, stop)`` writes, byte by byte if
+    it likes; ``stop`` is set when the test is over (a trickle then ends)."""
+
+    def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.stop = threading.Event()
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        self._answer = answer
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        self._listener.close()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.requests += 1
+            with contextlib.suppress(OSError):  # the caller hung up
+                self._answer(connection, self.stop)
+
+
+@contextlib.contextmanager
+def raw_receiver(
+    answer: Callable[[socket.socket, threading.Event], None],
+) -> Iterator[RawReceiver]:
+    made = RawReceiver(answer)
+    try:
+        yield made
+    finally:
+        made.stop.set()
+
+
+def _trickle(piece: bytes, head: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer that sends ``head``, then ``piece`` a byte at a time, five a second, for a
+    minute at most (until the test stops it): each read is quick, the whole answer is not."""
+
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(head)
+        for byte in piece * 300:
+            if stop.wait(0.2):  # the pace of the trickle, not a synchronisation
+                return
+            connection.sendall(bytes([byte]))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("where", "head", "piece", "outcome"),
+    [
+        # the status line never ends: no answer by the deadline, a failed call
+        ("status line", b"HTTP/1.1 200 O", b"K", ("pending", "too-slow")),
+        # 200 and then a body that never ends: the call was taken; the rest is cut off
+        ("body", b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", b"x", ("sent", None)),
+    ],
+)
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_calls_deadline(
+    api_pair: ApiPair,
+    where: str,
+    head: bytes,
+    piece: bytes,
+    outcome: tuple[str, str | None],
+) -> None:
+    # httpx's time-out is per read: five bytes a second held the dispatcher (and every other
+    # webhook) for as long as the receiver liked, past the claim, when another process sent
+    # the same call again.
+    with raw_receiver(_trickle(piece, head)) as trickler:
+        _register(api_pair, trickler.url)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(timeout_seconds=1))
+        _send_note(api_pair)
+        round_ = threading.Thread(target=dispatcher.run_once)
+        round_.start()
+        round_.join(30)  # the deadline is two seconds; the trickle lasts a minute
+        assert not round_.is_alive(), f"a trickled {where} held the round past its deadline"
+    [delivery] = _deliveries(api_pair)
+    assert (delivery.state, delivery.last_error) == outcome
+
+
+def test_a_huge_answer_is_not_read(api_pair: ApiPair) -> None:
+    # The whole answer was read into memory: 300 MB took 901 MiB. A few KB are read now, and
+    # the connection is closed on the rest, which the receiver then cannot send.
+    total = 64 * 1024 * 1024
+    sent: list[int] = []
+    done = threading.Event()
+
+    def huge(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        count = 0
+        try:
+            while count < total:
+                connection.sendall(b"y" * 65536)
+                count += 65536
+        finally:
+            sent.append(count)
+            done.set()
+
+    with raw_receiver(huge) as receiver:
+        _register(api_pair, receiver.url)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 1
+        assert done.wait(30)
+    assert sent[0] < total, "the whole answer was read"
+    assert [d.state for d in _deliveries(api_pair)] == ["sent"]
