@@ -294,6 +294,9 @@ class WebhookSettings(_Section):
     first_retry_seconds: float = Field(default=5.0, gt=0)
     max_retry_seconds: float = Field(default=3600.0, gt=0)
     disable_after_failures: int = Field(default=10, ge=1)
+    # Webhooks called at once (each one's own calls are made one after another): a receiver
+    # that answers slowly holds its own webhook, not every client's.
+    parallel_webhooks: int = Field(default=4, ge=1, le=64)
 
 
 class AlertSettings(_Section):

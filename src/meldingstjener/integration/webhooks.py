@@ -24,12 +24,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, exists, func, or_, select, text, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
@@ -70,6 +71,9 @@ CALL_TIMEOUTS = 2
 ANSWER_BYTES = 4096
 # The error recorded for a call cut off at its deadline
 TOO_SLOW = "too-slow"
+# One round serves at most this many webhooks, and makes at most this many calls to each
+HOOKS_PER_ROUND = 500
+CALLS_PER_HOOK = 100
 # PostgreSQL: the advisory lock (transaction-scoped) one process holds while it turns news into
 # deliveries; the others skip that round instead of inserting the same rows
 COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
@@ -81,7 +85,7 @@ COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
 # revoked key client (an EPJ that moved from a key to HelseID), and its webhooks were
 # registered, then never called.
 _LIVE = (
-    WebhookRow.active,
+    WebhookRow.active.is_(True),
     ~(
         (WebhookRow.credential == Credential.API_KEY)
         & exists().where(
@@ -299,34 +303,71 @@ class WebhookDispatcher:
     # -- deliveries -> HTTP ---------------------------------------------------------------------
 
     def deliver_due(self) -> int:
-        """Call the webhooks with what is due; return how many calls were made. A webhook whose
-        call fails is not called again this round, and pauses (see ``_record``): a receiver
-        that is down is asked once per wait, not once per delivery owed to it."""
+        """Call the webhooks with what is due; return how many calls were made.
+
+        Each webhook with deliveries due is served by one task (:meth:`_deliver_to`), up to
+        ``parallel_webhooks`` of them at once: a receiver that answers slowly holds its own
+        webhook's calls, not every client's. The round ends when every task has; a task ends
+        at a failed call or when its webhook had its share of the round (``timeout_seconds``),
+        so the round is never much longer than a call's deadline per ``parallel_webhooks``
+        slow webhooks."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
-            due = uow.session.execute(
-                select(WebhookDeliveryRow.id, WebhookDeliveryRow.webhook_id)
-                .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
-                .where(
-                    WebhookDeliveryRow.state == "pending",
-                    WebhookDeliveryRow.due_at <= now,
-                    *_LIVE,
-                    or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+            # one row per webhook, the one waiting longest first: a webhook owed thousands of
+            # calls keeps its turn, not every place of the round
+            hooks = list(
+                uow.session.scalars(
+                    select(WebhookDeliveryRow.webhook_id)
+                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                    .where(*self._due(now))
+                    .group_by(WebhookDeliveryRow.webhook_id)
+                    .order_by(func.min(WebhookDeliveryRow.due_at))
+                    .limit(HOOKS_PER_ROUND)
                 )
-                .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
-                .limit(100)
-            ).all()
-        failed: set[int] = set()
+            )
+        if len(hooks) <= 1:
+            return sum(self._deliver_to(hook_id, now) for hook_id in hooks)
+        workers = min(self.settings.parallel_webhooks, len(hooks))
+        with ThreadPoolExecutor(workers, thread_name_prefix="webhook-call") as pool:
+            return sum(pool.map(lambda hook_id: self._deliver_to(hook_id, now), hooks))
+
+    def _due(self, now: datetime) -> tuple[ColumnElement[bool], ...]:
+        """Deliveries due now, of live webhooks that are not paused."""
+        return (
+            WebhookDeliveryRow.state == "pending",
+            WebhookDeliveryRow.due_at <= now,
+            *_LIVE,
+            or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+        )
+
+    def _deliver_to(self, hook_id: int, now: datetime) -> int:
+        """Make one webhook's due calls, one after another, oldest first; return how many were
+        made. A webhook whose call fails is not called again this round, and pauses (see
+        ``_record``): a receiver that is down is asked once per wait, not once per delivery owed
+        to it. One that answers, but slowly, gets ``timeout_seconds`` of the round (and the call
+        under way at its end): the rest of its calls wait for the next round, after the other
+        webhooks have had theirs."""
+        started = self._monotonic()
+        with self.ctx.store.unit_of_work() as uow:
+            due = list(
+                uow.session.scalars(
+                    select(WebhookDeliveryRow.id)
+                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                    .where(WebhookDeliveryRow.webhook_id == hook_id, *self._due(now))
+                    .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
+                    .limit(CALLS_PER_HOOK)
+                )
+            )
         calls = 0
-        for delivery_id, hook_id in due:
-            if hook_id in failed:
-                continue
+        for delivery_id in due:
+            if calls and self._monotonic() - started >= self.settings.timeout_seconds:
+                break  # its share of the round is spent
             call = self._claim(delivery_id, hook_id)
             if call is None:
                 continue  # another process has it, or the webhook paused meanwhile
             calls += 1
             if not self._deliver(call):
-                failed.add(hook_id)
+                break
         return calls
 
     def _claim(self, delivery_id: int, hook_id: int) -> _Call | None:

@@ -673,6 +673,7 @@ def _trickle(piece: bytes, head: bytes) -> Callable[[socket.socket, threading.Ev
         # 200 and then a body that never ends: the call was taken; the rest is cut off
         ("body", b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", b"x", ("sent", None)),
     ],
+    ids=["status-line", "body"],
 )
 def test_a_receiver_trickling_its_answer_is_cut_off_at_the_calls_deadline(
     api_pair: ApiPair,
@@ -722,3 +723,88 @@ def test_a_huge_answer_is_not_read(api_pair: ApiPair) -> None:
         assert done.wait(30)
     assert sent[0] < total, "the whole answer was read"
     assert [d.state for d in _deliveries(api_pair)] == ["sent"]
+
+
+def test_a_slow_receiver_does_not_hold_up_another_webhook(api_pair: ApiPair) -> None:
+    # Deliveries were made one after another: while one receiver took its time, every other
+    # webhook, of every client, waited for it.
+    slow, other = Receiver(), Receiver()
+    try:
+        held = HeldFirstCall()
+        slow.answer = held
+        called = threading.Event()
+
+        def answer(body: bytes) -> int:
+            called.set()
+            return 200
+
+        other.answer = answer
+        _register(api_pair, slow.url)  # its delivery is the older one: first in line
+        _register(api_pair, other.url)
+        # a time-out longer than the test waits: the slow call does not fail meanwhile
+        settings = WebhookSettings(timeout_seconds=60)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings)
+        _send_note(api_pair)
+        assert dispatcher.collect() == 2
+        calling = _deliver_in_a_thread(dispatcher, held)
+        try:
+            assert called.wait(30), "the other webhook waited for the slow one"
+        finally:
+            held.release.set()
+            calling.join(30)
+    finally:
+        slow.server.shutdown()
+        other.server.shutdown()
+    assert [d.state for d in _deliveries(api_pair)] == ["sent", "sent"]
+
+
+def test_a_webhook_that_answers_slowly_gets_its_share_of_a_round(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # Each call of this receiver takes a whole time-out (on the dispatcher's clock): the round
+    # makes one of them and leaves the rest to the next rounds, after the other webhooks.
+    clock = FakeMonotonic()
+    settings = WebhookSettings(timeout_seconds=5)
+
+    def slow(body: bytes) -> int:
+        clock.now += settings.timeout_seconds
+        return 200
+
+    receiver.answer = slow
+    _register(api_pair, receiver.url)
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings, monotonic=clock)
+    for _ in range(3):
+        _send_note(api_pair)
+    assert [dispatcher.run_once() for _ in range(4)] == [1, 1, 1, 0]
+
+
+def test_a_webhook_owed_many_calls_leaves_room_in_the_round_for_the_others(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # The round took the hundred deliveries due longest: a webhook with a backlog took every
+    # place, round after round, and a webhook with news waited until the backlog was gone.
+    backlog = _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    with pair.hospital.store.unit_of_work() as uow:
+        for number in range(120):
+            uow.session.add(
+                WebhookDeliveryRow(
+                    webhook_id=backlog["id"],
+                    event_key=f"old:{number}",
+                    event_type="message.received",
+                    body={"event": "message.received"},
+                    state="pending",
+                    attempts=0,
+                    due_at=pair.clock() - timedelta(hours=1),
+                )
+            )
+        uow.commit()
+    other = Receiver()
+    try:
+        _register(api_pair, other.url)
+        dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+        _send_note(api_pair)
+        dispatcher.run_once()
+    finally:
+        other.server.shutdown()
+    assert len(other.calls) == 1
