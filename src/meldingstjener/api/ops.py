@@ -17,7 +17,9 @@ from sqlalchemy import ColumnElement, select
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import WebhookRow
 from meldingstjener.store.uow import LogFilter
@@ -88,8 +90,11 @@ def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
     return (WebhookRow.client_name == who.client, WebhookRow.credential == who.credential)
 
 
-def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
+def ops_router(
+    ctx: EngineContext, auth: Authenticator, webhooks: WebhookSettings | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["Operations"])
+    targets = TargetPolicy.of(webhooks or WebhookSettings())
 
     async def admin(request: Request) -> Principal:
         who = await principal_of(auth, request)
@@ -185,8 +190,19 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
     ) -> list[dict[str, Any]]:
         return audit.query(ctx.store, audit.AuditQuery(message_id, client, since, limit))
 
-    @router.post("/webhooks", status_code=201, summary="Register a webhook (secret shown once)")
+    @router.post(
+        "/webhooks",
+        status_code=201,
+        summary="Register a webhook (secret shown once)",
+        responses={422: {"description": "The URL may not be called (its scheme or address)"}},
+    )
     def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:
+        try:
+            targets.check_url(body.url)  # each call checks the address it connects to again
+        except TargetRefused as refused:
+            raise ApiProblem(
+                422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
+            ) from None
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,

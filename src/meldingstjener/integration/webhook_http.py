@@ -1,4 +1,5 @@
-"""The HTTP client webhook calls are made with: every call ends by its deadline.
+"""The HTTP client webhook calls are made with: every call ends by its deadline, and connects
+only to addresses the target policy allows.
 
 httpx's time-out bounds each read, write and connect on its own: a receiver that trickles its
 answer a byte at a time (its status line, its headers or its body) holds the call as long as it
@@ -7,6 +8,11 @@ every operation is bounded by the deadline of the call under way (:func:`call_de
 in a context variable: calls made at once in several threads each see their own), so a call
 ends by it however the receiver paces its bytes. The body of the answer is the caller's to read
 in pieces, capped (:func:`meldingstjener.httpbody.read_capped`).
+
+The backend also resolves each host itself, checks every address it resolves to with the
+:class:`~meldingstjener.integration.webhook_targets.TargetPolicy` and connects to the checked
+address (TLS still verifies, and the request still names, the URL's host): the address checked
+is the one connected to, whatever the name resolves to between registration and call.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from contextlib import contextmanager
 
 import httpcore
 import httpx
+
+from meldingstjener.integration.webhook_targets import TargetPolicy
 
 # the time.monotonic() by which the call under way in this thread must be over
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -83,10 +91,11 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """Connects as httpcore's own backend does, within the call's deadline."""
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Connects to the addresses the policy allows for a host, within the call's deadline."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: TargetPolicy) -> None:
+        self._policy = policy
         self._plain = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -97,9 +106,22 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.NetworkStream:
-        bounded = _bounded(timeout, httpcore.ConnectTimeout)
-        inner = self._plain.connect_tcp(host, port, bounded, local_address, socket_options)
-        return _DeadlineStream(inner)
+        # TargetRefused passes through httpcore and httpx as it is: the caller records it
+        addresses = self._policy.addresses(host, port)
+        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses:  # in the resolver's order, as a plain connect tries them
+            bounded = _bounded(timeout, httpcore.ConnectTimeout)
+            try:
+                # an address, not a name: httpcore's backend resolves nothing more
+                inner = self._plain.connect_tcp(
+                    address, port, bounded, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(inner)
+        assert failure is not None  # addresses() returns one at least
+        raise failure
 
 
 class _Transport(httpx.HTTPTransport):
@@ -120,12 +142,13 @@ class _Transport(httpx.HTTPTransport):
         )
 
 
-def webhook_client(timeout_seconds: float) -> httpx.Client:
-    """The client for webhook calls: each phase within ``timeout_seconds``, and the whole call
-    within the deadline given by :func:`call_deadline`. No proxy from the environment (a
-    transport of our own is given) and no redirects: a call goes to the URL registered."""
+def webhook_client(timeout_seconds: float, policy: TargetPolicy) -> httpx.Client:
+    """The client for webhook calls: each phase within ``timeout_seconds``, the whole call
+    within the deadline given by :func:`call_deadline`, to addresses ``policy`` allows. No
+    proxy from the environment (a transport of our own is given; through a proxy the address
+    connected to would be the proxy's) and no redirects: a call goes to the URL registered."""
     return httpx.Client(
-        transport=_Transport(_DeadlineBackend()),
+        transport=_Transport(_GuardedBackend(policy)),
         timeout=timeout_seconds,
         follow_redirects=False,
     )

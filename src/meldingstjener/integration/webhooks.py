@@ -37,6 +37,7 @@ from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
     AlertRow,
@@ -71,6 +72,8 @@ CALL_TIMEOUTS = 2
 ANSWER_BYTES = 4096
 # The error recorded for a call cut off at its deadline
 TOO_SLOW = "too-slow"
+# The error recorded for a call to an address the target policy refuses (webhook_targets)
+TARGET_REFUSED = "target-refused"
 # One round serves at most this many webhooks, and makes at most this many calls to each
 HOOKS_PER_ROUND = 500
 CALLS_PER_HOOK = 100
@@ -125,7 +128,8 @@ class WebhookDispatcher:
         self.settings = settings
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
-        self.http = http or webhook_client(settings.timeout_seconds)
+        # a client given (tests) makes its own checks of where it connects
+        self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -429,6 +433,8 @@ class WebhookDispatcher:
                 if not 200 <= response.status_code < 300:
                     error = f"HTTP {response.status_code}"
                 _read_answer(response, deadline, call.delivery_id)
+        except TargetRefused as refused:
+            error = f"{TARGET_REFUSED}: {refused}"
         except httpx.TimeoutException as exc:
             error = TOO_SLOW if time.monotonic() >= deadline else type(exc).__name__
         except Exception as exc:

@@ -5,6 +5,7 @@ retried with growing waits, then disabled with an alert.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -12,7 +13,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 from api_sites import ApiPair
@@ -36,6 +39,20 @@ from meldingstjener.integration.webhooks import (
 )
 from meldingstjener.store.tables import EventRow, WebhookDeliveryRow, WebhookRow
 from meldingstjener.store.uow import EventKind
+
+
+def _settings(**values: Any) -> WebhookSettings:
+    """Webhook settings that let the calls reach this host's test receivers: loopback, in plain
+    http (the defaults allow https to public addresses only)."""
+    return WebhookSettings(allow_http=True, allowed_networks=["127.0.0.0/8"], **values)
+
+
+@pytest.fixture
+def api_pair(api_pair: ApiPair) -> Iterator[ApiPair]:
+    """The API pair, its hospital's API registering webhooks as ``_settings`` allows."""
+    app = create_app(api_pair.pair.hospital, webhook_settings=_settings())
+    with TestClient(app) as hospital_http:
+        yield dataclasses.replace(api_pair, hospital_http=hospital_http)
 
 
 class Receiver:
@@ -88,7 +105,7 @@ def _send_note(api_pair: ApiPair) -> None:
 
 def test_new_message_is_announced_signed(api_pair: ApiPair, receiver: Receiver) -> None:
     hook = _register(api_pair, receiver.url)
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     [(headers, body)] = receiver.calls
@@ -107,7 +124,7 @@ def test_failing_url_is_retried_then_disabled_with_an_alert(
     receiver.status = 500
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    settings = WebhookSettings(first_retry_seconds=10, disable_after_failures=3)
+    settings = _settings(first_retry_seconds=10, disable_after_failures=3)
     dispatcher = WebhookDispatcher(pair.hospital, settings)
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
@@ -164,7 +181,7 @@ def _two_received_with_a_clock(
 ) -> tuple[WebhookDispatcher, FakeMonotonic, EventRow, EventRow]:
     _register(api_pair, receiver.url)
     clock = FakeMonotonic()
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(), monotonic=clock)
     _send_note(api_pair)
     _send_note(api_pair)
     first, second = _received_events(api_pair)
@@ -207,7 +224,7 @@ def test_with_no_webhook_the_cursor_follows_the_log_and_a_new_hook_starts_from_t
     api_pair: ApiPair, receiver: Receiver
 ) -> None:
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     assert dispatcher.run_once() == 0
     _send_note(api_pair)  # news nobody listens to
     assert dispatcher.run_once() == 0
@@ -244,7 +261,7 @@ def test_a_url_that_cannot_be_called_is_refused_and_never_stops_the_others(
         row.url = "http://[::1/hook"
         uow.commit()
     _register(api_pair, receiver.url)
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert len(receiver.calls) == 1  # the good one was called
@@ -261,7 +278,7 @@ def test_a_receiver_that_is_down_is_asked_once_per_wait_however_much_is_owed(
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     for _ in range(12):
         _send_note(api_pair)
     assert dispatcher.run_once() == 1
@@ -283,7 +300,7 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     revoke_client(pair.hospital.store, "dips")
@@ -341,7 +358,9 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         jwt_audience="meldingstjener",
         jwt_public_key_file=public,
     )
-    with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
+    with TestClient(
+        create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
+    ) as http:
 
         def register() -> int:
             answer = http.post(
@@ -357,7 +376,7 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         after = register()
         listed = http.get("/api/webhooks", headers={"Authorization": f"Bearer {token}"})
         assert [hook["id"] for hook in listed.json()] == [before, after]
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert sorted(json.loads(body)["deliveryId"] for _, body in receiver.calls) == sorted(
@@ -374,7 +393,7 @@ def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
     # asked every first wait for ever, pausing the webhook each time).
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     _send_note(api_pair)
     dispatcher.collect()
     [refused] = _deliveries(api_pair)
@@ -406,7 +425,7 @@ def test_an_alert_stamped_before_the_cursor_is_still_announced(
         json={"url": receiver.url, "events": ["alert"]},
     )
     assert answer.status_code == 201, answer.text
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     with pair.hospital.store.unit_of_work() as uow:
         raise_alert(uow, AlertKind.CLOCK_SKEW, "on time", at=pair.clock(), key="a")
         uow.commit()
@@ -426,7 +445,7 @@ def test_the_wait_of_a_delivery_refused_for_months_stays_the_longest_wait(
 ) -> None:
     # A delivery refused a thousand times (with max_retry_seconds = 60, in under a day) once
     # made 2 ** 1024, which no float holds: the OverflowError stopped every round there.
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(max_retry_seconds=60))
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(max_retry_seconds=60))
     assert dispatcher._wait(5000) == dispatcher._wait(20) == timedelta(seconds=60)
 
 
@@ -460,8 +479,8 @@ def test_two_processes_make_a_delivery_once(api_pair: ApiPair, receiver: Receive
     # round finds the delivery claimed, and does not send it too.
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings())
-    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    first = WebhookDispatcher(pair.hospital, _settings())
+    second = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     assert first.collect() == 1
     held = HeldFirstCall()
@@ -482,8 +501,8 @@ def test_a_receiver_that_was_down_is_probed_by_one_process(
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
-    second = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    first = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
+    second = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     for _ in range(3):
         _send_note(api_pair)
     assert first.run_once() == 1
@@ -506,7 +525,7 @@ def test_a_delivery_claimed_by_a_process_that_died_is_made_when_the_claim_runs_o
 ) -> None:
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    settings = WebhookSettings(timeout_seconds=10)
+    settings = _settings(timeout_seconds=10)
     died = WebhookDispatcher(pair.hospital, settings)
     other = WebhookDispatcher(pair.hospital, settings)
     _send_note(api_pair)
@@ -529,8 +548,8 @@ def test_two_processes_collecting_at_once_make_each_delivery_once(
     # on SQLite it waits for the store's one writer and then finds the deliveries made.
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings())
-    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    first = WebhookDispatcher(pair.hospital, _settings())
+    second = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     entered, release = threading.Event(), threading.Event()
     real_fan_out = first._fan_out
@@ -575,7 +594,7 @@ def test_an_alerts_acknowledgement_and_resolution_are_announced(
         "/api/webhooks", headers=admin, json={"url": receiver.url, "events": ["alert"]}
     )
     assert answer.status_code == 201, answer.text
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     with pair.hospital.store.unit_of_work() as uow:
         raise_alert(uow, AlertKind.INBOX_WAITING, "messages wait", at=pair.clock(), key="8200002")
         uow.commit()
@@ -687,7 +706,7 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_calls_deadline(
     # the same call again.
     with raw_receiver(_trickle(piece, head)) as trickler:
         _register(api_pair, trickler.url)
-        dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(timeout_seconds=1))
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(timeout_seconds=1))
         _send_note(api_pair)
         round_ = threading.Thread(target=dispatcher.run_once)
         round_.start()
@@ -717,7 +736,7 @@ def test_a_huge_answer_is_not_read(api_pair: ApiPair) -> None:
 
     with raw_receiver(huge) as receiver:
         _register(api_pair, receiver.url)
-        dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
         _send_note(api_pair)
         assert dispatcher.run_once() == 1
         assert done.wait(30)
@@ -742,7 +761,7 @@ def test_a_slow_receiver_does_not_hold_up_another_webhook(api_pair: ApiPair) -> 
         _register(api_pair, slow.url)  # its delivery is the older one: first in line
         _register(api_pair, other.url)
         # a time-out longer than the test waits: the slow call does not fail meanwhile
-        settings = WebhookSettings(timeout_seconds=60)
+        settings = _settings(timeout_seconds=60)
         dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings)
         _send_note(api_pair)
         assert dispatcher.collect() == 2
@@ -764,7 +783,7 @@ def test_a_webhook_that_answers_slowly_gets_its_share_of_a_round(
     # Each call of this receiver takes a whole time-out (on the dispatcher's clock): the round
     # makes one of them and leaves the rest to the next rounds, after the other webhooks.
     clock = FakeMonotonic()
-    settings = WebhookSettings(timeout_seconds=5)
+    settings = _settings(timeout_seconds=5)
 
     def slow(body: bytes) -> int:
         clock.now += settings.timeout_seconds
@@ -802,9 +821,84 @@ def test_a_webhook_owed_many_calls_leaves_room_in_the_round_for_the_others(
     other = Receiver()
     try:
         _register(api_pair, other.url)
-        dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+        dispatcher = WebhookDispatcher(pair.hospital, _settings())
         _send_note(api_pair)
         dispatcher.run_once()
     finally:
         other.server.shutdown()
     assert len(other.calls) == 1
+
+
+def test_a_webhook_url_that_reaches_inward_or_is_plain_http_is_refused(api_pair: ApiPair) -> None:
+    # Any client (the receive scope is enough) made the server POST to its own loopback, the
+    # cloud's metadata service or hosts inside the network, and GET /api/webhooks then told
+    # which ports answered. By default a URL is https to a public address.
+    pair = api_pair.pair
+    auth = {"Authorization": f"Bearer {api_pair.outsider_key}"}
+
+    def register(http: TestClient, url: str) -> httpx.Response:
+        return http.post(
+            "/api/webhooks", headers=auth, json={"url": url, "events": ["message.received"]}
+        )
+
+    refused = {
+        "https://127.0.0.1:5432/": "127.0.0.1 is a loopback address",
+        "https://localhost/hook": "localhost resolves to",
+        "https://[::1]:5432/": "loopback",
+        "https://[::ffff:127.0.0.1]/": "loopback",
+        "https://169.254.169.254/latest/meta-data/": "link-local",
+        "https://10.1.2.3/hook": "private",
+        "https://192.168.0.1/hook": "private",
+        "https://[fd12::1]/hook": "unique-local",
+        "https://224.0.0.1/hook": "multicast",
+        "https://0.0.0.0/hook": "unspecified",
+        "http://93.184.216.34/hook": "must be https",
+    }
+    with TestClient(create_app(pair.hospital)) as http:  # the defaults
+        for url, why in refused.items():
+            answer = register(http, url)
+            assert answer.status_code == 422, (url, answer.text)
+            assert answer.json()["code"] == "webhook-target-refused"
+            assert why in answer.json()["detail"], answer.json()["detail"]
+        assert register(http, "https://93.184.216.34/hook").status_code == 201
+        listed = http.get("/api/webhooks", headers=auth).json()
+        assert [hook["url"] for hook in listed] == ["https://93.184.216.34/hook"]
+    # the operator lets the EPJs' network in (a receiver inside the hospital), in plain http
+    inside = WebhookSettings(allowed_networks=["10.1.0.0/16"], allow_http=True)
+    with TestClient(create_app(pair.hospital, webhook_settings=inside)) as http:
+        assert register(http, "https://10.1.2.3/hook").status_code == 201
+        assert register(http, "http://10.1.2.3/hook").status_code == 201
+        assert register(http, "https://10.2.0.1/hook").status_code == 422
+
+
+def test_a_name_that_points_inward_when_called_is_not_called(
+    api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked only at registration, a name could resolve to a public address then and to
+    # 127.0.0.1 when called (DNS rebinding): the address a call connects to is checked.
+    real = socket.getaddrinfo
+    points_to = ["93.184.216.34"]
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real(points_to[0] if host == "hooks.example" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pair = api_pair.pair
+    settings = WebhookSettings(allow_http=True)  # nothing inward allowed
+    url = f"http://hooks.example:{receiver.server.server_address[1]}/hook"
+    with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+            json={"url": url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    points_to[0] = "127.0.0.1"
+    dispatcher = WebhookDispatcher(pair.hospital, settings)
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1  # a call refused is a failed call, recorded
+    assert receiver.calls == []
+    [delivery] = _deliveries(api_pair)
+    assert delivery.state == "pending"
+    assert str(delivery.last_error).startswith("target-refused: hooks.example resolves to")
+    assert "loopback" in str(delivery.last_error)
