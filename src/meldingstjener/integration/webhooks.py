@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,6 +96,22 @@ _LIVE = (
         )
     ),
 )
+
+
+# The scopes that let a client hear of each event, as they let it read the same through the
+# API: a received message needs "receive", a sent one "send" (message.status is of both: a
+# client hears of the direction its scopes read), an alert "admin".
+EVENT_SCOPES: dict[str, frozenset[str]] = {
+    "message.received": frozenset({"receive"}),
+    "message.status": frozenset({"send", "receive"}),
+    "alert": frozenset({"admin"}),
+}
+
+
+def events_allowed(scopes: Iterable[str]) -> list[str]:
+    """The events a client with ``scopes`` may register a webhook for."""
+    held = set(scopes)
+    return [event for event, needs in EVENT_SCOPES.items() if needs & held]
 
 
 @dataclass(frozen=True)
@@ -263,7 +279,7 @@ class WebhookDispatcher:
             # an open alert keeps the key it had before alerts had states (no repeat after an
             # upgrade); an acknowledgement or resolution is news of its own
             key = f"alert:{alert.id}:{alert.count}" + ("" if state == "open" else f":{state}")
-            made += self._fan_out(uow, hooks, "alert", key, body, None)
+            made += self._fan_out(uow, hooks, "alert", key, body, None, "admin")
         if alerts:
             last = alerts[-1]
             uow.state.set(ALERT_CURSOR, (last.changed_at or last.last_seen).isoformat())
@@ -277,13 +293,18 @@ class WebhookDispatcher:
         key: str,
         body: dict[str, Any],
         her_id: str | None,
+        scope: str,
     ) -> int:
+        """Make the delivery of one piece of news (``scope``: the scope that reads it) to each
+        webhook whose client may read it."""
         made = 0
         for hook in hooks:
             if event_type not in hook.events:
                 continue
             if her_id is not None and her_id not in hook.her_ids:
                 continue  # a client hears only about its own HER-ids
+            if hook.scopes is not None and scope not in hook.scopes:
+                continue  # nor of what its scopes do not let it read (registered before 0015)
             exists = uow.session.scalars(
                 select(WebhookDeliveryRow.id).where(
                     WebhookDeliveryRow.webhook_id == hook.id, WebhookDeliveryRow.event_key == key
@@ -553,8 +574,9 @@ def _alert_state(alert: AlertRow) -> str:
 
 def _message_news(
     event: EventRow, message: MessageRow
-) -> tuple[str, str, dict[str, Any], str | None]:
-    """(event type, dedup key, body, the own HER-id it concerns) for one status event."""
+) -> tuple[str, str, dict[str, Any], str | None, str]:
+    """(event type, dedup key, body, the own HER-id it concerns, the scope that reads it) for
+    one status event."""
     inbound = message.direction == Direction.INBOUND.value
     own = message.to_her_id if inbound else message.from_her_id
     event_type = (
@@ -571,4 +593,4 @@ def _message_news(
         "receiverHerId": message.to_her_id,
         "at": event.at.isoformat(),
     }
-    return event_type, f"event:{event.id}", body, own
+    return event_type, f"event:{event.id}", body, own, "receive" if inbound else "send"

@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from meldingstjener.api.app import create_app
-from meldingstjener.api.clients import revoke_client
+from meldingstjener.api.audit import AuditQuery, query
+from meldingstjener.api.clients import add_client, revoke_client
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
@@ -902,3 +903,57 @@ def test_a_name_that_points_inward_when_called_is_not_called(
     assert delivery.state == "pending"
     assert str(delivery.last_error).startswith("target-refused: hooks.example resolves to")
     assert "loopback" in str(delivery.last_error)
+
+
+def test_a_client_hears_only_of_what_its_scopes_let_it_read(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # Any client could subscribe to any event: one with only the send scope heard of every
+    # message its HER-ids received (ids, senders, statuses), which it may not read.
+    pair = api_pair.pair
+    _, send_only = add_client(
+        pair.hospital.store, "sender", ["send"], [HOSPITAL_HER, HOSPITAL_SERVICE_HER]
+    )
+    http = api_pair.hospital_http
+
+    def register(key: str, events: list[str] | None) -> httpx.Response:
+        asked: dict[str, object] = {"url": receiver.url}
+        if events is not None:
+            asked["events"] = events
+        return http.post("/api/webhooks", headers={"Authorization": f"Bearer {key}"}, json=asked)
+
+    for events in (["message.received"], ["message.status", "alert"]):
+        refused = register(send_only, events)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["code"] == "forbidden"
+    assert (
+        "message.received needs the 'receive' scope"
+        in register(send_only, ["message.received"]).json()["detail"]
+    )
+    assert register(api_pair.hospital_admin_key, None).json()["events"] == ["alert"]
+    made = register(send_only, None)  # no events named: those its scopes allow
+    assert made.status_code == 201 and made.json()["events"] == ["message.status"]
+    refusals = query(pair.hospital.store, AuditQuery(client="sender"))
+    assert [(r["action"], r["outcome"]) for r in refusals] == [("/api/webhooks", "refused")] * 3
+    # One registered before scopes were checked, with its client's scopes (migration 0015)
+    # and an event they do not allow: it hears nothing of it.
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.add(
+            WebhookRow(
+                client_name="sender",
+                url=receiver.url,
+                secret="s",
+                events=["message.received", "message.status"],
+                her_ids=[HOSPITAL_HER, HOSPITAL_SERVICE_HER],
+                scopes=["send"],
+            )
+        )
+        uow.commit()
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
+    _send_note(api_pair)  # received: a send-only client hears nothing of it
+    assert dispatcher.run_once() == 0
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="test")
+    pair.run()
+    assert dispatcher.run_once() > 0  # sent: the statuses of its own message
+    heard = [json.loads(body) for _, body in receiver.calls]
+    assert {(b["event"], b["direction"]) for b in heard} == {("message.status", "out")}
