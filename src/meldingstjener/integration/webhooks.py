@@ -139,13 +139,33 @@ class WebhookDispatcher:
         http: httpx.Client | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        jwt_issuer: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
+        # the issuer whose tokens the API takes now ([api] jwt_issuer): see _live
+        self.jwt_issuer = jwt_issuer
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
         # a client given (tests) makes its own checks of where it connects
         self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
+
+    def _live(self) -> tuple[ColumnElement[bool], ...]:
+        """The webhooks to feed and call: ``_LIVE``, and a JWT client's only while the API
+        takes tokens of the issuer it had when it registered the webhook.
+
+        A JWT client is configured by the issuer the operator names, not by us: with
+        ``[api] jwt_issuer`` removed or changed its tokens are refused, and its webhooks must
+        go quiet with it (they went on telling it of every new message). What is owed to them waits,
+        and goes when that issuer is configured again. A client the issuer itself withdraws is
+        not known to us (it only stops calling): the operator removes its webhooks. A webhook
+        registered before the issuer was recorded (migration 0015) is fed while any issuer is
+        configured."""
+        jwt = WebhookRow.credential == Credential.JWT
+        if self.jwt_issuer is None:
+            return (*_LIVE, ~jwt)
+        same_issuer = or_(WebhookRow.issuer.is_(None), WebhookRow.issuer == self.jwt_issuer)
+        return (*_LIVE, or_(~jwt, same_issuer))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -172,7 +192,7 @@ class WebhookDispatcher:
                 # Another process is collecting: it makes the same deliveries (SQLite needs
                 # no lock: each unit of work holds the database's one writer).
                 return 0
-            hooks = list(uow.session.scalars(select(WebhookRow).where(*_LIVE)))
+            hooks = list(uow.session.scalars(select(WebhookRow).where(*self._live())))
             cursor = int(uow.state.get(EVENT_CURSOR) or 0)
             if not hooks:
                 # Nobody listens: keep the cursor at the newest event, so that a webhook added
@@ -361,7 +381,7 @@ class WebhookDispatcher:
         return (
             WebhookDeliveryRow.state == "pending",
             WebhookDeliveryRow.due_at <= now,
-            *_LIVE,
+            *self._live(),
             or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
         )
 
@@ -410,7 +430,7 @@ class WebhookDispatcher:
             # (the other order let two processes wait for each other)
             hook = uow.session.scalars(
                 select(WebhookRow)
-                .where(WebhookRow.id == hook_id, *_LIVE)
+                .where(WebhookRow.id == hook_id, *self._live())
                 .with_for_update(of=WebhookRow)
             ).first()
             if hook is None or (hook.paused_until is not None and hook.paused_until > now):

@@ -328,13 +328,12 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     assert not hook.active and hook.disabled_at is not None
 
 
-def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_name(
-    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
-) -> None:
-    """An EPJ that moved from an API key to tokens keeps its name as the token's client_id, and
-    the operator revokes the old key: the webhooks it registers with its token, before the
-    revocation and after, are called (they were registered, answered 201, and never called)."""
-    pair = api_pair.pair
+ISSUER = "https://helseid.test"
+
+
+def _jwt_client(tmp_path: Path, client_id: str) -> tuple[ApiSettings, str]:
+    """API settings that take tokens of ``ISSUER``, and a token of its client ``client_id``
+    (receive scope, the hospital's HER-ids)."""
     signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = tmp_path / "issuer.pem"
     public.write_bytes(
@@ -344,10 +343,10 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
     )
     token = jwt.encode(
         {
-            "iss": "https://helseid.test",
+            "iss": ISSUER,
             "aud": "meldingstjener",
             "exp": datetime.now(UTC) + timedelta(minutes=5),
-            "client_id": "lab-system",  # the name of an API-key client of this server
+            "client_id": client_id,
             "scope": "receive",
             "her_ids": [HOSPITAL_HER, HOSPITAL_SERVICE_HER],
         },
@@ -355,10 +354,20 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         algorithm="RS256",
     )
     settings = ApiSettings(
-        jwt_issuer="https://helseid.test",
-        jwt_audience="meldingstjener",
-        jwt_public_key_file=public,
+        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
     )
+    return settings, token
+
+
+def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_name(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    """An EPJ that moved from an API key to tokens keeps its name as the token's client_id, and
+    the operator revokes the old key: the webhooks it registers with its token, before the
+    revocation and after, are called (they were registered, answered 201, and never called)."""
+    pair = api_pair.pair
+    # the name of an API-key client of this server
+    settings, token = _jwt_client(tmp_path, "lab-system")
     with TestClient(
         create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
     ) as http:
@@ -377,13 +386,41 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         after = register()
         listed = http.get("/api/webhooks", headers={"Authorization": f"Bearer {token}"})
         assert [hook["id"] for hook in listed.json()] == [before, after]
-    dispatcher = WebhookDispatcher(pair.hospital, _settings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=ISSUER)
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert sorted(json.loads(body)["deliveryId"] for _, body in receiver.calls) == sorted(
         d.id for d in _deliveries(api_pair)
     )
     assert {d.webhook_id for d in _deliveries(api_pair)} == {before, after}
+
+
+def test_a_jwt_clients_webhooks_go_quiet_while_its_issuer_is_not_configured(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    # Only an API key's revocation ended webhooks: with the issuer taken out of the
+    # configuration (its tokens refused), a JWT client's webhooks went on telling it of every
+    # new message.
+    pair = api_pair.pair
+    settings, token = _jwt_client(tmp_path, "helseid-epj")
+    with TestClient(
+        create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
+    ) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"url": receiver.url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    for configured in (None, "https://another-issuer.test"):
+        dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=configured)
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 0, configured
+    assert receiver.calls == [] and _deliveries(api_pair) == []
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=ISSUER)
+    _send_note(api_pair)  # configured again: what happens from now on is told
+    assert dispatcher.run_once() == 1
+    assert len(receiver.calls) == 1
 
 
 def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
