@@ -98,6 +98,25 @@ _LIVE = (
 )
 
 
+def live(jwt_issuer: str | None) -> tuple[ColumnElement[bool], ...]:
+    """The webhooks to feed and call: ``_LIVE``, and a JWT client's only while the API takes
+    tokens of the issuer it had when it registered the webhook (``jwt_issuer``: the issuer
+    configured now, ``[api] jwt_issuer``).
+
+    A JWT client is configured by the issuer the operator names, not by us: with
+    ``[api] jwt_issuer`` removed or changed its tokens are refused, and its webhooks must go
+    quiet with it (they went on telling it of every new message). What is owed to them waits,
+    and goes when that issuer is configured again. A client the issuer itself withdraws is not
+    known to us (it only stops calling): the operator removes its webhooks
+    (``meldingstjener webhooks remove``). A webhook registered before the issuer was recorded
+    (migration 0015) is fed while any issuer is configured."""
+    jwt = WebhookRow.credential == Credential.JWT
+    if jwt_issuer is None:
+        return (*_LIVE, ~jwt)
+    same_issuer = or_(WebhookRow.issuer.is_(None), WebhookRow.issuer == jwt_issuer)
+    return (*_LIVE, or_(~jwt, same_issuer))
+
+
 # The scopes that let a client hear of each event, as they let it read the same through the
 # API: a received message needs "receive", a sent one "send" (message.status is of both: a
 # client hears of the direction its scopes read), an alert "admin".
@@ -151,21 +170,7 @@ class WebhookDispatcher:
         self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
 
     def _live(self) -> tuple[ColumnElement[bool], ...]:
-        """The webhooks to feed and call: ``_LIVE``, and a JWT client's only while the API
-        takes tokens of the issuer it had when it registered the webhook.
-
-        A JWT client is configured by the issuer the operator names, not by us: with
-        ``[api] jwt_issuer`` removed or changed its tokens are refused, and its webhooks must
-        go quiet with it (they went on telling it of every new message). What is owed to them waits,
-        and goes when that issuer is configured again. A client the issuer itself withdraws is
-        not known to us (it only stops calling): the operator removes its webhooks. A webhook
-        registered before the issuer was recorded (migration 0015) is fed while any issuer is
-        configured."""
-        jwt = WebhookRow.credential == Credential.JWT
-        if self.jwt_issuer is None:
-            return (*_LIVE, ~jwt)
-        same_issuer = or_(WebhookRow.issuer.is_(None), WebhookRow.issuer == self.jwt_issuer)
-        return (*_LIVE, or_(~jwt, same_issuer))
+        return live(self.jwt_issuer)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
