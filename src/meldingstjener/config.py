@@ -311,6 +311,8 @@ class WebhookSettings(_Section):
     # all the same (an EPJ inside the network), and plain http when allow_http.
     allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     allow_http: bool = False
+    # Deliveries sent or given up are deleted this many days after (pending ones never are).
+    delivery_retention_days: int = Field(default=30, ge=1)
 
 
 class AlertSettings(_Section):

@@ -12,7 +12,8 @@ whose call failed pauses as a whole until its next try, so the failures in a row
 over the doubling waits (with the defaults, ten of them span about 40 minutes), not the deliveries
 that happened to be due at once. Bodies carry ids, HER-ids and statuses only, never message
 content. Every ``serve`` runs a dispatcher: a call is claimed before it is made (``_claim``), and
-on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
+on PostgreSQL one process at a time collects (``COLLECT_LOCK``). Deliveries sent or given up are
+purged after ``delivery_retention_days`` (:meth:`WebhookDispatcher.purge`, hourly).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
@@ -74,6 +75,9 @@ ANSWER_BYTES = 4096
 TOO_SLOW = "too-slow"
 # The error recorded for a call to an address the target policy refuses (webhook_targets)
 TARGET_REFUSED = "target-refused"
+# Finished deliveries are purged this often (and at a dispatcher's first round), so many at a time
+PURGE_EVERY_SECONDS = 3600.0
+PURGE_BATCH = 5000
 # One round serves at most this many webhooks, and makes at most this many calls to each
 HOOKS_PER_ROUND = 500
 CALLS_PER_HOOK = 100
@@ -166,6 +170,7 @@ class WebhookDispatcher:
         self.jwt_issuer = jwt_issuer
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
+        self._purged_at: float | None = None  # on self._monotonic
         # a client given (tests) makes its own checks of where it connects
         self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
 
@@ -181,8 +186,15 @@ class WebhookDispatcher:
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:
+        """One round: news into deliveries, the calls due, and (hourly) the purge of finished
+        deliveries; return how many calls were made."""
         self.collect()
-        return self.deliver_due()
+        calls = self.deliver_due()
+        now = self._monotonic()
+        if self._purged_at is None or now - self._purged_at >= PURGE_EVERY_SECONDS:
+            self.purge()
+            self._purged_at = now
+        return calls
 
     # -- news -> deliveries ---------------------------------------------------------------------
 
@@ -349,6 +361,38 @@ class WebhookDispatcher:
                 )
                 made += 1
         return made
+
+    # -- finished deliveries -> gone --------------------------------------------------------------
+
+    def purge(self) -> int:
+        """Delete the deliveries sent or given up more than ``delivery_retention_days`` ago;
+        return how many. A pending one is never deleted, however old.
+
+        A row per webhook and event was kept for ever. Its time is its ``due_at``: the claim of
+        its last call moved it to a few time-outs after that call, a failure to its next try
+        (at most ``max_retry_seconds`` later). A delivery gone can never be made again: the
+        event cursor has long passed its event, and alerts are looked at again for two minutes
+        only (the retention is a day at least). Deleted in batches, each its own transaction,
+        so that the table is not locked for long."""
+        cutoff = self.ctx.clock() - timedelta(days=self.settings.delivery_retention_days)
+        finished = select(WebhookDeliveryRow.id).where(
+            WebhookDeliveryRow.state.in_(("sent", "failed")), WebhookDeliveryRow.due_at < cutoff
+        )
+        purged = 0
+        while True:
+            with self.ctx.store.unit_of_work() as uow:
+                batch = list(uow.session.scalars(finished.limit(PURGE_BATCH)))
+                if batch:
+                    uow.session.execute(
+                        delete(WebhookDeliveryRow).where(WebhookDeliveryRow.id.in_(batch))
+                    )
+                    uow.commit()
+            purged += len(batch)
+            if len(batch) < PURGE_BATCH:
+                break
+        if purged:
+            log.info("purged %d finished webhook deliveries", purged)
+        return purged
 
     # -- deliveries -> HTTP ---------------------------------------------------------------------
 

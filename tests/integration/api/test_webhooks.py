@@ -994,3 +994,40 @@ def test_a_client_hears_only_of_what_its_scopes_let_it_read(
     assert dispatcher.run_once() > 0  # sent: the statuses of its own message
     heard = [json.loads(body) for _, body in receiver.calls]
     assert {(b["event"], b["direction"]) for b in heard} == {("message.status", "out")}
+
+
+def test_finished_deliveries_are_purged_after_the_retention_pending_ones_never(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # A row per webhook and event was kept for ever: a busy server's table only grew.
+    hook = _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    now = pair.clock()
+    fates = {
+        ("sent", 8): "purged",
+        ("failed", 8): "purged",
+        ("sent", 6): "kept",  # within the retention
+        ("failed", 6): "kept",
+        ("pending", 400): "kept",  # owed still, however old
+    }
+    with pair.hospital.store.unit_of_work() as uow:
+        for state, days in fates:
+            uow.session.add(
+                WebhookDeliveryRow(
+                    webhook_id=hook["id"],
+                    event_key=f"{state}:{days}",
+                    event_type="message.received",
+                    body={"event": "message.received"},
+                    state=state,
+                    attempts=1,
+                    due_at=now - timedelta(days=days),
+                )
+            )
+        [row] = uow.session.scalars(select(WebhookRow))
+        row.paused_until = now + timedelta(hours=1)  # the pending one is not called here
+        uow.commit()
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(delivery_retention_days=7))
+    dispatcher.run_once()
+    left = {d.event_key for d in _deliveries(api_pair)}
+    kept = {f"{state}:{days}" for (state, days), fate in fates.items() if fate == "kept"}
+    assert left == kept
