@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -1031,3 +1032,70 @@ def test_finished_deliveries_are_purged_after_the_retention_pending_ones_never(
     left = {d.event_key for d in _deliveries(api_pair)}
     kept = {f"{state}:{days}" for (state, days), fate in fates.items() if fate == "kept"}
     assert left == kept
+
+
+def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A call connects to the address the target policy checked, not to the name: TLS must
+    # still verify the receiver's certificate for the name, and the request name it (Host, SNI).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA trusted
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "hooks.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    receiver = Receiver()
+    server_names: list[str | None] = []
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls.sni_callback = lambda _socket, server_name, _context: server_names.append(server_name)
+    receiver.server.socket = tls.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    settings = WebhookSettings(allowed_networks=["127.0.0.0/8"])  # https only
+    pair = api_pair.pair
+    try:
+        with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+            answer = http.post(
+                "/api/webhooks",
+                headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+                json={"url": f"https://hooks.test:{port}/hook", "events": ["message.received"]},
+            )
+            assert answer.status_code == 201, answer.text
+        dispatcher = WebhookDispatcher(pair.hospital, settings)
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 1
+    finally:
+        receiver.server.shutdown()
+    [(headers, _)] = receiver.calls
+    assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
+    assert [d.state for d in _deliveries(api_pair)] == ["sent"]
