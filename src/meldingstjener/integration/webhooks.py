@@ -5,15 +5,18 @@ log's cursor never passes an event id that may still commit, see ``_settled_up_t
 news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
 over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; a call ends by its deadline
-(``CALL_TIMEOUTS`` time-outs, however its receiver paces its answer), and at most
-``ANSWER_BYTES`` of the answer are read. Failures are retried with doubling waits; after
-``disable_after_failures`` failures in a row the webhook is disabled and an alert raised. A webhook
-whose call failed pauses as a whole until its next try, so the failures in a row are tries spread
-over the doubling waits (with the defaults, ten of them span about 40 minutes), not the deliveries
-that happened to be due at once. Bodies carry ids, HER-ids and statuses only, never message
-content. Every ``serve`` runs a dispatcher: a call is claimed before it is made (``_claim``), and
-on PostgreSQL one process at a time collects (``COLLECT_LOCK``). Deliveries sent or given up are
-purged after ``delivery_retention_days`` (:meth:`WebhookDispatcher.purge`, hourly).
+(``CALL_TIMEOUTS`` time-outs, however its receiver paces its answer), and at most ``ANSWER_BYTES``
+of the answer are read. Failures are retried with doubling waits; after ``disable_after_failures``
+failures in a row the webhook is disabled and an alert raised. A webhook whose call failed pauses
+as a whole until its next try, so the failures in a row are tries spread over the doubling waits
+(with the defaults, ten of them span about 40 minutes), not the deliveries that happened to be due
+at once. Bodies carry ids, HER-ids and statuses only, never message content. Up to
+``parallel_webhooks`` webhooks are called at once, each only at addresses the target policy allows
+(:mod:`~meldingstjener.integration.webhook_targets`), and a webhook hears only of what its client's
+scopes let it read (``EVENT_SCOPES``). Every ``serve`` runs a dispatcher: a call is claimed before
+it is made (``_claim``), and on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
+Deliveries sent or given up are purged after ``delivery_retention_days``
+(:meth:`WebhookDispatcher.purge`, hourly).
 """
 
 from __future__ import annotations
@@ -341,7 +344,8 @@ class WebhookDispatcher:
             if her_id is not None and her_id not in hook.her_ids:
                 continue  # a client hears only about its own HER-ids
             if hook.scopes is not None and scope not in hook.scopes:
-                continue  # nor of what its scopes do not let it read (registered before 0015)
+                continue  # nor of what its scopes do not let it read (one registered
+                # before they were checked, migration 0015, may have asked for it)
             exists = uow.session.scalars(
                 select(WebhookDeliveryRow.id).where(
                     WebhookDeliveryRow.webhook_id == hook.id, WebhookDeliveryRow.event_key == key
