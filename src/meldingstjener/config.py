@@ -17,7 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from meldingstjener.model import HerId, InvalidHerId
@@ -351,6 +359,17 @@ class WebhookSettings(_Section):
     first_retry_seconds: float = Field(default=5.0, gt=0)
     max_retry_seconds: float = Field(default=3600.0, gt=0)
     disable_after_failures: int = Field(default=10, ge=1)
+    # Webhooks called at once (each one's own calls are made one after another): a receiver
+    # that answers slowly holds its own webhook, not every client's.
+    parallel_webhooks: int = Field(default=4, ge=1, le=64)
+    # Webhook URLs are https to public addresses (integration/webhook_targets): any API client
+    # registers them, and the server would call its own loopback, the cloud's metadata service
+    # or hosts inside the hospital network for it. Addresses in these networks may be called
+    # all the same (an EPJ inside the network), and plain http when allow_http.
+    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    allow_http: bool = False
+    # Deliveries sent or given up are deleted this many days after (pending ones never are).
+    delivery_retention_days: int = Field(default=30, ge=1)
 
 
 class AlertSettings(_Section):

@@ -36,7 +36,7 @@ from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import JsonMediaTypes
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
-from meldingstjener.config import ApiSettings
+from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.database import UNREACHABLE
@@ -67,6 +67,7 @@ def create_app(
     max_request_bytes: int = 52_000_000,
     api_settings: ApiSettings | None = None,
     body_pace: BodyPace | None = None,
+    webhook_settings: WebhookSettings | None = None,
 ) -> FastAPI:
     """The whole HTTP surface: ``/ebms`` and ``/health`` (unauthenticated), the EPJ API
     (``/Messages``, EDI 2.0 shape) and the operator API (``/api/...``), both authenticated.
@@ -102,7 +103,7 @@ def create_app(
     # database is away), not in Starlette's plain text
     app.add_middleware(ServerFaults)
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
-    app.include_router(ops_router(ctx, auth))
+    app.include_router(ops_router(ctx, auth, webhook_settings))
 
     @app.get(
         "/health",

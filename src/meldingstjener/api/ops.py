@@ -1,6 +1,7 @@
 """Operator endpoints beyond EDI 2.0: message-log search, one message's timeline, alerts, the
 audit log and webhook registration. All need the ``admin`` scope, except that any client may
-manage its own webhooks. Answers carry ids, HER-ids, types and statuses; never patient data.
+manage its own webhooks, for the events its scopes let it read (``EVENT_SCOPES``). Answers carry
+ids, HER-ids, types and statuses; never patient data.
 """
 
 import secrets
@@ -17,20 +18,24 @@ from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, principal_of
 from meldingstjener.api.log_search import PAGING, Since, Until, as_utc
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
+from meldingstjener.integration.webhooks import EVENT_SCOPES, events_allowed
 from meldingstjener.model.status import ALL_STATUSES
-from meldingstjener.store.tables import WebhookRow
+from meldingstjener.store.tables import Credential, WebhookRow
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.views import message_summary
 
-WEBHOOK_EVENTS = ("message.received", "message.status", "alert")
+WEBHOOK_EVENTS = tuple(EVENT_SCOPES)
 
 
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
-    events: list[str] = Field(default_factory=lambda: list(WEBHOOK_EVENTS), max_length=3)
+    # None: every event the client's scopes let it hear of
+    events: list[str] | None = Field(default=None, max_length=3)
 
     @field_validator("url")
     @classmethod
@@ -46,8 +51,8 @@ class WebhookRequest(BaseModel):
 
     @field_validator("events")
     @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(WEBHOOK_EVENTS))
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(WEBHOOK_EVENTS))
         if unknown:
             raise ValueError(f"unknown events {unknown}; known: {list(WEBHOOK_EVENTS)}")
         return value
@@ -88,8 +93,11 @@ def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
     return (WebhookRow.client_name == who.client, WebhookRow.credential == who.credential)
 
 
-def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
+def ops_router(
+    ctx: EngineContext, auth: Authenticator, webhooks: WebhookSettings | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["Operations"])
+    targets = TargetPolicy.of(webhooks or WebhookSettings())
 
     async def admin(request: Request) -> Principal:
         who = await principal_of(auth, request)
@@ -197,21 +205,52 @@ def ops_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
         )
         return audit.query(ctx.store, asked)
 
-    @router.post("/webhooks", status_code=201, summary="Register a webhook (secret shown once)")
+    @router.post(
+        "/webhooks",
+        status_code=201,
+        summary="Register a webhook (secret shown once)",
+        responses={422: {"description": "The URL may not be called (its scheme or address)"}},
+    )
     def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:
+        allowed = events_allowed(who.scopes)
+        events = allowed if body.events is None else body.events
+        not_allowed = [e for e in events if e not in allowed]
+        if not_allowed:
+            detail = "; ".join(
+                f"{e} needs the {' or '.join(repr(s) for s in sorted(EVENT_SCOPES[e]))} scope"
+                for e in not_allowed
+            )
+            audit.record(
+                ctx.store,
+                client=who.client,
+                person=who.person,
+                action="/api/webhooks",
+                outcome=audit.Outcome.REFUSED,
+                detail=detail,
+            )
+            raise ApiProblem(403, "forbidden", f"the client may not hear of these events: {detail}")
+        # what the client may hear of first (403), then where it would be told it (422): the URL
+        # is resolved only for a client that may have the webhook
+        try:
+            targets.check_url(body.url)  # each call checks the address it connects to again
+        except TargetRefused as refused:
+            raise ApiProblem(
+                422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
+            ) from None
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,
             credential=who.credential,
             url=body.url,
             secret=secret,
-            events=body.events,
+            events=events,
             her_ids=sorted(who.her_ids),
             active=True,
             consecutive_failures=0,
+            # what it hears of is checked against these at every event
+            scopes=sorted(who.scopes),
+            issuer=auth.settings.jwt_issuer if who.credential == Credential.JWT else None,
         )
-        if "admin" not in who.scopes:
-            row.events = [e for e in body.events if e != "alert"]
         with ctx.store.unit_of_work() as uow:
             uow.session.add(row)
             uow.commit()

@@ -16,6 +16,7 @@ from meldingstjener.cli import (  # noqa: F401  (imported for their command regi
     registry_cmds,
     security_cmds,
     store_cmds,
+    webhooks_cmds,
 )
 from meldingstjener.cli.app import app, main
 

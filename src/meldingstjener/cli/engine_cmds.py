@@ -142,6 +142,7 @@ def serve(
             engine,
             max_request_bytes=settings.server.max_request_bytes,
             api_settings=settings.api,
+            webhook_settings=settings.webhooks,
             body_pace=BodyPace(
                 settings.server.body_grace_seconds, settings.server.min_body_bytes_per_second
             ),

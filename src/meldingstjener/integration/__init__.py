@@ -27,7 +27,7 @@ def start_integrations(
         integration = FolderIntegration(ctx, folder)
         threads.append(threading.Thread(target=integration.run, args=(stop,), name="folder"))
     if settings.webhooks.enabled:
-        dispatcher = WebhookDispatcher(ctx, settings.webhooks)
+        dispatcher = WebhookDispatcher(ctx, settings.webhooks, jwt_issuer=settings.api.jwt_issuer)
         threads.append(threading.Thread(target=dispatcher.run, args=(stop,), name="webhooks"))
     for thread in threads:
         thread.daemon = True

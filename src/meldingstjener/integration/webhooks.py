@@ -1,16 +1,22 @@
 """Webhooks: tell client URLs about new messages, status changes and alerts.
 
 The dispatcher follows the message log and the alerts table with cursors kept in the store (the
-log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and
-turns news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
+log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and turns
+news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
-over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; failures are retried with doubling
-waits; after ``disable_after_failures`` failures in a row the webhook is disabled and an alert
-raised. A webhook whose call failed pauses as a whole until its next try, so the failures in a
-row are tries spread over the doubling waits (with the defaults, ten of them span about 40
-minutes), not the deliveries that happened to be due at once. Bodies carry ids, HER-ids and
-statuses only, never message content. Every ``serve`` runs a dispatcher: a call is claimed before
+over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; a call ends by its deadline
+(``CALL_TIMEOUTS`` time-outs, however its receiver paces its answer), and at most ``ANSWER_BYTES``
+of the answer are read. Failures are retried with doubling waits; after ``disable_after_failures``
+failures in a row the webhook is disabled and an alert raised. A webhook whose call failed pauses
+as a whole until its next try, so the failures in a row are tries spread over the doubling waits
+(with the defaults, ten of them span about 40 minutes), not the deliveries that happened to be due
+at once. Bodies carry ids, HER-ids and statuses only, never message content. Up to
+``parallel_webhooks`` webhooks are called at once, each only at addresses the target policy allows
+(:mod:`~meldingstjener.integration.webhook_targets`), and a webhook hears only of what its client's
+scopes let it read (``EVENT_SCOPES``). Every ``serve`` runs a dispatcher: a call is claimed before
 it is made (``_claim``), and on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
+Deliveries sent or given up are purged after ``delivery_retention_days``
+(:meth:`WebhookDispatcher.purge`, hourly).
 """
 
 from __future__ import annotations
@@ -21,17 +27,21 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, update
 
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
+from meldingstjener.integration.webhook_http import call_deadline, webhook_client
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
 from meldingstjener.store.tables import (
     AlertRow,
@@ -56,8 +66,24 @@ SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
 # A claimed delivery waits this many call timeouts (plus half a minute) before another process
-# may take it: httpx's timeout bounds each phase of a call (connect, write, read, pool)
+# may take it: longer than a call may last (CALL_TIMEOUTS), or it would be sent twice
 CLAIM_CALLS = 4
+# A call, from its connect to the last byte of its answer read, ends after this many
+# timeout_seconds (httpx's timeout bounds each read on its own: a receiver trickling its
+# answer held the call as long as it liked, past the claim, and the dispatcher with it).
+CALL_TIMEOUTS = 2
+# What is read of a receiver's answer (it says nothing we use; its status is the answer)
+ANSWER_BYTES = 4096
+# The error recorded for a call cut off at its deadline
+TOO_SLOW = "too-slow"
+# The error recorded for a call to an address the target policy refuses (webhook_targets)
+TARGET_REFUSED = "target-refused"
+# Finished deliveries are purged this often (and at a dispatcher's first round), so many at a time
+PURGE_EVERY_SECONDS = 3600.0
+PURGE_BATCH = 5000
+# One round serves at most this many webhooks, and makes at most this many calls to each
+HOOKS_PER_ROUND = 500
+CALLS_PER_HOOK = 100
 # PostgreSQL: the advisory lock (transaction-scoped) one process holds while it turns news into
 # deliveries; the others skip that round instead of inserting the same rows
 COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
@@ -69,7 +95,7 @@ COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
 # revoked key client (an EPJ that moved from a key to HelseID), and its webhooks were
 # registered, then never called.
 _LIVE = (
-    WebhookRow.active,
+    WebhookRow.active.is_(True),
     ~(
         (WebhookRow.credential == Credential.API_KEY)
         & exists().where(
@@ -77,6 +103,41 @@ _LIVE = (
         )
     ),
 )
+
+
+def live(jwt_issuer: str | None) -> tuple[ColumnElement[bool], ...]:
+    """The webhooks to feed and call: ``_LIVE``, and a JWT client's only while the API takes
+    tokens of the issuer it had when it registered the webhook (``jwt_issuer``: the issuer
+    configured now, ``[api] jwt_issuer``).
+
+    A JWT client is configured by the issuer the operator names, not by us: with
+    ``[api] jwt_issuer`` removed or changed its tokens are refused, and its webhooks must go
+    quiet with it (they went on telling it of every new message). What is owed to them waits,
+    and goes when that issuer is configured again. A client the issuer itself withdraws is not
+    known to us (it only stops calling): the operator removes its webhooks
+    (``meldingstjener webhooks remove``). A webhook registered before the issuer was recorded
+    (migration 0015) is fed while any issuer is configured."""
+    jwt = WebhookRow.credential == Credential.JWT
+    if jwt_issuer is None:
+        return (*_LIVE, ~jwt)
+    same_issuer = or_(WebhookRow.issuer.is_(None), WebhookRow.issuer == jwt_issuer)
+    return (*_LIVE, or_(~jwt, same_issuer))
+
+
+# The scopes that let a client hear of each event, as they let it read the same through the
+# API: a received message needs "receive", a sent one "send" (message.status is of both: a
+# client hears of the direction its scopes read), an alert "admin".
+EVENT_SCOPES: dict[str, frozenset[str]] = {
+    "message.received": frozenset({"receive"}),
+    "message.status": frozenset({"send", "receive"}),
+    "alert": frozenset({"admin"}),
+}
+
+
+def events_allowed(scopes: Iterable[str]) -> list[str]:
+    """The events a client with ``scopes`` may register a webhook for."""
+    held = set(scopes)
+    return [event for event, needs in EVENT_SCOPES.items() if needs & held]
 
 
 @dataclass(frozen=True)
@@ -104,12 +165,20 @@ class WebhookDispatcher:
         http: httpx.Client | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        jwt_issuer: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
+        # the issuer whose tokens the API takes now ([api] jwt_issuer): see _live
+        self.jwt_issuer = jwt_issuer
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
-        self.http = http or httpx.Client(timeout=settings.timeout_seconds)
+        self._purged_at: float | None = None  # on self._monotonic
+        # a client given (tests) makes its own checks of where it connects
+        self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
+
+    def _live(self) -> tuple[ColumnElement[bool], ...]:
+        return live(self.jwt_issuer)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -120,8 +189,15 @@ class WebhookDispatcher:
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:
+        """One round: news into deliveries, the calls due, and (hourly) the purge of finished
+        deliveries; return how many calls were made."""
         self.collect()
-        return self.deliver_due()
+        calls = self.deliver_due()
+        now = self._monotonic()
+        if self._purged_at is None or now - self._purged_at >= PURGE_EVERY_SECONDS:
+            self.purge()
+            self._purged_at = now
+        return calls
 
     # -- news -> deliveries ---------------------------------------------------------------------
 
@@ -136,7 +212,7 @@ class WebhookDispatcher:
                 # Another process is collecting: it makes the same deliveries (SQLite needs
                 # no lock: each unit of work holds the database's one writer).
                 return 0
-            hooks = list(uow.session.scalars(select(WebhookRow).where(*_LIVE)))
+            hooks = list(uow.session.scalars(select(WebhookRow).where(*self._live())))
             cursor = int(uow.state.get(EVENT_CURSOR) or 0)
             if not hooks:
                 # Nobody listens: keep the cursor at the newest event, so that a webhook added
@@ -243,7 +319,7 @@ class WebhookDispatcher:
             # an open alert keeps the key it had before alerts had states (no repeat after an
             # upgrade); an acknowledgement or resolution is news of its own
             key = f"alert:{alert.id}:{alert.count}" + ("" if state == "open" else f":{state}")
-            made += self._fan_out(uow, hooks, "alert", key, body, None)
+            made += self._fan_out(uow, hooks, "alert", key, body, None, "admin")
         if alerts:
             last = alerts[-1]
             uow.state.set(ALERT_CURSOR, (last.changed_at or last.last_seen).isoformat())
@@ -257,13 +333,19 @@ class WebhookDispatcher:
         key: str,
         body: dict[str, Any],
         her_id: str | None,
+        scope: str,
     ) -> int:
+        """Make the delivery of one piece of news (``scope``: the scope that reads it) to each
+        webhook whose client may read it."""
         made = 0
         for hook in hooks:
             if event_type not in hook.events:
                 continue
             if her_id is not None and her_id not in hook.her_ids:
                 continue  # a client hears only about its own HER-ids
+            if hook.scopes is not None and scope not in hook.scopes:
+                continue  # nor of what its scopes do not let it read (one registered
+                # before they were checked, migration 0015, may have asked for it)
             exists = uow.session.scalars(
                 select(WebhookDeliveryRow.id).where(
                     WebhookDeliveryRow.webhook_id == hook.id, WebhookDeliveryRow.event_key == key
@@ -284,37 +366,106 @@ class WebhookDispatcher:
                 made += 1
         return made
 
+    # -- finished deliveries -> gone --------------------------------------------------------------
+
+    def purge(self) -> int:
+        """Delete the deliveries sent or given up more than ``delivery_retention_days`` ago;
+        return how many. A pending one is never deleted, however old.
+
+        A row per webhook and event was kept for ever. Its time is its ``due_at``: the claim of
+        its last call moved it to a few time-outs after that call, a failure to its next try
+        (at most ``max_retry_seconds`` later). A delivery gone can never be made again: the
+        event cursor has long passed its event, and alerts are looked at again for two minutes
+        only (the retention is a day at least). Deleted in batches, each its own transaction,
+        so that the table is not locked for long."""
+        cutoff = self.ctx.clock() - timedelta(days=self.settings.delivery_retention_days)
+        finished = select(WebhookDeliveryRow.id).where(
+            WebhookDeliveryRow.state.in_(("sent", "failed")), WebhookDeliveryRow.due_at < cutoff
+        )
+        purged = 0
+        while True:
+            with self.ctx.store.unit_of_work() as uow:
+                batch = list(uow.session.scalars(finished.limit(PURGE_BATCH)))
+                if batch:
+                    uow.session.execute(
+                        delete(WebhookDeliveryRow).where(WebhookDeliveryRow.id.in_(batch))
+                    )
+                    uow.commit()
+            purged += len(batch)
+            if len(batch) < PURGE_BATCH:
+                break
+        if purged:
+            log.info("purged %d finished webhook deliveries", purged)
+        return purged
+
     # -- deliveries -> HTTP ---------------------------------------------------------------------
 
     def deliver_due(self) -> int:
-        """Call the webhooks with what is due; return how many calls were made. A webhook whose
-        call fails is not called again this round, and pauses (see ``_record``): a receiver
-        that is down is asked once per wait, not once per delivery owed to it."""
+        """Call the webhooks with what is due; return how many calls were made.
+
+        Each webhook with deliveries due is served by one task (:meth:`_deliver_to`), up to
+        ``parallel_webhooks`` of them at once: a receiver that answers slowly holds its own
+        webhook's calls, not every client's. The round ends when every task has; a task ends
+        at a failed call or when its webhook had its share of the round (``timeout_seconds``),
+        so the round is never much longer than a call's deadline per ``parallel_webhooks``
+        slow webhooks."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
-            due = uow.session.execute(
-                select(WebhookDeliveryRow.id, WebhookDeliveryRow.webhook_id)
-                .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
-                .where(
-                    WebhookDeliveryRow.state == "pending",
-                    WebhookDeliveryRow.due_at <= now,
-                    *_LIVE,
-                    or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+            # one row per webhook, the one waiting longest first: a webhook owed thousands of
+            # calls keeps its turn, not every place of the round
+            hooks = list(
+                uow.session.scalars(
+                    select(WebhookDeliveryRow.webhook_id)
+                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                    .where(*self._due(now))
+                    .group_by(WebhookDeliveryRow.webhook_id)
+                    .order_by(func.min(WebhookDeliveryRow.due_at))
+                    .limit(HOOKS_PER_ROUND)
                 )
-                .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
-                .limit(100)
-            ).all()
-        failed: set[int] = set()
+            )
+        if len(hooks) <= 1:
+            return sum(self._deliver_to(hook_id, now) for hook_id in hooks)
+        workers = min(self.settings.parallel_webhooks, len(hooks))
+        with ThreadPoolExecutor(workers, thread_name_prefix="webhook-call") as pool:
+            return sum(pool.map(lambda hook_id: self._deliver_to(hook_id, now), hooks))
+
+    def _due(self, now: datetime) -> tuple[ColumnElement[bool], ...]:
+        """Deliveries due now, of live webhooks that are not paused."""
+        return (
+            WebhookDeliveryRow.state == "pending",
+            WebhookDeliveryRow.due_at <= now,
+            *self._live(),
+            or_(WebhookRow.paused_until.is_(None), WebhookRow.paused_until <= now),
+        )
+
+    def _deliver_to(self, hook_id: int, now: datetime) -> int:
+        """Make one webhook's due calls, one after another, oldest first; return how many were
+        made. A webhook whose call fails is not called again this round, and pauses (see
+        ``_record``): a receiver that is down is asked once per wait, not once per delivery owed
+        to it. One that answers, but slowly, gets ``timeout_seconds`` of the round (and the call
+        under way at its end): the rest of its calls wait for the next round, after the other
+        webhooks have had theirs."""
+        started = self._monotonic()
+        with self.ctx.store.unit_of_work() as uow:
+            due = list(
+                uow.session.scalars(
+                    select(WebhookDeliveryRow.id)
+                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                    .where(WebhookDeliveryRow.webhook_id == hook_id, *self._due(now))
+                    .order_by(WebhookDeliveryRow.due_at, WebhookDeliveryRow.id)
+                    .limit(CALLS_PER_HOOK)
+                )
+            )
         calls = 0
-        for delivery_id, hook_id in due:
-            if hook_id in failed:
-                continue
+        for delivery_id in due:
+            if calls and self._monotonic() - started >= self.settings.timeout_seconds:
+                break  # its share of the round is spent
             call = self._claim(delivery_id, hook_id)
             if call is None:
                 continue  # another process has it, or the webhook paused meanwhile
             calls += 1
             if not self._deliver(call):
-                failed.add(hook_id)
+                break
         return calls
 
     def _claim(self, delivery_id: int, hook_id: int) -> _Call | None:
@@ -332,7 +483,7 @@ class WebhookDispatcher:
             # (the other order let two processes wait for each other)
             hook = uow.session.scalars(
                 select(WebhookRow)
-                .where(WebhookRow.id == hook_id, *_LIVE)
+                .where(WebhookRow.id == hook_id, *self._live())
                 .with_for_update(of=WebhookRow)
             ).first()
             if hook is None or (hook.paused_until is not None and hook.paused_until > now):
@@ -367,10 +518,19 @@ class WebhookDispatcher:
             "X-Meldingstjener-Delivery": str(call.delivery_id),
         }
         error: str | None = None
+        deadline = time.monotonic() + CALL_TIMEOUTS * self.settings.timeout_seconds
         try:
-            response = self.http.post(call.url, content=data, headers=headers)
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code}"
+            with (
+                call_deadline(deadline),
+                self.http.stream("POST", call.url, content=data, headers=headers) as response,
+            ):
+                if not 200 <= response.status_code < 300:
+                    error = f"HTTP {response.status_code}"
+                _read_answer(response, deadline, call.delivery_id)
+        except TargetRefused as refused:
+            error = f"{TARGET_REFUSED}: {refused}"
+        except httpx.TimeoutException as exc:
+            error = TOO_SLOW if time.monotonic() >= deadline else type(exc).__name__
         except Exception as exc:
             # Whatever a call raises is that delivery's failure, recorded and retried like any:
             # a URL httpx cannot use raises InvalidURL, which is no HTTPError, and once stopped
@@ -469,6 +629,16 @@ def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
     return len(hooks)
 
 
+def _read_answer(response: httpx.Response, deadline: float, delivery_id: int) -> None:
+    """Read the receiver's answer, at most ``ANSWER_BYTES`` of it by ``deadline``: only so
+    that its connection may serve the next call. Its status has said what became of the call;
+    a longer or slower answer is cut off (its connection closed), whatever it holds."""
+    try:
+        read_capped(response, ANSWER_BYTES, deadline=deadline)
+    except (BodyTooLarge, BodyTooSlow, httpx.TransportError) as exc:
+        log.info("webhook delivery %s: answer cut off (%s)", delivery_id, type(exc).__name__)
+
+
 def _alert_state(alert: AlertRow) -> str:
     if alert.resolved_at is not None:
         return "resolved"
@@ -477,8 +647,9 @@ def _alert_state(alert: AlertRow) -> str:
 
 def _message_news(
     event: EventRow, message: MessageRow
-) -> tuple[str, str, dict[str, Any], str | None]:
-    """(event type, dedup key, body, the own HER-id it concerns) for one status event."""
+) -> tuple[str, str, dict[str, Any], str | None, str]:
+    """(event type, dedup key, body, the own HER-id it concerns, the scope that reads it) for
+    one status event."""
     inbound = message.direction == Direction.INBOUND.value
     own = message.to_her_id if inbound else message.from_her_id
     event_type = (
@@ -495,4 +666,4 @@ def _message_news(
         "receiverHerId": message.to_her_id,
         "at": event.at.isoformat(),
     }
-    return event_type, f"event:{event.id}", body, own
+    return event_type, f"event:{event.id}", body, own, "receive" if inbound else "send"

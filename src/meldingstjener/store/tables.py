@@ -421,6 +421,12 @@ class WebhookRow(Base):
     # after a failed call none of its deliveries is tried before this (a receiver that is down
     # is asked once per wait, however many deliveries are due)
     paused_until: Mapped[datetime | None]
+    # the scopes of the client that registered it, which decide what it hears of (a message
+    # received needs "receive", one sent "send", an alert "admin"); None: registered by a JWT
+    # client before they were recorded (migration 0015), not checked
+    scopes: Mapped[list[Any] | None] = mapped_column(JSON)
+    # a JWT client's: the issuer of its token (it is called while tokens of that issuer are taken)
+    issuer: Mapped[str | None] = mapped_column(String(1024))
 
 
 class WebhookDeliveryRow(Base):

@@ -528,7 +528,7 @@ def test_a_small_routes_body_is_limited_and_read_only_for_a_known_client(
     webhook = http.post(
         "/api/webhooks",
         headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
-        json={"url": "http://127.0.0.1:9/hook", "events": ["message.received"]},
+        json={"url": "https://93.184.216.34/hook", "events": ["message.received"]},
     )
     assert webhook.status_code == 201
 

@@ -4,13 +4,19 @@ retried with growing waits, then disabled with an alert.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 from api_sites import ApiPair
@@ -20,7 +26,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from meldingstjener.api.app import create_app
-from meldingstjener.api.clients import revoke_client
+from meldingstjener.api.audit import AuditQuery, query
+from meldingstjener.api.clients import add_client, revoke_client
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
@@ -34,6 +41,20 @@ from meldingstjener.integration.webhooks import (
 )
 from meldingstjener.store.tables import EventRow, WebhookDeliveryRow, WebhookRow
 from meldingstjener.store.uow import EventKind
+
+
+def _settings(**values: Any) -> WebhookSettings:
+    """Webhook settings that let the calls reach this host's test receivers: loopback, in plain
+    http (the defaults allow https to public addresses only)."""
+    return WebhookSettings(allow_http=True, allowed_networks=["127.0.0.0/8"], **values)
+
+
+@pytest.fixture
+def api_pair(api_pair: ApiPair) -> Iterator[ApiPair]:
+    """The API pair, its hospital's API registering webhooks as ``_settings`` allows."""
+    app = create_app(api_pair.pair.hospital, webhook_settings=_settings())
+    with TestClient(app) as hospital_http:
+        yield dataclasses.replace(api_pair, hospital_http=hospital_http)
 
 
 class Receiver:
@@ -86,7 +107,7 @@ def _send_note(api_pair: ApiPair) -> None:
 
 def test_new_message_is_announced_signed(api_pair: ApiPair, receiver: Receiver) -> None:
     hook = _register(api_pair, receiver.url)
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     [(headers, body)] = receiver.calls
@@ -105,7 +126,7 @@ def test_failing_url_is_retried_then_disabled_with_an_alert(
     receiver.status = 500
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    settings = WebhookSettings(first_retry_seconds=10, disable_after_failures=3)
+    settings = _settings(first_retry_seconds=10, disable_after_failures=3)
     dispatcher = WebhookDispatcher(pair.hospital, settings)
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
@@ -162,7 +183,7 @@ def _two_received_with_a_clock(
 ) -> tuple[WebhookDispatcher, FakeMonotonic, EventRow, EventRow]:
     _register(api_pair, receiver.url)
     clock = FakeMonotonic()
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(), monotonic=clock)
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(), monotonic=clock)
     _send_note(api_pair)
     _send_note(api_pair)
     first, second = _received_events(api_pair)
@@ -205,7 +226,7 @@ def test_with_no_webhook_the_cursor_follows_the_log_and_a_new_hook_starts_from_t
     api_pair: ApiPair, receiver: Receiver
 ) -> None:
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     assert dispatcher.run_once() == 0
     _send_note(api_pair)  # news nobody listens to
     assert dispatcher.run_once() == 0
@@ -242,7 +263,7 @@ def test_a_url_that_cannot_be_called_is_refused_and_never_stops_the_others(
         row.url = "http://[::1/hook"
         uow.commit()
     _register(api_pair, receiver.url)
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert len(receiver.calls) == 1  # the good one was called
@@ -259,7 +280,7 @@ def test_a_receiver_that_is_down_is_asked_once_per_wait_however_much_is_owed(
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     for _ in range(12):
         _send_note(api_pair)
     assert dispatcher.run_once() == 1
@@ -281,7 +302,7 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     assert dispatcher.run_once() == 1
     revoke_client(pair.hospital.store, "dips")
@@ -308,13 +329,12 @@ def test_a_revoked_clients_webhooks_end_with_it(api_pair: ApiPair, receiver: Rec
     assert not hook.active and hook.disabled_at is not None
 
 
-def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_name(
-    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
-) -> None:
-    """An EPJ that moved from an API key to tokens keeps its name as the token's client_id, and
-    the operator revokes the old key: the webhooks it registers with its token, before the
-    revocation and after, are called (they were registered, answered 201, and never called)."""
-    pair = api_pair.pair
+ISSUER = "https://helseid.test"
+
+
+def _jwt_client(tmp_path: Path, client_id: str) -> tuple[ApiSettings, str]:
+    """API settings that take tokens of ``ISSUER``, and a token of its client ``client_id``
+    (receive scope, the hospital's HER-ids)."""
     signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = tmp_path / "issuer.pem"
     public.write_bytes(
@@ -324,10 +344,10 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
     )
     token = jwt.encode(
         {
-            "iss": "https://helseid.test",
+            "iss": ISSUER,
             "aud": "meldingstjener",
             "exp": datetime.now(UTC) + timedelta(minutes=5),
-            "client_id": "lab-system",  # the name of an API-key client of this server
+            "client_id": client_id,
             "scope": "receive",
             "her_ids": [HOSPITAL_HER, HOSPITAL_SERVICE_HER],
         },
@@ -335,11 +355,23 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         algorithm="RS256",
     )
     settings = ApiSettings(
-        jwt_issuer="https://helseid.test",
-        jwt_audience="meldingstjener",
-        jwt_public_key_file=public,
+        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
     )
-    with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
+    return settings, token
+
+
+def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_name(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    """An EPJ that moved from an API key to tokens keeps its name as the token's client_id, and
+    the operator revokes the old key: the webhooks it registers with its token, before the
+    revocation and after, are called (they were registered, answered 201, and never called)."""
+    pair = api_pair.pair
+    # the name of an API-key client of this server
+    settings, token = _jwt_client(tmp_path, "lab-system")
+    with TestClient(
+        create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
+    ) as http:
 
         def register() -> int:
             answer = http.post(
@@ -355,13 +387,41 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         after = register()
         listed = http.get("/api/webhooks", headers={"Authorization": f"Bearer {token}"})
         assert [hook["id"] for hook in listed.json()] == [before, after]
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=ISSUER)
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert sorted(json.loads(body)["deliveryId"] for _, body in receiver.calls) == sorted(
         d.id for d in _deliveries(api_pair)
     )
     assert {d.webhook_id for d in _deliveries(api_pair)} == {before, after}
+
+
+def test_a_jwt_clients_webhooks_go_quiet_while_its_issuer_is_not_configured(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    # Only an API key's revocation ended webhooks: with the issuer taken out of the
+    # configuration (its tokens refused), a JWT client's webhooks went on telling it of every
+    # new message.
+    pair = api_pair.pair
+    settings, token = _jwt_client(tmp_path, "helseid-epj")
+    with TestClient(
+        create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
+    ) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"url": receiver.url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    for configured in (None, "https://another-issuer.test"):
+        dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=configured)
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 0, configured
+    assert receiver.calls == [] and _deliveries(api_pair) == []
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=ISSUER)
+    _send_note(api_pair)  # configured again: what happens from now on is told
+    assert dispatcher.run_once() == 1
+    assert len(receiver.calls) == 1
 
 
 def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
@@ -372,7 +432,7 @@ def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
     # asked every first wait for ever, pausing the webhook each time).
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     _send_note(api_pair)
     dispatcher.collect()
     [refused] = _deliveries(api_pair)
@@ -404,7 +464,7 @@ def test_an_alert_stamped_before_the_cursor_is_still_announced(
         json={"url": receiver.url, "events": ["alert"]},
     )
     assert answer.status_code == 201, answer.text
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     with pair.hospital.store.unit_of_work() as uow:
         raise_alert(uow, AlertKind.CLOCK_SKEW, "on time", at=pair.clock(), key="a")
         uow.commit()
@@ -424,7 +484,7 @@ def test_the_wait_of_a_delivery_refused_for_months_stays_the_longest_wait(
 ) -> None:
     # A delivery refused a thousand times (with max_retry_seconds = 60, in under a day) once
     # made 2 ** 1024, which no float holds: the OverflowError stopped every round there.
-    dispatcher = WebhookDispatcher(api_pair.pair.hospital, WebhookSettings(max_retry_seconds=60))
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(max_retry_seconds=60))
     assert dispatcher._wait(5000) == dispatcher._wait(20) == timedelta(seconds=60)
 
 
@@ -458,8 +518,8 @@ def test_two_processes_make_a_delivery_once(api_pair: ApiPair, receiver: Receive
     # round finds the delivery claimed, and does not send it too.
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings())
-    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    first = WebhookDispatcher(pair.hospital, _settings())
+    second = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     assert first.collect() == 1
     held = HeldFirstCall()
@@ -480,8 +540,8 @@ def test_a_receiver_that_was_down_is_probed_by_one_process(
     receiver.status = 503
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
-    second = WebhookDispatcher(pair.hospital, WebhookSettings(first_retry_seconds=5))
+    first = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
+    second = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=5))
     for _ in range(3):
         _send_note(api_pair)
     assert first.run_once() == 1
@@ -504,7 +564,7 @@ def test_a_delivery_claimed_by_a_process_that_died_is_made_when_the_claim_runs_o
 ) -> None:
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    settings = WebhookSettings(timeout_seconds=10)
+    settings = _settings(timeout_seconds=10)
     died = WebhookDispatcher(pair.hospital, settings)
     other = WebhookDispatcher(pair.hospital, settings)
     _send_note(api_pair)
@@ -527,8 +587,8 @@ def test_two_processes_collecting_at_once_make_each_delivery_once(
     # on SQLite it waits for the store's one writer and then finds the deliveries made.
     _register(api_pair, receiver.url)
     pair = api_pair.pair
-    first = WebhookDispatcher(pair.hospital, WebhookSettings())
-    second = WebhookDispatcher(pair.hospital, WebhookSettings())
+    first = WebhookDispatcher(pair.hospital, _settings())
+    second = WebhookDispatcher(pair.hospital, _settings())
     _send_note(api_pair)
     entered, release = threading.Event(), threading.Event()
     real_fan_out = first._fan_out
@@ -573,7 +633,7 @@ def test_an_alerts_acknowledgement_and_resolution_are_announced(
         "/api/webhooks", headers=admin, json={"url": receiver.url, "events": ["alert"]}
     )
     assert answer.status_code == 201, answer.text
-    dispatcher = WebhookDispatcher(pair.hospital, WebhookSettings())
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
     with pair.hospital.store.unit_of_work() as uow:
         raise_alert(uow, AlertKind.INBOX_WAITING, "messages wait", at=pair.clock(), key="8200002")
         uow.commit()
@@ -595,3 +655,447 @@ def test_an_alerts_acknowledgement_and_resolution_are_announced(
         ("resolved", "ops"),
     ]
     assert bodies[2]["resolvedAt"] == bodies[2]["at"]
+
+
+class RawReceiver:
+    """A webhook endpoint that answers as ``answer(connection, stop)`` writes, byte by byte if
+    it likes; ``stop`` is set when the test is over (a trickle then ends)."""
+
+    def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.stop = threading.Event()
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        self._answer = answer
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        self._listener.close()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.requests += 1
+            with contextlib.suppress(OSError):  # the caller hung up
+                self._answer(connection, self.stop)
+
+
+@contextlib.contextmanager
+def raw_receiver(
+    answer: Callable[[socket.socket, threading.Event], None],
+) -> Iterator[RawReceiver]:
+    made = RawReceiver(answer)
+    try:
+        yield made
+    finally:
+        made.stop.set()
+
+
+def _trickle(piece: bytes, head: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer that sends ``head``, then ``piece`` a byte at a time, five a second, for a
+    minute at most (until the test stops it): each read is quick, the whole answer is not."""
+
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(head)
+        for byte in piece * 300:
+            if stop.wait(0.2):  # the pace of the trickle, not a synchronisation
+                return
+            connection.sendall(bytes([byte]))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("where", "head", "piece", "outcome"),
+    [
+        # the status line never ends: no answer by the deadline, a failed call
+        ("status line", b"HTTP/1.1 200 O", b"K", ("pending", "too-slow")),
+        # 200 and then a body that never ends: the call was taken; the rest is cut off
+        ("body", b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", b"x", ("sent", None)),
+    ],
+    ids=["status-line", "body"],
+)
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_calls_deadline(
+    api_pair: ApiPair,
+    where: str,
+    head: bytes,
+    piece: bytes,
+    outcome: tuple[str, str | None],
+) -> None:
+    # httpx's time-out is per read: five bytes a second held the dispatcher (and every other
+    # webhook) for as long as the receiver liked, past the claim, when another process sent
+    # the same call again.
+    with raw_receiver(_trickle(piece, head)) as trickler:
+        _register(api_pair, trickler.url)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(timeout_seconds=1))
+        _send_note(api_pair)
+        round_ = threading.Thread(target=dispatcher.run_once)
+        round_.start()
+        round_.join(30)  # the deadline is two seconds; the trickle lasts a minute
+        assert not round_.is_alive(), f"a trickled {where} held the round past its deadline"
+    [delivery] = _deliveries(api_pair)
+    assert (delivery.state, delivery.last_error) == outcome
+
+
+def test_a_huge_answer_is_not_read(api_pair: ApiPair) -> None:
+    # The whole answer was read into memory: 300 MB took 901 MiB. A few KB are read now, and
+    # the connection is closed on the rest, which the receiver then cannot send.
+    total = 64 * 1024 * 1024
+    sent: list[int] = []
+    done = threading.Event()
+
+    def huge(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        count = 0
+        try:
+            while count < total:
+                connection.sendall(b"y" * 65536)
+                count += 65536
+        finally:
+            sent.append(count)
+            done.set()
+
+    with raw_receiver(huge) as receiver:
+        _register(api_pair, receiver.url)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 1
+        assert done.wait(30)
+    assert sent[0] < total, "the whole answer was read"
+    assert [d.state for d in _deliveries(api_pair)] == ["sent"]
+
+
+def test_a_slow_receiver_does_not_hold_up_another_webhook(api_pair: ApiPair) -> None:
+    # Deliveries were made one after another: while one receiver took its time, every other
+    # webhook, of every client, waited for it.
+    slow, other = Receiver(), Receiver()
+    try:
+        held = HeldFirstCall()
+        slow.answer = held
+        called = threading.Event()
+
+        def answer(body: bytes) -> int:
+            called.set()
+            return 200
+
+        other.answer = answer
+        _register(api_pair, slow.url)  # its delivery is the older one: first in line
+        _register(api_pair, other.url)
+        # a time-out longer than the test waits: the slow call does not fail meanwhile
+        settings = _settings(timeout_seconds=60)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings)
+        _send_note(api_pair)
+        assert dispatcher.collect() == 2
+        calling = _deliver_in_a_thread(dispatcher, held)
+        try:
+            assert called.wait(30), "the other webhook waited for the slow one"
+        finally:
+            held.release.set()
+            calling.join(30)
+    finally:
+        slow.server.shutdown()
+        other.server.shutdown()
+    assert [d.state for d in _deliveries(api_pair)] == ["sent", "sent"]
+
+
+def test_a_webhook_that_answers_slowly_gets_its_share_of_a_round(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # Each call of this receiver takes a whole time-out (on the dispatcher's clock): the round
+    # makes one of them and leaves the rest to the next rounds, after the other webhooks.
+    clock = FakeMonotonic()
+    settings = _settings(timeout_seconds=5)
+
+    def slow(body: bytes) -> int:
+        clock.now += settings.timeout_seconds
+        return 200
+
+    receiver.answer = slow
+    _register(api_pair, receiver.url)
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings, monotonic=clock)
+    for _ in range(3):
+        _send_note(api_pair)
+    assert [dispatcher.run_once() for _ in range(4)] == [1, 1, 1, 0]
+
+
+def test_a_webhook_owed_many_calls_leaves_room_in_the_round_for_the_others(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # The round took the hundred deliveries due longest: a webhook with a backlog took every
+    # place, round after round, and a webhook with news waited until the backlog was gone.
+    backlog = _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    with pair.hospital.store.unit_of_work() as uow:
+        for number in range(120):
+            uow.session.add(
+                WebhookDeliveryRow(
+                    webhook_id=backlog["id"],
+                    event_key=f"old:{number}",
+                    event_type="message.received",
+                    body={"event": "message.received"},
+                    state="pending",
+                    attempts=0,
+                    due_at=pair.clock() - timedelta(hours=1),
+                )
+            )
+        uow.commit()
+    other = Receiver()
+    try:
+        _register(api_pair, other.url)
+        dispatcher = WebhookDispatcher(pair.hospital, _settings())
+        _send_note(api_pair)
+        dispatcher.run_once()
+    finally:
+        other.server.shutdown()
+    assert len(other.calls) == 1
+
+
+def test_a_webhook_url_that_reaches_inward_or_is_plain_http_is_refused(api_pair: ApiPair) -> None:
+    # Any client (the receive scope is enough) made the server POST to its own loopback, the
+    # cloud's metadata service or hosts inside the network, and GET /api/webhooks then told
+    # which ports answered. By default a URL is https to a public address.
+    pair = api_pair.pair
+    auth = {"Authorization": f"Bearer {api_pair.outsider_key}"}
+
+    def register(http: TestClient, url: str) -> httpx.Response:
+        return http.post(
+            "/api/webhooks", headers=auth, json={"url": url, "events": ["message.received"]}
+        )
+
+    refused = {
+        "https://127.0.0.1:5432/": "127.0.0.1 is a loopback address",
+        "https://localhost/hook": "localhost resolves to",
+        "https://[::1]:5432/": "loopback",
+        "https://[::ffff:127.0.0.1]/": "loopback",
+        "https://169.254.169.254/latest/meta-data/": "link-local",
+        "https://10.1.2.3/hook": "private",
+        "https://192.168.0.1/hook": "private",
+        "https://[fd12::1]/hook": "unique-local",
+        "https://224.0.0.1/hook": "multicast",
+        "https://0.0.0.0/hook": "unspecified",
+        "http://93.184.216.34/hook": "must be https",
+    }
+    with TestClient(create_app(pair.hospital)) as http:  # the defaults
+        for url, why in refused.items():
+            answer = register(http, url)
+            assert answer.status_code == 422, (url, answer.text)
+            assert answer.json()["code"] == "webhook-target-refused"
+            assert why in answer.json()["detail"], answer.json()["detail"]
+        assert register(http, "https://93.184.216.34/hook").status_code == 201
+        listed = http.get("/api/webhooks", headers=auth).json()
+        assert [hook["url"] for hook in listed] == ["https://93.184.216.34/hook"]
+    # the operator lets the EPJs' network in (a receiver inside the hospital), in plain http
+    inside = WebhookSettings(allowed_networks=["10.1.0.0/16"], allow_http=True)
+    with TestClient(create_app(pair.hospital, webhook_settings=inside)) as http:
+        assert register(http, "https://10.1.2.3/hook").status_code == 201
+        assert register(http, "http://10.1.2.3/hook").status_code == 201
+        assert register(http, "https://10.2.0.1/hook").status_code == 422
+
+
+def test_a_name_that_points_inward_when_called_is_not_called(
+    api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked only at registration, a name could resolve to a public address then and to
+    # 127.0.0.1 when called (DNS rebinding): the address a call connects to is checked.
+    real = socket.getaddrinfo
+    points_to = ["93.184.216.34"]
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real(points_to[0] if host == "hooks.example" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pair = api_pair.pair
+    settings = WebhookSettings(allow_http=True)  # nothing inward allowed
+    url = f"http://hooks.example:{receiver.server.server_address[1]}/hook"
+    with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+            json={"url": url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    points_to[0] = "127.0.0.1"
+    dispatcher = WebhookDispatcher(pair.hospital, settings)
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1  # a call refused is a failed call, recorded
+    assert receiver.calls == []
+    [delivery] = _deliveries(api_pair)
+    assert delivery.state == "pending"
+    assert str(delivery.last_error).startswith("target-refused: hooks.example resolves to")
+    assert "loopback" in str(delivery.last_error)
+
+
+def test_a_client_hears_only_of_what_its_scopes_let_it_read(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # Any client could subscribe to any event: one with only the send scope heard of every
+    # message its HER-ids received (ids, senders, statuses), which it may not read.
+    pair = api_pair.pair
+    _, send_only = add_client(
+        pair.hospital.store, "sender", ["send"], [HOSPITAL_HER, HOSPITAL_SERVICE_HER]
+    )
+    http = api_pair.hospital_http
+
+    def register(key: str, events: list[str] | None) -> httpx.Response:
+        asked: dict[str, object] = {"url": receiver.url}
+        if events is not None:
+            asked["events"] = events
+        return http.post("/api/webhooks", headers={"Authorization": f"Bearer {key}"}, json=asked)
+
+    for events in (["message.received"], ["message.status", "alert"]):
+        refused = register(send_only, events)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["code"] == "forbidden"
+    assert (
+        "message.received needs the 'receive' scope"
+        in register(send_only, ["message.received"]).json()["detail"]
+    )
+    assert register(api_pair.hospital_admin_key, None).json()["events"] == ["alert"]
+    made = register(send_only, None)  # no events named: those its scopes allow
+    assert made.status_code == 201 and made.json()["events"] == ["message.status"]
+    refusals = query(pair.hospital.store, AuditQuery(client="sender"))
+    assert [(r["action"], r["outcome"]) for r in refusals] == [("/api/webhooks", "refused")] * 3
+    # One registered before scopes were checked, with its client's scopes (migration 0015)
+    # and an event they do not allow: it hears nothing of it.
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.add(
+            WebhookRow(
+                client_name="sender",
+                url=receiver.url,
+                secret="s",
+                events=["message.received", "message.status"],
+                her_ids=[HOSPITAL_HER, HOSPITAL_SERVICE_HER],
+                scopes=["send"],
+            )
+        )
+        uow.commit()
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
+    _send_note(api_pair)  # received: a send-only client hears nothing of it
+    assert dispatcher.run_once() == 0
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="test")
+    pair.run()
+    assert dispatcher.run_once() > 0  # sent: the statuses of its own message
+    heard = [json.loads(body) for _, body in receiver.calls]
+    assert {(b["event"], b["direction"]) for b in heard} == {("message.status", "out")}
+
+
+def test_finished_deliveries_are_purged_after_the_retention_pending_ones_never(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # A row per webhook and event was kept for ever: a busy server's table only grew.
+    hook = _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    now = pair.clock()
+    fates = {
+        ("sent", 8): "purged",
+        ("failed", 8): "purged",
+        ("sent", 6): "kept",  # within the retention
+        ("failed", 6): "kept",
+        ("pending", 400): "kept",  # owed still, however old
+    }
+    with pair.hospital.store.unit_of_work() as uow:
+        for state, days in fates:
+            uow.session.add(
+                WebhookDeliveryRow(
+                    webhook_id=hook["id"],
+                    event_key=f"{state}:{days}",
+                    event_type="message.received",
+                    body={"event": "message.received"},
+                    state=state,
+                    attempts=1,
+                    due_at=now - timedelta(days=days),
+                )
+            )
+        [row] = uow.session.scalars(select(WebhookRow))
+        row.paused_until = now + timedelta(hours=1)  # the pending one is not called here
+        uow.commit()
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(delivery_retention_days=7))
+    dispatcher.run_once()
+    left = {d.event_key for d in _deliveries(api_pair)}
+    kept = {f"{state}:{days}" for (state, days), fate in fates.items() if fate == "kept"}
+    assert left == kept
+
+
+def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A call connects to the address the target policy checked, not to the name: TLS must
+    # still verify the receiver's certificate for the name, and the request name it (Host, SNI).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA trusted
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "hooks.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    receiver = Receiver()
+    server_names: list[str | None] = []
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls.sni_callback = lambda _socket, server_name, _context: server_names.append(server_name)
+    receiver.server.socket = tls.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    settings = WebhookSettings(allowed_networks=["127.0.0.0/8"])  # https only
+    pair = api_pair.pair
+    try:
+        with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+            answer = http.post(
+                "/api/webhooks",
+                headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+                json={"url": f"https://hooks.test:{port}/hook", "events": ["message.received"]},
+            )
+            assert answer.status_code == 201, answer.text
+        dispatcher = WebhookDispatcher(pair.hospital, settings)
+        _send_note(api_pair)
+        assert dispatcher.run_once() == 1
+    finally:
+        receiver.server.shutdown()
+    [(headers, _)] = receiver.calls
+    assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
+    assert [d.state for d in _deliveries(api_pair)] == ["sent"]

@@ -8,10 +8,10 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from meldingstjener.store.migrate import alembic_config, current_revision, head_revision, upgrade
-from meldingstjener.store.tables import AgreementRow, Base
+from meldingstjener.store.tables import AgreementRow, Base, WebhookRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
 
@@ -118,10 +118,43 @@ def test_webhooks_older_than_their_credential_column_are_given_the_right_one(
     assert found == {"epj-key": "api-key", "epj-helseid": "jwt"}
 
 
+def test_webhooks_older_than_their_scopes_are_given_their_key_clients(
+    own_database: Store,
+) -> None:
+    # Before 0015 a webhook did not keep its client's scopes, and told a send-only client of
+    # the messages it received. An API-key client's scopes never change: its webhooks get them.
+    # A JWT client's were never stored anywhere: its webhooks get none (not checked).
+    database = own_database.database
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0014")
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO api_clients (id, name, key_hash, scopes, her_ids, created_at)"
+                " VALUES (1, 'epj-key', 'h', '[\"send\"]', '[]', CURRENT_TIMESTAMP)"
+            )
+        )
+        for number, name, credential in ((1, "epj-key", "api-key"), (2, "epj-helseid", "jwt")):
+            connection.execute(
+                text(
+                    "INSERT INTO webhooks (id, client_name, credential, url, secret, events,"
+                    " her_ids, active, consecutive_failures, created_at) VALUES (:id, :name,"
+                    " :credential, 'http://epj/hook', 's', '[]', '[]', true, 0, CURRENT_TIMESTAMP)"
+                ),
+                {"id": number, "name": name, "credential": credential},
+            )
+    upgrade(database)
+    with own_database.unit_of_work() as uow:
+        found = {row.client_name: row.scopes for row in uow.session.scalars(select(WebhookRow))}
+    assert found == {"epj-key": ["send"], "epj-helseid": None}
+
+
 def test_idempotency_keys_stored_before_their_scope_are_found_after_the_upgrade(
     own_database: Store,
 ) -> None:
-    # Keys were "<client>:<key>" until 0018. An EPJ whose POST the upgrade's restart cut off
+    # Keys were "<client>:<key>" until 0017. An EPJ whose POST the upgrade's restart cut off
     # retries it with the same key: not found in its old form, the message was made twice.
     from meldingstjener.api.auth import Principal
     from meldingstjener.api.idempotency import scoped_key
@@ -131,7 +164,7 @@ def test_idempotency_keys_stored_before_their_scope_are_found_after_the_upgrade(
     config = alembic_config(database)
     with database.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0017")
+        command.downgrade(config, "0016")
     stored = {  # message id: (client, key as stored before)
         "m-key": ("epj-key", "epj-key:retry:1"),
         "m-jwt": ("epj-helseid", "epj-helseid:a:b"),

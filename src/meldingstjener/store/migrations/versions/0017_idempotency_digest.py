@@ -5,8 +5,8 @@ same document to another receiver (or with other ebXML overrides) under the same
 answered with the first message, and nothing went to the receiver asked for. Nullable, no
 default: no table rewrite; a message stored before it is matched by its document, as before.
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-05 11:00:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018"
-down_revision = "0017"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -8,8 +8,8 @@ table once; on PostgreSQL writes to it wait meanwhile (see 0004 for why not CONC
 Numbered 0017 and chained to 0014, main's head when it was written: 0015 and 0016 are taken on
 other branches, and the chain is mended when they meet.
 
-Revision ID: 0017
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-05 10:00:00
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,119 @@
+"""Which URLs a webhook may call: https to public addresses, unless the operator allows more.
+
+Any API client registers webhook URLs, and the server calls them from where it stands: inside
+the hospital's network, beside its databases and a cloud's metadata service. A client that may
+name ``http://127.0.0.1:5432/`` or ``http://169.254.169.254/`` makes the server call them for it
+(and the webhook's count of failures tells which ports answer). So a URL must be ``https`` and
+its host reach only public addresses; loopback, link-local, private, unique-local, multicast,
+unspecified and other addresses that are not global are refused unless they lie in a network of
+``[webhooks] allowed_networks`` (an EPJ inside the hospital network), and ``http`` is refused
+unless ``[webhooks] allow_http``.
+
+The check is made when a URL is registered (its host resolved) and again by every call, on the
+addresses the call then connects to (``webhook_http`` connects only to addresses checked here):
+a name that resolved to a public address at registration and resolves to 127.0.0.1 now (DNS
+rebinding) is refused then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from meldingstjener.config import WebhookSettings
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+
+
+class TargetRefused(Exception):
+    """A webhook URL, or the address a call would connect to, is not one it may call; the
+    message says why in words for the client or the operator (no secret in it)."""
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """What the operator allows beyond https to public addresses."""
+
+    allow_http: bool = False
+    allowed_networks: Sequence[IpNetwork] = ()
+
+    @classmethod
+    def of(cls, settings: WebhookSettings) -> TargetPolicy:
+        return cls(settings.allow_http, tuple(settings.allowed_networks))
+
+    def check_url(self, url: str) -> None:
+        """Refuse (:class:`TargetRefused`) a URL whose scheme or host's addresses may not be
+        called; its host is resolved now."""
+        parsed = httpx.URL(url)
+        if parsed.scheme != "https" and not (parsed.scheme == "http" and self.allow_http):
+            raise TargetRefused(
+                "the URL must be https (the operator allows http with [webhooks] allow_http)"
+            )
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.addresses(parsed.host, port)
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses ``host`` resolves to now, each one checked: refused as a whole when one
+        of them may not be called (a name that also points inward is not half trusted)."""
+        found = resolve(host, port)
+        for text in found:
+            reason = self.refusal(ipaddress.ip_address(text.split("%", 1)[0]))
+            if reason is not None:
+                named = f"{host} resolves to {text}, " if text != host else f"{text} is "
+                raise TargetRefused(
+                    f"{named}{reason}; the operator allows such addresses with "
+                    "[webhooks] allowed_networks"
+                )
+        return found
+
+    def refusal(self, address: IpAddress) -> str | None:
+        """Why ``address`` may not be called, or None when it may."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+        if any(address in network for network in self.allowed_networks):
+            return None
+        return _kind(address)
+
+
+def _kind(address: IpAddress) -> str | None:
+    """What kind of address a webhook may not call by default this is, or None (public)."""
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv6Address) and address in _UNIQUE_LOCAL:
+        return "a unique-local address"
+    if address.is_private:
+        return "a private address"
+    if address.is_reserved or not address.is_global:
+        return "a reserved address, not a public one"  # shared (100.64/10), benchmarking ...
+    return None
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` stands for (itself when it is one), in the resolver's order.
+
+    The system resolver bounds its own time (its time-out and attempts, a few seconds)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as exc:  # not found; a label too long; a NUL
+        raise TargetRefused(f"the host {host} cannot be resolved ({exc})") from None
+    found: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        text = str(sockaddr[0])
+        if text not in found:
+            found.append(text)
+    if not found:
+        raise TargetRefused(f"the host {host} resolves to no address")
+    return found
