@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import String, Table, bindparam, select, text
 
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.tables import AuditRow
+from meldingstjener.store.tables import AlertRow, AuditRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
 
@@ -29,6 +29,7 @@ _INSERT = text(
 # what the columns hold (PostgreSQL refuses a longer text; SQLite would keep it)
 _CLIENT_CHARS = cast(String, _TABLE.c.client.type).length or 128
 _PERSON_CHARS = cast(String, _TABLE.c.person.type).length or 128
+_FOLLOWED_BY_CHARS = cast(String, cast(Table, AlertRow.__table__).c.acknowledged_by.type).length
 
 
 class Outcome:
@@ -36,6 +37,53 @@ class Outcome:
     REFUSED = "refused"
     NOT_FOUND = "not-found"
     INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """An alert acknowledged or resolved, and what its follow-up was before."""
+
+    alert: AlertRow
+    acknowledged_before: str | None
+    resolved_before: bool
+
+
+def follow_up_alert(
+    uow: UnitOfWork,
+    alert_id: int,
+    *,
+    resolve: bool,
+    client: str,
+    person: str | None,
+    by: str,
+    at: datetime | None = None,
+) -> FollowUp | None:
+    """Acknowledge (or resolve) one alert in the caller's transaction, and audit it when that
+    changed it; None when there is no such alert. The command line and the operator API both
+    come here. The alert keeps only who acknowledged it (``by``, masked like every stored text
+    and cut to its column after masking), so a resolve, and who did it, is found in the audit
+    log: by someone other than the one who acknowledged, it would otherwise leave no trace."""
+    found = uow.alerts.get(alert_id)
+    if found is None:
+        return None
+    acknowledged_before, resolved_before = found.acknowledged_by, found.resolved_at is not None
+    follow = uow.alerts.close if resolve else uow.alerts.acknowledge
+    masked = (redact(by) or by)[: _FOLLOWED_BY_CHARS or 128]
+    alert = follow(alert_id, by=masked, at=at)
+    if alert is None:  # gone meanwhile
+        return None
+    if not resolved_before if resolve else acknowledged_before is None:
+        add(
+            uow,
+            client=client,
+            person=person,
+            action="alert-resolve" if resolve else "alert-acknowledge",
+            outcome=Outcome.OK,
+            message_id=alert.message_id,
+            her_id=alert.partner_her_id,
+            detail=f"alert {alert.id} {alert.kind}",
+        )
+    return FollowUp(alert, acknowledged_before, resolved_before)
 
 
 def record(

@@ -180,16 +180,21 @@ def ops_router(
     def _followed_up(alert_id: int, who: Principal, *, resolve: bool) -> dict[str, Any]:
         if not 1 <= alert_id <= 2**62:
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
-        by = (f"{who.label}/{who.person}" if who.person else who.label)[:128]
+        by = f"{who.label}/{who.person}" if who.person else who.label
         with ctx.store.unit_of_work() as uow:
-            if resolve:
-                row = uow.alerts.close(alert_id, by=by, at=ctx.clock())
-            else:
-                row = uow.alerts.acknowledge(alert_id, by=by, at=ctx.clock())
-            if row is None:
+            done = audit.follow_up_alert(
+                uow,
+                alert_id,
+                resolve=resolve,
+                client=who.label,
+                person=who.person,
+                by=by,
+                at=ctx.clock(),
+            )
+            if done is None:
                 raise ApiProblem(404, "not-found", f"no alert {alert_id}")
             uow.commit()
-            return _alert_dict(row)
+            return _alert_dict(done.alert)
 
     @router.get("/audit", summary="The audit log, newest first", description=PAGING)
     def audit_log(

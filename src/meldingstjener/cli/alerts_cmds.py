@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -15,7 +14,7 @@ from meldingstjener.cli.store_cmds import find_message, wide_console
 from meldingstjener.views import alert_dict, receipt_dict
 
 if TYPE_CHECKING:
-    from meldingstjener.store.tables import AlertRow
+    from meldingstjener.api.audit import FollowUp
 
 alerts_app = typer.Typer(
     help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
@@ -70,9 +69,9 @@ def alerts_ack(
     by: Annotated[str, typer.Option("--by", help="Who acknowledges it.")] = "operator",
 ) -> None:
     """Acknowledge an alert: someone is following it up."""
-    before, _ = _follow_up(ctx, alert_id, by=by, resolve=False)
-    if before.acknowledged_by is not None:
-        typer.echo(f"alert {alert_id} was acknowledged by {before.acknowledged_by} already")
+    done = _follow_up(ctx, alert_id, by=by, resolve=False)
+    if done.acknowledged_before is not None:
+        typer.echo(f"alert {alert_id} was acknowledged by {done.acknowledged_before} already")
     else:
         typer.echo(f"alert {alert_id} acknowledged by {by}")
 
@@ -85,62 +84,31 @@ def alerts_resolve(
 ) -> None:
     """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
     problem opens it again. Who resolved it is in the audit log (`meldingstjener audit`)."""
-    before, alert = _follow_up(ctx, alert_id, by=by, resolve=True)
-    if before.resolved:
+    done = _follow_up(ctx, alert_id, by=by, resolve=True)
+    if done.resolved_before:
         typer.echo(f"alert {alert_id} was resolved already")
         return
     acknowledged = (
-        f" (acknowledged by {alert.acknowledged_by} before)"
-        if before.acknowledged_by not in (None, by)
+        f" (acknowledged by {done.acknowledged_before} before)"
+        if done.acknowledged_before not in (None, by)
         else ""
     )
     typer.echo(f"alert {alert_id} resolved by {by}{acknowledged}")
 
 
-@dataclass(frozen=True)
-class _Before:
-    """What an alert's follow-up was before this command changed it."""
-
-    acknowledged_by: str | None
-    resolved: bool
-
-
-def _follow_up(
-    ctx: typer.Context, alert_id: int, *, by: str, resolve: bool
-) -> tuple[_Before, AlertRow]:
-    """Acknowledge (or resolve) one alert and commit; exit 1 when there is no such alert.
-
-    The alert keeps only who acknowledged it, so what this command did, and who did it, is
-    also written to the audit log: a resolve by someone other than the one who acknowledged
-    would otherwise leave no trace of them."""
-    from meldingstjener.api.audit import Outcome, add
+def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> FollowUp:
+    """Acknowledge (or resolve) one alert and commit, audited as client ``cli``; exit 1 when
+    there is no such alert."""
+    from meldingstjener.api.audit import follow_up_alert
 
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        found = uow.alerts.get(alert_id)
-        if found is None:
+        done = follow_up_alert(uow, alert_id, resolve=resolve, client="cli", person=by, by=by)
+        if done is None:
             typer.echo(f"no alert {alert_id}", err=True)
             raise typer.Exit(1)
-        before = _Before(found.acknowledged_by, found.resolved_at is not None)
-        follow = uow.alerts.close if resolve else uow.alerts.acknowledge
-        alert = follow(alert_id, by=by)
-        if alert is None:  # gone meanwhile
-            typer.echo(f"no alert {alert_id}", err=True)
-            raise typer.Exit(1)
-        changed = not before.resolved if resolve else before.acknowledged_by is None
-        if changed:
-            add(
-                uow,
-                client="cli",
-                person=by,
-                action="alert-resolve" if resolve else "alert-acknowledge",
-                outcome=Outcome.OK,
-                message_id=alert.message_id,
-                her_id=alert.partner_her_id,
-                detail=f"alert {alert.id} {alert.kind}",
-            )
         uow.commit()
-    return before, alert
+    return done
 
 
 @app.command("status")

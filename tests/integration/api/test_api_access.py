@@ -683,6 +683,36 @@ def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPai
     assert again["id"] == alert["id"] and again["acknowledgedBy"] is None
 
 
+def test_who_followed_up_an_alert_is_masked_and_audited(api_pair: ApiPair) -> None:
+    # The person an operator's request names went into the alert unmasked (a national
+    # identity number as X-Person was stored as it came), and a resolve left no trace of who
+    # did it: the alert keeps only who acknowledged it.
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    hospital = api_pair.pair.hospital
+    with hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.APPREC_UNSENT, "an AppRec was not sent", at=hospital.clock())
+        uow.commit()
+    http = api_pair.hospital_http
+    admin = {"Authorization": f"Bearer {api_pair.hospital_admin_key}"}
+    [alert] = http.get("/api/alerts?open_only=true", headers=admin).json()
+    acked = http.post(
+        f"/api/alerts/{alert['id']}/acknowledge", headers={**admin, "X-Person": "01017012345"}
+    )
+    assert acked.status_code == 200, acked.text
+    assert "01017012345" not in acked.json()["acknowledgedBy"]
+    assert acked.json()["acknowledgedBy"].startswith("ops/")
+    resolved = http.post(f"/api/alerts/{alert['id']}/resolve", headers=admin)
+    assert resolved.status_code == 200, resolved.text
+    entries = query(hospital.store, AuditQuery(client="ops"))
+    done = [(e["action"], e["detail"]) for e in entries if e["action"].startswith("alert-")]
+    assert sorted(done) == [
+        ("alert-acknowledge", f"alert {alert['id']} apprec-unsent"),
+        ("alert-resolve", f"alert {alert['id']} apprec-unsent"),
+    ]
+    assert all("01017012345" not in str(e["person"]) for e in entries)
+
+
 # PostgreSQL only: SQLite is a file on the server's own host, never away while it runs
 @pytest.mark.parametrize("pair", ["postgresql"], indirect=True)
 def test_health_answers_503_while_the_database_is_down(api_pair: ApiPair) -> None:
