@@ -101,6 +101,32 @@ def test_log_json_prints_one_object_per_event(populated: tuple[Path, str]) -> No
     assert run(data_dir, "log", "--since", "yesterday").returncode == 2
 
 
+def test_log_and_audit_with_a_limit_show_the_newest_oldest_first(
+    populated: tuple[Path, str],
+) -> None:
+    # Both took the oldest --limit rows: without --since, an operator of a server a year old
+    # never saw today's events (the default limit is 1000).
+    from meldingstjener.api.audit import Outcome, add
+
+    data_dir, message_id = populated
+    store = open_store(load_settings(data_dir=data_dir))
+    with store.unit_of_work() as uow:
+        for number in range(3):
+            add(uow, client="epj", person=None, action=f"read-{number}", outcome=Outcome.OK)
+        uow.commit()
+    store.database.dispose()
+    newest = [
+        json.loads(x) for x in run(data_dir, "log", "--json", "--limit", "2").stdout.splitlines()
+    ]
+    assert [e["to_status"] for e in newest] == ["transport-acknowledged", "received"]
+    assert newest[0]["message_id"] == message_id and newest[1]["message_id"] != message_id
+    first = run(data_dir, "log", "--json", "--limit", "2", "--since", "2000-01-01")
+    assert [json.loads(x)["to_status"] for x in first.stdout.splitlines()] == ["accepted", "sent"]
+    audited = run(data_dir, "audit", "--json", "--limit", "2")
+    assert audited.returncode == 0, audited.stderr
+    assert [json.loads(x)["action"] for x in audited.stdout.splitlines()] == ["read-1", "read-2"]
+
+
 def test_log_table(populated: tuple[Path, str]) -> None:
     result = run(populated[0], "log")
     assert result.returncode == 0

@@ -32,11 +32,17 @@ def audit_command(
         bool, typer.Option("--json", help="One JSON object per entry (JSON lines).")
     ] = False,
 ) -> None:
-    """The audit log: who read or changed which message, when, with what outcome."""
+    """The audit log: who read or changed which message, when, with what outcome; oldest
+    first, the last --limit entries (from --since: the first ones after it)."""
     from meldingstjener.api.audit import AuditQuery, query
 
     store = store_from(ctx)
-    rows = query(store, AuditQuery(message, client, parse_since(since), limit))
+    start = parse_since(since)
+    # without a start, the newest entries: the oldest ones of a year are not what is asked
+    asked = AuditQuery(message, client, start, limit, newest_first=start is None)
+    rows = query(store, asked)
+    if asked.newest_first:
+        rows.reverse()
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))

@@ -77,7 +77,8 @@ def log_command(
         bool, typer.Option("--json", help="One JSON object per event (JSON lines).")
     ] = False,
 ) -> None:
-    """The message log: every status change and signal, oldest first."""
+    """The message log: every status change and signal, oldest first; the last --limit
+    events (from --since: the first ones after it)."""
     if status is not None and status not in ALL_STATUSES:
         raise typer.BadParameter(
             f"unknown status {status!r}; known: {', '.join(sorted(ALL_STATUSES))}",
@@ -88,7 +89,7 @@ def log_command(
         her_id=her_id, msg_type=msg_type, status=status, since=parse_since(since), limit=limit
     )
     with store.unit_of_work() as uow:
-        rows = uow.messages.log(log_filter)
+        rows = uow.messages.log(log_filter, newest=log_filter.since is None)
     if as_json:
         for event, message in rows:
             typer.echo(json.dumps({**event_dict(event), **message_summary(message)}))

@@ -482,8 +482,11 @@ class MessageRepository:
         query = self._filtered(select(MessageRow), log_filter, newest_first=newest_first)
         return list(self.session.scalars(query))
 
-    def log(self, log_filter: LogFilter) -> list[tuple[EventRow, MessageRow | None]]:
-        """Events joined with their message, oldest first, filtered like the message log."""
+    def log(
+        self, log_filter: LogFilter, *, newest: bool = False
+    ) -> list[tuple[EventRow, MessageRow | None]]:
+        """Events joined with their message, oldest first, filtered like the message log: the
+        first ``limit`` of them, or with ``newest`` the last ``limit``."""
         self.events.write_pending()
         query: Select[Any] = select(EventRow, MessageRow).outerjoin(  # type: ignore[assignment]
             MessageRow, EventRow.message_id == MessageRow.id
@@ -493,8 +496,15 @@ class MessageRepository:
         if log_filter.until is not None:
             query = query.where(EventRow.at <= log_filter.until)
         query = self._filtered(query, log_filter, with_since=False)
-        query = query.order_by(EventRow.at, EventRow.id).limit(log_filter.limit)
-        return [(event, message) for event, message in self.session.execute(query)]
+        if newest:
+            query = query.order_by(EventRow.at.desc(), EventRow.id.desc())
+        else:
+            query = query.order_by(EventRow.at, EventRow.id)
+        found = [
+            (event, message)
+            for event, message in self.session.execute(query.limit(log_filter.limit))
+        ]
+        return found[::-1] if newest else found
 
     @staticmethod
     def _filtered(
