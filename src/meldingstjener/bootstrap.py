@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
@@ -48,13 +48,18 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
         raise no_store(url)  # before Database(), which makes the file's directory
     try:
         database = Database(url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+    except (SQLAlchemyError, OSError) as exc:  # no driver, no directory for the file
+        raise database_failed(url, exc) from None
+    try:
         if not create and current_revision(database) is None:
             database.dispose()
             raise no_store(url)
         if migrate:
             upgrade(database)
-    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, unwritable
+    except (OperationalError, InterfaceError, OSError) as exc:  # unreachable, refused, unwritable
         raise database_failed(url, exc) from None
+    # any other error is a migration that failed on what is stored: its traceback is the
+    # report, not a line saying the database cannot be opened (and exit 3, "try again later")
     try:
         payloads = PayloadStore(settings.payload_dir)
     except OSError as exc:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from meldingstjener.devsites import free_port
 
 
@@ -76,3 +78,31 @@ def test_a_payload_directory_that_cannot_be_made(tmp_path: Path) -> None:
     for command in commands(tmp_path):
         result = run(tmp_path, *command)
         assert_said(result, 3, f"cannot write the payload directory {tmp_path / 'payloads'}")
+
+
+def test_a_migration_that_fails_on_what_is_stored_is_not_said_to_be_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every database error of the upgrade became "cannot open the database" and exit 3, which
+    # a service manager restarts on (the database may be back): a migration refused by the
+    # rows it met would be retried for ever, under the wrong name, without its traceback.
+    from sqlalchemy.exc import IntegrityError
+
+    from meldingstjener import bootstrap
+    from meldingstjener.config import load_settings
+    from meldingstjener.store.opening import StoreUnavailable
+
+    def refused(database: object) -> None:
+        raise IntegrityError("UPDATE messages ...", {}, Exception("duplicate key value"))
+
+    monkeypatch.setattr(bootstrap, "upgrade", refused)
+    settings = load_settings(data_dir=tmp_path)
+    with pytest.raises(IntegrityError):
+        bootstrap.open_store(settings)
+
+    def unreachable(database: object) -> None:
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(bootstrap, "upgrade", unreachable)
+    with pytest.raises(StoreUnavailable, match="cannot open the database"):
+        bootstrap.open_store(settings)

@@ -199,3 +199,31 @@ def test_idempotency_keys_stored_before_their_scope_are_found_after_the_upgrade(
         "m-jwt": scoped_key(client("epj-helseid", Credential.JWT), "a:b"),
         "m-folder": "folder:f00d",
     }
+
+
+def test_going_down_past_the_message_columns_keeps_the_message_log(own_database: Store) -> None:
+    # SQLite drops a column in a batch by rebuilding the table: dropping the old messages
+    # table cascaded to every table that refers to it, and the message log was gone.
+    database = own_database.database
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO messages (id, direction, status, attempts, created_at, updated_at,"
+                " status_changed_at) VALUES ('m1', 'out', 'sent', 1, CURRENT_TIMESTAMP,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO message_events (message_id, at, kind, actor) VALUES ('m1',"
+                " CURRENT_TIMESTAMP, 'status', 't')"
+            )
+        )
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert (_count(own_database, "messages"), _count(own_database, "message_events")) == (1, 1)
+    upgrade(database)
+    assert differences(own_database) == []
+    assert (_count(own_database, "messages"), _count(own_database, "message_events")) == (1, 1)

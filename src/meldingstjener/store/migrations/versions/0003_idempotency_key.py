@@ -25,5 +25,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_messages_client_id", table_name="messages")
     op.drop_index("uq_messages_idempotency_key", table_name="messages")
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_column("idempotency_key")
+    # not a batch: SQLite would rebuild the table, and dropping the old one cascades to every
+    # table that refers to messages (the whole message log); both databases drop a column so
+    op.execute("ALTER TABLE messages DROP COLUMN idempotency_key")

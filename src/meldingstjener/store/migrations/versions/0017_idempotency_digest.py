@@ -44,5 +44,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_column("idempotency_digest")
+    # not a batch: SQLite would rebuild the table, and dropping the old one cascades to every
+    # table that refers to messages (the whole message log); both databases drop a column so
+    op.execute("ALTER TABLE messages DROP COLUMN idempotency_digest")
