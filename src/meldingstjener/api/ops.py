@@ -227,7 +227,7 @@ def ops_router(
             )
             audit.record(
                 ctx.store,
-                client=who.client,
+                client=who.label,
                 person=who.person,
                 action="/api/webhooks",
                 outcome=audit.Outcome.REFUSED,

@@ -65,9 +65,15 @@ def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         assert get(_token(other)) == 401
         assert get(_token(key, scope="send")) == 403
+        hook = http.post(  # alerts need the admin scope
+            "/api/webhooks",
+            json={"url": "https://epj.example/hook", "events": ["alert"]},
+            headers={"Authorization": f"Bearer {_token(key)}"},
+        )
+        assert hook.status_code == 403, hook.text
     # a token's client is "jwt:<client_id>" in the logs: never taken for a key client's name
     entries = query(pair.hospital.store, AuditQuery(client="jwt:jwt-epj"))
-    assert [(e["person"], e["outcome"]) for e in entries] == [("lege-9", "refused")] * 2
+    assert [(e["person"], e["outcome"]) for e in entries] == [("lege-9", "refused")] * 3
 
 
 def test_a_token_with_claims_of_other_types_or_bound_to_a_key_is_refused(
