@@ -64,8 +64,11 @@ class ServerFaults:
             answer = problem_response(
                 503,
                 "unavailable",
-                "the database cannot be reached just now; nothing was done: repeat the call "
-                f"in {RETRY_AFTER_SECONDS} seconds",
+                # a commit cut off may have stored what was sent all the same: a repeat with
+                # the same Idempotency-Key finds it, one without makes a second message
+                "the database cannot be reached just now, and the call may not have been "
+                f"completed: repeat it in {RETRY_AFTER_SECONDS} seconds (a message submitted "
+                "again with the same Idempotency-Key is not made twice)",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
             await answer(scope, receive, send)
