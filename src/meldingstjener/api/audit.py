@@ -63,7 +63,9 @@ def follow_up_alert(
     come here. The alert keeps only who acknowledged it (``by``, masked like every stored text
     and cut to its column after masking), so a resolve, and who did it, is found in the audit
     log: by someone other than the one who acknowledged, it would otherwise leave no trace."""
-    found = uow.alerts.get(alert_id)
+    # locked before what it was is read: two at once would both find it open, and both be
+    # audited (and told) as the one who acknowledged it
+    found = uow.alerts.get(alert_id, for_update=True)
     if found is None:
         return None
     acknowledged_before, resolved_before = found.acknowledged_by, found.resolved_at is not None
@@ -72,7 +74,8 @@ def follow_up_alert(
     alert = follow(alert_id, by=masked, at=at)
     if alert is None:  # gone meanwhile
         return None
-    if not resolved_before if resolve else acknowledged_before is None:
+    changed = not resolved_before if resolve else acknowledged_before is None
+    if changed:
         add(
             uow,
             client=client,

@@ -697,7 +697,12 @@ class AlertRepository:
             },
         )
 
-    def get(self, alert_id: int) -> AlertRow | None:
+    def get(self, alert_id: int, *, for_update: bool = False) -> AlertRow | None:
+        """The alert; ``for_update`` locks its row (and reads it afresh) until the commit."""
+        if for_update:
+            return self.session.get(
+                AlertRow, alert_id, with_for_update=True, populate_existing=True
+            )
         return self.session.get(AlertRow, alert_id)
 
     def by_key(self, dedup_key: str) -> AlertRow | None:
@@ -707,7 +712,7 @@ class AlertRepository:
     def acknowledge(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
         # locked: a repeat counted at the same moment must not be acknowledged (or resolved) by
         # someone who never saw it
-        row = self.session.get(AlertRow, alert_id, with_for_update=True, populate_existing=True)
+        row = self.get(alert_id, for_update=True)
         if row is not None and row.acknowledged_at is None:
             row.acknowledged_at = row.changed_at = at or utcnow()
             row.acknowledged_by = by

@@ -2,11 +2,9 @@
 
 Without it the poll (direction 'in', read_at NULL, to_her_id IN ..., ORDER BY created_at) read
 the whole messages table on PostgreSQL, every few seconds per EPJ. The index holds only the
-unread received messages, so it stays as small as the inboxes waiting. Building it reads the
-table once; on PostgreSQL writes to it wait meanwhile (see 0004 for why not CONCURRENTLY).
-
-Numbered 0017 and chained to 0014, main's head when it was written: 0015 and 0016 are taken on
-other branches, and the chain is mended when they meet.
+unread received messages (a message the EPJ never marks read, one delivered to the folder
+inbox or refused, stays in it). Building it reads the table once; on PostgreSQL writes to it
+wait meanwhile (see 0004 for why not CONCURRENTLY).
 
 Revision ID: 0016
 Revises: 0015
