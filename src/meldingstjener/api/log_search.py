@@ -7,7 +7,7 @@ operator guessed a ``since`` close enough to now. Older rows are reached by pagi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Query
@@ -19,11 +19,3 @@ PAGING = (
 )
 Since = Annotated[datetime | None, Query(description="Only rows at or after this time")]
 Until = Annotated[datetime | None, Query(description="Only rows at or before this time")]
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """``value``, a time without a zone taken as UTC: the store compares only times that say
-    their zone, and a search with one that did not failed with a 500."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, select
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, principal_of
-from meldingstjener.api.log_search import PAGING, Since, Until, as_utc
+from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
@@ -24,6 +24,7 @@ from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefus
 from meldingstjener.integration.webhooks import EVENT_SCOPES, events_allowed
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import Credential, WebhookRow
+from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.views import message_summary
 

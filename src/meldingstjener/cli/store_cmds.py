@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +16,7 @@ from sqlalchemy import select
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.views import event_dict, message_summary, receipt_dict
 
@@ -48,7 +49,7 @@ def parse_since(value: str | None) -> datetime | None:
                 f"{value!r} is not a date or time (use e.g. 2026-11-23 or 2026-11-23T08:00)",
                 param_hint="--since",
             ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return as_utc(parsed)
 
 
 def wide_console() -> Console:

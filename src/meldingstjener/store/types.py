@@ -35,3 +35,11 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value``, a time without a zone taken as UTC (what an operator or an API client means
+    by a bare time here): the store compares only times that say their zone."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
