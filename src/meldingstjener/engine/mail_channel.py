@@ -605,13 +605,15 @@ class MailCollectorThread(threading.Thread):
             self._failed_rounds = 0
         except TransportFailure as failure:
             self.last_result = None
-            stuck = ()
+            # the mails named before the round ended (the IMAP server ended sessions on too
+            # many of them) stay named: a round that ends early must not hide them
+            stuck = list(self.intake.stuck)
             self.last_failure = failure
             self._failed_rounds += 1
             log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
         except Exception as exc:
             self.last_result = None
-            stuck = ()
+            stuck = list(self.intake.stuck)
             self.last_failure = TransportFailure("unexpected", type(exc).__name__)
             self._failed_rounds += 1
             log.exception("mail collection failed unexpectedly; trying again next round")
@@ -693,7 +695,8 @@ def report_collection(
     (several servers may collect one box; a broken one is a deviation of its own), resolved by
     its next collection that works. ``mail-too-large`` while mails over the limit sit in the
     box, and ``mail-stuck`` while mails stay in it round after round (``stuck``: what
-    :attr:`MailIntake.stuck` says of each), per mailbox account."""
+    :attr:`MailIntake.stuck` says of each, also of a round that failed; resolved only by a
+    round that worked), per mailbox account."""
     now = ctx.clock()
     where, account = collector.where, collector.username
     with ctx.store.unit_of_work() as uow:
@@ -728,7 +731,7 @@ def report_collection(
             )
         elif result is not None:
             uow.alerts.resolve(f"{AlertKind.MAIL_TOO_LARGE}:{account}", at=now)
-        if result is not None and stuck:
+        if stuck:  # also after a round that failed: what it found stuck is so all the same
             more = f"; and {len(stuck) - 10} more" if len(stuck) > 10 else ""
             raise_alert(
                 uow,

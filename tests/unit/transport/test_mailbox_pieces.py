@@ -462,3 +462,115 @@ def test_a_new_session_that_cannot_be_had_after_a_bye_is_the_rounds_failure(
     with pytest.raises(TransportFailure) as failed:
         collector.collect_once(lambda mail: None)
     assert failed.value.code == "mailbox-unavailable"
+
+
+class EndingServer:
+    """An IMAP server that ends the session (BYE) whenever one of its ``unreadable`` mails is
+    fetched, as Dovecot does when it cannot read a mail's file; every other mail is handed
+    out and deleted. Each login is a new :class:`EndingSession` on the same mails."""
+
+    def __init__(self, mails: dict[bytes, bytes], unreadable: set[bytes]) -> None:
+        self.mails = mails
+        self.unreadable = unreadable
+        self.logins = 0
+
+    def login(self) -> tuple[EndingSession, mailbox._Selected]:
+        self.logins += 1
+        return EndingSession(self), mailbox._Selected(exists=None, uidvalidity="1700000000")
+
+
+class EndingSession:
+    """One session with an :class:`EndingServer`."""
+
+    capabilities = ("IMAP4REV1", "UIDPLUS")
+
+    def __init__(self, server: EndingServer) -> None:
+        self.server = server
+        self.untagged_responses: dict[str, list[bytes]] = {}
+
+    def uid(self, command: str, *args: Any) -> tuple[str, list[Any]]:
+        assert "BYE" not in self.untagged_responses, "a command on an ended session"
+        if command == "SEARCH":
+            found = sorted(self.server.mails, key=int) if args[-1] == "UNDELETED" else []
+            return "OK", [b" ".join(found)]
+        uid = args[0].encode()
+        if command == "FETCH":
+            if uid in self.server.unreadable:
+                self.untagged_responses["BYE"] = [b"FETCH failed: Internal error occurred."]
+                raise imaplib.IMAP4.abort("FETCH failed: Internal error occurred.")
+            body = self.server.mails[uid]
+            return "OK", [(b"1 (UID " + uid + b" BODY[]<0> {%d}" % len(body), body), b")"]
+        if command == "EXPUNGE":
+            self.server.mails.pop(uid)
+        return "OK", [None]  # STORE, EXPUNGE
+
+    def close(self) -> None:
+        pass
+
+    def logout(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_mails_that_end_the_imap_session_do_not_block_the_mails_behind_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # Five unreadable mails, oldest first: each round met them first, and the fourth BYE
+    # ended it (mailbox-connection-lost) before the mails behind them, round after round,
+    # while no mail-stuck alert named them. Those that ended a session are now taken last.
+    import threading
+
+    server = EndingServer(
+        {b"%d" % uid: b"mail %d\r\n" % uid for uid in range(1, 9)},
+        unreadable={b"1", b"2", b"3", b"4", b"5"},
+    )
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", server.login)
+    intake = mail_channel.MailIntake(None, tmp_path)  # type: ignore[arg-type]
+    tries: dict[str, int] = {}
+
+    def count_try(key: str) -> int:
+        tries[key] = tries.get(key, 0) + 1
+        return tries[key]
+
+    handed: list[bytes] = []
+    monkeypatch.setattr(intake, "_count_try", count_try)
+    monkeypatch.setattr(intake, "on_mail", lambda mail: handed.append(mail.read()))
+    monkeypatch.setattr(intake, "forget_tries_of_mails_gone", lambda seen, before: 0)
+    reports: list[tuple[str | None, list[str]]] = []
+
+    def report(*args: Any, stuck: list[str]) -> None:
+        failure = args[4]
+        reports.append((failure.code if failure is not None else None, list(stuck)))
+
+    monkeypatch.setattr(mail_channel, "report_collection", report)
+    rounds = mail_channel.MailCollectorThread(collector, intake, 60, threading.Event())
+
+    rounds._collect_round()  # the fourth BYE in a row, with mails never tried behind it
+    assert reports[-1] == ("mailbox-connection-lost", []) and handed == []
+    rounds._collect_round()
+    assert handed == [b"mail 6\r\n", b"mail 7\r\n", b"mail 8\r\n"]
+    assert reports[-1][0] is None
+    for _ in range(4):  # the try limit: every stuck mail counted once a round
+        rounds._collect_round()
+        assert reports[-1][0] is None
+    named = reports[-1][1]
+    assert {entry.split(" (")[0] for entry in named} == {f"UID {uid}" for uid in range(1, 6)}
+    assert all("[BYE]" in entry for entry in named)
+    # each round opened at most MAX_REOPEN + 1 sessions more than its first
+    assert server.logins <= 6 * (mailbox.MAX_REOPEN + 2)
+
+    # Five more unreadable mails and a good one: the round fails again (BYEs on mails never
+    # tried before), but the stuck ones are still named in it; the good one comes next round.
+    server.mails.update({b"%d" % uid: b"mail %d\r\n" % uid for uid in range(20, 26)})
+    server.unreadable.update(b"%d" % uid for uid in range(20, 25))
+    rounds._collect_round()
+    code, named = reports[-1]
+    assert code == "mailbox-connection-lost"
+    assert {entry.split(" (")[0] for entry in named} == {f"UID {uid}" for uid in range(1, 6)}
+    rounds._collect_round()
+    assert handed[-1] == b"mail 25\r\n" and reports[-1][0] is None
