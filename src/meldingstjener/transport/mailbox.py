@@ -401,9 +401,10 @@ class MailboxCollector:
         refused = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
-            # Every search comes before anything is expunged: they ask by message numbers,
-            # which an expunge shifts (a server sends no EXPUNGE while it answers a SEARCH,
-            # RFC 3501 7.4.1, so the numbers hold from one search to the next).
+            # Every search comes before this round expunges anything: they ask by message
+            # numbers, which an expunge shifts. Another collector's expunge may shift them all
+            # the same: RFC 3501 7.4.1 forbids EXPUNGE responses during SEARCH, but allows them
+            # during UID SEARCH (see _search).
             uids = self._search(session, selected, "UNDELETED")
             leftover = self._search(session, selected, "DELETED", required=False)
             large = (
@@ -561,8 +562,15 @@ class MailboxCollector:
         if exists is None:  # not told: the whole folder at once, as before
             windows: list[tuple[str, ...]] = [()]
         else:
+            # The last window is open-ended: another collector may expunge mail after our
+            # SELECT, and RFC 3501 7.4.1 lets a server tell of it (and renumber) during a UID
+            # command, so a closed last window could name numbers that no longer exist, which
+            # a server answers BAD. A mail that moves into a window already searched waits
+            # for the next round.
             windows = [
-                (f"{low}:{min(low + SEARCH_WINDOW - 1, exists)}",)
+                (f"{low}:{low + SEARCH_WINDOW - 1}",)
+                if low + SEARCH_WINDOW <= exists
+                else (f"{low}:*",)
                 for low in range(1, exists + 1, SEARCH_WINDOW)
             ]
         found: list[bytes] = []

@@ -574,3 +574,24 @@ def test_mails_that_end_the_imap_session_do_not_block_the_mails_behind_them(
     assert {entry.split(" (")[0] for entry in named} == {f"UID {uid}" for uid in range(1, 6)}
     rounds._collect_round()
     assert handed[-1] == b"mail 25\r\n" and reports[-1][0] is None
+
+
+def test_the_last_imap_search_window_is_open_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another collector may expunge mail after our SELECT, and a server may renumber during a
+    # UID command (RFC 3501 7.4.1): a last window up to EXISTS could name numbers gone.
+    monkeypatch.setattr(mailbox, "SEARCH_WINDOW", 10)
+    asked: list[tuple[str, ...]] = []
+
+    class Searched:
+        def uid(self, command: str, *args: str) -> tuple[str, list[Any]]:
+            asked.append(args)
+            return "OK", [b""]
+
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    for exists, windows in [(25, ["1:10", "11:20", "21:*"]), (20, ["1:10", "11:*"]), (0, [])]:
+        asked.clear()
+        selected = mailbox._Selected(exists=exists, uidvalidity="1")
+        collector._search(Searched(), selected, "UNDELETED")  # type: ignore[arg-type]
+        assert [window for window, _ in asked] == windows
