@@ -73,12 +73,7 @@ from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
-from meldingstjener.transport.bounce import (
-    MAX_HEADER_LINE,
-    HeaderTooLong,
-    is_bounce,
-    read_bounce,
-)
+from meldingstjener.transport.bounce import HeaderTooLong, is_bounce, read_bounce
 from meldingstjener.transport.mailbox import (
     CollectResult,
     MailboxCollector,
@@ -266,13 +261,12 @@ class MailIntake:
         content_type = headers.get("Content-Type")
         raw_id = headers.get("Message-ID")
         message_id = bare_content_id(raw_id) if raw_id else None
-        # Before anything reads a header's parameters: see transport.bounce (the email package
-        # takes minutes over one crafted Content-Type of half a megabyte)
-        if any(len(value) > MAX_HEADER_LINE for _, value in headers.items):
-            reason = f"a header of more than {MAX_HEADER_LINE:,} bytes"
-            self._header_too_long(source, reason, digest, message_id)
-        # before the Content-Type is asked for: a bounce may have none (qmail's have no MIME
-        # headers at all), and is then text (RFC 2045 5.2), not a mail without a type
+        # Before the Content-Type is asked for: a bounce may have none (qmail's have no MIME
+        # headers at all), and is then text (RFC 2045 5.2), not a mail without a type. Its
+        # time grows with the headers' length only, so a long header is no harm here; only a
+        # bounce goes on to the email package, which takes minutes over one crafted header,
+        # and read_bounce measures its headers first (HeaderTooLong, in _take_bounce). A
+        # partner's ebXML mail with one long gateway header is received as any other.
         bounce = is_bounce(headers)
         if not content_type and not bounce:
             self._quarantine(source, "MimeProblem", message_id, digest)
