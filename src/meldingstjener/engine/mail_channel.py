@@ -297,9 +297,7 @@ class MailIntake:
         """What the mail-stuck alert says of a mail that failed ``tries`` times and could not
         be put aside either."""
         size = source.seek(0, io.SEEK_END)
-        message_id = (
-            f"Message-Id {failed.message_id[:120]}" if failed.message_id else "no Message-Id"
-        )
+        message_id = _message_id_told(failed.message_id) if failed.message_id else "no Message-Id"
         log.error("a mail failed %d times and cannot be put aside: %s", tries, failed.cause)
         return (
             f"a mail ({size:,} bytes, {message_id}) failed in {tries} collections and could "
@@ -320,9 +318,7 @@ class MailIntake:
         if tries < FAILED_ROUNDS_BEFORE_QUARANTINE:
             return
         size = f"{mail.size:,} bytes" if mail.size is not None else "size not told"
-        message_id = (
-            f"Message-Id {mail.message_id[:120]}" if mail.message_id else "no Message-Id told"
-        )
+        message_id = _message_id_told(mail.message_id) if mail.message_id else "no Message-Id told"
         said = f"it said [{mail.said}]" if mail.said else "it gave no reason code"
         self.stuck.append(
             f"{mail.number} ({size}, {message_id}): the mail server refused to hand it out in "
@@ -419,7 +415,7 @@ class MailIntake:
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
-            f"{path}" + (f" (Message-Id {message_id[:120]})" if message_id else "") + f". {advice}"
+            f"{path}" + (f" ({_message_id_told(message_id)})" if message_id else "") + f". {advice}"
         )
         try:
             _write_durably(path, mail)
@@ -448,6 +444,11 @@ class _NotPutAside(Exception):
 
 
 _READ = 1024 * 1024  # bytes per read of a spooled mail
+
+
+def _message_id_told(message_id: str) -> str:
+    """A mail's Message-Id as an alert tells it: cut short, as a sender may make it long."""
+    return f"Message-Id {message_id[:120]}"
 
 
 # A quoted-printable "line" longer than this is decoded in pieces too (the encoding allows 76).
