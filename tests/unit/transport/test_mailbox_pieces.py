@@ -595,3 +595,147 @@ def test_the_last_imap_search_window_is_open_ended(monkeypatch: pytest.MonkeyPat
         selected = mailbox._Selected(exists=exists, uidvalidity="1")
         collector._search(Searched(), selected, "UNDELETED")  # type: ignore[arg-type]
         assert [window for window, _ in asked] == windows
+
+
+class Pop3Box:
+    """A POP3 server's mailbox: mails as (UIDL, content); the ``unreadable`` ones are refused
+    with ``-ERR`` to RETR (and to TOP unless ``top``); ``uidl``: whether it knows UIDL. Each
+    login is a :class:`Pop3Session`, whose deletions take effect at QUIT."""
+
+    def __init__(
+        self,
+        mails: list[tuple[bytes, bytes]],
+        unreadable: set[bytes],
+        *,
+        uidl: bool = True,
+        top: bool = True,
+    ) -> None:
+        self.mails = mails
+        self.unreadable = unreadable
+        self.knows_uidl = uidl
+        self.answers_top = top
+        self.asked: list[bytes] = []
+
+    def login(self) -> Pop3Session:
+        return Pop3Session(self)
+
+
+class Pop3Session:
+    """One POP3 session: what poplib's calls answer, and the wire ``_retr_into`` reads."""
+
+    def __init__(self, box: Pop3Box) -> None:
+        self.box = box
+        self.mails = list(box.mails)
+        self.deleted: set[int] = set()
+        self.sock = self
+        self.file = self
+        self._wire = b""
+
+    def list(self) -> tuple[bytes, list[bytes], int]:
+        return b"+OK", [b"%d %d" % (n, len(m)) for n, (_, m) in enumerate(self.mails, 1)], 0
+
+    def uidl(self, which: int) -> bytes:
+        if not self.box.knows_uidl:
+            raise poplib.error_proto(b"-ERR unknown command")
+        return b"+OK %d %s" % (which, self.mails[which - 1][0])
+
+    def dele(self, which: int) -> bytes:
+        self.deleted.add(which)
+        return b"+OK"
+
+    def quit(self) -> bytes:
+        self.box.mails = [m for n, m in enumerate(self.mails, 1) if n not in self.deleted]
+        return b"+OK"
+
+    def close(self) -> None:
+        pass
+
+    def sendall(self, command: bytes) -> None:
+        self.box.asked.append(command.strip())
+        verb, number = command.split()[:2]
+        name, mail = self.mails[int(number) - 1]
+        if name in self.box.unreadable and (verb == b"RETR" or not self.box.answers_top):
+            self._wire = b"-ERR [SYS/TEMP] Internal error occurred.\r\n"
+            return
+        if verb == b"TOP":
+            mail = mail.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        lines = mail.split(b"\r\n")[:-1]
+        stuffed = b"".join((b"." if x.startswith(b".") else b"") + x + b"\r\n" for x in lines)
+        self._wire = b"+OK\r\n" + stuffed + b".\r\n"
+
+    def readline(self, limit: int) -> bytes:
+        end = self._wire.find(b"\n", 0, limit)
+        cut = end + 1 if end >= 0 else limit
+        piece, self._wire = self._wire[:cut], self._wire[cut:]
+        return piece
+
+
+def _pop3_collector(box: Pop3Box, monkeypatch: pytest.MonkeyPatch, batch: int = 50) -> Any:
+    collector = mailbox.MailboxCollector(
+        protocol="pop3", host="pop.example", username="u", password="p", batch=batch
+    )
+    monkeypatch.setattr(collector, "_pop3_session", box.login)
+    return collector
+
+
+def _pop3_mail(n: int) -> bytes:
+    return b"Message-Id: <m%d@x>\r\nSubject: x\r\n\r\nmail %d\r\n.hidden dot\r\n" % (n, n)
+
+
+def test_a_mail_the_pop3_server_will_not_retr_is_named_by_uidl_and_the_rest_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # -ERR to RETR is that mail's refusal: named by its UIDL, its Message-Id told by TOP;
+    # the session goes on, and QUIT deletes the mails before and behind it.
+    box = Pop3Box([(b"u1", _pop3_mail(1)), (b"u2", _pop3_mail(2)), (b"u3", _pop3_mail(3))], {b"u2"})
+    collector = _pop3_collector(box, monkeypatch)
+    handed: list[bytes] = []
+    refused: list[mailbox.RefusedMail] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()), refused.append)
+    assert handed == [_pop3_mail(1), _pop3_mail(3)]
+    assert (result.found, result.delivered, result.refused) == (3, 2, 1)
+    assert box.mails == [(b"u2", _pop3_mail(2))]
+    assert refused == [
+        mailbox.RefusedMail(
+            collector.mailbox, "uidl:u2", "number 2", len(_pop3_mail(2)), "<m2@x>", "SYS/TEMP"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("uidl", "top", "identity", "message_id"),
+    [
+        (False, True, "message-id:<m2@x>:{size}", "<m2@x>"),  # no UIDL: Message-Id and size
+        (False, False, "number:2:{size}", None),  # neither: its number and size
+    ],
+)
+def test_a_refused_pop3_mail_without_uidl_is_named_by_what_is_left(
+    monkeypatch: pytest.MonkeyPatch, uidl: bool, top: bool, identity: str, message_id: str | None
+) -> None:
+    mails = [(b"u1", _pop3_mail(1)), (b"u2", _pop3_mail(2))]
+    box = Pop3Box(mails, {b"u2"}, uidl=uidl, top=top)
+    collector = _pop3_collector(box, monkeypatch)
+    refused: list[mailbox.RefusedMail] = []
+    collector.collect_once(lambda mail: None, refused.append)
+    [mail] = refused
+    size = len(_pop3_mail(2))
+    assert (mail.identity, mail.message_id) == (identity.format(size=size), message_id)
+    assert (mail.number, mail.size, mail.said) == ("number 2", size, "SYS/TEMP")
+
+
+def test_later_pop3_batches_pass_by_a_refused_mail_to_the_ones_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A refused mail stays first in every later listing: each batch passes it by (without
+    # asking for it again), so the mails behind it are collected in the same round.
+    mails = [(b"bad", _pop3_mail(0))] + [(b"u%d" % n, _pop3_mail(n)) for n in range(1, 4)]
+    box = Pop3Box(mails, {b"bad"})
+    collector = _pop3_collector(box, monkeypatch, batch=1)
+    handed: list[bytes] = []
+    refused: list[mailbox.RefusedMail] = []
+    collector.collect_once(lambda mail: handed.append(mail.read()), refused.append)
+    assert handed == [_pop3_mail(n) for n in range(1, 4)]
+    assert [mail.identity for mail in refused] == ["uidl:bad"]
+    assert box.mails == [(b"bad", _pop3_mail(0))]
+    # the refused mail asked for once; each good one is number 2 once those before it left
+    assert box.asked == [b"RETR 1", b"TOP 1 0", b"RETR 2", b"RETR 2", b"RETR 2"]
