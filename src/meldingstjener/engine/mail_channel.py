@@ -73,12 +73,7 @@ from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
 from meldingstjener.transport.base import TransportFailure
-from meldingstjener.transport.bounce import (
-    MAX_HEADER_LINE,
-    HeaderTooLong,
-    is_bounce,
-    read_bounce,
-)
+from meldingstjener.transport.bounce import HeaderTooLong, is_bounce, read_bounce
 from meldingstjener.transport.mailbox import (
     CollectResult,
     MailboxCollector,
@@ -266,13 +261,12 @@ class MailIntake:
         content_type = headers.get("Content-Type")
         raw_id = headers.get("Message-ID")
         message_id = bare_content_id(raw_id) if raw_id else None
-        # Before anything reads a header's parameters: see transport.bounce (the email package
-        # takes minutes over one crafted Content-Type of half a megabyte)
-        if any(len(value) > MAX_HEADER_LINE for _, value in headers.items):
-            reason = f"a header of more than {MAX_HEADER_LINE:,} bytes"
-            self._header_too_long(source, reason, digest, message_id)
-        # before the Content-Type is asked for: a bounce may have none (qmail's have no MIME
-        # headers at all), and is then text (RFC 2045 5.2), not a mail without a type
+        # Before the Content-Type is asked for: a bounce may have none (qmail's have no MIME
+        # headers at all), and is then text (RFC 2045 5.2), not a mail without a type. Its
+        # time grows with the headers' length only, so a long header is no harm here; only a
+        # bounce goes on to the email package, which takes minutes over one crafted header,
+        # and read_bounce measures its headers first (HeaderTooLong, in _take_bounce). A
+        # partner's ebXML mail with one long gateway header is received as any other.
         bounce = is_bounce(headers)
         if not content_type and not bounce:
             self._quarantine(source, "MimeProblem", message_id, digest)
@@ -303,9 +297,7 @@ class MailIntake:
         """What the mail-stuck alert says of a mail that failed ``tries`` times and could not
         be put aside either."""
         size = source.seek(0, io.SEEK_END)
-        message_id = (
-            f"Message-Id {failed.message_id[:120]}" if failed.message_id else "no Message-Id"
-        )
+        message_id = _message_id_told(failed.message_id) if failed.message_id else "no Message-Id"
         log.error("a mail failed %d times and cannot be put aside: %s", tries, failed.cause)
         return (
             f"a mail ({size:,} bytes, {message_id}) failed in {tries} collections and could "
@@ -326,9 +318,7 @@ class MailIntake:
         if tries < FAILED_ROUNDS_BEFORE_QUARANTINE:
             return
         size = f"{mail.size:,} bytes" if mail.size is not None else "size not told"
-        message_id = (
-            f"Message-Id {mail.message_id[:120]}" if mail.message_id else "no Message-Id told"
-        )
+        message_id = _message_id_told(mail.message_id) if mail.message_id else "no Message-Id told"
         said = f"it said [{mail.said}]" if mail.said else "it gave no reason code"
         self.stuck.append(
             f"{mail.number} ({size}, {message_id}): the mail server refused to hand it out in "
@@ -425,7 +415,7 @@ class MailIntake:
         now = self.ctx.clock()
         summary = (
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
-            f"{path}" + (f" (Message-Id {message_id[:120]})" if message_id else "") + f". {advice}"
+            f"{path}" + (f" ({_message_id_told(message_id)})" if message_id else "") + f". {advice}"
         )
         try:
             _write_durably(path, mail)
@@ -454,6 +444,11 @@ class _NotPutAside(Exception):
 
 
 _READ = 1024 * 1024  # bytes per read of a spooled mail
+
+
+def _message_id_told(message_id: str) -> str:
+    """A mail's Message-Id as an alert tells it: cut short, as a sender may make it long."""
+    return f"Message-Id {message_id[:120]}"
 
 
 # A quoted-printable "line" longer than this is decoded in pieces too (the encoding allows 76).
@@ -605,13 +600,15 @@ class MailCollectorThread(threading.Thread):
             self._failed_rounds = 0
         except TransportFailure as failure:
             self.last_result = None
-            stuck = ()
+            # the mails named before the round ended (the IMAP server ended sessions on too
+            # many of them) stay named: a round that ends early must not hide them
+            stuck = list(self.intake.stuck)
             self.last_failure = failure
             self._failed_rounds += 1
             log.warning("mail collection failed (%s): %s", failure.code, failure.detail)
         except Exception as exc:
             self.last_result = None
-            stuck = ()
+            stuck = list(self.intake.stuck)
             self.last_failure = TransportFailure("unexpected", type(exc).__name__)
             self._failed_rounds += 1
             log.exception("mail collection failed unexpectedly; trying again next round")
@@ -693,7 +690,8 @@ def report_collection(
     (several servers may collect one box; a broken one is a deviation of its own), resolved by
     its next collection that works. ``mail-too-large`` while mails over the limit sit in the
     box, and ``mail-stuck`` while mails stay in it round after round (``stuck``: what
-    :attr:`MailIntake.stuck` says of each), per mailbox account."""
+    :attr:`MailIntake.stuck` says of each, also of a round that failed; resolved only by a
+    round that worked), per mailbox account."""
     now = ctx.clock()
     where, account = collector.where, collector.username
     with ctx.store.unit_of_work() as uow:
@@ -728,7 +726,7 @@ def report_collection(
             )
         elif result is not None:
             uow.alerts.resolve(f"{AlertKind.MAIL_TOO_LARGE}:{account}", at=now)
-        if result is not None and stuck:
+        if stuck:  # also after a round that failed: what it found stuck is so all the same
             more = f"; and {len(stuck) - 10} more" if len(stuck) > 10 else ""
             raise_alert(
                 uow,

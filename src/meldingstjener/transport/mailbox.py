@@ -131,8 +131,9 @@ OnRefused = Callable[[RefusedMail], None]
 # and a space each, about 220 kB: well under the 1,000,000 bytes imaplib allows a line.
 SEARCH_WINDOW = 20_000
 
-# How often one IMAP round opens a new session after the server ended one with BYE while a mail
-# was fetched. A server that does so more often is failing, not refusing a mail or two.
+# How often in a row (without a mail fetched between) one IMAP round opens a new session after
+# the server ended one with BYE while a mail was fetched. A server that does so more often on
+# mails it has not ended a session on before is failing, not refusing a mail or two.
 MAX_REOPEN = 3
 
 
@@ -170,6 +171,11 @@ class MailboxCollector:
     batch: int = 50
     spool_dir: Path | None = None  # where mails are spooled (default: the system's temp dir)
     max_mail_bytes: int | None = None  # larger mails stay in the box, unfetched
+    # IMAP: the mails (UIDs) on which the server ended a session, with the round each was last
+    # tried in, under the UIDVALIDITY they were seen with (see _ended_sessions)
+    _ended: dict[bytes, int] = field(default_factory=dict, init=False, repr=False)
+    _ended_validity: str | None = field(default=None, init=False, repr=False)
+    _rounds: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.protocol, self.security) not in _DEFAULT_PORTS:
@@ -393,12 +399,12 @@ class MailboxCollector:
         result = CollectResult()
         session, selected = self._imap_session()
         refused = 0
-        reopened = 0
         try:
             uidplus = "UIDPLUS" in session.capabilities
-            # Every search comes before anything is expunged: they ask by message numbers,
-            # which an expunge shifts (a server sends no EXPUNGE while it answers a SEARCH,
-            # RFC 3501 7.4.1, so the numbers hold from one search to the next).
+            # Every search comes before this round expunges anything: they ask by message
+            # numbers, which an expunge shifts. Another collector's expunge may shift them all
+            # the same: RFC 3501 7.4.1 forbids EXPUNGE responses during SEARCH, but allows them
+            # during UID SEARCH (see _search).
             uids = self._search(session, selected, "UNDELETED")
             leftover = self._search(session, selected, "DELETED", required=False)
             large = (
@@ -412,7 +418,15 @@ class MailboxCollector:
             refused += self._expunge_leftovers(session, uidplus, leftover)
             result.found = len(uids)
             sizes = self._imap_sizes(session, large)
-            for uid in uids:
+            ended = self._ended_sessions(selected.uidvalidity, uids)
+            # The mails that ended a session in an earlier round are taken last, the one tried
+            # longest ago first: unreadable mails are old, and taken oldest first they met
+            # every round at its start and ended it before the mails behind them.
+            order = [uid for uid in uids if uid not in ended]
+            order += sorted(ended, key=lambda uid: (ended[uid], int(uid)))
+            self._rounds += 1
+            byes = 0  # sessions ended in a row, without a mail answered between
+            for at, uid in enumerate(order):
                 if uid in sizes:  # SEARCH LARGER found it
                     self._leave(result, sizes[uid])
                     continue
@@ -422,9 +436,24 @@ class MailboxCollector:
                     # A server that ends the session while it hands out one mail (Dovecot
                     # does so when it cannot read the mail's file) would end every round
                     # there. It is that mail's failure: a new session goes on with the next.
-                    if not _said_bye(session) or reopened >= MAX_REOPEN:
+                    if not _said_bye(session):
                         raise
-                    reopened += 1
+                    ended[uid] = self._rounds
+                    byes += 1
+                    self._refused(result, on_refused, self._imap_refusal(selected, uid, "BYE"))
+                    rest = order[at + 1 :]
+                    if byes > MAX_REOPEN:
+                        # the rest that ended a session before are reported as such, untried
+                        # (counted, and named in mail-stuck, however the round ends)
+                        for left in rest:
+                            if left in sizes:
+                                self._leave(result, sizes[left])
+                            elif left in ended:
+                                said = self._imap_refusal(selected, left, "BYE")
+                                self._refused(result, on_refused, said)
+                        if any(left not in ended and left not in sizes for left in rest):
+                            # mails never tried end sessions too: the server is failing
+                            raise
                     with contextlib.suppress(OSError):  # the server has closed it
                         session.shutdown()
                     session, now_selected = self._imap_session()
@@ -433,18 +462,13 @@ class MailboxCollector:
                             "mailbox-protocol",
                             f"{self.where} changed the folder's UIDVALIDITY during a collection",
                         ) from None
-                    uid_text = uid.decode("ascii")
-                    self._refused(
-                        result,
-                        on_refused,
-                        RefusedMail(
-                            self.mailbox,
-                            f"uid:{selected.uidvalidity or '?'}:{uid_text}",
-                            f"UID {uid_text}",
-                            said="BYE",
-                        ),
-                    )
+                    if byes > MAX_REOPEN:
+                        break  # only mails that ended sessions before are left: tried later
                     continue
+                # answered (handed out, refused with NO, gone): the server serves, and this
+                # mail no longer ends its sessions
+                byes = 0
+                ended.pop(uid, None)
                 if handed:
                     refused += not _deleted(session, uid.decode("ascii"), uidplus)
             if not uidplus:
@@ -467,6 +491,38 @@ class MailboxCollector:
         session.logout()
         return result
 
+    def _ended_sessions(self, uidvalidity: str | None, uids: list[bytes]) -> dict[bytes, int]:
+        """The mails (by UID) on which the server ended a session in an earlier round, with the
+        round each was last tried in: only those still in the box (``uids``), and none when
+        the folder's UIDVALIDITY changed (its UIDs name other mails then). Kept in memory: a
+        restart forgets them, and the first round after it finds them again."""
+        if uidvalidity is None or uidvalidity != self._ended_validity:
+            self._ended_validity = uidvalidity
+            self._ended.clear()
+        present = set(uids)
+        for uid in [uid for uid in self._ended if uid not in present]:
+            del self._ended[uid]
+        return self._ended
+
+    def _imap_refusal(
+        self,
+        selected: _Selected,
+        uid: bytes,
+        said: str | None,
+        size: int | None = None,
+        message_id: str | None = None,
+    ) -> RefusedMail:
+        """A mail the IMAP server would not hand out, named by UIDVALIDITY and UID."""
+        uid_text = uid.decode("ascii")
+        return RefusedMail(
+            self.mailbox,
+            f"uid:{selected.uidvalidity or '?'}:{uid_text}",
+            f"UID {uid_text}",
+            size,
+            message_id,
+            said,
+        )
+
     def _imap_take(
         self,
         session: imaplib.IMAP4,
@@ -483,18 +539,9 @@ class MailboxCollector:
                 fetched = _fetch_into(session, uid_text, mail, self.max_mail_bytes)
             except _MailRefused as refusal:
                 size, message_id = _imap_told(session, uid_text)
-                self._refused(
-                    result,
-                    on_refused,
-                    RefusedMail(
-                        self.mailbox,
-                        f"uid:{selected.uidvalidity or '?'}:{uid_text}",
-                        f"UID {uid_text}",
-                        size,
-                        message_id,
-                        response_code(refusal.reply),
-                    ),
-                )
+                said = response_code(refusal.reply)
+                refused = self._imap_refusal(selected, uid, said, size, message_id)
+                self._refused(result, on_refused, refused)
                 return False
             if fetched == "gone":
                 return False  # expunged meanwhile by another collector
@@ -515,8 +562,15 @@ class MailboxCollector:
         if exists is None:  # not told: the whole folder at once, as before
             windows: list[tuple[str, ...]] = [()]
         else:
+            # The last window is open-ended: another collector may expunge mail after our
+            # SELECT, and RFC 3501 7.4.1 lets a server tell of it (and renumber) during a UID
+            # command, so a closed last window could name numbers that no longer exist, which
+            # a server answers BAD. A mail that moves into a window already searched waits
+            # for the next round.
             windows = [
-                (f"{low}:{min(low + SEARCH_WINDOW - 1, exists)}",)
+                (f"{low}:{low + SEARCH_WINDOW - 1}",)
+                if low + SEARCH_WINDOW <= exists
+                else (f"{low}:*",)
                 for low in range(1, exists + 1, SEARCH_WINDOW)
             ]
         found: list[bytes] = []

@@ -24,6 +24,7 @@ in ``spool_dir`` (its payload read from the stored file as it is written), and s
 
 from __future__ import annotations
 
+import io
 import smtplib
 import ssl
 import tempfile
@@ -39,7 +40,6 @@ from meldingstjener.ebxml.mime import (
     MimeMessage,
     mail_headers,
     new_content_id,
-    package,
     render_message,
     unpackage,
     write_package,
@@ -151,20 +151,16 @@ def mail_safe(chunks: Iterable[bytes]) -> bool:
 def reencode_for_mail(content_type: str, body: bytes) -> tuple[str, bytes]:
     """The same ebXML message with every part base64 (what mail carries unharmed). Signatures
     cover decoded part contents, so changing the transfer encoding keeps them valid."""
-    message = _unpackaged(content_type, body)
-    new_body, new_type = package(
-        message.envelope_xml,
-        list(message.attachments.values()),
-        transfer_encoding="base64",
-        envelope_content_id=message.start or None,
-    )
-    return new_type, new_body
+    sink = io.BytesIO()
+    new_type = reencode_file_for_mail(content_type, body, sink)
+    return new_type, sink.getvalue()
 
 
-def reencode_file_for_mail(content_type: str, body: Path, sink: BinaryIO) -> str:
-    """:func:`reencode_for_mail` for a message in a file, written to ``sink`` in pieces: the
-    payload parts stay in ``body`` and are read from it as they are encoded, so a 35 MB
-    message costs a few MB, not its size several times over. Returns the new Content-Type."""
+def reencode_file_for_mail(content_type: str, body: bytes | Path, sink: BinaryIO) -> str:
+    """:func:`reencode_for_mail` for a message in a file (or in memory), written to ``sink``
+    in pieces: the payload parts stay in ``body`` and are read from it as they are encoded, so
+    a 35 MB message costs a few MB, not its size several times over. Returns the new
+    Content-Type."""
     message = _unpackaged(content_type, body)
     return write_package(
         sink,
@@ -378,11 +374,19 @@ class SmtpTransport:
         said = (text.decode("ascii", "replace") if isinstance(text, bytes) else text)[:200]
         if code < 500:
             return TransportFailure(f"smtp-{code}", f"{step}: {self.where} answered {code} {said}")
-        return TransportFailure(
+        return self._our_server_refused(
             "smtp-session-refused",
-            f"our own mail server {self.where} refused this server at {step} ({code} {said}); "
-            "check this server's [smtp] settings (host, port, security, username) with the "
-            "mail provider: the partner is not the problem",
+            f"this server at {step} ({code} {said})",
+            "host, port, security, username",
+        )
+
+    def _our_server_refused(self, failure: str, what: str, settings: str) -> TransportFailure:
+        """Our own submission server refused ``what``: the failure says so, and which of our
+        ``[smtp] settings`` to check, so that nobody looks at the partner."""
+        return TransportFailure(
+            failure,
+            f"our own mail server {self.where} refused {what}; check this server's [smtp] "
+            f"settings ({settings}) with the mail provider: the partner is not the problem",
         )
 
     def _transfer(
@@ -395,12 +399,10 @@ class SmtpTransport:
                 # "530 Must issue a STARTTLS command first", "550 5.7.1 sender not owned by
                 # user": our server refuses our sender for a reason of our setup
                 said = text.decode("ascii", "replace")[:200]
-                raise TransportFailure(
+                raise self._our_server_refused(
                     "smtp-sender-refused",
-                    f"our own mail server {self.where} refused our sender {self.from_address} "
-                    f"(MAIL FROM: {code} {said}); check this server's [smtp] settings "
-                    "(security, username, edi_address) with the mail provider: the partner "
-                    "is not the problem",
+                    f"our sender {self.from_address} (MAIL FROM: {code} {said})",
+                    "security, username, edi_address",
                 )
             _expect((code, text), "MAIL FROM")
             _expect(server.rcpt(to_address), f"RCPT TO {to_address}")

@@ -208,8 +208,8 @@ def test_a_crafted_header_is_put_aside_before_it_is_read(
 ) -> None:
     """The intake given a crafted mail (not through Postfix, which would cut the header): the
     email package would take a quarter of an hour over the nested part's Content-Type; the
-    timeout only guards against that coming back. A header of the mail's own that long is
-    put aside too, whatever the mail is."""
+    timeout only guards against that coming back. A header of the bounce's own that long is
+    put aside too."""
     from meldingstjener.transport.mailbox import Quarantine
 
     gp, _ = pair
@@ -223,8 +223,9 @@ def test_a_crafted_header_is_put_aside_before_it_is_read(
         )
     else:
         mail = (
-            b"From: 8200001@testedi.nhn.no\r\nContent-Type: multipart/related; boundary=b\r\n"
-            b"X-Filler: " + b"x" * 20_000 + b"\r\n\r\n--b--\r\n"
+            b"From: MAILER-DAEMON@relay\r\nContent-Type: multipart/report; "
+            b"report-type=delivery-status; boundary=XX\r\n"
+            b"X-Filler: " + b"x" * 20_000 + b"\r\n\r\n--XX--\r\n"
         )
     with pytest.raises(Quarantine) as caught:
         gp.intake.on_mail(mail)

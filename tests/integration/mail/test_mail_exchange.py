@@ -307,6 +307,22 @@ def test_a_mail_whose_whole_body_is_encoded_is_received(
     assert received.status == InboundStatus.ACKNOWLEDGED.value
 
 
+def test_an_ebxml_mail_with_one_long_gateway_header_is_received(
+    pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
+) -> None:
+    # The 8 kB header limit guards the email package, which reads bounces only; a partner's
+    # ebXML mail whose gateway adds one long header was quarantined as HeaderTooLong.
+    gp, hospital = pair
+    _send_questions(gp, hospital, 1)
+    wait_for_mail(hospital.user, 1, tls_context)
+    raw: list[bytes] = []
+    hospital.collector.collect_once(lambda mail: raw.append(mail.read()))
+    hospital.intake.on_mail(b"X-Gateway-Trace: " + b"hop;" * 5_000 + b"\r\n" + raw[0])
+    [received] = hospital.messages("in")
+    assert received.status == InboundStatus.ACKNOWLEDGED.value
+    assert list(hospital.intake.quarantine_dir.glob("*.eml")) == []
+
+
 def test_a_whole_body_that_is_not_base64_is_quarantined(
     pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext
 ) -> None:

@@ -462,3 +462,280 @@ def test_a_new_session_that_cannot_be_had_after_a_bye_is_the_rounds_failure(
     with pytest.raises(TransportFailure) as failed:
         collector.collect_once(lambda mail: None)
     assert failed.value.code == "mailbox-unavailable"
+
+
+class EndingServer:
+    """An IMAP server that ends the session (BYE) whenever one of its ``unreadable`` mails is
+    fetched, as Dovecot does when it cannot read a mail's file; every other mail is handed
+    out and deleted. Each login is a new :class:`EndingSession` on the same mails."""
+
+    def __init__(self, mails: dict[bytes, bytes], unreadable: set[bytes]) -> None:
+        self.mails = mails
+        self.unreadable = unreadable
+        self.logins = 0
+
+    def login(self) -> tuple[EndingSession, mailbox._Selected]:
+        self.logins += 1
+        return EndingSession(self), mailbox._Selected(exists=None, uidvalidity="1700000000")
+
+
+class EndingSession:
+    """One session with an :class:`EndingServer`."""
+
+    capabilities = ("IMAP4REV1", "UIDPLUS")
+
+    def __init__(self, server: EndingServer) -> None:
+        self.server = server
+        self.untagged_responses: dict[str, list[bytes]] = {}
+
+    def uid(self, command: str, *args: Any) -> tuple[str, list[Any]]:
+        assert "BYE" not in self.untagged_responses, "a command on an ended session"
+        if command == "SEARCH":
+            found = sorted(self.server.mails, key=int) if args[-1] == "UNDELETED" else []
+            return "OK", [b" ".join(found)]
+        uid = args[0].encode()
+        if command == "FETCH":
+            if uid in self.server.unreadable:
+                self.untagged_responses["BYE"] = [b"FETCH failed: Internal error occurred."]
+                raise imaplib.IMAP4.abort("FETCH failed: Internal error occurred.")
+            body = self.server.mails[uid]
+            return "OK", [(b"1 (UID " + uid + b" BODY[]<0> {%d}" % len(body), body), b")"]
+        if command == "EXPUNGE":
+            self.server.mails.pop(uid)
+        return "OK", [None]  # STORE, EXPUNGE
+
+    def close(self) -> None:
+        pass
+
+    def logout(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_mails_that_end_the_imap_session_do_not_block_the_mails_behind_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # Five unreadable mails, oldest first: each round met them first, and the fourth BYE
+    # ended it (mailbox-connection-lost) before the mails behind them, round after round,
+    # while no mail-stuck alert named them. Those that ended a session are now taken last.
+    import threading
+
+    server = EndingServer(
+        {b"%d" % uid: b"mail %d\r\n" % uid for uid in range(1, 9)},
+        unreadable={b"1", b"2", b"3", b"4", b"5"},
+    )
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    monkeypatch.setattr(collector, "_imap_session", server.login)
+    intake = mail_channel.MailIntake(None, tmp_path)  # type: ignore[arg-type]
+    tries: dict[str, int] = {}
+
+    def count_try(key: str) -> int:
+        tries[key] = tries.get(key, 0) + 1
+        return tries[key]
+
+    handed: list[bytes] = []
+    monkeypatch.setattr(intake, "_count_try", count_try)
+    monkeypatch.setattr(intake, "on_mail", lambda mail: handed.append(mail.read()))
+    monkeypatch.setattr(intake, "forget_tries_of_mails_gone", lambda seen, before: 0)
+    reports: list[tuple[str | None, list[str]]] = []
+
+    def report(*args: Any, stuck: list[str]) -> None:
+        failure = args[4]
+        reports.append((failure.code if failure is not None else None, list(stuck)))
+
+    monkeypatch.setattr(mail_channel, "report_collection", report)
+    rounds = mail_channel.MailCollectorThread(collector, intake, 60, threading.Event())
+
+    rounds._collect_round()  # the fourth BYE in a row, with mails never tried behind it
+    assert reports[-1] == ("mailbox-connection-lost", []) and handed == []
+    rounds._collect_round()
+    assert handed == [b"mail 6\r\n", b"mail 7\r\n", b"mail 8\r\n"]
+    assert reports[-1][0] is None
+    for _ in range(4):  # the try limit: every stuck mail counted once a round
+        rounds._collect_round()
+        assert reports[-1][0] is None
+    named = reports[-1][1]
+    assert {entry.split(" (")[0] for entry in named} == {f"UID {uid}" for uid in range(1, 6)}
+    assert all("[BYE]" in entry for entry in named)
+    # each round opened at most MAX_REOPEN + 1 sessions more than its first
+    assert server.logins <= 6 * (mailbox.MAX_REOPEN + 2)
+
+    # Five more unreadable mails and a good one: the round fails again (BYEs on mails never
+    # tried before), but the stuck ones are still named in it; the good one comes next round.
+    server.mails.update({b"%d" % uid: b"mail %d\r\n" % uid for uid in range(20, 26)})
+    server.unreadable.update(b"%d" % uid for uid in range(20, 25))
+    rounds._collect_round()
+    code, named = reports[-1]
+    assert code == "mailbox-connection-lost"
+    assert {entry.split(" (")[0] for entry in named} == {f"UID {uid}" for uid in range(1, 6)}
+    rounds._collect_round()
+    assert handed[-1] == b"mail 25\r\n" and reports[-1][0] is None
+
+
+def test_the_last_imap_search_window_is_open_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another collector may expunge mail after our SELECT, and a server may renumber during a
+    # UID command (RFC 3501 7.4.1): a last window up to EXISTS could name numbers gone.
+    monkeypatch.setattr(mailbox, "SEARCH_WINDOW", 10)
+    asked: list[tuple[str, ...]] = []
+
+    class Searched:
+        def uid(self, command: str, *args: str) -> tuple[str, list[Any]]:
+            asked.append(args)
+            return "OK", [b""]
+
+    collector = mailbox.MailboxCollector(
+        protocol="imap", host="imap.example", username="u", password="p"
+    )
+    for exists, windows in [(25, ["1:10", "11:20", "21:*"]), (20, ["1:10", "11:*"]), (0, [])]:
+        asked.clear()
+        selected = mailbox._Selected(exists=exists, uidvalidity="1")
+        collector._search(Searched(), selected, "UNDELETED")  # type: ignore[arg-type]
+        assert [window for window, _ in asked] == windows
+
+
+class Pop3Box:
+    """A POP3 server's mailbox: mails as (UIDL, content); the ``unreadable`` ones are refused
+    with ``-ERR`` to RETR (and to TOP unless ``top``); ``uidl``: whether it knows UIDL. Each
+    login is a :class:`Pop3Session`, whose deletions take effect at QUIT."""
+
+    def __init__(
+        self,
+        mails: list[tuple[bytes, bytes]],
+        unreadable: set[bytes],
+        *,
+        uidl: bool = True,
+        top: bool = True,
+    ) -> None:
+        self.mails = mails
+        self.unreadable = unreadable
+        self.knows_uidl = uidl
+        self.answers_top = top
+        self.asked: list[bytes] = []
+
+    def login(self) -> Pop3Session:
+        return Pop3Session(self)
+
+
+class Pop3Session:
+    """One POP3 session: what poplib's calls answer, and the wire ``_retr_into`` reads."""
+
+    def __init__(self, box: Pop3Box) -> None:
+        self.box = box
+        self.mails = list(box.mails)
+        self.deleted: set[int] = set()
+        self.sock = self
+        self.file = self
+        self._wire = b""
+
+    def list(self) -> tuple[bytes, list[bytes], int]:
+        return b"+OK", [b"%d %d" % (n, len(m)) for n, (_, m) in enumerate(self.mails, 1)], 0
+
+    def uidl(self, which: int) -> bytes:
+        if not self.box.knows_uidl:
+            raise poplib.error_proto(b"-ERR unknown command")
+        return b"+OK %d %s" % (which, self.mails[which - 1][0])
+
+    def dele(self, which: int) -> bytes:
+        self.deleted.add(which)
+        return b"+OK"
+
+    def quit(self) -> bytes:
+        self.box.mails = [m for n, m in enumerate(self.mails, 1) if n not in self.deleted]
+        return b"+OK"
+
+    def close(self) -> None:
+        pass
+
+    def sendall(self, command: bytes) -> None:
+        self.box.asked.append(command.strip())
+        verb, number = command.split()[:2]
+        name, mail = self.mails[int(number) - 1]
+        if name in self.box.unreadable and (verb == b"RETR" or not self.box.answers_top):
+            self._wire = b"-ERR [SYS/TEMP] Internal error occurred.\r\n"
+            return
+        if verb == b"TOP":
+            mail = mail.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        lines = mail.split(b"\r\n")[:-1]
+        stuffed = b"".join((b"." if x.startswith(b".") else b"") + x + b"\r\n" for x in lines)
+        self._wire = b"+OK\r\n" + stuffed + b".\r\n"
+
+    def readline(self, limit: int) -> bytes:
+        end = self._wire.find(b"\n", 0, limit)
+        cut = end + 1 if end >= 0 else limit
+        piece, self._wire = self._wire[:cut], self._wire[cut:]
+        return piece
+
+
+def _pop3_collector(box: Pop3Box, monkeypatch: pytest.MonkeyPatch, batch: int = 50) -> Any:
+    collector = mailbox.MailboxCollector(
+        protocol="pop3", host="pop.example", username="u", password="p", batch=batch
+    )
+    monkeypatch.setattr(collector, "_pop3_session", box.login)
+    return collector
+
+
+def _pop3_mail(n: int) -> bytes:
+    return b"Message-Id: <m%d@x>\r\nSubject: x\r\n\r\nmail %d\r\n.hidden dot\r\n" % (n, n)
+
+
+def test_a_mail_the_pop3_server_will_not_retr_is_named_by_uidl_and_the_rest_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # -ERR to RETR is that mail's refusal: named by its UIDL, its Message-Id told by TOP;
+    # the session goes on, and QUIT deletes the mails before and behind it.
+    box = Pop3Box([(b"u1", _pop3_mail(1)), (b"u2", _pop3_mail(2)), (b"u3", _pop3_mail(3))], {b"u2"})
+    collector = _pop3_collector(box, monkeypatch)
+    handed: list[bytes] = []
+    refused: list[mailbox.RefusedMail] = []
+    result = collector.collect_once(lambda mail: handed.append(mail.read()), refused.append)
+    assert handed == [_pop3_mail(1), _pop3_mail(3)]
+    assert (result.found, result.delivered, result.refused) == (3, 2, 1)
+    assert box.mails == [(b"u2", _pop3_mail(2))]
+    assert refused == [
+        mailbox.RefusedMail(
+            collector.mailbox, "uidl:u2", "number 2", len(_pop3_mail(2)), "<m2@x>", "SYS/TEMP"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("uidl", "top", "identity", "message_id"),
+    [
+        (False, True, "message-id:<m2@x>:{size}", "<m2@x>"),  # no UIDL: Message-Id and size
+        (False, False, "number:2:{size}", None),  # neither: its number and size
+    ],
+)
+def test_a_refused_pop3_mail_without_uidl_is_named_by_what_is_left(
+    monkeypatch: pytest.MonkeyPatch, uidl: bool, top: bool, identity: str, message_id: str | None
+) -> None:
+    mails = [(b"u1", _pop3_mail(1)), (b"u2", _pop3_mail(2))]
+    box = Pop3Box(mails, {b"u2"}, uidl=uidl, top=top)
+    collector = _pop3_collector(box, monkeypatch)
+    refused: list[mailbox.RefusedMail] = []
+    collector.collect_once(lambda mail: None, refused.append)
+    [mail] = refused
+    size = len(_pop3_mail(2))
+    assert (mail.identity, mail.message_id) == (identity.format(size=size), message_id)
+    assert (mail.number, mail.size, mail.said) == ("number 2", size, "SYS/TEMP")
+
+
+def test_later_pop3_batches_pass_by_a_refused_mail_to_the_ones_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A refused mail stays first in every later listing: each batch passes it by (without
+    # asking for it again), so the mails behind it are collected in the same round.
+    mails = [(b"bad", _pop3_mail(0))] + [(b"u%d" % n, _pop3_mail(n)) for n in range(1, 4)]
+    box = Pop3Box(mails, {b"bad"})
+    collector = _pop3_collector(box, monkeypatch, batch=1)
+    handed: list[bytes] = []
+    refused: list[mailbox.RefusedMail] = []
+    collector.collect_once(lambda mail: handed.append(mail.read()), refused.append)
+    assert handed == [_pop3_mail(n) for n in range(1, 4)]
+    assert [mail.identity for mail in refused] == ["uidl:bad"]
+    assert box.mails == [(b"bad", _pop3_mail(0))]
+    # the refused mail asked for once; each good one is number 2 once those before it left
+    assert box.asked == [b"RETR 1", b"TOP 1 0", b"RETR 2", b"RETR 2", b"RETR 2"]
