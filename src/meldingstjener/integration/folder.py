@@ -40,7 +40,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
@@ -96,12 +96,15 @@ INBOX_TEMPORARY = re.compile(r"\.[0-9a-f-]{36}\.(?:xml|json)(?:\.[0-9a-f]{16})?\
 
 @dataclass(frozen=True)
 class _Taken:
-    """An outbox file as a round took it: the round's folders, the file's name, and its status
-    when it was read (from the descriptor held open on it; a link's own, for one refused)."""
+    """An outbox file as a round took it: the round's folders, the file's name, its status
+    when it was read (from the descriptor held open on it; a link's own, for one refused), and
+    the SHA-256 of the content read (None before it was read): a file whose time alone changed
+    since is still the one read (see ``outbox_moves.move_out``)."""
 
     folders: RoundFolders
     name: str
     read: os.stat_result
+    content: str | None = None
 
 
 class FolderIntegration:
@@ -321,7 +324,7 @@ class FolderIntegration:
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self._seen.pop(name, None)
                 return  # written to while it was read: taken when it has settled
-            self._take(taken, data)
+            self._take(replace(taken, content=data.sha256), data)
 
     def _refuse_not_a_file(self, taken: _Taken) -> None:
         """Refuse a link, a named pipe, a socket or a device named like a message: it is moved
@@ -580,7 +583,9 @@ class FolderIntegration:
                 os.unlink(f"{target}.error.txt", dir_fd=failed)
             self._held.pop(name, None)
             return
-        got = move_out(taken.folders, name, taken.read, failed, target, key[:12])
+        got = move_out(
+            taken.folders, name, taken.read, failed, target, key[:12], content_sha256=taken.content
+        )
         if got is not None and got != target:  # a name taken meanwhile: the explanation follows
             write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
             with contextlib.suppress(FileNotFoundError):
@@ -660,11 +665,28 @@ class FolderIntegration:
         """Move a file refused before (its .error.txt is in failed/ already)."""
         failed = taken.folders.failed()
         target = free_name(failed, taken.name, key[:12])
-        move_out(taken.folders, taken.name, taken.read, failed, target, key[:12])
+        move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            failed,
+            target,
+            key[:12],
+            content_sha256=taken.content,
+        )
 
     def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
         sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
-        if move_out(taken.folders, taken.name, taken.read, sent, taken.name, tag) is None:
+        moved = move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            sent,
+            taken.name,
+            tag,
+            content_sha256=taken.content,
+        )
+        if moved is None:
             # gone (another process moved it), or another file put in its place: that one
             # is the EPJ's next message, and waits in the outbox for a later round
             log.info("outbox file sent as message %s was not there to move", message_id)
