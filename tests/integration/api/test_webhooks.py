@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import sqlalchemy
 from api_sites import ApiPair
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -1032,6 +1034,76 @@ def test_finished_deliveries_are_purged_after_the_retention_pending_ones_never(
     left = {d.event_key for d in _deliveries(api_pair)}
     kept = {f"{state}:{days}" for (state, days), fate in fates.items() if fate == "kept"}
     assert left == kept
+
+
+def test_the_purge_binds_no_ids_and_goes_on_in_batches_to_the_last(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch was deleted by its 5000 ids bound as parameters: an SQLite before 3.32 allows
+    # 999, and refused the purge every time. Such an SQLite is stood for by this one's limit.
+    from meldingstjener.integration import webhooks
+
+    pair = api_pair.pair
+    hook = _register(api_pair, "https://93.184.216.34/hook")
+    now = pair.clock()
+    rows = 1200
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.add_all(
+            WebhookDeliveryRow(
+                webhook_id=hook["id"],
+                event_key=f"old:{n}",
+                event_type="message.received",
+                body={"event": "message.received"},
+                state="sent",
+                attempts=1,
+                due_at=now - timedelta(days=40),
+            )
+            for n in range(rows)
+        )
+        uow.commit()
+    database = pair.hospital.store.database
+    if not database.is_postgresql:
+
+        def old_limit(connection: Any, _record: Any) -> None:
+            connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        sqlalchemy.event.listen(database.engine, "connect", old_limit)
+        database.engine.dispose()  # every connection from now on made with the limit
+    monkeypatch.setattr(webhooks, "PURGE_BATCH", 1000)  # over the limit; the last a part of one
+    try:
+        purged = WebhookDispatcher(pair.hospital, _settings()).purge()
+    finally:
+        if not database.is_postgresql:
+            sqlalchemy.event.remove(database.engine, "connect", old_limit)
+            database.engine.dispose()
+    assert purged == rows
+    assert _deliveries(api_pair) == []
+
+
+def test_a_purge_that_fails_is_not_tried_again_every_round(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The time of the last purge was set only after one went through: a purge that failed ran
+    # (and logged its traceback) every round, not hourly.
+    pair = api_pair.pair
+    clock = [0.0]
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), monotonic=lambda: clock[0])
+    tries: list[float] = []
+
+    def fails() -> int:
+        tries.append(clock[0])
+        raise RuntimeError("the table is locked")
+
+    monkeypatch.setattr(dispatcher, "purge", fails)
+    with pytest.raises(RuntimeError):
+        dispatcher.run_once()
+    clock[0] = 60.0
+    dispatcher.run_once()  # a round later: not tried again
+    assert tries == [0.0]
+    clock[0] = 3601.0
+    with pytest.raises(RuntimeError):
+        dispatcher.run_once()  # an hour later: tried again
+    assert tries == [0.0, 3601.0]
 
 
 def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
