@@ -86,6 +86,7 @@ ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
 FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
+OWN = f"{OWN_FOLDER}/"  # the server's own folder in it among them (no file's name has a /)
 STUCK_REREAD_ROUNDS = 30  # the open outbox-stuck alerts are read again this often
 NAME_SECRET = "folder.name_secret"  # the key of the file names' digests, in the store
 SWEEP_EVERY_SECONDS = 3600.0  # the inbox is swept of temporaries a crash left this often
@@ -190,8 +191,13 @@ class FolderIntegration:
             try:
                 # what a process that died while moving a file left: back first, then listed
                 put_back_leftovers(folders)
-            except OSError as exc:  # the own folder cannot be made: no file can be moved
-                log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+            except OSError as exc:
+                # The own folder cannot be made or used (a file of its name, no permission):
+                # no file could be moved out of the outbox, so none is sent (each would stay,
+                # sent, in the outbox until it was stuck; see outbox_moves).
+                self._own_folder_fails(exc)
+                return 0
+            self._failures.pop(OWN, None)
             try:
                 names = sorted(os.listdir(folders.outbox))
             except OSError as exc:
@@ -206,6 +212,13 @@ class FolderIntegration:
         """The outbox itself failed: a share not mounted, a folder removed or not readable."""
         log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
         self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
+        self._report_stuck()
+
+    def _own_folder_fails(self, exc: OSError) -> None:
+        """The server's own folder in the outbox cannot be made or used: counted as the
+        listing's failures are, an ``outbox-stuck`` alert after ``STUCK_AFTER`` rounds."""
+        log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+        self._failures[OWN] = self._failures.get(OWN, 0) + 1
         self._report_stuck()
 
     def _outbox_round(self, folders: RoundFolders, names: list[str]) -> int:
@@ -632,6 +645,11 @@ class FolderIntegration:
                     "a row (a share not mounted, the directory removed or not readable?): no "
                     "file in it is sent"
                     if stuck[key] == FOLDER
+                    else f"the server's own folder {self.outbox / OWN_FOLDER} in the folder "
+                    f"outbox could not be made or used {STUCK_AFTER} rounds in a row (a file of "
+                    "that name, no permission to make it?): no file in the outbox is sent, since "
+                    "none could be moved out of it afterwards"
+                    if stuck[key] == OWN
                     else f"a file in the folder outbox (name key {key.partition('.')[2]}) could "
                     f"not be taken {STUCK_AFTER} rounds in a row: it cannot be read, or not "
                     "moved to sent/ or failed/ (permissions, a full disk?). It stays in the "

@@ -744,6 +744,28 @@ def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
     assert len(outbound(pair)) == 1
 
 
+def test_an_own_folder_that_cannot_be_made_sends_nothing_and_raises_outbox_stuck(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # A file named .meldingstjener in the outbox: no file could be moved out of the outbox,
+    # yet every file was sent, and then stayed in the outbox (sent) until it was stuck.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    (outbox / ".meldingstjener").write_bytes(b"not a folder")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Venter"))
+    for _ in range(3):
+        assert integration.outbox_once() == 0
+    assert outbound(pair) == []
+    assert (outbox / "a.xml").exists()
+    [stuck] = open_alerts(pair, "outbox-stuck")
+    assert "own folder" in stuck.summary and ".meldingstjener" in stuck.summary
+    (outbox / ".meldingstjener").unlink()
+    assert integration.outbox_once() == 1
+    assert len(outbound(pair)) == 1
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert open_alerts(pair, "outbox-stuck") == []
+
+
 def test_a_held_file_removed_or_written_again_is_held_no_more(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
     integration, ticks = held_file(pair, outbox, "Første")
