@@ -945,6 +945,63 @@ def test_a_name_that_points_inward_when_called_is_not_called(
     assert "loopback" in str(delivery.last_error)
 
 
+class Rebinding:
+    """A resolver for ``host`` that gives each answer of ``answers`` once, in turn, and the
+    last one from then on; other names are resolved as they are. A backend that checked the
+    address, then connected by the name (resolving it again), would reach the later answer."""
+
+    def __init__(self, host: str, answers: list[str]) -> None:
+        self.host, self.answers, self.asked = host, answers, 0
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == self.host:
+            host = self.answers[min(self.asked, len(self.answers) - 1)]
+            self.asked += 1
+        return self._real(host, port, *args, **kwargs)
+
+
+def test_a_call_connects_to_the_address_checked_never_to_the_name_again(
+    api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name resolves to a public address when the call checks it, and to 127.0.0.1 a moment
+    # later: a call that connected by the name would resolve it again and reach the receiver
+    # at loopback. It connects to the public address checked (refused here: nothing is sent
+    # off this host), and the receiver is never called.
+    public = "93.184.216.34"
+    # registration, then the call's check; loopback from then on
+    resolver = Rebinding("hooks.example", [public, public, "127.0.0.1"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    real_connect = socket.create_connection
+    tried: list[str] = []
+
+    def connect(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        tried.append(address[0])
+        if address[0] == public:
+            raise ConnectionRefusedError("no receiver at the public address (a test)")
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    pair = api_pair.pair
+    settings = WebhookSettings(allow_http=True)  # nothing inward allowed
+    url = f"http://hooks.example:{receiver.server.server_address[1]}/hook"
+    with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+            json={"url": url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    dispatcher = WebhookDispatcher(pair.hospital, settings)
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1  # a failed call, recorded
+    assert receiver.calls == []
+    assert tried == [public] and resolver.asked == 2
+    [delivery] = _deliveries(api_pair)
+    assert delivery.state == "pending" and delivery.last_error is not None
+    assert not str(delivery.last_error).startswith("target-refused")
+
+
 def test_a_client_hears_only_of_what_its_scopes_let_it_read(
     api_pair: ApiPair, receiver: Receiver
 ) -> None:
@@ -1140,12 +1197,10 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
         )
     )
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA trusted
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        return real("127.0.0.1" if host == "hooks.test" else host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    # 127.0.0.1 at registration and at the call's check, 127.0.0.2 (allowed too, where nothing
+    # listens) from then on: a call that connected by the name, resolving it again, would fail
+    resolver = Rebinding("hooks.test", ["127.0.0.1", "127.0.0.1", "127.0.0.2"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
     receiver = Receiver()
     server_names: list[str | None] = []
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1169,5 +1224,6 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     finally:
         receiver.server.shutdown()
     [(headers, _)] = receiver.calls
+    assert resolver.asked == 2  # registration, the call's check: the name was not looked up again
     assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
     assert [d.state for d in _deliveries(api_pair)] == ["sent"]
