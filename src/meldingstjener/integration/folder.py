@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import hmac
 import json
@@ -59,6 +58,7 @@ from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
     exists_at,
+    flock,
     free_name,
     lstat_at,
     open_folder,
@@ -66,7 +66,7 @@ from meldingstjener.integration.files import (
     write_atomically,
     write_temporary,
 )
-from meldingstjener.integration.folder_checks import FolderChecks
+from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts
 from meldingstjener.integration.outbox_moves import (
     OWN_FOLDER,
     RoundFolders,
@@ -124,8 +124,6 @@ class FolderIntegration:
         # held back: (size, time, inode) when held, file key, next try
         self._held: dict[str, tuple[tuple[int, int, int], str, float]] = {}
         self._failures: dict[str, int] = {}  # unforeseen failures in a row
-        self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
-        self._rounds_since_read = 0
         self._name_secret: bytes | None = None
         self._swept_at: float | None = None  # when the inbox was last swept of temporaries
         self.outbox = settings.outbox_dir
@@ -135,6 +133,14 @@ class FolderIntegration:
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
         outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
         self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
+        # this outbox's open outbox-stuck alerts (read again now and then: one resolved by
+        # hand is opened again if still stuck)
+        self._stuck_alerts = OpenAlerts(
+            ctx,
+            AlertKind.OUTBOX_STUCK,
+            reread_every=STUCK_REREAD_ROUNDS,
+            within=f"{self._outbox_tag}.",
+        )
         # the folder-unsafe alerts' keys: by the paths as configured (a link in the last part
         # is what such an alert is about; resolved, the key would change when it is mended)
         self._unsafe_keys = {
@@ -616,25 +622,13 @@ class FolderIntegration:
             for name, failures in self._failures.items()
             if failures >= STUCK_AFTER
         }
-        self._rounds_since_read += 1
-        if self._rounds_since_read >= STUCK_REREAD_ROUNDS:
-            self._stuck_alerts = None  # one resolved by hand, opened again if still stuck
-        if self._stuck_alerts is None:
-            self._rounds_since_read = 0
-            with self.ctx.store.unit_of_work() as uow:
-                self._stuck_alerts = {
-                    alert.dedup_key.partition(":")[2]
-                    for alert in uow.alerts.list(
-                        open_only=True, limit=None, kind=AlertKind.OUTBOX_STUCK.value
-                    )
-                    if alert.dedup_key.startswith(f"{AlertKind.OUTBOX_STUCK}:{self._outbox_tag}.")
-                }
+        known = self._stuck_alerts.keys()
         # raised while not known to be open: one that did not commit is raised again next round
-        news = set(stuck) - self._stuck_alerts
+        news = set(stuck) - known
         # over when the file went through or is gone; not when it failed again (a process
         # started after the alert counts its own rounds from nought)
         failing = {self._stuck_key(name) for name in self._failures}
-        over = self._stuck_alerts - failing
+        over = known - failing
         if not news and not over:
             return
         now = self.ctx.clock()
@@ -665,7 +659,8 @@ class FolderIntegration:
             for key in over:
                 uow.alerts.resolve(f"{AlertKind.OUTBOX_STUCK}:{key}", at=now)
             uow.commit()
-        self._stuck_alerts = (self._stuck_alerts - over) | news
+        known -= over  # (in place: the set the next round is given)
+        known |= news
 
     def _stuck_key(self, name: str) -> str:
         return f"{self._outbox_tag}.{self._name_digest(name)[:16]}"
@@ -804,7 +799,7 @@ class FolderIntegration:
         if not database or database == ":memory:":
             return contextlib.nullcontext()  # a database of this process alone
         inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
-        return _flock(Path(f"{database}.inbox-{inbox}.lock"))
+        return flock(Path(f"{database}.inbox-{inbox}.lock"))
 
     def _stage_files(self, row: MessageRow, inbox: int) -> list[tuple[str, str]]:
         """Write a message's two files under temporary names in the open folder ``inbox``;
@@ -881,17 +876,6 @@ def _opened(folder: Path) -> Iterator[int]:
     fd = open_folder(folder)
     try:
         yield fd
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Hold ``flock`` on ``path`` (the kernel lets go of it when the process dies)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
     finally:
         os.close(fd)
 

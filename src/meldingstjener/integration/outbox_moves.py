@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from stat import S_IFMT
 
 from meldingstjener.integration.files import (
     UnsafeFolder,
+    flock,
     fsync_dir,
     lstat_at,
     move_to_free_name,
@@ -230,13 +229,6 @@ def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-@contextlib.contextmanager
-def _turn(own: int) -> Iterator[None]:
-    """This process's turn among those serving the outbox (the kernel lets go when it dies)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(LOCK_NAME, flags, 0o600, dir_fd=own)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _turn(own: int) -> contextlib.AbstractContextManager[None]:
+    """This process's turn among those serving the outbox: the lock file in the own folder."""
+    return flock(LOCK_NAME, dir_fd=own)
