@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import wide_console
 
 webhooks_app = typer.Typer(help="Every API client's webhooks: list them, remove one.")
@@ -28,11 +28,12 @@ def webhooks_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List every client's webhooks (never their secrets), and whether each is called."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.integration.webhook_admin import list_webhooks
 
-    settings = settings_from(ctx)
-    hooks = list_webhooks(open_store(settings), jwt_issuer=settings.api.jwt_issuer, client=client)
+    # store_from: where there is no store, it says so (exit 3) instead of making an empty one
+    hooks = list_webhooks(
+        store_from(ctx), jwt_issuer=settings_from(ctx).api.jwt_issuer, client=client
+    )
     if as_json:
         for hook in hooks:
             typer.echo(
@@ -74,14 +75,13 @@ def webhooks_remove(
     webhook_id: Annotated[int, typer.Argument(help="The webhook's id (see 'webhooks list').")],
 ) -> None:
     """Remove any client's webhook, and what is owed to it: no further call is made."""
-    from meldingstjener.bootstrap import open_store
     from meldingstjener.integration.webhook_admin import WebhookNotFound, remove_webhook
 
     try:
-        hook = remove_webhook(open_store(settings_from(ctx)), webhook_id)
+        hook = remove_webhook(store_from(ctx), webhook_id)
     except WebhookNotFound as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1) from None  # the command's own failure (2 is a usage error)
     typer.echo(
         f"webhook {hook.id} of client {hook.client} ({hook.url}) removed, "
         f"with {hook.pending} call(s) owed to it"

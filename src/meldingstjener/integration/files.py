@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import itertools
 import os
@@ -50,6 +51,20 @@ def open_folder(path: Path) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
             raise UnsafeFolder(path, "is a symbolic link") from None
         raise
+
+
+@contextlib.contextmanager
+def flock(path: str | Path, *, dir_fd: int | None = None) -> Iterator[None]:
+    """Hold ``flock`` on the lock file ``path`` (relative to the open folder ``dir_fd`` when
+    given), made when missing; never through a link. The kernel lets go when the process
+    dies, so a turn held by a process that died is never waited for."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path | int) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import hmac
 import json
@@ -40,7 +39,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
@@ -59,6 +58,7 @@ from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.outbound import MAX_PAYLOAD_BYTES, submit
 from meldingstjener.integration.files import (
     exists_at,
+    flock,
     free_name,
     lstat_at,
     open_folder,
@@ -66,7 +66,7 @@ from meldingstjener.integration.files import (
     write_atomically,
     write_temporary,
 )
-from meldingstjener.integration.folder_checks import FolderChecks
+from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts
 from meldingstjener.integration.outbox_moves import (
     OWN_FOLDER,
     RoundFolders,
@@ -86,6 +86,7 @@ ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
 FOLDER = ""  # the outbox folder itself among the failing names (no file has an empty name)
+OWN = f"{OWN_FOLDER}/"  # the server's own folder in it among them (no file's name has a /)
 STUCK_REREAD_ROUNDS = 30  # the open outbox-stuck alerts are read again this often
 NAME_SECRET = "folder.name_secret"  # the key of the file names' digests, in the store
 SWEEP_EVERY_SECONDS = 3600.0  # the inbox is swept of temporaries a crash left this often
@@ -96,12 +97,15 @@ INBOX_TEMPORARY = re.compile(r"\.[0-9a-f-]{36}\.(?:xml|json)(?:\.[0-9a-f]{16})?\
 
 @dataclass(frozen=True)
 class _Taken:
-    """An outbox file as a round took it: the round's folders, the file's name, and its status
-    when it was read (from the descriptor held open on it; a link's own, for one refused)."""
+    """An outbox file as a round took it: the round's folders, the file's name, its status
+    when it was read (from the descriptor held open on it; a link's own, for one refused), and
+    the SHA-256 of the content read (None before it was read): a file whose time alone changed
+    since is still the one read (see ``outbox_moves.move_out``)."""
 
     folders: RoundFolders
     name: str
     read: os.stat_result
+    content: str | None = None
 
 
 class FolderIntegration:
@@ -120,8 +124,6 @@ class FolderIntegration:
         # held back: (size, time, inode) when held, file key, next try
         self._held: dict[str, tuple[tuple[int, int, int], str, float]] = {}
         self._failures: dict[str, int] = {}  # unforeseen failures in a row
-        self._stuck_alerts: set[str] | None = None  # open outbox-stuck alerts (None: not read)
-        self._rounds_since_read = 0
         self._name_secret: bytes | None = None
         self._swept_at: float | None = None  # when the inbox was last swept of temporaries
         self.outbox = settings.outbox_dir
@@ -131,6 +133,14 @@ class FolderIntegration:
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
         outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
         self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
+        # this outbox's open outbox-stuck alerts (read again now and then: one resolved by
+        # hand is opened again if still stuck)
+        self._stuck_alerts = OpenAlerts(
+            ctx,
+            AlertKind.OUTBOX_STUCK,
+            reread_every=STUCK_REREAD_ROUNDS,
+            within=f"{self._outbox_tag}.",
+        )
         # the folder-unsafe alerts' keys: by the paths as configured (a link in the last part
         # is what such an alert is about; resolved, the key would change when it is mended)
         self._unsafe_keys = {
@@ -187,8 +197,13 @@ class FolderIntegration:
             try:
                 # what a process that died while moving a file left: back first, then listed
                 put_back_leftovers(folders)
-            except OSError as exc:  # the own folder cannot be made: no file can be moved
-                log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+            except OSError as exc:
+                # The own folder cannot be made or used (a file of its name, no permission):
+                # no file could be moved out of the outbox, so none is sent (each would stay,
+                # sent, in the outbox until it was stuck; see outbox_moves).
+                self._own_folder_fails(exc)
+                return 0
+            self._failures.pop(OWN, None)
             try:
                 names = sorted(os.listdir(folders.outbox))
             except OSError as exc:
@@ -203,6 +218,13 @@ class FolderIntegration:
         """The outbox itself failed: a share not mounted, a folder removed or not readable."""
         log.error("folder outbox: the folder cannot be listed (%s)", type(exc).__name__)
         self._failures[FOLDER] = self._failures.get(FOLDER, 0) + 1
+        self._report_stuck()
+
+    def _own_folder_fails(self, exc: OSError) -> None:
+        """The server's own folder in the outbox cannot be made or used: counted as the
+        listing's failures are, an ``outbox-stuck`` alert after ``STUCK_AFTER`` rounds."""
+        log.error("folder outbox: the server's own folder fails (%s)", type(exc).__name__)
+        self._failures[OWN] = self._failures.get(OWN, 0) + 1
         self._report_stuck()
 
     def _outbox_round(self, folders: RoundFolders, names: list[str]) -> int:
@@ -321,7 +343,7 @@ class FolderIntegration:
             if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self._seen.pop(name, None)
                 return  # written to while it was read: taken when it has settled
-            self._take(taken, data)
+            self._take(replace(taken, content=data.sha256), data)
 
     def _refuse_not_a_file(self, taken: _Taken) -> None:
         """Refuse a link, a named pipe, a socket or a device named like a message: it is moved
@@ -580,7 +602,9 @@ class FolderIntegration:
                 os.unlink(f"{target}.error.txt", dir_fd=failed)
             self._held.pop(name, None)
             return
-        got = move_out(taken.folders, name, taken.read, failed, target, key[:12])
+        got = move_out(
+            taken.folders, name, taken.read, failed, target, key[:12], content_sha256=taken.content
+        )
         if got is not None and got != target:  # a name taken meanwhile: the explanation follows
             write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
             with contextlib.suppress(FileNotFoundError):
@@ -598,25 +622,13 @@ class FolderIntegration:
             for name, failures in self._failures.items()
             if failures >= STUCK_AFTER
         }
-        self._rounds_since_read += 1
-        if self._rounds_since_read >= STUCK_REREAD_ROUNDS:
-            self._stuck_alerts = None  # one resolved by hand, opened again if still stuck
-        if self._stuck_alerts is None:
-            self._rounds_since_read = 0
-            with self.ctx.store.unit_of_work() as uow:
-                self._stuck_alerts = {
-                    alert.dedup_key.partition(":")[2]
-                    for alert in uow.alerts.list(
-                        open_only=True, limit=None, kind=AlertKind.OUTBOX_STUCK.value
-                    )
-                    if alert.dedup_key.startswith(f"{AlertKind.OUTBOX_STUCK}:{self._outbox_tag}.")
-                }
+        known = self._stuck_alerts.keys()
         # raised while not known to be open: one that did not commit is raised again next round
-        news = set(stuck) - self._stuck_alerts
+        news = set(stuck) - known
         # over when the file went through or is gone; not when it failed again (a process
         # started after the alert counts its own rounds from nought)
         failing = {self._stuck_key(name) for name in self._failures}
-        over = self._stuck_alerts - failing
+        over = known - failing
         if not news and not over:
             return
         now = self.ctx.clock()
@@ -627,6 +639,11 @@ class FolderIntegration:
                     "a row (a share not mounted, the directory removed or not readable?): no "
                     "file in it is sent"
                     if stuck[key] == FOLDER
+                    else f"the server's own folder {self.outbox / OWN_FOLDER} in the folder "
+                    f"outbox could not be made or used {STUCK_AFTER} rounds in a row (a file of "
+                    "that name, no permission to make it?): no file in the outbox is sent, since "
+                    "none could be moved out of it afterwards"
+                    if stuck[key] == OWN
                     else f"a file in the folder outbox (name key {key.partition('.')[2]}) could "
                     f"not be taken {STUCK_AFTER} rounds in a row: it cannot be read, or not "
                     "moved to sent/ or failed/ (permissions, a full disk?). It stays in the "
@@ -642,7 +659,8 @@ class FolderIntegration:
             for key in over:
                 uow.alerts.resolve(f"{AlertKind.OUTBOX_STUCK}:{key}", at=now)
             uow.commit()
-        self._stuck_alerts = (self._stuck_alerts - over) | news
+        known -= over  # (in place: the set the next round is given)
+        known |= news
 
     def _stuck_key(self, name: str) -> str:
         return f"{self._outbox_tag}.{self._name_digest(name)[:16]}"
@@ -660,11 +678,28 @@ class FolderIntegration:
         """Move a file refused before (its .error.txt is in failed/ already)."""
         failed = taken.folders.failed()
         target = free_name(failed, taken.name, key[:12])
-        move_out(taken.folders, taken.name, taken.read, failed, target, key[:12])
+        move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            failed,
+            target,
+            key[:12],
+            content_sha256=taken.content,
+        )
 
     def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
         sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
-        if move_out(taken.folders, taken.name, taken.read, sent, taken.name, tag) is None:
+        moved = move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            sent,
+            taken.name,
+            tag,
+            content_sha256=taken.content,
+        )
+        if moved is None:
             # gone (another process moved it), or another file put in its place: that one
             # is the EPJ's next message, and waits in the outbox for a later round
             log.info("outbox file sent as message %s was not there to move", message_id)
@@ -764,7 +799,7 @@ class FolderIntegration:
         if not database or database == ":memory:":
             return contextlib.nullcontext()  # a database of this process alone
         inbox = hashlib.sha256(os.fsencode(self.inbox.resolve())).hexdigest()[:16]
-        return _flock(Path(f"{database}.inbox-{inbox}.lock"))
+        return flock(Path(f"{database}.inbox-{inbox}.lock"))
 
     def _stage_files(self, row: MessageRow, inbox: int) -> list[tuple[str, str]]:
         """Write a message's two files under temporary names in the open folder ``inbox``;
@@ -841,17 +876,6 @@ def _opened(folder: Path) -> Iterator[int]:
     fd = open_folder(folder)
     try:
         yield fd
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Hold ``flock`` on ``path`` (the kernel lets go of it when the process dies)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
     finally:
         os.close(fd)
 

@@ -26,13 +26,45 @@ log = logging.getLogger(__name__)
 REREAD_CHECKS = 30  # the open folder-unsafe alerts are read again this often
 
 
+class OpenAlerts:
+    """What this process knows of the open alerts of one kind: their keys (without the kind),
+    those starting with ``within`` only, read from the store at first and again every
+    ``reread_every`` uses. In between the caller keeps the set up to date with what it raised
+    and resolved; reading it again finds one resolved by hand (raised again if still due) and
+    one raised or resolved by another process."""
+
+    def __init__(
+        self, ctx: EngineContext, kind: AlertKind, *, reread_every: int, within: str = ""
+    ) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self.reread_every = reread_every
+        self.within = within
+        self._keys: set[str] | None = None  # None: not read yet
+        self._uses = 0
+
+    def keys(self) -> set[str]:
+        """The open alerts' keys, to be changed in place by the caller as it raises and
+        resolves them (once committed: one that did not commit is seen as not raised)."""
+        self._uses += 1
+        if self._keys is None or self._uses >= self.reread_every:
+            self._uses = 0
+            prefix = f"{self.kind}:"
+            with self.ctx.store.unit_of_work() as uow:
+                self._keys = {
+                    alert.dedup_key.removeprefix(prefix)
+                    for alert in uow.alerts.list(open_only=True, limit=None, kind=self.kind.value)
+                    if alert.dedup_key.startswith(prefix + self.within)
+                }
+        return self._keys
+
+
 class FolderChecks:
     """Whether a side's folders may be used; raises and resolves its ``folder-unsafe`` alert."""
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
-        self._open: set[str] | None = None  # keys of the open alerts (None: not read yet)
-        self._checks = 0
+        self._open = OpenAlerts(ctx, AlertKind.FOLDER_UNSAFE, reread_every=REREAD_CHECKS)
 
     def usable(self, key: str, side: str, folders: Sequence[tuple[str, Path]]) -> bool:
         """Whether none of ``folders`` ((what it is, its path)) is a symbolic link. ``key``
@@ -46,7 +78,7 @@ class FolderChecks:
                 break
             except OSError:
                 continue  # missing, or not a folder: the round itself fails on it
-        known = self._known_open()
+        known = self._open.keys()
         if unsafe is None:
             if key in known:
                 with self.ctx.store.unit_of_work() as uow:
@@ -72,18 +104,3 @@ class FolderChecks:
                 uow.commit()
             known.add(key)  # once committed: one that failed to commit is raised next round
         return False
-
-    def _known_open(self) -> set[str]:
-        self._checks += 1
-        if self._open is None or self._checks >= REREAD_CHECKS:
-            # read again now and then: one resolved by hand while still unsafe is raised again
-            self._checks = 0
-            prefix = f"{AlertKind.FOLDER_UNSAFE}:"
-            with self.ctx.store.unit_of_work() as uow:
-                self._open = {
-                    alert.dedup_key.removeprefix(prefix)
-                    for alert in uow.alerts.list(
-                        open_only=True, limit=None, kind=AlertKind.FOLDER_UNSAFE.value
-                    )
-                }
-        return self._open

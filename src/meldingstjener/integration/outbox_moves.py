@@ -6,9 +6,11 @@ one there, never sent. So a file leaves the outbox in two steps. First it is ren
 subfolder of the server's own folder in the outbox (``.meldingstjener/``; the outbox's listing
 passes over names that start with ``.``), where nobody else renames anything, and looked at
 there: it goes on to ``sent/`` or ``failed/`` only when it is the file read, the same inode (not
-used again for another file while the server holds the file open) with the same size and time.
-Anything else is put back in the outbox under its name, never replacing a file there (see
-``files.rename_no_replace``), to be taken by a later round.
+used again for another file while the server holds the file open) with the same size and time,
+or, when only those changed, the same content as was sent (a touch, an antivirus scan or an SMB
+client setting the time on close changes the time alone: put back, the file would be taken as a
+new one and sent again). Anything else is put back in the outbox under its name, never
+replacing a file there (see ``files.rename_no_replace``), to be taken by a later round.
 
 The processes serving one outbox take turns (``flock`` on a file in the own folder) for these
 steps and for :func:`put_back_leftovers`, which each round starts with. So what the own folder
@@ -22,16 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from stat import S_IFMT
 
 from meldingstjener.integration.files import (
     UnsafeFolder,
+    flock,
     fsync_dir,
     lstat_at,
     move_to_free_name,
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OWN_FOLDER = ".meldingstjener"  # the server's own folder in the outbox
 LOCK_NAME = "turn.lock"  # in the own folder: the processes' turns
+_HASH_PIECE = 1024 * 1024  # a file's content is hashed this much at a time
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -89,11 +92,19 @@ class RoundFolders:
 
 
 def move_out(
-    folders: RoundFolders, name: str, read: os.stat_result, target: int, wanted: str, tag: str
+    folders: RoundFolders,
+    name: str,
+    read: os.stat_result,
+    target: int,
+    wanted: str,
+    tag: str,
+    *,
+    content_sha256: str | None = None,
 ) -> str | None:
     """Move the outbox file ``name`` to the open folder ``target``, under ``wanted`` or else
     the next free name of ``files.names_for(name, tag)``, provided it is the file ``read``
-    (its status when it was read, taken from the descriptor the caller still holds). The name
+    (its status when it was read, taken from the descriptor the caller still holds; see
+    :func:`_is_the_file_read` for ``content_sha256``, the SHA-256 of what was read). The name
     it got; None when it was not moved: gone (another process moved it), or another file was
     at its name (left in the outbox)."""
     own = folders.own()
@@ -106,7 +117,7 @@ def move_out(
                 os.rename(name, name, src_dir_fd=folders.outbox, dst_dir_fd=hold)
             except FileNotFoundError:
                 return None
-            if not same_file(lstat_at(hold, name), read):
+            if not _is_the_file_read(hold, name, read, content_sha256):
                 log.warning(
                     "folder outbox: another file was put under the name of the one read before "
                     "it was moved; the other file stays in the outbox, taken in a later round"
@@ -152,6 +163,38 @@ def same_file(seen: os.stat_result, read: os.stat_result) -> bool:
     return _identity(seen) == _identity(read)
 
 
+def _is_the_file_read(
+    hold: int, name: str, read: os.stat_result, content_sha256: str | None
+) -> bool:
+    """Whether the file ``name`` in the open folder ``hold`` is the file ``read``: the same
+    (:func:`same_file`), or, given ``content_sha256``, the same inode and type whose time alone
+    changed since it was read, still holding the content read.
+
+    The inode cannot be another file's while the caller holds this one open, so such a file was
+    touched (an antivirus scan, an SMB client setting the time as it closes the file): the file
+    read and sent. Put back, its key (which holds its time) would be new to the next round, and
+    the same content sent twice. Its content written over since is another message."""
+    seen = lstat_at(hold, name)
+    if same_file(seen, read):
+        return True
+    if content_sha256 is None or _identity(seen)[:3] != _identity(read)[:3]:
+        return False
+    if seen.st_size != read.st_size:
+        return False  # written to: other content, whatever its hash
+    return _sha256_at(hold, name) == content_sha256
+
+
+def _sha256_at(folder: int, name: str) -> str:
+    """The SHA-256 (hex) of the file ``name`` in the open ``folder``, read in pieces (never
+    through a link, never waiting on a pipe: see ``folder._take_entry``)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    digest = hashlib.sha256()
+    with open(os.open(name, flags, dir_fd=folder), "rb") as handle:
+        while piece := handle.read(_HASH_PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 def _identity(status: os.stat_result) -> tuple[int, int, int, int, int]:
     return (
         status.st_dev,
@@ -186,13 +229,6 @@ def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-@contextlib.contextmanager
-def _turn(own: int) -> Iterator[None]:
-    """This process's turn among those serving the outbox (the kernel lets go when it dies)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(LOCK_NAME, flags, 0o600, dir_fd=own)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _turn(own: int) -> contextlib.AbstractContextManager[None]:
+    """This process's turn among those serving the outbox: the lock file in the own folder."""
+    return flock(LOCK_NAME, dir_fd=own)

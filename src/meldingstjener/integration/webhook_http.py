@@ -13,6 +13,11 @@ The backend also resolves each host itself, checks every address it resolves to 
 :class:`~meldingstjener.integration.webhook_targets.TargetPolicy` and connects to the checked
 address (TLS still verifies, and the request still names, the URL's host): the address checked
 is the one connected to, whatever the name resolves to between registration and call.
+
+That lookup is not under the call's deadline: ``getaddrinfo`` takes no time-out, and is bounded
+by the system resolver's own (its time-out and attempts, a few seconds each). A resolver that
+hangs holds the call that long past its deadline; the claim on a call (``CLAIM_CALLS`` time-outs
+and half a minute, in ``webhooks``) leaves room for it.
 """
 
 from __future__ import annotations

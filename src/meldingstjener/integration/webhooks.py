@@ -78,7 +78,8 @@ ANSWER_BYTES = 4096
 TOO_SLOW = "too-slow"
 # The error recorded for a call to an address the target policy refuses (webhook_targets)
 TARGET_REFUSED = "target-refused"
-# Finished deliveries are purged this often (and at a dispatcher's first round), so many at a time
+# Finished deliveries are purged this often (and at a dispatcher's first round; a purge that
+# failed waits as long), so many at a time
 PURGE_EVERY_SECONDS = 3600.0
 PURGE_BATCH = 5000
 # One round serves at most this many webhooks, and makes at most this many calls to each
@@ -195,8 +196,10 @@ class WebhookDispatcher:
         calls = self.deliver_due()
         now = self._monotonic()
         if self._purged_at is None or now - self._purged_at >= PURGE_EVERY_SECONDS:
-            self.purge()
+            # marked before it runs: a purge that fails (a locked table, a full disk) is tried
+            # again in an hour, not every round with a traceback each time
             self._purged_at = now
+            self.purge()
         return calls
 
     # -- news -> deliveries ---------------------------------------------------------------------
@@ -382,17 +385,18 @@ class WebhookDispatcher:
         finished = select(WebhookDeliveryRow.id).where(
             WebhookDeliveryRow.state.in_(("sent", "failed")), WebhookDeliveryRow.due_at < cutoff
         )
+        # The batch's ids are chosen by the database itself (a subquery, not bound ids: 5000
+        # bound parameters are more than an SQLite before 3.32 allows, 999).
+        batch = delete(WebhookDeliveryRow).where(
+            WebhookDeliveryRow.id.in_(finished.limit(PURGE_BATCH).scalar_subquery())
+        )
         purged = 0
         while True:
             with self.ctx.store.unit_of_work() as uow:
-                batch = list(uow.session.scalars(finished.limit(PURGE_BATCH)))
-                if batch:
-                    uow.session.execute(
-                        delete(WebhookDeliveryRow).where(WebhookDeliveryRow.id.in_(batch))
-                    )
-                    uow.commit()
-            purged += len(batch)
-            if len(batch) < PURGE_BATCH:
+                deleted = int(uow.session.execute(batch).rowcount)  # type: ignore[attr-defined]
+                uow.commit()
+            purged += deleted
+            if deleted < PURGE_BATCH:
                 break
         if purged:
             log.info("purged %d finished webhook deliveries", purged)

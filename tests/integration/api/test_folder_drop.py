@@ -744,6 +744,28 @@ def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
     assert len(outbound(pair)) == 1
 
 
+def test_an_own_folder_that_cannot_be_made_sends_nothing_and_raises_outbox_stuck(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # A file named .meldingstjener in the outbox: no file could be moved out of the outbox,
+    # yet every file was sent, and then stayed in the outbox (sent) until it was stuck.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    (outbox / ".meldingstjener").write_bytes(b"not a folder")
+    drop(outbox, "a.xml", dialog_note(pair.gp_site, pair.hospital_site, "Venter"))
+    for _ in range(3):
+        assert integration.outbox_once() == 0
+    assert outbound(pair) == []
+    assert (outbox / "a.xml").exists()
+    [stuck] = open_alerts(pair, "outbox-stuck")
+    assert "own folder" in stuck.summary and ".meldingstjener" in stuck.summary
+    (outbox / ".meldingstjener").unlink()
+    assert integration.outbox_once() == 1
+    assert len(outbound(pair)) == 1
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["a.xml"]
+    assert open_alerts(pair, "outbox-stuck") == []
+
+
 def test_a_held_file_removed_or_written_again_is_held_no_more(pair: Pair, tmp_path: Path) -> None:
     outbox = tmp_path / "ut"
     integration, ticks = held_file(pair, outbox, "Første")
@@ -1011,6 +1033,69 @@ def test_a_file_put_back_while_its_name_is_taken_again_waits_and_is_sent(
     assert_every_file_in_sent_was_sent(pair, outbox / "sent")
     assert not list(outbox.glob("*.xml"))
     assert [p.name for p in (outbox / ".meldingstjener").iterdir()] == ["turn.lock"]
+
+
+def test_a_file_whose_time_alone_changes_while_it_is_sent_is_moved_to_sent_once(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An antivirus scan, a touch or an SMB client setting the time as it closes the file
+    # changes its time alone while it is submitted. It was put back in the outbox, and its key
+    # (which holds its time) was new to the next round: the same content was sent twice.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Rørt, ikke endret")
+    drop(outbox, "pasient.xml", note)
+    real_submit = folder.submit
+
+    def touched_meanwhile(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        later = time.time_ns() + 5_000_000_000
+        os.utime(outbox / "pasient.xml", ns=(later, later))
+        return message_id
+
+    monkeypatch.setattr(folder, "submit", touched_meanwhile)
+    integration.outbox_once()
+    integration.outbox_once()
+    assert len(outbound(pair)) == 1  # one message, not the same content twice
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [note]
+    assert not (outbox / "pasient.xml").exists()
+
+
+def test_a_file_written_over_in_place_while_it_is_sent_stays_and_is_sent_as_it_is_now(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same inode with other content (of the same size): not what was sent, so it is not
+    # moved to sent/ as if it were; it stays and the next round sends what it holds now.
+    from meldingstjener.integration import folder
+
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    first = dialog_note(pair.gp_site, pair.hospital_site, "FORSTE")
+    second = dialog_note(pair.gp_site, pair.hospital_site, "ANDRE!")
+    assert len(first) == len(second)
+    drop(outbox, "pasient.xml", first)
+    real_submit = folder.submit
+
+    def written_over_meanwhile(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(folder, "submit", real_submit)
+        message_id = real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        status = os.stat(outbox / "pasient.xml")
+        with open(outbox / "pasient.xml", "r+b") as handle:  # in place: the same inode
+            handle.write(second)
+        os.utime(outbox / "pasient.xml", ns=(status.st_atime_ns, status.st_mtime_ns + 1000))
+        return message_id
+
+    monkeypatch.setattr(folder, "submit", written_over_meanwhile)
+    integration.outbox_once()
+    assert (outbox / "pasient.xml").read_bytes() == second
+    assert list((outbox / "sent").iterdir()) == []
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert sorted(sent_contents(pair).values()) == sorted([first, second])
+    assert [p.read_bytes() for p in (outbox / "sent").iterdir()] == [second]
 
 
 def hospital_outbound(pair: Pair) -> list[MessageRow]:

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import sqlalchemy
 from api_sites import ApiPair
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -943,6 +945,63 @@ def test_a_name_that_points_inward_when_called_is_not_called(
     assert "loopback" in str(delivery.last_error)
 
 
+class Rebinding:
+    """A resolver for ``host`` that gives each answer of ``answers`` once, in turn, and the
+    last one from then on; other names are resolved as they are. A backend that checked the
+    address, then connected by the name (resolving it again), would reach the later answer."""
+
+    def __init__(self, host: str, answers: list[str]) -> None:
+        self.host, self.answers, self.asked = host, answers, 0
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == self.host:
+            host = self.answers[min(self.asked, len(self.answers) - 1)]
+            self.asked += 1
+        return self._real(host, port, *args, **kwargs)
+
+
+def test_a_call_connects_to_the_address_checked_never_to_the_name_again(
+    api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name resolves to a public address when the call checks it, and to 127.0.0.1 a moment
+    # later: a call that connected by the name would resolve it again and reach the receiver
+    # at loopback. It connects to the public address checked (refused here: nothing is sent
+    # off this host), and the receiver is never called.
+    public = "93.184.216.34"
+    # registration, then the call's check; loopback from then on
+    resolver = Rebinding("hooks.example", [public, public, "127.0.0.1"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    real_connect = socket.create_connection
+    tried: list[str] = []
+
+    def connect(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        tried.append(address[0])
+        if address[0] == public:
+            raise ConnectionRefusedError("no receiver at the public address (a test)")
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    pair = api_pair.pair
+    settings = WebhookSettings(allow_http=True)  # nothing inward allowed
+    url = f"http://hooks.example:{receiver.server.server_address[1]}/hook"
+    with TestClient(create_app(pair.hospital, webhook_settings=settings)) as http:
+        answer = http.post(
+            "/api/webhooks",
+            headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+            json={"url": url, "events": ["message.received"]},
+        )
+        assert answer.status_code == 201, answer.text
+    dispatcher = WebhookDispatcher(pair.hospital, settings)
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1  # a failed call, recorded
+    assert receiver.calls == []
+    assert tried == [public] and resolver.asked == 2
+    [delivery] = _deliveries(api_pair)
+    assert delivery.state == "pending" and delivery.last_error is not None
+    assert not str(delivery.last_error).startswith("target-refused")
+
+
 def test_a_client_hears_only_of_what_its_scopes_let_it_read(
     api_pair: ApiPair, receiver: Receiver
 ) -> None:
@@ -1034,6 +1093,76 @@ def test_finished_deliveries_are_purged_after_the_retention_pending_ones_never(
     assert left == kept
 
 
+def test_the_purge_binds_no_ids_and_goes_on_in_batches_to_the_last(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch was deleted by its 5000 ids bound as parameters: an SQLite before 3.32 allows
+    # 999, and refused the purge every time. Such an SQLite is stood for by this one's limit.
+    from meldingstjener.integration import webhooks
+
+    pair = api_pair.pair
+    hook = _register(api_pair, "https://93.184.216.34/hook")
+    now = pair.clock()
+    rows = 1200
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.add_all(
+            WebhookDeliveryRow(
+                webhook_id=hook["id"],
+                event_key=f"old:{n}",
+                event_type="message.received",
+                body={"event": "message.received"},
+                state="sent",
+                attempts=1,
+                due_at=now - timedelta(days=40),
+            )
+            for n in range(rows)
+        )
+        uow.commit()
+    database = pair.hospital.store.database
+    if not database.is_postgresql:
+
+        def old_limit(connection: Any, _record: Any) -> None:
+            connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        sqlalchemy.event.listen(database.engine, "connect", old_limit)
+        database.engine.dispose()  # every connection from now on made with the limit
+    monkeypatch.setattr(webhooks, "PURGE_BATCH", 1000)  # over the limit; the last a part of one
+    try:
+        purged = WebhookDispatcher(pair.hospital, _settings()).purge()
+    finally:
+        if not database.is_postgresql:
+            sqlalchemy.event.remove(database.engine, "connect", old_limit)
+            database.engine.dispose()
+    assert purged == rows
+    assert _deliveries(api_pair) == []
+
+
+def test_a_purge_that_fails_is_not_tried_again_every_round(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The time of the last purge was set only after one went through: a purge that failed ran
+    # (and logged its traceback) every round, not hourly.
+    pair = api_pair.pair
+    clock = [0.0]
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(), monotonic=lambda: clock[0])
+    tries: list[float] = []
+
+    def fails() -> int:
+        tries.append(clock[0])
+        raise RuntimeError("the table is locked")
+
+    monkeypatch.setattr(dispatcher, "purge", fails)
+    with pytest.raises(RuntimeError):
+        dispatcher.run_once()
+    clock[0] = 60.0
+    dispatcher.run_once()  # a round later: not tried again
+    assert tries == [0.0]
+    clock[0] = 3601.0
+    with pytest.raises(RuntimeError):
+        dispatcher.run_once()  # an hour later: tried again
+    assert tries == [0.0, 3601.0]
+
+
 def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -1068,12 +1197,10 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
         )
     )
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA trusted
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        return real("127.0.0.1" if host == "hooks.test" else host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    # 127.0.0.1 at registration and at the call's check, 127.0.0.2 (allowed too, where nothing
+    # listens) from then on: a call that connected by the name, resolving it again, would fail
+    resolver = Rebinding("hooks.test", ["127.0.0.1", "127.0.0.1", "127.0.0.2"])
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
     receiver = Receiver()
     server_names: list[str | None] = []
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1097,5 +1224,6 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     finally:
         receiver.server.shutdown()
     [(headers, _)] = receiver.calls
+    assert resolver.asked == 2  # registration, the call's check: the name was not looked up again
     assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
     assert [d.state for d in _deliveries(api_pair)] == ["sent"]

@@ -4,6 +4,10 @@ client's webhooks and whether each is called, ``webhooks remove`` removes any on
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from api_sites import ApiPair
 from sqlalchemy import select
@@ -89,5 +93,24 @@ def test_the_operator_lists_every_clients_webhooks_and_removes_one(api_pair: Api
         assert list(uow.session.scalars(select(WebhookDeliveryRow))) == []
     assert [h["id"] for h in _listed(api_pair)][:1] == [lab]
 
-    code, output = _cli(api_pair, "remove", str(dips))
-    assert code == 2 and f"error (not-found): no webhook {dips}" in output
+    code, output = _cli(api_pair, "remove", str(dips))  # not found: the command's failure
+    assert code == 1 and f"error (not-found): no webhook {dips}" in output
+
+
+def test_the_webhook_commands_make_no_store_where_there_is_none(tmp_path: Path) -> None:
+    # Run from another directory than the server's (a relative data_dir), they made an empty
+    # store and listed no webhooks, or said the one to remove was not found.
+    (tmp_path / "op.toml").write_text('data_dir = "data"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    for command in (["list"], ["list", "--json"], ["remove", "1"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "meldingstjener", "--config", "op.toml", "webhooks", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

@@ -227,3 +227,40 @@ def test_going_down_past_the_message_columns_keeps_the_message_log(own_database:
     upgrade(database)
     assert differences(own_database) == []
     assert (_count(own_database, "messages"), _count(own_database, "message_events")) == (1, 1)
+
+
+def test_going_down_past_the_webhook_scopes_keeps_the_deliveries(own_database: Store) -> None:
+    # 0015's downgrade drops two webhook columns: SQLite rebuilds the table, and dropping the
+    # old one cascades to webhook_deliveries (ON DELETE CASCADE). They are kept aside and put
+    # back (kept_deliveries), a path no test went with a delivery present.
+    database = own_database.database
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO webhooks (id, client_name, credential, url, secret, events, her_ids,"
+                " scopes, issuer, active, consecutive_failures, created_at) VALUES (1, 'epj',"
+                " 'jwt', 'https://epj/hook', 's', '[]', '[]', '[\"receive\"]',"
+                " 'https://helseid.test', true, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_key, event_type, body,"
+                " state, attempts, due_at, created_at) VALUES (7, 1, 'k', 'alert', '{}',"
+                " 'pending', 2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0014")
+    assert current_revision(database) == "0014"
+    with database.engine.connect() as connection:
+        kept = connection.execute(
+            text("SELECT id, webhook_id, event_key, state, attempts FROM webhook_deliveries")
+        ).all()
+        assert connection.execute(text("SELECT count(*) FROM webhooks")).scalar_one() == 1
+    assert [tuple(row) for row in kept] == [(7, 1, "k", "pending", 2)]
+    upgrade(database)
+    assert differences(own_database) == []
+    assert _deliveries(own_database) == 1
