@@ -131,27 +131,47 @@ class Repeat:
     error: bool = True
 
 
+# per (namespace, table): {parent's tag: {tag of a child it may hold once: its local name}}
+_QUALIFIED: dict[tuple[str, int], dict[str, dict[str, str]]] = {}
+
+
+def _qualified(ns: str, once: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+    """``once`` with its names as the tags lxml gives (made once per table: comparing tags is
+    a string compare, where reading each element's name anew cost a third of a validation)."""
+    key = (ns, id(once))
+    found = _QUALIFIED.get(key)
+    if found is None:
+        found = {
+            qname(ns, parent): {qname(ns, local): local for local in children}
+            for parent, children in once.items()
+        }
+        _QUALIFIED[key] = found
+    return found
+
+
 def repeats(root: etree._Element, ns: str, once: dict[str, tuple[str, ...]]) -> Iterator[Repeat]:
     """Walk the elements of namespace ``ns`` that ``once`` names as parents, from ``root``
     down, and yield every child given more than once and (MsgHead) every second HER-id at one
     level. Each element is looked at once."""
+    tables = _qualified(ns, once)
+    her_levels = {qname(NS_MSGHEAD, level) for level in _HER_LEVELS} if ns == NS_MSGHEAD else set()
     pending = [root]
     while pending:
         parent = pending.pop()
-        allowed = once.get(local_name(parent), ())
-        wanted = {qname(ns, local): local for local in allowed}
+        wanted = tables.get(parent.tag, {})
         counts: dict[str, int] = {}
         second: dict[str, etree._Element] = {}
         for element in parent:
-            if not isinstance(element.tag, str):
+            tag = element.tag
+            if not isinstance(tag, str):
                 continue
-            local = wanted.get(element.tag)
+            local = wanted.get(tag)
             if local is not None:
                 counts[local] = counts.get(local, 0) + 1
                 if counts[local] == 2:
                     second[local] = element
             # RefDoc/Content is no parent in the tables: the business document is not entered
-            if etree.QName(element).namespace == ns and local_name(element) in once:
+            if tag in tables:
                 pending.append(element)
         for local, count in counts.items():
             if count > 1:
@@ -161,7 +181,7 @@ def repeats(root: etree._Element, ns: str, once: dict[str, tuple[str, ...]]) -> 
                     f"{local} appears {count} times where the standard allows it once: "
                     "which one is meant is not clear",
                 )
-        if ns == NS_MSGHEAD and local_name(parent) in _HER_LEVELS:
+        if parent.tag in her_levels:
             yield from _her_repeats(parent)
 
 
