@@ -1,4 +1,5 @@
-"""The daily sweep of payload files nothing refers to (``payload-sweep`` job).
+"""The daily sweep of payload files nothing refers to (``payload-sweep`` job), and the delete
+of a purged payload that a crash may have left (``payload-delete`` job).
 
 A crash between writing a payload file and committing its row leaves a file that may hold a
 decrypted business message; see :mod:`meldingstjener.store.orphans`. ``serve`` schedules the
@@ -19,6 +20,9 @@ from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 log = logging.getLogger(__name__)
 
 PAYLOAD_SWEEP = "payload-sweep"
+PAYLOAD_DELETE = "payload-delete"
+# a purge deletes its file once it has committed; the job, committed with it, makes sure
+DELETE_CHECK_AFTER = timedelta(minutes=10)
 EVERY = timedelta(days=1)
 FIRST_AFTER = timedelta(minutes=10)  # after a start, when the start's own work is done
 
@@ -64,4 +68,21 @@ def payload_sweep_job(ctx: EngineContext, job: ClaimedJob) -> None:
             dedup_key=PAYLOAD_SWEEP,
             data={"swept_until": report.swept_until},
         )
+        uow.commit()
+
+
+def schedule_payload_delete(uow: UnitOfWork, key: str, *, now: datetime) -> None:
+    """Make sure the purged payload ``key`` goes, in the purge's own transaction. The purge
+    deletes the file once it has committed; a crash (or a failed delete) just then left a
+    decrypted message on disk for good, since the daily sweep looks only at files written
+    since its last run, and a purge comes hours or days after the file was written."""
+    uow.jobs.schedule(PAYLOAD_DELETE, now + DELETE_CHECK_AFTER, data={"key": key})
+
+
+def payload_delete_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    key = (job.data or {}).get("key")
+    if isinstance(key, str) and ctx.store.payloads.delete(key):
+        log.warning("removed a purged payload file that was left behind")
+    with ctx.store.unit_of_work() as uow:
+        uow.jobs.finish(job.id)
         uow.commit()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from meldingstjener.engine import housekeeping
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
@@ -432,10 +433,12 @@ def _taken_by_answer(
 
 def _purge_after_commit(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
     """Forget the message's content: the row lets go of its file now, the file goes once that
-    has committed. (Deleting first, a crash or a failed commit left a row pointing at nothing;
-    this way a crash leaves a file nothing refers to, which the payload sweep removes.)"""
+    has committed. (Deleting first, a crash or a failed commit left a row pointing at nothing.)
+    A crash between the commit and the delete leaves the file: a ``payload-delete`` job, in the
+    same transaction, removes it then."""
     key = str(row.payload_ref)
     row.payload_ref = None
+    housekeeping.schedule_payload_delete(uow, key, now=ctx.clock())
     uow.after_commit(lambda: ctx.store.payloads.delete(key))
 
 

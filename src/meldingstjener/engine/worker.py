@@ -58,6 +58,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     receipts.SERVER_VERDICT: receipts.server_verdict_job,
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
     housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,
+    housekeeping.PAYLOAD_DELETE: housekeeping.payload_delete_job,
     inbox_watch.INBOX_CHECK: inbox_watch.inbox_check_job,
     register_sync.REGISTER_SYNC: register_sync.register_sync_job,
 }

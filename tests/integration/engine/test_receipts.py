@@ -248,6 +248,27 @@ def test_a_clinicians_wrong_recipient_report_sends_a_dialog_avvik(pair: Pair) ->
     assert len(open_alerts(pair.hospital, "misaddressed-received")) == 1
 
 
+def test_a_purged_payload_a_crash_left_behind_is_deleted_by_its_job(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The purge deletes the file once the row has let go of it; killed just then, the
+    # decrypted message stayed on disk for good: the daily sweep looks only at files written
+    # since its last run, and the purge comes long after the file was written.
+    _, row = send_and_deliver(pair)
+    store = pair.hospital.store.payloads
+    kept = store.path(str(row.payload_ref))
+    assert kept.is_file()
+    monkeypatch.setattr(store, "delete", lambda key: False)  # the process died after the commit
+    receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
+    monkeypatch.undo()
+    pair.run()
+    assert pair.message(pair.hospital, row.id).payload_ref is None
+    assert kept.is_file()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert not kept.is_file()
+
+
 def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
     with pair.hospital.store.unit_of_work() as uow:
         agreement = uow.agreements.for_pair("8200001", "8100001")
