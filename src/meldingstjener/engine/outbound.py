@@ -150,8 +150,7 @@ def submit(
         content_id,
         transfer_encoding="binary" if partner.channel == "http" else "base64",
     )
-    payload_ref = ctx.store.payloads.put(payload)
-    wire_ref = ctx.store.payloads.put(body)
+    payload_ref, wire_ref = ctx.store.payloads.put_all(payload, body)
     row = MessageRow(
         direction=Direction.OUTBOUND.value,
         channel=partner.channel,

@@ -102,6 +102,35 @@ def test_a_fagmelding_submitted_larger_than_formats_max_xml_bytes_is_refused(
         made.hospital.store.database.dispose()
 
 
+def test_a_submit_whose_wire_form_cannot_be_stored_leaves_no_plain_text_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The EPJ's plain text was stored, then the disk was full for the wire form: the plain text
+    # waited for the day's sweep (and one more copy for each retry of the EPJ).
+    made = make_pair(tmp_path)
+    try:
+        payloads = made.gp.store.payloads
+        real_put = payloads.put
+        calls = 0
+
+        def full_at_the_second(source: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise OSError(28, "No space left on device")
+            return real_put(source)
+
+        before = {p for p in payloads.root.rglob("*") if p.is_file()}
+        monkeypatch.setattr(payloads, "put", full_at_the_second)
+        with pytest.raises(OSError):
+            submit(made.gp, dialog_note(made.gp_site, made.hospital_site, "x"), actor="t")
+        assert calls == 2
+        assert {p for p in payloads.root.rglob("*") if p.is_file()} == before
+    finally:
+        made.gp.store.database.dispose()
+        made.hospital.store.database.dispose()
+
+
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
     """dedup key -> (severity, count) of the open alerts."""
     with ctx.store.unit_of_work() as uow:
