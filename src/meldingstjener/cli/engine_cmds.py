@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import socket
 import threading
@@ -119,15 +120,16 @@ def serve(
         if clock_watch is not None:
             threads.append(clock_watch)
         lease = timedelta(seconds=settings.workers.lease_seconds)
+        run = run_prefix(instance)
         if settings.workers.count > 0:
             # its name starts with the instance's, so a restart takes its claims back too
             engine.handoff = Handoff(
-                f"{instance}handoff", lease, settings.workers.claim_batch * settings.workers.count
+                f"{run}handoff", lease, settings.workers.claim_batch * settings.workers.count
             )
         for number in range(settings.workers.count):
             worker = Worker(
                 engine,
-                f"{instance}{number}",
+                f"{run}{number}",
                 batch=settings.workers.claim_batch,
                 lease=lease,
                 poll_interval=settings.workers.poll_interval_seconds,
@@ -268,3 +270,12 @@ def _port_taken(host: str, port: int) -> str | None:
             return None
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+
+
+def run_prefix(instance: str) -> str:
+    """What this run's claims are stored under: the instance's prefix (``<name>/``: a restart
+    takes back all of them) and a value of this run's own. With the instance's name alone, a
+    process paused past its lock (a suspended VM) and its restart used the same worker names,
+    and each took the other's claims for its own: the old one's lease keeper extended, and its
+    finish ended, a claim of a job the new one was running."""
+    return f"{instance}{secrets.token_hex(4)}/"
