@@ -254,14 +254,3 @@ def test_the_readme_tells_which_helseid_variables_serve_reads(
     for name in ("TOKEN_URL", "CLIENT_ID", "KEY_FILE"):
         assert f"MELDINGSTJENER_HELSEID__{name}" in readme
     assert "`serve` never reads the one-underscore variables" in readme
-
-
-def test_each_run_of_an_instance_claims_under_names_of_its_own() -> None:
-    # A paused process and its restart claimed under the same worker names: each took the
-    # other's claims for its own. A restart must still take back every claim of the instance.
-    from meldingstjener.cli.engine_cmds import run_prefix
-
-    first, second = run_prefix("gp:8080/"), run_prefix("gp:8080/")
-    assert first != second
-    assert first.startswith("gp:8080/") and second.startswith("gp:8080/")
-    assert len(f"{first}handoff") <= len(f"{'x' * 100}/12345678/handoff") <= 128
