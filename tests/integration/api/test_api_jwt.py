@@ -9,17 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from engine_pair import Pair
 from fastapi.testclient import TestClient
+from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
-from meldingstjener.config import ApiSettings
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
-
-ISSUER = "https://helseid.test"
 
 
 def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
@@ -37,16 +34,7 @@ def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
 
 
 def test_bearer_tokens_from_the_issuer(pair: Pair, tmp_path: Path) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp_path / "issuer.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    settings = ApiSettings(
-        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
-    )
+    key, settings = token_issuer(tmp_path)
     with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
 
         def get(token: str, her_id: str = HOSPITAL_SERVICE_HER) -> int:
@@ -82,16 +70,7 @@ def test_a_token_with_claims_of_other_types_or_bound_to_a_key_is_refused(
     # Signed by the issuer, so verified, yet not a token we can act on: claims of another type
     # than ours (they failed the request with a 500), and a token bound to a key whose proof
     # (DPoP) this server does not check (it was taken as a plain bearer token).
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp_path / "issuer.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    settings = ApiSettings(
-        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
-    )
+    key, settings = token_issuer(tmp_path)
     with TestClient(
         create_app(pair.hospital, api_settings=settings), raise_server_exceptions=False
     ) as http:

@@ -12,18 +12,14 @@ from typing import Any
 import httpx
 import jwt
 from api_sites import ApiPair
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client
-from meldingstjener.config import ApiSettings
 from meldingstjener.devsites import GP_HER, HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.store.uow import LogFilter
-
-ISSUER = "https://helseid.test"
 
 
 def _document(api_pair: ApiPair) -> bytes:
@@ -108,16 +104,7 @@ def test_a_key_is_its_clients_own_whatever_the_names_hold(
     # client "dips" with key "a:b", and a token's client named like a key client shared its
     # keys. Each got the other's message, and nothing was sent for it.
     pair = api_pair.pair
-    issuer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp_path / "issuer.pem"
-    public.write_bytes(
-        issuer.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    settings = ApiSettings(
-        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
-    )
+    issuer, settings = token_issuer(tmp_path)
 
     def token(client_id: str) -> str:
         claims = {

@@ -13,19 +13,16 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from engine_pair import Pair
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import ClientError, add_client, hash_key
-from meldingstjener.config import ApiSettings
 from meldingstjener.devsites import GP_HER, HOSPITAL_SERVICE_HER, dialog_note
-
-ISSUER = "https://helseid.test"
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -91,16 +88,7 @@ def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
 def test_a_tokens_client_id_fits_the_logs_or_the_token_is_refused(
     pair: Pair, tmp_path: Path
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp_path / "issuer.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    settings = ApiSettings(
-        jwt_issuer=ISSUER, jwt_audience="meldingstjener", jwt_public_key_file=public
-    )
+    key, settings = token_issuer(tmp_path)
     with TestClient(
         create_app(pair.gp, api_settings=settings), raise_server_exceptions=False
     ) as http:
