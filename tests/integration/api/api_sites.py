@@ -7,6 +7,7 @@ the engines exactly as ``engine_pair.make_pair`` does.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import shutil
 import sys
@@ -14,12 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
+import httpx
 from engine_pair import Clock, Loopback, Pair
 from fastapi.testclient import TestClient
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
-from meldingstjener.devsites import Site, prepare_sites
+from meldingstjener.devsites import Site, dialog_note, prepare_sites
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +75,16 @@ class ApiPair:
     hospital_key: str
     hospital_admin_key: str
     outsider_key: str
+
+    def post_note(self, text: str) -> httpx.Response:
+        """A dialog note from the GP to the hospital, posted with the GP's key."""
+        document = dialog_note(self.pair.gp_site, self.pair.hospital_site, text)
+        return self.gp_http.post(
+            "/Messages",
+            headers={"Authorization": f"Bearer {self.gp_key}"},
+            json={
+                "businessDocument": base64.b64encode(document).decode(),
+                "contentType": "application/xml",
+                "contentTransferEncoding": "base64",
+            },
+        )

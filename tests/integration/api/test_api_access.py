@@ -36,23 +36,9 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _post_note(api_pair: ApiPair, text: str) -> httpx.Response:
-    pair = api_pair.pair
-    document = dialog_note(pair.gp_site, pair.hospital_site, text)
-    return api_pair.gp_http.post(
-        "/Messages",
-        headers=_bearer(api_pair.gp_key),
-        json={
-            "businessDocument": base64.b64encode(document).decode(),
-            "contentType": "application/xml",
-            "contentTransferEncoding": "base64",
-        },
-    )
-
-
 def _deliver_one(api_pair: ApiPair) -> str:
     pair = api_pair.pair
-    sent = _post_note(api_pair, "Svar på prøver")
+    sent = api_pair.post_note("Svar på prøver")
     assert sent.status_code == 201, sent.text
     pair.run()
     [received] = pair.inbound_messages(pair.hospital)
@@ -426,7 +412,7 @@ def test_a_sent_message_and_its_audit_row_commit_together(
     api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pair = api_pair.pair
-    sent = _post_note(api_pair, "Henvisning")
+    sent = api_pair.post_note("Henvisning")
     assert sent.status_code == 201, sent.text
     [row] = query(pair.gp.store, AuditQuery(message_id=sent.json()))
     assert (row["action"], row["outcome"], row["herId"]) == ("send-message", "ok", "8100001")
@@ -437,7 +423,7 @@ def test_a_sent_message_and_its_audit_row_commit_together(
         stored_before = len(uow.messages.search(LogFilter(direction="out")))
     monkeypatch.setattr(audit, "_INSERT", unavailable)
     # a 5xx problem (503 on SQLite, whose missing table is an OperationalError, as an outage is)
-    failed = _post_note(api_pair, "Henvisning")
+    failed = api_pair.post_note("Henvisning")
     assert failed.status_code in (500, 503), failed.text
     monkeypatch.undo()
     with pair.gp.store.unit_of_work() as uow:
@@ -644,7 +630,7 @@ def test_a_receiver_the_register_has_inactive_is_refused_with_its_own_code(
         assert receiver is not None
         receiver.active = False
         uow.commit()
-    refused = _post_note(api_pair, "Timen er flyttet")
+    refused = api_pair.post_note("Timen er flyttet")
     assert refused.status_code == 400, refused.text
     problem = refused.json()
     assert (problem["code"], problem["errorCode"]) == ("receiver-inactive", 1012)

@@ -4,7 +4,6 @@ messages alone, whatever the number of messages received and read before.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import re
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from api_sites import ApiPair
 from sqlalchemy import Connection, Engine, event, text
 
 from meldingstjener.api.audit import AuditQuery, query
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER
 
 READ_BEFORE = 20_000  # received and read long ago: what a server holds after some months
 
@@ -118,16 +117,7 @@ def _receive(api_pair: ApiPair, count: int) -> list[str]:
     before; their ids at the hospital, oldest first."""
     pair, ids = api_pair.pair, []
     for number in range(count):
-        document = dialog_note(pair.gp_site, pair.hospital_site, f"Notat {number}")
-        sent = api_pair.gp_http.post(
-            "/Messages",
-            headers=_bearer(api_pair.gp_key),
-            json={
-                "businessDocument": base64.b64encode(document).decode(),
-                "contentType": "application/xml",
-                "contentTransferEncoding": "base64",
-            },
-        )
+        sent = api_pair.post_note(f"Notat {number}")
         assert sent.status_code == 201, sent.text
         pair.run()
         pair.clock.advance(seconds=1)

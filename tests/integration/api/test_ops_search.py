@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 
 from api_sites import ApiPair
 
 from meldingstjener.api.clients import add_client
-from meldingstjener.devsites import dialog_note
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -21,16 +19,7 @@ def _send(api_pair: ApiPair, count: int) -> list[str]:
     """``count`` messages from the GP, oldest first."""
     pair, ids = api_pair.pair, []
     for number in range(count):
-        document = dialog_note(pair.gp_site, pair.hospital_site, f"Notat {number}")
-        sent = api_pair.gp_http.post(
-            "/Messages",
-            headers=_bearer(api_pair.gp_key),
-            json={
-                "businessDocument": base64.b64encode(document).decode(),
-                "contentType": "application/xml",
-                "contentTransferEncoding": "base64",
-            },
-        )
+        sent = api_pair.post_note(f"Notat {number}")
         assert sent.status_code == 201, sent.text
         ids.append(sent.json())
         pair.clock.advance(seconds=1)  # a message is made at the engine's time
