@@ -39,7 +39,7 @@ from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.database import UNREACHABLE
+from meldingstjener.store.database import transient
 from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,6 @@ def create_app(
                 ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
             )
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
-        except UNREACHABLE as exc:
-            # Not a fault of the server, and no alert: it could not be written either (a try
-            # would wait for the pool once more). The heartbeat tells a long outage.
-            # (with its traceback: the same errors also say deadlock or lock timeout, which are
-            # worth seeing; statement values are hidden from database errors)
-            log.warning("the database could not store a received message: %s", exc, exc_info=True)
-            return Response("temporarily unable to store; resend later\n", 503)
         except PayloadNotFound as exc:
             # A stored file is missing (our signal, to be repeated to a resend): no resend
             # mends that, and the store is not failing. A fault in the server's data.
@@ -185,8 +178,16 @@ def create_app(
             await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
             return Response("temporarily unable to store; resend later\n", 503)
         except Exception as exc:
-            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
-            return Response("internal error\n", 500)
+            if not transient(exc):
+                # a fault of ours, a database error too (a missing table): 500 and an alert
+                await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+                return Response("internal error\n", 500)
+            # The database is away, busy or full: not a fault of the server, and no alert: it
+            # could not be written either (a try would wait for the pool once more). The
+            # heartbeat tells a long outage. (with its traceback: a deadlock or lock timeout is
+            # worth seeing; statement values are hidden from database errors)
+            log.warning("the database could not store a received message: %s", exc, exc_info=True)
+            return Response("temporarily unable to store; resend later\n", 503)
         finally:
             if isinstance(body, Spool):
                 body.discard()  # kept as the wire form by then, unless it was refused

@@ -5,12 +5,13 @@ text: nothing an EPJ generated from NHN's contract can read, and no word on whet
 This ASGI middleware sits outside every other layer of ours (:class:`CredentialsFirst` looks
 keys up in the store before any route runs) and answers instead:
 
-- the database cannot be reached (:data:`meldingstjener.store.database.UNREACHABLE`, as the
-  heartbeat and ``POST /ebms`` tell it): ``503 unavailable`` with ``Retry-After``, as
-  ``/health`` says 503 meanwhile. Nothing was done; the EPJ repeats the call later.
-- anything else: ``500 internal-error``, a problem body with EDI 2.0's ``ErrorMessage`` fields,
-  whose ``requestId`` is in the server's log line too, so a help desk finds the one from the
-  other.
+- the database failed for a while (:func:`meldingstjener.store.database.transient`, as
+  ``POST /ebms`` tells it): it cannot be reached (as ``/health`` says 503 meanwhile), is busy
+  (a lock, a deadlock) or cannot store (its disk full): ``503 unavailable`` with
+  ``Retry-After``. Nothing was done; the EPJ repeats the call later.
+- anything else, a database error of ours too (a missing table): ``500 internal-error``, a
+  problem body with EDI 2.0's ``ErrorMessage`` fields, whose ``requestId`` is in the server's
+  log line too, so a help desk finds the one from the other.
 
 The log names the error's class and the lines it passed through, never its text: an exception's
 text may quote what it was given (a value of a business document, a database's DETAIL line).
@@ -26,13 +27,20 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener.api.problems import problem_response
-from meldingstjener.store.database import UNREACHABLE
+from meldingstjener.store.database import BUSY, RESOURCES, UNREACHABLE, trouble
 
 log = logging.getLogger(__name__)
 
 # How long an EPJ is asked to wait before it repeats a call the database was away for: about
 # what a PostgreSQL restart or fail-over takes.
 RETRY_AFTER_SECONDS = 10
+
+# what a 503 and its log line say, by the database's trouble
+_TOLD = {
+    UNREACHABLE: "the database cannot be reached",
+    BUSY: "the database is busy",
+    RESOURCES: "the database cannot store",
+}
 
 
 class ServerFaults:
@@ -54,11 +62,23 @@ class ServerFaults:
         where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
         try:
             await self.app(scope, receive, watched)
-        except UNREACHABLE as exc:
+        except Exception as exc:
+            kind = trouble(exc)
+            if kind is None:
+                await self._failed(exc, where, started, scope, receive, send)
+                return
             # a state, not a fault of ours: one line (an outage would otherwise flood the log
-            # with tracebacks); a database error's text shows no statement values
+            # with tracebacks); a database error's text shows no statement values. A full disk
+            # is no passing state, though: an error, for someone to make room.
             first_line = str(exc).strip().split("\n", 1)[0]
-            log.warning("%s: the database cannot be reached: answered 503 (%s)", where, first_line)
+            log.log(
+                logging.ERROR if kind == RESOURCES else logging.WARNING,
+                "%s: %s: answered 503 (%s: %s)",
+                where,
+                _TOLD[kind],
+                type(exc).__name__,
+                first_line,
+            )
             if started:
                 return  # the answer is under way: the connection is cut short
             answer = problem_response(
@@ -66,31 +86,40 @@ class ServerFaults:
                 "unavailable",
                 # a commit cut off may have stored what was sent all the same: a repeat with
                 # the same Idempotency-Key finds it, one without makes a second message
-                "the database cannot be reached just now, and the call may not have been "
+                f"{_TOLD[kind]} just now, and the call may not have been "
                 f"completed: repeat it in {RETRY_AFTER_SECONDS} seconds (a message submitted "
                 "again with the same Idempotency-Key is not made twice)",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
             await answer(scope, receive, send)
-        except Exception as exc:
-            request_id = str(uuid.uuid4())
-            log.error(
-                "%s failed with an unexpected %s: answered 500 (request %s)\n%s",
-                where,
-                type(exc).__name__,
-                request_id,
-                _passed_through(exc),
-            )
-            if started:
-                return
-            answer = problem_response(
-                500,
-                "internal-error",
-                "the server failed with an unexpected error; the server log has the details "
-                f"under request {request_id}",
-                request_id=request_id,
-            )
-            await answer(scope, receive, send)
+
+    async def _failed(
+        self,
+        exc: Exception,
+        where: str,
+        started: bool,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        request_id = str(uuid.uuid4())
+        log.error(
+            "%s failed with an unexpected %s: answered 500 (request %s)\n%s",
+            where,
+            type(exc).__name__,
+            request_id,
+            _passed_through(exc),
+        )
+        if started:
+            return
+        answer = problem_response(
+            500,
+            "internal-error",
+            "the server failed with an unexpected error; the server log has the details "
+            f"under request {request_id}",
+            request_id=request_id,
+        )
+        await answer(scope, receive, send)
 
 
 def _passed_through(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
-from meldingstjener.store.database import UNREACHABLE
+from meldingstjener.store.database import unreachable
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
 from meldingstjener.store.uow import UnitOfWork
@@ -340,8 +340,9 @@ class Heartbeat:
     has been unreachable (in memory, as nothing can be written meanwhile). The first beat that
     works after ``UNREACHABLE_TOLD_AFTER`` or more raises ``store-unreachable``, from the start
     of the first beat that failed to the start of the one that works; it is resolved by hand
-    (it tells of something past). A beat that fails for another reason is logged and changes
-    nothing: the outage, if one is under way, is told by the next beat that works.
+    (it tells of something past). A beat that fails for another reason (the database busy: a
+    deadlock, a lock timeout; or a fault of ours) is logged and changes nothing: the outage,
+    if one is under way, is told by the next beat that works.
 
     And since when this process has been present: beating, with no more than ``AWAY_AFTER``
     between its beats that worked. A process that could not beat for longer (the database was
@@ -375,13 +376,13 @@ class Heartbeat:
                 present_since=self.present_since,
                 back=back,
             )
-        except UNREACHABLE as exc:  # the database is away, or its connections are
-            if self.unreachable_since is None:
-                self.unreachable_since = at
-            log.warning("could not record this instance's heartbeat: the database: %s", exc)
-            return
         except Exception as exc:  # names of hosts and processes only: no patient data
-            log.warning("could not record this instance's heartbeat: %s", exc)
+            if unreachable(exc):  # the database is away, or its connections are
+                if self.unreachable_since is None:
+                    self.unreachable_since = at
+                log.warning("could not record this instance's heartbeat: the database: %s", exc)
+            else:  # busy (a deadlock, a lock timeout) or a fault: the database is there
+                log.warning("could not record this instance's heartbeat: %s", exc)
             return
         self.unreachable_since = None
         self.last_beat_at, self.present_since = at, present_since

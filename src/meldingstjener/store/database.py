@@ -7,6 +7,8 @@ PostgreSQL URLs (``postgresql://...``) are routed to the psycopg 3 driver.
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,18 +17,81 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from meldingstjener.store import changes
 
-# What a unit of work fails with when the database cannot be reached, rather than for a fault
-# of ours: the server is away or restarting (OperationalError), a connection it dropped is used
-# (InterfaceError), or no connection of the pool comes free in time (the pool's TimeoutError:
-# every one hangs on a database that stopped answering). The one list of them: the heartbeat
-# counts them as the store unreachable, ``POST /ebms`` answers 503 for them.
-UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
+# Why the database failed a unit of work, when a repeat later may work: it cannot be reached
+# (UNREACHABLE: the server is away or restarting, refuses connections or has none left, a
+# connection it dropped is used, or no connection of the pool comes free in time), it is busy
+# (BUSY: a lock not granted in time, a deadlock or serialization failure, a statement
+# cancelled), or it cannot store just now (RESOURCES: its disk or memory is full). Anything
+# else, an OperationalError too (SQLite's "no such table", a syntax error), is a fault of ours:
+# a missing migration or a bug. The one classification: the heartbeat counts only UNREACHABLE
+# as the store unreachable; the API and ``POST /ebms`` answer 503 for each of the three.
+UNREACHABLE = "unreachable"
+BUSY = "busy"
+RESOURCES = "resources"
+
+# PostgreSQL's SQLSTATEs (psycopg's ``sqlstate``); a class of two characters covers its codes.
+_PG_UNREACHABLE = ("08", "57P01", "57P02", "57P03", "53300")  # connection, shutdown, too many
+_PG_BUSY = ("40P01", "40001", "55P03", "57014")  # deadlock, serialization, lock, cancelled
+_PG_RESOURCES = ("53",)  # insufficient resources: disk full, out of memory
+# SQLite's primary result codes (the low byte of ``sqlite_errorcode``, which may be extended)
+_SQLITE_TROUBLE = {
+    sqlite3.SQLITE_CANTOPEN: UNREACHABLE,  # the file cannot be opened (its directory gone)
+    sqlite3.SQLITE_BUSY: BUSY,
+    sqlite3.SQLITE_LOCKED: BUSY,
+    sqlite3.SQLITE_FULL: RESOURCES,
+    sqlite3.SQLITE_IOERR: RESOURCES,  # the disk failed a read or write
+    sqlite3.SQLITE_NOMEM: RESOURCES,
+}
+
+
+def trouble(exc: BaseException) -> str | None:
+    """``UNREACHABLE``, ``BUSY`` or ``RESOURCES`` when ``exc`` says the database failed for a
+    while rather than for a fault of ours; else None. Told by the driver's own error (its
+    SQLSTATE or SQLite result code), not by SQLAlchemy's class: an OperationalError is also
+    what a missing table or a syntax error raises."""
+    if isinstance(exc, PoolTimeout):
+        return UNREACHABLE
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated:  # SQLAlchemy took the error for a connection lost
+        return UNREACHABLE
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return None if code is None else _SQLITE_TROUBLE.get(code & 0xFF)
+    psycopg = sys.modules.get("psycopg")  # not loaded: the error is none of its
+    if psycopg is None or not isinstance(orig, psycopg.Error):
+        return None
+    if isinstance(orig, psycopg.InterfaceError):
+        return UNREACHABLE  # a connection that is closed, or broken
+    state: str | None = orig.sqlstate
+    if state is None:
+        # no answer from the server: refused, or a connection lost mid-statement
+        return UNREACHABLE if isinstance(orig, psycopg.OperationalError) else None
+    for kind, states in (
+        (UNREACHABLE, _PG_UNREACHABLE),
+        (BUSY, _PG_BUSY),
+        (RESOURCES, _PG_RESOURCES),
+    ):
+        if state in states or state[:2] in states:
+            return kind
+    return None
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached: lost, refused, or no connection of the pool in time."""
+    return trouble(exc) == UNREACHABLE
+
+
+def transient(exc: BaseException) -> bool:
+    """The database failed for a while (unreachable, busy, or full): a repeat later may work."""
+    return trouble(exc) is not None
 
 
 def normalise_url(url: str) -> str:

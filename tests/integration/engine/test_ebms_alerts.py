@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from engine_pair import Pair
 from fastapi.testclient import TestClient
@@ -219,7 +220,7 @@ def test_a_good_request_costs_no_statement_on_the_alerts_while_none_is_open(
 @pytest.mark.parametrize(
     "error",
     [
-        InterfaceError("SELECT 1", {}, Exception("the connection is closed")),
+        InterfaceError("SELECT 1", {}, psycopg.InterfaceError("the connection is closed")),
         PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
     ],
     ids=["interface-error", "pool-timeout"],
