@@ -241,6 +241,17 @@ def test_a_database_that_cannot_be_reached_answers_503_without_an_alert(
     assert open_alerts(pair.hospital) == {}
 
 
+def test_a_database_error_of_ours_answers_500_with_an_alert(pair: Pair, http: TestClient) -> None:
+    # A table receiving needs is missing (a migration not run): on SQLite an OperationalError,
+    # as a database locked is. No resend mends it: a fault of the server, not a store away.
+    body, content_type = wire(pair)
+    with pair.hospital.store.database.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE receipts RENAME TO receipts_away"))
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 500, answer.text
+    assert open_alerts(pair.hospital) == {"ebms-failing:OperationalError": ("error", 1)}
+
+
 def test_a_stored_signal_file_that_is_missing_is_no_store_failing(
     pair: Pair, http: TestClient
 ) -> None:
