@@ -9,13 +9,14 @@ import pytest
 from engine_pair import Clock
 from outage import database_away
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import prepare_sites
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.instances import Heartbeat, stopped
+from meldingstjener.engine.instances import UNREACHABLE_TOLD_AFTER, Heartbeat, stopped
 from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store
 
@@ -85,5 +86,42 @@ def test_the_first_beat_after_a_long_outage_says_from_when_to_when(
         stopped(ctx, "a:8080")
         alert = _unreachable(ctx, "a:8080")
         assert alert is not None and alert.count == 1 and alert.resolved_at is None
+    finally:
+        ctx.store.database.dispose()
+
+
+@ON_POSTGRESQL
+def test_beats_that_wait_in_vain_for_a_lock_are_no_outage(
+    own_database: Store, tmp_path: Path
+) -> None:
+    # The database is there but busy: another session holds the instance's row for six
+    # minutes, and each beat's lock times out (55P03, an OperationalError as an outage's
+    # errors are). That is no store unreachable: nothing to tell when the beats work again.
+    database = own_database.database
+    name = make_url(database.url).database
+    with database.engine.connect() as connection:
+        connection.execute(text(f"ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'"))
+        connection.commit()
+    gp, _ = prepare_sites(tmp_path / "sites", gp_database_url=database.url)
+    clock = Clock()
+    ctx = build_engine(load_settings(gp.config_path), clock=clock)
+    heart = Heartbeat(ctx, "a:8080")
+    try:
+        heart.beat(started=True)
+        with database.engine.connect() as holder:
+            holder.execute(
+                text("SELECT name FROM serving_instances WHERE name = 'a:8080' FOR UPDATE")
+            )
+            for _ in range(6):
+                clock.advance(minutes=1)
+                heart.beat()  # fails: its lock times out
+                assert heart.unreachable_since is None
+            assert heart.last_beat_at is not None
+            assert clock() - heart.last_beat_at >= UNREACHABLE_TOLD_AFTER
+            holder.rollback()
+        clock.advance(minutes=1)
+        heart.beat()
+        assert heart.last_beat_at == clock()
+        assert _unreachable(ctx, "a:8080") is None
     finally:
         ctx.store.database.dispose()
