@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,9 +69,19 @@ _CLIENT_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_CLIENT_NAME_CHARS}}}")
 
 
 def add_client(
-    store: Store, name: str, scopes: Sequence[str], her_ids: Sequence[str]
+    store: Store,
+    name: str,
+    scopes: Sequence[str],
+    her_ids: Sequence[str],
+    *,
+    own_her_ids: Collection[str] = (),
 ) -> tuple[ClientInfo, str]:
-    """Make a client; return it and its key. The key is not stored and cannot be shown again."""
+    """Make a client; return it and its key. The key is not stored and cannot be shown again.
+
+    With ``own_her_ids`` (the configured identity's), a HER-id the client is to act for must be
+    one of them: a client made for another's HER-id could never send (our outbound check
+    refuses a sender that is not ours) nor receive, and the operator learnt that only from the
+    EPJ's first refused call."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ClientError(
@@ -82,6 +92,13 @@ def add_client(
         checked = [str(HerId(h)) for h in her_ids]
     except InvalidHerId as exc:
         raise ClientError("invalid-her-id", str(exc)) from None
+    foreign = sorted(set(checked) - set(own_her_ids)) if own_her_ids else []
+    if foreign:
+        raise ClientError(
+            "not-our-her-id",
+            f"not among this server's HER-ids (the [identity] section: "
+            f"{', '.join(own_her_ids)}): {', '.join(foreign)}",
+        )
     # No ":" in particular: the logs name a token's client "jwt:<client_id>" (Principal.label),
     # which a key client's name must never be.
     if not _CLIENT_NAME.fullmatch(name):

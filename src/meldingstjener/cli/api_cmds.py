@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from meldingstjener.cli.app import app, store_from
+from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import parse_since, wide_console
 
 clients_app = typer.Typer(help="API client systems (EPJs): keys, scopes, HER-ids.")
@@ -77,9 +77,10 @@ def clients_add(
     """Make a client and print its API key once (only a hash is stored)."""
     from meldingstjener.api.clients import ClientError, add_client
 
+    own = settings_from(ctx).identity.her_ids
     store = store_from(ctx, create=True)
     try:
-        client, key = add_client(store, name, scope, her_id or [])
+        client, key = add_client(store, name, scope, her_id or [], own_her_ids=own)
     except ClientError as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
         raise typer.Exit(2) from None

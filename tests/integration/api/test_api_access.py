@@ -324,6 +324,33 @@ def test_cli_client_lifecycle_and_401s(api_pair: ApiPair) -> None:
     assert revoked.status_code == 401
 
 
+def test_cli_refuses_a_client_for_a_her_id_not_ours(api_pair: ApiPair) -> None:
+    """A client made for the GP's HER-id on the hospital's server could neither send nor
+    receive: refused when it is made, naming the HER-id, and nothing is stored."""
+    settings = api_pair.pair.hospital_site.config_path
+    gp_her = api_pair.pair.gp_site.address_her_id
+    made = CliRunner().invoke(
+        app,
+        [
+            "--config",
+            str(settings),
+            "clients",
+            "add",
+            "wrong-epj",
+            "--scope",
+            "send",
+            "--her-id",
+            HOSPITAL_SERVICE_HER,
+            "--her-id",
+            gp_her,
+        ],
+    )
+    assert made.exit_code == 2
+    assert "not-our-her-id" in made.output and gp_her in made.output
+    listed = CliRunner().invoke(app, ["--config", str(settings), "clients", "list", "--json"])
+    assert listed.exit_code == 0 and "wrong-epj" not in listed.output
+
+
 def test_client_mistakes_get_4xx_problem_bodies(api_pair: ApiPair) -> None:
     http = api_pair.gp_http
     headers = _bearer(api_pair.gp_key)
