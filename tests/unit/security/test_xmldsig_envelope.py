@@ -221,3 +221,12 @@ def test_repeated_references_are_refused_before_any_digest(
     assert not check.valid
     assert check.problem is not None and "one Reference" in check.problem
     assert len(calls) <= 1
+
+
+def test_a_document_c14n_cannot_render_is_an_invalid_signature(sender: DevParty) -> None:
+    """A relative namespace URI makes libxml2's C14N fail: the check answers invalid (so the
+    sender gets a MessageError) instead of raising."""
+    relative = _signed(sender).replace(b"<eb:CPAId>", b'<eb:CPAId xmlns:x="relative/uri">', 1)
+    check = xmldsig.verify_ebxml_envelope(parse_xml(relative), ATTACHMENTS)
+    assert check.valid is False
+    assert check.problem is not None and "canonicalised" in check.problem
