@@ -400,3 +400,44 @@ def test_every_reason_has_plain_words() -> None:
     for reason in Reason:
         assert reason.message.startswith("the certificate") or reason.message.startswith("whether")
         assert reason.amqp_error_condition.startswith("transport:")
+
+
+def test_a_revocation_stays_when_the_crl_cannot_be_fetched_anew(ca: DevPki) -> None:
+    """Past the cached CRL's nextUpdate the distribution point is down: the last CRL still
+    proves the revocation it lists; of a certificate it does not list it proves nothing."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    revoked = _cert(ca, crl_url="http://crl.invalid/ca.crl")
+    other = _cert(ca, crl_url="http://crl.invalid/ca.crl")
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.ca_certificate.subject)
+        .last_update(t0)
+        .next_update(t0 + timedelta(hours=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(revoked.serial_number)
+            .revocation_date(t0 - timedelta(days=1))
+            .build()
+        )
+        .sign(ca.ca.key, hashes.SHA256())
+    )
+    now = [t0]
+    reachable = [True]
+
+    def fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+        if not reachable[0]:
+            raise OSError("connection timed out")
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    validator = CertificateValidator(
+        [ca.ca_certificate], fetcher=fetch, ocsp=False, clock=lambda: now[0]
+    )
+    assert validator.validate(revoked, usage="signing").reasons == [Reason.REVOKED]
+    assert validator.validate(other, usage="signing").reasons == []
+    now[0] = t0 + timedelta(hours=2)
+    reachable[0] = False
+    check = validator.validate(revoked, usage="signing")
+    assert not check.ok
+    assert check.reasons == [Reason.REVOKED]
+    assert "revoked on" in check.details[0]
+    assert validator.validate(other, usage="signing").reasons == [Reason.REVOCATION_UNKNOWN]
