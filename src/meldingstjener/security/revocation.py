@@ -359,7 +359,7 @@ def _ocsp_problem(
         return f"status {response.response_status.name}"
     if response.serial_number != cert.serial_number:
         return "the answer is about another certificate"
-    responder = _ocsp_responder(response, issuer)
+    responder = _ocsp_responder(response, issuer, now)
     if responder is None:
         return "the answer is not signed by the issuer or a responder it authorised"
     key = responder.public_key()
@@ -382,12 +382,16 @@ def _ocsp_problem(
 
 
 def _ocsp_responder(
-    response: ocsp.OCSPResponse, issuer: x509.Certificate
+    response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
 ) -> x509.Certificate | None:
+    """The issuer, or a responder certificate it issued for OCSP signing that is valid now
+    (RFC 6960 4.2.2.2: an expired one's key may be long out of its holder's hands)."""
     if _responder_is(response, issuer):
         return issuer
     for candidate in response.certificates:
         if not _responder_is(response, candidate):
+            continue
+        if not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
             continue
         try:
             candidate.verify_directly_issued_by(issuer)
