@@ -119,7 +119,9 @@ class SigningCertificates:
         another organisation must not go on accepting the former owner's key."""
         if self.current is None or self.previous is None:
             return True  # the new certificate is not known yet (only its thumbprint)
-        return organisation_number(self.current) == organisation_number(self.previous)
+        current = organisation_number(self.current)
+        # two certificates that name no organisation number are not thereby the same one's
+        return current is not None and current == organisation_number(self.previous)
 
 
 class PartnerUnknown(LookupError):

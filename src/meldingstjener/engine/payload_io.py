@@ -40,17 +40,22 @@ def decrypt_payload(ctx: EngineContext, part: Attachment) -> bytes | Spool:
     """The plaintext of a received payload part: bytes for a small part held in memory (as
     before, nothing to gain from a file), else a spool of the payload store written in pieces.
 
+    A gzipped payload may inflate to no more than the business message may be
+    (``formats.max_xml_bytes``, which the XML parser holds it to next): a small part must not
+    become hundreds of MiB in memory before being refused (code ``too-large``).
+
     Raises :class:`~meldingstjener.security.errors.SecurityError`; a spool is then gone.
     """
+    keys, allow_3des, max_size = (
+        ctx.keys.decryption_candidates,
+        ctx.policy.allow_3des,
+        ctx.policy.max_xml_bytes,
+    )
     if not part.in_file and part.size <= IN_MEMORY:
-        return cms_enveloped.decrypt(
-            part.data, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
-        )
+        return cms_enveloped.decrypt(part.data, keys, allow_3des=allow_3des, max_size=max_size)
     spool = ctx.store.payloads.spool()
     try:
-        cms_enveloped.decrypt_to(
-            part.open, spool, ctx.keys.decryption_candidates, allow_3des=ctx.policy.allow_3des
-        )
+        cms_enveloped.decrypt_to(part.open, spool, keys, allow_3des=allow_3des, max_size=max_size)
     except BaseException:
         spool.discard()
         raise

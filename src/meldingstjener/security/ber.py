@@ -18,6 +18,10 @@ from meldingstjener.security.cms_common import CmsError
 CHUNK = 1024 * 1024
 MAX_ELEMENT = 16 * 1024 * 1024  # recipients, algorithms: a few kB; anything above is not CMS
 MAX_DEPTH = 32  # nesting of indefinite lengths and of constructed OCTET STRING segments
+# Segments of a constructed OCTET STRING: encoders write them 1000 bytes or more each; millions
+# of empty ones (legal BER, two bytes each) cost a second of CPU per 2 MB and carry nothing.
+SEGMENT_BYTES = 512  # at most one segment per this many content bytes ...
+SEGMENT_ALLOWANCE = 1024  # ... plus these
 
 # tags (the first identifier octet)
 SEQUENCE = 0x30
@@ -106,8 +110,17 @@ class Reader:
             if len(whole) > MAX_ELEMENT:
                 raise _not_cms("an implausibly large element")
 
-    def content_chunks(self, header: Header, depth: int = 0) -> Iterator[bytes]:
-        """The octets of an OCTET STRING (or [0] IMPLICIT one) in pieces, primitive or not."""
+    def content_chunks(self, header: Header) -> Iterator[bytes]:
+        """The octets of an OCTET STRING (or [0] IMPLICIT one) in pieces, primitive or not.
+
+        A constructed one may have no more than ``SEGMENT_ALLOWANCE`` segments plus one per
+        ``SEGMENT_BYTES`` of content so far."""
+        counts = [0, 0]  # segments, content bytes
+        for piece in self._segments(header, 0, counts):
+            counts[1] += len(piece)
+            yield piece
+
+    def _segments(self, header: Header, depth: int, counts: list[int]) -> Iterator[bytes]:
         if not header.constructed:
             assert header.length is not None  # primitive elements have definite lengths
             left = header.length
@@ -125,7 +138,10 @@ class Reader:
                 return
             if inner.tag not in (OCTET_STRING, OCTET_STRING_CONSTRUCTED):
                 raise _not_cms("a segment of the content is not an OCTET STRING")
-            yield from self.content_chunks(inner, depth + 1)
+            counts[0] += 1
+            if counts[0] > SEGMENT_ALLOWANCE + counts[1] // SEGMENT_BYTES:
+                raise _not_cms("the content is split into implausibly many segments")
+            yield from self._segments(inner, depth + 1, counts)
         if self.consumed != end:
             raise _not_cms("a segment runs past the end of the content")
 

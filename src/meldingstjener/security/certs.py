@@ -19,7 +19,10 @@ from meldingstjener.security.errors import SecurityError
 Usage = Literal["signing", "encryption"]
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-_ORG_NUMBER = re.compile(r"(\d{9})$")
+# The whole value: "NTRNO-" and 9 digits (organizationIdentifier) or 9 digits (serialNumber).
+# A longer run of digits is something else (a person certificate's PID, a national identity
+# number), never an organisation number.
+_ORG_NUMBER = re.compile(r"(?:NTRNO-)?(\d{9})")
 
 
 class CertificateLoadError(SecurityError):
@@ -99,7 +102,7 @@ def organisation_number(cert: x509.Certificate) -> str | None:
     for oid in (NameOID.ORGANIZATION_IDENTIFIER, NameOID.SERIAL_NUMBER):
         for attribute in cert.subject.get_attributes_for_oid(oid):
             value = attribute.value if isinstance(attribute.value, str) else ""
-            match = _ORG_NUMBER.search(value.strip())
+            match = _ORG_NUMBER.fullmatch(value.strip())
             if match:
                 return match.group(1)
     return None

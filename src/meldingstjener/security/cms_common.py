@@ -66,21 +66,38 @@ def load_content_info(der: bytes, expected: str) -> acms.ContentInfo:
     return info
 
 
+NOT_ANOTHER_MEMBER = (
+    "the decrypted content looks gzipped but is not valid gzip: "
+    "bytes that are not another gzip member follow the end of one"
+)
+
+
 def gunzip_if_gzip(data: bytes, *, max_size: int = DEFAULT_MAX_PLAINTEXT) -> bytes:
     """Gunzip ``data`` when it starts with the gzip magic; refuse output beyond ``max_size``
-    (a small compressed payload can expand enormously)."""
+    (a small compressed payload can expand enormously). Every member of a multi-member
+    stream is read, as gzip and Python's gzip do; other bytes after a member are refused."""
     if not data.startswith(GZIP_MAGIC):
         return data
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, max_size + 1)
-    except zlib.error:
-        raise CmsError("the decrypted content looks gzipped but is not valid gzip") from None
-    if len(out) > max_size or inflater.unconsumed_tail:
-        raise CmsError(f"the gunzipped content exceeds {max_size} bytes", code="too-large")
-    if not inflater.eof:  # zlib takes a stream that just stops; a cut-off gzip is not valid
-        raise CmsError("the decrypted content looks gzipped but is not valid gzip")
-    return out
+    pieces: list[bytes] = []
+    produced = 0
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = inflater.decompress(rest, max_size + 1 - produced)
+        except zlib.error:
+            raise CmsError("the decrypted content looks gzipped but is not valid gzip") from None
+        produced += len(out)
+        if produced > max_size or inflater.unconsumed_tail:
+            raise CmsError(f"the gunzipped content exceeds {max_size} bytes", code="too-large")
+        if not inflater.eof:  # zlib takes a stream that just stops; a cut-off gzip is not valid
+            raise CmsError("the decrypted content looks gzipped but is not valid gzip")
+        pieces.append(out)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(pieces)
+        if not rest.startswith(GZIP_MAGIC):
+            raise CmsError(NOT_ANOTHER_MEMBER)
 
 
 def gzip_bytes(data: bytes) -> bytes:

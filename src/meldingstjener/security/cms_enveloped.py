@@ -38,6 +38,7 @@ from meldingstjener.security.certs import describe
 from meldingstjener.security.cms_common import (
     DEFAULT_MAX_PLAINTEXT,
     GZIP_MAGIC,
+    NOT_ANOTHER_MEMBER,
     CmsError,
     gzip_bytes,
     hash_by_name,
@@ -470,6 +471,7 @@ class _Plaintext:
         self.head = b""
         self.mode: str | None = None  # "plain" or "gzip", known after two bytes
         self.inflater = zlib.decompressobj(wbits=31)
+        self.after_member = b""  # bytes after a member's end, too few yet to tell what follows
         self.produced = 0
         self.problem: CmsError | None = None
 
@@ -486,6 +488,8 @@ class _Plaintext:
             # zlib reports no error for a stream cut short: without this check a truncated
             # gzip member would pass as a shorter plaintext
             self.problem = CmsError("the decrypted content looks gzipped but is not valid gzip")
+        if self.mode == "gzip" and self.problem is None and self.after_member:
+            self.problem = CmsError(NOT_ANOTHER_MEMBER)
         return True
 
     def _out(self, data: bytes, *, final: bool) -> None:
@@ -502,8 +506,19 @@ class _Plaintext:
         self._inflate(data)
 
     def _inflate(self, data: bytes) -> None:
-        # after the end of the gzip member the rest is ignored, as one decompress() call would
-        while data and self.problem is None and not self.inflater.eof:
+        # A gzip stream may hold several members, one after the other (gzip and Python's gzip
+        # read them all): after the end of one, another must begin; anything else is refused.
+        while data and self.problem is None:
+            if self.inflater.eof:
+                data = self.after_member + data
+                if len(data) < len(GZIP_MAGIC):
+                    self.after_member = data
+                    return
+                self.after_member = b""
+                if not data.startswith(GZIP_MAGIC):
+                    self.problem = CmsError(NOT_ANOTHER_MEMBER)
+                    return
+                self.inflater = zlib.decompressobj(wbits=31)
             try:
                 out = self.inflater.decompress(data, CHUNK)
             except zlib.error:
@@ -517,4 +532,4 @@ class _Plaintext:
                 return
             if out:
                 self.sink.write(out)
-            data = self.inflater.unconsumed_tail
+            data = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from asn1crypto import algos, core
 from asn1crypto import cms as acms
-from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -176,21 +176,22 @@ def _verify_signer_info(
     if signed_attrs.native is None:
         to_verify, prehashed = content_digest, True
     else:
-        attributes = {attr["type"].native: attr["values"] for attr in signed_attrs}
-        if "message_digest" not in attributes:
+        message_digest = _single_value(signed_attrs, "message_digest")
+        if message_digest is None:
             raise CmsError("the signed attributes lack message-digest", code="signature-invalid")
-        if attributes["message_digest"][0].native != content_digest:
+        if message_digest.native != content_digest:
             raise CmsError(
                 "the content does not match the signed digest (the content was altered)",
                 code="digest-mismatch",
             )
-        content_type = attributes.get("content_type")
-        if content_type is not None and content_type[0].native != (
+        content_type = _single_value(signed_attrs, "content_type")
+        if content_type is not None and content_type.native != (
             signed["encap_content_info"]["content_type"].native
         ):
             raise CmsError("the signed content type does not match", code="signature-invalid")
-        if "signing_time" in attributes:
-            signing_time = attributes["signing_time"][0].native
+        signed_at = _single_value(signed_attrs, "signing_time")
+        if signed_at is not None:
+            signing_time = signed_at.native
         # The signature covers the DER of the attributes as a SET OF, not the [0] tag.
         to_verify, prehashed = b"\x31" + signed_attrs.dump()[1:], False
 
@@ -210,6 +211,21 @@ def _verify_signer_info(
     return signing_time
 
 
+def _single_value(signed_attrs: acms.CMSAttributes, name: str) -> core.Asn1Value | None:
+    """The value of the signed attribute ``name``, None when absent. RFC 5652 (11.1-11.3):
+    such an attribute occurs once, with exactly one value; anything else is refused."""
+    found = [attr["values"] for attr in signed_attrs if attr["type"].native == name]
+    if not found:
+        return None
+    if len(found) > 1 or len(found[0]) != 1:
+        raise CmsError(
+            f"the signed attribute {name.replace('_', '-')} must occur once with one value",
+            code="signature-invalid",
+        )
+    value: core.Asn1Value = found[0][0]
+    return value
+
+
 def _padding(
     signature_algorithm: core.Sequence, digest_algorithm: hashes.HashAlgorithm
 ) -> padding.AsymmetricPadding:
@@ -221,7 +237,17 @@ def _padding(
         return padding.PKCS1v15()
     if kind == "rsassa_pss":
         params = signature_algorithm["parameters"]
-        mgf_hash = hash_by_name(params["mask_gen_algorithm"]["parameters"]["algorithm"].native)
+        if not isinstance(params, algos.RSASSAPSSParams):
+            raise CmsError("PSS without its parameters", code="unsupported-algorithm")
+        mgf = params["mask_gen_algorithm"]
+        if mgf["algorithm"].native != "mgf1":
+            raise CmsError(
+                "PSS with a mask generator other than MGF1", code="unsupported-algorithm"
+            )
+        if not isinstance(mgf["parameters"], algos.DigestAlgorithm):
+            # MGF1 without its hash: asn1crypto hands over Void, which has no ["algorithm"]
+            raise CmsError("PSS's MGF1 names no hash algorithm", code="unsupported-algorithm")
+        mgf_hash = hash_by_name(mgf["parameters"]["algorithm"].native)
         return padding.PSS(padding.MGF1(mgf_hash), params["salt_length"].native)
     name = signature_algorithm["algorithm"].native
     raise CmsError(f"signature algorithm {name} is not supported", code="unsupported-algorithm")

@@ -7,7 +7,9 @@ nextUpdate is taken for ``OCSP_MAX_AGE`` after its thisUpdate.
 
 Network access goes through an injectable fetcher with a timeout, and fetched CRLs are cached
 until their nextUpdate (at most ``cache_seconds``), so a busy server does not download the
-same CRL for every message. The outcome is GOOD, REVOKED or UNKNOWN; what UNKNOWN means
+same CRL for every message. When a refetch fails, the last good CRL from that distribution
+point still proves a revocation it lists (a revocation never ends); past its nextUpdate it
+proves nothing else. The outcome is GOOD, REVOKED or UNKNOWN; what UNKNOWN means
 (soft or hard fail) is decided by :mod:`validation`.
 """
 
@@ -86,6 +88,9 @@ class RevocationChecker:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[x509.CertificateRevocationList, datetime]] = {}
+        # The last CRL fetched from each URL whose signature checked out: when the refetch
+        # fails it still proves a revocation (a revocation never ends), only not a good status.
+        self._last_good: dict[str, x509.CertificateRevocationList] = {}
         self._lock = threading.Lock()
         # (CRL signature, issuer) pairs already verified: a CRL serves every message until the
         # next one replaces it, and its signature check was an RSA verify per message
@@ -100,12 +105,12 @@ class RevocationChecker:
         crls = sorted(
             self._crls_for(cert, issuer, notes), key=lambda found: _issued(found[1]), reverse=True
         )
-        for source, crl in crls:
+        for source, crl, kept in crls:
             scope = _scope_problem(crl, cert)
             if scope is not None:
                 notes.append(f"the {source} is not used: {scope}")
                 continue
-            result = self._from_crl(crl, cert, at, source, notes)
+            result = self._from_crl(crl, cert, at, source, notes, kept=kept)
             if result is not None:
                 return result
         if self._ocsp:
@@ -120,21 +125,35 @@ class RevocationChecker:
 
     def _crls_for(
         self, cert: x509.Certificate, issuer: x509.Certificate, notes: list[str]
-    ) -> list[tuple[str, x509.CertificateRevocationList]]:
+    ) -> list[tuple[str, x509.CertificateRevocationList, bool]]:
+        """(source, CRL, kept): kept is True for the last good CRL from a distribution point
+        that could not be fetched anew."""
         found = [
-            ("configured crl", crl)
+            ("configured crl", crl, False)
             for crl in self._configured
             if crl.issuer == issuer.subject and self._signed_by(crl, issuer)
         ]
         if self._fetch_crls:
             for url in _crl_urls(cert):
                 crl = self._fetched_crl(url, notes)
-                if crl is None:
-                    continue
-                if crl.issuer != issuer.subject or not self._signed_by(crl, issuer):
+                if crl is not None and (
+                    crl.issuer != issuer.subject or not self._signed_by(crl, issuer)
+                ):
                     notes.append(f"the CRL from {url} is not signed by the certificate's issuer")
+                    crl = None
+                if crl is not None:
+                    with self._lock:
+                        self._last_good[url] = crl
+                    found.append((f"crl {url}", crl, False))
                     continue
-                found.append((f"crl {url}", crl))
+                with self._lock:
+                    kept = self._last_good.get(url)
+                if (
+                    kept is not None
+                    and kept.issuer == issuer.subject
+                    and self._signed_by(kept, issuer)
+                ):
+                    found.append((f"last crl fetched from {url}", kept, True))
         return found
 
     def _signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -178,6 +197,8 @@ class RevocationChecker:
         at: datetime,
         source: str,
         notes: list[str],
+        *,
+        kept: bool = False,
     ) -> RevocationResult | None:
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if entry is not None and entry.revocation_date_utc <= at:
@@ -190,6 +211,9 @@ class RevocationChecker:
         next_update = crl.next_update_utc
         if next_update is not None and next_update < self._clock():
             notes.append(f"the {source} is out of date (next update was {next_update:%Y-%m-%d})")
+            return None
+        if next_update is None and kept:
+            notes.append(f"the {source} names no next update and could not be fetched anew")
             return None
         return RevocationResult(RevocationStatus.GOOD, source, f"not on the {source}")
 
@@ -335,7 +359,7 @@ def _ocsp_problem(
         return f"status {response.response_status.name}"
     if response.serial_number != cert.serial_number:
         return "the answer is about another certificate"
-    responder = _ocsp_responder(response, issuer)
+    responder = _ocsp_responder(response, issuer, now)
     if responder is None:
         return "the answer is not signed by the issuer or a responder it authorised"
     key = responder.public_key()
@@ -358,12 +382,16 @@ def _ocsp_problem(
 
 
 def _ocsp_responder(
-    response: ocsp.OCSPResponse, issuer: x509.Certificate
+    response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
 ) -> x509.Certificate | None:
+    """The issuer, or a responder certificate it issued for OCSP signing that is valid now
+    (RFC 6960 4.2.2.2: an expired one's key may be long out of its holder's hands)."""
     if _responder_is(response, issuer):
         return issuer
     for candidate in response.certificates:
         if not _responder_is(response, candidate):
+            continue
+        if not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
             continue
         try:
             candidate.verify_directly_issued_by(issuer)

@@ -281,14 +281,23 @@ def _verify(
     method = signed_info.find(ds("SignatureMethod"))
     method_uri = method.get("Algorithm", "") if method is not None else ""
     algorithm = SIGNATURE_METHODS.get(method_uri)
+    signer = certificate or _key_info_certificate(signature)
+    # What needs no digest is checked before any is computed: each digest hashes a whole
+    # attachment or copies and canonicalises the whole document, and SignedInfo is the
+    # sender's to fill (a reference repeated thousands of times cost seconds per copy).
+    reference_elements = list(signed_info.iterchildren(ds("Reference")))
+    problem = _layout_problem(signature, signed_info) or _reference_set_problem(
+        reference_elements, envelope_rules
+    )
+    if problem is not None:
+        return SignatureCheck(False, algorithm or method_uri, signer, [], problem)
     references = [
         check_reference(reference, signature, attachments, allow_sha1=allow_sha1)
-        for reference in signed_info.iterchildren(ds("Reference"))
+        for reference in reference_elements
     ]
-    signer = certificate or _key_info_certificate(signature)
     partial = SignatureCheck(False, algorithm or method_uri, signer, references)
 
-    problem = _structural_problem(signed_info, algorithm, allow_sha1, references, envelope_rules)
+    problem = _structural_problem(signed_info, algorithm, allow_sha1, references)
     if problem is None and signer is None:
         problem = "no certificate: none in KeyInfo and none given"
     if problem is not None:
@@ -300,9 +309,6 @@ def _verify(
     if failed:
         names = ", ".join(ref.uri or '""' for ref in failed)
         return _with_problem(partial, f"reference(s) did not match: {names}")
-    layout = _layout_problem(signature, signed_info)
-    if layout is not None:
-        return _with_problem(partial, layout)
     assert algorithm is not None  # _structural_problem refused an unknown method
     if not _signature_value_verifies(signature, signed_info, signer, algorithm):
         return _with_problem(
@@ -316,7 +322,6 @@ def _structural_problem(
     algorithm: str | None,
     allow_sha1: bool,
     references: list[ReferenceCheck],
-    envelope_rules: bool,
 ) -> str | None:
     if algorithm is None:
         return "the signature method is not supported (RSA with SHA-1/2 expected)"
@@ -325,15 +330,30 @@ def _structural_problem(
     c14n = signed_info.find(ds("CanonicalizationMethod"))
     if c14n is None or c14n.get("Algorithm") not in CANONICALISATIONS:
         return "the canonicalisation method is not supported"
-    same_document = [ref for ref in references if ref.uri == ""]
-    if len(same_document) != 1:
-        return 'the signature must have exactly one Reference URI="" (the whole document)'
-    if not envelope_rules and len(references) != 1:
-        return "a MsgHead signature must have exactly one Reference"
     first_problem = next(
         (ref.problem for ref in references if ref.problem and not _is_digest_fail(ref)), None
     )
     return first_problem
+
+
+def _reference_set_problem(references: list[etree._Element], envelope_rules: bool) -> str | None:
+    """One URI="" Reference, and no URI twice: at most one digest per attachment and one of
+    the document, whatever SignedInfo lists."""
+    uris = [reference.get("URI") for reference in references]
+    if uris.count("") != 1:
+        return 'the signature must have exactly one Reference URI="" (the whole document)'
+    if not envelope_rules and len(references) != 1:
+        return "a MsgHead signature must have exactly one Reference"
+    seen: set[str] = set()
+    for uri in uris:
+        # cid:<a>, cid:a (and any number of brackets) name one attachment: compared as
+        # check_reference looks it up.
+        key = "cid:" + uri[4:].strip("<>") if uri and uri.startswith("cid:") else uri
+        if key is not None and key in seen:
+            return f"the signature has more than one Reference URI={uri!r}"
+        if key is not None:
+            seen.add(key)
+    return None
 
 
 def _is_digest_fail(ref: ReferenceCheck) -> bool:

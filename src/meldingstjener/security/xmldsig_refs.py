@@ -186,13 +186,18 @@ def same_document_octets(signature: etree._Element, transforms: list[etree._Elem
     # whatever the C14N variant named in the chain.
     if exclusive and prefixes and _DEFAULT_TOKEN in prefixes:
         return canonical_document(copy_tree, prefixes)
-    return etree.tostring(
-        copy_tree,
-        method="c14n",
-        exclusive=exclusive,
-        with_comments=False,
-        inclusive_ns_prefixes=prefixes,
-    )
+    try:
+        return etree.tostring(
+            copy_tree,
+            method="c14n",
+            exclusive=exclusive,
+            with_comments=False,
+            inclusive_ns_prefixes=prefixes,
+        )
+    except etree.LxmlError as exc:
+        # libxml2 refuses what C14N 1.0 cannot render, a relative namespace URI for one
+        # (xmlns:x="relative/uri"): the sender's document, so an invalid signature, not a crash.
+        raise ReferenceProblem(f"the document cannot be canonicalised: {exc}") from None
 
 
 def canonical_signed_info(signed_info: etree._Element) -> bytes:

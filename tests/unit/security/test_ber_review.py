@@ -242,3 +242,35 @@ def test_streamed_decryption_is_the_whole_buffer_decryption(
         assert "gzip" in exc.message
         got = None
     assert got == expected
+
+
+def _in_segments(der: bytes, empty: int) -> bytes:
+    """``der`` re-encoded with indefinite lengths, its ciphertext after ``empty`` zero-length
+    OCTET STRING segments (legal BER, two bytes each)."""
+    info = acms.ContentInfo.load(der)
+    enveloped = info["content"]
+    eci = enveloped["encrypted_content_info"]
+    ciphertext = eci["encrypted_content"].native
+    segments = b"\x04\x00" * empty + ber.der_header(ber.OCTET_STRING, len(ciphertext)) + ciphertext
+
+    def indefinite(tag: int, body: bytes) -> bytes:
+        return bytes((tag, 0x80)) + body + b"\x00\x00"
+
+    eci_ber = indefinite(
+        0x30,
+        eci["content_type"].dump()
+        + eci["content_encryption_algorithm"].dump()
+        + indefinite(0xA0, segments),
+    )
+    body = enveloped["version"].dump() + enveloped["recipient_infos"].dump() + eci_ber
+    return indefinite(0x30, info["content_type"].dump() + indefinite(0xA0, indefinite(0x30, body)))
+
+
+def test_implausibly_many_segments_are_not_cms(receiver: DevParty) -> None:
+    """Millions of empty segments cost a second of CPU per 2 MB: past one segment per 512
+    bytes of content (and 1024 more) the content is refused."""
+    der = cms.encrypt(b"<MsgHead/>", receiver.encryption.certificate)
+    assert cms.decrypt(_in_segments(der, 1000), _candidates(receiver)) == b"<MsgHead/>"
+    with pytest.raises(cms.CmsError) as caught:
+        cms.decrypt(_in_segments(der, 100_000), _candidates(receiver))
+    assert caught.value.code == "not-cms" and "segments" in caught.value.message

@@ -273,3 +273,52 @@ def test_the_envelope_prefix_is_what_asn1crypto_writes(
         )
         prefix = enveloped.enveloped_prefix(ours, iv, ciphertext_length)
         assert prefix + ciphertext == content.dump()
+
+
+def _with_signer_info(der: bytes, change: str) -> bytes:
+    """The SignedData ``der`` with one part of its SignerInfo made hostile (the signature is
+    then not checked any more: what is refused is refused before)."""
+    info = acms.ContentInfo.load(der)
+    signer_info = info["content"]["signer_infos"][0]
+    if change == "pss-mgf1-without-hash":
+        signer_info["signature_algorithm"] = algos.SignedDigestAlgorithm(
+            {
+                "algorithm": "rsassa_pss",
+                "parameters": algos.RSASSAPSSParams({"mask_gen_algorithm": {"algorithm": "mgf1"}}),
+            }
+        )
+    else:
+        attributes = [
+            acms.CMSAttribute(
+                {
+                    "type": attr["type"],
+                    "values": [] if attr["type"].native == change else attr["values"],
+                }
+            )
+            for attr in signer_info["signed_attrs"]
+        ]
+        signer_info["signed_attrs"] = acms.CMSAttributes(attributes)
+    return info.dump(force=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ("message_digest", "signature-invalid"),
+        ("content_type", "signature-invalid"),
+        ("signing_time", "signature-invalid"),
+        ("pss-mgf1-without-hash", "unsupported-algorithm"),
+    ],
+)
+def test_hostile_signer_info_is_a_coded_cms_error(sender: DevParty, change: str, code: str) -> None:
+    """An empty value set of a signed attribute, a PSS MGF1 naming no hash: CmsError with a
+    code, not IndexError or TypeError from the depths."""
+    der = cms.sign(b"<MsgHead/>", sender.signing.key, sender.signing.certificate)
+    names = {
+        attr["type"].native
+        for attr in acms.ContentInfo.load(der)["content"]["signer_infos"][0]["signed_attrs"]
+    }
+    assert change in names or change.startswith("pss")
+    with pytest.raises(cms.CmsError) as caught:
+        cms.verify(_with_signer_info(der, change), expected_signer=sender.signing.certificate)
+    assert caught.value.code == code

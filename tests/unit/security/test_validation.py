@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meldingstjener.security.devpki import (
     DevPki,
@@ -400,3 +401,100 @@ def test_every_reason_has_plain_words() -> None:
     for reason in Reason:
         assert reason.message.startswith("the certificate") or reason.message.startswith("whether")
         assert reason.amqp_error_condition.startswith("transport:")
+
+
+def test_a_revocation_stays_when_the_crl_cannot_be_fetched_anew(ca: DevPki) -> None:
+    """Past the cached CRL's nextUpdate the distribution point is down: the last CRL still
+    proves the revocation it lists; of a certificate it does not list it proves nothing."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    revoked = _cert(ca, crl_url="http://crl.invalid/ca.crl")
+    other = _cert(ca, crl_url="http://crl.invalid/ca.crl")
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.ca_certificate.subject)
+        .last_update(t0)
+        .next_update(t0 + timedelta(hours=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(revoked.serial_number)
+            .revocation_date(t0 - timedelta(days=1))
+            .build()
+        )
+        .sign(ca.ca.key, hashes.SHA256())
+    )
+    now = [t0]
+    reachable = [True]
+
+    def fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+        if not reachable[0]:
+            raise OSError("connection timed out")
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    validator = CertificateValidator(
+        [ca.ca_certificate], fetcher=fetch, ocsp=False, clock=lambda: now[0]
+    )
+    assert validator.validate(revoked, usage="signing").reasons == [Reason.REVOKED]
+    assert validator.validate(other, usage="signing").reasons == []
+    now[0] = t0 + timedelta(hours=2)
+    reachable[0] = False
+    check = validator.validate(revoked, usage="signing")
+    assert not check.ok
+    assert check.reasons == [Reason.REVOKED]
+    assert "revoked on" in check.details[0]
+    assert validator.validate(other, usage="signing").reasons == [Reason.REVOCATION_UNKNOWN]
+
+
+@pytest.mark.parametrize(
+    ("valid_from", "valid_to", "usable"),
+    [
+        (timedelta(days=-30), timedelta(days=30), True),
+        (timedelta(days=-400), timedelta(days=-30), False),
+        (timedelta(days=1), timedelta(days=30), False),
+    ],
+)
+def test_a_delegated_ocsp_responder_must_be_valid_now(
+    ca: DevPki, valid_from: timedelta, valid_to: timedelta, usable: bool
+) -> None:
+    """RFC 6960 4.2.2.2: an answer signed by a responder certificate out of its validity
+    period is not used."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    cert = _cert(ca, ocsp_url="http://ocsp.invalid/")
+    responder_key = ca.parties["1001"].encryption.key
+    responder = issue_certificate(
+        ca.ca,
+        responder_key.public_key(),
+        party_name("OCSP RESPONDER", "974760673"),
+        x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+        not_before=t0 + valid_from,
+        not_after=t0 + valid_to,
+        extended_usage=[ExtendedKeyUsageOID.OCSP_SIGNING],
+    )
+
+    def fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=ca.ca_certificate,
+                algorithm=hashes.SHA1(),
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=t0 - timedelta(minutes=1),
+                next_update=t0 + timedelta(hours=4),
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+            .certificates([responder])
+            .sign(responder_key, hashes.SHA256())
+        )
+        return response.public_bytes(serialization.Encoding.DER)
+
+    validator = CertificateValidator(
+        [ca.ca_certificate], fetcher=fetch, fetch_crls=False, clock=lambda: t0
+    )
+    check = validator.validate(cert, usage="signing", at=t0)
+    if usable:
+        assert check.reasons == [], check.details
+    else:
+        assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+        assert "not signed by the issuer or a responder" in check.details[0]

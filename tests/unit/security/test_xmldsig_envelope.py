@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from lxml import etree
 
 from meldingstjener.formats.xmlparse import parse_xml
-from meldingstjener.security import xmldsig
+from meldingstjener.security import xmldsig, xmldsig_refs
 from meldingstjener.security.devpki import DevParty, DevPki
 
 SENDER = "8141253"  # HER-ids the session PKI in conftest.py issues for
@@ -178,3 +180,53 @@ def test_msghead_signature_round_trip(sender: DevParty) -> None:
 
 def test_msghead_without_signature() -> None:
     assert not xmldsig.verify_msghead(parse_xml(MSGHEAD)).valid
+
+
+def _with_copies(signed: bytes, uri: str, spelling: str, copies: int) -> bytes:
+    root = etree.fromstring(signed)
+    signed_info = root.find(f".//{{{DS}}}SignedInfo")
+    assert signed_info is not None
+    reference = next(ref for ref in signed_info if ref.get("URI") == uri)
+    for _ in range(copies):
+        copy = etree.fromstring(etree.tostring(reference))
+        copy.set("URI", spelling)
+        signed_info.append(copy)
+    return etree.tostring(root)
+
+
+@pytest.mark.parametrize(
+    ("uri", "spelling"),
+    [
+        ("cid:payload-1@example.no", "cid:payload-1@example.no"),
+        ("cid:payload-1@example.no", "cid:<<payload-1@example.no>>"),
+        ("", ""),
+    ],
+)
+def test_repeated_references_are_refused_before_any_digest(
+    sender: DevParty, monkeypatch: pytest.MonkeyPatch, uri: str, spelling: str
+) -> None:
+    """Each digest hashes a whole attachment or copies and canonicalises the whole document:
+    50 copies of one Reference must not cost 50 of them (no key is needed to send them)."""
+    forged = _with_copies(_signed(sender), uri, spelling, 50)
+
+    calls: list[str] = []
+    real = xmldsig_refs.reference_digest
+
+    def counted(reference: etree._Element, *args: Any, **kwargs: Any) -> bytes:
+        calls.append(reference.get("URI", ""))
+        return real(reference, *args, **kwargs)
+
+    monkeypatch.setattr(xmldsig_refs, "reference_digest", counted)
+    check = xmldsig.verify_ebxml_envelope(parse_xml(forged), ATTACHMENTS)
+    assert not check.valid
+    assert check.problem is not None and "one Reference" in check.problem
+    assert len(calls) <= 1
+
+
+def test_a_document_c14n_cannot_render_is_an_invalid_signature(sender: DevParty) -> None:
+    """A relative namespace URI makes libxml2's C14N fail: the check answers invalid (so the
+    sender gets a MessageError) instead of raising."""
+    relative = _signed(sender).replace(b"<eb:CPAId>", b'<eb:CPAId xmlns:x="relative/uri">', 1)
+    check = xmldsig.verify_ebxml_envelope(parse_xml(relative), ATTACHMENTS)
+    assert check.valid is False
+    assert check.problem is not None and "canonicalised" in check.problem
