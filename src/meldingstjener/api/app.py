@@ -112,7 +112,7 @@ def create_app(
     )
     def health() -> Response:
         try:
-            with ctx.store.database.engine.connect() as connection:
+            with ctx.store.database.reading() as connection:  # not behind a unit of work
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             # A state to report, not a fault of the server: a load balancer or service manager

@@ -196,6 +196,7 @@ def _receive_message(
     row.wire_content_type = mime.headers.get("content-type")
     reply_inline = envelope.sync_reply
     verdict = receipts.judge(ctx, message, header.to_party.her_id)
+    committing = False
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(
@@ -246,6 +247,7 @@ def _receive_message(
             ctx.recovery.went_through(
                 uow, (recovery.sender(sender), recovery.store(ctx.instance)), at=now
             )
+            committing = True
             uow.commit()
     except IntegrityError:
         # The same message arrived twice at once; the other request stored it first. Nothing
@@ -258,6 +260,9 @@ def _receive_message(
             return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
         finally:
             ctx.store.payloads.discard(wire_ref)
+    except BaseException:
+        _discard_unless_committing(ctx, committing, payload_ref, wire_ref, ack_ref)
+        raise
     ctx.notify_workers(uow)
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
@@ -674,6 +679,7 @@ def _refuse(
             "description": reject.logged,
         }
     ]
+    committing = False
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(row, actor=f"{channel}:{_party_shown(header.from_party)}", at=now)
@@ -703,6 +709,7 @@ def _refuse(
             _alert_refused(ctx, uow, header, reject, row.id, certificates)
             # its files were written
             ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=now)
+            committing = True
             uow.commit()
     except IntegrityError:
         ctx.store.payloads.discard(error_ref)
@@ -712,8 +719,21 @@ def _refuse(
             return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
         finally:
             ctx.store.payloads.discard(wire_ref)
+    except BaseException:
+        _discard_unless_committing(ctx, committing, wire_ref, error_ref)
+        raise
     ctx.notify_workers(uow)
     return InboundReply(wire.content_type, wire.body) if reply_inline else InboundReply()
+
+
+def _discard_unless_committing(ctx: EngineContext, committing: bool, *refs: PayloadRef) -> None:
+    """The unit of work that was to refer to ``refs`` failed (the database away, a deadlock, a
+    lock timeout: /ebms answers 503 and the sender resends): nothing refers to the files, and
+    the decrypted content must not wait on disk for the orphan sweep, one more copy for each
+    resend. A failed COMMIT may have stored the rows all the same: then the files stay (the
+    sweep takes them if it did not), as outbound.submit does."""
+    if not committing:
+        ctx.store.payloads.discard(*refs)
 
 
 def _alert_refused(

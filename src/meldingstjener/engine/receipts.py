@@ -822,8 +822,10 @@ def schedule_apprec_deadline(
 def apprec_deadline_job(ctx: EngineContext, job: ClaimedJob) -> None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
+        # the message's lock first, then the job's, as an AppRec or Acknowledgment takes them
+        # (one that is committing meanwhile is waited for: its status, not the one before it)
+        row = uow.messages.get(str(job.message_id), for_update=True)
         uow.jobs.finish(job.id)
-        row = uow.messages.get(str(job.message_id))
         if row is not None and row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value:
             hours = ctx.policy.apprec_deadline(row.msg_type) / timedelta(hours=1)
             raise_alert(

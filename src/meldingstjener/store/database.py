@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -114,10 +114,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# the execution option of a connection that only reads (Database.reading)
+_READ_ONLY = "meldingstjener_read_only"
+
+
 def _sqlite_begin(connection: Any) -> None:
     # BEGIN IMMEDIATE takes the write lock up front, so two processes that both read-then-write
-    # cannot deadlock into SQLITE_BUSY half-way; they queue on busy_timeout instead.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # cannot deadlock into SQLITE_BUSY half-way; they queue on busy_timeout instead. A connection
+    # that only reads begins DEFERRED: in WAL mode it reads while another holds the write lock.
+    if connection.get_execution_options().get(_READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -163,6 +171,16 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self.sessions() as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads only, outside every unit of work (``/health``). On SQLite its
+        transaction begins DEFERRED and takes no write lock: it neither waits behind a unit of
+        work holding it (up to the 30 s busy timeout, the database then reported unreachable)
+        nor keeps one waiting. Every other transaction, a unit of work's or not, begins
+        IMMEDIATE: one that writes through this connection could fail with SQLITE_BUSY."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(**{_READ_ONLY: True})
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -307,7 +307,12 @@ class JobRow(Base):
     __tablename__ = "jobs"
     # AUTOINCREMENT: SQLite must not give a deleted job's id to a new one (jobs are finished,
     # rescheduled and extended by id)
-    __table_args__ = (Index("ix_jobs_due", "due_at"), {"sqlite_autoincrement": True})
+    # ix_jobs_message: a message's jobs are deleted by its every receipt (and with the message)
+    __table_args__ = (
+        Index("ix_jobs_due", "due_at"),
+        Index("ix_jobs_message", "message_id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))

@@ -256,14 +256,17 @@ def _state_sql(where: str, lock: str) -> TextualSelect:
     return text(f"SELECT {names} FROM messages WHERE {where} {lock}").columns(*_STATE_COLUMNS)
 
 
+# A message's row lock is FOR NO KEY UPDATE (PostgreSQL): its id never changes and the row is
+# never deleted, and it lets other transactions insert rows that refer to the message (an event,
+# an alert, a receipt, a job: each takes FOR KEY SHARE on it), which FOR UPDATE would block.
+# Blocked, a job's handler that held its job's row and then alerted on the message deadlocked
+# against an AppRec or Acknowledgment that held the message and then cancelled its jobs.
 # SQLite needs no row lock: every unit of work holds the database's write lock (BEGIN IMMEDIATE)
-_LOCK_STATE = {
-    dialect: _state_sql("id = :id", lock)
-    for dialect, lock in (("postgresql", "FOR UPDATE"), ("sqlite", ""))
-}
+_MESSAGE_LOCK = (("postgresql", "FOR NO KEY UPDATE"), ("sqlite", ""))
+_LOCK_STATE = {dialect: _state_sql("id = :id", lock) for dialect, lock in _MESSAGE_LOCK}
 _LOCK_STATE_BY_EBXML_ID = {
     dialect: _state_sql("direction = :direction AND ebxml_message_id = :ebxml_id", lock)
-    for dialect, lock in (("postgresql", "FOR UPDATE"), ("sqlite", ""))
+    for dialect, lock in _MESSAGE_LOCK
 }
 # the right-hand sides see the row as it was: status_changed_at moves only with the status
 _CHANGE_STATE = text(
@@ -282,10 +285,11 @@ _Query = TypeVar("_Query", bound=Select[Any])
 
 
 def _locking(query: _Query) -> _Query:
-    """``query`` taking the row's lock, and reading it afresh: a row this session read before
-    the lock would otherwise keep the values from then (the ORM does not overwrite what it
-    holds), and a status checked against them may be one another transaction has changed."""
-    return query.with_for_update().execution_options(populate_existing=True)
+    """``query`` taking the message row's lock (``FOR NO KEY UPDATE``, see ``_MESSAGE_LOCK``),
+    and reading it afresh: a row this session read before the lock would otherwise keep the
+    values from then (the ORM does not overwrite what it holds), and a status checked against
+    them may be one another transaction has changed."""
+    return query.with_for_update(key_share=True).execution_options(populate_existing=True)
 
 
 class MessageRepository:
@@ -389,8 +393,8 @@ class MessageRepository:
         return row
 
     def lock_state(self, message_id: str) -> MessageState | None:
-        """Read and lock (PostgreSQL: ``FOR UPDATE``) what a status change needs of a message,
-        one prepared statement instead of the ORM's load of the whole row."""
+        """Read and lock (PostgreSQL: ``FOR NO KEY UPDATE``) what a status change needs of a
+        message, one prepared statement instead of the ORM's load of the whole row."""
         found = _execute_for_dialect(self.session, _LOCK_STATE, id=message_id).first()
         return None if found is None else MessageState(*found)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,7 @@ from meldingstjener.api.limits import SMALL_BODY_LIMIT
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import LogFilter, MessageRepository
+from meldingstjener.store.uow import LogFilter, MessageRepository, UnitOfWork
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -743,3 +744,31 @@ def test_health_answers_503_while_the_database_is_down(api_pair: ApiPair) -> Non
     assert body["status"] == "database-unreachable"
     assert body["version"] == __version__
     assert http.get("/health").json()["status"] == "ok"  # back at the next request
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_health_answers_while_a_unit_of_work_holds_sqlites_write_lock(api_pair: ApiPair) -> None:
+    # /health began its transaction IMMEDIATE, as a unit of work does, without the process's
+    # write lock: it queued behind every writer, and past SQLite's 30 s busy timeout said the
+    # database was unreachable. A read in WAL mode needs no write lock.
+    database = api_pair.pair.gp.store.database
+    held, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with UnitOfWork(database) as uow:
+            uow.state.set("health-test", "x")
+            uow.session.flush()  # the write lock is taken
+            held.set()
+            assert done.wait(60)
+            uow.commit()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(60)
+        answer = api_pair.gp_http.get("/health")
+    finally:
+        done.set()
+        thread.join(60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "ok"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from engine_pair import Pair
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener.api import app as api_app
@@ -117,6 +118,45 @@ def test_a_disk_that_fills_up_between_two_files_leaves_neither(
     answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
     assert answer.status_code == 200, answer.text  # the sender's resend
     assert [m.status for m in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
+
+
+def _signature_broken(body: bytes) -> bytes:
+    """The signature no longer matches the payload (the encrypted payload is the last part)."""
+    end = body.rindex(b"\r\n--")
+    return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["stored", "refused"])
+def test_a_unit_of_work_that_fails_before_its_commit_leaves_none_of_its_files(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    # The files are written before the unit of work that refers to them (the decrypted
+    # message, the wire form, our Acknowledgment or MessageError). The database went away, a
+    # deadlock, a lock timeout inside it: /ebms answers 503 and the sender resends. Only a
+    # unique key's conflict removed them; else each try left its files, a decrypted copy each,
+    # until the day's orphan sweep.
+    body, content_type = wire(pair)
+    if refused:
+        body = _signature_broken(body)
+    root = pair.hospital.store.payloads.root
+    before = {path for path in root.rglob("*") if path.is_file()}
+
+    def busy(*_args: object, **_kw: object) -> None:  # the last step before the commit
+        locked = sqlite3.OperationalError("database is locked")
+        locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # as the driver raises it
+        raise OperationalError("UPDATE alerts", {}, locked)
+
+    monkeypatch.setattr(pair.hospital.recovery, "went_through", busy)
+    for _ in range(3):  # the first send and two resends
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 503, answer.text
+    assert {path for path in root.rglob("*") if path.is_file()} == before
+    assert pair.inbound_messages(pair.hospital) == []
+    monkeypatch.undo()
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+    [message] = pair.inbound_messages(pair.hospital)
+    assert message.status == ("rejected" if refused else "acknowledged")
 
 
 def test_an_unexpected_error_answers_500_with_an_alert_that_names_its_class_only(
