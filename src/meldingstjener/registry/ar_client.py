@@ -30,7 +30,7 @@ import httpx
 
 from meldingstjener.registry.ar_json import (
     parse_certificate_json,
-    party_from_record,
+    read_record,
     read_records,
 )
 from meldingstjener.registry.ar_json import with_certificates as attach_certificates
@@ -102,7 +102,7 @@ class ArClient(BearerClient):
         if not isinstance(body, dict):
             raise ArFormatError(f"the register's answer for HER-id {her_id} is not an object")
         try:
-            party = party_from_record(body)
+            party = read_record(body)
         except ArFormatError as exc:
             raise ArRecordRefused(her_id, str(exc)) from None
         if not with_certificates:

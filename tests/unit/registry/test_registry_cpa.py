@@ -218,3 +218,17 @@ def test_bad_retry_interval_names_the_field() -> None:
       </c:PartyInfo></c:CollaborationProtocolProfile>"""
     with pytest.raises(CpaFormatError, match="DocExchange d sender RetryInterval"):
         parse_cpp(document.encode())
+
+
+@pytest.mark.parametrize("retries", ["\u00b2", "\u0663"], ids=["superscript", "arabic-indic"])
+def test_retries_in_other_digits_than_ascii_are_a_format_error(retries: str) -> None:
+    # str.isdigit() takes them, int() refuses "²": a plain ValueError no caller expects
+    ns = "http://www.oasis-open.org/committees/ebxml-cppa/schema/cpp-cpa-2_0.xsd"
+    document = f"""<c:CollaborationProtocolProfile xmlns:c="{ns}" c:cppid="x">
+      <c:PartyInfo c:partyName="A"><c:PartyId c:type="HER">1</c:PartyId>
+        <c:DocExchange c:docExchangeId="d"><c:ebXMLSenderBinding><c:ReliableMessaging>
+          <c:Retries>{retries}</c:Retries><c:RetryInterval>PT2H</c:RetryInterval>
+        </c:ReliableMessaging></c:ebXMLSenderBinding></c:DocExchange>
+      </c:PartyInfo></c:CollaborationProtocolProfile>"""
+    with pytest.raises(CpaFormatError, match="Retries must be a whole number"):
+        parse_cpp(document.encode())
