@@ -293,7 +293,9 @@ def _fetch(store: Store, client: ArClient, her_ids: Sequence[str]) -> _Fetched:
     for part in _chunks(her_ids, BULK_LOOKUP_LIMIT):
         found = client.parties(part)
         if found is None:
-            _fetch_one_by_one(client, part, fetched)
+            with store.unit_of_work() as uow:
+                held = held_certificates(uow, part)
+            _fetch_one_by_one(client, part, held, fetched)
             continue
         fetched.refused.update(found.refused)
         by_her_id = {party.her_id: party for party in found.parties}
@@ -316,7 +318,9 @@ def _with_new_certificates(
     client: ArClient, party: CommunicationParty, held: set[tuple[str, str, str]]
 ) -> CommunicationParty:
     """The party with the bytes of each certificate it names that we do not hold (the ones we
-    hold are kept by :func:`save_parties`, since the record names them by thumbprint)."""
+    hold are kept by :func:`save_parties`, since the record names them by thumbprint). One whose
+    bytes the register does not have refuses the party: saved, the record would clear the bytes
+    we hold for the old one, and then neither sign nor encrypt with the party would work."""
     fetched: dict[str, PartyCertificate | None] = {}
     for role, named in (
         ("signing", party.signing_certificate),
@@ -326,7 +330,10 @@ def _with_new_certificates(
             continue
         if named.thumbprint is not None and (party.her_id, role, named.thumbprint) in held:
             continue
-        fetched[role] = client.certificate(party.her_id, role)
+        certificate = client.certificate(party.her_id, role)
+        if certificate is None:
+            raise ArRecordRefused(party.her_id, _no_bytes(role, named))
+        fetched[role] = certificate
     if not fetched:
         return party
     return with_certificates(
@@ -334,10 +341,20 @@ def _with_new_certificates(
     )
 
 
-def _fetch_one_by_one(client: ArClient, her_ids: Iterable[str], fetched: _Fetched) -> None:
+def _no_bytes(role: str, named: PartyCertificate) -> str:
+    return (
+        f"the register names {role} certificate {named.thumbprint} and has no bytes for it; "
+        "the stored copy is kept"
+    )
+
+
+def _fetch_one_by_one(
+    client: ArClient, her_ids: Iterable[str], held: set[tuple[str, str, str]], fetched: _Fetched
+) -> None:
     for her_id in her_ids:
         try:
-            fetched.parties.append(client.party(her_id))
+            party = client.party(her_id, with_certificates=False)
+            fetched.parties.append(_with_new_certificates(client, party, held))
         except ArPartyNotFound:
             fetched.not_found.append(her_id)  # gone from the register: kept, inactive
         except ArRecordRefused as refused:  # its record or a certificate: this party only

@@ -156,6 +156,34 @@ def test_a_certificate_that_cannot_be_used_refuses_its_party_alone(
     assert _names(store)[NAV] == "NAV IKT"
 
 
+def test_a_certificate_named_without_bytes_refuses_its_party_and_the_old_one_stays(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], ar_samples: Path
+) -> None:
+    fake, client = register
+    _nav(ar_samples, fake, signing=_sign_cert(ar_samples))
+    sync_register(store, client)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(NAV)
+        assert row is not None and row.signing_certificate is not None
+        held = row.signing_certificate
+
+    # the register names a new signing certificate and its certificate endpoint has none (404)
+    record = json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8"))
+    record["name"] = "NAV IKT Ny"
+    record["currentSigningCertificate"] = {**record["currentSigningCertificate"]}
+    record["currentSigningCertificate"]["thumbprint"] = "AB" * 20
+    del fake.certificates[(NAV, "signing")]
+    fake.put_party(record)
+    report = sync_register(store, client)
+    assert list(report.refused) == [NAV]
+    assert "names signing certificate " + "AB" * 20 + " and has no bytes" in report.refused[NAV]
+    assert list(_standing(store)) == [NAV]
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(NAV)
+        assert row is not None
+        assert (row.name, row.signing_certificate) == ("NAV IKT", held)  # still current
+
+
 def test_an_answer_malformed_as_a_whole_still_stops_the_sync(store: Store) -> None:
     fake = FakeAddressRegister()
     fake.put_party(_record(1001, "Legekontor A"))
