@@ -179,6 +179,20 @@ def test_helsenorge_amqp_cpa(reference_dir: Path) -> None:
     assert "CN=TEST helsenorge.no tjenester" in (terms.encryption_certificate.subject or "")
 
 
+def test_a_dedicated_signing_certificate_wins_over_a_dual_use_one_named_for_signing(
+    reference_dir: Path,
+) -> None:
+    # the Helsenorge CPA names "enc" (digitalSignature and encryption) for signing, beside "sign"
+    cpa = parse_cpa(_load(reference_dir, "helsenorge-CPA_93252.xml"))
+    for her_id in ("93238", "93252"):
+        party = cpa.party(her_id)
+        assert party is not None and party.signing_certificate_id == "enc"
+        assert party.signing_certificate is not None
+        assert party.signing_certificate.cert_id == "sign"
+        assert party.encryption_certificate is not None
+        assert party.encryption_certificate.cert_id == "enc"
+
+
 def test_helsenorge_cpp(reference_dir: Path) -> None:
     cpp = parse_cpp(_load(reference_dir, "helsenorge-CPP_93238.xml"))
     assert cpp.kind == "cpp"
