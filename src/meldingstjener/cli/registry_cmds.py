@@ -241,7 +241,11 @@ def ar_sync(
     typer.echo(
         f"sync ({report.mode}) wrote {report.parties_written} parties, applied "
         f"{report.events_applied} events; last event {report.last_sequence_number}"
-        + (f"; {len(report.not_found)} no longer in the register" if report.not_found else "")
+        + (
+            f"; {len(report.not_found)} no longer in the register (kept, inactive)"
+            if report.not_found
+            else ""
+        )
         + (f"; {len(report.refused)} records refused" if report.refused else "")
     )
 

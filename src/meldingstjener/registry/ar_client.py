@@ -21,6 +21,7 @@ certificate that cannot be used raises (or, in a bulk answer, is listed as)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ import httpx
 
 from meldingstjener.registry.ar_json import (
     parse_certificate_json,
-    party_from_record,
+    read_record,
     read_records,
 )
 from meldingstjener.registry.ar_json import with_certificates as attach_certificates
@@ -102,7 +103,7 @@ class ArClient(BearerClient):
         if not isinstance(body, dict):
             raise ArFormatError(f"the register's answer for HER-id {her_id} is not an object")
         try:
-            party = party_from_record(body)
+            party = read_record(body)
         except ArFormatError as exc:
             raise ArRecordRefused(her_id, str(exc)) from None
         if not with_certificates:
@@ -153,10 +154,12 @@ class ArClient(BearerClient):
         if not isinstance(body, dict):
             raise ArFormatError("the register's export is not an object")
         ids = body.get("communicationParties") or []
+        if not isinstance(ids, list):
+            raise ArFormatError("the register's export has no list of HER-ids")
         try:
             return ArExport(
                 last_sequence_number=int(body.get("lastSequenceNumber") or 0),
-                her_ids=tuple(str(int(i)) for i in ids),
+                her_ids=tuple(_her_id(i) for i in ids),
             )
         except (TypeError, ValueError):
             raise ArFormatError(
@@ -233,15 +236,28 @@ class ArClient(BearerClient):
 
 
 _LOCAL_COPY_HINT = "; the local copy is used meanwhile"
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _event(item: dict[str, Any]) -> ArEvent:
     try:
         return ArEvent(
             sequence_number=int(item["sequenceNumber"]),
-            her_id=str(int(item["herId"])),
+            her_id=_her_id(item["herId"]),
             event_type=str(item.get("eventType") or ""),
             at=parse_timestamp(item.get("eventTimestamp")),
         )
     except (KeyError, TypeError, ValueError):
-        raise ArFormatError("a register event lacks sequenceNumber or herId") from None
+        raise ArFormatError(
+            "a register event lacks sequenceNumber or herId (a positive whole number)"
+        ) from None
+
+
+def _her_id(value: Any) -> str:
+    """A HER-id the register wrote as a number (or a string of ASCII digits): positive and
+    whole, so -5 or 1.9 is not taken for "-5" or "1"; ValueError otherwise."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if type(value) is not int or value <= 0:
+        raise ValueError("a HER-id is a positive whole number")
+    return str(value)

@@ -15,8 +15,10 @@ unknown fields become None; a record without a HER-id is refused with :class:`Ar
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from meldingstjener.registry.certificates import (
@@ -61,6 +63,7 @@ _AMQP_ADDRESS_FIELDS = {
 _EDI_ADDRESS_TYPE = "E_EDI"
 _CERTIFICATE_ADDRESS_TYPE = "E_DS"
 _NO_VALUE = {"", "-1", "0"}
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes "²" and Arabic-Indic digits
 
 
 class _Record:
@@ -165,10 +168,24 @@ def read_records(records: Iterable[Any]) -> tuple[list[CommunicationParty], dict
         try:
             if not isinstance(item, Mapping):
                 raise ArFormatError("the entry is not a JSON object")
-            parties.append(party_from_record(item))
+            parties.append(read_record(item))
         except ArFormatError as exc:
             refused[record_her_id(item) or f"entry {position}"] = str(exc)
     return parties, refused
+
+
+def read_record(data: Mapping[str, Any]) -> CommunicationParty:
+    """As :func:`party_from_record`, and any other error the mapping of this one record raises
+    (a value no check foresaw) is :class:`ArFormatError` too: one record must not stop a sync
+    or an import, every later run again, as an unexpected error."""
+    try:
+        return party_from_record(data)
+    except ArFormatError:
+        raise
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise ArFormatError(
+            f"the record cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def record_her_id(data: Any) -> str | None:
@@ -241,10 +258,10 @@ def party_from_record(data: Mapping[str, Any]) -> CommunicationParty:
         certificate_ldap_url=addresses.get(_CERTIFICATE_ADDRESS_TYPE),
         active=record.flag("Active", "isActive", default=True),
         valid=record.flag("IsValidCommunicationParty", "isValid", default=True),
-        valid_from=parse_timestamp(_validity(record, "From")),
-        valid_to=parse_timestamp(_validity(record, "To")),
+        valid_from=_timestamp(_validity(record, "From"), "its validFrom"),
+        valid_to=_timestamp(_validity(record, "To"), "its validTo"),
         municipality=municipality.text("CodeText") if municipality else None,
-        last_changed=parse_timestamp(record.text("LastChanged", "lastChanged")),
+        last_changed=_timestamp(record.text("LastChanged", "lastChanged"), "its lastChanged"),
     )
 
 
@@ -275,9 +292,24 @@ def _certificate(record: _Record | None) -> PartyCertificate | None:
     return PartyCertificate(
         der=None,
         thumbprint=thumbprint.upper(),
-        not_before=parse_timestamp(record.text("validFrom")),
-        not_after=parse_timestamp(record.text("validTo")),
+        not_before=_timestamp(record.text("validFrom"), "its certificate's validFrom"),
+        not_after=_timestamp(record.text("validTo"), "its certificate's validTo"),
     )
+
+
+def _timestamp(text: str | None, what: str) -> datetime | None:
+    """:func:`parse_timestamp`, refusing a time that has no UTC equivalent (the end of year
+    9999 west of Greenwich, the start of year 1 east of it): the store keeps UTC, and the
+    conversion would fail there instead, for every later sync."""
+    parsed = parse_timestamp(text)
+    if parsed is not None:
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError:
+            raise ArFormatError(
+                f"{what} {str(text)[:40]!r} is out of range once converted to UTC"
+            ) from None
+    return parsed
 
 
 def _identifier(value: str | None) -> str | None:
@@ -285,7 +317,7 @@ def _identifier(value: str | None) -> str | None:
     if value is None or value in _NO_VALUE:
         return None
     text = value.strip()
-    return text if text.isdigit() and int(text) > 0 else None
+    return text if _DIGITS.fullmatch(text) and int(text) > 0 else None
 
 
 def _party_type(value: str | None, her_id: str) -> PartyType:

@@ -11,6 +11,7 @@ for token servers that use them (and for tests).
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ __all__ = [
 
 # Renew a little before expiry so a token never runs out between fetch and use.
 _EXPIRY_MARGIN_SECONDS = 30.0
+_MAX_TOKEN_LIFETIME_SECONDS = 86_400.0  # a longer expires_in is taken as a day
 # The most of one answer a register client reads (decompressed): a whole bulk lookup of a
 # hundred parties is well under a megabyte, so this is room, not a budget.
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -209,7 +211,7 @@ class ClientCredentialsTokenProvider:
         except (ValueError, KeyError, TypeError):
             raise TokenError("the token endpoint answered without an access_token") from None
         bound = self._dpop is not None and token_type.lower() == "dpop"
-        return token, bound, float(body.get("expires_in", 60))
+        return token, bound, _lifetime(body.get("expires_in", 60))
 
     def _post_token_request(self) -> httpx.Response:
         form = {"grant_type": "client_credentials", "client_id": self._client_id}
@@ -232,6 +234,22 @@ class ClientCredentialsTokenProvider:
         if self._dpop is not None:
             self._dpop.remember_nonce(self._token_url, response.headers.get("DPoP-Nonce"))
         return response
+
+
+def _lifetime(value: object) -> float:
+    """The token's ``expires_in``: a finite number of seconds, at most a day (a token cached
+    longer would outlive any key rotation); anything else is a :class:`TokenError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TokenError(f"the token endpoint's expires_in is not a number: {str(value)[:20]!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise TokenError(
+            f"the token endpoint's expires_in is not a number: {str(value)[:20]!r}"
+        ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise TokenError(f"the token endpoint's expires_in is not usable: {str(value)[:20]!r}")
+    return min(seconds, _MAX_TOKEN_LIFETIME_SECONDS)
 
 
 def _error_text(response: httpx.Response, *, described: bool = False) -> str:

@@ -12,6 +12,7 @@ version), which this module resolves for every binding.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import timedelta
 
@@ -287,7 +288,7 @@ def _reliability(binding: etree._Element | None, what: str) -> ReliableMessaging
     if element is None:
         return None
     retries_text = _text(element.find(_q("Retries")))
-    if retries_text is not None and not retries_text.isdigit():
+    if retries_text is not None and not re.fullmatch(r"[0-9]+", retries_text):
         raise CpaFormatError(f"{what}: Retries must be a whole number, got {retries_text[:20]!r}")
     return ReliableMessaging(
         retries=int(retries_text) if retries_text is not None else None,

@@ -190,13 +190,15 @@ class PartyInfo:
             return cert.for_signing if signing else cert.for_encryption
 
         named = self.certificates.get(cert_id) if cert_id else None
-        # Key usage wins over the reference: some CPAs name the encryption certificate as the
-        # signing one (the Helsenorge sample does), and key usage is what peers enforce.
-        if named is not None and (fits(named) or not named.key_usage):
-            return named
         dedicated = [
             c for c in self.certificates.values() if fits(c) and c.for_signing != c.for_encryption
         ]
+        # Key usage wins over the reference: some CPAs name the encryption certificate as the
+        # signing one (the Helsenorge sample does), and key usage is what peers enforce; a
+        # dual-use certificate named for signing gives way to a dedicated signing one.
+        give_way = signing and bool(dedicated) and named is not None and named.for_encryption
+        if named is not None and (fits(named) or not named.key_usage) and not give_way:
+            return named
         matching = dedicated or [c for c in self.certificates.values() if fits(c)]
         return matching[0] if matching else named
 

@@ -193,13 +193,13 @@ def _foreign_certificate(
     earlier word, and it is needed: a party may be registered under a subunit's number and use
     its main unit's certificate (NAV IKT, 990983291, has the certificate of Arbeids- og
     velferdsetaten, 889640782), a relation the record does not name. So a party we hold no
-    certificate for has its first one taken as the register gives it, and a party whose own
-    number is unknown, or a certificate without one, is not checked.
+    certificate for has its first one taken as the register gives it, and a certificate that
+    names no number is not checked. A party without a number of its own (a service, a person)
+    is held to its parent organisation's and that of the certificates we hold for it, as any
+    other: that the party has no number does not let a certificate of any organisation in.
     """
     own = party.organisation_number
-    if own is None:
-        return None
-    allowed = {own}
+    allowed = {own} if own is not None else set()
     looked_further = False
     for role, certificate in (
         ("signing", party.signing_certificate),
@@ -219,6 +219,12 @@ def _foreign_certificate(
             allowed |= held
         if number not in allowed:
             others = ", ".join(sorted(allowed - {own}))
+            if own is None:
+                return (
+                    f"its {role} certificate belongs to organisation {number}, not to its "
+                    f"parent organisation or that of the certificates held for it ({others}); "
+                    "the stored copy is kept"
+                )
             return (
                 f"its {role} certificate belongs to organisation {number}, not to the party's "
                 f"own ({own})" + (f" or {others}" if others else "") + "; the stored copy is "

@@ -7,8 +7,10 @@ each changed party is fetched and upserted, and the sequence number of the last 
 committed in the same transaction as the parties it changed.
 
 So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
-deletes a party (a deactivated party is kept, marked inactive, as the register reports it).
-Progress lives in ``kv_state``.
+deletes a party (a deactivated party is kept, marked inactive, as the register reports it). A
+party an event names that the register then does not return (deleted, or left out of the bulk
+answer) is kept too, marked inactive, so nothing is sent to it; its record coming back makes it
+what the record says. Progress lives in ``kv_state``.
 
 A chunk's parties are asked for in one bulk lookup (up to 100 HER-ids a call; ``serve`` commits
 10 parties a chunk, ``ar sync`` 50), and only the certificates whose bytes we do not hold yet are
@@ -31,6 +33,7 @@ of a rollover), unlike an import of files that may not name certificates at all.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +66,7 @@ REFUSED_KEY = "registry.ar.refused"
 SOURCE = "ar-sync"
 _REASON_LENGTH = 300  # of each stored reason: the register's text, quoted, can be long
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +76,8 @@ class SyncReport:
     parties_written: int = 0
     events_applied: int = 0
     not_found: list[str] = field(default_factory=list)
+    # of not_found, the stored parties this run marked inactive
+    deactivated: list[str] = field(default_factory=list)
     # HER-id -> why its record was not used (the stored copy is kept); this run's
     refused: dict[str, str] = field(default_factory=dict)
     # refused by an earlier sync, read fine (or gone from the register) in this one
@@ -179,7 +185,7 @@ def _full_export(
     for chunk in _chunks(todo, chunk_size):
         fetched = _fetch(store, client, [str(h) for h in chunk])
         with store.unit_of_work() as uow:
-            _save(uow, fetched, report)
+            _save(uow, fetched, report, {})
             uow.state.set(EXPORT_DONE_KEY, str(chunk[-1]))
             uow.commit()
         _reported(fetched, report)
@@ -212,7 +218,7 @@ def _apply_events(
         for chunk in _chunks(events, chunk_size):
             fetched = _fetch(store, client, _distinct_her_ids(chunk))
             with store.unit_of_work() as uow:
-                _save(uow, fetched, report)
+                _save(uow, fetched, report, {e.her_id: e.event_type for e in chunk})
                 uow.state.set(LAST_SEQUENCE_KEY, str(chunk[-1].sequence_number))
                 uow.commit()
             _reported(fetched, report)
@@ -231,11 +237,16 @@ class _Fetched:
     refused: dict[str, str] = field(default_factory=dict)  # HER-id -> why not used
     not_found: list[str] = field(default_factory=list)
     no_longer_refused: list[str] = field(default_factory=list)
+    deactivated: list[str] = field(default_factory=list)
 
 
-def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
-    """Write the chunk's parties (a certificate of another organisation refuses its party here)
-    and bring the standing list of refused parties up to date, in the caller's transaction."""
+def _save(
+    uow: UnitOfWork, fetched: _Fetched, report: SyncReport, event_types: dict[str, str]
+) -> None:
+    """Write the chunk's parties (a certificate of another organisation refuses its party here),
+    mark the stored ones the register no longer returns inactive, and bring the standing list
+    of refused parties up to date, in the caller's transaction. ``event_types``: the type of
+    the last event of each HER-id of the chunk (none for the export)."""
     report.parties_written += save_parties(
         uow,
         fetched.parties,
@@ -243,6 +254,17 @@ def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
         names_all_certificates=True,
         refused=fetched.refused,
     )
+    for her_id in fetched.not_found:
+        row = uow.parties.get(her_id)
+        if row is None or not row.active:
+            continue
+        row.active = False  # kept, as the register had it last, but nothing is sent to it
+        fetched.deactivated.append(her_id)
+        log.warning(
+            "HER-id %s is no longer in the address register (event %s): kept, marked inactive",
+            her_id,
+            (event_types.get(her_id) or "export")[:60],
+        )
     standing = refused_parties(uow)
     settled = [p.her_id for p in fetched.parties if p.her_id not in fetched.refused]
     fetched.no_longer_refused = [
@@ -261,6 +283,7 @@ def _save(uow: UnitOfWork, fetched: _Fetched, report: SyncReport) -> None:
 
 def _reported(fetched: _Fetched, report: SyncReport) -> None:
     report.not_found += fetched.not_found
+    report.deactivated += fetched.deactivated
     report.refused.update(fetched.refused)
     report.no_longer_refused += fetched.no_longer_refused
 
@@ -270,7 +293,9 @@ def _fetch(store: Store, client: ArClient, her_ids: Sequence[str]) -> _Fetched:
     for part in _chunks(her_ids, BULK_LOOKUP_LIMIT):
         found = client.parties(part)
         if found is None:
-            _fetch_one_by_one(client, part, fetched)
+            with store.unit_of_work() as uow:
+                held = held_certificates(uow, part)
+            _fetch_one_by_one(client, part, held, fetched)
             continue
         fetched.refused.update(found.refused)
         by_her_id = {party.her_id: party for party in found.parties}
@@ -280,7 +305,7 @@ def _fetch(store: Store, client: ArClient, her_ids: Sequence[str]) -> _Fetched:
             party = by_her_id.get(her_id)
             if party is None:
                 if her_id not in found.refused:
-                    fetched.not_found.append(her_id)  # gone from the register: keep our copy
+                    fetched.not_found.append(her_id)  # gone from the register: kept, inactive
                 continue
             try:
                 fetched.parties.append(_with_new_certificates(client, party, held))
@@ -293,7 +318,9 @@ def _with_new_certificates(
     client: ArClient, party: CommunicationParty, held: set[tuple[str, str, str]]
 ) -> CommunicationParty:
     """The party with the bytes of each certificate it names that we do not hold (the ones we
-    hold are kept by :func:`save_parties`, since the record names them by thumbprint)."""
+    hold are kept by :func:`save_parties`, since the record names them by thumbprint). One whose
+    bytes the register does not have refuses the party: saved, the record would clear the bytes
+    we hold for the old one, and then neither sign nor encrypt with the party would work."""
     fetched: dict[str, PartyCertificate | None] = {}
     for role, named in (
         ("signing", party.signing_certificate),
@@ -303,7 +330,10 @@ def _with_new_certificates(
             continue
         if named.thumbprint is not None and (party.her_id, role, named.thumbprint) in held:
             continue
-        fetched[role] = client.certificate(party.her_id, role)
+        certificate = client.certificate(party.her_id, role)
+        if certificate is None:
+            raise ArRecordRefused(party.her_id, _no_bytes(role, named))
+        fetched[role] = certificate
     if not fetched:
         return party
     return with_certificates(
@@ -311,12 +341,22 @@ def _with_new_certificates(
     )
 
 
-def _fetch_one_by_one(client: ArClient, her_ids: Iterable[str], fetched: _Fetched) -> None:
+def _no_bytes(role: str, named: PartyCertificate) -> str:
+    return (
+        f"the register names {role} certificate {named.thumbprint} and has no bytes for it; "
+        "the stored copy is kept"
+    )
+
+
+def _fetch_one_by_one(
+    client: ArClient, her_ids: Iterable[str], held: set[tuple[str, str, str]], fetched: _Fetched
+) -> None:
     for her_id in her_ids:
         try:
-            fetched.parties.append(client.party(her_id))
+            party = client.party(her_id, with_certificates=False)
+            fetched.parties.append(_with_new_certificates(client, party, held))
         except ArPartyNotFound:
-            fetched.not_found.append(her_id)  # gone from the register: keep our copy as it is
+            fetched.not_found.append(her_id)  # gone from the register: kept, inactive
         except ArRecordRefused as refused:  # its record or a certificate: this party only
             fetched.refused[her_id] = refused.reason
 

@@ -10,12 +10,13 @@ import re
 from collections.abc import Iterable
 
 _SPLIT = re.compile(r"[.\-_p]")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes "²", which int() refuses
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     text = version.strip().lower().lstrip("v")
     parts = [p for p in _SPLIT.split(text) if p]
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+    return tuple((0, int(p)) if _DIGITS.fullmatch(p) else (1, p) for p in parts)
 
 
 def normalise_version(version: str) -> str:

@@ -196,6 +196,23 @@ def test_a_party_the_register_no_longer_has_usable_is_refused(
     assert [d.endpoint for d in mail(pair).sent] == [OLD]
 
 
+def test_a_party_deleted_from_the_register_is_refused(
+    pair: Pair, register: tuple[FakeAddressRegister, str]
+) -> None:
+    fake, url = register
+    publish(pair, fake, OLD)
+    sync(pair, url)
+    agree_on_register_terms(pair)
+
+    fake.delete_party(HOSPITAL)  # the register no longer returns it: kept, inactive
+    sync(pair, url)
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.gp, note(pair), actor="test")
+    assert refused.value.code == "receiver-inactive"
+    assert "is marked inactive in the address register" in refused.value.message
+    assert outbound_count(pair) == 0 and mail(pair).sent == []
+
+
 def test_a_party_removed_from_the_register_address_is_not_sent_to_its_old_one(
     pair: Pair, register: tuple[FakeAddressRegister, str]
 ) -> None:

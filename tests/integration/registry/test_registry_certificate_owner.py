@@ -3,7 +3,8 @@ organisation: one that carries another organisation number than the party's own,
 organisation's or the one of the certificate held for it before refuses that party (its stored
 copy stays). The first certificate of a party is taken as given: a party may be registered
 under a subunit's number and use its main unit's certificate (NAV IKT does), which the record
-does not say."""
+does not say. A party without a number of its own (a service, a person) is held to its parent
+organisation's and the one of the certificates held for it."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def _put(
     name: str = "Legekontor",
     organisation: str | None = "own",
     parent: str | None = None,
+    party_type: str = "Organization",
 ) -> None:
     """``her_id`` in the register with the certificates of ``certificates_of``."""
     keys = pki.parties[certificates_of]
@@ -68,7 +70,7 @@ def _put(
     record: dict[str, Any] = {
         "herId": int(her_id),
         "name": name,
-        "type": "Organization",
+        "type": party_type,
         "ediAddress": f"{her_id}@edi",
         "currentSigningCertificate": {k: signing[k] for k in ("thumbprint", "validTo")},
         "currentEncryptionCertificate": {k: encryption[k] for k in ("thumbprint", "validTo")},
@@ -136,7 +138,7 @@ def test_the_parent_organisations_certificate_is_the_partys_too(
     assert _stored(store, UNIT) == ("Avdeling Ny", ORG[PARENT], ORG[PARENT])
 
 
-def test_the_first_certificate_is_taken_and_a_party_without_a_number_is_not_checked(
+def test_the_first_certificate_is_taken(
     store: Store, register: tuple[FakeAddressRegister, ArClient], pki: DevPki, ar_samples: Path
 ) -> None:
     fake, client = register
@@ -150,9 +152,63 @@ def test_the_first_certificate_is_taken_and_a_party_without_a_number_is_not_chec
     _put(fake, pki, OURS, OURS, organisation=None)
     assert sync_register(store, client).refused == {}
     assert _stored(store, "79768") == ("NAV IKT", "889640782", "889640782")
+    _put(fake, pki, OTHER, OTHER, organisation=None)  # no number, no certificate held
+    assert sync_register(store, client).refused == {}
+    assert _stored(store, OTHER) == ("Legekontor", ORG[OTHER], ORG[OTHER])
+
+
+def test_a_party_without_a_number_of_its_own_is_held_to_its_parents_and_its_certificates(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], pki: DevPki
+) -> None:
+    fake, client = register
+    _put(fake, pki, PARENT, PARENT, name="Helseforetak")
+    # a service has no organisation number of its own: the parent's and the held ones count
+    _put(
+        fake,
+        pki,
+        UNIT,
+        PARENT,
+        name="Legevakt",
+        organisation=None,
+        parent=PARENT,
+        party_type="Service",
+    )
+    _put(fake, pki, OURS, OURS, organisation=None)  # no number, no parent
+    assert sync_register(store, client).refused == {}
+
+    _put(
+        fake,
+        pki,
+        UNIT,
+        OTHER,
+        name="Legevakt Ny",
+        organisation=None,
+        parent=PARENT,
+        party_type="Service",
+    )
     _put(fake, pki, OURS, OTHER, name="Legekontor Ny", organisation=None)
-    assert sync_register(store, client).refused == {}  # its own number unknown: no check
-    assert _stored(store, OURS) == ("Legekontor Ny", ORG[OTHER], ORG[OTHER])
+    report = sync_register(store, client)
+    assert sorted(report.refused) == [OURS, UNIT]
+    assert f"belongs to organisation {ORG[OTHER]}" in report.refused[UNIT]
+    assert f"({ORG[PARENT]})" in report.refused[UNIT]
+    assert _stored(store, UNIT) == ("Legevakt", ORG[PARENT], ORG[PARENT])  # as it was
+    assert _stored(store, OURS) == ("Legekontor", ORG[OURS], ORG[OURS])
+
+    # its parent's next certificates, or the ones it holds, are taken
+    _put(
+        fake,
+        pki,
+        UNIT,
+        PARENT,
+        name="Legevakt Ny",
+        organisation=None,
+        parent=PARENT,
+        party_type="Service",
+    )
+    _put(fake, pki, OURS, OURS_LATER, name="Legekontor Ny", organisation=None)
+    assert sync_register(store, client).refused == {}
+    assert _stored(store, UNIT) == ("Legevakt Ny", ORG[PARENT], ORG[PARENT])
+    assert _stored(store, OURS) == ("Legekontor Ny", ORG[OURS], ORG[OURS])
 
 
 def test_an_import_refuses_a_certificate_of_another_organisation(

@@ -73,6 +73,39 @@ def test_a_record_that_cannot_be_read_is_refused_alone_and_the_sync_goes_on(
     assert _names(store)["1002"] == "Legekontor B Ny"
 
 
+def test_a_record_with_odd_digits_or_an_unconvertible_time_does_not_stop_the_sync(
+    store: Store, register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    fake, client = register
+    for her_id in (1001, 1002, 1003):
+        fake.put_party(_record(her_id, f"Legekontor {her_id}"))
+    sync_register(store, client)
+
+    # "¹²".isdigit() is True and int("¹²") a ValueError; the end of year 9999 at -05:00 is
+    # past datetime's range in UTC: each stopped every later run on the same event
+    fake.put_party({**_record(1002, "Legekontor 1002 Ny"), "parentHerId": "\u00b9\u00b2"})
+    fake.put_party({**_record(1003, "Legekontor 1003 Ny"), "validTo": "9999-12-31T23:59:59-05:00"})
+    fake.put_party(_record(1001, "Legekontor 1001 Flyttet"))  # an ordinary change after them
+    report = sync_register(store, client)
+    assert report.last_sequence_number == 6 and report.events_applied == 3
+    assert list(report.refused) == ["1003"] and "UTC" in report.refused["1003"]
+    assert list(_standing(store)) == ["1003"]
+    # no parent is what any other value that is not a HER-id gives
+    assert _names(store) == {
+        "1001": "Legekontor 1001 Flyttet",
+        "1002": "Legekontor 1002 Ny",
+        "1003": "Legekontor 1003",
+    }
+    with store.unit_of_work() as uow:
+        assert last_synced_sequence(uow) == 6
+        row = uow.parties.get("1002")
+        assert row is not None and row.parent_her_id is None
+
+    fake.put_party(_record(1002, "Legekontor 1002 Igjen"))  # later changes are applied
+    assert sync_register(store, client).last_sequence_number == 7
+    assert _names(store)["1002"] == "Legekontor 1002 Igjen"
+
+
 def _nav(ar_samples: Path, fake: FakeAddressRegister, *, signing: dict[str, Any]) -> None:
     record = json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8"))
     encryption = json.loads((ar_samples / "nav-NavEncryptCert.json").read_text("utf-8"))
@@ -121,6 +154,34 @@ def test_a_certificate_that_cannot_be_used_refuses_its_party_alone(
     mended = sync_register(store, client)
     assert mended.no_longer_refused == [NAV] and _standing(store) == {}
     assert _names(store)[NAV] == "NAV IKT"
+
+
+def test_a_certificate_named_without_bytes_refuses_its_party_and_the_old_one_stays(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], ar_samples: Path
+) -> None:
+    fake, client = register
+    _nav(ar_samples, fake, signing=_sign_cert(ar_samples))
+    sync_register(store, client)
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(NAV)
+        assert row is not None and row.signing_certificate is not None
+        held = row.signing_certificate
+
+    # the register names a new signing certificate and its certificate endpoint has none (404)
+    record = json.loads((ar_samples / "nav-NavCommunicationParty.json").read_text("utf-8"))
+    record["name"] = "NAV IKT Ny"
+    record["currentSigningCertificate"] = {**record["currentSigningCertificate"]}
+    record["currentSigningCertificate"]["thumbprint"] = "AB" * 20
+    del fake.certificates[(NAV, "signing")]
+    fake.put_party(record)
+    report = sync_register(store, client)
+    assert list(report.refused) == [NAV]
+    assert "names signing certificate " + "AB" * 20 + " and has no bytes" in report.refused[NAV]
+    assert list(_standing(store)) == [NAV]
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(NAV)
+        assert row is not None
+        assert (row.name, row.signing_certificate) == ("NAV IKT", held)  # still current
 
 
 def test_an_answer_malformed_as_a_whole_still_stops_the_sync(store: Store) -> None:

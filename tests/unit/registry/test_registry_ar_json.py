@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meldingstjener.registry import (
     ArFormatError,
     PartyType,
+    ar_json,
     parse_certificate_json,
     parse_parties_json,
     parse_party_json,
     with_certificates,
 )
+from meldingstjener.registry.ar_json import read_records
 from meldingstjener.registry.isotime import NORWAY
+from meldingstjener.registry.parties import CommunicationParty
 
 
 @pytest.fixture
@@ -171,3 +176,62 @@ def test_json_nested_too_deeply_is_a_format_error() -> None:
         parse_parties_json(b"[" * 200_000)
     with pytest.raises(ArFormatError, match="nested too deeply"):
         parse_party_json('{"herId": 1, "name": ' + "[" * 200_000)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"herId": "\u00b2"}, {"herId": "\u0668\u0661\u0664"}],
+    ids=["superscript", "arabic-indic"],
+)
+def test_a_her_id_in_other_digits_than_ascii_is_none(field: dict[str, str]) -> None:
+    parties, refused = read_records([{"type": "Organization", "name": "X", **field}])
+    assert parties == [] and list(refused) == ["entry 0"]
+    assert "no HER-id" in refused["entry 0"]
+
+
+def test_identifiers_in_other_digits_than_ascii_are_no_identifiers() -> None:
+    party = parse_party_json(
+        {
+            "herId": 8141253,
+            "type": "Service",
+            "parentHerId": "\u00b9\u00b2",
+            "organizationDetails": {"organizationNumber": "\u00b3"},
+        }
+    )
+    assert party.parent_her_id is None and party.organisation_number is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("validTo", "9999-12-31T23:59:59-05:00"),
+        ("validFrom", "0001-01-01T00:00:00+05:00"),
+        ("lastChanged", "9999-12-31T23:59:59-01:00"),
+    ],
+)
+def test_a_time_with_no_utc_equivalent_refuses_the_record(field: str, value: str) -> None:
+    record = {"herId": 100002, "type": "Organization", "name": "X", field: value}
+    parties, refused = read_records([record, {"herId": 100003, "type": "Organization"}])
+    assert [p.her_id for p in parties] == ["100003"]
+    assert "out of range once converted to UTC" in refused["100002"]
+
+
+def test_any_other_error_mapping_one_record_refuses_that_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a value no check foresaw must not escape as a plain ValueError and stop every sync
+    real = ar_json.party_from_record
+
+    def mapper(data: Mapping[str, Any]) -> CommunicationParty:
+        if data.get("herId") == 100002:
+            raise OverflowError("date value out of range")
+        return real(data)
+
+    monkeypatch.setattr(ar_json, "party_from_record", mapper)
+    parties, refused = read_records(
+        [{"herId": 100002, "type": "Organization"}, {"herId": 100003, "type": "Organization"}]
+    )
+    assert [p.her_id for p in parties] == ["100003"]
+    assert refused == {
+        "100002": "the record cannot be read (OverflowError: date value out of range)"
+    }

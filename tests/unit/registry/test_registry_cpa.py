@@ -179,6 +179,20 @@ def test_helsenorge_amqp_cpa(reference_dir: Path) -> None:
     assert "CN=TEST helsenorge.no tjenester" in (terms.encryption_certificate.subject or "")
 
 
+def test_a_dedicated_signing_certificate_wins_over_a_dual_use_one_named_for_signing(
+    reference_dir: Path,
+) -> None:
+    # the Helsenorge CPA names "enc" (digitalSignature and encryption) for signing, beside "sign"
+    cpa = parse_cpa(_load(reference_dir, "helsenorge-CPA_93252.xml"))
+    for her_id in ("93238", "93252"):
+        party = cpa.party(her_id)
+        assert party is not None and party.signing_certificate_id == "enc"
+        assert party.signing_certificate is not None
+        assert party.signing_certificate.cert_id == "sign"
+        assert party.encryption_certificate is not None
+        assert party.encryption_certificate.cert_id == "enc"
+
+
 def test_helsenorge_cpp(reference_dir: Path) -> None:
     cpp = parse_cpp(_load(reference_dir, "helsenorge-CPP_93238.xml"))
     assert cpp.kind == "cpp"
@@ -217,4 +231,18 @@ def test_bad_retry_interval_names_the_field() -> None:
         </c:ReliableMessaging></c:ebXMLSenderBinding></c:DocExchange>
       </c:PartyInfo></c:CollaborationProtocolProfile>"""
     with pytest.raises(CpaFormatError, match="DocExchange d sender RetryInterval"):
+        parse_cpp(document.encode())
+
+
+@pytest.mark.parametrize("retries", ["\u00b2", "\u0663"], ids=["superscript", "arabic-indic"])
+def test_retries_in_other_digits_than_ascii_are_a_format_error(retries: str) -> None:
+    # str.isdigit() takes them, int() refuses "²": a plain ValueError no caller expects
+    ns = "http://www.oasis-open.org/committees/ebxml-cppa/schema/cpp-cpa-2_0.xsd"
+    document = f"""<c:CollaborationProtocolProfile xmlns:c="{ns}" c:cppid="x">
+      <c:PartyInfo c:partyName="A"><c:PartyId c:type="HER">1</c:PartyId>
+        <c:DocExchange c:docExchangeId="d"><c:ebXMLSenderBinding><c:ReliableMessaging>
+          <c:Retries>{retries}</c:Retries><c:RetryInterval>PT2H</c:RetryInterval>
+        </c:ReliableMessaging></c:ebXMLSenderBinding></c:DocExchange>
+      </c:PartyInfo></c:CollaborationProtocolProfile>"""
+    with pytest.raises(CpaFormatError, match="Retries must be a whole number"):
         parse_cpp(document.encode())

@@ -64,6 +64,11 @@ def test_sort_versions_newest_first_without_duplicates() -> None:
     assert sort_versions(["1.0", "1.10", "1.2", "1.2 ", "v1p1"]) == ("1.10", "1.2", "1.1", "1.0")
 
 
+def test_a_version_in_other_digits_than_ascii_sorts_after_numbers() -> None:
+    # "²".isdigit() is True and int("²") raises: such a part is text, as any other odd one
+    assert sort_versions(["1.1", "\u00b2", "2.0"]) == ("\u00b2", "2.0", "1.1")
+
+
 def test_queue_helpers() -> None:
     assert queue_name("tb.test.nhn.no/NHNTESTServiceBus/8141703_async") == "8141703_async"
     assert complete_queues({"sync": "h/9_sync"}) == {

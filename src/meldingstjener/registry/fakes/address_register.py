@@ -5,12 +5,16 @@ Implements the paths our client uses, with the published JSON shapes: a party by
 signing/encryption certificate, the export of all HER-ids with ``lastSequenceNumber``, and
 events from a sequence number (``results`` of ``sequenceNumber``/``herId``/``eventType``/
 ``eventTimestamp``). Every change made through :meth:`FakeAddressRegister.put_party` appends an
-event, as the real register does.
+event, as the real register does, and so does a party deleted with
+:meth:`FakeAddressRegister.delete_party`: from then on it is missing from lookups (404, left out
+of a bulk answer) and from the export.
 
 For tests of failure handling, ``fail_party_lookups_after`` makes party lookups answer 503 after
 that many successful ones (the register going down half-way through a sync).
 
-Not confirmed: the exact error body of the real service (we send a problem+json-like object).
+Not confirmed: the exact error body of the real service (we send a problem+json-like object), and
+the names of the event types (``CommunicationPartyCreated``/``Updated``/``Deleted`` here): the
+sync reads what the register then returns, not the type.
 """
 
 from __future__ import annotations
@@ -57,18 +61,30 @@ class FakeAddressRegister:
                 self.certificates[(her_id, "signing")] = signing
             if encryption is not None:
                 self.certificates[(her_id, "encryption")] = encryption
-            sequence = len(self.events) + 1
-            self.events.append(
-                {
-                    "sequenceNumber": sequence,
-                    "herId": int(her_id),
-                    "eventType": "CommunicationPartyCreated"
-                    if created
-                    else "CommunicationPartyUpdated",
-                    "eventTimestamp": datetime.now(UTC).isoformat(),
-                }
+            return self._event(
+                her_id, "CommunicationPartyCreated" if created else "CommunicationPartyUpdated"
             )
-            return sequence
+
+    def delete_party(self, her_id: str | int) -> int:
+        """Take a party and its certificates out of the register; returns the event's number."""
+        key = str(her_id)
+        with self._lock:
+            del self.parties[key]
+            for role in ("signing", "encryption"):
+                self.certificates.pop((key, role), None)
+            return self._event(key, "CommunicationPartyDeleted")
+
+    def _event(self, her_id: str, event_type: str) -> int:
+        sequence = len(self.events) + 1
+        self.events.append(
+            {
+                "sequenceNumber": sequence,
+                "herId": int(her_id),
+                "eventType": event_type,
+                "eventTimestamp": datetime.now(UTC).isoformat(),
+            }
+        )
+        return sequence
 
     # --- the API --------------------------------------------------------------------------------
 
