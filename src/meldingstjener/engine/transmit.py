@@ -5,6 +5,10 @@ one RetryInterval later. If neither Acknowledgment nor MessageError has arrived 
 wire bytes (same MessageId, so the partner's duplicate elimination works) are sent again, up to
 ``Retries`` resends and never past ``PersistDuration``. Then the message is ``not-delivered`` and
 an alert tells the operator that the content must reach the receiver another way.
+
+Before each send, first or resend, the receiver's encryption certificate is checked again as
+submit checks it (:func:`_refusal`): a message queued while its receiver was down must not go out
+encrypted to a certificate revoked or expired since; it is given up instead.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import datetime
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
@@ -86,6 +91,24 @@ def _give_up_before_sending(
     uow.commit()
 
 
+def _refusal(ctx: EngineContext, partner: Partner, now: datetime) -> str | None:
+    """Why the message may not go to ``partner`` now, by the check submit makes (the same
+    function, on the same cached reads: the partner and the validator); None when it may. No
+    patient data in the reason.
+
+    The message row does not record which certificate the wire form was encrypted to, so the
+    receiver's current one is checked: revoked, expired or otherwise refused now."""
+    if partner.encryption_certificate is None:
+        return "no encryption certificate is known for the receiver any more"
+    problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
+    if problem is not None:
+        return (
+            f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
+            "message, encrypted when it was accepted, is not sent to it"
+        )
+    return None
+
+
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     """Send (or resend) one message. Returns the transport's result when it was delivered."""
     now = ctx.clock()
@@ -106,6 +129,10 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         except PartnerUnknown as exc:
             reason = f"the partner is no longer known ({exc})"
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
+            return None
+        refusal = _refusal(ctx, partner, now)
+        if refusal is not None:
+            _give_up_before_sending(uow, view.id, partner.name, refusal, now)
             return None
         # A resend, or a first send whose job was claimed before (its worker may have died
         # after the partner took it, before recording that), is a resend: not at or after
