@@ -5,17 +5,28 @@ one RetryInterval later. If neither Acknowledgment nor MessageError has arrived 
 wire bytes (same MessageId, so the partner's duplicate elimination works) are sent again, up to
 ``Retries`` resends and never past ``PersistDuration``. Then the message is ``not-delivered`` and
 an alert tells the operator that the content must reach the receiver another way.
+
+Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
+message queued while its receiver was down must not go out once the agreement has ended, the
+register has the receiver inactive, or the receiver's encryption certificate has been revoked or
+has expired. Those give up at once; a suspended agreement (the operator's brake, which may be
+released) holds the message, checked again every RetryInterval until PersistDuration.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
+from typing import Literal
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
+from meldingstjener.registry.agreements import AgreementState, NotAgreed
+from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
 from meldingstjener.transport.base import (
@@ -86,6 +97,88 @@ def _give_up_before_sending(
     uow.commit()
 
 
+def _refusal(
+    ctx: EngineContext, uow: UnitOfWork, partner: Partner, now: datetime
+) -> tuple[Literal["hold", "give-up"], str] | None:
+    """Why the message may not go to ``partner`` now, by the checks submit makes (the same
+    functions, on the same cached reads: the partner, its agreement, the validator): None when
+    it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the agreement
+    has ended or is not active, the register has the receiver inactive, or the receiver's
+    encryption certificate is not acceptable. No patient data in the reasons.
+
+    The agreement's message types are not checked again (the message row's type is not in what a
+    send reads). The message row does not record which certificate the wire form was encrypted
+    to, so the receiver's current one is checked: revoked, expired or otherwise refused now."""
+    agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
+    checked = agreement
+    if agreement is not None and agreement.state == AgreementState.SUSPENDED:
+        # a suspension holds (below); whatever else the agreement says, its end, still counts
+        checked = replace(agreement, state=AgreementState.ACTIVE)
+    try:
+        check_agreement(
+            checked,
+            partner.our_her_id,
+            partner.her_id,
+            None,
+            None,
+            now=now,
+        )
+    except NotAgreed as exc:
+        return "give-up", f"the partner agreement no longer allows sending to it ({exc})"
+    unusable = partner.unusable_because(now)
+    if unusable is not None:
+        return "give-up", f"the receiver {unusable}"
+    if partner.encryption_certificate is None:
+        return "give-up", "no encryption certificate is known for the receiver any more"
+    problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
+    if problem is not None:
+        return "give-up", (
+            f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
+            "message, encrypted when it was accepted, is not sent to it"
+        )
+    if checked is not agreement:
+        return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
+    return None
+
+
+def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: datetime) -> None:
+    """Keep a message unsent while its agreement is suspended: checked again one RetryInterval
+    later (its attempts and Retries untouched), given up when PersistDuration has passed."""
+    row = uow.messages.get(str(job.message_id), for_update=True)
+    assert row is not None
+    if row.status not in _SENDABLE:  # acknowledged, given up or sent by another run meanwhile
+        uow.jobs.finish_if(job.id, TRANSMIT)
+    elif row.expires_at is not None and now >= row.expires_at:
+        _give_up(uow, row, partner.name, f"{reason}, and PersistDuration ran out while it was", now)
+    else:
+        due = now + partner.retry_interval
+        if row.expires_at is not None:
+            due = min(due, row.expires_at)  # the give-up comes when PersistDuration passes
+        detail = f"{reason}: held, not sent; checked again {due:%Y-%m-%d %H:%M:%S} UTC"
+        if row.status != OutboundStatus.RETRYING.value:
+            uow.messages.set_status(
+                row,
+                OutboundStatus.RETRYING.value,
+                actor="worker",
+                code="agreement-suspended",
+                detail=detail,
+                at=now,
+            )
+        else:
+            uow.events.record(
+                row.id,
+                EventKind.NOTE,
+                actor="worker",
+                code="agreement-suspended",
+                detail=detail,
+                ebxml_message_id=row.ebxml_message_id,
+                at=now,
+            )
+        row.next_attempt_at = due
+        uow.jobs.reschedule(job.id, due)
+    uow.commit()
+
+
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     """Send (or resend) one message. Returns the transport's result when it was delivered."""
     now = ctx.clock()
@@ -106,6 +199,14 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         except PartnerUnknown as exc:
             reason = f"the partner is no longer known ({exc})"
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
+            return None
+        refusal = _refusal(ctx, uow, partner, now)
+        if refusal is not None:
+            verdict, reason = refusal
+            if verdict == "hold":
+                _hold(uow, job, partner, reason, now)
+            else:
+                _give_up_before_sending(uow, view.id, partner.name, reason, now)
             return None
         # A resend, or a first send whose job was claimed before (its worker may have died
         # after the partner took it, before recording that), is a resend: not at or after
