@@ -21,7 +21,12 @@ from meldingstjener.registry.cpa import agreement_for, terms_from_cpp
 from meldingstjener.registry.cppa_model import CollaborationProtocol
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.parties import CommunicationParty
-from meldingstjener.registry.terms import AgreementTerms, TermsSource, terms_from_ar
+from meldingstjener.registry.terms import (
+    AgreedMessage,
+    AgreementTerms,
+    TermsSource,
+    terms_from_ar,
+)
 from meldingstjener.registry.versions import choose_version, normalise_version, sort_versions
 
 __all__ = [
@@ -103,6 +108,9 @@ class PartnerAgreement:
     any_message_type: bool = False  # terms from the address register do not name types
     activation_date: date | None = None
     valid_to: datetime | None = None
+    # The outbound bindings of a CPA or CPP (empty for register and configured terms): per
+    # business document, the envelope's Service, Action and Roles and the channel it goes by.
+    bindings: tuple[AgreedMessage, ...] = ()
 
     @classmethod
     def from_terms(
@@ -137,6 +145,7 @@ class PartnerAgreement:
             any_message_type=terms.any_message_type,
             activation_date=activation_date,
             valid_to=terms.valid_to,
+            bindings=terms.outbound,
         )
 
     def versions_for(self, message_type: str) -> tuple[str, ...] | None:
