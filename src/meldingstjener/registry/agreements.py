@@ -284,9 +284,9 @@ def _no_binding(
     where = ""
     if answered_service:
         where = f" in the service {answered_service} of the message it answers"
-    agreed = ", ".join(
-        sorted({f"{b.service}/{b.message_type} ({b.namespace})" for b in agreement.bindings})
-    )
+    bindings = [b for b in agreement.bindings if answered_service in {None, b.service}]
+    named = sorted({f"{b.service}/{b.message_type} ({b.namespace})" for b in bindings})
+    agreed = ", ".join(named[:12]) + (f" and {len(named) - 12} more" if len(named) > 12 else "")
     return NotAgreed(
         "message-type-not-agreed",
         f"message type {message_type} (namespace {documents}) is not agreed{where} with HER-id "
