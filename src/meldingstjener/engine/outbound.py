@@ -139,6 +139,9 @@ def submit(
         description=ctx.description(),
     )
     flags = envelope_flags(binding, partner)
+    route = partner.route(header.service, header.action)
+    if route.endpoint is None:
+        raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")
     root = build_envelope(
         header,
         manifest=[ManifestReference.for_content_id(content_id, "Encrypted business message")],
@@ -152,12 +155,12 @@ def submit(
         partner.encryption_certificate,
         root,
         content_id,
-        transfer_encoding="binary" if partner.channel == "http" else "base64",
+        transfer_encoding="binary" if route.channel == "http" else "base64",
     )
     payload_ref, wire_ref = ctx.store.payloads.put_all(payload, body)
     row = MessageRow(
         direction=Direction.OUTBOUND.value,
-        channel=partner.channel,
+        channel=route.channel,
         environment=ctx.policy.environment,
         ebxml_message_id=header.message_id,
         ebxml_conversation_id=header.conversation_id,
@@ -196,6 +199,8 @@ def submit(
                 header.message_id,
                 row.attempts or 0,
                 row.expires_at,
+                header.service,
+                header.action,
             )
             ctx.schedule_now(
                 uow,
@@ -346,5 +351,3 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
             "certificate-problem",
             f"the encryption certificate of {partner.her_id} is not acceptable: {problem}",
         )
-    if partner.endpoint is None:
-        raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")

@@ -9,16 +9,22 @@ from each side, with the HER-ids and endpoints of the pair.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine_pair import Pair, sent_header
+from sqlalchemy import select
 
+from meldingstjener.ebxml import Envelope, parse_envelope, unpackage
 from meldingstjener.engine import receipts
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.worker import Worker
+from meldingstjener.formats.xmlparse import parse_xml
 from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.cpa import agreement_for, parse_cpa
 from meldingstjener.registry.store import save_agreement
+from meldingstjener.store.tables import JobRow
+from meldingstjener.transport.base import Delivery, TransportResult
 
 REAL_MAIL = "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.p7m.deenveloped.ungz"
 CPA_BEHANDLER, CPA_NAV = "8141253", "79768"
@@ -47,6 +53,7 @@ def _cpa_agreement(
         endpoint=endpoint,
         bindings=bindings,
         retries=3,
+        valid_to=None,  # the samples' end is not this test's concern
     )
 
 
@@ -110,3 +117,79 @@ def test_a_real_pom_goes_by_navs_names_and_its_apprec_by_navs_svarmelding(
         assert (answer.ebxml_service, answer.ebxml_action) == ("BehandlerKrav", "Svarmelding")
     pair.run()
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+@dataclass
+class _Recorder:
+    """A transport that takes every delivery and answers nothing."""
+
+    sent: list[Delivery] = field(default_factory=list)
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        self.sent.append(delivery)
+        return TransportResult(status_code=200)
+
+    def close(self) -> None:
+        pass
+
+
+def _sent_envelope(pair: Pair, message_id: str) -> Envelope:
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
+    return parse_envelope(parse_xml(mime.envelope_xml))
+
+
+def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """nav-qass-31162 puts EgenandelForesporsel on HTTPS to NAV's gateway, without
+    AckRequested and with a synchronous answer, and Oppgjorskrav on SMTP with one."""
+    gp, nav = pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+    cpa = parse_cpa((reference_dir / "samples" / "cpa" / "nav-qass-31162.xml").read_bytes())
+    agreement = PartnerAgreement.from_terms(
+        agreement_for(cpa, "8090595"), state=AgreementState.ACTIVE
+    )
+    with pair.gp.store.unit_of_work() as uow:
+        save_agreement(
+            uow, replace(agreement, our_her_id=gp, counterparty_her_id=nav, valid_to=None)
+        )
+        uow.commit()
+    http, smtp = _Recorder(), _Recorder()
+    pair.gp.transports = {"http": http, "smtp": smtp}
+    pom = _real_pom(pair, reference_dir)
+    bkm = b"http://www.kith.no/xmlstds/bkm/2006-12-20"
+    question = submit(
+        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/nav/egenandel/2010-02-01"), actor="t"
+    )
+    claim = submit(
+        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/eresept/m18/2013-04-16"), actor="t"
+    )
+    envelope = _sent_envelope(pair, question)
+    assert (envelope.header.service, envelope.header.action) == (
+        "HarBorgerEgenandelFritak",
+        "EgenandelForesporsel",
+    )
+    assert (envelope.header.from_party.role, envelope.header.to_party.role) == (
+        "Utleverer",
+        "Frikortregister",
+    )
+    assert (envelope.ack_requested, envelope.sync_reply, envelope.duplicate_elimination) == (
+        False,
+        True,
+        False,
+    )
+    assert pair.message(pair.gp, question).channel == "http"
+    envelope = _sent_envelope(pair, claim)
+    assert (envelope.header.service, envelope.header.action) == ("OppgjorsKontroll", "Oppgjorskrav")
+    assert (envelope.ack_requested, envelope.sync_reply) == (True, False)
+    assert pair.message(pair.gp, claim).channel == "smtp"
+    Worker(pair.gp, "gp").run_until_idle()
+    assert [d.endpoint for d in http.sent] == ["https://nhn-gw-q.nav.no:9443/ebxml/msh"]
+    assert [d.endpoint for d in smtp.sent] == ["mottak-qass@test-es.nav.no"]
+    # no Acknowledgment was asked for the question: none is waited for, nothing is resent
+    with pair.gp.store.unit_of_work() as uow:
+        waits = list(
+            uow.session.scalars(select(JobRow.message_id).where(JobRow.kind == "ack-timeout"))
+        )
+    assert waits == [claim]
+    assert pair.message(pair.gp, question).status == "sent"
