@@ -34,8 +34,8 @@ from sqlalchemy import select
 from meldingstjener.config import ConfigError, PartnerSettings, Settings
 from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.parties import QueueKind
-from meldingstjener.registry.store import agreement_from_row
-from meldingstjener.registry.terms import TermsSource
+from meldingstjener.registry.store import agreement_from_row, bindings_from_json
+from meldingstjener.registry.terms import AgreedMessage, TermsSource
 from meldingstjener.security.certs import (
     CertificateLoadError,
     certificate_from_bytes,
@@ -44,6 +44,18 @@ from meldingstjener.security.certs import (
 )
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import Store, UnitOfWork
+
+_TRANSPORTS = frozenset({"smtp", "http", "amqp"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where and how one message goes: transport, endpoint, and whether an Acknowledgment was
+    asked for (without one, nothing is waited for after the send)."""
+
+    channel: str
+    endpoint: str | None
+    ack_requested: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,24 @@ class Partner:
     valid: bool = True  # the register's IsValidCommunicationParty
     valid_from: datetime | None = None
     valid_to: datetime | None = None
+    # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
+    bindings: tuple[AgreedMessage, ...] = ()
+
+    def route(self, service: str | None, action: str | None) -> Route:
+        """How a message of this Service and Action goes: by the channel of its binding when
+        the agreement binds channels per action (NAV's CPAs put a question on HTTPS to their
+        gateway and the rest on SMTP), else by the agreement's channel and endpoint."""
+        for binding in self.bindings:
+            channel = binding.channel
+            if (
+                binding.service == service
+                and binding.message_type == action
+                and channel is not None
+                and channel.transport in _TRANSPORTS
+                and channel.endpoint
+            ):
+                return Route(channel.transport, channel.endpoint, channel.ack_requested != "never")
+        return Route(self.channel, self.endpoint)
 
     def unusable_because(self, now: datetime) -> str | None:
         """Why the register says nothing may be sent to the party at ``now``; None if it may."""
@@ -247,6 +277,7 @@ class PartyDirectory:
             valid=bool((party.details or {}).get("valid", True)),
             valid_from=party.valid_from,
             valid_to=party.valid_to,
+            bindings=bindings_from_json(agreement.message_types)[0],
         )
 
     def agreement(self, uow: UnitOfWork, our_her_id: str, her_id: str) -> PartnerAgreement | None:

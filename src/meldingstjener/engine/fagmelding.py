@@ -35,6 +35,11 @@ class Fagmelding:
     def valid(self) -> bool:
         return self.report.valid
 
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """The namespaces of the business document(s), which choose the agreed binding."""
+        return self.report.namespaces
+
     def row_fields(self) -> dict[str, object]:
         """The message-table columns this business message fills (ids, type, HER-ids)."""
         return {

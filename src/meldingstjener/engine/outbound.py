@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
-from meldingstjener.engine.routing import APPREC, names_for
+from meldingstjener.engine.routing import APPREC, envelope_flags, names_for, names_of
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
@@ -101,28 +102,30 @@ def submit(
         except PartnerUnknown as exc:
             code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
+        answered = _answered(uow, message)
+        conventional = names_for(message.msg_type, answered_type=answered.msg_type)
         try:
             # the agreement the directory found: our organisation's covers its services
-            check_agreement(
+            binding = check_agreement(
                 ctx.directory.agreement(uow, partner.our_her_id, receiver_her),
                 partner.our_her_id,
                 receiver_her,
                 message.msg_type,
                 _version_of(message),
                 now=ctx.clock(),
+                namespaces=message.namespaces,
+                answered_service=answered.service if message.msg_type == APPREC else None,
+                conversation_service=answered.service,
+                preferred_roles=(conventional.from_role, conventional.to_role),
             )
         except NotAgreed as exc:
             raise SubmitRejected(exc.code, f"not sent to {receiver_her}: {exc}") from None
-        answered_type = None
-        if message.msg_type == APPREC and message.apprec_original_msg_id:
-            originals = uow.messages.by_msg_id(Direction.INBOUND, message.apprec_original_msg_id)
-            answered_type = originals[0].msg_type if originals else None
     _check_partner(ctx, partner, message)
 
     now = ctx.clock()
     assert partner.encryption_certificate is not None  # checked in _check_partner
     content_id = new_content_id(ctx.host)
-    names = names_for(message.msg_type, answered_type=answered_type)
+    names = names_of(binding) if binding is not None else conventional
     header = MessageHeader(
         from_party=Party(sender_her, names.from_role),
         to_party=Party(receiver_her, names.to_role),
@@ -135,12 +138,16 @@ def submit(
         timestamp=now,
         description=ctx.description(),
     )
+    flags = envelope_flags(binding, partner)
+    route = partner.route(header.service, header.action)
+    if route.endpoint is None:
+        raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")
     root = build_envelope(
         header,
         manifest=[ManifestReference.for_content_id(content_id, "Encrypted business message")],
-        ack_requested=True,
-        sync_reply=partner.sync_reply,
-        duplicate_elimination=True,
+        ack_requested=flags.ack_requested,
+        sync_reply=flags.sync_reply,
+        duplicate_elimination=flags.duplicate_elimination,
     )
     body, content_type = payload_io.seal(
         ctx,
@@ -148,12 +155,12 @@ def submit(
         partner.encryption_certificate,
         root,
         content_id,
-        transfer_encoding="binary" if partner.channel == "http" else "base64",
+        transfer_encoding="binary" if route.channel == "http" else "base64",
     )
     payload_ref, wire_ref = ctx.store.payloads.put_all(payload, body)
     row = MessageRow(
         direction=Direction.OUTBOUND.value,
-        channel=partner.channel,
+        channel=route.channel,
         environment=ctx.policy.environment,
         ebxml_message_id=header.message_id,
         ebxml_conversation_id=header.conversation_id,
@@ -192,6 +199,8 @@ def submit(
                 header.message_id,
                 row.attempts or 0,
                 row.expires_at,
+                header.service,
+                header.action,
             )
             ctx.schedule_now(
                 uow,
@@ -265,6 +274,29 @@ def _submitted_with(
     return str(earlier.id)
 
 
+@dataclass(frozen=True)
+class _Answered:
+    """The received message a submitted one answers (an AppRec's original, else the MsgHead's
+    parent in the conversation): its MsgHead type and the Service it came in."""
+
+    msg_type: str | None = None
+    service: str | None = None
+
+
+def _answered(uow: UnitOfWork, message: Fagmelding) -> _Answered:
+    if message.msg_type == APPREC:
+        answered = message.apprec_original_msg_id
+    else:
+        answered = message.ref_to_parent
+    originals = uow.messages.by_msg_id(Direction.INBOUND, answered) if answered else []
+    if not originals:
+        return _Answered()
+    original = originals[0]
+    # only an AppRec is named after what it answers (the convention's S-<type>/APPREC)
+    answered_type = original.msg_type if message.msg_type == APPREC else None
+    return _Answered(answered_type, original.ebxml_service)
+
+
 def _version_of(message: Fagmelding) -> str | None:
     """The business-content version an agreement speaks of (e.g. "1.0" of Dialogmelding 1.0)."""
     if message.report.content is None:
@@ -319,5 +351,3 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
             "certificate-problem",
             f"the encryption certificate of {partner.her_id} is not acceptable: {problem}",
         )
-    if partner.endpoint is None:
-        raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")

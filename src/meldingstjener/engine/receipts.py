@@ -37,7 +37,7 @@ from meldingstjener.formats import (
     read_msghead,
     serialize_apprec,
 )
-from meldingstjener.formats.apprec import apprec_party_from
+from meldingstjener.formats.apprec import APPREC_VERSIONS, apprec_party_from
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.msghead import MsgHead
 from meldingstjener.formats.parties import Party
@@ -45,7 +45,8 @@ from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.model.status import IllegalTransition
-from meldingstjener.store.tables import MessageRow, ReceiptRow
+from meldingstjener.registry.store import bindings_from_json
+from meldingstjener.store.tables import AgreementRow, MessageRow, ReceiptRow
 from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,23 @@ def _apprec_version(uow: UnitOfWork, row: MessageRow) -> str:
         agreement = found[0] if found else None
     if agreement is not None and agreement.apprec_version:
         return agreement.apprec_version
+    if agreement is not None:
+        agreed = _agreed_apprec_version(agreement, row.ebxml_service)
+        if agreed is not None:
+            return agreed
     return DEFAULT_APPREC_VERSION
+
+
+def _agreed_apprec_version(agreement: AgreementRow, service: str | None) -> str | None:
+    """The AppRec version a CPA's bindings take in ``service`` (the answered message's): the
+    newest whose namespace one of them names (NAV's take only 1.0). None without bindings."""
+    bindings, _ = bindings_from_json(agreement.message_types)
+    in_service = [b for b in bindings if b.service == service] or list(bindings)
+    named = {b.namespace for b in in_service}
+    for version in sorted(APPREC_VERSIONS.values(), key=lambda v: v.name, reverse=True):
+        if version.namespace in named:
+            return version.name
+    return None
 
 
 def _submit_answer(

@@ -1,13 +1,24 @@
 """How a business message is named in the ebXML envelope: Service, Action and Roles.
 
-The national convention (seen in NHN's CPPs): Service ``S-<message type>`` with type "string",
-Action ``<message type>``, roles ``<message type>sender`` / ``<message type>receiver``. An AppRec
+An agreement from a CPA or CPP names them: the binding the business document goes by (chosen
+by :func:`meldingstjener.registry.agreements.choose_binding`, by the document's namespace)
+gives Service, its type, Action and both Roles (:func:`names_of`), and its channel the
+envelope's AckRequested, SyncReply and DuplicateElimination (:func:`envelope_flags`). NAV's
+CPAs, for one, do not follow the convention below: a POM goes as Service ``BehandlerKrav``,
+Action ``OppgjorsMelding``, roles ``Behandler``/``KontrollUtbetaler``.
+
+Agreements without bindings (address-register terms, configured partners) follow the national
+convention (seen in NHN's CPPs): Service ``S-<message type>`` with type "string", Action
+``<message type>``, roles ``<message type>sender`` / ``<message type>receiver``. An AppRec
 travels in the service of the message it answers, with Action ``APPREC`` and the roles reversed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from meldingstjener.registry.terms import AgreedMessage
 
 APPREC = "APPREC"
 
@@ -28,3 +39,43 @@ def names_for(msg_type: str | None, *, answered_type: str | None = None) -> Enve
         return EnvelopeNames(f"S-{base}", APPREC, f"{base}receiver", f"{base}sender")
     base = msg_type or "UNKNOWN"
     return EnvelopeNames(f"S-{base}", base, f"{base}sender", f"{base}receiver")
+
+
+def names_of(binding: AgreedMessage) -> EnvelopeNames:
+    """Envelope names from an agreed binding; a role the agreement does not name (a CPP names
+    only its own party's) follows the convention."""
+    conventional = names_for(binding.message_type)
+    return EnvelopeNames(
+        service=binding.service or conventional.service,
+        action=binding.message_type,
+        from_role=binding.from_role or conventional.from_role,
+        to_role=binding.to_role or conventional.to_role,
+        service_type=binding.service_type or "string",
+    )
+
+
+@dataclass(frozen=True)
+class EnvelopeFlags:
+    ack_requested: bool
+    sync_reply: bool
+    duplicate_elimination: bool
+
+
+class _Defaults(Protocol):
+    @property
+    def sync_reply(self) -> bool: ...
+
+
+def envelope_flags(binding: AgreedMessage | None, partner: _Defaults) -> EnvelopeFlags:
+    """AckRequested, SyncReply and DuplicateElimination of a message. A binding's channel
+    says them (never: off; always and perMessage, where the sender decides: on; syncReplyMode
+    other than none: SyncReply); without one, an Acknowledgment and duplicate elimination are
+    asked for and SyncReply follows the agreement."""
+    channel = binding.channel if binding is not None else None
+    if channel is None:
+        return EnvelopeFlags(True, partner.sync_reply, True)
+    return EnvelopeFlags(
+        ack_requested=channel.ack_requested != "never",
+        sync_reply=(channel.sync_reply_mode or "none") != "none",
+        duplicate_elimination=channel.duplicate_elimination != "never",
+    )

@@ -219,16 +219,17 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             return None
         wire = ctx.store.payloads.path(str(view.wire_ref))
         content_type = str(view.wire_content_type)
-    transport = ctx.transports.get(partner.channel)
+    route = partner.route(view.ebxml_service, view.ebxml_action)
+    transport = ctx.transports.get(route.channel)
     try:
         if transport is None:
             raise TransportFailure(
-                "no-transport", f"this server has no {partner.channel} transport", retryable=False
+                "no-transport", f"this server has no {route.channel} transport", retryable=False
             )
         result = send_once(
             transport,
             Delivery(
-                str(partner.endpoint),
+                str(route.endpoint),
                 content_type,
                 wire,
                 timeout_seconds=60.0,
@@ -238,7 +239,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             ),
         )
     except TransportFailure as failure:
-        _failed(ctx, job, partner, failure, ctx.clock())
+        _failed(ctx, job, partner, failure, ctx.clock(), str(route.endpoint))
         return None
     # what follows counts from the end of the send, which may have taken minutes (a large
     # upload): the wait for the Acknowledgment must not be eaten up by the upload itself
@@ -252,7 +253,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             state.id,
             EventKind.ATTEMPT,
             actor="worker",
-            detail=f"attempt {attempts} delivered to {partner.endpoint}",
+            detail=f"attempt {attempts} delivered to {route.endpoint}",
             ebxml_message_id=state.ebxml_message_id,
             at=now,
         )
@@ -263,9 +264,11 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             attempts=attempts,
             actor="worker",
             at=now,
-            delivered_to=(partner.channel, str(partner.endpoint)),
+            delivered_to=(route.channel, str(route.endpoint)),
         )
-        if state.status == OutboundStatus.SENT.value:
+        # without AckRequested (a CPA's ackRequested never) no Acknowledgment will come: the
+        # send is not repeated for want of one
+        if state.status == OutboundStatus.SENT.value and route.ack_requested:
             due = _next_attempt(state, partner, now) or (now + partner.retry_interval)
             uow.jobs.finish_and_schedule(
                 job.id, ACK_TIMEOUT, due, message_id=state.id, dedup_key=f"{ACK_TIMEOUT}:{state.id}"
@@ -278,7 +281,12 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
 
 
 def _failed(
-    ctx: EngineContext, job: ClaimedJob, partner: Partner, failure: TransportFailure, now: datetime
+    ctx: EngineContext,
+    job: ClaimedJob,
+    partner: Partner,
+    failure: TransportFailure,
+    now: datetime,
+    endpoint: str,
 ) -> None:
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id), for_update=True)
@@ -321,7 +329,7 @@ def _failed(
             raise_alert(
                 uow,
                 AlertKind.PARTNER_UNREACHABLE,
-                f"{partner.her_id} ({partner.name}) cannot be reached at {partner.endpoint}: "
+                f"{partner.her_id} ({partner.name}) cannot be reached at {endpoint}: "
                 f"{failure.detail}. Messages are kept and resent.",
                 at=now,
                 partner_her_id=partner.her_id,

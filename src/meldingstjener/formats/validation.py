@@ -133,6 +133,9 @@ class ValidationReport:
     type_name: str | None = None
     version: str | None = None
     content: str | None = None
+    # the namespaces of the document's root and of each XML business document it carries (a
+    # MsgHead's Document/RefDoc/Content), which tell the agreed binding it goes by
+    namespaces: tuple[str, ...] = ()
     sender: PartyRef = field(default_factory=PartyRef)
     receiver: PartyRef = field(default_factory=PartyRef)
     patient_present: bool = False
@@ -237,8 +240,10 @@ def _validate_layers(
     report: ValidationReport,
 ) -> None:
     if namespace(root) == NS_MSGHEAD and local_name(root) == "MsgHead":
+        report.namespaces = _namespaces(root)
         _validate_msghead(root, report)
     elif namespace(root) in (NS_APPREC_10, NS_APPREC_11) and local_name(root) == "AppRec":
+        report.namespaces = (namespace(root) or "",)
         _validate_apprec(root, report)
     else:
         report.add(
@@ -454,6 +459,18 @@ def _content_root(root: etree._Element) -> etree._Element | None:
             if isinstance(element.tag, str):
                 return element
     return None
+
+
+def _namespaces(root: etree._Element) -> tuple[str, ...]:
+    """The MsgHead's namespace and those of the XML documents in its RefDoc/Content, once
+    each, in document order."""
+    found = [namespace(root) or ""]
+    for document in children(root, NS_MSGHEAD, "Document"):
+        content = child(child(document, NS_MSGHEAD, "RefDoc"), NS_MSGHEAD, "Content")
+        for element in content if content is not None else ():
+            if isinstance(element.tag, str) and namespace(element):
+                found.append(namespace(element) or "")
+    return tuple(dict.fromkeys(found))
 
 
 def _describe_content(content: etree._Element) -> str:

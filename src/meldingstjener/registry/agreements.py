@@ -21,7 +21,12 @@ from meldingstjener.registry.cpa import agreement_for, terms_from_cpp
 from meldingstjener.registry.cppa_model import CollaborationProtocol
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.parties import CommunicationParty
-from meldingstjener.registry.terms import AgreementTerms, TermsSource, terms_from_ar
+from meldingstjener.registry.terms import (
+    AgreedMessage,
+    AgreementTerms,
+    TermsSource,
+    terms_from_ar,
+)
 from meldingstjener.registry.versions import choose_version, normalise_version, sort_versions
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "PartnerAgreement",
     "check_send",
     "check_state_change",
+    "choose_binding",
     "choose_version",
     "negotiate_version",
     "resolve_terms",
@@ -103,6 +109,9 @@ class PartnerAgreement:
     any_message_type: bool = False  # terms from the address register do not name types
     activation_date: date | None = None
     valid_to: datetime | None = None
+    # The outbound bindings of a CPA or CPP (empty for register and configured terms): per
+    # business document, the envelope's Service, Action and Roles and the channel it goes by.
+    bindings: tuple[AgreedMessage, ...] = ()
 
     @classmethod
     def from_terms(
@@ -137,6 +146,7 @@ class PartnerAgreement:
             any_message_type=terms.any_message_type,
             activation_date=activation_date,
             valid_to=terms.valid_to,
+            bindings=terms.outbound,
         )
 
     def versions_for(self, message_type: str) -> tuple[str, ...] | None:
@@ -161,18 +171,69 @@ def check_state_change(current: AgreementState, new: AgreementState) -> Agreemen
     return new
 
 
+def choose_binding(
+    agreement: PartnerAgreement,
+    message_type: str,
+    namespaces: Iterable[str] = (),
+    *,
+    answered_service: str | None = None,
+    conversation_service: str | None = None,
+    preferred_roles: tuple[str | None, str | None] | None = None,
+) -> tuple[AgreedMessage | None, bool]:
+    """The agreed binding a business document goes by, and whether its namespace chose it.
+
+    The document's namespaces (MsgHead's and its content's, or the AppRec's) against each
+    binding's business schema (its most specific NamespaceSupported); failing that, the
+    binding whose Action is ``message_type`` (the NHN convention, where Action and MsgHead type
+    are the same). An AppRec answering a received message (``answered_service``) takes a
+    binding of the Service that message came in. Of several that fit, the one in the
+    conversation's Service (``conversation_service``) first, then the one whose Action is the
+    message type, then the one with ``preferred_roles`` (the convention's), else the CPA's
+    first. ``(None, False)`` when none fits.
+    """
+    wanted = set(namespaces)
+    candidates = list(agreement.bindings)
+    if answered_service is not None:
+        candidates = [b for b in candidates if b.service == answered_service]
+    by_namespace = [b for b in candidates if b.namespace is not None and b.namespace in wanted]
+    folded = message_type.casefold()
+    by_action = [b for b in candidates if b.message_type.casefold() == folded]
+    chosen = by_namespace or by_action
+    if not chosen:
+        return None, False
+
+    def rank(binding: AgreedMessage) -> tuple[bool, bool, bool]:
+        return (
+            conversation_service is None or binding.service != conversation_service,
+            binding.message_type.casefold() != folded,
+            preferred_roles is None or (binding.from_role, binding.to_role) != preferred_roles,
+        )
+
+    return min(chosen, key=rank), bool(by_namespace)
+
+
 def check_send(
     agreement: PartnerAgreement,
     message_type: str,
-    version: str,
+    version: str | None,
     *,
     test_message: bool = False,
     now: datetime | None = None,
-) -> None:
-    """Raise :class:`NotAgreed` unless ``message_type`` in ``version`` may go to the partner.
+    namespaces: Iterable[str] = (),
+    answered_service: str | None = None,
+    conversation_service: str | None = None,
+    preferred_roles: tuple[str | None, str | None] | None = None,
+) -> AgreedMessage | None:
+    """Raise :class:`NotAgreed` unless ``message_type`` in ``version`` may go to the partner;
+    return the agreed binding it goes by (None for an agreement without bindings: register
+    terms and configured partners, whose envelope follows the NHN convention).
 
     Ordinary messages need an active agreement; ``test_message`` also allows the testing state
-    (the routine sends test messages one week before activation).
+    (the routine sends test messages one week before activation). For an agreement with
+    bindings (a CPA's or CPP's) the binding is chosen by :func:`choose_binding` from the
+    document's ``namespaces`` and the rest; a binding its namespace chose needs no version
+    check (the namespace is the version), one chosen by its Action checks ``version`` as
+    before. ``version`` None checks no version.
     """
     _check_state(agreement, test_message)
     if now is not None and agreement.valid_to is not None and now > agreement.valid_to:
@@ -182,7 +243,26 @@ def check_send(
             f"{agreement.valid_to.isoformat()}; renew the CPA before sending",
         )
     if agreement.any_message_type:
-        return
+        return None
+    binding = None
+    if agreement.bindings:
+        namespaces = tuple(namespaces)
+        binding, by_namespace = choose_binding(
+            agreement,
+            message_type,
+            namespaces,
+            answered_service=answered_service,
+            conversation_service=conversation_service,
+            preferred_roles=preferred_roles,
+        )
+        if binding is None:
+            raise _no_binding(agreement, message_type, namespaces, answered_service)
+        if by_namespace:
+            return binding
+        message_type = binding.message_type
+    if version is None:
+        _agreed_versions(agreement, message_type)
+        return binding
     versions = _agreed_versions(agreement, message_type)
     if normalise_version(version) not in {normalise_version(v) for v in versions}:
         raise NotAgreed(
@@ -191,6 +271,29 @@ def check_send(
             f"{agreement.counterparty_her_id} (agreed: {', '.join(versions) or 'none'}); "
             "send an agreed version or update the agreement",
         )
+    return binding
+
+
+def _no_binding(
+    agreement: PartnerAgreement,
+    message_type: str,
+    namespaces: tuple[str, ...],
+    answered_service: str | None,
+) -> NotAgreed:
+    documents = ", ".join(namespaces) or "none"
+    where = ""
+    if answered_service:
+        where = f" in the service {answered_service} of the message it answers"
+    bindings = [b for b in agreement.bindings if answered_service in {None, b.service}]
+    named = sorted({f"{b.service}/{b.message_type} ({b.namespace})" for b in bindings})
+    agreed = ", ".join(named[:12]) + (f" and {len(named) - 12} more" if len(named) > 12 else "")
+    return NotAgreed(
+        "message-type-not-agreed",
+        f"message type {message_type} (namespace {documents}) is not agreed{where} with HER-id "
+        f"{agreement.counterparty_her_id}: no binding of the agreement takes a document of that "
+        f"namespace or has the Action {message_type} (agreed: {agreed or 'none'}); order it "
+        "from the partner and update the agreement",
+    )
 
 
 def negotiate_version(

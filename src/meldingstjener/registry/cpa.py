@@ -25,6 +25,7 @@ from meldingstjener.registry.certificates import (
     certificate_from_base64,
 )
 from meldingstjener.registry.cppa_model import (
+    EBXML_HEADER_NAMESPACE,
     ActionBinding,
     CollaborationProtocol,
     DeliveryChannel,
@@ -441,18 +442,29 @@ def terms_from_cpp(cpp: CollaborationProtocol, our_her_id: str | None = None) ->
 def _matched(sends: tuple[ActionBinding, ...], receiver: PartyInfo) -> tuple[AgreedMessage, ...]:
     receives = receiver.can_receive
     by_id = {b.binding_id: b for b in receives if b.binding_id}
-    by_name = {(b.service, b.action): b for b in receives}
+    by_name: dict[tuple[str, str], list[ActionBinding]] = {}
+    for binding in receives:
+        by_name.setdefault((binding.service, binding.action), []).append(binding)
     agreed: list[AgreedMessage] = []
     for send in sends:
-        receive = by_id.get(send.other_party_binding or "") or by_name.get(
-            (send.service, send.action)
+        receive = by_id.get(send.other_party_binding or "") or _counterpart(
+            by_name.get((send.service, send.action), []), send
         )
         if receive is None:
             continue  # the other side cannot receive it: not part of the agreement
-        message = _agreed(receive, receiver)
+        message = replace(_agreed(receive, receiver), from_role=send.role)
         if message not in agreed:
             agreed.append(message)
     return tuple(agreed)
+
+
+def _counterpart(receives: list[ActionBinding], send: ActionBinding) -> ActionBinding | None:
+    """The receiving binding of ``send`` when the CPA names none (OtherPartyActionBinding):
+    one of the same service and action, in another role than the sender's (a service whose
+    parties each play both roles, as Helsenorge's, binds a sender role to a receiver role)."""
+    other_role = [b for b in receives if b.role != send.role]
+    chosen = other_role or receives
+    return chosen[0] if chosen else None
 
 
 def _agreed(binding: ActionBinding, owner: PartyInfo | None) -> AgreedMessage:
@@ -466,6 +478,13 @@ def _agreed(binding: ActionBinding, owner: PartyInfo | None) -> AgreedMessage:
         versions=(binding.message_version,) if binding.message_version else (),
         namespace=schema.namespace if schema else None,
         channel=channel,
+        service_type=binding.service_type,
+        to_role=binding.role,
+        namespaces=tuple(
+            dict.fromkeys(
+                s.namespace for s in binding.schemas if s.namespace != EBXML_HEADER_NAMESPACE
+            )
+        ),
     )
 
 

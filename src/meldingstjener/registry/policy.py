@@ -9,11 +9,13 @@ agreements built from the address register name no types.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from meldingstjener.registry.agreements import NotAgreed, PartnerAgreement, check_send
 from meldingstjener.registry.store import agreement_from_row
+from meldingstjener.registry.terms import AgreedMessage
 from meldingstjener.store.uow import UnitOfWork
 
 __all__ = ["check_agreement", "check_outbound"]
@@ -59,8 +61,15 @@ def check_agreement(
     *,
     test_message: bool = False,
     now: datetime | None = None,
-) -> None:
-    """:func:`check_outbound` for an agreement already read (the engine keeps them cached)."""
+    namespaces: Iterable[str] = (),
+    answered_service: str | None = None,
+    conversation_service: str | None = None,
+    preferred_roles: tuple[str | None, str | None] | None = None,
+) -> AgreedMessage | None:
+    """:func:`check_outbound` for an agreement already read (the engine keeps them cached).
+
+    Returns the agreed binding the message goes by (see :func:`check_send`), or None when the
+    agreement has none (the envelope then follows the NHN convention)."""
     at = now if now is not None else datetime.now(UTC)
     if agreement is None:
         raise NotAgreed(
@@ -68,11 +77,21 @@ def check_agreement(
             f"there is no partner agreement between HER-id {our_her_id} and HER-id "
             f"{their_her_id}; add one with 'meldingstjener partners add' before sending",
         )
-    if msg_type is not None and version is not None:
-        check_send(agreement, msg_type, version, test_message=test_message, now=at)
-        return
+    if msg_type is not None and (version is not None or agreement.bindings):
+        return check_send(
+            agreement,
+            msg_type,
+            version,
+            test_message=test_message,
+            now=at,
+            namespaces=namespaces,
+            answered_service=answered_service,
+            conversation_service=conversation_service,
+            preferred_roles=preferred_roles,
+        )
     unknown_type = msg_type is not None and agreement.versions_for(msg_type) is None
     if msg_type is not None and unknown_type and not agreement.any_message_type:
         check_send(agreement, msg_type, "", test_message=test_message, now=at)  # type not agreed
     # With any_message_type set, check_send checks the state and end date and nothing else.
     check_send(replace(agreement, any_message_type=True), "", "", test_message=test_message, now=at)
+    return None

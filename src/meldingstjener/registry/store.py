@@ -37,7 +37,7 @@ from meldingstjener.registry.errors import ArFormatError, ArRecordRefused, Regis
 from meldingstjener.registry.isotime import parse_timestamp
 from meldingstjener.registry.parties import CodedValue, CommunicationParty, PartyType
 from meldingstjener.registry.search import PartyIndex
-from meldingstjener.registry.terms import TermsSource
+from meldingstjener.registry.terms import AgreedMessage, ChannelTerms, TermsSource
 from meldingstjener.registry.versions import sort_versions
 from meldingstjener.security.certs import organisation_number
 from meldingstjener.store.tables import AgreementRow, PartyRow
@@ -47,6 +47,8 @@ __all__ = [
     "ImportReport",
     "agreement_from_row",
     "agreement_to_row",
+    "bindings_from_json",
+    "bindings_to_json",
     "import_files",
     "load_index",
     "load_parties",
@@ -517,7 +519,7 @@ def agreement_to_row(agreement: PartnerAgreement, row: AgreementRow | None = Non
     row.endpoint = agreement.endpoint if agreement.endpoint is not None else row.endpoint
     row.message_types = (
         [] if agreement.any_message_type else message_types_to_json(agreement.message_types)
-    )
+    ) + bindings_to_json(agreement)
     if agreement.retries is not None:
         row.retries = agreement.retries
     if agreement.retry_interval is not None:
@@ -541,6 +543,7 @@ def agreement_to_row(agreement: PartnerAgreement, row: AgreementRow | None = Non
 
 def agreement_from_row(row: AgreementRow) -> PartnerAgreement:
     message_types = message_types_from_json(row.message_types)
+    bindings, channel = bindings_from_json(row.message_types)
     return PartnerAgreement(
         our_her_id=row.our_her_id,
         counterparty_her_id=row.counterparty_her_id,
@@ -553,14 +556,124 @@ def agreement_from_row(row: AgreementRow) -> PartnerAgreement:
         retries=row.retries,
         retry_interval=timedelta(seconds=row.retry_interval_seconds),
         persist_duration=timedelta(seconds=row.persist_duration_seconds),
-        ack_requested="always" if row.ack_requested else "never",
-        duplicate_elimination="always" if row.duplicate_elimination else "never",
+        ack_requested=channel.get("ack_requested") or ("always" if row.ack_requested else "never"),
+        duplicate_elimination=channel.get("duplicate_elimination")
+        or ("always" if row.duplicate_elimination else "never"),
         sync_reply_mode=row.sync_reply_mode,
         contacts=tuple(_contact_from_json(c) for c in row.contacts or ()),
         any_message_type=not message_types,
         activation_date=_date(row.activation_date),
         valid_to=row.valid_to,
+        bindings=bindings,
     )
+
+
+# The bindings of a CPA or CPP are kept in ``message_types`` (one ``{"binding": {...}}`` per
+# binding, beside the ``{"type": ...}`` entries, which readers of types skip), and so is the
+# CPPA wording of the default channel's ackRequested and duplicateElimination
+# (``{"channel": {...}}``: the boolean columns cannot say perMessage).
+_CHANNEL_TEXT = ("ack_requested", "duplicate_elimination")
+
+
+def bindings_to_json(agreement: PartnerAgreement) -> list[dict[str, Any]]:
+    """The ``message_types`` entries that keep the agreement's bindings and channel wording."""
+    entries: list[dict[str, Any]] = [{"binding": _binding_to_json(b)} for b in agreement.bindings]
+    wording = {
+        name: value
+        for name in _CHANNEL_TEXT
+        if isinstance(value := getattr(agreement, name), str) and value not in {"always", "never"}
+    }
+    if wording:
+        entries.append({"channel": wording})
+    return entries
+
+
+def bindings_from_json(value: Any) -> tuple[tuple[AgreedMessage, ...], dict[str, str]]:
+    """The bindings kept in ``message_types``, and the default channel's CPPA wording."""
+    bindings: list[AgreedMessage] = []
+    wording: dict[str, str] = {}
+    for item in value or ():
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("binding"), dict):
+            binding = _binding_from_json(item["binding"])
+            if binding is not None:
+                bindings.append(binding)
+        elif isinstance(item.get("channel"), dict):
+            wording = {k: str(v) for k, v in item["channel"].items() if k in _CHANNEL_TEXT and v}
+    return tuple(bindings), wording
+
+
+def _binding_to_json(binding: AgreedMessage) -> dict[str, Any]:
+    return {
+        "service": binding.service,
+        "service_type": binding.service_type,
+        "action": binding.message_type,
+        "from_role": binding.from_role,
+        "to_role": binding.to_role,
+        "versions": list(binding.versions),
+        "namespace": binding.namespace,
+        "namespaces": list(binding.namespaces),
+        "channel": _channel_to_json(binding.channel) if binding.channel else None,
+    }
+
+
+def _binding_from_json(value: dict[str, Any]) -> AgreedMessage | None:
+    action = value.get("action")
+    if not action:
+        return None
+    channel = value.get("channel")
+    return AgreedMessage(
+        message_type=str(action),
+        service=_text_or_none(value.get("service")),
+        versions=tuple(str(v) for v in value.get("versions") or ()),
+        namespace=_text_or_none(value.get("namespace")),
+        channel=_channel_from_json(channel) if isinstance(channel, dict) else None,
+        service_type=_text_or_none(value.get("service_type")),
+        from_role=_text_or_none(value.get("from_role")),
+        to_role=_text_or_none(value.get("to_role")),
+        namespaces=tuple(str(n) for n in value.get("namespaces") or ()),
+    )
+
+
+def _channel_to_json(channel: ChannelTerms) -> dict[str, Any]:
+    def seconds(value: timedelta | None) -> int | None:
+        return int(value.total_seconds()) if value is not None else None
+
+    return {
+        "channel_id": channel.channel_id,
+        "transport": channel.transport,
+        "endpoint": channel.endpoint,
+        "retries": channel.retries,
+        "retry_interval_seconds": seconds(channel.retry_interval),
+        "persist_duration_seconds": seconds(channel.persist_duration),
+        "ack_requested": channel.ack_requested,
+        "duplicate_elimination": channel.duplicate_elimination,
+        "sync_reply_mode": channel.sync_reply_mode,
+    }
+
+
+def _channel_from_json(value: dict[str, Any]) -> ChannelTerms:
+    def duration(key: str) -> timedelta | None:
+        seconds = value.get(key)
+        return timedelta(seconds=int(seconds)) if isinstance(seconds, int) else None
+
+    retries = value.get("retries")
+    return ChannelTerms(
+        channel_id=_text_or_none(value.get("channel_id")),
+        transport=_text_or_none(value.get("transport")),
+        endpoint=_text_or_none(value.get("endpoint")),
+        retries=retries if isinstance(retries, int) else None,
+        retry_interval=duration("retry_interval_seconds"),
+        persist_duration=duration("persist_duration_seconds"),
+        ack_requested=_text_or_none(value.get("ack_requested")),
+        duplicate_elimination=_text_or_none(value.get("duplicate_elimination")),
+        sync_reply_mode=_text_or_none(value.get("sync_reply_mode")),
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
 
 
 def save_agreement(uow: UnitOfWork, agreement: PartnerAgreement) -> AgreementRow:

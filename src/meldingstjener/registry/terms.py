@@ -48,13 +48,27 @@ class ChannelTerms:
 
 @dataclass(frozen=True, slots=True)
 class AgreedMessage:
-    """One message type the receiving side accepts, in which versions, on which channel."""
+    """One message type the receiving side accepts, in which versions, on which channel: an
+    agreed binding, all the envelope of such a message needs.
 
-    message_type: str  # the ebXML Action (for Helsenorge equal to the MsgHead type)
+    ``message_type`` is the ebXML Action (for Helsenorge equal to the MsgHead type, for NAV
+    not: a POM goes as Action ``OppgjorsMelding``). ``from_role`` is the Role of the sending
+    side's CollaborationRole, ``to_role`` the receiving side's (None when the source does not
+    say: a CPP names only its own party's roles). ``namespaces`` are the package's
+    NamespaceSupported (the ebXML header's left out), by which a business document is matched
+    to its binding; ``namespace`` is the most specific of them (the business schema).
+    ``channel`` is the receiving side's DeliveryChannel for this action.
+    """
+
+    message_type: str
     service: str | None
     versions: tuple[str, ...]
     namespace: str | None = None
     channel: ChannelTerms | None = None
+    service_type: str | None = None
+    from_role: str | None = None
+    to_role: str | None = None
+    namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

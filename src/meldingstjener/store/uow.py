@@ -225,6 +225,9 @@ class SendingView:
     ebxml_message_id: str | None
     attempts: int
     expires_at: datetime | None  # PersistDuration: no send after it
+    # the envelope's Service and Action: a CPA may bind a channel per action
+    ebxml_service: str | None = None
+    ebxml_action: str | None = None
 
 
 @dataclass(frozen=True)

@@ -307,3 +307,56 @@ def test_no_common_version_refuses_the_send(store: Store) -> None:
         with pytest.raises(NotAgreed) as refused:
             check_outbound(uow, OURS, "79768", "DIALOG_FORESPORSEL", "1.1")
     assert refused.value.code == "version-not-agreed"
+
+
+def test_an_agreement_from_a_cpa_keeps_its_bindings_through_the_store(
+    store: Store, cpa_samples: Path
+) -> None:
+    """Per action, the CPA's Service, Action, both Roles, package namespaces and the receiver's
+    channel (with ackRequested and syncReplyMode as the CPA words them) survive the store."""
+    from meldingstjener.registry.cpa import agreement_for, parse_cpa
+
+    nav = parse_cpa((cpa_samples / "nav-qass-35065.xml").read_bytes())
+    helsenorge = parse_cpa((cpa_samples / "helsenorge-CPA_93252.xml").read_bytes())
+    saved = [
+        PartnerAgreement.from_terms(agreement_for(nav, "8141253"), state=AgreementState.ACTIVE),
+        PartnerAgreement.from_terms(agreement_for(helsenorge, "93252")),
+    ]
+    with store.unit_of_work() as uow:
+        for agreement in saved:
+            save_agreement(uow, agreement)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        pairs = (("8141253", "79768"), ("93252", "93238"))
+        rows = [uow.agreements.for_pair(ours, theirs) for ours, theirs in pairs]
+        back = [agreement_from_row(row) for row in rows if row is not None]
+    assert [a.bindings for a in back] == [a.bindings for a in saved]
+    claim = next(b for b in back[0].bindings if b.message_type == "OppgjorsMelding")
+    assert (claim.service, claim.service_type, claim.from_role, claim.to_role) == (
+        "BehandlerKrav",
+        "string",
+        "Behandler",
+        "KontrollUtbetaler",
+    )
+    assert claim.namespaces == (
+        "http://www.kith.no/xmlstds/msghead/2006-05-24",
+        "http://www.kith.no/xmlstds/bkm/2006-12-20",
+    )
+    assert claim.channel is not None
+    assert (claim.channel.transport, claim.channel.endpoint) == ("smtp", "example2@example.com")
+    assert (claim.channel.ack_requested, claim.channel.sync_reply_mode) == ("always", "none")
+    question = next(b for b in back[0].bindings if b.service == "HarBorgerFrikort")
+    assert question.channel is not None
+    assert (question.channel.transport, question.channel.endpoint) == (
+        "http",
+        "https://nhn-gw-q.nav.no:9443/ebxml/msh",
+    )
+    assert (question.channel.ack_requested, question.channel.sync_reply_mode) == (
+        "never",
+        "signalsAndResponse",
+    )
+    # Helsenorge's AMQP channels say perMessage, which the boolean column alone would lose
+    assert (back[1].ack_requested, back[1].duplicate_elimination) == ("perMessage", "perMessage")
+    # a reader of message types sees the types only
+    assert "BehandlerKrav" not in back[0].message_types
+    assert "OppgjorsMelding" in back[0].message_types

@@ -238,3 +238,85 @@ def test_agreement_from_ar_terms_allows_any_type(documents: Documents) -> None:
     assert agreement.source is TermsSource.AR
     check_send(agreement, "DIALOG_NOTAT", "1.0")
     assert negotiate_version(agreement, "DIALOG_NOTAT", ["1.0", "1.1"]) == "1.1"
+
+
+# --- the binding a business document goes by ------------------------------------------------
+
+APPREC_10_NS = "http://www.kith.no/xmlstds/apprec/2004-11-21"
+REAL_POM = "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.p7m.deenveloped.ungz"
+
+
+def _cpa_agreement(reference_dir: Path, name: str, ours: str) -> PartnerAgreement:
+    from meldingstjener.registry import agreement_for
+
+    cpa = parse_cpa((reference_dir / "samples" / "cpa" / name).read_bytes())
+    return PartnerAgreement.from_terms(agreement_for(cpa, ours), state=AgreementState.ACTIVE)
+
+
+def test_a_real_pom_goes_by_navs_binding_for_its_namespace(reference_dir: Path) -> None:
+    """NAV's CPA names the POM's binding BehandlerKrav/OppgjorsMelding: the MsgHead type is
+    no Action there, the bkm namespace of the business document finds it."""
+    from meldingstjener.engine.fagmelding import inspect
+
+    agreement = _cpa_agreement(reference_dir, "nav-qass-35065.xml", "8141253")
+    pom = inspect((reference_dir / REAL_POM).read_bytes())
+    assert pom.msg_type == "POM"
+    assert "http://www.kith.no/xmlstds/bkm/2006-12-20" in pom.namespaces
+    binding = check_send(agreement, "POM", "1.0", namespaces=pom.namespaces)
+    assert binding is not None
+    assert (binding.service, binding.message_type, binding.from_role, binding.to_role) == (
+        "BehandlerKrav",
+        "OppgjorsMelding",
+        "Behandler",
+        "KontrollUtbetaler",
+    )
+    # no namespace that fits and no Action POM: refused, naming the type and the namespace
+    with pytest.raises(NotAgreed) as refused:
+        check_send(agreement, "POM", None, namespaces=("urn:no-such-schema",))
+    assert refused.value.code == "message-type-not-agreed"
+    assert "POM" in str(refused.value) and "urn:no-such-schema" in str(refused.value)
+
+
+def test_an_apprec_goes_by_the_apprec_binding_of_the_service_it_answers(
+    reference_dir: Path,
+) -> None:
+    nav = _cpa_agreement(reference_dir, "nav-qass-35065.xml", "79768")
+    binding = check_send(
+        nav, "APPREC", None, namespaces=(APPREC_10_NS,), answered_service="BehandlerKrav"
+    )
+    assert binding is not None
+    assert (binding.service, binding.message_type, binding.from_role, binding.to_role) == (
+        "BehandlerKrav",
+        "Svarmelding",
+        "KontrollUtbetaler",
+        "Behandler",
+    )
+    with pytest.raises(NotAgreed) as refused:  # NAV sends no AppRec in a service it sends in
+        check_send(nav, "APPREC", None, namespaces=(APPREC_10_NS,), answered_service="Nope")
+    assert refused.value.code == "message-type-not-agreed"
+
+
+def test_helsenorge_bindings_keep_the_convention(reference_dir: Path) -> None:
+    """Every Helsenorge service takes Dialogmelding 1.1: the Action that is the MsgHead type
+    and the convention's roles choose among them."""
+    agreement = _cpa_agreement(reference_dir, "helsenorge-CPA_93252.xml", "93252")
+    kind = "DIALOG_INNBYGGER_EKONTAKT"
+    binding = check_send(
+        agreement,
+        kind,
+        None,
+        namespaces=(
+            "http://www.kith.no/xmlstds/msghead/2006-05-24",
+            "http://www.kith.no/xmlstds/dialog/2013-01-23",
+        ),
+        preferred_roles=(f"{kind}sender", f"{kind}receiver"),
+    )
+    assert binding is not None
+    assert (binding.service, binding.message_type, binding.from_role, binding.to_role) == (
+        f"S-{kind}",
+        kind,
+        f"{kind}sender",
+        f"{kind}receiver",
+    )
+    # no namespaces at all: the Action that is the type still finds it
+    assert check_send(agreement, kind, None) is not None

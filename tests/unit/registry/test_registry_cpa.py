@@ -246,3 +246,18 @@ def test_retries_in_other_digits_than_ascii_are_a_format_error(retries: str) -> 
       </c:PartyInfo></c:CollaborationProtocolProfile>"""
     with pytest.raises(CpaFormatError, match="Retries must be a whole number"):
         parse_cpp(document.encode())
+
+
+def test_bindings_pair_the_sender_role_with_the_receiver_role(reference_dir: Path) -> None:
+    """With no OtherPartyActionBinding (Helsenorge), our CanSend in the sender role pairs with
+    their CanReceive in the receiver role, and the other way round; NAV's CPA names both."""
+    helsenorge = agreement_for(parse_cpa(_load(reference_dir, "helsenorge-CPA_93252.xml")), "93252")
+    kind = "DIALOG_INNBYGGER_EKONTAKT"
+    roles = {(m.from_role, m.to_role) for m in helsenorge.outbound if m.message_type == kind}
+    assert roles == {(f"{kind}sender", f"{kind}receiver"), (f"{kind}receiver", f"{kind}sender")}
+    nav = agreement_for(parse_cpa(_load(reference_dir, "nav-qass-35065.xml")), "79768")
+    answer = [m for m in nav.outbound if m.service == "BehandlerKrav"]
+    assert [(m.message_type, m.from_role, m.to_role) for m in answer] == [
+        ("Svarmelding", "KontrollUtbetaler", "Behandler")
+    ]
+    assert answer[0].namespaces == ("http://www.kith.no/xmlstds/apprec/2004-11-21",)

@@ -1,0 +1,195 @@
+"""A CPA that does not follow the S-<type> convention (NAV's) names the envelope: a real POM
+goes as BehandlerKrav/OppgjorsMelding between Behandler and KontrollUtbetaler, and the AppRec
+answering it as NAV's Svarmelding in the same service.
+
+The two engines of ``engine_pair`` play the CPA's parties: the GP office is the Behandler
+(8141253 in the CPA), the hospital's service NAV (79768); the agreements are the CPA's, seen
+from each side, with the HER-ids and endpoints of the pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from engine_pair import Pair, sent_header
+from sqlalchemy import select
+
+from meldingstjener.ebxml import Envelope, parse_envelope, unpackage
+from meldingstjener.engine import receipts
+from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.worker import Worker
+from meldingstjener.formats.xmlparse import parse_xml
+from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
+from meldingstjener.registry.cpa import agreement_for, parse_cpa
+from meldingstjener.registry.store import save_agreement
+from meldingstjener.store.tables import JobRow
+from meldingstjener.transport.base import Delivery, TransportResult
+
+REAL_MAIL = "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.p7m.deenveloped.ungz"
+CPA_BEHANDLER, CPA_NAV = "8141253", "79768"
+
+
+def _cpa_agreement(
+    reference_dir: Path, name: str, cpa_ours: str, ours: str, theirs: str, endpoint: str
+) -> PartnerAgreement:
+    """The CPA's agreement seen from ``cpa_ours``, moved to the pair's HER-ids; each binding's
+    channel keeps its settings and goes over the loopback's HTTP to ``endpoint``."""
+    cpa = parse_cpa((reference_dir / "samples" / "cpa" / name).read_bytes())
+    agreement = PartnerAgreement.from_terms(
+        agreement_for(cpa, cpa_ours), state=AgreementState.ACTIVE
+    )
+    bindings = tuple(
+        replace(b, channel=replace(b.channel, transport="http", endpoint=endpoint))
+        if b.channel is not None
+        else b
+        for b in agreement.bindings
+    )
+    return replace(
+        agreement,
+        our_her_id=ours,
+        counterparty_her_id=theirs,
+        channel="http",
+        endpoint=endpoint,
+        bindings=bindings,
+        retries=3,
+        valid_to=None,  # the samples' end is not this test's concern
+    )
+
+
+def _with_nav_cpa(pair: Pair, reference_dir: Path) -> None:
+    gp, nav = pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+    with pair.gp.store.unit_of_work() as uow:
+        save_agreement(
+            uow,
+            _cpa_agreement(
+                reference_dir,
+                "nav-qass-35065.xml",
+                CPA_BEHANDLER,
+                gp,
+                nav,
+                pair.hospital_site.endpoint,
+            ),
+        )
+        uow.commit()
+    with pair.hospital.store.unit_of_work() as uow:
+        save_agreement(
+            uow,
+            _cpa_agreement(
+                reference_dir, "nav-qass-35065.xml", CPA_NAV, nav, gp, pair.gp_site.endpoint
+            ),
+        )
+        uow.commit()
+
+
+def _real_pom(pair: Pair, reference_dir: Path) -> bytes:
+    """The real mail's business document, from the GP to the hospital's service."""
+    document = (reference_dir / REAL_MAIL).read_bytes()
+    gp, nav = pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+    return document.replace(
+        f"<Id>{CPA_BEHANDLER}</Id>".encode(), f"<Id>{gp}</Id>".encode()
+    ).replace(f"<Id>{CPA_NAV}</Id>".encode(), f"<Id>{nav}</Id>".encode())
+
+
+def test_a_real_pom_goes_by_navs_names_and_its_apprec_by_navs_svarmelding(
+    pair: Pair, reference_dir: Path
+) -> None:
+    _with_nav_cpa(pair, reference_dir)
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="test")
+    header = sent_header(pair, message_id)
+    assert (header.service, header.service_type, header.action) == (
+        "BehandlerKrav",
+        "string",
+        "OppgjorsMelding",
+    )
+    assert (header.from_party.role, header.to_party.role) == ("Behandler", "KontrollUtbetaler")
+    assert header.cpa_id == "nav:qass:35065"
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    [received] = pair.inbound_messages(pair.hospital)
+    assert (received.msg_type, received.ebxml_service) == ("POM", "BehandlerKrav")
+    answer_id = receipts.send_apprec(
+        pair.hospital, received.id, status=1, errors=[], actor="epj:test"
+    )
+    with pair.hospital.store.unit_of_work() as uow:
+        answer = uow.messages.get(answer_id)
+        assert answer is not None
+        assert (answer.ebxml_service, answer.ebxml_action) == ("BehandlerKrav", "Svarmelding")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+@dataclass
+class _Recorder:
+    """A transport that takes every delivery and answers nothing."""
+
+    sent: list[Delivery] = field(default_factory=list)
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        self.sent.append(delivery)
+        return TransportResult(status_code=200)
+
+    def close(self) -> None:
+        pass
+
+
+def _sent_envelope(pair: Pair, message_id: str) -> Envelope:
+    sent = pair.message(pair.gp, message_id)
+    mime = unpackage(str(sent.wire_content_type), pair.gp.store.payloads.path(str(sent.wire_ref)))
+    return parse_envelope(parse_xml(mime.envelope_xml))
+
+
+def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """nav-qass-31162 puts EgenandelForesporsel on HTTPS to NAV's gateway, without
+    AckRequested and with a synchronous answer, and Oppgjorskrav on SMTP with one."""
+    gp, nav = pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+    cpa = parse_cpa((reference_dir / "samples" / "cpa" / "nav-qass-31162.xml").read_bytes())
+    agreement = PartnerAgreement.from_terms(
+        agreement_for(cpa, "8090595"), state=AgreementState.ACTIVE
+    )
+    with pair.gp.store.unit_of_work() as uow:
+        save_agreement(
+            uow, replace(agreement, our_her_id=gp, counterparty_her_id=nav, valid_to=None)
+        )
+        uow.commit()
+    http, smtp = _Recorder(), _Recorder()
+    pair.gp.transports = {"http": http, "smtp": smtp}
+    pom = _real_pom(pair, reference_dir)
+    bkm = b"http://www.kith.no/xmlstds/bkm/2006-12-20"
+    question = submit(
+        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/nav/egenandel/2010-02-01"), actor="t"
+    )
+    claim = submit(
+        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/eresept/m18/2013-04-16"), actor="t"
+    )
+    envelope = _sent_envelope(pair, question)
+    assert (envelope.header.service, envelope.header.action) == (
+        "HarBorgerEgenandelFritak",
+        "EgenandelForesporsel",
+    )
+    assert (envelope.header.from_party.role, envelope.header.to_party.role) == (
+        "Utleverer",
+        "Frikortregister",
+    )
+    assert (envelope.ack_requested, envelope.sync_reply, envelope.duplicate_elimination) == (
+        False,
+        True,
+        False,
+    )
+    assert pair.message(pair.gp, question).channel == "http"
+    envelope = _sent_envelope(pair, claim)
+    assert (envelope.header.service, envelope.header.action) == ("OppgjorsKontroll", "Oppgjorskrav")
+    assert (envelope.ack_requested, envelope.sync_reply) == (True, False)
+    assert pair.message(pair.gp, claim).channel == "smtp"
+    Worker(pair.gp, "gp").run_until_idle()
+    assert [d.endpoint for d in http.sent] == ["https://nhn-gw-q.nav.no:9443/ebxml/msh"]
+    assert [d.endpoint for d in smtp.sent] == ["mottak-qass@test-es.nav.no"]
+    # no Acknowledgment was asked for the question: none is waited for, nothing is resent
+    with pair.gp.store.unit_of_work() as uow:
+        waits = list(
+            uow.session.scalars(select(JobRow.message_id).where(JobRow.kind == "ack-timeout"))
+        )
+    assert waits == [claim]
+    assert pair.message(pair.gp, question).status == "sent"
