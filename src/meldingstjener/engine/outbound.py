@@ -102,7 +102,7 @@ def submit(
         except PartnerUnknown as exc:
             code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
-        answered = _answered(uow, message)
+        answered = _answered(uow, message, sender_her, receiver_her)
         conventional = names_for(message.msg_type, answered_type=answered.msg_type)
         try:
             # the agreement the directory found: our organisation's covers its services
@@ -130,7 +130,10 @@ def submit(
         from_party=Party(sender_her, names.from_role),
         to_party=Party(receiver_her, names.to_role),
         cpa_id=partner.cpa_id,
-        conversation_id=message.ref_to_conversation or message.msg_id or str(uuid.uuid4()),
+        conversation_id=answered.conversation_id
+        or message.ref_to_conversation
+        or message.msg_id
+        or str(uuid.uuid4()),
         service=names.service,
         service_type=names.service_type,
         action=names.action,
@@ -277,13 +280,17 @@ def _submitted_with(
 @dataclass(frozen=True)
 class _Answered:
     """The received message a submitted one answers (an AppRec's original, else the MsgHead's
-    parent in the conversation): its MsgHead type and the Service it came in."""
+    parent in the conversation): its MsgHead type, the Service it came in and its ebXML
+    ConversationId, which the answer continues (ebMS ties one exchange's messages by it)."""
 
     msg_type: str | None = None
     service: str | None = None
+    conversation_id: str | None = None
 
 
-def _answered(uow: UnitOfWork, message: Fagmelding) -> _Answered:
+def _answered(
+    uow: UnitOfWork, message: Fagmelding, sender_her: str, receiver_her: str
+) -> _Answered:
     if message.msg_type == APPREC:
         answered = message.apprec_original_msg_id
     else:
@@ -291,10 +298,15 @@ def _answered(uow: UnitOfWork, message: Fagmelding) -> _Answered:
     originals = uow.messages.by_msg_id(Direction.INBOUND, answered) if answered else []
     if not originals:
         return _Answered()
-    original = originals[0]
+    # the one this answer goes back over (the same MsgId may have come to us more than once:
+    # from other senders, or as a copy to another of our HER-ids)
+    original = next(
+        (o for o in originals if (o.from_her_id, o.to_her_id) == (receiver_her, sender_her)),
+        next((o for o in originals if o.from_her_id == receiver_her), originals[0]),
+    )
     # only an AppRec is named after what it answers (the convention's S-<type>/APPREC)
     answered_type = original.msg_type if message.msg_type == APPREC else None
-    return _Answered(answered_type, original.ebxml_service)
+    return _Answered(answered_type, original.ebxml_service, original.ebxml_conversation_id)
 
 
 def _version_of(message: Fagmelding) -> str | None:
