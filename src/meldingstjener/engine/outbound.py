@@ -318,7 +318,11 @@ def _version_of(message: Fagmelding) -> str | None:
 
 
 def _addressing(ctx: EngineContext, message: Fagmelding, to_her_id: str | None) -> tuple[str, str]:
-    """(our HER-id, their HER-id) for the envelope; they must agree with the MsgHead."""
+    """(our HER-id, their HER-id) for the envelope; they must agree with the MsgHead.
+
+    Theirs is the MsgHead's receiver (organisation or service), or, when ``to_her_id`` names
+    one, a copy receiver (OtherReceiver): an EPJ posts a message once per receiver, and the
+    copy goes to that receiver, as the inbound side accepts it."""
     sender_her = message.sender.communication_party
     if sender_her is None or sender_her not in ctx.own_her_ids:
         raise SubmitRejected(
@@ -330,11 +334,14 @@ def _addressing(ctx: EngineContext, message: Fagmelding, to_her_id: str | None) 
     receiver_her = to_her_id or message.receiver.communication_party
     if receiver_her is None:
         raise SubmitRejected("inconsistent-addressing", "the message names no receiver HER-id")
-    if receiver_her not in in_message:
+    copy = to_her_id is not None and to_her_id in message.copy_receivers
+    if receiver_her not in in_message and not copy:
+        copies = sorted(message.copy_receivers)
         raise SubmitRejected(
             "inconsistent-addressing",
             f"the receiver {receiver_her} does not agree with the message, which is addressed to "
-            f"{' / '.join(sorted(str(h) for h in in_message)) or 'nobody'}",
+            f"{' / '.join(sorted(str(h) for h in in_message)) or 'nobody'}"
+            + (f" with copies to {', '.join(copies)}" if copies else ""),
         )
     return str(sender_her), str(receiver_her)
 
