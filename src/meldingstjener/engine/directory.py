@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 
 from meldingstjener.config import ConfigError, PartnerSettings, Settings
@@ -102,6 +103,13 @@ class Partner:
                 return Route(channel.transport, channel.endpoint, channel.ack_requested != "never")
         return Route(self.channel, self.endpoint)
 
+    @property
+    def encryption_sha256(self) -> str | None:
+        """The SHA-256 (hex) of the encryption certificate: what a message's payload was
+        encrypted to (``MessageRow.encrypted_to_sha256``)."""
+        certificate = self.encryption_certificate
+        return None if certificate is None else certificate_sha256(certificate)
+
     def unusable_because(self, now: datetime) -> str | None:
         """Why the register says nothing may be sent to the party at ``now``; None if it may."""
         if not self.active:
@@ -113,6 +121,11 @@ class Partner:
         if self.valid_to is not None and now > self.valid_to:
             return f"was valid in the address register only until {self.valid_to.isoformat()}"
         return None
+
+
+def certificate_sha256(certificate: x509.Certificate) -> str:
+    """The SHA-256 of the certificate's DER bytes, as lower-case hex."""
+    return certificate.fingerprint(hashes.SHA256()).hex()
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,7 @@ def submit(
         payload_sha256=payload_ref.sha256,
         wire_ref=wire_ref.key,
         wire_content_type=content_type,
+        encrypted_to_sha256=partner.encryption_sha256,
         expires_at=now + partner.persist_duration,
         next_attempt_at=now,
         client_id=client_id,
@@ -193,17 +194,19 @@ def submit(
             # a new message cannot have changed before its first send: the worker is told what
             # it would otherwise read back
             sending = SendingView(
-                row.id,
-                row.status,
-                sender_her,
-                receiver_her,
-                wire_ref.key,
-                content_type,
-                header.message_id,
-                row.attempts or 0,
-                row.expires_at,
-                header.service,
-                header.action,
+                id=row.id,
+                status=row.status,
+                from_her_id=sender_her,
+                to_her_id=receiver_her,
+                wire_ref=wire_ref.key,
+                wire_content_type=content_type,
+                ebxml_message_id=header.message_id,
+                attempts=row.attempts or 0,
+                expires_at=row.expires_at,
+                ebxml_service=header.service,
+                ebxml_action=header.action,
+                msg_type=row.msg_type,
+                encrypted_to_sha256=row.encrypted_to_sha256,
             )
             ctx.schedule_now(
                 uow,

@@ -7,10 +7,12 @@ wire bytes (same MessageId, so the partner's duplicate elimination works) are se
 an alert tells the operator that the content must reach the receiver another way.
 
 Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
-message queued while its receiver was down must not go out once the agreement has ended, the
-register has the receiver inactive, or the receiver's encryption certificate has been revoked or
-has expired. Those give up at once; a suspended agreement (the operator's brake, which may be
-released) holds the message, checked again every RetryInterval until PersistDuration.
+message queued while its receiver was down must not go out once the agreement has ended or no
+longer takes its type, the register has the receiver inactive, or the receiver's encryption
+certificate has been revoked, has expired or has been replaced since the payload was encrypted
+to it (the ciphertext is not made again here: the EPJ sends the message again). Those give up at
+once; a suspended agreement (the operator's brake, which may be released) holds the message,
+checked again every RetryInterval until PersistDuration.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.registry.agreements import AgreementState, NotAgreed
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
+from meldingstjener.store.uow import (
+    ClaimedJob,
+    EventKind,
+    MessageState,
+    SendingView,
+    UnitOfWork,
+)
 from meldingstjener.transport.base import (
     Delivery,
     TransportFailure,
@@ -98,33 +106,45 @@ def _give_up_before_sending(
 
 
 def _refusal(
-    ctx: EngineContext, uow: UnitOfWork, partner: Partner, now: datetime
+    ctx: EngineContext, uow: UnitOfWork, partner: Partner, view: SendingView, now: datetime
 ) -> tuple[Literal["hold", "give-up"], str] | None:
     """Why the message may not go to ``partner`` now, by the checks submit makes (the same
     functions, on the same cached reads: the partner, its agreement, the validator): None when
     it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the agreement
-    has ended or is not active, the register has the receiver inactive, or the receiver's
-    encryption certificate is not acceptable. No patient data in the reasons.
+    has ended, is not active or no longer takes the message (its MsgHead type, or for an
+    agreement with bindings the envelope's Service and Action), the register has the receiver
+    inactive, or the receiver's encryption certificate is not acceptable or is not the one the
+    payload was encrypted to. No patient data in the reasons.
 
-    The agreement's message types are not checked again (the message row's type is not in what a
-    send reads). The message row does not record which certificate the wire form was encrypted
-    to, so the receiver's current one is checked: revoked, expired or otherwise refused now."""
+    A message stored before the certificate was recorded (``encrypted_to_sha256`` None) has
+    the receiver's current certificate checked alone: revoked, expired or otherwise refused."""
     agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
     checked = agreement
     if agreement is not None and agreement.state == AgreementState.SUSPENDED:
         # a suspension holds (below); whatever else the agreement says, its end, still counts
         checked = replace(agreement, state=AgreementState.ACTIVE)
+    bound = checked is not None and bool(checked.bindings)
     try:
         check_agreement(
             checked,
             partner.our_her_id,
             partner.her_id,
-            None,
+            # an agreement with bindings chose the envelope's names by the document, which a
+            # send does not read: its binding is looked for by those names below
+            None if bound else view.msg_type,
             None,
             now=now,
         )
     except NotAgreed as exc:
         return "give-up", f"the partner agreement no longer allows sending to it ({exc})"
+    if bound and view.ebxml_service is not None and view.ebxml_action is not None:
+        assert checked is not None
+        names = (view.ebxml_service, view.ebxml_action)
+        if not any((b.service, b.message_type) == names for b in checked.bindings):
+            return "give-up", (
+                f"the partner agreement no longer has the binding {names[0]}/{names[1]} the "
+                "message was made for"
+            )
     unusable = partner.unusable_because(now)
     if unusable is not None:
         return "give-up", f"the receiver {unusable}"
@@ -135,6 +155,16 @@ def _refusal(
         return "give-up", (
             f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
             "message, encrypted when it was accepted, is not sent to it"
+        )
+    # Only a message that has not been acknowledged is sent at all (its status is sendable):
+    # one the receiver may have taken (an attempt without an Acknowledgment) is given up too,
+    # as its resend would be the same ciphertext.
+    encrypted_to = view.encrypted_to_sha256
+    if encrypted_to is not None and encrypted_to != partner.encryption_sha256:
+        return "give-up", (
+            "the message was encrypted to an encryption certificate the receiver no longer has "
+            f"(SHA-256 {encrypted_to[:16]}..., replaced by {str(partner.encryption_sha256)[:16]}"
+            "...); it is not sent, and must be sent again by the EPJ"
         )
     if checked is not agreement:
         return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
@@ -200,7 +230,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             reason = f"the partner is no longer known ({exc})"
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
-        refusal = _refusal(ctx, uow, partner, now)
+        refusal = _refusal(ctx, uow, partner, view, now)
         if refusal is not None:
             verdict, reason = refusal
             if verdict == "hold":

@@ -126,6 +126,9 @@ class MessageRow(Base):
     payload_sha256: Mapped[str | None] = mapped_column(String(64))
     wire_ref: Mapped[str | None] = mapped_column(String(64))
     wire_content_type: Mapped[str | None] = mapped_column(String(512))
+    # an outbound message's: the SHA-256 (hex) of the receiver's encryption certificate its
+    # payload was encrypted to, so that no send goes out to one the receiver has since replaced
+    encrypted_to_sha256: Mapped[str | None] = mapped_column(String(64))
 
     # scheduling and outcome
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -228,6 +228,10 @@ class SendingView:
     # the envelope's Service and Action: a CPA may bind a channel per action
     ebxml_service: str | None = None
     ebxml_action: str | None = None
+    # the MsgHead type, whose agreement is checked again before each send
+    msg_type: str | None = None
+    # the certificate the payload was encrypted to (None: stored before it was recorded)
+    encrypted_to_sha256: str | None = None
 
 
 @dataclass(frozen=True)

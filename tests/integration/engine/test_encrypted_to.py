@@ -1,0 +1,123 @@
+"""A queued message holds ciphertext for the receiver's encryption certificate of the time it was
+accepted: once the receiver has replaced that certificate it is given up, not sent; and a
+message whose type the agreement no longer takes is given up too."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from engine_pair import Pair
+from sqlalchemy import update
+
+from meldingstjener.devsites import HOSPITAL_HER, dialog_note
+from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.directory import certificate_sha256
+from meldingstjener.engine.outbound import submit
+from meldingstjener.registry.certificates import certificate_from_der
+from meldingstjener.registry.store import party_from_row, save_parties
+from meldingstjener.security.devpki import init_pki, organisation_number_for
+from meldingstjener.store.tables import MessageRow
+
+SECRET = "Kari Nordmann har hjertesvikt"  # patient data: in no alert or event
+
+
+def _queued(pair: Pair) -> str:
+    """A message submitted while the hospital is down: one attempt failed, it is retrying."""
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, SECRET), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    pair.network.down.clear()
+    return message_id
+
+
+def _replace_hospital_encryption_certificate(pair: Pair) -> str:
+    """The register now names a new encryption certificate of the hospital (same CA, same
+    organisation, another key), as after a rollover; its SHA-256."""
+    her_id = "8398001"
+    pki = init_pki(
+        pair.gp_site.directory.parent / "pki",
+        [her_id],
+        organisation_numbers={her_id: organisation_number_for(HOSPITAL_HER)},
+    )
+    new = pki.parties[her_id].encryption.certificate
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.parties.get("8200002")
+        assert row is not None
+        party = dataclasses.replace(
+            party_from_row(row),
+            encryption_certificate=certificate_from_der(new.public_bytes(Encoding.DER)),
+        )
+        save_parties(uow, [party])
+        uow.commit()
+    return certificate_sha256(new)
+
+
+def _given_up(pair: Pair, message_id: str, attempts: int) -> str:
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered"
+    assert row.attempts == attempts  # nothing more was sent
+    assert pair.inbound_messages(pair.hospital) == []
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = [
+            a
+            for a in uow.alerts.list(open_only=True, kind=AlertKind.NOT_DELIVERED)
+            if a.message_id == message_id
+        ]
+        events = [str(e.detail) for e in uow.events.for_message(message_id)]
+    summary = str(alert.summary)
+    assert all(SECRET not in text for text in [summary, *events])
+    return summary
+
+
+def test_the_certificate_a_message_was_encrypted_to_is_recorded(pair: Pair) -> None:
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    with pair.gp.store.unit_of_work() as uow:
+        partner = pair.gp.directory.partner(uow, "8200002", our_her_id="8100001")
+    assert partner.encryption_certificate is not None
+    expected = certificate_sha256(partner.encryption_certificate)
+    assert pair.message(pair.gp, message_id).encrypted_to_sha256 == expected
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_queued_message_is_not_sent_once_the_receiver_has_replaced_its_certificate(
+    pair: Pair,
+) -> None:
+    message_id = _queued(pair)
+    new = _replace_hospital_encryption_certificate(pair)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    summary = _given_up(pair, message_id, attempts=1)
+    assert "encrypted to an encryption certificate the receiver no longer has" in summary
+    assert "sent again by the EPJ" in summary and new[:16] in summary
+
+
+def test_a_message_stored_before_the_certificate_was_recorded_is_sent_as_before(
+    pair: Pair,
+) -> None:
+    message_id = _queued(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        uow.session.execute(
+            update(MessageRow).where(MessageRow.id == message_id).values(encrypted_to_sha256=None)
+        )
+        uow.commit()
+    _replace_hospital_encryption_certificate(pair)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    # the hospital still holds the old key: the old ciphertext is taken
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_queued_message_whose_type_is_no_longer_agreed_is_given_up(pair: Pair) -> None:
+    message_id = _queued(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.message_types = [{"type": "DIALOG_FORESPORSEL", "versions": ["1.0"]}]
+        uow.commit()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    summary = _given_up(pair, message_id, attempts=1)
+    assert "DIALOG_NOTAT" in summary and "not agreed" in summary
