@@ -5,10 +5,12 @@ message whose type the agreement no longer takes is given up too."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from engine_pair import Pair
 from sqlalchemy import update
+from test_cpa_bindings import _real_pom, _with_nav_cpa
 
 from meldingstjener.devsites import HOSPITAL_HER, dialog_note
 from meldingstjener.engine.alerts import AlertKind
@@ -52,6 +54,12 @@ def _replace_hospital_encryption_certificate(pair: Pair) -> str:
         save_parties(uow, [party])
         uow.commit()
     return certificate_sha256(new)
+
+
+def _until_the_resend(pair: Pair) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        partner = pair.gp.directory.partner(uow, "8200002", our_her_id="8100001")
+    pair.clock.advance(seconds=partner.retry_interval.total_seconds() + 60)
 
 
 def _given_up(pair: Pair, message_id: str, attempts: int) -> str:
@@ -121,3 +129,42 @@ def test_a_queued_message_whose_type_is_no_longer_agreed_is_given_up(pair: Pair)
     pair.run()
     summary = _given_up(pair, message_id, attempts=1)
     assert "DIALOG_NOTAT" in summary and "not agreed" in summary
+
+
+def test_a_queued_message_whose_binding_the_agreement_no_longer_has_is_given_up(
+    pair: Pair, reference_dir: Path
+) -> None:
+    # NAV's POM goes as BehandlerKrav/OppgjorsMelding, a binding chosen by the document's
+    # namespace: the send finds it again by those names (not by the MsgHead type, POM)
+    _with_nav_cpa(pair, reference_dir)
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    pair.network.down.clear()
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.message_types = [
+            entry
+            for entry in agreement.message_types
+            if (entry.get("binding") or {}).get("action") != "OppgjorsMelding"
+        ]
+        uow.commit()
+    _until_the_resend(pair)
+    pair.run()
+    summary = _given_up(pair, message_id, attempts=1)
+    assert "no longer has the binding BehandlerKrav/OppgjorsMelding" in summary
+
+
+def test_a_queued_message_goes_by_the_binding_its_document_chose(
+    pair: Pair, reference_dir: Path
+) -> None:
+    _with_nav_cpa(pair, reference_dir)
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    pair.run()
+    pair.network.down.clear()
+    _until_the_resend(pair)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
