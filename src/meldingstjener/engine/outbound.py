@@ -159,6 +159,7 @@ def submit(
         root,
         content_id,
         transfer_encoding="binary" if route.channel == "http" else "base64",
+        gzip=binding is not None and binding.gzip,
     )
     payload_ref, wire_ref = ctx.store.payloads.put_all(payload, body)
     row = MessageRow(

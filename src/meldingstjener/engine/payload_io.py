@@ -88,21 +88,24 @@ def seal(
     content_id: str,
     *,
     transfer_encoding: TransferEncoding,
+    gzip: bool = False,
 ) -> tuple[Spool, str]:
     """Encrypt ``payload`` to ``recipient``, sign ``envelope`` over the ciphertext and write
     the MIME message: (the wire form in a spool, its Content-Type).
 
+    The payload is gzipped before it is encrypted when ``gzip`` (the agreed binding's package
+    says so) or ``security.compress_payloads`` is set.
+
     Up to ``IN_MEMORY`` bytes this happens in memory (the common small message pays for no
     temporary file); above, the ciphertext goes through a temporary spool.
     """
+    compress = gzip or ctx.policy.compress_payloads
     if source_size(payload) <= IN_MEMORY:
         plaintext = read_all(payload)
-        ciphertext = cms_enveloped.encrypt(
-            plaintext, recipient, compress=ctx.policy.compress_payloads
-        )
+        ciphertext = cms_enveloped.encrypt(plaintext, recipient, compress=compress)
         part = Attachment(content_id, PAYLOAD_CONTENT_TYPE, ciphertext)
         return _signed_package(ctx, envelope, part, transfer_encoding)
-    with _encrypted(ctx, payload, recipient) as encrypted:
+    with _encrypted(ctx, payload, recipient, compress) as encrypted:
         part = Attachment.from_file(content_id, PAYLOAD_CONTENT_TYPE, encrypted)
         return _signed_package(ctx, envelope, part, transfer_encoding)
 
@@ -133,11 +136,12 @@ def _signed_package(
 
 @contextmanager
 def _encrypted(
-    ctx: EngineContext, payload: PayloadSource, recipient: x509.Certificate
+    ctx: EngineContext, payload: PayloadSource, recipient: x509.Certificate, compress: bool
 ) -> Iterator[Spool]:
-    """The EnvelopedData of ``payload`` in a temporary spool (gone when the block ends)."""
+    """The EnvelopedData of ``payload`` (gzipped first when ``compress``) in a temporary spool
+    (gone when the block ends)."""
     with ctx.store.payloads.spool() as encrypted:
-        if ctx.policy.compress_payloads:
+        if compress:
             with ctx.store.payloads.spool() as compressed:
                 with _reader(payload) as source:
                     _gzip(source, compressed)

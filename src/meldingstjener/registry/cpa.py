@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import timedelta
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -118,7 +119,17 @@ def parse_cpp(data: bytes) -> CollaborationProtocol:
 # --- packaging: package id -> schemas -------------------------------------------------------
 
 
-def _packages(root: etree._Element) -> dict[str, tuple[SchemaRef, ...]]:
+# an Encapsulation of these MIME types gzips what it holds (NAV's packages: the business
+# document is gzipped, then encrypted)
+_GZIP_TYPES = frozenset({"application/x-gzip", "application/gzip"})
+
+
+class _Package(NamedTuple):
+    schemas: tuple[SchemaRef, ...]
+    gzip: bool  # the package gzips the business document (an Encapsulation of a gzip type)
+
+
+def _packages(root: etree._Element) -> dict[str, _Package]:
     simple_parts: dict[str, tuple[SchemaRef, ...]] = {}
     for part in root.findall(_q("SimplePart")):
         part_id = _attr(part, "id")
@@ -129,19 +140,23 @@ def _packages(root: etree._Element) -> dict[str, tuple[SchemaRef, ...]]:
             for el in part.findall(_q("NamespaceSupported"))
             if (ns := _text(el)) is not None
         )
-    packages: dict[str, tuple[SchemaRef, ...]] = {}
+    packages: dict[str, _Package] = {}
     for packaging in root.findall(_q("Packaging")):
         package_id = _attr(packaging, "id")
         if package_id is None:
             continue
         # Composites and encapsulations refer to each other by id inside one package.
         groups: dict[str, list[str]] = {}
+        gzip = False
         for group in packaging.iter(_q("Composite"), _q("Encapsulation")):
             group_id = _attr(group, "id") or ""
             groups[group_id] = [
                 ref for c in group.findall(_q("Constituent")) if (ref := _attr(c, "idref"))
             ]
-        packages[package_id] = _resolve_package(groups, simple_parts)
+            if etree.QName(group).localname == "Encapsulation":
+                mimetype = (_attr(group, "mimetype") or "").strip().lower()
+                gzip = gzip or mimetype in _GZIP_TYPES
+        packages[package_id] = _Package(_resolve_package(groups, simple_parts), gzip)
     return packages
 
 
@@ -165,7 +180,7 @@ def _resolve_package(
 # --- one party -----------------------------------------------------------------------------
 
 
-def _party(info: etree._Element, packages: dict[str, tuple[SchemaRef, ...]]) -> PartyInfo:
+def _party(info: etree._Element, packages: dict[str, _Package]) -> PartyInfo:
     party_ids = tuple(
         (_attr(el, "type") or "", value)
         for el in info.findall(_q("PartyId"))
@@ -221,7 +236,7 @@ def _party(info: etree._Element, packages: dict[str, tuple[SchemaRef, ...]]) -> 
 def _binding(
     can: etree._Element,
     direction: Direction,
-    packages: dict[str, tuple[SchemaRef, ...]],
+    packages: dict[str, _Package],
     service: etree._Element | None,
 ) -> ActionBinding | None:
     this = can.find(_q("ThisPartyActionBinding"))
@@ -232,6 +247,7 @@ def _binding(
     if action is None or service_name is None:
         return None
     package_id = _attr(this, "packageId")
+    package = packages.get(package_id or "", _Package((), False))
     return ActionBinding(
         direction=direction,
         service=service_name,
@@ -241,7 +257,8 @@ def _binding(
         package_id=package_id,
         channel_ids=tuple(c for el in this.findall(_q("ChannelId")) if (c := _text(el))),
         other_party_binding=_text(can.find(_q("OtherPartyActionBinding"))),
-        schemas=packages.get(package_id or "", ()),
+        schemas=package.schemas,
+        gzip=package.gzip,
     )
 
 
@@ -480,6 +497,7 @@ def _agreed(binding: ActionBinding, owner: PartyInfo | None) -> AgreedMessage:
         channel=channel,
         service_type=binding.service_type,
         to_role=binding.role,
+        gzip=binding.gzip,
         namespaces=tuple(
             dict.fromkeys(
                 s.namespace for s in binding.schemas if s.namespace != EBXML_HEADER_NAMESPACE

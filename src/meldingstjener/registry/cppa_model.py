@@ -55,6 +55,7 @@ class ActionBinding:
     process: str | None = None
     process_version: str | None = None
     service_type: str | None = None
+    gzip: bool = False  # its package gzips the business document before it is encrypted
 
     @property
     def business_schema(self) -> SchemaRef | None:

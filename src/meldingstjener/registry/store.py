@@ -615,6 +615,7 @@ def _binding_to_json(binding: AgreedMessage) -> dict[str, Any]:
         "namespace": binding.namespace,
         "namespaces": list(binding.namespaces),
         "channel": _channel_to_json(binding.channel) if binding.channel else None,
+        "gzip": binding.gzip,
     }
 
 
@@ -633,6 +634,7 @@ def _binding_from_json(value: dict[str, Any]) -> AgreedMessage | None:
         from_role=_text_or_none(value.get("from_role")),
         to_role=_text_or_none(value.get("to_role")),
         namespaces=tuple(str(n) for n in value.get("namespaces") or ()),
+        gzip=value.get("gzip") is True,  # absent in a row stored before it was kept
     )
 
 

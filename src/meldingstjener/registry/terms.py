@@ -57,7 +57,9 @@ class AgreedMessage:
     say: a CPP names only its own party's roles). ``namespaces`` are the package's
     NamespaceSupported (the ebXML header's left out), by which a business document is matched
     to its binding; ``namespace`` is the most specific of them (the business schema).
-    ``channel`` is the receiving side's DeliveryChannel for this action.
+    ``channel`` is the receiving side's DeliveryChannel for this action. ``gzip``: the
+    receiving side's package gzips the business document before it is encrypted (an
+    Encapsulation of ``application/x-gzip``, as NAV's behandlerkrav packages).
     """
 
     message_type: str
@@ -69,6 +71,7 @@ class AgreedMessage:
     from_role: str | None = None
     to_role: str | None = None
     namespaces: tuple[str, ...] = ()
+    gzip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
