@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import BinaryIO, Literal, Protocol
 
+from meldingstjener.contentid import content_id as normal_content_id
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
     MAX_PART_HEADER_BLOCK,
@@ -314,6 +315,15 @@ def _envelope_sized(envelope: bytes) -> bytes:
     return envelope
 
 
+def _content_id(value: str, what: str) -> str:
+    """A content-id as the manifest and the signature name it (see :mod:`~meldingstjener.
+    contentid`); a value that is none (``<<x>>``, ``<x``, ``<>``) is a MimeProblem."""
+    bare = normal_content_id(value)
+    if bare is None:
+        raise EbxmlError(ErrorCode.MIME_PROBLEM, f"{what} is not a content-id: {value[:60]!r}")
+    return bare
+
+
 def _unpackage(
     content_type: str, data: ByteSource, offset: int, transfer_encoding: str | None
 ) -> MimeMessage:
@@ -334,7 +344,9 @@ def _unpackage(
     boundary = params.get("boundary")
     if not boundary:
         raise EbxmlError(ErrorCode.MIME_PROBLEM, "the Content-Type has no boundary parameter")
-    wanted_start = bare_content_id(params["start"]) if params.get("start") else None
+    wanted_start = (
+        _content_id(params["start"], "the start parameter") if params.get("start") else None
+    )
     envelope_part: tuple[str, bytes] | None = None
     attachments: dict[str, Attachment] = {}
     for index, (part_start, part_end) in enumerate(_split_parts(data, offset, boundary), 1):
@@ -343,7 +355,7 @@ def _unpackage(
             data, part_start, part_end, what, MAX_PART_HEADER_BLOCK
         )
         raw_cid = headers.get("Content-ID")
-        cid = bare_content_id(raw_cid) if raw_cid else ""
+        cid = _content_id(raw_cid, f"the Content-ID of {what}") if raw_cid else ""
         is_start = cid == wanted_start if wanted_start is not None else index == 1
         part_type = headers.get("Content-Type") or "text/plain"
         encoding_of_part = headers.get("Content-Transfer-Encoding")

@@ -17,10 +17,10 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from cryptography import x509
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
 
+from meldingstjener.contentid import content_id_of_url
 from meldingstjener.ebxml import (
     Attachment,
     EbxmlError,
@@ -326,7 +326,7 @@ def _check(
     """What is checked before the payload is opened: signature, TimeToLive, manifest, and that
     the payload's content key has not been used before."""
     header = envelope.header
-    _verify_signature(ctx, mime, envelope, root, certificates)
+    signed = _verify_signature(ctx, mime, envelope, root, certificates)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
         # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
@@ -343,9 +343,18 @@ def _check(
         raise _Reject(
             exc.code, str(exc), exc.location, reason="its manifest and parts disagree"
         ) from None
-    if _payload_part(mime, envelope) is None:
+    payload = _payload_part(mime, envelope)
+    if payload is None:
         raise _Reject(
             ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest", reason="no payload part"
+        )
+    if signed.get(payload.content_id) is not payload:
+        # the part the payload is read from must be the very part whose digest matched
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            "the payload part is not covered by the signature",
+            "eb:Manifest",
+            reason="its payload part is not covered by its signature",
         )
     if keys_used:
         raise _key_used_before()
@@ -419,12 +428,16 @@ def _verify_signature(
     envelope: Envelope,
     root: etree._Element,
     certificates: SigningCertificates,
-) -> x509.Certificate:
-    """The sender's certificate the envelope's signature verifies with, once it has passed the
-    certificate checks: its registered one, or during a rollover the one it replaced (see
-    :func:`trust.verify_sender`). First receipts and repeats alike."""
+) -> dict[str, Attachment]:
+    """Check that the envelope's signature verifies with the sender's certificate, once that
+    has passed the certificate checks: its registered one, or during a rollover the one it
+    replaced (see :func:`trust.verify_sender`). First receipts and repeats alike. Returns the
+    parts whose digests matched, by content-id: the very objects whose bytes were checked."""
     sender = envelope.header.from_party.her_id
-    signature = verify_sender(ctx, root, mime.attachment_bytes(), sender, certificates)
+    parts = dict(mime.attachments)
+    signature = verify_sender(
+        ctx, root, {cid: part.data for cid, part in parts.items()}, sender, certificates
+    )
     if signature.certificate is None:
         if certificates.current is None and certificates.previous is None:
             raise _Reject(
@@ -448,7 +461,8 @@ def _verify_signature(
             "ds:Signature/ds:KeyInfo",
             reason="its sender's signing certificate is not accepted now",
         )
-    return signature.certificate
+    matched = {content_id_of_url(ref.uri) for ref in signature.check.references if ref.matched}
+    return {cid: part for cid, part in parts.items() if cid in matched}
 
 
 def _duplicate(
