@@ -101,12 +101,16 @@ class _Reject(Exception):
         reason: str,
         logged: str = "",
         our_key: str | None = None,
+        verified: bool = True,
     ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
         self.reason = reason
         self.logged = logged or detail
         self.our_key = our_key  # the CMS code when our keys failed to decrypt (not the sender)
+        # False when the signature did not verify with the sender's certificate or could not be
+        # checked: the From and MessageId are then anybody's to write (see _refuse_unverified)
+        self.verified = verified
 
 
 def receive(
@@ -177,6 +181,8 @@ def _receive_message(
     try:
         _check(ctx, mime, envelope, root, certificates, keys_used=keys_used)
     except _Reject as reject:
+        if not reject.verified:
+            return _refuse_unverified(ctx, envelope, reject, channel, certificates)
         return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
     try:
         message, plain = _open_payload(ctx, mime, envelope)
@@ -446,6 +452,7 @@ def _verify_signature(
                 "certificate",
                 "eb:MessageHeader/eb:From/eb:PartyId",
                 reason="its sender is not a known communication party with a signing certificate",
+                verified=False,
             )
         problem = signature.check.problem or "a reference did not match"
         raise _Reject(
@@ -453,6 +460,7 @@ def _verify_signature(
             f"the signature did not verify: {problem}",
             "ds:Signature",
             reason="its signature did not verify with its sender's certificate",
+            verified=False,
         )
     if signature.problem is not None:
         raise _Reject(
@@ -524,6 +532,38 @@ def _refuse_repeat(
         uow.commit()
     if channel != "http" or not envelope.sync_reply:
         return InboundReply()  # no signal to a party that may not be who it says
+    wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
+    return InboundReply(wire.content_type, wire.body)
+
+
+def _refuse_unverified(
+    ctx: EngineContext,
+    envelope: Envelope,
+    reject: _Reject,
+    channel: str,
+    certificates: SigningCertificates,
+) -> InboundReply:
+    """A message refused before its signature verified with its sender's certificate: its From
+    and MessageId are anybody's to write (a MessageId travels in clear). Logged and alerted,
+    nothing stored: a row would hold the MessageId against the sender's own message, taken for
+    a repeat when it came, and a MessageError queued to the sender's endpoint would end that
+    message there. The MessageError goes only in the HTTP response, to whoever sent it."""
+    header = envelope.header
+    error = reject.error
+    with ctx.store.unit_of_work() as uow:
+        uow.events.record(
+            None,
+            EventKind.ERROR,
+            actor=f"{channel}:{_party_shown(header.from_party)}",
+            code=str(error.code),
+            detail=f"a message whose signature was not verified was refused ({reject.logged}); "
+            "not stored, answered only in the response to its request",
+            ebxml_message_id=header.message_id,
+        )
+        _alert_refused(ctx, uow, header, reject, None, certificates)
+        uow.commit()
+    if channel != "http":
+        return InboundReply()  # no response to answer in, and no signal to whom it names
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
     return InboundReply(wire.content_type, wire.body)
 
@@ -755,7 +795,7 @@ def _alert_refused(
     uow: UnitOfWork,
     header: MessageHeader,
     reject: _Reject,
-    message_id: str,
+    message_id: str | None,
     certificates: SigningCertificates,
 ) -> None:
     """A refused message is otherwise known to its sender only (from our MessageError): a
@@ -772,6 +812,8 @@ def _alert_refused(
     party = header.from_party
     known = _her_id(party) if certificates.known else None
     code = str(reject.error.code)
+    # an unverified message is not stored: its MessageId is the sender's text, not quoted
+    which = f"message {message_id}" if message_id else "a message not stored (not verified)"
     if known is None:
         # a PartyId of another type may be a long URI, or any text: named by a digest
         shown = _party_shown(party)
@@ -779,7 +821,7 @@ def _alert_refused(
             raise_alert(
                 uow,
                 AlertKind.CERTIFICATE_INVALID,
-                f"a message (message {message_id}; its From, not a known party's HER-id, "
+                f"a message ({which}; its From, not a known party's HER-id, "
                 f"reads {shown}) could not be decrypted with our keys ({reject.our_key}) and "
                 f"was refused with {code}. Our encryption certificate in the address register "
                 "and the keys this server holds may disagree, or its sender uses an old copy "
@@ -793,7 +835,7 @@ def _alert_refused(
             AlertKind.MESSAGE_REFUSED,
             f"messages from senders that are not known parties (no signing certificate of "
             f"theirs is held here) were refused with {code}: {reject.reason}; the last was "
-            f"message {message_id}, whose From reads {shown} (not verified). A partner missing "
+            f"{which}, whose From reads {shown} (not verified). A partner missing "
             "from our copy of the address register is refused so (ar sync, or [[partners]]); "
             "else these are strays or forgeries. Only their senders were told, by our "
             "MessageError. One alert for all such senders, which no message resolves: resolve "
@@ -806,7 +848,7 @@ def _alert_refused(
         ctx.recovery.raise_alert(
             uow,
             AlertKind.CERTIFICATE_INVALID,
-            f"a message from {known} (message {message_id}) could not be decrypted with our "
+            f"a message from {known} ({which}) could not be decrypted with our "
             f"keys ({reject.our_key}) and was refused with {code}. {known} encrypts to a "
             "certificate of ours whose key this server does not hold: an old copy of our "
             "encryption certificate, or ours was renewed in the address register before its "
@@ -823,8 +865,13 @@ def _alert_refused(
         uow,
         AlertKind.MESSAGE_REFUSED,
         f"messages from {known} were refused with {code}: {reject.reason}; the last was "
-        f"message {message_id}. Only its sender was told, by our MessageError: look at the "
-        "partner's certificate and register entry, or tell the partner.",
+        f"{which}. Only "
+        + (
+            "its sender was told, by our MessageError"
+            if message_id
+            else "whoever sent it was told, in the response to its request"
+        )
+        + ": look at the partner's certificate and register entry, or tell the partner.",
         subject=recovery.sender(known),
         key=f"{known}:{code}",
         at=now,

@@ -552,3 +552,30 @@ def test_a_known_message_id_from_another_party_is_logged_without_its_party_id(
     finally:
         pair.gp.store.database.dispose()
         pair.hospital.store.database.dispose()
+
+
+def test_a_forged_message_does_not_take_its_message_id_from_the_genuine_one(pair: Pair) -> None:
+    # A MessageId travels in clear (a mail's Subject). A message that names it and its sender's
+    # From, but whose signature does not verify, was stored under it as refused and our signed
+    # MessageError queued to that sender: its waiting message ended there, and its resend was
+    # taken for a repeat of the refused one, never stored.
+    from meldingstjener.engine import inbound
+
+    pair.network.down.add(pair.hospital_site.endpoint)
+    waiting = pair.message(pair.gp, send_note(pair))
+    assert waiting.status == "retrying"  # the GP's message, waiting to be resent
+    pair.network.down.clear()
+    body = pair.gp.store.payloads.read_bytes(str(waiting.wire_ref))
+    content_type = str(waiting.wire_content_type)
+    reply = inbound.receive(pair.hospital, content_type, flip_last_payload_byte(body))
+    assert reply.body is not None and b"SecurityFailure" in reply.body  # to whoever sent it
+    assert pair.inbound_messages(pair.hospital) == []
+    assert open_alerts(pair.hospital) == {REFUSED: ("error", 1)}  # seen as before
+    pair.run()
+    assert pair.message(pair.gp, waiting.id).status == "retrying"
+    inbound.receive(pair.hospital, content_type, body)  # its resend
+    [stored] = pair.inbound_messages(pair.hospital)
+    assert stored.status == "acknowledged"
+    assert stored.ebxml_message_id == waiting.ebxml_message_id
+    pair.run()
+    assert pair.message(pair.gp, waiting.id).status == "transport-acknowledged"
