@@ -171,6 +171,10 @@ def _receive_message(
 ) -> InboundReply:
     header = envelope.header
     sender = header.from_party.her_id
+    without_her_id = _party_without_her_id(header)
+    if without_her_id is not None:
+        # no certificate is looked up by it, nor a signature checked with it: nothing stored
+        return _refuse_unverified(ctx, envelope, without_her_id, channel, SigningCertificates(None))
     keys = _payload_keys(ctx, mime, envelope)
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
@@ -273,6 +277,22 @@ def _receive_message(
     if reply_inline:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
+
+
+def _party_without_her_id(header: MessageHeader) -> _Reject | None:
+    """HIS 1037: a business message's From and To each name a PartyId of type HER. A PartyId
+    of another type (any text) is no HER-id to look a certificate up by, check a signature
+    with, store, or send signals to."""
+    for name, party in (("From", header.from_party), ("To", header.to_party)):
+        if _her_id(party) is None:
+            return _Reject(
+                ErrorCode.VALUE_NOT_RECOGNIZED,
+                f"the {name} has no PartyId of type HER (HIS 1037 requires one)",
+                f"eb:MessageHeader/eb:{name}/eb:PartyId",
+                reason=f"its {name} has no PartyId of type HER",
+                verified=False,
+            )
+    return None
 
 
 def _payload_part(mime: MimeMessage, envelope: Envelope) -> Attachment | None:

@@ -486,8 +486,8 @@ def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pai
     assert parse_envelope(parse_xml(envelope)).header.from_party.party_type == ""
     body, content_type = package(envelope, [Attachment("p@x", "application/pkcs7-mime", b"x")])
     reply = inbound.receive(pair.hospital, content_type, body)
-    assert reply.body is not None and b"SecurityFailure" in reply.body
-    # its signature could not be checked: not stored, logged without its PartyId
+    assert reply.body is not None and b"ValueNotRecognized" in reply.body
+    # no PartyId of type HER (HIS 1037): not stored, logged without its PartyId
     assert pair.inbound_messages(pair.hospital) == []
     [refused] = refusals_not_stored(pair.hospital, "urn-sender-1@example.no")
     assert refused.actor.startswith("http:party-")

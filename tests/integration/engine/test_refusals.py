@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_pair import Pair, make_pair
+from engine_pair import Pair, make_pair, refusals_not_stored
 from sqlalchemy import text
 
 from meldingstjener.devsites import dialog_note
@@ -394,7 +394,8 @@ def test_an_alert_quotes_nothing_the_sender_chose(pair: Pair) -> None:
     inbound.receive(pair.hospital, content_type, forged(body, b"Kari Nordmann", b"navn"))
     with pair.hospital.store.unit_of_work() as uow:
         [alert] = uow.alerts.list(open_only=True)
-    assert alert.dedup_key == "message-refused:unknown-sender:SecurityFailure"
+    # no PartyId of type HER: refused before any certificate is looked up by it
+    assert alert.dedup_key == "message-refused:unknown-sender:ValueNotRecognized"
     assert "Nordmann" not in alert.summary
     assert "whose From reads party-" in alert.summary
 
@@ -543,9 +544,9 @@ def test_a_known_message_id_from_another_party_is_logged_without_its_party_id(
             content_type,
             body.replace(genuine, b'<eb:PartyId eb:type="navn">' + long_party + b"</eb:PartyId>"),
         )
-        with pair.hospital.store.unit_of_work() as uow:
-            events = uow.events.for_message(stored.id)
-        [refusal] = [event for event in events if event.code == "Inconsistent"]
+        # a From without a PartyId of type HER is refused before the MessageId is looked up
+        [refusal] = refusals_not_stored(pair.hospital, stored.ebxml_message_id)
+        assert refusal.code == "ValueNotRecognized"
         assert refusal.actor.startswith("http:party-") and len(refusal.actor) <= 128
         assert b"xxxxxxxx" not in stored_text(pair.hospital).encode()
         assert [row.id for row in pair.inbound_messages(pair.hospital)] == [stored.id]
@@ -579,3 +580,32 @@ def test_a_forged_message_does_not_take_its_message_id_from_the_genuine_one(pair
     assert stored.ebxml_message_id == waiting.ebxml_message_id
     pair.run()
     assert pair.message(pair.gp, waiting.id).status == "transport-acknowledged"
+
+
+def test_a_message_whose_from_has_no_party_id_of_type_her_is_refused_unverified(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its PartyId's value (a HER-id, typed otherwise) was used to look up certificates and check
+    # the signature, and the message stored with no HER-id: its signals queued to "None", and
+    # the duplicate check's sender comparison None == None.
+    import dataclasses
+
+    from meldingstjener.ebxml import build as ebxml_build
+
+    add_party = ebxml_build._add_party
+
+    def other_type(parent: Any, name: str, party: Any) -> Any:
+        if name == "From":
+            party = dataclasses.replace(party, party_type="urn:example:partyid-type:unregistered")
+        return add_party(parent, name, party)
+
+    monkeypatch.setattr(ebxml_build, "_add_party", other_type)
+    message_id = send_note(pair)
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "transport-error" and sent.last_error_code == "ValueNotRecognized"
+    assert pair.inbound_messages(pair.hospital) == []
+    assert open_alerts(pair.hospital) == {
+        "message-refused:unknown-sender:ValueNotRecognized": ("error", 1)
+    }
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
