@@ -35,6 +35,7 @@ from meldingstjener.ebxml import (
     check_manifest,
     parse_envelope,
     unpackage,
+    unpackage_envelope,
 )
 from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
 from meldingstjener.engine import payload_io, receipts, recovery, signals
@@ -124,6 +125,10 @@ def receive(
         root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
         envelope = parse_envelope(root)
     except (EbxmlError, XmlError) as exc:
+        if isinstance(exc, EbxmlError) and exc.code is ErrorCode.MIME_PROBLEM and root is None:
+            answered = _mime_problem(ctx, content_type, body, exc, channel)
+            if answered is not None:
+                return answered
         code = str(exc.code) if isinstance(exc, EbxmlError) else "OtherXml"
         with ctx.store.unit_of_work() as uow:
             uow.events.record(
@@ -142,6 +147,38 @@ def receive(
         signals.handle_incoming(ctx, envelope, root, channel=channel)
         return InboundReply()
     return _receive_message(ctx, mime, envelope, root, body, channel)
+
+
+def _mime_problem(
+    ctx: EngineContext, content_type: str, body: PayloadSource, exc: EbxmlError, channel: str
+) -> InboundReply | None:
+    """A MIME defect outside a readable envelope (a payload part's transfer encoding or base64,
+    a part without Content-ID): the sender is told by a MessageError MimeProblem. Every part is
+    covered by the signature, so it cannot be checked: a refusal not verified, answered only in
+    the HTTP response. None when there is no envelope to answer (or the message came by mail,
+    whose refusals without an answer are quarantined whole for the operator)."""
+    if channel != "http":
+        return None
+    try:
+        root = parse_xml(unpackage_envelope(content_type, body), max_bytes=ctx.policy.max_xml_bytes)
+        envelope = parse_envelope(root)
+    except (EbxmlError, XmlError):
+        return None
+    if envelope.header.is_signal:
+        return None
+    reject = _Reject(
+        ErrorCode.MIME_PROBLEM,
+        exc.message,
+        exc.location,
+        reason="its MIME parts could not be read",
+        verified=False,
+    )
+    header = envelope.header
+    certificates = SigningCertificates(None)
+    if _party_without_her_id(header) is None:
+        with ctx.store.unit_of_work() as uow:
+            certificates = ctx.directory.signing_certificates(uow, header.from_party.her_id)
+    return _refuse_unverified(ctx, envelope, reject, channel, certificates)
 
 
 _FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"

@@ -609,3 +609,42 @@ def test_a_message_whose_from_has_no_party_id_of_type_her_is_refused_unverified(
     }
     with pair.hospital.store.unit_of_work() as uow:
         assert uow.jobs.count() == 0
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        b"Content-Transfer-Encoding: x-gzip64\r\nContent-ID: <{cid}>",
+        b"Content-Transfer-Encoding: binary\r\nX-Content-ID: <{cid}>",
+        b"Content-Transfer-Encoding: binary\r\nContent-ID: <<{cid}>>",
+    ],
+    ids=["unknown-transfer-encoding", "no-content-id", "not-a-content-id"],
+)
+def test_a_mime_defect_outside_a_readable_envelope_gets_a_message_error(
+    pair: Pair, defect: bytes
+) -> None:
+    # The sender got HTTP 400 text, no ebXML MessageError, and resent until it gave up.
+    from meldingstjener.ebxml import unpackage
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    mime = unpackage(content_type, body)
+    ((cid, part),) = mime.attachments.items()
+    head = b"--B\r\nContent-Type: %s\r\n"
+    rebuilt = (
+        head % b"text/xml"
+        + b"Content-Transfer-Encoding: binary\r\nContent-ID: <%s>\r\n\r\n" % mime.start.encode()
+        + mime.envelope_xml
+        + b"\r\n"
+        + head % part.content_type.encode()
+        + defect.replace(b"{cid}", cid.encode())
+        + b"\r\n\r\n"
+        + part.data
+        + b"\r\n--B--\r\n"
+    )
+    reply = inbound.receive(
+        pair.hospital, f'multipart/related; boundary="B"; start="<{mime.start}>"', rebuilt
+    )
+    assert reply.body is not None and b'errorCode="MimeProblem"' in reply.body
+    assert pair.inbound_messages(pair.hospital) == []  # not verified: not stored
+    assert open_alerts(pair.hospital) == {"message-refused:8100001:MimeProblem": ("error", 1)}
