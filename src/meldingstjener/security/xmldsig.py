@@ -251,12 +251,18 @@ def verify_ebxml_envelope(
     signature = header.find(ds("Signature")) if header is not None else None
     if signature is None:
         return SignatureCheck(False, problem="the envelope has no ds:Signature in SOAP:Header")
-    # The keys are the parts' content-ids as the MIME reader read them, not read again here:
-    # two parts whose Content-IDs differ would otherwise be one key, and the bytes checked
-    # not those the payload is then read from.
-    odd = next((cid for cid in attachments if normal_content_id(cid) != cid), None)
-    if odd is not None:
-        return SignatureCheck(False, problem=f"an attachment has no bare content-id: {odd[:60]!r}")
+    # Each key read as the MIME reader reads a Content-ID (bare ones stay as they are), and two
+    # that name one content-id refused: were "<x>" and "x" (or "<<x>>" and "<x>") one key,
+    # the bytes checked would not be those of the part the manifest's cid:x picks.
+    bare: dict[str, bytes] = {}
+    for cid, data in attachments.items():
+        key = normal_content_id(cid)
+        if key is None or key in bare:
+            return SignatureCheck(
+                False, problem=f"the attachments do not have one content-id each: {cid[:60]!r}"
+            )
+        bare[key] = data
+    attachments = bare
     check = _verify(signature, attachments, certificate, allow_sha1, envelope_rules=True)
     if check.valid:
         covered = {content_id_of_url(ref.uri) for ref in check.references}
