@@ -29,6 +29,7 @@ from meldingstjener.ebxml.mime import (
     MimeMessage,
     package,
     unpackage,
+    unpackage_envelope,
     unpackage_message,
 )
 from meldingstjener.ebxml.signals import (
@@ -65,5 +66,6 @@ __all__ = [
     "parse_envelope",
     "signature_references",
     "unpackage",
+    "unpackage_envelope",
     "unpackage_message",
 ]

@@ -21,6 +21,7 @@ from meldingstjener.ebxml.codes import (
     XLINK_NS,
     XML_NS,
     XSI_NS,
+    cut_description,
 )
 from meldingstjener.ebxml.description import DESCRIPTION_LANG
 from meldingstjener.ebxml.ids import format_timestamp
@@ -148,7 +149,7 @@ def _add_error_list(header_el: etree._Element, error_list: ErrorList) -> None:
         if error.location:
             element.set(_eb("location"), error.location)
         if error.description:
-            text = _sub(element, "Description", error.description)
+            text = _sub(element, "Description", cut_description(error.description))
             text.set(f"{{{XML_NS}}}lang", "en")
 
 
@@ -160,7 +161,7 @@ def _add_manifest(body: etree._Element, manifest: Sequence[ManifestReference]) -
         ref.set(f"{{{XLINK_NS}}}href", reference.href)
         ref.set(f"{{{XLINK_NS}}}type", "simple")
         if reference.description is not None:
-            text = _sub(ref, "Description", reference.description)
+            text = _sub(ref, "Description", cut_description(reference.description))
             text.set(f"{{{XML_NS}}}lang", DESCRIPTION_LANG)
 
 

@@ -38,6 +38,19 @@ ERROR_CODE_CONTEXT = "urn:oasis:names:tc:ebxml-msg:service:errors"
 PARTY_TYPE_HER = "HER"
 
 
+# A free-text eb:Description (of an eb:Error, or a manifest's eb:Reference) is cut to this
+# many characters, when read and when written: peers (and this server, until it cut them)
+# refuse a longer value as OtherXml, and then the whole MessageError, the refusal in it lost.
+MAX_DESCRIPTION_CHARS = 255
+
+
+def cut_description(text: str) -> str:
+    """``text``, or its beginning and an ellipsis when longer than ``MAX_DESCRIPTION_CHARS``."""
+    if len(text) <= MAX_DESCRIPTION_CHARS:
+        return text
+    return text[: MAX_DESCRIPTION_CHARS - 1] + "\u2026"
+
+
 class ErrorCode(StrEnum):
     """ebMS 2.0 error codes (section 4.2.3.4.1 and 4.2.3.4.2)."""
 

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import BinaryIO, Literal, Protocol
 
+from meldingstjener.contentid import content_id as normal_content_id
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
     MAX_PART_HEADER_BLOCK,
@@ -314,8 +315,22 @@ def _envelope_sized(envelope: bytes) -> bytes:
     return envelope
 
 
+def _content_id(value: str, what: str) -> str:
+    """A content-id as the manifest and the signature name it (see :mod:`~meldingstjener.
+    contentid`); a value that is none (``<<x>>``, ``<x``, ``<>``) is a MimeProblem."""
+    bare = normal_content_id(value)
+    if bare is None:
+        raise EbxmlError(ErrorCode.MIME_PROBLEM, f"{what} is not a content-id: {value[:60]!r}")
+    return bare
+
+
 def _unpackage(
-    content_type: str, data: ByteSource, offset: int, transfer_encoding: str | None
+    content_type: str,
+    data: ByteSource,
+    offset: int,
+    transfer_encoding: str | None,
+    *,
+    only_envelope: bool = False,
 ) -> MimeMessage:
     media, params = parse_content_type(content_type)
     encoding = (transfer_encoding or "7bit").strip().lower()
@@ -334,7 +349,9 @@ def _unpackage(
     boundary = params.get("boundary")
     if not boundary:
         raise EbxmlError(ErrorCode.MIME_PROBLEM, "the Content-Type has no boundary parameter")
-    wanted_start = bare_content_id(params["start"]) if params.get("start") else None
+    wanted_start = (
+        _content_id(params["start"], "the start parameter") if params.get("start") else None
+    )
     envelope_part: tuple[str, bytes] | None = None
     attachments: dict[str, Attachment] = {}
     for index, (part_start, part_end) in enumerate(_split_parts(data, offset, boundary), 1):
@@ -343,7 +360,12 @@ def _unpackage(
             data, part_start, part_end, what, MAX_PART_HEADER_BLOCK
         )
         raw_cid = headers.get("Content-ID")
-        cid = bare_content_id(raw_cid) if raw_cid else ""
+        try:
+            cid = _content_id(raw_cid, f"the Content-ID of {what}") if raw_cid else ""
+        except EbxmlError:
+            if not only_envelope:
+                raise
+            continue  # not the start part, which names its content-id
         is_start = cid == wanted_start if wanted_start is not None else index == 1
         part_type = headers.get("Content-Type") or "text/plain"
         encoding_of_part = headers.get("Content-Transfer-Encoding")
@@ -353,6 +375,8 @@ def _unpackage(
                     ErrorCode.MIME_PROBLEM, f"two MIME parts have the start content-id {cid[:60]!r}"
                 )
             envelope_part = (cid, _envelope(data, body_start, part_end, encoding_of_part, what))
+            continue
+        if only_envelope:
             continue
         part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
         if not cid:
@@ -383,6 +407,14 @@ def unpackage(
     if isinstance(body, os.PathLike):
         return _unpackage(content_type, FileSource(body), 0, transfer_encoding)
     return _unpackage(content_type, body, 0, transfer_encoding)
+
+
+def unpackage_envelope(content_type: str, body: bytes | os.PathLike[str]) -> bytes:
+    """The envelope part of a message :func:`unpackage` refused, when it can be found and
+    decoded: the other parts are not read (one of them is what was wrong), so the sender can be
+    told so in a MessageError. Raises EbxmlError when the envelope part cannot be had either."""
+    source: ByteSource = FileSource(body) if isinstance(body, os.PathLike) else body
+    return _unpackage(content_type, source, 0, None, only_envelope=True).envelope_xml
 
 
 def unpackage_message(raw: bytes) -> MimeMessage:
@@ -570,6 +602,7 @@ __all__ = [
     "package",
     "render_message",
     "unpackage",
+    "unpackage_envelope",
     "unpackage_message",
     "write_package",
 ]

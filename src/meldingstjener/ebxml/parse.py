@@ -16,6 +16,7 @@ MessageHeader missing or twice; a required element missing     OtherXml
 eb:version missing                                             OtherXml
 a header value longer than 255 characters; an ebXML block       OtherXml
   (MessageHeader, ...) in another namespace with mustUnderstand
+  (a free-text eb:Description is cut to 255 instead)
 SOAP 1.2 envelope; eb:version other than 2.0                   NotSupported
 a header block we do not implement with mustUnderstand="1"     NotSupported
   (eb:MessageOrder, eb:StatusRequest, WS-Security, ...)
@@ -70,6 +71,7 @@ from meldingstjener.ebxml.codes import (
     ErrorCode,
     ErrorDetail,
     Severity,
+    cut_description,
 )
 from meldingstjener.ebxml.description import MshDescription
 from meldingstjener.ebxml.ids import parse_timestamp
@@ -193,6 +195,16 @@ def _optional_text(parent: etree._Element, name: str) -> str | None:
         return None
     text = _value(element, f"eb:{name}", f"eb:{name}").strip() or None
     return None if text is None else _bounded(text, f"eb:{name}", f"eb:{name}")
+
+
+def _free_text(parent: etree._Element, name: str) -> str | None:
+    """An optional eb:Description: free text, cut to ``MAX_DESCRIPTION_CHARS`` rather than
+    refused (refusing a MessageError for its text would lose the refusal it carries)."""
+    element = parent.find(_eb(name))
+    if element is None:
+        return None
+    text = _value(element, f"eb:{name}", f"eb:{name}").strip()
+    return cut_description(text) if text else None
 
 
 def _value(element: etree._Element, what: str, where: str) -> str:
@@ -371,7 +383,7 @@ def _error_list(element: etree._Element) -> ErrorList:
                 code=code,
                 severity=_severity(_eb_attr(error, "severity"), f"{error_where}/@eb:severity"),
                 location=_eb_attr(error, "location"),
-                description=_optional_text(error, "Description"),
+                description=_free_text(error, "Description"),
                 reported_code=None if code.value == reported else reported,
             )
         )
@@ -401,7 +413,7 @@ def _manifest(body: etree._Element) -> tuple[ManifestReference, ...]:
         href = href.strip()
         references.append(
             ManifestReference(
-                href, content_id_from_href(href), _optional_text(reference, "Description")
+                href, content_id_from_href(href), _free_text(reference, "Description")
             )
         )
     return tuple(references)

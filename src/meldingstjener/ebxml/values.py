@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
+from meldingstjener.contentid import content_id as normal_content_id
+from meldingstjener.contentid import content_id_of_url
 from meldingstjener.ebxml.codes import (
     ACTION_ACKNOWLEDGMENT,
     ACTION_MESSAGE_ERROR,
@@ -76,15 +78,16 @@ class ManifestReference:
 
     @classmethod
     def for_content_id(cls, content_id: str, description: str | None = None) -> ManifestReference:
-        bare = content_id.strip().strip("<>")
+        bare = normal_content_id(content_id)
+        if bare is None:
+            raise ValueError(f"not a content-id: {content_id[:60]!r}")
         return cls(f"cid:{quote(bare, safe='@.-_!~*()$&+,;=:')}", bare, description)
 
 
 def content_id_from_href(href: str) -> str | None:
-    """The content-id a ``cid:`` URL points at (RFC 2392: percent-encoded), else None."""
-    if href[:4].lower() != "cid:":
-        return None
-    return unquote(href[4:]).strip().strip("<>")
+    """The content-id a ``cid:`` URL points at (RFC 2392: percent-encoded), else None (also
+    when what it names is no content-id: see :mod:`meldingstjener.contentid`)."""
+    return content_id_of_url(href)
 
 
 class SignedReference(NamedTuple):

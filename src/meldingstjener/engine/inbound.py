@@ -17,10 +17,10 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from cryptography import x509
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
 
+from meldingstjener.contentid import content_id_of_url
 from meldingstjener.ebxml import (
     Attachment,
     EbxmlError,
@@ -35,6 +35,7 @@ from meldingstjener.ebxml import (
     check_manifest,
     parse_envelope,
     unpackage,
+    unpackage_envelope,
 )
 from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
 from meldingstjener.engine import payload_io, receipts, recovery, signals
@@ -101,12 +102,16 @@ class _Reject(Exception):
         reason: str,
         logged: str = "",
         our_key: str | None = None,
+        verified: bool = True,
     ) -> None:
         super().__init__(detail)
         self.error = ErrorDetail(code, Severity.ERROR, location, detail)
         self.reason = reason
         self.logged = logged or detail
         self.our_key = our_key  # the CMS code when our keys failed to decrypt (not the sender)
+        # False when the signature did not verify with the sender's certificate or could not be
+        # checked: the From and MessageId are then anybody's to write (see _refuse_unverified)
+        self.verified = verified
 
 
 def receive(
@@ -120,6 +125,10 @@ def receive(
         root = parse_xml(mime.envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
         envelope = parse_envelope(root)
     except (EbxmlError, XmlError) as exc:
+        if isinstance(exc, EbxmlError) and exc.code is ErrorCode.MIME_PROBLEM and root is None:
+            answered = _mime_problem(ctx, content_type, body, exc, channel)
+            if answered is not None:
+                return answered
         code = str(exc.code) if isinstance(exc, EbxmlError) else "OtherXml"
         with ctx.store.unit_of_work() as uow:
             uow.events.record(
@@ -138,6 +147,38 @@ def receive(
         signals.handle_incoming(ctx, envelope, root, channel=channel)
         return InboundReply()
     return _receive_message(ctx, mime, envelope, root, body, channel)
+
+
+def _mime_problem(
+    ctx: EngineContext, content_type: str, body: PayloadSource, exc: EbxmlError, channel: str
+) -> InboundReply | None:
+    """A MIME defect outside a readable envelope (a payload part's transfer encoding or base64,
+    a part without Content-ID): the sender is told by a MessageError MimeProblem. Every part is
+    covered by the signature, so it cannot be checked: a refusal not verified, answered only in
+    the HTTP response. None when there is no envelope to answer (or the message came by mail,
+    whose refusals without an answer are quarantined whole for the operator)."""
+    if channel != "http":
+        return None
+    try:
+        root = parse_xml(unpackage_envelope(content_type, body), max_bytes=ctx.policy.max_xml_bytes)
+        envelope = parse_envelope(root)
+    except (EbxmlError, XmlError):
+        return None
+    if envelope.header.is_signal:
+        return None
+    reject = _Reject(
+        ErrorCode.MIME_PROBLEM,
+        exc.message,
+        exc.location,
+        reason="its MIME parts could not be read",
+        verified=False,
+    )
+    header = envelope.header
+    certificates = SigningCertificates(None)
+    if _party_without_her_id(header) is None:
+        with ctx.store.unit_of_work() as uow:
+            certificates = ctx.directory.signing_certificates(uow, header.from_party.her_id)
+    return _refuse_unverified(ctx, envelope, reject, channel, certificates)
 
 
 _FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"
@@ -167,6 +208,10 @@ def _receive_message(
 ) -> InboundReply:
     header = envelope.header
     sender = header.from_party.her_id
+    without_her_id = _party_without_her_id(header)
+    if without_her_id is not None:
+        # no certificate is looked up by it, nor a signature checked with it: nothing stored
+        return _refuse_unverified(ctx, envelope, without_her_id, channel, SigningCertificates(None))
     keys = _payload_keys(ctx, mime, envelope)
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
@@ -177,6 +222,8 @@ def _receive_message(
     try:
         _check(ctx, mime, envelope, root, certificates, keys_used=keys_used)
     except _Reject as reject:
+        if not reject.verified:
+            return _refuse_unverified(ctx, envelope, reject, channel, certificates)
         return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
     try:
         message, plain = _open_payload(ctx, mime, envelope)
@@ -269,6 +316,22 @@ def _receive_message(
     return InboundReply()
 
 
+def _party_without_her_id(header: MessageHeader) -> _Reject | None:
+    """HIS 1037: a business message's From and To each name a PartyId of type HER. A PartyId
+    of another type (any text) is no HER-id to look a certificate up by, check a signature
+    with, store, or send signals to."""
+    for name, party in (("From", header.from_party), ("To", header.to_party)):
+        if _her_id(party) is None:
+            return _Reject(
+                ErrorCode.VALUE_NOT_RECOGNIZED,
+                f"the {name} has no PartyId of type HER (HIS 1037 requires one)",
+                f"eb:MessageHeader/eb:{name}/eb:PartyId",
+                reason=f"its {name} has no PartyId of type HER",
+                verified=False,
+            )
+    return None
+
+
 def _payload_part(mime: MimeMessage, envelope: Envelope) -> Attachment | None:
     """The encrypted payload: the part the manifest names first; None when there is none."""
     if not envelope.manifest:
@@ -326,7 +389,7 @@ def _check(
     """What is checked before the payload is opened: signature, TimeToLive, manifest, and that
     the payload's content key has not been used before."""
     header = envelope.header
-    _verify_signature(ctx, mime, envelope, root, certificates)
+    signed = _verify_signature(ctx, mime, envelope, root, certificates)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
         # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
@@ -343,9 +406,18 @@ def _check(
         raise _Reject(
             exc.code, str(exc), exc.location, reason="its manifest and parts disagree"
         ) from None
-    if _payload_part(mime, envelope) is None:
+    payload = _payload_part(mime, envelope)
+    if payload is None:
         raise _Reject(
             ErrorCode.MIME_PROBLEM, "no payload part", "eb:Manifest", reason="no payload part"
+        )
+    if signed.get(payload.content_id) is not payload:
+        # the part the payload is read from must be the very part whose digest matched
+        raise _Reject(
+            ErrorCode.SECURITY_FAILURE,
+            "the payload part is not covered by the signature",
+            "eb:Manifest",
+            reason="its payload part is not covered by its signature",
         )
     if keys_used:
         raise _key_used_before()
@@ -419,12 +491,16 @@ def _verify_signature(
     envelope: Envelope,
     root: etree._Element,
     certificates: SigningCertificates,
-) -> x509.Certificate:
-    """The sender's certificate the envelope's signature verifies with, once it has passed the
-    certificate checks: its registered one, or during a rollover the one it replaced (see
-    :func:`trust.verify_sender`). First receipts and repeats alike."""
+) -> dict[str, Attachment]:
+    """Check that the envelope's signature verifies with the sender's certificate, once that
+    has passed the certificate checks: its registered one, or during a rollover the one it
+    replaced (see :func:`trust.verify_sender`). First receipts and repeats alike. Returns the
+    parts whose digests matched, by content-id: the very objects whose bytes were checked."""
     sender = envelope.header.from_party.her_id
-    signature = verify_sender(ctx, root, mime.attachment_bytes(), sender, certificates)
+    parts = dict(mime.attachments)
+    signature = verify_sender(
+        ctx, root, {cid: part.data for cid, part in parts.items()}, sender, certificates
+    )
     if signature.certificate is None:
         if certificates.current is None and certificates.previous is None:
             raise _Reject(
@@ -433,6 +509,7 @@ def _verify_signature(
                 "certificate",
                 "eb:MessageHeader/eb:From/eb:PartyId",
                 reason="its sender is not a known communication party with a signing certificate",
+                verified=False,
             )
         problem = signature.check.problem or "a reference did not match"
         raise _Reject(
@@ -440,6 +517,7 @@ def _verify_signature(
             f"the signature did not verify: {problem}",
             "ds:Signature",
             reason="its signature did not verify with its sender's certificate",
+            verified=False,
         )
     if signature.problem is not None:
         raise _Reject(
@@ -448,7 +526,8 @@ def _verify_signature(
             "ds:Signature/ds:KeyInfo",
             reason="its sender's signing certificate is not accepted now",
         )
-    return signature.certificate
+    matched = {content_id_of_url(ref.uri) for ref in signature.check.references if ref.matched}
+    return {cid: part for cid, part in parts.items() if cid in matched}
 
 
 def _duplicate(
@@ -510,6 +589,38 @@ def _refuse_repeat(
         uow.commit()
     if channel != "http" or not envelope.sync_reply:
         return InboundReply()  # no signal to a party that may not be who it says
+    wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
+    return InboundReply(wire.content_type, wire.body)
+
+
+def _refuse_unverified(
+    ctx: EngineContext,
+    envelope: Envelope,
+    reject: _Reject,
+    channel: str,
+    certificates: SigningCertificates,
+) -> InboundReply:
+    """A message refused before its signature verified with its sender's certificate: its From
+    and MessageId are anybody's to write (a MessageId travels in clear). Logged and alerted,
+    nothing stored: a row would hold the MessageId against the sender's own message, taken for
+    a repeat when it came, and a MessageError queued to the sender's endpoint would end that
+    message there. The MessageError goes only in the HTTP response, to whoever sent it."""
+    header = envelope.header
+    error = reject.error
+    with ctx.store.unit_of_work() as uow:
+        uow.events.record(
+            None,
+            EventKind.ERROR,
+            actor=f"{channel}:{_party_shown(header.from_party)}",
+            code=str(error.code),
+            detail=f"a message whose signature was not verified was refused ({reject.logged}); "
+            "not stored, answered only in the response to its request",
+            ebxml_message_id=header.message_id,
+        )
+        _alert_refused(ctx, uow, header, reject, None, certificates)
+        uow.commit()
+    if channel != "http":
+        return InboundReply()  # no response to answer in, and no signal to whom it names
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
     return InboundReply(wire.content_type, wire.body)
 
@@ -741,7 +852,7 @@ def _alert_refused(
     uow: UnitOfWork,
     header: MessageHeader,
     reject: _Reject,
-    message_id: str,
+    message_id: str | None,
     certificates: SigningCertificates,
 ) -> None:
     """A refused message is otherwise known to its sender only (from our MessageError): a
@@ -758,6 +869,8 @@ def _alert_refused(
     party = header.from_party
     known = _her_id(party) if certificates.known else None
     code = str(reject.error.code)
+    # an unverified message is not stored: its MessageId is the sender's text, not quoted
+    which = f"message {message_id}" if message_id else "a message not stored (not verified)"
     if known is None:
         # a PartyId of another type may be a long URI, or any text: named by a digest
         shown = _party_shown(party)
@@ -765,7 +878,7 @@ def _alert_refused(
             raise_alert(
                 uow,
                 AlertKind.CERTIFICATE_INVALID,
-                f"a message (message {message_id}; its From, not a known party's HER-id, "
+                f"a message ({which}; its From, not a known party's HER-id, "
                 f"reads {shown}) could not be decrypted with our keys ({reject.our_key}) and "
                 f"was refused with {code}. Our encryption certificate in the address register "
                 "and the keys this server holds may disagree, or its sender uses an old copy "
@@ -779,7 +892,7 @@ def _alert_refused(
             AlertKind.MESSAGE_REFUSED,
             f"messages from senders that are not known parties (no signing certificate of "
             f"theirs is held here) were refused with {code}: {reject.reason}; the last was "
-            f"message {message_id}, whose From reads {shown} (not verified). A partner missing "
+            f"{which}, whose From reads {shown} (not verified). A partner missing "
             "from our copy of the address register is refused so (ar sync, or [[partners]]); "
             "else these are strays or forgeries. Only their senders were told, by our "
             "MessageError. One alert for all such senders, which no message resolves: resolve "
@@ -792,7 +905,7 @@ def _alert_refused(
         ctx.recovery.raise_alert(
             uow,
             AlertKind.CERTIFICATE_INVALID,
-            f"a message from {known} (message {message_id}) could not be decrypted with our "
+            f"a message from {known} ({which}) could not be decrypted with our "
             f"keys ({reject.our_key}) and was refused with {code}. {known} encrypts to a "
             "certificate of ours whose key this server does not hold: an old copy of our "
             "encryption certificate, or ours was renewed in the address register before its "
@@ -809,8 +922,13 @@ def _alert_refused(
         uow,
         AlertKind.MESSAGE_REFUSED,
         f"messages from {known} were refused with {code}: {reject.reason}; the last was "
-        f"message {message_id}. Only its sender was told, by our MessageError: look at the "
-        "partner's certificate and register entry, or tell the partner.",
+        f"{which}. Only "
+        + (
+            "its sender was told, by our MessageError"
+            if message_id
+            else "whoever sent it was told, in the response to its request"
+        )
+        + ": look at the partner's certificate and register entry, or tell the partner.",
         subject=recovery.sender(known),
         key=f"{known}:{code}",
         at=now,

@@ -22,6 +22,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
+from meldingstjener.contentid import content_id as normal_content_id
+from meldingstjener.contentid import content_id_of_url
 from meldingstjener.security.certs import CertificateLoadError, certificate_from_bytes
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig_refs import (
@@ -102,6 +105,10 @@ def sign_ebxml_envelope(
     header = envelope.find(f"{{{SOAP}}}Header")
     if header is None:
         raise XmlSignatureError("the envelope has no SOAP:Header", code="envelope-invalid")
+    bare = {_signed_content_id(cid): data for cid, data in attachments.items()}
+    if len(bare) != len(attachments):
+        raise XmlSignatureError("two attachments have one content-id")
+    attachments = bare
     signature, signed_info = _signature_skeleton()
     reference = _reference(signed_info, "")
     transforms = etree.SubElement(reference, ds("Transforms"))
@@ -122,7 +129,7 @@ def sign_ebxml_envelope(
     etree.SubElement(transforms, ds("Transform"), Algorithm=C14N)
     _digest_fields(reference)
     for content_id in attachments:
-        _digest_fields(_reference(signed_info, f"cid:{content_id.strip('<>')}"))
+        _digest_fields(_reference(signed_info, f"cid:{quote(content_id, safe=_CID_SAFE)}"))
     _finish_and_sign(header, signature, attachments, key, certificate)
 
 
@@ -148,6 +155,17 @@ def _reference(signed_info: etree._Element, uri: str) -> etree._Element:
     return etree.SubElement(signed_info, ds("Reference"), URI=uri)
 
 
+# what RFC 2392 lets a cid: URL hold unencoded of a content-id (as the manifest writes it)
+_CID_SAFE = "@.-_!~*()$&+,;=:"
+
+
+def _signed_content_id(value: str) -> str:
+    bare = normal_content_id(value)
+    if bare is None:
+        raise XmlSignatureError(f"not a content-id: {value[:60]!r}")
+    return bare
+
+
 def _digest_fields(reference: etree._Element) -> None:
     etree.SubElement(reference, ds("DigestMethod"), Algorithm=SHA256)
     etree.SubElement(reference, ds("DigestValue"))
@@ -168,7 +186,7 @@ def _finish_and_sign(
     # covers the document around it, and SignedInfo inherits the namespaces in scope there.
     parent.append(signature)
     try:
-        _compute(signature, {cid.strip("<>"): data for cid, data in attachments.items()}, key)
+        _compute(signature, attachments, key)
     except (ReferenceProblem, ValueError, TypeError) as exc:
         parent.remove(signature)
         raise XmlSignatureError(f"signing failed: {exc}") from None
@@ -233,12 +251,21 @@ def verify_ebxml_envelope(
     signature = header.find(ds("Signature")) if header is not None else None
     if signature is None:
         return SignatureCheck(False, problem="the envelope has no ds:Signature in SOAP:Header")
-    attachments = {cid.strip("<>"): data for cid, data in attachments.items()}
+    # Each key read as the MIME reader reads a Content-ID (bare ones stay as they are), and two
+    # that name one content-id refused: were "<x>" and "x" (or "<<x>>" and "<x>") one key,
+    # the bytes checked would not be those of the part the manifest's cid:x picks.
+    bare: dict[str, bytes] = {}
+    for cid, data in attachments.items():
+        key = normal_content_id(cid)
+        if key is None or key in bare:
+            return SignatureCheck(
+                False, problem=f"the attachments do not have one content-id each: {cid[:60]!r}"
+            )
+        bare[key] = data
+    attachments = bare
     check = _verify(signature, attachments, certificate, allow_sha1, envelope_rules=True)
     if check.valid:
-        covered = {
-            ref.uri[4:].strip("<>") for ref in check.references if ref.uri.startswith("cid:")
-        }
+        covered = {content_id_of_url(ref.uri) for ref in check.references}
         missing = sorted(set(attachments) - covered)
         if missing:
             return _with_problem(
@@ -346,9 +373,10 @@ def _reference_set_problem(references: list[etree._Element], envelope_rules: boo
         return "a MsgHead signature must have exactly one Reference"
     seen: set[str] = set()
     for uri in uris:
-        # cid:<a>, cid:a (and any number of brackets) name one attachment: compared as
-        # check_reference looks it up.
-        key = "cid:" + uri[4:].strip("<>") if uri and uri.startswith("cid:") else uri
+        # cid:<a>, cid:a, CID:a and cid:%61 name one attachment: compared as check_reference
+        # looks it up.
+        named = content_id_of_url(uri) if uri else None
+        key = "cid:" + named if named is not None else uri
         if key is not None and key in seen:
             return f"the signature has more than one Reference URI={uri!r}"
         if key is not None:

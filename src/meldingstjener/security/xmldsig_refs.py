@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from meldingstjener.contentid import content_id_of_url, is_cid_url
+
 DS = "http://www.w3.org/2000/09/xmldsig#"
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 NEXT_MSH = "urn:oasis:names:tc:ebxml-msg:actor:nextMSH"
@@ -125,10 +127,12 @@ def reference_digest(
     _digest_value(reference)  # a malformed DigestValue is reported before anything else
     if uri == "":
         data = same_document_octets(signature, _transforms(reference))
-    elif uri.startswith("cid:"):
+    elif is_cid_url(uri):
         if _transforms(reference):
             raise ReferenceProblem("transforms on an attachment reference are not supported")
-        content_id = uri[4:].strip("<>")
+        content_id = content_id_of_url(uri)
+        if content_id is None:
+            raise ReferenceProblem("the cid: reference names no content-id")
         if content_id not in attachments:
             raise ReferenceProblem("the referenced attachment is not in the message")
         data = attachments[content_id]

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy import select
+
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import Site, prepare_sites
@@ -22,7 +24,7 @@ from meldingstjener.ebxml.values import MessageHeader
 from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import Worker
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import EventRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 
@@ -163,3 +165,16 @@ def answer_with_error(pair: Pair, message_id: str, error: ErrorDetail) -> None:
         pair.hospital, OriginalIds.of(sent_header(pair, message_id)), [error], "8200002"
     )
     inbound.receive(pair.gp, wire.content_type, wire.body)
+
+
+def refusals_not_stored(ctx: EngineContext, ebxml_message_id: str | None) -> list[EventRow]:
+    """The events of messages with this eb:MessageId refused without a row (their signature was
+    not verified)."""
+    with ctx.store.unit_of_work() as uow:
+        return [
+            event
+            for event in uow.session.scalars(
+                select(EventRow).where(EventRow.ebxml_message_id == ebxml_message_id)
+            )
+            if event.message_id is None
+        ]

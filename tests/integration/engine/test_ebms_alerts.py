@@ -20,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meldingstjener.api import app as api_app
 from meldingstjener.devsites import dialog_note
-from meldingstjener.engine import inbound
+from meldingstjener.engine import inbound, payload_io
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
@@ -120,10 +120,17 @@ def test_a_disk_that_fills_up_between_two_files_leaves_neither(
     assert [m.status for m in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
 
 
-def _signature_broken(body: bytes) -> bytes:
-    """The signature no longer matches the payload (the encrypted payload is the last part)."""
-    end = body.rindex(b"\r\n--")
-    return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
+def _sender_spoofed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The business message the GP seals names another sender than its envelope: refused
+    (Inconsistent) after its signature verified, so its refusal and MessageError are stored."""
+    seal = payload_io.seal
+
+    def other_sender(ctx: EngineContext, payload: object, *rest: object, **kw: object) -> object:
+        assert isinstance(payload, bytes)
+        spoofed = payload.replace(b"<Id>8100001</Id>", b"<Id>8100009</Id>")
+        return seal(ctx, spoofed, *rest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payload_io, "seal", other_sender)
 
 
 @pytest.mark.parametrize("refused", [False, True], ids=["stored", "refused"])
@@ -135,9 +142,9 @@ def test_a_unit_of_work_that_fails_before_its_commit_leaves_none_of_its_files(
     # deadlock, a lock timeout inside it: /ebms answers 503 and the sender resends. Only a
     # unique key's conflict removed them; else each try left its files, a decrypted copy each,
     # until the day's orphan sweep.
+    if refused:  # after its signature verified (one that does not verify is not stored)
+        _sender_spoofed(monkeypatch)
     body, content_type = wire(pair)
-    if refused:
-        body = _signature_broken(body)
     root = pair.hospital.store.payloads.root
     before = {path for path in root.rglob("*") if path.is_file()}
 

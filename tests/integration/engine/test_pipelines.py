@@ -7,10 +7,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair, answer_with_error, at_once, make_pair, sent_header
+from engine_pair import (
+    Pair,
+    answer_with_error,
+    at_once,
+    make_pair,
+    refusals_not_stored,
+    sent_header,
+)
 
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.ebxml import ErrorDetail
+from meldingstjener.engine import payload_io
+from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
 from meldingstjener.store.tables import ReceiptRow
@@ -131,8 +140,10 @@ def test_tampered_payload_is_a_security_failure(pair: Pair) -> None:
     pair.run()
     row = pair.message(pair.gp, message_id)
     assert row.status == "transport-error" and row.last_error_code == "SecurityFailure"
-    [refused] = pair.inbound_messages(pair.hospital)
-    assert refused.status == "rejected" and refused.last_error_code == "SecurityFailure"
+    # not verified: answered in the response, not stored (its MessageId is anybody's to write)
+    assert pair.inbound_messages(pair.hospital) == []
+    [refused] = refusals_not_stored(pair.hospital, row.ebxml_message_id)
+    assert refused.code == "SecurityFailure"
 
 
 def test_a_replay_not_signed_by_the_sender_does_not_get_our_acknowledgment(pair: Pair) -> None:
@@ -158,8 +169,8 @@ def test_a_tampered_copy_that_loses_the_race_does_not_get_our_acknowledgment(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The altered copy passed the duplicate check before the genuine one was stored (they came
-    # at once), was refused, and then lost on the unique key: it must not get the genuine
-    # message's Acknowledgment either.
+    # at once) and was refused: it must not get the genuine message's Acknowledgment, nor be
+    # stored against its MessageId (its signature did not verify).
     from meldingstjener.store.uow import MessageRepository
 
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
@@ -174,15 +185,29 @@ def test_a_tampered_copy_that_loses_the_race_does_not_get_our_acknowledgment(
     monkeypatch.setattr(MessageRepository, "by_ebxml_id", before_the_genuine_was_stored)
     pair.network.tamper = flip_last_payload_byte
     resend(pair, message_id)
-    assert len(lookups) >= 2  # the copy did reach the unique key
-    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]  # nothing more came back
+    assert lookups  # the copy was taken for a message not seen before
+    assert "acknowledgment" not in receipt_kinds(pair.gp, message_id)[1:]
     [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "acknowledged"
     codes = [code for _, code in events(pair, pair.hospital, received.id)]
-    assert "SecurityFailure" in codes and "duplicate" not in codes
+    assert "duplicate" not in codes
+    [refused] = refusals_not_stored(pair.hospital, received.ebxml_message_id)
+    assert refused.code == "SecurityFailure"
 
 
-def test_a_resend_of_a_refused_message_gets_the_message_error_again(pair: Pair) -> None:
-    pair.network.tamper = flip_last_payload_byte
+def test_a_resend_of_a_refused_message_gets_the_message_error_again(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # refused after its signature verified (the business message names another sender); one
+    # whose signature did not verify is not stored (test_refusals)
+    seal = payload_io.seal
+
+    def other_sender(ctx: EngineContext, payload: object, *rest: object, **kw: object) -> object:
+        assert isinstance(payload, bytes)
+        spoofed = payload.replace(b"<Id>8100001</Id>", b"<Id>8100009</Id>")
+        return seal(ctx, spoofed, *rest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(payload_io, "seal", other_sender)
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
     resend(pair, message_id)
@@ -461,10 +486,11 @@ def test_a_message_from_a_party_without_a_her_id_is_refused_and_logged(pair: Pai
     assert parse_envelope(parse_xml(envelope)).header.from_party.party_type == ""
     body, content_type = package(envelope, [Attachment("p@x", "application/pkcs7-mime", b"x")])
     reply = inbound.receive(pair.hospital, content_type, body)
-    assert reply.body is not None and b"SecurityFailure" in reply.body
-    [refused] = pair.inbound_messages(pair.hospital)
-    assert refused.status == "rejected" and refused.from_her_id is None
-    assert refused.to_her_id == "8200002"
+    assert reply.body is not None and b"ValueNotRecognized" in reply.body
+    # no PartyId of type HER (HIS 1037): not stored, logged without its PartyId
+    assert pair.inbound_messages(pair.hospital) == []
+    [refused] = refusals_not_stored(pair.hospital, "urn-sender-1@example.no")
+    assert refused.actor.startswith("http:party-")
 
 
 def test_missing_acknowledgment_resends_the_same_message_id(pair: Pair) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_pair import Pair, make_pair
+from engine_pair import Pair, make_pair, refusals_not_stored
 from sqlalchemy import text
 
 from meldingstjener.devsites import dialog_note
@@ -394,7 +394,8 @@ def test_an_alert_quotes_nothing_the_sender_chose(pair: Pair) -> None:
     inbound.receive(pair.hospital, content_type, forged(body, b"Kari Nordmann", b"navn"))
     with pair.hospital.store.unit_of_work() as uow:
         [alert] = uow.alerts.list(open_only=True)
-    assert alert.dedup_key == "message-refused:unknown-sender:SecurityFailure"
+    # no PartyId of type HER: refused before any certificate is looked up by it
+    assert alert.dedup_key == "message-refused:unknown-sender:ValueNotRecognized"
     assert "Nordmann" not in alert.summary
     assert "whose From reads party-" in alert.summary
 
@@ -543,12 +544,107 @@ def test_a_known_message_id_from_another_party_is_logged_without_its_party_id(
             content_type,
             body.replace(genuine, b'<eb:PartyId eb:type="navn">' + long_party + b"</eb:PartyId>"),
         )
-        with pair.hospital.store.unit_of_work() as uow:
-            events = uow.events.for_message(stored.id)
-        [refusal] = [event for event in events if event.code == "Inconsistent"]
+        # a From without a PartyId of type HER is refused before the MessageId is looked up
+        [refusal] = refusals_not_stored(pair.hospital, stored.ebxml_message_id)
+        assert refusal.code == "ValueNotRecognized"
         assert refusal.actor.startswith("http:party-") and len(refusal.actor) <= 128
         assert b"xxxxxxxx" not in stored_text(pair.hospital).encode()
         assert [row.id for row in pair.inbound_messages(pair.hospital)] == [stored.id]
     finally:
         pair.gp.store.database.dispose()
         pair.hospital.store.database.dispose()
+
+
+def test_a_forged_message_does_not_take_its_message_id_from_the_genuine_one(pair: Pair) -> None:
+    # A MessageId travels in clear (a mail's Subject). A message that names it and its sender's
+    # From, but whose signature does not verify, was stored under it as refused and our signed
+    # MessageError queued to that sender: its waiting message ended there, and its resend was
+    # taken for a repeat of the refused one, never stored.
+    from meldingstjener.engine import inbound
+
+    pair.network.down.add(pair.hospital_site.endpoint)
+    waiting = pair.message(pair.gp, send_note(pair))
+    assert waiting.status == "retrying"  # the GP's message, waiting to be resent
+    pair.network.down.clear()
+    body = pair.gp.store.payloads.read_bytes(str(waiting.wire_ref))
+    content_type = str(waiting.wire_content_type)
+    reply = inbound.receive(pair.hospital, content_type, flip_last_payload_byte(body))
+    assert reply.body is not None and b"SecurityFailure" in reply.body  # to whoever sent it
+    assert pair.inbound_messages(pair.hospital) == []
+    assert open_alerts(pair.hospital) == {REFUSED: ("error", 1)}  # seen as before
+    pair.run()
+    assert pair.message(pair.gp, waiting.id).status == "retrying"
+    inbound.receive(pair.hospital, content_type, body)  # its resend
+    [stored] = pair.inbound_messages(pair.hospital)
+    assert stored.status == "acknowledged"
+    assert stored.ebxml_message_id == waiting.ebxml_message_id
+    pair.run()
+    assert pair.message(pair.gp, waiting.id).status == "transport-acknowledged"
+
+
+def test_a_message_whose_from_has_no_party_id_of_type_her_is_refused_unverified(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its PartyId's value (a HER-id, typed otherwise) was used to look up certificates and check
+    # the signature, and the message stored with no HER-id: its signals queued to "None", and
+    # the duplicate check's sender comparison None == None.
+    import dataclasses
+
+    from meldingstjener.ebxml import build as ebxml_build
+
+    add_party = ebxml_build._add_party
+
+    def other_type(parent: Any, name: str, party: Any) -> Any:
+        if name == "From":
+            party = dataclasses.replace(party, party_type="urn:example:partyid-type:unregistered")
+        return add_party(parent, name, party)
+
+    monkeypatch.setattr(ebxml_build, "_add_party", other_type)
+    message_id = send_note(pair)
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "transport-error" and sent.last_error_code == "ValueNotRecognized"
+    assert pair.inbound_messages(pair.hospital) == []
+    assert open_alerts(pair.hospital) == {
+        "message-refused:unknown-sender:ValueNotRecognized": ("error", 1)
+    }
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        b"Content-Transfer-Encoding: x-gzip64\r\nContent-ID: <{cid}>",
+        b"Content-Transfer-Encoding: binary\r\nX-Content-ID: <{cid}>",
+        b"Content-Transfer-Encoding: binary\r\nContent-ID: <<{cid}>>",
+    ],
+    ids=["unknown-transfer-encoding", "no-content-id", "not-a-content-id"],
+)
+def test_a_mime_defect_outside_a_readable_envelope_gets_a_message_error(
+    pair: Pair, defect: bytes
+) -> None:
+    # The sender got HTTP 400 text, no ebXML MessageError, and resent until it gave up.
+    from meldingstjener.ebxml import unpackage
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    mime = unpackage(content_type, body)
+    ((cid, part),) = mime.attachments.items()
+    head = b"--B\r\nContent-Type: %s\r\n"
+    rebuilt = (
+        head % b"text/xml"
+        + b"Content-Transfer-Encoding: binary\r\nContent-ID: <%s>\r\n\r\n" % mime.start.encode()
+        + mime.envelope_xml
+        + b"\r\n"
+        + head % part.content_type.encode()
+        + defect.replace(b"{cid}", cid.encode())
+        + b"\r\n\r\n"
+        + part.data
+        + b"\r\n--B--\r\n"
+    )
+    reply = inbound.receive(
+        pair.hospital, f'multipart/related; boundary="B"; start="<{mime.start}>"', rebuilt
+    )
+    assert reply.body is not None and b'errorCode="MimeProblem"' in reply.body
+    assert pair.inbound_messages(pair.hospital) == []  # not verified: not stored
+    assert open_alerts(pair.hospital) == {"message-refused:8100001:MimeProblem": ("error", 1)}

@@ -96,3 +96,50 @@ def test_a_signed_acknowledgment_cannot_be_pointed_at_another_message(pair: Pair
     with pytest.raises(inbound.InboundRefused, match="SecurityFailure"):
         inbound.receive(pair.gp, content_type, body.replace(envelope.encode(), forged.encode()))
     assert pair.message(pair.gp, second).status == "retrying"  # still owed, still resent
+
+
+def _multipart(parts: list[tuple[str, str, bytes]], start: str) -> tuple[str, bytes]:
+    """A multipart/related body of (raw Content-ID header value, Content-Type, bytes) parts."""
+    body = b""
+    for content_id, media, data in parts:
+        body += (
+            b"--B\r\nContent-Type: " + media.encode() + b"\r\nContent-Transfer-Encoding: binary"
+            b"\r\nContent-ID: " + content_id.encode() + b"\r\n\r\n" + data + b"\r\n"
+        )
+    body += b"--B--\r\n"
+    return f'multipart/related; type="text/xml"; boundary="B"; start="<{start}>"', body
+
+
+def test_a_payload_cannot_be_swapped_under_a_genuine_signature_by_its_content_id(
+    pair: Pair,
+) -> None:
+    """MIME headers are not signed: the genuine payload renamed <<cid>>, another part (encrypted
+    to the receiver by anyone) given <cid>. Two parts to one reader of content-ids and one to
+    another would let the signature check the genuine bytes and the manifest's cid:cid pick the
+    other part."""
+    pair.network.down.add(pair.hospital_site.endpoint)
+    for text in ("GENUINE note", "ATTACKER note"):
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, text), actor="t")
+    pair.run()
+    genuine, other = (
+        unpackage(content_type, body)
+        for content_type, body, _ in map(_wire, _sent_to(pair, pair.hospital_site.endpoint)[:2])
+    )
+    ((cid, genuine_part),) = genuine.attachments.items()
+    ((_, other_part),) = other.attachments.items()
+    content_type, forged = _multipart(
+        [
+            (f"<{genuine.start}>", "text/xml; charset=UTF-8", genuine.envelope_xml),
+            (f"<{cid}>", other_part.content_type, other_part.data),
+            (f"<<{cid}>>", genuine_part.content_type, genuine_part.data),
+        ],
+        genuine.start,
+    )
+    try:
+        reply = inbound.receive(pair.hospital, content_type, forged)
+    except inbound.InboundRefused as refused:
+        assert refused.code == "MimeProblem"
+    else:
+        assert reply.body is not None and b"MessageError" in reply.body
+        assert b"MimeProblem" in reply.body
+    assert _inbound_rows(pair) == 0

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from meldingstjener.contentid import content_id
 from meldingstjener.ebxml import (
     Envelope,
     ManifestReference,
@@ -52,7 +53,8 @@ PARTIES = st.builds(Party, HER, st.none() | TEXT)
     ttl=st.none() | MOMENTS,
     description=DESCRIPTIONS,
     flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
-    cids=st.lists(TEXT, max_size=3, unique=True),
+    # a content-id holds no angle brackets (and a manifest reference naming one is refused)
+    cids=st.lists(TEXT.filter(lambda t: content_id(t) is not None), max_size=3, unique=True),
 )
 def test_envelope_fields_round_trip(
     from_party: Party,
@@ -219,3 +221,15 @@ def test_manifest_content_id_is_percent_decoded() -> None:
     assert reference.content_id == "a b%c@x"
     parsed = parse_envelope(envelope_bytes(build_envelope(payload_header(), manifest=[reference])))
     assert parsed.manifest == (reference,)
+
+
+def test_a_long_manifest_description_is_cut_not_refused() -> None:
+    reference = ManifestReference.for_content_id("p@x", "d" * 300)
+    root = build_envelope(payload_header(), manifest=[reference])
+    [parsed] = parse_envelope(envelope_bytes(root)).manifest
+    assert parsed.description == "d" * 254 + "\u2026"
+    described = root.find(f".//{{{EB_NS}}}Reference/{{{EB_NS}}}Description")
+    assert described is not None
+    described.text = "e" * 300  # a peer's, uncut
+    [parsed] = parse_envelope(envelope_bytes(root)).manifest
+    assert parsed.description == "e" * 254 + "\u2026"

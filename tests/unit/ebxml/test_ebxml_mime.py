@@ -183,6 +183,13 @@ MIME_DEFECTS: list[tuple[str, bytes]] = [
     ("start not found", _mail([b"Content-ID: <other@x>\n\n<e/>"])),
     ("attachment without cid", _mail([ENV_PART, b"Content-Type: text/plain\n\nx"])),
     ("duplicate cid", _mail([ENV_PART, b"Content-ID: <a@x>\n\n1", b"Content-ID: <a@x>\n\n2"])),
+    # two parts for a reader that takes off one pair of brackets, one for a reader taking all
+    (
+        "cid in two pairs of brackets",
+        _mail([ENV_PART, b"Content-ID: <a@x>\n\n1", b"Content-ID: <<a@x>>\n\n2"]),
+    ),
+    ("cid with a stray bracket", _mail([ENV_PART, b"Content-ID: <<a@x>\n\n1"])),
+    ("cid of brackets only", _mail([ENV_PART, b"Content-ID: <>\n\n1"])),
     (
         "bad base64",
         _mail([ENV_PART, b"Content-ID: <a@x>\nContent-Transfer-Encoding: base64\n\nQUJDR"]),

@@ -24,7 +24,7 @@ from meldingstjener.ebxml import (
     signature_references,
     unpackage_message,
 )
-from meldingstjener.ebxml.codes import DS_NS, EB_NS, EBMS_SERVICE
+from meldingstjener.ebxml.codes import DS_NS, EB_NS, EBMS_SERVICE, MAX_DESCRIPTION_CHARS
 from meldingstjener.formats.xmlparse import parse_xml
 
 ACKED_AT = datetime(2024, 3, 1, 12, 31, tzinfo=UTC)
@@ -173,3 +173,27 @@ def test_acknowledgment_for_the_real_mail_carries_its_digests(reference_dir: Pat
         "Mw8YxTebu2r+7Q2xcmzX1CxetA2bAdQCUqHetehHMaI=",
         "ihNHQl8a44GwTy72Bq7m0jyn8/Ap7nbSOtNix4sycTs=",
     ]
+
+
+def test_a_long_error_description_is_cut_when_built_and_when_read() -> None:
+    # ours quote up to three XML parser messages: 288 characters were refused whole (OtherXml)
+    # by a peer reading eb:Description as a 255-character value, the refusal in it lost
+    long = "the business message cannot be interpreted: " + "x" * 256
+    root = build_message_error(
+        payload_header(),
+        [ErrorDetail(ErrorCode.OTHER_XML, Severity.ERROR, "cid", long)],
+        message_id="err-3@us",
+        timestamp=ACKED_AT,
+    )
+    error_list = parse_envelope(envelope_bytes(root)).error_list
+    assert error_list is not None
+    [error] = error_list.errors
+    assert error.description is not None and long.startswith(error.description[:-1])
+    assert len(error.description) <= MAX_DESCRIPTION_CHARS
+    # a peer's longer text is read, cut, not refused
+    description = root.find(f".//{{{EB_NS}}}Description")
+    assert description is not None
+    description.text = long
+    error_list = parse_envelope(envelope_bytes(root)).error_list
+    assert error_list is not None
+    assert error_list.errors[0].description == long[: MAX_DESCRIPTION_CHARS - 1] + "\u2026"

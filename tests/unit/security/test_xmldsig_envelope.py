@@ -230,3 +230,45 @@ def test_a_document_c14n_cannot_render_is_an_invalid_signature(sender: DevParty)
     check = xmldsig.verify_ebxml_envelope(parse_xml(relative), ATTACHMENTS)
     assert check.valid is False
     assert check.problem is not None and "canonicalised" in check.problem
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["cid:payload-1%40example.no", "CID:payload-1@example.no", "cid:%3Cpayload-1@example.no%3E"],
+)
+def test_a_cid_url_is_read_as_rfc_2392_writes_it(sender: DevParty, spelling: str) -> None:
+    """Percent-encoded, the scheme in any case, one pair of brackets: as the manifest reads it."""
+    root = parse_xml(_signed(sender))
+    reference = next(r for r in root.iter(f"{{{DS}}}Reference") if r.get("URI"))
+    reference.set("URI", spelling)
+    signature = next(root.iter(f"{{{DS}}}Signature"))
+    xmldsig._compute(signature, ATTACHMENTS, sender.signing.key)  # signed with that spelling
+    check = xmldsig.verify_ebxml_envelope(parse_xml(etree.tostring(root)), ATTACHMENTS)
+    assert check.valid, check.problem
+
+
+@pytest.mark.parametrize("twin", ["<payload-1@example.no>", "<<payload-1@example.no>>"])
+def test_two_attachment_keys_naming_one_content_id_are_refused(sender: DevParty, twin: str) -> None:
+    """Two parts the MIME reader holds apart must not become one for the signature check (the
+    last one's bytes checked, the other's read as the payload)."""
+    check = xmldsig.verify_ebxml_envelope(
+        parse_xml(_signed(sender)), {twin: b"attacker's bytes", **ATTACHMENTS}
+    )
+    assert not check.valid
+    assert check.problem is not None and "content-id" in check.problem
+
+
+def test_an_attachment_key_in_brackets_is_its_content_id(sender: DevParty) -> None:
+    check = xmldsig.verify_ebxml_envelope(
+        parse_xml(_signed(sender)), {f"<{cid}>": data for cid, data in ATTACHMENTS.items()}
+    )
+    assert check.valid, check.problem
+
+
+def test_a_cid_reference_naming_no_content_id_is_refused(sender: DevParty) -> None:
+    root = parse_xml(_signed(sender))
+    reference = next(r for r in root.iter(f"{{{DS}}}Reference") if r.get("URI"))
+    reference.set("URI", "cid:<<payload-1@example.no>>")
+    check = xmldsig.verify_ebxml_envelope(parse_xml(etree.tostring(root)), ATTACHMENTS)
+    assert not check.valid
+    assert check.references[1].problem == "the cid: reference names no content-id"

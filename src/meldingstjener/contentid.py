@@ -1,0 +1,43 @@
+"""Content-ids read one way, whether a MIME ``Content-ID`` header, a manifest's ``href`` or a
+``ds:Reference`` URI names them.
+
+A part ``Content-ID: <x>`` is named by the URL ``cid:x`` (RFC 2392: the scheme in any case, the
+content-id percent-encoded). Senders differ on the angle brackets, so one pair around the value
+is taken off; a content-id (RFC 2822's msg-id) holds no ``<`` or ``>`` itself, and a value that
+still does after that is no content-id. The MIME reader, the manifest and the signature check all
+read through these two functions: were one of them to take off every bracket and another one
+pair, a part ``<<x>>`` would be ``<x>`` to the first and ``x`` to the other, two parts for the
+MIME reader and one for the signature check, and a payload could be swapped under a genuine
+signature.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+CID_SCHEME = "cid:"
+
+
+def content_id(value: str) -> str | None:
+    """The bare content-id of ``value`` (a header value, with or without its ``<>``): blanks and
+    one surrounding pair of angle brackets taken off. None when nothing is left or a ``<`` or
+    ``>`` is."""
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if not text or "<" in text or ">" in text:
+        return None
+    return text
+
+
+def is_cid_url(url: str) -> bool:
+    """Whether ``url`` is a ``cid:`` URL (the scheme in any case)."""
+    return url[: len(CID_SCHEME)].lower() == CID_SCHEME
+
+
+def content_id_of_url(url: str) -> str | None:
+    """The bare content-id a ``cid:`` URL names (percent-decoded), or None when ``url`` is not a
+    ``cid:`` URL or names no content-id."""
+    if not is_cid_url(url):
+        return None
+    return content_id(unquote(url[len(CID_SCHEME) :]))
