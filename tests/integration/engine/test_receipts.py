@@ -589,15 +589,23 @@ def test_the_servers_own_rejection_is_stored_with_the_message(pair: Pair) -> Non
     assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
 
 
-def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair: Pair) -> None:
-    # No GenDate: the validator finds it (T02), and an AppRec, which quotes the original's
-    # identity, cannot be built from it. The message is rejected all the same, the operator told.
-    import re
+def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A format error (T02: the sender has no name), and an AppRec that cannot be built from the
+    # message (a MsgHead our reader cannot read is refused with a MessageError before this; the
+    # builder's own checks stand in for what else it may refuse). The message is rejected all
+    # the same, the operator told.
+    from meldingstjener.formats import MissingElement
 
-    faulty = re.sub(
-        rb"<GenDate>[^<]*</GenDate>", b"", dialog_note(pair.gp_site, pair.hospital_site, "x")
-    )
-    message_id = _send_as_a_careless_sender(pair, faulty)
+    def unbuildable(*args: object, **kwargs: object) -> bytes:
+        raise MissingElement("stand-in", path="/MsgHead/MsgInfo/GenDate")
+
+    name = b"<OrganisationName>Fjordlegen legekontor</OrganisationName>"
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    assert note.count(name) == 1
+    message_id = _send_as_a_careless_sender(pair, note.replace(name, b""))
+    monkeypatch.setattr(receipts, "build_apprec", unbuildable)
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     [row] = pair.inbound_messages(pair.hospital)
