@@ -705,15 +705,10 @@ def apply_incoming_apprec(
 ) -> None:
     """Match a received AppRec to what we sent (OriginalMsgId + sender) and update its status."""
     now = ctx.clock()
-    candidates = [
-        m
-        for m in uow.messages.by_msg_id(Direction.OUTBOUND, str(message.apprec_original_msg_id))
-        if m.to_her_id in {received.from_her_id}
-        or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
-    ]
     status_code = message.apprec_status or "2"
     target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
-    if not candidates:
+    answered = _apprec_answers(uow, received, message, target)
+    if answered is None:
         uow.events.record(
             received.id,
             EventKind.NOTE,
@@ -742,7 +737,7 @@ def apply_incoming_apprec(
                 key=f"unmatched:{received.id}",
             )
         return
-    original = uow.messages.get(candidates[-1].id, for_update=True)
+    original = uow.messages.get(answered, for_update=True)
     assert original is not None
     # the partner's codes and texts as sent, masked like every text we store, in the receipt
     codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
@@ -792,6 +787,47 @@ def apply_incoming_apprec(
             partner_her_id=received.from_her_id,
         )
     uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+
+
+def _apprec_answers(
+    uow: UnitOfWork, received: MessageRow, message: Fagmelding, target: OutboundStatus
+) -> str | None:
+    """The id of the sent message an incoming AppRec answers: one with its OriginalMsgId, sent
+    to the AppRec's sender, from the HER-id of ours the AppRec is addressed to (its Receiver's
+    service, else its organisation: two of our HER-ids may send one MsgId).
+
+    An EPJ that resends a message at the business level sends the same MsgId again, in a new
+    ebXML message; each copy gets its own AppRec. The oldest copy still waiting for one (whose
+    status the AppRec may move) takes it, then the oldest it may still move (a corrected
+    AppRec), else the newest. (Always the newest, the older copy got a false apprec-missing.)
+    """
+    candidates = [
+        m
+        for m in uow.messages.by_msg_id(Direction.OUTBOUND, str(message.apprec_original_msg_id))
+        if m.to_her_id in {received.from_her_id}
+        or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
+    ]
+    receiver = message.receiver
+    organisation = str(receiver.organisation) if receiver.organisation else None
+    by_sender = (
+        # sent from the HER-id the AppRec names, the most specific first
+        *(
+            [m for m in candidates if ours and m.from_her_id == str(ours)]
+            for ours in (receiver.service, receiver.organisation, received.to_her_id)
+        ),
+        # an AppRec naming only our organisation, for a message sent from one of its services
+        [m for m in candidates if organisation and m.sender_org_her_id == organisation],
+    )
+    candidates = next((found for found in by_sender if found), [])
+    if not candidates:
+        return None
+    may_move = [m for m in candidates if target.value in allowed_next(Direction.OUTBOUND, m.status)]
+    waiting = [m for m in may_move if m.status not in API_APPREC_STATUS]
+    if waiting:
+        return waiting[0].id
+    if may_move:
+        return may_move[0].id
+    return candidates[-1].id
 
 
 # an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)

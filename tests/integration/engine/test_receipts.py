@@ -155,6 +155,54 @@ def test_a_rejecting_apprec_for_a_message_we_did_not_send_raises_an_alert(
         assert alert.dedup_key == f"apprec-rejected:unmatched:{apprec.id}"  # type: ignore[attr-defined]
 
 
+def test_an_epjs_resend_of_one_msgid_gets_each_apprec_on_its_own_copy(pair: Pair) -> None:
+    # The GP's EPJ resent its document (the same MsgId, a new ebXML message); the hospital
+    # answered both copies. Every AppRec went to the newest copy: the older stayed
+    # transport-acknowledged and got a false apprec-missing a day later.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    first = submit(pair.gp, note, actor="epj")
+    pair.run()
+    pair.clock.advance(hours=1)
+    second = submit(pair.gp, note, actor="epj")
+    pair.run()
+    copies = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    assert len(copies) == 2
+    for copy in copies:
+        receipts.deliver(pair.hospital, copy.id, actor="epj")
+        receipts.send_apprec(pair.hospital, copy.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, first).status == "apprec-ok"
+    assert pair.message(pair.gp, second).status == "apprec-ok"
+    assert len(receipts.apprec_info(pair.gp, first)) == 1
+    assert len(receipts.apprec_info(pair.gp, second)) == 1
+    pair.clock.advance(hours=25)
+    pair.run()
+    assert open_alerts(pair.gp, "apprec-missing") == []
+
+
+def test_an_apprec_goes_to_the_message_sent_from_the_her_id_it_answers(pair: Pair) -> None:
+    # Two HER-ids of the GP's (its organisation, and a second one standing in for a service)
+    # sent one MsgId; the AppRec to the second went to whichever was sent last.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    first = submit(pair.gp, note, actor="epj")
+    pair.run()
+    second = submit(pair.gp, note, actor="epj")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(first)
+        assert row is not None
+        row.from_her_id = "8100009"  # as if sent from another HER-id of ours
+        uow.commit()
+    # the hospital answers the copy from 8100001 (both came from it, in fact)
+    copies = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    receipts.deliver(pair.hospital, copies[1].id, actor="epj")
+    receipts.send_apprec(pair.hospital, copies[1].id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, second).status == "apprec-ok"
+    # not the older message, which is still waiting, but from another HER-id of ours
+    assert pair.message(pair.gp, first).status == "transport-acknowledged"
+
+
 def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
