@@ -579,10 +579,13 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
     if message.msg_type == APPREC:
         return None
     ours = ctx.own_her_ids
-    service = message.receiver.service
+    service: str | None = message.receiver.service
     addressed = {str(h) for h in (message.receiver.organisation, service) if h}
     copy = envelope_to in message.copy_receivers and envelope_to not in addressed
-    if not copy and (envelope_to not in ours or (service is not None and str(service) not in ours)):
+    if copy:
+        # the copy receiver's own service, which must be ours as the main receiver's must
+        service = _copy_service(message, envelope_to)
+    if (not copy and envelope_to not in ours) or (service is not None and str(service) not in ours):
         return ServerVerdict(
             InboundStatus.MISADDRESSED_PURGED,
             [("E21", f"mottaker {service or envelope_to} finnes ikke hos oss")],
@@ -599,6 +602,16 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
             alert=False,
         )
     return None
+
+
+def _copy_service(message: Fagmelding, envelope_to: str) -> str | None:
+    """The service (the nested organisation) of the OtherReceiver a copy came to as
+    ``envelope_to``; None when it names none."""
+    head = message.report.msghead
+    party = copy_receiver(head.msg_info, envelope_to) if head is not None else None
+    organisation = party.organisation if party is not None else None
+    nested = organisation.organisation if organisation is not None else None
+    return str(nested.her_id) if nested is not None and nested.her_id else None
 
 
 def reject_by_server(

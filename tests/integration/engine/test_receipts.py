@@ -509,6 +509,29 @@ def test_a_copy_with_a_format_error_is_rejected_by_an_apprec_from_its_copy_recei
     assert sent.status == "apprec-rejected" and sent.last_error_code == "T02"
 
 
+def test_a_copy_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: Pair) -> None:
+    # A copy (OtherReceiver) to our organisation, naming a service of it we do not have: the
+    # check that the receiver service is ours was skipped for copies, and it went to the EPJ
+    # with no alert, where the same addressing as main receiver is purged and answered E21.
+    _alias(pair, HOSPITAL_HER)  # the GP may address the hospital's organisation
+    payload, addressed = _copy_to_the_hospital(pair)
+    assert payload.count(HOSPITAL_SERVICE_HER.encode()) == 1
+    payload = payload.replace(HOSPITAL_SERVICE_HER.encode(), b"8200099")
+    message_id = submit(
+        pair.gp, payload, actor="t", to_her_id=HOSPITAL_HER, inspected=inspect(addressed)
+    )
+    pair.run()
+    row = received(pair)
+    assert row.to_her_id == HOSPITAL_HER
+    assert row.status == "misaddressed-purged" and row.payload_ref is None
+    with pytest.raises(receipts.AppRecRefused):
+        receipts.deliver(pair.hospital, row.id, actor="epj")  # never reaches the inbox
+    [alert] = open_alerts(pair.hospital, "misaddressed-received")
+    assert "8200099" in alert.summary  # type: ignore[attr-defined]
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "E21"
+
+
 def test_an_apprec_document_that_fits_several_copies_marks_none(tmp_path: Path) -> None:
     """The GP's EPJ submitted one MsgHead twice, both to the hospital's organisation; the AppRec
     comes from a third HER-id of ours (the service the MsgHead names). Nothing tells which copy
