@@ -432,14 +432,24 @@ def _taken_by_answer(
 
 
 def _purge_after_commit(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
-    """Forget the message's content: the row lets go of its file now, the file goes once that
+    """Forget the message's content: the row lets go of its files now, the files go once that
     has committed. (Deleting first, a crash or a failed commit left a row pointing at nothing.)
-    A crash between the commit and the delete leaves the file: a ``payload-delete`` job, in the
-    same transaction, removes it then."""
-    key = str(row.payload_ref)
+    A crash between the commit and the delete leaves the files: a ``payload-delete`` job, in
+    the same transaction, removes them then.
+
+    The files are the decrypted payload and the wire form as received, which holds the same
+    content encrypted to our own key. What non-repudiation needs stays: the receipts, and our
+    Acknowledgment (its digests of the message; a file of its own, repeated to a resend)."""
+    keys = [str(ref) for ref in (row.payload_ref, row.wire_ref) if ref]
     row.payload_ref = None
-    housekeeping.schedule_payload_delete(uow, key, now=ctx.clock())
-    uow.after_commit(lambda: ctx.store.payloads.delete(key))
+    row.wire_ref = None
+    housekeeping.schedule_payload_delete(uow, *keys, now=ctx.clock())
+
+    def delete() -> None:
+        for key in keys:
+            ctx.store.payloads.delete(key)
+
+    uow.after_commit(delete)
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:

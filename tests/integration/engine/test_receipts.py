@@ -12,6 +12,7 @@ from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_n
 from meldingstjener.engine import receipts
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.worker import Worker
 from meldingstjener.store.tables import AgreementRow, MessageRow, PartyRow
 from meldingstjener.store.uow import LogFilter
 
@@ -256,6 +257,43 @@ def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: 
     assert "feil tjeneste" not in details  # no content in the log
 
 
+def test_a_purge_deletes_the_wire_form_too_and_a_resend_still_gets_its_acknowledgment(
+    pair: Pair,
+) -> None:
+    # The purge released the decrypted payload only; the wire form as received, encrypted to
+    # our own key, stayed for good, and the purged content could be read with that key.
+    from meldingstjener.transport.base import Delivery
+
+    _alias(pair, "8200099")
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()  # sent; the hospital's verdict has not run
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.wire_ref is not None
+    wire = pair.hospital.store.payloads.path(str(row.wire_ref))
+    assert wire.is_file()
+    pair.run()
+    purged = pair.message(pair.hospital, row.id)
+    assert purged.status == "misaddressed-purged"
+    assert purged.payload_ref is None and purged.wire_ref is None
+    assert not wire.is_file()
+    # what non-repudiation needs stays: our Acknowledgment, repeated to the sender's resend
+    sent = pair.message(pair.gp, message_id)
+    pair.network.send(
+        Delivery(
+            pair.hospital_site.endpoint,
+            str(sent.wire_content_type),
+            pair.gp.store.payloads.path(str(sent.wire_ref)),
+        )
+    )
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        acks = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
+    assert len(acks) == 2 and acks[0].ebxml_message_id == acks[1].ebxml_message_id
+
+
 def test_a_misaddressed_message_whose_apprec_cannot_be_sent_raises_apprec_unsent_only(
     pair: Pair,
 ) -> None:
@@ -305,7 +343,8 @@ def test_a_purged_payload_a_crash_left_behind_is_deleted_by_its_job(
     _, row = send_and_deliver(pair)
     store = pair.hospital.store.payloads
     kept = store.path(str(row.payload_ref))
-    assert kept.is_file()
+    wire = store.path(str(row.wire_ref))
+    assert kept.is_file() and wire.is_file()
     monkeypatch.setattr(store, "delete", lambda key: False)  # the process died after the commit
     receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
     monkeypatch.undo()
@@ -314,7 +353,7 @@ def test_a_purged_payload_a_crash_left_behind_is_deleted_by_its_job(
     assert kept.is_file()
     pair.clock.advance(minutes=11)
     pair.run()
-    assert not kept.is_file()
+    assert not kept.is_file() and not wire.is_file()
 
 
 def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
