@@ -346,7 +346,10 @@ def mark_answered_by_document(
 
     ``may_answer`` (the API client's HER-ids): whether the client may act for the HER-id the
     answered message was sent to. Otherwise the AppRec is refused (``SubmitRejected``, nothing
-    stored): a client would move another client's message, which then leaves its inbox."""
+    stored): a client would move another client's message, which then leaves its inbox.
+
+    An AppRec for a message that may not be answered now (answered already, purged) is
+    refused too (``already-answered``, as :func:`send_apprec` refuses it)."""
     if message.msg_type != APPREC or not message.apprec_original_msg_id:
         return
     original_id = _answered_copy(uow, answer, message.apprec_original_msg_id)
@@ -364,8 +367,17 @@ def mark_answered_by_document(
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
     actor = f"apprec-document:{answer.client_id or 'epj'}"
     _taken_by_answer(uow, original, target, actor)
-    if target.value not in allowed_next(Direction.INBOUND, original.status):
-        return  # already answered, or not delivered yet: the AppRec goes out, status stays
+    if target.value not in allowed_next(Direction.INBOUND, original.status) or (
+        original.payload_ref is None
+    ):
+        # answered already (or purged, or not offered to the EPJ): refused as send_apprec
+        # refuses it. (It went out, the status stayed apprec-sent and the sender's Ok, while
+        # the sender's EPJ got a second, rejecting AppRec.)
+        raise SubmitRejected(
+            "already-answered",
+            f"the AppRec answers message {original.id}, which is {original.status}; an AppRec "
+            "cannot be sent now",
+        )
     errors = list(message.apprec_errors)
     uow.messages.set_status(
         original,

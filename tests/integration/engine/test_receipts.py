@@ -462,6 +462,33 @@ def test_an_apprec_document_from_the_epj_marks_the_message_it_answers(pair: Pair
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
 
 
+def test_an_apprec_document_for_a_message_answered_already_is_refused(pair: Pair) -> None:
+    # The EPJ's second AppRec, a rejection posted as a document after our Ok, went out while
+    # the message stayed apprec-sent and the sender's GetStatus kept saying Ok.
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.formats import AppRecError, AppRecStatus, build_apprec, read_msghead
+
+    message_id, row = send_and_deliver(pair)
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    document = build_apprec(
+        original,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("E35", "Pasienten finnes ikke")],
+        version="1.1",
+    )
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.hospital, document, actor="folder")
+    assert refused.value.code == "already-answered"
+    pair.run()
+    assert [m.msg_type for m in pair.inbound_messages(pair.gp)] == ["APPREC"]  # only the Ok
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.app_rec_status == "Ok"
+
+
 def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pair) -> None:
     """One MsgHead sent twice, to our service and to our organisation: the EPJ's AppRec from
     the service marks the copy sent to the service, not the one that happened to come last."""
