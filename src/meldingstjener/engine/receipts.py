@@ -3,7 +3,8 @@
 Receiving side: a message delivered to the EPJ owes an AppRec; the EPJ decides (``send_apprec``),
 or the server sends a positive one itself for partners configured so. The server rejects on its
 own (negative AppRec) for reasons it knows: a receiver service that is not ours (E21), a business
-message with format errors (T02), anything else with X99 and a text. A message we were not
+message with format errors (T02, or the code formats gives the fault, such as T10 for a version
+it does not support), anything else with X99 and a text. A message we were not
 entitled to never reaches the EPJ: its payload is purged and the sender told — by a negative
 AppRec, or by a DIALOG_AVVIK when a positive AppRec had already gone out (``report_misaddressed``).
 
@@ -619,11 +620,24 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
         first = errors[0]
         return ServerVerdict(
             InboundStatus.REJECTED,
-            [("T02", f"{first.path}: {first.code}")],
+            [(_apprec_code_of(first.code), f"{first.path}: {first.code}")],
             purge=False,
             alert=False,
         )
     return None
+
+
+def _apprec_code_of(problem_code: str) -> str:
+    """The 8221 code of a negative AppRec for a validation problem: the ``apprec_code`` of the
+    formats error with that ``code`` (T10 for a version or format we do not support, T01, T99,
+    T02), and T02 (does not validate) for the validator's own checks, which have no class."""
+    classes: list[type[FormatError] | type[XmlError]] = [FormatError, XmlError]
+    while classes:
+        found = classes.pop()
+        if found.code == problem_code:
+            return found.apprec_code
+        classes.extend(found.__subclasses__())
+    return "T02"
 
 
 def _copy_service(message: Fagmelding, envelope_to: str) -> str | None:

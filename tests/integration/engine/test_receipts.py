@@ -444,6 +444,22 @@ def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
     assert receipts.judge(pair.hospital, merely_warned, "8200002") is None
 
 
+def test_the_server_rejects_a_content_version_it_does_not_support_with_t10(pair: Pair) -> None:
+    # A Dialogmelding in a namespace we do not read, in a MsgHead we do: formats classes the
+    # fault as UnsupportedVersion (8221 T10), and the server's own rejection said T02.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    supported = b"http://www.kith.no/xmlstds/dialog/2006-10-11"
+    assert note.count(supported) == 1
+    faulty = note.replace(supported, b"http://www.kith.no/xmlstds/dialog/2099-01-01")
+    verdict = receipts.judge(pair.hospital, inspect(faulty), HOSPITAL_SERVICE_HER)
+    assert verdict is not None and verdict.errors[0][0] == "T10"
+    # sent by a sender that does not validate; its message keeps its MsgId, for the AppRec
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "T10"
+
+
 def test_transport_delivery_state_follows_the_status() -> None:
     assert receipts.transport_delivery_state("retrying") == "Unconfirmed"
     assert receipts.transport_delivery_state("not-delivered") == "Rejected"
