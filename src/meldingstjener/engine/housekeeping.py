@@ -1,5 +1,5 @@
 """The daily sweep of payload files nothing refers to (``payload-sweep`` job), and the delete
-of a purged payload that a crash may have left (``payload-delete`` job).
+of a purged message's files that a crash may have left (``payload-delete`` job).
 
 A crash between writing a payload file and committing its row leaves a file that may hold a
 decrypted business message; see :mod:`meldingstjener.store.orphans`. ``serve`` schedules the
@@ -71,18 +71,21 @@ def payload_sweep_job(ctx: EngineContext, job: ClaimedJob) -> None:
         uow.commit()
 
 
-def schedule_payload_delete(uow: UnitOfWork, key: str, *, now: datetime) -> None:
-    """Make sure the purged payload ``key`` goes, in the purge's own transaction. The purge
-    deletes the file once it has committed; a crash (or a failed delete) just then left a
-    decrypted message on disk for good, since the daily sweep looks only at files written
-    since its last run, and a purge comes hours or days after the file was written."""
-    uow.jobs.schedule(PAYLOAD_DELETE, now + DELETE_CHECK_AFTER, data={"key": key})
+def schedule_payload_delete(uow: UnitOfWork, *keys: str, now: datetime) -> None:
+    """Make sure the purged files ``keys`` (a message's decrypted payload, its wire form) go,
+    in the purge's own transaction. The purge deletes them once it has committed; a crash (or
+    a failed delete) just then left a decrypted message on disk for good, since the daily
+    sweep looks only at files written since its last run, and a purge comes hours or days
+    after the file was written."""
+    uow.jobs.schedule(PAYLOAD_DELETE, now + DELETE_CHECK_AFTER, data={"keys": list(keys)})
 
 
 def payload_delete_job(ctx: EngineContext, job: ClaimedJob) -> None:
-    key = (job.data or {}).get("key")
-    if isinstance(key, str) and ctx.store.payloads.delete(key):
-        log.warning("removed a purged payload file that was left behind")
+    data = job.data or {}
+    keys = data.get("keys", [data.get("key")])  # "key": one scheduled by an earlier version
+    for key in keys if isinstance(keys, list) else []:
+        if isinstance(key, str) and ctx.store.payloads.delete(key):
+            log.warning("removed a purged payload file that was left behind")
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
         uow.commit()

@@ -452,7 +452,13 @@ def _open_payload(
             our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
     message = inspect(plain, ctx.policy.schema_dir, max_bytes=ctx.policy.max_xml_bytes)
-    if not message.report.well_formed or message.report.format is None:
+    report = message.report
+    # a MsgHead or AppRec our reader cannot read (a version we do not support, no MsgId, no
+    # GenDate) cannot be answered by an AppRec either: refused here, never acknowledged
+    unread = (report.format == "MsgHead" and report.msghead is None) or (
+        report.format == "AppRec" and report.apprec is None
+    )
+    if not report.well_formed or report.format is None or unread:
         if to not in ctx.own_her_ids:
             raise not_ours
         problems = message.report.problems[:3]

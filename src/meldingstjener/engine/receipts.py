@@ -3,7 +3,8 @@
 Receiving side: a message delivered to the EPJ owes an AppRec; the EPJ decides (``send_apprec``),
 or the server sends a positive one itself for partners configured so. The server rejects on its
 own (negative AppRec) for reasons it knows: a receiver service that is not ours (E21), a business
-message with format errors (T02), anything else with X99 and a text. A message we were not
+message with format errors (T02, or the code formats gives the fault, such as T10 for a version
+it does not support), anything else with X99 and a text. A message we were not
 entitled to never reaches the EPJ: its payload is purged and the sender told — by a negative
 AppRec, or by a DIALOG_AVVIK when a positive AppRec had already gone out (``report_misaddressed``).
 
@@ -363,7 +364,10 @@ def mark_answered_by_document(
 
     ``may_answer`` (the API client's HER-ids): whether the client may act for the HER-id the
     answered message was sent to. Otherwise the AppRec is refused (``SubmitRejected``, nothing
-    stored): a client would move another client's message, which then leaves its inbox."""
+    stored): a client would move another client's message, which then leaves its inbox.
+
+    An AppRec for a message that may not be answered now (answered already, purged) is
+    refused too (``already-answered``, as :func:`send_apprec` refuses it)."""
     if message.msg_type != APPREC or not message.apprec_original_msg_id:
         return
     original_id = _answered_copy(uow, answer, message.apprec_original_msg_id)
@@ -381,8 +385,17 @@ def mark_answered_by_document(
     target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
     actor = f"apprec-document:{answer.client_id or 'epj'}"
     _taken_by_answer(uow, original, target, actor)
-    if target.value not in allowed_next(Direction.INBOUND, original.status):
-        return  # already answered, or not delivered yet: the AppRec goes out, status stays
+    if target.value not in allowed_next(Direction.INBOUND, original.status) or (
+        original.payload_ref is None
+    ):
+        # answered already (or purged, or not offered to the EPJ): refused as send_apprec
+        # refuses it. (It went out, the status stayed apprec-sent and the sender's Ok, while
+        # the sender's EPJ got a second, rejecting AppRec.)
+        raise SubmitRejected(
+            "already-answered",
+            f"the AppRec answers message {original.id}, which is {original.status}; an AppRec "
+            "cannot be sent now",
+        )
     errors = list(message.apprec_errors)
     uow.messages.set_status(
         original,
@@ -449,14 +462,24 @@ def _taken_by_answer(
 
 
 def _purge_after_commit(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) -> None:
-    """Forget the message's content: the row lets go of its file now, the file goes once that
+    """Forget the message's content: the row lets go of its files now, the files go once that
     has committed. (Deleting first, a crash or a failed commit left a row pointing at nothing.)
-    A crash between the commit and the delete leaves the file: a ``payload-delete`` job, in the
-    same transaction, removes it then."""
-    key = str(row.payload_ref)
+    A crash between the commit and the delete leaves the files: a ``payload-delete`` job, in
+    the same transaction, removes them then.
+
+    The files are the decrypted payload and the wire form as received, which holds the same
+    content encrypted to our own key. What non-repudiation needs stays: the receipts, and our
+    Acknowledgment (its digests of the message; a file of its own, repeated to a resend)."""
+    keys = [str(ref) for ref in (row.payload_ref, row.wire_ref) if ref]
     row.payload_ref = None
-    housekeeping.schedule_payload_delete(uow, key, now=ctx.clock())
-    uow.after_commit(lambda: ctx.store.payloads.delete(key))
+    row.wire_ref = None
+    housekeeping.schedule_payload_delete(uow, *keys, now=ctx.clock())
+
+    def delete() -> None:
+        for key in keys:
+            ctx.store.payloads.delete(key)
+
+    uow.after_commit(delete)
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:
@@ -596,10 +619,13 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
     if message.msg_type == APPREC:
         return None
     ours = ctx.own_her_ids
-    service = message.receiver.service
+    service: str | None = message.receiver.service
     addressed = {str(h) for h in (message.receiver.organisation, service) if h}
     copy = envelope_to in message.copy_receivers and envelope_to not in addressed
-    if not copy and (envelope_to not in ours or (service is not None and str(service) not in ours)):
+    if copy:
+        # the copy receiver's own service, which must be ours as the main receiver's must
+        service = _copy_service(message, envelope_to)
+    if (not copy and envelope_to not in ours) or (service is not None and str(service) not in ours):
         return ServerVerdict(
             InboundStatus.MISADDRESSED_PURGED,
             [("E21", f"mottaker {service or envelope_to} finnes ikke hos oss")],
@@ -611,11 +637,34 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
         first = errors[0]
         return ServerVerdict(
             InboundStatus.REJECTED,
-            [("T02", f"{first.path}: {first.code}")],
+            [(_apprec_code_of(first.code), f"{first.path}: {first.code}")],
             purge=False,
             alert=False,
         )
     return None
+
+
+def _apprec_code_of(problem_code: str) -> str:
+    """The 8221 code of a negative AppRec for a validation problem: the ``apprec_code`` of the
+    formats error with that ``code`` (T10 for a version or format we do not support, T01, T99,
+    T02), and T02 (does not validate) for the validator's own checks, which have no class."""
+    classes: list[type[FormatError] | type[XmlError]] = [FormatError, XmlError]
+    while classes:
+        found = classes.pop()
+        if found.code == problem_code:
+            return found.apprec_code
+        classes.extend(found.__subclasses__())
+    return "T02"
+
+
+def _copy_service(message: Fagmelding, envelope_to: str) -> str | None:
+    """The service (the nested organisation) of the OtherReceiver a copy came to as
+    ``envelope_to``; None when it names none."""
+    head = message.report.msghead
+    party = copy_receiver(head.msg_info, envelope_to) if head is not None else None
+    organisation = party.organisation if party is not None else None
+    nested = organisation.organisation if organisation is not None else None
+    return str(nested.her_id) if nested is not None and nested.her_id else None
 
 
 def reject_by_server(
@@ -722,15 +771,10 @@ def apply_incoming_apprec(
 ) -> None:
     """Match a received AppRec to what we sent (OriginalMsgId + sender) and update its status."""
     now = ctx.clock()
-    candidates = [
-        m
-        for m in uow.messages.by_msg_id(Direction.OUTBOUND, str(message.apprec_original_msg_id))
-        if m.to_her_id in {received.from_her_id}
-        or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
-    ]
     status_code = message.apprec_status or "2"
     target = _OUT_STATUS.get(status_code, OutboundStatus.APPREC_REJECTED)
-    if not candidates:
+    answered = _apprec_answers(uow, received, message, target)
+    if answered is None:
         uow.events.record(
             received.id,
             EventKind.NOTE,
@@ -759,7 +803,7 @@ def apply_incoming_apprec(
                 key=f"unmatched:{received.id}",
             )
         return
-    original = uow.messages.get(candidates[-1].id, for_update=True)
+    original = uow.messages.get(answered, for_update=True)
     assert original is not None
     # the partner's codes and texts as sent, masked like every text we store, in the receipt
     codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
@@ -809,6 +853,47 @@ def apply_incoming_apprec(
             partner_her_id=received.from_her_id,
         )
     uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+
+
+def _apprec_answers(
+    uow: UnitOfWork, received: MessageRow, message: Fagmelding, target: OutboundStatus
+) -> str | None:
+    """The id of the sent message an incoming AppRec answers: one with its OriginalMsgId, sent
+    to the AppRec's sender, from the HER-id of ours the AppRec is addressed to (its Receiver's
+    service, else its organisation: two of our HER-ids may send one MsgId).
+
+    An EPJ that resends a message at the business level sends the same MsgId again, in a new
+    ebXML message; each copy gets its own AppRec. The oldest copy still waiting for one (whose
+    status the AppRec may move) takes it, then the oldest it may still move (a corrected
+    AppRec), else the newest. (Always the newest, the older copy got a false apprec-missing.)
+    """
+    candidates = [
+        m
+        for m in uow.messages.by_msg_id(Direction.OUTBOUND, str(message.apprec_original_msg_id))
+        if m.to_her_id in {received.from_her_id}
+        or {m.receiver_org_her_id, m.receiver_service_her_id} & {received.from_her_id}
+    ]
+    receiver = message.receiver
+    organisation = str(receiver.organisation) if receiver.organisation else None
+    by_sender = (
+        # sent from the HER-id the AppRec names, the most specific first
+        *(
+            [m for m in candidates if ours and m.from_her_id == str(ours)]
+            for ours in (receiver.service, receiver.organisation, received.to_her_id)
+        ),
+        # an AppRec naming only our organisation, for a message sent from one of its services
+        [m for m in candidates if organisation and m.sender_org_her_id == organisation],
+    )
+    candidates = next((found for found in by_sender if found), [])
+    if not candidates:
+        return None
+    may_move = [m for m in candidates if target.value in allowed_next(Direction.OUTBOUND, m.status)]
+    waiting = [m for m in may_move if m.status not in API_APPREC_STATUS]
+    if waiting:
+        return waiting[0].id
+    if may_move:
+        return may_move[0].id
+    return candidates[-1].id
 
 
 # an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)

@@ -12,6 +12,7 @@ from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_n
 from meldingstjener.engine import receipts
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.worker import Worker
 from meldingstjener.store.tables import AgreementRow, MessageRow, PartyRow
 from meldingstjener.store.uow import LogFilter
 
@@ -155,6 +156,54 @@ def test_a_rejecting_apprec_for_a_message_we_did_not_send_raises_an_alert(
         assert alert.dedup_key == f"apprec-rejected:unmatched:{apprec.id}"  # type: ignore[attr-defined]
 
 
+def test_an_epjs_resend_of_one_msgid_gets_each_apprec_on_its_own_copy(pair: Pair) -> None:
+    # The GP's EPJ resent its document (the same MsgId, a new ebXML message); the hospital
+    # answered both copies. Every AppRec went to the newest copy: the older stayed
+    # transport-acknowledged and got a false apprec-missing a day later.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    first = submit(pair.gp, note, actor="epj")
+    pair.run()
+    pair.clock.advance(hours=1)
+    second = submit(pair.gp, note, actor="epj")
+    pair.run()
+    copies = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    assert len(copies) == 2
+    for copy in copies:
+        receipts.deliver(pair.hospital, copy.id, actor="epj")
+        receipts.send_apprec(pair.hospital, copy.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, first).status == "apprec-ok"
+    assert pair.message(pair.gp, second).status == "apprec-ok"
+    assert len(receipts.apprec_info(pair.gp, first)) == 1
+    assert len(receipts.apprec_info(pair.gp, second)) == 1
+    pair.clock.advance(hours=25)
+    pair.run()
+    assert open_alerts(pair.gp, "apprec-missing") == []
+
+
+def test_an_apprec_goes_to_the_message_sent_from_the_her_id_it_answers(pair: Pair) -> None:
+    # Two HER-ids of the GP's (its organisation, and a second one standing in for a service)
+    # sent one MsgId; the AppRec to the second went to whichever was sent last.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    first = submit(pair.gp, note, actor="epj")
+    pair.run()
+    second = submit(pair.gp, note, actor="epj")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(first)
+        assert row is not None
+        row.from_her_id = "8100009"  # as if sent from another HER-id of ours
+        uow.commit()
+    # the hospital answers the copy from 8100001 (both came from it, in fact)
+    copies = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    receipts.deliver(pair.hospital, copies[1].id, actor="epj")
+    receipts.send_apprec(pair.hospital, copies[1].id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, second).status == "apprec-ok"
+    # not the older message, which is still waiting, but from another HER-id of ours
+    assert pair.message(pair.gp, first).status == "transport-acknowledged"
+
+
 def test_a_missing_apprec_raises_an_alert_after_the_deadline(pair: Pair) -> None:
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
@@ -208,6 +257,43 @@ def test_a_message_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: 
     assert "feil tjeneste" not in details  # no content in the log
 
 
+def test_a_purge_deletes_the_wire_form_too_and_a_resend_still_gets_its_acknowledgment(
+    pair: Pair,
+) -> None:
+    # The purge released the decrypted payload only; the wire form as received, encrypted to
+    # our own key, stayed for good, and the purged content could be read with that key.
+    from meldingstjener.transport.base import Delivery
+
+    _alias(pair, "8200099")
+    nowhere = dataclasses.replace(
+        pair.hospital_site, address_her_id="8200099", service_name="Finnes ikke"
+    )
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, nowhere, "feil tjeneste"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()  # sent; the hospital's verdict has not run
+    [row] = pair.inbound_messages(pair.hospital)
+    assert row.wire_ref is not None
+    wire = pair.hospital.store.payloads.path(str(row.wire_ref))
+    assert wire.is_file()
+    pair.run()
+    purged = pair.message(pair.hospital, row.id)
+    assert purged.status == "misaddressed-purged"
+    assert purged.payload_ref is None and purged.wire_ref is None
+    assert not wire.is_file()
+    # what non-repudiation needs stays: our Acknowledgment, repeated to the sender's resend
+    sent = pair.message(pair.gp, message_id)
+    pair.network.send(
+        Delivery(
+            pair.hospital_site.endpoint,
+            str(sent.wire_content_type),
+            pair.gp.store.payloads.path(str(sent.wire_ref)),
+        )
+    )
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        acks = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
+    assert len(acks) == 2 and acks[0].ebxml_message_id == acks[1].ebxml_message_id
+
+
 def test_a_misaddressed_message_whose_apprec_cannot_be_sent_raises_apprec_unsent_only(
     pair: Pair,
 ) -> None:
@@ -257,7 +343,8 @@ def test_a_purged_payload_a_crash_left_behind_is_deleted_by_its_job(
     _, row = send_and_deliver(pair)
     store = pair.hospital.store.payloads
     kept = store.path(str(row.payload_ref))
-    assert kept.is_file()
+    wire = store.path(str(row.wire_ref))
+    assert kept.is_file() and wire.is_file()
     monkeypatch.setattr(store, "delete", lambda key: False)  # the process died after the commit
     receipts.report_misaddressed(pair.hospital, row.id, actor="epj:test", reason="feil")
     monkeypatch.undo()
@@ -266,7 +353,7 @@ def test_a_purged_payload_a_crash_left_behind_is_deleted_by_its_job(
     assert kept.is_file()
     pair.clock.advance(minutes=11)
     pair.run()
-    assert not kept.is_file()
+    assert not kept.is_file() and not wire.is_file()
 
 
 def test_auto_apprec_for_partners_configured_so(pair: Pair) -> None:
@@ -357,6 +444,22 @@ def test_the_server_rejects_format_errors_with_t02(pair: Pair) -> None:
     assert receipts.judge(pair.hospital, merely_warned, "8200002") is None
 
 
+def test_the_server_rejects_a_content_version_it_does_not_support_with_t10(pair: Pair) -> None:
+    # A Dialogmelding in a namespace we do not read, in a MsgHead we do: formats classes the
+    # fault as UnsupportedVersion (8221 T10), and the server's own rejection said T02.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    supported = b"http://www.kith.no/xmlstds/dialog/2006-10-11"
+    assert note.count(supported) == 1
+    faulty = note.replace(supported, b"http://www.kith.no/xmlstds/dialog/2099-01-01")
+    verdict = receipts.judge(pair.hospital, inspect(faulty), HOSPITAL_SERVICE_HER)
+    assert verdict is not None and verdict.errors[0][0] == "T10"
+    # sent by a sender that does not validate; its message keeps its MsgId, for the AppRec
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "T10"
+
+
 def test_transport_delivery_state_follows_the_status() -> None:
     assert receipts.transport_delivery_state("retrying") == "Unconfirmed"
     assert receipts.transport_delivery_state("not-delivered") == "Rejected"
@@ -373,6 +476,33 @@ def test_an_apprec_document_from_the_epj_marks_the_message_it_answers(pair: Pair
     pair.run()
     assert pair.message(pair.hospital, row.id).status == "apprec-sent"
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_an_apprec_document_for_a_message_answered_already_is_refused(pair: Pair) -> None:
+    # The EPJ's second AppRec, a rejection posted as a document after our Ok, went out while
+    # the message stayed apprec-sent and the sender's GetStatus kept saying Ok.
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.formats import AppRecError, AppRecStatus, build_apprec, read_msghead
+
+    message_id, row = send_and_deliver(pair)
+    original = read_msghead(pair.hospital.store.payloads.read_bytes(str(row.payload_ref)))
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    document = build_apprec(
+        original,
+        status=AppRecStatus.REJECTED,
+        errors=[AppRecError.of("E35", "Pasienten finnes ikke")],
+        version="1.1",
+    )
+    with pytest.raises(SubmitRejected) as refused:
+        submit(pair.hospital, document, actor="folder")
+    assert refused.value.code == "already-answered"
+    pair.run()
+    assert [m.msg_type for m in pair.inbound_messages(pair.gp)] == ["APPREC"]  # only the Ok
+    assert pair.message(pair.hospital, row.id).status == "apprec-sent"
+    [info] = receipts.apprec_info(pair.gp, message_id)
+    assert info.app_rec_status == "Ok"
 
 
 def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pair) -> None:
@@ -459,6 +589,29 @@ def test_a_copy_with_a_format_error_is_rejected_by_an_apprec_from_its_copy_recei
     assert open_alerts(pair.hospital, "apprec-unsent") == []
     sent = pair.message(pair.gp, message_id)
     assert sent.status == "apprec-rejected" and sent.last_error_code == "T02"
+
+
+def test_a_copy_to_a_service_we_do_not_have_is_purged_and_answered_e21(pair: Pair) -> None:
+    # A copy (OtherReceiver) to our organisation, naming a service of it we do not have: the
+    # check that the receiver service is ours was skipped for copies, and it went to the EPJ
+    # with no alert, where the same addressing as main receiver is purged and answered E21.
+    _alias(pair, HOSPITAL_HER)  # the GP may address the hospital's organisation
+    payload, addressed = _copy_to_the_hospital(pair)
+    assert payload.count(HOSPITAL_SERVICE_HER.encode()) == 1
+    payload = payload.replace(HOSPITAL_SERVICE_HER.encode(), b"8200099")
+    message_id = submit(
+        pair.gp, payload, actor="t", to_her_id=HOSPITAL_HER, inspected=inspect(addressed)
+    )
+    pair.run()
+    row = received(pair)
+    assert row.to_her_id == HOSPITAL_HER
+    assert row.status == "misaddressed-purged" and row.payload_ref is None
+    with pytest.raises(receipts.AppRecRefused):
+        receipts.deliver(pair.hospital, row.id, actor="epj")  # never reaches the inbox
+    [alert] = open_alerts(pair.hospital, "misaddressed-received")
+    assert "8200099" in alert.summary  # type: ignore[attr-defined]
+    sent = pair.message(pair.gp, message_id)
+    assert sent.status == "apprec-rejected" and sent.last_error_code == "E21"
 
 
 def test_an_apprec_document_that_fits_several_copies_marks_none(tmp_path: Path) -> None:
@@ -589,15 +742,23 @@ def test_the_servers_own_rejection_is_stored_with_the_message(pair: Pair) -> Non
     assert _jobs(pair.hospital, receipts.SERVER_VERDICT) == []
 
 
-def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(pair: Pair) -> None:
-    # No GenDate: the validator finds it (T02), and an AppRec, which quotes the original's
-    # identity, cannot be built from it. The message is rejected all the same, the operator told.
-    import re
+def test_a_rejection_whose_apprec_cannot_be_built_still_applies_and_alerts(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A format error (T02: the sender has no name), and an AppRec that cannot be built from the
+    # message (a MsgHead our reader cannot read is refused with a MessageError before this; the
+    # builder's own checks stand in for what else it may refuse). The message is rejected all
+    # the same, the operator told.
+    from meldingstjener.formats import MissingElement
 
-    faulty = re.sub(
-        rb"<GenDate>[^<]*</GenDate>", b"", dialog_note(pair.gp_site, pair.hospital_site, "x")
-    )
-    message_id = _send_as_a_careless_sender(pair, faulty)
+    def unbuildable(*args: object, **kwargs: object) -> bytes:
+        raise MissingElement("stand-in", path="/MsgHead/MsgInfo/GenDate")
+
+    name = b"<OrganisationName>Fjordlegen legekontor</OrganisationName>"
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    assert note.count(name) == 1
+    message_id = _send_as_a_careless_sender(pair, note.replace(name, b""))
+    monkeypatch.setattr(receipts, "build_apprec", unbuildable)
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     [row] = pair.inbound_messages(pair.hospital)

@@ -54,6 +54,44 @@ def test_a_fagmelding_that_is_not_xml_is_stored_with_codes_only(
     assert str(refused.last_error_text).endswith("cannot be interpreted (xml-malformed)")
 
 
+@pytest.mark.parametrize(
+    ("fault", "pattern", "replacement", "code"),
+    [
+        ("no MsgId", rb"<MsgId>[^<]*</MsgId>", b"", "missing-element"),
+        ("no GenDate", rb"<GenDate>[^<]*</GenDate>", b"", "missing-element"),
+        (
+            "a MsgHead version we do not read",
+            rb"<MIGversion>[^<]*</MIGversion>",
+            b"<MIGversion>v1.3</MIGversion>",
+            "unsupported-version",
+        ),
+    ],
+    ids=["no-msgid", "no-gendate", "unsupported-version"],
+)
+def test_a_msghead_our_reader_cannot_read_is_refused_with_other_xml(
+    pair: Pair, fault: str, pattern: bytes, replacement: bytes, code: str
+) -> None:
+    # Well-formed, a MsgHead, but not one the reader reads: it was acknowledged, and then no
+    # AppRec could be built (it quotes the MsgId and GenDate). The sender held a positive
+    # transport receipt and heard nothing more; now it gets the MessageError of a document
+    # that cannot be interpreted.
+    import re
+
+    from meldingstjener.engine.fagmelding import inspect
+
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    faulty = re.sub(pattern, replacement, note)
+    assert faulty != note, fault
+    # sent by a sender that does not validate: the GP's own check reads the sound note
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert (sent.status, sent.last_error_code) == ("transport-error", "OtherXml"), fault
+    [refused] = pair.inbound_messages(pair.hospital)
+    assert refused.status == "rejected" and refused.last_error_code == "OtherXml"
+    assert str(refused.last_error_text).endswith(f"cannot be interpreted ({code})")
+
+
 def test_a_fagmelding_larger_than_formats_max_xml_bytes_is_refused(tmp_path: Path) -> None:
     # formats.max_xml_bytes held for the envelope only: the business message was parsed with
     # the 64 MB default whatever the operator had set
@@ -169,10 +207,14 @@ def test_a_sender_her_id_split_by_a_comment_is_refused_as_inconsistent(
 
     monkeypatch.setattr(payload_io, "seal", split)
     message_id = send_note(pair)
+    # The reader refuses a value with markup, so the MsgHead cannot be read: refused as a
+    # business message that cannot be interpreted (OtherXml) before its HER-ids are compared
+    # (Inconsistent); refused either way, and never read one way of two.
     sent = pair.message(pair.gp, message_id)
-    assert sent.status == "transport-error" and sent.last_error_code == "Inconsistent"
+    assert sent.status == "transport-error" and sent.last_error_code == "OtherXml"
     [refused] = pair.inbound_messages(pair.hospital)
-    assert refused.status == "rejected" and refused.last_error_code == "Inconsistent"
+    assert refused.status == "rejected" and refused.last_error_code == "OtherXml"
+    assert str(refused.last_error_text).endswith("(markup-in-value)")
 
 
 def test_refused_messages_raise_one_alert_per_sender_and_code_until_one_is_stored(
