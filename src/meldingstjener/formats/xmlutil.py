@@ -50,12 +50,27 @@ def qname(ns: str, local: str) -> str:
     return f"{{{ns}}}{local}"
 
 
+# what a name lxml does not take as an element name is read as: a parser in recovery, or one
+# that keeps an unbound prefix, leaves such names (``<a:b:c/>``) in the tree, and the name is
+# the message's own text, not a name of any schema
+INVALID_NAME = "*"
+
+
 def local_name(element: etree._Element) -> str:
-    return etree.QName(element).localname
+    """The element's name without its namespace; :data:`INVALID_NAME` for a name that is not
+    a valid XML name (never an exception, whose text would quote it)."""
+    try:
+        return etree.QName(element).localname
+    except ValueError:
+        return INVALID_NAME
 
 
 def namespace(element: etree._Element) -> str | None:
-    return etree.QName(element).namespace
+    """The element's namespace, or None; also for an element whose name is not valid."""
+    tag = element.tag
+    if not isinstance(tag, str) or not tag.startswith("{"):
+        return None
+    return tag[1:].partition("}")[0]
 
 
 # iterchildren(tag) rather than find(tag): the same first match, without ElementPath's parsing
