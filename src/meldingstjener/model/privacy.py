@@ -27,6 +27,24 @@ def redact(text: str | None) -> str | None:
     return _NATIONAL_ID.sub("[redacted-id]", text)
 
 
+def redact_all(value: object) -> object:
+    """A stored structure (a receipt's error codes: lists of objects of codes and texts) with
+    every text in it masked by :func:`redact`, and each ``code`` also by any eleven digits in
+    it (inside a code nothing is an id of ours); keys and numbers as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [redact_all(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            key: _ELEVEN_DIGITS.sub("[redacted-id]", str(redact(item)))
+            if key == "code" and isinstance(item, str)
+            else redact_all(item)
+            for key, item in value.items()
+        }
+    return value
+
+
 def partner_code(value: str | None, shape: re.Pattern[str], *, limit: int = 64) -> str:
     """A code a partner sent (an ebXML errorCode, an AppRec Error V), fit for our texts and
     code columns: as sent when it has the ``shape`` of a code and hides no national identity
