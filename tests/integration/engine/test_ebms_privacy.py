@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from engine_pair import Pair, make_pair
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from meldingstjener.api import app as api_app
 from meldingstjener.devsites import HOSPITAL_HER, dialog_note
@@ -94,3 +95,33 @@ def test_an_unexpected_error_is_logged_with_where_it_failed_but_not_its_text(
     # the help desk still finds where: the class, and the lines it was raised through
     assert "builtins.KeyError, raised through" in caplog.text
     assert "in faulty" in caplog.text
+
+
+def test_an_element_named_after_the_patient_is_no_name_in_the_log_or_the_apprec(
+    pair_with_schemas: Pair,
+) -> None:
+    # review's xsd2: the finding's path went into the message log ("xsd-invalid at ...") and
+    # into the T02 AppRec's text, with the element's name the sender made up
+    pair = pair_with_schemas
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Ring meg")
+    gp_her = pair.gp_site.organisation_her_id
+    broken = note.replace(
+        f"<Id>{gp_her}</Id>".encode(), f"<Id>{gp_her}</Id><{NAME}/><P{FNR}/>".encode(), 1
+    )
+    body, content_type = wire(pair, broken)
+    with TestClient(api_app.create_app(pair.hospital)) as http:
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+    pair.run()  # the hospital's T02 AppRec, to the GP
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "rejected"
+    with pair.hospital.store.unit_of_work() as uow:
+        details = " ".join(e.detail or "" for e in uow.events.for_message(received.id))
+        texts = " ".join(str(r.error_codes) for r in uow.receipts.for_message(received.id))
+    assert "xsd-invalid at /MsgHead/MsgInfo/Sender/Organisation/Ident/*[2]" in details, details
+    assert "T02" in texts and "Ident/*[2]" in texts, texts
+    with pair.gp.store.unit_of_work() as uow:  # the AppRec as the GP took it
+        stored = uow.session.execute(text("SELECT error_codes, description FROM receipts"))
+        texts += " ".join(str(tuple(row)) for row in stored)
+    for marker in (NAME, FNR, f"P{FNR[:6]}"):
+        assert marker not in details and marker not in texts

@@ -10,8 +10,15 @@ from lxml import etree
 
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.formats import validation
-from meldingstjener.formats.xmlutil import INVALID_NAME, local_name, namespace
+from meldingstjener.formats.xmlutil import (
+    INVALID_NAME,
+    ElementPaths,
+    local_name,
+    namespace,
+    path_of,
+)
 
+FORESPORSEL = "dialogmelding__1.0__foresporsel-og-svar__dialog-foresporsel-samsvar-test.xml"
 NAME = "PATIENTNAME-Nordmann"
 FNR = "01017012345"
 
@@ -52,7 +59,7 @@ def test_inspect_of_an_element_name_lxml_refuses_does_not_raise(kith_xsd: Path) 
     found = inspect(_INVALID_TAG, kith_xsd)
     assert not found.report.valid
     paths = [p.path for p in found.report.problems]
-    assert "/MsgHead/MsgInfo/Sender/Organisation/Ident/*" in paths
+    assert "/MsgHead/MsgInfo/Sender/Organisation/Ident/*[2]" in paths
     assert not any(NAME in path or FNR in path for path in paths)
 
 
@@ -72,3 +79,47 @@ def test_an_unexpected_error_in_a_layer_is_a_problem_without_its_text(
     ]
     assert NAME not in repr(report.as_dict())
     assert "ValueError" in report.problems[0].message
+
+
+def test_a_path_shows_the_names_of_the_kith_schemas_only() -> None:
+    # a name the schemas do not declare is the sender's text: "*" and its position among
+    # its parent's elements, numbered apart from the known names around it
+    root = etree.fromstring(
+        f'<MsgHead xmlns="urn:x"><MsgInfo/><{NAME}/><P{FNR}><Id/></P{FNR}><MsgInfo/>'
+        "</MsgHead>".encode()
+    )
+    got = [path_of(e) for e in root.iter()]
+    assert got == [
+        "/MsgHead",
+        "/MsgHead/MsgInfo[1]",
+        "/MsgHead/*[2]",
+        "/MsgHead/*[3]",
+        "/MsgHead/*[3]/Id",
+        "/MsgHead/MsgInfo[2]",
+    ]
+    paths = ElementPaths()
+    assert [paths.of(e) for e in root.iter()] == got
+    assert path_of(etree.fromstring(f"<{NAME}><Id/></{NAME}>".encode())[0]) == "/*/Id"
+
+
+def test_an_element_injected_into_the_patient_is_no_name_in_the_findings(
+    samples: Path, kith_xsd: Path
+) -> None:
+    # review's xsd2: an element named after the patient where the schema allows none
+    data = (samples / FORESPORSEL).read_bytes()
+    assert b"<Patient>" in data
+    data = data.replace(b"<Patient>", f"<Patient><{NAME}/><P{FNR}/>".encode(), 1)
+    report = validation.validate(data, kith_xsd)
+    paths = [p.path for p in report.problems]
+    assert any(path.startswith("/MsgHead/MsgInfo/Patient/*[") for path in paths), paths
+    assert not any(NAME in path or FNR in path for path in paths)
+
+
+def test_a_prefixed_element_the_xsd_layer_cannot_find_is_placed_by_its_line(
+    samples: Path, kith_xsd: Path
+) -> None:
+    data = (samples / FORESPORSEL).read_bytes()
+    data = data.replace(b"<Patient>", f'<Patient><p:{NAME} xmlns:p="urn:p"/>'.encode(), 1)
+    report = validation.validate(data, kith_xsd)
+    xsd = [p.path for p in report.problems if p.layer == "xsd"]
+    assert xsd and not any(NAME in path for path in xsd), xsd
