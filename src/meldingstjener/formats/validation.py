@@ -48,7 +48,9 @@ from meldingstjener.formats.dialog import (
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.msghead import (
     MSGHEAD_VERSION,
+    NOT_A_TYPE,
     MsgHead,
+    message_type_code,
     msghead_from_element,
     organisation_from_element,
 )
@@ -285,10 +287,11 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     report.format = "MsgHead"
     info = child(root, NS_MSGHEAD, "MsgInfo")
     type_element = child(info, NS_MSGHEAD, "Type")
-    report.type = type_element.get("V") if type_element is not None else None
-    report.type_name = (type_element.get("DN") if type_element is not None else None) or (
-        code_list(MESSAGE_TYPES).text(report.type)
-    )
+    sent_type = type_element.get("V") if type_element is not None else None
+    report.type = message_type_code(sent_type)
+    report.type_name = (
+        type_element.get("DN") if type_element is not None and report.type == sent_type else None
+    ) or code_list(MESSAGE_TYPES).text(report.type)
     report.version = _lenient_text(info, NS_MSGHEAD, "MIGversion")
     report.sender = _lenient_party(info, "Sender")
     report.receiver = _lenient_party(info, "Receiver")
@@ -376,6 +379,14 @@ def _msghead_structure(
             "missing-element",
             at(type_element, "/@V"),
             "the message type has no code (attribute V)",
+        )
+    elif type_element is not None and message_type_code(type_element.get("V")) == NOT_A_TYPE:
+        report.add(
+            "structure",
+            "invalid-code",
+            at(type_element, "/@V"),
+            "the message type (attribute V) is no code: capital letters, digits and _ only, "
+            "at most 40",
         )
     _require(report, info, "GenDate", "the generation time")
     _require(report, info, "MsgId", "the message id")
@@ -536,7 +547,7 @@ def _msghead_business(
     head: MsgHead, content: etree._Element | None, report: ValidationReport
 ) -> None:
     info = head.msg_info
-    if head.message_type not in code_list(MESSAGE_TYPES):
+    if head.message_type not in code_list(MESSAGE_TYPES) and head.message_type != NOT_A_TYPE:
         report.add(
             "business",
             "unknown-code",
@@ -670,7 +681,15 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
     report.format = "AppRec"
     ns = namespace(root) or ""
     msg_type = child(root, ns, "MsgType")
-    report.type = (msg_type.get("V") if msg_type is not None else None) or "APPREC"
+    report.type = message_type_code(msg_type.get("V") if msg_type is not None else None) or "APPREC"
+    if report.type == NOT_A_TYPE and msg_type is not None:
+        report.add(
+            "structure",
+            "invalid-code",
+            at(msg_type, "/@V"),
+            "the message type (attribute V) is no code: capital letters, digits and _ only, "
+            "at most 40",
+        )
     report.type_name = code_list(MESSAGE_TYPES).text("APPREC")
     report.version = _lenient_text(root, ns, "MIGversion")
     try:

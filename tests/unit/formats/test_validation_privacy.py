@@ -3,13 +3,14 @@ errors nobody foresaw (found in review)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from meldingstjener.engine.fagmelding import inspect
-from meldingstjener.formats import validation
+from meldingstjener.formats import read_msghead, validation
 from meldingstjener.formats.xmlutil import (
     INVALID_NAME,
     ElementPaths,
@@ -123,3 +124,30 @@ def test_a_prefixed_element_the_xsd_layer_cannot_find_is_placed_by_its_line(
     report = validation.validate(data, kith_xsd)
     xsd = [p.path for p in report.problems if p.layer == "xsd"]
     assert xsd and not any(NAME in path for path in xsd), xsd
+
+
+@pytest.mark.parametrize("sent", [NAME, f"Pasient {FNR}", "dialog_notat", "X" * 41])
+def test_a_message_type_that_is_no_code_is_an_error_and_read_as_a_question_mark(
+    samples: Path, sent: str
+) -> None:
+    data = (samples / FORESPORSEL).read_bytes()
+    data = re.sub(
+        rb'(<Type V=")DIALOG_FORESPORSEL"[^/]*',
+        rb"\1" + sent.encode() + b'" DN="' + NAME.encode() + b'"',
+        data,
+        count=1,
+    )
+    assert sent.encode() in data
+    report = validation.validate(data)
+    assert (report.type, report.type_name) == ("?", None)
+    assert ("structure", "invalid-code", "/MsgHead/MsgInfo/Type/@V") in {
+        (p.layer, p.code, p.path) for p in report.problems
+    }
+    assert not report.valid and NAME not in repr(report.as_dict())
+    assert read_msghead(data).message_type == "?"
+    assert read_msghead(data).message_type_name is None
+
+
+def test_no_message_type_of_the_samples_is_read_as_a_question_mark(samples: Path) -> None:
+    types = {validation.validate(path.read_bytes()).type for path in samples.glob("*.xml")}
+    assert "?" not in types and {"DIALOG_FORESPORSEL", "DIALOG_SVAR", "APPREC"} <= types
