@@ -6,8 +6,10 @@ patient data, which lives only in the payload files.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from meldingstjener.model.privacy import partner_code
 from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
 
 
@@ -56,17 +58,34 @@ def event_dict(event: EventRow) -> dict[str, Any]:
     }
 
 
-def receipt_dict(receipt: ReceiptRow) -> dict[str, Any]:
-    """A transport receipt, ebXML error or AppRec as the log shows it."""
-    return {
+def receipt_dict(receipt: ReceiptRow, *, texts: bool = False) -> dict[str, Any]:
+    """A transport receipt, ebXML error or AppRec as the log shows it: its error codes, each as
+    :func:`partner_code` shows it, and with ``texts`` also the words of its errors and its
+    description, as stored. Those are an EPJ's or a partner's own (an AppRec's Error DN, a
+    MessageError's description), masked of national identity numbers but free to name the
+    patient: an operator asks for them."""
+    errors = receipt.error_codes or []
+    shown: dict[str, Any] = {
         "kind": receipt.kind,
         "direction": receipt.direction,
         "at": receipt.at.isoformat(),
         "ebxml_message_id": receipt.ebxml_message_id,
         "apprec_status": receipt.apprec_status,
-        "error_codes": receipt.error_codes,
-        "description": receipt.description,
+        "error_codes": [_error_code(error) for error in errors] or None,
     }
+    if texts:
+        shown["error_codes"] = receipt.error_codes
+        shown["description"] = receipt.description
+    return shown
+
+
+# an AppRec's Error V (E21) or an ebXML errorCode (SecurityFailure, a partner's NHN:QueueFull)
+_CODE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")
+
+
+def _error_code(error: object) -> str:
+    code = error.get("code") if isinstance(error, dict) else None
+    return partner_code(code if isinstance(code, str) else None, _CODE_SHAPE)
 
 
 def alert_dict(alert: AlertRow) -> dict[str, Any]:

@@ -21,12 +21,12 @@ text may quote what it was given (a value of a business document, a database's D
 from __future__ import annotations
 
 import logging
-import traceback
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener.api.problems import problem_response
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import BUSY, RESOURCES, UNREACHABLE, trouble
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class ServerFaults:
             where,
             type(exc).__name__,
             request_id,
-            _passed_through(exc),
+            passed_through(exc),
         )
         if started:
             return
@@ -120,18 +120,3 @@ class ServerFaults:
             request_id=request_id,
         )
         await answer(scope, receive, send)
-
-
-def _passed_through(exc: BaseException) -> str:
-    """The traceback of ``exc`` and of the errors it came from, with their class names and
-    source lines but not their texts."""
-    lines: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        kind = type(current)
-        lines.append(f"{kind.__module__}.{kind.__qualname__}, raised through:\n")
-        lines.extend(traceback.format_tb(current.__traceback__))
-        current = current.__cause__ or current.__context__
-    return "".join(lines)

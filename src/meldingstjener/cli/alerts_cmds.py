@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from meldingstjener.cli.app import app, store_from
@@ -122,8 +123,17 @@ def status_command(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+    texts: Annotated[
+        bool,
+        typer.Option(
+            "--texts",
+            help="Also the words of its receipts' errors and their descriptions, as an EPJ or "
+            "a partner wrote them: they may name the patient.",
+        ),
+    ] = False,
 ) -> None:
-    """A message's end-to-end status: transport receipt and AppRec, per receiver."""
+    """A message's end-to-end status: transport receipt and AppRec, per receiver (its
+    receipts' error codes, their words only with ``--texts``)."""
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
 
     store = store_from(ctx)
@@ -142,7 +152,7 @@ def status_command(
         "from_her_id": message.from_her_id,
         "to_her_id": message.to_her_id,
         "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [receipt_dict(receipt) for receipt in receipts],
+        "receipts": [receipt_dict(receipt, texts=texts) for receipt in receipts],
         "alerts": [alert_dict(a) for a in alerts],
     }
     if message.direction == "out":
@@ -172,10 +182,24 @@ def status_command(
         console.print(
             f"  {receipt['at'][:19]} {receipt['direction']:>3} {receipt['kind']}"
             + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
-            + (f" {receipt['error_codes']}" if receipt["error_codes"] else "")
+            + (f" {_codes(receipt['error_codes'])}" if receipt["error_codes"] else "")
         )
+        if texts and receipt["description"]:
+            console.print(f"    {escape(receipt['description'])}", highlight=False)
     for alert in alerts:
         console.print(f"  [red]alert {alert.id}[/] {alert.kind}: {alert.summary}")
+
+
+def _codes(errors: list[Any]) -> str:
+    """A receipt's errors on one line: codes, or with ``--texts`` each code and its words."""
+    shown = []
+    for error in errors:
+        if isinstance(error, dict):
+            words = error.get("text") or error.get("description")
+            shown.append(f"{error.get('code')}" + (f" ({words})" if words else ""))
+        else:
+            shown.append(str(error))
+    return escape(", ".join(shown))
 
 
 @app.command("instances")

@@ -126,8 +126,17 @@ def show_command(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+    texts: Annotated[
+        bool,
+        typer.Option(
+            "--texts",
+            help="Also the words of its receipts' errors and their descriptions, as an EPJ or "
+            "a partner wrote them: they may name the patient.",
+        ),
+    ] = False,
 ) -> None:
-    """One message's timeline: its identities, addressing, status and every event."""
+    """One message's timeline: its identities, addressing, status and every event (with
+    ``--json`` its receipts too: their error codes, their words only with ``--texts``)."""
     store = store_from(ctx)
     with store.unit_of_work() as uow:
         message = find_message(uow, message_id)
@@ -141,7 +150,7 @@ def show_command(
         document["last_error"] = {"code": message.last_error_code, "text": message.last_error_text}
         document["attempts"] = message.attempts
         document["events"] = [event_dict(event) for event in events]
-        document["receipts"] = [receipt_dict(receipt) for receipt in receipts]
+        document["receipts"] = [receipt_dict(receipt, texts=texts) for receipt in receipts]
         typer.echo(json.dumps(document, indent=2))
         return
     console = wide_console()

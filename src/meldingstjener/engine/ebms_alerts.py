@@ -18,6 +18,7 @@ from collections.abc import Callable
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,11 @@ def failed(ctx: EngineContext, exc: Exception) -> None:
     """An error nobody expected while receiving (a fault in the server or its data), answered
     500. The alert names the error's class only: its text may quote what was received."""
     name = type(exc).__name__[:100]
-    log.error("receiving a message failed unexpectedly: answered 500", exc_info=exc)
+    # the traceback's places, not its texts: an error of a parser or schema may quote the
+    # message, and its sender resends it, every time logged again
+    log.error(
+        "receiving a message failed unexpectedly (%s): answered 500\n%s", name, passed_through(exc)
+    )
 
     def alert(uow: UnitOfWork) -> None:
         raise_alert(

@@ -69,6 +69,7 @@ from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.mail_bounces import record_bounce
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind
@@ -285,10 +286,10 @@ class MailIntake:
                 inbound.receive(self.ctx, str(content_type), body, channel="smtp")
             except inbound.InboundRefused as refused:
                 self._quarantine(source, refused.code, message_id, digest)
-            except Exception:
+            except Exception as exc:
                 # kept in the box and tried again next round (the database may be away)
                 if tries >= FAILED_ROUNDS_BEFORE_QUARANTINE:
-                    log.exception("a mail failed %d times; quarantined", tries)
+                    log.error("a mail failed %d times; quarantined\n%s", tries, passed_through(exc))
                     self._quarantine(source, "Unknown", message_id, digest)
                 raise
         self._forget_tries(FAILED_PREFIX + digest[:32])
@@ -611,7 +612,11 @@ class MailCollectorThread(threading.Thread):
             stuck = list(self.intake.stuck)
             self.last_failure = TransportFailure("unexpected", type(exc).__name__)
             self._failed_rounds += 1
-            log.exception("mail collection failed unexpectedly; trying again next round")
+            log.error(
+                "mail collection failed unexpectedly (%s); trying again next round\n%s",
+                type(exc).__name__,
+                passed_through(exc),
+            )
         try:
             report_collection(
                 self.intake.ctx,

@@ -29,6 +29,7 @@ from meldingstjener.engine import (
     transmit,
 )
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.uow import ClaimedJob, Store
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,12 @@ def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
             # The send is recorded and its job is the ack-timeout now: rescheduling it as a
             # failed job would resend at once. Without the signal the ack-timeout resends, and
             # the partner's duplicate elimination answers with the same signal again.
-            log.exception("synchronous reply for job %s failed: %s", job.id, type(exc).__name__)
+            log.error(
+                "synchronous reply for job %s failed: %s\n%s",
+                job.id,
+                type(exc).__name__,
+                passed_through(exc),
+            )
 
 
 HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
@@ -226,7 +232,13 @@ class Worker:
                 with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
                     handler(self.ctx, job)
             except Exception as exc:  # one bad job must not stop the worker
-                log.exception("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)
+                log.error(
+                    "job %s (%s) failed: %s\n%s",
+                    job.id,
+                    job.kind,
+                    type(exc).__name__,
+                    passed_through(exc),
+                )
                 failing_jobs.after_crash(self.ctx, job, exc)
         release_unstarted(self.ctx, left)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +45,7 @@ from meldingstjener.formats.xmlutil import (
     child,
     children,
     coded,
+    coded_of,
     is_base64_text,
     local_name,
     namespace,
@@ -142,6 +144,31 @@ def copy_receiver(info: MsgInfo, her_id: str) -> Party | None:
         if any(level is not None and level.her_id == her_id for level in levels):
             return Party(organisation=organisation, com_method=other.com_method)
     return None
+
+
+# What a message type code looks like: code list 8279's (DIALOG_NOTAT, EPIKRISE, APPREC, 26
+# characters at most) and the like. MsgInfo/Type V is the sender's text; read as it is, any
+# text went on as the message's type, into webhook bodies, alerts, the log and the inbox.
+MESSAGE_TYPE_SHAPE = re.compile(r"[A-Z0-9_]{1,40}")
+NOT_A_TYPE = "?"
+
+
+def message_type_code(value: str | None) -> str | None:
+    """A message type as sent, or :data:`NOT_A_TYPE` when it does not look like a code (see
+    :data:`MESSAGE_TYPE_SHAPE`); None when there is none."""
+    if not value:
+        return value
+    return value if MESSAGE_TYPE_SHAPE.fullmatch(value) else NOT_A_TYPE
+
+
+def _read_type(element: etree._Element | None) -> Coded | None:
+    """MsgInfo/Type, its V as :func:`message_type_code` reads it; a V that is no code loses
+    its DN and OT too (the validator reports it)."""
+    found = coded_of(element) if element is not None else None
+    if found is None or not found.v:
+        return found
+    code = message_type_code(found.v)
+    return found if code == found.v else Coded(v=code, s=found.s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +271,7 @@ def msghead_from_element(root: etree._Element, *, decode_attachments: bool = Tru
             f"MsgHead MIGversion {mig!r} is not supported (expected {MSGHEAD_VERSION!r})",
             path="/MsgHead/MsgInfo/MIGversion",
         )
-    msg_type = coded(info, MH, "Type")
+    msg_type = _read_type(child(info, MH, "Type"))
     if msg_type is None or not msg_type.v:
         raise MissingElement("MsgHead has no message type", path="/MsgHead/MsgInfo/Type")
     msg_id = _required_text(info, "MsgId")

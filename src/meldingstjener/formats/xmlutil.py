@@ -14,6 +14,7 @@ from datetime import datetime
 
 from lxml import etree
 
+from meldingstjener.formats.element_names import KNOWN_ELEMENT_NAMES
 from meldingstjener.formats.errors import MarkupInValue
 
 NS_MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
@@ -50,12 +51,27 @@ def qname(ns: str, local: str) -> str:
     return f"{{{ns}}}{local}"
 
 
+# what a name lxml does not take as an element name is read as: a parser in recovery, or one
+# that keeps an unbound prefix, leaves such names (``<a:b:c/>``) in the tree, and the name is
+# the message's own text, not a name of any schema
+INVALID_NAME = "*"
+
+
 def local_name(element: etree._Element) -> str:
-    return etree.QName(element).localname
+    """The element's name without its namespace; :data:`INVALID_NAME` for a name that is not
+    a valid XML name (never an exception, whose text would quote it)."""
+    try:
+        return etree.QName(element).localname
+    except ValueError:
+        return INVALID_NAME
 
 
 def namespace(element: etree._Element) -> str | None:
-    return etree.QName(element).namespace
+    """The element's namespace, or None; also for an element whose name is not valid."""
+    tag = element.tag
+    if not isinstance(tag, str) or not tag.startswith("{"):
+        return None
+    return tag[1:].partition("}")[0]
 
 
 # iterchildren(tag) rather than find(tag): the same first match, without ElementPath's parsing
@@ -166,7 +182,9 @@ def add_coded(
 
 
 def path_of(element: etree._Element) -> str:
-    """A readable path such as ``/MsgHead/MsgInfo/Sender/Organisation[1]`` (no namespaces)."""
+    """A readable path such as ``/MsgHead/MsgInfo/Sender/Organisation[1]`` (no namespaces); an
+    element whose name the KITH schemas do not declare is ``*[n]``, its position among its
+    parent's elements."""
     return ElementPaths().of(element)
 
 
@@ -190,26 +208,37 @@ class ElementPaths:
             parent = current.getparent()
             label = self._labels.get(current)
             if label is None:
-                label = local_name(current) if parent is None else self._number(parent, current)
+                label = _shown_name(current) if parent is None else self._number(parent, current)
             parts.append(label)
             current = parent
         return "/" + "/".join(reversed(parts))
 
     def _number(self, parent: etree._Element, wanted: etree._Element) -> str:
         """Label every element child of ``parent``: its name, with its position among the
-        children of its name when there are several. Returns ``wanted``'s label."""
+        children of its name when there are several; a name no schema we know declares as
+        ``*`` and its position among all the element children. Returns ``wanted``'s label."""
         siblings = [c for c in parent if isinstance(c.tag, str)]
         totals: dict[str, int] = {}
         for sibling in siblings:
             totals[sibling.tag] = totals.get(sibling.tag, 0) + 1
         seen: dict[str, int] = {}
-        for sibling in siblings:
-            name = local_name(sibling)
+        for position, sibling in enumerate(siblings, 1):
+            name = _shown_name(sibling)
+            if name == INVALID_NAME:
+                self._labels[sibling] = f"{INVALID_NAME}[{position}]"
+                continue
             if totals[sibling.tag] > 1:
                 seen[sibling.tag] = seen.get(sibling.tag, 0) + 1
                 name = f"{name}[{seen[sibling.tag]}]"
             self._labels[sibling] = name
         return self._labels[wanted]
+
+
+def _shown_name(element: etree._Element) -> str:
+    """The element's name as a path shows it: a name of the KITH schemas as it is, any other
+    (the sender's own text, which may name the patient) as :data:`INVALID_NAME`."""
+    name = local_name(element)
+    return name if name in KNOWN_ELEMENT_NAMES else INVALID_NAME
 
 
 def elements(root: etree._Element) -> Iterator[etree._Element]:

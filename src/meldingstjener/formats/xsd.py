@@ -171,13 +171,15 @@ def _readable_path(root: etree._Element, xpath: str | None, paths: ElementPaths)
     # libxml2 reports default-namespace elements as "*" ("/*/*[3]"); find the element and name it.
     if not xpath:
         return ""
+    # A path not found is not shown: libxml2 names a prefixed element by its prefix and name,
+    # both the sender's text; the complaint's line tells where instead.
     try:
         found = root.getroottree().xpath(xpath)
     except etree.XPathError:
-        return xpath
+        return ""
     if isinstance(found, list) and found and isinstance(found[0], etree._Element):
         return paths.of(found[0])
-    return xpath
+    return ""
 
 
 def _plain(message: str) -> str:

@@ -74,6 +74,7 @@ from meldingstjener.integration.outbox_moves import (
     put_back_leftovers,
 )
 from meldingstjener.model import Direction
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import FolderFileRow, MessageRow
 from meldingstjener.store.uow import UnitOfWork
@@ -160,8 +161,8 @@ class FolderIntegration:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # keep the loop alive; the next round tries again
-                log.exception("folder integration round failed")
+            except Exception as exc:  # keep the loop alive; the next round tries again
+                log.error("folder integration round failed\n%s", passed_through(exc))
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:
@@ -170,8 +171,12 @@ class FolderIntegration:
         for side in (self.outbox_once, self.inbox_once):
             try:
                 handled += side()
-            except Exception:
-                log.exception("folder integration: the %s round failed", side.__name__)
+            except Exception as exc:
+                log.error(
+                    "folder integration: the %s round failed\n%s",
+                    side.__name__,
+                    passed_through(exc),
+                )
         return handled
 
     # -- outbox ---------------------------------------------------------------------------------
@@ -736,8 +741,11 @@ class FolderIntegration:
                 else:
                     self.write_inbox(row)
             except Exception as exc:  # one message must not hold up the rest; tried again
-                log.exception(
-                    "folder inbox: message %s could not be written (%s)", row.id, type(exc).__name__
+                log.error(
+                    "folder inbox: message %s could not be written (%s)\n%s",
+                    row.id,
+                    type(exc).__name__,
+                    passed_through(exc),
                 )
         return len(rows)
 

@@ -43,6 +43,7 @@ from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.tables import (
     AlertRow,
     ApiClientRow,
@@ -185,8 +186,8 @@ class WebhookDispatcher:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # keep the loop alive; the next round tries again
-                log.exception("webhook round failed")
+            except Exception as exc:  # keep the loop alive; the next round tries again
+                log.error("webhook round failed\n%s", passed_through(exc))
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:

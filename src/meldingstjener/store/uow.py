@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.selectable import TextualSelect
 
 from meldingstjener.model import Direction, check_transition, initial_status
-from meldingstjener.model.privacy import redact
+from meldingstjener.model.privacy import redact, redact_all
 from meldingstjener.store.changes import wrote_in_transaction
 from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
@@ -604,6 +604,9 @@ class ReceiptRepository:
         flush(self.session)  # the message row it refers to goes first
         values = {column: getattr(row, column) for column in _RECEIPT_COLUMNS}
         values["description"] = redact(values["description"])
+        # the codes and texts of an AppRec or MessageError, ours (an EPJ's words) or a
+        # partner's, masked here for every writer, as the description is
+        values["error_codes"] = redact_all(values["error_codes"])
         values["at"] = values["at"] or utcnow()
         row.id = int(self.session.connection().execute(_RECEIPT_INSERT, values).scalar_one())
         return row

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from meldingstjener.model.privacy import passed_through
+
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +69,12 @@ def send_once(transport: Transport, delivery: Delivery) -> TransportResult:
     except TransportFailure:
         raise
     except Exception as exc:
-        log.exception("sending to %s failed unexpectedly", delivery.endpoint)
+        log.error(
+            "sending to %s failed unexpectedly (%s)\n%s",
+            delivery.endpoint,
+            type(exc).__name__,
+            passed_through(exc),
+        )
         raise TransportFailure(
             "transport-error",
             f"sending to {delivery.endpoint} failed: {type(exc).__name__}",
