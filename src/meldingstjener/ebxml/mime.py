@@ -288,10 +288,26 @@ def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int,
         part_start = pos
         line_start, closing, pos = _next_delimiter(data, max(part_start - 1, start), delimiter)
         part_end = line_start - 1  # drop the LF that belongs to the delimiter ...
-        if part_end > part_start and data[part_end - 1 : part_end] == b"\r":
-            part_end -= 1  # ... and its CR
+        if (
+            part_end > part_start
+            and data[part_end - 1 : part_end] == b"\r"
+            and _ends_in_crlf(data, line_start, len(delimiter), closing, pos)
+        ):
+            part_end -= 1  # ... and its CR, where the writer ends lines so
         parts.append((part_start, max(part_end, part_start)))
     return parts
+
+
+def _ends_in_crlf(data: ByteSource, line_start: int, size: int, closing: bool, after: int) -> bool:
+    """Whether the delimiter line at ``line_start`` ends in CRLF: then the CR before it belongs
+    to it too. A writer that ends its lines with LF alone (the delimiter line says so) left any
+    CR before the delimiter in the part: a binary part (a CMS structure) may end with that byte,
+    and dropping it broke one payload in 256. Unknown (no line end at all) counts as CRLF."""
+    if closing:
+        return not data.startswith(b"\n", line_start + size + 2)
+    if after > len(data) or data[after - 1 : after] != b"\n":
+        return True
+    return data[after - 2 : after - 1] == b"\r"
 
 
 def _envelope(data: ByteSource, start: int, end: int, encoding: str | None, what: str) -> bytes:

@@ -152,6 +152,18 @@ def test_boundary_text_inside_a_line_is_not_a_delimiter() -> None:
     assert unpackage_message(raw).attachments["a@x"].data == b"line one\n--BOUNDARY-like line\nend"
 
 
+@pytest.mark.parametrize("closing", [False, True], ids=["next-part", "closing"])
+def test_a_binary_part_ending_in_cr_keeps_it_where_lines_end_in_lf(closing: bool) -> None:
+    """With LF line ends the CR before a delimiter is the part's last byte (a CMS structure
+    ends in any byte); with CRLF line ends the CRLF before a delimiter is the delimiter's."""
+    binary = b"Content-ID: <b@x>\nContent-Transfer-Encoding: binary\n\n\x30\x82\x00\r"
+    parts = [ENV_PART, binary] if closing else [ENV_PART, binary, b"Content-ID: <c@x>\n\nc"]
+    raw = _mail(parts)
+    assert unpackage_message(raw).attachments["b@x"].data == b"\x30\x82\x00\r"
+    crlf = raw.replace(b"\n", b"\r\n")
+    assert unpackage_message(crlf).attachments["b@x"].data == b"\x30\x82\x00\r"
+
+
 def test_plain_text_xml_message_without_attachments() -> None:
     message = unpackage("text/xml; charset=utf-8", b"<e/>")
     assert (message.envelope_xml, message.attachments, message.start) == (b"<e/>", {}, "")
