@@ -291,23 +291,21 @@ def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int,
         if (
             part_end > part_start
             and data[part_end - 1 : part_end] == b"\r"
-            and _ends_in_crlf(data, line_start, len(delimiter), closing, pos)
+            and _opened_by_crlf(data, part_start)
         ):
             part_end -= 1  # ... and its CR, where the writer ends lines so
         parts.append((part_start, max(part_end, part_start)))
     return parts
 
 
-def _ends_in_crlf(data: ByteSource, line_start: int, size: int, closing: bool, after: int) -> bool:
-    """Whether the delimiter line at ``line_start`` ends in CRLF: then the CR before it belongs
-    to it too. A writer that ends its lines with LF alone (the delimiter line says so) left any
-    CR before the delimiter in the part: a binary part (a CMS structure) may end with that byte,
-    and dropping it broke one payload in 256. Unknown (no line end at all) counts as CRLF."""
-    if closing:
-        return not data.startswith(b"\n", line_start + size + 2)
-    if after > len(data) or data[after - 1 : after] != b"\n":
-        return True
-    return data[after - 2 : after - 1] == b"\r"
+def _opened_by_crlf(data: ByteSource, part_start: int) -> bool:
+    """Whether the delimiter line that opened the part at ``part_start`` (the first byte after
+    that line's LF) ends in CRLF: then the CR before the next delimiter belongs to it too. A
+    writer that ends its lines with LF alone left any CR before the delimiter in the part: a
+    binary part (a CMS structure) may end with that byte, and dropping it broke one payload in
+    256. The opening line always has its LF, where the closing one may have none (at the end of
+    the data) or transport padding before it, so it is the opening line that is judged."""
+    return data[part_start - 2 : part_start - 1] == b"\r"
 
 
 def _envelope(data: ByteSource, start: int, end: int, encoding: str | None, what: str) -> bytes:

@@ -152,16 +152,24 @@ def test_boundary_text_inside_a_line_is_not_a_delimiter() -> None:
     assert unpackage_message(raw).attachments["a@x"].data == b"line one\n--BOUNDARY-like line\nend"
 
 
-@pytest.mark.parametrize("closing", [False, True], ids=["next-part", "closing"])
-def test_a_binary_part_ending_in_cr_keeps_it_where_lines_end_in_lf(closing: bool) -> None:
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize(
+    "after",
+    [b"--BOUND\nContent-ID: <c@x>\n\nc\n--BOUND--\n", b"--BOUND--\n", b"--BOUND--",
+     b"--BOUND--  \n", b"--BOUND--\t \nepilogue\n"],
+    ids=["next-part", "closing", "closing-at-eof", "closing-padded", "closing-padded-epilogue"],
+)  # fmt: skip
+def test_a_binary_part_ending_in_cr_keeps_it_where_lines_end_in_lf(
+    after: bytes, line_end: bytes
+) -> None:
     """With LF line ends the CR before a delimiter is the part's last byte (a CMS structure
-    ends in any byte); with CRLF line ends the CRLF before a delimiter is the delimiter's."""
+    ends in any byte), however the closing delimiter line ends (or does not); with CRLF line
+    ends the CRLF before a delimiter is the delimiter's."""
     binary = b"Content-ID: <b@x>\nContent-Transfer-Encoding: binary\n\n\x30\x82\x00\r"
-    parts = [ENV_PART, binary] if closing else [ENV_PART, binary, b"Content-ID: <c@x>\n\nc"]
-    raw = _mail(parts)
+    head = _mail([])[: -len(b"--BOUND--\nepilogue\n")]
+    raw = head + b"--BOUND\n" + ENV_PART + b"\n--BOUND\n" + binary + b"\n" + after
+    raw = raw.replace(b"\n", line_end)
     assert unpackage_message(raw).attachments["b@x"].data == b"\x30\x82\x00\r"
-    crlf = raw.replace(b"\n", b"\r\n")
-    assert unpackage_message(crlf).attachments["b@x"].data == b"\x30\x82\x00\r"
 
 
 def test_plain_text_xml_message_without_attachments() -> None:
