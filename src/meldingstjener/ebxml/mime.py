@@ -35,6 +35,7 @@ from email.utils import format_datetime
 from typing import BinaryIO, Literal, Protocol
 
 from meldingstjener.contentid import content_id as normal_content_id
+from meldingstjener.contentid import written_content_id
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
     MAX_PART_HEADER_BLOCK,
@@ -511,13 +512,13 @@ def write_package(
     """
     if transfer_encoding not in ("base64", "binary"):
         raise ValueError(f"transfer encoding must be base64 or binary, not {transfer_encoding!r}")
-    start = bare_content_id(envelope_content_id or new_content_id())
-    seen = {start}
+    start = written_content_id(envelope_content_id or new_content_id())
+    cids = [start]
     for attachment in attachments:
-        cid = bare_content_id(attachment.content_id)
-        if not cid or cid in seen:
-            raise ValueError(f"attachment content-ids must be unique and not empty: {cid[:60]!r}")
-        seen.add(cid)
+        cid = written_content_id(attachment.content_id)
+        if cid in cids:
+            raise ValueError(f"attachment content-ids must be unique: {cid[:60]!r}")
+        cids.append(cid)
     boundary = boundary or f"----=_Part_{uuid.uuid4().hex}"
     delimiter = b"--" + boundary.encode("ascii")
     if transfer_encoding == "binary":
@@ -529,7 +530,6 @@ def write_package(
             delimiter = b"--" + boundary.encode("ascii")
     sources: list[Iterable[bytes]] = [[envelope_xml], *(a.chunks() for a in attachments)]
     types = [ENVELOPE_CONTENT_TYPE] + [a.content_type for a in attachments]
-    cids = [start] + [bare_content_id(a.content_id) for a in attachments]
     for cid, media, source in zip(cids, types, sources, strict=True):
         sink.write(delimiter + b"\r\n" + _part_head(cid, media, transfer_encoding))
         pieces = source if transfer_encoding == "binary" else _base64_lines(source)
@@ -555,6 +555,8 @@ def package(
 
     ``base64`` suits SMTP (every part base64, as other Norwegian MSHs send); ``binary`` suits
     HTTP. Content-ids are given bare (no ``<>``); the envelope's is generated when not given.
+    A content-id our reader would refuse (``x<y``, ``<a``), or one given twice, raises
+    ValueError.
     """
     out = io.BytesIO()
     content_type = write_package(
@@ -586,7 +588,7 @@ def mail_headers(
         ("To", to_address),
         ("Date", format_datetime(moment.astimezone(UTC))),
         ("Subject", subject if subject is not None else "ebXML"),
-        ("Message-Id", f"<{bare_content_id(message_id or new_content_id(host))}>"),
+        ("Message-Id", f"<{written_content_id(message_id or new_content_id(host))}>"),
         ("MIME-Version", "1.0"),
         ("SOAPAction", SOAP_ACTION),
         ("Content-Type", content_type),
