@@ -53,6 +53,7 @@ from datetime import datetime
 
 from lxml import etree
 
+from meldingstjener.contentid import is_cid_url
 from meldingstjener.ebxml.codes import (
     ACTION_ACKNOWLEDGMENT,
     ACTION_MESSAGE_ERROR,
@@ -582,10 +583,17 @@ def parse_envelope(source: etree._Element | bytes) -> Envelope:
 
 
 def check_manifest(envelope: Envelope, content_ids: set[str] | frozenset[str]) -> None:
-    """Raise MimeProblem when a manifest ``cid:`` reference names no MIME part, NotSupported
-    when a reference is not a ``cid:`` URL (HIS 1037 carries every payload in the message)."""
+    """Raise MimeProblem when a manifest ``cid:`` reference names no MIME part or no content-id
+    at all (``cid:``, ``cid:<<x>>``), NotSupported when a reference is not a ``cid:`` URL
+    (HIS 1037 carries every payload in the message)."""
     for index, reference in enumerate(envelope.manifest, start=1):
         where = f"//eb:Manifest/eb:Reference[{index}]"
+        if reference.content_id is None and is_cid_url(reference.href):
+            raise EbxmlError(
+                ErrorCode.MIME_PROBLEM,
+                f"payload reference {_short(reference.href)} names no content-id",
+                where,
+            )
         if reference.content_id is None:
             raise EbxmlError(
                 ErrorCode.NOT_SUPPORTED,
