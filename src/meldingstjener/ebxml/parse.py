@@ -199,7 +199,7 @@ def _optional_text(parent: etree._Element, name: str) -> str | None:
 
 
 def _free_text(parent: etree._Element, name: str) -> str | None:
-    """An optional eb:Description: free text, cut to ``MAX_DESCRIPTION_CHARS`` rather than
+    """An optional eb:Description: free text, cut to ``codes.MAX_DESCRIPTION_CHARS`` rather than
     refused (refusing a MessageError for its text would lose the refusal it carries)."""
     element = parent.find(_eb(name))
     if element is None:
