@@ -30,6 +30,19 @@ def content_id(value: str) -> str | None:
     return text
 
 
+def written_content_id(value: str) -> str:
+    """The bare content-id of ``value`` for a part (or a mail's Message-Id) we write, read as
+    :func:`content_id` reads it: a value that is no content-id (``x<y``, ``<a``, ``<>``) raises
+    ValueError, since our own reader would refuse the part written with it, and so does one
+    holding a control character (a CR or LF would end the header line it is written into).
+    The ids we generate are always content-ids; a caller passing what a user gave maps the
+    ValueError to its own error."""
+    bare = content_id(value)
+    if bare is None or any(ord(char) < 0x20 or ord(char) == 0x7F for char in bare):
+        raise ValueError(f"not a content-id: {value[:60]!r}")
+    return bare
+
+
 def is_cid_url(url: str) -> bool:
     """Whether ``url`` is a ``cid:`` URL (the scheme in any case)."""
     return url[: len(CID_SCHEME)].lower() == CID_SCHEME

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-MAX_DESCRIPTION_CHARS = 4096
+# the longest eb:Description text read as HITS 1210 JSON (a longer one is no such object);
+# codes.MAX_DESCRIPTION_CHARS is where a description is cut, another limit
+MAX_JSON_DESCRIPTION_CHARS = 4096
 KEY_MSH = "MSH-system"
 KEY_MSH_VERSION = "MSH-versjon"
 KEY_APPLICATION = "fagsystem"
@@ -55,7 +57,7 @@ class MshDescription:
         """The description in ``text``, or None when it is not a HITS 1210 JSON object."""
         # four names and versions fit in far less; a longer text is not one (and deeply nested
         # JSON would exhaust the parser's recursion)
-        if not text or len(text) > MAX_DESCRIPTION_CHARS or not text.strip().startswith("{"):
+        if not text or len(text) > MAX_JSON_DESCRIPTION_CHARS or not text.strip().startswith("{"):
             return None
         try:
             data = json.loads(text)

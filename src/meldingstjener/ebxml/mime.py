@@ -35,6 +35,7 @@ from email.utils import format_datetime
 from typing import BinaryIO, Literal, Protocol
 
 from meldingstjener.contentid import content_id as normal_content_id
+from meldingstjener.contentid import written_content_id
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_headers import (
     MAX_PART_HEADER_BLOCK,
@@ -291,23 +292,21 @@ def _split_parts(data: ByteSource, start: int, boundary: str) -> list[tuple[int,
         if (
             part_end > part_start
             and data[part_end - 1 : part_end] == b"\r"
-            and _ends_in_crlf(data, line_start, len(delimiter), closing, pos)
+            and _opened_by_crlf(data, part_start)
         ):
             part_end -= 1  # ... and its CR, where the writer ends lines so
         parts.append((part_start, max(part_end, part_start)))
     return parts
 
 
-def _ends_in_crlf(data: ByteSource, line_start: int, size: int, closing: bool, after: int) -> bool:
-    """Whether the delimiter line at ``line_start`` ends in CRLF: then the CR before it belongs
-    to it too. A writer that ends its lines with LF alone (the delimiter line says so) left any
-    CR before the delimiter in the part: a binary part (a CMS structure) may end with that byte,
-    and dropping it broke one payload in 256. Unknown (no line end at all) counts as CRLF."""
-    if closing:
-        return not data.startswith(b"\n", line_start + size + 2)
-    if after > len(data) or data[after - 1 : after] != b"\n":
-        return True
-    return data[after - 2 : after - 1] == b"\r"
+def _opened_by_crlf(data: ByteSource, part_start: int) -> bool:
+    """Whether the delimiter line that opened the part at ``part_start`` (the first byte after
+    that line's LF) ends in CRLF: then the CR before the next delimiter belongs to it too. A
+    writer that ends its lines with LF alone left any CR before the delimiter in the part: a
+    binary part (a CMS structure) may end with that byte, and dropping it broke one payload in
+    256. The opening line always has its LF, where the closing one may have none (at the end of
+    the data) or transport padding before it, so it is the opening line that is judged."""
+    return data[part_start - 2 : part_start - 1] == b"\r"
 
 
 def _envelope(data: ByteSource, start: int, end: int, encoding: str | None, what: str) -> bytes:
@@ -513,13 +512,13 @@ def write_package(
     """
     if transfer_encoding not in ("base64", "binary"):
         raise ValueError(f"transfer encoding must be base64 or binary, not {transfer_encoding!r}")
-    start = bare_content_id(envelope_content_id or new_content_id())
-    seen = {start}
+    start = written_content_id(envelope_content_id or new_content_id())
+    cids = [start]
     for attachment in attachments:
-        cid = bare_content_id(attachment.content_id)
-        if not cid or cid in seen:
-            raise ValueError(f"attachment content-ids must be unique and not empty: {cid[:60]!r}")
-        seen.add(cid)
+        cid = written_content_id(attachment.content_id)
+        if cid in cids:
+            raise ValueError(f"attachment content-ids must be unique: {cid[:60]!r}")
+        cids.append(cid)
     boundary = boundary or f"----=_Part_{uuid.uuid4().hex}"
     delimiter = b"--" + boundary.encode("ascii")
     if transfer_encoding == "binary":
@@ -531,7 +530,6 @@ def write_package(
             delimiter = b"--" + boundary.encode("ascii")
     sources: list[Iterable[bytes]] = [[envelope_xml], *(a.chunks() for a in attachments)]
     types = [ENVELOPE_CONTENT_TYPE] + [a.content_type for a in attachments]
-    cids = [start] + [bare_content_id(a.content_id) for a in attachments]
     for cid, media, source in zip(cids, types, sources, strict=True):
         sink.write(delimiter + b"\r\n" + _part_head(cid, media, transfer_encoding))
         pieces = source if transfer_encoding == "binary" else _base64_lines(source)
@@ -557,6 +555,8 @@ def package(
 
     ``base64`` suits SMTP (every part base64, as other Norwegian MSHs send); ``binary`` suits
     HTTP. Content-ids are given bare (no ``<>``); the envelope's is generated when not given.
+    A content-id our reader would refuse (``x<y``, ``<a``), or one given twice, raises
+    ValueError.
     """
     out = io.BytesIO()
     content_type = write_package(
@@ -588,7 +588,7 @@ def mail_headers(
         ("To", to_address),
         ("Date", format_datetime(moment.astimezone(UTC))),
         ("Subject", subject if subject is not None else "ebXML"),
-        ("Message-Id", f"<{bare_content_id(message_id or new_content_id(host))}>"),
+        ("Message-Id", f"<{written_content_id(message_id or new_content_id(host))}>"),
         ("MIME-Version", "1.0"),
         ("SOAPAction", SOAP_ACTION),
         ("Content-Type", content_type),

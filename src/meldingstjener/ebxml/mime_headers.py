@@ -8,6 +8,7 @@ line ends, case-insensitive names, quoted parameter values.
 
 from __future__ import annotations
 
+from meldingstjener.contentid import content_id
 from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
 from meldingstjener.ebxml.mime_source import ByteSource
 
@@ -163,7 +164,15 @@ def quote_param(value: str) -> str:
 
 
 def bare_content_id(value: str) -> str:
-    """A content-id without surrounding ``<>`` and blanks (headers may have either form)."""
+    """A received mail's Message-Id (or a content-id) without its surrounding ``<>`` and
+    blanks, read as :func:`~meldingstjener.contentid.content_id` reads a content-id. A value
+    that is none (``<a``, ``x<y``) is not refused but taken as it is, its outer brackets off:
+    a Message-Id only names a mail in the log and the quarantine, and a mail must not fail
+    on it (it would stay in the box, tried round after round). What we write goes through
+    :func:`~meldingstjener.contentid.written_content_id`, which refuses such a value."""
+    bare = content_id(value)
+    if bare is not None:
+        return bare
     return value.strip().removeprefix("<").removesuffix(">").strip()
 
 

@@ -53,6 +53,7 @@ from datetime import datetime
 
 from lxml import etree
 
+from meldingstjener.contentid import is_cid_url
 from meldingstjener.ebxml.codes import (
     ACTION_ACKNOWLEDGMENT,
     ACTION_MESSAGE_ERROR,
@@ -198,7 +199,7 @@ def _optional_text(parent: etree._Element, name: str) -> str | None:
 
 
 def _free_text(parent: etree._Element, name: str) -> str | None:
-    """An optional eb:Description: free text, cut to ``MAX_DESCRIPTION_CHARS`` rather than
+    """An optional eb:Description: free text, cut to ``codes.MAX_DESCRIPTION_CHARS`` rather than
     refused (refusing a MessageError for its text would lose the refusal it carries)."""
     element = parent.find(_eb(name))
     if element is None:
@@ -582,10 +583,17 @@ def parse_envelope(source: etree._Element | bytes) -> Envelope:
 
 
 def check_manifest(envelope: Envelope, content_ids: set[str] | frozenset[str]) -> None:
-    """Raise MimeProblem when a manifest ``cid:`` reference names no MIME part, NotSupported
-    when a reference is not a ``cid:`` URL (HIS 1037 carries every payload in the message)."""
+    """Raise MimeProblem when a manifest ``cid:`` reference names no MIME part or no content-id
+    at all (``cid:``, ``cid:<<x>>``), NotSupported when a reference is not a ``cid:`` URL
+    (HIS 1037 carries every payload in the message)."""
     for index, reference in enumerate(envelope.manifest, start=1):
         where = f"//eb:Manifest/eb:Reference[{index}]"
+        if reference.content_id is None and is_cid_url(reference.href):
+            raise EbxmlError(
+                ErrorCode.MIME_PROBLEM,
+                f"payload reference {_short(reference.href)} names no content-id",
+                where,
+            )
         if reference.content_id is None:
             raise EbxmlError(
                 ErrorCode.NOT_SUPPORTED,

@@ -61,6 +61,9 @@ from meldingstjener.formats.xmlutil import (
     NS_APPREC_10,
     NS_APPREC_11,
     NS_BASE64,
+    NS_DIALOG_10,
+    NS_DIALOG_11,
+    NS_FK1,
     NS_MSGHEAD,
     ElementPaths,
     child,
@@ -237,6 +240,19 @@ def validate(
     return report
 
 
+# The namespaces a problem's text may name: any other is the sender's own text, as the root
+# element's name is (<PATIENTNAME-Nordmann xmlns="urn:kari"/>), which no text names.
+_TOLD_NAMESPACES = frozenset(
+    (NS_MSGHEAD, NS_APPREC_10, NS_APPREC_11, NS_DIALOG_10, NS_DIALOG_11, NS_FK1, NS_BASE64)
+)
+
+
+def _namespace_told(uri: str | None) -> str:
+    if uri is None:
+        return "no namespace"
+    return f"namespace {uri!r}" if uri in _TOLD_NAMESPACES else "an unknown namespace"
+
+
 def _validate_layers(
     root: etree._Element,
     data: bytes | os.PathLike[str],
@@ -254,8 +270,8 @@ def _validate_layers(
             "structure",
             "unknown-format",
             at(root),
-            f"not a business message this server reads: root element {local_name(root)!r} "
-            f"in namespace {namespace(root)!r} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
+            f"not a business message this server reads: its root element is in "
+            f"{_namespace_told(namespace(root))} (expected MsgHead 1.2 or AppRec 1.0/1.1)",
         )
         return
     if schema_dir is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
+from meldingstjener.formats.element_names import KNOWN_ELEMENT_NAMES
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.xmlparse import reread
-from meldingstjener.formats.xmlutil import NS_XSI, ElementPaths
+from meldingstjener.formats.xmlutil import NS_DSIG, NS_XSI, ElementPaths
 
 _XS = "http://www.w3.org/2001/XMLSchema"
 
@@ -182,14 +184,38 @@ def _readable_path(root: etree._Element, xpath: str | None, paths: ElementPaths)
     return ""
 
 
+# The attribute names the KITH schemas declare (every xs:attribute name of the schema files
+# formats.element_names lists), and XML Schema instance's, which libxml2 may name.
+KNOWN_ATTRIBUTE_NAMES: frozenset[str] = frozenset(
+    (
+        "Algorithm", "COMPN", "DN", "ENC", "Encoding", "IC", "ICA", "Id", "MT", "MimeType",
+        "NULL", "OT", "S", "Target", "Type", "U", "URI", "V",
+        "nil", "noNamespaceSchemaLocation", "schemaLocation", "type",
+    )
+)  # fmt: skip
+# libxml2 quotes the element (Element '{ns}Local') and the attribute (attribute 'Local') a
+# complaint is about; a namespace may hold any character, so it is matched up to the '}' after
+# which a name and the closing quote follow.
+_QUOTED_NAME = re.compile(r"\b(element|attribute) '(?:\{(.*?)\})?([^'{}\s]*)'", re.I | re.S)
+_KITH = "http://www.kith.no/xmlstds/"  # what follows it is left out, so may be anything
+# the KITH and XML Schema instance namespaces elsewhere in a complaint ("Expected is ( {...}Id )")
+_NOISE = re.compile(r"\{(?:" + re.escape(_KITH) + "|" + re.escape(NS_XSI) + r")[^{}]*\}")
+
+
 def _plain(message: str) -> str:
-    # libxml2 writes names as {namespace}Local; the namespace adds noise for a reader.
-    for ns in ("{http://www.kith.no/xmlstds/", "{" + NS_XSI + "}"):
-        while ns in message:
-            start = message.index(ns)
-            end = message.index("}", start)
-            message = message[:start] + message[end + 1 :]
-    return message
+    """libxml2's complaint, fit for the message log and an AppRec's text: a quoted element or
+    attribute name the KITH schemas do not declare, or in a namespace not theirs, is the
+    sender's own text (``<PATIENTNAME-Nordmann/>``, ``P01017012345="x"``) and is shown as
+    ``*``; a known name is shown without its namespace, and a KITH namespace is left out
+    elsewhere too (noise for a reader)."""
+    return _NOISE.sub("", _QUOTED_NAME.sub(_shown_name, message))
+
+
+def _shown_name(match: re.Match[str]) -> str:
+    kind, ns, local = match.group(1), match.group(2), match.group(3)
+    known = KNOWN_ELEMENT_NAMES if kind.lower() == "element" else KNOWN_ATTRIBUTE_NAMES
+    in_known_namespace = ns is None or ns in (NS_XSI, NS_DSIG) or ns.startswith(_KITH)
+    return f"{kind} '{local if local in known and in_known_namespace else '*'}'"
 
 
 _CACHE: dict[Path, SchemaSet] = {}

@@ -68,14 +68,21 @@ def load_content_info(der: bytes, expected: str) -> acms.ContentInfo:
 
 NOT_ANOTHER_MEMBER = (
     "the decrypted content looks gzipped but is not valid gzip: "
-    "bytes that are not another gzip member follow the end of one"
+    "bytes that are neither another gzip member nor zero padding follow the end of one"
 )
+
+
+def all_zero(data: bytes) -> bool:
+    """Whether ``data`` is zero padding only (or nothing): gzip and Python's gzip ignore zero
+    bytes after the last member, as some writers pad a stream to a block size."""
+    return data.count(0) == len(data)
 
 
 def gunzip_if_gzip(data: bytes, *, max_size: int = DEFAULT_MAX_PLAINTEXT) -> bytes:
     """Gunzip ``data`` when it starts with the gzip magic; refuse output beyond ``max_size``
     (a small compressed payload can expand enormously). Every member of a multi-member
-    stream is read, as gzip and Python's gzip do; other bytes after a member are refused."""
+    stream is read, as gzip and Python's gzip do, and zero bytes after the last one are padding,
+    ignored as they ignore them; any other bytes after a member are refused."""
     if not data.startswith(GZIP_MAGIC):
         return data
     pieces: list[bytes] = []
@@ -94,7 +101,7 @@ def gunzip_if_gzip(data: bytes, *, max_size: int = DEFAULT_MAX_PLAINTEXT) -> byt
             raise CmsError("the decrypted content looks gzipped but is not valid gzip")
         pieces.append(out)
         rest = inflater.unused_data
-        if not rest:
+        if all_zero(rest):
             return b"".join(pieces)
         if not rest.startswith(GZIP_MAGIC):
             raise CmsError(NOT_ANOTHER_MEMBER)

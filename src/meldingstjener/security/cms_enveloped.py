@@ -40,6 +40,7 @@ from meldingstjener.security.cms_common import (
     GZIP_MAGIC,
     NOT_ANOTHER_MEMBER,
     CmsError,
+    all_zero,
     gzip_bytes,
     hash_by_name,
     identifies,
@@ -472,6 +473,7 @@ class _Plaintext:
         self.mode: str | None = None  # "plain" or "gzip", known after two bytes
         self.inflater = zlib.decompressobj(wbits=31)
         self.after_member = b""  # bytes after a member's end, too few yet to tell what follows
+        self.padding = False  # zero bytes followed the last member: only zeros may follow
         self.produced = 0
         self.problem: CmsError | None = None
 
@@ -507,10 +509,17 @@ class _Plaintext:
 
     def _inflate(self, data: bytes) -> None:
         # A gzip stream may hold several members, one after the other (gzip and Python's gzip
-        # read them all): after the end of one, another must begin; anything else is refused.
+        # read them all): after the end of one, another must begin, or zero padding that ends
+        # the stream (gzip and Python's gzip ignore it); anything else is refused.
         while data and self.problem is None:
             if self.inflater.eof:
                 data = self.after_member + data
+                if self.padding or data.startswith(b"\0"):
+                    self.after_member = b""
+                    self.padding = all_zero(data)
+                    if not self.padding:
+                        self.problem = CmsError(NOT_ANOTHER_MEMBER)
+                    return
                 if len(data) < len(GZIP_MAGIC):
                     self.after_member = data
                     return

@@ -23,7 +23,8 @@ from meldingstjener.ebxml import (
     new_message_id,
     parse_envelope,
 )
-from meldingstjener.ebxml.codes import EB_NS
+from meldingstjener.ebxml.codes import EB_NS, MAX_DESCRIPTION_CHARS
+from meldingstjener.ebxml.description import MAX_JSON_DESCRIPTION_CHARS
 from meldingstjener.ebxml.ids import format_timestamp, parse_timestamp
 
 TEXT = st.text(
@@ -162,6 +163,16 @@ def test_description_is_hits_1210_json() -> None:
 )
 def test_description_from_text(text: str, expected: MshDescription | None) -> None:
     assert MshDescription.from_text(text) == expected
+
+
+def test_a_json_description_is_read_up_to_its_own_limit_not_the_cut_of_a_description() -> None:
+    """Two limits, two names: the longest text read as HITS 1210 JSON, and where a
+    description is cut (codes.MAX_DESCRIPTION_CHARS, far shorter)."""
+    assert MAX_JSON_DESCRIPTION_CHARS > MAX_DESCRIPTION_CHARS
+    head = '{"MSH-system":"X","fagsystem":"'
+    fits = head + "y" * (MAX_JSON_DESCRIPTION_CHARS - len(head) - 2) + '"}'
+    assert MshDescription.from_text(fits) == MshDescription("X", None, fits[len(head) : -2])
+    assert MshDescription.from_text(fits[:-2] + 'y"}') is None
 
 
 def test_party_with_extra_party_ids_round_trips() -> None:

@@ -344,6 +344,20 @@ def test_check_manifest() -> None:
     assert caught.value.code is ErrorCode.NOT_SUPPORTED
 
 
+@pytest.mark.parametrize("href", ["cid:", "CID:<<x>>", "cid:%3Ca", "cid:x%3Ey"])
+def test_a_cid_url_naming_no_content_id_is_a_mime_problem(href: str) -> None:
+    """A cid: URL is the form HIS 1037 wants; one naming no content-id is a broken reference
+    to a part (MimeProblem), not an unsupported kind of reference (NotSupported)."""
+    envelope = parse_envelope(
+        envelope_bytes(build_envelope(payload_header(), manifest=[ManifestReference(href)]))
+    )
+    assert envelope.manifest[0].content_id is None
+    with pytest.raises(EbxmlError) as caught:
+        check_manifest(envelope, {"x", "a", "<x>"})
+    assert caught.value.code is ErrorCode.MIME_PROBLEM
+    assert "names no content-id" in caught.value.message
+
+
 def test_error_texts_do_not_echo_long_values() -> None:
     root = payload_root()
     _set_text(f"{MH}/eb:MessageData/eb:Timestamp", "x" * 5000)(root)

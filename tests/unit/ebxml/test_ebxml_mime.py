@@ -18,8 +18,8 @@ from meldingstjener.ebxml import (
     unpackage,
     unpackage_message,
 )
-from meldingstjener.ebxml.mime import http_headers, mail_headers, render_message
-from meldingstjener.ebxml.mime_headers import parse_content_type
+from meldingstjener.ebxml.mime import http_headers, mail_headers, new_content_id, render_message
+from meldingstjener.ebxml.mime_headers import bare_content_id, parse_content_type
 
 ENVELOPE = b"<?xml version='1.0' encoding='UTF-8'?>\n<SOAP:Envelope xmlns:SOAP='s'/>"
 P7M = "application/pkcs7-mime; smime-type=enveloped-data"
@@ -152,16 +152,24 @@ def test_boundary_text_inside_a_line_is_not_a_delimiter() -> None:
     assert unpackage_message(raw).attachments["a@x"].data == b"line one\n--BOUNDARY-like line\nend"
 
 
-@pytest.mark.parametrize("closing", [False, True], ids=["next-part", "closing"])
-def test_a_binary_part_ending_in_cr_keeps_it_where_lines_end_in_lf(closing: bool) -> None:
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize(
+    "after",
+    [b"--BOUND\nContent-ID: <c@x>\n\nc\n--BOUND--\n", b"--BOUND--\n", b"--BOUND--",
+     b"--BOUND--  \n", b"--BOUND--\t \nepilogue\n"],
+    ids=["next-part", "closing", "closing-at-eof", "closing-padded", "closing-padded-epilogue"],
+)  # fmt: skip
+def test_a_binary_part_ending_in_cr_keeps_it_where_lines_end_in_lf(
+    after: bytes, line_end: bytes
+) -> None:
     """With LF line ends the CR before a delimiter is the part's last byte (a CMS structure
-    ends in any byte); with CRLF line ends the CRLF before a delimiter is the delimiter's."""
+    ends in any byte), however the closing delimiter line ends (or does not); with CRLF line
+    ends the CRLF before a delimiter is the delimiter's."""
     binary = b"Content-ID: <b@x>\nContent-Transfer-Encoding: binary\n\n\x30\x82\x00\r"
-    parts = [ENV_PART, binary] if closing else [ENV_PART, binary, b"Content-ID: <c@x>\n\nc"]
-    raw = _mail(parts)
+    head = _mail([])[: -len(b"--BOUND--\nepilogue\n")]
+    raw = head + b"--BOUND\n" + ENV_PART + b"\n--BOUND\n" + binary + b"\n" + after
+    raw = raw.replace(b"\n", line_end)
     assert unpackage_message(raw).attachments["b@x"].data == b"\x30\x82\x00\r"
-    crlf = raw.replace(b"\n", b"\r\n")
-    assert unpackage_message(crlf).attachments["b@x"].data == b"\x30\x82\x00\r"
 
 
 def test_plain_text_xml_message_without_attachments() -> None:
@@ -281,3 +289,38 @@ def test_an_envelope_larger_than_any_real_one_is_not_parsed() -> None:
         unpackage_message(_mail([b"Content-Type: text/xml\nContent-ID: <env@x>\n\n" + big]))
     assert caught.value.code is ErrorCode.OTHER_XML
     assert unpackage_message(_mail([ENV_PART])).envelope_xml == b"<e/>"  # the usual size
+
+
+@pytest.mark.parametrize("bad", ["x<y", "<a", "a>", "<<a>>", "<>", " ", "a\r\nX-Injected: 1"])
+def test_a_content_id_our_reader_would_refuse_is_not_written(bad: str) -> None:
+    """The writer reads a content-id as the reader, the manifest and the signature do: a part
+    it cannot name is refused, never written for our own reader (or a partner's) to refuse."""
+    with pytest.raises(ValueError, match="not a content-id"):
+        package(ENVELOPE, [Attachment(bad, P7M, b"x")])
+    with pytest.raises(ValueError, match="not a content-id"):
+        package(ENVELOPE, [], envelope_content_id=bad)
+    with pytest.raises(ValueError, match="not a content-id"):
+        mail_headers(content_type="text/xml", from_address="a@x", to_address="b@x", message_id=bad)
+
+
+def test_generated_and_bracketed_content_ids_round_trip_unchanged() -> None:
+    generated = [new_content_id(), new_content_id("msh.example.no")]
+    attachments = [Attachment(generated[1], P7M, b"1"), Attachment("<given@x>", P7M, b"2")]
+    body, content_type = package(ENVELOPE, attachments, envelope_content_id=generated[0])
+    message = unpackage(content_type, body)
+    assert message.start == generated[0]
+    assert list(message.attachments) == [generated[1], "given@x"]
+    with pytest.raises(ValueError, match="unique"):
+        package(ENVELOPE, [Attachment("a@x", P7M, b""), Attachment("<a@x>", P7M, b"")])
+    headers = dict(mail_headers(content_type="t", from_address="a", to_address="b"))
+    assert bare_content_id(headers["Message-Id"]) == headers["Message-Id"][1:-1]
+
+
+@pytest.mark.parametrize(
+    ("received", "read"),
+    [("<m@x>", "m@x"), (" m@x ", "m@x"), ("<a", "a"), ("x<y", "x<y"), ("<<m>>", "<m>")],
+)
+def test_a_received_message_id_is_read_without_refusal(received: str, read: str) -> None:
+    """A mail's Message-Id only names the mail (in the log, the quarantine): one that is no
+    content-id is read as it is, not refused, so the mail never fails on it."""
+    assert bare_content_id(received) == read

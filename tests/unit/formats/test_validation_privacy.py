@@ -10,7 +10,7 @@ import pytest
 from lxml import etree
 
 from meldingstjener.engine.fagmelding import inspect
-from meldingstjener.formats import read_msghead, validation
+from meldingstjener.formats import read_msghead, validation, xsd
 from meldingstjener.formats.xmlutil import (
     INVALID_NAME,
     ElementPaths,
@@ -151,3 +151,97 @@ def test_a_message_type_that_is_no_code_is_an_error_and_read_as_a_question_mark(
 def test_no_message_type_of_the_samples_is_read_as_a_question_mark(samples: Path) -> None:
     types = {validation.validate(path.read_bytes()).type for path in samples.glob("*.xml")}
     assert "?" not in types and {"DIALOG_FORESPORSEL", "DIALOG_SVAR", "APPREC"} <= types
+
+
+HELSEFAGLIG = "dialogmelding__1.1__helsefaglig-dialog__samsvar-test-message.xml"
+
+
+def _injected(samples: Path) -> dict[str, bytes]:
+    """Review's priv.py: an element and an attribute named after the patient, in the schema's
+    namespace and in the sender's own, and a root element of such a name."""
+    data = (samples / HELSEFAGLIG).read_bytes()
+    assert data.count(b"<MsgId>") >= 1
+    return {
+        "element": data.replace(b"<MsgId>", f"<{NAME}/><MsgId>".encode(), 1),
+        "root": f'<{NAME} xmlns="urn:{NAME}"/>'.encode(),
+        "attribute": data.replace(b"<MsgId>", f'<MsgId P{FNR}="x">'.encode(), 1),
+        "prefixed": data.replace(
+            b"<MsgId>", f'<x:Kari{NAME} xmlns:x="urn:kari-{FNR}"/><MsgId>'.encode(), 1
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["element", "root", "attribute", "prefixed"])
+def test_no_finding_names_an_element_or_attribute_the_sender_made_up(
+    samples: Path, kith_xsd: Path, case: str
+) -> None:
+    """libxml2 quotes the element and attribute a complaint is about, and the root element's
+    name and namespace were told of an unknown document: a name the KITH schemas do not
+    declare is the sender's text, and neither the message log nor the AppRec may carry it."""
+    report = inspect(_injected(samples)[case], kith_xsd).report
+    assert not report.valid and report.problems
+    told = repr(report.as_dict())
+    assert NAME not in told and FNR not in told and "Kari" not in told, told
+
+
+def test_an_xsd_complaint_keeps_the_names_the_schemas_declare(
+    samples: Path, kith_xsd: Path
+) -> None:
+    report = inspect(_injected(samples)["attribute"], kith_xsd).report
+    assert [p.message for p in report.problems if p.layer == "xsd"] == [
+        "Element 'MsgId', attribute '*': The attribute '*' is not allowed."
+    ]
+    report = inspect(_injected(samples)["element"], kith_xsd).report
+    assert "Element '*': This element is not expected. Expected is ( MsgId )." in [
+        p.message for p in report.problems
+    ]
+
+
+@pytest.mark.parametrize(
+    ("root", "told"),
+    [
+        (
+            b'<AppRec xmlns="http://www.kith.no/xmlstds/apprec/2004-11-21x"/>',
+            "an unknown namespace",
+        ),
+        (
+            b'<Dialogmelding xmlns="http://www.kith.no/xmlstds/dialog/2013-01-23"/>',
+            "namespace 'http://www.kith.no/xmlstds/dialog/2013-01-23'",
+        ),
+        (b"<MsgHead/>", "no namespace"),
+    ],
+)
+def test_an_unknown_format_names_a_kith_namespace_only(root: bytes, told: str) -> None:
+    (problem,) = validation.validate(root).problems
+    assert problem.code == "unknown-format"
+    assert problem.message == (
+        f"not a business message this server reads: its root element is in {told} "
+        "(expected MsgHead 1.2 or AppRec 1.0/1.1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("complaint", "plain"),
+    [
+        (
+            "Element '{http://www.kith.no/xmlstds/msghead/2006-05-24}MsgId': This element is not "
+            "expected. Expected is ( {http://www.kith.no/xmlstds/msghead/2006-05-24}Ack ).",
+            "Element 'MsgId': This element is not expected. Expected is ( Ack ).",
+        ),
+        (f"Element '{{urn:a'b}}c}}{NAME}': x.", "Element '*': x."),
+        (f"Element '{{http://www.kith.no/xmlstds/{NAME}}}MsgId': x.", "Element 'MsgId': x."),
+        (
+            "Element '{http://www.w3.org/2000/09/xmldsig#}Signature', attribute 'Id': x.",
+            "Element 'Signature', attribute 'Id': x.",
+        ),
+        (
+            f"Element '{{http://www.w3.org/2000/09/xmldsig#{FNR}}}Signature': x.",
+            "Element '*': x.",
+        ),
+        (f"Element 'Id', attribute '{{urn:{NAME}}}V': x.", "Element 'Id', attribute '*': x."),
+    ],
+)
+def test_an_xsd_complaint_names_a_known_name_in_a_known_namespace_only(
+    complaint: str, plain: str
+) -> None:
+    assert xsd._plain(complaint) == plain

@@ -8,6 +8,7 @@ import io
 import os
 import tracemalloc
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import BinaryIO, cast
 
@@ -108,7 +109,36 @@ def test_three_members_and_the_size_limit_over_all_of_them(receiver: DevParty) -
         assert caught.value.code == "too-large"
 
 
-@pytest.mark.parametrize("trailing", [b"x", b"\x1f", b"\0" * 8, b"trailing garbage"])
+REAL_SAMPLE = Path(
+    "/work/shared/reference/samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.p7m.deenveloped"
+)
+
+
+@pytest.mark.parametrize("padding", [b"\0", b"\0" * 8, b"\0" * 5000], ids=["1", "8", "5000"])
+def test_zero_padding_after_the_last_member_is_ignored(receiver: DevParty, padding: bytes) -> None:
+    """gzip and Python's gzip ignore zero bytes after the last member (a writer padding the
+    stream to a block size): so do we, in memory and streamed."""
+    stream = _members(b"<MsgHead>", b"</MsgHead>") + padding
+    assert gzip.decompress(stream) == b"<MsgHead></MsgHead>"
+    der = cms_enveloped.encrypt(stream, receiver.encryption.certificate)
+    candidates = [(receiver.encryption.key, receiver.encryption.certificate)]
+    assert cms_enveloped.decrypt(der, candidates) == b"<MsgHead></MsgHead>"
+    for most in (1 << 20, 4096, 7, 1):
+        assert _streamed(der, receiver, most) == b"<MsgHead></MsgHead>"
+    assert gunzip_if_gzip(stream) == b"<MsgHead></MsgHead>"
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.exists(), reason="the reference samples are not here")
+def test_a_real_payload_with_zero_padding_gunzips_as_without() -> None:
+    real = REAL_SAMPLE.read_bytes()
+    assert gunzip_if_gzip(real + b"\0" * 8) == gunzip_if_gzip(real) == gzip.decompress(real)
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [b"x", b"\x1f", b"trailing garbage", b"\0" * 8 + b"x", b"\0" + gzip.compress(b"more")],
+    ids=["x", "half-magic", "garbage", "zeros-then-garbage", "zeros-then-member"],
+)
 def test_other_bytes_after_a_member_are_refused(receiver: DevParty, trailing: bytes) -> None:
     stream = _members(b"<MsgHead/>") + trailing
     der = cms_enveloped.encrypt(stream, receiver.encryption.certificate)
