@@ -70,7 +70,9 @@ class InboundReply:
 
 
 class InboundRefused(Exception):
-    """Input so broken that no ebXML answer can be addressed (no readable MessageHeader).
+    """Input so broken that no ebXML answer can be addressed (no readable MessageHeader), or,
+    on a channel other than HTTP, a message refused before its signature verified (there is no
+    response to answer it in): the mail intake quarantines the mail.
 
     The HTTP endpoint answers 400 with ``detail``; the event is already in the log.
     ``sender``: the HER-id the envelope names as its From, when that much could be read (not
@@ -610,7 +612,13 @@ def _refuse_unverified(
     and MessageId are anybody's to write (a MessageId travels in clear). Logged and alerted,
     nothing stored: a row would hold the MessageId against the sender's own message, taken for
     a repeat when it came, and a MessageError queued to the sender's endpoint would end that
-    message there. The MessageError goes only in the HTTP response, to whoever sent it."""
+    message there. The MessageError goes only in the HTTP response, to whoever sent it.
+
+    By mail there is no response to answer in, and a MessageError mailed to whom the From names
+    would go to a party that may not have sent it: refused (InboundRefused), so the mail intake
+    quarantines the mail whole. A genuine partner refused so (our copy of its signing
+    certificate stale, a rollover the register has not caught up with) thus leaves the operator
+    its message to reprocess, not only an alert."""
     header = envelope.header
     error = reject.error
     with ctx.store.unit_of_work() as uow:
@@ -623,10 +631,14 @@ def _refuse_unverified(
             "not stored, answered only in the response to its request",
             ebxml_message_id=header.message_id,
         )
-        _alert_refused(ctx, uow, header, reject, None, certificates)
+        _alert_refused(ctx, uow, header, reject, None, certificates, channel)
         uow.commit()
-    if channel != "http":
-        return InboundReply()  # no response to answer in, and no signal to whom it names
+    if channel != "http":  # no response to answer in, and no signal to whom it names
+        raise InboundRefused(
+            str(error.code),
+            f"a message whose signature was not verified was refused ({reject.logged})",
+            _her_id(header.from_party),
+        )
     wire = signals.build_error(ctx, OriginalIds.of(header), [error], _us(ctx, header))
     return InboundReply(wire.content_type, wire.body)
 
@@ -860,6 +872,7 @@ def _alert_refused(
     reject: _Reject,
     message_id: str | None,
     certificates: SigningCertificates,
+    channel: str = "http",
 ) -> None:
     """A refused message is otherwise known to its sender only (from our MessageError): a
     certificate revoked or expired, a stale copy of the register, a TimeToLive passed, HER-ids
@@ -928,11 +941,13 @@ def _alert_refused(
         uow,
         AlertKind.MESSAGE_REFUSED,
         f"messages from {known} were refused with {code}: {reject.reason}; the last was "
-        f"{which}. Only "
+        f"{which}. "
         + (
-            "its sender was told, by our MessageError"
+            "Only its sender was told, by our MessageError"
             if message_id
-            else "whoever sent it was told, in the response to its request"
+            else "Only whoever sent it was told, in the response to its request"
+            if channel == "http"
+            else "Its mail was quarantined whole, to reprocess once mended; nobody was told"
         )
         + ": look at the partner's certificate and register entry, or tell the partner.",
         subject=recovery.sender(known),

@@ -5,7 +5,9 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
 1. split headers and body (:mod:`meldingstjener.ebxml.mime_headers`); a mail without headers
    or Content-Type is unreadable -> quarantine;
 2. :func:`meldingstjener.engine.inbound.receive` with ``channel="smtp"``: it stores the message
-   and its signal in one commit, or answers a MessageError, or refuses (InboundRefused); a
+   and its signal in one commit (a refusal after its signature verified too, with the
+   MessageError queued to its sender), or refuses (InboundRefused: unreadable, or refused
+   before its signature verified, as a stale copy of a partner's certificate makes it); a
    message it has already (its eb:MessageId, from the same sender, signed by it) is not stored
    again and gets our signal again, whether the mailbox delivered the mail twice or the
    partner resent it;

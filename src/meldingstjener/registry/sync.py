@@ -8,9 +8,11 @@ committed in the same transaction as the parties it changed.
 
 So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
 deletes a party (a deactivated party is kept, marked inactive, as the register reports it). A
-party an event names that the register then does not return (deleted, or left out of the bulk
-answer) is kept too, marked inactive, so nothing is sent to it; its record coming back makes it
-what the record says. Progress lives in ``kv_state``.
+party an event names that the register then does not return (deleted) is kept too, marked
+inactive, so nothing is sent to it; its record coming back makes it what the record says. One
+left out of a bulk answer is asked for alone first, and marked inactive only when that lookup
+does not find it either, and never from a bulk answer holding a record it could not attribute
+to a HER-id asked for (a record whose HER-id cannot be read). Progress lives in ``kv_state``.
 
 A chunk's parties are asked for in one bulk lookup (up to 100 HER-ids a call; ``serve`` commits
 10 parties a chunk, ``ar sync`` 50), and only the certificates whose bytes we do not hold yet are
@@ -35,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -301,17 +303,52 @@ def _fetch(store: Store, client: ArClient, her_ids: Sequence[str]) -> _Fetched:
         by_her_id = {party.her_id: party for party in found.parties}
         with store.unit_of_work() as uow:
             held = held_certificates(uow, by_her_id)
+        missing: list[str] = []
         for her_id in part:
             party = by_her_id.get(her_id)
             if party is None:
                 if her_id not in found.refused:
-                    fetched.not_found.append(her_id)  # gone from the register: kept, inactive
+                    missing.append(her_id)
                 continue
             try:
                 fetched.parties.append(_with_new_certificates(client, party, held))
             except ArRecordRefused as refused:  # its certificate: this party only
                 fetched.refused[her_id] = refused.reason
+        if missing:
+            _confirm_missing(store, client, part, found.refused, missing, fetched)
     return fetched
+
+
+def _confirm_missing(
+    store: Store,
+    client: ArClient,
+    asked: Sequence[str],
+    refused: Mapping[str, str],
+    missing: Sequence[str],
+    fetched: _Fetched,
+) -> None:
+    """HER-ids a bulk answer left out: each asked for alone, and marked gone (inactive, and
+    then given up by every send) only when that lookup does not find it. A bulk answer may
+    leave a party out by mistake, and a record whose HER-id cannot be read is refused as
+    ``entry N``, its HER-id then missing though the register has it: so nothing is marked gone
+    from a bulk answer with a refusal it does not name a HER-id asked for."""
+    with store.unit_of_work() as uow:
+        held = held_certificates(uow, missing)
+    confirmed = _Fetched()
+    _fetch_one_by_one(client, missing, held, confirmed)
+    fetched.parties += confirmed.parties
+    fetched.refused.update(confirmed.refused)
+    unattributed = [key for key in refused if key not in asked]
+    if not unattributed:
+        fetched.not_found += confirmed.not_found  # gone from the register: kept, inactive
+        return
+    for her_id in confirmed.not_found:
+        log.warning(
+            "HER-id %s was not found in the address register, but the same bulk answer held "
+            "%d record(s) it could not attribute: kept as it was, not marked inactive",
+            her_id,
+            len(unattributed),
+        )
 
 
 def _with_new_certificates(

@@ -690,3 +690,35 @@ def test_a_mime_defect_outside_a_readable_envelope_gets_a_message_error(
     assert reply.body is not None and b'errorCode="MimeProblem"' in reply.body
     assert pair.inbound_messages(pair.hospital) == []  # not verified: not stored
     assert open_alerts(pair.hospital) == {"message-refused:8100001:MimeProblem": ("error", 1)}
+
+
+def test_a_mail_whose_signature_does_not_verify_is_quarantined_not_stored(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # By mail there is no response to answer an unverified refusal in, and a MessageError
+    # mailed to whom its From names may go to a party that never sent it. The mail is put
+    # aside whole, so that a genuine partner's message refused by a stale copy of its signing
+    # certificate is there to reprocess, not deleted from the mailbox with nothing kept.
+    from meldingstjener.engine.alerts import AlertKind
+    from meldingstjener.engine.mail_channel import MailIntake, Quarantine
+
+    body, content_type = a_wire(pair)
+    mail = (
+        b"Message-ID: <flipped-1@gp.example>\r\nContent-Type: "
+        + content_type.encode()
+        + b"\r\n\r\n"
+        + flip_last_payload_byte(body)
+    )
+    intake = MailIntake(pair.hospital, tmp_path / "quarantine")
+    with pytest.raises(Quarantine) as quarantined:
+        intake.on_mail(mail)
+    assert str(quarantined.value) == "SecurityFailure"
+    [kept] = (tmp_path / "quarantine").glob("*.eml")
+    assert kept.read_bytes() == mail  # the whole mail, to reprocess
+    assert pair.inbound_messages(pair.hospital) == []
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0  # nothing mailed to whom the From names
+        alerts = {a.kind: a for a in uow.alerts.list(open_only=True)}
+    assert set(alerts) == {AlertKind.MESSAGE_REFUSED, AlertKind.MAIL_QUARANTINED}
+    assert "Its mail was quarantined whole" in alerts[AlertKind.MESSAGE_REFUSED].summary
+    assert alerts[AlertKind.MESSAGE_REFUSED].partner_her_id == "8100001"

@@ -1,9 +1,9 @@
 """The real third-party ebXML mail (../shared/reference/samples/ebxml/real-smtp-mail), dropped into
 our mailbox through Postfix: collected, parsed, its signature verified with its certificate as
-of its signing time, and then answered with a MessageError (not quarantined) — its header is
-readable, so an ebXML answer can be addressed; it is refused because its sender (HER 8141253)
-is no communication party of ours (and its receiver, HER 79768, is not us either). Unreadable
-mail, by contrast, is quarantined with an alert."""
+of its signing time, and then refused and quarantined: its sender (HER 8141253) is no
+communication party of ours (and its receiver, HER 79768, is not us either), so its signature
+cannot be verified here, and an unverified From is nobody to mail a MessageError to. It is kept
+aside whole, not stored, as unreadable mail is, each with an alert."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def gp(
     return site
 
 
-def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
+def test_the_real_mail_is_collected_verified_and_quarantined_as_from_no_known_party(
     gp: MailSite, tls_context: ssl.SSLContext, reference_dir: Path, tmp_path: Path
 ) -> None:
     original = (reference_dir / f"{STEM}.msg").read_bytes()
@@ -60,8 +60,9 @@ def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
 
     # A failed assertion in the callback would leave the mail in the box (counted as kept).
     result = gp.collector.collect_once(verify_then_receive)
-    assert (result.found, result.delivered, result.quarantined) == (1, 1, 0), result.problems
+    assert (result.found, result.delivered, result.quarantined) == (1, 0, 1), result.problems
     assert mailbox_count(gp.user, tls_context) == 0
+    [kept] = gp.intake.quarantine_dir.glob("*.eml")  # the whole mail, to reprocess
 
     # The certificate was valid when the message was signed, and has expired since.
     (signed_at,) = checked
@@ -76,9 +77,9 @@ def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
     assert Reason.EXPIRED in later.reasons
 
     # The sender is not a known party here: its signature could not be checked, so its From
-    # and MessageId are anybody's to write. The refusal is logged and alerted, nothing is
-    # stored under its MessageId (the sender's resend, once it is known, is then received) and
-    # nothing is mailed to whom it names.
+    # and MessageId are anybody's to write. The refusal is logged and alerted, the mail kept
+    # aside, nothing is stored under its MessageId (the sender's resend, once it is known, is
+    # then received) and nothing is mailed to whom it names.
     assert gp.messages("in") == []
     message_id = parse_envelope(parse_xml(unpackage_message(original).envelope_xml)).header
     with gp.ctx.store.unit_of_work() as uow:
@@ -91,11 +92,19 @@ def test_the_real_mail_is_collected_verified_and_answered_with_a_message_error(
         assert uow.jobs.count() == 0
         [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "message-refused"]
         assert "whose From reads 8141253 (not verified)" in alert.summary
+        [quarantined] = [
+            a for a in uow.alerts.list(open_only=True) if a.kind == AlertKind.MAIL_QUARANTINED
+        ]
+        assert kept.name in quarantined.summary and "(SecurityFailure)" in quarantined.summary
 
-    # The same mail again is refused again, and deleted.
+    # The same mail again is refused again, and put aside again (a file of its own: the mail
+    # server wrote it other Received headers), not stored.
     drop_mail(gp.user, original)
     wait_for_mail(gp.user, 1, tls_context)
-    assert gp.collect().delivered == 1
+    again = gp.collect()
+    assert (again.delivered, again.quarantined) == (0, 1), again.problems
+    files = sorted(gp.intake.quarantine_dir.glob("*.eml"))
+    assert len(files) == 2 and kept in files
     assert gp.messages("in") == []
     assert mailbox_count(gp.user, tls_context) == 0
 

@@ -4,14 +4,17 @@ what the record says."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from meldingstjener.registry.ar_client import ArClient
-from meldingstjener.registry.fakes import FakeAddressRegister
+from meldingstjener.registry.auth import StaticToken
+from meldingstjener.registry.fakes import FakeAddressRegister, serve
 from meldingstjener.registry.store import load_parties
 from meldingstjener.registry.sync import last_synced_sequence, sync_register
 from meldingstjener.store.uow import Store
@@ -59,3 +62,84 @@ def test_a_party_the_register_deletes_is_kept_inactive(
     fake.put_party(_record(100001, "Legekontor A"))  # back in the register
     assert sync_register(store, client).deactivated == []
     assert _stored(store)["100001"] == ("Legekontor A", True)
+
+
+@pytest.fixture
+def bulk_register() -> Iterator[tuple[FakeAddressRegister, ArClient]]:
+    """The fake register with its bulk lookup, our client on it."""
+    fake = FakeAddressRegister()
+    with serve(fake) as url:
+        client = ArClient(url, StaticToken(""))
+        yield fake, client
+        client.close()
+
+
+def _unreadable_her_id(fake: FakeAddressRegister, her_id: int, name: str) -> None:
+    """The party changed (an event names it), its record now with a herId we cannot read."""
+    fake.put_party(_record(her_id, name))
+    fake.parties[str(her_id)]["herId"] = f"{her_id}x"
+
+
+def test_a_record_whose_her_id_cannot_be_read_does_not_make_its_party_gone(
+    store: Store, bulk_register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    # The bulk answer's record is refused as "entry 0", so the HER-id asked for is missing
+    # from what was read: the register has it all the same, and a party marked inactive has
+    # every message queued to it given up.
+    fake, client = bulk_register
+    fake.put_party(_record(100001, "Legekontor A"))
+    fake.put_party(_record(100002, "Legekontor B"))
+    sync_register(store, client)
+
+    _unreadable_her_id(fake, 100001, "Legekontor A Ny")
+    report = sync_register(store, client)
+    assert report.not_found == [] and report.deactivated == []
+    assert "100001" in report.refused  # its own lookup names it
+    assert _stored(store) == {"100001": ("Legekontor A", True), "100002": ("Legekontor B", True)}
+
+
+def test_a_party_a_bulk_answer_leaves_out_is_asked_for_alone(
+    store: Store, bulk_register: tuple[FakeAddressRegister, ArClient], monkeypatch: Any
+) -> None:
+    fake, client = bulk_register
+    fake.put_party(_record(100001, "Legekontor A"))
+    fake.put_party(_record(100002, "Legekontor B"))
+    sync_register(store, client)
+
+    bulk = fake._bulk
+
+    def forgetful(request: Any) -> Any:  # leaves 100001 out by mistake
+        reply = bulk(request)
+        kept = [r for r in json.loads(reply.body) if r["herId"] != 100001]
+        return type(reply).json(kept)
+
+    monkeypatch.setattr(fake, "_bulk", forgetful)
+    fake.put_party(_record(100001, "Legekontor A Ny"))
+    fake.put_party(_record(100002, "Legekontor B Ny"))
+    report = sync_register(store, client)
+    assert report.not_found == [] and report.deactivated == [] and report.refused == {}
+    assert _stored(store) == {
+        "100001": ("Legekontor A Ny", True),
+        "100002": ("Legekontor B Ny", True),
+    }
+    assert "GET /api/v1/communicationparty/100001" in fake.requests
+
+    fake.delete_party(100002)  # really gone: its own lookup does not find it either
+    report = sync_register(store, client)
+    assert report.not_found == ["100002"] and report.deactivated == ["100002"]
+    assert _stored(store)["100002"] == ("Legekontor B Ny", False)
+
+
+def test_no_party_is_marked_gone_from_a_bulk_answer_with_a_record_it_cannot_attribute(
+    store: Store, bulk_register: tuple[FakeAddressRegister, ArClient]
+) -> None:
+    fake, client = bulk_register
+    fake.put_party(_record(100001, "Legekontor A"))
+    fake.put_party(_record(100002, "Legekontor B"))
+    sync_register(store, client)
+
+    _unreadable_her_id(fake, 100001, "Legekontor A Ny")
+    fake.delete_party(100002)  # in the same chunk: not told apart from the unreadable one here
+    report = sync_register(store, client)
+    assert report.deactivated == []
+    assert _stored(store)["100002"] == ("Legekontor B", True)
