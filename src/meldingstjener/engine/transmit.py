@@ -108,16 +108,13 @@ def _give_up_before_sending(
 def _refusal(
     ctx: EngineContext, uow: UnitOfWork, partner: Partner, view: SendingView, now: datetime
 ) -> tuple[Literal["hold", "give-up"], str] | None:
-    """Why the message may not go to ``partner`` now, by the checks submit makes (the same
-    functions, on the same cached reads: the partner, its agreement, the validator): None when
-    it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the agreement
-    has ended, is not active or no longer takes the message (its MsgHead type, or for an
-    agreement with bindings the envelope's Service and Action), the register has the receiver
-    inactive, or the receiver's encryption certificate is not acceptable or is not the one the
-    payload was encrypted to. No patient data in the reasons.
-
-    A message stored before the certificate was recorded (``encrypted_to_sha256`` None) has
-    the receiver's current certificate checked alone: revoked, expired or otherwise refused."""
+    """Why the message may not go to ``partner`` now, by the checks submit makes on what the
+    store holds (the same functions, on the same cached reads: the partner and its agreement):
+    None when it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the
+    agreement has ended, is not active or no longer takes the message (its MsgHead type, or for
+    an agreement with bindings the envelope's Service and Action), or the register has the
+    receiver inactive. The receiver's certificate is checked by :func:`_certificate_refusal`,
+    outside the unit of work. No patient data in the reasons."""
     agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
     checked = agreement
     if agreement is not None and agreement.state == AgreementState.SUSPENDED:
@@ -148,11 +145,26 @@ def _refusal(
     unusable = partner.unusable_because(now)
     if unusable is not None:
         return "give-up", f"the receiver {unusable}"
+    if checked is not agreement:
+        return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
+    return None
+
+
+def _certificate_refusal(
+    ctx: EngineContext, partner: Partner, view: SendingView, now: datetime
+) -> str | None:
+    """Why the message may not go to ``partner`` for its encryption certificate (the reason
+    to give it up), or None. Run with no unit of work open: the validator may fetch CRLs and
+    ask OCSP responders over the network, for seconds, and a unit of work holds SQLite's write
+    lock (or a pooled PostgreSQL connection idle in its transaction) meanwhile.
+
+    A message stored before the certificate was recorded (``encrypted_to_sha256`` None) has
+    the receiver's current certificate checked alone: revoked, expired or otherwise refused."""
     if partner.encryption_certificate is None:
-        return "give-up", "no encryption certificate is known for the receiver any more"
+        return "no encryption certificate is known for the receiver any more"
     problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
     if problem is not None:
-        return "give-up", (
+        return (
             f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
             "message, encrypted when it was accepted, is not sent to it"
         )
@@ -161,13 +173,11 @@ def _refusal(
     # as its resend would be the same ciphertext.
     encrypted_to = view.encrypted_to_sha256
     if encrypted_to is not None and encrypted_to != partner.encryption_sha256:
-        return "give-up", (
+        return (
             "the message was encrypted to an encryption certificate the receiver no longer has "
             f"(SHA-256 {encrypted_to[:16]}..., replaced by {str(partner.encryption_sha256)[:16]}"
             "...); it is not sent, and must be sent again by the EPJ"
         )
-    if checked is not agreement:
-        return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
     return None
 
 
@@ -231,24 +241,34 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
         refusal = _refusal(ctx, uow, partner, view, now)
-        if refusal is not None:
-            verdict, reason = refusal
-            if verdict == "hold":
-                _hold(uow, job, partner, reason, now)
-            else:
-                _give_up_before_sending(uow, view.id, partner.name, reason, now)
+        if refusal is not None and refusal[0] == "give-up":
+            _give_up_before_sending(uow, view.id, partner.name, refusal[1], now)
             return None
-        # A resend, or a first send whose job was claimed before (its worker may have died
-        # after the partner took it, before recording that), is a resend: not at or after
-        # PersistDuration, when the partner no longer knows the MessageId. A first send that
-        # only waited (a backlog, the server down) goes: the partner has never seen it.
-        maybe_sent = view.attempts > 0 or job.attempts > 1
-        if maybe_sent and view.expires_at is not None and now >= view.expires_at:
-            reason = "PersistDuration ran out before a resend"
+    # The validator may take seconds (CRL and OCSP fetches): no unit of work is open meanwhile,
+    # so receives and submits are not kept waiting for the database. The job's claim keeps
+    # other runs of it off; a give-up or hold below locks the row and reads it again (an
+    # Acknowledgment, a MessageError or the operator may have settled it meanwhile).
+    problem = _certificate_refusal(ctx, partner, view, now)
+    if problem is not None:
+        with ctx.store.unit_of_work() as uow:
+            _give_up_before_sending(uow, view.id, partner.name, problem, now)
+        return None
+    if refusal is not None:
+        with ctx.store.unit_of_work() as uow:
+            _hold(uow, job, partner, refusal[1], now)
+        return None
+    # A resend, or a first send whose job was claimed before (its worker may have died
+    # after the partner took it, before recording that), is a resend: not at or after
+    # PersistDuration, when the partner no longer knows the MessageId. A first send that
+    # only waited (a backlog, the server down) goes: the partner has never seen it.
+    maybe_sent = view.attempts > 0 or job.attempts > 1
+    if maybe_sent and view.expires_at is not None and now >= view.expires_at:
+        reason = "PersistDuration ran out before a resend"
+        with ctx.store.unit_of_work() as uow:
             _give_up_before_sending(uow, view.id, partner.name, reason, now)
-            return None
-        wire = ctx.store.payloads.path(str(view.wire_ref))
-        content_type = str(view.wire_content_type)
+        return None
+    wire = ctx.store.payloads.path(str(view.wire_ref))
+    content_type = str(view.wire_content_type)
     route = partner.route(view.ebxml_service, view.ebxml_action)
     transport = ctx.transports.get(route.channel)
     try:
