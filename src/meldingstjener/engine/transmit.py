@@ -8,11 +8,12 @@ an alert tells the operator that the content must reach the receiver another way
 
 Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
 message queued while its receiver was down must not go out once the agreement has ended or no
-longer takes its type, the register has the receiver inactive, or the receiver's encryption
-certificate has been revoked, has expired or has been replaced since the payload was encrypted
-to it (the ciphertext is not made again here: the EPJ sends the message again). Those give up at
-once; a suspended agreement (the operator's brake, which may be released) holds the message,
-checked again every RetryInterval until PersistDuration.
+longer takes its type, the register has the receiver inactive, or the encryption certificate
+the payload was encrypted to has been revoked or has expired (the ciphertext is not made again
+here: the EPJ sends the message again). Those give up at once; a suspended agreement (the
+operator's brake, which may be released) holds the message, checked again every RetryInterval
+until PersistDuration. A message encrypted to a certificate the receiver has replaced since
+goes, with a note (see :func:`_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -152,33 +153,41 @@ def _refusal(
 
 def _certificate_refusal(
     ctx: EngineContext, partner: Partner, view: SendingView, now: datetime
-) -> str | None:
-    """Why the message may not go to ``partner`` for its encryption certificate (the reason
-    to give it up), or None. Run with no unit of work open: the validator may fetch CRLs and
+) -> tuple[str | None, str | None]:
+    """Whether the message may go to ``partner`` for the encryption certificate its payload was
+    encrypted to: (the reason to give it up, None) when it may not; (None, a note for the
+    message's events) when it goes although that certificate is no longer the receiver's;
+    (None, None) when it goes. Run with no unit of work open: the validator may fetch CRLs and
     ask OCSP responders over the network, for seconds, and a unit of work holds SQLite's write
     lock (or a pooled PostgreSQL connection idle in its transaction) meanwhile.
 
-    A message stored before the certificate was recorded (``encrypted_to_sha256`` None) has
-    the receiver's current certificate checked alone: revoked, expired or otherwise refused."""
-    if partner.encryption_certificate is None:
-        return "no encryption certificate is known for the receiver any more"
+    The certificate the payload was encrypted to is checked when the party still has it (the
+    directory keeps its current encryption certificate only): revoked, expired or otherwise
+    refused gives the message up. One the receiver has replaced since is not known here any
+    more: the message goes (during a rollover the old key normally still decrypts), and a note
+    says so; a receiver that cannot decrypt it answers with a MessageError, which ends it as
+    transport-error. Giving it up instead would lose an AppRec of ours for good (the message it
+    answers cannot be answered again). A message stored before the certificate was recorded
+    (``encrypted_to_sha256`` None) has the receiver's current certificate checked."""
+    current = partner.encryption_sha256
+    if current is None:
+        return "no encryption certificate is known for the receiver any more", None
+    encrypted_to = view.encrypted_to_sha256
+    if encrypted_to is not None and encrypted_to != current:
+        return None, (
+            "the payload was encrypted to an encryption certificate of the receiver (SHA-256 "
+            f"{encrypted_to[:16]}...) that the register has replaced since (by {current[:16]}"
+            "...); sent anyway, as the receiver normally still holds the old key during a "
+            "rollover: it answers with a MessageError if it cannot decrypt the message"
+        )
+    assert partner.encryption_certificate is not None
     problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
     if problem is not None:
         return (
             f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
-            "message, encrypted when it was accepted, is not sent to it"
-        )
-    # Only a message that has not been acknowledged is sent at all (its status is sendable):
-    # one the receiver may have taken (an attempt without an Acknowledgment) is given up too,
-    # as its resend would be the same ciphertext.
-    encrypted_to = view.encrypted_to_sha256
-    if encrypted_to is not None and encrypted_to != partner.encryption_sha256:
-        return (
-            "the message was encrypted to an encryption certificate the receiver no longer has "
-            f"(SHA-256 {encrypted_to[:16]}..., replaced by {str(partner.encryption_sha256)[:16]}"
-            "...); it is not sent, and must be sent again by the EPJ"
-        )
-    return None
+            "message, encrypted to it when it was accepted, is not sent"
+        ), None
+    return None, None
 
 
 def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: datetime) -> None:
@@ -248,7 +257,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     # so receives and submits are not kept waiting for the database. The job's claim keeps
     # other runs of it off; a give-up or hold below locks the row and reads it again (an
     # Acknowledgment, a MessageError or the operator may have settled it meanwhile).
-    problem = _certificate_refusal(ctx, partner, view, now)
+    problem, note = _certificate_refusal(ctx, partner, view, now)
     if problem is not None:
         with ctx.store.unit_of_work() as uow:
             _give_up_before_sending(uow, view.id, partner.name, problem, now)
@@ -289,7 +298,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             ),
         )
     except TransportFailure as failure:
-        _failed(ctx, job, partner, failure, ctx.clock(), str(route.endpoint))
+        _failed(ctx, job, partner, failure, ctx.clock(), str(route.endpoint), note)
         return None
     # what follows counts from the end of the send, which may have taken minutes (a large
     # upload): the wait for the Acknowledgment must not be eaten up by the upload itself
@@ -299,6 +308,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         state = uow.messages.lock_state(str(job.message_id))
         assert state is not None
         attempts = state.attempts + 1
+        _note(uow, state.id, state.ebxml_message_id, note, now)
         uow.events.record(
             state.id,
             EventKind.ATTEMPT,
@@ -330,6 +340,22 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     return result
 
 
+def _note(
+    uow: UnitOfWork, message_id: str, ebxml_message_id: str | None, note: str | None, at: datetime
+) -> None:
+    """Record :func:`_certificate_refusal`'s note on the message, with the attempt it led to."""
+    if note is not None:
+        uow.events.record(
+            message_id,
+            EventKind.NOTE,
+            actor="worker",
+            code="encrypted-to-replaced",
+            detail=note,
+            ebxml_message_id=ebxml_message_id,
+            at=at,
+        )
+
+
 def _failed(
     ctx: EngineContext,
     job: ClaimedJob,
@@ -337,10 +363,12 @@ def _failed(
     failure: TransportFailure,
     now: datetime,
     endpoint: str,
+    note: str | None = None,
 ) -> None:
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id), for_update=True)
         assert row is not None
+        _note(uow, row.id, row.ebxml_message_id, note, now)
         # Sent (a run of this job whose lease had run out, while another one got through and
         # turned the job row into its ack-timeout), acknowledged or given up meanwhile: that
         # outcome stands, and the row under this job's id is no longer this job. The attempt
