@@ -121,7 +121,9 @@ def _refusal(
     if agreement is not None and agreement.state == AgreementState.SUSPENDED:
         # a suspension holds (below); whatever else the agreement says, its end, still counts
         checked = replace(agreement, state=AgreementState.ACTIVE)
-    bound = checked is not None and bool(checked.bindings)
+    # the rule submit chose a binding by: a message of an agreement that takes any type (with
+    # its bindings kept) went by the convention's names, not a binding's
+    bound = checked is not None and checked.bound
     try:
         check_agreement(
             checked,

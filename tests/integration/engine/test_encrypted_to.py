@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from engine_pair import Pair
+from engine_pair import Pair, sent_header
 from sqlalchemy import update
 from test_cpa_bindings import _real_pom, _with_nav_cpa
 
@@ -19,7 +19,12 @@ from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.directory import certificate_sha256
 from meldingstjener.engine.outbound import submit
 from meldingstjener.registry.certificates import certificate_from_der
-from meldingstjener.registry.store import party_from_row, save_parties
+from meldingstjener.registry.store import (
+    agreement_from_row,
+    party_from_row,
+    save_agreement,
+    save_parties,
+)
 from meldingstjener.security.devpki import init_pki, organisation_number_for
 from meldingstjener.store.tables import MessageRow
 
@@ -223,3 +228,22 @@ def test_a_queued_message_goes_by_the_binding_its_document_chose(
     _until_the_resend(pair)
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_message_of_an_agreement_with_bindings_taking_any_type_goes_by_the_convention(
+    pair: Pair, reference_dir: Path
+) -> None:
+    # `partners set --any-message-type` keeps a CPA's bindings: submit then names the envelope
+    # by the convention (S-POM/POM), and the send takes it without looking for a binding
+    _with_nav_cpa(pair, reference_dir)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = agreement_from_row(uow.agreements.for_pair("8100001", "8200002"))
+        assert agreement.bindings
+        save_agreement(uow, dataclasses.replace(agreement, message_types={}, any_message_type=True))
+        uow.commit()
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    header = sent_header(pair, message_id)
+    assert (header.service, header.action) == ("S-POM", "POM")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status != "not-delivered" and row.attempts == 1
