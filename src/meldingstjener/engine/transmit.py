@@ -26,10 +26,17 @@ from typing import Literal
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
-from meldingstjener.registry.agreements import AgreementState, NotAgreed
+from meldingstjener.registry.agreements import (
+    AgreementState,
+    NotAgreed,
+    PartnerAgreement,
+    choose_binding,
+)
 from meldingstjener.registry.policy import check_agreement
+from meldingstjener.registry.terms import AgreedMessage
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import (
     ClaimedJob,
@@ -137,20 +144,37 @@ def _refusal(
         )
     except NotAgreed as exc:
         return "give-up", f"the partner agreement no longer allows sending to it ({exc})"
-    if bound and view.ebxml_service is not None and view.ebxml_action is not None:
-        assert checked is not None
-        names = (view.ebxml_service, view.ebxml_action)
-        if not any((b.service, b.message_type) == names for b in checked.bindings):
-            return "give-up", (
-                f"the partner agreement no longer has the binding {names[0]}/{names[1]} the "
-                "message was made for"
-            )
+    named = view.ebxml_service is not None and view.ebxml_action is not None
+    if bound and named and _binding(checked, view) is None:
+        return "give-up", (
+            f"the partner agreement no longer has the binding {view.ebxml_service}/"
+            f"{view.ebxml_action} the message was made for"
+        )
     unusable = partner.unusable_because(now)
     if unusable is not None:
         return "give-up", f"the receiver {unusable}"
     if checked is not agreement:
         return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
     return None
+
+
+def _binding(agreement: PartnerAgreement | None, view: SendingView) -> AgreedMessage | None:
+    """The agreement's binding the message goes by, found again by its envelope's Service and
+    Action (a send does not read the document whose namespace chose it): by
+    :func:`choose_binding`, so that of several bindings of that Service and Action the one
+    submit chose (the convention's roles, else the agreement's first) gives the route. None
+    for an agreement that is not bound (its messages follow the convention)."""
+    service, action = view.ebxml_service, view.ebxml_action
+    if agreement is None or not agreement.bound or service is None or action is None:
+        return None
+    roles = None
+    if view.msg_type is not None and view.msg_type != APPREC:
+        conventional = names_for(view.msg_type)
+        roles = (conventional.from_role, conventional.to_role)
+    binding, _ = choose_binding(agreement, action, answered_service=service, preferred_roles=roles)
+    if binding is None or (binding.service, binding.message_type) != (service, action):
+        return None  # one whose Action differs only in case is not the one the message names
+    return binding
 
 
 def _certificate_refusal(
@@ -252,6 +276,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
         refusal = _refusal(ctx, uow, partner, view, now)
+        agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
+        route = partner.route(_binding(agreement, view))  # as submit built the envelope
         if refusal is not None and refusal[0] == "give-up":
             _give_up_before_sending(uow, view.id, partner.name, refusal[1], now)
             return None
@@ -280,7 +306,6 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         return None
     wire = ctx.store.payloads.path(str(view.wire_ref))
     content_type = str(view.wire_content_type)
-    route = partner.route(view.ebxml_service, view.ebxml_action)
     transport = ctx.transports.get(route.channel)
     try:
         if transport is None:
