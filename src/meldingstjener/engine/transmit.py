@@ -250,7 +250,10 @@ def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: 
                 at=now,
             )
         row.next_attempt_at = due
-        uow.jobs.reschedule(job.id, due)
+        # a job of its own, not this one rescheduled: this job's claims were holds, which its
+        # count of claims would take for sends that may have reached the partner (maybe_sent)
+        uow.jobs.finish(job.id)
+        uow.jobs.schedule(TRANSMIT, due, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
     uow.commit()
 
 

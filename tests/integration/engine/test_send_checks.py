@@ -202,3 +202,20 @@ def test_the_certificate_check_before_a_send_holds_no_database_lock(
     pair.run()
     assert seen and all(s == "free" for s in seen), seen
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_first_send_held_by_a_suspension_goes_when_resumed_after_persist_duration(
+    pair: Pair,
+) -> None:
+    # never sent, only held: no MessageId the partner may remember, so it is a first send and
+    # goes, not given up as a resend past PersistDuration
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, SECRET), actor="t")
+    _change(pair, _suspend("suspended"))
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "retrying" and row.attempts == 0
+    _change(pair, _suspend("active"))
+    pair.clock.advance(minutes=61)
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-acknowledged" and row.attempts == 1
