@@ -51,12 +51,16 @@ _TRANSPORTS = frozenset({"smtp", "http", "amqp"})
 
 @dataclass(frozen=True)
 class Route:
-    """Where and how one message goes: transport, endpoint, and whether an Acknowledgment was
-    asked for (without one, nothing is waited for after the send)."""
+    """Where and how one message goes: transport and endpoint, and its envelope's flags:
+    AckRequested (without it, nothing is waited for after the send), SyncReply and
+    DuplicateElimination. One rule gives them all (:meth:`Partner.route`), for the envelope
+    built at submit and for every send of it."""
 
     channel: str
     endpoint: str | None
     ack_requested: bool = True
+    sync_reply: bool = False
+    duplicate_elimination: bool = True
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,25 @@ class Partner:
     # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
     bindings: tuple[AgreedMessage, ...] = ()
 
-    def route(self, service: str | None, action: str | None) -> Route:
-        """How a message of this Service and Action goes: by the channel of its binding when
-        the agreement binds channels per action (NAV's CPAs put a question on HTTPS to their
-        gateway and the rest on SMTP), else by the agreement's channel and endpoint."""
-        for binding in self.bindings:
-            channel = binding.channel
-            if (
-                binding.service == service
-                and binding.message_type == action
-                and channel is not None
-                and channel.transport in _TRANSPORTS
-                and channel.endpoint
-            ):
-                return Route(channel.transport, channel.endpoint, channel.ack_requested != "never")
-        return Route(self.channel, self.endpoint)
+    def route(self, binding: AgreedMessage | None) -> Route:
+        """How a message going by ``binding`` (the agreement's binding chosen for it, None for
+        one without) goes: by the binding's channel when this server can use it (smtp, http or
+        amqp, with an endpoint; NAV's CPAs put a question on HTTPS to their gateway and the rest
+        on SMTP), its flags from that channel (never: off; always and perMessage, where the
+        sender decides: on; syncReplyMode other than none: SyncReply). Else by the agreement's
+        channel and endpoint with its flags: an Acknowledgment and duplicate elimination asked
+        for, SyncReply as the agreement says; a binding's flags never go with another channel
+        than its own, so what the envelope asks for is what the send waits for."""
+        channel = binding.channel if binding is not None else None
+        if channel is not None and channel.transport in _TRANSPORTS and channel.endpoint:
+            return Route(
+                channel.transport,
+                channel.endpoint,
+                ack_requested=channel.ack_requested != "never",
+                sync_reply=(channel.sync_reply_mode or "none") != "none",
+                duplicate_elimination=channel.duplicate_elimination != "never",
+            )
+        return Route(self.channel, self.endpoint, True, self.sync_reply, True)
 
     @property
     def encryption_sha256(self) -> str | None:

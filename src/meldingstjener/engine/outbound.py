@@ -28,7 +28,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
-from meldingstjener.engine.routing import APPREC, envelope_flags, names_for, names_of
+from meldingstjener.engine.routing import APPREC, names_for, names_of
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction
 from meldingstjener.registry.agreements import NotAgreed
@@ -141,16 +141,15 @@ def submit(
         timestamp=now,
         description=ctx.description(),
     )
-    flags = envelope_flags(binding, partner)
-    route = partner.route(header.service, header.action)
+    route = partner.route(binding)  # the channel and the envelope's flags, by one rule
     if route.endpoint is None:
         raise SubmitRejected("no-agreement", f"no endpoint is known for {partner.her_id}")
     root = build_envelope(
         header,
         manifest=[ManifestReference.for_content_id(content_id, "Encrypted business message")],
-        ack_requested=flags.ack_requested,
-        sync_reply=flags.sync_reply,
-        duplicate_elimination=flags.duplicate_elimination,
+        ack_requested=route.ack_requested,
+        sync_reply=route.sync_reply,
+        duplicate_elimination=route.duplicate_elimination,
     )
     body, content_type = payload_io.seal(
         ctx,

@@ -3,7 +3,8 @@
 An agreement from a CPA or CPP names them: the binding the business document goes by (chosen
 by :func:`meldingstjener.registry.agreements.choose_binding`, by the document's namespace)
 gives Service, its type, Action and both Roles (:func:`names_of`), and its channel the
-envelope's AckRequested, SyncReply and DuplicateElimination (:func:`envelope_flags`). NAV's
+envelope's AckRequested, SyncReply and DuplicateElimination with the channel the message goes
+by (:meth:`meldingstjener.engine.directory.Partner.route`, for submit and every send). NAV's
 CPAs, for one, do not follow the convention below: a POM goes as Service ``BehandlerKrav``,
 Action ``OppgjorsMelding``, roles ``Behandler``/``KontrollUtbetaler``.
 
@@ -16,7 +17,6 @@ travels in the service of the message it answers, with Action ``APPREC`` and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from meldingstjener.registry.terms import AgreedMessage
 
@@ -51,31 +51,4 @@ def names_of(binding: AgreedMessage) -> EnvelopeNames:
         from_role=binding.from_role or conventional.from_role,
         to_role=binding.to_role or conventional.to_role,
         service_type=binding.service_type or "string",
-    )
-
-
-@dataclass(frozen=True)
-class EnvelopeFlags:
-    ack_requested: bool
-    sync_reply: bool
-    duplicate_elimination: bool
-
-
-class _Defaults(Protocol):
-    @property
-    def sync_reply(self) -> bool: ...
-
-
-def envelope_flags(binding: AgreedMessage | None, partner: _Defaults) -> EnvelopeFlags:
-    """AckRequested, SyncReply and DuplicateElimination of a message. A binding's channel
-    says them (never: off; always and perMessage, where the sender decides: on; syncReplyMode
-    other than none: SyncReply); without one, an Acknowledgment and duplicate elimination are
-    asked for and SyncReply follows the agreement."""
-    channel = binding.channel if binding is not None else None
-    if channel is None:
-        return EnvelopeFlags(True, partner.sync_reply, True)
-    return EnvelopeFlags(
-        ack_requested=channel.ack_requested != "never",
-        sync_reply=(channel.sync_reply_mode or "none") != "none",
-        duplicate_elimination=channel.duplicate_elimination != "never",
     )

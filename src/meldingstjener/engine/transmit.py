@@ -8,11 +8,12 @@ an alert tells the operator that the content must reach the receiver another way
 
 Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
 message queued while its receiver was down must not go out once the agreement has ended or no
-longer takes its type, the register has the receiver inactive, or the receiver's encryption
-certificate has been revoked, has expired or has been replaced since the payload was encrypted
-to it (the ciphertext is not made again here: the EPJ sends the message again). Those give up at
-once; a suspended agreement (the operator's brake, which may be released) holds the message,
-checked again every RetryInterval until PersistDuration.
+longer takes its type, the register has the receiver inactive, or the encryption certificate
+the payload was encrypted to has been revoked or has expired (the ciphertext is not made again
+here: the EPJ sends the message again). Those give up at once; a suspended agreement (the
+operator's brake, which may be released) holds the message, checked again every RetryInterval
+until PersistDuration. A message encrypted to a certificate the receiver has replaced since
+goes, with a note (see :func:`_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ from typing import Literal
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
-from meldingstjener.registry.agreements import AgreementState, NotAgreed
+from meldingstjener.registry.agreements import (
+    AgreementState,
+    NotAgreed,
+    PartnerAgreement,
+    choose_binding,
+)
 from meldingstjener.registry.policy import check_agreement
+from meldingstjener.registry.terms import AgreedMessage
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import (
     ClaimedJob,
@@ -108,22 +116,21 @@ def _give_up_before_sending(
 def _refusal(
     ctx: EngineContext, uow: UnitOfWork, partner: Partner, view: SendingView, now: datetime
 ) -> tuple[Literal["hold", "give-up"], str] | None:
-    """Why the message may not go to ``partner`` now, by the checks submit makes (the same
-    functions, on the same cached reads: the partner, its agreement, the validator): None when
-    it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the agreement
-    has ended, is not active or no longer takes the message (its MsgHead type, or for an
-    agreement with bindings the envelope's Service and Action), the register has the receiver
-    inactive, or the receiver's encryption certificate is not acceptable or is not the one the
-    payload was encrypted to. No patient data in the reasons.
-
-    A message stored before the certificate was recorded (``encrypted_to_sha256`` None) has
-    the receiver's current certificate checked alone: revoked, expired or otherwise refused."""
+    """Why the message may not go to ``partner`` now, by the checks submit makes on what the
+    store holds (the same functions, on the same cached reads: the partner and its agreement):
+    None when it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the
+    agreement has ended, is not active or no longer takes the message (its MsgHead type, or for
+    an agreement with bindings the envelope's Service and Action), or the register has the
+    receiver inactive. The receiver's certificate is checked by :func:`_certificate_refusal`,
+    outside the unit of work. No patient data in the reasons."""
     agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
     checked = agreement
     if agreement is not None and agreement.state == AgreementState.SUSPENDED:
         # a suspension holds (below); whatever else the agreement says, its end, still counts
         checked = replace(agreement, state=AgreementState.ACTIVE)
-    bound = checked is not None and bool(checked.bindings)
+    # the rule submit chose a binding by: a message of an agreement that takes any type (with
+    # its bindings kept) went by the convention's names, not a binding's
+    bound = checked is not None and checked.bound
     try:
         check_agreement(
             checked,
@@ -137,38 +144,76 @@ def _refusal(
         )
     except NotAgreed as exc:
         return "give-up", f"the partner agreement no longer allows sending to it ({exc})"
-    if bound and view.ebxml_service is not None and view.ebxml_action is not None:
-        assert checked is not None
-        names = (view.ebxml_service, view.ebxml_action)
-        if not any((b.service, b.message_type) == names for b in checked.bindings):
-            return "give-up", (
-                f"the partner agreement no longer has the binding {names[0]}/{names[1]} the "
-                "message was made for"
-            )
+    named = view.ebxml_service is not None and view.ebxml_action is not None
+    if bound and named and _binding(checked, view) is None:
+        return "give-up", (
+            f"the partner agreement no longer has the binding {view.ebxml_service}/"
+            f"{view.ebxml_action} the message was made for"
+        )
     unusable = partner.unusable_because(now)
     if unusable is not None:
         return "give-up", f"the receiver {unusable}"
-    if partner.encryption_certificate is None:
-        return "give-up", "no encryption certificate is known for the receiver any more"
-    problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
-    if problem is not None:
-        return "give-up", (
-            f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
-            "message, encrypted when it was accepted, is not sent to it"
-        )
-    # Only a message that has not been acknowledged is sent at all (its status is sendable):
-    # one the receiver may have taken (an attempt without an Acknowledgment) is given up too,
-    # as its resend would be the same ciphertext.
-    encrypted_to = view.encrypted_to_sha256
-    if encrypted_to is not None and encrypted_to != partner.encryption_sha256:
-        return "give-up", (
-            "the message was encrypted to an encryption certificate the receiver no longer has "
-            f"(SHA-256 {encrypted_to[:16]}..., replaced by {str(partner.encryption_sha256)[:16]}"
-            "...); it is not sent, and must be sent again by the EPJ"
-        )
     if checked is not agreement:
         return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
     return None
+
+
+def _binding(agreement: PartnerAgreement | None, view: SendingView) -> AgreedMessage | None:
+    """The agreement's binding the message goes by, found again by its envelope's Service and
+    Action (a send does not read the document whose namespace chose it): by
+    :func:`choose_binding`, so that of several bindings of that Service and Action the one
+    submit chose (the convention's roles, else the agreement's first) gives the route. None
+    for an agreement that is not bound (its messages follow the convention)."""
+    service, action = view.ebxml_service, view.ebxml_action
+    if agreement is None or not agreement.bound or service is None or action is None:
+        return None
+    roles = None
+    if view.msg_type is not None and view.msg_type != APPREC:
+        conventional = names_for(view.msg_type)
+        roles = (conventional.from_role, conventional.to_role)
+    binding, _ = choose_binding(agreement, action, answered_service=service, preferred_roles=roles)
+    if binding is None or (binding.service, binding.message_type) != (service, action):
+        return None  # one whose Action differs only in case is not the one the message names
+    return binding
+
+
+def _certificate_refusal(
+    ctx: EngineContext, partner: Partner, view: SendingView, now: datetime
+) -> tuple[str | None, str | None]:
+    """Whether the message may go to ``partner`` for the encryption certificate its payload was
+    encrypted to: (the reason to give it up, None) when it may not; (None, a note for the
+    message's events) when it goes although that certificate is no longer the receiver's;
+    (None, None) when it goes. Run with no unit of work open: the validator may fetch CRLs and
+    ask OCSP responders over the network, for seconds, and a unit of work holds SQLite's write
+    lock (or a pooled PostgreSQL connection idle in its transaction) meanwhile.
+
+    The certificate the payload was encrypted to is checked when the party still has it (the
+    directory keeps its current encryption certificate only): revoked, expired or otherwise
+    refused gives the message up. One the receiver has replaced since is not known here any
+    more: the message goes (during a rollover the old key normally still decrypts), and a note
+    says so; a receiver that cannot decrypt it answers with a MessageError, which ends it as
+    transport-error. Giving it up instead would lose an AppRec of ours for good (the message it
+    answers cannot be answered again). A message stored before the certificate was recorded
+    (``encrypted_to_sha256`` None) has the receiver's current certificate checked."""
+    current = partner.encryption_sha256
+    if current is None:
+        return "no encryption certificate is known for the receiver any more", None
+    encrypted_to = view.encrypted_to_sha256
+    if encrypted_to is not None and encrypted_to != current:
+        return None, (
+            "the payload was encrypted to an encryption certificate of the receiver (SHA-256 "
+            f"{encrypted_to[:16]}...) that the register has replaced since (by {current[:16]}"
+            "...); sent anyway, as the receiver normally still holds the old key during a "
+            "rollover: it answers with a MessageError if it cannot decrypt the message"
+        )
+    assert partner.encryption_certificate is not None
+    problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
+    if problem is not None:
+        return (
+            f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
+            "message, encrypted to it when it was accepted, is not sent"
+        ), None
+    return None, None
 
 
 def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: datetime) -> None:
@@ -205,7 +250,10 @@ def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: 
                 at=now,
             )
         row.next_attempt_at = due
-        uow.jobs.reschedule(job.id, due)
+        # a job of its own, not this one rescheduled: this job's claims were holds, which its
+        # count of claims would take for sends that may have reached the partner (maybe_sent)
+        uow.jobs.finish(job.id)
+        uow.jobs.schedule(TRANSMIT, due, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
     uow.commit()
 
 
@@ -231,25 +279,36 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             _give_up_before_sending(uow, view.id, str(view.to_her_id), reason, now)
             return None
         refusal = _refusal(ctx, uow, partner, view, now)
-        if refusal is not None:
-            verdict, reason = refusal
-            if verdict == "hold":
-                _hold(uow, job, partner, reason, now)
-            else:
-                _give_up_before_sending(uow, view.id, partner.name, reason, now)
+        agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
+        route = partner.route(_binding(agreement, view))  # as submit built the envelope
+        if refusal is not None and refusal[0] == "give-up":
+            _give_up_before_sending(uow, view.id, partner.name, refusal[1], now)
             return None
-        # A resend, or a first send whose job was claimed before (its worker may have died
-        # after the partner took it, before recording that), is a resend: not at or after
-        # PersistDuration, when the partner no longer knows the MessageId. A first send that
-        # only waited (a backlog, the server down) goes: the partner has never seen it.
-        maybe_sent = view.attempts > 0 or job.attempts > 1
-        if maybe_sent and view.expires_at is not None and now >= view.expires_at:
-            reason = "PersistDuration ran out before a resend"
+    # The validator may take seconds (CRL and OCSP fetches): no unit of work is open meanwhile,
+    # so receives and submits are not kept waiting for the database. The job's claim keeps
+    # other runs of it off; a give-up or hold below locks the row and reads it again (an
+    # Acknowledgment, a MessageError or the operator may have settled it meanwhile).
+    problem, note = _certificate_refusal(ctx, partner, view, now)
+    if problem is not None:
+        with ctx.store.unit_of_work() as uow:
+            _give_up_before_sending(uow, view.id, partner.name, problem, now)
+        return None
+    if refusal is not None:
+        with ctx.store.unit_of_work() as uow:
+            _hold(uow, job, partner, refusal[1], now)
+        return None
+    # A resend, or a first send whose job was claimed before (its worker may have died
+    # after the partner took it, before recording that), is a resend: not at or after
+    # PersistDuration, when the partner no longer knows the MessageId. A first send that
+    # only waited (a backlog, the server down) goes: the partner has never seen it.
+    maybe_sent = view.attempts > 0 or job.attempts > 1
+    if maybe_sent and view.expires_at is not None and now >= view.expires_at:
+        reason = "PersistDuration ran out before a resend"
+        with ctx.store.unit_of_work() as uow:
             _give_up_before_sending(uow, view.id, partner.name, reason, now)
-            return None
-        wire = ctx.store.payloads.path(str(view.wire_ref))
-        content_type = str(view.wire_content_type)
-    route = partner.route(view.ebxml_service, view.ebxml_action)
+        return None
+    wire = ctx.store.payloads.path(str(view.wire_ref))
+    content_type = str(view.wire_content_type)
     transport = ctx.transports.get(route.channel)
     try:
         if transport is None:
@@ -269,7 +328,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             ),
         )
     except TransportFailure as failure:
-        _failed(ctx, job, partner, failure, ctx.clock(), str(route.endpoint))
+        _failed(ctx, job, partner, failure, ctx.clock(), str(route.endpoint), note)
         return None
     # what follows counts from the end of the send, which may have taken minutes (a large
     # upload): the wait for the Acknowledgment must not be eaten up by the upload itself
@@ -279,6 +338,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         state = uow.messages.lock_state(str(job.message_id))
         assert state is not None
         attempts = state.attempts + 1
+        _note(uow, state.id, state.ebxml_message_id, note, now)
         uow.events.record(
             state.id,
             EventKind.ATTEMPT,
@@ -310,6 +370,22 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     return result
 
 
+def _note(
+    uow: UnitOfWork, message_id: str, ebxml_message_id: str | None, note: str | None, at: datetime
+) -> None:
+    """Record :func:`_certificate_refusal`'s note on the message, with the attempt it led to."""
+    if note is not None:
+        uow.events.record(
+            message_id,
+            EventKind.NOTE,
+            actor="worker",
+            code="encrypted-to-replaced",
+            detail=note,
+            ebxml_message_id=ebxml_message_id,
+            at=at,
+        )
+
+
 def _failed(
     ctx: EngineContext,
     job: ClaimedJob,
@@ -317,10 +393,12 @@ def _failed(
     failure: TransportFailure,
     now: datetime,
     endpoint: str,
+    note: str | None = None,
 ) -> None:
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id), for_update=True)
         assert row is not None
+        _note(uow, row.id, row.ebxml_message_id, note, now)
         # Sent (a run of this job whose lease had run out, while another one got through and
         # turned the job row into its ack-timeout), acknowledged or given up meanwhile: that
         # outcome stands, and the row under this job's id is no longer this job. The attempt

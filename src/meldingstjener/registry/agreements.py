@@ -149,6 +149,14 @@ class PartnerAgreement:
             bindings=terms.outbound,
         )
 
+    @property
+    def bound(self) -> bool:
+        """Whether a message goes by one of the agreement's bindings (chosen by
+        :func:`choose_binding`, which gives its envelope's names and channel): an agreement with
+        bindings, unless it takes any message type (``partners set --any-message-type`` keeps
+        the bindings), whose messages follow the NHN convention as terms without bindings do."""
+        return bool(self.bindings) and not self.any_message_type
+
     def versions_for(self, message_type: str) -> tuple[str, ...] | None:
         """Agreed versions of ``message_type`` (exact name first, then ignoring case)."""
         if message_type in self.message_types:
@@ -245,7 +253,7 @@ def check_send(
     if agreement.any_message_type:
         return None
     binding = None
-    if agreement.bindings:
+    if agreement.bound:
         namespaces = tuple(namespaces)
         binding, by_namespace = choose_binding(
             agreement,

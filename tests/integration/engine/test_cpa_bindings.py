@@ -22,7 +22,8 @@ from meldingstjener.engine.worker import Worker
 from meldingstjener.formats.xmlparse import parse_xml
 from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.cpa import agreement_for, parse_cpa
-from meldingstjener.registry.store import save_agreement
+from meldingstjener.registry.store import agreement_from_row, save_agreement
+from meldingstjener.registry.terms import ChannelTerms
 from meldingstjener.store.tables import JobRow
 from meldingstjener.transport.base import Delivery, TransportResult
 
@@ -193,3 +194,62 @@ def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
         )
     assert waits == [claim]
     assert pair.message(pair.gp, question).status == "sent"
+
+
+def test_a_binding_whose_channel_cannot_be_used_goes_by_the_agreements_channel_and_flags(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """A binding on a transport this server does not have, without AckRequested, goes by the
+    agreement's channel with that channel's flags: the envelope asks for the Acknowledgment the
+    send waits for (it once went without, and was resent until given up as ack-missing)."""
+    _with_nav_cpa(pair, reference_dir)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = agreement_from_row(uow.agreements.for_pair("8100001", "8200002"))
+        other = ChannelTerms("ftp", "other", "ftp://nav.example/ebxml", ack_requested="never")
+        bindings = tuple(
+            replace(b, channel=other) if b.message_type == "OppgjorsMelding" else b
+            for b in agreement.bindings
+        )
+        save_agreement(uow, replace(agreement, bindings=bindings))
+        uow.commit()
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    envelope = _sent_envelope(pair, message_id)
+    assert (envelope.header.service, envelope.header.action) == ("BehandlerKrav", "OppgjorsMelding")
+    assert envelope.ack_requested and envelope.duplicate_elimination
+    pair.run()
+    for _ in range(3):  # past the RetryInterval, twice: nothing is resent
+        pair.clock.advance(minutes=11)
+        pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-acknowledged" and row.attempts == 1
+    assert row.sent_endpoint == pair.hospital_site.endpoint
+    with pair.gp.store.unit_of_work() as uow:
+        codes = {a.kind for a in uow.alerts.list(open_only=True)}
+    assert "ack-missing" not in codes
+
+
+def test_a_send_goes_by_the_binding_submit_chose_of_several_with_its_service_and_action(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """Two bindings of one Service and Action, on two channels: submit chooses the one with the
+    convention's roles, and every send of the message goes by that one's channel, not by the
+    agreement's first binding of that Service and Action."""
+    _with_nav_cpa(pair, reference_dir)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = agreement_from_row(uow.agreements.for_pair("8100001", "8200002"))
+        [pom] = [b for b in agreement.bindings if b.message_type == "OppgjorsMelding"]
+        assert pom.channel is not None
+        elsewhere = replace(
+            pom, channel=replace(pom.channel, endpoint="http://elsewhere.invalid/ebxml")
+        )
+        conventional = replace(pom, from_role="POMsender", to_role="POMreceiver")
+        bindings = [b for b in agreement.bindings if b is not pom]
+        save_agreement(uow, replace(agreement, bindings=(elsewhere, conventional, *bindings)))
+        uow.commit()
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    header = _sent_envelope(pair, message_id).header
+    assert (header.from_party.role, header.to_party.role) == ("POMsender", "POMreceiver")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.sent_endpoint == pair.hospital_site.endpoint
+    assert row.status == "transport-acknowledged" and row.attempts == 1

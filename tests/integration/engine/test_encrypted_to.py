@@ -1,6 +1,7 @@
 """A queued message holds ciphertext for the receiver's encryption certificate of the time it was
-accepted: once the receiver has replaced that certificate it is given up, not sent; and a
-message whose type the agreement no longer takes is given up too."""
+accepted: once the receiver has replaced that certificate it still goes (the old key normally
+still decrypts during a rollover), with a note on the message; a message whose type the
+agreement no longer takes is given up."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ import dataclasses
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from engine_pair import Pair
+from engine_pair import Pair, sent_header
 from sqlalchemy import update
 from test_cpa_bindings import _real_pom, _with_nav_cpa
 
-from meldingstjener.devsites import HOSPITAL_HER, dialog_note
+from meldingstjener.devsites import GP_HER, HOSPITAL_HER, dialog_note
+from meldingstjener.engine import receipts
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.directory import certificate_sha256
 from meldingstjener.engine.outbound import submit
 from meldingstjener.registry.certificates import certificate_from_der
-from meldingstjener.registry.store import party_from_row, save_parties
+from meldingstjener.registry.store import (
+    agreement_from_row,
+    party_from_row,
+    save_agreement,
+    save_parties,
+)
 from meldingstjener.security.devpki import init_pki, organisation_number_for
 from meldingstjener.store.tables import MessageRow
 
@@ -90,16 +97,69 @@ def test_the_certificate_a_message_was_encrypted_to_is_recorded(pair: Pair) -> N
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
 
 
-def test_a_queued_message_is_not_sent_once_the_receiver_has_replaced_its_certificate(
+def _notes(pair: Pair, ctx: object, message_id: str) -> list[str]:
+    with ctx.store.unit_of_work() as uow:  # type: ignore[attr-defined]
+        events = list(uow.events.for_message(message_id))
+    texts = [str(e.detail) for e in events]
+    assert all(SECRET not in text for text in texts)
+    return [str(e.detail) for e in events if e.code == "encrypted-to-replaced"]
+
+
+def test_a_queued_message_goes_with_a_note_once_the_receiver_has_replaced_its_certificate(
     pair: Pair,
 ) -> None:
+    # during a rollover the hospital still holds its old key: the old ciphertext is taken
     message_id = _queued(pair)
+    old = pair.message(pair.gp, message_id).encrypted_to_sha256
+    assert old is not None
     new = _replace_hospital_encryption_certificate(pair)
     pair.clock.advance(minutes=11)
     pair.run()
-    summary = _given_up(pair, message_id, attempts=1)
-    assert "encrypted to an encryption certificate the receiver no longer has" in summary
-    assert "sent again by the EPJ" in summary and new[:16] in summary
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-acknowledged" and row.attempts == 2
+    assert len(pair.inbound_messages(pair.hospital)) == 1
+    [note] = _notes(pair, pair.gp, message_id)
+    assert old[:16] in note and new[:16] in note and "MessageError" in note
+
+
+def _replace_gp_encryption_certificate_at_the_hospital(pair: Pair) -> None:
+    """The hospital's register names a new encryption certificate of the GP office (its old
+    key still decrypts)."""
+    her_id = "8198001"
+    pki = init_pki(
+        pair.gp_site.directory.parent / "pki",
+        [her_id],
+        organisation_numbers={her_id: organisation_number_for(GP_HER)},
+    )
+    new = pki.parties[her_id].encryption.certificate
+    with pair.hospital.store.unit_of_work() as uow:
+        row = uow.parties.get(GP_HER)
+        assert row is not None
+        party = dataclasses.replace(
+            party_from_row(row),
+            encryption_certificate=certificate_from_der(new.public_bytes(Encoding.DER)),
+        )
+        save_parties(uow, [party])
+        uow.commit()
+
+
+def test_an_apprec_queued_across_the_partners_rollover_is_sent(pair: Pair) -> None:
+    # an AppRec given up could not be sent again (its message is answered already): it goes
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, SECRET), actor="t")
+    pair.run()
+    [received] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_type != "APPREC"]
+    receipts.deliver(pair.hospital, received.id, actor="epj")
+    pair.network.down.add(pair.gp_site.endpoint)
+    answer = receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.hospital, answer).status == "retrying"
+    pair.network.down.clear()
+    _replace_gp_encryption_certificate_at_the_hospital(pair)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert pair.message(pair.hospital, answer).status == "transport-acknowledged"
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    assert len(_notes(pair, pair.hospital, answer)) == 1
 
 
 def test_a_message_stored_before_the_certificate_was_recorded_is_sent_as_before(
@@ -168,3 +228,22 @@ def test_a_queued_message_goes_by_the_binding_its_document_chose(
     _until_the_resend(pair)
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_message_of_an_agreement_with_bindings_taking_any_type_goes_by_the_convention(
+    pair: Pair, reference_dir: Path
+) -> None:
+    # `partners set --any-message-type` keeps a CPA's bindings: submit then names the envelope
+    # by the convention (S-POM/POM), and the send takes it without looking for a binding
+    _with_nav_cpa(pair, reference_dir)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = agreement_from_row(uow.agreements.for_pair("8100001", "8200002"))
+        assert agreement.bindings
+        save_agreement(uow, dataclasses.replace(agreement, message_types={}, any_message_type=True))
+        uow.commit()
+    message_id = submit(pair.gp, _real_pom(pair, reference_dir), actor="t")
+    header = sent_header(pair, message_id)
+    assert (header.service, header.action) == ("S-POM", "POM")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status != "not-delivered" and row.attempts == 1

@@ -5,13 +5,16 @@ alert), and waits while its agreement is suspended (held until resumed or Persis
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 
+import pytest
 from engine_pair import Pair
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import dialog_note
+from meldingstjener.engine import transmit
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.outbound import submit
 from meldingstjener.security.devpki import revoke
@@ -164,3 +167,55 @@ def test_a_message_held_by_a_suspension_is_given_up_when_persist_duration_passes
         pair.run()
     summary = _given_up_unsent(pair, message_id)
     assert "suspended" in summary and "PersistDuration" in summary
+
+
+def test_the_certificate_check_before_a_send_holds_no_database_lock(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the validator may fetch CRLs and ask OCSP responders for seconds: receives and submits
+    # (another process's, or this one's) must not wait for the database meanwhile
+    message_id = _queued(pair)
+    database = pair.gp.store.database
+    path = database.engine.url.database
+    assert path is not None
+    seen: list[str] = []
+    check = transmit.certificate_problem
+
+    def watched(*args: object, **kwargs: object) -> object:
+        if database.write_lock is not None and not database.write_lock.acquire(blocking=False):
+            seen.append("this process's write lock is held")
+        elif database.write_lock is not None:
+            database.write_lock.release()
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            seen.append("free")
+        except sqlite3.OperationalError as exc:
+            seen.append(f"another writer: {exc}")
+        finally:
+            other.close()
+        return check(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transmit, "certificate_problem", watched)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert seen and all(s == "free" for s in seen), seen
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+def test_a_first_send_held_by_a_suspension_goes_when_resumed_after_persist_duration(
+    pair: Pair,
+) -> None:
+    # never sent, only held: no MessageId the partner may remember, so it is a first send and
+    # goes, not given up as a resend past PersistDuration
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, SECRET), actor="t")
+    _change(pair, _suspend("suspended"))
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "retrying" and row.attempts == 0
+    _change(pair, _suspend("active"))
+    pair.clock.advance(minutes=61)
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-acknowledged" and row.attempts == 1
