@@ -863,9 +863,14 @@ def _apprec_answers(
     service, else its organisation: two of our HER-ids may send one MsgId).
 
     An EPJ that resends a message at the business level sends the same MsgId again, in a new
-    ebXML message; each copy gets its own AppRec. The oldest copy still waiting for one (whose
-    status the AppRec may move) takes it, then the oldest it may still move (a corrected
-    AppRec), else the newest. (Always the newest, the older copy got a false apprec-missing.)
+    ebXML message; each copy gets its own AppRec. A copy still waiting for one (whose status
+    the AppRec may move) takes it, the copies the receiver has first: acknowledged, then sent
+    or retrying (it may have arrived), then given up or failed (a resend usually follows a
+    give-up: the copy that never arrived took the AppRec, the delivered one got a false
+    apprec-missing), then one accepted and not yet sent, the oldest first within each. Else
+    the oldest it may still move (a corrected AppRec), else the newest. Never one given up
+    before any attempt: the receiver cannot have it. (Always the newest, the older copy got a
+    false apprec-missing.)
     """
     candidates = [
         m
@@ -887,13 +892,40 @@ def _apprec_answers(
     candidates = next((found for found in by_sender if found), [])
     if not candidates:
         return None
-    may_move = [m for m in candidates if target.value in allowed_next(Direction.OUTBOUND, m.status)]
+    may_move = [
+        m
+        for m in candidates
+        if target.value in allowed_next(Direction.OUTBOUND, m.status) and not _never_sent(m)
+    ]
     waiting = [m for m in may_move if m.status not in API_APPREC_STATUS]
     if waiting:
-        return waiting[0].id
+        return min(waiting, key=lambda m: _WAITING_RANK.get(m.status, 3)).id  # stable: oldest
     if may_move:
         return may_move[0].id
-    return candidates[-1].id
+    sent = [m for m in candidates if not _never_sent(m)]
+    return sent[-1].id if sent else None
+
+
+# which waiting copy of a resent MsgId an AppRec answers first: the copies the receiver has
+# (acknowledged) or may have (sent, retrying), then those given up or failed after an attempt,
+# which may have arrived all the same (a lost Acknowledgment); an accepted copy last (no
+# attempt counted yet: only a send under way, its attempt not yet recorded, can have arrived)
+_WAITING_RANK = {
+    OutboundStatus.TRANSPORT_ACKNOWLEDGED.value: 0,
+    OutboundStatus.SENT.value: 1,
+    OutboundStatus.RETRYING.value: 1,
+    OutboundStatus.NOT_DELIVERED.value: 2,
+    OutboundStatus.TRANSPORT_ERROR.value: 2,
+    OutboundStatus.ACCEPTED.value: 3,
+}
+
+
+def _never_sent(row: MessageRow) -> bool:
+    """A copy given up or failed before any attempt went out: the receiver cannot have it."""
+    return not row.attempts and row.status in (
+        OutboundStatus.NOT_DELIVERED.value,
+        OutboundStatus.TRANSPORT_ERROR.value,
+    )
 
 
 # an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)
