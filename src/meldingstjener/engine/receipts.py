@@ -42,6 +42,7 @@ from meldingstjener.formats.apprec import APPREC_VERSIONS, apprec_party_from
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.msghead import MsgHead
 from meldingstjener.formats.parties import Party
+from meldingstjener.formats.validation import INTERNAL_ERROR
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
@@ -600,6 +601,9 @@ def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
         purge=bool(data["purge"]),
         alert=bool(data["alert"]),
     )
+    if verdict.status is InboundStatus.ACKNOWLEDGED:
+        _passed_unjudged(ctx, job, verdict)
+        return
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id))
         payload_ref = (
@@ -611,6 +615,39 @@ def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
         uow.commit()
+
+
+def _passed_unjudged(ctx: EngineContext, job: ClaimedJob, verdict: ServerVerdict) -> None:
+    """A message whose validation failed with an error of ours (a layer's ``internal-error``)
+    goes to the EPJ, which answers it, with a ``validation-failed`` alert and no AppRec of the
+    server's: its T02 told the sender its message was invalid, for a fault of ours (and an
+    error nobody saw: no log, no alert)."""
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id), for_update=True)
+        if row is not None and row.status == InboundStatus.RECEIVED.value:
+            what = verdict.errors[0][1] if verdict.errors else "the checks failed"
+            uow.messages.set_status(
+                row,
+                InboundStatus.ACKNOWLEDGED.value,
+                actor="msh",
+                code=INTERNAL_ERROR,
+                detail=f"{what} with an error of this server's; no AppRec from the server, the "
+                "EPJ has the message",
+            )
+            raise_alert(
+                uow,
+                AlertKind.VALIDATION_FAILED,
+                f"the validation of message {row.id} ({row.msg_type}) from {row.from_her_id} "
+                f"failed: {what} with an unexpected error of this server's (the server log "
+                "names it). The sender got no AppRec from the server; the message went to the "
+                "EPJ unchecked by that layer. Report the fault; the EPJ answers the message.",
+                at=ctx.clock(),
+                message_id=row.id,
+                partner_her_id=row.from_her_id,
+            )
+        uow.jobs.finish(job.id)
+        uow.commit()
+    ctx.notify_workers(uow)
 
 
 def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVerdict | None:
@@ -633,13 +670,24 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
             alert=True,
         )
     errors = [p for p in message.report.problems if p.severity == "error"]
-    if errors:
-        first = errors[0]
+    theirs = [p for p in errors if p.code != INTERNAL_ERROR]
+    if theirs:
+        first = theirs[0]
         return ServerVerdict(
             InboundStatus.REJECTED,
             [(_apprec_code_of(first.code), f"{first.path}: {first.code}")],
             purge=False,
             alert=False,
+        )
+    failed = sorted({p.layer for p in errors})
+    if failed:
+        # a layer that failed with an error of ours says nothing of the message: no T02 (the
+        # sender told its message is invalid, for our fault), an alert, and the EPJ has it
+        return ServerVerdict(
+            InboundStatus.ACKNOWLEDGED,
+            [(INTERNAL_ERROR, f"the {' and '.join(failed)} checks failed")],
+            purge=False,
+            alert=True,
         )
     return None
 

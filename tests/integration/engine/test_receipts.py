@@ -1393,3 +1393,34 @@ def test_urls_are_the_same_however_written() -> None:
     ):
         assert _endpoint_key("http", other) != plain, other
     assert _endpoint_key("http", "http://h:80/") == _endpoint_key("http", "http://h")
+
+
+def test_a_validation_layer_failing_by_our_fault_is_no_t02_but_an_alert(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug of ours in a validation layer was that layer's internal-error finding, which the
+    # server's own verdict answered with a T02 AppRec: the sender told its valid message was
+    # invalid, and nothing logged or alerted.
+    from meldingstjener.formats import validation
+
+    def broken(*args: object) -> None:
+        text = "-".join(("a", "text", "that", "may", "quote", "the", "message"))
+        raise ValueError(text)
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    monkeypatch.setattr(validation, "_dialog_structure", broken)  # at the hospital's reading
+    with caplog.at_level("ERROR", logger=validation.__name__):
+        pair.run()
+    logged = [r.getMessage() for r in caplog.records if r.name == validation.__name__]
+    assert logged and "builtins.ValueError, raised through:" in logged[0]
+    assert "a-text-that-may-quote-the-message" not in logged[0]
+    row = received(pair)
+    assert row.status == "acknowledged"  # the EPJ has it, and answers it
+    [alert] = open_alerts(pair.hospital, "validation-failed")
+    assert alert.message_id == row.id  # type: ignore[attr-defined]
+    assert [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"] == []
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    receipts.deliver(pair.hospital, row.id, actor="epj")
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
