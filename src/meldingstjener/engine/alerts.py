@@ -47,6 +47,7 @@ class AlertKind(StrEnum):
     REGISTER_PARTIES_REFUSED = "register-parties-refused"
     MAIL_STUCK = "mail-stuck"
     FOLDER_UNSAFE = "folder-unsafe"
+    VALIDATION_FAILED = "validation-failed"
 
 
 SEVERITY = {
@@ -85,6 +86,7 @@ SEVERITY = {
     AlertKind.REGISTER_PARTIES_REFUSED: "error",
     AlertKind.MAIL_STUCK: "error",
     AlertKind.FOLDER_UNSAFE: "error",
+    AlertKind.VALIDATION_FAILED: "error",
 }
 
 

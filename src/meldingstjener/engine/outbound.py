@@ -30,7 +30,7 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.routing import APPREC, names_for, names_of
 from meldingstjener.engine.trust import certificate_problem
-from meldingstjener.model import Direction
+from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.registry.agreements import NotAgreed
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.payloads import PayloadSource, source_sha256, source_size
@@ -55,6 +55,7 @@ def submit(
     idempotency_key: str | None = None,
     may_answer: Callable[[str], bool] | None = None,
     request_digest: str | None = None,
+    answering: str | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -75,6 +76,9 @@ def submit(
 
     ``may_answer``: for an AppRec posted from outside, whether its client may act for the
     HER-id of the message it answers (see ``receipts.mark_answered_by_document``).
+
+    ``answering``: the id of the received message an answer of the server's is for (its
+    ``on_stored`` marks that one): the answer continues that message's conversation.
     """
     if idempotency_key is not None:
         earlier = _submitted_with(ctx, idempotency_key, payload, request_digest)
@@ -102,7 +106,7 @@ def submit(
         except PartnerUnknown as exc:
             code = "unknown-receiver" if exc.what == "no communication party" else "no-agreement"
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
-        answered = _answered(uow, message, sender_her, receiver_her)
+        answered = _answered(uow, message, sender_her, receiver_her, answering)
         conventional = names_for(message.msg_type, answered_type=answered.msg_type)
         try:
             # the agreement the directory found: our organisation's covers its services
@@ -292,21 +296,34 @@ class _Answered:
 
 
 def _answered(
-    uow: UnitOfWork, message: Fagmelding, sender_her: str, receiver_her: str
+    uow: UnitOfWork,
+    message: Fagmelding,
+    sender_her: str,
+    receiver_her: str,
+    answering: str | None = None,
 ) -> _Answered:
+    """``answering``: the id of the received message the answer is for, when the caller knows
+    it (``receipts.send_apprec``); else the one ``receipts.answered_copy`` finds, as an AppRec
+    document is marked by it (the same MsgId may have come to us more than once: as a copy to
+    another of our HER-ids, or sent again), never one from another sender."""
+    from meldingstjener.engine.receipts import answered_copy  # (cycle)
+
     if message.msg_type == APPREC:
         answered = message.apprec_original_msg_id
     else:
         answered = message.ref_to_parent
-    originals = uow.messages.by_msg_id(Direction.INBOUND, answered) if answered else []
-    if not originals:
+    original = uow.messages.get(answering) if answering is not None else None
+    if original is None and answered:
+        rejects = message.msg_type == APPREC and message.apprec_status == "2"
+        original, _ = answered_copy(
+            uow,
+            answered,
+            their_her_id=receiver_her,
+            our_her_ids=(sender_her, message.sender.service, message.sender.person),
+            target=InboundStatus.REJECTED if rejects else InboundStatus.APPREC_SENT,
+        )
+    if original is None:
         return _Answered()
-    # the one this answer goes back over (the same MsgId may have come to us more than once:
-    # from other senders, or as a copy to another of our HER-ids)
-    original = next(
-        (o for o in originals if (o.from_her_id, o.to_her_id) == (receiver_her, sender_her)),
-        next((o for o in originals if o.from_her_id == receiver_her), originals[0]),
-    )
     # only an AppRec is named after what it answers (the convention's S-<type>/APPREC)
     answered_type = original.msg_type if message.msg_type == APPREC else None
     return _Answered(answered_type, original.ebxml_service, original.ebxml_conversation_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +42,7 @@ from meldingstjener.formats.apprec import APPREC_VERSIONS, apprec_party_from
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.msghead import MsgHead
 from meldingstjener.formats.parties import Party
+from meldingstjener.formats.validation import INTERNAL_ERROR
 from meldingstjener.formats.xmlparse import XmlError
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
@@ -216,21 +217,17 @@ def send_apprec(
         row = _inbound(uow, message_id)
         if row.msg_type == APPREC:
             raise AppRecRefused("apprec-for-apprec", "an AppRec is never answered with an AppRec")
-        # an answer to a message not marked read yet delivers it on the way
-        unread = row.status == InboundStatus.ACKNOWLEDGED.value
-        allowed = allowed_next(
-            Direction.INBOUND, InboundStatus.DELIVERED.value if unread else row.status
-        )
         target = (
             InboundStatus.APPREC_SENT
             if code is not AppRecStatus.REJECTED
             else InboundStatus.REJECTED
         )
-        if target.value not in allowed or row.payload_ref is None:
+        if not may_be_answered(row, target):
             raise AppRecRefused(
                 "already-answered",
                 f"message {message_id} is {row.status}; an AppRec cannot be sent now",
             )
+        assert row.payload_ref is not None  # may_be_answered: not purged
         try:
             original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
         except (FormatError, XmlError) as exc:
@@ -347,7 +344,14 @@ def _submit_answer(
             _purge_after_commit(ctx, uow, original)
 
     try:
-        return submit(ctx, payload, to_her_id=str(row.from_her_id), actor=actor, on_stored=mark)
+        return submit(
+            ctx,
+            payload,
+            to_her_id=str(row.from_her_id),
+            actor=actor,
+            on_stored=mark,
+            answering=row.id,
+        )
     except SubmitRejected as exc:
         raise AppRecRefused(exc.code, f"the {what} could not be sent: {exc.message}") from None
 
@@ -370,10 +374,28 @@ def mark_answered_by_document(
     refused too (``already-answered``, as :func:`send_apprec` refuses it)."""
     if message.msg_type != APPREC or not message.apprec_original_msg_id:
         return
-    original_id = _answered_copy(uow, answer, message.apprec_original_msg_id)
-    if original_id is None:
+    code = message.apprec_status or "1"
+    target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
+    found, received = answered_copy(
+        uow,
+        message.apprec_original_msg_id,
+        their_her_id=answer.to_her_id,
+        our_her_ids=(answer.from_her_id, answer.sender_service_her_id, answer.sender_person_her_id),
+        target=target,
+    )
+    if found is None:
+        if received:
+            uow.events.record(
+                answer.id,
+                EventKind.NOTE,
+                actor="msh",
+                code="apprec-ambiguous",
+                detail=f"this AppRec answers MsgId {message.apprec_original_msg_id}, received "
+                f"{received} times from {answer.to_her_id}, none of them sent to "
+                f"{answer.from_her_id}: no received message is marked answered",
+            )
         return
-    original = uow.messages.get(original_id, for_update=True)
+    original = uow.messages.get(found.id, for_update=True)
     assert original is not None
     if may_answer is not None and not may_answer(str(original.to_her_id)):
         raise SubmitRejected(
@@ -381,13 +403,8 @@ def mark_answered_by_document(
             f"the AppRec answers a message sent to HER-id {original.to_her_id}, which this "
             "client may not act for",
         )
-    code = message.apprec_status or "1"
-    target = InboundStatus.REJECTED if code == "2" else InboundStatus.APPREC_SENT
     actor = f"apprec-document:{answer.client_id or 'epj'}"
-    _taken_by_answer(uow, original, target, actor)
-    if target.value not in allowed_next(Direction.INBOUND, original.status) or (
-        original.payload_ref is None
-    ):
+    if not may_be_answered(original, target):
         # answered already (or purged, or not offered to the EPJ): refused as send_apprec
         # refuses it. (It went out, the status stayed apprec-sent and the sender's Ok, while
         # the sender's EPJ got a second, rejecting AppRec.)
@@ -396,6 +413,7 @@ def mark_answered_by_document(
             f"the AppRec answers message {original.id}, which is {original.status}; an AppRec "
             "cannot be sent now",
         )
+    _taken_by_answer(uow, original, target, actor)
     errors = list(message.apprec_errors)
     uow.messages.set_status(
         original,
@@ -417,37 +435,49 @@ def mark_answered_by_document(
     )
 
 
-def _answered_copy(uow: UnitOfWork, answer: MessageRow, original_msg_id: str) -> str | None:
-    """The received message an AppRec document answers: the one with that MsgId from the
-    AppRec's receiver, sent to the AppRec's sender.
+def may_be_answered(row: MessageRow, target: InboundStatus) -> bool:
+    """Whether an answer (an AppRec, a dialog-avvik) moving the received ``row`` to ``target``
+    may go now: not one answered already, purged (its payload gone) or not offered to the EPJ.
+    One not marked read yet is delivered on the way (:func:`_taken_by_answer`). The one check
+    of :func:`send_apprec`, :func:`mark_answered_by_document` and :func:`answered_copy`."""
+    unread = row.status == InboundStatus.ACKNOWLEDGED.value
+    status = InboundStatus.DELIVERED.value if unread else row.status
+    return row.payload_ref is not None and target.value in allowed_next(Direction.INBOUND, status)
 
-    The same MsgId reaches several of our HER-ids when the sender sends copies (one message
-    per receiver, the MsgHead alike); the sender's MsgId alone would pick any of them. When no
-    copy was sent to exactly the answering HER-id, a single message from that sender is still
-    the one answered; between several, none is guessed (the AppRec goes out, no status moves).
-    """
+
+def answered_copy(
+    uow: UnitOfWork,
+    msg_id: str,
+    *,
+    their_her_id: str | None,
+    our_her_ids: Iterable[str | None],
+    target: InboundStatus = InboundStatus.APPREC_SENT,
+) -> tuple[MessageRow | None, int]:
+    """The received message an answer of ours (an AppRec, a reply in its conversation) to
+    ``their_her_id`` answers, by its MsgId ``msg_id``, and how many messages of that MsgId
+    came from them. Outbound takes its ebXML ConversationId and Service, and an AppRec document
+    marks it answered: one rule, so the AppRec travels in the conversation of the copy it marks.
+
+    The one from them (never from another sender) sent to one of ``our_her_ids`` (the
+    answer's sender, its service, its person). The same MsgId reaches several of our HER-ids
+    when the sender sends copies, and one of them more than once when its EPJ sends it again:
+    the oldest still waiting for its answer (:func:`may_be_answered`) is answered first, else
+    the newest (answered already: the answer is refused as such). When no copy was sent to
+    exactly the answering HER-id, a single message from that sender is still the one
+    answered; between several, none is guessed."""
     from_them = [
         m
-        for m in uow.messages.by_msg_id(Direction.INBOUND, original_msg_id)
-        if m.from_her_id == answer.to_her_id
+        for m in uow.messages.by_msg_id(Direction.INBOUND, msg_id)
+        if m.from_her_id == their_her_id
     ]
-    answering = {answer.from_her_id, answer.sender_service_her_id, answer.sender_person_her_id}
-    addressed = [m for m in from_them if m.to_her_id in answering - {None}]
+    answering = set(our_her_ids) - {None}
+    addressed = [m for m in from_them if m.to_her_id in answering]
     if addressed:
-        return addressed[-1].id
+        waiting = [m for m in addressed if may_be_answered(m, target)]
+        return (waiting[0] if waiting else addressed[-1]), len(from_them)
     if len(from_them) == 1:
-        return from_them[0].id
-    if from_them:
-        uow.events.record(
-            answer.id,
-            EventKind.NOTE,
-            actor="msh",
-            code="apprec-ambiguous",
-            detail=f"this AppRec answers MsgId {original_msg_id}, received {len(from_them)} "
-            f"times from {answer.to_her_id}, none of them sent to {answer.from_her_id}: no "
-            "received message is marked answered",
-        )
-    return None
+        return from_them[0], 1
+    return None, len(from_them)
 
 
 def _taken_by_answer(
@@ -600,6 +630,9 @@ def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
         purge=bool(data["purge"]),
         alert=bool(data["alert"]),
     )
+    if verdict.status is InboundStatus.ACKNOWLEDGED:
+        _passed_unjudged(ctx, job, verdict)
+        return
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(str(job.message_id))
         payload_ref = (
@@ -611,6 +644,39 @@ def server_verdict_job(ctx: EngineContext, job: ClaimedJob) -> None:
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
         uow.commit()
+
+
+def _passed_unjudged(ctx: EngineContext, job: ClaimedJob, verdict: ServerVerdict) -> None:
+    """A message whose validation failed with an error of ours (a layer's ``internal-error``)
+    goes to the EPJ, which answers it, with a ``validation-failed`` alert and no AppRec of the
+    server's: its T02 told the sender its message was invalid, for a fault of ours (and an
+    error nobody saw: no log, no alert)."""
+    with ctx.store.unit_of_work() as uow:
+        row = uow.messages.get(str(job.message_id), for_update=True)
+        if row is not None and row.status == InboundStatus.RECEIVED.value:
+            what = verdict.errors[0][1] if verdict.errors else "the checks failed"
+            uow.messages.set_status(
+                row,
+                InboundStatus.ACKNOWLEDGED.value,
+                actor="msh",
+                code=INTERNAL_ERROR,
+                detail=f"{what} with an error of this server's; no AppRec from the server, the "
+                "EPJ has the message",
+            )
+            raise_alert(
+                uow,
+                AlertKind.VALIDATION_FAILED,
+                f"the validation of message {row.id} ({row.msg_type}) from {row.from_her_id} "
+                f"failed: {what} with an unexpected error of this server's (the server log "
+                "names it). The sender got no AppRec from the server; the message went to the "
+                "EPJ unchecked by that layer. Report the fault; the EPJ answers the message.",
+                at=ctx.clock(),
+                message_id=row.id,
+                partner_her_id=row.from_her_id,
+            )
+        uow.jobs.finish(job.id)
+        uow.commit()
+    ctx.notify_workers(uow)
 
 
 def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVerdict | None:
@@ -633,13 +699,24 @@ def judge(ctx: EngineContext, message: Fagmelding, envelope_to: str) -> ServerVe
             alert=True,
         )
     errors = [p for p in message.report.problems if p.severity == "error"]
-    if errors:
-        first = errors[0]
+    theirs = [p for p in errors if p.code != INTERNAL_ERROR]
+    if theirs:
+        first = theirs[0]
         return ServerVerdict(
             InboundStatus.REJECTED,
             [(_apprec_code_of(first.code), f"{first.path}: {first.code}")],
             purge=False,
             alert=False,
+        )
+    failed = sorted({p.layer for p in errors})
+    if failed:
+        # a layer that failed with an error of ours says nothing of the message: no T02 (the
+        # sender told its message is invalid, for our fault), an alert, and the EPJ has it
+        return ServerVerdict(
+            InboundStatus.ACKNOWLEDGED,
+            [(INTERNAL_ERROR, f"the {' and '.join(failed)} checks failed")],
+            purge=False,
+            alert=True,
         )
     return None
 
@@ -863,9 +940,14 @@ def _apprec_answers(
     service, else its organisation: two of our HER-ids may send one MsgId).
 
     An EPJ that resends a message at the business level sends the same MsgId again, in a new
-    ebXML message; each copy gets its own AppRec. The oldest copy still waiting for one (whose
-    status the AppRec may move) takes it, then the oldest it may still move (a corrected
-    AppRec), else the newest. (Always the newest, the older copy got a false apprec-missing.)
+    ebXML message; each copy gets its own AppRec. A copy still waiting for one (whose status
+    the AppRec may move) takes it, the copies the receiver has first: acknowledged, then sent
+    or retrying (it may have arrived), then given up or failed (a resend usually follows a
+    give-up: the copy that never arrived took the AppRec, the delivered one got a false
+    apprec-missing), then one accepted and not yet sent, the oldest first within each. Else
+    the oldest it may still move (a corrected AppRec), else the newest. Never one given up
+    before any attempt: the receiver cannot have it. (Always the newest, the older copy got a
+    false apprec-missing.)
     """
     candidates = [
         m
@@ -887,13 +969,40 @@ def _apprec_answers(
     candidates = next((found for found in by_sender if found), [])
     if not candidates:
         return None
-    may_move = [m for m in candidates if target.value in allowed_next(Direction.OUTBOUND, m.status)]
+    may_move = [
+        m
+        for m in candidates
+        if target.value in allowed_next(Direction.OUTBOUND, m.status) and not _never_sent(m)
+    ]
     waiting = [m for m in may_move if m.status not in API_APPREC_STATUS]
     if waiting:
-        return waiting[0].id
+        return min(waiting, key=lambda m: _WAITING_RANK.get(m.status, 3)).id  # stable: oldest
     if may_move:
         return may_move[0].id
-    return candidates[-1].id
+    sent = [m for m in candidates if not _never_sent(m)]
+    return sent[-1].id if sent else None
+
+
+# which waiting copy of a resent MsgId an AppRec answers first: the copies the receiver has
+# (acknowledged) or may have (sent, retrying), then those given up or failed after an attempt,
+# which may have arrived all the same (a lost Acknowledgment); an accepted copy last (no
+# attempt counted yet: only a send under way, its attempt not yet recorded, can have arrived)
+_WAITING_RANK = {
+    OutboundStatus.TRANSPORT_ACKNOWLEDGED.value: 0,
+    OutboundStatus.SENT.value: 1,
+    OutboundStatus.RETRYING.value: 1,
+    OutboundStatus.NOT_DELIVERED.value: 2,
+    OutboundStatus.TRANSPORT_ERROR.value: 2,
+    OutboundStatus.ACCEPTED.value: 3,
+}
+
+
+def _never_sent(row: MessageRow) -> bool:
+    """A copy given up or failed before any attempt went out: the receiver cannot have it."""
+    return not row.attempts and row.status in (
+        OutboundStatus.NOT_DELIVERED.value,
+        OutboundStatus.TRANSPORT_ERROR.value,
+    )
 
 
 # an AppRec Error's V as the code lists define them (8221: E10, E21, T02, X99, ...)

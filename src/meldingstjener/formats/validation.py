@@ -7,7 +7,8 @@
    mandatory (Henvisning 1.1, Epikrise 1.2, PLO 1.5/1.6), a sane GenDate, a MsgId, codes that
    exist in their code lists.
 
-:func:`validate` never raises for bad input: every finding is a :class:`Problem`. The report
+:func:`validate` never raises for bad input: every finding is a :class:`Problem` (an OSError or
+MemoryError of the server's own goes to the caller, see :func:`_guarded`). The report
 says whether a patient is present, never who the patient is. Each layer lists at most
 :data:`MAX_PROBLEMS_PER_LAYER` problems and then one saying more were cut: a hostile document
 of 16,000 faulty siblings is not worth 16,000 lines, nor the time to locate each.
@@ -16,6 +17,7 @@ of 16,000 faulty siblings is not worth 16,000 lines, nor the time to locate each
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,9 +82,12 @@ from meldingstjener.formats.xmlutil import (
 )
 from meldingstjener.formats.xsd import SchemaError, schema_set
 from meldingstjener.model import HerId, InvalidHerId, PartyRef
+from meldingstjener.model.privacy import passed_through
 
 ERROR = "error"
 WARNING = "warning"
+log = logging.getLogger(__name__)
+
 MAX_PROBLEMS_PER_LAYER = 100
 TOO_MANY_PROBLEMS = "too-many-problems"
 INTERNAL_ERROR = "internal-error"
@@ -282,12 +287,25 @@ def _guarded(layer: str, report: ValidationReport, check: Callable[..., None], *
     """Run one layer's ``check``; an error nobody foresaw in it (a fault of ours, or of a
     library, on a document nobody thought of) is that layer's ``internal-error`` problem,
     naming the error's class only: its text may quote the document (lxml's "Invalid tag name"
-    quotes an element name the sender made up). So :func:`validate` keeps its promise never to
-    raise, and the document is refused as invalid instead of failing its receipt every time it
-    is resent."""
+    quotes an element name the sender made up). So the document does not fail its receipt every
+    time it is resent. It is logged, at error level, by its class and the lines it passed
+    through, never its text. An ``internal-error`` is ours, not the sender's fault: the server
+    does not reject the message for it (see ``receipts.judge``).
+
+    An OSError (a spooled payload the XSD layer re-reads, too many open files) or a
+    MemoryError says nothing of the document: it goes to the caller, which answers as for any
+    failure of its own (a 503 the sender retries), instead of a permanent rejection."""
     try:
         check(*args)
+    except (OSError, MemoryError):
+        raise
     except Exception as exc:
+        log.error(
+            "the %s checks failed with an unexpected %s; the finding is internal-error\n%s",
+            layer,
+            type(exc).__name__,
+            passed_through(exc),
+        )
         report.add(
             layer,
             INTERNAL_ERROR,

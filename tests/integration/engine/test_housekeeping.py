@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 
 from engine_pair import Pair
 from sqlalchemy import select
@@ -78,3 +79,21 @@ def test_the_sweep_command_counts_then_removes(pair: Pair) -> None:
     assert [e.actor for e in orphan_events(pair)] == ["cli:sweep", "cli:sweep"]
     refused = CliRunner().invoke(app, ["--config", config, "sweep", "--older-than", "0.5"])
     assert refused.exit_code != 0  # less than an hour could take files still being committed
+
+
+def test_a_payload_delete_job_of_an_earlier_version_still_deletes_its_file(pair: Pair) -> None:
+    # An earlier version queued a purge's delete as {"key": key}; today's name a list of keys.
+    # A job left queued across the upgrade must still delete its (decrypted) file.
+    old = pair.gp.store.payloads.put(b"a purged message, queued before the upgrade")
+    new = [pair.gp.store.payloads.put(b"purged payload"), pair.gp.store.payloads.put(b"wire")]
+    with pair.gp.store.unit_of_work() as uow:
+        uow.jobs.schedule(housekeeping.PAYLOAD_DELETE, pair.clock(), data={"key": old.key})
+        housekeeping.schedule_payload_delete(uow, *(p.key for p in new), now=pair.clock())
+        uow.commit()
+    pair.clock.advance(seconds=(housekeeping.DELETE_CHECK_AFTER + timedelta(minutes=1)).seconds)
+    pair.run()
+    for key in (old.key, *(p.key for p in new)):
+        assert not pair.gp.store.payloads.exists(key)
+    with pair.gp.store.unit_of_work() as uow:
+        left = uow.session.scalars(select(JobRow).where(JobRow.kind == "payload-delete"))
+        assert list(left) == []

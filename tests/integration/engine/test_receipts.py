@@ -181,6 +181,55 @@ def test_an_epjs_resend_of_one_msgid_gets_each_apprec_on_its_own_copy(pair: Pair
     assert open_alerts(pair.gp, "apprec-missing") == []
 
 
+def test_an_apprec_after_a_give_up_and_a_resend_goes_to_the_copy_that_arrived(pair: Pair) -> None:
+    # The first copy was given up (not-delivered, the hospital down); the EPJ sent the same
+    # MsgId again, which arrived. The AppRec went to the oldest copy still waiting, the one that
+    # never arrived: the delivered copy stayed transport-acknowledged (a false apprec-missing).
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    pair.network.down.add(pair.hospital_site.endpoint)
+    first = submit(pair.gp, note, actor="epj")
+    pair.run()
+    for _ in range(8):
+        pair.clock.advance(seconds=700)
+        pair.run()
+    assert pair.message(pair.gp, first).status == "not-delivered"
+    pair.network.down.clear()
+    second = submit(pair.gp, note, actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, second).status == "transport-acknowledged"
+    copy = received(pair)
+    receipts.deliver(pair.hospital, copy.id, actor="epj")
+    receipts.send_apprec(pair.hospital, copy.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, second).status == "apprec-ok"
+    assert pair.message(pair.gp, first).status == "not-delivered"
+    pair.clock.advance(hours=25)
+    pair.run()
+    assert open_alerts(pair.gp, "apprec-missing") == []
+
+
+def test_an_apprec_never_goes_to_a_copy_that_was_never_sent(pair: Pair) -> None:
+    # An older copy given up before any attempt beside a newer one that was sent: the
+    # receiver can only have answered the one it has.
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Notat")
+    pending = submit(pair.gp, note, actor="epj")
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(pending)
+        assert row is not None
+        row.status, row.attempts = "not-delivered", 0  # given up before any attempt
+        uow.jobs.cancel_for_message(pending)
+        uow.commit()
+    pair.clock.advance(seconds=5)
+    sent = submit(pair.gp, note, actor="epj")
+    pair.run()
+    copy = received(pair)
+    receipts.deliver(pair.hospital, copy.id, actor="epj")
+    receipts.send_apprec(pair.hospital, copy.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, sent).status == "apprec-ok"
+    assert pair.message(pair.gp, pending).status == "not-delivered"
+
+
 def test_an_apprec_goes_to_the_message_sent_from_the_her_id_it_answers(pair: Pair) -> None:
     # Two HER-ids of the GP's (its organisation, and a second one standing in for a service)
     # sent one MsgId; the AppRec to the second went to whichever was sent last.
@@ -1344,3 +1393,34 @@ def test_urls_are_the_same_however_written() -> None:
     ):
         assert _endpoint_key("http", other) != plain, other
     assert _endpoint_key("http", "http://h:80/") == _endpoint_key("http", "http://h")
+
+
+def test_a_validation_layer_failing_by_our_fault_is_no_t02_but_an_alert(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug of ours in a validation layer was that layer's internal-error finding, which the
+    # server's own verdict answered with a T02 AppRec: the sender told its valid message was
+    # invalid, and nothing logged or alerted.
+    from meldingstjener.formats import validation
+
+    def broken(*args: object) -> None:
+        text = "-".join(("a", "text", "that", "may", "quote", "the", "message"))
+        raise ValueError(text)
+
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    monkeypatch.setattr(validation, "_dialog_structure", broken)  # at the hospital's reading
+    with caplog.at_level("ERROR", logger=validation.__name__):
+        pair.run()
+    logged = [r.getMessage() for r in caplog.records if r.name == validation.__name__]
+    assert logged and "builtins.ValueError, raised through:" in logged[0]
+    assert "a-text-that-may-quote-the-message" not in logged[0]
+    row = received(pair)
+    assert row.status == "acknowledged"  # the EPJ has it, and answers it
+    [alert] = open_alerts(pair.hospital, "validation-failed")
+    assert alert.message_id == row.id  # type: ignore[attr-defined]
+    assert [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"] == []
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    receipts.deliver(pair.hospital, row.id, actor="epj")
+    receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"

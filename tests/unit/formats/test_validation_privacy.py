@@ -245,3 +245,35 @@ def test_an_xsd_complaint_names_a_known_name_in_a_known_namespace_only(
     complaint: str, plain: str
 ) -> None:
     assert xsd._plain(complaint) == plain
+
+
+@pytest.mark.parametrize("error", [OSError(24, "Too many open files"), MemoryError()])
+def test_an_oserror_in_a_layer_goes_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch, kith_xsd: Path, error: BaseException
+) -> None:
+    # the XSD layer re-reading a spooled payload, a process out of files: nothing of the
+    # document, and no reason to refuse it for good (T02); the caller answers 503, it comes again
+    def broken(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(validation, "_validate_xsd", broken)
+    with pytest.raises(type(error)):
+        validation.validate(_INVALID_TAG, kith_xsd)
+
+
+def test_an_unexpected_error_in_a_layer_is_logged_by_class_and_lines_only(
+    monkeypatch: pytest.MonkeyPatch, kith_xsd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> None:
+        raise ValueError(f"Invalid tag name '{NAME}'")
+
+    monkeypatch.setattr(validation, "_validate_xsd", broken)
+    with caplog.at_level("ERROR", logger=validation.__name__):
+        report = validation.validate(_INVALID_TAG, kith_xsd)
+    assert ("xsd", "internal-error") in [(p.layer, p.code) for p in report.problems]
+    [record] = [r for r in caplog.records if r.name == validation.__name__]
+    assert record.levelname == "ERROR" and record.exc_info is None
+    logged = record.getMessage()
+    assert "builtins.ValueError, raised through:" in logged  # model.privacy.passed_through
+    assert "in broken" in logged and "_guarded" in logged
+    assert NAME not in logged and FNR not in logged
