@@ -276,12 +276,18 @@ def _receive_message(
                 )
             else:  # received, never acknowledged to the EPJ: the verdict job moves it on
                 codes = ", ".join(code for code, _ in verdict.errors)
+                judged = (
+                    f"the server's checks failed ({codes}): it goes to the EPJ with an alert, "
+                    "no AppRec of the server's"
+                    if verdict.status is InboundStatus.ACKNOWLEDGED
+                    else f"the server rejects it ({codes}), its AppRec follows"
+                )
                 uow.events.record(
                     row.id,
                     EventKind.NOTE,
                     actor="msh",
                     code=verdict.errors[0][0],
-                    detail=f"{stored}; the server rejects it ({codes}), its AppRec follows",
+                    detail=f"{stored}; {judged}",
                     at=now,
                 )
                 receipts.schedule_verdict(ctx, uow, row.id, verdict)

@@ -1416,6 +1416,11 @@ def test_a_validation_layer_failing_by_our_fault_is_no_t02_but_an_alert(
     assert "a-text-that-may-quote-the-message" not in logged[0]
     row = received(pair)
     assert row.status == "acknowledged"  # the EPJ has it, and answers it
+    with pair.hospital.store.unit_of_work() as uow:
+        notes = [
+            e.detail or "" for e in uow.events.for_message(row.id) if e.code == "internal-error"
+        ]
+    assert notes and "no AppRec" in notes[0] and "AppRec follows" not in notes[0]
     [alert] = open_alerts(pair.hospital, "validation-failed")
     assert alert.message_id == row.id  # type: ignore[attr-defined]
     assert [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "APPREC"] == []
