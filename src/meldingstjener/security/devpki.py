@@ -115,7 +115,7 @@ def init_pki(
 
 
 def load_pki(directory: Path) -> DevPki:
-    ca = load_key_pair(KeySource.pem(directory / "ca.key", directory / "ca.pem"))
+    ca = load_key_pair(KeySource.pem(directory / "ca.key", directory / "ca.pem"), made_here=True)
     parties = {}
     for enc_cert in sorted(directory.glob("*-enc.pem")):
         her_id = enc_cert.name.removesuffix("-enc.pem")
@@ -130,7 +130,7 @@ def load_dev_party(directory: Path, her_id: str) -> DevParty:
         source = KeySource.pem(
             directory / f"{her_id}-{role}.key", directory / f"{her_id}-{role}.pem"
         )
-        pairs[role] = load_key_pair(source, usage=usage)  # type: ignore[arg-type]
+        pairs[role] = load_key_pair(source, usage=usage, made_here=True)  # type: ignore[arg-type]
     from meldingstjener.security.certs import organisation_number
 
     org = organisation_number(pairs["sign"].certificate) or ""
@@ -146,7 +146,7 @@ def revoke(
 ) -> x509.CertificateRevocationList:
     """Add ``certificate`` to the CRL in ``directory`` and write the re-signed CRL."""
     cert = load_certificate(certificate) if isinstance(certificate, Path) else certificate
-    ca = load_key_pair(KeySource.pem(directory / "ca.key", directory / "ca.pem"))
+    ca = load_key_pair(KeySource.pem(directory / "ca.key", directory / "ca.pem"), made_here=True)
     try:
         cert.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, InvalidSignature):

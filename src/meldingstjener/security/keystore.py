@@ -127,15 +127,21 @@ class KeyPair:
     chain: tuple[x509.Certificate, ...] = ()
 
 
-def load_key_pair(source: KeySource, *, usage: Usage | None = None) -> KeyPair:
+def load_key_pair(
+    source: KeySource, *, usage: Usage | None = None, made_here: bool = False
+) -> KeyPair:
     """Load one key pair; check that key and certificate belong together and, when ``usage``
-    is given, that the certificate's key usage permits it."""
+    is given, that the certificate's key usage permits it.
+
+    ``made_here``: a PEM key this program generated itself (the development PKI) skips
+    OpenSSL's consistency check of an RSA private key (its primes), which costs about 40 ms a
+    key; a key from anywhere else is always checked."""
     data = _read(source.key_path, "key")
     password = source.password()
     if source.cert_path is None and not _looks_like_pem(data):
         pair = _from_pkcs12(data, password, source.key_path)
     else:
-        pair = _from_pem(data, password, source)
+        pair = _from_pem(data, password, source, made_here=made_here)
     _check_match(pair, source.key_path)
     if usage is not None and not usage_allowed(pair.certificate, usage):
         wanted = "nonRepudiation/digitalSignature" if usage == "signing" else "keyEncipherment"
@@ -174,12 +180,16 @@ def _from_pkcs12(data: bytes, password: bytes | None, path: Path) -> KeyPair:
     return KeyPair(_rsa(key, path), cert, tuple(extra))
 
 
-def _from_pem(data: bytes, password: bytes | None, source: KeySource) -> KeyPair:
+def _from_pem(
+    data: bytes, password: bytes | None, source: KeySource, *, made_here: bool = False
+) -> KeyPair:
     path = source.key_path
     if b"PRIVATE KEY-----" not in data:
         raise KeyFileMissing(f"{path} holds no PEM private key")
     try:
-        key = serialization.load_pem_private_key(data, password or None)
+        key = serialization.load_pem_private_key(
+            data, password or None, unsafe_skip_rsa_key_validation=made_here
+        )
     except TypeError:
         # cryptography says TypeError when a password is missing or given for a plain key.
         if password:

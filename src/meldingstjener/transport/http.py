@@ -12,6 +12,7 @@ memory. A larger or slower answer is a retryable failure, like a 5xx.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +45,23 @@ class HttpTransport:
     channel = "http"
 
     def __init__(self, *, verify: bool | str = True, client: httpx.Client | None = None) -> None:
-        self._client = client or httpx.Client(
-            verify=verify,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            headers={"User-Agent": "meldingstjener"},
-        )
+        self._verify = verify
+        self._made = client
+        self._making = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        # made at the first send, not with the engine: its TLS context (the CA bundle read and
+        # parsed, some 30 ms) is paid by every command that builds an engine and never sends
+        if self._made is None:
+            with self._making:
+                if self._made is None:
+                    self._made = httpx.Client(
+                        verify=self._verify,
+                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                        headers={"User-Agent": "meldingstjener"},
+                    )
+        return self._made
 
     def send(self, delivery: Delivery) -> TransportResult:
         headers = {"Content-Type": delivery.content_type, "SOAPAction": '"ebXML"'}
@@ -83,7 +96,8 @@ class HttpTransport:
         )
 
     def close(self) -> None:
-        self._client.close()
+        if self._made is not None:
+            self._made.close()
 
 
 def _check_status(delivery: Delivery, response: httpx.Response) -> None:
