@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meldingstjener.cli.app import app, store_from
-from meldingstjener.cli.store_cmds import find_message, wide_console
+from meldingstjener.cli.store_cmds import ReceiptTexts, find_message, wide_console
 from meldingstjener.views import alert_dict, receipt_dict
 
 if TYPE_CHECKING:
@@ -123,14 +123,7 @@ def status_command(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
-    texts: Annotated[
-        bool,
-        typer.Option(
-            "--texts",
-            help="Also the words of its receipts' errors and their descriptions, as an EPJ or "
-            "a partner wrote them: they may name the patient.",
-        ),
-    ] = False,
+    texts: ReceiptTexts = False,
 ) -> None:
     """A message's end-to-end status: transport receipt and AppRec, per receiver (its
     receipts' error codes, their words only with ``--texts``)."""

@@ -20,6 +20,17 @@ from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.views import event_dict, message_summary, receipt_dict
 
+# The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
+# printed only when asked for.
+ReceiptTexts = Annotated[
+    bool,
+    typer.Option(
+        "--texts",
+        help="Also the words of its receipts' errors and their descriptions, as an EPJ or "
+        "a partner wrote them: they may name the patient.",
+    ),
+]
+
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -126,14 +137,7 @@ def show_command(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
-    texts: Annotated[
-        bool,
-        typer.Option(
-            "--texts",
-            help="Also the words of its receipts' errors and their descriptions, as an EPJ or "
-            "a partner wrote them: they may name the patient.",
-        ),
-    ] = False,
+    texts: ReceiptTexts = False,
 ) -> None:
     """One message's timeline: its identities, addressing, status and every event (with
     ``--json`` its receipts too: their error codes, their words only with ``--texts``)."""
