@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
-from meldingstjener.devsites import Site, prepare_sites
+from meldingstjener.devsites import Site, dialog_note, prepare_sites
 from meldingstjener.ebxml.codes import ErrorDetail
 from meldingstjener.ebxml.values import MessageHeader
 from meldingstjener.engine import inbound
@@ -198,3 +198,21 @@ def refusals_not_stored(ctx: EngineContext, ebxml_message_id: str | None) -> lis
             )
             if event.message_id is None
         ]
+
+
+def note_with_the_hospital_as_copy(pair: Pair, note: bytes | None = None) -> bytes:
+    """``note`` (a GP's note to the hospital, else a new one) readdressed to another doctor
+    (8300001) with the hospital's service as copy receiver (OtherReceiver, Role COP)."""
+    if note is None:
+        note = dialog_note(pair.gp_site, pair.hospital_site, "Kopi til sykehuset")
+    start = note.index(b"<Receiver>")
+    end = note.index(b"</Receiver>") + len(b"</Receiver>")
+    hospital = note[start + len(b"<Receiver>") : end - len(b"</Receiver>")]
+    doctor = (
+        b"<Receiver><Organisation><OrganisationName>Annen lege</OrganisationName><Ident>"
+        b'<Id>8300001</Id><TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident>'
+        b"</Organisation></Receiver>"
+    )
+    copy = b'<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/>' + hospital
+    copy += b"</OtherReceiver>"
+    return note[:start] + doctor + copy + note[end:]

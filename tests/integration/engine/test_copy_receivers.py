@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from engine_pair import Pair, sent_header
+from engine_pair import Pair, note_with_the_hospital_as_copy, sent_header
 
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
 
 
-def _note_with_the_hospital_as_copy(pair: Pair) -> bytes:
-    """A note to another doctor (8300001) with the hospital's service as copy receiver."""
-    note = dialog_note(pair.gp_site, pair.hospital_site, "Kopi til sykehuset")
-    start = note.index(b"<Receiver>")
-    end = note.index(b"</Receiver>") + len(b"</Receiver>")
-    hospital = note[start + len(b"<Receiver>") : end - len(b"</Receiver>")]
-    doctor = (
-        b"<Receiver><Organisation><OrganisationName>Annen lege</OrganisationName><Ident>"
-        b'<Id>8300001</Id><TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident>'
-        b"</Organisation></Receiver>"
-    )
-    copy = b'<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/>' + hospital
-    copy += b"</OtherReceiver>"
-    return note[:start] + doctor + copy + note[end:]
-
-
 def test_a_copy_receiver_named_by_the_epj_is_sent_its_copy(pair: Pair) -> None:
     message_id = submit(
-        pair.gp, _note_with_the_hospital_as_copy(pair), to_her_id=HOSPITAL_SERVICE_HER, actor="t"
+        pair.gp, note_with_the_hospital_as_copy(pair), to_her_id=HOSPITAL_SERVICE_HER, actor="t"
     )
     assert sent_header(pair, message_id).to_party.her_id == HOSPITAL_SERVICE_HER
     pair.run()
@@ -41,6 +25,6 @@ def test_a_copy_receiver_named_by_the_epj_is_sent_its_copy(pair: Pair) -> None:
 
 def test_a_receiver_neither_addressed_nor_copied_is_still_refused(pair: Pair) -> None:
     with pytest.raises(SubmitRejected) as refused:
-        submit(pair.gp, _note_with_the_hospital_as_copy(pair), to_her_id="8300002", actor="t")
+        submit(pair.gp, note_with_the_hospital_as_copy(pair), to_her_id="8300002", actor="t")
     assert refused.value.code == "inconsistent-addressing"
     assert "copies to 8200001, 8200002" in str(refused.value)

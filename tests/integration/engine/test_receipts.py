@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from engine_pair import Pair
+from engine_pair import Pair, note_with_the_hospital_as_copy
 
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine import receipts
@@ -580,21 +580,10 @@ def test_an_apprec_document_marks_the_copy_sent_to_the_answering_her_id(pair: Pa
 
 
 def _copy_to_the_hospital(pair: Pair) -> tuple[bytes, bytes]:
-    """A note to another doctor (8300001) with the hospital's service as copy receiver
-    (OtherReceiver, Role COP), and the same note addressed to the hospital: the GP's own
-    outbound sends no copies, so the second is what it checks the addressing by."""
+    """A note to another doctor (8300001) with the hospital's service as copy receiver, and the
+    same note addressed to the hospital, which these tests submit to the hospital directly."""
     note = dialog_note(pair.gp_site, pair.hospital_site, "Kopi til sykehuset")
-    start = note.index(b"<Receiver>")
-    end = note.index(b"</Receiver>") + len(b"</Receiver>")
-    hospital = note[start + len(b"<Receiver>") : end - len(b"</Receiver>")]
-    doctor = (
-        b"<Receiver><Organisation><OrganisationName>Annen lege</OrganisationName><Ident>"
-        b'<Id>8300001</Id><TypeId V="HER" DN="HER-id" S="2.16.578.1.12.4.1.1.9051"/></Ident>'
-        b"</Organisation></Receiver>"
-    )
-    copy = b'<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/>' + hospital
-    copy += b"</OtherReceiver>"
-    return note[:start] + doctor + copy + note[end:], note
+    return note_with_the_hospital_as_copy(pair, note), note
 
 
 def test_a_copy_receiver_answers_its_copy_with_an_apprec(pair: Pair) -> None:
