@@ -13,6 +13,7 @@ from typing import BinaryIO
 import pytest
 from asn1crypto import algos
 from asn1crypto import cms as acms
+from cms_streams import Sink, Trickle
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -35,36 +36,11 @@ def _candidates(party: DevParty) -> list[cms.DecryptionCandidate]:
     return [(party.encryption.key, party.encryption.certificate)]
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def reset(self) -> None:
-        self.data.clear()
-
-
-class _Slow(io.RawIOBase):
-    """At most ``most`` bytes per read, as a socket or a decoding reader hands them out."""
-
-    def __init__(self, data: bytes, most: int) -> None:
-        self._data = io.BytesIO(data)
-        self._most = most
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        return self._data.read(self._most if size < 0 else min(size, self._most))
-
-
 def _streamed(data: bytes, party: DevParty, most: int = 1 << 30) -> bytes:
-    sink = _Sink()
+    sink = Sink()
 
     def opener() -> BinaryIO:
-        return _Slow(data, most)  # type: ignore[return-value]
+        return Trickle(data, most)  # type: ignore[return-value]
 
     cms_enveloped.decrypt_to(opener, sink, _candidates(party))
     return bytes(sink.data)

@@ -4,7 +4,6 @@ is inflated (a gzip bomb), and every member of a multi-member gzip stream is rea
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tracemalloc
 import zlib
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 from typing import BinaryIO, cast
 
 import pytest
+from cms_streams import Sink, Trickle
 
 from meldingstjener.ebxml.mime import Attachment
 from meldingstjener.engine import payload_io
@@ -69,9 +69,9 @@ SECOND = os.urandom(700_000) + b"</MsgHead>"
 
 def _streamed(der: bytes, receiver: DevParty, most: int) -> bytes:
     """decrypt_to from a stream handing out at most ``most`` bytes per read."""
-    sink = _Sink()
+    sink = Sink()
     candidates = [(receiver.encryption.key, receiver.encryption.certificate)]
-    cms_enveloped.decrypt_to(lambda: cast(BinaryIO, _Trickle(der, most)), sink, candidates)
+    cms_enveloped.decrypt_to(lambda: cast(BinaryIO, Trickle(der, most)), sink, candidates)
     return bytes(sink.data)
 
 
@@ -153,28 +153,3 @@ def test_other_bytes_after_a_member_are_refused(receiver: DevParty, trailing: by
             attempt()
         assert caught.value.code == "cms-error"
         assert "not valid gzip" in caught.value.message
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def reset(self) -> None:
-        self.data.clear()
-
-
-class _Trickle(io.RawIOBase):
-    """A stream handing out at most ``most`` bytes per read, as a slow socket would."""
-
-    def __init__(self, data: bytes, most: int) -> None:
-        self.source = io.BytesIO(data)
-        self.most = most
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        return self.source.read(min(self.most, size if size >= 0 else self.most))

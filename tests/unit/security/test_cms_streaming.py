@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import pytest
 from asn1crypto import cms as acms
+from cms_streams import Sink, Trickle
 
 from meldingstjener.security import ber, cms, cms_enveloped
 from meldingstjener.security.devpki import DevParty, DevPki
@@ -35,35 +36,6 @@ def sender(pki: DevPki) -> DevParty:
 
 def _candidates(party: DevParty) -> list[cms.DecryptionCandidate]:
     return [(party.encryption.key, party.encryption.certificate)]
-
-
-class Sink:
-    """A plaintext sink that remembers how often it was reset."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.resets = 0
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def reset(self) -> None:
-        self.data.clear()
-        self.resets += 1
-
-
-class Trickle(io.RawIOBase):
-    """A stream that hands out at most a few bytes per read, as a slow socket would."""
-
-    def __init__(self, data: bytes, most: int = 7) -> None:
-        self.source = io.BytesIO(data)
-        self.most = most
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        return self.source.read(min(self.most, size if size >= 0 else self.most))
 
 
 def _decrypt(
