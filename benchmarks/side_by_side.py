@@ -58,13 +58,25 @@ def start(checkout: Path, arguments: list[str]) -> subprocess.Popen[str]:
     )
 
 
+def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
+    """This script's own arguments, and those after the first ``--`` for throughput.py.
+
+    Split here rather than by argparse, which takes ``--`` only where its positionals end and so
+    refused ``REVISION --runs 1 -- --messages 100``, the order the usage line shows.
+    """
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revision", help="the revision to compare this checkout with")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("throughput_arguments", nargs="*", help="after --: for throughput.py")
-    args = parser.parse_args()
-    arguments = args.throughput_arguments or DEFAULT_ARGUMENTS
+    own, throughput_arguments = split_at_double_dash(sys.argv[1:])
+    args = parser.parse_args(own)
+    arguments = throughput_arguments or DEFAULT_ARGUMENTS
     with tempfile.TemporaryDirectory(prefix="mt-side-by-side-") as scratch:
         other = Path(scratch) / "other"
         subprocess.run(
