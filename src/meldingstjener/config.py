@@ -12,10 +12,12 @@ listens on 127.0.0.1:8080. Every key is explained in ``config.example.toml``.
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import (
     BaseModel,
@@ -48,6 +50,10 @@ def _her_id(value: object) -> str:
         raise ValueError(str(exc)) from None
 
 
+# A DNS name or an IPv4 address, or an IPv6 address as urlparse gives it (without brackets).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]{2,45}")
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -65,6 +71,24 @@ class ServerSettings(_Section):
     # What this serve process is called in the store (its job claims, its alerts, `instances`).
     # Unset: host name and port. It must be its own among the processes sharing the store.
     instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        # Its host names every mail's Message-Id and content-ids (bootstrap.message_id_host):
+        # a host that is no DNS name or address (a typo with <, >, spaces, @) would make every
+        # mail send fail, so it is refused here, when the configuration is read
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        try:
+            host = parsed.hostname
+            parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            host = None
+        if parsed.scheme not in ("http", "https") or not host or not _HOST.fullmatch(host):
+            raise ValueError("must be an http(s) URL with a host name, e.g. https://msh.example.no")
+        return value
 
     @property
     def instance(self) -> str:

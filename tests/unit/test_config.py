@@ -254,3 +254,24 @@ def test_the_readme_tells_which_helseid_variables_serve_reads(
     for name in ("TOKEN_URL", "CLIENT_ID", "KEY_FILE"):
         assert f"MELDINGSTJENER_HELSEID__{name}" in readme
     assert "`serve` never reads the one-underscore variables" in readme
+
+
+def test_the_public_url_must_name_a_host_a_message_id_can_carry() -> None:
+    from meldingstjener.bootstrap import message_id_host
+
+    for url, host in (
+        ("https://msh.example.no", "msh.example.no"),
+        ("http://10.0.0.1:8080/ebms", "10.0.0.1"),
+        ("https://[::1]:8443/", "::1"),
+    ):
+        assert message_id_host(load_settings(server={"public_url": url})) == host
+    for url in (
+        "https://msh<1>.example.no",
+        "msh.example.no",
+        "https://msh example.no",
+        "https://msh.example.no:https",
+        "ftp://msh.example.no",
+        "https://",
+    ):
+        with pytest.raises(ConfigError, match=r"server\.public_url"):
+            load_settings(server={"public_url": url})
