@@ -158,7 +158,7 @@ class ArClient(BearerClient):
             raise ArFormatError("the register's export has no list of HER-ids")
         try:
             return ArExport(
-                last_sequence_number=int(body.get("lastSequenceNumber") or 0),
+                last_sequence_number=_sequence_number(body.get("lastSequenceNumber") or 0),
                 her_ids=tuple(_her_id(i) for i in ids),
             )
         except (TypeError, ValueError):
@@ -242,7 +242,7 @@ _DIGITS = re.compile(r"[0-9]+")
 def _event(item: dict[str, Any]) -> ArEvent:
     try:
         return ArEvent(
-            sequence_number=int(item["sequenceNumber"]),
+            sequence_number=_sequence_number(item["sequenceNumber"]),
             her_id=_her_id(item["herId"]),
             event_type=str(item.get("eventType") or ""),
             at=parse_timestamp(item.get("eventTimestamp")),
@@ -251,6 +251,17 @@ def _event(item: dict[str, Any]) -> ArEvent:
         raise ArFormatError(
             "a register event lacks sequenceNumber or herId (a positive whole number)"
         ) from None
+
+
+def _sequence_number(value: Any) -> int:
+    """An event's sequence number as the register wrote it (a number, or a string of ASCII
+    digits): whole and not negative, so -5 or 1.9 is not stored as where the sync resumes (a
+    negative one replayed every event since the first); ValueError otherwise."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise ValueError("a sequence number is a whole number, not negative")
+    return value
 
 
 def _her_id(value: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from meldingstjener.registry.ar_client import ArClient
+from meldingstjener.registry.ar_client import ArClient, ArExport
 from meldingstjener.registry.auth import ClientCredentialsTokenProvider, StaticToken, TokenError
 from meldingstjener.registry.errors import ArFormatError
 
@@ -59,3 +59,23 @@ def test_a_token_lifetime_longer_than_a_day_is_taken_as_a_day() -> None:
     tokens = _tokens(1e308)
     assert tokens.access_token() == "abc"
     assert tokens._expires_at <= 86_400
+
+
+@pytest.mark.parametrize("number", [-5, 1.9, True, "\u00b2", "x"])
+def test_a_sequence_number_that_is_not_a_whole_number_is_a_format_error(number: Any) -> None:
+    with pytest.raises(ArFormatError, match="sequence number"):
+        _client({"lastSequenceNumber": number, "communicationParties": [8141253]}).export()
+    with pytest.raises(ArFormatError, match="sequenceNumber"):
+        _client({"results": [{"sequenceNumber": number, "herId": 8141253}]}).events(1)
+
+
+def test_sequence_numbers_written_as_strings_of_digits_are_read() -> None:
+    assert _client({"lastSequenceNumber": "17", "communicationParties": []}).export() == ArExport(
+        last_sequence_number=17, her_ids=()
+    )
+    assert (
+        _client({"results": [{"sequenceNumber": "3", "herId": 8141253}]})
+        .events(1)[0]
+        .sequence_number
+        == 3
+    )
