@@ -919,9 +919,8 @@ def _alert_refused(
             f"theirs is held here) were refused with {code}: {reject.reason}; the last was "
             f"{which}, whose From reads {shown} (not verified). A partner missing "
             "from our copy of the address register is refused so (ar sync, or [[partners]]); "
-            "else these are strays or forgeries. Only their senders were told, by our "
-            "MessageError. One alert for all such senders, which no message resolves: resolve "
-            "it by hand.",
+            f"else these are strays or forgeries. {_who_was_told(message_id, channel)}. One "
+            "alert for all such senders, which no message resolves: resolve it by hand.",
             at=now,
             key=f"{recovery.UNKNOWN_SENDER}:{code}",
         )
@@ -948,19 +947,24 @@ def _alert_refused(
         AlertKind.MESSAGE_REFUSED,
         f"messages from {known} were refused with {code}: {reject.reason}; the last was "
         f"{which}. "
-        + (
-            "Only its sender was told, by our MessageError"
-            if message_id
-            else "Only whoever sent it was told, in the response to its request"
-            if channel == "http"
-            else "Its mail was quarantined whole, to reprocess once mended; nobody was told"
-        )
+        + _who_was_told(message_id, channel)
         + ": look at the partner's certificate and register entry, or tell the partner.",
         subject=recovery.sender(known),
         key=f"{known}:{code}",
         at=now,
         partner_her_id=known,
     )
+
+
+def _who_was_told(message_id: str | None, channel: str) -> str:
+    """Who learnt of a refusal (the last message's, for an alert): one stored was answered by a
+    MessageError; one not stored (not verified) in the HTTP response, or not at all by mail,
+    whose mail is quarantined instead."""
+    if message_id:
+        return "Only its sender was told, by our MessageError"
+    if channel == "http":
+        return "Only whoever sent it was told, in the response to its request"
+    return "Its mail was quarantined whole, to reprocess once mended; nobody was told"
 
 
 _TRANSPORT_SIGNALS = ("acknowledgment", "message-error")

@@ -420,6 +420,9 @@ def test_refusals_of_senders_we_do_not_know_share_one_alert(pair: Pair) -> None:
     assert alert.partner_her_id is None
     assert "its sender is not a known communication party" in alert.summary
     assert "whose From reads 9100003 (not verified)" in alert.summary
+    # refused before it verified, so not stored and no MessageError: told in the response
+    assert "told, in the response to its request" in alert.summary
+    assert "MessageError" not in alert.summary
     assert pair.hospital.recovery._open == {}  # nothing kept in memory for them
     send_note(pair)  # a known sender's message resolves only what is about that sender
     assert open_alerts(pair.hospital) == {

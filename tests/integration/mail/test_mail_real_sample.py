@@ -92,6 +92,7 @@ def test_the_real_mail_is_collected_verified_and_quarantined_as_from_no_known_pa
         assert uow.jobs.count() == 0
         [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "message-refused"]
         assert "whose From reads 8141253 (not verified)" in alert.summary
+        assert "quarantined whole" in alert.summary and "MessageError" not in alert.summary
         [quarantined] = [
             a for a in uow.alerts.list(open_only=True) if a.kind == AlertKind.MAIL_QUARANTINED
         ]
