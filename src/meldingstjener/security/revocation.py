@@ -5,12 +5,12 @@ The newest CRL of the issuer decides; a CRL whose scope does not cover the certi
 delta CRL, one narrowed by its IssuingDistributionPoint) is not used. An OCSP answer without a
 nextUpdate is taken for ``OCSP_MAX_AGE`` after its thisUpdate.
 
-Network access goes through an injectable fetcher with a timeout, and fetched CRLs are cached
-until their nextUpdate (at most ``cache_seconds``), so a busy server does not download the
-same CRL for every message. When a refetch fails, the last good CRL from that distribution
-point still proves a revocation it lists (a revocation never ends); past its nextUpdate it
-proves nothing else. The outcome is GOOD, REVOKED or UNKNOWN; what UNKNOWN means
-(soft or hard fail) is decided by :mod:`validation`.
+Network access goes through an injectable fetcher with a timeout, and fetched CRLs and OCSP
+answers are cached until their nextUpdate (at most ``cache_seconds``), so a busy server does not
+download the same CRL, or ask the responder, for every message. When a refetch fails, the last
+good CRL from that distribution point still proves a revocation it lists (a revocation never
+ends); past its nextUpdate it proves nothing else. The outcome is GOOD, REVOKED or UNKNOWN;
+what UNKNOWN means (soft or hard fail) is decided by :mod:`validation`.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class RevocationChecker:
         # The last CRL fetched from each URL whose signature checked out: when the refetch
         # fails it still proves a revocation (a revocation never ends), only not a good status.
         self._last_good: dict[str, x509.CertificateRevocationList] = {}
+        # (responder URL, certificate fingerprint) -> (a usable OCSP answer, reused until)
+        self._ocsp_cache: dict[tuple[str, bytes], tuple[ocsp.OCSPResponse, datetime]] = {}
         self._lock = threading.Lock()
         # (CRL signature, issuer) pairs already verified: a CRL serves every message until the
         # next one replaces it, and its signature check was an RSA verify per message
@@ -227,22 +229,29 @@ class RevocationChecker:
         at: datetime,
         notes: list[str],
     ) -> RevocationResult | None:
-        request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
-        try:
-            data = self._fetcher(
-                url,
-                request.public_bytes(serialization.Encoding.DER),
-                "application/ocsp-request",
-                self._timeout,
-            )
-            response = ocsp.load_der_ocsp_response(data)
-        except (OSError, ValueError) as exc:
-            notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
-            return None
-        problem = _ocsp_problem(response, cert, issuer, self._clock())
+        now = self._clock()
+        key = (url, cert.fingerprint(hashes.SHA256()))
+        with self._lock:
+            cached = self._ocsp_cache.get(key)
+        # a cached answer is judged again as a new one would be (still fresh, signed by a
+        # responder valid now): only the network round trip is saved
+        if cached is not None and cached[1] > now:
+            response = cached[0]
+        else:
+            try:
+                response = self._ocsp_answer(url, cert, issuer)
+            except (OSError, ValueError) as exc:
+                notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
+                return None
+        problem = _ocsp_problem(response, cert, issuer, now)
         if problem is not None:
             notes.append(f"OCSP answer from {url} not usable: {problem}")
+            with self._lock:
+                self._ocsp_cache.pop(key, None)
             return None
+        if cached is None or cached[1] <= now:
+            with self._lock:
+                self._ocsp_cache[key] = (response, self._ocsp_expiry(response, now))
         source = f"ocsp {url}"
         if response.certificate_status == ocsp.OCSPCertStatus.REVOKED:
             revoked_at = response.revocation_time_utc
@@ -258,6 +267,25 @@ class RevocationChecker:
             return RevocationResult(RevocationStatus.GOOD, source, f"OCSP {url} says good")
         notes.append(f"OCSP {url} does not know the certificate")
         return None
+
+    def _ocsp_answer(
+        self, url: str, cert: x509.Certificate, issuer: x509.Certificate
+    ) -> ocsp.OCSPResponse:
+        request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+        data = self._fetcher(
+            url,
+            request.public_bytes(serialization.Encoding.DER),
+            "application/ocsp-request",
+            self._timeout,
+        )
+        return ocsp.load_der_ocsp_response(data)
+
+    def _ocsp_expiry(self, response: ocsp.OCSPResponse, now: datetime) -> datetime:
+        """Until when an answer is reused: its nextUpdate (or OCSP_MAX_AGE after its
+        thisUpdate), at most ``cache_seconds`` - the CRLs' rule, so a busy server does not ask
+        the responder once per message."""
+        end = response.next_update_utc or response.this_update_utc + OCSP_MAX_AGE
+        return min(end, now + timedelta(seconds=self._cache_seconds))
 
 
 def _issued(crl: x509.CertificateRevocationList) -> tuple[datetime, int]:

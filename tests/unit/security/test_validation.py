@@ -498,3 +498,45 @@ def test_a_delegated_ocsp_responder_must_be_valid_now(
     else:
         assert check.reasons == [Reason.REVOCATION_UNKNOWN]
         assert "not signed by the issuer or a responder" in check.details[0]
+
+
+def test_an_ocsp_answer_is_reused_until_its_next_update(ca: DevPki) -> None:
+    """A busy server asks the responder once per certificate and nextUpdate, not per message;
+    a revocation the responder learns of after that is seen once the answer is out of date."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    cert = _cert(ca, ocsp_url="http://ocsp.invalid/")
+    asked: list[datetime] = []
+    revoked = [False]
+    now = [t0]
+
+    def fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+        asked.append(now[0])
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=ca.ca_certificate,
+                algorithm=hashes.SHA1(),
+                cert_status=ocsp.OCSPCertStatus.REVOKED if revoked[0] else ocsp.OCSPCertStatus.GOOD,
+                this_update=now[0] - timedelta(minutes=1),
+                next_update=now[0] + timedelta(minutes=30),
+                revocation_time=now[0] - timedelta(minutes=2) if revoked[0] else None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, ca.ca_certificate)
+            .sign(ca.ca.key, hashes.SHA256())
+        )
+        return response.public_bytes(serialization.Encoding.DER)
+
+    validator = CertificateValidator(
+        [ca.ca_certificate], fetcher=fetch, fetch_crls=False, clock=lambda: now[0]
+    )
+    for minutes in (0, 1, 20):
+        now[0] = t0 + timedelta(minutes=minutes)
+        assert validator.validate(cert, usage="signing", at=now[0]).reasons == []
+    assert asked == [t0]
+    revoked[0] = True
+    now[0] = t0 + timedelta(minutes=31)
+    check = validator.validate(cert, usage="signing", at=now[0])
+    assert check.reasons == [Reason.REVOKED], check.details
+    assert asked == [t0, now[0]]
