@@ -79,6 +79,7 @@ from meldingstjener.formats.xmlutil import (
     plain_text,
     qname,
     text,
+    v_of,
 )
 from meldingstjener.formats.xsd import SchemaError, schema_set
 from meldingstjener.model import HerId, InvalidHerId, PartyRef
@@ -321,7 +322,7 @@ def _validate_msghead(root: etree._Element, report: ValidationReport) -> None:
     report.format = "MsgHead"
     info = child(root, NS_MSGHEAD, "MsgInfo")
     type_element = child(info, NS_MSGHEAD, "Type")
-    sent_type = type_element.get("V") if type_element is not None else None
+    sent_type = v_of(type_element) if type_element is not None else None
     report.type = message_type_code(sent_type)
     report.type_name = (
         type_element.get("DN") if type_element is not None and report.type == sent_type else None
@@ -407,14 +408,14 @@ def _msghead_structure(
             f"(expected {MSGHEAD_VERSION!r})",
         )
     type_element = _require(report, info, "Type", "the message type")
-    if type_element is not None and not type_element.get("V"):
+    if type_element is not None and not v_of(type_element):
         report.add(
             "structure",
             "missing-element",
             at(type_element, "/@V"),
             "the message type has no code (attribute V)",
         )
-    elif type_element is not None and message_type_code(type_element.get("V")) == NOT_A_TYPE:
+    elif type_element is not None and message_type_code(v_of(type_element)) == NOT_A_TYPE:
         report.add(
             "structure",
             "invalid-code",
@@ -475,12 +476,12 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
     if ref is None:
         return
     msg_type = _require(report, ref, "MsgType", "the document type (XML or A)")
-    if msg_type is not None and msg_type.get("V") not in ("XML", "A"):
+    if msg_type is not None and v_of(msg_type) not in ("XML", "A"):
         report.add(
             "structure",
             "invalid-value",
             at(msg_type),
-            f"document MsgType {msg_type.get('V')!r} is neither XML nor A (attachment)",
+            f"document MsgType {v_of(msg_type)!r} is neither XML nor A (attachment)",
         )
     content = child(ref, NS_MSGHEAD, "Content")
     file_reference = child(ref, NS_MSGHEAD, "FileReference")
@@ -494,7 +495,7 @@ def _document_structure(document: etree._Element, report: ValidationReport) -> N
         )
     if content is not None:
         container = child(content, NS_BASE64, "Base64Container")
-        is_attachment = msg_type is not None and msg_type.get("V") == "A"
+        is_attachment = msg_type is not None and v_of(msg_type) == "A"
         if is_attachment and container is not None and not is_base64_text(own_text(container)):
             report.add(
                 "structure",
@@ -517,7 +518,7 @@ def _content_root(root: etree._Element) -> etree._Element | None:
     for document in children(root, NS_MSGHEAD, "Document"):
         ref = child(document, NS_MSGHEAD, "RefDoc")
         msg_type = child(ref, NS_MSGHEAD, "MsgType")
-        if msg_type is None or msg_type.get("V") != "XML":
+        if msg_type is None or v_of(msg_type) != "XML":
             continue
         content = child(ref, NS_MSGHEAD, "Content")
         for element in content if content is not None else ():
@@ -715,7 +716,7 @@ def _validate_apprec(root: etree._Element, report: ValidationReport) -> None:
     report.format = "AppRec"
     ns = namespace(root) or ""
     msg_type = child(root, ns, "MsgType")
-    report.type = message_type_code(msg_type.get("V") if msg_type is not None else None) or "APPREC"
+    report.type = message_type_code(v_of(msg_type) if msg_type is not None else None) or "APPREC"
     if report.type == NOT_A_TYPE and msg_type is not None:
         report.add(
             "structure",
@@ -764,12 +765,12 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
                 f"{local} is missing (mandatory in AppRec)",
             )
     status = child(root, ns, "Status")
-    if status is not None and status.get("V") not in code_list(APPREC_STATUS):
+    if status is not None and v_of(status) not in code_list(APPREC_STATUS):
         report.add(
             "structure",
             "unknown-status",
             at(status),
-            f"Status {status.get('V')!r} is not in code list 8258 (1 OK, 2 Avvist, "
+            f"Status {v_of(status)!r} is not in code list 8258 (1 OK, 2 Avvist, "
             "3 OK, feil i delmelding)",
         )
     for local in ("Sender", "Receiver"):
@@ -791,7 +792,7 @@ def _apprec_structure(root: etree._Element, ns: str, report: ValidationReport) -
                 f"OriginalMsgId has no {local}",
             )
     for element in elements(root):
-        if element.tag == qname(ns, "Error") and not element.get("V"):
+        if element.tag == qname(ns, "Error") and not v_of(element):
             report.add(
                 "structure",
                 "missing-element",
