@@ -46,6 +46,7 @@ from meldingstjener.formats.xmlutil import (
     qname,
     text,
     to_bytes,
+    v_of,
 )
 from meldingstjener.model import HerId, InvalidHerId, PartyRef
 from meldingstjener.model.privacy import partner_code
@@ -197,7 +198,7 @@ def apprec_from_element(root: etree._Element) -> AppRec:
     status_element = child(root, ns, "Status")
     if status_element is None:
         raise MissingElement("AppRec has no Status", path="/AppRec/Status")
-    status_code = status_element.get("V")
+    status_code = v_of(status_element)
     try:
         status = AppRecStatus(int(status_code or ""))
     except ValueError:

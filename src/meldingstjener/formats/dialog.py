@@ -48,6 +48,7 @@ from meldingstjener.formats.xmlutil import (
     namespace,
     qname,
     text,
+    v_of,
 )
 
 DIALOG_VERSIONS = {"1.0": NS_DIALOG_10, "1.1": NS_DIALOG_11}
@@ -225,8 +226,8 @@ def _read_role(element: etree._Element, ns: str) -> RelatedRole:
         idents.append(Ident(id=text(ident, NS_FK1, "Id") or "", type_id=type_id))
     for telecom in children(person, ns, "TeleCom"):
         address = child(telecom, NS_FK1, "TeleAddress")
-        if address is not None and address.get("V") is not None:
-            telecoms.append(address.get("V") or "")
+        if address is not None and (value := v_of(address)) is not None:
+            telecoms.append(value)
     return RelatedRole(
         professional=professional,
         rolle_notat=coded(element, ns, "RolleNotat"),

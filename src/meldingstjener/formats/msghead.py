@@ -54,6 +54,7 @@ from meldingstjener.formats.xmlutil import (
     qname,
     text,
     to_bytes,
+    v_of,
 )
 from meldingstjener.model import PartyRef
 
@@ -336,8 +337,8 @@ def _read_telecoms(element: etree._Element) -> tuple[str, ...]:
     found: list[str] = []
     for telecom in children(element, MH, "TeleCom"):
         address = child(telecom, MH, "TeleAddress")
-        if address is not None and address.get("V") is not None:
-            found.append(address.get("V") or "")
+        if address is not None and (value := v_of(address)) is not None:
+            found.append(value)
     return tuple(found)
 
 
@@ -421,7 +422,7 @@ def _read_document(element: etree._Element, decode: bool = True) -> Document:
         content_description=text(element, MH, "ContentDescription"),
         ref_doc=RefDoc(
             msg_type=msg_type,
-            issue_date=issue.get("V") if issue is not None else None,
+            issue_date=v_of(issue) if issue is not None else None,
             id=text(ref, MH, "Id"),
             mime_type=text(ref, MH, "MimeType"),
             description=text(ref, MH, "Description"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from meldingstjener.formats.parties import HER
-from meldingstjener.formats.xmlutil import NS_MSGHEAD, child, local_name, plain_text, qname
+from meldingstjener.formats.xmlutil import NS_MSGHEAD, child, local_name, plain_text, qname, v_of
 
 _PERSON = ("FamilyName", "MiddleName", "GivenName", "DateOfBirth", "Sex", "Nationality", "Address")
 _PARTY = ("ComMethod", "Organisation")
@@ -189,7 +189,7 @@ def _her_repeats(parent: etree._Element) -> Iterator[Repeat]:
     her = [
         ident
         for ident in parent.iterchildren(qname(NS_MSGHEAD, "Ident"))
-        if (type_id := child(ident, NS_MSGHEAD, "TypeId")) is not None and type_id.get("V") == HER
+        if (type_id := child(ident, NS_MSGHEAD, "TypeId")) is not None and v_of(type_id) == HER
     ]
     if len(her) < 2:
         return

@@ -35,6 +35,8 @@ _XS_DATE_TIME = re.compile(
     r"(?:Z|[+-](?P<zh>[0-9]{2}):(?P<zm>[0-9]{2}))?"
 )
 _TEXT_SLICE = 1024 * 1024  # characters looked at at a time when checking a long text
+_XS_SPACE = " \t\r\n"  # XML Schema's whitespace; str.split() also takes others
+_XS_WHITESPACE = re.compile(r"[ \t\r\n]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ def is_xs_date_time(value: str) -> bool:
     """Whether ``value`` is an xs:dateTime a schema validator accepts, within the years 1 to
     9999 (stricter than ``datetime.fromisoformat``, which also takes a date alone or a space
     for the T). Leading and trailing whitespace is allowed, as the schema collapses it."""
-    found = _XS_DATE_TIME.fullmatch(value.strip(" \t\r\n"))
+    found = _XS_DATE_TIME.fullmatch(value.strip(_XS_SPACE))
     if found is None:
         return False
     try:
@@ -148,8 +150,31 @@ def coded(parent: etree._Element | None, ns: str, local: str) -> Coded | None:
     return None if element is None else coded_of(element)
 
 
+def collapsed(value: str | None) -> str | None:
+    """``value`` as XML Schema reads a value whose whitespace is collapsed (xs:token, and
+    every type but xs:string): runs of space, tab, CR and LF as one space, none at either end.
+    Only those four: a no-break space is a character of the value to the validator, and so
+    here too."""
+    if value is None:
+        return None
+    return _XS_WHITESPACE.sub(" ", value.strip(_XS_SPACE))
+
+
+def v_of(element: etree._Element) -> str | None:
+    """Attribute V as the schema reads it (see :func:`collapsed`): the one reading of a code.
+
+    V is xs:token in the KITH coded types (CV, CS), and a date, URI, number or boolean
+    elsewhere, all collapsed: ``V=" HER"`` passes the XSD as ``HER``. Read raw, a HER-id
+    with it was no HER-id, and a MsgInfo/Type ``" DIALOG_NOTAT"`` no code."""
+    return collapsed(element.get("V"))
+
+
 def coded_of(element: etree._Element) -> Coded:
-    return Coded(v=element.get("V"), dn=element.get("DN"), s=element.get("S"), ot=element.get("OT"))
+    """The coded value of ``element``: V and S (an xs:token OID) collapsed as the schema
+    reads them; DN and OT (xs:string) as they are."""
+    return Coded(
+        v=v_of(element), dn=element.get("DN"), s=collapsed(element.get("S")), ot=element.get("OT")
+    )
 
 
 def add(parent: etree._Element, ns: str, local: str, value: str | None = None) -> etree._Element:

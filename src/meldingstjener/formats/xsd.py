@@ -4,7 +4,9 @@ The package does not ship the schemas. Every ``*.xsd`` in the directory is mappe
 targetNamespace (so the official file names do not matter), and one wrapper schema importing
 all of them is compiled once per directory and cached. The KITH schemas import each other by
 relative path; those imports are resolved inside the directory only: the parser never touches
-the network and refuses DTDs, like every other parser in this package.
+the network and refuses DTDs, like every other parser in this package. MsgHead's strict
+RefDoc/Content wildcard is compiled lax, so a business document with no schema in the directory
+is a warning of the validation layer, not a schema error (see :func:`_with_lax_content`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lxml import etree
 from meldingstjener.formats.element_names import KNOWN_ELEMENT_NAMES
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.xmlparse import reread
-from meldingstjener.formats.xmlutil import NS_DSIG, NS_XSI, ElementPaths
+from meldingstjener.formats.xmlutil import NS_DSIG, NS_MSGHEAD, NS_XSI, ElementPaths
 
 _XS = "http://www.w3.org/2001/XMLSchema"
 
@@ -42,11 +44,13 @@ class XsdIssue:
 
 
 class _LocalOnly(etree.Resolver):
-    """Resolves schema imports inside the schema directory; anything else gets an empty answer."""
+    """Resolves schema imports inside the schema directory; anything else gets an empty answer.
+    A file in ``replaced`` is read as the text given there instead."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, replaced: dict[Path, bytes] | None = None) -> None:
         super().__init__()
         self._root = root
+        self._replaced = replaced or {}
 
     def resolve(self, system_url: str, public_id: str, context: object) -> object:
         if system_url.startswith("file:"):
@@ -60,15 +64,39 @@ class _LocalOnly(etree.Resolver):
             return self.resolve_string(
                 f'<schema xmlns="{_XS}"/>', context, base_url=str(self._root / "refused.xsd")
             )
+        if path in self._replaced:
+            return self.resolve_string(self._replaced[path], context, base_url=str(path))
         return self.resolve_filename(str(path), context)
 
 
-def _schema_parser(root: Path) -> etree.XMLParser:
+def _schema_parser(root: Path, replaced: dict[Path, bytes] | None = None) -> etree.XMLParser:
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )
-    parser.resolvers.add(_LocalOnly(root))
+    parser.resolvers.add(_LocalOnly(root, replaced))
     return parser
+
+
+def _with_lax_content(schema: etree._ElementTree) -> bytes | None:
+    """The MsgHead schema with the wildcard of its RefDoc/Content lax, or None when it has no
+    strict one.
+
+    MsgHead 1.2 declares Content ``<any processContents="strict"/>``: a business document
+    whose namespace has no schema in the directory (a POM, when only MsgHead and AppRec are
+    there) would be invalid for want of a declaration, the sender's fault, where the rule is
+    that a document with no schema is a ``no-schema`` warning (``validation._validate_xsd``).
+    Lax, a document whose root element is declared is validated as strictly as before; one
+    that is not is skipped, and the validation layer says which of those is a warning and
+    which an error (see :meth:`SchemaSet.declares`)."""
+    changed = False
+    for element in schema.getroot().iter(f"{{{_XS}}}element"):
+        if element.get("name") != "Content":
+            continue
+        for wildcard in element.iter(f"{{{_XS}}}any"):
+            if wildcard.get("processContents", "strict") == "strict":
+                wildcard.set("processContents", "lax")
+                changed = True
+    return etree.tostring(schema) if changed else None
 
 
 class SchemaSet:
@@ -80,6 +108,7 @@ class SchemaSet:
             raise SchemaError(f"schema directory {directory} does not exist")
         self.directory = root
         self.files: dict[str, Path] = {}
+        trees: dict[str, etree._ElementTree] = {}
         for path in sorted(root.glob("*.xsd")):
             try:
                 tree = etree.parse(str(path), _schema_parser(root))
@@ -88,14 +117,25 @@ class SchemaSet:
             target = tree.getroot().get("targetNamespace")
             if target and target not in self.files:
                 self.files[target] = path
+                trees[target] = tree
         if not self.files:
             raise SchemaError(f"no XML schemas (*.xsd) in {directory}")
+        # the global element declarations, by {namespace}name
+        self._elements = frozenset(
+            f"{{{target}}}{element.get('name')}"
+            for target, tree in trees.items()
+            for element in tree.getroot().iterchildren(f"{{{_XS}}}element")
+            if element.get("name")
+        )
+        replaced: dict[Path, bytes] = {}
+        if NS_MSGHEAD in trees and (lax := _with_lax_content(trees[NS_MSGHEAD])) is not None:
+            replaced[self.files[NS_MSGHEAD]] = lax
         imports = "".join(
             f"<xs:import namespace={quoteattr(ns)} schemaLocation={quoteattr(p.name)}/>"
             for ns, p in self.files.items()
         )
         wrapper = f'<xs:schema xmlns:xs="{_XS}">{imports}</xs:schema>'
-        parser = _schema_parser(root)
+        parser = _schema_parser(root, replaced)
         try:
             document = etree.fromstring(
                 wrapper.encode(), parser, base_url=str(root / "__wrapper__.xsd")
@@ -107,6 +147,11 @@ class SchemaSet:
 
     def covers(self, namespace: str | None) -> bool:
         return namespace in self.files
+
+    def declares(self, tag: str) -> bool:
+        """Whether ``tag`` (``{namespace}name``) is a global element of the schemas: what a
+        strict wildcard demands of the element it takes."""
+        return tag in self._elements
 
     def validate(
         self,
