@@ -135,11 +135,25 @@ def ops_router(
         since: Since = None,
         until: Until = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        msg_id: Annotated[
+            str | None, Query(max_length=255, description="MsgHead MsgId: every copy")
+        ] = None,
+        ebxml_message_id: Annotated[str | None, Query(max_length=255)] = None,
+        conversation_id: Annotated[str | None, Query(max_length=255)] = None,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in ALL_STATUSES:
             raise ApiProblem(400, "invalid-input", f"unknown status; known: {sorted(ALL_STATUSES)}")
         log_filter = LogFilter(
-            her_id, msg_type, status, as_utc(since), direction, limit, until=as_utc(until)
+            her_id,
+            msg_type,
+            status,
+            as_utc(since),
+            direction,
+            limit,
+            until=as_utc(until),
+            msg_id=msg_id,
+            ebxml_message_id=ebxml_message_id,
+            conversation_id=conversation_id,
         )
         with ctx.store.unit_of_work() as uow:
             found = uow.messages.search(log_filter, newest_first=True)
@@ -162,10 +176,27 @@ def ops_router(
         )
         return {"message": message_summary(message), "events": events}
 
-    @router.get("/alerts", summary="Alerts (avvik), newest first")
-    def alerts(who: Admin, open_only: bool = False) -> list[dict[str, Any]]:
+    @router.get(
+        "/alerts",
+        summary="Alerts (avvik), newest first",
+        description="At most `limit` alerts, the last seen first; the header `X-Total-Count` "
+        "says how many match (`open_only`) in all. For older ones ask again with `until` set "
+        "to the `lastSeen` of the last alert received: alerts of that very time come again "
+        "(skip those by id).",
+    )
+    def alerts(
+        who: Admin,
+        response: Response,
+        open_only: bool = False,
+        until: Until = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[dict[str, Any]]:
         with ctx.store.unit_of_work() as uow:
-            return [_alert_dict(a) for a in uow.alerts.list(open_only=open_only)]
+            found = uow.alerts.list(open_only=open_only, limit=limit, until=as_utc(until))
+            # the newest `limit` of them alone said nothing of the rest: after an outage the
+            # oldest open alerts (the not-delivered ones) were past it
+            response.headers["X-Total-Count"] = str(uow.alerts.count(open_only=open_only))
+            return [_alert_dict(a) for a in found]
 
     @router.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
     def acknowledge(alert_id: int, who: Admin) -> dict[str, Any]:

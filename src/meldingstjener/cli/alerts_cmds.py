@@ -11,11 +11,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from meldingstjener.cli.app import app, store_from
-from meldingstjener.cli.store_cmds import ReceiptTexts, find_message, wide_console
-from meldingstjener.views import alert_dict, receipt_dict
+from meldingstjener.cli.store_cmds import (
+    ReceiptTexts,
+    answers_sent,
+    find_messages,
+    receipt_document,
+    refused_unstored,
+    several_share,
+    show_refusal,
+    wide_console,
+)
+from meldingstjener.views import alert_dict
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from meldingstjener.api.audit import FollowUp
+    from meldingstjener.store.tables import AlertRow, MessageRow
+    from meldingstjener.store.uow import UnitOfWork
 
 alerts_app = typer.Typer(
     help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
@@ -28,18 +41,29 @@ def alerts_list(
     ctx: typer.Context,
     open_only: Annotated[bool, typer.Option("--open", help="Only alerts not resolved.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="At most this many (the rest are counted).")
+    ] = 1000,
 ) -> None:
-    """List alerts, newest first (``alerts ack ID`` acknowledges one, ``alerts resolve ID``
-    resolves one by hand)."""
+    """List alerts, newest first, at most --limit, and how many more there are (``alerts ack
+    ID`` acknowledges one, ``alerts resolve ID`` resolves one by hand)."""
     if ctx.invoked_subcommand is not None:
         return
 
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        alerts = uow.alerts.list(open_only=open_only)
+        # one more than shown tells whether there are more; only then are they counted
+        alerts = uow.alerts.list(open_only=open_only, limit=limit + 1)
+        more = uow.alerts.count(open_only=open_only) - limit if len(alerts) > limit else 0
+    alerts = alerts[:limit]
+    # after an outage the oldest alerts, the not-delivered ones among them, are the ones past
+    # the limit: never left out without a word (on stderr, so --json stays one alert a line)
+    not_shown = f"{more} more {'open ' if open_only else ''}alert(s) not shown (see --limit)"
     if as_json:
         for alert in alerts:
             typer.echo(json.dumps(alert_dict(alert)))
+        if more:
+            typer.echo(not_shown, err=True)
         return
     table = Table("id", "severity", "kind", "count", "last seen", "ack", "summary")
     for alert in alerts:
@@ -55,6 +79,8 @@ def alerts_list(
     wide_console().print(table)
     if not alerts:
         typer.echo("no alerts")
+    if more:
+        typer.echo(not_shown)
 
 
 # ids are positive, and within what either database's BIGINT holds
@@ -126,17 +152,44 @@ def status_command(
     texts: ReceiptTexts = False,
 ) -> None:
     """A message's end-to-end status: transport receipt and AppRec, per receiver (its
-    receipts' error codes, their words only with ``--texts``)."""
-    from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
-
+    receipts' error codes, their words only with ``--texts``), our answer to a received message
+    and what became of it, and the message's alerts. A MsgId several messages have (sent
+    again, to several receivers) shows each of them (``--json``: a list); an ebXML MessageId of
+    a message refused before its signature verified shows the refusal."""
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        message = find_message(uow, message_id)
-        if message is None:
-            typer.echo(f"no message with id {message_id!r}", err=True)
-            raise typer.Exit(1)
-        receipts = uow.receipts.for_message(message.id)
-        alerts = [a for a in uow.alerts.list() if a.message_id == message.id]
+        messages = find_messages(uow, message_id)
+        if not messages:
+            refusal = refused_unstored(uow, message_id)
+            if not refusal:
+                typer.echo(f"no message with id {message_id!r}", err=True)
+                raise typer.Exit(1)
+        reports = [_status_of(uow, message, texts) for message in messages]
+    if not messages:
+        show_refusal(message_id, refusal, as_json=as_json)
+        return
+    if as_json:
+        documents = [document for document, _ in reports]
+        typer.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        return
+    console = wide_console()
+    if len(messages) > 1:
+        console.print(several_share(message_id, messages), highlight=False)
+    for number, (message, (document, alerts)) in enumerate(zip(messages, reports, strict=True)):
+        if number:
+            console.print()
+        _print_status(console, message, document, alerts, texts=texts)
+
+
+def _status_of(
+    uow: UnitOfWork, message: MessageRow, texts: bool
+) -> tuple[dict[str, Any], list[AlertRow]]:
+    """One message's status document (``status --json``) and its alerts, every one of them."""
+    from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
+
+    receipts = uow.receipts.for_message(message.id)
+    answers = answers_sent(uow, message.id)
+    alerts = uow.alerts.for_message(message.id)
     document: dict[str, Any] = {
         "message_id": message.id,
         "direction": message.direction,
@@ -145,7 +198,7 @@ def status_command(
         "from_her_id": message.from_her_id,
         "to_her_id": message.to_her_id,
         "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [receipt_dict(receipt, texts=texts) for receipt in receipts],
+        "receipts": [receipt_document(receipt, answers, texts=texts) for receipt in receipts],
         "alerts": [alert_dict(a) for a in alerts],
     }
     if message.direction == "out":
@@ -156,10 +209,17 @@ def status_command(
                 "appRecStatus": API_APPREC_STATUS.get(message.status),
             }
         ]
-    if as_json:
-        typer.echo(json.dumps(document, indent=2))
-        return
-    console = wide_console()
+    return document, alerts
+
+
+def _print_status(
+    console: Console,
+    message: MessageRow,
+    document: dict[str, Any],
+    alerts: list[AlertRow],
+    *,
+    texts: bool,
+) -> None:
     console.print(
         f"[bold]{message.id}[/] {message.direction} {message.msg_type} "
         f"{message.from_her_id} → {message.to_her_id}: [bold]{message.status}[/]"
@@ -172,15 +232,35 @@ def status_command(
     if message.last_error_code:
         console.print(f"  last error: {message.last_error_code} {message.last_error_text or ''}")
     for receipt in document["receipts"]:
+        answer = receipt.get("answer")
         console.print(
             f"  {receipt['at'][:19]} {receipt['direction']:>3} {receipt['kind']}"
             + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
             + (f" {_codes(receipt['error_codes'])}" if receipt["error_codes"] else "")
+            + (f": sent as {answer['message_id']}, {_answer_fate(answer)}" if answer else "")
         )
         if texts and receipt["description"]:
             console.print(f"    {escape(receipt['description'])}", highlight=False)
     for alert in alerts:
-        console.print(f"  [red]alert {alert.id}[/] {alert.kind}: {alert.summary}")
+        # a resolved alert is history: not told as if it still needed following up
+        if alert.resolved_at is not None:
+            console.print(
+                f"  [dim]alert {alert.id} {alert.kind} (resolved "
+                f"{alert.resolved_at:%Y-%m-%d %H:%M} UTC): {escape(alert.summary)}[/]"
+            )
+            continue
+        acknowledged = (
+            f" (acknowledged by {escape(alert.acknowledged_by)})" if alert.acknowledged_by else ""
+        )
+        console.print(
+            f"  [red]alert {alert.id}[/] {alert.kind}{acknowledged}: {escape(alert.summary)}"
+        )
+
+
+def _answer_fate(answer: dict[str, Any]) -> str:
+    """Our answer's status and its open alerts: ``not-delivered (alert 3)``."""
+    alerts = ", ".join(str(number) for number in answer["open_alerts"])
+    return f"[bold]{answer['status']}[/]" + (f" [red](alert {alerts})[/]" if alerts else "")
 
 
 def _codes(errors: list[Any]) -> str:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
 from meldingstjener.cli.app import app, settings_from, store_from
+from meldingstjener.model import Direction
 from meldingstjener.model.status import ALL_STATUSES
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
 from meldingstjener.store.types import as_utc
-from meldingstjener.store.uow import LogFilter
+from meldingstjener.store.uow import EventKind, LogFilter, UnitOfWork
 from meldingstjener.views import event_dict, message_summary, receipt_dict
 
 # The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
@@ -88,9 +91,25 @@ def log_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per event (JSON lines).")
     ] = False,
+    msg_id: Annotated[
+        str | None,
+        typer.Option("--msg-id", help="Only messages with this MsgHead MsgId (every copy)."),
+    ] = None,
+    ebxml_id: Annotated[
+        str | None,
+        typer.Option(
+            "--ebxml-id",
+            help="Only the message with this ebXML MessageId (also one refused, not stored).",
+        ),
+    ] = None,
+    conversation: Annotated[
+        str | None,
+        typer.Option("--conversation", help="Only messages of this ebXML ConversationId."),
+    ] = None,
 ) -> None:
     """The message log: every status change and signal, oldest first; the last --limit
-    events (from --since: the first ones after it)."""
+    events (from --since: the first ones after it). A message refused before its signature
+    verified (not stored) is found by its ebXML MessageId and its sender's HER-id."""
     if status is not None and status not in ALL_STATUSES:
         raise typer.BadParameter(
             f"unknown status {status!r}; known: {', '.join(sorted(ALL_STATUSES))}",
@@ -98,7 +117,14 @@ def log_command(
         )
     store = store_from(ctx)
     log_filter = LogFilter(
-        her_id=her_id, msg_type=msg_type, status=status, since=parse_since(since), limit=limit
+        her_id=her_id,
+        msg_type=msg_type,
+        status=status,
+        since=parse_since(since),
+        limit=limit,
+        msg_id=msg_id,
+        ebxml_message_id=ebxml_id,
+        conversation_id=conversation,
     )
     with store.unit_of_work() as uow:
         rows = uow.messages.log(log_filter, newest=log_filter.since is None)
@@ -140,24 +166,58 @@ def show_command(
     texts: ReceiptTexts = False,
 ) -> None:
     """One message's timeline: its identities, addressing, status and every event (with
-    ``--json`` its receipts too: their error codes, their words only with ``--texts``)."""
+    ``--json`` its receipts too: their error codes, their words only with ``--texts``). A MsgId
+    several messages have (sent again, to several receivers) shows each of them (``--json``: a
+    list); an ebXML MessageId of a message refused before its signature verified shows the
+    refusal: such a message is not stored."""
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        message = find_message(uow, message_id)
-        if message is None:
-            typer.echo(f"no message with id {message_id!r}", err=True)
-            raise typer.Exit(1)
-        events = uow.events.for_message(message.id)
-        receipts = uow.receipts.for_message(message.id)
+        messages = find_messages(uow, message_id)
+        if not messages:
+            refusal = refused_unstored(uow, message_id)
+            if not refusal:
+                typer.echo(f"no message with id {message_id!r}", err=True)
+                raise typer.Exit(1)
+        timelines = [
+            (
+                message,
+                uow.events.for_message(message.id),
+                uow.receipts.for_message(message.id),
+                answers_sent(uow, message.id),
+            )
+            for message in messages
+        ]
+    if not messages:
+        show_refusal(message_id, refusal, as_json=as_json)
+        return
     if as_json:
-        document = message_summary(message)
-        document["last_error"] = {"code": message.last_error_code, "text": message.last_error_text}
-        document["attempts"] = message.attempts
-        document["events"] = [event_dict(event) for event in events]
-        document["receipts"] = [receipt_dict(receipt, texts=texts) for receipt in receipts]
-        typer.echo(json.dumps(document, indent=2))
+        documents = []
+        for message, events, receipts, answers in timelines:
+            document = message_summary(message)
+            document["last_error"] = {
+                "code": message.last_error_code,
+                "text": message.last_error_text,
+            }
+            document["attempts"] = message.attempts
+            document["events"] = [event_dict(event) for event in events]
+            document["receipts"] = [
+                receipt_document(receipt, answers, texts=texts) for receipt in receipts
+            ]
+            documents.append(document)
+        typer.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
         return
     console = wide_console()
+    if len(messages) > 1:
+        console.print(several_share(message_id, messages), highlight=False)
+    for number, (message, events, _receipts, answers) in enumerate(timelines):
+        if number:
+            console.print()
+        _print_timeline(console, message, events, answers)
+
+
+def _print_timeline(
+    console: Console, message: MessageRow, events: list[EventRow], answers: list[AnswerSent]
+) -> None:
     summary = message_summary(message)
     for key in (
         "message_id",
@@ -184,6 +244,8 @@ def show_command(
             f"[bold]{'last error':>18}[/bold]  "
             f"{message.last_error_code} {message.last_error_text or ''}"
         )
+    for answer in answers:
+        console.print(f"[bold]{'answer':>18}[/bold]  {answer.line()}", highlight=False)
     table = Table("time (UTC)", "event", "actor", "code", "detail")
     for event in events:
         change = (
@@ -252,27 +314,120 @@ def sweep_command(
 _ID_PREFIX = re.compile(r"^(?=(?:[0-9a-f]-?){8})[0-9a-f-]{8,36}$")
 
 
-def find_message(uow: Any, identifier: str) -> MessageRow | None:
-    """Find a message by our id, then by ebXML MessageId (either direction), then by MsgId,
-    then by the start of our id (at least 8 hex digits, as ``log`` prints it). A start that
+def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
+    """The messages an identifier names, oldest first: ours by our id, else by ebXML MessageId
+    (either direction), else by MsgId, else by the start of our id (at least 8 hex digits, as
+    ``log`` prints it). A MsgId names every copy: one the EPJ sent again (a new row, after the
+    first was given up), one to each receiver, one that came to us more than once; the first
+    of them alone told a help desk "not delivered" of a document delivered since. A start that
     several messages share is a usage error that names them."""
-    from meldingstjener.model import Direction
-
-    message: MessageRow | None = uow.messages.get(identifier)
+    message = uow.messages.get(identifier)
     if message is not None:
-        return message
-    for direction in (Direction.OUTBOUND, Direction.INBOUND):
-        message = uow.messages.by_ebxml_id(direction, identifier)
-        if message is not None:
-            return message
-    for direction in (Direction.OUTBOUND, Direction.INBOUND):
-        matches = uow.messages.by_msg_id(direction, identifier)
-        if matches:
-            return matches[0]
-    return _by_id_prefix(uow, identifier.lower())
+        return [message]
+    for named in (LogFilter(ebxml_message_id=identifier), LogFilter(msg_id=identifier)):
+        found = uow.messages.search(named)
+        if found:
+            return found
+    message = _by_id_prefix(uow, identifier.lower())
+    return [] if message is None else [message]
 
 
-def _by_id_prefix(uow: Any, prefix: str) -> MessageRow | None:
+def several_share(identifier: str, messages: list[MessageRow]) -> str:
+    """The line above several messages one identifier named: which copy is which follows."""
+    which = "MsgId" if all(m.msg_id == identifier for m in messages) else "ebXML MessageId"
+    return f"{len(messages)} messages have the {which} {identifier} (each below):"
+
+
+def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
+    """The log's events of a message with this eb:MessageId refused without a row: one refused
+    before its signature verified is not stored (inbound), and only its events know it."""
+    found = uow.messages.log(LogFilter(ebxml_message_id=ebxml_message_id))
+    return [event for event, message in found if message is None]
+
+
+def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool) -> None:
+    """What ``show`` and ``status`` say of a message not stored, its events being all there is:
+    one refused before its signature verified (or a signal of a message we do not know)."""
+    refused = any(event.kind == EventKind.ERROR for event in events)
+    if as_json:
+        document = {
+            "ebxml_message_id": ebxml_message_id,
+            "status": "refused-not-stored" if refused else "not-stored",
+            "events": [event_dict(event) for event in events],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
+    console = wide_console()
+    state = (
+        "refused, not stored[/] (refused before its signature verified)"
+        if refused
+        else "not stored[/] (only the log's events name it)"
+    )
+    console.print(f"[bold]{escape(ebxml_message_id)}[/]: [bold]{state}", highlight=False)
+    for event in events:
+        console.print(
+            f"  {event.at:%Y-%m-%d %H:%M:%S} {event.actor} {event.code or ''} "
+            f"{escape(event.detail or '')}",
+            highlight=False,
+        )
+
+
+@dataclass(frozen=True)
+class AnswerSent:
+    """An answer of ours to a received message (AppRec, dialog-avvik), as its receipt names
+    it, and what became of it: given up, it leaves the received message ``apprec-sent`` while
+    the sender never had it."""
+
+    receipt_id: int
+    kind: str
+    message: MessageRow
+    open_alerts: list[AlertRow]
+
+    def line(self) -> str:
+        """E.g. ``AppRec 93ab... not-delivered (alert 3)``."""
+        alerts = ", ".join(str(alert.id) for alert in self.open_alerts)
+        return f"{_ANSWER_NAMES.get(self.kind, self.kind)} {self.message.id} " + (
+            f"{self.message.status}" + (f" (alert {alerts})" if alerts else "")
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message.id,
+            "status": self.message.status,
+            "open_alerts": [alert.id for alert in self.open_alerts],
+        }
+
+
+_ANSWER_NAMES = {"apprec": "AppRec"}
+
+
+def answers_sent(uow: UnitOfWork, message_id: str) -> list[AnswerSent]:
+    """Our answers to the received message ``message_id``: each out receipt naming the message
+    that carried it by its eb:MessageId (recorded when it is sent; not by versions before)."""
+    answers = []
+    for receipt in uow.receipts.for_message(message_id):
+        if receipt.direction != "out" or receipt.ebxml_message_id is None:
+            continue
+        sent = uow.messages.by_ebxml_id(Direction.OUTBOUND, receipt.ebxml_message_id)
+        if sent is not None:
+            alerts = [a for a in uow.alerts.for_message(sent.id) if a.resolved_at is None]
+            answers.append(AnswerSent(receipt.id, receipt.kind, sent, alerts))
+    return answers
+
+
+def receipt_document(
+    receipt: ReceiptRow, answers: list[AnswerSent], *, texts: bool
+) -> dict[str, Any]:
+    """A receipt as ``show --json`` and ``status --json`` print it, with the answer it was sent
+    as, if any (``answer``: its message id, status and open alerts)."""
+    document = receipt_dict(receipt, texts=texts)
+    for answer in answers:
+        if answer.receipt_id == receipt.id:
+            document["answer"] = answer.as_dict()
+    return document
+
+
+def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
     if not _ID_PREFIX.match(prefix):
         return None
     found = list(

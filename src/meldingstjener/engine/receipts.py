@@ -335,6 +335,8 @@ def _submit_answer(
                 kind="apprec" if what == "AppRec" else "dialog-avvik",
                 direction="out",
                 at=ctx.clock(),
+                # the answer as sent: `status` follows it (given up, its alerts)
+                ebxml_message_id=answer.ebxml_message_id,
                 ref_to_message_id=original.msg_id,
                 apprec_status=str(code.value) if code is not None else None,
                 error_codes=[{"code": c, "text": t} for c, t in errors] or None,
@@ -428,6 +430,7 @@ def mark_answered_by_document(
             kind="apprec",
             direction="out",
             at=ctx.clock(),
+            ebxml_message_id=answer.ebxml_message_id,  # the answer as sent (see _submit_answer)
             ref_to_message_id=original.msg_id,
             apprec_status=code,
             error_codes=[{"code": c, "text": t} for c, t in errors] or None,

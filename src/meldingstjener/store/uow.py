@@ -21,6 +21,7 @@ from sqlalchemy import (
     Select,
     Table,
     TextClause,
+    and_,
     bindparam,
     delete,
     func,
@@ -204,6 +205,11 @@ class LogFilter:
     direction: str | None = None
     limit: int = 1000
     until: datetime | None = None  # at or before (the API's paging back, newest first)
+    # the identities a help desk is given: every copy with the MsgId (a document the EPJ sent
+    # again, or to several receivers, is a row each), the eb:MessageId, the ConversationId
+    msg_id: str | None = None
+    ebxml_message_id: str | None = None
+    conversation_id: str | None = None
 
 
 _MESSAGE_BY_EBXML_ID = text(
@@ -490,14 +496,25 @@ class MessageRepository:
 
     def search(self, log_filter: LogFilter, *, newest_first: bool = False) -> list[MessageRow]:
         """Messages by the time they were made: the oldest ``limit`` of them, or the newest."""
-        query = self._filtered(select(MessageRow), log_filter, newest_first=newest_first)
-        return list(self.session.scalars(query))
+        query = self._filtered(select(MessageRow), log_filter)
+        if log_filter.since is not None:
+            query = query.where(MessageRow.created_at >= log_filter.since)
+        if log_filter.until is not None:
+            query = query.where(MessageRow.created_at <= log_filter.until)
+        if newest_first:
+            # the id too: messages made in one instant come in one order on every page
+            query = query.order_by(MessageRow.created_at.desc(), MessageRow.id.desc())
+        else:
+            query = query.order_by(MessageRow.created_at)
+        return list(self.session.scalars(query.limit(log_filter.limit)))
 
     def log(
         self, log_filter: LogFilter, *, newest: bool = False
     ) -> list[tuple[EventRow, MessageRow | None]]:
         """Events joined with their message, oldest first, filtered like the message log: the
-        first ``limit`` of them, or with ``newest`` the last ``limit``."""
+        first ``limit`` of them, or with ``newest`` the last ``limit``. An event of no message
+        (one refused before its signature verified, not stored) matches by what it carries:
+        its eb:MessageId, and its sender's HER-id as its actor names it."""
         self.events.write_pending()
         query: Select[Any] = select(EventRow, MessageRow).outerjoin(  # type: ignore[assignment]
             MessageRow, EventRow.message_id == MessageRow.id
@@ -506,7 +523,7 @@ class MessageRepository:
             query = query.where(EventRow.at >= log_filter.since)
         if log_filter.until is not None:
             query = query.where(EventRow.at <= log_filter.until)
-        query = self._filtered(query, log_filter, with_since=False)
+        query = self._filtered(query, log_filter, events=True)
         if newest:
             query = query.order_by(EventRow.at.desc(), EventRow.id.desc())
         else:
@@ -518,43 +535,43 @@ class MessageRepository:
         return found[::-1] if newest else found
 
     @staticmethod
-    def _filtered(
-        query: Select[Any], f: LogFilter, *, with_since: bool = True, newest_first: bool = False
-    ) -> Select[Any]:
+    def _filtered(query: Select[Any], f: LogFilter, *, events: bool = False) -> Select[Any]:
+        """The message criteria of ``f``, for the log's search of messages and of events alike
+        (``events``: the query joins ``EventRow`` to its message, if any)."""
+        # an event of no message: its columns are what is known of the message it was about
+        unstored = EventRow.message_id.is_(None)
         if f.her_id:
-            query = query.where(
-                or_(
-                    *(
-                        column == f.her_id
-                        for column in (
-                            MessageRow.from_her_id,
-                            MessageRow.to_her_id,
-                            MessageRow.sender_org_her_id,
-                            MessageRow.sender_service_her_id,
-                            MessageRow.sender_person_her_id,
-                            MessageRow.receiver_org_her_id,
-                            MessageRow.receiver_service_her_id,
-                            MessageRow.receiver_person_her_id,
-                        )
-                    )
-                )
+            her_ids = (
+                MessageRow.from_her_id,
+                MessageRow.to_her_id,
+                MessageRow.sender_org_her_id,
+                MessageRow.sender_service_her_id,
+                MessageRow.sender_person_her_id,
+                MessageRow.receiver_org_her_id,
+                MessageRow.receiver_service_her_id,
+                MessageRow.receiver_person_her_id,
             )
+            matches = [column == f.her_id for column in her_ids]
+            if events:
+                # a received message's events are "<channel>:<sender's HER-id>" (http:8142987)
+                sender = EventRow.actor.endswith(f":{f.her_id}", autoescape=True)
+                matches.append(and_(unstored, sender))
+            query = query.where(or_(*matches))
         if f.msg_type:
             query = query.where(MessageRow.msg_type == f.msg_type)
         if f.status:
             query = query.where(MessageRow.status == f.status)
         if f.direction:
             query = query.where(MessageRow.direction == f.direction)
-        if with_since and f.since is not None:
-            query = query.where(MessageRow.created_at >= f.since)
-        if with_since and f.until is not None:
-            query = query.where(MessageRow.created_at <= f.until)
-        if with_since and newest_first:
-            # the id too: messages made in one instant come in one order on every page
-            order = (MessageRow.created_at.desc(), MessageRow.id.desc())
-            query = query.order_by(*order).limit(f.limit)
-        elif with_since:
-            query = query.order_by(MessageRow.created_at).limit(f.limit)
+        if f.msg_id:
+            query = query.where(MessageRow.msg_id == f.msg_id)
+        if f.ebxml_message_id:
+            same = MessageRow.ebxml_message_id == f.ebxml_message_id
+            if events:
+                same = or_(same, and_(unstored, EventRow.ebxml_message_id == f.ebxml_message_id))
+            query = query.where(same)
+        if f.conversation_id:
+            query = query.where(MessageRow.ebxml_conversation_id == f.conversation_id)
         return query
 
 
@@ -778,15 +795,41 @@ class AlertRepository:
         )
         return [(key, last_seen) for key, last_seen in self.session.execute(query)]
 
+    def for_message(self, message_id: str) -> list[AlertRow]:
+        """Every alert of one message, newest first, resolved or not: not the message's among
+        the newest of all (after an outage its not-delivered alert is long out of those)."""
+        query = select(AlertRow).where(AlertRow.message_id == message_id)
+        return list(self.session.scalars(query.order_by(AlertRow.last_seen.desc())))
+
     def list(
-        self, *, open_only: bool = False, limit: int | None = 1000, kind: str | None = None
+        self,
+        *,
+        open_only: bool = False,
+        limit: int | None = 1000,
+        kind: str | None = None,
+        until: datetime | None = None,
     ) -> list[AlertRow]:
-        query = select(AlertRow)
+        """The ``limit`` alerts last seen (at or before ``until``: the API's paging back),
+        newest first; :meth:`count` tells how many there are (an operator shown the first
+        ``limit`` is told of the rest)."""
+        query = self._matching(select(AlertRow), open_only=open_only, kind=kind)
+        if until is not None:
+            query = query.where(AlertRow.last_seen <= until)
+        order = (AlertRow.last_seen.desc(), AlertRow.id.desc())  # one order on every page
+        return list(self.session.scalars(query.order_by(*order).limit(limit)))
+
+    def count(self, *, open_only: bool = False, kind: str | None = None) -> int:
+        """How many alerts :meth:`list` would list with no ``limit`` (nor ``until``)."""
+        query = self._matching(select(func.count()).select_from(AlertRow), open_only, kind)
+        return int(self.session.scalar(query) or 0)
+
+    @staticmethod
+    def _matching(query: Select[Any], open_only: bool, kind: str | None) -> Select[Any]:
         if open_only:
             query = query.where(AlertRow.resolved_at.is_(None))
         if kind is not None:
             query = query.where(AlertRow.kind == kind)
-        return list(self.session.scalars(query.order_by(AlertRow.last_seen.desc()).limit(limit)))
+        return query
 
 
 @dataclass(frozen=True)

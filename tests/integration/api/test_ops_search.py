@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from api_sites import ApiPair
 
 from meldingstjener.api.clients import add_client
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -68,3 +69,48 @@ def test_a_time_without_a_zone_is_utc(api_pair: ApiPair) -> None:
         # a date alone is its midnight, UTC
         day = http.get(path, params={"since": before.date().isoformat()}, headers=admin)
         assert day.status_code == 200, day.text
+
+
+def test_the_log_finds_a_message_by_its_msg_id_ebxml_id_and_conversation(
+    api_pair: ApiPair,
+) -> None:
+    sent, _other = _send(api_pair, 2)  # (another, not found)
+    _, admin_key = add_client(api_pair.pair.gp.store, "ops", ["admin"], [])
+    http, admin = api_pair.gp_http, _bearer(admin_key)
+    message = api_pair.pair.message(api_pair.pair.gp, sent)
+    for name, value in (
+        ("msg_id", message.msg_id),
+        ("ebxml_message_id", message.ebxml_message_id),
+        ("conversation_id", message.ebxml_conversation_id),
+    ):
+        found = http.get("/api/log", params={name: value}, headers=admin)
+        assert found.status_code == 200, found.text
+        assert [m["message_id"] for m in found.json()] == [sent], name
+    assert http.get("/api/log", params={"msg_id": "none"}, headers=admin).json() == []
+
+
+def test_the_alerts_say_how_many_there_are_and_page_back(api_pair: ApiPair) -> None:
+    """The newest 1,000 alerts alone were all an operator was told of."""
+    pair = api_pair.pair
+    with pair.gp.store.unit_of_work() as uow:
+        for number in range(3):
+            pair.clock.advance(seconds=1)
+            raise_alert(
+                uow, AlertKind.NOT_DELIVERED, f"m{number}", at=pair.clock(), key=str(number)
+            )
+        uow.commit()
+    _, admin_key = add_client(pair.gp.store, "ops", ["admin"], [])
+    http, admin = api_pair.gp_http, _bearer(admin_key)
+
+    newest = http.get("/api/alerts", params={"open_only": True, "limit": 2}, headers=admin)
+    assert newest.status_code == 200, newest.text
+    assert newest.headers["X-Total-Count"] == "3"
+    assert [a["summary"] for a in newest.json()] == ["m2", "m1"]
+    older = http.get(
+        "/api/alerts",
+        params={"open_only": True, "limit": 2, "until": newest.json()[-1]["lastSeen"]},
+        headers=admin,
+    )
+    assert [a["summary"] for a in older.json()] == ["m1", "m0"]
+    everything = http.get("/api/alerts", headers=admin)  # as before: a list, newest first
+    assert [a["summary"] for a in everything.json()] == ["m2", "m1", "m0"]
