@@ -27,6 +27,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding
+from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import (
     AppRecError,
@@ -929,7 +930,11 @@ def apply_incoming_apprec(
             message_id=original.id,
             partner_her_id=received.from_her_id,
         )
-    uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+    # the receiver has the message: neither a missing AppRec nor an earlier bounce of it by
+    # mail is the news any longer
+    uow.alerts.resolve(
+        f"{AlertKind.APPREC_MISSING}:{original.id}", bounce_alert_key(original.id), at=now
+    )
 
 
 def _apprec_answers(

@@ -26,6 +26,7 @@ from typing import Literal
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
@@ -89,7 +90,7 @@ def _give_up(
     )
     uow.jobs.cancel_for_message(row.id)
     # the message's fate is this alert's now; a bounce of it by mail is part of its story
-    uow.alerts.resolve(f"{AlertKind.MAIL_BOUNCED}:{row.id}", at=now)
+    uow.alerts.resolve(bounce_alert_key(row.id), at=now)
     raise_alert(
         uow,
         AlertKind.NOT_DELIVERED,
