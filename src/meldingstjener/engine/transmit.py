@@ -18,6 +18,7 @@ goes, with a note (see :func:`_certificate_refusal`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -366,9 +367,30 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             )
         else:
             uow.jobs.finish(job.id)
-        uow.alerts.resolve(f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}", at=now)
+        unreachable = _unreachable_key(partner.her_id, str(route.endpoint))
+        uow.alerts.resolve(
+            f"{AlertKind.PARTNER_UNREACHABLE}:{unreachable}",
+            # the key of an alert an earlier version raised per partner: nothing else resolves it
+            f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}",
+            at=now,
+        )
         uow.commit()
     return result
+
+
+def _unreachable_key(her_id: str, endpoint: str) -> str:
+    """The ``partner-unreachable`` alert's key: per partner and endpoint, as its text names one.
+    A CPA may bind a channel per action (NAV: a question on HTTPS, claims by mail): a send that
+    works on one must not resolve the alert of another that is down (it flipped open and
+    resolved at every retry). An endpoint too long for the key goes as its digest."""
+    key = f"{her_id}:{endpoint}"
+    if len(key) > _KEY_ROOM:
+        key = f"{her_id}:sha256:{hashlib.sha256(endpoint.encode()).hexdigest()}"
+    return key
+
+
+# alerts.dedup_key is 255 characters, the kind and its colon come first
+_KEY_ROOM = 255 - len(f"{AlertKind.PARTNER_UNREACHABLE}:")
 
 
 def _note(
@@ -442,6 +464,7 @@ def _failed(
                 f"{failure.detail}. Messages are kept and resent.",
                 at=now,
                 partner_her_id=partner.her_id,
+                key=_unreachable_key(partner.her_id, endpoint),
             )
         uow.commit()
 
