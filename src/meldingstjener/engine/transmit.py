@@ -28,6 +28,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.mail_bounces import bounce_alert_key
+from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
@@ -359,7 +360,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             delivered_to=(route.channel, str(route.endpoint)),
         )
         # without AckRequested (a CPA's ackRequested never) no Acknowledgment will come: the
-        # send is not repeated for want of one
+        # send is not repeated for want of one, and the AppRec deadline counts from the send
+        # (else nothing would ever say that no answer came)
         if state.status == OutboundStatus.SENT.value and route.ack_requested:
             due = _next_attempt(state, partner, now) or (now + partner.retry_interval)
             uow.jobs.finish_and_schedule(
@@ -367,6 +369,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             )
         else:
             uow.jobs.finish(job.id)
+            if state.status == OutboundStatus.SENT.value:
+                schedule_apprec_deadline(ctx, uow, state.id, state.msg_type)
         unreachable = _unreachable_key(partner.her_id, str(route.endpoint))
         uow.alerts.resolve(
             f"{AlertKind.PARTNER_UNREACHABLE}:{unreachable}",

@@ -10,6 +10,7 @@ from each side, with the HER-ids and endpoints of the pair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from engine_pair import Pair, sent_header
@@ -208,6 +209,24 @@ def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
             uow.session.scalars(select(JobRow.message_id).where(JobRow.kind == "ack-timeout"))
         )
     assert waits == [claim]
+    assert pair.message(pair.gp, question).status == "sent"
+
+
+def test_a_question_without_ack_requested_whose_answer_never_comes_is_alerted(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """The gateway takes the question (HTTP 200) and answers nothing: the AppRec deadline
+    counts from the send, and its alert says so. It used to stay sent for ever, unalerted."""
+    question_document, _ = _channel_per_action(pair, reference_dir, _Recorder(), _Recorder())
+    question = submit(pair.gp, question_document, actor="t")
+    pair.run()
+    assert pair.message(pair.gp, question).status == "sent"
+    assert _open_alerts(pair) == []
+    pair.clock.advance(hours=pair.gp.policy.apprec_deadline("POM") / timedelta(hours=1) + 1)
+    pair.run()
+    [alert] = _open_alerts(pair)
+    assert (alert.kind, alert.message_id) == ("apprec-missing", question)
+    assert "after it was sent" in alert.summary and "no transport receipt" in alert.summary
     assert pair.message(pair.gp, question).status == "sent"
 
 
