@@ -10,10 +10,11 @@ naming the address that refused it and the DSN's status and action.
 The message's status is left alone, and its retries go on: a refusal may pass (a full mailbox,
 a relay's hiccup, an address the partner fixes), and a later attempt may arrive. The alert is
 per message: it tells which message has not arrived. What settles the message's fate resolves
-it: its Acknowledgment, or its receiver's MessageError (engine.signals: it did arrive after
-all), or the give-up (engine.transmit: the not-delivered alert takes over). A per-partner
-alert would be resolved by any other message's Acknowledgment while this one still has not
-arrived.
+it (by :func:`bounce_alert_key`): its Acknowledgment, or its receiver's MessageError
+(engine.signals: it did arrive after all), or its AppRec (engine.receipts: the receiver has it,
+even when its Acknowledgment was lost), or the give-up (engine.transmit: the not-delivered alert
+takes over). A per-partner alert would be resolved by any other message's Acknowledgment while
+this one still has not arrived.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ _SETTLED = frozenset(
         OutboundStatus.APPREC_OK_WITH_ERRORS.value,
     }
 )
+
+
+def bounce_alert_key(message_id: str) -> str:
+    """The ``mail-bounced`` alert of the sent message ``message_id``, which each of the steps
+    that settle its fate (the module's docstring, and :data:`_SETTLED`) resolves."""
+    return f"{AlertKind.MAIL_BOUNCED}:{message_id}"
 
 
 def record_bounce(ctx: EngineContext, bounce: Bounce, *, forget: str | None = None) -> bool:
@@ -88,4 +95,4 @@ def record_bounce(ctx: EngineContext, bounce: Bounce, *, forget: str | None = No
     return True
 
 
-__all__ = ["record_bounce"]
+__all__ = ["bounce_alert_key", "record_bounce"]

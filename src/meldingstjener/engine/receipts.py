@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
+
 from meldingstjener.engine import housekeeping
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import Fagmelding
+from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import (
     AppRecError,
@@ -932,7 +935,11 @@ def apply_incoming_apprec(
             message_id=original.id,
             partner_her_id=received.from_her_id,
         )
-    uow.alerts.resolve(f"{AlertKind.APPREC_MISSING}:{original.id}", at=now)
+    # the receiver has the message: neither a missing AppRec nor an earlier bounce of it by
+    # mail is the news any longer
+    uow.alerts.resolve(
+        f"{AlertKind.APPREC_MISSING}:{original.id}", bounce_alert_key(original.id), at=now
+    )
 
 
 def _apprec_answers(
@@ -1021,7 +1028,8 @@ def _apprec_code_shown(code: str) -> str:
 def schedule_apprec_deadline(
     ctx: EngineContext, uow: UnitOfWork, message_id: str, msg_type: str | None
 ) -> None:
-    """After a transport receipt, expect an AppRec within the deadline for its message type."""
+    """After a transport receipt, or after the send of a message that asked for none (no
+    AckRequested), expect an AppRec within the deadline for its message type."""
     if msg_type == APPREC:
         return  # an AppRec is never answered with an AppRec
     deadline = ctx.policy.apprec_deadline(msg_type)
@@ -1040,14 +1048,26 @@ def apprec_deadline_job(ctx: EngineContext, job: ClaimedJob) -> None:
         # (one that is committing meanwhile is waited for: its status, not the one before it)
         row = uow.messages.get(str(job.message_id), for_update=True)
         uow.jobs.finish(job.id)
-        if row is not None and row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value:
+        # still sent: it went without AckRequested (with it, the Acknowledgment or the
+        # ack-timeout moves it on long before), and neither an AppRec nor a reply came
+        unanswered = row is not None and (
+            row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value
+            or (row.status == OutboundStatus.SENT.value and not _replied_to(uow, row))
+        )
+        if row is not None and unanswered:
             hours = ctx.policy.apprec_deadline(row.msg_type) / timedelta(hours=1)
+            missing = (
+                f"no AppRec from {row.to_her_id} for message {row.id} ({row.msg_type}) "
+                f"{hours:g} h after its transport receipt"
+                if row.status == OutboundStatus.TRANSPORT_ACKNOWLEDGED.value
+                else f"no answer from {row.to_her_id} for message {row.id} ({row.msg_type}) "
+                f"{hours:g} h after it was sent, neither an AppRec nor a reply (it asked for "
+                "no transport receipt: none says that it arrived)"
+            )
             raise_alert(
                 uow,
                 AlertKind.APPREC_MISSING,
-                f"no AppRec from {row.to_her_id} for message {row.id} ({row.msg_type}) "
-                f"{hours:g} h after its transport receipt. Ask the receiver whether it reached "
-                "the patient record.",
+                f"{missing}. Ask the receiver whether it reached the patient record.",
                 at=now,
                 message_id=row.id,
                 partner_her_id=row.to_her_id,
@@ -1061,6 +1081,25 @@ def apprec_deadline_job(ctx: EngineContext, job: ClaimedJob) -> None:
                 at=now,
             )
         uow.commit()
+
+
+def _replied_to(uow: UnitOfWork, row: MessageRow) -> bool:
+    """Whether the receiver of the sent ``row`` has sent something in its ebXML conversation
+    since: a reply of its own (NAV answers an EgenandelForesporsel with a Svar, in the HTTP
+    response, and no AppRec), which the EPJ has; not waited for as an AppRec is."""
+    if row.ebxml_conversation_id is None:
+        return False
+    reply = (
+        select(MessageRow.id)
+        .where(
+            MessageRow.ebxml_conversation_id == row.ebxml_conversation_id,
+            MessageRow.direction == Direction.INBOUND.value,
+            MessageRow.from_her_id == row.to_her_id,
+            MessageRow.created_at >= row.created_at,
+        )
+        .limit(1)
+    )
+    return uow.session.scalar(reply) is not None
 
 
 # --- status in the shape of EDI 2.0 ------------------------------------------------------------

@@ -34,6 +34,7 @@ from meldingstjener.ebxml import (
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
+from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import SenderSignature, verify_sender
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
@@ -317,7 +318,7 @@ def _apply_acknowledgment(
     uow.alerts.resolve(
         f"{AlertKind.ACK_MISSING}:{state.to_her_id}",
         f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}",
-        f"{AlertKind.MAIL_BOUNCED}:{state.id}",
+        bounce_alert_key(state.id),
         at=now,
     )
     uow.receipts.add(
@@ -380,7 +381,7 @@ def _apply_message_error(
         uow.alerts.resolve(
             f"{AlertKind.ACK_MISSING}:{row.to_her_id}",
             untrusted,
-            f"{AlertKind.MAIL_BOUNCED}:{row.id}",
+            bounce_alert_key(row.id),
             at=now,
         )
     else:

@@ -18,6 +18,7 @@ goes, with a note (see :func:`_certificate_refusal`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -26,6 +27,8 @@ from typing import Literal
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import Partner, PartnerUnknown
+from meldingstjener.engine.mail_bounces import bounce_alert_key
+from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
@@ -89,7 +92,7 @@ def _give_up(
     )
     uow.jobs.cancel_for_message(row.id)
     # the message's fate is this alert's now; a bounce of it by mail is part of its story
-    uow.alerts.resolve(f"{AlertKind.MAIL_BOUNCED}:{row.id}", at=now)
+    uow.alerts.resolve(bounce_alert_key(row.id), at=now)
     raise_alert(
         uow,
         AlertKind.NOT_DELIVERED,
@@ -357,7 +360,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             delivered_to=(route.channel, str(route.endpoint)),
         )
         # without AckRequested (a CPA's ackRequested never) no Acknowledgment will come: the
-        # send is not repeated for want of one
+        # send is not repeated for want of one, and the AppRec deadline counts from the send
+        # (else nothing would ever say that no answer came)
         if state.status == OutboundStatus.SENT.value and route.ack_requested:
             due = _next_attempt(state, partner, now) or (now + partner.retry_interval)
             uow.jobs.finish_and_schedule(
@@ -365,9 +369,32 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             )
         else:
             uow.jobs.finish(job.id)
-        uow.alerts.resolve(f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}", at=now)
+            if state.status == OutboundStatus.SENT.value:
+                schedule_apprec_deadline(ctx, uow, state.id, state.msg_type)
+        unreachable = _unreachable_key(partner.her_id, str(route.endpoint))
+        uow.alerts.resolve(
+            f"{AlertKind.PARTNER_UNREACHABLE}:{unreachable}",
+            # the key of an alert an earlier version raised per partner: nothing else resolves it
+            f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}",
+            at=now,
+        )
         uow.commit()
     return result
+
+
+def _unreachable_key(her_id: str, endpoint: str) -> str:
+    """The ``partner-unreachable`` alert's key: per partner and endpoint, as its text names one.
+    A CPA may bind a channel per action (NAV: a question on HTTPS, claims by mail): a send that
+    works on one must not resolve the alert of another that is down (it flipped open and
+    resolved at every retry). An endpoint too long for the key goes as its digest."""
+    key = f"{her_id}:{endpoint}"
+    if len(key) > _KEY_ROOM:
+        key = f"{her_id}:sha256:{hashlib.sha256(endpoint.encode()).hexdigest()}"
+    return key
+
+
+# alerts.dedup_key is 255 characters, the kind and its colon come first
+_KEY_ROOM = 255 - len(f"{AlertKind.PARTNER_UNREACHABLE}:")
 
 
 def _note(
@@ -441,6 +468,7 @@ def _failed(
                 f"{failure.detail}. Messages are kept and resent.",
                 at=now,
                 partner_her_id=partner.her_id,
+                key=_unreachable_key(partner.her_id, endpoint),
             )
         uow.commit()
 

@@ -10,6 +10,7 @@ from each side, with the HER-ids and endpoints of the pair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from engine_pair import Pair, sent_header
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from meldingstjener.ebxml import Envelope, parse_envelope, unpackage
 from meldingstjener.engine import receipts
+from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.worker import Worker
 from meldingstjener.formats.xmlparse import parse_xml
@@ -24,8 +26,8 @@ from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
 from meldingstjener.registry.cpa import agreement_for, parse_cpa
 from meldingstjener.registry.store import agreement_from_row, save_agreement
 from meldingstjener.registry.terms import ChannelTerms
-from meldingstjener.store.tables import JobRow
-from meldingstjener.transport.base import Delivery, TransportResult
+from meldingstjener.store.tables import AlertRow, JobRow
+from meldingstjener.transport.base import Delivery, Transport, TransportFailure, TransportResult
 
 REAL_MAIL = "samples/ebxml/real-smtp-mail/2023_08_29T12_56_58_328.p7m.deenveloped.ungz"
 CPA_BEHANDLER, CPA_NAV = "8141253", "79768"
@@ -140,11 +142,12 @@ def _sent_envelope(pair: Pair, message_id: str) -> Envelope:
     return parse_envelope(parse_xml(mime.envelope_xml))
 
 
-def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
-    pair: Pair, reference_dir: Path
-) -> None:
-    """nav-qass-31162 puts EgenandelForesporsel on HTTPS to NAV's gateway, without
-    AckRequested and with a synchronous answer, and Oppgjorskrav on SMTP with one."""
+def _channel_per_action(
+    pair: Pair, reference_dir: Path, http: Transport, smtp: Transport
+) -> tuple[bytes, bytes]:
+    """The GP's agreement with the hospital is nav-qass-31162's, whose channels go by ``http``
+    and ``smtp``: the documents of an EgenandelForesporsel (HTTPS to NAV's gateway, without
+    AckRequested) and of an Oppgjorskrav (SMTP, with AckRequested)."""
     gp, nav = pair.gp_site.address_her_id, pair.hospital_site.address_her_id
     cpa = parse_cpa((reference_dir / "samples" / "cpa" / "nav-qass-31162.xml").read_bytes())
     agreement = PartnerAgreement.from_terms(
@@ -155,16 +158,29 @@ def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
             uow, replace(agreement, our_her_id=gp, counterparty_her_id=nav, valid_to=None)
         )
         uow.commit()
-    http, smtp = _Recorder(), _Recorder()
     pair.gp.transports = {"http": http, "smtp": smtp}
     pom = _real_pom(pair, reference_dir)
     bkm = b"http://www.kith.no/xmlstds/bkm/2006-12-20"
-    question = submit(
-        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/nav/egenandel/2010-02-01"), actor="t"
+    return (
+        pom.replace(bkm, b"http://www.kith.no/xmlstds/nav/egenandel/2010-02-01"),
+        pom.replace(bkm, b"http://www.kith.no/xmlstds/eresept/m18/2013-04-16"),
     )
-    claim = submit(
-        pair.gp, pom.replace(bkm, b"http://www.kith.no/xmlstds/eresept/m18/2013-04-16"), actor="t"
-    )
+
+
+def _open_alerts(pair: Pair) -> list[AlertRow]:
+    with pair.gp.store.unit_of_work() as uow:
+        return list(uow.alerts.list(open_only=True))
+
+
+def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """nav-qass-31162 puts EgenandelForesporsel on HTTPS to NAV's gateway, without
+    AckRequested and with a synchronous answer, and Oppgjorskrav on SMTP with one."""
+    http, smtp = _Recorder(), _Recorder()
+    question_document, claim_document = _channel_per_action(pair, reference_dir, http, smtp)
+    question = submit(pair.gp, question_document, actor="t")
+    claim = submit(pair.gp, claim_document, actor="t")
     envelope = _sent_envelope(pair, question)
     assert (envelope.header.service, envelope.header.action) == (
         "HarBorgerEgenandelFritak",
@@ -194,6 +210,80 @@ def test_a_cpa_that_binds_a_channel_per_action_sends_each_message_by_its_own(
         )
     assert waits == [claim]
     assert pair.message(pair.gp, question).status == "sent"
+
+
+def test_a_question_without_ack_requested_whose_answer_never_comes_is_alerted(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """The gateway takes the question (HTTP 200) and answers nothing: the AppRec deadline
+    counts from the send, and its alert says so. It used to stay sent for ever, unalerted."""
+    question_document, _ = _channel_per_action(pair, reference_dir, _Recorder(), _Recorder())
+    question = submit(pair.gp, question_document, actor="t")
+    pair.run()
+    assert pair.message(pair.gp, question).status == "sent"
+    assert _open_alerts(pair) == []
+    pair.clock.advance(hours=pair.gp.policy.apprec_deadline("POM") / timedelta(hours=1) + 1)
+    pair.run()
+    [alert] = _open_alerts(pair)
+    assert (alert.kind, alert.message_id) == ("apprec-missing", question)
+    assert "after it was sent" in alert.summary and "no transport receipt" in alert.summary
+    assert pair.message(pair.gp, question).status == "sent"
+
+
+@dataclass
+class _Down:
+    """A transport whose every send fails for a while: the partner's endpoint is down."""
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        raise TransportFailure("connect-failed", f"cannot reach {delivery.endpoint}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_send_by_another_channel_of_the_partner_leaves_the_unreachable_alert_open(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """HTTPS to NAV's gateway is down, SMTP works: a claim that goes by mail does not resolve
+    the alert naming the gateway (keyed per partner, it flipped at every retry); a send that
+    works by the gateway does."""
+    question_document, claim_document = _channel_per_action(
+        pair, reference_dir, _Down(), _Recorder()
+    )
+    question = submit(pair.gp, question_document, actor="t")
+    pair.run()
+    assert pair.message(pair.gp, question).status == "retrying"
+    [alert] = _open_alerts(pair)
+    assert alert.kind == "partner-unreachable" and "nhn-gw-q.nav.no" in alert.summary
+    claim = submit(pair.gp, claim_document, actor="t")
+    pair.run()
+    assert pair.message(pair.gp, claim).status == "sent"
+    assert [a.id for a in _open_alerts(pair)] == [alert.id]
+    pair.gp.transports["http"] = _Recorder()
+    pair.clock.advance(hours=4, minutes=1)  # the CPA's RetryInterval, PT240M
+    pair.run()
+    assert pair.message(pair.gp, question).status == "sent"
+    assert "partner-unreachable" not in {a.kind for a in _open_alerts(pair)}
+
+
+def test_a_send_that_works_resolves_an_unreachable_alert_keyed_per_partner(
+    pair: Pair, reference_dir: Path
+) -> None:
+    """An alert an earlier version stored per partner (its key without the endpoint) is
+    resolved by the next send that works to that partner, not left open for ever."""
+    with pair.gp.store.unit_of_work() as uow:
+        raise_alert(
+            uow,
+            AlertKind.PARTNER_UNREACHABLE,
+            "8200002 (Sykehuset Demo HF) cannot be reached at https://nhn-gw-q.nav.no",
+            at=pair.clock(),
+            partner_her_id=pair.hospital_site.address_her_id,
+        )
+        uow.commit()
+    _, claim_document = _channel_per_action(pair, reference_dir, _Recorder(), _Recorder())
+    submit(pair.gp, claim_document, actor="t")
+    pair.run()
+    assert _open_alerts(pair) == []
 
 
 def test_a_binding_whose_channel_cannot_be_used_goes_by_the_agreements_channel_and_flags(

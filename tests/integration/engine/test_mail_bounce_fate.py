@@ -5,10 +5,14 @@ tests/integration/mail)."""
 from __future__ import annotations
 
 from engine_pair import Pair, answer_with_error
+from sqlalchemy import delete
 
 from meldingstjener.devsites import dialog_note
+from meldingstjener.engine import receipts
 from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.worker import Worker
+from meldingstjener.store.tables import JobRow
 from meldingstjener.transport.bounce import Bounce, BouncedRecipient
 
 
@@ -60,6 +64,28 @@ def test_the_receivers_message_error_ends_a_bounce_alert(pair: Pair) -> None:
     message_id = _bounced_while_retried(pair)
     answer_with_error(pair, message_id, ErrorDetail(ErrorCode.DELIVERY_FAILURE, Severity.ERROR))
     assert pair.message(pair.gp, message_id).status == "transport-error"
+    assert "mail-bounced" not in _open_kinds(pair)
+    assert record_bounce(pair.gp, _bounce_of(pair, message_id))  # late: an event only
+    assert "mail-bounced" not in _open_kinds(pair)
+    assert _bounce_events(pair, message_id) == 2
+
+
+def test_the_receivers_apprec_ends_a_bounce_alert(pair: Pair) -> None:
+    # The receiver has the message (an earlier attempt's mail bounced at a relay) and answers it
+    # with an AppRec, its Acknowledgment lost: nothing is resent, and the alert saying that it
+    # is sent again was left open for ever.
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()
+    with pair.hospital.store.unit_of_work() as uow:  # the Acknowledgment is lost
+        uow.session.execute(delete(JobRow).where(JobRow.kind == "send-signal"))
+        uow.commit()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert record_bounce(pair.gp, _bounce_of(pair, message_id))
+    assert "mail-bounced" in _open_kinds(pair)
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
     assert "mail-bounced" not in _open_kinds(pair)
     assert record_bounce(pair.gp, _bounce_of(pair, message_id))  # late: an event only
     assert "mail-bounced" not in _open_kinds(pair)

@@ -7,13 +7,18 @@ from pathlib import Path
 
 import pytest
 from engine_pair import Pair, note_with_the_hospital_as_copy
+from sqlalchemy import delete
 
-from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note, dialog_question
 from meldingstjener.engine import receipts
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.worker import Worker
-from meldingstjener.store.tables import AgreementRow, MessageRow, PartyRow
+from meldingstjener.formats import read_msghead
+from meldingstjener.formats.dialog import build_dialog_svar
+from meldingstjener.registry.store import agreement_from_row, save_agreement
+from meldingstjener.registry.terms import AgreedMessage, ChannelTerms
+from meldingstjener.store.tables import AgreementRow, JobRow, MessageRow, PartyRow
 from meldingstjener.store.uow import LogFilter
 
 
@@ -1418,3 +1423,43 @@ def test_a_validation_layer_failing_by_our_fault_is_no_t02_but_an_alert(
     receipts.send_apprec(pair.hospital, row.id, status=1, errors=[], actor="epj")
     pair.run()
     assert pair.message(pair.gp, message_id).status == "apprec-ok"
+
+
+def test_a_question_sent_without_ack_requested_and_answered_in_its_conversation_is_not_alerted(
+    pair: Pair,
+) -> None:
+    """A message sent without AckRequested waits for its AppRec from the send on; a reply in its
+    ebXML conversation (NAV answers an EgenandelForesporsel with a Svar, no AppRec) is an
+    answer: the deadline passes without an alert. Without the reply, it has one."""
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(
+            pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+        )
+        assert row is not None
+        agreement = agreement_from_row(row)
+        channel = ChannelTerms(None, "http", pair.hospital_site.endpoint, ack_requested="never")
+        question = AgreedMessage("DIALOG_FORESPORSEL", "S-DIALOG_FORESPORSEL", (), channel=channel)
+        only = {"DIALOG_FORESPORSEL": ("1.0",)}  # the question's binding, no other type
+        bound = dataclasses.replace(
+            agreement, bindings=(question,), any_message_type=False, message_types=only
+        )
+        save_agreement(uow, bound)
+        uow.commit()
+    answered, unanswered = (
+        submit(pair.gp, dialog_question(pair.gp_site, pair.hospital_site, text), actor="t")
+        for text in ("Spørsmål", "Et annet spørsmål")
+    )
+    Worker(pair.gp, "gp").run_until_idle()
+    with pair.hospital.store.unit_of_work() as uow:  # as NAV's gateway: no Acknowledgment
+        uow.session.execute(delete(JobRow).where(JobRow.kind == "send-signal"))
+        uow.commit()
+    assert {pair.message(pair.gp, m).status for m in (answered, unanswered)} == {"sent"}
+    asked = pair.message(pair.gp, answered).msg_id
+    [arrived] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_id == asked]
+    document = read_msghead(pair.hospital.store.payloads.read_bytes(str(arrived.payload_ref)))
+    submit(pair.hospital, build_dialog_svar(document, answer_text="Svar"), actor="t")
+    pair.run()
+    pair.clock.advance(hours=25)
+    pair.run()
+    alerted = [a.message_id for a in open_alerts(pair.gp, "apprec-missing")]  # type: ignore[attr-defined]
+    assert alerted == [unanswered]
