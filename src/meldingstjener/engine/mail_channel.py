@@ -677,6 +677,25 @@ COLLECTION_ADVICE = {
         'the connection: the mail server logs in over TLS only; set [mailbox] security = "tls" '
         'or "starttls"'
     ),
+    # the detail names OpenSSL's reason, and for a certificate not accepted why not
+    # (transport.base.tls_failure): a self-signed or private CA's certificate, an expired one,
+    # a host name the certificate does not name
+    "mailbox-tls-failed": (
+        "the TLS settings: [mailbox] ca_file must name the CA of the mail server's certificate "
+        "when the system does not trust it (a self-signed or private CA), [mailbox] host the "
+        'name the certificate is for, and [mailbox] security "tls" (port 993/995) or '
+        '"starttls" (143/110) as the port speaks it; an expired certificate is the mail '
+        "server administrator's to renew. The password is not the problem"
+    ),
+    "timeout": (
+        "the mail server and the network to it ([mailbox] host, port): it stopped answering "
+        "within [mailbox] timeout_seconds (a TLS port also waits so for a [mailbox] security "
+        '"starttls" session that never begins its handshake). The password is not the problem'
+    ),
+    "mailbox-connection-lost": (
+        "the mail server and the network to it ([mailbox] host, port, and a firewall between): "
+        "the connection could not be made or broke. The password is not the problem"
+    ),
 }
 _DEFAULT_ADVICE = "the mail server, the account and its password"
 
