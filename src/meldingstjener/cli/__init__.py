@@ -13,6 +13,7 @@ from meldingstjener.cli import (  # noqa: F401  (imported for their command regi
     ebxml_cmds,
     engine_cmds,
     formats_cmds,
+    mail_cmds,
     registry_cmds,
     security_cmds,
     store_cmds,

@@ -20,6 +20,9 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    named by its SHA-256 so writing it twice is harmless), an alert is raised, and
    :class:`~meldingstjener.transport.mailbox.Quarantine` tells the collector it may delete it.
 
+A quarantined mail is taken in again by :meth:`MailIntake.reprocess` (``meldingstjener mail
+reprocess``), through ``on_mail`` as if it were collected now.
+
 A mail the mail server will not hand out never reaches ``on_mail``: :meth:`MailIntake.on_refused`
 counts its tries by what the server names it with (UIDL, or UIDVALIDITY and UID), and from the
 fifth on it is named in a ``mail-stuck`` alert. It cannot be quarantined: it cannot be read.
@@ -50,12 +53,13 @@ import hashlib
 import io
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -74,7 +78,7 @@ from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.payloads import Spool, make_durable_dir
 from meldingstjener.store.types import utcnow
-from meldingstjener.store.uow import EventKind
+from meldingstjener.store.uow import EventKind, Store
 from meldingstjener.transport.base import TransportFailure
 from meldingstjener.transport.bounce import HeaderTooLong, is_bounce, read_bounce
 from meldingstjener.transport.mailbox import (
@@ -296,6 +300,45 @@ class MailIntake:
                 raise
         self._forget_tries(FAILED_PREFIX + digest[:32])
 
+    def in_quarantine(self, path: Path) -> bool:
+        """Whether ``path`` is a file directly in the quarantine folder, where
+        :meth:`reprocess` takes mails from (a copy elsewhere has no alert or file to end)."""
+        return path.resolve().parent == self.quarantine_dir.resolve() and path.is_file()
+
+    def reprocess(self, path: Path) -> None:
+        """Take a quarantined mail (``path``: a file in :attr:`quarantine_dir`) again, by the
+        one path a collected mail takes (:meth:`on_mail`): for a mail refused before its
+        signature verified (our copy of its sender's signing certificate stale) once the
+        register is mended, or any other that may go now. Safe while a server collects: the
+        store decides repeats, as when the mailbox hands a mail out twice.
+
+        Taken (received and answered, a repeat answered again, a bounce recorded): its
+        ``mail-quarantined`` alert is resolved, and then its file deleted, the mail being in the
+        store now (a crash in between leaves the file, and taking it again answers it as a
+        repeat). Refused again: :class:`Quarantine` with the code, as on_mail raises it; the
+        file was written again under its own name (the mail's hash: the same file, no new
+        copy; a file renamed by hand gives way to its copy under that name), its alert counted
+        again. Anything else (the database away) raises as on_mail does, the file left where it
+        is. Raises ValueError for a file not directly in the quarantine folder."""
+        if not self.in_quarantine(path):
+            raise ValueError(f"{path} is not a file in the quarantine folder {self.quarantine_dir}")
+        with path.open("rb") as mail:
+            digest = _sha256(mail)
+            mail.seek(0)
+            try:
+                self.on_mail(mail)
+            except Quarantine:
+                kept = self.quarantine_dir / f"{digest[:32]}.eml"
+                if kept.resolve() != path.resolve() and kept.is_file():
+                    path.unlink()
+                raise
+        with self.ctx.store.unit_of_work() as uow:
+            uow.alerts.resolve(f"{AlertKind.MAIL_QUARANTINED}:{digest[:32]}", at=self.ctx.clock())
+            uow.commit()
+        path.unlink(missing_ok=True)  # another reprocess of it may have been first
+        _fsync_folder(self.quarantine_dir)
+        log.info("a quarantined mail was taken in and its file %s deleted", path.name)
+
     def _not_put_aside(self, source: BinaryIO, failed: _NotPutAside, tries: int) -> str:
         """What the mail-stuck alert says of a mail that failed ``tries`` times and could not
         be put aside either."""
@@ -416,7 +459,7 @@ class MailIntake:
         digest = digest or _sha256(mail)
         path = self.quarantine_dir / f"{digest[:32]}.eml"
         now = self.ctx.clock()
-        summary = (
+        summary = (  # its code is read back by _QUARANTINED_CODE
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
             f"{path}" + (f" ({_message_id_told(message_id)})" if message_id else "") + f". {advice}"
         )
@@ -433,6 +476,37 @@ class MailIntake:
             raise _NotPutAside(exc, message_id) from exc
         log.warning("quarantined a mail (%s) as %s", code, path.name)
         raise Quarantine(code)
+
+
+# the code in the summary of a mail-quarantined alert, as MailIntake._quarantine writes it
+_QUARANTINED_CODE = re.compile(r"could not be processed \(([^()\s]+)\)")
+
+
+@dataclass(frozen=True)
+class QuarantinedMail:
+    """A mail in the quarantine folder: its file, size, when it was put there (the file's
+    time), and the code it was put aside with (from its alert; None when none names it)."""
+
+    path: Path
+    size: int
+    at: datetime
+    code: str | None
+
+
+def quarantined_mails(store: Store, quarantine_dir: Path) -> list[QuarantinedMail]:
+    """The mails in ``quarantine_dir``, the oldest first."""
+    found = []
+    with store.unit_of_work() as uow:
+        for path in quarantine_dir.glob("*.eml"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # reprocessed meanwhile
+                continue
+            alert = uow.alerts.by_key(f"{AlertKind.MAIL_QUARANTINED}:{path.stem}")
+            code = _QUARANTINED_CODE.search(alert.summary) if alert is not None else None
+            at = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+            found.append(QuarantinedMail(path, stat.st_size, at, code[1] if code else None))
+    return sorted(found, key=lambda mail: (mail.at, mail.path.name))
 
 
 class _NotPutAside(Exception):
@@ -539,7 +613,12 @@ def _write_durably(path: Path, mail: BinaryIO) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(directory: Path) -> None:
+    """Make a file's new name, or its removal, in ``directory`` survive a crash."""
+    folder = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
@@ -677,6 +756,25 @@ COLLECTION_ADVICE = {
         'the connection: the mail server logs in over TLS only; set [mailbox] security = "tls" '
         'or "starttls"'
     ),
+    # the detail names OpenSSL's reason, and for a certificate not accepted why not
+    # (transport.base.tls_failure): a self-signed or private CA's certificate, an expired one,
+    # a host name the certificate does not name
+    "mailbox-tls-failed": (
+        "the TLS settings: [mailbox] ca_file must name the CA of the mail server's certificate "
+        "when the system does not trust it (a self-signed or private CA), [mailbox] host the "
+        'name the certificate is for, and [mailbox] security "tls" (port 993/995) or '
+        '"starttls" (143/110) as the port speaks it; an expired certificate is the mail '
+        "server administrator's to renew. The password is not the problem"
+    ),
+    "timeout": (
+        "the mail server and the network to it ([mailbox] host, port): it stopped answering "
+        "within [mailbox] timeout_seconds (a TLS port also waits so for a [mailbox] security "
+        '"starttls" session that never begins its handshake). The password is not the problem'
+    ),
+    "mailbox-connection-lost": (
+        "the mail server and the network to it ([mailbox] host, port, and a firewall between): "
+        "the connection could not be made or broke. The password is not the problem"
+    ),
 }
 _DEFAULT_ADVICE = "the mail server, the account and its password"
 
@@ -772,7 +870,9 @@ __all__ = [
     "MailCollectorThread",
     "MailIntake",
     "MailSettingsError",
+    "QuarantinedMail",
     "build_mailbox_collector",
     "build_smtp_transport",
+    "quarantined_mails",
     "start_mail_collector",
 ]

@@ -9,6 +9,7 @@ hands the bytes to the engine.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -80,6 +81,17 @@ def send_once(transport: Transport, delivery: Delivery) -> TransportResult:
             f"sending to {delivery.endpoint} failed: {type(exc).__name__}",
             retryable=False,
         ) from exc
+
+
+def tls_failure(exc: ssl.SSLError) -> str:
+    """Why a TLS connection failed, as a failure's detail tells it: OpenSSL's reason and, for a
+    certificate it did not accept, why not ("CERTIFICATE_VERIFY_FAILED (self-signed
+    certificate)", "... (certificate has expired)", "... (Hostname mismatch, ...)"), which the
+    reason alone does not say, and which tells the operator whether ca_file or the host is
+    wrong."""
+    reason = exc.reason or type(exc).__name__
+    verify = getattr(exc, "verify_message", None)  # ssl.SSLCertVerificationError only
+    return f"{reason} ({verify})" if verify else str(reason)
 
 
 def body_missing(exc: OSError) -> TransportFailure:

@@ -45,7 +45,9 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,190}")
 _EBXML_ID = re.compile(r"[!-~]{1,255}")  # what our Subject carries: one printable token
 _SUBJECT = re.compile(r"^\s*ebXML\s+(\S+)\s*$")
-_SUBJECT_LINE = re.compile(rb"^Subject:[ \t]*ebXML[ \t]+(\S+)[ \t]*\r?$", re.MULTILINE)
+# a quoted Subject header with its continuation lines: a relay may have folded our long
+# Subject ("ebXML" CRLF SP "<id>"), and its value is read as the DSN path reads it (_subject_id)
+_SUBJECT_HEADER = re.compile(rb"^Subject:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.MULTILINE)
 _ENVELOPE_ID = re.compile(rb"<(?:[\w.-]+:)?MessageId>\s*([^<\s]{1,255})\s*</")
 _BOUNCERS = ("mailer-daemon", "postmaster")
 
@@ -265,6 +267,7 @@ def _address(value: str | None) -> str | None:
 
 
 def _subject_id(subject: str | None) -> str | None:
+    """The eb:MessageId of our ``Subject: ebXML <id>``, folded or not; None for any other."""
     unfolded = re.sub(r"\r?\n[ \t]+", " ", subject or "")
     found = _SUBJECT.match(unfolded)
     return _checked_id(found.group(1)) if found else None
@@ -282,16 +285,19 @@ def _envelope_id(original: email.message.Message) -> str | None:
 
 def _quoted_original(text: bytes, spent: int) -> tuple[str | None, str | None]:
     """The eb:MessageId and To of our original as a plain bounce quotes its headers: the
-    header block around its ``Subject: ebXML <id>`` line. ``spent``: what the bounce's headers
-    cost so far (the quoted ones are read too)."""
-    found = _SUBJECT_LINE.search(text)
-    if found is None:
+    header block around its ``Subject: ebXML <id>`` header (folded or not). ``spent``: what
+    the bounce's headers cost so far (the quoted ones are read too)."""
+    for found in _SUBJECT_HEADER.finditer(text):
+        ebxml_id = _subject_id(found.group(1).decode("ascii", "replace"))
+        if ebxml_id is not None:
+            break
+    else:
         return None, None
     start = max(text.rfind(b"\n\n", 0, found.start()), text.rfind(b"\n\r\n", 0, found.start()))
     block = text[start + 1 if start >= 0 else 0 :]
     _checked(block, spent)  # decoded: what was checked before may have been base64
     quoted = email.message_from_bytes(block.lstrip(b"\r\n"))
-    return _checked_id(found.group(1).decode("ascii", "replace")), _address(_header(quoted, "To"))
+    return ebxml_id, _address(_header(quoted, "To"))
 
 
 def _checked_id(value: str) -> str | None:

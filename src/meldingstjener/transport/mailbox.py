@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from meldingstjener.transport.base import TransportFailure
+from meldingstjener.transport.base import TransportFailure, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class MailboxCollector:
             raise
         except ssl.SSLError as exc:
             raise TransportFailure(
-                "mailbox-tls-failed", f"TLS with {self.where} failed: {exc.reason}"
+                "mailbox-tls-failed", f"TLS with {self.where} failed: {tls_failure(exc)}"
             ) from None
         except TimeoutError:
             raise TransportFailure("timeout", f"{self.where} stopped answering") from None

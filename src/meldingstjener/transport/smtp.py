@@ -13,8 +13,9 @@ the recipient or to the mail itself (RCPT TO, the end of the upload, 552 too lar
 a 5xx from our own submission server before that (its greeting, EHLO, STARTTLS, MAIL FROM:
 "530 Must issue a STARTTLS command first", "550 5.7.1 sender not owned") is about this server's
 setup, not the message: retryable, as ``smtp-session-refused`` or ``smtp-sender-refused``, whose
-detail says to look at the [smtp] settings, so that the messages wait (with the
-partner-unreachable alert) until the setup is mended instead of failing for good at once.
+detail (as that of ``smtp-tls-failed`` and ``smtp-auth-failed``) says to look at the [smtp]
+settings, so that the messages wait (with the partner-unreachable alert) until the setup is
+mended instead of failing for good at once.
 
 Memory: a file body is streamed to the server in chunks during DATA (with the dot-stuffing SMTP
 needs), so a 50 MB message is never held whole by this module. A stored message that is not
@@ -50,6 +51,7 @@ from meldingstjener.transport.base import (
     TransportResult,
     body_missing,
     body_size,
+    tls_failure,
 )
 
 NETWORK_MAX_MAIL_BYTES = 51_200_000
@@ -329,16 +331,20 @@ class SmtpTransport:
                 server.close()  # not left open until collected: the server waits on it
                 raise
         except smtplib.SMTPAuthenticationError as exc:
-            raise TransportFailure(
-                "smtp-auth-failed", f"{where} refused our login ({exc.smtp_code})"
+            raise self._our_server_refused(
+                "smtp-auth-failed",
+                f"our login as {self.username} ({exc.smtp_code})",
+                "username, password_file or password_env",
             ) from None
         except smtplib.SMTPNotSupportedError as exc:
             raise TransportFailure(
                 "smtp-unsupported", f"{where} does not offer what is configured: {exc}"
             ) from None
         except ssl.SSLError as exc:
-            raise TransportFailure(
-                "smtp-tls-failed", f"TLS with {where} failed: {exc.reason}"
+            raise self._our_side(
+                "smtp-tls-failed",
+                f"TLS with our own mail server {where} failed: {tls_failure(exc)}",
+                "host, port, security, ca_file",
             ) from None
         except TimeoutError:
             raise TransportFailure("timeout", f"{where} did not answer in {timeout:g} s") from None
@@ -381,12 +387,19 @@ class SmtpTransport:
         )
 
     def _our_server_refused(self, failure: str, what: str, settings: str) -> TransportFailure:
-        """Our own submission server refused ``what``: the failure says so, and which of our
-        ``[smtp] settings`` to check, so that nobody looks at the partner."""
+        """Our own submission server refused ``what`` (see :meth:`_our_side`)."""
+        return self._our_side(failure, f"our own mail server {self.where} refused {what}", settings)
+
+    @staticmethod
+    def _our_side(failure: str, what: str, settings: str) -> TransportFailure:
+        """A failure with our own submission server (``what`` happened), before any message
+        was named: a matter of this server's setup. The detail says which of our ``[smtp]
+        settings`` to check, so that nobody looks at the partner whose partner-unreachable
+        alert it lands in. Retryable: the messages wait until the setup is mended."""
         return TransportFailure(
             failure,
-            f"our own mail server {self.where} refused {what}; check this server's [smtp] "
-            f"settings ({settings}) with the mail provider: the partner is not the problem",
+            f"{what}; check this server's [smtp] settings ({settings}) with the mail "
+            "provider: the partner is not the problem",
         )
 
     def _transfer(

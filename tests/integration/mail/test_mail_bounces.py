@@ -59,10 +59,14 @@ def _dsn(original: bytes, recipient: str, returned: str) -> bytes:
     return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def _plain_bounce(original: bytes, *, mime: bool = True) -> bytes:
+def _plain_bounce(original: bytes, *, mime: bool = True, folded: bool = False) -> bytes:
     """An older bounce: a text from MAILER-DAEMON that quotes the original's headers (qmail's
-    has no MIME headers at all: ``mime=False``)."""
+    has no MIME headers at all: ``mime=False``), with our Subject as a relay folded it
+    (``folded``: our ``Subject: ebXML <eb:MessageId>`` is longer than 78 characters)."""
     headers = original.split(b"\r\n\r\n", 1)[0]
+    if folded:
+        assert headers.count(b"\r\nSubject: ebXML ") == 1
+        headers = headers.replace(b"\r\nSubject: ebXML ", b"\r\nSubject: ebXML\r\n ")
     return (
         b"From: MAILER-DAEMON@mx.partner.example\r\nSubject: failure notice\r\n"
         + (b"Content-Type: text/plain\r\n" if mime else b"")
@@ -87,14 +91,19 @@ def _open_alerts(site: MailSite) -> dict[str, list[tuple[str | None, str]]]:
         return found
 
 
-@pytest.mark.parametrize("returned", ["message/rfc822", "text/rfc822-headers", "plain", "qmail"])
+PLAIN = ("plain", "qmail", "qmail-folded")
+
+
+@pytest.mark.parametrize("returned", ["message/rfc822", "text/rfc822-headers", *PLAIN])
 def test_a_bounce_of_our_mail_is_recorded_on_its_message_and_leaves_the_box(
     pair: tuple[MailSite, MailSite], tls_context: ssl.SSLContext, returned: str
 ) -> None:
     gp, hospital = pair
     original = _sent_mail(gp, hospital, tls_context)
-    if returned in ("plain", "qmail"):  # qmail's has no MIME headers: text, not unreadable
-        bounce = _plain_bounce(original, mime=returned == "plain")
+    if returned in PLAIN:  # qmail's has no MIME headers: text, not unreadable
+        bounce = _plain_bounce(
+            original, mime=returned == "plain", folded=returned == "qmail-folded"
+        )
     else:
         bounce = _dsn(original, hospital.user, returned)
     _bounce_to(gp, bounce, tls_context)
@@ -106,7 +115,7 @@ def test_a_bounce_of_our_mail_is_recorded_on_its_message_and_leaves_the_box(
     assert not list(gp.intake.quarantine_dir.glob("*.eml"))
     [sent] = gp.messages("out")
     assert sent.status == OutboundStatus.SENT.value  # not failed: a resend may go through
-    codes = "no status code given" if returned in ("plain", "qmail") else "5.1.1 failed"
+    codes = "no status code given" if returned in PLAIN else "5.1.1 failed"
     with gp.ctx.store.unit_of_work() as uow:
         [event] = [e for e in uow.events.for_message(sent.id) if e.code == "mail-bounced"]
         jobs = uow.jobs.count()

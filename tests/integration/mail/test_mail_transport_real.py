@@ -3,17 +3,27 @@ login, TLS and plain; POP3 and IMAP; what is deleted and what stays; SMTP error 
 
 from __future__ import annotations
 
+import dataclasses
 import imaplib
 import random
 import re
 import ssl
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from mailtest_support import PASSWORD, address, drop_mail, mailbox_count, wait_for_mail
+from mailtest_support import (
+    PASSWORD,
+    MailSite,
+    address,
+    drop_mail,
+    mailbox_count,
+    wait_for_mail,
+)
 
 from meldingstjener.ebxml.mime import Attachment, package, unpackage_message
+from meldingstjener.engine.mail_channel import FAILED_COLLECTIONS_BEFORE_ALERT, MailCollectorThread
 from meldingstjener.transport import mailbox
 from meldingstjener.transport.base import Delivery, TransportFailure
 from meldingstjener.transport.mailbox import MailboxCollector, Quarantine
@@ -388,6 +398,8 @@ def test_a_wrong_password_is_a_retryable_auth_failure(tls_context: ssl.SSLContex
         )
     assert caught.value.code == "smtp-auth-failed"
     assert caught.value.retryable
+    assert "our own mail server 127.0.0.1:587 refused our login" in caught.value.detail
+    assert "[smtp] settings (username, password_file or password_env)" in caught.value.detail
 
 
 def test_an_unknown_recipient_is_a_permanent_5xx(tls_context: ssl.SSLContext) -> None:
@@ -416,11 +428,38 @@ def test_our_own_server_refusing_our_sender_is_retryable_and_says_so(
 
 
 def test_an_untrusted_certificate_fails_tls(tls_context: ssl.SSLContext) -> None:
+    # the system's trust store, without the local server's self-signed certificate: the
+    # detail says why the certificate was not accepted (not only CERTIFICATE_VERIFY_FAILED),
+    # and that it is our setup, as for the partner-unreachable alert it lands in
     with pytest.raises(TransportFailure) as caught:
         _transport(tls_context, ssl_context=ssl.create_default_context()).send(
             Delivery(f"mailto:{address(BOX)}", "text/xml", b"<x/>\r\n")
         )
     assert caught.value.code == "smtp-tls-failed"
+    assert "CERTIFICATE_VERIFY_FAILED (self-signed certificate)" in caught.value.detail
+    assert "our own mail server 127.0.0.1:587" in caught.value.detail
+    assert "[smtp] settings (host, port, security, ca_file)" in caught.value.detail
+    assert "the partner is not the problem" in caught.value.detail
+
+
+def test_an_untrusted_mailbox_certificate_is_named_and_its_alert_points_to_ca_file(
+    pair: tuple[MailSite, MailSite],
+) -> None:
+    _, hospital = pair
+    untrusting = dataclasses.replace(hospital.collector, ssl_context=ssl.create_default_context())
+    with pytest.raises(TransportFailure) as caught:
+        untrusting.collect_once(lambda mail: None)
+    assert caught.value.code == "mailbox-tls-failed"
+    assert "CERTIFICATE_VERIFY_FAILED (self-signed certificate)" in caught.value.detail
+
+    thread = MailCollectorThread(untrusting, hospital.intake, 3600, threading.Event())
+    for _ in range(FAILED_COLLECTIONS_BEFORE_ALERT):
+        thread._collect_round()
+    with hospital.ctx.store.unit_of_work() as uow:
+        [alert] = [a for a in uow.alerts.list(open_only=True) if a.kind == "mailbox-unreachable"]
+    assert "(self-signed certificate)" in alert.summary
+    assert "check the TLS settings: [mailbox] ca_file" in alert.summary
+    assert "the account and its password" not in alert.summary
 
 
 def test_a_wrong_mailbox_password_is_an_auth_failure(tls_context: ssl.SSLContext) -> None:
