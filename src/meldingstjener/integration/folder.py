@@ -7,7 +7,9 @@ since (see ``outbox_moves``: the EPJ may rename a new file onto the name meanwhi
 stays in the outbox). Exactly once across crashes: a ``folder_files``
 row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
 the message carries that key as its ``client_id``, so after a crash we can tell whether the
-submit committed and never send the same file twice. A file is taken once it has settled (see
+submit committed and never send the same file twice; a file whose time or inode changed after
+such a crash is found by its name and content among the files that never left the outbox (see
+``_claim``). A file is taken once it has settled (see
 ``FolderSettings.settle_seconds``); one refused for its receiver's setup waits in the outbox for
 ``hold_minutes``, tried again every minute (``outbox-held``); every refusal raises
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
@@ -45,7 +47,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
 from typing import Any, BinaryIO
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -370,12 +372,13 @@ class FolderIntegration:
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
         identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, self._name_digest(name))
+        state = self._claim(key, self._name_digest(name), data.sha256)
         if state is None:
             return  # another process claimed it first
-        outcome, message_id, first_tried = state
+        # the key of the row found: an earlier one when the file's time or inode has changed
+        key, outcome, message_id, first_tried = state
         if outcome == SENT:
-            self._move_sent(taken, message_id)
+            self._move_sent(taken, key, message_id)
             return
         if outcome == FAILED:
             self._move_failed(taken, key)
@@ -411,7 +414,7 @@ class FolderIntegration:
             # and the refusal's alert is put right (the same key: it replaces the text)
             self._sent_though_refused(key, message_id)
             return
-        self._move_sent(taken, message_id)
+        self._move_sent(taken, key, message_id)
         log.info("outbox file sent as message %s", message_id)
 
     def _inspect_sender(self, data: Spool) -> Fagmelding:
@@ -434,24 +437,52 @@ class FolderIntegration:
         """Whether the folder acts for ``her_id`` (``[folder] as_her_ids``, else all of ours)."""
         return her_id in self.her_ids
 
-    def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
-        """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
-        None when another process claimed it at the same moment."""
+    def _claim(
+        self, key: str, name_digest: str, content: str
+    ) -> tuple[str, str, str | None, datetime] | None:
+        """(key, outcome, message id, first claimed) of the file's row, claimed now if it had
+        none; None when another process claimed it at the same moment.
+
+        The file's row is the one of its key, or else the one of a file of the same name and
+        content that never left the outbox (``moved_at`` unset; the latest): the same file,
+        whose time or inode changed while the server was down after its submit (an antivirus
+        scan, an SMB client setting the time, a share remounted with new inode numbers). Taken
+        as new, it would be sent again as another message. A file dropped again after the first
+        was moved out is a new one, and is sent (the EPJ may send the same message twice).
+        (``outbox_moves`` tells the file read by the same rule while it is moved.)"""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
                 select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
             ).first()
+            if row is None:
+                row = uow.session.scalars(
+                    select(FolderFileRow)
+                    .where(
+                        FolderFileRow.kind == OUTBOX,
+                        FolderFileRow.content_sha256 == content,
+                        FolderFileRow.file_name == name_digest,
+                        FolderFileRow.moved_at.is_(None),
+                    )
+                    .order_by(FolderFileRow.id.desc())
+                ).first()
             if row is not None:
-                return row.outcome, row.message_id, row.at
+                return row.key, row.outcome, row.message_id, row.at
             now = self.ctx.clock()
             uow.session.add(
-                FolderFileRow(kind=OUTBOX, key=key, file_name=name_digest, outcome=PENDING, at=now)
+                FolderFileRow(
+                    kind=OUTBOX,
+                    key=key,
+                    file_name=name_digest,
+                    outcome=PENDING,
+                    at=now,
+                    content_sha256=content,
+                )
             )
             try:
                 uow.commit()
             except IntegrityError:
                 return None
-            return PENDING, None, now
+            return key, PENDING, None, now
 
     def _submitted_before(self, key: str) -> str | None:
         """The message of an earlier attempt that committed before the process died."""
@@ -607,9 +638,7 @@ class FolderIntegration:
                 os.unlink(f"{target}.error.txt", dir_fd=failed)
             self._held.pop(name, None)
             return
-        got = move_out(
-            taken.folders, name, taken.read, failed, target, key[:12], content_sha256=taken.content
-        )
+        got = self._move_out(taken, key, failed, target, key[:12], record=claimed)
         if got is not None and got != target:  # a name taken meanwhile: the explanation follows
             write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
             with contextlib.suppress(FileNotFoundError):
@@ -682,32 +711,48 @@ class FolderIntegration:
     def _move_failed(self, taken: _Taken, key: str) -> None:
         """Move a file refused before (its .error.txt is in failed/ already)."""
         failed = taken.folders.failed()
-        target = free_name(failed, taken.name, key[:12])
-        move_out(
-            taken.folders,
-            taken.name,
-            taken.read,
-            failed,
-            target,
-            key[:12],
-            content_sha256=taken.content,
-        )
+        self._move_out(taken, key, failed, free_name(failed, taken.name, key[:12]), key[:12])
 
-    def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
+    def _move_sent(self, taken: _Taken, key: str, message_id: str | None) -> None:
         sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
-        moved = move_out(
-            taken.folders,
-            taken.name,
-            taken.read,
-            sent,
-            taken.name,
-            tag,
-            content_sha256=taken.content,
-        )
+        moved = self._move_out(taken, key, sent, taken.name, tag)
         if moved is None:
             # gone (another process moved it), or another file put in its place: that one
             # is the EPJ's next message, and waits in the outbox for a later round
             log.info("outbox file sent as message %s was not there to move", message_id)
+
+    def _move_out(
+        self, taken: _Taken, key: str, target: int, wanted: str, tag: str, *, record: bool = True
+    ) -> str | None:
+        """Move the file out of the outbox (see ``outbox_moves.move_out``); ``record``: it was
+        claimed as row ``key``, and that it left is recorded, so that a file of its name and
+        content found there later is a new one (see ``_claim``). Recorded also when it was not
+        moved (gone, or another file was at its name): the file read is not in the outbox
+        either way. (A crash between the move and the record leaves the row as if the file had
+        stayed: a file of that name and content dropped again later is taken as that one.)"""
+        got = move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            target,
+            wanted,
+            tag,
+            content_sha256=taken.content,
+        )
+        if not record:
+            return got
+        with self.ctx.store.unit_of_work() as uow:
+            uow.session.execute(
+                update(FolderFileRow)
+                .where(
+                    FolderFileRow.kind == OUTBOX,
+                    FolderFileRow.key == key,
+                    FolderFileRow.moved_at.is_(None),
+                )
+                .values(moved_at=self.ctx.clock())
+            )
+            uow.commit()
+        return got
 
     # -- inbox ----------------------------------------------------------------------------------
 

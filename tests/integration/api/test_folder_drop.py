@@ -259,6 +259,13 @@ def _run_until(config: Path, outbox: str, inbox: str, done: object) -> None:
         child.wait()
 
 
+def all_in_sent(outbox: Path, count: int) -> bool:
+    """Whether the files m0.xml .. m<count-1>.xml are in sent/ (an empty outbox is not enough:
+    the last file may be in the server's own folder, on its way)."""
+    sent = outbox / "sent"
+    return sent.is_dir() and {f"m{n}.xml" for n in range(count)} <= set(os.listdir(sent))
+
+
 @pytest.mark.parametrize("point", ["after-submit", "before-move", "in-own-folder"])
 def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     outbox = tmp_path / "ut"
@@ -270,12 +277,43 @@ def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     _run_child_until_killed(config, str(outbox), "-", point, 3)  # at the third file
     left = sorted(p.name for p in outbox.glob("*.xml"))
     assert 0 < len(left) < 6
-    _run_until(config, str(outbox), "-", lambda: not list(outbox.glob("*.xml")))
+    _run_until(config, str(outbox), "-", lambda: all_in_sent(outbox, 6))
 
     messages = outbound(pair)
     assert len(messages) == 6  # nothing lost, nothing doubled
     assert len({m.payload_sha256 for m in messages}) == 6
     assert sorted(p.name for p in (outbox / "sent").iterdir()) == [f"m{n}.xml" for n in range(6)]
+
+
+@pytest.mark.parametrize(("point", "change"), [("after-submit", "time"), ("before-move", "inode")])
+def test_a_file_changed_while_the_server_is_down_after_its_submit_is_sent_once(
+    pair: Pair, tmp_path: Path, point: str, change: str
+) -> None:
+    # Killed after the third file's submit committed, before that file left the outbox. While
+    # the server is down, the files' time is set anew (an antivirus scan, an SMB client setting
+    # it on close) or they get new inodes (a share remounted with noserverino): the file is
+    # still the one sent, not a new message.
+    outbox = tmp_path / "ut"
+    outbox.mkdir()
+    for number in range(4):
+        drop(outbox, f"m{number}.xml", dialog_note(pair.gp_site, pair.hospital_site, f"M {number}"))
+    config = pair.gp_site.config_path
+    _run_child_until_killed(config, str(outbox), "-", point, 3)
+    assert len(outbound(pair)) == 3
+    for left in outbox.glob("*.xml"):
+        status = left.stat()
+        if change == "time":
+            os.utime(left, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+        else:
+            drop(outbox, left.name, left.read_bytes())
+            os.utime(left, ns=(status.st_atime_ns, status.st_mtime_ns))
+            assert left.stat().st_ino != status.st_ino
+    _run_until(config, str(outbox), "-", lambda: all_in_sent(outbox, 4))
+
+    messages = outbound(pair)
+    assert len(messages) == 4  # the third not sent again
+    assert len({m.payload_sha256 for m in messages}) == 4
+    assert sorted(p.name for p in (outbox / "sent").iterdir()) == [f"m{n}.xml" for n in range(4)]
 
 
 def test_inbox_survives_kill_9(pair: Pair, tmp_path: Path) -> None:
