@@ -343,6 +343,68 @@ def test_inbox_survives_kill_9(pair: Pair, tmp_path: Path) -> None:
         ).read_bytes() == pair.hospital.store.payloads.read_bytes(str(message.payload_ref))
 
 
+def test_inbox_files_the_epj_took_before_a_crash_was_recorded_are_not_written_again(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Killed when the second message's files are in place, before that is recorded; the EPJ
+    # imports what it finds (moves it away) before the server is back: the restart must not
+    # write the second message's files again (the EPJ would import it twice).
+    inbox, imported = tmp_path / "inn", tmp_path / "importert"
+    imported.mkdir()
+    for number in range(4):
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, f"Inn {number}"), actor="t")
+    pair.run()
+    config = pair.hospital_site.config_path
+    _run_child_until_killed(config, "-", str(inbox), "after-inbox-write", 2)
+    for found in inbox.glob("*-*.*"):  # the EPJ's import: its files, not the temporaries
+        if not found.name.startswith("."):
+            os.replace(found, imported / found.name)
+    assert len(list(imported.glob("*.xml"))) == 2
+
+    def all_delivered() -> bool:
+        return all(m.status == "delivered" for m in pair.inbound_messages(pair.hospital))
+
+    _run_until(config, "-", str(inbox), all_delivered)
+    received = pair.inbound_messages(pair.hospital)
+    names = sorted(p.name for p in [*inbox.iterdir(), *imported.iterdir()])
+    assert names == sorted([f"{m.id}.xml" for m in received] + [f"{m.id}.json" for m in received])
+
+
+def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process dies when the files are written under their temporary names and recorded as
+    # such, before they are renamed into place; the server is back a day later. The sweep of
+    # temporaries a crash left must not take these: they are the message's files.
+    from meldingstjener.integration import folder
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_: object, **__: object) -> None:
+        raise Killed()
+
+    inbox = tmp_path / "inn"
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Etter helga"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with monkeypatch.context() as patched:
+        patched.setattr(folder, "publish", killed)
+        with pytest.raises(Killed):
+            FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    temporaries = list(inbox.iterdir())
+    assert len(temporaries) == 2 and all(t.name.endswith(".tmp") for t in temporaries)
+    a_day_ago = time.time() - 86400
+    for temporary in temporaries:
+        os.utime(temporary, (a_day_ago, a_day_ago))
+    FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    assert sorted(p.name for p in inbox.iterdir()) == [f"{received.id}.json", f"{received.id}.xml"]
+    assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
+        str(received.payload_ref)
+    )
+    assert pair.message(pair.hospital, received.id).status == "delivered"
+
+
 def test_start_integrations_runs_the_folder_until_stopped(pair: Pair, tmp_path: Path) -> None:
     import threading
 
