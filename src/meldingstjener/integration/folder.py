@@ -7,7 +7,9 @@ since (see ``outbox_moves``: the EPJ may rename a new file onto the name meanwhi
 stays in the outbox). Exactly once across crashes: a ``folder_files``
 row is claimed (keyed by the file's name, inode, mtime and content hash) before submitting, and
 the message carries that key as its ``client_id``, so after a crash we can tell whether the
-submit committed and never send the same file twice. A file is taken once it has settled (see
+submit committed and never send the same file twice; a file whose time or inode changed after
+such a crash is found by its name and content among the files that never left the outbox (see
+``_claim``). A file is taken once it has settled (see
 ``FolderSettings.settle_seconds``); one refused for its receiver's setup waits in the outbox for
 ``hold_minutes``, tried again every minute (``outbox-held``); every refusal raises
 ``outbox-refused``, and a file that fails unforeseen round after round ``outbox-stuck``.
@@ -16,9 +18,10 @@ Inbox: each received fagmelding appears as ``<id>.xml`` with its metadata in ``<
 is written first; both are written under random temporary names, never through a link (see
 ``files.write_temporary``), and renamed into place, while the processes on one inbox take turns
 (so that they write it once) and no other channel can move the message on (see ``write_inbox``). A
-``folder_files`` row, committed with the renames, records the write; a crash before it only
-means the same two files are written again under the same names. After that the engine is told
-the message reached the EPJ (``receipts.deliver``).
+``folder_files`` row naming the temporary files is committed before they are renamed into place
+and marked written after: a crash between leaves the row, and only the temporaries still there
+are renamed (a file already in place is never written again: the EPJ may have taken it). After
+that the engine is told the message reached the EPJ (``receipts.deliver``).
 
 The folders are the EPJ's to write in: a side whose folder is a symbolic link does nothing (see
 ``folder_checks``), and an outbox entry that is not a file (a link, a pipe) is refused, never
@@ -45,7 +48,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISFIFO, S_ISLNK, S_ISREG, S_ISSOCK
 from typing import Any, BinaryIO
 
-from sqlalchemy import exists, select
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -82,7 +85,8 @@ from meldingstjener.store.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 OUTBOX, INBOX = "outbox", "inbox"
-PENDING, SENT, FAILED, WRITTEN = "pending", "sent", "failed", "written"
+PENDING, SENT, FAILED = "pending", "sent", "failed"  # an outbox file's row
+STAGING, WRITTEN = "staging", "written"  # an inbox message's row
 ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert
@@ -370,12 +374,13 @@ class FolderIntegration:
         # the name as bytes: a file name need not be valid UTF-8 (the same key when it is)
         identity = os.fsencode(name) + f"\0{stat.st_ino}\0{stat.st_mtime_ns}\0".encode()
         key = hashlib.sha256(identity + data.sha256.encode()).hexdigest()
-        state = self._claim(key, self._name_digest(name))
+        state = self._claim(key, self._name_digest(name), data.sha256)
         if state is None:
             return  # another process claimed it first
-        outcome, message_id, first_tried = state
+        # the key of the row found: an earlier one when the file's time or inode has changed
+        key, outcome, message_id, first_tried = state
         if outcome == SENT:
-            self._move_sent(taken, message_id)
+            self._move_sent(taken, key, message_id)
             return
         if outcome == FAILED:
             self._move_failed(taken, key)
@@ -411,7 +416,7 @@ class FolderIntegration:
             # and the refusal's alert is put right (the same key: it replaces the text)
             self._sent_though_refused(key, message_id)
             return
-        self._move_sent(taken, message_id)
+        self._move_sent(taken, key, message_id)
         log.info("outbox file sent as message %s", message_id)
 
     def _inspect_sender(self, data: Spool) -> Fagmelding:
@@ -434,24 +439,52 @@ class FolderIntegration:
         """Whether the folder acts for ``her_id`` (``[folder] as_her_ids``, else all of ours)."""
         return her_id in self.her_ids
 
-    def _claim(self, key: str, name_digest: str) -> tuple[str, str | None, datetime] | None:
-        """(outcome, message id, first claimed) of the file's row, claimed now if it had none;
-        None when another process claimed it at the same moment."""
+    def _claim(
+        self, key: str, name_digest: str, content: str
+    ) -> tuple[str, str, str | None, datetime] | None:
+        """(key, outcome, message id, first claimed) of the file's row, claimed now if it had
+        none; None when another process claimed it at the same moment.
+
+        The file's row is the one of its key, or else the one of a file of the same name and
+        content that never left the outbox (``moved_at`` unset; the latest): the same file,
+        whose time or inode changed while the server was down after its submit (an antivirus
+        scan, an SMB client setting the time, a share remounted with new inode numbers). Taken
+        as new, it would be sent again as another message. A file dropped again after the first
+        was moved out is a new one, and is sent (the EPJ may send the same message twice).
+        (``outbox_moves`` tells the file read by the same rule while it is moved.)"""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
                 select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
             ).first()
+            if row is None:
+                row = uow.session.scalars(
+                    select(FolderFileRow)
+                    .where(
+                        FolderFileRow.kind == OUTBOX,
+                        FolderFileRow.content_sha256 == content,
+                        FolderFileRow.file_name == name_digest,
+                        FolderFileRow.moved_at.is_(None),
+                    )
+                    .order_by(FolderFileRow.id.desc())
+                ).first()
             if row is not None:
-                return row.outcome, row.message_id, row.at
+                return row.key, row.outcome, row.message_id, row.at
             now = self.ctx.clock()
             uow.session.add(
-                FolderFileRow(kind=OUTBOX, key=key, file_name=name_digest, outcome=PENDING, at=now)
+                FolderFileRow(
+                    kind=OUTBOX,
+                    key=key,
+                    file_name=name_digest,
+                    outcome=PENDING,
+                    at=now,
+                    content_sha256=content,
+                )
             )
             try:
                 uow.commit()
             except IntegrityError:
                 return None
-            return PENDING, None, now
+            return key, PENDING, None, now
 
     def _submitted_before(self, key: str) -> str | None:
         """The message of an earlier attempt that committed before the process died."""
@@ -607,9 +640,7 @@ class FolderIntegration:
                 os.unlink(f"{target}.error.txt", dir_fd=failed)
             self._held.pop(name, None)
             return
-        got = move_out(
-            taken.folders, name, taken.read, failed, target, key[:12], content_sha256=taken.content
-        )
+        got = self._move_out(taken, key, failed, target, key[:12], record=claimed)
         if got is not None and got != target:  # a name taken meanwhile: the explanation follows
             write_atomically(failed, f"{got}.error.txt", explanation, mode=mode)
             with contextlib.suppress(FileNotFoundError):
@@ -682,32 +713,48 @@ class FolderIntegration:
     def _move_failed(self, taken: _Taken, key: str) -> None:
         """Move a file refused before (its .error.txt is in failed/ already)."""
         failed = taken.folders.failed()
-        target = free_name(failed, taken.name, key[:12])
-        move_out(
-            taken.folders,
-            taken.name,
-            taken.read,
-            failed,
-            target,
-            key[:12],
-            content_sha256=taken.content,
-        )
+        self._move_out(taken, key, failed, free_name(failed, taken.name, key[:12]), key[:12])
 
-    def _move_sent(self, taken: _Taken, message_id: str | None) -> None:
+    def _move_sent(self, taken: _Taken, key: str, message_id: str | None) -> None:
         sent, tag = taken.folders.sent(), (message_id or "sent")[:8]
-        moved = move_out(
-            taken.folders,
-            taken.name,
-            taken.read,
-            sent,
-            taken.name,
-            tag,
-            content_sha256=taken.content,
-        )
+        moved = self._move_out(taken, key, sent, taken.name, tag)
         if moved is None:
             # gone (another process moved it), or another file put in its place: that one
             # is the EPJ's next message, and waits in the outbox for a later round
             log.info("outbox file sent as message %s was not there to move", message_id)
+
+    def _move_out(
+        self, taken: _Taken, key: str, target: int, wanted: str, tag: str, *, record: bool = True
+    ) -> str | None:
+        """Move the file out of the outbox (see ``outbox_moves.move_out``); ``record``: it was
+        claimed as row ``key``, and that it left is recorded, so that a file of its name and
+        content found there later is a new one (see ``_claim``). Recorded also when it was not
+        moved (gone, or another file was at its name): the file read is not in the outbox
+        either way. (A crash between the move and the record leaves the row as if the file had
+        stayed: a file of that name and content dropped again later is taken as that one.)"""
+        got = move_out(
+            taken.folders,
+            taken.name,
+            taken.read,
+            target,
+            wanted,
+            tag,
+            content_sha256=taken.content,
+        )
+        if not record:
+            return got
+        with self.ctx.store.unit_of_work() as uow:
+            uow.session.execute(
+                update(FolderFileRow)
+                .where(
+                    FolderFileRow.kind == OUTBOX,
+                    FolderFileRow.key == key,
+                    FolderFileRow.moved_at.is_(None),
+                )
+                .values(moved_at=self.ctx.clock())
+            )
+            uow.commit()
+        return got
 
     # -- inbox ----------------------------------------------------------------------------------
 
@@ -719,10 +766,16 @@ class FolderIntegration:
             return 0  # a link: nothing is written through it
         self._sweep_temporaries()
         written = FolderFileRow
-        # Still acknowledged: not written yet, or written by a round that died before it marked
-        # the message delivered (then only that is done: the EPJ may have taken the files).
+        # Still acknowledged: not written yet, staged by a round that died before its files
+        # were in place and recorded, or written by a round that died before it marked the
+        # message delivered (then only that is done: the EPJ may have taken the files).
+        state = (
+            select(written.outcome)
+            .where(written.kind == INBOX, written.key == MessageRow.id)
+            .scalar_subquery()
+        )
         query = (
-            select(MessageRow, exists().where(written.kind == INBOX, written.key == MessageRow.id))
+            select(MessageRow, state)
             .where(
                 MessageRow.direction == Direction.INBOUND.value,
                 MessageRow.status == "acknowledged",
@@ -733,10 +786,10 @@ class FolderIntegration:
             .limit(100)
         )
         with self.ctx.store.unit_of_work() as uow:
-            rows = [(row, bool(was_written)) for row, was_written in uow.session.execute(query)]
-        for row, was_written in rows:
+            rows = [(row, outcome) for row, outcome in uow.session.execute(query)]
+        for row, outcome in rows:
             try:
-                if was_written:
+                if outcome == WRITTEN:
                     self._deliver(row.id)
                 else:
                     self.write_inbox(row)
@@ -750,59 +803,92 @@ class FolderIntegration:
         return len(rows)
 
     def write_inbox(self, row: MessageRow) -> None:
-        """Write one message's files, once. Another process on the same inbox may have read
-        the same list of messages; had it not waited for this one, it would write the files
-        again after the EPJ took them, or truncate the temporary file this one is about to
-        rename. So the processes take turns, and each asks the store again in its turn."""
+        """Write one message's files, once, also across a crash.
+
+        In two steps: the files are written under temporary names and a ``staging`` row naming
+        those is committed; then, in a transaction of its own, each temporary still there is
+        renamed into place and the row marked ``written``. A crash (or a failed commit) after
+        the renames leaves the row staging and no temporary: the files are not written again,
+        the EPJ may have taken them. One before them leaves the temporaries, put in place by
+        the next round (or by this one, for a message another process staged). Processes on
+        the same inbox take turns on each step, and ask the store again in their turn: had
+        one not waited for another, it would write the files again after the EPJ took them,
+        or rename a temporary the other is about to rename."""
         assert self.inbox is not None
-        with _opened(self.inbox) as inbox:
-            written = self._write_inbox(row, inbox)
+        with _opened(self.inbox) as inbox, self._turn():
+            self._stage(row, inbox)
+            written = self._publish_staged(row.id, inbox)
         if written:
             self._deliver(row.id)
 
-    def _write_inbox(self, row: MessageRow, inbox: int) -> bool:
-        """Write the message's files in the open folder ``inbox`` unless another process (or
-        channel) was first; whether this one wrote them."""
+    def _stage(self, row: MessageRow, inbox: int) -> None:
+        """Write the message's files under temporary names in the open folder ``inbox`` and
+        commit a ``staging`` row naming them, unless the message has a row already (staged or
+        written) or is no longer waiting for its files."""
         if self.ctx.store.database.is_postgresql:
             # Processes on any host: the message's row lock, held while its files are written.
             # (A hung network share holds that row and one connection as long as it hangs.)
             with self.ctx.store.unit_of_work() as uow:
                 if not _still_to_write(uow, row.id, lock=True):
-                    return False
-                for temporary, name in self._stage_files(row, inbox):
-                    publish(inbox, temporary, name)
-                _record_written(uow, row.id, self.ctx.clock())
+                    return
+                _record_staging(uow, row.id, self._stage_files(row, inbox))
                 uow.commit()
-            return True
         else:
             # SQLite serves one host, and its one writer must not wait for the files' content
             # to be written (every unit of work of the process would): the processes take turns
-            # on a file lock beside the database, and the content is written under temporary
-            # names with the store free. Then, in one unit of work (which holds the store's
-            # write lock from its first statement: BEGIN IMMEDIATE), the message is asked again
-            # and its files renamed into place and recorded: the EPJ marking it read through the
-            # API meanwhile (another channel) is seen, and no file of it appears after that.
-            with self._turn():
-                with self.ctx.store.unit_of_work() as uow:
-                    if not _still_to_write(uow, row.id, lock=False):
-                        return False  # asked first: a 35 MB document is not copied for nothing
-                staged = self._stage_files(row, inbox)
-                with self.ctx.store.unit_of_work() as uow:
-                    if not _still_to_write(uow, row.id, lock=False):
-                        for temporary, _ in staged:
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(temporary, dir_fd=inbox)
-                        return False
-                    for temporary, name in staged:
-                        publish(inbox, temporary, name)
-                    _record_written(uow, row.id, self.ctx.clock())
-                    uow.commit()
-            return True
+            # on a file lock beside the database (``_turn``), and the content is written with
+            # the store free, then the message is asked again.
+            with self.ctx.store.unit_of_work() as uow:
+                if not _still_to_write(uow, row.id, lock=False):
+                    return  # asked first: a 35 MB document is not copied for nothing
+            staged = self._stage_files(row, inbox)
+            with self.ctx.store.unit_of_work() as uow:
+                if not _still_to_write(uow, row.id, lock=False):
+                    _remove(inbox, [temporary for temporary, _ in staged])
+                    return
+                _record_staging(uow, row.id, staged)
+                uow.commit()
+
+    def _publish_staged(self, message_id: str, inbox: int) -> bool:
+        """Put the staged files of the message in place in the open folder ``inbox`` and mark
+        its row written; whether this call did (not when no staging row is left, or the message
+        was taken through another channel since it was staged).
+
+        In one unit of work that asks the message again: on PostgreSQL under its row lock, on
+        SQLite holding the store's write lock from its first statement (BEGIN IMMEDIATE). The
+        EPJ marking it read through the API meanwhile is seen, and no file of it appears after
+        that. A temporary no longer there was renamed into place by a round that died before its
+        commit: its file is not written again (the EPJ may have taken it)."""
+        postgresql = self.ctx.store.database.is_postgresql
+        with self.ctx.store.unit_of_work() as uow:
+            status = _message_status(uow, message_id, lock=postgresql)
+            row = uow.session.scalars(
+                select(FolderFileRow).where(
+                    FolderFileRow.kind == INBOX, FolderFileRow.key == message_id
+                )
+            ).first()
+            if row is None or row.outcome != STAGING or row.staged_as is None:
+                return False  # written (by another process), or never staged
+            temporaries = row.staged_as.split("/")
+            if status != "acknowledged":
+                _remove(inbox, temporaries)  # taken through another channel: no file appears
+                uow.session.delete(row)
+                uow.commit()
+                return False
+            for temporary, name in zip(temporaries, _inbox_names(message_id), strict=True):
+                if exists_at(inbox, temporary):
+                    publish(inbox, temporary, name)
+            row.outcome, row.staged_as, row.at = WRITTEN, None, self.ctx.clock()
+            uow.commit()
+        return True
 
     def _turn(self) -> contextlib.AbstractContextManager[None]:
         """This inbox's turn among the processes sharing the SQLite database: a lock file
-        beside the database (not in the inbox, which is the EPJ's)."""
+        beside the database (not in the inbox, which is the EPJ's). On PostgreSQL the
+        message's row lock is the turn (see ``_stage`` and ``_publish_staged``)."""
         assert self.inbox is not None
+        if self.ctx.store.database.is_postgresql:
+            return contextlib.nullcontext()
         database = make_url(self.ctx.store.database.url).database
         if not database or database == ":memory:":
             return contextlib.nullcontext()  # a database of this process alone
@@ -815,7 +901,7 @@ class FolderIntegration:
         sidecar first, so that when the .xml appears its metadata is already there."""
         assert row.payload_ref is not None
         sidecar = json.dumps(inbox_metadata(row), indent=2).encode()
-        sidecar_name, document_name = f"{row.id}.json", f"{row.id}.xml"
+        sidecar_name, document_name = _inbox_names(row.id)
         mode = self.settings.file_mode
         with self.ctx.store.payloads.open(row.payload_ref) as payload:
             return [
@@ -827,15 +913,28 @@ class FolderIntegration:
         """Remove the temporary inbox files a process left when it died while writing them
         (hourly): the name of a message's file, a random part, ``.tmp``; also the fixed
         ``.<name>.tmp`` of earlier versions. Only those older than an hour, so as not to take
-        one another process is writing now; unlinked by name, a link too (never followed)."""
+        one another process is writing now; unlinked by name, a link too (never followed).
+        Never one a staging row names whose message still waits for it: it is the message's
+        file, to be put in place (a server down for a day after staging it would lose it)."""
         assert self.inbox is not None
         now = self._monotonic()
         if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY_SECONDS:
             return
         self._swept_at = now
+        with self.ctx.store.unit_of_work() as uow:
+            staged = uow.session.scalars(
+                select(FolderFileRow.staged_as)
+                .join(MessageRow, MessageRow.id == FolderFileRow.key)
+                .where(
+                    FolderFileRow.kind == INBOX,
+                    FolderFileRow.outcome == STAGING,
+                    MessageRow.status == "acknowledged",
+                )
+            )
+            kept = {name for names in staged if names for name in names.split("/")}
         with _opened(self.inbox) as inbox:
             for name in os.listdir(inbox):
-                if not INBOX_TEMPORARY.fullmatch(name):
+                if not INBOX_TEMPORARY.fullmatch(name) or name in kept:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     status = os.stat(name, dir_fd=inbox, follow_symlinks=False)
@@ -852,30 +951,50 @@ class FolderIntegration:
             )
 
 
-def _still_to_write(uow: UnitOfWork, message_id: str, *, lock: bool) -> bool:
-    """Whether the message is still waiting for its inbox files (``lock``: its row locked)."""
+def _message_status(uow: UnitOfWork, message_id: str, *, lock: bool) -> str | None:
+    """The message's status (``lock``: its row locked till the unit of work ends)."""
     if lock:
         state = uow.messages.lock_state(message_id)
-        status = None if state is None else state.status
-    else:
-        status = uow.session.scalar(select(MessageRow.status).where(MessageRow.id == message_id))
+        return None if state is None else state.status
+    return uow.session.scalar(select(MessageRow.status).where(MessageRow.id == message_id))
+
+
+def _still_to_write(uow: UnitOfWork, message_id: str, *, lock: bool) -> bool:
+    """Whether the message is still waiting for its inbox files and none are staged or written
+    (``lock``: its row locked)."""
+    status = _message_status(uow, message_id, lock=lock)
     written = uow.session.scalars(
         select(FolderFileRow.id).where(FolderFileRow.kind == INBOX, FolderFileRow.key == message_id)
     ).first()
     return status == "acknowledged" and written is None
 
 
-def _record_written(uow: UnitOfWork, message_id: str, at: datetime) -> None:
+def _record_staging(uow: UnitOfWork, message_id: str, staged: list[tuple[str, str]]) -> None:
+    """The row saying the message's files are written under the temporary names ``staged``
+    (temporary, final) and are to be renamed into place (a temporary's name has no /)."""
     uow.session.add(
         FolderFileRow(
             kind=INBOX,
             key=message_id,
             file_name=f"{message_id}.xml",
             message_id=message_id,
-            outcome=WRITTEN,
-            at=at,
+            outcome=STAGING,
+            staged_as="/".join(temporary for temporary, _ in staged),
         )
     )
+
+
+def _inbox_names(message_id: str) -> tuple[str, str]:
+    """A message's two inbox files, in the order they are put in place: the sidecar first, so
+    that when the .xml appears its metadata is already there."""
+    return f"{message_id}.json", f"{message_id}.xml"
+
+
+def _remove(folder: int, names: list[str]) -> None:
+    """Unlink the files ``names`` in the open ``folder`` (one gone already is no matter)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
 
 
 @contextlib.contextmanager

@@ -462,17 +462,26 @@ class FolderFileRow(Base):
     """A file taken from the outbox folder, or a message written to the inbox folder.
 
     The row is what makes the folder integration exactly-once across crashes: an outbox file is
-    submitted only if no row with its content hash exists; an inbox file is written only if no
-    row for its message exists.
+    submitted only if no row with its key exists, nor one of the same name and content whose file
+    never left the outbox (``moved_at`` unset: its time or inode changed while the server was
+    down); an inbox message's files are written only if no row for its message exists, and
+    those of a row left ``staging`` by a crash are put in place only if their temporary names
+    (``staged_as``) are still there.
     """
 
     __tablename__ = "folder_files"
-    __table_args__ = (UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),
+        Index("ix_folder_files_content", "content_sha256"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))  # outbox | inbox
     key: Mapped[str] = mapped_column(String(255))  # outbox: name + sha256; inbox: message id
     file_name: Mapped[str] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(36))
-    outcome: Mapped[str] = mapped_column(String(16))  # sent | failed | written
+    outcome: Mapped[str] = mapped_column(String(16))  # pending | sent | failed | staging | written
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))  # outbox: the content read
+    moved_at: Mapped[datetime | None] = mapped_column()  # outbox: when the file left the outbox
+    staged_as: Mapped[str | None] = mapped_column(String(255))  # inbox, staging: temporaries

@@ -259,6 +259,13 @@ def _run_until(config: Path, outbox: str, inbox: str, done: object) -> None:
         child.wait()
 
 
+def all_in_sent(outbox: Path, count: int) -> bool:
+    """Whether the files m0.xml .. m<count-1>.xml are in sent/ (an empty outbox is not enough:
+    the last file may be in the server's own folder, on its way)."""
+    sent = outbox / "sent"
+    return sent.is_dir() and {f"m{n}.xml" for n in range(count)} <= set(os.listdir(sent))
+
+
 @pytest.mark.parametrize("point", ["after-submit", "before-move", "in-own-folder"])
 def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     outbox = tmp_path / "ut"
@@ -270,12 +277,43 @@ def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     _run_child_until_killed(config, str(outbox), "-", point, 3)  # at the third file
     left = sorted(p.name for p in outbox.glob("*.xml"))
     assert 0 < len(left) < 6
-    _run_until(config, str(outbox), "-", lambda: not list(outbox.glob("*.xml")))
+    _run_until(config, str(outbox), "-", lambda: all_in_sent(outbox, 6))
 
     messages = outbound(pair)
     assert len(messages) == 6  # nothing lost, nothing doubled
     assert len({m.payload_sha256 for m in messages}) == 6
     assert sorted(p.name for p in (outbox / "sent").iterdir()) == [f"m{n}.xml" for n in range(6)]
+
+
+@pytest.mark.parametrize(("point", "change"), [("after-submit", "time"), ("before-move", "inode")])
+def test_a_file_changed_while_the_server_is_down_after_its_submit_is_sent_once(
+    pair: Pair, tmp_path: Path, point: str, change: str
+) -> None:
+    # Killed after the third file's submit committed, before that file left the outbox. While
+    # the server is down, the files' time is set anew (an antivirus scan, an SMB client setting
+    # it on close) or they get new inodes (a share remounted with noserverino): the file is
+    # still the one sent, not a new message.
+    outbox = tmp_path / "ut"
+    outbox.mkdir()
+    for number in range(4):
+        drop(outbox, f"m{number}.xml", dialog_note(pair.gp_site, pair.hospital_site, f"M {number}"))
+    config = pair.gp_site.config_path
+    _run_child_until_killed(config, str(outbox), "-", point, 3)
+    assert len(outbound(pair)) == 3
+    for left in outbox.glob("*.xml"):
+        status = left.stat()
+        if change == "time":
+            os.utime(left, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+        else:
+            drop(outbox, left.name, left.read_bytes())
+            os.utime(left, ns=(status.st_atime_ns, status.st_mtime_ns))
+            assert left.stat().st_ino != status.st_ino
+    _run_until(config, str(outbox), "-", lambda: all_in_sent(outbox, 4))
+
+    messages = outbound(pair)
+    assert len(messages) == 4  # the third not sent again
+    assert len({m.payload_sha256 for m in messages}) == 4
+    assert sorted(p.name for p in (outbox / "sent").iterdir()) == [f"m{n}.xml" for n in range(4)]
 
 
 def test_inbox_survives_kill_9(pair: Pair, tmp_path: Path) -> None:
@@ -303,6 +341,68 @@ def test_inbox_survives_kill_9(pair: Pair, tmp_path: Path) -> None:
         assert (
             inbox / f"{message.id}.xml"
         ).read_bytes() == pair.hospital.store.payloads.read_bytes(str(message.payload_ref))
+
+
+def test_inbox_files_the_epj_took_before_a_crash_was_recorded_are_not_written_again(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Killed when the second message's files are in place, before that is recorded; the EPJ
+    # imports what it finds (moves it away) before the server is back: the restart must not
+    # write the second message's files again (the EPJ would import it twice).
+    inbox, imported = tmp_path / "inn", tmp_path / "importert"
+    imported.mkdir()
+    for number in range(4):
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, f"Inn {number}"), actor="t")
+    pair.run()
+    config = pair.hospital_site.config_path
+    _run_child_until_killed(config, "-", str(inbox), "after-inbox-write", 2)
+    for found in inbox.glob("*-*.*"):  # the EPJ's import: its files, not the temporaries
+        if not found.name.startswith("."):
+            os.replace(found, imported / found.name)
+    assert len(list(imported.glob("*.xml"))) == 2
+
+    def all_delivered() -> bool:
+        return all(m.status == "delivered" for m in pair.inbound_messages(pair.hospital))
+
+    _run_until(config, "-", str(inbox), all_delivered)
+    received = pair.inbound_messages(pair.hospital)
+    names = sorted(p.name for p in [*inbox.iterdir(), *imported.iterdir()])
+    assert names == sorted([f"{m.id}.xml" for m in received] + [f"{m.id}.json" for m in received])
+
+
+def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process dies when the files are written under their temporary names and recorded as
+    # such, before they are renamed into place; the server is back a day later. The sweep of
+    # temporaries a crash left must not take these: they are the message's files.
+    from meldingstjener.integration import folder
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_: object, **__: object) -> None:
+        raise Killed()
+
+    inbox = tmp_path / "inn"
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Etter helga"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with monkeypatch.context() as patched:
+        patched.setattr(folder, "publish", killed)
+        with pytest.raises(Killed):
+            FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    temporaries = list(inbox.iterdir())
+    assert len(temporaries) == 2 and all(t.name.endswith(".tmp") for t in temporaries)
+    a_day_ago = time.time() - 86400
+    for temporary in temporaries:
+        os.utime(temporary, (a_day_ago, a_day_ago))
+    FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    assert sorted(p.name for p in inbox.iterdir()) == [f"{received.id}.json", f"{received.id}.xml"]
+    assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
+        str(received.payload_ref)
+    )
+    assert pair.message(pair.hospital, received.id).status == "delivered"
 
 
 def test_start_integrations_runs_the_folder_until_stopped(pair: Pair, tmp_path: Path) -> None:
