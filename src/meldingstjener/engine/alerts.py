@@ -1,13 +1,20 @@
-"""Alert (avvik) kinds and the one helper that raises them, deduplicated.
+"""Alert (avvik) kinds and the helpers that raise them, deduplicated.
 
 Every alert says what happened, to which message or partner, and what to do; never patient data.
+:func:`raise_alert` tells each occurrence (a webhook call each); :func:`keep_alert` is for a
+state that lasts and is looked at again round after round, told once.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import cast
 
+from sqlalchemy import Table, update
+
+from meldingstjener.model.privacy import redact
+from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import UnitOfWork
 
 
@@ -101,13 +108,62 @@ def raise_alert(
     key: str | None = None,
 ) -> None:
     """Open or count an alert. The dedup key is per message when there is one, else per partner."""
-    dedup_key = f"{kind}:{key or message_id or partner_her_id or 'global'}"
     uow.alerts.raise_alert(
         kind.value,
         severity=SEVERITY[kind],
-        dedup_key=dedup_key,
+        dedup_key=_dedup_key(kind, key, message_id, partner_her_id),
         summary=summary,
         message_id=message_id,
         partner_her_id=partner_her_id,
         at=at,
     )
+
+
+def keep_alert(
+    uow: UnitOfWork,
+    kind: AlertKind,
+    summary: str,
+    *,
+    at: datetime,
+    message_id: str | None = None,
+    partner_her_id: str | None = None,
+    key: str | None = None,
+) -> None:
+    """Report a state that lasts, found again at each round of a check (a mailbox that cannot
+    be collected, a clock that is off): told once, not once a round.
+
+    The open alert of the same text is counted and seen again (``count``, ``last_seen``: the
+    operator sees how long it lasts) without being told: its ``changed_at`` stays, which is
+    what webhooks follow, so a weekend of a password expired is one pager call, not one per
+    poll. It is raised (told) when none is open, and when its text changed: the text is the
+    news, so a caller keeps out of it what changes every round without news (a count of
+    rounds, a figure that jitters) and puts in it what the operator must hear of again (the
+    cause, which mails)."""
+    dedup_key = _dedup_key(kind, key, message_id, partner_her_id)
+    alerts = cast(Table, AlertRow.__table__)
+    counted = uow.session.connection().execute(
+        update(alerts)
+        .where(
+            alerts.c.dedup_key == dedup_key,
+            alerts.c.resolved_at.is_(None),
+            alerts.c.summary == (redact(summary) or ""),  # stored so by raise_alert
+        )
+        .values(count=alerts.c.count + 1, last_seen=at)
+    )
+    if not counted.rowcount:
+        raise_alert(
+            uow,
+            kind,
+            summary,
+            at=at,
+            message_id=message_id,
+            partner_her_id=partner_her_id,
+            key=key,
+        )
+
+
+def _dedup_key(
+    kind: AlertKind, key: str | None, message_id: str | None, partner_her_id: str | None
+) -> str:
+    """Per ``key`` when given, else per message when there is one, else per partner."""
+    return f"{kind}:{key or message_id or partner_her_id or 'global'}"

@@ -8,8 +8,11 @@ are meant to keep time with NTP; this check shows when one does not. Each ``serv
 measures its offset from the database server's clock (half-way through one round trip) at start
 and every ten minutes, raises the alert when it exceeds ``[alerts] clock_skew_seconds`` and
 resolves it when the clock is right again, or when the instance stops or is gone (see
-:mod:`meldingstjener.engine.instances`). On SQLite the database is on the same host:
-there is nothing to compare.
+:mod:`meldingstjener.engine.instances`). A clock that stays off is told once, not every ten
+minutes (:func:`~meldingstjener.engine.alerts.keep_alert`): the alert gives the offset as the
+limit doubled so often as it passes (more than 10 s, 20 s, 40 s ...), so a clock that drifts
+on is told again when its offset has doubled, not with every second. On SQLite the database is
+on the same host: there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext
 
 log = logging.getLogger(__name__)
@@ -48,11 +51,11 @@ def check_clock(ctx: EngineContext, instance: str) -> timedelta | None:
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:
         if abs(offset) > ctx.policy.clock_skew:
-            seconds = abs(offset.total_seconds())
-            raise_alert(
+            seconds = _more_than(abs(offset), ctx.policy.clock_skew)
+            keep_alert(
                 uow,
                 AlertKind.CLOCK_SKEW,
-                f"The clock of {instance} is {seconds:.0f} s "
+                f"The clock of {instance} is more than {seconds:.0f} s "
                 f"{'ahead of' if offset > timedelta(0) else 'behind'} the database server's. "
                 "Leases, retries, deadlines and certificate checks depend on it: make the host "
                 "keep time (NTP, chrony).",
@@ -63,6 +66,16 @@ def check_clock(ctx: EngineContext, instance: str) -> timedelta | None:
             uow.alerts.resolve(f"{AlertKind.CLOCK_SKEW}:{instance}", at=now)
         uow.commit()
     return offset
+
+
+def _more_than(offset: timedelta, limit: timedelta) -> float:
+    """The seconds the alert names: the limit, doubled as often as ``offset`` still exceeds
+    it. The offset itself moves a little at every check; this changes (and the alert is told
+    again) only when the clock has gone twice as far wrong."""
+    bound = limit
+    while offset > 2 * bound:
+        bound *= 2
+    return bound.total_seconds()
 
 
 def start_clock_watch(

@@ -4,9 +4,10 @@ An error a handler does not expect (a fault in the server or in its data: a wire
 cannot be read, a row that breaks a rule) comes back at once when the job is tried again. So
 each failure in a row doubles the pause (30 s, 60 s, ... an hour at most), and after
 ``ALERT_AFTER`` failures in a row a ``job-failing`` alert names the job and its message, for
-someone to look at the server log. The count lives in the job's row (``jobs.crashes``): a
-handler that finishes or reschedules the job the normal way resets it, and the heartbeat of
-every ``serve`` resolves the alert of a job that has gone through, been cancelled or gone.
+someone to look at the server log (told once, counted at each failure after). The count lives
+in the job's row (``jobs.crashes``): a handler that finishes or reschedules the job the normal
+way resets it, and the heartbeat of every ``serve`` resolves the alert of a job that has gone
+through, been cancelled or gone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.uow import ClaimedJob, UnitOfWork
 
@@ -49,14 +50,17 @@ def _count_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
         pause = pause_after(failures)
         kept = uow.jobs.reschedule_crashed(job, now + pause, crashes=failures)
         if kept and failures >= ALERT_AFTER:
-            raise_alert(
+            # told once while it fails (keep_alert), again if it fails with another error:
+            # the text holds no count of failures nor the pause, which grow at each one
+            keep_alert(
                 uow,
                 AlertKind.JOB_FAILING,
                 f"The server's {job.kind} job"
                 + (f" for message {job.message_id}" if job.message_id else "")
-                + f" failed {failures} times in a row ({type(exc).__name__}; the server log "
-                f"has the details). It is tried again in {int(pause.total_seconds())} s. This "
-                "is a fault in the server or its data: report it.",
+                + f" failed {ALERT_AFTER} times in a row, and every time since "
+                f"({type(exc).__name__}; the server log has the details). It is tried again "
+                f"ever later ({int(LONGEST_PAUSE.total_seconds() // 60)} minutes apart at "
+                "most). This is a fault in the server or its data: report it.",
                 at=now,
                 message_id=job.message_id,
                 key=str(job.id),

@@ -4,9 +4,10 @@ A message is taken when the EPJ marks it read, answers it, or the folder integra
 to the inbox; until then it is ``acknowledged`` (stored, and the sender told so). One that waits
 longer than ``[alerts] inbox_wait_minutes`` is a deviation: the EPJ integration may have stopped,
 and a referral nobody sees can harm a patient. An ``inbox-check`` job looks every five minutes;
-the alert says how many wait and since when, is raised again only when that changes, and is
-resolved when none wait. Received AppRecs are left out: their effect on what we sent is applied
-on arrival, and many EPJs read it from the sent message, never fetching the AppRec itself.
+the alert says how many wait and since when, is raised again only when that changes (else
+counted: :func:`~meldingstjener.engine.alerts.keep_alert`), and is resolved when none wait.
+Received AppRecs are left out: their effect on what we sent is applied on arrival, and many EPJs
+read it from the sent message, never fetching the AppRec itself.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus
@@ -52,11 +53,9 @@ def check_inbox(ctx: EngineContext) -> dict[str, int]:
         }
         for her_id, count, oldest in uow.session.execute(waiting):
             found[str(her_id)] = count
-            key = f"{AlertKind.INBOX_WAITING}:{her_id}"
+            open_alerts.pop(f"{AlertKind.INBOX_WAITING}:{her_id}", None)
             summary = _summary(str(her_id), count, oldest, ctx.policy.inbox_wait)
-            current = open_alerts.pop(key, None)
-            if current is None or current.summary != summary:
-                raise_alert(uow, AlertKind.INBOX_WAITING, summary, at=now, key=str(her_id))
+            keep_alert(uow, AlertKind.INBOX_WAITING, summary, at=now, key=str(her_id))
         for key in open_alerts:  # nothing waits for these any more
             uow.alerts.resolve(key, at=now)
         uow.jobs.schedule(INBOX_CHECK, now + EVERY, dedup_key=INBOX_CHECK)

@@ -34,7 +34,7 @@ from sqlalchemy import text
 
 from meldingstjener import __version__
 from meldingstjener.engine import failing_jobs
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
 from meldingstjener.store.database import unreachable
@@ -278,10 +278,11 @@ class NameKeeper:
     same name (two listen addresses, containers with one fixed host name): each may then take
     back the other's job claims when it starts, and run jobs twice (send a message twice). A
     log line alone is read by nobody, so the process that lost the name raises the alert, once,
-    and marks it seen at every check after (its ``last_seen``, neither counted nor told to a
-    webhook); it resolves it once it holds the lock again (the other has gone). Should the
-    other be killed before that, the holder resolves an alert nobody has seen for
-    ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as one of its own."""
+    and counts it at every check after (its ``last_seen`` and ``count``, not told to a webhook:
+    :func:`~meldingstjener.engine.alerts.keep_alert`); it resolves it once it holds the lock
+    again (the other has gone). Should the other be killed before that, the holder resolves an
+    alert nobody has seen for ``TWIN_SILENT_AFTER``, and a clean stop of either resolves it as
+    one of its own."""
 
     def __init__(self, ctx: EngineContext, name_lock: InstanceLock) -> None:
         self.ctx = ctx
@@ -312,21 +313,20 @@ class NameKeeper:
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             if not kept:
-                # told once (each raise is a webhook call) and seen again at every check,
-                # uncounted: the holder goes by when it was last seen
-                if not uow.alerts.seen_again(key, at=now):
-                    raise_alert(
-                        uow,
-                        AlertKind.INSTANCE_NAME_TAKEN,
-                        f"Another process has taken the name of instance {name}: the process "
-                        f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
-                        "with a restart of the database, say). Two serve processes run with "
-                        "one name: each may take back the other's job claims when it starts, "
-                        "and run jobs twice (send a message twice). Stop one of them and give "
-                        "it a name of its own ([server] instance_name).",
-                        at=now,
-                        key=name,
-                    )
+                # told once (each raise is a webhook call) and counted at every check: the
+                # holder goes by when it was last seen
+                keep_alert(
+                    uow,
+                    AlertKind.INSTANCE_NAME_TAKEN,
+                    f"Another process has taken the name of instance {name}: the process "
+                    f"{os.getpid()} on host {socket.gethostname()} lost it (its lock ended "
+                    "with a restart of the database, say). Two serve processes run with "
+                    "one name: each may take back the other's job claims when it starts, "
+                    "and run jobs twice (send a message twice). Stop one of them and give "
+                    "it a name of its own ([server] instance_name).",
+                    at=now,
+                    key=name,
+                )
             elif self._raised:
                 uow.alerts.resolve(key, at=now)  # the name is this process's again
             else:

@@ -72,7 +72,7 @@ from meldingstjener.ebxml.mime_headers import (
 )
 from meldingstjener.ebxml.mime_source import Base64Decoder
 from meldingstjener.engine import inbound
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.model.privacy import passed_through
@@ -796,7 +796,9 @@ def report_collection(
     its next collection that works. ``mail-too-large`` while mails over the limit sit in the
     box, and ``mail-stuck`` while mails stay in it round after round (``stuck``: what
     :attr:`MailIntake.stuck` says of each, also of a round that failed; resolved only by a
-    round that worked), per mailbox account."""
+    round that worked), per mailbox account. Each is a state that lasts, found again every
+    round: kept (:func:`keep_alert`), told again only when its text changes (another cause,
+    other mails), so its text holds no count of rounds."""
     now = ctx.clock()
     where, account = collector.where, collector.username
     with ctx.store.unit_of_work() as uow:
@@ -806,12 +808,13 @@ def report_collection(
             code = failure.code if failure is not None else "unexpected"
             why = f"{code}: {failure.detail}" if failure is not None else "an error"
             advice = COLLECTION_ADVICE.get(code, _DEFAULT_ADVICE)
-            raise_alert(
+            keep_alert(
                 uow,
                 AlertKind.MAILBOX_UNREACHABLE,
-                f"{instance} could not collect the mailbox {where} {failed_rounds} times in a "
-                f"row ({why}). Mail from partners does not arrive here while this lasts: "
-                f"check {advice}.",
+                f"{instance} could not collect the mailbox {where} "
+                f"{FAILED_COLLECTIONS_BEFORE_ALERT} times in a row, nor at any collection since "
+                f"({why}). Mail from partners does not arrive here while this lasts: check "
+                f"{advice}.",
                 at=now,
                 key=instance,
             )
@@ -820,7 +823,7 @@ def report_collection(
                 f"{size:,} bytes" if size is not None else "size not told"
                 for size in result.large_sizes[:10]
             )
-            raise_alert(
+            keep_alert(
                 uow,
                 AlertKind.MAIL_TOO_LARGE,
                 f"{result.too_large} mail(s) in {where} are larger than the limit "
@@ -833,7 +836,7 @@ def report_collection(
             uow.alerts.resolve(f"{AlertKind.MAIL_TOO_LARGE}:{account}", at=now)
         if stuck:  # also after a round that failed: what it found stuck is so all the same
             more = f"; and {len(stuck) - 10} more" if len(stuck) > 10 else ""
-            raise_alert(
+            keep_alert(
                 uow,
                 AlertKind.MAIL_STUCK,
                 f"{len(stuck)} mail(s) stay in {where} collection after collection: "

@@ -23,8 +23,10 @@ works. So each beat looks for progress, and each process remembers what its own 
   longest (a beat late for a claim that is so when it begins; later for one that had older
   claims before it), never from the job's due time, which a job in a queue is far past.
 
-The alert is one for the store (every ``serve`` sees the same jobs), raised only when it is not
-open (each raise is a webhook call) and naming no job, so a repeat is not news. It is resolved
+The alert is one for the store (every ``serve`` sees the same jobs), naming no job, so a repeat
+is not news: told once while it is open (each raise is a webhook call), counted at every beat
+that finds it so, and told again only when its text changes (no worker runs, or one named
+hangs; see :func:`~meldingstjener.engine.alerts.keep_alert`). It is resolved
 by a beat that sees progress on both counts: the job free longest is not the one seen before
 (or there is none), nor is the claim held longest. A beat that cannot tell yet (a process's
 first, or the same job for less than the times above) leaves it as it is, so that processes
@@ -43,7 +45,7 @@ import threading
 from datetime import datetime, timedelta
 from enum import Enum
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.store.uow import OverdueJob, UnitOfWork
 
 WAITING_TOO_LONG = timedelta(minutes=10)
@@ -120,9 +122,7 @@ class OverdueWatch:
 
 
 def _raise(uow: UnitOfWork, summary: str, now: datetime) -> None:
-    current = uow.alerts.by_key(ALERT_KEY)
-    if current is None or current.resolved_at is not None:
-        raise_alert(uow, AlertKind.JOBS_OVERDUE, summary, at=now, key="global")
+    keep_alert(uow, AlertKind.JOBS_OVERDUE, summary, at=now, key="global")
 
 
 _NOT_TAKEN = (

@@ -15,8 +15,9 @@ each sync by the job or by ``ar sync``).
 A run gets at most half a minute of its worker (a quarter of its lease): the first sync, the
 whole register, goes on run after run, resuming where it stopped. A sync that fails, for
 whatever reason, is tried again at the next turn; after ``alert_after_failures`` failures in a
-row a ``register-sync-failed`` alert says since when the copy is stale and why, and the next
-sync that works resolves it. A server without ``[address_register] url`` does not claim the
+row a ``register-sync-failed`` alert says since when the copy is stale and why (told once while
+it lasts, counted at every failed sync; told again when the reason changes), and the next sync
+that works resolves it. A server without ``[address_register] url`` does not claim the
 job: it is left to one that has it, whose heartbeat puts it back should it be gone.
 ``meldingstjener ar sync`` run by hand takes the job's turn (:func:`sync_turn`): it holds the
 job's claim while it runs, so no server syncs meanwhile, and it is told so when one is syncing.
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.ar_client import ArClient
 from meldingstjener.registry.auth import DEFAULT_MAX_ANSWER_BYTES, TokenProvider
@@ -267,11 +268,13 @@ def _after(
                 )
         elif failures >= config.alert_after_failures:
             since = datetime.fromisoformat(failing_since) if failing_since else now
-            raise_alert(
+            # told once while it lasts (keep_alert): the text holds no count of failures
+            keep_alert(
                 uow,
                 AlertKind.REGISTER_SYNC_FAILED,
-                f"The address register could not be synced {failures} times in a row, since "
-                f"{since:%Y-%m-%d %H:%M} UTC ({problem}). Partners' certificates and addresses "
+                f"The address register could not be synced since {since:%Y-%m-%d %H:%M} UTC: "
+                f"{config.alert_after_failures} syncs in a row failed, and every one since "
+                f"({problem}). Partners' certificates and addresses "
                 "are not kept current while this lasts: check the network to the register, "
                 "the HelseID client and its key. The server tries again by itself.",
                 at=now,

@@ -278,7 +278,8 @@ class WebhookDispatcher:
 
     def _collect_alerts(self, uow: UnitOfWork, hooks: list[WebhookRow]) -> int:
         """Alerts raised, counted, acknowledged or resolved since the cursor (``changed_at``):
-        a pager fed by webhooks closes what was resolved."""
+        a pager fed by webhooks closes what was resolved. A lasting state counted again by
+        :func:`~meldingstjener.engine.alerts.keep_alert` keeps its ``changed_at``: not told."""
         since = uow.state.get(ALERT_CURSOR)
         changed = AlertRow.changed_at
         query = select(AlertRow).order_by(changed, AlertRow.id).limit(500)
@@ -292,7 +293,7 @@ class WebhookDispatcher:
                 # behind (or that shares its time with the last of a full batch), has a time
                 # the cursor passed already. The minute before the cursor is looked at again,
                 # for two minutes after it (then such an alert has long committed); a delivery
-                # is made once per alert, count and state (its key), so never twice.
+                # is made once per alert, change and state (its key), so never twice.
                 late = list(
                     uow.session.scalars(
                         select(AlertRow)
@@ -320,9 +321,11 @@ class WebhookDispatcher:
                 "resolvedAt": alert.resolved_at.isoformat() if alert.resolved_at else None,
                 "at": (alert.changed_at or alert.last_seen).isoformat(),
             }
-            # an open alert keeps the key it had before alerts had states (no repeat after an
-            # upgrade); an acknowledgement or resolution is news of its own
-            key = f"alert:{alert.id}:{alert.count}" + ("" if state == "open" else f":{state}")
+            # one delivery per change told (changed_at), not per count: a lasting state kept by
+            # engine.alerts.keep_alert is counted without being told, and its count may have
+            # moved when the minute before the cursor is looked at again
+            told_at = (alert.changed_at or alert.last_seen).isoformat()
+            key = f"alert:{alert.id}:{state}:{told_at}"
             made += self._fan_out(uow, hooks, "alert", key, body, None, "admin")
         if alerts:
             last = alerts[-1]

@@ -46,15 +46,18 @@ def test_messages_the_epj_does_not_take_raise_an_alert_until_taken(pair: Pair) -
     assert alert.severity == "error" and alert.count == 1
     assert f"2 received message(s) for HER-id {HOSPITAL_SERVICE_HER}" in alert.summary
 
+    raised = alert.changed_at
     pair.clock.advance(minutes=5)
     pair.run()
-    assert [a.count for a in inbox_alerts(pair)] == [1]  # the same news is not raised again
+    # the same news is counted, not told again (changed_at is what webhooks follow)
+    assert [(a.count, a.changed_at) for a in inbox_alerts(pair)] == [(2, raised)]
 
     receipts.deliver(pair.hospital, notes[0].id, actor="epj:test")
     pair.clock.advance(minutes=5)
     pair.run()
     [alert] = inbox_alerts(pair)
-    assert alert.count == 2 and "1 received message(s)" in alert.summary
+    assert alert.count == 3 and "1 received message(s)" in alert.summary
+    assert alert.changed_at == pair.clock()  # fewer wait: news, told
 
     receipts.deliver(pair.hospital, notes[1].id, actor="epj:test")
     pair.clock.advance(minutes=5)
@@ -77,7 +80,9 @@ def test_the_inbox_alert_is_followed_among_many_other_alerts(pair: Pair) -> None
         uow.commit()
     pair.clock.advance(minutes=61)
     pair.run()
-    assert [a.count for a in inbox_alerts(pair)] == [1]
+    [alert] = inbox_alerts(pair)
+    raised = (alert.count, alert.changed_at)
+    assert raised[0] == 1
     with pair.hospital.store.unit_of_work() as uow:  # more, and newer, than a page of alerts
         later = pair.clock() + timedelta(minutes=1)
         for number in range(1_001):
@@ -85,7 +90,8 @@ def test_the_inbox_alert_is_followed_among_many_other_alerts(pair: Pair) -> None
         uow.commit()
     pair.clock.advance(minutes=5)
     pair.run()
-    assert [a.count for a in inbox_alerts(pair)] == [1]  # still known: not raised again
+    # still known: counted, not told again
+    assert [(a.count, a.changed_at) for a in inbox_alerts(pair)] == [(2, raised[1])]
     receipts.deliver(pair.hospital, note.id, actor="epj:test")
     pair.clock.advance(minutes=5)
     pair.run()

@@ -30,7 +30,7 @@ from meldingstjener.engine.register_sync import (
     sync_turn,
 )
 from meldingstjener.registry.fakes import FakeAddressRegister, FakeHelseId, serve
-from meldingstjener.store.tables import EventRow, JobRow
+from meldingstjener.store.tables import AlertRow, EventRow, JobRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import ClaimedJob, Store
 
@@ -139,12 +139,37 @@ def test_failures_in_a_row_raise_an_alert_that_the_next_good_sync_resolves(
     pair.clock.advance(minutes=16)
     pair.run()
     [summary] = open_alerts(gp)
-    assert "could not be synced 2 times in a row" in summary and "503" in summary
+    assert "2 syncs in a row failed" in summary and "503" in summary
+    raised = sync_failed_alert(gp)
+    for _ in range(10):  # it lasts: counted at each sync, told (a webhook call) once
+        pair.clock.advance(minutes=16)
+        pair.run()
+    lasting = sync_failed_alert(gp)
+    assert (lasting.count, lasting.changed_at, lasting.summary) == (
+        11,
+        raised.changed_at,
+        raised.summary,
+    )
+    assert lasting.last_seen == pair.clock()
     fake.fail_party_lookups_after = None
     pair.clock.advance(minutes=16)
     pair.run()
     assert open_alerts(gp) == [] and party_name(gp) == "Ny"
     assert sync_job(gp).data is None  # the count of failures starts again
+    fake.put_party({"herId": PARTY, "name": "Nyere", "type": "Organization"})
+    fake.fail_party_lookups_after = fake.party_lookups  # down again: told anew
+    for _ in range(2):
+        pair.clock.advance(minutes=16)
+        pair.run()
+    again = sync_failed_alert(gp)
+    assert again.resolved_at is None and again.changed_at == pair.clock()
+
+
+def sync_failed_alert(ctx: EngineContext) -> AlertRow:
+    with ctx.store.unit_of_work() as uow:
+        alert = uow.alerts.by_key("register-sync-failed:global")
+        assert alert is not None
+        return alert
 
 
 def refused_alerts(ctx: EngineContext) -> list[str]:
