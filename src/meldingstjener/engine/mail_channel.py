@@ -346,7 +346,8 @@ class MailIntake:
         message_id = _message_id_told(failed.message_id) if failed.message_id else "no Message-Id"
         log.error("a mail failed %d times and cannot be put aside: %s", tries, failed.cause)
         return (
-            f"a mail ({size:,} bytes, {message_id}) failed in {tries} collections and could "
+            f"a mail ({size:,} bytes, {message_id}) failed in {FAILED_ROUNDS_BEFORE_QUARANTINE} "
+            "collections or more and could "
             f"not be put aside in {self.quarantine_dir} either ({failed.cause}); it is tried "
             "again every round. Check that folder's disk (space, permissions), and the "
             "server's log"
@@ -368,7 +369,8 @@ class MailIntake:
         said = f"it said [{mail.said}]" if mail.said else "it gave no reason code"
         self.stuck.append(
             f"{mail.number} ({size}, {message_id}): the mail server refused to hand it out in "
-            f"{tries} collections ({said}); it cannot be quarantined, as it cannot be read. "
+            f"{FAILED_ROUNDS_BEFORE_QUARANTINE} collections or more ({said}); it cannot be "
+            "quarantined, as it cannot be read. "
             "Ask the mail server's administrator why (the server's log names the fault), and "
             "remove it from the mailbox by hand if it cannot be mended"
         )
