@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import cast
-
-from sqlalchemy import Table, update
 
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import UnitOfWork
 
 
@@ -140,17 +136,8 @@ def keep_alert(
     rounds, a figure that jitters) and puts in it what the operator must hear of again (the
     cause, which mails)."""
     dedup_key = _dedup_key(kind, key, message_id, partner_her_id)
-    alerts = cast(Table, AlertRow.__table__)
-    counted = uow.session.connection().execute(
-        update(alerts)
-        .where(
-            alerts.c.dedup_key == dedup_key,
-            alerts.c.resolved_at.is_(None),
-            alerts.c.summary == (redact(summary) or ""),  # stored so by raise_alert
-        )
-        .values(count=alerts.c.count + 1, last_seen=at)
-    )
-    if not counted.rowcount:
+    # the summary as raise_alert stores it
+    if not uow.alerts.counted_again(dedup_key, redact(summary) or "", at=at):
         raise_alert(
             uow,
             kind,

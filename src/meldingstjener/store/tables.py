@@ -229,7 +229,8 @@ class AlertRow(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     acknowledged_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
-    # the last change of any kind (raised, counted, acknowledged, resolved): webhooks follow it
+    # the last change that is told (raised, acknowledged, resolved; not a lasting state
+    # counted again): webhooks follow it
     changed_at: Mapped[datetime | None]
 
 

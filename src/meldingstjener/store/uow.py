@@ -677,8 +677,9 @@ _RESOLVE_ALERT_SILENT = text(
 )
 
 # still so: an open alert seen again, without counting it or telling anyone (no changed_at)
-_SEEN_AGAIN = text(
-    "UPDATE alerts SET last_seen = :at WHERE dedup_key = :dedup_key AND resolved_at IS NULL"
+_COUNTED_AGAIN = text(
+    "UPDATE alerts SET count = count + 1, last_seen = :at "
+    "WHERE dedup_key = :dedup_key AND resolved_at IS NULL AND summary = :summary"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
 
 
@@ -767,12 +768,15 @@ class AlertRepository:
         binds["at"] = at or utcnow()
         self.session.connection().execute(_resolve_alerts(len(keys)), binds)
 
-    def seen_again(self, dedup_key: str, *, at: datetime) -> bool:
-        """Mark the open alert of ``dedup_key`` as seen at ``at``, not counted: a state that
-        lasts, told once, whose raiser shows it is still there (see :meth:`resolve_if_silent`).
-        False when none is open (then it is to be raised)."""
-        seen = self.session.connection().execute(_SEEN_AGAIN, {"dedup_key": dedup_key, "at": at})
-        return bool(seen.rowcount)
+    def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:
+        """Count the open alert of ``dedup_key`` once more and mark it seen at ``at`` when its
+        summary is ``summary``, leaving ``changed_at`` (what webhooks follow) as it is: a
+        state that lasts, told once (``engine.alerts.keep_alert``). False when none such is
+        open (then it is to be raised)."""
+        counted = self.session.connection().execute(
+            _COUNTED_AGAIN, {"dedup_key": dedup_key, "summary": summary, "at": at}
+        )
+        return bool(counted.rowcount)
 
     def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
         """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
