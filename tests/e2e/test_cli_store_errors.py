@@ -11,15 +11,21 @@ from pathlib import Path
 
 import pytest
 
+import meldingstjener
 from meldingstjener.devsites import free_port
 
 
 def run(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None
+    data_dir: Path | None, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it; without ``data_dir``, the default (relative) one."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    # this package, wherever the command runs (a relative PYTHONPATH would miss it from cwd)
+    clean["PYTHONPATH"] = str(Path(meldingstjener.__file__).resolve().parents[1])
+    where = [] if data_dir is None else ["--data-dir", str(data_dir)]
     return subprocess.run(
-        [sys.executable, "-m", "meldingstjener", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "meldingstjener", *where, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**clean, "MELDINGSTJENER_IDENTITY__ORGANISATION_HER_ID": "8100001", **(env or {})},
@@ -65,7 +71,7 @@ def test_a_data_directory_that_cannot_be_made(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     for command in commands(tmp_path):
         result = run(tmp_path / "a-file" / "data", *command)
-        if command == ["log"]:  # a command that only reads looks for a store, and finds none
+        if command[0] in ("log", "send"):  # they never make a store: they find none
             assert_said(result, 3, "no database at")
         else:
             assert_said(result, 3, "cannot open the database sqlite:///", "Not a directory")
@@ -106,3 +112,15 @@ def test_a_migration_that_fails_on_what_is_stored_is_not_said_to_be_unreachable(
     monkeypatch.setattr(bootstrap, "upgrade", unreachable)
     with pytest.raises(StoreUnavailable, match="cannot open the database"):
         bootstrap.open_store(settings)
+
+
+def test_send_where_there_is_no_store_makes_none(tmp_path: Path) -> None:
+    # A cron job or an EPJ's script running send from its own directory, with the default
+    # relative data_dir: a new store there took the message (exit 0, its id printed), and no
+    # server ever sent it.
+    note = tmp_path / "note.xml"
+    note.write_text("<MsgHead/>")
+    result = run(None, "send", str(note), cwd=tmp_path)
+    assert_said(result, 3, "no database at", "relative paths")
+    assert result.stdout == ""
+    assert not (tmp_path / "meldingstjener-data").exists()

@@ -229,7 +229,7 @@ def send(
     ] = None,
 ) -> None:
     """Submit a fagmelding for sending; print its message id. The server sends it."""
-    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
 
@@ -240,7 +240,10 @@ def send(
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
     try:
-        engine = build_engine(settings)
+        # The server's store, never a new one: run from another directory with a relative
+        # data_dir (a cron job, an EPJ's script) a new store would take the message, and no
+        # server would ever send it. Nor is the schema migrated under the running servers.
+        engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
         # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
         # and it becomes the stored payload by a rename
         with source, engine.store.payloads.spool() as payload:
