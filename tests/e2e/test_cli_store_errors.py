@@ -5,6 +5,7 @@ form is a configuration error (exit 2). Never a traceback."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 
 import meldingstjener
 from meldingstjener.devsites import free_port
+from meldingstjener.store.database import Database
+from meldingstjener.store.migrate import alembic_config, current_revision, head_revision
 
 
 def run(
@@ -124,3 +127,48 @@ def test_send_where_there_is_no_store_makes_none(tmp_path: Path) -> None:
     assert_said(result, 3, "no database at", "relative paths")
     assert result.stdout == ""
     assert not (tmp_path / "meldingstjener-data").exists()
+
+
+def _database(data_dir: Path) -> Database:
+    return Database(f"sqlite:///{data_dir / 'meldingstjener.db'}")
+
+
+def test_a_schema_newer_than_this_versions_is_refused_in_one_line(tmp_path: Path) -> None:
+    # What an older node meets in a rolling upgrade, or any node after a package rolled back:
+    # Alembic's 40-line traceback and exit 1, from every command, restarted for ever.
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "meldingstjener.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    said = f"the database is at revision 0099, newer than this version's (head {head_revision()})"
+    result = run(tmp_path, "alerts")
+    assert_said(result, 3, said, "run the newer meldingstjener")
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    for command in commands(tmp_path):
+        assert_said(run(tmp_path, *command), 3, said)
+    database = _database(tmp_path)
+    assert current_revision(database) == "0099"
+    database.dispose()
+
+
+def test_a_command_that_only_reads_leaves_an_older_schema_as_it_is(tmp_path: Path) -> None:
+    # A help desk's newer CLI migrated the store under the running (older) servers. The code
+    # reads the newest schema only (a message's row names the newest columns), so an older one
+    # is refused rather than read; db upgrade and serve migrate it.
+    from alembic import command
+
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    database = _database(tmp_path)
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0018")
+    note = tmp_path / "note.xml"
+    note.write_text("<MsgHead/>")
+    for args in (["alerts"], ["log"], ["send", str(note)]):
+        result = run(tmp_path, *args)
+        assert_said(result, 3, "the database is at revision 0018, older than", "db upgrade")
+        assert current_revision(database) == "0018"
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    assert current_revision(database) == head_revision()
+    assert run(tmp_path, "alerts").returncode == 0
+    database.dispose()
