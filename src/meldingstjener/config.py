@@ -495,6 +495,33 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _each_partner_once(self) -> Settings:
+        # The store keeps one agreement per (our HER-id, partner) and one party per HER-id: a
+        # second table for the pair (a copy-paste, the old address left in) silently won, and
+        # a partner with one of our own HER-ids would overwrite our own party.
+        own = set(self.identity.her_ids)
+        first: dict[tuple[str | None, str], int] = {}
+        for number, partner in enumerate(self.partners):
+            if partner.her_id in own:
+                raise ValueError(
+                    f"partners[{number}].her_id: {partner.her_id} is one of our own HER-ids "
+                    "([identity])"
+                )
+            pair = (self.our_her_id_for(partner), partner.her_id)
+            if pair in first:
+                raise ValueError(
+                    f"partners[{number}].her_id: {partner.her_id} is also partners[{first[pair]}]"
+                )
+            first[pair] = number
+        return self
+
+    def our_her_id_for(self, partner: PartnerSettings) -> str | None:
+        """The HER-id of ours a ``[[partners]]`` agreement is made for: its ``our_her_id``,
+        or the organisation's (or, without one, our first service's)."""
+        own = self.identity.her_ids
+        return partner.our_her_id or (own[0] if own else None)
+
     @property
     def database_url(self) -> str:
         if self.database.url:
@@ -513,13 +540,14 @@ class Settings(BaseSettings):
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"])
         problem = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             problem = "unknown key (see config.example.toml for the keys that exist)"
         given = _without_password(error.get("input"))
         shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-        lines.append(f"  {key}: {problem}{shown}")
+        # a check of the whole (a model validator) names its keys in its message
+        lines.append(f"  {key}: {problem}{shown}" if key else f"  {problem}{shown}")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 

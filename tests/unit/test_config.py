@@ -275,3 +275,36 @@ def test_the_public_url_must_name_a_host_a_message_id_can_carry() -> None:
     ):
         with pytest.raises(ConfigError, match=r"server\.public_url"):
             load_settings(server={"public_url": url})
+
+
+def _partner(her_id: str, endpoint: str, our: str | None = None) -> str:
+    return (
+        f'[[partners]]\nher_id = "{her_id}"\nendpoint = "{endpoint}"\n'
+        'signing_cert = "s.pem"\nencryption_cert = "e.pem"\n'
+        + (f'our_her_id = "{our}"\n' if our else "")
+    )
+
+
+def test_a_partner_is_configured_once_and_is_not_one_of_us(tmp_path: Path) -> None:
+    # Two tables for one partner (a copy-paste, the old address left in) were both accepted,
+    # and the last one silently won; so was a partner with one of our own HER-ids.
+    config = tmp_path / "c.toml"
+    identity = (
+        '[identity]\norganisation_her_id = "8100001"\n[[identity.services]]\nher_id = "8100002"\n'
+    )
+    new, old = "https://msh.hospital.example/ebms", "http://10.99.99.99:8080/ebms"
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", old))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "  partners[1].her_id: 8200002 is also partners[0]" in str(caught.value).splitlines()
+    # naming the organisation's HER-id is naming the default: the same pair
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", old, "8100001"))
+    with pytest.raises(ConfigError, match=r"partners\[1\]\.her_id: 8200002 is also partners\[0\]"):
+        load_settings(config)
+    # one partner for each of two HER-ids of ours is two agreements
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", new, "8100002"))
+    assert len(load_settings(config).partners) == 2
+    for ours in ("8100001", "8100002"):
+        config.write_text(identity + _partner("8200002", new) + _partner(ours, new))
+        with pytest.raises(ConfigError, match=rf"partners\[1\]\.her_id: {ours} is one of our own"):
+            load_settings(config)
