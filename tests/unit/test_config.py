@@ -308,3 +308,41 @@ def test_a_partner_is_configured_once_and_is_not_one_of_us(tmp_path: Path) -> No
         config.write_text(identity + _partner("8200002", new) + _partner(ours, new))
         with pytest.raises(ConfigError, match=rf"partners\[1\]\.her_id: {ours} is one of our own"):
             load_settings(config)
+
+
+def test_a_sections_key_with_one_underscore_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MELDINGSTJENER_DATABASE_URL was ignored without a word: db upgrade and serve ran on a new
+    # local SQLite file instead of the PostgreSQL database it named.
+    monkeypatch.setenv("MELDINGSTJENER_DATABASE_URL", "postgresql://u@db:5432/m")
+    monkeypatch.setenv("MELDINGSTJENER_ADDRESS_REGISTER_SYNC_MINUTES", "5")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert "MELDINGSTJENER_DATABASE_URL: not read" in said
+    assert "two underscores: MELDINGSTJENER_DATABASE__URL" in said
+    assert "MELDINGSTJENER_ADDRESS_REGISTER__SYNC_MINUTES" in said
+    monkeypatch.delenv("MELDINGSTJENER_DATABASE_URL")
+    monkeypatch.delenv("MELDINGSTJENER_ADDRESS_REGISTER_SYNC_MINUTES")
+    # what is documented with one underscore still works: the options' variables, a
+    # password_env's, the top-level keys
+    for name in (
+        "MELDINGSTJENER_HELSEID_TOKEN_URL",
+        "MELDINGSTJENER_HELSEID_CLIENT_ID",
+        "MELDINGSTJENER_HELSEID_KEY_FILE",
+        "MELDINGSTJENER_HELSEID_AUDIENCE",
+        "MELDINGSTJENER_HELSEID_CLIENT_SECRET",
+        "MELDINGSTJENER_HELSEID_SCOPE",
+        "MELDINGSTJENER_AR_TOKEN",
+        "MELDINGSTJENER_AR_URL",
+        "MELDINGSTJENER_CPPA_URL",
+        "MELDINGSTJENER_SMTP_PASSWORD",
+        "MELDINGSTJENER_MAILBOX_PASSWORD",
+        "MELDINGSTJENER_KEY_PASSWORD",
+    ):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("MELDINGSTJENER_ENVIRONMENT", "qa")
+    monkeypatch.setenv("MELDINGSTJENER_DATABASE__URL", "postgresql://u@db:5432/m")
+    settings = load_settings()
+    assert (settings.environment, settings.database.url) == ("qa", "postgresql://u@db:5432/m")
