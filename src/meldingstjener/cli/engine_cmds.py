@@ -112,7 +112,7 @@ def serve(
     # handler it found: with the default one the process would die there, before the workers,
     # the collector and the heartbeat are stopped below. This handler ends it as SystemExit
     # (from here on: a SIGTERM while the threads start stops them too).
-    signal.signal(signal.SIGTERM, _exit_after_sigterm)
+    exit_on_sigterm()
     try:
         threads.append(start_heartbeat(engine, name, stop))
         threads.append(start_name_keeper(engine, name_lock, stop))
@@ -215,8 +215,15 @@ def _record_stop(engine: EngineContext, name: str) -> None:
         logging.getLogger(__name__).warning("could not record this stop: %s", exc)
 
 
-def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+def exit_on_sigterm(code: int = 0) -> None:
+    """From now on a SIGTERM (a service manager's stop, a CI job's time-out) ends this process
+    as ``SystemExit(code)``, so that its ``finally`` blocks stop what it started (threads, child
+    processes); the default action ends it at once and leaves them running."""
+
+    def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(code)
+
+    signal.signal(signal.SIGTERM, _exit_after_sigterm)
 
 
 @app.command("send")
