@@ -13,13 +13,20 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
-from meldingstjener.store.migrate import current_revision, upgrade
+from meldingstjener.store.migrate import (
+    current_revision,
+    head_revision,
+    known_revisions,
+    upgrade,
+)
 from meldingstjener.store.opening import (
     StoreUnavailable,
     database_failed,
     no_store,
     payloads_failed,
     reason,
+    schema_newer,
+    schema_older,
     sqlite_file,
 )
 from meldingstjener.store.payloads import PayloadStore
@@ -41,7 +48,13 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
     store yet (no SQLite file, no tables), they raise :class:`StoreUnavailable` (``missing``)
     rather than make an empty one and report that nothing is there. It is raised too when the
     database cannot be reached or written, or the payload directory cannot be made or
-    written."""
+    written.
+
+    The schema's revision is judged here, for every command: one this version's migrations do
+    not know is a newer version's (StoreUnavailable, never Alembic's traceback). Without
+    ``migrate`` (the commands that neither make nor upgrade a store: a help desk's newer CLI
+    must not migrate the store under the servers) a schema older than this version's is
+    refused too, as the code reads the newest schema only."""
     url = settings.database_url
     file = sqlite_file(url)
     if not create and file is not None and not file.is_file():
@@ -51,9 +64,17 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
     except (SQLAlchemyError, OSError) as exc:  # no driver, no directory for the file
         raise database_failed(url, exc) from None
     try:
-        if not create and current_revision(database) is None:
+        revision, head = current_revision(database), head_revision()
+        refused = None
+        if revision is None and not (create and migrate):
+            refused = no_store(url)
+        elif revision is not None and revision not in known_revisions():
+            refused = schema_newer(revision, head)
+        elif revision is not None and revision != head and not migrate:
+            refused = schema_older(revision, head)
+        if refused is not None:
             database.dispose()
-            raise no_store(url)
+            raise refused
         if migrate:
             upgrade(database)
     except (OperationalError, InterfaceError, OSError) as exc:  # unreachable, refused, unwritable

@@ -3,7 +3,8 @@
 Precedence, highest first: command-line options, environment variables, the TOML file, defaults.
 Environment variables are ``MELDINGSTJENER_<KEY>`` for top-level keys and
 ``MELDINGSTJENER_<SECTION>__<KEY>`` for keys in a section (for example
-``MELDINGSTJENER_DATABASE__URL`` or ``MELDINGSTJENER_SERVER__PORT``).
+``MELDINGSTJENER_DATABASE__URL`` or ``MELDINGSTJENER_SERVER__PORT``); a section's key with one
+underscore (``MELDINGSTJENER_DATABASE_URL``) is refused, not ignored.
 
 The embedded default needs no file at all: SQLite, payloads and development keys live under the data
 directory (``--data-dir``, ``MELDINGSTJENER_DATA_DIR``, default ``./meldingstjener-data``) and HTTP
@@ -12,9 +13,11 @@ listens on 127.0.0.1:8080. Every key is explained in ``config.example.toml``.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -495,6 +498,33 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _each_partner_once(self) -> Settings:
+        # The store keeps one agreement per (our HER-id, partner) and one party per HER-id: a
+        # second table for the pair (a copy-paste, the old address left in) silently won, and
+        # a partner with one of our own HER-ids would overwrite our own party.
+        own = set(self.identity.her_ids)
+        first: dict[tuple[str | None, str], int] = {}
+        for number, partner in enumerate(self.partners):
+            if partner.her_id in own:
+                raise ValueError(
+                    f"partners[{number}].her_id: {partner.her_id} is one of our own HER-ids "
+                    "([identity])"
+                )
+            pair = (self.our_her_id_for(partner), partner.her_id)
+            if pair in first:
+                raise ValueError(
+                    f"partners[{number}].her_id: {partner.her_id} is also partners[{first[pair]}]"
+                )
+            first[pair] = number
+        return self
+
+    def our_her_id_for(self, partner: PartnerSettings) -> str | None:
+        """The HER-id of ours a ``[[partners]]`` agreement is made for: its ``our_her_id``,
+        or the organisation's (or, without one, our first service's)."""
+        own = self.identity.her_ids
+        return partner.our_her_id or (own[0] if own else None)
+
     @property
     def database_url(self) -> str:
         if self.database.url:
@@ -513,13 +543,14 @@ class Settings(BaseSettings):
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"])
         problem = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             problem = "unknown key (see config.example.toml for the keys that exist)"
         given = _without_password(error.get("input"))
         shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-        lines.append(f"  {key}: {problem}{shown}")
+        # a check of the whole (a model validator) names its keys in its message
+        lines.append(f"  {key}: {problem}{shown}" if key else f"  {problem}{shown}")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 
@@ -573,11 +604,44 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             return (init_settings, env_settings, _DictSource(settings_cls, file_values))
 
     source = f"file {config_file}" if config_file else "defaults and environment"
+    _refuse_one_underscore(os.environ)
     try:
         loaded = _FromFile(**given)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
     return Settings.model_validate(loaded.model_dump())
+
+
+# Sections whose one-underscore variables mean something else: MELDINGSTJENER_HELSEID_TOKEN_URL,
+# _CLIENT_ID, _KEY_FILE, _AUDIENCE are the options of `ar sync` and `partners add` (README).
+_ONE_UNDERSCORE_DOCUMENTED = frozenset({"helseid"})
+
+
+def _refuse_one_underscore(environ: Mapping[str, str]) -> None:
+    """A section's key set with one underscore (``MELDINGSTJENER_DATABASE_URL``) is not read,
+    and was ignored without a word: a server meant for PostgreSQL ran on a new SQLite file. Such
+    a variable, one that names a key of a section, is refused; others (a ``password_env`` such
+    as ``MELDINGSTJENER_SMTP_PASSWORD``, the options' variables) are left alone."""
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        for section, field in Settings.model_fields.items():
+            model = field.annotation
+            prefix = f"MELDINGSTJENER_{section.upper()}_"
+            if (
+                section in _ONE_UNDERSCORE_DOCUMENTED
+                or not (isinstance(model, type) and issubclass(model, BaseModel))
+                or not upper.startswith(prefix)
+            ):
+                continue
+            key = upper.removeprefix(prefix).lower()
+            if key in model.model_fields:
+                problems.append(
+                    f"  {name}: not read; a key in a section takes two underscores: "
+                    f"{prefix}_{key.upper()}"
+                )
+    if problems:
+        raise ConfigError("invalid configuration (environment):\n" + "\n".join(problems))
 
 
 class _DictSource(PydanticBaseSettingsSource):

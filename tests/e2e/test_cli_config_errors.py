@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from meldingstjener.bootstrap import open_store
 from meldingstjener.cli import engine_cmds  # noqa: F401  (registers the commands)
 from meldingstjener.cli.app import app
+from meldingstjener.config import load_settings
 from meldingstjener.devsites import free_port
 from meldingstjener.security.devpki import init_pki
 
@@ -113,6 +115,8 @@ def test_a_key_or_certificate_file_that_cannot_be_used_is_a_configuration_error(
     note = tmp_path / "note.xml"
     note.write_text("<MsgHead/>")
     args = ["send", str(note)] if command == "send" else ["serve"]
+    if command == "send":  # which opens the store there is, never makes one
+        open_store(load_settings(data_dir=tmp_path / "data")).database.dispose()
     result = runner.invoke(app, ["--config", str(config), *args])
     assert result.exit_code == 2, (result.output, result.exception)
     assert "configuration error" in result.output

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from meldingstjener.bootstrap import open_store
 from meldingstjener.cli import engine_cmds, registry_cmds  # noqa: F401  (registers the commands)
 from meldingstjener.cli.app import app
+from meldingstjener.config import load_settings
 from meldingstjener.devsites import Site, dialog_note, prepare_sites
 
 runner = CliRunner()
@@ -26,6 +28,7 @@ def gp(tmp_path: Path) -> tuple[Site, Path]:
     """The GP site's configuration (the hospital's service in ``[[partners]]``) and a note to
     the hospital."""
     gp_site, hospital = prepare_sites(tmp_path / "sites")
+    open_store(load_settings(gp_site.config_path)).database.dispose()  # send never makes one
     note = tmp_path / "note.xml"
     note.write_bytes(dialog_note(gp_site, hospital, "Innkalling?"))
     return gp_site, note

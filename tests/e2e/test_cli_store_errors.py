@@ -5,21 +5,30 @@ form is a configuration error (exit 2). Never a traceback."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import meldingstjener
 from meldingstjener.devsites import free_port
+from meldingstjener.store.database import Database
+from meldingstjener.store.migrate import alembic_config, current_revision, head_revision
 
 
 def run(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None
+    data_dir: Path | None, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it; without ``data_dir``, the default (relative) one."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    # this package, wherever the command runs (a relative PYTHONPATH would miss it from cwd)
+    clean["PYTHONPATH"] = str(Path(meldingstjener.__file__).resolve().parents[1])
+    where = [] if data_dir is None else ["--data-dir", str(data_dir)]
     return subprocess.run(
-        [sys.executable, "-m", "meldingstjener", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "meldingstjener", *where, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**clean, "MELDINGSTJENER_IDENTITY__ORGANISATION_HER_ID": "8100001", **(env or {})},
@@ -65,7 +74,7 @@ def test_a_data_directory_that_cannot_be_made(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     for command in commands(tmp_path):
         result = run(tmp_path / "a-file" / "data", *command)
-        if command == ["log"]:  # a command that only reads looks for a store, and finds none
+        if command[0] in ("log", "send"):  # they never make a store: they find none
             assert_said(result, 3, "no database at")
         else:
             assert_said(result, 3, "cannot open the database sqlite:///", "Not a directory")
@@ -106,3 +115,60 @@ def test_a_migration_that_fails_on_what_is_stored_is_not_said_to_be_unreachable(
     monkeypatch.setattr(bootstrap, "upgrade", unreachable)
     with pytest.raises(StoreUnavailable, match="cannot open the database"):
         bootstrap.open_store(settings)
+
+
+def test_send_where_there_is_no_store_makes_none(tmp_path: Path) -> None:
+    # A cron job or an EPJ's script running send from its own directory, with the default
+    # relative data_dir: a new store there took the message (exit 0, its id printed), and no
+    # server ever sent it.
+    note = tmp_path / "note.xml"
+    note.write_text("<MsgHead/>")
+    result = run(None, "send", str(note), cwd=tmp_path)
+    assert_said(result, 3, "no database at", "relative paths")
+    assert result.stdout == ""
+    assert not (tmp_path / "meldingstjener-data").exists()
+
+
+def _database(data_dir: Path) -> Database:
+    return Database(f"sqlite:///{data_dir / 'meldingstjener.db'}")
+
+
+def test_a_schema_newer_than_this_versions_is_refused_in_one_line(tmp_path: Path) -> None:
+    # What an older node meets in a rolling upgrade, or any node after a package rolled back:
+    # Alembic's 40-line traceback and exit 1, from every command, restarted for ever.
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "meldingstjener.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    said = f"the database is at revision 0099, newer than this version's (head {head_revision()})"
+    result = run(tmp_path, "alerts")
+    assert_said(result, 3, said, "run the newer meldingstjener")
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    for command in commands(tmp_path):
+        assert_said(run(tmp_path, *command), 3, said)
+    database = _database(tmp_path)
+    assert current_revision(database) == "0099"
+    database.dispose()
+
+
+def test_a_command_that_only_reads_leaves_an_older_schema_as_it_is(tmp_path: Path) -> None:
+    # A help desk's newer CLI migrated the store under the running (older) servers. The code
+    # reads the newest schema only (a message's row names the newest columns), so an older one
+    # is refused rather than read; db upgrade and serve migrate it.
+    from alembic import command
+
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    database = _database(tmp_path)
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0018")
+    note = tmp_path / "note.xml"
+    note.write_text("<MsgHead/>")
+    for args in (["alerts"], ["log"], ["send", str(note)]):
+        result = run(tmp_path, *args)
+        assert_said(result, 3, "the database is at revision 0018, older than", "db upgrade")
+        assert current_revision(database) == "0018"
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    assert current_revision(database) == head_revision()
+    assert run(tmp_path, "alerts").returncode == 0
+    database.dispose()

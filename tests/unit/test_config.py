@@ -275,3 +275,74 @@ def test_the_public_url_must_name_a_host_a_message_id_can_carry() -> None:
     ):
         with pytest.raises(ConfigError, match=r"server\.public_url"):
             load_settings(server={"public_url": url})
+
+
+def _partner(her_id: str, endpoint: str, our: str | None = None) -> str:
+    return (
+        f'[[partners]]\nher_id = "{her_id}"\nendpoint = "{endpoint}"\n'
+        'signing_cert = "s.pem"\nencryption_cert = "e.pem"\n'
+        + (f'our_her_id = "{our}"\n' if our else "")
+    )
+
+
+def test_a_partner_is_configured_once_and_is_not_one_of_us(tmp_path: Path) -> None:
+    # Two tables for one partner (a copy-paste, the old address left in) were both accepted,
+    # and the last one silently won; so was a partner with one of our own HER-ids.
+    config = tmp_path / "c.toml"
+    identity = (
+        '[identity]\norganisation_her_id = "8100001"\n[[identity.services]]\nher_id = "8100002"\n'
+    )
+    new, old = "https://msh.hospital.example/ebms", "http://10.99.99.99:8080/ebms"
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", old))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "  partners[1].her_id: 8200002 is also partners[0]" in str(caught.value).splitlines()
+    # naming the organisation's HER-id is naming the default: the same pair
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", old, "8100001"))
+    with pytest.raises(ConfigError, match=r"partners\[1\]\.her_id: 8200002 is also partners\[0\]"):
+        load_settings(config)
+    # one partner for each of two HER-ids of ours is two agreements
+    config.write_text(identity + _partner("8200002", new) + _partner("8200002", new, "8100002"))
+    assert len(load_settings(config).partners) == 2
+    for ours in ("8100001", "8100002"):
+        config.write_text(identity + _partner("8200002", new) + _partner(ours, new))
+        with pytest.raises(ConfigError, match=rf"partners\[1\]\.her_id: {ours} is one of our own"):
+            load_settings(config)
+
+
+def test_a_sections_key_with_one_underscore_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MELDINGSTJENER_DATABASE_URL was ignored without a word: db upgrade and serve ran on a new
+    # local SQLite file instead of the PostgreSQL database it named.
+    monkeypatch.setenv("MELDINGSTJENER_DATABASE_URL", "postgresql://u@db:5432/m")
+    monkeypatch.setenv("MELDINGSTJENER_ADDRESS_REGISTER_SYNC_MINUTES", "5")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert "MELDINGSTJENER_DATABASE_URL: not read" in said
+    assert "two underscores: MELDINGSTJENER_DATABASE__URL" in said
+    assert "MELDINGSTJENER_ADDRESS_REGISTER__SYNC_MINUTES" in said
+    monkeypatch.delenv("MELDINGSTJENER_DATABASE_URL")
+    monkeypatch.delenv("MELDINGSTJENER_ADDRESS_REGISTER_SYNC_MINUTES")
+    # what is documented with one underscore still works: the options' variables, a
+    # password_env's, the top-level keys
+    for name in (
+        "MELDINGSTJENER_HELSEID_TOKEN_URL",
+        "MELDINGSTJENER_HELSEID_CLIENT_ID",
+        "MELDINGSTJENER_HELSEID_KEY_FILE",
+        "MELDINGSTJENER_HELSEID_AUDIENCE",
+        "MELDINGSTJENER_HELSEID_CLIENT_SECRET",
+        "MELDINGSTJENER_HELSEID_SCOPE",
+        "MELDINGSTJENER_AR_TOKEN",
+        "MELDINGSTJENER_AR_URL",
+        "MELDINGSTJENER_CPPA_URL",
+        "MELDINGSTJENER_SMTP_PASSWORD",
+        "MELDINGSTJENER_MAILBOX_PASSWORD",
+        "MELDINGSTJENER_KEY_PASSWORD",
+    ):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("MELDINGSTJENER_ENVIRONMENT", "qa")
+    monkeypatch.setenv("MELDINGSTJENER_DATABASE__URL", "postgresql://u@db:5432/m")
+    settings = load_settings()
+    assert (settings.environment, settings.database.url) == ("qa", "postgresql://u@db:5432/m")

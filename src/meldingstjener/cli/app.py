@@ -94,12 +94,15 @@ def settings_from(ctx: typer.Context, **overrides: object) -> Settings:
 
 def store_from(ctx: typer.Context, *, create: bool = False) -> Store:
     """The store of this invocation's settings. Only commands that may begin a store
-    (``db upgrade``, ``ar import``, ``partners add``...) pass ``create``: the others, run
+    (``ar import``, ``partners add``, ``clients add``...) pass ``create``: the others, run
     where no store is (another working directory than the server's, with a relative
-    ``data_dir``), say so instead of making an empty one and reporting that nothing is there."""
+    ``data_dir``), say so instead of making an empty one and reporting that nothing is there.
+    Only those migrate the schema, too: the others (a help desk's ``alerts``, perhaps of a
+    newer version than the servers') leave it as it is, and refuse one of another version
+    (see :func:`meldingstjener.bootstrap.open_store`)."""
     from meldingstjener.bootstrap import open_store
 
-    return open_store(settings_from(ctx), create=create)
+    return open_store(settings_from(ctx), create=create, migrate=create)
 
 
 # Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),

@@ -9,6 +9,7 @@ command exits 0 only if every step worked.
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meldingstjener.cli.app import app
+from meldingstjener.cli.engine_cmds import exit_on_sigterm
 
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
@@ -50,13 +52,20 @@ def demo(
     ] = None,
 ) -> None:
     """Run two servers on loopback and exchange messages between them; exits 0 if all worked."""
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        root = keep
-        _run(root)
-        return
-    with tempfile.TemporaryDirectory(prefix="meldingstjener-demo-") as directory:
-        _run(Path(directory))
+    # Stopped (a CI job's time-out, a kill), the demo stops its two servers and removes its
+    # directory, and exits as a shell reports a process SIGTERM ended (128 + 15): with the
+    # default action it died at once, its servers left running and its directory left behind.
+    previous = signal.getsignal(signal.SIGTERM)
+    exit_on_sigterm(128 + signal.SIGTERM)
+    try:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            _run(keep)
+            return
+        with tempfile.TemporaryDirectory(prefix="meldingstjener-demo-") as directory:
+            _run(Path(directory))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(root: Path) -> None:
@@ -167,6 +176,7 @@ def _run(root: Path) -> None:
         failed = True
         console.print(f"\n[bold red]demo failed:[/] {exc}  (logs in {root})")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
         gp_server.stop()
         hospital_server.stop()
         gp.store.database.dispose()

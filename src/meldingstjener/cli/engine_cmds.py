@@ -112,7 +112,7 @@ def serve(
     # handler it found: with the default one the process would die there, before the workers,
     # the collector and the heartbeat are stopped below. This handler ends it as SystemExit
     # (from here on: a SIGTERM while the threads start stops them too).
-    signal.signal(signal.SIGTERM, _exit_after_sigterm)
+    exit_on_sigterm()
     try:
         threads.append(start_heartbeat(engine, name, stop))
         threads.append(start_name_keeper(engine, name_lock, stop))
@@ -215,8 +215,15 @@ def _record_stop(engine: EngineContext, name: str) -> None:
         logging.getLogger(__name__).warning("could not record this stop: %s", exc)
 
 
-def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+def exit_on_sigterm(code: int = 0) -> None:
+    """From now on a SIGTERM (a service manager's stop, a CI job's time-out) ends this process
+    as ``SystemExit(code)``, so that its ``finally`` blocks stop what it started (threads, child
+    processes); the default action ends it at once and leaves them running."""
+
+    def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(code)
+
+    signal.signal(signal.SIGTERM, _exit_after_sigterm)
 
 
 @app.command("send")
@@ -229,7 +236,7 @@ def send(
     ] = None,
 ) -> None:
     """Submit a fagmelding for sending; print its message id. The server sends it."""
-    from meldingstjener.bootstrap import build_engine
+    from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
 
@@ -240,7 +247,10 @@ def send(
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
     try:
-        engine = build_engine(settings)
+        # The server's store, never a new one: run from another directory with a relative
+        # data_dir (a cron job, an EPJ's script) a new store would take the message, and no
+        # server would ever send it. Nor is the schema migrated under the running servers.
+        engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
         # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
         # and it becomes the stored payload by a rename
         with source, engine.store.payloads.spool() as payload:

@@ -366,11 +366,9 @@ def sync_configured_partners(
     The file gives the terms (channel, endpoint, certificates, reliability), written again at
     every start; whether the partner may be sent to now is the operator's (``partners set
     --state``), kept across starts: see :func:`_configured_state`."""
-    own = settings.identity.her_ids
-    default_our = settings.identity.organisation_her_id or (own[0] if own else None)
     with store.unit_of_work() as uow:
         for number, partner in enumerate(settings.partners):
-            our = partner.our_her_id or default_our
+            our = settings.our_her_id_for(partner)
             if our is None:
                 raise ConfigError(
                     f"partners[{number}].our_her_id: partner {partner.her_id} needs it, or "

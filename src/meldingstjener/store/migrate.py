@@ -43,5 +43,13 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision this version's migration scripts know. A database at another one was
+    migrated by a newer version (a rolling upgrade, a package rolled back)."""
+    return frozenset(
+        script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()
+    )
+
+
 def is_current(database: Database) -> bool:
     return current_revision(database) == head_revision()

@@ -71,3 +71,22 @@ def no_store(url: str) -> StoreUnavailable:
         "configuration are taken from the directory the command runs in)",
         missing=True,
     )
+
+
+def schema_newer(revision: str, head: str | None) -> StoreUnavailable:
+    """The schema is of a newer version than this one (which cannot read it, nor migrate it
+    down): an older node of a rolling upgrade, or a package rolled back."""
+    return StoreUnavailable(
+        f"the database is at revision {revision}, newer than this version's (head {head}): "
+        "run the newer meldingstjener"
+    )
+
+
+def schema_older(revision: str, head: str | None) -> StoreUnavailable:
+    """The schema is older than this version's, and the command does not migrate: the code
+    reads the newest schema only (its tables name the newest columns)."""
+    return StoreUnavailable(
+        f"the database is at revision {revision}, older than this version's (head {head}): "
+        "run `meldingstjener db upgrade` (or serve) of this version first, or the version "
+        "its servers run"
+    )
