@@ -301,9 +301,15 @@ class MailIntake:
         self._forget_tries(FAILED_PREFIX + digest[:32])
 
     def in_quarantine(self, path: Path) -> bool:
-        """Whether ``path`` is a file directly in the quarantine folder, where
-        :meth:`reprocess` takes mails from (a copy elsewhere has no alert or file to end)."""
-        return path.resolve().parent == self.quarantine_dir.resolve() and path.is_file()
+        """Whether ``path`` is a mail (``*.eml``) directly in the quarantine folder, where
+        :meth:`reprocess` takes mails from (a copy elsewhere has no alert or file to end; a
+        ``.tmp`` there is a mail being put aside, or one a crash cut short)."""
+        resolved = path.resolve()
+        return (
+            resolved.parent == self.quarantine_dir.resolve()
+            and resolved.suffix == ".eml"
+            and path.is_file()
+        )
 
     def reprocess(self, path: Path) -> None:
         """Take a quarantined mail (``path``: a file in :attr:`quarantine_dir`) again, by the

@@ -121,3 +121,15 @@ def test_only_mails_in_the_quarantine_folder_are_taken(pair: tuple[MailSite, Mai
     _, hospital = pair
     code, output = _mail(hospital, "reprocess", "0123456789abcdef.eml")
     assert code == 2 and "is not a mail in the quarantine folder" in output
+
+
+def test_a_mail_being_put_aside_is_not_taken(pair: tuple[MailSite, MailSite]) -> None:
+    # `mail reprocess quarantine/*` must not take the .tmp of a mail a collecting server is
+    # writing there (or one a crash left): it would be quarantined as a cut-off mail
+    _, hospital = pair
+    hospital.intake.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    writing = hospital.intake.quarantine_dir / "0123456789abcdef.tmp"
+    writing.write_bytes(b"Message-Id: <half@x>\r\nSubject: half a mail\r\n")
+    code, output = _mail(hospital, "reprocess", str(writing))
+    assert code == 2 and "is not a mail in the quarantine folder" in output
+    assert list(hospital.intake.quarantine_dir.iterdir()) == [writing]
