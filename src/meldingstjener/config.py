@@ -14,7 +14,6 @@ listens on 127.0.0.1:8080. Every key is explained in ``config.example.toml``.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -53,10 +52,6 @@ def _her_id(value: object) -> str:
         raise ValueError(str(exc)) from None
 
 
-# A DNS name or an IPv4 address, or an IPv6 address as urlparse gives it (without brackets).
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]{2,45}")
-
-
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -78,9 +73,12 @@ class ServerSettings(_Section):
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
-        # Its host names every mail's Message-Id and content-ids (bootstrap.message_id_host):
-        # a host that is no DNS name or address (a typo with <, >, spaces, @) would make every
-        # mail send fail, so it is refused here, when the configuration is read
+        # Its host ends every MessageId, mail Message-Id and content-id of ours
+        # (bootstrap.message_id_host): a host that cannot (a typo with <, >, spaces; an IPv6
+        # address) would make every submit and send fail, so it is refused here, when the
+        # configuration is read
+        from meldingstjener.ebxml.ids import is_message_id_host
+
         if value is None:
             return None
         parsed = urlparse(value)
@@ -89,8 +87,11 @@ class ServerSettings(_Section):
             parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
         except ValueError:
             host = None
-        if parsed.scheme not in ("http", "https") or not host or not _HOST.fullmatch(host):
-            raise ValueError("must be an http(s) URL with a host name, e.g. https://msh.example.no")
+        if parsed.scheme not in ("http", "https") or not host or not is_message_id_host(host):
+            raise ValueError(
+                "must be an http(s) URL with a host name or an IPv4 address, "
+                "e.g. https://msh.example.no"
+            )
         return value
 
     @property

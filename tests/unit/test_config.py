@@ -258,13 +258,14 @@ def test_the_readme_tells_which_helseid_variables_serve_reads(
 
 def test_the_public_url_must_name_a_host_a_message_id_can_carry() -> None:
     from meldingstjener.bootstrap import message_id_host
+    from meldingstjener.ebxml.ids import new_message_id
 
     for url, host in (
         ("https://msh.example.no", "msh.example.no"),
         ("http://10.0.0.1:8080/ebms", "10.0.0.1"),
-        ("https://[::1]:8443/", "::1"),
     ):
         assert message_id_host(load_settings(server={"public_url": url})) == host
+        assert new_message_id(host).endswith(f"@{host}")
     for url in (
         "https://msh<1>.example.no",
         "msh.example.no",
@@ -272,6 +273,7 @@ def test_the_public_url_must_name_a_host_a_message_id_can_carry() -> None:
         "https://msh.example.no:https",
         "ftp://msh.example.no",
         "https://",
+        "https://[2001:db8::1]:8443/",  # a message id cannot end in an IPv6 address
     ):
         with pytest.raises(ConfigError, match=r"server\.public_url"):
             load_settings(server={"public_url": url})

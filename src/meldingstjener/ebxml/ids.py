@@ -21,9 +21,15 @@ _TIMESTAMP = re.compile(
 _HOST = re.compile(r"^[A-Za-z0-9.-]+$")
 
 
+def is_message_id_host(host: str) -> bool:
+    """Whether ``host`` may end a MessageId (and a mail's Message-Id and content-ids): a DNS
+    name or an IPv4 address, letters, digits, dots and hyphens."""
+    return bool(_HOST.match(host))
+
+
 def new_message_id(host: str) -> str:
     """A fresh, globally unique MessageId such as ``3f0c...-...@msh.example.no``."""
-    if not _HOST.match(host):
+    if not is_message_id_host(host):
         raise ValueError(f"not a host name for a message id: {host[:40]!r}")
     return f"{uuid.uuid4()}@{host}"
 
