@@ -37,6 +37,9 @@ _CLOCK_SKEW = timedelta(minutes=5)
 # end of its own, so an old one (replayed, or from a cache) is taken only this long.
 OCSP_MAX_AGE = timedelta(hours=24)
 _MAX_RESPONSE = 20 * 1024 * 1024  # national CA CRLs are large, but not this large
+# OCSP answers kept at most (one per certificate asked about): a hostile stream of messages
+# signed with ever new certificates must not grow the cache without end
+_OCSP_CACHE_SIZE = 10_000
 
 
 class RevocationStatus(enum.Enum):
@@ -230,28 +233,9 @@ class RevocationChecker:
         notes: list[str],
     ) -> RevocationResult | None:
         now = self._clock()
-        key = (url, cert.fingerprint(hashes.SHA256()))
-        with self._lock:
-            cached = self._ocsp_cache.get(key)
-        # a cached answer is judged again as a new one would be (still fresh, signed by a
-        # responder valid now): only the network round trip is saved
-        if cached is not None and cached[1] > now:
-            response = cached[0]
-        else:
-            try:
-                response = self._ocsp_answer(url, cert, issuer)
-            except (OSError, ValueError) as exc:
-                notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
-                return None
-        problem = _ocsp_problem(response, cert, issuer, now)
-        if problem is not None:
-            notes.append(f"OCSP answer from {url} not usable: {problem}")
-            with self._lock:
-                self._ocsp_cache.pop(key, None)
+        response = self._usable_ocsp_answer(url, cert, issuer, now, notes)
+        if response is None:
             return None
-        if cached is None or cached[1] <= now:
-            with self._lock:
-                self._ocsp_cache[key] = (response, self._ocsp_expiry(response, now))
         source = f"ocsp {url}"
         if response.certificate_status == ocsp.OCSPCertStatus.REVOKED:
             revoked_at = response.revocation_time_utc
@@ -267,6 +251,46 @@ class RevocationChecker:
             return RevocationResult(RevocationStatus.GOOD, source, f"OCSP {url} says good")
         notes.append(f"OCSP {url} does not know the certificate")
         return None
+
+    def _usable_ocsp_answer(
+        self,
+        url: str,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        now: datetime,
+        notes: list[str],
+    ) -> ocsp.OCSPResponse | None:
+        """The responder's answer about ``cert``, from the cache while it lasts, else asked
+        anew; None (with a note) when none usable is to be had.
+
+        A cached answer is judged again as a new one would be (still fresh, signed by a
+        responder valid now): only the round trip is saved. One no longer usable (its
+        delegated responder's certificate expired meanwhile) is dropped and the responder
+        asked again at once, not only for the next message."""
+        key = (url, cert.fingerprint(hashes.SHA256()))
+        with self._lock:
+            cached = self._ocsp_cache.get(key)
+        if cached is not None and cached[1] > now:
+            if _ocsp_problem(cached[0], cert, issuer, now) is None:
+                return cached[0]
+            with self._lock:
+                self._ocsp_cache.pop(key, None)
+        try:
+            response = self._ocsp_answer(url, cert, issuer)
+        except (OSError, ValueError) as exc:
+            notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
+            return None
+        problem = _ocsp_problem(response, cert, issuer, now)
+        if problem is not None:
+            notes.append(f"OCSP answer from {url} not usable: {problem}")
+            return None
+        with self._lock:
+            if len(self._ocsp_cache) >= _OCSP_CACHE_SIZE:  # every partner's certificates, and more
+                self._ocsp_cache = {k: v for k, v in self._ocsp_cache.items() if v[1] > now}
+                if len(self._ocsp_cache) >= _OCSP_CACHE_SIZE:
+                    self._ocsp_cache.clear()
+            self._ocsp_cache[key] = (response, self._ocsp_expiry(response, now))
+        return response
 
     def _ocsp_answer(
         self, url: str, cert: x509.Certificate, issuer: x509.Certificate

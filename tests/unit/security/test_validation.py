@@ -540,3 +540,54 @@ def test_an_ocsp_answer_is_reused_until_its_next_update(ca: DevPki) -> None:
     check = validator.validate(cert, usage="signing", at=now[0])
     assert check.reasons == [Reason.REVOKED], check.details
     assert asked == [t0, now[0]]
+
+
+def test_a_cached_ocsp_answer_whose_responder_expired_is_asked_anew(ca: DevPki) -> None:
+    """The delegated responder's certificate expires (rotated) while its answer is cached: the
+    responder is asked again at once, and the certificate is not left of unknown status."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    cert = _cert(ca, ocsp_url="http://ocsp.invalid/")
+    responder_key = ca.parties["1001"].encryption.key
+    now = [t0]
+    asked: list[datetime] = []
+
+    def responder(start: datetime) -> x509.Certificate:
+        return issue_certificate(
+            ca.ca,
+            responder_key.public_key(),
+            party_name("OCSP RESPONDER", "974760673"),
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            not_before=start - timedelta(days=1),
+            not_after=start + timedelta(minutes=10),
+            extended_usage=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        )
+
+    def fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
+        asked.append(now[0])
+        signer = responder(now[0])  # the responder's current certificate
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=ca.ca_certificate,
+                algorithm=hashes.SHA1(),
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=now[0] - timedelta(minutes=1),
+                next_update=now[0] + timedelta(hours=4),
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, signer)
+            .certificates([signer])
+            .sign(responder_key, hashes.SHA256())
+        )
+        return response.public_bytes(serialization.Encoding.DER)
+
+    validator = CertificateValidator(
+        [ca.ca_certificate], fetcher=fetch, fetch_crls=False, clock=lambda: now[0]
+    )
+    assert validator.validate(cert, usage="signing", at=now[0]).reasons == []
+    now[0] = t0 + timedelta(minutes=11)
+    check = validator.validate(cert, usage="signing", at=now[0])
+    assert check.reasons == [], check.details
+    assert asked == [t0, now[0]]
