@@ -99,6 +99,31 @@ def _with_lax_content(schema: etree._ElementTree) -> bytes | None:
     return etree.tostring(schema) if changed else None
 
 
+def _global_elements(
+    trees: dict[str, etree._ElementTree], parsed: dict[Path, etree._ElementTree]
+) -> frozenset[str]:
+    """The global element declarations (``{namespace}name``) of each namespace's schema as
+    compiled: its file and the files it includes, however deep (an include takes the
+    including schema's namespace, also one with no targetNamespace of its own)."""
+    found: set[str] = set()
+    for target, tree in trees.items():
+        todo, seen = [tree], set()
+        while todo:
+            schema = todo.pop().getroot()
+            found.update(
+                f"{{{target}}}{element.get('name')}"
+                for element in schema.iterchildren(f"{{{_XS}}}element")
+                if element.get("name")
+            )
+            for include in schema.iterchildren(f"{{{_XS}}}include"):
+                base = Path(schema.getroottree().docinfo.URL or "").parent
+                path = (base / (include.get("schemaLocation") or "")).resolve()
+                if path in parsed and path not in seen:  # only files of the directory
+                    seen.add(path)
+                    todo.append(parsed[path])
+    return frozenset(found)
+
+
 class SchemaSet:
     """The compiled KITH schemas of one directory, by target namespace."""
 
@@ -109,24 +134,20 @@ class SchemaSet:
         self.directory = root
         self.files: dict[str, Path] = {}
         trees: dict[str, etree._ElementTree] = {}
+        parsed: dict[Path, etree._ElementTree] = {}
         for path in sorted(root.glob("*.xsd")):
             try:
                 tree = etree.parse(str(path), _schema_parser(root))
             except etree.XMLSyntaxError as exc:
                 raise SchemaError(f"schema {path.name} is not well-formed: {exc}") from None
+            parsed[path.resolve()] = tree
             target = tree.getroot().get("targetNamespace")
             if target and target not in self.files:
                 self.files[target] = path
                 trees[target] = tree
         if not self.files:
             raise SchemaError(f"no XML schemas (*.xsd) in {directory}")
-        # the global element declarations, by {namespace}name
-        self._elements = frozenset(
-            f"{{{target}}}{element.get('name')}"
-            for target, tree in trees.items()
-            for element in tree.getroot().iterchildren(f"{{{_XS}}}element")
-            if element.get("name")
-        )
+        self._elements = _global_elements(trees, parsed)
         replaced: dict[Path, bytes] = {}
         if NS_MSGHEAD in trees and (lax := _with_lax_content(trees[NS_MSGHEAD])) is not None:
             replaced[self.files[NS_MSGHEAD]] = lax

@@ -90,3 +90,26 @@ def test_a_root_element_its_namespaces_schema_does_not_declare_is_an_error(
     report = validate(data, kith_xsd)
     assert not report.valid
     assert _xsd(report.problems) == [("xsd-invalid", ERROR, CONTENT)]
+
+
+def test_a_root_element_declared_in_an_included_schema_file_is_declared(
+    samples: Path, kith_xsd: Path, tmp_path: Path
+) -> None:
+    # a schema may keep its declarations in files it includes: they are its own
+    for schema in kith_xsd.glob("*.xsd"):
+        shutil.copy(schema, tmp_path)
+    head = '<schema xmlns="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:ex:doc"'
+    (tmp_path / "ex-main.xsd").write_text(
+        f'{head}><include schemaLocation="ex-part.xsd"/></schema>'
+    )
+    (tmp_path / "ex-part.xsd").write_text(
+        f'{head} elementFormDefault="qualified"><element name="Doc"><complexType><sequence>'
+        '<element name="A" type="string"/></sequence></complexType></element></schema>'
+    )
+    data = _notat(samples)
+    start = data.index(b"<Dialogmelding ")
+    end = data.index(b"</Dialogmelding>") + len(b"</Dialogmelding>")
+    for body, valid in ((b"<A>x</A>", True), (b"<B>x</B>", False)):
+        document = b'<Doc xmlns="urn:ex:doc">' + body + b"</Doc>"
+        report = validate(data[:start] + document + data[end:], tmp_path)
+        assert report.valid is valid, report.problems
