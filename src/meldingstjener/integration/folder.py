@@ -25,7 +25,10 @@ that the engine is told the message reached the EPJ (``receipts.deliver``).
 
 The folders are the EPJ's to write in: a side whose folder is a symbolic link does nothing (see
 ``folder_checks``), and an outbox entry that is not a file (a link, a pipe) is refused, never
-followed or waited on.
+followed or waited on. The server makes no folder the configuration names, nor its parents:
+only ``sent/`` and ``failed/`` in the outbox, at start, and its own folder there. An inbox that
+is missing (a share not mounted) is not made: its messages wait, not delivered, and an alert
+says so (see ``folder_checks``).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from meldingstjener.integration.files import (
     write_atomically,
     write_temporary,
 )
-from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts
+from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts, check_folders
 from meldingstjener.integration.outbox_moves import (
     OWN_FOLDER,
     RoundFolders,
@@ -121,6 +124,7 @@ class FolderIntegration:
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_folders(settings)  # the configured folders exist: none is ever made
         self.ctx = ctx
         self.settings = settings
         self._monotonic = monotonic
@@ -154,12 +158,29 @@ class FolderIntegration:
             if folder is not None
         }
         self._checks = FolderChecks(ctx)
-        for directory in (self.outbox, self.inbox, self.sent, self.failed):
-            if directory is not None and not directory.is_symlink():  # (a link: see _usable)
-                try:
-                    directory.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:  # a file in its place: the rounds say so, in an alert
-                    log.error("folder %s cannot be made (%s)", directory, type(exc).__name__)
+        self._make_sent_and_failed()
+
+    def _make_sent_and_failed(self) -> None:
+        """Make ``sent/`` and ``failed/`` in the outbox when missing (not those configured
+        elsewhere: see ``folder_checks.check_folders``), the one folder each, in the outbox
+        opened without following a link: never a configured folder, nor a parent."""
+        if self.outbox is None:
+            return
+        defaults = (("sent", self.settings.sent_dir), ("failed", self.settings.failed_dir))
+        try:
+            outbox = open_folder(self.outbox)
+        except OSError as exc:  # a link, or gone since it was checked: the rounds say so
+            log.error("folder outbox cannot be opened (%s)", type(exc).__name__)
+            return
+        try:
+            for name, configured in defaults:
+                if configured is None:
+                    with contextlib.suppress(FileExistsError):  # (a file: the rounds say so)
+                        os.mkdir(name, dir_fd=outbox)
+        except OSError as exc:
+            log.error("folder outbox: sent/ or failed/ cannot be made (%s)", type(exc).__name__)
+        finally:
+            os.close(outbox)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -762,8 +783,10 @@ class FolderIntegration:
         if self.inbox is None:
             return 0
         inbox = [("inbox folder", self.inbox)]
-        if not self._checks.usable(self._unsafe_keys[INBOX], "inbox", inbox):
-            return 0  # a link: nothing is written through it
+        # present: an inbox missing or not a folder (a share unmounted) is said at once, not
+        # left to a silent wait; it is never made (see folder_checks)
+        if not self._checks.usable(self._unsafe_keys[INBOX], "inbox", inbox, present=True):
+            return 0  # a link, or no folder: nothing is written, no message delivered
         self._sweep_temporaries()
         written = FolderFileRow
         # Still acknowledged: not written yet, staged by a round that died before its files

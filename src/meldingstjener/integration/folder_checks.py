@@ -6,17 +6,25 @@ around one of them may put a symbolic link in its place, and the server would re
 files, or write received documents and move files, wherever the link points. So a folder that
 is a link is not used at all: the side it belongs to (outbox or inbox) does nothing until it is
 mended, and the operator is told at once, once, by ``folder-unsafe``; the alert ends when the
-folder is one again. A folder that is missing or not a folder is the rounds' own failure
-(``outbox-stuck``), not this.
+folder is one again.
+
+The server never makes a folder the configuration names, nor its parents (:func:`check_folders`
+refuses one missing at start): made on the local disk in place of a share not mounted (or by a
+typo), the inbox would take received messages the EPJ never sees, each marked delivered. So an
+inbox that is missing or not a folder while the server runs (a share unmounted) is not served
+either, and raises the same alert: its messages wait, not delivered, until it is there again. In
+the outbox such a folder is the rounds' own failure (``outbox-stuck``), not this.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from meldingstjener.config import ConfigError, FolderSettings
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.integration.files import UnsafeFolder, open_folder
@@ -24,6 +32,25 @@ from meldingstjener.integration.files import UnsafeFolder, open_folder
 log = logging.getLogger(__name__)
 
 REREAD_CHECKS = 30  # the open folder-unsafe alerts are read again this often
+CONFIGURED = ("outbox_dir", "inbox_dir", "sent_dir", "failed_dir")  # [folder]'s folders
+
+
+def check_folders(settings: FolderSettings) -> None:
+    """Refuse, as a :class:`ConfigError` naming its key, a folder ``[folder]`` names that does
+    not exist or is not a folder (``serve`` exits 2 before it starts anything; the integration
+    checks again as it starts). The server makes none of them: in place of a share not mounted,
+    or of a typo, it would make them on the local disk, and the EPJ would never see what is
+    written there. A symbolic link to a folder passes here, and is refused by the rounds
+    (``folder-unsafe``: see :class:`FolderChecks`)."""
+    for key in CONFIGURED:
+        folder: Path | None = getattr(settings, key)
+        if folder is None or os.path.isdir(folder):
+            continue
+        what = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise ConfigError(
+            f"folder.{key}: {folder} {what}; the server makes no folder of the EPJ's (a share "
+            "not mounted, or a typo?): mount or make it, or leave the key unset"
+        )
 
 
 class OpenAlerts:
@@ -66,17 +93,23 @@ class FolderChecks:
         self.ctx = ctx
         self._open = OpenAlerts(ctx, AlertKind.FOLDER_UNSAFE, reread_every=REREAD_CHECKS)
 
-    def usable(self, key: str, side: str, folders: Sequence[tuple[str, Path]]) -> bool:
-        """Whether none of ``folders`` ((what it is, its path)) is a symbolic link. ``key``
+    def usable(
+        self, key: str, side: str, folders: Sequence[tuple[str, Path]], *, present: bool = False
+    ) -> bool:
+        """Whether none of ``folders`` ((what it is, its path)) is a symbolic link, nor, when
+        ``present``, missing or not a folder (else the round itself fails on it). ``key``
         names the side's alert (the same for every process serving that folder)."""
-        unsafe: tuple[str, UnsafeFolder] | None = None
+        unsafe: tuple[str, Path, str, bool] | None = None  # what, its path, why, a link
         for what, path in folders:
             try:
                 os.close(open_folder(path))
             except UnsafeFolder as exc:
-                unsafe = (what, exc)
+                unsafe = (what, exc.path, exc.reason, True)
                 break
-            except OSError:
+            except OSError as exc:
+                if present:
+                    unsafe = (what, path, _not_usable(exc), False)
+                    break
                 continue  # missing, or not a folder: the round itself fails on it
         known = self._open.keys()
         if unsafe is None:
@@ -86,21 +119,40 @@ class FolderChecks:
                     uow.commit()
                 known.discard(key)
             return True
-        what, refused = unsafe
-        log.error("folder %s: %s %s %s: not used", side, what, refused.path, refused.reason)
+        what, path, reason, link = unsafe
+        log.error("folder %s: %s %s %s: not used", side, what, path, reason)
+        if link:
+            advice = (
+                "A link may point anywhere the server can read or write, so no file is taken, "
+                "moved or written through it. Put the folder itself in its place (or configure "
+                "the folder's real path in [folder]), and find out who made the link"
+            )
+        else:
+            advice = (
+                "The server does not make it (a share not mounted would be made on the local "
+                "disk, where the EPJ never looks): nothing is written to it, and the messages "
+                "for it wait, not delivered, until the folder is there again. Mount the share, "
+                "or mend the folder"
+            )
         if key not in known:
             with self.ctx.store.unit_of_work() as uow:
                 raise_alert(
                     uow,
                     AlertKind.FOLDER_UNSAFE,
-                    f"the folder integration's {side} is not served: its {what} {refused.path} "
-                    f"{refused.reason}. A link may point anywhere the server can read or write, so "
-                    "no file is taken, moved or written through it. Put the folder itself in "
-                    "its place (or configure the folder's real path in [folder]), and find out "
-                    "who made the link",
+                    f"the folder integration's {side} is not served: its {what} {path} "
+                    f"{reason}. {advice}",
                     at=self.ctx.clock(),
                     key=key,
                 )
                 uow.commit()
             known.add(key)  # once committed: one that failed to commit is raised next round
         return False
+
+
+def _not_usable(exc: OSError) -> str:
+    """Why a folder that is no link cannot be opened, in words (for an alert: no file name)."""
+    if exc.errno == errno.ENOENT:
+        return "does not exist (a share not mounted, or the folder removed?)"
+    if exc.errno == errno.ENOTDIR:
+        return "is not a folder"
+    return f"cannot be opened ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})"

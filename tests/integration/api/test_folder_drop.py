@@ -33,6 +33,14 @@ CHILD = Path(__file__).with_name("folder_child.py")
 MiB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def epj_folders(tmp_path: Path) -> None:
+    """The EPJ's outbox and inbox the tests use: they exist, as the server requires (it makes
+    no folder the configuration names)."""
+    (tmp_path / "ut").mkdir()
+    (tmp_path / "inn").mkdir()
+
+
 def drop(outbox: Path, name: str, data: bytes) -> None:
     """As an EPJ does it: write under a temporary name, then rename."""
     temporary = outbox / f".{name}.partial"
@@ -269,7 +277,6 @@ def all_in_sent(outbox: Path, count: int) -> bool:
 @pytest.mark.parametrize("point", ["after-submit", "before-move", "in-own-folder"])
 def test_outbox_survives_kill_9(pair: Pair, tmp_path: Path, point: str) -> None:
     outbox = tmp_path / "ut"
-    outbox.mkdir()
     for number in range(6):
         note = dialog_note(pair.gp_site, pair.hospital_site, f"Melding {number}")
         drop(outbox, f"m{number}.xml", note)
@@ -294,7 +301,6 @@ def test_a_file_changed_while_the_server_is_down_after_its_submit_is_sent_once(
     # it on close) or they get new inodes (a share remounted with noserverino): the file is
     # still the one sent, not a new message.
     outbox = tmp_path / "ut"
-    outbox.mkdir()
     for number in range(4):
         drop(outbox, f"m{number}.xml", dialog_note(pair.gp_site, pair.hospital_site, f"M {number}"))
     config = pair.gp_site.config_path
@@ -825,6 +831,8 @@ def test_an_outbox_folder_that_cannot_be_listed_raises_outbox_stuck(
 ) -> None:
     # The share is not mounted: every round fails before any file is seen.
     outbox = tmp_path / "share" / "ut"
+    for folder in (outbox, tmp_path / "sent", tmp_path / "failed"):
+        folder.mkdir(parents=True)
     settings = FolderSettings(
         outbox_dir=outbox,
         sent_dir=tmp_path / "sent",
@@ -1222,6 +1230,7 @@ def test_as_her_ids_bounds_what_the_outbox_sends_as(pair: Pair, tmp_path: Path) 
     assert "not-allowed" in refused.summary
     # the folder of the service sends as the service
     other = tmp_path / "ut2"
+    other.mkdir()
     served = FolderSettings(outbox_dir=other, settle_seconds=0, as_her_ids=[HOSPITAL_SERVICE_HER])
     service_folder = FolderIntegration(pair.hospital, served)
     drop(other, "a.xml", dialog_note(pair.hospital_site, pair.gp_site, "Som tjenesten"))

@@ -24,6 +24,14 @@ from meldingstjener.store.tables import AlertRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 
 
+@pytest.fixture(autouse=True)
+def epj_folders(tmp_path: Path) -> None:
+    """The EPJ's outbox and inbox the tests use: they exist, as the server requires (it makes
+    no folder the configuration names)."""
+    (tmp_path / "ut").mkdir()
+    (tmp_path / "inn").mkdir()
+
+
 @pytest.fixture
 def umask_022() -> Iterator[None]:
     """The common umask, under which a file created 0o666 would be 0o644."""
@@ -207,7 +215,6 @@ def test_a_dangling_link_in_place_of_a_folder_does_not_stop_the_start(
     pair: Pair, tmp_path: Path
 ) -> None:
     outbox = tmp_path / "ut"
-    outbox.mkdir()
     os.symlink(tmp_path / "nowhere", outbox / "sent")
     integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
     assert integration.outbox_once() == 0
