@@ -296,6 +296,8 @@ def _receive_message(
             uow.content_keys.record(keys, row.id, at=now)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
+            # a reply to a message of ours sent without AckRequested, after its AppRec deadline
+            receipts.resolve_replied_to(uow, row, at=now)
             # A message from this sender, decrypted with our key, is stored: refusals of its
             # messages, our key's failure on them and this process's store's are over (no
             # statement unless an alert is open).

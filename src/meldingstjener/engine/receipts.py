@@ -1084,22 +1084,65 @@ def apprec_deadline_job(ctx: EngineContext, job: ClaimedJob) -> None:
 
 
 def _replied_to(uow: UnitOfWork, row: MessageRow) -> bool:
-    """Whether the receiver of the sent ``row`` has sent something in its ebXML conversation
-    since: a reply of its own (NAV answers an EgenandelForesporsel with a Svar, in the HTTP
-    response, and no AppRec), which the EPJ has; not waited for as an AppRec is."""
+    """Whether the receiver of the sent ``row`` has sent a reply to it (:func:`_is_reply`)."""
     if row.ebxml_conversation_id is None:
         return False
-    reply = (
-        select(MessageRow.id)
-        .where(
-            MessageRow.ebxml_conversation_id == row.ebxml_conversation_id,
-            MessageRow.direction == Direction.INBOUND.value,
-            MessageRow.from_her_id == row.to_her_id,
-            MessageRow.created_at >= row.created_at,
-        )
-        .limit(1)
+    received = select(MessageRow).where(
+        MessageRow.ebxml_conversation_id == row.ebxml_conversation_id,
+        MessageRow.direction == Direction.INBOUND.value,
     )
-    return uow.session.scalar(reply) is not None
+    return any(_is_reply(row, reply) for reply in uow.session.scalars(received))
+
+
+def resolve_replied_to(uow: UnitOfWork, received: MessageRow, *, at: datetime) -> None:
+    """On storing the received message ``received``: resolve the ``apprec-missing`` alert of
+    each message of ours it is a reply to (:func:`_is_reply`) that is still ``sent`` (it went
+    without AckRequested), with a NOTE event on that message saying which message answered it.
+    The deadline job finds a reply that came before the deadline; one after it (NAV's Svar a
+    day late) left the alert open for good, as only an AppRec resolved it.
+
+    On every received message: one SELECT by the conversation index, finding as a rule nothing
+    (a message of ours still ``sent`` in that conversation is one without AckRequested, or one
+    whose Acknowledgment is on its way)."""
+    if received.ebxml_conversation_id is None:
+        return
+    waiting = select(MessageRow).where(
+        MessageRow.ebxml_conversation_id == received.ebxml_conversation_id,
+        MessageRow.direction == Direction.OUTBOUND.value,
+        MessageRow.status == OutboundStatus.SENT.value,
+    )
+    for sent in uow.session.scalars(waiting):
+        key = f"{AlertKind.APPREC_MISSING}:{sent.id}"
+        alert = uow.alerts.by_key(key) if _is_reply(sent, received) else None
+        if alert is None or alert.resolved_at is not None:
+            continue
+        uow.alerts.resolve(key, at=at)
+        uow.events.record(
+            sent.id,
+            EventKind.NOTE,
+            actor="msh",
+            code="replied",
+            detail=f"{received.from_her_id} replied in its conversation after the AppRec "
+            f"deadline (received as message {received.id}): apprec-missing resolved",
+            at=at,
+        )
+
+
+def _is_reply(sent: MessageRow, received: MessageRow) -> bool:
+    """Whether the received message ``received`` answers the message ``sent`` as a reply of
+    the receiver's own: in its ebXML conversation, from the HER-id it went to, stored since.
+    NAV answers an EgenandelForesporsel with a Svar, in the HTTP response, and no AppRec: the
+    EPJ has that answer, so a message sent without AckRequested is not waited for as an AppRec
+    is. The one rule for the deadline job (:func:`_replied_to`) and for a reply after the
+    deadline (:func:`resolve_replied_to`)."""
+    return (
+        sent.ebxml_conversation_id is not None
+        and received.ebxml_conversation_id == sent.ebxml_conversation_id
+        and sent.direction == Direction.OUTBOUND.value
+        and received.direction == Direction.INBOUND.value
+        and received.from_her_id == sent.to_her_id
+        and received.created_at >= sent.created_at
+    )
 
 
 # --- status in the shape of EDI 2.0 ------------------------------------------------------------

@@ -371,13 +371,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
             uow.jobs.finish(job.id)
             if state.status == OutboundStatus.SENT.value:
                 schedule_apprec_deadline(ctx, uow, state.id, state.msg_type)
-        unreachable = _unreachable_key(partner.her_id, str(route.endpoint))
-        uow.alerts.resolve(
-            f"{AlertKind.PARTNER_UNREACHABLE}:{unreachable}",
-            # the key of an alert an earlier version raised per partner: nothing else resolves it
-            f"{AlertKind.PARTNER_UNREACHABLE}:{partner.her_id}",
-            at=now,
-        )
+        _resolve_unreachable(uow, partner, str(route.endpoint), now)
         uow.commit()
     return result
 
@@ -395,6 +389,30 @@ def _unreachable_key(her_id: str, endpoint: str) -> str:
 
 # alerts.dedup_key is 255 characters, the kind and its colon come first
 _KEY_ROOM = 255 - len(f"{AlertKind.PARTNER_UNREACHABLE}:")
+
+
+def _resolve_unreachable(uow: UnitOfWork, partner: Partner, endpoint: str, at: datetime) -> None:
+    """After a send to ``partner`` at ``endpoint`` worked: resolve the partner's open
+    ``partner-unreachable`` alerts but those of its other endpoints (the agreement's endpoint
+    and each binding's channel endpoint, as :meth:`Partner.route` gives them: a CPA's other
+    channel may be down while this one works). So the alert of this endpoint is resolved, that
+    of an endpoint the partner no longer has (a typo mended, a gateway moved: every send goes
+    to the new one, nothing would ever resolve it) and the one an earlier version kept per
+    partner (its key without the endpoint). Every message passes here: one prepared UPDATE.
+
+    The endpoints are those of the agreement this message went by: when two HER-ids of ours
+    have agreements with the partner naming different endpoints, a send by one resolves the
+    alert of the other's (raised again at its next failed send)."""
+    sent_to = _unreachable_key(partner.her_id, endpoint)
+    others = {partner.route(binding).endpoint for binding in (None, *partner.bindings)}
+    kept = {
+        f"{AlertKind.PARTNER_UNREACHABLE}:{key}"
+        for key in (_unreachable_key(partner.her_id, e) for e in others if e is not None)
+        if key != sent_to
+    }
+    uow.alerts.resolve_for_partner(
+        AlertKind.PARTNER_UNREACHABLE, partner.her_id, kept=sorted(kept), at=at
+    )
 
 
 def _note(

@@ -683,6 +683,18 @@ _COUNTED_AGAIN = text(
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
 
 
+# a partner's open alerts of one kind but those of some keys (an empty set of keys is written
+# as one by SQLAlchemy, on both databases)
+_RESOLVE_PARTNER_ALERTS = text(
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE resolved_at IS NULL "
+    "AND kind = :kind AND partner_her_id = :partner_her_id AND dedup_key NOT IN :kept"
+).bindparams(
+    bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
+    # typed: an empty set is a SELECT of a NULL of the bind's type, which PostgreSQL compares
+    bindparam("kept", expanding=True, type_=cast(Table, AlertRow.__table__).c.dedup_key.type),
+)
+
+
 @functools.lru_cache(maxsize=8)
 def _resolve_alerts(count: int) -> TextClause:
     """The resolve of ``count`` keys in one statement (an incoming Acknowledgment resolves two
@@ -767,6 +779,18 @@ class AlertRepository:
         binds: dict[str, object] = {f"dedup_key_{n}": key for n, key in enumerate(keys)}
         binds["at"] = at or utcnow()
         self.session.connection().execute(_resolve_alerts(len(keys)), binds)
+
+    def resolve_for_partner(
+        self, kind: str, partner_her_id: str, *, kept: Sequence[str], at: datetime
+    ) -> None:
+        """Mark the open alerts of ``kind`` for ``partner_her_id`` resolved, but those whose key
+        is in ``kept``, in one prepared statement; none open is fine. Runs after every
+        successful send (the partner's ``partner-unreachable`` alerts but those of its other
+        endpoints)."""
+        self.session.connection().execute(
+            _RESOLVE_PARTNER_ALERTS,
+            {"kind": kind, "partner_her_id": partner_her_id, "kept": list(kept), "at": at},
+        )
 
     def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:
         """Count the open alert of ``dedup_key`` once more and mark it seen at ``at`` when its

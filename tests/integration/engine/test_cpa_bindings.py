@@ -16,6 +16,7 @@ from pathlib import Path
 from engine_pair import Pair, sent_header
 from sqlalchemy import select
 
+from meldingstjener.devsites import dialog_note
 from meldingstjener.ebxml import Envelope, parse_envelope, unpackage
 from meldingstjener.engine import receipts
 from meldingstjener.engine.alerts import AlertKind, raise_alert
@@ -343,3 +344,45 @@ def test_a_send_goes_by_the_binding_submit_chose_of_several_with_its_service_and
     row = pair.message(pair.gp, message_id)
     assert row.sent_endpoint == pair.hospital_site.endpoint
     assert row.status == "transport-acknowledged" and row.attempts == 1
+
+
+@dataclass
+class _DownAt:
+    """A transport that cannot reach one endpoint and takes every delivery to another."""
+
+    down: str
+    sent: list[Delivery] = field(default_factory=list)
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        if delivery.endpoint == self.down:
+            raise TransportFailure("connect-failed", f"cannot reach {delivery.endpoint}")
+        self.sent.append(delivery)
+        return TransportResult(status_code=200)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_send_that_works_resolves_the_unreachable_alert_of_an_endpoint_no_longer_used(
+    pair: Pair,
+) -> None:
+    """The partner's endpoint is down, then its agreement names a new one (a typo mended, a
+    gateway moved): every send goes to the new one, so the first that works there resolves the
+    old endpoint's alert, which was left open for ever."""
+    old, new = pair.hospital_site.endpoint, "https://new-gateway.example.no/ebxml"
+    transport = _DownAt(old)
+    pair.gp.transports = {**pair.gp.transports, "http": transport}
+    note = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Notat"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()
+    assert pair.message(pair.gp, note).status == "retrying"
+    [alert] = _open_alerts(pair)
+    assert alert.kind == "partner-unreachable" and old in alert.summary
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = agreement_from_row(uow.agreements.for_pair("8100001", "8200002"))
+        save_agreement(uow, replace(agreement, endpoint=new))
+        uow.commit()
+    later = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Notat 2"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()
+    assert [d.endpoint for d in transport.sent] == [new]
+    assert pair.message(pair.gp, later).status == "sent"
+    assert "partner-unreachable" not in {a.kind for a in _open_alerts(pair)}

@@ -1431,6 +1431,38 @@ def test_a_question_sent_without_ack_requested_and_answered_in_its_conversation_
     """A message sent without AckRequested waits for its AppRec from the send on; a reply in its
     ebXML conversation (NAV answers an EgenandelForesporsel with a Svar, no AppRec) is an
     answer: the deadline passes without an alert. Without the reply, it has one."""
+    answered, unanswered = _questions_without_ack_requested(pair, "Spørsmål", "Et annet spørsmål")
+    _reply(pair, answered)
+    pair.clock.advance(hours=25)
+    pair.run()
+    alerted = [a.message_id for a in open_alerts(pair.gp, "apprec-missing")]  # type: ignore[attr-defined]
+    assert alerted == [unanswered]
+
+
+def test_a_reply_after_the_deadline_resolves_the_apprec_missing_of_the_question_it_answers(
+    pair: Pair,
+) -> None:
+    """The hospital's Svar comes a day late (25 h): the question's apprec-missing is resolved
+    when the Svar is stored, with a note on the question saying which message answered it; the
+    other question's stays open. It stayed open for good, as only an AppRec resolved it."""
+    answered, unanswered = _questions_without_ack_requested(pair, "Spørsmål", "Et annet spørsmål")
+    pair.clock.advance(hours=25)
+    pair.run()
+    alerted = {a.message_id for a in open_alerts(pair.gp, "apprec-missing")}  # type: ignore[attr-defined]
+    assert alerted == {answered, unanswered}
+    _reply(pair, answered)
+    alerted = {a.message_id for a in open_alerts(pair.gp, "apprec-missing")}  # type: ignore[attr-defined]
+    assert alerted == {unanswered}
+    [svar] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type != "APPREC"]
+    with pair.gp.store.unit_of_work() as uow:
+        [note] = [e for e in uow.events.for_message(answered) if e.code == "replied"]
+    assert svar.id in str(note.detail) and "after the AppRec deadline" in str(note.detail)
+    assert pair.message(pair.gp, answered).status == "sent"
+
+
+def _questions_without_ack_requested(pair: Pair, *texts: str) -> list[str]:
+    """The GP's agreement binds DIALOG_FORESPORSEL to a channel without AckRequested; one
+    question per text is sent, and the hospital (as NAV's gateway) sends no Acknowledgment."""
     with pair.gp.store.unit_of_work() as uow:
         row = uow.agreements.for_pair(
             pair.gp_site.address_her_id, pair.hospital_site.address_her_id
@@ -1445,21 +1477,22 @@ def test_a_question_sent_without_ack_requested_and_answered_in_its_conversation_
         )
         save_agreement(uow, bound)
         uow.commit()
-    answered, unanswered = (
+    questions = [
         submit(pair.gp, dialog_question(pair.gp_site, pair.hospital_site, text), actor="t")
-        for text in ("Spørsmål", "Et annet spørsmål")
-    )
+        for text in texts
+    ]
     Worker(pair.gp, "gp").run_until_idle()
     with pair.hospital.store.unit_of_work() as uow:  # as NAV's gateway: no Acknowledgment
         uow.session.execute(delete(JobRow).where(JobRow.kind == "send-signal"))
         uow.commit()
-    assert {pair.message(pair.gp, m).status for m in (answered, unanswered)} == {"sent"}
-    asked = pair.message(pair.gp, answered).msg_id
+    assert {pair.message(pair.gp, m).status for m in questions} == {"sent"}
+    return questions
+
+
+def _reply(pair: Pair, question: str) -> None:
+    """The hospital answers the GP's ``question`` with a DIALOG_SVAR in its conversation."""
+    asked = pair.message(pair.gp, question).msg_id
     [arrived] = [m for m in pair.inbound_messages(pair.hospital) if m.msg_id == asked]
     document = read_msghead(pair.hospital.store.payloads.read_bytes(str(arrived.payload_ref)))
     submit(pair.hospital, build_dialog_svar(document, answer_text="Svar"), actor="t")
     pair.run()
-    pair.clock.advance(hours=25)
-    pair.run()
-    alerted = [a.message_id for a in open_alerts(pair.gp, "apprec-missing")]  # type: ignore[attr-defined]
-    assert alerted == [unanswered]
