@@ -86,6 +86,62 @@ def test_same_content_dropped_again_is_sent_again(pair: Pair, tmp_path: Path) ->
     assert len(list((outbox / "sent").iterdir())) == 2
 
 
+def test_a_file_sent_that_left_the_outbox_by_hand_is_not_taken_for_a_later_drop(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Sent, but sent/ is not a folder (a share mounted wrong): the file cannot be moved out,
+    # and the operator takes it out by hand. A later drop of the same name and content is a
+    # new message the EPJ means to send, not that file whose time or inode changed: it is sent.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Tatt ut for hand")
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 1 and (outbox / "n.xml").exists()
+    (outbox / "n.xml").unlink()  # the operator's hand
+    (outbox / "sent").unlink()
+    (outbox / "sent").mkdir()
+    integration.outbox_once()  # finds it gone
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["n.xml"]
+
+
+def test_a_file_that_never_left_another_outbox_sharing_the_store_is_not_this_ones(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Two outboxes on one store (two EPJs). A file sent from one, not moved out of it yet, is
+    # neither found gone by the other's rounds nor taken for a file of its name and content
+    # dropped in the other; and after a restart, with its time changed, it is still known in
+    # its own outbox as the file sent.
+    outbox, other = tmp_path / "ut", tmp_path / "ut2"
+    other.mkdir()
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    integration = FolderIntegration(pair.gp, settings)
+    elsewhere = FolderIntegration(pair.gp, FolderSettings(outbox_dir=other, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "To mapper")
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 1
+    elsewhere.outbox_once()  # the other outbox, empty: the file is not gone from its own
+    drop(other, "n.xml", note)
+    elsewhere.outbox_once()
+    assert len(outbound(pair)) == 2  # sent from the other outbox: its own message
+    assert [p.name for p in (other / "sent").iterdir()] == ["n.xml"]
+    (outbox / "sent").unlink()
+    (outbox / "sent").mkdir()
+    status = (outbox / "n.xml").stat()
+    os.utime(outbox / "n.xml", ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    FolderIntegration(pair.gp, settings).outbox_once()  # a restart
+    assert len(outbound(pair)) == 2  # the first outbox's file was not sent again
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["n.xml"]
+
+
 def test_two_processes_on_one_outbox_send_a_file_once(
     pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
