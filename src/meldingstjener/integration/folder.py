@@ -933,8 +933,15 @@ class FolderIntegration:
                     FolderFileRow.kind == INBOX, FolderFileRow.key == message_id
                 )
             ).first()
-            if row is None or row.outcome != STAGING or row.staged_as is None:
+            if row is None or row.outcome != STAGING:
                 return False  # written (by another process), or never staged
+            if row.staged_as is None:
+                # A staging row naming no temporaries (kept by an earlier migration 0020 going
+                # down and up again): nothing of it can be put in place, and the message is not
+                # written. Removed, the next round writes it anew; kept, it would wait for ever.
+                uow.session.delete(row)
+                uow.commit()
+                return False
             temporaries = row.staged_as.split("/")
             if status != "acknowledged":
                 _remove(inbox, temporaries)  # taken through another channel: no file appears

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import pytest
 from api_sites import ApiPair
 from engine_pair import Pair
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from meldingstjener.config import FolderSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
@@ -464,6 +464,41 @@ def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
     assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
         str(received.payload_ref)
     )
+    assert pair.message(pair.hospital, received.id).status == "delivered"
+
+
+def test_a_staging_row_that_names_no_temporaries_is_written_anew(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staged, then the row lost the temporaries' names (an earlier migration 0020 going down
+    # and up again kept the row, not its staged_as): nothing can be put in place, and the
+    # message is written anew instead of waiting, acknowledged, for ever.
+    from meldingstjener.integration import folder
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_: object, **__: object) -> None:
+        raise Killed()
+
+    inbox = tmp_path / "inn"
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Ned og opp"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with monkeypatch.context() as patched:
+        patched.setattr(folder, "publish", killed)
+        with pytest.raises(Killed):
+            FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.execute(update(FolderFileRow).values(staged_as=None))
+        uow.commit()
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    for _ in range(2):  # the row let go, then the message written
+        integration.inbox_once()
+    assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
+        str(received.payload_ref)
+    )
+    assert (inbox / f"{received.id}.json").exists()
     assert pair.message(pair.hospital, received.id).status == "delivered"
 
 

@@ -8,6 +8,10 @@ committed before they are renamed into place: after a crash, one still there is 
 one gone was (the EPJ may have taken it). Nullable, no default: no table rewrite; a row stored
 before is read as before.
 
+Down, the staging rows are deleted: the code before knows no staging, and would take one for
+a message written (and mark it delivered) while its files are only temporaries, which it
+removes after an hour; without its row the message is written anew.
+
 Revision ID: 0020
 Revises: 0019
 Create Date: 2026-12-07 10:00:00
@@ -42,6 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM folder_files WHERE kind = 'inbox' AND outcome = 'staging'")
     op.drop_index("ix_folder_files_unmoved", table_name="folder_files")
     with op.batch_alter_table("folder_files") as batch:
         batch.drop_column("staged_as")
