@@ -141,6 +141,7 @@ class FolderIntegration:
         self.failed = settings.failed_dir or (self.outbox / "failed" if self.outbox else None)
         self.her_ids = list(settings.as_her_ids) or sorted(ctx.own_her_ids)
         outbox_path = os.fsencode(self.outbox.resolve()) if self.outbox else b""
+        # this outbox among those sharing the store: its alerts' keys, its files' rows
         self._outbox_tag = hashlib.sha256(outbox_path).hexdigest()[:16]
         # this outbox's open outbox-stuck alerts (read again now and then: one resolved by
         # hand is opened again if still stuck)
@@ -234,15 +235,55 @@ class FolderIntegration:
                 self._own_folder_fails(exc)
                 return 0
             self._failures.pop(OWN, None)
+            unmoved = self._unmoved()  # asked before the listing: see _left_the_outbox
             try:
                 names = sorted(os.listdir(folders.outbox))
             except OSError as exc:
                 self._not_listed(exc)
                 return 0
             self._failures.pop(FOLDER, None)
+            self._left_the_outbox(unmoved, names)
             return self._outbox_round(folders, names)
         finally:
             folders.close()
+
+    def _unmoved(self) -> dict[int, str]:
+        """This outbox's rows whose file has not left it as far as the store knows
+        (``moved_at`` unset): id and name digest. Few: a file's row is marked when the file is
+        moved out, or else by the first round that finds the file gone."""
+        with self.ctx.store.unit_of_work() as uow:
+            rows = uow.session.execute(
+                select(FolderFileRow.id, FolderFileRow.file_name).where(
+                    FolderFileRow.outbox_tag == self._outbox_tag,
+                    FolderFileRow.moved_at.is_(None),
+                )
+            )
+            return {row_id: name for row_id, name in rows}
+
+    def _left_the_outbox(self, unmoved: dict[int, str], names: list[str]) -> None:
+        """Mark as left the rows of ``unmoved`` (asked before the outbox was listed as
+        ``names``) whose file's name is not in the outbox.
+
+        Only ``_move_out`` marks a row when its file leaves; one that left any other way (taken
+        out by hand after a failed move, removed while the server was down after its submit, a
+        crash between the move and the mark) would otherwise stand for ever for a later drop of
+        the same name and content, which ``_claim`` would take as that file and move to sent/
+        unsent. Asked before the listing: a row claimed since, by another process, for a file
+        this listing missed is not marked while its file is still in the outbox. (A file in
+        another process's turn at the listing is being moved out: marked by it anyway.)"""
+        if not unmoved:
+            return
+        listed = {self._name_digest(name) for name in names}
+        gone = [row_id for row_id, digest in unmoved.items() if digest not in listed]
+        if not gone:
+            return
+        with self.ctx.store.unit_of_work() as uow:
+            uow.session.execute(
+                update(FolderFileRow)
+                .where(FolderFileRow.id.in_(gone), FolderFileRow.moved_at.is_(None))
+                .values(moved_at=self.ctx.clock())
+            )
+            uow.commit()
 
     def _not_listed(self, exc: OSError) -> None:
         """The outbox itself failed: a share not mounted, a folder removed or not readable."""
@@ -467,12 +508,13 @@ class FolderIntegration:
         none; None when another process claimed it at the same moment.
 
         The file's row is the one of its key, or else the one of a file of the same name and
-        content that never left the outbox (``moved_at`` unset; the latest): the same file,
+        content that never left this outbox (``moved_at`` unset; the latest): the same file,
         whose time or inode changed while the server was down after its submit (an antivirus
         scan, an SMB client setting the time, a share remounted with new inode numbers). Taken
         as new, it would be sent again as another message. A file dropped again after the first
-        was moved out is a new one, and is sent (the EPJ may send the same message twice).
-        (``outbox_moves`` tells the file read by the same rule while it is moved.)"""
+        left the outbox (moved out, or found gone by a round: see ``_left_the_outbox``) is a new
+        one, and is sent (the EPJ may send the same message twice). (``outbox_moves`` tells the
+        file read by the same rule while it is moved.)"""
         with self.ctx.store.unit_of_work() as uow:
             row = uow.session.scalars(
                 select(FolderFileRow).where(FolderFileRow.kind == OUTBOX, FolderFileRow.key == key)
@@ -481,10 +523,10 @@ class FolderIntegration:
                 row = uow.session.scalars(
                     select(FolderFileRow)
                     .where(
-                        FolderFileRow.kind == OUTBOX,
+                        FolderFileRow.outbox_tag == self._outbox_tag,
+                        FolderFileRow.moved_at.is_(None),
                         FolderFileRow.content_sha256 == content,
                         FolderFileRow.file_name == name_digest,
-                        FolderFileRow.moved_at.is_(None),
                     )
                     .order_by(FolderFileRow.id.desc())
                 ).first()
@@ -499,6 +541,7 @@ class FolderIntegration:
                     outcome=PENDING,
                     at=now,
                     content_sha256=content,
+                    outbox_tag=self._outbox_tag,
                 )
             )
             try:
@@ -752,7 +795,7 @@ class FolderIntegration:
         content found there later is a new one (see ``_claim``). Recorded also when it was not
         moved (gone, or another file was at its name): the file read is not in the outbox
         either way. (A crash between the move and the record leaves the row as if the file had
-        stayed: a file of that name and content dropped again later is taken as that one.)"""
+        stayed, until the next round finds it gone: see ``_left_the_outbox``.)"""
         got = move_out(
             taken.folders,
             taken.name,
@@ -890,8 +933,15 @@ class FolderIntegration:
                     FolderFileRow.kind == INBOX, FolderFileRow.key == message_id
                 )
             ).first()
-            if row is None or row.outcome != STAGING or row.staged_as is None:
+            if row is None or row.outcome != STAGING:
                 return False  # written (by another process), or never staged
+            if row.staged_as is None:
+                # A staging row naming no temporaries (kept by an earlier migration 0020 going
+                # down and up again): nothing of it can be put in place, and the message is not
+                # written. Removed, the next round writes it anew; kept, it would wait for ever.
+                uow.session.delete(row)
+                uow.commit()
+                return False
             temporaries = row.staged_as.split("/")
             if status != "acknowledged":
                 _remove(inbox, temporaries)  # taken through another channel: no file appears

@@ -464,16 +464,17 @@ class FolderFileRow(Base):
 
     The row is what makes the folder integration exactly-once across crashes: an outbox file is
     submitted only if no row with its key exists, nor one of the same name and content whose file
-    never left the outbox (``moved_at`` unset: its time or inode changed while the server was
-    down); an inbox message's files are written only if no row for its message exists, and
-    those of a row left ``staging`` by a crash are put in place only if their temporary names
-    (``staged_as``) are still there.
+    never left that outbox (``outbox_tag`` its outbox's, ``moved_at`` unset: its time or inode
+    changed while the server was down); an inbox message's files are written only if no row for
+    its message exists, and those of a row left ``staging`` by a crash are put in place only if
+    their temporary names (``staged_as``) are still there.
     """
 
     __tablename__ = "folder_files"
     __table_args__ = (
         UniqueConstraint("kind", "key", name="uq_folder_files_kind_key"),
-        Index("ix_folder_files_content", "content_sha256"),
+        # an outbox's rows whose file has not left it: read every round (few)
+        Index("ix_folder_files_unmoved", "outbox_tag", "moved_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -485,4 +486,5 @@ class FolderFileRow(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     content_sha256: Mapped[str | None] = mapped_column(String(64))  # outbox: the content read
     moved_at: Mapped[datetime | None] = mapped_column()  # outbox: when the file left the outbox
+    outbox_tag: Mapped[str | None] = mapped_column(String(16))  # outbox: which (folder._outbox_tag)
     staged_as: Mapped[str | None] = mapped_column(String(255))  # inbox, staging: temporaries

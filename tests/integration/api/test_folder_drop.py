@@ -18,7 +18,7 @@ from typing import BinaryIO
 import pytest
 from api_sites import ApiPair
 from engine_pair import Pair
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from meldingstjener.config import FolderSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
@@ -84,6 +84,62 @@ def test_same_content_dropped_again_is_sent_again(pair: Pair, tmp_path: Path) ->
     integration.outbox_once()
     assert len(outbound(pair)) == 2
     assert len(list((outbox / "sent").iterdir())) == 2
+
+
+def test_a_file_sent_that_left_the_outbox_by_hand_is_not_taken_for_a_later_drop(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Sent, but sent/ is not a folder (a share mounted wrong): the file cannot be moved out,
+    # and the operator takes it out by hand. A later drop of the same name and content is a
+    # new message the EPJ means to send, not that file whose time or inode changed: it is sent.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "Tatt ut for hand")
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 1 and (outbox / "n.xml").exists()
+    (outbox / "n.xml").unlink()  # the operator's hand
+    (outbox / "sent").unlink()
+    (outbox / "sent").mkdir()
+    integration.outbox_once()  # finds it gone
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 2
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["n.xml"]
+
+
+def test_a_file_that_never_left_another_outbox_sharing_the_store_is_not_this_ones(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Two outboxes on one store (two EPJs). A file sent from one, not moved out of it yet, is
+    # neither found gone by the other's rounds nor taken for a file of its name and content
+    # dropped in the other; and after a restart, with its time changed, it is still known in
+    # its own outbox as the file sent.
+    outbox, other = tmp_path / "ut", tmp_path / "ut2"
+    other.mkdir()
+    settings = FolderSettings(outbox_dir=outbox, settle_seconds=0)
+    integration = FolderIntegration(pair.gp, settings)
+    elsewhere = FolderIntegration(pair.gp, FolderSettings(outbox_dir=other, settle_seconds=0))
+    note = dialog_note(pair.gp_site, pair.hospital_site, "To mapper")
+    (outbox / "sent").rmdir()
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "n.xml", note)
+    integration.outbox_once()
+    assert len(outbound(pair)) == 1
+    elsewhere.outbox_once()  # the other outbox, empty: the file is not gone from its own
+    drop(other, "n.xml", note)
+    elsewhere.outbox_once()
+    assert len(outbound(pair)) == 2  # sent from the other outbox: its own message
+    assert [p.name for p in (other / "sent").iterdir()] == ["n.xml"]
+    (outbox / "sent").unlink()
+    (outbox / "sent").mkdir()
+    status = (outbox / "n.xml").stat()
+    os.utime(outbox / "n.xml", ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    FolderIntegration(pair.gp, settings).outbox_once()  # a restart
+    assert len(outbound(pair)) == 2  # the first outbox's file was not sent again
+    assert [p.name for p in (outbox / "sent").iterdir()] == ["n.xml"]
 
 
 def test_two_processes_on_one_outbox_send_a_file_once(
@@ -408,6 +464,41 @@ def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
     assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
         str(received.payload_ref)
     )
+    assert pair.message(pair.hospital, received.id).status == "delivered"
+
+
+def test_a_staging_row_that_names_no_temporaries_is_written_anew(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staged, then the row lost the temporaries' names (an earlier migration 0020 going down
+    # and up again kept the row, not its staged_as): nothing can be put in place, and the
+    # message is written anew instead of waiting, acknowledged, for ever.
+    from meldingstjener.integration import folder
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_: object, **__: object) -> None:
+        raise Killed()
+
+    inbox = tmp_path / "inn"
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Ned og opp"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with monkeypatch.context() as patched:
+        patched.setattr(folder, "publish", killed)
+        with pytest.raises(Killed):
+            FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    with pair.hospital.store.unit_of_work() as uow:
+        uow.session.execute(update(FolderFileRow).values(staged_as=None))
+        uow.commit()
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    for _ in range(2):  # the row let go, then the message written
+        integration.inbox_once()
+    assert (inbox / f"{received.id}.xml").read_bytes() == pair.hospital.store.payloads.read_bytes(
+        str(received.payload_ref)
+    )
+    assert (inbox / f"{received.id}.json").exists()
     assert pair.message(pair.hospital, received.id).status == "delivered"
 
 

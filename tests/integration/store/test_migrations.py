@@ -85,6 +85,39 @@ def _job_ids_never_reused(store: Store) -> bool:
     return "AUTOINCREMENT" in str(sql)
 
 
+def test_going_down_past_the_folder_file_states_lets_staged_messages_be_written_anew(
+    own_database: Store,
+) -> None:
+    # Before 0020 an inbox row says the message's files are written: a staging row kept would
+    # have the code before mark its message delivered while its files are only temporaries
+    # (which it removes after an hour). Down, it is deleted; the outbox's rows are kept.
+    database = own_database.database
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO folder_files (kind, key, file_name, message_id, outcome, at,"
+                " content_sha256, outbox_tag, staged_as) VALUES ('outbox', 'k1', 'n1', NULL,"
+                " 'sent', CURRENT_TIMESTAMP, 'abc', 'tag', NULL), ('inbox', 'm1', 'm1.xml', 'm1',"
+                " 'staging', CURRENT_TIMESTAMP, NULL, NULL, '.m1.json.a.tmp/.m1.xml.b.tmp'),"
+                " ('inbox', 'm2', 'm2.xml', 'm2', 'written', CURRENT_TIMESTAMP, NULL, NULL, NULL)"
+            )
+        )
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0019")
+    assert _folder_files(own_database) == [("inbox", "m2"), ("outbox", "k1")]
+    upgrade(database)
+    assert differences(own_database) == []
+    assert _folder_files(own_database) == [("inbox", "m2"), ("outbox", "k1")]
+
+
+def _folder_files(store: Store) -> list[tuple[str, str]]:
+    with store.database.engine.connect() as connection:
+        rows = connection.execute(text("SELECT kind, key FROM folder_files ORDER BY kind, key"))
+        return [(kind, key) for kind, key in rows]
+
+
 def test_webhooks_older_than_their_credential_column_are_given_the_right_one(
     own_database: Store,
 ) -> None:
