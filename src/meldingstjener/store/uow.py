@@ -853,13 +853,23 @@ class AlertRepository:
         limit: int | None = 1000,
         kind: str | None = None,
         until: datetime | None = None,
+        by_id: bool = False,
+        before_id: int | None = None,
     ) -> list[AlertRow]:
-        """The ``limit`` alerts last seen (at or before ``until``: the API's paging back),
-        newest first; :meth:`count` tells how many there are (an operator shown the first
-        ``limit`` is told of the rest)."""
+        """The ``limit`` alerts last seen (at or before ``until``), newest first; :meth:`count`
+        tells how many there are (an operator shown the first ``limit`` is told of the rest).
+
+        With ``by_id`` the ``limit`` last raised instead (of those before ``before_id``): the
+        key to page by. ``last_seen`` moves each time a lasting state is counted again (every
+        round of a check), so an alert paged back by ``until`` could move from a page not yet
+        read to one read already and be missed; its id never moves."""
         query = self._matching(select(AlertRow), open_only=open_only, kind=kind)
         if until is not None:
             query = query.where(AlertRow.last_seen <= until)
+        if before_id is not None:
+            query = query.where(AlertRow.id < before_id)
+        if by_id:
+            return list(self.session.scalars(query.order_by(AlertRow.id.desc()).limit(limit)))
         order = (AlertRow.last_seen.desc(), AlertRow.id.desc())  # one order on every page
         return list(self.session.scalars(query.order_by(*order).limit(limit)))
 
