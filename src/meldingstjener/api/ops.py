@@ -5,7 +5,7 @@ ids, HER-ids, types and statuses; never patient data.
 """
 
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -179,10 +179,11 @@ def ops_router(
     @router.get(
         "/alerts",
         summary="Alerts (avvik), newest first",
-        description="At most `limit` alerts, the last seen first; the header `X-Total-Count` "
-        "says how many match (`open_only`) in all. For older ones ask again with `until` set "
-        "to the `lastSeen` of the last alert received: alerts of that very time come again "
-        "(skip those by id).",
+        description="At most `limit` alerts, the last seen first (`until`: last seen at or "
+        "before it); the header `X-Total-Count` says how many match (`open_only`) in all. To "
+        "walk them all ask with `order=id` (the last raised first) and for older ones again "
+        "with `before_id` set to the `id` of the last alert received. `lastSeen` is no key to "
+        "page by: it moves at every count of a lasting alert.",
     )
     def alerts(
         who: Admin,
@@ -190,9 +191,29 @@ def ops_router(
         open_only: bool = False,
         until: Until = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        order: Annotated[
+            Literal["lastSeen", "id"],
+            Query(description="`lastSeen`: the last seen first; `id`: the last raised first"),
+        ] = "lastSeen",
+        before_id: Annotated[
+            int | None,
+            Query(ge=1, le=2**62, description="With `order=id`: only alerts of a lower id"),
+        ] = None,
     ) -> list[dict[str, Any]]:
+        # the two ways through the alerts are kept apart: a page of one continued by the key of
+        # the other would skip alerts without a word
+        if before_id is not None and order != "id":
+            raise ApiProblem(400, "invalid-input", "before_id pages order=id")
+        if until is not None and order != "lastSeen":
+            raise ApiProblem(400, "invalid-input", "until is the lastSeen order's; use before_id")
         with ctx.store.unit_of_work() as uow:
-            found = uow.alerts.list(open_only=open_only, limit=limit, until=as_utc(until))
+            found = uow.alerts.list(
+                open_only=open_only,
+                limit=limit,
+                until=as_utc(until),
+                by_id=order == "id",
+                before_id=before_id,
+            )
             # the newest `limit` of them alone said nothing of the rest: after an outage the
             # oldest open alerts (the not-delivered ones) were past it
             response.headers["X-Total-Count"] = str(uow.alerts.count(open_only=open_only))

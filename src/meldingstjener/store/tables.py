@@ -49,6 +49,10 @@ def new_id() -> str:
 # bound "direction = $1" (PostgreSQL's generic plan of a statement psycopg has prepared after
 # a few runs of it) cannot use the partial index.
 UNREAD_INBOUND = "direction = 'in' AND read_at IS NULL"
+# An event of no message: one of a message refused before its signature verified (not stored),
+# which only its eb:MessageId and its actor ("http:<sender's HER-id>") name. The log's search
+# for such events goes through partial indexes of these alone (MessageRepository.log).
+UNSTORED_EVENT = "message_id IS NULL"
 
 
 class Base(DeclarativeBase):
@@ -157,6 +161,18 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_message_events_message_at", "message_id", "at"),
         Index("ix_message_events_at", "at"),
+        Index(
+            "ix_message_events_unstored_ebxml",
+            "ebxml_message_id",
+            postgresql_where=text(UNSTORED_EVENT),
+            sqlite_where=text(UNSTORED_EVENT),
+        ),
+        Index(
+            "ix_message_events_unstored_actor",
+            "actor",
+            postgresql_where=text(UNSTORED_EVENT),
+            sqlite_where=text(UNSTORED_EVENT),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

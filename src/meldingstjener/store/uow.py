@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Select,
     Table,
     TextClause,
@@ -514,32 +515,56 @@ class MessageRepository:
         """Events joined with their message, oldest first, filtered like the message log: the
         first ``limit`` of them, or with ``newest`` the last ``limit``. An event of no message
         (one refused before its signature verified, not stored) matches by what it carries:
-        its eb:MessageId, and its sender's HER-id as its actor names it."""
+        its eb:MessageId, and its sender's HER-id as its actor names it.
+
+        The events of stored messages and those of no message are two searches, each through
+        its own indexes, merged here: one statement with the two as alternatives (an OR across
+        the outer-joined tables) could use no index and read the whole log on PostgreSQL."""
         self.events.write_pending()
-        query: Select[Any] = select(EventRow, MessageRow).outerjoin(  # type: ignore[assignment]
-            MessageRow, EventRow.message_id == MessageRow.id
-        )
-        if log_filter.since is not None:
-            query = query.where(EventRow.at >= log_filter.since)
-        if log_filter.until is not None:
-            query = query.where(EventRow.at <= log_filter.until)
-        query = self._filtered(query, log_filter, events=True)
-        if newest:
-            query = query.order_by(EventRow.at.desc(), EventRow.id.desc())
-        else:
-            query = query.order_by(EventRow.at, EventRow.id)
-        found = [
+        f = log_filter
+        criteria = self._criteria(f)
+        order = (EventRow.at.desc(), EventRow.id.desc()) if newest else (EventRow.at, EventRow.id)
+        stored = select(EventRow, MessageRow).join(MessageRow, EventRow.message_id == MessageRow.id)
+        stored = stored.where(*self._in_time(f), *(message for message, _ in criteria))
+        found: list[tuple[EventRow, MessageRow | None]] = [
             (event, message)
-            for event, message in self.session.execute(query.limit(log_filter.limit))
+            for event, message in self.session.execute(stored.order_by(*order).limit(f.limit))
         ]
+        unstored = [criterion for _, criterion in criteria if criterion is not None]
+        if len(unstored) == len(criteria):  # (no criterion only a stored message meets)
+            rowless = select(EventRow).where(
+                EventRow.message_id.is_(None), *self._in_time(f), *unstored
+            )
+            found += [
+                (event, None)
+                for event in self.session.scalars(rowless.order_by(*order).limit(f.limit))
+            ]
+            # the order of the statements' ORDER BY: the time, then the id
+            found.sort(key=lambda pair: (pair[0].at, pair[0].id), reverse=newest)
+            del found[f.limit :]
         return found[::-1] if newest else found
 
     @staticmethod
-    def _filtered(query: Select[Any], f: LogFilter, *, events: bool = False) -> Select[Any]:
-        """The message criteria of ``f``, for the log's search of messages and of events alike
-        (``events``: the query joins ``EventRow`` to its message, if any)."""
-        # an event of no message: its columns are what is known of the message it was about
-        unstored = EventRow.message_id.is_(None)
+    def _in_time(f: LogFilter) -> list[ColumnElement[bool]]:
+        """The events from ``f.since`` and until ``f.until``."""
+        times = []
+        if f.since is not None:
+            times.append(EventRow.at >= f.since)
+        if f.until is not None:
+            times.append(EventRow.at <= f.until)
+        return times
+
+    @staticmethod
+    def _filtered(query: _Query, f: LogFilter) -> _Query:
+        """The message criteria of ``f`` on ``query``, which selects messages."""
+        return query.where(*(message for message, _ in MessageRepository._criteria(f)))
+
+    @staticmethod
+    def _criteria(f: LogFilter) -> list[tuple[ColumnElement[bool], ColumnElement[bool] | None]]:
+        """Each criterion of ``f``, twice: as a stored message meets it, and as an event of no
+        message does (its columns are what is known of the message it was about), None when
+        only a stored message can."""
+        criteria: list[tuple[ColumnElement[bool], ColumnElement[bool] | None]] = []
         if f.her_id:
             her_ids = (
                 MessageRow.from_her_id,
@@ -551,28 +576,44 @@ class MessageRepository:
                 MessageRow.receiver_service_her_id,
                 MessageRow.receiver_person_her_id,
             )
-            matches = [column == f.her_id for column in her_ids]
-            if events:
-                # a received message's events are "<channel>:<sender's HER-id>" (http:8142987)
-                sender = EventRow.actor.endswith(f":{f.her_id}", autoescape=True)
-                matches.append(and_(unstored, sender))
-            query = query.where(or_(*matches))
+            criteria.append(
+                (
+                    or_(*(column == f.her_id for column in her_ids)),
+                    EventRow.actor.in_(sender_actors(f.her_id)),
+                )
+            )
         if f.msg_type:
-            query = query.where(MessageRow.msg_type == f.msg_type)
+            criteria.append((MessageRow.msg_type == f.msg_type, None))
         if f.status:
-            query = query.where(MessageRow.status == f.status)
+            criteria.append((MessageRow.status == f.status, None))
         if f.direction:
-            query = query.where(MessageRow.direction == f.direction)
+            criteria.append((MessageRow.direction == f.direction, None))
         if f.msg_id:
-            query = query.where(MessageRow.msg_id == f.msg_id)
+            criteria.append((MessageRow.msg_id == f.msg_id, None))
         if f.ebxml_message_id:
-            same = MessageRow.ebxml_message_id == f.ebxml_message_id
-            if events:
-                same = or_(same, and_(unstored, EventRow.ebxml_message_id == f.ebxml_message_id))
-            query = query.where(same)
+            # with the direction (either) the unique (direction, ebxml_message_id) index finds
+            # it; without, PostgreSQL read the whole of that index or of the table
+            directions = [direction.value for direction in Direction]
+            stored = and_(
+                MessageRow.direction.in_(directions),
+                MessageRow.ebxml_message_id == f.ebxml_message_id,
+            )
+            criteria.append((stored, EventRow.ebxml_message_id == f.ebxml_message_id))
         if f.conversation_id:
-            query = query.where(MessageRow.ebxml_conversation_id == f.conversation_id)
-        return query
+            criteria.append((MessageRow.ebxml_conversation_id == f.conversation_id, None))
+        return criteria
+
+
+# The channels a message is received by: ``engine.inbound.receive``'s ``channel`` ("http" from
+# the API and from the synchronous reply to a send, "smtp" from the mail intake). The events of
+# a received message, and of one refused unstored, name its sender "<channel>:<HER-id>"
+# (http:8142987): the log finds a refusal by these exact actors, through an index.
+RECEIVING_CHANNELS: Final = ("http", "smtp")
+
+
+def sender_actors(her_id: str) -> list[str]:
+    """The actors the events of a message received from ``her_id`` are written with."""
+    return [f"{channel}:{her_id}" for channel in RECEIVING_CHANNELS]
 
 
 _CONTENT_KEY_USED = text("SELECT 1 FROM content_keys WHERE digest IN :digests LIMIT 1").bindparams(
@@ -836,13 +877,23 @@ class AlertRepository:
         limit: int | None = 1000,
         kind: str | None = None,
         until: datetime | None = None,
+        by_id: bool = False,
+        before_id: int | None = None,
     ) -> list[AlertRow]:
-        """The ``limit`` alerts last seen (at or before ``until``: the API's paging back),
-        newest first; :meth:`count` tells how many there are (an operator shown the first
-        ``limit`` is told of the rest)."""
+        """The ``limit`` alerts last seen (at or before ``until``), newest first; :meth:`count`
+        tells how many there are (an operator shown the first ``limit`` is told of the rest).
+
+        With ``by_id`` the ``limit`` last raised instead (of those before ``before_id``): the
+        key to page by. ``last_seen`` moves each time a lasting state is counted again (every
+        round of a check), so an alert paged back by ``until`` could move from a page not yet
+        read to one read already and be missed; its id never moves."""
         query = self._matching(select(AlertRow), open_only=open_only, kind=kind)
         if until is not None:
             query = query.where(AlertRow.last_seen <= until)
+        if before_id is not None:
+            query = query.where(AlertRow.id < before_id)
+        if by_id:
+            return list(self.session.scalars(query.order_by(AlertRow.id.desc()).limit(limit)))
         order = (AlertRow.last_seen.desc(), AlertRow.id.desc())  # one order on every page
         return list(self.session.scalars(query.order_by(*order).limit(limit)))
 

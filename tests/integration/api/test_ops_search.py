@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from api_sites import ApiPair
 
 from meldingstjener.api.clients import add_client
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -114,3 +114,47 @@ def test_the_alerts_say_how_many_there_are_and_page_back(api_pair: ApiPair) -> N
     assert [a["summary"] for a in older.json()] == ["m1", "m0"]
     everything = http.get("/api/alerts", headers=admin)  # as before: a list, newest first
     assert [a["summary"] for a in everything.json()] == ["m2", "m1", "m0"]
+
+
+def test_a_walk_through_the_alerts_misses_none_counted_again_meanwhile(
+    api_pair: ApiPair,
+) -> None:
+    """Paged back by ``until=lastSeen``, a lasting alert counted again between two pages (a
+    mailbox unreachable, counted every minute) moved from a page not yet read to the first,
+    read already, and the walk never showed it. Paged by id, nothing moves."""
+    pair = api_pair.pair
+
+    def mailbox_unreachable(number: int) -> None:
+        with pair.gp.store.unit_of_work() as uow:
+            keep_alert(
+                uow, AlertKind.MAILBOX_UNREACHABLE, f"m{number}", at=pair.clock(), key=str(number)
+            )
+            uow.commit()
+
+    for number in range(3):
+        pair.clock.advance(seconds=1)
+        mailbox_unreachable(number)
+    _, admin_key = add_client(pair.gp.store, "ops", ["admin"], [])
+    http, admin = api_pair.gp_http, _bearer(admin_key)
+
+    first = http.get("/api/alerts", params={"order": "id", "limit": 2}, headers=admin)
+    assert first.status_code == 200, first.text
+    assert [a["summary"] for a in first.json()] == ["m2", "m1"]
+    pair.clock.advance(seconds=60)
+    mailbox_unreachable(0)  # the next round of the check: m0 counted again, seen now
+    older = http.get(
+        "/api/alerts",
+        params={"order": "id", "limit": 2, "before_id": first.json()[-1]["id"]},
+        headers=admin,
+    )
+    assert older.status_code == 200, older.text
+    assert [(a["summary"], a["count"]) for a in older.json()] == [("m0", 2)]
+    assert older.headers["X-Total-Count"] == "3"
+
+    # one walk's key, not the other's: continued by the wrong one it would skip alerts
+    for mixed in ({"before_id": 1}, {"order": "id", "until": pair.clock().isoformat()}):
+        refused = http.get("/api/alerts", params=mixed, headers=admin)
+        assert refused.status_code == 400, (mixed, refused.text)
+    # as before: the last seen first
+    everything = http.get("/api/alerts", headers=admin)
+    assert [a["summary"] for a in everything.json()] == ["m0", "m2", "m1"]
