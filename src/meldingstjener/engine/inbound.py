@@ -49,7 +49,7 @@ from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
-from meldingstjener.store.uow import EventKind, UnitOfWork
+from meldingstjener.store.uow import EventKind, UnitOfWork, sender_actor
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _receive_message(
     try:
         with ctx.store.unit_of_work() as uow:
             uow.messages.add(
-                row, actor=f"{channel}:{sender}", detail=f"received from {sender}", at=now
+                row, actor=sender_actor(channel, sender), detail=f"received from {sender}", at=now
             )
             if message.report.problems:
                 uow.events.record(
@@ -595,7 +595,7 @@ def _refuse_repeat(
         uow.events.record(
             original.id,
             EventKind.ERROR,
-            actor=f"{channel}:{_party_shown(header.from_party)}",
+            actor=sender_actor(channel, _party_shown(header.from_party)),
             code=str(error.code),
             detail="the ebXML MessageId of this message arrived again, but not as a resend by "
             f"its sender ({reject.logged}): refused, not answered with our signal",
@@ -633,7 +633,7 @@ def _refuse_unverified(
         uow.events.record(
             None,
             EventKind.ERROR,
-            actor=f"{channel}:{_party_shown(header.from_party)}",
+            actor=sender_actor(channel, _party_shown(header.from_party)),
             code=str(error.code),
             detail=f"a message whose signature was not verified was refused ({reject.logged}); "
             "not stored, answered only in the response to its request",
@@ -819,7 +819,9 @@ def _refuse(
     committing = False
     try:
         with ctx.store.unit_of_work() as uow:
-            uow.messages.add(row, actor=f"{channel}:{_party_shown(header.from_party)}", at=now)
+            uow.messages.add(
+                row, actor=sender_actor(channel, _party_shown(header.from_party)), at=now
+            )
             uow.messages.set_status(
                 row,
                 InboundStatus.REJECTED.value,
@@ -993,7 +995,7 @@ def _resend_signal(
     uow.events.record(
         original.id,
         EventKind.SIGNAL_IN,
-        actor=f"{channel}:{_party_shown(envelope.header.from_party)}",
+        actor=sender_actor(channel, _party_shown(envelope.header.from_party)),
         code="duplicate",
         detail="the same ebXML MessageId arrived again; not processed again, "
         + (f"our {signal.kind} is sent again" if signal else "no signal to repeat yet"),

@@ -44,7 +44,13 @@ from meldingstjener.security.xmldsig import (
 )
 from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
-from meldingstjener.store.uow import ClaimedJob, EventKind, MessageState, UnitOfWork
+from meldingstjener.store.uow import (
+    ClaimedJob,
+    EventKind,
+    MessageState,
+    UnitOfWork,
+    sender_actor,
+)
 from meldingstjener.transport.base import Delivery, TransportFailure, send_once
 from meldingstjener.transport.smtp import mail_address
 
@@ -116,7 +122,7 @@ def handle_incoming(
     # what our columns and texts say of the sender: a forged signal may name any PartyId
     # (255 characters), and an actor holds 128, a HER-id column 16
     sender_her_id = _her_id_of(header.from_party)
-    actor = f"{channel}:{sender_her_id or 'no-her-id'}"
+    actor = sender_actor(channel, sender_her_id or "no-her-id")
     now = ctx.clock()
     with ctx.store.unit_of_work() as uow:  # (no statement when the partner cache has them)
         certificates = ctx.directory.signing_certificates(uow, sender)

@@ -611,9 +611,16 @@ class MessageRepository:
 RECEIVING_CHANNELS: Final = ("http", "smtp")
 
 
+def sender_actor(channel: str, sender: str) -> str:
+    """The actor of the events of a message (or signal) received by ``channel`` from
+    ``sender`` (a HER-id, or how another PartyId is shown): one rule for the engine that writes
+    it and the log that searches by it."""
+    return f"{channel}:{sender}"
+
+
 def sender_actors(her_id: str) -> list[str]:
     """The actors the events of a message received from ``her_id`` are written with."""
-    return [f"{channel}:{her_id}" for channel in RECEIVING_CHANNELS]
+    return [sender_actor(channel, her_id) for channel in RECEIVING_CHANNELS]
 
 
 _CONTENT_KEY_USED = text("SELECT 1 FROM content_keys WHERE digest IN :digests LIMIT 1").bindparams(
