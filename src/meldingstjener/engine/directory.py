@@ -19,6 +19,7 @@ second server) within that many seconds.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import threading
 import time
@@ -90,6 +91,15 @@ class Partner:
     valid_to: datetime | None = None
     # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
     bindings: tuple[AgreedMessage, ...] = ()
+    # where our other agreements with the party (another HER-id of ours) send to
+    other_agreements_endpoints: frozenset[str] = frozenset()
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """Every endpoint a message of ours to the party may go to: this agreement's and each
+        of its bindings' (see ``route``), and those of our other agreements with the party."""
+        own = {self.route(binding).endpoint for binding in (None, *self.bindings)}
+        return frozenset(e for e in own if e is not None) | self.other_agreements_endpoints
 
     def route(self, binding: AgreedMessage | None) -> Route:
         """How a message going by ``binding`` (the agreement's binding chosen for it, None for
@@ -265,18 +275,30 @@ class PartyDirectory:
         party = uow.parties.get(her_id)
         if party is None:
             raise PartnerUnknown(her_id, "no communication party")
+        rows = uow.agreements.for_counterparty(her_id)
         agreement = None
         if our_her_id is not None:
-            agreement = uow.agreements.for_pair(our_her_id, her_id)
+            agreement = next((row for row in rows if row.our_her_id == our_her_id), None)
         if agreement is None:
             candidates = [
-                row
-                for row in uow.agreements.for_counterparty(her_id)
-                if our_her_id is None or row.our_her_id in self.own_her_ids
+                row for row in rows if our_her_id is None or row.our_her_id in self.own_her_ids
             ]
             agreement = candidates[0] if candidates else None
         if agreement is None:
             raise PartnerUnknown(her_id, "no partner agreement")
+        partner = self._partner_of(party, agreement)
+        others = [
+            self._partner_of(party, row)
+            for row in rows
+            if row.our_her_id != agreement.our_her_id and row.our_her_id in self.own_her_ids
+        ]
+        if not others:
+            return partner
+        endpoints = frozenset().union(*(other.endpoints for other in others))
+        return dataclasses.replace(partner, other_agreements_endpoints=endpoints)
+
+    def _partner_of(self, party: PartyRow, agreement: AgreementRow) -> Partner:
+        her_id = party.her_id
         return Partner(
             her_id=her_id,
             name=party.display_name or party.name,

@@ -393,21 +393,17 @@ _KEY_ROOM = 255 - len(f"{AlertKind.PARTNER_UNREACHABLE}:")
 
 def _resolve_unreachable(uow: UnitOfWork, partner: Partner, endpoint: str, at: datetime) -> None:
     """After a send to ``partner`` at ``endpoint`` worked: resolve the partner's open
-    ``partner-unreachable`` alerts but those of its other endpoints (the agreement's endpoint
-    and each binding's channel endpoint, as :meth:`Partner.route` gives them: a CPA's other
-    channel may be down while this one works). So the alert of this endpoint is resolved, that
-    of an endpoint the partner no longer has (a typo mended, a gateway moved: every send goes
+    ``partner-unreachable`` alerts but those of its other endpoints (``Partner.endpoints``: this
+    agreement's and its bindings' channel endpoints, and those of our other HER-ids' agreements
+    with the partner: a CPA's other channel, or another agreement's endpoint, may be down while
+    this one works). So the alert of this endpoint is resolved, that of an endpoint no
+    agreement with the partner names any more (a typo mended, a gateway moved: every send goes
     to the new one, nothing would ever resolve it) and the one an earlier version kept per
-    partner (its key without the endpoint). Every message passes here: one prepared UPDATE.
-
-    The endpoints are those of the agreement this message went by: when two HER-ids of ours
-    have agreements with the partner naming different endpoints, a send by one resolves the
-    alert of the other's (raised again at its next failed send)."""
+    partner (its key without the endpoint). Every message passes here: one prepared UPDATE."""
     sent_to = _unreachable_key(partner.her_id, endpoint)
-    others = {partner.route(binding).endpoint for binding in (None, *partner.bindings)}
     kept = {
         f"{AlertKind.PARTNER_UNREACHABLE}:{key}"
-        for key in (_unreachable_key(partner.her_id, e) for e in others if e is not None)
+        for key in (_unreachable_key(partner.her_id, e) for e in partner.endpoints)
         if key != sent_to
     }
     uow.alerts.resolve_for_partner(

@@ -324,3 +324,45 @@ def test_two_certificates_sharing_their_tail_are_two_certificates(pair: Pair) ->
     assert then.public_bytes(Encoding.DER) == base64.b64decode(real)
     assert first.public_bytes(Encoding.DER) == base64.b64decode(forged)
     assert then.public_key() != first.public_key()
+
+
+def test_a_send_that_works_leaves_open_the_unreachable_alert_of_another_agreements_endpoint(
+    pair: Pair,
+) -> None:
+    """Two HER-ids of ours with agreements with the hospital naming different endpoints: a send
+    by one that works resolves the alert of an endpoint no agreement names, not the other's."""
+    from meldingstjener.engine import transmit
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    service = "8100002"  # a second HER-id of the GP's (a service of its organisation)
+    pair.gp.directory.own_her_ids.append(service)
+    other_endpoint, gone = "https://sykehuset.example.no/tjeneste", "https://gammel.example.no/"
+    now = datetime.now().astimezone()
+    with pair.gp.store.unit_of_work() as uow:
+        uow.agreements.add(
+            AgreementRow(
+                our_her_id=service,
+                counterparty_her_id=HOSPITAL,
+                state="active",
+                channel="http",
+                endpoint=other_endpoint,
+            )
+        )
+        for endpoint in (other_endpoint, gone):
+            raise_alert(
+                uow,
+                AlertKind.PARTNER_UNREACHABLE,
+                f"{HOSPITAL} cannot be reached at {endpoint}",
+                at=now,
+                partner_her_id=HOSPITAL,
+                key=transmit._unreachable_key(HOSPITAL, endpoint),
+            )
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        partner = pair.gp.directory.partner(uow, HOSPITAL, our_her_id=GP)
+        assert partner.endpoint is not None and partner.endpoint != other_endpoint
+        transmit._resolve_unreachable(uow, partner, partner.endpoint, now)
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        still = [a.dedup_key for a in uow.alerts.list(open_only=True)]
+    assert still == [f"partner-unreachable:{transmit._unreachable_key(HOSPITAL, other_endpoint)}"]
