@@ -115,13 +115,20 @@ def _global_elements(
                 for element in schema.iterchildren(f"{{{_XS}}}element")
                 if element.get("name")
             )
-            for include in schema.iterchildren(f"{{{_XS}}}include"):
-                base = Path(schema.getroottree().docinfo.URL or "").parent
-                path = (base / (include.get("schemaLocation") or "")).resolve()
+            for path in _included(schema.getroottree()):
                 if path in parsed and path not in seen:  # only files of the directory
                     seen.add(path)
                     todo.append(parsed[path])
     return frozenset(found)
+
+
+def _included(tree: etree._ElementTree) -> list[Path]:
+    """The files a schema includes (``xs:include``), by their resolved paths."""
+    base = Path(tree.docinfo.URL or "").parent
+    return [
+        (base / (include.get("schemaLocation") or "")).resolve()
+        for include in tree.getroot().iterchildren(f"{{{_XS}}}include")
+    ]
 
 
 class SchemaSet:
@@ -137,10 +144,13 @@ class SchemaSet:
         parsed: dict[Path, etree._ElementTree] = {}
         for path in sorted(root.glob("*.xsd")):
             try:
-                tree = etree.parse(str(path), _schema_parser(root))
+                parsed[path.resolve()] = etree.parse(str(path), _schema_parser(root))
             except etree.XMLSyntaxError as exc:
                 raise SchemaError(f"schema {path.name} is not well-formed: {exc}") from None
-            parsed[path.resolve()] = tree
+        # a namespace's schema is its first file that no other includes: an included part
+        # (whose name may sort first) is compiled through the file that includes it
+        included = {path for tree in parsed.values() for path in _included(tree)}
+        for path, tree in sorted(parsed.items(), key=lambda item: (item[0] in included, item[0])):
             target = tree.getroot().get("targetNamespace")
             if target and target not in self.files:
                 self.files[target] = path

@@ -92,19 +92,30 @@ def test_a_root_element_its_namespaces_schema_does_not_declare_is_an_error(
     assert _xsd(report.problems) == [("xsd-invalid", ERROR, CONTENT)]
 
 
-def test_a_root_element_declared_in_an_included_schema_file_is_declared(
-    samples: Path, kith_xsd: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("main", "declared_in_main"),
+    [("ex-main.xsd", False), ("ex.xsd", True)],  # named after its part, or before it
+)
+def test_a_root_element_declared_in_an_including_or_included_schema_file_is_declared(
+    samples: Path, kith_xsd: Path, tmp_path: Path, main: str, declared_in_main: bool
 ) -> None:
-    # a schema may keep its declarations in files it includes: they are its own
+    # a schema may keep its declarations in files it includes: they are its own, and the
+    # including file is the namespace's schema whatever the files' names
     for schema in kith_xsd.glob("*.xsd"):
         shutil.copy(schema, tmp_path)
-    head = '<schema xmlns="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:ex:doc"'
-    (tmp_path / "ex-main.xsd").write_text(
-        f'{head}><include schemaLocation="ex-part.xsd"/></schema>'
+    head = (
+        '<schema xmlns="http://www.w3.org/2001/XMLSchema" xmlns:d="urn:ex:doc" '
+        'targetNamespace="urn:ex:doc" elementFormDefault="qualified">'
+    )
+    doc = '<complexType name="DocType"><sequence><element name="A" type="string"/></sequence>'
+    doc += "</complexType>"
+    element = '<element name="Doc" type="d:DocType"/>'
+    (tmp_path / main).write_text(
+        f'{head}<include schemaLocation="ex-part.xsd"/>{element if declared_in_main else ""}'
+        "</schema>"
     )
     (tmp_path / "ex-part.xsd").write_text(
-        f'{head} elementFormDefault="qualified"><element name="Doc"><complexType><sequence>'
-        '<element name="A" type="string"/></sequence></complexType></element></schema>'
+        f"{head}{doc}{'' if declared_in_main else element}</schema>"
     )
     data = _notat(samples)
     start = data.index(b"<Dialogmelding ")
