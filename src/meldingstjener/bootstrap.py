@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
 from meldingstjener.store.migrate import (
+    SchemaNewer,
     current_revision,
     head_revision,
     known_revisions,
@@ -77,6 +78,9 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
             raise refused
         if migrate:
             upgrade(database)
+    except SchemaNewer as newer:  # migrated by a newer version while this one waited
+        database.dispose()
+        raise schema_newer(newer.revision, head) from None
     except (OperationalError, InterfaceError, OSError) as exc:  # unreachable, refused, unwritable
         raise database_failed(url, exc) from None
     # any other error is a migration that failed on what is stored: its traceback is the

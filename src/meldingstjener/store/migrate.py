@@ -23,13 +23,27 @@ def alembic_config(database: Database) -> Config:
     return config
 
 
+class SchemaNewer(Exception):
+    """The database is at a revision this version's migrations do not know: a newer version
+    migrated it (``revision``)."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(revision)
+        self.revision = revision
+
+
 def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``; safe to run on every start (no-op when current)."""
+    """Bring the schema up to ``revision``; safe to run on every start (no-op when current).
+    Raises :class:`SchemaNewer` when the database is at a revision of a newer version."""
     config = alembic_config(database)
     with database.engine.begin() as connection:
         if database.is_postgresql:
             # Several workers may start at once; one migrates, the others wait and find it done.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        # read under the lock: a newer version may have migrated while this one waited for it
+        found = MigrationContext.configure(connection).get_current_revision()
+        if found is not None and found not in known_revisions():
+            raise SchemaNewer(found)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

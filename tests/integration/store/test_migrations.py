@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 
-from meldingstjener.store.migrate import alembic_config, current_revision, head_revision, upgrade
+from meldingstjener.store.migrate import (
+    SchemaNewer,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from meldingstjener.store.tables import AgreementRow, Base, WebhookRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
@@ -297,3 +304,15 @@ def test_going_down_past_the_webhook_scopes_keeps_the_deliveries(own_database: S
     upgrade(database)
     assert differences(own_database) == []
     assert _deliveries(own_database) == 1
+
+
+def test_an_upgrade_meeting_a_newer_versions_revision_says_so(own_database: Store) -> None:
+    """Read again under the migration lock: an older serve that waited there while a newer
+    version migrated (PostgreSQL) finds the newer revision and says so, not Alembic's
+    traceback (open_store makes it the one-line StoreUnavailable)."""
+    database = own_database.database
+    with database.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(SchemaNewer) as raised:
+        upgrade(database)
+    assert raised.value.revision == "0099"
