@@ -1,15 +1,20 @@
-"""``serve`` with a ``[folder]`` folder that is not there (a share not mounted, a typo): it stops
-at once with a configuration error naming the key (exit 2), and makes no folder. Made on the
-local disk, the inbox would take received messages, each marked delivered, that the EPJ never
-sees."""
+"""``serve`` with a ``[folder]`` folder that is not there (a share not mounted yet, a typo): it
+names the key on its standard error, makes no folder and starts all the same. Made on the local
+disk, the inbox would take received messages, each marked delivered, that the EPJ never sees;
+refusing to start would keep every partner's messages out for a share mounted late at boot
+(the side that lacks its folder waits for it, with an alert: tests/integration/api/
+test_folder_missing.py)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meldingstjener.devsites import free_port
@@ -23,7 +28,7 @@ from meldingstjener.devsites import free_port
         ("folder.sent_dir", 'outbox_dir = "{at}/ut"\nsent_dir = "{at}/mnt/epj/sendt"'),
     ],
 )
-def test_serve_with_a_folder_that_is_not_there_exits_2_and_makes_nothing(
+def test_serve_with_a_folder_that_is_not_there_names_it_makes_nothing_and_serves(
     tmp_path: Path, key: str, line: str
 ) -> None:
     (tmp_path / "ut").mkdir()
@@ -42,14 +47,22 @@ def test_serve_with_a_folder_that_is_not_there_exits_2_and_makes_nothing(
         env=env,
     )
     try:
-        _, stderr = process.communicate(timeout=60)  # it stops at once, or has started serving
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        process.communicate(timeout=30)
-        pytest.fail("serve started with a folder that is not there")
-    assert process.returncode == 2, stderr
-    errors = [line for line in stderr.splitlines() if key in line]
-    assert len(errors) == 1 and "does not exist" in errors[0], stderr
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve did not answer"
+                time.sleep(0.1)  # waiting for the port to open: nothing to synchronise on
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith(f"warning: {key}:")]
+    assert len(warnings) == 1 and "does not exist" in warnings[0], stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "mnt").exists()  # neither the folder nor its parents
-    assert sorted(p.name for p in (tmp_path / "ut").iterdir()) == []  # no sent/ either
+    made = {path.name for path in (tmp_path / "ut").iterdir()}
+    assert made <= {"failed", ".meldingstjener"}  # no sent/ in place of the one configured

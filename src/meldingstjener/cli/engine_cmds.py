@@ -50,7 +50,7 @@ def serve(
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
-    from meldingstjener.integration.folder_checks import check_folders
+    from meldingstjener.integration.folder_checks import missing_folders
     from meldingstjener.store.database import Database
     from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
     from meldingstjener.store.opening import database_failed
@@ -81,13 +81,14 @@ def serve(
     except (SQLAlchemyError, OSError) as exc:
         raise database_failed(settings.database_url, exc) from None
     try:
-        check_folders(settings.folder)  # before anything is started or made
         engine = build_engine(settings)
         # only serve runs the register's sync: other commands need no HelseID key
         engine.register_sync = build_register_sync(settings)
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    for problem in missing_folders(settings.folder):  # said at once, not only in an alert
+        typer.echo(f"warning: {problem}", err=True)
     instance = f"{name}/"
     with engine.store.unit_of_work() as uow:
         released = uow.jobs.release_claims(instance)

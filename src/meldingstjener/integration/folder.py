@@ -72,7 +72,7 @@ from meldingstjener.integration.files import (
     write_atomically,
     write_temporary,
 )
-from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts, check_folders
+from meldingstjener.integration.folder_checks import FolderChecks, OpenAlerts, missing_folders
 from meldingstjener.integration.outbox_moves import (
     OWN_FOLDER,
     RoundFolders,
@@ -124,7 +124,8 @@ class FolderIntegration:
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        check_folders(settings)  # the configured folders exist: none is ever made
+        for problem in missing_folders(settings):  # none is ever made: the rounds wait
+            log.error("%s", problem)
         self.ctx = ctx
         self.settings = settings
         self._monotonic = monotonic
@@ -163,7 +164,7 @@ class FolderIntegration:
 
     def _make_sent_and_failed(self) -> None:
         """Make ``sent/`` and ``failed/`` in the outbox when missing (not those configured
-        elsewhere: see ``folder_checks.check_folders``), the one folder each, in the outbox
+        elsewhere: see ``folder_checks.missing_folders``), the one folder each, in the outbox
         opened without following a link: never a configured folder, nor a parent."""
         if self.outbox is None:
             return

@@ -8,7 +8,7 @@ is a link is not used at all: the side it belongs to (outbox or inbox) does noth
 mended, and the operator is told at once, once, by ``folder-unsafe``; the alert ends when the
 folder is one again.
 
-The server never makes a folder the configuration names, nor its parents (:func:`check_folders`
+The server never makes a folder the configuration names, nor its parents (:func:`missing_folders`
 refuses one missing at start): made on the local disk in place of a share not mounted (or by a
 typo), the inbox would take received messages the EPJ never sees, each marked delivered. So an
 inbox that is missing or not a folder while the server runs (a share unmounted) is not served
@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from meldingstjener.config import ConfigError, FolderSettings
+from meldingstjener.config import FolderSettings
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.integration.files import UnsafeFolder, open_folder
@@ -35,22 +35,27 @@ REREAD_CHECKS = 30  # the open folder-unsafe alerts are read again this often
 CONFIGURED = ("outbox_dir", "inbox_dir", "sent_dir", "failed_dir")  # [folder]'s folders
 
 
-def check_folders(settings: FolderSettings) -> None:
-    """Refuse, as a :class:`ConfigError` naming its key, a folder ``[folder]`` names that does
-    not exist or is not a folder (``serve`` exits 2 before it starts anything; the integration
-    checks again as it starts). The server makes none of them: in place of a share not mounted,
-    or of a typo, it would make them on the local disk, and the EPJ would never see what is
-    written there. A symbolic link to a folder passes here, and is refused by the rounds
-    (``folder-unsafe``: see :class:`FolderChecks`)."""
+def missing_folders(settings: FolderSettings) -> list[str]:
+    """What is wrong with the folders ``[folder]`` names, one line each naming its key: not
+    there, or not a folder. The server makes none of them: in place of a share not mounted, or
+    of a typo, it would make them on the local disk, and the EPJ would never see what is
+    written there. Nor does it refuse to start for one (``serve`` says so on its standard
+    error): a share mounted late at boot must not keep every partner's messages out; the side
+    whose folder is missing waits for it, and the rounds raise its alert (``folder-unsafe``
+    for the inbox, ``outbox-stuck`` for the outbox). A symbolic link to a folder passes here,
+    and is refused by the rounds (``folder-unsafe``: see :class:`FolderChecks`)."""
+    problems = []
     for key in CONFIGURED:
         folder: Path | None = getattr(settings, key)
         if folder is None or os.path.isdir(folder):
             continue
         what = "is not a folder" if os.path.lexists(folder) else "does not exist"
-        raise ConfigError(
+        problems.append(
             f"folder.{key}: {folder} {what}; the server makes no folder of the EPJ's (a share "
-            "not mounted, or a typo?): mount or make it, or leave the key unset"
+            "not mounted, or a typo?): that side of the folder integration waits for it, with "
+            "an alert"
         )
+    return problems
 
 
 class OpenAlerts:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from engine_pair import Pair
 
-from meldingstjener.config import ConfigError, FolderSettings
+from meldingstjener.config import FolderSettings
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.folder import FolderIntegration
+from meldingstjener.integration.folder_checks import missing_folders
 from meldingstjener.store.tables import AlertRow, MessageRow
 
 
@@ -42,25 +43,43 @@ def open_alerts(pair: Pair, kind: str, site: str = "hospital") -> list[AlertRow]
         ("folder.failed_dir", {"outbox_dir": "ut", "failed_dir": "share/feilet"}),
     ],
 )
-def test_a_folder_that_is_not_there_at_start_is_a_configuration_error_and_not_made(
+def test_a_folder_that_is_not_there_at_start_is_named_and_not_made(
     pair: Pair, tmp_path: Path, key: str, settings: dict[str, str]
 ) -> None:
     (tmp_path / "ut").mkdir()
     folders = FolderSettings(**{name: tmp_path / path for name, path in settings.items()})
-    with pytest.raises(ConfigError, match=rf"^{key}: .* does not exist;"):
-        FolderIntegration(pair.hospital, folders)
+    [problem] = missing_folders(folders)
+    assert problem.startswith(f"{key}: ") and " does not exist;" in problem
+    integration = FolderIntegration(pair.hospital, folders)  # starts all the same
+    for _ in range(3):
+        integration.run_once()
     assert not (tmp_path / "share").exists()
-    assert list((tmp_path / "ut").iterdir()) == []
+    # in an outbox that is there, only the default one of sent/ and failed/ and its own folder
+    made = {path.name for path in (tmp_path / "ut").iterdir()}
+    assert made <= {"sent", "failed", ".meldingstjener"}
 
 
 @pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
-def test_a_file_in_place_of_the_inbox_at_start_is_a_configuration_error(
-    pair: Pair, tmp_path: Path
-) -> None:
+def test_an_inbox_not_there_at_start_waits_for_it_with_an_alert(pair: Pair, tmp_path: Path) -> None:
+    inbox = tmp_path / "share" / "epj" / "inn"  # a share mounted late at boot
+    integration = FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    row = received(pair)
+    assert integration.inbox_once() == 0
+    assert not (tmp_path / "share").exists()
+    assert pair.message(pair.hospital, row.id).status == "acknowledged"  # not delivered
+    [alert] = open_alerts(pair, "folder-unsafe")
+    assert "does not exist" in alert.summary
+    inbox.mkdir(parents=True)  # mounted
+    assert integration.inbox_once() == 1
+    assert pair.message(pair.hospital, row.id).status == "delivered"
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_a_file_in_place_of_the_inbox_at_start_is_named(pair: Pair, tmp_path: Path) -> None:
     inbox = tmp_path / "inn"
     inbox.write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"^folder.inbox_dir: .* is not a folder;"):
-        FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox))
+    [problem] = missing_folders(FolderSettings(inbox_dir=inbox))
+    assert problem.startswith("folder.inbox_dir: ") and " is not a folder;" in problem
 
 
 def test_sent_and_failed_are_made_in_an_outbox_that_is_there(pair: Pair, tmp_path: Path) -> None:
