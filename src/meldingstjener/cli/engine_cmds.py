@@ -237,6 +237,14 @@ def send(
         str | None,
         typer.Option("--to", help="Receiver HER-id for the envelope (default: from the message)."),
     ] = None,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test",
+            help="A test message (onboarding step 4): may go to a partner in testing. A MsgHead "
+            "with ProcessingStatus D is one without it; one with P is refused.",
+        ),
+    ] = False,
 ) -> None:
     """Submit a fagmelding for sending; print its message id. The server sends it."""
     from meldingstjener.bootstrap import build_engine, open_store
@@ -262,7 +270,7 @@ def send(
             except OSError as exc:
                 typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
                 raise typer.Exit(2) from None
-            message_id = submit(engine, payload, to_her_id=to, actor="cli:send")
+            message_id = submit(engine, payload, to_her_id=to, actor="cli:send", test_message=test)
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,11 +32,16 @@ from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.routing import APPREC, names_for, names_of
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, InboundStatus
-from meldingstjener.registry.agreements import NotAgreed
+from meldingstjener.registry.agreements import (
+    ANSWER_EVENT,
+    TEST_MESSAGE_EVENT,
+    AgreementState,
+    NotAgreed,
+)
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.payloads import PayloadSource, source_sha256, source_size
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import SendingView, UnitOfWork
+from meldingstjener.store.uow import EventKind, SendingView, UnitOfWork
 
 PAYLOAD_CONTENT_TYPE = payload_io.PAYLOAD_CONTENT_TYPE
 MAX_PAYLOAD_BYTES = 35 * 1024 * 1024
@@ -56,6 +62,7 @@ def submit(
     may_answer: Callable[[str], bool] | None = None,
     request_digest: str | None = None,
     answering: str | None = None,
+    test_message: bool = False,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -79,6 +86,15 @@ def submit(
 
     ``answering``: the id of the received message an answer of the server's is for (its
     ``on_stored`` marks that one): the answer continues that message's conversation.
+
+    ``test_message`` (``send --test``): the operator says the message is a test message, as a
+    MsgHead with ProcessingStatus D says itself (see :func:`_is_test_message`). A test message
+    may go to a partner whose agreement is in testing; an answer (``answering``, or a message
+    answering one received from the receiver) also to one in testing or verified-inactive.
+    While the agreement is not active such a message is marked so in its log (the events
+    ``test-message``, ``answer-in-onboarding``): its sends go on by them, and a test message
+    with an Acknowledgment and a positive AppRec verifies the partner
+    (``agreements.verified_test_exchange``).
     """
     if idempotency_key is not None:
         earlier = _submitted_with(ctx, idempotency_key, payload, request_digest)
@@ -100,6 +116,7 @@ def submit(
             message.problem_lines(),
         )
     sender_her, receiver_her = _addressing(ctx, message, to_her_id)
+    test = _is_test_message(message, declared=test_message)
     with ctx.store.unit_of_work() as uow:
         try:
             partner = ctx.directory.partner(uow, receiver_her, our_her_id=sender_her)
@@ -108,6 +125,7 @@ def submit(
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
         answered = _answered(uow, message, sender_her, receiver_her, answering)
         conventional = names_for(message.msg_type, answered_type=answered.msg_type)
+        answer = answered.message_id is not None
         try:
             # the agreement the directory found: our organisation's covers its services
             binding = check_agreement(
@@ -116,6 +134,8 @@ def submit(
                 receiver_her,
                 message.msg_type,
                 _version_of(message),
+                test_message=test,
+                answer=answer,
                 now=ctx.clock(),
                 namespaces=message.namespaces,
                 answered_service=answered.service if message.msg_type == APPREC else None,
@@ -227,6 +247,8 @@ def submit(
                 mark_answered_by_document(ctx, uow, row, message, may_answer)
             if also_stored is not None:
                 also_stored(uow, row)
+            if partner.agreement_state != AgreementState.ACTIVE.value:
+                _mark_onboarding(uow, row, partner.agreement_state, test, answer, now)
             committing = True
             uow.commit()
     except IntegrityError:
@@ -293,6 +315,7 @@ class _Answered:
     msg_type: str | None = None
     service: str | None = None
     conversation_id: str | None = None
+    message_id: str | None = None  # the received message's id: None when it answers none
 
 
 def _answered(
@@ -326,7 +349,47 @@ def _answered(
         return _Answered()
     # only an AppRec is named after what it answers (the convention's S-<type>/APPREC)
     answered_type = original.msg_type if message.msg_type == APPREC else None
-    return _Answered(answered_type, original.ebxml_service, original.ebxml_conversation_id)
+    return _Answered(
+        answered_type, original.ebxml_service, original.ebxml_conversation_id, original.id
+    )
+
+
+def _is_test_message(message: Fagmelding, *, declared: bool) -> bool:
+    """Whether ``message`` is a test message: its MsgHead says so (MsgInfo/ProcessingStatus
+    V="D", Debugging, as the samsvar test messages do), or the operator does (``declared``,
+    ``send --test``). A message whose MsgHead says production (V="P") is refused with
+    ``--test``: it would reach the partner claiming to be production, and the MsgHead is the
+    EPJ's (signed) document, which is not rewritten here."""
+    head = message.report.msghead
+    status = head.msg_info.processing_status if head is not None else None
+    code = status.v if status is not None else None
+    if declared and code == "P":
+        raise SubmitRejected(
+            "test-message-in-production",
+            "the message is sent as a test message but its MsgHead says it is production "
+            "(ProcessingStatus P); set ProcessingStatus D in the EPJ, or send it without "
+            "--test; nothing was sent",
+        )
+    return declared or code == "D"
+
+
+def _mark_onboarding(
+    uow: UnitOfWork, row: MessageRow, state: str, test: bool, answer: bool, now: datetime
+) -> None:
+    """Mark in the message's log why it may go while the agreement is ``state`` (not active):
+    each send reads the marks again (``transmit._refusal``), and a marked test message that
+    got its receipts verifies the partner (``agreements.verified_test_exchange``)."""
+    marks = ((test, TEST_MESSAGE_EVENT, "a test message"), (answer, ANSWER_EVENT, "an answer"))
+    for applies, code, what in marks:
+        if applies:
+            uow.events.record(
+                row.id,
+                EventKind.NOTE,
+                actor="msh",
+                code=code,
+                detail=f"sent as {what} while the partner agreement is {state}",
+                at=now,
+            )
 
 
 def _version_of(message: Fagmelding) -> str | None:

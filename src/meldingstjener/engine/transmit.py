@@ -10,10 +10,12 @@ Before each send, first or resend, the checks submit made are made again (:func:
 message queued while its receiver was down must not go out once the agreement has ended or no
 longer takes its type, the register has the receiver inactive, or the encryption certificate
 the payload was encrypted to has been revoked or has expired (the ciphertext is not made again
-here: the EPJ sends the message again). Those give up at once; a suspended agreement (the
-operator's brake, which may be released) holds the message, checked again every RetryInterval
-until PersistDuration. A message encrypted to a certificate the receiver has replaced since
-goes, with a note (see :func:`_certificate_refusal`).
+here: the EPJ sends the message again). Those give up at once, as an agreement set to ended
+does; an agreement that exists but is not active (ordered, testing, verified-inactive,
+suspended: the operator's state, which moves on) holds a message its state does not let
+through (``agreements.send_decision``), checked again every RetryInterval until
+PersistDuration. A message encrypted to a certificate the receiver has replaced since goes, with
+a note (see :func:`_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ from meldingstjener.engine.routing import APPREC, names_for
 from meldingstjener.engine.trust import certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.registry.agreements import (
+    ANSWER_EVENT,
+    TEST_MESSAGE_EVENT,
     AgreementState,
     NotAgreed,
     PartnerAgreement,
     choose_binding,
+    send_decision,
 )
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.registry.terms import AgreedMessage
@@ -121,15 +126,29 @@ def _refusal(
 ) -> tuple[Literal["hold", "give-up"], str] | None:
     """Why the message may not go to ``partner`` now, by the checks submit makes on what the
     store holds (the same functions, on the same cached reads: the partner and its agreement):
-    None when it may; ("hold", why) while the agreement is suspended; ("give-up", why) when the
-    agreement has ended, is not active or no longer takes the message (its MsgHead type, or for
-    an agreement with bindings the envelope's Service and Action), or the register has the
-    receiver inactive. The receiver's certificate is checked by :func:`_certificate_refusal`,
-    outside the unit of work. No patient data in the reasons."""
+    None when it may; ("hold", why) while the agreement's state holds it (see
+    ``agreements.send_decision``: a production message while the agreement is ordered,
+    testing, verified-inactive or suspended); ("give-up", why) when the agreement has ended (its
+    state, or a CPA's end), no longer takes the message (its MsgHead type, or for an agreement
+    with bindings the envelope's Service and Action), or the register has the receiver
+    inactive. The receiver's certificate is checked by :func:`_certificate_refusal`, outside
+    the unit of work. No patient data in the reasons."""
     agreement = ctx.directory.agreement(uow, partner.our_her_id, partner.her_id)
     checked = agreement
-    if agreement is not None and agreement.state == AgreementState.SUSPENDED:
-        # a suspension holds (below); whatever else the agreement says, its end, still counts
+    decision = "send"
+    if agreement is not None and agreement.state is not AgreementState.ACTIVE:
+        marks: set[str | None] = set()
+        if agreement.state in (AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE):
+            # what submit marked the message as while the agreement was not active
+            marks = {e.code for e in uow.events.for_message(view.id)}
+        decision = send_decision(
+            agreement.state,
+            test_message=TEST_MESSAGE_EVENT in marks,
+            answer=ANSWER_EVENT in marks,
+        )
+        if decision == "give-up":
+            return "give-up", f"the partner agreement with {partner.her_id} has ended"
+        # a held or let-through message: whatever else the agreement says, its end, still counts
         checked = replace(agreement, state=AgreementState.ACTIVE)
     # the rule submit chose a binding by: a message of an agreement that takes any type (with
     # its bindings kept) went by the convention's names, not a binding's
@@ -156,8 +175,10 @@ def _refusal(
     unusable = partner.unusable_because(now)
     if unusable is not None:
         return "give-up", f"the receiver {unusable}"
-    if checked is not agreement:
-        return "hold", f"the agreement with {partner.her_id} ({partner.name}) is suspended"
+    if decision == "hold" and agreement is not None:
+        return "hold", (
+            f"the agreement with {partner.her_id} ({partner.name}) is {agreement.state.value}"
+        )
     return None
 
 
@@ -219,9 +240,12 @@ def _certificate_refusal(
     return None, None
 
 
-def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: datetime) -> None:
-    """Keep a message unsent while its agreement is suspended: checked again one RetryInterval
-    later (its attempts and Retries untouched), given up when PersistDuration has passed."""
+def _hold(
+    uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, code: str, now: datetime
+) -> None:
+    """Keep a message unsent while its agreement holds it (``code``: agreement-suspended, or
+    agreement-not-active for the onboarding states): checked again one RetryInterval later
+    (its attempts and Retries untouched), given up when PersistDuration has passed."""
     row = uow.messages.get(str(job.message_id), for_update=True)
     assert row is not None
     if row.status not in _SENDABLE:  # acknowledged, given up or sent by another run meanwhile
@@ -238,7 +262,7 @@ def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: 
                 row,
                 OutboundStatus.RETRYING.value,
                 actor="worker",
-                code="agreement-suspended",
+                code=code,
                 detail=detail,
                 at=now,
             )
@@ -247,7 +271,7 @@ def _hold(uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, now: 
                 row.id,
                 EventKind.NOTE,
                 actor="worker",
-                code="agreement-suspended",
+                code=code,
                 detail=detail,
                 ebxml_message_id=row.ebxml_message_id,
                 at=now,
@@ -298,7 +322,9 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
         return None
     if refusal is not None:
         with ctx.store.unit_of_work() as uow:
-            _hold(uow, job, partner, refusal[1], now)
+            suspended = agreement is not None and agreement.state is AgreementState.SUSPENDED
+            code = "agreement-suspended" if suspended else "agreement-not-active"
+            _hold(uow, job, partner, refusal[1], code, now)
         return None
     # A resend, or a first send whose job was claimed before (its worker may have died
     # after the partner took it, before recording that), is a resend: not at or after

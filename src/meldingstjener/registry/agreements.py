@@ -4,10 +4,16 @@ outbound pipeline passes every message through.
 A :class:`PartnerAgreement` is built from :class:`AgreementTerms` (CPA, CPP or address register,
 see :func:`resolve_terms`) plus what only we know: the onboarding state and the contacts. The
 state follows the regional routine for connecting partners: ordered -> testing ->
-verified-inactive -> active, with suspended as a pause from active.
+verified-inactive -> active, with suspended as a pause from active and ended (terminal) reachable
+from every state.
 
-:func:`check_send` refuses a message type or version that is not agreed, or any message while the
-agreement is not active, with :class:`NotAgreed` (stable code, readable message).
+:func:`send_decision` is the one rule of what a state lets through (test messages in testing,
+answers in testing and verified-inactive, everything when active), holds (production messages of
+an agreement that exists and has not ended) or gives up (ended). :func:`check_send` refuses, with
+:class:`NotAgreed` (stable code, readable message), a message type or version that is not agreed
+or a message the state does not let through; :func:`check_state_change` refuses a step off the
+routine, and verified-inactive without a verified test exchange (:func:`verified_test_exchange`)
+unless forced with the operator's words.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
 
 from meldingstjener.registry.cpa import agreement_for, terms_from_cpp
 from meldingstjener.registry.cppa_model import CollaborationProtocol
@@ -29,6 +36,9 @@ from meldingstjener.registry.terms import (
 )
 from meldingstjener.registry.versions import choose_version, normalise_version, sort_versions
 
+if TYPE_CHECKING:
+    from meldingstjener.store.uow import UnitOfWork
+
 __all__ = [
     "AgreementState",
     "Contact",
@@ -38,8 +48,11 @@ __all__ = [
     "check_state_change",
     "choose_binding",
     "choose_version",
+    "log_state_change",
     "negotiate_version",
     "resolve_terms",
+    "send_decision",
+    "verified_test_exchange",
 ]
 
 
@@ -49,19 +62,45 @@ class AgreementState(StrEnum):
     VERIFIED_INACTIVE = "verified-inactive"
     ACTIVE = "active"
     SUSPENDED = "suspended"
+    ENDED = "ended"
 
 
 _S = AgreementState
 # The onboarding routine: test messages go out in "testing"; after a verified test the service
 # is switched off ("verified-inactive") until the activation date. Suspension is reversible, and
 # a suspended or verified partner can be sent back to testing after a change (new certificate).
+# Ended (a cancelled order, a partner that leaves) is reachable from every state and final.
 _NEXT_STATES: dict[AgreementState, frozenset[AgreementState]] = {
-    _S.ORDERED: frozenset({_S.TESTING}),
-    _S.TESTING: frozenset({_S.VERIFIED_INACTIVE, _S.ORDERED}),
-    _S.VERIFIED_INACTIVE: frozenset({_S.ACTIVE, _S.TESTING}),
-    _S.ACTIVE: frozenset({_S.SUSPENDED}),
-    _S.SUSPENDED: frozenset({_S.ACTIVE, _S.TESTING}),
+    _S.ORDERED: frozenset({_S.TESTING, _S.ENDED}),
+    _S.TESTING: frozenset({_S.VERIFIED_INACTIVE, _S.ORDERED, _S.ENDED}),
+    _S.VERIFIED_INACTIVE: frozenset({_S.ACTIVE, _S.TESTING, _S.ENDED}),
+    _S.ACTIVE: frozenset({_S.SUSPENDED, _S.ENDED}),
+    _S.SUSPENDED: frozenset({_S.ACTIVE, _S.TESTING, _S.ENDED}),
+    _S.ENDED: frozenset(),
 }
+
+SendDecision = Literal["send", "hold", "give-up"]
+
+
+def send_decision(state: AgreementState, *, test_message: bool, answer: bool) -> SendDecision:
+    """What an agreement in ``state`` does with a message: the one rule submit (which refuses
+    all but "send") and every send of a queued message (which holds or gives up) follow.
+
+    Active sends everything. Testing sends test messages (MsgHead ProcessingStatus D, or ``send
+    --test``) and answers (our AppRec, a message answering one received from the partner: a
+    partner's test waits for them); verified-inactive sends answers. Any other message of an
+    agreement that exists and has not ended (ordered, testing, verified-inactive, suspended) is
+    held: the state is the operator's and may move on (a new certificate is tested, a
+    suspension lifted), and PersistDuration still caps the wait. Ended gives up at once."""
+    if state is _S.ACTIVE:
+        return "send"
+    if state is _S.ENDED:
+        return "give-up"
+    if answer and state in (_S.TESTING, _S.VERIFIED_INACTIVE):
+        return "send"
+    if test_message and state is _S.TESTING:
+        return "send"
+    return "hold"
 
 
 class NotAgreed(Exception):
@@ -69,7 +108,7 @@ class NotAgreed(Exception):
     is missing and what to do about it."""
 
     # Codes: agreement-not-active, message-type-not-agreed, version-not-agreed,
-    # no-common-version, no-agreement-source, illegal-state-change.
+    # no-common-version, no-agreement-source, illegal-state-change, test-not-verified.
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -168,15 +207,108 @@ class PartnerAgreement:
         return None
 
 
-def check_state_change(current: AgreementState, new: AgreementState) -> AgreementState:
+def check_state_change(
+    current: AgreementState,
+    new: AgreementState,
+    *,
+    verified_test: str | None = None,
+    forced: str | None = None,
+) -> AgreementState:
+    """``new`` when the routine allows the step from ``current``; else :class:`NotAgreed`.
+
+    Leaving testing (to verified-inactive, or to active) needs the evidence step 4 of the
+    routine asks for: ``verified_test``, the id of an outbound test message to the partner that
+    got an Acknowledgment and a positive AppRec (:func:`verified_test_exchange`), or ``forced``,
+    the operator's words why it goes without one (record them with :func:`log_state_change`).
+    """
     if new not in _NEXT_STATES[current]:
-        allowed = ", ".join(sorted(s.value for s in _NEXT_STATES[current]))
+        allowed = ", ".join(sorted(s.value for s in _NEXT_STATES[current])) or "none"
         raise NotAgreed(
             "illegal-state-change",
             f"a partner agreement cannot go from {current.value} to {new.value} "
             f"(allowed from {current.value}: {allowed})",
         )
+    leaves_testing = current is _S.TESTING and new in (_S.VERIFIED_INACTIVE, _S.ACTIVE)
+    if leaves_testing and verified_test is None and not (forced or "").strip():
+        raise NotAgreed(
+            "test-not-verified",
+            f"a partner agreement cannot go from testing to {new.value} before a test message "
+            "to the partner has got an Acknowledgment and a positive AppRec (status 1); send "
+            "one (a MsgHead with ProcessingStatus D, or 'send --test'), or force the change "
+            "with the reason why",
+        )
     return new
+
+
+def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) -> str | None:
+    """The id of the last outbound test message from ``our_her_id`` to ``their_her_id`` that
+    got an Acknowledgment and a positive AppRec (status 1, apprec-ok), or None.
+
+    A test message is one submit marked so (the event ``test-message``, see
+    ``engine.outbound``)."""
+    from sqlalchemy import select
+
+    from meldingstjener.model import Direction, OutboundStatus
+    from meldingstjener.store.tables import EventRow, MessageRow, ReceiptRow
+
+    uow.events.write_pending()
+    acknowledged = select(ReceiptRow.id).where(
+        ReceiptRow.message_id == MessageRow.id, ReceiptRow.kind == "acknowledgment"
+    )
+    marked = select(EventRow.id).where(
+        EventRow.message_id == MessageRow.id, EventRow.code == TEST_MESSAGE_EVENT
+    )
+    found = uow.session.scalars(
+        select(MessageRow.id)
+        .where(
+            MessageRow.direction == Direction.OUTBOUND.value,
+            MessageRow.from_her_id == str(our_her_id),
+            MessageRow.to_her_id == str(their_her_id),
+            MessageRow.status == OutboundStatus.APPREC_OK.value,
+            acknowledged.exists(),
+            marked.exists(),
+        )
+        .order_by(MessageRow.created_at.desc())
+        .limit(1)
+    ).first()
+    return None if found is None else str(found)
+
+
+# The message-log code that marks an outbound message as a test message (set by submit).
+TEST_MESSAGE_EVENT = "test-message"
+# ... and as an answer sent while the agreement was not active (so a queued one goes on).
+ANSWER_EVENT = "answer-in-onboarding"
+
+
+def log_state_change(
+    uow: UnitOfWork,
+    our_her_id: str,
+    their_her_id: str,
+    current: AgreementState,
+    new: AgreementState,
+    *,
+    actor: str,
+    verified_test: str | None = None,
+    forced: str | None = None,
+) -> None:
+    """Record a state change the routine asks evidence for in the message log: on the verified
+    test message's own log, or, forced, as an agreement entry with the operator's words."""
+    from meldingstjener.store.uow import EventKind
+
+    step = f"agreement {our_her_id} -> {their_her_id} from {current.value} to {new.value}"
+    if verified_test is not None:
+        detail = f"{step}: verified by this test message"
+    elif (forced or "").strip():
+        detail = f"{step} forced without a verified test exchange: {(forced or '').strip()}"
+    else:
+        return
+    uow.events.record(
+        verified_test,
+        EventKind.NOTE,
+        actor=actor,
+        code="agreement-forced" if verified_test is None else "agreement-verified",
+        detail=detail,
+    )
 
 
 def choose_binding(
@@ -226,6 +358,7 @@ def check_send(
     version: str | None,
     *,
     test_message: bool = False,
+    answer: bool = False,
     now: datetime | None = None,
     namespaces: Iterable[str] = (),
     answered_service: str | None = None,
@@ -237,13 +370,15 @@ def check_send(
     terms and configured partners, whose envelope follows the NHN convention).
 
     Ordinary messages need an active agreement; ``test_message`` also allows the testing state
-    (the routine sends test messages one week before activation). For an agreement with
+    (the routine sends test messages one week before activation), ``answer`` (our AppRec, an
+    answer to a message received from the partner) testing and verified-inactive: see
+    :func:`send_decision`. For an agreement with
     bindings (a CPA's or CPP's) the binding is chosen by :func:`choose_binding` from the
     document's ``namespaces`` and the rest; a binding its namespace chose needs no version
     check (the namespace is the version), one chosen by its Action checks ``version`` as
     before. ``version`` None checks no version.
     """
-    _check_state(agreement, test_message)
+    _check_state(agreement, test_message, answer)
     if now is not None and agreement.valid_to is not None and now > agreement.valid_to:
         raise NotAgreed(
             "agreement-not-active",
@@ -326,21 +461,21 @@ def negotiate_version(
     return chosen
 
 
-def _check_state(agreement: PartnerAgreement, test_message: bool) -> None:
-    allowed = {AgreementState.ACTIVE}
-    if test_message:
-        allowed.add(AgreementState.TESTING)
-    if agreement.state not in allowed:
+def _check_state(agreement: PartnerAgreement, test_message: bool, answer: bool) -> None:
+    if send_decision(agreement.state, test_message=test_message, answer=answer) != "send":
         hint = {
-            AgreementState.ORDERED: "it is ordered but not yet tested",
-            AgreementState.TESTING: "it is in testing; only test messages may be sent",
-            AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation date",
-            AgreementState.SUSPENDED: "it is suspended",
+            AgreementState.ORDERED: "it is ordered but not yet tested; activate it before sending",
+            AgreementState.TESTING: "it is in testing: only test messages (MsgHead "
+            "ProcessingStatus D, or 'send --test') and answers may be sent",
+            AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation "
+            "date: only answers may be sent; activate it before sending",
+            AgreementState.SUSPENDED: "it is suspended; resume it before sending",
+            AgreementState.ENDED: "it has ended; nothing more is sent to it",
         }.get(agreement.state, agreement.state.value)
         raise NotAgreed(
             "agreement-not-active",
             f"the partner agreement with HER-id {agreement.counterparty_her_id} is not active "
-            f"({hint}); activate it before sending",
+            f"({hint})",
         )
 
 

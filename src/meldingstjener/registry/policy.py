@@ -60,6 +60,7 @@ def check_agreement(
     version: str | None,
     *,
     test_message: bool = False,
+    answer: bool = False,
     now: datetime | None = None,
     namespaces: Iterable[str] = (),
     answered_service: str | None = None,
@@ -68,6 +69,7 @@ def check_agreement(
 ) -> AgreedMessage | None:
     """:func:`check_outbound` for an agreement already read (the engine keeps them cached).
 
+    ``answer``: the message answers one received from the partner (see :func:`check_send`).
     Returns the agreed binding the message goes by (see :func:`check_send`), or None when the
     agreement has none (the envelope then follows the NHN convention)."""
     at = now if now is not None else datetime.now(UTC)
@@ -83,6 +85,7 @@ def check_agreement(
             msg_type,
             version,
             test_message=test_message,
+            answer=answer,
             now=at,
             namespaces=namespaces,
             answered_service=answered_service,
@@ -91,7 +94,9 @@ def check_agreement(
         )
     unknown_type = msg_type is not None and agreement.versions_for(msg_type) is None
     if msg_type is not None and unknown_type and not agreement.any_message_type:
-        check_send(agreement, msg_type, "", test_message=test_message, now=at)  # type not agreed
+        # the type is not agreed: check_send says so
+        check_send(agreement, msg_type, "", test_message=test_message, answer=answer, now=at)
     # With any_message_type set, check_send checks the state and end date and nothing else.
-    check_send(replace(agreement, any_message_type=True), "", "", test_message=test_message, now=at)
+    anything = replace(agreement, any_message_type=True)
+    check_send(anything, "", "", test_message=test_message, answer=answer, now=at)
     return None

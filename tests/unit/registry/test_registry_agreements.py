@@ -320,3 +320,24 @@ def test_helsenorge_bindings_keep_the_convention(reference_dir: Path) -> None:
     )
     # no namespaces at all: the Action that is the type still finds it
     assert check_send(agreement, kind, None) is not None
+
+
+def test_leaving_testing_needs_a_verified_test_or_the_operators_words() -> None:
+    testing, verified = AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE
+    with pytest.raises(NotAgreed) as caught:
+        check_state_change(testing, verified)
+    assert caught.value.code == "test-not-verified"
+    with pytest.raises(NotAgreed):
+        check_state_change(testing, verified, forced="  ")
+    assert check_state_change(testing, verified, verified_test="m1") is verified
+    assert check_state_change(testing, verified, forced="tested by phone") is verified
+
+
+def test_ended_is_reachable_from_every_state_and_final() -> None:
+    for state in AgreementState:
+        if state is not AgreementState.ENDED:
+            assert check_state_change(state, AgreementState.ENDED) is AgreementState.ENDED
+        with pytest.raises(NotAgreed, match="allowed from ended: none"):
+            check_state_change(AgreementState.ENDED, state, forced="words")
+    with pytest.raises(NotAgreed, match="has ended"):
+        check_send(_agreement(state=AgreementState.ENDED), "EPIKRISE", "1.2", answer=True)

@@ -1,0 +1,231 @@
+"""The onboarding routine's sends (DOMAIN.md, connecting a partner): in ``testing`` a test
+message (MsgHead ProcessingStatus D, or ``send --test``) and an answer (our AppRec) go, a
+production message does not; leaving testing needs a test message that got its Acknowledgment
+and a positive AppRec, or the operator's words; a production message queued for an agreement
+that is not active is held (not given up), and one for an ended agreement is given up at once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from engine_pair import Pair
+from sqlalchemy import select
+
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine import receipts
+from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.errors import SubmitRejected
+from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.receipts import AppRecRefused
+from meldingstjener.formats.codelists import code_list
+from meldingstjener.formats.dialog import Dialogmelding, Notat, dialog_msghead
+from meldingstjener.formats.msghead import build_msghead
+from meldingstjener.formats.xmlutil import Coded
+from meldingstjener.registry.agreements import (
+    AgreementState,
+    NotAgreed,
+    check_state_change,
+    log_state_change,
+    verified_test_exchange,
+)
+from meldingstjener.store.tables import EventRow
+from meldingstjener.store.uow import UnitOfWork
+
+GP, HOSPITAL = "8100001", "8200002"
+_THEMES = code_list("9152")
+THEME = Coded(v="1", dn=_THEMES.text("1"), s=_THEMES.oid)
+
+
+def _state(uow: UnitOfWork, theirs: str, state: str) -> None:
+    """Every agreement of this side with ``theirs`` set to ``state``."""
+    agreements = uow.agreements.for_counterparty(theirs)
+    assert agreements
+    for agreement in agreements:
+        agreement.state = state
+
+
+def _gp_agreement(pair: Pair, state: AgreementState) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        _state(uow, HOSPITAL, state.value)
+        uow.commit()
+
+
+def _note(pair: Pair, processing_status: str | None) -> bytes:
+    head = dialog_msghead(
+        message_type="DIALOG_NOTAT",
+        sender=pair.gp_site.party(),
+        receiver=pair.hospital_site.party(),
+        dialog=Dialogmelding(
+            version="1.0", notater=(Notat(tema_kodet=THEME, tekst="Testmelding"),)
+        ),
+    )
+    status = None if processing_status is None else Coded(v=processing_status)
+    return build_msghead(replace(head, msg_info=replace(head.msg_info, processing_status=status)))
+
+
+def test_a_test_message_goes_under_testing_and_a_production_one_is_refused(pair: Pair) -> None:
+    _gp_agreement(pair, AgreementState.TESTING)
+    message_id = submit(pair.gp, _note(pair, "D"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.inbound_messages(pair.hospital)) == 1
+    with pytest.raises(SubmitRejected) as caught:
+        submit(pair.gp, _note(pair, "P"), actor="t")
+    assert caught.value.code == "agreement-not-active"
+    assert "only test messages" in caught.value.message
+
+
+def test_send_test_declares_a_test_message_but_never_one_that_says_production(
+    pair: Pair,
+) -> None:
+    _gp_agreement(pair, AgreementState.TESTING)
+    with pytest.raises(SubmitRejected):
+        submit(pair.gp, _note(pair, None), actor="t")
+    message_id = submit(pair.gp, _note(pair, None), actor="t", test_message=True)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    with pytest.raises(SubmitRejected) as caught:
+        submit(pair.gp, _note(pair, "P"), actor="t", test_message=True)
+    assert caught.value.code == "test-message-in-production"
+
+
+@pytest.mark.parametrize("state", [AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE])
+def test_our_apprec_to_a_partner_in_onboarding_is_sent(pair: Pair, state: AgreementState) -> None:
+    # the partner's test message comes in; our agreement with it is in testing: its test waits
+    # for our positive AppRec
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Test"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        _state(uow, GP, state.value)
+        uow.commit()
+    answer = receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.hospital, answer).status == "transport-acknowledged"
+    assert [m.msg_type for m in pair.inbound_messages(pair.gp)] == ["APPREC"]
+
+
+def test_no_apprec_to_a_partner_whose_agreement_has_ended(pair: Pair) -> None:
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Test"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        _state(uow, GP, AgreementState.ENDED.value)
+        uow.commit()
+    with pytest.raises(AppRecRefused) as caught:
+        receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    assert caught.value.code == "agreement-not-active"
+
+
+def test_verified_inactive_needs_a_verified_test_exchange(pair: Pair) -> None:
+    _gp_agreement(pair, AgreementState.TESTING)
+    testing, verified = AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) is None
+    with pytest.raises(NotAgreed) as caught:
+        check_state_change(testing, verified, verified_test=None)
+    assert caught.value.code == "test-not-verified"
+
+    message_id = submit(pair.gp, _note(pair, "D"), actor="t")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        # acknowledged, but no AppRec yet: not verified
+        assert verified_test_exchange(uow, GP, HOSPITAL) is None
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    with pair.gp.store.unit_of_work() as uow:
+        found = verified_test_exchange(uow, GP, HOSPITAL)
+        assert found == message_id
+        assert check_state_change(testing, verified, verified_test=found) is verified
+        log_state_change(uow, GP, HOSPITAL, testing, verified, actor="cli", verified_test=found)
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(message_id)]
+    assert "test-message" in codes and "agreement-verified" in codes
+
+
+def test_a_production_message_does_not_verify_and_a_forced_change_is_logged(
+    pair: Pair,
+) -> None:
+    # a production message sent while active, acknowledged and answered Ok, is no test
+    submit(pair.gp, _note(pair, "P"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    _gp_agreement(pair, AgreementState.TESTING)
+    testing, verified = AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) is None
+        words = "tested by phone with the partner's help desk"
+        assert check_state_change(testing, verified, forced=words) is verified
+        log_state_change(uow, GP, HOSPITAL, testing, verified, actor="cli", forced=words)
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        forced = list(
+            uow.session.scalars(select(EventRow).where(EventRow.code == "agreement-forced"))
+        )
+    assert len(forced) == 1 and words in str(forced[0].detail)
+
+
+def _queued(pair: Pair) -> str:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Notat"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    pair.network.down.clear()
+    return message_id
+
+
+def test_a_suspended_agreement_sent_back_to_testing_holds_a_queued_message_until_active(
+    pair: Pair,
+) -> None:
+    message_id = _queued(pair)
+    _gp_agreement(pair, AgreementState.SUSPENDED)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    # a new certificate: back to testing, as the routine names it; the message waits
+    _gp_agreement(pair, AgreementState.TESTING)
+    for _ in range(2):
+        pair.clock.advance(minutes=11)
+        pair.run()
+        row = pair.message(pair.gp, message_id)
+        assert row.status == "retrying" and row.attempts == 1  # held, no Retry used
+        assert pair.inbound_messages(pair.hospital) == []
+    with pair.gp.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(message_id)]
+        assert uow.alerts.list(open_only=True, kind=AlertKind.NOT_DELIVERED) == []
+    assert "agreement-not-active" in codes
+    _gp_agreement(pair, AgreementState.ACTIVE)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "transport-acknowledged" and row.attempts == 2
+
+
+def test_an_ended_agreement_gives_a_queued_message_up_at_once_and_refuses_submits(
+    pair: Pair,
+) -> None:
+    message_id = _queued(pair)
+    _gp_agreement(pair, AgreementState.ENDED)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "not-delivered" and row.attempts == 1
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = [
+            a
+            for a in uow.alerts.list(open_only=True, kind=AlertKind.NOT_DELIVERED)
+            if a.message_id == message_id
+        ]
+    assert "has ended" in str(alert.summary)
+    with pytest.raises(SubmitRejected) as caught:
+        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Notat"), actor="t")
+    assert caught.value.code == "agreement-not-active" and "ended" in caught.value.message
+    for state in AgreementState:
+        with pytest.raises(NotAgreed):
+            check_state_change(AgreementState.ENDED, state, forced="any words")
