@@ -259,7 +259,7 @@ def test_ar_sync_by_hand_waits_its_turn(tmp_path: Path) -> None:
     fake.put_party({"herId": 500001, "name": "Tønsberg legevakt", "type": "Organization"})
     with serve(fake) as url:
         code, output = invoke(tmp_path, "ar", "sync", "--url", url)
-        assert code == 1 and "(ar-sync-busy)" in output and "host:9/0" in output
+        assert code == 1 and "ar-sync-busy: not synced" in output and "host:9/0" in output
         assert fake.requests == []
         with store.unit_of_work() as uow:
             uow.jobs.release_unstarted([held])
@@ -350,7 +350,9 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
             *("--key-file", str(key_file)),
         )
         assert (
-            code == 1 and "(cppa-wrong-party)" in output and "does not name HER-id 4444" in output
+            code == 1
+            and "cppa-wrong-party: cannot take terms" in output
+            and "does not name HER-id 4444" in output
         )
         cppa.put_agreement("cpa-not-ours", cpa, ("5000", "93238"))  # names 93238, not us (5000)
         code, output = invoke(
@@ -364,7 +366,7 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
             *("partners", "add", "4445", "--our", "93252", "--cppa-url", url),
             env={"MELDINGSTJENER_CPPA_TOKEN": "not-a-token"},
         )
-        assert code == 1 and "(cppa-unauthorised)" in output
+        assert code == 1 and "cppa-unauthorised: cannot take terms" in output
         # a CPA the service has that is no longer in force is passed over, as a missing one
         cppa.put_agreement(
             "49391409-e528-4919-b4a3-9ccdab72c8c1", sample.read_bytes(), ("93252", "93238")
@@ -383,7 +385,9 @@ def test_partner_terms_from_the_cppa_service(tmp_path: Path, reference_dir: Path
             *("partners", "add", "4446", "--our", "93252", "--cppa-url", url, *sts),
             *("--key-file", str(key_file)),
         )
-        assert code == 1 and "(cppa-unavailable)" in output and "HTTP 503" in output
+        assert (
+            code == 1 and "cppa-unavailable: cannot take terms" in output and "HTTP 503" in output
+        )
         code, output = invoke(tmp_path, "partners", "add", "abc", "--cppa-url", url)
         assert code == 2 and "HER-id" in output
     code, output = invoke(tmp_path, "partners", "list", "--json")

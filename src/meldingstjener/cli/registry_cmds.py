@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from meldingstjener.registry.cppa_model import CollaborationProtocol
     from meldingstjener.registry.parties import CommunicationParty
     from meldingstjener.registry.sync import SyncReport
-    from meldingstjener.registry.terms import AgreementTerms
+    from meldingstjener.registry.terms import AgreedMessage, AgreementTerms
     from meldingstjener.store.uow import Store
 
 ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
@@ -72,9 +72,11 @@ def _store(ctx: typer.Context, *, create: bool = False) -> Store:
     return store_from(ctx, create=create)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
+def _fail(code: str, message: str, exit_code: int = 1) -> typer.Exit:
+    """A refusal, on stderr as ``code: message``: every refusal of these commands carries a
+    short stable code (kebab-case) a script can match, the words being for people."""
+    typer.echo(f"{code}: {message}", err=True)
+    return typer.Exit(exit_code)
 
 
 def _jsonable(value: Any) -> Any:
@@ -201,7 +203,11 @@ def ar_sync(
     settings = settings_from(ctx)
     url = url or settings.address_register.url
     if url is None:
-        raise _fail("give --url (or MELDINGSTJENER_AR_URL), or set [address_register] url", 2)
+        raise _fail(
+            "no-register-url",
+            "give --url (or MELDINGSTJENER_AR_URL), or set [address_register] url",
+            2,
+        )
     tokens: TokenProvider
     if token_url is None and client_id is None and key_file is None:
         try:
@@ -210,7 +216,7 @@ def ar_sync(
                 settings, scope=scope, audience=audience, dpop=None if dpop else False
             )
         except ConfigError as exc:
-            raise _fail(str(exc), 2) from None
+            raise _fail("config-error", str(exc), 2) from None
     else:
         tokens = helseid_tokens(
             token_url=token_url,
@@ -231,10 +237,10 @@ def ar_sync(
         with sync_turn(store, holder, every=every):
             report = sync_register(store, client, full=full, chunk_size=chunk_size)
     except SyncBusy as exc:
-        raise _fail(f"not synced ({exc.code}): {exc}") from None
+        raise _fail(exc.code, f"not synced: {exc}") from None
     except SyncInterrupted as exc:
         _note_refused(store, exc.report)
-        raise _fail(f"sync interrupted ({exc.code}): {exc}") from None
+        raise _fail(exc.code, f"sync interrupted: {exc}") from None
     finally:
         client.close()
     _note_refused(store, report)
@@ -318,7 +324,10 @@ def ar_show(
         party = party_from_row(row) if row is not None else None
         previous = _previous_signing(row) if row is not None else None
     if party is None:
-        raise _fail(f"HER-id {her_id} is not in the local register; import or sync it first")
+        raise _fail(
+            "party-unknown",
+            f"HER-id {her_id} is not in the local register; import or sync it first",
+        )
     summary = party_summary(party)
     if previous is not None:
         summary["previous_signing_certificate"] = previous
@@ -357,7 +366,7 @@ def ar_forget_previous_certificate(
     with store.unit_of_work() as uow:
         row = uow.parties.get(her_id)
         if row is None:
-            raise _fail(f"HER-id {her_id} is not in the local register")
+            raise _fail("party-unknown", f"HER-id {her_id} is not in the local register")
         if not row.previous_signing_certificate:
             typer.echo(f"{her_id} has no previous signing certificate; nothing to do")
             return
@@ -376,7 +385,7 @@ def _our_her_id(ctx: typer.Context, given: str | None) -> str:
     identity = settings_from(ctx).identity
     if identity.her_ids:
         return identity.her_ids[0]
-    raise _fail("give --our (our HER-id) or set identity.organisation_her_id", 2)
+    raise _fail("no-our-her-id", "give --our (our HER-id) or set identity.organisation_her_id", 2)
 
 
 def _parse_message_types(values: list[str] | None) -> dict[str, tuple[str, ...]]:
@@ -455,7 +464,7 @@ def partners_show(
         row = uow.agreements.for_pair(ours, her_id)
         agreement = agreement_from_row(row) if row is not None else None
     if agreement is None:
-        raise _fail(f"no partner agreement between {ours} and {her_id}")
+        raise _fail("no-agreement", f"no partner agreement between {ours} and {her_id}")
     if as_json:
         _echo_json(agreement_summary(agreement))
     else:
@@ -513,11 +522,9 @@ def partners_add(
     With --cppa-url the CPA and CPP are asked for at NHN's CPPA service (HelseID as for
     'ar sync'; without --token-url a fixed token from MELDINGSTJENER_CPPA_TOKEN)."""
     from meldingstjener.model.herid import HerId, InvalidHerId
-    from meldingstjener.registry.agreements import AgreementState, NotAgreed, PartnerAgreement
-    from meldingstjener.registry.cpa import agreement_for, parse_cpa, parse_cpp, terms_from_cpp
-    from meldingstjener.registry.errors import RegistryError
+    from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
     from meldingstjener.registry.store import party_from_row, save_agreement
-    from meldingstjener.registry.terms import TermsSource, terms_from_ar
+    from meldingstjener.registry.terms import TermsSource
 
     try:
         her_id = str(HerId(her_id))
@@ -526,42 +533,22 @@ def partners_add(
     ours = _our_her_id(ctx, our)
     contacts = tuple(_parse_contact(c) for c in contact or [])
     types = _parse_message_types(message_type)
-    tokens = None
-    if cppa_url is not None and cpa is None and cpp is None:
-        from meldingstjener.registry.cppa_client import CPPA_SCOPE_BEARER, CPPA_SCOPE_DPOP
-
-        bound = key_file is not None and dpop  # a client secret gets no DPoP-bound token
-        tokens = helseid_tokens(
-            token_url=token_url,
-            client_id=client_id,
-            scope=cppa_scope or (CPPA_SCOPE_DPOP if bound else CPPA_SCOPE_BEARER),
-            key_file=key_file,
-            audience=audience,
-            dpop=dpop,
-            static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
-        )
+    tokens = _cppa_tokens(
+        cppa_url, cpa, cpp, token_url, client_id, cppa_scope, key_file, audience, dpop
+    )
     store = _store(ctx, create=True)
     # A short look first: no transaction is held open while the CPPA service is asked.
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:
-            raise _fail(f"an agreement with {her_id} exists; change it with 'partners set'")
+            raise _fail(
+                "agreement-exists",
+                f"an agreement with {her_id} exists; change it with 'partners set' "
+                "(--cpa, --cpp or --cppa-url to take new terms)",
+            )
         row = uow.parties.get(her_id)
         local = party_from_row(row) if row is not None else None
-    terms: AgreementTerms | None
-    try:
-        if cpa is not None:
-            terms = agreement_for(_in_force(parse_cpa(cpa.read_bytes())), ours)
-        elif cpp is not None:
-            terms = terms_from_cpp(_in_force(parse_cpp(cpp.read_bytes())), ours)
-        elif cppa_url is not None and tokens is not None:
-            terms = _terms_from_cppa(cppa_url, tokens, ours, her_id, local)
-        else:
-            terms = terms_from_ar(local, ours) if local is not None else None
-    except (RegistryError, NotAgreed) as exc:
-        code = getattr(exc, "code", "registry-error")
-        raise _fail(f"cannot take terms ({code}): {exc}") from None
-    if terms is not None and terms.counterparty_her_id != her_id:
-        raise _fail(f"the document is about HER-id {terms.counterparty_her_id}, not {her_id}")
+    terms, document = _take_terms(ours, her_id, local, cpa, cpp, cppa_url, tokens)
+    _note_certificates(ctx, document, ours, her_id, local)
     if terms is not None:
         agreement = PartnerAgreement.from_terms(terms, our_her_id=ours, contacts=contacts)
     else:
@@ -576,13 +563,154 @@ def partners_add(
     agreement = _with_overrides(agreement, types, channel, endpoint)
     with store.unit_of_work() as uow:
         if uow.agreements.for_pair(ours, her_id) is not None:
-            raise _fail(f"an agreement with {her_id} was added meanwhile; see 'partners show'")
+            raise _fail(
+                "agreement-exists",
+                f"an agreement with {her_id} was added meanwhile; see 'partners show'",
+            )
         save_agreement(uow, agreement)
         uow.commit()
     if as_json:
         _echo_json(agreement_summary(agreement))
     else:
         typer.echo(f"added agreement with {her_id} (source {agreement.source.value}, ordered)")
+
+
+def _cppa_tokens(
+    cppa_url: str | None,
+    cpa: Path | None,
+    cpp: Path | None,
+    token_url: str | None,
+    client_id: str | None,
+    cppa_scope: str | None,
+    key_file: Path | None,
+    audience: str | None,
+    dpop: bool,
+) -> TokenProvider | None:
+    """HelseID tokens for NHN's CPPA service, when the terms are to be asked for there."""
+    if cppa_url is None or cpa is not None or cpp is not None:
+        return None
+    from meldingstjener.registry.cppa_client import CPPA_SCOPE_BEARER, CPPA_SCOPE_DPOP
+
+    bound = key_file is not None and dpop  # a client secret gets no DPoP-bound token
+    return helseid_tokens(
+        token_url=token_url,
+        client_id=client_id,
+        scope=cppa_scope or (CPPA_SCOPE_DPOP if bound else CPPA_SCOPE_BEARER),
+        key_file=key_file,
+        audience=audience,
+        dpop=dpop,
+        static_token_variable="MELDINGSTJENER_CPPA_TOKEN",
+    )
+
+
+def _take_terms(
+    ours: str,
+    her_id: str,
+    local: CommunicationParty | None,
+    cpa: Path | None,
+    cpp: Path | None,
+    cppa_url: str | None,
+    tokens: TokenProvider | None,
+) -> tuple[AgreementTerms | None, CollaborationProtocol | None]:
+    """The terms with ``her_id`` and the CPA or CPP they came from: from the CPA file, else the
+    CPP file, else NHN's CPPA service, else the local register entry ``local`` (None: no source,
+    the options' terms). The one path ``partners add`` and ``partners set`` take terms by: a
+    document not in force, one that cannot be read or one about another party stops the
+    command."""
+    from meldingstjener.registry.agreements import NotAgreed
+    from meldingstjener.registry.cpa import agreement_for, parse_cpa, parse_cpp, terms_from_cpp
+    from meldingstjener.registry.errors import RegistryError
+    from meldingstjener.registry.terms import terms_from_ar
+
+    terms: AgreementTerms | None
+    document: CollaborationProtocol | None = None
+    try:
+        if cpa is not None:
+            document = _in_force(parse_cpa(cpa.read_bytes()))
+            terms = agreement_for(document, ours)
+        elif cpp is not None:
+            document = _in_force(parse_cpp(cpp.read_bytes()))
+            terms = terms_from_cpp(document, ours)
+        elif cppa_url is not None and tokens is not None:
+            terms, document = _terms_from_cppa(cppa_url, tokens, ours, her_id, local)
+        else:
+            terms = terms_from_ar(local, ours) if local is not None else None
+    except (RegistryError, NotAgreed) as exc:
+        code = getattr(exc, "code", "registry-error")
+        raise _fail(code, f"cannot take terms: {exc}") from None
+    if terms is not None and terms.counterparty_her_id != her_id:
+        raise _fail(
+            "wrong-counterparty",
+            f"the document is about HER-id {terms.counterparty_her_id}, not {her_id}",
+        )
+    return terms, document
+
+
+def _note_certificates(
+    ctx: typer.Context,
+    document: CollaborationProtocol | None,
+    ours: str | None,
+    her_id: str | None,
+    local: CommunicationParty | None,
+) -> None:
+    """A ``note:`` per certificate a CPA/CPP names that is not the one in use: the partner's
+    against its local register entry (which the engine encrypts to and verifies by), ours
+    against our own keys. Told, not refused: which side is stale is for the operator to find
+    out (a register not yet synced, a CPA from before a rollover)."""
+    from meldingstjener.registry.certificates import register_thumbprint
+
+    if document is None:
+        return
+    sides: list[tuple[str, Any, dict[str, str | None]]] = []
+    theirs = document.party(her_id) if her_id else None
+    if theirs is not None and local is not None:
+        in_use = {
+            role: getattr(getattr(local, f"{role}_certificate"), "thumbprint", None)
+            for role in ("signing", "encryption")
+        }
+        sides.append((f"HER-id {her_id}'s", theirs, in_use))
+    own = document.party(ours) if ours else None
+    keys = _own_keys(ctx) if own is not None else None
+    if own is not None and keys is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        in_use = {
+            role: register_thumbprint(
+                getattr(keys, f"{role}_certificate").public_bytes(Encoding.DER)
+            )
+            for role in ("signing", "encryption")
+        }
+        sides.append(("our", own, in_use))
+    kind = document.kind.upper()
+    for whose, party, in_use in sides:
+        where = "the local register's" if whose != "our" else "our own key's"
+        for role, thumbprint in in_use.items():
+            named = getattr(party, f"{role}_certificate")
+            if named is None or named.thumbprint is None or thumbprint is None:
+                continue
+            if named.thumbprint.upper() != thumbprint.upper():
+                typer.echo(
+                    f"note: {kind} {document.protocol_id} names {whose} {role} certificate "
+                    f"{named.thumbprint}, {where} is {thumbprint}",
+                    err=True,
+                )
+
+
+def _own_keys(ctx: typer.Context) -> Any:
+    """Our keys if they are configured or the development keys exist; None otherwise (the
+    comparison is then left out: it must not make keys, nor stop the command)."""
+    from meldingstjener.bootstrap import load_own_keys
+    from meldingstjener.config import ConfigError
+    from meldingstjener.store.opening import StoreUnavailable
+
+    settings = settings_from(ctx)
+    keys = settings.keys
+    if not (keys.signing_pkcs12 or keys.signing_cert or settings.dev_pki_dir.exists()):
+        return None
+    try:
+        return load_own_keys(settings)
+    except (ConfigError, StoreUnavailable, OSError):
+        return None
 
 
 def _in_force(document: CollaborationProtocol) -> CollaborationProtocol:
@@ -592,26 +720,30 @@ def _in_force(document: CollaborationProtocol) -> CollaborationProtocol:
     kind, name = document.kind.upper(), document.protocol_id or "without an id"
     if document.end is not None and now > document.end:
         raise _fail(
+            f"{document.kind}-ended",
             f"{kind} {name} ended {document.end.isoformat()}; nothing could be sent under it. "
-            f"Ask the partner (or NHN's CPPA service) for the {kind} that replaced it"
+            f"Ask the partner (or NHN's CPPA service) for the {kind} that replaced it",
         )
     if document.start is not None and now < document.start:
         raise _fail(
-            f"{kind} {name} is in force only from {document.start.isoformat()}; add it then"
+            f"{document.kind}-not-yet-in-force",
+            f"{kind} {name} is in force only from {document.start.isoformat()}; add it then",
         )
     return document
 
 
 def _terms_from_cppa(
     url: str, tokens: TokenProvider, ours: str, her_id: str, local: CommunicationParty | None
-) -> AgreementTerms | None:
+) -> tuple[AgreementTerms | None, CollaborationProtocol | None]:
     """Terms by the CPPA service's CPA with the partner, else the partner's CPP, else the local
-    register entry ``local`` (None if there is none: the terms are then the options'). A
+    register entry ``local`` (None if there is none: the terms are then the options'), with the
+    CPA or CPP they came from. A
     service that fails, refuses us or answers about another party stops the command instead:
     an agreement is not made on a guess. Why a better source was passed over goes to stderr."""
     from meldingstjener.registry.agreements import NotAgreed, resolve_terms
     from meldingstjener.registry.cppa_client import CppaClient
     from meldingstjener.registry.errors import RegistryError
+    from meldingstjener.registry.terms import TermsSource
 
     client = CppaClient(url, tokens)
     try:
@@ -635,10 +767,10 @@ def _terms_from_cppa(
         terms, _ = resolve_terms(cpa, cpp, local, our_her_id=ours, now=datetime.now(UTC))
     except NotAgreed as exc:
         typer.echo(f"note: {exc}", err=True)
-        return None
+        return None, None
     for note in terms.notes:
         typer.echo(f"note: {note}", err=True)
-    return terms
+    return terms, {TermsSource.CPA: cpa, TermsSource.CPP: cpp}.get(terms.source)
 
 
 def _with_overrides(
@@ -657,6 +789,11 @@ def _with_overrides(
     if types:
         changes["message_types"] = types
         changes["any_message_type"] = False
+        if agreement.bindings:
+            # A CPA's or CPP's agreement sends by its bindings (a document's namespace picks
+            # one), not by message_types: narrowing is done on the bindings, or it is shown but
+            # not kept. A type no binding has cannot be added here: it needs a new CPA.
+            changes["bindings"] = _bindings_of(agreement, types)
     if channel is not None:
         changes["channel"] = channel
     if endpoint is not None:
@@ -669,6 +806,38 @@ def _with_overrides(
         # names is the agreement's own from now on
         changes["source"] = TermsSource.MANUAL
     return replace(agreement, **changes) if changes else agreement
+
+
+def _bindings_of(
+    agreement: PartnerAgreement, types: dict[str, tuple[str, ...]]
+) -> tuple[AgreedMessage, ...]:
+    """The agreement's bindings of the named ``types`` in one of their versions (a binding
+    naming no version takes any); exit 2 (``type-not-in-cpa``) for a type none has."""
+    from meldingstjener.registry.versions import normalise_version
+
+    kept: list[AgreedMessage] = []
+    for name, versions in types.items():
+        wanted = {normalise_version(v) for v in versions}
+        found = [
+            b
+            for b in agreement.bindings
+            if b.message_type.casefold() == name.casefold()
+            and (not b.versions or wanted & {normalise_version(v) for v in b.versions})
+        ]
+        if not found:
+            agreed = sorted(
+                {f"{b.message_type}={','.join(b.versions)}" for b in agreement.bindings}
+            )
+            raise _fail(
+                "type-not-in-cpa",
+                f"{name} {', '.join(versions)} is in no binding of the agreement with HER-id "
+                f"{agreement.counterparty_her_id} (source {agreement.source.value}, "
+                f"{agreement.cpa_id or 'no CPA id'}; it has {', '.join(agreed)}): a new type "
+                "needs a new CPA from the partner, applied with 'partners set --cpa'",
+                2,
+            )
+        kept.extend(b for b in found if b not in kept)
+    return tuple(kept)
 
 
 @partners_app.command("set")
@@ -695,22 +864,83 @@ def partners_set(
     activation_date: Annotated[
         str | None, typer.Option(help="Date the agreement goes live (YYYY-MM-DD).")
     ] = None,
+    cpa: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Take the terms anew from this CPA (a renewed one)."
+        ),
+    ] = None,
+    cpp: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Take the terms anew from the partner's CPP."
+        ),
+    ] = None,
+    cppa_url: Annotated[
+        str | None,
+        typer.Option(help="Take the terms anew from NHN's CPPA service (as 'partners add')."),
+    ] = None,
+    token_url: TokenUrlOption = None,
+    client_id: ClientIdOption = None,
+    cppa_scope: Annotated[
+        str | None,
+        typer.Option(envvar="MELDINGSTJENER_HELSEID_CPPA_SCOPE", help="Scope to ask HelseID for."),
+    ] = None,
+    key_file: KeyFileOption = None,
+    audience: AudienceOption = None,
+    dpop: DpopOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Change an agreement: its state (following the onboarding routine), types or contacts."""
+    """Change an agreement: its state (following the onboarding routine), types or contacts;
+    with --cpa, --cpp or --cppa-url its terms anew (a renewed CPA, a changed CPP), taken as
+    'partners add' takes them, its state, contacts and activation date kept."""
     from dataclasses import replace
 
-    from meldingstjener.registry.agreements import AgreementState, NotAgreed, check_state_change
-    from meldingstjener.registry.store import agreement_from_row, save_agreement
+    from meldingstjener.engine.certificates import judge_agreement_end
+    from meldingstjener.registry.agreements import (
+        AgreementState,
+        NotAgreed,
+        PartnerAgreement,
+        check_state_change,
+    )
+    from meldingstjener.registry.store import agreement_from_row, party_from_row, save_agreement
     from meldingstjener.registry.terms import TermsSource
+    from meldingstjener.store.types import utcnow
 
     ours = _our_her_id(ctx, our)
     store = _store(ctx)
+    renewing = cpa is not None or cpp is not None or cppa_url is not None
+    terms: AgreementTerms | None = None
+    if renewing:
+        # the terms first, with no transaction open while the CPPA service is asked
+        with store.unit_of_work() as uow:
+            party = uow.parties.get(her_id)
+            local = party_from_row(party) if party is not None else None
+        tokens = _cppa_tokens(
+            cppa_url, cpa, cpp, token_url, client_id, cppa_scope, key_file, audience, dpop
+        )
+        terms, document = _take_terms(ours, her_id, local, cpa, cpp, cppa_url, tokens)
+        if terms is None:
+            raise _fail(
+                "no-agreement-source", f"no CPA, CPP or register entry gives terms with {her_id}"
+            )
+        _note_certificates(ctx, document, ours, her_id, local)
     with store.unit_of_work() as uow:
         row = uow.agreements.for_pair(ours, her_id)
         if row is None:
-            raise _fail(f"no partner agreement between {ours} and {her_id}; add it first")
+            raise _fail(
+                "no-agreement", f"no partner agreement between {ours} and {her_id}; add it first"
+            )
         agreement = agreement_from_row(row)
+        before = agreement
+        if terms is not None:
+            agreement = PartnerAgreement.from_terms(
+                terms,
+                our_her_id=ours,
+                state=agreement.state,
+                contacts=agreement.contacts,
+                activation_date=agreement.activation_date,
+            )
         if state is not None:
             try:
                 new_state = AgreementState(state)
@@ -720,7 +950,7 @@ def partners_set(
                     f"{state!r} is not a state", param_hint="--state"
                 ) from None
             except NotAgreed as exc:
-                raise _fail(f"{exc.code}: {exc}") from None
+                raise _fail(exc.code, str(exc)) from None
         agreement = _with_overrides(
             agreement, _parse_message_types(message_type), channel, endpoint
         )
@@ -733,8 +963,13 @@ def partners_set(
                 agreement = replace(agreement, activation_date=date.fromisoformat(activation_date))
             except ValueError:
                 raise typer.BadParameter("use YYYY-MM-DD", param_hint="--activation-date") from None
-        save_agreement(uow, agreement)
+        saved = save_agreement(uow, agreement)
+        if terms is not None:
+            judge_agreement_end(uow, saved, utcnow())  # a renewed CPA's cpa-expiring resolved
         uow.commit()
+    if terms is not None:
+        for line in _terms_changes(before, agreement):
+            typer.echo(line)
     if agreement.source is TermsSource.CONFIG and (channel is not None or endpoint is not None):
         # the file is the agreement's terms: each start writes them again
         typer.echo(
@@ -748,11 +983,37 @@ def partners_set(
         typer.echo(f"agreement with {her_id} is {agreement.state.value}")
 
 
+def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[str]:
+    """What taking new terms changed: CPA id, end, source, channel, bindings added and gone."""
+
+    def named(agreement: PartnerAgreement) -> set[str]:
+        return {
+            f"{b.service}/{b.message_type} {','.join(b.versions)}".rstrip()
+            for b in agreement.bindings
+        }
+
+    lines = [
+        f"{label}: {_jsonable(getattr(before, field))} -> {_jsonable(getattr(after, field))}"
+        for label, field in (
+            ("CPA id", "cpa_id"),
+            ("valid to", "valid_to"),
+            ("source", "source"),
+            ("endpoint", "endpoint"),
+        )
+        if getattr(before, field) != getattr(after, field)
+    ]
+    old, new = named(before), named(after)
+    lines += [f"binding added: {b}" for b in sorted(new - old)]
+    lines += [f"binding gone: {b}" for b in sorted(old - new)]
+    return lines or ["the terms are the same as before"]
+
+
 # --- cpa ---------------------------------------------------------------------------------------
 
 
 @cpa_app.command("show")
 def cpa_show(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="A CPA or CPP (XML).", exists=True, dir_okay=False)],
     our: Annotated[
         str | None, typer.Option(help="Our HER-id: also show the terms seen from our side.")
@@ -773,7 +1034,7 @@ def cpa_show(
                 else terms_from_cpp(document, our)
             )
     except RegistryError as exc:
-        raise _fail(f"{file}: {exc.code}: {exc}") from None
+        raise _fail(exc.code, f"{file}: {exc}") from None
     summary: dict[str, Any] = {
         "kind": document.kind,
         "id": document.protocol_id,
@@ -794,6 +1055,14 @@ def cpa_show(
         summary["outbound"] = {k: list(v) for k, v in terms.message_types().items()}
         channel = terms.default_channel
         summary["channel"] = asdict(channel) if channel is not None else None
+    if terms is not None:
+        _note_certificates(
+            ctx,
+            document,
+            our,
+            terms.counterparty_her_id,
+            _local_party(ctx, terms.counterparty_her_id),
+        )
     if as_json:
         _echo_json(summary)
         return
@@ -806,6 +1075,21 @@ def cpa_show(
     if terms is not None:
         for name, versions in summary["outbound"].items():
             typer.echo(f"we may send {name} {', '.join(versions)}")
+
+
+def _local_party(ctx: typer.Context, her_id: str) -> CommunicationParty | None:
+    """``her_id``'s local register entry when there is a store (``cpa show`` needs none)."""
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.registry.store import party_from_row
+    from meldingstjener.store.opening import StoreUnavailable
+
+    try:
+        store = open_store(settings_from(ctx), create=False, migrate=False)
+    except StoreUnavailable:
+        return None
+    with store.unit_of_work() as uow:
+        row = uow.parties.get(her_id)
+        return party_from_row(row) if row is not None else None
 
 
 def _actions(bindings: Any) -> list[str]:

@@ -51,6 +51,7 @@ class AlertKind(StrEnum):
     MAIL_STUCK = "mail-stuck"
     FOLDER_UNSAFE = "folder-unsafe"
     VALIDATION_FAILED = "validation-failed"
+    CPA_EXPIRING = "cpa-expiring"
 
 
 SEVERITY = {
@@ -90,6 +91,7 @@ SEVERITY = {
     AlertKind.MAIL_STUCK: "error",
     AlertKind.FOLDER_UNSAFE: "error",
     AlertKind.VALIDATION_FAILED: "error",
+    AlertKind.CPA_EXPIRING: "warning",
 }
 
 

@@ -2,6 +2,9 @@
 
 Runs at start and then daily (a ``certificate-check`` job). A certificate that has already
 expired, or is not yet valid, is a critical alert: messages signed or encrypted with it fail.
+The same round looks at each agreement's end (a CPA's End): nothing is sent to the partner
+after it, so it is told 30 days ahead as well (``cpa-expiring``) and resolved once the agreement
+is renewed (``partners set --cpa``, which calls :func:`judge_agreement_end` itself).
 """
 
 from __future__ import annotations
@@ -54,8 +57,39 @@ def _judge(
     return 0
 
 
+# An agreement the operator ended on purpose (the state another change brings) is not warned of.
+_ENDED_STATE = "ended"
+
+
+def judge_agreement_end(uow: UnitOfWork, agreement: AgreementRow, now: datetime) -> int:
+    """Raise ``cpa-expiring`` for ``agreement`` when its end (``valid_to``) is within 30 days
+    or passed, else resolve it (a renewed CPA ends later): 1 when raised, else 0."""
+    key = f"{agreement.our_her_id}:{agreement.counterparty_her_id}"
+    end = agreement.valid_to
+    if end is None or agreement.state == _ENDED_STATE or end - now > WARN_BEFORE:
+        uow.alerts.resolve(f"{AlertKind.CPA_EXPIRING}:{key}", at=now)
+        return 0
+    when = (
+        f"ended {end:%Y-%m-%d %H:%M} UTC: nothing is sent to it"
+        if end <= now
+        else f"ends {end:%Y-%m-%d} (in {(end - now).days} day(s)): nothing is sent to it after"
+    )
+    raise_alert(
+        uow,
+        AlertKind.CPA_EXPIRING,
+        f"the agreement (CPA {agreement.cpa_id or 'none'}) with HER-id "
+        f"{agreement.counterparty_her_id} {when}. Get the renewed CPA from the partner (or "
+        "NHN's CPPA service) and apply it with 'partners set --cpa'.",
+        at=now,
+        partner_her_id=agreement.counterparty_her_id,
+        key=key,
+    )
+    return 1
+
+
 def check_certificates(ctx: EngineContext) -> int:
-    """Raise alerts for certificates in use that expire within 30 days or are invalid."""
+    """Raise alerts for certificates in use that expire within 30 days or are invalid, and for
+    agreements that end within 30 days."""
     now = ctx.clock()
     found = 0
     with ctx.store.unit_of_work() as uow:
@@ -74,6 +108,8 @@ def check_certificates(ctx: EngineContext) -> int:
                 if encoded:
                     certificate = x509.load_der_x509_certificate(base64.b64decode(encoded))
                     found += _judge(uow, certificate, f"{party.her_id}'s {role}", party.her_id, now)
+        for agreement in uow.session.scalars(select(AgreementRow)):
+            found += judge_agreement_end(uow, agreement, now)
         uow.jobs.schedule(CERTIFICATE_CHECK, now + EVERY, dedup_key=CERTIFICATE_CHECK)
         uow.commit()
     return found
