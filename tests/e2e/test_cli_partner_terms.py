@@ -48,7 +48,8 @@ def nav(tmp_path: Path, reference_dir: Path) -> Path:
     code, output = invoke(tmp_path, "partners", "add", NAV, "--our", OURS, "--cpa", str(ending))
     assert code == 0, output
     for state in ("testing", "verified-inactive", "active"):
-        assert invoke(tmp_path, "partners", "set", NAV, "--our", OURS, "--state", state)[0] == 0
+        step = ("partners", "set", NAV, "--our", OURS, "--state", state)
+        assert invoke(tmp_path, *step, "--force", "tested by phone")[0] == 0
     return tmp_path
 
 

@@ -847,7 +847,17 @@ def partners_set(
     our: OurOption = None,
     state: Annotated[
         str | None,
-        typer.Option(help="New state: ordered, testing, verified-inactive, active, suspended."),
+        typer.Option(
+            help="New state: ordered, testing, verified-inactive, active, suspended, ended."
+        ),
+    ] = None,
+    force: Annotated[
+        str | None,
+        typer.Option(
+            help="Leave testing without a verified test exchange; REASON, in the operator's "
+            "words, is kept in the message log.",
+            metavar="REASON",
+        ),
     ] = None,
     message_type: Annotated[
         list[str] | None,
@@ -902,6 +912,8 @@ def partners_set(
         NotAgreed,
         PartnerAgreement,
         check_state_change,
+        log_state_change,
+        verified_test_exchange,
     )
     from meldingstjener.registry.store import agreement_from_row, party_from_row, save_agreement
     from meldingstjener.registry.terms import TermsSource
@@ -944,13 +956,30 @@ def partners_set(
         if state is not None:
             try:
                 new_state = AgreementState(state)
-                agreement = replace(agreement, state=check_state_change(agreement.state, new_state))
             except ValueError:
                 raise typer.BadParameter(
                     f"{state!r} is not a state", param_hint="--state"
                 ) from None
+            # leaving testing asks for a test message that got its Acknowledgment and a
+            # positive AppRec, or the operator's words why not (--force), kept in the log
+            evidence = verified_test_exchange(uow, ours, her_id)
+            try:
+                changed = check_state_change(
+                    agreement.state, new_state, verified_test=evidence, forced=force
+                )
             except NotAgreed as exc:
                 raise _fail(exc.code, str(exc)) from None
+            log_state_change(
+                uow,
+                ours,
+                her_id,
+                agreement.state,
+                changed,
+                actor="cli:partners",
+                verified_test=evidence,
+                forced=force,
+            )
+            agreement = replace(agreement, state=changed)
         agreement = _with_overrides(
             agreement, _parse_message_types(message_type), channel, endpoint
         )

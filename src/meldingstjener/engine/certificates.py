@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.registry.agreements import AgreementState
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import ClaimedJob, UnitOfWork
 
@@ -57,16 +58,12 @@ def _judge(
     return 0
 
 
-# An agreement the operator ended on purpose (the state another change brings) is not warned of.
-_ENDED_STATE = "ended"
-
-
 def judge_agreement_end(uow: UnitOfWork, agreement: AgreementRow, now: datetime) -> int:
     """Raise ``cpa-expiring`` for ``agreement`` when its end (``valid_to``) is within 30 days
     or passed, else resolve it (a renewed CPA ends later): 1 when raised, else 0."""
     key = f"{agreement.our_her_id}:{agreement.counterparty_her_id}"
     end = agreement.valid_to
-    if end is None or agreement.state == _ENDED_STATE or end - now > WARN_BEFORE:
+    if end is None or agreement.state == AgreementState.ENDED.value or end - now > WARN_BEFORE:
         uow.alerts.resolve(f"{AlertKind.CPA_EXPIRING}:{key}", at=now)
         return 0
     when = (

@@ -207,6 +207,12 @@ class PartnerAgreement:
         return None
 
 
+def _needs_evidence(current: AgreementState, new: AgreementState) -> bool:
+    """Whether the step is one that leaves testing (to verified-inactive, or to active), for
+    which the routine asks for a verified test exchange."""
+    return current is _S.TESTING and new in (_S.VERIFIED_INACTIVE, _S.ACTIVE)
+
+
 def check_state_change(
     current: AgreementState,
     new: AgreementState,
@@ -228,8 +234,7 @@ def check_state_change(
             f"a partner agreement cannot go from {current.value} to {new.value} "
             f"(allowed from {current.value}: {allowed})",
         )
-    leaves_testing = current is _S.TESTING and new in (_S.VERIFIED_INACTIVE, _S.ACTIVE)
-    if leaves_testing and verified_test is None and not (forced or "").strip():
+    if _needs_evidence(current, new) and verified_test is None and not (forced or "").strip():
         raise NotAgreed(
             "test-not-verified",
             f"a partner agreement cannot go from testing to {new.value} before a test message "
@@ -295,6 +300,8 @@ def log_state_change(
     test message's own log, or, forced, as an agreement entry with the operator's words."""
     from meldingstjener.store.uow import EventKind
 
+    if not _needs_evidence(current, new):
+        return
     step = f"agreement {our_her_id} -> {their_her_id} from {current.value} to {new.value}"
     if verified_test is not None:
         detail = f"{step}: verified by this test message"
