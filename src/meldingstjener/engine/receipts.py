@@ -1106,10 +1106,19 @@ def resolve_replied_to(uow: UnitOfWork, received: MessageRow, *, at: datetime) -
     whose Acknowledgment is on its way)."""
     if received.ebxml_conversation_id is None:
         return
-    waiting = select(MessageRow).where(
-        MessageRow.ebxml_conversation_id == received.ebxml_conversation_id,
-        MessageRow.direction == Direction.OUTBOUND.value,
-        MessageRow.status == OutboundStatus.SENT.value,
+    if not _is_reply_kind(received):
+        return
+    # locked as the deadline job locks it: that job, running meanwhile, sees this reply
+    # committed, or this receive sees its alert raised (else it would be raised after the
+    # reply was looked for, and stay open)
+    waiting = (
+        select(MessageRow)
+        .where(
+            MessageRow.ebxml_conversation_id == received.ebxml_conversation_id,
+            MessageRow.direction == Direction.OUTBOUND.value,
+            MessageRow.status == OutboundStatus.SENT.value,
+        )
+        .with_for_update(key_share=True)
     )
     for sent in uow.session.scalars(waiting):
         key = f"{AlertKind.APPREC_MISSING}:{sent.id}"
@@ -1134,15 +1143,22 @@ def _is_reply(sent: MessageRow, received: MessageRow) -> bool:
     NAV answers an EgenandelForesporsel with a Svar, in the HTTP response, and no AppRec: the
     EPJ has that answer, so a message sent without AckRequested is not waited for as an AppRec
     is. The one rule for the deadline job (:func:`_replied_to`) and for a reply after the
-    deadline (:func:`resolve_replied_to`)."""
+    deadline (:func:`resolve_replied_to`). An AppRec is no such reply (it answers the message it
+    names, by the AppRec path), nor is a message refused (rejected: the EPJ never had it)."""
     return (
-        sent.ebxml_conversation_id is not None
+        _is_reply_kind(received)
+        and sent.ebxml_conversation_id is not None
         and received.ebxml_conversation_id == sent.ebxml_conversation_id
         and sent.direction == Direction.OUTBOUND.value
         and received.direction == Direction.INBOUND.value
         and received.from_her_id == sent.to_her_id
         and received.created_at >= sent.created_at
     )
+
+
+def _is_reply_kind(received: MessageRow) -> bool:
+    """Whether a received message may be a reply at all: not an AppRec, not refused."""
+    return received.msg_type != APPREC and received.status != InboundStatus.REJECTED.value
 
 
 # --- status in the shape of EDI 2.0 ------------------------------------------------------------

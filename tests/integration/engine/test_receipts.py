@@ -1496,3 +1496,33 @@ def _reply(pair: Pair, question: str) -> None:
     document = read_msghead(pair.hospital.store.payloads.read_bytes(str(arrived.payload_ref)))
     submit(pair.hospital, build_dialog_svar(document, answer_text="Svar"), actor="t")
     pair.run()
+
+
+def test_an_apprec_or_a_refused_message_in_the_conversation_is_no_reply() -> None:
+    """An AppRec answers the message it names (the AppRec path); a message refused never
+    reached the EPJ: neither tells that the question sent without AckRequested was answered."""
+    from datetime import UTC, datetime, timedelta
+
+    from meldingstjener.store.tables import MessageRow
+
+    at = datetime(2026, 12, 5, 8, tzinfo=UTC)
+    sent = MessageRow(
+        direction="out", ebxml_conversation_id="c1", to_her_id="8200002", created_at=at
+    )
+
+    def received(**columns: object) -> MessageRow:
+        values: dict[str, object] = {
+            "direction": "in",
+            "ebxml_conversation_id": "c1",
+            "from_her_id": "8200002",
+            "created_at": at + timedelta(hours=1),
+            "msg_type": "DIALOG_SVAR",
+            "status": "acknowledged",
+            **columns,
+        }
+        return MessageRow(**values)
+
+    assert receipts._is_reply(sent, received())
+    assert not receipts._is_reply(sent, received(msg_type="APPREC"))
+    assert not receipts._is_reply(sent, received(status="rejected"))
+    assert not receipts._is_reply(sent, received(from_her_id="8200003"))
