@@ -14,9 +14,8 @@ from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import (
     ReceiptTexts,
     answers_sent,
-    find_messages,
+    messages_or_refusal,
     receipt_document,
-    refused_unstored,
     several_share,
     show_refusal,
     wide_console,
@@ -158,12 +157,7 @@ def status_command(
     a message refused before its signature verified shows the refusal."""
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        messages = find_messages(uow, message_id)
-        if not messages:
-            refusal = refused_unstored(uow, message_id)
-            if not refusal:
-                typer.echo(f"no message with id {message_id!r}", err=True)
-                raise typer.Exit(1)
+        messages, refusal = messages_or_refusal(uow, message_id)
         reports = [_status_of(uow, message, texts) for message in messages]
     if not messages:
         show_refusal(message_id, refusal, as_json=as_json)

@@ -172,12 +172,7 @@ def show_command(
     refusal: such a message is not stored."""
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        messages = find_messages(uow, message_id)
-        if not messages:
-            refusal = refused_unstored(uow, message_id)
-            if not refusal:
-                typer.echo(f"no message with id {message_id!r}", err=True)
-                raise typer.Exit(1)
+        messages, refusal = messages_or_refusal(uow, message_id)
         timelines = [
             (
                 message,
@@ -336,6 +331,21 @@ def several_share(identifier: str, messages: list[MessageRow]) -> str:
     """The line above several messages one identifier named: which copy is which follows."""
     which = "MsgId" if all(m.msg_id == identifier for m in messages) else "ebXML MessageId"
     return f"{len(messages)} messages have the {which} {identifier} (each below):"
+
+
+def messages_or_refusal(
+    uow: UnitOfWork, identifier: str
+) -> tuple[list[MessageRow], list[EventRow]]:
+    """What ``show`` and ``status`` tell of ``identifier``: the messages it names, or else the
+    events of a message refused unstored with it as eb:MessageId; exit 1 when neither."""
+    messages = find_messages(uow, identifier)
+    if messages:
+        return messages, []
+    refusal = refused_unstored(uow, identifier)
+    if not refusal:
+        typer.echo(f"no message with id {identifier!r}", err=True)
+        raise typer.Exit(1)
+    return [], refusal
 
 
 def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
