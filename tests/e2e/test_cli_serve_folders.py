@@ -7,15 +7,10 @@ test_folder_missing.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from serving import serve_until_healthy
 
 from meldingstjener.devsites import free_port
 
@@ -38,28 +33,8 @@ def test_serve_with_a_folder_that_is_not_there_names_it_makes_nothing_and_serves
         f'data_dir = "{tmp_path / "data"}"\n[server]\nport = {port}\n'
         f'[identity]\norganisation_her_id = "8100001"\n[folder]\n{line.format(at=tmp_path)}\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meldingstjener", "--config", str(config), "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve did not answer"
-                time.sleep(0.1)  # waiting for the port to open: nothing to synchronise on
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
+    code, stderr = serve_until_healthy(config, port)
+    assert code == 0, stderr
     warnings = [line for line in stderr.splitlines() if line.startswith(f"warning: {key}:")]
     assert len(warnings) == 1 and "does not exist" in warnings[0], stderr
     assert "Traceback" not in stderr
