@@ -49,6 +49,8 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
+from meldingstjener.formats.apprec import APPREC_TYPE
+from meldingstjener.formats.dialog import AVVIK
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
@@ -57,6 +59,9 @@ from meldingstjener.store.uow import UnitOfWork
 XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
+# The messages sent that answer a received one (an AppRec; the Dialogmelding a misaddressed
+# message is reported with after its AppRec): the "receive" scope reads them too.
+ANSWER_TYPES = frozenset({APPREC_TYPE.v, AVVIK})
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
 
@@ -184,7 +189,14 @@ class Edi2:
             self._audit(who, action, Outcome.NOT_FOUND, message_id=key)
             raise ApiProblem(404, "not-found", f"no message {key}")
         own = row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
-        scope = "receive" if row.direction == Direction.INBOUND.value else "send"
+        if row.direction == Direction.INBOUND.value:
+            scope = "receive"
+        elif row.msg_type in ANSWER_TYPES and "receive" in who.scopes:
+            # an answer to a received message (PostAppRec, ReportMisaddressed): the client
+            # that answered with "receive" reads it and its status, as its Location says
+            scope = "receive"
+        else:
+            scope = "send"
         self._need_scope(who, scope, action, key)
         if not who.may_act_for(own):
             raise self._refuse(
