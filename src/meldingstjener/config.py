@@ -390,6 +390,8 @@ class WebhookSettings(_Section):
     # Webhooks called at once (each one's own calls are made one after another): a receiver
     # that answers slowly holds its own webhook, not every client's.
     parallel_webhooks: int = Field(default=4, ge=1, le=64)
+    # Active webhooks one client (name and credential) may have; another registration is 409.
+    max_per_client: int = Field(default=10, ge=1)
     # Webhook URLs are https to public addresses (integration/webhook_targets): any API client
     # registers them, and the server would call its own loopback, the cloud's metadata service
     # or hosts inside the hospital network for it. Addresses in these networks may be called

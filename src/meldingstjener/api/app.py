@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
@@ -30,7 +31,7 @@ from meldingstjener.api import validation_audit
 from meldingstjener.api.auth import Authenticator
 from meldingstjener.api.credentials_first import CredentialsFirst
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
-from meldingstjener.api.edi2 import Edi2, edi2_router
+from meldingstjener.api.edi2 import Edi2, edi2_router, problem_openapi
 from meldingstjener.api.faults import ServerFaults
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import JsonMediaTypes
@@ -104,6 +105,14 @@ def create_app(
     app.add_middleware(ServerFaults)
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth, webhook_settings))
+    made_openapi = app.openapi
+
+    @functools.cache
+    def openapi() -> dict[str, Any]:
+        # FastAPI's document (which it caches), made true of the answers (problem+json, no 422)
+        return problem_openapi(made_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get(
         "/health",

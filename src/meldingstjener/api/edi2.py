@@ -8,12 +8,14 @@ message, and every refused attempt, is written to the audit log.
 import binascii
 import contextlib
 import functools
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
@@ -42,13 +44,15 @@ from meldingstjener.api.edi2_models import (
     StatusInfo,
 )
 from meldingstjener.api.idempotency import request_digest, scoped_key
-from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
+from meldingstjener.formats.apprec import APPREC_TYPE
+from meldingstjener.formats.dialog import AVVIK
 from meldingstjener.model import Direction
 from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
@@ -57,6 +61,9 @@ from meldingstjener.store.uow import UnitOfWork
 XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
+# The messages sent that answer a received one (an AppRec; the Dialogmelding a misaddressed
+# message is reported with after its AppRec): the "receive" scope reads them too.
+ANSWER_TYPES = frozenset({APPREC_TYPE.v, AVVIK})
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
 
@@ -78,13 +85,68 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request: invalid input (problem details)"},
     401: {"description": "No or invalid credentials"},
     403: {"description": "The client may not act for this HER-id or lacks the scope"},
-    413: {"description": "The business document is larger than the limit"},
     500: {"description": "An unexpected fault of the server; requestId names it in its log"},
     503: {"description": "The database cannot be reached now; repeat after Retry-After seconds"},
+}
+# of the operations that take a body only (a GET has none to be too large)
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body (the business document) is larger than the limit"}
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such message (for this client)"}
 }
+# The API's own paths (the rest, /ebms and /health, answer in their own shapes)
+API_PATHS = ("/Messages", "/api/")
+# What a body of JSON may be sent as (JsonMediaTypes reads text/json as application/json;
+# FastAPI reads a +json type as JSON)
+JSON_BODY_TYPES = ("application/json", "text/json", "application/*+json")
+
+
+class ErrorMessage(BaseModel):
+    """Every 4xx/5xx answer of the API, as ``problems.problem_body`` writes it: problem
+    details (RFC 9457) with the fields of EDI 2.0's ErrorMessage."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="A stable code of the refusal (docs/API.md)")
+    error: str = Field(description="EDI 2.0: description of the error (as detail)")
+    errorCode: int = Field(description="EDI 2.0: our stable number of the code")
+    validationErrors: list[str] | None = Field(
+        description="EDI 2.0: the rules the request broke, if any (never the values given)"
+    )
+    requestId: str = Field(description="EDI 2.0: names the request in the server's log")
+
+
+def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document made true of what the API answers: every 4xx/5xx of its paths an
+    ``ErrorMessage`` as ``application/problem+json`` (FastAPI listed them without content),
+    no ``422`` of FastAPI's (``HTTPValidationError``: invalid input is ``400``,
+    ``problems.install_handlers``), and a JSON body in each type it is read in."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(API_PATHS):
+            continue
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                del responses["422"]
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = {
+                        PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}
+                    }
+            body = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                for media_type in JSON_BODY_TYPES:
+                    body.setdefault(media_type, body["application/json"])
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorMessage"] = ErrorMessage.model_json_schema()
+    if "HTTPValidationError" not in json.dumps(schema["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return schema
+
 
 ApiVersion = Annotated[
     str | None, Header(alias="api-version", description="API version; '2' (optional here)")
@@ -184,7 +246,14 @@ class Edi2:
             self._audit(who, action, Outcome.NOT_FOUND, message_id=key)
             raise ApiProblem(404, "not-found", f"no message {key}")
         own = row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
-        scope = "receive" if row.direction == Direction.INBOUND.value else "send"
+        if row.direction == Direction.INBOUND.value:
+            scope = "receive"
+        elif row.msg_type in ANSWER_TYPES and "receive" in who.scopes:
+            # an answer to a received message (PostAppRec, ReportMisaddressed): the client
+            # that answered with "receive" reads it and its status, as its Location says
+            scope = "receive"
+        else:
+            scope = "send"
         self._need_scope(who, scope, action, key)
         if not who.may_act_for(own):
             raise self._refuse(
@@ -599,6 +668,7 @@ def edi2_router(ops: Edi2) -> APIRouter:
                 "description": "The Idempotency-Key was used for another request (business "
                 "document, receiver or overrides)"
             },
+            **TOO_LARGE,
         },
     )
     def post_message(
@@ -692,7 +762,7 @@ def edi2_router(ops: Edi2) -> APIRouter:
         operation_id="PostAppRec",
         status_code=201,
         summary="Answer a received message with an AppRec",
-        responses={**NOT_FOUND, 409: {"description": "Already answered"}},
+        responses={**NOT_FOUND, 409: {"description": "Already answered"}, **TOO_LARGE},
     )
     def post_apprec(
         id: MessageId,
@@ -712,7 +782,11 @@ def edi2_router(ops: Edi2) -> APIRouter:
         description="The content is purged and the sender told: a negative AppRec (X99) before "
         "any AppRec was sent, a DIALOG_AVVIK after. The body of the answer is the id of the "
         "message sent to the sender.",
-        responses={**NOT_FOUND, 409: {"description": "Not possible in the message's state"}},
+        responses={
+            **NOT_FOUND,
+            409: {"description": "Not possible in the message's state"},
+            **TOO_LARGE,
+        },
     )
     def report_misaddressed(
         id: MessageId, body: MisaddressedRequest, principal: Who

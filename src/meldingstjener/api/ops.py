@@ -12,7 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, principal_of
@@ -94,11 +96,38 @@ def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
     return (WebhookRow.client_name == who.client, WebhookRow.credential == who.credential)
 
 
+_SAME_URL = "the client has an active webhook for this URL already"
+
+
+def _may_add_webhook(session: Session, who: Principal, url: str, most: int) -> None:
+    """Refuse (409) a second active webhook of the caller for the same URL, and one more than
+    ``most``: an EPJ that registered at each start-up had a webhook per start, each told of
+    every message with its own delivery id (which its deduplication could not catch), and one
+    client's many webhooks at a slow receiver filled the dispatcher's rounds. The unique index
+    ``uq_webhooks_active_url`` holds the first rule when two registrations race; the second may
+    be passed by as many as register at the same instant."""
+    active = (*_own_webhooks(who), WebhookRow.active.is_(True))
+    same = session.scalars(select(WebhookRow.id).where(*active, WebhookRow.url == url)).first()
+    if same is not None:
+        raise ApiProblem(
+            409, "conflict", f"{_SAME_URL} (webhook {same}; delete it to register it anew)"
+        )
+    count = session.scalar(select(func.count()).select_from(WebhookRow).where(*active)) or 0
+    if count >= most:
+        raise ApiProblem(
+            409,
+            "conflict",
+            f"the client has {count} active webhooks, the most it may have ([webhooks] "
+            "max_per_client); delete one first",
+        )
+
+
 def ops_router(
     ctx: EngineContext, auth: Authenticator, webhooks: WebhookSettings | None = None
 ) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["Operations"])
-    targets = TargetPolicy.of(webhooks or WebhookSettings())
+    limits = webhooks or WebhookSettings()
+    targets = TargetPolicy.of(limits)
 
     async def admin(request: Request) -> Principal:
         who = await principal_of(auth, request)
@@ -267,7 +296,13 @@ def ops_router(
         "/webhooks",
         status_code=201,
         summary="Register a webhook (secret shown once)",
-        responses={422: {"description": "The URL may not be called (its scheme or address)"}},
+        responses={
+            409: {
+                "description": "The client has an active webhook for the URL, or as many as "
+                "[webhooks] max_per_client"
+            },
+            422: {"description": "The URL may not be called (its scheme or address)"},
+        },
     )
     def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:
         allowed = events_allowed(who.scopes)
@@ -295,6 +330,8 @@ def ops_router(
             raise ApiProblem(
                 422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
             ) from None
+        with ctx.store.unit_of_work() as uow:
+            _may_add_webhook(uow.session, who, body.url, limits.max_per_client)
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,
@@ -311,7 +348,10 @@ def ops_router(
         )
         with ctx.store.unit_of_work() as uow:
             uow.session.add(row)
-            uow.commit()
+            try:
+                uow.commit()
+            except IntegrityError:  # the same registration, made at the same time
+                raise ApiProblem(409, "conflict", _SAME_URL) from None
             return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
 
     @router.get("/webhooks", summary="The calling client's webhooks")

@@ -416,21 +416,23 @@ class WebhookDispatcher:
         webhook's calls, not every client's. The round ends when every task has; a task ends
         at a failed call or when its webhook had its share of the round (``timeout_seconds``),
         so the round is never much longer than a call's deadline per ``parallel_webhooks``
-        slow webhooks."""
+        slow webhooks. The clients take turns (:func:`_by_turns`): one client's many slow
+        webhooks do not hold up another client's."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             # one row per webhook, the one waiting longest first: a webhook owed thousands of
             # calls keeps its turn, not every place of the round
-            hooks = list(
-                uow.session.scalars(
-                    select(WebhookDeliveryRow.webhook_id)
-                    .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
-                    .where(*self._due(now))
-                    .group_by(WebhookDeliveryRow.webhook_id)
-                    .order_by(func.min(WebhookDeliveryRow.due_at))
-                    .limit(HOOKS_PER_ROUND)
+            due = uow.session.execute(
+                select(WebhookDeliveryRow.webhook_id, WebhookRow.client_name, WebhookRow.credential)
+                .join(WebhookRow, WebhookDeliveryRow.webhook_id == WebhookRow.id)
+                .where(*self._due(now))
+                .group_by(
+                    WebhookDeliveryRow.webhook_id, WebhookRow.client_name, WebhookRow.credential
                 )
-            )
+                .order_by(func.min(WebhookDeliveryRow.due_at), WebhookDeliveryRow.webhook_id)
+            ).all()
+        hooks = _by_turns((hook_id, (client, credential)) for hook_id, client, credential in due)
+        hooks = hooks[:HOOKS_PER_ROUND]
         if len(hooks) <= 1:
             return sum(self._deliver_to(hook_id, now) for hook_id in hooks)
         workers = min(self.settings.parallel_webhooks, len(hooks))
@@ -606,6 +608,22 @@ class WebhookDispatcher:
             at=now,
         )
         log.warning("webhook %s disabled", hook.id)
+
+
+def _by_turns(hooks: Iterable[tuple[int, tuple[str, str]]]) -> list[int]:
+    """The webhook ids in the order the round takes them: each client (name and credential)'s
+    first one, then each one's second, and so on, a client's in the order given (the one
+    waiting longest first), the clients in the order of their first. Taken oldest first
+    alone, the old deliveries of one client's many webhooks at a receiver that answers just
+    inside the time-out took every place of the pool, round after round, while every other
+    client's webhook waited (N slow webhooks: N / parallel_webhooks calls' time)."""
+    queues: dict[tuple[str, str], list[int]] = {}
+    for hook_id, client in hooks:
+        queues.setdefault(client, []).append(hook_id)
+    turns: list[int] = []
+    for turn in range(max((len(q) for q in queues.values()), default=0)):
+        turns.extend(q[turn] for q in queues.values() if turn < len(q))
+    return turns
 
 
 def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:

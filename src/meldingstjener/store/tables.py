@@ -423,10 +423,29 @@ class Credential:
     JWT = "jwt"
 
 
+# A webhook that is called (switched off ones stay, as disabled, until removed): its client,
+# credential and URL are unique among these (uq_webhooks_active_url).
+WEBHOOK_ACTIVE = "active"
+
+
 class WebhookRow(Base):
     """A client URL notified of events (new message, status change, alert), signed with HMAC."""
 
     __tablename__ = "webhooks"
+    __table_args__ = (
+        # one active webhook per client, credential and URL (migration 0023): a client that
+        # registered the same URL again (an EPJ at each start-up) was told of every message
+        # once per registration, each with its own delivery id
+        Index(
+            "uq_webhooks_active_url",
+            "client_name",
+            "credential",
+            "url",
+            unique=True,
+            sqlite_where=text(WEBHOOK_ACTIVE),
+            postgresql_where=text(WEBHOOK_ACTIVE),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     client_name: Mapped[str] = mapped_column(String(128))

@@ -375,18 +375,18 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
         create_app(pair.hospital, api_settings=settings, webhook_settings=_settings())
     ) as http:
 
-        def register() -> int:
+        def register(url: str) -> int:
             answer = http.post(
                 "/api/webhooks",
                 headers={"Authorization": f"Bearer {token}"},
-                json={"url": receiver.url, "events": ["message.received"]},
+                json={"url": url, "events": ["message.received"]},
             )
             assert answer.status_code == 201, answer.text
             return int(answer.json()["id"])
 
-        before = register()
+        before = register(f"{receiver.url}?before")  # one active webhook per URL
         revoke_client(pair.hospital.store, "lab-system")  # the key it used before
-        after = register()
+        after = register(f"{receiver.url}?after")
         listed = http.get("/api/webhooks", headers={"Authorization": f"Bearer {token}"})
         assert [hook["id"] for hook in listed.json()] == [before, after]
     dispatcher = WebhookDispatcher(pair.hospital, _settings(), jwt_issuer=ISSUER)
@@ -1038,7 +1038,7 @@ def test_a_client_hears_only_of_what_its_scopes_let_it_read(
         uow.session.add(
             WebhookRow(
                 client_name="sender",
-                url=receiver.url,
+                url=f"{receiver.url}?old",  # one active webhook per URL
                 secret="s",
                 events=["message.received", "message.status"],
                 her_ids=[HOSPITAL_HER, HOSPITAL_SERVICE_HER],
@@ -1227,3 +1227,129 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     assert resolver.asked == 2  # registration, the call's check: the name was not looked up again
     assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
     assert [d.state for d in _deliveries(api_pair)] == ["sent"]
+
+
+def _post_hook(api_pair: ApiPair, url: str, key: str | None = None) -> httpx.Response:
+    return api_pair.hospital_http.post(
+        "/api/webhooks",
+        headers={"Authorization": f"Bearer {key or api_pair.hospital_key}"},
+        json={"url": url, "events": ["message.received"]},
+    )
+
+
+def test_a_client_registers_a_url_once_while_its_webhook_is_active(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # An EPJ that registered at each start-up had a webhook per start, each told of every
+    # message with its own delivery id: its deduplication could not catch them.
+    first = _register(api_pair, receiver.url)
+    again = _post_hook(api_pair, receiver.url)
+    assert again.status_code == 409, again.text
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.json()["code"] == "conflict"
+    assert f"webhook {first['id']}" in again.json()["detail"]
+    # another client may have a webhook at the same URL
+    _, other_key = add_client(
+        api_pair.pair.hospital.store, "other-epj", ["receive"], [HOSPITAL_SERVICE_HER]
+    )
+    assert _post_hook(api_pair, receiver.url, other_key).status_code == 201
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings())
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 2  # once per client
+    # a webhook switched off (after failures) is registered again
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        row = uow.session.get(WebhookRow, first["id"])
+        assert row is not None
+        row.active = False
+        uow.commit()
+    assert _post_hook(api_pair, receiver.url).status_code == 201
+
+
+def test_the_same_registration_made_twice_at_once_is_held_by_the_database(
+    api_pair: ApiPair,
+) -> None:
+    _register(api_pair, "https://93.184.216.34/hook")
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(WebhookRow))
+        twin = WebhookRow(
+            client_name=row.client_name,
+            credential=row.credential,
+            url=row.url,
+            secret="s",
+            events=row.events,
+            her_ids=row.her_ids,
+            active=True,
+            consecutive_failures=0,
+        )
+        uow.session.add(twin)
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            uow.session.flush()
+
+
+def test_a_client_has_at_most_max_per_client_webhooks(api_pair: ApiPair) -> None:
+    app = create_app(api_pair.pair.hospital, webhook_settings=_settings(max_per_client=2))
+    with TestClient(app) as http:
+        limited = dataclasses.replace(api_pair, hospital_http=http)
+        first = _register(limited, "https://93.184.216.34/one")
+        _register(limited, "https://93.184.216.34/two")
+        third = _post_hook(limited, "https://93.184.216.34/three")
+        assert third.status_code == 409, third.text
+        assert "max_per_client" in third.json()["detail"]
+        gone = http.delete(
+            f"/api/webhooks/{first['id']}",
+            headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+        )
+        assert gone.status_code == 204
+        assert _post_hook(limited, "https://93.184.216.34/three").status_code == 201
+
+
+def test_one_clients_many_slow_webhooks_do_not_hold_up_another_clients(
+    api_pair: ApiPair,
+) -> None:
+    # The round took the webhooks whose deliveries waited longest: more than parallel_webhooks
+    # of one client at a receiver answering just inside the time-out filled every place of the
+    # pool, call after call, while another client's webhook waited for all of them.
+    settings = _settings(timeout_seconds=60)  # the held calls do not fail meanwhile
+    release = threading.Event()
+    called = threading.Event()
+    slow, other = Receiver(), Receiver()
+    slow.answer = lambda body: 200 if release.wait(30) else 500
+
+    def answer(body: bytes) -> int:
+        called.set()
+        return 200
+
+    other.answer = answer
+    try:
+        for number in range(settings.parallel_webhooks + 2):
+            _register(api_pair, f"{slow.url}?{number}")
+        _, other_key = add_client(
+            api_pair.pair.hospital.store, "other-epj", ["receive"], [HOSPITAL_SERVICE_HER]
+        )
+        assert _post_hook(api_pair, other.url, other_key).status_code == 201
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, settings)
+        _send_note(api_pair)
+        assert dispatcher.collect() == settings.parallel_webhooks + 3
+        pair = api_pair.pair
+        with pair.hospital.store.unit_of_work() as uow:  # the slow ones' waited longer
+            uow.session.execute(
+                sqlalchemy.update(WebhookDeliveryRow)
+                .where(
+                    WebhookDeliveryRow.webhook_id.in_(
+                        select(WebhookRow.id).where(WebhookRow.client_name != "other-epj")
+                    )
+                )
+                .values(due_at=pair.clock() - timedelta(minutes=5))
+            )
+            uow.commit()
+        calling = threading.Thread(target=dispatcher.deliver_due)
+        calling.start()
+        try:
+            assert called.wait(15), "the other client's webhook waited for the slow ones"
+        finally:
+            release.set()
+            calling.join(60)
+    finally:
+        slow.server.shutdown()
+        other.server.shutdown()
+    assert len(slow.calls) == settings.parallel_webhooks + 2

@@ -1,0 +1,59 @@
+"""The served OpenAPI document says what the API answers: errors as problem details (never
+FastAPI's 422 of its own), 413 only where a body is taken, JSON bodies in every type read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from api_sites import ApiPair
+
+from meldingstjener.api.problems import problem_body
+
+ERROR = {"$ref": "#/components/schemas/ErrorMessage"}
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, operation)
+        for path, item in document["paths"].items()
+        if path.startswith(("/Messages", "/api/"))
+        for method, operation in item.items()
+    ]
+
+
+def test_every_error_answer_is_described_as_a_problem_and_422_is_not_one(
+    api_pair: ApiPair, reference_dir: Path
+) -> None:
+    # The document listed FastAPI's 422 HTTPValidationError on every operation (invalid input
+    # is 400), the errors without a schema, 413 on GETs, and JSON bodies as application/json
+    # only though text/json and application/*+json are read too.
+    document = api_pair.hospital_http.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(document)
+    for method, path, operation in _operations(document):
+        responses = operation["responses"]
+        for status, response in responses.items():
+            if status[0] in "45":
+                assert response["content"] == {"application/problem+json": {"schema": ERROR}}, (
+                    method,
+                    path,
+                    status,
+                )
+        if "requestBody" not in operation:
+            assert "413" not in responses, (method, path)
+        elif path.startswith("/Messages"):
+            assert "413" in responses, (method, path)
+            body = operation["requestBody"]["content"]
+            assert set(body) == {"application/json", "text/json", "application/*+json"}
+        if path.startswith("/Messages"):
+            assert "422" not in responses, (method, path)
+    # the webhook's URL refused is a 422 of ours, a problem like the others
+    assert "422" in document["paths"]["/api/webhooks"]["post"]["responses"]
+    # the schema names every field a problem body has, and the fields of NHN's ErrorMessage
+    described = document["components"]["schemas"]["ErrorMessage"]["properties"]
+    assert set(described) == set(problem_body(400, "invalid-input", "x"))
+    theirs = json.loads((reference_dir / "openapi" / "msh-api-v2.json").read_text())
+    assert set(theirs["components"]["schemas"]["ErrorMessage"]["properties"]) - {
+        "stackTrace"  # never sent
+    } <= set(described)

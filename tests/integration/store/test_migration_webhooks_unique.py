@@ -1,0 +1,61 @@
+"""Migration 0023: one active webhook per client, credential and URL; the duplicates registered
+before it are disabled, the newest of each kept."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import text
+
+from meldingstjener.store.migrate import alembic_config, upgrade
+from meldingstjener.store.uow import Store
+
+
+def test_duplicate_webhooks_registered_before_are_disabled_but_the_newest(
+    own_database: Store,
+) -> None:
+    # An EPJ that registered its webhook at each start-up had one per start, each told of every
+    # message: the unique index could not be built over them.
+    database = own_database.database
+    config = alembic_config(database)
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0021")
+    with database.engine.begin() as connection:
+        for number, client, url in (
+            (1, "epj", "http://epj/hook"),
+            (2, "epj", "http://epj/hook"),
+            (3, "epj", "http://epj/hook"),
+            (4, "epj", "http://epj/other"),
+            (5, "lab", "http://epj/hook"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO webhooks (id, client_name, url, secret, events, her_ids, active,"
+                    " consecutive_failures, created_at) VALUES (:id, :client, :url, 's', '[]',"
+                    " '[]', true, 0, CURRENT_TIMESTAMP)"
+                ),
+                {"id": number, "client": client, "url": url},
+            )
+        for hook in (1, 3):
+            connection.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (webhook_id, event_key, event_type, body,"
+                    " state, attempts, due_at, created_at) VALUES (:hook, 'k', 'alert', '{}',"
+                    " 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"hook": hook},
+            )
+    upgrade(database)
+    with database.engine.connect() as connection:
+        active = connection.execute(
+            text("SELECT id FROM webhooks WHERE active ORDER BY id")
+        ).scalars()
+        assert list(active) == [3, 4, 5]
+        states = dict(
+            connection.execute(text("SELECT webhook_id, state FROM webhook_deliveries")).all()
+        )
+        assert states == {1: "failed", 3: "pending"}
+        assert (
+            connection.execute(text("SELECT disabled_at FROM webhooks WHERE id = 2")).scalar_one()
+            is not None
+        )
