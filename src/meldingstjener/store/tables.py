@@ -433,7 +433,7 @@ class WebhookRow(Base):
 
     __tablename__ = "webhooks"
     __table_args__ = (
-        # one active webhook per client, credential and URL (migration 0023): a client that
+        # one active webhook per client, credential and URL (migration 0022): a client that
         # registered the same URL again (an EPJ at each start-up) was told of every message
         # once per registration, each with its own delivery id
         Index(

@@ -1,4 +1,4 @@
-"""Migration 0023: one active webhook per client, credential and URL; the duplicates registered
+"""Migration 0022: one active webhook per client, credential and URL; the duplicates registered
 before it are disabled, the newest of each kept."""
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Duplicates registered before are switched off first, the newest of each kept (it
 the one the client was shown last), their pending deliveries given up. Going down drops the
 index only: the webhooks switched off stay off.
 
-Revision ID: 0023
+Revision ID: 0022
 Revises: 0021
-Create Date: 2026-12-08 12:00:00
+Create Date: 2026-12-05 05:00:00
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0023"
+revision = "0022"
 down_revision = "0021"
 branch_labels = None
 depends_on = None
