@@ -296,8 +296,10 @@ def _receive_message(
             uow.content_keys.record(keys, row.id, at=now)
             if message.msg_type == receipts.APPREC:
                 receipts.apply_incoming_apprec(ctx, uow, row, message)
-            # a reply to a message of ours sent without AckRequested, after its AppRec deadline
-            receipts.resolve_replied_to(uow, row, at=now)
+            # a reply to a message of ours sent without AckRequested, after its AppRec deadline;
+            # not one the server rejects or purges (its verdict job does: the EPJ never has it)
+            if verdict is None or verdict.status is InboundStatus.ACKNOWLEDGED:
+                receipts.resolve_replied_to(uow, row, at=now)
             # A message from this sender, decrypted with our key, is stored: refusals of its
             # messages, our key's failure on them and this process's store's are over (no
             # statement unless an alert is open).

@@ -1157,8 +1157,14 @@ def _is_reply(sent: MessageRow, received: MessageRow) -> bool:
 
 
 def _is_reply_kind(received: MessageRow) -> bool:
-    """Whether a received message may be a reply at all: not an AppRec, not refused."""
-    return received.msg_type != APPREC and received.status != InboundStatus.REJECTED.value
+    """Whether a received message may be a reply at all: not an AppRec, not refused nor purged
+    (the EPJ never has either)."""
+    return received.msg_type != APPREC and received.status not in _NO_REPLY_STATUSES
+
+
+_NO_REPLY_STATUSES = frozenset(
+    {InboundStatus.REJECTED.value, InboundStatus.MISADDRESSED_PURGED.value}
+)
 
 
 # --- status in the shape of EDI 2.0 ------------------------------------------------------------

@@ -1526,3 +1526,32 @@ def test_an_apprec_or_a_refused_message_in_the_conversation_is_no_reply() -> Non
     assert not receipts._is_reply(sent, received(msg_type="APPREC"))
     assert not receipts._is_reply(sent, received(status="rejected"))
     assert not receipts._is_reply(sent, received(from_her_id="8200003"))
+
+
+def test_a_reply_the_server_rejects_leaves_apprec_missing_open(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Svar a day late that the GP's server rejects (its T02 verdict: the EPJ never has it)
+    answers nothing: the question's apprec-missing stays open, with no 'replied' note."""
+    from meldingstjener.model import InboundStatus
+
+    [question] = _questions_without_ack_requested(pair, "Spørsmål")
+    pair.clock.advance(hours=25)
+    pair.run()
+    judged = receipts.judge
+
+    def judge(ctx: object, message: object, to: object) -> object:  # the GP's reading only
+        if getattr(message, "msg_type", None) == "DIALOG_SVAR":
+            return receipts.ServerVerdict(
+                InboundStatus.REJECTED, [("T02", "x: xsd-invalid")], purge=False, alert=False
+            )
+        return judged(ctx, message, to)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receipts, "judge", judge)
+    _reply(pair, question)
+    [svar] = [m for m in pair.inbound_messages(pair.gp) if m.msg_type == "DIALOG_SVAR"]
+    assert svar.status == "rejected"
+    alerted = [a.message_id for a in open_alerts(pair.gp, "apprec-missing")]  # type: ignore[attr-defined]
+    assert alerted == [question]
+    with pair.gp.store.unit_of_work() as uow:
+        assert [e for e in uow.events.for_message(question) if e.code == "replied"] == []
