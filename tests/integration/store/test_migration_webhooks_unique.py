@@ -1,7 +1,9 @@
 """Migration 0022: one active webhook per client, credential and URL; the duplicates registered
-before it are disabled, the newest of each kept."""
+before it are disabled, the newest of each kept, with their events and owed deliveries."""
 
 from __future__ import annotations
+
+import json
 
 from alembic import command
 from sqlalchemy import text
@@ -21,29 +23,29 @@ def test_duplicate_webhooks_registered_before_are_disabled_but_the_newest(
         config.attributes["connection"] = connection
         command.downgrade(config, "0021")
     with database.engine.begin() as connection:
-        for number, client, url in (
-            (1, "epj", "http://epj/hook"),
-            (2, "epj", "http://epj/hook"),
-            (3, "epj", "http://epj/hook"),
-            (4, "epj", "http://epj/other"),
-            (5, "lab", "http://epj/hook"),
+        for number, client, url, events in (
+            (1, "epj", "http://epj/hook", '["alert"]'),
+            (2, "epj", "http://epj/hook", '["message-received"]'),
+            (3, "epj", "http://epj/hook", '["alert"]'),
+            (4, "epj", "http://epj/other", "[]"),
+            (5, "lab", "http://epj/hook", "[]"),
         ):
             connection.execute(
                 text(
                     "INSERT INTO webhooks (id, client_name, url, secret, events, her_ids, active,"
-                    " consecutive_failures, created_at) VALUES (:id, :client, :url, 's', '[]',"
-                    " '[]', true, 0, CURRENT_TIMESTAMP)"
+                    " consecutive_failures, created_at) VALUES (:id, :client, :url, 's', :events,"
+                    " '[\"8100001\"]', true, 0, CURRENT_TIMESTAMP)"
                 ),
-                {"id": number, "client": client, "url": url},
+                {"id": number, "client": client, "url": url, "events": events},
             )
-        for hook in (1, 3):
+        for hook, key in ((1, "k"), (3, "k"), (2, "m")):
             connection.execute(
                 text(
                     "INSERT INTO webhook_deliveries (webhook_id, event_key, event_type, body,"
-                    " state, attempts, due_at, created_at) VALUES (:hook, 'k', 'alert', '{}',"
+                    " state, attempts, due_at, created_at) VALUES (:hook, :key, 'alert', '{}',"
                     " 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                 ),
-                {"hook": hook},
+                {"hook": hook, "key": key},
             )
     upgrade(database)
     with database.engine.connect() as connection:
@@ -51,10 +53,18 @@ def test_duplicate_webhooks_registered_before_are_disabled_but_the_newest(
             text("SELECT id FROM webhooks WHERE active ORDER BY id")
         ).scalars()
         assert list(active) == [3, 4, 5]
-        states = dict(
-            connection.execute(text("SELECT webhook_id, state FROM webhook_deliveries")).all()
-        )
-        assert states == {1: "failed", 3: "pending"}
+        deliveries = connection.execute(
+            text("SELECT webhook_id, event_key, state FROM webhook_deliveries")
+        ).all()
+        # the kept one owed k itself (the older one's copy is given up) and takes on m
+        assert sorted(map(tuple, deliveries)) == [
+            (1, "k", "failed"),
+            (3, "k", "pending"),
+            (3, "m", "pending"),
+        ]
+        [events] = connection.execute(text("SELECT events FROM webhooks WHERE id = 3")).scalars()
+        told = json.loads(events) if isinstance(events, str) else events
+        assert told == ["alert", "message-received"]  # what the others were registered for
         assert (
             connection.execute(text("SELECT disabled_at FROM webhooks WHERE id = 2")).scalar_one()
             is not None
