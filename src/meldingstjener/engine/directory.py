@@ -91,13 +91,15 @@ class Partner:
     valid_to: datetime | None = None
     # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
     bindings: tuple[AgreedMessage, ...] = ()
-    # where our other agreements with the party (another HER-id of ours) send to
+    # where our other agreements with the party (another HER-id of ours) that have not ended
+    # send to
     other_agreements_endpoints: frozenset[str] = frozenset()
 
     @property
     def endpoints(self) -> frozenset[str]:
         """Every endpoint a message of ours to the party may go to: this agreement's and each
-        of its bindings' (see ``route``), and those of our other agreements with the party."""
+        of its bindings' (see ``route``), and those of our other agreements with the party
+        that have not ended."""
         own = {self.route(binding).endpoint for binding in (None, *self.bindings)}
         return frozenset(e for e in own if e is not None) | self.other_agreements_endpoints
 
@@ -287,10 +289,13 @@ class PartyDirectory:
         if agreement is None:
             raise PartnerUnknown(her_id, "no partner agreement")
         partner = self._partner_of(party, agreement)
+        # an ended agreement is never sent by again: its endpoint's alert must not stay open
         others = [
             self._partner_of(party, row)
             for row in rows
-            if row.our_her_id != agreement.our_her_id and row.our_her_id in self.own_her_ids
+            if row.our_her_id != agreement.our_her_id
+            and row.our_her_id in self.own_her_ids
+            and row.state != AgreementState.ENDED.value
         ]
         if not others:
             return partner
