@@ -455,12 +455,12 @@ def _partner_certificate(path: Path, key: str) -> x509.Certificate:
 
 def _configured_state(row: AgreementRow) -> str:
     """The state of a ``[[partners]]`` agreement after a start. A new one is active (listing
-    a partner in the file is the operator's order to send to it). One the file wrote before
-    keeps the state the operator gave it: a suspension must hold until it is lifted by hand,
-    not be undone by the next ``send`` or ``serve``. An agreement from another source that the
-    file takes over becomes active, unless the operator had suspended it."""
+    a partner in the file is the operator's order to send to it). One that exists keeps the
+    state the operator gave it, whether the file wrote it or takes it over from another source:
+    a suspension must hold until it is lifted by hand, an onboarding state (ordered, testing,
+    verified-inactive) moves on only by the routine's steps and their evidence (``partners set
+    --state``), and an ended agreement stays ended; none of them is undone by the next ``send``
+    or ``serve``."""
     if row.state is None:  # a new row: the column's default is applied only at the INSERT
         return AgreementState.ACTIVE.value
-    if row.source == TermsSource.CONFIG.value or row.state == AgreementState.SUSPENDED.value:
-        return row.state
-    return AgreementState.ACTIVE.value
+    return row.state
