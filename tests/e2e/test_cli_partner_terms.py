@@ -182,3 +182,32 @@ def test_every_refusal_of_partners_carries_a_code(nav: Path, reference_dir: Path
     for args, code_text in cases:
         code, output = invoke(nav, "partners", *args, "--our", OURS)
         assert code == 1 and code_text in output, (args, output)
+
+
+def test_an_agreement_ended_by_mistake_goes_back_to_ordered_only_forced(nav: Path) -> None:
+    """Ended is final to the routine, and ``partners add`` refuses a pair with an agreement: a
+    mistyped ``--state ended`` cut the partner off for good. Ordered, forced with the reason
+    (kept in the log), starts the routine again; every other step from ended is refused."""
+    base = ("partners", "set", NAV, "--our", OURS)
+    assert invoke(nav, *base, "--state", "ended")[0] == 0
+    code, output = invoke(nav, *base, "--state", "ordered")
+    assert code == 1 and "illegal-state-change:" in output and "--force" in output
+    code, output = invoke(nav, *base, "--state", "ordered", "--force", "  ")
+    assert code == 1 and "illegal-state-change:" in output
+    code, output = invoke(nav, *base, "--state", "testing", "--force", "came back")
+    assert code == 1 and "illegal-state-change:" in output and "--state ordered" in output
+
+    code, output = invoke(nav, *base, "--state", "ordered", "--force", "ended by mistake")
+    assert code == 0, output
+    assert "agreement with 79768 is ordered" in output
+    code, output = invoke(nav, "log", "--json")
+    [forced] = [
+        json.loads(line)
+        for line in output.splitlines()
+        if "agreement-forced" in line and "from ended" in line
+    ]
+    assert "from ended to ordered" in forced["detail"] and "ended by mistake" in forced["detail"]
+    # the routine again from its beginning: leaving testing asks its evidence anew
+    assert invoke(nav, *base, "--state", "testing")[0] == 0
+    code, output = invoke(nav, *base, "--state", "verified-inactive")
+    assert code == 1 and "test-not-verified:" in output
