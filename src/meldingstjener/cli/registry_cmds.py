@@ -1051,7 +1051,10 @@ def _reopen_ended(uow: UnitOfWork, ours: str, her_id: str, force: str | None) ->
 
 
 def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[str]:
-    """What taking new terms changed: CPA id, end, source, channel, bindings added and gone."""
+    """What taking new terms changed: CPA id, end, source, channel, endpoint, bindings added
+    and gone, and each setting made by hand that the new terms replace (``--any-message-type``,
+    a ``--message-type`` narrowing, whose bindings come back as added, a ``--channel`` or
+    ``--endpoint`` for every binding): the new terms rule, and the operator is told so."""
 
     def named(agreement: PartnerAgreement) -> set[str]:
         return {
@@ -1065,10 +1068,20 @@ def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[st
             ("CPA id", "cpa_id"),
             ("valid to", "valid_to"),
             ("source", "source"),
+            ("channel", "channel"),
             ("endpoint", "endpoint"),
         )
         if getattr(before, field) != getattr(after, field)
     ]
+    if before.any_message_type and not after.any_message_type:
+        lines.append("any message type: no longer (the new terms' bindings decide)")
+    own = [b for b in after.bindings if b.channel is not None]
+    if before.bindings and all(b.channel is None for b in before.bindings) and own:
+        # an operator's --channel/--endpoint went for every binding (see _with_overrides)
+        lines.append(
+            "binding channels: each binding's own again, no longer the agreement's channel "
+            "for every binding"
+        )
     old, new = named(before), named(after)
     lines += [f"binding added: {b}" for b in sorted(new - old)]
     lines += [f"binding gone: {b}" for b in sorted(old - new)]
