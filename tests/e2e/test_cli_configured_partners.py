@@ -73,3 +73,29 @@ def test_terms_set_by_hand_are_the_files_again_at_the_next_start(gp: tuple[Site,
     assert invoke(config, "send", str(note))[0] == 0
     code, output = invoke(config, "partners", "show", "8200002", "--json")
     assert json.loads(output)["endpoint"] != "http://elsewhere.invalid/ebms"
+
+
+@pytest.mark.parametrize("steps", [(), ("testing",), ("ended",)])
+def test_a_partner_the_file_takes_over_keeps_the_operators_state(
+    gp: tuple[Site, Path], steps: tuple[str, ...]
+) -> None:
+    """An agreement added by hand before the partner came into ``[[partners]]`` keeps its
+    onboarding state, or ended, across the start that takes it over, instead of that start
+    making it active without any evidence."""
+    site, note = gp
+    config = site.config_path
+    code, output = invoke(
+        config, "partners", "add", "8200002", "--channel", "http", "--endpoint", "http://x.invalid/"
+    )
+    assert code == 0, output
+    for state in steps:
+        code, output = invoke(config, "partners", "set", "8200002", "--state", state)
+        assert code == 0, output
+    kept = steps[-1] if steps else "ordered"
+
+    code, output = invoke(config, "send", str(note))  # the start takes the agreement over
+    assert code == 1, output
+    assert "agreement-not-active" in output and kept in output
+    code, output = invoke(config, "partners", "show", "8200002", "--json")
+    shown = json.loads(output)
+    assert (shown["state"], shown["source"]) == (kept, "config")

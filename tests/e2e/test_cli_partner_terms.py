@@ -182,3 +182,50 @@ def test_every_refusal_of_partners_carries_a_code(nav: Path, reference_dir: Path
     for args, code_text in cases:
         code, output = invoke(nav, "partners", *args, "--our", OURS)
         assert code == 1 and code_text in output, (args, output)
+
+
+def test_an_agreement_ended_by_mistake_goes_back_to_ordered_only_forced(nav: Path) -> None:
+    """Ended is final to the routine, and ``partners add`` refuses a pair with an agreement: a
+    mistyped ``--state ended`` cut the partner off for good. Ordered, forced with the reason
+    (kept in the log), starts the routine again; every other step from ended is refused."""
+    base = ("partners", "set", NAV, "--our", OURS)
+    assert invoke(nav, *base, "--state", "ended")[0] == 0
+    code, output = invoke(nav, *base, "--state", "ordered")
+    assert code == 1 and "illegal-state-change:" in output and "--force" in output
+    code, output = invoke(nav, *base, "--state", "ordered", "--force", "  ")
+    assert code == 1 and "illegal-state-change:" in output
+    code, output = invoke(nav, *base, "--state", "testing", "--force", "came back")
+    assert code == 1 and "illegal-state-change:" in output and "--state ordered" in output
+
+    code, output = invoke(nav, *base, "--state", "ordered", "--force", "ended by mistake")
+    assert code == 0, output
+    assert "agreement with 79768 is ordered" in output
+    code, output = invoke(nav, "log", "--json")
+    [forced] = [
+        json.loads(line)
+        for line in output.splitlines()
+        if "agreement-forced" in line and "from ended" in line
+    ]
+    assert "from ended to ordered" in forced["detail"] and "ended by mistake" in forced["detail"]
+    # the routine again from its beginning: leaving testing asks its evidence anew
+    assert invoke(nav, *base, "--state", "testing")[0] == 0
+    code, output = invoke(nav, *base, "--state", "verified-inactive")
+    assert code == 1 and "test-not-verified:" in output
+
+
+def test_a_renewed_cpa_says_which_settings_made_by_hand_it_replaces(
+    nav: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    """``partners set --cpa`` takes the renewed CPA's terms as they are; a setting made by hand
+    before (any message type, a channel for every binding) is dropped, and said so."""
+    base = ("partners", "set", NAV, "--our", OURS)
+    assert invoke(nav, *base, "--any-message-type")[0] == 0
+    assert invoke(nav, *base, "--endpoint", "https://nav.example.no/ebms")[0] == 0
+    renewed = nav_cpa(reference_dir, tmp_path, "nav:qass:99999", datetime.now(UTC) + timedelta(400))
+    code, output = invoke(nav, *base, "--cpa", str(renewed))
+    assert code == 0, output
+    assert "any message type: no longer (the new terms' bindings decide)" in output
+    assert "endpoint: https://nav.example.no/ebms -> " in output
+    assert "binding channels: each binding's own again" in output
+    shown = json.loads(invoke(nav, "partners", "show", NAV, "--our", OURS, "--json")[1])
+    assert shown["any_message_type"] is False

@@ -30,13 +30,13 @@ from meldingstjener.cli.helseid_options import (
 )
 
 if TYPE_CHECKING:
-    from meldingstjener.registry.agreements import PartnerAgreement
+    from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
     from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.registry.cppa_model import CollaborationProtocol
     from meldingstjener.registry.parties import CommunicationParty
     from meldingstjener.registry.sync import SyncReport
     from meldingstjener.registry.terms import AgreedMessage, AgreementTerms
-    from meldingstjener.store.uow import Store
+    from meldingstjener.store.uow import Store, UnitOfWork
 
 ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
 partners_app = typer.Typer(help="Partner agreements: what we have agreed with each counterparty.")
@@ -854,8 +854,8 @@ def partners_set(
     force: Annotated[
         str | None,
         typer.Option(
-            help="Leave testing without a verified test exchange; REASON, in the operator's "
-            "words, is kept in the message log.",
+            help="Leave testing without a verified test exchange, or set an ended agreement "
+            "ordered again; REASON, in the operator's words, is kept in the message log.",
             metavar="REASON",
         ),
     ] = None,
@@ -960,25 +960,34 @@ def partners_set(
                 raise typer.BadParameter(
                     f"{state!r} is not a state", param_hint="--state"
                 ) from None
-            # leaving testing asks for a test message that got its Acknowledgment and a
-            # positive AppRec, or the operator's words why not (--force), kept in the log
-            evidence = verified_test_exchange(uow, ours, her_id)
-            try:
-                changed = check_state_change(
-                    agreement.state, new_state, verified_test=evidence, forced=force
+            if agreement.state is AgreementState.ENDED and new_state is AgreementState.ORDERED:
+                changed = _reopen_ended(uow, ours, her_id, force)
+            else:
+                # leaving testing asks for a test message that got its Acknowledgment and a
+                # positive AppRec, or the operator's words why not (--force), kept in the log
+                evidence = verified_test_exchange(uow, ours, her_id)
+                try:
+                    changed = check_state_change(
+                        agreement.state, new_state, verified_test=evidence, forced=force
+                    )
+                except NotAgreed as exc:
+                    reopen = (
+                        f"; an agreement ended by mistake starts the routine again with "
+                        f"'partners set {her_id} --state ordered --force REASON'"
+                        if agreement.state is AgreementState.ENDED
+                        else ""
+                    )
+                    raise _fail(exc.code, f"{exc}{reopen}") from None
+                log_state_change(
+                    uow,
+                    ours,
+                    her_id,
+                    agreement.state,
+                    changed,
+                    actor="cli:partners",
+                    verified_test=evidence,
+                    forced=force,
                 )
-            except NotAgreed as exc:
-                raise _fail(exc.code, str(exc)) from None
-            log_state_change(
-                uow,
-                ours,
-                her_id,
-                agreement.state,
-                changed,
-                actor="cli:partners",
-                verified_test=evidence,
-                forced=force,
-            )
             agreement = replace(agreement, state=changed)
         agreement = _with_overrides(
             agreement, _parse_message_types(message_type), channel, endpoint
@@ -1012,8 +1021,40 @@ def partners_set(
         typer.echo(f"agreement with {her_id} is {agreement.state.value}")
 
 
+def _reopen_ended(uow: UnitOfWork, ours: str, her_id: str, force: str | None) -> AgreementState:
+    """Ordered again for an agreement that has ended, only forced with the operator's words,
+    kept in the message log (``agreement-forced``, as a forced step off testing is).
+
+    To the routine ended is final (``registry.agreements.check_state_change`` allows no step
+    from it; a message of an ended agreement is given up at once), and ``partners add`` refuses
+    a pair that has an agreement: without this an ``--state ended`` set by mistake cut the
+    partner off for good, AppRecs included. Ordered starts the routine again from its
+    beginning, so every later step asks its evidence anew."""
+    from meldingstjener.registry.agreements import AgreementState
+    from meldingstjener.store.uow import EventKind
+
+    reason = (force or "").strip()
+    if not reason:
+        raise _fail(
+            "illegal-state-change",
+            "a partner agreement that has ended goes back to ordered only forced, with the "
+            f"reason why: 'partners set {her_id} --state ordered --force REASON'",
+        )
+    uow.events.record(
+        None,
+        EventKind.NOTE,
+        actor="cli:partners",
+        code="agreement-forced",
+        detail=f"agreement {ours} -> {her_id} from ended to ordered forced: {reason}",
+    )
+    return AgreementState.ORDERED
+
+
 def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[str]:
-    """What taking new terms changed: CPA id, end, source, channel, bindings added and gone."""
+    """What taking new terms changed: CPA id, end, source, channel, endpoint, bindings added
+    and gone, and each setting made by hand that the new terms replace (``--any-message-type``,
+    a ``--message-type`` narrowing, whose bindings come back as added, a ``--channel`` or
+    ``--endpoint`` for every binding): the new terms rule, and the operator is told so."""
 
     def named(agreement: PartnerAgreement) -> set[str]:
         return {
@@ -1027,10 +1068,20 @@ def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[st
             ("CPA id", "cpa_id"),
             ("valid to", "valid_to"),
             ("source", "source"),
+            ("channel", "channel"),
             ("endpoint", "endpoint"),
         )
         if getattr(before, field) != getattr(after, field)
     ]
+    if before.any_message_type and not after.any_message_type:
+        lines.append("any message type: no longer (the new terms' bindings decide)")
+    own = [b for b in after.bindings if b.channel is not None]
+    if before.bindings and all(b.channel is None for b in before.bindings) and own:
+        # an operator's --channel/--endpoint went for every binding (see _with_overrides)
+        lines.append(
+            "binding channels: each binding's own again, no longer the agreement's channel "
+            "for every binding"
+        )
     old, new = named(before), named(after)
     lines += [f"binding added: {b}" for b in sorted(new - old)]
     lines += [f"binding gone: {b}" for b in sorted(old - new)]

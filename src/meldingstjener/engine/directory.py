@@ -91,13 +91,15 @@ class Partner:
     valid_to: datetime | None = None
     # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
     bindings: tuple[AgreedMessage, ...] = ()
-    # where our other agreements with the party (another HER-id of ours) send to
+    # where our other agreements with the party (another HER-id of ours) that have not ended
+    # send to
     other_agreements_endpoints: frozenset[str] = frozenset()
 
     @property
     def endpoints(self) -> frozenset[str]:
         """Every endpoint a message of ours to the party may go to: this agreement's and each
-        of its bindings' (see ``route``), and those of our other agreements with the party."""
+        of its bindings' (see ``route``), and those of our other agreements with the party
+        that have not ended."""
         own = {self.route(binding).endpoint for binding in (None, *self.bindings)}
         return frozenset(e for e in own if e is not None) | self.other_agreements_endpoints
 
@@ -287,10 +289,13 @@ class PartyDirectory:
         if agreement is None:
             raise PartnerUnknown(her_id, "no partner agreement")
         partner = self._partner_of(party, agreement)
+        # an ended agreement is never sent by again: its endpoint's alert must not stay open
         others = [
             self._partner_of(party, row)
             for row in rows
-            if row.our_her_id != agreement.our_her_id and row.our_her_id in self.own_her_ids
+            if row.our_her_id != agreement.our_her_id
+            and row.our_her_id in self.own_her_ids
+            and row.state != AgreementState.ENDED.value
         ]
         if not others:
             return partner
@@ -450,12 +455,12 @@ def _partner_certificate(path: Path, key: str) -> x509.Certificate:
 
 def _configured_state(row: AgreementRow) -> str:
     """The state of a ``[[partners]]`` agreement after a start. A new one is active (listing
-    a partner in the file is the operator's order to send to it). One the file wrote before
-    keeps the state the operator gave it: a suspension must hold until it is lifted by hand,
-    not be undone by the next ``send`` or ``serve``. An agreement from another source that the
-    file takes over becomes active, unless the operator had suspended it."""
+    a partner in the file is the operator's order to send to it). One that exists keeps the
+    state the operator gave it, whether the file wrote it or takes it over from another source:
+    a suspension must hold until it is lifted by hand, an onboarding state (ordered, testing,
+    verified-inactive) moves on only by the routine's steps and their evidence (``partners set
+    --state``), and an ended agreement stays ended; none of them is undone by the next ``send``
+    or ``serve``."""
     if row.state is None:  # a new row: the column's default is applied only at the INSERT
         return AgreementState.ACTIVE.value
-    if row.source == TermsSource.CONFIG.value or row.state == AgreementState.SUSPENDED.value:
-        return row.state
-    return AgreementState.ACTIVE.value
+    return row.state

@@ -330,13 +330,17 @@ def test_a_send_that_works_leaves_open_the_unreachable_alert_of_another_agreemen
     pair: Pair,
 ) -> None:
     """Two HER-ids of ours with agreements with the hospital naming different endpoints: a send
-    by one that works resolves the alert of an endpoint no agreement names, not the other's."""
+    by one that works resolves the alert of an endpoint no agreement names, not the other's. An
+    ended agreement's endpoint is no longer sent to, so its alert is resolved too (else it
+    stayed open for ever)."""
     from meldingstjener.engine import transmit
     from meldingstjener.engine.alerts import AlertKind, raise_alert
 
     service = "8100002"  # a second HER-id of the GP's (a service of its organisation)
-    pair.gp.directory.own_her_ids.append(service)
+    former = "8100003"  # a third, whose agreement with the hospital has ended
+    pair.gp.directory.own_her_ids.extend((service, former))
     other_endpoint, gone = "https://sykehuset.example.no/tjeneste", "https://gammel.example.no/"
+    ended_endpoint = "https://avsluttet.example.no/ebms"
     now = datetime.now().astimezone()
     with pair.gp.store.unit_of_work() as uow:
         uow.agreements.add(
@@ -348,7 +352,16 @@ def test_a_send_that_works_leaves_open_the_unreachable_alert_of_another_agreemen
                 endpoint=other_endpoint,
             )
         )
-        for endpoint in (other_endpoint, gone):
+        uow.agreements.add(
+            AgreementRow(
+                our_her_id=former,
+                counterparty_her_id=HOSPITAL,
+                state="ended",
+                channel="http",
+                endpoint=ended_endpoint,
+            )
+        )
+        for endpoint in (other_endpoint, gone, ended_endpoint):
             raise_alert(
                 uow,
                 AlertKind.PARTNER_UNREACHABLE,
