@@ -124,6 +124,16 @@ def test_narrowing_a_cpa_agreement_narrows_its_bindings(nav: Path) -> None:
     assert code == 2 and "type-not-in-cpa:" in output and "partners set --cpa" in output
 
 
+def test_narrowing_and_a_channel_in_one_call_keep_the_narrowing(nav: Path) -> None:
+    code, output = invoke(
+        nav,
+        *("partners", "set", NAV, "--our", OURS, "--message-type", "Sykmelding=1.1"),
+        *("--channel", "http", "--endpoint", "https://nav.example.no/ebms"),
+    )
+    assert code == 0, output
+    assert _check(nav) == "message-type-not-agreed"
+
+
 def test_a_cpa_certificate_the_register_does_not_have_is_noted(
     tmp_path: Path, reference_dir: Path
 ) -> None:

@@ -799,8 +799,10 @@ def _with_overrides(
     if endpoint is not None:
         changes["endpoint"] = endpoint
     if (channel is not None or endpoint is not None) and agreement.bindings:
-        # the operator's channel is every message's now, not only the unbound ones'
-        changes["bindings"] = tuple(replace(b, channel=None) for b in agreement.bindings)
+        # the operator's channel is every message's now, not only the unbound ones' (of the
+        # bindings kept: a narrowing in the same call stays)
+        kept = changes.get("bindings", agreement.bindings)
+        changes["bindings"] = tuple(replace(b, channel=None) for b in kept)
     if (channel is not None or endpoint is not None) and agreement.source is TermsSource.AR:
         # the engine follows the register's address for register terms; one the operator
         # names is the agreement's own from now on
