@@ -7,8 +7,8 @@ state follows the regional routine for connecting partners: ordered -> testing -
 verified-inactive -> active, with suspended as a pause from active and ended (terminal) reachable
 from every state.
 
-:func:`send_decision` is the one rule of what a state lets through (test messages in testing,
-answers in testing and verified-inactive, everything when active), holds (production messages of
+:func:`send_decision` is the one rule of what a state lets through (test messages and answers
+in testing and verified-inactive, everything when active), holds (production messages of
 an agreement that exists and has not ended) or gives up (ended). :func:`check_send` refuses, with
 :class:`NotAgreed` (stable code, readable message), a message type or version that is not agreed
 or a message the state does not let through; :func:`check_state_change` refuses a step off the
@@ -86,9 +86,10 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
     """What an agreement in ``state`` does with a message: the one rule submit (which refuses
     all but "send") and every send of a queued message (which holds or gives up) follow.
 
-    Active sends everything. Testing sends test messages (MsgHead ProcessingStatus D, or ``send
-    --test``) and answers (our AppRec, a message answering one received from the partner: a
-    partner's test waits for them); verified-inactive sends answers. Any other message of an
+    Active sends everything. Testing and verified-inactive send test messages (MsgHead
+    ProcessingStatus D, or ``send --test``: step 4 of the routine, and step 5 on the activation
+    date) and answers (our AppRec, a message answering one received from the partner: a
+    partner's test waits for them). Any other message of an
     agreement that exists and has not ended (ordered, testing, verified-inactive, suspended) is
     held: the state is the operator's and may move on (a new certificate is tested, a
     suspension lifted), and PersistDuration still caps the wait. Ended gives up at once."""
@@ -98,7 +99,9 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
         return "give-up"
     if answer and state in (_S.TESTING, _S.VERIFIED_INACTIVE):
         return "send"
-    if test_message and state is _S.TESTING:
+    # step 5 of the routine sends a test message while verified-inactive, on the activation
+    # date, before the service is switched on
+    if test_message and state in (_S.TESTING, _S.VERIFIED_INACTIVE):
         return "send"
     return "hold"
 
@@ -376,9 +379,10 @@ def check_send(
     return the agreed binding it goes by (None for an agreement without bindings: register
     terms and configured partners, whose envelope follows the NHN convention).
 
-    Ordinary messages need an active agreement; ``test_message`` also allows the testing state
-    (the routine sends test messages one week before activation), ``answer`` (our AppRec, an
-    answer to a message received from the partner) testing and verified-inactive: see
+    Ordinary messages need an active agreement; ``test_message`` (the routine sends test
+    messages one week before activation, and on the activation date) and ``answer`` (our
+    AppRec, an answer to a message received from the partner) also allow testing and
+    verified-inactive: see
     :func:`send_decision`. For an agreement with
     bindings (a CPA's or CPP's) the binding is chosen by :func:`choose_binding` from the
     document's ``namespaces`` and the rest; a binding its namespace chose needs no version
@@ -475,7 +479,8 @@ def _check_state(agreement: PartnerAgreement, test_message: bool, answer: bool) 
             AgreementState.TESTING: "it is in testing: only test messages (MsgHead "
             "ProcessingStatus D, or 'send --test') and answers may be sent",
             AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation "
-            "date: only answers may be sent; activate it before sending",
+            "date: only test messages (MsgHead ProcessingStatus D, or 'send --test') and "
+            "answers may be sent; activate it before sending",
             AgreementState.SUSPENDED: "it is suspended; resume it before sending",
             AgreementState.ENDED: "it has ended; nothing more is sent to it",
         }.get(agreement.state, agreement.state.value)

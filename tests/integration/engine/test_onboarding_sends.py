@@ -76,6 +76,17 @@ def test_a_test_message_goes_under_testing_and_a_production_one_is_refused(pair:
     assert "only test messages" in caught.value.message
 
 
+def test_a_test_message_goes_under_verified_inactive_on_the_activation_date(pair: Pair) -> None:
+    # step 5 of the routine: a test dialog message while verified-inactive, then activation
+    _gp_agreement(pair, AgreementState.VERIFIED_INACTIVE)
+    message_id = submit(pair.gp, _note(pair, "D"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    with pytest.raises(SubmitRejected) as caught:
+        submit(pair.gp, _note(pair, "P"), actor="t")
+    assert caught.value.code == "agreement-not-active"
+
+
 def test_send_test_declares_a_test_message_but_never_one_that_says_production(
     pair: Pair,
 ) -> None:
