@@ -87,10 +87,10 @@ def submit(
     ``answering``: the id of the received message an answer of the server's is for (its
     ``on_stored`` marks that one): the answer continues that message's conversation.
 
-    ``test_message`` (``send --test``): the operator says the message is a test message, as a
-    MsgHead with ProcessingStatus D says itself (see :func:`_is_test_message`). A test message
-    may go to a partner whose agreement is in testing; an answer (``answering``, or a message
-    answering one received from the receiver) also to one in testing or verified-inactive.
+    ``test_message`` (``send --test``): the operator says the message is a test message, which
+    its MsgHead must say itself (ProcessingStatus D, see :func:`_is_test_message`). A test
+    message may go to a partner whose agreement is in testing or verified-inactive, and so may
+    an answer (``answering``, or a message answering one received from the receiver).
     While the agreement is not active such a message is marked so in its log (the events
     ``test-message``, ``answer-in-onboarding``): its sends go on by them, and a test message
     with an Acknowledgment and a positive AppRec verifies the partner
@@ -356,21 +356,23 @@ def _answered(
 
 def _is_test_message(message: Fagmelding, *, declared: bool) -> bool:
     """Whether ``message`` is a test message: its MsgHead says so (MsgInfo/ProcessingStatus
-    V="D", Debugging, as the samsvar test messages do), or the operator does (``declared``,
-    ``send --test``). A message whose MsgHead says production (V="P") is refused with
-    ``--test``: it would reach the partner claiming to be production, and the MsgHead is the
-    EPJ's (signed) document, which is not rewritten here."""
+    V="D", Debugging, as the samsvar test messages do). ``declared`` (``send --test``) asks that
+    it does: a message the operator sends as a test whose MsgHead says production (V="P") or
+    nothing is refused, for only the document tells the partner it is a test (its EPJ may
+    import one without ProcessingStatus D as production), and the MsgHead is the EPJ's
+    (signed) document, which is not rewritten here."""
     head = message.report.msghead
     status = head.msg_info.processing_status if head is not None else None
     code = status.v if status is not None else None
-    if declared and code == "P":
+    if declared and code != "D":
+        production = code == "P"
         raise SubmitRejected(
-            "test-message-in-production",
-            "the message is sent as a test message but its MsgHead says it is production "
-            "(ProcessingStatus P); set ProcessingStatus D in the EPJ, or send it without "
-            "--test; nothing was sent",
+            "test-message-in-production" if production else "test-message-not-marked",
+            "the message is sent as a test message but its MsgHead "
+            + ("says it is production (ProcessingStatus P)" if production else "does not say so")
+            + "; set ProcessingStatus D in the EPJ, or send it without --test; nothing was sent",
         )
-    return declared or code == "D"
+    return code == "D"
 
 
 def _mark_onboarding(

@@ -87,7 +87,7 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
     all but "send") and every send of a queued message (which holds or gives up) follow.
 
     Active sends everything. Testing and verified-inactive send test messages (MsgHead
-    ProcessingStatus D, or ``send --test``: step 4 of the routine, and step 5 on the activation
+    ProcessingStatus D: step 4 of the routine, and step 5 on the activation
     date) and answers (our AppRec, a message answering one received from the partner: a
     partner's test waits for them). Any other message of an
     agreement that exists and has not ended (ordered, testing, verified-inactive, suspended) is
@@ -242,7 +242,7 @@ def check_state_change(
             "test-not-verified",
             f"a partner agreement cannot go from testing to {new.value} before a test message "
             "to the partner has got an Acknowledgment and a positive AppRec (status 1); send "
-            "one (a MsgHead with ProcessingStatus D, or 'send --test'), or force the change "
+            "one (a MsgHead with ProcessingStatus D), or force the change "
             "with the reason why",
         )
     return new
@@ -477,9 +477,9 @@ def _check_state(agreement: PartnerAgreement, test_message: bool, answer: bool) 
         hint = {
             AgreementState.ORDERED: "it is ordered but not yet tested; activate it before sending",
             AgreementState.TESTING: "it is in testing: only test messages (MsgHead "
-            "ProcessingStatus D, or 'send --test') and answers may be sent",
+            "ProcessingStatus D) and answers may be sent",
             AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation "
-            "date: only test messages (MsgHead ProcessingStatus D, or 'send --test') and "
+            "date: only test messages (MsgHead ProcessingStatus D) and "
             "answers may be sent; activate it before sending",
             AgreementState.SUSPENDED: "it is suspended; resume it before sending",
             AgreementState.ENDED: "it has ended; nothing more is sent to it",

@@ -1,6 +1,6 @@
 """The onboarding routine's sends (DOMAIN.md, connecting a partner): in ``testing`` a test
-message (MsgHead ProcessingStatus D, or ``send --test``) and an answer (our AppRec) go, a
-production message does not; leaving testing needs a test message that got its Acknowledgment
+message (MsgHead ProcessingStatus D, which ``send --test`` asks for) and an answer (our AppRec)
+go, a production message does not; leaving testing needs a test message that got its Acknowledgment
 and a positive AppRec, or the operator's words; a production message queued for an agreement
 that is not active is held (not given up), and one for an ended agreement is given up at once."""
 
@@ -87,18 +87,19 @@ def test_a_test_message_goes_under_verified_inactive_on_the_activation_date(pair
     assert caught.value.code == "agreement-not-active"
 
 
-def test_send_test_declares_a_test_message_but_never_one_that_says_production(
-    pair: Pair,
-) -> None:
+def test_send_test_needs_a_msghead_that_says_it_is_a_test(pair: Pair) -> None:
     _gp_agreement(pair, AgreementState.TESTING)
     with pytest.raises(SubmitRejected):
         submit(pair.gp, _note(pair, None), actor="t")
-    message_id = submit(pair.gp, _note(pair, None), actor="t", test_message=True)
+    # nothing in the document would tell the partner's EPJ that it is a test
+    for status, code in ((None, "test-message-not-marked"), ("P", "test-message-in-production")):
+        with pytest.raises(SubmitRejected) as caught:
+            submit(pair.gp, _note(pair, status), actor="t", test_message=True)
+        assert caught.value.code == code
+    assert pair.inbound_messages(pair.hospital) == []
+    message_id = submit(pair.gp, _note(pair, "D"), actor="t", test_message=True)
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
-    with pytest.raises(SubmitRejected) as caught:
-        submit(pair.gp, _note(pair, "P"), actor="t", test_message=True)
-    assert caught.value.code == "test-message-in-production"
 
 
 @pytest.mark.parametrize("state", [AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE])
