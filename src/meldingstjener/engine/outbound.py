@@ -90,7 +90,8 @@ def submit(
     ``test_message`` (``send --test``): the operator says the message is a test message, which
     its MsgHead must say itself (ProcessingStatus D, see :func:`_is_test_message`). A test
     message may go to a partner whose agreement is in testing or verified-inactive, and so may
-    an answer (``answering``, or a message answering one received from the receiver).
+    an answer (``answering``, or an AppRec or DIALOG_AVVIK about a message received from the
+    receiver, see :func:`_is_answer`).
     While the agreement is not active such a message is marked so in its log (the events
     ``test-message``, ``answer-in-onboarding``): its sends go on by them, and a test message
     with an Acknowledgment and a positive AppRec verifies the partner
@@ -125,7 +126,7 @@ def submit(
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
         answered = _answered(uow, message, sender_her, receiver_her, answering)
         conventional = names_for(message.msg_type, answered_type=answered.msg_type)
-        answer = answered.message_id is not None
+        answer = _is_answer(message, answered, test)
         try:
             # the agreement the directory found: our organisation's covers its services
             binding = check_agreement(
@@ -352,6 +353,22 @@ def _answered(
     return _Answered(
         answered_type, original.ebxml_service, original.ebxml_conversation_id, original.id
     )
+
+
+# Our answers about a received message (receipts): an AppRec, or a DIALOG_AVVIK after a
+# positive AppRec had gone out (``receipts.report_misaddressed``).
+_RECEIPT_TYPES = frozenset({APPREC, "DIALOG_AVVIK"})
+
+
+def _is_answer(message: Fagmelding, answered: _Answered, test: bool) -> bool:
+    """Whether ``message`` goes as an answer while the agreement is testing or
+    verified-inactive: it answers a message received from the partner (``answered``) and is a
+    receipt of ours about it, or is itself a test message. Any other message that refers to
+    one received (a production dialog note with a RefToParent) is a production message and
+    waits for the agreement to be active like any other."""
+    if answered.message_id is None:
+        return False
+    return message.msg_type in _RECEIPT_TYPES or test
 
 
 def _is_test_message(message: Fagmelding, *, declared: bool) -> bool:

@@ -88,7 +88,7 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
 
     Active sends everything. Testing and verified-inactive send test messages (MsgHead
     ProcessingStatus D: step 4 of the routine, and step 5 on the activation
-    date) and answers (our AppRec, a message answering one received from the partner: a
+    date) and answers (our AppRec or DIALOG_AVVIK about a message received from the partner: a
     partner's test waits for them). Any other message of an
     agreement that exists and has not ended (ordered, testing, verified-inactive, suspended) is
     held: the state is the operator's and may move on (a new certificate is tested, a
@@ -381,7 +381,7 @@ def check_send(
 
     Ordinary messages need an active agreement; ``test_message`` (the routine sends test
     messages one week before activation, and on the activation date) and ``answer`` (our
-    AppRec, an answer to a message received from the partner) also allow testing and
+    AppRec or DIALOG_AVVIK about a message received from the partner) also allow testing and
     verified-inactive: see
     :func:`send_decision`. For an agreement with
     bindings (a CPA's or CPP's) the binding is chosen by :func:`choose_binding` from the

@@ -20,7 +20,7 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.receipts import AppRecRefused
 from meldingstjener.formats.codelists import code_list
 from meldingstjener.formats.dialog import Dialogmelding, Notat, dialog_msghead
-from meldingstjener.formats.msghead import build_msghead
+from meldingstjener.formats.msghead import ConversationRef, build_msghead
 from meldingstjener.formats.xmlutil import Coded
 from meldingstjener.registry.agreements import (
     AgreementState,
@@ -116,6 +116,38 @@ def test_our_apprec_to_a_partner_in_onboarding_is_sent(pair: Pair, state: Agreem
     pair.run()
     assert pair.message(pair.hospital, answer).status == "transport-acknowledged"
     assert [m.msg_type for m in pair.inbound_messages(pair.gp)] == ["APPREC"]
+
+
+def test_a_production_note_referring_to_a_received_message_is_no_answer(pair: Pair) -> None:
+    # the partner's production note came in while active; then our agreement went to testing
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Spørsmål"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.gp)
+    _gp_agreement(pair, AgreementState.TESTING)
+
+    def reply(processing_status: str) -> bytes:
+        head = dialog_msghead(
+            message_type="DIALOG_NOTAT",
+            sender=pair.gp_site.party(),
+            receiver=pair.hospital_site.party(),
+            dialog=Dialogmelding(version="1.0", notater=(Notat(tema_kodet=THEME, tekst="Svar"),)),
+        )
+        info = replace(
+            head.msg_info,
+            processing_status=Coded(v=processing_status),
+            conversation_ref=ConversationRef(
+                ref_to_parent=received.msg_id, ref_to_conversation=received.msg_id
+            ),
+        )
+        return build_msghead(replace(head, msg_info=info))
+
+    with pytest.raises(SubmitRejected) as caught:
+        submit(pair.gp, reply("P"), actor="t")
+    assert caught.value.code == "agreement-not-active"
+    # a test answer goes, as a test message
+    message_id = submit(pair.gp, reply("D"), actor="t")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
 
 
 def test_no_apprec_to_a_partner_whose_agreement_has_ended(pair: Pair) -> None:
