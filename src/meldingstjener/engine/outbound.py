@@ -37,6 +37,7 @@ from meldingstjener.registry.agreements import (
     TEST_MESSAGE_EVENT,
     AgreementState,
     NotAgreed,
+    test_message_detail,
 )
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.payloads import PayloadSource, source_sha256, source_size
@@ -249,7 +250,8 @@ def submit(
             if also_stored is not None:
                 also_stored(uow, row)
             if partner.agreement_state != AgreementState.ACTIVE.value:
-                _mark_onboarding(uow, row, partner.agreement_state, test, answer, now)
+                marks = _onboarding_marks(partner, receiver_her, route.ack_requested, test, answer)
+                _mark_onboarding(uow, row, marks, now)
             committing = True
             uow.commit()
     except IntegrityError:
@@ -392,23 +394,32 @@ def _is_test_message(message: Fagmelding, *, declared: bool) -> bool:
     return code == "D"
 
 
+def _onboarding_marks(
+    partner: Partner, their_her_id: str, ack_requested: bool, test: bool, answer: bool
+) -> list[tuple[str, str]]:
+    """The (code, detail) marks of a message sent while the agreement is not active: a test
+    message's names the agreement it goes under (``partner.our_her_id``, our organisation's
+    for a service without one of its own) and whether it asks for an Acknowledgment."""
+    state = partner.agreement_state
+    marks: list[tuple[str, str]] = []
+    if test:
+        detail = test_message_detail(
+            partner.our_her_id, their_her_id, state, ack_requested=ack_requested
+        )
+        marks.append((TEST_MESSAGE_EVENT, detail))
+    if answer:
+        marks.append((ANSWER_EVENT, f"sent as an answer while the partner agreement is {state}"))
+    return marks
+
+
 def _mark_onboarding(
-    uow: UnitOfWork, row: MessageRow, state: str, test: bool, answer: bool, now: datetime
+    uow: UnitOfWork, row: MessageRow, marks: list[tuple[str, str]], now: datetime
 ) -> None:
-    """Mark in the message's log why it may go while the agreement is ``state`` (not active):
-    each send reads the marks again (``transmit._refusal``), and a marked test message that
-    got its receipts verifies the partner (``agreements.verified_test_exchange``)."""
-    marks = ((test, TEST_MESSAGE_EVENT, "a test message"), (answer, ANSWER_EVENT, "an answer"))
-    for applies, code, what in marks:
-        if applies:
-            uow.events.record(
-                row.id,
-                EventKind.NOTE,
-                actor="msh",
-                code=code,
-                detail=f"sent as {what} while the partner agreement is {state}",
-                at=now,
-            )
+    """Mark in the message's log why it may go while the agreement is not active: each send
+    reads the marks again (``transmit._refusal``), and a marked test message that got its
+    receipts verifies the partner (``agreements.verified_test_exchange``)."""
+    for code, detail in marks:
+        uow.events.record(row.id, EventKind.NOTE, actor="msh", code=code, detail=detail, at=now)
 
 
 def _version_of(message: Fagmelding) -> str | None:

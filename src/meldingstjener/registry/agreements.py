@@ -52,6 +52,7 @@ __all__ = [
     "negotiate_version",
     "resolve_terms",
     "send_decision",
+    "test_message_detail",
     "verified_test_exchange",
 ]
 
@@ -249,37 +250,70 @@ def check_state_change(
 
 
 def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) -> str | None:
-    """The id of the last outbound test message from ``our_her_id`` to ``their_her_id`` that
-    got an Acknowledgment and a positive AppRec (status 1, apprec-ok), or None.
+    """The id of the last outbound test message under the agreement of ``our_her_id`` with
+    ``their_her_id`` that got an Acknowledgment and a positive AppRec (status 1, apprec-ok),
+    or None. One sent without AckRequested (the CPA's ackRequested never) gets no
+    Acknowledgment: its positive AppRec alone verifies it.
 
     A test message is one submit marked so (the event ``test-message``, see
-    ``engine.outbound``)."""
-    from sqlalchemy import select
+    ``engine.outbound``), naming the agreement it went under (:func:`test_message_detail`): a
+    message from one of our services goes under our organisation's agreement when the service
+    has none of its own. A mark from before the agreement was named counts for the sender's
+    HER-id."""
+    from sqlalchemy import and_, not_, or_, select
 
     from meldingstjener.model import Direction, OutboundStatus
     from meldingstjener.store.tables import EventRow, MessageRow, ReceiptRow
 
     uow.events.write_pending()
+    under = _agreement_key(our_her_id, their_her_id) + ": "
     acknowledged = select(ReceiptRow.id).where(
         ReceiptRow.message_id == MessageRow.id, ReceiptRow.kind == "acknowledgment"
     )
-    marked = select(EventRow.id).where(
+    marks = select(EventRow.id).where(
         EventRow.message_id == MessageRow.id, EventRow.code == TEST_MESSAGE_EVENT
     )
+    marked = marks.where(
+        or_(
+            EventRow.detail.startswith(under, autoescape=True),
+            and_(
+                not_(EventRow.detail.startswith("agreement ")),
+                MessageRow.from_her_id == str(our_her_id),
+            ),
+        )
+    )
+    without_ack = marks.where(EventRow.detail.startswith(under + _WITHOUT_ACK, autoescape=True))
     found = uow.session.scalars(
         select(MessageRow.id)
         .where(
             MessageRow.direction == Direction.OUTBOUND.value,
-            MessageRow.from_her_id == str(our_her_id),
             MessageRow.to_her_id == str(their_her_id),
             MessageRow.status == OutboundStatus.APPREC_OK.value,
-            acknowledged.exists(),
+            or_(acknowledged.exists(), without_ack.exists()),
             marked.exists(),
         )
         .order_by(MessageRow.created_at.desc())
         .limit(1)
     ).first()
     return None if found is None else str(found)
+
+
+def _agreement_key(our_her_id: str, their_her_id: str) -> str:
+    """How the message log names one agreement (its test messages, its state changes)."""
+    return f"agreement {our_her_id} -> {their_her_id}"
+
+
+_WITHOUT_ACK = "sent as a test message without AckRequested"
+
+
+def test_message_detail(
+    our_her_id: str, their_her_id: str, state: str, *, ack_requested: bool
+) -> str:
+    """The detail of the ``test-message`` mark submit writes: the agreement the message went
+    under (our HER-id in it may be our organisation's for a message from one of its services)
+    and whether it asked for an Acknowledgment, which :func:`verified_test_exchange` reads."""
+    sent = _WITHOUT_ACK if not ack_requested else "sent as a test message"
+    return f"{_agreement_key(our_her_id, their_her_id)}: {sent} while it is {state}"
 
 
 # The message-log code that marks an outbound message as a test message (set by submit).
@@ -305,7 +339,7 @@ def log_state_change(
 
     if not _needs_evidence(current, new):
         return
-    step = f"agreement {our_her_id} -> {their_her_id} from {current.value} to {new.value}"
+    step = f"{_agreement_key(our_her_id, their_her_id)} from {current.value} to {new.value}"
     if verified_test is not None:
         detail = f"{step}: verified by this test message"
     elif (forced or "").strip():

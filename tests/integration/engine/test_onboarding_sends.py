@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from engine_pair import Pair
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine import receipts
@@ -18,6 +18,7 @@ from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.receipts import AppRecRefused
+from meldingstjener.engine.worker import Worker
 from meldingstjener.formats.codelists import code_list
 from meldingstjener.formats.dialog import Dialogmelding, Notat, dialog_msghead
 from meldingstjener.formats.msghead import ConversationRef, build_msghead
@@ -29,7 +30,9 @@ from meldingstjener.registry.agreements import (
     log_state_change,
     verified_test_exchange,
 )
-from meldingstjener.store.tables import EventRow
+from meldingstjener.registry.store import agreement_from_row, save_agreement
+from meldingstjener.registry.terms import AgreedMessage, ChannelTerms
+from meldingstjener.store.tables import EventRow, JobRow
 from meldingstjener.store.uow import UnitOfWork
 
 GP, HOSPITAL = "8100001", "8200002"
@@ -51,11 +54,14 @@ def _gp_agreement(pair: Pair, state: AgreementState) -> None:
         uow.commit()
 
 
-def _note(pair: Pair, processing_status: str | None) -> bytes:
+def _note(pair: Pair, processing_status: str | None, *, from_hospital: bool = False) -> bytes:
+    sender, receiver = pair.gp_site, pair.hospital_site
+    if from_hospital:
+        sender, receiver = receiver, sender
     head = dialog_msghead(
         message_type="DIALOG_NOTAT",
-        sender=pair.gp_site.party(),
-        receiver=pair.hospital_site.party(),
+        sender=sender.party(),
+        receiver=receiver.party(),
         dialog=Dialogmelding(
             version="1.0", notater=(Notat(tema_kodet=THEME, tekst="Testmelding"),)
         ),
@@ -189,6 +195,59 @@ def test_verified_inactive_needs_a_verified_test_exchange(pair: Pair) -> None:
     with pair.gp.store.unit_of_work() as uow:
         codes = [e.code for e in uow.events.for_message(message_id)]
     assert "test-message" in codes and "agreement-verified" in codes
+
+
+def test_a_test_message_from_our_service_verifies_our_organisations_agreement(
+    pair: Pair,
+) -> None:
+    # the hospital sends from its service HER-id; its agreement is its organisation's
+    with pair.hospital.store.unit_of_work() as uow:
+        _state(uow, GP, AgreementState.TESTING.value)
+        [agreement] = uow.agreements.for_counterparty(GP)
+        ours = agreement.our_her_id
+        uow.commit()
+    message_id = submit(pair.hospital, _note(pair, "D", from_hospital=True), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.gp)
+    receipts.send_apprec(pair.gp, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    row = pair.message(pair.hospital, message_id)
+    assert row.status == "apprec-ok" and row.from_her_id != ours
+    with pair.hospital.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, ours, GP) == message_id
+        assert verified_test_exchange(uow, str(row.from_her_id), GP) is None
+
+
+def test_a_test_message_sent_without_ack_requested_is_verified_by_its_apprec(
+    pair: Pair,
+) -> None:
+    # the CPA binds the note to a channel with ackRequested never: no Acknowledgment comes
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.agreements.for_pair(GP, HOSPITAL)
+        assert row is not None
+        channel = ChannelTerms(None, "http", pair.hospital_site.endpoint, ack_requested="never")
+        note = AgreedMessage("DIALOG_NOTAT", "S-DIALOG_NOTAT", (), channel=channel)
+        bound = replace(
+            agreement_from_row(row),
+            state=AgreementState.TESTING,
+            bindings=(note,),
+            any_message_type=False,
+            message_types={"DIALOG_NOTAT": ("1.0",)},
+        )
+        save_agreement(uow, bound)
+        uow.commit()
+    message_id = submit(pair.gp, _note(pair, "D"), actor="t")
+    Worker(pair.gp, "gp").run_until_idle()
+    with pair.hospital.store.unit_of_work() as uow:  # as a gateway that sends none
+        uow.session.execute(delete(JobRow).where(JobRow.kind == "send-signal"))
+        uow.commit()
+    assert pair.message(pair.gp, message_id).status == "sent"
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "apprec-ok"
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) == message_id
 
 
 def test_a_production_message_does_not_verify_and_a_forced_change_is_logged(
