@@ -255,12 +255,16 @@ def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) 
     or None. One sent without AckRequested (the CPA's ackRequested never) gets no
     Acknowledgment: its positive AppRec alone verifies it.
 
+    Only a test message created after the agreement last entered testing counts (the entry
+    :func:`log_state_change` records): one sent back to testing (a new certificate) is tested
+    anew, not let out on a test from an earlier round.
+
     A test message is one submit marked so (the event ``test-message``, see
     ``engine.outbound``), naming the agreement it went under (:func:`test_message_detail`): a
     message from one of our services goes under our organisation's agreement when the service
     has none of its own. A mark from before the agreement was named counts for the sender's
     HER-id."""
-    from sqlalchemy import and_, not_, or_, select
+    from sqlalchemy import and_, func, not_, or_, select, true
 
     from meldingstjener.model import Direction, OutboundStatus
     from meldingstjener.store.tables import EventRow, MessageRow, ReceiptRow
@@ -283,6 +287,16 @@ def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) 
         )
     )
     without_ack = marks.where(EventRow.detail.startswith(under + _WITHOUT_ACK, autoescape=True))
+    entered_testing = uow.session.scalar(
+        select(func.max(EventRow.at)).where(
+            EventRow.message_id.is_(None),
+            EventRow.code == ENTERED_TESTING_EVENT,
+            EventRow.detail.startswith(
+                _agreement_key(our_her_id, their_her_id) + " from ", autoescape=True
+            ),
+        )
+    )
+    this_round = true() if entered_testing is None else MessageRow.created_at > entered_testing
     found = uow.session.scalars(
         select(MessageRow.id)
         .where(
@@ -291,6 +305,7 @@ def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) 
             MessageRow.status == OutboundStatus.APPREC_OK.value,
             or_(acknowledged.exists(), without_ack.exists()),
             marked.exists(),
+            this_round,
         )
         .order_by(MessageRow.created_at.desc())
         .limit(1)
@@ -320,6 +335,8 @@ def test_message_detail(
 TEST_MESSAGE_EVENT = "test-message"
 # ... and as an answer sent while the agreement was not active (so a queued one goes on).
 ANSWER_EVENT = "answer-in-onboarding"
+# The agreement entry (no message) of an agreement entering testing: a new round of tests.
+ENTERED_TESTING_EVENT = "agreement-testing"
 
 
 def log_state_change(
@@ -332,14 +349,23 @@ def log_state_change(
     actor: str,
     verified_test: str | None = None,
     forced: str | None = None,
+    at: datetime | None = None,
 ) -> None:
     """Record a state change the routine asks evidence for in the message log: on the verified
-    test message's own log, or, forced, as an agreement entry with the operator's words."""
+    test message's own log, or, forced, as an agreement entry with the operator's words. An
+    agreement entering testing is recorded too (an agreement entry): only test messages after
+    it verify the agreement (:func:`verified_test_exchange`)."""
     from meldingstjener.store.uow import EventKind
 
+    step = f"{_agreement_key(our_her_id, their_her_id)} from {current.value} to {new.value}"
+    if new is _S.TESTING and current is not _S.TESTING:
+        detail = f"{step}: a new round of testing"
+        uow.events.record(
+            None, EventKind.NOTE, actor=actor, code=ENTERED_TESTING_EVENT, detail=detail, at=at
+        )
+        return
     if not _needs_evidence(current, new):
         return
-    step = f"{_agreement_key(our_her_id, their_her_id)} from {current.value} to {new.value}"
     if verified_test is not None:
         detail = f"{step}: verified by this test message"
     elif (forced or "").strip():
@@ -352,6 +378,7 @@ def log_state_change(
         actor=actor,
         code="agreement-forced" if verified_test is None else "agreement-verified",
         detail=detail,
+        at=at,
     )
 
 

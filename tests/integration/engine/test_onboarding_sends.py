@@ -197,6 +197,34 @@ def test_verified_inactive_needs_a_verified_test_exchange(pair: Pair) -> None:
     assert "test-message" in codes and "agreement-verified" in codes
 
 
+def test_a_new_round_of_testing_needs_a_new_test_exchange(pair: Pair) -> None:
+    testing, suspended = AgreementState.TESTING, AgreementState.SUSPENDED
+    _gp_agreement(pair, testing)
+    old = submit(pair.gp, _note(pair, "D"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) == old
+    # a year on, active then suspended, the partner has a new certificate: back to testing
+    pair.clock.advance(days=400)
+    with pair.gp.store.unit_of_work() as uow:
+        _state(uow, HOSPITAL, testing.value)
+        log_state_change(uow, GP, HOSPITAL, suspended, testing, actor="cli", at=pair.clock())
+        uow.commit()
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) is None
+    pair.clock.advance(minutes=1)
+    new = submit(pair.gp, _note(pair, "D"), actor="t")
+    pair.run()
+    received = next(m for m in pair.inbound_messages(pair.hospital) if m.id != received.id)
+    receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    pair.run()
+    with pair.gp.store.unit_of_work() as uow:
+        assert verified_test_exchange(uow, GP, HOSPITAL) == new
+
+
 def test_a_test_message_from_our_service_verifies_our_organisations_agreement(
     pair: Pair,
 ) -> None:
