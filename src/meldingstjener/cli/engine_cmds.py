@@ -241,8 +241,9 @@ def send(
         bool,
         typer.Option(
             "--test",
-            help="A test message (onboarding step 4): may go to a partner in testing. A MsgHead "
-            "with ProcessingStatus D is one without it; one with P is refused.",
+            help="A test message (onboarding steps 4 and 5): may go to a partner in testing or "
+            "verified-inactive. The MsgHead must say ProcessingStatus D (a MsgHead with D is "
+            "one without --test too); one with P or none is refused, never rewritten.",
         ),
     ] = False,
 ) -> None:

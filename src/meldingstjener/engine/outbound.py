@@ -37,6 +37,7 @@ from meldingstjener.registry.agreements import (
     TEST_MESSAGE_EVENT,
     AgreementState,
     NotAgreed,
+    test_message_detail,
 )
 from meldingstjener.registry.policy import check_agreement
 from meldingstjener.store.payloads import PayloadSource, source_sha256, source_size
@@ -87,10 +88,11 @@ def submit(
     ``answering``: the id of the received message an answer of the server's is for (its
     ``on_stored`` marks that one): the answer continues that message's conversation.
 
-    ``test_message`` (``send --test``): the operator says the message is a test message, as a
-    MsgHead with ProcessingStatus D says itself (see :func:`_is_test_message`). A test message
-    may go to a partner whose agreement is in testing; an answer (``answering``, or a message
-    answering one received from the receiver) also to one in testing or verified-inactive.
+    ``test_message`` (``send --test``): the operator says the message is a test message, which
+    its MsgHead must say itself (ProcessingStatus D, see :func:`_is_test_message`). A test
+    message may go to a partner whose agreement is in testing or verified-inactive, and so may
+    an answer (``answering``, or an AppRec or DIALOG_AVVIK about a message received from the
+    receiver, see :func:`_is_answer`).
     While the agreement is not active such a message is marked so in its log (the events
     ``test-message``, ``answer-in-onboarding``): its sends go on by them, and a test message
     with an Acknowledgment and a positive AppRec verifies the partner
@@ -125,7 +127,7 @@ def submit(
             raise SubmitRejected(code, f"cannot send to {receiver_her}: {exc}") from None
         answered = _answered(uow, message, sender_her, receiver_her, answering)
         conventional = names_for(message.msg_type, answered_type=answered.msg_type)
-        answer = answered.message_id is not None
+        answer = _is_answer(message, answered, test)
         try:
             # the agreement the directory found: our organisation's covers its services
             binding = check_agreement(
@@ -248,7 +250,8 @@ def submit(
             if also_stored is not None:
                 also_stored(uow, row)
             if partner.agreement_state != AgreementState.ACTIVE.value:
-                _mark_onboarding(uow, row, partner.agreement_state, test, answer, now)
+                marks = _onboarding_marks(partner, receiver_her, route.ack_requested, test, answer)
+                _mark_onboarding(uow, row, marks, now)
             committing = True
             uow.commit()
     except IntegrityError:
@@ -354,42 +357,69 @@ def _answered(
     )
 
 
+# Our answers about a received message (receipts): an AppRec, or a DIALOG_AVVIK after a
+# positive AppRec had gone out (``receipts.report_misaddressed``).
+_RECEIPT_TYPES = frozenset({APPREC, "DIALOG_AVVIK"})
+
+
+def _is_answer(message: Fagmelding, answered: _Answered, test: bool) -> bool:
+    """Whether ``message`` goes as an answer while the agreement is testing or
+    verified-inactive: it answers a message received from the partner (``answered``) and is a
+    receipt of ours about it, or is itself a test message. Any other message that refers to
+    one received (a production dialog note with a RefToParent) is a production message and
+    waits for the agreement to be active like any other."""
+    if answered.message_id is None:
+        return False
+    return message.msg_type in _RECEIPT_TYPES or test
+
+
 def _is_test_message(message: Fagmelding, *, declared: bool) -> bool:
     """Whether ``message`` is a test message: its MsgHead says so (MsgInfo/ProcessingStatus
-    V="D", Debugging, as the samsvar test messages do), or the operator does (``declared``,
-    ``send --test``). A message whose MsgHead says production (V="P") is refused with
-    ``--test``: it would reach the partner claiming to be production, and the MsgHead is the
-    EPJ's (signed) document, which is not rewritten here."""
+    V="D", Debugging, as the samsvar test messages do). ``declared`` (``send --test``) asks that
+    it does: a message the operator sends as a test whose MsgHead says production (V="P") or
+    nothing is refused, for only the document tells the partner it is a test (its EPJ may
+    import one without ProcessingStatus D as production), and the MsgHead is the EPJ's
+    (signed) document, which is not rewritten here."""
     head = message.report.msghead
     status = head.msg_info.processing_status if head is not None else None
     code = status.v if status is not None else None
-    if declared and code == "P":
+    if declared and code != "D":
+        production = code == "P"
         raise SubmitRejected(
-            "test-message-in-production",
-            "the message is sent as a test message but its MsgHead says it is production "
-            "(ProcessingStatus P); set ProcessingStatus D in the EPJ, or send it without "
-            "--test; nothing was sent",
+            "test-message-in-production" if production else "test-message-not-marked",
+            "the message is sent as a test message but its MsgHead "
+            + ("says it is production (ProcessingStatus P)" if production else "does not say so")
+            + "; set ProcessingStatus D in the EPJ, or send it without --test; nothing was sent",
         )
-    return declared or code == "D"
+    return code == "D"
+
+
+def _onboarding_marks(
+    partner: Partner, their_her_id: str, ack_requested: bool, test: bool, answer: bool
+) -> list[tuple[str, str]]:
+    """The (code, detail) marks of a message sent while the agreement is not active: a test
+    message's names the agreement it goes under (``partner.our_her_id``, our organisation's
+    for a service without one of its own) and whether it asks for an Acknowledgment."""
+    state = partner.agreement_state
+    marks: list[tuple[str, str]] = []
+    if test:
+        detail = test_message_detail(
+            partner.our_her_id, their_her_id, state, ack_requested=ack_requested
+        )
+        marks.append((TEST_MESSAGE_EVENT, detail))
+    if answer:
+        marks.append((ANSWER_EVENT, f"sent as an answer while the partner agreement is {state}"))
+    return marks
 
 
 def _mark_onboarding(
-    uow: UnitOfWork, row: MessageRow, state: str, test: bool, answer: bool, now: datetime
+    uow: UnitOfWork, row: MessageRow, marks: list[tuple[str, str]], now: datetime
 ) -> None:
-    """Mark in the message's log why it may go while the agreement is ``state`` (not active):
-    each send reads the marks again (``transmit._refusal``), and a marked test message that
-    got its receipts verifies the partner (``agreements.verified_test_exchange``)."""
-    marks = ((test, TEST_MESSAGE_EVENT, "a test message"), (answer, ANSWER_EVENT, "an answer"))
-    for applies, code, what in marks:
-        if applies:
-            uow.events.record(
-                row.id,
-                EventKind.NOTE,
-                actor="msh",
-                code=code,
-                detail=f"sent as {what} while the partner agreement is {state}",
-                at=now,
-            )
+    """Mark in the message's log why it may go while the agreement is not active: each send
+    reads the marks again (``transmit._refusal``), and a marked test message that got its
+    receipts verifies the partner (``agreements.verified_test_exchange``)."""
+    for code, detail in marks:
+        uow.events.record(row.id, EventKind.NOTE, actor="msh", code=code, detail=detail, at=now)
 
 
 def _version_of(message: Fagmelding) -> str | None:

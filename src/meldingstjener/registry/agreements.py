@@ -7,8 +7,8 @@ state follows the regional routine for connecting partners: ordered -> testing -
 verified-inactive -> active, with suspended as a pause from active and ended (terminal) reachable
 from every state.
 
-:func:`send_decision` is the one rule of what a state lets through (test messages in testing,
-answers in testing and verified-inactive, everything when active), holds (production messages of
+:func:`send_decision` is the one rule of what a state lets through (test messages and answers
+in testing and verified-inactive, everything when active), holds (production messages of
 an agreement that exists and has not ended) or gives up (ended). :func:`check_send` refuses, with
 :class:`NotAgreed` (stable code, readable message), a message type or version that is not agreed
 or a message the state does not let through; :func:`check_state_change` refuses a step off the
@@ -52,6 +52,7 @@ __all__ = [
     "negotiate_version",
     "resolve_terms",
     "send_decision",
+    "test_message_detail",
     "verified_test_exchange",
 ]
 
@@ -86,9 +87,10 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
     """What an agreement in ``state`` does with a message: the one rule submit (which refuses
     all but "send") and every send of a queued message (which holds or gives up) follow.
 
-    Active sends everything. Testing sends test messages (MsgHead ProcessingStatus D, or ``send
-    --test``) and answers (our AppRec, a message answering one received from the partner: a
-    partner's test waits for them); verified-inactive sends answers. Any other message of an
+    Active sends everything. Testing and verified-inactive send test messages (MsgHead
+    ProcessingStatus D: step 4 of the routine, and step 5 on the activation
+    date) and answers (our AppRec or DIALOG_AVVIK about a message received from the partner: a
+    partner's test waits for them). Any other message of an
     agreement that exists and has not ended (ordered, testing, verified-inactive, suspended) is
     held: the state is the operator's and may move on (a new certificate is tested, a
     suspension lifted), and PersistDuration still caps the wait. Ended gives up at once."""
@@ -98,7 +100,9 @@ def send_decision(state: AgreementState, *, test_message: bool, answer: bool) ->
         return "give-up"
     if answer and state in (_S.TESTING, _S.VERIFIED_INACTIVE):
         return "send"
-    if test_message and state is _S.TESTING:
+    # step 5 of the routine sends a test message while verified-inactive, on the activation
+    # date, before the service is switched on
+    if test_message and state in (_S.TESTING, _S.VERIFIED_INACTIVE):
         return "send"
     return "hold"
 
@@ -239,39 +243,69 @@ def check_state_change(
             "test-not-verified",
             f"a partner agreement cannot go from testing to {new.value} before a test message "
             "to the partner has got an Acknowledgment and a positive AppRec (status 1); send "
-            "one (a MsgHead with ProcessingStatus D, or 'send --test'), or force the change "
+            "one (a MsgHead with ProcessingStatus D), or force the change "
             "with the reason why",
         )
     return new
 
 
 def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) -> str | None:
-    """The id of the last outbound test message from ``our_her_id`` to ``their_her_id`` that
-    got an Acknowledgment and a positive AppRec (status 1, apprec-ok), or None.
+    """The id of the last outbound test message under the agreement of ``our_her_id`` with
+    ``their_her_id`` that got an Acknowledgment and a positive AppRec (status 1, apprec-ok),
+    or None. One sent without AckRequested (the CPA's ackRequested never) gets no
+    Acknowledgment: its positive AppRec alone verifies it.
+
+    Only a test message created after the agreement last entered testing counts (the entry
+    :func:`log_state_change` records): one sent back to testing (a new certificate) is tested
+    anew, not let out on a test from an earlier round.
 
     A test message is one submit marked so (the event ``test-message``, see
-    ``engine.outbound``)."""
-    from sqlalchemy import select
+    ``engine.outbound``), naming the agreement it went under (:func:`test_message_detail`): a
+    message from one of our services goes under our organisation's agreement when the service
+    has none of its own. A mark from before the agreement was named counts for the sender's
+    HER-id."""
+    from sqlalchemy import and_, func, not_, or_, select, true
 
     from meldingstjener.model import Direction, OutboundStatus
     from meldingstjener.store.tables import EventRow, MessageRow, ReceiptRow
 
     uow.events.write_pending()
+    under = _agreement_key(our_her_id, their_her_id) + ": "
     acknowledged = select(ReceiptRow.id).where(
         ReceiptRow.message_id == MessageRow.id, ReceiptRow.kind == "acknowledgment"
     )
-    marked = select(EventRow.id).where(
+    marks = select(EventRow.id).where(
         EventRow.message_id == MessageRow.id, EventRow.code == TEST_MESSAGE_EVENT
     )
+    marked = marks.where(
+        or_(
+            EventRow.detail.startswith(under, autoescape=True),
+            and_(
+                not_(EventRow.detail.startswith("agreement ")),
+                MessageRow.from_her_id == str(our_her_id),
+            ),
+        )
+    )
+    without_ack = marks.where(EventRow.detail.startswith(under + _WITHOUT_ACK, autoescape=True))
+    entered_testing = uow.session.scalar(
+        select(func.max(EventRow.at)).where(
+            EventRow.message_id.is_(None),
+            EventRow.code == ENTERED_TESTING_EVENT,
+            EventRow.detail.startswith(
+                _agreement_key(our_her_id, their_her_id) + " from ", autoescape=True
+            ),
+        )
+    )
+    this_round = true() if entered_testing is None else MessageRow.created_at > entered_testing
     found = uow.session.scalars(
         select(MessageRow.id)
         .where(
             MessageRow.direction == Direction.OUTBOUND.value,
-            MessageRow.from_her_id == str(our_her_id),
             MessageRow.to_her_id == str(their_her_id),
             MessageRow.status == OutboundStatus.APPREC_OK.value,
-            acknowledged.exists(),
+            or_(acknowledged.exists(), without_ack.exists()),
             marked.exists(),
+            this_round,
         )
         .order_by(MessageRow.created_at.desc())
         .limit(1)
@@ -279,10 +313,30 @@ def verified_test_exchange(uow: UnitOfWork, our_her_id: str, their_her_id: str) 
     return None if found is None else str(found)
 
 
+def _agreement_key(our_her_id: str, their_her_id: str) -> str:
+    """How the message log names one agreement (its test messages, its state changes)."""
+    return f"agreement {our_her_id} -> {their_her_id}"
+
+
+_WITHOUT_ACK = "sent as a test message without AckRequested"
+
+
+def test_message_detail(
+    our_her_id: str, their_her_id: str, state: str, *, ack_requested: bool
+) -> str:
+    """The detail of the ``test-message`` mark submit writes: the agreement the message went
+    under (our HER-id in it may be our organisation's for a message from one of its services)
+    and whether it asked for an Acknowledgment, which :func:`verified_test_exchange` reads."""
+    sent = _WITHOUT_ACK if not ack_requested else "sent as a test message"
+    return f"{_agreement_key(our_her_id, their_her_id)}: {sent} while it is {state}"
+
+
 # The message-log code that marks an outbound message as a test message (set by submit).
 TEST_MESSAGE_EVENT = "test-message"
 # ... and as an answer sent while the agreement was not active (so a queued one goes on).
 ANSWER_EVENT = "answer-in-onboarding"
+# The agreement entry (no message) of an agreement entering testing: a new round of tests.
+ENTERED_TESTING_EVENT = "agreement-testing"
 
 
 def log_state_change(
@@ -295,14 +349,23 @@ def log_state_change(
     actor: str,
     verified_test: str | None = None,
     forced: str | None = None,
+    at: datetime | None = None,
 ) -> None:
     """Record a state change the routine asks evidence for in the message log: on the verified
-    test message's own log, or, forced, as an agreement entry with the operator's words."""
+    test message's own log, or, forced, as an agreement entry with the operator's words. An
+    agreement entering testing is recorded too (an agreement entry): only test messages after
+    it verify the agreement (:func:`verified_test_exchange`)."""
     from meldingstjener.store.uow import EventKind
 
+    step = f"{_agreement_key(our_her_id, their_her_id)} from {current.value} to {new.value}"
+    if new is _S.TESTING and current is not _S.TESTING:
+        detail = f"{step}: a new round of testing"
+        uow.events.record(
+            None, EventKind.NOTE, actor=actor, code=ENTERED_TESTING_EVENT, detail=detail, at=at
+        )
+        return
     if not _needs_evidence(current, new):
         return
-    step = f"agreement {our_her_id} -> {their_her_id} from {current.value} to {new.value}"
     if verified_test is not None:
         detail = f"{step}: verified by this test message"
     elif (forced or "").strip():
@@ -315,6 +378,7 @@ def log_state_change(
         actor=actor,
         code="agreement-forced" if verified_test is None else "agreement-verified",
         detail=detail,
+        at=at,
     )
 
 
@@ -376,9 +440,10 @@ def check_send(
     return the agreed binding it goes by (None for an agreement without bindings: register
     terms and configured partners, whose envelope follows the NHN convention).
 
-    Ordinary messages need an active agreement; ``test_message`` also allows the testing state
-    (the routine sends test messages one week before activation), ``answer`` (our AppRec, an
-    answer to a message received from the partner) testing and verified-inactive: see
+    Ordinary messages need an active agreement; ``test_message`` (the routine sends test
+    messages one week before activation, and on the activation date) and ``answer`` (our
+    AppRec or DIALOG_AVVIK about a message received from the partner) also allow testing and
+    verified-inactive: see
     :func:`send_decision`. For an agreement with
     bindings (a CPA's or CPP's) the binding is chosen by :func:`choose_binding` from the
     document's ``namespaces`` and the rest; a binding its namespace chose needs no version
@@ -473,9 +538,10 @@ def _check_state(agreement: PartnerAgreement, test_message: bool, answer: bool) 
         hint = {
             AgreementState.ORDERED: "it is ordered but not yet tested; activate it before sending",
             AgreementState.TESTING: "it is in testing: only test messages (MsgHead "
-            "ProcessingStatus D, or 'send --test') and answers may be sent",
+            "ProcessingStatus D) and answers may be sent",
             AgreementState.VERIFIED_INACTIVE: "it is verified but waits for its activation "
-            "date: only answers may be sent; activate it before sending",
+            "date: only test messages (MsgHead ProcessingStatus D) and "
+            "answers may be sent; activate it before sending",
             AgreementState.SUSPENDED: "it is suspended; resume it before sending",
             AgreementState.ENDED: "it has ended; nothing more is sent to it",
         }.get(agreement.state, agreement.state.value)

@@ -92,11 +92,13 @@ def test_inactive_agreement_refuses_everything(state: AgreementState) -> None:
     assert caught.value.code == "agreement-not-active"
 
 
-def test_testing_state_allows_only_test_messages() -> None:
-    testing = _agreement(state=AgreementState.TESTING)
-    check_send(testing, "EPIKRISE", "1.2", test_message=True)
+@pytest.mark.parametrize("state", [AgreementState.TESTING, AgreementState.VERIFIED_INACTIVE])
+def test_testing_and_verified_inactive_allow_only_test_messages(state: AgreementState) -> None:
+    # verified-inactive: step 5 of the routine, a test message on the activation date
+    onboarding = _agreement(state=state)
+    check_send(onboarding, "EPIKRISE", "1.2", test_message=True)
     with pytest.raises(NotAgreed, match="only test messages"):
-        check_send(testing, "EPIKRISE", "1.2")
+        check_send(onboarding, "EPIKRISE", "1.2")
 
 
 def test_expired_agreement_is_refused() -> None:
