@@ -30,13 +30,13 @@ from meldingstjener.cli.helseid_options import (
 )
 
 if TYPE_CHECKING:
-    from meldingstjener.registry.agreements import AgreementState, PartnerAgreement
+    from meldingstjener.registry.agreements import PartnerAgreement
     from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.registry.cppa_model import CollaborationProtocol
     from meldingstjener.registry.parties import CommunicationParty
     from meldingstjener.registry.sync import SyncReport
     from meldingstjener.registry.terms import AgreedMessage, AgreementTerms
-    from meldingstjener.store.uow import Store, UnitOfWork
+    from meldingstjener.store.uow import Store
 
 ar_app = typer.Typer(help="The local copy of the address register (Adresseregisteret).")
 partners_app = typer.Typer(help="Partner agreements: what we have agreed with each counterparty.")
@@ -962,34 +962,32 @@ def partners_set(
                 raise typer.BadParameter(
                     f"{state!r} is not a state", param_hint="--state"
                 ) from None
-            if agreement.state is AgreementState.ENDED and new_state is AgreementState.ORDERED:
-                changed = _reopen_ended(uow, ours, her_id, force)
-            else:
-                # leaving testing asks for a test message that got its Acknowledgment and a
-                # positive AppRec, or the operator's words why not (--force), kept in the log
-                evidence = verified_test_exchange(uow, ours, her_id)
-                try:
-                    changed = check_state_change(
-                        agreement.state, new_state, verified_test=evidence, forced=force
-                    )
-                except NotAgreed as exc:
-                    reopen = (
-                        f"; an agreement ended by mistake starts the routine again with "
-                        f"'partners set {her_id} --state ordered --force REASON'"
-                        if agreement.state is AgreementState.ENDED
-                        else ""
-                    )
-                    raise _fail(exc.code, f"{exc}{reopen}") from None
-                log_state_change(
-                    uow,
-                    ours,
-                    her_id,
-                    agreement.state,
-                    changed,
-                    actor="cli:partners",
-                    verified_test=evidence,
-                    forced=force,
+            # leaving testing asks for a test message that got its Acknowledgment and a
+            # positive AppRec, leaving ended the operator's words (--force), kept in the log
+            evidence = verified_test_exchange(uow, ours, her_id)
+            try:
+                changed = check_state_change(
+                    agreement.state, new_state, verified_test=evidence, forced=force
                 )
+            except NotAgreed as exc:
+                reopen = (
+                    f"; an agreement ended by mistake starts the routine again with "
+                    f"'partners set {her_id} --state ordered --force REASON'"
+                    if agreement.state is AgreementState.ENDED
+                    and new_state is not AgreementState.ORDERED
+                    else ""
+                )
+                raise _fail(exc.code, f"{exc}{reopen}") from None
+            log_state_change(
+                uow,
+                ours,
+                her_id,
+                agreement.state,
+                changed,
+                actor="cli:partners",
+                verified_test=evidence,
+                forced=force,
+            )
             agreement = replace(agreement, state=changed)
         agreement = _with_overrides(
             agreement, _parse_message_types(message_type), channel, endpoint
@@ -1021,35 +1019,6 @@ def partners_set(
         _echo_json(agreement_summary(agreement))
     else:
         typer.echo(f"agreement with {her_id} is {agreement.state.value}")
-
-
-def _reopen_ended(uow: UnitOfWork, ours: str, her_id: str, force: str | None) -> AgreementState:
-    """Ordered again for an agreement that has ended, only forced with the operator's words,
-    kept in the message log (``agreement-forced``, as a forced step off testing is).
-
-    To the routine ended is final (``registry.agreements.check_state_change`` allows no step
-    from it; a message of an ended agreement is given up at once), and ``partners add`` refuses
-    a pair that has an agreement: without this an ``--state ended`` set by mistake cut the
-    partner off for good, AppRecs included. Ordered starts the routine again from its
-    beginning, so every later step asks its evidence anew."""
-    from meldingstjener.registry.agreements import AgreementState
-    from meldingstjener.store.uow import EventKind
-
-    reason = (force or "").strip()
-    if not reason:
-        raise _fail(
-            "illegal-state-change",
-            "a partner agreement that has ended goes back to ordered only forced, with the "
-            f"reason why: 'partners set {her_id} --state ordered --force REASON'",
-        )
-    uow.events.record(
-        None,
-        EventKind.NOTE,
-        actor="cli:partners",
-        code="agreement-forced",
-        detail=f"agreement {ours} -> {her_id} from ended to ordered forced: {reason}",
-    )
-    return AgreementState.ORDERED
 
 
 def _terms_changes(before: PartnerAgreement, after: PartnerAgreement) -> list[str]:

@@ -4,8 +4,8 @@ outbound pipeline passes every message through.
 A :class:`PartnerAgreement` is built from :class:`AgreementTerms` (CPA, CPP or address register,
 see :func:`resolve_terms`) plus what only we know: the onboarding state and the contacts. The
 state follows the regional routine for connecting partners: ordered -> testing ->
-verified-inactive -> active, with suspended as a pause from active and ended (terminal) reachable
-from every state.
+verified-inactive -> active, with suspended as a pause from active and ended reachable from
+every state (and left only forced, back to ordered: an agreement ended by mistake).
 
 :func:`send_decision` is the one rule of what a state lets through (test messages and answers
 in testing and verified-inactive, everything when active), holds (production messages of
@@ -70,15 +70,19 @@ _S = AgreementState
 # The onboarding routine: test messages go out in "testing"; after a verified test the service
 # is switched off ("verified-inactive") until the activation date. Suspension is reversible, and
 # a suspended or verified partner can be sent back to testing after a change (new certificate).
-# Ended (a cancelled order, a partner that leaves) is reachable from every state and final.
+# Ended (a cancelled order, a partner that leaves) is reachable from every state; it is left
+# only forced, with the operator's words, back to ordered, the routine's beginning (ended by
+# mistake, a partner would else be cut off for good: `partners add` refuses a pair that has one).
 _NEXT_STATES: dict[AgreementState, frozenset[AgreementState]] = {
     _S.ORDERED: frozenset({_S.TESTING, _S.ENDED}),
     _S.TESTING: frozenset({_S.VERIFIED_INACTIVE, _S.ORDERED, _S.ENDED}),
     _S.VERIFIED_INACTIVE: frozenset({_S.ACTIVE, _S.TESTING, _S.ENDED}),
     _S.ACTIVE: frozenset({_S.SUSPENDED, _S.ENDED}),
     _S.SUSPENDED: frozenset({_S.ACTIVE, _S.TESTING, _S.ENDED}),
-    _S.ENDED: frozenset(),
+    _S.ENDED: frozenset({_S.ORDERED}),
 }
+# the steps taken only forced, whatever the evidence
+_FORCED_ONLY = frozenset({(_S.ENDED, _S.ORDERED)})
 
 SendDecision = Literal["send", "hold", "give-up"]
 
@@ -238,6 +242,12 @@ def check_state_change(
             f"a partner agreement cannot go from {current.value} to {new.value} "
             f"(allowed from {current.value}: {allowed})",
         )
+    if (current, new) in _FORCED_ONLY and not (forced or "").strip():
+        raise NotAgreed(
+            "illegal-state-change",
+            f"a partner agreement that has {current.value} goes back to {new.value} only "
+            "forced, with the reason why (partners set HER_ID --state ordered --force REASON)",
+        )
     if _needs_evidence(current, new) and verified_test is None and not (forced or "").strip():
         raise NotAgreed(
             "test-not-verified",
@@ -364,9 +374,12 @@ def log_state_change(
             None, EventKind.NOTE, actor=actor, code=ENTERED_TESTING_EVENT, detail=detail, at=at
         )
         return
-    if not _needs_evidence(current, new):
+    if (current, new) in _FORCED_ONLY:
+        verified_test = None  # no test stands for such a step: the operator's words do
+        detail = f"{step} forced: {(forced or '').strip()}"
+    elif not _needs_evidence(current, new):
         return
-    if verified_test is not None:
+    elif verified_test is not None:
         detail = f"{step}: verified by this test message"
     elif (forced or "").strip():
         detail = f"{step} forced without a verified test exchange: {(forced or '').strip()}"

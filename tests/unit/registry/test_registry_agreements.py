@@ -335,11 +335,16 @@ def test_leaving_testing_needs_a_verified_test_or_the_operators_words() -> None:
     assert check_state_change(testing, verified, forced="tested by phone") is verified
 
 
-def test_ended_is_reachable_from_every_state_and_final() -> None:
+def test_ended_is_reachable_from_every_state_and_left_only_forced_to_ordered() -> None:
     for state in AgreementState:
         if state is not AgreementState.ENDED:
             assert check_state_change(state, AgreementState.ENDED) is AgreementState.ENDED
-        with pytest.raises(NotAgreed, match="allowed from ended: none"):
-            check_state_change(AgreementState.ENDED, state, forced="words")
+        if state is not AgreementState.ORDERED:
+            with pytest.raises(NotAgreed, match="allowed from ended: ordered"):
+                check_state_change(AgreementState.ENDED, state, forced="words")
+    with pytest.raises(NotAgreed, match="only forced"):  # ended by mistake: the words why
+        check_state_change(AgreementState.ENDED, AgreementState.ORDERED, forced=" ")
+    reopened = check_state_change(AgreementState.ENDED, AgreementState.ORDERED, forced="words")
+    assert reopened is AgreementState.ORDERED
     with pytest.raises(NotAgreed, match="has ended"):
         check_send(_agreement(state=AgreementState.ENDED), "EPIKRISE", "1.2", answer=True)
