@@ -432,12 +432,11 @@ def test_inbox_files_the_epj_took_before_a_crash_was_recorded_are_not_written_ag
     assert names == sorted([f"{m.id}.xml" for m in received] + [f"{m.id}.json" for m in received])
 
 
-def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
-    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The process dies when the files are written under their temporary names and recorded as
-    # such, before they are renamed into place; the server is back a day later. The sweep of
-    # temporaries a crash left must not take these: they are the message's files.
+def _staged_then_killed(
+    pair: Pair, inbox: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> MessageRow:
+    """A note received by the hospital, its inbox files staged (written under temporary names
+    and recorded so) when the process dies, before they are renamed into place."""
     from meldingstjener.integration import folder
 
     class Killed(BaseException):
@@ -446,14 +445,24 @@ def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
     def killed(*_: object, **__: object) -> None:
         raise Killed()
 
-    inbox = tmp_path / "inn"
-    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Etter helga"), actor="t")
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, text), actor="t")
     pair.run()
     [received] = pair.inbound_messages(pair.hospital)
     with monkeypatch.context() as patched:
         patched.setattr(folder, "publish", killed)
         with pytest.raises(Killed):
             FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    return received
+
+
+def test_inbox_files_staged_before_a_long_outage_are_put_in_place(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process dies when the files are written under their temporary names and recorded as
+    # such, before they are renamed into place; the server is back a day later. The sweep of
+    # temporaries a crash left must not take these: they are the message's files.
+    inbox = tmp_path / "inn"
+    received = _staged_then_killed(pair, inbox, "Etter helga", monkeypatch)
     temporaries = list(inbox.iterdir())
     assert len(temporaries) == 2 and all(t.name.endswith(".tmp") for t in temporaries)
     a_day_ago = time.time() - 86400
@@ -473,22 +482,8 @@ def test_a_staging_row_that_names_no_temporaries_is_written_anew(
     # Staged, then the row lost the temporaries' names (an earlier migration 0020 going down
     # and up again kept the row, not its staged_as): nothing can be put in place, and the
     # message is written anew instead of waiting, acknowledged, for ever.
-    from meldingstjener.integration import folder
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*_: object, **__: object) -> None:
-        raise Killed()
-
     inbox = tmp_path / "inn"
-    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Ned og opp"), actor="t")
-    pair.run()
-    [received] = pair.inbound_messages(pair.hospital)
-    with monkeypatch.context() as patched:
-        patched.setattr(folder, "publish", killed)
-        with pytest.raises(Killed):
-            FolderIntegration(pair.hospital, FolderSettings(inbox_dir=inbox)).inbox_once()
+    received = _staged_then_killed(pair, inbox, "Ned og opp", monkeypatch)
     with pair.hospital.store.unit_of_work() as uow:
         uow.session.execute(update(FolderFileRow).values(staged_as=None))
         uow.commit()
