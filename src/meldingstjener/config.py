@@ -240,6 +240,10 @@ class PartnerSettings(_Section):
         return None if value is None else _her_id(value)
 
 
+# what a [[partners]] table says of the party itself, stored once per partner HER-id
+_PARTY_KEYS = ("organisation_her_id", "signing_cert", "encryption_cert")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
@@ -506,8 +510,11 @@ class Settings(BaseSettings):
         # The store keeps one agreement per (our HER-id, partner) and one party per HER-id: a
         # second table for the pair (a copy-paste, the old address left in) silently won, and
         # a partner with one of our own HER-ids would overwrite our own party.
+        # One partner under two HER-ids of ours is two tables, but the party (its certificates,
+        # its organisation) is stored once: tables that disagree on it had the last one win.
         own = set(self.identity.her_ids)
         first: dict[tuple[str | None, str], int] = {}
+        party_of: dict[str, int] = {}
         for number, partner in enumerate(self.partners):
             if partner.her_id in own:
                 raise ValueError(
@@ -520,6 +527,14 @@ class Settings(BaseSettings):
                     f"partners[{number}].her_id: {partner.her_id} is also partners[{first[pair]}]"
                 )
             first[pair] = number
+            earlier = party_of.setdefault(partner.her_id, number)
+            for key in _PARTY_KEYS:
+                if getattr(partner, key) != getattr(self.partners[earlier], key):
+                    raise ValueError(
+                        f"partners[{number}].{key}: partner {partner.her_id} is also "
+                        f"partners[{earlier}], with another {key}; the party is one, whichever "
+                        "HER-id of ours it is a partner of"
+                    )
         return self
 
     def our_her_id_for(self, partner: PartnerSettings) -> str | None:

@@ -306,6 +306,11 @@ def test_a_partner_is_configured_once_and_is_not_one_of_us(tmp_path: Path) -> No
     # one partner for each of two HER-ids of ours is two agreements
     config.write_text(identity + _partner("8200002", new) + _partner("8200002", new, "8100002"))
     assert len(load_settings(config).partners) == 2
+    # of one party, though: an old certificate left in one of the tables was the last one's
+    stale = _partner("8200002", new, "8100002").replace('"e.pem"', '"e-2025.pem"')
+    config.write_text(identity + _partner("8200002", new) + stale)
+    with pytest.raises(ConfigError, match=r"partners\[1\]\.encryption_cert: partner 8200002 is"):
+        load_settings(config)
     for ours in ("8100001", "8100002"):
         config.write_text(identity + _partner("8200002", new) + _partner(ours, new))
         with pytest.raises(ConfigError, match=rf"partners\[1\]\.her_id: {ours} is one of our own"):
