@@ -230,6 +230,7 @@ class AlertRow(Base):
     __table_args__ = (
         Index("ix_alerts_open", "resolved_at", "acknowledged_at"),
         Index("ix_alerts_changed", "changed_at", "id"),
+        Index("ix_alerts_message", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
