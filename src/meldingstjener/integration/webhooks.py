@@ -227,6 +227,11 @@ class WebhookDispatcher:
                 self._collect_alerts(uow, hooks)
                 uow.commit()
                 return 0
+            # Settled first, then read: on PostgreSQL each statement sees what has committed
+            # by its start, so an event committed between the two would be counted settled
+            # by a later look and never read by an earlier one (skipped for good). Read after,
+            # everything settled is seen; what commits meanwhile lies beyond it.
+            settled = self._settled_up_to(uow, cursor)
             rows = uow.session.execute(
                 select(EventRow, MessageRow)
                 .join(MessageRow, EventRow.message_id == MessageRow.id)
@@ -237,7 +242,6 @@ class WebhookDispatcher:
             for event, message in rows:
                 # idempotent: an event seen again (behind a gap) finds its delivery made
                 made += self._fan_out(uow, hooks, *_message_news(event, message))
-            settled = self._settled_up_to(uow, cursor)
             if len(rows) == EVENT_BATCH:  # more news than one round takes: continue after it
                 settled = min(settled, rows[-1][0].id)
             if settled != cursor:

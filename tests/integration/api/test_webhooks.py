@@ -1353,3 +1353,38 @@ def test_one_clients_many_slow_webhooks_do_not_hold_up_another_clients(
         slow.server.shutdown()
         other.server.shutdown()
     assert len(slow.calls) == settings.parallel_webhooks + 2
+
+
+def test_an_event_committed_while_a_round_reads_the_log_is_announced(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # PostgreSQL (READ COMMITTED) gives each statement of a round a view of its own: an event
+    # committed between the round's reading of the news and its moving of the cursor was
+    # passed by the cursor without being read, and never announced.
+    pair = api_pair.pair
+    database = pair.hospital.store.database
+    if not database.is_postgresql:
+        pytest.skip("SQLite: a round's statements read one snapshot; nothing commits between")
+    dispatcher, _, first, second = _two_received_with_a_clock(api_pair, receiver)
+    late = _remove_event(api_pair, second.id)  # committed while the next round reads the news
+    inserted: list[int] = []
+
+    def commit_the_late_event(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if inserted or not statement.lstrip().startswith("SELECT message_events.id"):
+            return
+        if "JOIN messages" not in statement:
+            return
+        with pair.hospital.store.unit_of_work() as uow:
+            uow.session.add(EventRow(**late))
+            uow.commit()
+        inserted.append(late["id"])  # type: ignore[arg-type]
+
+    sqlalchemy.event.listen(database.engine, "after_cursor_execute", commit_the_late_event)
+    try:
+        dispatcher.run_once()
+    finally:
+        sqlalchemy.event.remove(database.engine, "after_cursor_execute", commit_the_late_event)
+    assert inserted == [second.id]
+    dispatcher.run_once()
+    announced = sorted(json.loads(body)["messageId"] for _, body in receiver.calls)
+    assert announced == sorted([str(first.message_id), str(second.message_id)])
