@@ -103,7 +103,7 @@ def _source(keys: KeySettings, prefix: str) -> KeySource | None:
     pkcs12: Path | None = getattr(keys, f"{prefix}_pkcs12")
     key: Path | None = getattr(keys, f"{prefix}_key")
     cert: Path | None = getattr(keys, f"{prefix}_cert")
-    password_file, password_env = keys.password_file, keys.password_env
+    password_file, password_env, _ = keys.password_of(prefix)
     if pkcs12 is not None:
         return KeySource.pkcs12(pkcs12, password_file=password_file, password_env=password_env)
     if key is not None and cert is not None:
@@ -124,12 +124,12 @@ def load_own_keys(settings: Settings) -> OwnKeys:
     previous = _source(settings.keys, "previous_encryption")
     if signing is not None and encryption is not None:
         store = KeyStore(
-            signing=_key_pair(signing, "signing", "signing"),
-            encryption=_key_pair(encryption, "encryption", "encryption"),
+            signing=_key_pair(signing, "signing", "signing", settings.keys),
+            encryption=_key_pair(encryption, "encryption", "encryption", settings.keys),
             previous_encryption=(
                 None
                 if previous is None
-                else _key_pair(previous, "previous_encryption", "encryption")
+                else _key_pair(previous, "previous_encryption", "encryption", settings.keys)
             ),
         )
         return OwnKeys(
@@ -161,7 +161,7 @@ def load_own_keys(settings: Settings) -> OwnKeys:
     )
 
 
-def _key_pair(source: KeySource, prefix: str, usage: Usage) -> KeyPair:
+def _key_pair(source: KeySource, prefix: str, usage: Usage, keys: KeySettings) -> KeyPair:
     """One of our key pairs; a file that is missing, unreadable, of another key or locked with
     another password is a configuration error naming the ``[keys]`` key to mend."""
     from meldingstjener.security.keystore import (
@@ -175,15 +175,16 @@ def _key_pair(source: KeySource, prefix: str, usage: Usage) -> KeyPair:
         return load_key_pair(source, usage=usage)
     except KeyStoreError as exc:
         if isinstance(exc, PasswordMissing | WrongPassword):
+            file_setting, env_setting = keys.password_of(prefix).settings
             given = [
                 name
                 for name, value in (
-                    ("password_file", source.password_file),
-                    ("password_env", source.password_env),
+                    (file_setting, source.password_file),
+                    (env_setting, source.password_env),
                 )
                 if value is not None
             ]
-            key = " and ".join(f"keys.{name}" for name in given) or "keys.password_file"
+            key = " and ".join(f"keys.{name}" for name in given) or f"keys.{file_setting}"
         elif source.cert_path is None:
             key = f"keys.{prefix}_pkcs12"
         elif str(source.cert_path) in exc.message:  # the certificate file is the one at fault

@@ -18,7 +18,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -162,18 +162,70 @@ class DatabaseSettings(_Section):
         return value
 
 
+# the key sources of [keys], each named by the prefix of its settings
+KEY_SOURCES = ("signing", "encryption", "previous_encryption")
+
+
+class KeyPassword(NamedTuple):
+    """Where one key's password comes from, and the names of the two settings that say so
+    (for an error to name the one to mend)."""
+
+    file: Path | None
+    env: str | None
+    settings: tuple[str, str]
+
+
 class KeySettings(_Section):
+    """Our key pairs. ``password_file``/``password_env`` serve every key; a key with a
+    password of its own (the previous encryption key during a renewal, which brings a new
+    PKCS#12 password) names it by ``<key>_password_file`` or ``<key>_password_env``."""
+
     signing_pkcs12: Path | None = None
     signing_key: Path | None = None
     signing_cert: Path | None = None
+    signing_password_file: Path | None = None
+    signing_password_env: str | None = None
     encryption_pkcs12: Path | None = None
     encryption_key: Path | None = None
     encryption_cert: Path | None = None
+    encryption_password_file: Path | None = None
+    encryption_password_env: str | None = None
     previous_encryption_pkcs12: Path | None = None
     previous_encryption_key: Path | None = None
     previous_encryption_cert: Path | None = None
+    previous_encryption_password_file: Path | None = None
+    previous_encryption_password_env: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _check_passwords(self) -> KeySettings:
+        for prefix in KEY_SOURCES:
+            own_file, own_env = f"{prefix}_password_file", f"{prefix}_password_env"
+            given = [name for name in (own_file, own_env) if getattr(self, name) is not None]
+            if len(given) == 2:
+                raise ValueError(f"keys.{own_file} and keys.{own_env}: give one, not both")
+            named = any(getattr(self, f"{prefix}_{kind}") is not None for kind in ("pkcs12", "key"))
+            if given and not named:
+                # a password left behind (the old key removed, its password not) or meant
+                # for a key of another name: either way not what the operator thinks it is
+                raise ValueError(
+                    f"keys.{given[0]}: there is no {prefix} key (keys.{prefix}_pkcs12 or "
+                    f"keys.{prefix}_key) for it to unlock"
+                )
+        return self
+
+    def password_of(self, prefix: str) -> KeyPassword:
+        """The password source of the key ``prefix`` (one of :data:`KEY_SOURCES`): its own
+        when it has one, else the shared ``password_file``/``password_env``."""
+        own = KeyPassword(
+            getattr(self, f"{prefix}_password_file"),
+            getattr(self, f"{prefix}_password_env"),
+            (f"{prefix}_password_file", f"{prefix}_password_env"),
+        )
+        if own.file is not None or own.env is not None:
+            return own
+        return KeyPassword(self.password_file, self.password_env, ("password_file", "password_env"))
 
 
 class SecuritySettings(_Section):

@@ -2,6 +2,15 @@
 
 Runs at start and then daily (a ``certificate-check`` job). A certificate that has already
 expired, or is not yet valid, is a critical alert: messages signed or encrypted with it fail.
+Both are states that last, looked at every day and at every start: each is told once
+(:func:`~meldingstjener.engine.alerts.keep_alert`), and told again only when its text changes,
+which it does at 7 days and at 1 day before the end (the text names the threshold passed, not
+the days left, which would change daily). A holder (ours, or a partner's, per role) whose
+certificate in use now is another one (renewed: another serial) has its open alerts about the
+one before resolved, and an expiring alert gives way to the invalid one of the same
+certificate. The advice differs: our own is renewed by us ("Renewing our certificates" in the
+README), a partner's only by the partner (the register sync then brings its new one).
+
 The same round looks at each agreement's end (a CPA's End): nothing is sent to the partner
 after it, so it is told 30 days ahead as well (``cpa-expiring``) and resolved once the agreement
 is renewed (``partners set --cpa``, which calls :func:`judge_agreement_end` itself).
@@ -15,7 +24,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from sqlalchemy import select
 
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.agreements import AgreementState
 from meldingstjener.store.tables import AgreementRow, PartyRow
@@ -24,38 +33,71 @@ from meldingstjener.store.uow import ClaimedJob, UnitOfWork
 CERTIFICATE_CHECK = "certificate-check"
 WARN_BEFORE = timedelta(days=30)
 EVERY = timedelta(days=1)
+# the thresholds at which an expiring certificate is told again, nearest last: the alert's text
+# names the one passed (see _expiring_within)
+TELL_AGAIN_WITHIN = (timedelta(days=7), timedelta(days=1))
+_CERTIFICATE_KINDS = (AlertKind.CERTIFICATE_EXPIRING, AlertKind.CERTIFICATE_INVALID)
+
+
+def _expiring_within(left: timedelta) -> str:
+    """The threshold ``left`` has passed, in words: what changes (and is told again) only at
+    30, 7 and 1 day(s) before the end, not every day."""
+    within = WARN_BEFORE
+    for threshold in TELL_AGAIN_WITHIN:
+        if left <= threshold:
+            within = threshold
+    return "within a day" if within <= timedelta(days=1) else f"within {within.days} days"
 
 
 def _judge(
     uow: UnitOfWork, certificate: x509.Certificate, whose: str, her_id: str | None, now: datetime
-) -> int:
+) -> str | None:
+    """Tell the state of the certificate ``whose`` holder uses now (kept: told once, again at a
+    threshold): the dedup key of the alert open for it, or None when it is fine."""
     key = f"{whose}:{certificate.serial_number:x}"
     label = (
         f"{whose} certificate (serial {certificate.serial_number:x}, expires "
         f"{certificate.not_valid_after_utc:%Y-%m-%d})"
     )
+    if her_id is None:
+        renew = "Renew it: see 'Renewing our certificates' in the README."
+    else:
+        renew = (
+            f"Only {her_id} can renew it: ask it to, if it has not. Once it publishes the new "
+            "one in the address register, the register sync brings it here (a partner in "
+            "[[partners]]: install its new certificate there) and this alert is resolved."
+        )
+    left = certificate.not_valid_after_utc - now
     if certificate.not_valid_after_utc <= now or certificate.not_valid_before_utc > now:
-        raise_alert(
-            uow,
-            AlertKind.CERTIFICATE_INVALID,
-            f"the {label} is not valid now: messages using it fail. Renew or replace it.",
-            at=now,
-            partner_her_id=her_id,
-            key=key,
-        )
-        return 1
-    if certificate.not_valid_after_utc - now <= WARN_BEFORE:
-        days = (certificate.not_valid_after_utc - now).days
-        raise_alert(
-            uow,
-            AlertKind.CERTIFICATE_EXPIRING,
-            f"the {label} expires in {days} day(s). Order and install the new one in time.",
-            at=now,
-            partner_her_id=her_id,
-            key=key,
-        )
-        return 1
-    return 0
+        state = "has expired" if certificate.not_valid_after_utc <= now else "is not yet valid"
+        kind = AlertKind.CERTIFICATE_INVALID
+        summary = f"the {label} {state}: messages using it fail. {renew}"
+    elif left <= WARN_BEFORE:
+        kind = AlertKind.CERTIFICATE_EXPIRING
+        summary = f"the {label} expires {_expiring_within(left)}. {renew}"
+    else:
+        kind = None
+    if kind is None:
+        return None
+    keep_alert(uow, kind, summary, at=now, partner_her_id=her_id, key=key)
+    return f"{kind}:{key}"
+
+
+def _resolve_replaced(
+    uow: UnitOfWork, holders: set[str], kept: set[str | None], now: datetime
+) -> None:
+    """Resolve the open certificate alerts of ``holders`` (ours or a partner's, per role) that
+    are not about the state just told (``kept``): a certificate the holder no longer uses
+    (renewed: its key ``whose:serial`` is never judged again), or one's expiring alert once it
+    is invalid. The alerts of other keys under these kinds (``our-decryption:<sender>``, of a
+    message our keys could not decrypt) are not the check's: a holder's key ends in a serial."""
+    stale = [
+        key
+        for key, _ in uow.alerts.open_keys(_CERTIFICATE_KINDS)
+        if key not in kept and key.split(":", 1)[1].rpartition(":")[0] in holders
+    ]
+    if stale:
+        uow.alerts.resolve(*stale, at=now)
 
 
 def judge_agreement_end(uow: UnitOfWork, agreement: AgreementRow, now: datetime) -> int:
@@ -94,17 +136,26 @@ def check_certificates(ctx: EngineContext) -> int:
             "our signing": ctx.keys.signing_certificate,
             "our encryption": ctx.keys.encryption_certificate,
         }
+        # the holders judged and the alert each has open now: the others of these holders
+        # are about certificates no longer in use
+        holders: set[str] = set()
+        kept: set[str | None] = set()
         for whose, certificate in own.items():
-            found += _judge(uow, certificate, whose, None, now)
+            holders.add(whose)
+            kept.add(_judge(uow, certificate, whose, None, now))
         partners = set(uow.session.scalars(select(AgreementRow.counterparty_her_id)))
         for party in uow.session.scalars(select(PartyRow).where(PartyRow.her_id.in_(partners))):
             for role, encoded in (
                 ("signing", party.signing_certificate),
                 ("encryption", party.encryption_certificate),
             ):
+                whose = f"{party.her_id}'s {role}"
+                holders.add(whose)  # one it no longer has is not in use either
                 if encoded:
                     certificate = x509.load_der_x509_certificate(base64.b64decode(encoded))
-                    found += _judge(uow, certificate, f"{party.her_id}'s {role}", party.her_id, now)
+                    kept.add(_judge(uow, certificate, whose, party.her_id, now))
+        _resolve_replaced(uow, holders, kept, now)
+        found += len(kept - {None})
         for agreement in uow.session.scalars(select(AgreementRow)):
             found += judge_agreement_end(uow, agreement, now)
         uow.jobs.schedule(CERTIFICATE_CHECK, now + EVERY, dedup_key=CERTIFICATE_CHECK)

@@ -141,6 +141,13 @@ def load_key_pair(
     if source.cert_path is None and not _looks_like_pem(data):
         pair = _from_pkcs12(data, password, source.key_path)
     else:
+        if source.cert_path is None and b"CERTIFICATE-----" not in data:
+            # a PEM key named where a PKCS#12 file belongs: its certificate is elsewhere, and
+            # whatever the key itself says next (no password needed, a wrong one) points away
+            raise KeyUnreadable(
+                f"{source.key_path} is a PEM key, not a PKCS#12 file: give it as a PEM key "
+                "with its certificate (*_key and *_cert)"
+            )
         pair = _from_pem(data, password, source, made_here=made_here)
     _check_match(pair, source.key_path)
     if usage is not None and not usage_allowed(pair.certificate, usage):
@@ -165,12 +172,35 @@ def _looks_like_pem(data: bytes) -> bool:
     return b"-----BEGIN" in data[:4096]
 
 
+def _looks_like_pkcs12(data: bytes) -> bool:
+    """Whether ``data`` is whole and begins as a PKCS#12 file does (a DER SEQUENCE whose
+    version is 3). OpenSSL says "invalid password or PKCS12 data" alike for a file locked with
+    another password and for one that is cut short or is something else; this tells them
+    apart. An indefinite length (BER, from some older tools) is taken as it comes."""
+    if len(data) < 5 or data[0] != 0x30:
+        return False
+    if data[1] == 0x80:  # indefinite length: no total to compare
+        return data[2:5] == b"\x02\x01\x03"
+    if data[1] < 0x80:
+        header, length = 2, data[1]
+    else:
+        count = data[1] & 0x7F
+        header, length = 2 + count, int.from_bytes(data[2 : 2 + count], "big")
+    return len(data) >= header + length and data[header : header + 3] == b"\x02\x01\x03"
+
+
 def _from_pkcs12(data: bytes, password: bytes | None, path: Path) -> KeyPair:
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password)
     except ValueError as exc:
         text = str(exc).lower()
-        if "password" in text or "mac" in text or "decrypt" in text:
+        locked = "password" in text or "mac" in text or "decrypt" in text
+        if locked and _looks_like_pkcs12(data):
+            if password is None:
+                raise PasswordMissing(
+                    f"the PKCS#12 file {path} is locked with a password; a password is needed "
+                    "(from a file or an environment variable)"
+                ) from None
             raise WrongPassword(f"wrong password for the PKCS#12 file {path}") from None
         raise KeyUnreadable(f"{path} is not a readable PKCS#12 file") from None
     if key is None:
