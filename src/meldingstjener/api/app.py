@@ -176,6 +176,8 @@ def create_app(
                 ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
             )
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
+        except inbound.InboundDeferred as deferred:  # our revocation check, away for a while
+            return Response(f"{deferred.detail}\n", 503, media_type="text/plain")
         except PayloadNotFound as exc:
             # A stored file is missing (our signal, to be repeated to a resend): no resend
             # mends that, and the store is not failing. A fault in the server's data.

@@ -52,6 +52,7 @@ class AlertKind(StrEnum):
     FOLDER_UNSAFE = "folder-unsafe"
     VALIDATION_FAILED = "validation-failed"
     CPA_EXPIRING = "cpa-expiring"
+    REVOCATION_UNKNOWN = "revocation-unknown"
 
 
 SEVERITY = {
@@ -92,6 +93,7 @@ SEVERITY = {
     AlertKind.FOLDER_UNSAFE: "error",
     AlertKind.VALIDATION_FAILED: "error",
     AlertKind.CPA_EXPIRING: "warning",
+    AlertKind.REVOCATION_UNKNOWN: "error",
 }
 
 

@@ -8,7 +8,11 @@ by another message (no padding oracle) -> decrypt -> read the fagmelding and che
 against the envelope -> store payload, message and the signed Acknowledgment in one commit ->
 only then is the Acknowledgment released (in the HTTP response for SyncReply, else by a
 ``send-signal`` job). Every failure becomes the right ebXML MessageError to the sender and an
-event in the log.
+event in the log, but one that is ours and passes: whether the sender's signing certificate is
+revoked could not be found out (``revocation_policy = "hard"``, its CA's CRL and OCSP away from
+us) raises :class:`InboundDeferred`, which ``POST /ebms`` answers 503 for the sender to send
+again, as when the store is away; our ``revocation-unknown`` alert says so, not a refusal of the
+sender.
 """
 
 from __future__ import annotations
@@ -84,6 +88,18 @@ class InboundRefused(Exception):
         self.code = code
         self.detail = detail
         self.sender = sender
+
+
+class InboundDeferred(Exception):
+    """The message cannot be judged now for a cause of ours that passes (whether the sender's
+    signing certificate is revoked could not be found out: its CA's services are away from
+    us). Nothing is stored and nothing refused: the HTTP endpoint answers 503 and the sender
+    sends it again; the mail intake leaves the mail in the mailbox for its next round.
+    ``detail`` says why, without patient data; the event is already in the log."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class _Reject(Exception):
@@ -222,7 +238,7 @@ def _receive_message(
     if duplicate is not None:
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     try:
-        _check(ctx, mime, envelope, root, certificates, keys_used=keys_used)
+        _check(ctx, mime, envelope, root, certificates, channel, keys_used=keys_used)
     except _Reject as reject:
         if not reject.verified:
             return _refuse_unverified(ctx, envelope, reject, channel, certificates)
@@ -395,13 +411,14 @@ def _check(
     envelope: Envelope,
     root: etree._Element,
     certificates: SigningCertificates,
+    channel: str,
     *,
     keys_used: bool,
 ) -> None:
     """What is checked before the payload is opened: signature, TimeToLive, manifest, and that
     the payload's content key has not been used before."""
     header = envelope.header
-    signed = _verify_signature(ctx, mime, envelope, root, certificates)
+    signed = _verify_signature(ctx, mime, envelope, root, certificates, channel)
     expires = header.time_to_live
     if expires is not None and ctx.clock() > expires:
         # ebMS 2.0: a message whose TimeToLive has passed is not delivered (its sender has given
@@ -509,6 +526,7 @@ def _verify_signature(
     envelope: Envelope,
     root: etree._Element,
     certificates: SigningCertificates,
+    channel: str,
 ) -> dict[str, Attachment]:
     """Check that the envelope's signature verifies with the sender's certificate, once that
     has passed the certificate checks: its registered one, or during a rollover the one it
@@ -537,6 +555,23 @@ def _verify_signature(
             reason="its signature did not verify with its sender's certificate",
             verified=False,
         )
+    if signature.problem is not None and signature.problem.revocation_unknown:
+        detail = (
+            "the sender's signing certificate cannot be checked now (whether it is revoked could "
+            "not be found out); send the message again later"
+        )
+        with ctx.store.unit_of_work() as uow:
+            uow.events.record(
+                None,
+                EventKind.NOTE,
+                actor=sender_actor(channel, sender),
+                code="revocation-unknown",
+                detail=f"a message from {sender} was not taken now: {signature.problem}; "
+                "answered for its sender to send it again",
+                ebxml_message_id=envelope.header.message_id,
+            )
+            uow.commit()
+        raise InboundDeferred(detail)
     if signature.problem is not None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
@@ -574,7 +609,7 @@ def _duplicate(
                 reason="its MessageId came from another sender before",
             )
         if not refused:  # our refusal may go again to anyone; our Acknowledgment may not
-            _verify_signature(ctx, mime, envelope, root, certificates)
+            _verify_signature(ctx, mime, envelope, root, certificates, channel)
     except _Reject as reject:
         return _refuse_repeat(ctx, envelope, original, reject, channel, certificates)
     with ctx.store.unit_of_work() as uow:

@@ -476,7 +476,7 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
             "certificate-problem", f"no encryption certificate is known for {partner.her_id}"
         )
     problem = certificate_problem(
-        ctx.validator, partner.encryption_certificate, "encryption", ctx.clock()
+        ctx.validator, partner.encryption_certificate, "encryption", ctx.clock(), store=ctx.store
     )
     if problem is not None:
         raise SubmitRejected(

@@ -14,8 +14,10 @@ here: the EPJ sends the message again). Those give up at once, as an agreement s
 does; an agreement that exists but is not active (ordered, testing, verified-inactive,
 suspended: the operator's state, which moves on) holds a message its state does not let
 through (``agreements.send_decision``), checked again every RetryInterval until
-PersistDuration. A message encrypted to a certificate the receiver has replaced since goes, with
-a note (see :func:`_certificate_refusal`).
+PersistDuration. So does a certificate whose revocation could not be found out under
+``revocation_policy = "hard"`` (the CA's CRL and OCSP away: a state that passes; event
+``revocation-unknown``). A message encrypted to a certificate the receiver has replaced since
+goes, with a note (see :func:`_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -203,25 +205,29 @@ def _binding(agreement: PartnerAgreement | None, view: SendingView) -> AgreedMes
 
 def _certificate_refusal(
     ctx: EngineContext, partner: Partner, view: SendingView, now: datetime
-) -> tuple[str | None, str | None]:
+) -> tuple[tuple[Literal["hold", "give-up"], str] | None, str | None]:
     """Whether the message may go to ``partner`` for the encryption certificate its payload was
-    encrypted to: (the reason to give it up, None) when it may not; (None, a note for the
-    message's events) when it goes although that certificate is no longer the receiver's;
-    (None, None) when it goes. Run with no unit of work open: the validator may fetch CRLs and
-    ask OCSP responders over the network, for seconds, and a unit of work holds SQLite's write
-    lock (or a pooled PostgreSQL connection idle in its transaction) meanwhile.
+    encrypted to: (("give-up", why), None) when it may not; (("hold", why), None) when that
+    cannot be told now; (None, a note for the message's events) when it goes although that
+    certificate is no longer the receiver's; (None, None) when it goes. Run with no unit of
+    work open: the validator may fetch CRLs and ask OCSP responders over the network, for
+    seconds, and a unit of work holds SQLite's write lock (or a pooled PostgreSQL connection
+    idle in its transaction) meanwhile.
 
     The certificate the payload was encrypted to is checked when the party still has it (the
     directory keeps its current encryption certificate only): revoked, expired or otherwise
-    refused gives the message up. One the receiver has replaced since is not known here any
-    more: the message goes (during a rollover the old key normally still decrypts), and a note
-    says so; a receiver that cannot decrypt it answers with a MessageError, which ends it as
-    transport-error. Giving it up instead would lose an AppRec of ours for good (the message it
-    answers cannot be answered again). A message stored before the certificate was recorded
+    refused gives the message up; refused only because whether it is revoked could not be found
+    out (hard policy, the CA's services away) holds it, as a suspended agreement does: the
+    outage may pass before PersistDuration. One the receiver has replaced since is not known
+    here any more, and is not checked: the message goes (during a rollover the old key normally
+    still decrypts), and a note (``encrypted-to-replaced``) says so; a receiver that cannot
+    decrypt it answers with a MessageError, which ends it as transport-error. Giving it up
+    instead would lose an AppRec of ours for good (the message it answers cannot be answered
+    again). A message stored before the certificate was recorded
     (``encrypted_to_sha256`` None) has the receiver's current certificate checked."""
     current = partner.encryption_sha256
     if current is None:
-        return "no encryption certificate is known for the receiver any more", None
+        return ("give-up", "no encryption certificate is known for the receiver any more"), None
     encrypted_to = view.encrypted_to_sha256
     if encrypted_to is not None and encrypted_to != current:
         return None, (
@@ -231,27 +237,46 @@ def _certificate_refusal(
             "rollover: it answers with a MessageError if it cannot decrypt the message"
         )
     assert partner.encryption_certificate is not None
-    problem = certificate_problem(ctx.validator, partner.encryption_certificate, "encryption", now)
+    problem = certificate_problem(
+        ctx.validator, partner.encryption_certificate, "encryption", now, store=ctx.store
+    )
+    if problem is not None and problem.revocation_unknown:
+        return (
+            "hold",
+            f"the receiver's encryption certificate cannot be checked now ({problem})",
+        ), None
     if problem is not None:
         return (
-            f"the receiver's encryption certificate is not acceptable any more ({problem}); the "
-            "message, encrypted to it when it was accepted, is not sent"
+            "give-up",
+            (
+                f"the receiver's encryption certificate is not acceptable any more ({problem}); "
+                "the message, encrypted to it when it was accepted, is not sent"
+            ),
         ), None
     return None, None
 
 
 def _hold(
-    uow: UnitOfWork, job: ClaimedJob, partner: Partner, reason: str, code: str, now: datetime
+    uow: UnitOfWork,
+    job: ClaimedJob,
+    partner: Partner,
+    reason: str,
+    code: str,
+    now: datetime,
+    *,
+    until_then: str = "while it was",
 ) -> None:
     """Keep a message unsent while its agreement holds it (``code``: agreement-suspended, or
-    agreement-not-active for the onboarding states): checked again one RetryInterval later
-    (its attempts and Retries untouched), given up when PersistDuration has passed."""
+    agreement-not-active for the onboarding states), or its receiver's certificate cannot be
+    checked (revocation-unknown): checked again one RetryInterval later (its attempts and
+    Retries untouched), given up when PersistDuration has passed (the reason said, then
+    "PersistDuration ran out", then ``until_then``)."""
     row = uow.messages.get(str(job.message_id), for_update=True)
     assert row is not None
     if row.status not in _SENDABLE:  # acknowledged, given up or sent by another run meanwhile
         uow.jobs.finish_if(job.id, TRANSMIT)
     elif row.expires_at is not None and now >= row.expires_at:
-        _give_up(uow, row, partner.name, f"{reason}, and PersistDuration ran out while it was", now)
+        _give_up(uow, row, partner.name, f"{reason}, and PersistDuration ran out {until_then}", now)
     else:
         due = now + partner.retry_interval
         if row.expires_at is not None:
@@ -315,10 +340,22 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     # so receives and submits are not kept waiting for the database. The job's claim keeps
     # other runs of it off; a give-up or hold below locks the row and reads it again (an
     # Acknowledgment, a MessageError or the operator may have settled it meanwhile).
-    problem, note = _certificate_refusal(ctx, partner, view, now)
-    if problem is not None:
+    refused, note = _certificate_refusal(ctx, partner, view, now)
+    if refused is not None and refused[0] == "give-up":
         with ctx.store.unit_of_work() as uow:
-            _give_up_before_sending(uow, view.id, partner.name, problem, now)
+            _give_up_before_sending(uow, view.id, partner.name, refused[1], now)
+        return None
+    if refused is not None:
+        with ctx.store.unit_of_work() as uow:
+            _hold(
+                uow,
+                job,
+                partner,
+                refused[1],
+                "revocation-unknown",
+                now,
+                until_then="before it could be checked",
+            )
         return None
     if refusal is not None:
         with ctx.store.unit_of_work() as uow:

@@ -11,16 +11,29 @@ download the same CRL, or ask the responder, for every message. When a refetch f
 good CRL from that distribution point still proves a revocation it lists (a revocation never
 ends); past its nextUpdate it proves nothing else. The outcome is GOOD, REVOKED or UNKNOWN;
 what UNKNOWN means (soft or hard fail) is decided by :mod:`validation`.
+
+The timeout is a deadline for the whole request (connecting, sending, the status line, the
+headers and the body), not for each read: a responder that trickles its answer a byte at a time
+is given up on when the time is up. A source (a CRL's URL, an OCSP responder) that gave no
+usable answer is not asked again for ``FAILURE_MEMORY`` (at most ``cache_seconds``): meanwhile
+its failure is the answer at once, so during an outage each check does not wait the whole
+timeout again, for each of a certificate's sources.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import http.client
+import io
+import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +53,11 @@ _MAX_RESPONSE = 20 * 1024 * 1024  # national CA CRLs are large, but not this lar
 # OCSP answers kept at most (one per certificate asked about): a hostile stream of messages
 # signed with ever new certificates must not grow the cache without end
 _OCSP_CACHE_SIZE = 10_000
+# How long a source that failed (could not be reached, timed out, answered no CRL or OCSP
+# answer, or an OCSP tryLater or error) is not asked again: its failure is the answer meanwhile.
+# Long enough that an outage does not cost every message the whole timeout, short enough that
+# the end of one is seen within a minute.
+FAILURE_MEMORY = timedelta(seconds=60)
 
 
 class RevocationStatus(enum.Enum):
@@ -57,16 +75,122 @@ class RevocationResult:
 
 
 def urllib_fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
-    """Default fetcher: plain HTTP(S) GET or POST with a timeout and a size limit."""
+    """Default fetcher: plain HTTP(S) GET or POST with a size limit, done within ``timeout``
+    seconds as a whole (see :class:`_Deadline`). Every failure is an OSError or a ValueError."""
     if not url.lower().startswith(("http://", "https://")):
         raise ValueError(f"unsupported URL scheme in {url}")
     headers = {"Content-Type": content_type} if content_type else {}
     request = urllib.request.Request(url, data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data: bytes = response.read(_MAX_RESPONSE + 1)
+    deadline = _Deadline(timeout)
+    opener = urllib.request.build_opener(
+        _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+    )
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data: bytes = response.read(_MAX_RESPONSE + 1)
+    except http.client.HTTPException as exc:  # a broken status line, headers or body
+        raise ValueError(f"unreadable HTTP answer from {url}: {type(exc).__name__}") from None
     if len(data) > _MAX_RESPONSE:
         raise ValueError(f"response from {url} is larger than {_MAX_RESPONSE} bytes")
     return data
+
+
+class _Deadline:
+    """The end of one request's time: urllib's timeout bounds each socket operation only, so a
+    responder sending a byte a second would hold a check (and the message it is for) for as long
+    as it likes. Each receive and send waits at most what is left (connecting too; a TLS
+    handshake waits at most what was left when it began, each of its steps)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no whole answer within {self.seconds:g} s")
+        return left
+
+
+class _DeadlineSocket:
+    """A connected socket whose receives and sends wait at most what is left of the deadline;
+    everything else is the socket's. Closed when both the connection and the answer's file are
+    (as a socket with a file made by its own ``makefile``: urllib closes the connection before
+    the answer is read)."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._files = 0
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._sock.settimeout(self._deadline.left())
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._sock.settimeout(self._deadline.left())
+        self._sock.sendall(data, flags)
+
+    def makefile(self, mode: str = "rb", *_args: object, **_kwargs: object) -> io.BufferedReader:
+        # http.client reads the answer through this file only ("rb"): its reads come here
+        self._files += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def _decref_socketios(self) -> None:  # what socket.SocketIO.close calls
+        self._files -= 1
+        if self._closed and self._files <= 0:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._files <= 0:
+            self._sock.close()
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.left()
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.left()
+        super().connect()  # the TLS handshake too
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_DeadlineHTTPConnection, deadline=self._deadline)
+        return self.do_open(connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_DeadlineHTTPSConnection, deadline=self._deadline)
+        return self.do_open(connection, req)
 
 
 class RevocationChecker:
@@ -100,6 +224,32 @@ class RevocationChecker:
         # (CRL signature, issuer) pairs already verified: a CRL serves every message until the
         # next one replaces it, and its signature check was an RSA verify per message
         self._verified: dict[tuple[bytes, x509.Certificate], bool] = {}
+        # URL -> (the note its failure was told by, not asked again until): see FAILURE_MEMORY
+        self._failed: dict[str, tuple[str, datetime]] = {}
+
+    def _remembered_failure(self, url: str, now: datetime, notes: list[str]) -> bool:
+        """Whether ``url`` failed a short while ago; its note is told again meanwhile (the
+        same words, so an alert quoting them is not told anew for each check)."""
+        with self._lock:
+            failed = self._failed.get(url)
+        if failed is None or failed[1] <= now:
+            return False
+        notes.append(failed[0])
+        return True
+
+    def _failure(self, url: str, note: str, now: datetime, notes: list[str]) -> None:
+        notes.append(note)
+        memory = min(FAILURE_MEMORY, timedelta(seconds=self._cache_seconds))
+        with self._lock:
+            if len(self._failed) >= _OCSP_CACHE_SIZE:  # URLs of certificates of anybody
+                self._failed = {u: f for u, f in self._failed.items() if f[1] > now}
+                if len(self._failed) >= _OCSP_CACHE_SIZE:
+                    self._failed.clear()
+            self._failed[url] = (note, now + memory)
+
+    def _answered(self, url: str) -> None:
+        with self._lock:
+            self._failed.pop(url, None)
 
     def check(
         self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
@@ -177,6 +327,8 @@ class RevocationChecker:
             cached = self._cache.get(url)
             if cached is not None and cached[1] > now:
                 return cached[0]
+        if self._remembered_failure(url, now, notes):
+            return None
         try:
             data = self._fetcher(url, None, None, self._timeout)
             crl = (
@@ -185,8 +337,10 @@ class RevocationChecker:
                 else x509.load_der_x509_crl(data)
             )
         except (OSError, ValueError) as exc:
-            notes.append(f"could not fetch the CRL from {url}: {type(exc).__name__}: {exc}")
+            note = f"could not fetch the CRL from {url}: {type(exc).__name__}: {exc}"
+            self._failure(url, note, now, notes)
             return None
+        self._answered(url)
         expires = now + timedelta(seconds=self._cache_seconds)
         next_update = crl.next_update_utc
         if next_update is not None:
@@ -275,11 +429,20 @@ class RevocationChecker:
                 return cached[0]
             with self._lock:
                 self._ocsp_cache.pop(key, None)
+        if self._remembered_failure(url, now, notes):
+            return None
         try:
             response = self._ocsp_answer(url, cert, issuer)
         except (OSError, ValueError) as exc:
-            notes.append(f"OCSP request to {url} failed: {type(exc).__name__}: {exc}")
+            note = f"OCSP request to {url} failed: {type(exc).__name__}: {exc}"
+            self._failure(url, note, now, notes)
             return None
+        if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            # tryLater, internalError: the responder's state, not this certificate's
+            note = f"OCSP answer from {url} not usable: status {response.response_status.name}"
+            self._failure(url, note, now, notes)
+            return None
+        self._answered(url)
         problem = _ocsp_problem(response, cert, issuer, now)
         if problem is not None:
             notes.append(f"OCSP answer from {url} not usable: {problem}")

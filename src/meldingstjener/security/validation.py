@@ -4,6 +4,9 @@ Results are typed reasons, not exceptions, so the caller can map them to its own
 (the AMQP error conditions are given per reason) and show an operator plain words. A
 certificate that has expired since a message was signed can be checked at the signing time
 by passing ``at``; each reason's detail names the dates so an operator sees what happened.
+Each check also lists what the revocation sources of each issuer answered
+(:class:`RevocationFinding`): a caller that alerts on a CA's services being away, and on their
+coming back, reads it there.
 """
 
 from __future__ import annotations
@@ -69,6 +72,17 @@ _AMQP = {
 
 
 @dataclass(frozen=True)
+class RevocationFinding:
+    """What the revocation check of one certificate of a chain found out: GOOD or REVOKED (its
+    issuer's CRL or OCSP responder answered), or UNKNOWN with ``detail`` saying which sources
+    were asked and why none answered usably (the same words while the cause is the same)."""
+
+    issuer: x509.Certificate
+    status: RevocationStatus
+    detail: str
+
+
+@dataclass(frozen=True)
 class CertificateCheck:
     """``ok`` is False when any reason is fatal under the policy. Under the soft revocation
     policy REVOCATION_UNKNOWN is listed in ``reasons`` but does not make ``ok`` False."""
@@ -78,6 +92,13 @@ class CertificateCheck:
     details: list[str] = field(default_factory=list)
     chain: list[x509.Certificate] = field(default_factory=list)
     checked_at: datetime | None = None
+    revocation: tuple[RevocationFinding, ...] = ()
+
+    @property
+    def revocation_unknown_only(self) -> bool:
+        """Refused (hard policy) only because whether it is revoked could not be found out: a
+        state of the CA's services or of our network, which may pass, not of the certificate."""
+        return not self.ok and set(self.reasons) == {Reason.REVOCATION_UNKNOWN}
 
     def summary(self) -> str:
         if not self.reasons:
@@ -123,6 +144,10 @@ class CertificateValidator:
             clock=clock,
         )
 
+    @property
+    def revocation_policy(self) -> RevocationPolicy:
+        return self._policy
+
     def validate(
         self, cert: x509.Certificate, *, usage: Usage, at: datetime | None = None
     ) -> CertificateCheck:
@@ -130,6 +155,7 @@ class CertificateValidator:
         when = at or self._clock()
         reasons: list[Reason] = []
         details: list[str] = []
+        findings: list[RevocationFinding] = []
 
         def add(reason: Reason, detail: str) -> None:
             if reason not in reasons:
@@ -146,9 +172,9 @@ class CertificateValidator:
             for ca in chain[1:]:
                 _check_period(ca, when, add, "issuing CA ")
             if self._check_revocation:
-                self._check_chain_revocation(chain, when, add)
+                findings = self._check_chain_revocation(chain, when, add)
         fatal = [r for r in reasons if r is not Reason.REVOCATION_UNKNOWN or self._policy == "hard"]
-        return CertificateCheck(not fatal, reasons, details, chain, when)
+        return CertificateCheck(not fatal, reasons, details, chain, when, tuple(findings))
 
     def _build_chain(self, cert: x509.Certificate) -> tuple[list[x509.Certificate], str | None]:
         known = self._chains.get(cert)
@@ -193,15 +219,18 @@ class CertificateValidator:
         chain: list[x509.Certificate],
         when: datetime,
         add: Callable[[Reason, str], None],
-    ) -> None:
+    ) -> list[RevocationFinding]:
+        findings: list[RevocationFinding] = []
         for cert, issuer in itertools.pairwise(chain):
             if any(same_certificate(cert, anchor) for anchor in self._anchors):
                 break
             result = self._revocation.check(cert, issuer, when)
+            findings.append(RevocationFinding(issuer, result.status, result.detail))
             if result.status is RevocationStatus.REVOKED:
                 add(Reason.REVOKED, f"{describe(cert)} {result.detail}")
             elif result.status is RevocationStatus.UNKNOWN:
                 add(Reason.REVOCATION_UNKNOWN, f"{describe(cert)}: {result.detail}")
+        return findings
 
 
 def _check_period(
