@@ -291,6 +291,7 @@ def build_engine(
                 days=settings.security.previous_signing_certificate_days
             ),
             clock_skew=timedelta(seconds=settings.alerts.clock_skew_seconds),
+            retention=settings.retention,
         ),
         clock=clock or utc_now,
         host=message_id_host(settings),

@@ -510,6 +510,22 @@ class RegisterSettings(_Section):
     max_answer_mb: int = Field(default=64, ge=1)
 
 
+class RetentionSettings(_Section):
+    """How long what the server stores is kept (``serve``'s daily ``retention`` job,
+    ``meldingstjener retention``). A message is only ever touched once it is settled (see
+    :mod:`meldingstjener.engine.retention`); 0 keeps for ever."""
+
+    # The payload files (the business document, decrypted on the receiving side, and the wire
+    # form) of a settled message, this many days after it settled: its row, events and receipts
+    # stay, so the help desk still sees what became of it. 0: kept for ever.
+    payload_days: int = Field(default=90, ge=0)
+    # Whole settled messages (row, events, receipts, jobs, content keys; their alerts stay,
+    # without the message), this many days after they settled. At least the longest
+    # PersistDuration of the agreements plus a day, checked at each run against the store's
+    # agreements: the row is how a partner's resend is known as a duplicate. 0: kept for ever.
+    message_days: int = Field(default=0, ge=0)
+
+
 class Settings(BaseSettings):
     """All settings. Construct through :func:`load_settings`."""
 
@@ -539,6 +555,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     helseid: HelseIdSettings = HelseIdSettings()
     address_register: RegisterSettings = RegisterSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")
     def _no_clear_text_passwords_in_production(self) -> Settings:

@@ -11,6 +11,7 @@ from typing import Any
 
 from meldingstjener.model.privacy import partner_code
 from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
+from meldingstjener.store.uow import CONTENT_REMOVED
 
 
 def message_summary(message: MessageRow | None) -> dict[str, Any]:
@@ -41,6 +42,19 @@ def message_summary(message: MessageRow | None) -> dict[str, Any]:
             "person": message.receiver_person_her_id,
         },
         "created_at": message.created_at.isoformat(),
+    }
+
+
+def content_dict(message: MessageRow, events: list[EventRow]) -> dict[str, Any]:
+    """Whether the message's content (its business document, its wire form) is still stored,
+    and, when retention removed it, when: the help desk is told so, not left to find that a
+    file cannot be read. ``stored`` is false too for a message purged as misaddressed, and for
+    one refused before its content could be read."""
+    removed = next((event for event in events if event.code == CONTENT_REMOVED), None)
+    return {
+        "stored": message.payload_ref is not None or message.wire_ref is not None,
+        "removed_at": removed.at.isoformat() if removed is not None else None,
+        "removed_by": "retention" if removed is not None else None,
     }
 
 

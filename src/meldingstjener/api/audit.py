@@ -3,8 +3,11 @@
 Rows are only added: a refused attempt in its own transaction, so it is recorded even though the
 request itself fails; a sent message in the transaction that stores it, so neither exists
 without the other; the messages a listing shows in one transaction with it (one commit per
-request, not per message listed). There is no update or delete path in the code. Details are
-composed from ids and codes, never copied from message content.
+request, not per message listed), each the first time it is listed to that client and person
+(:func:`listed_before`): an EPJ polls every few seconds, and a row per unread message per poll
+made some 17,000 rows a day of one message waiting. Rows are deleted only by retention
+(``[retention] audit_days``). Details are composed from ids and codes, never copied from
+message content.
 """
 
 from __future__ import annotations
@@ -145,6 +148,24 @@ def add(
             "detail": redact(detail),
         },
     )
+
+
+def listed_before(
+    uow: UnitOfWork, *, client: str, person: str | None, action: str, message_ids: list[str]
+) -> set[str]:
+    """Those of ``message_ids`` a row of ``action`` names for this client and person already
+    (as :func:`add` stores them): who first saw which message is kept, the polls after are
+    not. One statement along ix_audit_log_message."""
+    if not message_ids:
+        return set()
+    stored_person = _cut(redact(person), _PERSON_CHARS)
+    query = select(AuditRow.message_id).where(
+        AuditRow.message_id.in_(message_ids),
+        AuditRow.action == action,
+        AuditRow.client == client[:_CLIENT_CHARS],
+        AuditRow.person.is_(None) if stored_person is None else AuditRow.person == stored_person,
+    )
+    return {message_id for message_id in uow.session.scalars(query) if message_id is not None}
 
 
 def _cut(value: str | None, chars: int) -> str | None:

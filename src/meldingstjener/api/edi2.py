@@ -416,16 +416,25 @@ class Edi2:
             count=count,
         )
         # the listing and its audit rows in one transaction (not a commit per message listed,
-        # up to 100 a poll): every message listed is audited, or the request fails and the
-        # EPJ has read nothing
+        # up to 100 a poll): every message listed is audited the first time this client and
+        # person see it (not again at every poll while it waits), or the request fails and
+        # the EPJ has read nothing
         with self.ctx.store.unit_of_work() as uow:
             rows = list(uow.session.scalars(query))
             listed = [_message(row, include_metadata) for row in rows]
-            for row in rows:
+            seen = audit.listed_before(
+                uow,
+                client=who.label,
+                person=who.person,
+                action=action,
+                message_ids=[row.id for row in rows],
+            )
+            new = [row for row in rows if row.id not in seen]
+            for row in new:
                 self._audit(
                     who, action, Outcome.OK, message_id=row.id, her_id=row.to_her_id, uow=uow
                 )
-            if rows:
+            if new:
                 uow.commit()
         return listed
 

@@ -1,5 +1,5 @@
-"""Store commands: ``db upgrade``, ``log`` (the message log), ``show`` (one timeline) and
-``sweep`` (payload files nothing refers to)."""
+"""Store commands: ``db upgrade``, ``log`` (the message log), ``show`` (one timeline),
+``sweep`` (payload files nothing refers to) and ``retention`` (the [retention] rules, now)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
 from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import EventKind, LogFilter, UnitOfWork
-from meldingstjener.views import event_dict, message_summary, receipt_dict
+from meldingstjener.views import content_dict, event_dict, message_summary, receipt_dict
 
 # The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
 # printed only when asked for.
@@ -194,6 +194,7 @@ def show_command(
                 "text": message.last_error_text,
             }
             document["attempts"] = message.attempts
+            document["content"] = content_dict(message, events)
             document["events"] = [event_dict(event) for event in events]
             document["receipts"] = [
                 receipt_document(receipt, answers, texts=texts) for receipt in receipts
@@ -234,6 +235,12 @@ def _print_timeline(
             f"[bold]{side:>18}[/bold]  org {levels['organisation'] or '-'} / "
             f"service {levels['service'] or '-'} / person {levels['person'] or '-'}"
         )
+    content = content_dict(message, events)
+    if content["removed_at"]:
+        state = f"removed {content['removed_at'][:10]} by retention ([retention] payload_days)"
+    else:
+        state = "stored" if content["stored"] else "not stored"
+    console.print(f"[bold]{'content':>18}[/bold]  {state}", highlight=False)
     if message.last_error_code:
         console.print(
             f"[bold]{'last error':>18}[/bold]  "
@@ -302,6 +309,59 @@ def sweep_command(
         f"{len(report.orphans)} that nothing refers to ({report.orphan_bytes} bytes, "
         f"{report.temporaries} unfinished spool(s))"
     )
+
+
+@app.command("retention")
+def retention_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted now.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
+) -> None:
+    """Apply the [retention] rules now: delete the payload files of messages settled longer
+    than payload_days and whole messages settled longer than message_days (0: kept).
+    ``serve`` does this daily by itself. Refused (exit 2), deleting nothing, when
+    message_days is shorter than a partner may resend a message."""
+    from meldingstjener.engine import retention
+    from meldingstjener.engine.context import utc_now
+
+    rules = settings_from(ctx).retention
+    store = store_from(ctx)
+    now = utc_now()
+    with store.unit_of_work() as uow:
+        try:
+            retention.message_cutoff(uow, rules, now)
+        except retention.MessageDaysTooShort as refused:
+            typer.echo(f"configuration error: {refused}", err=True)
+            raise typer.Exit(2) from None
+    report = retention.run(store, rules, now=now, dry_run=dry_run)
+    if not dry_run:
+        with store.unit_of_work() as uow:
+            retention.record(uow, report, actor="cli:retention", at=now)
+            uow.commit()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "payload_days": rules.payload_days,
+                    "message_days": rules.message_days,
+                    "contents_removed": report.contents_removed,
+                    "messages_deleted": report.messages_deleted,
+                    "files_deleted": report.files,
+                }
+            )
+        )
+        return
+    kept = ", ".join(
+        f"{name} = {days or 'kept'}"
+        for name, days in (
+            ("payload_days", rules.payload_days),
+            ("message_days", rules.message_days),
+        )
+    )
+    typer.echo(f"{report.line()} ({kept})")
 
 
 # The start of our id that ``log`` and ``demo`` print is 8 hex digits; a shorter one would

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meldingstjener import __version__
+from meldingstjener.config import RetentionSettings
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
 from meldingstjener.engine.overdue_jobs import OverdueWatch
@@ -56,6 +57,7 @@ class Policy:
     inbox_wait: timedelta = timedelta(minutes=60)  # a received message not taken by the EPJ
     previous_signing_grace: timedelta = timedelta(days=7)  # a partner's replaced certificate
     clock_skew: timedelta = timedelta(seconds=10)  # this host's clock off the database's
+    retention: RetentionSettings = field(default_factory=RetentionSettings)  # [retention]
 
     def apprec_deadline(self, msg_type: str | None) -> timedelta:
         """How long after the transport receipt an AppRec may take before an alert."""

@@ -1,5 +1,6 @@
-"""The daily sweep of payload files nothing refers to (``payload-sweep`` job), and the delete
-of a purged message's files that a crash may have left (``payload-delete`` job).
+"""The daily sweep of payload files nothing refers to (``payload-sweep`` job), the delete
+of a purged message's files that a crash may have left (``payload-delete`` job), and the
+scheduling of the daily ``retention`` job (:mod:`meldingstjener.engine.retention`).
 
 A crash between writing a payload file and committing its row leaves a file that may hold a
 decrypted business message; see :mod:`meldingstjener.store.orphans`. ``serve`` schedules the
@@ -15,12 +16,13 @@ from datetime import datetime, timedelta
 
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.orphans import SweepReport, sweep
-from meldingstjener.store.uow import ClaimedJob, EventKind, UnitOfWork
+from meldingstjener.store.uow import ClaimedJob, EventKind, Store, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_SWEEP = "payload-sweep"
 PAYLOAD_DELETE = "payload-delete"
+RETENTION = "retention"  # the [retention] rules' daily run (meldingstjener.engine.retention)
 # a purge deletes its file once it has committed; the job, committed with it, makes sure
 DELETE_CHECK_AFTER = timedelta(minutes=10)
 EVERY = timedelta(days=1)
@@ -28,8 +30,10 @@ FIRST_AFTER = timedelta(minutes=10)  # after a start, when the start's own work 
 
 
 def schedule_sweep(ctx: EngineContext, uow: UnitOfWork) -> None:
-    """Make sure a sweep is scheduled (one that is keeps its time and what it swept)."""
+    """Make sure a sweep and a retention run are scheduled (one that is keeps its time and
+    what it swept)."""
     uow.jobs.schedule_if_absent(PAYLOAD_SWEEP, ctx.clock() + FIRST_AFTER, dedup_key=PAYLOAD_SWEEP)
+    uow.jobs.schedule_if_absent(RETENTION, ctx.clock() + FIRST_AFTER, dedup_key=RETENTION)
 
 
 def record_sweep(
@@ -69,6 +73,23 @@ def payload_sweep_job(ctx: EngineContext, job: ClaimedJob) -> None:
             data={"swept_until": report.swept_until},
         )
         uow.commit()
+
+
+def delete_after_commit(store: Store, uow: UnitOfWork, keys: list[str], *, now: datetime) -> None:
+    """Delete the payload files ``keys``, which rows of ``uow`` no longer refer to, once it has
+    committed. (Deleting first, a crash or a failed commit left a row pointing at nothing.)
+    A crash between the commit and the delete leaves the files: a ``payload-delete`` job, in
+    the same transaction, removes them then. The one rule for every purge: a misaddressed
+    message's, and retention's."""
+    if not keys:
+        return
+    schedule_payload_delete(uow, *keys, now=now)
+
+    def delete() -> None:
+        for key in keys:
+            store.payloads.delete(key)
+
+    uow.after_commit(delete)
 
 
 def schedule_payload_delete(uow: UnitOfWork, *keys: str, now: datetime) -> None:

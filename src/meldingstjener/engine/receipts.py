@@ -509,13 +509,7 @@ def _purge_after_commit(ctx: EngineContext, uow: UnitOfWork, row: MessageRow) ->
     keys = [str(ref) for ref in (row.payload_ref, row.wire_ref) if ref]
     row.payload_ref = None
     row.wire_ref = None
-    housekeeping.schedule_payload_delete(uow, *keys, now=ctx.clock())
-
-    def delete() -> None:
-        for key in keys:
-            ctx.store.payloads.delete(key)
-
-    uow.after_commit(delete)
+    housekeeping.delete_after_commit(ctx.store, uow, keys, now=ctx.clock())
 
 
 def _inbound(uow: UnitOfWork, message_id: str, *, for_update: bool = False) -> MessageRow:

@@ -25,6 +25,7 @@ from meldingstjener.engine import (
     inbox_watch,
     receipts,
     register_sync,
+    retention,
     signals,
     transmit,
 )
@@ -65,6 +66,7 @@ HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     certificates.CERTIFICATE_CHECK: certificates.certificate_check_job,
     housekeeping.PAYLOAD_SWEEP: housekeeping.payload_sweep_job,
     housekeeping.PAYLOAD_DELETE: housekeeping.payload_delete_job,
+    housekeeping.RETENTION: retention.retention_job,
     inbox_watch.INBOX_CHECK: inbox_watch.inbox_check_job,
     register_sync.REGISTER_SYNC: register_sync.register_sync_job,
 }

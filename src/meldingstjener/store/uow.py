@@ -107,6 +107,11 @@ class EventKind:
     NOTE = "note"
 
 
+# The code of the NOTE event with which a message records that retention removed its payload
+# files (engine/retention.py writes it, ``show`` reads it).
+CONTENT_REMOVED = "content-removed"
+
+
 _EVENT_COLUMNS = (
     "message_id",
     "kind",
@@ -1499,6 +1504,155 @@ class AgreementRepository:
         return list(self.session.scalars(query))
 
 
+@dataclass(frozen=True)
+class HeldContent:
+    """A message that still holds payload files, as retention reads it."""
+
+    id: str
+    payload_ref: str | None
+    wire_ref: str | None
+    status: str
+
+
+# Where a retention pass resumes: the last message of the batch before, by the index walked.
+RetentionKey = tuple[datetime, str]
+
+
+class RetentionRepository:
+    """What retention reads and deletes, a batch at a time (see
+    :mod:`meldingstjener.engine.retention`, which decides what is settled and when). Every
+    statement here is bounded by ``limit`` and walks an index from where the batch before
+    stopped, so a run reads each row once and no transaction holds its locks for long. Rows
+    are locked as they are read (PostgreSQL; SQLite's write lock covers the transaction) and
+    rows another transaction holds are left for the next run, not waited for."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @staticmethod
+    def _settled(settled: dict[str, frozenset[str]], before: datetime) -> ColumnElement[bool]:
+        return and_(
+            or_(
+                *(
+                    and_(MessageRow.direction == direction, MessageRow.status.in_(sorted(states)))
+                    for direction, states in settled.items()
+                )
+            ),
+            MessageRow.status_changed_at < before,
+        )
+
+    def holding_content(
+        self,
+        settled: dict[str, frozenset[str]],
+        *,
+        before: datetime,
+        by_wire: bool,
+        after: str | None,
+        limit: int,
+    ) -> list[HeldContent]:
+        """Settled messages (as ``settled`` names them per direction) that have held their
+        status since before ``before`` and still hold files: walked along the index of their
+        payload reference (or, ``by_wire``, of the wire form's, for those with no payload),
+        which holds no row whose files are gone, from the key after ``after``."""
+        column = MessageRow.wire_ref if by_wire else MessageRow.payload_ref
+        query = select(
+            MessageRow.id, MessageRow.payload_ref, MessageRow.wire_ref, MessageRow.status
+        ).where(column.is_not(None), self._settled(settled, before))
+        if by_wire:
+            query = query.where(MessageRow.payload_ref.is_(None))
+        if after is not None:
+            query = query.where(column > after)
+        query = query.order_by(column).limit(limit)
+        query = query.with_for_update(key_share=True, skip_locked=True)
+        return [HeldContent(*row) for row in self.session.execute(query)]
+
+    def count_holding_content(self, settled: dict[str, frozenset[str]], *, before: datetime) -> int:
+        query = select(func.count()).where(
+            or_(MessageRow.payload_ref.is_not(None), MessageRow.wire_ref.is_not(None)),
+            self._settled(settled, before),
+        )
+        return self.session.scalar(query) or 0
+
+    def forget_content(self, message_ids: Sequence[str], *, at: datetime) -> None:
+        """The rows let go of their payload files (deleted after the commit, by the caller)."""
+        self.session.execute(
+            update(MessageRow)
+            .where(MessageRow.id.in_(list(message_ids)))
+            .values(payload_ref=None, wire_ref=None, updated_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def settled_messages(
+        self,
+        settled: dict[str, frozenset[str]],
+        *,
+        before: datetime,
+        after: RetentionKey | None,
+        limit: int,
+    ) -> list[tuple[RetentionKey, list[str]]]:
+        """Settled messages that have held their status since before ``before``, oldest first
+        along the index of their creation (a message is made before it settles), from the one
+        after ``after``; each with its key and its files (payload, wire form, its receipts')."""
+        query = select(
+            MessageRow.created_at, MessageRow.id, MessageRow.payload_ref, MessageRow.wire_ref
+        ).where(MessageRow.created_at < before, self._settled(settled, before))
+        if after is not None:
+            query = query.where(
+                or_(
+                    MessageRow.created_at > after[0],
+                    and_(MessageRow.created_at == after[0], MessageRow.id > after[1]),
+                )
+            )
+        query = query.order_by(MessageRow.created_at, MessageRow.id).limit(limit)
+        found = list(self.session.execute(query.with_for_update(skip_locked=True)))
+        receipt_files: dict[str, list[str]] = {}
+        if found:
+            ids = [row.id for row in found]
+            for message_id, wire_ref in self.session.execute(
+                select(ReceiptRow.message_id, ReceiptRow.wire_ref).where(
+                    ReceiptRow.message_id.in_(ids), ReceiptRow.wire_ref.is_not(None)
+                )
+            ):
+                if message_id is not None and wire_ref is not None:
+                    receipt_files.setdefault(message_id, []).append(wire_ref)
+        return [
+            (
+                (row.created_at, row.id),
+                [ref for ref in (row.payload_ref, row.wire_ref) if ref]
+                + receipt_files.get(row.id, []),
+            )
+            for row in found
+        ]
+
+    def count_settled(self, settled: dict[str, frozenset[str]], *, before: datetime) -> int:
+        query = select(func.count()).where(
+            MessageRow.created_at < before, self._settled(settled, before)
+        )
+        return self.session.scalar(query) or 0
+
+    def delete_messages(self, message_ids: Sequence[str]) -> None:
+        """Delete the messages and what is theirs alone: events, receipts, jobs and content
+        keys (said here, not left to the foreign keys' cascade, which SQLite applies only with
+        its foreign keys on); their alerts stay, without the message (the key's SET NULL,
+        along ix_alerts_message)."""
+        ids = list(message_ids)
+        for table in (EventRow, ReceiptRow, JobRow, ContentKeyRow):
+            self.session.execute(delete(table).where(table.message_id.in_(ids)))
+        self.session.execute(
+            update(AlertRow)
+            .where(AlertRow.message_id.in_(ids))
+            .values(message_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
+
+    def longest_persist_duration(self) -> timedelta | None:
+        """The longest PersistDuration of the agreements (how long a partner may resend a
+        message to us); None without agreements."""
+        seconds = self.session.scalar(select(func.max(AgreementRow.persist_duration_seconds)))
+        return None if seconds is None else timedelta(seconds=seconds)
+
+
 class UnitOfWork:
     """One transaction over every repository. Use as a context manager; call :meth:`commit`.
 
@@ -1527,6 +1681,7 @@ class UnitOfWork:
         self.instances = InstanceRepository(self.session)
         self.parties = PartyRepository(self.session)
         self.agreements = AgreementRepository(self.session)
+        self.retention = RetentionRepository(self.session)
         return self
 
     def __exit__(

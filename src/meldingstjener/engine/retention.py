@@ -1,0 +1,260 @@
+"""Retention: what the server stores is deleted once the organisation's rules say so.
+
+An MSH is not the patient record: the EPJ keeps the document, the server only carries it. So the
+``[retention]`` settings (:class:`meldingstjener.config.RetentionSettings`) delete, for messages
+that are *settled* and have been for so many days:
+
+- ``payload_days`` (default 90): the payload files, the business document (on the receiving side
+  the decrypted fagmelding in clear text) and the wire form. The row, its events and receipts
+  stay, so the help desk still sees what became of the message; the row lets go of the files and
+  a NOTE event ``content-removed`` says when and why.
+- ``message_days`` (default 0, kept): the whole message with its events, receipts, jobs and content
+  keys, and the files of its receipts; its alerts stay, without the message.
+
+The API's audit log is not deleted here: the database refuses to delete its rows (migration
+0002's triggers). Its growth is bounded where it grew: a listing is audited once per message and
+client (:func:`meldingstjener.api.audit.listed_before`).
+
+*Settled* is this module's one rule (:data:`SETTLED`): no step of the server needs the content
+again. Outbound: the partner acknowledged it, answered it with an AppRec, or it was given up
+(``not-delivered``; only a late receipt may follow, which needs no content). Inbound: the EPJ has
+it (``delivered``), it was answered, rejected or purged. Not settled, never touched: a message
+on its way (``accepted``, ``sent``, ``retrying``), one an operator may still resend
+(``transport-error``), and one the EPJ has not taken (``received``, ``acknowledged``). The
+status machine's final states alone would be too few: a received message may be reported as
+misaddressed after its AppRec, so none would ever lose its clear text.
+
+A partner resends a message until its PersistDuration has passed, and a resend is known as a
+duplicate by the received message's row (its eb:MessageId). So ``message_days`` shorter than the
+longest PersistDuration of the agreements plus :data:`RESEND_MARGIN` deletes no message
+(:func:`message_cutoff`), checked at every run against the store's agreements, which change.
+
+Work is done in batches of :data:`BATCH` messages, each its own short transaction that locks
+only its rows (those another transaction holds are left for the next run). Files are deleted
+after their rows' commit, by the rule every purge uses
+(:func:`meldingstjener.engine.housekeeping.delete_after_commit`): a crash in between leaves a
+``payload-delete`` job that removes them. ``serve`` runs this daily as the ``retention`` job, at
+most :data:`BATCHES_PER_RUN` batches per kind at a time (the rest a minute later, so other
+jobs get their turn); ``meldingstjener retention`` runs it at once, or counts with
+``--dry-run``. What a run deleted is counted in the message log (a NOTE event ``retention``,
+numbers only) and in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from meldingstjener.config import RetentionSettings
+from meldingstjener.engine import housekeeping
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.model import Direction, InboundStatus, OutboundStatus
+from meldingstjener.store.uow import (
+    CONTENT_REMOVED,
+    ClaimedJob,
+    EventKind,
+    RetentionKey,
+    Store,
+    UnitOfWork,
+)
+
+log = logging.getLogger(__name__)
+
+SETTLED: dict[str, frozenset[str]] = {
+    Direction.OUTBOUND.value: frozenset(
+        {
+            OutboundStatus.TRANSPORT_ACKNOWLEDGED,
+            OutboundStatus.NOT_DELIVERED,
+            OutboundStatus.APPREC_OK,
+            OutboundStatus.APPREC_REJECTED,
+            OutboundStatus.APPREC_OK_WITH_ERRORS,
+        }
+    ),
+    Direction.INBOUND.value: frozenset(
+        {
+            InboundStatus.DELIVERED,
+            InboundStatus.APPREC_SENT,
+            InboundStatus.REJECTED,
+            InboundStatus.MISADDRESSED_PURGED,
+        }
+    ),
+}
+RESEND_MARGIN = timedelta(days=1)
+# PartnerSettings' and an agreement's default PersistDuration, for a store without agreements
+DEFAULT_PERSIST_DURATION = timedelta(days=4)
+BATCH = 200
+BATCHES_PER_RUN = 50
+RETENTION_NOTE = "retention"
+REFUSED_NOTE = "retention-refused"
+
+
+class MessageDaysTooShort(ValueError):
+    """``message_days`` would delete messages a partner may still resend."""
+
+
+@dataclass
+class RetentionReport:
+    """What a run deleted (or, dry, would delete)."""
+
+    dry_run: bool
+    contents_removed: int = 0  # messages whose payload files went
+    messages_deleted: int = 0
+    files: int = 0  # payload files deleted after the commits (a dry run: none)
+    refused: str | None = None  # why no message was deleted (message_days too short)
+    more: bool = False  # a kind stopped at BATCHES_PER_RUN with more to do
+
+    def any(self) -> bool:
+        return bool(self.contents_removed or self.messages_deleted)
+
+    def line(self) -> str:
+        """Counts only: what the log and the message log say of a run."""
+        done = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{done} the content of {self.contents_removed} settled message(s) and "
+            f"{self.messages_deleted} settled message(s) whole"
+            + (f"; {self.files} payload file(s) deleted" if self.files else "")
+        )
+
+
+def message_cutoff(uow: UnitOfWork, rules: RetentionSettings, now: datetime) -> datetime | None:
+    """Before when a settled message is deleted whole; None when ``message_days`` is 0. Refused
+    (:class:`MessageDaysTooShort`) when a partner may still resend a message that old."""
+    if not rules.message_days:
+        return None
+    longest = uow.retention.longest_persist_duration() or DEFAULT_PERSIST_DURATION
+    shortest = longest + RESEND_MARGIN
+    kept = timedelta(days=rules.message_days)
+    if kept < shortest:
+        raise MessageDaysTooShort(
+            f"[retention] message_days = {rules.message_days} is shorter than the longest "
+            f"PersistDuration of the agreements ({longest.total_seconds() / 86400:g} days) "
+            f"plus {RESEND_MARGIN.days} day: a partner's resend would no longer be known as a "
+            f"duplicate; no message is deleted (set at least "
+            f"{-(-shortest.total_seconds() // 86400):.0f}, or 0 to keep them)"
+        )
+    return now - kept
+
+
+def run(
+    store: Store,
+    rules: RetentionSettings,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    batches: int | None = None,
+) -> RetentionReport:
+    """Apply ``rules`` as of ``now`` (at most ``batches`` batches of each kind; None: all)."""
+    report = RetentionReport(dry_run=dry_run)
+    if rules.payload_days:
+        _remove_contents(store, now - timedelta(days=rules.payload_days), now, report, batches)
+    with store.unit_of_work() as uow:
+        try:
+            cutoff = message_cutoff(uow, rules, now)
+        except MessageDaysTooShort as refused:
+            report.refused = str(refused)
+            cutoff = None
+    if cutoff is not None:
+        _delete_messages(store, cutoff, now, report, batches)
+    return report
+
+
+def _remove_contents(
+    store: Store, before: datetime, now: datetime, report: RetentionReport, batches: int | None
+) -> None:
+    if report.dry_run:
+        with store.unit_of_work() as uow:
+            report.contents_removed = uow.retention.count_holding_content(SETTLED, before=before)
+        return
+    # messages with a payload, then those with a wire form only (refused before decryption)
+    for by_wire in (False, True):
+        after: str | None = None
+        done = 0
+        while True:
+            if batches is not None and done >= batches:
+                report.more = True
+                break
+            done += 1
+            with store.unit_of_work() as uow:
+                held = uow.retention.holding_content(
+                    SETTLED, before=before, by_wire=by_wire, after=after, limit=BATCH
+                )
+                if not held:
+                    break
+                after = held[-1].wire_ref if by_wire else held[-1].payload_ref
+                keys = [ref for message in held for ref in (message.payload_ref, message.wire_ref)]
+                files = [key for key in keys if key]
+                uow.retention.forget_content([message.id for message in held], at=now)
+                for message in held:
+                    uow.events.record(
+                        message.id,
+                        EventKind.NOTE,
+                        actor="msh:retention",
+                        code=CONTENT_REMOVED,
+                        detail=f"content removed: {message.status} for more than "
+                        f"{(now - before).days} days ([retention] payload_days)",
+                        at=now,
+                    )
+                housekeeping.delete_after_commit(store, uow, files, now=now)
+                uow.commit()
+            report.contents_removed += len(held)
+            report.files += len(files)
+
+
+def _delete_messages(
+    store: Store, before: datetime, now: datetime, report: RetentionReport, batches: int | None
+) -> None:
+    if report.dry_run:
+        with store.unit_of_work() as uow:
+            report.messages_deleted = uow.retention.count_settled(SETTLED, before=before)
+        return
+    after: RetentionKey | None = None
+    done = 0
+    while True:
+        if batches is not None and done >= batches:
+            report.more = True
+            return
+        done += 1
+        with store.unit_of_work() as uow:
+            found = uow.retention.settled_messages(SETTLED, before=before, after=after, limit=BATCH)
+            if not found:
+                return
+            after = found[-1][0]
+            files = [key for _, keys in found for key in keys]
+            uow.retention.delete_messages([key[1] for key, _ in found])
+            housekeeping.delete_after_commit(store, uow, files, now=now)
+            uow.commit()
+        report.messages_deleted += len(found)
+        report.files += len(files)
+
+
+def record(uow: UnitOfWork, report: RetentionReport, *, actor: str, at: datetime) -> None:
+    """Put a run in the message log: its counts, and a refusal of ``message_days``. A run that
+    found nothing to do is quiet."""
+    if report.any():
+        uow.events.record(
+            None, EventKind.NOTE, actor=actor, code=RETENTION_NOTE, detail=report.line(), at=at
+        )
+    if report.refused:
+        uow.events.record(
+            None, EventKind.NOTE, actor=actor, code=REFUSED_NOTE, detail=report.refused, at=at
+        )
+
+
+CONTINUE_AFTER = timedelta(minutes=1)  # a run that stopped at BATCHES_PER_RUN goes on then
+
+
+def retention_job(ctx: EngineContext, job: ClaimedJob) -> None:
+    """The daily run of ``serve`` (scheduled with the payload sweep, see
+    :func:`meldingstjener.engine.housekeeping.schedule_sweep`)."""
+    now = ctx.clock()
+    report = run(ctx.store, ctx.policy.retention, now=now, batches=BATCHES_PER_RUN)
+    if report.any():
+        log.info("retention: %s", report.line())
+    if report.refused:
+        log.warning("retention: %s", report.refused)
+    with ctx.store.unit_of_work() as uow:
+        record(uow, report, actor="msh:retention", at=now)
+        due = now + (CONTINUE_AFTER if report.more else housekeeping.EVERY)
+        uow.jobs.schedule(housekeeping.RETENTION, due, dedup_key=housekeeping.RETENTION)
+        uow.commit()

@@ -1,0 +1,288 @@
+"""Retention (``[retention]``, engine/retention.py) on SQLite and PostgreSQL: the content of
+settled messages goes after ``payload_days``, whole settled messages after ``message_days``
+(never while a partner may resend); a message on its way is
+never touched; files go only after the rows' commit, and a crash in between leaves a job that
+deletes them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import func, select, update
+
+from meldingstjener.config import RetentionSettings
+from meldingstjener.engine import housekeeping, retention
+from meldingstjener.engine.context import EngineContext
+from meldingstjener.store.tables import (
+    AgreementRow,
+    AlertRow,
+    ContentKeyRow,
+    EventRow,
+    MessageRow,
+    ReceiptRow,
+)
+from meldingstjener.store.uow import CONTENT_REMOVED, Store
+from meldingstjener.views import content_dict
+
+NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _message(
+    store: Store, direction: str, status: str, *, settled_days_ago: float, wire_only: bool = False
+) -> tuple[str, list[str]]:
+    """A message in ``status`` since ``settled_days_ago``, with its files; its id and keys."""
+    payload = None if wire_only else store.payloads.put(b"<MsgHead>clear text</MsgHead>")
+    wire = store.payloads.put(b"--wire form--")
+    since = NOW - timedelta(days=settled_days_ago)
+    with store.unit_of_work() as uow:
+        row = MessageRow(
+            direction=direction,
+            payload_ref=None if payload is None else payload.key,
+            wire_ref=wire.key,
+            msg_type="DIALOG_NOTAT",
+            from_her_id="8100001",
+            to_her_id="8200002",
+        )
+        uow.messages.add(row, actor="test", at=since - timedelta(days=1))
+        uow.commit()
+        message_id = row.id
+    with store.unit_of_work() as uow:
+        uow.session.execute(
+            update(MessageRow)
+            .where(MessageRow.id == message_id)
+            .values(status=status, status_changed_at=since)
+        )
+        uow.commit()
+    return message_id, [ref.key for ref in (payload, wire) if ref is not None]
+
+
+def _row(store: Store, message_id: str) -> MessageRow | None:
+    with store.unit_of_work() as uow:
+        return uow.messages.get(message_id)
+
+
+def test_the_content_of_settled_messages_goes_after_payload_days_and_the_rows_stay(
+    store: Store,
+) -> None:
+    received, received_files = _message(store, "in", "apprec-sent", settled_days_ago=91)
+    answered, answered_files = _message(store, "out", "apprec-ok", settled_days_ago=100)
+    refused, refused_files = _message(store, "in", "rejected", settled_days_ago=95, wire_only=True)
+    recent, recent_files = _message(store, "in", "apprec-sent", settled_days_ago=89)
+    waiting, waiting_files = _message(store, "in", "acknowledged", settled_days_ago=400)
+    on_its_way, on_its_way_files = _message(store, "out", "transport-error", settled_days_ago=400)
+    rules = RetentionSettings()  # the defaults: content 90 days, rows and audit kept
+
+    counted = retention.run(store, rules, now=NOW, dry_run=True)
+    assert counted.contents_removed == 3 and counted.messages_deleted == 0
+    assert all(store.payloads.exists(key) for key in received_files + answered_files)
+
+    report = retention.run(store, rules, now=NOW)
+
+    assert (report.contents_removed, report.files) == (3, 5)
+    for message_id, files in (
+        (received, received_files),
+        (answered, answered_files),
+        (refused, refused_files),
+    ):
+        row = _row(store, message_id)
+        assert row is not None and row.payload_ref is None and row.wire_ref is None
+        assert not any(store.payloads.exists(key) for key in files)
+        with store.unit_of_work() as uow:
+            events = uow.events.for_message(message_id)
+        content = content_dict(row, events)
+        assert content["stored"] is False and content["removed_by"] == "retention"
+    for message_id, files in (
+        (recent, recent_files),
+        (waiting, waiting_files),
+        (on_its_way, on_its_way_files),
+    ):
+        row = _row(store, message_id)
+        assert row is not None and row.payload_ref is not None
+        assert all(store.payloads.exists(key) for key in files)
+    assert retention.run(store, rules, now=NOW).contents_removed == 0  # done once
+
+
+def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(
+    store: Store,
+) -> None:
+    old, old_files = _message(store, "in", "apprec-sent", settled_days_ago=40)
+    kept, _ = _message(store, "in", "apprec-sent", settled_days_ago=20)
+    unread, _ = _message(store, "in", "acknowledged", settled_days_ago=400)
+    receipt_wire = store.payloads.put(b"our acknowledgment")
+    with store.unit_of_work() as uow:
+        uow.receipts.add(
+            ReceiptRow(
+                message_id=old, kind="acknowledgment", direction="out", wire_ref=receipt_wire.key
+            )
+        )
+        uow.content_keys.record(frozenset({"a" * 64}), old, at=NOW)
+        uow.jobs.schedule("apprec-deadline", NOW, message_id=old)
+        uow.alerts.raise_alert(
+            "apprec-unsent",
+            severity="warning",
+            dedup_key="alert-of-old",
+            summary="an alert",
+            message_id=old,
+            at=NOW,
+        )
+        uow.commit()
+    rules = RetentionSettings(payload_days=0, message_days=30)
+
+    report = retention.run(store, rules, now=NOW)
+
+    assert report.messages_deleted == 1 and report.refused is None
+    assert _row(store, old) is None
+    assert _row(store, kept) is not None and _row(store, unread) is not None
+    assert not any(store.payloads.exists(key) for key in [*old_files, receipt_wire.key])
+    with store.unit_of_work() as uow:
+        for table in (EventRow, ReceiptRow, ContentKeyRow):
+            left = uow.session.scalar(
+                select(func.count()).select_from(table).where(table.message_id == old)
+            )
+            assert left == 0, table
+        alert = uow.alerts.by_key("alert-of-old")
+    assert alert is not None and alert.message_id is None
+
+
+def test_message_days_shorter_than_a_partner_may_resend_deletes_no_message(store: Store) -> None:
+    old, _ = _message(store, "in", "rejected", settled_days_ago=10)
+    with store.unit_of_work() as uow:
+        uow.agreements.add(
+            AgreementRow(
+                our_her_id="8200002",
+                counterparty_her_id="8100001",
+                persist_duration_seconds=14 * 86400,
+            )
+        )
+        uow.commit()
+    too_short = RetentionSettings(payload_days=0, message_days=7)
+
+    report = retention.run(store, too_short, now=NOW)
+
+    assert report.messages_deleted == 0 and _row(store, old) is not None
+    assert report.refused is not None and "PersistDuration" in report.refused
+    assert "set at least 15" in report.refused
+    with store.unit_of_work() as uow:
+        retention.record(uow, report, actor="test", at=NOW)
+        uow.commit()
+        notes = uow.session.scalars(
+            select(EventRow.code).where(EventRow.code == retention.REFUSED_NOTE)
+        ).all()
+    assert notes == [retention.REFUSED_NOTE]
+
+
+def test_a_run_in_batches_stops_and_says_there_is_more(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    ids = [_message(store, "out", "apprec-ok", settled_days_ago=200)[0] for _ in range(5)]
+
+    first = retention.run(store, RetentionSettings(), now=NOW, batches=1)
+    assert (first.contents_removed, first.more) == (2, True)
+    rest = retention.run(store, RetentionSettings(), now=NOW)
+    assert rest.contents_removed == 3
+    assert all(_row(store, message_id).payload_ref is None for message_id in ids)  # type: ignore[union-attr]
+
+
+KILLED_BETWEEN_COMMIT_AND_DELETE = """
+import os, signal, sys
+from datetime import datetime
+from pathlib import Path
+from meldingstjener.config import RetentionSettings
+from meldingstjener.engine import retention
+from meldingstjener.store.database import Database
+from meldingstjener.store.payloads import PayloadStore
+from meldingstjener.store.uow import Store
+
+def dies(self, key):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PayloadStore.delete = dies
+store = Store(Database(sys.argv[1]), PayloadStore(Path(sys.argv[2])))
+retention.run(store, RetentionSettings(), now=datetime.fromisoformat(sys.argv[3]))
+"""
+
+
+def test_a_crash_between_the_commit_and_the_delete_leaves_a_job_that_deletes_the_files(
+    store: Store,
+) -> None:
+    message_id, files = _message(store, "in", "apprec-sent", settled_days_ago=120)
+    url = store.database.engine.url.render_as_string(hide_password=False)
+    died = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_BETWEEN_COMMIT_AND_DELETE,
+            url,
+            str(store.payloads.root),
+            NOW.isoformat(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr.decode(errors="replace")[-2000:]
+    row = _row(store, message_id)
+    assert row is not None and row.payload_ref is None  # committed
+    assert all(store.payloads.exists(key) for key in files)  # the clear text is still there
+
+    with store.unit_of_work() as uow:
+        jobs = uow.jobs.claim_due(
+            "test", now=NOW + timedelta(hours=1), limit=10, lease=timedelta(minutes=5)
+        )
+        uow.commit()
+    [job] = [job for job in jobs if job.kind == housekeeping.PAYLOAD_DELETE]
+    housekeeping.payload_delete_job(cast(EngineContext, SimpleNamespace(store=store)), job)
+
+    assert not any(store.payloads.exists(key) for key in files)
+
+
+def _kinds(store: Store) -> dict[str, Any]:
+    with store.unit_of_work() as uow:
+        return {
+            code: count
+            for code, count in uow.session.execute(
+                select(EventRow.code, func.count())
+                .where(EventRow.code.in_([CONTENT_REMOVED, retention.RETENTION_NOTE]))
+                .group_by(EventRow.code)
+            )
+        }
+
+
+def test_a_run_is_counted_in_the_message_log_without_names(store: Store) -> None:
+    _message(store, "out", "apprec-ok", settled_days_ago=100)
+    report = retention.run(store, RetentionSettings(), now=NOW)
+    with store.unit_of_work() as uow:
+        retention.record(uow, report, actor="msh:retention", at=NOW)
+        uow.commit()
+        [note] = uow.session.scalars(
+            select(EventRow.detail).where(EventRow.code == retention.RETENTION_NOTE)
+        ).all()
+    assert note == (
+        "deleted the content of 1 settled message(s) and 0 settled message(s) whole; "
+        "2 payload file(s) deleted"
+    )
+    assert _kinds(store) == {CONTENT_REMOVED: 1, retention.RETENTION_NOTE: 1}
+
+
+def test_alerts_table_untouched_by_content_removal(store: Store) -> None:
+    message_id, _ = _message(store, "out", "not-delivered", settled_days_ago=100)
+    with store.unit_of_work() as uow:
+        uow.alerts.raise_alert(
+            "not-delivered",
+            severity="critical",
+            dedup_key="nd",
+            summary="not delivered",
+            message_id=message_id,
+            at=NOW,
+        )
+        uow.commit()
+    retention.run(store, RetentionSettings(), now=NOW)
+    with store.unit_of_work() as uow:
+        alert = uow.session.scalars(select(AlertRow)).one()
+    assert alert.message_id == message_id
