@@ -13,6 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from meldingstjener.config import ConfigError, KeySettings, Settings
 from meldingstjener.store.database import Database
+from meldingstjener.store.identity import CheckedPayloadStore
 from meldingstjener.store.migrate import (
     SchemaNewer,
     current_revision,
@@ -30,7 +31,6 @@ from meldingstjener.store.opening import (
     schema_older,
     sqlite_file,
 )
-from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
 
 if TYPE_CHECKING:
@@ -61,7 +61,12 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
     if not create and file is not None and not file.is_file():
         raise no_store(url)  # before Database(), which makes the file's directory
     try:
-        database = Database(url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        database = Database(
+            url,
+            echo=settings.database.echo,
+            pool_size=settings.database.pool_size,
+            instance=settings.server.instance,
+        )
     except (SQLAlchemyError, OSError) as exc:  # no driver, no directory for the file
         raise database_failed(url, exc) from None
     try:
@@ -86,7 +91,8 @@ def open_store(settings: Settings, *, migrate: bool = True, create: bool = True)
     # any other error is a migration that failed on what is stored: its traceback is the
     # report, not a line saying the database cannot be opened (and exit 3, "try again later")
     try:
-        payloads = PayloadStore(settings.payload_dir)
+        # the directory is checked to be this database's before a payload is touched
+        payloads = CheckedPayloadStore(settings.payload_dir, database)
     except OSError as exc:
         database.dispose()
         raise payloads_failed(settings.payload_dir, exc) from None

@@ -52,6 +52,7 @@ def serve(
     from meldingstjener.engine.worker import Worker
     from meldingstjener.integration.folder_checks import missing_folders
     from meldingstjener.store.database import Database
+    from meldingstjener.store.identity import PayloadDirectoryNotOurs, claim_payload_directory
     from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
     from meldingstjener.store.opening import database_failed
 
@@ -86,6 +87,11 @@ def serve(
         engine.register_sync = build_register_sync(settings)
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    try:  # one payload directory for every serve of a store (store/identity.py)
+        claim_payload_directory(engine.store)
+    except PayloadDirectoryNotOurs as refused:
+        typer.echo(f"{refused}. Nothing was started.", err=True)
         raise typer.Exit(2) from None
     for problem in missing_folders(settings.folder):  # said at once, not only in an alert
         typer.echo(f"warning: {problem}", err=True)

@@ -43,7 +43,7 @@ from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
-from meldingstjener.model.privacy import passed_through
+from meldingstjener.store.database import round_failed
 from meldingstjener.store.tables import (
     AlertRow,
     ApiClientRow,
@@ -187,7 +187,7 @@ class WebhookDispatcher:
             try:
                 self.run_once()
             except Exception as exc:  # keep the loop alive; the next round tries again
-                log.error("webhook round failed\n%s", passed_through(exc))
+                round_failed(log, "webhook round", exc)  # an outage told once, not each round
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:

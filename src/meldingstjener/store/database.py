@@ -7,10 +7,12 @@ PostgreSQL URLs (``postgresql://...``) are routed to the psycopg 3 driver.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from meldingstjener.model.privacy import passed_through
 from meldingstjener.store import changes
 
 # Why the database failed a unit of work, when a repeat later may work: it cannot be reached
@@ -94,6 +97,105 @@ def transient(exc: BaseException) -> bool:
     return trouble(exc) is not None
 
 
+class RoundFailures:
+    """What a loop that works on the database (a worker's claims, the webhook rounds) says when
+    a round fails, without a traceback a round: while the database cannot be reached, one
+    warning when it goes and one line when it answers again (:meth:`worked`), with a pause
+    between rounds that doubles from ``first_pause`` up to ``longest_pause``; any other error
+    (a fault: a missing table, a bug) with its traceback, then at most once per
+    ``quiet_seconds``, counting the ones not shown. A loop that cannot tell when a round worked
+    (no :meth:`worked`) passes ``retell_seconds``: an outage still under way is told again
+    after that long (else a later outage would never be told)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        first_pause: float = 0.5,
+        longest_pause: float = 10.0,
+        quiet_seconds: float = 60.0,
+        retell_seconds: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.first_pause = first_pause
+        self.longest_pause = longest_pause
+        self.quiet_seconds = quiet_seconds
+        self.retell_seconds = retell_seconds
+        self.monotonic = monotonic
+        self.away_since: float | None = None  # since when the database could not be reached
+        self._told_away_at = 0.0
+        self.pause = 0.0  # before the next round, while it cannot
+        self._told_fault_at: float | None = None
+        self._faults_untold = 0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> float:
+        """Tell (or not) a failed round; the pause before the next one (0: the usual)."""
+        now = self.monotonic()
+        with self._lock:
+            if unreachable(exc):
+                retell = self.retell_seconds is not None and (
+                    now - self._told_away_at >= self.retell_seconds
+                )
+                if self.away_since is None or retell:
+                    self.logger.warning(
+                        "%s: the database cannot be reached (%s); trying again every %g s "
+                        "at most, quietly, until it answers",
+                        self.what,
+                        type(exc).__name__,
+                        self.longest_pause,
+                    )
+                    self._told_away_at = now
+                    if self.away_since is None:
+                        self.away_since = now
+                self.pause = min(self.longest_pause, max(self.first_pause, self.pause * 2))
+                return self.pause
+            if self._told_fault_at is None or now - self._told_fault_at >= self.quiet_seconds:
+                untold, self._faults_untold = self._faults_untold, 0
+                self._told_fault_at = now
+                self.logger.error(
+                    "%s failed: %s%s\n%s",
+                    self.what,
+                    type(exc).__name__,
+                    f" ({untold} more since the last one told)" if untold else "",
+                    passed_through(exc),
+                )
+            else:
+                self._faults_untold += 1
+            return 0.0
+
+    def worked(self) -> None:
+        """A round worked: the database is back, if it was away."""
+        with self._lock:
+            if self.away_since is None:
+                return
+            self.logger.warning(
+                "%s: the database answers again after %.0f s",
+                self.what,
+                self.monotonic() - self.away_since,
+            )
+            self.away_since, self.pause = None, 0.0
+
+
+_ROUND_FAILURES: dict[tuple[str, str], RoundFailures] = {}
+_ROUND_FAILURES_LOCK = threading.Lock()
+
+
+def round_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """:meth:`RoundFailures.failed` for a loop that keeps no :class:`RoundFailures` of its own:
+    one per logger and ``what``, for the life of the process; an outage told again every ten
+    minutes while it lasts, as such a loop says nothing when a round works."""
+    with _ROUND_FAILURES_LOCK:
+        failures = _ROUND_FAILURES.get((logger.name, what))
+        if failures is None:
+            failures = RoundFailures(logger, what, retell_seconds=600.0)
+            _ROUND_FAILURES[logger.name, what] = failures
+    failures.failed(exc)
+
+
 def normalise_url(url: str) -> str:
     """Route plain ``postgresql://`` to psycopg 3 (the driver we install)."""
     parsed = make_url(url)
@@ -131,7 +233,9 @@ def _sqlite_begin(connection: Any) -> None:
 class Database:
     """An engine plus a session factory for one database URL."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, instance: str | None = None
+    ) -> None:
         self.url = normalise_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         # hide_parameters: a database error's text (logged with its traceback) would end with
@@ -146,7 +250,11 @@ class Database:
             # No pre-ping: it costs three round trips per unit of work. A connection that died
             # with a database restart fails its one unit of work (retried: a job later, an
             # HTTP 503 the sender resends on), and SQLAlchemy then replaces the whole pool.
+            # Up to pool_size connections kept and as many more while busy: with the instance
+            # name's lock (store/instance_lock.py), 2 x pool_size + 1 per serve process.
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
+            # pg_stat_activity then tells which instance holds a connection
+            kwargs["connect_args"] = {"application_name": application_name(instance)}
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -188,3 +296,10 @@ class Database:
 
 def connect(url: str, *, echo: bool = False, pool_size: int = 10) -> Database:
     return Database(url, echo=echo, pool_size=pool_size)
+
+
+def application_name(instance: str | None) -> str:
+    """What PostgreSQL shows as a connection's ``application_name``: ``meldingstjener/<the
+    instance name>`` (a command run with a server's configuration shows its name too), cut to
+    the 63 bytes PostgreSQL keeps (instance names are ASCII)."""
+    return (f"meldingstjener/{instance}" if instance else "meldingstjener")[:63]

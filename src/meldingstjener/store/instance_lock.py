@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from meldingstjener.store.database import Database
+from meldingstjener.store.database import Database, application_name
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,11 @@ class _AdvisoryLock:
             hide_parameters=True,  # as the store's engine: no statement values in error texts
             # connecting must not hang on a database that went away (a check that hangs later,
             # on a connection whose far end stopped answering, runs in a thread of its own)
-            connect_args={"connect_timeout": 10, **_KEEPALIVE},
+            connect_args={
+                "connect_timeout": 10,
+                "application_name": application_name(name),
+                **_KEEPALIVE,
+            },
         )
         self._connection: Connection | None = None
 

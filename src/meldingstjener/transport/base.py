@@ -95,9 +95,14 @@ def tls_failure(exc: ssl.SSLError) -> str:
 
 
 def body_missing(exc: OSError) -> TransportFailure:
-    """The stored wire form cannot be read: resending cannot help, so it is final."""
+    """The stored wire form cannot be read. Retryable: the payload directory may be a network
+    share that is away for a while (a share that is not mounted shows an empty folder, so
+    even "no such file" may pass), and a message given up for that is lost for good, where a
+    retry costs one of the agreement's Retries. A file that is really gone is given up when
+    the Retries or PersistDuration run out, as any failed send is. A folder that is not the
+    store's at all is refused when serve starts (``store/identity.py``)."""
     return TransportFailure(
-        "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=False
+        "body-missing", f"the stored message cannot be read: {exc.strerror}", retryable=True
     )
 
 

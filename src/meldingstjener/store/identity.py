@@ -1,0 +1,223 @@
+"""Which database a payload directory belongs to: the store's identity, in both places.
+
+The message rows are in the database; their bodies are files in the payload directory. Every
+process of one store must therefore use one payload directory: a ``serve`` on another host
+with a folder of its own claims jobs whose files it cannot find (and gave those messages up),
+and its own files are missing to every other process. Nothing in either place said which
+belonged with which. So the store has a random id, kept in the database (``kv_state``,
+:data:`STORE_ID_KEY`) and in a marker file in the payload directory (:data:`MARKER_NAME`, a dot
+file: the payload tree's own folders are two characters long, and ``rm -r payloads/*`` leaves it
+where it is). The two must agree:
+
+- ``serve`` calls :func:`claim_payload_directory` at start. A store without an id (a new one,
+  or one made by a version before this check) takes the folder it was given: the marker is
+  written first (only where none is, so that processes starting together on one shared folder
+  agree), then the database's id from it, if it has none yet.
+- every other process checks on first touching a payload file (:class:`CheckedPayloadStore`,
+  which ``bootstrap.open_store`` makes): ``send`` from a help desk's machine would store a body
+  no server can read, and ``sweep`` over another store's folder would remove its files as
+  unreferenced. Commands that never touch a payload (``alerts``, ``instances``) need no share.
+  They never write an id: only a server makes the choice.
+
+Refused (:class:`PayloadDirectoryNotOurs`, a :class:`StoreUnavailable` that names both places
+and what to do): a marker with another id; a marker where the database has no id (another
+store's folder, or a new database pointed at an old folder); no marker where the database has
+an id, whether the folder is empty (a host's own fresh folder, or a share that is not mounted)
+or not (a folder of the time before this check on a second host, which held that host's own
+bodies: taking it would carry the fault on). A restored backup of both keeps its id. A folder
+emptied of its bodies keeps its marker.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from meldingstjener.store.database import Database
+from meldingstjener.store.opening import StoreUnavailable, payloads_failed, shown_url
+from meldingstjener.store.payloads import PayloadStore, StoredFile, make_durable_dir
+from meldingstjener.store.tables import StateRow
+
+if TYPE_CHECKING:
+    from meldingstjener.store.uow import Store
+
+STORE_ID_KEY = "store.id"
+# where the first serve found the payload directory: named when another folder is refused
+PAYLOAD_DIR_KEY = "store.payload_dir"
+MARKER_NAME = ".meldingstjener-store"
+
+
+class PayloadDirectoryNotOurs(StoreUnavailable):
+    """The payload directory is not this database's (another store's, or a host's own)."""
+
+
+def marker_path(directory: Path) -> Path:
+    return directory / MARKER_NAME
+
+
+def read_marker(directory: Path) -> str | None:
+    """The store id the directory's marker names; None when it has none."""
+    try:
+        return marker_path(directory).read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise payloads_failed(directory, exc) from None
+
+
+def store_id(database: Database) -> str | None:
+    """The store's id as its database keeps it; None before a ``serve`` of this version ran."""
+    return _state(database, STORE_ID_KEY)
+
+
+def _state(database: Database, key: str) -> str | None:
+    # Read outside every unit of work (a deferred transaction on SQLite): the check may come
+    # while this thread's unit of work holds the write lock.
+    with database.reading() as connection:
+        return connection.execute(
+            select(StateRow.value).where(StateRow.key == key)
+        ).scalar_one_or_none()
+
+
+def claim_payload_directory(store: Store) -> str:
+    """At a ``serve``'s start: the store's id, its payload directory taken for a store that
+    has none yet; :class:`PayloadDirectoryNotOurs` when the directory is not the store's."""
+    known = _claim(store.database, store.payloads.root)
+    if isinstance(store.payloads, CheckedPayloadStore):
+        store.payloads.mark_checked()
+    return known
+
+
+def _claim(database: Database, directory: Path) -> str:
+    known = store_id(database)
+    if known is None and read_marker(directory) is None:
+        _write_marker(directory, secrets.token_hex(16))
+        marked = read_marker(directory)  # ours, or that of a process that was first
+        if marked:
+            _record_store_id(database, marked, directory)
+        known = store_id(database)
+    check_payload_directory(database, directory, known=known)
+    assert known is not None  # a directory that was checked names the store's id
+    return known
+
+
+def check_payload_directory(
+    database: Database, directory: Path, *, known: str | None = None
+) -> None:
+    """:class:`PayloadDirectoryNotOurs` unless the directory's marker names this store; a
+    store without an id yet, whose directory has no marker, passes (nothing to compare)."""
+    known = store_id(database) if known is None else known
+    marked = read_marker(directory)
+    if marked is not None and marked == known:
+        return
+    if marked is None and known is None:
+        return
+    marker = marker_path(directory)
+    where = f"the payload directory {directory} (data_dir)"
+    database_named = f"the database {shown_url(database.url)}"
+    if marked is not None:
+        whose = f"store {marked}" if marked else "a store (its marker is empty)"
+        has = f"store {known}" if known else "no store id yet"
+        raise PayloadDirectoryNotOurs(
+            f"{where} belongs to {whose} ({marker}), but {database_named} is {has}: point "
+            "data_dir at the payload directory every serve of this database shares; only if "
+            f"{directory} never served another database, remove {marker}"
+        )
+    if _holds_files(directory):
+        raise PayloadDirectoryNotOurs(
+            f"{where} has no marker {marker}, but {database_named} is store {known}, whose "
+            "serves write theirs there: this folder is not the one they share (a folder of "
+            "this host's own?). Point data_dir at the shared payload directory; only if this "
+            f"is it (restored from a backup without the marker), write {known} into {marker}"
+        )
+    shared = _state(database, PAYLOAD_DIR_KEY) or "another folder"
+    raise PayloadDirectoryNotOurs(
+        f"{where} is empty and unmarked, but {database_named} is store {known}, whose payloads "
+        f"are in {shared} (as its first serve named it; its marker {MARKER_NAME} names "
+        f"{known}): every serve of one database must use that one payload directory (a network "
+        "share); mount it on this host and point data_dir at it"
+    )
+
+
+def _holds_files(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.name != MARKER_NAME for entry in entries)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise payloads_failed(directory, exc) from None
+
+
+def _write_marker(directory: Path, value: str) -> None:
+    """Write the marker where none is (``x``: of processes starting together on one shared
+    folder the first one's stays), durably, as the payloads are."""
+    make_durable_dir(directory)
+    try:
+        with open(marker_path(directory), "x", encoding="ascii") as handle:
+            handle.write(f"{value}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise payloads_failed(directory, exc) from None
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _record_store_id(database: Database, value: str, directory: Path) -> None:
+    """The database's id, unless it has one (another process's, written meanwhile)."""
+    session = database.sessions()
+    try:
+        if session.get(StateRow, STORE_ID_KEY) is None:
+            session.add(StateRow(key=STORE_ID_KEY, value=value))
+            session.merge(StateRow(key=PAYLOAD_DIR_KEY, value=str(directory.resolve())))
+            session.commit()
+    except IntegrityError:  # a process starting at the same time was first
+        session.rollback()
+    finally:
+        session.close()
+
+
+class CheckedPayloadStore(PayloadStore):
+    """A payload store that checks, before its first file is touched, that the directory is
+    this database's (:func:`check_payload_directory`); ``serve`` checks at its start instead
+    (:func:`claim_payload_directory`) and marks the store checked."""
+
+    def __init__(self, root: Path, database: Database) -> None:
+        super().__init__(root)
+        self._database = database
+        self._checked = False
+        self._check_lock = threading.Lock()
+
+    def mark_checked(self) -> None:
+        self._checked = True
+
+    def _ensure_checked(self) -> None:
+        if self._checked:
+            return
+        with self._check_lock:
+            if not self._checked:
+                check_payload_directory(self._database, self.root)
+                self._checked = True
+
+    def _path(self, key: str) -> Path:  # every read, write and removal of a payload
+        self._ensure_checked()
+        return super()._path(key)
+
+    def files(
+        self, *, modified_before: float, modified_since: float | None = None
+    ) -> Iterator[StoredFile]:
+        self._ensure_checked()
+        return super().files(modified_before=modified_before, modified_since=modified_since)
