@@ -50,7 +50,16 @@ def db_upgrade(ctx: typer.Context) -> None:
     typer.echo(f"database {store.database.engine.url.render_as_string()} at revision {revision}")
 
 
+# The one rule of --since (log, audit), said in their help: a time without a zone is UTC, as the
+# store keeps and the tables print every time ("time (UTC)"), not the operator's local time.
+SINCE_HELP = (
+    "a date (2026-11-23: its midnight UTC) or date and time, ISO 8601; a time without a zone "
+    "is UTC: give it, e.g. 2026-11-23T08:00+01:00, for a local time"
+)
+
+
 def parse_since(value: str | None) -> datetime | None:
+    """``--since``: a date or date-time, UTC unless it names its zone (``SINCE_HELP``)."""
     if value is None:
         return None
     try:
@@ -85,7 +94,7 @@ def log_command(
         str | None, typer.Option("--status", help="Only messages now in this status.")
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only events from this date/time (ISO 8601).")
+        str | None, typer.Option("--since", help=f"Only events from this time: {SINCE_HELP}.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many events.")] = 1000,
     as_json: Annotated[
@@ -376,7 +385,7 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
     console.print(f"[bold]{escape(ebxml_message_id)}[/]: [bold]{state}", highlight=False)
     for event in events:
         console.print(
-            f"  {event.at:%Y-%m-%d %H:%M:%S} {event.actor} {event.code or ''} "
+            f"  {event.at:%Y-%m-%d %H:%M:%S} UTC {event.actor} {event.code or ''} "
             f"{escape(event.detail or '')}",
             highlight=False,
         )
