@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from meldingstjener.cli.store_cmds import (
     show_refusal,
     wide_console,
 )
+from meldingstjener.store.types import as_utc
 from meldingstjener.views import alert_dict
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def alerts_list(
         if more:
             typer.echo(not_shown, err=True)
         return
-    table = Table("id", "severity", "kind", "count", "last seen", "ack", "summary")
+    table = Table("id", "severity", "kind", "count", "last seen (UTC)", "ack", "summary")
     for alert in alerts:
         table.add_row(
             str(alert.id),
@@ -228,7 +230,7 @@ def _print_status(
     for receipt in document["receipts"]:
         answer = receipt.get("answer")
         console.print(
-            f"  {receipt['at'][:19]} {receipt['direction']:>3} {receipt['kind']}"
+            f"  {_utc(receipt['at'])} {receipt['direction']:>3} {receipt['kind']}"
             + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
             + (f" {_codes(receipt['error_codes'])}" if receipt["error_codes"] else "")
             + (f": sent as {answer['message_id']}, {_answer_fate(answer)}" if answer else "")
@@ -249,6 +251,12 @@ def _print_status(
         console.print(
             f"  [red]alert {alert.id}[/] {alert.kind}{acknowledged}: {escape(alert.summary)}"
         )
+
+
+def _utc(at: str) -> str:
+    """A stored time (ISO 8601, as the status document has it) as the tables print times:
+    to the second, in UTC, saying so."""
+    return f"{as_utc(datetime.fromisoformat(at)):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _answer_fate(answer: dict[str, Any]) -> str:

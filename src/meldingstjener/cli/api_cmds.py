@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from, store_from
-from meldingstjener.cli.store_cmds import parse_since, wide_console
+from meldingstjener.cli.store_cmds import SINCE_HELP, parse_since, wide_console
 
 clients_app = typer.Typer(help="API client systems (EPJs): keys, scopes, HER-ids.")
 app.add_typer(clients_app, name="clients", no_args_is_help=True)
@@ -25,7 +25,7 @@ def audit_command(
         str | None, typer.Option("--client", help="Only entries of this client system.")
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only entries from this date/time (ISO 8601).")
+        str | None, typer.Option("--since", help=f"Only entries from this time: {SINCE_HELP}.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many entries.")] = 1000,
     as_json: Annotated[
@@ -116,7 +116,7 @@ def clients_list(
                 )
             )
         return
-    table = Table("name", "scopes", "HER-ids", "created", "revoked")
+    table = Table("name", "scopes", "HER-ids", "created (UTC)", "revoked (UTC)")
     for c in clients:
         table.add_row(
             c.name,

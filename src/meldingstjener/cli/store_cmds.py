@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -50,7 +51,16 @@ def db_upgrade(ctx: typer.Context) -> None:
     typer.echo(f"database {store.database.engine.url.render_as_string()} at revision {revision}")
 
 
+# The one rule of --since (log, audit), said in their help: a time without a zone is UTC, as the
+# store keeps and the tables print every time ("time (UTC)"), not the operator's local time.
+SINCE_HELP = (
+    "a date (2026-11-23: its midnight UTC) or date and time, ISO 8601; a time without a zone "
+    "is UTC: give it, e.g. 2026-11-23T08:00+01:00, for a local time"
+)
+
+
 def parse_since(value: str | None) -> datetime | None:
+    """``--since``: a date or date-time, UTC unless it names its zone (``SINCE_HELP``)."""
     if value is None:
         return None
     try:
@@ -85,7 +95,7 @@ def log_command(
         str | None, typer.Option("--status", help="Only messages now in this status.")
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only events from this date/time (ISO 8601).")
+        str | None, typer.Option("--since", help=f"Only events from this time: {SINCE_HELP}.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many events.")] = 1000,
     as_json: Annotated[
@@ -270,16 +280,28 @@ def sweep_command(
         float,
         typer.Option(
             "--older-than",
-            min=1.0,
-            help="Only files last written longer ago than this many hours (at least 1).",
+            min=0.0,
+            help="Only files last written longer ago than this many hours (at least 1; "
+            "0 with --dry-run, or with --move-to when every serve of this store is stopped).",
         ),
     ] = 24.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only count what would be removed.")
     ] = False,
+    move_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--move-to",
+            help="Move the files into this directory (their paths kept; made if missing; "
+            "outside the payload directory) instead of removing them. After the database was "
+            "restored from a backup they include the only copies of the messages received "
+            "after it: see docs/OPERATIONS.md.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
-    """Remove payload files no message or receipt refers to (left by a crash).
+    """Remove payload files no message or receipt refers to (left by a crash), or move them
+    aside (--move-to).
 
     ``serve`` does this daily by itself; this looks at every file, not only the newest.
     """
@@ -288,26 +310,43 @@ def sweep_command(
     from meldingstjener.engine.housekeeping import record_sweep
     from meldingstjener.store.orphans import sweep
 
+    if older_than_hours < 1 and move_to is None and not dry_run:
+        # a younger file may be one a unit of work is about to refer to: removed, it is lost;
+        # moved, it can be put back
+        raise typer.BadParameter(
+            "below 1 hour only with --dry-run or --move-to", param_hint="--older-than"
+        )
     store = store_from(ctx)
-    report = sweep(store, grace=timedelta(hours=older_than_hours), dry_run=dry_run)
+    if move_to is not None and move_to.resolve().is_relative_to(store.payloads.root.resolve()):
+        raise typer.BadParameter("must be outside the payload directory", param_hint="--move-to")
+    try:
+        report = sweep(
+            store, grace=timedelta(hours=older_than_hours), dry_run=dry_run, move_to=move_to
+        )
+    except FileExistsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     with store.unit_of_work() as uow:
-        record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run)
+        record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run, moved_to=move_to)
         uow.commit()
+    moved = 0 if dry_run or move_to is None else len(report.orphans)
     figures = {
         "examined": report.examined,
         "orphans": len(report.orphans),
         "orphan_bytes": report.orphan_bytes,
         "unfinished_spools": report.temporaries,
-        "removed": 0 if dry_run else len(report.orphans),
+        "removed": 0 if dry_run or move_to is not None else len(report.orphans),
+        "moved": moved,
     }
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    done = "would remove" if dry_run else "removed"
+    done = "would remove" if dry_run else "removed" if move_to is None else "moved"
+    where = "" if dry_run or move_to is None else f" into {move_to}"
     typer.echo(
         f"examined {report.examined} file(s) older than {older_than_hours:g} h; {done} "
         f"{len(report.orphans)} that nothing refers to ({report.orphan_bytes} bytes, "
-        f"{report.temporaries} unfinished spool(s))"
+        f"{report.temporaries} unfinished spool(s)){where}"
     )
 
 
@@ -436,7 +475,7 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
     console.print(f"[bold]{escape(ebxml_message_id)}[/]: [bold]{state}", highlight=False)
     for event in events:
         console.print(
-            f"  {event.at:%Y-%m-%d %H:%M:%S} {event.actor} {event.code or ''} "
+            f"  {event.at:%Y-%m-%d %H:%M:%S} UTC {event.actor} {event.code or ''} "
             f"{escape(event.detail or '')}",
             highlight=False,
         )

@@ -54,7 +54,7 @@ def webhooks_list(
                 )
             )
         return
-    table = Table("id", "client", "url", "events", "state", "failures", "owed", "created")
+    table = Table("id", "client", "url", "events", "state", "failures", "owed", "created (UTC)")
     for hook in hooks:
         table.add_row(
             str(hook.id),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.orphans import SweepReport, sweep
@@ -37,20 +38,29 @@ def schedule_sweep(ctx: EngineContext, uow: UnitOfWork) -> None:
 
 
 def record_sweep(
-    uow: UnitOfWork, report: SweepReport, *, actor: str, dry_run: bool, at: datetime | None = None
+    uow: UnitOfWork,
+    report: SweepReport,
+    *,
+    actor: str,
+    dry_run: bool,
+    at: datetime | None = None,
+    moved_to: Path | None = None,
 ) -> None:
-    """Put a sweep that found orphans in the message log (a sweep that found none is quiet)."""
+    """Put a sweep that found orphans in the message log (a sweep that found none is quiet);
+    ``moved_to``: where it moved them (``sweep --move-to``) instead of removing them."""
     if not report.orphans:
         return
-    done = "would remove" if dry_run else "removed"
+    done = "would remove" if dry_run else "removed" if moved_to is None else "moved"
+    why = "left by a crash or a killed process"
+    if moved_to is not None and not dry_run:
+        why = f"moved into {moved_to}; left by a crash, or of messages a restored database lost"
     uow.events.record(
         None,
         EventKind.NOTE,
         actor=actor,
         code="orphan-files",
         detail=f"{done} {len(report.orphans)} payload file(s), {report.orphan_bytes} bytes, that "
-        f"no message or receipt refers to ({report.temporaries} unfinished spool(s)); left by "
-        "a crash or a killed process",
+        f"no message or receipt refers to ({report.temporaries} unfinished spool(s)); {why}",
         at=at,
     )
 

@@ -4,7 +4,10 @@ The dispatcher follows the message log and the alerts table with cursors kept in
 log's cursor never passes an event id that may still commit, see ``_settled_up_to``), and turns
 news into ``webhook_deliveries`` rows (one per webhook and event, unique, so a restart never
 notifies twice for the same event). Deliveries are POSTed as JSON with an HMAC-SHA256 signature
-over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``; a call ends by its deadline
+over ``<timestamp>.<body>`` in ``X-Meldingstjener-Signature``, and the delivery's random id (a
+UUID made with its row, ``DELIVERY_HEADER`` and the body's ``deliveryId``), by which a receiver
+knows a repeat: the row ids were handed out again, for other news, by a store restored from an
+older backup. A call ends by its deadline
 (``CALL_TIMEOUTS`` time-outs, however its receiver paces its answer), and at most ``ANSWER_BYTES``
 of the answer are read. Failures are retried with doubling waits; after ``disable_after_failures``
 failures in a row the webhook is disabled and an alert raised. A webhook whose call failed pauses
@@ -65,6 +68,9 @@ ALERT_CURSOR = "webhooks.alert_cursor"
 ALERT_LOOKBACK = timedelta(seconds=60)  # see _collect_alerts
 SIGNATURE_HEADER = "X-Meldingstjener-Signature"
 TIMESTAMP_HEADER = "X-Meldingstjener-Timestamp"
+# A delivery's id, the same in every call of it and in no call of another delivery, whatever
+# backup the store was restored from (a UUID; the row ids were handed out again after a restore)
+DELIVERY_HEADER = "X-Meldingstjener-Delivery"
 WEBHOOK_DISABLED = AlertKind.WEBHOOK_DISABLED.value
 # A claimed delivery waits this many call timeouts (plus half a minute) before another process
 # may take it: longer than a call may last (CALL_TIMEOUTS), or it would be sent twice
@@ -146,7 +152,8 @@ def events_allowed(scopes: Iterable[str]) -> list[str]:
 class _Call:
     """What one webhook call needs, read under its claim."""
 
-    delivery_id: int
+    row_id: int  # the delivery's row, where the call is recorded
+    delivery_id: str  # what the receiver is told (the row's random delivery_id, never its id)
     url: str
     secret: str
     event_type: str
@@ -471,10 +478,10 @@ class WebhookDispatcher:
                 )
             )
         calls = 0
-        for delivery_id in due:
+        for row_id in due:
             if calls and self._monotonic() - started >= self.settings.timeout_seconds:
                 break  # its share of the round is spent
-            call = self._claim(delivery_id, hook_id)
+            call = self._claim(row_id, hook_id)
             if call is None:
                 continue  # another process has it, or the webhook paused meanwhile
             calls += 1
@@ -482,7 +489,7 @@ class WebhookDispatcher:
                 break
         return calls
 
-    def _claim(self, delivery_id: int, hook_id: int) -> _Call | None:
+    def _claim(self, row_id: int, hook_id: int) -> _Call | None:
         """Take one delivery for this process's call, or None when it is not to be made.
 
         Every ``serve`` runs a dispatcher. A delivery is claimed right before its call by moving
@@ -505,7 +512,7 @@ class WebhookDispatcher:
             taken = uow.session.execute(
                 update(WebhookDeliveryRow)
                 .where(
-                    WebhookDeliveryRow.id == delivery_id,
+                    WebhookDeliveryRow.id == row_id,
                     WebhookDeliveryRow.state == "pending",
                     WebhookDeliveryRow.due_at <= now,
                 )
@@ -515,9 +522,16 @@ class WebhookDispatcher:
                 return None  # another process has it
             if hook.consecutive_failures:
                 hook.paused_until = until
-            delivery = uow.session.get(WebhookDeliveryRow, delivery_id)
+            delivery = uow.session.get(WebhookDeliveryRow, row_id)
             assert delivery is not None
-            call = _Call(delivery_id, hook.url, hook.secret, delivery.event_type, delivery.body)
+            call = _Call(
+                row_id,
+                delivery.delivery_id,
+                hook.url,
+                hook.secret,
+                delivery.event_type,
+                delivery.body,
+            )
             uow.commit()
         return call
 
@@ -529,7 +543,7 @@ class WebhookDispatcher:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(call.secret, timestamp, data),
             "X-Meldingstjener-Event": call.event_type,
-            "X-Meldingstjener-Delivery": str(call.delivery_id),
+            DELIVERY_HEADER: call.delivery_id,
         }
         error: str | None = None
         deadline = time.monotonic() + CALL_TIMEOUTS * self.settings.timeout_seconds
@@ -550,13 +564,13 @@ class WebhookDispatcher:
             # a URL httpx cannot use raises InvalidURL, which is no HTTPError, and once stopped
             # every round before any other delivery was made.
             error = f"{type(exc).__name__}"
-        self._record(call.delivery_id, error)
+        self._record(call.row_id, error)
         return error is None
 
-    def _record(self, delivery_id: int, error: str | None) -> None:
+    def _record(self, row_id: int, error: str | None) -> None:
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
-            delivery = uow.session.get(WebhookDeliveryRow, delivery_id)
+            delivery = uow.session.get(WebhookDeliveryRow, row_id)
             if delivery is None:
                 return
             # locked: another process may record a call to the same webhook at the same time
@@ -659,7 +673,7 @@ def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:
     return len(hooks)
 
 
-def _read_answer(response: httpx.Response, deadline: float, delivery_id: int) -> None:
+def _read_answer(response: httpx.Response, deadline: float, delivery_id: str) -> None:
     """Read the receiver's answer, at most ``ANSWER_BYTES`` of it by ``deadline``: only so
     that its connection may serve the next call. Its status has said what became of the call;
     a longer or slower answer is cut off (its connection closed), whatever it holds."""

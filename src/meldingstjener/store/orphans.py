@@ -9,15 +9,20 @@ no row refers to it. Old files never gain a reference: every reference is made t
 written, under a random key.
 
 The payload directory belongs to one database: a second database's files in it would look
-unreferenced.
+unreferenced. So do the files of messages received after a backup, once the database is
+restored from it and the newer payload directory kept: they are the only copies of those
+messages, and a sweep given ``move_to`` moves the orphans there (under the same relative
+paths) instead of removing them.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select, union
 
@@ -53,8 +58,10 @@ def sweep(
     since: float | None = None,
     now: float | None = None,
     dry_run: bool = False,
+    move_to: Path | None = None,
 ) -> SweepReport:
-    """Remove the orphans among the files last written in ``[since, now - grace)``.
+    """Remove the orphans among the files last written in ``[since, now - grace)``, or move
+    them into ``move_to`` (made if missing; outside the payload directory).
 
     ``since`` is the ``swept_until`` of the previous sweep, so each file is looked at once.
     File ages are taken from the wall clock, as the file system's times are.
@@ -63,9 +70,30 @@ def sweep(
     report = SweepReport(swept_until=until)
     files = store.payloads.files(modified_before=until, modified_since=since)
     for orphan in _unreferenced(store, _counted(files, report)):
-        if dry_run or store.payloads.remove(orphan):
+        if dry_run:
+            report.orphans.append(orphan)
+        elif move_to is not None:
+            if _moved(orphan, store.payloads.root, move_to):
+                report.orphans.append(orphan)
+        elif store.payloads.remove(orphan):
             report.orphans.append(orphan)
     return report
+
+
+def _moved(orphan: StoredFile, root: Path, target: Path) -> bool:
+    """Move ``orphan`` from the payload directory ``root`` to the same relative path under
+    ``target``; False when it was gone. A file already there is never overwritten (a
+    ``FileExistsError``: move to a new directory); a move across file systems is a copy, and
+    the orphan is removed only once its copy is complete."""
+    destination = target / orphan.path.relative_to(root)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.exists():
+        raise FileExistsError(f"{destination} exists already; move to an empty directory")
+    try:
+        shutil.move(orphan.path, destination)  # a rename, or a copy and delete across disks
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _counted(files: Iterable[StoredFile], report: SweepReport) -> Iterator[StoredFile]:

@@ -481,9 +481,14 @@ class WebhookDeliveryRow(Base):
     __table_args__ = (
         UniqueConstraint("webhook_id", "event_key", name="uq_webhook_deliveries_event"),
         Index("ix_webhook_deliveries_due", "state", "due_at"),
+        Index("uq_webhook_deliveries_delivery_id", "delivery_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # the id the receiver is told (X-Meldingstjener-Delivery, the body's deliveryId): random,
+    # not the row's id, which a store restored from an older backup hands out again for other
+    # news (migration 0025); every retry of this delivery carries the same one
+    delivery_id: Mapped[str] = mapped_column(String(36), default=new_id)
     webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     event_key: Mapped[str] = mapped_column(String(255))
     event_type: Mapped[str] = mapped_column(String(32))

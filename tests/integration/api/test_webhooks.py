@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from api_sites import ApiPair
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from restore import restore_hospital, sqlite_backup
 from sqlalchemy import select
 
 from meldingstjener.api.app import create_app
@@ -393,7 +395,7 @@ def test_a_jwt_clients_webhooks_are_called_though_a_revoked_key_client_has_its_n
     _send_note(api_pair)
     assert dispatcher.run_once() == 2
     assert sorted(json.loads(body)["deliveryId"] for _, body in receiver.calls) == sorted(
-        d.id for d in _deliveries(api_pair)
+        d.delivery_id for d in _deliveries(api_pair)
     )
     assert {d.webhook_id for d in _deliveries(api_pair)} == {before, after}
 
@@ -438,7 +440,9 @@ def test_a_delivery_the_receiver_always_refuses_is_asked_ever_more_rarely(
     _send_note(api_pair)
     dispatcher.collect()
     [refused] = _deliveries(api_pair)
-    receiver.answer = lambda body: 500 if json.loads(body)["deliveryId"] == refused.id else 200
+    receiver.answer = lambda body: (
+        500 if json.loads(body)["deliveryId"] == refused.delivery_id else 200
+    )
     for _ in range(12):  # a minute, a look every five seconds, and a new note each time
         dispatcher.run_once()
         pair.clock.advance(seconds=5)
@@ -1388,3 +1392,43 @@ def test_an_event_committed_while_a_round_reads_the_log_is_announced(
     dispatcher.run_once()
     announced = sorted(json.loads(body)["messageId"] for _, body in receiver.calls)
     assert announced == sorted([str(first.message_id), str(second.message_id)])
+
+
+@pytest.mark.parametrize("pair", ["sqlite"], indirect=True)
+def test_deliveries_after_a_restored_backup_have_ids_never_handed_out_before(
+    api_pair: ApiPair, receiver: Receiver, tmp_path: Path
+) -> None:
+    # The receivers were told the delivery rows' ids, and told to use them to ignore a repeat.
+    # A store restored from an older backup handed the same ids out again, for other messages:
+    # an EPJ that followed the advice dropped the news of newly received messages.
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    _send_note(api_pair)
+    assert WebhookDispatcher(pair.hospital, _settings()).run_once() == 1
+    _send_note(api_pair)
+    assert WebhookDispatcher(pair.hospital, _settings()).collect() == 1  # owed at the backup
+    backup = tmp_path / "backup.db"
+    sqlite_backup(pair.hospital, backup)
+    assert WebhookDispatcher(pair.hospital, _settings()).run_once() == 1
+    _send_note(api_pair)
+    assert WebhookDispatcher(pair.hospital, _settings()).run_once() == 1
+    before = [_delivery_id(headers, body) for headers, body in receiver.calls]
+    restored = restore_hospital(pair, backup)
+    for _ in range(2):
+        _send_note(api_pair)
+    assert WebhookDispatcher(restored, _settings()).run_once() == 3
+    owed_again, *after = [_delivery_id(headers, body) for headers, body in receiver.calls[3:]]
+    announced = [json.loads(body)["messageId"] for _, body in receiver.calls]
+    assert len(set(before)) == 3 and len(set(after)) == 2
+    assert not set(after) & set(before)  # new news: an id never handed out before
+    # the call the backup still owed is made again: the same news with the same id, a repeat
+    assert (owed_again, announced[3]) == (before[1], announced[1])
+    assert len(set(announced)) == 5  # five messages
+    assert all(str(uuid.UUID(told)) == told for told in before + after)
+
+
+def _delivery_id(headers: dict[str, str], body: bytes) -> str:
+    """The id a call carries, the same in its header and its body."""
+    told = str(json.loads(body)["deliveryId"])
+    assert headers["X-Meldingstjener-Delivery"] == told  # the header docs/API.md names
+    return told

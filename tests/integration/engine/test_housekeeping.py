@@ -70,6 +70,7 @@ def test_the_sweep_command_counts_then_removes(pair: Pair) -> None:
         "orphan_bytes": len(b"left by a crash"),
         "unfinished_spools": 0,
         "removed": 0,
+        "moved": 0,
     }
     assert pair.gp.store.payloads.exists(orphan.key)
     done = CliRunner().invoke(app, ["--config", config, "sweep"])

@@ -3,6 +3,7 @@ down and up again cleanly."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -46,9 +47,9 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
         )
         connection.execute(
             text(
-                "INSERT INTO webhook_deliveries (webhook_id, event_key, event_type, body, state,"
-                " attempts, due_at, created_at) VALUES (1, 'k', 'alert', '{}', 'pending', 0,"
-                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                "INSERT INTO webhook_deliveries (webhook_id, delivery_id, event_key, event_type,"
+                " body, state, attempts, due_at, created_at) VALUES (1, 'told-before', 'k',"
+                " 'alert', '{}', 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
     with own_database.unit_of_work() as uow:  # an agreement with an end (0013)
@@ -68,6 +69,14 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     assert _job_ids_never_reused(own_database)
     assert _deliveries(own_database) == 1
     assert _count(own_database, "partner_agreements") == 1
+    [told] = _delivery_ids(own_database)  # a delivery owed going up is given an id (0025)
+    assert str(uuid.UUID(told)) == told
+
+
+def _delivery_ids(store: Store) -> list[str]:
+    with store.database.engine.connect() as connection:
+        rows = connection.execute(text("SELECT delivery_id FROM webhook_deliveries"))
+        return list(rows.scalars())
 
 
 def _count(store: Store, table: str) -> int:
@@ -285,9 +294,9 @@ def test_going_down_past_the_webhook_scopes_keeps_the_deliveries(own_database: S
         )
         connection.execute(
             text(
-                "INSERT INTO webhook_deliveries (id, webhook_id, event_key, event_type, body,"
-                " state, attempts, due_at, created_at) VALUES (7, 1, 'k', 'alert', '{}',"
-                " 'pending', 2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                "INSERT INTO webhook_deliveries (id, webhook_id, delivery_id, event_key,"
+                " event_type, body, state, attempts, due_at, created_at) VALUES (7, 1, 'told',"
+                " 'k', 'alert', '{}', 'pending', 2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
     config = alembic_config(database)
