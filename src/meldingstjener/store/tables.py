@@ -487,7 +487,7 @@ class WebhookDeliveryRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # the id the receiver is told (X-Meldingstjener-Delivery, the body's deliveryId): random,
     # not the row's id, which a store restored from an older backup hands out again for other
-    # news (migration 0025); every retry of this delivery carries the same one
+    # news (migration 0024); every retry of this delivery carries the same one
     delivery_id: Mapped[str] = mapped_column(String(36), default=new_id)
     webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     event_key: Mapped[str] = mapped_column(String(255))

@@ -69,7 +69,7 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     assert _job_ids_never_reused(own_database)
     assert _deliveries(own_database) == 1
     assert _count(own_database, "partner_agreements") == 1
-    [told] = _delivery_ids(own_database)  # a delivery owed going up is given an id (0025)
+    [told] = _delivery_ids(own_database)  # a delivery owed going up is given an id (0024)
     assert str(uuid.UUID(told)) == told
 
 

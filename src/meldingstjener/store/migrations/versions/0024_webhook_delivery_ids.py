@@ -8,8 +8,8 @@ with its row (a retry of it carries the same one); those owed when going up are 
 A unique index holds it to one delivery (and lets one be found by the id a receiver reports).
 Going down drops the column: the receivers are told the row ids again.
 
-Revision ID: 0025
-Revises: 0023 (on this branch; 0024 once the migrations numbered between are merged)
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-12-05 07:00:00
 """
 
@@ -20,9 +20,7 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0025"
-# The head where this was written. Migrations 0023 and 0024 are other developers' and come
-# in at the merge, which chains this one after the newest of them.
+revision = "0024"
 down_revision = "0023"
 branch_labels = None
 depends_on = None
