@@ -251,6 +251,7 @@ def send(
     from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
+    from meldingstjener.store.payloads import CHUNK
 
     settings = settings_from(ctx)
     try:
@@ -258,6 +259,7 @@ def send(
     except OSError as exc:
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
+    payloads = None
     try:
         # The server's store, never a new one: run from another directory with a relative
         # data_dir (a cron job, an EPJ's script) a new store would take the message, and no
@@ -265,13 +267,29 @@ def send(
         engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
         # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
         # and it becomes the stored payload by a rename
-        with source, engine.store.payloads.spool() as payload:
-            try:
-                payload.write_from(source)
-            except OSError as exc:
-                typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
-                raise typer.Exit(2) from None
+        payloads = engine.store.payloads
+        with source, payloads.spool() as payload:
+            # read and written in turn: a failure of each is told apart (the file given, exit
+            # 2; the payload directory, a full disk, exit 3, as for the store's other troubles)
+            while True:
+                try:
+                    chunk = source.read(CHUNK)
+                except OSError as exc:
+                    typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
+                    raise typer.Exit(2) from None
+                if not chunk:
+                    break
+                payload.write(chunk)
             message_id = submit(engine, payload, to_her_id=to, actor="cli:send", test_message=test)
+    except OSError as exc:
+        if payloads is None:
+            raise  # opening the store: bootstrap's own error, not this one's
+        typer.echo(
+            f"cannot write the payload directory {payloads.root}: "
+            f"{exc.strerror or type(exc).__name__}",
+            err=True,
+        )
+        raise typer.Exit(3) from None
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
