@@ -23,11 +23,14 @@ if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.mail_channel import MailCollectorThread
 
-# A stop fits in Docker's grace period before SIGKILL (10 s): requests still open get up to
-# GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the stop for ever), then the
-# threads get STOP_SECONDS in all.
-GRACEFUL_SECONDS = 4
-STOP_SECONDS = 5.0
+# A stop fits in a service manager's grace period before SIGKILL (Docker's is 10 s): requests
+# still open get up to GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the
+# stop for ever); then the bodies still coming are answered 503, while a message whose receive
+# began is stored and answered (under a second, most; a large one takes longer: README), and
+# the threads get STOP_SECONDS in all. With the process's start and end, about 7 s; at 4 + 5 it
+# was 10.0-10.8 s, and Docker's SIGKILL could cut the stop's record short.
+GRACEFUL_SECONDS = 3
+STOP_SECONDS = 3.0
 
 
 @app.command("serve")
