@@ -51,7 +51,7 @@ RETRY_AFTER_SECONDS = 10
 _TOLD = {
     UNREACHABLE: "the database cannot be reached",
     BUSY: "the database is busy",
-    RESOURCES: "the store (its disk) cannot store",
+    RESOURCES: "the store cannot be written (a disk full)",
 }
 # the methods whose calls may write to the store
 _WRITING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
