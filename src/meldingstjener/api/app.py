@@ -5,16 +5,28 @@ message as the body, its Content-Type as the header. The answer is 200 once the 
 durably stored (empty body, or the signal in the body when the sender asked for SyncReply),
 400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
 large, and 503 when the server cannot store right now (the sender then retries): the database is
-away, or the payload store cannot be written (a ``store-failing`` alert). An unexpected error is
-answered 500 with an ``ebms-failing`` alert. A body that stops coming (slower than the
-:class:`BodyPace` allows) is answered 408. A peer refused three times in a row (400, 408 or 413)
-raises an ``ebms-refused`` alert.
+away, or the payload store or the database's disk cannot be written (``store-failing``: see
+:class:`~meldingstjener.engine.ebms_alerts.StoreFailing`, which ``/health`` reports too). An
+unexpected error is answered 500 with an ``ebms-failing`` alert. A body that stops coming
+(slower than the :class:`BodyPace` allows) is answered 408. A peer refused three times in a row
+(400, 408 or 413) raises an ``ebms-refused`` alert. After a 408 or 413 the connection is closed
+(a 413 first reads what comes within the pace's grace, so that a sender still writing sees it):
+kept, it was held for whatever the client trickled after.
+
+A stop (SIGTERM) gives the requests under way uvicorn's graceful period; then it cancels them.
+A receive that has begun is run to its end regardless and answered as it ended (the sender was
+answered 500 while the message was stored and acknowledged); a body still coming is answered
+503 with the connection closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +52,7 @@ from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.database import transient
+from meldingstjener.store.database import RESOURCES, trouble
 from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
 log = logging.getLogger(__name__)
@@ -75,6 +87,8 @@ def create_app(
     """
     api = api_settings or ApiSettings()
     pace = body_pace or BodyPace()
+    # this process's writes of its store failing (a full disk): /ebms, the EPJ API, /health
+    store_failing = ebms_alerts.StoreFailing(ctx)
     app = FastAPI(
         title="meldingstjener",
         version=__version__,
@@ -102,7 +116,7 @@ def create_app(
     app.add_middleware(JsonMediaTypes)  # every layer sees the type FastAPI reads
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
-    app.add_middleware(ServerFaults)
+    app.add_middleware(ServerFaults, store_failing=store_failing)
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth, webhook_settings))
     made_openapi = app.openapi
@@ -116,8 +130,14 @@ def create_app(
 
     @app.get(
         "/health",
-        summary="Liveness and database reachability",
-        responses={503: {"description": "The database cannot be reached: nothing can be stored"}},
+        summary="Liveness, database reachability, and whether the store can be written",
+        responses={
+            503: {
+                "description": "The database cannot be reached (database-unreachable), or the "
+                "last write of the payload store or database failed (store-failing): nothing "
+                "can be stored"
+            }
+        },
     )
     def health() -> Response:
         try:
@@ -131,81 +151,58 @@ def create_app(
             return JSONResponse(
                 {"status": "database-unreachable", "version": __version__}, status_code=503
             )
+        # A full disk: SELECT 1 reads, and works. While the last write failed, a write is
+        # tried here (a server a load balancer took out would otherwise never be written to
+        # again, and never be put back).
+        if store_failing.failing and not store_failing.probe():
+            return JSONResponse(
+                {"status": "store-failing", "version": __version__}, status_code=503
+            )
         return JSONResponse(
             {"status": "ok", "version": __version__, "her_ids": sorted(ctx.own_her_ids)}
         )
 
-    @app.post(
-        "/ebms",
-        summary="Receive an ebXML message (HIS 1037 over HTTP)",
-        response_class=Response,
-        responses={
-            200: {"description": "Stored; the body is a signal when SyncReply was asked for"},
-            400: {"description": "Unreadable ebXML: no MessageHeader to answer"},
-            413: {"description": "Larger than the configured limit"},
-            503: {"description": "Cannot store now; resend later"},
-        },
-    )
-    async def ebms(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        address = request.client.host if request.client is not None else "unknown"
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
-            return Response(f"message larger than {max_request_bytes} bytes\n", 413)
+    def received(address: str, content_type: str, body: bytes | Spool) -> Response:
+        """Receive a message read whole, and its answer (in a worker thread, run to its end)."""
         try:
-            body = await _read_body(request, max_request_bytes, ctx.store.payloads, pace)
-        except _TooLarge:
-            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
-            return Response(f"message larger than {max_request_bytes} bytes\n", 413)
-        except _TooSlow:
-            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-slow", 408)
-            return Response("the message did not arrive in time\n", 408)
-        except ClientDisconnect:
-            # the peer went away mid-body (a dropped link, a sender's own timeout): it resends,
-            # and a traceback per such request would flood the log
-            log.info("a peer at %s went away before its request was read", address)
-            return Response(status_code=400)
-        except OSError as exc:  # the spool of a large body: the disk is full, say
-            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
-            return Response("temporarily unable to store; resend later\n", 503)
-        try:
-            reply = await run_in_threadpool(inbound.receive, ctx, content_type, body)
+            reply = inbound.receive(ctx, content_type, body)
         except inbound.InboundRefused as refused:
-            await run_in_threadpool(
-                ebms_alerts.refused, ctx, address, refused.sender, refused.code, 400
-            )
+            ebms_alerts.refused(ctx, address, refused.sender, refused.code, 400)
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
         except inbound.InboundDeferred as deferred:  # our revocation check, away for a while
             return Response(f"{deferred.detail}\n", 503, media_type="text/plain")
         except PayloadNotFound as exc:
             # A stored file is missing (our signal, to be repeated to a resend): no resend
             # mends that, and the store is not failing. A fault in the server's data.
-            await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+            ebms_alerts.failed(ctx, exc)
             return Response("internal error\n", 500)
         except OSError as exc:
             # The payload store could not be written: nothing was acknowledged, and the sender
             # is told to resend later, when the store may be mended.
-            await run_in_threadpool(ebms_alerts.store_failed, ctx, exc)
-            return Response("temporarily unable to store; resend later\n", 503)
+            store_failing.failed(exc, "POST /ebms")
+            return _unavailable()
         except Exception as exc:
-            if not transient(exc):
+            kind = trouble(exc)
+            if kind is None:
                 # a fault of ours, a database error too (a missing table): 500 and an alert
-                await run_in_threadpool(ebms_alerts.failed, ctx, exc)
+                ebms_alerts.failed(ctx, exc)
                 return Response("internal error\n", 500)
-            # The database is away, busy or full: not a fault of the server, and no alert: it
-            # could not be written either (a try would wait for the pool once more). The
-            # heartbeat tells a long outage. (with its traceback: a deadlock or lock timeout is
-            # worth seeing; statement values are hidden from database errors)
+            if kind == RESOURCES:  # the database's disk is full: the store fails as a whole
+                store_failing.failed(exc, "POST /ebms")
+                return _unavailable()
+            # The database is away or busy: not a fault of the server, and no alert: it could
+            # not be written either (a try would wait for the pool once more). The heartbeat
+            # tells a long outage. (with its traceback: a deadlock or lock timeout is worth
+            # seeing; statement values are hidden from database errors)
             log.warning("the database could not store a received message: %s", exc, exc_info=True)
-            return Response("temporarily unable to store; resend later\n", 503)
+            return _unavailable()
         finally:
             if isinstance(body, Spool):
                 body.discard()  # kept as the wire form by then, unless it was refused
-            del body
+        store_failing.wrote()  # a period of the store failing ends (nothing to do otherwise)
         # Refusals of this peer in a row end here: in memory, unless an alert may be open.
         if not ctx.recovery.went_through_quietly((recovery.peer(address),), at=ctx.clock()):
-            await run_in_threadpool(ebms_alerts.accepted, ctx, address)
+            ebms_alerts.accepted(ctx, address)
         if reply.body is not None:
             return Response(
                 reply.body,
@@ -215,7 +212,108 @@ def create_app(
             )
         return Response(status_code=200)
 
+    @app.post(
+        "/ebms",
+        summary="Receive an ebXML message (HIS 1037 over HTTP)",
+        response_class=Response,
+        responses={
+            200: {"description": "Stored; the body is a signal when SyncReply was asked for"},
+            400: {"description": "Unreadable ebXML: no MessageHeader to answer"},
+            413: {"description": "Larger than the configured limit"},
+            503: {"description": "Cannot store now, or the server is stopping; resend later"},
+        },
+    )
+    async def ebms(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        address = request.client.host if request.client is not None else "unknown"
+        declared = request.headers.get("content-length")
+        started = anyio.current_time()
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+                raise _TooLarge
+            body = await _read_body(request, max_request_bytes, ctx.store.payloads, pace)
+        except _TooLarge:
+            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
+            # The sender may still be sending (and reads no answer before it is done): what
+            # comes within the pace's grace is read and dropped, so that it sees the 413, then
+            # the connection is closed, not kept for whatever else it sends.
+            await _drain(request, started + pace.grace_seconds)
+            return Response(f"message larger than {max_request_bytes} bytes\n", 413, headers=_CLOSE)
+        except _TooSlow:
+            await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-slow", 408)
+            # closed: the rest of the body, which may still trickle in, is never read
+            return Response("the message did not arrive in time\n", 408, headers=_CLOSE)
+        except ClientDisconnect:
+            # the peer went away mid-body (a dropped link, a sender's own timeout): it resends,
+            # and a traceback per such request would flood the log
+            log.info("a peer at %s went away before its request was read", address)
+            return Response(status_code=400, headers=_CLOSE)
+        except OSError as exc:  # the spool of a large body: the disk is full, say
+            await run_in_threadpool(store_failing.failed, exc, "POST /ebms")
+            return _unavailable(headers=_CLOSE)
+        except asyncio.CancelledError:
+            # The server stops, and its graceful period ended while the body was still coming:
+            # nothing was taken. The sender is told to resend (to this server when it is back,
+            # or another), not answered uvicorn's 500 with a traceback in our log.
+            _keep_going()
+            return Response("the server is stopping; resend later\n", 503, headers=_CLOSE)
+        # A receive that has begun is run to its end, and answered as it ended: cancelled with
+        # the request (the server's graceful period ending), its sender was answered 500 while
+        # its thread stored the message all the same, and acknowledged it.
+        receive = functools.partial(received, address, content_type, body)
+        del body  # held by the call alone: freed as it ends
+        return await _to_the_end(receive)
+
     return app
+
+
+# An answer after which the connection is closed: what else the peer sends on it (the rest of a
+# body too slow or too large) is not read, and the connection is not held for it.
+_CLOSE = {"Connection": "close"}
+
+
+def _unavailable(headers: dict[str, str] | None = None) -> Response:
+    return Response("temporarily unable to store; resend later\n", 503, headers=headers)
+
+
+def _keep_going() -> None:
+    """Take back the cancellation of the running task (the server's graceful period ended), so
+    that it can still answer; asyncio's, which neither anyio's shield nor Starlette stops."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _to_the_end(call: Callable[[], Response]) -> Response:
+    """``call()`` in a worker thread, awaited to its end and answered, whatever cancels the
+    request meanwhile: uvicorn cancels the requests still running when its graceful period
+    ends, and asyncio every task left when its loop ends. The thread is not in a task (those
+    are cancelled too): a future of the receiving pool's."""
+    context = contextvars.copy_context()
+    future = asyncio.get_running_loop().run_in_executor(_RECEIVING, context.run, call)
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():  # nobody cancels it: no answer to give, if one did
+                raise
+            _keep_going()
+
+
+# The threads that receive messages (as Starlette's own pool, which is bounded alike, cannot
+# run a call past a cancellation). A process's receives wait on its database's connections.
+_RECEIVING = concurrent.futures.ThreadPoolExecutor(max_workers=40, thread_name_prefix="ebms")
+
+
+async def _drain(request: Request, until: float) -> None:
+    """Read and drop what is left of ``request``'s body until it ends or ``until`` (anyio's
+    clock), whichever comes first; a peer that went away ends it too."""
+    with anyio.move_on_after(max(0.0, until - anyio.current_time())):
+        try:
+            async for _ in request.stream():
+                pass
+        except ClientDisconnect:
+            pass
 
 
 class _TooLarge(Exception):

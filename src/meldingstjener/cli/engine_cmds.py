@@ -23,11 +23,14 @@ if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.mail_channel import MailCollectorThread
 
-# A stop fits in Docker's grace period before SIGKILL (10 s): requests still open get up to
-# GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the stop for ever), then the
-# threads get STOP_SECONDS in all.
-GRACEFUL_SECONDS = 4
-STOP_SECONDS = 5.0
+# A stop fits in a service manager's grace period before SIGKILL (Docker's is 10 s): requests
+# still open get up to GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the
+# stop for ever); then the bodies still coming are answered 503, while a message whose receive
+# began is stored and answered (under a second, most; a large one takes longer: README), and
+# the threads get STOP_SECONDS in all. With the process's start and end, about 7 s; at 4 + 5 it
+# was 10.0-10.8 s, and Docker's SIGKILL could cut the stop's record short.
+GRACEFUL_SECONDS = 3
+STOP_SECONDS = 3.0
 
 
 @app.command("serve")
@@ -257,6 +260,7 @@ def send(
     from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
+    from meldingstjener.store.payloads import CHUNK
 
     settings = settings_from(ctx)
     try:
@@ -264,6 +268,7 @@ def send(
     except OSError as exc:
         typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
+    payloads = None
     try:
         # The server's store, never a new one: run from another directory with a relative
         # data_dir (a cron job, an EPJ's script) a new store would take the message, and no
@@ -271,13 +276,29 @@ def send(
         engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
         # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
         # and it becomes the stored payload by a rename
-        with source, engine.store.payloads.spool() as payload:
-            try:
-                payload.write_from(source)
-            except OSError as exc:
-                typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
-                raise typer.Exit(2) from None
+        payloads = engine.store.payloads
+        with source, payloads.spool() as payload:
+            # read and written in turn: a failure of each is told apart (the file given, exit
+            # 2; the payload directory, a full disk, exit 3, as for the store's other troubles)
+            while True:
+                try:
+                    chunk = source.read(CHUNK)
+                except OSError as exc:
+                    typer.echo(f"cannot read {file}: {exc.strerror}", err=True)
+                    raise typer.Exit(2) from None
+                if not chunk:
+                    break
+                payload.write(chunk)
             message_id = submit(engine, payload, to_her_id=to, actor="cli:send", test_message=test)
+    except OSError as exc:
+        if payloads is None:
+            raise  # opening the store: bootstrap's own error, not this one's
+        typer.echo(
+            f"cannot write the payload directory {payloads.root}: "
+            f"{exc.strerror or type(exc).__name__}",
+            err=True,
+        )
+        raise typer.Exit(3) from None
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None

@@ -1,24 +1,28 @@
 """What ``POST /ebms`` could not take, made visible to the operator.
 
 A message that could be read and was refused is alerted by the inbound pipeline
-(``message-refused``). Here: the payload store failing (a full disk, its directory gone), which
-the sender only sees as a 503 to resend on, and an error nobody expected (a fault in the
-server), answered 500. Both would otherwise be a line in the server log only. And a peer whose
-requests are refused before anything can be answered in ebXML (400: no readable envelope; 413:
-too large) ``REFUSED_IN_A_ROW`` times in a row: one such request may be a stray, a partner that
-keeps sending them has a broken MSH, and only the HTTP answers told it so.
+(``message-refused``). Here: the store failing (a full disk, the payload directory gone), which
+the sender, or the EPJ, only sees as a 503 to resend on (:class:`StoreFailing`), and an error
+nobody expected (a fault in the server), answered 500. Both would otherwise be a line in the
+server log only. And a peer whose requests are refused before anything can be answered in
+ebXML (400: no readable envelope; 413: too large) ``REFUSED_IN_A_ROW`` times in a row: one such
+request may be a stray, a partner that keeps sending them has a broken MSH, and only the HTTP
+answers told it so.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections.abc import Callable
+from datetime import datetime
 
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.privacy import passed_through
+from meldingstjener.store.database import transient
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -98,28 +102,145 @@ def accepted(ctx: EngineContext, address: str) -> None:
         log.exception("the alerts about %s could not be resolved", address)
 
 
-def store_failed(ctx: EngineContext, exc: OSError) -> None:
-    """The payload store failed while a message was received; the caller answers 503, and
-    the sender resends. Until the store is mended, every message fails the same way here. One
-    alert per ``serve`` process (its store may be a directory of its own), resolved when it
-    stores a message again: a message stored by another does not say that this one can."""
-    reason = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
-    log.error("the payload store failed while receiving (%s): answered 503", reason, exc_info=exc)
+# What a disk that cannot take more says: full, over its quota, or mounted read-only. The EPJ
+# API's calls count only these as the store failing (another OSError there is a fault of ours);
+# ``POST /ebms`` counts every OSError of its payload store (its directory gone, say) too.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
-    def alert(uow: UnitOfWork) -> None:
-        ctx.recovery.raise_alert(
-            uow,
-            AlertKind.STORE_FAILING,
-            f"a message received by instance {ctx.instance} could not be stored: its payload "
-            f"store failed ({reason}). It was answered 503 and its sender resends, until it "
-            "gives up. Free disk space or mend the payload directory; the server log has the "
-            "file.",
-            subject=recovery.store(ctx.instance),
-            key=ctx.instance,
-            at=ctx.clock(),
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused because the disk cannot take more."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+class StoreFailing:
+    """Since when this ``serve`` process could not write its store (the payload directory, or
+    the database: its disk full), in memory, as the heartbeat remembers the database away: on
+    a full disk the alert cannot be written either (SQLite and the payloads share ``data_dir``
+    by default), and afterwards nothing would say that for an hour every message was answered
+    503. So the first failure starts a period (one log line), each request refused meanwhile
+    is counted (no line: a traceback per request flooded the log), and ``/health`` answers 503
+    ``store-failing`` while it lasts. It ends at the first write that works: a message stored,
+    or :meth:`probe` (a payload file and the alert, written). The ``store-failing`` alert is
+    raised for each refused request while it can be (resolved when this process stores a
+    received message again); when some could not be, the first commit that works raises one
+    more, under the key ``<instance>:outage`` and resolved by hand, telling from when to when
+    and how many requests were refused."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._since: datetime | None = None
+        self._reason = ""
+        self._refused = 0
+        self._unalerted = 0  # refusals whose alert could not be stored
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException, request: str) -> None:
+        """``request`` (``POST /ebms``, ``POST /Messages``) was answered 503 because the store
+        could not be written (``exc``): counted, and alerted if the alert can be stored."""
+        reason = _reason(exc)
+        at = self.ctx.clock()
+        with self._lock:
+            starts = self._since is None
+            if starts:
+                self._since, self._reason = at, reason
+            self._refused += 1
+        if starts:
+            log.error(
+                "this server cannot write its store (%s): requests that store are answered 503 "
+                "and /health says store-failing until a write works",
+                reason,
+            )
+
+        def alert(uow: UnitOfWork) -> None:
+            ctx = self.ctx
+            ctx.recovery.raise_alert(
+                uow,
+                AlertKind.STORE_FAILING,
+                f"a request received by instance {ctx.instance} ({request}) could not be "
+                f"stored: its store failed ({reason}). It was answered 503 and its sender "
+                "resends, until it gives up. Free disk space or mend the payload directory; "
+                "the server log says since when.",
+                subject=recovery.store(ctx.instance),
+                key=ctx.instance,
+                at=at,
+            )
+
+        if not _raise(self.ctx, alert, quiet=not starts):
+            with self._lock:
+                self._unalerted += 1
+
+    def wrote(self) -> None:
+        """A write of the store worked (a commit, or :meth:`probe`'s file): a period of failing
+        ends, told by the alert when some refusals could not be alerted. When that alert cannot
+        be stored either, the period goes on (the database is what still fails)."""
+        with self._lock:
+            since, reason, refused, unalerted = (
+                self._since,
+                self._reason,
+                self._refused,
+                self._unalerted,
+            )
+        if since is None:
+            return
+        until = self.ctx.clock()
+        if unalerted:
+            ctx = self.ctx
+
+            def alert(uow: UnitOfWork) -> None:
+                raise_alert(
+                    uow,
+                    AlertKind.STORE_FAILING,
+                    f"Instance {ctx.instance} could not write its store from "
+                    f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC ({reason}; by "
+                    f"its host's clock): {refused} requests were answered 503 meanwhile "
+                    f"({unalerted} of them could not be alerted then); their senders resend "
+                    "until they give up. It writes again: see why the disk was full, and that "
+                    "what was held back has come (meldingstjener log).",
+                    at=until,
+                    key=f"{ctx.instance}:outage",
+                )
+
+            if not _raise(self.ctx, alert, quiet=True):
+                return
+        with self._lock:
+            if self._since != since:
+                return  # ended by another thread meanwhile
+            self._since, self._refused, self._unalerted = None, 0, 0
+        log.warning(
+            "this server writes its store again, after %s: %d requests were answered 503 since %s",
+            reason,
+            refused,
+            f"{since:%Y-%m-%d %H:%M:%S} UTC",
         )
 
-    _raise(ctx, alert)
+    def probe(self) -> bool:
+        """While failing: whether the store can be written now, by writing a small payload
+        file (fsynced, then removed) and, when the alert of the outage is due, that alert.
+        Without this a server a load balancer took out for its ``/health`` would never be
+        written to again, and never be put back."""
+        if not self.failing:
+            return True
+        payloads = self.ctx.store.payloads
+        try:
+            payloads.delete(payloads.put(b"probe").key)
+        except OSError:
+            return False
+        self.wrote()
+        return not self.failing
+
+
+def _reason(exc: BaseException) -> str:
+    """What failed, for a log line and an alert: an OSError's errno and the payload directory,
+    or a database's error class; never an error's text, which may quote what was stored."""
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
+        return f"{name} in the payload directory"
+    return f"the database: {type(exc).__name__}"
 
 
 def failed(ctx: EngineContext, exc: Exception) -> None:
@@ -146,12 +267,20 @@ def failed(ctx: EngineContext, exc: Exception) -> None:
     _raise(ctx, alert)
 
 
-def _raise(ctx: EngineContext, alert: Callable[[UnitOfWork], None]) -> None:
-    # The database may be what failed too (SQLite on the full disk): the answer to the sender
-    # must not change for it, so the log must do.
+def _raise(ctx: EngineContext, alert: Callable[[UnitOfWork], None], *, quiet: bool = False) -> bool:
+    """Store ``alert``; whether that worked. The database may be what failed too (SQLite on the
+    full disk): the answer to the sender must not change for it, so the log must do (one line,
+    when the database failed for a while, else with the traceback; none when ``quiet``)."""
     try:
         with ctx.store.unit_of_work() as uow:
             alert(uow)
             uow.commit()
-    except Exception:
-        log.exception("the alert could not be stored")
+    except Exception as exc:
+        if quiet:
+            pass  # the caller's own line tells it (a period of the store failing)
+        elif transient(exc) or disk_full(exc):
+            log.warning("the alert could not be stored: %s", _reason(exc))
+        else:
+            log.exception("the alert could not be stored")
+        return False
+    return True

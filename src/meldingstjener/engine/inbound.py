@@ -280,7 +280,7 @@ def _receive_message(
             route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
             reply_inline = _inline(channel, envelope.sync_reply, route)
             stored = "stored durably; Acknowledgment " + (
-                "returned in the response"
+                "offered in the response"
                 if reply_inline
                 else "queued"
                 if route is not None

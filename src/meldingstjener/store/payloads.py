@@ -28,6 +28,11 @@ from types import TracebackType
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+# The files hold decrypted business messages (a patient's health information): the server's
+# user alone reads them, whatever the umask (it only takes rights away). Made so, not changed
+# afterwards: a file or directory an earlier version made keeps its mode (README).
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
 
 # What the engine passes around as a business message or wire form: bytes in memory, or a file
 # (a path, or a Spool, which is a path too).
@@ -58,7 +63,9 @@ class Spool(os.PathLike[str]):
         self._final = final
         self._temporary = final.with_name(f".{key}.tmp")
         make_durable_dir(final.parent)
-        self._file = open(self._temporary, "xb", buffering=0)  # noqa: SIM115 (closed on commit)
+        self._file = open(  # noqa: SIM115 (closed on commit)
+            self._temporary, "xb", buffering=0, opener=_private
+        )
         self._digest = hashlib.sha256()
         self.size = 0
         self._ref: PayloadRef | None = None
@@ -145,6 +152,11 @@ class Spool(os.PathLike[str]):
         self.discard()
 
 
+def _private(path: str, flags: int) -> int:
+    """``open``'s opener: a new file with ``FILE_MODE``, not the umask's (often 0644)."""
+    return os.open(path, flags, FILE_MODE)
+
+
 def _drop(handle: io.FileIO, path: Path) -> None:
     handle.close()
     with contextlib.suppress(FileNotFoundError):
@@ -168,7 +180,7 @@ class StoredFile:
 class PayloadStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         if not _is_key(key):
@@ -330,7 +342,7 @@ def make_durable_dir(directory: Path) -> None:
     own fsyncs do not cover the new folder's name, which a power cut could otherwise lose."""
     if directory.is_dir():
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
     _fsync_dir(directory.parent)
 
 
