@@ -98,8 +98,11 @@ def _echo_json(value: Any) -> None:
 
 
 def party_summary(party: CommunicationParty) -> dict[str, Any]:
-    """What ``ar show``/``ar search --json`` print: addressing data, never certificate bytes."""
+    """What ``ar show``/``ar search --json`` print: addressing data, never certificate bytes.
+    Not the register's IsValidCommunicationParty: shown as "valid" it was read as "may be sent
+    to", which it does not mean (it is false for every organisation; ``party_type`` says it)."""
     data = asdict(party)
+    del data["valid"]
     for role in ("signing_certificate", "encryption_certificate"):
         certificate = getattr(party, role)
         data[role] = (
@@ -305,7 +308,7 @@ def ar_search(
         return
     for hit in hits:
         party = hit.party
-        flag = "" if party.active and party.valid else "  [inactive]"
+        flag = "" if party.active else "  [inactive]"
         typer.echo(f"{party.her_id:>9}  {party.party_type.value:<12}  {party.label}{flag}")
 
 
