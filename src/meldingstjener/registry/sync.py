@@ -128,9 +128,13 @@ def sync_register(
 
     With ``budget_seconds`` it stops after the chunk during which that time ran out, with
     ``report.complete`` False (a worker must not be taken for the hours a first export of the
-    whole register takes); the next call resumes."""
+    whole register takes); the next call resumes. The register's calls end within the budget
+    and one more (the chunk under way when it ran out may finish, nothing longer): a register
+    answering a byte at a time would else hold the run, and its worker, as long as it likes; a
+    call cut there stops the sync as the register being unavailable."""
     report = SyncReport()
     stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
+    client.deadline(None if stop_at is None else stop_at + max(0.0, budget_seconds or 0.0))
 
     def out_of_time() -> bool:
         if stop_at is not None and time.monotonic() >= stop_at:
@@ -163,6 +167,8 @@ def sync_register(
             "synced is kept, run the sync again to resume",
             report,
         ) from exc
+    finally:
+        client.deadline(None)
     return report
 
 
