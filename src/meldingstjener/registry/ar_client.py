@@ -85,6 +85,8 @@ class ArLookup:
 class ArExport:
     last_sequence_number: int
     her_ids: tuple[str, ...]
+    # the register's every party, deactivated ones too: one it does not list is not in it
+    includes_deactivated: bool = True
 
 
 class ArClient(BearerClient):
@@ -156,6 +158,7 @@ class ArClient(BearerClient):
             return ArExport(
                 last_sequence_number=_sequence_number(body.get("lastSequenceNumber") or 0),
                 her_ids=tuple(_her_id(i) for i in ids),
+                includes_deactivated=include_deactivated,
             )
         except (TypeError, ValueError):
             raise ArFormatError(

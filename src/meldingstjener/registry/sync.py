@@ -6,6 +6,12 @@ with "done up to HER-id X". Afterwards only events are read: from the stored seq
 each changed party is fetched and upserted, and the sequence number of the last applied event is
 committed in the same transaction as the parties it changed.
 
+A full export also looks at the parties the register gave us before (sources ``ar`` and
+``ar-sync``; not ``config``) that it does not list: a deletion whose event comes before the
+export's sequence number is never read as an event, so each is asked for alone and marked
+inactive when that lookup does not find it either (as an event's party is). Only an export that
+includes deactivated parties says so much; without them nothing is swept.
+
 So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
 deletes a party (a deactivated party is kept, marked inactive, as the register reports it). A
 party an event names that the register then does not return (deleted) is kept too, marked
@@ -41,13 +47,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sqlalchemy import select
+
 from meldingstjener.registry.ar_client import BULK_LOOKUP_LIMIT, ArClient, ArEvent
 from meldingstjener.registry.ar_json import with_certificates
 from meldingstjener.registry.certificates import PartyCertificate
 from meldingstjener.registry.errors import ArPartyNotFound, ArRecordRefused, RegistryError
 from meldingstjener.registry.parties import CommunicationParty
 from meldingstjener.registry.store import held_certificates, save_parties
-from meldingstjener.store.tables import StateRow
+from meldingstjener.store.tables import PartyRow, StateRow
 from meldingstjener.store.uow import Store, UnitOfWork
 
 __all__ = [
@@ -199,12 +207,36 @@ def _full_export(
         _reported(fetched, report)
         if out_of_time():
             return  # the export's keys stay: the next run resumes after chunk[-1]
+    if export.includes_deactivated:
+        listed = set(export.her_ids)
+        with store.unit_of_work() as uow:
+            unlisted = [h for h in _register_sourced_active(uow) if h not in listed]
+        for her_ids in _chunks(unlisted, chunk_size):
+            fetched = _Fetched()
+            _confirm_missing(store, client, her_ids, {}, her_ids, fetched)
+            with store.unit_of_work() as uow:
+                _save(uow, fetched, report, {})
+                uow.commit()
+            _reported(fetched, report)
+            if out_of_time():
+                return  # resumed, the export lists nothing new; the rest are looked at then
     with store.unit_of_work() as uow:
         uow.state.set(LAST_SEQUENCE_KEY, str(target))
         _clear(uow, EXPORT_SEQUENCE_KEY)
         _clear(uow, EXPORT_DONE_KEY)
         uow.commit()
     report.last_sequence_number = target
+
+
+def _register_sourced_active(uow: UnitOfWork) -> list[str]:
+    """The active stored parties the register gave us (a sync, or terms taken from it), in
+    HER-id order; not those of ``[[partners]]`` nor of imported files."""
+    query = (
+        select(PartyRow.her_id)
+        .where(PartyRow.source.in_(("ar", SOURCE)), PartyRow.active.is_(True))
+        .order_by(PartyRow.her_id)
+    )
+    return list(uow.session.scalars(query))
 
 
 def _apply_events(
