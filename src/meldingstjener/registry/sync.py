@@ -74,6 +74,9 @@ EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
 # The parties whose latest record could not be used, {HER-id: why}: a JSON object.
 REFUSED_KEY = "registry.ar.refused"
 SOURCE = "ar-sync"
+# How long past its budget a run's register calls may go on at least: the chunk under way when
+# the budget ran out is finished (a budget of nothing is one chunk a run), not cut and failed.
+MIN_OVERRUN_SECONDS = 10.0
 _REASON_LENGTH = 300  # of each stored reason: the register's text, quoted, can be long
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -137,12 +140,14 @@ def sync_register(
     With ``budget_seconds`` it stops after the chunk during which that time ran out, with
     ``report.complete`` False (a worker must not be taken for the hours a first export of the
     whole register takes); the next call resumes. The register's calls end within the budget
-    and one more (the chunk under way when it ran out may finish, nothing longer): a register
+    and one more (at least :data:`MIN_OVERRUN_SECONDS`: the chunk under way when it ran out
+    may finish, nothing longer): a register
     answering a byte at a time would else hold the run, and its worker, as long as it likes; a
     call cut there stops the sync as the register being unavailable."""
     report = SyncReport()
     stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
-    client.deadline(None if stop_at is None else stop_at + max(0.0, budget_seconds or 0.0))
+    overrun = max(budget_seconds or 0.0, MIN_OVERRUN_SECONDS)
+    client.deadline(None if stop_at is None else stop_at + overrun)
 
     def out_of_time() -> bool:
         if stop_at is not None and time.monotonic() >= stop_at:

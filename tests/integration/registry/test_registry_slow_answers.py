@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from meldingstjener.registry import sync
 from meldingstjener.registry.ar_client import ArClient, ArUnavailable
 from meldingstjener.registry.auth import StaticToken
 from meldingstjener.registry.cppa_client import CppaClient, CppaUnavailable
@@ -83,8 +84,12 @@ def test_a_cppa_call_ends_by_its_own_time(trickling: str) -> None:
         client.close()
 
 
-def test_a_sync_run_ends_by_its_budget(store: Store, trickling: str) -> None:
-    """The client's own time is long (a minute, as by default); the run's budget cuts it."""
+def test_a_sync_run_ends_by_its_budget(
+    store: Store, trickling: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's own time is long (a minute, as by default); the run's budget and the time
+    a chunk under way may go on past it (10 s; 0.2 s here) cut it."""
+    monkeypatch.setattr(sync, "MIN_OVERRUN_SECONDS", 0.2)
     client = ArClient(trickling, StaticToken("t"))
     try:
         with pytest.raises(SyncInterrupted) as stopped:
