@@ -45,6 +45,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -65,6 +66,7 @@ __all__ = [
     "SyncReport",
     "last_synced_sequence",
     "refused_parties",
+    "sync_progress",
     "sync_register",
 ]
 
@@ -73,6 +75,8 @@ EXPORT_SEQUENCE_KEY = "registry.ar.export.sequence_number"
 EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
 # The parties whose latest record could not be used, {HER-id: why}: a JSON object.
 REFUSED_KEY = "registry.ar.refused"
+# When a sync last brought the copy up to the register's newest event (ISO 8601, UTC).
+LAST_SYNCED_AT_KEY = "registry.ar.last_synced_at"
 SOURCE = "ar-sync"
 # How long past its budget a run's register calls may go on at least: the chunk under way when
 # the budget ran out is finished (a budget of nothing is one chunk a run), not cut and failed.
@@ -126,6 +130,21 @@ def refused_parties(uow: UnitOfWork) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def sync_progress(uow: UnitOfWork) -> dict[str, object]:
+    """Where the sync stands, as ``ar status`` shows it: when it last caught up with the
+    register, the event reached, a first (or ``--full``) export under way and how far it got
+    (the last HER-id done; the export goes in HER-id order), and the refused parties."""
+    export_sequence = uow.state.get(EXPORT_SEQUENCE_KEY)
+    return {
+        "last_synced_at": uow.state.get(LAST_SYNCED_AT_KEY),
+        "last_sequence_number": last_synced_sequence(uow),
+        "export_in_progress": bool(export_sequence),
+        "export_sequence_number": int(export_sequence) if export_sequence else None,
+        "export_done_through_her_id": uow.state.get(EXPORT_DONE_KEY) if export_sequence else None,
+        "refused": refused_parties(uow),
+    }
+
+
 def sync_register(
     store: Store,
     client: ArClient,
@@ -170,6 +189,10 @@ def sync_register(
             report.resumed = True
         if report.complete:
             _apply_events(store, client, report, chunk_size, page_size, out_of_time)
+        if report.complete:
+            with store.unit_of_work() as uow:
+                uow.state.set(LAST_SYNCED_AT_KEY, datetime.now(UTC).isoformat())
+                uow.commit()
     except RegistryError as exc:
         if isinstance(exc, SyncInterrupted):
             raise
