@@ -98,8 +98,11 @@ def _echo_json(value: Any) -> None:
 
 
 def party_summary(party: CommunicationParty) -> dict[str, Any]:
-    """What ``ar show``/``ar search --json`` print: addressing data, never certificate bytes."""
+    """What ``ar show``/``ar search --json`` print: addressing data, never certificate bytes.
+    Not the register's IsValidCommunicationParty: shown as "valid" it was read as "may be sent
+    to", which it does not mean (it is false for every organisation; ``party_type`` says it)."""
     data = asdict(party)
+    del data["valid"]
     for role in ("signing_certificate", "encryption_certificate"):
         certificate = getattr(party, role)
         data[role] = (
@@ -256,6 +259,53 @@ def ar_sync(
     )
 
 
+@ar_app.command("status")
+def ar_status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Where the register sync stands: when it last caught up, the event reached, a whole
+    export under way and how far, the parties refused, and the sync job's next turn."""
+    from meldingstjener.engine.register_sync import job_state
+    from meldingstjener.registry.sync import sync_progress
+
+    store = _store(ctx)
+    with store.unit_of_work() as uow:
+        status = {**sync_progress(uow), "job": job_state(uow)}
+    if as_json:
+        _echo_json(status)
+        return
+    job = status["job"]
+    refused = status["refused"]
+    assert isinstance(refused, dict)
+    lines = [
+        ("last synced", status["last_synced_at"] or "never"),
+        ("last event", status["last_sequence_number"] or "none yet"),
+        (
+            "whole export",
+            f"in progress (of event {status['export_sequence_number']}), done through "
+            f"HER-id {status['export_done_through_her_id'] or '(none yet)'}"
+            if status["export_in_progress"]
+            else "not in progress",
+        ),
+        ("refused parties", len(refused)),
+    ]
+    if isinstance(job, dict):
+        lines.append(("sync job next due", _jsonable(job["next_due_at"])))
+        failures = job["failures"]
+        lines.append(
+            (
+                "sync job failures",
+                f"{failures} in a row since {job['failing_since']}" if failures else 0,
+            )
+        )
+        if job["held_by"]:
+            lines.append(("sync job held by", job["held_by"]))
+    else:
+        lines.append(("sync job", "not scheduled (no serve with [address_register] url)"))
+    for key, value in lines:
+        typer.echo(f"{key:<20} {value}")
+    for her_id, reason in sorted(refused.items()):
+        typer.echo(f"  refused {her_id}: {reason}")
+
+
 def _note_refused(store: Store, report: SyncReport) -> None:
     """The parties whose records the sync refused, on stderr and in the alert the servers raise."""
     from meldingstjener.engine.register_sync import note_refused_parties
@@ -305,7 +355,7 @@ def ar_search(
         return
     for hit in hits:
         party = hit.party
-        flag = "" if party.active and party.valid else "  [inactive]"
+        flag = "" if party.active else "  [inactive]"
         typer.echo(f"{party.her_id:>9}  {party.party_type.value:<12}  {party.label}{flag}")
 
 

@@ -84,9 +84,10 @@ class Partner:
     auto_apprec: bool
     agreement_state: str
     message_types: tuple[dict[str, object], ...]
-    # the party as the address register has it (a configured partner is active and valid)
+    # the party as the address register has it (a configured partner is active). Not the
+    # register's IsValidCommunicationParty: it says Type is Service or Person, false for every
+    # organisation, and is no mark of a party that may not be sent to.
     active: bool = True
-    valid: bool = True  # the register's IsValidCommunicationParty
     valid_from: datetime | None = None
     valid_to: datetime | None = None
     # a CPA's or CPP's outbound bindings, each with the channel it goes by (see ``route``)
@@ -131,11 +132,11 @@ class Partner:
         return None if certificate is None else certificate_sha256(certificate)
 
     def unusable_because(self, now: datetime) -> str | None:
-        """Why the register says nothing may be sent to the party at ``now``; None if it may."""
+        """Why the register says nothing may be sent to the party at ``now``; None if it may:
+        Active and the validity period alone decide. Whether an organisation or one of its
+        services is to be addressed is the addressing rule's (``registry.lookup``)."""
         if not self.active:
             return "is marked inactive in the address register"
-        if not self.valid:
-            return "is marked not valid as a communication party in the address register"
         if self.valid_from is not None and now < self.valid_from:
             return f"is valid in the address register only from {self.valid_from.isoformat()}"
         if self.valid_to is not None and now > self.valid_to:
@@ -322,7 +323,6 @@ class PartyDirectory:
             agreement_state=agreement.state,
             message_types=tuple(agreement.message_types or ()),
             active=bool(party.active),
-            valid=bool((party.details or {}).get("valid", True)),
             valid_from=party.valid_from,
             valid_to=party.valid_to,
             bindings=bindings_from_json(agreement.message_types)[0],

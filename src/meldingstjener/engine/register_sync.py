@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
+
 from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.registry.ar_client import ArClient
@@ -42,6 +44,7 @@ from meldingstjener.registry.sync import (
     refused_parties,
     sync_register,
 )
+from meldingstjener.store.tables import JobRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import ClaimedJob, EventKind, Store, UnitOfWork
 
@@ -142,6 +145,21 @@ def register_sync_job(ctx: EngineContext, job: ClaimedJob) -> None:
         done=report.complete,
         report=report,
     )
+
+
+def job_state(uow: UnitOfWork) -> dict[str, object] | None:
+    """The register-sync job as ``ar status`` shows it: when it is next due, its failures in a
+    row and since when, and who holds it now; None when no server has scheduled it."""
+    row = uow.session.scalars(select(JobRow).where(JobRow.dedup_key == REGISTER_SYNC)).first()
+    if row is None:
+        return None
+    data = row.data or {}
+    return {
+        "next_due_at": row.due_at,
+        "failures": int(data.get("failures", 0)),
+        "failing_since": data.get("failing_since"),
+        "held_by": row.claimed_by,
+    }
 
 
 def note_refused_parties(uow: UnitOfWork, report: SyncReport, *, at: datetime) -> None:

@@ -85,6 +85,8 @@ class ArLookup:
 class ArExport:
     last_sequence_number: int
     her_ids: tuple[str, ...]
+    # the register's every party, deactivated ones too: one it does not list is not in it
+    includes_deactivated: bool = True
 
 
 class ArClient(BearerClient):
@@ -151,15 +153,12 @@ class ArClient(BearerClient):
     def export(self, *, include_deactivated: bool = True) -> ArExport:
         flag = "true" if include_deactivated else "false"
         body = self._get_json(f"/api/v1/communicationparty/export?includeDeactivated={flag}")
-        if not isinstance(body, dict):
-            raise ArFormatError("the register's export is not an object")
-        ids = body.get("communicationParties") or []
-        if not isinstance(ids, list):
-            raise ArFormatError("the register's export has no list of HER-ids")
+        ids = _listed(body, "communicationParties", "the register's export", "HER-ids")
         try:
             return ArExport(
                 last_sequence_number=_sequence_number(body.get("lastSequenceNumber") or 0),
                 her_ids=tuple(_her_id(i) for i in ids),
+                includes_deactivated=include_deactivated,
             )
         except (TypeError, ValueError):
             raise ArFormatError(
@@ -172,9 +171,10 @@ class ArClient(BearerClient):
             f"/api/v1/event?fromSequenceNumber={max(1, from_sequence_number)}"
             f"&maxEvents={max(1, min(max_events, 1000))}"
         )
-        results = body.get("results") if isinstance(body, dict) else None
-        events = [_event(item) for item in results or [] if isinstance(item, dict)]
-        return sorted(events, key=lambda e: e.sequence_number)
+        results = _listed(body, "results", "the register's event answer", "events")
+        if not all(isinstance(item, dict) for item in results):
+            raise ArFormatError("the register's event answer has an event that is not an object")
+        return sorted((_event(item) for item in results), key=lambda e: e.sequence_number)
 
     def iter_events(self, from_sequence_number: int, *, page: int = 1000) -> Iterator[ArEvent]:
         """All events from ``from_sequence_number`` on, page by page."""
@@ -237,6 +237,20 @@ class ArClient(BearerClient):
 
 _LOCAL_COPY_HINT = "; the local copy is used meanwhile"
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def _listed(body: Any, field: str, answer: str, what: str) -> list[Any]:
+    """The list under ``field`` of an answer that must be an object holding one (the export's
+    HER-ids, the events): anything else is :class:`ArFormatError`, never an empty list. A
+    gateway's 200 ``{"message": "upstream temporarily unavailable"}`` read as "no events" was a
+    sync that worked, and resolved the alert of one that did not."""
+    if not isinstance(body, dict):
+        raise ArFormatError(f"{answer} is not a JSON object")
+    listed = body.get(field)
+    if not isinstance(listed, list):
+        keys = ", ".join(sorted(str(k)[:40] for k in body)[:8]) or "none"
+        raise ArFormatError(f"{answer} has no list of {what} ({field}); its fields: {keys}")
+    return listed
 
 
 def _event(item: dict[str, Any]) -> ArEvent:

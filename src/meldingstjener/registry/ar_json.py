@@ -257,6 +257,8 @@ def party_from_record(data: Mapping[str, Any]) -> CommunicationParty:
         encryption_certificate=_certificate(record.child("currentEncryptionCertificate")),
         certificate_ldap_url=addresses.get(_CERTIFICATE_ADDRESS_TYPE),
         active=record.flag("Active", "isActive", default=True),
+        # Type == Service || Type == Person in NHN's model: false for every organisation,
+        # not an inactive mark (Active and the validity period are what decide sending)
         valid=record.flag("IsValidCommunicationParty", "isValid", default=True),
         valid_from=_timestamp(_validity(record, "From"), "its validFrom"),
         valid_to=_timestamp(_validity(record, "To"), "its validTo"),

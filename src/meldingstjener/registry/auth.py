@@ -20,7 +20,7 @@ from typing import Protocol
 
 import httpx
 
-from meldingstjener.httpbody import BodyTooLarge, read_capped
+from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.registry.errors import RegistryError
 from meldingstjener.registry.helseid import (
     ClientAssertion,
@@ -48,6 +48,9 @@ _MAX_TOKEN_LIFETIME_SECONDS = 86_400.0  # a longer expires_in is taken as a day
 # The most of one answer a register client reads (decompressed): a whole bulk lookup of a
 # hundred parties is well under a megabyte, so this is room, not a budget.
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The most one call may take, its answer read whole: the client's time-out is for each read, so
+# an answer trickled a byte at a time within it would hold the caller for as long as it lasts.
+DEFAULT_CALL_SECONDS = 60.0
 # What a re-built answer must not say of its body, which is then read and decompressed.
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
@@ -274,7 +277,9 @@ class BearerClient:
     Subclasses say which error means "the service cannot be reached" (``unavailable``) and name
     the service in messages; they interpret status codes themselves, since the APIs differ there.
     An answer is read up to ``max_answer_bytes`` (decompressed), and one that goes on past it
-    raises :class:`AnswerTooLarge` rather than fill the memory.
+    raises :class:`AnswerTooLarge` rather than fill the memory. Every call, its answer read
+    whole, takes at most ``call_seconds``, and ends by the deadline the caller set with
+    :meth:`deadline` if that comes first (a sync's run); one that does not is ``unavailable``.
     """
 
     unavailable: type[RegistryError] = RegistryError
@@ -288,11 +293,19 @@ class BearerClient:
         http: httpx.Client | None = None,
         timeout: float = 15.0,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        call_seconds: float = DEFAULT_CALL_SECONDS,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._tokens = tokens
         self._http = http or httpx.Client(timeout=timeout)
         self._max_answer_bytes = max_answer_bytes
+        self._call_seconds = call_seconds
+        self._ends_by: float | None = None  # on time.monotonic(): see deadline()
+
+    def deadline(self, ends_by: float | None) -> None:
+        """No call ends later than ``ends_by`` (on :func:`time.monotonic`; None: only
+        ``call_seconds`` bounds each)."""
+        self._ends_by = ends_by
 
     def close(self) -> None:
         self._http.close()
@@ -333,20 +346,49 @@ class BearerClient:
         self, method: str, url: str, path: str, *, headers: dict[str, str], json_body: object
     ) -> httpx.Response:
         """The answer, its body read (decompressed) up to ``max_answer_bytes``."""
-        request = self._http.build_request(method, url, headers=headers, json=json_body)
+        started = time.monotonic()
+        ends_by = started + self._call_seconds
+        if self._ends_by is not None:
+            ends_by = min(ends_by, self._ends_by)
+        # each read waits no longer than the time left, so a peer that goes quiet is cut too
+        timeout = _bounded(self._http.timeout, max(0.001, ends_by - started))
+        request = self._http.build_request(
+            method, url, headers=headers, json=json_body, timeout=timeout
+        )
         response = self._http.send(request, stream=True)
         limit = self._max_answer_bytes
         try:
-            body = read_capped(response, limit)
+            if time.monotonic() > ends_by:  # the status line and headers came that slowly
+                raise BodyTooSlow
+            body = read_capped(response, limit, deadline=ends_by)
         except BodyTooLarge:
             raise AnswerTooLarge(
                 f"{self.service_name} answered more than {_size(limit)} for {path}; such an "
                 "answer is not read (max_answer_bytes)"
             ) from None
+        except BodyTooSlow:
+            raise self.unavailable(
+                f"{self.service_name} at {self._base} did not answer {path} whole within "
+                f"{ends_by - started:.1f} s (it sends too slowly); the call was given up"
+            ) from None
         finally:
             response.close()
         kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
         return httpx.Response(response.status_code, headers=kept, content=body, request=request)
+
+
+def _bounded(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """``timeout`` with no part longer than ``seconds``."""
+
+    def part(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
+
+    return httpx.Timeout(
+        connect=part(timeout.connect),
+        read=part(timeout.read),
+        write=part(timeout.write),
+        pool=part(timeout.pool),
+    )
 
 
 def _size(count: int) -> str:

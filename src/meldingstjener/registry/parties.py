@@ -59,7 +59,9 @@ class CommunicationParty:
     encryption_certificate: PartyCertificate | None = None
     certificate_ldap_url: str | None = None
     active: bool = True
-    valid: bool = True  # the register's IsValidCommunicationParty
+    # The register's IsValidCommunicationParty: Type is Service or Person (NHN's model), so
+    # false for every organisation; kept as read, never a reason not to send.
+    valid: bool = True
     valid_from: datetime | None = None
     valid_to: datetime | None = None
     municipality: str | None = None
@@ -90,8 +92,8 @@ class CommunicationParty:
         return not (self.valid_to is not None and moment > self.valid_to)
 
     def usable_at(self, moment: datetime) -> bool:
-        """Active, marked valid by the register, and within its validity period."""
-        return self.active and self.valid and self.in_validity_period(moment)
+        """Active and within its validity period (``valid`` says nothing of it)."""
+        return self.active and self.in_validity_period(moment)
 
 
 def queue_name(address: str) -> str:

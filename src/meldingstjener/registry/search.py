@@ -4,8 +4,9 @@ Lookup order: an exact HER-id, then a 9-digit organisation number (the organisat
 its services and people), then free text. Free text is folded (see :mod:`normalise`) and every
 query word must match a word of the party's name, display name or parent name, exactly, as a
 prefix (the word being typed), or within a small edit distance (typos). Ranking: exact > prefix
-> fuzzy, own name over parent name, fully matched short names over long ones; inactive or
-invalid parties come after all usable ones.
+> fuzzy, own name over parent name, fully matched short names over long ones; parties the
+register has inactive come after all others (not the register's IsValidCommunicationParty, which
+is false for every organisation).
 
 Built for 100,000 parties: words go into an inverted index, a sorted vocabulary answers prefixes
 by bisection, and a trigram index over the vocabulary finds typo candidates without scanning.
@@ -357,7 +358,7 @@ def _rank(hit: SearchHit) -> tuple[float, str, str]:
 
 
 def _penalty(party: CommunicationParty) -> float:
-    return 0.0 if party.active and party.valid else UNUSABLE_PENALTY
+    return 0.0 if party.active else UNUSABLE_PENALTY
 
 
 def _organisation_numbers(party: CommunicationParty) -> set[str]:

@@ -6,6 +6,12 @@ with "done up to HER-id X". Afterwards only events are read: from the stored seq
 each changed party is fetched and upserted, and the sequence number of the last applied event is
 committed in the same transaction as the parties it changed.
 
+A full export also looks at the parties the register gave us before (sources ``ar`` and
+``ar-sync``; not ``config``) that it does not list: a deletion whose event comes before the
+export's sequence number is never read as an event, so each is asked for alone and marked
+inactive when that lookup does not find it either (as an event's party is). Only an export that
+includes deactivated parties says so much; without them nothing is swept.
+
 So a sync that fails half-way keeps every committed chunk and resumes exactly there; it never
 deletes a party (a deactivated party is kept, marked inactive, as the register reports it). A
 party an event names that the register then does not return (deleted) is kept too, marked
@@ -39,7 +45,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
+
+from sqlalchemy import select
 
 from meldingstjener.registry.ar_client import BULK_LOOKUP_LIMIT, ArClient, ArEvent
 from meldingstjener.registry.ar_json import with_certificates
@@ -47,7 +56,7 @@ from meldingstjener.registry.certificates import PartyCertificate
 from meldingstjener.registry.errors import ArPartyNotFound, ArRecordRefused, RegistryError
 from meldingstjener.registry.parties import CommunicationParty
 from meldingstjener.registry.store import held_certificates, save_parties
-from meldingstjener.store.tables import StateRow
+from meldingstjener.store.tables import PartyRow, StateRow
 from meldingstjener.store.uow import Store, UnitOfWork
 
 __all__ = [
@@ -57,6 +66,7 @@ __all__ = [
     "SyncReport",
     "last_synced_sequence",
     "refused_parties",
+    "sync_progress",
     "sync_register",
 ]
 
@@ -65,7 +75,12 @@ EXPORT_SEQUENCE_KEY = "registry.ar.export.sequence_number"
 EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
 # The parties whose latest record could not be used, {HER-id: why}: a JSON object.
 REFUSED_KEY = "registry.ar.refused"
+# When a sync last brought the copy up to the register's newest event (ISO 8601, UTC).
+LAST_SYNCED_AT_KEY = "registry.ar.last_synced_at"
 SOURCE = "ar-sync"
+# How long past its budget a run's register calls may go on at least: the chunk under way when
+# the budget ran out is finished (a budget of nothing is one chunk a run), not cut and failed.
+MIN_OVERRUN_SECONDS = 10.0
 _REASON_LENGTH = 300  # of each stored reason: the register's text, quoted, can be long
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -115,6 +130,21 @@ def refused_parties(uow: UnitOfWork) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def sync_progress(uow: UnitOfWork) -> dict[str, object]:
+    """Where the sync stands, as ``ar status`` shows it: when it last caught up with the
+    register, the event reached, a first (or ``--full``) export under way and how far it got
+    (the last HER-id done; the export goes in HER-id order), and the refused parties."""
+    export_sequence = uow.state.get(EXPORT_SEQUENCE_KEY)
+    return {
+        "last_synced_at": uow.state.get(LAST_SYNCED_AT_KEY),
+        "last_sequence_number": last_synced_sequence(uow),
+        "export_in_progress": bool(export_sequence),
+        "export_sequence_number": int(export_sequence) if export_sequence else None,
+        "export_done_through_her_id": uow.state.get(EXPORT_DONE_KEY) if export_sequence else None,
+        "refused": refused_parties(uow),
+    }
+
+
 def sync_register(
     store: Store,
     client: ArClient,
@@ -128,9 +158,15 @@ def sync_register(
 
     With ``budget_seconds`` it stops after the chunk during which that time ran out, with
     ``report.complete`` False (a worker must not be taken for the hours a first export of the
-    whole register takes); the next call resumes."""
+    whole register takes); the next call resumes. The register's calls end within the budget
+    and one more (at least :data:`MIN_OVERRUN_SECONDS`: the chunk under way when it ran out
+    may finish, nothing longer): a register
+    answering a byte at a time would else hold the run, and its worker, as long as it likes; a
+    call cut there stops the sync as the register being unavailable."""
     report = SyncReport()
     stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
+    overrun = max(budget_seconds or 0.0, MIN_OVERRUN_SECONDS)
+    client.deadline(None if stop_at is None else stop_at + overrun)
 
     def out_of_time() -> bool:
         if stop_at is not None and time.monotonic() >= stop_at:
@@ -153,6 +189,10 @@ def sync_register(
             report.resumed = True
         if report.complete:
             _apply_events(store, client, report, chunk_size, page_size, out_of_time)
+        if report.complete:
+            with store.unit_of_work() as uow:
+                uow.state.set(LAST_SYNCED_AT_KEY, datetime.now(UTC).isoformat())
+                uow.commit()
     except RegistryError as exc:
         if isinstance(exc, SyncInterrupted):
             raise
@@ -163,6 +203,8 @@ def sync_register(
             "synced is kept, run the sync again to resume",
             report,
         ) from exc
+    finally:
+        client.deadline(None)
     return report
 
 
@@ -193,12 +235,36 @@ def _full_export(
         _reported(fetched, report)
         if out_of_time():
             return  # the export's keys stay: the next run resumes after chunk[-1]
+    if export.includes_deactivated:
+        listed = set(export.her_ids)
+        with store.unit_of_work() as uow:
+            unlisted = [h for h in _register_sourced_active(uow) if h not in listed]
+        for her_ids in _chunks(unlisted, chunk_size):
+            fetched = _Fetched()
+            _confirm_missing(store, client, her_ids, {}, her_ids, fetched)
+            with store.unit_of_work() as uow:
+                _save(uow, fetched, report, {})
+                uow.commit()
+            _reported(fetched, report)
+            if out_of_time():
+                return  # resumed, the export lists nothing new; the rest are looked at then
     with store.unit_of_work() as uow:
         uow.state.set(LAST_SEQUENCE_KEY, str(target))
         _clear(uow, EXPORT_SEQUENCE_KEY)
         _clear(uow, EXPORT_DONE_KEY)
         uow.commit()
     report.last_sequence_number = target
+
+
+def _register_sourced_active(uow: UnitOfWork) -> list[str]:
+    """The active stored parties the register gave us (a sync, or terms taken from it), in
+    HER-id order; not those of ``[[partners]]`` nor of imported files."""
+    query = (
+        select(PartyRow.her_id)
+        .where(PartyRow.source.in_(("ar", SOURCE)), PartyRow.active.is_(True))
+        .order_by(PartyRow.her_id)
+    )
+    return list(uow.session.scalars(query))
 
 
 def _apply_events(

@@ -75,7 +75,7 @@ def _certificate_document(b64: str) -> dict[str, Any]:
 
 def publish(pair: Pair, fake: FakeAddressRegister, edi_address: str, **changes: object) -> None:
     """The hospital's entry in the register: its certificates (the ones the GP holds), the EDI
-    address and ``changes`` (isActive, isValid, validTo, ...)."""
+    address and ``changes`` (isActive, validTo, ...)."""
     with pair.gp.store.unit_of_work() as uow:
         row = uow.parties.get(HOSPITAL)
         assert row is not None and row.signing_certificate and row.encryption_certificate
@@ -161,7 +161,6 @@ def test_register_terms_send_to_the_address_the_last_sync_stored(
     ("changes", "reason"),
     [
         ({"isActive": False}, "is marked inactive in the address register"),
-        ({"isValid": False}, "is marked not valid as a communication party"),
         ({"validTo": "2020-01-01T00:00:00Z"}, "was valid in the address register only until"),
         ({"validFrom": "2999-01-01T00:00:00Z"}, "is valid in the address register only from"),
     ],

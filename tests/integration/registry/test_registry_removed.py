@@ -143,3 +143,39 @@ def test_no_party_is_marked_gone_from_a_bulk_answer_with_a_record_it_cannot_attr
     report = sync_register(store, client)
     assert report.deactivated == []
     assert _stored(store)["100002"] == ("Legekontor B", True)
+
+
+def test_a_full_sync_notices_a_party_deleted_before_its_export(
+    store: Store,
+    register: tuple[FakeAddressRegister, ArClient],
+) -> None:
+    """``ar sync --full`` (what the register alerts advise): the deletion's event comes before
+    the export's sequence number and is never read as an event; the party the export no longer
+    lists is asked for alone and, not found, marked inactive. One it still lists (deactivated
+    parties included) and a [[partners]] party are left as they are."""
+    fake, client = register
+    fake.put_party(_record(100001, "Legekontor A"))
+    fake.put_party(_record(100002, "Legekontor B"))
+    fake.put_party(_record(100003, "Legekontor C"))
+    sync_register(store, client)
+    with store.unit_of_work() as uow:
+        configured = uow.parties.get("100002")
+        assert configured is not None
+        configured.source = "config"  # as a [[partners]] entry keeps it
+        uow.commit()
+
+    fake.delete_party(100001)
+    fake.delete_party(100002)
+    fake.deactivated.add("100003")  # listed with includeDeactivated only: still in the register
+    fake.put_party(_record(100003, "Legekontor C2"))
+    report = sync_register(store, client, full=True)
+    assert report.mode == "full" and report.deactivated == ["100001"]
+    assert _stored(store) == {
+        "100001": ("Legekontor A", False),
+        "100002": ("Legekontor B", True),
+        "100003": ("Legekontor C2", True),
+    }
+    # the gone one was asked for alone once (a lookup), not guessed from the export
+    assert "GET /api/v1/communicationparty/100001" in fake.requests
+    again = sync_register(store, client)  # nothing left over for the events
+    assert again.deactivated == [] and again.last_sequence_number == report.last_sequence_number

@@ -7,7 +7,10 @@ events from a sequence number (``results`` of ``sequenceNumber``/``herId``/``eve
 ``eventTimestamp``). Every change made through :meth:`FakeAddressRegister.put_party` appends an
 event, as the real register does, and so does a party deleted with
 :meth:`FakeAddressRegister.delete_party`: from then on it is missing from lookups (404, left out
-of a bulk answer) and from the export.
+of a bulk answer) and from the export. A deactivated party (:attr:`deactivated`, HER-ids the
+test names) is listed by the export only with ``includeDeactivated=true``; the register's new
+REST records carry no active flag, so the fake does not read one from the record either (a
+record's ``isActive`` decided the export before, which the real register never does).
 
 For tests of failure handling, ``fail_party_lookups_after`` makes party lookups answer 503 after
 that many successful ones (the register going down half-way through a sync).
@@ -41,6 +44,7 @@ class FakeAddressRegister:
         self.party_lookups = 0
         self.requests: list[str] = []  # "METHOD path" of each request
         self.bulk_supported = True
+        self.deactivated: set[str] = set()  # HER-ids the export lists only with deactivated
         self._lock = threading.Lock()
 
     # --- arranging the register ---------------------------------------------------------------
@@ -148,11 +152,7 @@ class FakeAddressRegister:
     def _export(self, request: Request) -> Reply:
         include_all = request.query.get("includeDeactivated", "false").lower() == "true"
         with self._lock:
-            her_ids = [
-                int(h)
-                for h, record in self.parties.items()
-                if include_all or record.get("isActive", record.get("active", True)) is not False
-            ]
+            her_ids = [int(h) for h in self.parties if include_all or h not in self.deactivated]
             last = len(self.events)
         return Reply.json(
             {"lastSequenceNumber": last, "count": len(her_ids), "communicationParties": her_ids}
