@@ -14,11 +14,11 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    (before that, a bounce of one of our mails is recorded on its message with a
    ``mail-bounced`` alert, see :mod:`meldingstjener.engine.mail_bounces`, or quarantined as a
    bounce when it names none of our messages);
+   or defers (InboundDeferred: its sender's signing certificate cannot be checked now,
+   ``revocation_policy = "hard"`` with the CA's CRL and OCSP away): the mail stays in the box,
+   its try not counted, until the message's TimeToLive passes; then it is quarantined as
+   ``RevocationUnknown`` (:meth:`MailIntake._defer`);
 3. return, and the collector deletes the mail from the box;
-   (its sender's signing certificate cannot be checked now, ``revocation_policy = "hard"``
-   with the CA's CRL and OCSP away: ``InboundDeferred``, the mail stays in the box, its try not
-   counted, until the message's TimeToLive passes; then it is quarantined as
-   ``RevocationUnknown``);
 4. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
    ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
    named by its SHA-256 so writing it twice is harmless), an alert is raised, and
