@@ -191,6 +191,10 @@ def _key_pair(source: KeySource, prefix: str, usage: Usage, keys: KeySettings) -
                 if value is not None
             ]
             key = " and ".join(f"keys.{name}" for name in given) or f"keys.{file_setting}"
+            if prefix == "previous_encryption" and file_setting == "password_file":
+                # the shared password is the new keys': changing it would break them, and the
+                # old key (renewed) often keeps the old PKCS#12 password
+                key += f" (or give it its own: keys.{prefix}_password_file)"
         elif source.cert_path is None:
             key = f"keys.{prefix}_pkcs12"
         elif str(source.cert_path) in exc.message:  # the certificate file is the one at fault

@@ -47,7 +47,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
-from meldingstjener.engine.trust import verify_sender
+from meldingstjener.engine.trust import InboundDeferred, verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
 from meldingstjener.security.errors import SecurityError
@@ -88,18 +88,6 @@ class InboundRefused(Exception):
         self.code = code
         self.detail = detail
         self.sender = sender
-
-
-class InboundDeferred(Exception):
-    """The message cannot be judged now for a cause of ours that passes (whether the sender's
-    signing certificate is revoked could not be found out: its CA's services are away from
-    us). Nothing is stored and nothing refused: the HTTP endpoint answers 503 and the sender
-    sends it again; the mail intake leaves the mail in the mailbox for its next round.
-    ``detail`` says why, without patient data; the event is already in the log."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class _Reject(Exception):
@@ -571,7 +559,7 @@ def _verify_signature(
                 ebxml_message_id=envelope.header.message_id,
             )
             uow.commit()
-        raise InboundDeferred(detail)
+        raise InboundDeferred(detail, until=envelope.header.time_to_live)
     if signature.problem is not None:
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,

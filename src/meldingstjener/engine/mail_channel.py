@@ -14,6 +14,10 @@ Each collected mail goes through :meth:`MailIntake.on_mail`:
    (before that, a bounce of one of our mails is recorded on its message with a
    ``mail-bounced`` alert, see :mod:`meldingstjener.engine.mail_bounces`, or quarantined as a
    bounce when it names none of our messages);
+   or defers (InboundDeferred: its sender's signing certificate cannot be checked now,
+   ``revocation_policy = "hard"`` with the CA's CRL and OCSP away): the mail stays in the box,
+   its try not counted, until the message's TimeToLive passes; then it is quarantined as
+   ``RevocationUnknown`` (:meth:`MailIntake._defer`);
 3. return, and the collector deletes the mail from the box;
 4. refused or unreadable, or failed in an unforeseen way in five rounds (counted as
    ``mail-failed:<hash>``) -> the raw mail is written to ``<data_dir>/quarantine/`` (fsync'd,
@@ -292,6 +296,8 @@ class MailIntake:
                 inbound.receive(self.ctx, str(content_type), body, channel="smtp")
             except inbound.InboundRefused as refused:
                 self._quarantine(source, refused.code, message_id, digest)
+            except inbound.InboundDeferred as deferred:
+                self._defer(source, deferred, message_id, digest, tries)
             except Exception as exc:
                 # kept in the box and tried again next round (the database may be away)
                 if tries >= FAILED_ROUNDS_BEFORE_QUARANTINE:
@@ -438,6 +444,51 @@ class MailIntake:
                 "to send it again."
             ),
         )
+
+    def _defer(
+        self,
+        source: BinaryIO,
+        deferred: inbound.InboundDeferred,
+        message_id: str | None,
+        digest: str,
+        tries: int,
+    ) -> NoReturn:
+        """A mail whose sender's certificate cannot be checked now (our revocation check is
+        away: a state of ours that passes) stays in the box for the next round, its try not
+        counted: an outage longer than five rounds must not put it aside as failed. Once the
+        message's own time is up (its TimeToLive) it is put aside, as its sender has given up
+        on it; one without a TimeToLive waits as long as the outage (the ``revocation-unknown``
+        alert is open meanwhile)."""
+        if deferred.until is not None and self.ctx.clock() >= deferred.until:
+            self._quarantine(
+                source,
+                "RevocationUnknown",
+                message_id,
+                digest,
+                advice=(
+                    "Its TimeToLive passed while whether its sender's signing certificate is "
+                    "revoked could not be found out (see the revocation-unknown alert). Ask "
+                    "the sender to send it again once the CA's CRL and OCSP addresses answer."
+                ),
+            )
+        self._uncount_try(FAILED_PREFIX + digest[:32], tries)
+        log.warning(
+            "a mail stays in the mailbox for the next round: %s%s",
+            deferred.detail,
+            f" (until its TimeToLive, {deferred.until:%Y-%m-%d %H:%M} UTC)"
+            if deferred.until is not None
+            else "",
+        )
+        raise deferred
+
+    def _uncount_try(self, key: str, tries: int) -> None:
+        """Take back the try :meth:`on_mail` counted (``tries`` counted with it)."""
+        with self.ctx.store.unit_of_work() as uow:
+            if tries > 1:
+                uow.state.set(key, str(tries - 1))
+            else:
+                uow.state.delete(key)
+            uow.commit()
 
     def _count_try(self, key: str) -> int:
         """Count one more try of a mail; return how many there have been."""

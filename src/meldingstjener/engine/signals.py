@@ -36,7 +36,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
-from meldingstjener.engine.trust import SenderSignature, verify_sender
+from meldingstjener.engine.trust import InboundDeferred, SenderSignature, verify_sender
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.security.xmldsig import (
@@ -112,7 +112,10 @@ def build_error(
 def handle_incoming(
     ctx: EngineContext, envelope: Envelope, root: etree._Element, *, channel: str
 ) -> None:
-    """Verify an Acknowledgment or MessageError and apply it to the message it refers to."""
+    """Verify an Acknowledgment or MessageError and apply it to the message it refers to.
+    Raises :class:`InboundDeferred` when the sender's certificate cannot be checked now
+    (``revocation_policy = "hard"``, its CA's revocation services away): the signal is taken
+    when it comes again, as a message is."""
     header = envelope.header
     ref = header.ref_to_message_id or (
         envelope.acknowledgment.ref_to_message_id if envelope.acknowledgment else None
@@ -148,6 +151,26 @@ def handle_incoming(
                 uow.alerts.resolve(f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}", at=now)
             uow.commit()
             return
+        if signature.problem is not None and signature.problem.revocation_unknown:
+            # our revocation check is away for a while, not the partner's signature wrong:
+            # ignoring the signal would resend our message till it is given up, and alert a
+            # forgery. Its sender sends it again (HTTP 503), or the mail waits in its box.
+            uow.events.record(
+                state.id,
+                EventKind.NOTE,
+                actor=actor,
+                code="revocation-unknown",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                f"not taken now: {signature.problem}; answered for its sender to send it again",
+                ebxml_message_id=header.message_id,
+                at=now,
+            )
+            uow.commit()
+            raise InboundDeferred(
+                "the sender's signing certificate cannot be checked now (whether it is revoked "
+                "could not be found out); send the signal again later",
+                until=header.time_to_live,
+            )
         ignored = _ignored_because(ctx, uow, envelope, state, signature)
         if ignored is not None:
             code, reason = ignored

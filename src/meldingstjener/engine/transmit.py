@@ -16,8 +16,10 @@ suspended: the operator's state, which moves on) holds a message its state does 
 through (``agreements.send_decision``), checked again every RetryInterval until
 PersistDuration. So does a certificate whose revocation could not be found out under
 ``revocation_policy = "hard"`` (the CA's CRL and OCSP away: a state that passes; event
-``revocation-unknown``). A message encrypted to a certificate the receiver has replaced since
-goes, with a note (see :func:`_certificate_refusal`).
+``revocation-unknown``), checked again after ``REVOCATION_RECHECK`` (five minutes) when the
+RetryInterval is longer: one failed request must not hold the queue for a RetryInterval (12 hours
+for a ``[[partners]]`` agreement) after the CA answers again. A message encrypted to a
+certificate the receiver has replaced since goes, with a note (see :func:`_certificate_refusal`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
@@ -34,7 +36,7 @@ from meldingstjener.engine.directory import Partner, PartnerUnknown
 from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.receipts import schedule_apprec_deadline
 from meldingstjener.engine.routing import APPREC, names_for
-from meldingstjener.engine.trust import certificate_problem
+from meldingstjener.engine.trust import REVOCATION_RECHECK, certificate_problem
 from meldingstjener.model import Direction, OutboundStatus, allowed_next
 from meldingstjener.registry.agreements import (
     ANSWER_EVENT,
@@ -265,12 +267,13 @@ def _hold(
     now: datetime,
     *,
     until_then: str = "while it was",
+    check_again: timedelta | None = None,
 ) -> None:
     """Keep a message unsent while its agreement holds it (``code``: agreement-suspended, or
     agreement-not-active for the onboarding states), or its receiver's certificate cannot be
-    checked (revocation-unknown): checked again one RetryInterval later (its attempts and
-    Retries untouched), given up when PersistDuration has passed (the reason said, then
-    "PersistDuration ran out", then ``until_then``)."""
+    checked (revocation-unknown): checked again one RetryInterval later, or ``check_again``
+    when that is sooner (its attempts and Retries untouched), given up when PersistDuration has
+    passed (the reason said, then "PersistDuration ran out", then ``until_then``)."""
     row = uow.messages.get(str(job.message_id), for_update=True)
     assert row is not None
     if row.status not in _SENDABLE:  # acknowledged, given up or sent by another run meanwhile
@@ -278,7 +281,7 @@ def _hold(
     elif row.expires_at is not None and now >= row.expires_at:
         _give_up(uow, row, partner.name, f"{reason}, and PersistDuration ran out {until_then}", now)
     else:
-        due = now + partner.retry_interval
+        due = now + min(partner.retry_interval, check_again or partner.retry_interval)
         if row.expires_at is not None:
             due = min(due, row.expires_at)  # the give-up comes when PersistDuration passes
         detail = f"{reason}: held, not sent; checked again {due:%Y-%m-%d %H:%M:%S} UTC"
@@ -355,6 +358,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
                 "revocation-unknown",
                 now,
                 until_then="before it could be checked",
+                check_again=REVOCATION_RECHECK,
             )
         return None
     if refusal is not None:

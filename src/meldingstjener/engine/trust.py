@@ -6,13 +6,17 @@ validity, key usage, the chain and revocation (CRL/OCSP, with the soft/hard poli
 anchors only validity and key usage can be checked, and the log says so once: such a server
 trusts the certificates in its register as given.
 
-Whether a certificate is revoked may not be found out (its CA's CRL and OCSP addresses cannot be
-reached, or answer nothing usable): a ``revocation-unknown`` alert per issuing CA says so, under
-either policy (soft: the certificate is accepted unchecked; hard: it is refused for now, see
-:class:`CertificateProblem`), told once while it lasts and resolved by the next answer about a
-certificate of that CA. Each process remembers per store which CAs' alerts it knows resolved, so
-a good answer costs no statement: one ``UPDATE`` per CA after a start, and one when an outage
-ends.
+Whether a certificate is revoked may not be found out because its CA's CRL and OCSP addresses
+cannot be reached, or answer nothing usable (an outage, which passes): a ``revocation-unknown``
+alert per issuing CA says so, under either policy (soft: the certificate is accepted unchecked;
+hard: it is refused for now, see :class:`CertificateProblem`, and a received message or signal
+signed with it is deferred, :class:`InboundDeferred`), told once while it lasts and resolved
+when every certificate of that CA it was raised for has been answered about since. A status
+unknown because of the certificate itself (it names no address, its responder does not know
+it, the only CRL is another's or out of scope) is no outage: no alert, and under the hard
+policy it is refused as any other unacceptable certificate. Each process remembers per store
+which CAs' alerts it knows resolved, so a good answer costs no statement: one ``UPDATE`` per CA
+after a start, and one when an outage ends.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from lxml import etree
 
 from meldingstjener.engine.alerts import AlertKind, keep_alert
@@ -38,6 +43,26 @@ from meldingstjener.security.xmldsig import SignatureCheck, verify_ebxml_envelop
 from meldingstjener.store.uow import Store
 
 log = logging.getLogger(__name__)
+
+# A message held because its receiver's certificate cannot be checked (engine/transmit.py) is
+# checked again this soon, or at its RetryInterval if sooner: a few failure memories, so the
+# CA's first answer after an outage sends it within minutes, while a long outage costs each held
+# message one look (and one event) per five minutes, not one per failure memory.
+REVOCATION_RECHECK = 5 * FAILURE_MEMORY
+
+
+class InboundDeferred(Exception):
+    """A received message or signal cannot be judged now for a cause of ours that passes
+    (whether the sender's signing certificate is revoked could not be found out: its CA's
+    services are away from us). Nothing is stored and nothing refused or ignored: the HTTP
+    endpoint answers 503 and the sender sends it again; the mail intake leaves the mail in the
+    mailbox for its next round, until ``until`` (the message's TimeToLive, when it names one).
+    ``detail`` says why, without patient data; the event is already in the log."""
+
+    def __init__(self, detail: str, *, until: datetime | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.until = until
 
 
 @dataclass(frozen=True)
@@ -84,12 +109,19 @@ def certificate_problem(
     return None
 
 
-# Per store: the issuing CAs whose revocation-unknown alert this process knows is not open
-# ("settled") or has raised ("unknown"). Weak: a store's engine gone, its memory goes too.
-_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, str]] = weakref.WeakKeyDictionary()
+# Per store: for each issuing CA (its alert key), what this process knows of its
+# revocation-unknown alert: None, not open ("settled"); a set, open, for the certificates
+# (SHA-256 fingerprints) whose last check found a source failed. Weak: a store's engine gone,
+# its memory goes too.
+_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, set[bytes] | None]] = (
+    weakref.WeakKeyDictionary()
+)
 _REVOCATION_LOCK = threading.Lock()
 # issuing CAs remembered per store: many more than any deployment trusts
 _REVOCATION_REMEMBERED = 1000
+# certificates remembered per open alert: many more than one CA's partners. One beyond is not
+# remembered, so the alert may be resolved while it still fails: its next check raises it again
+_REVOCATION_CERTIFICATES = 10_000
 
 
 def revocation_alert_key(issuer: x509.Certificate) -> str:
@@ -103,13 +135,32 @@ def _report_revocation(
     store: Store, validator: CertificateValidator, check: CertificateCheck, now: datetime
 ) -> None:
     """Raise (kept: told once while it lasts, counted at each check) or resolve the
-    ``revocation-unknown`` alert of each issuing CA the check asked about."""
+    ``revocation-unknown`` alert of each issuing CA the check asked about.
+
+    Raised only when a source failed (an outage); an unknown status that is the certificate's
+    own (it names no source, its responder does not know it) is refused or accepted by the
+    policy, and says nothing of the CA's services. Resolved when every certificate whose check
+    found a source of the CA failed has been answered about since: one CA's certificates may
+    name different addresses, one away and one answering, and the answering one's checks must
+    not resolve an alert the other's raise again at once."""
     with _REVOCATION_LOCK:
         states = _REVOCATION_STATES.setdefault(store, {})
     for finding in check.revocation:
         key = revocation_alert_key(finding.issuer)
-        if finding.status is RevocationStatus.UNKNOWN:
-            if states.get(key) != "unknown":
+        fingerprint = (
+            finding.certificate.fingerprint(hashes.SHA256()) if finding.certificate else b""
+        )
+        if finding.outage:
+            with _REVOCATION_LOCK:
+                failing = states.get(key)
+                raised_here = failing is not None
+                if failing is None:
+                    if key not in states and len(states) >= _REVOCATION_REMEMBERED:
+                        states.clear()  # forgotten: settled again by one UPDATE each
+                    failing = states[key] = set()
+                if len(failing) < _REVOCATION_CERTIFICATES:
+                    failing.add(fingerprint)
+            if not raised_here:
                 log.warning(
                     "whether certificates issued by %s are revoked could not be found out: %s",
                     finding.issuer.subject.rfc4514_string(),
@@ -124,24 +175,29 @@ def _report_revocation(
                     key=key,
                 )
                 uow.commit()
-            _remember(states, key, "unknown")
-        elif states.get(key) != "settled":  # after a start, or the first answer after an outage
-            with store.unit_of_work() as uow:
-                uow.alerts.resolve(f"{AlertKind.REVOCATION_UNKNOWN}:{key}", at=now)
-                uow.commit()
-            if states.get(key) == "unknown":
-                log.warning(
-                    "the revocation of certificates issued by %s can be checked again",
-                    finding.issuer.subject.rfc4514_string(),
-                )
-            _remember(states, key, "settled")
-
-
-def _remember(states: dict[str, str], key: str, state: str) -> None:
-    with _REVOCATION_LOCK:
-        if key not in states and len(states) >= _REVOCATION_REMEMBERED:
-            states.clear()  # forgotten: settled again by one UPDATE each
-        states[key] = state
+            continue
+        with _REVOCATION_LOCK:
+            known = key in states
+            failing = states.get(key)
+            if failing:
+                failing.discard(fingerprint)
+            ended = failing is not None and not failing  # the last failing one answered
+            # after a start, the first answer settles what another run may have left open
+            first = not known and finding.status is not RevocationStatus.UNKNOWN
+        if not (ended or first):
+            continue
+        with store.unit_of_work() as uow:
+            uow.alerts.resolve(f"{AlertKind.REVOCATION_UNKNOWN}:{key}", at=now)
+            uow.commit()
+        if ended:
+            log.warning(
+                "the revocation of certificates issued by %s can be checked again",
+                finding.issuer.subject.rfc4514_string(),
+            )
+        with _REVOCATION_LOCK:
+            if key not in states and len(states) >= _REVOCATION_REMEMBERED:
+                states.clear()
+            states[key] = None
 
 
 def _revocation_summary(
@@ -150,12 +206,13 @@ def _revocation_summary(
     """The alert's text: the CA, the sources and why they gave no answer (the same words while
     the cause is the same: a changed cause is told again), and what the policy does meanwhile."""
     if validator.revocation_policy == "hard":
+        minutes = int(REVOCATION_RECHECK.total_seconds() // 60)
         meanwhile = (
             'Under revocation_policy = "hard" its certificates are not accepted meanwhile: '
             "messages to a partner whose encryption certificate it issued are refused at submit "
-            "or held (checked again every RetryInterval, given up when PersistDuration runs "
-            "out), and messages signed with one are answered HTTP 503 for their senders to send "
-            "again."
+            f"or held (checked again within {minutes} minutes, given up when PersistDuration "
+            "runs out), and messages and signals signed with one are answered HTTP 503 for their "
+            "senders to send again (by mail: left in the mailbox)."
         )
     else:
         meanwhile = (

@@ -45,6 +45,12 @@ def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
             inbound.receive(ctx, result.reply_content_type, result.reply_body, channel="http")
         except inbound.InboundRefused as refused:
             log.warning("unreadable synchronous reply for job %s: %s", job.id, refused.code)
+        except inbound.InboundDeferred:  # the ack-timeout resends; the partner answers again
+            log.warning(
+                "synchronous reply for job %s not taken now: its signer's certificate cannot "
+                "be checked (revocation unknown)",
+                job.id,
+            )
         except Exception as exc:
             # The send is recorded and its job is the ack-timeout now: rescheduling it as a
             # failed job would resend at once. Without the signal the ack-timeout resends, and

@@ -10,7 +10,10 @@ answers are cached until their nextUpdate (at most ``cache_seconds``), so a busy
 download the same CRL, or ask the responder, for every message. When a refetch fails, the last
 good CRL from that distribution point still proves a revocation it lists (a revocation never
 ends); past its nextUpdate it proves nothing else. The outcome is GOOD, REVOKED or UNKNOWN;
-what UNKNOWN means (soft or hard fail) is decided by :mod:`validation`.
+what UNKNOWN means (soft or hard fail) is decided by :mod:`validation`. An UNKNOWN says whether
+a source failed (``source_failed``: an outage, which passes) or the certificate itself leaves its
+status unknown (it names no source, its responder does not know it, the only CRL is another's or
+out of scope), which waiting does not mend.
 
 The timeout is a deadline for the whole request (connecting, sending, the status line, the
 headers and the body), not for each read: a responder that trickles its answer a byte at a time
@@ -31,7 +34,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,10 +71,30 @@ class RevocationStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class RevocationResult:
+    """``source_failed`` (UNKNOWN only): a source that could have answered did not (could not
+    be reached, timed out, answered tryLater or an error, or what is no CRL or OCSP answer), now
+    or within ``FAILURE_MEMORY``: a state of the CA's services or of our network, which passes.
+    False when every source answered and none decided (the responder does not know the
+    certificate, a CRL out of date, signed by another or out of scope) or the certificate names
+    none: the certificate's state, which does not pass by waiting."""
+
     status: RevocationStatus
     source: str  # "crl <url>", "ocsp <url>", "configured crl", or "none"
     detail: str
     revoked_at: datetime | None = None
+    source_failed: bool = False
+
+
+@dataclass
+class _Notes:
+    """What one check found on its way: ``texts`` for the detail, and the sources that gave
+    no answer (``failed``: see :attr:`RevocationResult.source_failed`)."""
+
+    texts: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def append(self, text: str) -> None:
+        self.texts.append(text)
 
 
 def urllib_fetch(url: str, body: bytes | None, content_type: str | None, timeout: float) -> bytes:
@@ -227,7 +250,7 @@ class RevocationChecker:
         # URL -> (the note its failure was told by, not asked again until): see FAILURE_MEMORY
         self._failed: dict[str, tuple[str, datetime]] = {}
 
-    def _remembered_failure(self, url: str, now: datetime, notes: list[str]) -> bool:
+    def _remembered_failure(self, url: str, now: datetime, notes: _Notes) -> bool:
         """Whether ``url`` failed a short while ago; its note is told again meanwhile (the
         same words, so an alert quoting them is not told anew for each check)."""
         with self._lock:
@@ -235,10 +258,12 @@ class RevocationChecker:
         if failed is None or failed[1] <= now:
             return False
         notes.append(failed[0])
+        notes.failed.append(url)
         return True
 
-    def _failure(self, url: str, note: str, now: datetime, notes: list[str]) -> None:
+    def _failure(self, url: str, note: str, now: datetime, notes: _Notes) -> None:
         notes.append(note)
+        notes.failed.append(url)
         memory = min(FAILURE_MEMORY, timedelta(seconds=self._cache_seconds))
         with self._lock:
             if len(self._failed) >= _OCSP_CACHE_SIZE:  # URLs of certificates of anybody
@@ -254,7 +279,7 @@ class RevocationChecker:
     def check(
         self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime
     ) -> RevocationResult:
-        notes: list[str] = []
+        notes = _Notes()
         # the newest CRL first: a configured one that is still current must not hide a
         # revocation a newer one (fetched from the distribution point) lists
         crls = sorted(
@@ -273,13 +298,17 @@ class RevocationChecker:
                 result = self._from_ocsp(url, cert, issuer, at, notes)
                 if result is not None:
                     return result
-        detail = "; ".join(notes) or "no CRL or OCSP responder is available for this certificate"
-        return RevocationResult(RevocationStatus.UNKNOWN, "none", detail)
+        detail = (
+            "; ".join(notes.texts) or "no CRL or OCSP responder is available for this certificate"
+        )
+        return RevocationResult(
+            RevocationStatus.UNKNOWN, "none", detail, source_failed=bool(notes.failed)
+        )
 
     # --- CRL ---------------------------------------------------------------------------------
 
     def _crls_for(
-        self, cert: x509.Certificate, issuer: x509.Certificate, notes: list[str]
+        self, cert: x509.Certificate, issuer: x509.Certificate, notes: _Notes
     ) -> list[tuple[str, x509.CertificateRevocationList, bool]]:
         """(source, CRL, kept): kept is True for the last good CRL from a distribution point
         that could not be fetched anew."""
@@ -321,7 +350,7 @@ class RevocationChecker:
             self._verified[key] = known
         return known
 
-    def _fetched_crl(self, url: str, notes: list[str]) -> x509.CertificateRevocationList | None:
+    def _fetched_crl(self, url: str, notes: _Notes) -> x509.CertificateRevocationList | None:
         now = self._clock()
         with self._lock:
             cached = self._cache.get(url)
@@ -355,7 +384,7 @@ class RevocationChecker:
         cert: x509.Certificate,
         at: datetime,
         source: str,
-        notes: list[str],
+        notes: _Notes,
         *,
         kept: bool = False,
     ) -> RevocationResult | None:
@@ -384,7 +413,7 @@ class RevocationChecker:
         cert: x509.Certificate,
         issuer: x509.Certificate,
         at: datetime,
-        notes: list[str],
+        notes: _Notes,
     ) -> RevocationResult | None:
         now = self._clock()
         response = self._usable_ocsp_answer(url, cert, issuer, now, notes)
@@ -412,7 +441,7 @@ class RevocationChecker:
         cert: x509.Certificate,
         issuer: x509.Certificate,
         now: datetime,
-        notes: list[str],
+        notes: _Notes,
     ) -> ocsp.OCSPResponse | None:
         """The responder's answer about ``cert``, from the cache while it lasts, else asked
         anew; None (with a note) when none usable is to be had.

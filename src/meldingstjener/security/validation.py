@@ -73,13 +73,18 @@ _AMQP = {
 
 @dataclass(frozen=True)
 class RevocationFinding:
-    """What the revocation check of one certificate of a chain found out: GOOD or REVOKED (its
-    issuer's CRL or OCSP responder answered), or UNKNOWN with ``detail`` saying which sources
-    were asked and why none answered usably (the same words while the cause is the same)."""
+    """What the revocation check of ``certificate`` (one of a chain) found out: GOOD or REVOKED
+    (its issuer's CRL or OCSP responder answered), or UNKNOWN with ``detail`` saying which
+    sources were asked and why none answered usably (the same words while the cause is the
+    same). ``outage``: UNKNOWN because a source failed (see
+    :attr:`~meldingstjener.security.revocation.RevocationResult.source_failed`), not because of
+    the certificate itself."""
 
     issuer: x509.Certificate
     status: RevocationStatus
     detail: str
+    certificate: x509.Certificate | None = None
+    outage: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,19 @@ class CertificateCheck:
 
     @property
     def revocation_unknown_only(self) -> bool:
-        """Refused (hard policy) only because whether it is revoked could not be found out: a
-        state of the CA's services or of our network, which may pass, not of the certificate."""
-        return not self.ok and set(self.reasons) == {Reason.REVOCATION_UNKNOWN}
+        """Refused (hard policy) only because whether it is revoked could not be found out, and
+        only because a CRL or OCSP source failed: a state of the CA's services or of our network,
+        which may pass. A certificate that names no source, that its responder does not know,
+        or whose only CRL is another's or out of scope is not: waiting does not change that."""
+        return (
+            not self.ok
+            and set(self.reasons) == {Reason.REVOCATION_UNKNOWN}
+            and all(
+                finding.outage
+                for finding in self.revocation
+                if finding.status is RevocationStatus.UNKNOWN
+            )
+        )
 
     def summary(self) -> str:
         if not self.reasons:
@@ -225,7 +240,11 @@ class CertificateValidator:
             if any(same_certificate(cert, anchor) for anchor in self._anchors):
                 break
             result = self._revocation.check(cert, issuer, when)
-            findings.append(RevocationFinding(issuer, result.status, result.detail))
+            findings.append(
+                RevocationFinding(
+                    issuer, result.status, result.detail, cert, outage=result.source_failed
+                )
+            )
             if result.status is RevocationStatus.REVOKED:
                 add(Reason.REVOKED, f"{describe(cert)} {result.detail}")
             elif result.status is RevocationStatus.UNKNOWN:

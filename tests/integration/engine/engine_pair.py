@@ -67,6 +67,8 @@ class Loopback:
             )
         except inbound.InboundRefused as refused:
             raise TransportFailure("http-400", refused.detail, retryable=False) from None
+        except inbound.InboundDeferred:  # POST /ebms answers 503: the sender tries again
+            raise TransportFailure("http-503", f"{delivery.endpoint} answered 503") from None
         return TransportResult(reply.content_type, reply.body, 200)
 
     def close(self) -> None:
@@ -122,10 +124,20 @@ def _pki_template() -> Path:
     return _PKI_TEMPLATE[0]
 
 
-def make_pair(tmp_path: Path, **site_options: object) -> Pair:
+def make_pair(
+    tmp_path: Path,
+    *,
+    configure: Callable[[Site, Site], None] | None = None,
+    **site_options: object,
+) -> Pair:
+    """Two sites in ``tmp_path`` and their engines. ``configure``: called with the sites once
+    their files are written, before the engines are built from them (to change a setting
+    without building the engines twice)."""
     if not (tmp_path / "pki").exists():
         shutil.copytree(_pki_template(), tmp_path / "pki")
     gp_site, hospital_site = prepare_sites(tmp_path, **site_options)  # type: ignore[arg-type]
+    if configure is not None:
+        configure(gp_site, hospital_site)
     clock = Clock()
     network = Loopback()
     gp = build_engine(load_settings(gp_site.config_path), clock=clock)

@@ -7,84 +7,37 @@ certificates name a real OCSP responder on 127.0.0.1 and no CRL."""
 from __future__ import annotations
 
 import contextlib
-import threading
+import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
+from cryptography.hazmat.primitives import serialization
 from engine_pair import Pair, make_pair
 from fastapi.testclient import TestClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "security"))
+from ocsp_responder import Responder
+
 from meldingstjener.api import app as api_app
-from meldingstjener.bootstrap import build_engine
-from meldingstjener.config import load_settings
 from meldingstjener.devsites import GP_HER, HOSPITAL_HER, Site, dialog_note
+from meldingstjener.engine import inbound
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.mail_channel import (
+    FAILED_PREFIX,
+    FAILED_ROUNDS_BEFORE_QUARANTINE,
+    MailIntake,
+    Quarantine,
+)
 from meldingstjener.engine.outbound import submit
-from meldingstjener.security.devpki import DevPki, issue_certificate, load_pki
+from meldingstjener.engine.trust import REVOCATION_RECHECK, InboundDeferred, certificate_problem
+from meldingstjener.security.devpki import issue_certificate, load_pki
+from meldingstjener.security.validation import CertificateValidator
 
 RETRY = timedelta(seconds=601)  # past the RetryInterval, the OCSP cache and a failure's memory
-
-
-class Responder:
-    """The development CA's OCSP responder: good answers, or (``broken``) a web page."""
-
-    def __init__(self, pki: DevPki) -> None:
-        self.pki = pki
-        self.broken = False
-        self.issued: dict[int, x509.Certificate] = {}
-        responder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                data = responder.answer(body)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/ocsp"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def answer(self, body: bytes) -> bytes:
-        if self.broken:
-            return b"<html>the CA's web server, not its responder</html>"
-        request = ocsp.load_der_ocsp_request(body)
-        now = datetime.now(UTC)
-        return (
-            ocsp.OCSPResponseBuilder()
-            .add_response(
-                cert=self.issued[request.serial_number],
-                issuer=self.pki.ca_certificate,
-                algorithm=hashes.SHA1(),
-                cert_status=ocsp.OCSPCertStatus.GOOD,
-                this_update=now - timedelta(minutes=1),
-                next_update=now + timedelta(days=1),
-                revocation_time=None,
-                revocation_reason=None,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.pki.ca_certificate)
-            .sign(self.pki.ca.key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.DER)
-        )
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _with_ocsp(pki_dir: Path, responder: Responder, her_id: str, role: str) -> Path:
@@ -101,22 +54,13 @@ def _with_ocsp(pki_dir: Path, responder: Responder, her_id: str, role: str) -> P
         old.extensions.get_extension_for_class(x509.KeyUsage).value,
         not_before=old.not_valid_before_utc,
         not_after=old.not_valid_after_utc,
-        ocsp_url=responder.url,
+        ocsp_url=responder.ocsp_url,
         extended_usage=extended,
     )
     responder.issued[certificate.serial_number] = certificate
     path = pki_dir / f"{her_id}-{role}-ocsp.pem"
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return path
-
-
-def _rebuilt(pair: Pair, site: Site) -> EngineContext:
-    old = pair.gp if site is pair.gp_site else pair.hospital
-    old.store.database.dispose()
-    ctx = build_engine(load_settings(site.config_path), clock=pair.clock)
-    ctx.transports = {"http": pair.network}
-    pair.network.engines[site.endpoint] = ctx
-    return ctx
 
 
 @pytest.fixture(params=["hard"])
@@ -126,26 +70,38 @@ def policy(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def ocsp_pair(tmp_path: Path, policy: str) -> Iterator[tuple[Pair, Responder]]:
-    pair = make_pair(tmp_path, retry_interval_seconds=600, retries=3, persist_duration_seconds=3600)
     pki_dir = tmp_path / "pki"
-    responder = Responder(load_pki(pki_dir))
-    files = {
-        (her_id, role): _with_ocsp(pki_dir, responder, her_id, role)
-        for her_id in (GP_HER, HOSPITAL_HER)
-        for role in ("sign", "enc")
-    }
-    for site in (pair.gp_site, pair.hospital_site):
-        text = site.config_path.read_text()
-        for (her_id, role), path in files.items():
-            text = text.replace(f'"{pki_dir / f"{her_id}-{role}.pem"}"', f'"{path}"')
-        text = text.replace(
-            f'crl_files = ["{pki_dir / "crl.pem"}"]\n',
-            f'revocation_policy = "{policy}"\nrevocation_timeout_seconds = 0.5\n'
-            "revocation_cache_seconds = 60\n",
-        )
-        site.config_path.write_text(text)
-    pair.gp = _rebuilt(pair, pair.gp_site)
-    pair.hospital = _rebuilt(pair, pair.hospital_site)
+    responders: list[Responder] = []
+
+    def with_ocsp(gp_site: Site, hospital_site: Site) -> None:
+        # the sites' files are written (the PKI copied): their certificates issued again
+        # naming the responder, and the engines built once, from the changed files
+        responder = Responder(load_pki(pki_dir))
+        responders.append(responder)
+        files = {
+            (her_id, role): _with_ocsp(pki_dir, responder, her_id, role)
+            for her_id in (GP_HER, HOSPITAL_HER)
+            for role in ("sign", "enc")
+        }
+        for site in (gp_site, hospital_site):
+            text = site.config_path.read_text()
+            for (her_id, role), path in files.items():
+                text = text.replace(f'"{pki_dir / f"{her_id}-{role}.pem"}"', f'"{path}"')
+            text = text.replace(
+                f'crl_files = ["{pki_dir / "crl.pem"}"]\n',
+                f'revocation_policy = "{policy}"\nrevocation_timeout_seconds = 0.5\n'
+                "revocation_cache_seconds = 60\n",
+            )
+            site.config_path.write_text(text)
+
+    pair = make_pair(
+        tmp_path,
+        configure=with_ocsp,
+        retry_interval_seconds=600,
+        retries=3,
+        persist_duration_seconds=3600,
+    )
+    [responder] = responders
     yield pair, responder
     responder.close()
     pair.gp.store.database.dispose()
@@ -175,7 +131,7 @@ def test_hard_policy_holds_a_queued_message_while_revocation_cannot_be_found_out
 ) -> None:
     pair, responder = ocsp_pair
     message_id = _queued(pair)
-    responder.broken = True
+    responder.mode = "garbage"
     pair.clock.advance(seconds=RETRY.total_seconds())
     pair.run()
     row = pair.message(pair.gp, message_id)
@@ -183,12 +139,12 @@ def test_hard_policy_holds_a_queued_message_while_revocation_cannot_be_found_out
     assert row.attempts == 1  # held: not sent, and no attempt counted
     assert _alerts(pair.gp, AlertKind.NOT_DELIVERED) == []
     [(still_open, _, summary)] = _alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN)
-    assert still_open and responder.url in summary and "hard" in summary
+    assert still_open and responder.ocsp_url in summary and "hard" in summary
     with pair.gp.store.unit_of_work() as uow:
         held = [e for e in uow.events.for_message(message_id) if e.code == "revocation-unknown"]
     assert held and "checked again" in str(held[-1].detail)
     # the responder answers again: the message goes at its next check, the alert is resolved
-    responder.broken = False
+    responder.mode = "good"
     pair.clock.advance(seconds=RETRY.total_seconds())
     pair.run()
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
@@ -202,7 +158,7 @@ def test_hard_policy_gives_a_held_message_up_when_persist_duration_runs_out(
 ) -> None:
     pair, responder = ocsp_pair
     message_id = _queued(pair)
-    responder.broken = True
+    responder.mode = "garbage"
     for _ in range(7):  # past the hour's PersistDuration
         pair.clock.advance(seconds=RETRY.total_seconds())
         pair.run()
@@ -219,7 +175,7 @@ def test_soft_policy_accepts_unchecked_and_says_so_once(
     ocsp_pair: tuple[Pair, Responder],
 ) -> None:
     pair, responder = ocsp_pair
-    responder.broken = True
+    responder.mode = "garbage"
     first = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     second = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "y"), actor="t")
     pair.run()
@@ -229,7 +185,7 @@ def test_soft_policy_accepts_unchecked_and_says_so_once(
         [(still_open, count, summary)] = _alerts(ctx, AlertKind.REVOCATION_UNKNOWN)
         assert still_open and count > 1  # one alert, counted at each check
         assert "soft" in summary and "accepted meanwhile" in summary
-    responder.broken = False
+    responder.mode = "good"
     pair.clock.advance(seconds=RETRY.total_seconds())
     submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "z"), actor="t")
     pair.run()
@@ -248,7 +204,7 @@ def test_hard_policy_answers_a_received_message_503_when_revocation_cannot_be_fo
     row = pair.message(pair.gp, message_id)
     body = pair.gp.store.payloads.read_bytes(str(row.wire_ref))
     headers = {"Content-Type": str(row.wire_content_type)}
-    responder.broken = True
+    responder.mode = "garbage"
     with TestClient(api_app.create_app(pair.hospital)) as http:
         answer = http.post("/ebms", content=body, headers=headers)
         assert answer.status_code == 503, answer.text
@@ -257,9 +213,150 @@ def test_hard_policy_answers_a_received_message_503_when_revocation_cannot_be_fo
         [(still_open, _, summary)] = _alerts(pair.hospital, AlertKind.REVOCATION_UNKNOWN)
         assert still_open and "503" in summary
         # the sender sends it again once the responder answers: taken, the alert resolved
-        responder.broken = False
+        responder.mode = "good"
         pair.clock.advance(seconds=RETRY.total_seconds())
         again = http.post("/ebms", content=body, headers=headers)
         assert again.status_code == 200, again.text
     assert len(pair.inbound_messages(pair.hospital)) == 1  # stored, once
     assert [a[0] for a in _alerts(pair.hospital, AlertKind.REVOCATION_UNKNOWN)] == [False]
+
+
+def test_hard_policy_defers_a_partners_acknowledgment_while_its_certificate_cannot_be_checked(
+    ocsp_pair: tuple[Pair, Responder], tmp_path: Path
+) -> None:
+    # the responder cannot answer about the hospital's signing certificate only: the GP's
+    # message is taken and acknowledged, and the Acknowledgment must not be thrown away (the
+    # message resent till it is given up, a forgery alerted) but answered 503, and taken when
+    # the hospital sends it again
+    pair, responder = ocsp_pair
+    signing = x509.load_pem_x509_certificate(
+        (tmp_path / "pki" / f"{HOSPITAL_HER}-sign-ocsp.pem").read_bytes()
+    )
+    responder.away.add(signing.serial_number)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    assert len(pair.inbound_messages(pair.hospital)) == 1
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert _alerts(pair.gp, AlertKind.SIGNAL_UNTRUSTED) == []
+    with pair.gp.store.unit_of_work() as uow:
+        events = uow.events.for_message(message_id)
+    assert [e.code for e in events if e.code in ("revocation-unknown", "SecurityFailure")] == [
+        "revocation-unknown"
+    ]
+    # the responder answers again: the hospital's next try of its signal is taken
+    responder.away.clear()
+    pair.clock.advance(seconds=61)  # past a failure's memory, well within the RetryInterval
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert _alerts(pair.gp, AlertKind.SIGNAL_UNTRUSTED) == []
+
+
+def test_hard_policy_leaves_a_mail_in_the_box_while_revocation_cannot_be_found_out(
+    ocsp_pair: tuple[Pair, Responder], tmp_path: Path
+) -> None:
+    # an outage longer than the rounds that put a failing mail aside: the mail waits in the
+    # box, its tries not counted, and is taken once the responder answers
+    pair, responder = ocsp_pair
+    pair.network.down.add(pair.hospital_site.endpoint)
+    submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    [sent] = pair.network.sent
+    body = sent.body.read_bytes() if isinstance(sent.body, Path) else sent.body
+    mail = (
+        b"Message-ID: <outage-1@gp.example>\r\nContent-Type: "
+        + sent.content_type.encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    responder.mode = "garbage"
+    intake = MailIntake(pair.hospital, tmp_path / "quarantine")
+    for _ in range(FAILED_ROUNDS_BEFORE_QUARANTINE + 2):
+        with pytest.raises(InboundDeferred):
+            intake.on_mail(mail)
+        pair.clock.advance(seconds=61)  # each round asks the responder again
+    assert not (tmp_path / "quarantine").exists() or not any((tmp_path / "quarantine").iterdir())
+    assert _alerts(pair.hospital, AlertKind.MAIL_QUARANTINED) == []
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.state.keys_unchanged_since(FAILED_PREFIX, pair.clock() + timedelta(days=1)) == []
+    responder.mode = "good"
+    intake.on_mail(mail)
+    assert len(pair.inbound_messages(pair.hospital)) == 1
+
+
+def test_a_mail_deferred_past_its_time_to_live_is_put_aside(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its sender has given up on it: it does not wait in the box for the outage's end
+    def deferred(*args: object, **kwargs: object) -> None:
+        raise InboundDeferred("cannot be checked now", until=pair.clock() - timedelta(seconds=1))
+
+    monkeypatch.setattr(inbound, "receive", deferred)
+    mail = b"Message-ID: <late-1@gp.example>\r\nContent-Type: text/xml\r\n\r\n<Envelope/>\r\n"
+    with pytest.raises(Quarantine) as quarantined:
+        MailIntake(pair.hospital, tmp_path / "quarantine").on_mail(mail)
+    assert str(quarantined.value) == "RevocationUnknown"
+    [(_, _, summary)] = _alerts(pair.hospital, AlertKind.MAIL_QUARANTINED)
+    assert "TimeToLive passed" in summary
+
+
+def test_hard_policy_sends_a_held_message_minutes_after_the_responder_answers_again(
+    ocsp_pair: tuple[Pair, Responder],
+) -> None:
+    # one failed request must not hold the queue for a whole RetryInterval (ten minutes
+    # here, twelve hours for a [[partners]] agreement)
+    pair, responder = ocsp_pair
+    message_id = _queued(pair)
+    responder.mode = "garbage"
+    pair.clock.advance(seconds=RETRY.total_seconds())
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "retrying"
+    responder.mode = "good"
+    pair.clock.advance(seconds=REVOCATION_RECHECK.total_seconds() + 1)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+
+
+@pytest.mark.parametrize("policy", ["soft"], indirect=True)
+def test_one_cas_certificates_naming_an_address_away_and_one_answering_do_not_flap_the_alert(
+    ocsp_pair: tuple[Pair, Responder],
+) -> None:
+    pair, responder = ocsp_pair
+    away = responder.certificate(her_id=GP_HER, ocsp_path="/down")
+    answered = responder.certificate(her_id=GP_HER)
+    responder.away.add(away.serial_number)
+    validator = CertificateValidator([responder.pki.ca_certificate], clock=pair.clock)
+    seen = []
+    for _ in range(6):
+        for certificate in (away, answered):
+            certificate_problem(
+                validator, certificate, "signing", pair.clock(), store=pair.gp.store
+            )
+            seen.append(_alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN)[0][0])
+        pair.clock.advance(seconds=5)
+    assert seen == [True] * 12  # raised once, never resolved by the other's answers
+    # the address answers again: the certificate it failed for is answered about, resolved
+    responder.away.clear()
+    pair.clock.advance(seconds=61)
+    certificate_problem(validator, away, "signing", pair.clock(), store=pair.gp.store)
+    assert [a[0] for a in _alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN)] == [False]
+
+
+def test_a_certificate_unknown_for_its_own_sake_is_refused_and_raises_no_alert(
+    ocsp_pair: tuple[Pair, Responder],
+) -> None:
+    # hard policy: naming no address, or unknown to its responder, is no outage: refused (no
+    # hold, no 503 for ever), and the CA's services are not said to be away
+    pair, responder = ocsp_pair
+    nameless = responder.certificate(her_id=GP_HER, ocsp_path=None)
+    stranger = responder.certificate(her_id=GP_HER)
+    responder.unknown.add(stranger.serial_number)
+    validator = CertificateValidator(
+        [responder.pki.ca_certificate], clock=pair.clock, revocation_policy="hard"
+    )
+    for certificate in (nameless, stranger):
+        problem = certificate_problem(
+            validator, certificate, "signing", pair.clock(), store=pair.gp.store
+        )
+        assert problem is not None and not problem.revocation_unknown
+        assert "could not be found out" in str(problem)
+    assert _alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN) == []

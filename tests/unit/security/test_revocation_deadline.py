@@ -5,116 +5,16 @@ whole timeout again). A real OCSP responder and CRL server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
+from ocsp_responder import Responder
 
-from meldingstjener.security.devpki import DevPki, init_pki, issue_certificate, party_name
+from meldingstjener.security.devpki import init_pki
 from meldingstjener.security.revocation import FAILURE_MEMORY
 from meldingstjener.security.validation import CertificateValidator, Reason
-
-
-class Responder:
-    """An OCSP responder (and CRL server) of the test CA whose behaviour the test sets:
-    ``good`` answers, ``garbage`` (200 with what is no OCSP answer or CRL), or ``trickle``
-    (the good answer, its header lines sent one every 50 ms first: a second in all)."""
-
-    def __init__(self, pki: DevPki) -> None:
-        self.pki = pki
-        self.mode = "good"
-        self.asked: Counter[str] = Counter()
-        self.issued: dict[int, x509.Certificate] = {}
-        responder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self._answer(responder.answer(self.path, body))
-
-            def do_GET(self) -> None:
-                self._answer(responder.answer(self.path, b""))
-
-            def _answer(self, data: bytes) -> None:
-                if responder.mode == "trickle":
-                    self.wfile.write(b"HTTP/1.0 200 OK\r\n")
-                    for number in range(20):
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                        self.wfile.write(f"X-Slow-{number}: yes\r\n".encode())
-                    self.wfile.write(f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def answer(self, path: str, body: bytes) -> bytes:
-        self.asked[path] += 1
-        if self.mode == "garbage":
-            return b"<html>not what was asked for</html>"
-        if path.endswith(".crl"):
-            return self.pki.crl_path.read_bytes()
-        request = ocsp.load_der_ocsp_request(body)
-        now = datetime.now(UTC)
-        response = (
-            ocsp.OCSPResponseBuilder()
-            .add_response(
-                cert=self.issued[request.serial_number],
-                issuer=self.pki.ca_certificate,
-                algorithm=hashes.SHA1(),
-                cert_status=ocsp.OCSPCertStatus.GOOD,
-                this_update=now - timedelta(minutes=1),
-                next_update=now + timedelta(hours=1),
-                revocation_time=None,
-                revocation_reason=None,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.pki.ca_certificate)
-            .sign(self.pki.ca.key, hashes.SHA256())
-        )
-        return response.public_bytes(serialization.Encoding.DER)
-
-    def certificate(
-        self, *, ocsp_path: str | None = "/ocsp", crl_path: str | None = None
-    ) -> x509.Certificate:
-        now = datetime.now(UTC)
-        party = self.pki.parties["1001"]
-        certificate = issue_certificate(
-            self.pki.ca,
-            party.signing.key.public_key(),
-            party_name("TEST AS", "974760673"),
-            party.signing.certificate.extensions.get_extension_for_class(x509.KeyUsage).value,
-            not_before=now - timedelta(days=1),
-            not_after=now + timedelta(days=30),
-            ocsp_url=f"{self.url}{ocsp_path}" if ocsp_path else None,
-            crl_url=f"{self.url}{crl_path}" if crl_path else None,
-        )
-        self.issued[certificate.serial_number] = certificate
-        return certificate
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -164,3 +64,26 @@ def test_a_source_that_failed_is_not_asked_again_for_a_minute(responder: Respond
     now[0] += FAILURE_MEMORY + timedelta(seconds=1)
     assert validator.validate(certificate, usage="signing").reasons == []
     assert responder.asked["/ca.crl"] == 2
+
+
+def test_only_a_source_that_failed_is_an_outage_that_may_pass(responder: Responder) -> None:
+    # hard policy: a certificate whose status is unknown because of itself (it names no
+    # address, its responder does not know it) is refused, not held or answered 503 for ever
+    validator = CertificateValidator([responder.pki.ca_certificate], revocation_policy="hard")
+    nameless = validator.validate(responder.certificate(ocsp_path=None), usage="signing")
+    assert nameless.reasons == [Reason.REVOCATION_UNKNOWN] and not nameless.ok
+    assert not nameless.revocation_unknown_only
+    assert [finding.outage for finding in nameless.revocation] == [False]
+    stranger = responder.certificate()
+    responder.unknown.add(stranger.serial_number)
+    not_known = validator.validate(stranger, usage="signing")
+    assert "does not know the certificate" in not_known.details[0]
+    assert not not_known.revocation_unknown_only
+    # the responder away: an outage, which passes
+    away = responder.certificate()
+    responder.away.add(away.serial_number)
+    unreachable = validator.validate(away, usage="signing")
+    assert unreachable.revocation_unknown_only
+    assert [finding.outage for finding in unreachable.revocation] == [True]
+    # ... and told so while its failure is remembered, without asking again
+    assert validator.validate(away, usage="signing").revocation_unknown_only
