@@ -32,6 +32,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from lxml import etree
+from sqlalchemy.exc import SQLAlchemyError
 
 from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext
@@ -166,15 +167,18 @@ def _report_revocation(
                     finding.issuer.subject.rfc4514_string(),
                     finding.detail,
                 )
-            with store.unit_of_work() as uow:
-                keep_alert(
-                    uow,
-                    AlertKind.REVOCATION_UNKNOWN,
-                    _revocation_summary(finding.issuer, finding.detail, validator),
-                    at=now,
-                    key=key,
-                )
-                uow.commit()
+            try:
+                with store.unit_of_work() as uow:
+                    keep_alert(
+                        uow,
+                        AlertKind.REVOCATION_UNKNOWN,
+                        _revocation_summary(finding.issuer, finding.detail, validator),
+                        at=now,
+                        key=key,
+                    )
+                    uow.commit()
+            except SQLAlchemyError as exc:  # told at the next check; the message goes on
+                _alert_not_stored(key, exc)
             continue
         with _REVOCATION_LOCK:
             known = key in states
@@ -186,9 +190,13 @@ def _report_revocation(
             first = not known and finding.status is not RevocationStatus.UNKNOWN
         if not (ended or first):
             continue
-        with store.unit_of_work() as uow:
-            uow.alerts.resolve(f"{AlertKind.REVOCATION_UNKNOWN}:{key}", at=now)
-            uow.commit()
+        try:
+            with store.unit_of_work() as uow:
+                uow.alerts.resolve(f"{AlertKind.REVOCATION_UNKNOWN}:{key}", at=now)
+                uow.commit()
+        except SQLAlchemyError as exc:  # not remembered as settled: the next answer tries again
+            _alert_not_stored(key, exc)
+            continue
         if ended:
             log.warning(
                 "the revocation of certificates issued by %s can be checked again",
@@ -198,6 +206,17 @@ def _report_revocation(
             if key not in states and len(states) >= _REVOCATION_REMEMBERED:
                 states.clear()
             states[key] = None
+
+
+def _alert_not_stored(key: str, exc: SQLAlchemyError) -> None:
+    """The alert's bookkeeping is not the message's: a store that cannot be written now fails
+    the message's own storing, with its own answer (503, store-failing), not this."""
+    log.warning(
+        "the %s alert %s could not be stored: %s",
+        AlertKind.REVOCATION_UNKNOWN,
+        key,
+        type(exc).__name__,
+    )
 
 
 def _revocation_summary(
