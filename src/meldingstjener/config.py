@@ -510,6 +510,10 @@ class RegisterSettings(_Section):
     max_answer_mb: int = Field(default=64, ge=1)
 
 
+# The least [retention] payload_days but 0 (kept): see engine/retention.py
+PAYLOAD_DAYS_FLOOR = 30
+
+
 class RetentionSettings(_Section):
     """How long what the server stores is kept (``serve``'s daily ``retention`` job,
     ``meldingstjener retention``). A message is only ever touched once it is settled (see
@@ -517,13 +521,25 @@ class RetentionSettings(_Section):
 
     # The payload files (the business document, decrypted on the receiving side, and the wire
     # form) of a settled message, this many days after it settled: its row, events and receipts
-    # stay, so the help desk still sees what became of it. 0: kept for ever.
+    # stay, so the help desk still sees what became of it. 0: kept for ever; else at least
+    # PAYLOAD_DAYS_FLOOR (a misaddressed message reported after its AppRec needs the document).
     payload_days: int = Field(default=90, ge=0)
     # Whole settled messages (row, events, receipts, jobs, content keys; their alerts stay,
     # without the message), this many days after they settled. At least the longest
     # PersistDuration of the agreements plus a day, checked at each run against the store's
     # agreements: the row is how a partner's resend is known as a duplicate. 0: kept for ever.
     message_days: int = Field(default=0, ge=0)
+
+    @field_validator("payload_days")
+    @classmethod
+    def _payload_days_floor(cls, days: int) -> int:
+        if 0 < days < PAYLOAD_DAYS_FLOOR:
+            raise ValueError(
+                f"payload_days = {days} would delete the content of received messages a "
+                "clinician may still report as misaddressed (which answers the sender from the "
+                f"document): set at least {PAYLOAD_DAYS_FLOOR}, or 0 to keep the content"
+            )
+        return days
 
 
 class Settings(BaseSettings):

@@ -141,9 +141,9 @@ def deliver(
     ctx.notify_workers(uow)
 
 
-# refusals of an AppRec that is not owed any more: the EPJ answered first (or the message was
-# purged, which leaves no payload: the same code), the message is gone, or it is an AppRec
-_NO_LONGER_OWED = frozenset({"already-answered", "not-found", "apprec-for-apprec"})
+# refusals of an AppRec that is not owed any more: the EPJ answered first, the message was
+# purged (which leaves no payload), the message is gone, or it is an AppRec
+_NO_LONGER_OWED = frozenset({"already-answered", "purged", "not-found", "apprec-for-apprec"})
 
 
 def auto_apprec_job(ctx: EngineContext, job: ClaimedJob) -> None:
@@ -220,6 +220,14 @@ def send_apprec(
         row = _inbound(uow, message_id)
         if row.msg_type == APPREC:
             raise AppRecRefused("apprec-for-apprec", "an AppRec is never answered with an AppRec")
+        if row.payload_ref is None:
+            # the AppRec is built from the content: gone (purged as misaddressed, or removed by
+            # [retention] payload_days), whatever the status says, it cannot be sent
+            raise AppRecRefused(
+                "purged",
+                f"message {message_id} has no content any more (purged, or removed by "
+                "retention); an AppRec cannot be built",
+            )
         target = (
             InboundStatus.APPREC_SENT
             if code is not AppRecStatus.REJECTED

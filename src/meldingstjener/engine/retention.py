@@ -15,14 +15,18 @@ The API's audit log is not deleted here: the database refuses to delete its rows
 0002's triggers). Its growth is bounded where it grew: a listing is audited once per message and
 client (:func:`meldingstjener.api.audit.listed_before`).
 
-*Settled* is this module's one rule (:data:`SETTLED`): no step of the server needs the content
+*Settled* is this module's one rule (:func:`settled`): no step of the server needs the content
 again. Outbound: the partner acknowledged it, answered it with an AppRec, or it was given up
-(``not-delivered``; only a late receipt may follow, which needs no content). Inbound: the EPJ has
-it (``delivered``), it was answered, rejected or purged. Not settled, never touched: a message
-on its way (``accepted``, ``sent``, ``retrying``), one an operator may still resend
-(``transport-error``), and one the EPJ has not taken (``received``, ``acknowledged``). The
-status machine's final states alone would be too few: a received message may be reported as
-misaddressed after its AppRec, so none would ever lose its clear text.
+(``not-delivered``; only a late receipt may follow, which needs no content). Inbound: it was
+answered (``apprec-sent``), rejected or purged, or the EPJ has it (``delivered``) and owes no
+AppRec for it: an AppRec, which is never answered (:data:`NEVER_ANSWERED`). A delivered message
+the EPJ has not answered yet is not settled: its AppRec is built from the content, and the
+partner waits for it. Not settled, never touched: a message on its way (``accepted``, ``sent``,
+``retrying``), one an operator may still resend (``transport-error``), and one the EPJ has not
+taken (``received``, ``acknowledged``). The status machine's final states alone would be too
+few: a received message may be reported as misaddressed after its AppRec, so none would ever
+lose its clear text; and ``payload_days`` is at least
+:data:`meldingstjener.config.PAYLOAD_DAYS_FLOOR` (or 0, kept): the settings refuse less.
 
 A partner resends a message until its PersistDuration has passed, and a resend is known as a
 duplicate by the received message's row (its eb:MessageId). So ``message_days`` shorter than the
@@ -46,10 +50,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import ColumnElement, and_, or_
+
 from meldingstjener.config import RetentionSettings
 from meldingstjener.engine import housekeeping
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus, OutboundStatus
+from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import (
     CONTENT_REMOVED,
     ClaimedJob,
@@ -73,13 +81,17 @@ SETTLED: dict[str, frozenset[str]] = {
     ),
     Direction.INBOUND.value: frozenset(
         {
-            InboundStatus.DELIVERED,
             InboundStatus.APPREC_SENT,
             InboundStatus.REJECTED,
             InboundStatus.MISADDRESSED_PURGED,
         }
     ),
 }
+# Received message types the EPJ owes no AppRec for once it has them (``delivered``): only an
+# AppRec, which receipts.send_apprec refuses to answer (``apprec-for-apprec``). Every other
+# delivered message waits for the EPJ's AppRec (or the agreement's automatic one), built from
+# its content. (The engine keeps no per-message "AppRec wanted" of its own.)
+NEVER_ANSWERED = frozenset({APPREC})
 RESEND_MARGIN = timedelta(days=1)
 # PartnerSettings' and an agreement's default PersistDuration, for a store without agreements
 DEFAULT_PERSIST_DURATION = timedelta(days=4)
@@ -87,6 +99,21 @@ BATCH = 200
 BATCHES_PER_RUN = 50
 RETENTION_NOTE = "retention"
 REFUSED_NOTE = "retention-refused"
+
+
+def settled() -> ColumnElement[bool]:
+    """The one rule of what is settled (the module's docstring), as a condition on the row."""
+    return or_(
+        *(
+            and_(MessageRow.direction == direction, MessageRow.status.in_(sorted(states)))
+            for direction, states in SETTLED.items()
+        ),
+        and_(
+            MessageRow.direction == Direction.INBOUND.value,
+            MessageRow.status == InboundStatus.DELIVERED.value,
+            MessageRow.msg_type.in_(sorted(NEVER_ANSWERED)),
+        ),
+    )
 
 
 class MessageDaysTooShort(ValueError):
@@ -164,7 +191,7 @@ def _remove_contents(
 ) -> None:
     if report.dry_run:
         with store.unit_of_work() as uow:
-            report.contents_removed = uow.retention.count_holding_content(SETTLED, before=before)
+            report.contents_removed = uow.retention.count_holding_content(settled(), before=before)
         return
     # messages with a payload, then those with a wire form only (refused before decryption)
     for by_wire in (False, True):
@@ -177,7 +204,7 @@ def _remove_contents(
             done += 1
             with store.unit_of_work() as uow:
                 held = uow.retention.holding_content(
-                    SETTLED, before=before, by_wire=by_wire, after=after, limit=BATCH
+                    settled(), before=before, by_wire=by_wire, after=after, limit=BATCH
                 )
                 if not held:
                     break
@@ -206,7 +233,7 @@ def _delete_messages(
 ) -> None:
     if report.dry_run:
         with store.unit_of_work() as uow:
-            report.messages_deleted = uow.retention.count_settled(SETTLED, before=before)
+            report.messages_deleted = uow.retention.count_settled(settled(), before=before)
         return
     after: RetentionKey | None = None
     done = 0
@@ -216,7 +243,9 @@ def _delete_messages(
             return
         done += 1
         with store.unit_of_work() as uow:
-            found = uow.retention.settled_messages(SETTLED, before=before, after=after, limit=BATCH)
+            found = uow.retention.settled_messages(
+                settled(), before=before, after=after, limit=BATCH
+            )
             if not found:
                 return
             after = found[-1][0]

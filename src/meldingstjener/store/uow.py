@@ -1520,7 +1520,8 @@ RetentionKey = tuple[datetime, str]
 
 class RetentionRepository:
     """What retention reads and deletes, a batch at a time (see
-    :mod:`meldingstjener.engine.retention`, which decides what is settled and when). Every
+    :mod:`meldingstjener.engine.retention`, which decides what is settled, as a condition on
+    the message row, and when). Every
     statement here is bounded by ``limit`` and walks an index from where the batch before
     stopped, so a run reads each row once and no transaction holds its locks for long. Rows
     are locked as they are read (PostgreSQL; SQLite's write lock covers the transaction) and
@@ -1530,27 +1531,19 @@ class RetentionRepository:
         self.session = session
 
     @staticmethod
-    def _settled(settled: dict[str, frozenset[str]], before: datetime) -> ColumnElement[bool]:
-        return and_(
-            or_(
-                *(
-                    and_(MessageRow.direction == direction, MessageRow.status.in_(sorted(states)))
-                    for direction, states in settled.items()
-                )
-            ),
-            MessageRow.status_changed_at < before,
-        )
+    def _settled(settled: ColumnElement[bool], before: datetime) -> ColumnElement[bool]:
+        return and_(settled, MessageRow.status_changed_at < before)
 
     def holding_content(
         self,
-        settled: dict[str, frozenset[str]],
+        settled: ColumnElement[bool],
         *,
         before: datetime,
         by_wire: bool,
         after: str | None,
         limit: int,
     ) -> list[HeldContent]:
-        """Settled messages (as ``settled`` names them per direction) that have held their
+        """Settled messages (``settled``: the condition on the row) that have held their
         status since before ``before`` and still hold files: walked along the index of their
         payload reference (or, ``by_wire``, of the wire form's, for those with no payload),
         which holds no row whose files are gone, from the key after ``after``."""
@@ -1566,7 +1559,7 @@ class RetentionRepository:
         query = query.with_for_update(key_share=True, skip_locked=True)
         return [HeldContent(*row) for row in self.session.execute(query)]
 
-    def count_holding_content(self, settled: dict[str, frozenset[str]], *, before: datetime) -> int:
+    def count_holding_content(self, settled: ColumnElement[bool], *, before: datetime) -> int:
         query = select(func.count()).where(
             or_(MessageRow.payload_ref.is_not(None), MessageRow.wire_ref.is_not(None)),
             self._settled(settled, before),
@@ -1584,7 +1577,7 @@ class RetentionRepository:
 
     def settled_messages(
         self,
-        settled: dict[str, frozenset[str]],
+        settled: ColumnElement[bool],
         *,
         before: datetime,
         after: RetentionKey | None,
@@ -1624,7 +1617,7 @@ class RetentionRepository:
             for row in found
         ]
 
-    def count_settled(self, settled: dict[str, frozenset[str]], *, before: datetime) -> int:
+    def count_settled(self, settled: ColumnElement[bool], *, before: datetime) -> int:
         query = select(func.count()).where(
             MessageRow.created_at < before, self._settled(settled, before)
         )

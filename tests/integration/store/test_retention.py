@@ -16,8 +16,8 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import func, select, update
 
-from meldingstjener.config import RetentionSettings
-from meldingstjener.engine import housekeeping, retention
+from meldingstjener.config import PAYLOAD_DAYS_FLOOR, RetentionSettings
+from meldingstjener.engine import housekeeping, receipts, retention
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.tables import (
     AgreementRow,
@@ -34,7 +34,13 @@ NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def _message(
-    store: Store, direction: str, status: str, *, settled_days_ago: float, wire_only: bool = False
+    store: Store,
+    direction: str,
+    status: str,
+    *,
+    settled_days_ago: float,
+    wire_only: bool = False,
+    msg_type: str = "DIALOG_NOTAT",
 ) -> tuple[str, list[str]]:
     """A message in ``status`` since ``settled_days_ago``, with its files; its id and keys."""
     payload = None if wire_only else store.payloads.put(b"<MsgHead>clear text</MsgHead>")
@@ -45,7 +51,7 @@ def _message(
             direction=direction,
             payload_ref=None if payload is None else payload.key,
             wire_ref=wire.key,
-            msg_type="DIALOG_NOTAT",
+            msg_type=msg_type,
             from_her_id="8100001",
             to_her_id="8200002",
         )
@@ -106,6 +112,56 @@ def test_the_content_of_settled_messages_goes_after_payload_days_and_the_rows_st
         assert row is not None and row.payload_ref is not None
         assert all(store.payloads.exists(key) for key in files)
     assert retention.run(store, rules, now=NOW).contents_removed == 0  # done once
+
+
+def test_a_delivered_message_whose_apprec_the_epj_owes_keeps_its_content(store: Store) -> None:
+    # The review: delivered counted as settled, so the content of a message the EPJ had not
+    # answered yet went, and its AppRec was refused ("already-answered"): the partner never
+    # got one. An AppRec received (delivered) owes none, and its content goes.
+    owed, owed_files = _message(store, "in", "delivered", settled_days_ago=400)
+    apprec, apprec_files = _message(
+        store, "in", "delivered", settled_days_ago=100, msg_type=receipts.APPREC
+    )
+    answered, _ = _message(store, "in", "apprec-sent", settled_days_ago=100)
+
+    assert retention.run(store, RetentionSettings(), now=NOW, dry_run=True).contents_removed == 2
+    report = retention.run(store, RetentionSettings(), now=NOW)
+
+    assert report.contents_removed == 2
+    kept = _row(store, owed)
+    assert kept is not None and kept.payload_ref is not None
+    assert all(store.payloads.exists(key) for key in owed_files)
+    for gone in (apprec, answered):
+        row = _row(store, gone)
+        assert row is not None and row.payload_ref is None
+    assert not any(store.payloads.exists(key) for key in apprec_files)
+    whole = retention.run(store, RetentionSettings(payload_days=0, message_days=30), now=NOW)
+    assert whole.messages_deleted == 2 and _row(store, owed) is not None
+
+
+def test_an_apprec_for_a_message_whose_content_is_gone_is_refused_as_purged(
+    store: Store,
+) -> None:
+    # README: "an AppRec ... for it is refused as purged" (it said "already-answered": the
+    # status check came first). A message delivered by a version that removed its content.
+    message_id, _ = _message(store, "in", "delivered", settled_days_ago=100)
+    with store.unit_of_work() as uow:
+        uow.retention.forget_content([message_id], at=NOW)
+        uow.commit()
+    ctx = cast(EngineContext, SimpleNamespace(store=store))
+    with pytest.raises(receipts.AppRecRefused) as refused:
+        receipts.send_apprec(ctx, message_id, status=1, errors=[], actor="epj")
+    assert refused.value.code == "purged"
+
+
+@pytest.mark.parametrize("days", [1, PAYLOAD_DAYS_FLOOR - 1])
+def test_payload_days_shorter_than_the_floor_is_refused(days: int) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=f"set at least {PAYLOAD_DAYS_FLOOR}, or 0"):
+        RetentionSettings(payload_days=days)
+    assert RetentionSettings(payload_days=0).payload_days == 0
+    assert RetentionSettings(payload_days=PAYLOAD_DAYS_FLOOR).payload_days == PAYLOAD_DAYS_FLOOR
 
 
 def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(
@@ -194,7 +250,7 @@ KILLED_BETWEEN_COMMIT_AND_DELETE = """
 import os, signal, sys
 from datetime import datetime
 from pathlib import Path
-from meldingstjener.config import RetentionSettings
+from meldingstjener.config import PAYLOAD_DAYS_FLOOR, RetentionSettings
 from meldingstjener.engine import retention
 from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
