@@ -10,9 +10,17 @@ file: the payload tree's own folders are two characters long, and ``rm -r payloa
 where it is). The two must agree:
 
 - ``serve`` calls :func:`claim_payload_directory` at start. A store without an id (a new one,
-  or one made by a version before this check) takes the folder it was given: the marker is
-  written first (only where none is, so that processes starting together on one shared folder
-  agree), then the database's id from it, if it has none yet.
+  or one made by a version before this check) takes the folder it was given: the database's id
+  is written first (only where none is: of processes starting together on one shared folder,
+  the first one's stays, and every one writes the id the database then has into the marker),
+  with a mark that the marker is still to be written (:data:`MARKER_PENDING_KEY`, naming the
+  folder), then the marker, then the mark is cleared. A start interrupted in between is taken
+  up by the next: the database's id, its mark naming this folder, no marker yet.
+- A database without an id beside a folder with a marker is a backup of before the id (taken
+  "right before ``db upgrade``", docs/OPERATIONS.md) restored beside the folder kept, or a
+  start of a version that wrote the marker first interrupted before the database's id: the
+  folder is the store's if it holds files the database refers to (:func:`_holds_files_of`, a
+  sample of the newest messages' files), and ``serve`` then records the marker's id.
 - every other process checks on first touching a payload file (:class:`CheckedPayloadStore`,
   which ``bootstrap.open_store`` makes): ``send`` from a help desk's machine would store a body
   no server can read, and ``sweep`` over another store's folder would remove its files as
@@ -20,8 +28,9 @@ where it is). The two must agree:
   They never write an id: only a server makes the choice.
 
 Refused (:class:`PayloadDirectoryNotOurs`, a :class:`StoreUnavailable` that names both places
-and what to do): a marker with another id; a marker where the database has no id (another
-store's folder, or a new database pointed at an old folder); no marker where the database has
+and what to do): a marker with another id; a marker where the database has no id and the folder
+none of its files (another store's folder, or a new database pointed at an old folder); no
+marker where the database has
 an id, whether the folder is empty (a host's own fresh folder, or a share that is not mounted)
 or not (a folder of the time before this check on a second host, which held that host's own
 bodies: taking it would carry the fault on). A restored backup of both keeps its id. A folder
@@ -43,7 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from meldingstjener.store.database import Database
 from meldingstjener.store.opening import StoreUnavailable, payloads_failed, shown_url
 from meldingstjener.store.payloads import PayloadStore, StoredFile, make_durable_dir
-from meldingstjener.store.tables import StateRow
+from meldingstjener.store.tables import MessageRow, StateRow
 
 if TYPE_CHECKING:
     from meldingstjener.store.uow import Store
@@ -52,6 +61,12 @@ STORE_ID_KEY = "store.id"
 # where the first serve found the payload directory: named when another folder is refused
 PAYLOAD_DIR_KEY = "store.payload_dir"
 MARKER_NAME = ".meldingstjener-store"
+# set with the database's id, cleared once the marker is written: the folder (resolved) whose
+# marker a start interrupted in between did not write yet
+MARKER_PENDING_KEY = "store.marker_pending"
+# how many of the newest messages' files are looked for in a marked folder the database has no
+# id for: one found is enough (keys are random, another store's folder holds none of them)
+FILE_SAMPLE = 20
 
 
 class PayloadDirectoryNotOurs(StoreUnavailable):
@@ -97,14 +112,20 @@ def claim_payload_directory(store: Store) -> str:
 
 def _claim(database: Database, directory: Path) -> str:
     known = store_id(database)
-    if known is None and read_marker(directory) is None:
-        _write_marker(directory, secrets.token_hex(16))
-        marked = read_marker(directory)  # ours, or that of a process that was first
-        if marked:
-            _record_store_id(database, marked, directory)
-        known = store_id(database)
+    marked = read_marker(directory)
+    if known is None and marked is None:
+        _record_store_id(database, secrets.token_hex(16), directory, pending=True)
+    elif known is None and marked and _holds_files_of(database, directory):
+        _record_store_id(database, marked, directory, pending=False)
+    known = store_id(database)
+    here = str(directory.resolve())
+    pending = _state(database, MARKER_PENDING_KEY)
+    if known is not None and pending == here and read_marker(directory) is None:
+        _write_marker(directory, known)  # the database's id, whichever process wrote it
     check_payload_directory(database, directory, known=known)
     assert known is not None  # a directory that was checked names the store's id
+    if pending is not None:
+        _clear_pending(database)
     return known
 
 
@@ -119,14 +140,20 @@ def check_payload_directory(
         return
     if marked is None and known is None:
         return
+    if known is None and marked and _holds_files_of(database, directory):
+        return  # a backup of before the id restored beside its folder: serve records the id
     marker = marker_path(directory)
     where = f"the payload directory {directory} (data_dir)"
     database_named = f"the database {shown_url(database.url)}"
     if marked is not None:
         whose = f"store {marked}" if marked else "a store (its marker is empty)"
-        has = f"store {known}" if known else "no store id yet"
+        has = (
+            f"is store {known}"
+            if known
+            else "has no store id yet, and none of the newest files it refers to is there"
+        )
         raise PayloadDirectoryNotOurs(
-            f"{where} belongs to {whose} ({marker}), but {database_named} is {has}: point "
+            f"{where} belongs to {whose} ({marker}), but {database_named} {has}: point "
             "data_dir at the payload directory every serve of this database shares; only if "
             f"{directory} never served another database, remove {marker}"
         )
@@ -144,6 +171,24 @@ def check_payload_directory(
         f"{known}): every serve of one database must use that one payload directory (a network "
         "share); mount it on this host and point data_dir at it"
     )
+
+
+def _holds_files_of(database: Database, directory: Path) -> bool:
+    """Whether ``directory`` holds a file of the newest :data:`FILE_SAMPLE` messages with files
+    (newest: retention removes the old ones' first). Looked for directly, not through a
+    :class:`CheckedPayloadStore`, which would check again."""
+    newest = (
+        select(MessageRow.payload_ref, MessageRow.wire_ref)
+        .where((MessageRow.payload_ref.is_not(None)) | (MessageRow.wire_ref.is_not(None)))
+        .order_by(MessageRow.created_at.desc())
+        .limit(FILE_SAMPLE)
+    )
+    with database.reading() as connection:
+        keys = [key for row in connection.execute(newest) for key in row if key]
+    try:
+        return any((directory / key[:2] / key).is_file() for key in keys)
+    except OSError as exc:
+        raise payloads_failed(directory, exc) from None
 
 
 def _holds_files(directory: Path) -> bool:
@@ -176,16 +221,32 @@ def _write_marker(directory: Path, value: str) -> None:
         os.close(descriptor)
 
 
-def _record_store_id(database: Database, value: str, directory: Path) -> None:
-    """The database's id, unless it has one (another process's, written meanwhile)."""
+def _record_store_id(database: Database, value: str, directory: Path, *, pending: bool) -> None:
+    """The database's id, unless it has one (another process's, written meanwhile); with it
+    the folder and, ``pending``, the mark that its marker is still to be written."""
+    here = str(directory.resolve())
     session = database.sessions()
     try:
         if session.get(StateRow, STORE_ID_KEY) is None:
             session.add(StateRow(key=STORE_ID_KEY, value=value))
-            session.merge(StateRow(key=PAYLOAD_DIR_KEY, value=str(directory.resolve())))
+            session.merge(StateRow(key=PAYLOAD_DIR_KEY, value=here))
+            if pending:
+                session.merge(StateRow(key=MARKER_PENDING_KEY, value=here))
             session.commit()
     except IntegrityError:  # a process starting at the same time was first
         session.rollback()
+    finally:
+        session.close()
+
+
+def _clear_pending(database: Database) -> None:
+    """The marker is written (and checked): no start is interrupted before it any more."""
+    session = database.sessions()
+    try:
+        pending = session.get(StateRow, MARKER_PENDING_KEY)
+        if pending is not None:
+            session.delete(pending)
+            session.commit()
     finally:
         session.close()
 

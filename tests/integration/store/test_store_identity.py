@@ -175,3 +175,95 @@ def test_a_serve_with_a_data_dir_of_its_own_on_a_shared_database_does_not_start(
     said = done.stderr.strip().splitlines()
     assert len(said) == 1 and "Nothing was started" in said[0]
     assert str(own / "payloads") in said[0] and str(settings.payload_dir.resolve()) in said[0]
+
+
+def _forget_store_id(database: Database) -> None:
+    """The database as a backup of before the id has it (OPERATIONS.md: taken right before
+    ``db upgrade``)."""
+    from sqlalchemy import delete
+
+    from meldingstjener.store.tables import StateRow
+
+    with database.engine.begin() as connection:
+        connection.execute(delete(StateRow).where(StateRow.key.like("store.%")))
+
+
+def _message_with_files(store: Store) -> list[str]:
+    from meldingstjener.store.tables import MessageRow
+
+    payload = store.payloads.put(b"<MsgHead>a received message</MsgHead>")
+    wire = store.payloads.put(b"--its wire form--")
+    with store.unit_of_work() as uow:
+        uow.messages.add(
+            MessageRow(direction="in", payload_ref=payload.key, wire_ref=wire.key), actor="test"
+        )
+        uow.commit()
+    return [payload.key, wire.key]
+
+
+def test_a_backup_of_before_the_id_restored_beside_the_kept_folder_is_the_same_store(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The review: restore step 3 keeps the payload directory (marked by now), the backup's
+    # database has no id: step 4's sweep and serve were refused.
+    database = Database(database_url)
+    try:
+        known = claim_payload_directory(_store(database, tmp_path / "payloads"))
+        _message_with_files(_store(database, tmp_path / "payloads"))
+        _forget_store_id(database)
+        command = _store(database, tmp_path / "payloads")  # sweep --move-to, step 4
+        assert list(command.payloads.files(modified_before=0)) == []
+        assert claim_payload_directory(_store(database, tmp_path / "payloads")) == known
+        assert store_id(database) == known
+        # a database without an id whose files are not in the marked folder: not taken
+        _forget_store_id(database)
+        (tmp_path / "others").mkdir()
+        (tmp_path / "others" / MARKER_NAME).write_text("another-store\n")
+        with pytest.raises(PayloadDirectoryNotOurs, match="has no store id yet, and none"):
+            claim_payload_directory(_store(database, tmp_path / "others"))
+        assert store_id(database) is None
+    finally:
+        database.dispose()
+
+
+def test_a_first_start_interrupted_before_the_marker_is_taken_up_by_the_next(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database's id is written first; a start that stops before the marker leaves the
+    # database's mark naming the folder, and the next start writes the marker (the marker
+    # first, a crash left a marker no start would take until it was deleted by hand).
+    from meldingstjener.store import identity
+
+    class Crashed(Exception):
+        pass
+
+    def crash(directory: Path, value: str) -> None:
+        raise Crashed
+
+    database = Database(database_url)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(identity, "_write_marker", crash)
+            with pytest.raises(Crashed):
+                claim_payload_directory(_store(database, tmp_path / "shared"))
+        recorded = store_id(database)
+        assert recorded is not None and not (tmp_path / "shared" / MARKER_NAME).exists()
+        # another host's own folder is not taken meanwhile
+        with pytest.raises(PayloadDirectoryNotOurs, match="empty and unmarked"):
+            claim_payload_directory(_store(database, tmp_path / "own"))
+        assert claim_payload_directory(_store(database, tmp_path / "shared")) == recorded
+        assert (tmp_path / "shared" / MARKER_NAME).read_text().strip() == recorded
+        with database.reading() as connection:
+            from sqlalchemy import text
+
+            left = connection.execute(
+                text("SELECT count(*) FROM kv_state WHERE key = :key"),
+                {"key": identity.MARKER_PENDING_KEY},
+            ).scalar_one()
+        assert left == 0
+        # once the marker is written, an empty unmarked folder of that path is refused again
+        shutil.rmtree(tmp_path / "shared")
+        with pytest.raises(PayloadDirectoryNotOurs, match="empty and unmarked"):
+            claim_payload_directory(_store(database, tmp_path / "shared"))
+    finally:
+        database.dispose()
