@@ -364,10 +364,15 @@ def retention_command(
     message_days is shorter than a partner may resend a message."""
     from meldingstjener.engine import retention
     from meldingstjener.engine.context import utc_now
+    from meldingstjener.store.identity import check_payload_directory
 
     rules = settings_from(ctx).retention
     store = store_from(ctx)
     now = utc_now()
+    if not dry_run:
+        # before any row lets go of its files: on a host without the payload share the rows
+        # forgot their content and the first file delete failed, the files left for good
+        check_payload_directory(store.database, store.payloads.root)
     with store.unit_of_work() as uow:
         try:
             retention.message_cutoff(uow, rules, now)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -342,3 +343,51 @@ def test_alerts_table_untouched_by_content_removal(store: Store) -> None:
     with store.unit_of_work() as uow:
         alert = uow.session.scalars(select(AlertRow)).one()
     assert alert.message_id == message_id
+
+
+def test_the_command_on_a_host_without_the_payload_share_changes_nothing(tmp_path: Path) -> None:
+    # The review: the rows let go of their content, then the first file delete failed (exit 3),
+    # and `show` said "content removed" while the files stayed. Refused before any change.
+    import os
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+    from meldingstjener.devsites import prepare_sites
+    from meldingstjener.store.identity import claim_payload_directory
+
+    gp, _ = prepare_sites(tmp_path / "sites")
+    settings = load_settings(gp.config_path)
+    store = open_store(settings)
+    claim_payload_directory(store)
+    _message(store, "in", "apprec-sent", settled_days_ago=(datetime.now(UTC) - NOW).days + 200)
+    store.database.dispose()
+    admin = gp.config_path.read_text().replace(
+        f'data_dir = "{gp.directory / "data"}"', f'data_dir = "{tmp_path / "admin-host"}"'
+    )
+    database = f'url = "sqlite:///{settings.data_dir / "meldingstjener.db"}"'
+    admin = (
+        admin.replace("[database]", f"[database]\n{database}")
+        if "[database]" in admin
+        else f"{admin}\n[database]\n{database}\n"
+    )
+    config = tmp_path / "admin.toml"
+    config.write_text(admin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "meldingstjener", "--config", str(config), "retention"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "empty and unmarked" in done.stderr
+    store = open_store(settings)
+    try:
+        with store.unit_of_work() as uow:
+            kept = uow.session.scalar(
+                select(func.count()).where(MessageRow.payload_ref.is_not(None))
+            )
+        assert kept == 1
+    finally:
+        store.database.dispose()
