@@ -5,9 +5,9 @@ request itself fails; a sent message in the transaction that stores it, so neith
 without the other; the messages a listing shows in one transaction with it (one commit per
 request, not per message listed), each the first time it is listed to that client and person
 (:func:`listed_before`): an EPJ polls every few seconds, and a row per unread message per poll
-made some 17,000 rows a day of one message waiting. Rows are deleted only by retention
-(``[retention] audit_days``). Details are composed from ids and codes, never copied from
-message content.
+made some 17,000 rows a day of one message waiting. Rows are never deleted: the database
+refuses it (migration 0002's triggers), and retention leaves the audit log alone. Details are
+composed from ids and codes, never copied from message content.
 """
 
 from __future__ import annotations
