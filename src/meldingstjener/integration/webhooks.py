@@ -46,7 +46,7 @@ from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
-from meldingstjener.store.database import round_failed
+from meldingstjener.store.database import RoundFailures
 from meldingstjener.store.tables import (
     AlertRow,
     ApiClientRow,
@@ -183,6 +183,8 @@ class WebhookDispatcher:
         self._monotonic = monotonic
         self._gaps_seen: dict[int, float] = {}  # a missing event id -> when first seen missing
         self._purged_at: float | None = None  # on self._monotonic
+        # the rounds' outages, told once each: a round that works ends one (run)
+        self._rounds = RoundFailures(log, "webhook round")
         # a client given (tests) makes its own checks of where it connects
         self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
 
@@ -194,7 +196,9 @@ class WebhookDispatcher:
             try:
                 self.run_once()
             except Exception as exc:  # keep the loop alive; the next round tries again
-                round_failed(log, "webhook round", exc)  # an outage told once, not each round
+                self._rounds.failed(exc)  # an outage told once, not each round
+            else:
+                self._rounds.worked()  # the outage is over: the next one is told again
             stop.wait(self.settings.poll_interval_seconds)
 
     def run_once(self) -> int:
