@@ -319,16 +319,15 @@ def sweep_command(
     store = store_from(ctx)
     if move_to is not None and move_to.resolve().is_relative_to(store.payloads.root.resolve()):
         raise typer.BadParameter("must be outside the payload directory", param_hint="--move-to")
-    try:
-        report = sweep(
-            store, grace=timedelta(hours=older_than_hours), dry_run=dry_run, move_to=move_to
-        )
-    except FileExistsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
-    with store.unit_of_work() as uow:
+    report = sweep(store, grace=timedelta(hours=older_than_hours), dry_run=dry_run, move_to=move_to)
+    with store.unit_of_work() as uow:  # what was moved, also when a move stopped the sweep
         record_sweep(uow, report, actor="cli:sweep", dry_run=dry_run, moved_to=move_to)
         uow.commit()
+    if report.stopped is not None:
+        typer.echo(
+            f"error: {report.stopped} ({len(report.orphans)} file(s) moved before it)", err=True
+        )
+        raise typer.Exit(code=1)
     moved = 0 if dry_run or move_to is None else len(report.orphans)
     figures = {
         "examined": report.examined,

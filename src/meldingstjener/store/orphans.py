@@ -41,6 +41,9 @@ class SweepReport:
     swept_until: float  # files last written before this (epoch seconds) were looked at
     examined: int = 0
     orphans: list[StoredFile] = field(default_factory=list)
+    # why a sweep given move_to stopped part-way (a file of the same name already there): the
+    # orphans moved before it are in ``orphans``, to be recorded as any sweep's are
+    stopped: str | None = None
 
     @property
     def orphan_bytes(self) -> int:
@@ -61,7 +64,9 @@ def sweep(
     move_to: Path | None = None,
 ) -> SweepReport:
     """Remove the orphans among the files last written in ``[since, now - grace)``, or move
-    them into ``move_to`` (made if missing; outside the payload directory).
+    them into ``move_to`` (made if missing; outside the payload directory). A move that finds
+    a file of its name there stops the sweep (:attr:`SweepReport.stopped`), the files moved
+    before it in the report, so that the caller records them.
 
     ``since`` is the ``swept_until`` of the previous sweep, so each file is looked at once.
     File ages are taken from the wall clock, as the file system's times are.
@@ -73,7 +78,12 @@ def sweep(
         if dry_run:
             report.orphans.append(orphan)
         elif move_to is not None:
-            if _moved(orphan, store.payloads.root, move_to):
+            try:
+                moved = _moved(orphan, store.payloads.root, move_to)
+            except FileExistsError as exc:
+                report.stopped = str(exc)
+                break
+            if moved:
                 report.orphans.append(orphan)
         elif store.payloads.remove(orphan):
             report.orphans.append(orphan)

@@ -5,8 +5,13 @@ receipt refers to stays, and so does a file too young to judge."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
 
 from meldingstjener.store.orphans import sweep
 from meldingstjener.store.payloads import PayloadRef
@@ -14,6 +19,7 @@ from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import Store
 
 DAY = 24 * 3600.0
+COMMAND = [sys.executable, "-m", "meldingstjener", "--config"]
 
 
 def aged(store: Store, ref: PayloadRef, seconds: float) -> PayloadRef:
@@ -89,3 +95,42 @@ def test_many_files_are_checked_in_batches(
     assert report.examined == 1_200
     assert sorted(f.key or "" for f in report.orphans) == sorted(r.key for r in refs[1::2])
     assert all(store.payloads.exists(r.key) for r in refs[::2])
+
+
+def test_a_move_stopped_by_a_file_already_there_records_what_it_moved(tmp_path: Path) -> None:
+    # The review: `sweep --move-to` stopped at a file of the same name already there before
+    # the orphan-files event was recorded: the files moved before it went unsaid.
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+    from meldingstjener.devsites import prepare_sites
+    from meldingstjener.store.identity import claim_payload_directory
+    from meldingstjener.store.tables import EventRow
+
+    gp, _ = prepare_sites(tmp_path / "sites")
+    settings = load_settings(gp.config_path)
+    store = open_store(settings)
+    claim_payload_directory(store)
+    for n in range(3):
+        aged(store, store.payloads.put(b"a body of a message the restore lost" * (n + 1)), DAY)
+    walked = list(store.payloads.files(modified_before=time.time()))
+    aside = tmp_path / "aside"
+    last = aside / walked[-1].path.relative_to(store.payloads.root)
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"moved there by an earlier run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    done = subprocess.run(
+        [*COMMAND, str(gp.config_path), "sweep", "--older-than", "0", "--move-to", str(aside)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "exists already" in done.stderr and "2 file(s) moved before it" in done.stderr
+    assert store.payloads.path(walked[-1].key or "").exists()  # left where it was
+    with store.unit_of_work() as uow:
+        [said] = uow.session.scalars(
+            select(EventRow.detail).where(EventRow.code == "orphan-files")
+        ).all()
+    store.database.dispose()
+    assert said.startswith("moved 2 payload file(s)")
