@@ -103,9 +103,7 @@ class RoundFailures:
     warning when it goes and one line when it answers again (:meth:`worked`), with a pause
     between rounds that doubles from ``first_pause`` up to ``longest_pause``; any other error
     (a fault: a missing table, a bug) with its traceback, then at most once per
-    ``quiet_seconds``, counting the ones not shown. A loop that cannot tell when a round worked
-    (no :meth:`worked`) passes ``retell_seconds``: an outage still under way is told again
-    after that long (else a later outage would never be told)."""
+    ``quiet_seconds``, counting the ones not shown."""
 
     def __init__(
         self,
@@ -115,7 +113,6 @@ class RoundFailures:
         first_pause: float = 0.5,
         longest_pause: float = 10.0,
         quiet_seconds: float = 60.0,
-        retell_seconds: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
@@ -123,10 +120,8 @@ class RoundFailures:
         self.first_pause = first_pause
         self.longest_pause = longest_pause
         self.quiet_seconds = quiet_seconds
-        self.retell_seconds = retell_seconds
         self.monotonic = monotonic
         self.away_since: float | None = None  # since when the database could not be reached
-        self._told_away_at = 0.0
         self.pause = 0.0  # before the next round, while it cannot
         self._told_fault_at: float | None = None
         self._faults_untold = 0
@@ -137,10 +132,7 @@ class RoundFailures:
         now = self.monotonic()
         with self._lock:
             if unreachable(exc):
-                retell = self.retell_seconds is not None and (
-                    now - self._told_away_at >= self.retell_seconds
-                )
-                if self.away_since is None or retell:
+                if self.away_since is None:
                     self.logger.warning(
                         "%s: the database cannot be reached (%s); trying again every %g s "
                         "at most, quietly, until it answers",
@@ -148,9 +140,7 @@ class RoundFailures:
                         type(exc).__name__,
                         self.longest_pause,
                     )
-                    self._told_away_at = now
-                    if self.away_since is None:
-                        self.away_since = now
+                    self.away_since = now
                 self.pause = min(self.longest_pause, max(self.first_pause, self.pause * 2))
                 return self.pause
             if self._told_fault_at is None or now - self._told_fault_at >= self.quiet_seconds:
@@ -178,22 +168,6 @@ class RoundFailures:
                 self.monotonic() - self.away_since,
             )
             self.away_since, self.pause = None, 0.0
-
-
-_ROUND_FAILURES: dict[tuple[str, str], RoundFailures] = {}
-_ROUND_FAILURES_LOCK = threading.Lock()
-
-
-def round_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
-    """:meth:`RoundFailures.failed` for a loop that keeps no :class:`RoundFailures` of its own:
-    one per logger and ``what``, for the life of the process; an outage told again every ten
-    minutes while it lasts, as such a loop says nothing when a round works."""
-    with _ROUND_FAILURES_LOCK:
-        failures = _ROUND_FAILURES.get((logger.name, what))
-        if failures is None:
-            failures = RoundFailures(logger, what, retell_seconds=600.0)
-            _ROUND_FAILURES[logger.name, what] = failures
-    failures.failed(exc)
 
 
 def normalise_url(url: str) -> str:
