@@ -2,9 +2,9 @@
 began is stored and answered as it ended, also when that takes longer than the graceful
 period (uvicorn cancels the requests still running then), up to RECEIVE_AFTER_STOP_SECONDS
 more; one that takes longer still is answered 503 and not stored; a body still coming is
-answered 503 and its connection closed. Before, the sender of the first was answered 500 while the server
-stored its message and logged that the Acknowledgment was returned in the response. A real
-server process; the database is held by another connection's write lock, as a long
+answered 503 and its connection closed. Before, the sender of the first was answered 500
+while the server stored its message and logged that the Acknowledgment was returned in the
+response. A real server process; the database is held by another connection's write lock, as a long
 transaction of another process would hold it."""
 
 from __future__ import annotations
