@@ -9,7 +9,8 @@ away, or the payload store or the database's disk cannot be written (``store-fai
 :class:`~meldingstjener.engine.ebms_alerts.StoreFailing`, which ``/health`` reports too). An
 unexpected error is answered 500 with an ``ebms-failing`` alert. A body that stops coming
 (slower than the :class:`BodyPace` allows) is answered 408. A peer refused three times in a row
-(400, 408 or 413) raises an ``ebms-refused`` alert. After a 408 or 413 the connection is closed
+(400, 408 or 413, or a head :class:`ServerFaults` refuses: 431, 400) raises an ``ebms-refused``
+alert. After a 408 or 413 the connection is closed
 (a 413 first reads what comes within the pace's grace, so that a sender still writing sees it):
 kept, it was held for whatever the client trickled after.
 
@@ -125,7 +126,14 @@ def create_app(
     app.add_middleware(JsonMediaTypes)  # every layer sees the type FastAPI reads
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
-    app.add_middleware(ServerFaults, store_failing=store_failing)
+    app.add_middleware(
+        ServerFaults,
+        store_failing=store_failing,
+        # a head refused before any route (431, or Content-Length with Transfer-Encoding)
+        ebms_refused=lambda address, code, status: ebms_alerts.refused(
+            ctx, address, None, code, status
+        ),
+    )
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth, webhook_settings))
     made_openapi = app.openapi
@@ -251,8 +259,11 @@ def create_app(
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             # The sender may still be sending (and reads no answer before it is done): what
             # comes within the pace's grace is read and dropped, so that it sees the 413, then
-            # the connection is closed, not kept for whatever else it sends.
-            await _drain(request, started + pace.grace_seconds)
+            # the connection is closed, not kept for whatever else it sends. Not when it waits
+            # for 100 Continue before its body: a read invites the body refused (uvicorn sends
+            # 100 Continue at the first read), the 413 then comes after up to the grace.
+            if request.headers.get("expect", "").lower() != "100-continue":
+                await _drain(request, started + pace.grace_seconds)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413, headers=_CLOSE)
         except _TooSlow:
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-slow", 408)
