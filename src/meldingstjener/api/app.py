@@ -9,14 +9,18 @@ away, or the payload store or the database's disk cannot be written (``store-fai
 :class:`~meldingstjener.engine.ebms_alerts.StoreFailing`, which ``/health`` reports too). An
 unexpected error is answered 500 with an ``ebms-failing`` alert. A body that stops coming
 (slower than the :class:`BodyPace` allows) is answered 408. A peer refused three times in a row
-(400, 408 or 413) raises an ``ebms-refused`` alert. After a 408 or 413 the connection is closed
+(400, 408 or 413, or a head :class:`ServerFaults` refuses: 431, 400) raises an ``ebms-refused``
+alert. After a 408 or 413 the connection is closed
 (a 413 first reads what comes within the pace's grace, so that a sender still writing sees it):
 kept, it was held for whatever the client trickled after.
 
 A stop (SIGTERM) gives the requests under way uvicorn's graceful period; then it cancels them.
-A receive that has begun is run to its end regardless and answered as it ended (the sender was
-answered 500 while the message was stored and acknowledged); a body still coming is answered
-503 with the connection closed.
+A body still coming is answered 503 with the connection closed, and so is a receive still
+waiting for a thread. A receive under way is waited for ``RECEIVE_AFTER_STOP_SECONDS`` more and
+answered as it ended (cancelled, its sender was answered 500 while the message was stored and
+acknowledged); past that it is answered 503, and rolled back when it comes to its commit (a
+database lock held for long, say): the sender resends, and the stop stays within a service
+manager's grace period.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request, Response
@@ -59,6 +65,10 @@ log = logging.getLogger(__name__)
 
 # A received body larger than this is written to a file as it arrives instead of being held.
 SPOOL_ABOVE = 1024 * 1024
+# How long a receive under way when a stop's graceful period ends is still waited for (most end
+# within a second): past it, its sender is answered 503 and the receive is rolled back at its
+# commit. The stop's budget (cli/engine_cmds.py): the graceful 3 s, this, the threads' 3 s.
+RECEIVE_AFTER_STOP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,14 @@ def create_app(
     app.add_middleware(JsonMediaTypes)  # every layer sees the type FastAPI reads
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
-    app.add_middleware(ServerFaults, store_failing=store_failing)
+    app.add_middleware(
+        ServerFaults,
+        store_failing=store_failing,
+        # a head refused before any route (431, or Content-Length with Transfer-Encoding)
+        ebms_refused=lambda address, code, status: ebms_alerts.refused(
+            ctx, address, None, code, status
+        ),
+    )
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth, webhook_settings))
     made_openapi = app.openapi
@@ -162,10 +179,16 @@ def create_app(
             {"status": "ok", "version": __version__, "her_ids": sorted(ctx.own_her_ids)}
         )
 
-    def received(address: str, content_type: str, body: bytes | Spool) -> Response:
-        """Receive a message read whole, and its answer (in a worker thread, run to its end)."""
+    def received(
+        address: str, content_type: str, body: bytes | Spool, awaited: _Awaited
+    ) -> Response:
+        """Receive a message read whole, and its answer (in a receiving thread)."""
         try:
-            reply = inbound.receive(ctx, content_type, body)
+            reply = inbound.receive(ctx, content_type, body, before_commit=awaited.commit)
+        except _GivenUp:
+            # answered 503 already (a stop): nothing stored, the sender resends
+            log.info("a receive given up at a stop was rolled back (the sender resends)")
+            return _stopping()
         except inbound.InboundRefused as refused:
             ebms_alerts.refused(ctx, address, refused.sender, refused.code, 400)
             return Response(f"{refused.code}: {refused.detail}\n", 400, media_type="text/plain")
@@ -236,8 +259,11 @@ def create_app(
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-large", 413)
             # The sender may still be sending (and reads no answer before it is done): what
             # comes within the pace's grace is read and dropped, so that it sees the 413, then
-            # the connection is closed, not kept for whatever else it sends.
-            await _drain(request, started + pace.grace_seconds)
+            # the connection is closed, not kept for whatever else it sends. Not when it waits
+            # for 100 Continue before its body: a read invites the body refused (uvicorn sends
+            # 100 Continue at the first read), the 413 then comes after up to the grace.
+            if request.headers.get("expect", "").lower() != "100-continue":
+                await _drain(request, started + pace.grace_seconds)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413, headers=_CLOSE)
         except _TooSlow:
             await run_in_threadpool(ebms_alerts.refused, ctx, address, None, "too-slow", 408)
@@ -256,13 +282,21 @@ def create_app(
             # nothing was taken. The sender is told to resend (to this server when it is back,
             # or another), not answered uvicorn's 500 with a traceback in our log.
             _keep_going()
-            return Response("the server is stopping; resend later\n", 503, headers=_CLOSE)
-        # A receive that has begun is run to its end, and answered as it ended: cancelled with
-        # the request (the server's graceful period ending), its sender was answered 500 while
-        # its thread stored the message all the same, and acknowledged it.
-        receive = functools.partial(received, address, content_type, body)
+            return _stopping()
+        # A receive that has begun is waited for past a cancel (the server's graceful period
+        # ending), up to RECEIVE_AFTER_STOP_SECONDS, and answered as it ended: cancelled with
+        # the request, its sender was answered 500 while its thread stored the message all the
+        # same, and acknowledged it.
+        awaited = _Awaited()
+        spooled = body if isinstance(body, Spool) else None
+        receive = functools.partial(received, address, content_type, body, awaited)
         del body  # held by the call alone: freed as it ends
-        return await _to_the_end(receive)
+        answer = await _to_the_end(receive, awaited)
+        if answer is None:  # still waiting for a thread at the stop: never begun
+            if spooled is not None:
+                spooled.discard()
+            return _stopping()
+        return answer
 
     return app
 
@@ -276,6 +310,10 @@ def _unavailable(headers: dict[str, str] | None = None) -> Response:
     return Response("temporarily unable to store; resend later\n", 503, headers=headers)
 
 
+def _stopping() -> Response:
+    return Response("the server is stopping; resend later\n", 503, headers=_CLOSE)
+
+
 def _keep_going() -> None:
     """Take back the cancellation of the running task (the server's graceful period ended), so
     that it can still answer; asyncio's, which neither anyio's shield nor Starlette stops."""
@@ -284,25 +322,119 @@ def _keep_going() -> None:
         task.uncancel()
 
 
-async def _to_the_end(call: Callable[[], Response]) -> Response:
-    """``call()`` in a worker thread, awaited to its end and answered, whatever cancels the
-    request meanwhile: uvicorn cancels the requests still running when its graceful period
-    ends, and asyncio every task left when its loop ends. The thread is not in a task (those
-    are cancelled too): a future of the receiving pool's."""
-    context = contextvars.copy_context()
-    future = asyncio.get_running_loop().run_in_executor(_RECEIVING, context.run, call)
-    while True:
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if future.cancelled():  # nobody cancels it: no answer to give, if one did
-                raise
-            _keep_going()
+class _GivenUp(Exception):
+    """Raised in a receive's thread at its commit: its request was answered 503 meanwhile."""
+
+
+class _Awaited:
+    """Whether a receive's answer is still awaited: its request gives up on it (at a stop), or
+    its thread comes to its commit, whichever comes first. Given up first, the commit is not
+    made (the events would say that the Acknowledgment was offered in the response, and the
+    response was a 503); the commit first, it is waited for (by then the transaction holds
+    what it writes: it waits for no lock of another's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._committing = False
+
+    def commit(self) -> None:
+        """In the receive's thread, just before its commit: raises :class:`_GivenUp` if the
+        request gave up."""
+        with self._lock:
+            if self._given_up:
+                raise _GivenUp
+            self._committing = True
+
+    def give_up(self) -> bool:
+        """Whether the request may give up (the receive has not come to its commit)."""
+        with self._lock:
+            if not self._committing:
+                self._given_up = True
+            return self._given_up
+
+
+_T = TypeVar("_T")
+
+
+class _DaemonThreads:
+    """Up to ``workers`` daemon threads, started as needed, running the calls submitted in turn.
+    Not concurrent.futures' pool: the interpreter's exit joins its threads, so a receive given
+    up at a stop (waiting for a database lock) would hold the end of the process as long as it
+    waits. A daemon thread's transaction not committed when the process ends is the database's
+    to roll back, its files the orphan sweep's, as after a crash."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = workers
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]]
+        self._calls = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._idle = threading.Semaphore(0)
+
+    def submit(self, call: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._calls.put((future, call))
+        with self._lock:
+            if not self._idle.acquire(blocking=False) and self._started < self._workers:
+                self._started += 1
+                name = f"{self._name}_{self._started}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, call = self._calls.get()
+            if future.set_running_or_notify_cancel():  # else cancelled while it waited
+                try:
+                    future.set_result(call())
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del future, call  # a received body is freed as its call ends
+            self._idle.release()
 
 
 # The threads that receive messages (as Starlette's own pool, which is bounded alike, cannot
 # run a call past a cancellation). A process's receives wait on its database's connections.
-_RECEIVING = concurrent.futures.ThreadPoolExecutor(max_workers=40, thread_name_prefix="ebms")
+_RECEIVING = _DaemonThreads(40, "ebms")
+
+
+async def _to_the_end(
+    call: Callable[[], Response], awaited: _Awaited, threads: _DaemonThreads = _RECEIVING
+) -> Response | None:
+    """``call()`` in a receiving thread, awaited to its end and answered, whatever cancels the
+    request meanwhile (uvicorn cancels the requests still running when its graceful period
+    ends, and asyncio every task left when its loop ends) for ``RECEIVE_AFTER_STOP_SECONDS``
+    after the first cancel. None when it was still waiting for a thread then (it never runs),
+    a 503 when it was given up (see :class:`_Awaited`). The thread is not in a task (those are
+    cancelled too): a future of the receiving threads'."""
+    loop = asyncio.get_running_loop()
+    running = threads.submit(functools.partial(contextvars.copy_context().run, call))
+    future = asyncio.wrap_future(running)
+    deadline: float | None = None
+    while True:
+        try:
+            if deadline is None:
+                return await asyncio.shield(future)
+            return await asyncio.wait_for(
+                asyncio.shield(future), timeout=max(0.0, deadline - loop.time())
+            )
+        except asyncio.CancelledError:
+            _keep_going()
+            if running.cancel():  # not begun: no thread is taken from the stop
+                return None
+            if deadline is None:  # the first cancel: the stop's wait begins
+                deadline = loop.time() + RECEIVE_AFTER_STOP_SECONDS
+        except TimeoutError:
+            if awaited.give_up():
+                log.warning(
+                    "a receive still under way %.0f s into the stop was answered 503; it is "
+                    "rolled back at its commit, and its sender resends",
+                    RECEIVE_AFTER_STOP_SECONDS,
+                )
+                return _stopping()
+            deadline = None  # its commit is under way: its answer follows
 
 
 async def _drain(request: Request, until: float) -> None:

@@ -24,13 +24,19 @@ text may quote what it was given (a value of a business document, a database's D
 Before any layer runs it refuses, and closes the connection after, a request head over
 ``MAX_HEAD_BYTES`` (431: h11 bounds only a head that arrives in pieces) and a body framed both by
 Content-Length and by Transfer-Encoding (400: a proxy framing it by its length would pass on as
-part of this request what h11 serves as the next one).
+part of this request what h11 serves as the next one). Only the client sees that answer (the
+server keeps no access log): a warning names the peer, once per ``REFUSAL_LOG_SECONDS`` at
+most with how many more since, and a refused ``POST /ebms`` counts into the peer's
+``ebms-refused`` alert (a partner's MSH or proxy that sends both headers can never deliver).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
@@ -58,38 +64,73 @@ _WRITING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # The most a request's head may hold (its request line is not counted): h11 refuses more only
 # while a head arrives in pieces, and takes one of any size that comes in one read.
 MAX_HEAD_BYTES = 16 * 1024
+# the codes a refused head is counted under in the ebms-refused alert
+HEAD_TOO_LARGE = "head-too-large"
+AMBIGUOUS_LENGTH = "ambiguous-length"
+# A peer's refused heads are logged once per this many seconds at most (with how many more
+# since): a partner whose every request is refused would otherwise write a line per request.
+REFUSAL_LOG_SECONDS = 600.0
+# the peers whose last such line is remembered (the oldest forgotten first)
+_PEERS_REMEMBERED = 1024
+
+# what counts a refused POST /ebms: (peer's address, code, HTTP status)
+Refused = Callable[[str, str, int], None]
 
 
-def _framing_refused(headers: list[tuple[bytes, bytes]]) -> ASGIApp | None:
-    """The answer to a request whose head is refused before anything reads it, or None: a
-    head over ``MAX_HEAD_BYTES`` (431), or a body framed both by Content-Length and by
+def _framing_refused(headers: list[tuple[bytes, bytes]]) -> tuple[int, str, str] | None:
+    """Why a request's head is refused before anything reads it, as (status, code, text), or
+    None: a head over ``MAX_HEAD_BYTES`` (431), or a body framed both by Content-Length and by
     Transfer-Encoding (400, RFC 9112 6.1: a proxy in front may frame it by the length, and
     take what h11 reads as a second request for part of this one's body). The connection is
     closed after either: what follows on it cannot be trusted to start a request."""
     size = sum(len(name) + len(value) + 4 for name, value in headers)  # ": " and CRLF
     if size > MAX_HEAD_BYTES:
-        return problem_response(
-            431,
-            "invalid-input",
-            f"the request's headers hold {size} bytes, more than the {MAX_HEAD_BYTES} taken",
-            headers={"Connection": "close"},
-        )
+        told = f"the request's headers hold {size} bytes, more than the {MAX_HEAD_BYTES} taken"
+        return 431, HEAD_TOO_LARGE, told
     names = {name.lower() for name, _ in headers}
     if b"content-length" in names and b"transfer-encoding" in names:
-        return problem_response(
-            400,
-            "invalid-input",
+        told = (
             "the request has both Content-Length and Transfer-Encoding: its body's length is "
-            "ambiguous (RFC 9112 6.1)",
-            headers={"Connection": "close"},
+            "ambiguous (RFC 9112 6.1)"
         )
+        return 400, AMBIGUOUS_LENGTH, told
     return None
 
 
+class _RefusalLog:
+    """One warning per peer and refusal per ``REFUSAL_LOG_SECONDS`` at most, saying how many
+    of its requests were refused so since the last (on the event loop: no lock)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()  # when, how many since
+
+    def refused(self, peer: str, code: str, where: str, status: int, told: str) -> None:
+        now = self._clock()
+        key = f"{peer} {code}"
+        last = self._last.get(key)
+        if last is not None and now - last[0] < REFUSAL_LOG_SECONDS:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        self._last[key] = (now, 0)
+        self._last.move_to_end(key)
+        while len(self._last) > _PEERS_REMEMBERED:
+            self._last.popitem(last=False)
+        more = f"; {last[1]} more of its requests refused so since the last line" if last else ""
+        log.warning("%s from %s answered %d: %s%s", where, peer, status, told, more)
+
+
 class ServerFaults:
-    def __init__(self, app: ASGIApp, store_failing: StoreFailing | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        store_failing: StoreFailing | None = None,
+        ebms_refused: Refused | None = None,
+    ) -> None:
         self.app = app
         self.store_failing = store_failing
+        self.ebms_refused = ebms_refused  # counts a refused POST /ebms (a database write)
+        self.refusals = _RefusalLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,7 +138,7 @@ class ServerFaults:
             return
         refusal = _framing_refused(scope["headers"])
         if refusal is not None:
-            await refusal(scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
             return
         started = False
         status = 0
@@ -152,6 +193,19 @@ class ServerFaults:
             # a call that writes went through while the store was failing: whether it wrote a
             # file too is not known here, the probe tells (and ends the period if it can)
             await anyio.to_thread.run_sync(failing.probe)
+
+    async def _refuse(
+        self, refusal: tuple[int, str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        status, code, told = refusal
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        path = scope.get("path", "?")
+        self.refusals.refused(peer, code, f"{scope.get('method', '?')} {path}", status, told)
+        if path == "/ebms" and self.ebms_refused is not None:
+            await anyio.to_thread.run_sync(self.ebms_refused, peer, code, status)
+        answer = problem_response(status, "invalid-input", told, headers={"Connection": "close"})
+        await answer(scope, receive, send)
 
     async def _failed(
         self,

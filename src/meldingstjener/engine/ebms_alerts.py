@@ -35,8 +35,9 @@ UNKNOWN = "unknown"
 def refused(
     ctx: EngineContext, address: str, sender: str | None, code: str, http_status: int
 ) -> None:
-    """A request answered 400, 408 or 413. Counted per the envelope's From HER-id when that could be
-    read and is a party we know, else per the address it came from; an alert from the
+    """A request answered 400, 408 or 413, or its head refused before it was read (431, 400:
+    ``api.faults``). Counted per the envelope's From HER-id when that could be read and is a
+    party we know, else per the address it came from; an alert from the
     ``REFUSED_IN_A_ROW``-th on. What such a From says is not verified: a known party has an
     alert of its own, resolved by its next message stored; requests from anybody else share
     one (``unknown``), resolved by hand, so that no sender can open an alert per request."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lxml import etree
@@ -121,10 +122,20 @@ class _Reject(Exception):
 
 
 def receive(
-    ctx: EngineContext, content_type: str, body: PayloadSource, *, channel: str = "http"
+    ctx: EngineContext,
+    content_type: str,
+    body: PayloadSource,
+    *,
+    channel: str = "http",
+    before_commit: Callable[[], None] | None = None,
 ) -> InboundReply:
     """Take one received ebXML message (bytes, or a spooled file that is then kept as the wire
-    form without a copy). Returns what to answer synchronously, if anything."""
+    form without a copy). Returns what to answer synchronously, if anything.
+
+    ``before_commit`` is called just before the message (or its refusal) is committed with the
+    signal it answers: what it raises rolls the receive back, nothing stored (``POST /ebms``
+    gave up waiting at a stop and answered 503: the events would say the signal was offered in
+    a response that was never given)."""
     root: etree._Element | None = None
     try:
         mime = unpackage(content_type, body)
@@ -152,7 +163,7 @@ def receive(
     if envelope.header.is_signal:
         signals.handle_incoming(ctx, envelope, root, channel=channel)
         return InboundReply()
-    return _receive_message(ctx, mime, envelope, root, body, channel)
+    return _receive_message(ctx, mime, envelope, root, body, channel, before_commit)
 
 
 def _mime_problem(
@@ -211,6 +222,7 @@ def _receive_message(
     root: etree._Element,
     body: PayloadSource,
     channel: str,
+    before_commit: Callable[[], None] | None,
 ) -> InboundReply:
     header = envelope.header
     sender = header.from_party.her_id
@@ -230,12 +242,24 @@ def _receive_message(
     except _Reject as reject:
         if not reject.verified:
             return _refuse_unverified(ctx, envelope, reject, channel, certificates)
-        return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel)
+        return _refuse(
+            ctx,
+            mime,
+            envelope,
+            root,
+            certificates,
+            body,
+            reject,
+            channel,
+            before_commit=before_commit,
+        )
     try:
         message, plain = _open_payload(ctx, mime, envelope)
     except _Reject as reject:
         # the payload's keys were used: another message may not use them again
-        return _refuse(ctx, mime, envelope, root, certificates, body, reject, channel, keys)
+        return _refuse(
+            ctx, mime, envelope, root, certificates, body, reject, channel, keys, before_commit
+        )
 
     ack = signals.build_ack(ctx, envelope, root)
     payload_ref, wire_ref, ack_ref = ctx.store.payloads.put_all(plain, body, ack.body)
@@ -310,6 +334,8 @@ def _receive_message(
             ctx.recovery.went_through(
                 uow, (recovery.sender(sender), recovery.store(ctx.instance)), at=now
             )
+            if before_commit is not None:
+                before_commit()
             committing = True
             uow.commit()
     except IntegrityError:
@@ -822,9 +848,10 @@ def _refuse(
     reject: _Reject,
     channel: str,
     keys: frozenset[str] = frozenset(),
+    before_commit: Callable[[], None] | None = None,
 ) -> InboundReply:
     """Store the refused message and its MessageError; ``keys``: the content keys its payload
-    used (it was decrypted, or decryption was tried)."""
+    used (it was decrypted, or decryption was tried); ``before_commit`` as :func:`receive`'s."""
     header = envelope.header
     error = reject.error
     our = _us(ctx, header)
@@ -873,6 +900,8 @@ def _refuse(
             _alert_refused(ctx, uow, header, reject, row.id, certificates)
             # its files were written
             ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=now)
+            if before_commit is not None:
+                before_commit()
             committing = True
             uow.commit()
     except IntegrityError:

@@ -80,7 +80,7 @@ from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.model.privacy import passed_through
-from meldingstjener.store.payloads import Spool, make_durable_dir
+from meldingstjener.store.payloads import Spool, make_durable_dir, private_file
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import EventKind, Store
 from meldingstjener.transport.base import TransportFailure
@@ -663,10 +663,12 @@ def _decode_body(mail: BinaryIO, start: int, encoding: str | None, target: Spool
 
 
 def _write_durably(path: Path, mail: BinaryIO) -> None:
-    """Write, fsync the file, rename into place, fsync the folder: it survives a crash."""
+    """Write, fsync the file, rename into place, fsync the folder: it survives a crash. The
+    file is the server user's alone, as a payload file is (a raw mail holds a message whole)."""
     make_durable_dir(path.parent)
     temporary = path.with_suffix(".tmp")
-    with temporary.open("wb") as handle:
+    temporary.unlink(missing_ok=True)  # one a crash left keeps its mode: made anew
+    with open(temporary, "wb", opener=private_file) as handle:
         for piece in _pieces(mail, 0):
             handle.write(piece)
         handle.flush()

@@ -73,6 +73,9 @@ __all__ = [
 LAST_SEQUENCE_KEY = "registry.ar.last_sequence_number"
 EXPORT_SEQUENCE_KEY = "registry.ar.export.sequence_number"
 EXPORT_DONE_KEY = "registry.ar.export.done_through_her_id"
+# The last stored party the export did not list that was looked up alone (its deletion check):
+# a run whose budget ends among them goes on after it, not from the first again.
+EXPORT_UNLISTED_DONE_KEY = "registry.ar.export.unlisted_done_through_her_id"
 # The parties whose latest record could not be used, {HER-id: why}: a JSON object.
 REFUSED_KEY = "registry.ar.refused"
 # When a sync last brought the copy up to the register's newest event (ISO 8601, UTC).
@@ -179,6 +182,7 @@ def sync_register(
         export_running = bool(uow.state.get(EXPORT_SEQUENCE_KEY))
         if full and not export_running:
             _clear(uow, EXPORT_DONE_KEY)
+            _clear(uow, EXPORT_UNLISTED_DONE_KEY)
             uow.commit()
     try:
         if full or last is None or export_running:
@@ -238,12 +242,18 @@ def _full_export(
     if export.includes_deactivated:
         listed = set(export.her_ids)
         with store.unit_of_work() as uow:
-            unlisted = [h for h in _register_sourced_active(uow) if h not in listed]
+            checked = int(uow.state.get(EXPORT_UNLISTED_DONE_KEY) or 0)
+            unlisted = sorted(
+                (h for h in _register_sourced_active(uow) if h not in listed and int(h) > checked),
+                key=int,
+            )
         for her_ids in _chunks(unlisted, chunk_size):
             fetched = _Fetched()
             _confirm_missing(store, client, her_ids, {}, her_ids, fetched)
             with store.unit_of_work() as uow:
                 _save(uow, fetched, report, {})
+                # those found stay active, and unlisted: the next run goes on after them
+                uow.state.set(EXPORT_UNLISTED_DONE_KEY, str(her_ids[-1]))
                 uow.commit()
             _reported(fetched, report)
             if out_of_time():
@@ -252,6 +262,7 @@ def _full_export(
         uow.state.set(LAST_SEQUENCE_KEY, str(target))
         _clear(uow, EXPORT_SEQUENCE_KEY)
         _clear(uow, EXPORT_DONE_KEY)
+        _clear(uow, EXPORT_UNLISTED_DONE_KEY)
         uow.commit()
     report.last_sequence_number = target
 

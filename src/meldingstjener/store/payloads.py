@@ -64,7 +64,7 @@ class Spool(os.PathLike[str]):
         self._temporary = final.with_name(f".{key}.tmp")
         make_durable_dir(final.parent)
         self._file = open(  # noqa: SIM115 (closed on commit)
-            self._temporary, "xb", buffering=0, opener=_private
+            self._temporary, "xb", buffering=0, opener=private_file
         )
         self._digest = hashlib.sha256()
         self.size = 0
@@ -152,8 +152,9 @@ class Spool(os.PathLike[str]):
         self.discard()
 
 
-def _private(path: str, flags: int) -> int:
-    """``open``'s opener: a new file with ``FILE_MODE``, not the umask's (often 0644)."""
+def private_file(path: str, flags: int) -> int:
+    """``open``'s opener: a new file with ``FILE_MODE``, not the umask's (often 0644). For
+    every file holding a message's content: the payloads', and the mail quarantine's."""
     return os.open(path, flags, FILE_MODE)
 
 

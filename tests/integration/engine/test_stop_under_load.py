@@ -1,9 +1,10 @@
 """A `serve` process stopped (SIGTERM) while requests are under way: a message whose receive
 began is stored and answered as it ended, also when that takes longer than the graceful
-period (uvicorn cancels the requests still running then); a body still coming is answered 503
-and its connection closed. Before, the sender of the first was answered 500 while the server
-stored its message and logged that the Acknowledgment was returned in the response. A real
-server process; the database is held by another connection's write lock, as a long
+period (uvicorn cancels the requests still running then), up to RECEIVE_AFTER_STOP_SECONDS
+more; one that takes longer still is answered 503 and not stored; a body still coming is
+answered 503 and its connection closed. Before, the sender of the first was answered 500
+while the server stored its message and logged that the Acknowledgment was returned in the
+response. A real server process; the database is held by another connection's write lock, as a long
 transaction of another process would hold it."""
 
 from __future__ import annotations
@@ -138,3 +139,40 @@ def test_a_stop_answers_the_receives_it_cut_short_truthfully(tmp_path: Path) -> 
     assert status == "acknowledged"
     assert any("Acknowledgment offered in the response" in (d or "") for d in details)
     print(f"stopped {stopped_after:.1f} s after SIGTERM")  # a figure for the report
+
+
+def test_a_receive_held_past_the_stop_is_answered_503_and_not_stored(tmp_path: Path) -> None:
+    # The database stays locked through the whole stop: the receive is answered 503 while it
+    # still waits (it was waited for without end, and the stop with it: 16 s for a lock held
+    # 15 s, past Docker's SIGKILL), and rolled back when it gets the lock.
+    gp, hospital = prepare_sites(tmp_path, sync_reply=True)
+    content_type, body = _wire(gp, hospital)
+    settings = load_settings(hospital.config_path)
+    log = tmp_path / "hospital.log"
+    running = RunningServer(hospital, log).start()
+    assert running.process is not None
+    lock = sqlite3.connect(settings.data_dir / "meldingstjener.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        posting = socket.create_connection(("127.0.0.1", hospital.port), timeout=WAIT)
+        posting.sendall(
+            b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (content_type.encode(), len(body))
+            + body
+        )
+        _until(functools.partial(_read_by_server, hospital.port, posting), "its request read")
+        running.process.terminate()  # SIGTERM
+        posted = _answer(posting)  # the lock still held
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    posting.close()
+    running.process.wait(WAIT)
+    assert posted.startswith(b"HTTP/1.1 503 "), posted[:200]
+    assert b"connection: close" in posted.lower()
+    assert "answered 503" in log.read_text()
+    with sqlite3.connect(settings.data_dir / "meldingstjener.db") as database:
+        stored = database.execute("SELECT id FROM messages WHERE direction = 'in'").fetchall()
+        details = [d for (d,) in database.execute("SELECT detail FROM message_events")]
+    assert stored == []
+    assert not any("offered in the response" in (d or "") for d in details)

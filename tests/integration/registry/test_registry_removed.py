@@ -179,3 +179,36 @@ def test_a_full_sync_notices_a_party_deleted_before_its_export(
     assert "GET /api/v1/communicationparty/100001" in fake.requests
     again = sync_register(store, client)  # nothing left over for the events
     assert again.deactivated == [] and again.last_sequence_number == report.last_sequence_number
+
+
+def test_a_full_sync_goes_on_from_the_unlisted_parties_it_checked(
+    store: Store, register: tuple[FakeAddressRegister, ArClient], monkeypatch: Any
+) -> None:
+    """More stored parties the export does not list than one run's budget can look up alone:
+    each run goes on after the last it checked, and the export completes (it began again from
+    the first each run, never completed, and the events were never applied)."""
+    fake, client = register
+    her_ids = [100001, 100002, 100003, 100004]
+    for her_id in her_ids:
+        fake.put_party(_record(her_id, f"Legekontor {her_id}"))
+    sync_register(store, client)
+
+    export = fake._export
+
+    def listing_none(request: Any) -> Any:  # the parties are found alone all the same
+        reply = export(request)
+        body = json.loads(reply.body)
+        return type(reply).json({**body, "count": 0, "communicationParties": []})
+
+    monkeypatch.setattr(fake, "_export", listing_none)
+    fake.requests.clear()
+    runs = []
+    for _ in range(len(her_ids) + 2):  # one party a run, and the run that finds none left
+        report = sync_register(store, client, full=not runs, chunk_size=1, budget_seconds=0)
+        runs.append(report)
+        if report.complete:
+            break
+    assert runs[-1].complete and runs[-1].mode == "full"
+    for her_id in her_ids:  # each looked up alone once
+        assert fake.requests.count(f"GET /api/v1/communicationparty/{her_id}") == 1
+    assert all(active for _, active in _stored(store).values())

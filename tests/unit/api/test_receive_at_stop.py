@@ -1,0 +1,59 @@
+"""``POST /ebms`` at a stop: a receive still waiting for a thread when the request is cancelled
+is never begun (503 at once); one under way is waited for ``RECEIVE_AFTER_STOP_SECONDS`` and
+then answered 503, its commit refused from then on; one whose commit is under way is not given
+up. Real threads and a real event loop; the receives are held by events, not by sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from starlette.responses import Response
+
+from meldingstjener.api import app
+
+WAIT = 60.0  # the most a step waits: a receive waited for without end fails the test
+
+
+def test_a_cancelled_receive_is_answered_and_one_still_queued_never_runs() -> None:
+    threads = app._DaemonThreads(1, "test-ebms")
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def held() -> Response:
+        started.set()
+        release.wait(WAIT)
+        ran.append("held")
+        return Response(status_code=200)
+
+    def queued() -> Response:
+        ran.append("queued")
+        return Response(status_code=200)
+
+    async def scenario() -> tuple[Response | None, Response | None, app._Awaited]:
+        awaited = app._Awaited()
+        running = asyncio.create_task(app._to_the_end(held, awaited, threads))
+        waiting = asyncio.create_task(app._to_the_end(queued, app._Awaited(), threads))
+        await asyncio.to_thread(started.wait, WAIT)
+        running.cancel()  # as uvicorn's graceful period ends
+        waiting.cancel()
+        answers = await asyncio.wait_for(asyncio.gather(running, waiting), WAIT)
+        return answers[0], answers[1], awaited
+
+    try:
+        given_up, never_begun, awaited = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert given_up is not None and given_up.status_code == 503
+    assert never_begun is None
+    with pytest.raises(app._GivenUp):  # its commit, when it comes to it, is not made
+        awaited.commit()
+    assert "queued" not in ran
+
+
+def test_a_receive_whose_commit_is_under_way_is_not_given_up() -> None:
+    awaited = app._Awaited()
+    awaited.commit()
+    assert not awaited.give_up()
+    awaited.commit()  # still its own to finish
