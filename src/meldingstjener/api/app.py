@@ -59,6 +59,7 @@ from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.database import RESOURCES, trouble
+from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,9 @@ def create_app(
             # mends that, and the store is not failing. A fault in the server's data.
             ebms_alerts.failed(ctx, exc)
             return Response("internal error\n", 500)
-        except OSError as exc:
-            # The payload store could not be written: nothing was acknowledged, and the sender
+        except (OSError, StoreUnavailable) as exc:
+            # The payload store could not be written (or its directory, checked at the first
+            # file a process touches, cannot be used): nothing was acknowledged, and the sender
             # is told to resend later, when the store may be mended.
             store_failing.failed(exc, "POST /ebms")
             return _unavailable()
@@ -274,7 +276,7 @@ def create_app(
             # and a traceback per such request would flood the log
             log.info("a peer at %s went away before its request was read", address)
             return Response(status_code=400, headers=_CLOSE)
-        except OSError as exc:  # the spool of a large body: the disk is full, say
+        except (OSError, StoreUnavailable) as exc:  # the spool of a large body: a full disk
             await run_in_threadpool(store_failing.failed, exc, "POST /ebms")
             return _unavailable(headers=_CLOSE)
         except asyncio.CancelledError:

@@ -23,6 +23,7 @@ from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import transient
+from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,13 @@ class StoreFailing:
 def _reason(exc: BaseException) -> str:
     """What failed, for a log line and an alert: an OSError's errno and the payload directory,
     or a database's error class; never an error's text, which may quote what was stored."""
+    if isinstance(exc, StoreUnavailable) and isinstance(exc.__context__, OSError):
+        exc = exc.__context__  # the payload directory checked at a process's first file
     if isinstance(exc, OSError):
         name = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
         return f"{name} in the payload directory"
+    if isinstance(exc, StoreUnavailable):  # its words name a directory or database, no content
+        return str(exc)
     return f"the database: {type(exc).__name__}"
 
 
