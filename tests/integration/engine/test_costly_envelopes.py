@@ -7,7 +7,9 @@ import pytest
 from engine_pair import Pair
 
 from meldingstjener.devsites import dialog_note
-from meldingstjener.engine import inbound
+from meldingstjener.ebxml import Attachment
+from meldingstjener.engine import inbound, payload_io
+from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.outbound import submit
 
 
@@ -45,4 +47,33 @@ def test_an_envelope_made_costly_to_canonicalise_is_refused_as_other_xml_before_
     assert "namespace declarations" in refused.value.detail or "attributes" in refused.value.detail
     # the genuine message is still received
     inbound.receive(pair.hospital, content_type, body)
+    assert [row.status for row in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
+
+
+def flip_last_payload_byte(body: bytes) -> bytes:
+    """The signature no longer matches the payload (the encrypted payload is the last part)."""
+    end = body.rindex(b"\r\n--")
+    return body[: end - 1] + bytes([body[end - 1] ^ 0x01]) + body[end:]
+
+
+def test_a_payloads_content_keys_are_read_only_after_its_signature_verified(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading the keys of a payload that names our certificate thousands of times (issuer and
+    # serial are public) and looking them up cost seconds: not for a sender not yet verified.
+    read: list[str] = []
+    wrapped_keys = payload_io.wrapped_keys
+
+    def reading(ctx: EngineContext, part: Attachment) -> frozenset[str]:
+        read.append(part.content_id)
+        return wrapped_keys(ctx, part)
+
+    monkeypatch.setattr(payload_io, "wrapped_keys", reading)
+    body, content_type = gp_wire(pair)
+    reply = inbound.receive(pair.hospital, content_type, flip_last_payload_byte(body))
+    assert reply.body is not None and b"SecurityFailure" in reply.body
+    assert read == []
+    # a verified message has its keys read (and recorded: a copy of its payload is refused)
+    inbound.receive(pair.hospital, content_type, body)
+    assert len(read) == 1
     assert [row.status for row in pair.inbound_messages(pair.hospital)] == ["acknowledged"]
