@@ -230,15 +230,13 @@ def _receive_message(
     if without_her_id is not None:
         # no certificate is looked up by it, nor a signature checked with it: nothing stored
         return _refuse_unverified(ctx, envelope, without_her_id, channel, SigningCertificates(None))
-    keys = _payload_keys(ctx, mime, envelope)
     with ctx.store.unit_of_work() as uow:
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, header.message_id)
         certificates = ctx.directory.signing_certificates(uow, sender)
-        keys_used = uow.content_keys.used(keys)
     if duplicate is not None:
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
     try:
-        _check(ctx, mime, envelope, root, certificates, channel, keys_used=keys_used)
+        keys = _check(ctx, mime, envelope, root, certificates, channel)
     except _Reject as reject:
         if not reject.verified:
             return _refuse_unverified(ctx, envelope, reject, channel, certificates)
@@ -381,13 +379,6 @@ def _payload_part(mime: MimeMessage, envelope: Envelope) -> Attachment | None:
     return mime.attachments.get(str(envelope.manifest[0].content_id))
 
 
-def _payload_keys(ctx: EngineContext, mime: MimeMessage, envelope: Envelope) -> frozenset[str]:
-    """The names of the content keys of the message's payload wrapped for our keys (none when
-    there is no payload part: the checks then say what is wrong)."""
-    part = _payload_part(mime, envelope)
-    return frozenset() if part is None else payload_io.wrapped_keys(ctx, part)
-
-
 def _after_conflict(
     ctx: EngineContext,
     mime: MimeMessage,
@@ -426,11 +417,10 @@ def _check(
     root: etree._Element,
     certificates: SigningCertificates,
     channel: str,
-    *,
-    keys_used: bool,
-) -> None:
+) -> frozenset[str]:
     """What is checked before the payload is opened: signature, TimeToLive, manifest, and that
-    the payload's content key has not been used before."""
+    the payload's content key has not been used before. Returns the names of the payload's
+    content keys wrapped for our keys (to be recorded with the message that uses them)."""
     header = envelope.header
     signed = _verify_signature(ctx, mime, envelope, root, certificates, channel)
     expires = header.time_to_live
@@ -462,8 +452,15 @@ def _check(
             "eb:Manifest",
             reason="its payload part is not covered by its signature",
         )
-    if keys_used:
+    # Read only now that the payload is the signer's: anybody could otherwise send a payload of
+    # thousands of recipients naming our certificate (issuer and serial are public) and have
+    # each read and looked up before the signature failed (35,000 cost 3 s).
+    keys = payload_io.wrapped_keys(ctx, payload)
+    with ctx.store.unit_of_work() as uow:
+        used = uow.content_keys.used(keys)
+    if used:
         raise _key_used_before()
+    return keys
 
 
 def _open_payload(

@@ -2,7 +2,9 @@
 
 Incoming signals are verified with the sender's registered signing certificate and matched to
 the sent message by RefToMessageId; a signal for a message we do not know is logged, never a
-crash. Our signals are built, signed and packaged here, then either returned in the HTTP response
+crash, and so is a signal whose eb:MessageId is already a receipt of that message (a repeat, or a
+replay of a captured one: it changes nothing, and reopens no alert an operator resolved). Our
+signals are built, signed and packaged here, then either returned in the HTTP response
 (SyncReply) or stored with a ``send-signal`` job so they survive a restart.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lxml import etree
+from sqlalchemy import select
 
 from meldingstjener.ebxml import (
     Envelope,
@@ -195,11 +198,40 @@ def handle_incoming(
                 _alert_untrusted(uow, envelope, state, signature, sender_her_id, now)
             uow.commit()
             return
+        if _received_before(uow, state.id, header.message_id):
+            uow.events.record(
+                state.id,
+                EventKind.NOTE,
+                actor=actor,
+                code="signal-repeated",
+                detail=f"{header.action} from {sender_her_id or 'a party without a HER-id'} "
+                "received again (its eb:MessageId is already a receipt of this message); "
+                "logged, nothing changed",
+                ebxml_message_id=header.message_id,
+                at=now,
+            )
+            uow.commit()
+            return
         if envelope.is_acknowledgment:
             _apply_acknowledgment(ctx, uow, state, header.message_id, sender, actor, now)
         else:
             _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
+
+
+def _received_before(uow: UnitOfWork, message_id: str, signal_id: str) -> bool:
+    """Whether a signal with the eb:MessageId ``signal_id`` is already a receipt of our message
+    (one indexed look-up among its few receipts)."""
+    query = (
+        select(ReceiptRow.id)
+        .where(
+            ReceiptRow.message_id == message_id,
+            ReceiptRow.direction == "in",
+            ReceiptRow.ebxml_message_id == signal_id,
+        )
+        .limit(1)
+    )
+    return uow.session.scalar(query) is not None
 
 
 def _her_id_of(party: Party) -> str | None:

@@ -57,6 +57,10 @@ _CIPHERS: dict[str, tuple[int, int]] = {
     "tripledes_3key": (24, 64),
 }
 _WEAK = {"tripledes_3key", "des"}
+# A payload is encrypted to its receiver (and at most a few more: a copy to the sender, a
+# second certificate during a rollover). More recipients than this are refused unread: each
+# one naming us costs a look-up, and an attempt with our RSA key once the signature verified.
+MAX_RECIPIENTS = 16
 CHUNK = 1024 * 1024
 
 
@@ -350,6 +354,12 @@ def _read_envelope(reader: ber.Reader, *, whole: bool = True) -> _Envelope:
             reader.element(following)  # originatorInfo: not used for key transport
             following = reader.next_in(enveloped, start)
         recipients = acms.RecipientInfos.load(reader.element(_expect(following, ber.SET)))
+        if len(recipients) > MAX_RECIPIENTS:  # counts their headers only
+            raise CmsError(
+                f"the input is not a readable CMS structure (more than {MAX_RECIPIENTS} "
+                "recipients)",
+                code="not-cms",
+            )
         if whole:
             _ = recipients.native  # parse it all now: a broken structure is "not CMS"
         eci = _expect(reader.next_in(enveloped, start), ber.SEQUENCE)

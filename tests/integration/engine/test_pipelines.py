@@ -155,14 +155,16 @@ def test_a_replay_not_signed_by_the_sender_does_not_get_our_acknowledgment(pair:
     pair.network.tamper = flip_last_payload_byte
     resend(pair, message_id)
     assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]  # nothing came back
+    assert "signal-repeated" not in [code for _, code in events(pair, pair.gp, message_id)]
     [received] = pair.inbound_messages(pair.hospital)
     assert received.status == "acknowledged"
     codes = [code for _, code in events(pair, pair.hospital, received.id)]
     assert "SecurityFailure" in codes and "duplicate" not in codes
     assert receipt_kinds(pair.hospital, received.id) == ["acknowledgment"]
     pair.network.tamper = None
-    resend(pair, message_id)  # the sender's own resend still gets it
-    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"] * 2
+    resend(pair, message_id)  # the sender's own resend still gets it (logged as a repeat)
+    assert receipt_kinds(pair.gp, message_id) == ["acknowledgment"]
+    assert [code for _, code in events(pair, pair.gp, message_id)].count("signal-repeated") == 1
 
 
 def test_a_tampered_copy_that_loses_the_race_does_not_get_our_acknowledgment(
@@ -211,7 +213,9 @@ def test_a_resend_of_a_refused_message_gets_the_message_error_again(
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
     resend(pair, message_id)
-    assert receipt_kinds(pair.gp, message_id) == ["message-error"] * 2
+    # the same MessageError again: the sender logs it as a repeat
+    assert receipt_kinds(pair.gp, message_id) == ["message-error"]
+    assert [code for _, code in events(pair, pair.gp, message_id)].count("signal-repeated") == 1
     [refused] = pair.inbound_messages(pair.hospital)
     assert [code for _, code in events(pair, pair.hospital, refused.id)].count("duplicate") == 1
 
@@ -233,8 +237,10 @@ def test_duplicate_resend_is_delivered_once_and_acknowledged_again(pair: Pair) -
     assert codes.count("duplicate") == 1
     assert len(outgoing) == 1  # the original Acknowledgment, sent twice
     with pair.gp.store.unit_of_work() as uow:
-        acks = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
-        assert len(acks) == 2 and acks[0].ebxml_message_id == acks[1].ebxml_message_id
+        [ack] = [r for r in uow.receipts.for_message(message_id) if r.kind == "acknowledgment"]
+        # the same Acknowledgment again: the sender logs it as a repeat
+        [repeat] = [e for e in uow.events.for_message(message_id) if e.code == "signal-repeated"]
+        assert repeat.ebxml_message_id == ack.ebxml_message_id
         assert uow.messages.get(message_id).status == "transport-acknowledged"  # type: ignore[union-attr]
 
 
