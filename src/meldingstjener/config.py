@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     IPvAnyNetwork,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -527,17 +528,19 @@ class RetentionSettings(_Section):
     # Whole settled messages (row, events, receipts, jobs, content keys; their alerts stay,
     # without the message), this many days after they settled. At least the longest
     # PersistDuration of the agreements plus a day, checked at each run against the store's
-    # agreements: the row is how a partner's resend is known as a duplicate. 0: kept for ever.
+    # agreements: the row is how a partner's resend is known as a duplicate; and at least
+    # PAYLOAD_DAYS_FLOOR, as the whole message takes its content with it. 0: kept for ever.
     message_days: int = Field(default=0, ge=0)
 
-    @field_validator("payload_days")
+    @field_validator("payload_days", "message_days")
     @classmethod
-    def _payload_days_floor(cls, days: int) -> int:
+    def _content_days_floor(cls, days: int, info: ValidationInfo) -> int:
+        # a whole message deleted takes its content too: the one floor holds for both
         if 0 < days < PAYLOAD_DAYS_FLOOR:
             raise ValueError(
-                f"payload_days = {days} would delete the content of received messages a "
+                f"{info.field_name} = {days} would delete the content of received messages a "
                 "clinician may still report as misaddressed (which answers the sender from the "
-                f"document): set at least {PAYLOAD_DAYS_FLOOR}, or 0 to keep the content"
+                f"document): set at least {PAYLOAD_DAYS_FLOOR}, or 0 to keep it"
             )
         return days
 

@@ -155,14 +155,19 @@ def test_an_apprec_for_a_message_whose_content_is_gone_is_refused_as_purged(
     assert refused.value.code == "purged"
 
 
+@pytest.mark.parametrize("setting", ["payload_days", "message_days"])
 @pytest.mark.parametrize("days", [1, PAYLOAD_DAYS_FLOOR - 1])
-def test_payload_days_shorter_than_the_floor_is_refused(days: int) -> None:
+def test_days_shorter_than_the_contents_floor_are_refused(days: int, setting: str) -> None:
+    # a whole message deleted takes its content with it: message_days has the floor too
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=f"set at least {PAYLOAD_DAYS_FLOOR}, or 0"):
-        RetentionSettings(payload_days=days)
-    assert RetentionSettings(payload_days=0).payload_days == 0
-    assert RetentionSettings(payload_days=PAYLOAD_DAYS_FLOOR).payload_days == PAYLOAD_DAYS_FLOOR
+    with pytest.raises(
+        ValidationError, match=f"{setting} = {days} .* set at least {PAYLOAD_DAYS_FLOOR}, or 0"
+    ):
+        RetentionSettings(**{setting: days})
+    assert getattr(RetentionSettings(**{setting: 0}), setting) == 0
+    floor = RetentionSettings(**{setting: PAYLOAD_DAYS_FLOOR})
+    assert getattr(floor, setting) == PAYLOAD_DAYS_FLOOR
 
 
 def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(
@@ -208,23 +213,23 @@ def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(
 
 
 def test_message_days_shorter_than_a_partner_may_resend_deletes_no_message(store: Store) -> None:
-    old, _ = _message(store, "in", "rejected", settled_days_ago=10)
+    old, _ = _message(store, "in", "rejected", settled_days_ago=36)
     with store.unit_of_work() as uow:
         uow.agreements.add(
             AgreementRow(
                 our_her_id="8200002",
                 counterparty_her_id="8100001",
-                persist_duration_seconds=14 * 86400,
+                persist_duration_seconds=40 * 86400,
             )
         )
         uow.commit()
-    too_short = RetentionSettings(payload_days=0, message_days=7)
+    too_short = RetentionSettings(payload_days=0, message_days=35)
 
     report = retention.run(store, too_short, now=NOW)
 
     assert report.messages_deleted == 0 and _row(store, old) is not None
     assert report.refused is not None and "PersistDuration" in report.refused
-    assert "set at least 15" in report.refused
+    assert "set at least 41" in report.refused
     with store.unit_of_work() as uow:
         retention.record(uow, report, actor="test", at=NOW)
         uow.commit()
