@@ -220,25 +220,23 @@ def send_apprec(
         row = _inbound(uow, message_id)
         if row.msg_type == APPREC:
             raise AppRecRefused("apprec-for-apprec", "an AppRec is never answered with an AppRec")
-        if row.payload_ref is None:
-            # the AppRec is built from the content: gone (purged as misaddressed, or removed by
-            # [retention] payload_days), whatever the status says, it cannot be sent
-            raise AppRecRefused(
-                "purged",
-                f"message {message_id} has no content any more (purged, or removed by "
-                "retention); an AppRec cannot be built",
-            )
         target = (
             InboundStatus.APPREC_SENT
             if code is not AppRecStatus.REJECTED
             else InboundStatus.REJECTED
         )
-        if not may_be_answered(row, target):
+        if not _status_allows(row, target):  # answered, rejected or purged: whatever its content
             raise AppRecRefused(
                 "already-answered",
                 f"message {message_id} is {row.status}; an AppRec cannot be sent now",
             )
-        assert row.payload_ref is not None  # may_be_answered: not purged
+        if row.payload_ref is None:
+            # owed, but the AppRec is built from the content, which [retention] removed
+            raise AppRecRefused(
+                "purged",
+                f"message {message_id} has no content any more (removed by retention); an "
+                "AppRec cannot be built",
+            )
         try:
             original = read_msghead(ctx.store.payloads.read_bytes(row.payload_ref))
         except (FormatError, XmlError) as exc:
@@ -454,9 +452,14 @@ def may_be_answered(row: MessageRow, target: InboundStatus) -> bool:
     may go now: not one answered already, purged (its payload gone) or not offered to the EPJ.
     One not marked read yet is delivered on the way (:func:`_taken_by_answer`). The one check
     of :func:`send_apprec`, :func:`mark_answered_by_document` and :func:`answered_copy`."""
+    return row.payload_ref is not None and _status_allows(row, target)
+
+
+def _status_allows(row: MessageRow, target: InboundStatus) -> bool:
+    """Whether the received ``row``'s status lets an answer move it to ``target``."""
     unread = row.status == InboundStatus.ACKNOWLEDGED.value
     status = InboundStatus.DELIVERED.value if unread else row.status
-    return row.payload_ref is not None and target.value in allowed_next(Direction.INBOUND, status)
+    return target.value in allowed_next(Direction.INBOUND, status)
 
 
 def answered_copy(

@@ -155,6 +155,22 @@ def test_an_apprec_for_a_message_whose_content_is_gone_is_refused_as_purged(
     assert refused.value.code == "purged"
 
 
+@pytest.mark.parametrize("status", ["apprec-sent", "rejected"])
+def test_an_apprec_for_a_message_answered_already_is_refused_as_such_content_or_not(
+    store: Store, status: str
+) -> None:
+    # answered (its content removed since), or rejected before it was decrypted (it never had
+    # content): "already-answered", not "purged" ("no content any more"), which is not why
+    message_id, _ = _message(store, "in", status, settled_days_ago=100)
+    with store.unit_of_work() as uow:
+        uow.retention.forget_content([message_id], at=NOW)
+        uow.commit()
+    ctx = cast(EngineContext, SimpleNamespace(store=store))
+    with pytest.raises(receipts.AppRecRefused) as refused:
+        receipts.send_apprec(ctx, message_id, status=1, errors=[], actor="epj")
+    assert refused.value.code == "already-answered"
+
+
 @pytest.mark.parametrize("setting", ["payload_days", "message_days"])
 @pytest.mark.parametrize("days", [1, PAYLOAD_DAYS_FLOOR - 1])
 def test_days_shorter_than_the_contents_floor_are_refused(days: int, setting: str) -> None:
