@@ -344,8 +344,10 @@ def _check_namespaces_and_attributes(root: etree._Element) -> None:
                 f"XML with more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations in scope "
                 f"of one element"
             )
-    if _too_many_attributes(root):
+    # evaluated on the tree, not by one compiled XPath shared by the receiving threads: lxml
+    # serialises the calls of one XPath object with a lock of its own
+    if root.xpath(_TOO_MANY_ATTRIBUTES):
         raise XmlRefused(f"XML with more than {MAX_ATTRIBUTES} attributes on one element")
 
 
-_too_many_attributes = etree.XPath(f"boolean(/descendant-or-self::*[@*[{MAX_ATTRIBUTES + 1}]])")
+_TOO_MANY_ATTRIBUTES = f"boolean(/descendant-or-self::*[@*[{MAX_ATTRIBUTES + 1}]])"
