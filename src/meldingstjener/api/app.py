@@ -253,8 +253,11 @@ def create_app(
         address = request.client.host if request.client is not None else "unknown"
         declared = request.headers.get("content-length")
         started = anyio.current_time()
+        by_length = (
+            declared is not None and declared.isdigit() and int(declared) > max_request_bytes
+        )
         try:
-            if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+            if by_length:
                 raise _TooLarge
             body = await _read_body(request, max_request_bytes, ctx.store.payloads, pace)
         except _TooLarge:
@@ -262,9 +265,11 @@ def create_app(
             # The sender may still be sending (and reads no answer before it is done): what
             # comes within the pace's grace is read and dropped, so that it sees the 413, then
             # the connection is closed, not kept for whatever else it sends. Not when it waits
-            # for 100 Continue before its body: a read invites the body refused (uvicorn sends
-            # 100 Continue at the first read), the 413 then comes after up to the grace.
-            if request.headers.get("expect", "").lower() != "100-continue":
+            # for 100 Continue before a body refused by its length alone, nothing read yet: a
+            # read would invite it (uvicorn sends 100 Continue at the first read). A chunked
+            # body refused on the way was invited already, and is drained as any other.
+            waits = request.headers.get("expect", "").lower() == "100-continue"
+            if not (waits and by_length):
                 await _drain(request, started + pace.grace_seconds)
             return Response(f"message larger than {max_request_bytes} bytes\n", 413, headers=_CLOSE)
         except _TooSlow:
