@@ -140,27 +140,20 @@ def test_a_delivered_message_whose_apprec_the_epj_owes_keeps_its_content(store: 
     assert whole.messages_deleted == 2 and _row(store, owed) is not None
 
 
-def test_an_apprec_for_a_message_whose_content_is_gone_is_refused_as_purged(
-    store: Store,
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        # owed, its content removed (by a version that removed it): README's "purged"
+        ("delivered", "purged"),
+        # answered (its content removed since), or rejected before it was decrypted (it never
+        # had content): "already-answered", not "purged" ("no content any more"), not why
+        ("apprec-sent", "already-answered"),
+        ("rejected", "already-answered"),
+    ],
+)
+def test_an_apprec_for_a_message_without_content_is_refused_for_its_reason(
+    store: Store, status: str, code: str
 ) -> None:
-    # README: "an AppRec ... for it is refused as purged" (it said "already-answered": the
-    # status check came first). A message delivered by a version that removed its content.
-    message_id, _ = _message(store, "in", "delivered", settled_days_ago=100)
-    with store.unit_of_work() as uow:
-        uow.retention.forget_content([message_id], at=NOW)
-        uow.commit()
-    ctx = cast(EngineContext, SimpleNamespace(store=store))
-    with pytest.raises(receipts.AppRecRefused) as refused:
-        receipts.send_apprec(ctx, message_id, status=1, errors=[], actor="epj")
-    assert refused.value.code == "purged"
-
-
-@pytest.mark.parametrize("status", ["apprec-sent", "rejected"])
-def test_an_apprec_for_a_message_answered_already_is_refused_as_such_content_or_not(
-    store: Store, status: str
-) -> None:
-    # answered (its content removed since), or rejected before it was decrypted (it never had
-    # content): "already-answered", not "purged" ("no content any more"), which is not why
     message_id, _ = _message(store, "in", status, settled_days_ago=100)
     with store.unit_of_work() as uow:
         uow.retention.forget_content([message_id], at=NOW)
@@ -168,7 +161,7 @@ def test_an_apprec_for_a_message_answered_already_is_refused_as_such_content_or_
     ctx = cast(EngineContext, SimpleNamespace(store=store))
     with pytest.raises(receipts.AppRecRefused) as refused:
         receipts.send_apprec(ctx, message_id, status=1, errors=[], actor="epj")
-    assert refused.value.code == "already-answered"
+    assert refused.value.code == code
 
 
 @pytest.mark.parametrize("setting", ["payload_days", "message_days"])
