@@ -25,6 +25,19 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
+# --- parallel runs ---------------------------------------------------------------------------
+# The suite runs on pytest-xdist's workers (``-n auto --dist loadgroup``, set in pyproject.toml).
+# What tests share beyond their own tmp_path and PostgreSQL database is grouped onto one worker:
+# the local mail server's mailboxes are few and fixed, so every test using them runs on one.
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "mail_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("mail-server"))
+
+
 # --- databases -------------------------------------------------------------------------------
 # Store tests run on SQLite and on PostgreSQL. Each test session gets its own PostgreSQL
 # database (created here, dropped at the end), so parallel runs never see each other's rows.

@@ -42,7 +42,10 @@ class WatchedBody:
             yield self.body[start : start + self.piece]
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES)
+# ids without the random message id: every xdist worker must collect the same names
+@pytest.mark.parametrize(
+    ("method", "path"), ROUTES, ids=[f"{m}-{p.replace(str(MESSAGE), 'id')}" for m, p in ROUTES]
+)
 def test_an_unauthenticated_body_is_refused_unread(
     api_pair: ApiPair, method: str, path: str
 ) -> None:

@@ -105,6 +105,8 @@ def test_a_pem_key_is_read_and_its_algorithm_follows_the_curve(tmp_path: Path) -
             "1024 bits",
         ),
     ],
+    # named, not by the generated keys: every xdist worker must collect the same names
+    ids=["public-key-only", "not-json", "not-a-key", "hmac-alg-on-rsa", "rsa-1024"],
 )
 def test_an_unusable_key_is_refused_with_the_reason(
     tmp_path: Path, content: str, problem: str
