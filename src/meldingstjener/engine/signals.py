@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lxml import etree
-from sqlalchemy import select
 
 from meldingstjener.ebxml import (
     Envelope,
@@ -198,7 +197,7 @@ def handle_incoming(
                 _alert_untrusted(uow, envelope, state, signature, sender_her_id, now)
             uow.commit()
             return
-        if _received_before(uow, state.id, header.message_id):
+        if uow.receipts.has_incoming(state.id, header.message_id):
             uow.events.record(
                 state.id,
                 EventKind.NOTE,
@@ -217,21 +216,6 @@ def handle_incoming(
         else:
             _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
-
-
-def _received_before(uow: UnitOfWork, message_id: str, signal_id: str) -> bool:
-    """Whether a signal with the eb:MessageId ``signal_id`` is already a receipt of our message
-    (one indexed look-up among its few receipts)."""
-    query = (
-        select(ReceiptRow.id)
-        .where(
-            ReceiptRow.message_id == message_id,
-            ReceiptRow.direction == "in",
-            ReceiptRow.ebxml_message_id == signal_id,
-        )
-        .limit(1)
-    )
-    return uow.session.scalar(query) is not None
 
 
 def _her_id_of(party: Party) -> str | None:

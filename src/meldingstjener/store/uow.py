@@ -701,6 +701,14 @@ class ReceiptRepository:
         row.id = int(self.session.connection().execute(_RECEIPT_INSERT, values).scalar_one())
         return row
 
+    def has_incoming(self, message_id: str, ebxml_message_id: str) -> bool:
+        """Whether a signal with the eb:MessageId ``ebxml_message_id`` is already a receipt of
+        ``message_id`` (one prepared, indexed look-up: asked for every incoming signal)."""
+        found = self.session.connection().execute(
+            _INCOMING_RECEIPT, {"message_id": message_id, "ebxml_message_id": ebxml_message_id}
+        )
+        return found.first() is not None
+
     def for_message(self, message_id: str) -> list[ReceiptRow]:
         query = select(ReceiptRow).where(ReceiptRow.message_id == message_id)
         return list(self.session.scalars(query.order_by(ReceiptRow.at, ReceiptRow.id)))
@@ -726,6 +734,10 @@ _RECEIPT_INSERT = text(
 ).bindparams(
     bindparam("at", type_=_RECEIPT_TYPES["at"].type),
     bindparam("error_codes", type_=_RECEIPT_TYPES["error_codes"].type),
+)
+_INCOMING_RECEIPT = text(
+    "SELECT 1 FROM receipts WHERE message_id = :message_id AND direction = 'in' "
+    "AND ebxml_message_id = :ebxml_message_id LIMIT 1"
 )
 
 # A problem that comes back after it was resolved reopens its alert, unacknowledged. In an
