@@ -8,11 +8,18 @@ message.
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import jwt
 from api_sites import ApiPair
+from engine_pair import Pair
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from token_issuer import ISSUER, token_issuer
 
+from meldingstjener import __version__
+from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client
 from meldingstjener.api.metrics import CONTENT_TYPE
@@ -142,7 +149,7 @@ def test_a_scrape_needs_the_metrics_or_the_admin_scope(api_pair: ApiPair) -> Non
     assert (row["action"], row["outcome"]) == ("/metrics", "refused")
 
     _, admin = _scrape(http, api_pair.hospital_admin_key)  # the operator's key reads them too
-    assert _one(admin, "meldingstjener_info", version=_version()) == 1
+    assert _one(admin, "meldingstjener_info", version=__version__) == 1
     _, key = add_client(pair.hospital.store, "prometheus", ["metrics"], [])
     _scrape(http, key)
 
@@ -152,7 +159,16 @@ def test_a_scrape_needs_the_metrics_or_the_admin_scope(api_pair: ApiPair) -> Non
         assert http.get(path, params=params, headers=_bearer(key)).status_code == 403, path
 
 
-def _version() -> str:
-    from meldingstjener import __version__
-
-    return __version__
+def test_a_token_of_the_issuer_with_the_metrics_scope_scrapes(pair: Pair, tmp_path: Path) -> None:
+    """The scope a token's claims give is taken as a key client's is (it was dropped, unknown)."""
+    key, settings = token_issuer(tmp_path)
+    claims = {
+        "iss": ISSUER,
+        "aud": "meldingstjener",
+        "exp": datetime.now(UTC) + timedelta(minutes=5),
+        "client_id": "prometheus",
+    }
+    with TestClient(create_app(pair.hospital, api_settings=settings)) as http:
+        for scope, status in (("metrics", 200), ("receive", 403)):
+            token = jwt.encode({**claims, "scope": scope}, key, algorithm="RS256")
+            assert http.get("/metrics", headers=_bearer(token)).status_code == status, scope
