@@ -53,6 +53,7 @@ from meldingstjener.api.edi2 import Edi2, edi2_router, problem_openapi
 from meldingstjener.api.faults import ServerFaults
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import JsonMediaTypes
+from meldingstjener.api.metrics import metrics_router
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
 from meldingstjener.config import ApiSettings, WebhookSettings
@@ -94,7 +95,8 @@ def create_app(
     webhook_settings: WebhookSettings | None = None,
 ) -> FastAPI:
     """The whole HTTP surface: ``/ebms`` and ``/health`` (unauthenticated), the EPJ API
-    (``/Messages``, EDI 2.0 shape) and the operator API (``/api/...``), both authenticated.
+    (``/Messages``, EDI 2.0 shape), the operator API (``/api/...``) and the figures for
+    monitoring (``/metrics``), all three authenticated.
     """
     api = api_settings or ApiSettings()
     pace = body_pace or BodyPace()
@@ -137,6 +139,7 @@ def create_app(
     )
     app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
     app.include_router(ops_router(ctx, auth, webhook_settings))
+    app.include_router(metrics_router(ctx, auth))
     made_openapi = app.openapi
 
     @functools.cache

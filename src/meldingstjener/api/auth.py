@@ -2,7 +2,7 @@
 
 A request carries ``Authorization: Bearer <key-or-token>`` or ``X-Api-Key: <key>``. The answer is
 a :class:`Principal`: the client system, the person when one is named (``X-Person`` or the JWT's
-person claim), its scopes (send, receive, admin) and the own HER-ids it may act for.
+person claim), its scopes (send, receive, admin, metrics) and the own HER-ids it may act for.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, ClientCache
+from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, SCOPES, ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.token_claims import read_claims
 from meldingstjener.config import ApiSettings
@@ -120,7 +120,7 @@ class Authenticator:
         return Principal(
             client=read.client,
             person=person or _person(read.person),
-            scopes=frozenset(s for s in read.scopes if s in ("send", "receive", "admin")),
+            scopes=frozenset(s for s in read.scopes if s in SCOPES),
             her_ids=frozenset(read.her_ids),
             source_system=source,
             credential=Credential.JWT,

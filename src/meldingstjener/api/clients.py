@@ -27,7 +27,8 @@ from meldingstjener.store.tables import ApiClientRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
 
-SCOPES = ("send", "receive", "admin")
+# metrics: GET /metrics alone (a monitoring system's key: it may read no message)
+SCOPES = ("send", "receive", "admin", "metrics")
 KEY_PREFIX = "mtk_"
 KEY_CACHE_SECONDS = 5.0
 KEY_CACHE_ENTRIES = 1024

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meldingstjener.api.auth import Principal
 from meldingstjener.api.problems import ApiProblem, problem_response
 
-# The EPJ API and the operator API; everything under them needs a credential.
-AUTHENTICATED_PATHS = ("/Messages", "/api")
+# The EPJ API, the operator API and the figures for monitoring; everything under them needs a
+# credential.
+AUTHENTICATED_PATHS = ("/Messages", "/api", "/metrics")
 
 
 def is_authenticated_path(path: str, prefixes: tuple[str, ...] = AUTHENTICATED_PATHS) -> bool:

@@ -67,7 +67,7 @@ def clients_add(
     name: Annotated[str, typer.Argument(help="A name for the client system, e.g. 'dips-prod'.")],
     scope: Annotated[
         list[str],
-        typer.Option("--scope", help="send, receive or admin; repeat for several."),
+        typer.Option("--scope", help="send, receive, admin or metrics; repeat for several."),
     ],
     her_id: Annotated[
         list[str] | None,

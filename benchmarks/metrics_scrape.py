@@ -1,0 +1,209 @@
+"""Benchmark of a ``GET /metrics`` scrape on a store with a year of messages.
+
+Run: ``python benchmarks/metrics_scrape.py [--messages N] [--scrapes N] [--url POSTGRES_URL]``.
+Fills a fresh SQLite store (in a temporary folder) and a fresh PostgreSQL database (made on the
+server of ``--url``, dropped afterwards; ``--no-postgres`` to leave it out) with N messages
+(200,000) spread over a year, nearly all settled (acknowledged and answered, received AppRecs
+kept as ``delivered``), 400 under way, 5,000 resolved alerts and 20 open, and a job per message
+under way; then times what a scrape does: the store's figures
+(:func:`meldingstjener.store.figures.read_figures`) and their rendering in the Prometheus text
+format. For contrast it times the count a plain ``GROUP BY direction, status`` over all messages
+would cost, and the scrape once more without migration 0025's index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import Table, insert, text
+
+from meldingstjener.api.metrics import families, render
+from meldingstjener.store.database import Database
+from meldingstjener.store.figures import read_figures
+from meldingstjener.store.migrate import upgrade
+from meldingstjener.store.tables import AlertRow, JobRow, MessageRow
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+YEAR = timedelta(days=365)
+# settled: (direction, status, msg_type), in turn
+SETTLED = (
+    ("out", "apprec-ok", "DIALOG_NOTAT"),
+    ("out", "transport-acknowledged", "HENVISNING"),
+    ("in", "delivered", "APPREC"),
+    ("in", "apprec-sent", "DIALOG_FORESPORSEL"),
+)
+UNDER_WAY = (
+    ("out", "accepted", "DIALOG_NOTAT", 30),
+    ("out", "sent", "DIALOG_NOTAT", 150),
+    ("out", "retrying", "HENVISNING", 20),
+    ("in", "received", "DIALOG_NOTAT", 50),
+    ("in", "delivered", "DIALOG_NOTAT", 150),
+)
+BATCH = 5_000
+
+
+def _message(
+    number: int, direction: str, status: str, msg_type: str, at: datetime
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.UUID(int=number)),
+        "direction": direction,
+        "status": status,
+        "msg_type": msg_type,
+        "ebxml_message_id": f"eb-{number}@bench",
+        "from_her_id": str(8_100_000 + number % 300),
+        "to_her_id": str(8_200_000 + number % 300),
+        "attempts": 1,
+        "created_at": at,
+        "updated_at": at,
+        "status_changed_at": at,
+    }
+
+
+def _rows(messages: int) -> Iterator[dict[str, Any]]:
+    step = YEAR / messages
+    for number in range(messages):
+        direction, status, msg_type = SETTLED[number % len(SETTLED)]
+        yield _message(number, direction, status, msg_type, NOW - YEAR + step * number)
+
+
+def fill(database: Database, messages: int) -> None:
+    table = MessageRow.__table__
+    assert isinstance(table, Table)
+    with database.engine.begin() as connection:
+        batch: list[dict[str, Any]] = []
+        for row in _rows(messages):
+            batch.append(row)
+            if len(batch) == BATCH:
+                connection.execute(insert(table), batch)
+                batch = []
+        if batch:
+            connection.execute(insert(table), batch)
+        number = messages
+        jobs = []
+        for direction, status, msg_type, count in UNDER_WAY:
+            rows = []
+            for age in range(count):
+                at = NOW - timedelta(minutes=age)
+                rows.append(_message(number, direction, status, msg_type, at))
+                if direction == "out":
+                    jobs.append(
+                        {
+                            "kind": "transmit",
+                            "dedup_key": f"transmit:{number}",
+                            "message_id": str(uuid.UUID(int=number)),
+                            "due_at": at,
+                            "attempts": 0,
+                            "crashes": 0,
+                            "created_at": at,
+                        }
+                    )
+                number += 1
+            connection.execute(insert(table), rows)
+        connection.execute(insert(JobRow.__table__), jobs)
+        alerts = [
+            {
+                "kind": "apprec-missing",
+                "severity": "warning",
+                "dedup_key": f"apprec-missing:{n}",
+                "summary": "no AppRec",
+                "first_seen": NOW - YEAR + timedelta(hours=n),
+                "last_seen": NOW - YEAR + timedelta(hours=n),
+                "count": 1,
+                "resolved_at": None if n >= 5_000 else NOW - YEAR + timedelta(hours=n + 1),
+            }
+            for n in range(5_020)
+        ]
+        connection.execute(insert(AlertRow.__table__), alerts)
+        connection.execute(text("ANALYZE"))
+
+
+def _timed(call: Callable[[], object], times: int) -> list[float]:
+    call()  # the first: connections opened, statements prepared
+    spent = []
+    for _ in range(times):
+        started = time.perf_counter()
+        call()
+        spent.append((time.perf_counter() - started) * 1000)
+    return spent
+
+
+def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
+    started = time.perf_counter()
+    fill(database, messages)
+    filled = time.perf_counter() - started
+
+    def scrape() -> bytes:
+        with database.reading() as connection:
+            figures = read_figures(connection, NOW)
+        return render(families(figures, NOW, {}))
+
+    def count_all() -> object:
+        with database.reading() as connection:
+            return connection.execute(
+                text("SELECT direction, status, count(*) FROM messages GROUP BY direction, status")
+            ).all()
+
+    body = scrape()
+    assert b'meldingstjener_messages_under_way{direction="out",status="sent"} 150.0' in body, body
+    spent = _timed(scrape, scrapes)
+    whole = _timed(count_all, max(3, scrapes // 10))
+    p95 = sorted(spent)[int(len(spent) * 0.95) - 1]
+    # the same scrape without migration 0025's index (through ix_messages_status, or none)
+    with database.engine.begin() as connection:
+        connection.execute(text("DROP INDEX ix_messages_unsettled"))
+        connection.execute(text("ANALYZE"))
+    unindexed = _timed(scrape, max(3, scrapes // 10))
+    print(
+        f"{name:10} {messages:,} messages (filled in {filled:.0f} s): scrape median "
+        f"{statistics.median(spent):.2f} ms, p95 {p95:.2f} ms, {len(body):,} bytes; "
+        f"without ix_messages_unsettled {statistics.median(unindexed):.1f} ms; "
+        f"a GROUP BY over all messages {statistics.median(whole):.1f} ms"
+    )
+
+
+@contextmanager
+def _postgres(url: str) -> Iterator[str]:
+    name = f"mt_bench_{uuid.uuid4().hex[:10]}"
+    admin = url.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1/postgres")
+    parser.add_argument("--no-postgres", action="store_true")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        database = Database(f"sqlite:///{Path(folder) / 'store.db'}")
+        upgrade(database)
+        measure("SQLite", database, options.messages, options.scrapes)
+        database.dispose()
+    if not options.no_postgres:
+        with _postgres(options.url) as url:
+            database = Database(url)
+            upgrade(database)
+            measure("PostgreSQL", database, options.messages, options.scrapes)
+            database.dispose()
+
+
+if __name__ == "__main__":
+    main()
