@@ -191,6 +191,7 @@ def show_command(
     list); an ebXML MessageId of a message refused before its signature verified shows the
     refusal: such a message is not stored."""
     store = store_from(ctx)
+    # imported once the store opened (after the settings: a configuration error is quick)
     from meldingstjener.views import content_dict, event_dict, message_summary
 
     with store.unit_of_work() as uow:
