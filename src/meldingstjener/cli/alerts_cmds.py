@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import (
@@ -21,8 +19,6 @@ from meldingstjener.cli.store_cmds import (
     show_refusal,
     wide_console,
 )
-from meldingstjener.store.types import as_utc
-from meldingstjener.views import alert_dict
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,6 +48,11 @@ def alerts_list(
         return
 
     store = store_from(ctx)
+    # imported once the store opened (after the settings: a configuration error is quick)
+    from rich.table import Table
+
+    from meldingstjener.views import alert_dict
+
     with store.unit_of_work() as uow:
         # one more than shown tells whether there are more; only then are they counted
         alerts = uow.alerts.list(open_only=open_only, limit=limit + 1)
@@ -182,6 +183,7 @@ def _status_of(
 ) -> tuple[dict[str, Any], list[AlertRow]]:
     """One message's status document (``status --json``) and its alerts, every one of them."""
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
+    from meldingstjener.views import alert_dict
 
     receipts = uow.receipts.for_message(message.id)
     answers = answers_sent(uow, message.id)
@@ -216,6 +218,8 @@ def _print_status(
     *,
     texts: bool,
 ) -> None:
+    from rich.markup import escape
+
     console.print(
         f"[bold]{message.id}[/] {message.direction} {message.msg_type} "
         f"{message.from_her_id} → {message.to_her_id}: [bold]{message.status}[/]"
@@ -256,6 +260,8 @@ def _print_status(
 def _utc(at: str) -> str:
     """A stored time (ISO 8601, as the status document has it) as the tables print times:
     to the second, in UTC, saying so."""
+    from meldingstjener.store.types import as_utc
+
     return f"{as_utc(datetime.fromisoformat(at)):%Y-%m-%d %H:%M:%S} UTC"
 
 
@@ -267,6 +273,8 @@ def _answer_fate(answer: dict[str, Any]) -> str:
 
 def _codes(errors: list[Any]) -> str:
     """A receipt's errors on one line: codes, or with ``--texts`` each code and its words."""
+    from rich.markup import escape
+
     shown = []
     for error in errors:
         if isinstance(error, dict):
@@ -285,6 +293,8 @@ def instances_list(
     """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
     minutes, or on PostgreSQL for 3 minutes without its name's lock; their clock-skew and
     mailbox-unreachable alerts are resolved then)."""
+    from rich.table import Table
+
     from meldingstjener.engine.context import utc_now
     from meldingstjener.engine.instances import instance_states, store_now
 

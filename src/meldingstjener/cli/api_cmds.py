@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import SINCE_HELP, parse_since, wide_console
@@ -34,6 +33,8 @@ def audit_command(
 ) -> None:
     """The audit log: who read or changed which message, when, with what outcome; oldest
     first, the last --limit entries (from --since: the first ones after it)."""
+    from rich.table import Table
+
     from meldingstjener.api.audit import AuditQuery, query
 
     store = store_from(ctx)
@@ -99,6 +100,8 @@ def clients_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List client systems (never their keys)."""
+    from rich.table import Table
+
     from meldingstjener.api.clients import list_clients
 
     clients = list_clients(store_from(ctx))

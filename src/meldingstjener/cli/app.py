@@ -6,6 +6,7 @@ command loads the same validated settings through :func:`settings_from`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -100,9 +101,12 @@ def store_from(ctx: typer.Context, *, create: bool = False) -> Store:
     Only those migrate the schema, too: the others (a help desk's ``alerts``, perhaps of a
     newer version than the servers') leave it as it is, and refuse one of another version
     (see :func:`meldingstjener.bootstrap.open_store`)."""
+    settings = settings_from(ctx)
+    # imported once the settings are read: a configuration error is said without loading
+    # the store (SQLAlchemy, the migrations)
     from meldingstjener.bootstrap import open_store
 
-    return open_store(settings_from(ctx), create=create, migrate=create)
+    return open_store(settings, create=create, migrate=create)
 
 
 # Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),
@@ -113,16 +117,30 @@ EXIT_STORE_UNAVAILABLE = 3
 
 def main() -> None:
     """The entry point: every command, with the one handler for a store that cannot be used."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from meldingstjener.store.opening import StoreUnavailable, reason
-
     try:
         app()
-    except StoreUnavailable as exc:
-        typer.echo(str(exc), err=True)
+    except Exception as exc:
+        said = _store_failure(exc)
+        if said is None:
+            raise
+        typer.echo(said, err=True)
         raise SystemExit(EXIT_STORE_UNAVAILABLE) from None
-    except (OperationalError, InterfaceError) as exc:
+
+
+def _store_failure(exc: Exception) -> str | None:
+    """What to say of ``exc`` when it is the store's failure (exit 3), else None.
+
+    The exception classes are looked up among the modules imported already, not imported:
+    a command that never opened the store (``--help``, ``validate``) must not load SQLAlchemy
+    to be told apart, and an exception of a module never imported cannot have been raised.
+    """
+    opening = sys.modules.get("meldingstjener.store.opening")
+    if opening is not None and isinstance(exc, opening.StoreUnavailable):
+        return str(exc)
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is not None and isinstance(exc, (errors.OperationalError, errors.InterfaceError)):
+        from meldingstjener.store.opening import reason
+
         # the database went away, or turned out read-only, after it was opened
-        typer.echo(f"the database failed: {reason(exc)}", err=True)
-        raise SystemExit(EXIT_STORE_UNAVAILABLE) from None
+        return f"the database failed: {reason(exc)}"
+    return None

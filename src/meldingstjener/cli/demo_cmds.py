@@ -9,6 +9,7 @@ command exits 0 only if every step worked.
 
 from __future__ import annotations
 
+import functools
 import signal
 import tempfile
 import time
@@ -17,18 +18,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from meldingstjener.cli.app import app
 from meldingstjener.cli.engine_cmds import exit_on_sigterm
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from meldingstjener.engine.context import EngineContext
 
-console = Console()
-if console.width < 110:  # the logs need room; a pipe or a narrow terminal would squeeze them
-    console = Console(width=110)
+
+@functools.cache
+def _console() -> Console:
+    """The demo's console, made when the demo runs (not when the command line is imported)."""
+    from rich.console import Console
+
+    console = Console()
+    if console.width < 110:  # the logs need room; a pipe or a narrow terminal would squeeze them
+        console = Console(width=110)
+    return console
 
 
 class DemoFailed(Exception):
@@ -76,6 +84,7 @@ def _run(root: Path) -> None:
     from meldingstjener.formats import build_dialog_svar, read_msghead
     from meldingstjener.model import Direction
 
+    console = _console()
     console.rule("[bold]meldingstjener demo")
     gp_site, hospital_site = prepare_sites(
         root, retry_interval_seconds=2, retries=10, persist_duration_seconds=120
@@ -187,8 +196,11 @@ def _run(root: Path) -> None:
 
 
 def _print_log(title: str, ctx: EngineContext) -> None:
+    from rich.table import Table
+
     from meldingstjener.store.uow import LogFilter
 
+    console = _console()
     table = Table(title=title, title_justify="left")
     for column in ("time", "message", "dir", "type", "from → to", "event"):
         table.add_column(column, no_wrap=column != "event")

@@ -18,17 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from meldingstjener.cli.app import app
-from meldingstjener.ebxml.codes import EbxmlError
-from meldingstjener.ebxml.ids import format_timestamp, parse_timestamp
-from meldingstjener.ebxml.mime import MimeMessage, unpackage_message
-from meldingstjener.ebxml.parse import check_manifest, parse_envelope
-from meldingstjener.ebxml.signals import signature_references
-from meldingstjener.ebxml.values import Envelope, Party
-from meldingstjener.formats.xmlparse import XmlError, parse_xml
 
+# The ebXML and formats packages (lxml) are imported by the functions that use them: importing
+# the command line, for --help or another command, costs none of it.
 if TYPE_CHECKING:
     from cryptography import x509
     from lxml import etree
+
+    from meldingstjener.ebxml.mime import MimeMessage
+    from meldingstjener.ebxml.values import Envelope, Party
 
 ebxml_app = typer.Typer(
     help="ebXML mails as received: show what a mail says, verify its signature.",
@@ -57,6 +55,9 @@ def _fail(message: str, as_json: bool) -> typer.Exit:
 
 
 def _read_mail(path: Path, as_json: bool) -> MimeMessage:
+    from meldingstjener.ebxml.codes import EbxmlError
+    from meldingstjener.ebxml.mime import unpackage_message
+
     try:
         return unpackage_message(path.read_bytes())
     except OSError as exc:
@@ -75,6 +76,8 @@ def _party(party: Party) -> dict[str, Any]:
 
 
 def _envelope_summary(envelope: Envelope, message: MimeMessage) -> dict[str, Any]:
+    from meldingstjener.ebxml.ids import format_timestamp
+
     header = envelope.header
     summary: dict[str, Any] = {
         "mime_message_id": message.message_id,
@@ -201,6 +204,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def show(mailfile: MailFile, as_json: JsonOption = False) -> None:
     """Show the envelope fields, manifest and attachment sizes of a received ebXML mail (never
     the payload)."""
+    from meldingstjener.ebxml.codes import EbxmlError
+    from meldingstjener.ebxml.parse import parse_envelope
+
     message = _read_mail(mailfile, as_json)
     try:
         envelope = parse_envelope(message.envelope_xml)
@@ -236,6 +242,8 @@ class VerifyReport:
 
 
 def _parse_at(text: str | None) -> datetime | None:
+    from meldingstjener.ebxml.ids import parse_timestamp
+
     if text is None:
         return None
     if text.strip().lower() == "now":
@@ -270,6 +278,7 @@ def _check_signature(
     certificate: x509.Certificate | None,
     allow_sha1: bool,
 ) -> x509.Certificate | None:
+    from meldingstjener.ebxml.signals import signature_references
     from meldingstjener.security.xmldsig import verify_ebxml_envelope
 
     check = verify_ebxml_envelope(
@@ -300,6 +309,7 @@ def _check_certificate(
     pinned: x509.Certificate | None,
     check_revocation: bool,
 ) -> None:
+    from meldingstjener.ebxml.ids import format_timestamp
     from meldingstjener.security.certs import describe
     from meldingstjener.security.validation import CertificateValidator, Reason
 
@@ -428,6 +438,10 @@ def verify(
     Exit code 0 only when the envelope is valid, every reference matched, every attachment is
     signed, and the signer's certificate was valid at the signing time (or --at).
     """
+    from meldingstjener.ebxml.codes import EbxmlError
+    from meldingstjener.ebxml.parse import check_manifest, parse_envelope
+    from meldingstjener.formats.xmlparse import XmlError, parse_xml
+
     at_time = _parse_at(at)
     certificate = _load_cert(cert) if cert is not None else None
     anchors = [_load_cert(path) for path in ca or []]

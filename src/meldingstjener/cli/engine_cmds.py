@@ -17,7 +17,6 @@ import typer
 
 from meldingstjener.cli.app import app, settings_from
 from meldingstjener.cli.logging_setup import configure_logging
-from meldingstjener.config import ConfigError
 
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
@@ -50,6 +49,7 @@ def serve(
 
     from meldingstjener.api.app import BodyPace, create_app
     from meldingstjener.bootstrap import build_engine, build_register_sync
+    from meldingstjener.config import ConfigError
     from meldingstjener.engine import housekeeping, inbox_watch, register_sync
     from meldingstjener.engine.context import Handoff
     from meldingstjener.engine.worker import Worker
@@ -258,6 +258,7 @@ def send(
 ) -> None:
     """Submit a fagmelding for sending; print its message id. The server sends it."""
     from meldingstjener.bootstrap import build_engine, open_store
+    from meldingstjener.config import ConfigError
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
     from meldingstjener.store.payloads import CHUNK

@@ -11,32 +11,16 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meldingstjener.cli.app import app
-from meldingstjener.formats import (
-    AppRecError,
-    Dialogmelding,
-    Foresporsel,
-    FormatError,
-    MsgHead,
-    Notat,
-    Party,
-    ValidationReport,
-    XmlError,
-    build_apprec,
-    build_dialog_avvik,
-    build_dialog_svar,
-    build_dialogmelding,
-    code_list,
-    read_msghead,
-    validate,
-)
-from meldingstjener.formats.apprec import APPREC_VERSIONS
-from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES
-from meldingstjener.formats.xmlutil import Coded
+
+# The formats package (lxml, the XSDs) is imported by the functions that use it: importing
+# the command line, for --help or another command, costs none of it.
+if TYPE_CHECKING:
+    from meldingstjener.formats import MsgHead, Party, ValidationReport
 
 apprec_app = typer.Typer(help="Application receipts (AppRec 1.0/1.1).", no_args_is_help=True)
 dialog_app = typer.Typer(
@@ -81,6 +65,9 @@ def validate_command(
 
 
 def _validate_file(path: Path, schemas: Path | None) -> tuple[ValidationReport, bool]:
+    from meldingstjener.formats import ValidationReport, validate
+    from meldingstjener.formats.xmlparse import DEFAULT_MAX_BYTES
+
     report = ValidationReport()
     try:
         size = path.stat().st_size
@@ -122,6 +109,8 @@ def _print_report(path: Path, report: ValidationReport) -> None:
 
 
 def _read_original(path: Path) -> MsgHead:
+    from meldingstjener.formats import FormatError, XmlError, read_msghead
+
     try:
         return read_msghead(path.read_bytes())
     except OSError as exc:
@@ -149,6 +138,8 @@ def _party_option(value: str, option: str) -> tuple[str, str]:
 
 
 def _party(org: str | None, service: str | None, option: str) -> Party | None:
+    from meldingstjener.formats import Party
+
     if org is None:
         return None
     org_name, org_her = _party_option(org, option)
@@ -187,6 +178,9 @@ def apprec_build(
     ] = None,
 ) -> None:
     """Build an AppRec answering a MsgHead (sender and receiver swapped)."""
+    from meldingstjener.formats import AppRecError, FormatError, build_apprec, code_list
+    from meldingstjener.formats.apprec import APPREC_VERSIONS
+
     if version not in APPREC_VERSIONS:
         raise typer.BadParameter(f"{version!r} is not 1.0 or 1.1", param_hint="--version")
     head = _read_original(original)
@@ -254,6 +248,8 @@ def dialog_build(
     ] = None,
 ) -> None:
     """Build a dialog message (Forespørsel, Svar, Notat, Helsefaglig dialog, DIALOG_AVVIK)."""
+    from meldingstjener.formats import FormatError
+
     sender = _party(from_org, from_service, "--from-org")
     receiver = _party(to_org, to_service, "--to-org")
     try:
@@ -272,6 +268,17 @@ def _build_dialog(
     reference: Path | None,
     theme: str,
 ) -> bytes:
+    from meldingstjener.formats import (
+        Dialogmelding,
+        Foresporsel,
+        Notat,
+        build_dialog_avvik,
+        build_dialog_svar,
+        build_dialogmelding,
+        code_list,
+    )
+    from meldingstjener.formats.xmlutil import Coded
+
     if kind in (DialogKind.SVAR, DialogKind.AVVIK):
         if reference is None:
             raise typer.BadParameter(f"--kind {kind} needs --reference", param_hint="--reference")

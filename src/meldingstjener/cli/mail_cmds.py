@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import wide_console
@@ -43,6 +42,8 @@ def quarantine(
     """List the mails in the quarantine folder, the oldest first: file, size, when it was put
     aside, the code it was put aside with (its mail-quarantined alert), and its eb:MessageId
     where it can be read. `mail reprocess FILE` takes one in again."""
+    from rich.table import Table
+
     from meldingstjener.engine.mail_channel import quarantined_mails
 
     folder = settings_from(ctx).data_dir / "quarantine"

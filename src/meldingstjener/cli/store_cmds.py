@@ -8,21 +8,21 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from sqlalchemy import select
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.model import Direction
 from meldingstjener.model.status import ALL_STATUSES
-from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
-from meldingstjener.store.types import as_utc
-from meldingstjener.store.uow import EventKind, LogFilter, UnitOfWork
-from meldingstjener.views import content_dict, event_dict, message_summary, receipt_dict
+
+# The store (SQLAlchemy), its views and rich's tables are imported by the functions that use
+# them: importing the command line, for --help or a command without a store, costs none of it.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
+    from meldingstjener.store.uow import UnitOfWork
 
 # The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
 # printed only when asked for.
@@ -61,6 +61,8 @@ SINCE_HELP = (
 
 def parse_since(value: str | None) -> datetime | None:
     """``--since``: a date or date-time, UTC unless it names its zone (``SINCE_HELP``)."""
+    from meldingstjener.store.types import as_utc
+
     if value is None:
         return None
     try:
@@ -78,6 +80,8 @@ def parse_since(value: str | None) -> datetime | None:
 
 def wide_console() -> Console:
     """A console that does not squeeze tables to 80 columns when output goes to a file or pipe."""
+    from rich.console import Console
+
     console = Console()
     return console if console.is_terminal else Console(width=200)
 
@@ -126,6 +130,12 @@ def log_command(
             param_hint="--status",
         )
     store = store_from(ctx)
+    # imported once the store opened (after the settings: a configuration error is quick)
+    from rich.table import Table
+
+    from meldingstjener.store.uow import LogFilter
+    from meldingstjener.views import event_dict, message_summary
+
     log_filter = LogFilter(
         her_id=her_id,
         msg_type=msg_type,
@@ -181,6 +191,9 @@ def show_command(
     list); an ebXML MessageId of a message refused before its signature verified shows the
     refusal: such a message is not stored."""
     store = store_from(ctx)
+    # imported once the store opened (after the settings: a configuration error is quick)
+    from meldingstjener.views import content_dict, event_dict, message_summary
+
     with store.unit_of_work() as uow:
         messages, refusal = messages_or_refusal(uow, message_id)
         timelines = [
@@ -224,6 +237,10 @@ def show_command(
 def _print_timeline(
     console: Console, message: MessageRow, events: list[EventRow], answers: list[AnswerSent]
 ) -> None:
+    from rich.table import Table
+
+    from meldingstjener.views import content_dict, message_summary
+
     summary = message_summary(message)
     for key in (
         "message_id",
@@ -419,6 +436,8 @@ def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
     first was given up), one to each receiver, one that came to us more than once; the first
     of them alone told a help desk "not delivered" of a document delivered since. A start that
     several messages share is a usage error that names them."""
+    from meldingstjener.store.uow import LogFilter
+
     message = uow.messages.get(identifier)
     if message is not None:
         return [message]
@@ -454,6 +473,8 @@ def messages_or_refusal(
 def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
     """The log's events of a message with this eb:MessageId refused without a row: one refused
     before its signature verified is not stored (inbound), and only its events know it."""
+    from meldingstjener.store.uow import LogFilter
+
     found = uow.messages.log(LogFilter(ebxml_message_id=ebxml_message_id))
     return [event for event, message in found if message is None]
 
@@ -461,6 +482,11 @@ def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
 def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool) -> None:
     """What ``show`` and ``status`` say of a message not stored, its events being all there is:
     one refused before its signature verified (or a signal of a message we do not know)."""
+    from rich.markup import escape
+
+    from meldingstjener.store.uow import EventKind
+    from meldingstjener.views import event_dict
+
     refused = any(event.kind == EventKind.ERROR for event in events)
     if as_json:
         document = {
@@ -533,6 +559,8 @@ def receipt_document(
 ) -> dict[str, Any]:
     """A receipt as ``show --json`` and ``status --json`` print it, with the answer it was sent
     as, if any (``answer``: its message id, status and open alerts)."""
+    from meldingstjener.views import receipt_dict
+
     document = receipt_dict(receipt, texts=texts)
     for answer in answers:
         if answer.receipt_id == receipt.id:
@@ -541,6 +569,10 @@ def receipt_document(
 
 
 def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
+    from sqlalchemy import select
+
+    from meldingstjener.store.tables import MessageRow
+
     if not _ID_PREFIX.match(prefix):
         return None
     found = list(

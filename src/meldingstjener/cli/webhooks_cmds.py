@@ -10,7 +10,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import wide_console
@@ -28,6 +27,8 @@ def webhooks_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List every client's webhooks (never their secrets), and whether each is called."""
+    from rich.table import Table
+
     from meldingstjener.integration.webhook_admin import list_webhooks
 
     # store_from: where there is no store, it says so (exit 3) instead of making an empty one
