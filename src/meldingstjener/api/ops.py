@@ -1,6 +1,7 @@
 """Operator endpoints beyond EDI 2.0: message-log search, one message's timeline, alerts, the
-audit log and webhook registration. All need the ``admin`` scope, except that any client may
-manage its own webhooks, for the events its scopes let it read (``EVENT_SCOPES``). Answers carry
+audit log and webhook registration. All need the ``admin`` scope, except that any client whose
+scopes let it read some event (``EVENT_SCOPES``) may manage its own webhooks, for those events
+(a client of none, such as a ``metrics`` key, is refused them as any other route). Answers carry
 ids, HER-ids, types and statuses; never patient data.
 """
 
@@ -144,11 +145,28 @@ def ops_router(
             raise ApiProblem(403, "forbidden", "the client lacks the 'admin' scope")
         return who
 
-    async def anyone(request: Request) -> Principal:
-        return await principal_of(auth, request)
+    async def hearer(request: Request) -> Principal:
+        # The webhook routes are any client's whose scopes let it hear of some event: one whose
+        # scopes allow none (a monitoring key of the scope 'metrics' alone) has no webhook to
+        # register, list or remove, and its key opens nothing but what its scope names.
+        who = await principal_of(auth, request)
+        if not events_allowed(who.scopes):
+            needs = " or ".join(repr(s) for s in sorted(set().union(*EVENT_SCOPES.values())))
+            detail = f"the client's scopes allow no webhook event (it needs {needs})"
+            await run_in_threadpool(
+                audit.record,
+                ctx.store,
+                client=who.label,
+                person=who.person,
+                action=request.url.path[:48],
+                outcome=audit.Outcome.REFUSED,
+                detail=detail,
+            )
+            raise ApiProblem(403, "forbidden", detail)
+        return who
 
     Admin = Annotated[Principal, Depends(admin)]
-    Anyone = Annotated[Principal, Depends(anyone)]
+    Hearer = Annotated[Principal, Depends(hearer)]
 
     @router.get(
         "/log",
@@ -304,7 +322,7 @@ def ops_router(
             422: {"description": "The URL may not be called (its scheme or address)"},
         },
     )
-    def add_webhook(body: WebhookRequest, who: Anyone) -> dict[str, Any]:
+    def add_webhook(body: WebhookRequest, who: Hearer) -> dict[str, Any]:
         allowed = events_allowed(who.scopes)
         events = allowed if body.events is None else body.events
         not_allowed = [e for e in events if e not in allowed]
@@ -355,7 +373,7 @@ def ops_router(
             return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
 
     @router.get("/webhooks", summary="The calling client's webhooks")
-    def list_webhooks(who: Anyone) -> list[dict[str, Any]]:
+    def list_webhooks(who: Hearer) -> list[dict[str, Any]]:
         with ctx.store.unit_of_work() as uow:
             rows = uow.session.scalars(
                 select(WebhookRow).where(*_own_webhooks(who)).order_by(WebhookRow.id)
@@ -377,7 +395,7 @@ def ops_router(
         response_class=Response,
         summary="Remove one of the calling client's webhooks",
     )
-    def delete_webhook(webhook_id: int, who: Anyone) -> Response:
+    def delete_webhook(webhook_id: int, who: Hearer) -> Response:
         with ctx.store.unit_of_work() as uow:
             row = (
                 uow.session.scalars(

@@ -159,6 +159,30 @@ def test_a_scrape_needs_the_metrics_or_the_admin_scope(api_pair: ApiPair) -> Non
         assert http.get(path, params=params, headers=_bearer(key)).status_code == 403, path
 
 
+def test_the_metrics_scope_opens_no_webhook(api_pair: ApiPair) -> None:
+    """Its scope lets it hear of no event: it may not register a webhook (it got one for no
+    event, and a secret), nor list or remove any; each refusal audited."""
+    pair, http = api_pair.pair, api_pair.hospital_http
+    _, key = add_client(pair.hospital.store, "prometheus", ["metrics"], [])
+    hook = "https://93.184.216.34/hook"
+    for body in ({"url": hook}, {"url": hook, "events": []}):
+        made = http.post("/api/webhooks", json=body, headers=_bearer(key))
+        assert made.status_code == 403, made.text
+        assert "secret" not in made.json()
+    assert http.get("/api/webhooks", headers=_bearer(key)).status_code == 403
+    assert http.delete("/api/webhooks/1", headers=_bearer(key)).status_code == 403
+    rows = query(pair.hospital.store, AuditQuery(None, "prometheus", None, 10))
+    assert sorted((row["action"], row["outcome"]) for row in rows) == [
+        ("/api/webhooks", "refused"),
+        ("/api/webhooks", "refused"),
+        ("/api/webhooks", "refused"),
+        ("/api/webhooks/1", "refused"),
+    ]
+    # the EPJ's key (scope receive) still registers its own
+    made = http.post("/api/webhooks", json={"url": hook}, headers=_bearer(api_pair.hospital_key))
+    assert made.status_code == 201, made.text
+
+
 def test_a_token_of_the_issuer_with_the_metrics_scope_scrapes(pair: Pair, tmp_path: Path) -> None:
     """The scope a token's claims give is taken as a key client's is (it was dropped, unknown)."""
     key, settings = token_issuer(tmp_path)
