@@ -56,7 +56,8 @@ from meldingstjener.config import RetentionSettings
 from meldingstjener.engine import housekeeping
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import APPREC
-from meldingstjener.model import Direction, InboundStatus, OutboundStatus
+from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.model.status import SETTLED
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import (
     CONTENT_REMOVED,
@@ -69,27 +70,10 @@ from meldingstjener.store.uow import (
 
 log = logging.getLogger(__name__)
 
-# store/tables.py's UNSETTLED is this rule turned round, in the literal SQL of a partial index
-# (migration 0025, what /metrics counts): a change here is a change there and a migration, which
+# SETTLED (model/status.py, by status) and NEVER_ANSWERED (by type) are the rule; store/tables.py's
+# UNSETTLED is it turned round, in the literal SQL of a partial index (migration 0025, what
+# /metrics counts): a change here is a change there and a migration, which
 # tests/integration/store/test_unsettled.py asks for.
-SETTLED: dict[str, frozenset[str]] = {
-    Direction.OUTBOUND.value: frozenset(
-        {
-            OutboundStatus.TRANSPORT_ACKNOWLEDGED,
-            OutboundStatus.NOT_DELIVERED,
-            OutboundStatus.APPREC_OK,
-            OutboundStatus.APPREC_REJECTED,
-            OutboundStatus.APPREC_OK_WITH_ERRORS,
-        }
-    ),
-    Direction.INBOUND.value: frozenset(
-        {
-            InboundStatus.APPREC_SENT,
-            InboundStatus.REJECTED,
-            InboundStatus.MISADDRESSED_PURGED,
-        }
-    ),
-}
 # Received message types the EPJ owes no AppRec for once it has them (``delivered``): only an
 # AppRec, which receipts.send_apprec refuses to answer (``apprec-for-apprec``). Every other
 # delivered message waits for the EPJ's AppRec (or the agreement's automatic one), built from

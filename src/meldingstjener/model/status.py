@@ -140,3 +140,25 @@ def is_terminal(direction: Direction, status: str) -> bool:
 ALL_STATUSES: frozenset[str] = frozenset(s.value for s in OutboundStatus) | frozenset(
     s.value for s in InboundStatus
 )
+
+
+# The statuses after which no step of the server needs a message's content again, by direction:
+# half of engine/retention.py's one rule of what is settled (the other half, a received message
+# the EPJ has and owes no AppRec for, is of its type: retention's NEVER_ANSWERED). Here, among
+# the statuses, so that store/tables.py's UNSETTLED_STATUSES is derived from it rather than kept
+# by hand (the store may not import the engine). store/tables.py's UNSETTLED is the whole rule
+# turned round, in the literal SQL of a partial index (migration 0025, what /metrics counts): a
+# change here is a change there and a migration, which tests/integration/store/test_unsettled.py
+# asks for.
+SETTLED: dict[str, frozenset[str]] = {
+    Direction.OUTBOUND.value: frozenset(
+        {
+            _O.TRANSPORT_ACKNOWLEDGED,
+            _O.NOT_DELIVERED,
+            _O.APPREC_OK,
+            _O.APPREC_REJECTED,
+            _O.APPREC_OK_WITH_ERRORS,
+        }
+    ),
+    Direction.INBOUND.value: frozenset({_I.APPREC_SENT, _I.REJECTED, _I.MISADDRESSED_PURGED}),
+}

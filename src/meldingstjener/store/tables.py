@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from meldingstjener.model.status import SETTLED, Direction, InboundStatus, OutboundStatus
 from meldingstjener.store.types import UtcDateTime, utcnow
 
 NAMING = {
@@ -63,10 +64,14 @@ UNSETTLED = (
     " OR (direction = 'in' AND status IN ('acknowledged', 'received'))"
     " OR (direction = 'in' AND status = 'delivered' AND (msg_type IS NULL OR msg_type <> 'APPREC'))"
 )
-# the statuses UNSETTLED names, by direction (a received ``delivered`` AppRec is settled)
+# the statuses UNSETTLED names, by direction: every status not settled by its status alone
+# (a received ``delivered`` is named, as most of its kind are under way; an AppRec's is not)
 UNSETTLED_STATUSES: dict[str, tuple[str, ...]] = {
-    "out": ("accepted", "sent", "retrying", "transport-error"),
-    "in": ("received", "acknowledged", "delivered"),
+    direction.value: tuple(s.value for s in statuses if s not in SETTLED[direction.value])
+    for direction, statuses in (
+        (Direction.OUTBOUND, OutboundStatus),
+        (Direction.INBOUND, InboundStatus),
+    )
 }
 
 
