@@ -20,6 +20,7 @@ audited.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime
 
 from cryptography import x509
@@ -34,8 +35,10 @@ from meldingstjener import __version__
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, principal_of
 from meldingstjener.api.problems import ApiProblem
+from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.figures import LATE_AFTER, Figures, read_figures
+from meldingstjener.engine.worker import HANDLERS
+from meldingstjener.store.figures import LATE_AFTER, DueJobs, Figures, OpenAlerts, read_figures
 from meldingstjener.store.tables import UNSETTLED_STATUSES
 
 METRICS_PATH = "/metrics"
@@ -44,6 +47,17 @@ METRICS_SCOPES = frozenset({"metrics", "admin"})
 # The text format every Prometheus reads (the names here need none of 1.0.0's escaping).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "meldingstjener"
+# The statuses under way whose oldest age is not given. A received message the EPJ has taken
+# (``delivered``) waits for its AppRec, but the server cannot tell one the EPJ will answer from
+# one it never will (a type it does not answer, or answers another way): such a message stays
+# ``delivered`` for good, so the oldest age only ever climbed and could alert on nothing. The
+# count is still given: it shows the deliveries unanswered, those never to be answered among
+# them. (``apprec-missing``, per message and agreement, is the alert for an AppRec owed.)
+NO_OLDEST = frozenset({("in", "delivered")})
+# Every job kind and every alert kind (at its severity) is given, 0 when there is none, so that
+# a graph or a rate() has no gaps and a rule need not tell "none" from "not scraped".
+JOB_KINDS = tuple(HANDLERS)
+ALERTS = tuple((kind.value, SEVERITY[kind]) for kind in AlertKind)
 
 
 def _seconds_since(then: datetime, now: datetime) -> float:
@@ -55,10 +69,10 @@ def families(
     figures: Figures, now: datetime, certificates: dict[str, x509.Certificate]
 ) -> list[Metric]:
     """The metric families of ``figures`` at ``now``, and the seconds left of ``certificates``
-    (by their use). Every status under way is given, 0 when no message has it, so that a rule
-    or a graph need not tell "none" from "not scraped"."""
+    (by their use). Every status under way, job kind and alert kind is given, 0 when there is
+    none, so that a rule or a graph need not tell "none" from "not scraped"."""
     info = GaugeMetricFamily(
-        f"{_PREFIX}_info", "The server's version (always 1)", labels=["version"]
+        f"{_PREFIX}_build_info", "The server's version (always 1)", labels=["version"]
     )
     info.add_metric([__version__], 1)
 
@@ -72,7 +86,7 @@ def families(
     oldest = GaugeMetricFamily(
         f"{_PREFIX}_messages_oldest_age_seconds",
         "Seconds since the oldest message of each direction and status under way was made "
-        "(submitted or received); 0 when there is none",
+        "(submitted or received); 0 when there is none; none for received messages delivered",
         labels=["direction", "status"],
     )
     found = {(m.direction, m.status): m for m in figures.messages}
@@ -80,6 +94,8 @@ def families(
         for status in statuses:
             message = found.get((direction, status))
             under_way.add_metric([direction, status], message.count if message else 0)
+            if (direction, status) in NO_OLDEST:
+                continue
             age = _seconds_since(message.oldest, now) if message else 0.0
             oldest.add_metric([direction, status], age)
 
@@ -102,7 +118,11 @@ def families(
         "Seconds since the job due longest of each kind (taken or not) was due",
         labels=["kind"],
     )
-    for jobs in figures.jobs:
+    # every kind a worker runs, 0 when none is due (a kind of the store no worker knows too)
+    none_due = DueJobs("", 0, 0, 0, now)
+    by_kind = {kind: replace(none_due, kind=kind) for kind in JOB_KINDS}
+    by_kind.update((jobs.kind, jobs) for jobs in figures.jobs)
+    for jobs in by_kind.values():
         due.add_metric([jobs.kind], jobs.free)
         late.add_metric([jobs.kind], jobs.late)
         running.add_metric([jobs.kind], jobs.running)
@@ -118,7 +138,10 @@ def families(
         "Open alerts nobody has acknowledged, by kind and severity",
         labels=["kind", "severity"],
     )
-    for open_alerts in figures.alerts:
+    # every kind at its severity, 0 when none is open (and any other pair the store holds)
+    by_pair = {(kind, severity): OpenAlerts(kind, severity, 0, 0) for kind, severity in ALERTS}
+    by_pair.update(((a.kind, a.severity), a) for a in figures.alerts)
+    for open_alerts in by_pair.values():
         labels = [open_alerts.kind, open_alerts.severity]
         alerts.add_metric(labels, open_alerts.open)
         unacknowledged.add_metric(labels, open_alerts.unacknowledged)

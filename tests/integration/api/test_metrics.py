@@ -24,7 +24,8 @@ from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client
 from meldingstjener.api.metrics import CONTENT_TYPE
 from meldingstjener.devsites import GP_HER, HOSPITAL_HER, HOSPITAL_SERVICE_HER
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import SEVERITY, AlertKind, raise_alert
+from meldingstjener.engine.worker import HANDLERS
 from meldingstjener.formats import Coded, Dialogmelding, Notat, build_dialogmelding, code_list
 from meldingstjener.formats.parties import Ident, Person
 
@@ -95,7 +96,16 @@ def test_the_figures_follow_the_store_and_name_no_patient(api_pair: ApiPair) -> 
     assert (
         _one(before, "meldingstjener_messages_under_way", direction="in", status="delivered") == 0
     )
-    assert not any(name == "meldingstjener_alerts_open" for name, _ in before)
+    # the oldest delivered has no age: one the EPJ never answers stays delivered for good
+    in_delivered = frozenset({("direction", "in"), ("status", "delivered")})
+    assert ("meldingstjener_messages_oldest_age_seconds", in_delivered) not in before
+    # every alert kind at its severity, and every job kind, 0 when there is none
+    for kind in AlertKind:
+        for name in ("meldingstjener_alerts_open", "meldingstjener_alerts_unacknowledged"):
+            assert _one(before, name, kind=kind, severity=SEVERITY[kind]) == 0
+    for kind in HANDLERS:
+        for name in ("due", "late", "running", "oldest_due_age_seconds"):
+            assert _one(before, f"meldingstjener_jobs_{name}", kind=kind) == 0
     assert _one(before, "meldingstjener_certificate_expiry_seconds", certificate="signing") > 0
 
     message_id = _post_with_patient(api_pair)  # accepted, its send due now (no worker runs)
@@ -149,7 +159,7 @@ def test_a_scrape_needs_the_metrics_or_the_admin_scope(api_pair: ApiPair) -> Non
     assert (row["action"], row["outcome"]) == ("/metrics", "refused")
 
     _, admin = _scrape(http, api_pair.hospital_admin_key)  # the operator's key reads them too
-    assert _one(admin, "meldingstjener_info", version=__version__) == 1
+    assert _one(admin, "meldingstjener_build_info", version=__version__) == 1
     _, key = add_client(pair.hospital.store, "prometheus", ["metrics"], [])
     _scrape(http, key)
 
