@@ -2,7 +2,8 @@
 by direction and status and the oldest of each, the jobs due, the open alerts.
 
 Read from the store at each call, so that every ``serve`` on one database tells the same truth.
-Each is one statement through an index, and costs what is under way, never the history: the
+Each is one statement through an index, and costs what is under way, not the settled history
+(though received messages the EPJ never answers stay under way, ``delivered``, and add up): the
 messages through the partial index ``ix_messages_unsettled`` (only those not settled:
 :data:`~meldingstjener.store.tables.UNSETTLED`, written as that index states it, so that the
 planner may use it), the jobs through ``ix_jobs_due`` up to the time asked for, the alerts
