@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
+from meldingstjener.api import audit
 from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, SCOPES, ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.token_claims import read_claims
@@ -168,3 +169,18 @@ def _person(value: str | None) -> str | None:
         return None
     cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_PERSON_CHARS].strip()
     return cleaned or None
+
+
+async def forbidden(store: Store, who: Principal, action: str, detail: str) -> ApiProblem:
+    """The 403 for ``who``, its refusal written to the audit log first (in a worker thread: the
+    audit row is its own transaction). Raise what it returns."""
+    await run_in_threadpool(
+        audit.record,
+        store,
+        client=who.label,
+        person=who.person,
+        action=action,
+        outcome=audit.Outcome.REFUSED,
+        detail=detail,
+    )
+    return ApiProblem(403, "forbidden", detail)

@@ -32,9 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from meldingstjener import __version__
-from meldingstjener.api import audit
-from meldingstjener.api.auth import Authenticator, principal_of
-from meldingstjener.api.problems import ApiProblem
+from meldingstjener.api.auth import Authenticator, forbidden, principal_of
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import HANDLERS
@@ -217,16 +215,7 @@ def metrics_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
         who = await principal_of(auth, request)
         if not who.scopes & METRICS_SCOPES:
             detail = "the client lacks the 'metrics' scope (or 'admin')"
-            await run_in_threadpool(
-                audit.record,
-                ctx.store,
-                client=who.label,
-                person=who.person,
-                action=METRICS_PATH,
-                outcome=audit.Outcome.REFUSED,
-                detail=detail,
-            )
-            raise ApiProblem(403, "forbidden", detail)
+            raise await forbidden(ctx.store, who, METRICS_PATH, detail)
         body = await run_in_threadpool(scrape, ctx)
         return Response(body, media_type=CONTENT_TYPE)
 

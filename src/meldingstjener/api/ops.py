@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, func, select
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
-from meldingstjener.api.auth import Authenticator, Principal, principal_of
+from meldingstjener.api.auth import Authenticator, Principal, forbidden, principal_of
 from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
@@ -133,16 +132,8 @@ def ops_router(
     async def admin(request: Request) -> Principal:
         who = await principal_of(auth, request)
         if "admin" not in who.scopes:
-            await run_in_threadpool(
-                audit.record,
-                ctx.store,
-                client=who.label,
-                person=who.person,
-                action=request.url.path[:48],
-                outcome=audit.Outcome.REFUSED,
-                detail="the client lacks the 'admin' scope",
-            )
-            raise ApiProblem(403, "forbidden", "the client lacks the 'admin' scope")
+            detail = "the client lacks the 'admin' scope"
+            raise await forbidden(ctx.store, who, request.url.path[:48], detail)
         return who
 
     async def hearer(request: Request) -> Principal:
@@ -153,16 +144,7 @@ def ops_router(
         if not events_allowed(who.scopes):
             needs = " or ".join(repr(s) for s in sorted(set().union(*EVENT_SCOPES.values())))
             detail = f"the client's scopes allow no webhook event (it needs {needs})"
-            await run_in_threadpool(
-                audit.record,
-                ctx.store,
-                client=who.label,
-                person=who.person,
-                action=request.url.path[:48],
-                outcome=audit.Outcome.REFUSED,
-                detail=detail,
-            )
-            raise ApiProblem(403, "forbidden", detail)
+            raise await forbidden(ctx.store, who, request.url.path[:48], detail)
         return who
 
     Admin = Annotated[Principal, Depends(admin)]
