@@ -90,8 +90,11 @@ def _holder(url: str, name: str) -> list[int]:
     admin = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as connection:
         rows = connection.execute(
+            # pg_locks is the whole server's: the same name is locked in other databases by
+            # tests running beside this one (advisory locks are per database)
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-            " AND objid = %s AND objsubid = 2 AND granted",
+            " AND objid = %s AND objsubid = 2 AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (ADVISORY_KEY_SPACE, name_key(name) & 0xFFFFFFFF),
         ).fetchall()
     return [pid for (pid,) in rows]
