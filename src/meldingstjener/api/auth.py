@@ -8,7 +8,7 @@ person claim), its scopes (send, receive, admin, metrics) and the own HER-ids it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -171,11 +171,12 @@ def _person(value: str | None) -> str | None:
     return cleaned or None
 
 
-async def forbidden(store: Store, who: Principal, action: str, detail: str) -> ApiProblem:
-    """The 403 for ``who``, its refusal written to the audit log first (in a worker thread: the
-    audit row is its own transaction). Raise what it returns."""
-    await run_in_threadpool(
-        audit.record,
+def refuse(
+    store: Store, who: Principal, action: str, detail: str, *, answer: str | None = None
+) -> NoReturn:
+    """Refuse ``who`` with 403, its refusal written to the audit log first (a row of its own:
+    the request itself fails). ``answer`` is what the client is told, when not ``detail``."""
+    audit.record(
         store,
         client=who.label,
         person=who.person,
@@ -183,4 +184,10 @@ async def forbidden(store: Store, who: Principal, action: str, detail: str) -> A
         outcome=audit.Outcome.REFUSED,
         detail=detail,
     )
-    return ApiProblem(403, "forbidden", detail)
+    raise ApiProblem(403, "forbidden", answer or detail)
+
+
+async def forbid(store: Store, who: Principal, action: str, detail: str) -> NoReturn:
+    """:func:`refuse` from a coroutine (the audit row is written in a worker thread)."""
+    await run_in_threadpool(refuse, store, who, action, detail)
+    raise AssertionError("refuse() returned")  # never reached: refuse raises

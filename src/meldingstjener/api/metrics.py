@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from meldingstjener import __version__
-from meldingstjener.api.auth import Authenticator, forbidden, principal_of
+from meldingstjener.api.auth import Authenticator, forbid, principal_of
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import HANDLERS
@@ -215,7 +215,7 @@ def metrics_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
         who = await principal_of(auth, request)
         if not who.scopes & METRICS_SCOPES:
             detail = "the client lacks the 'metrics' scope (or 'admin')"
-            raise await forbidden(ctx.store, who, METRICS_PATH, detail)
+            await forbid(ctx.store, who, METRICS_PATH, detail)
         body = await run_in_threadpool(scrape, ctx)
         return Response(body, media_type=CONTENT_TYPE)
 

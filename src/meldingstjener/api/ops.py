@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
-from meldingstjener.api.auth import Authenticator, Principal, forbidden, principal_of
+from meldingstjener.api.auth import Authenticator, Principal, forbid, principal_of, refuse
 from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
@@ -133,7 +133,7 @@ def ops_router(
         who = await principal_of(auth, request)
         if "admin" not in who.scopes:
             detail = "the client lacks the 'admin' scope"
-            raise await forbidden(ctx.store, who, request.url.path[:48], detail)
+            await forbid(ctx.store, who, request.url.path[:48], detail)
         return who
 
     async def hearer(request: Request) -> Principal:
@@ -144,7 +144,7 @@ def ops_router(
         if not events_allowed(who.scopes):
             needs = " or ".join(repr(s) for s in sorted(set().union(*EVENT_SCOPES.values())))
             detail = f"the client's scopes allow no webhook event (it needs {needs})"
-            raise await forbidden(ctx.store, who, request.url.path[:48], detail)
+            await forbid(ctx.store, who, request.url.path[:48], detail)
         return who
 
     Admin = Annotated[Principal, Depends(admin)]
@@ -313,15 +313,8 @@ def ops_router(
                 f"{e} needs the {' or '.join(repr(s) for s in sorted(EVENT_SCOPES[e]))} scope"
                 for e in not_allowed
             )
-            audit.record(
-                ctx.store,
-                client=who.label,
-                person=who.person,
-                action="/api/webhooks",
-                outcome=audit.Outcome.REFUSED,
-                detail=detail,
-            )
-            raise ApiProblem(403, "forbidden", f"the client may not hear of these events: {detail}")
+            answer = f"the client may not hear of these events: {detail}"
+            refuse(ctx.store, who, "/api/webhooks", detail, answer=answer)
         # what the client may hear of first (403), then where it would be told it (422): the URL
         # is resolved only for a client that may have the webhook
         try:
