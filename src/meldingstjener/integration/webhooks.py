@@ -40,7 +40,7 @@ import httpx
 from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, update
 
 from meldingstjener.config import WebhookSettings
-from meldingstjener.engine.alerts import AlertKind
+from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
@@ -622,7 +622,7 @@ class WebhookDispatcher:
             pending.state = "failed"
         uow.alerts.raise_alert(
             WEBHOOK_DISABLED,
-            severity="error",
+            severity=SEVERITY[AlertKind.WEBHOOK_DISABLED],
             dedup_key=f"{WEBHOOK_DISABLED}:{hook.id}",
             summary=f"webhook {hook.id} of client {hook.client_name} disabled after "
             f"{hook.consecutive_failures} failed deliveries in a row (last: {error}); "
