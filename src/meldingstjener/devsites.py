@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,10 +68,22 @@ class Site:
         return Party.of(self.name, self.organisation_her_id)
 
 
+# A port handed out stays bound (not listening) for a while, so that no other process's bind to
+# port 0 picks it before its server binds it: tests on several xdist workers, a demo beside
+# another, each take ports at once. A server binding it with SO_REUSEADDR (asyncio's and so
+# uvicorn's default on POSIX) still can while it is held. The oldest are let go.
+_RESERVED: deque[socket.socket] = deque()
+_KEEP_RESERVED = 64
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    probe.bind(("127.0.0.1", 0))
+    _RESERVED.append(probe)
+    while len(_RESERVED) > _KEEP_RESERVED:
+        _RESERVED.popleft().close()
+    return int(probe.getsockname()[1])
 
 
 def prepare_sites(
