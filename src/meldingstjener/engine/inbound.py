@@ -54,7 +54,7 @@ from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
-from meldingstjener.store.uow import EventKind, UnitOfWork, sender_actor
+from meldingstjener.store.uow import EventKind, UnitOfWork, content_keys_used, sender_actor
 
 log = logging.getLogger(__name__)
 
@@ -456,8 +456,8 @@ def _check(
     # thousands of recipients naming our certificate (issuer and serial are public) and have
     # each read and looked up before the signature failed (35,000 cost 3 s).
     keys = payload_io.wrapped_keys(ctx, payload)
-    with ctx.store.unit_of_work() as uow:
-        used = uow.content_keys.used(keys)
+    with ctx.store.database.reading() as connection:  # one SELECT, no transaction around it
+        used = content_keys_used(connection, keys)
     if used:
         raise _key_used_before()
     return keys

@@ -260,8 +260,15 @@ class Database:
         transaction begins DEFERRED and takes no write lock: it neither waits behind a unit of
         work holding it (up to the 30 s busy timeout, the database then reported unreachable)
         nor keeps one waiting. Every other transaction, a unit of work's or not, begins
-        IMMEDIATE: one that writes through this connection could fail with SQLITE_BUSY."""
+        IMMEDIATE: one that writes through this connection could fail with SQLITE_BUSY.
+
+        On PostgreSQL it runs without a transaction (autocommit: each statement reads what has
+        committed when it starts), so a read costs one round trip, not a BEGIN and a ROLLBACK
+        around it; the ROLLBACK also made psycopg forget the connection's prepared statements.
+        (Not on SQLite: its DEFERRED begin is what keeps the write lock free.)"""
         with self.engine.connect() as connection:
+            if self.is_postgresql:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             yield connection.execution_options(**{_READ_ONLY: True})
 
     def dispose(self) -> None:

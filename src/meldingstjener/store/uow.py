@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     Table,
     TextClause,
@@ -657,6 +658,16 @@ _CONTENT_KEY_INSERT = text(
 ).bindparams(*(bindparam(c.name, type_=c.type) for c in _CONTENT_KEY_COLUMNS))
 
 
+def content_keys_used(connection: Connection, digests: frozenset[str]) -> bool:
+    """Whether a message has used any of these content keys. On any connection: a received
+    payload's keys are looked up outside a unit of work (:meth:`Database.reading`), between the
+    signature's check and the decryption."""
+    if not digests:
+        return False
+    found = connection.execute(_CONTENT_KEY_USED, {"digests": list(digests)})
+    return found.first() is not None
+
+
 class ContentKeyRepository:
     """The content keys of received payloads (by the digest of their wrapped form) and the
     message that used each: a key is used in one received message only."""
@@ -668,8 +679,7 @@ class ContentKeyRepository:
         """Whether a message has used any of these keys."""
         if not digests:
             return False
-        found = self.session.connection().execute(_CONTENT_KEY_USED, {"digests": list(digests)})
-        return found.first() is not None
+        return content_keys_used(self.session.connection(), digests)
 
     def record(self, digests: frozenset[str], message_id: str, *, at: datetime) -> None:
         """Note that ``message_id`` used these keys. Raises IntegrityError (now, or at commit)
