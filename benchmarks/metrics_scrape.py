@@ -146,7 +146,7 @@ def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
     def scrape() -> bytes:
         with database.reading() as connection:
             figures = read_figures(connection, NOW)
-        return render(families(figures, NOW, {}))
+        return render(families(figures, {}))
 
     def count_all() -> object:
         with database.reading() as connection:

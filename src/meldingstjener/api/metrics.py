@@ -9,8 +9,15 @@ to process would tell nothing true; what happened to the messages is in the stor
 (``/api/log``, the alerts). The certificates' expiry is this process's own keys (read from its
 configuration, as every process on the store is configured alike).
 
+The names follow Prometheus' conventions: base units, and a point in time as a Unix time in
+seconds (``_timestamp_seconds``), never as an age by this server's clock: Prometheus takes the
+age with its own (``time() - x``), so that a scrape of any ``serve`` answers the same and the
+age a rule sees is that of its evaluation, not of the last scrape. A point in time is left out
+when there is nothing to date (no message of that status, no job of that kind due): a 0 would
+be 1970, not "none".
+
 The answer names no patient and no partner: counts by direction and status, by job kind, by
-alert kind and severity, and ages in seconds. It still tells how busy the server is and how it
+alert kind and severity, and times. It still tells how busy the server is and how it
 fares, so it needs an API client with the ``metrics`` scope (or ``admin``); Prometheus sends the
 key as ``Authorization: Bearer <key>`` (``authorization`` in its scrape config). Without a
 credential it is 401, as every other authenticated route; with a client of neither scope 403,
@@ -20,7 +27,6 @@ audited.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from datetime import datetime
 
 from cryptography import x509
@@ -36,7 +42,7 @@ from meldingstjener.api.auth import Authenticator, forbid, principal_of
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import HANDLERS
-from meldingstjener.store.figures import LATE_AFTER, DueJobs, Figures, OpenAlerts, read_figures
+from meldingstjener.store.figures import LATE_AFTER, Figures, OpenAlerts, read_figures
 from meldingstjener.store.tables import UNSETTLED_STATUSES
 
 METRICS_PATH = "/metrics"
@@ -45,30 +51,28 @@ METRICS_SCOPES = frozenset({"metrics", "admin"})
 # The text format every Prometheus reads (the names here need none of 1.0.0's escaping).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "meldingstjener"
-# The statuses under way whose oldest age is not given. A received message the EPJ has taken
+# The statuses under way whose oldest is not dated. A received message the EPJ has taken
 # (``delivered``) waits for its AppRec, but the server cannot tell one the EPJ will answer from
 # one it never will (a type it does not answer, or answers another way): such a message stays
-# ``delivered`` for good, so the oldest age only ever climbed and could alert on nothing. The
+# ``delivered`` for good, so the age of the oldest would only climb and alert on nothing. The
 # count is still given: it shows the deliveries unanswered, those never to be answered among
 # them. (``apprec-missing``, per message and agreement, is the alert for an AppRec owed.)
 NO_OLDEST = frozenset({("in", "delivered")})
-# Every job kind and every alert kind (at its severity) is given, 0 when there is none, so that
-# a graph or a rate() has no gaps and a rule need not tell "none" from "not scraped".
+# Every count is given for every status under way, job kind and alert kind (at its severity),
+# 0 when there is none, so that a graph or a rate() has no gaps and a rule need not tell "none"
+# from "not scraped". (Points in time are given only when there is one: see the docstring.)
 JOB_KINDS = tuple(HANDLERS)
 ALERTS = tuple((kind.value, SEVERITY[kind]) for kind in AlertKind)
 
 
-def _seconds_since(then: datetime, now: datetime) -> float:
-    # never below 0: a message made by a process whose clock runs ahead is not from the future
-    return max(0.0, (now - then).total_seconds())
+def _timestamp(moment: datetime) -> float:
+    """``moment`` as Prometheus dates things: Unix time in seconds."""
+    return moment.timestamp()
 
 
-def families(
-    figures: Figures, now: datetime, certificates: dict[str, x509.Certificate]
-) -> list[Metric]:
-    """The metric families of ``figures`` at ``now``, and the seconds left of ``certificates``
-    (by their use). Every status under way, job kind and alert kind is given, 0 when there is
-    none, so that a rule or a graph need not tell "none" from "not scraped"."""
+def families(figures: Figures, certificates: dict[str, x509.Certificate]) -> list[Metric]:
+    """The metric families of ``figures``, and the end of validity of ``certificates`` (by
+    their use)."""
     info = GaugeMetricFamily(
         f"{_PREFIX}_build_info", "The server's version (always 1)", labels=["version"]
     )
@@ -82,9 +86,9 @@ def families(
         labels=["direction", "status"],
     )
     oldest = GaugeMetricFamily(
-        f"{_PREFIX}_messages_oldest_age_seconds",
-        "Seconds since the oldest message of each direction and status under way was made "
-        "(submitted or received); 0 when there is none; none for received messages delivered",
+        f"{_PREFIX}_messages_oldest_created_timestamp_seconds",
+        "When the oldest message of each direction and status under way was made (submitted or "
+        "received), Unix time; absent when there is none, and for received messages delivered",
         labels=["direction", "status"],
     )
     found = {(m.direction, m.status): m for m in figures.messages}
@@ -92,39 +96,39 @@ def families(
         for status in statuses:
             message = found.get((direction, status))
             under_way.add_metric([direction, status], message.count if message else 0)
-            if (direction, status) in NO_OLDEST:
-                continue
-            age = _seconds_since(message.oldest, now) if message else 0.0
-            oldest.add_metric([direction, status], age)
+            if message and (direction, status) not in NO_OLDEST:
+                oldest.add_metric([direction, status], _timestamp(message.oldest))
 
     late_seconds = int(LATE_AFTER.total_seconds())
-    due = GaugeMetricFamily(
-        f"{_PREFIX}_jobs_due",
-        "Jobs due now and free for a worker (sends, signals, retries, timed checks), by kind",
+    waiting = GaugeMetricFamily(
+        f"{_PREFIX}_jobs_waiting",
+        "Jobs due now that no worker holds (sends, signals, retries, timed checks), by kind",
         labels=["kind"],
     )
     late = GaugeMetricFamily(
         f"{_PREFIX}_jobs_late",
-        f"Jobs due more than {late_seconds} s ago that no worker has taken, by kind",
+        f"Jobs waiting (due, held by no worker) that were due more than {late_seconds} s ago, "
+        "by kind",
         labels=["kind"],
     )
     running = GaugeMetricFamily(
         f"{_PREFIX}_jobs_running", "Jobs due that a worker holds now, by kind", labels=["kind"]
     )
-    waiting = GaugeMetricFamily(
-        f"{_PREFIX}_jobs_oldest_due_age_seconds",
-        "Seconds since the job due longest of each kind (taken or not) was due",
+    oldest_due = GaugeMetricFamily(
+        f"{_PREFIX}_jobs_oldest_due_timestamp_seconds",
+        "When the job due longest of each kind (waiting or running) was due, Unix time; absent "
+        "when none is due",
         labels=["kind"],
     )
     # every kind a worker runs, 0 when none is due (a kind of the store no worker knows too)
-    none_due = DueJobs("", 0, 0, 0, now)
-    by_kind = {kind: replace(none_due, kind=kind) for kind in JOB_KINDS}
-    by_kind.update((jobs.kind, jobs) for jobs in figures.jobs)
-    for jobs in by_kind.values():
-        due.add_metric([jobs.kind], jobs.free)
-        late.add_metric([jobs.kind], jobs.late)
-        running.add_metric([jobs.kind], jobs.running)
-        waiting.add_metric([jobs.kind], _seconds_since(jobs.oldest_due, now))
+    found_jobs = {jobs.kind: jobs for jobs in figures.jobs}
+    for kind in dict.fromkeys([*JOB_KINDS, *found_jobs]):
+        jobs = found_jobs.get(kind)
+        waiting.add_metric([kind], jobs.waiting if jobs else 0)
+        late.add_metric([kind], jobs.late if jobs else 0)
+        running.add_metric([kind], jobs.running if jobs else 0)
+        if jobs:
+            oldest_due.add_metric([kind], _timestamp(jobs.oldest_due))
 
     alerts = GaugeMetricFamily(
         f"{_PREFIX}_alerts_open",
@@ -144,25 +148,25 @@ def families(
         alerts.add_metric(labels, open_alerts.open)
         unacknowledged.add_metric(labels, open_alerts.unacknowledged)
 
-    expiry = GaugeMetricFamily(
-        f"{_PREFIX}_certificate_expiry_seconds",
-        "Seconds until our own certificate of each use expires (negative: expired)",
+    not_after = GaugeMetricFamily(
+        f"{_PREFIX}_certificate_not_after_timestamp_seconds",
+        "When our own certificate of each use expires (its notAfter), Unix time",
         labels=["certificate"],
     )
     for use, certificate in certificates.items():
-        expiry.add_metric([use], (certificate.not_valid_after_utc - now).total_seconds())
+        not_after.add_metric([use], _timestamp(certificate.not_valid_after_utc))
 
     return [
         info,
         under_way,
         oldest,
-        due,
+        waiting,
         late,
         running,
-        waiting,
+        oldest_due,
         alerts,
         unacknowledged,
-        expiry,
+        not_after,
     ]
 
 
@@ -185,15 +189,14 @@ def render(made: Iterable[Metric]) -> bytes:
 
 def scrape(ctx: EngineContext) -> bytes:
     """What ``GET /metrics`` answers: the store's figures now, and our certificates."""
-    now = ctx.clock()
     # a connection for reads alone: on SQLite it waits behind no unit of work's write lock
     with ctx.store.database.reading() as connection:
-        figures = read_figures(connection, now)
+        figures = read_figures(connection, ctx.clock())
     certificates = {
         "signing": ctx.keys.signing_certificate,
         "encryption": ctx.keys.encryption_certificate,
     }
-    return render(families(figures, now, certificates))
+    return render(families(figures, certificates))
 
 
 def metrics_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:

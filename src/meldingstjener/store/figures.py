@@ -1,5 +1,5 @@
 """The store's figures an operator's monitoring reads (``GET /metrics``): the messages under way
-by direction and status and the oldest of each, the jobs due, the open alerts.
+by direction and status and when the oldest of each was made, the jobs due, the open alerts.
 
 Read from the store at each call, so that every ``serve`` on one database tells the same truth.
 Each is one statement through an index, and costs what is under way, not the settled history
@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Integer, String, bindparam, column, text
 
-from meldingstjener.store.tables import UNSETTLED
+from meldingstjener.store.tables import JOB_HELD, JOB_WAITING, UNSETTLED
 from meldingstjener.store.types import UtcDateTime
 
 # a job due longer than this ago and not taken by a worker is late (the workers claim within
@@ -35,22 +35,21 @@ _MESSAGES = text(
     column("oldest", UtcDateTime()),
 )
 
-# Along ix_jobs_due up to now: the jobs due, those a worker holds and those free for a claim
-# (never claimed, or its lease ran out: as a worker claims, see store/uow.py's _CLAIM).
+# Along ix_jobs_due up to now: the jobs due, those waiting for a worker (and of those, the
+# late) and those a worker holds, as a worker claims (tables.py's JOB_WAITING, JOB_HELD).
 _JOBS = (
     text(
         "SELECT kind, "
-        "sum(CASE WHEN claimed_until IS NULL OR claimed_until < :now THEN 1 ELSE 0 END) AS free,"
-        " sum(CASE WHEN (claimed_until IS NULL OR claimed_until < :now) AND due_at < :late"
-        " THEN 1 ELSE 0 END) AS late,"
-        " sum(CASE WHEN claimed_until >= :now THEN 1 ELSE 0 END) AS running,"
+        f"sum(CASE WHEN {JOB_WAITING} THEN 1 ELSE 0 END) AS waiting,"
+        f" sum(CASE WHEN {JOB_WAITING} AND due_at < :late THEN 1 ELSE 0 END) AS late,"
+        f" sum(CASE WHEN {JOB_HELD} THEN 1 ELSE 0 END) AS running,"
         " min(due_at) AS oldest "
         "FROM jobs WHERE due_at <= :now GROUP BY kind"
     )
     .bindparams(bindparam("now", type_=UtcDateTime()), bindparam("late", type_=UtcDateTime()))
     .columns(
         column("kind", String()),
-        column("free", Integer()),
+        column("waiting", Integer()),
         column("late", Integer()),
         column("running", Integer()),
         column("oldest", UtcDateTime()),
@@ -81,11 +80,12 @@ class UnderWay:
 
 @dataclass(frozen=True)
 class DueJobs:
-    """The jobs of one kind due now: free for a claim (``late``: of those, due longer than
-    :data:`LATE_AFTER` ago), held by a worker, and the time the one due longest was due."""
+    """The jobs of one kind due now: waiting, held by no worker (``late``: of those, due longer
+    than :data:`LATE_AFTER` ago), held by a worker (``running``), and the time the one due
+    longest (waiting or running) was due."""
 
     kind: str
-    free: int
+    waiting: int
     late: int
     running: int
     oldest_due: datetime
@@ -114,8 +114,8 @@ def read_figures(connection: Connection, now: datetime) -> Figures:
         for direction, status, count, oldest in connection.execute(_MESSAGES)
     ]
     jobs = [
-        DueJobs(kind, int(free or 0), int(late or 0), int(running or 0), oldest)
-        for kind, free, late, running, oldest in connection.execute(
+        DueJobs(kind, int(waiting or 0), int(late or 0), int(running or 0), oldest)
+        for kind, waiting, late, running, oldest in connection.execute(
             _JOBS, {"now": now, "late": now - LATE_AFTER}
         )
     ]

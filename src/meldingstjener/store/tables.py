@@ -54,10 +54,16 @@ UNREAD_INBOUND = "direction = 'in' AND read_at IS NULL"
 # which only its eb:MessageId and its actor ("http:<sender's HER-id>") name. The log's search
 # for such events goes through partial indexes of these alone (MessageRepository.log).
 UNSTORED_EVENT = "message_id IS NULL"
+# A job waits for a worker when none holds it: never claimed, or its lease ran out (its worker
+# died or hung). A worker holds the others; NULL counts as waiting, so the two split every job.
+# One rule for the claim, the heartbeat's look for jobs overdue and /metrics (``:now`` is the
+# time they are judged at, bound as the statement's).
+JOB_WAITING = "(claimed_until IS NULL OR claimed_until < :now)"
+JOB_HELD = "claimed_until >= :now"
 # The messages not settled yet: engine/retention.py's one rule of what is settled, turned round
 # and written out (tests/integration/store/test_unsettled.py holds the two together): on their
 # way out, or not yet answered or taken by the EPJ. The partial index below holds only these, so
-# that the figures /metrics reads by status and age cost what is under way, not a year of
+# that the figures /metrics reads by status and time cost what is under way, not a year of
 # messages. Stated with literal values, as UNREAD_INBOUND is, and by a query exactly as written.
 UNSETTLED = (
     "(direction = 'out' AND status IN ('accepted', 'retrying', 'sent', 'transport-error'))"

@@ -41,6 +41,8 @@ from meldingstjener.store.changes import wrote_in_transaction
 from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.tables import (
+    JOB_HELD,
+    JOB_WAITING,
     AgreementRow,
     AlertRow,
     ContentKeyRow,
@@ -1030,7 +1032,7 @@ _RELEASE_UNSTARTED = _job_sql(
 # a recurring job's turn taken by hand (its due time and attempts stay), and given back
 _CLAIM_KEY = _job_sql(
     "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
-    "WHERE dedup_key = :dedup_key AND (claimed_until IS NULL OR claimed_until < :now) "
+    f"WHERE dedup_key = :dedup_key AND {JOB_WAITING} "
     "RETURNING id, kind, message_id, attempts",
     until="claimed_until",
     now="claimed_until",
@@ -1069,7 +1071,7 @@ def _claim_sql(lock: str) -> TextualSelect:
     return _job_sql(
         "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
         "WHERE id IN (SELECT id FROM jobs WHERE due_at <= :now "
-        "AND (claimed_until IS NULL OR claimed_until < :now) AND kind <> :skip_kind "
+        f"AND {JOB_WAITING} AND kind <> :skip_kind "
         f"ORDER BY due_at, id LIMIT :limit {lock}) "
         "RETURNING id, kind, message_id, data, attempts, due_at",
         until="claimed_until",
@@ -1117,8 +1119,8 @@ def _oldest_sql(claimed: str) -> TextualSelect:
 
 
 # free for a claim, as a worker claims (never claimed, or its lease ran out); and claimed
-_OLDEST_FREE = _oldest_sql("(claimed_until IS NULL OR claimed_until < :now)")
-_OLDEST_HELD = _oldest_sql("claimed_until >= :now")
+_OLDEST_FREE = _oldest_sql(JOB_WAITING)
+_OLDEST_HELD = _oldest_sql(JOB_HELD)
 
 
 class JobRepository:

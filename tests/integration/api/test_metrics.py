@@ -2,7 +2,7 @@
 prometheus_client's own parser, on SQLite and PostgreSQL. The figures follow the store (a
 message submitted, its job falling late, an alert opened and acknowledged); a client needs the
 ``metrics`` or the ``admin`` scope; and the answer names no patient, no partner and no text of a
-message.
+message. Points in time are Unix times, given only when there is one (a 0 would be 1970).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from meldingstjener.engine.alerts import SEVERITY, AlertKind, raise_alert
 from meldingstjener.engine.worker import HANDLERS
 from meldingstjener.formats import Coded, Dialogmelding, Notat, build_dialogmelding, code_list
 from meldingstjener.formats.parties import Ident, Person
+from meldingstjener.store.tables import MessageRow
 
 PATIENT_ID = "15720255178"
 PATIENT_NAME = "Nordmann"
@@ -96,30 +97,63 @@ def test_the_figures_follow_the_store_and_name_no_patient(api_pair: ApiPair) -> 
     assert (
         _one(before, "meldingstjener_messages_under_way", direction="in", status="delivered") == 0
     )
-    # the oldest delivered has no age: one the EPJ never answers stays delivered for good
-    in_delivered = frozenset({("direction", "in"), ("status", "delivered")})
-    assert ("meldingstjener_messages_oldest_age_seconds", in_delivered) not in before
+    # nothing under way, nothing due: no point in time is given (not a 0, which is 1970)
+    assert not [name for name, _ in before if name.endswith("_oldest_created_timestamp_seconds")]
+    assert not [name for name, _ in before if name.endswith("_oldest_due_timestamp_seconds")]
     # every alert kind at its severity, and every job kind, 0 when there is none
     for kind in AlertKind:
         for name in ("meldingstjener_alerts_open", "meldingstjener_alerts_unacknowledged"):
             assert _one(before, name, kind=kind, severity=SEVERITY[kind]) == 0
     for kind in HANDLERS:
-        for name in ("due", "late", "running", "oldest_due_age_seconds"):
+        for name in ("waiting", "late", "running"):
             assert _one(before, f"meldingstjener_jobs_{name}", kind=kind) == 0
-    assert _one(before, "meldingstjener_certificate_expiry_seconds", certificate="signing") > 0
+    # our own certificates' notAfter, as Unix time: Prometheus takes the time left itself
+    for use, certificate in (
+        ("signing", pair.gp.keys.signing_certificate),
+        ("encryption", pair.gp.keys.encryption_certificate),
+    ):
+        expires = certificate.not_valid_after_utc.timestamp()
+        assert (
+            _one(before, "meldingstjener_certificate_not_after_timestamp_seconds", certificate=use)
+            == expires
+        )
 
+    posted = pair.clock().timestamp()
     message_id = _post_with_patient(api_pair)  # accepted, its send due now (no worker runs)
     pair.clock.advance(seconds=90)
     text, after = _scrape(http, key)
     out_accepted = {"direction": "out", "status": "accepted"}
     assert _one(after, "meldingstjener_messages_under_way", **out_accepted) == 1
-    assert _one(after, "meldingstjener_messages_oldest_age_seconds", **out_accepted) == 90
+    # when it was made, not its age by this server's clock (time() - x in PromQL)
+    oldest = "meldingstjener_messages_oldest_created_timestamp_seconds"
+    assert _one(after, oldest, **out_accepted) == posted
+    assert [dict(labels) for name, labels in after if name == oldest] == [out_accepted]
     due = {(name, labels) for (name, labels), value in after.items() if value and "jobs" in name}
     kinds = {dict(labels)["kind"] for name, labels in due if name == "meldingstjener_jobs_late"}
     assert kinds, after  # its send, due 90 s ago and taken by no worker, is late
     for kind in kinds:
-        assert _one(after, "meldingstjener_jobs_due", kind=kind) >= 1
-        assert _one(after, "meldingstjener_jobs_oldest_due_age_seconds", kind=kind) == 90
+        assert _one(after, "meldingstjener_jobs_waiting", kind=kind) >= 1
+        assert _one(after, "meldingstjener_jobs_running", kind=kind) == 0
+        assert _one(after, "meldingstjener_jobs_oldest_due_timestamp_seconds", kind=kind) == posted
+
+    # a worker takes them: no longer waiting nor late, running; still due since the post
+    with pair.gp.store.unit_of_work() as uow:
+        held = uow.jobs.claim_due("w1", now=pair.clock(), limit=100, lease=timedelta(minutes=5))
+        # a received message the EPJ has taken: counted, never dated (it may never be answered)
+        uow.session.add(MessageRow(direction="in", status="delivered", msg_type="DIALOG_NOTAT"))
+        uow.commit()
+    assert {job.kind for job in held} >= kinds
+    _, running = _scrape(http, key)
+    for kind in kinds:
+        assert _one(running, "meldingstjener_jobs_waiting", kind=kind) == 0
+        assert _one(running, "meldingstjener_jobs_late", kind=kind) == 0
+        assert _one(running, "meldingstjener_jobs_running", kind=kind) >= 1
+        assert (
+            _one(running, "meldingstjener_jobs_oldest_due_timestamp_seconds", kind=kind) == posted
+        )
+    in_delivered = {"direction": "in", "status": "delivered"}
+    assert _one(running, "meldingstjener_messages_under_way", **in_delivered) == 1
+    assert [dict(labels) for name, labels in running if name == oldest] == [out_accepted]
 
     with pair.gp.store.unit_of_work() as uow:
         raise_alert(
