@@ -8,12 +8,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from alembic import command
 from sqlalchemy import delete, update
 from sqlalchemy.exc import DatabaseError
 
 from meldingstjener.api import audit
-from meldingstjener.store.migrate import alembic_config, upgrade
+from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AuditRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
@@ -55,10 +54,7 @@ def test_audit_rows_are_append_only(store: Store) -> None:
 
 def test_migration_0002_downgrades_and_upgrades(own_database: Store) -> None:
     store = own_database
-    config = alembic_config(store.database)
-    with store.database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0001")
+    downgrade(store.database, "0001")
     upgrade(store.database)
     audit.record(store, client="after-upgrade", person=None, action="x", outcome="ok")
     assert audit.query(store, audit.AuditQuery(client="after-upgrade"))

@@ -8,10 +8,9 @@ import uuid
 from typing import Any
 
 import pytest
-from alembic import command
 from sqlalchemy import event, text
 
-from meldingstjener.store.migrate import alembic_config, upgrade
+from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.uow import Store
 
 OWED = 300
@@ -26,10 +25,7 @@ def test_the_deliveries_owed_get_their_ids_in_one_statement(
         if not database.is_postgresql:
             pytest.skip("the md5 form is PostgreSQL's before 13")
         monkeypatch.setattr(database.engine.dialect, "server_version_info", (12, 18))
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0023")
+    downgrade(database, "0023")
     with database.engine.begin() as connection:
         connection.execute(
             text(

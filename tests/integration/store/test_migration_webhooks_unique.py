@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-from alembic import command
 from sqlalchemy import text
 
-from meldingstjener.store.migrate import alembic_config, upgrade
+from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.uow import Store
 
 
@@ -18,10 +17,7 @@ def test_duplicate_webhooks_registered_before_are_disabled_but_the_newest(
     # An EPJ that registered its webhook at each start-up had one per start, each told of every
     # message: the unique index could not be built over them.
     database = own_database.database
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0021")
+    downgrade(database, "0021")
     with database.engine.begin() as connection:
         for number, client, url, events in (
             (1, "epj", "http://epj/hook", '["alert"]'),

@@ -6,15 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 
 from meldingstjener.store.migrate import (
     SchemaNewer,
-    alembic_config,
     current_revision,
+    downgrade,
     head_revision,
     upgrade,
 )
@@ -54,10 +53,7 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     with own_database.unit_of_work() as uow:  # an agreement with an end (0013)
         uow.agreements.add(AgreementRow(our_her_id="1", counterparty_her_id="2", valid_to=utcnow()))
         uow.commit()
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "-1")
+    downgrade(database, "-1")
     assert current_revision(database) != head_revision()
     assert differences(own_database) != []  # the model is ahead of the schema now
     assert _job_ids_never_reused(own_database)  # a SQLite table rebuild keeps AUTOINCREMENT
@@ -117,10 +113,7 @@ def test_going_down_past_the_folder_file_states_lets_staged_messages_be_written_
                 " ('inbox', 'm2', 'm2.xml', 'm2', 'written', CURRENT_TIMESTAMP, NULL, NULL, NULL)"
             )
         )
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0019")
+    downgrade(database, "0019")
     assert _folder_files(own_database) == [("inbox", "m2"), ("outbox", "k1")]
     upgrade(database)
     assert differences(own_database) == []
@@ -140,10 +133,7 @@ def test_webhooks_older_than_their_credential_column_are_given_the_right_one(
     # API-key client (they are revoked, never deleted) was a JWT client's: taken for a key
     # client's, its webhooks were neither listed nor deletable by their owner.
     database = own_database.database
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0010")
+    downgrade(database, "0010")
     with database.engine.begin() as connection:
         connection.execute(
             text(
@@ -173,10 +163,7 @@ def test_webhooks_older_than_their_scopes_are_given_their_key_clients(
     # the messages it received. An API-key client's scopes never change: its webhooks get them.
     # A JWT client's were never stored anywhere: its webhooks get none (not checked).
     database = own_database.database
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0014")
+    downgrade(database, "0014")
     with database.engine.begin() as connection:
         connection.execute(
             text(
@@ -209,10 +196,7 @@ def test_idempotency_keys_stored_before_their_scope_are_found_after_the_upgrade(
     from meldingstjener.store.tables import Credential
 
     database = own_database.database
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0016")
+    downgrade(database, "0016")
     stored = {  # message id: (client, key as stored before)
         "m-key": ("epj-key", "epj-key:retry:1"),
         "m-jwt": ("epj-helseid", "epj-helseid:a:b"),
@@ -267,10 +251,7 @@ def test_going_down_past_the_message_columns_keeps_the_message_log(own_database:
                 " CURRENT_TIMESTAMP, 'status', 't')"
             )
         )
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0002")
+    downgrade(database, "0002")
     assert (_count(own_database, "messages"), _count(own_database, "message_events")) == (1, 1)
     upgrade(database)
     assert differences(own_database) == []
@@ -298,10 +279,7 @@ def test_going_down_past_the_webhook_scopes_keeps_the_deliveries(own_database: S
                 " 'k', 'alert', '{}', 'pending', 2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
-    config = alembic_config(database)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0014")
+    downgrade(database, "0014")
     assert current_revision(database) == "0014"
     with database.engine.connect() as connection:
         kept = connection.execute(
