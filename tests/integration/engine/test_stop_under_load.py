@@ -83,6 +83,17 @@ def _read_by_server(server_port: int, client: socket.socket) -> bool:
     return False
 
 
+def _post_whole(port: int, content_type: str, body: bytes) -> socket.socket:
+    """A connection on which a whole ``POST /ebms`` of ``body`` has been sent."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    connection.sendall(
+        b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+        % (content_type.encode(), len(body))
+        + body
+    )
+    return connection
+
+
 def _answer(connection: socket.socket) -> bytes:
     """All the server sends on ``connection`` until it closes it."""
     received = b""
@@ -101,12 +112,7 @@ def test_a_stop_answers_the_receives_it_cut_short_truthfully(tmp_path: Path) -> 
     lock.execute("BEGIN IMMEDIATE")  # the receive waits for it (busy timeout 30 s)
     try:
         # a message whose receive begins (and waits for the lock), and a body still coming
-        posting = socket.create_connection(("127.0.0.1", hospital.port), timeout=WAIT)
-        posting.sendall(
-            b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-            % (content_type.encode(), len(body))
-            + body
-        )
+        posting = _post_whole(hospital.port, content_type, body)
         trickling = socket.create_connection(("127.0.0.1", hospital.port), timeout=WAIT)
         trickling.sendall(
             b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related\r\n"
@@ -154,12 +160,7 @@ def test_a_receive_held_past_the_stop_is_answered_503_and_not_stored(tmp_path: P
     lock = sqlite3.connect(settings.data_dir / "meldingstjener.db", isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
     try:
-        posting = socket.create_connection(("127.0.0.1", hospital.port), timeout=WAIT)
-        posting.sendall(
-            b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-            % (content_type.encode(), len(body))
-            + body
-        )
+        posting = _post_whole(hospital.port, content_type, body)
         _until(functools.partial(_read_by_server, hospital.port, posting), "its request read")
         running.process.terminate()  # SIGTERM
         posted = _answer(posting)  # the lock still held
