@@ -99,3 +99,16 @@ def test_a_missing_configuration_is_said_before_the_store_is_loaded(tmp_path: Pa
     code, modules = _run("--config", str(tmp_path / "missing.toml"), "log")
     assert code == 2
     assert _heavy(modules, allowed=("pydantic", "pydantic_settings", "meldingstjener.config")) == []
+
+
+def test_a_store_command_on_a_current_schema_loads_no_alembic(tmp_path: Path) -> None:
+    # the schema's revision is read from Alembic's table and the migration files' names;
+    # Alembic (a tenth of a second) is loaded only when there is something to migrate
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+
+    open_store(load_settings(data_dir=tmp_path)).database.dispose()
+    code, modules = _run("--data-dir", str(tmp_path), "log")
+    assert code in (0, None)
+    assert "meldingstjener.store" in modules  # the command did open the store
+    assert [name for name in modules if name.split(".")[0] == "alembic"] == []

@@ -302,3 +302,26 @@ def test_an_upgrade_meeting_a_newer_versions_revision_says_so(own_database: Stor
     with pytest.raises(SchemaNewer) as raised:
         upgrade(database)
     assert raised.value.revision == "0099"
+
+
+def test_the_revision_read_without_alembic_is_alembics(own_database: Store) -> None:
+    """Every command reads the schema's revision without Alembic: it must read what Alembic
+    reads, at the head, a step below it, and where nothing was migrated yet."""
+    database = own_database.database
+
+    def alembics_reading() -> str | None:
+        with database.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    readings = []
+    for step in ("head", "down", "none"):
+        if step == "down":
+            downgrade(database, "-1")
+        elif step == "none":
+            with database.engine.begin() as connection:
+                connection.execute(text("DROP TABLE alembic_version"))
+        readings.append(current_revision(database))
+        assert readings[-1] == alembics_reading()
+    assert readings[0] == head_revision()
+    assert readings[1] is not None and readings[1] != readings[0]
+    assert readings[2] is None
