@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import meldingstjener
 
 # Third-party packages (and ours) that no command needs before it runs: the store, the
@@ -93,10 +95,29 @@ def test_version_loads_no_heavy_package() -> None:
     assert _heavy(modules) == []
 
 
-def test_a_missing_configuration_is_said_before_the_store_is_loaded(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["log"],
+        ["show", "x"],
+        ["status", "x"],
+        ["sweep"],
+        ["retention"],
+        ["instances"],
+        ["audit"],
+        ["clients", "list"],
+        ["webhooks", "list"],
+        ["partners", "list"],
+        ["send", "x.xml", "--to", "1"],
+    ],
+    ids=lambda command: "-".join(command[:2]),
+)
+def test_a_missing_configuration_is_said_before_the_store_is_loaded(
+    tmp_path: Path, command: list[str]
+) -> None:
     # a store command reads the settings first: an operator's typo costs the configuration's
     # import (pydantic), not the store's
-    code, modules = _run("--config", str(tmp_path / "missing.toml"), "log")
+    code, modules = _run("--config", str(tmp_path / "missing.toml"), *command)
     assert code == 2
     assert _heavy(modules, allowed=("pydantic", "pydantic_settings", "meldingstjener.config")) == []
 

@@ -293,12 +293,12 @@ def instances_list(
     """The serve processes on this store: running, stopped, or gone (no heartbeat for 15
     minutes, or on PostgreSQL for 3 minutes without its name's lock; their clock-skew and
     mailbox-unreachable alerts are resolved then)."""
+    store = store_from(ctx)  # first: a configuration error is said before the imports
     from rich.table import Table
 
     from meldingstjener.engine.context import utc_now
     from meldingstjener.engine.instances import instance_states, store_now
 
-    store = store_from(ctx)
     with store.unit_of_work() as uow:
         now = store_now(utc_now, uow)
         rows = [

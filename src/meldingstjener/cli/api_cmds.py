@@ -33,11 +33,11 @@ def audit_command(
 ) -> None:
     """The audit log: who read or changed which message, when, with what outcome; oldest
     first, the last --limit entries (from --since: the first ones after it)."""
+    store = store_from(ctx)  # first: a configuration error is said before the imports
     from rich.table import Table
 
     from meldingstjener.api.audit import AuditQuery, query
 
-    store = store_from(ctx)
     start = parse_since(since)
     # without a start, the newest entries: the oldest ones of a year are not what is asked
     asked = AuditQuery(message, client, start, limit, newest_first=start is None)
@@ -100,11 +100,12 @@ def clients_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List client systems (never their keys)."""
+    store = store_from(ctx)  # first: a configuration error is said before the imports
     from rich.table import Table
 
     from meldingstjener.api.clients import list_clients
 
-    clients = list_clients(store_from(ctx))
+    clients = list_clients(store)
     if as_json:
         for c in clients:
             typer.echo(

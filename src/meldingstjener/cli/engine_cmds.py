@@ -257,13 +257,13 @@ def send(
     ] = False,
 ) -> None:
     """Submit a fagmelding for sending; print its message id. The server sends it."""
+    settings = settings_from(ctx)  # first: a configuration error is said before the imports
     from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.config import ConfigError
     from meldingstjener.engine.errors import SubmitRejected
     from meldingstjener.engine.outbound import submit
     from meldingstjener.store.payloads import CHUNK
 
-    settings = settings_from(ctx)
     try:
         source = file.open("rb")
     except OSError as exc:

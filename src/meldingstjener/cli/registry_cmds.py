@@ -480,9 +480,9 @@ def _print_agreement(agreement: PartnerAgreement) -> None:
 @partners_app.command("list")
 def partners_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List every partner agreement."""
+    store = _store(ctx)  # first: a configuration error is said before the imports
     from meldingstjener.registry.store import agreement_from_row
 
-    store = _store(ctx)
     with store.unit_of_work() as uow:
         agreements = [agreement_from_row(row) for row in uow.agreements.all()]
     if as_json:

@@ -322,6 +322,7 @@ def sweep_command(
 
     ``serve`` does this daily by itself; this looks at every file, not only the newest.
     """
+    settings_from(ctx)  # first: a configuration error is said before the imports
     from datetime import timedelta
 
     from meldingstjener.engine.housekeeping import record_sweep
@@ -378,11 +379,11 @@ def retention_command(
     than payload_days and whole messages settled longer than message_days (0: kept).
     ``serve`` does this daily by itself. Refused (exit 2), deleting nothing, when
     message_days is shorter than a partner may resend a message."""
+    rules = settings_from(ctx).retention  # first: a configuration error before the imports
     from meldingstjener.engine import retention
     from meldingstjener.engine.context import utc_now
     from meldingstjener.store.identity import check_payload_directory
 
-    rules = settings_from(ctx).retention
     store = store_from(ctx)
     now = utc_now()
     if not dry_run:

@@ -27,14 +27,14 @@ def webhooks_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List every client's webhooks (never their secrets), and whether each is called."""
+    # store_from: where there is no store, it says so (exit 3) instead of making an empty one;
+    # first: a configuration error is said before the imports
+    store = store_from(ctx)
     from rich.table import Table
 
     from meldingstjener.integration.webhook_admin import list_webhooks
 
-    # store_from: where there is no store, it says so (exit 3) instead of making an empty one
-    hooks = list_webhooks(
-        store_from(ctx), jwt_issuer=settings_from(ctx).api.jwt_issuer, client=client
-    )
+    hooks = list_webhooks(store, jwt_issuer=settings_from(ctx).api.jwt_issuer, client=client)
     if as_json:
         for hook in hooks:
             typer.echo(
