@@ -172,7 +172,14 @@ def _person(value: str | None) -> str | None:
 
 
 def refuse(
-    store: Store, who: Principal, action: str, detail: str, *, answer: str | None = None
+    store: Store,
+    who: Principal,
+    action: str,
+    detail: str,
+    *,
+    answer: str | None = None,
+    message_id: str | None = None,
+    her_id: str | None = None,
 ) -> NoReturn:
     """Refuse ``who`` with 403, its refusal written to the audit log first (a row of its own:
     the request itself fails). ``answer`` is what the client is told, when not ``detail``."""
@@ -182,6 +189,8 @@ def refuse(
         person=who.person,
         action=action,
         outcome=audit.Outcome.REFUSED,
+        message_id=message_id,
+        her_id=her_id,
         detail=detail,
     )
     raise ApiProblem(403, "forbidden", answer or detail)

@@ -11,7 +11,7 @@ import functools
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from meldingstjener.api import audit
 from meldingstjener.api.audit import Outcome
-from meldingstjener.api.auth import Authenticator, Principal, principal_of
+from meldingstjener.api.auth import Authenticator, Principal, principal_of, refuse
 from meldingstjener.api.document_response import business_document_response
 from meldingstjener.api.document_spool import (
     SpooledDocument,
@@ -195,9 +195,6 @@ class Edi2:
     ) -> None:
         """One audit row: in ``uow`` when given (it commits with the caller's work), else in a
         transaction of its own (a refusal is recorded although the request fails)."""
-        if who.source_system:
-            source = f"source system {who.source_system}"
-            detail = f"{detail}; {source}" if detail else source
         write = functools.partial(
             audit.add,
             client=who.label,
@@ -206,7 +203,7 @@ class Edi2:
             outcome=outcome,
             message_id=message_id,
             her_id=her_id,
-            detail=detail,
+            detail=_with_source(who, detail),
         )
         if uow is not None:
             write(uow)
@@ -223,15 +220,21 @@ class Edi2:
         *,
         message_id: str | None = None,
         her_id: str | None = None,
-    ) -> ApiProblem:
-        self._audit(
-            who, action, Outcome.REFUSED, message_id=message_id, her_id=her_id, detail=detail
+    ) -> NoReturn:
+        """403, audited as every API refusal is (:func:`refuse`), with the source system."""
+        refuse(
+            self.ctx.store,
+            who,
+            action,
+            _with_source(who, detail) or detail,
+            answer=detail,
+            message_id=message_id,
+            her_id=her_id,
         )
-        return ApiProblem(403, "forbidden", detail)
 
     def _need_scope(self, who: Principal, scope: str, action: str, message_id: str | None) -> None:
         if scope not in who.scopes:
-            raise self._refuse(
+            self._refuse(
                 who, action, f"the client lacks the '{scope}' scope", message_id=message_id
             )
 
@@ -256,7 +259,7 @@ class Edi2:
             scope = "send"
         self._need_scope(who, scope, action, key)
         if not who.may_act_for(own):
-            raise self._refuse(
+            self._refuse(
                 who,
                 action,
                 f"the client may not act for HER-id {own}",
@@ -333,7 +336,7 @@ class Edi2:
         )
         sender = inspected.sender.communication_party
         if sender is not None and not who.may_act_for(sender):
-            raise self._refuse(
+            self._refuse(
                 who, action, f"the client may not send as HER-id {sender}", her_id=str(sender)
             )
         stored: list[str] = []
@@ -400,7 +403,7 @@ class Edi2:
             raise ApiProblem(400, "invalid-input", "ReceiverHerIds must name valid HER-ids")
         for her_id in receivers:
             if not who.may_act_for(her_id):
-                raise self._refuse(
+                self._refuse(
                     who,
                     action,
                     f"the client may not read messages for HER-id {her_id}",
@@ -507,7 +510,7 @@ class Edi2:
         action = "send-apprec"
         row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
         if str(sender_her_id) != row.to_her_id:
-            raise self._refuse(
+            self._refuse(
                 who,
                 action,
                 f"HER-id {sender_her_id} is not the receiver of this message",
@@ -580,7 +583,7 @@ class Edi2:
         action = "mark-read"
         row = self._message(who, message_id, action, direction=Direction.INBOUND.value)
         if str(her_id) != row.to_her_id:
-            raise self._refuse(
+            self._refuse(
                 who,
                 action,
                 f"HER-id {her_id} is not the receiver of this message",
@@ -600,6 +603,15 @@ def _apprec_problem(refused: receipts.AppRecRefused) -> ApiProblem:
     if refused.code in CONFLICT_CODES:
         return ApiProblem(409, "conflict", refused.message)
     return ApiProblem(400, "apprec-refused", refused.message)
+
+
+def _with_source(who: Principal, detail: str | None) -> str | None:
+    """The audit row's detail, naming the source system the client said it is (NHN's
+    ``nhn-source-system`` header), when it said one."""
+    if not who.source_system:
+        return detail
+    source = f"source system {who.source_system}"
+    return f"{detail}; {source}" if detail else source
 
 
 def _own(row: MessageRow) -> str | None:
