@@ -17,14 +17,17 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
-from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import transient
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the context holds this process's StoreFailing
+    from meldingstjener.engine.context import EngineContext
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,10 @@ class StoreFailing:
     503. So the first failure starts a period (one log line), each request refused meanwhile
     is counted (no line: a traceback per request flooded the log), and ``/health`` answers 503
     ``store-failing`` while it lasts. It ends at the first write that works: a message stored,
-    or :meth:`probe` (a payload file and the alert, written). The ``store-failing`` alert is
-    raised for each refused request while it can be (resolved when this process stores a
+    or :meth:`probe` (a payload file and the alert, written), which ``/health`` and every
+    heartbeat (:meth:`watch`, once a minute) try while it lasts, so that it ends on a server
+    nobody sends to or asks either. The ``store-failing`` alert is raised for each refused
+    request while it can be, and resolved when the period ends (or this process stores a
     received message again); when some could not be, the first commit that works raises one
     more, under the key ``<instance>:outage`` and resolved by hand, telling from when to when
     and how many requests were refused."""
@@ -145,12 +150,30 @@ class StoreFailing:
         """``request`` (``POST /ebms``, ``POST /Messages``) was answered 503 because the store
         could not be written (``exc``): counted, and alerted if the alert can be stored."""
         reason = _reason(exc)
+        self._start(
+            reason,
+            f"a request received by instance {self.ctx.instance} ({request}) could not be "
+            f"stored: its store failed ({reason}). It was answered 503 and its sender "
+            "resends, until it gives up. Free disk space or mend the payload directory; "
+            "the server log says since when.",
+            refused=1,
+        )
+
+    def watch(self) -> None:
+        """At every heartbeat of ``serve``: while a period lasts, :meth:`probe` the store, so
+        that it ends within a heartbeat of the store being writable again."""
+        if self.failing:
+            self.probe()
+
+    def _start(self, reason: str, summary: str, *, refused: int) -> None:
+        """A period of failing starts (one log line), or goes on: ``refused`` requests more,
+        and the ``store-failing`` alert raised with ``summary`` if it can be stored."""
         at = self.ctx.clock()
         with self._lock:
             starts = self._since is None
             if starts:
                 self._since, self._reason = at, reason
-            self._refused += 1
+            self._refused += refused
         if starts:
             log.error(
                 "this server cannot write its store (%s): requests that store are answered 503 "
@@ -163,10 +186,7 @@ class StoreFailing:
             ctx.recovery.raise_alert(
                 uow,
                 AlertKind.STORE_FAILING,
-                f"a request received by instance {ctx.instance} ({request}) could not be "
-                f"stored: its store failed ({reason}). It was answered 503 and its sender "
-                "resends, until it gives up. Free disk space or mend the payload directory; "
-                "the server log says since when.",
+                summary,
                 subject=recovery.store(ctx.instance),
                 key=ctx.instance,
                 at=at,
@@ -178,8 +198,9 @@ class StoreFailing:
 
     def wrote(self) -> None:
         """A write of the store worked (a commit, or :meth:`probe`'s file): a period of failing
-        ends, told by the alert when some refusals could not be alerted. When that alert cannot
-        be stored either, the period goes on (the database is what still fails)."""
+        ends, its ``store-failing`` alert resolved, and told by one more alert when some
+        refusals could not be alerted. When that cannot be stored, the period goes on (the
+        database is what still fails)."""
         with self._lock:
             since, reason, refused, unalerted = (
                 self._since,
@@ -190,25 +211,28 @@ class StoreFailing:
         if since is None:
             return
         until = self.ctx.clock()
-        if unalerted:
-            ctx = self.ctx
+        ctx = self.ctx
 
-            def alert(uow: UnitOfWork) -> None:
-                raise_alert(
-                    uow,
-                    AlertKind.STORE_FAILING,
-                    f"Instance {ctx.instance} could not write its store from "
-                    f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC ({reason}; by "
-                    f"its host's clock): {refused} requests were answered 503 meanwhile "
-                    f"({unalerted} of them could not be alerted then); their senders resend "
-                    "until they give up. It writes again: see why the disk was full, and that "
-                    "what was held back has come (meldingstjener log).",
-                    at=until,
-                    key=f"{ctx.instance}:outage",
-                )
-
-            if not _raise(self.ctx, alert, quiet=True):
+        def ended(uow: UnitOfWork) -> None:
+            # a message stored has resolved it already; a probe's write has not
+            ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=until)
+            if not unalerted:
                 return
+            raise_alert(
+                uow,
+                AlertKind.STORE_FAILING,
+                f"Instance {ctx.instance} could not write its store from "
+                f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC ({reason}; by "
+                f"its host's clock): {refused} requests were answered 503 meanwhile "
+                f"({unalerted} of them could not be alerted then); their senders resend "
+                "until they give up. It writes again: see why the disk was full, and that "
+                "what was held back has come (meldingstjener log).",
+                at=until,
+                key=f"{ctx.instance}:outage",
+            )
+
+        if not _raise(self.ctx, ended, quiet=True):
+            return
         with self._lock:
             if self._since != since:
                 return  # ended by another thread meanwhile

@@ -374,3 +374,36 @@ def test_a_store_failing_at_one_serve_is_its_alert_until_it_stores_again(
             root.unlink()
             root.mkdir()
         second.store.database.dispose()
+
+
+def test_the_heartbeat_ends_a_store_failing_on_a_server_nobody_sends_to(
+    pair: Pair, http: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No traffic and no health checks after the outage: only the heartbeat can see the store
+    # writable again. Beats driven here as the heartbeat's thread makes them, once a minute.
+    from meldingstjener.engine.instances import Heartbeat
+
+    hospital = pair.hospital
+    body, content_type = wire(pair)
+    root = hospital.store.payloads.root
+    shutil.rmtree(root)
+    root.write_bytes(b"")  # every write under it fails (ENOTDIR), also for root
+    heart = Heartbeat(hospital, hospital.instance)
+    try:
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 503, answer.text
+        failing = f"store-failing:{hospital.instance}"
+        assert open_alerts(hospital) == {failing: ("critical", 1)}
+        heart.beat()  # still not writable: its probe fails and changes nothing
+        assert open_alerts(hospital) == {failing: ("critical", 1)}
+    finally:
+        root.unlink()
+        root.mkdir()
+    caplog.set_level("WARNING", logger="meldingstjener")
+    heart.beat()
+    assert open_alerts(hospital) == {}
+    assert sum("writes its store again" in r.getMessage() for r in caplog.records) == 1
+    assert [path for path in root.rglob("*") if path.is_file()] == []  # the probe's removed
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+
