@@ -23,6 +23,7 @@ from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import transient
+from meldingstjener.store.identity import CheckedPayloadStore, PayloadDirectoryLost
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
 
@@ -118,6 +119,12 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
+def store_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store refusing for a while what a call would store: its disk
+    full, or its payload directory not the store's any more (the marker gone with a share)."""
+    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost)
+
+
 class StoreFailing:
     """Since when this ``serve`` process could not write its store (the payload directory, or
     the database: its disk full), in memory, as the heartbeat remembers the database away: on
@@ -132,7 +139,12 @@ class StoreFailing:
     request while it can be, and resolved when the period ends (or this process stores a
     received message again); when some could not be, the first commit that works raises one
     more, under the key ``<instance>:outage`` and resolved by hand, telling from when to when
-    and how many requests were refused."""
+    and how many requests were refused.
+
+    The heartbeat also reads the payload directory's marker (:meth:`watch`): a marker gone,
+    another store's or unreadable starts a period too, its alert naming the cause, and the
+    payload store refuses every write meanwhile (``store.identity.PayloadDirectoryLost``,
+    answered 503 as a full disk is) until the marker is back."""
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -160,8 +172,27 @@ class StoreFailing:
         )
 
     def watch(self) -> None:
-        """At every heartbeat of ``serve``: while a period lasts, :meth:`probe` the store, so
-        that it ends within a heartbeat of the store being writable again."""
+        """At every heartbeat of ``serve``: read the payload directory's marker again (a period
+        starts when it is found gone, another store's or unreadable), and while a period lasts
+        :meth:`probe` the store, so that it ends within a heartbeat of the store being
+        writable again."""
+        payloads = self.ctx.store.payloads
+        if isinstance(payloads, CheckedPayloadStore):
+            was_lost = payloads.lost
+            lost = payloads.watch_marker()
+            if lost is not None:
+                if not was_lost or not self.failing:  # alerted once, when it is found
+                    self._start(
+                        str(lost),
+                        f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
+                        "payload written there now would be missing to every other serve "
+                        "(and from the share once it is back). Messages received are answered "
+                        "503 (their senders resend) and so are the EPJ API's calls; /health "
+                        "says store-failing. Mount the payload share again (or put the marker "
+                        "back): the next heartbeat, within a minute, ends this.",
+                        refused=0,
+                    )
+                return
         if self.failing:
             self.probe()
 
@@ -254,7 +285,7 @@ class StoreFailing:
         payloads = self.ctx.store.payloads
         try:
             payloads.delete(payloads.put(b"probe").key)
-        except OSError:
+        except (OSError, StoreUnavailable):  # StoreUnavailable: the directory not the store's
             return False
         self.wrote()
         return not self.failing
