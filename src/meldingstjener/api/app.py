@@ -100,8 +100,9 @@ def create_app(
     """
     api = api_settings or ApiSettings()
     pace = body_pace or BodyPace()
-    # this process's writes of its store failing (a full disk): /ebms, the EPJ API, /health
-    store_failing = ebms_alerts.StoreFailing(ctx)
+    # this process's writes of its store failing (a full disk): /ebms, the EPJ API, /health;
+    # the heartbeat's too (engine/instances), so it is the context's
+    store_failing = ctx.store_failing
     app = FastAPI(
         title="meldingstjener",
         version=__version__,

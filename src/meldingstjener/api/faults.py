@@ -9,10 +9,11 @@ keys up in the store before any route runs) and answers instead:
   ``POST /ebms`` tells it): it cannot be reached (as ``/health`` says 503 meanwhile), is busy
   (a lock, a deadlock) or cannot store (its disk full): ``503 unavailable`` with
   ``Retry-After``. Nothing was done; the EPJ repeats the call later.
-- the disk full (the database's, or the payload directory's: ENOSPC, EDQUOT, EROFS): ``503``
-  with ``Retry-After`` as well, counted into this process's ``store-failing``
-  (:class:`~meldingstjener.engine.ebms_alerts.StoreFailing`: one log line when it starts, and
-  ``/health`` says so) rather than a line per call.
+- the disk full (the database's, or the payload directory's: ENOSPC, EDQUOT, EROFS), or the
+  payload directory not the store's any more (its marker gone with a share:
+  ``PayloadDirectoryLost``): ``503`` with ``Retry-After`` as well, counted into this process's
+  ``store-failing`` (:class:`~meldingstjener.engine.ebms_alerts.StoreFailing`: one log line
+  when it starts, and ``/health`` says so) rather than a line per call.
 - anything else, a database error of ours too (a missing table): ``500 internal-error``, a
   problem body with EDI 2.0's ``ErrorMessage`` fields, whose ``requestId`` is in the server's
   log line too, so a help desk finds the one from the other.
@@ -43,7 +44,7 @@ import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener.api.problems import problem_response
-from meldingstjener.engine.ebms_alerts import StoreFailing, disk_full
+from meldingstjener.engine.ebms_alerts import StoreFailing, store_refused
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import BUSY, RESOURCES, UNREACHABLE, trouble
 
@@ -57,7 +58,7 @@ RETRY_AFTER_SECONDS = 10
 _TOLD = {
     UNREACHABLE: "the database cannot be reached",
     BUSY: "the database is busy",
-    RESOURCES: "the store cannot be written (a disk full)",
+    RESOURCES: "the store cannot be written (a disk full, or the payload directory away)",
 }
 # the methods whose calls may write to the store
 _WRITING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -155,7 +156,7 @@ class ServerFaults:
         try:
             await self.app(scope, receive, watched)
         except Exception as exc:
-            kind = trouble(exc) or (RESOURCES if disk_full(exc) else None)
+            kind = trouble(exc) or (RESOURCES if store_refused(exc) else None)
             if kind is None:
                 await self._failed(exc, where, started, scope, receive, send)
                 return

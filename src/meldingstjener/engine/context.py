@@ -20,6 +20,7 @@ from meldingstjener import __version__
 from meldingstjener.config import RetentionSettings
 from meldingstjener.ebxml import MshDescription, Party
 from meldingstjener.engine.directory import PartyDirectory
+from meldingstjener.engine.ebms_alerts import StoreFailing
 from meldingstjener.engine.overdue_jobs import OverdueWatch
 from meldingstjener.engine.recovery import RecoveryWatch
 from meldingstjener.security.validation import CertificateValidator
@@ -159,6 +160,12 @@ class EngineContext:
     # the name of this process among those on the store, as ``serve`` runs under it
     # ([server] instance_name, or host:port): its own alerts are keyed by it
     instance: str = "meldingstjener"
+    # this process's writes of its store failing: counted by /ebms and the EPJ API, ended by
+    # a write that works, /health's probe or the heartbeat's (engine/ebms_alerts)
+    store_failing: StoreFailing = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.store_failing = StoreFailing(self)
 
     def schedule_now(
         self,

@@ -17,14 +17,18 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
-from meldingstjener.engine.context import EngineContext
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import transient
+from meldingstjener.store.identity import CheckedPayloadStore, PayloadDirectoryLost
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the context holds this process's StoreFailing
+    from meldingstjener.engine.context import EngineContext
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,12 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
+def store_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store refusing for a while what a call would store: its disk
+    full, or its payload directory not the store's any more (the marker gone with a share)."""
+    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost)
+
+
 class StoreFailing:
     """Since when this ``serve`` process could not write its store (the payload directory, or
     the database: its disk full), in memory, as the heartbeat remembers the database away: on
@@ -123,11 +133,18 @@ class StoreFailing:
     503. So the first failure starts a period (one log line), each request refused meanwhile
     is counted (no line: a traceback per request flooded the log), and ``/health`` answers 503
     ``store-failing`` while it lasts. It ends at the first write that works: a message stored,
-    or :meth:`probe` (a payload file and the alert, written). The ``store-failing`` alert is
-    raised for each refused request while it can be (resolved when this process stores a
+    or :meth:`probe` (a payload file and the alert, written), which ``/health`` and every
+    heartbeat (:meth:`watch`, once a minute) try while it lasts, so that it ends on a server
+    nobody sends to or asks either. The ``store-failing`` alert is raised for each refused
+    request while it can be, and resolved when the period ends (or this process stores a
     received message again); when some could not be, the first commit that works raises one
     more, under the key ``<instance>:outage`` and resolved by hand, telling from when to when
-    and how many requests were refused."""
+    and how many requests were refused.
+
+    The heartbeat also reads the payload directory's marker (:meth:`watch`): a marker gone,
+    another store's or unreadable starts a period too, its alert naming the cause, and the
+    payload store refuses every write meanwhile (``store.identity.PayloadDirectoryLost``,
+    answered 503 as a full disk is) until the marker is back."""
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -145,12 +162,49 @@ class StoreFailing:
         """``request`` (``POST /ebms``, ``POST /Messages``) was answered 503 because the store
         could not be written (``exc``): counted, and alerted if the alert can be stored."""
         reason = _reason(exc)
+        self._start(
+            reason,
+            f"a request received by instance {self.ctx.instance} ({request}) could not be "
+            f"stored: its store failed ({reason}). It was answered 503 and its sender "
+            "resends, until it gives up. Free disk space or mend the payload directory; "
+            "the server log says since when.",
+            refused=1,
+        )
+
+    def watch(self) -> None:
+        """At every heartbeat of ``serve``: read the payload directory's marker again (a period
+        starts when it is found gone, another store's or unreadable), and while a period lasts
+        :meth:`probe` the store, so that it ends within a heartbeat of the store being
+        writable again."""
+        payloads = self.ctx.store.payloads
+        if isinstance(payloads, CheckedPayloadStore):
+            was_lost = payloads.lost
+            lost = payloads.watch_marker()
+            if lost is not None:
+                if not was_lost or not self.failing:  # alerted once, when it is found
+                    self._start(
+                        str(lost),
+                        f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
+                        "payload written there now would be missing to every other serve "
+                        "(and from the share once it is back). Messages received are answered "
+                        "503 (their senders resend) and so are the EPJ API's calls; /health "
+                        "says store-failing. Mount the payload share again (or put the marker "
+                        "back): the next heartbeat, within a minute, ends this.",
+                        refused=0,
+                    )
+                return
+        if self.failing:
+            self.probe()
+
+    def _start(self, reason: str, summary: str, *, refused: int) -> None:
+        """A period of failing starts (one log line), or goes on: ``refused`` requests more,
+        and the ``store-failing`` alert raised with ``summary`` if it can be stored."""
         at = self.ctx.clock()
         with self._lock:
             starts = self._since is None
             if starts:
                 self._since, self._reason = at, reason
-            self._refused += 1
+            self._refused += refused
         if starts:
             log.error(
                 "this server cannot write its store (%s): requests that store are answered 503 "
@@ -163,10 +217,7 @@ class StoreFailing:
             ctx.recovery.raise_alert(
                 uow,
                 AlertKind.STORE_FAILING,
-                f"a request received by instance {ctx.instance} ({request}) could not be "
-                f"stored: its store failed ({reason}). It was answered 503 and its sender "
-                "resends, until it gives up. Free disk space or mend the payload directory; "
-                "the server log says since when.",
+                summary,
                 subject=recovery.store(ctx.instance),
                 key=ctx.instance,
                 at=at,
@@ -178,8 +229,9 @@ class StoreFailing:
 
     def wrote(self) -> None:
         """A write of the store worked (a commit, or :meth:`probe`'s file): a period of failing
-        ends, told by the alert when some refusals could not be alerted. When that alert cannot
-        be stored either, the period goes on (the database is what still fails)."""
+        ends, its ``store-failing`` alert resolved, and told by one more alert when some
+        refusals could not be alerted. When that cannot be stored, the period goes on (the
+        database is what still fails)."""
         with self._lock:
             since, reason, refused, unalerted = (
                 self._since,
@@ -190,25 +242,28 @@ class StoreFailing:
         if since is None:
             return
         until = self.ctx.clock()
-        if unalerted:
-            ctx = self.ctx
+        ctx = self.ctx
 
-            def alert(uow: UnitOfWork) -> None:
-                raise_alert(
-                    uow,
-                    AlertKind.STORE_FAILING,
-                    f"Instance {ctx.instance} could not write its store from "
-                    f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC ({reason}; by "
-                    f"its host's clock): {refused} requests were answered 503 meanwhile "
-                    f"({unalerted} of them could not be alerted then); their senders resend "
-                    "until they give up. It writes again: see why the disk was full, and that "
-                    "what was held back has come (meldingstjener log).",
-                    at=until,
-                    key=f"{ctx.instance}:outage",
-                )
-
-            if not _raise(self.ctx, alert, quiet=True):
+        def ended(uow: UnitOfWork) -> None:
+            # a message stored has resolved it already; a probe's write has not
+            ctx.recovery.went_through(uow, (recovery.store(ctx.instance),), at=until)
+            if not unalerted:
                 return
+            raise_alert(
+                uow,
+                AlertKind.STORE_FAILING,
+                f"Instance {ctx.instance} could not write its store from "
+                f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC ({reason}; by "
+                f"its host's clock): {refused} requests were answered 503 meanwhile "
+                f"({unalerted} of them could not be alerted then); their senders resend "
+                "until they give up. It writes again: see why the disk was full, and that "
+                "what was held back has come (meldingstjener log).",
+                at=until,
+                key=f"{ctx.instance}:outage",
+            )
+
+        if not _raise(self.ctx, ended, quiet=True):
+            return
         with self._lock:
             if self._since != since:
                 return  # ended by another thread meanwhile
@@ -230,7 +285,7 @@ class StoreFailing:
         payloads = self.ctx.store.payloads
         try:
             payloads.delete(payloads.put(b"probe").key)
-        except OSError:
+        except (OSError, StoreUnavailable):  # StoreUnavailable: the directory not the store's
             return False
         self.wrote()
         return not self.failing

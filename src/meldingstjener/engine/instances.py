@@ -14,6 +14,12 @@ lasts, and afterwards nothing would say that the server could not work for two h
 heartbeat remembers (in memory) since when the store has been unreachable, and the first beat
 that works after five minutes or more raises ``store-unreachable`` with both times.
 
+A server nobody sends to or asks would also keep a ``store-failing`` open for ever after its
+disk is writable again (only a write ended it), and would not see its payload share drop. So
+every beat, first and whether the database answers or not, has the process's store watched
+(:meth:`~meldingstjener.engine.ebms_alerts.StoreFailing.watch`: the payload directory's marker
+read again, and the store probed while it fails).
+
 Resolving a gone instance's alerts also hides what it no longer does: when the host of the only
 server that collected the mailbox is lost, its ``mailbox-unreachable`` would go, and nothing
 would say that no mail is collected. So an instance that goes from running to gone without a
@@ -360,6 +366,10 @@ class Heartbeat:
         self.present_since: datetime | None = None  # the store's time
 
     def beat(self, *, started: bool = False) -> None:
+        try:
+            self.ctx.store_failing.watch()
+        except Exception:  # a fault of ours: the beat itself must go on
+            log.exception("could not watch this instance's store")
         at = self.ctx.clock()
         since = self.unreachable_since
         outage = None

@@ -26,6 +26,13 @@ where it is). The two must agree:
   no server can read, and ``sweep`` over another store's folder would remove its files as
   unreferenced. Commands that never touch a payload (``alerts``, ``instances``) need no share.
   They never write an id: only a server makes the choice.
+- while ``serve`` runs, its heartbeat reads the marker again (:meth:`CheckedPayloadStore.
+  watch_marker`, a read of one small file a minute): a share that drops while the server runs
+  leaves its mount point, a writable folder of the host's own, where new bodies would be
+  written unseen by every other process and lost from the share's view. A marker gone, another
+  store's, or not readable makes the store refuse every touch of a payload
+  (:class:`PayloadDirectoryLost`, which the server counts as its store failing) until the
+  marker names the store again, looked at once more at every touch meanwhile.
 
 Refused (:class:`PayloadDirectoryNotOurs`, a :class:`StoreUnavailable` that names both places
 and what to do): a marker with another id; a marker where the database has no id and the folder
@@ -73,6 +80,11 @@ class PayloadDirectoryNotOurs(StoreUnavailable):
     """The payload directory is not this database's (another store's, or a host's own)."""
 
 
+class PayloadDirectoryLost(PayloadDirectoryNotOurs):
+    """The payload directory stopped being the store's while ``serve`` ran: its marker gone (a
+    share unmounted, the folder underneath in its place), another store's, or unreadable."""
+
+
 def marker_path(directory: Path) -> Path:
     return directory / MARKER_NAME
 
@@ -106,7 +118,7 @@ def claim_payload_directory(store: Store) -> str:
     has none yet; :class:`PayloadDirectoryNotOurs` when the directory is not the store's."""
     known = _claim(store.database, store.payloads.root)
     if isinstance(store.payloads, CheckedPayloadStore):
-        store.payloads.mark_checked()
+        store.payloads.mark_checked(known)
     return known
 
 
@@ -254,18 +266,63 @@ def _clear_pending(database: Database) -> None:
 class CheckedPayloadStore(PayloadStore):
     """A payload store that checks, before its first file is touched, that the directory is
     this database's (:func:`check_payload_directory`); ``serve`` checks at its start instead
-    (:func:`claim_payload_directory`) and marks the store checked."""
+    (:func:`claim_payload_directory`) and marks the store checked, with the store's id, which
+    its heartbeat then finds in the marker again (:meth:`watch_marker`)."""
 
     def __init__(self, root: Path, database: Database) -> None:
         super().__init__(root)
         self._database = database
         self._checked = False
         self._check_lock = threading.Lock()
+        self._store_id: str | None = None  # known once a serve claimed the directory
+        # why the directory is not the store's now (the marker watched): every touch refused
+        self._lost: str | None = None
 
-    def mark_checked(self) -> None:
+    def mark_checked(self, known: str | None = None) -> None:
         self._checked = True
+        self._store_id = known
+
+    @property
+    def lost(self) -> bool:
+        """Whether the last look at the marker found the directory not the store's."""
+        return self._lost is not None
+
+    def watch_marker(self) -> PayloadDirectoryLost | None:
+        """Read the marker again: None when it names the store (or no serve claimed the
+        directory: nothing to compare with), else why not, every touch of a payload refused
+        until a look finds it back."""
+        known = self._store_id
+        if known is None:
+            return None
+        marker = marker_path(self.root)
+        try:
+            marked = read_marker(self.root)
+        except StoreUnavailable as exc:
+            why: str | None = f"its marker {marker} cannot be read ({exc})"
+        else:
+            if marked is None:
+                why = (
+                    f"its marker {marker} is missing (a network share unmounted, the folder "
+                    "underneath in its place?)"
+                )
+            elif marked != known:
+                whose = f"store {marked}" if marked else "no store (it is empty)"
+                why = f"its marker {marker} names {whose}, not store {known}"
+            else:
+                why = None
+        self._lost = (
+            None
+            if why is None
+            else f"the payload directory {self.root} (data_dir) is not the store's any more: "
+            f"{why}; nothing is stored until the marker names store {known} again"
+        )
+        return None if self._lost is None else PayloadDirectoryLost(self._lost)
 
     def _ensure_checked(self) -> None:
+        if self._lost is not None:
+            lost = self.watch_marker()  # back by the next touch, not only the next heartbeat
+            if lost is not None:
+                raise lost
         if self._checked:
             return
         with self._check_lock:

@@ -130,3 +130,30 @@ def test_the_epj_api_on_a_full_payload_disk_answers_503_with_retry_after(
     answer = api_pair.post_note("x")  # the EPJ's repeat
     assert answer.is_success, answer.text
     assert api_pair.gp_http.get("/health").json()["status"] == "ok"
+
+
+def test_the_epj_api_answers_503_while_the_payload_share_is_away(api_pair: ApiPair) -> None:
+    # The share of the payload directory dropped under a running serve (its marker gone, found
+    # by the heartbeat): a document the EPJ sends would be written into the host's own folder
+    # underneath. Refused as a full disk is, until the share is back.
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store.identity import claim_payload_directory, marker_path
+
+    gp = api_pair.pair.gp
+    known = claim_payload_directory(gp.store)  # as serve does at its start
+    marker = marker_path(gp.store.payloads.root)
+    heart = Heartbeat(gp, gp.instance)
+    marker.unlink()
+    heart.beat()
+    answer = api_pair.post_note("x")
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["retry-after"]) > 0
+    assert answer.json()["code"] == "unavailable"
+    [(key, (severity, count, summary))] = open_alerts(gp).items()
+    assert (key, severity, count) == (f"store-failing:{gp.instance}", "critical", 2)
+    assert f"its marker {marker} is missing" in summary  # the last: the call refused
+    marker.write_text(f"{known}\n", encoding="ascii")
+    heart.beat()
+    assert open_alerts(gp) == {}
+    answer = api_pair.post_note("x")  # the EPJ's repeat
+    assert answer.is_success, answer.text

@@ -374,3 +374,87 @@ def test_a_store_failing_at_one_serve_is_its_alert_until_it_stores_again(
             root.unlink()
             root.mkdir()
         second.store.database.dispose()
+
+
+def test_the_heartbeat_ends_a_store_failing_on_a_server_nobody_sends_to(
+    pair: Pair, http: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No traffic and no health checks after the outage: only the heartbeat can see the store
+    # writable again. Beats driven here as the heartbeat's thread makes them, once a minute.
+    from meldingstjener.engine.instances import Heartbeat
+
+    hospital = pair.hospital
+    body, content_type = wire(pair)
+    root = hospital.store.payloads.root
+    shutil.rmtree(root)
+    root.write_bytes(b"")  # every write under it fails (ENOTDIR), also for root
+    heart = Heartbeat(hospital, hospital.instance)
+    try:
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 503, answer.text
+        failing = f"store-failing:{hospital.instance}"
+        assert open_alerts(hospital) == {failing: ("critical", 1)}
+        heart.beat()  # still not writable: its probe fails and changes nothing
+        assert open_alerts(hospital) == {failing: ("critical", 1)}
+    finally:
+        root.unlink()
+        root.mkdir()
+    caplog.set_level("WARNING", logger="meldingstjener")
+    heart.beat()
+    assert open_alerts(hospital) == {}
+    assert sum("writes its store again" in r.getMessage() for r in caplog.records) == 1
+    assert [path for path in root.rglob("*") if path.is_file()] == []  # the probe's removed
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
+
+
+def _summaries(ctx: EngineContext) -> dict[str, str]:
+    with ctx.store.unit_of_work() as uow:
+        return {a.dedup_key: a.summary for a in uow.alerts.list(open_only=True)}
+
+
+@pytest.mark.parametrize("lost", ["missing", "another store's"])
+def test_a_payload_share_lost_while_serving_is_a_store_failing_until_its_marker_is_back(
+    pair: Pair, http: TestClient, lost: str
+) -> None:
+    # The share holding the payload directory drops while serve runs: its mount point is a
+    # writable folder of the host's own, without the marker (or another share is mounted in
+    # its place). Nothing may be written there: the other servers would never see it.
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store.identity import claim_payload_directory, marker_path
+
+    hospital = pair.hospital
+    body, content_type = wire(pair)
+    known = claim_payload_directory(hospital.store)  # as serve does at its start
+    root = hospital.store.payloads.root
+    marker = marker_path(root)
+    heart = Heartbeat(hospital, hospital.instance)
+    heart.beat(started=True)
+    assert open_alerts(hospital) == {}
+    if lost == "missing":
+        marker.unlink()
+    else:
+        marker.write_text("0" * 32 + "\n", encoding="ascii")
+    underneath = sorted(root.rglob("*"))
+    heart.beat()
+    failing = f"store-failing:{hospital.instance}"
+    summary = _summaries(hospital)[failing]
+    assert str(marker) in summary
+    assert ("is missing" if lost == "missing" else f"names store {'0' * 32}") in summary
+    assert f"not store {known}" in summary or lost == "missing"
+
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 503, answer.text
+    health = http.get("/health")  # its probe is refused too
+    assert (health.status_code, health.json()["status"]) == (503, "store-failing")
+    heart.beat()  # still lost: not told again
+    assert open_alerts(hospital) == {failing: ("critical", 2)}  # the one found, the one refused
+    assert sorted(root.rglob("*")) == underneath  # nothing written into the wrong folder
+    assert pair.inbound_messages(hospital) == []
+
+    marker.write_text(f"{known}\n", encoding="ascii")  # the share mounted again
+    heart.beat()
+    assert open_alerts(hospital) == {}
+    assert http.get("/health").json()["status"] == "ok"
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 200, answer.text
