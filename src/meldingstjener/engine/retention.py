@@ -9,7 +9,9 @@ that are *settled* and have been for so many days:
   stay, so the help desk still sees what became of the message; the row lets go of the files and
   a NOTE event ``content-removed`` says when and why.
 - ``message_days`` (default 0, kept): the whole message with its events, receipts, jobs and content
-  keys, and the files of its receipts; its alerts stay, without the message.
+  keys, and the files of its receipts; its alerts stay, without the message. In the same run
+  the folder integration's rows (``folder_files``) that exactly-once needs no more go
+  (:func:`folder_files_done` says which and why).
 
 The API's audit log is not deleted here: the database refuses to delete its rows (migration
 0002's triggers). Its growth is bounded where it grew: a listing is audited once per message and
@@ -135,17 +137,21 @@ def folder_files_done(before: datetime) -> ColumnElement[bool]:
     #   only while a file of its name is in the outbox. Any other file of its name and content
     #   is a new drop, which folder.py sends as one.
     # An unknown kind is kept.
+    # One NOT EXISTS for both ways to its message, outside the OR of the kinds: PostgreSQL
+    # then probes messages' two indexes per row (an anti-join); one inside the OR was planned
+    # as a hashed subplan reading every message at each batch. An inbox row's key is its
+    # message's id: no message was sent as "folder:" and that (an outbox key is 64 hex digits).
     sent_as = literal(FOLDER_CLIENT_PREFIX, String) + FolderFileRow.key
+    its_message = or_(MessageRow.id == FolderFileRow.message_id, MessageRow.client_id == sent_as)
     return and_(
         FolderFileRow.at < before,
-        ~exists().where(MessageRow.id == FolderFileRow.message_id),
+        ~exists().where(its_message),
         or_(
             FolderFileRow.kind == FOLDER_INBOX,
             and_(
                 FolderFileRow.kind == FOLDER_OUTBOX,
                 FolderFileRow.moved_at.is_not(None),
                 FolderFileRow.moved_at < before,
-                ~exists().where(MessageRow.client_id == sent_as),
             ),
         ),
     )
