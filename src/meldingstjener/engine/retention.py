@@ -9,7 +9,9 @@ that are *settled* and have been for so many days:
   stay, so the help desk still sees what became of the message; the row lets go of the files and
   a NOTE event ``content-removed`` says when and why.
 - ``message_days`` (default 0, kept): the whole message with its events, receipts, jobs and content
-  keys, and the files of its receipts; its alerts stay, without the message.
+  keys, and the files of its receipts; its alerts stay, without the message. In the same run
+  the folder integration's rows (``folder_files``) that exactly-once needs no more go
+  (:func:`folder_files_done` says which and why).
 
 The API's audit log is not deleted here: the database refuses to delete its rows (migration
 0002's triggers). Its growth is bounded where it grew: a listing is audited once per message and
@@ -47,10 +49,12 @@ numbers only) and in the log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, String, and_, exists, literal, or_
 
 from meldingstjener.config import RetentionSettings
 from meldingstjener.engine import housekeeping
@@ -58,7 +62,13 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.model.status import SETTLED
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import (
+    FOLDER_CLIENT_PREFIX,
+    FOLDER_INBOX,
+    FOLDER_OUTBOX,
+    FolderFileRow,
+    MessageRow,
+)
 from meldingstjener.store.uow import (
     CONTENT_REMOVED,
     ClaimedJob,
@@ -103,6 +113,50 @@ def settled() -> ColumnElement[bool]:
     )
 
 
+def folder_files_done(before: datetime) -> ColumnElement[bool]:
+    """The folder integration's rows (``folder_files``) that exactly-once no longer needs, for
+    ``before`` the cutoff of ``message_days`` (see the rule below)."""
+    # A row is what keeps integration/folder.py exactly-once across crashes; one deleted while
+    # it may still be asked for would have a restarted server send a file twice, or write an
+    # inbox file again after the EPJ took it. So it goes only when all of these hold:
+    # - Its message is gone (deleted by this job), found as folder.py finds it: by the row's
+    #   message_id (an inbox row's is its message), or for an outbox file by the client_id it
+    #   was sent as (``folder:<key>``; a ``pending`` row whose submit committed before a crash
+    #   has no message_id yet). While the message is there, an inbox row says its files were
+    #   written or staged (``_still_to_write``, ``_publish_staged``: gone, a message still
+    #   ``acknowledged`` would be written again, or a staged temporary swept), and it is what
+    #   the help desk can tie to a file.
+    # - An outbox file has left the outbox (``moved_at`` set: moved to sent/ or failed/ by
+    #   ``_move_out``, or found gone by ``_left_the_outbox``), however old the row: a file still
+    #   there, or back after a crash with its time or inode changed, is known as the file sent
+    #   only by its row (``_claim``), and would be sent again without it.
+    # - It left (or was last written, for an inbox row) more than message_days ago, at least
+    #   PAYLOAD_DAYS_FLOOR days. A file that left comes back with its key only as the leftover of
+    #   a process that died moving it, which the next round of any process on the outbox puts
+    #   back and moves out (outbox_moves.put_back_leftovers); it waits in the server's own folder
+    #   only while a file of its name is in the outbox. Any other file of its name and content
+    #   is a new drop, which folder.py sends as one.
+    # An unknown kind is kept.
+    # One NOT EXISTS for both ways to its message, outside the OR of the kinds: PostgreSQL
+    # then probes messages' two indexes per row (an anti-join); one inside the OR was planned
+    # as a hashed subplan reading every message at each batch. An inbox row's key is its
+    # message's id: no message was sent as "folder:" and that (an outbox key is 64 hex digits).
+    sent_as = literal(FOLDER_CLIENT_PREFIX, String) + FolderFileRow.key
+    its_message = or_(MessageRow.id == FolderFileRow.message_id, MessageRow.client_id == sent_as)
+    return and_(
+        FolderFileRow.at < before,
+        ~exists().where(its_message),
+        or_(
+            FolderFileRow.kind == FOLDER_INBOX,
+            and_(
+                FolderFileRow.kind == FOLDER_OUTBOX,
+                FolderFileRow.moved_at.is_not(None),
+                FolderFileRow.moved_at < before,
+            ),
+        ),
+    )
+
+
 class MessageDaysTooShort(ValueError):
     """``message_days`` would delete messages a partner may still resend."""
 
@@ -114,12 +168,13 @@ class RetentionReport:
     dry_run: bool
     contents_removed: int = 0  # messages whose payload files went
     messages_deleted: int = 0
+    folder_files: int = 0  # folder integration rows no longer needed (folder_files_done)
     files: int = 0  # payload files deleted after the commits (a dry run: none)
     refused: str | None = None  # why no message was deleted (message_days too short)
     more: bool = False  # a kind stopped at BATCHES_PER_RUN with more to do
 
     def any(self) -> bool:
-        return bool(self.contents_removed or self.messages_deleted)
+        return bool(self.contents_removed or self.messages_deleted or self.folder_files)
 
     def line(self) -> str:
         """Counts only: what the log and the message log say of a run."""
@@ -127,6 +182,11 @@ class RetentionReport:
         return (
             f"{done} the content of {self.contents_removed} settled message(s) and "
             f"{self.messages_deleted} settled message(s) whole"
+            + (
+                f"; {done} {self.folder_files} folder integration record(s) no longer needed"
+                if self.folder_files
+                else ""
+            )
             + (f"; {self.files} payload file(s) deleted" if self.files else "")
         )
 
@@ -170,7 +230,37 @@ def run(
             cutoff = None
     if cutoff is not None:
         _delete_messages(store, cutoff, now, report, batches)
+        # after the messages: a row whose message this run deleted goes in the same run
+        _delete_folder_files(store, cutoff, report, batches)
     return report
+
+
+Resume = TypeVar("Resume")
+
+
+def _in_batches(
+    store: Store,
+    report: RetentionReport,
+    batches: int | None,
+    batch: Callable[[UnitOfWork, Resume | None], Resume | None],
+) -> None:
+    """Run ``batch`` again and again, each time in a unit of work of its own that is committed
+    after it, until it finds nothing more (returns None) or ``batches`` have run
+    (``report.more``). ``batch`` is given where the one before stopped (None at first) and
+    returns where it stopped; it counts what it did in ``report``, which a failed commit leaves
+    unreturned (the error goes out of :func:`run`)."""
+    after: Resume | None = None
+    done = 0
+    while True:
+        if batches is not None and done >= batches:
+            report.more = True
+            return
+        done += 1
+        with store.unit_of_work() as uow:
+            after = batch(uow, after)
+            if after is None:
+                return
+            uow.commit()
 
 
 def _remove_contents(
@@ -182,37 +272,32 @@ def _remove_contents(
         return
     # messages with a payload, then those with a wire form only (refused before decryption)
     for by_wire in (False, True):
-        after: str | None = None
-        done = 0
-        while True:
-            if batches is not None and done >= batches:
-                report.more = True
-                break
-            done += 1
-            with store.unit_of_work() as uow:
-                held = uow.retention.holding_content(
-                    settled(), before=before, by_wire=by_wire, after=after, limit=BATCH
+
+        def remove(uow: UnitOfWork, after: str | None, by_wire: bool = by_wire) -> str | None:
+            held = uow.retention.holding_content(
+                settled(), before=before, by_wire=by_wire, after=after, limit=BATCH
+            )
+            if not held:
+                return None
+            keys = [ref for message in held for ref in (message.payload_ref, message.wire_ref)]
+            files = [key for key in keys if key]
+            uow.retention.forget_content([message.id for message in held], at=now)
+            for message in held:
+                uow.events.record(
+                    message.id,
+                    EventKind.NOTE,
+                    actor="msh:retention",
+                    code=CONTENT_REMOVED,
+                    detail=f"content removed: {message.status} for more than "
+                    f"{(now - before).days} days ([retention] payload_days)",
+                    at=now,
                 )
-                if not held:
-                    break
-                after = held[-1].wire_ref if by_wire else held[-1].payload_ref
-                keys = [ref for message in held for ref in (message.payload_ref, message.wire_ref)]
-                files = [key for key in keys if key]
-                uow.retention.forget_content([message.id for message in held], at=now)
-                for message in held:
-                    uow.events.record(
-                        message.id,
-                        EventKind.NOTE,
-                        actor="msh:retention",
-                        code=CONTENT_REMOVED,
-                        detail=f"content removed: {message.status} for more than "
-                        f"{(now - before).days} days ([retention] payload_days)",
-                        at=now,
-                    )
-                housekeeping.delete_after_commit(store, uow, files, now=now)
-                uow.commit()
+            housekeeping.delete_after_commit(store, uow, files, now=now)
             report.contents_removed += len(held)
             report.files += len(files)
+            return held[-1].wire_ref if by_wire else held[-1].payload_ref
+
+        _in_batches(store, report, batches, remove)
 
 
 def _delete_messages(
@@ -222,26 +307,39 @@ def _delete_messages(
         with store.unit_of_work() as uow:
             report.messages_deleted = uow.retention.count_settled(settled(), before=before)
         return
-    after: RetentionKey | None = None
-    done = 0
-    while True:
-        if batches is not None and done >= batches:
-            report.more = True
-            return
-        done += 1
-        with store.unit_of_work() as uow:
-            found = uow.retention.settled_messages(
-                settled(), before=before, after=after, limit=BATCH
-            )
-            if not found:
-                return
-            after = found[-1][0]
-            files = [key for _, keys in found for key in keys]
-            uow.retention.delete_messages([key[1] for key, _ in found])
-            housekeeping.delete_after_commit(store, uow, files, now=now)
-            uow.commit()
+
+    def delete(uow: UnitOfWork, after: RetentionKey | None) -> RetentionKey | None:
+        found = uow.retention.settled_messages(settled(), before=before, after=after, limit=BATCH)
+        if not found:
+            return None
+        files = [key for _, keys in found for key in keys]
+        uow.retention.delete_messages([key[1] for key, _ in found])
+        housekeeping.delete_after_commit(store, uow, files, now=now)
         report.messages_deleted += len(found)
         report.files += len(files)
+        return found[-1][0]
+
+    _in_batches(store, report, batches, delete)
+
+
+def _delete_folder_files(
+    store: Store, before: datetime, report: RetentionReport, batches: int | None
+) -> None:
+    done = folder_files_done(before)
+    if report.dry_run:
+        with store.unit_of_work() as uow:
+            report.folder_files = uow.retention.count_folder_files_done(done)
+        return
+
+    def delete(uow: UnitOfWork, after: int | None) -> int | None:
+        found = uow.retention.folder_files_done(done, after=after, limit=BATCH)
+        if not found:
+            return None
+        uow.retention.delete_folder_files(found)
+        report.folder_files += len(found)
+        return found[-1]
+
+    _in_batches(store, report, batches, delete)
 
 
 def record(uow: UnitOfWork, report: RetentionReport, *, actor: str, at: datetime) -> None:

@@ -82,12 +82,18 @@ from meldingstjener.integration.outbox_moves import (
 from meldingstjener.model import Direction
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.payloads import Spool
-from meldingstjener.store.tables import FolderFileRow, MessageRow
+from meldingstjener.store.tables import (
+    FOLDER_CLIENT_PREFIX,
+    FOLDER_INBOX,
+    FOLDER_OUTBOX,
+    FolderFileRow,
+    MessageRow,
+)
 from meldingstjener.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-OUTBOX, INBOX = "outbox", "inbox"
+OUTBOX, INBOX = FOLDER_OUTBOX, FOLDER_INBOX  # the sides; a row's kind
 PENDING, SENT, FAILED = "pending", "sent", "failed"  # an outbox file's row
 STAGING, WRITTEN = "staging", "written"  # an inbox message's row
 ACTOR = "folder"
@@ -458,7 +464,7 @@ class FolderIntegration:
                     self.ctx,
                     data,
                     actor=ACTOR,
-                    client_id=f"{ACTOR}:{key}",
+                    client_id=_client_id(key),
                     idempotency_key=f"{ACTOR}:{key}",
                     inspected=inspected,
                     # an AppRec answers only a message sent to a HER-id the folder acts for
@@ -557,7 +563,7 @@ class FolderIntegration:
             return uow.session.scalars(
                 select(MessageRow.id).where(
                     MessageRow.direction == Direction.OUTBOUND.value,
-                    MessageRow.client_id == f"{ACTOR}:{key}",
+                    MessageRow.client_id == _client_id(key),
                 )
             ).first()
 
@@ -617,7 +623,7 @@ class FolderIntegration:
                 sent = uow.session.scalars(
                     select(MessageRow.id).where(
                         MessageRow.direction == Direction.OUTBOUND.value,
-                        MessageRow.client_id == f"{ACTOR}:{key}",
+                        MessageRow.client_id == _client_id(key),
                     )
                 ).first()
                 if sent is not None:
@@ -1056,6 +1062,12 @@ def _record_staging(uow: UnitOfWork, message_id: str, staged: list[tuple[str, st
             staged_as="/".join(temporary for temporary, _ in staged),
         )
     )
+
+
+def _client_id(key: str) -> str:
+    """The client_id of the message the outbox file of row ``key`` was sent as (retention finds
+    a row's message by it too: see ``engine/retention.py``)."""
+    return f"{FOLDER_CLIENT_PREFIX}{key}"
 
 
 def _inbox_names(message_id: str) -> tuple[str, str]:

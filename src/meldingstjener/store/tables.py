@@ -535,6 +535,13 @@ class WebhookDeliveryRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# folder_files.kind as the folder integration (integration/folder.py) writes it, and the client_id
+# of the message an outbox file was sent as: FOLDER_CLIENT_PREFIX and the file's row's key. Here,
+# not in folder.py, so that retention (engine/retention.py) finds a row's message by the same rule.
+FOLDER_OUTBOX, FOLDER_INBOX = "outbox", "inbox"
+FOLDER_CLIENT_PREFIX = "folder:"
+
+
 class FolderFileRow(Base):
     """A file taken from the outbox folder, or a message written to the inbox folder.
 

@@ -47,6 +47,7 @@ from meldingstjener.store.tables import (
     AlertRow,
     ContentKeyRow,
     EventRow,
+    FolderFileRow,
     InstanceRow,
     JobRow,
     MessageRow,
@@ -1662,6 +1663,28 @@ class RetentionRepository:
             .execution_options(synchronize_session=False)
         )
         self.session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
+
+    def folder_files_done(
+        self, done: ColumnElement[bool], *, after: int | None, limit: int
+    ) -> list[int]:
+        """The folder integration's rows it needs no more (``done``: the condition on the row),
+        along the primary key from the one after ``after`` (no other index of the table leads
+        with what ``done`` asks: see docs/OPERATIONS.md)."""
+        query = select(FolderFileRow.id).where(done)
+        if after is not None:
+            query = query.where(FolderFileRow.id > after)
+        query = query.order_by(FolderFileRow.id).limit(limit)
+        return list(self.session.scalars(query.with_for_update(skip_locked=True)))
+
+    def count_folder_files_done(self, done: ColumnElement[bool]) -> int:
+        return self.session.scalar(select(func.count()).where(done)) or 0
+
+    def delete_folder_files(self, row_ids: Sequence[int]) -> None:
+        self.session.execute(
+            delete(FolderFileRow)
+            .where(FolderFileRow.id.in_(list(row_ids)))
+            .execution_options(synchronize_session=False)
+        )
 
     def longest_persist_duration(self) -> timedelta | None:
         """The longest PersistDuration of the agreements (how long a partner may resend a

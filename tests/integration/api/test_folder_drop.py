@@ -20,8 +20,9 @@ from api_sites import ApiPair
 from engine_pair import Pair
 from sqlalchemy import select, update
 
-from meldingstjener.config import FolderSettings
+from meldingstjener.config import FolderSettings, RetentionSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.engine import retention
 from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 from meldingstjener.integration.folder import FolderIntegration
@@ -108,6 +109,40 @@ def test_a_file_sent_that_left_the_outbox_by_hand_is_not_taken_for_a_later_drop(
     integration.outbox_once()
     assert len(outbound(pair)) == 2
     assert [p.name for p in (outbox / "sent").iterdir()] == ["n.xml"]
+
+
+def test_retention_keeps_the_row_of_a_file_still_in_the_outbox_after_its_message_went(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # Two files sent and acknowledged; one moved to sent/, one left in the outbox (sent/ not
+    # usable). 100 days on, retention deletes both messages and the moved file's row, not the
+    # other's: that row is all that says the file was sent, and the round that can move it at
+    # last moves it, not sending it again.
+    outbox = tmp_path / "ut"
+    integration = FolderIntegration(pair.gp, FolderSettings(outbox_dir=outbox, settle_seconds=0))
+    drop(outbox, "moved.xml", dialog_note(pair.gp_site, pair.hospital_site, "Flyttet ut"))
+    integration.outbox_once()
+    (outbox / "sent").rename(outbox / "sent.mended")
+    (outbox / "sent").write_bytes(b"")
+    drop(outbox, "left.xml", dialog_note(pair.gp_site, pair.hospital_site, "Blir liggende"))
+    integration.outbox_once()
+    assert (outbox / "left.xml").exists() and len(outbound(pair)) == 2
+    pair.run()
+    assert {message.status for message in outbound(pair)} == {"transport-acknowledged"}
+    pair.clock.advance(days=100)
+
+    rules = RetentionSettings(payload_days=0, message_days=30)
+    report = retention.run(pair.gp.store, rules, now=pair.clock())
+
+    assert (report.messages_deleted, report.folder_files) == (2, 1)
+    with pair.gp.store.unit_of_work() as uow:
+        [kept] = uow.session.scalars(select(FolderFileRow))
+    assert kept.moved_at is None and kept.outcome == "sent"
+    (outbox / "sent").unlink()
+    (outbox / "sent.mended").rename(outbox / "sent")
+    integration.outbox_once()
+    assert outbound(pair) == []  # not sent again
+    assert sorted(path.name for path in (outbox / "sent").iterdir()) == ["left.xml", "moved.xml"]
 
 
 def test_a_file_that_never_left_another_outbox_sharing_the_store_is_not_this_ones(

@@ -25,6 +25,7 @@ from meldingstjener.store.tables import (
     AlertRow,
     ContentKeyRow,
     EventRow,
+    FolderFileRow,
     MessageRow,
     ReceiptRow,
 )
@@ -357,6 +358,158 @@ def test_alerts_table_untouched_by_content_removal(store: Store) -> None:
     with store.unit_of_work() as uow:
         alert = uow.session.scalars(select(AlertRow)).one()
     assert alert.message_id == message_id
+
+
+# --- the folder integration's rows (folder_files) ----------------------------------------------
+
+FOLDER_RULES = RetentionSettings(payload_days=0, message_days=30)
+CUTOFF = NOW - timedelta(days=30)
+SECOND = timedelta(seconds=1)
+GONE = "00000000-0000-4000-8000-000000000000"  # a message retention deleted
+
+
+def _folder_row(
+    store: Store,
+    name: str,
+    kind: str,
+    outcome: str,
+    *,
+    at: datetime,
+    moved_at: datetime | None = None,
+    message_id: str | None = None,
+) -> None:
+    """A folder_files row as integration/folder.py leaves it (``name``: its key, to find it)."""
+    with store.unit_of_work() as uow:
+        uow.session.add(
+            FolderFileRow(
+                kind=kind,
+                key=name,
+                file_name=f"digest-of-{name}",
+                message_id=message_id,
+                outcome=outcome,
+                at=at,
+                content_sha256="c" * 64 if kind == "outbox" else None,
+                moved_at=moved_at,
+                outbox_tag="t" * 16 if kind == "outbox" else None,
+                staged_as=".m.json.1.tmp/.m.xml.2.tmp" if outcome == "staging" else None,
+            )
+        )
+        uow.commit()
+
+
+def _folder_rows(store: Store) -> set[str]:
+    with store.unit_of_work() as uow:
+        return set(uow.session.scalars(select(FolderFileRow.key)))
+
+
+def test_outbox_rows_go_once_their_file_left_before_message_days_and_their_message_is_gone(
+    store: Store,
+) -> None:
+    long_ago = NOW - timedelta(days=1000)
+    # the file moved out just before the cutoff, and just after it
+    _folder_row(
+        store,
+        "just-outside",
+        "outbox",
+        "sent",
+        at=CUTOFF - SECOND,
+        moved_at=CUTOFF - SECOND,
+        message_id=GONE,
+    )
+    _folder_row(
+        store,
+        "just-inside",
+        "outbox",
+        "sent",
+        at=CUTOFF - SECOND,
+        moved_at=CUTOFF + SECOND,
+        message_id=GONE,
+    )
+    # refused, moved to failed/ long ago: it never had a message
+    _folder_row(store, "refused", "outbox", "failed", at=long_ago, moved_at=long_ago)
+    # claimed long ago and still in the outbox (sent/ unusable, a crash before the move): its
+    # row is all that tells it from a new file, however old
+    _folder_row(store, "unmoved-pending", "outbox", "pending", at=long_ago)
+    _folder_row(store, "unmoved-sent", "outbox", "sent", at=long_ago, message_id=GONE)
+    # its message is still there (on its way): found by message_id, and, for a submit that
+    # committed before a crash left the row pending, by the client_id it was sent as
+    waiting, _ = _message(store, "out", "transport-error", settled_days_ago=400)
+    submitted, _ = _message(store, "out", "transport-error", settled_days_ago=400)
+    with store.unit_of_work() as uow:
+        uow.session.execute(
+            update(MessageRow).where(MessageRow.id == submitted).values(client_id="folder:crashed")
+        )
+        uow.commit()
+    _folder_row(
+        store, "message-kept", "outbox", "sent", at=long_ago, moved_at=long_ago, message_id=waiting
+    )
+    _folder_row(store, "crashed", "outbox", "pending", at=long_ago, moved_at=long_ago)
+    every = _folder_rows(store)
+
+    # message_days 0 keeps the messages, and so the rows that go with them
+    assert retention.run(store, RetentionSettings(message_days=0), now=NOW).folder_files == 0
+    assert retention.run(store, FOLDER_RULES, now=NOW, dry_run=True).folder_files == 2
+    assert _folder_rows(store) == every
+
+    report = retention.run(store, FOLDER_RULES, now=NOW)
+
+    assert (report.folder_files, report.messages_deleted) == (2, 0)
+    assert _folder_rows(store) == every - {"just-outside", "refused"}
+    assert "deleted 2 folder integration record(s) no longer needed" in report.line()
+    assert retention.run(store, FOLDER_RULES, now=NOW).folder_files == 0  # done once
+
+
+def test_inbox_rows_go_with_their_message_and_not_while_it_waits_for_its_files(
+    store: Store,
+) -> None:
+    # delivered and answered 40 days ago: the message goes in this run, its row with it
+    answered, _ = _message(store, "in", "apprec-sent", settled_days_ago=40)
+    _folder_row(
+        store, "answered", "inbox", "written", at=NOW - timedelta(days=41), message_id=answered
+    )
+    # the message was deleted before: written just before the cutoff goes, just after stays
+    _folder_row(store, "just-outside", "inbox", "written", at=CUTOFF - SECOND, message_id=GONE)
+    _folder_row(store, "just-inside", "inbox", "written", at=CUTOFF + SECOND, message_id=GONE)
+    # still acknowledged a year on (an inbox share not mounted): staged, its temporaries are to
+    # be renamed into place; written, a crash came before the delivery (gone, the files would
+    # be written again after the EPJ may have taken them)
+    for name in ("staged", "written"):
+        waiting, _ = _message(store, "in", "acknowledged", settled_days_ago=400)
+        outcome = "staging" if name == "staged" else "written"
+        _folder_row(store, name, "inbox", outcome, at=NOW - timedelta(days=400), message_id=waiting)
+    every = _folder_rows(store)
+
+    report = retention.run(store, FOLDER_RULES, now=NOW)
+
+    assert (report.messages_deleted, report.folder_files) == (1, 2)
+    assert _folder_rows(store) == every - {"answered", "just-outside"}
+
+
+def test_folder_rows_go_in_batches_and_not_while_message_days_is_refused(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    long_ago = NOW - timedelta(days=100)
+    for number in range(5):
+        _folder_row(store, f"f{number}", "outbox", "failed", at=long_ago, moved_at=long_ago)
+    with store.unit_of_work() as uow:
+        uow.agreements.add(
+            AgreementRow(
+                our_her_id="8200002",
+                counterparty_her_id="8100001",
+                persist_duration_seconds=40 * 86400,
+            )
+        )
+        uow.commit()
+    refused = retention.run(store, FOLDER_RULES, now=NOW)
+    assert refused.refused is not None and refused.folder_files == 0
+    assert len(_folder_rows(store)) == 5
+
+    rules = RetentionSettings(payload_days=0, message_days=41)
+    first = retention.run(store, rules, now=NOW, batches=1)
+    assert (first.folder_files, first.more) == (2, True)
+    assert retention.run(store, rules, now=NOW).folder_files == 3
+    assert _folder_rows(store) == set()
 
 
 def test_the_command_on_a_host_without_the_payload_share_changes_nothing(tmp_path: Path) -> None:
