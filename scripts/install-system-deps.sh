@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages and service set-up the test suite needs (Debian, as root):
-# openssl and xmlsec1 (independent implementations we test against), and checks PostgreSQL.
+# openssl and xmlsec1 (independent implementations we test against), prometheus for its
+# promtool (the alert rules docs/OPERATIONS.md gives are run by Prometheus' own rule engine;
+# the package starts no server here), and checks PostgreSQL.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-packages=(openssl xmlsec1)
+packages=(openssl xmlsec1 prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
