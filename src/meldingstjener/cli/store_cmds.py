@@ -410,6 +410,7 @@ def retention_command(
                     "message_days": rules.message_days,
                     "contents_removed": report.contents_removed,
                     "messages_deleted": report.messages_deleted,
+                    "folder_records_deleted": report.folder_files,
                     "files_deleted": report.files,
                 }
             )

@@ -558,3 +558,26 @@ def test_the_command_on_a_host_without_the_payload_share_changes_nothing(tmp_pat
         assert kept == 1
     finally:
         store.database.dispose()
+
+
+def test_the_command_counts_the_folder_records_it_deletes(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+
+    store = open_store(load_settings(data_dir=tmp_path))
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    for number in range(3):
+        _folder_row(store, f"f{number}", "outbox", "failed", at=long_ago, moved_at=long_ago)
+    store.database.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    env["MELDINGSTJENER_RETENTION__MESSAGE_DAYS"] = "60"
+    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    for extra, counted in ((["--dry-run"], 3), ([], 3), ([], 0)):
+        done = subprocess.run(
+            [*command, *extra, "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["folder_records_deleted"] == counted, extra
