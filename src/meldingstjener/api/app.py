@@ -113,7 +113,7 @@ def create_app(
     install_handlers(
         app, on_invalid=functools.partial(validation_audit.record_invalid_request, ctx.store)
     )
-    auth = Authenticator(ctx.store, api)
+    auth = Authenticator(ctx.store, api, clock=ctx.clock)
     # Inside the body limit: a large business document is decoded into a file as it arrives.
     app.add_middleware(
         DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes

@@ -7,7 +7,9 @@ person claim), its scopes (send, receive, admin, metrics) and the own HER-ids it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn
 
 from fastapi import Request
@@ -19,6 +21,7 @@ from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.token_claims import read_claims
 from meldingstjener.config import ApiSettings
 from meldingstjener.store.tables import Credential
+from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store
 
 MAX_PERSON_CHARS = 128
@@ -53,10 +56,17 @@ class Principal:
 class Authenticator:
     """Turns request headers into a :class:`Principal`, or refuses with 401."""
 
-    def __init__(self, store: Store, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: ApiSettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.store = store
         self.settings = settings
-        self.clients = ClientCache(store)
+        # the engine's clock: a rotated key's old key is refused once its overlap has ended
+        self.clients = ClientCache(store, clock=clock)
         self._jwks_client: Any = None
 
     def principal(self, request: Request) -> Principal:
@@ -94,6 +104,7 @@ class Authenticator:
             )
         if self.settings.jwt_issuer and credential.count(".") == 2:
             return self._from_jwt(credential, person, source)
+        # a wrong key, a revoked client's, and a rotated key's old one after its overlap alike
         raise ApiProblem(401, "unauthenticated", "the key or token is not valid (or revoked)")
 
     def _from_jwt(self, token: str, person: str | None, source: str | None) -> Principal:

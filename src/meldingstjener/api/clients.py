@@ -1,4 +1,11 @@
-"""API client systems: create (the key is shown once, only its hash is kept), list, revoke.
+"""API client systems: create (the key is shown once, only its hash is kept), list, rotate a
+key, revoke.
+
+A rotation gives a client a new key and keeps accepting the one it replaces until its overlap
+ends, so that the EPJ's instances can be given the new key meanwhile; afterwards the old key is
+refused exactly as a wrong one. Rotated again within an overlap, each older key keeps its own end,
+cut to the new overlap's end when that is sooner: a rotation never lengthens an old key's life,
+and one with overlap 0 ends every old key at once (a key leaked).
 
 Every API request looks its key up. :class:`ClientCache` keeps the clients found for a few
 seconds, so a busy EPJ does not cost a database round trip per request: a revocation by this
@@ -15,17 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from meldingstjener.api import audit
 from meldingstjener.integration.webhooks import end_webhooks_of
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.store import changes
-from meldingstjener.store.tables import ApiClientRow
+from meldingstjener.store.tables import ApiClientOldKeyRow, ApiClientRow
 from meldingstjener.store.types import utcnow
-from meldingstjener.store.uow import Store
+from meldingstjener.store.uow import Store, UnitOfWork
 
 # metrics: GET /metrics alone (a monitoring system's key: it may read no message)
 SCOPES = ("send", "receive", "admin", "metrics")
@@ -36,6 +44,11 @@ KEY_CACHE_ENTRIES = 1024
 # the message log's actor "api:<name>" (or "apprec-document:jwt:<name>"), the audit log. A
 # longer name failed every such write on PostgreSQL (the column refuses it), as a 500.
 MAX_CLIENT_NAME_CHARS = 100
+# How long a rotated key's old key is still accepted unless the operator says otherwise: a
+# working day to reconfigure every instance of the EPJ. At most a month: an old key is a second
+# key to the same client, and one left working for longer is one forgotten.
+DEFAULT_OVERLAP_HOURS = 24
+MAX_OVERLAP_HOURS = 24 * 31
 
 
 class ClientError(ValueError):
@@ -53,6 +66,19 @@ class ClientInfo:
     her_ids: tuple[str, ...]
     created_at: datetime
     revoked_at: datetime | None
+    # when the last of its replaced keys stops being accepted; None when none is (never a key)
+    old_key_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _KeyHolder:
+    """The client a key belongs to, and until when the key is accepted (None: its current key)."""
+
+    client: ClientInfo
+    key_expires_at: datetime | None
+
+    def accepted_at(self, now: datetime) -> bool:
+        return self.key_expires_at is None or now < self.key_expires_at
 
 
 def hash_key(key: str) -> str:
@@ -60,10 +86,26 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _info(row: ApiClientRow) -> ClientInfo:
+def _info(row: ApiClientRow, old_key_until: datetime | None = None) -> ClientInfo:
     return ClientInfo(
-        row.name, tuple(row.scopes), tuple(row.her_ids), row.created_at, row.revoked_at
+        row.name,
+        tuple(row.scopes),
+        tuple(row.her_ids),
+        row.created_at,
+        row.revoked_at,
+        old_key_until,
     )
+
+
+def _forget_expired_keys(uow: UnitOfWork, now: datetime) -> None:
+    """Delete the hashes of old keys whose overlap has ended: refused anyway, kept no longer."""
+    uow.session.execute(delete(ApiClientOldKeyRow).where(ApiClientOldKeyRow.expires_at <= now))
+
+
+def _new_key() -> tuple[str, str]:
+    """A new key and its hash."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hash_key(key)
 
 
 _CLIENT_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_CLIENT_NAME_CHARS}}}")
@@ -108,10 +150,10 @@ def add_client(
             f"the client name must be 1 to {MAX_CLIENT_NAME_CHARS} letters, digits, '.', '_' "
             "or '-'",
         )
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key, key_hash = _new_key()
     row = ApiClientRow(
         name=name,
-        key_hash=hash_key(key),
+        key_hash=key_hash,
         scopes=sorted(set(scopes)),
         her_ids=checked,
         created_at=utcnow(),
@@ -125,37 +167,138 @@ def add_client(
         return _info(row), key
 
 
-def list_clients(store: Store) -> list[ClientInfo]:
+def list_clients(store: Store, *, now: datetime | None = None) -> list[ClientInfo]:
+    """Every client, with when its replaced keys stop being accepted (the ended ones are
+    forgotten here: the operator's look after an overlap leaves no hash of them behind)."""
+    at = now or utcnow()
     with store.unit_of_work() as uow:
+        _forget_expired_keys(uow, at)
+        uow.commit()
+        until = dict(
+            uow.session.execute(
+                select(ApiClientOldKeyRow.client_id, func.max(ApiClientOldKeyRow.expires_at))
+                .where(ApiClientOldKeyRow.expires_at > at)
+                .group_by(ApiClientOldKeyRow.client_id)
+            ).tuples()
+        )
         rows = uow.session.scalars(select(ApiClientRow).order_by(ApiClientRow.name))
-        return [_info(row) for row in rows]
+        return [_info(row, until.get(row.id)) for row in rows]
+
+
+def rotate_client(
+    store: Store,
+    name: str,
+    *,
+    overlap: timedelta,
+    actor: str,
+    now: datetime | None = None,
+) -> tuple[ClientInfo, str]:
+    """Give the client a new key; return it (with when its old key stops) and the key, which is
+    not stored and cannot be shown again. The old key is accepted for ``overlap`` more (none:
+    it stops at once); older keys still accepted stop at their own end or at this one's, the
+    sooner. Recorded in the audit log as done by ``actor``."""
+    if not timedelta(0) <= overlap <= timedelta(hours=MAX_OVERLAP_HOURS):
+        raise ClientError(
+            "invalid-overlap",
+            f"the overlap must be 0 to {MAX_OVERLAP_HOURS} hours (0: the old key stops at once)",
+        )
+    at = now or utcnow()
+    ends = at + overlap
+    key, key_hash = _new_key()
+    with store.unit_of_work() as uow:
+        # locked: two rotations at once would each keep the same key as the old one, and one
+        # new key would be lost without a trace
+        row = uow.session.scalars(
+            select(ApiClientRow).where(ApiClientRow.name == name).with_for_update()
+        ).first()
+        if row is None:
+            raise ClientError("not-found", f"no client named {name!r}")
+        if row.revoked_at is not None:
+            raise ClientError(
+                "revoked",
+                f"client {name!r} is revoked: its key cannot be rotated; add a new client",
+            )
+        uow.session.execute(
+            update(ApiClientOldKeyRow)
+            .where(ApiClientOldKeyRow.client_id == row.id, ApiClientOldKeyRow.expires_at > ends)
+            .values(expires_at=ends)
+        )
+        _forget_expired_keys(uow, at)  # with overlap 0, every old key of this client too
+        if ends > at:
+            uow.session.add(
+                ApiClientOldKeyRow(
+                    key_hash=row.key_hash, client_id=row.id, replaced_at=at, expires_at=ends
+                )
+            )
+        row.key_hash = key_hash
+        audit.add(
+            uow,
+            client=actor,
+            person=None,
+            action="client-rotate-key",
+            outcome=audit.Outcome.OK,
+            detail=f"client {name}: old key accepted until {ends.isoformat(timespec='seconds')}",
+        )
+        uow.commit()
+        until = uow.session.scalar(
+            select(func.max(ApiClientOldKeyRow.expires_at)).where(
+                ApiClientOldKeyRow.client_id == row.id
+            )
+        )
+        return _info(row, until), key
 
 
 def revoke_client(store: Store, name: str) -> ClientInfo:
+    """Revoke the client: its key, and any old key still in its overlap, are refused at once."""
     with store.unit_of_work() as uow:
         row = uow.session.scalars(select(ApiClientRow).where(ApiClientRow.name == name)).first()
         if row is None:
             raise ClientError("not-found", f"no client named {name!r}")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
+        uow.session.execute(
+            delete(ApiClientOldKeyRow).where(ApiClientOldKeyRow.client_id == row.id)
+        )
         end_webhooks_of(uow, name, at=row.revoked_at)  # they end with the client
         uow.commit()
         return _info(row)
 
 
-def _find_by_hash(store: Store, key_hash: str) -> ClientInfo | None:
-    """The active client whose key hashes to ``key_hash``, or None."""
+def _find_by_hash(store: Store, key_hash: str, now: datetime) -> _KeyHolder | None:
+    """The active client whose current key, or an old key still accepted at ``now``, hashes to
+    ``key_hash``; or None. An old key found ended is forgotten."""
     with store.unit_of_work() as uow:
         row = uow.session.scalars(
             select(ApiClientRow).where(ApiClientRow.key_hash == key_hash)
         ).first()
-        if row is None or row.revoked_at is not None:
+        expires_at = None
+        if row is None:  # not a current key: perhaps one being replaced
+            found = uow.session.execute(
+                select(ApiClientRow, ApiClientOldKeyRow.expires_at)
+                .join(ApiClientOldKeyRow, ApiClientOldKeyRow.client_id == ApiClientRow.id)
+                .where(ApiClientOldKeyRow.key_hash == key_hash)
+            ).first()
+            if found is None:
+                return None
+            row, expires_at = found.tuple()
+        if row.revoked_at is not None:
             return None
-        return _info(row)
+        holder = _KeyHolder(_info(row), expires_at)
+        if not holder.accepted_at(now):
+            # once per old key: the next time it is not found at all
+            uow.session.execute(
+                delete(ApiClientOldKeyRow).where(ApiClientOldKeyRow.key_hash == key_hash)
+            )
+            uow.commit()
+            return None
+        return holder
 
 
 class ClientCache:
-    """Active clients by key hash, kept ``seconds`` or until this process changes a client."""
+    """Active clients by key hash, kept ``seconds`` or until this process changes a client.
+
+    An old key's end is kept with it and judged by ``clock`` at every request: a kept entry
+    never lets an old key in after its overlap."""
 
     def __init__(
         self,
@@ -163,12 +306,14 @@ class ClientCache:
         *,
         seconds: float = KEY_CACHE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.seconds = seconds
         self.monotonic = monotonic
+        self.clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[ClientInfo, int, float]] = {}
+        self._entries: dict[str, tuple[_KeyHolder, int, float]] = {}
 
     def _generation(self) -> int:
         return changes.generation(self.store.database.url, changes.CLIENT_TABLES)
@@ -181,15 +326,23 @@ class ClientCache:
         """The active client holding ``key``, or None (read from the store when not kept)."""
         key_hash = hash_key(key)
         generation = self._generation()
+        now = self.clock()
         with self._lock:
             entry = self._entries.get(key_hash)
-        if entry is not None and entry[1] == generation and entry[2] > self.monotonic():
-            return entry[0]
-        client = _find_by_hash(self.store, key_hash)
-        if client is not None:
-            with self._lock:
-                if len(self._entries) >= KEY_CACHE_ENTRIES:
-                    self._entries.clear()
-                # the generation read BEFORE the lookup: a change committed meanwhile voids it
-                self._entries[key_hash] = (client, generation, self.monotonic() + self.seconds)
-        return client
+        if (
+            entry is not None
+            and entry[1] == generation
+            and entry[2] > self.monotonic()
+            and entry[0].accepted_at(now)  # an old key's overlap may have ended since
+        ):
+            return entry[0].client
+        holder = _find_by_hash(self.store, key_hash, now)
+        with self._lock:
+            if holder is None:
+                self._entries.pop(key_hash, None)
+                return None
+            if len(self._entries) >= KEY_CACHE_ENTRIES:
+                self._entries.clear()
+            # the generation read BEFORE the lookup: a change committed meanwhile voids it
+            self._entries[key_hash] = (holder, generation, self.monotonic() + self.seconds)
+        return holder.client

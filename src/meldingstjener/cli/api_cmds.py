@@ -1,4 +1,5 @@
-"""API commands: ``audit`` (the audit log) and ``clients add|list|revoke`` (API client systems)."""
+"""API commands: ``audit`` (the audit log) and ``clients add|list|rotate|revoke`` (API client
+systems)."""
 
 from __future__ import annotations
 
@@ -116,11 +117,15 @@ def clients_list(
                         "herIds": list(c.her_ids),
                         "createdAt": c.created_at.isoformat(),
                         "revokedAt": c.revoked_at.isoformat() if c.revoked_at else None,
+                        # a key being replaced: accepted until then (null: none)
+                        "oldKeyUntil": c.old_key_until.isoformat() if c.old_key_until else None,
                     }
                 )
             )
         return
-    table = Table("name", "scopes", "HER-ids", "created (UTC)", "revoked (UTC)")
+    table = Table(
+        "name", "scopes", "HER-ids", "created (UTC)", "revoked (UTC)", "old key until (UTC)"
+    )
     for c in clients:
         table.add_row(
             c.name,
@@ -128,8 +133,47 @@ def clients_list(
             ", ".join(c.her_ids),
             c.created_at.isoformat()[:19],
             c.revoked_at.isoformat()[:19] if c.revoked_at else "",
+            c.old_key_until.isoformat()[:19] if c.old_key_until else "",
         )
     wide_console().print(table)
+
+
+@clients_app.command("rotate")
+def clients_rotate(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The client system whose key to replace.")],
+    overlap_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--overlap-hours",
+            help="Hours the old key still works (default 24; 0: it stops at once, for a "
+            "leaked key).",
+        ),
+    ] = None,
+) -> None:
+    """Give a client a new key and print it once; the old key works until the overlap ends,
+    then is refused as a revoked one."""
+    store = store_from(ctx)  # first: a configuration error is said before the imports
+    from datetime import timedelta
+
+    from meldingstjener.api.clients import DEFAULT_OVERLAP_HOURS, ClientError, rotate_client
+
+    hours = DEFAULT_OVERLAP_HOURS if overlap_hours is None else overlap_hours
+    try:
+        client, key = rotate_client(store, name, overlap=timedelta(hours=hours), actor="cli")
+    except ClientError as exc:
+        typer.echo(f"error ({exc.code}): {exc}", err=True)
+        raise typer.Exit(2) from None
+    if client.old_key_until is None:
+        typer.echo(f"client {client.name}: new key; the old key stops now", err=True)
+    else:
+        typer.echo(
+            f"client {client.name}: new key; the old key works until "
+            f"{client.old_key_until.isoformat(timespec='seconds')}",
+            err=True,
+        )
+    typer.echo("the key below is shown only now; store it in the client system:", err=True)
+    typer.echo(key)
 
 
 @clients_app.command("revoke")
@@ -137,7 +181,8 @@ def clients_revoke(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The client system to revoke.")],
 ) -> None:
-    """Revoke a client's key at once; its audit history stays."""
+    """Revoke a client's key at once (and an old key still in its overlap); its audit history
+    stays."""
     from meldingstjener.api.clients import ClientError, revoke_client
 
     try:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 PARTNER_TABLES = ("communication_parties", "partner_agreements")
-CLIENT_TABLES = ("api_clients",)
+CLIENT_TABLES = ("api_clients", "api_client_old_keys")
 WATCHED = PARTNER_TABLES + CLIENT_TABLES
 _WRITES = ("insert", "update", "delete")
 _INFO_KEY = "meldingstjener.touched"

@@ -429,6 +429,20 @@ class ApiClientRow(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class ApiClientOldKeyRow(Base):
+    """A client's key replaced by ``clients rotate``, still accepted until ``expires_at`` so that
+    the EPJ's instances can be given the new key meanwhile (api/clients.py). Only its hash is
+    kept, and only until then: an expired row is deleted the first time it is met."""
+
+    __tablename__ = "api_client_old_keys"
+    __table_args__ = (Index("ix_api_client_old_keys_client", "client_id"),)
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[int] = mapped_column(BigId, ForeignKey("api_clients.id", ondelete="CASCADE"))
+    replaced_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
 class AuditRow(Base):
     """Who read or changed which message, when, and with what outcome. Rows are only ever added."""
 
