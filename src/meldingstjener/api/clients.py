@@ -174,13 +174,14 @@ def list_clients(store: Store, *, now: datetime | None = None) -> list[ClientInf
     with store.unit_of_work() as uow:
         _forget_expired_keys(uow, at)
         uow.commit()
-        until = dict(
-            uow.session.execute(
+        until = {
+            client_id: ends
+            for client_id, ends in uow.session.execute(
                 select(ApiClientOldKeyRow.client_id, func.max(ApiClientOldKeyRow.expires_at))
                 .where(ApiClientOldKeyRow.expires_at > at)
                 .group_by(ApiClientOldKeyRow.client_id)
-            ).tuples()
-        )
+            )
+        }
         rows = uow.session.scalars(select(ApiClientRow).order_by(ApiClientRow.name))
         return [_info(row, until.get(row.id)) for row in rows]
 
@@ -280,7 +281,7 @@ def _find_by_hash(store: Store, key_hash: str, now: datetime) -> _KeyHolder | No
             ).first()
             if found is None:
                 return None
-            row, expires_at = found.tuple()
+            row, expires_at = found
         if row.revoked_at is not None:
             return None
         holder = _KeyHolder(_info(row), expires_at)
