@@ -429,6 +429,9 @@ def retention_command(
 # The start of our id that ``log`` and ``demo`` print is 8 hex digits; a shorter one would
 # too often fit several messages.
 _ID_PREFIX = re.compile(r"^(?=(?:[0-9a-f]-?){8})[0-9a-f-]{8,36}$")
+# A character after every one an id has ([0-9a-f-]) in the order of "C" and of a language's
+# collation: the ids that start with a prefix lie from the prefix up to the prefix and this.
+_PAST_ID_CHARACTERS = "g"
 
 
 def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
@@ -577,10 +580,17 @@ def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
 
     if not _ID_PREFIX.match(prefix):
         return None
+    # The range lets PostgreSQL read only that part of the primary key: by the LIKE alone it
+    # cannot under any collation but "C" (C.UTF-8 too), and it walked the whole key in order,
+    # 0.1 s at 400,000 messages for an id no message has. The LIKE keeps the exact rule.
     found = list(
         uow.session.scalars(
             select(MessageRow.id)
-            .where(MessageRow.id.startswith(prefix, autoescape=True))
+            .where(
+                MessageRow.id >= prefix,
+                MessageRow.id < prefix + _PAST_ID_CHARACTERS,
+                MessageRow.id.startswith(prefix, autoescape=True),
+            )
             .order_by(MessageRow.id)
             .limit(6)
         )
