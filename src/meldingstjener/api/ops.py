@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, forbid, principal_of, refuse
+from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
 from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
@@ -31,6 +32,18 @@ from meldingstjener.store.uow import LogFilter
 from meldingstjener.views import message_summary
 
 WEBHOOK_EVENTS = tuple(EVENT_SCOPES)
+# The refusals every route of this router may answer (an admin route's 403; the webhook routes
+# name their own), and the webhook routes' 403 (``hearer``, and the events asked for)
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No or invalid credentials"},
+    403: {"description": "The client lacks the 'admin' scope"},
+}
+WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {
+        "description": "The client's scopes let it read no webhook event (a 'metrics' key, "
+        "say), or not one of the events it asked for"
+    }
+}
 
 
 class WebhookRequest(BaseModel):
@@ -125,7 +138,7 @@ def _may_add_webhook(session: Session, who: Principal, url: str, most: int) -> N
 def ops_router(
     ctx: EngineContext, auth: Authenticator, webhooks: WebhookSettings | None = None
 ) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["Operations"])
+    router = APIRouter(prefix="/api", tags=["Operations"], responses=REFUSALS)
     limits = webhooks or WebhookSettings()
     targets = TargetPolicy.of(limits)
 
@@ -297,10 +310,12 @@ def ops_router(
         status_code=201,
         summary="Register a webhook (secret shown once)",
         responses={
+            **WEBHOOK_FORBIDDEN,
             409: {
                 "description": "The client has an active webhook for the URL, or as many as "
                 "[webhooks] max_per_client"
             },
+            **SMALL_BODY_TOO_LARGE,
             422: {"description": "The URL may not be called (its scheme or address)"},
         },
     )
@@ -347,7 +362,7 @@ def ops_router(
                 raise ApiProblem(409, "conflict", _SAME_URL) from None
             return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
 
-    @router.get("/webhooks", summary="The calling client's webhooks")
+    @router.get("/webhooks", summary="The calling client's webhooks", responses=WEBHOOK_FORBIDDEN)
     def list_webhooks(who: Hearer) -> list[dict[str, Any]]:
         with ctx.store.unit_of_work() as uow:
             rows = uow.session.scalars(
@@ -369,6 +384,7 @@ def ops_router(
         status_code=204,
         response_class=Response,
         summary="Remove one of the calling client's webhooks",
+        responses={**WEBHOOK_FORBIDDEN, 404: {"description": "No such webhook of this client"}},
     )
     def delete_webhook(webhook_id: int, who: Hearer) -> Response:
         with ctx.store.unit_of_work() as uow:
