@@ -51,7 +51,14 @@ class WebhookRequest(BaseModel):
 
     url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
     # None: every event the client's scopes let it hear of
-    events: list[str] | None = Field(default=None, max_length=3)
+    events: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        json_schema_extra={"uniqueItems": True},
+        description="The events to be told of: at least one, each once, of "
+        f"{', '.join(WEBHOOK_EVENTS)}. Left out: every event the client's scopes let it read",
+    )
 
     @field_validator("url")
     @classmethod
@@ -68,9 +75,16 @@ class WebhookRequest(BaseModel):
     @field_validator("events")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
-        unknown = sorted(set(value or ()) - set(WEBHOOK_EVENTS))
-        if unknown:
-            raise ValueError(f"unknown events {unknown}; known: {list(WEBHOOK_EVENTS)}")
+        # (An empty list, min_length, was a webhook told of nothing that counted towards
+        # max_per_client all the same.) The answer names no value the client gave, only known
+        # event names (an invalid request's answer never repeats its values).
+        if value is None:
+            return value
+        if not set(value) <= set(WEBHOOK_EVENTS):
+            raise ValueError(f"an unknown event; known: {list(WEBHOOK_EVENTS)}")
+        twice = sorted({e for e in value if value.count(e) > 1})
+        if twice:
+            raise ValueError(f"events named more than once: {twice}")
         return value
 
 

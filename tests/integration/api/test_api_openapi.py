@@ -78,3 +78,9 @@ def test_the_operator_routes_list_their_refusals_and_413_where_a_body_is_taken(
             assert "413" in responses, (method, path)
         if path.startswith("/api/webhooks"):
             assert "webhook event" in responses["403"]["description"], (method, path)
+    # the events of a webhook: at least one, each once (an empty list was a webhook of nothing)
+    body = document["paths"]["/api/webhooks"]["post"]["requestBody"]["content"]
+    schema_name = body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    events = document["components"]["schemas"][schema_name]["properties"]["events"]
+    [array] = [choice for choice in events["anyOf"] if choice.get("type") == "array"]
+    assert array["minItems"] == 1 and events["uniqueItems"] is True

@@ -1432,3 +1432,21 @@ def _delivery_id(headers: dict[str, str], body: bytes) -> str:
     told = str(json.loads(body)["deliveryId"])
     assert headers["X-Meldingstjener-Delivery"] == told  # the header docs/API.md names
     return told
+
+
+def test_a_webhook_for_no_event_or_for_one_twice_is_refused(api_pair: ApiPair) -> None:
+    # "events": [] was registered: a webhook told of nothing, counted towards max_per_client.
+    auth = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+    for events, why in (
+        ([], "at least 1 item"),
+        (["message.received", "message.received"], "more than once: ['message.received']"),
+        (["message.sent"], "an unknown event"),
+    ):
+        answer = api_pair.hospital_http.post(
+            "/api/webhooks", headers=auth, json={"url": "https://93.184.216.34/h", "events": events}
+        )
+        assert answer.status_code == 400, (events, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "invalid-input"
+        assert any(why in line for line in answer.json()["validationErrors"]), answer.json()
+    assert api_pair.hospital_http.get("/api/webhooks", headers=auth).json() == []
