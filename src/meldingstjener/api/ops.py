@@ -12,9 +12,8 @@ import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, forbid, principal_of, refuse
@@ -23,12 +22,12 @@ from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
 from meldingstjener.integration.webhooks import EVENT_SCOPES, events_allowed
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import Credential, WebhookRow
 from meldingstjener.store.types import as_utc
-from meldingstjener.store.uow import LogFilter
+from meldingstjener.store.uow import LogFilter, UnitOfWork
 from meldingstjener.views import message_summary
 
 WEBHOOK_EVENTS = tuple(EVENT_SCOPES)
@@ -49,7 +48,14 @@ WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
+    url: str = Field(
+        min_length=8,
+        max_length=1024,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+        description="Where the events are POSTed. Kept in its normal form (scheme and host in "
+        "lower case, without the scheme's default port): the same URL written otherwise is the "
+        "same URL",
+    )
     # None: every event the client's scopes let it hear of
     events: list[str] | None = Field(
         default=None,
@@ -70,7 +76,7 @@ class WebhookRequest(BaseModel):
             raise ValueError(f"not a URL that can be called: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("an http or https URL with a host is needed")
-        return value
+        return normal_url(url)
 
     @field_validator("events")
     @classmethod
@@ -126,25 +132,38 @@ def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
 _SAME_URL = "the client has an active webhook for this URL already"
 
 
-def _may_add_webhook(session: Session, who: Principal, url: str, most: int) -> None:
-    """Refuse (409) a second active webhook of the caller for the same URL, and one more than
-    ``most``: an EPJ that registered at each start-up had a webhook per start, each told of
-    every message with its own delivery id (which its deduplication could not catch), and one
-    client's many webhooks at a slow receiver filled the dispatcher's rounds. The unique index
-    ``uq_webhooks_active_url`` holds the first rule when two registrations race; the second may
-    be passed by as many as register at the same instant."""
-    active = (*_own_webhooks(who), WebhookRow.active.is_(True))
-    same = session.scalars(select(WebhookRow.id).where(*active, WebhookRow.url == url)).first()
+def _normal_kept(kept: str) -> str:
+    """A kept URL in its normal form: one kept before URLs were kept so is compared in it too,
+    one httpx cannot read (written into the table by hand) as it is written."""
+    try:
+        return normal_url(httpx.URL(kept))
+    except httpx.InvalidURL:
+        return kept
+
+
+def _may_add_webhook(uow: UnitOfWork, who: Principal, url: str, most: int) -> None:
+    """Refuse (409) a second active webhook of the caller for the same URL (``url`` in its
+    normal form), and one more than ``most``: an EPJ that registered at each start-up had a
+    webhook per start, each told of every message with its own delivery id (which its
+    deduplication could not catch), and one client's many webhooks at a slow receiver filled
+    the dispatcher's rounds. The unique index ``uq_webhooks_active_url`` holds the first rule
+    when two registrations race; the second may be passed by as many as register at the same
+    instant."""
+    active = uow.session.execute(
+        select(WebhookRow.id, WebhookRow.url).where(
+            *_own_webhooks(who), WebhookRow.active.is_(True)
+        )
+    ).all()
+    same = next((hook for hook, kept in active if _normal_kept(kept) == url), None)
     if same is not None:
         raise ApiProblem(
             409, "conflict", f"{_SAME_URL} (webhook {same}; delete it to register it anew)"
         )
-    count = session.scalar(select(func.count()).select_from(WebhookRow).where(*active)) or 0
-    if count >= most:
+    if len(active) >= most:
         raise ApiProblem(
             409,
             "conflict",
-            f"the client has {count} active webhooks, the most it may have ([webhooks] "
+            f"the client has {len(active)} active webhooks, the most it may have ([webhooks] "
             "max_per_client); delete one first",
         )
 
@@ -353,7 +372,7 @@ def ops_router(
                 422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
             ) from None
         with ctx.store.unit_of_work() as uow:
-            _may_add_webhook(uow.session, who, body.url, limits.max_per_client)
+            _may_add_webhook(uow, who, body.url, limits.max_per_client)
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,

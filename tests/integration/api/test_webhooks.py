@@ -1450,3 +1450,25 @@ def test_a_webhook_for_no_event_or_for_one_twice_is_refused(api_pair: ApiPair) -
         assert answer.json()["code"] == "invalid-input"
         assert any(why in line for line in answer.json()["validationErrors"]), answer.json()
     assert api_pair.hospital_http.get("/api/webhooks", headers=auth).json() == []
+
+
+def test_a_url_written_otherwise_is_the_same_url(api_pair: ApiPair) -> None:
+    # https://LocalHost:443/hook and https://localhost/hook were two webhooks at one URL.
+    first = _register(api_pair, "https://LocalHost:443/hook")
+    assert first["url"] == "https://localhost/hook"  # kept in its normal form
+    for again in ("https://localhost/hook", "HTTPS://LOCALHOST/hook", "https://localhost:443/hook"):
+        answer = _post_hook(api_pair, again)
+        assert answer.status_code == 409, (again, answer.text)
+        assert f"webhook {first['id']}" in answer.json()["detail"]
+    assert _post_hook(api_pair, "http://LocalHost:80").json()["url"] == "http://localhost/"
+    assert _post_hook(api_pair, "http://localhost/").status_code == 409
+    # another port, path or case of the path is another URL
+    for other in ("https://localhost:8443/hook", "https://localhost/Hook"):
+        assert _post_hook(api_pair, other).status_code == 201, other
+    # one kept as it was written, before URLs were kept in their normal form, is compared in it
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(WebhookRow).where(WebhookRow.id == first["id"]))
+        row.url = "HTTPS://LocalHost:443/hook"
+        uow.commit()
+    answer = _post_hook(api_pair, "https://localhost/hook")
+    assert answer.status_code == 409 and f"webhook {first['id']}" in answer.json()["detail"]
