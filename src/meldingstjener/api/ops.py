@@ -23,7 +23,11 @@ from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
-from meldingstjener.integration.webhooks import EVENT_SCOPES, events_allowed
+from meldingstjener.integration.webhooks import (
+    EVENT_SCOPES,
+    events_allowed,
+    hold_registrations_of,
+)
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import Credential, WebhookRow
 from meldingstjener.store.types import as_utc
@@ -146,9 +150,10 @@ def _may_add_webhook(uow: UnitOfWork, who: Principal, url: str, most: int) -> No
     normal form), and one more than ``most``: an EPJ that registered at each start-up had a
     webhook per start, each told of every message with its own delivery id (which its
     deduplication could not catch), and one client's many webhooks at a slow receiver filled
-    the dispatcher's rounds. The unique index ``uq_webhooks_active_url`` holds the first rule
-    when two registrations race; the second may be passed by as many as register at the same
-    instant."""
+    the dispatcher's rounds. What is counted holds until ``uow`` commits the new webhook: another
+    registration of the client waits (``hold_registrations_of``); two at once were both
+    added when each counted one below ``most``."""
+    hold_registrations_of(uow, who.client, who.credential)
     active = uow.session.execute(
         select(WebhookRow.id, WebhookRow.url).where(
             *_own_webhooks(who), WebhookRow.active.is_(True)
@@ -371,8 +376,6 @@ def ops_router(
             raise ApiProblem(
                 422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
             ) from None
-        with ctx.store.unit_of_work() as uow:
-            _may_add_webhook(uow, who, body.url, limits.max_per_client)
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,
@@ -388,10 +391,11 @@ def ops_router(
             issuer=auth.settings.jwt_issuer if who.credential == Credential.JWT else None,
         )
         with ctx.store.unit_of_work() as uow:
+            _may_add_webhook(uow, who, body.url, limits.max_per_client)
             uow.session.add(row)
             try:
                 uow.commit()
-            except IntegrityError:  # the same registration, made at the same time
+            except IntegrityError:  # uq_webhooks_active_url, behind the check above
                 raise ApiProblem(409, "conflict", _SAME_URL) from None
             return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
 
