@@ -220,6 +220,13 @@ def ops_router(
         ] = None,
         ebxml_message_id: Annotated[str | None, Query(max_length=255)] = None,
         conversation_id: Annotated[str | None, Query(max_length=255)] = None,
+        apprec_owed: Annotated[
+            bool,
+            Query(
+                description="Only received messages the EPJ has and has not answered with an "
+                "AppRec, of a type owed one (what the `apprec-owed` alert counts)"
+            ),
+        ] = False,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in ALL_STATUSES:
             raise ApiProblem(400, "invalid-input", f"unknown status; known: {sorted(ALL_STATUSES)}")
@@ -234,6 +241,7 @@ def ops_router(
             msg_id=msg_id,
             ebxml_message_id=ebxml_message_id,
             conversation_id=conversation_id,
+            apprec_owed=apprec_owed,
         )
         with ctx.store.unit_of_work() as uow:
             found = uow.messages.search(log_filter, newest_first=True)

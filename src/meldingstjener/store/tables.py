@@ -60,6 +60,13 @@ UNSTORED_EVENT = "message_id IS NULL"
 # time they are judged at, bound as the statement's).
 JOB_WAITING = "(claimed_until IS NULL OR claimed_until < :now)"
 JOB_HELD = "claimed_until >= :now"
+# The received messages the EPJ has (``delivered``) and has not answered with an AppRec, of a
+# type owed one (every type but an AppRec: engine/retention.py's NEVER_ANSWERED): the last arm
+# of UNSETTLED, so that the ``apprec-owed`` check (engine/inbox_watch.py) and the log's search
+# for them (LogFilter.apprec_owed) read the partial index below (apprec_owed_sql).
+APPREC_OWED = (
+    "direction = 'in' AND status = 'delivered' AND (msg_type IS NULL OR msg_type <> 'APPREC')"
+)
 # The messages not settled yet: engine/retention.py's one rule of what is settled, turned round
 # and written out (tests/integration/store/test_unsettled.py holds the two together): on their
 # way out, or not yet answered or taken by the EPJ. The partial index below holds only these, so
@@ -68,8 +75,20 @@ JOB_HELD = "claimed_until >= :now"
 UNSETTLED = (
     "(direction = 'out' AND status IN ('accepted', 'retrying', 'sent', 'transport-error'))"
     " OR (direction = 'in' AND status IN ('acknowledged', 'received'))"
-    " OR (direction = 'in' AND status = 'delivered' AND (msg_type IS NULL OR msg_type <> 'APPREC'))"
+    f" OR ({APPREC_OWED})"
 )
+
+
+def apprec_owed_sql(dialect: str) -> str:
+    """APPREC_OWED as a query on ``dialect`` states it to read ``ix_messages_unsettled``.
+
+    PostgreSQL proves the index's predicate from its last arm alone, and can then read the
+    index in ``created_at`` order. SQLite takes a partial index only for a query that states
+    each of its terms, here the whole OR: the same messages, as APPREC_OWED is one of its arms
+    (on PostgreSQL that form became three index scans OR'ed and sorted)."""
+    return APPREC_OWED if dialect == "postgresql" else f"({UNSETTLED}) AND ({APPREC_OWED})"
+
+
 # the statuses UNSETTLED names, by direction: every status not settled by its status alone
 # (a received ``delivered`` is named, as most of its kind are under way; an AppRec's is not)
 UNSETTLED_STATUSES: dict[str, tuple[str, ...]] = {
