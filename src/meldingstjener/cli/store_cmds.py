@@ -120,6 +120,14 @@ def log_command(
         str | None,
         typer.Option("--conversation", help="Only messages of this ebXML ConversationId."),
     ] = None,
+    apprec_owed: Annotated[
+        bool,
+        typer.Option(
+            "--apprec-owed",
+            help="Only received messages the EPJ has taken and not answered by an AppRec yet "
+            "(what the apprec-owed alert counts; with --her-id, its HER-id's).",
+        ),
+    ] = False,
 ) -> None:
     """The message log: every status change and signal, oldest first; the last --limit
     events (from --since: the first ones after it). A message refused before its signature
@@ -145,6 +153,7 @@ def log_command(
         msg_id=msg_id,
         ebxml_message_id=ebxml_id,
         conversation_id=conversation,
+        apprec_owed=apprec_owed,
     )
     with store.unit_of_work() as uow:
         rows = uow.messages.log(log_filter, newest=log_filter.since is None)
