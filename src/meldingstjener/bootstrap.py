@@ -297,6 +297,7 @@ def build_engine(
             compress_payloads=settings.security.compress_payloads,
             max_xml_bytes=settings.formats.max_xml_bytes,
             inbox_wait=timedelta(minutes=settings.alerts.inbox_wait_minutes),
+            apprec_owed=timedelta(hours=settings.alerts.apprec_owed_hours) or None,
             previous_signing_grace=timedelta(
                 days=settings.security.previous_signing_certificate_days
             ),

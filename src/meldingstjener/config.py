@@ -465,6 +465,10 @@ class AlertSettings(_Section):
     # A received message the EPJ has not taken (fetched and marked read, or written to the inbox
     # folder) after this long: the EPJ integration may have stopped.
     inbox_wait_minutes: int = Field(default=60, ge=1)
+    # A received message the EPJ took and has not answered with an AppRec after this long: every
+    # business message but an AppRec is to be answered, and its sender waits. 0 turns it off (a
+    # year at most: an answer owed longer is no news).
+    apprec_owed_hours: int = Field(default=24, ge=0, le=24 * 366)
     # This host's clock further than this from the database server's (PostgreSQL): leases and
     # deadlines are judged by each host's clock.
     clock_skew_seconds: float = Field(default=10.0, gt=0)

@@ -239,3 +239,40 @@ def test_the_start_of_several_ids_is_refused_with_their_ids(tmp_path: Path) -> N
     assert "give more" in result.stderr
     found = run(tmp_path, "show", "abcdef01-1", "--json")
     assert json.loads(found.stdout)["message_id"].startswith("abcdef01-1111-")
+
+
+def test_log_apprec_owed_lists_the_taken_messages_not_answered(
+    populated: tuple[Path, str],
+) -> None:
+    data_dir, _ = populated
+    store = open_store(load_settings(data_dir=data_dir))
+    with store.unit_of_work() as uow:
+        # an AppRec received and taken is answered by nobody: never owed
+        for her_id, msg_type in (
+            ("8142987", "DIALOG_NOTAT"),
+            ("8142988", "DIALOG_NOTAT"),
+            ("8142989", "APPREC"),
+        ):
+            owed = uow.messages.add(
+                MessageRow(
+                    direction="in",
+                    msg_type=msg_type,
+                    ebxml_message_id=f"owed-{her_id}@x",
+                    from_her_id="90001",
+                    to_her_id=her_id,
+                ),
+                actor="cli-test",
+            )
+            for status in ("acknowledged", "delivered"):
+                uow.messages.set_status(owed, status, actor="worker")
+        uow.commit()
+    store.database.dispose()
+    listed = run(data_dir, "log", "--json", "--apprec-owed")
+    assert listed.returncode == 0, listed.stderr
+    found = {
+        (json.loads(line)["to_her_id"], json.loads(line)["to_status"])
+        for line in listed.stdout.splitlines()
+    }
+    assert {her_id for her_id, _ in found} == {"8142987", "8142988"}
+    one = run(data_dir, "log", "--json", "--apprec-owed", "--her-id", "8142988")
+    assert {json.loads(line)["to_her_id"] for line in one.stdout.splitlines()} == {"8142988"}

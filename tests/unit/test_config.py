@@ -353,3 +353,11 @@ def test_a_sections_key_with_one_underscore_is_refused_not_ignored(
     monkeypatch.setenv("MELDINGSTJENER_DATABASE__URL", "postgresql://u@db:5432/m")
     settings = load_settings()
     assert (settings.environment, settings.database.url) == ("qa", "postgresql://u@db:5432/m")
+
+
+def test_the_hours_an_apprec_may_be_owed_are_checked(tmp_path: Path) -> None:
+    assert load_settings(data_dir=tmp_path).alerts.apprec_owed_hours == 24
+    assert load_settings(alerts={"apprec_owed_hours": 0}).alerts.apprec_owed_hours == 0  # off
+    for wrong in (-1, 24 * 366 + 1, "a day"):
+        with pytest.raises(ConfigError, match=r"alerts\.apprec_owed_hours"):
+            load_settings(alerts={"apprec_owed_hours": wrong})

@@ -44,6 +44,7 @@ from meldingstjener.api.edi2_models import (
     StatusInfo,
 )
 from meldingstjener.api.idempotency import request_digest, scoped_key
+from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
 from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
@@ -88,7 +89,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     500: {"description": "An unexpected fault of the server; requestId names it in its log"},
     503: {"description": "The database cannot be reached now; repeat after Retry-After seconds"},
 }
-# of the operations that take a body only (a GET has none to be too large)
+# of POST /Messages, whose body carries the business document (the operations that take a small
+# body of a few fields declare limits.SMALL_BODY_TOO_LARGE; a GET has none to be too large)
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body (the business document) is larger than the limit"}
 }
@@ -783,7 +785,11 @@ def edi2_router(ops: Edi2) -> APIRouter:
         operation_id="PostAppRec",
         status_code=201,
         summary="Answer a received message with an AppRec",
-        responses={**NOT_FOUND, 409: {"description": "Already answered"}, **TOO_LARGE},
+        responses={
+            **NOT_FOUND,
+            409: {"description": "Already answered"},
+            **SMALL_BODY_TOO_LARGE,
+        },
     )
     def post_apprec(
         id: MessageId,
@@ -806,7 +812,7 @@ def edi2_router(ops: Edi2) -> APIRouter:
         responses={
             **NOT_FOUND,
             409: {"description": "Not possible in the message's state"},
-            **TOO_LARGE,
+            **SMALL_BODY_TOO_LARGE,
         },
     )
     def report_misaddressed(

@@ -16,11 +16,17 @@ layer, answers 401 before any body is read), so only an authenticated client mee
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener.api.problems import send_too_large
 
 SMALL_BODY_LIMIT = 1_000_000  # an AppRec's error list, a webhook, a reason: far below this
+# The OpenAPI response of every route that takes such a small body (a GET takes none)
+SMALL_BODY_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": f"The body is larger than {SMALL_BODY_LIMIT} bytes (too-large)"}
+}
 
 
 class _TooLarge(Exception):

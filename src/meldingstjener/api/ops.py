@@ -12,33 +12,63 @@ import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, forbid, principal_of, refuse
+from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
 from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
-from meldingstjener.integration.webhooks import EVENT_SCOPES, events_allowed
+from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
+from meldingstjener.integration.webhooks import (
+    EVENT_SCOPES,
+    events_allowed,
+    hold_registrations_of,
+)
 from meldingstjener.model.status import ALL_STATUSES
 from meldingstjener.store.tables import Credential, WebhookRow
 from meldingstjener.store.types import as_utc
-from meldingstjener.store.uow import LogFilter
+from meldingstjener.store.uow import LogFilter, UnitOfWork
 from meldingstjener.views import message_summary
 
 WEBHOOK_EVENTS = tuple(EVENT_SCOPES)
+# The refusals every route of this router may answer (an admin route's 403; the webhook routes
+# name their own), and the webhook routes' 403 (``hearer``, and the events asked for)
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No or invalid credentials"},
+    403: {"description": "The client lacks the 'admin' scope"},
+}
+WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {
+        "description": "The client's scopes let it read no webhook event (a 'metrics' key, "
+        "say), or not one of the events it asked for"
+    }
+}
 
 
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=1024, pattern=r"^https?://")
+    url: str = Field(
+        min_length=8,
+        max_length=1024,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+        description="Where the events are POSTed. Kept in its normal form (scheme and host in "
+        "lower case, without the scheme's default port): the same URL written otherwise is the "
+        "same URL",
+    )
     # None: every event the client's scopes let it hear of
-    events: list[str] | None = Field(default=None, max_length=3)
+    events: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        json_schema_extra={"uniqueItems": True},
+        description="The events to be told of: at least one, each once, of "
+        f"{', '.join(WEBHOOK_EVENTS)}. Left out: every event the client's scopes let it read",
+    )
 
     @field_validator("url")
     @classmethod
@@ -50,14 +80,21 @@ class WebhookRequest(BaseModel):
             raise ValueError(f"not a URL that can be called: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("an http or https URL with a host is needed")
-        return value
+        return normal_url(url)
 
     @field_validator("events")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
-        unknown = sorted(set(value or ()) - set(WEBHOOK_EVENTS))
-        if unknown:
-            raise ValueError(f"unknown events {unknown}; known: {list(WEBHOOK_EVENTS)}")
+        # (An empty list, min_length, was a webhook told of nothing that counted towards
+        # max_per_client all the same.) The answer names no value the client gave, only known
+        # event names (an invalid request's answer never repeats its values).
+        if value is None:
+            return value
+        if not set(value) <= set(WEBHOOK_EVENTS):
+            raise ValueError(f"an unknown event; known: {list(WEBHOOK_EVENTS)}")
+        twice = sorted({e for e in value if value.count(e) > 1})
+        if twice:
+            raise ValueError(f"events named more than once: {twice}")
         return value
 
 
@@ -99,25 +136,39 @@ def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
 _SAME_URL = "the client has an active webhook for this URL already"
 
 
-def _may_add_webhook(session: Session, who: Principal, url: str, most: int) -> None:
-    """Refuse (409) a second active webhook of the caller for the same URL, and one more than
-    ``most``: an EPJ that registered at each start-up had a webhook per start, each told of
-    every message with its own delivery id (which its deduplication could not catch), and one
-    client's many webhooks at a slow receiver filled the dispatcher's rounds. The unique index
-    ``uq_webhooks_active_url`` holds the first rule when two registrations race; the second may
-    be passed by as many as register at the same instant."""
-    active = (*_own_webhooks(who), WebhookRow.active.is_(True))
-    same = session.scalars(select(WebhookRow.id).where(*active, WebhookRow.url == url)).first()
+def _normal_kept(kept: str) -> str:
+    """A kept URL in its normal form: one kept before URLs were kept so is compared in it too,
+    one httpx cannot read (written into the table by hand) as it is written."""
+    try:
+        return normal_url(httpx.URL(kept))
+    except httpx.InvalidURL:
+        return kept
+
+
+def _may_add_webhook(uow: UnitOfWork, who: Principal, url: str, most: int) -> None:
+    """Refuse (409) a second active webhook of the caller for the same URL (``url`` in its
+    normal form), and one more than ``most``: an EPJ that registered at each start-up had a
+    webhook per start, each told of every message with its own delivery id (which its
+    deduplication could not catch), and one client's many webhooks at a slow receiver filled
+    the dispatcher's rounds. What is counted holds until ``uow`` commits the new webhook: another
+    registration of the client waits (``hold_registrations_of``); two at once were both
+    added when each counted one below ``most``."""
+    hold_registrations_of(uow, who.client, who.credential)
+    active = uow.session.execute(
+        select(WebhookRow.id, WebhookRow.url).where(
+            *_own_webhooks(who), WebhookRow.active.is_(True)
+        )
+    ).all()
+    same = next((hook for hook, kept in active if _normal_kept(kept) == url), None)
     if same is not None:
         raise ApiProblem(
             409, "conflict", f"{_SAME_URL} (webhook {same}; delete it to register it anew)"
         )
-    count = session.scalar(select(func.count()).select_from(WebhookRow).where(*active)) or 0
-    if count >= most:
+    if len(active) >= most:
         raise ApiProblem(
             409,
             "conflict",
-            f"the client has {count} active webhooks, the most it may have ([webhooks] "
+            f"the client has {len(active)} active webhooks, the most it may have ([webhooks] "
             "max_per_client); delete one first",
         )
 
@@ -125,7 +176,7 @@ def _may_add_webhook(session: Session, who: Principal, url: str, most: int) -> N
 def ops_router(
     ctx: EngineContext, auth: Authenticator, webhooks: WebhookSettings | None = None
 ) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["Operations"])
+    router = APIRouter(prefix="/api", tags=["Operations"], responses=REFUSALS)
     limits = webhooks or WebhookSettings()
     targets = TargetPolicy.of(limits)
 
@@ -169,6 +220,13 @@ def ops_router(
         ] = None,
         ebxml_message_id: Annotated[str | None, Query(max_length=255)] = None,
         conversation_id: Annotated[str | None, Query(max_length=255)] = None,
+        apprec_owed: Annotated[
+            bool,
+            Query(
+                description="Only received messages the EPJ has and has not answered with an "
+                "AppRec, of a type owed one (what the `apprec-owed` alert counts)"
+            ),
+        ] = False,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in ALL_STATUSES:
             raise ApiProblem(400, "invalid-input", f"unknown status; known: {sorted(ALL_STATUSES)}")
@@ -183,6 +241,7 @@ def ops_router(
             msg_id=msg_id,
             ebxml_message_id=ebxml_message_id,
             conversation_id=conversation_id,
+            apprec_owed=apprec_owed,
         )
         with ctx.store.unit_of_work() as uow:
             found = uow.messages.search(log_filter, newest_first=True)
@@ -297,10 +356,12 @@ def ops_router(
         status_code=201,
         summary="Register a webhook (secret shown once)",
         responses={
+            **WEBHOOK_FORBIDDEN,
             409: {
                 "description": "The client has an active webhook for the URL, or as many as "
                 "[webhooks] max_per_client"
             },
+            **SMALL_BODY_TOO_LARGE,
             422: {"description": "The URL may not be called (its scheme or address)"},
         },
     )
@@ -323,8 +384,6 @@ def ops_router(
             raise ApiProblem(
                 422, "webhook-target-refused", f"the webhook URL is refused: {refused}"
             ) from None
-        with ctx.store.unit_of_work() as uow:
-            _may_add_webhook(uow.session, who, body.url, limits.max_per_client)
         secret = secrets.token_urlsafe(32)
         row = WebhookRow(
             client_name=who.client,
@@ -340,14 +399,15 @@ def ops_router(
             issuer=auth.settings.jwt_issuer if who.credential == Credential.JWT else None,
         )
         with ctx.store.unit_of_work() as uow:
+            _may_add_webhook(uow, who, body.url, limits.max_per_client)
             uow.session.add(row)
             try:
                 uow.commit()
-            except IntegrityError:  # the same registration, made at the same time
+            except IntegrityError:  # uq_webhooks_active_url, behind the check above
                 raise ApiProblem(409, "conflict", _SAME_URL) from None
             return {"id": row.id, "url": row.url, "events": row.events, "secret": secret}
 
-    @router.get("/webhooks", summary="The calling client's webhooks")
+    @router.get("/webhooks", summary="The calling client's webhooks", responses=WEBHOOK_FORBIDDEN)
     def list_webhooks(who: Hearer) -> list[dict[str, Any]]:
         with ctx.store.unit_of_work() as uow:
             rows = uow.session.scalars(
@@ -369,6 +429,7 @@ def ops_router(
         status_code=204,
         response_class=Response,
         summary="Remove one of the calling client's webhooks",
+        responses={**WEBHOOK_FORBIDDEN, 404: {"description": "No such webhook of this client"}},
     )
     def delete_webhook(webhook_id: int, who: Hearer) -> Response:
         with ctx.store.unit_of_work() as uow:

@@ -120,6 +120,14 @@ def log_command(
         str | None,
         typer.Option("--conversation", help="Only messages of this ebXML ConversationId."),
     ] = None,
+    apprec_owed: Annotated[
+        bool,
+        typer.Option(
+            "--apprec-owed",
+            help="Only received messages the EPJ has taken and not answered by an AppRec yet "
+            "(what the apprec-owed alert counts; with --her-id, its HER-id's).",
+        ),
+    ] = False,
 ) -> None:
     """The message log: every status change and signal, oldest first; the last --limit
     events (from --since: the first ones after it). A message refused before its signature
@@ -145,6 +153,7 @@ def log_command(
         msg_id=msg_id,
         ebxml_message_id=ebxml_id,
         conversation_id=conversation,
+        apprec_owed=apprec_owed,
     )
     with store.unit_of_work() as uow:
         rows = uow.messages.log(log_filter, newest=log_filter.since is None)
@@ -429,6 +438,9 @@ def retention_command(
 # The start of our id that ``log`` and ``demo`` print is 8 hex digits; a shorter one would
 # too often fit several messages.
 _ID_PREFIX = re.compile(r"^(?=(?:[0-9a-f]-?){8})[0-9a-f-]{8,36}$")
+# A character after every one an id has ([0-9a-f-]) in the order of "C" and of a language's
+# collation: the ids that start with a prefix lie from the prefix up to the prefix and this.
+_PAST_ID_CHARACTERS = "g"
 
 
 def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
@@ -577,10 +589,17 @@ def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
 
     if not _ID_PREFIX.match(prefix):
         return None
+    # The range lets PostgreSQL read only that part of the primary key: by the LIKE alone it
+    # cannot under any collation but "C" (C.UTF-8 too), and it walked the whole key in order,
+    # 0.1 s at 400,000 messages for an id no message has. The LIKE keeps the exact rule.
     found = list(
         uow.session.scalars(
             select(MessageRow.id)
-            .where(MessageRow.id.startswith(prefix, autoescape=True))
+            .where(
+                MessageRow.id >= prefix,
+                MessageRow.id < prefix + _PAST_ID_CHARACTERS,
+                MessageRow.id.startswith(prefix, autoescape=True),
+            )
             .order_by(MessageRow.id)
             .limit(6)
         )

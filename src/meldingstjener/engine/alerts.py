@@ -27,6 +27,7 @@ class AlertKind(StrEnum):
     MAIL_QUARANTINED = "mail-quarantined"
     APPREC_UNSENT = "apprec-unsent"
     INBOX_WAITING = "inbox-waiting"
+    APPREC_OWED = "apprec-owed"
     CLOCK_SKEW = "clock-skew"
     MAILBOX_UNREACHABLE = "mailbox-unreachable"
     MAIL_TOO_LARGE = "mail-too-large"
@@ -68,6 +69,7 @@ SEVERITY = {
     AlertKind.MAIL_QUARANTINED: "error",
     AlertKind.APPREC_UNSENT: "error",
     AlertKind.INBOX_WAITING: "error",
+    AlertKind.APPREC_OWED: "warning",
     AlertKind.CLOCK_SKEW: "error",
     AlertKind.MAILBOX_UNREACHABLE: "error",
     AlertKind.MAIL_TOO_LARGE: "error",

@@ -241,6 +241,10 @@ class StoreFailing:
             )
         if since is None:
             return
+        if self._payloads_lost():
+            # a write that touched no payload (a signal: the database only) proves nothing
+            # while the payload directory is not the store's
+            return
         until = self.ctx.clock()
         ctx = self.ctx
 
@@ -273,6 +277,16 @@ class StoreFailing:
             reason,
             refused,
             f"{since:%Y-%m-%d %H:%M:%S} UTC",
+        )
+
+    def _payloads_lost(self) -> bool:
+        """Whether the payload directory is still not the store's: looked at again (a read
+        of the marker) only while the last look found it so."""
+        payloads = self.ctx.store.payloads
+        return (
+            isinstance(payloads, CheckedPayloadStore)
+            and payloads.lost
+            and payloads.watch_marker() is not None
         )
 
     def probe(self) -> bool:

@@ -129,8 +129,13 @@ def deliver(
             raise AppRecRefused(
                 "not-deliverable", f"message {message_id} is {row.status}; it is not for the EPJ"
             )
+        # at the engine's time: the apprec-owed check (engine/inbox_watch.py) judges by it
         uow.messages.set_status(
-            row, InboundStatus.DELIVERED.value, actor=actor, detail="delivered to the EPJ"
+            row,
+            InboundStatus.DELIVERED.value,
+            actor=actor,
+            detail="delivered to the EPJ",
+            at=ctx.clock(),
         )
         if row.msg_type != APPREC and _auto_apprec(ctx, uow, row):
             # owed from this commit on: a job, so that a crash before it is sent cannot lose it

@@ -13,6 +13,9 @@ The check is made when a URL is registered (its host resolved) and again by ever
 addresses the call then connects to (``webhook_http`` connects only to addresses checked here):
 a name that resolved to a public address at registration and resolves to 127.0.0.1 now (DNS
 rebinding) is refused then.
+
+A URL is kept in its normal form (:func:`normal_url`): ``https://EPJ.example:443/hook`` and
+``https://epj.example/hook`` are one URL, which a client registers once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from dataclasses import dataclass
 import httpx
 
 from meldingstjener.config import WebhookSettings
+
+# the port a scheme's URL names when it names none
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,6 +86,19 @@ class TargetPolicy:
         if any(address in network for network in self.allowed_networks):
             return None
         return _kind(address)
+
+
+def normal_url(url: httpx.URL) -> str:
+    """``url`` as it is kept and compared: scheme and host in lower case (httpx writes them so;
+    an international name in its ASCII form) and without the scheme's default port, which httpx
+    drops only from some URLs (not from ``HTTPS://h:443/``), and with the path ``/`` where it
+    has none (both ask for ``/``). Path and query stay as written otherwise: the receiver
+    decides what they mean."""
+    if url.port is not None and url.port == _DEFAULT_PORTS.get(url.scheme):
+        url = url.copy_with(port=None)
+    if url.path == "/":
+        url = url.copy_with(path="/")  # httpx reads "" as "/", but writes it as it was given
+    return str(url)
 
 
 def _kind(address: IpAddress) -> str | None:

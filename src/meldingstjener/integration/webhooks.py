@@ -47,6 +47,7 @@ from meldingstjener.integration.webhook_http import call_deadline, webhook_clien
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
 from meldingstjener.model import Direction
 from meldingstjener.store.database import RoundFailures
+from meldingstjener.store.instance_lock import name_key
 from meldingstjener.store.tables import (
     AlertRow,
     ApiClientRow,
@@ -95,6 +96,9 @@ CALLS_PER_HOOK = 100
 # PostgreSQL: the advisory lock (transaction-scoped) one process holds while it turns news into
 # deliveries; the others skip that round instead of inserting the same rows
 COLLECT_LOCK = (0x6D74_7768, 1)  # "mtwh"
+# PostgreSQL: the first key of the advisory lock (transaction-scoped) a registration holds on its
+# client (the second key is from the client's name and credential, see hold_registrations_of)
+REGISTER_LOCK_SPACE = 0x6D74_7772  # "mtwr"
 
 
 # Active, and not of a revoked API-key client: revocation ends such a client's webhooks
@@ -646,6 +650,22 @@ def _by_turns(hooks: Iterable[tuple[int, tuple[str, str]]]) -> list[int]:
     for turn in range(max((len(q) for q in queues.values()), default=0)):
         turns.extend(q[turn] for q in queues.values() if turn < len(q))
     return turns
+
+
+def hold_registrations_of(uow: UnitOfWork, client_name: str, credential: str) -> None:
+    """Make another registration of the client (its name and credential) wait until ``uow``
+    ends, so that what it counts of the client's webhooks stays true until it adds one: two
+    registrations at once each counted one below ``max_per_client`` and both were added.
+
+    SQLite needs nothing: a unit of work holds the database's one writer from its first
+    statement (BEGIN IMMEDIATE). PostgreSQL takes an advisory lock on the client, not a row
+    lock: a JWT client has no row to lock. Two clients whose keys meet (32 bits) wait for each
+    other's registrations, no more."""
+    if uow.database.is_postgresql:
+        uow.session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"),
+            {"space": REGISTER_LOCK_SPACE, "key": name_key(f"{credential}:{client_name}")},
+        )
 
 
 def end_webhooks_of(uow: UnitOfWork, client_name: str, *, at: datetime) -> int:

@@ -99,6 +99,32 @@ def read_marker(directory: Path) -> str | None:
         raise payloads_failed(directory, exc) from None
 
 
+# How long a look at the marker waits for its read. A hard-mounted network share that hangs
+# blocks a read until it answers, maybe for good; the heartbeat that looks would stop beating
+# with it (and the other serves then take this one for gone). A read that does not answer in
+# time is a directory lost; it goes on in its own thread, and no other is started meanwhile.
+MARKER_READ_TIMEOUT = 10.0
+
+
+class _MarkerRead:
+    """One read of a marker in a daemon thread (a hung read must not keep the process from
+    exiting), its answer or its error kept for the caller."""
+
+    def __init__(self, directory: Path) -> None:
+        self.marked: str | None = None
+        self.error: StoreUnavailable | None = None
+        self.thread = threading.Thread(
+            target=self._read, args=(directory,), name="payload-marker-read", daemon=True
+        )
+        self.thread.start()
+
+    def _read(self, directory: Path) -> None:
+        try:
+            self.marked = read_marker(directory)
+        except StoreUnavailable as exc:
+            self.error = exc
+
+
 def store_id(database: Database) -> str | None:
     """The store's id as its database keeps it; None before a ``serve`` of this version ran."""
     return _state(database, STORE_ID_KEY)
@@ -277,6 +303,7 @@ class CheckedPayloadStore(PayloadStore):
         self._store_id: str | None = None  # known once a serve claimed the directory
         # why the directory is not the store's now (the marker watched): every touch refused
         self._lost: str | None = None
+        self._hung: _MarkerRead | None = None  # a read of the marker that has not answered
 
     def mark_checked(self, known: str | None = None) -> None:
         self._checked = True
@@ -296,9 +323,14 @@ class CheckedPayloadStore(PayloadStore):
             return None
         marker = marker_path(self.root)
         try:
-            marked = read_marker(self.root)
+            marked = self._read_marker()
         except StoreUnavailable as exc:
             why: str | None = f"its marker {marker} cannot be read ({exc})"
+        except TimeoutError:
+            why = (
+                f"a read of its marker {marker} has not answered in {MARKER_READ_TIMEOUT:g} s "
+                "(a network share that hangs?)"
+            )
         else:
             if marked is None:
                 why = (
@@ -317,6 +349,27 @@ class CheckedPayloadStore(PayloadStore):
             f"{why}; nothing is stored until the marker names store {known} again"
         )
         return None if self._lost is None else PayloadDirectoryLost(self._lost)
+
+    def _read_marker(self) -> str | None:
+        """The marker's store id, read within :data:`MARKER_READ_TIMEOUT` (TimeoutError when
+        not, or while an earlier read still hangs), and read twice before an error is believed:
+        a network share's one stale handle is no share lost."""
+        read = self._bounded_read()
+        if read.error is not None:
+            read = self._bounded_read()
+        if read.error is not None:
+            raise read.error
+        return read.marked
+
+    def _bounded_read(self) -> _MarkerRead:
+        if self._hung is not None and self._hung.thread.is_alive():
+            raise TimeoutError
+        read = _MarkerRead(self.root)
+        read.thread.join(MARKER_READ_TIMEOUT)
+        self._hung = read if read.thread.is_alive() else None
+        if self._hung is not None:
+            raise TimeoutError
+        return read
 
     def _ensure_checked(self) -> None:
         if self._lost is not None:

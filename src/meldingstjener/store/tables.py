@@ -60,6 +60,13 @@ UNSTORED_EVENT = "message_id IS NULL"
 # time they are judged at, bound as the statement's).
 JOB_WAITING = "(claimed_until IS NULL OR claimed_until < :now)"
 JOB_HELD = "claimed_until >= :now"
+# The received messages the EPJ has (``delivered``) and has not answered with an AppRec, of a
+# type owed one (every type but an AppRec: engine/retention.py's NEVER_ANSWERED): the last arm
+# of UNSETTLED, so that the ``apprec-owed`` check (engine/inbox_watch.py) and the log's search
+# for them (LogFilter.apprec_owed) read the partial index below (apprec_owed_sql).
+APPREC_OWED = (
+    "direction = 'in' AND status = 'delivered' AND (msg_type IS NULL OR msg_type <> 'APPREC')"
+)
 # The messages not settled yet: engine/retention.py's one rule of what is settled, turned round
 # and written out (tests/integration/store/test_unsettled.py holds the two together): on their
 # way out, or not yet answered or taken by the EPJ. The partial index below holds only these, so
@@ -68,8 +75,20 @@ JOB_HELD = "claimed_until >= :now"
 UNSETTLED = (
     "(direction = 'out' AND status IN ('accepted', 'retrying', 'sent', 'transport-error'))"
     " OR (direction = 'in' AND status IN ('acknowledged', 'received'))"
-    " OR (direction = 'in' AND status = 'delivered' AND (msg_type IS NULL OR msg_type <> 'APPREC'))"
+    f" OR ({APPREC_OWED})"
 )
+
+
+def apprec_owed_sql(dialect: str) -> str:
+    """APPREC_OWED as a query on ``dialect`` states it to read ``ix_messages_unsettled``.
+
+    PostgreSQL proves the index's predicate from its last arm alone, and can then read the
+    index in ``created_at`` order. SQLite takes a partial index only for a query that states
+    each of its terms, here the whole OR: the same messages, as APPREC_OWED is one of its arms
+    (on PostgreSQL that form became three index scans OR'ed and sorted)."""
+    return APPREC_OWED if dialect == "postgresql" else f"({UNSETTLED}) AND ({APPREC_OWED})"
+
+
 # the statuses UNSETTLED names, by direction: every status not settled by its status alone
 # (a received ``delivered`` is named, as most of its kind are under way; an AppRec's is not)
 UNSETTLED_STATUSES: dict[str, tuple[str, ...]] = {
@@ -79,6 +98,23 @@ UNSETTLED_STATUSES: dict[str, tuple[str, ...]] = {
         (Direction.INBOUND, InboundStatus),
     )
 }
+
+
+# The MsgHead's HER-ids of a service or a person: on some messages, NULL on the others. Their
+# indexes leave out the NULLs (a search by a HER-id never looks for NULL, and a message without
+# one costs the index nothing); each is named "ix_messages_<column less _her_id>".
+OPTIONAL_HER_ID_COLUMNS = (
+    "sender_service_her_id",
+    "sender_person_her_id",
+    "receiver_service_her_id",
+    "receiver_person_her_id",
+)
+
+
+def _her_id_index(column: str) -> Index:
+    present = text(f"{column} IS NOT NULL")
+    name = f"ix_messages_{column.removesuffix('_her_id')}"
+    return Index(name, column, postgresql_where=present, sqlite_where=present)
 
 
 class Base(DeclarativeBase):
@@ -103,6 +139,10 @@ class MessageRow(Base):
         Index("ix_messages_sender_org", "sender_org_her_id"),
         Index("ix_messages_receiver_org", "receiver_org_her_id"),
         Index("ix_messages_from_to", "from_her_id", "to_her_id"),
+        # the rest of the HER-id columns ``log --her-id`` (and the API's log) searches, an OR of
+        # the eight: with one column unindexed PostgreSQL read the whole table (migration 0026)
+        Index("ix_messages_to", "to_her_id"),
+        *(_her_id_index(column) for column in OPTIONAL_HER_ID_COLUMNS),
         Index("ix_messages_client_id", "client_id"),
         Index("ix_messages_payload_ref", "payload_ref"),  # the sweep of unreferenced files
         Index("ix_messages_wire_ref", "wire_ref"),

@@ -54,6 +54,7 @@ from meldingstjener.store.tables import (
     PartyRow,
     ReceiptRow,
     StateRow,
+    apprec_owed_sql,
     new_id,
 )
 from meldingstjener.store.types import utcnow
@@ -220,6 +221,8 @@ class LogFilter:
     msg_id: str | None = None
     ebxml_message_id: str | None = None
     conversation_id: str | None = None
+    # only received messages the EPJ has and owes an AppRec for (what ``apprec-owed`` counts)
+    apprec_owed: bool = False
 
 
 _MESSAGE_BY_EBXML_ID = text(
@@ -583,13 +586,13 @@ class MessageRepository:
             times.append(EventRow.at <= f.until)
         return times
 
-    @staticmethod
-    def _filtered(query: _Query, f: LogFilter) -> _Query:
+    def _filtered(self, query: _Query, f: LogFilter) -> _Query:
         """The message criteria of ``f`` on ``query``, which selects messages."""
-        return query.where(*(message for message, _ in MessageRepository._criteria(f)))
+        return query.where(*(message for message, _ in self._criteria(f)))
 
-    @staticmethod
-    def _criteria(f: LogFilter) -> list[tuple[ColumnElement[bool], ColumnElement[bool] | None]]:
+    def _criteria(
+        self, f: LogFilter
+    ) -> list[tuple[ColumnElement[bool], ColumnElement[bool] | None]]:
         """Each criterion of ``f``, twice: as a stored message meets it, and as an event of no
         message does (its columns are what is known of the message it was about), None when
         only a stored message can."""
@@ -630,7 +633,34 @@ class MessageRepository:
             criteria.append((stored, EventRow.ebxml_message_id == f.ebxml_message_id))
         if f.conversation_id:
             criteria.append((MessageRow.ebxml_conversation_id == f.conversation_id, None))
+        if f.apprec_owed:
+            criteria.append((self._apprec_owed(), None))
         return criteria
+
+    def _apprec_owed(self) -> ColumnElement[bool]:
+        """The received messages the EPJ owes an AppRec for (tables.py's APPREC_OWED), stated
+        so that this database's planner reads them through ``ix_messages_unsettled``."""
+        return and_(text(apprec_owed_sql(self.session.get_bind().dialect.name)))
+
+    def apprec_owed(self, delivered_before: datetime) -> list[tuple[str | None, int, datetime]]:
+        """The received messages delivered to the EPJ before ``delivered_before`` and owed an
+        AppRec, per receiving HER-id: how many, and when the first of them was delivered (the
+        status ``delivered`` is their last change). Through the partial index: what it costs
+        is the messages owed an AppRec, not the settled history."""
+        query = (
+            select(MessageRow.to_her_id, func.count(), func.min(MessageRow.status_changed_at))
+            .where(
+                self._apprec_owed(),
+                # made before it was delivered: a bound the index's created_at can take
+                MessageRow.created_at < delivered_before,
+                MessageRow.status_changed_at < delivered_before,
+            )
+            .group_by(MessageRow.to_her_id)
+            .order_by(MessageRow.to_her_id)
+        )
+        return [
+            (her_id, int(count), oldest) for her_id, count, oldest in self.session.execute(query)
+        ]
 
 
 # The channels a message is received by: ``engine.inbound.receive``'s ``channel`` ("http" from

@@ -57,3 +57,30 @@ def test_every_error_answer_is_described_as_a_problem_and_422_is_not_one(
     assert set(theirs["components"]["schemas"]["ErrorMessage"]["properties"]) - {
         "stackTrace"  # never sent
     } <= set(described)
+
+
+def test_the_operator_routes_list_their_refusals_and_413_where_a_body_is_taken(
+    api_pair: ApiPair,
+) -> None:
+    # The webhook routes refuse a 'metrics' key (or any client of no event) with 403, and every
+    # body of /api is refused past 1 MB with 413 (limits.BodyLimit): neither was in the document.
+    document = api_pair.hospital_http.get("/openapi.json").json()
+    operator = [(m, p, o) for m, p, o in _operations(document) if p.startswith("/api/")]
+    assert {(m, p) for m, p, _ in operator} >= {
+        ("post", "/api/webhooks"),
+        ("get", "/api/webhooks"),
+        ("delete", "/api/webhooks/{webhook_id}"),
+    }
+    for method, path, operation in operator:
+        responses = operation["responses"]
+        assert {"401", "403"} <= set(responses), (method, path)
+        if "requestBody" in operation:
+            assert "413" in responses, (method, path)
+        if path.startswith("/api/webhooks"):
+            assert "webhook event" in responses["403"]["description"], (method, path)
+    # the events of a webhook: at least one, each once (an empty list was a webhook of nothing)
+    body = document["paths"]["/api/webhooks"]["post"]["requestBody"]["content"]
+    schema_name = body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    events = document["components"]["schemas"][schema_name]["properties"]["events"]
+    [array] = [choice for choice in events["anyOf"] if choice.get("type") == "array"]
+    assert array["minItems"] == 1 and events["uniqueItems"] is True

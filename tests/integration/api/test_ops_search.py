@@ -158,3 +158,37 @@ def test_a_walk_through_the_alerts_misses_none_counted_again_meanwhile(
     # as before: the last seen first
     everything = http.get("/api/alerts", headers=admin)
     assert [a["summary"] for a in everything.json()] == ["m0", "m2", "m1"]
+
+
+def test_the_log_lists_the_messages_owed_an_apprec(api_pair: ApiPair) -> None:
+    """What the apprec-owed alert tells the help desk to ask for: the received messages the EPJ
+    has and has not answered, not those waiting for it, answered or AppRecs."""
+    from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+    from meldingstjener.engine import receipts
+
+    pair = api_pair.pair
+    _send(api_pair, 3)
+    pair.run()
+    owed, answered, waiting = sorted(
+        pair.inbound_messages(pair.hospital), key=lambda m: m.created_at
+    )
+    for message in (owed, answered):
+        receipts.deliver(pair.hospital, message.id, actor="epj:test")
+    receipts.send_apprec(pair.hospital, answered.id, status=1, errors=[], actor="epj:test")
+    pair.run()  # and the GP office's AppRec for the answer: delivered, owing nothing
+    [apprec] = pair.inbound_messages(pair.gp)
+    receipts.deliver(pair.gp, apprec.id, actor="epj:test")
+
+    admin = _bearer(api_pair.hospital_admin_key)
+    found = api_pair.hospital_http.get(
+        "/api/log", params={"apprec_owed": "true", "her_id": HOSPITAL_SERVICE_HER}, headers=admin
+    )
+    assert found.status_code == 200, found.text
+    assert [m["message_id"] for m in found.json()] == [owed.id]
+    everything = api_pair.hospital_http.get("/api/log", headers=admin).json()
+    assert {answered.id, waiting.id} <= {m["message_id"] for m in everything}
+    _, gp_admin = add_client(pair.gp.store, "ops", ["admin"], [])
+    on_the_gp_side = api_pair.gp_http.get(
+        "/api/log", params={"apprec_owed": "true"}, headers=_bearer(gp_admin)
+    )
+    assert on_the_gp_side.json() == []  # its AppRec is delivered, and owes nothing

@@ -1432,3 +1432,97 @@ def _delivery_id(headers: dict[str, str], body: bytes) -> str:
     told = str(json.loads(body)["deliveryId"])
     assert headers["X-Meldingstjener-Delivery"] == told  # the header docs/API.md names
     return told
+
+
+def test_a_webhook_for_no_event_or_for_one_twice_is_refused(api_pair: ApiPair) -> None:
+    # "events": [] was registered: a webhook told of nothing, counted towards max_per_client.
+    auth = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+    for events, why in (
+        ([], "at least 1 item"),
+        (["message.received", "message.received"], "more than once: ['message.received']"),
+        (["message.sent"], "an unknown event"),
+    ):
+        answer = api_pair.hospital_http.post(
+            "/api/webhooks", headers=auth, json={"url": "https://93.184.216.34/h", "events": events}
+        )
+        assert answer.status_code == 400, (events, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "invalid-input"
+        assert any(why in line for line in answer.json()["validationErrors"]), answer.json()
+    assert api_pair.hospital_http.get("/api/webhooks", headers=auth).json() == []
+
+
+def test_a_url_written_otherwise_is_the_same_url(api_pair: ApiPair) -> None:
+    # https://LocalHost:443/hook and https://localhost/hook were two webhooks at one URL.
+    first = _register(api_pair, "https://LocalHost:443/hook")
+    assert first["url"] == "https://localhost/hook"  # kept in its normal form
+    for again in ("https://localhost/hook", "HTTPS://LOCALHOST/hook", "https://localhost:443/hook"):
+        answer = _post_hook(api_pair, again)
+        assert answer.status_code == 409, (again, answer.text)
+        assert f"webhook {first['id']}" in answer.json()["detail"]
+    assert _post_hook(api_pair, "http://LocalHost:80").json()["url"] == "http://localhost/"
+    assert _post_hook(api_pair, "http://localhost/").status_code == 409
+    # another port, path or case of the path is another URL
+    for other in ("https://localhost:8443/hook", "https://localhost/Hook"):
+        assert _post_hook(api_pair, other).status_code == 201, other
+    # one kept as it was written, before URLs were kept in their normal form, is compared in it
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        [row] = uow.session.scalars(select(WebhookRow).where(WebhookRow.id == first["id"]))
+        row.url = "HTTPS://LocalHost:443/hook"
+        uow.commit()
+    answer = _post_hook(api_pair, "https://localhost/hook")
+    assert answer.status_code == 409 and f"webhook {first['id']}" in answer.json()["detail"]
+
+
+def test_two_registrations_at_once_never_pass_max_per_client(api_pair: ApiPair) -> None:
+    # The count and the insert were two transactions: two registrations at once each counted
+    # one below the most and both were added. The race is forced, with real transactions: a
+    # share lock on the table lets each registration count, and holds each insert until both
+    # registrations are under way; then they go on as they may.
+    database = api_pair.pair.hospital.store.database
+    if not database.is_postgresql:
+        pytest.skip("SQLite has one writer: a unit of work counts and inserts holding it")
+    app = create_app(api_pair.pair.hospital, webhook_settings=_settings(max_per_client=2))
+    with TestClient(app) as http:
+        limited = dataclasses.replace(api_pair, hospital_http=http)
+        _register(limited, "https://93.184.216.34/first")
+        start = threading.Barrier(3)
+        answers: dict[str, int] = {}
+
+        def register(url: str) -> None:
+            start.wait()
+            answers[url] = _post_hook(limited, url).status_code
+
+        racers = [
+            threading.Thread(target=register, args=(f"https://93.184.216.34/{name}",))
+            for name in ("a", "b")
+        ]
+        outside = sqlalchemy.create_engine(database.url, poolclass=sqlalchemy.NullPool)
+        with outside.connect() as blocker:
+            blocker.execute(sqlalchemy.text("LOCK TABLE webhooks IN SHARE MODE"))
+            for racer in racers:
+                racer.start()
+            start.wait()
+            # both counted and wait to insert, or one of them waits for the other's commit
+            _wait_for_lock_waiters(outside, 2)
+            blocker.rollback()
+        for racer in racers:
+            racer.join()
+    assert sorted(answers.values()) == [201, 409], answers
+    with api_pair.pair.hospital.store.unit_of_work() as uow:
+        assert len(list(uow.session.scalars(select(WebhookRow.id)))) == 2
+
+
+def _wait_for_lock_waiters(engine: sqlalchemy.Engine, waiters: int) -> None:
+    """Return once ``waiters`` sessions of the database wait for a lock (a bounded poll of the
+    server's own view, not a guess of how long they take)."""
+    waiting = sqlalchemy.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    with engine.connect() as watcher:
+        for _ in range(100_000):
+            if watcher.execute(waiting).scalar_one() >= waiters:
+                return
+            watcher.rollback()  # each look in a transaction of its own
+    raise AssertionError(f"{waiters} sessions never came to wait for a lock")

@@ -458,3 +458,105 @@ def test_a_payload_share_lost_while_serving_is_a_store_failing_until_its_marker_
     assert http.get("/health").json()["status"] == "ok"
     answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
     assert answer.status_code == 200, answer.text
+
+
+def test_a_signal_received_while_the_share_is_lost_does_not_end_its_store_failing(
+    pair: Pair, http: TestClient
+) -> None:
+    # An Acknowledgment touches the database only: its receipt proves nothing of the payload
+    # directory, and ended the outage (/health "ok") while every message was still refused.
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.engine import signals
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.formats.xmlparse import parse_xml
+    from meldingstjener.store.identity import claim_payload_directory, marker_path
+
+    hospital = pair.hospital
+    pair.network.down.add(pair.gp_site.endpoint)  # the GP's Acknowledgment is built here
+    sent_id = submit(hospital, dialog_note(pair.hospital_site, pair.gp_site, "x"), actor="t")
+    pair.run()
+    sent = pair.message(hospital, sent_id)
+    mime = unpackage(str(sent.wire_content_type), hospital.store.payloads.read_bytes(sent.wire_ref))
+    root = parse_xml(mime.envelope_xml)
+    ack = signals.build_ack(pair.gp, parse_envelope(root), root)
+
+    known = claim_payload_directory(hospital.store)
+    marker = marker_path(hospital.store.payloads.root)
+    heart = Heartbeat(hospital, hospital.instance)
+    marker.unlink()
+    heart.beat()
+    failing = f"store-failing:{hospital.instance}"
+    assert open_alerts(hospital)[failing] == ("critical", 1)
+
+    answer = http.post("/ebms", content=ack.body, headers={"Content-Type": ack.content_type})
+    assert answer.status_code == 200, answer.text
+    assert pair.message(hospital, sent_id).status == "transport-acknowledged"
+    assert open_alerts(hospital)[failing] == ("critical", 1)
+    assert http.get("/health").status_code == 503
+
+    marker.write_text(f"{known}\n", encoding="ascii")
+    heart.beat()
+    assert failing not in open_alerts(hospital)
+
+
+def test_a_marker_read_that_hangs_is_a_lost_share_and_the_heartbeat_goes_on(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hard-mounted network share that hangs blocks a read of the marker, maybe for good: the
+    # heartbeat must not hang with it (the other serves would take this one for gone).
+    import threading
+
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store import identity
+
+    hospital = pair.hospital
+    identity.claim_payload_directory(hospital.store)
+    heart = Heartbeat(hospital, hospital.instance)
+    answers = threading.Event()
+    reads: list[int] = []
+    unhung = identity.read_marker
+
+    def hangs(directory: Path) -> str | None:
+        reads.append(1)
+        answers.wait()
+        return unhung(directory)
+
+    monkeypatch.setattr(identity, "read_marker", hangs)
+    monkeypatch.setattr(identity, "MARKER_READ_TIMEOUT", 0.05)
+    try:
+        heart.beat()
+        failing = f"store-failing:{hospital.instance}"
+        assert "has not answered" in _summaries(hospital)[failing]
+        heart.beat()  # the first read still hangs: no second one is started beside it
+        assert len(reads) == 1
+    finally:
+        answers.set()
+    hung = [t for t in threading.enumerate() if t.name == "payload-marker-read"]
+    for thread in hung:
+        thread.join(5)
+    heart.beat()
+    assert open_alerts(hospital) == {}
+
+
+def test_one_failed_read_of_the_marker_is_read_again_before_it_is_believed(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store import identity
+    from meldingstjener.store.opening import payloads_failed
+
+    hospital = pair.hospital
+    identity.claim_payload_directory(hospital.store)
+    heart = Heartbeat(hospital, hospital.instance)
+    failures = [OSError(errno.ESTALE, "Stale file handle")]
+    unfailing = identity.read_marker
+
+    def stale_once(directory: Path) -> str | None:
+        if failures:
+            raise payloads_failed(directory, failures.pop())
+        return unfailing(directory)
+
+    monkeypatch.setattr(identity, "read_marker", stale_once)
+    heart.beat()
+    assert failures == []  # it was read, and failed once
+    assert open_alerts(hospital) == {}

@@ -64,7 +64,7 @@ def test_the_newest_migration_goes_down_and_up_again(own_database: Store) -> Non
     assert _job_ids_never_reused(own_database)
     assert _deliveries(own_database) == 1
     assert _count(own_database, "partner_agreements") == 1
-    # 0025 (an index) leaves the rows as they were; 0024's ids: test_migration_delivery_ids.py
+    # 0026 (indexes) leaves the rows as they were; 0024's ids: test_migration_delivery_ids.py
     assert _delivery_ids(own_database) == ["told-before"]
 
 

@@ -1,0 +1,131 @@
+"""Received messages the EPJ took and never answered raise an apprec-owed alert for their
+HER-id, which follows how many are owed and is resolved when they are answered; received
+AppRecs, answered, purged and young messages are not counted, and 0 hours turns it off."""
+
+from __future__ import annotations
+
+from engine_pair import Pair
+from sqlalchemy import select
+
+from meldingstjener.bootstrap import build_engine
+from meldingstjener.config import load_settings
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.engine import inbox_watch, receipts
+from meldingstjener.engine.outbound import submit
+from meldingstjener.store.tables import AlertRow, MessageRow
+
+
+def owed_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
+    query = select(AlertRow).where(AlertRow.kind == "apprec-owed")
+    if open_only:
+        query = query.where(AlertRow.resolved_at.is_(None))
+    with pair.hospital.store.unit_of_work() as uow:
+        return list(uow.session.scalars(query))
+
+
+def _received(pair: Pair, count: int) -> tuple[list[MessageRow], MessageRow]:
+    """``count`` notes the GP office sent the hospital, and an AppRec the GP office sent it for
+    the hospital's own note, all received (acknowledged)."""
+    for number in range(count):
+        submit(
+            pair.gp,
+            dialog_note(pair.gp_site, pair.hospital_site, f"Henvisning {number}"),
+            actor="t",
+        )
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="t")
+    pair.run()
+    [to_gp] = pair.inbound_messages(pair.gp)
+    receipts.deliver(pair.gp, to_gp.id, actor="epj:test")
+    receipts.send_apprec(pair.gp, to_gp.id, status=1, errors=[], actor="epj:test")
+    pair.run()
+    received = pair.inbound_messages(pair.hospital)
+    notes = sorted((m for m in received if m.msg_type != "APPREC"), key=lambda m: m.created_at)
+    [apprec] = [m for m in received if m.msg_type == "APPREC"]
+    assert len(notes) == count
+    return notes, apprec
+
+
+def _answer(pair: Pair, message: MessageRow) -> None:
+    receipts.send_apprec(pair.hospital, message.id, status=1, errors=[], actor="epj:test")
+
+
+def test_messages_taken_and_not_answered_raise_an_alert_until_answered(
+    pair_with_hospital_database: Pair,
+) -> None:
+    pair = pair_with_hospital_database
+    notes, apprec = _received(pair, 5)
+    old, also_old, answered, purged, young = notes
+    delivered_at = pair.clock()
+    for message in (old, also_old, answered, purged, apprec):
+        receipts.deliver(pair.hospital, message.id, actor="epj:test")
+    _answer(pair, answered)  # answered: apprec-sent
+    receipts.report_misaddressed(pair.hospital, purged.id, actor="epj:test", reason="ikke vår")
+    statuses = {m.id: m.status for m in pair.inbound_messages(pair.hospital)}
+    assert [statuses[m.id] for m in (old, answered, purged, young, apprec)] == [
+        "delivered",
+        "apprec-sent",
+        "misaddressed-purged",
+        "acknowledged",
+        "delivered",  # an AppRec stays delivered: nobody answers it
+    ]
+    with pair.hospital.store.unit_of_work() as uow:
+        inbox_watch.schedule_check(pair.hospital, uow)
+        uow.commit()
+    pair.run()
+    assert owed_alerts(pair) == []  # delivered, but not long ago
+
+    pair.clock.advance(hours=23)
+    receipts.deliver(pair.hospital, young.id, actor="epj:test")
+    pair.clock.advance(hours=1, minutes=1)
+    pair.run()
+    [alert] = owed_alerts(pair)
+    assert alert.severity == "warning" and alert.count == 1
+    assert alert.dedup_key == f"apprec-owed:{HOSPITAL_SERVICE_HER}"
+    assert f"2 received message(s) for HER-id {HOSPITAL_SERVICE_HER}" in alert.summary
+    assert f"the oldest delivered {delivered_at:%Y-%m-%d %H:%M} UTC" in alert.summary
+    assert f"apprec_owed=true&her_id={HOSPITAL_SERVICE_HER}" in alert.summary
+
+    raised = alert.changed_at
+    pair.clock.advance(minutes=5)
+    pair.run()
+    # the same news is counted, not told again (changed_at is what webhooks follow)
+    assert [(a.count, a.changed_at) for a in owed_alerts(pair)] == [(2, raised)]
+
+    pair.clock.advance(hours=23)  # the young one is owed too now: news, told
+    pair.run()
+    [alert] = owed_alerts(pair)
+    assert "3 received message(s)" in alert.summary and alert.changed_at == pair.clock()
+
+    _answer(pair, old)  # the oldest answered: another oldest, told
+    pair.clock.advance(minutes=5)
+    pair.run()
+    [alert] = owed_alerts(pair)
+    assert "2 received message(s)" in alert.summary and alert.changed_at == pair.clock()
+
+    _answer(pair, also_old)
+    _answer(pair, young)
+    pair.clock.advance(minutes=5)
+    pair.run()
+    assert owed_alerts(pair) == []
+    [resolved] = owed_alerts(pair, open_only=False)
+    assert resolved.resolved_at == pair.clock()
+
+
+def test_no_alert_when_turned_off(pair_with_hospital_database: Pair) -> None:
+    """``[alerts] apprec_owed_hours = 0``: nothing is counted, and an alert open is resolved."""
+    pair = pair_with_hospital_database
+    [note], _ = _received(pair, 1)
+    receipts.deliver(pair.hospital, note.id, actor="epj:test")
+    pair.clock.advance(hours=25)
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 1}
+    assert len(owed_alerts(pair)) == 1
+
+    config = pair.hospital_site.config_path
+    config.write_text(config.read_text() + "\n[alerts]\napprec_owed_hours = 0\n")
+    turned_off = build_engine(load_settings(config), clock=pair.clock)
+    try:
+        pair.clock.advance(minutes=5)
+        assert inbox_watch.check_apprec_owed(turned_off) == {}
+    finally:
+        turned_off.store.database.dispose()
+    assert owed_alerts(pair) == []
