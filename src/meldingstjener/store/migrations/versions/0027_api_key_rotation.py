@@ -6,8 +6,8 @@ meanwhile. A table of its own: a client rotated again within an overlap has two 
 with its own end. Nothing is rewritten. Going down drops the table: every overlap still running
 ends at once, and the old keys are refused (the current ones are in ``api_clients`` as before).
 
-Revision ID: 0026
-Revises: 0025
+Revision ID: 0027
+Revises: 0026
 Create Date: 2026-12-05 13:30:00
 """
 
@@ -18,8 +18,8 @@ from alembic import op
 
 import meldingstjener.store.types
 
-revision = "0026"
-down_revision = "0025"
+revision = "0027"
+down_revision = "0026"
 branch_labels = None
 depends_on = None
 
