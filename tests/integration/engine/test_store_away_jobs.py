@@ -95,3 +95,35 @@ def test_a_queued_send_waits_for_a_lost_payload_share_without_spending_a_try(
     assert len(pair.network.sent) == 1
     pair.run()
     assert pair.message(ctx, message_id).status == "transport-acknowledged"
+
+
+def test_a_resend_the_outage_outlasts_is_given_up_saying_the_store_failed(pair: Pair) -> None:
+    # A message whose first send failed waits for its resend while the share is away: its
+    # tries are not spent, but the partner remembers its MessageId only for PersistDuration,
+    # so once that has passed it cannot be resent. Given up as not-delivered, the alert says
+    # that the store was failing meanwhile (its store-failing alert open beside it).
+    ctx = pair.gp
+    claim_payload_directory(ctx.store)
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(ctx, dialog_note(pair.gp_site, pair.hospital_site, "Hei"), actor="t")
+    worker = Worker(ctx, f"{ctx.instance}/0")
+    assert worker.run_once() == 1
+    first = pair.message(ctx, message_id)
+    assert (first.status, first.attempts) == ("retrying", 1)
+    pair.network.down.clear()
+    heart = Heartbeat(ctx, ctx.instance)
+    heart.beat(started=True)
+    marker_path(ctx.store.payloads.root).unlink()
+    heart.beat()
+    while ctx.clock() < first.expires_at:  # type: ignore[operator]
+        pair.clock.advance(seconds=int(failing_jobs.STORE_PAUSE.total_seconds()))
+        worker.run_once()
+        assert pair.message(ctx, message_id).attempts == 1  # no try spent meanwhile
+    row = pair.message(ctx, message_id)
+    assert (row.status, row.attempts) == ("not-delivered", 1)
+    assert len(pair.network.sent) == 1
+    with ctx.store.unit_of_work() as uow:
+        alerts = {alert.kind: alert.summary for alert in uow.alerts.list(open_only=True)}
+    assert sorted(alerts) == ["not-delivered", "partner-unreachable", "store-failing"]
+    assert "PersistDuration ran out before a resend" in alerts["not-delivered"]
+    assert "store-failing alert" in alerts["not-delivered"]
