@@ -145,7 +145,7 @@ class StoreFailing:
     another store's or unreadable starts a period too, its alert naming the cause, and the
     payload store refuses every write meanwhile (``store.identity.PayloadDirectoryLost``,
     answered 503 as a full disk is) until the marker is back. The worker's jobs that meet it
-    wait without counting (:meth:`job_refused`): the period tells their outage too."""
+    wait without counting (:meth:`work_refused`): the period tells their outage too."""
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -172,20 +172,21 @@ class StoreFailing:
             refused=1,
         )
 
-    def job_refused(self, exc: BaseException, kind: str) -> None:
-        """A worker's job of ``kind`` met the store refusing (``exc``, see :func:`store_refused`)
-        and was put back to wait (``failing_jobs.wait_for_store``). While a period runs that is
-        all: its log line and alert tell the outage once, not once per job. Else (a full disk a
-        job met before any request did) a period starts, so that it is told, alerted, shown by
-        ``/health`` and ended by the heartbeat's probe as any other."""
+    def work_refused(self, exc: BaseException, work: str) -> None:
+        """Work of this process (``work``: "its transmit job", "the folder inbox") met the store
+        refusing (``exc``, see :func:`store_refused`) and was left to wait, not counted (the
+        worker's ``failing_jobs.wait_for_store``, the folder integration's rounds). While a
+        period runs that is all: its log line and alert tell the outage once, not once per job
+        or file. Else (a full disk met by such work before any request) a period starts, so
+        that it is told, alerted, shown by ``/health`` and ended by the heartbeat's probe."""
         if self.failing:
             return
         reason = _reason(exc)
         self._start(
             reason,
-            f"Instance {self.ctx.instance} cannot write its store ({reason}), as its "
-            f"{kind} job found. The work that reads or writes a message's content (sends, "
-            "resends, signals, deliveries) waits for it, not counted as tries; messages "
+            f"Instance {self.ctx.instance} cannot write its store ({reason}), as {work} found. "
+            "The work that reads or writes a message's content (sends, resends, signals, "
+            "deliveries, the folder integration) waits for it, not counted as tries; messages "
             "received and the EPJ API's calls are answered 503. Free disk space or mend the "
             "payload directory: the next heartbeat, within a minute, ends this.",
             refused=0,

@@ -88,7 +88,7 @@ def wait_for_store(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> bool:
     runs (a full disk met by a job before any request)."""
     if not store_refused(exc):
         return False
-    ctx.store_failing.job_refused(exc, job.kind)
+    ctx.store_failing.work_refused(exc, f"its {job.kind} job")
     with _left_to_its_lease_on_error(job), ctx.store.unit_of_work() as uow:
         uow.jobs.put_back(job, ctx.clock() + STORE_PAUSE)
         uow.commit()
