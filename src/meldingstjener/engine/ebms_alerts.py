@@ -144,7 +144,8 @@ class StoreFailing:
     The heartbeat also reads the payload directory's marker (:meth:`watch`): a marker gone,
     another store's or unreadable starts a period too, its alert naming the cause, and the
     payload store refuses every write meanwhile (``store.identity.PayloadDirectoryLost``,
-    answered 503 as a full disk is) until the marker is back."""
+    answered 503 as a full disk is) until the marker is back. The worker's jobs that meet it
+    wait without counting (:meth:`work_refused`): the period tells their outage too."""
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -171,6 +172,26 @@ class StoreFailing:
             refused=1,
         )
 
+    def work_refused(self, exc: BaseException, work: str) -> None:
+        """Work of this process (``work``: "its transmit job", "the folder inbox") met the store
+        refusing (``exc``, see :func:`store_refused`) and was left to wait, not counted (the
+        worker's ``failing_jobs.wait_for_store``, the folder integration's rounds). While a
+        period runs that is all: its log line and alert tell the outage once, not once per job
+        or file. Else (a full disk met by such work before any request) a period starts, so
+        that it is told, alerted, shown by ``/health`` and ended by the heartbeat's probe."""
+        if self.failing:
+            return
+        reason = _reason(exc)
+        self._start(
+            reason,
+            f"Instance {self.ctx.instance} cannot write its store ({reason}), as {work} found. "
+            "The work that reads or writes a message's content (sends, resends, signals, "
+            "deliveries, the folder integration) waits for it, not counted as tries; messages "
+            "received and the EPJ API's calls are answered 503. Free disk space or mend the "
+            "payload directory: the next heartbeat, within a minute, ends this.",
+            refused=0,
+        )
+
     def watch(self) -> None:
         """At every heartbeat of ``serve``: read the payload directory's marker again (a period
         starts when it is found gone, another store's or unreadable), and while a period lasts
@@ -188,7 +209,9 @@ class StoreFailing:
                         "payload written there now would be missing to every other serve "
                         "(and from the share once it is back). Messages received are answered "
                         "503 (their senders resend) and so are the EPJ API's calls; /health "
-                        "says store-failing. Mount the payload share again (or put the marker "
+                        "says store-failing. Sends, resends and deliveries wait, not counted "
+                        "as tries; a resend whose PersistDuration runs out meanwhile is given "
+                        "up (not-delivered). Mount the payload share again (or put the marker "
                         "back): the next heartbeat, within a minute, ends this.",
                         refused=0,
                     )

@@ -8,6 +8,15 @@ someone to look at the server log (told once, counted at each failure after). Th
 in the job's row (``jobs.crashes``): a handler that finishes or reschedules the job the normal
 way resets it, and the heartbeat of every ``serve`` resolves the alert of a job that has gone
 through, been cancelled or gone.
+
+An error that is the store refusing for a while (``ebms_alerts.store_refused``: the payload
+share away, its marker gone, or the disk full) is no fault of the job: every job that reads or
+writes a message's content meets it until the store is mended. Such a job is put back to wait
+(:func:`wait_for_store`): due again ``STORE_PAUSE`` later, the claim's attempt undone and its
+errors in a row left as they were, so that the outage spends none of its tries (a send whose
+job was claimed twice counts as maybe sent, which PersistDuration then ends), raises no
+``job-failing`` and logs no traceback; the outage itself is told once, by the ``store-failing``
+period and its alert (``ebms_alerts.StoreFailing``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from datetime import datetime, timedelta
 
 from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.ebms_alerts import store_refused
 from meldingstjener.store.uow import ClaimedJob, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -26,6 +36,9 @@ log = logging.getLogger(__name__)
 FIRST_PAUSE = timedelta(seconds=30)
 LONGEST_PAUSE = timedelta(hours=1)
 ALERT_AFTER = 5
+# how often a job waiting for its store is tried again: once the store is back, the work
+# waits no longer than this (each try of a job while it is away is one small read, refused)
+STORE_PAUSE = timedelta(seconds=30)
 
 
 def pause_after(failures: int) -> timedelta:
@@ -66,6 +79,20 @@ def _count_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
                 key=str(job.id),
             )
         uow.commit()
+
+
+def wait_for_store(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> bool:
+    """Whether ``exc`` is the store refusing for a while (see the module's words); then the
+    job is put back to wait ``STORE_PAUSE``, not counted as a try nor as an error, and the
+    outage told once by this process's ``store-failing`` period, which the job starts if none
+    runs (a full disk met by a job before any request)."""
+    if not store_refused(exc):
+        return False
+    ctx.store_failing.work_refused(exc, f"its {job.kind} job")
+    with _left_to_its_lease_on_error(job), ctx.store.unit_of_work() as uow:
+        uow.jobs.put_back(job, ctx.clock() + STORE_PAUSE)
+        uow.commit()
+    return True
 
 
 def unknown_kind(ctx: EngineContext, job: ClaimedJob) -> None:

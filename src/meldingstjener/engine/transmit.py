@@ -374,6 +374,8 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     maybe_sent = view.attempts > 0 or job.attempts > 1
     if maybe_sent and view.expires_at is not None and now >= view.expires_at:
         reason = "PersistDuration ran out before a resend"
+        if ctx.store_failing.failing:  # the resends it waited for: said, not left to guess
+            reason += ", while this server could not use its store (see its store-failing alert)"
         with ctx.store.unit_of_work() as uow:
             _give_up_before_sending(uow, view.id, partner.name, reason, now)
         return None

@@ -3,7 +3,9 @@
 Each worker claims a batch with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), keeps the
 claim of a job that runs long (:class:`LeaseKeeper`), runs each job in its own unit of work, and
 never dies of one bad job: an unexpected error is logged (without patient data) and the job is
-tried again ever later, with a ``job-failing`` alert after five failures in a row. A worker
+tried again ever later, with a ``job-failing`` alert after five failures in a row. A job the
+store refuses for a while (its payload share away, its disk full) is no bad job: it waits for
+the store, not counted (``failing_jobs.wait_for_store``). A worker
 sleeps until the next poll, or until the engine's wake-up says new work was stored in this
 process.
 """
@@ -243,6 +245,8 @@ class Worker:
                 with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
                     handler(self.ctx, job)
             except Exception as exc:  # one bad job must not stop the worker
+                if failing_jobs.wait_for_store(self.ctx, job, exc):
+                    continue  # the store away: the job waits, the outage told once
                 log.error(
                     "job %s (%s) failed: %s\n%s",
                     job.id,

@@ -28,7 +28,10 @@ The folders are the EPJ's to write in: a side whose folder is a symbolic link do
 followed or waited on. The server makes no folder the configuration names, nor its parents:
 only ``sent/`` and ``failed/`` in the outbox, at start, and its own folder there. An inbox that
 is missing (a share not mounted) is not made: its messages wait, not delivered, and an alert
-says so (see ``folder_checks``).
+says so (see ``folder_checks``). While the payload share is away (``PayloadDirectoryLost``)
+outbox files wait in the outbox, not counted as failing, and received messages wait for the
+inbox, told once by the ``store-failing`` period. A full disk is not taken for the store's here:
+it may be that of the EPJ's folders.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ from meldingstjener.integration.outbox_moves import (
 )
 from meldingstjener.model import Direction
 from meldingstjener.model.privacy import passed_through
+from meldingstjener.store.identity import PayloadDirectoryLost
 from meldingstjener.store.payloads import Spool
 from meldingstjener.store.tables import (
     FOLDER_CLIENT_PREFIX,
@@ -323,6 +327,12 @@ class FolderIntegration:
             except Exception as exc:  # one file must not hold up the rest; tried again
                 if isinstance(exc, FileNotFoundError) and not exists_at(folders.outbox, name):
                     continue  # taken away meanwhile (by another process on this outbox)
+                if isinstance(exc, PayloadDirectoryLost):
+                    # The payload share away: no fault of the file, which waits in the outbox,
+                    # not counted towards outbox-stuck; told once, by the store-failing period.
+                    # (Not a full disk: here that may be the EPJ's folders', no store's.)
+                    self.ctx.store_failing.work_refused(exc, "the folder outbox")
+                    continue
                 # its type only: a traceback would carry the file's path, and an EPJ may
                 # name a file by the patient
                 log.error("folder outbox: a file not taken (%s)", type(exc).__name__)
@@ -867,6 +877,12 @@ class FolderIntegration:
                 else:
                     self.write_inbox(row)
             except Exception as exc:  # one message must not hold up the rest; tried again
+                if isinstance(exc, PayloadDirectoryLost):
+                    # The payload share away: every message of the round would meet it. They
+                    # wait, still acknowledged; told once, by the store-failing period, not
+                    # with a traceback per message. (Not a full disk: the inbox's is the EPJ's.)
+                    self.ctx.store_failing.work_refused(exc, "the folder inbox")
+                    break
                 log.error(
                     "folder inbox: message %s could not be written (%s)\n%s",
                     row.id,

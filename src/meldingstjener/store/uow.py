@@ -1060,6 +1060,15 @@ _RELEASE_UNSTARTED = _job_sql(
     "(message_id = :message_id OR (message_id IS NULL AND "
     "CAST(:message_id AS VARCHAR(36)) IS NULL))"
 )
+# a claimed job its store refused (a share away, a full disk) waits for ``due_at`` as before the
+# claim: neither its attempt nor an error counted (see failing_jobs.store_refused)
+_PUT_BACK = _job_sql(
+    "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, due_at = :due_at, "
+    "attempts = attempts - 1 WHERE id = :id AND claimed_by = :worker AND attempts > 0 AND "
+    "kind = :kind AND (message_id = :message_id OR (message_id IS NULL AND "
+    "CAST(:message_id AS VARCHAR(36)) IS NULL))",
+    due_at="due_at",
+)
 # a recurring job's turn taken by hand (its due time and attempts stay), and given back
 _CLAIM_KEY = _job_sql(
     "UPDATE jobs SET claimed_by = :worker, claimed_until = :until, attempts = attempts + 1 "
@@ -1295,6 +1304,23 @@ class JobRepository:
             )
             released += result.rowcount
         return released
+
+    def put_back(self, job: ClaimedJob, due_at: datetime) -> bool:
+        """Give back a claimed job that could not do its work for a while (its store refused
+        it): due again at ``due_at``, its claim's attempt undone and its errors in a row left as
+        they were, so that the while does not count as a try of the job. Whether the claim was
+        still the job's own (else it is left as it is)."""
+        if job.claimed_by is None:
+            return False
+        result = self._run(
+            _PUT_BACK,
+            id=job.id,
+            worker=job.claimed_by,
+            due_at=due_at,
+            kind=job.kind,
+            message_id=job.message_id,
+        )
+        return bool(result.rowcount)
 
     def claim_key(
         self, dedup_key: str, worker: str, *, now: datetime, lease: timedelta
