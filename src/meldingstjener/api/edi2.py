@@ -30,6 +30,8 @@ from meldingstjener.api.document_spool import (
 )
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
+    TRANSFER_ENCODING,
+    XML_CONTENT_TYPES,
     AppRecError,
     ApprecInfo,
     AppRecStatus,
@@ -59,12 +61,18 @@ from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
-XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
 # The messages sent that answer a received one (an AppRec; the Dialogmelding a misaddressed
 # message is reported with after its AppRec): the "receive" scope reads them too.
 ANSWER_TYPES = frozenset({APPREC_TYPE.v, AVVIK})
+# Why a message that exists is not found by an operation of the other direction's messages
+_NOT_OF_DIRECTION = {
+    Direction.OUTBOUND.value: "is not a message this client sent (status and AppRec are of "
+    "sent messages)",
+    Direction.INBOUND.value: "is not a message this client received (only a received message "
+    "is answered, reported misaddressed or marked read)",
+}
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
 
@@ -249,7 +257,11 @@ class Edi2:
             row = uow.messages.get(key)
         if row is None or (direction is not None and row.direction != direction):
             self._audit(who, action, Outcome.NOT_FOUND, message_id=key)
-            raise ApiProblem(404, "not-found", f"no message {key}")
+            if row is None or direction is None:
+                raise ApiProblem(404, "not-found", f"no message {key}")
+            # GET /Messages/{id} shows the message: "no message" sent the EPJ looking for a
+            # fault of ours, where the operation is of the other direction's messages
+            raise ApiProblem(404, "not-found", f"{key} {_NOT_OF_DIRECTION[direction]}")
         own = row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
         if row.direction == Direction.INBOUND.value:
             scope = "receive"
@@ -284,10 +296,13 @@ class Edi2:
         self, body: PostMessageRequest, spooled: SpooledDocument | None
     ) -> tuple[bytes | Spool, list[int]]:
         """The decoded document and the receivers asked for, or an ApiProblem."""
-        if body.contentTransferEncoding.lower() != "base64":
-            raise ApiProblem(400, "invalid-input", "contentTransferEncoding must be 'base64'")
+        if body.contentTransferEncoding.lower() != TRANSFER_ENCODING:
+            raise ApiProblem(
+                400, "invalid-input", f"contentTransferEncoding must be '{TRANSFER_ENCODING}'"
+            )
         if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
-            raise ApiProblem(400, "invalid-input", "contentType must be application/xml")
+            accepted = " or ".join(XML_CONTENT_TYPES)
+            raise ApiProblem(400, "invalid-input", f"contentType must be {accepted}")
         encoded_length = (
             spooled.encoded_length if spooled is not None else base64_length(body.businessDocument)
         )
@@ -632,7 +647,7 @@ def _her_int(value: str | None) -> int | None:
 
 def _message(row: MessageRow, include_metadata: bool) -> Message:
     message = Message(
-        id=row.id, contentType="application/xml", receiverHerId=_her_int(row.to_her_id)
+        id=row.id, contentType=XML_CONTENT_TYPES[0], receiverHerId=_her_int(row.to_her_id)
     )
     if include_metadata:
         message.senderHerId = _her_int(row.from_her_id)
