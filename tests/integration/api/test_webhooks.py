@@ -916,6 +916,32 @@ def test_a_webhook_url_that_reaches_inward_or_is_plain_http_is_refused(api_pair:
         assert register(http, "https://10.2.0.1/hook").status_code == 422
 
 
+def test_a_webhook_url_with_a_user_or_password_is_refused_without_echoing_it(
+    api_pair: ApiPair, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # http://user:pw@host/hook was registered (201): the password was listed by GET
+    # /api/webhooks and sent to the receiver as Basic authentication with every call.
+    auth = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+    where = receiver.url.removeprefix("http://")  # an address the operator allows here
+    for url in (
+        f"http://epj:pw-Kari-1957@{where}",
+        f"http://epj@{where}",
+        f"http://:pw-Kari-1957@{where}",
+        f"HTTP://epj:pw-Kari-1957@{where.replace('127.0.0.1', 'LOCALHOST')}",
+    ):
+        answer = api_pair.hospital_http.post(
+            "/api/webhooks", headers=auth, json={"url": url, "events": ["message.received"]}
+        )
+        assert answer.status_code == 422, (url, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "webhook-target-refused"
+        assert "user name or password" in answer.json()["detail"]
+        assert "pw-Kari" not in answer.text and "epj@" not in answer.text
+    assert "pw-Kari" not in caplog.text
+    assert api_pair.hospital_http.get("/api/webhooks", headers=auth).json() == []
+    assert _post_hook(api_pair, receiver.url).status_code == 201  # the same URL without them
+
+
 def test_a_name_that_points_inward_when_called_is_not_called(
     api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
