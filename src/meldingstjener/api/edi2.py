@@ -47,6 +47,7 @@ from meldingstjener.api.edi2_models import (
 )
 from meldingstjener.api.idempotency import request_digest, scoped_key
 from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
+from meldingstjener.api.media_types import JSON_BODY_TYPES, body_types_text
 from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
@@ -105,11 +106,13 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such message (for this client)"}
 }
+# of every operation that takes a JSON body (media_types.JsonMediaTypes)
+UNSUPPORTED_BODY_TYPE: dict[str, Any] = {
+    "description": f"The body is not sent as JSON: its Content-Type must be {body_types_text()} "
+    "(unsupported-media-type)"
+}
 # The API's own paths (the rest, /ebms and /health, answer in their own shapes)
 API_PATHS = ("/Messages", "/api/")
-# What a body of JSON may be sent as (JsonMediaTypes reads text/json as application/json;
-# FastAPI reads a +json type as JSON)
-JSON_BODY_TYPES = ("application/json", "text/json", "application/*+json")
 
 
 class ErrorMessage(BaseModel):
@@ -133,7 +136,8 @@ def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document made true of what the API answers: every 4xx/5xx of its paths an
     ``ErrorMessage`` as ``application/problem+json`` (FastAPI listed them without content),
     no ``422`` of FastAPI's (``HTTPValidationError``: invalid input is ``400``,
-    ``problems.install_handlers``), and a JSON body in each type it is read in."""
+    ``problems.install_handlers``), and a JSON body in each type it is read in, with the
+    ``415`` of a body of another type."""
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith(API_PATHS):
             continue
@@ -141,15 +145,16 @@ def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
             responses = operation.get("responses", {})
             if "HTTPValidationError" in json.dumps(responses.get("422", {})):
                 del responses["422"]
+            body = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                for media_type in JSON_BODY_TYPES:
+                    body.setdefault(media_type, body["application/json"])
+                responses.setdefault("415", dict(UNSUPPORTED_BODY_TYPE))
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = {
                         PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}
                     }
-            body = operation.get("requestBody", {}).get("content", {})
-            if "application/json" in body:
-                for media_type in JSON_BODY_TYPES:
-                    body.setdefault(media_type, body["application/json"])
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     schemas["ErrorMessage"] = ErrorMessage.model_json_schema()
     if "HTTPValidationError" not in json.dumps(schema["paths"]):
