@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from meldingstjener import __version__
 from meldingstjener.api import validation_audit
 from meldingstjener.api.auth import Authenticator
-from meldingstjener.api.credentials_first import CredentialsFirst
+from meldingstjener.api.credentials_first import CredentialsFirst, is_authenticated_path
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router, problem_openapi
 from meldingstjener.api.faults import ServerFaults
@@ -160,7 +160,8 @@ def create_app(
     @functools.cache
     def openapi() -> dict[str, Any]:
         # FastAPI's document (which it caches), made true of the answers (problem+json, no 422)
-        return problem_openapi(made_openapi())
+        # and saying how a client proves itself
+        return with_credentials(problem_openapi(made_openapi()))
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -324,6 +325,36 @@ def create_app(
         return answer
 
     return app
+
+
+# How a client proves itself on the authenticated paths (api/auth.py reads both headers; the
+# bearer is an API key or a JWT): declared in the document, not by dependencies of the routes,
+# so that generated clients and /docs send a credential while authentication stays as it is.
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <API key or JWT>",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Api-Key",
+        "description": "An API key (`meldingstjener clients add`)",
+    },
+}
+
+
+def with_credentials(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the security schemes, each operation of an authenticated path needing
+    one of them (``/ebms``, ``/health`` and the document itself need none)."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    either: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+    for path, operations in schema.get("paths", {}).items():
+        if is_authenticated_path(path):
+            for operation in operations.values():
+                operation["security"] = either
+    return schema
 
 
 # An answer after which the connection is closed: what else the peer sends on it (the rest of a

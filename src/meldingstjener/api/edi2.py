@@ -111,8 +111,8 @@ UNSUPPORTED_BODY_TYPE: dict[str, Any] = {
     "description": f"The body is not sent as JSON: its Content-Type must be {body_types_text()} "
     "(unsupported-media-type)"
 }
-# The API's own paths (the rest, /ebms and /health, answer in their own shapes)
-API_PATHS = ("/Messages", "/api/")
+# The API's own paths and the figures (the rest, /ebms and /health, answer in their own shapes)
+API_PATHS = ("/Messages", "/api/", "/metrics")
 
 
 class ErrorMessage(BaseModel):
