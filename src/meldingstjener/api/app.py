@@ -47,12 +47,12 @@ from starlette.requests import ClientDisconnect
 from meldingstjener import __version__
 from meldingstjener.api import validation_audit
 from meldingstjener.api.auth import Authenticator
-from meldingstjener.api.credentials_first import CredentialsFirst
+from meldingstjener.api.credentials_first import CredentialsFirst, is_authenticated_path
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router, problem_openapi
 from meldingstjener.api.faults import ServerFaults
 from meldingstjener.api.limits import BodyLimit
-from meldingstjener.api.media_types import JsonMediaTypes
+from meldingstjener.api.media_types import UNSUPPORTED_MEDIA_TYPE, JsonMediaTypes, json_routes
 from meldingstjener.api.metrics import metrics_router
 from meldingstjener.api.ops import ops_router
 from meldingstjener.api.problems import install_handlers
@@ -114,6 +114,11 @@ def create_app(
         app, on_invalid=functools.partial(validation_audit.record_invalid_request, ctx.store)
     )
     auth = Authenticator(ctx.store, api, clock=ctx.clock)
+    routers = (
+        edi2_router(Edi2(ctx, auth, api.max_payload_bytes)),
+        ops_router(ctx, auth, webhook_settings),
+        metrics_router(ctx, auth),
+    )
     # Inside the body limit: a large business document is decoded into a file as it arrives.
     app.add_middleware(
         DocumentSpool, payloads=ctx.store.payloads, max_payload_bytes=api.max_payload_bytes
@@ -124,10 +129,20 @@ def create_app(
         large=("/Messages",),
         exempt=("/ebms",),
     )
+    # Every layer inside sees the type FastAPI reads, and a body of a type not JSON is refused
+    # (415) before it is read or spooled; inside the credentials' check: 401 comes first.
+    app.add_middleware(
+        JsonMediaTypes,
+        json_routes=json_routes(routers),
+        on_refused=functools.partial(
+            validation_audit.record_refused_request,
+            ctx.store,
+            detail=f"the body is not sent as JSON ({UNSUPPORTED_MEDIA_TYPE})",
+        ),
+    )
     # Outside every layer that reads a body: nobody unauthenticated has one read, parsed or
     # spooled to a file (the answer is 401, whatever the body).
     app.add_middleware(CredentialsFirst, authenticate=auth.principal)
-    app.add_middleware(JsonMediaTypes)  # every layer sees the type FastAPI reads
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
     app.add_middleware(
@@ -138,15 +153,15 @@ def create_app(
             ctx, address, None, code, status
         ),
     )
-    app.include_router(edi2_router(Edi2(ctx, auth, api.max_payload_bytes)))
-    app.include_router(ops_router(ctx, auth, webhook_settings))
-    app.include_router(metrics_router(ctx, auth))
+    for router in routers:
+        app.include_router(router)
     made_openapi = app.openapi
 
     @functools.cache
     def openapi() -> dict[str, Any]:
         # FastAPI's document (which it caches), made true of the answers (problem+json, no 422)
-        return problem_openapi(made_openapi())
+        # and saying how a client proves itself
+        return with_credentials(problem_openapi(made_openapi()))
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -310,6 +325,36 @@ def create_app(
         return answer
 
     return app
+
+
+# How a client proves itself on the authenticated paths (api/auth.py reads both headers; the
+# bearer is an API key or a JWT): declared in the document, not by dependencies of the routes,
+# so that generated clients and /docs send a credential while authentication stays as it is.
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <API key or JWT>",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Api-Key",
+        "description": "An API key (`meldingstjener clients add`)",
+    },
+}
+
+
+def with_credentials(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the security schemes, each operation of an authenticated path needing
+    one of them (``/ebms``, ``/health`` and the document itself need none)."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    either: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+    for path, operations in schema.get("paths", {}).items():
+        if is_authenticated_path(path):
+            for operation in operations.values():
+                operation["security"] = either
+    return schema
 
 
 # An answer after which the connection is closed: what else the peer sends on it (the rest of a

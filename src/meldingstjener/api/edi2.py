@@ -30,6 +30,8 @@ from meldingstjener.api.document_spool import (
 )
 from meldingstjener.api.edi2_models import (
     MAX_INT32,
+    TRANSFER_ENCODING,
+    XML_CONTENT_TYPES,
     AppRecError,
     ApprecInfo,
     AppRecStatus,
@@ -45,6 +47,7 @@ from meldingstjener.api.edi2_models import (
 )
 from meldingstjener.api.idempotency import request_digest, scoped_key
 from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
+from meldingstjener.api.media_types import JSON_BODY_TYPES, body_types_text
 from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
@@ -59,12 +62,18 @@ from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
-XML_CONTENT_TYPES = ("application/xml", "text/xml")
 CONFLICT_CODES = ("already-answered", "purged", "not-allowed", "not-deliverable")
 APPREC_CODES = {"Ok": 1, "Rejected": 2, "OkErrorInMessagePart": 3}
 # The messages sent that answer a received one (an AppRec; the Dialogmelding a misaddressed
 # message is reported with after its AppRec): the "receive" scope reads them too.
 ANSWER_TYPES = frozenset({APPREC_TYPE.v, AVVIK})
+# Why a message that exists is not found by an operation of the other direction's messages
+_NOT_OF_DIRECTION = {
+    Direction.OUTBOUND.value: "is not a message this client sent (status and AppRec are of "
+    "sent messages)",
+    Direction.INBOUND.value: "is not a message this client received (only a received message "
+    "is answered, reported misaddressed or marked read)",
+}
 # Overrides we can honour: they only name the EPJ; the rest is decided by the agreement (CPA).
 NAMING_OVERRIDES = {"applicationName", "applicationVersion", "middlewareName", "middlewareVersion"}
 
@@ -97,11 +106,13 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such message (for this client)"}
 }
-# The API's own paths (the rest, /ebms and /health, answer in their own shapes)
-API_PATHS = ("/Messages", "/api/")
-# What a body of JSON may be sent as (JsonMediaTypes reads text/json as application/json;
-# FastAPI reads a +json type as JSON)
-JSON_BODY_TYPES = ("application/json", "text/json", "application/*+json")
+# of every operation that takes a JSON body (media_types.JsonMediaTypes)
+UNSUPPORTED_BODY_TYPE: dict[str, Any] = {
+    "description": f"The body is not sent as JSON: its Content-Type must be {body_types_text()} "
+    "(unsupported-media-type)"
+}
+# The API's own paths and the figures (the rest, /ebms and /health, answer in their own shapes)
+API_PATHS = ("/Messages", "/api/", "/metrics")
 
 
 class ErrorMessage(BaseModel):
@@ -125,7 +136,8 @@ def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document made true of what the API answers: every 4xx/5xx of its paths an
     ``ErrorMessage`` as ``application/problem+json`` (FastAPI listed them without content),
     no ``422`` of FastAPI's (``HTTPValidationError``: invalid input is ``400``,
-    ``problems.install_handlers``), and a JSON body in each type it is read in."""
+    ``problems.install_handlers``), and a JSON body in each type it is read in, with the
+    ``415`` of a body of another type."""
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith(API_PATHS):
             continue
@@ -133,15 +145,16 @@ def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
             responses = operation.get("responses", {})
             if "HTTPValidationError" in json.dumps(responses.get("422", {})):
                 del responses["422"]
+            body = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                for media_type in JSON_BODY_TYPES:
+                    body.setdefault(media_type, body["application/json"])
+                responses.setdefault("415", dict(UNSUPPORTED_BODY_TYPE))
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = {
                         PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}
                     }
-            body = operation.get("requestBody", {}).get("content", {})
-            if "application/json" in body:
-                for media_type in JSON_BODY_TYPES:
-                    body.setdefault(media_type, body["application/json"])
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     schemas["ErrorMessage"] = ErrorMessage.model_json_schema()
     if "HTTPValidationError" not in json.dumps(schema["paths"]):
@@ -249,7 +262,11 @@ class Edi2:
             row = uow.messages.get(key)
         if row is None or (direction is not None and row.direction != direction):
             self._audit(who, action, Outcome.NOT_FOUND, message_id=key)
-            raise ApiProblem(404, "not-found", f"no message {key}")
+            if row is None or direction is None:
+                raise ApiProblem(404, "not-found", f"no message {key}")
+            # GET /Messages/{id} shows the message: "no message" sent the EPJ looking for a
+            # fault of ours, where the operation is of the other direction's messages
+            raise ApiProblem(404, "not-found", f"{key} {_NOT_OF_DIRECTION[direction]}")
         own = row.to_her_id if row.direction == Direction.INBOUND.value else row.from_her_id
         if row.direction == Direction.INBOUND.value:
             scope = "receive"
@@ -284,10 +301,13 @@ class Edi2:
         self, body: PostMessageRequest, spooled: SpooledDocument | None
     ) -> tuple[bytes | Spool, list[int]]:
         """The decoded document and the receivers asked for, or an ApiProblem."""
-        if body.contentTransferEncoding.lower() != "base64":
-            raise ApiProblem(400, "invalid-input", "contentTransferEncoding must be 'base64'")
+        if body.contentTransferEncoding.lower() != TRANSFER_ENCODING:
+            raise ApiProblem(
+                400, "invalid-input", f"contentTransferEncoding must be '{TRANSFER_ENCODING}'"
+            )
         if body.contentType.split(";")[0].strip().lower() not in XML_CONTENT_TYPES:
-            raise ApiProblem(400, "invalid-input", "contentType must be application/xml")
+            accepted = " or ".join(XML_CONTENT_TYPES)
+            raise ApiProblem(400, "invalid-input", f"contentType must be {accepted}")
         encoded_length = (
             spooled.encoded_length if spooled is not None else base64_length(body.businessDocument)
         )
@@ -632,7 +652,7 @@ def _her_int(value: str | None) -> int | None:
 
 def _message(row: MessageRow, include_metadata: bool) -> Message:
     message = Message(
-        id=row.id, contentType="application/xml", receiverHerId=_her_int(row.to_her_id)
+        id=row.id, contentType=XML_CONTENT_TYPES[0], receiverHerId=_her_int(row.to_her_id)
     )
     if include_metadata:
         message.senderHerId = _her_int(row.from_her_id)

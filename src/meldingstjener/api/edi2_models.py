@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 HerIdInt = int
 MAX_INT32 = 2_147_483_647
+# What a business document may be posted as: NHN's contract types both fields as strings, and a
+# value outside these is refused with 400 invalid-input by the operation (as other invalid
+# values are), not by the schema
+XML_CONTENT_TYPES = ("application/xml", "text/xml")
+TRANSFER_ENCODING = "base64"
 
 
 class _Strict(BaseModel):
@@ -60,8 +65,20 @@ class EbXmlInfo(_Strict):
 
 class PostMessageRequest(_Strict):
     businessDocument: str = Field(min_length=1)
-    contentType: str = Field(min_length=1, max_length=255)
-    contentTransferEncoding: str = Field(min_length=1, max_length=64)
+    contentType: str = Field(
+        min_length=1,
+        max_length=255,
+        description=f"The business document's media type: {' or '.join(XML_CONTENT_TYPES)} "
+        "(case and parameters such as '; charset=utf-8' aside); another is refused with 400",
+        examples=[XML_CONTENT_TYPES[0]],
+    )
+    contentTransferEncoding: str = Field(
+        min_length=1,
+        max_length=64,
+        description=f"How businessDocument is encoded: {TRANSFER_ENCODING} (in any case); "
+        "another is refused with 400",
+        examples=[TRANSFER_ENCODING],
+    )
     ebXmlOverrides: EbXmlInfo | None = None
     receiverHerIdsSubset: list[int] | None = None
 

@@ -211,6 +211,7 @@ def metrics_router(ctx: EngineContext, auth: Authenticator) -> APIRouter:
                 "description": "Messages under way, jobs due, open alerts, certificates' expiry",
                 "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
             },
+            401: {"description": "No or invalid credentials"},
             403: {"description": "The client has neither the 'metrics' nor the 'admin' scope"},
         },
     )

@@ -41,6 +41,16 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or invalid credentials"},
     403: {"description": "The client lacks the 'admin' scope"},
 }
+# of the routes that take a query, a path value or a body FastAPI checks (problems.py answers
+# its refusals 400), or check values of their own
+INVALID: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "Invalid input: a query or path value of the wrong type or out of range, "
+        "or a body that breaks a rule (invalid-input; validationErrors say which)"
+    }
+}
+NO_MESSAGE: dict[int | str, dict[str, Any]] = {404: {"description": "No message of this id"}}
+NO_ALERT: dict[int | str, dict[str, Any]] = {404: {"description": "No alert of this id"}}
 WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {
         "description": "The client's scopes let it read no webhook event (a 'metrics' key, "
@@ -205,6 +215,7 @@ def ops_router(
         "/log",
         summary="Search the message log (messages, newest first)",
         description=PAGING,
+        responses=INVALID,
     )
     def log(
         who: Admin,
@@ -247,7 +258,11 @@ def ops_router(
             found = uow.messages.search(log_filter, newest_first=True)
             return [message_summary(m) for m in found]
 
-    @router.get("/messages/{message_id}/timeline", summary="One message and its events")
+    @router.get(
+        "/messages/{message_id}/timeline",
+        summary="One message and its events",
+        responses=NO_MESSAGE,
+    )
     def timeline(message_id: str, who: Admin) -> dict[str, Any]:
         with ctx.store.unit_of_work() as uow:
             message = uow.messages.get(message_id[:64])
@@ -272,6 +287,7 @@ def ops_router(
         "walk them all ask with `order=id` (the last raised first) and for older ones again "
         "with `before_id` set to the `id` of the last alert received. `lastSeen` is no key to "
         "page by: it moves at every count of a lasting alert.",
+        responses=INVALID,
     )
     def alerts(
         who: Admin,
@@ -307,13 +323,18 @@ def ops_router(
             response.headers["X-Total-Count"] = str(uow.alerts.count(open_only=open_only))
             return [_alert_dict(a) for a in found]
 
-    @router.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
+    @router.post(
+        "/alerts/{alert_id}/acknowledge",
+        summary="Acknowledge an alert",
+        responses={**INVALID, **NO_ALERT},
+    )
     def acknowledge(alert_id: int, who: Admin) -> dict[str, Any]:
         return _followed_up(alert_id, who, resolve=False)
 
     @router.post(
         "/alerts/{alert_id}/resolve",
         summary="Resolve an alert by hand (it was followed up; a repeat opens it again)",
+        responses={**INVALID, **NO_ALERT},
     )
     def resolve(alert_id: int, who: Admin) -> dict[str, Any]:
         return _followed_up(alert_id, who, resolve=True)
@@ -337,7 +358,9 @@ def ops_router(
             uow.commit()
             return _alert_dict(done.alert)
 
-    @router.get("/audit", summary="The audit log, newest first", description=PAGING)
+    @router.get(
+        "/audit", summary="The audit log, newest first", description=PAGING, responses=INVALID
+    )
     def audit_log(
         who: Admin,
         message_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -356,13 +379,17 @@ def ops_router(
         status_code=201,
         summary="Register a webhook (secret shown once)",
         responses={
+            **INVALID,
             **WEBHOOK_FORBIDDEN,
             409: {
                 "description": "The client has an active webhook for the URL, or as many as "
                 "[webhooks] max_per_client"
             },
             **SMALL_BODY_TOO_LARGE,
-            422: {"description": "The URL may not be called (its scheme or address)"},
+            422: {
+                "description": "The URL may not be called: its scheme, its address, or a user "
+                "name or password in it (webhook-target-refused)"
+            },
         },
     )
     def add_webhook(body: WebhookRequest, who: Hearer) -> dict[str, Any]:
@@ -429,7 +456,11 @@ def ops_router(
         status_code=204,
         response_class=Response,
         summary="Remove one of the calling client's webhooks",
-        responses={**WEBHOOK_FORBIDDEN, 404: {"description": "No such webhook of this client"}},
+        responses={
+            **INVALID,
+            **WEBHOOK_FORBIDDEN,
+            404: {"description": "No such webhook of this client"},
+        },
     )
     def delete_webhook(webhook_id: int, who: Hearer) -> Response:
         with ctx.store.unit_of_work() as uow:

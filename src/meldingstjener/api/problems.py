@@ -42,6 +42,7 @@ ERROR_NUMBERS: dict[str, int] = {
     "not-found": 4040,
     "method-not-allowed": 4050,
     "conflict": 4090,
+    "unsupported-media-type": 4150,
     "internal-error": 5000,
     "unavailable": 5030,
 }

@@ -1,5 +1,6 @@
 """The audit row of a request FastAPI itself refuses: a body that is not JSON, a field missing or
-of the wrong type, a path or query parameter out of range (answered 400 ``invalid-input``).
+of the wrong type, a path or query parameter out of range (answered 400 ``invalid-input``); and
+of one refused for the type its body is sent as (415, :mod:`meldingstjener.api.media_types`).
 
 Our own refusals are audited where they are made; these never reach our code, and an operator
 or help desk explaining why an EPJ's submission vanished needs them too. The row names the
@@ -37,10 +38,16 @@ def record_invalid_request(store: Store, request: Request, exc: RequestValidatio
     """Add the audit row of ``request``, refused by FastAPI's validation, in its own
     transaction; none when the request proved no client (no row under a name it did not
     prove: such a request is answered 401 before validation on every authenticated route)."""
+    record_refused_request(store, request, validation_detail(exc.errors()))
+
+
+def record_refused_request(store: Store, request: Request, detail: str) -> None:
+    """Add the audit row (outcome ``invalid``) of ``request``, refused before its operation ran
+    for what ``detail`` says (written by our code, never with a value given); none when the
+    request proved no client."""
     who = proven_principal(request)
     if who is None:
         return
-    detail = validation_detail(exc.errors())
     if who.source_system:
         detail = f"{detail}; source system {who.source_system}"
     audit.record(

@@ -14,6 +14,9 @@ addresses the call then connects to (``webhook_http`` connects only to addresses
 a name that resolved to a public address at registration and resolves to 127.0.0.1 now (DNS
 rebinding) is refused then.
 
+A URL holds no user name or password (``https://user:pw@host/``): httpx would send them as Basic
+authentication, and the URL is kept and listed as it is, secret and all.
+
 A URL is kept in its normal form (:func:`normal_url`): ``https://EPJ.example:443/hook`` and
 ``https://epj.example/hook`` are one URL, which a client registers once.
 """
@@ -58,6 +61,13 @@ class TargetPolicy:
         """Refuse (:class:`TargetRefused`) a URL whose scheme or host's addresses may not be
         called; its host is resolved now."""
         parsed = httpx.URL(url)
+        if parsed.userinfo:
+            # httpx sends it as Basic authentication, and GET /api/webhooks lists the URL: a
+            # password kept and shown in plain text. The receiver knows a call by its signature.
+            raise TargetRefused(
+                "the URL must not hold a user name or password (user info before '@'); a call "
+                "is known by its signature (X-Meldingstjener-Signature)"
+            )
         if parsed.scheme != "https" and not (parsed.scheme == "http" and self.allow_http):
             raise TargetRefused(
                 "the URL must be https (the operator allows http with [webhooks] allow_http)"

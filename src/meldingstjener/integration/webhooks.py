@@ -165,7 +165,10 @@ class _Call:
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature a receiver recomputes to know the call is ours and unaltered."""
+    """The signature a receiver recomputes to know the call is ours and unaltered: keyed with
+    the secret's UTF-8 text (not the bytes its base64url would stand for), over the timestamp
+    header as sent, ".", and the body. docs/API.md gives a receiver this recipe; keep both
+    (and the test that verifies a call by it) as one."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
@@ -545,6 +548,7 @@ class WebhookDispatcher:
 
     def _deliver(self, call: _Call) -> bool:
         data = json.dumps({**call.body, "deliveryId": call.delivery_id}, sort_keys=True).encode()
+        # each call, a retry too, is signed at its own time: a receiver may refuse old ones
         timestamp = self.ctx.clock().isoformat()
         headers = {
             "Content-Type": "application/json",

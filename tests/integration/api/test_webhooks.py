@@ -4,8 +4,11 @@ retried with growing waits, then disabled with an alert.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import socket
 import sqlite3
@@ -122,6 +125,50 @@ def test_new_message_is_announced_signed(api_pair: ApiPair, receiver: Receiver) 
     assert announced["messageId"] == received.id
     assert "Varsle" not in body.decode()
     assert dispatcher.run_once() == 0  # announced once only
+
+
+def _verified_as_docs_say(secret: str, headers: dict[str, str], body: bytes, now: datetime) -> bool:
+    """docs/API.md's recipe for a receiver (its snippet, with ``now`` given): HMAC-SHA256 keyed
+    with the secret's UTF-8 text over the timestamp header, ".", and the body as received; the
+    timestamp an ISO 8601 time at most five minutes from now."""
+    timestamp = headers["X-Meldingstjener-Timestamp"]
+    expected = hmac.new(
+        secret.encode("utf-8"), timestamp.encode("utf-8") + b"." + body, hashlib.sha256
+    ).hexdigest()
+    if not hmac.compare_digest(headers["X-Meldingstjener-Signature"], "sha256=" + expected):
+        return False
+    return abs(now - datetime.fromisoformat(timestamp)) <= timedelta(minutes=5)
+
+
+def test_a_call_and_its_retry_verify_by_the_documented_recipe(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # docs/API.md said "HMAC-SHA256 of <timestamp>.<body> with the secret", not what the
+    # timestamp is, that the key is the secret's text (not its base64url bytes), nor that a
+    # retry is signed anew; a receiver checking a call's age needs all three.
+    secret = str(_register(api_pair, receiver.url)["secret"])
+    pair = api_pair.pair
+    receiver.status = 500
+    dispatcher = WebhookDispatcher(pair.hospital, _settings(first_retry_seconds=400))
+    _send_note(api_pair)
+    assert dispatcher.run_once() == 1
+    first_at = pair.clock()
+    receiver.status = 200
+    pair.clock.advance(seconds=400)  # past the tolerance of the first call's timestamp
+    assert dispatcher.run_once() == 1
+    (first, first_body), (retry, retry_body) = receiver.calls
+    assert first_body == retry_body  # the same delivery ...
+    assert first["X-Meldingstjener-Timestamp"] != retry["X-Meldingstjener-Timestamp"]
+    assert _verified_as_docs_say(secret, first, first_body, first_at)
+    assert _verified_as_docs_say(secret, retry, retry_body, pair.clock())  # ... signed anew
+    assert not _verified_as_docs_say(secret, first, first_body, pair.clock())  # too old now
+    assert not _verified_as_docs_say(secret, retry, retry_body.replace(b"}", b" }"), pair.clock())
+    # the key is the secret's text as shown, not the bytes its base64url stands for
+    decoded = base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))
+    mac = hmac.new(
+        decoded, retry["X-Meldingstjener-Timestamp"].encode() + b"." + retry_body, "sha256"
+    )
+    assert retry["X-Meldingstjener-Signature"] != "sha256=" + mac.hexdigest()
 
 
 def test_failing_url_is_retried_then_disabled_with_an_alert(
@@ -914,6 +961,32 @@ def test_a_webhook_url_that_reaches_inward_or_is_plain_http_is_refused(api_pair:
         assert register(http, "https://10.1.2.3/hook").status_code == 201
         assert register(http, "http://10.1.2.3/hook").status_code == 201
         assert register(http, "https://10.2.0.1/hook").status_code == 422
+
+
+def test_a_webhook_url_with_a_user_or_password_is_refused_without_echoing_it(
+    api_pair: ApiPair, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # http://user:pw@host/hook was registered (201): the password was listed by GET
+    # /api/webhooks and sent to the receiver as Basic authentication with every call.
+    auth = {"Authorization": f"Bearer {api_pair.hospital_key}"}
+    where = receiver.url.removeprefix("http://")  # an address the operator allows here
+    for url in (
+        f"http://epj:pw-Kari-1957@{where}",
+        f"http://epj@{where}",
+        f"http://:pw-Kari-1957@{where}",
+        f"HTTP://epj:pw-Kari-1957@{where.replace('127.0.0.1', 'LOCALHOST')}",
+    ):
+        answer = api_pair.hospital_http.post(
+            "/api/webhooks", headers=auth, json={"url": url, "events": ["message.received"]}
+        )
+        assert answer.status_code == 422, (url, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "webhook-target-refused"
+        assert "user name or password" in answer.json()["detail"]
+        assert "pw-Kari" not in answer.text and "epj@" not in answer.text
+    assert "pw-Kari" not in caplog.text
+    assert api_pair.hospital_http.get("/api/webhooks", headers=auth).json() == []
+    assert _post_hook(api_pair, receiver.url).status_code == 201  # the same URL without them
 
 
 def test_a_name_that_points_inward_when_called_is_not_called(
