@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -248,6 +249,27 @@ class Database:
     @property
     def is_postgresql(self) -> bool:
         return self.dialect == "postgresql"
+
+    @cached_property
+    def orders_text_by_code(self) -> bool:
+        """Whether text sorts character by character in code order, so that the strings
+        starting with a prefix lie in one range after it: SQLite's BINARY does; PostgreSQL's
+        database collation only if it is libc's C or POSIX (C.UTF-8 too). A language's
+        collation may not: Norwegian and Danish (libc's nb_NO, ICU's nb) read "aa" as "å",
+        after "z", so "deadbeea-aa00" lies outside the range from "deadbeea-a" to "deadbeea-ag"."""
+        if not self.is_postgresql:
+            return True
+        with self.reading() as connection:
+            found = (
+                connection.execute(
+                    text("SELECT * FROM pg_database WHERE datname = current_database()")
+                )
+                .mappings()
+                .one()
+            )
+        provider = found.get("datlocprovider", "c")  # before PostgreSQL 15: libc only
+        collation = str(found["datcollate"])
+        return provider == "c" and (collation in ("C", "POSIX") or collation.startswith("C."))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

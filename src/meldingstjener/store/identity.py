@@ -49,6 +49,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,6 +112,7 @@ class _MarkerRead:
     exiting), its answer or its error kept for the caller."""
 
     def __init__(self, directory: Path) -> None:
+        self.deadline = time.monotonic() + MARKER_READ_TIMEOUT
         self.marked: str | None = None
         self.error: StoreUnavailable | None = None
         self.thread = threading.Thread(
@@ -303,7 +305,8 @@ class CheckedPayloadStore(PayloadStore):
         self._store_id: str | None = None  # known once a serve claimed the directory
         # why the directory is not the store's now (the marker watched): every touch refused
         self._lost: str | None = None
-        self._hung: _MarkerRead | None = None  # a read of the marker that has not answered
+        self._reading: _MarkerRead | None = None  # the last read of the marker, or the one on
+        self._read_lock = threading.Lock()
 
     def mark_checked(self, known: str | None = None) -> None:
         self._checked = True
@@ -362,12 +365,15 @@ class CheckedPayloadStore(PayloadStore):
         return read.marked
 
     def _bounded_read(self) -> _MarkerRead:
-        if self._hung is not None and self._hung.thread.is_alive():
-            raise TimeoutError
-        read = _MarkerRead(self.root)
-        read.thread.join(MARKER_READ_TIMEOUT)
-        self._hung = read if read.thread.is_alive() else None
-        if self._hung is not None:
+        """One read at a time: a look that comes while another's read is under way (the
+        heartbeat, a request's touch, a write's end) waits for that read, until its deadline,
+        instead of starting one more beside it (a share that hangs would gather them)."""
+        with self._read_lock:
+            read = self._reading
+            if read is None or not read.thread.is_alive():
+                read = self._reading = _MarkerRead(self.root)
+        read.thread.join(max(0.0, read.deadline - time.monotonic()))
+        if read.thread.is_alive():
             raise TimeoutError
         return read
 

@@ -522,8 +522,25 @@ def test_a_marker_read_that_hangs_is_a_lost_share_and_the_heartbeat_goes_on(
         return unhung(directory)
 
     monkeypatch.setattr(identity, "read_marker", hangs)
-    monkeypatch.setattr(identity, "MARKER_READ_TIMEOUT", 0.05)
+    monkeypatch.setattr(identity, "MARKER_READ_TIMEOUT", 0.2)
+    payloads = hospital.store.payloads
+    assert isinstance(payloads, identity.CheckedPayloadStore)
     try:
+        # looks at once (the heartbeat, requests' touches): they wait for one read, not eight
+        start = threading.Barrier(8)
+        found: list[object] = []
+
+        def look() -> None:
+            start.wait()
+            found.append(payloads.watch_marker())
+
+        lookers = [threading.Thread(target=look) for _ in range(8)]
+        for thread in lookers:
+            thread.start()
+        for thread in lookers:
+            thread.join()
+        assert len(reads) == 1
+        assert all(isinstance(lost, identity.PayloadDirectoryLost) for lost in found)
         heart.beat()
         failing = f"store-failing:{hospital.instance}"
         assert "has not answered" in _summaries(hospital)[failing]
