@@ -59,12 +59,16 @@ WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
 }
 
 
+# what the column webhooks.url holds (store/tables.py)
+URL_MAX_LENGTH = 1024
+
+
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(
         min_length=8,
-        max_length=1024,
+        max_length=URL_MAX_LENGTH,
         pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
         description="Where the events are POSTed. Kept in its normal form (scheme and host in "
         "lower case, without the scheme's default port): the same URL written otherwise is the "
@@ -90,7 +94,10 @@ class WebhookRequest(BaseModel):
             raise ValueError(f"not a URL that can be called: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("an http or https URL with a host is needed")
-        return normal_url(url)
+        normal = normal_url(url)
+        if len(normal) > URL_MAX_LENGTH:  # percent-encoded, or a name in its ASCII form
+            raise ValueError(f"longer than {URL_MAX_LENGTH} characters once written out")
+        return normal
 
     @field_validator("events")
     @classmethod

@@ -100,12 +100,18 @@ class TargetPolicy:
 
 def normal_url(url: httpx.URL) -> str:
     """``url`` as it is kept and compared: scheme and host in lower case (httpx writes them so;
-    an international name in its ASCII form) and without the scheme's default port, which httpx
-    drops only from some URLs (not from ``HTTPS://h:443/``), and with the path ``/`` where it
-    has none (both ask for ``/``). Path and query stay as written otherwise: the receiver
-    decides what they mean."""
+    an international name in its ASCII form, an IPv6 address compressed) and without the
+    scheme's default port, which httpx drops only from some URLs (not from
+    ``HTTPS://h:443/``), and with the path ``/`` where it has none (both ask for ``/``).
+    Path and query stay as written otherwise: the receiver decides what they mean."""
     if url.port is not None and url.port == _DEFAULT_PORTS.get(url.scheme):
         url = url.copy_with(port=None)
+    try:
+        address = ipaddress.ip_address(url.host)
+    except ValueError:
+        pass  # a name, which httpx has written in lower case
+    else:  # an address in its one spelling: [2001:DB8:0::25C8] is [2001:db8::25c8]
+        url = url.copy_with(host=str(address))
     if url.path == "/":
         url = url.copy_with(path="/")  # httpx reads "" as "/", but writes it as it was given
     return str(url)

@@ -1538,6 +1538,13 @@ def test_a_url_written_otherwise_is_the_same_url(api_pair: ApiPair) -> None:
     # another port, path or case of the path is another URL
     for other in ("https://localhost:8443/hook", "https://localhost/Hook"):
         assert _post_hook(api_pair, other).status_code == 201, other
+    # an address has one spelling
+    v6 = "https://[2606:2800:220:1:248:1893:25c8:1946]/v6"
+    assert _register(api_pair, "https://[2606:2800:0220:0001:0248:1893:25C8:1946]/v6")["url"] == v6
+    assert _post_hook(api_pair, v6.replace("]/", "]:443/")).status_code == 409
+    # the normal form must fit where it is kept: é is written out as %C3%A9
+    longer = _post_hook(api_pair, "https://localhost/" + "é" * 300)
+    assert longer.status_code == 400, longer.text
     # one kept as it was written, before URLs were kept in their normal form, is compared in it
     with api_pair.pair.hospital.store.unit_of_work() as uow:
         [row] = uow.session.scalars(select(WebhookRow).where(WebhookRow.id == first["id"]))
