@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.model.privacy import passed_through
-from meldingstjener.store.database import transient
+from meldingstjener.store.database import RESOURCES, transient, trouble
 from meldingstjener.store.identity import CheckedPayloadStore, PayloadDirectoryLost
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
@@ -121,8 +121,14 @@ def disk_full(exc: BaseException) -> bool:
 
 def store_refused(exc: BaseException) -> bool:
     """Whether ``exc`` is the store refusing for a while what a call would store: its disk
-    full, or its payload directory not the store's any more (the marker gone with a share)."""
-    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost)
+    full (the payload directory's, or the database's own: SQLite's full database, PostgreSQL's
+    class 53), or its payload directory not the store's any more (the marker gone with a
+    share). The one rule of the 503s and of the jobs that wait for the store."""
+    return (
+        disk_full(exc)
+        or isinstance(exc, PayloadDirectoryLost)
+        or trouble(exc) == RESOURCES
+    )
 
 
 class StoreFailing:

@@ -5,6 +5,7 @@ once the marker is back. The outage is told once, by the ``store-failing`` perio
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,3 +128,24 @@ def test_a_resend_the_outage_outlasts_is_given_up_saying_the_store_failed(pair: 
     assert sorted(alerts) == ["not-delivered", "partner-unreachable", "store-failing"]
     assert "PersistDuration ran out before a resend" in alerts["not-delivered"]
     assert "store-failing alert" in alerts["not-delivered"]
+
+
+def test_a_full_database_is_the_store_refusing_as_for_the_503s(tmp_path: Path) -> None:
+    # The 503s counted the database's own "full" (SQLite's SQLITE_FULL, PostgreSQL's class 53)
+    # as the store failing; the jobs did not, and took it for a crash of theirs. A real full
+    # database: SQLite's page count capped below what the insert needs.
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from meldingstjener.engine.ebms_alerts import store_refused
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE t (b BLOB)"))
+    with pytest.raises(OperationalError) as full, engine.begin() as connection:
+        connection.execute(text("PRAGMA max_page_count = 3"))
+        connection.execute(text("INSERT INTO t VALUES (zeroblob(100000))"))
+    engine.dispose()
+    assert "full" in str(full.value)
+    assert store_refused(full.value)
+    assert failing_jobs.store_refused is store_refused  # the jobs go by the same rule
