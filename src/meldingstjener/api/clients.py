@@ -16,6 +16,7 @@ process is seen at once (change generations), one by another process (the operat
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import threading
@@ -186,6 +187,21 @@ def list_clients(store: Store, *, now: datetime | None = None) -> list[ClientInf
         return [_info(row, until.get(row.id)) for row in rows]
 
 
+def overlap_of(hours: float) -> timedelta:
+    """The overlap an operator gave in hours (``nan`` and ``inf`` are refused as any other
+    value out of range, not raised by ``timedelta``)."""
+    if not math.isfinite(hours) or not 0 <= hours <= MAX_OVERLAP_HOURS:
+        raise _invalid_overlap()
+    return timedelta(hours=hours)
+
+
+def _invalid_overlap() -> ClientError:
+    return ClientError(
+        "invalid-overlap",
+        f"the overlap must be 0 to {MAX_OVERLAP_HOURS} hours (0: the old key stops at once)",
+    )
+
+
 def rotate_client(
     store: Store,
     name: str,
@@ -199,10 +215,7 @@ def rotate_client(
     it stops at once); older keys still accepted stop at their own end or at this one's, the
     sooner. Recorded in the audit log as done by ``actor``."""
     if not timedelta(0) <= overlap <= timedelta(hours=MAX_OVERLAP_HOURS):
-        raise ClientError(
-            "invalid-overlap",
-            f"the overlap must be 0 to {MAX_OVERLAP_HOURS} hours (0: the old key stops at once)",
-        )
+        raise _invalid_overlap()
     at = now or utcnow()
     ends = at + overlap
     key, key_hash = _new_key()

@@ -154,13 +154,16 @@ def clients_rotate(
     """Give a client a new key and print it once; the old key works until the overlap ends,
     then is refused as a revoked one."""
     store = store_from(ctx)  # first: a configuration error is said before the imports
-    from datetime import timedelta
-
-    from meldingstjener.api.clients import DEFAULT_OVERLAP_HOURS, ClientError, rotate_client
+    from meldingstjener.api.clients import (
+        DEFAULT_OVERLAP_HOURS,
+        ClientError,
+        overlap_of,
+        rotate_client,
+    )
 
     hours = DEFAULT_OVERLAP_HOURS if overlap_hours is None else overlap_hours
     try:
-        client, key = rotate_client(store, name, overlap=timedelta(hours=hours), actor="cli")
+        client, key = rotate_client(store, name, overlap=overlap_of(hours), actor="cli")
     except ClientError as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
         raise typer.Exit(2) from None

@@ -175,6 +175,9 @@ def test_the_operator_is_told_what_is_wrong_with_a_rotation(api_pair: ApiPair) -
     assert code == 2 and "error (invalid-overlap)" in output, output
     code, output = _cli(api_pair, "rotate", CLIENT, "--overlap-hours", "10000")
     assert code == 2 and "error (invalid-overlap)" in output, output
+    for not_a_number in ("nan", "inf"):  # timedelta's own ValueError, OverflowError
+        code, output = _cli(api_pair, "rotate", CLIENT, "--overlap-hours", not_a_number)
+        assert code == 2 and "error (invalid-overlap)" in output, (not_a_number, output)
     code, output = _cli(api_pair, "rotate", "no-such-epj")
     assert code == 2 and "error (not-found)" in output, output
     assert _works(api_pair, api_pair.hospital_key)  # nothing changed
