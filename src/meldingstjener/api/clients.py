@@ -119,8 +119,11 @@ def add_client(
     her_ids: Sequence[str],
     *,
     own_her_ids: Collection[str] = (),
+    actor: str | None = None,
 ) -> tuple[ClientInfo, str]:
     """Make a client; return it and its key. The key is not stored and cannot be shown again.
+    With ``actor`` (an operator's command) it is recorded in the audit log, as a rotation and
+    a revocation are.
 
     With ``own_her_ids`` (the configured identity's), a HER-id the client is to act for must be
     one of them: a client made for another's HER-id could never send (our outbound check
@@ -161,6 +164,9 @@ def add_client(
     )
     with store.unit_of_work() as uow:
         uow.session.add(row)
+        if actor is not None:
+            detail = f"client {name}: scopes {', '.join(row.scopes)}"
+            _audit_change(uow, actor, "client-add", detail)
         try:
             uow.commit()
         except IntegrityError:
@@ -245,13 +251,9 @@ def rotate_client(
                 )
             )
         row.key_hash = key_hash
-        audit.add(
-            uow,
-            client=actor,
-            person=None,
-            action="client-rotate-key",
-            outcome=audit.Outcome.OK,
-            detail=f"client {name}: old key accepted until {ends.isoformat(timespec='seconds')}",
+        until = ends.isoformat(timespec="seconds")
+        _audit_change(
+            uow, actor, "client-rotate-key", f"client {name}: old key accepted until {until}"
         )
         uow.commit()
         until = uow.session.scalar(
@@ -262,8 +264,16 @@ def rotate_client(
         return _info(row, until), key
 
 
-def revoke_client(store: Store, name: str) -> ClientInfo:
-    """Revoke the client: its key, and any old key still in its overlap, are refused at once."""
+def _audit_change(uow: UnitOfWork, actor: str, action: str, detail: str) -> None:
+    """An operator's change of a client, in the audit log beside the clients' own requests."""
+    audit.add(
+        uow, client=actor, person=None, action=action, outcome=audit.Outcome.OK, detail=detail
+    )
+
+
+def revoke_client(store: Store, name: str, *, actor: str | None = None) -> ClientInfo:
+    """Revoke the client: its key, and any old key still in its overlap, are refused at once
+    (recorded in the audit log with ``actor``)."""
     with store.unit_of_work() as uow:
         row = uow.session.scalars(select(ApiClientRow).where(ApiClientRow.name == name)).first()
         if row is None:
@@ -274,6 +284,8 @@ def revoke_client(store: Store, name: str) -> ClientInfo:
             delete(ApiClientOldKeyRow).where(ApiClientOldKeyRow.client_id == row.id)
         )
         end_webhooks_of(uow, name, at=row.revoked_at)  # they end with the client
+        if actor is not None:
+            _audit_change(uow, actor, "client-revoke", f"client {name}")
         uow.commit()
         return _info(row)
 

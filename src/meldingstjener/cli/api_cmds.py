@@ -82,7 +82,7 @@ def clients_add(
     own = settings_from(ctx).identity.her_ids
     store = store_from(ctx, create=True)
     try:
-        client, key = add_client(store, name, scope, her_id or [], own_her_ids=own)
+        client, key = add_client(store, name, scope, her_id or [], own_her_ids=own, actor="cli")
     except ClientError as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
         raise typer.Exit(2) from None
@@ -189,7 +189,7 @@ def clients_revoke(
     from meldingstjener.api.clients import ClientError, revoke_client
 
     try:
-        client = revoke_client(store_from(ctx), name)
+        client = revoke_client(store_from(ctx), name, actor="cli")
     except ClientError as exc:
         typer.echo(f"error ({exc.code}): {exc}", err=True)
         raise typer.Exit(2) from None

@@ -184,3 +184,19 @@ def test_the_operator_is_told_what_is_wrong_with_a_rotation(api_pair: ApiPair) -
     code, output = _cli(api_pair, "rotate", CLIENT, "--overlap-hours", "0")
     assert code == 0 and "the old key stops now" in output, output
     assert not _works(api_pair, api_pair.hospital_key)
+
+
+def test_the_operator_adding_and_revoking_a_client_is_audited_as_a_rotation_is(
+    api_pair: ApiPair,
+) -> None:
+    # A rotation was recorded and the stronger change, revoking a leaked key, was not.
+    code, output = _cli(api_pair, "add", "lab-epj", "--scope", "receive")
+    assert code == 0, output
+    code, output = _cli(api_pair, "revoke", "lab-epj")
+    assert code == 0, output
+    rows = query(api_pair.pair.hospital.store, AuditQuery(None, "cli", None, 10))
+    assert [(row["action"], row["outcome"]) for row in rows] == [
+        ("client-add", "ok"),
+        ("client-revoke", "ok"),
+    ]
+    assert all("lab-epj" in str(row["detail"]) for row in rows)
