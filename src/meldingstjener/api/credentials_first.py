@@ -54,7 +54,10 @@ class CredentialsFirst:
             await run_in_threadpool(self.authenticate, Request(scope))
         except ApiProblem as refused:
             # outside FastAPI's exception handlers: the problem body is written here
-            answer = problem_response(refused.status, refused.code, refused.detail)
+            # with its body unread, the connection is not kept for whatever else it sends
+            answer = problem_response(
+                refused.status, refused.code, refused.detail, headers={"Connection": "close"}
+            )
             await answer(scope, receive, send)
             return
         await self.app(scope, receive, send)

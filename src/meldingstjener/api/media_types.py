@@ -112,6 +112,7 @@ class JsonMediaTypes:
             415,
             UNSUPPORTED_MEDIA_TYPE,
             f"the body must be JSON, sent with the Content-Type {body_types_text()}",
+            headers={"Connection": "close"},  # its body unread: not kept for what follows
         )
         await answer(scope, receive, send)
 

@@ -124,11 +124,7 @@ def store_refused(exc: BaseException) -> bool:
     full (the payload directory's, or the database's own: SQLite's full database, PostgreSQL's
     class 53), or its payload directory not the store's any more (the marker gone with a
     share). The one rule of the 503s and of the jobs that wait for the store."""
-    return (
-        disk_full(exc)
-        or isinstance(exc, PayloadDirectoryLost)
-        or trouble(exc) == RESOURCES
-    )
+    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost) or trouble(exc) == RESOURCES
 
 
 class StoreFailing:

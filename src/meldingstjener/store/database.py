@@ -268,6 +268,8 @@ class Database:
                 .one()
             )
         provider = found.get("datlocprovider", "c")  # before PostgreSQL 15: libc only
+        if provider == "b":  # PostgreSQL 17's built-in provider: C and C.UTF-8, both by code
+            return True
         collation = str(found["datcollate"])
         return provider == "c" and (collation in ("C", "POSIX") or collation.startswith("C."))
 

@@ -103,6 +103,7 @@ def test_a_body_not_sent_as_json_is_415_naming_the_types_taken(api_pair: ApiPair
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert answer.json()["code"] == "unsupported-media-type"
             assert answer.json()["errorCode"] == 4150
+            assert answer.headers["connection"] == "close"  # its body unread: not kept
             for taken in ("application/json", "text/json", "application/*+json"):
                 assert taken in answer.json()["detail"], answer.json()
     audited = query(api_pair.pair.gp.store, AuditQuery(client="gp-epj"))

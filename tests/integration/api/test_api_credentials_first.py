@@ -61,6 +61,7 @@ def test_an_unauthenticated_body_is_refused_unread(
             assert answer.status_code == 401, (credentials, answer.text)
             assert answer.json()["code"] == "unauthenticated"
             assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.headers["connection"] == "close"  # its body unread: not kept
             assert body.pieces_read == 0, "the body of an unauthenticated request was read"
         # a declared length over every limit is no different
         answer = http.request(
