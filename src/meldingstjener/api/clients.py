@@ -69,6 +69,8 @@ class ClientInfo:
     revoked_at: datetime | None
     # when the last of its replaced keys stops being accepted; None when none is (never a key)
     old_key_until: datetime | None = None
+    # when a request last came with a replaced key still accepted (None: none since)
+    old_key_last_used: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _info(row: ApiClientRow, old_key_until: datetime | None = None) -> ClientInfo:
+def _info(
+    row: ApiClientRow,
+    old_key_until: datetime | None = None,
+    old_key_last_used: datetime | None = None,
+) -> ClientInfo:
     return ClientInfo(
         row.name,
         tuple(row.scopes),
@@ -95,6 +101,7 @@ def _info(row: ApiClientRow, old_key_until: datetime | None = None) -> ClientInf
         row.created_at,
         row.revoked_at,
         old_key_until,
+        old_key_last_used,
     )
 
 
@@ -181,16 +188,20 @@ def list_clients(store: Store, *, now: datetime | None = None) -> list[ClientInf
     with store.unit_of_work() as uow:
         _forget_expired_keys(uow, at)
         uow.commit()
-        until = {
-            client_id: ends
-            for client_id, ends in uow.session.execute(
-                select(ApiClientOldKeyRow.client_id, func.max(ApiClientOldKeyRow.expires_at))
+        old_keys = {
+            client_id: (ends, used)
+            for client_id, ends, used in uow.session.execute(
+                select(
+                    ApiClientOldKeyRow.client_id,
+                    func.max(ApiClientOldKeyRow.expires_at),
+                    func.max(ApiClientOldKeyRow.last_used_at),
+                )
                 .where(ApiClientOldKeyRow.expires_at > at)
                 .group_by(ApiClientOldKeyRow.client_id)
             )
         }
         rows = uow.session.scalars(select(ApiClientRow).order_by(ApiClientRow.name))
-        return [_info(row, until.get(row.id)) for row in rows]
+        return [_info(row, *old_keys.get(row.id, (None, None))) for row in rows]
 
 
 def overlap_of(hours: float) -> timedelta:
@@ -317,6 +328,13 @@ def _find_by_hash(store: Store, key_hash: str, now: datetime) -> _KeyHolder | No
             )
             uow.commit()
             return None
+        if expires_at is not None:  # an old key still accepted: the operator sees it used
+            uow.session.execute(
+                update(ApiClientOldKeyRow)
+                .where(ApiClientOldKeyRow.key_hash == key_hash)
+                .values(last_used_at=now)
+            )
+            uow.commit()
         return holder
 
 

@@ -119,12 +119,22 @@ def clients_list(
                         "revokedAt": c.revoked_at.isoformat() if c.revoked_at else None,
                         # a key being replaced: accepted until then (null: none)
                         "oldKeyUntil": c.old_key_until.isoformat() if c.old_key_until else None,
+                        # when a request last came with it (null: none since the rotation)
+                        "oldKeyLastUsed": (
+                            c.old_key_last_used.isoformat() if c.old_key_last_used else None
+                        ),
                     }
                 )
             )
         return
     table = Table(
-        "name", "scopes", "HER-ids", "created (UTC)", "revoked (UTC)", "old key until (UTC)"
+        "name",
+        "scopes",
+        "HER-ids",
+        "created (UTC)",
+        "revoked (UTC)",
+        "old key until (UTC)",
+        "old key last used (UTC)",
     )
     for c in clients:
         table.add_row(
@@ -134,6 +144,7 @@ def clients_list(
             c.created_at.isoformat()[:19],
             c.revoked_at.isoformat()[:19] if c.revoked_at else "",
             c.old_key_until.isoformat()[:19] if c.old_key_until else "",
+            c.old_key_last_used.isoformat()[:19] if c.old_key_last_used else "",
         )
     wide_console().print(table)
 

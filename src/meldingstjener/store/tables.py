@@ -481,6 +481,9 @@ class ApiClientOldKeyRow(Base):
     client_id: Mapped[int] = mapped_column(BigId, ForeignKey("api_clients.id", ondelete="CASCADE"))
     replaced_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # when a request last came with it (at most every few seconds, as the key cache reads it):
+    # whether the EPJ's instances have all taken the new key
+    last_used_at: Mapped[datetime | None]
 
 
 class AuditRow(Base):

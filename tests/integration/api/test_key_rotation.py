@@ -156,6 +156,7 @@ def test_the_operator_rotates_a_key_and_sees_until_when_the_old_one_works(
     ends = datetime.fromisoformat(until)
     assert before + timedelta(hours=24) <= ends <= after + timedelta(hours=24)
     assert listed["ops"]["oldKeyUntil"] is None  # the other clients: no key being replaced
+    assert listed[CLIENT]["oldKeyLastUsed"] is None  # no request with the old key yet
     code, table = _cli(api_pair, "list")
     assert code == 0 and "old key until" in table and until[:19] in table, table
     for shown in (json.dumps(listed), table):  # never a key, nor its hash
@@ -163,6 +164,10 @@ def test_the_operator_rotates_a_key_and_sees_until_when_the_old_one_works(
     [audited] = query(api_pair.pair.hospital.store, AuditQuery(None, "cli", None, 10))
     assert audited["action"] == "client-rotate-key" and CLIENT in str(audited["detail"])
     assert _works(api_pair, old) and _works(api_pair, new)
+    # whether the EPJ's instances all use the new key: when the old one last came
+    used = _listed(api_pair)[CLIENT]["oldKeyLastUsed"]
+    assert isinstance(used, str)
+    assert datetime.fromisoformat(used) == api_pair.pair.clock()
     api_pair.pair.clock.now = ends - timedelta(seconds=1)
     assert _works(api_pair, old)
     api_pair.pair.clock.now = ends

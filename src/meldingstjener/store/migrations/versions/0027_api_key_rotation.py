@@ -3,7 +3,8 @@
 ``clients rotate`` gives a client a new key and keeps the hash of the one it replaces, with the
 time until which it is still accepted, so that the EPJ's instances can be given the new key
 meanwhile. A table of its own: a client rotated again within an overlap has two old keys, each
-with its own end. Nothing is rewritten. Going down drops the table: every overlap still running
+with its own end, and when a request last came with it (have the EPJ's instances all taken the
+new key?). Nothing is rewritten. Going down drops the table: every overlap still running
 ends at once, and the old keys are refused (the current ones are in ``api_clients`` as before).
 
 Revision ID: 0027
@@ -36,6 +37,9 @@ def upgrade() -> None:
         ),
         sa.Column(
             "expires_at", meldingstjener.store.types.UtcDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "last_used_at", meldingstjener.store.types.UtcDateTime(timezone=True), nullable=True
         ),
         sa.ForeignKeyConstraint(
             ["client_id"],
