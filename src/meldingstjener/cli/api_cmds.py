@@ -4,12 +4,15 @@ systems)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from meldingstjener.cli.app import app, settings_from, store_from
 from meldingstjener.cli.store_cmds import SINCE_HELP, parse_since, wide_console
+
+if TYPE_CHECKING:
+    from meldingstjener.api.clients import ClientError
 
 clients_app = typer.Typer(help="API client systems (EPJs): keys, scopes, HER-ids.")
 app.add_typer(clients_app, name="clients", no_args_is_help=True)
@@ -84,8 +87,7 @@ def clients_add(
     try:
         client, key = add_client(store, name, scope, her_id or [], own_her_ids=own, actor="cli")
     except ClientError as exc:
-        typer.echo(f"error ({exc.code}): {exc}", err=True)
-        raise typer.Exit(2) from None
+        _refused(exc)
     typer.echo(
         f"client {client.name}: scopes {', '.join(client.scopes)}; "
         f"HER-ids {', '.join(client.her_ids) or 'none'}",
@@ -176,8 +178,7 @@ def clients_rotate(
     try:
         client, key = rotate_client(store, name, overlap=overlap_of(hours), actor="cli")
     except ClientError as exc:
-        typer.echo(f"error ({exc.code}): {exc}", err=True)
-        raise typer.Exit(2) from None
+        _refused(exc)
     if client.old_key_until is None:
         typer.echo(f"client {client.name}: new key; the old key stops now", err=True)
     else:
@@ -202,6 +203,11 @@ def clients_revoke(
     try:
         client = revoke_client(store_from(ctx), name, actor="cli")
     except ClientError as exc:
-        typer.echo(f"error ({exc.code}): {exc}", err=True)
-        raise typer.Exit(2) from None
+        _refused(exc)
     typer.echo(f"client {client.name} revoked")
+
+
+def _refused(exc: ClientError) -> NoReturn:
+    """A change of a client refused: its code and words, exit 2."""
+    typer.echo(f"error ({exc.code}): {exc}", err=True)
+    raise typer.Exit(2) from None
