@@ -16,6 +16,7 @@ process is seen at once (change generations), one by another process (the operat
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import secrets
@@ -32,9 +33,11 @@ from meldingstjener.api import audit
 from meldingstjener.integration.webhooks import end_webhooks_of
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.store import changes
-from meldingstjener.store.tables import ApiClientOldKeyRow, ApiClientRow
+from meldingstjener.store.tables import ApiClientKeyUseRow, ApiClientOldKeyRow, ApiClientRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 # metrics: GET /metrics alone (a monitoring system's key: it may read no message)
 SCOPES = ("send", "receive", "admin", "metrics")
@@ -106,8 +109,11 @@ def _info(
 
 
 def _forget_expired_keys(uow: UnitOfWork, now: datetime) -> None:
-    """Delete the hashes of old keys whose overlap has ended: refused anyway, kept no longer."""
+    """Delete the hashes of old keys whose overlap has ended: refused anyway, kept no longer
+    (and the uses noted of every old key gone)."""
     uow.session.execute(delete(ApiClientOldKeyRow).where(ApiClientOldKeyRow.expires_at <= now))
+    kept = select(ApiClientOldKeyRow.key_hash)
+    uow.session.execute(delete(ApiClientKeyUseRow).where(ApiClientKeyUseRow.key_hash.not_in(kept)))
 
 
 def _new_key() -> tuple[str, str]:
@@ -194,7 +200,10 @@ def list_clients(store: Store, *, now: datetime | None = None) -> list[ClientInf
                 select(
                     ApiClientOldKeyRow.client_id,
                     func.max(ApiClientOldKeyRow.expires_at),
-                    func.max(ApiClientOldKeyRow.last_used_at),
+                    func.max(ApiClientKeyUseRow.last_used_at),
+                )
+                .outerjoin(
+                    ApiClientKeyUseRow, ApiClientKeyUseRow.key_hash == ApiClientOldKeyRow.key_hash
                 )
                 .where(ApiClientOldKeyRow.expires_at > at)
                 .group_by(ApiClientOldKeyRow.client_id)
@@ -328,14 +337,18 @@ def _find_by_hash(store: Store, key_hash: str, now: datetime) -> _KeyHolder | No
             )
             uow.commit()
             return None
-        if expires_at is not None:  # an old key still accepted: the operator sees it used
-            uow.session.execute(
-                update(ApiClientOldKeyRow)
-                .where(ApiClientOldKeyRow.key_hash == key_hash)
-                .values(last_used_at=now)
-            )
-            uow.commit()
         return holder
+
+
+def _note_old_key_use(store: Store, key_hash: str, at: datetime) -> None:
+    """Note that a request came with a replaced key (``clients list`` shows when one last did).
+    Best effort: a failure is logged, and the key is accepted all the same."""
+    try:
+        with store.unit_of_work() as uow:
+            uow.session.merge(ApiClientKeyUseRow(key_hash=key_hash, last_used_at=at))
+            uow.commit()
+    except Exception as exc:  # a full disk, a busy SQLite, two processes inserting at once
+        log.warning("the use of a replaced API key could not be noted: %s", type(exc).__name__)
 
 
 class ClientCache:
@@ -381,6 +394,9 @@ class ClientCache:
         ):
             return entry[0].client
         holder = _find_by_hash(self.store, key_hash, now)
+        if holder is not None and holder.key_expires_at is not None:
+            # once per look-up of an old key (KEY_CACHE_SECONDS), not per request
+            _note_old_key_use(self.store, key_hash, now)
         with self._lock:
             if holder is None:
                 self._entries.pop(key_hash, None)

@@ -481,9 +481,18 @@ class ApiClientOldKeyRow(Base):
     client_id: Mapped[int] = mapped_column(BigId, ForeignKey("api_clients.id", ondelete="CASCADE"))
     replaced_at: Mapped[datetime]
     expires_at: Mapped[datetime]
-    # when a request last came with it (at most every few seconds, as the key cache reads it):
-    # whether the EPJ's instances have all taken the new key
-    last_used_at: Mapped[datetime | None]
+
+
+class ApiClientKeyUseRow(Base):
+    """When a request last came with a replaced key (``api_client_old_keys``), for the operator:
+    have the EPJ's instances all taken the new key? A table of its own, not a column there: the
+    API's key cache is voided by every write to the clients' tables (store/changes.py), and a
+    use noted there at each look-up voided it for every client."""
+
+    __tablename__ = "api_client_key_uses"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_used_at: Mapped[datetime]
 
 
 class AuditRow(Base):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import pytest
 from api_sites import ApiPair
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -205,3 +207,31 @@ def test_the_operator_adding_and_revoking_a_client_is_audited_as_a_rotation_is(
         ("client-revoke", "ok"),
     ]
     assert all("lab-epj" in str(row["detail"]) for row in rows)
+
+
+def test_noting_an_old_keys_use_leaves_the_key_cache_working(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The use was written into the clients' tables, whose every write voids the cache: while an
+    # old key was in use, every request of every client went to the database.
+    from meldingstjener.api import clients
+
+    old = api_pair.hospital_key
+    _rotate(api_pair, hours=24)
+    other = api_pair.hospital_admin_key
+    looked_up: list[str] = []
+    find_by_hash = clients._find_by_hash
+
+    def counted(store: Any, key_hash: str, now: datetime) -> Any:
+        looked_up.append(key_hash)
+        return find_by_hash(store, key_hash, now)
+
+    monkeypatch.setattr(clients, "_find_by_hash", counted)
+    cache = clients.ClientCache(
+        api_pair.pair.hospital.store, seconds=3600, clock=api_pair.pair.clock
+    )
+    for _ in range(5):
+        assert cache.find(old) is not None and cache.find(other) is not None
+    assert len(looked_up) == 2  # each key read once, then kept
+    used = _listed(api_pair)[CLIENT]["oldKeyLastUsed"]
+    assert used is not None and datetime.fromisoformat(str(used)) == api_pair.pair.clock()
