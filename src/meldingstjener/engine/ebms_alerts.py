@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.model.privacy import passed_through
-from meldingstjener.store.database import RESOURCES, transient, trouble
+from meldingstjener.store.database import database_full, transient
 from meldingstjener.store.identity import CheckedPayloadStore, PayloadDirectoryLost
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
@@ -122,9 +122,10 @@ def disk_full(exc: BaseException) -> bool:
 def store_refused(exc: BaseException) -> bool:
     """Whether ``exc`` is the store refusing for a while what a call would store: its disk
     full (the payload directory's, or the database's own: SQLite's full database, PostgreSQL's
-    class 53), or its payload directory not the store's any more (the marker gone with a
-    share). The one rule of the 503s and of the jobs that wait for the store."""
-    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost) or trouble(exc) == RESOURCES
+    disk_full), or its payload directory not the store's any more (the marker gone with a
+    share). What the jobs wait for (failing_jobs); the 503s count the database's other
+    resources too (out of memory: a request is new each time, a job's repeat may fail alike)."""
+    return disk_full(exc) or isinstance(exc, PayloadDirectoryLost) or database_full(exc)
 
 
 class StoreFailing:

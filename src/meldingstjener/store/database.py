@@ -43,6 +43,7 @@ RESOURCES = "resources"
 _PG_UNREACHABLE = ("08", "57P01", "57P02", "57P03", "53300")  # connection, shutdown, too many
 _PG_BUSY = ("40P01", "40001", "55P03", "57014")  # deadlock, serialization, lock, cancelled
 _PG_RESOURCES = ("53",)  # insufficient resources: disk full, out of memory
+_PG_DISK_FULL = "53100"
 # SQLite's primary result codes (the low byte of ``sqlite_errorcode``, which may be extended)
 _SQLITE_TROUBLE = {
     sqlite3.SQLITE_CANTOPEN: UNREACHABLE,  # the file cannot be opened (its directory gone)
@@ -86,6 +87,20 @@ def trouble(exc: BaseException) -> str | None:
         if state in states or state[:2] in states:
             return kind
     return None
+
+
+def database_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database's disk full (SQLite's FULL, PostgreSQL's ``disk_full``,
+    53100): of ``RESOURCES`` the one cause that lasts until an operator frees space and then
+    ends. Out of memory, an I/O error or a configured limit may as well come back at every
+    repeat of the same work, which a job must not wait for without end."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return getattr(orig, "sqlstate", None) == _PG_DISK_FULL
 
 
 def unreachable(exc: BaseException) -> bool:

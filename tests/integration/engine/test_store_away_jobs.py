@@ -131,9 +131,10 @@ def test_a_resend_the_outage_outlasts_is_given_up_saying_the_store_failed(pair: 
 
 
 def test_a_full_database_is_the_store_refusing_as_for_the_503s(tmp_path: Path) -> None:
-    # The 503s counted the database's own "full" (SQLite's SQLITE_FULL, PostgreSQL's class 53)
+    # The 503s counted the database's own "full" (SQLite's SQLITE_FULL, PostgreSQL's disk_full)
     # as the store failing; the jobs did not, and took it for a crash of theirs. A real full
-    # database: SQLite's page count capped below what the insert needs.
+    # database: SQLite's page count capped below what the insert needs. Another of its errors
+    # (a table missing: a fault) is not waited for.
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
@@ -148,4 +149,22 @@ def test_a_full_database_is_the_store_refusing_as_for_the_503s(tmp_path: Path) -
     engine.dispose()
     assert "full" in str(full.value)
     assert store_refused(full.value)
-    assert failing_jobs.store_refused is store_refused  # the jobs go by the same rule
+    with pytest.raises(OperationalError) as missing, engine.begin() as connection:
+        connection.execute(text("INSERT INTO no_such_table VALUES (1)"))
+    assert not store_refused(missing.value)
+
+
+def test_of_postgresqls_insufficient_resources_only_a_full_disk_is_waited_for() -> None:
+    # Out of memory (53200) may come back at every repeat of the same job: waiting for it
+    # without end, uncounted, would hide it; the 503 of a request still counts it (RESOURCES).
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    from meldingstjener.engine.ebms_alerts import store_refused
+    from meldingstjener.store.database import RESOURCES, trouble
+
+    full = OperationalError("INSERT", {}, psycopg.errors.DiskFull())
+    memory = OperationalError("INSERT", {}, psycopg.errors.OutOfMemory())
+    assert store_refused(full)
+    assert not store_refused(memory)
+    assert trouble(full) == trouble(memory) == RESOURCES
