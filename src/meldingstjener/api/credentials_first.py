@@ -54,10 +54,18 @@ class CredentialsFirst:
             await run_in_threadpool(self.authenticate, Request(scope))
         except ApiProblem as refused:
             # outside FastAPI's exception handlers: the problem body is written here
-            # with its body unread, the connection is not kept for whatever else it sends
-            answer = problem_response(
-                refused.status, refused.code, refused.detail, headers={"Connection": "close"}
-            )
+            # with its body unread, the connection is not kept for whatever else it sends (a
+            # request without one, a poll or a scrape, keeps it)
+            close = {"Connection": "close"} if _declares_body(scope) else None
+            answer = problem_response(refused.status, refused.code, refused.detail, headers=close)
             await answer(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _declares_body(scope: Scope) -> bool:
+    """Whether the request says a body follows (a length above 0, or chunks)."""
+    for name, value in scope.get("headers") or []:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False

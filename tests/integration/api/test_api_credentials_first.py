@@ -85,3 +85,13 @@ def test_an_authenticated_body_is_read_and_its_faults_answered(api_pair: ApiPair
     large = WatchedBody(b'{"url": "' + b"a" * (SMALL_BODY_LIMIT + 10) + b'"}')
     answer = http.post(path, headers=headers, content=large)
     assert answer.status_code == 413 and answer.json()["code"] == "too-large", answer.text
+
+
+def test_an_unauthenticated_request_without_a_body_keeps_its_connection(
+    api_pair: ApiPair,
+) -> None:
+    # Nothing of it is left unread: a poll or a scrape with a wrong key is not made to connect
+    # again for its next request.
+    answer = api_pair.hospital_http.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert answer.status_code == 401, answer.text
+    assert answer.headers.get("connection") != "close"
