@@ -217,15 +217,11 @@ def overlap_of(hours: float) -> timedelta:
     """The overlap an operator gave in hours (``nan`` and ``inf`` are refused as any other
     value out of range, not raised by ``timedelta``)."""
     if not math.isfinite(hours) or not 0 <= hours <= MAX_OVERLAP_HOURS:
-        raise _invalid_overlap()
+        raise ClientError(
+            "invalid-overlap",
+            f"the overlap must be 0 to {MAX_OVERLAP_HOURS} hours (0: the old key stops at once)",
+        )
     return timedelta(hours=hours)
-
-
-def _invalid_overlap() -> ClientError:
-    return ClientError(
-        "invalid-overlap",
-        f"the overlap must be 0 to {MAX_OVERLAP_HOURS} hours (0: the old key stops at once)",
-    )
 
 
 def rotate_client(
@@ -240,8 +236,7 @@ def rotate_client(
     not stored and cannot be shown again. The old key is accepted for ``overlap`` more (none:
     it stops at once); older keys still accepted stop at their own end or at this one's, the
     sooner. Recorded in the audit log as done by ``actor``."""
-    if not timedelta(0) <= overlap <= timedelta(hours=MAX_OVERLAP_HOURS):
-        raise _invalid_overlap()
+    overlap_of(overlap / timedelta(hours=1))  # the one rule of what an overlap may be
     at = now or utcnow()
     ends = at + overlap
     key, key_hash = _new_key()
@@ -298,6 +293,7 @@ def revoke_client(store: Store, name: str, *, actor: str | None = None) -> Clien
         row = uow.session.scalars(select(ApiClientRow).where(ApiClientRow.name == name)).first()
         if row is None:
             raise ClientError("not-found", f"no client named {name!r}")
+        already = row.revoked_at is not None
         if row.revoked_at is None:
             row.revoked_at = utcnow()
         uow.session.execute(
@@ -305,7 +301,8 @@ def revoke_client(store: Store, name: str, *, actor: str | None = None) -> Clien
         )
         end_webhooks_of(uow, name, at=row.revoked_at)  # they end with the client
         if actor is not None:
-            _audit_change(uow, actor, "client-revoke", f"client {name}")
+            again = " (revoked before: nothing changed)" if already else ""
+            _audit_change(uow, actor, "client-revoke", f"client {name}{again}")
         uow.commit()
         return _info(row)
 

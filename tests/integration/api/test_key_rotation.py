@@ -201,12 +201,17 @@ def test_the_operator_adding_and_revoking_a_client_is_audited_as_a_rotation_is(
     assert code == 0, output
     code, output = _cli(api_pair, "revoke", "lab-epj")
     assert code == 0, output
+    code, output = _cli(api_pair, "revoke", "lab-epj")  # again: said, nothing changed
+    assert code == 0, output
     rows = query(api_pair.pair.hospital.store, AuditQuery(None, "cli", None, 10))
     assert [(row["action"], row["outcome"]) for row in rows] == [
         ("client-add", "ok"),
         ("client-revoke", "ok"),
+        ("client-revoke", "ok"),
     ]
     assert all("lab-epj" in str(row["detail"]) for row in rows)
+    assert "nothing changed" in str(rows[2]["detail"])
+    assert "nothing changed" not in str(rows[1]["detail"])
 
 
 def test_noting_an_old_keys_use_leaves_the_key_cache_working(
