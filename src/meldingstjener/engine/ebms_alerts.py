@@ -333,7 +333,9 @@ class StoreFailing:
 
 def _reason(exc: BaseException) -> str:
     """What failed, for a log line and an alert: an OSError's errno and the payload directory,
-    or a database's error class; never an error's text, which may quote what was stored."""
+    or a database's error class and the driver's code (SQLite's result code's name,
+    PostgreSQL's SQLSTATE: a full disk told from memory); never an error's text, which may quote
+    what was stored."""
     if isinstance(exc, StoreUnavailable) and isinstance(exc.__context__, OSError):
         exc = exc.__context__  # the payload directory checked at a process's first file
     if isinstance(exc, OSError):
@@ -341,7 +343,9 @@ def _reason(exc: BaseException) -> str:
         return f"{name} in the payload directory"
     if isinstance(exc, StoreUnavailable):  # its words name a directory or database, no content
         return str(exc)
-    return f"the database: {type(exc).__name__}"
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    return f"the database: {type(exc).__name__}" + (f" ({code})" if code else "")
 
 
 def failed(ctx: EngineContext, exc: Exception) -> None:

@@ -160,7 +160,7 @@ def test_of_postgresqls_insufficient_resources_only_a_full_disk_is_waited_for() 
     import psycopg.errors
     from sqlalchemy.exc import OperationalError
 
-    from meldingstjener.engine.ebms_alerts import store_refused
+    from meldingstjener.engine.ebms_alerts import _reason, store_refused
     from meldingstjener.store.database import RESOURCES, trouble
 
     full = OperationalError("INSERT", {}, psycopg.errors.DiskFull())
@@ -168,3 +168,6 @@ def test_of_postgresqls_insufficient_resources_only_a_full_disk_is_waited_for() 
     assert store_refused(full)
     assert not store_refused(memory)
     assert trouble(full) == trouble(memory) == RESOURCES
+    # the operator is told which (the SQLSTATE: no text of the error, which may quote values)
+    assert _reason(full) == "the database: OperationalError (53100)"
+    assert _reason(memory) == "the database: OperationalError (53200)"
