@@ -222,17 +222,22 @@ def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(
     assert alert is not None and alert.message_id is None
 
 
-def test_message_days_shorter_than_a_partner_may_resend_deletes_no_message(store: Store) -> None:
-    old, _ = _message(store, "in", "rejected", settled_days_ago=36)
+def _a_partner_resending_for(store: Store, *, days: int) -> None:
+    """An agreement whose partner may resend a message for ``days`` (its PersistDuration)."""
     with store.unit_of_work() as uow:
         uow.agreements.add(
             AgreementRow(
                 our_her_id="8200002",
                 counterparty_her_id="8100001",
-                persist_duration_seconds=40 * 86400,
+                persist_duration_seconds=days * 86400,
             )
         )
         uow.commit()
+
+
+def test_message_days_shorter_than_a_partner_may_resend_deletes_no_message(store: Store) -> None:
+    old, _ = _message(store, "in", "rejected", settled_days_ago=36)
+    _a_partner_resending_for(store, days=40)
     too_short = RetentionSettings(payload_days=0, message_days=35)
 
     report = retention.run(store, too_short, now=NOW)
@@ -492,15 +497,7 @@ def test_folder_rows_go_in_batches_and_not_while_message_days_is_refused(
     long_ago = NOW - timedelta(days=100)
     for number in range(5):
         _folder_row(store, f"f{number}", "outbox", "failed", at=long_ago, moved_at=long_ago)
-    with store.unit_of_work() as uow:
-        uow.agreements.add(
-            AgreementRow(
-                our_her_id="8200002",
-                counterparty_her_id="8100001",
-                persist_duration_seconds=40 * 86400,
-            )
-        )
-        uow.commit()
+    _a_partner_resending_for(store, days=40)
     refused = retention.run(store, FOLDER_RULES, now=NOW)
     assert refused.refused is not None and refused.folder_files == 0
     assert len(_folder_rows(store)) == 5
