@@ -27,7 +27,7 @@ from meldingstjener.ebxml.values import MessageHeader
 from meldingstjener.engine import inbound
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import Worker
-from meldingstjener.store.tables import EventRow, MessageRow
+from meldingstjener.store.tables import AlertRow, EventRow, MessageRow
 from meldingstjener.store.uow import LogFilter
 from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 
@@ -228,3 +228,35 @@ def note_with_the_hospital_as_copy(pair: Pair, note: bytes | None = None) -> byt
     copy = b'<OtherReceiver><RoleReceiver V="COP" DN="Kopimottaker"/>' + hospital
     copy += b"</OtherReceiver>"
     return note[:start] + doctor + copy + note[end:]
+
+
+def open_alerts_of(pair: Pair, kind: str, *, open_only: bool = True) -> list[AlertRow]:
+    """The hospital's alerts of ``kind`` (the open ones, unless ``open_only`` is False)."""
+    query = select(AlertRow).where(AlertRow.kind == kind)
+    if open_only:
+        query = query.where(AlertRow.resolved_at.is_(None))
+    with pair.hospital.store.unit_of_work() as uow:
+        return list(uow.session.scalars(query))
+
+
+def notes_and_an_apprec_received(pair: Pair, count: int) -> tuple[list[MessageRow], MessageRow]:
+    """``count`` notes the GP office sent the hospital (oldest first), and an AppRec the GP
+    office sent it for the hospital's own note: all received by the hospital, not yet taken by
+    its EPJ (the AppRec, which nobody answers, beside the notes, which are to be)."""
+    from meldingstjener.engine import receipts
+    from meldingstjener.engine.outbound import submit
+
+    for number in range(count):
+        note = dialog_note(pair.gp_site, pair.hospital_site, f"Henvisning {number}")
+        submit(pair.gp, note, actor="t")
+    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="t")
+    pair.run()
+    [to_gp] = pair.inbound_messages(pair.gp)
+    receipts.deliver(pair.gp, to_gp.id, actor="epj:test")
+    receipts.send_apprec(pair.gp, to_gp.id, status=1, errors=[], actor="epj:test")
+    pair.run()
+    received = pair.inbound_messages(pair.hospital)
+    notes = sorted((m for m in received if m.msg_type != "APPREC"), key=lambda m: m.created_at)
+    [apprec] = [m for m in received if m.msg_type == "APPREC"]
+    assert len(notes) == count
+    return notes, apprec

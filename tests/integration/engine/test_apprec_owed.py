@@ -4,45 +4,17 @@ AppRecs, answered, purged and young messages are not counted, and 0 hours turns 
 
 from __future__ import annotations
 
-from engine_pair import Pair
-from sqlalchemy import select
+from engine_pair import Pair, notes_and_an_apprec_received, open_alerts_of
 
 from meldingstjener.bootstrap import build_engine
 from meldingstjener.config import load_settings
-from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.devsites import HOSPITAL_SERVICE_HER
 from meldingstjener.engine import inbox_watch, receipts
-from meldingstjener.engine.outbound import submit
 from meldingstjener.store.tables import AlertRow, MessageRow
 
 
 def owed_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
-    query = select(AlertRow).where(AlertRow.kind == "apprec-owed")
-    if open_only:
-        query = query.where(AlertRow.resolved_at.is_(None))
-    with pair.hospital.store.unit_of_work() as uow:
-        return list(uow.session.scalars(query))
-
-
-def _received(pair: Pair, count: int) -> tuple[list[MessageRow], MessageRow]:
-    """``count`` notes the GP office sent the hospital, and an AppRec the GP office sent it for
-    the hospital's own note, all received (acknowledged)."""
-    for number in range(count):
-        submit(
-            pair.gp,
-            dialog_note(pair.gp_site, pair.hospital_site, f"Henvisning {number}"),
-            actor="t",
-        )
-    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="t")
-    pair.run()
-    [to_gp] = pair.inbound_messages(pair.gp)
-    receipts.deliver(pair.gp, to_gp.id, actor="epj:test")
-    receipts.send_apprec(pair.gp, to_gp.id, status=1, errors=[], actor="epj:test")
-    pair.run()
-    received = pair.inbound_messages(pair.hospital)
-    notes = sorted((m for m in received if m.msg_type != "APPREC"), key=lambda m: m.created_at)
-    [apprec] = [m for m in received if m.msg_type == "APPREC"]
-    assert len(notes) == count
-    return notes, apprec
+    return open_alerts_of(pair, "apprec-owed", open_only=open_only)
 
 
 def _answer(pair: Pair, message: MessageRow) -> None:
@@ -53,7 +25,7 @@ def test_messages_taken_and_not_answered_raise_an_alert_until_answered(
     pair_with_hospital_database: Pair,
 ) -> None:
     pair = pair_with_hospital_database
-    notes, apprec = _received(pair, 5)
+    notes, apprec = notes_and_an_apprec_received(pair, 5)
     old, also_old, answered, purged, young = notes
     delivered_at = pair.clock()
     for message in (old, also_old, answered, purged, apprec):
@@ -114,7 +86,7 @@ def test_messages_taken_and_not_answered_raise_an_alert_until_answered(
 def test_no_alert_when_turned_off(pair_with_hospital_database: Pair) -> None:
     """``[alerts] apprec_owed_hours = 0``: nothing is counted, and an alert open is resolved."""
     pair = pair_with_hospital_database
-    [note], _ = _received(pair, 1)
+    [note], _ = notes_and_an_apprec_received(pair, 1)
     receipts.deliver(pair.hospital, note.id, actor="epj:test")
     pair.clock.advance(hours=25)
     assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 1}

@@ -3,8 +3,7 @@ follows how many wait and is resolved when none do."""
 
 from __future__ import annotations
 
-from engine_pair import Pair
-from sqlalchemy import select
+from engine_pair import Pair, notes_and_an_apprec_received, open_alerts_of
 
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine import inbox_watch, receipts
@@ -13,26 +12,14 @@ from meldingstjener.store.tables import AlertRow
 
 
 def inbox_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
-    query = select(AlertRow).where(AlertRow.kind == "inbox-waiting")
-    if open_only:
-        query = query.where(AlertRow.resolved_at.is_(None))
-    with pair.hospital.store.unit_of_work() as uow:
-        return list(uow.session.scalars(query))
+    return open_alerts_of(pair, "inbox-waiting", open_only=open_only)
 
 
 def test_messages_the_epj_does_not_take_raise_an_alert_until_taken(pair: Pair) -> None:
-    for text in ("Henvisning 1", "Henvisning 2"):
-        submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, text), actor="t")
     # and an AppRec for the hospital, which the EPJ need not fetch
-    submit(pair.hospital, dialog_note(pair.hospital_site, pair.gp_site, "Svar"), actor="t")
-    pair.run()
-    [to_gp] = pair.inbound_messages(pair.gp)
-    receipts.deliver(pair.gp, to_gp.id, actor="epj:test")
-    receipts.send_apprec(pair.gp, to_gp.id, status=1, errors=[], actor="epj:test")
-    pair.run()
-    received = pair.inbound_messages(pair.hospital)
-    notes = [m for m in received if m.msg_type != "APPREC"]
-    assert len(notes) == 2 and len(received) == 3
+    notes, apprec = notes_and_an_apprec_received(pair, 2)
+    received = [*notes, apprec]
+    assert len(received) == 3
     assert all(m.status == "acknowledged" for m in received)
 
     with pair.hospital.store.unit_of_work() as uow:
