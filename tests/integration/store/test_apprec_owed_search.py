@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
+from statement_plans import planned
 
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import LogFilter, Store
@@ -64,26 +65,12 @@ def _fill(store: Store) -> None:
 
 def _plans(store: Store, search: Any) -> tuple[Any, list[str]]:
     """What ``search(uow)`` returns, and the plan of each statement it ran, as it ran it."""
-    ran: list[tuple[str, Any]] = []
 
-    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("SELECT"):
-            ran.append((statement, parameters))
-
-    engine = store.database.engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    def in_a_unit_of_work() -> Any:
         with store.unit_of_work() as uow:
-            found = search(uow)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    explain = "EXPLAIN QUERY PLAN " if store.database.dialect == "sqlite" else "EXPLAIN "
-    plans = []
-    with engine.connect() as connection:
-        for statement, parameters in ran:
-            rows = connection.exec_driver_sql(explain + statement, parameters)
-            plans.append("\n".join(str(row[-1]) for row in rows))
-    return found, plans
+            return search(uow)
+
+    return planned(store, in_a_unit_of_work)
 
 
 def _through_the_index(store: Store, plan: str) -> None:

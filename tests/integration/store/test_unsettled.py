@@ -5,9 +5,8 @@ statements go through their indexes, not through a year of messages.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
+from statement_plans import planned
 
 from meldingstjener.engine.retention import settled
 from meldingstjener.model import InboundStatus, OutboundStatus
@@ -47,26 +46,12 @@ def test_the_messages_under_way_are_those_not_settled(store: Store) -> None:
 
 def _plans(store: Store) -> list[str]:
     """The plan of each statement :func:`read_figures` runs, as it runs it (its parameters)."""
-    ran: list[tuple[str, Any]] = []
 
-    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("SELECT"):  # not a connection's own set-up
-            ran.append((statement, parameters))
-
-    engine = store.database.engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        with engine.connect() as connection:
+    def figures() -> None:
+        with store.database.engine.connect() as connection:
             read_figures(connection, utcnow())
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    explain = "EXPLAIN QUERY PLAN " if store.database.dialect == "sqlite" else "EXPLAIN "
-    plans = []
-    with engine.connect() as connection:
-        for statement, parameters in ran:
-            rows = connection.exec_driver_sql(explain + statement, parameters)
-            plans.append("\n".join(str(row[-1]) for row in rows))
-    return plans
+
+    return planned(store, figures)[1]
 
 
 def test_the_figures_go_through_their_indexes(store: Store) -> None:
