@@ -83,12 +83,17 @@ class ApiPair:
     def post_note(self, text: str) -> httpx.Response:
         """A dialog note from the GP to the hospital, posted with the GP's key."""
         document = dialog_note(self.pair.gp_site, self.pair.hospital_site, text)
-        return self.gp_http.post(
-            "/Messages",
-            headers={"Authorization": f"Bearer {self.gp_key}"},
-            json={
-                "businessDocument": base64.b64encode(document).decode(),
-                "contentType": "application/xml",
-                "contentTransferEncoding": "base64",
-            },
-        )
+        return post_document(self.gp_http, self.gp_key, document)
+
+
+def post_document(http: TestClient, key: str, document: bytes) -> httpx.Response:
+    """``POST /Messages`` of a business document, as an EPJ sends one, with ``key``."""
+    return http.post(
+        "/Messages",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "businessDocument": base64.b64encode(document).decode(),
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        },
+    )

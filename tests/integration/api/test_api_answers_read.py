@@ -4,9 +4,7 @@ hospital sent otherwise still needs ``send``."""
 
 from __future__ import annotations
 
-import base64
-
-from api_sites import ApiPair
+from api_sites import ApiPair, post_document
 
 from meldingstjener.api.clients import add_client
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
@@ -60,15 +58,7 @@ def test_a_receive_only_client_reads_the_answers_it_sent_and_their_status(
             assert read.status_code == 200, (path, read.text)
     # a message the hospital sent of its own still needs "send"
     note = dialog_note(pair.hospital_site, pair.gp_site, "Svar")
-    sent = http.post(
-        "/Messages",
-        headers=_bearer(api_pair.hospital_key),
-        json={
-            "businessDocument": base64.b64encode(note).decode(),
-            "contentType": "application/xml",
-            "contentTransferEncoding": "base64",
-        },
-    )
+    sent = post_document(http, api_pair.hospital_key, note)
     assert sent.status_code == 201, sent.text
     refused = http.get(sent.headers["Location"], headers=_bearer(reader))
     assert refused.status_code == 403

@@ -7,12 +7,11 @@ message. Points in time are Unix times, given only when there is one (a 0 would 
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
-from api_sites import ApiPair
+from api_sites import ApiPair, post_document
 from engine_pair import Pair
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,15 +71,7 @@ def _post_with_patient(api_pair: ApiPair) -> str:
         patient=patient,
     )
     assert PATIENT_ID.encode() in document
-    sent = api_pair.gp_http.post(
-        "/Messages",
-        headers=_bearer(api_pair.gp_key),
-        json={
-            "businessDocument": base64.b64encode(document).decode(),
-            "contentType": "application/xml",
-            "contentTransferEncoding": "base64",
-        },
-    )
+    sent = post_document(api_pair.gp_http, api_pair.gp_key, document)
     assert sent.status_code == 201, sent.text
     return str(sent.json())
 
