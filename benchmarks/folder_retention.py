@@ -19,12 +19,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from scratch_database import scratch_postgres
 from sqlalchemy import Table, func, insert, select, text
 
 from meldingstjener.config import RetentionSettings
@@ -133,21 +132,6 @@ def measure(name: str, database: Database, payloads: Path, deleted: int) -> None
     )
 
 
-@contextmanager
-def postgres_database(url: str) -> Iterator[Database]:
-    name = f"mt_bench_{uuid.uuid4().hex[:10]}"
-    admin = url.replace("+psycopg", "")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(f"{admin.rsplit('/', 1)[0]}/{name}")
-    try:
-        yield database
-    finally:
-        database.dispose()
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -155,8 +139,12 @@ def main() -> None:
     parser.add_argument("--sqlite", action="store_true", help="also a SQLite store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        with postgres_database(args.url) as database:
-            measure("PostgreSQL", database, Path(folder) / "pg-payloads", args.rows)
+        with scratch_postgres(args.url) as url:
+            database = Database(url)
+            try:
+                measure("PostgreSQL", database, Path(folder) / "pg-payloads", args.rows)
+            finally:
+                database.dispose()
         if args.sqlite:
             sqlite = Database(f"sqlite:///{Path(folder) / 'bench.db'}")
             try:

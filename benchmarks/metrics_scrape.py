@@ -19,12 +19,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from scratch_database import scratch_postgres
 from sqlalchemy import Table, insert, text
 
 from meldingstjener.api.metrics import families, render
@@ -172,19 +171,6 @@ def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
     )
 
 
-@contextmanager
-def _postgres(url: str) -> Iterator[str]:
-    name = f"mt_bench_{uuid.uuid4().hex[:10]}"
-    admin = url.replace("+psycopg", "")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -198,7 +184,7 @@ def main() -> None:
         measure("SQLite", database, options.messages, options.scrapes)
         database.dispose()
     if not options.no_postgres:
-        with _postgres(options.url) as url:
+        with scratch_postgres(options.url) as url:
             database = Database(url)
             upgrade(database)
             measure("PostgreSQL", database, options.messages, options.scrapes)

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
+from scratch_database import scratch_postgres
 from sqlalchemy import text
 
 from meldingstjener.cli.store_cmds import find_messages, refused_unstored
@@ -106,55 +106,51 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--adds", type=int, default=500)
     args = parser.parse_args()
-    admin = args.url.replace("+psycopg", "")
-    name = f"mt_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(f"{args.url.rsplit('/', 1)[0]}/{name}")
-    try:
-        upgrade(database)
-        revision = current_revision(database)
-        print(f"schema at revision {revision}, {args.messages:,} messages, 3 events each")
-        start = time.perf_counter()
-        with database.engine.begin() as connection:
-            for first in range(1, args.messages + 1, 100_000):
-                bounds = {"first": first, "last": min(first + 99_999, args.messages)}
-                connection.execute(text(_FILL_MESSAGES), bounds)
-        seconds = time.perf_counter() - start
-        print(f"fill of messages: {seconds:.1f} s, {args.messages / seconds:,.0f} rows/s")
-        with database.engine.begin() as connection:
-            for first in range(1, args.messages + 1, 100_000):
-                bounds = {"first": first, "last": min(first + 99_999, args.messages)}
-                connection.execute(text(_FILL_EVENTS), bounds)
-        autocommit = database.engine.execution_options(isolation_level="AUTOCOMMIT")
-        with autocommit.connect() as connection:  # (VACUUM runs outside a transaction)
-            connection.execute(text("VACUUM ANALYZE messages, message_events"))
+    with scratch_postgres(args.url) as url:
+        database = Database(url)
+        try:
+            upgrade(database)
+            revision = current_revision(database)
+            print(f"schema at revision {revision}, {args.messages:,} messages, 3 events each")
+            start = time.perf_counter()
+            with database.engine.begin() as connection:
+                for first in range(1, args.messages + 1, 100_000):
+                    bounds = {"first": first, "last": min(first + 99_999, args.messages)}
+                    connection.execute(text(_FILL_MESSAGES), bounds)
+            seconds = time.perf_counter() - start
+            print(f"fill of messages: {seconds:.1f} s, {args.messages / seconds:,.0f} rows/s")
+            with database.engine.begin() as connection:
+                for first in range(1, args.messages + 1, 100_000):
+                    bounds = {"first": first, "last": min(first + 99_999, args.messages)}
+                    connection.execute(text(_FILL_EVENTS), bounds)
+            autocommit = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+            with autocommit.connect() as connection:  # (VACUUM runs outside a transaction)
+                connection.execute(text("VACUUM ANALYZE messages, message_events"))
 
-        downgrade(database, "-1")
-        start = time.perf_counter()
-        upgrade(database)
-        print(f"upgrade to {revision} on the filled tables: {time.perf_counter() - start:.2f} s")
-        with autocommit.connect() as connection:
-            connection.execute(text("ANALYZE messages"))
+            downgrade(database, "-1")
+            start = time.perf_counter()
+            upgrade(database)
+            took = time.perf_counter() - start
+            print(f"upgrade to {revision} on the filled tables: {took:.2f} s")
+            with autocommit.connect() as connection:
+                connection.execute(text("ANALYZE messages"))
 
-        with tempfile.TemporaryDirectory() as payloads:
-            store = Store(database, PayloadStore(Path(payloads)))
-            searches: dict[str, Callable[[], object]] = {
-                # a service with 80 messages, a person with 10, a HER-id no message has
-                "log --her-id (a service)": lambda: _log(store, "9100007"),
-                "log --her-id (a person)": lambda: _log(store, "7200007"),
-                "log --her-id (unknown)": lambda: _log(store, "5555555"),
-                "show of an unknown whole id": lambda: _show(store, str(uuid.UUID(int=7))),
-                "show of an unknown id's start": lambda: _show(store, "00000000abc"),
-            }
-            for label, search in searches.items():
-                median, worst = _timed(args.rounds, search)
-                print(f"{label:32} median {median:7.2f} ms, worst {worst:7.2f} ms")
-            _insert_costs(store, args.messages, args.adds, str(revision))
-    finally:
-        database.dispose()
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            with tempfile.TemporaryDirectory() as payloads:
+                store = Store(database, PayloadStore(Path(payloads)))
+                searches: dict[str, Callable[[], object]] = {
+                    # a service with 80 messages, a person with 10, a HER-id no message has
+                    "log --her-id (a service)": lambda: _log(store, "9100007"),
+                    "log --her-id (a person)": lambda: _log(store, "7200007"),
+                    "log --her-id (unknown)": lambda: _log(store, "5555555"),
+                    "show of an unknown whole id": lambda: _show(store, str(uuid.UUID(int=7))),
+                    "show of an unknown id's start": lambda: _show(store, "00000000abc"),
+                }
+                for label, search in searches.items():
+                    median, worst = _timed(args.rounds, search)
+                    print(f"{label:32} median {median:7.2f} ms, worst {worst:7.2f} ms")
+                _insert_costs(store, args.messages, args.adds, str(revision))
+        finally:
+            database.dispose()
 
 
 def _bulk_rate(store: Store, first: int) -> float:
