@@ -128,8 +128,9 @@ def _owed_summary(her_id: str, count: int, oldest: datetime, owed_after: timedel
     return (
         f"{count} received message(s) for HER-id {her_id} were delivered to the EPJ more than "
         f"{hours} hours ago and not answered with an AppRec (the oldest delivered "
-        f"{oldest:%Y-%m-%d %H:%M} UTC); their senders wait for it. List them with GET "
-        f"/api/log?apprec_owed=true&her_id={her_id}, and have the EPJ answer them (or check "
+        f"{oldest:%Y-%m-%d %H:%M} UTC); their senders wait for it. List them with "
+        f"meldingstjener log --apprec-owed --her-id {her_id} (or GET "
+        f"/api/log?apprec_owed=true&her_id={her_id}), and have the EPJ answer them (or check "
         "that its AppRecs reach this server)."
     )
 

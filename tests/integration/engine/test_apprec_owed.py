@@ -56,6 +56,7 @@ def test_messages_taken_and_not_answered_raise_an_alert_until_answered(
     assert f"2 received message(s) for HER-id {HOSPITAL_SERVICE_HER}" in alert.summary
     assert f"the oldest delivered {delivered_at:%Y-%m-%d %H:%M} UTC" in alert.summary
     assert f"apprec_owed=true&her_id={HOSPITAL_SERVICE_HER}" in alert.summary
+    assert f"log --apprec-owed --her-id {HOSPITAL_SERVICE_HER}" in alert.summary
 
     raised = alert.changed_at
     pair.clock.advance(minutes=5)
