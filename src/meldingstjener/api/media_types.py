@@ -34,9 +34,9 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 def is_json_type(content_type: bytes | None) -> bool:
     """Whether a Content-Type header names one of ``JSON_BODY_TYPES`` (parameters aside)."""
-    if content_type is None:
+    media = _media(content_type)
+    if media is None:
         return False
-    media = content_type.split(b";", 1)[0].strip().lower()
     if media in (b"application/json", b"text/json"):
         return True
     return media.startswith(b"application/") and media.endswith(b"+json")
@@ -117,8 +117,13 @@ class JsonMediaTypes:
         await answer(scope, receive, send)
 
 
+def _media(content_type: bytes | None) -> bytes | None:
+    """A Content-Type's media type, its parameters left out, in lower case."""
+    return None if content_type is None else content_type.split(b";", 1)[0].strip().lower()
+
+
 def _is_text_json(value: bytes | None) -> bool:
-    return value is not None and value.split(b";", 1)[0].strip().lower() == b"text/json"
+    return _media(value) == b"text/json"
 
 
 def _as_application_json(value: bytes) -> bytes:
