@@ -15,9 +15,10 @@ a source failed (``source_failed``: an outage, which passes) or the certificate 
 status unknown (it names no source, its responder does not know it, the only CRL is another's or
 out of scope), which waiting does not mend.
 
-The timeout is a deadline for the whole request (connecting, sending, the status line, the
-headers and the body), not for each read: a responder that trickles its answer a byte at a time
-is given up on when the time is up. A source (a CRL's URL, an OCSP responder) that gave no
+The timeout is a deadline for the whole request (resolving the host's name, connecting, sending,
+the status line, the headers and the body), not for each read: a responder that trickles its
+answer a byte at a time is given up on when the time is up, and so is a resolver that hangs
+(:mod:`meldingstjener.netresolve`). A source (a CRL's URL, an OCSP responder) that gave no
 usable answer is not asked again for ``FAILURE_MEMORY`` (at most ``cache_seconds``): meanwhile
 its failure is the answer at once, so during an outage each check does not wait the whole
 timeout again, for each of a certificate's sources.
@@ -44,6 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from meldingstjener import netresolve
 
 Fetcher = Callable[[str, bytes | None, str | None, float], bytes]
 """fetch(url, body or None for GET, content type of the body, timeout seconds) -> bytes."""
@@ -121,8 +124,9 @@ def urllib_fetch(url: str, body: bytes | None, content_type: str | None, timeout
 class _Deadline:
     """The end of one request's time: urllib's timeout bounds each socket operation only, so a
     responder sending a byte a second would hold a check (and the message it is for) for as long
-    as it likes. Each receive and send waits at most what is left (connecting too; a TLS
-    handshake waits at most what was left when it began, each of its steps)."""
+    as it likes, and the host's name lookup not at all. Each receive and send waits at most what
+    is left (resolving and connecting too; a TLS handshake waits at most what was left when the
+    connection was made, each of its steps)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -174,10 +178,52 @@ class _DeadlineSocket:
             self._sock.close()
 
 
+def _connect_within(
+    deadline: _Deadline,
+    address: tuple[str, int],
+    _timeout: object = None,
+    source_address: tuple[str, int] | None = None,
+) -> socket.socket:
+    """``socket.create_connection``'s work, each step within ``deadline`` (its own time-out is
+    the deadline's): the host's name resolved by :func:`netresolve.getaddrinfo` (the resolver
+    takes no time-out), then its addresses tried in turn, each connect waiting at most what is
+    left. The connection's host stays the name: TLS sends it (SNI) and verifies the certificate
+    for it."""
+    host, port = address
+    infos = netresolve.getaddrinfo(host, port, 0, socket.SOCK_STREAM, timeout=deadline.left())
+    failure: OSError | None = None
+    for family, kind, proto, _name, sockaddr in infos:
+        left = deadline.left()  # TimeoutError once the time is up: no further address is tried
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            sock.settimeout(deadline.left())  # what the TLS handshake, if any, may take
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        return sock
+    raise failure or OSError(f"{host} resolves to no address")
+
+
+def _connect_by_deadline(connection: http.client.HTTPConnection, deadline: _Deadline) -> None:
+    """Make ``connection`` resolve and connect within ``deadline``, through the one hook
+    http.client has for it (both connect methods, HTTPS's before its handshake, call it)."""
+    if not hasattr(connection, "_create_connection"):
+        # http.client connects otherwise now: its name lookup would be outside the deadline
+        raise RuntimeError("http.client has no _create_connection to replace; update revocation")
+    connect = functools.partial(_connect_within, deadline)
+    connection._create_connection = connect
+
+
 class _DeadlineHTTPConnection(http.client.HTTPConnection):
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
+        _connect_by_deadline(self, deadline)
 
     def connect(self) -> None:
         self.timeout = self._deadline.left()
@@ -189,6 +235,7 @@ class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
+        _connect_by_deadline(self, deadline)
 
     def connect(self) -> None:
         self.timeout = self._deadline.left()

@@ -1,10 +1,14 @@
 """A CA's revocation services away or misbehaving: the timeout is a deadline for the whole
-request (a responder trickling its answer does not hold a check for as long as it likes), and a
-source that failed is not asked again for a minute (an outage does not cost every check the
-whole timeout again). A real OCSP responder and CRL server on 127.0.0.1."""
+request (a responder trickling its answer, or a name server that does not answer, does not hold
+a check for as long as it likes), and a source that failed is not asked again for a minute (an
+outage does not cost every check the whole timeout again). A real OCSP responder and CRL server
+on 127.0.0.1, named by an address or by a host name."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 from ocsp_responder import Responder
 
+from held_names import HeldResolver, self_signed_certificate
 from meldingstjener.security.devpki import init_pki
 from meldingstjener.security.revocation import FAILURE_MEMORY
 from meldingstjener.security.validation import CertificateValidator, Reason
@@ -87,3 +92,70 @@ def test_only_a_source_that_failed_is_an_outage_that_may_pass(responder: Respond
     assert [finding.outage for finding in unreachable.revocation] == [True]
     # ... and told so while its failure is remembered, without asking again
     assert validator.validate(away, usage="signing").revocation_unknown_only
+
+
+def test_a_name_server_that_does_not_answer_is_given_up_on_at_the_timeout(
+    responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # getaddrinfo takes no time-out: a resolver that hangs (its time-out times its attempts
+    # times the name servers, half a minute) held the check, and the message being sent
+    resolver = HeldResolver({"ca.held.test": "127.0.0.1"})
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    responder.url = responder.url.replace("127.0.0.1", "ca.held.test")
+    certificate = responder.certificate(crl_path="/ca.crl")  # two sources on one host
+    anchors = [responder.pki.ca_certificate]
+    answered = CertificateValidator(anchors, timeout=0.3, revocation_policy="hard")
+    assert answered.validate(certificate, usage="signing").reasons == []
+    resolver.hold()
+    try:
+        started = time.monotonic()
+        check = CertificateValidator(anchors, timeout=0.3, revocation_policy="hard").validate(
+            certificate, usage="signing"
+        )
+        took = time.monotonic() - started
+    finally:
+        resolver.release()
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN], check.details
+    assert check.revocation_unknown_only  # an outage, which passes
+    assert "ca.held.test was not resolved within 0.3 s" in check.details[0]
+    assert took < 2  # each source's 0.3 s; held up to HOLD_LIMIT (10 s) without the deadline
+    # the OCSP request joined the CRL's look-up under way, no second one begun
+    assert resolver.asked["ca.held.test"] == 2  # the answered check's, the held one
+
+
+def test_a_responder_named_by_its_host_name_is_reached(responder: Responder) -> None:
+    # "localhost" is looked up (in a thread of its own), and its addresses tried in turn: ::1
+    # may come first, where nothing listens
+    responder.url = responder.url.replace("127.0.0.1", "localhost")
+    validator = CertificateValidator([responder.pki.ca_certificate], revocation_policy="hard")
+    assert validator.validate(responder.certificate(), usage="signing").reasons == []
+    assert responder.asked == {"/ocsp": 1}
+
+
+def test_a_responder_over_tls_is_verified_for_the_name_in_the_url(
+    responder: Responder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The connection is made to the address the name resolved to: TLS must still name the
+    # host (SNI) and verify the responder's certificate for it, not for the address
+    certificate_file, key_file = self_signed_certificate(tmp_path, "ca.tls.test")
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate_file))  # the one CA trusted
+    names = {"ca.tls.test": "127.0.0.1", "other.tls.test": "127.0.0.1"}
+    monkeypatch.setattr(socket, "getaddrinfo", HeldResolver(names))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate_file, key_file)
+    server_names: list[str | None] = []
+    tls.sni_callback = lambda _socket, server_name, _context: server_names.append(server_name)
+    responder.httpd.socket = tls.wrap_socket(responder.httpd.socket, server_side=True)
+    port = responder.httpd.server_address[1]
+    anchors = [responder.pki.ca_certificate]
+    responder.url = f"https://ca.tls.test:{port}"
+    validator = CertificateValidator(anchors, revocation_policy="hard")
+    assert validator.validate(responder.certificate(), usage="signing").reasons == []
+    assert server_names == ["ca.tls.test"]
+    responder.url = f"https://other.tls.test:{port}"  # the same server, by a name it has not
+    check = CertificateValidator(anchors, revocation_policy="hard").validate(
+        responder.certificate(), usage="signing"
+    )
+    assert check.reasons == [Reason.REVOCATION_UNKNOWN]
+    assert "CERTIFICATE_VERIFY_FAILED" in check.details[0], check.details
+    assert server_names == ["ca.tls.test", "other.tls.test"]
