@@ -14,10 +14,10 @@ The backend also resolves each host itself, checks every address it resolves to 
 address (TLS still verifies, and the request still names, the URL's host): the address checked
 is the one connected to, whatever the name resolves to between registration and call.
 
-That lookup is not under the call's deadline: ``getaddrinfo`` takes no time-out, and is bounded
-by the system resolver's own (its time-out and attempts, a few seconds each). A resolver that
-hangs holds the call that long past its deadline; the claim on a call (``CLAIM_CALLS`` time-outs
-and half a minute, in ``webhooks``) leaves room for it.
+That lookup is under the call's deadline too, as a connect is (the connect time-out, cut to
+what is left of the deadline): ``getaddrinfo`` takes no time-out, so it is made through
+:func:`meldingstjener.netresolve.getaddrinfo`, which waits for it no longer. A resolver that
+hangs fails the call as a connect that hangs does (``ConnectTimeout``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 from meldingstjener.integration.webhook_targets import TargetPolicy
+from meldingstjener.netresolve import ResolveTimeout
 
 # the time.monotonic() by which the call under way in this thread must be over
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -97,7 +98,8 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
-    """Connects to the addresses the policy allows for a host, within the call's deadline."""
+    """Connects to the addresses the policy allows for a host, resolved and connected to within
+    the call's deadline."""
 
     def __init__(self, policy: TargetPolicy) -> None:
         self._policy = policy
@@ -112,7 +114,12 @@ class _GuardedBackend(httpcore.NetworkBackend):
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.NetworkStream:
         # TargetRefused passes through httpcore and httpx as it is: the caller records it
-        addresses = self._policy.addresses(host, port)
+        try:
+            addresses = self._policy.addresses(
+                host, port, _bounded(timeout, httpcore.ConnectTimeout)
+            )
+        except ResolveTimeout as exc:  # resolving is the first step of connecting
+            raise httpcore.ConnectTimeout(str(exc)) from None
         failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for address in addresses:  # in the resolver's order, as a plain connect tries them
             bounded = _bounded(timeout, httpcore.ConnectTimeout)

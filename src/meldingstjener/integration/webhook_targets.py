@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from meldingstjener import netresolve
 from meldingstjener.config import WebhookSettings
 
 # the port a scheme's URL names when it names none
@@ -75,10 +76,11 @@ class TargetPolicy:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.addresses(parsed.host, port)
 
-    def addresses(self, host: str, port: int) -> list[str]:
-        """The addresses ``host`` resolves to now, each one checked: refused as a whole when one
-        of them may not be called (a name that also points inward is not half trusted)."""
-        found = resolve(host, port)
+    def addresses(self, host: str, port: int, timeout: float | None = None) -> list[str]:
+        """The addresses ``host`` resolves to now (within ``timeout`` seconds, see
+        :func:`resolve`), each one checked: refused as a whole when one of them may not be
+        called (a name that also points inward is not half trusted)."""
+        found = resolve(host, port, timeout)
         for text in found:
             reason = self.refusal(ipaddress.ip_address(text.split("%", 1)[0]))
             if reason is not None:
@@ -136,12 +138,16 @@ def _kind(address: IpAddress) -> str | None:
     return None
 
 
-def resolve(host: str, port: int) -> list[str]:
+def resolve(host: str, port: int, timeout: float | None = None) -> list[str]:
     """The addresses ``host`` stands for (itself when it is one), in the resolver's order.
 
-    The system resolver bounds its own time (its time-out and attempts, a few seconds)."""
+    Within ``timeout`` seconds (:class:`~meldingstjener.netresolve.ResolveTimeout` when not: a
+    call's time-out, not a host refused); None, as at registration, leaves it to the system
+    resolver's own time-out and attempts."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = netresolve.getaddrinfo(host, port, type=socket.SOCK_STREAM, timeout=timeout)
+    except netresolve.ResolveTimeout:
+        raise  # the name servers did not answer in time: nothing is known of the host
     except (OSError, UnicodeError, ValueError) as exc:  # not found; a label too long; a NUL
         raise TargetRefused(f"the host {host} cannot be resolved ({exc})") from None
     found: list[str] = []

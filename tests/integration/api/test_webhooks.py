@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from fastapi.testclient import TestClient
 from restore import restore_hospital, sqlite_backup
 from sqlalchemy import select
 
+from held_names import HeldResolver, self_signed_certificate
 from meldingstjener.api.app import create_app
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client, revoke_client
@@ -1245,35 +1247,8 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
 ) -> None:
     # A call connects to the address the target policy checked, not to the name: TLS must
     # still verify the receiver's certificate for the name, and the request name it (Host, SNI).
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.test")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.test")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA trusted
+    certificate_file, key_file = self_signed_certificate(tmp_path, "hooks.test")
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate_file))  # the one CA trusted
     # 127.0.0.1 at registration and at the call's check, 127.0.0.2 (allowed too, where nothing
     # listens) from then on: a call that connected by the name, resolving it again, would fail
     resolver = Rebinding("hooks.test", ["127.0.0.1", "127.0.0.1", "127.0.0.2"])
@@ -1281,7 +1256,7 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     receiver = Receiver()
     server_names: list[str | None] = []
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls.load_cert_chain(certificate_file, key_file)
     tls.sni_callback = lambda _socket, server_name, _context: server_names.append(server_name)
     receiver.server.socket = tls.wrap_socket(receiver.server.socket, server_side=True)
     port = receiver.server.server_address[1]
@@ -1304,6 +1279,29 @@ def test_an_https_receiver_is_called_by_its_name_at_the_address_checked(
     assert resolver.asked == 2  # registration, the call's check: the name was not looked up again
     assert headers["Host"] == f"hooks.test:{port}" and server_names == ["hooks.test"]
     assert [d.state for d in _deliveries(api_pair)] == ["sent"]
+
+
+def test_a_name_server_that_does_not_answer_fails_the_call_by_its_time_out(
+    api_pair: ApiPair, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # getaddrinfo takes no time-out: a resolver that hangs (its time-out times its attempts
+    # times the name servers, half a minute) held the call, and the dispatcher, past its deadline
+    resolver = HeldResolver({"hooks.held.test": "127.0.0.1"})
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    _register(api_pair, f"http://hooks.held.test:{receiver.server.server_address[1]}/hook")
+    dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(timeout_seconds=0.3))
+    _send_note(api_pair)
+    resolver.hold()
+    try:
+        started = time.monotonic()
+        assert dispatcher.run_once() == 1  # a call that timed out is a failed call, recorded
+        took = time.monotonic() - started
+    finally:
+        resolver.release()
+    assert took < 2  # the connect's 0.3 s; held up to HOLD_LIMIT (10 s) without the deadline
+    assert receiver.calls == []
+    [delivery] = _deliveries(api_pair)
+    assert (delivery.state, delivery.last_error) == ("pending", "ConnectTimeout")
 
 
 def _post_hook(api_pair: ApiPair, url: str, key: str | None = None) -> httpx.Response:
