@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.sql import Executable
 
 from meldingstjener.api import audit
 from meldingstjener.config import RetentionSettings
@@ -60,10 +61,10 @@ def _permits(store: Store) -> int:
         return uow.session.scalar(select(func.count()).select_from(AuditRetentionPermitRow)) or 0
 
 
-def _refused(store: Store, statement: object) -> None:
-    """``statement`` is refused by the database, and nothing of it stays."""
+def _refused(store: Store, statement: Executable) -> None:
+    """``statement`` is refused by the database (its transaction rolls back)."""
     with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=REFUSED):
-        uow.session.execute(statement)  # type: ignore[call-overload]
+        uow.session.execute(statement)
         uow.commit()
 
 
