@@ -535,6 +535,10 @@ class RetentionSettings(_Section):
     # agreements: the row is how a partner's resend is known as a duplicate; and at least
     # PAYLOAD_DAYS_FLOOR, as the whole message takes its content with it. 0: kept for ever.
     message_days: int = Field(default=0, ge=0)
+    # The API's audit log (who read or changed which message), rows older than this many days.
+    # 0: kept for ever, the default: evidence goes only when the operator sets how long the
+    # organisation keeps its access logs.
+    audit_days: int = Field(default=0, ge=0)
 
     @field_validator("payload_days", "message_days")
     @classmethod

@@ -5,9 +5,14 @@ request itself fails; a sent message in the transaction that stores it, so neith
 without the other; the messages a listing shows in one transaction with it (one commit per
 request, not per message listed), each the first time it is listed to that client and person
 (:func:`listed_before`): an EPJ polls every few seconds, and a row per unread message per poll
-made some 17,000 rows a day of one message waiting. Rows are never deleted: the database
-refuses it (migration 0002's triggers), and retention leaves the audit log alone. Details are
-composed from ids and codes, never copied from message content.
+made some 17,000 rows a day of one message waiting. Details are composed from ids and codes,
+never copied from message content.
+
+No row is changed, and none deleted but by retention (``[retention] audit_days``, 0: kept for
+ever), a batch at a time through a permit (:func:`delete_batch`): the database refuses every
+other UPDATE and DELETE (migration 0002's triggers, and 0028's, which let a permit's batch
+through and nothing else). Where the last deletion left the log is kept (:func:`kept_from`), so
+that ``meldingstjener audit`` can say how far back it reaches.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, bindparam, select, text
+from sqlalchemy import String, Table, and_, bindparam, func, insert, or_, select, text
 
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.tables import AlertRow, AuditRow
+from meldingstjener.store.tables import AlertRow, AuditRetentionPermitRow, AuditRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
 
@@ -29,6 +34,11 @@ _INSERT = text(
     f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(':' + column for column in _COLUMNS)})"
 ).bindparams(bindparam("at", type_=_TABLE.c.at.type))
+# kv_state: the latest cutoff retention deleted rows by (ISO 8601); the log is whole from it
+DELETED_BEFORE = "audit.deleted_before"
+# Where a deletion of audit rows resumes, and how far a permit's batch reaches: the last row of
+# a batch, in the order of ix_audit_log_at (``at``, then ``id``).
+AuditKey = tuple[datetime, int]
 # what the columns hold (PostgreSQL refuses a longer text; SQLite would keep it)
 _CLIENT_CHARS = cast(String, _TABLE.c.client.type).length or 128
 _PERSON_CHARS = cast(String, _TABLE.c.person.type).length or 128
@@ -170,6 +180,56 @@ def listed_before(
 
 def _cut(value: str | None, chars: int) -> str | None:
     return None if value is None else value[:chars]
+
+
+def older_than(
+    uow: UnitOfWork, before: datetime, *, after: AuditKey | None, limit: int
+) -> list[AuditKey]:
+    """The keys of up to ``limit`` rows older than ``before``, oldest first, from the one after
+    ``after``: a range of ix_audit_log_at (``id`` follows ``at`` in it on SQLite; PostgreSQL
+    sorts the ties of one time). Rows another retention run holds are left to it (PostgreSQL)."""
+    query = select(AuditRow.at, AuditRow.id).where(AuditRow.at < before)
+    if after is not None:
+        query = query.where(
+            or_(AuditRow.at > after[0], and_(AuditRow.at == after[0], AuditRow.id > after[1]))
+        )
+    query = query.order_by(AuditRow.at, AuditRow.id).limit(limit)
+    return [
+        (at, row_id) for at, row_id in uow.session.execute(query.with_for_update(skip_locked=True))
+    ]
+
+
+def count_older_than(uow: UnitOfWork, before: datetime) -> int:
+    """How many rows are older than ``before`` (what a dry run of retention would delete)."""
+    return uow.session.scalar(select(func.count()).where(AuditRow.at < before)) or 0
+
+
+def delete_batch(uow: UnitOfWork, before: datetime, through: AuditKey) -> None:
+    """Delete, in the caller's transaction, the rows older than ``before`` up to ``through``
+    (the last key :func:`older_than` gave): the INSERT of a permit, whose trigger deletes them
+    and the permit (migration 0028); a DELETE of its own would be refused. The log is then
+    kept whole from ``before`` on, or from a later cutoff a run used before (``audit_days``
+    made longer brings back nothing), which :func:`kept_from` tells."""
+    uow.session.execute(
+        insert(AuditRetentionPermitRow).values(
+            cutoff=before, through_at=through[0], through_id=through[1]
+        )
+    )
+    earlier = _deleted_before(uow)
+    if earlier is None or earlier < before:
+        uow.state.set(DELETED_BEFORE, before.isoformat())
+
+
+def kept_from(store: Store) -> datetime | None:
+    """Since when the log is kept whole: the latest cutoff retention deleted rows by; None
+    when it never deleted any (the log reaches back to its first row)."""
+    with store.unit_of_work() as uow:
+        return _deleted_before(uow)
+
+
+def _deleted_before(uow: UnitOfWork) -> datetime | None:
+    stored = uow.state.get(DELETED_BEFORE)
+    return None if stored is None else datetime.fromisoformat(stored)
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,12 @@ def audit_command(
     ] = False,
 ) -> None:
     """The audit log: who read or changed which message, when, with what outcome; oldest
-    first, the last --limit entries (from --since: the first ones after it)."""
+    first, the last --limit entries (from --since: the first ones after it). Once retention
+    has deleted older entries ([retention] audit_days), says from when the log is whole."""
     store = store_from(ctx)  # first: a configuration error is said before the imports
     from rich.table import Table
 
-    from meldingstjener.api.audit import AuditQuery, query
+    from meldingstjener.api.audit import AuditQuery, kept_from, query
 
     start = parse_since(since)
     # without a start, the newest entries: the oldest ones of a year are not what is asked
@@ -48,6 +49,13 @@ def audit_command(
     rows = query(store, asked)
     if asked.newest_first:
         rows.reverse()
+    whole_from = kept_from(store)
+    if whole_from is not None:  # on stderr: --json's lines stay entries only
+        typer.echo(
+            f"the audit log reaches back to {whole_from.isoformat(timespec='seconds')}: "
+            "older entries were deleted by retention ([retention] audit_days)",
+            err=True,
+        )
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))

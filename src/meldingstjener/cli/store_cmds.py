@@ -385,7 +385,8 @@ def retention_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
 ) -> None:
     """Apply the [retention] rules now: delete the payload files of messages settled longer
-    than payload_days and whole messages settled longer than message_days (0: kept).
+    than payload_days, whole messages settled longer than message_days and audit log entries
+    older than audit_days (0: kept).
     ``serve`` does this daily by itself. Refused (exit 2), deleting nothing, when
     message_days is shorter than a partner may resend a message."""
     rules = settings_from(ctx).retention  # first: a configuration error before the imports
@@ -420,6 +421,8 @@ def retention_command(
                     "contents_removed": report.contents_removed,
                     "messages_deleted": report.messages_deleted,
                     "folder_records_deleted": report.folder_files,
+                    "audit_days": rules.audit_days,
+                    "audit_rows_deleted": report.audit_rows,
                     "files_deleted": report.files,
                 }
             )
@@ -430,6 +433,7 @@ def retention_command(
         for name, days in (
             ("payload_days", rules.payload_days),
             ("message_days", rules.message_days),
+            ("audit_days", rules.audit_days),
         )
     )
     typer.echo(f"{report.line()} ({kept})")

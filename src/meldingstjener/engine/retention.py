@@ -13,9 +13,12 @@ that are *settled* and have been for so many days:
   the folder integration's rows (``folder_files``) that exactly-once needs no more go
   (:func:`folder_files_done` says which and why).
 
-The API's audit log is not deleted here: the database refuses to delete its rows (migration
-0002's triggers). Its growth is bounded where it grew: a listing is audited once per message and
-client (:func:`meldingstjener.api.audit.listed_before`).
+Apart from the messages, ``audit_days`` (default 0, kept for ever) deletes the rows of the API's
+audit log older than that many days, by their own time (a row says what was done, whatever
+became of its message). The database refuses every other DELETE of them: a batch goes through
+a permit (:func:`meldingstjener.api.audit.delete_batch`, migration 0028). The log's growth is
+bounded where it grew, too: a listing is audited once per message and client
+(:func:`meldingstjener.api.audit.listed_before`).
 
 *Settled* is this module's one rule (:func:`settled`): no step of the server needs the content
 again. Outbound: the partner acknowledged it, answered it with an AppRec, or it was given up
@@ -56,6 +59,7 @@ from typing import TypeVar
 
 from sqlalchemy import ColumnElement, String, and_, exists, literal, or_
 
+from meldingstjener.api import audit
 from meldingstjener.config import RetentionSettings
 from meldingstjener.engine import housekeeping
 from meldingstjener.engine.context import EngineContext
@@ -169,12 +173,15 @@ class RetentionReport:
     contents_removed: int = 0  # messages whose payload files went
     messages_deleted: int = 0
     folder_files: int = 0  # folder integration rows no longer needed (folder_files_done)
+    audit_rows: int = 0  # rows of the API's audit log older than audit_days
     files: int = 0  # payload files deleted after the commits (a dry run: none)
     refused: str | None = None  # why no message was deleted (message_days too short)
     more: bool = False  # a kind stopped at BATCHES_PER_RUN with more to do
 
     def any(self) -> bool:
-        return bool(self.contents_removed or self.messages_deleted or self.folder_files)
+        return bool(
+            self.contents_removed or self.messages_deleted or self.folder_files or self.audit_rows
+        )
 
     def line(self) -> str:
         """Counts only: what the log and the message log say of a run."""
@@ -187,6 +194,7 @@ class RetentionReport:
                 if self.folder_files
                 else ""
             )
+            + (f"; {done} {self.audit_rows} audit log row(s)" if self.audit_rows else "")
             + (f"; {self.files} payload file(s) deleted" if self.files else "")
         )
 
@@ -232,6 +240,8 @@ def run(
         _delete_messages(store, cutoff, now, report, batches)
         # after the messages: a row whose message this run deleted goes in the same run
         _delete_folder_files(store, cutoff, report, batches)
+    if rules.audit_days:
+        _delete_audit_rows(store, now - timedelta(days=rules.audit_days), report, batches)
     return report
 
 
@@ -337,6 +347,25 @@ def _delete_folder_files(
             return None
         uow.retention.delete_folder_files(found)
         report.folder_files += len(found)
+        return found[-1]
+
+    _in_batches(store, report, batches, delete)
+
+
+def _delete_audit_rows(
+    store: Store, before: datetime, report: RetentionReport, batches: int | None
+) -> None:
+    if report.dry_run:
+        with store.unit_of_work() as uow:
+            report.audit_rows = audit.count_older_than(uow, before)
+        return
+
+    def delete(uow: UnitOfWork, after: audit.AuditKey | None) -> audit.AuditKey | None:
+        found = audit.older_than(uow, before, after=after, limit=BATCH)
+        if not found:
+            return None
+        audit.delete_batch(uow, before, found[-1])
+        report.audit_rows += len(found)
         return found[-1]
 
     _in_batches(store, report, batches, delete)

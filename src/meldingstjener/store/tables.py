@@ -496,7 +496,8 @@ class ApiClientKeyUseRow(Base):
 
 
 class AuditRow(Base):
-    """Who read or changed which message, when, and with what outcome. Rows are only ever added."""
+    """Who read or changed which message, when, and with what outcome. Rows are only ever added;
+    retention alone deletes those older than ``[retention] audit_days`` (migration 0028)."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
@@ -514,6 +515,20 @@ class AuditRow(Base):
     her_id: Mapped[str | None] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | not-found | invalid
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditRetentionPermitRow(Base):
+    """Retention's leave to delete one batch of audit rows older than ``cutoff``: those up to
+    the batch's last row (``through_at``, ``through_id``). Never seen committed: migration
+    0028's trigger deletes the batch and then the permit in the INSERT that writes it, and the
+    audit log's guard lets a DELETE through only while a permit exists (see that migration)."""
+
+    __tablename__ = "audit_log_retention_permits"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cutoff: Mapped[datetime]
+    through_at: Mapped[datetime]
+    through_id: Mapped[int] = mapped_column(BigInteger)
 
 
 class Credential:
