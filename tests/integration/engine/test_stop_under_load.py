@@ -5,7 +5,10 @@ more; one that takes longer still is answered 503 and not stored; a body still c
 answered 503 and its connection closed. Before, the sender of the first was answered 500
 while the server stored its message and logged that the Acknowledgment was returned in the
 response. A real server process; the database is held by another connection's write lock, as a long
-transaction of another process would hold it."""
+transaction of another process would hold it.
+
+The stop ends within Docker's ten seconds while the database stays locked (its own record
+waited for the lock, 30 s, twice)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from meldingstjener.engine.worker import Worker
 from meldingstjener.transport.base import Delivery, TransportResult
 
 WAIT = 60.0  # the most any step here waits: a server that hangs fails the test
+DOCKER_GRACE = 10.0  # a service manager's time from SIGTERM to SIGKILL (Docker's)
 
 
 class _Kept:
@@ -177,3 +181,30 @@ def test_a_receive_held_past_the_stop_is_answered_503_and_not_stored(tmp_path: P
         details = [d for (d,) in database.execute("SELECT detail FROM message_events")]
     assert stored == []
     assert not any("offered in the response" in (d or "") for d in details)
+
+
+def test_a_stop_while_the_database_is_locked_ends_within_its_budget(tmp_path: Path) -> None:
+    # Nothing under way; the stop's own record waits for the lock another connection holds
+    # (as another process's long transaction would), and is given up in time.
+    gp, _ = prepare_sites(tmp_path)
+    database = load_settings(gp.config_path).data_dir / "meldingstjener.db"
+    log = tmp_path / "gp.log"
+    running = RunningServer(gp, log).start()
+    assert running.process is not None
+    lock = sqlite3.connect(database, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        stopping_at = time.monotonic()
+        running.process.terminate()  # SIGTERM
+        running.process.wait(WAIT)
+        stopped_after = time.monotonic() - stopping_at
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert running.process.returncode == 0
+    assert stopped_after < DOCKER_GRACE, f"stopped {stopped_after:.1f} s after SIGTERM"
+    assert "could not record this stop within the stop's 3 s" in log.read_text()
+    with sqlite3.connect(database) as connection:
+        [(stopped_at,)] = connection.execute("SELECT stopped_at FROM serving_instances")
+    assert stopped_at is None  # left for the others' beats to judge
+    print(f"stopped {stopped_after:.1f} s after SIGTERM")  # a figure for the report
