@@ -21,6 +21,14 @@ answered as it ended (cancelled, its sender was answered 500 while the message w
 acknowledged); past that it is answered 503, and rolled back when it comes to its commit (a
 database lock held for long, say): the sender resends, and the stop stays within a service
 manager's grace period.
+
+A call of the authenticated API (the EPJ API, ``/api``, ``/metrics``) cut short by the same
+cancel is answered ``503 unavailable`` in the API's problem shape, with ``Retry-After``, by
+:class:`CallsAtStop` (uvicorn's own answer was a plain 500): a body still coming, a call waiting
+for a thread or for the database alike. It is given up as a receive is (:class:`_Awaited`):
+none of its transactions begins or commits after that, so what it had under way is rolled back,
+and a transaction whose commit was under way ends committed (the EPJ's repeat with the same
+Idempotency-Key then finds its message).
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener import __version__
 from meldingstjener.api import validation_audit
@@ -50,12 +60,12 @@ from meldingstjener.api.auth import Authenticator
 from meldingstjener.api.credentials_first import CredentialsFirst, is_authenticated_path
 from meldingstjener.api.document_spool import DocumentSpool, max_messages_body_bytes
 from meldingstjener.api.edi2 import Edi2, edi2_router, problem_openapi
-from meldingstjener.api.faults import ServerFaults
+from meldingstjener.api.faults import RETRY_AFTER_SECONDS, ServerFaults
 from meldingstjener.api.limits import BodyLimit
 from meldingstjener.api.media_types import UNSUPPORTED_MEDIA_TYPE, JsonMediaTypes, json_routes
 from meldingstjener.api.metrics import metrics_router
 from meldingstjener.api.ops import ops_router
-from meldingstjener.api.problems import install_handlers
+from meldingstjener.api.problems import install_handlers, problem_response
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
@@ -143,6 +153,10 @@ def create_app(
     # Outside every layer that reads a body: nobody unauthenticated has one read, parsed or
     # spooled to a file (the answer is 401, whatever the body).
     app.add_middleware(CredentialsFirst, authenticate=auth.principal)
+    # Outside every layer that waits (for the body, a thread, the database): a call cut short
+    # by a stop is answered 503 here, and its transactions refused from then on.
+    watch_calls(ctx.store.database.engine)
+    app.add_middleware(CallsAtStop)
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
     app.add_middleware(
@@ -387,12 +401,24 @@ class _Awaited:
     its thread comes to its commit, whichever comes first. Given up first, the commit is not
     made (the events would say that the Acknowledgment was offered in the response, and the
     response was a 503); the commit first, it is waited for (by then the transaction holds
-    what it writes: it waits for no lock of another's)."""
+    what it writes: it waits for no lock of another's).
+
+    A call of the API may run several transactions: each that begins may be given up again
+    (it may wait for another's lock), and once its request was answered none begins."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._given_up = False
         self._committing = False
+        self._answered = False
+
+    def begin(self) -> None:
+        """In a call's thread, as a transaction of it begins: raises :class:`_GivenUp` if the
+        request was answered (given up, or while a commit of it was under way)."""
+        with self._lock:
+            if self._answered:
+                raise _GivenUp
+            self._committing = False
 
     def commit(self) -> None:
         """In the receive's thread, just before its commit: raises :class:`_GivenUp` if the
@@ -405,9 +431,94 @@ class _Awaited:
     def give_up(self) -> bool:
         """Whether the request may give up (the receive has not come to its commit)."""
         with self._lock:
+            self._answered = True
             if not self._committing:
                 self._given_up = True
             return self._given_up
+
+
+# The call of the authenticated API this context serves (None elsewhere): its threads see it, as
+# anyio runs a thread's work in a copy of the request's context.
+_CALL: contextvars.ContextVar[_Awaited | None] = contextvars.ContextVar(
+    "meldingstjener_api_call", default=None
+)
+
+
+def _call_begins(*_: object) -> None:
+    call = _CALL.get()
+    if call is not None:
+        call.begin()
+
+
+def _call_commits(*_: object) -> None:
+    call = _CALL.get()
+    if call is not None:
+        call.commit()
+
+
+def watch_calls(engine: Engine) -> None:
+    """Have every transaction on ``engine`` of a call of the API ask it, as it begins and just
+    before its commit, whether its request gave up (a stop): a refused commit is rolled back.
+    Before SQLite's BEGIN IMMEDIATE (store/database.py), which may wait for the write lock."""
+    if not event.contains(engine, "begin", _call_begins):
+        event.listen(engine, "begin", _call_begins, insert=True)
+        event.listen(engine, "commit", _call_commits)
+
+
+class CallsAtStop:
+    """ASGI middleware answering a call of the authenticated API that a stop's cancel cuts
+    short (uvicorn's graceful period ended) ``503 unavailable``, with ``Retry-After`` and the
+    connection closed, instead of uvicorn's plain 500; the call is given up (see
+    :class:`_Awaited`), so nothing of it is committed after its answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_authenticated_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        call = _Awaited()
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        token = _CALL.set(call)
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            _keep_going()
+            await _answer_cut_short(call, started, scope, receive, send)
+        finally:
+            _CALL.reset(token)
+
+
+async def _answer_cut_short(
+    call: _Awaited, started: bool, scope: Scope, receive: Receive, send: Send
+) -> None:
+    where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    if call.give_up():
+        log.warning(
+            "%s under way at the stop was answered 503; what it had not committed is rolled "
+            "back, and the client repeats it",
+            where,
+        )
+    else:
+        log.warning("%s under way at the stop was answered 503 as it committed", where)
+    if started:  # its answer is under way: the connection is cut short
+        return
+    answer = problem_response(
+        503,
+        "unavailable",
+        "the server is stopping, and the call was not completed: repeat it in "
+        f"{RETRY_AFTER_SECONDS} seconds (a message submitted again with the same "
+        "Idempotency-Key is not made twice)",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS), **_CLOSE},
+    )
+    await answer(scope, receive, send)
 
 
 _T = TypeVar("_T")

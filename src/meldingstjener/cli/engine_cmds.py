@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -21,6 +25,7 @@ from meldingstjener.cli.logging_setup import configure_logging
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.mail_channel import MailCollectorThread
+    from meldingstjener.store.uow import ClaimedJob
 
 # A stop fits in a service manager's grace period before SIGKILL (Docker's is 10 s): requests
 # still open get up to GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the
@@ -30,6 +35,12 @@ if TYPE_CHECKING:
 # was 10.0-10.8 s, and Docker's SIGKILL could cut the stop's record short.
 GRACEFUL_SECONDS = 3
 STOP_SECONDS = 3.0
+# Of STOP_SECONDS, what the stop's last writes are given after the threads' end (they take
+# milliseconds unless another's transaction holds the database).
+LAST_WRITE_SECONDS = 0.5
+# What the threads that end as the event loop ends are given after the stop's time (they end
+# at once; those still running then wait for the database).
+THREADS_ENDING_SECONDS = 0.5
 
 
 @app.command("serve")
@@ -184,8 +195,9 @@ def serve(
         )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
-        _stop_serving(engine, name, stop, collector, threads)
+        stopped_by = _stop_serving(engine, name, stop, collector, threads)
         name_lock.release()
+        _end_without_threads_left(stopped_by)
 
 
 def _stop_serving(
@@ -194,37 +206,121 @@ def _stop_serving(
     stop: threading.Event,
     collector: MailCollectorThread | None,
     threads: list[threading.Thread],
-) -> None:
+) -> float:
     """Stop the threads, all within ``STOP_SECONDS`` (a service manager kills after its own
     grace period: ten seconds is Docker's, of which uvicorn's graceful shutdown may have taken
     ``GRACEFUL_SECONDS``), and record the stop first, so that it is recorded even when that
-    comes."""
-    from meldingstjener.engine.worker import release_unstarted
-
+    comes. Returns when the stop's time ends (``time.monotonic()``)."""
     deadline = time.monotonic() + STOP_SECONDS
     stop.set()
     engine.wakeup.wake_all()
-    _record_stop(engine, name)
+    recorded = _record_stop(engine, name, deadline - LAST_WRITE_SECONDS)
     if collector is not None:
         collector.collect_now(wait=False)  # wakes it so it sees the stop
     for thread in [*([collector] if collector is not None else []), *threads]:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        thread.join(timeout=max(0.0, deadline - LAST_WRITE_SECONDS - time.monotonic()))
     # Jobs handed over to the workers and not taken are given back, as the workers give back
     # the rest of their batches. A job still running is left to its lease (or to this
-    # instance's restart): crash safety covers what a stop cut short.
-    release_unstarted(engine, engine.wakeup.take_handed(engine.wakeup.handed_count()))
-    # A last poll of the collector or the clock watch may have raised this instance's alert
-    # after the stop was recorded: resolved once more.
-    _record_stop(engine, name)
+    # instance's restart): crash safety covers what a stop cut short. Then a last poll of the
+    # collector or the clock watch may have raised this instance's alert after the stop was
+    # recorded: resolved once more.
+    if not recorded:
+        return deadline  # the database is held by another's transaction: these would wait too
+    handed = engine.wakeup.take_handed(engine.wakeup.handed_count())
+    if not _within(functools.partial(_last_writes, engine, name, handed), deadline):
+        logging.getLogger(__name__).warning(
+            "the stop's last writes (jobs handed over given back, this instance's alerts "
+            "resolved) did not end within the stop's %.0f s: the database is held by "
+            "another's transaction; the jobs are left to their leases",
+            STOP_SECONDS,
+        )
+    return deadline
 
 
-def _record_stop(engine: EngineContext, name: str) -> None:
+def _end_without_threads_left(until: float) -> None:
+    """End the process at once when threads that are not daemons still run at ``until``: a
+    request's thread of the API waiting for the database (SQLite's busy timeout is 30 s) would
+    otherwise hold the end of the process past a service manager's grace period, as the
+    interpreter waits for such threads. Its call was answered 503 and given up (api/app.py):
+    the database rolls back what it had not committed, as after a crash. Not when an error
+    ends ``serve``: Python ends it with its traceback."""
+    main = threading.main_thread()
+    left = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    # idle threads of the request pool end as the event loop ends: a moment given them
+    until = max(until, time.monotonic() + THREADS_ENDING_SECONDS)
+    for thread in left:
+        thread.join(timeout=max(0.0, until - time.monotonic()))
+    waiting = [thread.name for thread in left if thread.is_alive()]
+    code = _exit_code(sys.exc_info()[1])
+    if not waiting or code is None:
+        return
+    logging.getLogger(__name__).warning(
+        "%d thread(s) (%s) still wait at the end of the stop, for the database most likely: "
+        "the process ends without them, and what they had not committed is rolled back",
+        len(waiting),
+        ", ".join(sorted(set(waiting))),
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _exit_code(ending: BaseException | None) -> int | None:
+    """The exit status of a process that ``ending`` ends (None: returned), or None for an error
+    (not a stop)."""
+    if ending is None:
+        return 0
+    if isinstance(ending, SystemExit):
+        return ending.code if isinstance(ending.code, int) else (0 if ending.code is None else 1)
+    if isinstance(ending, KeyboardInterrupt):
+        return 130  # as the shell reports an end by SIGINT
+    return None
+
+
+def _last_writes(engine: EngineContext, name: str, handed: list[ClaimedJob]) -> None:
+    from meldingstjener.engine.worker import release_unstarted
+
+    release_unstarted(engine, handed)
+    _stopped(engine, name)
+
+
+def _record_stop(engine: EngineContext, name: str, until: float) -> bool:
+    """Mark this instance stopped, given up at ``until`` (``time.monotonic()``): whether that
+    ended in time (recorded, or failed with a log line). It waits while another's transaction
+    holds the database locked (SQLite's busy timeout is 30 s), and the stop must end within a
+    service manager's grace period."""
+    if _within(functools.partial(_stopped, engine, name), until):
+        return True
+    logging.getLogger(__name__).warning(
+        "could not record this stop within the stop's %.0f s: the database is held by "
+        "another's transaction. The process ends with instance %s not marked stopped; the "
+        "next beats of the other instances take it for gone once it has been silent long "
+        "enough (instance-gone), unless it starts again first",
+        STOP_SECONDS,
+        name,
+    )
+    return False
+
+
+def _stopped(engine: EngineContext, name: str) -> None:
     from meldingstjener.engine.instances import stopped
 
     try:
         stopped(engine, name)
     except Exception as exc:  # the database may be what stopped us
         logging.getLogger(__name__).warning("could not record this stop: %s", exc)
+
+
+def _within(call: Callable[[], None], until: float) -> bool:
+    """Run ``call`` in a daemon thread, waited for until ``until`` (``time.monotonic()``):
+    whether it ended by then. Past it the thread is left to its wait (for a database lock):
+    the process's end does not wait for a daemon thread, and the database rolls back what it
+    had not committed, as after a crash."""
+    thread = threading.Thread(target=call, name="stop-writes", daemon=True)
+    thread.start()
+    thread.join(timeout=max(0.0, until - time.monotonic()))
+    return not thread.is_alive()
 
 
 def exit_on_sigterm(code: int = 0) -> None:

@@ -57,3 +57,25 @@ def test_a_receive_whose_commit_is_under_way_is_not_given_up() -> None:
     awaited.commit()
     assert not awaited.give_up()
     awaited.commit()  # still its own to finish
+
+
+def test_a_call_answered_while_it_committed_begins_nothing_more() -> None:
+    # a call of the API runs several transactions: the one committing ends as it began, and
+    # none begins after its request was answered 503
+    call = app._Awaited()
+    call.begin()
+    call.commit()
+    assert not call.give_up()
+    with pytest.raises(app._GivenUp):
+        call.begin()
+
+
+def test_a_call_may_be_given_up_again_when_its_next_transaction_begins() -> None:
+    # a read's commit, then a write that waits for another's lock: given up, it is not made
+    call = app._Awaited()
+    call.begin()
+    call.commit()
+    call.begin()
+    assert call.give_up()
+    with pytest.raises(app._GivenUp):
+        call.commit()
