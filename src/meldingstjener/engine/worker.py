@@ -57,6 +57,17 @@ def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
             # The send is recorded and its job is the ack-timeout now: rescheduling it as a
             # failed job would resend at once. Without the signal the ack-timeout resends, and
             # the partner's duplicate elimination answers with the same signal again.
+            if failing_jobs.refused_by_store(ctx, exc, "a synchronous reply"):
+                # The store refuses (a full database): the signal waits for it as the jobs do,
+                # told by the store-failing period, not by a traceback. Nothing of it is
+                # stored, so the ack-timeout, due a RetryInterval after the send, resends the
+                # wire stored with the message: the same MessageId, which the partner remembers
+                # for PersistDuration and answers with the same signal. While the store still
+                # refuses, that resend waits for it too (failing_jobs.wait_for_store); once it
+                # goes it counts as an attempt, as the resend after any signal lost does, and
+                # a send that had no resend left is given up as a lost signal's would be.
+                log.info("synchronous reply for job %s waits for the store", job.id)
+                return
             log.error(
                 "synchronous reply for job %s failed: %s\n%s",
                 job.id,

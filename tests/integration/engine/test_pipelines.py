@@ -916,6 +916,66 @@ def test_a_sync_reply_that_fails_to_process_leaves_the_ack_timeout_as_it_was(
     pair.hospital.store.database.dispose()
 
 
+def test_a_sync_reply_the_full_database_refuses_waits_for_the_resend_of_the_same_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The disk fills between the send's record and its synchronous Acknowledgment's: the
+    # Acknowledgment waits for the store as the jobs do (no traceback; the store-failing period
+    # tells it), and its effect is not lost: the ack-timeout resends the same MessageId, which
+    # the partner's duplicate elimination answers with the same Acknowledgment.
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from outage import fill_database_when
+    from sqlalchemy import select
+
+    from meldingstjener.engine import inbound
+    from meldingstjener.engine import worker as worker_module
+    from meldingstjener.store.tables import JobRow
+
+    pair = make_pair(
+        tmp_path, sync_reply=True, retry_interval_seconds=600, persist_duration_seconds=3600
+    )
+    full = threading.Event()
+    fill_database_when(full, monkeypatch)
+    real_receive = inbound.receive
+
+    def receive_on_a_full_disk(ctx: EngineContext, *args: object, **kwargs: object) -> object:
+        full.set()  # the GP's disk fills as its reply is taken (the hospital stored the note)
+        return real_receive(ctx, *args, **kwargs)  # type: ignore[arg-type]
+
+    # only the GP worker's taking of the reply: the hospital receives through the same module
+    reader = SimpleNamespace(
+        receive=receive_on_a_full_disk,
+        InboundRefused=inbound.InboundRefused,
+        InboundDeferred=inbound.InboundDeferred,
+    )
+    monkeypatch.setattr(worker_module, "inbound", reader)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    sent_at = pair.clock()
+    caplog.set_level(logging.INFO)
+    assert worker_module.Worker(pair.gp, "gp").run_once() == 1  # the send, and its reply
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "raised through" not in caplog.text  # no traceback as text either
+    assert pair.gp.store_failing.failing
+    assert pair.message(pair.gp, message_id).status == "sent"  # the Acknowledgment not stored
+    with pair.gp.store.unit_of_work() as uow:
+        [job] = uow.session.scalars(select(JobRow))
+        assert (job.kind, job.due_at) == ("ack-timeout", sent_at + timedelta(seconds=600))
+
+    full.clear()  # the disk freed
+    monkeypatch.setattr(worker_module, "inbound", inbound)
+    pair.clock.advance(seconds=600)
+    pair.run()
+    first, resend = pair.network.sent
+    assert resend.ebxml_message_id == first.ebxml_message_id
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # the resend a duplicate
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_same_message_arriving_at_once_is_stored_once_and_leaves_no_copies(
     tmp_path: Path, database_url: str
