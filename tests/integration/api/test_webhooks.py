@@ -1610,6 +1610,23 @@ def _wait_for_lock_waiters(engine: sqlalchemy.Engine, waiters: int) -> None:
     raise AssertionError(f"{waiters} sessions never came to wait for a lock")
 
 
+class _DrivenRounds(threading.Event):
+    """The stop event of a dispatcher's run loop the test drives: each pause between rounds is
+    recorded and passed on the pair's clock at once, and the loop stops after ``rounds``."""
+
+    def __init__(self, pair: Any, rounds: int) -> None:
+        super().__init__()
+        self.pair, self.rounds = pair, rounds
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.pair.clock.advance(seconds=timeout or 0)
+        if len(self.pauses) >= self.rounds:
+            self.set()
+        return self.is_set()
+
+
 def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiver(
     api_pair: ApiPair,
     receiver: Receiver,
@@ -1618,11 +1635,11 @@ def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiv
 ) -> None:
     # The database's disk fills while a call is made: its outcome cannot be recorded, nor
     # anything after it. The rounds wait for the store as the jobs do (STORE_PAUSE apart),
-    # with no traceback (one a minute, blamed on the webhook round, before) and nothing
-    # counted against the receiver (one failure disables it here); the outage is the
-    # store-failing period's to tell. The delivery is made again, under the same delivery id,
-    # once the disk is freed and its claim has run out.
-    from engine_pair import Pair
+    # with no traceback (one a minute, blamed on the webhook round, before, and a "webhook
+    # disabled" line for a disabling never stored) and nothing counted against the receiver
+    # (one failure disables it here); the outage is the store-failing period's to tell. The
+    # delivery is made again, under the same delivery id, once the disk is freed and its
+    # claim has run out.
     from outage import fill_database_when
 
     from meldingstjener.engine.failing_jobs import STORE_PAUSE
@@ -1630,16 +1647,16 @@ def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiv
     full = threading.Event()
     fill_database_when(full, monkeypatch)
     _register(api_pair, receiver.url)
-    pair: Pair = api_pair.pair
+    pair = api_pair.pair
     hospital = pair.hospital
     settings = _settings(disable_after_failures=1, timeout_seconds=5)
     dispatcher = WebhookDispatcher(hospital, settings)
     receiver.answer = lambda body: full.set() or 500  # the disk fills during the call
     _send_note(api_pair)
     caplog.set_level(logging.INFO)
-    for _ in range(3):
-        assert dispatcher.turn() == STORE_PAUSE.total_seconds()
-        pair.clock.advance(seconds=STORE_PAUSE.total_seconds())
+    rounds = _DrivenRounds(pair, 3)
+    dispatcher.run(rounds)
+    assert rounds.pauses == [STORE_PAUSE.total_seconds()] * 3
     assert len(receiver.calls) == 1  # claimed: not made again until its claim runs out
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert "raised through" not in caplog.text  # no traceback as text either
@@ -1657,7 +1674,9 @@ def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiv
     receiver.status = 200
     receiver.answer = lambda body: receiver.status
     pair.clock.advance(seconds=CLAIM_CALLS * settings.timeout_seconds + 30)
-    assert dispatcher.turn() == settings.poll_interval_seconds
+    rounds = _DrivenRounds(pair, 1)
+    dispatcher.run(rounds)
+    assert rounds.pauses == [settings.poll_interval_seconds]
     (first, first_body), (again, again_body) = receiver.calls
     assert _delivery_id(first, first_body) == _delivery_id(again, again_body)
     [delivery] = _deliveries(api_pair)
