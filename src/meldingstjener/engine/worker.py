@@ -270,7 +270,8 @@ class Worker:
         self.replies = HeldReplies()  # synchronous replies the store refused
 
     def run_once(self) -> int:
-        """Claim and run the jobs due now; return how many were run."""
+        """Claim and run the jobs due now, after the synchronous replies held for the store
+        (:class:`HeldReplies`); return how many jobs were run."""
         with self.ctx.store.unit_of_work() as uow:
             jobs = uow.jobs.claim_due(
                 self.name,
