@@ -81,14 +81,23 @@ def _count_crash(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> None:
         uow.commit()
 
 
-def wait_for_store(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> bool:
-    """Whether ``exc`` is the store refusing for a while (see the module's words); then the
-    job is put back to wait ``STORE_PAUSE``, not counted as a try nor as an error, and the
-    outage told once by this process's ``store-failing`` period, which the job starts if none
-    runs (a full disk met by a job before any request)."""
+def refused_by_store(ctx: EngineContext, exc: BaseException, work: str) -> bool:
+    """Whether ``exc`` is the store refusing for a while (``store_refused``, see the module's
+    words); then the outage is told once by this process's ``store-failing`` period, which
+    ``work`` (what met it, "its transmit job", "the webhook deliveries") starts if none runs.
+    The one rule for work outside a request: its caller lets it wait (``STORE_PAUSE``), counts
+    nothing and logs no traceback."""
     if not store_refused(exc):
         return False
-    ctx.store_failing.work_refused(exc, f"its {job.kind} job")
+    ctx.store_failing.work_refused(exc, work)
+    return True
+
+
+def wait_for_store(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> bool:
+    """Whether ``exc`` is the store refusing for a while (:func:`refused_by_store`); then the
+    job is put back to wait ``STORE_PAUSE``, not counted as a try nor as an error."""
+    if not refused_by_store(ctx, exc, f"its {job.kind} job"):
+        return False
     with _left_to_its_lease_on_error(job), ctx.store.unit_of_work() as uow:
         uow.jobs.put_back(job, ctx.clock() + STORE_PAUSE)
         uow.commit()

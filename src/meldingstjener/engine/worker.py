@@ -5,7 +5,8 @@ claim of a job that runs long (:class:`LeaseKeeper`), runs each job in its own u
 never dies of one bad job: an unexpected error is logged (without patient data) and the job is
 tried again ever later, with a ``job-failing`` alert after five failures in a row. A job the
 store refuses for a while (its payload share away, its disk full) is no bad job: it waits for
-the store, not counted (``failing_jobs.wait_for_store``). A worker
+the store, not counted (``failing_jobs.wait_for_store``), and so does a synchronous reply
+(:class:`ReplyWaits`). A worker
 sleeps until the next poll, or until the engine's wake-up says new work was stored in this
 process.
 """
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meldingstjener.engine import (
@@ -39,30 +41,102 @@ from meldingstjener.store.uow import ClaimedJob, Store
 log = logging.getLogger(__name__)
 
 
+# At most this many synchronous replies the store refused are held by one worker; beyond them
+# a reply is let go, and its message's ack-timeout resends (see ReplyWaits)
+HELD_REPLIES = 1000
+
+
+@dataclass(frozen=True)
+class SyncReply:
+    """A partner's signal that came back in the HTTP response to the send of job ``job_id``."""
+
+    job_id: int
+    content_type: str
+    body: bytes
+
+
+class ReplyWaits(Exception):
+    """The store refused a synchronous reply (``failing_jobs.refused_by_store``): its worker
+    holds it (:class:`HeldReplies`) and offers it again once the store may take it.
+
+    The send is recorded by then, and its job is the ack-timeout, a RetryInterval later.
+    Taken before that, the signal has its full effect: the message transport-acknowledged, no
+    resend, no ack-missing alert, and no give-up of a send that had no resend left although
+    the partner took it. A reply lost meanwhile (the server stopped, or more held than
+    ``HELD_REPLIES``) leaves the ack-timeout to resend the wire stored with the message: the
+    same MessageId, which the partner remembers for PersistDuration and answers with the same
+    signal (that resend counts as an attempt, as after any signal lost)."""
+
+    def __init__(self, reply: SyncReply) -> None:
+        super().__init__(f"synchronous reply for job {reply.job_id} waits for the store")
+        self.reply = reply
+
+
 def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
     result = transmit.transmit_job(ctx, job)
     if result is not None and result.reply_body and result.reply_content_type:
         # SyncReply: the partner's signal came back in the HTTP response.
-        try:
-            inbound.receive(ctx, result.reply_content_type, result.reply_body, channel="http")
-        except inbound.InboundRefused as refused:
-            log.warning("unreadable synchronous reply for job %s: %s", job.id, refused.code)
-        except inbound.InboundDeferred:  # the ack-timeout resends; the partner answers again
-            log.warning(
-                "synchronous reply for job %s not taken now: its signer's certificate cannot "
-                "be checked (revocation unknown)",
-                job.id,
-            )
-        except Exception as exc:
-            # The send is recorded and its job is the ack-timeout now: rescheduling it as a
-            # failed job would resend at once. Without the signal the ack-timeout resends, and
-            # the partner's duplicate elimination answers with the same signal again.
-            log.error(
-                "synchronous reply for job %s failed: %s\n%s",
-                job.id,
-                type(exc).__name__,
-                passed_through(exc),
-            )
+        reply = SyncReply(job.id, result.reply_content_type, result.reply_body)
+        if not _take_reply(ctx, reply):
+            raise ReplyWaits(reply)
+
+
+def _take_reply(ctx: EngineContext, reply: SyncReply) -> bool:
+    """Store a synchronous reply's signal; False when the store refused it (it may be offered
+    again), True when it is done with, taken or not."""
+    try:
+        inbound.receive(ctx, reply.content_type, reply.body, channel="http")
+    except inbound.InboundRefused as refused:
+        log.warning("unreadable synchronous reply for job %s: %s", reply.job_id, refused.code)
+    except inbound.InboundDeferred:  # the ack-timeout resends; the partner answers again
+        log.warning(
+            "synchronous reply for job %s not taken now: its signer's certificate cannot "
+            "be checked (revocation unknown)",
+            reply.job_id,
+        )
+    except Exception as exc:
+        if failing_jobs.refused_by_store(ctx, exc, "a synchronous reply"):
+            return False  # told by the store-failing period, not by a traceback
+        # The send is recorded and its job is the ack-timeout now: rescheduling it as a
+        # failed job would resend at once. Without the signal the ack-timeout resends, and
+        # the partner's duplicate elimination answers with the same signal again.
+        log.error(
+            "synchronous reply for job %s failed: %s\n%s",
+            reply.job_id,
+            type(exc).__name__,
+            passed_through(exc),
+        )
+    return True
+
+
+class HeldReplies:
+    """The synchronous replies a worker holds while the store refuses them (see
+    :class:`ReplyWaits`), offered again ``STORE_PAUSE`` apart, oldest first, and all at once
+    as soon as a claim of the worker's was written (the store writes again), before the jobs
+    claimed: so a reply is taken before the ack-timeout the store's return lets run."""
+
+    def __init__(self) -> None:
+        self._held: list[tuple[datetime, SyncReply]] = []  # (when to offer it again, reply)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, ctx: EngineContext, reply: SyncReply) -> None:
+        if len(self._held) >= HELD_REPLIES:
+            log.info("synchronous reply for job %s let go: its ack-timeout resends", reply.job_id)
+            return
+        self._held.append((ctx.clock() + failing_jobs.STORE_PAUSE, reply))
+
+    def offer(self, ctx: EngineContext, *, every_one: bool = False) -> None:
+        """Offer the replies due again (``every_one``: all held); the first the store refuses
+        puts the rest off too."""
+        now = ctx.clock()
+        while self._held and (every_one or self._held[0][0] <= now):
+            _, reply = self._held[0]
+            if not _take_reply(ctx, reply):
+                self._held = [(now + failing_jobs.STORE_PAUSE, held) for _, held in self._held]
+                return
+            self._held.pop(0)
 
 
 HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
@@ -193,9 +267,11 @@ class Worker:
         self.monotonic: Callable[[], float] = time.monotonic  # when the poll time has come
         # a database outage told once (and its end), not as a traceback at every poll
         self.failures = RoundFailures(log, f"worker {name}")
+        self.replies = HeldReplies()  # synchronous replies the store refused
 
     def run_once(self) -> int:
-        """Claim and run the jobs due now; return how many were run."""
+        """Claim and run the jobs due now, after the synchronous replies held for the store
+        (:class:`HeldReplies`); return how many jobs were run."""
         with self.ctx.store.unit_of_work() as uow:
             jobs = uow.jobs.claim_due(
                 self.name,
@@ -205,6 +281,7 @@ class Worker:
                 skip_kind=self.skip_kind,
             )
             uow.commit()
+        self.replies.offer(self.ctx, every_one=bool(jobs))  # a claim written: the store writes
         self._run_jobs(jobs)
         return len(jobs)
 
@@ -244,6 +321,8 @@ class Worker:
             try:
                 with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
                     handler(self.ctx, job)
+            except ReplyWaits as waits:
+                self.replies.hold(self.ctx, waits.reply)
             except Exception as exc:  # one bad job must not stop the worker
                 if failing_jobs.wait_for_store(self.ctx, job, exc):
                     continue  # the store away: the job waits, the outage told once
@@ -283,10 +362,14 @@ class Worker:
         claim. That is the poll interval; while the database cannot be reached it grows (see
         :class:`RoundFailures`: from half a second, doubled up to ten), and the outage is
         logged once when it begins and once when it ends, not with a traceback at every poll
-        (some 120 lines per worker per second at a poll of 0.2 s)."""
+        (some 120 lines per worker per second at a poll of 0.2 s). A claim the store refuses
+        (its disk full) is tried again ``STORE_PAUSE`` later, as the jobs are, told by the
+        store-failing period."""
         try:
             ran = self.run_once()
         except Exception as exc:
+            if failing_jobs.refused_by_store(self.ctx, exc, "its worker's claim"):
+                return 0, max(self.poll_interval, failing_jobs.STORE_PAUSE.total_seconds())
             return 0, max(self.poll_interval, self.failures.failed(exc))
         self.failures.worked()
         return ran, self.poll_interval

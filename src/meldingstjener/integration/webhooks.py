@@ -19,7 +19,10 @@ at once. Bodies carry ids, HER-ids and statuses only, never message content. Up 
 scopes let it read (``EVENT_SCOPES``). Every ``serve`` runs a dispatcher: a call is claimed before
 it is made (``_claim``), and on PostgreSQL one process at a time collects (``COLLECT_LOCK``).
 Deliveries sent or given up are purged after ``delivery_retention_days``
-(:meth:`WebhookDispatcher.purge`, hourly).
+(:meth:`WebhookDispatcher.purge`, hourly). A delivery reads and writes rows only, never a
+message's content: a payload share away stops none. While the database is full the deliveries
+wait for it as the jobs do (:meth:`WebhookDispatcher.turn`): nothing counted against a receiver,
+no traceback, the outage told by the store-failing period.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, u
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.failing_jobs import STORE_PAUSE, refused_by_store
 from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused
@@ -200,13 +204,22 @@ class WebhookDispatcher:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # keep the loop alive; the next round tries again
-                self._rounds.failed(exc)  # an outage told once, not each round
-            else:
-                self._rounds.worked()  # the outage is over: the next one is told again
-            stop.wait(self.settings.poll_interval_seconds)
+            stop.wait(self.turn())
+
+    def turn(self) -> float:
+        """One round of the serving loop; the pause before the next. A round the store refuses
+        (its database full, ``failing_jobs.refused_by_store``) leaves what it had not recorded
+        as it was (see ``_record``) and is tried again ``STORE_PAUSE`` later, as the jobs are:
+        no traceback, the outage told by the store-failing period."""
+        try:
+            self.run_once()
+        except Exception as exc:  # keep the loop alive; the next round tries again
+            if refused_by_store(self.ctx, exc, "the webhook deliveries"):
+                return max(self.settings.poll_interval_seconds, STORE_PAUSE.total_seconds())
+            self._rounds.failed(exc)  # an outage told once, not each round
+        else:
+            self._rounds.worked()  # the outage is over: the next one is told again
+        return self.settings.poll_interval_seconds
 
     def run_once(self) -> int:
         """One round: news into deliveries, the calls due, and (hourly) the purge of finished
@@ -580,6 +593,11 @@ class WebhookDispatcher:
         return error is None
 
     def _record(self, row_id: int, error: str | None) -> None:
+        """Record a call's outcome. When the store refuses (its database full) nothing is
+        recorded, and nothing counted against the receiver: the delivery stays claimed as
+        ``_claim`` left it, and is made again once its claim has run out and the store writes,
+        under the same delivery id, by which a receiver that took the first call knows the
+        repeat."""
         now = self.ctx.clock()
         with self.ctx.store.unit_of_work() as uow:
             delivery = uow.session.get(WebhookDeliveryRow, row_id)
@@ -605,9 +623,12 @@ class WebhookDispatcher:
             # others it takes, is asked ever more rarely, not every first wait for ever.
             hook.paused_until = now + self._wait(hook.consecutive_failures)
             delivery.due_at = now + self._wait(delivery.attempts)
-            if hook.consecutive_failures >= self.settings.disable_after_failures:
+            disabled = hook.consecutive_failures >= self.settings.disable_after_failures
+            if disabled:
                 self._disable(uow, hook, error, now)
             uow.commit()
+        if disabled:  # said once it is so: a commit the store refused disabled nothing
+            log.warning("webhook %s disabled", delivery.webhook_id)
 
     def _wait(self, failures: int) -> timedelta:
         # the exponent capped: a delivery refused for months counts past 2**1024, which no
@@ -637,7 +658,6 @@ class WebhookDispatcher:
             "fix the receiving URL and register the webhook again",
             at=now,
         )
-        log.warning("webhook %s disabled", hook.id)
 
 
 def _by_turns(hooks: Iterable[tuple[int, tuple[str, str]]]) -> list[int]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import sqlite3
 
 import pytest
 from api_sites import ApiPair
 from engine_pair import Pair
-from sqlalchemy.exc import OperationalError
+from outage import database_full_error
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.context import EngineContext
@@ -47,9 +46,7 @@ def _no_space(*_args: object, **_kw: object) -> None:
 
 
 def _database_full(*_args: object, **_kw: object) -> None:
-    full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # as the driver raises it
-    raise OperationalError("COMMIT", {}, full)
+    raise database_full_error("sqlite")
 
 
 def _ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import sqlite3
 import ssl
@@ -41,6 +42,7 @@ from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
 from meldingstjener.engine.outbound import submit
 from meldingstjener.integration.webhooks import (
+    CLAIM_CALLS,
     EVENT_CURSOR,
     EVENT_GAP_SECONDS,
     SIGNATURE_HEADER,
@@ -1604,3 +1606,76 @@ def _wait_for_lock_waiters(engine: sqlalchemy.Engine, waiters: int) -> None:
                 return
             watcher.rollback()  # each look in a transaction of its own
     raise AssertionError(f"{waiters} sessions never came to wait for a lock")
+
+
+class _DrivenRounds(threading.Event):
+    """The stop event of a dispatcher's run loop the test drives: each pause between rounds is
+    recorded and passed on the pair's clock at once, and the loop stops after ``rounds``."""
+
+    def __init__(self, pair: Any, rounds: int) -> None:
+        super().__init__()
+        self.pair, self.rounds = pair, rounds
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.pair.clock.advance(seconds=timeout or 0)
+        if len(self.pauses) >= self.rounds:
+            self.set()
+        return self.is_set()
+
+
+def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiver(
+    api_pair: ApiPair,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The database's disk fills while a call is made: its outcome cannot be recorded, nor
+    # anything after it. The rounds wait for the store as the jobs do (STORE_PAUSE apart),
+    # with no traceback (one a minute, blamed on the webhook round, before, and a "webhook
+    # disabled" line for a disabling never stored) and nothing counted against the receiver
+    # (one failure disables it here); the outage is the store-failing period's to tell. The
+    # delivery is made again, under the same delivery id, once the disk is freed and its
+    # claim has run out.
+    from outage import fill_database_when
+
+    from meldingstjener.engine.failing_jobs import STORE_PAUSE
+
+    full = threading.Event()
+    fill_database_when(full, monkeypatch)
+    _register(api_pair, receiver.url)
+    pair = api_pair.pair
+    hospital = pair.hospital
+    settings = _settings(disable_after_failures=1, timeout_seconds=5)
+    dispatcher = WebhookDispatcher(hospital, settings)
+    receiver.answer = lambda body: full.set() or 500  # the disk fills during the call
+    _send_note(api_pair)
+    caplog.set_level(logging.INFO)
+    rounds = _DrivenRounds(pair, 3)
+    dispatcher.run(rounds)
+    assert rounds.pauses == [STORE_PAUSE.total_seconds()] * 3
+    assert len(receiver.calls) == 1  # claimed: not made again until its claim runs out
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "raised through" not in caplog.text  # no traceback as text either
+    webhook_said = [r.getMessage() for r in caplog.records if r.name.endswith(".webhooks")]
+    assert webhook_said == []
+    assert hospital.store_failing.failing  # told there, once
+    assert sum("cannot write its store" in r.getMessage() for r in caplog.records) == 1
+    [delivery] = _deliveries(api_pair)
+    with hospital.store.unit_of_work() as uow:
+        [hook] = uow.session.scalars(select(WebhookRow))
+    assert (delivery.state, delivery.attempts, delivery.last_error) == ("pending", 0, None)
+    assert (hook.active, hook.consecutive_failures) == (True, 0)
+
+    full.clear()  # the disk freed
+    receiver.status = 200
+    receiver.answer = lambda body: receiver.status
+    pair.clock.advance(seconds=CLAIM_CALLS * settings.timeout_seconds + 30)
+    rounds = _DrivenRounds(pair, 1)
+    dispatcher.run(rounds)
+    assert rounds.pauses == [settings.poll_interval_seconds]
+    (first, first_body), (again, again_body) = receiver.calls
+    assert _delivery_id(first, first_body) == _delivery_id(again, again_body)
+    [delivery] = _deliveries(api_pair)
+    assert (delivery.state, delivery.attempts) == ("sent", 1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from engine_pair import (
@@ -15,14 +18,16 @@ from engine_pair import (
     refusals_not_stored,
     sent_header,
 )
+from sqlalchemy import select
 
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.ebxml import ErrorDetail
-from meldingstjener.engine import payload_io
+from meldingstjener.engine import failing_jobs, payload_io
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
-from meldingstjener.store.tables import ReceiptRow
+from meldingstjener.engine.worker import Worker
+from meldingstjener.store.tables import JobRow, ReceiptRow
 
 
 def events(pair: Pair, ctx: object, message_id: str) -> list[tuple[str | None, str | None]]:
@@ -912,6 +917,107 @@ def test_a_sync_reply_that_fails_to_process_leaves_the_ack_timeout_as_it_was(
         [job] = uow.session.scalars(select(JobRow))
         assert job.kind == "ack-timeout"
         assert job.due_at == started + timedelta(seconds=600)
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
+def _sync_reply_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, retries: int
+) -> tuple[Pair, Worker, str, threading.Event]:
+    """A note sent with SyncReply by a worker whose database's disk fills between the send's
+    record and its Acknowledgment's (the hospital stored the note): the pair, the GP's worker,
+    the message, and the disk's state (set: full). The Acknowledgment waits, told by the
+    store-failing period, with no traceback; the ack-timeout stays one RetryInterval away."""
+    from outage import fill_database_when
+
+    from meldingstjener.engine import inbound
+    from meldingstjener.engine import worker as worker_module
+
+    pair = make_pair(
+        tmp_path,
+        sync_reply=True,
+        retry_interval_seconds=600,
+        persist_duration_seconds=3600,
+        retries=retries,
+    )
+    full = threading.Event()
+    fill_database_when(full, monkeypatch)
+    real_receive = inbound.receive
+
+    def receive_on_a_full_disk(ctx: EngineContext, *args: object, **kwargs: object) -> object:
+        full.set()
+        return real_receive(ctx, *args, **kwargs)  # type: ignore[arg-type]
+
+    # only the GP worker's taking of its first reply: the hospital receives through the module
+    reader = SimpleNamespace(
+        receive=receive_on_a_full_disk,
+        InboundRefused=inbound.InboundRefused,
+        InboundDeferred=inbound.InboundDeferred,
+    )
+    monkeypatch.setattr(worker_module, "inbound", reader)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    sent_at = pair.clock()
+    caplog.set_level(logging.INFO)
+    worker = Worker(pair.gp, "gp")
+    assert worker.run_once() == 1  # the send, and its reply
+    monkeypatch.setattr(worker_module, "inbound", inbound)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "raised through" not in caplog.text  # no traceback as text either
+    assert pair.gp.store_failing.failing
+    assert pair.message(pair.gp, message_id).status == "sent"  # the Acknowledgment not stored
+    with pair.gp.store.unit_of_work() as uow:
+        [job] = uow.session.scalars(select(JobRow))
+        assert (job.kind, job.due_at) == ("ack-timeout", sent_at + timedelta(seconds=600))
+    return pair, worker, message_id, full
+
+
+def test_a_sync_reply_the_full_database_refuses_is_taken_once_it_is_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The send had no resend left (Retries 0): left to its ack-timeout, it was given up as
+    # not-delivered though the hospital took it (an alert to send it another way: twice). Its
+    # worker holds the Acknowledgment and offers it again, STORE_PAUSE apart, until it is taken.
+    pair, worker, message_id, full = _sync_reply_on_a_full_disk(
+        tmp_path, monkeypatch, caplog, retries=0
+    )
+    pause = failing_jobs.STORE_PAUSE.total_seconds()
+    pair.clock.advance(seconds=pause)
+    assert worker.claim_turn() == (0, pause)  # still full: offered, refused, and no claim
+    assert len(worker.replies) == 1
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "raised through" not in caplog.text
+
+    pair.clock.advance(seconds=590 - pause)
+    worker.replies.offer(pair.gp)  # refused once more: put off past the ack-timeout's time
+    assert len(worker.replies) == 1
+
+    full.clear()  # the disk freed
+    pair.clock.advance(seconds=10)  # the ack-timeout due, the reply not yet
+    assert worker.run_once() == 1  # the ack-timeout claimed: the reply taken before it runs
+    assert len(worker.replies) == 0
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    pair.clock.advance(seconds=3600)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.network.sent) == 1  # no resend
+    assert not {kind for kind, _ in alerts(pair.gp)} & {"ack-missing", "not-delivered"}
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
+def test_a_sync_reply_the_full_database_refused_and_lost_is_had_again_by_the_resend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker that held it stopped (a restart): its message's ack-timeout resends the same
+    # MessageId, which the partner's duplicate elimination answers with the same Acknowledgment.
+    pair, _, message_id, full = _sync_reply_on_a_full_disk(tmp_path, monkeypatch, caplog, retries=2)
+    full.clear()
+    pair.clock.advance(seconds=600)
+    pair.run()  # workers of their own: the held reply gone with the first
+    first, resend = pair.network.sent
+    assert resend.ebxml_message_id == first.ebxml_message_id
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # the resend a duplicate
     pair.gp.store.database.dispose()
     pair.hospital.store.database.dispose()
 
