@@ -114,6 +114,11 @@ class EventKind:
 
 # The code of the NOTE event with which a message records that retention removed its payload
 # files (engine/retention.py writes it, ``show`` reads it).
+# The outbound statuses of a message that waits to be sent: the first send (``accepted``) or a
+# resend (``retrying``); the transmit job sends only these.
+WAITING_TO_BE_SENT: Final = frozenset(
+    {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
+)
 CONTENT_REMOVED = "content-removed"
 
 
@@ -437,6 +442,22 @@ class MessageRepository:
             row.last_error_code = code
             row.last_error_text = redact(detail)
         return row
+
+    def waits_to_be_sent(self, to_her_id: str, *, other_than: str) -> bool:
+        """Whether a message to ``to_her_id`` other than ``other_than`` still waits to be sent
+        (``accepted``, or ``retrying``: queued for a send or a resend), from any of our HER-ids.
+        Through ``ix_messages_status``: what it reads is the queue, not the history."""
+        waiting = (
+            select(MessageRow.id)
+            .where(
+                MessageRow.direction == Direction.OUTBOUND.value,
+                MessageRow.status.in_(sorted(WAITING_TO_BE_SENT)),
+                MessageRow.to_her_id == to_her_id,
+                MessageRow.id != other_than,
+            )
+            .limit(1)
+        )
+        return self.session.execute(waiting).first() is not None
 
     def lock_state(self, message_id: str) -> MessageState | None:
         """Read and lock (PostgreSQL: ``FOR NO KEY UPDATE``) what a status change needs of a
@@ -823,6 +844,13 @@ _RESOLVE_PARTNER_ALERTS = text(
 )
 
 
+# a partner's open alerts of one kind, each told why in its summary (one space before the why)
+_RESOLVE_ALL_PARTNER_ALERTS = text(
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
+    ":resolution WHERE resolved_at IS NULL AND kind = :kind AND partner_her_id = :partner_her_id"
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+
+
 @functools.lru_cache(maxsize=8)
 def _resolve_alerts(count: int) -> TextClause:
     """The resolve of ``count`` keys in one statement (an incoming Acknowledgment resolves two
@@ -918,6 +946,17 @@ class AlertRepository:
         self.session.connection().execute(
             _RESOLVE_PARTNER_ALERTS,
             {"kind": kind, "partner_her_id": partner_her_id, "kept": list(kept), "at": at},
+        )
+
+    def resolve_all_for_partner(
+        self, kind: str, partner_her_id: str, *, resolution: str, at: datetime
+    ) -> None:
+        """Mark every open alert of ``kind`` for ``partner_her_id`` resolved, its summary
+        followed by ``resolution`` (why it was resolved: not by the problem's end but because
+        nothing is left to act on); none open is fine."""
+        self.session.connection().execute(
+            _RESOLVE_ALL_PARTNER_ALERTS,
+            {"kind": kind, "partner_her_id": partner_her_id, "resolution": resolution, "at": at},
         )
 
     def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:
