@@ -211,6 +211,16 @@ class EventRepository:
 
 
 @dataclass(frozen=True)
+class DeliveredBetween:
+    """The received messages delivered to the EPJ (their status ``delivered``, whose time is
+    their last change) at or after ``since`` and before ``before``: the ``apprec-owed`` check
+    judges these, and the log's search for them lists the same."""
+
+    since: datetime
+    before: datetime
+
+
+@dataclass(frozen=True)
 class LogFilter:
     """Filters of the message log (``meldingstjener log``, the API's log search)."""
 
@@ -226,8 +236,9 @@ class LogFilter:
     msg_id: str | None = None
     ebxml_message_id: str | None = None
     conversation_id: str | None = None
-    # only received messages the EPJ has and owes an AppRec for (what ``apprec-owed`` counts)
-    apprec_owed: bool = False
+    # only received messages the EPJ has and owes an AppRec for, delivered within this window
+    # (what ``apprec-owed`` counts: engine/inbox_watch.py's apprec_owed_window gives it)
+    apprec_owed: DeliveredBetween | None = None
 
 
 _MESSAGE_BY_EBXML_ID = text(
@@ -654,28 +665,30 @@ class MessageRepository:
             criteria.append((stored, EventRow.ebxml_message_id == f.ebxml_message_id))
         if f.conversation_id:
             criteria.append((MessageRow.ebxml_conversation_id == f.conversation_id, None))
-        if f.apprec_owed:
-            criteria.append((self._apprec_owed(), None))
+        if f.apprec_owed is not None:
+            criteria.append((self._apprec_owed(f.apprec_owed), None))
         return criteria
 
-    def _apprec_owed(self) -> ColumnElement[bool]:
-        """The received messages the EPJ owes an AppRec for (tables.py's APPREC_OWED), stated
-        so that this database's planner reads them through ``ix_messages_unsettled``."""
-        return and_(text(apprec_owed_sql(self.session.get_bind().dialect.name)))
+    def _apprec_owed(self, delivered: DeliveredBetween) -> ColumnElement[bool]:
+        """The received messages delivered in ``delivered`` the EPJ owes an AppRec for
+        (tables.py's APPREC_OWED), stated so that this database's planner reads them through
+        ``ix_messages_unsettled``: the one rule of the check's count and of the log's search."""
+        return and_(
+            text(apprec_owed_sql(self.session.get_bind().dialect.name)),
+            # made before it was delivered: a bound the index's created_at can take
+            MessageRow.created_at < delivered.before,
+            MessageRow.status_changed_at < delivered.before,
+            MessageRow.status_changed_at >= delivered.since,
+        )
 
-    def apprec_owed(self, delivered_before: datetime) -> list[tuple[str | None, int, datetime]]:
-        """The received messages delivered to the EPJ before ``delivered_before`` and owed an
-        AppRec, per receiving HER-id: how many, and when the first of them was delivered (the
-        status ``delivered`` is their last change). Through the partial index: what it costs
-        is the messages owed an AppRec, not the settled history."""
+    def apprec_owed(self, delivered: DeliveredBetween) -> list[tuple[str | None, int, datetime]]:
+        """The received messages delivered to the EPJ in ``delivered`` and owed an AppRec, per
+        receiving HER-id: how many, and when the first of them was delivered (the status
+        ``delivered`` is their last change). Through the partial index: what it costs is the
+        messages owed an AppRec, not the settled history."""
         query = (
             select(MessageRow.to_her_id, func.count(), func.min(MessageRow.status_changed_at))
-            .where(
-                self._apprec_owed(),
-                # made before it was delivered: a bound the index's created_at can take
-                MessageRow.created_at < delivered_before,
-                MessageRow.status_changed_at < delivered_before,
-            )
+            .where(self._apprec_owed(delivered))
             .group_by(MessageRow.to_her_id)
             .order_by(MessageRow.to_her_id)
         )
