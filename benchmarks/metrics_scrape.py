@@ -1,11 +1,13 @@
 """Benchmark of a ``GET /metrics`` scrape on a store with a year of messages.
 
-Run: ``python benchmarks/metrics_scrape.py [--messages N] [--scrapes N] [--url POSTGRES_URL]``.
-Fills a fresh SQLite store (in a temporary folder) and a fresh PostgreSQL database (made on the
-server of ``--url``, dropped afterwards; ``--no-postgres`` to leave it out) with N messages
-(200,000) spread over a year, nearly all settled (acknowledged and answered, received AppRecs
-kept as ``delivered``), 400 under way, 5,000 resolved alerts and 20 open, and a job per message
-under way; then times what a scrape does: the store's figures
+Run: ``python benchmarks/metrics_scrape.py [--messages N] [--backlog N] [--scrapes N]
+[--url POSTGRES_URL]``. Fills a fresh SQLite store (in a temporary folder) and a fresh PostgreSQL
+database (made on the server of ``--url``, dropped afterwards; ``--no-postgres`` to leave it out)
+with N messages (200,000) spread over a year, nearly all settled (acknowledged and answered,
+received AppRecs kept as ``delivered``), 400 under way, 5,000 resolved alerts and 20 open, a job
+per message under way, and a backlog of ``--backlog`` jobs due (0; the workers far behind: sends
+due over the last day, 20 of them held by a worker, and a few of the timed checks) with as many
+ack-timeouts not due yet; then times what a scrape does: the store's figures
 (:func:`meldingstjener.store.figures.read_figures`) and their rendering in the Prometheus text
 format. For contrast it times the count a plain ``GROUP BY direction, status`` over all messages
 would cost, and the scrape once more without migration 0025's index.
@@ -14,17 +16,18 @@ would cost, and the scrape once more without migration 0025's index.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scratch_database import scratch_postgres
-from sqlalchemy import Table, insert, text
+from sqlalchemy import Connection, Table, insert, text
 
 from meldingstjener.api.metrics import families, render
 from meldingstjener.store.database import Database
@@ -49,6 +52,9 @@ UNDER_WAY = (
     ("in", "delivered", "DIALOG_NOTAT", 150),
 )
 BATCH = 5_000
+# the kinds of the backlog's jobs due, in turn (nearly all sends; see _backlog)
+BACKLOG_KINDS = ("transmit",) * 97 + ("ack-timeout", "send-signal", "apprec-deadline")
+HELD = 20
 
 
 def _message(
@@ -76,18 +82,51 @@ def _rows(messages: int) -> Iterator[dict[str, Any]]:
         yield _message(number, direction, status, msg_type, NOW - YEAR + step * number)
 
 
-def fill(database: Database, messages: int) -> None:
+def _backlog(jobs: int) -> Iterator[dict[str, Any]]:
+    """``jobs`` jobs due over the last day (the first :data:`HELD` held by a worker), and as many
+    ack-timeouts due over the next day: no message of theirs, as none is needed to count them."""
+    step = timedelta(days=1) / max(jobs, 1)
+    for number in range(jobs):
+        held = number < HELD
+        yield {
+            "kind": BACKLOG_KINDS[number % len(BACKLOG_KINDS)],
+            "dedup_key": f"backlog:{number}",
+            "due_at": NOW - timedelta(days=1) + step * number,
+            "attempts": 1 if held else 0,
+            "crashes": 0,
+            "claimed_by": "bench-worker" if held else None,
+            "claimed_until": NOW + timedelta(minutes=5) if held else None,
+            "created_at": NOW - timedelta(days=1),
+        }
+        yield {
+            "kind": "ack-timeout",
+            "dedup_key": f"later:{number}",
+            "due_at": NOW + step * (number + 1),
+            "attempts": 0,
+            "crashes": 0,
+            "claimed_by": None,
+            "claimed_until": None,
+            "created_at": NOW - timedelta(days=1),
+        }
+
+
+def _insert_batched(connection: Connection, table: Table, rows: Iterable[dict[str, Any]]) -> None:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH:
+            connection.execute(insert(table), batch)
+            batch = []
+    if batch:
+        connection.execute(insert(table), batch)
+
+
+def fill(database: Database, messages: int, backlog: int) -> None:
     table = MessageRow.__table__
     assert isinstance(table, Table)
     with database.engine.begin() as connection:
-        batch: list[dict[str, Any]] = []
-        for row in _rows(messages):
-            batch.append(row)
-            if len(batch) == BATCH:
-                connection.execute(insert(table), batch)
-                batch = []
-        if batch:
-            connection.execute(insert(table), batch)
+        _insert_batched(connection, table, _rows(messages))
+        _insert_batched(connection, cast(Table, JobRow.__table__), _backlog(backlog))
         number = messages
         jobs = []
         for direction, status, msg_type, count in UNDER_WAY:
@@ -137,9 +176,9 @@ def _timed(call: Callable[[], object], times: int) -> list[float]:
     return spent
 
 
-def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
+def measure(name: str, database: Database, messages: int, backlog: int, scrapes: int) -> None:
     started = time.perf_counter()
-    fill(database, messages)
+    fill(database, messages, backlog)
     filled = time.perf_counter() - started
 
     def scrape() -> bytes:
@@ -163,8 +202,11 @@ def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
         connection.execute(text("DROP INDEX ix_messages_unsettled"))
         connection.execute(text("ANALYZE"))
     unindexed = _timed(scrape, max(3, scrapes // 10))
+    waiting = re.search(rb'meldingstjener_jobs_waiting\{kind="transmit"\} ([0-9.e+]+)', body)
+    assert waiting is not None, body
     print(
-        f"{name:10} {messages:,} messages (filled in {filled:.0f} s): scrape median "
+        f"{name:10} {messages:,} messages, {backlog:,} jobs due (filled in {filled:.0f} s; "
+        f"transmit waiting as scraped: {float(waiting.group(1)):,.0f}): scrape median "
         f"{statistics.median(spent):.2f} ms, p95 {p95:.2f} ms, {len(body):,} bytes; "
         f"without ix_messages_unsettled {statistics.median(unindexed):.1f} ms; "
         f"a GROUP BY over all messages {statistics.median(whole):.1f} ms"
@@ -174,6 +216,7 @@ def measure(name: str, database: Database, messages: int, scrapes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--backlog", type=int, default=0)
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1/postgres")
     parser.add_argument("--no-postgres", action="store_true")
@@ -181,13 +224,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         database = Database(f"sqlite:///{Path(folder) / 'store.db'}")
         upgrade(database)
-        measure("SQLite", database, options.messages, options.scrapes)
+        measure("SQLite", database, options.messages, options.backlog, options.scrapes)
         database.dispose()
     if not options.no_postgres:
         with scratch_postgres(options.url) as url:
             database = Database(url)
             upgrade(database)
-            measure("PostgreSQL", database, options.messages, options.scrapes)
+            measure("PostgreSQL", database, options.messages, options.backlog, options.scrapes)
             database.dispose()
 
 

@@ -34,7 +34,7 @@ from meldingstjener.store.opening import (
 from meldingstjener.store.uow import Store
 
 if TYPE_CHECKING:
-    from meldingstjener.engine.context import EngineContext, OwnKeys
+    from meldingstjener.engine.context import EngineContext, OwnKeys, Policy
     from meldingstjener.engine.register_sync import RegisterSync
     from meldingstjener.registry.auth import TokenProvider
     from meldingstjener.security.certs import Usage
@@ -266,6 +266,27 @@ def message_id_host(settings: Settings) -> str:
     return f"msh-{_organisation_her_id(settings)}.meldingstjener.local"
 
 
+def build_policy(settings: Settings) -> Policy:
+    """The engine's policy of ``settings`` (the CLI's commands that judge as the engine does,
+    ``log --apprec-owed``, read it too)."""
+    from meldingstjener.engine.context import Policy
+
+    return Policy(
+        environment=settings.environment,
+        schema_dir=settings.formats.schema_dir,
+        allow_sha1=settings.security.allow_sha1,
+        allow_3des=settings.security.allow_3des,
+        compress_payloads=settings.security.compress_payloads,
+        max_xml_bytes=settings.formats.max_xml_bytes,
+        inbox_wait=timedelta(minutes=settings.alerts.inbox_wait_minutes),
+        apprec_owed=timedelta(hours=settings.alerts.apprec_owed_hours) or None,
+        apprec_owed_look_back=timedelta(days=settings.alerts.apprec_owed_days),
+        previous_signing_grace=timedelta(days=settings.security.previous_signing_certificate_days),
+        clock_skew=timedelta(seconds=settings.alerts.clock_skew_seconds),
+        retention=settings.retention,
+    )
+
+
 def build_engine(
     settings: Settings,
     *,
@@ -273,7 +294,7 @@ def build_engine(
     clock: Callable[[], datetime] | None = None,
 ) -> EngineContext:
     """A ready engine context: store migrated, configured partners synced, keys loaded."""
-    from meldingstjener.engine.context import EngineContext, Policy, utc_now
+    from meldingstjener.engine.context import EngineContext, utc_now
     from meldingstjener.engine.directory import PartyDirectory, sync_configured_partners
     from meldingstjener.engine.mail_channel import build_smtp_transport
     from meldingstjener.transport.http import HttpTransport
@@ -289,21 +310,7 @@ def build_engine(
         keys=keys,
         directory=PartyDirectory(store, own, cache_seconds=settings.database.partner_cache_seconds),
         transports={"http": HttpTransport()},
-        policy=Policy(
-            environment=settings.environment,
-            schema_dir=settings.formats.schema_dir,
-            allow_sha1=settings.security.allow_sha1,
-            allow_3des=settings.security.allow_3des,
-            compress_payloads=settings.security.compress_payloads,
-            max_xml_bytes=settings.formats.max_xml_bytes,
-            inbox_wait=timedelta(minutes=settings.alerts.inbox_wait_minutes),
-            apprec_owed=timedelta(hours=settings.alerts.apprec_owed_hours) or None,
-            previous_signing_grace=timedelta(
-                days=settings.security.previous_signing_certificate_days
-            ),
-            clock_skew=timedelta(seconds=settings.alerts.clock_skew_seconds),
-            retention=settings.retention,
-        ),
+        policy=build_policy(settings),
         clock=clock or utc_now,
         host=message_id_host(settings),
         validator=build_validator(settings, clock=clock or utc_now),

@@ -469,6 +469,10 @@ class AlertSettings(_Section):
     # business message but an AppRec is to be answered, and its sender waits. 0 turns it off (a
     # year at most: an answer owed longer is no news).
     apprec_owed_hours: int = Field(default=24, ge=0, le=24 * 366)
+    # How long after apprec_owed_hours a message unanswered is still counted (and listed by the
+    # log's search for what the alert counts): an AppRec owed longer is no news its sender
+    # waits for, and the first check after an upgrade counted years of history.
+    apprec_owed_days: int = Field(default=14, ge=1, le=366)
     # This host's clock further than this from the database server's (PostgreSQL): leases and
     # deadlines are judged by each host's clock.
     clock_skew_seconds: float = Field(default=10.0, gt=0)

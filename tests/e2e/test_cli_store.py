@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from meldingstjener.bootstrap import open_store
 from meldingstjener.config import load_settings
 from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.types import utcnow
 
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -246,6 +248,7 @@ def test_log_apprec_owed_lists_the_taken_messages_not_answered(
 ) -> None:
     data_dir, _ = populated
     store = open_store(load_settings(data_dir=data_dir))
+    two_days_ago = utcnow() - timedelta(days=2)
     with store.unit_of_work() as uow:
         # an AppRec received and taken is answered by nobody: never owed
         for her_id, msg_type in (
@@ -260,11 +263,13 @@ def test_log_apprec_owed_lists_the_taken_messages_not_answered(
                     ebxml_message_id=f"owed-{her_id}@x",
                     from_her_id="90001",
                     to_her_id=her_id,
+                    created_at=two_days_ago - timedelta(hours=1),
                 ),
                 actor="cli-test",
             )
             for status in ("acknowledged", "delivered"):
-                uow.messages.set_status(owed, status, actor="worker")
+                # delivered longer than [alerts] apprec_owed_hours (24) ago: what the alert counts
+                uow.messages.set_status(owed, status, actor="worker", at=two_days_ago)
         uow.commit()
     store.database.dispose()
     listed = run(data_dir, "log", "--json", "--apprec-owed")

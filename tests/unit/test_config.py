@@ -361,3 +361,7 @@ def test_the_hours_an_apprec_may_be_owed_are_checked(tmp_path: Path) -> None:
     for wrong in (-1, 24 * 366 + 1, "a day"):
         with pytest.raises(ConfigError, match=r"alerts\.apprec_owed_hours"):
             load_settings(alerts={"apprec_owed_hours": wrong})
+    assert load_settings(data_dir=tmp_path).alerts.apprec_owed_days == 14
+    for wrong in (0, 367):
+        with pytest.raises(ConfigError, match=r"alerts\.apprec_owed_days"):
+            load_settings(alerts={"apprec_owed_days": wrong})

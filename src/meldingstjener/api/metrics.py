@@ -16,6 +16,11 @@ age a rule sees is that of its evaluation, not of the last scrape. A point in ti
 when there is nothing to date (no message of that status, no job of that kind due): a 0 would
 be 1970, not "none".
 
+The jobs due are counted up to a bound per kind (``store/figures.py``'s COUNTED_JOBS, 1,000),
+so that a scrape of a store with a backlog of hundreds of thousands costs what the bound does:
+a kind whose waiting and running add up to the bound has at least that many due (the time the
+one due longest was due is exact, and tells the backlog's age).
+
 The answer names no patient and no partner: counts by direction and status, by job kind, by
 alert kind and severity, and times. It still tells how busy the server is and how it
 fares, so it needs an API client with the ``metrics`` scope (or ``admin``); Prometheus sends the
@@ -42,7 +47,13 @@ from meldingstjener.api.auth import Authenticator, forbid, principal_of
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.worker import HANDLERS
-from meldingstjener.store.figures import LATE_AFTER, Figures, OpenAlerts, read_figures
+from meldingstjener.store.figures import (
+    COUNTED_JOBS,
+    LATE_AFTER,
+    Figures,
+    OpenAlerts,
+    read_figures,
+)
 from meldingstjener.store.tables import UNSETTLED_STATUSES
 
 METRICS_PATH = "/metrics"
@@ -62,6 +73,11 @@ NO_OLDEST = frozenset({("in", "delivered")})
 # 0 when there is none, so that a graph or a rate() has no gaps and a rule need not tell "none"
 # from "not scraped". (Points in time are given only when there is one: see the docstring.)
 JOB_KINDS = tuple(HANDLERS)
+# The job counts' bound, told with each (see store/figures.py's COUNTED_JOBS)
+_COUNTED = (
+    f"counted among the {COUNTED_JOBS} of the kind due longest: when waiting and running add "
+    f"up to {COUNTED_JOBS}, at least that many are due"
+)
 ALERTS = tuple((kind.value, SEVERITY[kind]) for kind in AlertKind)
 
 
@@ -102,17 +118,20 @@ def families(figures: Figures, certificates: dict[str, x509.Certificate]) -> lis
     late_seconds = int(LATE_AFTER.total_seconds())
     waiting = GaugeMetricFamily(
         f"{_PREFIX}_jobs_waiting",
-        "Jobs due now that no worker holds (sends, signals, retries, timed checks), by kind",
+        "Jobs due now that no worker holds (sends, signals, retries, timed checks), by kind; "
+        + _COUNTED,
         labels=["kind"],
     )
     late = GaugeMetricFamily(
         f"{_PREFIX}_jobs_late",
         f"Jobs waiting (due, held by no worker) that were due more than {late_seconds} s ago, "
-        "by kind",
+        "by kind; " + _COUNTED,
         labels=["kind"],
     )
     running = GaugeMetricFamily(
-        f"{_PREFIX}_jobs_running", "Jobs due that a worker holds now, by kind", labels=["kind"]
+        f"{_PREFIX}_jobs_running",
+        "Jobs due that a worker holds now, by kind; " + _COUNTED,
+        labels=["kind"],
     )
     oldest_due = GaugeMetricFamily(
         f"{_PREFIX}_jobs_oldest_due_timestamp_seconds",

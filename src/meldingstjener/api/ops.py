@@ -22,6 +22,7 @@ from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.inbox_watch import apprec_owed_window
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
 from meldingstjener.integration.webhooks import (
     EVENT_SCOPES,
@@ -242,7 +243,8 @@ def ops_router(
             bool,
             Query(
                 description="Only received messages the EPJ has and has not answered with an "
-                "AppRec, of a type owed one (what the `apprec-owed` alert counts)"
+                "AppRec, of a type owed one, delivered longer than `[alerts] apprec_owed_hours` "
+                "and within `apprec_owed_days` ago: what the `apprec-owed` alert counts"
             ),
         ] = False,
     ) -> list[dict[str, Any]]:
@@ -259,7 +261,8 @@ def ops_router(
             msg_id=msg_id,
             ebxml_message_id=ebxml_message_id,
             conversation_id=conversation_id,
-            apprec_owed=apprec_owed,
+            # the alert's window now: the search lists what it counts
+            apprec_owed=apprec_owed_window(ctx.policy, ctx.clock()) if apprec_owed else None,
         )
         with ctx.store.unit_of_work() as uow:
             found = uow.messages.search(log_filter, newest_first=True)

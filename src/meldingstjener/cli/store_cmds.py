@@ -124,7 +124,8 @@ def log_command(
         bool,
         typer.Option(
             "--apprec-owed",
-            help="Only received messages the EPJ has taken and not answered by an AppRec yet "
+            help="Only received messages the EPJ has taken and not answered by an AppRec yet, "
+            "delivered longer than [alerts] apprec_owed_hours and within apprec_owed_days ago "
             "(what the apprec-owed alert counts; with --her-id, its HER-id's).",
         ),
     ] = False,
@@ -141,8 +142,14 @@ def log_command(
     # imported once the store opened (after the settings: a configuration error is quick)
     from rich.table import Table
 
+    from meldingstjener.bootstrap import build_policy
+    from meldingstjener.engine.inbox_watch import apprec_owed_window
+    from meldingstjener.store.types import utcnow
     from meldingstjener.store.uow import LogFilter
     from meldingstjener.views import event_dict, message_summary
+
+    # the alert's window now, by this configuration: the listing is what the alert counts
+    owed = apprec_owed_window(build_policy(settings_from(ctx)), utcnow()) if apprec_owed else None
 
     log_filter = LogFilter(
         her_id=her_id,
@@ -153,7 +160,7 @@ def log_command(
         msg_id=msg_id,
         ebxml_message_id=ebxml_id,
         conversation_id=conversation,
-        apprec_owed=apprec_owed,
+        apprec_owed=owed,
     )
     with store.unit_of_work() as uow:
         rows = uow.messages.log(log_filter, newest=log_filter.since is None)

@@ -58,6 +58,8 @@ class Policy:
     inbox_wait: timedelta = timedelta(minutes=60)  # a received message not taken by the EPJ
     # a received message taken by the EPJ and not answered with an AppRec; None: not watched
     apprec_owed: timedelta | None = timedelta(hours=24)
+    # how long after that such a message is counted, no longer
+    apprec_owed_look_back: timedelta = timedelta(days=14)
     previous_signing_grace: timedelta = timedelta(days=7)  # a partner's replaced certificate
     clock_skew: timedelta = timedelta(seconds=10)  # this host's clock off the database's
     retention: RetentionSettings = field(default_factory=RetentionSettings)  # [retention]

@@ -13,7 +13,12 @@ AppRec itself is, under the Norwegian messaging rules); the sender waits for it,
 own ``apprec-missing`` in the end. One delivered longer than ``[alerts] apprec_owed_hours``
 ago (0: not watched) and not answered (``apprec-sent``), rejected or purged is owed: the EPJ does
 not answer that type, or its answers do not reach us. The store's rule of what is owed is
-``store/tables.py``'s APPREC_OWED.
+``store/tables.py``'s APPREC_OWED. A message is counted for ``[alerts] apprec_owed_days`` (14)
+after that, no longer (:func:`apprec_owed_window`): an AppRec owed longer is no news its sender
+waits for, and without a bound the first check after an upgrade counted every message of years
+of history the EPJ never answered, which nobody will answer now. The log's search for them
+(``log --apprec-owed``, ``GET /api/log?apprec_owed=true``) takes the same window, so that it
+lists what the alert counts.
 
 An ``inbox-check`` job looks every five minutes, for both; each alert says how many and since
 when, is raised again only when that changes (else counted:
@@ -28,11 +33,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 
 from meldingstjener.engine.alerts import AlertKind, keep_alert
-from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.context import EngineContext, Policy
 from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.store.tables import MessageRow
-from meldingstjener.store.uow import ClaimedJob, UnitOfWork
+from meldingstjener.store.uow import ClaimedJob, DeliveredBetween, UnitOfWork
 
 INBOX_CHECK = "inbox-check"
 EVERY = timedelta(minutes=5)
@@ -73,19 +78,29 @@ def check_inbox(ctx: EngineContext) -> dict[str, int]:
     return found
 
 
+def apprec_owed_window(policy: Policy, now: datetime) -> DeliveredBetween:
+    """The messages the ``apprec-owed`` check judges at ``now``, and the log's search for them
+    lists: delivered to the EPJ longer than ``[alerts] apprec_owed_hours`` ago, and not more
+    than ``apprec_owed_days`` before that (with the hours 0, not watched, the search lists those
+    delivered within the days)."""
+    before = now - (policy.apprec_owed or timedelta())
+    return DeliveredBetween(since=before - policy.apprec_owed_look_back, before=before)
+
+
 def check_apprec_owed(ctx: EngineContext) -> dict[str, int]:
-    """Raise or resolve the ``apprec-owed`` alerts; return how many messages delivered longer
-    than ``[alerts] apprec_owed_hours`` ago owe an AppRec, per HER-id (none when it is 0: the
-    alerts open are resolved)."""
+    """Raise or resolve the ``apprec-owed`` alerts; return how many messages owe an AppRec, of
+    those :func:`apprec_owed_window` judges, per HER-id (none when ``[alerts]
+    apprec_owed_hours`` is 0: the alerts open are resolved)."""
     now = ctx.clock()
     owed_after = ctx.policy.apprec_owed
+    window = apprec_owed_window(ctx.policy, now)
     with ctx.store.unit_of_work() as uow:
-        rows = [] if owed_after is None else uow.messages.apprec_owed(now - owed_after)
+        rows = [] if owed_after is None else uow.messages.apprec_owed(window)
         found = _keep_per_her_id(
             uow,
             AlertKind.APPREC_OWED,
             rows,
-            lambda her_id, count, oldest: _owed_summary(her_id, count, oldest, owed_after),
+            lambda her_id, count, oldest: _owed_summary(her_id, count, oldest, ctx.policy),
             at=now,
         )
         uow.commit()
@@ -123,11 +138,13 @@ def _summary(her_id: str, count: int, oldest: datetime, wait: timedelta) -> str:
     )
 
 
-def _owed_summary(her_id: str, count: int, oldest: datetime, owed_after: timedelta | None) -> str:
-    hours = int((owed_after or timedelta()).total_seconds() // 3600)
+def _owed_summary(her_id: str, count: int, oldest: datetime, policy: Policy) -> str:
+    hours = int((policy.apprec_owed or timedelta()).total_seconds() // 3600)
     return (
         f"{count} received message(s) for HER-id {her_id} were delivered to the EPJ more than "
-        f"{hours} hours ago and not answered with an AppRec (the oldest delivered "
+        f"{hours} hours ago and not answered with an AppRec (each counted for "
+        f"{policy.apprec_owed_look_back.days} days after that: [alerts] apprec_owed_days; the "
+        "oldest delivered "
         f"{oldest:%Y-%m-%d %H:%M} UTC); their senders wait for it. List them with "
         f"meldingstjener log --apprec-owed --her-id {her_id} (or GET "
         f"/api/log?apprec_owed=true&her_id={her_id}), and have the EPJ answer them (or check "

@@ -51,6 +51,7 @@ from meldingstjener.registry.policy import check_agreement
 from meldingstjener.registry.terms import AgreedMessage
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import (
+    WAITING_TO_BE_SENT,
     ClaimedJob,
     EventKind,
     MessageState,
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 
 TRANSMIT = "transmit"
 ACK_TIMEOUT = "ack-timeout"
-_SENDABLE = {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
+_SENDABLE = WAITING_TO_BE_SENT
 
 
 def _attempt_allowed(row: MessageRow | MessageState, partner: Partner, at: datetime) -> bool:
@@ -111,6 +112,32 @@ def _give_up(
         at=now,
         message_id=row.id,
         partner_her_id=row.to_her_id,
+    )
+    _resolve_unreachable_given_up(uow, row, now)
+
+
+def _resolve_unreachable_given_up(uow: UnitOfWork, row: MessageRow, at: datetime) -> None:
+    """After ``row`` was given up: when no other message to its receiver waits to be sent,
+    resolve the receiver's open ``partner-unreachable`` alerts, each saying why.
+
+    Such an alert says that messages are kept and resent; with none left to resend it is no
+    longer something to act on (each message given up has its ``not-delivered`` alert, which
+    tells that the content must reach the receiver another way), and only a send that works
+    would resolve it, so it stayed open until closed by hand. While another message to that
+    receiver waits (from any of our HER-ids, to any of its endpoints: a CPA's other channel
+    too), the alerts stay: the endpoint that failed may be the one that message goes to."""
+    receiver = str(row.to_her_id)
+    if uow.messages.waits_to_be_sent(receiver, other_than=row.id):
+        return
+    uow.alerts.resolve_all_for_partner(
+        AlertKind.PARTNER_UNREACHABLE.value,
+        receiver,
+        resolution=(
+            f"Resolved {at:%Y-%m-%d %H:%M} UTC: no message to {receiver} waits to be sent any "
+            f"more; the last one ({row.id}) was given up, see its not-delivered alert. The "
+            "endpoint was not found reachable again: the next message to this partner tells."
+        ),
+        at=at,
     )
 
 

@@ -404,8 +404,10 @@ class JobRow(Base):
     # AUTOINCREMENT: SQLite must not give a deleted job's id to a new one (jobs are finished,
     # rescheduled and extended by id)
     # ix_jobs_message: a message's jobs are deleted by its every receipt (and with the message)
+    # ix_jobs_kind_due: /metrics counts each kind's jobs due along it, up to a bound (0029)
     __table_args__ = (
         Index("ix_jobs_due", "due_at"),
+        Index("ix_jobs_kind_due", "kind", "due_at"),
         Index("ix_jobs_message", "message_id"),
         {"sqlite_autoincrement": True},
     )

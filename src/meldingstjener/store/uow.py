@@ -114,6 +114,11 @@ class EventKind:
 
 # The code of the NOTE event with which a message records that retention removed its payload
 # files (engine/retention.py writes it, ``show`` reads it).
+# The outbound statuses of a message that waits to be sent: the first send (``accepted``) or a
+# resend (``retrying``); the transmit job sends only these.
+WAITING_TO_BE_SENT: Final = frozenset(
+    {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
+)
 CONTENT_REMOVED = "content-removed"
 
 
@@ -206,6 +211,16 @@ class EventRepository:
 
 
 @dataclass(frozen=True)
+class DeliveredBetween:
+    """The received messages delivered to the EPJ (their status ``delivered``, whose time is
+    their last change) at or after ``since`` and before ``before``: the ``apprec-owed`` check
+    judges these, and the log's search for them lists the same."""
+
+    since: datetime
+    before: datetime
+
+
+@dataclass(frozen=True)
 class LogFilter:
     """Filters of the message log (``meldingstjener log``, the API's log search)."""
 
@@ -221,8 +236,9 @@ class LogFilter:
     msg_id: str | None = None
     ebxml_message_id: str | None = None
     conversation_id: str | None = None
-    # only received messages the EPJ has and owes an AppRec for (what ``apprec-owed`` counts)
-    apprec_owed: bool = False
+    # only received messages the EPJ has and owes an AppRec for, delivered within this window
+    # (what ``apprec-owed`` counts: engine/inbox_watch.py's apprec_owed_window gives it)
+    apprec_owed: DeliveredBetween | None = None
 
 
 _MESSAGE_BY_EBXML_ID = text(
@@ -438,6 +454,22 @@ class MessageRepository:
             row.last_error_text = redact(detail)
         return row
 
+    def waits_to_be_sent(self, to_her_id: str, *, other_than: str) -> bool:
+        """Whether a message to ``to_her_id`` other than ``other_than`` still waits to be sent
+        (``accepted``, or ``retrying``: queued for a send or a resend), from any of our HER-ids.
+        Through ``ix_messages_status``: what it reads is the queue, not the history."""
+        waiting = (
+            select(MessageRow.id)
+            .where(
+                MessageRow.direction == Direction.OUTBOUND.value,
+                MessageRow.status.in_(sorted(WAITING_TO_BE_SENT)),
+                MessageRow.to_her_id == to_her_id,
+                MessageRow.id != other_than,
+            )
+            .limit(1)
+        )
+        return self.session.execute(waiting).first() is not None
+
     def lock_state(self, message_id: str) -> MessageState | None:
         """Read and lock (PostgreSQL: ``FOR NO KEY UPDATE``) what a status change needs of a
         message, one prepared statement instead of the ORM's load of the whole row."""
@@ -633,28 +665,30 @@ class MessageRepository:
             criteria.append((stored, EventRow.ebxml_message_id == f.ebxml_message_id))
         if f.conversation_id:
             criteria.append((MessageRow.ebxml_conversation_id == f.conversation_id, None))
-        if f.apprec_owed:
-            criteria.append((self._apprec_owed(), None))
+        if f.apprec_owed is not None:
+            criteria.append((self._apprec_owed(f.apprec_owed), None))
         return criteria
 
-    def _apprec_owed(self) -> ColumnElement[bool]:
-        """The received messages the EPJ owes an AppRec for (tables.py's APPREC_OWED), stated
-        so that this database's planner reads them through ``ix_messages_unsettled``."""
-        return and_(text(apprec_owed_sql(self.session.get_bind().dialect.name)))
+    def _apprec_owed(self, delivered: DeliveredBetween) -> ColumnElement[bool]:
+        """The received messages delivered in ``delivered`` the EPJ owes an AppRec for
+        (tables.py's APPREC_OWED), stated so that this database's planner reads them through
+        ``ix_messages_unsettled``: the one rule of the check's count and of the log's search."""
+        return and_(
+            text(apprec_owed_sql(self.session.get_bind().dialect.name)),
+            # made before it was delivered: a bound the index's created_at can take
+            MessageRow.created_at < delivered.before,
+            MessageRow.status_changed_at < delivered.before,
+            MessageRow.status_changed_at >= delivered.since,
+        )
 
-    def apprec_owed(self, delivered_before: datetime) -> list[tuple[str | None, int, datetime]]:
-        """The received messages delivered to the EPJ before ``delivered_before`` and owed an
-        AppRec, per receiving HER-id: how many, and when the first of them was delivered (the
-        status ``delivered`` is their last change). Through the partial index: what it costs
-        is the messages owed an AppRec, not the settled history."""
+    def apprec_owed(self, delivered: DeliveredBetween) -> list[tuple[str | None, int, datetime]]:
+        """The received messages delivered to the EPJ in ``delivered`` and owed an AppRec, per
+        receiving HER-id: how many, and when the first of them was delivered (the status
+        ``delivered`` is their last change). Through the partial index: what it costs is the
+        messages owed an AppRec, not the settled history."""
         query = (
             select(MessageRow.to_her_id, func.count(), func.min(MessageRow.status_changed_at))
-            .where(
-                self._apprec_owed(),
-                # made before it was delivered: a bound the index's created_at can take
-                MessageRow.created_at < delivered_before,
-                MessageRow.status_changed_at < delivered_before,
-            )
+            .where(self._apprec_owed(delivered))
             .group_by(MessageRow.to_her_id)
             .order_by(MessageRow.to_her_id)
         )
@@ -823,6 +857,13 @@ _RESOLVE_PARTNER_ALERTS = text(
 )
 
 
+# a partner's open alerts of one kind, each told why in its summary (one space before the why)
+_RESOLVE_ALL_PARTNER_ALERTS = text(
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
+    ":resolution WHERE resolved_at IS NULL AND kind = :kind AND partner_her_id = :partner_her_id"
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+
+
 @functools.lru_cache(maxsize=8)
 def _resolve_alerts(count: int) -> TextClause:
     """The resolve of ``count`` keys in one statement (an incoming Acknowledgment resolves two
@@ -918,6 +959,17 @@ class AlertRepository:
         self.session.connection().execute(
             _RESOLVE_PARTNER_ALERTS,
             {"kind": kind, "partner_her_id": partner_her_id, "kept": list(kept), "at": at},
+        )
+
+    def resolve_all_for_partner(
+        self, kind: str, partner_her_id: str, *, resolution: str, at: datetime
+    ) -> None:
+        """Mark every open alert of ``kind`` for ``partner_her_id`` resolved, its summary
+        followed by ``resolution`` (why it was resolved: not by the problem's end but because
+        nothing is left to act on); none open is fine."""
+        self.session.connection().execute(
+            _RESOLVE_ALL_PARTNER_ALERTS,
+            {"kind": kind, "partner_her_id": partner_her_id, "resolution": resolution, "at": at},
         )
 
     def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:

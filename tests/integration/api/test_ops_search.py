@@ -164,7 +164,7 @@ def test_the_log_lists_the_messages_owed_an_apprec(api_pair: ApiPair) -> None:
     """What the apprec-owed alert tells the help desk to ask for: the received messages the EPJ
     has and has not answered, not those waiting for it, answered or AppRecs."""
     from meldingstjener.devsites import HOSPITAL_SERVICE_HER
-    from meldingstjener.engine import receipts
+    from meldingstjener.engine import inbox_watch, receipts
 
     pair = api_pair.pair
     _send(api_pair, 3)
@@ -180,11 +180,25 @@ def test_the_log_lists_the_messages_owed_an_apprec(api_pair: ApiPair) -> None:
     receipts.deliver(pair.gp, apprec.id, actor="epj:test")
 
     admin = _bearer(api_pair.hospital_admin_key)
-    found = api_pair.hospital_http.get(
-        "/api/log", params={"apprec_owed": "true", "her_id": HOSPITAL_SERVICE_HER}, headers=admin
-    )
-    assert found.status_code == 200, found.text
-    assert [m["message_id"] for m in found.json()] == [owed.id]
+
+    def owed_listed() -> list[str]:
+        found = api_pair.hospital_http.get(
+            "/api/log",
+            params={"apprec_owed": "true", "her_id": HOSPITAL_SERVICE_HER},
+            headers=admin,
+        )
+        assert found.status_code == 200, found.text
+        return [m["message_id"] for m in found.json()]
+
+    # what the alert counts: delivered longer than [alerts] apprec_owed_hours (24) ago, and
+    # not more than apprec_owed_days (14) before that
+    assert owed_listed() == []
+    pair.clock.advance(hours=24, minutes=1)
+    assert owed_listed() == [owed.id]
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 1}
+    pair.clock.advance(days=14)
+    assert owed_listed() == []
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {}
     everything = api_pair.hospital_http.get("/api/log", headers=admin).json()
     assert {answered.id, waiting.id} <= {m["message_id"] for m in everything}
     _, gp_admin = add_client(pair.gp.store, "ops", ["admin"], [])

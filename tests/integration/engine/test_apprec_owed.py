@@ -11,6 +11,7 @@ from meldingstjener.config import load_settings
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
 from meldingstjener.engine import inbox_watch, receipts
 from meldingstjener.store.tables import AlertRow, MessageRow
+from meldingstjener.store.uow import LogFilter
 
 
 def owed_alerts(pair: Pair, *, open_only: bool = True) -> list[AlertRow]:
@@ -102,3 +103,36 @@ def test_no_alert_when_turned_off(pair_with_hospital_database: Pair) -> None:
     finally:
         turned_off.store.database.dispose()
     assert owed_alerts(pair) == []
+
+
+def test_only_messages_delivered_within_the_look_back_are_counted_and_listed(
+    pair_with_hospital_database: Pair,
+) -> None:
+    """``[alerts] apprec_owed_days`` (14): a message is counted for that long after its
+    ``apprec_owed_hours`` (24), no longer: the first check of a store with a long history (an
+    upgrade) counts only those delivered lately, the log's search lists the same, and one
+    leaves the count as it ages out."""
+    pair = pair_with_hospital_database
+    ancient, recent, _ = notes_and_an_apprec_received(pair, 3)[0]
+    receipts.deliver(pair.hospital, ancient.id, actor="epj:test")
+    pair.clock.advance(days=10)
+    receipts.deliver(pair.hospital, recent.id, actor="epj:test")
+    pair.clock.advance(days=6)  # 16 days after the ancient one was delivered: 15 owed
+
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 1}
+    [alert] = owed_alerts(pair)
+    assert "1 received message(s)" in alert.summary
+    assert "each counted for 14 days after that" in alert.summary
+    assert _listed(pair) == [recent.id]  # what the alert counts
+
+    pair.clock.advance(days=9, minutes=1)  # the recent one ages out too
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {}
+    assert owed_alerts(pair) == [] and _listed(pair) == []
+
+
+def _listed(pair: Pair) -> list[str]:
+    """What ``log --apprec-owed`` and ``GET /api/log?apprec_owed=true`` list now."""
+    window = inbox_watch.apprec_owed_window(pair.hospital.policy, pair.clock())
+    with pair.hospital.store.unit_of_work() as uow:
+        found = uow.messages.search(LogFilter(apprec_owed=window), newest_first=True)
+        return [message.id for message in found]

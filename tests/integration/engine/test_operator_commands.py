@@ -37,7 +37,8 @@ def test_status_alerts_and_ack(pair: Pair) -> None:
 
     code, output = cli(pair, "alerts", "--open", "--json")
     alerts = [json.loads(line) for line in output.splitlines()]
-    assert code == 0 and {a["kind"] for a in alerts} >= {"not-delivered", "partner-unreachable"}
+    # the partner's unreachable alert was resolved with the give-up: nothing waits for it
+    assert code == 0 and {a["kind"] for a in alerts} == {"not-delivered"}
     [not_delivered] = [a for a in alerts if a["kind"] == "not-delivered"]
     code, output = cli(pair, "alerts", "ack", str(not_delivered["id"]), "--by", "kari")
     assert code == 0 and "kari" in output

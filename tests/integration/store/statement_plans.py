@@ -19,7 +19,7 @@ def planned(store: Store, run: Callable[[], T]) -> tuple[T, list[str]]:
     ran: list[tuple[str, Any]] = []
 
     def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("SELECT"):  # not a connection's own set-up
+        if statement.startswith(("SELECT", "WITH")):  # not a connection's own set-up
             ran.append((statement, parameters))
 
     engine = store.database.engine

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from statement_plans import planned
 
 from meldingstjener.store.types import utcnow
-from meldingstjener.store.uow import LogFilter, Store
+from meldingstjener.store.uow import DeliveredBetween, LogFilter, Store
 
 SETTLED_MESSAGES = 20_000
 HER_ID = "8200002"
@@ -40,6 +40,8 @@ def _fill(store: Store) -> None:
             ("old-2", "in", "delivered", None, HER_ID, timedelta(days=2)),
             ("other", "in", "delivered", "DIALOG_NOTAT", "8200003", timedelta(days=2)),
             ("young", "in", "delivered", "DIALOG_NOTAT", HER_ID, timedelta(hours=1)),
+            # owed, but delivered before the window: an AppRec owed that long is no news
+            ("ancient", "in", "delivered", "DIALOG_NOTAT", HER_ID, timedelta(days=16)),
             ("waiting", "in", "acknowledged", "DIALOG_NOTAT", HER_ID, timedelta(days=3)),
             ("sending", "out", "sent", "DIALOG_NOTAT", HER_ID, timedelta(days=3)),
         ]
@@ -83,9 +85,10 @@ def _through_the_index(store: Store, plan: str) -> None:
 
 def test_the_owed_are_counted_and_listed_through_the_partial_index(store: Store) -> None:
     _fill(store)
-    cutoff = utcnow() - timedelta(hours=24)
+    before = utcnow() - timedelta(hours=24)
+    window = DeliveredBetween(since=before - timedelta(days=14), before=before)
 
-    owed, [plan] = _plans(store, lambda uow: uow.messages.apprec_owed(cutoff))
+    owed, [plan] = _plans(store, lambda uow: uow.messages.apprec_owed(window))
     assert [(her_id, count) for her_id, count, _ in owed] == [(HER_ID, 2), ("8200003", 1)]
     [(_, _, oldest), _] = owed
     assert utcnow() - timedelta(days=3, minutes=1) < oldest < utcnow() - timedelta(days=3)
@@ -96,12 +99,12 @@ def test_the_owed_are_counted_and_listed_through_the_partial_index(store: Store)
         lambda uow: [
             m.id
             for m in uow.messages.search(
-                LogFilter(her_id=HER_ID, apprec_owed=True), newest_first=True
+                LogFilter(her_id=HER_ID, apprec_owed=window), newest_first=True
             )
         ],
     )
-    assert listed == ["young", "old-2", "old-1"]  # every one owed, of any age
+    assert listed == ["old-2", "old-1"]  # what the count counts: not "young", nor "ancient"
     _through_the_index(store, plan)
 
     with store.unit_of_work() as uow:  # the message log's events of them (none were written)
-        assert uow.messages.log(LogFilter(apprec_owed=True)) == []
+        assert uow.messages.log(LogFilter(apprec_owed=window)) == []
