@@ -321,7 +321,7 @@ def _hold(
                 detail=detail,
                 at=now,
             )
-        else:
+        elif not _held_so_already(uow, row.id, code):
             uow.events.record(
                 row.id,
                 EventKind.NOTE,
@@ -337,6 +337,15 @@ def _hold(
         uow.jobs.finish(job.id)
         uow.jobs.schedule(TRANSMIT, due, message_id=row.id, dedup_key=f"{TRANSMIT}:{row.id}")
     uow.commit()
+
+
+def _held_so_already(uow: UnitOfWork, message_id: str, code: str) -> bool:
+    """Whether the message's newest event is a hold for the same cause (the change to
+    ``retrying`` that began it, or its note): its checks while that lasts (every five minutes
+    of a revocation outage, every RetryInterval of a suspended agreement) write no note each,
+    which would bury its log in repeats; its next check is the message's ``next_attempt_at``."""
+    latest = uow.events.latest(message_id)
+    return latest is not None and latest.code == code
 
 
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:

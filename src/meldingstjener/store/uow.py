@@ -209,6 +209,14 @@ class EventRepository:
         query = select(EventRow).where(EventRow.message_id == message_id)
         return list(self.session.scalars(query.order_by(EventRow.at, EventRow.id)))
 
+    def latest(self, message_id: str) -> EventRow | None:
+        """The message's newest event (along ``ix_message_events_message_at``)."""
+        self.write_pending()
+        query = select(EventRow).where(EventRow.message_id == message_id)
+        return self.session.scalars(
+            query.order_by(EventRow.at.desc(), EventRow.id.desc()).limit(1)
+        ).first()
+
 
 @dataclass(frozen=True)
 class DeliveredBetween:
