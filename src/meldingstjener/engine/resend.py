@@ -25,6 +25,9 @@ Exactly once: the copy is stored with the idempotency key ``resend:<id of the or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
 
 from meldingstjener.api import audit
 from meldingstjener.engine.alerts import AlertKind
@@ -34,7 +37,7 @@ from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
 from meldingstjener.model import Direction, OutboundStatus
 from meldingstjener.store.payloads import PayloadNotFound
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
 # The one status a message is sent again from (see the module's text for the others).
@@ -187,6 +190,7 @@ def _link(
         f"not delivered; sent again by {operator.by}",
         at=now,
     )
+    _answer_sent_again(uow, original, copy, now)
     alert = uow.alerts.by_key(f"{AlertKind.NOT_DELIVERED}:{original.id}")
     if alert is not None and alert.resolved_at is None:
         audit.follow_up_alert(
@@ -208,6 +212,30 @@ def _link(
         her_id=original.to_her_id,
         detail=f"sent again as {copy.id}",
     )
+
+
+def _answer_sent_again(
+    uow: UnitOfWork, original: MessageRow, copy: MessageRow, now: datetime
+) -> None:
+    """When ``original`` is our answer to a received message (an AppRec, a dialog-avvik), its
+    receipt there names it as sent (``show``'s and ``status``'s "sent as ..."): one more names
+    the copy, so the help desk sees the answer that went, beside the one given up."""
+    sent = select(ReceiptRow).where(
+        ReceiptRow.direction == "out", ReceiptRow.ebxml_message_id == original.ebxml_message_id
+    )
+    for receipt in list(uow.session.scalars(sent)):
+        uow.receipts.add(
+            ReceiptRow(
+                message_id=receipt.message_id,
+                kind=receipt.kind,
+                direction="out",
+                at=now,
+                ebxml_message_id=copy.ebxml_message_id,
+                ref_to_message_id=receipt.ref_to_message_id,
+                apprec_status=receipt.apprec_status,
+                error_codes=receipt.error_codes,
+            )
+        )
 
 
 def _already(original_id: str, copy_id: str) -> ResendRefused:

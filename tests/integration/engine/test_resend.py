@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.cli import app
 from meldingstjener.devsites import dialog_note, dialog_question
+from meldingstjener.engine import receipts
 from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.resend import Operator, ResendRefused, Resent, resend
 from meldingstjener.formats import read_msghead
@@ -283,3 +284,33 @@ def test_a_reply_sent_again_stays_in_its_conversation_when_its_parent_is_gone(
     copy = pair.message(pair.hospital, copy_id)
     assert copy.status == "transport-acknowledged"
     assert copy.ebxml_conversation_id == "peer-conversation"
+
+
+def test_an_apprec_not_delivered_sent_again_answers_the_message(pair: Pair) -> None:
+    """Our AppRec given up while the sender was down: its copy reaches the sender and moves
+    its message on, as the first would have."""
+    note_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "Notat"), actor="t")
+    pair.run()
+    [received] = pair.inbound_messages(pair.hospital)
+    receipts.deliver(pair.hospital, received.id, actor="epj")
+    pair.network.down.add(pair.gp_site.endpoint)
+    apprec_id = receipts.send_apprec(pair.hospital, received.id, status=1, errors=[], actor="epj")
+    for _ in range(6):
+        pair.run()
+        pair.clock.advance(seconds=700)
+    pair.run()
+    assert pair.message(pair.hospital, apprec_id).status == "not-delivered"
+    pair.network.down.clear()
+
+    copy_id = resend(pair.hospital, apprec_id, operator=KARI).copy_id
+    pair.run()
+
+    assert pair.message(pair.hospital, copy_id).status == "transport-acknowledged"
+    assert pair.message(pair.gp, note_id).status == "apprec-ok"
+    assert pair.message(pair.hospital, received.id).status == "apprec-sent"
+    # the received message's status names both answers, the one given up and its copy
+    config = str(pair.hospital_site.config_path)
+    result = CliRunner().invoke(app, ["--config", config, "status", received.id])
+    assert result.exit_code == 0, result.output
+    assert f"sent as {apprec_id}, not-delivered" in result.output
+    assert f"sent as {copy_id}, transport-acknowledged" in result.output
