@@ -22,7 +22,10 @@ from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.copies import links
+from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.inbox_watch import apprec_owed_window
+from meldingstjener.engine.resend import Operator, ResendRefused, resend
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
 from meldingstjener.integration.webhooks import (
     EVENT_SCOPES,
@@ -143,6 +146,16 @@ def _alert_dict(row: Any) -> dict[str, Any]:
         "acknowledgedAt": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
         "resolvedAt": row.resolved_at.isoformat() if row.resolved_at else None,
     }
+
+
+def _resend_problem(refused: SubmitRejected) -> ApiProblem:
+    """A refused resend as the API answers it: 404 for no such message, 409 for one that may
+    not be sent again (the detail names the copy when it was sent again already), 400 for the
+    copy's own checks, as ``POST /Messages`` answers them."""
+    if isinstance(refused, ResendRefused):
+        status = 404 if refused.code == "not-found" else 409
+        return ApiProblem(status, refused.code, refused.message)
+    return ApiProblem(400, refused.code, refused.message, refused.problems)
 
 
 def _own_webhooks(who: Principal) -> tuple[ColumnElement[bool], ...]:
@@ -279,6 +292,7 @@ def ops_router(
             if message is None:
                 raise ApiProblem(404, "not-found", f"no message {message_id[:64]}")
             events = [_event_dict(e) for e in uow.events.for_message(message.id)]
+            linked = links(uow, message)  # a message sent again and its copy name each other
         audit.record(
             ctx.store,
             client=who.label,
@@ -287,7 +301,50 @@ def ops_router(
             outcome=audit.Outcome.OK,
             message_id=message.id,
         )
-        return {"message": message_summary(message), "events": events}
+        return {
+            "message": message_summary(message),
+            "events": events,
+            "sentAgainAs": linked["sent_again_as"],
+            "copyOf": linked["copy_of"],
+        }
+
+    @router.post(
+        "/messages/{message_id}/resend",
+        summary="Send a not-delivered message again, as a new copy",
+        description="A new ebXML message (new MessageId, the same ConversationId) of the "
+        "stored business document, checked, encrypted and signed as any message now (the "
+        "receiver's current endpoint and certificate). Both messages' logs name the other; the "
+        "old one's `not-delivered` alert is resolved. Answers 201 with `messageId` (the copy) "
+        "and `copyOf`. Refused: 404 `not-found`; 409 `not-resendable` (any status but "
+        "not-delivered), `already-sent-again` (the detail names the copy), `not-outbound`, "
+        "`content-removed`; 400 with the codes of `POST /Messages` when the copy's own checks "
+        "refuse it (`unknown-receiver`, `certificate-problem`, ...).",
+        status_code=201,
+        responses={
+            **NO_MESSAGE,
+            400: {"description": "The copy's checks refused it (the codes of POST /Messages)"},
+            409: {"description": "The message may not be sent again (see the code)"},
+        },
+    )
+    def resend_message(message_id: str, who: Admin) -> dict[str, Any]:
+        message_id = message_id[:64]
+        operator = Operator(who.label, who.person)
+        try:
+            done = resend(ctx, message_id, operator=operator)
+        except SubmitRejected as refused:
+            audit.record(
+                ctx.store,
+                client=who.label,
+                person=who.person,
+                action="resend",
+                outcome=audit.Outcome.NOT_FOUND
+                if refused.code == "not-found"
+                else audit.Outcome.REFUSED,
+                message_id=None if refused.code == "not-found" else message_id,
+                detail=refused.code,
+            )
+            raise _resend_problem(refused) from None
+        return {"messageId": done.copy_id, "copyOf": done.original_id}
 
     @router.get(
         "/alerts",

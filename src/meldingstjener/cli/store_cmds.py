@@ -208,6 +208,7 @@ def show_command(
     refusal: such a message is not stored."""
     store = store_from(ctx)
     # imported once the store opened (after the settings: a configuration error is quick)
+    from meldingstjener.engine.copies import links
     from meldingstjener.views import content_dict, event_dict, message_summary
 
     with store.unit_of_work() as uow:
@@ -221,13 +222,15 @@ def show_command(
             )
             for message in messages
         ]
+        copies = [links(uow, message) for message in messages]
     if not messages:
         show_refusal(message_id, refusal, as_json=as_json)
         return
     if as_json:
         documents = []
-        for message, events, receipts, answers in timelines:
+        for (message, events, receipts, answers), linked in zip(timelines, copies, strict=True):
             document = message_summary(message)
+            document.update(linked)  # sent_again_as, copy_of
             document["last_error"] = {
                 "code": message.last_error_code,
                 "text": message.last_error_text,
@@ -247,11 +250,15 @@ def show_command(
     for number, (message, events, _receipts, answers) in enumerate(timelines):
         if number:
             console.print()
-        _print_timeline(console, message, events, answers)
+        _print_timeline(console, message, events, answers, copies[number])
 
 
 def _print_timeline(
-    console: Console, message: MessageRow, events: list[EventRow], answers: list[AnswerSent]
+    console: Console,
+    message: MessageRow,
+    events: list[EventRow],
+    answers: list[AnswerSent],
+    linked: dict[str, str | None],
 ) -> None:
     from rich.table import Table
 
@@ -291,6 +298,10 @@ def _print_timeline(
         )
     for answer in answers:
         console.print(f"[bold]{'answer':>18}[/bold]  {answer.line()}", highlight=False)
+    # a message sent again (meldingstjener resend) and its copy name each other
+    for key, label in (("sent_again_as", "sent again as"), ("copy_of", "a new copy of")):
+        if linked[key]:
+            console.print(f"[bold]{label:>18}[/bold]  {linked[key]}", highlight=False)
     table = Table("time (UTC)", "event", "actor", "code", "detail")
     for event in events:
         change = (
@@ -617,3 +628,50 @@ def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
             param_hint="MESSAGE_ID",
         )
     return uow.messages.get(found[0]) if found else None
+
+
+@app.command("resend")
+def resend_command(
+    ctx: typer.Context,
+    message_id: Annotated[
+        str,
+        typer.Argument(
+            help="The not-delivered message: our id (or its first 8 or more characters), its "
+            "ebXML MessageId or its MsgHead MsgId."
+        ),
+    ],
+    by: Annotated[
+        str, typer.Option("--by", help="Who sends it again (the logs and the audit log).")
+    ] = "operator",
+) -> None:
+    """Send a not-delivered message again, once its receiver is back: a new ebXML message (new
+    MessageId, same conversation) of the same business document, checked, encrypted and signed
+    as any message now (the receiver's current endpoint and certificate). Prints the new
+    message's id. Both messages' logs name the other, and the old one's not-delivered alert is
+    resolved. Refused (exit 1, with a code) for any other status, and for a message sent again
+    already (its copy named)."""
+    settings = settings_from(ctx)  # first: a configuration error is said before the imports
+    from meldingstjener.bootstrap import build_engine, open_store
+    from meldingstjener.engine.errors import SubmitRejected
+    from meldingstjener.engine.resend import Operator, resend
+
+    # the server's store as it is, as `send` takes it (no new store, no migration under it)
+    engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
+    with engine.store.unit_of_work() as uow:
+        messages = find_messages(uow, message_id)
+    if not messages:
+        typer.echo(f"no message with id {message_id!r}", err=True)
+        raise typer.Exit(1)
+    if len(messages) > 1:
+        # a MsgId names every copy of the document: the operator chooses which one
+        shown = ", ".join(f"{m.id} ({m.direction}, {m.status})" for m in messages)
+        typer.echo(f"{several_share(message_id, messages)} {shown}; give our id", err=True)
+        raise typer.Exit(2)
+    try:
+        done = resend(engine, messages[0].id, operator=Operator("cli", by))
+    except SubmitRejected as refused:
+        typer.echo(f"refused ({refused.code}): {refused.message}", err=True)
+        for problem in refused.problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(done.copy_id)

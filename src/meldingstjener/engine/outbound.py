@@ -64,6 +64,7 @@ def submit(
     request_digest: str | None = None,
     answering: str | None = None,
     test_message: bool = False,
+    conversation_id: str | None = None,
 ) -> str:
     """Accept ``payload`` (bytes, or a file: a path or a spool, which is kept without a copy)
     for sending; return our message id. Raises :class:`SubmitRejected`.
@@ -97,6 +98,10 @@ def submit(
     ``test-message``, ``answer-in-onboarding``): its sends go on by them, and a test message
     with an Acknowledgment and a positive AppRec verifies the partner
     (``agreements.verified_test_exchange``).
+
+    ``conversation_id``: the ebXML ConversationId to go in, when the caller knows it (a message
+    sent again by :mod:`.resend` continues the conversation of the copy it replaces); else the
+    one of the message answered, or the MsgHead's.
     """
     if idempotency_key is not None:
         earlier = _submitted_with(ctx, idempotency_key, payload, request_digest)
@@ -156,7 +161,8 @@ def submit(
         from_party=Party(sender_her, names.from_role),
         to_party=Party(receiver_her, names.to_role),
         cpa_id=partner.cpa_id,
-        conversation_id=answered.conversation_id
+        conversation_id=conversation_id
+        or answered.conversation_id
         or message.ref_to_conversation
         or message.msg_id
         or str(uuid.uuid4()),

@@ -216,8 +216,9 @@ class MessageRow(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_error_text: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(128))
-    # of one client ("<credential>:<length of name>:<name>:<key>", see api/idempotency.py) or
-    # of the folder outbox ("folder:<digest>")
+    # of one client ("<credential>:<length of name>:<name>:<key>", see api/idempotency.py), of
+    # the folder outbox ("folder:<digest>") or of a message sent again ("resend:<id of the
+    # original>", engine/copies.py: one copy each)
     idempotency_key: Mapped[str | None] = mapped_column(String(400))
     # the request the key was first given with (the API's SHA-256 of document, receiver and
     # overrides): the key again with another request is refused, not answered with this message

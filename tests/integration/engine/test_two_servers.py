@@ -17,8 +17,10 @@ import psycopg
 import pytest
 from engine_pair import refusals_not_stored
 from proxy import Proxy
+from typer.testing import CliRunner
 
 from meldingstjener.bootstrap import build_engine
+from meldingstjener.cli import app
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, Site, dialog_note, prepare_sites
 from meldingstjener.engine import receipts
@@ -278,6 +280,58 @@ def test_receiver_down_beyond_persist_duration_is_not_delivered(
         with running.gp.store.unit_of_work() as uow:
             [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
             assert alert.message_id == message_id and "another way" in alert.summary
+    finally:
+        stop_servers(running)
+        next(databases, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_not_delivered_message_sent_again_when_the_receiver_is_back_is_delivered(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """``meldingstjener resend`` (by the MsgId, as ``show`` takes it) of a message given up
+    while the hospital was down: the new copy reaches the hospital once it is back, is
+    acknowledged and answered, and the old one's alert is resolved."""
+    databases = _databases(backend, request)
+    gp_db, hospital_db = next(databases)
+    running = start_servers(
+        tmp_path,
+        gp_db,
+        hospital_db,
+        retry_interval_seconds=1,
+        retries=10,
+        persist_duration_seconds=3,
+    )
+    try:
+        running.hospital_server.stop()
+        original_id = running.send_note("Kommer fram andre gang")
+        wait_for(lambda: running.status(running.gp, original_id) == "not-delivered", "given up")
+        running.hospital_server.start()
+        with running.gp.store.unit_of_work() as uow:
+            original = uow.messages.get(original_id)
+            assert original is not None
+        config = str(running.gp_site.config_path)
+        result = CliRunner().invoke(
+            app, ["--config", config, "resend", str(original.msg_id), "--by", "kari"]
+        )
+        assert result.exit_code == 0, result.output
+        copy_id = result.output.strip()
+
+        copy = running.acknowledged(copy_id)
+        [received] = running.inbound_by_ebxml_id(running.hospital, copy.ebxml_message_id)
+        assert received.msg_id == original.msg_id
+        assert copy.ebxml_conversation_id == original.ebxml_conversation_id
+        receipts.deliver(running.hospital, received.id, actor="epj")
+        receipts.send_apprec(running.hospital, received.id, status=1, errors=[], actor="epj")
+        _wait_status(running, running.gp, copy_id, "apprec-ok")
+        with running.gp.store.unit_of_work() as uow:
+            [alert] = [a for a in uow.alerts.for_message(original_id) if a.kind == "not-delivered"]
+            assert alert.resolved_at is not None
+        # once only: the MsgId now names both copies, our id the one sent again
+        again = CliRunner().invoke(app, ["--config", config, "resend", original_id])
+        assert again.exit_code == 1
+        refusal = f"refused (already-sent-again): message {original_id} was sent again already"
+        assert f"{refusal}, as {copy_id}" in again.output
     finally:
         stop_servers(running)
         next(databases, None)

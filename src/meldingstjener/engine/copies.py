@@ -1,0 +1,51 @@
+"""The link between a message sent again and its new copy (:mod:`.resend`), as ``show`` and
+the operator API read it: kept apart from the resend itself, which loads the outbound pipeline
+(the XML and cryptography packages), so that ``show`` does not.
+
+A copy is stored with the idempotency key ``resend:<id of the original>`` (the column is unique:
+one copy per original, see :mod:`.resend`); both message logs say it too (NOTE events
+:data:`SENT_AGAIN` and :data:`COPY_OF`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from meldingstjener.model import Direction
+from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.uow import UnitOfWork
+
+# The codes of the NOTE events that link the two copies: on the original, which copy it was sent
+# again as; on the copy, which message it is a new copy of.
+SENT_AGAIN = "sent-again"
+COPY_OF = "copy-of"
+# The idempotency key of a copy (``messages.idempotency_key``, unique): one copy per original.
+_KEY_PREFIX = "resend:"
+
+
+def copy_key(original_id: str) -> str:
+    """The idempotency key the copy of ``original_id`` is stored under."""
+    return f"{_KEY_PREFIX}{original_id}"
+
+
+def copy_of(uow: UnitOfWork, original_id: str) -> MessageRow | None:
+    """The copy ``original_id`` was sent again as, if it was."""
+    return uow.session.scalar(
+        select(MessageRow).where(
+            MessageRow.direction == Direction.OUTBOUND.value,
+            MessageRow.idempotency_key == copy_key(original_id),
+        )
+    )
+
+
+def original_of(copy: MessageRow) -> str | None:
+    """The id of the message ``copy`` is a new copy of, or None when it is none."""
+    key = copy.idempotency_key or ""
+    return key[len(_KEY_PREFIX) :] if key.startswith(_KEY_PREFIX) else None
+
+
+def links(uow: UnitOfWork, message: MessageRow) -> dict[str, str | None]:
+    """What ``show`` and the operator API tell of a message's copies: ``sent_again_as`` (the
+    copy it was sent again as) and ``copy_of`` (the message it is a copy of)."""
+    copy = copy_of(uow, message.id) if message.direction == Direction.OUTBOUND.value else None
+    return {"sent_again_as": copy.id if copy is not None else None, "copy_of": original_of(message)}
