@@ -108,7 +108,8 @@ def _give_up(
         AlertKind.NOT_DELIVERED,
         f"message {row.id} ({row.msg_type}) to {row.to_her_id} ({partner_name}) was NOT "
         f"delivered: {reason}. No transport receipt arrived. The content must reach the "
-        "receiver another way (for example phone or paper).",
+        "receiver another way (for example phone or paper), or be sent again once the "
+        f"receiver can be reached: meldingstjener resend {row.id}",
         at=now,
         message_id=row.id,
         partner_her_id=row.to_her_id,

@@ -66,6 +66,8 @@ def test_a_message_sent_again_is_a_new_copy_delivered_and_linked(
     pair = pair_with_gp_database
     original_id = _given_up(pair)
     original = pair.message(pair.gp, original_id)
+    # the alert names the command that sends it again
+    assert f"meldingstjener resend {original_id}" in _not_delivered_alert(pair, original_id).summary
 
     done = resend(pair.gp, original_id, operator=KARI)
     pair.run()
