@@ -1,15 +1,17 @@
 """Retention of the API's audit log (``[retention] audit_days``, migration 0028) on SQLite and
 PostgreSQL: rows older than the cutoff go, in batches, through a permit that the database
 itself requires; newer rows stay; 0 (the default) keeps every row; a DELETE, UPDATE or (on
-PostgreSQL) TRUNCATE of anyone else is still refused, before and after a run; the migration
-goes up on a filled store and down again; ``meldingstjener audit`` says from when the log is
-whole."""
+PostgreSQL) TRUNCATE of anyone else is still refused, before and after a run; two runs at once
+take their batches in turn; the migration goes up on a filled store and down again;
+``meldingstjener audit`` says from when the log is whole."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -61,9 +63,9 @@ def _permits(store: Store) -> int:
         return uow.session.scalar(select(func.count()).select_from(AuditRetentionPermitRow)) or 0
 
 
-def _refused(store: Store, statement: Executable) -> None:
+def _refused(store: Store, statement: Executable, refusal: str = REFUSED) -> None:
     """``statement`` is refused by the database (its transaction rolls back)."""
-    with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=REFUSED):
+    with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=refusal):
         uow.session.execute(statement)
         uow.commit()
 
@@ -187,6 +189,50 @@ def test_a_permit_reaching_a_row_not_older_than_its_cutoff_is_refused_whole(
     )
     _refused(store, permit)
     assert _count(store, mine) == 2 and _permits(store) == 0
+
+
+def test_two_runs_at_once_take_their_batches_in_turn(
+    own_database: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daily job and a hand-run `meldingstjener retention` at once: each chose a batch
+    # skipping the other's rows, a permit deletes every row up to its batch's end, and the two
+    # waited for each other's rows (a deadlock; the failed run's counts lost). A batch now waits
+    # for the other's to end before it chooses, and finds what that one left.
+    store = own_database
+    if not store.database.is_postgresql:
+        pytest.skip("SQLite: a unit of work holds the database's one writer from its start")
+    monkeypatch.setattr(retention, "BATCH", 2)
+    _rows_at(store, *(CUTOFF - timedelta(days=days) for days in range(6, 0, -1)), NOW)
+    reports: list[retention.RetentionReport] = []
+    other = threading.Thread(target=lambda: reports.append(retention.run(store, RULES, now=NOW)))
+    with store.unit_of_work() as first:
+        batch = audit.older_than(first, CUTOFF, after=None, limit=2)
+        other.start()
+        assert _lock_waited_for(store) == "advisory"  # not the rows of the batch under way
+        audit.delete_batch(first, CUTOFF, batch[-1])
+        first.commit()
+    other.join(30)
+    assert [report.audit_rows for report in reports] == [4]
+    assert _times(store) == [NOW]
+
+
+def _lock_waited_for(store: Store) -> str:
+    """What another connection to the store's database waits for (pg_stat_activity's
+    wait_event), as soon as one waits for a lock."""
+    deadline = time.monotonic() + 10
+    with store.database.engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.scalar(
+                text(
+                    "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                )
+            )
+            connection.rollback()  # the next look a statement of its own, seeing anew
+            if waiting is not None:
+                return str(waiting)
+            threading.Event().wait(0.01)
+    raise AssertionError("no connection waited for a lock within 10 s")
 
 
 def test_a_truncate_is_refused_on_postgresql(store: Store) -> None:
