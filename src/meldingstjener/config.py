@@ -517,6 +517,9 @@ class RegisterSettings(_Section):
 
 # The least [retention] payload_days but 0 (kept): see engine/retention.py
 PAYLOAD_DAYS_FLOOR = 30
+# The least [retention] audit_days but 0 (kept): the database refuses to delete a newer row
+# (migration 0028's permit trigger holds the same 30 days)
+AUDIT_DAYS_FLOOR = 30
 
 
 class RetentionSettings(_Section):
@@ -537,8 +540,18 @@ class RetentionSettings(_Section):
     message_days: int = Field(default=0, ge=0)
     # The API's audit log (who read or changed which message), rows older than this many days.
     # 0: kept for ever, the default: evidence goes only when the operator sets how long the
-    # organisation keeps its access logs.
+    # organisation keeps its access logs; else at least AUDIT_DAYS_FLOOR.
     audit_days: int = Field(default=0, ge=0)
+
+    @field_validator("audit_days")
+    @classmethod
+    def _audit_days_floor(cls, days: int) -> int:
+        if 0 < days < AUDIT_DAYS_FLOOR:
+            raise ValueError(
+                f"audit_days = {days} would delete the audit log's rows of the last month, "
+                f"which the database refuses: set at least {AUDIT_DAYS_FLOOR}, or 0 to keep them"
+            )
+        return days
 
     @field_validator("payload_days", "message_days")
     @classmethod
