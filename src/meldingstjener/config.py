@@ -521,6 +521,12 @@ class RegisterSettings(_Section):
 
 # The least [retention] payload_days but 0 (kept): see engine/retention.py
 PAYLOAD_DAYS_FLOOR = 30
+# The least [retention] audit_days but 0 (kept): the database refuses to delete a newer row
+# (migration 0028's permit trigger holds the same 30 days)
+AUDIT_DAYS_FLOOR = 30
+# The most of any [retention] *_days: a hundred years (a cutoff much further back than year 1
+# cannot be reckoned at all)
+RETENTION_DAYS_CEILING = 36_500
 
 
 class RetentionSettings(_Section):
@@ -541,8 +547,28 @@ class RetentionSettings(_Section):
     message_days: int = Field(default=0, ge=0)
     # The API's audit log (who read or changed which message), rows older than this many days.
     # 0: kept for ever, the default: evidence goes only when the operator sets how long the
-    # organisation keeps its access logs.
+    # organisation keeps its access logs; else at least AUDIT_DAYS_FLOOR.
     audit_days: int = Field(default=0, ge=0)
+
+    @field_validator("payload_days", "message_days", "audit_days")
+    @classmethod
+    def _days_ceiling(cls, days: int, info: ValidationInfo) -> int:
+        if days > RETENTION_DAYS_CEILING:
+            raise ValueError(
+                f"{info.field_name} = {days} is more than {RETENTION_DAYS_CEILING} days (a "
+                "hundred years): set 0 to keep for ever"
+            )
+        return days
+
+    @field_validator("audit_days")
+    @classmethod
+    def _audit_days_floor(cls, days: int) -> int:
+        if 0 < days < AUDIT_DAYS_FLOOR:
+            raise ValueError(
+                f"audit_days = {days} would delete the audit log's rows of the last month, "
+                f"which the database refuses: set at least {AUDIT_DAYS_FLOOR}, or 0 to keep them"
+            )
+        return days
 
     @field_validator("payload_days", "message_days")
     @classmethod

@@ -39,6 +39,9 @@ DELETED_BEFORE = "audit.deleted_before"
 # Where a deletion of audit rows resumes, and how far a permit's batch reaches: the last row of
 # a batch, in the order of ix_audit_log_at (``at``, then ``id``).
 AuditKey = tuple[datetime, int]
+# PostgreSQL: the advisory lock (transaction-scoped) a batch of retention's pass holds from its
+# choice of rows to its commit (see older_than)
+RETENTION_LOCK = (0x6D74_6175, 1)  # "mtau"
 # what the columns hold (PostgreSQL refuses a longer text; SQLite would keep it)
 _CLIENT_CHARS = cast(String, _TABLE.c.client.type).length or 128
 _PERSON_CHARS = cast(String, _TABLE.c.person.type).length or 128
@@ -187,16 +190,26 @@ def older_than(
 ) -> list[AuditKey]:
     """The keys of up to ``limit`` rows older than ``before``, oldest first, from the one after
     ``after``: a range of ix_audit_log_at (``id`` follows ``at`` in it on SQLite; PostgreSQL
-    sorts the ties of one time). Rows another retention run holds are left to it (PostgreSQL)."""
+    sorts the ties of one time).
+
+    The first statement of a batch: it waits for another retention run's batch (the daily job
+    and ``meldingstjener retention`` at once) until that one's transaction ends, and then finds
+    what that one left. A permit deletes every row up to its batch's end, not only those chosen:
+    two batches chosen at once, each skipping the other's rows, interleaved, and each one's
+    permit waited for the other's rows (a deadlock, and the failed run's counts lost). SQLite
+    needs no lock: a unit of work holds the database's one writer from its first statement."""
+    if uow.database.is_postgresql:
+        uow.session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"),
+            {"space": RETENTION_LOCK[0], "key": RETENTION_LOCK[1]},
+        )
     query = select(AuditRow.at, AuditRow.id).where(AuditRow.at < before)
     if after is not None:
         query = query.where(
             or_(AuditRow.at > after[0], and_(AuditRow.at == after[0], AuditRow.id > after[1]))
         )
     query = query.order_by(AuditRow.at, AuditRow.id).limit(limit)
-    return [
-        (at, row_id) for at, row_id in uow.session.execute(query.with_for_update(skip_locked=True))
-    ]
+    return [(at, row_id) for at, row_id in uow.session.execute(query)]
 
 
 def count_older_than(uow: UnitOfWork, before: datetime) -> int:

@@ -16,7 +16,8 @@ that are *settled* and have been for so many days:
 Apart from the messages, ``audit_days`` (default 0, kept for ever) deletes the rows of the API's
 audit log older than that many days, by their own time (a row says what was done, whatever
 became of its message). The database refuses every other DELETE of them: a batch goes through
-a permit (:func:`meldingstjener.api.audit.delete_batch`, migration 0028). The log's growth is
+a permit (:func:`meldingstjener.api.audit.delete_batch`, migration 0028), and two runs at once
+take their batches in turn (:func:`meldingstjener.api.audit.older_than`). The log's growth is
 bounded where it grew, too: a listing is audited once per message and client
 (:func:`meldingstjener.api.audit.listed_before`).
 

@@ -14,8 +14,9 @@ The backend also resolves each host itself, checks every address it resolves to 
 address (TLS still verifies, and the request still names, the URL's host): the address checked
 is the one connected to, whatever the name resolves to between registration and call.
 
-That lookup is under the call's deadline too, as a connect is (the connect time-out, cut to
-what is left of the deadline): ``getaddrinfo`` takes no time-out, so it is made through
+That lookup is part of the connect: the connect time-out (cut to what is left of the call's
+deadline) is one deadline for the lookup and the connects to the addresses found, each given
+what is left of it. ``getaddrinfo`` takes no time-out, so it is made through
 :func:`meldingstjener.netresolve.getaddrinfo`, which waits for it no longer. A resolver that
 hangs fails the call as a connect that hangs does (``ConnectTimeout``).
 """
@@ -55,12 +56,19 @@ def call_deadline(deadline: float) -> Iterator[None]:
 
 def _bounded(timeout: float | None, too_late: type[Exception]) -> float | None:
     """``timeout`` cut to what is left of the call's deadline; ``too_late`` once it passed."""
-    deadline = _DEADLINE.get()
+    return _left(_DEADLINE.get(), timeout, too_late, "the webhook call's deadline has passed")
+
+
+def _left(
+    deadline: float | None, timeout: float | None, too_late: type[Exception], why: str
+) -> float | None:
+    """``timeout`` cut to what is left until ``deadline`` (monotonic; None: no deadline), and
+    ``too_late`` (saying ``why``) once that passed."""
     if deadline is None:
         return timeout
     left = deadline - time.monotonic()
     if left <= 0:
-        raise too_late("the webhook call's deadline has passed")
+        raise too_late(why)
     return left if timeout is None else min(timeout, left)
 
 
@@ -113,16 +121,20 @@ class _GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.NetworkStream:
+        # One deadline for the whole connect, the lookup its first step: each step is given
+        # what is left of it, not the connect time-out again (a slow name server, then an
+        # address that does not answer, took twice the time-out).
+        limit = _bounded(timeout, httpcore.ConnectTimeout)
+        connect_by = None if limit is None else time.monotonic() + limit
+        too_late = f"not connected to {host} within the connect time-out"
         # TargetRefused passes through httpcore and httpx as it is: the caller records it
         try:
-            addresses = self._policy.addresses(
-                host, port, _bounded(timeout, httpcore.ConnectTimeout)
-            )
-        except ResolveTimeout as exc:  # resolving is the first step of connecting
+            addresses = self._policy.addresses(host, port, limit)
+        except ResolveTimeout as exc:
             raise httpcore.ConnectTimeout(str(exc)) from None
         failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for address in addresses:  # in the resolver's order, as a plain connect tries them
-            bounded = _bounded(timeout, httpcore.ConnectTimeout)
+            bounded = _left(connect_by, limit, httpcore.ConnectTimeout, too_late)
             try:
                 # an address, not a name: httpcore's backend resolves nothing more
                 inner = self._plain.connect_tcp(

@@ -143,9 +143,12 @@ def resolve(host: str, port: int, timeout: float | None = None) -> list[str]:
 
     Within ``timeout`` seconds (:class:`~meldingstjener.netresolve.ResolveTimeout` when not: a
     call's time-out, not a host refused); None, as at registration, leaves it to the system
-    resolver's own time-out and attempts."""
+    resolver's own time-out and attempts. Asked in netresolve's pool of webhooks: the hosts
+    are the API clients' choice, and theirs left hanging bound only the webhooks' look-ups."""
     try:
-        infos = netresolve.getaddrinfo(host, port, type=socket.SOCK_STREAM, timeout=timeout)
+        infos = netresolve.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, pool=netresolve.WEBHOOKS, timeout=timeout
+        )
     except netresolve.ResolveTimeout:
         raise  # the name servers did not answer in time: nothing is known of the host
     except (OSError, UnicodeError, ValueError) as exc:  # not found; a label too long; a NUL

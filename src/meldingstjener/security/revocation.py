@@ -18,10 +18,11 @@ out of scope), which waiting does not mend.
 The timeout is a deadline for the whole request (resolving the host's name, connecting, sending,
 the status line, the headers and the body), not for each read: a responder that trickles its
 answer a byte at a time is given up on when the time is up, and so is a resolver that hangs
-(:mod:`meldingstjener.netresolve`). A source (a CRL's URL, an OCSP responder) that gave no
-usable answer is not asked again for ``FAILURE_MEMORY`` (at most ``cache_seconds``): meanwhile
-its failure is the answer at once, so during an outage each check does not wait the whole
-timeout again, for each of a certificate's sources.
+(:mod:`meldingstjener.netresolve`, in a pool of its own: webhooks' hosts, which API clients
+choose, left hanging do not take the look-ups of a CA's hosts). A source (a CRL's URL, an OCSP
+responder) that gave no usable answer is not asked again for ``FAILURE_MEMORY`` (at most
+``cache_seconds``): meanwhile its failure is the answer at once, so during an outage each check
+does not wait the whole timeout again, for each of a certificate's sources.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ def _connect_within(
     left. The connection's host stays the name: TLS sends it (SNI) and verifies the certificate
     for it."""
     host, port = address
-    infos = netresolve.getaddrinfo(host, port, 0, socket.SOCK_STREAM, timeout=deadline.left())
+    infos = netresolve.getaddrinfo(
+        host, port, 0, socket.SOCK_STREAM, pool=netresolve.REVOCATION, timeout=deadline.left()
+    )
     failure: OSError | None = None
     for family, kind, proto, _name, sockaddr in infos:
         left = deadline.left()  # TimeoutError once the time is up: no further address is tried

@@ -1,25 +1,29 @@
 """Retention of the API's audit log (``[retention] audit_days``, migration 0028) on SQLite and
 PostgreSQL: rows older than the cutoff go, in batches, through a permit that the database
 itself requires; newer rows stay; 0 (the default) keeps every row; a DELETE, UPDATE or (on
-PostgreSQL) TRUNCATE of anyone else is still refused, before and after a run; the migration
-goes up on a filled store and down again; ``meldingstjener audit`` says from when the log is
-whole."""
+PostgreSQL) TRUNCATE of anyone else is still refused, before and after a run, and so is a permit
+of a cutoff within 30 days, and (SQLite) a REPLACE of a row; two runs at once take their
+batches in turn; the migration goes up on a filled store and down again; ``meldingstjener
+audit`` says from when the log is whole."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, text, update
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.sql import Executable
 
 from meldingstjener.api import audit
-from meldingstjener.config import RetentionSettings
+from meldingstjener.config import AUDIT_DAYS_FLOOR, RetentionSettings
 from meldingstjener.engine import retention
 from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AuditRetentionPermitRow, AuditRow
@@ -61,9 +65,9 @@ def _permits(store: Store) -> int:
         return uow.session.scalar(select(func.count()).select_from(AuditRetentionPermitRow)) or 0
 
 
-def _refused(store: Store, statement: Executable) -> None:
+def _refused(store: Store, statement: Executable, refusal: str = REFUSED) -> None:
     """``statement`` is refused by the database (its transaction rolls back)."""
-    with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=REFUSED):
+    with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=refusal):
         uow.session.execute(statement)
         uow.commit()
 
@@ -99,6 +103,17 @@ def test_rows_older_than_audit_days_go_in_batches_and_newer_ones_stay(
     longer = RetentionSettings(audit_days=3000)
     assert retention.run(store, longer, now=NOW + timedelta(days=1)).audit_rows == 0
     assert audit.kept_from(store) == CUTOFF
+
+
+@pytest.mark.parametrize("days", [1, AUDIT_DAYS_FLOOR - 1])
+def test_audit_days_within_the_last_month_are_refused(days: int) -> None:
+    # the database refuses a permit's cutoff within 30 days: the settings say so at the start,
+    # not a run failing each day
+    with pytest.raises(
+        ValidationError, match=f"audit_days = {days} .* set at least {AUDIT_DAYS_FLOOR}, or 0"
+    ):
+        RetentionSettings(audit_days=days)
+    assert RetentionSettings(audit_days=AUDIT_DAYS_FLOOR).audit_days == AUDIT_DAYS_FLOOR
 
 
 def test_audit_days_zero_the_default_deletes_no_row(own_database: Store) -> None:
@@ -149,7 +164,7 @@ def _count(store: Store, rows: ColumnElement[bool]) -> int:
 def test_a_permit_lets_no_delete_through_after_its_own_statement(store: Store) -> None:
     # The permit's trigger deletes its batch and the permit in the INSERT that writes it: a
     # DELETE later in the same transaction, of any row, is refused as ever. A permit of a
-    # cutoff in the future takes no row newer than its batch either.
+    # cutoff later than its batch takes no row newer than its batch either.
     client = "permit-epj"
     _rows_at(store, NOW - timedelta(days=900), NOW - timedelta(days=800), client=client)
     mine = AuditRow.client == client
@@ -161,7 +176,7 @@ def test_a_permit_lets_no_delete_through_after_its_own_statement(store: Store) -
     with store.unit_of_work() as uow, pytest.raises(DatabaseError, match=REFUSED):
         uow.session.execute(
             insert(AuditRetentionPermitRow).values(
-                cutoff=NOW + timedelta(days=1), through_at=first.at, through_id=first.id
+                cutoff=NOW - timedelta(days=31), through_at=first.at, through_id=first.id
             )
         )
         assert uow.session.scalar(select(func.count()).where(mine)) == 1  # its batch went
@@ -187,6 +202,104 @@ def test_a_permit_reaching_a_row_not_older_than_its_cutoff_is_refused_whole(
     )
     _refused(store, permit)
     assert _count(store, mine) == 2 and _permits(store) == 0
+
+
+def test_a_permit_of_a_cutoff_within_30_days_is_refused(store: Store) -> None:
+    # The database holds audit_days' floor itself, by its own clock: a permit written by hand
+    # with a cutoff of tomorrow deleted today's rows
+    client = "recent-epj"
+    ages = [40, 29.5, 0]  # days
+    _rows_at(store, *(NOW - timedelta(days=days) for days in ages), client=client)
+    mine = AuditRow.client == client
+    with store.unit_of_work() as uow:
+        keys = list(
+            uow.session.execute(
+                select(AuditRow.at, AuditRow.id).where(mine).order_by(AuditRow.at, AuditRow.id)
+            )
+        )
+    oldest, within_a_month, today = keys
+
+    def permit(cutoff: datetime, through: Row[tuple[datetime, int]]) -> Executable:
+        return insert(AuditRetentionPermitRow).values(
+            cutoff=cutoff, through_at=through.at, through_id=through.id
+        )
+
+    too_new = "cutoff of an audit log retention permit must be 30 days ago or earlier"
+    _refused(store, permit(NOW + timedelta(days=1), today), too_new)
+    _refused(store, permit(NOW - timedelta(days=AUDIT_DAYS_FLOOR - 1), within_a_month), too_new)
+    assert _count(store, mine) == 3
+    with store.unit_of_work() as uow:  # 30 days ago, the least audit_days, is let through
+        uow.session.execute(permit(NOW - timedelta(days=AUDIT_DAYS_FLOOR), oldest))
+        uow.commit()
+    assert _count(store, mine) == 2 and _permits(store) == 0
+
+
+def test_a_row_is_not_rewritten_by_an_insert_of_its_id(store: Store) -> None:
+    # SQLite's INSERT OR REPLACE (REPLACE INTO) deletes the row of that id to make room, and no
+    # DELETE trigger fires: the row came back rewritten. PostgreSQL's upsert is an UPDATE.
+    client = "replaced-epj"
+    _rows_at(store, NOW - timedelta(days=2), client=client)
+    with store.unit_of_work() as uow:
+        row_id = uow.session.scalar(select(AuditRow.id).where(AuditRow.client == client))
+    rewritten = (
+        "audit_log (id, at, client, action, outcome) SELECT id, at, 'forged', action, "
+        f"'refused' FROM audit_log WHERE id = {row_id}"
+    )
+    if store.database.is_postgresql:
+        upserts = [f"INSERT INTO {rewritten} ON CONFLICT (id) DO UPDATE SET client = 'forged'"]
+    else:
+        upserts = [f"INSERT OR REPLACE INTO {rewritten}", f"REPLACE INTO {rewritten}"]
+    for upsert in upserts:
+        _refused(store, text(upsert))
+    with store.unit_of_work() as uow:
+        kept = uow.session.execute(
+            select(AuditRow.client, AuditRow.outcome).where(AuditRow.id == row_id)
+        ).one()
+    assert tuple(kept) == (client, audit.Outcome.OK)
+
+
+def test_two_runs_at_once_take_their_batches_in_turn(
+    own_database: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daily job and a hand-run `meldingstjener retention` at once: each chose a batch
+    # skipping the other's rows, a permit deletes every row up to its batch's end, and the two
+    # waited for each other's rows (a deadlock; the failed run's counts lost). A batch now waits
+    # for the other's to end before it chooses, and finds what that one left.
+    store = own_database
+    if not store.database.is_postgresql:
+        pytest.skip("SQLite: a unit of work holds the database's one writer from its start")
+    monkeypatch.setattr(retention, "BATCH", 2)
+    _rows_at(store, *(CUTOFF - timedelta(days=days) for days in range(6, 0, -1)), NOW)
+    reports: list[retention.RetentionReport] = []
+    other = threading.Thread(target=lambda: reports.append(retention.run(store, RULES, now=NOW)))
+    with store.unit_of_work() as first:
+        batch = audit.older_than(first, CUTOFF, after=None, limit=2)
+        other.start()
+        assert _lock_waited_for(store) == "advisory"  # not the rows of the batch under way
+        audit.delete_batch(first, CUTOFF, batch[-1])
+        first.commit()
+    other.join(30)
+    assert [report.audit_rows for report in reports] == [4]
+    assert _times(store) == [NOW]
+
+
+def _lock_waited_for(store: Store) -> str:
+    """What another connection to the store's database waits for (pg_stat_activity's
+    wait_event), as soon as one waits for a lock."""
+    deadline = time.monotonic() + 10
+    with store.database.engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.scalar(
+                text(
+                    "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                )
+            )
+            connection.rollback()  # the next look a statement of its own, seeing anew
+            if waiting is not None:
+                return str(waiting)
+            threading.Event().wait(0.01)
+    raise AssertionError("no connection waited for a lock within 10 s")
 
 
 def test_a_truncate_is_refused_on_postgresql(store: Store) -> None:

@@ -17,7 +17,13 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import func, select, update
 
-from meldingstjener.config import PAYLOAD_DAYS_FLOOR, RetentionSettings
+from meldingstjener.config import (
+    PAYLOAD_DAYS_FLOOR,
+    RETENTION_DAYS_CEILING,
+    ConfigError,
+    RetentionSettings,
+    load_settings,
+)
 from meldingstjener.engine import housekeeping, receipts, retention
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.store.tables import (
@@ -178,6 +184,19 @@ def test_days_shorter_than_the_contents_floor_are_refused(days: int, setting: st
     assert getattr(RetentionSettings(**{setting: 0}), setting) == 0
     floor = RetentionSettings(**{setting: PAYLOAD_DAYS_FLOOR})
     assert getattr(floor, setting) == PAYLOAD_DAYS_FLOOR
+
+
+@pytest.mark.parametrize("setting", ["payload_days", "message_days", "audit_days"])
+def test_days_beyond_a_hundred_years_are_a_configuration_error(
+    setting: str, store: Store, tmp_path: Path
+) -> None:
+    # a cutoff that far back cannot be reckoned: the settings passed, and each run failed
+    # (OverflowError)
+    refused = rf"retention\.{setting}: {setting} = 1000000 is more than 36500 days"
+    with pytest.raises(ConfigError, match=refused):
+        load_settings(data_dir=tmp_path, retention={setting: 1_000_000})
+    longest = RetentionSettings(**{setting: RETENTION_DAYS_CEILING})
+    assert not retention.run(store, longest, now=NOW).any()  # reckoned, and nothing that old
 
 
 def test_whole_settled_messages_go_after_message_days_and_their_alerts_stay(

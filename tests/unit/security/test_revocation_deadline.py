@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ import pytest
 from ocsp_responder import Responder
 
 from held_names import HeldResolver, self_signed_certificate
+from meldingstjener import netresolve
+from meldingstjener.integration import webhook_targets
 from meldingstjener.security.devpki import init_pki
 from meldingstjener.security.revocation import FAILURE_MEMORY
 from meldingstjener.security.validation import CertificateValidator, Reason
@@ -121,6 +124,41 @@ def test_a_name_server_that_does_not_answer_is_given_up_on_at_the_timeout(
     assert took < 2  # each source's 0.3 s; held up to HOLD_LIMIT (10 s) without the deadline
     # the OCSP request joined the CRL's look-up under way, no second one begun
     assert resolver.asked["ca.held.test"] == 2  # the answered check's, the held one
+
+
+def test_webhook_hosts_left_hanging_do_not_take_a_cas_look_up(
+    responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A webhook's host is an API client's choice: as many of its names left hanging as
+    # netresolve lets be under way had a CA host's look-up, for a message being sent, refused
+    # at once. The webhooks' look-ups are bounded apart from revocation's.
+    hooks = {f"hook{number}.held.test": "127.0.0.1" for number in range(netresolve.MAX_PENDING)}
+    held = HeldResolver(hooks)
+    answering = HeldResolver({"ca.names.test": "127.0.0.1"})
+
+    def resolver(host: str, *args: object) -> object:
+        return (held if host in hooks else answering)(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    held.hold()
+    try:
+        for host in hooks:
+            with pytest.raises(netresolve.ResolveTimeout, match=r"within 0\.01 s"):
+                webhook_targets.resolve(host, 443, timeout=0.01)
+        with pytest.raises(netresolve.ResolveTimeout, match="under way already"):
+            webhook_targets.resolve("one-more.held.test", 443, timeout=5)  # the bound holds
+        responder.url = responder.url.replace("127.0.0.1", "ca.names.test")
+        validator = CertificateValidator(
+            [responder.pki.ca_certificate], timeout=5.0, revocation_policy="hard"
+        )
+        check = validator.validate(responder.certificate(), usage="signing")
+    finally:
+        held.release()
+        for thread in threading.enumerate():  # the look-ups left waiting end with the release
+            if thread.name == "netresolve":
+                thread.join(5)
+    assert check.reasons == [], check.details
+    assert answering.asked == {"ca.names.test": 1}
 
 
 def test_a_responder_named_by_its_host_name_is_reached(responder: Responder) -> None:

@@ -11,9 +11,13 @@ permit exists and only of a row older than its cutoff; every other DELETE, and e
 is refused as before ("the audit log is append-only"), and on PostgreSQL a TRUNCATE now too
 (it fires no row's trigger). The database cannot tell processes apart: what it holds is that
 no statement but a permit's INSERT deletes audit rows, only those older than its cutoff, and
-that no permit is left behind to let a later DELETE through. Going down puts 0002's guard
-back (every DELETE refused, a TRUNCATE let through as before) and drops the permits' table,
-empty: no permit is ever committed.
+that no permit is left behind to let a later DELETE through. A permit's cutoff is no later
+than 30 days before the database's own clock (``[retention] audit_days`` is 0 or at least
+30): a permit written by hand with a cutoff of tomorrow is refused, not let delete today's
+rows. On SQLite an INSERT OR REPLACE (or REPLACE) of an existing row is refused too: its
+conflict deletes the old row without a DELETE trigger firing, and inserts one of the writer's
+own under its id. Going down puts 0002's guard back (every DELETE refused, a TRUNCATE let
+through as before) and drops the permits' table, empty: no permit is ever committed.
 
 Revision ID: 0028
 Revises: 0027
@@ -41,6 +45,18 @@ _REFUSAL = "the audit log is append-only"  # 0002's words: a refusal reads as it
 # cutoff at every batch (19 ms a batch of 200 among 200,000 rows, growing with the log).
 _BATCH = "at <= NEW.through_at AND (at < NEW.through_at OR id <= NEW.through_id)"
 _PERMITTED = f"EXISTS (SELECT 1 FROM {_PERMITS} WHERE OLD.at < cutoff)"
+# A permit's cutoff is 30 days before the database's clock or earlier: the least [retention]
+# audit_days but 0 (config.AUDIT_DAYS_FLOOR, not imported: a migration stays as released). An
+# hour's leeway lets the server's clock run a little ahead of the database's, so that a run with
+# audit_days = 30 is not refused for it. SQLite keeps a time as text, 'YYYY-MM-DD HH:MM:SS.ffffff'
+# (UtcDateTime, UTC), compared as text, as the guard compares ``at`` with the cutoff; strftime
+# writes its clock so. (A cutoff of another type is not later: SQLite orders a number before any
+# text, and such a cutoff makes no row older than it; a blob, after any text, is refused.)
+_CUTOFF_TOO_NEW = "the cutoff of an audit log retention permit must be 30 days ago or earlier"
+_NEWEST_CUTOFF = {
+    "postgresql": "now() - interval '30 days' + interval '1 hour'",
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now', '-30 days', '+1 hour')",
+}
 
 
 def upgrade() -> None:
@@ -74,7 +90,9 @@ def _postgresql_upgrade() -> None:
     )
     op.execute(
         "CREATE FUNCTION audit_log_retention_permit() RETURNS trigger LANGUAGE plpgsql AS "
-        f"$$ BEGIN DELETE FROM audit_log WHERE {_BATCH}; "
+        f"$$ BEGIN IF NEW.cutoff > {_NEWEST_CUTOFF['postgresql']} THEN "
+        f"RAISE EXCEPTION '{_CUTOFF_TOO_NEW}'; END IF; "
+        f"DELETE FROM audit_log WHERE {_BATCH}; "
         f"DELETE FROM {_PERMITS} WHERE id = NEW.id; RETURN NULL; END $$"
     )
     op.execute(
@@ -96,8 +114,19 @@ def _sqlite_upgrade() -> None:
     )
     op.execute(
         f"CREATE TRIGGER audit_log_retention_permit AFTER INSERT ON {_PERMITS} "
-        f"BEGIN DELETE FROM audit_log WHERE {_BATCH}; "
+        f"BEGIN SELECT RAISE(ABORT, '{_CUTOFF_TOO_NEW}') "
+        f"WHERE NEW.cutoff > {_NEWEST_CUTOFF['sqlite']}; "
+        f"DELETE FROM audit_log WHERE {_BATCH}; "
         f"DELETE FROM {_PERMITS} WHERE id = NEW.id; END"
+    )
+    # INSERT OR REPLACE (REPLACE INTO) of an id that exists deletes that row to make room, and
+    # fires no DELETE trigger doing so: a row rewritten whole. The INSERT's own trigger fires
+    # first. (A new row's id, not given, reads as -1 here: no row has it.) PostgreSQL has no
+    # REPLACE; its INSERT ... ON CONFLICT DO UPDATE fires the UPDATE trigger, which refuses.
+    op.execute(
+        "CREATE TRIGGER audit_log_no_replace BEFORE INSERT ON audit_log "
+        "WHEN EXISTS (SELECT 1 FROM audit_log WHERE id = NEW.id) "
+        f"BEGIN SELECT RAISE(ABORT, '{_REFUSAL}'); END"
     )
 
 
@@ -111,6 +140,7 @@ def downgrade() -> None:
             f"AS $$ BEGIN RAISE EXCEPTION '{_REFUSAL}'; END $$"
         )
     else:
+        op.execute("DROP TRIGGER audit_log_no_replace")
         op.execute("DROP TRIGGER audit_log_retention_permit")
         op.execute("DROP TRIGGER audit_log_no_delete")
         op.execute(  # 0002's
