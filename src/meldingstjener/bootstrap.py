@@ -143,6 +143,7 @@ def load_own_keys(settings: Settings) -> OwnKeys:
             store.signing_certificate,
             store.encryption_certificate,
             store.decryption_candidates,
+            sources={role: _key_file(settings.keys, role) for role in ("signing", "encryption")},
         )
     if signing is not None or encryption is not None:
         raise ConfigError("[keys]: give both the signing and the encryption key, or neither")
@@ -159,12 +160,24 @@ def load_own_keys(settings: Settings) -> OwnKeys:
             f"cannot write the development keys in {settings.dev_pki_dir}: {reason(exc)}"
         ) from None
     party = load_dev_party(settings.dev_pki_dir, her_id)
+    made = f"a development key in {settings.dev_pki_dir}"
     return OwnKeys(
         party.signing.key,
         party.signing.certificate,
         party.encryption.certificate,
         [(party.encryption.key, party.encryption.certificate)],
+        sources={"signing": made, "encryption": made},
     )
+
+
+def _key_file(keys: KeySettings, prefix: str) -> str:
+    """Where the ``[keys]`` pair ``prefix`` comes from, as an operator finds it: the file, and
+    the setting that names it."""
+    for kind in ("pkcs12", "key"):
+        path = getattr(keys, f"{prefix}_{kind}")
+        if path is not None:
+            return f"key file {path}, from [keys] {prefix}_{kind}"
+    return f"[keys] {prefix}"
 
 
 def _key_pair(source: KeySource, prefix: str, usage: Usage, keys: KeySettings) -> KeyPair:

@@ -24,7 +24,12 @@ from typing import Any, cast
 from sqlalchemy import String, Table, and_, bindparam, func, insert, or_, select, text
 
 from meldingstjener.model.privacy import redact
-from meldingstjener.store.tables import AlertRow, AuditRetentionPermitRow, AuditRow
+from meldingstjener.store.tables import (
+    RESOLUTION_NOTE_CHARS,
+    AlertRow,
+    AuditRetentionPermitRow,
+    AuditRow,
+)
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork
 
@@ -73,21 +78,27 @@ def follow_up_alert(
     person: str | None,
     by: str,
     at: datetime | None = None,
+    note: str | None = None,
 ) -> FollowUp | None:
     """Acknowledge (or resolve) one alert in the caller's transaction, and audit it when that
     changed it; None when there is no such alert. The command line and the operator API both
     come here. The alert keeps only who acknowledged it (``by``, masked like every stored text
     and cut to its column after masking), so a resolve, and who did it, is found in the audit
-    log: by someone other than the one who acknowledged, it would otherwise leave no trace."""
+    log: by someone other than the one who acknowledged, it would otherwise leave no trace.
+    A resolve keeps ``note`` with the alert (masked, cut to its column; never in the audit
+    log or the server log: an operator's free text)."""
     # locked before what it was is read: two at once would both find it open, and both be
     # audited (and told) as the one who acknowledged it
     found = uow.alerts.get(alert_id, for_update=True)
     if found is None:
         return None
     acknowledged_before, resolved_before = found.acknowledged_by, found.resolved_at is not None
-    follow = uow.alerts.close if resolve else uow.alerts.acknowledge
     masked = (redact(by) or by)[: _FOLLOWED_BY_CHARS or 128]
-    alert = follow(alert_id, by=masked, at=at)
+    if resolve:
+        kept = None if not note else (redact(note) or note)[:RESOLUTION_NOTE_CHARS]
+        alert = uow.alerts.close(alert_id, by=masked, at=at, note=kept)
+    else:
+        alert = uow.alerts.acknowledge(alert_id, by=masked, at=at)
     if alert is None:  # gone meanwhile
         return None
     changed = not resolved_before if resolve else acknowledged_before is None

@@ -49,6 +49,7 @@ def alerts_list(
 
     store = store_from(ctx)
     # imported once the store opened (after the settings: a configuration error is quick)
+    from rich.markup import escape
     from rich.table import Table
 
     from meldingstjener.views import alert_dict
@@ -76,7 +77,7 @@ def alerts_list(
             str(alert.count),
             alert.last_seen.strftime("%Y-%m-%d %H:%M"),
             alert.acknowledged_by or ("resolved" if alert.resolved_at else ""),
-            alert.summary,
+            escape(alert.summary + _note_of(alert)),  # a note's [ ] are no markup
         )
     wide_console().print(table)
     if not alerts:
@@ -110,10 +111,20 @@ def alerts_resolve(
     ctx: typer.Context,
     alert_id: AlertId,
     by: Annotated[str, typer.Option("--by", help="Who followed it up.")] = "operator",
+    note: Annotated[
+        str | None,
+        typer.Option(
+            "--note",
+            help="What was done, kept with the alert and shown with it (a few sentences at "
+            "most; no patient data).",
+            callback=_bounded_note,
+        ),
+    ] = None,
 ) -> None:
     """Resolve an alert by hand: it was followed up. It leaves `alerts --open`; a repeat of the
-    problem opens it again. Who resolved it is in the audit log (`meldingstjener audit`)."""
-    done = _follow_up(ctx, alert_id, by=by, resolve=True)
+    problem opens it again, as a new incident. Who resolved it is in the audit log
+    (`meldingstjener audit`); the note is shown by `alerts` and `status` until then."""
+    done = _follow_up(ctx, alert_id, by=by, resolve=True, note=note)
     if done.resolved_before:
         typer.echo(f"alert {alert_id} was resolved already")
         return
@@ -125,14 +136,29 @@ def alerts_resolve(
     typer.echo(f"alert {alert_id} resolved by {by}{acknowledged}")
 
 
-def _follow_up(ctx: typer.Context, alert_id: int, *, by: str, resolve: bool) -> FollowUp:
-    """Acknowledge (or resolve) one alert and commit, audited as client ``cli``; exit 1 when
-    there is no such alert."""
+def _bounded_note(note: str | None) -> str | None:
+    """The note as given, refused when longer than its column (cut, it would lose its end)."""
+    from meldingstjener.store.tables import RESOLUTION_NOTE_CHARS
+
+    if note is not None and len(note) > RESOLUTION_NOTE_CHARS:
+        raise typer.BadParameter(
+            f"{len(note)} characters; a note holds {RESOLUTION_NOTE_CHARS} at most"
+        )
+    return note.strip() or None if note is not None else None
+
+
+def _follow_up(
+    ctx: typer.Context, alert_id: int, *, by: str, resolve: bool, note: str | None = None
+) -> FollowUp:
+    """Acknowledge (or resolve, with ``note``) one alert and commit, audited as client
+    ``cli``; exit 1 when there is no such alert."""
     from meldingstjener.api.audit import follow_up_alert
 
     store = store_from(ctx)
     with store.unit_of_work() as uow:
-        done = follow_up_alert(uow, alert_id, resolve=resolve, client="cli", person=by, by=by)
+        done = follow_up_alert(
+            uow, alert_id, resolve=resolve, client="cli", person=by, by=by, note=note
+        )
         if done is None:
             typer.echo(f"no alert {alert_id}", err=True)
             raise typer.Exit(1)
@@ -220,6 +246,8 @@ def _print_status(
 ) -> None:
     from rich.markup import escape
 
+    from meldingstjener.engine.receipts import last_error_is_history, transport_delivery_words
+
     console.print(
         f"[bold]{message.id}[/] {message.direction} {message.msg_type} "
         f"{message.from_her_id} → {message.to_her_id}: [bold]{message.status}[/]"
@@ -227,10 +255,16 @@ def _print_status(
     for receiver in document.get("receivers", []):
         console.print(
             f"  receiver {receiver['receiverHerId']}: transport "
-            f"{receiver['transportDeliveryState']}, AppRec {receiver['appRecStatus'] or '-'}"
+            f"{transport_delivery_words(message.status)} (EDI 2.0: "
+            f"{receiver['transportDeliveryState']}), AppRec {receiver['appRecStatus'] or '-'}"
         )
     if message.last_error_code:
-        console.print(f"  last error: {message.last_error_code} {message.last_error_text or ''}")
+        error = f"{message.last_error_code} {message.last_error_text or ''}"
+        if message.direction == "out" and last_error_is_history(message.status):
+            # what the error said of a next attempt no longer holds
+            console.print(f"  [dim]history, before it was {message.status}: {escape(error)}[/]")
+        else:
+            console.print(f"  last error: {escape(error)}")
     for receipt in document["receipts"]:
         answer = receipt.get("answer")
         console.print(
@@ -246,7 +280,8 @@ def _print_status(
         if alert.resolved_at is not None:
             console.print(
                 f"  [dim]alert {alert.id} {alert.kind} (resolved "
-                f"{alert.resolved_at:%Y-%m-%d %H:%M} UTC): {escape(alert.summary)}[/]"
+                f"{alert.resolved_at:%Y-%m-%d %H:%M} UTC): {escape(alert.summary)}"
+                f"{escape(_note_of(alert))}[/]"
             )
             continue
         acknowledged = (
@@ -255,6 +290,11 @@ def _print_status(
         console.print(
             f"  [red]alert {alert.id}[/] {alert.kind}{acknowledged}: {escape(alert.summary)}"
         )
+
+
+def _note_of(alert: AlertRow) -> str:
+    """The resolution's note, as the end of the alert's line; empty when it has none."""
+    return f" [resolved with the note: {alert.resolution_note}]" if alert.resolution_note else ""
 
 
 def _utc(at: str) -> str:

@@ -4,8 +4,10 @@ Runs at start and then daily (a ``certificate-check`` job). A certificate that h
 expired, or is not yet valid, is a critical alert: messages signed or encrypted with it fail.
 Both are states that last, looked at every day and at every start: each is told once
 (:func:`~meldingstjener.engine.alerts.keep_alert`), and told again only when its text changes,
-which it does at 7 days and at 1 day before the end (the text names the threshold passed, not
-the days left, which would change daily). A holder (ours, or a partner's, per role) whose
+which it does at 7 days and at 1 day before the end (the text names the threshold passed, and
+the days left on the day it was told: kept as told until the next threshold, as the days left
+change daily). Our own are named by role (signing, encryption), with the HER-ids they serve and
+the key's file from ``[keys]``. A holder (ours, or a partner's, per role) whose
 certificate in use now is another one (renewed: another serial) has its open alerts about the
 one before resolved, and an expiring alert gives way to the invalid one of the same
 certificate. The advice differs: our own is renewed by us ("Renewing our certificates" in the
@@ -19,6 +21,7 @@ is renewed (``partners set --cpa``, which calls :func:`judge_agreement_end` itse
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -26,6 +29,7 @@ from sqlalchemy import select
 
 from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.model.privacy import redact
 from meldingstjener.registry.agreements import AgreementState
 from meldingstjener.store.tables import AgreementRow, PartyRow
 from meldingstjener.store.uow import ClaimedJob, UnitOfWork
@@ -49,16 +53,34 @@ def _expiring_within(left: timedelta) -> str:
     return "within a day" if within <= timedelta(days=1) else f"within {within.days} days"
 
 
+def _days_left(left: timedelta) -> str:
+    """The whole days ``left``, in words."""
+    if left.days < 1:
+        return "less than a day was left"
+    return "1 day was left" if left.days == 1 else f"{left.days} days were left"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Whose certificate is judged, as its alert names it: ``whose`` is the dedup key's part
+    (``our signing``, ``<HER-id>'s encryption``: kept as it was, the alerts open under it
+    must still be found); ``label`` what the text calls it."""
+
+    whose: str
+    label: str
+    her_id: str | None = None  # the partner's; None for ours
+    details: str = ""  # more of what it is (ours: for whom, and its key's file)
+
+
 def _judge(
-    uow: UnitOfWork, certificate: x509.Certificate, whose: str, her_id: str | None, now: datetime
+    uow: UnitOfWork, certificate: x509.Certificate, holder: Holder, now: datetime
 ) -> str | None:
-    """Tell the state of the certificate ``whose`` holder uses now (kept: told once, again at a
+    """Tell the state of the certificate ``holder`` uses now (kept: told once, again at a
     threshold): the dedup key of the alert open for it, or None when it is fine."""
-    key = f"{whose}:{certificate.serial_number:x}"
-    label = (
-        f"{whose} certificate (serial {certificate.serial_number:x}, expires "
-        f"{certificate.not_valid_after_utc:%Y-%m-%d})"
-    )
+    key = f"{holder.whose}:{certificate.serial_number:x}"
+    details = f"; {holder.details}" if holder.details else ""
+    label = f"{holder.label} (serial {certificate.serial_number:x}{details})"
+    her_id = holder.her_id
     if her_id is None:
         renew = "Renew it: see 'Renewing our certificates' in the README."
     else:
@@ -67,20 +89,50 @@ def _judge(
             "one in the address register, the register sync brings it here (a partner in "
             "[[partners]]: install its new certificate there) and this alert is resolved."
         )
-    left = certificate.not_valid_after_utc - now
-    if certificate.not_valid_after_utc <= now or certificate.not_valid_before_utc > now:
-        state = "has expired" if certificate.not_valid_after_utc <= now else "is not yet valid"
+    end = certificate.not_valid_after_utc
+    left = end - now
+    if end <= now:
+        kind: AlertKind | None = AlertKind.CERTIFICATE_INVALID
+        summary = f"{label} has expired ({end:%Y-%m-%d %H:%M} UTC): messages using it fail. {renew}"
+    elif certificate.not_valid_before_utc > now:
         kind = AlertKind.CERTIFICATE_INVALID
-        summary = f"the {label} {state}: messages using it fail. {renew}"
+        summary = (
+            f"{label} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            f"UTC: messages using it fail. {renew}"
+        )
     elif left <= WARN_BEFORE:
         kind = AlertKind.CERTIFICATE_EXPIRING
-        summary = f"the {label} expires {_expiring_within(left)}. {renew}"
+        told = f"{label} expires {_expiring_within(left)}, on {end:%Y-%m-%d}: "
+        summary = _told_before(uow, f"{kind}:{key}", told) or (
+            f"{told}{_days_left(left)} on {now:%Y-%m-%d}, when this was told. {renew}"
+        )
     else:
         kind = None
     if kind is None:
         return None
     keep_alert(uow, kind, summary, at=now, partner_her_id=her_id, key=key)
     return f"{kind}:{key}"
+
+
+def _told_before(uow: UnitOfWork, dedup_key: str, beginning: str) -> str | None:
+    """The text of the open alert ``dedup_key`` when it begins with ``beginning`` (the same
+    certificate, the same threshold passed): kept as it was told, days left and all, so that
+    the days left, which change daily, do not tell it again every day."""
+    open_alert = uow.alerts.by_key(dedup_key)
+    if open_alert is None or open_alert.resolved_at is not None:
+        return None
+    stored = redact(beginning) or ""  # as the summary was stored
+    return open_alert.summary if open_alert.summary.startswith(stored) else None
+
+
+def _ours(ctx: EngineContext, role: str) -> Holder:
+    """Our ``role`` certificate, with the HER-ids it serves and where its key is (``[keys]``)."""
+    served = ", ".join(sorted(ctx.own_her_ids, key=int))
+    details = [f"for HER-id {served}"] if served else []
+    source = ctx.keys.sources.get(role)
+    if source:
+        details.append(source)
+    return Holder(f"our {role}", f"our {role} certificate", details="; ".join(details))
 
 
 def _resolve_replaced(
@@ -133,27 +185,32 @@ def check_certificates(ctx: EngineContext) -> int:
     found = 0
     with ctx.store.unit_of_work() as uow:
         own = {
-            "our signing": ctx.keys.signing_certificate,
-            "our encryption": ctx.keys.encryption_certificate,
+            "signing": ctx.keys.signing_certificate,
+            "encryption": ctx.keys.encryption_certificate,
         }
         # the holders judged and the alert each has open now: the others of these holders
         # are about certificates no longer in use
         holders: set[str] = set()
         kept: set[str | None] = set()
-        for whose, certificate in own.items():
-            holders.add(whose)
-            kept.add(_judge(uow, certificate, whose, None, now))
+        for role, certificate in own.items():
+            ours = _ours(ctx, role)
+            holders.add(ours.whose)
+            kept.add(_judge(uow, certificate, ours, now))
         partners = set(uow.session.scalars(select(AgreementRow.counterparty_her_id)))
         for party in uow.session.scalars(select(PartyRow).where(PartyRow.her_id.in_(partners))):
             for role, encoded in (
                 ("signing", party.signing_certificate),
                 ("encryption", party.encryption_certificate),
             ):
-                whose = f"{party.her_id}'s {role}"
-                holders.add(whose)  # one it no longer has is not in use either
+                theirs = Holder(
+                    f"{party.her_id}'s {role}",
+                    f"the {role} certificate of HER-id {party.her_id}",
+                    party.her_id,
+                )
+                holders.add(theirs.whose)  # one it no longer has is not in use either
                 if encoded:
                     certificate = x509.load_der_x509_certificate(base64.b64decode(encoded))
-                    kept.add(_judge(uow, certificate, whose, party.her_id, now))
+                    kept.add(_judge(uow, certificate, theirs, now))
         _resolve_replaced(uow, holders, kept, now)
         found += len(kept - {None})
         for agreement in uow.session.scalars(select(AgreementRow)):

@@ -43,6 +43,9 @@ class OwnKeys:
     signing_certificate: x509.Certificate
     encryption_certificate: x509.Certificate
     decryption_candidates: Sequence[tuple[rsa.RSAPrivateKey, x509.Certificate]]
+    # where each pair comes from ("signing", "encryption": the [keys] setting and its file),
+    # for the texts that tell an operator which file to renew
+    sources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import database_full, transient
-from meldingstjener.store.identity import CheckedPayloadStore, PayloadDirectoryLost
+from meldingstjener.store.identity import (
+    CheckedPayloadStore,
+    PayloadDirectoryLost,
+    PayloadDirectoryNotOurs,
+)
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.uow import UnitOfWork
 
@@ -157,6 +163,8 @@ class StoreFailing:
         self._reason = ""
         self._refused = 0
         self._unalerted = 0  # refusals whose alert could not be stored
+        # the cause this period's alert tells, and its text (see _told_text)
+        self._told: tuple[str, str] | None = None
 
     @property
     def failing(self) -> bool:
@@ -165,14 +173,16 @@ class StoreFailing:
     def failed(self, exc: BaseException, request: str) -> None:
         """``request`` (``POST /ebms``, ``POST /Messages``) was answered 503 because the store
         could not be written (``exc``): counted, and alerted if the alert can be stored."""
-        reason = _reason(exc)
+        directory = self.ctx.store.payloads.root
+        reason = _reason(exc, directory)
         self._start(
             reason,
             f"a request received by instance {self.ctx.instance} ({request}) could not be "
             f"stored: its store failed ({reason}). It was answered 503 and its sender "
-            "resends, until it gives up. Free disk space or mend the payload directory; "
-            "the server log says since when.",
+            f"resends, until it gives up. {_remedy(exc, directory)}; the server log says "
+            "since when.",
             refused=1,
+            cause=_cause(exc, reason),
         )
 
     def work_refused(self, exc: BaseException, work: str) -> None:
@@ -184,15 +194,17 @@ class StoreFailing:
         that it is told, alerted, shown by ``/health`` and ended by the heartbeat's probe."""
         if self.failing:
             return
-        reason = _reason(exc)
+        directory = self.ctx.store.payloads.root
+        reason = _reason(exc, directory)
         self._start(
             reason,
             f"Instance {self.ctx.instance} cannot write its store ({reason}), as {work} found. "
             "The work that reads or writes a message's content (sends, resends, signals, "
             "deliveries, the folder integration) waits for it, not counted as tries; messages "
-            "received and the EPJ API's calls are answered 503. Free disk space or mend the "
-            "payload directory: the next heartbeat, within a minute, ends this.",
+            f"received and the EPJ API's calls are answered 503. {_remedy(exc, directory)}: "
+            "the next heartbeat, within a minute, ends this.",
             refused=0,
+            cause=_cause(exc, reason),
         )
 
     def watch(self) -> None:
@@ -217,20 +229,25 @@ class StoreFailing:
                         "up (not-delivered). Mount the payload share again (or put the marker "
                         "back): the next heartbeat, within a minute, ends this.",
                         refused=0,
+                        cause=_DIRECTORY_LOST,
+                        specific=True,
                     )
                 return
         if self.failing:
             self.probe()
 
-    def _start(self, reason: str, summary: str, *, refused: int) -> None:
+    def _start(
+        self, reason: str, summary: str, *, refused: int, cause: str, specific: bool = False
+    ) -> None:
         """A period of failing starts (one log line), or goes on: ``refused`` requests more,
-        and the ``store-failing`` alert raised with ``summary`` if it can be stored."""
+        and the ``store-failing`` alert raised (see :meth:`_told_text`) if it can be stored."""
         at = self.ctx.clock()
         with self._lock:
             starts = self._since is None
             if starts:
-                self._since, self._reason = at, reason
+                self._since, self._reason, self._told = at, reason, None
             self._refused += refused
+            summary = self._told_text(cause, summary, specific=specific)
         if starts:
             log.error(
                 "this server cannot write its store (%s): requests that store are answered 503 "
@@ -252,6 +269,17 @@ class StoreFailing:
         if not _raise(self.ctx, alert, quiet=not starts):
             with self._lock:
                 self._unalerted += 1
+
+    def _told_text(self, cause: str, summary: str, *, specific: bool) -> str:
+        """The text the period's alert is raised with now: ``summary``, unless the alert tells
+        the same ``cause`` already and this is not the heartbeat's own finding (``specific``).
+        A request refused for the payload directory the heartbeat found lost, or for the
+        same full disk, adds nothing but a count to it: its generic words ("a request could
+        not be stored") must not replace the remedy told (put the marker back, naming the
+        store). Called under the lock."""
+        if specific or self._told is None or self._told[0] != cause:
+            self._told = (cause, summary)
+        return self._told[1]
 
     def wrote(self) -> None:
         """A write of the store worked (a commit, or :meth:`probe`'s file): a period of failing
@@ -297,7 +325,7 @@ class StoreFailing:
         with self._lock:
             if self._since != since:
                 return  # ended by another thread meanwhile
-            self._since, self._refused, self._unalerted = None, 0, 0
+            self._since, self._refused, self._unalerted, self._told = None, 0, 0, None
         log.warning(
             "this server writes its store again, after %s: %d requests were answered 503 since %s",
             reason,
@@ -331,21 +359,64 @@ class StoreFailing:
         return not self.failing
 
 
-def _reason(exc: BaseException) -> str:
-    """What failed, for a log line and an alert: an OSError's errno and the payload directory,
+# the cause of every refusal for the payload directory not being the store's (its marker)
+_DIRECTORY_LOST = "payload-directory-lost"
+
+
+def _cause(exc: BaseException, reason: str) -> str:
+    """Which outage ``exc`` is, for :meth:`StoreFailing._told_text`: the payload directory
+    lost (whatever the words of the touch that met it), else its reason."""
+    return _DIRECTORY_LOST if isinstance(exc, PayloadDirectoryNotOurs) else reason
+
+
+def _reason(exc: BaseException, directory: Path | None = None) -> str:
+    """What failed, for a log line and an alert: an OSError's errno and the payload directory
+    (``directory``, and the path the error names when that is another: a sub-folder, a file),
     or a database's error class and the driver's code (SQLite's result code's name,
     PostgreSQL's SQLSTATE: a full disk told from memory); never an error's text, which may quote
-    what was stored."""
+    what was stored. Paths in the payload directory are random keys: no content."""
     if isinstance(exc, StoreUnavailable) and isinstance(exc.__context__, OSError):
         exc = exc.__context__  # the payload directory checked at a process's first file
     if isinstance(exc, OSError):
         name = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
-        return f"{name} in the payload directory"
+        where = "the payload directory" + (f" {directory}" if directory is not None else "")
+        named = exc.filename
+        if named is not None and (directory is None or Path(os.fsdecode(named)) != directory):
+            where += f" (at {os.fsdecode(named)})"
+        return f"{name} in {where}"
     if isinstance(exc, StoreUnavailable):  # its words name a directory or database, no content
         return str(exc)
     orig = getattr(exc, "orig", None)
     code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
     return f"the database: {type(exc).__name__}" + (f" ({code})" if code else "")
+
+
+def _remedy(exc: BaseException, directory: Path) -> str:
+    """What mends the store failing by ``exc``, as exactly as its cause tells: a sentence
+    without its full stop."""
+    if isinstance(exc, PayloadDirectoryNotOurs):
+        return (
+            f"Mount the payload share at {directory} again (or put its marker back, naming "
+            "this store)"
+        )
+    if isinstance(exc, StoreUnavailable) and isinstance(exc.__context__, OSError):
+        exc = exc.__context__
+    if not isinstance(exc, OSError):
+        return (
+            "Free disk space for the database"
+            if database_full(exc)
+            else "Free disk space or mend the payload directory"
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Free disk space (or quota) on the disk of the payload directory {directory}"
+    if exc.errno == errno.EROFS:
+        return f"Mount the file system of the payload directory {directory} writable again"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"Give the server's user write permission on the payload directory {directory} "
+            "and the folders in it"
+        )
+    return f"Mend the payload directory {directory} (a directory the server's user can write)"
 
 
 def failed(ctx: EngineContext, exc: Exception) -> None:

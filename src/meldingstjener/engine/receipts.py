@@ -1195,6 +1195,40 @@ def transport_delivery_state(status: str) -> str:
     return "Acknowledged"
 
 
+# A sent message's transport in words, for people (``meldingstjener status``). The EDI 2.0
+# states above are NHN's contract and stay as they are in the API, but "Rejected" lumps a
+# partner that refused the message (a MessageError) with one never reached (every attempt a
+# connection refused or a 503 until the agreement's retries ran out): read by a help desk as
+# "the partner refused it", it sends them to the wrong party.
+_TRANSPORT_WORDS = {
+    OutboundStatus.ACCEPTED.value: "not sent yet",
+    OutboundStatus.SENT.value: "sent, waiting for the partner's Acknowledgment",
+    OutboundStatus.RETRYING.value: "not acknowledged yet, being sent again",
+    OutboundStatus.TRANSPORT_ERROR.value: "refused by the partner's MSH (a MessageError)",
+    OutboundStatus.NOT_DELIVERED.value: (
+        "given up: the partner never acknowledged it (not reached, or no answer)"
+    ),
+}
+# the statuses no error leads to: a message's last error kept in one of them is of its sending
+# before (an http-503 "next attempt ..." of a message acknowledged since), history. Every other
+# status is still being sent (the error is of that sending) or was set with its own error (a
+# MessageError's, an AppRec's, the giving up's)
+_ERRORLESS_STATUSES = frozenset(
+    {OutboundStatus.TRANSPORT_ACKNOWLEDGED.value, OutboundStatus.APPREC_OK.value}
+)
+
+
+def transport_delivery_words(status: str) -> str:
+    """What happened to a sent message in transport, in words (its EDI 2.0 state beside)."""
+    return _TRANSPORT_WORDS.get(status, "acknowledged by the partner")
+
+
+def last_error_is_history(status: str) -> bool:
+    """Whether a sent message's last error (and the next attempt its text names) is of its
+    past: kept in a status no error leads to, shown as history, not as its state now."""
+    return status in _ERRORLESS_STATUSES
+
+
 def receiver_status(ctx: EngineContext, message_id: str) -> list[ReceiverStatus]:
     with ctx.store.unit_of_work() as uow:
         row = uow.messages.get(message_id)

@@ -299,6 +299,9 @@ class ReceiptRow(Base):
     wire_content_type: Mapped[str | None] = mapped_column(String(512))
 
 
+RESOLUTION_NOTE_CHARS = 500  # an alert's resolution note, at most
+
+
 class AlertRow(Base):
     """An avvik: a problem an operator must follow up, deduplicated by ``dedup_key``."""
 
@@ -325,6 +328,9 @@ class AlertRow(Base):
     # the last change that is told (raised, acknowledged, resolved; not a lasting state
     # counted again): webhooks follow it
     changed_at: Mapped[datetime | None]
+    # what the operator who resolved it by hand wrote (``alerts resolve --note``), until it
+    # opens again
+    resolution_note: Mapped[str | None] = mapped_column(String(RESOLUTION_NOTE_CHARS))
 
 
 class PartyRow(Base):

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Result,
     Select,
     Table,
     TextClause,
@@ -37,6 +38,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 
 from meldingstjener.model import Direction, OutboundStatus, check_transition, initial_status
 from meldingstjener.model.privacy import redact, redact_all
+from meldingstjener.store import alert_log
 from meldingstjener.store.changes import wrote_in_transaction
 from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
@@ -825,22 +827,31 @@ _INCOMING_RECEIPT = text(
     "AND ebxml_message_id = :ebxml_message_id LIMIT 1"
 )
 
-# A problem that comes back after it was resolved reopens its alert, unacknowledged. In an
-# ON CONFLICT update every right-hand side sees the row as it was, on both databases.
+# A problem that comes back after it was resolved reopens its alert, unacknowledged, as a new
+# incident: counted from 1 and first seen now (the old one's resolution, and its note, are in
+# the audit log and the webhooks' history). In an ON CONFLICT update every right-hand side sees
+# the row as it was, on both databases. A count of 1 returned is an alert opened or reopened.
 _UPSERT_ALERT = text(
     "INSERT INTO alerts (kind, severity, dedup_key, summary, message_id, partner_her_id, "
     "first_seen, last_seen, changed_at, count) VALUES (:kind, :severity, :dedup_key, :summary, "
     ":message_id, :partner_her_id, :at, :at, :at, 1) ON CONFLICT (dedup_key) DO UPDATE SET "
-    "count = alerts.count + 1, last_seen = excluded.last_seen, changed_at = excluded.changed_at, "
+    "count = CASE WHEN alerts.resolved_at IS NULL THEN alerts.count + 1 ELSE 1 END, "
+    "first_seen = CASE WHEN alerts.resolved_at IS NULL THEN alerts.first_seen "
+    "ELSE excluded.first_seen END, "
+    "last_seen = excluded.last_seen, changed_at = excluded.changed_at, "
     "summary = excluded.summary, "
     "acknowledged_at = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_at END, "
     "acknowledged_by = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_by END, "
-    "resolved_at = NULL"
+    "resolution_note = CASE WHEN alerts.resolved_at IS NULL THEN alerts.resolution_note END, "
+    "resolved_at = NULL RETURNING id, count"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
+
+# what a resolve returns of each alert it resolved, for its log line
+_RESOLVED = " RETURNING id, kind, severity, summary"
 
 _RESOLVE_ALERT_SILENT = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key = :dedup_key "
-    "AND resolved_at IS NULL AND last_seen < :seen_before"
+    "AND resolved_at IS NULL AND last_seen < :seen_before" + _RESOLVED
 ).bindparams(
     bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
     bindparam("seen_before", type_=cast(Table, AlertRow.__table__).c.last_seen.type),
@@ -857,7 +868,7 @@ _COUNTED_AGAIN = text(
 # as one by SQLAlchemy, on both databases)
 _RESOLVE_PARTNER_ALERTS = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE resolved_at IS NULL "
-    "AND kind = :kind AND partner_her_id = :partner_her_id AND dedup_key NOT IN :kept"
+    "AND kind = :kind AND partner_her_id = :partner_her_id AND dedup_key NOT IN :kept" + _RESOLVED
 ).bindparams(
     bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type),
     # typed: an empty set is a SELECT of a NULL of the bind's type, which PostgreSQL compares
@@ -879,13 +890,21 @@ def _resolve_alerts(count: int) -> TextClause:
     keys = ", ".join(f":dedup_key_{number}" for number in range(count))
     return text(
         f"UPDATE alerts SET resolved_at = :at, changed_at = :at WHERE dedup_key IN ({keys}) "
-        "AND resolved_at IS NULL"
+        "AND resolved_at IS NULL" + _RESOLVED
     ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
 
 
 class AlertRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self, session: Session, after_commit: Callable[[Callable[[], object]], None] | None = None
+    ) -> None:
         self.session = session
+        # an alert opened, reopened or resolved is logged once its transaction has committed
+        self._after_commit = after_commit
+
+    def _tell(self, line: Callable[[], None]) -> None:
+        if self._after_commit is not None:
+            self._after_commit(line)
 
     def raise_alert(
         self,
@@ -905,18 +924,25 @@ class AlertRepository:
         back the rest of the transaction that raised it."""
         flush(self.session)  # the message it names goes first
         now = at or utcnow()
-        self.session.connection().execute(
-            _UPSERT_ALERT,
-            {
-                "kind": kind,
-                "severity": severity,
-                "dedup_key": dedup_key,
-                "summary": redact(summary) or "",
-                "message_id": message_id,
-                "partner_her_id": partner_her_id,
-                "at": now,
-            },
+        stored = redact(summary) or ""
+        alert_id, count = (
+            self.session.connection()
+            .execute(
+                _UPSERT_ALERT,
+                {
+                    "kind": kind,
+                    "severity": severity,
+                    "dedup_key": dedup_key,
+                    "summary": stored,
+                    "message_id": message_id,
+                    "partner_her_id": partner_her_id,
+                    "at": now,
+                },
+            )
+            .one()
         )
+        if count == 1:  # opened or reopened; a repeat of an open one is not news for the log
+            self._tell(lambda: alert_log.raised(alert_id, kind, severity, stored))
 
     def get(self, alert_id: int, *, for_update: bool = False) -> AlertRow | None:
         """The alert; ``for_update`` locks its row (and reads it afresh) until the commit."""
@@ -939,12 +965,18 @@ class AlertRepository:
             row.acknowledged_by = by
         return row
 
-    def close(self, alert_id: int, *, by: str, at: datetime | None = None) -> AlertRow | None:
-        """Resolve an alert by hand: it was followed up (and so acknowledged, if nobody had).
-        A repeat of the problem opens it again, unacknowledged."""
+    def close(
+        self, alert_id: int, *, by: str, at: datetime | None = None, note: str | None = None
+    ) -> AlertRow | None:
+        """Resolve an alert by hand: it was followed up (and so acknowledged, if nobody had),
+        with the operator's ``note`` (what was done; kept until the problem comes back). A
+        repeat of the problem opens it again, unacknowledged."""
         row = self.acknowledge(alert_id, by=by, at=at)
         if row is not None and row.resolved_at is None:
             row.resolved_at = row.changed_at = at or utcnow()
+            row.resolution_note = note
+            told = (row.id, row.kind, row.severity, row.summary)
+            self._tell(lambda: alert_log.resolved(*told, by=by))
         return row
 
     def resolve(self, dedup_key: str, *more_keys: str, at: datetime | None = None) -> None:
@@ -955,7 +987,13 @@ class AlertRepository:
         keys = (dedup_key, *more_keys)
         binds: dict[str, object] = {f"dedup_key_{n}": key for n, key in enumerate(keys)}
         binds["at"] = at or utcnow()
-        self.session.connection().execute(_resolve_alerts(len(keys)), binds)
+        self._resolved(self.session.connection().execute(_resolve_alerts(len(keys)), binds))
+
+    def _resolved(self, rows: Result[Any]) -> None:
+        """Log each alert a resolve statement resolved (its ``_RESOLVED`` columns)."""
+        told = [(row.id, row.kind, row.severity, row.summary) for row in rows]
+        if told:
+            self._tell(lambda: alert_log.all_resolved(told))
 
     def resolve_for_partner(
         self, kind: str, partner_her_id: str, *, kept: Sequence[str], at: datetime
@@ -964,9 +1002,11 @@ class AlertRepository:
         is in ``kept``, in one prepared statement; none open is fine. Runs after every
         successful send (the partner's ``partner-unreachable`` alerts but those of its other
         endpoints)."""
-        self.session.connection().execute(
-            _RESOLVE_PARTNER_ALERTS,
-            {"kind": kind, "partner_her_id": partner_her_id, "kept": list(kept), "at": at},
+        self._resolved(
+            self.session.connection().execute(
+                _RESOLVE_PARTNER_ALERTS,
+                {"kind": kind, "partner_her_id": partner_her_id, "kept": list(kept), "at": at},
+            )
         )
 
     def resolve_all_for_partner(
@@ -993,8 +1033,11 @@ class AlertRepository:
     def resolve_if_silent(self, dedup_key: str, *, seen_before: datetime, at: datetime) -> None:
         """Resolve the open alert of ``dedup_key`` if it was last raised before ``seen_before``:
         whoever raised it has stopped doing so."""
-        self.session.connection().execute(
-            _RESOLVE_ALERT_SILENT, {"dedup_key": dedup_key, "seen_before": seen_before, "at": at}
+        self._resolved(
+            self.session.connection().execute(
+                _RESOLVE_ALERT_SILENT,
+                {"dedup_key": dedup_key, "seen_before": seen_before, "at": at},
+            )
         )
 
     def open_keys(
@@ -1831,7 +1874,7 @@ class UnitOfWork:
         self.messages = MessageRepository(self.session, self.events)
         self.receipts = ReceiptRepository(self.session)
         self.content_keys = ContentKeyRepository(self.session)
-        self.alerts = AlertRepository(self.session)
+        self.alerts = AlertRepository(self.session, self.after_commit)
         self.jobs = JobRepository(self.session)
         self.state = StateRepository(self.session)
         self.instances = InstanceRepository(self.session)

@@ -137,3 +137,57 @@ def test_a_renewal_resolves_the_alerts_of_the_certificate_before_ours_and_a_part
     ]
     # our encryption certificate, not renewed, is still told
     assert open_certificate_alerts(pair, "our encryption")
+
+
+def test_an_expiring_certificate_of_ours_says_which_one_for_whom_its_key_and_the_days_left(
+    pair: Pair,
+) -> None:
+    certificate = pair.gp.keys.signing_certificate
+    expiring = f"certificate-expiring:our signing:{certificate.serial_number:x}"
+    end = certificate.not_valid_after_utc
+    pair.clock.now = end - timedelta(days=10, hours=2)
+    check_certificates(pair.gp)
+    summary = alert(pair, expiring).summary
+    told = f"{pair.clock():%Y-%m-%d}"
+    assert summary.startswith(
+        f"our signing certificate (serial {certificate.serial_number:x}; for HER-id "
+        f"{', '.join(sorted(pair.gp.own_her_ids, key=int))}; key file "
+    ), summary
+    assert "-sign.key, from [keys] signing_key) expires" in summary
+    assert f"expires within 30 days, on {end:%Y-%m-%d}: 10 days were left on {told}" in summary
+    assert "the our" not in summary
+    pair.clock.advance(days=1)  # a day less left: kept as told, not told again
+    check_certificates(pair.gp)
+    assert alert(pair, expiring).summary == summary
+    encryption = pair.gp.keys.encryption_certificate
+    summary = alert(
+        pair, f"certificate-expiring:our encryption:{encryption.serial_number:x}"
+    ).summary
+    assert summary.startswith("our encryption certificate (serial ")
+    theirs = f"certificate-expiring:{HOSPITAL_SERVICE_HER}'s encryption:"
+    with pair.gp.store.unit_of_work() as uow:
+        [partner] = [a for a in uow.alerts.list(open_only=True) if a.dedup_key.startswith(theirs)]
+    assert partner.summary.startswith(
+        f"the encryption certificate of HER-id {HOSPITAL_SERVICE_HER} (serial "
+    )
+
+
+def test_our_key_files_from_keys_are_named_by_the_setting_that_names_them(
+    tmp_path: Path,
+) -> None:
+    from meldingstjener.bootstrap import _key_file
+    from meldingstjener.config import KeySettings
+
+    keys = KeySettings(
+        signing_pkcs12=tmp_path / "sign.p12",
+        encryption_key=tmp_path / "enc.key",
+        encryption_cert=tmp_path / "enc.pem",
+    )
+    assert (
+        _key_file(keys, "signing")
+        == f"key file {tmp_path / 'sign.p12'}, from [keys] signing_pkcs12"
+    )
+    assert (
+        _key_file(keys, "encryption")
+        == f"key file {tmp_path / 'enc.key'}, from [keys] encryption_key"
+    )

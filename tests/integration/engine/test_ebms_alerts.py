@@ -366,7 +366,7 @@ def test_a_store_failing_at_one_serve_is_its_alert_until_it_stores_again(
             http.post("/ebms", content=body, headers={"Content-Type": content_type}).status_code
             == 503
         )
-        assert open_alerts(first) == {failing: ("critical", 2)}
+        assert open_alerts(first) == {failing: ("critical", 1)}  # a new incident
         stopped(first, first.instance)
         assert open_alerts(first) == {}
     finally:
@@ -577,3 +577,62 @@ def test_one_failed_read_of_the_marker_is_read_again_before_it_is_believed(
     heart.beat()
     assert failures == []  # it was read, and failed once
     assert open_alerts(hospital) == {}
+
+
+def test_a_request_refused_while_the_share_is_lost_keeps_the_alerts_remedy(
+    pair: Pair, http: TestClient
+) -> None:
+    # The heartbeat found the marker naming another store and told what to do; the requests
+    # refused afterwards are the same outage: counted, their generic words not put in its place.
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store.identity import claim_payload_directory, marker_path
+
+    hospital = pair.hospital
+    body, content_type = wire(pair)
+    known = claim_payload_directory(hospital.store)
+    marker = marker_path(hospital.store.payloads.root)
+    heart = Heartbeat(hospital, hospital.instance)
+    heart.beat(started=True)
+    marker.write_text("e595" * 8 + "\n", encoding="ascii")
+    heart.beat()
+    failing = f"store-failing:{hospital.instance}"
+    told = _summaries(hospital)[failing]
+    assert "put the marker back" in told and f"names store {'e595' * 8}" in told
+    for _ in range(2):
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 503, answer.text
+    assert _summaries(hospital) == {failing: told}
+    assert open_alerts(hospital) == {failing: ("critical", 3)}
+    marker.write_text(f"{known}\n", encoding="ascii")
+    heart.beat()
+    assert open_alerts(hospital) == {}
+
+
+@pytest.mark.parametrize(
+    ("code", "remedy"),
+    [
+        (errno.EACCES, "Give the server's user write permission on the payload directory"),
+        (errno.ENOSPC, "Free disk space (or quota) on the disk of the payload directory"),
+    ],
+)
+def test_a_store_failing_names_the_payload_directory_and_its_cause_s_remedy(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch, code: int, remedy: str
+) -> None:
+    # This suite runs as root, for whom no folder is unwritable: the error as the kernel
+    # gives it to anyone else, with the path it names.
+    from meldingstjener.store.payloads import PayloadStore
+
+    small, small_type = wire(pair)
+    root = pair.hospital.store.payloads.root
+    where = root / "ab"
+
+    def refused(store: PayloadStore, source: object) -> object:
+        raise OSError(code, os.strerror(code), str(where))
+
+    monkeypatch.setattr(PayloadStore, "put", refused)
+    answer = http.post("/ebms", content=small, headers={"Content-Type": small_type})
+    assert answer.status_code == 503, answer.text
+    [summary] = _summaries(pair.hospital).values()
+    name = errno.errorcode[code]
+    assert f"({name} in the payload directory {root} (at {where}))" in summary
+    assert f"{remedy} {root}" in summary and "mend the payload directory" not in summary

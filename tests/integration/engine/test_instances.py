@@ -113,7 +113,8 @@ def test_an_instance_that_dies_is_reported_once_until_its_name_beats_again(pair:
     pair.clock.advance(minutes=15, seconds=1)  # and dies again: a new death, told again
     beat(ctx, "a:8080")
     again = _alert(ctx, "instance-gone:collector:8080")
-    assert (again.resolved_at, again.count) == (None, 2)
+    # a new incident: counted from 1, first seen at this death
+    assert (again.resolved_at, again.count, again.first_seen) == (None, 1, pair.clock())
     pair.clock.advance(days=7)
     beat(ctx, "a:8080")
     assert "collector:8080" not in instance_names(ctx)
@@ -315,8 +316,11 @@ def test_a_check_logs_a_name_taken_by_another_process(
     NameKeeper(pair.gp, _LostName(OSError("database away"))).check()
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     NameKeeper(pair.gp, _LostName(False)).check()
-    assert caplog.records[-1].levelname == "ERROR"
-    assert "another process has taken the name of instance msh1:8080" in caplog.messages[-1]
+    # the check's own line, then the alert's (store.alert_log)
+    [own, alert] = caplog.records[1:]
+    assert (own.levelname, alert.levelname) == ("ERROR", "ERROR")
+    assert "another process has taken the name of instance msh1:8080" in own.getMessage()
+    assert "instance-name-taken raised (error)" in alert.getMessage()
 
 
 def _name_taken(ctx: EngineContext, name: str) -> AlertRow | None:

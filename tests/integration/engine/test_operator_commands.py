@@ -4,8 +4,10 @@ check."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
+import pytest
 from engine_pair import Pair
 from typer.testing import CliRunner
 
@@ -71,3 +73,68 @@ def test_certificates_expiring_within_30_days_raise_alerts(pair: Pair) -> None:
     with pair.gp.store.unit_of_work() as uow:
         kinds = {a.kind for a in uow.alerts.list(open_only=True)}
     assert "certificate-invalid" in kinds
+
+
+def test_status_says_a_partner_never_reached_in_words_and_the_alerts_are_logged_once(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meldingstjener.store.alert_log")
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(6):  # every attempt fails, until the agreement's retries run out
+        pair.run()
+        pair.clock.advance(minutes=11)
+    code, output = cli(pair, "status", message_id)
+    assert code == 0, output
+    assert "transport given up: the partner never acknowledged it" in output
+    assert "(EDI 2.0: Rejected)" in output and "transport Rejected" not in output
+    assert "last error: not-delivered given up after" in output  # why it is in this state
+    # the journal: each alert once, when raised; not at every failed attempt
+    told = [(r.levelno, r.getMessage()) for r in caplog.records if "alert_log" in r.name]
+    kinds = [(level, line.split()[2], line.split()[3]) for level, line in told]
+    assert kinds == [
+        (logging.WARNING, "partner-unreachable", "raised"),
+        (logging.ERROR, "not-delivered", "raised"),
+    ], told
+    assert all("x" not in line.split(": ", 1)[0] for _, line in told)
+
+
+def test_status_shows_an_error_of_a_resend_acknowledged_since_as_history(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    code, output = cli(pair, "status", message_id)
+    assert "transport not acknowledged yet, being sent again" in output
+    assert "last error:" in output and "next attempt" in output  # it means something now
+    pair.network.down.clear()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    code, output = cli(pair, "status", message_id)
+    assert code == 0 and "transport acknowledged by the partner (EDI 2.0: " in output, output
+    assert "last error:" not in output
+    assert "history, before it was transport-acknowledged:" in output
+
+
+def test_an_alert_resolved_with_a_note_shows_it_until_it_opens_again(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    code, output = cli(pair, "alerts", "--open", "--json")
+    [unreachable] = [json.loads(line) for line in output.splitlines()]
+    number = str(unreachable["id"])
+    assert cli(pair, "alerts", "resolve", number, "--note", "x" * 501)[0] == 2  # bounded
+    code, output = cli(
+        pair, "alerts", "resolve", number, "--by", "kari", "--note", "firewall opened, NHN-1234"
+    )
+    assert code == 0, output
+    code, output = cli(pair, "alerts", "--json")
+    [resolved] = [json.loads(line) for line in output.splitlines()]
+    assert resolved["resolution_note"] == "firewall opened, NHN-1234"
+    code, output = cli(pair, "alerts")  # the summary's cell, wrapped: its words
+    assert code == 0 and {"note:", "NHN-1234]"} <= set(output.split()), output
+    pair.clock.advance(minutes=11)
+    pair.run()  # unreachable again: a new incident, without the old one's note
+    code, output = cli(pair, "alerts", "--open", "--json")
+    [again] = [json.loads(line) for line in output.splitlines()]
+    assert (again["id"], again["resolution_note"], again["count"]) == (unreachable["id"], None, 1)
+    assert message_id
