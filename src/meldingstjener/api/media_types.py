@@ -10,7 +10,9 @@ A body of any other type (``text/plain``, ``application/xml``, none named) sent 
 takes JSON was answered ``400 body: Input should be a valid dictionary``, as if the JSON were
 wrong: it is answered ``415 unsupported-media-type`` here, naming the types taken, before the
 body is read (and before a large one is spooled to a file). Only a route that takes a body is
-refused so: a ``PUT .../read/{herId}`` sent with a stray type and no body is answered as ever.
+refused so: a ``PUT .../read/{herId}`` sent with a stray type and no body is answered as ever,
+and so is a request without a body to a route whose body may be left out (an alert resolved
+without a note).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class JsonMediaTypes:
         if scope["type"] == "http":
             headers = scope.get("headers") or []
             content_type = next((value for name, value in headers if name == b"content-type"), None)
-            if not is_json_type(content_type):
+            if not is_json_type(content_type) and _declares_body(headers):
                 routed = self._json_route(scope)
                 if routed is not None:
                     await self._refuse(routed, receive, send)
@@ -131,3 +133,13 @@ def _as_application_json(value: bytes) -> bytes:
         return value
     _, semicolon, parameters = value.partition(b";")
     return b"application/json" + semicolon + parameters
+
+
+def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's head says a body follows (a Content-Length above 0, or chunks)."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False

@@ -33,7 +33,7 @@ from meldingstjener.integration.webhooks import (
     hold_registrations_of,
 )
 from meldingstjener.model.status import ALL_STATUSES
-from meldingstjener.store.tables import Credential, WebhookRow
+from meldingstjener.store.tables import RESOLUTION_NOTE_CHARS, Credential, WebhookRow
 from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import LogFilter, UnitOfWork
 from meldingstjener.views import message_summary
@@ -65,6 +65,18 @@ WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
 
 # what the column webhooks.url holds (store/tables.py)
 URL_MAX_LENGTH = 1024
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=RESOLUTION_NOTE_CHARS,
+        description="What was done about it (say, the message sent again as which copy): kept "
+        "with the alert, shown as resolutionNote; never in the audit log or the server log",
+    )
 
 
 class WebhookRequest(BaseModel):
@@ -145,6 +157,7 @@ def _alert_dict(row: Any) -> dict[str, Any]:
         "acknowledgedBy": row.acknowledged_by,
         "acknowledgedAt": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
         "resolvedAt": row.resolved_at.isoformat() if row.resolved_at else None,
+        "resolutionNote": row.resolution_note,
     }
 
 
@@ -401,12 +414,16 @@ def ops_router(
     @router.post(
         "/alerts/{alert_id}/resolve",
         summary="Resolve an alert by hand (it was followed up; a repeat opens it again)",
-        responses={**INVALID, **NO_ALERT},
+        responses={**INVALID, **NO_ALERT, **SMALL_BODY_TOO_LARGE},
     )
-    def resolve(alert_id: int, who: Admin) -> dict[str, Any]:
-        return _followed_up(alert_id, who, resolve=True)
+    def resolve(alert_id: int, who: Admin, request: ResolveRequest | None = None) -> dict[str, Any]:
+        return _followed_up(
+            alert_id, who, resolve=True, note=request.note if request is not None else None
+        )
 
-    def _followed_up(alert_id: int, who: Principal, *, resolve: bool) -> dict[str, Any]:
+    def _followed_up(
+        alert_id: int, who: Principal, *, resolve: bool, note: str | None = None
+    ) -> dict[str, Any]:
         if not 1 <= alert_id <= 2**62:
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
         by = f"{who.label}/{who.person}" if who.person else who.label
@@ -419,6 +436,7 @@ def ops_router(
                 person=who.person,
                 by=by,
                 at=ctx.clock(),
+                note=note,
             )
             if done is None:
                 raise ApiProblem(404, "not-found", f"no alert {alert_id}")

@@ -698,6 +698,18 @@ def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPai
         uow.commit()
     [again] = http.get("/api/alerts?open_only=true", headers=admin).json()
     assert again["id"] == alert["id"] and again["acknowledgedBy"] is None
+    assert again["resolutionNote"] is None  # the last incident's note went with it
+    # resolved with a note: kept with the alert, within its length
+    too_long = http.post(
+        f"/api/alerts/{alert['id']}/resolve", headers=admin, json={"note": "x" * 501}
+    )
+    assert too_long.status_code == 400, too_long.text
+    noted = http.post(
+        f"/api/alerts/{alert['id']}/resolve", headers=admin, json={"note": "sent by phone"}
+    )
+    assert noted.status_code == 200 and noted.json()["resolutionNote"] == "sent by phone"
+    [listed] = http.get("/api/alerts", headers=admin).json()
+    assert listed["resolutionNote"] == "sent by phone"
 
 
 def test_who_followed_up_an_alert_is_masked_and_audited(api_pair: ApiPair) -> None:
