@@ -178,14 +178,18 @@ def _report_revocation(
             if isinstance(state, set):  # raised here: ended when its last failing one answers
                 state.discard(fingerprint)
                 ended, look = not state, False
-            else:  # settled here: another process may have raised it since
-                settled_at = state
+            else:  # settled here (or not known): another process may have raised it since
                 ended = False
-                look = finding.status is not RevocationStatus.UNKNOWN and (
-                    settled_at is None or not settled_at <= now < settled_at + FAILURE_MEMORY
-                )
+                look = finding.status is not RevocationStatus.UNKNOWN and _due(state, now)
         if ended or look:
             _settle_revocation(store, finding, key, states, now, ended=ended)
+
+
+def _due(settled_at: datetime | None, now: datetime) -> bool:
+    """Whether an alert this process settled at ``settled_at`` (None: never, since its start)
+    is looked at again now: once per ``FAILURE_MEMORY``, and at once should the clock have gone
+    back past the settling."""
+    return settled_at is None or not settled_at <= now < settled_at + FAILURE_MEMORY
 
 
 def _raise_revocation(
