@@ -14,9 +14,17 @@ signed with it is deferred, :class:`InboundDeferred`), told once while it lasts 
 when every certificate of that CA it was raised for has been answered about since. A status
 unknown because of the certificate itself (it names no address, its responder does not know
 it, the only CRL is another's or out of scope) is no outage: no alert, and under the hard
-policy it is refused as any other unacceptable certificate. Each process remembers per store
-which CAs' alerts it knows resolved, so a good answer costs no statement: one ``UPDATE`` per CA
-after a start, and one when an outage ends.
+policy it is refused as any other unacceptable certificate.
+
+Several ``serve`` processes share a store, and the alert (one per CA, not per process): the
+process that raised it may stop, or never need that CA again, before the CA answers. So a
+process whose own checks of the CA do not fail looks at the alert again with its answers, at
+most once per ``FAILURE_MEMORY``, and resolves it when no process has counted it for
+``REVOCATION_QUIET``: a process whose checks still fail counts it at each one, so two processes
+that disagree (one reaches the CA's address, the other not) do not resolve and raise it in
+turn, each raise told anew. Each process remembers per store which CAs' alerts it settled and
+when, so a good answer costs no statement but that one ``UPDATE`` per CA a minute, and one when
+an outage it saw ends.
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import SigningCertificates
 from meldingstjener.security.certs import Usage, usage_allowed
 from meldingstjener.security.revocation import FAILURE_MEMORY, RevocationStatus
-from meldingstjener.security.validation import CertificateCheck, CertificateValidator
+from meldingstjener.security.validation import (
+    CertificateCheck,
+    CertificateValidator,
+    RevocationFinding,
+)
 from meldingstjener.security.xmldsig import SignatureCheck, verify_ebxml_envelope
 from meldingstjener.store.uow import Store
 
@@ -50,6 +62,10 @@ log = logging.getLogger(__name__)
 # CA's first answer after an outage sends it within minutes, while a long outage costs each held
 # message one look (and one event) per five minutes, not one per failure memory.
 REVOCATION_RECHECK = 5 * FAILURE_MEMORY
+# A revocation-unknown alert no process has counted this long is resolved by another process's
+# answers from the CA: a process still failing with a message held for the CA checks it (and
+# counts the alert) within each REVOCATION_RECHECK, so two of those without a count mean none is.
+REVOCATION_QUIET = 2 * REVOCATION_RECHECK
 
 
 class InboundDeferred(Exception):
@@ -111,10 +127,11 @@ def certificate_problem(
 
 
 # Per store: for each issuing CA (its alert key), what this process knows of its
-# revocation-unknown alert: None, not open ("settled"); a set, open, for the certificates
-# (SHA-256 fingerprints) whose last check found a source failed. Weak: a store's engine gone,
-# its memory goes too.
-_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, set[bytes] | None]] = (
+# revocation-unknown alert: a time, when this process last settled it (resolved it, or left it
+# to another process still counting it); a set, raised here, for the certificates (SHA-256
+# fingerprints) whose last check here found a source failed. Weak: a store's engine gone, its
+# memory goes too.
+_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, set[bytes] | datetime]] = (
     weakref.WeakKeyDictionary()
 )
 _REVOCATION_LOCK = threading.Lock()
@@ -141,9 +158,11 @@ def _report_revocation(
     Raised only when a source failed (an outage); an unknown status that is the certificate's
     own (it names no source, its responder does not know it) is refused or accepted by the
     policy, and says nothing of the CA's services. Resolved when every certificate whose check
-    found a source of the CA failed has been answered about since: one CA's certificates may
-    name different addresses, one away and one answering, and the answering one's checks must
-    not resolve an alert the other's raise again at once."""
+    here found a source of the CA failed has been answered about since: one CA's certificates
+    may name different addresses, one away and one answering, and the answering one's checks
+    must not resolve an alert the other's raise again at once. Raised elsewhere (another
+    process, or this one before a start), it is resolved by the answers here once nobody has
+    counted it for ``REVOCATION_QUIET`` (see the module's text)."""
     with _REVOCATION_LOCK:
         states = _REVOCATION_STATES.setdefault(store, {})
     for finding in check.revocation:
@@ -152,60 +171,108 @@ def _report_revocation(
             finding.certificate.fingerprint(hashes.SHA256()) if finding.certificate else b""
         )
         if finding.outage:
-            with _REVOCATION_LOCK:
-                failing = states.get(key)
-                raised_here = failing is not None
-                if failing is None:
-                    if key not in states and len(states) >= _REVOCATION_REMEMBERED:
-                        states.clear()  # forgotten: settled again by one UPDATE each
-                    failing = states[key] = set()
-                if len(failing) < _REVOCATION_CERTIFICATES:
-                    failing.add(fingerprint)
-            if not raised_here:
-                log.warning(
-                    "whether certificates issued by %s are revoked could not be found out: %s",
-                    finding.issuer.subject.rfc4514_string(),
-                    finding.detail,
-                )
-            try:
-                with store.unit_of_work() as uow:
-                    keep_alert(
-                        uow,
-                        AlertKind.REVOCATION_UNKNOWN,
-                        _revocation_summary(finding.issuer, finding.detail, validator),
-                        at=now,
-                        key=key,
-                    )
-                    uow.commit()
-            except SQLAlchemyError as exc:  # told at the next check; the message goes on
-                _alert_not_stored(key, exc)
+            _raise_revocation(store, validator, finding, key, fingerprint, states, now)
             continue
         with _REVOCATION_LOCK:
-            known = key in states
-            failing = states.get(key)
-            if failing:
-                failing.discard(fingerprint)
-            ended = failing is not None and not failing  # the last failing one answered
-            # after a start, the first answer settles what another run may have left open
-            first = not known and finding.status is not RevocationStatus.UNKNOWN
-        if not (ended or first):
-            continue
-        try:
-            with store.unit_of_work() as uow:
-                uow.alerts.resolve(f"{AlertKind.REVOCATION_UNKNOWN}:{key}", at=now)
-                uow.commit()
-        except SQLAlchemyError as exc:  # not remembered as settled: the next answer tries again
-            _alert_not_stored(key, exc)
-            continue
-        if ended:
-            log.warning(
-                "the revocation of certificates issued by %s can be checked again",
-                finding.issuer.subject.rfc4514_string(),
+            state = states.get(key)
+            if isinstance(state, set):  # raised here: ended when its last failing one answers
+                state.discard(fingerprint)
+                ended, look = not state, False
+            else:  # settled here (or not known): another process may have raised it since
+                ended = False
+                look = finding.status is not RevocationStatus.UNKNOWN and _due(state, now)
+        if ended or look:
+            _settle_revocation(store, finding, key, states, now, ended=ended)
+
+
+def _due(settled_at: datetime | None, now: datetime) -> bool:
+    """Whether an alert this process settled at ``settled_at`` (None: never, since its start)
+    is looked at again now: once per ``FAILURE_MEMORY``, and at once should the clock have gone
+    back past the settling."""
+    return settled_at is None or not settled_at <= now < settled_at + FAILURE_MEMORY
+
+
+def _raise_revocation(
+    store: Store,
+    validator: CertificateValidator,
+    finding: RevocationFinding,
+    key: str,
+    fingerprint: bytes,
+    states: dict[str, set[bytes] | datetime],
+    now: datetime,
+) -> None:
+    """A source of the CA failed for this certificate: remember it failing here, and raise or
+    count the CA's alert (logged when this process did not know it open)."""
+    with _REVOCATION_LOCK:
+        failing = states.get(key)
+        raised_here = isinstance(failing, set)
+        if not isinstance(failing, set):
+            _make_room(states, key)
+            failing = states[key] = set()
+        if len(failing) < _REVOCATION_CERTIFICATES:
+            failing.add(fingerprint)
+    if not raised_here:
+        log.warning(
+            "whether certificates issued by %s are revoked could not be found out: %s",
+            finding.issuer.subject.rfc4514_string(),
+            finding.detail,
+        )
+    try:
+        with store.unit_of_work() as uow:
+            keep_alert(
+                uow,
+                AlertKind.REVOCATION_UNKNOWN,
+                _revocation_summary(finding.issuer, finding.detail, validator),
+                at=now,
+                key=key,
             )
-        with _REVOCATION_LOCK:
-            if key not in states and len(states) >= _REVOCATION_REMEMBERED:
-                states.clear()
-            states[key] = None
+            uow.commit()
+    except SQLAlchemyError as exc:  # told at the next check; the message goes on
+        _alert_not_stored(key, exc)
+
+
+def _settle_revocation(
+    store: Store,
+    finding: RevocationFinding,
+    key: str,
+    states: dict[str, set[bytes] | datetime],
+    now: datetime,
+    *,
+    ended: bool,
+) -> None:
+    """Resolve the CA's alert: at once when the outage this process saw has ``ended``; else
+    (raised by another process, or before this one started) only if no process has counted it
+    for ``REVOCATION_QUIET``: one still failing counts it at each check. Remembered as settled
+    now either way: looked at again after ``FAILURE_MEMORY`` at the earliest."""
+    dedup_key = f"{AlertKind.REVOCATION_UNKNOWN}:{key}"
+    try:
+        with store.unit_of_work() as uow:
+            if ended:
+                uow.alerts.resolve(dedup_key, at=now)
+            else:
+                uow.alerts.resolve_if_silent(dedup_key, seen_before=now - REVOCATION_QUIET, at=now)
+            uow.commit()
+    except SQLAlchemyError as exc:  # not remembered as settled: the next answer tries again
+        _alert_not_stored(key, exc)
+        return
+    if ended:
+        log.warning(
+            "the revocation of certificates issued by %s can be checked again",
+            finding.issuer.subject.rfc4514_string(),
+        )
+    with _REVOCATION_LOCK:
+        current = states.get(key)
+        if isinstance(current, set) and current:
+            return  # a check meanwhile found the CA failing here: that outage is this one's
+        _make_room(states, key)
+        states[key] = now
+
+
+def _make_room(states: dict[str, set[bytes] | datetime], key: str) -> None:
+    """Before ``key`` is noted (the caller holds the lock): forget every CA when the memory is
+    full. A forgotten CA is settled again by one ``UPDATE`` at its next answer."""
+    if key not in states and len(states) >= _REVOCATION_REMEMBERED:
+        states.clear()
 
 
 def _alert_not_stored(key: str, exc: SQLAlchemyError) -> None:
