@@ -34,6 +34,21 @@ few: a received message may be reported as misaddressed after its AppRec, so non
 lose its clear text; and ``payload_days`` is at least
 :data:`meldingstjener.config.PAYLOAD_DAYS_FLOOR` (or 0, kept): the settings refuse less.
 
+The passes take one more kind of message as settled, by its age (:func:`retained_no_longer`):
+a received message the EPJ has and never answered (``delivered``, of any type), once it has
+been delivered longer ago than the pass's days and its ebXML conversation has had no message
+since (:func:`left_unanswered`). The EPJ answers some types only by a dialog message, and some
+EPJs send no AppRecs: without this such a message, with its patient data, was kept for ever.
+``delivered`` is the EPJ having it, not its being offered: the API marks a message delivered
+only when the EPJ marks it read (or answers it), the folder integration only once its files are
+in the inbox folder, which keeps them whatever becomes of ours. A message waiting for the EPJ
+(``acknowledged``: unread, or not yet written to the folder) is never touched. By the time
+``payload_days`` (at least 30) has passed, the ``apprec-owed`` alert (with its defaults, 24
+hours and 14 days) has long stopped counting the message; an AppRec the EPJ sends after the
+content is gone is refused as for any message whose content went (``purged`` from
+``send_apprec``, ``already-answered`` for an AppRec document), and the message stays
+``delivered`` until ``message_days`` deletes it.
+
 A partner resends a message until its PersistDuration has passed, and a resend is known as a
 duplicate by the received message's row (its eb:MessageId). So ``message_days`` shorter than the
 longest PersistDuration of the agreements plus :data:`RESEND_MARGIN` deletes no message
@@ -59,6 +74,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, String, and_, exists, literal, or_
+from sqlalchemy.orm import aliased
 
 from meldingstjener.api import audit
 from meldingstjener.config import RetentionSettings
@@ -92,7 +108,9 @@ log = logging.getLogger(__name__)
 # Received message types the EPJ owes no AppRec for once it has them (``delivered``): only an
 # AppRec, which receipts.send_apprec refuses to answer (``apprec-for-apprec``). Every other
 # delivered message waits for the EPJ's AppRec (or the agreement's automatic one), built from
-# its content. (The engine keeps no per-message "AppRec wanted" of its own.)
+# its content, until it has waited as long as retention keeps anything (left_unanswered, by its
+# age: not in SETTLED, nor in UNSETTLED's index). (The engine keeps no per-message "AppRec
+# wanted" of its own.)
 NEVER_ANSWERED = frozenset({APPREC})
 RESEND_MARGIN = timedelta(days=1)
 # PartnerSettings' and an agreement's default PersistDuration, for a store without agreements
@@ -116,6 +134,36 @@ def settled() -> ColumnElement[bool]:
             MessageRow.msg_type.in_(sorted(NEVER_ANSWERED)),
         ),
     )
+
+
+def left_unanswered(before: datetime) -> ColumnElement[bool]:
+    """Received messages the EPJ has and never answered (``delivered``) whose ebXML conversation
+    has had no other message stored since ``before``: settled for a pass with that cutoff, which
+    also asks that they were delivered before it (their ``status_changed_at``, as the pass asks
+    of every settled message). A received AppRec (:data:`NEVER_ANSWERED`) is settled by
+    :func:`settled` whatever its conversation; that it is named here too changes nothing."""
+    # A conversation with a message since the cutoff is still going (a dialog answered by a
+    # dialog, a question the EPJ has replied to and the partner followed up): an answer of
+    # ours in it takes its ConversationId and Service from this message's row
+    # (receipts.answered_copy), and the EPJ may still answer it with an AppRec, built from its
+    # content. One probe of ix_messages_conversation per message; none without a ConversationId.
+    other = aliased(MessageRow)
+    return and_(
+        MessageRow.direction == Direction.INBOUND.value,
+        MessageRow.status == InboundStatus.DELIVERED.value,
+        ~exists().where(
+            other.ebxml_conversation_id == MessageRow.ebxml_conversation_id,
+            other.id != MessageRow.id,
+            other.created_at >= before,
+        ),
+    )
+
+
+def retained_no_longer(before: datetime) -> ColumnElement[bool]:
+    """What a pass whose cutoff is ``before`` takes as settled (the module's docstring):
+    :func:`settled`, or :func:`left_unanswered`. The repository adds, for both, that the
+    message has held its status since before ``before``."""
+    return or_(settled(), left_unanswered(before))
 
 
 def folder_files_done(before: datetime) -> ColumnElement[bool]:
@@ -277,16 +325,17 @@ def _in_batches(
 def _remove_contents(
     store: Store, before: datetime, now: datetime, report: RetentionReport, batches: int | None
 ) -> None:
+    done = retained_no_longer(before)
     if report.dry_run:
         with store.unit_of_work() as uow:
-            report.contents_removed = uow.retention.count_holding_content(settled(), before=before)
+            report.contents_removed = uow.retention.count_holding_content(done, before=before)
         return
     # messages with a payload, then those with a wire form only (refused before decryption)
     for by_wire in (False, True):
 
         def remove(uow: UnitOfWork, after: str | None, by_wire: bool = by_wire) -> str | None:
             held = uow.retention.holding_content(
-                settled(), before=before, by_wire=by_wire, after=after, limit=BATCH
+                done, before=before, by_wire=by_wire, after=after, limit=BATCH
             )
             if not held:
                 return None
@@ -314,13 +363,14 @@ def _remove_contents(
 def _delete_messages(
     store: Store, before: datetime, now: datetime, report: RetentionReport, batches: int | None
 ) -> None:
+    done = retained_no_longer(before)
     if report.dry_run:
         with store.unit_of_work() as uow:
-            report.messages_deleted = uow.retention.count_settled(settled(), before=before)
+            report.messages_deleted = uow.retention.count_settled(done, before=before)
         return
 
     def delete(uow: UnitOfWork, after: RetentionKey | None) -> RetentionKey | None:
-        found = uow.retention.settled_messages(settled(), before=before, after=after, limit=BATCH)
+        found = uow.retention.settled_messages(done, before=before, after=after, limit=BATCH)
         if not found:
             return None
         files = [key for _, keys in found for key in keys]

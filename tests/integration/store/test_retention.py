@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import func, select, update
 
+from meldingstjener.api.unread import unread_query
 from meldingstjener.config import (
     PAYLOAD_DAYS_FLOOR,
     RETENTION_DAYS_CEILING,
@@ -49,8 +50,10 @@ def _message(
     settled_days_ago: float,
     wire_only: bool = False,
     msg_type: str = "DIALOG_NOTAT",
+    conversation: str | None = None,
 ) -> tuple[str, list[str]]:
-    """A message in ``status`` since ``settled_days_ago``, with its files; its id and keys."""
+    """A message in ``status`` since ``settled_days_ago`` (stored a day before), with its files
+    and in the ebXML ``conversation``; its id and keys."""
     payload = None if wire_only else store.payloads.put(b"<MsgHead>clear text</MsgHead>")
     wire = store.payloads.put(b"--wire form--")
     since = NOW - timedelta(days=settled_days_ago)
@@ -62,6 +65,7 @@ def _message(
             msg_type=msg_type,
             from_her_id="8100001",
             to_her_id="8200002",
+            ebxml_conversation_id=conversation,
         )
         uow.messages.add(row, actor="test", at=since - timedelta(days=1))
         uow.commit()
@@ -122,35 +126,81 @@ def test_the_content_of_settled_messages_goes_after_payload_days_and_the_rows_st
     assert retention.run(store, rules, now=NOW).contents_removed == 0  # done once
 
 
-def test_a_delivered_message_whose_apprec_the_epj_owes_keeps_its_content(store: Store) -> None:
-    # The review: delivered counted as settled, so the content of a message the EPJ had not
-    # answered yet went, and its AppRec was refused ("already-answered"): the partner never
-    # got one. An AppRec received (delivered) owes none, and its content goes.
-    owed, owed_files = _message(store, "in", "delivered", settled_days_ago=400)
-    apprec, apprec_files = _message(
-        store, "in", "delivered", settled_days_ago=100, msg_type=receipts.APPREC
+def test_a_delivered_message_never_answered_goes_after_the_retention_periods(
+    store: Store,
+) -> None:
+    # It stayed delivered for good (a type the EPJ answers by a dialog message, an EPJ that
+    # sends no AppRecs), and its content and row with it. Now judged by when it was delivered,
+    # as an answered one is by when it was answered. One the EPJ has not taken (unread) waits.
+    unanswered, unanswered_files = _message(store, "in", "delivered", settled_days_ago=91)
+    recent, recent_files = _message(store, "in", "delivered", settled_days_ago=89)
+    unread, unread_files = _message(store, "in", "acknowledged", settled_days_ago=400)
+    with store.unit_of_work() as uow:  # marked read as they were delivered, as the API does
+        for message_id, days in ((unanswered, 91), (recent, 89)):
+            read = uow.messages.get(message_id)
+            assert read is not None
+            read.read_at = NOW - timedelta(days=days)
+        uow.commit()
+        listed = {row.id for row in uow.session.scalars(unread_query([8200002]))}
+    assert listed == {unread}  # what the EPJ API lists as unread (the folder: not written)
+    rules = RetentionSettings()  # content 90 days
+
+    assert retention.run(store, rules, now=NOW, dry_run=True).contents_removed == 1
+    report = retention.run(store, rules, now=NOW)
+
+    assert (report.contents_removed, report.files) == (1, 2)
+    gone = _row(store, unanswered)
+    assert gone is not None and gone.payload_ref is None and gone.wire_ref is None
+    assert gone.status == "delivered"
+    assert not any(store.payloads.exists(key) for key in unanswered_files)
+    for message_id, files in ((recent, recent_files), (unread, unread_files)):
+        row = _row(store, message_id)
+        assert row is not None and row.payload_ref is not None
+        assert all(store.payloads.exists(key) for key in files)
+    # the EPJ's AppRec after that is refused, as for any message whose content went; the
+    # message stays delivered
+    ctx = cast(EngineContext, SimpleNamespace(store=store))
+    with pytest.raises(receipts.AppRecRefused) as refused:
+        receipts.send_apprec(ctx, unanswered, status=1, errors=[], actor="epj")
+    assert refused.value.code == "purged"
+    after = _row(store, unanswered)
+    assert after is not None and after.status == "delivered"
+
+    whole = RetentionSettings(payload_days=0, message_days=90)
+    assert retention.run(store, whole, now=NOW, dry_run=True).messages_deleted == 1
+    assert retention.run(store, whole, now=NOW).messages_deleted == 1
+    assert _row(store, unanswered) is None
+    assert _row(store, recent) is not None and _row(store, unread) is not None
+
+
+def test_a_delivered_message_never_answered_stays_while_its_conversation_goes_on(
+    store: Store,
+) -> None:
+    # A question the EPJ answered by a dialog message, the partner following up since: an
+    # answer of ours takes its ConversationId from the question's row, and its AppRec may
+    # still come. Judged by the conversation's last message, not the question's delivery.
+    question, question_files = _message(
+        store, "in", "delivered", settled_days_ago=400, conversation="going-on"
     )
-    answered, _ = _message(store, "in", "apprec-sent", settled_days_ago=100)
+    _message(store, "out", "apprec-ok", settled_days_ago=9, conversation="going-on")
+    quiet, _ = _message(store, "in", "delivered", settled_days_ago=400, conversation="quiet")
+    _message(store, "out", "apprec-ok", settled_days_ago=200, conversation="quiet")
+    rules = RetentionSettings(payload_days=90, message_days=90)
 
-    assert retention.run(store, RetentionSettings(), now=NOW, dry_run=True).contents_removed == 2
-    report = retention.run(store, RetentionSettings(), now=NOW)
+    counted = retention.run(store, rules, now=NOW, dry_run=True)
+    assert (counted.contents_removed, counted.messages_deleted) == (2, 2)
+    report = retention.run(store, rules, now=NOW)
 
-    assert report.contents_removed == 2
-    kept = _row(store, owed)
+    assert report.messages_deleted == 2 and _row(store, quiet) is None
+    kept = _row(store, question)
     assert kept is not None and kept.payload_ref is not None
-    assert all(store.payloads.exists(key) for key in owed_files)
-    for gone in (apprec, answered):
-        row = _row(store, gone)
-        assert row is not None and row.payload_ref is None
-    assert not any(store.payloads.exists(key) for key in apprec_files)
-    whole = retention.run(store, RetentionSettings(payload_days=0, message_days=30), now=NOW)
-    assert whole.messages_deleted == 2 and _row(store, owed) is not None
+    assert all(store.payloads.exists(key) for key in question_files)
 
 
 @pytest.mark.parametrize(
     ("status", "code"),
     [
-        # owed, its content removed (by a version that removed it): README's "purged"
+        # owed, its content removed (delivered longer than payload_days): README's "purged"
         ("delivered", "purged"),
         # answered (its content removed since), or rejected before it was decrypted (it never
         # had content): "already-answered", not "purged" ("no content any more"), not why
@@ -597,3 +647,26 @@ def test_the_command_counts_the_folder_records_it_deletes(tmp_path: Path) -> Non
         )
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["folder_records_deleted"] == counted, extra
+
+
+def test_the_command_counts_the_delivered_messages_never_answered(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from meldingstjener.bootstrap import open_store
+    from meldingstjener.config import load_settings
+
+    store = open_store(load_settings(data_dir=tmp_path))
+    days_ago = (NOW - datetime.now(UTC)).days + 400  # of NOW: delivered 400 days ago
+    _message(store, "in", "delivered", settled_days_ago=days_ago)
+    store.database.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    env["MELDINGSTJENER_RETENTION__MESSAGE_DAYS"] = "60"
+    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    for extra, counted in ((["--dry-run"], 1), ([], 1), ([], 0)):
+        done = subprocess.run(
+            [*command, *extra, "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        said = json.loads(done.stdout)
+        assert (said["contents_removed"], said["messages_deleted"]) == (counted, counted), extra
