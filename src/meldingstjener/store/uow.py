@@ -899,6 +899,12 @@ _RESOLVE_PARTNER_ALERTS = text(
 )
 
 
+# an open alert, told why it was resolved in its summary (one space before the why)
+_RESOLVE_ALERT_EXPLAINED = text(
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
+    ":resolution WHERE dedup_key = :dedup_key AND resolved_at IS NULL" + _RESOLVED
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+
 # a partner's open alerts of one kind, each told why in its summary (one space before the why)
 _RESOLVE_ALL_PARTNER_ALERTS = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
@@ -1041,6 +1047,17 @@ class AlertRepository:
         self.session.connection().execute(
             _RESOLVE_ALL_PARTNER_ALERTS,
             {"kind": kind, "partner_her_id": partner_her_id, "resolution": resolution, "at": at},
+        )
+
+    def resolve_explained(self, dedup_key: str, *, resolution: str, at: datetime) -> None:
+        """Mark the open alert of ``dedup_key`` resolved, its summary followed by
+        ``resolution`` (why: not the problem's end, which a plain resolve says); none open is
+        fine."""
+        self._resolved(
+            self.session.connection().execute(
+                _RESOLVE_ALERT_EXPLAINED,
+                {"dedup_key": dedup_key, "resolution": resolution, "at": at},
+            )
         )
 
     def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:
