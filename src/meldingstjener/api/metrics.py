@@ -16,10 +16,11 @@ age a rule sees is that of its evaluation, not of the last scrape. A point in ti
 when there is nothing to date (no message of that status, no job of that kind due): a 0 would
 be 1970, not "none".
 
-The jobs due are counted up to a bound per kind (``store/figures.py``'s COUNTED_JOBS, 1,000),
-so that a scrape of a store with a backlog of hundreds of thousands costs what the bound does:
-a kind whose waiting and running add up to the bound has at least that many due (the time the
-one due longest was due is exact, and tells the backlog's age).
+The jobs waiting are counted up to a bound per kind (``store/figures.py``'s COUNTED_JOBS,
+1,000), so that a scrape of a store with a backlog of hundreds of thousands costs what the
+bound does: a kind whose waiting is at the bound has at least that many (the time the one due
+longest was due is exact, and tells the backlog's age). Those running, a few per worker, are
+counted all.
 
 The answer names no patient and no partner: counts by direction and status, by job kind, by
 alert kind and severity, and times. It still tells how busy the server is and how it
@@ -73,10 +74,10 @@ NO_OLDEST = frozenset({("in", "delivered")})
 # 0 when there is none, so that a graph or a rate() has no gaps and a rule need not tell "none"
 # from "not scraped". (Points in time are given only when there is one: see the docstring.)
 JOB_KINDS = tuple(HANDLERS)
-# The job counts' bound, told with each (see store/figures.py's COUNTED_JOBS)
+# The bound of the jobs waiting, told with their counts (see store/figures.py's COUNTED_JOBS)
 _COUNTED = (
-    f"counted among the {COUNTED_JOBS} of the kind due longest: when waiting and running add "
-    f"up to {COUNTED_JOBS}, at least that many are due"
+    f"counted among the {COUNTED_JOBS} of the kind waiting longest: at {COUNTED_JOBS}, at "
+    "least that many"
 )
 ALERTS = tuple((kind.value, SEVERITY[kind]) for kind in AlertKind)
 
@@ -130,7 +131,7 @@ def families(figures: Figures, certificates: dict[str, x509.Certificate]) -> lis
     )
     running = GaugeMetricFamily(
         f"{_PREFIX}_jobs_running",
-        "Jobs due that a worker holds now, by kind; " + _COUNTED,
+        "Jobs that a worker holds now, by kind (all of them)",
         labels=["kind"],
     )
     oldest_due = GaugeMetricFamily(

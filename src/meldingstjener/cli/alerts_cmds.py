@@ -208,6 +208,7 @@ def _status_of(
     uow: UnitOfWork, message: MessageRow, texts: bool
 ) -> tuple[dict[str, Any], list[AlertRow]]:
     """One message's status document (``status --json``) and its alerts, every one of them."""
+    from meldingstjener.engine.copies import links
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
     from meldingstjener.views import alert_dict
 
@@ -225,6 +226,7 @@ def _status_of(
         "receipts": [receipt_document(receipt, answers, texts=texts) for receipt in receipts],
         "alerts": [alert_dict(a) for a in alerts],
     }
+    document.update(links(uow, message))  # sent_again_as, copy_of: as show tells them
     if message.direction == "out":
         document["receivers"] = [
             {
@@ -233,7 +235,32 @@ def _status_of(
                 "appRecStatus": API_APPREC_STATUS.get(message.status),
             }
         ]
+        document.update(_next_check(uow, message))
     return document, alerts
+
+
+def _next_check(uow: UnitOfWork, message: MessageRow) -> dict[str, Any]:
+    """When a message waiting to be sent again is next sent or checked (``next_check_at``),
+    and what holds it (``held``: its code, since when, and why), or None of each.
+
+    A hold is told once in the message's events while its cause lasts, its first note kept
+    with the time of its first check; the message's last error may be older still (a failed
+    send before the hold, its next attempt long passed): the next check is the message's
+    ``next_attempt_at``, which each check moves."""
+    from meldingstjener.engine.transmit import HOLDS, hold_reason
+    from meldingstjener.model import OutboundStatus
+
+    if message.status != OutboundStatus.RETRYING.value or message.next_attempt_at is None:
+        return {"next_check_at": None, "held": None}
+    latest = uow.events.latest(message.id)
+    held = None
+    if latest is not None and latest.code in HOLDS:
+        held = {
+            "code": latest.code,
+            "since": latest.at.isoformat(),
+            "reason": hold_reason(latest.detail or ""),
+        }
+    return {"next_check_at": message.next_attempt_at.isoformat(), "held": held}
 
 
 def _print_status(
@@ -258,13 +285,28 @@ def _print_status(
             f"{transport_delivery_words(message.status)} (EDI 2.0: "
             f"{receiver['transportDeliveryState']}), AppRec {receiver['appRecStatus'] or '-'}"
         )
+    held = document.get("held")
     if message.last_error_code:
         error = f"{message.last_error_code} {message.last_error_text or ''}"
         if message.direction == "out" and last_error_is_history(message.status):
             # what the error said of a next attempt no longer holds
             console.print(f"  [dim]history, before it was {message.status}: {escape(error)}[/]")
-        else:
+        elif held is not None and held["code"] != message.last_error_code:
+            # a failed send before the hold: its next attempt is not the next check
+            console.print(f"  [dim]history, before it was held: {escape(error)}[/]")
+        elif held is None:
             console.print(f"  last error: {escape(error)}")
+    if held is not None:
+        console.print(
+            f"  held since {_utc(held['since'])}: {held['code']} {escape(held['reason'])}",
+            highlight=False,
+        )
+    if document.get("next_check_at"):
+        console.print(f"  next check: {_utc(document['next_check_at'])}", highlight=False)
+    # a message sent again (meldingstjener resend) and its copy name each other
+    for key, label in (("sent_again_as", "sent again as"), ("copy_of", "a new copy of")):
+        if document.get(key):
+            console.print(f"  {label}: {document[key]}", highlight=False)
     for receipt in document["receipts"]:
         answer = receipt.get("answer")
         console.print(

@@ -22,7 +22,9 @@ lists what the alert counts.
 
 An ``inbox-check`` job looks every five minutes, for both; each alert says how many and since
 when, is raised again only when that changes (else counted:
-:func:`~meldingstjener.engine.alerts.keep_alert`), and is resolved when none are left.
+:func:`~meldingstjener.engine.alerts.keep_alert`), and is resolved when none are left. An
+``apprec-owed`` alert whose messages were not answered but aged out of ``apprec_owed_days`` says
+so when it is resolved (:func:`_resolve_owed`): resolved plainly it read as answered.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from meldingstjener.engine.alerts import AlertKind, keep_alert
 from meldingstjener.engine.context import EngineContext, Policy
 from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus
-from meldingstjener.store.tables import MessageRow
+from meldingstjener.store.tables import AlertRow, MessageRow
 from meldingstjener.store.uow import ClaimedJob, DeliveredBetween, UnitOfWork
 
 INBOX_CHECK = "inbox-check"
@@ -71,6 +73,7 @@ def check_inbox(ctx: EngineContext) -> dict[str, int]:
             AlertKind.INBOX_WAITING,
             rows,
             lambda her_id, count, oldest: _summary(her_id, count, oldest, ctx.policy.inbox_wait),
+            lambda alert: uow.alerts.resolve(alert.dedup_key, at=now),
             at=now,
         )
         uow.jobs.schedule(INBOX_CHECK, now + EVERY, dedup_key=INBOX_CHECK)
@@ -101,6 +104,7 @@ def check_apprec_owed(ctx: EngineContext) -> dict[str, int]:
             AlertKind.APPREC_OWED,
             rows,
             lambda her_id, count, oldest: _owed_summary(her_id, count, oldest, ctx.policy),
+            lambda alert: _resolve_owed(uow, alert, ctx.policy, now),
             at=now,
         )
         uow.commit()
@@ -112,10 +116,12 @@ def _keep_per_her_id(
     kind: AlertKind,
     rows: _PerHerId,
     summary: Callable[[str, int, datetime], str],
+    resolve: Callable[[AlertRow], None],
     *,
     at: datetime,
 ) -> dict[str, int]:
-    """Keep one alert of ``kind`` per HER-id found, and resolve the open ones of the others."""
+    """Keep one alert of ``kind`` per HER-id found, and ``resolve`` the open ones of the
+    others."""
     open_alerts = {
         a.dedup_key: a for a in uow.alerts.list(open_only=True, limit=None, kind=kind.value)
     }
@@ -124,9 +130,41 @@ def _keep_per_her_id(
         found[str(her_id)] = count
         open_alerts.pop(f"{kind}:{her_id}", None)
         keep_alert(uow, kind, summary(str(her_id), count, oldest), at=at, key=str(her_id))
-    for key in open_alerts:  # none left for these
-        uow.alerts.resolve(key, at=at)
+    for alert in open_alerts.values():  # none left for these
+        resolve(alert)
     return found
+
+
+def _resolve_owed(uow: UnitOfWork, alert: AlertRow, policy: Policy, now: datetime) -> None:
+    """Resolve an ``apprec-owed`` alert none are counted for any more. Its messages were
+    answered (or rejected or purged), or the check was turned off: resolved plainly. Some aged
+    out of ``apprec_owed_days`` unanswered (those its last count judged, delivered before what
+    is judged now, and still owed): resolved saying so, and how to list them, for a resolve
+    that read as "answered" hid an EPJ that never answers."""
+    her_id = alert.dedup_key.removeprefix(f"{AlertKind.APPREC_OWED}:")
+    aged_out = 0
+    if policy.apprec_owed is not None:
+        judged_now = apprec_owed_window(policy, now)
+        judged_last = apprec_owed_window(policy, alert.last_seen)
+        left = DeliveredBetween(since=judged_last.since, before=judged_now.since)
+        owed = uow.messages.apprec_owed(left)
+        aged_out = sum(count for owed_to, count, _ in owed if str(owed_to) == her_id)
+    if aged_out == 0:
+        uow.alerts.resolve(alert.dedup_key, at=now)
+        return
+    uow.alerts.resolve_explained(
+        alert.dedup_key, resolution=_aged_out(her_id, aged_out, now, policy), at=now
+    )
+
+
+def _aged_out(her_id: str, count: int, at: datetime, policy: Policy) -> str:
+    hours = int((policy.apprec_owed or timedelta()).total_seconds() // 3600)
+    return (
+        f"Resolved {at:%Y-%m-%d %H:%M} UTC without their AppRecs: {count} still unanswered, "
+        f"delivered more than {hours} hours and {policy.apprec_owed_look_back.days} days ago "
+        "([alerts] apprec_owed_hours and apprec_owed_days), are no longer counted. List them "
+        f"with meldingstjener log --status delivered --her-id {her_id}."
+    )
 
 
 def _summary(her_id: str, count: int, oldest: datetime, wait: timedelta) -> str:

@@ -28,7 +28,7 @@ import hashlib
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -70,6 +70,15 @@ log = logging.getLogger(__name__)
 TRANSMIT = "transmit"
 ACK_TIMEOUT = "ack-timeout"
 _SENDABLE = WAITING_TO_BE_SENT
+# The codes a message is held with (:func:`_hold`): its agreement suspended, or in a state of
+# onboarding that does not let it through; its receiver's certificate whose revocation could
+# not be found out. ``status`` tells a message whose newest event is one of these as held.
+AGREEMENT_SUSPENDED = "agreement-suspended"
+AGREEMENT_NOT_ACTIVE = "agreement-not-active"
+REVOCATION_UNKNOWN = "revocation-unknown"
+HOLDS: Final = frozenset({AGREEMENT_SUSPENDED, AGREEMENT_NOT_ACTIVE, REVOCATION_UNKNOWN})
+# what a hold's detail says last: the time of the check it was written for (see hold_reason)
+_CHECKED_AGAIN = "; checked again "
 
 
 def _attempt_allowed(row: MessageRow | MessageState, partner: Partner, at: datetime) -> bool:
@@ -126,8 +135,14 @@ def _resolve_unreachable_given_up(uow: UnitOfWork, row: MessageRow, at: datetime
     tells that the content must reach the receiver another way), and only a send that works
     would resolve it, so it stayed open until closed by hand. While another message to that
     receiver waits (from any of our HER-ids, to any of its endpoints: a CPA's other channel
-    too), the alerts stay: the endpoint that failed may be the one that message goes to."""
+    too), or waits for its Acknowledgment (``sent``: resent when it does not come), the alerts
+    stay: the endpoint that failed may be the one that message goes to.
+
+    The queue to the receiver is held first (PostgreSQL): of two messages given up at once,
+    each would see the other still waiting (not committed), and neither resolve; held, the
+    second to commit reads after the first's commit."""
     receiver = str(row.to_her_id)
+    uow.messages.hold_queue_to(receiver)
     if uow.messages.waits_to_be_sent(receiver, other_than=row.id):
         return
     uow.alerts.resolve_all_for_partner(
@@ -312,7 +327,7 @@ def _hold(
         due = now + min(partner.retry_interval, check_again or partner.retry_interval)
         if row.expires_at is not None:
             due = min(due, row.expires_at)  # the give-up comes when PersistDuration passes
-        detail = f"{reason}: held, not sent; checked again {due:%Y-%m-%d %H:%M:%S} UTC"
+        detail = f"{reason}: held, not sent{_CHECKED_AGAIN}{due:%Y-%m-%d %H:%M:%S} UTC"
         if row.status != OutboundStatus.RETRYING.value:
             uow.messages.set_status(
                 row,
@@ -347,6 +362,13 @@ def _held_so_already(uow: UnitOfWork, message_id: str, code: str) -> bool:
     which would bury its log in repeats; its next check is the message's ``next_attempt_at``."""
     latest = uow.events.latest(message_id)
     return latest is not None and latest.code == code
+
+
+def hold_reason(detail: str) -> str:
+    """A hold's detail without the time of the check it was written for: its first note is
+    kept while the cause lasts (:func:`_held_so_already`), so that time passed long ago; the
+    next check is the message's ``next_attempt_at``."""
+    return detail.partition(_CHECKED_AGAIN)[0]
 
 
 def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
@@ -392,7 +414,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
                 job,
                 partner,
                 refused[1],
-                "revocation-unknown",
+                REVOCATION_UNKNOWN,
                 now,
                 until_then="before it could be checked",
                 check_again=REVOCATION_RECHECK,
@@ -401,7 +423,7 @@ def transmit_job(ctx: EngineContext, job: ClaimedJob) -> TransportResult | None:
     if refusal is not None:
         with ctx.store.unit_of_work() as uow:
             suspended = agreement is not None and agreement.state is AgreementState.SUSPENDED
-            code = "agreement-suspended" if suspended else "agreement-not-active"
+            code = AGREEMENT_SUSPENDED if suspended else AGREEMENT_NOT_ACTIVE
             _hold(uow, job, partner, refusal[1], code, now)
         return None
     # A resend, or a first send whose job was claimed before (its worker may have died

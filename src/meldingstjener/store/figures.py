@@ -6,8 +6,9 @@ Each is one statement through an index, and costs what is under way, not the set
 (though received messages the EPJ never answers stay under way, ``delivered``, and add up): the
 messages through the partial index ``ix_messages_unsettled`` (only those not settled:
 :data:`~meldingstjener.store.tables.UNSETTLED`, written as that index states it, so that the
-planner may use it), the jobs through ``ix_jobs_due`` up to the time asked for, the alerts
-through ``ix_alerts_open``. Counts and times only: no identifier, no HER-id, no text of a
+planner may use it), the jobs waiting along ``ix_jobs_kind_due`` up to a bound and those a
+worker holds through ``ix_jobs_held`` (only those claimed), the alerts through
+``ix_alerts_open``. Counts and times only: no identifier, no HER-id, no text of a
 message or an alert.
 """
 
@@ -37,11 +38,13 @@ _MESSAGES = text(
     column("oldest", UtcDateTime()),
 )
 
-# Each kind's jobs due are counted among its COUNTED_JOBS due longest, no further: a backlog
-# of hundreds of thousands (the workers stopped, a partner down for days) made every scrape
-# count all of it. The figures of a kind are then lower bounds: its waiting and running add up
-# to COUNTED_JOBS, read as "at least". The workers claim the jobs due longest first, so those a
-# worker holds are among them.
+# Each kind's jobs waiting are counted among its COUNTED_JOBS waiting longest, no further: a
+# backlog of hundreds of thousands (the workers stopped, a partner down for days) made every
+# scrape count all of it. The figures of a kind are then lower bounds: its waiting at
+# COUNTED_JOBS is read as "at least". Those a worker holds are counted apart, all of them: they
+# are few (each process claims at most its workers' batches), and they are not among the due
+# longest (a job handed to a worker at submit is due now, behind any backlog), so counted among
+# those a busy server showed none running.
 COUNTED_JOBS = 1_000
 
 
@@ -57,16 +60,15 @@ _KINDS = text(
 
 def _due_of_kind(number: int) -> str:
     """The figures of the kind bound as ``kind_<number>``, of its :data:`COUNTED_JOBS` jobs due
-    longest (along ``ix_jobs_kind_due``: what it reads is bounded, in one pass): those waiting
-    for a worker (and of those, the late) and those a worker holds, as a worker claims
-    (tables.py's JOB_WAITING, JOB_HELD), and when the one due longest was due. No row when none
-    is due."""
+    and waiting for a worker longest (along ``ix_jobs_kind_due``: what it reads is bounded, in
+    one pass, passing those held, which are few): how many, of those the late, and when the
+    one due longest was due. Waiting as a worker claims (tables.py's JOB_WAITING). No row when
+    none waits."""
     return (
-        f"SELECT kind, sum(CASE WHEN {JOB_WAITING} THEN 1 ELSE 0 END) AS waiting, "
-        f"sum(CASE WHEN {JOB_WAITING} AND due_at < :late THEN 1 ELSE 0 END) AS late, "
-        f"sum(CASE WHEN {JOB_HELD} THEN 1 ELSE 0 END) AS running, min(due_at) AS oldest "
-        f"FROM (SELECT kind, due_at, claimed_until FROM jobs WHERE kind = :kind_{number} "
-        f"AND due_at <= :now ORDER BY due_at LIMIT :counted) due_{number} GROUP BY kind"
+        "SELECT kind, count(*) AS waiting, "
+        "sum(CASE WHEN due_at < :late THEN 1 ELSE 0 END) AS late, min(due_at) AS oldest "
+        f"FROM (SELECT kind, due_at FROM jobs WHERE kind = :kind_{number} AND due_at <= :now "
+        f"AND {JOB_WAITING} ORDER BY due_at LIMIT :counted) due_{number} GROUP BY kind"
     )
 
 
@@ -87,10 +89,25 @@ def _jobs_of(kinds: int) -> TextualSelect:
             column("kind", String()),
             column("waiting", Integer()),
             column("late", Integer()),
-            column("running", Integer()),
             column("oldest", UtcDateTime()),
         )
     )
+
+
+# The jobs a worker holds, by kind, and when the one due longest was due: all of them, through
+# the partial index ix_jobs_held (only claimed jobs: what it reads is the claims, not the
+# backlog). Whether due or not: a job handed to a worker at submit may be due a moment after
+# this clock reads, by another process's.
+_HELD = (
+    text(
+        "SELECT kind, count(*) AS running, min(due_at) AS oldest FROM jobs "
+        f"WHERE {JOB_HELD} GROUP BY kind"
+    )
+    .bindparams(bindparam("now", type_=UtcDateTime()))
+    .columns(
+        column("kind", String()), column("running", Integer()), column("oldest", UtcDateTime())
+    )
+)
 
 
 _ALERTS = text(
@@ -117,9 +134,10 @@ class UnderWay:
 
 @dataclass(frozen=True)
 class DueJobs:
-    """The jobs of one kind due now: waiting, held by no worker (``late``: of those, due longer
-    than :data:`LATE_AFTER` ago), held by a worker (``running``), and the time the one due
-    longest (waiting or running) was due."""
+    """The jobs of one kind due now and held by no worker (``waiting``, up to
+    :data:`COUNTED_JOBS`; ``late``: of those, due longer than :data:`LATE_AFTER` ago), those
+    held by a worker (``running``, all), and the time the one due longest (waiting or running)
+    was due."""
 
     kind: str
     waiting: int
@@ -145,7 +163,7 @@ class Figures:
 
 def read_figures(connection: Connection, now: datetime) -> Figures:
     """The figures as the store has them at ``now`` (the engine's clock: due times and leases
-    are judged by it), in four statements."""
+    are judged by it), in five statements."""
     messages = [
         UnderWay(direction, status, int(count), oldest)
         for direction, status, count, oldest in connection.execute(_MESSAGES)
@@ -159,16 +177,27 @@ def read_figures(connection: Connection, now: datetime) -> Figures:
 
 
 def _due_jobs(connection: Connection, now: datetime) -> list[DueJobs]:
-    """The jobs due at ``now`` of each kind that has any (each counted up to
-    :data:`COUNTED_JOBS`), in two statements: the kinds, then their jobs."""
+    """The jobs at ``now`` of each kind that has any waiting (counted up to
+    :data:`COUNTED_JOBS`) or held, in three statements: the kinds, their jobs waiting, the
+    jobs held."""
     kinds = list(connection.scalars(_KINDS))
     if not kinds:
         return []
     bound: dict[str, object] = {f"kind_{number}": kind for number, kind in enumerate(kinds)}
-    found = connection.execute(
-        _jobs_of(len(kinds)), {**bound, "now": now, "late": now - LATE_AFTER}
-    )
-    return [
-        DueJobs(kind, int(waiting or 0), int(late or 0), int(running or 0), oldest)
-        for kind, waiting, late, running, oldest in found
-    ]
+    waiting = {
+        kind: (int(count), int(late or 0), oldest)
+        for kind, count, late, oldest in connection.execute(
+            _jobs_of(len(kinds)), {**bound, "now": now, "late": now - LATE_AFTER}
+        )
+    }
+    held = {
+        kind: (int(count), oldest)
+        for kind, count, oldest in connection.execute(_HELD, {"now": now})
+    }
+    figures = []
+    for kind in dict.fromkeys([*waiting, *held]):
+        count, late, oldest_waiting = waiting.get(kind, (0, 0, None))
+        running, oldest_held = held.get(kind, (0, None))
+        oldest = min(time for time in (oldest_waiting, oldest_held) if time is not None)
+        figures.append(DueJobs(kind, count, late, running, oldest))
+    return figures

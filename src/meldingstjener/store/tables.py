@@ -60,6 +60,9 @@ UNSTORED_EVENT = "message_id IS NULL"
 # time they are judged at, bound as the statement's).
 JOB_WAITING = "(claimed_until IS NULL OR claimed_until < :now)"
 JOB_HELD = "claimed_until >= :now"
+# The jobs claimed (held, or a lease run out and not claimed again yet): the partial index
+# ix_jobs_held holds only these, along which /metrics counts those held (a JOB_HELD implies it)
+JOB_CLAIMED = "claimed_until IS NOT NULL"
 # The received messages the EPJ has (``delivered``) and has not answered with an AppRec, of a
 # type owed one (every type but an AppRec: engine/retention.py's NEVER_ANSWERED): the last arm
 # of UNSETTLED, so that the ``apprec-owed`` check (engine/inbox_watch.py) and the log's search
@@ -412,9 +415,16 @@ class JobRow(Base):
     # rescheduled and extended by id)
     # ix_jobs_message: a message's jobs are deleted by its every receipt (and with the message)
     # ix_jobs_kind_due: /metrics counts each kind's jobs due along it, up to a bound (0029)
+    # ix_jobs_held: /metrics counts the jobs held, all, through it (0031)
     __table_args__ = (
         Index("ix_jobs_due", "due_at"),
         Index("ix_jobs_kind_due", "kind", "due_at"),
+        Index(
+            "ix_jobs_held",
+            "claimed_until",
+            postgresql_where=text(JOB_CLAIMED),
+            sqlite_where=text(JOB_CLAIMED),
+        ),
         Index("ix_jobs_message", "message_id"),
         {"sqlite_autoincrement": True},
     )

@@ -41,6 +41,7 @@ from meldingstjener.model.privacy import redact, redact_all
 from meldingstjener.store import alert_log
 from meldingstjener.store.changes import wrote_in_transaction
 from meldingstjener.store.database import Database
+from meldingstjener.store.instance_lock import name_key
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.tables import (
     JOB_HELD,
@@ -121,6 +122,11 @@ class EventKind:
 WAITING_TO_BE_SENT: Final = frozenset(
     {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
 )
+# ... or for the partner's Acknowledgment of a send (``sent``): resent when it does not come
+_WAITING_FOR_THE_PARTNER: Final = WAITING_TO_BE_SENT | {OutboundStatus.SENT.value}
+# PostgreSQL: the first key of the advisory lock (transaction-scoped) a give-up holds on the
+# queue to its receiver (the second key is from the receiver's HER-id, see hold_queue_to)
+QUEUE_LOCK_SPACE = 0x6D74_7175  # "mtqu"
 CONTENT_REMOVED = "content-removed"
 
 
@@ -464,15 +470,32 @@ class MessageRepository:
             row.last_error_text = redact(detail)
         return row
 
+    def hold_queue_to(self, to_her_id: str) -> None:
+        """Make another transaction that holds the queue to ``to_her_id`` wait until this one
+        ends, so that what :meth:`waits_to_be_sent` reads after it is true until the commit:
+        two messages to a partner given up at once each saw the other still waiting (neither
+        committed), and neither resolved the partner's alerts.
+
+        SQLite needs nothing: a unit of work holds the database's one writer from its first
+        statement. PostgreSQL takes an advisory lock on the HER-id (transaction-scoped); two
+        HER-ids whose keys meet (32 bits) wait for each other's give-ups, no more."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(
+                text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": QUEUE_LOCK_SPACE, "key": name_key(to_her_id)},
+            )
+
     def waits_to_be_sent(self, to_her_id: str, *, other_than: str) -> bool:
         """Whether a message to ``to_her_id`` other than ``other_than`` still waits to be sent
-        (``accepted``, or ``retrying``: queued for a send or a resend), from any of our HER-ids.
-        Through ``ix_messages_status``: what it reads is the queue, not the history."""
+        (``accepted``, or ``retrying``: queued for a send or a resend) or for its Acknowledgment
+        (``sent``: resent when it does not come), from any of our HER-ids. Through
+        ``ix_messages_status``: what it reads is the queue, not the history. Take
+        :meth:`hold_queue_to` first when what it says decides a change."""
         waiting = (
             select(MessageRow.id)
             .where(
                 MessageRow.direction == Direction.OUTBOUND.value,
-                MessageRow.status.in_(sorted(WAITING_TO_BE_SENT)),
+                MessageRow.status.in_(sorted(_WAITING_FOR_THE_PARTNER)),
                 MessageRow.to_her_id == to_her_id,
                 MessageRow.id != other_than,
             )
@@ -876,6 +899,12 @@ _RESOLVE_PARTNER_ALERTS = text(
 )
 
 
+# an open alert, told why it was resolved in its summary (one space before the why)
+_RESOLVE_ALERT_EXPLAINED = text(
+    "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
+    ":resolution WHERE dedup_key = :dedup_key AND resolved_at IS NULL" + _RESOLVED
+).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
+
 # a partner's open alerts of one kind, each told why in its summary (one space before the why)
 _RESOLVE_ALL_PARTNER_ALERTS = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
@@ -1018,6 +1047,17 @@ class AlertRepository:
         self.session.connection().execute(
             _RESOLVE_ALL_PARTNER_ALERTS,
             {"kind": kind, "partner_her_id": partner_her_id, "resolution": resolution, "at": at},
+        )
+
+    def resolve_explained(self, dedup_key: str, *, resolution: str, at: datetime) -> None:
+        """Mark the open alert of ``dedup_key`` resolved, its summary followed by
+        ``resolution`` (why: not the problem's end, which a plain resolve says); none open is
+        fine."""
+        self._resolved(
+            self.session.connection().execute(
+                _RESOLVE_ALERT_EXPLAINED,
+                {"dedup_key": dedup_key, "resolution": resolution, "at": at},
+            )
         )
 
     def counted_again(self, dedup_key: str, summary: str, *, at: datetime) -> bool:

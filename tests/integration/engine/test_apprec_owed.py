@@ -128,6 +128,46 @@ def test_only_messages_delivered_within_the_look_back_are_counted_and_listed(
     pair.clock.advance(days=9, minutes=1)  # the recent one ages out too
     assert inbox_watch.check_apprec_owed(pair.hospital) == {}
     assert owed_alerts(pair) == [] and _listed(pair) == []
+    # not answered: the alert says so, and how to find them
+    [resolved] = owed_alerts(pair, open_only=False)
+    assert resolved.resolved_at == pair.clock()
+    assert "1 received message(s)" in resolved.summary  # what it said is kept
+    assert (
+        f"Resolved {pair.clock():%Y-%m-%d %H:%M} UTC without their AppRecs: 1 still "
+        "unanswered, delivered more than 24 hours and 14 days ago"
+    ) in resolved.summary
+    assert f"meldingstjener log --status delivered --her-id {HOSPITAL_SERVICE_HER}" in (
+        resolved.summary
+    )
+
+
+def test_an_alert_of_messages_answered_and_aged_out_counts_those_aged_out(
+    pair_with_hospital_database: Pair,
+) -> None:
+    """Of two owed, one is answered and the other ages out unanswered: the resolve tells of
+    the one; of two answered, it tells of none."""
+    pair = pair_with_hospital_database
+    first, second, third = notes_and_an_apprec_received(pair, 3)[0]
+    receipts.deliver(pair.hospital, first.id, actor="epj:test")
+    receipts.deliver(pair.hospital, second.id, actor="epj:test")
+    pair.clock.advance(hours=25)
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 2}
+
+    _answer(pair, first)
+    pair.clock.advance(days=14)  # the second leaves the window between two checks
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {}
+    [resolved] = owed_alerts(pair, open_only=False)
+    assert "without their AppRecs: 1 still unanswered" in resolved.summary
+
+    _answer(pair, second)  # late: and one answered in time says nothing
+    receipts.deliver(pair.hospital, third.id, actor="epj:test")
+    pair.clock.advance(hours=25)
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {HOSPITAL_SERVICE_HER: 1}
+    _answer(pair, third)
+    pair.clock.advance(minutes=5)
+    assert inbox_watch.check_apprec_owed(pair.hospital) == {}
+    [resolved] = owed_alerts(pair, open_only=False)
+    assert resolved.resolved_at == pair.clock() and "Resolved" not in resolved.summary
 
 
 def _listed(pair: Pair) -> list[str]:

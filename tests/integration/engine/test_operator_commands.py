@@ -15,6 +15,7 @@ from meldingstjener.cli import app
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.certificates import check_certificates
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.resend import Operator, resend
 
 
 def cli(pair: Pair, *args: str) -> tuple[int, str]:
@@ -138,3 +139,78 @@ def test_an_alert_resolved_with_a_note_shows_it_until_it_opens_again(pair: Pair)
     [again] = [json.loads(line) for line in output.splitlines()]
     assert (again["id"], again["resolution_note"], again["count"]) == (unreachable["id"], None, 1)
     assert message_id
+
+
+def _suspend_the_agreement(pair: Pair, state: str = "suspended") -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.state = state
+        uow.commit()
+
+
+def test_status_shows_a_held_messages_next_check_not_its_old_errors(pair: Pair) -> None:
+    """A send failed (its last error names a next attempt), then the agreement was suspended:
+    held, told once in its events with the time of its first check. ``status`` tells the hold
+    and the next check each check moves, and the failure as history."""
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.network.down.clear()
+    _suspend_the_agreement(pair)
+    pair.clock.advance(minutes=11)
+    pair.run()
+    held_since = pair.clock()
+    pair.clock.advance(minutes=11)
+    pair.run()  # checked again: no new note, the next check moved
+    row = pair.message(pair.gp, message_id)
+    assert row.status == "retrying" and row.last_error_code == "connect-failed"
+    assert row.next_attempt_at is not None and row.next_attempt_at > pair.clock()
+
+    code, output = cli(pair, "status", message_id)
+    assert code == 0, output
+    assert f"next check: {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" in output
+    assert f"held since {held_since:%Y-%m-%d %H:%M:%S} UTC: agreement-suspended" in output
+    assert "history, before it was held: connect-failed" in output
+    assert "last error:" not in output  # its next attempt passed long ago
+    assert "checked again" not in output  # the first check's time, passed too
+
+    code, output = cli(pair, "status", message_id, "--json")
+    status = json.loads(output)
+    assert status["next_check_at"] == row.next_attempt_at.isoformat()
+    assert status["held"]["code"] == "agreement-suspended"
+    assert status["held"]["since"] == held_since.isoformat()
+
+
+def test_status_shows_a_retrying_messages_next_attempt_as_its_next_check(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    row = pair.message(pair.gp, message_id)
+    assert row.next_attempt_at is not None
+    code, output = cli(pair, "status", message_id)
+    assert code == 0 and "last error: connect-failed" in output, output
+    assert f"next check: {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" in output
+    assert "held since" not in output
+    status = json.loads(cli(pair, "status", message_id, "--json")[1])
+    assert (status["next_check_at"], status["held"]) == (row.next_attempt_at.isoformat(), None)
+
+
+def test_status_links_a_message_sent_again_and_its_copy(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    original = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(6):
+        pair.run()
+        pair.clock.advance(minutes=11)
+    assert pair.message(pair.gp, original).status == "not-delivered"
+    pair.network.down.clear()
+    copy = resend(pair.gp, original, operator=Operator("cli", "kari")).copy_id
+
+    code, output = cli(pair, "status", original)
+    assert code == 0 and f"sent again as: {copy}" in output, output
+    code, output = cli(pair, "status", copy)
+    assert code == 0 and f"a new copy of: {original}" in output, output
+    status = json.loads(cli(pair, "status", original, "--json")[1])
+    assert (status["sent_again_as"], status["copy_of"]) == (copy, None)
+    status = json.loads(cli(pair, "status", copy, "--json")[1])
+    assert (status["sent_again_as"], status["copy_of"]) == (None, original)

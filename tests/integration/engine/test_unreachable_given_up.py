@@ -5,10 +5,15 @@ GP office's store on SQLite and PostgreSQL (the pair retries every 10 minutes, t
 
 from __future__ import annotations
 
+import threading
+
+import psycopg
+import pytest
 from engine_pair import Pair
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.transmit import _give_up
 from meldingstjener.store.tables import AlertRow
 
 UNREACHABLE = "partner-unreachable"
@@ -76,3 +81,78 @@ def test_the_unreachable_alert_stays_open_while_another_message_waits_for_the_pa
     [alert] = _alerts(pair, UNREACHABLE)
     assert alert.resolved_at is not None
     assert f"the last one ({second}) was given up" in alert.summary
+
+
+def _two_notes_retrying(pair: Pair) -> tuple[str, str]:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    first, second = _send_a_note(pair), _send_a_note(pair)
+    pair.run()
+    assert {pair.message(pair.gp, m).status for m in (first, second)} == {"retrying"}
+    [alert] = _alerts(pair, UNREACHABLE)
+    assert alert.resolved_at is None
+    return first, second
+
+
+def _give_up_and_commit(pair: Pair, message_id: str) -> None:
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id, for_update=True)
+        assert row is not None
+        _give_up(uow, row, "Sykehuset", "test", pair.clock())
+        uow.commit()
+
+
+def test_a_message_waiting_for_its_acknowledgment_keeps_the_alert_open(
+    pair_with_gp_database: Pair,
+) -> None:
+    """A message sent and not acknowledged yet is resent when the Acknowledgment does not
+    come: the partner's alert is not resolved while it waits."""
+    pair = pair_with_gp_database
+    first, second = _two_notes_retrying(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(second, for_update=True)
+        assert row is not None
+        uow.messages.set_status(row, "sent", actor="test")
+        uow.commit()
+
+    _give_up_and_commit(pair, first)
+
+    [alert] = _alerts(pair, UNREACHABLE)
+    assert alert.resolved_at is None
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_alert_is_resolved_when_the_last_two_messages_are_given_up_at_once(
+    pair_with_gp_database: Pair, database_url: str
+) -> None:
+    """Each give-up, uncommitted, sees the other message still retrying: the second to commit
+    must read after the first's commit (SQLite's units of work are serial already)."""
+    pair = pair_with_gp_database
+    first, second = _two_notes_retrying(pair)
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(first, for_update=True)
+        assert row is not None
+        _give_up(uow, row, "Sykehuset", "test", pair.clock())
+        other = threading.Thread(target=_give_up_and_commit, args=(pair, second))
+        other.start()
+        _wait_until_waiting_or_ended(database_url, other)
+        uow.commit()
+    other.join(60)
+    assert not other.is_alive()
+
+    assert {pair.message(pair.gp, m).status for m in (first, second)} == {"not-delivered"}
+    [alert] = _alerts(pair, UNREACHABLE)
+    assert alert.resolved_at is not None
+    assert "was given up" in alert.summary
+
+
+def _wait_until_waiting_or_ended(database_url: str, thread: threading.Thread) -> None:
+    """Until another session of the database waits on a lock, or ``thread`` ended."""
+    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as watcher:
+        while thread.is_alive():
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting is not None and waiting[0] >= 1:
+                return
+            threading.Event().wait(0.01)  # a poll of another process's state, not a delay
