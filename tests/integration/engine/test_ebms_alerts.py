@@ -26,6 +26,8 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 
 MiB = 1024 * 1024
+# how a store-failing alert names the senders of the requests it refused
+SENDERS_TOLD = "Requests refused per the sender their envelopes name (From HER-id, not verified)"
 
 
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
@@ -601,7 +603,9 @@ def test_a_request_refused_while_the_share_is_lost_keeps_the_alerts_remedy(
     for _ in range(2):
         answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
         assert answer.status_code == 503, answer.text
-    assert _summaries(hospital) == {failing: told}
+    # the remedy kept, the senders turned away counted on it
+    sender = pair.gp_site.address_her_id
+    assert _summaries(hospital) == {failing: f"{told} {SENDERS_TOLD}: {sender} (2)."}
     assert open_alerts(hospital) == {failing: ("critical", 3)}
     marker.write_text(f"{known}\n", encoding="ascii")
     heart.beat()
