@@ -204,8 +204,9 @@ def create_app(
             )
         # A full disk: SELECT 1 reads, and works. While the last write failed, a write is
         # tried here (a server a load balancer took out would otherwise never be written to
-        # again, and never be put back).
-        if store_failing.failing and not store_failing.probe():
+        # again, and never be put back); the payload share's marker is looked at every few
+        # seconds (a share that dropped, seen before the heartbeat's minute).
+        if not store_failing.writable():
             return JSONResponse(
                 {"status": "store-failing", "version": __version__}, status_code=503
             )

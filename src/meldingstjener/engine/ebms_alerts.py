@@ -139,6 +139,10 @@ def store_refused(exc: BaseException) -> bool:
     return disk_full(exc) or isinstance(exc, PayloadDirectoryLost) or database_full(exc)
 
 
+# How old the last look at the payload directory's marker may be when /health answers: older,
+# /health looks itself (StoreFailing.writable). Seconds: a load balancer polls every second or
+# two, and a message stored into a folder underneath a dropped share is missing to every serve.
+HEALTH_MARKER_LOOK = 5.0
 # How many senders the store-failing alert and the log line at a period's end name: those with
 # the most requests refused; the rest are counted together ("and N more").
 SENDERS_NAMED = 10
@@ -287,28 +291,50 @@ class StoreFailing:
         :meth:`probe` the store, so that it ends within a heartbeat of the store being
         writable again."""
         payloads = self.ctx.store.payloads
-        if isinstance(payloads, CheckedPayloadStore):
-            was_lost = payloads.lost
-            lost = payloads.watch_marker()
-            if lost is not None:
-                if not was_lost or not self.failing:  # alerted once, when it is found
-                    self._start(
-                        str(lost),
-                        f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
-                        "payload written there now would be missing to every other serve "
-                        "(and from the share once it is back). Messages received are answered "
-                        "503 (their senders resend) and so are the EPJ API's calls; /health "
-                        "says store-failing. Sends, resends and deliveries wait, not counted "
-                        "as tries; a resend whose PersistDuration runs out meanwhile is given "
-                        "up (not-delivered). Mount the payload share again (or put the marker "
-                        "back): the next heartbeat, within a minute, ends this.",
-                        refused=0,
-                        cause=_DIRECTORY_LOST,
-                        specific=True,
-                    )
-                return
+        if isinstance(payloads, CheckedPayloadStore) and self._look_at_marker(payloads):
+            return
         if self.failing:
             self.probe()
+
+    def writable(self) -> bool:
+        """For ``/health``: whether the store can be written. The marker is looked at when the
+        last look began :data:`HEALTH_MARKER_LOOK` seconds ago or more (a period starts as at
+        the heartbeat's look): a share that dropped is seen within seconds, not the heartbeat's
+        minute, by a server a load balancer polls (one read of a small file in a few seconds,
+        however often it polls; one that hangs holds this call no longer than the read's
+        bound). While a period lasts, the store is probed (:meth:`probe`), unless the marker is
+        still missing: the probe's touch would read it once more, and be refused."""
+        payloads = self.ctx.store.payloads
+        if isinstance(payloads, CheckedPayloadStore):
+            if payloads.look_due(HEALTH_MARKER_LOOK):
+                self._look_at_marker(payloads)
+            if payloads.lost:
+                return False
+        return not self.failing or self.probe()
+
+    def _look_at_marker(self, payloads: CheckedPayloadStore) -> bool:
+        """Read the payload directory's marker again: whether it was found not the store's
+        (a period started then, alerted once, when it is found)."""
+        was_lost = payloads.lost
+        lost = payloads.watch_marker()
+        if lost is None:
+            return False
+        if not was_lost or not self.failing:
+            self._start(
+                str(lost),
+                f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
+                "payload written there now would be missing to every other serve "
+                "(and from the share once it is back). Messages received are answered "
+                "503 (their senders resend) and so are the EPJ API's calls; /health "
+                "says store-failing. Sends, resends and deliveries wait, not counted "
+                "as tries; a resend whose PersistDuration runs out meanwhile is given "
+                "up (not-delivered). Mount the payload share again (or put the marker "
+                "back): the next heartbeat, within a minute, ends this.",
+                refused=0,
+                cause=_DIRECTORY_LOST,
+                specific=True,
+            )
+        return True
 
     def _start(
         self,
