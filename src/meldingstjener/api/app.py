@@ -204,8 +204,9 @@ def create_app(
             )
         # A full disk: SELECT 1 reads, and works. While the last write failed, a write is
         # tried here (a server a load balancer took out would otherwise never be written to
-        # again, and never be put back).
-        if store_failing.failing and not store_failing.probe():
+        # again, and never be put back); the payload share's marker is looked at every few
+        # seconds (a share that dropped, seen before the heartbeat's minute).
+        if not store_failing.writable():
             return JSONResponse(
                 {"status": "store-failing", "version": __version__}, status_code=503
             )
@@ -236,8 +237,10 @@ def create_app(
         except (OSError, StoreUnavailable) as exc:
             # The payload store could not be written (or its directory, checked at the first
             # file a process touches, cannot be used): nothing was acknowledged, and the sender
-            # is told to resend later, when the store may be mended.
-            store_failing.failed(exc, "POST /ebms")
+            # is told to resend later, when the store may be mended. Counted per its sender,
+            # so that the operator can tell which partners were turned away.
+            sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+            store_failing.failed(exc, "POST /ebms", sender)
             return _unavailable()
         except Exception as exc:
             kind = trouble(exc)
@@ -246,7 +249,8 @@ def create_app(
                 ebms_alerts.failed(ctx, exc)
                 return Response("internal error\n", 500)
             if kind == RESOURCES:  # the database's disk is full: the store fails as a whole
-                store_failing.failed(exc, "POST /ebms")
+                sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+                store_failing.failed(exc, "POST /ebms", sender)
                 return _unavailable()
             # The database is away or busy: not a fault of the server, and no alert: it could
             # not be written either (a try would wait for the pool once more). The heartbeat

@@ -16,14 +16,19 @@ import errno
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meldingstjener.ebxml import EbxmlError, parse_envelope, unpackage_envelope
+from meldingstjener.ebxml.codes import PARTY_TYPE_HER
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
-from meldingstjener.model.privacy import passed_through
+from meldingstjener.formats.xmlparse import XmlError, parse_xml
+from meldingstjener.model import HerId, InvalidHerId
+from meldingstjener.model.privacy import passed_through, redact
 from meldingstjener.store.database import database_full, transient
 from meldingstjener.store.identity import (
     CheckedPayloadStore,
@@ -134,6 +139,73 @@ def store_refused(exc: BaseException) -> bool:
     return disk_full(exc) or isinstance(exc, PayloadDirectoryLost) or database_full(exc)
 
 
+# How old the last look at the payload directory's marker may be when /health answers: older,
+# /health looks itself (StoreFailing.writable). Seconds: a load balancer polls every second or
+# two, and a message stored into a folder underneath a dropped share is missing to every serve.
+HEALTH_MARKER_LOOK = 5.0
+# How many senders the store-failing alert and the log line at a period's end name: those with
+# the most requests refused; the rest are counted together ("and N more").
+SENDERS_NAMED = 10
+# How many senders one period counts apart, in memory. A From is not verified (nothing is, while
+# the store refuses): requests naming ever new ones must not grow the count without end; the
+# refusals of senders beyond are counted with the rest.
+SENDERS_KEPT = 1000
+
+
+def claimed_sender(
+    ctx: EngineContext, content_type: str, body: bytes | os.PathLike[str]
+) -> str | None:
+    """The HER-id the From of a ``POST /ebms`` request's envelope names, for a request the store
+    refused (:meth:`StoreFailing.failed`): its envelope part alone is read again (not the
+    payload's parts), bounded as the receive bounds it; None when it cannot be read or names
+    no HER-id (a PartyId of another type is any text). Not verified: the signature was not (or
+    no longer) what counted."""
+    try:
+        envelope_xml = unpackage_envelope(content_type, body)
+        root = parse_xml(envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
+        party = parse_envelope(root).header.from_party
+        return str(HerId(party.her_id)) if party.party_type == PARTY_TYPE_HER else None
+    except (EbxmlError, XmlError, InvalidHerId, OSError):  # OSError: a spool removed meanwhile
+        return None
+
+
+class RefusedSenders:
+    """The requests refused in one period of the store failing, per the HER-id their envelopes
+    name as From (an organisation, no patient), so that the operator can tell which partners
+    were turned away (and gave up their messages, maybe): the 503s tell only their senders."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._beyond = 0  # refusals of senders past SENDERS_KEPT
+
+    def add(self, her_id: str) -> None:
+        if her_id in self._counts or len(self._counts) < SENDERS_KEPT:
+            self._counts[her_id] += 1
+        else:
+            self._beyond += 1
+
+    def told(self) -> str:
+        """A sentence naming the :data:`SENDERS_NAMED` senders with the most refusals (ties by
+        HER-id), the rest counted; empty when no refused request named one."""
+        if not self._counts:
+            return ""
+        ranked = sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))
+        named = ranked[:SENDERS_NAMED]
+        listed = ", ".join(f"{her_id} ({count})" for her_id, count in named)
+        others = len(ranked) - len(named)
+        others_refused = sum(count for _, count in ranked[SENDERS_NAMED:]) + self._beyond
+        if others_refused:
+            more = f"over {others}" if self._beyond else str(others)
+            listed += f" and {more} more ({others_refused})"
+        # a From naming eleven digits of a national id is masked, as every alert's text is
+        return str(
+            redact(
+                " Requests refused per the sender their envelopes name (From HER-id, not "
+                f"verified): {listed}."
+            )
+        )
+
+
 class StoreFailing:
     """Since when this ``serve`` process could not write its store (the payload directory, or
     the database: its disk full), in memory, as the heartbeat remembers the database away: on
@@ -148,7 +220,9 @@ class StoreFailing:
     request while it can be, and resolved when the period ends (or this process stores a
     received message again); when some could not be, the first commit that works raises one
     more, under the key ``<instance>:outage`` and resolved by hand, telling from when to when
-    and how many requests were refused.
+    and how many requests were refused. The alert (as counted when it is written) and the log
+    line at the end name the senders refused the most (:class:`RefusedSenders`, in memory: the
+    database may be what refuses), so that the operator knows which partners to call.
 
     The heartbeat also reads the payload directory's marker (:meth:`watch`): a marker gone,
     another store's or unreadable starts a period too, its alert naming the cause, and the
@@ -163,6 +237,7 @@ class StoreFailing:
         self._reason = ""
         self._refused = 0
         self._unalerted = 0  # refusals whose alert could not be stored
+        self._senders = RefusedSenders()
         # the cause this period's alert tells, and its text (see _told_text)
         self._told: tuple[str, str] | None = None
 
@@ -170,9 +245,11 @@ class StoreFailing:
     def failing(self) -> bool:
         return self._since is not None
 
-    def failed(self, exc: BaseException, request: str) -> None:
+    def failed(self, exc: BaseException, request: str, sender: str | None = None) -> None:
         """``request`` (``POST /ebms``, ``POST /Messages``) was answered 503 because the store
-        could not be written (``exc``): counted, and alerted if the alert can be stored."""
+        could not be written (``exc``): counted (per ``sender``, the HER-id a received message
+        names as its From, when that could be read: :func:`claimed_sender`), and alerted if the
+        alert can be stored."""
         directory = self.ctx.store.payloads.root
         reason = _reason(exc, directory)
         self._start(
@@ -183,6 +260,7 @@ class StoreFailing:
             "since when.",
             refused=1,
             cause=_cause(exc, reason),
+            sender=sender,
         )
 
     def work_refused(self, exc: BaseException, work: str) -> None:
@@ -213,41 +291,74 @@ class StoreFailing:
         :meth:`probe` the store, so that it ends within a heartbeat of the store being
         writable again."""
         payloads = self.ctx.store.payloads
-        if isinstance(payloads, CheckedPayloadStore):
-            was_lost = payloads.lost
-            lost = payloads.watch_marker()
-            if lost is not None:
-                if not was_lost or not self.failing:  # alerted once, when it is found
-                    self._start(
-                        str(lost),
-                        f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
-                        "payload written there now would be missing to every other serve "
-                        "(and from the share once it is back). Messages received are answered "
-                        "503 (their senders resend) and so are the EPJ API's calls; /health "
-                        "says store-failing. Sends, resends and deliveries wait, not counted "
-                        "as tries; a resend whose PersistDuration runs out meanwhile is given "
-                        "up (not-delivered). Mount the payload share again (or put the marker "
-                        "back): the next heartbeat, within a minute, ends this.",
-                        refused=0,
-                        cause=_DIRECTORY_LOST,
-                        specific=True,
-                    )
-                return
+        if isinstance(payloads, CheckedPayloadStore) and self._look_at_marker(payloads):
+            return
         if self.failing:
             self.probe()
 
+    def writable(self) -> bool:
+        """For ``/health``: whether the store can be written. The marker is looked at when the
+        last look began :data:`HEALTH_MARKER_LOOK` seconds ago or more (a period starts as at
+        the heartbeat's look): a share that dropped is seen within seconds, not the heartbeat's
+        minute, by a server a load balancer polls (one read of a small file in a few seconds,
+        however often it polls; one that hangs holds this call no longer than the read's
+        bound). While a period lasts, the store is probed (:meth:`probe`), unless the marker is
+        still missing: the probe's touch would read it once more, and be refused."""
+        payloads = self.ctx.store.payloads
+        if isinstance(payloads, CheckedPayloadStore):
+            if payloads.look_due(HEALTH_MARKER_LOOK):
+                self._look_at_marker(payloads)
+            if payloads.lost:
+                return False
+        return not self.failing or self.probe()
+
+    def _look_at_marker(self, payloads: CheckedPayloadStore) -> bool:
+        """Read the payload directory's marker again: whether it was found not the store's
+        (a period started then, alerted once, when it is found)."""
+        was_lost = payloads.lost
+        lost = payloads.watch_marker()
+        if lost is None:
+            return False
+        if not was_lost or not self.failing:
+            self._start(
+                str(lost),
+                f"Instance {self.ctx.instance} refuses to store anything: {lost}. A "
+                "payload written there now would be missing to every other serve "
+                "(and from the share once it is back). Messages received are answered "
+                "503 (their senders resend) and so are the EPJ API's calls; /health "
+                "says store-failing. Sends, resends and deliveries wait, not counted "
+                "as tries; a resend whose PersistDuration runs out meanwhile is given "
+                "up (not-delivered). Mount the payload share again (or put the marker "
+                "back): the next heartbeat, within a minute, ends this.",
+                refused=0,
+                cause=_DIRECTORY_LOST,
+                specific=True,
+            )
+        return True
+
     def _start(
-        self, reason: str, summary: str, *, refused: int, cause: str, specific: bool = False
+        self,
+        reason: str,
+        summary: str,
+        *,
+        refused: int,
+        cause: str,
+        specific: bool = False,
+        sender: str | None = None,
     ) -> None:
-        """A period of failing starts (one log line), or goes on: ``refused`` requests more,
-        and the ``store-failing`` alert raised (see :meth:`_told_text`) if it can be stored."""
+        """A period of failing starts (one log line), or goes on: ``refused`` requests more
+        (of ``sender``), and the ``store-failing`` alert raised (see :meth:`_told_text`), naming
+        the senders refused so far, if it can be stored."""
         at = self.ctx.clock()
         with self._lock:
             starts = self._since is None
             if starts:
                 self._since, self._reason, self._told = at, reason, None
+                self._senders = RefusedSenders()
             self._refused += refused
-            summary = self._told_text(cause, summary, specific=specific)
+            if sender is not None:
+                self._senders.add(sender)
+            summary = self._told_text(cause, summary, specific=specific) + self._senders.told()
         if starts:
             log.error(
                 "this server cannot write its store (%s): requests that store are answered 503 "
@@ -287,11 +398,12 @@ class StoreFailing:
         refusals could not be alerted. When that cannot be stored, the period goes on (the
         database is what still fails)."""
         with self._lock:
-            since, reason, refused, unalerted = (
+            since, reason, refused, unalerted, senders = (
                 self._since,
                 self._reason,
                 self._refused,
                 self._unalerted,
+                self._senders.told(),
             )
         if since is None:
             return
@@ -315,7 +427,7 @@ class StoreFailing:
                 f"its host's clock): {refused} requests were answered 503 meanwhile "
                 f"({unalerted} of them could not be alerted then); their senders resend "
                 "until they give up. It writes again: see why the disk was full, and that "
-                "what was held back has come (meldingstjener log).",
+                f"what was held back has come (meldingstjener log).{senders}",
                 at=until,
                 key=f"{ctx.instance}:outage",
             )
@@ -326,11 +438,14 @@ class StoreFailing:
             if self._since != since:
                 return  # ended by another thread meanwhile
             self._since, self._refused, self._unalerted, self._told = None, 0, 0, None
+            self._senders = RefusedSenders()
         log.warning(
-            "this server writes its store again, after %s: %d requests were answered 503 since %s",
+            "this server writes its store again, after %s: %d requests were answered 503 since "
+            "%s.%s",
             reason,
             refused,
             f"{since:%Y-%m-%d %H:%M:%S} UTC",
+            senders,
         )
 
     def _payloads_lost(self) -> bool:

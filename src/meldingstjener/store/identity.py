@@ -46,6 +46,7 @@ emptied of its bodies keeps its marker.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import threading
@@ -307,6 +308,10 @@ class CheckedPayloadStore(PayloadStore):
         self._lost: str | None = None
         self._reading: _MarkerRead | None = None  # the last read of the marker, or the one on
         self._read_lock = threading.Lock()
+        # when the last look at the marker began (time.monotonic()), for looks kept to one in a
+        # while (look_due): a load balancer polls /health every second or two
+        self._looked = -math.inf
+        self._looked_lock = threading.Lock()
 
     def mark_checked(self, known: str | None = None) -> None:
         self._checked = True
@@ -317,10 +322,24 @@ class CheckedPayloadStore(PayloadStore):
         """Whether the last look at the marker found the directory not the store's."""
         return self._lost is not None
 
+    def look_due(self, every: float) -> bool:
+        """Whether a look at the marker (:meth:`watch_marker`) is due for a caller that looks
+        at most once in ``every`` seconds: when the last one began that long ago. The caller
+        that is told so has the look to itself; those meanwhile are not (one read, not one a
+        caller)."""
+        with self._looked_lock:
+            now = time.monotonic()
+            if now - self._looked < every:
+                return False
+            self._looked = now
+            return True
+
     def watch_marker(self) -> PayloadDirectoryLost | None:
         """Read the marker again: None when it names the store (or no serve claimed the
         directory: nothing to compare with), else why not, every touch of a payload refused
         until a look finds it back."""
+        with self._looked_lock:
+            self._looked = time.monotonic()
         known = self._store_id
         if known is None:
             return None

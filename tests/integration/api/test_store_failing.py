@@ -154,3 +154,60 @@ def test_the_epj_api_answers_503_while_the_payload_share_is_away(api_pair: ApiPa
     assert open_alerts(gp) == {}
     answer = api_pair.post_note("x")  # the EPJ's repeat
     assert answer.is_success, answer.text
+
+
+def _as_sent_by(body: bytes, sender: str, other: str) -> bytes:
+    """``body`` with its envelope's From HER-id replaced: a partner the pair does not have (the
+    signature breaks, which nobody checks while the store refuses)."""
+    named = f">{sender}</eb:PartyId>".encode()
+    assert body.count(named) == 1
+    return body.replace(named, f">{other}</eb:PartyId>".encode())
+
+
+def test_a_full_disk_names_the_senders_it_turned_away_once_it_writes_again(
+    api_pair: ApiPair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database on the full disk too: nothing could be alerted meanwhile, and a count alone
+    # ("7 requests were answered 503") did not tell the operator which partners gave up.
+    from meldingstjener.engine import ebms_alerts
+
+    pair, http = api_pair.pair, api_pair.hospital_http
+    gp = pair.gp_site.address_her_id
+    body, content_type = wire(pair)
+    sent = [body] * 3 + [_as_sent_by(body, gp, "9000001")] * 2
+    sent += [_as_sent_by(body, gp, her_id) for her_id in ("9000002", "9000003")]
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(ebms_alerts, "SENDERS_NAMED", 2)
+
+    with monkeypatch.context() as full:
+        full.setattr(Spool, "write", _no_space)
+        full.setattr(UnitOfWork, "commit", _database_full)
+        for each in sent:
+            answer = http.post("/ebms", content=each, headers={"Content-Type": content_type})
+            assert answer.status_code == 503, answer.text
+    assert http.get("/health").json()["status"] == "ok"
+    told = f"{gp} (3), 9000001 (2) and 2 more (2)."
+    [summary] = [s for _, _, s in open_alerts(pair.hospital).values()]
+    assert "7 requests were answered 503" in summary and summary.endswith(told)
+    [ended] = [r.getMessage() for r in _ours(caplog) if "writes its store again" in r.getMessage()]
+    assert ended.endswith(told)
+
+
+def test_a_store_failing_alert_names_the_senders_refused_so_far(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The payload disk full, the database beside it writable: the alert is counted at each
+    # refusal, its text naming whom it turned away as counted then.
+    pair, http = api_pair.pair, api_pair.hospital_http
+    gp = pair.gp_site.address_her_id
+    body, content_type = wire(pair)
+    monkeypatch.setattr(Spool, "write", _no_space)
+    for sent in (1, 2):
+        answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 503, answer.text
+        [(_, count, summary)] = open_alerts(pair.hospital).values()
+        assert count == sent
+        assert summary.endswith(f"(From HER-id, not verified): {gp} ({sent}).")
+    monkeypatch.undo()
+    assert http.get("/health").json()["status"] == "ok"
+    assert open_alerts(pair.hospital) == {}

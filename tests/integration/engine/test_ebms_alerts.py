@@ -26,6 +26,8 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.formats import Attachment, Coded, Dialogmelding, Notat, build_dialogmelding
 
 MiB = 1024 * 1024
+# how a store-failing alert names the senders of the requests it refused
+SENDERS_TOLD = "Requests refused per the sender their envelopes name (From HER-id, not verified)"
 
 
 def open_alerts(ctx: EngineContext) -> dict[str, tuple[str, int]]:
@@ -555,6 +557,94 @@ def test_a_marker_read_that_hangs_is_a_lost_share_and_the_heartbeat_goes_on(
     assert open_alerts(hospital) == {}
 
 
+def test_health_looks_at_the_marker_itself_once_the_last_look_is_a_few_seconds_old(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The share dropped between two heartbeats: /health said ok, and a message was stored into
+    # the folder underneath, for up to the heartbeat's minute. A load balancer polls /health
+    # every second or two: it reads the marker at most once in a few seconds.
+    from meldingstjener.engine import ebms_alerts
+    from meldingstjener.engine.instances import Heartbeat
+    from meldingstjener.store import identity
+
+    hospital = pair.hospital
+    body, content_type = wire(pair)
+    known = identity.claim_payload_directory(hospital.store)
+    root = hospital.store.payloads.root
+    marker = identity.marker_path(root)
+    Heartbeat(hospital, hospital.instance).beat(started=True)  # looks at the marker
+    reads: list[Path] = []
+    unread = identity.read_marker
+
+    def counted(directory: Path) -> str | None:
+        reads.append(directory)
+        return unread(directory)
+
+    monkeypatch.setattr(identity, "read_marker", counted)
+    marker.unlink()
+    monkeypatch.setattr(ebms_alerts, "HEALTH_MARKER_LOOK", 3600.0)
+    assert http.get("/health").json()["status"] == "ok"  # the last look is recent enough
+    assert reads == []
+
+    monkeypatch.setattr(ebms_alerts, "HEALTH_MARKER_LOOK", 0.0)  # ... and now it is not
+    health = http.get("/health")
+    assert (health.status_code, health.json()["status"]) == (503, "store-failing")
+    assert len(reads) == 1
+    failing = f"store-failing:{hospital.instance}"
+    assert f"its marker {marker} is missing" in _summaries(hospital)[failing]
+    monkeypatch.setattr(ebms_alerts, "HEALTH_MARKER_LOOK", 3600.0)
+    for _ in range(5):  # polled: no read (nor probe, which would read it) a poll
+        assert http.get("/health").status_code == 503
+    assert len(reads) == 1
+    underneath = sorted(root.rglob("*"))
+    answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 503, answer.text
+    assert sorted(root.rglob("*")) == underneath  # nothing stored into the wrong folder
+
+    marker.write_text(f"{known}\n", encoding="ascii")  # the share mounted again
+    monkeypatch.setattr(ebms_alerts, "HEALTH_MARKER_LOOK", 0.0)
+    assert http.get("/health").json()["status"] == "ok"
+    assert failing not in open_alerts(hospital)
+
+
+def test_health_waits_for_a_marker_read_that_hangs_no_longer_than_its_bound(
+    pair: Pair, http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hard-mounted share that hangs: /health answers store-failing within the read's bound,
+    # and the polls after it wait for no read.
+    import threading
+    import time
+
+    from meldingstjener.engine import ebms_alerts
+    from meldingstjener.store import identity
+
+    identity.claim_payload_directory(pair.hospital.store)
+    answers = threading.Event()
+    unhung = identity.read_marker
+
+    def hangs(directory: Path) -> str | None:
+        answers.wait()
+        return unhung(directory)
+
+    monkeypatch.setattr(identity, "read_marker", hangs)
+    monkeypatch.setattr(identity, "MARKER_READ_TIMEOUT", 0.2)
+    monkeypatch.setattr(ebms_alerts, "HEALTH_MARKER_LOOK", 3600.0)
+    try:
+        started = time.monotonic()
+        health = http.get("/health")
+        assert (health.status_code, health.json()["status"]) == (503, "store-failing")
+        assert http.get("/health").status_code == 503
+        assert time.monotonic() - started < 5  # the bound (0.2 s), and no second read
+        assert (
+            "has not answered"
+            in _summaries(pair.hospital)[f"store-failing:{pair.hospital.instance}"]
+        )
+    finally:
+        answers.set()
+    for thread in [t for t in threading.enumerate() if t.name == "payload-marker-read"]:
+        thread.join(5)
+
+
 def test_one_failed_read_of_the_marker_is_read_again_before_it_is_believed(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -601,7 +691,9 @@ def test_a_request_refused_while_the_share_is_lost_keeps_the_alerts_remedy(
     for _ in range(2):
         answer = http.post("/ebms", content=body, headers={"Content-Type": content_type})
         assert answer.status_code == 503, answer.text
-    assert _summaries(hospital) == {failing: told}
+    # the remedy kept, the senders turned away counted on it
+    sender = pair.gp_site.address_her_id
+    assert _summaries(hospital) == {failing: f"{told} {SENDERS_TOLD}: {sender} (2)."}
     assert open_alerts(hospital) == {failing: ("critical", 3)}
     marker.write_text(f"{known}\n", encoding="ascii")
     heart.beat()
