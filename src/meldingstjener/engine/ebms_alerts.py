@@ -496,7 +496,7 @@ def _reason(exc: BaseException, directory: Path | None = None) -> str:
         name = errno.errorcode.get(exc.errno or 0) or type(exc).__name__
         where = "the payload directory" + (f" {directory}" if directory is not None else "")
         named = exc.filename
-        if named is not None and (directory is None or Path(os.fsdecode(named)) != directory):
+        if named is not None and not _within(Path(os.fsdecode(named)), directory):
             where += f" (at {os.fsdecode(named)})"
         return f"{name} in {where}"
     if isinstance(exc, StoreUnavailable):  # its words name a directory or database, no content
@@ -504,6 +504,13 @@ def _reason(exc: BaseException, directory: Path | None = None) -> str:
     orig = getattr(exc, "orig", None)
     code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
     return f"the database: {type(exc).__name__}" + (f" ({code})" if code else "")
+
+
+def _within(path: Path, directory: Path | None) -> bool:
+    """Whether ``path`` is ``directory`` or in it: a file there is not named, as each request's
+    file has a name of its own (a random key), and the alert's text would change with every
+    request refused for the same cause."""
+    return directory is not None and (path == directory or directory in path.parents)
 
 
 def _remedy(exc: BaseException, directory: Path) -> str:
