@@ -51,10 +51,10 @@ class ReplyWaits(Exception):
     Taken before that, the signal has its full effect: the message transport-acknowledged, no
     resend, no ack-missing alert, and no give-up of a send that had no resend left although
     the partner took it. A reply lost meanwhile (the server stopped, or more held than
-    ``HELD_REPLIES``), or an ack-timeout another process claims, resends the wire stored with
-    the message: the same MessageId, which the partner remembers for PersistDuration and
-    answers with the same signal (that resend counts as an attempt, as after any signal lost),
-    or gives the message up when it has no resend left."""
+    ``context.HELD_REPLIES``), or an ack-timeout another process claims, resends the wire
+    stored with the message: the same MessageId, which the partner remembers for
+    PersistDuration and answers with the same signal (that resend counts as an attempt, as
+    after any signal lost), or gives the message up when it has no resend left."""
 
     def __init__(self, reply: SyncReply) -> None:
         super().__init__(f"synchronous reply for job {reply.job_id} waits for the store")
