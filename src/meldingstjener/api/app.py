@@ -28,7 +28,7 @@ cancel is answered ``503 unavailable`` in the API's problem shape, with ``Retry-
 for a thread or for the database alike. It is given up as a receive is (:class:`_Awaited`):
 none of its transactions begins or commits after that, so what it had under way is rolled back,
 and a transaction whose commit was under way ends committed (the EPJ's repeat with the same
-Idempotency-Key then finds its message).
+Idempotency-Key then finds its message). A call whose answer had begun is cut short.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,7 +68,7 @@ from meldingstjener.api.problems import install_handlers, problem_response
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.engine import ebms_alerts, inbound, recovery
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.store.database import RESOURCES, trouble
+from meldingstjener.store.database import RESOURCES, Database, trouble
 from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.payloads import PayloadNotFound, PayloadStore, Spool
 
@@ -155,7 +154,7 @@ def create_app(
     app.add_middleware(CredentialsFirst, authenticate=auth.principal)
     # Outside every layer that waits (for the body, a thread, the database): a call cut short
     # by a stop is answered 503 here, and its transactions refused from then on.
-    watch_calls(ctx.store.database.engine)
+    watch_calls(ctx.store.database)
     app.add_middleware(CallsAtStop)
     # outermost: an error any layer lets through is answered as a problem (503 while the
     # database is away), not in Starlette's plain text
@@ -400,6 +399,12 @@ class _GivenUp(Exception):
     """Raised in a receive's thread at its commit: its request was answered 503 meanwhile."""
 
 
+# What a call was doing when its request was answered (see _Awaited.give_up)
+WORKING = "working"
+COMMITTING = "committing"
+COMMITTED = "committed"
+
+
 class _Awaited:
     """Whether a receive's answer is still awaited: its request gives up on it (at a stop), or
     its thread comes to its commit, whichever comes first. Given up first, the commit is not
@@ -408,13 +413,17 @@ class _Awaited:
     what it writes: it waits for no lock of another's).
 
     A call of the API may run several transactions: each that begins may be given up again
-    (it may wait for another's lock), and once its request was answered none begins."""
+    (it may wait for another's lock), and once its request was answered none begins. A commit
+    under way when it is answered completes: the call's repeat finds what it stored (a message
+    by its Idempotency-Key). What the call was doing then (:meth:`give_up` tells it) is known
+    from its transactions: a call's are watched (:class:`_CallWatch`), a receive's commit is
+    told by the receive (its work after it is its answer, waited for)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._given_up = False
-        self._committing = False
         self._answered = False
+        self._doing = WORKING
 
     def begin(self) -> None:
         """In a call's thread, as a transaction of it begins: raises :class:`_GivenUp` if the
@@ -422,23 +431,36 @@ class _Awaited:
         with self._lock:
             if self._answered:
                 raise _GivenUp
-            self._committing = False
+            self._doing = WORKING
 
     def commit(self) -> None:
-        """In the receive's thread, just before its commit: raises :class:`_GivenUp` if the
+        """In the call's thread, just before its commit: raises :class:`_GivenUp` if the
         request gave up."""
         with self._lock:
             if self._given_up:
                 raise _GivenUp
-            self._committing = True
+            self._doing = COMMITTING
 
-    def give_up(self) -> bool:
-        """Whether the request may give up (the receive has not come to its commit)."""
+    def committed(self) -> None:
+        """In the call's thread, once its commit completed."""
+        with self._lock:
+            self._doing = COMMITTED
+
+    def rolled_back(self) -> None:
+        """In the call's thread, as a transaction of it is rolled back: nothing under way."""
+        with self._lock:
+            self._doing = WORKING
+
+    def give_up(self) -> str:
+        """Answer the request: what the call was doing then. ``WORKING``: it is given up, and
+        what it had not committed is rolled back; ``COMMITTING``: that commit completes;
+        ``COMMITTED``: its last transaction committed, and the call was past it. In every case
+        no transaction of it begins after this."""
         with self._lock:
             self._answered = True
-            if not self._committing:
+            if self._doing == WORKING:
                 self._given_up = True
-            return self._given_up
+            return self._doing
 
 
 # The call of the authenticated API this context serves (None elsewhere): its threads see it, as
@@ -448,32 +470,49 @@ _CALL: contextvars.ContextVar[_Awaited | None] = contextvars.ContextVar(
 )
 
 
-def _call_begins(*_: object) -> None:
-    call = _CALL.get()
-    if call is not None:
-        call.begin()
+class _CallWatch:
+    """The transactions of the API's calls, told to their calls (a :class:`TransactionWatch`
+    of the database): a call given up has its transactions refused before they wait for a
+    lock and before their commits (a refused commit is rolled back)."""
+
+    def begins(self) -> None:
+        call = _CALL.get()
+        if call is not None:
+            call.begin()
+
+    def commits(self) -> None:
+        call = _CALL.get()
+        if call is not None:
+            call.commit()
+
+    def committed(self) -> None:
+        call = _CALL.get()
+        if call is not None:
+            call.committed()
+
+    def rolled_back(self) -> None:
+        call = _CALL.get()
+        if call is not None:
+            call.rolled_back()
 
 
-def _call_commits(*_: object) -> None:
-    call = _CALL.get()
-    if call is not None:
-        call.commit()
+_CALL_WATCH = _CallWatch()
 
 
-def watch_calls(engine: Engine) -> None:
-    """Have every transaction on ``engine`` of a call of the API ask it, as it begins and just
-    before its commit, whether its request gave up (a stop): a refused commit is rolled back.
-    Before SQLite's BEGIN IMMEDIATE (store/database.py), which may wait for the write lock."""
-    if not event.contains(engine, "begin", _call_begins):
-        event.listen(engine, "begin", _call_begins, insert=True)
-        event.listen(engine, "commit", _call_commits)
+def watch_calls(database: Database) -> None:
+    """Have every transaction on ``database`` of a call of the API ask it, as it begins (before
+    it waits for a lock) and just before its commit (before anything of it is seen as
+    committed), whether its request gave up (a stop)."""
+    database.watch(_CALL_WATCH)
 
 
 class CallsAtStop:
     """ASGI middleware answering a call of the authenticated API that a stop's cancel cuts
     short (uvicorn's graceful period ended) ``503 unavailable``, with ``Retry-After`` and the
-    connection closed, instead of uvicorn's plain 500; the call is given up (see
-    :class:`_Awaited`), so nothing of it is committed after its answer."""
+    connection closed, instead of uvicorn's plain 500 (a call whose answer had begun is cut
+    short). The call is given up (see :class:`_Awaited`): none of its transactions begins
+    after that, one not at its commit is rolled back, and a commit already under way
+    completes (its repeat with the same Idempotency-Key finds it)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -500,20 +539,25 @@ class CallsAtStop:
             _CALL.reset(token)
 
 
+# What the log says of a call answered 503 at a stop, by what it was doing then
+_CUT_SHORT = {
+    WORKING: "was answered 503; what it had not committed is rolled back, and the client "
+    "repeats it",
+    COMMITTING: "was answered 503 as it committed: that commit completes, and the client's "
+    "repeat finds it",
+    COMMITTED: "was answered 503 after its last commit, which stays: the client's repeat finds it",
+}
+
+
 async def _answer_cut_short(
     call: _Awaited, started: bool, scope: Scope, receive: Receive, send: Send
 ) -> None:
     where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
-    if call.give_up():
-        log.warning(
-            "%s under way at the stop was answered 503; what it had not committed is rolled "
-            "back, and the client repeats it",
-            where,
-        )
-    else:
-        log.warning("%s under way at the stop was answered 503 as it committed", where)
-    if started:  # its answer is under way: the connection is cut short
+    doing = call.give_up()
+    if started:  # its answer is under way: the connection is cut short, nothing more is sent
+        log.warning("%s under way at the stop was cut short after its answer began", where)
         return
+    log.warning("%s under way at the stop %s", where, _CUT_SHORT[doing])
     answer = problem_response(
         503,
         "unavailable",
@@ -598,7 +642,7 @@ async def _to_the_end(
             if deadline is None:  # the first cancel: the stop's wait begins
                 deadline = loop.time() + RECEIVE_AFTER_STOP_SECONDS
         except TimeoutError:
-            if awaited.give_up():
+            if awaited.give_up() == WORKING:
                 log.warning(
                     "a receive still under way %.0f s into the stop was answered 503; it is "
                     "rolled back at its commit, and its sender resends",

@@ -238,32 +238,52 @@ def _stop_serving(
 
 
 def _end_without_threads_left(until: float) -> None:
-    """End the process at once when threads that are not daemons still run at ``until``: a
-    request's thread of the API waiting for the database (SQLite's busy timeout is 30 s) would
-    otherwise hold the end of the process past a service manager's grace period, as the
-    interpreter waits for such threads. Its call was answered 503 and given up (api/app.py):
-    the database rolls back what it had not committed, as after a crash. Not when an error
-    ends ``serve``: Python ends it with its traceback."""
-    main = threading.main_thread()
-    left = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    """End the process at once when request threads of the API still run at ``until``: one
+    waiting for the database (SQLite's busy timeout is 30 s) would otherwise hold the end of
+    the process past a service manager's grace period, as the interpreter waits for threads
+    that are not daemons. Its call was answered 503 and given up (api/app.py): the database
+    rolls back what it had not committed, as after a crash. No other thread ends the process
+    so: the server's own are daemons, and webhook calls still under way end with it (said in
+    the log: each is made again). Not when an error ends ``serve``: Python ends it with its
+    traceback."""
+    from meldingstjener.integration.webhooks import calls_under_way
+
+    left = [thread for thread in threading.enumerate() if _is_api_request_thread(thread)]
     # idle threads of the request pool end as the event loop ends: a moment given them
     until = max(until, time.monotonic() + THREADS_ENDING_SECONDS)
     for thread in left:
         thread.join(timeout=max(0.0, until - time.monotonic()))
-    waiting = [thread.name for thread in left if thread.is_alive()]
+    waiting = sum(thread.is_alive() for thread in left)
+    log = logging.getLogger(__name__)
+    cut = calls_under_way()
+    if cut:
+        log.warning(
+            "%d webhook call(s) still under way at the end of the stop are cut short: each is "
+            "made again, with the same delivery id, once its claim runs out",
+            cut,
+        )
     code = _exit_code(sys.exc_info()[1])
     if not waiting or code is None:
         return
-    logging.getLogger(__name__).warning(
-        "%d thread(s) (%s) still wait at the end of the stop, for the database most likely: "
-        "the process ends without them, and what they had not committed is rolled back",
-        len(waiting),
-        ", ".join(sorted(set(waiting))),
+    log.warning(
+        "%d request thread(s) of the API still wait at the end of the stop (for the database, "
+        "most likely): the process ends without them, and what they had not committed is "
+        "rolled back",
+        waiting,
     )
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# The name of the threads the API's synchronous work (routes, dependencies) runs in: Starlette
+# hands it to anyio's worker threads, which are not daemons
+API_REQUEST_THREAD = "AnyIO worker thread"
+
+
+def _is_api_request_thread(thread: threading.Thread) -> bool:
+    return thread.name == API_REQUEST_THREAD and not thread.daemon and thread.is_alive()
 
 
 def _exit_code(ending: BaseException | None) -> int | None:

@@ -128,6 +128,83 @@ class Wakeup:
             return not self._handed
 
 
+# At most this many synchronous replies the store refused are held by one process; beyond them
+# a reply is let go, and its message's ack-timeout resends (see HeldReplies)
+HELD_REPLIES = 1000
+
+
+@dataclass(frozen=True)
+class SyncReply:
+    """A partner's signal that came back in the HTTP response to the send of job ``job_id``,
+    of message ``message_id``."""
+
+    job_id: int
+    message_id: str
+    content_type: str
+    body: bytes
+
+
+class HeldReplies:
+    """The synchronous replies this process holds while its store refuses them (see
+    ``worker.ReplyWaits``), one per message, oldest first.
+
+    They belong to the process, not to the worker that sent: any of its workers offers them
+    again (:meth:`offer`), and the ack-timeout of a message takes its reply first
+    (:meth:`take_for`), whichever worker claimed it, so that no worker resends or gives up a
+    message whose Acknowledgment is held here. One lock covers the offers and the takes, each
+    to its end: an ack-timeout never runs while another worker is storing its reply. (Another
+    process cannot see them: its workers may resend or give up such a message.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # by message id, oldest first: (when to offer it again, reply)
+        self._held: dict[str, tuple[datetime, SyncReply]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def hold(self, reply: SyncReply, offer_at: datetime) -> bool:
+        """Hold ``reply`` until ``offer_at``; False when it is let go (``HELD_REPLIES`` held)."""
+        with self._lock:
+            self._held.pop(reply.message_id, None)  # a later send's reply replaces an earlier
+            if len(self._held) >= HELD_REPLIES:
+                return False
+            self._held[reply.message_id] = (offer_at, reply)
+            return True
+
+    def offer(
+        self,
+        take: Callable[[SyncReply], bool],
+        now: datetime,
+        again_at: datetime,
+        *,
+        every_one: bool = False,
+    ) -> None:
+        """Offer the replies due at ``now`` (``every_one``: all held) to ``take``, which says
+        whether one is done with; the first it refuses puts them all off until ``again_at``."""
+        with self._lock:
+            for message_id, (due, reply) in list(self._held.items()):
+                if not (every_one or due <= now):
+                    return  # held in order: the rest are due later still
+                if not take(reply):
+                    self._held = {key: (again_at, held) for key, (_, held) in self._held.items()}
+                    return
+                del self._held[message_id]
+
+    def take_for(self, message_id: str, take: Callable[[SyncReply], bool]) -> bool:
+        """Offer the reply held for ``message_id`` to ``take`` now, due or not: whether none
+        is held any longer (none was, or it is done with); a reply refused stays held."""
+        with self._lock:
+            entry = self._held.get(message_id)
+            if entry is None:
+                return True
+            if not take(entry[1]):
+                return False
+            del self._held[message_id]
+            return True
+
+
 @dataclass(frozen=True)
 class Handoff:
     """Work this process stores for its own workers goes to them directly.
@@ -170,6 +247,8 @@ class EngineContext:
     # this process's writes of its store failing: counted by /ebms and the EPJ API, ended by
     # a write that works, /health's probe or the heartbeat's (engine/ebms_alerts)
     store_failing: StoreFailing = field(init=False, repr=False, compare=False)
+    # the synchronous replies this process's workers hold while the store refuses them
+    held_replies: HeldReplies = field(default_factory=HeldReplies, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.store_failing = StoreFailing(self)

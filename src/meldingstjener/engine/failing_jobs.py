@@ -98,10 +98,16 @@ def wait_for_store(ctx: EngineContext, job: ClaimedJob, exc: Exception) -> bool:
     job is put back to wait ``STORE_PAUSE``, not counted as a try nor as an error."""
     if not refused_by_store(ctx, exc, f"its {job.kind} job"):
         return False
+    put_back(ctx, job)
+    return True
+
+
+def put_back(ctx: EngineContext, job: ClaimedJob) -> None:
+    """Put ``job`` back to wait ``STORE_PAUSE`` for its store: not counted as a try nor as an
+    error (a job whose work waits for what the store refused, a synchronous reply held)."""
     with _left_to_its_lease_on_error(job), ctx.store.unit_of_work() as uow:
         uow.jobs.put_back(job, ctx.clock() + STORE_PAUSE)
         uow.commit()
-    return True
 
 
 def unknown_kind(ctx: EngineContext, job: ClaimedJob) -> None:

@@ -6,7 +6,7 @@ never dies of one bad job: an unexpected error is logged (without patient data) 
 tried again ever later, with a ``job-failing`` alert after five failures in a row. A job the
 store refuses for a while (its payload share away, its disk full) is no bad job: it waits for
 the store, not counted (``failing_jobs.wait_for_store``), and so does a synchronous reply
-(:class:`ReplyWaits`). A worker
+(:class:`ReplyWaits`), held by the process, which any of its workers stores. A worker
 sleeps until the next poll, or until the engine's wake-up says new work was stored in this
 process.
 """
@@ -14,11 +14,11 @@ process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meldingstjener.engine import (
@@ -33,7 +33,7 @@ from meldingstjener.engine import (
     signals,
     transmit,
 )
-from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.context import EngineContext, SyncReply
 from meldingstjener.model.privacy import passed_through
 from meldingstjener.store.database import RoundFailures
 from meldingstjener.store.uow import ClaimedJob, Store
@@ -41,31 +41,20 @@ from meldingstjener.store.uow import ClaimedJob, Store
 log = logging.getLogger(__name__)
 
 
-# At most this many synchronous replies the store refused are held by one worker; beyond them
-# a reply is let go, and its message's ack-timeout resends (see ReplyWaits)
-HELD_REPLIES = 1000
-
-
-@dataclass(frozen=True)
-class SyncReply:
-    """A partner's signal that came back in the HTTP response to the send of job ``job_id``."""
-
-    job_id: int
-    content_type: str
-    body: bytes
-
-
 class ReplyWaits(Exception):
-    """The store refused a synchronous reply (``failing_jobs.refused_by_store``): its worker
-    holds it (:class:`HeldReplies`) and offers it again once the store may take it.
+    """The store refused a synchronous reply (``failing_jobs.refused_by_store``): the process
+    holds it (``EngineContext.held_replies``) and its workers offer it again once the store may
+    take it, the message's ack-timeout first of all (:func:`_ack_timeout`), whichever worker
+    of the process claims it.
 
     The send is recorded by then, and its job is the ack-timeout, a RetryInterval later.
     Taken before that, the signal has its full effect: the message transport-acknowledged, no
     resend, no ack-missing alert, and no give-up of a send that had no resend left although
     the partner took it. A reply lost meanwhile (the server stopped, or more held than
-    ``HELD_REPLIES``) leaves the ack-timeout to resend the wire stored with the message: the
-    same MessageId, which the partner remembers for PersistDuration and answers with the same
-    signal (that resend counts as an attempt, as after any signal lost)."""
+    ``context.HELD_REPLIES``), or an ack-timeout another process claims, resends the wire
+    stored with the message: the same MessageId, which the partner remembers for
+    PersistDuration and answers with the same signal (that resend counts as an attempt, as
+    after any signal lost), or gives the message up when it has no resend left."""
 
     def __init__(self, reply: SyncReply) -> None:
         super().__init__(f"synchronous reply for job {reply.job_id} waits for the store")
@@ -76,7 +65,7 @@ def _transmit(ctx: EngineContext, job: ClaimedJob) -> None:
     result = transmit.transmit_job(ctx, job)
     if result is not None and result.reply_body and result.reply_content_type:
         # SyncReply: the partner's signal came back in the HTTP response.
-        reply = SyncReply(job.id, result.reply_content_type, result.reply_body)
+        reply = SyncReply(job.id, str(job.message_id), result.reply_content_type, result.reply_body)
         if not _take_reply(ctx, reply):
             raise ReplyWaits(reply)
 
@@ -109,39 +98,40 @@ def _take_reply(ctx: EngineContext, reply: SyncReply) -> bool:
     return True
 
 
-class HeldReplies:
-    """The synchronous replies a worker holds while the store refuses them (see
-    :class:`ReplyWaits`), offered again ``STORE_PAUSE`` apart, oldest first, and all at once
-    as soon as a claim of the worker's was written (the store writes again), before the jobs
-    claimed: so a reply is taken before the ack-timeout the store's return lets run."""
+def hold_reply(ctx: EngineContext, reply: SyncReply) -> None:
+    """Hold a reply the store refused, offered again ``STORE_PAUSE`` later (see
+    :class:`ReplyWaits`)."""
+    if not ctx.held_replies.hold(reply, ctx.clock() + failing_jobs.STORE_PAUSE):
+        log.info("synchronous reply for job %s let go: its ack-timeout resends", reply.job_id)
 
-    def __init__(self) -> None:
-        self._held: list[tuple[datetime, SyncReply]] = []  # (when to offer it again, reply)
 
-    def __len__(self) -> int:
-        return len(self._held)
+def offer_held_replies(ctx: EngineContext, *, every_one: bool = False) -> None:
+    """Offer the process's held replies that are due (``every_one``: all of them) to the
+    store, oldest first; the first it refuses puts them all off ``STORE_PAUSE``."""
+    now = ctx.clock()
+    ctx.held_replies.offer(
+        functools.partial(_take_reply, ctx),
+        now,
+        now + failing_jobs.STORE_PAUSE,
+        every_one=every_one,
+    )
 
-    def hold(self, ctx: EngineContext, reply: SyncReply) -> None:
-        if len(self._held) >= HELD_REPLIES:
-            log.info("synchronous reply for job %s let go: its ack-timeout resends", reply.job_id)
-            return
-        self._held.append((ctx.clock() + failing_jobs.STORE_PAUSE, reply))
 
-    def offer(self, ctx: EngineContext, *, every_one: bool = False) -> None:
-        """Offer the replies due again (``every_one``: all held); the first the store refuses
-        puts the rest off too."""
-        now = ctx.clock()
-        while self._held and (every_one or self._held[0][0] <= now):
-            _, reply = self._held[0]
-            if not _take_reply(ctx, reply):
-                self._held = [(now + failing_jobs.STORE_PAUSE, held) for _, held in self._held]
-                return
-            self._held.pop(0)
+def _ack_timeout(ctx: EngineContext, job: ClaimedJob) -> None:
+    """A message's ack-timeout, after the synchronous reply this process holds for it (see
+    :class:`ReplyWaits`): stored, it settles the message, which the ack-timeout then finds
+    acknowledged (or refused by a MessageError) and leaves alone. Refused by the store still,
+    the ack-timeout waits for the store as the reply does: neither a resend nor a give-up
+    while the partner's answer is held here."""
+    if not ctx.held_replies.take_for(str(job.message_id), functools.partial(_take_reply, ctx)):
+        failing_jobs.put_back(ctx, job)
+        return
+    transmit.ack_timeout_job(ctx, job)
 
 
 HANDLERS: dict[str, Callable[[EngineContext, ClaimedJob], None]] = {
     transmit.TRANSMIT: _transmit,
-    transmit.ACK_TIMEOUT: transmit.ack_timeout_job,
+    transmit.ACK_TIMEOUT: _ack_timeout,
     signals.SEND_SIGNAL: signals.send_signal_job,
     receipts.APPREC_DEADLINE: receipts.apprec_deadline_job,
     receipts.AUTO_APPREC: receipts.auto_apprec_job,
@@ -267,11 +257,12 @@ class Worker:
         self.monotonic: Callable[[], float] = time.monotonic  # when the poll time has come
         # a database outage told once (and its end), not as a traceback at every poll
         self.failures = RoundFailures(log, f"worker {name}")
-        self.replies = HeldReplies()  # synchronous replies the store refused
 
     def run_once(self) -> int:
-        """Claim and run the jobs due now, after the synchronous replies held for the store
-        (:class:`HeldReplies`); return how many jobs were run."""
+        """Claim and run the jobs due now, after the synchronous replies the process holds for
+        the store (:class:`ReplyWaits`): all of them as soon as a claim was written (the store
+        writes again), so that each is taken before the ack-timeout the store's return lets
+        run; return how many jobs were run."""
         with self.ctx.store.unit_of_work() as uow:
             jobs = uow.jobs.claim_due(
                 self.name,
@@ -281,7 +272,7 @@ class Worker:
                 skip_kind=self.skip_kind,
             )
             uow.commit()
-        self.replies.offer(self.ctx, every_one=bool(jobs))  # a claim written: the store writes
+        offer_held_replies(self.ctx, every_one=bool(jobs))  # a claim written: the store writes
         self._run_jobs(jobs)
         return len(jobs)
 
@@ -322,7 +313,7 @@ class Worker:
                 with self.keeper.running(job) if self.keeper else contextlib.nullcontext():
                     handler(self.ctx, job)
             except ReplyWaits as waits:
-                self.replies.hold(self.ctx, waits.reply)
+                hold_reply(self.ctx, waits.reply)
             except Exception as exc:  # one bad job must not stop the worker
                 if failing_jobs.wait_for_store(self.ctx, job, exc):
                     continue  # the store away: the job waits, the outage told once

@@ -22,7 +22,9 @@ Deliveries sent or given up are purged after ``delivery_retention_days``
 (:meth:`WebhookDispatcher.purge`, hourly). A delivery reads and writes rows only, never a
 message's content: a payload share away stops none. While the database is full the deliveries
 wait for it as the jobs do (:meth:`WebhookDispatcher.turn`): nothing counted against a receiver,
-no traceback, the outage told by the store-failing period.
+no traceback, the outage told by the store-failing period. A stop ends the round: no delivery
+is claimed after it, and a call under way when the process ends is cut as by a crash (made
+again under its delivery id once its claim runs out; see :meth:`WebhookDispatcher._in_parallel`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +66,9 @@ from meldingstjener.store.tables import (
 from meldingstjener.store.uow import EventKind, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# The threads that call several webhooks at once in a round (``_in_parallel``)
+CALL_THREADS = "webhook-call"
 
 EVENT_CURSOR = "webhooks.event_cursor"
 # how long a missing event id may hold the cursor back before it counts as rolled back
@@ -168,6 +173,34 @@ class _Call:
     body: Any
 
 
+class _CallsUnderWay:
+    """How many webhook calls this process has under way (the stop's end tells those it cuts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+
+_UNDER_WAY = _CallsUnderWay()
+
+
+def calls_under_way() -> int:
+    """How many webhook calls this process has under way now."""
+    return _UNDER_WAY.count()
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature a receiver recomputes to know the call is ours and unaltered: keyed with
     the secret's UTF-8 text (not the bytes its base64url would stand for), over the timestamp
@@ -198,11 +231,13 @@ class WebhookDispatcher:
         self._rounds = RoundFailures(log, "webhook round")
         # a client given (tests) makes its own checks of where it connects
         self.http = http or webhook_client(settings.timeout_seconds, TargetPolicy.of(settings))
+        self._stop = threading.Event()  # the serving loop's (run): set, no call is begun
 
     def _live(self) -> tuple[ColumnElement[bool], ...]:
         return live(self.jwt_issuer)
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         while not stop.is_set():
             stop.wait(self.turn())
 
@@ -470,9 +505,46 @@ class WebhookDispatcher:
         hooks = hooks[:HOOKS_PER_ROUND]
         if len(hooks) <= 1:
             return sum(self._deliver_to(hook_id, now) for hook_id in hooks)
-        workers = min(self.settings.parallel_webhooks, len(hooks))
-        with ThreadPoolExecutor(workers, thread_name_prefix="webhook-call") as pool:
-            return sum(pool.map(lambda hook_id: self._deliver_to(hook_id, now), hooks))
+        return self._in_parallel(hooks, now, min(self.settings.parallel_webhooks, len(hooks)))
+
+    def _in_parallel(self, hooks: list[int], now: datetime, workers: int) -> int:
+        """Serve ``hooks`` in ``workers`` threads, each taking the next webhook as it is done
+        with one; return how many calls were made, or raise what one of them raised (the
+        others then take no further webhook).
+
+        Daemon threads, not concurrent.futures' pool, whose threads the interpreter waits for
+        as it ends: a call may take ``CALL_TIMEOUTS`` x ``timeout_seconds`` (20 s by default),
+        which held the end of a stopping ``serve`` past a service manager's grace period. A
+        call under way when the process ends is cut as by a crash: its delivery is made again,
+        under the same delivery id, once its claim runs out."""
+        pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for hook_id in hooks:
+            pending.put(hook_id)
+        made: list[int] = []
+        failed: list[BaseException] = []
+
+        def serve() -> None:
+            while not failed:
+                try:
+                    hook_id = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    made.append(self._deliver_to(hook_id, now))
+                except BaseException as exc:  # the round's, as if it had made the call itself
+                    failed.append(exc)
+
+        threads = [
+            threading.Thread(target=serve, name=f"{CALL_THREADS}-{number}", daemon=True)
+            for number in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failed:
+            raise failed[0]
+        return sum(made)
 
     def _due(self, now: datetime) -> tuple[ColumnElement[bool], ...]:
         """Deliveries due now, of live webhooks that are not paused."""
@@ -503,6 +575,8 @@ class WebhookDispatcher:
             )
         calls = 0
         for row_id in due:
+            if self._stop.is_set():
+                break  # the server stops: the rest waits for a dispatcher that runs on
             if calls and self._monotonic() - started >= self.settings.timeout_seconds:
                 break  # its share of the round is spent
             call = self._claim(row_id, hook_id)
@@ -574,6 +648,7 @@ class WebhookDispatcher:
         deadline = time.monotonic() + CALL_TIMEOUTS * self.settings.timeout_seconds
         try:
             with (
+                _UNDER_WAY,
                 call_deadline(deadline),
                 self.http.stream("POST", call.url, content=data, headers=headers) as response,
             ):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -220,6 +220,27 @@ def _sqlite_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class TransactionWatch(Protocol):
+    """What is asked of every transaction on a :class:`Database` (``Database.watch``): the
+    API's given-up calls (api/app.py) refuse theirs. It is asked before anything else runs:
+    as the transaction begins, before SQLite's ``BEGIN IMMEDIATE`` waits for the write lock
+    (up to the 30 s busy timeout) and before a unit of work waits for this process's; and
+    just before its commit, before the change generations move (store/changes.py). Either
+    may raise to refuse the transaction: it is rolled back."""
+
+    def begins(self) -> None:
+        """A transaction begins (and before a unit of work waits for the write lock)."""
+
+    def commits(self) -> None:
+        """A transaction is about to commit."""
+
+    def committed(self) -> None:
+        """A session's commit completed."""
+
+    def rolled_back(self) -> None:
+        """A transaction is rolled back."""
+
+
 class Database:
     """An engine plus a session factory for one database URL."""
 
@@ -246,16 +267,50 @@ class Database:
             # pg_stat_activity then tells which instance holds a connection
             kwargs["connect_args"] = {"application_name": application_name(instance)}
         self.engine: Engine = create_engine(self.url, **kwargs)
+        self._watches: list[TransactionWatch] = []
+        # The watches first: a listener runs in the order it was added (``insert=True`` on an
+        # engine's events does not put one before those added already)
+        event.listen(self.engine, "begin", self._begins)
+        event.listen(self.engine, "commit", self._commits)
+        event.listen(self.engine, "rollback", self._rolled_back)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.sessions, "after_commit", self._committed)
         changes.watch(self.engine, self.sessions, self.url)
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, which sleeps up to 100 ms per retry and wrecks latency.
         self.write_lock: threading.Lock | None = (
             threading.Lock() if self.dialect == "sqlite" else None
         )
+
+    def watch(self, watch: TransactionWatch) -> None:
+        """Have ``watch`` asked by every transaction from now on (once, however often it is
+        given): see :class:`TransactionWatch`."""
+        if watch not in self._watches:
+            self._watches.append(watch)
+
+    def transaction_begins(self) -> None:
+        """Ask the watches whether a transaction may begin (a unit of work asks before it
+        waits for the write lock; the transaction itself asks again as it begins)."""
+        for watch in self._watches:
+            watch.begins()
+
+    def _begins(self, _connection: Any) -> None:
+        self.transaction_begins()
+
+    def _commits(self, _connection: Any) -> None:
+        for watch in self._watches:
+            watch.commits()
+
+    def _committed(self, _session: Session) -> None:
+        for watch in self._watches:
+            watch.committed()
+
+    def _rolled_back(self, _connection: Any) -> None:
+        for watch in self._watches:
+            watch.rolled_back()
 
     def generation(self) -> int:
         """Moves whenever this process commits a change to the party or agreement tables."""

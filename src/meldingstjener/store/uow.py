@@ -1907,6 +1907,7 @@ class UnitOfWork:
         self._after_commit.append(action)
 
     def __enter__(self) -> UnitOfWork:
+        self.database.transaction_begins()  # refused at once, not after a wait for the lock
         if self.database.write_lock is not None:
             self.database.write_lock.acquire()
         self.session = self.database.sessions()

@@ -53,6 +53,8 @@ from meldingstjener.integration.webhooks import (
 from meldingstjener.store.tables import EventRow, WebhookDeliveryRow, WebhookRow
 from meldingstjener.store.uow import EventKind
 
+WAIT_FOR_RELEASE = 30.0  # the most a test waits for a call it holds: a hang fails the test
+
 
 def _settings(**values: Any) -> WebhookSettings:
     """Webhook settings that let the calls reach this host's test receivers: loopback, in plain
@@ -1679,3 +1681,40 @@ def test_deliveries_wait_for_a_full_database_counting_nothing_against_the_receiv
     assert _delivery_id(first, first_body) == _delivery_id(again, again_body)
     [delivery] = _deliveries(api_pair)
     assert (delivery.state, delivery.attempts) == ("sent", 1)
+
+
+def test_a_stop_ends_the_webhook_round(
+    api_pair: ApiPair,
+) -> None:
+    # Two webhooks, owed two deliveries each, called at once: the stop comes while their first
+    # calls are under way. No further delivery is called: the rest waits for a dispatcher that
+    # runs on (the round went on calling while the stop's time ran out).
+    first_calls = threading.Semaphore(0)
+    release = threading.Event()
+    slow = Receiver()
+
+    def answer(body: bytes) -> int:
+        first_calls.release()
+        return 200 if release.wait(WAIT_FOR_RELEASE) else 500
+
+    slow.answer = answer
+    stop = threading.Event()
+    try:
+        _register(api_pair, f"{slow.url}?one")
+        _register(api_pair, f"{slow.url}?two")
+        _send_note(api_pair)
+        _send_note(api_pair)
+        dispatcher = WebhookDispatcher(api_pair.pair.hospital, _settings(timeout_seconds=60))
+        serving = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+        serving.start()
+        try:
+            assert first_calls.acquire(timeout=WAIT_FOR_RELEASE)
+            assert first_calls.acquire(timeout=WAIT_FOR_RELEASE)
+            stop.set()
+        finally:
+            release.set()
+            serving.join(WAIT_FOR_RELEASE)
+        assert not serving.is_alive()
+    finally:
+        slow.server.shutdown()
+    assert len(slow.calls) == 2  # one per webhook: none begun after the stop

@@ -23,10 +23,10 @@ from sqlalchemy import select
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.ebxml import ErrorDetail
 from meldingstjener.engine import failing_jobs, payload_io
-from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.context import EngineContext, HeldReplies
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
-from meldingstjener.engine.worker import Worker
+from meldingstjener.engine.worker import HANDLERS, Worker, offer_held_replies
 from meldingstjener.store.tables import JobRow, ReceiptRow
 
 
@@ -983,18 +983,18 @@ def test_a_sync_reply_the_full_database_refuses_is_taken_once_it_is_freed(
     pause = failing_jobs.STORE_PAUSE.total_seconds()
     pair.clock.advance(seconds=pause)
     assert worker.claim_turn() == (0, pause)  # still full: offered, refused, and no claim
-    assert len(worker.replies) == 1
+    assert len(pair.gp.held_replies) == 1
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert "raised through" not in caplog.text
 
     pair.clock.advance(seconds=590 - pause)
-    worker.replies.offer(pair.gp)  # refused once more: put off past the ack-timeout's time
-    assert len(worker.replies) == 1
+    offer_held_replies(pair.gp)  # refused once more: put off past the ack-timeout's time
+    assert len(pair.gp.held_replies) == 1
 
     full.clear()  # the disk freed
     pair.clock.advance(seconds=10)  # the ack-timeout due, the reply not yet
     assert worker.run_once() == 1  # the ack-timeout claimed: the reply taken before it runs
-    assert len(worker.replies) == 0
+    assert len(pair.gp.held_replies) == 0
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
     pair.clock.advance(seconds=3600)
     pair.run()
@@ -1005,12 +1005,62 @@ def test_a_sync_reply_the_full_database_refuses_is_taken_once_it_is_freed(
     pair.hospital.store.database.dispose()
 
 
+def test_a_sync_reply_held_by_one_worker_is_taken_by_another_that_claims_its_ack_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The disk freed while the worker that sent sleeps its STORE_PAUSE: another worker of the
+    # process claims the ack-timeout first. The reply is the process's, so that worker stores
+    # it; held by the sender alone, the send with no resend left was given up as not-delivered
+    # (an alert) though the hospital had it, then set transport-acknowledged, the alert open.
+    pair, _, message_id, full = _sync_reply_on_a_full_disk(tmp_path, monkeypatch, caplog, retries=0)
+    full.clear()
+    pair.clock.advance(seconds=600)
+    assert Worker(pair.gp, "gp-other").run_once() == 1  # the ack-timeout
+    assert len(pair.gp.held_replies) == 0
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert not {kind for kind, _ in alerts(pair.gp)} & {"ack-missing", "not-delivered"}
+    assert len(pair.network.sent) == 1
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
+def test_an_ack_timeout_waits_for_the_store_while_its_message_s_sync_reply_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The ack-timeout's handler takes the held reply first, whatever offered it before: while
+    # the store refuses that reply the ack-timeout neither resends nor gives up, it waits as
+    # the reply does; once the store takes the reply the message is acknowledged.
+    pair, _, message_id, full = _sync_reply_on_a_full_disk(tmp_path, monkeypatch, caplog, retries=0)
+    pair.clock.advance(seconds=600)
+    lease = timedelta(seconds=120)  # _claim's
+    full.clear()  # for the claim alone: the handler meets the full disk
+    [job] = _claim(pair, "gp-other")
+    full.set()
+    HANDLERS[job.kind](pair.gp, job)  # refused again: its job left to wait, not run
+    assert len(pair.gp.held_replies) == 1
+    assert pair.message(pair.gp, message_id).status == "sent"
+    assert len(pair.network.sent) == 1
+
+    full.clear()
+    pair.clock.advance(seconds=lease.total_seconds() + 1)  # the claim (not put back) ran out
+    [job] = _claim(pair, "gp-other")
+    HANDLERS[job.kind](pair.gp, job)  # no offer before it: the handler takes the reply
+    assert len(pair.gp.held_replies) == 0
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    assert not {kind for kind, _ in alerts(pair.gp)} & {"ack-missing", "not-delivered"}
+    assert len(pair.network.sent) == 1
+    pair.gp.store.database.dispose()
+    pair.hospital.store.database.dispose()
+
+
 def test_a_sync_reply_the_full_database_refused_and_lost_is_had_again_by_the_resend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The worker that held it stopped (a restart): its message's ack-timeout resends the same
-    # MessageId, which the partner's duplicate elimination answers with the same Acknowledgment.
+    # The process that held it stopped (a restart), or another process claims the message's
+    # ack-timeout: it resends the same MessageId, which the partner's duplicate elimination
+    # answers with the same Acknowledgment.
     pair, _, message_id, full = _sync_reply_on_a_full_disk(tmp_path, monkeypatch, caplog, retries=2)
+    pair.gp.held_replies = HeldReplies()  # the process restarted: nothing held
     full.clear()
     pair.clock.advance(seconds=600)
     pair.run()  # workers of their own: the held reply gone with the first

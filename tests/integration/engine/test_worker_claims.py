@@ -16,7 +16,7 @@ from engine_pair import Pair
 from sqlalchemy import select, text
 
 from meldingstjener.engine import worker as worker_module
-from meldingstjener.engine.context import EngineContext, Handoff, Wakeup
+from meldingstjener.engine.context import EngineContext, Handoff, HeldReplies, Wakeup
 from meldingstjener.engine.worker import Worker
 from meldingstjener.store.tables import JobRow
 from meldingstjener.store.types import utcnow
@@ -88,7 +88,10 @@ def test_no_empty_claim_after_a_short_batch_and_no_lost_notice(
     monkeypatch.setitem(worker_module.HANDLERS, KIND, handler)
     wakeup = Watched()
     ctx = cast(
-        EngineContext, SimpleNamespace(store=store, clock=utcnow, wakeup=wakeup, register_sync=None)
+        EngineContext,
+        SimpleNamespace(
+            store=store, clock=utcnow, wakeup=wakeup, register_sync=None, held_replies=HeldReplies()
+        ),
     )
     worker = Worker(ctx, "test-worker", batch=4, poll_interval=TIMEOUT)
     stop = threading.Event()
@@ -294,7 +297,13 @@ def test_a_stopping_worker_gives_back_the_rest_of_its_batch(store: Store) -> Non
     # worker holds meanwhile is not touched.
     ctx = cast(
         EngineContext,
-        SimpleNamespace(store=store, clock=utcnow, wakeup=Wakeup(), register_sync=None),
+        SimpleNamespace(
+            store=store,
+            clock=utcnow,
+            wakeup=Wakeup(),
+            register_sync=None,
+            held_replies=HeldReplies(),
+        ),
     )
     for _ in range(3):
         _schedule(store, ctx.wakeup)
@@ -435,7 +444,13 @@ def test_a_job_that_outlasts_its_lease_keeps_its_claim(
     wakeup = Watched()
     ctx = cast(
         EngineContext,
-        SimpleNamespace(store=store, clock=lambda: moment[0], wakeup=wakeup, register_sync=None),
+        SimpleNamespace(
+            store=store,
+            clock=lambda: moment[0],
+            wakeup=wakeup,
+            register_sync=None,
+            held_replies=HeldReplies(),
+        ),
     )
     worker = Worker(ctx, "slow-worker", lease=lease, poll_interval=TIMEOUT)
     stop = threading.Event()

@@ -55,7 +55,7 @@ def test_a_cancelled_receive_is_answered_and_one_still_queued_never_runs() -> No
 def test_a_receive_whose_commit_is_under_way_is_not_given_up() -> None:
     awaited = app._Awaited()
     awaited.commit()
-    assert not awaited.give_up()
+    assert awaited.give_up() == app.COMMITTING
     awaited.commit()  # still its own to finish
 
 
@@ -65,7 +65,7 @@ def test_a_call_answered_while_it_committed_begins_nothing_more() -> None:
     call = app._Awaited()
     call.begin()
     call.commit()
-    assert not call.give_up()
+    assert call.give_up() == app.COMMITTING
     with pytest.raises(app._GivenUp):
         call.begin()
 
@@ -76,6 +76,30 @@ def test_a_call_may_be_given_up_again_when_its_next_transaction_begins() -> None
     call.begin()
     call.commit()
     call.begin()
-    assert call.give_up()
+    assert call.give_up() == app.WORKING
     with pytest.raises(app._GivenUp):
         call.commit()
+
+
+def test_a_call_answered_after_its_answer_began_is_told_cut_short_not_answered_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the client had the start of its answer: no 503 is sent, and the log does not say one was
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    call = app._Awaited()
+    scope = {"type": "http", "method": "GET", "path": "/api/messages"}
+    asyncio.run(app._answer_cut_short(call, True, scope, receive, send))  # type: ignore[arg-type]
+    assert sent == []
+    assert "GET /api/messages under way at the stop was cut short after its answer began" in (
+        caplog.text
+    )
+    assert "503" not in caplog.text
+    with pytest.raises(app._GivenUp):  # given up all the same: nothing of it begins
+        call.begin()
