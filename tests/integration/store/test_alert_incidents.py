@@ -103,6 +103,35 @@ def test_an_alert_resolved_by_hand_logs_who_and_keeps_the_note_out_of_the_log(
     assert "01017012345" not in caplog.text
 
 
+def test_the_alerts_of_a_partner_given_up_log_their_resolve_with_why(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ALERT_LOG)
+    with store.unit_of_work() as uow:
+        for endpoint in ("http", "mail"):
+            uow.alerts.raise_alert(
+                "partner-unreachable",
+                severity="warning",
+                dedup_key=f"partner-unreachable:8094866:{endpoint}",
+                summary=f"8094866 unreachable by {endpoint}",
+                partner_her_id="8094866",
+                at=T0,
+            )
+        uow.commit()
+    caplog.clear()
+    with store.unit_of_work() as uow:
+        uow.alerts.resolve_all_for_partner(
+            "partner-unreachable", "8094866", resolution="Nothing waits.", at=T0
+        )
+        uow.commit()
+    assert sorted(line for _, line in lines(caplog)) == [
+        f"alert {number} partner-unreachable resolved (was warning): 8094866 unreachable by "
+        f"{endpoint} Nothing waits."
+        for number, endpoint in ((1, "http"), (2, "mail"))
+    ]
+    assert {level for level, _ in lines(caplog)} == {logging.INFO}
+
+
 def test_a_reopened_alert_is_a_new_incident_and_its_old_note_goes(store: Store) -> None:
     for minute in range(16):
         raise_alert(store, T0 + timedelta(minutes=minute))
