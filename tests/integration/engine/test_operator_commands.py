@@ -89,12 +89,14 @@ def test_status_says_a_partner_never_reached_in_words_and_the_alerts_are_logged_
     assert "transport given up: the partner never acknowledged it" in output
     assert "(EDI 2.0: Rejected)" in output and "transport Rejected" not in output
     assert "last error: not-delivered given up after" in output  # why it is in this state
-    # the journal: each alert once, when raised; not at every failed attempt
+    # the journal: each alert once, when raised; not at every failed attempt; and the
+    # partner's resolved when its last waiting message was given up
     told = [(r.levelno, r.getMessage()) for r in caplog.records if "alert_log" in r.name]
     kinds = [(level, line.split()[2], line.split()[3]) for level, line in told]
     assert kinds == [
         (logging.WARNING, "partner-unreachable", "raised"),
         (logging.ERROR, "not-delivered", "raised"),
+        (logging.INFO, "partner-unreachable", "resolved"),
     ], told
     assert all("x" not in line.split(": ", 1)[0] for _, line in told)
 
