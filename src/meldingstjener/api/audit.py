@@ -62,11 +62,34 @@ class Outcome:
 
 @dataclass(frozen=True)
 class FollowUp:
-    """An alert acknowledged or resolved, and what its follow-up was before."""
+    """An alert acknowledged or resolved, and what its follow-up was before. ``note_not_kept``:
+    a note came with a resolve of an alert resolved already, with another note or none (it
+    was not kept: the resolution it would tell of is another's)."""
 
     alert: AlertRow
     acknowledged_before: str | None
     resolved_before: bool
+    note_not_kept: bool = False
+
+
+class NoteRefused(ValueError):
+    """A resolution note that cannot be kept as given (``str()``: why, without the note)."""
+
+
+def resolution_note(note: str | None) -> str | None:
+    """The note an alert resolved by hand keeps, from what an operator gave (the command line
+    and the operator API both come here): stripped, masked as every stored text; None when
+    nothing is left of it. Refused (:class:`NoteRefused`) when longer than its column after
+    masking, which may lengthen it: cut, it would lose its end."""
+    if note is None or not note.strip():
+        return None
+    kept = redact(note.strip()) or ""
+    if len(kept) > RESOLUTION_NOTE_CHARS:
+        raise NoteRefused(
+            f"the note is {len(kept)} characters (a national identity number in it counts as "
+            f"the 13 of [redacted-id]); a note holds {RESOLUTION_NOTE_CHARS} at most"
+        )
+    return kept
 
 
 def follow_up_alert(
@@ -85,17 +108,22 @@ def follow_up_alert(
     come here. The alert keeps only who acknowledged it (``by``, masked like every stored text
     and cut to its column after masking), so a resolve, and who did it, is found in the audit
     log: by someone other than the one who acknowledged, it would otherwise leave no trace.
-    A resolve keeps ``note`` with the alert (masked, cut to its column; never in the audit
-    log or the server log: an operator's free text)."""
+    A resolve keeps ``note`` with the alert (as :func:`resolution_note` makes it, which may
+    refuse it, before anything is changed; never in the audit log or the server log: an
+    operator's free text). A note for an alert resolved already is not kept, and the answer
+    says so (``note_not_kept``), unless it is the note the alert has (a repeat)."""
+    kept = resolution_note(note) if resolve else None
     # locked before what it was is read: two at once would both find it open, and both be
     # audited (and told) as the one who acknowledged it
     found = uow.alerts.get(alert_id, for_update=True)
     if found is None:
         return None
     acknowledged_before, resolved_before = found.acknowledged_by, found.resolved_at is not None
+    if resolved_before and kept is not None and kept != found.resolution_note:
+        # its resolution is told already (by the server, or with another note): nothing changed
+        return FollowUp(found, acknowledged_before, resolved_before, note_not_kept=True)
     masked = (redact(by) or by)[: _FOLLOWED_BY_CHARS or 128]
     if resolve:
-        kept = None if not note else (redact(note) or note)[:RESOLUTION_NOTE_CHARS]
         alert = uow.alerts.close(alert_id, by=masked, at=at, note=kept)
     else:
         alert = uow.alerts.acknowledge(alert_id, by=masked, at=at)

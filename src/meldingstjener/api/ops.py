@@ -55,6 +55,12 @@ INVALID: dict[int | str, dict[str, Any]] = {
 }
 NO_MESSAGE: dict[int | str, dict[str, Any]] = {404: {"description": "No message of this id"}}
 NO_ALERT: dict[int | str, dict[str, Any]] = {404: {"description": "No alert of this id"}}
+NOTE_NOT_KEPT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "The alert was resolved already, with another note or none: the note "
+        "given was not kept, and nothing changed (already-resolved)"
+    }
+}
 WEBHOOK_FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {
         "description": "The client's scopes let it read no webhook event (a 'metrics' key, "
@@ -72,10 +78,11 @@ class ResolveRequest(BaseModel):
 
     note: str | None = Field(
         default=None,
-        min_length=1,
-        max_length=RESOLUTION_NOTE_CHARS,
-        description="What was done about it (say, the message sent again as which copy): kept "
-        "with the alert, shown as resolutionNote; never in the audit log or the server log",
+        # a bound on what is read; the note kept is checked after masking (audit.resolution_note)
+        max_length=4 * RESOLUTION_NOTE_CHARS,
+        description=f"What was done about it (say, the message sent again as which copy), at "
+        f"most {RESOLUTION_NOTE_CHARS} characters once stripped and masked: kept with the "
+        "alert, shown as resolutionNote; never in the audit log or the server log. Blank: none",
     )
 
 
@@ -414,7 +421,7 @@ def ops_router(
     @router.post(
         "/alerts/{alert_id}/resolve",
         summary="Resolve an alert by hand (it was followed up; a repeat opens it again)",
-        responses={**INVALID, **NO_ALERT, **SMALL_BODY_TOO_LARGE},
+        responses={**INVALID, **NO_ALERT, **NOTE_NOT_KEPT, **SMALL_BODY_TOO_LARGE},
     )
     def resolve(alert_id: int, who: Admin, request: ResolveRequest | None = None) -> dict[str, Any]:
         return _followed_up(
@@ -428,18 +435,27 @@ def ops_router(
             raise ApiProblem(404, "not-found", f"no alert {alert_id}")
         by = f"{who.label}/{who.person}" if who.person else who.label
         with ctx.store.unit_of_work() as uow:
-            done = audit.follow_up_alert(
-                uow,
-                alert_id,
-                resolve=resolve,
-                client=who.label,
-                person=who.person,
-                by=by,
-                at=ctx.clock(),
-                note=note,
-            )
+            try:
+                done = audit.follow_up_alert(
+                    uow,
+                    alert_id,
+                    resolve=resolve,
+                    client=who.label,
+                    person=who.person,
+                    by=by,
+                    at=ctx.clock(),
+                    note=note,
+                )
+            except audit.NoteRefused as refused:
+                raise ApiProblem(400, "invalid-input", str(refused)) from None
             if done is None:
                 raise ApiProblem(404, "not-found", f"no alert {alert_id}")
+            if done.note_not_kept:
+                raise ApiProblem(
+                    409,
+                    "already-resolved",
+                    f"alert {alert_id} was resolved already; the note was not kept",
+                )
             uow.commit()
             return _alert_dict(done.alert)
 

@@ -125,6 +125,9 @@ def alerts_resolve(
     problem opens it again, as a new incident. Who resolved it is in the audit log
     (`meldingstjener audit`); the note is shown by `alerts` and `status` until then."""
     done = _follow_up(ctx, alert_id, by=by, resolve=True, note=note)
+    if done.note_not_kept:  # a script must not take the note for kept
+        typer.echo(f"alert {alert_id} was resolved already; the note was not kept", err=True)
+        raise typer.Exit(1)
     if done.resolved_before:
         typer.echo(f"alert {alert_id} was resolved already")
         return
@@ -137,14 +140,14 @@ def alerts_resolve(
 
 
 def _bounded_note(note: str | None) -> str | None:
-    """The note as given, refused when longer than its column (cut, it would lose its end)."""
-    from meldingstjener.store.tables import RESOLUTION_NOTE_CHARS
+    """The note as it is kept (api.audit.resolution_note: stripped, masked), refused (exit 2)
+    when it cannot be kept whole."""
+    from meldingstjener.api.audit import NoteRefused, resolution_note
 
-    if note is not None and len(note) > RESOLUTION_NOTE_CHARS:
-        raise typer.BadParameter(
-            f"{len(note)} characters; a note holds {RESOLUTION_NOTE_CHARS} at most"
-        )
-    return note.strip() or None if note is not None else None
+    try:
+        return resolution_note(note)
+    except NoteRefused as refused:
+        raise typer.BadParameter(str(refused)) from None
 
 
 def _follow_up(

@@ -1,7 +1,8 @@
 """The ``serve`` processes on one store, known by their heartbeats.
 
 Some deviations belong to one process: its host clock is off (``clock-skew``), it cannot reach
-the mailbox (``mailbox-unreachable``), it cannot write its payload store (``store-failing``).
+the mailbox (``mailbox-unreachable``), it cannot write its payload store (``store-failing``),
+it cannot find out whether a CA's certificates are revoked (``revocation-unknown``).
 Only that process can see them end, so when it stops, or its host is replaced or renamed,
 nobody would resolve them and they would stay open for ever.
 Each ``serve`` therefore records itself at start, beats every minute, and marks itself stopped
@@ -43,6 +44,7 @@ from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
+from meldingstjener.engine.trust import revocation_alerts_prefix
 from meldingstjener.store.database import unreachable
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
@@ -212,9 +214,9 @@ def _report_gone(uow: UnitOfWork, row: InstanceRow, now: datetime) -> None:
         "killed or its host lost. What only it did is not being done: if it collected a "
         "mailbox, watched a folder drop or was the address partners send to, no mail is "
         "collected, no file taken and nothing received there. Its own alerts (clock-skew, "
-        "mailbox-unreachable, store-failing) were resolved with it and no longer show that. "
-        "The jobs it had claimed pass to the other servers when their leases run out. Start "
-        "it again, or let another server take over its work.",
+        "mailbox-unreachable, store-failing, revocation-unknown) were resolved with it and "
+        "no longer show that. The jobs it had claimed pass to the other servers when their "
+        "leases run out. Start it again, or let another server take over its work.",
         at=now,
         key=row.name,
     )
@@ -240,8 +242,11 @@ def _report_outage(
 
 
 def _resolve_alerts_of(uow: UnitOfWork, name: str, now: datetime) -> None:
-    for kind in INSTANCE_ALERTS:
-        uow.alerts.resolve(f"{kind}:{name}", at=now)
+    """Resolve the alerts of ``name`` alone: those keyed by its name, and its
+    ``revocation-unknown`` of each CA (engine/trust.py)."""
+    keys = [f"{kind}:{name}" for kind in INSTANCE_ALERTS]
+    keys += [key for key, _ in uow.alerts.open_keys((), (revocation_alerts_prefix(name),))]
+    uow.alerts.resolve(*keys, at=now)
 
 
 def start_heartbeat(ctx: EngineContext, name: str, stop: threading.Event) -> threading.Thread:

@@ -355,7 +355,7 @@ class MailIntake:
         """What the mail-stuck alert says of a mail that failed ``tries`` times and could not
         be put aside either."""
         size = source.seek(0, io.SEEK_END)
-        message_id = _message_id_told(failed.message_id) if failed.message_id else "no Message-Id"
+        message_id = message_id_told(failed.message_id) if failed.message_id else "no Message-Id"
         log.error("a mail failed %d times and cannot be put aside: %s", tries, failed.cause)
         return (
             f"a mail ({size:,} bytes, {message_id}) failed in {FAILED_ROUNDS_BEFORE_QUARANTINE} "
@@ -377,7 +377,7 @@ class MailIntake:
         if tries < FAILED_ROUNDS_BEFORE_QUARANTINE:
             return
         size = f"{mail.size:,} bytes" if mail.size is not None else "size not told"
-        message_id = _message_id_told(mail.message_id) if mail.message_id else "no Message-Id told"
+        message_id = message_id_told(mail.message_id) if mail.message_id else "no Message-Id told"
         said = f"it said [{mail.said}]" if mail.said else "it gave no reason code"
         self.stuck.append(
             f"{mail.number} ({size}, {message_id}): the mail server refused to hand it out in "
@@ -520,7 +520,7 @@ class MailIntake:
         now = self.ctx.clock()
         summary = (  # its code is read back by _QUARANTINED_CODE
             f"a mail from the mailbox could not be processed ({code}) and was kept aside as "
-            f"{path}" + (f" ({_message_id_told(message_id)})" if message_id else "") + f". {advice}"
+            f"{path}" + (f" ({message_id_told(message_id)})" if message_id else "") + f". {advice}"
         )
         try:
             _write_durably(path, mail)
@@ -582,9 +582,21 @@ class _NotPutAside(Exception):
 _READ = 1024 * 1024  # bytes per read of a spooled mail
 
 
-def _message_id_told(message_id: str) -> str:
-    """A mail's Message-Id as an alert tells it: cut short, as a sender may make it long."""
-    return f"Message-Id {message_id[:120]}"
+# A Message-Id an alert names as it is: the shape mail programs make (a generated part, "@", a
+# host name), no longer than this. Any other (spaces, control characters, words of a sentence,
+# a length that may carry anything) is named by a digest: the sender chooses it, and a name or
+# a birth date in it would reach the server log and the webhooks with the alert.
+_TOLD_MESSAGE_ID = re.compile(r"[A-Za-z0-9._%+=$#-]{1,64}@[A-Za-z0-9.-]{1,64}")
+_TOLD_MESSAGE_ID_CHARS = 100
+
+
+def message_id_told(message_id: str) -> str:
+    """A mail's Message-Id as an alert tells it: as it is when of a safe shape, else its
+    SHA-256 (the first 16 hex digits: enough to find it among the box's mails)."""
+    if len(message_id) <= _TOLD_MESSAGE_ID_CHARS and _TOLD_MESSAGE_ID.fullmatch(message_id):
+        return f"Message-Id {message_id}"
+    digest = hashlib.sha256(message_id.encode("utf-8", "backslashreplace")).hexdigest()[:16]
+    return f"a Message-Id of SHA-256 {digest}..."
 
 
 # A quoted-printable "line" longer than this is decoded in pieces too (the encoding allows 76).

@@ -482,7 +482,12 @@ def _check_partner(ctx: EngineContext, partner: Partner, message: Fagmelding) ->
             "certificate-problem", f"no encryption certificate is known for {partner.her_id}"
         )
     problem = certificate_problem(
-        ctx.validator, partner.encryption_certificate, "encryption", ctx.clock(), store=ctx.store
+        ctx.validator,
+        partner.encryption_certificate,
+        "encryption",
+        ctx.clock(),
+        store=ctx.store,
+        instance=ctx.instance,
     )
     if problem is not None:
         raise SubmitRejected(

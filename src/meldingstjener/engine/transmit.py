@@ -283,7 +283,12 @@ def _certificate_refusal(
         )
     assert partner.encryption_certificate is not None
     problem = certificate_problem(
-        ctx.validator, partner.encryption_certificate, "encryption", now, store=ctx.store
+        ctx.validator,
+        partner.encryption_certificate,
+        "encryption",
+        now,
+        store=ctx.store,
+        instance=ctx.instance,
     )
     if problem is not None and problem.revocation_unknown:
         return (

@@ -8,23 +8,23 @@ trusts the certificates in its register as given.
 
 Whether a certificate is revoked may not be found out because its CA's CRL and OCSP addresses
 cannot be reached, or answer nothing usable (an outage, which passes): a ``revocation-unknown``
-alert per issuing CA says so, under either policy (soft: the certificate is accepted unchecked;
-hard: it is refused for now, see :class:`CertificateProblem`, and a received message or signal
-signed with it is deferred, :class:`InboundDeferred`), told once while it lasts and resolved
-when every certificate of that CA it was raised for has been answered about since. A status
-unknown because of the certificate itself (it names no address, its responder does not know
-it, the only CRL is another's or out of scope) is no outage: no alert, and under the hard
-policy it is refused as any other unacceptable certificate.
+alert per issuing CA and ``serve`` process says so, under either policy (soft: the certificate
+is accepted unchecked; hard: it is refused for now, see :class:`CertificateProblem`, and a
+received message or signal signed with it is deferred, :class:`InboundDeferred`), told once
+while it lasts and resolved when every certificate of that CA it was raised for has been
+answered about since. A status unknown because of the certificate itself (it names no address,
+its responder does not know it, the only CRL is another's or out of scope) is no outage: no
+alert, and under the hard policy it is refused as any other unacceptable certificate.
 
-Several ``serve`` processes share a store, and the alert (one per CA, not per process): the
-process that raised it may stop, or never need that CA again, before the CA answers. So a
-process whose own checks of the CA do not fail looks at the alert again with its answers, at
-most once per ``FAILURE_MEMORY``, and resolves it when no process has counted it for
-``REVOCATION_QUIET``: a process whose checks still fail counts it at each one, so two processes
-that disagree (one reaches the CA's address, the other not) do not resolve and raise it in
-turn, each raise told anew. Each process remembers per store which CAs' alerts it settled and
-when, so a good answer costs no statement but that one ``UPDATE`` per CA a minute, and one when
-an outage it saw ends.
+The alert is the process's own (its key and text name the instance, as ``clock-skew``'s do):
+whether a CA's addresses answer is a matter of each host's network, and only the process that
+failed knows when its own checks answer again, however seldom it checks (under the soft policy
+only a message or signal to check brings one). Another process's answers say nothing of it, so
+they do not resolve it; when that process stops, or is gone, the heartbeat of the others
+resolves it with its other alerts (:mod:`meldingstjener.engine.instances`). Each process
+remembers per store which CAs' alerts of its own it knows resolved, so a good answer costs no
+statement: one ``UPDATE`` per CA after a start (the alert a run before may have left open), and
+one when an outage ends.
 """
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ log = logging.getLogger(__name__)
 # CA's first answer after an outage sends it within minutes, while a long outage costs each held
 # message one look (and one event) per five minutes, not one per failure memory.
 REVOCATION_RECHECK = 5 * FAILURE_MEMORY
-# A revocation-unknown alert no process has counted this long is resolved by another process's
-# answers from the CA: a process still failing with a message held for the CA checks it (and
-# counts the alert) within each REVOCATION_RECHECK, so two of those without a count mean none is.
-REVOCATION_QUIET = 2 * REVOCATION_RECHECK
 
 
 class InboundDeferred(Exception):
@@ -103,13 +99,17 @@ def certificate_problem(
     now: datetime,
     *,
     store: Store | None = None,
+    instance: str | None = None,
 ) -> CertificateProblem | None:
-    """None when acceptable; else why not. With ``store``, the revocation check's outcome is
+    """None when acceptable; else why not. With ``store`` (and ``instance``, the name of this
+    ``serve`` process there, which the alert is kept for), the revocation check's outcome is
     alerted there (``revocation-unknown``, see the module's text)."""
+    if store is not None and instance is None:
+        raise TypeError("a revocation-unknown alert is kept per instance: name it")
     if validator is not None:
         check = validator.validate(certificate, usage=usage, at=now)
-        if store is not None:
-            _report_revocation(store, validator, check, now)
+        if store is not None and instance is not None:
+            _report_revocation(store, instance, validator, check, now)
         if check.ok:
             return None
         return CertificateProblem(check.summary(), check.revocation_unknown_only)
@@ -126,12 +126,11 @@ def certificate_problem(
     return None
 
 
-# Per store: for each issuing CA (its alert key), what this process knows of its
-# revocation-unknown alert: a time, when this process last settled it (resolved it, or left it
-# to another process still counting it); a set, raised here, for the certificates (SHA-256
-# fingerprints) whose last check here found a source failed. Weak: a store's engine gone, its
-# memory goes too.
-_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, set[bytes] | datetime]] = (
+# Per store: for each of this process's revocation-unknown alerts (its key), what this process
+# knows of it: None, resolved ("settled"); a set, open, for the certificates (SHA-256
+# fingerprints) whose last check found a source failed. Weak: a store's engine gone, its memory
+# goes too.
+_REVOCATION_STATES: weakref.WeakKeyDictionary[Store, dict[str, set[bytes] | None]] = (
     weakref.WeakKeyDictionary()
 )
 _REVOCATION_LOCK = threading.Lock()
@@ -140,73 +139,84 @@ _REVOCATION_REMEMBERED = 1000
 # certificates remembered per open alert: many more than one CA's partners. One beyond is not
 # remembered, so the alert may be resolved while it still fails: its next check raises it again
 _REVOCATION_CERTIFICATES = 10_000
+# between the instance's name and the CA in the alert's key: no instance name holds it
+# (config.py's ``instance_name`` pattern), so one instance's keys never begin another's prefix
+_INSTANCE_END = "/"
 
 
-def revocation_alert_key(issuer: x509.Certificate) -> str:
-    """The ``revocation-unknown`` alert's key (after the kind) for certificates of ``issuer``:
-    a digest of its name, which may be longer than the key has room for."""
+def revocation_alert_key(instance: str, issuer: x509.Certificate) -> str:
+    """The ``revocation-unknown`` alert's key (after the kind) of ``instance`` for certificates
+    of ``issuer``: the instance's name, then a digest of the CA's name, which may be longer than
+    the key has room for."""
+    return f"{instance}{_INSTANCE_END}{_issuer_key(issuer)}"
+
+
+def _issuer_key(issuer: x509.Certificate) -> str:
+    """A digest of the CA's name: the alert's key before it named the instance, too."""
     name = issuer.subject.public_bytes()
     return f"issuer:{hashlib.sha256(name).hexdigest()[:32]}"
 
 
+def revocation_alerts_prefix(instance: str) -> str:
+    """The beginning of the dedup key of every ``revocation-unknown`` alert of ``instance``:
+    resolved with the instance's other alerts when it stops or is gone."""
+    return f"{AlertKind.REVOCATION_UNKNOWN}:{instance}{_INSTANCE_END}"
+
+
 def _report_revocation(
-    store: Store, validator: CertificateValidator, check: CertificateCheck, now: datetime
+    store: Store,
+    instance: str,
+    validator: CertificateValidator,
+    check: CertificateCheck,
+    now: datetime,
 ) -> None:
-    """Raise (kept: told once while it lasts, counted at each check) or resolve the
-    ``revocation-unknown`` alert of each issuing CA the check asked about.
+    """Raise (kept: told once while it lasts, counted at each check) or resolve this
+    instance's ``revocation-unknown`` alert of each issuing CA the check asked about.
 
     Raised only when a source failed (an outage); an unknown status that is the certificate's
     own (it names no source, its responder does not know it) is refused or accepted by the
     policy, and says nothing of the CA's services. Resolved when every certificate whose check
-    here found a source of the CA failed has been answered about since: one CA's certificates
-    may name different addresses, one away and one answering, and the answering one's checks
-    must not resolve an alert the other's raise again at once. Raised elsewhere (another
-    process, or this one before a start), it is resolved by the answers here once nobody has
-    counted it for ``REVOCATION_QUIET`` (see the module's text)."""
+    found a source of the CA failed has been answered about since: one CA's certificates may
+    name different addresses, one away and one answering, and the answering one's checks must
+    not resolve an alert the other's raise again at once."""
     with _REVOCATION_LOCK:
         states = _REVOCATION_STATES.setdefault(store, {})
     for finding in check.revocation:
-        key = revocation_alert_key(finding.issuer)
+        key = revocation_alert_key(instance, finding.issuer)
         fingerprint = (
             finding.certificate.fingerprint(hashes.SHA256()) if finding.certificate else b""
         )
         if finding.outage:
-            _raise_revocation(store, validator, finding, key, fingerprint, states, now)
+            _raise_revocation(store, instance, validator, finding, key, fingerprint, states, now)
             continue
         with _REVOCATION_LOCK:
-            state = states.get(key)
-            if isinstance(state, set):  # raised here: ended when its last failing one answers
-                state.discard(fingerprint)
-                ended, look = not state, False
-            else:  # settled here (or not known): another process may have raised it since
-                ended = False
-                look = finding.status is not RevocationStatus.UNKNOWN and _due(state, now)
-        if ended or look:
+            known = key in states
+            failing = states.get(key)
+            if failing:
+                failing.discard(fingerprint)
+            ended = failing is not None and not failing  # the last failing one answered
+            # after a start, the first answer settles what this instance's run before left open
+            first = not known and finding.status is not RevocationStatus.UNKNOWN
+        if ended or first:
             _settle_revocation(store, finding, key, states, now, ended=ended)
-
-
-def _due(settled_at: datetime | None, now: datetime) -> bool:
-    """Whether an alert this process settled at ``settled_at`` (None: never, since its start)
-    is looked at again now: once per ``FAILURE_MEMORY``, and at once should the clock have gone
-    back past the settling."""
-    return settled_at is None or not settled_at <= now < settled_at + FAILURE_MEMORY
 
 
 def _raise_revocation(
     store: Store,
+    instance: str,
     validator: CertificateValidator,
     finding: RevocationFinding,
     key: str,
     fingerprint: bytes,
-    states: dict[str, set[bytes] | datetime],
+    states: dict[str, set[bytes] | None],
     now: datetime,
 ) -> None:
-    """A source of the CA failed for this certificate: remember it failing here, and raise or
-    count the CA's alert (logged when this process did not know it open)."""
+    """A source of the CA failed for this certificate: remember it failing, and raise or count
+    this instance's alert of the CA (logged when this process did not know it open)."""
     with _REVOCATION_LOCK:
         failing = states.get(key)
-        raised_here = isinstance(failing, set)
-        if not isinstance(failing, set):
+        raised_here = failing is not None
+        if failing is None:
             _make_room(states, key)
             failing = states[key] = set()
         if len(failing) < _REVOCATION_CERTIFICATES:
@@ -222,7 +232,7 @@ def _raise_revocation(
             keep_alert(
                 uow,
                 AlertKind.REVOCATION_UNKNOWN,
-                _revocation_summary(finding.issuer, finding.detail, validator),
+                _revocation_summary(instance, finding.issuer, finding.detail, validator),
                 at=now,
                 key=key,
             )
@@ -235,22 +245,22 @@ def _settle_revocation(
     store: Store,
     finding: RevocationFinding,
     key: str,
-    states: dict[str, set[bytes] | datetime],
+    states: dict[str, set[bytes] | None],
     now: datetime,
     *,
     ended: bool,
 ) -> None:
-    """Resolve the CA's alert: at once when the outage this process saw has ``ended``; else
-    (raised by another process, or before this one started) only if no process has counted it
-    for ``REVOCATION_QUIET``: one still failing counts it at each check. Remembered as settled
-    now either way: looked at again after ``FAILURE_MEMORY`` at the earliest."""
-    dedup_key = f"{AlertKind.REVOCATION_UNKNOWN}:{key}"
+    """Resolve this instance's alert of the CA: the outage it saw has ``ended``, or (the first
+    answer since its start) whatever its run before left open, and the CA's alert of a version
+    before alerts named their instance (nobody raises or resolves that one any more; a process
+    still failing has raised its own). Remembered as settled."""
     try:
         with store.unit_of_work() as uow:
-            if ended:
-                uow.alerts.resolve(dedup_key, at=now)
-            else:
-                uow.alerts.resolve_if_silent(dedup_key, seen_before=now - REVOCATION_QUIET, at=now)
+            uow.alerts.resolve(
+                f"{AlertKind.REVOCATION_UNKNOWN}:{key}",
+                f"{AlertKind.REVOCATION_UNKNOWN}:{_issuer_key(finding.issuer)}",
+                at=now,
+            )
             uow.commit()
     except SQLAlchemyError as exc:  # not remembered as settled: the next answer tries again
         _alert_not_stored(key, exc)
@@ -261,14 +271,13 @@ def _settle_revocation(
             finding.issuer.subject.rfc4514_string(),
         )
     with _REVOCATION_LOCK:
-        current = states.get(key)
-        if isinstance(current, set) and current:
-            return  # a check meanwhile found the CA failing here: that outage is this one's
+        if states.get(key):
+            return  # a check meanwhile found the CA failing again: that outage is open
         _make_room(states, key)
-        states[key] = now
+        states[key] = None
 
 
-def _make_room(states: dict[str, set[bytes] | datetime], key: str) -> None:
+def _make_room(states: dict[str, set[bytes] | None], key: str) -> None:
     """Before ``key`` is noted (the caller holds the lock): forget every CA when the memory is
     full. A forgotten CA is settled again by one ``UPDATE`` at its next answer."""
     if key not in states and len(states) >= _REVOCATION_REMEMBERED:
@@ -287,10 +296,11 @@ def _alert_not_stored(key: str, exc: SQLAlchemyError) -> None:
 
 
 def _revocation_summary(
-    issuer: x509.Certificate, detail: str, validator: CertificateValidator
+    instance: str, issuer: x509.Certificate, detail: str, validator: CertificateValidator
 ) -> str:
-    """The alert's text: the CA, the sources and why they gave no answer (the same words while
-    the cause is the same: a changed cause is told again), and what the policy does meanwhile."""
+    """The alert's text: the instance, the CA, the sources and why they gave no answer (the same
+    words while the cause is the same: a changed cause is told again), and what the policy does
+    meanwhile."""
     if validator.revocation_policy == "hard":
         minutes = int(REVOCATION_RECHECK.total_seconds() // 60)
         meanwhile = (
@@ -307,7 +317,7 @@ def _revocation_summary(
         )
     seconds = int(FAILURE_MEMORY.total_seconds())
     return (
-        "whether certificates issued by "
+        f"Instance {instance}: whether certificates issued by "
         f"{issuer.subject.rfc4514_string()} are revoked could not be found out: {detail}. "
         f"{meanwhile} A source that failed is asked again after {seconds} s at the earliest. "
         "Check that this server reaches the CA's CRL and OCSP addresses."
@@ -364,7 +374,7 @@ def verify_sender(
                     f"{certificates.replaced_at:%Y-%m-%d %H:%M}Z",
                 )
             problem = certificate_problem(
-                ctx.validator, certificate, "signing", now, store=ctx.store
+                ctx.validator, certificate, "signing", now, store=ctx.store, instance=ctx.instance
             )
             return SenderSignature(check, certificate, problem)
         failed.append(check)

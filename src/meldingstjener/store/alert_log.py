@@ -9,7 +9,9 @@ logs nothing (a partner down for a night is one line, not one per send). Opened:
 The line carries the alert's id, kind, severity and summary. A summary is written by our own
 code from ids, codes and counts (message ids, eb:MessageIds, HER-ids, message types, paths of
 our own folders; ``engine.alerts``), never from a fagmelding, and masked by ``redact`` when
-stored: what the console and webhooks show of it already. It is logged as stored, on one line.
+stored: what the console and webhooks show of it already. A value a sender chose that may carry
+more (a mail's Message-Id) is named by a digest unless of a safe shape. It is logged as
+stored, on one line, every character that is not printable a ``?``.
 """
 
 from __future__ import annotations
@@ -56,5 +58,9 @@ def all_resolved(alerts: Iterable[tuple[int, str, str, str]]) -> None:
 
 
 def _one_line(summary: str) -> str:
-    """The summary on one line: a journal reader takes a line for an entry."""
-    return " ".join(summary.split())
+    """The summary on one line, of printable characters: a journal reader takes a line for an
+    entry, and a control character of a received value (an escape sequence, a right-to-left
+    mark) must not rewrite what a terminal shows of it. Each other one is a ``?``."""
+    return "".join(
+        character if character.isprintable() else "?" for character in " ".join(summary.split())
+    )

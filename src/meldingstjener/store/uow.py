@@ -909,6 +909,7 @@ _RESOLVE_ALERT_EXPLAINED = text(
 _RESOLVE_ALL_PARTNER_ALERTS = text(
     "UPDATE alerts SET resolved_at = :at, changed_at = :at, summary = summary || ' ' || "
     ":resolution WHERE resolved_at IS NULL AND kind = :kind AND partner_her_id = :partner_her_id"
+    + _RESOLVED
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.resolved_at.type))
 
 
@@ -1043,10 +1044,17 @@ class AlertRepository:
     ) -> None:
         """Mark every open alert of ``kind`` for ``partner_her_id`` resolved, its summary
         followed by ``resolution`` (why it was resolved: not by the problem's end but because
-        nothing is left to act on); none open is fine."""
-        self.session.connection().execute(
-            _RESOLVE_ALL_PARTNER_ALERTS,
-            {"kind": kind, "partner_her_id": partner_her_id, "resolution": resolution, "at": at},
+        nothing is left to act on); none open is fine. Logged as any other resolve."""
+        self._resolved(
+            self.session.connection().execute(
+                _RESOLVE_ALL_PARTNER_ALERTS,
+                {
+                    "kind": kind,
+                    "partner_her_id": partner_her_id,
+                    "resolution": resolution,
+                    "at": at,
+                },
+            )
         )
 
     def resolve_explained(self, dedup_key: str, *, resolution: str, at: datetime) -> None:

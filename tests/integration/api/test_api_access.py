@@ -710,6 +710,23 @@ def test_an_operator_acknowledges_and_resolves_an_alert_by_hand(api_pair: ApiPai
     assert noted.status_code == 200 and noted.json()["resolutionNote"] == "sent by phone"
     [listed] = http.get("/api/alerts", headers=admin).json()
     assert listed["resolutionNote"] == "sent by phone"
+    # resolved already: the same note again is a repeat; another is not kept, and said so
+    resolve = f"/api/alerts/{alert['id']}/resolve"
+    assert http.post(resolve, headers=admin, json={"note": "sent by phone"}).status_code == 200
+    late = http.post(resolve, headers=admin, json={"note": "sent by fax"})
+    assert late.status_code == 409 and late.json()["code"] == "already-resolved", late.text
+    [listed] = http.get("/api/alerts", headers=admin).json()
+    assert listed["resolutionNote"] == "sent by phone"
+    # a note as the command line takes it: longer than its column once masked is refused,
+    # blanks are none
+    with hospital.store.unit_of_work() as uow:
+        raise_alert(uow, AlertKind.APPREC_UNSENT, "an AppRec was not sent", at=hospital.clock())
+        uow.commit()
+    masked_long = http.post(resolve, headers=admin, json={"note": "fnr 01017012345 " + "x" * 484})
+    assert masked_long.status_code == 400 and "502 characters" in masked_long.text
+    assert "01017012345" not in masked_long.text
+    blank = http.post(resolve, headers=admin, json={"note": "   "})
+    assert blank.status_code == 200 and blank.json()["resolutionNote"] is None, blank.text
 
 
 def test_who_followed_up_an_alert_is_masked_and_audited(api_pair: ApiPair) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from engine_pair import Clock, Pair
 from outage import database_away
 from sqlalchemy import text
@@ -25,7 +26,7 @@ from meldingstjener.bootstrap import build_engine
 from meldingstjener.cli.app import app
 from meldingstjener.config import load_settings
 from meldingstjener.devsites import RunningServer, prepare_sites
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.instances import (
     Heartbeat,
@@ -35,6 +36,7 @@ from meldingstjener.engine.instances import (
     stopped,
     store_now,
 )
+from meldingstjener.engine.trust import revocation_alert_key
 from meldingstjener.store.instance_lock import InstanceTaken, lock_instance
 from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store
@@ -79,6 +81,41 @@ def test_the_alerts_of_an_instance_that_is_gone_are_resolved_by_another(pair: Pa
     pair.clock.advance(days=7)
     beat(ctx, "a:8080")
     assert instance_names(ctx) == ["a:8080"]  # forgotten
+
+
+def _revocation_unknown(ctx: EngineContext, instance: str, issuer: x509.Certificate) -> str:
+    """Raise ``instance``'s revocation-unknown alert of ``issuer``'s CA; its dedup key."""
+    key = revocation_alert_key(instance, issuer)
+    with ctx.store.unit_of_work() as uow:
+        keep_alert(
+            uow, AlertKind.REVOCATION_UNKNOWN, f"Instance {instance}: ...", at=ctx.clock(), key=key
+        )
+        uow.commit()
+    return f"{AlertKind.REVOCATION_UNKNOWN}:{key}"
+
+
+def test_the_revocation_alerts_of_an_instance_that_stops_or_is_gone_are_resolved(
+    pair_with_gp_database: Pair,
+) -> None:
+    # "b" and "b:8080" are two instances: the alerts of one are not the other's
+    ctx = pair_with_gp_database.gp
+    ours, theirs = ctx.keys.signing_certificate, ctx.keys.encryption_certificate
+    for name in ("a:8080", "b", "b:8080", "c:8080"):
+        beat(ctx, name, started=True)
+    of_a = _revocation_unknown(ctx, "a:8080", ours)
+    of_b = {_revocation_unknown(ctx, "b", ours), _revocation_unknown(ctx, "b", theirs)}
+    of_b_8080 = _revocation_unknown(ctx, "b:8080", ours)
+    of_c = _revocation_unknown(ctx, "c:8080", ours)
+    stopped(ctx, "c:8080")  # its own stop
+    assert open_alerts(ctx) == {of_a, of_b_8080, *of_b}
+    # b's last beat was long ago (by the store's clock, the database server's on PostgreSQL)
+    with ctx.store.unit_of_work() as uow:
+        [row] = [row for row in uow.instances.all() if row.name == "b"]
+        row.last_seen_at -= timedelta(minutes=16)
+        uow.commit()
+    beat(ctx, "a:8080")  # b is gone: another's beat resolves its alerts
+    assert open_alerts(ctx) == {of_a, of_b_8080, "instance-gone:b"}
+    assert of_c not in open_alerts(ctx)  # resolved by its own stop
 
 
 def _alert(ctx: EngineContext, dedup_key: str) -> AlertRow:

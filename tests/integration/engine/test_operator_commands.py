@@ -90,12 +90,14 @@ def test_status_says_a_partner_never_reached_in_words_and_the_alerts_are_logged_
     assert "transport given up: the partner never acknowledged it" in output
     assert "(EDI 2.0: Rejected)" in output and "transport Rejected" not in output
     assert "last error: not-delivered given up after" in output  # why it is in this state
-    # the journal: each alert once, when raised; not at every failed attempt
+    # the journal: each alert once, when raised; not at every failed attempt; and the
+    # partner's resolved when its last waiting message was given up
     told = [(r.levelno, r.getMessage()) for r in caplog.records if "alert_log" in r.name]
     kinds = [(level, line.split()[2], line.split()[3]) for level, line in told]
     assert kinds == [
         (logging.WARNING, "partner-unreachable", "raised"),
         (logging.ERROR, "not-delivered", "raised"),
+        (logging.INFO, "partner-unreachable", "resolved"),
     ], told
     assert all("x" not in line.split(": ", 1)[0] for _, line in told)
 
@@ -124,6 +126,10 @@ def test_an_alert_resolved_with_a_note_shows_it_until_it_opens_again(pair: Pair)
     [unreachable] = [json.loads(line) for line in output.splitlines()]
     number = str(unreachable["id"])
     assert cli(pair, "alerts", "resolve", number, "--note", "x" * 501)[0] == 2  # bounded
+    # bounded after masking: a national identity number in it counts as [redacted-id]
+    masked_long = "fnr 01017012345 " + "x" * 484
+    assert cli(pair, "alerts", "resolve", number, "--note", masked_long)[0] == 2
+    assert cli(pair, "alerts", "--open", "--json")[1].strip(), "it stays open"
     code, output = cli(
         pair, "alerts", "resolve", number, "--by", "kari", "--note", "firewall opened, NHN-1234"
     )
@@ -133,6 +139,11 @@ def test_an_alert_resolved_with_a_note_shows_it_until_it_opens_again(pair: Pair)
     assert resolved["resolution_note"] == "firewall opened, NHN-1234"
     code, output = cli(pair, "alerts")  # the summary's cell, wrapped: its words
     assert code == 0 and {"note:", "NHN-1234]"} <= set(output.split()), output
+    # resolved already: another note is not kept, and the command says so
+    code, output = cli(pair, "alerts", "resolve", number, "--note", "called them")
+    assert code == 1 and "the note was not kept" in output, output
+    code, output = cli(pair, "alerts", "resolve", number, "--note", "firewall opened, NHN-1234")
+    assert code == 0 and "resolved already" in output, output  # the same note: a repeat
     pair.clock.advance(minutes=11)
     pair.run()  # unreachable again: a new incident, without the old one's note
     code, output = cli(pair, "alerts", "--open", "--json")

@@ -350,7 +350,12 @@ def test_one_cas_certificates_naming_an_address_away_and_one_answering_do_not_fl
     for _ in range(6):
         for certificate in (away, answered):
             certificate_problem(
-                validator, certificate, "signing", pair.clock(), store=pair.gp.store
+                validator,
+                certificate,
+                "signing",
+                pair.clock(),
+                store=pair.gp.store,
+                instance=pair.gp.instance,
             )
             seen.append(_alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN)[0][0])
         pair.clock.advance(seconds=5)
@@ -358,7 +363,9 @@ def test_one_cas_certificates_naming_an_address_away_and_one_answering_do_not_fl
     # the address answers again: the certificate it failed for is answered about, resolved
     responder.away.clear()
     pair.clock.advance(seconds=61)
-    certificate_problem(validator, away, "signing", pair.clock(), store=pair.gp.store)
+    certificate_problem(
+        validator, away, "signing", pair.clock(), store=pair.gp.store, instance=pair.gp.instance
+    )
     assert [a[0] for a in _alerts(pair.gp, AlertKind.REVOCATION_UNKNOWN)] == [False]
 
 
@@ -376,7 +383,12 @@ def test_a_certificate_unknown_for_its_own_sake_is_refused_and_raises_no_alert(
     )
     for certificate in (nameless, stranger):
         problem = certificate_problem(
-            validator, certificate, "signing", pair.clock(), store=pair.gp.store
+            validator,
+            certificate,
+            "signing",
+            pair.clock(),
+            store=pair.gp.store,
+            instance=pair.gp.instance,
         )
         assert problem is not None and not problem.revocation_unknown
         assert "could not be found out" in str(problem)

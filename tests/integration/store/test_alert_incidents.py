@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from meldingstjener.api.audit import follow_up_alert
+from meldingstjener.api.audit import FollowUp, NoteRefused, follow_up_alert
 from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store
@@ -88,7 +88,7 @@ def test_an_alert_resolved_by_hand_logs_who_and_keeps_the_note_out_of_the_log(
     raise_alert(store, T0)
     alert_id = the_alert(store).id
     with store.unit_of_work() as uow:
-        note = "marker restored from backup; fnr 01017012345 was on the ticket " + "x" * 600
+        note = "  marker restored from backup; fnr 01017012345 was on the ticket  "
         follow_up_alert(
             uow, alert_id, resolve=True, client="cli", person="kari", by="kari", note=note
         )
@@ -98,9 +98,68 @@ def test_an_alert_resolved_by_hand_logs_who_and_keeps_the_note_out_of_the_log(
         f"alert {alert_id} store-failing resolved by kari (was critical): {SUMMARY}",
     )
     kept = the_alert(store).resolution_note
-    assert kept is not None and len(kept) == 500  # the column's bound
-    assert kept.startswith("marker restored from backup; fnr [redacted-id] was on the ticket")
+    assert kept == "marker restored from backup; fnr [redacted-id] was on the ticket"
     assert "01017012345" not in caplog.text
+
+
+def test_a_note_is_kept_whole_or_refused_and_never_dropped_unsaid(store: Store) -> None:
+    raise_alert(store, T0)
+    alert_id = the_alert(store).id
+
+    def resolve_with(note: str) -> FollowUp | None:
+        with store.unit_of_work() as uow:
+            done = follow_up_alert(
+                uow, alert_id, resolve=True, client="api", person=None, by="ops", note=note
+            )
+            uow.commit()
+            return done
+
+    # 500 characters as given, longer once masked: refused, not cut at its end
+    with pytest.raises(NoteRefused, match="502 characters"):
+        resolve_with("fnr 01017012345 " + "x" * 484)
+    assert the_alert(store).resolved_at is None  # nothing changed
+    blank = resolve_with("   ")  # blanks are no note
+    assert blank is not None and not blank.note_not_kept
+    assert the_alert(store).resolved_at is not None and the_alert(store).resolution_note is None
+    # resolved already (here without a note): a note now is not kept, and the caller told
+    late = resolve_with("sent by phone")
+    assert late is not None and late.note_not_kept and late.resolved_before
+    assert the_alert(store).resolution_note is None
+    raise_alert(store, T0 + timedelta(minutes=1))  # a new incident, resolved with a note
+    assert not resolve_with("sent by phone").note_not_kept  # type: ignore[union-attr]
+    again = resolve_with(" sent by phone ")  # the same note again: a repeat, kept
+    assert again is not None and again.resolved_before and not again.note_not_kept
+    assert resolve_with("another note").note_not_kept  # type: ignore[union-attr]
+    assert the_alert(store).resolution_note == "sent by phone"
+
+
+def test_the_alerts_of_a_partner_given_up_log_their_resolve_with_why(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ALERT_LOG)
+    with store.unit_of_work() as uow:
+        for endpoint in ("http", "mail"):
+            uow.alerts.raise_alert(
+                "partner-unreachable",
+                severity="warning",
+                dedup_key=f"partner-unreachable:8094866:{endpoint}",
+                summary=f"8094866 unreachable by {endpoint}",
+                partner_her_id="8094866",
+                at=T0,
+            )
+        uow.commit()
+    caplog.clear()
+    with store.unit_of_work() as uow:
+        uow.alerts.resolve_all_for_partner(
+            "partner-unreachable", "8094866", resolution="Nothing waits.", at=T0
+        )
+        uow.commit()
+    assert sorted(line for _, line in lines(caplog)) == [
+        f"alert {number} partner-unreachable resolved (was warning): 8094866 unreachable by "
+        f"{endpoint} Nothing waits."
+        for number, endpoint in ((1, "http"), (2, "mail"))
+    ]
+    assert {level for level, _ in lines(caplog)} == {logging.INFO}
 
 
 def test_a_reopened_alert_is_a_new_incident_and_its_old_note_goes(store: Store) -> None:
