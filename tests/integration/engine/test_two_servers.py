@@ -260,37 +260,12 @@ def test_kill_9_in_mid_flight_delivers_every_message_exactly_once(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_receiver_down_beyond_persist_duration_is_not_delivered(
+def test_receiver_down_beyond_persist_duration_is_not_delivered_then_sent_again(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    databases = _databases(backend, request)
-    gp_db, hospital_db = next(databases)
-    running = start_servers(
-        tmp_path,
-        gp_db,
-        hospital_db,
-        retry_interval_seconds=1,
-        retries=10,
-        persist_duration_seconds=3,
-    )
-    try:
-        running.hospital_server.stop()
-        message_id = running.send_note("Kommer aldri fram")
-        wait_for(lambda: running.status(running.gp, message_id) == "not-delivered", "not-delivered")
-        with running.gp.store.unit_of_work() as uow:
-            [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
-            assert alert.message_id == message_id and "another way" in alert.summary
-    finally:
-        stop_servers(running)
-        next(databases, None)
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_not_delivered_message_sent_again_when_the_receiver_is_back_is_delivered(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    """``meldingstjener resend`` (by the MsgId, as ``show`` takes it) of a message given up
-    while the hospital was down: the new copy reaches the hospital once it is back, is
+    """A message given up while the hospital was down: not-delivered, and an alert saying the
+    content must reach the receiver another way or be sent again. ``meldingstjener resend``
+    (by the MsgId, as ``show`` takes it) once the hospital is back: the new copy reaches it, is
     acknowledged and answered, and the old one's alert is resolved."""
     databases = _databases(backend, request)
     gp_db, hospital_db = next(databases)
@@ -306,6 +281,10 @@ def test_a_not_delivered_message_sent_again_when_the_receiver_is_back_is_deliver
         running.hospital_server.stop()
         original_id = running.send_note("Kommer fram andre gang")
         wait_for(lambda: running.status(running.gp, original_id) == "not-delivered", "given up")
+        with running.gp.store.unit_of_work() as uow:
+            [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
+            assert alert.message_id == original_id and "another way" in alert.summary
+            assert f"meldingstjener resend {original_id}" in alert.summary
         running.hospital_server.start()
         with running.gp.store.unit_of_work() as uow:
             original = uow.messages.get(original_id)
