@@ -459,7 +459,7 @@ def _delete_audit_rows(
         found = audit.older_than(uow, before, after=after, limit=BATCH)
         if not found:
             return None
-        audit.delete_batch(uow, before, found[-1])
+        audit.delete_batch(uow, before, found[-1], first=found[0])
         report.audit_rows += len(found)
         return found[-1]
 
