@@ -57,3 +57,35 @@ def test_resolve_names_who_resolved_it(tmp_path: Path) -> None:
 
     assert invoke(tmp_path, "alerts", "resolve", "0")[0] == 2  # not an id
     assert invoke(tmp_path, "alerts", "resolve", "99")[0] == 1  # no such alert
+
+
+def test_the_listing_tells_resolved_from_acknowledged(tmp_path: Path) -> None:
+    """Resolving puts the resolver in ``acknowledged_by``: the ack column said the name, as if
+    the alert were open and someone were on it."""
+    store = open_store(load_settings(data_dir=tmp_path))
+    with store.unit_of_work() as uow:
+        for her_id in ("8100001", "8100002", "8100003"):
+            uow.alerts.raise_alert(
+                "partner-unreachable",
+                severity="warning",
+                dedup_key=f"partner-unreachable:{her_id}",
+                summary=f"{her_id} did not answer",
+                partner_her_id=her_id,
+            )
+        uow.commit()
+        numbers = {alert.summary[:7]: str(alert.id) for alert in uow.alerts.list()}
+    store.database.dispose()
+    assert invoke(tmp_path, "alerts", "ack", numbers["8100002"], "--by", "ops2")[0] == 0
+    assert invoke(tmp_path, "alerts", "resolve", numbers["8100003"], "--by", "kari")[0] == 0
+
+    code, output = invoke(tmp_path, "alerts")
+    assert code == 0, output
+    lines = {her_id: _line_of(output, her_id) for her_id in numbers}
+    assert "acknowledged" not in lines["8100001"] and "resolved" not in lines["8100001"]
+    assert "acknowledged by ops2" in lines["8100002"] and "resolved" not in lines["8100002"]
+    assert "resolved" in lines["8100003"] and "kari" not in lines["8100003"]
+
+
+def _line_of(output: str, her_id: str) -> str:
+    [line] = [line for line in output.splitlines() if f"{her_id} did not answer" in line]
+    return line

@@ -256,15 +256,25 @@ def count_older_than(uow: UnitOfWork, before: datetime) -> int:
     return uow.session.scalar(select(func.count()).where(AuditRow.at < before)) or 0
 
 
-def delete_batch(uow: UnitOfWork, before: datetime, through: AuditKey) -> None:
-    """Delete, in the caller's transaction, the rows older than ``before`` up to ``through``
-    (the last key :func:`older_than` gave): the INSERT of a permit, whose trigger deletes them
-    and the permit (migration 0028); a DELETE of its own would be refused. The log is then
+def delete_batch(
+    uow: UnitOfWork, before: datetime, through: AuditKey, *, first: AuditKey | None = None
+) -> None:
+    """Delete, in the caller's transaction, the rows older than ``before`` from ``first`` up to
+    ``through`` (the first and last keys :func:`older_than` gave; no ``first``: from the log's
+    first row): the INSERT of a permit, whose trigger deletes them and the permit (migration
+    0028); a DELETE of its own would be refused. ``first`` makes the DELETE a range of
+    ix_audit_log_at bounded both ways, which PostgreSQL reads along the index even without
+    statistics on the table, and which does not walk again what earlier batches deleted. The
+    log is then
     kept whole from ``before`` on, or from a later cutoff a run used before (``audit_days``
     made longer brings back nothing), which :func:`kept_from` tells."""
     uow.session.execute(
         insert(AuditRetentionPermitRow).values(
-            cutoff=before, through_at=through[0], through_id=through[1]
+            cutoff=before,
+            from_at=None if first is None else first[0],
+            from_id=None if first is None else first[1],
+            through_at=through[0],
+            through_id=through[1],
         )
     )
     earlier = _deleted_before(uow)

@@ -76,7 +76,7 @@ def alerts_list(
             alert.kind,
             str(alert.count),
             alert.last_seen.strftime("%Y-%m-%d %H:%M"),
-            alert.acknowledged_by or ("resolved" if alert.resolved_at else ""),
+            _ack_column(alert),
             escape(alert.summary + _note_of(alert)),  # a note's [ ] are no markup
         )
     wide_console().print(table)
@@ -84,6 +84,19 @@ def alerts_list(
         typer.echo("no alerts")
     if more:
         typer.echo(not_shown)
+
+
+def _ack_column(alert: AlertRow) -> str:
+    """``resolved``, or who acknowledged an open alert. Resolving sets ``acknowledged_by`` to the
+    resolver when nobody acknowledged it before: the name alone read as an open alert someone
+    was on. Who resolved it is in the audit log."""
+    from rich.markup import escape  # as the listing: rich is imported once the store opened
+
+    if alert.resolved_at is not None:
+        return "resolved"
+    if alert.acknowledged_by:
+        return escape(f"acknowledged by {alert.acknowledged_by}")  # a name's [ ] are no markup
+    return ""
 
 
 # ids are positive, and within what either database's BIGINT holds

@@ -438,6 +438,9 @@ def retention_command(
                     "message_days": rules.message_days,
                     "contents_removed": report.contents_removed,
                     "messages_deleted": report.messages_deleted,
+                    # of those two: received, delivered and never answered by an AppRec
+                    "unanswered_contents_removed": report.unanswered_contents_removed,
+                    "unanswered_messages_deleted": report.unanswered_messages_deleted,
                     "folder_records_deleted": report.folder_files,
                     "audit_days": rules.audit_days,
                     "audit_rows_deleted": report.audit_rows,

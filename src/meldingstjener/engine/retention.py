@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, String, and_, exists, literal, or_
+from sqlalchemy import ColumnElement, String, and_, exists, func, literal, or_, select
 from sqlalchemy.orm import aliased
 
 from meldingstjener.api import audit
@@ -166,6 +166,25 @@ def retained_no_longer(before: datetime) -> ColumnElement[bool]:
     return or_(settled(), left_unanswered(before))
 
 
+def only_left_unanswered(before: datetime) -> ColumnElement[bool]:
+    """Those of :func:`retained_no_longer` that :func:`settled` alone would keep: received
+    messages delivered and never answered by an AppRec. Counted apart in a run's report
+    (:class:`RetentionReport`): the first run after an upgrade from a release without this rule
+    removes, at once, every such message's content older than ``payload_days``."""
+    # left_unanswered holds them to inbound and delivered, where settled() is true only for a
+    # type in NEVER_ANSWERED; a message without a type is not one (NOT IN of NULL is NULL)
+    return and_(
+        left_unanswered(before),
+        or_(MessageRow.msg_type.is_(None), MessageRow.msg_type.not_in(sorted(NEVER_ANSWERED))),
+    )
+
+
+def _count_among(uow: UnitOfWork, message_ids: list[str], condition: ColumnElement[bool]) -> int:
+    """How many of a batch's messages ``condition`` holds for (read before the batch's change)."""
+    query = select(func.count()).where(MessageRow.id.in_(message_ids), condition)
+    return uow.session.scalar(query) or 0
+
+
 def folder_files_done(before: datetime) -> ColumnElement[bool]:
     """The folder integration's rows (``folder_files``) that exactly-once no longer needs, for
     ``before`` the cutoff of ``message_days`` (see the rule below)."""
@@ -221,6 +240,9 @@ class RetentionReport:
     dry_run: bool
     contents_removed: int = 0  # messages whose payload files went
     messages_deleted: int = 0
+    # of those two: received messages delivered and never answered (only_left_unanswered)
+    unanswered_contents_removed: int = 0
+    unanswered_messages_deleted: int = 0
     folder_files: int = 0  # folder integration rows no longer needed (folder_files_done)
     audit_rows: int = 0  # rows of the API's audit log older than audit_days
     files: int = 0  # payload files deleted after the commits (a dry run: none)
@@ -236,8 +258,10 @@ class RetentionReport:
         """Counts only: what the log and the message log say of a run."""
         done = "would delete" if self.dry_run else "deleted"
         return (
-            f"{done} the content of {self.contents_removed} settled message(s) and "
-            f"{self.messages_deleted} settled message(s) whole"
+            f"{done} the content of {self.contents_removed} settled message(s)"
+            + _of_them_unanswered(self.unanswered_contents_removed)
+            + f" and {self.messages_deleted} settled message(s) whole"
+            + _of_them_unanswered(self.unanswered_messages_deleted)
             + (
                 f"; {done} {self.folder_files} folder integration record(s) no longer needed"
                 if self.folder_files
@@ -246,6 +270,13 @@ class RetentionReport:
             + (f"; {done} {self.audit_rows} audit log row(s)" if self.audit_rows else "")
             + (f"; {self.files} payload file(s) deleted" if self.files else "")
         )
+
+
+def _of_them_unanswered(count: int) -> str:
+    # said only when there are some: the operator sees them apart from the answered ones
+    return (
+        f" ({count} of them received, delivered and never answered by an AppRec)" if count else ""
+    )
 
 
 def message_cutoff(uow: UnitOfWork, rules: RetentionSettings, now: datetime) -> datetime | None:
@@ -329,6 +360,9 @@ def _remove_contents(
     if report.dry_run:
         with store.unit_of_work() as uow:
             report.contents_removed = uow.retention.count_holding_content(done, before=before)
+            report.unanswered_contents_removed = uow.retention.count_holding_content(
+                only_left_unanswered(before), before=before
+            )
         return
     # messages with a payload, then those with a wire form only (refused before decryption)
     for by_wire in (False, True):
@@ -341,6 +375,9 @@ def _remove_contents(
                 return None
             keys = [ref for message in held for ref in (message.payload_ref, message.wire_ref)]
             files = [key for key in keys if key]
+            unanswered = _count_among(
+                uow, [message.id for message in held], only_left_unanswered(before)
+            )
             uow.retention.forget_content([message.id for message in held], at=now)
             for message in held:
                 uow.events.record(
@@ -354,6 +391,7 @@ def _remove_contents(
                 )
             housekeeping.delete_after_commit(store, uow, files, now=now)
             report.contents_removed += len(held)
+            report.unanswered_contents_removed += unanswered
             report.files += len(files)
             return held[-1].wire_ref if by_wire else held[-1].payload_ref
 
@@ -367,6 +405,9 @@ def _delete_messages(
     if report.dry_run:
         with store.unit_of_work() as uow:
             report.messages_deleted = uow.retention.count_settled(done, before=before)
+            report.unanswered_messages_deleted = uow.retention.count_settled(
+                only_left_unanswered(before), before=before
+            )
         return
 
     def delete(uow: UnitOfWork, after: RetentionKey | None) -> RetentionKey | None:
@@ -374,9 +415,12 @@ def _delete_messages(
         if not found:
             return None
         files = [key for _, keys in found for key in keys]
-        uow.retention.delete_messages([key[1] for key, _ in found])
+        ids = [key[1] for key, _ in found]
+        unanswered = _count_among(uow, ids, only_left_unanswered(before))
+        uow.retention.delete_messages(ids)
         housekeeping.delete_after_commit(store, uow, files, now=now)
         report.messages_deleted += len(found)
+        report.unanswered_messages_deleted += unanswered
         report.files += len(files)
         return found[-1][0]
 
@@ -415,7 +459,7 @@ def _delete_audit_rows(
         found = audit.older_than(uow, before, after=after, limit=BATCH)
         if not found:
             return None
-        audit.delete_batch(uow, before, found[-1])
+        audit.delete_batch(uow, before, found[-1], first=found[0])
         report.audit_rows += len(found)
         return found[-1]
 

@@ -537,8 +537,9 @@ class AuditRow(Base):
 
 
 class AuditRetentionPermitRow(Base):
-    """Retention's leave to delete one batch of audit rows older than ``cutoff``: those up to
-    the batch's last row (``through_at``, ``through_id``). Never seen committed: migration
+    """Retention's leave to delete one batch of audit rows older than ``cutoff``: those from
+    the batch's first row (``from_at``, ``from_id``; none: from the log's first) up to its last
+    (``through_at``, ``through_id``). Never seen committed: migration
     0028's trigger deletes the batch and then the permit in the INSERT that writes it, and the
     audit log's guard lets a DELETE through only while a permit exists (see that migration)."""
 
@@ -546,6 +547,8 @@ class AuditRetentionPermitRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     cutoff: Mapped[datetime]
+    from_at: Mapped[datetime | None]
+    from_id: Mapped[int | None] = mapped_column(BigInteger)
     through_at: Mapped[datetime]
     through_id: Mapped[int] = mapped_column(BigInteger)
 

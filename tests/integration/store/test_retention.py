@@ -416,6 +416,32 @@ def test_a_run_is_counted_in_the_message_log_without_names(store: Store) -> None
     assert _kinds(store) == {CONTENT_REMOVED: 1, retention.RETENTION_NOTE: 1}
 
 
+def test_a_run_counts_the_received_messages_never_answered_apart(store: Store) -> None:
+    """An upgrade's first run removes the content of every old delivered message no AppRec
+    answered (a rule of this release): the report, its line and a dry run say how many."""
+    _message(store, "in", "delivered", settled_days_ago=100)  # never answered
+    _message(store, "in", "delivered", settled_days_ago=100, msg_type="APPREC")  # settled
+    _message(store, "in", "apprec-sent", settled_days_ago=100)
+    _message(store, "out", "apprec-ok", settled_days_ago=100)
+    rules = RetentionSettings(payload_days=90, message_days=60)
+    apart = "(1 of them received, delivered and never answered by an AppRec)"
+
+    counted = retention.run(store, rules, now=NOW, dry_run=True)
+    assert (counted.contents_removed, counted.unanswered_contents_removed) == (4, 1)
+    assert (counted.messages_deleted, counted.unanswered_messages_deleted) == (4, 1)
+    assert counted.line() == (
+        f"would delete the content of 4 settled message(s) {apart} "
+        f"and 4 settled message(s) whole {apart}"
+    )
+    report = retention.run(store, rules, now=NOW)
+    assert (report.contents_removed, report.unanswered_contents_removed) == (4, 1)
+    assert (report.messages_deleted, report.unanswered_messages_deleted) == (4, 1)
+    assert report.line().startswith(
+        f"deleted the content of 4 settled message(s) {apart} "
+        f"and 4 settled message(s) whole {apart}"
+    )
+
+
 def test_alerts_table_untouched_by_content_removal(store: Store) -> None:
     message_id, _ = _message(store, "out", "not-delivered", settled_days_ago=100)
     with store.unit_of_work() as uow:
@@ -670,3 +696,5 @@ def test_the_command_counts_the_delivered_messages_never_answered(tmp_path: Path
         assert done.returncode == 0, done.stderr
         said = json.loads(done.stdout)
         assert (said["contents_removed"], said["messages_deleted"]) == (counted, counted), extra
+        apart = (said["unanswered_contents_removed"], said["unanswered_messages_deleted"])
+        assert apart == (counted, counted), extra
