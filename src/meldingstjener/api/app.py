@@ -238,7 +238,9 @@ def create_app(
             # file a process touches, cannot be used): nothing was acknowledged, and the sender
             # is told to resend later, when the store may be mended. Counted per its sender,
             # so that the operator can tell which partners were turned away.
-            sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+            sender = ebms_alerts.claimed_sender(
+                content_type, body, max_xml_bytes=ctx.policy.max_xml_bytes
+            )
             store_failing.failed(exc, "POST /ebms", sender)
             return _unavailable()
         except Exception as exc:
@@ -248,7 +250,9 @@ def create_app(
                 ebms_alerts.failed(ctx, exc)
                 return Response("internal error\n", 500)
             if kind == RESOURCES:  # the database's disk is full: the store fails as a whole
-                sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+                sender = ebms_alerts.claimed_sender(
+                    content_type, body, max_xml_bytes=ctx.policy.max_xml_bytes
+                )
                 store_failing.failed(exc, "POST /ebms", sender)
                 return _unavailable()
             # The database is away or busy: not a fault of the server, and no alert: it could
