@@ -26,6 +26,7 @@ from lxml import etree
 
 from meldingstjener.ebxml import EbxmlError, unpackage_envelope
 from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
+from meldingstjener.ebxml.mime_headers import parse_content_type
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
@@ -170,6 +171,28 @@ def claimed_sender(
     except (EbxmlError, XmlError, OSError):  # OSError: a spool removed meanwhile
         return None
     return sender_named_by(root)
+
+
+def claimed_sender_of_head(content_type: str, head: bytes, *, max_xml_bytes: int) -> str | None:
+    """:func:`claimed_sender` of a request refused before it was read whole (its spool could
+    not be written), from ``head``, the first bytes of its body (those in memory then: nothing
+    more is read from the network). A multipart body is cut at the last MIME boundary in
+    ``head`` and closed there: the parts wholly inside are read as in the whole body, so the
+    envelope (the first part, as senders put it) is read when it ends within ``head``. None
+    when it does not, or the start part is not among them."""
+    try:
+        media, params = parse_content_type(content_type)
+    except EbxmlError:
+        return None
+    boundary = params.get("boundary", "")
+    if media != "multipart/related" or not boundary.isascii():
+        return claimed_sender(content_type, head, max_xml_bytes=max_xml_bytes)
+    delimiter = b"\n--" + boundary.encode("ascii")
+    cut = head.rfind(delimiter)
+    if cut <= 0:
+        return None
+    closed = head[:cut] + delimiter + b"--\r\n"
+    return claimed_sender(content_type, closed, max_xml_bytes=max_xml_bytes)
 
 
 _FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"

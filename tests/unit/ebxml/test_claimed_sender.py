@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from ebxml_factories import SENDER, payload_bytes
 
-from meldingstjener.engine.ebms_alerts import claimed_sender
+from meldingstjener.engine.ebms_alerts import claimed_sender, claimed_sender_of_head
 
 LIMIT = 1024 * 1024
 SENT_BY = f'<eb:PartyId eb:type="HER">{SENDER.her_id}</eb:PartyId>'
@@ -46,3 +46,31 @@ def test_a_party_id_of_type_her_is_read_as_the_envelope_parser_reads_it(
     envelope = _envelope(party_id)
 
     assert claimed_sender("text/xml", envelope, max_xml_bytes=LIMIT) == named
+
+
+BOUNDARY = "b-1"
+MULTIPART = f'multipart/related; type="text/xml"; boundary="{BOUNDARY}"'
+
+
+def _multipart_head(envelope: bytes) -> bytes:
+    """The first bytes of a large body: its envelope part, then a payload part cut short."""
+    return (
+        f"--{BOUNDARY}\r\nContent-ID: <envelope@x>\r\nContent-Type: text/xml\r\n\r\n".encode()
+        + envelope
+        + f"\r\n--{BOUNDARY}\r\nContent-ID: <part-1@x>\r\n\r\n".encode()
+        + b"x" * 1000
+    )
+
+
+def test_the_from_is_read_from_the_first_bytes_of_a_body_that_hold_the_envelope() -> None:
+    head = _multipart_head(_envelope())
+
+    assert claimed_sender_of_head(MULTIPART, head, max_xml_bytes=LIMIT) == SENDER.her_id
+
+
+def test_first_bytes_that_end_inside_the_envelope_name_no_sender() -> None:
+    head = _multipart_head(_envelope())
+    inside = head[: head.index(b"</eb:MessageHeader>")]
+
+    assert claimed_sender_of_head(MULTIPART, inside, max_xml_bytes=LIMIT) is None
+    assert claimed_sender_of_head("text/xml", _envelope()[:-40], max_xml_bytes=LIMIT) is None
