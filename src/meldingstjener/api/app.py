@@ -238,7 +238,9 @@ def create_app(
             # file a process touches, cannot be used): nothing was acknowledged, and the sender
             # is told to resend later, when the store may be mended. Counted per its sender,
             # so that the operator can tell which partners were turned away.
-            sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+            sender = ebms_alerts.claimed_sender(
+                content_type, body, max_xml_bytes=ctx.policy.max_xml_bytes
+            )
             store_failing.failed(exc, "POST /ebms", sender)
             return _unavailable()
         except Exception as exc:
@@ -248,7 +250,9 @@ def create_app(
                 ebms_alerts.failed(ctx, exc)
                 return Response("internal error\n", 500)
             if kind == RESOURCES:  # the database's disk is full: the store fails as a whole
-                sender = ebms_alerts.claimed_sender(ctx, content_type, body)
+                sender = ebms_alerts.claimed_sender(
+                    content_type, body, max_xml_bytes=ctx.policy.max_xml_bytes
+                )
                 store_failing.failed(exc, "POST /ebms", sender)
                 return _unavailable()
             # The database is away or busy: not a fault of the server, and no alert: it could
@@ -272,6 +276,14 @@ def create_app(
                 media_type=reply.content_type,
             )
         return Response(status_code=200)
+
+    def spool_refused(content_type: str, refused: _SpoolRefused) -> None:
+        """Count a large body whose spool the store refused, per the sender its first bytes
+        name (read no further: the rest may still be on its way)."""
+        sender = ebms_alerts.claimed_sender_of_head(
+            content_type, refused.head, max_xml_bytes=ctx.policy.max_xml_bytes
+        )
+        store_failing.failed(refused.cause, "POST /ebms", sender)
 
     @app.post(
         "/ebms",
@@ -317,8 +329,8 @@ def create_app(
             # and a traceback per such request would flood the log
             log.info("a peer at %s went away before its request was read", address)
             return Response(status_code=400, headers=_CLOSE)
-        except (OSError, StoreUnavailable) as exc:  # the spool of a large body: a full disk
-            await run_in_threadpool(store_failing.failed, exc, "POST /ebms")
+        except _SpoolRefused as refused:  # the spool of a large body: a full disk
+            await run_in_threadpool(spool_refused, content_type, refused)
             return _unavailable(headers=_CLOSE)
         except asyncio.CancelledError:
             # The server stops, and its graceful period ended while the body was still coming:
@@ -671,16 +683,34 @@ class _TooSlow(Exception):
     pass
 
 
+# How many of a spooled body's first bytes are kept while the rest is read: when its spool
+# cannot be written (the store refusing), the sender is read from them. An envelope is a few
+# kilobytes; its manifest of many parts fits too.
+HEAD_KEPT = 64 * 1024
+
+
+class _SpoolRefused(Exception):
+    """The spool of a large body could not be written (``cause``: the store refusing), with the
+    body's first bytes read (``head``, up to :data:`HEAD_KEPT`) to name its sender by."""
+
+    def __init__(self, cause: OSError | StoreUnavailable, head: bytes) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.head = head
+
+
 async def _read_body(
     request: Request, limit: int, payloads: PayloadStore, pace: BodyPace
 ) -> bytes | Spool:
     """The request body: in memory up to ``SPOOL_ABOVE`` bytes, else in a spool of the payload
     store (written as it arrives, in ~1 MiB writes off the event loop), which becomes the
     stored wire form by a rename. Raises :class:`_TooLarge` past ``limit``, :class:`_TooSlow`
-    when it arrives slower than ``pace``."""
+    when it arrives slower than ``pace``, :class:`_SpoolRefused` when the spool cannot be made
+    or written."""
     chunks: list[bytes] = []
     held = size = 0
     spool: Spool | None = None
+    head = b""  # the first bytes spooled, kept to name the sender if a write is refused
     started = anyio.current_time()
     pieces = request.stream().__aiter__()
     try:
@@ -699,15 +729,22 @@ async def _read_body(
             chunks.append(chunk)
             held += len(chunk)
             if held >= SPOOL_ABOVE:
+                written = b"".join(chunks)
+                chunks, held = [], 0
+                head = head or written[:HEAD_KEPT]
                 if spool is None:
                     spool = await run_in_threadpool(payloads.spool)
-                await run_in_threadpool(spool.write, b"".join(chunks))
-                chunks, held = [], 0
+                await run_in_threadpool(spool.write, written)
+                del written  # not held while the next MiB is read
         if spool is None:
             return b"".join(chunks)
         if chunks:
             await run_in_threadpool(spool.write, b"".join(chunks))
         return spool
+    except (OSError, StoreUnavailable) as exc:  # of the spool alone: the store refusing
+        if spool is not None:
+            spool.discard()
+        raise _SpoolRefused(exc, head) from exc
     except BaseException:
         if spool is not None:
             spool.discard()

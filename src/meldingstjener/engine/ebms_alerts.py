@@ -22,11 +22,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meldingstjener.ebxml import EbxmlError, parse_envelope, unpackage_envelope
-from meldingstjener.ebxml.codes import PARTY_TYPE_HER
+from lxml import etree
+
+from meldingstjener.ebxml import EbxmlError, unpackage_envelope
+from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
+from meldingstjener.ebxml.mime_headers import parse_content_type
 from meldingstjener.engine import recovery
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
+from meldingstjener.formats.xmlutil import plain_text
 from meldingstjener.model import HerId, InvalidHerId
 from meldingstjener.model.privacy import passed_through, redact
 from meldingstjener.store.database import database_full, transient
@@ -153,20 +157,67 @@ SENDERS_KEPT = 1000
 
 
 def claimed_sender(
-    ctx: EngineContext, content_type: str, body: bytes | os.PathLike[str]
+    content_type: str, body: bytes | os.PathLike[str], *, max_xml_bytes: int
 ) -> str | None:
     """The HER-id the From of a ``POST /ebms`` request's envelope names, for a request the store
     refused (:meth:`StoreFailing.failed`): its envelope part alone is read again (not the
-    payload's parts), bounded as the receive bounds it; None when it cannot be read or names
-    no HER-id (a PartyId of another type is any text). Not verified: the signature was not (or
-    no longer) what counted."""
+    payload's parts), bounded as the receive bounds it (``max_xml_bytes``), and its From read
+    as :func:`sender_named_by` reads it (a defect elsewhere in the envelope does not hide it).
+    None when it cannot be read or names no HER-id. Not verified: the signature was not (or no
+    longer) what counted."""
     try:
         envelope_xml = unpackage_envelope(content_type, body)
-        root = parse_xml(envelope_xml, max_bytes=ctx.policy.max_xml_bytes)
-        party = parse_envelope(root).header.from_party
-        return str(HerId(party.her_id)) if party.party_type == PARTY_TYPE_HER else None
-    except (EbxmlError, XmlError, InvalidHerId, OSError):  # OSError: a spool removed meanwhile
+        root = parse_xml(envelope_xml, max_bytes=max_xml_bytes)
+    except (EbxmlError, XmlError, OSError):  # OSError: a spool removed meanwhile
         return None
+    return sender_named_by(root)
+
+
+def claimed_sender_of_head(content_type: str, head: bytes, *, max_xml_bytes: int) -> str | None:
+    """:func:`claimed_sender` of a request refused before it was read whole (its spool could
+    not be written), from ``head``, the first bytes of its body (those in memory then: nothing
+    more is read from the network). A multipart body is cut at the last MIME boundary in
+    ``head`` and closed there: the parts wholly inside are read as in the whole body, so the
+    envelope (the first part, as senders put it) is read when it ends within ``head``. None
+    when it does not, or the start part is not among them."""
+    try:
+        media, params = parse_content_type(content_type)
+    except EbxmlError:
+        return None
+    boundary = params.get("boundary", "")
+    if media != "multipart/related" or not boundary.isascii():
+        return claimed_sender(content_type, head, max_xml_bytes=max_xml_bytes)
+    delimiter = b"\n--" + boundary.encode("ascii")
+    cut = head.rfind(delimiter)
+    if cut <= 0:
+        return None
+    closed = head[:cut] + delimiter + b"--\r\n"
+    return claimed_sender(content_type, closed, max_xml_bytes=max_xml_bytes)
+
+
+_FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"
+
+
+def sender_named_by(root: etree._Element | None) -> str | None:
+    """The HER-id the From of an envelope parsed as XML names, whether or not the rest of it
+    could be read (a request refused: the store failing, or the envelope unreadable): its
+    first PartyId of type HER, read by the rule the envelope's parser reads it by (the type in
+    any case, blanks around it and the value dropped, the value text alone), as a HER-id. None
+    when there is none, or it is no HER-id (a PartyId of another type is any text). Not
+    verified."""
+    if root is None:
+        return None
+    for party_id in root.iterfind(_FROM_PARTY_IDS):
+        qualified = party_id.get(f"{{{EB_NS}}}type")  # msg-header-2_0.xsd; some leave it bare
+        kind = qualified if qualified is not None else party_id.get("type")
+        if (kind or "").strip().upper() != PARTY_TYPE_HER:
+            continue
+        value = plain_text(party_id)  # a comment inside is refused by the parser too
+        try:
+            return None if value is None else str(HerId(value.strip()))
+        except InvalidHerId:
+            return None
+    return None
 
 
 class RefusedSenders:

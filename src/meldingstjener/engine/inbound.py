@@ -42,15 +42,15 @@ from meldingstjener.ebxml import (
     unpackage,
     unpackage_envelope,
 )
-from meldingstjener.ebxml.codes import EB_NS, PARTY_TYPE_HER
-from meldingstjener.engine import payload_io, receipts, recovery, signals
+from meldingstjener.ebxml.codes import PARTY_TYPE_HER
+from meldingstjener.engine import ebms_alerts, payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import InboundDeferred, verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
-from meldingstjener.model import Direction, HerId, InboundStatus, InvalidHerId
+from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
@@ -157,7 +157,7 @@ def receive(
             )
             uow.commit()
         raise InboundRefused(
-            code, f"unreadable ebXML message: {exc}", _claimed_sender(root)
+            code, f"unreadable ebXML message: {exc}", ebms_alerts.sender_named_by(root)
         ) from None
 
     if envelope.header.is_signal:
@@ -196,23 +196,6 @@ def _mime_problem(
         with ctx.store.unit_of_work() as uow:
             certificates = ctx.directory.signing_certificates(uow, header.from_party.her_id)
     return _refuse_unverified(ctx, envelope, reject, channel, certificates)
-
-
-_FROM_PARTY_IDS = f".//{{{EB_NS}}}MessageHeader/{{{EB_NS}}}From/{{{EB_NS}}}PartyId"
-
-
-def _claimed_sender(root: etree._Element | None) -> str | None:
-    """The HER-id of the From of an envelope that could be parsed as XML but not read whole."""
-    if root is None:
-        return None
-    for party_id in root.iterfind(_FROM_PARTY_IDS):
-        kind = party_id.get(f"{{{EB_NS}}}type") or party_id.get("type") or ""
-        if kind.strip().upper() == PARTY_TYPE_HER:
-            try:
-                return str(HerId((party_id.text or "").strip()))
-            except InvalidHerId:
-                return None
-    return None
 
 
 def _receive_message(

@@ -135,15 +135,17 @@ def _resolve_unreachable_given_up(uow: UnitOfWork, row: MessageRow, at: datetime
     tells that the content must reach the receiver another way), and only a send that works
     would resolve it, so it stayed open until closed by hand. While another message to that
     receiver waits (from any of our HER-ids, to any of its endpoints: a CPA's other channel
-    too), or waits for its Acknowledgment (``sent``: resent when it does not come), the alerts
-    stay: the endpoint that failed may be the one that message goes to.
+    too), or waits for its Acknowledgment (``sent`` with its ``ack-timeout`` job: resent when
+    it does not come), the alerts stay: the endpoint that failed may be the one that message
+    goes to. A message sent without AckRequested (a CPA's ackRequested never) stays ``sent``
+    for good with no such job: nothing resends it, so it does not keep the alerts open.
 
     The queue to the receiver is held first (PostgreSQL): of two messages given up at once,
     each would see the other still waiting (not committed), and neither resolve; held, the
     second to commit reads after the first's commit."""
     receiver = str(row.to_her_id)
     uow.messages.hold_queue_to(receiver)
-    if uow.messages.waits_to_be_sent(receiver, other_than=row.id):
+    if uow.messages.waits_to_be_sent(receiver, other_than=row.id, ack_timeout_kind=ACK_TIMEOUT):
         return
     uow.alerts.resolve_all_for_partner(
         AlertKind.PARTNER_UNREACHABLE.value,

@@ -122,8 +122,6 @@ class EventKind:
 WAITING_TO_BE_SENT: Final = frozenset(
     {OutboundStatus.ACCEPTED.value, OutboundStatus.RETRYING.value}
 )
-# ... or for the partner's Acknowledgment of a send (``sent``): resent when it does not come
-_WAITING_FOR_THE_PARTNER: Final = WAITING_TO_BE_SENT | {OutboundStatus.SENT.value}
 # PostgreSQL: the first key of the advisory lock (transaction-scoped) a give-up holds on the
 # queue to its receiver (the second key is from the receiver's HER-id, see hold_queue_to)
 QUEUE_LOCK_SPACE = 0x6D74_7175  # "mtqu"
@@ -485,19 +483,30 @@ class MessageRepository:
                 {"space": QUEUE_LOCK_SPACE, "key": name_key(to_her_id)},
             )
 
-    def waits_to_be_sent(self, to_her_id: str, *, other_than: str) -> bool:
+    def waits_to_be_sent(self, to_her_id: str, *, other_than: str, ack_timeout_kind: str) -> bool:
         """Whether a message to ``to_her_id`` other than ``other_than`` still waits to be sent
         (``accepted``, or ``retrying``: queued for a send or a resend) or for its Acknowledgment
-        (``sent``: resent when it does not come), from any of our HER-ids. Through
-        ``ix_messages_status``: what it reads is the queue, not the history. Take
-        :meth:`hold_queue_to` first when what it says decides a change."""
+        (``sent`` with a job of ``ack_timeout_kind``: resent when it does not come), from any of
+        our HER-ids. A ``sent`` message without that job was sent without AckRequested (a CPA's
+        ackRequested never): nothing resends it, and it stays ``sent`` for good.
+
+        Through ``ix_messages_status`` and ``ix_jobs_message``: what it reads is the queue, not
+        the history. Take :meth:`hold_queue_to` first when what it says decides a change."""
+        ack_awaited = (
+            select(JobRow.id)
+            .where(JobRow.message_id == MessageRow.id, JobRow.kind == ack_timeout_kind)
+            .exists()
+        )
         waiting = (
             select(MessageRow.id)
             .where(
                 MessageRow.direction == Direction.OUTBOUND.value,
-                MessageRow.status.in_(sorted(_WAITING_FOR_THE_PARTNER)),
                 MessageRow.to_her_id == to_her_id,
                 MessageRow.id != other_than,
+                or_(
+                    MessageRow.status.in_(sorted(WAITING_TO_BE_SENT)),
+                    and_(MessageRow.status == OutboundStatus.SENT.value, ack_awaited),
+                ),
             )
             .limit(1)
         )

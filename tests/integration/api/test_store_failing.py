@@ -16,6 +16,7 @@ from engine_pair import Pair
 from outage import database_full_error
 
 from meldingstjener.devsites import dialog_note
+from meldingstjener.ebxml.mime_headers import parse_content_type
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.outbound import submit
 from meldingstjener.store.payloads import Spool
@@ -191,6 +192,33 @@ def test_a_full_disk_names_the_senders_it_turned_away_once_it_writes_again(
     assert "7 requests were answered 503" in summary and summary.endswith(told)
     [ended] = [r.getMessage() for r in _ours(caplog) if "writes its store again" in r.getMessage()]
     assert ended.endswith(told)
+
+
+def _large(body: bytes, content_type: str) -> bytes:
+    """``body`` with a part of 2 MiB after its envelope: spooled as it arrives (over 1 MiB)."""
+    _, params = parse_content_type(content_type)
+    closing = f"--{params['boundary']}--".encode()
+    assert body.count(closing) == 1
+    extra = b"Content-ID: <filler@x>\r\nContent-Type: application/octet-stream\r\n\r\n"
+    return body.replace(closing, closing[:-2] + b"\r\n" + extra + b"x" * 2**21 + b"\r\n" + closing)
+
+
+def test_a_large_message_refused_at_its_spool_is_counted_per_its_sender(
+    api_pair: ApiPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused while it is still arriving: its sender is read from its first bytes, in memory
+    pair, http = api_pair.pair, api_pair.hospital_http
+    gp = pair.gp_site.address_her_id
+    body, content_type = wire(pair)
+    monkeypatch.setattr(Spool, "write", _no_space)
+
+    large = _large(body, content_type)
+    answer = http.post("/ebms", content=large, headers={"Content-Type": content_type})
+
+    assert answer.status_code == 503, answer.text
+    [(_, count, summary)] = open_alerts(pair.hospital).values()
+    assert count == 1
+    assert summary.endswith(f"(From HER-id, not verified): {gp} (1).")
 
 
 def test_a_store_failing_alert_names_the_senders_refused_so_far(

@@ -6,15 +6,17 @@ GP office's store on SQLite and PostgreSQL (the pair retries every 10 minutes, t
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import psycopg
 import pytest
 from engine_pair import Pair
+from sqlalchemy import delete
 
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.outbound import submit
-from meldingstjener.engine.transmit import _give_up
-from meldingstjener.store.tables import AlertRow
+from meldingstjener.engine.transmit import ACK_TIMEOUT, _give_up
+from meldingstjener.store.tables import AlertRow, JobRow
 
 UNREACHABLE = "partner-unreachable"
 
@@ -101,6 +103,20 @@ def _give_up_and_commit(pair: Pair, message_id: str) -> None:
         uow.commit()
 
 
+def _mark_sent(pair: Pair, message_id: str, *, ack_requested: bool) -> None:
+    """Put ``message_id`` in ``sent`` as transmit leaves it: with its ``ack-timeout`` job when
+    the send asked for an Acknowledgment, without one when it did not (ackRequested never)."""
+    with pair.gp.store.unit_of_work() as uow:
+        row = uow.messages.get(message_id, for_update=True)
+        assert row is not None
+        uow.messages.set_status(row, "sent", actor="test")
+        uow.session.execute(delete(JobRow).where(JobRow.message_id == message_id))
+        if ack_requested:
+            due = pair.clock() + timedelta(minutes=10)
+            uow.jobs.schedule(ACK_TIMEOUT, due, message_id=message_id)
+        uow.commit()
+
+
 def test_a_message_waiting_for_its_acknowledgment_keeps_the_alert_open(
     pair_with_gp_database: Pair,
 ) -> None:
@@ -108,16 +124,28 @@ def test_a_message_waiting_for_its_acknowledgment_keeps_the_alert_open(
     come: the partner's alert is not resolved while it waits."""
     pair = pair_with_gp_database
     first, second = _two_notes_retrying(pair)
-    with pair.gp.store.unit_of_work() as uow:
-        row = uow.messages.get(second, for_update=True)
-        assert row is not None
-        uow.messages.set_status(row, "sent", actor="test")
-        uow.commit()
+    _mark_sent(pair, second, ack_requested=True)
 
     _give_up_and_commit(pair, first)
 
     [alert] = _alerts(pair, UNREACHABLE)
     assert alert.resolved_at is None
+
+
+def test_a_message_sent_without_ack_requested_does_not_keep_the_alert_open(
+    pair_with_gp_database: Pair,
+) -> None:
+    """Sent without AckRequested (a CPA's ackRequested never), a message stays ``sent`` for
+    good and is never resent: it does not keep the partner's alert open after a give-up."""
+    pair = pair_with_gp_database
+    first, second = _two_notes_retrying(pair)
+    _mark_sent(pair, second, ack_requested=False)
+
+    _give_up_and_commit(pair, first)
+
+    [alert] = _alerts(pair, UNREACHABLE)
+    assert alert.resolved_at is not None
+    assert f"the last one ({first}) was given up" in alert.summary
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
