@@ -44,7 +44,10 @@ from meldingstjener.engine import failing_jobs
 from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.register_sync import REGISTER_SYNC, schedule_register_sync
-from meldingstjener.engine.trust import revocation_alerts_prefix
+from meldingstjener.engine.trust import (
+    resolve_unnamed_revocation_alerts,
+    revocation_alerts_prefix,
+)
 from meldingstjener.store.database import unreachable
 from meldingstjener.store.instance_lock import InstanceLock, names_locked
 from meldingstjener.store.tables import InstanceRow
@@ -154,6 +157,8 @@ def beat(
         )
         # its name beats again: whatever instance-gone said of it is over
         uow.alerts.resolve(_gone_key(name), at=now)
+        if started:
+            resolve_unnamed_revocation_alerts(uow, now)
         states = instance_states(uow, now, present_since=present_since)
         _tidy(uow, name, now, states)
         failing_jobs.tidy(uow, now)

@@ -53,7 +53,7 @@ from meldingstjener.security.validation import (
     RevocationFinding,
 )
 from meldingstjener.security.xmldsig import SignatureCheck, verify_ebxml_envelope
-from meldingstjener.store.uow import Store
+from meldingstjener.store.uow import Store, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,24 @@ def _issuer_key(issuer: x509.Certificate) -> str:
     """A digest of the CA's name: the alert's key before it named the instance, too."""
     name = issuer.subject.public_bytes()
     return f"issuer:{hashlib.sha256(name).hexdigest()[:32]}"
+
+
+# The beginning of the key of a ``revocation-unknown`` alert raised before alerts named their
+# instance: one per CA, which no process raises or resolves any more.
+_UNNAMED_PREFIX = f"{AlertKind.REVOCATION_UNKNOWN}:issuer:"
+
+
+def resolve_unnamed_revocation_alerts(uow: UnitOfWork, now: datetime) -> None:
+    """Resolve the ``revocation-unknown`` alerts of a version before they named their instance,
+    saying why: a process that still fails has raised one of its own meanwhile, and a CA that
+    is not asked again would have left them open for ever."""
+    for key, _ in uow.alerts.open_keys((), (_UNNAMED_PREFIX,)):
+        uow.alerts.resolve_explained(
+            key,
+            resolution=" Resolved: this version keeps the alert per CA and serve process; a "
+            "process that still cannot find out the revocation has raised its own.",
+            at=now,
+        )
 
 
 def revocation_alerts_prefix(instance: str) -> str:

@@ -118,6 +118,24 @@ def test_the_revocation_alerts_of_an_instance_that_stops_or_is_gone_are_resolved
     assert of_c not in open_alerts(ctx)  # resolved by its own stop
 
 
+def test_a_start_resolves_the_revocation_alerts_of_a_version_before_they_named_an_instance(
+    pair_with_gp_database: Pair,
+) -> None:
+    # Kept per CA alone before: no process raises or resolves that key any more, and a CA not
+    # asked again would have left it open for ever.
+    ctx = pair_with_gp_database.gp
+    unnamed = f"issuer:{'0' * 32}"
+    with ctx.store.unit_of_work() as uow:
+        keep_alert(uow, AlertKind.REVOCATION_UNKNOWN, "old", at=ctx.clock(), key=unnamed)
+        uow.commit()
+    beat(ctx, "a:8080")  # a beat that is not a start leaves it
+    assert f"{AlertKind.REVOCATION_UNKNOWN}:{unnamed}" in open_alerts(ctx)
+    beat(ctx, "a:8080", started=True)
+    assert f"{AlertKind.REVOCATION_UNKNOWN}:{unnamed}" not in open_alerts(ctx)
+    resolved = _alert(ctx, f"{AlertKind.REVOCATION_UNKNOWN}:{unnamed}")
+    assert "per CA and serve process" in resolved.summary
+
+
 def _alert(ctx: EngineContext, dedup_key: str) -> AlertRow:
     with ctx.store.unit_of_work() as uow:
         found = uow.alerts.by_key(dedup_key)
