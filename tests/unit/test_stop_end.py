@@ -123,3 +123,22 @@ def test_webhook_calls_under_way_do_not_hold_the_end_of_the_process() -> None:
     )
     assert ended.returncode == 0, ended.stderr
     assert ended.stdout == "the process ends\n"
+
+
+def test_a_request_thread_of_the_api_is_one_anyio_names_so() -> None:
+    # The stop knows the API's request threads by the name anyio gives its worker threads
+    # (FastAPI runs each sync route in one): a release of anyio naming them otherwise would
+    # leave the stop waiting for them, up to SQLite's busy timeout.
+    import threading
+
+    import anyio
+    import anyio.to_thread
+
+    from meldingstjener.cli.engine_cmds import _is_api_request_thread
+
+    async def ask() -> bool:
+        return await anyio.to_thread.run_sync(
+            lambda: _is_api_request_thread(threading.current_thread())
+        )
+
+    assert anyio.run(ask)

@@ -465,9 +465,9 @@ class _Awaited:
 
     def give_up(self) -> str:
         """Answer the request: what the call was doing then. ``WORKING``: it is given up, and
-        what it had not committed is rolled back; ``COMMITTING``: that commit completes;
-        ``COMMITTED``: its last transaction committed, and the call was past it. In every case
-        no transaction of it begins after this."""
+        what it had not committed is rolled back; ``COMMITTING``: that commit goes on (and may
+        still fail); ``COMMITTED``: its last transaction committed, and the call was past it.
+        In every case no transaction of it begins after this."""
         with self._lock:
             self._answered = True
             if self._doing == WORKING:
@@ -555,8 +555,8 @@ class CallsAtStop:
 _CUT_SHORT = {
     WORKING: "was answered 503; what it had not committed is rolled back, and the client "
     "repeats it",
-    COMMITTING: "was answered 503 as it committed: that commit completes, and the client's "
-    "repeat finds it",
+    COMMITTING: "was answered 503 as it committed: if that commit holds, the client's repeat "
+    "(with its Idempotency-Key) finds it",
     COMMITTED: "was answered 503 after its last commit, which stays: the client's repeat finds it",
 }
 
