@@ -10,7 +10,7 @@ The line carries the alert's id, kind, severity and summary. A summary is writte
 code from ids, codes and counts (message ids, eb:MessageIds, HER-ids, message types, paths of
 our own folders; ``engine.alerts``), never from a fagmelding, and masked by ``redact`` when
 stored: what the console and webhooks show of it already. A value a sender chose that may carry
-more (a mail's Message-Id) is named by a digest unless of a safe shape. It is logged as
+more (a mail's Message-Id) is named by a digest and its host alone. It is logged as
 stored, on one line, every character that is not printable a ``?``.
 """
 
