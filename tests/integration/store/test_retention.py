@@ -763,3 +763,25 @@ def test_a_delivered_message_unread_keeps_its_content_unless_written_to_the_inbo
 
     assert (report.contents_removed, report.messages_deleted) == (removed, removed)
     assert (_row(store, delivered) is None) == bool(removed)
+
+
+def test_the_command_holds_back_what_the_apprec_owed_alert_still_counts(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(load_settings(data_dir=tmp_path))
+    days_ago = (NOW - datetime.now(UTC)).days + 40  # of NOW: delivered 40 days ago
+    _message(store, "in", "delivered", settled_days_ago=days_ago)
+    store.database.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    env["MELDINGSTJENER_RETENTION__PAYLOAD_DAYS"] = "30"
+    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    for owed_days, counted in (("60", 0), ("14", 1)):
+        env["MELDINGSTJENER_ALERTS__APPREC_OWED_DAYS"] = owed_days
+        done = subprocess.run(
+            [*command, "--dry-run", "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["contents_removed"] == counted, owed_days
