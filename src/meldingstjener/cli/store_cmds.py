@@ -408,6 +408,7 @@ def retention_command(
     ``serve`` does this daily by itself. Refused (exit 2), deleting nothing, when
     message_days is shorter than a partner may resend a message."""
     rules = settings_from(ctx).retention  # first: a configuration error before the imports
+    from meldingstjener.bootstrap import build_policy
     from meldingstjener.engine import retention
     from meldingstjener.engine.context import utc_now
     from meldingstjener.store.identity import check_payload_directory
@@ -424,7 +425,8 @@ def retention_command(
         except retention.MessageDaysTooShort as refused:
             typer.echo(f"configuration error: {refused}", err=True)
             raise typer.Exit(2) from None
-    report = retention.run(store, rules, now=now, dry_run=dry_run)
+    policy = build_policy(settings_from(ctx))  # its apprec-owed window holds back some
+    report = retention.run(store, rules, now=now, dry_run=dry_run, policy=policy)
     if not dry_run:
         with store.unit_of_work() as uow:
             retention.record(uow, report, actor="cli:retention", at=now)

@@ -26,7 +26,8 @@ from meldingstjener.config import (
     load_settings,
 )
 from meldingstjener.engine import housekeeping, receipts, retention
-from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.context import EngineContext, Policy
+from meldingstjener.engine.inbox_watch import apprec_owed_window
 from meldingstjener.store.tables import (
     AgreementRow,
     AlertRow,
@@ -51,9 +52,11 @@ def _message(
     wire_only: bool = False,
     msg_type: str = "DIALOG_NOTAT",
     conversation: str | None = None,
+    read: bool = True,
 ) -> tuple[str, list[str]]:
     """A message in ``status`` since ``settled_days_ago`` (stored a day before), with its files
-    and in the ebXML ``conversation``; its id and keys."""
+    and in the ebXML ``conversation``; its id and keys. A received one ``delivered`` is marked
+    read then, as the API does, unless not ``read`` (as the folder integration leaves it)."""
     payload = None if wire_only else store.payloads.put(b"<MsgHead>clear text</MsgHead>")
     wire = store.payloads.put(b"--wire form--")
     since = NOW - timedelta(days=settled_days_ago)
@@ -74,7 +77,11 @@ def _message(
         uow.session.execute(
             update(MessageRow)
             .where(MessageRow.id == message_id)
-            .values(status=status, status_changed_at=since)
+            .values(
+                status=status,
+                status_changed_at=since,
+                read_at=since if read and (direction, status) == ("in", "delivered") else None,
+            )
         )
         uow.commit()
     return message_id, [ref.key for ref in (payload, wire) if ref is not None]
@@ -698,3 +705,83 @@ def test_the_command_counts_the_delivered_messages_never_answered(tmp_path: Path
         assert (said["contents_removed"], said["messages_deleted"]) == (counted, counted), extra
         apart = (said["unanswered_contents_removed"], said["unanswered_messages_deleted"])
         assert apart == (counted, counted), extra
+
+
+def test_a_delivered_message_keeps_its_content_while_apprec_owed_still_counts_it(
+    store: Store,
+) -> None:
+    # [alerts] apprec_owed_days 60 and [retention] payload_days 30 are both accepted: the
+    # message's content stays as long as the alert counts it, or the EPJ's AppRec for it would
+    # be refused ("purged") while the alert asks for one.
+    owed, _ = _message(store, "in", "delivered", settled_days_ago=40)
+    policy = Policy(apprec_owed=timedelta(hours=24), apprec_owed_look_back=timedelta(days=60))
+    rules = RetentionSettings(payload_days=30)
+    with store.unit_of_work() as uow:  # counted by the alert, for its receiver
+        [(her_id, count, _)] = uow.messages.apprec_owed(apprec_owed_window(policy, NOW))
+    assert (her_id, count) == ("8200002", 1)
+
+    counted = retention.run(store, rules, now=NOW, dry_run=True, policy=policy)
+    assert counted.contents_removed == 0
+    assert retention.run(store, rules, now=NOW, policy=policy).contents_removed == 0
+    kept = _row(store, owed)
+    assert kept is not None and kept.payload_ref is not None
+
+    later = NOW + timedelta(days=22)  # 62 days: no longer counted (24 hours + 60 days)
+    with store.unit_of_work() as uow:
+        assert not uow.messages.apprec_owed(apprec_owed_window(policy, later))
+    assert retention.run(store, rules, now=later, policy=policy).contents_removed == 1
+
+
+@pytest.mark.parametrize(("folder_outcome", "removed"), [(None, 0), ("staging", 0), ("written", 1)])
+def test_a_delivered_message_unread_keeps_its_content_unless_written_to_the_inbox_folder(
+    store: Store, folder_outcome: str | None, removed: int
+) -> None:
+    # The folder integration marks a message delivered without read_at, for every HER-id by
+    # default: a client of the API for the same HER-id still lists it as unread. Only its
+    # files written to the inbox folder say the EPJ has it.
+    delivered, _ = _message(store, "in", "delivered", settled_days_ago=400, read=False)
+    with store.unit_of_work() as uow:
+        if folder_outcome is not None:
+            uow.session.add(
+                FolderFileRow(
+                    kind="inbox",
+                    key=delivered,
+                    file_name=f"{delivered}.xml",
+                    message_id=delivered,
+                    outcome=folder_outcome,
+                    at=NOW - timedelta(days=400),
+                )
+            )
+            uow.commit()
+        listed = [row.id for row in uow.session.scalars(unread_query([8200002]))]
+    assert listed == [delivered]  # what the EPJ API lists as unread
+    rules = RetentionSettings(payload_days=90, message_days=90)
+
+    counted = retention.run(store, rules, now=NOW, dry_run=True)
+    assert (counted.contents_removed, counted.messages_deleted) == (removed, removed)
+    report = retention.run(store, rules, now=NOW)
+
+    assert (report.contents_removed, report.messages_deleted) == (removed, removed)
+    assert (_row(store, delivered) is None) == bool(removed)
+
+
+def test_the_command_holds_back_what_the_apprec_owed_alert_still_counts(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from meldingstjener.bootstrap import open_store
+
+    store = open_store(load_settings(data_dir=tmp_path))
+    days_ago = (NOW - datetime.now(UTC)).days + 40  # of NOW: delivered 40 days ago
+    _message(store, "in", "delivered", settled_days_ago=days_ago)
+    store.database.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    env["MELDINGSTJENER_RETENTION__PAYLOAD_DAYS"] = "30"
+    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    for owed_days, counted in (("60", 0), ("14", 1)):
+        env["MELDINGSTJENER_ALERTS__APPREC_OWED_DAYS"] = owed_days
+        done = subprocess.run(
+            [*command, "--dry-run", "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["contents_removed"] == counted, owed_days
