@@ -286,7 +286,7 @@ def test_an_epj_call_held_past_the_stop_is_answered_503_and_not_stored(
     assert "CancelledError" not in text and "Exception in ASGI application" not in text
     assert _outgoing(database) == []  # rolled back, not half-stored
     # the EPJ repeats the call with the same key: stored once
-    RunningServer(gp, log).start()
+    restarted = RunningServer(gp, log).start()
     try:
         for _ in range(2):
             repeated = httpx.post(
@@ -301,7 +301,7 @@ def test_an_epj_call_held_past_the_stop_is_answered_503_and_not_stored(
             )
             assert repeated.status_code == 201, repeated.text
     finally:
-        running.stop()
+        restarted.stop()
     [(message_id, _)] = _outgoing(database)
     assert repeated.json() == message_id
     print(f"stopped {stopped_after:.1f} s after SIGTERM")  # a figure for the report
