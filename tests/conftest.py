@@ -101,7 +101,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         connection.execute(
             text(
                 "TRUNCATE messages, message_events, receipts, alerts, jobs, kv_state, "
-                "communication_parties, partner_agreements, api_clients, folder_files "
+                "communication_parties, partner_agreements, api_clients, folder_files, "
+                "serving_instances "
                 "RESTART IDENTITY CASCADE"
             )
         )

@@ -8,11 +8,13 @@ from sqlalchemy import text
 
 from meldingstjener.store.database import Database
 from meldingstjener.store.instance_lock import lock_instance
+from meldingstjener.store.uow import Store
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_each_connection_of_an_instance_is_named_after_it(database_url: str) -> None:
-    database = Database(database_url, instance="msh1:8080")
+@pytest.mark.parametrize("own_database", ["postgresql"], indirect=True)
+def test_each_connection_of_an_instance_is_named_after_it(own_database: Store) -> None:
+    # a database of its own: the session's shared one may hold other tests' connections
+    database = Database(own_database.database.url, instance="msh1:8080")
     lock = lock_instance(database, "msh1:8080")
     try:
         with database.engine.connect() as connection:
