@@ -82,8 +82,11 @@ def listener() -> Iterator[socket.socket]:
 
 
 def _connected(server: socket.socket) -> bool:
-    readable, _, _ = select.select([server], [], [], 0)
-    return bool(readable)
+    # poll, not select: select refuses a descriptor above 1023, which a long run's worker
+    # process may have reached by the time this runs
+    watch = select.poll()
+    watch.register(server, select.POLLIN)
+    return bool(watch.poll(0))
 
 
 def test_an_oversize_mail_is_refused_before_connecting(
