@@ -659,10 +659,24 @@ def test_the_command_on_a_host_without_the_payload_share_changes_nothing(tmp_pat
         store.database.dispose()
 
 
-def test_the_command_counts_the_folder_records_it_deletes(tmp_path: Path) -> None:
+def _retention_json(data_dir: Path, settings: dict[str, str], *options: str) -> dict[str, Any]:
+    """What ``meldingstjener retention --json`` says run on ``data_dir`` with ``settings``
+    (``MELDINGSTJENER_`` variables, and none from this environment)."""
     import json
     import os
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
+    env.update(settings)
+    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(data_dir), "retention"]
+    done = subprocess.run(
+        [*command, *options, "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    said: dict[str, Any] = json.loads(done.stdout)
+    return said
+
+
+def test_the_command_counts_the_folder_records_it_deletes(tmp_path: Path) -> None:
     from meldingstjener.bootstrap import open_store
     from meldingstjener.config import load_settings
 
@@ -671,21 +685,13 @@ def test_the_command_counts_the_folder_records_it_deletes(tmp_path: Path) -> Non
     for number in range(3):
         _folder_row(store, f"f{number}", "outbox", "failed", at=long_ago, moved_at=long_ago)
     store.database.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
-    env["MELDINGSTJENER_RETENTION__MESSAGE_DAYS"] = "60"
-    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    settings = {"MELDINGSTJENER_RETENTION__MESSAGE_DAYS": "60"}
     for extra, counted in ((["--dry-run"], 3), ([], 3), ([], 0)):
-        done = subprocess.run(
-            [*command, *extra, "--json"], capture_output=True, text=True, env=env, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["folder_records_deleted"] == counted, extra
+        said = _retention_json(tmp_path, settings, *extra)
+        assert said["folder_records_deleted"] == counted, extra
 
 
 def test_the_command_counts_the_delivered_messages_never_answered(tmp_path: Path) -> None:
-    import json
-    import os
-
     from meldingstjener.bootstrap import open_store
     from meldingstjener.config import load_settings
 
@@ -693,15 +699,9 @@ def test_the_command_counts_the_delivered_messages_never_answered(tmp_path: Path
     days_ago = (NOW - datetime.now(UTC)).days + 400  # of NOW: delivered 400 days ago
     _message(store, "in", "delivered", settled_days_ago=days_ago)
     store.database.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
-    env["MELDINGSTJENER_RETENTION__MESSAGE_DAYS"] = "60"
-    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
+    settings = {"MELDINGSTJENER_RETENTION__MESSAGE_DAYS": "60"}
     for extra, counted in ((["--dry-run"], 1), ([], 1), ([], 0)):
-        done = subprocess.run(
-            [*command, *extra, "--json"], capture_output=True, text=True, env=env, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        said = json.loads(done.stdout)
+        said = _retention_json(tmp_path, settings, *extra)
         assert (said["contents_removed"], said["messages_deleted"]) == (counted, counted), extra
         apart = (said["unanswered_contents_removed"], said["unanswered_messages_deleted"])
         assert apart == (counted, counted), extra
@@ -766,22 +766,16 @@ def test_a_delivered_message_unread_keeps_its_content_unless_written_to_the_inbo
 
 
 def test_the_command_holds_back_what_the_apprec_owed_alert_still_counts(tmp_path: Path) -> None:
-    import json
-    import os
-
     from meldingstjener.bootstrap import open_store
 
     store = open_store(load_settings(data_dir=tmp_path))
     days_ago = (NOW - datetime.now(UTC)).days + 40  # of NOW: delivered 40 days ago
     _message(store, "in", "delivered", settled_days_ago=days_ago)
     store.database.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MELDINGSTJENER_")}
-    env["MELDINGSTJENER_RETENTION__PAYLOAD_DAYS"] = "30"
-    command = [sys.executable, "-m", "meldingstjener", "--data-dir", str(tmp_path), "retention"]
     for owed_days, counted in (("60", 0), ("14", 1)):
-        env["MELDINGSTJENER_ALERTS__APPREC_OWED_DAYS"] = owed_days
-        done = subprocess.run(
-            [*command, "--dry-run", "--json"], capture_output=True, text=True, env=env, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["contents_removed"] == counted, owed_days
+        settings = {
+            "MELDINGSTJENER_RETENTION__PAYLOAD_DAYS": "30",
+            "MELDINGSTJENER_ALERTS__APPREC_OWED_DAYS": owed_days,
+        }
+        said = _retention_json(tmp_path, settings, "--dry-run")
+        assert said["contents_removed"] == counted, owed_days
