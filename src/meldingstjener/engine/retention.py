@@ -84,13 +84,13 @@ from meldingstjener.engine import housekeeping
 from meldingstjener.engine.context import EngineContext, Policy
 from meldingstjener.engine.inbox_watch import apprec_owed_window
 from meldingstjener.engine.receipts import APPREC
-from meldingstjener.integration.folder import WRITTEN as FOLDER_WRITTEN
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.model.status import SETTLED
 from meldingstjener.store.tables import (
     FOLDER_CLIENT_PREFIX,
     FOLDER_INBOX,
     FOLDER_OUTBOX,
+    FOLDER_WRITTEN,
     FolderFileRow,
     MessageRow,
 )

@@ -90,6 +90,7 @@ from meldingstjener.store.tables import (
     FOLDER_CLIENT_PREFIX,
     FOLDER_INBOX,
     FOLDER_OUTBOX,
+    FOLDER_WRITTEN,
     FolderFileRow,
     MessageRow,
 )
@@ -99,7 +100,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX, INBOX = FOLDER_OUTBOX, FOLDER_INBOX  # the sides; a row's kind
 PENDING, SENT, FAILED = "pending", "sent", "failed"  # an outbox file's row
-STAGING, WRITTEN = "staging", "written"  # an inbox message's row
+STAGING, WRITTEN = "staging", FOLDER_WRITTEN  # an inbox message's row
 ACTOR = "folder"
 HOLD_RETRY_SECONDS = 60.0  # a file held back for its receiver's setup is tried this often
 STUCK_AFTER = 3  # rounds in a row a file fails unforeseen before it is an outbox-stuck alert

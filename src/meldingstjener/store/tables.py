@@ -643,6 +643,9 @@ class WebhookDeliveryRow(Base):
 # not in folder.py, so that retention (engine/retention.py) finds a row's message by the same rule.
 FOLDER_OUTBOX, FOLDER_INBOX = "outbox", "inbox"
 FOLDER_CLIENT_PREFIX = "folder:"
+# the outcome of an inbox row whose message's files are in the inbox folder: the EPJ has it
+# (retention's epj_has_it; the engine does not import the integration)
+FOLDER_WRITTEN = "written"
 
 
 class FolderFileRow(Base):
