@@ -108,7 +108,7 @@ def test_log_and_audit_with_a_limit_show_the_newest_oldest_first(
 ) -> None:
     # Both took the oldest --limit rows: without --since, an operator of a server a year old
     # never saw today's events (the default limit is 1000).
-    from meldingstjener.api.audit import Outcome, add
+    from meldingstjener.store.audit import Outcome, add
 
     data_dir, message_id = populated
     store = open_store(load_settings(data_dir=data_dir))

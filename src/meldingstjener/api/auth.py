@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from meldingstjener.api import audit
 from meldingstjener.api.clients import MAX_CLIENT_NAME_CHARS, SCOPES, ClientCache
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.api.token_claims import read_claims
 from meldingstjener.config import ApiSettings
+from meldingstjener.store import audit
 from meldingstjener.store.tables import Credential
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store

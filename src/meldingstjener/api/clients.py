@@ -29,10 +29,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from meldingstjener.api import audit
 from meldingstjener.integration.webhooks import end_webhooks_of
 from meldingstjener.model import HerId, InvalidHerId
-from meldingstjener.store import changes
+from meldingstjener.store import audit, changes
 from meldingstjener.store.tables import ApiClientKeyUseRow, ApiClientOldKeyRow, ApiClientRow
 from meldingstjener.store.types import utcnow
 from meldingstjener.store.uow import Store, UnitOfWork

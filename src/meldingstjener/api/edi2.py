@@ -17,8 +17,6 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from meldingstjener.api import audit
-from meldingstjener.api.audit import Outcome
 from meldingstjener.api.auth import Authenticator, Principal, principal_of, refuse
 from meldingstjener.api.document_response import business_document_response
 from meldingstjener.api.document_spool import (
@@ -58,6 +56,8 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.formats.apprec import APPREC_TYPE
 from meldingstjener.formats.dialog import AVVIK
 from meldingstjener.model import Direction
+from meldingstjener.store import audit
+from meldingstjener.store.audit import Outcome
 from meldingstjener.store.payloads import PayloadNotFound, Spool, source_size
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 
-from meldingstjener.api import audit
 from meldingstjener.api.auth import Authenticator, Principal, forbid, principal_of, refuse
 from meldingstjener.api.limits import SMALL_BODY_TOO_LARGE
 from meldingstjener.api.log_search import PAGING, Since, Until
@@ -33,6 +32,7 @@ from meldingstjener.integration.webhooks import (
     hold_registrations_of,
 )
 from meldingstjener.model.status import ALL_STATUSES
+from meldingstjener.store import audit
 from meldingstjener.store.tables import RESOLUTION_NOTE_CHARS, Credential, WebhookRow
 from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import LogFilter, UnitOfWork

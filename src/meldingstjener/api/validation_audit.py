@@ -22,9 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from meldingstjener.api import audit
 from meldingstjener.api.auth import proven_principal
 from meldingstjener.api.edi2 import ACTIONS_BY_OPERATION
+from meldingstjener.store import audit
 from meldingstjener.store.uow import Store
 
 MAX_FAULTS = 20  # a body of a thousand wrong items is one row, not a thousand lines

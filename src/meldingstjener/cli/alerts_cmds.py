@@ -23,7 +23,7 @@ from meldingstjener.cli.store_cmds import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from meldingstjener.api.audit import FollowUp
+    from meldingstjener.store.audit import FollowUp
     from meldingstjener.store.tables import AlertRow, MessageRow
     from meldingstjener.store.uow import UnitOfWork
 
@@ -153,9 +153,9 @@ def alerts_resolve(
 
 
 def _bounded_note(note: str | None) -> str | None:
-    """The note as it is kept (api.audit.resolution_note: stripped, masked), refused (exit 2)
+    """The note as it is kept (store.audit.resolution_note: stripped, masked), refused (exit 2)
     when it cannot be kept whole."""
-    from meldingstjener.api.audit import NoteRefused, resolution_note
+    from meldingstjener.store.audit import NoteRefused, resolution_note
 
     try:
         return resolution_note(note)
@@ -168,7 +168,7 @@ def _follow_up(
 ) -> FollowUp:
     """Acknowledge (or resolve, with ``note``) one alert and commit, audited as client
     ``cli``; exit 1 when there is no such alert."""
-    from meldingstjener.api.audit import follow_up_alert
+    from meldingstjener.store.audit import follow_up_alert
 
     store = store_from(ctx)
     with store.unit_of_work() as uow:

@@ -41,7 +41,7 @@ def audit_command(
     store = store_from(ctx)  # first: a configuration error is said before the imports
     from rich.table import Table
 
-    from meldingstjener.api.audit import AuditQuery, kept_from, query
+    from meldingstjener.store.audit import AuditQuery, kept_from, query
 
     start = parse_since(since)
     # without a start, the newest entries: the oldest ones of a year are not what is asked

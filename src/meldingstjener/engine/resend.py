@@ -29,13 +29,13 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from meldingstjener.api import audit
 from meldingstjener.engine.alerts import AlertKind
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.copies import COPY_OF, SENT_AGAIN, copy_key, copy_of
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
 from meldingstjener.model import Direction, OutboundStatus
+from meldingstjener.store import audit
 from meldingstjener.store.payloads import PayloadNotFound
 from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork

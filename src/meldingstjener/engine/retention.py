@@ -16,10 +16,10 @@ that are *settled* and have been for so many days:
 Apart from the messages, ``audit_days`` (default 0, kept for ever) deletes the rows of the API's
 audit log older than that many days, by their own time (a row says what was done, whatever
 became of its message). The database refuses every other DELETE of them: a batch goes through
-a permit (:func:`meldingstjener.api.audit.delete_batch`, migration 0028), and two runs at once
-take their batches in turn (:func:`meldingstjener.api.audit.older_than`). The log's growth is
+a permit (:func:`meldingstjener.store.audit.delete_batch`, migration 0028), and two runs at once
+take their batches in turn (:func:`meldingstjener.store.audit.older_than`). The log's growth is
 bounded where it grew, too: a listing is audited once per message and client
-(:func:`meldingstjener.api.audit.listed_before`).
+(:func:`meldingstjener.store.audit.listed_before`).
 
 *Settled* is this module's one rule (:func:`settled`): no step of the server needs the content
 again. Outbound: the partner acknowledged it, answered it with an AppRec, or it was given up
@@ -78,7 +78,6 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, String, and_, exists, func, literal, or_, select
 from sqlalchemy.orm import aliased
 
-from meldingstjener.api import audit
 from meldingstjener.config import RetentionSettings
 from meldingstjener.engine import housekeeping
 from meldingstjener.engine.context import EngineContext, Policy
@@ -86,6 +85,7 @@ from meldingstjener.engine.inbox_watch import apprec_owed_window
 from meldingstjener.engine.receipts import APPREC
 from meldingstjener.model import Direction, InboundStatus
 from meldingstjener.model.status import SETTLED
+from meldingstjener.store import audit
 from meldingstjener.store.tables import (
     FOLDER_CLIENT_PREFIX,
     FOLDER_INBOX,

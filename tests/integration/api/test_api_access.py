@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
 from meldingstjener import __version__
-from meldingstjener.api import audit
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.limits import SMALL_BODY_LIMIT
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.store import audit
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import LogFilter, MessageRepository, UnitOfWork
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from api_sites import ApiPair
 
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.store.audit import AuditQuery, query
 
 XML_TYPES = ("application/xml", "text/xml")  # what NHN's contract and this server take
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+from meldingstjener.store.audit import AuditQuery, query
 
 
 def _token(key: rsa.RSAPrivateKey, **changes: Any) -> str:

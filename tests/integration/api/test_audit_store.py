@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import delete, update
 from sqlalchemy.exc import DatabaseError
 
-from meldingstjener.api import audit
+from meldingstjener.store import audit
 from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AuditRow
 from meldingstjener.store.types import utcnow

@@ -13,8 +13,8 @@ from typing import Any
 from api_sites import ApiPair
 from sqlalchemy import Connection, Engine, event, text
 
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+from meldingstjener.store.audit import AuditQuery, query
 
 READ_BEFORE = 20_000  # received and read long ago: what a server holds after some months
 

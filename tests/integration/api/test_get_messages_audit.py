@@ -7,8 +7,8 @@ from __future__ import annotations
 from api_sites import ApiPair
 from test_get_messages import _bearer, _receive
 
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+from meldingstjener.store.audit import AuditQuery, query
 
 
 def _listings(api_pair: ApiPair) -> list[tuple[str, str | None]]:

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client
 from meldingstjener.devsites import GP_HER, HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.uow import LogFilter
 
 

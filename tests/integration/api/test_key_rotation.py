@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import meldingstjener.cli.api_cmds  # noqa: F401  (registers the commands)
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import rotate_client
 from meldingstjener.cli.app import app
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import ApiClientOldKeyRow
 
 CLIENT = "dips"  # the hospital's EPJ, made by the api_pair fixture

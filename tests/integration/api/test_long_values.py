@@ -20,9 +20,9 @@ from sqlalchemy import text
 from token_issuer import ISSUER, token_issuer
 
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import ClientError, add_client, hash_key
 from meldingstjener.devsites import GP_HER, HOSPITAL_SERVICE_HER, dialog_note
+from meldingstjener.store.audit import AuditQuery, query
 
 
 def _bearer(key: str) -> dict[str, str]:

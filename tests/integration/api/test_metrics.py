@@ -19,7 +19,6 @@ from token_issuer import ISSUER, token_issuer
 
 from meldingstjener import __version__
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client
 from meldingstjener.api.metrics import CONTENT_TYPE
 from meldingstjener.devsites import GP_HER, HOSPITAL_HER, HOSPITAL_SERVICE_HER
@@ -27,6 +26,7 @@ from meldingstjener.engine.alerts import SEVERITY, AlertKind, raise_alert
 from meldingstjener.engine.worker import HANDLERS
 from meldingstjener.formats import Coded, Dialogmelding, Notat, build_dialogmelding, code_list
 from meldingstjener.formats.parties import Ident, Person
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import MessageRow
 
 PATIENT_ID = "15720255178"

@@ -36,7 +36,6 @@ from sqlalchemy import select
 
 from held_names import HeldResolver, self_signed_certificate
 from meldingstjener.api.app import create_app
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.api.clients import add_client, revoke_client
 from meldingstjener.config import ApiSettings, WebhookSettings
 from meldingstjener.devsites import HOSPITAL_HER, HOSPITAL_SERVICE_HER, dialog_note
@@ -50,6 +49,7 @@ from meldingstjener.integration.webhooks import (
     WebhookDispatcher,
     sign,
 )
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import EventRow, WebhookDeliveryRow, WebhookRow
 from meldingstjener.store.uow import EventKind
 

@@ -14,7 +14,6 @@ from engine_pair import Pair, at_once
 from sqlalchemy import delete, select, text, update
 from typer.testing import CliRunner
 
-from meldingstjener.api.audit import AuditQuery, query
 from meldingstjener.cli import app
 from meldingstjener.devsites import dialog_note, dialog_question
 from meldingstjener.engine import receipts
@@ -22,6 +21,7 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.resend import Operator, ResendRefused, Resent, resend
 from meldingstjener.formats import read_msghead
 from meldingstjener.formats.dialog import build_dialog_svar
+from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import AlertRow, MessageRow
 
 KARI = Operator("cli", "kari")

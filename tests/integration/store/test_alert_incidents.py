@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from meldingstjener.api.audit import FollowUp, NoteRefused, follow_up_alert
+from meldingstjener.store.audit import FollowUp, NoteRefused, follow_up_alert
 from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AlertRow
 from meldingstjener.store.uow import Store

@@ -22,9 +22,9 @@ from sqlalchemy import ColumnElement, Row, delete, func, insert, select, text, u
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.sql import Executable
 
-from meldingstjener.api import audit
 from meldingstjener.config import AUDIT_DAYS_FLOOR, RetentionSettings
 from meldingstjener.engine import retention
+from meldingstjener.store import audit
 from meldingstjener.store.migrate import downgrade, upgrade
 from meldingstjener.store.tables import AuditRetentionPermitRow, AuditRow
 from meldingstjener.store.types import utcnow

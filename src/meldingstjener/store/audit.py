@@ -8,6 +8,10 @@ request, not per message listed), each the first time it is listed to that clien
 made some 17,000 rows a day of one message waiting. Details are composed from ids and codes,
 never copied from message content.
 
+The rows are written by the API (every request), the command line (an alert followed up) and
+the engine (a resend, retention): so the log, and the one rule of what a row holds, is the
+store's, and nothing below the API imports the API for it.
+
 No row is changed, and none deleted but by retention (``[retention] audit_days``, 0: kept for
 ever), a batch at a time through a permit (:func:`delete_batch`): the database refuses every
 other UPDATE and DELETE (migration 0002's triggers, and 0028's, which let a permit's batch
