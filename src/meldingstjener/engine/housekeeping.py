@@ -12,6 +12,7 @@ patients or content).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -85,19 +86,29 @@ def payload_sweep_job(ctx: EngineContext, job: ClaimedJob) -> None:
         uow.commit()
 
 
-def delete_after_commit(store: Store, uow: UnitOfWork, keys: list[str], *, now: datetime) -> None:
+def delete_after_commit(
+    store: Store,
+    uow: UnitOfWork,
+    keys: list[str],
+    *,
+    now: datetime,
+    removed: Callable[[int], None] | None = None,
+) -> None:
     """Delete the payload files ``keys``, which rows of ``uow`` no longer refer to, once it has
     committed. (Deleting first, a crash or a failed commit left a row pointing at nothing.)
     A crash between the commit and the delete leaves the files: a ``payload-delete`` job, in
     the same transaction, removes them then. The one rule for every purge: a misaddressed
-    message's, and retention's."""
+    message's, and retention's. ``removed`` is told, after the deletes, how many files were
+    there to remove: a file gone already (removed by hand, or by a payload-delete job of an
+    earlier purge) is no error, and is not counted."""
     if not keys:
         return
     schedule_payload_delete(uow, *keys, now=now)
 
     def delete() -> None:
-        for key in keys:
-            store.payloads.delete(key)
+        count = sum(1 for key in keys if store.payloads.delete(key))
+        if removed is not None:
+            removed(count)
 
     uow.after_commit(delete)
 

@@ -283,9 +283,15 @@ class RetentionReport:
     unanswered_messages_deleted: int = 0
     folder_files: int = 0  # folder integration rows no longer needed (folder_files_done)
     audit_rows: int = 0  # rows of the API's audit log older than audit_days
-    files: int = 0  # payload files deleted after the commits (a dry run: none)
+    # payload files deleted after the commits (a dry run: none); one gone already is not
+    # counted (removed)
+    files: int = 0
     refused: str | None = None  # why no message was deleted (message_days too short)
     more: bool = False  # a kind stopped at BATCHES_PER_RUN with more to do
+
+    def removed(self, files: int) -> None:
+        """Count the files a batch's deletes, after its commit, found there to remove."""
+        self.files += files
 
     def any(self) -> bool:
         return bool(
@@ -438,10 +444,9 @@ def _remove_contents(
                     f"{(now - before).days} days ([retention] payload_days)",
                     at=now,
                 )
-            housekeeping.delete_after_commit(store, uow, files, now=now)
+            housekeeping.delete_after_commit(store, uow, files, now=now, removed=report.removed)
             report.contents_removed += len(held)
             report.unanswered_contents_removed += unanswered
-            report.files += len(files)
             return held[-1].wire_ref if by_wire else held[-1].payload_ref
 
         _in_batches(store, report, batches, remove)
@@ -472,10 +477,9 @@ def _delete_messages(
         ids = [key[1] for key, _ in found]
         unanswered = _count_among(uow, ids, only_left_unanswered(unanswered_before))
         uow.retention.delete_messages(ids)
-        housekeeping.delete_after_commit(store, uow, files, now=now)
+        housekeeping.delete_after_commit(store, uow, files, now=now, removed=report.removed)
         report.messages_deleted += len(found)
         report.unanswered_messages_deleted += unanswered
-        report.files += len(files)
         return found[-1][0]
 
     _in_batches(store, report, batches, delete)

@@ -423,6 +423,36 @@ def test_a_run_is_counted_in_the_message_log_without_names(store: Store) -> None
     assert _kinds(store) == {CONTENT_REMOVED: 1, retention.RETENTION_NOTE: 1}
 
 
+def test_a_file_gone_already_is_not_counted_as_deleted_nor_an_error(store: Store) -> None:
+    # Files an operator removed by hand, or a payload-delete job of an earlier purge: the row
+    # still lets go of them, and the count (the report, its line, the message log) is of the
+    # files this run removed, not of the references it dropped.
+    emptied, emptied_files = _message(store, "out", "apprec-ok", settled_days_ago=100)
+    half, half_files = _message(store, "in", "apprec-sent", settled_days_ago=100)
+    whole, whole_files = _message(store, "in", "apprec-sent", settled_days_ago=100)
+    for key in [*emptied_files, half_files[0]]:
+        store.payloads.delete(key)
+
+    report = retention.run(store, RetentionSettings(), now=NOW)
+
+    assert (report.contents_removed, report.files) == (3, 3)  # 6 references, 3 files there
+    assert report.line().endswith("; 3 payload file(s) deleted")
+    for message_id in (emptied, half, whole):
+        row = _row(store, message_id)
+        assert row is not None and row.payload_ref is None and row.wire_ref is None
+    assert not any(store.payloads.exists(key) for key in [*half_files, *whole_files])
+
+    # whole messages: only the files of the first (the second's are gone)
+    first, first_files = _message(store, "in", "apprec-sent", settled_days_ago=100)
+    second, second_files = _message(store, "in", "apprec-sent", settled_days_ago=100)
+    for key in second_files:
+        store.payloads.delete(key)
+    wholly = retention.run(store, RetentionSettings(payload_days=0, message_days=30), now=NOW)
+    assert (wholly.messages_deleted, wholly.files) == (5, 2)
+    assert _row(store, first) is None and _row(store, second) is None
+    assert not any(store.payloads.exists(key) for key in first_files)
+
+
 def test_a_run_counts_the_received_messages_never_answered_apart(store: Store) -> None:
     """An upgrade's first run removes the content of every old delivered message no AppRec
     answered (a rule of this release): the report, its line and a dry run say how many."""
