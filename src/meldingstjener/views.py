@@ -116,5 +116,6 @@ def alert_dict(alert: AlertRow) -> dict[str, Any]:
         "acknowledged_by": alert.acknowledged_by,
         "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
         "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        "resolved_by": alert.resolved_by,
         "resolution_note": alert.resolution_note,
     }

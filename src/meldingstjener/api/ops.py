@@ -164,6 +164,7 @@ def _alert_dict(row: Any) -> dict[str, Any]:
         "acknowledgedBy": row.acknowledged_by,
         "acknowledgedAt": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
         "resolvedAt": row.resolved_at.isoformat() if row.resolved_at else None,
+        "resolvedBy": row.resolved_by,
         "resolutionNote": row.resolution_note,
     }
 

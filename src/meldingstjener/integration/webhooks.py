@@ -389,6 +389,9 @@ class WebhookDispatcher:
                 "lastSeen": alert.last_seen.isoformat(),
                 "acknowledgedBy": alert.acknowledged_by,
                 "resolvedAt": alert.resolved_at.isoformat() if alert.resolved_at else None,
+                # resolved by hand: by whom, and the note (stripped and masked as stored)
+                "resolvedBy": alert.resolved_by,
+                "resolutionNote": alert.resolution_note,
                 "at": (alert.changed_at or alert.last_seen).isoformat(),
             }
             # one delivery per change told (changed_at), not per count: a lasting state kept by

@@ -334,6 +334,9 @@ class AlertRow(Base):
     # what the operator who resolved it by hand wrote (``alerts resolve --note``), until it
     # opens again
     resolution_note: Mapped[str | None] = mapped_column(String(RESOLUTION_NOTE_CHARS))
+    # who resolved it by hand (masked, as acknowledged_by), until it opens again; None when the
+    # server resolved it (the problem ended), or it was resolved before migration 0032
+    resolved_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class PartyRow(Base):

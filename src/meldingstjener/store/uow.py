@@ -860,9 +860,10 @@ _INCOMING_RECEIPT = text(
 )
 
 # A problem that comes back after it was resolved reopens its alert, unacknowledged, as a new
-# incident: counted from 1 and first seen now (the old one's resolution, and its note, are in
-# the audit log and the webhooks' history). In an ON CONFLICT update every right-hand side sees
-# the row as it was, on both databases. A count of 1 returned is an alert opened or reopened.
+# incident: counted from 1 and first seen now (the old one's resolution, its note and who
+# resolved it, are in the audit log and the webhooks' history). In an ON CONFLICT update every
+# right-hand side sees the row as it was, on both databases. A count of 1 returned is an alert
+# opened or reopened.
 _UPSERT_ALERT = text(
     "INSERT INTO alerts (kind, severity, dedup_key, summary, message_id, partner_her_id, "
     "first_seen, last_seen, changed_at, count) VALUES (:kind, :severity, :dedup_key, :summary, "
@@ -875,6 +876,7 @@ _UPSERT_ALERT = text(
     "acknowledged_at = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_at END, "
     "acknowledged_by = CASE WHEN alerts.resolved_at IS NULL THEN alerts.acknowledged_by END, "
     "resolution_note = CASE WHEN alerts.resolved_at IS NULL THEN alerts.resolution_note END, "
+    "resolved_by = NULL, "
     "resolved_at = NULL RETURNING id, count"
 ).bindparams(bindparam("at", type_=cast(Table, AlertRow.__table__).c.last_seen.type))
 
@@ -1008,12 +1010,14 @@ class AlertRepository:
         self, alert_id: int, *, by: str, at: datetime | None = None, note: str | None = None
     ) -> AlertRow | None:
         """Resolve an alert by hand: it was followed up (and so acknowledged, if nobody had),
-        with the operator's ``note`` (what was done; kept until the problem comes back). A
-        repeat of the problem opens it again, unacknowledged."""
+        by ``by`` with the operator's ``note`` (what was done; both kept until the problem
+        comes back, and told to webhooks with the resolution). A repeat of the problem opens it
+        again, unacknowledged."""
         row = self.acknowledge(alert_id, by=by, at=at)
         if row is not None and row.resolved_at is None:
             row.resolved_at = row.changed_at = at or utcnow()
             row.resolution_note = note
+            row.resolved_by = by
             told = (row.id, row.kind, row.severity, row.summary)
             self._tell(lambda: alert_log.resolved(*told, by=by))
         return row

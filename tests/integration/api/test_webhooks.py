@@ -714,6 +714,63 @@ def test_an_alerts_acknowledgement_and_resolution_are_announced(
         ("resolved", "ops"),
     ]
     assert bodies[2]["resolvedAt"] == bodies[2]["at"]
+    # resolved by the server: by nobody, without a note
+    assert (bodies[2]["resolvedBy"], bodies[2]["resolutionNote"]) == (None, None)
+
+
+def test_an_alert_resolved_by_hand_is_announced_with_who_resolved_it_and_the_note(
+    api_pair: ApiPair, receiver: Receiver
+) -> None:
+    # The pager, or the EPJ vendor's desk, learns what was done and by whom, not only that it
+    # was: the note as kept (stripped, masked), and the resolver, who need not be the one who
+    # acknowledged it. The problem coming back opens a new incident, with neither.
+    from meldingstjener.engine.alerts import AlertKind, raise_alert
+
+    pair = api_pair.pair
+    admin = {"Authorization": f"Bearer {api_pair.hospital_admin_key}"}
+    http = api_pair.hospital_http
+    answer = http.post(
+        "/api/webhooks", headers=admin, json={"url": receiver.url, "events": ["alert"]}
+    )
+    assert answer.status_code == 201, answer.text
+    dispatcher = WebhookDispatcher(pair.hospital, _settings())
+
+    def problem() -> None:
+        with pair.hospital.store.unit_of_work() as uow:
+            raise_alert(uow, AlertKind.APPREC_UNSENT, "an AppRec was not sent", at=pair.clock())
+            uow.commit()
+        assert dispatcher.run_once() == 1
+        pair.clock.advance(seconds=1)
+
+    problem()
+    [alert] = http.get("/api/alerts", headers=admin).json()
+    follow_up = f"/api/alerts/{alert['id']}"
+    acked = http.post(f"{follow_up}/acknowledge", headers={**admin, "X-Person": "anne"})
+    assert acked.status_code == 200, acked.text
+    assert dispatcher.run_once() == 1
+    pair.clock.advance(seconds=1)
+    resolved = http.post(
+        f"{follow_up}/resolve",
+        headers={**admin, "X-Person": "bob"},
+        json={"note": "  sent by phone for 01017012345  "},
+    )
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["resolvedBy"] == "ops/bob"
+    assert dispatcher.run_once() == 1
+    pair.clock.advance(seconds=1)
+    problem()  # again: a new incident
+
+    bodies = [json.loads(body) for _, body in receiver.calls]
+    told = [(b["state"], b["acknowledgedBy"], b["resolvedBy"], b["resolutionNote"]) for b in bodies]
+    assert told == [
+        ("open", None, None, None),
+        ("acknowledged", "ops/anne", None, None),
+        ("resolved", "ops/anne", "ops/bob", "sent by phone for [redacted-id]"),
+        ("open", None, None, None),
+    ]
+    assert "01017012345" not in json.dumps(bodies)
+    [again] = http.get("/api/alerts", headers=admin).json()
+    assert (again["resolvedBy"], again["resolutionNote"]) == (None, None)
 
 
 class RawReceiver:

@@ -1,8 +1,8 @@
 """An alert's life as the server log and the alert's row tell it, on SQLite and PostgreSQL: one
 log line when it opens, when it comes back after it was resolved and when it is resolved (by
 the server or by hand), none for a repeat; a reopened alert is a new incident (counted from 1,
-first seen again); a resolution by hand keeps its note until the problem comes back
-(migration 0030)."""
+first seen again); a resolution by hand keeps its note, and who resolved it, until the problem
+comes back (migrations 0030 and 0032)."""
 
 from __future__ import annotations
 
@@ -169,17 +169,65 @@ def test_a_reopened_alert_is_a_new_incident_and_its_old_note_goes(store: Store) 
         alert_id = uow.alerts.by_key(KEY).id  # type: ignore[union-attr]
         uow.alerts.close(alert_id, by="kari", at=T0 + timedelta(minutes=17), note="mended")
         uow.commit()
-    assert the_alert(store).resolution_note == "mended"
+    assert (the_alert(store).resolution_note, the_alert(store).resolved_by) == ("mended", "kari")
     again = T0 + timedelta(minutes=62)
     raise_alert(store, again)
     raise_alert(store, again + timedelta(minutes=1))
     row = the_alert(store)
     assert (row.first_seen, row.count, row.resolved_at) == (again, 2, None)
-    assert (row.changed_at, row.resolution_note, row.acknowledged_by) == (
+    assert (row.changed_at, row.resolution_note, row.acknowledged_by, row.resolved_by) == (
         again + timedelta(minutes=1),
         None,
         None,
+        None,
     )
+    resolve(store, again + timedelta(minutes=2))  # by the server: by nobody
+    assert the_alert(store).resolved_by is None
+
+
+def test_who_resolved_an_alert_is_kept_apart_from_who_acknowledged_it(store: Store) -> None:
+    raise_alert(store, T0)
+    alert_id = the_alert(store).id
+    for resolve_it, by in ((False, "anne"), (True, "bob"), (True, "carl")):
+        with store.unit_of_work() as uow:
+            follow_up_alert(
+                uow, alert_id, resolve=resolve_it, client="api", person=None, by=f"ops/{by}"
+            )
+            uow.commit()
+    row = the_alert(store)  # carl came after it was resolved: nothing changed
+    assert (row.acknowledged_by, row.resolved_by) == ("ops/anne", "ops/bob")
+
+
+def test_migration_0032_adds_who_resolved_on_a_filled_store_and_goes_down_again(
+    own_database: Store,
+) -> None:
+    database = own_database.database
+    downgrade(database, "0031")
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO alerts (kind, severity, dedup_key, summary, first_seen, last_seen, "
+                "count, resolved_at, acknowledged_by, resolution_note) VALUES ('clock-skew', "
+                "'error', 'clock-skew:gp', 's', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 3, "
+                "CURRENT_TIMESTAMP, 'kari', 'mended')"
+            )
+        )
+    upgrade(database)
+    with own_database.unit_of_work() as uow:
+        row = uow.alerts.by_key("clock-skew:gp")
+        assert row is not None
+        # resolved before it was kept: by nobody named (the audit log has who)
+        assert (row.acknowledged_by, row.resolution_note, row.resolved_by) == (
+            "kari",
+            "mended",
+            None,
+        )
+    downgrade(database, "0031")
+    with database.engine.connect() as connection:
+        assert connection.execute(text("SELECT resolution_note FROM alerts")).scalar_one() == (
+            "mended"
+        )
+    upgrade(database)
 
 
 def test_the_migration_adds_the_note_on_a_filled_store_and_goes_down_again(
