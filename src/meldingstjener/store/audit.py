@@ -109,9 +109,9 @@ def follow_up_alert(
 ) -> FollowUp | None:
     """Acknowledge (or resolve) one alert in the caller's transaction, and audit it when that
     changed it; None when there is no such alert. The command line and the operator API both
-    come here. The alert keeps only who acknowledged it (``by``, masked like every stored text
-    and cut to its column after masking), so a resolve, and who did it, is found in the audit
-    log: by someone other than the one who acknowledged, it would otherwise leave no trace.
+    come here. The alert keeps who acknowledged it and who resolved it (``by``, masked like
+    every stored text and cut to its column after masking) only for the incident at hand (a
+    repeat of the problem clears them), so each change, and who made it, is in the audit log.
     A resolve keeps ``note`` with the alert (as :func:`resolution_note` makes it, which may
     refuse it, before anything is changed; never in the audit log or the server log: an
     operator's free text). A note for an alert resolved already is not kept, and the answer
