@@ -599,15 +599,18 @@ def _failed(
         if due is None:
             _give_up(uow, row, partner.name, f"last attempt failed ({failure.detail})", now)
         else:
+            detail = f"{failure.detail}; next attempt {due:%Y-%m-%d %H:%M:%S} UTC"
             if row.status != OutboundStatus.RETRYING.value:
                 uow.messages.set_status(
                     row,
                     OutboundStatus.RETRYING.value,
                     actor="worker",
                     code=failure.code,
-                    detail=f"{failure.detail}; next attempt {due:%Y-%m-%d %H:%M:%S} UTC",
+                    detail=detail,
                     at=now,
                 )
+            else:  # the newest failure is the last error (its attempt's event is logged above)
+                uow.messages.record_error(row, failure.code, detail)
             row.next_attempt_at = due
             uow.jobs.reschedule(job.id, due)
             raise_alert(
@@ -646,6 +649,8 @@ def ack_timeout_job(ctx: EngineContext, job: ClaimedJob) -> None:
                 row,
                 OutboundStatus.RETRYING.value,
                 actor="worker",
+                # the message's last error: the newest trouble, not a failed send before it
+                code=AlertKind.ACK_MISSING.value,
                 detail="no Acknowledgment within the retry interval; resending",
                 at=now,
             )
