@@ -4,7 +4,10 @@ A send that reaches the partner moves the message to ``sent`` and schedules an `
 one RetryInterval later. If neither Acknowledgment nor MessageError has arrived by then, the same
 wire bytes (same MessageId, so the partner's duplicate elimination works) are sent again, up to
 ``Retries`` resends and never past ``PersistDuration``. Then the message is ``not-delivered`` and
-an alert tells the operator that the content must reach the receiver another way.
+an alert tells the operator that the content must reach the receiver another way; or, when the
+receiver's server took one or more of its attempts (an HTTP 2xx: only the Acknowledgment did not
+come back), or a mail server took one that did not come back as undeliverable, to ask the
+receiver whether it arrived before sending it again (:class:`AttemptsTaken`).
 
 Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
 message queued while its receiver was down must not go out once the agreement has ended or no
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
@@ -101,12 +104,13 @@ def _next_attempt(
 def _give_up(
     uow: UnitOfWork, row: MessageRow, partner_name: str, reason: str, now: datetime
 ) -> None:
+    taken = attempts_taken(uow, row)
     uow.messages.set_status(
         row,
         OutboundStatus.NOT_DELIVERED.value,
         actor="worker",
         code="not-delivered",
-        detail=f"given up after {row.attempts} attempt(s): {reason}",
+        detail=f"given up after {row.attempts} attempt(s): {reason}{taken.event_words()}",
         at=now,
     )
     uow.jobs.cancel_for_message(row.id)
@@ -115,15 +119,95 @@ def _give_up(
     raise_alert(
         uow,
         AlertKind.NOT_DELIVERED,
-        f"message {row.id} ({row.msg_type}) to {row.to_her_id} ({partner_name}) was NOT "
-        f"delivered: {reason}. No transport receipt arrived. The content must reach the "
-        "receiver another way (for example phone or paper), or be sent again once the "
-        f"receiver can be reached: meldingstjener resend {row.id}",
+        taken.alert_words(row, partner_name, reason),
         at=now,
         message_id=row.id,
         partner_her_id=row.to_her_id,
     )
     _resolve_unreachable_given_up(uow, row, now)
+
+
+@dataclass(frozen=True)
+class AttemptsTaken:
+    """What the receiving side took of a message given up, by its attempts' outcomes: the one
+    rule the not-delivered alert and the give-up's event (the message's last error, which
+    ``status`` and ``show`` print) both follow.
+
+    ``count``: the attempts whose send worked (:func:`transmit_job` logs each as an ``attempt``
+    event without a code; a failed one has its failure's code). What that says depends on the
+    channel they went by (``channel``, the message's: that of its last delivered attempt):
+    over HTTP the receiver's MSH answered 2xx, it took the message, and only its Acknowledgment
+    did not come back (a broken path of signals to us): the receiver very likely has it, and a
+    resend would be a duplicate in its EPJ. By mail our mail server took it, which says nothing
+    of its arrival; ``bounced`` counts the mails returned as undeliverable
+    (``engine.mail_bounces``): when every mail handed over came back, none arrived."""
+
+    count: int
+    channel: str | None
+    bounced: int
+
+    @property
+    def maybe_received(self) -> bool:
+        return self.count > self.bounced
+
+    def _words(self) -> str:
+        times = f"{self.count} time{'s' if self.count != 1 else ''}"
+        if self.channel == "http":
+            return (
+                f"the receiver's server took it {times} (HTTP 2xx) but no Acknowledgment came "
+                "back: ask the receiver whether it arrived before sending it again"
+            )
+        server = "the mail server" if self.channel == "smtp" else "the transport"
+        returned = f", {self.bounced} came back as undeliverable" if self.bounced else ""
+        return (
+            f"{server} took it {times}{returned} but no Acknowledgment came back, so whether "
+            "it reached the receiver is not known: ask the receiver whether it arrived before "
+            "sending it again"
+        )
+
+    def event_words(self) -> str:
+        """What follows the reason in the give-up's event (nothing when nobody took it)."""
+        return f"; {self._words()}" if self.maybe_received else ""
+
+    def alert_words(self, row: MessageRow, partner_name: str, reason: str) -> str:
+        """The ``not-delivered`` alert's summary (no patient data: ids, names and codes)."""
+        message = f"message {row.id} ({row.msg_type}) to {row.to_her_id} ({partner_name})"
+        if not self.maybe_received:
+            if self.count:  # every mail handed over came back
+                reason += f"; each of the {self.count} mails handed over came back as undeliverable"
+            return (
+                f"{message} was NOT delivered: {reason}. No transport receipt arrived. The "
+                "content must reach the receiver another way (for example phone or paper), or "
+                "be sent again once the receiver can be reached: meldingstjener resend "
+                f"{row.id}"
+            )
+        words = self._words()
+        resend = f"a resend (meldingstjener resend {row.id})"
+        if self.channel == "http":
+            duplicate = f"It very likely did: {resend} would then be a duplicate in its EPJ."
+        else:
+            duplicate = f"If it did, {resend} would be a duplicate in its EPJ."
+        return (
+            f"{message} was given up without an Acknowledgment: {reason}. "
+            f"{words[0].upper()}{words[1:]}. {duplicate} Check that the partner's signals can "
+            "reach this server."
+        )
+
+
+# the code of the event engine.mail_bounces records for a mail returned as undeliverable
+_BOUNCED = "mail-bounced"
+
+
+def attempts_taken(uow: UnitOfWork, row: MessageRow) -> AttemptsTaken:
+    """The attempts of ``row`` that the receiving side took, from its log (read at a give-up
+    only: no statement on the path of a send)."""
+    count = bounced = 0
+    for event in uow.events.for_message(row.id):
+        if event.kind == EventKind.ATTEMPT and event.code is None:
+            count += 1
+        elif event.code == _BOUNCED:
+            bounced += 1
+    return AttemptsTaken(count, row.channel if row.sent_endpoint is not None else None, bounced)
 
 
 def _resolve_unreachable_given_up(uow: UnitOfWork, row: MessageRow, at: datetime) -> None:
@@ -599,15 +683,18 @@ def _failed(
         if due is None:
             _give_up(uow, row, partner.name, f"last attempt failed ({failure.detail})", now)
         else:
+            detail = f"{failure.detail}; next attempt {due:%Y-%m-%d %H:%M:%S} UTC"
             if row.status != OutboundStatus.RETRYING.value:
                 uow.messages.set_status(
                     row,
                     OutboundStatus.RETRYING.value,
                     actor="worker",
                     code=failure.code,
-                    detail=f"{failure.detail}; next attempt {due:%Y-%m-%d %H:%M:%S} UTC",
+                    detail=detail,
                     at=now,
                 )
+            else:  # the newest failure is the last error (its attempt's event is logged above)
+                uow.messages.record_error(row, failure.code, detail)
             row.next_attempt_at = due
             uow.jobs.reschedule(job.id, due)
             raise_alert(
@@ -646,6 +733,8 @@ def ack_timeout_job(ctx: EngineContext, job: ClaimedJob) -> None:
                 row,
                 OutboundStatus.RETRYING.value,
                 actor="worker",
+                # the message's last error: the newest trouble, not a failed send before it
+                code=AlertKind.ACK_MISSING.value,
                 detail="no Acknowledgment within the retry interval; resending",
                 at=now,
             )

@@ -464,9 +464,16 @@ class MessageRepository:
         row.status = new_status
         row.status_changed_at = now
         if code is not None:
-            row.last_error_code = code
-            row.last_error_text = redact(detail)
+            self.record_error(row, code, detail)
         return row
+
+    def record_error(self, row: MessageRow, code: str, detail: str | None) -> None:
+        """Make ``code`` and ``detail`` (masked) the message's last error: with a status change
+        (:meth:`set_status`), or without one for a failure in the status it is in (a failed
+        resend of a message ``retrying``: its last error is the newest failure, not the first
+        of the run). Written with the row's other changes, in its one UPDATE."""
+        row.last_error_code = code
+        row.last_error_text = redact(detail)
 
     def hold_queue_to(self, to_her_id: str) -> None:
         """Make another transaction that holds the queue to ``to_her_id`` wait until this one

@@ -1,0 +1,161 @@
+"""What a message given up says of its attempts the receiving side took (help-desk finding 2).
+
+A give-up after the receiver's server took the message (HTTP 2xx) while only its
+Acknowledgments were lost was told as "NOT delivered ... must reach the receiver another way
+... meldingstjener resend": the receiver had it, and the advice made a duplicate in its EPJ.
+By mail, our mail server taking a mail says nothing of its arrival: that is told as not known,
+unless every mail came back as undeliverable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine_pair import Pair
+from typer.testing import CliRunner
+
+from meldingstjener.cli import app
+from meldingstjener.devsites import dialog_note
+from meldingstjener.engine.mail_bounces import record_bounce
+from meldingstjener.engine.outbound import submit
+from meldingstjener.store.tables import AlertRow
+from meldingstjener.transport.base import Delivery, TransportResult
+from meldingstjener.transport.bounce import Bounce, BouncedRecipient
+
+
+def cli(pair: Pair, *args: str) -> tuple[int, str]:
+    """``meldingstjener ARGS`` on the GP office's store."""
+    result = CliRunner().invoke(app, ["--config", str(pair.gp_site.config_path), *args])
+    return result.exit_code, result.output
+
+
+def _until_given_up(pair: Pair, message_id: str) -> None:
+    for _ in range(12):
+        pair.run()
+        if pair.message(pair.gp, message_id).status == "not-delivered":
+            return
+        pair.clock.advance(minutes=11)  # past the RetryInterval (10 minutes)
+    raise AssertionError(pair.message(pair.gp, message_id).status)
+
+
+def _not_delivered(pair: Pair, message_id: str) -> AlertRow:
+    with pair.gp.store.unit_of_work() as uow:
+        [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
+        assert alert.message_id == message_id
+        return alert
+
+
+def _given_up_detail(pair: Pair, message_id: str) -> str:
+    with pair.gp.store.unit_of_work() as uow:
+        [event] = [e for e in uow.events.for_message(message_id) if e.code == "not-delivered"]
+        return str(event.detail)
+
+
+def test_a_message_the_receivers_server_took_is_not_told_as_not_delivered(pair: Pair) -> None:
+    pair.network.down.add(pair.gp_site.endpoint)  # every Acknowledgment of the hospital is lost
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    _until_given_up(pair, message_id)
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # the hospital has it, once
+
+    taken = (
+        "the receiver's server took it 4 times (HTTP 2xx) but no Acknowledgment came back: "
+        "ask the receiver whether it arrived before sending it again"
+    )
+    summary = _not_delivered(pair, message_id).summary
+    assert "NOT delivered" not in summary and "another way" not in summary
+    assert taken[1:] in summary and "It very likely did" in summary
+    assert f"a resend (meldingstjener resend {message_id}) would then be a duplicate" in summary
+    assert taken in _given_up_detail(pair, message_id)
+    row = pair.message(pair.gp, message_id)
+    assert row.last_error_code == "not-delivered" and taken in str(row.last_error_text)
+    code, output = cli(pair, "status", message_id)
+    assert code == 0, output
+    assert "took it 4 times" in " ".join(output.split())  # rich wraps the line
+    code, output = cli(pair, "show", message_id)
+    assert code == 0, output
+    assert "took it 4 times" in " ".join(output.split())
+
+
+def test_only_the_attempts_taken_are_counted(pair: Pair) -> None:
+    # Two sends refused (the hospital down), then two taken whose Acknowledgments are lost.
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.clock.advance(minutes=11)
+    pair.run()
+    assert pair.message(pair.gp, message_id).attempts == 2
+    pair.network.down = {pair.gp_site.endpoint}
+    pair.clock.advance(minutes=11)
+    _until_given_up(pair, message_id)
+    assert pair.message(pair.gp, message_id).attempts == 4
+    assert "receiver's server took it 2 times" in _not_delivered(pair, message_id).summary
+
+
+def test_a_message_nobody_took_is_still_told_as_not_delivered(pair: Pair) -> None:
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    _until_given_up(pair, message_id)
+    summary = _not_delivered(pair, message_id).summary
+    assert "was NOT delivered" in summary and "another way" in summary
+    assert "took it" not in summary and "took it" not in _given_up_detail(pair, message_id)
+
+
+@dataclass
+class _MailServer:
+    """Our mail server: it takes every mail (which no Acknowledgment ever answers)."""
+
+    sent: list[Delivery] = field(default_factory=list)
+    channel: str = "smtp"
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        self.sent.append(delivery)
+        return TransportResult()
+
+
+def _by_mail(pair: Pair) -> _MailServer:
+    """The GP's agreement with the hospital by mail, through :class:`_MailServer`."""
+    mail = _MailServer()
+    pair.gp.transports["smtp"] = mail  # type: ignore[assignment]
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair("8100001", "8200002")
+        assert agreement is not None
+        agreement.channel, agreement.endpoint = "smtp", "mailto:8200002@edi.example"
+        uow.commit()
+    return mail
+
+
+def _bounce(pair: Pair, message_id: str) -> None:
+    """A mail of the message came back (as the mail intake records it)."""
+    ebxml_id = pair.message(pair.gp, message_id).ebxml_message_id
+    refused = BouncedRecipient("8200002@edi.example", "failed", "5.1.1")
+    assert record_bounce(pair.gp, Bounce(True, (refused,), ebxml_id, "8200002@edi.example"))
+
+
+def test_a_mail_handed_over_is_told_as_not_known_to_have_arrived(pair: Pair) -> None:
+    mail = _by_mail(pair)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    _bounce(pair, message_id)  # one of the four mails came back
+    _until_given_up(pair, message_id)
+    assert len(mail.sent) == 4
+    summary = _not_delivered(pair, message_id).summary
+    assert (
+        "The mail server took it 4 times, 1 came back as undeliverable but no Acknowledgment "
+        "came back, so whether it reached the receiver is not known: ask the receiver whether "
+        "it arrived before sending it again"
+    ) in summary
+    assert "NOT delivered" not in summary and "very likely" not in summary
+
+
+def test_a_mail_that_came_back_every_time_is_told_as_not_delivered(pair: Pair) -> None:
+    mail = _by_mail(pair)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    for _ in range(12):
+        pair.run()
+        if pair.message(pair.gp, message_id).status == "not-delivered":
+            break
+        _bounce(pair, message_id)  # each mail sent comes back before the next is due
+        pair.clock.advance(minutes=11)
+    assert len(mail.sent) == 4
+    summary = _not_delivered(pair, message_id).summary
+    assert "was NOT delivered" in summary and "another way" in summary
+    assert "each of the 4 mails handed over came back as undeliverable" in summary
