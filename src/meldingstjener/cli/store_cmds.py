@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from meldingstjener.model.status import ALL_STATUSES
 # them: importing the command line, for --help or a command without a store, costs none of it.
 if TYPE_CHECKING:
     from rich.console import Console
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.orm import InstrumentedAttribute
 
     from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
     from meldingstjener.store.uow import UnitOfWork
@@ -473,12 +476,21 @@ _PAST_ID_CHARACTERS = "g"
 def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
     """The messages an identifier names, oldest first: ours by our id, else by ebXML MessageId
     (either direction), else by MsgId, else by the start of our id (at least 8 hex digits, as
-    ``log`` prints it). A MsgId names every copy: one the EPJ sent again (a new row, after the
-    first was given up), one to each receiver, one that came to us more than once; the first
-    of them alone told a help desk "not delivered" of a document delivered since. A start that
-    several messages share is a usage error that names them."""
+    ``log`` prints it), else by an ebXML MessageId, then a MsgId, that differs from it only in
+    the case of its letters (A-Z). A MsgId names every copy: one the EPJ sent again (a new row,
+    after the first was given up), one to each receiver, one that came to us more than once;
+    the first of them alone told a help desk "not delivered" of a document delivered since. A
+    start that several messages share is a usage error that names them.
+
+    The identifier is read as :func:`id_given` reads it (blanks and a pair of <> around it
+    dropped). Each step is an exact look-up through an index; the case is tried last, only
+    when nothing else matched (:func:`_by_id_in_any_case`)."""
+    from meldingstjener.store.tables import MessageRow
     from meldingstjener.store.uow import LogFilter
 
+    identifier = id_given(identifier)
+    if not identifier:
+        return []
     message = uow.messages.get(identifier)
     if message is not None:
         return [message]
@@ -487,12 +499,96 @@ def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
         if found:
             return found
     message = _by_id_prefix(uow, identifier.lower())
-    return [] if message is None else [message]
+    if message is not None:
+        return [message]
+    for column in (MessageRow.ebxml_message_id, MessageRow.msg_id):
+        found = _by_id_in_any_case(uow, column, identifier)
+        if found:
+            return found
+    return []
+
+
+def id_given(identifier: str) -> str:
+    """An id as a help desk pastes it: without the blanks around it, nor a pair of angle
+    brackets around it (``<b9a5...@msh-...>``, as a MIME Content-ID or a mail's Message-Id
+    writes an ebXML MessageId), nor the blanks inside those."""
+    identifier = identifier.strip()
+    if len(identifier) >= 2 and identifier[0] == "<" and identifier[-1] == ">":
+        identifier = identifier[1:-1].strip()
+    return identifier
+
+
+# An id differing in case from the one given is looked for among at most 2**this of its
+# spellings: each is one descent of the column's index.
+_CASE_LETTERS = 3
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def same_but_case(one: str | None, other: str) -> bool:
+    """Whether two ids are the same but for the case of their letters A-Z."""
+    return one is not None and one.translate(_ASCII_LOWER) == other.translate(_ASCII_LOWER)
+
+
+def _spellings(text: str) -> list[str]:
+    """Every spelling of ``text`` with its letters A-Z in either case."""
+    spelt = [""]
+    for character in text:
+        either = character in string.ascii_letters
+        cases = (character.lower(), character.upper()) if either else (character,)
+        spelt = [start + case for start in spelt for case in cases]
+    return spelt
+
+
+def _by_id_in_any_case(
+    uow: UnitOfWork, column: InstrumentedAttribute[str | None], identifier: str
+) -> list[MessageRow]:
+    """The messages whose ``column`` (an ebXML MessageId or a MsgId) is ``identifier`` but for
+    the case of its letters A-Z (an EPJ's GUID written in capitals, a MessageId copied from a
+    mail header), oldest first.
+
+    Through the column's index, never a ``lower(column)`` no index serves (PostgreSQL read the
+    whole table for it): an id with at most ``_CASE_LETTERS`` letters is looked up in each of
+    its spellings; a longer one (a GUID has some twenty) by each spelling of its start up to
+    its fourth letter, a range of the index where text sorts by code (``_by_id_prefix`` says
+    why only there), and its rows compared whole. An id without letters has no other spelling.
+    """
+    from sqlalchemy import and_, or_, select
+
+    from meldingstjener.model import Direction
+    from meldingstjener.store.tables import MessageRow
+
+    letters = [at for at, character in enumerate(identifier) if character in string.ascii_letters]
+    if not letters:
+        return []
+    matches: ColumnElement[bool]
+    if len(letters) <= _CASE_LETTERS:
+        matches = column.in_(_spellings(identifier))
+    else:
+        starts = _spellings(identifier[: letters[_CASE_LETTERS]])
+        if uow.database.orders_text_by_code:
+            matches = or_(*(and_(column >= start, column < _past(start)) for start in starts))
+        else:
+            matches = or_(*(column.startswith(start, autoescape=True) for start in starts))
+    query = select(MessageRow.id, column).where(matches)
+    if column is MessageRow.ebxml_message_id:
+        # the unique (direction, ebxml_message_id) index, as the exact look-up uses it
+        query = query.where(MessageRow.direction.in_([d.value for d in Direction]))
+    ids = [found for found, value in uow.session.execute(query) if same_but_case(value, identifier)]
+    messages = [uow.messages.get(found) for found in ids]
+    return sorted((m for m in messages if m is not None), key=lambda m: (m.created_at, m.id))
+
+
+def _past(start: str) -> str:
+    """The first text after every one that starts with ``start``, in code order."""
+    return start[:-1] + chr(ord(start[-1]) + 1)
 
 
 def several_share(identifier: str, messages: list[MessageRow]) -> str:
     """The line above several messages one identifier named: which copy is which follows."""
-    which = "MsgId" if all(m.msg_id == identifier for m in messages) else "ebXML MessageId"
+    identifier = id_given(identifier)
+    which = (
+        "MsgId" if all(same_but_case(m.msg_id, identifier) for m in messages) else "ebXML MessageId"
+    )
     return f"{len(messages)} messages have the {which} {identifier} (each below):"
 
 
@@ -504,7 +600,7 @@ def messages_or_refusal(
     messages = find_messages(uow, identifier)
     if messages:
         return messages, []
-    refusal = refused_unstored(uow, identifier)
+    refusal = refused_unstored(uow, id_given(identifier))
     if not refusal:
         typer.echo(f"no message with id {identifier!r}", err=True)
         raise typer.Exit(1)
@@ -528,6 +624,7 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
     from meldingstjener.store.uow import EventKind
     from meldingstjener.views import event_dict
 
+    ebxml_message_id = id_given(ebxml_message_id)
     refused = any(event.kind == EventKind.ERROR for event in events)
     if as_json:
         document = {
