@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import re
 import string
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,7 +23,8 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
     from sqlalchemy.orm import InstrumentedAttribute
 
-    from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
+    from meldingstjener.engine.status_report import AnswerSent
+    from meldingstjener.store.tables import EventRow, MessageRow
     from meldingstjener.store.uow import UnitOfWork
 
 # The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
@@ -212,6 +212,7 @@ def show_command(
     store = store_from(ctx)
     # imported once the store opened (after the settings: a configuration error is quick)
     from meldingstjener.engine.copies import links
+    from meldingstjener.engine.status_report import answers_sent, receipt_document
     from meldingstjener.views import content_dict, event_dict, message_summary
 
     with store.unit_of_work() as uow:
@@ -554,7 +555,6 @@ def _by_id_in_any_case(
     """
     from sqlalchemy import and_, or_, select
 
-    from meldingstjener.model import Direction
     from meldingstjener.store.tables import MessageRow
 
     letters = [at for at, character in enumerate(identifier) if character in string.ascii_letters]
@@ -647,63 +647,6 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
             f"{escape(event.detail or '')}",
             highlight=False,
         )
-
-
-@dataclass(frozen=True)
-class AnswerSent:
-    """An answer of ours to a received message (AppRec, dialog-avvik), as its receipt names
-    it, and what became of it: given up, it leaves the received message ``apprec-sent`` while
-    the sender never had it."""
-
-    receipt_id: int
-    kind: str
-    message: MessageRow
-    open_alerts: list[AlertRow]
-
-    def line(self) -> str:
-        """E.g. ``AppRec 93ab... not-delivered (alert 3)``."""
-        alerts = ", ".join(str(alert.id) for alert in self.open_alerts)
-        return f"{_ANSWER_NAMES.get(self.kind, self.kind)} {self.message.id} " + (
-            f"{self.message.status}" + (f" (alert {alerts})" if alerts else "")
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message.id,
-            "status": self.message.status,
-            "open_alerts": [alert.id for alert in self.open_alerts],
-        }
-
-
-_ANSWER_NAMES = {"apprec": "AppRec"}
-
-
-def answers_sent(uow: UnitOfWork, message_id: str) -> list[AnswerSent]:
-    """Our answers to the received message ``message_id``: each out receipt naming the message
-    that carried it by its eb:MessageId (recorded when it is sent; not by versions before)."""
-    answers = []
-    for receipt in uow.receipts.for_message(message_id):
-        if receipt.direction != "out" or receipt.ebxml_message_id is None:
-            continue
-        sent = uow.messages.by_ebxml_id(Direction.OUTBOUND, receipt.ebxml_message_id)
-        if sent is not None:
-            alerts = [a for a in uow.alerts.for_message(sent.id) if a.resolved_at is None]
-            answers.append(AnswerSent(receipt.id, receipt.kind, sent, alerts))
-    return answers
-
-
-def receipt_document(
-    receipt: ReceiptRow, answers: list[AnswerSent], *, texts: bool
-) -> dict[str, Any]:
-    """A receipt as ``show --json`` and ``status --json`` print it, with the answer it was sent
-    as, if any (``answer``: its message id, status and open alerts)."""
-    from meldingstjener.views import receipt_dict
-
-    document = receipt_dict(receipt, texts=texts)
-    for answer in answers:
-        if answer.receipt_id == receipt.id:
-            document["answer"] = answer.as_dict()
-    return document
 
 
 def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
