@@ -612,6 +612,8 @@ def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
     before its signature verified is not stored (inbound), and only its events know it."""
     from meldingstjener.store.uow import LogFilter
 
+    if not ebxml_message_id:  # (no criterion: every refusal's events)
+        return []
     found = uow.messages.log(LogFilter(ebxml_message_id=ebxml_message_id))
     return [event for event, message in found if message is None]
 
