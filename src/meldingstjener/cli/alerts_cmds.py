@@ -186,7 +186,7 @@ def status_command(
         str,
         typer.Argument(
             help="Our id (or its first 8 or more characters, as log prints it), the ebXML "
-            "MessageId or the MsgId."
+            "MessageId or the MsgId, as show takes it."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,

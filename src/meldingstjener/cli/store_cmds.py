@@ -198,7 +198,8 @@ def show_command(
         str,
         typer.Argument(
             help="Our message id (or its first 8 or more characters, as log prints it), its "
-            "ebXML MessageId or its MsgHead MsgId."
+            "ebXML MessageId or its MsgHead MsgId (blanks and <> around it are dropped; an "
+            "ebXML MessageId or MsgId no message has so is looked for in any case)."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
@@ -684,7 +685,7 @@ def resend_command(
         str,
         typer.Argument(
             help="The not-delivered message: our id (or its first 8 or more characters), its "
-            "ebXML MessageId or its MsgHead MsgId."
+            "ebXML MessageId or its MsgHead MsgId, as show takes it."
         ),
     ],
     by: Annotated[
