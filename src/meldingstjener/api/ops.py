@@ -21,10 +21,11 @@ from meldingstjener.api.log_search import PAGING, Since, Until
 from meldingstjener.api.problems import ApiProblem
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.copies import links
+from meldingstjener.engine.copies import copies_of, original_of
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.inbox_watch import apprec_owed_window
 from meldingstjener.engine.resend import Operator, ResendRefused, resend
+from meldingstjener.engine.status_report import status_document
 from meldingstjener.integration.webhook_targets import TargetPolicy, TargetRefused, normal_url
 from meldingstjener.integration.webhooks import (
     EVENT_SCOPES,
@@ -300,11 +301,26 @@ def ops_router(
         )
         with ctx.store.unit_of_work() as uow:
             found = uow.messages.search(log_filter, newest_first=True)
-            return [message_summary(m) for m in found]
+            # a message sent again and its copy name each other, as the timeline does: the
+            # original alone read as "not-delivered" of a document its copy delivered since
+            copies = copies_of(uow, found)
+            return [
+                {
+                    **message_summary(m),
+                    "sent_again_as": copies.get(m.id),
+                    "copy_of": original_of(m),
+                }
+                for m in found
+            ]
 
     @router.get(
         "/messages/{message_id}/timeline",
-        summary="One message and its events",
+        summary="One message, its events and its end-to-end status",
+        description="`message` and `events`; `sentAgainAs` and `copyOf` link a message sent "
+        "again and its copy; `statusReport` is what `meldingstjener status ID --json` prints "
+        "(its keys as it prints them): the last error, the receipts (AppRec status and error "
+        "codes, never their words), the message's alerts, its copies, and for a message of "
+        "ours the EDI 2.0 delivery state and when it is next sent or checked.",
         responses=NO_MESSAGE,
     )
     def timeline(message_id: str, who: Admin) -> dict[str, Any]:
@@ -313,7 +329,8 @@ def ops_router(
             if message is None:
                 raise ApiProblem(404, "not-found", f"no message {message_id[:64]}")
             events = [_event_dict(e) for e in uow.events.for_message(message.id)]
-            linked = links(uow, message)  # a message sent again and its copy name each other
+            # the CLI's builder: the API tells what status does, the error words left out
+            report, _ = status_document(uow, message, texts=False)
         audit.record(
             ctx.store,
             client=who.label,
@@ -325,8 +342,10 @@ def ops_router(
         return {
             "message": message_summary(message),
             "events": events,
-            "sentAgainAs": linked["sent_again_as"],
-            "copyOf": linked["copy_of"],
+            # a message sent again and its copy name each other
+            "sentAgainAs": report["sent_again_as"],
+            "copyOf": report["copy_of"],
+            "statusReport": report,
         }
 
     @router.post(

@@ -12,9 +12,7 @@ import typer
 from meldingstjener.cli.app import app, store_from
 from meldingstjener.cli.store_cmds import (
     ReceiptTexts,
-    answers_sent,
     messages_or_refusal,
-    receipt_document,
     several_share,
     show_refusal,
     wide_console,
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
 
     from meldingstjener.store.audit import FollowUp
     from meldingstjener.store.tables import AlertRow, MessageRow
-    from meldingstjener.store.uow import UnitOfWork
 
 alerts_app = typer.Typer(
     help="Alerts (avvik): problems an operator must follow up.", invoke_without_command=True
@@ -189,7 +186,7 @@ def status_command(
         str,
         typer.Argument(
             help="Our id (or its first 8 or more characters, as log prints it), the ebXML "
-            "MessageId or the MsgId."
+            "MessageId or the MsgId, as show takes it."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
@@ -201,9 +198,12 @@ def status_command(
     again, to several receivers) shows each of them (``--json``: a list); an ebXML MessageId of
     a message refused before its signature verified shows the refusal."""
     store = store_from(ctx)
+    # the one builder of a status document: the operator API's timeline answers it too
+    from meldingstjener.engine.status_report import status_document
+
     with store.unit_of_work() as uow:
         messages, refusal = messages_or_refusal(uow, message_id)
-        reports = [_status_of(uow, message, texts) for message in messages]
+        reports = [status_document(uow, message, texts=texts) for message in messages]
     if not messages:
         show_refusal(message_id, refusal, as_json=as_json)
         return
@@ -218,65 +218,6 @@ def status_command(
         if number:
             console.print()
         _print_status(console, message, document, alerts, texts=texts)
-
-
-def _status_of(
-    uow: UnitOfWork, message: MessageRow, texts: bool
-) -> tuple[dict[str, Any], list[AlertRow]]:
-    """One message's status document (``status --json``) and its alerts, every one of them."""
-    from meldingstjener.engine.copies import links
-    from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
-    from meldingstjener.views import alert_dict
-
-    receipts = uow.receipts.for_message(message.id)
-    answers = answers_sent(uow, message.id)
-    alerts = uow.alerts.for_message(message.id)
-    document: dict[str, Any] = {
-        "message_id": message.id,
-        "direction": message.direction,
-        "status": message.status,
-        "msg_type": message.msg_type,
-        "from_her_id": message.from_her_id,
-        "to_her_id": message.to_her_id,
-        "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [receipt_document(receipt, answers, texts=texts) for receipt in receipts],
-        "alerts": [alert_dict(a) for a in alerts],
-    }
-    document.update(links(uow, message))  # sent_again_as, copy_of: as show tells them
-    if message.direction == "out":
-        document["receivers"] = [
-            {
-                "receiverHerId": message.to_her_id,
-                "transportDeliveryState": transport_delivery_state(message.status),
-                "appRecStatus": API_APPREC_STATUS.get(message.status),
-            }
-        ]
-        document.update(_next_check(uow, message))
-    return document, alerts
-
-
-def _next_check(uow: UnitOfWork, message: MessageRow) -> dict[str, Any]:
-    """When a message waiting to be sent again is next sent or checked (``next_check_at``),
-    and what holds it (``held``: its code, since when, and why), or None of each.
-
-    A hold is told once in the message's events while its cause lasts, its first note kept
-    with the time of its first check; the message's last error may be older still (a failed
-    send before the hold, its next attempt long passed): the next check is the message's
-    ``next_attempt_at``, which each check moves."""
-    from meldingstjener.engine.transmit import HOLDS, hold_reason
-    from meldingstjener.model import OutboundStatus
-
-    if message.status != OutboundStatus.RETRYING.value or message.next_attempt_at is None:
-        return {"next_check_at": None, "held": None}
-    latest = uow.events.latest(message.id)
-    held = None
-    if latest is not None and latest.code in HOLDS:
-        held = {
-            "code": latest.code,
-            "since": latest.at.isoformat(),
-            "reason": hold_reason(latest.detail or ""),
-        }
-    return {"next_check_at": message.next_attempt_at.isoformat(), "held": held}
 
 
 def _print_status(

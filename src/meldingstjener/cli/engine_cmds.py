@@ -25,7 +25,7 @@ from meldingstjener.cli.logging_setup import configure_logging
 if TYPE_CHECKING:
     from meldingstjener.engine.context import EngineContext
     from meldingstjener.engine.mail_channel import MailCollectorThread
-    from meldingstjener.store.uow import ClaimedJob
+    from meldingstjener.store.uow import ClaimedJob, Store
 
 # A stop fits in a service manager's grace period before SIGKILL (Docker's is 10 s): requests
 # still open get up to GRACEFUL_SECONDS to finish (a stalled upload would otherwise hold the
@@ -425,6 +425,38 @@ def send(
             typer.echo(f"  - {problem}", err=True)
         raise typer.Exit(1) from None
     typer.echo(message_id)
+    for line in _sent_before(engine.store, message_id):
+        typer.echo(line, err=True)
+
+
+# how many earlier messages of one MsgId the warning of ``send`` names
+_EARLIER_NAMED = 5
+
+
+def _sent_before(store: Store, message_id: str) -> list[str]:
+    """The warning of ``send`` when the document's MsgHead MsgId was sent to the same receiver
+    before (a document sent twice by hand): the receiver stores it again as a message of its
+    own, unrelated to the first but by its MsgId. The earlier messages by id and status, oldest
+    first; nothing when there are none. Only a warning: the new message is stored and will be
+    sent (it may be meant: the first given up, or an AppRec answering it lost)."""
+    from meldingstjener.store.uow import LogFilter
+
+    with store.unit_of_work() as uow:
+        sent = uow.messages.get(message_id)
+        if sent is None or not sent.msg_id:
+            return []
+        same = uow.messages.search(LogFilter(msg_id=sent.msg_id, direction="out"))
+        earlier = [m for m in same if m.id != sent.id and m.to_her_id == sent.to_her_id]
+    if not earlier:
+        return []
+    named = ", ".join(f"{m.id} ({m.status})" for m in earlier[:_EARLIER_NAMED])
+    more = len(earlier) - _EARLIER_NAMED
+    return [
+        f"warning: the MsgId {sent.msg_id} was sent to {sent.to_her_id} before, as {named}"
+        + (f" and {more} more" if more > 0 else "")
+        + f"; {message_id} sends it again, and the receiver stores it as a new message "
+        f"(`meldingstjener status {sent.msg_id}` shows each)"
+    ]
 
 
 def _port_taken(host: str, port: int) -> str | None:

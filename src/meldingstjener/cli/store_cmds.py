@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import string
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,8 +20,11 @@ from meldingstjener.model.status import ALL_STATUSES
 # them: importing the command line, for --help or a command without a store, costs none of it.
 if TYPE_CHECKING:
     from rich.console import Console
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.orm import InstrumentedAttribute
 
-    from meldingstjener.store.tables import AlertRow, EventRow, MessageRow, ReceiptRow
+    from meldingstjener.engine.status_report import AnswerSent
+    from meldingstjener.store.tables import EventRow, MessageRow
     from meldingstjener.store.uow import UnitOfWork
 
 # The option of ``show`` and ``status``: a receipt's error words may name the patient, so they are
@@ -195,7 +198,8 @@ def show_command(
         str,
         typer.Argument(
             help="Our message id (or its first 8 or more characters, as log prints it), its "
-            "ebXML MessageId or its MsgHead MsgId."
+            "ebXML MessageId or its MsgHead MsgId (blanks and <> around it are dropped; an "
+            "ebXML MessageId or MsgId no message has so is looked for in any case)."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False,
@@ -209,6 +213,7 @@ def show_command(
     store = store_from(ctx)
     # imported once the store opened (after the settings: a configuration error is quick)
     from meldingstjener.engine.copies import links
+    from meldingstjener.engine.status_report import answers_sent, receipt_document
     from meldingstjener.views import content_dict, event_dict, message_summary
 
     with store.unit_of_work() as uow:
@@ -473,12 +478,21 @@ _PAST_ID_CHARACTERS = "g"
 def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
     """The messages an identifier names, oldest first: ours by our id, else by ebXML MessageId
     (either direction), else by MsgId, else by the start of our id (at least 8 hex digits, as
-    ``log`` prints it). A MsgId names every copy: one the EPJ sent again (a new row, after the
-    first was given up), one to each receiver, one that came to us more than once; the first
-    of them alone told a help desk "not delivered" of a document delivered since. A start that
-    several messages share is a usage error that names them."""
+    ``log`` prints it), else by an ebXML MessageId, then a MsgId, that differs from it only in
+    the case of its letters (A-Z). A MsgId names every copy: one the EPJ sent again (a new row,
+    after the first was given up), one to each receiver, one that came to us more than once;
+    the first of them alone told a help desk "not delivered" of a document delivered since. A
+    start that several messages share is a usage error that names them.
+
+    The identifier is read as :func:`id_given` reads it (blanks and a pair of <> around it
+    dropped). Each step is an exact look-up through an index; the case is tried last, only
+    when nothing else matched (:func:`_by_id_in_any_case`)."""
+    from meldingstjener.store.tables import MessageRow
     from meldingstjener.store.uow import LogFilter
 
+    identifier = id_given(identifier)
+    if not identifier:
+        return []
     message = uow.messages.get(identifier)
     if message is not None:
         return [message]
@@ -487,12 +501,95 @@ def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
         if found:
             return found
     message = _by_id_prefix(uow, identifier.lower())
-    return [] if message is None else [message]
+    if message is not None:
+        return [message]
+    for column in (MessageRow.ebxml_message_id, MessageRow.msg_id):
+        found = _by_id_in_any_case(uow, column, identifier)
+        if found:
+            return found
+    return []
+
+
+def id_given(identifier: str) -> str:
+    """An id as a help desk pastes it: without the blanks around it, nor a pair of angle
+    brackets around it (``<b9a5...@msh-...>``, as a MIME Content-ID or a mail's Message-Id
+    writes an ebXML MessageId), nor the blanks inside those."""
+    identifier = identifier.strip()
+    if len(identifier) >= 2 and identifier[0] == "<" and identifier[-1] == ">":
+        identifier = identifier[1:-1].strip()
+    return identifier
+
+
+# An id differing in case from the one given is looked for among at most 2**this of its
+# spellings: each is one descent of the column's index.
+_CASE_LETTERS = 3
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def same_but_case(one: str | None, other: str) -> bool:
+    """Whether two ids are the same but for the case of their letters A-Z."""
+    return one is not None and one.translate(_ASCII_LOWER) == other.translate(_ASCII_LOWER)
+
+
+def _spellings(text: str) -> list[str]:
+    """Every spelling of ``text`` with its letters A-Z in either case."""
+    spelt = [""]
+    for character in text:
+        either = character in string.ascii_letters
+        cases = (character.lower(), character.upper()) if either else (character,)
+        spelt = [start + case for start in spelt for case in cases]
+    return spelt
+
+
+def _by_id_in_any_case(
+    uow: UnitOfWork, column: InstrumentedAttribute[str | None], identifier: str
+) -> list[MessageRow]:
+    """The messages whose ``column`` (an ebXML MessageId or a MsgId) is ``identifier`` but for
+    the case of its letters A-Z (an EPJ's GUID written in capitals, a MessageId copied from a
+    mail header), oldest first.
+
+    Through the column's index, never a ``lower(column)`` no index serves (PostgreSQL read the
+    whole table for it): an id with at most ``_CASE_LETTERS`` letters is looked up in each of
+    its spellings; a longer one (a GUID has some twenty) by each spelling of its start up to
+    its fourth letter, a range of the index where text sorts by code (``_by_id_prefix`` says
+    why only there), and its rows compared whole. An id without letters has no other spelling.
+    """
+    from sqlalchemy import and_, or_, select
+
+    from meldingstjener.store.tables import MessageRow
+
+    letters = [at for at, character in enumerate(identifier) if character in string.ascii_letters]
+    if not letters:
+        return []
+    matches: ColumnElement[bool]
+    if len(letters) <= _CASE_LETTERS:
+        matches = column.in_(_spellings(identifier))
+    else:
+        starts = _spellings(identifier[: letters[_CASE_LETTERS]])
+        if uow.database.orders_text_by_code:
+            matches = or_(*(and_(column >= start, column < _past(start)) for start in starts))
+        else:
+            matches = or_(*(column.startswith(start, autoescape=True) for start in starts))
+    query = select(MessageRow.id, column).where(matches)
+    if column is MessageRow.ebxml_message_id:
+        # the unique (direction, ebxml_message_id) index, as the exact look-up uses it
+        query = query.where(MessageRow.direction.in_([d.value for d in Direction]))
+    ids = [found for found, value in uow.session.execute(query) if same_but_case(value, identifier)]
+    messages = [uow.messages.get(found) for found in ids]
+    return sorted((m for m in messages if m is not None), key=lambda m: (m.created_at, m.id))
+
+
+def _past(start: str) -> str:
+    """The first text after every one that starts with ``start``, in code order."""
+    return start[:-1] + chr(ord(start[-1]) + 1)
 
 
 def several_share(identifier: str, messages: list[MessageRow]) -> str:
     """The line above several messages one identifier named: which copy is which follows."""
-    which = "MsgId" if all(m.msg_id == identifier for m in messages) else "ebXML MessageId"
+    identifier = id_given(identifier)
+    which = (
+        "MsgId" if all(same_but_case(m.msg_id, identifier) for m in messages) else "ebXML MessageId"
+    )
     return f"{len(messages)} messages have the {which} {identifier} (each below):"
 
 
@@ -504,7 +601,7 @@ def messages_or_refusal(
     messages = find_messages(uow, identifier)
     if messages:
         return messages, []
-    refusal = refused_unstored(uow, identifier)
+    refusal = refused_unstored(uow, id_given(identifier))
     if not refusal:
         typer.echo(f"no message with id {identifier!r}", err=True)
         raise typer.Exit(1)
@@ -516,6 +613,8 @@ def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
     before its signature verified is not stored (inbound), and only its events know it."""
     from meldingstjener.store.uow import LogFilter
 
+    if not ebxml_message_id:  # (no criterion: every refusal's events)
+        return []
     found = uow.messages.log(LogFilter(ebxml_message_id=ebxml_message_id))
     return [event for event, message in found if message is None]
 
@@ -528,6 +627,7 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
     from meldingstjener.store.uow import EventKind
     from meldingstjener.views import event_dict
 
+    ebxml_message_id = id_given(ebxml_message_id)
     refused = any(event.kind == EventKind.ERROR for event in events)
     if as_json:
         document = {
@@ -550,63 +650,6 @@ def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool
             f"{escape(event.detail or '')}",
             highlight=False,
         )
-
-
-@dataclass(frozen=True)
-class AnswerSent:
-    """An answer of ours to a received message (AppRec, dialog-avvik), as its receipt names
-    it, and what became of it: given up, it leaves the received message ``apprec-sent`` while
-    the sender never had it."""
-
-    receipt_id: int
-    kind: str
-    message: MessageRow
-    open_alerts: list[AlertRow]
-
-    def line(self) -> str:
-        """E.g. ``AppRec 93ab... not-delivered (alert 3)``."""
-        alerts = ", ".join(str(alert.id) for alert in self.open_alerts)
-        return f"{_ANSWER_NAMES.get(self.kind, self.kind)} {self.message.id} " + (
-            f"{self.message.status}" + (f" (alert {alerts})" if alerts else "")
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message.id,
-            "status": self.message.status,
-            "open_alerts": [alert.id for alert in self.open_alerts],
-        }
-
-
-_ANSWER_NAMES = {"apprec": "AppRec"}
-
-
-def answers_sent(uow: UnitOfWork, message_id: str) -> list[AnswerSent]:
-    """Our answers to the received message ``message_id``: each out receipt naming the message
-    that carried it by its eb:MessageId (recorded when it is sent; not by versions before)."""
-    answers = []
-    for receipt in uow.receipts.for_message(message_id):
-        if receipt.direction != "out" or receipt.ebxml_message_id is None:
-            continue
-        sent = uow.messages.by_ebxml_id(Direction.OUTBOUND, receipt.ebxml_message_id)
-        if sent is not None:
-            alerts = [a for a in uow.alerts.for_message(sent.id) if a.resolved_at is None]
-            answers.append(AnswerSent(receipt.id, receipt.kind, sent, alerts))
-    return answers
-
-
-def receipt_document(
-    receipt: ReceiptRow, answers: list[AnswerSent], *, texts: bool
-) -> dict[str, Any]:
-    """A receipt as ``show --json`` and ``status --json`` print it, with the answer it was sent
-    as, if any (``answer``: its message id, status and open alerts)."""
-    from meldingstjener.views import receipt_dict
-
-    document = receipt_dict(receipt, texts=texts)
-    for answer in answers:
-        if answer.receipt_id == receipt.id:
-            document["answer"] = answer.as_dict()
-    return document
 
 
 def _by_id_prefix(uow: UnitOfWork, prefix: str) -> MessageRow | None:
@@ -642,7 +685,7 @@ def resend_command(
         str,
         typer.Argument(
             help="The not-delivered message: our id (or its first 8 or more characters), its "
-            "ebXML MessageId or its MsgHead MsgId."
+            "ebXML MessageId or its MsgHead MsgId, as show takes it."
         ),
     ],
     by: Annotated[

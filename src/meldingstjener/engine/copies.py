@@ -49,3 +49,26 @@ def links(uow: UnitOfWork, message: MessageRow) -> dict[str, str | None]:
     copy it was sent again as) and ``copy_of`` (the message it is a copy of)."""
     copy = copy_of(uow, message.id) if message.direction == Direction.OUTBOUND.value else None
     return {"sent_again_as": copy.id if copy is not None else None, "copy_of": original_of(message)}
+
+
+# how many originals one look-up of their copies names (a bound on a statement's parameters)
+_COPIES_AT_ONCE = 500
+
+
+def copies_of(uow: UnitOfWork, messages: list[MessageRow]) -> dict[str, str]:
+    """The copies each of ``messages`` was sent again as, by the original's id: what a list of
+    messages (``GET /api/log``) tells of each, by the unique index of the copies' keys, a
+    few hundred originals a statement, not a statement each."""
+    originals = [m.id for m in messages if m.direction == Direction.OUTBOUND.value]
+    found: dict[str, str] = {}
+    for start in range(0, len(originals), _COPIES_AT_ONCE):
+        keys = [copy_key(original) for original in originals[start : start + _COPIES_AT_ONCE]]
+        rows = uow.session.execute(
+            select(MessageRow.id, MessageRow.idempotency_key).where(
+                MessageRow.direction == Direction.OUTBOUND.value,
+                MessageRow.idempotency_key.in_(keys),
+            )
+        )
+        for copy_id, key in rows:
+            found[str(key)[len(_KEY_PREFIX) :]] = copy_id
+    return found

@@ -42,6 +42,7 @@ from meldingstjener.formats import (
     serialize_apprec,
 )
 from meldingstjener.formats.apprec import APPREC_VERSIONS, apprec_party_from
+from meldingstjener.formats.codelists import APPREC_ERRORS, code_list
 from meldingstjener.formats.errors import FormatError
 from meldingstjener.formats.msghead import MsgHead
 from meldingstjener.formats.parties import Party
@@ -880,7 +881,7 @@ def apply_incoming_apprec(
         if target is not OutboundStatus.APPREC_OK:
             # a rejection of something: maybe a message sent past this server (another system
             # of ours), maybe one whose row is gone; either way someone must look at it
-            shown = codes_shown(_apprec_code_shown(code) for code, _ in message.apprec_errors)
+            shown = codes_shown(_apprec_code_meant(code) for code, _ in message.apprec_errors)
             raise_alert(
                 uow,
                 AlertKind.APPREC_REJECTED,
@@ -913,7 +914,7 @@ def apply_incoming_apprec(
             description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
         )
     )
-    text = codes_shown(_apprec_code_shown(code) for code, _ in message.apprec_errors)
+    text = codes_shown(_apprec_code_meant(code) for code, _ in message.apprec_errors)
     if target.value in allowed_next(Direction.OUTBOUND, original.status):
         uow.messages.set_status(
             original,
@@ -1033,6 +1034,16 @@ def _apprec_code_shown(code: str) -> str:
     """A partner's AppRec error code as our texts and code columns show it: "?" for one that
     does not look like a code (a V is any text the partner likes, and may quote the message)."""
     return partner_code(code.upper(), _APPREC_CODE_SHAPE)  # "e21" is E21, as the lists say
+
+
+def _apprec_code_meant(code: str) -> str:
+    """A partner's AppRec error code as :func:`_apprec_code_shown` shows it, followed by what
+    code list 8221 says it means (``E21 Mottaker finnes ikke``): the list's text is ours, the
+    same for every message, and names nobody; the partner's own words (DN, OT) may name the
+    patient and stay in the receipt (``--texts``)."""
+    shown = _apprec_code_shown(code)
+    meaning = code_list(APPREC_ERRORS).text(shown)
+    return f"{shown} {meaning}" if meaning else shown
 
 
 def schedule_apprec_deadline(

@@ -107,6 +107,12 @@ def test_a_message_refused_before_its_signature_verified_is_found(
         shown = json.loads(output)
         assert shown["status"] == "refused-not-stored"
         assert [e["code"] for e in shown["events"]] == ["SecurityFailure"]
+        # as a MIME Content-ID writes it: the brackets are no part of the id
+        code, output = cli(pair, pair.hospital, command, f" <{ebxml_id}>", "--json")
+        assert code == 0 and json.loads(output)["ebxml_message_id"] == ebxml_id, output
+        # nothing between them names nothing (not every refusal, nor every message)
+        code, output = cli(pair, pair.hospital, command, " <> ")
+        assert code == 1 and "no message with id" in output, output
 
     def logged(*options: str) -> list[str | None]:
         code, output = cli(pair, pair.hospital, "log", "--json", *options)

@@ -79,6 +79,24 @@ def test_a_rejected_apprec_shows_its_codes_and_raises_an_alert(pair: Pair) -> No
     assert pair.message(pair.hospital, row.id).status == "rejected"
 
 
+def test_an_apprec_code_is_told_with_its_meaning_in_the_code_list(pair: Pair) -> None:
+    # "AppRec Rejected (E21)" sent the help desk to the code list, or to --texts and the
+    # partner's words, which may name the patient; the list's own text is ours and names nobody
+    message_id, row = send_and_deliver(pair)
+    receipts.send_apprec(
+        pair.hospital, row.id, status=2, errors=[("E35", "Ukjent hos oss")], actor="epj"
+    )
+    pair.run()
+    meaning = "E35 Pasienten finnes ikke i mottakersystemet"
+    [alert] = open_alerts(pair.gp, "apprec-rejected")
+    summary = str(alert.summary)  # type: ignore[attr-defined]
+    assert f"with AppRec 'Rejected': {meaning}. Follow up" in summary
+    with pair.gp.store.unit_of_work() as uow:
+        details = [str(e.detail) for e in uow.events.for_message(message_id)]
+    assert f"AppRec Rejected ({meaning})" in details
+    assert "Ukjent" not in summary + " ".join(details)  # the partner's words: --texts only
+
+
 def _apprec_from_the_hospital(
     pair: Pair,
     original_payload: bytes,
@@ -126,7 +144,10 @@ def test_an_apprec_error_code_that_is_no_code_is_shown_as_a_question_mark(
         assert sent.status == "apprec-rejected" and sent.last_error_code == "?"
         [alert] = open_alerts(pair.gp, "apprec-rejected")
         summary = str(alert.summary)  # type: ignore[attr-defined]
-        assert "'Rejected': ?, E35." in summary and "Kari" not in summary
+        assert (
+            "'Rejected': ?, E35 Pasienten finnes ikke i mottakersystemet." in summary
+            and "Kari" not in summary
+        )
         with pair.gp.store.unit_of_work() as uow:
             details = " ".join(str(e.detail) for e in uow.events.for_message(message_id))
             [receipt] = [r for r in uow.receipts.for_message(message_id) if r.kind == "apprec"]
@@ -157,7 +178,10 @@ def test_a_rejecting_apprec_for_a_message_we_did_not_send_raises_an_alert(
     assert len(found) == int(alerted)
     if alerted:
         [alert] = found
-        assert alert.message_id == apprec.id and "(E35)" in alert.summary  # type: ignore[attr-defined]
+        assert (
+            alert.message_id == apprec.id
+            and "(E35 Pasienten finnes ikke i mottakersystemet)" in alert.summary
+        )  # type: ignore[attr-defined]
         assert alert.dedup_key == f"apprec-rejected:unmatched:{apprec.id}"  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,5 @@
-"""``show`` and ``status`` find a message by the start of its id under any database collation.
+"""``show`` and ``status`` find a message by the start of its id, and by a MsgId in another case,
+under any database collation.
 
 The start is looked up as a range of the primary key where text sorts by code (SQLite,
 PostgreSQL's C and C.UTF-8). A Norwegian database's collation reads "aa" as "å", after "z":
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 import typer
 
-from meldingstjener.cli.store_cmds import _by_id_prefix
+from meldingstjener.cli.store_cmds import _by_id_prefix, find_messages
 from meldingstjener.store.database import Database
 from meldingstjener.store.migrate import upgrade
 from meldingstjener.store.tables import MessageRow
@@ -62,6 +63,20 @@ def test_an_ids_start_is_found_under_a_norwegian_collation(norwegian: Database) 
     _stored(norwegian, A100)
     with UnitOfWork(norwegian) as uow, pytest.raises(typer.BadParameter, match="several"):
         _by_id_prefix(uow, "deadbeea-a")
+
+
+def test_an_id_in_another_case_is_found_under_a_norwegian_collation(norwegian: Database) -> None:
+    """A MsgId whose start is no range of the index there ("aa" is "å") is found all the same:
+    its start's spellings by LIKE."""
+    from meldingstjener.store.uow import UnitOfWork
+
+    msg_id = "aa0e8400-e29b-41d4-a716-446655440000"
+    with norwegian.session() as session:
+        session.add(MessageRow(id=A100, direction="out", status="sent", msg_id=msg_id))
+        session.commit()
+    with UnitOfWork(norwegian) as uow:
+        assert [m.id for m in find_messages(uow, msg_id.upper())] == [A100]
+        assert find_messages(uow, "AA0E8400-E29B-41D4-A716-44665544000F") == []
 
 
 def test_the_sessions_own_collation_sorts_by_code(database_url: str) -> None:

@@ -165,6 +165,11 @@ def test_the_help_desk_searches_use_indexes_on_postgresql(own_database: Store) -
             ),
             "show of an id no message has": lambda: find_messages(uow, str(uuid.UUID(int=7))),
             "show of a start no message's id has": lambda: find_messages(uow, "00000000abc"),
+            # tried in each case after the exact miss: by each spelling, or of its start
+            "show of a MsgId in capitals": lambda: find_messages(uow, f"MSG-{middle}"),
+            "show of a long id in another case no message has": lambda: find_messages(
+                uow, "<EB-1-ABCDEF0123456789@X>"
+            ),
         }
         for name, search in searches.items():
             for statement, plan in _plans(store, search):
