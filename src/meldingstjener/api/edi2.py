@@ -518,10 +518,7 @@ class Edi2:
             ApprecInfo(
                 receiverHerId=int(i.receiver_her_id),
                 appRecStatus=_apprec_status(i.app_rec_status),
-                appRecErrorList=[
-                    AppRecError(errorCode=code, details=text) for code, text in i.errors
-                ]
-                or None,
+                appRecErrorList=_apprec_errors(i) or None,
             )
             for i in infos
         ]
@@ -644,6 +641,26 @@ def _apprec_status(value: str | None) -> AppRecStatus | None:
     if value is None:
         return None
     return AppRecStatus("Ok" if value.upper() == "OK" else value)
+
+
+# what AppRecError's details and description hold at most (edi2_models): a partner's text may
+# be longer, and a longer one would fail the answer
+_ERROR_TEXT_CHARS = 2000
+
+
+def _apprec_errors(info: receipts.AppRecInfo) -> list[AppRecError]:
+    """The errors of an AppRec received. ``details``: the partner EPJ's own words (its OT) when
+    it wrote any, else the code's text (DN), as before; ``description``: the code's text (DN).
+    (An EPJ posting an AppRec gives its words as ``details`` too: they go out as the OT.)"""
+    ots = (info.error_ots + (None,) * len(info.errors))[: len(info.errors)]
+    return [
+        AppRecError(
+            errorCode=code,
+            details=(ot or text)[:_ERROR_TEXT_CHARS],
+            description=text[:_ERROR_TEXT_CHARS] or None,
+        )
+        for (code, text), ot in zip(info.errors, ots, strict=True)
+    ]
 
 
 def _her_int(value: str | None) -> int | None:
