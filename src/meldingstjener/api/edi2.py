@@ -50,6 +50,7 @@ from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.copies import newest_copy
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
@@ -493,38 +494,55 @@ class Edi2:
 
     def get_status(self, who: Principal, message_id: uuid.UUID) -> list[StatusInfo]:
         row = self._message(who, message_id, "get-status", direction=Direction.OUTBOUND.value)
+        copy = self._sent_again_as(row)
         try:
-            states = receipts.receiver_status(self.ctx, row.id)
+            states = receipts.receiver_status(self.ctx, copy or row.id)
         except receipts.AppRecRefused as refused:
             raise _apprec_problem(refused) from None
-        self._audit(who, "get-status", Outcome.OK, message_id=row.id, her_id=_own(row))
+        self._audit(
+            who, "get-status", Outcome.OK, message_id=row.id, her_id=_own(row), detail=_of(copy)
+        )
         return [
             StatusInfo(
                 receiverHerId=int(s.receiver_her_id),
                 transportDeliveryState=DeliveryState(s.transport_delivery_state),
                 appRecStatus=_apprec_status(s.app_rec_status),
+                sentAgainAs=copy,
             )
             for s in states
         ]
 
     def get_apprec_info(self, who: Principal, message_id: uuid.UUID) -> list[ApprecInfo]:
         row = self._message(who, message_id, "get-apprec-info", direction=Direction.OUTBOUND.value)
+        copy = self._sent_again_as(row)
         try:
-            infos = receipts.apprec_info(self.ctx, row.id)
+            infos = receipts.apprec_info(self.ctx, copy or row.id)
         except receipts.AppRecRefused as refused:
             raise _apprec_problem(refused) from None
-        self._audit(who, "get-apprec-info", Outcome.OK, message_id=row.id, her_id=_own(row))
+        self._audit(
+            who,
+            "get-apprec-info",
+            Outcome.OK,
+            message_id=row.id,
+            her_id=_own(row),
+            detail=_of(copy),
+        )
         return [
             ApprecInfo(
                 receiverHerId=int(i.receiver_her_id),
                 appRecStatus=_apprec_status(i.app_rec_status),
-                appRecErrorList=[
-                    AppRecError(errorCode=code, details=text) for code, text in i.errors
-                ]
-                or None,
+                appRecErrorList=_apprec_errors(i) or None,
+                sentAgainAs=copy,
             )
             for i in infos
         ]
+
+    def _sent_again_as(self, row: MessageRow) -> str | None:
+        """The id of the newest copy an operator sent ``row`` again as (``resend``), whose fate
+        is the message's: the EPJ knows only the id it was given. None when it was not."""
+        with self.ctx.store.unit_of_work() as uow:
+            copy = newest_copy(uow, row.id)
+            return copy.id if copy is not None else None
 
     def post_apprec(
         self, who: Principal, message_id: uuid.UUID, sender_her_id: int, body: PostAppRecRequest
@@ -644,6 +662,31 @@ def _apprec_status(value: str | None) -> AppRecStatus | None:
     if value is None:
         return None
     return AppRecStatus("Ok" if value.upper() == "OK" else value)
+
+
+def _of(copy: str | None) -> str | None:
+    """The audit row's detail of a status or AppRec answer given for the copy ``copy``."""
+    return f"answered for {copy}, the copy it was sent again as" if copy else None
+
+
+# what AppRecError's details and description hold at most (edi2_models): a partner's text may
+# be longer, and a longer one would fail the answer
+_ERROR_TEXT_CHARS = 2000
+
+
+def _apprec_errors(info: receipts.AppRecInfo) -> list[AppRecError]:
+    """The errors of an AppRec received. ``details``: the partner EPJ's own words (its OT) when
+    it wrote any, else the code's text (DN), as before; ``description``: the code's text (DN).
+    (An EPJ posting an AppRec gives its words as ``details`` too: they go out as the OT.)"""
+    ots = (info.error_ots + (None,) * len(info.errors))[: len(info.errors)]
+    return [
+        AppRecError(
+            errorCode=code,
+            details=(ot or text)[:_ERROR_TEXT_CHARS],
+            description=text[:_ERROR_TEXT_CHARS] or None,
+        )
+        for (code, text), ot in zip(info.errors, ots, strict=True)
+    ]
 
 
 def _her_int(value: str | None) -> int | None:

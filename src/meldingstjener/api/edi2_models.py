@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,16 +115,29 @@ class GetBusinessDocumentResponse(_Strict):
     contentTransferEncoding: str
 
 
+def _sent_again_as() -> Any:
+    """Our extension of StatusInfo and ApprecInfo: present only for a message an operator sent
+    again (``meldingstjener resend``), so that every other answer keeps NHN's shape exactly."""
+    return Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Extension, not in EDI 2.0, present only for a message sent again by the "
+        "operator (meldingstjener resend): the id of its newest copy, whose outcome this is",
+    )
+
+
 class StatusInfo(_Strict):
     receiverHerId: int
     transportDeliveryState: DeliveryState
     appRecStatus: AppRecStatus | None = None
+    sentAgainAs: str | None = _sent_again_as()
 
 
 class ApprecInfo(_Strict):
     receiverHerId: int
     appRecStatus: AppRecStatus | None = None
     appRecErrorList: list[AppRecError] | None = None
+    sentAgainAs: str | None = _sent_again_as()
 
 
 class MisaddressedRequest(_Strict):

@@ -1,6 +1,7 @@
-"""The link between a message sent again and its new copy (:mod:`.resend`), as ``show`` and
-the operator API read it: kept apart from the resend itself, which loads the outbound pipeline
-(the XML and cryptography packages), so that ``show`` does not.
+"""The link between a message sent again and its new copy (:mod:`.resend`), as ``show``, the
+operator API, the EPJ's GetStatus and GetApprecInfo and the webhooks read it: kept apart from
+the resend itself, which loads the outbound pipeline (the XML and cryptography packages), so
+that ``show`` does not.
 
 A copy is stored with the idempotency key ``resend:<id of the original>`` (the column is unique:
 one copy per original, see :mod:`.resend`); both message logs say it too (NOTE events
@@ -72,3 +73,33 @@ def copies_of(uow: UnitOfWork, messages: list[MessageRow]) -> dict[str, str]:
         for copy_id, key in rows:
             found[str(key)[len(_KEY_PREFIX) :]] = copy_id
     return found
+
+
+def newest_copy(uow: UnitOfWork, message_id: str) -> MessageRow | None:
+    """The newest copy ``message_id`` was sent again as: its copy, or that copy's copy when the
+    copy was given up and sent again in turn, and so on; None when it was never sent again.
+    What the EPJ, which knows ``message_id`` only, is answered with (GetStatus, GetApprecInfo)."""
+    newest: MessageRow | None = None
+    seen = {message_id}
+    while (copy := copy_of(uow, newest.id if newest else message_id)) is not None:
+        if copy.id in seen:  # never made so; a loop would not end
+            break
+        seen.add(copy.id)
+        newest = copy
+    return newest
+
+
+def first_original(uow: UnitOfWork, copy: MessageRow) -> str | None:
+    """The id of the message first sent of which ``copy`` is a copy, through copies of copies:
+    the one its EPJ submitted and knows (webhooks' ``copyOf``); None when ``copy`` is none.
+    Reads a row per copy in between, and none for a message that is no copy."""
+    first = original_of(copy)
+    seen = {copy.id}
+    while first is not None and first not in seen:
+        seen.add(first)
+        earlier = uow.messages.get(first)
+        before = original_of(earlier) if earlier is not None else None
+        if before is None:
+            break
+        first = before
+    return first

@@ -7,7 +7,7 @@ and standalone AppRec are both first-class payloads (an AppRec travels without a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldingstjener.formats import ValidationReport, validate
@@ -30,6 +30,10 @@ class Fagmelding:
     apprec_status: str | None = None
     apprec_errors: tuple[tuple[str, str], ...] = ()
     copy_receivers: frozenset[str] = frozenset()
+    # each AppRec Error's OT, beside ``apprec_errors`` (code V, text DN): the partner EPJ's own
+    # words ("Pasient ... ukjent i journal"), which may name the patient: stored masked with the
+    # receipt, shown only when asked for (``--texts``, GetApprecInfo), never in a log
+    apprec_error_ots: tuple[str | None, ...] = field(default=(), repr=False)
 
     @property
     def valid(self) -> bool:
@@ -57,6 +61,27 @@ class Fagmelding:
             "patient_present": self.patient_present,
         }
 
+    def apprec_error_records(self) -> list[dict[str, str]]:
+        """The AppRec's Errors as its receipt keeps them (``error_codes``): ``code`` (V),
+        ``text`` (DN) and, when the partner wrote one, ``ot`` (OT). Free texts: the store masks
+        them (``ReceiptRepository.add``), and they are shown only with ``--texts``."""
+        missing = len(self.apprec_errors) - len(self.apprec_error_ots)
+        ots = self.apprec_error_ots + (None,) * missing
+        return [
+            {"code": code, "text": text, **({"ot": ot} if ot else {})}
+            for (code, text), ot in zip(self.apprec_errors, ots, strict=False)
+        ]
+
+    def apprec_description(self) -> str | None:
+        """The AppRec's Errors in words, as a receipt's ``description``: each code, its text
+        (DN) and the partner's own (OT), ``E35 Pasient ikke funnet: Pasient ... ukjent``."""
+        described = [
+            " ".join(part for part in (error["code"], error["text"]) if part)
+            + (f": {error['ot']}" if "ot" in error else "")
+            for error in self.apprec_error_records()
+        ]
+        return "; ".join(described) or None
+
     def problem_lines(self) -> list[str]:
         return [f"{p.path}: {p.message} ({p.code})" for p in self.report.problems]
 
@@ -77,6 +102,7 @@ def inspect(
     report = validate(data, schema_dir, max_bytes=max_bytes)
     msg_id = ref_parent = ref_conversation = original = apprec_status = None
     apprec_errors: tuple[tuple[str, str], ...] = ()
+    apprec_error_ots: tuple[str | None, ...] = ()
     copies: set[str] = set()
     head = report.msghead  # read once, by the validator
     if head is not None:
@@ -94,6 +120,7 @@ def inspect(
         original = apprec.original_msg_id.id
         apprec_status = str(apprec.status.value)
         apprec_errors = tuple((e.code, e.text or "") for e in apprec.errors)
+        apprec_error_ots = tuple(e.ot or None for e in apprec.errors)
     return Fagmelding(
         report=report,
         msg_id=msg_id,
@@ -108,4 +135,5 @@ def inspect(
         apprec_status=apprec_status,
         apprec_errors=apprec_errors,
         copy_receivers=frozenset(copies),
+        apprec_error_ots=apprec_error_ots,
     )

@@ -100,6 +100,8 @@ class AppRecInfo:
     app_rec_status: str
     errors: tuple[tuple[str, str], ...]
     received_at: datetime
+    # each error's OT (the partner EPJ's own words, masked as stored), beside ``errors``
+    error_ots: tuple[str | None, ...] = ()
 
 
 # --- receiving side: deliver, answer -----------------------------------------------------------
@@ -448,7 +450,7 @@ def mark_answered_by_document(
             ebxml_message_id=answer.ebxml_message_id,  # the answer as sent (see _submit_answer)
             ref_to_message_id=original.msg_id,
             apprec_status=code,
-            error_codes=[{"code": c, "text": t} for c, t in errors] or None,
+            error_codes=message.apprec_error_records() or None,
         )
     )
 
@@ -899,8 +901,12 @@ def apply_incoming_apprec(
         return
     original = uow.messages.get(answered, for_update=True)
     assert original is not None
-    # the partner's codes and texts as sent, masked like every text we store, in the receipt
-    codes = [{"code": redact(c), "text": redact(t)} for c, t in message.apprec_errors]
+    # the partner's codes and texts as sent (its own words, OT, too), masked like every text
+    # we store, in the receipt only: never in the log or an alert
+    codes = [
+        {key: redact(value) for key, value in error.items()}
+        for error in message.apprec_error_records()
+    ]
     uow.receipts.add(
         ReceiptRow(
             message_id=original.id,
@@ -911,7 +917,7 @@ def apply_incoming_apprec(
             ref_to_message_id=original.msg_id,
             apprec_status=status_code,
             error_codes=codes or None,
-            description="; ".join(f"{c} {t}" for c, t in message.apprec_errors) or None,
+            description=message.apprec_description(),
         )
     )
     text = codes_shown(_apprec_code_meant(code) for code, _ in message.apprec_errors)
@@ -1272,6 +1278,7 @@ def apprec_info(ctx: EngineContext, message_id: str) -> list[AppRecInfo]:
                 (str(e.get("code")), str(e.get("text") or "")) for e in r.error_codes or []
             ),
             received_at=r.at,
+            error_ots=tuple(e.get("ot") or None for e in r.error_codes or []),
         )
         for r in received
     ]

@@ -47,6 +47,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, u
 from meldingstjener.config import WebhookSettings
 from meldingstjener.engine.alerts import SEVERITY, AlertKind
 from meldingstjener.engine.context import EngineContext
+from meldingstjener.engine.copies import first_original
 from meldingstjener.engine.failing_jobs import STORE_PAUSE, refused_by_store
 from meldingstjener.httpbody import BodyTooLarge, BodyTooSlow, read_capped
 from meldingstjener.integration.webhook_http import call_deadline, webhook_client
@@ -307,7 +308,7 @@ class WebhookDispatcher:
             ).all()
             for event, message in rows:
                 # idempotent: an event seen again (behind a gap) finds its delivery made
-                made += self._fan_out(uow, hooks, *_message_news(event, message))
+                made += self._fan_out(uow, hooks, *_message_news(uow, event, message))
             if len(rows) == EVENT_BATCH:  # more news than one round takes: continue after it
                 settled = min(settled, rows[-1][0].id)
             if settled != cursor:
@@ -816,10 +817,12 @@ def _alert_state(alert: AlertRow) -> str:
 
 
 def _message_news(
-    event: EventRow, message: MessageRow
+    uow: UnitOfWork, event: EventRow, message: MessageRow
 ) -> tuple[str, str, dict[str, Any], str | None, str]:
     """(event type, dedup key, body, the own HER-id it concerns, the scope that reads it) for
-    one status event."""
+    one status event. A copy an operator sent again (``resend``) names the message first sent
+    (``copyOf``), the id its EPJ was given, and every body the MsgHead MsgId
+    (``businessDocumentId``, as GetMessage names it), by which the EPJ knows its document."""
     inbound = message.direction == Direction.INBOUND.value
     own = message.to_her_id if inbound else message.from_her_id
     event_type = (
@@ -834,6 +837,8 @@ def _message_news(
         "messageType": message.msg_type,
         "senderHerId": message.from_her_id,
         "receiverHerId": message.to_her_id,
+        "businessDocumentId": message.msg_id,
+        "copyOf": first_original(uow, message),
         "at": event.at.isoformat(),
     }
     return event_type, f"event:{event.id}", body, own, "receive" if inbound else "send"
