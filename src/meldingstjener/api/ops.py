@@ -87,6 +87,20 @@ class ResolveRequest(BaseModel):
     )
 
 
+class ResendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checked: str | None = Field(
+        default=None,
+        max_length=4 * RESOLUTION_NOTE_CHARS,
+        description="What the receiver said when asked whether the message arrived: needed "
+        "when its server took an attempt but no Acknowledgment came back (else 409 "
+        f"`maybe-received`); at most {RESOLUTION_NOTE_CHARS} characters once stripped and "
+        "masked, kept as the resolutionNote of the alert the resend resolves; never in the "
+        "audit log or the server log",
+    )
+
+
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -172,10 +186,11 @@ def _alert_dict(row: Any) -> dict[str, Any]:
 
 def _resend_problem(refused: SubmitRejected) -> ApiProblem:
     """A refused resend as the API answers it: 404 for no such message, 409 for one that may
-    not be sent again (the detail names the copy when it was sent again already), 400 for the
-    copy's own checks, as ``POST /Messages`` answers them."""
+    not be sent again (the detail names the copy when it was sent again already), 400 for
+    words of ``checked`` that cannot be kept and for the copy's own checks, as ``POST
+    /Messages`` answers them."""
     if isinstance(refused, ResendRefused):
-        status = 404 if refused.code == "not-found" else 409
+        status = {"not-found": 404, "invalid-checked": 400}.get(refused.code, 409)
         return ApiProblem(status, refused.code, refused.message)
     return ApiProblem(400, refused.code, refused.message, refused.problems)
 
@@ -357,7 +372,9 @@ def ops_router(
         "old one's `not-delivered` alert is resolved. Answers 201 with `messageId` (the copy) "
         "and `copyOf`. Refused: 404 `not-found`; 409 `not-resendable` (any status but "
         "not-delivered), `already-sent-again` (the detail names the copy), `not-outbound`, "
-        "`content-removed`; 400 with the codes of `POST /Messages` when the copy's own checks "
+        "`content-removed`, `maybe-received` (its server took an attempt but no "
+        "Acknowledgment came back: ask the receiver, then send `checked` with what it said); "
+        "400 `invalid-checked`, and the codes of `POST /Messages` when the copy's own checks "
         "refuse it (`unknown-receiver`, `certificate-problem`, ...).",
         status_code=201,
         responses={
@@ -366,11 +383,14 @@ def ops_router(
             409: {"description": "The message may not be sent again (see the code)"},
         },
     )
-    def resend_message(message_id: str, who: Admin) -> dict[str, Any]:
+    def resend_message(
+        message_id: str, who: Admin, request: ResendRequest | None = None
+    ) -> dict[str, Any]:
         message_id = message_id[:64]
         operator = Operator(who.label, who.person)
+        checked = request.checked if request is not None else None
         try:
-            done = resend(ctx, message_id, operator=operator)
+            done = resend(ctx, message_id, operator=operator, checked=checked)
         except SubmitRejected as refused:
             audit.record(
                 ctx.store,

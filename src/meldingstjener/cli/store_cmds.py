@@ -691,13 +691,23 @@ def resend_command(
     by: Annotated[
         str, typer.Option("--by", help="Who sends it again (the logs and the audit log).")
     ] = "operator",
+    checked: Annotated[
+        str | None,
+        typer.Option(
+            "--checked",
+            help="What the receiver said when asked whether the message arrived (needed when "
+            "its server took an attempt but no Acknowledgment came back): kept, masked, as "
+            "the note of the alert the resend resolves.",
+        ),
+    ] = None,
 ) -> None:
     """Send a not-delivered message again, once its receiver is back: a new ebXML message (new
     MessageId, same conversation) of the same business document, checked, encrypted and signed
     as any message now (the receiver's current endpoint and certificate). Prints the new
     message's id. Both messages' logs name the other, and the old one's not-delivered alert is
-    resolved. Refused (exit 1, with a code) for any other status, and for a message sent again
-    already (its copy named)."""
+    resolved. Refused (exit 1, with a code) for any other status, for a message sent again
+    already (its copy named), and for one the receiving side took (maybe-received) until
+    --checked gives the receiver's word that it did not arrive."""
     settings = settings_from(ctx)  # first: a configuration error is said before the imports
     from meldingstjener.bootstrap import build_engine, open_store
     from meldingstjener.engine.errors import SubmitRejected
@@ -716,7 +726,7 @@ def resend_command(
         typer.echo(f"{several_share(message_id, messages)} {shown}; give our id", err=True)
         raise typer.Exit(2)
     try:
-        done = resend(engine, messages[0].id, operator=Operator("cli", by))
+        done = resend(engine, messages[0].id, operator=Operator("cli", by), checked=checked)
     except SubmitRejected as refused:
         typer.echo(f"refused ({refused.code}): {refused.message}", err=True)
         for problem in refused.problems:

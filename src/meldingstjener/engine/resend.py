@@ -5,9 +5,17 @@ PersistDuration (``transmit``): its MessageId may not be sent again then (the re
 for duplicate elimination only that long). Once the partner is back, the operator (``resend``,
 ``POST /api/messages/{id}/resend``) sends a new copy: a new ebXML message built from the stored
 fagmelding by :func:`.outbound.submit`, as any other (validation, the receiver's current
-agreement, endpoint and certificate, encryption, signing). The fagmelding is the same document,
-its MsgHead MsgId too: the receiver's EPJ knows a repeat by it, and an AppRec answering either
-copy is matched by it (``receipts._apprec_answers``).
+agreement, endpoint and certificate, encryption, signing). The fagmelding is the same
+document, its MsgHead MsgId too: an EPJ that checks for repeats knows one by it, and an AppRec
+answering either copy is matched by it (``receipts._apprec_answers``).
+
+A message given up although the receiving side took some attempt (its MSH answered 2xx, or
+our mail server took a mail that did not come back: :func:`.transmit.attempts_taken`, the rule
+the not-delivered alert follows) was very likely, or maybe, received: only its Acknowledgment
+did not come back, and a copy would be a duplicate in the receiver's EPJ. It is sent again only
+with the operator's word that the receiver says it did not arrive (``checked``: kept, masked, as
+the note of the not-delivered alert the resend resolves); without it, refused
+``maybe-received``.
 
 Only ``not-delivered`` is sent again. A message under way (accepted, sent, retrying) is still
 being sent; one acknowledged or answered the receiver has. One that ended ``transport-error``
@@ -34,6 +42,7 @@ from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.copies import COPY_OF, SENT_AGAIN, copy_key, copy_of
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.transmit import attempts_taken
 from meldingstjener.model import Direction, OutboundStatus
 from meldingstjener.store import audit
 from meldingstjener.store.payloads import PayloadNotFound
@@ -47,7 +56,9 @@ RESENDABLE = OutboundStatus.NOT_DELIVERED.value
 class ResendRefused(SubmitRejected):
     """The message is not sent again. ``code``: ``not-found``, ``not-outbound``,
     ``not-resendable`` (its status), ``already-sent-again`` (``copy_id`` names the copy),
-    ``content-removed`` (retention removed its fagmelding); or one of submit's own codes
+    ``content-removed`` (retention removed its fagmelding), ``maybe-received`` (the receiving
+    side took it, and nobody said it did not arrive), ``invalid-checked`` (those words cannot
+    be kept as given); or one of submit's own codes
     (``unknown-receiver``, ``certificate-problem``, ...) from the new copy's checks."""
 
     def __init__(self, code: str, message: str, *, copy_id: str | None = None) -> None:
@@ -76,16 +87,24 @@ class Operator:
         return f"{self.client}/{self.person}" if self.person else self.client
 
 
-def resend(ctx: EngineContext, message_id: str, *, operator: Operator) -> Resent:
+def resend(
+    ctx: EngineContext, message_id: str, *, operator: Operator, checked: str | None = None
+) -> Resent:
     """Send the ``not-delivered`` message ``message_id`` again as a new copy; return both ids.
-    Raises :class:`ResendRefused` (or submit's :class:`SubmitRejected`); nothing is stored
-    then. The audit log has the resend, by ``operator``, and the alert it resolved."""
-    original = _resendable(ctx, message_id)
+    ``checked``: what the receiver said when asked whether it arrived (needed when the
+    receiving side took an attempt; kept as the resolved alert's note). Raises
+    :class:`ResendRefused` (or submit's :class:`SubmitRejected`); nothing is stored then. The
+    audit log has the resend, by ``operator``, and the alert it resolved."""
+    try:
+        note = audit.resolution_note(checked)
+    except audit.NoteRefused as refused:
+        raise ResendRefused("invalid-checked", f"the words of --checked: {refused}") from None
+    original = _resendable(ctx, message_id, checked=note is not None)
     payload_ref = str(original.payload_ref)
     linked: list[str] = []
 
     def link(uow: UnitOfWork, copy: MessageRow) -> None:
-        _link(ctx, uow, original.id, copy, operator)
+        _link(ctx, uow, original.id, copy, operator, note)
         linked.append(copy.id)
 
     try:
@@ -114,9 +133,10 @@ def resend(ctx: EngineContext, message_id: str, *, operator: Operator) -> Resent
     return Resent(original.id, copy_id)
 
 
-def _resendable(ctx: EngineContext, message_id: str) -> MessageRow:
+def _resendable(ctx: EngineContext, message_id: str, *, checked: bool) -> MessageRow:
     """The message, when it may be sent again now: checked before the copy is built; the
-    commit checks the status again, under the message's lock."""
+    commit checks the status again, under the message's lock (its attempts do not change once
+    it is given up)."""
     with ctx.store.unit_of_work() as uow:
         message = uow.messages.get(message_id)
         if message is None:
@@ -131,6 +151,15 @@ def _resendable(ctx: EngineContext, message_id: str) -> MessageRow:
         if copy is not None:
             raise _already(message.id, copy.id)
         _check_status(message)
+        taken = attempts_taken(uow, message)
+        if taken.maybe_received and not checked:
+            raise ResendRefused(
+                "maybe-received",
+                f"message {message.id} was given up without an Acknowledgment, but "
+                f"{taken.words()}: a copy would be a duplicate in its EPJ if it did. When the "
+                'receiver says it did not arrive, send it again with their word: --checked "..." '
+                '(the API: {"checked": "..."}), kept as the note of the resolved alert',
+            )
         if message.payload_ref is None or not ctx.store.payloads.exists(message.payload_ref):
             raise _content_removed(message.id)
         return message
@@ -163,11 +192,17 @@ _WHY_NOT = {
 
 
 def _link(
-    ctx: EngineContext, uow: UnitOfWork, original_id: str, copy: MessageRow, operator: Operator
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    original_id: str,
+    copy: MessageRow,
+    operator: Operator,
+    note: str | None,
 ) -> None:
     """In the commit that stores ``copy``: the original, locked, still ``not-delivered`` (a
     late Acknowledgment may have come meanwhile: then no copy is stored); both logs name the
-    other; the original's ``not-delivered`` alert is resolved, by ``operator``; audited."""
+    other; the original's ``not-delivered`` alert is resolved, by ``operator``, with ``note``
+    (the receiver's word that it did not arrive, masked; never in a log); audited."""
     original = uow.messages.get(original_id, for_update=True)
     if original is None:  # removed meanwhile
         raise ResendRefused("not-found", f"no message {original_id}")
@@ -201,6 +236,7 @@ def _link(
             person=operator.person,
             by=operator.by,
             at=now,
+            note=note,
         )
     audit.add(
         uow,

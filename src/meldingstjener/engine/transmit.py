@@ -150,7 +150,8 @@ class AttemptsTaken:
     def maybe_received(self) -> bool:
         return self.count > self.bounced
 
-    def _words(self) -> str:
+    def words(self) -> str:
+        """What the receiving side took, and to ask the receiver before sending it again."""
         times = f"{self.count} time{'s' if self.count != 1 else ''}"
         if self.channel == "http":
             return (
@@ -167,7 +168,7 @@ class AttemptsTaken:
 
     def event_words(self) -> str:
         """What follows the reason in the give-up's event (nothing when nobody took it)."""
-        return f"; {self._words()}" if self.maybe_received else ""
+        return f"; {self.words()}" if self.maybe_received else ""
 
     def alert_words(self, row: MessageRow, partner_name: str, reason: str) -> str:
         """The ``not-delivered`` alert's summary (no patient data: ids, names and codes)."""
@@ -181,7 +182,7 @@ class AttemptsTaken:
                 "be sent again once the receiver can be reached: meldingstjener resend "
                 f"{row.id}"
             )
-        words = self._words()
+        words = self.words()
         resend = f"a resend (meldingstjener resend {row.id})"
         if self.channel == "http":
             duplicate = f"It very likely did: {resend} would then be a duplicate in its EPJ."

@@ -57,3 +57,29 @@ def test_an_admin_sends_a_not_delivered_message_again_once(api_pair: ApiPair) ->
     assert delivered.status_code == 409 and delivered.json()["code"] == "not-resendable"
     unknown = http.post("/api/messages/no-such-message/resend", headers=_bearer(admin_key))
     assert unknown.status_code == 404 and unknown.json()["code"] == "not-found"
+
+
+def test_a_message_the_receivers_server_took_needs_the_receivers_word(api_pair: ApiPair) -> None:
+    pair = api_pair.pair
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's Acknowledgments are lost
+    sent = api_pair.post_note("Kom den fram?")
+    assert sent.status_code == 201, sent.text
+    message_id = str(sent.json())
+    for _ in range(12):
+        pair.run()
+        if pair.message(pair.gp, message_id).status == "not-delivered":
+            break
+        pair.clock.advance(minutes=11)
+    assert pair.message(pair.gp, message_id).status == "not-delivered"
+    pair.network.down.clear()
+    _, admin_key = add_client(pair.gp.store, "ops", ["admin"], [])
+    http, path = api_pair.gp_http, f"/api/messages/{message_id}/resend"
+
+    asked = http.post(path, headers=_bearer(admin_key))
+    assert asked.status_code == 409 and asked.json()["code"] == "maybe-received", asked.text
+    too_long = http.post(path, headers=_bearer(admin_key), json={"checked": "x" * 1000})
+    assert too_long.status_code == 400 and too_long.json()["code"] == "invalid-checked"
+    made = http.post(path, headers=_bearer(admin_key), json={"checked": "Ola: not arrived"})
+    assert made.status_code == 201, made.text
+    [alert] = http.get("/api/alerts", headers=_bearer(admin_key)).json()
+    assert alert["kind"] == "not-delivered" and alert["resolutionNote"] == "Ola: not arrived"

@@ -316,3 +316,62 @@ def test_an_apprec_not_delivered_sent_again_answers_the_message(pair: Pair) -> N
     assert result.exit_code == 0, result.output
     assert f"sent as {apprec_id}, not-delivered" in result.output
     assert f"sent as {copy_id}, transport-acknowledged" in result.output
+
+
+def _acknowledgments_lost(pair: Pair) -> str:
+    """A note the hospital took on every attempt, given up because none of its Acknowledgments
+    reached the GP office (its endpoint down for the hospital's signals); both up afterwards."""
+    pair.network.down.add(pair.gp_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="epj")
+    for _ in range(12):
+        pair.run()
+        if pair.message(pair.gp, message_id).status == "not-delivered":
+            break
+        pair.clock.advance(minutes=11)  # past the RetryInterval
+    assert pair.message(pair.gp, message_id).status == "not-delivered"
+    pair.network.down.clear()
+    return message_id
+
+
+def test_a_message_the_receivers_server_took_is_sent_again_only_on_the_receivers_word(
+    pair: Pair,
+) -> None:
+    """The hospital has it (its Acknowledgments were lost): a copy would be a duplicate in its
+    EPJ, so a resend asks first (maybe-received), and goes with the receiver's word, kept,
+    masked, as the resolved alert's note."""
+    original_id = _acknowledgments_lost(pair)
+    with pytest.raises(ResendRefused) as refused:
+        resend(pair.gp, original_id, operator=KARI)
+    assert refused.value.code == "maybe-received"
+    assert "the receiver's server took it" in refused.value.message
+    assert "--checked" in refused.value.message
+    with pytest.raises(ResendRefused) as refused:
+        resend(pair.gp, original_id, operator=KARI, checked="   ")  # blank is no word
+    assert refused.value.code == "maybe-received"
+    with pytest.raises(ResendRefused) as refused:
+        resend(pair.gp, original_id, operator=KARI, checked="x" * 5000)
+    assert refused.value.code == "invalid-checked"
+    assert _copies(pair, str(pair.message(pair.gp, original_id).msg_id))[-1].id == original_id
+
+    said = "Ola at the hospital found nothing for 01017012345"
+    done = resend(pair.gp, original_id, operator=KARI, checked=said)
+    alert = _not_delivered_alert(pair, original_id)
+    assert alert.resolved_at is not None
+    assert alert.resolution_note == "Ola at the hospital found nothing for [redacted-id]"
+    assert done.copy_id != original_id
+    with pair.gp.store.unit_of_work() as uow:  # the words are the alert's, in no event
+        details = [str(e.detail) for e in uow.events.for_message(original_id)]
+    assert not any("Ola" in detail for detail in details)
+
+
+def test_resend_on_the_command_line_takes_the_receivers_word(pair: Pair) -> None:
+    original_id = _acknowledgments_lost(pair)
+    config = str(pair.gp_site.config_path)
+    refused = CliRunner().invoke(app, ["--config", config, "resend", original_id])
+    assert refused.exit_code == 1
+    assert "refused (maybe-received)" in refused.output
+    done = CliRunner().invoke(
+        app, ["--config", config, "resend", original_id, "--checked", "not arrived, said Ola"]
+    )
+    assert done.exit_code == 0, done.output
+    assert _not_delivered_alert(pair, original_id).resolution_note == "not arrived, said Ola"
