@@ -21,17 +21,21 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from meldingstjener.ebxml import (
+    EbxmlError,
     Envelope,
     ErrorDetail,
     OriginalIds,
     Party,
+    ReceiptDigests,
     Severity,
     build_acknowledgment,
     build_message_error,
+    compare_receipt_digests,
     envelope_bytes,
     new_message_id,
     package,
     signature_references,
+    unpackage_envelope,
 )
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -39,11 +43,13 @@ from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import InboundDeferred, SenderSignature, verify_sender
+from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
+from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.payloads import PayloadRef
 from meldingstjener.store.tables import ReceiptRow
 from meldingstjener.store.uow import (
@@ -212,7 +218,13 @@ def handle_incoming(
             uow.commit()
             return
         if envelope.is_acknowledgment:
+            digests = _receipt_digests(ctx, envelope, state)
+            if digests is not None and digests.contradicted:
+                _refuse_acknowledgment(uow, state, header.message_id, sender, digests, actor, now)
+                uow.commit()
+                return
             _apply_acknowledgment(ctx, uow, state, header.message_id, sender, actor, now)
+            _note_what_it_proves(uow, state, header.message_id, digests, actor, now)
         else:
             _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
@@ -346,6 +358,101 @@ def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _receipt_digests(
+    ctx: EngineContext, envelope: Envelope, state: MessageState
+) -> ReceiptDigests | None:
+    """What the Acknowledgment's digests say of the envelope we signed and sent
+    (:func:`~meldingstjener.ebxml.signals.compare_receipt_digests`); None when ours cannot be
+    read back (no wire form kept, its file away): then it is taken as before, with a note.
+    One carrying no ``ds:Reference`` needs no read."""
+    acknowledged = envelope.acknowledgment.references if envelope.acknowledgment else ()
+    if not acknowledged:
+        return ReceiptDigests()
+    if state.wire_ref is None or state.wire_content_type is None:
+        return None
+    try:
+        path = ctx.store.payloads.path(state.wire_ref)
+        ours = signature_references(parse_xml(unpackage_envelope(state.wire_content_type, path)))
+    except (OSError, EbxmlError, XmlError, StoreUnavailable) as failure:
+        log.warning(
+            "the envelope of message %s could not be read to compare an Acknowledgment's "
+            "digests with: %s",
+            state.id,
+            type(failure).__name__,
+        )
+        return None
+    return compare_receipt_digests(ours, acknowledged)
+
+
+def _refuse_acknowledgment(
+    uow: UnitOfWork,
+    state: MessageState,
+    signal_id: str,
+    sender: str,
+    digests: ReceiptDigests,
+    actor: str,
+    now: datetime,
+) -> None:
+    """A trusted Acknowledgment whose digests contradict what we signed acknowledges something
+    else: nothing changes (no receipt; the message waits, resent at its ack-timeout as if none
+    had come), logged on the message, and ``signal-untrusted`` for its sender (resolved by its
+    next Acknowledgment that counts)."""
+    uris = ", ".join(f'"{uri}"' for uri in digests.contradicted[:5])
+    uow.events.record(
+        state.id,
+        EventKind.ERROR,
+        actor=actor,
+        code="ack-digest-mismatch",
+        detail=f"Acknowledgment from {sender} ignored: its digest of {uris} is not the one we "
+        f"signed (it acknowledges something else); the message stays {state.status}",
+        ebxml_message_id=signal_id,
+        at=now,
+    )
+    raise_alert(
+        uow,
+        AlertKind.SIGNAL_UNTRUSTED,
+        f"an Acknowledgment from {sender} about message {state.id} was ignored: its digest "
+        f"of {uris} is not the one we signed, so it is no receipt of what we sent; the message "
+        f"stays {state.status} and is sent again when no Acknowledgment that matches comes. "
+        "Ask the partner what its MSH received.",
+        at=now,
+        partner_her_id=sender,
+        key=sender,
+    )
+
+
+def _note_what_it_proves(
+    uow: UnitOfWork,
+    state: MessageState,
+    signal_id: str,
+    digests: ReceiptDigests | None,
+    actor: str,
+    now: datetime,
+) -> None:
+    """A note when an Acknowledgment taken proves no part of what we sent: none of its
+    digests is of our payload (none at all, or the envelope's ``URI=""`` alone, as NAV's
+    partners send), or ours could not be read back to compare with. One that does (ours
+    repeat every reference) costs no statement."""
+    if digests is not None and digests.proves_payload:
+        return
+    if digests is None:
+        why = "its digests could not be compared: the envelope we sent could not be read back"
+    elif digests.matched:
+        why = "it carries the digest of our envelope only, none of its payload"
+    else:
+        why = "it carries no digest of what we sent"
+    uow.events.record(
+        state.id,
+        EventKind.NOTE,
+        actor=actor,
+        code="ack-without-digests",
+        detail=f"the Acknowledgment was taken; {why}, so it proves the receipt of the message "
+        "id, not of the content",
+        ebxml_message_id=signal_id,
+        at=now,
+    )
 
 
 def _apply_acknowledgment(
