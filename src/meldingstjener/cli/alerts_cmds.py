@@ -226,11 +226,21 @@ def _status_of(
     """One message's status document (``status --json``) and its alerts, every one of them."""
     from meldingstjener.engine.copies import links
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
+    from meldingstjener.engine.signals import signal_deliveries
     from meldingstjener.views import alert_dict
 
     receipts = uow.receipts.for_message(message.id)
     answers = answers_sent(uow, message.id)
     alerts = uow.alerts.for_message(message.id)
+    # what became of our Acknowledgment or MessageError: recorded when it was queued, which
+    # is not its delivery
+    deliveries = signal_deliveries(uow, message.id, receipts)
+    documents = []
+    for receipt in receipts:
+        shown = receipt_document(receipt, answers, texts=texts)
+        if receipt.id in deliveries:
+            shown["delivery"] = deliveries[receipt.id].as_dict()
+        documents.append(shown)
     document: dict[str, Any] = {
         "message_id": message.id,
         "direction": message.direction,
@@ -239,7 +249,7 @@ def _status_of(
         "from_her_id": message.from_her_id,
         "to_her_id": message.to_her_id,
         "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [receipt_document(receipt, answers, texts=texts) for receipt in receipts],
+        "receipts": documents,
         "alerts": [alert_dict(a) for a in alerts],
     }
     document.update(links(uow, message))  # sent_again_as, copy_of: as show tells them
@@ -330,6 +340,7 @@ def _print_status(
             + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
             + (f" {_codes(receipt['error_codes'])}" if receipt["error_codes"] else "")
             + (f": sent as {answer['message_id']}, {_answer_fate(answer)}" if answer else "")
+            + (f": {_delivery_words(receipt['delivery'])}" if receipt.get("delivery") else "")
         )
         if texts and receipt["description"]:
             console.print(f"    {escape(receipt['description'])}", highlight=False)
@@ -348,6 +359,33 @@ def _print_status(
         console.print(
             f"  [red]alert {alert.id}[/] {alert.kind}{acknowledged}: {escape(alert.summary)}"
         )
+
+
+def _delivery_words(delivery: dict[str, Any]) -> str:
+    """What became of our signal (``SignalDelivery``), in words and markup."""
+    from rich.markup import escape
+
+    state = delivery["state"]
+    if state == "inline":
+        return "sent in the HTTP response (SyncReply)"
+    if state == "queued":
+        return "queued, not sent yet"
+    if state == "delivered":
+        return f"delivered {_utc(delivery['at'])}"
+    if state == "no-route":
+        return "[red]NOT sent[/]: no agreed way back to the sender"
+    error = delivery["last_error"] or {}
+    last = escape(f"last error {error.get('code')} {error.get('text') or ''}".strip())
+    tries = f"{delivery['failed_attempts']} failed attempt(s), {last}"
+    if state == "failing":
+        return (
+            f"[red]NOT delivered yet[/], failing since {_utc(delivery['failing_since'])} "
+            f"({tries}; next attempt {_utc(delivery['next_attempt_at'])})"
+        )
+    return (
+        f"[red]NOT delivered, given up[/] (since {_utc(delivery['failing_since'])}: {tries}; "
+        "the sender's resend of the message gets it again)"
+    )
 
 
 def _note_of(alert: AlertRow) -> str:
