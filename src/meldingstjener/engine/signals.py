@@ -518,6 +518,17 @@ def _apply_acknowledgment(
         )
 
 
+# What a MessageError's alert advises: the partner's MSH refused the message, so a copy of it
+# meets the same refusal until the cause is mended; and ``meldingstjener resend`` sends only a
+# message given up unanswered (``not-delivered``), never one ended by a MessageError
+# (``transport-error``): the EPJ sends the document again.
+_SEND_AGAIN_WHEN_MENDED = (
+    "Once the cause is mended with the partner, the EPJ (the sender) sends the document again "
+    "as a new message, or deliver the content another way"
+)
+_NOT_BY_RESEND = " (meldingstjener resend does not send a message the receiver's MSH refused)."
+
+
 def _apply_message_error(
     ctx: EngineContext,
     uow: UnitOfWork,
@@ -594,7 +605,7 @@ def _apply_message_error(
             at=now,
         )
         uow.jobs.cancel_for_message(row.id)
-        advice = "Correct the cause and resend, or deliver the content another way."
+        advice = _SEND_AGAIN_WHEN_MENDED + _NOT_BY_RESEND
     else:
         # acknowledged (or answered, or given up) before: the status stays, the log says why,
         # and the alert must not ask for a resend of what the receiver may well have
@@ -613,7 +624,8 @@ def _apply_message_error(
             f"The message was {row.status} before: check with the receiver whether it has "
             "the content before resending it."
             if transport_delivery_state(row.status) == "Acknowledged"
-            else "Correct the cause and resend, or deliver the content another way."
+            else _SEND_AGAIN_WHEN_MENDED
+            + (_NOT_BY_RESEND if row.status == OutboundStatus.TRANSPORT_ERROR.value else ".")
         )
     raise_alert(
         uow,
