@@ -271,6 +271,7 @@ def _print_status(
             + (f" status {receipt['apprec_status']}" if receipt["apprec_status"] else "")
             + (f" {_codes(receipt['error_codes'])}" if receipt["error_codes"] else "")
             + (f": sent as {answer['message_id']}, {_answer_fate(answer)}" if answer else "")
+            + (f": {_delivery_words(receipt['delivery'])}" if receipt.get("delivery") else "")
         )
         if texts and receipt["description"]:
             console.print(f"    {escape(receipt['description'])}", highlight=False)
@@ -289,6 +290,33 @@ def _print_status(
         console.print(
             f"  [red]alert {alert.id}[/] {alert.kind}{acknowledged}: {escape(alert.summary)}"
         )
+
+
+def _delivery_words(delivery: dict[str, Any]) -> str:
+    """What became of our signal (``SignalDelivery``), in words and markup."""
+    from rich.markup import escape
+
+    state = delivery["state"]
+    if state == "inline":
+        return "sent in the HTTP response (SyncReply)"
+    if state == "queued":
+        return "queued, not sent yet"
+    if state == "delivered":
+        return f"delivered {_utc(delivery['at'])}"
+    if state == "no-route":
+        return "[red]NOT sent[/]: no agreed way back to the sender"
+    error = delivery["last_error"] or {}
+    last = escape(f"last error {error.get('code')} {error.get('text') or ''}".strip())
+    tries = f"{delivery['failed_attempts']} failed attempt(s), {last}"
+    if state == "failing":
+        return (
+            f"[red]NOT delivered yet[/], failing since {_utc(delivery['failing_since'])} "
+            f"({tries}; next attempt {_utc(delivery['next_attempt_at'])})"
+        )
+    return (
+        f"[red]NOT delivered, given up[/] (since {_utc(delivery['failing_since'])}: {tries}; "
+        "the sender's resend of the message gets it again)"
+    )
 
 
 def _note_of(alert: AlertRow) -> str:

@@ -34,8 +34,10 @@ from meldingstjener.ebxml.mime import (
 )
 from meldingstjener.ebxml.signals import (
     OriginalIds,
+    ReceiptDigests,
     build_acknowledgment,
     build_message_error,
+    compare_receipt_digests,
     signature_references,
 )
 
@@ -53,6 +55,7 @@ __all__ = [
     "MshDescription",
     "OriginalIds",
     "Party",
+    "ReceiptDigests",
     "Severity",
     "SignedReference",
     "build_acknowledgment",
@@ -60,6 +63,7 @@ __all__ = [
     "build_from",
     "build_message_error",
     "check_manifest",
+    "compare_receipt_digests",
     "envelope_bytes",
     "new_message_id",
     "package",

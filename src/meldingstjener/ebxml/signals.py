@@ -8,7 +8,9 @@ digests of the signature it received, so the sender holds proof of what arrived
 (non-repudiation of receipt); the caller signs the result like any other envelope.
 
 Parsing a received signal is :func:`meldingstjener.ebxml.parse.parse_envelope`
-(``acknowledgment`` / ``error_list``); matching it to what we sent is the engine's.
+(``acknowledgment`` / ``error_list``); matching it to what we sent is the engine's, and
+:func:`compare_receipt_digests` is the one comparison of a received Acknowledgment's digests
+with those of the message we signed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,52 @@ def signature_references(root: etree._Element) -> list[SignedReference]:
     if signed_info is None:
         return []
     return list(ds_references(signed_info))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptDigests:
+    """What a received Acknowledgment's ``ds:Reference`` elements say of the message we sent,
+    by the URIs of our signature's references: ``contradicted``, a URI of ours whose digest
+    (method or value) is not ours (the Acknowledgment is of something else); ``matched``, the
+    URIs of ours carried with our digest; ``not_ours``, URIs our signature does not have."""
+
+    contradicted: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()
+    not_ours: tuple[str, ...] = ()
+
+    @property
+    def proves_payload(self) -> bool:
+        """Whether a part other than the envelope (``URI=""``) is proved: a ``cid:`` digest."""
+        return any(uri != "" for uri in self.matched)
+
+
+def compare_receipt_digests(
+    sent: Sequence[SignedReference], acknowledged: Sequence[SignedReference]
+) -> ReceiptDigests:
+    """Compare the digests an Acknowledgment carries (``acknowledged``, its eb:Acknowledgment's
+    ``ds:Reference`` elements) with the references of the SignedInfo we sent (``sent``,
+    :func:`signature_references` of our envelope). A reference is matched by its URI, exactly
+    as we signed it (a receiver copies it); its digest method URI and its base64 value
+    (whitespace aside, as :func:`~meldingstjener.ebxml.parse.ds_references` reads them) must be
+    ours. ebMS 2.0 has the receiver copy them from the signature it received, so one
+    that differs is no receipt of what we sent."""
+    ours = {reference.uri: reference for reference in sent}
+    contradicted: list[str] = []
+    matched: list[str] = []
+    not_ours: list[str] = []
+    for reference in acknowledged:
+        mine = ours.get(reference.uri)
+        if mine is None:
+            not_ours.append(reference.uri)
+        elif (
+            reference.digest_method.strip() == mine.digest_method.strip()
+            and reference.digest_value == mine.digest_value
+            and reference.digest_value != ""
+        ):
+            matched.append(reference.uri)
+        else:
+            contradicted.append(reference.uri)
+    return ReceiptDigests(tuple(contradicted), tuple(matched), tuple(not_ours))
 
 
 def _reply_header(

@@ -19,33 +19,41 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lxml import etree
+from sqlalchemy import select
 
 from meldingstjener.ebxml import (
+    EbxmlError,
     Envelope,
     ErrorDetail,
     OriginalIds,
     Party,
+    ReceiptDigests,
     Severity,
     build_acknowledgment,
     build_message_error,
+    compare_receipt_digests,
     envelope_bytes,
     new_message_id,
     package,
     signature_references,
+    unpackage_envelope,
 )
-from meldingstjener.engine.alerts import AlertKind, raise_alert
+from meldingstjener.engine.alerts import AlertKind, keep_alert, raise_alert
 from meldingstjener.engine.context import EngineContext
 from meldingstjener.engine.directory import PartnerUnknown
 from meldingstjener.engine.mail_bounces import bounce_alert_key
 from meldingstjener.engine.receipts import schedule_apprec_deadline, transport_delivery_state
 from meldingstjener.engine.trust import InboundDeferred, SenderSignature, verify_sender
+from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, HerId, InvalidHerId, OutboundStatus, allowed_next
 from meldingstjener.model.privacy import codes_shown, partner_code, redact
 from meldingstjener.security.xmldsig import (
     sign_ebxml_envelope,
 )
+from meldingstjener.store.opening import StoreUnavailable
 from meldingstjener.store.payloads import PayloadRef
-from meldingstjener.store.tables import ReceiptRow
+from meldingstjener.store.tables import EventRow, JobRow, ReceiptRow
+from meldingstjener.store.types import as_utc
 from meldingstjener.store.uow import (
     ClaimedJob,
     EventKind,
@@ -59,9 +67,14 @@ from meldingstjener.transport.smtp import mail_address
 log = logging.getLogger(__name__)
 
 SEND_SIGNAL = "send-signal"
-# pauses of 2, 4, ... 2048 s: about 68 minutes of trying before the alert (the partner resends
-# the message after its RetryInterval anyway, and its duplicate gets our signal again)
+# pauses of 2, 4, ... 2048 s: about 68 minutes of trying per send (the partner resends the
+# message after its RetryInterval anyway, and its duplicate gets our signal again)
 SIGNAL_ATTEMPTS = 12
+# The signal-undelivered alert comes once the signal has failed this long, counted from its
+# first failed attempt since it was last delivered, whichever send (first, or for a duplicate)
+# made it: the partner's RetryInterval may be minutes, and a partner that gets no signal
+# gives the message up as not delivered while we have it. An attempt is made at that time.
+SIGNAL_ALERT_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -212,7 +225,13 @@ def handle_incoming(
             uow.commit()
             return
         if envelope.is_acknowledgment:
+            digests = _receipt_digests(ctx, envelope, state)
+            if digests is not None and digests.contradicted:
+                _refuse_acknowledgment(uow, state, header.message_id, sender, digests, actor, now)
+                uow.commit()
+                return
             _apply_acknowledgment(ctx, uow, state, header.message_id, sender, actor, now)
+            _note_what_it_proves(uow, state, header.message_id, digests, actor, now)
         else:
             _apply_message_error(ctx, uow, state.id, envelope, actor, now)
         uow.commit()
@@ -348,6 +367,101 @@ def _endpoint_key(channel: str, endpoint: str | None) -> tuple[str, str] | None:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def _receipt_digests(
+    ctx: EngineContext, envelope: Envelope, state: MessageState
+) -> ReceiptDigests | None:
+    """What the Acknowledgment's digests say of the envelope we signed and sent
+    (:func:`~meldingstjener.ebxml.signals.compare_receipt_digests`); None when ours cannot be
+    read back (no wire form kept, its file away): then it is taken as before, with a note.
+    One carrying no ``ds:Reference`` needs no read."""
+    acknowledged = envelope.acknowledgment.references if envelope.acknowledgment else ()
+    if not acknowledged:
+        return ReceiptDigests()
+    if state.wire_ref is None or state.wire_content_type is None:
+        return None
+    try:
+        path = ctx.store.payloads.path(state.wire_ref)
+        ours = signature_references(parse_xml(unpackage_envelope(state.wire_content_type, path)))
+    except (OSError, EbxmlError, XmlError, StoreUnavailable) as failure:
+        log.warning(
+            "the envelope of message %s could not be read to compare an Acknowledgment's "
+            "digests with: %s",
+            state.id,
+            type(failure).__name__,
+        )
+        return None
+    return compare_receipt_digests(ours, acknowledged)
+
+
+def _refuse_acknowledgment(
+    uow: UnitOfWork,
+    state: MessageState,
+    signal_id: str,
+    sender: str,
+    digests: ReceiptDigests,
+    actor: str,
+    now: datetime,
+) -> None:
+    """A trusted Acknowledgment whose digests contradict what we signed acknowledges something
+    else: nothing changes (no receipt; the message waits, resent at its ack-timeout as if none
+    had come), logged on the message, and ``signal-untrusted`` for its sender (resolved by its
+    next Acknowledgment that counts)."""
+    uris = ", ".join(f'"{uri}"' for uri in digests.contradicted[:5])
+    uow.events.record(
+        state.id,
+        EventKind.ERROR,
+        actor=actor,
+        code="ack-digest-mismatch",
+        detail=f"Acknowledgment from {sender} ignored: its digest of {uris} is not the one we "
+        f"signed (it acknowledges something else); the message stays {state.status}",
+        ebxml_message_id=signal_id,
+        at=now,
+    )
+    raise_alert(
+        uow,
+        AlertKind.SIGNAL_UNTRUSTED,
+        f"an Acknowledgment from {sender} about message {state.id} was ignored: its digest "
+        f"of {uris} is not the one we signed, so it is no receipt of what we sent; the message "
+        f"stays {state.status} and is sent again when no Acknowledgment that matches comes. "
+        "Ask the partner what its MSH received.",
+        at=now,
+        partner_her_id=sender,
+        key=sender,
+    )
+
+
+def _note_what_it_proves(
+    uow: UnitOfWork,
+    state: MessageState,
+    signal_id: str,
+    digests: ReceiptDigests | None,
+    actor: str,
+    now: datetime,
+) -> None:
+    """A note when an Acknowledgment taken proves no part of what we sent: none of its
+    digests is of our payload (none at all, or the envelope's ``URI=""`` alone, as NAV's
+    partners send), or ours could not be read back to compare with. One that does (ours
+    repeat every reference) costs no statement."""
+    if digests is not None and digests.proves_payload:
+        return
+    if digests is None:
+        why = "its digests could not be compared: the envelope we sent could not be read back"
+    elif digests.matched:
+        why = "it carries the digest of our envelope only, none of its payload"
+    else:
+        why = "it carries no digest of what we sent"
+    uow.events.record(
+        state.id,
+        EventKind.NOTE,
+        actor=actor,
+        code="ack-without-digests",
+        detail=f"the Acknowledgment was taken; {why}, so it proves the receipt of the message "
+        "id, not of the content",
+        ebxml_message_id=signal_id,
+        at=now,
+    )
+
+
 def _apply_acknowledgment(
     ctx: EngineContext,
     uow: UnitOfWork,
@@ -402,6 +516,17 @@ def _apply_acknowledgment(
             ebxml_message_id=signal_id,
             at=now,
         )
+
+
+# What a MessageError's alert advises: the partner's MSH refused the message, so a copy of it
+# meets the same refusal until the cause is mended; and ``meldingstjener resend`` sends only a
+# message given up unanswered (``not-delivered``), never one ended by a MessageError
+# (``transport-error``): the EPJ sends the document again.
+_SEND_AGAIN_WHEN_MENDED = (
+    "Once the cause is mended with the partner, the EPJ (the sender) sends the document again "
+    "as a new message, or deliver the content another way"
+)
+_NOT_BY_RESEND = " (meldingstjener resend does not send a message the receiver's MSH refused)."
 
 
 def _apply_message_error(
@@ -480,7 +605,7 @@ def _apply_message_error(
             at=now,
         )
         uow.jobs.cancel_for_message(row.id)
-        advice = "Correct the cause and resend, or deliver the content another way."
+        advice = _SEND_AGAIN_WHEN_MENDED + _NOT_BY_RESEND
     else:
         # acknowledged (or answered, or given up) before: the status stays, the log says why,
         # and the alert must not ask for a resend of what the receiver may well have
@@ -499,7 +624,8 @@ def _apply_message_error(
             f"The message was {row.status} before: check with the receiver whether it has "
             "the content before resending it."
             if transport_delivery_state(row.status) == "Acknowledged"
-            else "Correct the cause and resend, or deliver the content another way."
+            else _SEND_AGAIN_WHEN_MENDED
+            + (_NOT_BY_RESEND if row.status == OutboundStatus.TRANSPORT_ERROR.value else ".")
         )
     raise_alert(
         uow,
@@ -612,7 +738,8 @@ def _code_shown(error: ErrorDetail) -> str:
 
 
 def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
-    """Send a stored signal; retry with growing pauses; alert when it cannot be delivered."""
+    """Send a stored signal; retry with growing pauses; alert when it has failed for
+    :data:`SIGNAL_ALERT_AFTER`, and when it cannot be delivered at all."""
     data = job.data or {}
     stored = _stored_signal(ctx, data)
     if stored is None:  # purged or never stored: nothing to send
@@ -638,38 +765,15 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
         )
     except TransportFailure as failure:
         with ctx.store.unit_of_work() as uow:
-            # A failure that no retry can mend (a 5xx answer, a test server's guard against a
-            # production address, a signal too large for the channel) ends at once, as a
-            # message's send does: twelve tries over an hour and a half only delayed the alert.
-            if job.attempts >= SIGNAL_ATTEMPTS or not failure.retryable:
-                uow.jobs.finish(job.id)
-                raise_alert(
-                    uow,
-                    AlertKind.SIGNAL_UNDELIVERED,
-                    f"our {kind} to {data.get('partner')} could not be delivered after "
-                    f"{job.attempts} attempt(s) ({failure.code}); the partner will resend.",
-                    at=now,
-                    message_id=job.message_id,
-                    partner_her_id=str(data.get("partner")),
-                )
-            else:
-                pause = timedelta(seconds=min(2**job.attempts, 3600))
-                uow.jobs.reschedule(job.id, now + pause)
-            uow.events.record(
-                job.message_id,
-                EventKind.ATTEMPT,
-                actor="worker",
-                code=failure.code,
-                detail=f"sending our {kind} failed: {failure.detail}",
-                at=now,
-            )
+            _signal_failed(ctx, uow, job, kind, signal_message_id, failure, now)
             uow.commit()
         return
     with ctx.store.unit_of_work() as uow:
         uow.jobs.finish(job.id)
-        if data.get("again") and job.message_id is not None:
-            # a repeat got through where an earlier send may have given up (a first send has
-            # no earlier one: no statement for it on the path of every message)
+        if (data.get("again") or job.attempts > 1) and job.message_id is not None:
+            # a repeat, or a send that failed before, got through where an earlier try may
+            # have alerted (a first send that went at once has no earlier one: no statement
+            # for it on the path of every message)
             uow.alerts.resolve(f"{AlertKind.SIGNAL_UNDELIVERED}:{job.message_id}", at=now)
         uow.events.record(
             job.message_id,
@@ -677,6 +781,216 @@ def send_signal_job(ctx: EngineContext, job: ClaimedJob) -> None:
             actor="worker",
             code=kind,
             detail=f"{kind} delivered to {data.get('partner')}",
+            ebxml_message_id=signal_message_id,
             at=now,
         )
         uow.commit()
+
+
+def _signal_failed(
+    ctx: EngineContext,
+    uow: UnitOfWork,
+    job: ClaimedJob,
+    kind: str,
+    signal_message_id: str,
+    failure: TransportFailure,
+    now: datetime,
+) -> None:
+    """Log a failed send of our signal, and try again or give up, alerting in time.
+
+    A failure that no retry can mend (a 5xx answer to a mail, a test server's guard against a
+    production address, a signal too large for the channel) ends at once, as a message's send
+    does. Else the signal is tried again with growing pauses, up to :data:`SIGNAL_ATTEMPTS` per
+    send, and ``signal-undelivered`` is raised at the first failure :data:`SIGNAL_ALERT_AFTER`
+    after the signal's first one (kept, not told again while its text stays): a duplicate of
+    the message sends the signal again in a job of its own, and must not restart that clock."""
+    data = job.data or {}
+    partner = str(data.get("partner"))
+    uow.events.record(
+        job.message_id,
+        EventKind.ATTEMPT,
+        actor="worker",
+        code=failure.code,
+        detail=f"sending our {kind} failed: {failure.detail}",
+        ebxml_message_id=signal_message_id,
+        at=now,
+    )
+    first = _first_failure(uow, job.message_id, signal_message_id) or now
+    since = f"{_utc(first)} UTC"
+    what = f"our {kind} for message {job.message_id} to {partner}"
+    if job.attempts >= SIGNAL_ATTEMPTS or not failure.retryable:
+        uow.jobs.finish(job.id)
+        tries = "every attempt" if failure.retryable else "the last attempt, which no retry mends,"
+        raise_alert(
+            uow,
+            AlertKind.SIGNAL_UNDELIVERED,
+            f"{what} could not be delivered: {tries} since {since} failed ({failure.code}), "
+            f"{job.attempts} by this send; no more are made. We have the message, but its "
+            "sender may take it for not delivered: tell the partner so. The partner's resend of "
+            f"the message gets our {kind} again.",
+            at=now,
+            message_id=job.message_id,
+            partner_her_id=partner,
+        )
+        return
+    due = now + timedelta(seconds=min(2**job.attempts, 3600))
+    alert_at = first + SIGNAL_ALERT_AFTER
+    if now >= alert_at:
+        keep_alert(
+            uow,
+            AlertKind.SIGNAL_UNDELIVERED,
+            f"{what} has not been delivered since {since} ({failure.code}); it is tried "
+            "again, but the partner may take the message for not delivered meanwhile and give "
+            "it up: see `meldingstjener status` of the message, mend the way to the partner "
+            "or tell it that we have the message.",
+            at=now,
+            message_id=job.message_id,
+            partner_her_id=partner,
+        )
+    else:
+        due = min(due, alert_at)  # an attempt when the alert is due, not a pause later
+    uow.jobs.reschedule(job.id, due)
+
+
+def _first_failure(
+    uow: UnitOfWork, message_id: str | None, signal_message_id: str
+) -> datetime | None:
+    """When sending our signal first failed since it was last delivered (any send of it: the
+    first, a duplicate's), from the message's log; None when it has not failed before."""
+    if message_id is None:
+        return None
+    first = None
+    for event in _signal_events(uow, message_id, signal_message_id):
+        if event.kind == EventKind.SIGNAL_OUT:
+            first = None
+        elif event.kind == EventKind.ATTEMPT and first is None:
+            first = event.at
+    return first
+
+
+def _signal_events(uow: UnitOfWork, message_id: str, signal_message_id: str) -> list[EventRow]:
+    """The sends of our signal in the message's log, oldest first: attempts that failed and
+    deliveries (named by the signal's eb:MessageId)."""
+    query = (
+        select(EventRow)
+        .where(
+            EventRow.message_id == message_id,
+            EventRow.ebxml_message_id == signal_message_id,
+            EventRow.kind.in_((EventKind.ATTEMPT, EventKind.SIGNAL_OUT)),
+        )
+        .order_by(EventRow.at, EventRow.id)
+    )
+    uow.events.write_pending()
+    return list(uow.session.scalars(query))
+
+
+def _utc(at: datetime) -> str:
+    return f"{as_utc(at):%Y-%m-%d %H:%M:%S}"
+
+
+# --- what became of our signals (``meldingstjener status``) ----------------------------------
+
+TRANSPORT_SIGNALS = ("acknowledgment", "message-error")
+
+
+@dataclass(frozen=True)
+class SignalDelivery:
+    """What became of one of our Acknowledgments or MessageErrors.
+
+    ``state``: ``inline`` (answered in the HTTP response to the message, SyncReply: there is
+    nothing more to send), ``queued`` (waiting for its first send), ``delivered`` (``at``),
+    ``failing`` (failed ``attempts`` times since ``since``, tried again at ``next_attempt_at``),
+    ``undelivered`` (failed and given up: the partner's resend sends it again), ``no-route``
+    (stored only: no agreed way back to the sender)."""
+
+    state: str
+    at: datetime | None = None
+    attempts: int = 0
+    since: datetime | None = None
+    next_attempt_at: datetime | None = None
+    last_error_code: str | None = None
+    last_error_text: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(at: datetime | None) -> str | None:
+            value = as_utc(at)
+            return None if value is None else value.isoformat()
+
+        return {
+            "state": self.state,
+            "at": iso(self.at),
+            "failed_attempts": self.attempts,
+            "failing_since": iso(self.since),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "last_error": (
+                {"code": self.last_error_code, "text": self.last_error_text}
+                if self.last_error_code
+                else None
+            ),
+        }
+
+
+def signal_deliveries(
+    uow: UnitOfWork, message_id: str, receipts: list[ReceiptRow]
+) -> dict[int, SignalDelivery]:
+    """What became of each of our transport signals among ``receipts`` (a received message's),
+    by receipt id: from the message's log (each send's attempt and delivery, named by the
+    signal's eb:MessageId; before they were, by its kind) and the send-signal jobs waiting."""
+    ours = [r for r in receipts if r.direction == "out" and r.kind in TRANSPORT_SIGNALS]
+    if not ours:
+        return {}
+    events = uow.events.for_message(message_id)
+    jobs = list(
+        uow.session.scalars(
+            select(JobRow).where(JobRow.message_id == message_id, JobRow.kind == SEND_SIGNAL)
+        )
+    )
+    return {receipt.id: _delivery(receipt, events, jobs) for receipt in ours}
+
+
+def _delivery(receipt: ReceiptRow, events: list[EventRow], jobs: list[JobRow]) -> SignalDelivery:
+    def of_signal(event: EventRow) -> bool:
+        if event.ebxml_message_id is not None:
+            return event.ebxml_message_id == receipt.ebxml_message_id
+        if event.kind == EventKind.SIGNAL_OUT:  # logged before they named the signal
+            return event.code == receipt.kind
+        return event.kind == EventKind.ATTEMPT and str(event.detail or "").startswith(
+            f"sending our {receipt.kind} failed"
+        )
+
+    delivered: EventRow | None = None
+    failures: list[EventRow] = []
+    for event in events:
+        if event.kind not in (EventKind.SIGNAL_OUT, EventKind.ATTEMPT) or not of_signal(event):
+            continue
+        if event.kind == EventKind.SIGNAL_OUT:
+            delivered, failures = event, []
+        else:
+            failures.append(event)
+    waiting = [
+        job
+        for job in jobs
+        if (job.data or {}).get("receipt_id") == receipt.id
+        or (job.data or {}).get("signal_message_id") == receipt.ebxml_message_id
+    ]
+    next_at = min((job.due_at for job in waiting), default=None)
+    if failures:
+        last = failures[-1]
+        prefix = f"sending our {receipt.kind} failed: "
+        text = str(last.detail or "")
+        return SignalDelivery(
+            "failing" if waiting else "undelivered",
+            at=last.at,
+            attempts=len(failures),
+            since=failures[0].at,
+            next_attempt_at=next_at,
+            last_error_code=last.code,
+            last_error_text=text[len(prefix) :] if text.startswith(prefix) else text,
+        )
+    if waiting:
+        return SignalDelivery("queued", next_attempt_at=next_at)
+    if delivered is not None:
+        return SignalDelivery("delivered", at=delivered.at)
+    if any(event.code == "no-route" for event in events):
+        return SignalDelivery("no-route")
+    return SignalDelivery("inline", at=receipt.at)

@@ -81,10 +81,20 @@ def status_document(
 ) -> tuple[dict[str, Any], list[AlertRow]]:
     """One message's status document (``status --json``) and its alerts, every one of them."""
     from meldingstjener.engine.receipts import API_APPREC_STATUS, transport_delivery_state
+    from meldingstjener.engine.signals import signal_deliveries
 
     receipts = uow.receipts.for_message(message.id)
     answers = answers_sent(uow, message.id)
     alerts = uow.alerts.for_message(message.id)
+    # what became of our Acknowledgment or MessageError: recorded when it was queued, which
+    # is not its delivery
+    deliveries = signal_deliveries(uow, message.id, receipts)
+    documents = []
+    for receipt in receipts:
+        shown = receipt_document(receipt, answers, texts=texts)
+        if receipt.id in deliveries:
+            shown["delivery"] = deliveries[receipt.id].as_dict()
+        documents.append(shown)
     document: dict[str, Any] = {
         "message_id": message.id,
         "direction": message.direction,
@@ -93,7 +103,7 @@ def status_document(
         "from_her_id": message.from_her_id,
         "to_her_id": message.to_her_id,
         "last_error": {"code": message.last_error_code, "text": message.last_error_text},
-        "receipts": [receipt_document(receipt, answers, texts=texts) for receipt in receipts],
+        "receipts": documents,
         "alerts": [alert_dict(a) for a in alerts],
     }
     document.update(links(uow, message))  # sent_again_as, copy_of: as show tells them

@@ -298,6 +298,9 @@ class MessageState:
     ebxml_message_id: str | None
     to_her_id: str | None  # who may send a signal about it (with the receiver's organisation)
     receiver_org_her_id: str | None
+    # the envelope we signed, whose digests an Acknowledgment must repeat (engine.signals)
+    wire_ref: str | None = None
+    wire_content_type: str | None = None
 
 
 _STATE_COLUMNS = [_MESSAGE_COLUMNS[name] for name in MessageState.__dataclass_fields__]

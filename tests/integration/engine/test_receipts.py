@@ -1045,10 +1045,31 @@ def test_a_message_error_after_the_acknowledgment_does_not_ask_for_a_resend(
     assert "after the message was transport-acknowledged" in str(detail)
     [alert] = open_alerts(pair.gp, "message-error-received")
     summary = str(alert.summary)  # type: ignore[attr-defined]
-    assert "check with the receiver" in summary and "Correct the cause and resend" not in summary
+    assert "check with the receiver" in summary and "sends the document again" not in summary
 
 
-def test_a_second_message_error_keeps_the_advice_to_resend(pair: Pair) -> None:
+def test_a_message_error_s_alert_has_the_epj_send_it_again_not_resend(pair: Pair) -> None:
+    # `meldingstjener resend` refuses a message ended by a MessageError (not-resendable): the
+    # alert must not send the operator there
+    from meldingstjener.engine.resend import Operator, ResendRefused, resend
+
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's own signals do not arrive
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    envelope, _ = _sent_envelope(pair, message_id)
+    _message_error_from_the_hospital(pair, envelope)
+    assert pair.message(pair.gp, message_id).status == "transport-error"
+    [alert] = open_alerts(pair.gp, "message-error-received")
+    summary = str(alert.summary)  # type: ignore[attr-defined]
+    assert "the EPJ (the sender) sends the document again" in summary
+    assert "resend does not send a message the receiver's MSH refused" in summary
+    assert "and resend" not in summary
+    with pytest.raises(ResendRefused) as refused:
+        resend(pair.gp, message_id, operator=Operator("cli"))
+    assert refused.value.code == "not-resendable"
+
+
+def test_a_second_message_error_keeps_the_advice_to_send_it_again(pair: Pair) -> None:
     pair.network.down.add(pair.gp_site.endpoint)  # the hospital's own signals do not arrive
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
@@ -1057,7 +1078,9 @@ def test_a_second_message_error_keeps_the_advice_to_resend(pair: Pair) -> None:
     _message_error_from_the_hospital(pair, envelope)
     assert pair.message(pair.gp, message_id).status == "transport-error"
     [alert] = open_alerts(pair.gp, "message-error-received")
-    assert "Correct the cause and resend" in str(alert.summary)  # type: ignore[attr-defined]
+    summary = str(alert.summary)  # type: ignore[attr-defined]
+    assert "the EPJ (the sender) sends the document again" in summary
+    assert "and resend" not in summary
 
 
 def test_a_purge_whose_commit_fails_keeps_the_content(

@@ -15,10 +15,12 @@ from meldingstjener.ebxml import (
     ErrorDetail,
     OriginalIds,
     Party,
+    ReceiptDigests,
     Severity,
     SignedReference,
     build_acknowledgment,
     build_message_error,
+    compare_receipt_digests,
     envelope_bytes,
     parse_envelope,
     signature_references,
@@ -197,3 +199,44 @@ def test_a_long_error_description_is_cut_when_built_and_when_read() -> None:
     error_list = parse_envelope(envelope_bytes(root)).error_list
     assert error_list is not None
     assert error_list.errors[0].description == long[: MAX_DESCRIPTION_CHARS - 1] + "\u2026"
+
+
+# --- what an Acknowledgment's digests prove of what we sent ----------------------------------
+
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+SIGNED = [SignedReference("", SHA256, "AAAA"), SignedReference("cid:part-1@x", SHA256, "BBBB")]
+
+
+def test_an_acknowledgment_repeating_our_digests_proves_the_payload() -> None:
+    digests = compare_receipt_digests(SIGNED, SIGNED)
+    assert digests == ReceiptDigests(matched=("", "cid:part-1@x"))
+    assert digests.proves_payload
+
+
+def test_a_digest_value_or_method_not_ours_contradicts() -> None:
+    value = compare_receipt_digests(SIGNED, [SignedReference("cid:part-1@x", SHA256, "CCCC")])
+    assert value.contradicted == ("cid:part-1@x",) and not value.proves_payload
+    sha1 = "http://www.w3.org/2000/09/xmldsig#sha1"
+    method = compare_receipt_digests(SIGNED, [SignedReference("", sha1, "AAAA")])
+    assert method.contradicted == ("",)
+    empty = compare_receipt_digests(SIGNED, [SignedReference("", SHA256, "")])
+    assert empty.contradicted == ("",)
+
+
+def test_no_references_or_the_envelope_s_alone_prove_no_payload() -> None:
+    assert compare_receipt_digests(SIGNED, []) == ReceiptDigests()
+    envelope_only = compare_receipt_digests(SIGNED, [SIGNED[0]])
+    assert envelope_only.matched == ("",) and not envelope_only.proves_payload
+    elsewhere = compare_receipt_digests(SIGNED, [SignedReference("cid:other@y", SHA256, "DDDD")])
+    assert elsewhere == ReceiptDigests(not_ours=("cid:other@y",))
+
+
+def test_the_digests_of_an_acknowledgment_we_built_are_those_we_received() -> None:
+    original = parse_envelope(payload_bytes())
+    root = build_acknowledgment(
+        original, references=REFERENCES, message_id="ack-1@us", timestamp=ACKED_AT
+    )
+    ack = parse_envelope(envelope_bytes(root)).acknowledgment
+    assert ack is not None
+    sent = [SignedReference(*reference) for reference in REFERENCES]
+    assert compare_receipt_digests(sent, ack.references).matched == ("", "cid:part-1@x")
