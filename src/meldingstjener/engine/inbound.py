@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +58,9 @@ from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork, content_keys_used, sender_actor
 
 log = logging.getLogger(__name__)
+
+# what a content-id keeps unencoded in a cid: URL (RFC 2392: a msg-id's characters but %)
+_CID_SAFE = "@.!#$&'*+-/=?^_`{|}~"
 
 # The payload is for a recipient and readable, and was signed by its sender (the signature is
 # checked first): the certificate it was encrypted to is not one we hold the key of, or our key
@@ -378,17 +382,24 @@ def _after_conflict(
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, envelope.header.message_id)
     if duplicate is not None:
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
-    return _refuse(ctx, mime, envelope, root, certificates, body, _key_used_before(), channel)
+    used = _key_used_before(_payload_location(_payload_part(mime, envelope)))
+    return _refuse(ctx, mime, envelope, root, certificates, body, used, channel)
 
 
-def _key_used_before() -> _Reject:
+def _payload_location(part: Attachment | None) -> str | None:
+    """The eb:location of an error in the payload: its part as a ``cid:`` URL (RFC 2392, the
+    content-id percent-encoded as :func:`~meldingstjener.contentid.content_id_of_url` reads it)."""
+    return None if part is None else "cid:" + quote(part.content_id, safe=_CID_SAFE)
+
+
+def _key_used_before(location: str | None) -> _Reject:
     # The same answer whatever the content would have decrypted to (see
     # cms_enveloped.wrapped_keys), and no word of which message used the key.
     return _Reject(
         ErrorCode.SECURITY_FAILURE,
         "the payload's content-encryption key was used in another message before: a payload "
         "is accepted in one message only (encrypt each message with a new key)",
-        "cid",
+        location,
         reason="its payload's content key was used in another message before (a copied payload)",
     )
 
@@ -442,7 +453,7 @@ def _check(
     with ctx.store.database.reading() as connection:  # one SELECT, no transaction around it
         used = content_keys_used(connection, keys)
     if used:
-        raise _key_used_before()
+        raise _key_used_before(_payload_location(payload))
     return keys
 
 
@@ -470,7 +481,7 @@ def _open_payload(
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
             f"the payload could not be decrypted: {exc}",
-            "cid",
+            _payload_location(encrypted),
             reason="its payload could not be decrypted",
             our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
@@ -485,10 +496,14 @@ def _open_payload(
         if to not in ctx.own_her_ids:
             raise not_ours
         problems = message.report.problems[:3]
+        # Codes and paths only, never a problem's text: the MessageError is signed, not
+        # encrypted, and the text may quote the fagmelding (a version's value, the parser's
+        # fragment of a line). A path names an element only when it is a schema's name.
         raise _Reject(
             ErrorCode.OTHER_XML,
-            "the business message cannot be interpreted: " + "; ".join(p.message for p in problems),
-            "cid",
+            "the business message cannot be interpreted: "
+            + "; ".join(f"{p.code} at {p.path}" if p.path else p.code for p in problems),
+            _payload_location(encrypted),
             reason="its business message cannot be read",
             logged="the business message cannot be interpreted ("
             + ", ".join(p.code for p in problems)
@@ -504,12 +519,15 @@ def _open_payload(
     if sender not in in_message_from or to not in in_message_to | message.copy_receivers:
         said_from = "/".join(sorted(in_message_from)) or "?"
         said_to = "/".join(sorted(in_message_to)) or "?"
+        # the wire text quotes the envelope only: what the fagmelding says is kept in our log
         raise _Reject(
             ErrorCode.INCONSISTENT,
-            f"the envelope says {sender} -> {to}, the business message says "
-            f"{said_from} -> {said_to}",
+            f"the envelope says {sender} -> {to}, which is not the sender and receiver of the "
+            "business message",
             "eb:MessageHeader",
             reason="the HER-ids of its envelope and business message disagree",
+            logged=f"the envelope says {sender} -> {to}, the business message says "
+            f"{said_from} -> {said_to}",
         )
     return message, plain
 

@@ -46,12 +46,51 @@ def test_a_fagmelding_that_is_not_xml_is_stored_with_codes_only(
     assert sent.status == "transport-error" and sent.last_error_code == "OtherXml"
     with pair.gp.store.unit_of_work() as uow:
         [error] = uow.receipts.for_message(message_id)
-    assert "Nordmann" in str(error.description)  # the sender is told about its own message
+    # The MessageError is signed, not encrypted: the parser's text quotes the fagmelding, and
+    # only its codes and paths go back (it told the sender "... attribute Nordmann")
+    assert "Nordmann" not in str(error.description) and "Kari" not in str(error.description)
+    assert "xml-malformed" in str(error.description)
     stored = stored_text(pair.hospital)
     assert "Nordmann" not in stored and "Kari" not in stored
     [refused] = pair.inbound_messages(pair.hospital)
     assert refused.status == "rejected" and refused.last_error_code == "OtherXml"
     assert str(refused.last_error_text).endswith("cannot be interpreted (xml-malformed)")
+
+
+def test_a_refusal_of_a_fagmelding_quotes_none_of_it_on_the_wire(pair: Pair) -> None:
+    # review (interop 4): a MIGversion the reader does not read was quoted in the
+    # MessageError's eb:Description, which travels signed, not encrypted, and was kept so in
+    # the hospital's payload store; the location was a bare "cid"
+    import re
+
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.engine.fagmelding import inspect
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    note = dialog_note(pair.gp_site, pair.hospital_site, "x")
+    secret = b"Kari Nordmann 01017012345"
+    faulty = re.sub(
+        rb"<MIGversion>[^<]*</MIGversion>", b"<MIGversion>" + secret + b"</MIGversion>", note
+    )
+    message_id = submit(pair.gp, faulty, actor="t", inspected=inspect(note))
+    pair.run()
+    sent = pair.message(pair.gp, message_id)
+    assert (sent.status, sent.last_error_code) == ("transport-error", "OtherXml")
+    [refused] = pair.inbound_messages(pair.hospital)
+    with pair.hospital.store.unit_of_work() as uow:
+        [ours] = [r for r in uow.receipts.for_message(refused.id) if r.direction == "out"]
+    wire = pair.hospital.store.payloads.read_bytes(str(ours.wire_ref))
+    assert b"Nordmann" not in wire and b"01017012345" not in wire
+    mime = unpackage(str(ours.wire_content_type), wire)
+    [error] = parse_envelope(parse_xml(mime.envelope_xml)).error_list.errors  # type: ignore[union-attr]
+    assert error.description == (
+        "the business message cannot be interpreted: "
+        "unsupported-version at /MsgHead/MsgInfo/MIGversion"
+    )
+    [payload_cid] = unpackage(
+        str(sent.wire_content_type), pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    ).attachments
+    assert error.location == f"cid:{payload_cid}"
 
 
 @pytest.mark.parametrize(
