@@ -43,7 +43,8 @@ from meldingstjener.ebxml import (
     unpackage,
     unpackage_envelope,
 )
-from meldingstjener.ebxml.codes import PARTY_TYPE_HER
+from meldingstjener.ebxml.codes import ACTION_MESSAGE_ERROR, PARTY_TYPE_HER
+from meldingstjener.ebxml.parse import readable_header
 from meldingstjener.engine import ebms_alerts, payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
@@ -150,6 +151,10 @@ def receive(
             answered = _mime_problem(ctx, content_type, body, exc, channel)
             if answered is not None:
                 return answered
+        if isinstance(exc, EbxmlError) and exc.code is ErrorCode.NOT_SUPPORTED and root is not None:
+            answered = _not_supported(ctx, root, exc, channel)
+            if answered is not None:
+                return answered
         code = str(exc.code) if isinstance(exc, EbxmlError) else "OtherXml"
         with ctx.store.unit_of_work() as uow:
             uow.events.record(
@@ -194,6 +199,40 @@ def _mime_problem(
         reason="its MIME parts could not be read",
         verified=False,
     )
+    return _refuse_read_envelope(ctx, envelope, reject, channel)
+
+
+def _not_supported(
+    ctx: EngineContext, root: etree._Element, exc: EbxmlError, channel: str
+) -> InboundReply | None:
+    """An envelope refused for what this server does not implement (an eb:version other than
+    2.0, a header block with mustUnderstand it does not know, an ebMS service action other
+    than Acknowledgment and MessageError: Ping, StatusRequest), whose MessageHeader could be
+    read: the sender is told by a MessageError NotSupported about its MessageId. It was not
+    parsed whole, so its signature is not checked: a refusal not verified, answered only in
+    the HTTP response, as :func:`_mime_problem`'s. None when there is no MessageHeader to
+    answer, by mail (quarantined whole, as unreadable), or for a MessageError (never answered
+    with one)."""
+    if channel != "http":
+        return None
+    header = readable_header(root)
+    if header is None or (header.is_signal and header.action == ACTION_MESSAGE_ERROR):
+        return None
+    reject = _Reject(
+        ErrorCode.NOT_SUPPORTED,
+        exc.message,
+        exc.location,
+        reason="its envelope uses what this server does not support",
+        verified=False,
+    )
+    return _refuse_read_envelope(ctx, Envelope(header=header), reject, channel)
+
+
+def _refuse_read_envelope(
+    ctx: EngineContext, envelope: Envelope, reject: _Reject, channel: str
+) -> InboundReply:
+    """Refuse a message whose envelope was read but not checked: by its sender's certificates
+    when its From is a HER-id (for the alert), answered as :func:`_refuse_unverified`."""
     header = envelope.header
     certificates = SigningCertificates(None)
     if _party_without_her_id(header) is None:

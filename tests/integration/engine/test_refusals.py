@@ -764,3 +764,91 @@ def test_a_mail_whose_signature_does_not_verify_is_quarantined_not_stored(
     assert set(alerts) == {AlertKind.MESSAGE_REFUSED, AlertKind.MAIL_QUARANTINED}
     assert "Its mail was quarantined whole" in alerts[AlertKind.MESSAGE_REFUSED].summary
     assert alerts[AlertKind.MESSAGE_REFUSED].partner_her_id == "8100001"
+
+
+def _envelope_changed(body: bytes, content_type: str, change: Any) -> bytes:
+    """``body`` with its SOAP envelope changed by ``change`` (an lxml root, changed in place);
+    the rest of the MIME message as it was."""
+    from lxml import etree
+
+    from meldingstjener.ebxml import unpackage
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    xml = unpackage(content_type, body).envelope_xml
+    root = parse_xml(xml)
+    change(root)
+    return body.replace(xml, etree.tostring(root))
+
+
+_EB = "{http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd}"
+_SOAP = "{http://schemas.xmlsoap.org/soap/envelope/}"
+
+
+def _version(root: Any) -> None:
+    root.find(f".//{_EB}MessageHeader").set(f"{_EB}version", "3.0")
+
+
+def _must_understand(root: Any) -> None:
+    from lxml import etree
+
+    block = etree.SubElement(root.find(f"{_SOAP}Header"), "{urn:example:x}Routing")
+    block.set(f"{_SOAP}mustUnderstand", "1")
+
+
+def _service_action(action: str) -> Any:
+    def change(root: Any) -> None:
+        header = root.find(f".//{_EB}MessageHeader")
+        service = header.find(f"{_EB}Service")
+        service.text = "urn:oasis:names:tc:ebxml-msg:service"
+        service.attrib.pop(f"{_EB}type", None)
+        header.find(f"{_EB}Action").text = action
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "location"),
+    [
+        (_version, "//eb:MessageHeader/@eb:version"),
+        (_must_understand, "/SOAP:Envelope/SOAP:Header/Routing"),
+        (_service_action("Ping"), "//eb:MessageHeader/eb:Action"),
+        (_service_action("StatusRequest"), "//eb:MessageHeader/eb:Action"),
+        (_service_action("Nonsense"), "//eb:MessageHeader/eb:Action"),
+    ],
+    ids=["eb-version", "must-understand", "ping", "status-request", "unknown-signal"],
+)
+def test_what_we_do_not_support_in_a_readable_envelope_gets_a_signed_message_error(
+    pair: Pair, change: Any, location: str
+) -> None:
+    # review (interop 3): answered HTTP 400 "unreadable ebXML message" in plain text, with no
+    # RefToMessageId, about a message whose MessageHeader had been read
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.engine import inbound
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    body, content_type = a_wire(pair)
+    sent = parse_envelope(parse_xml(unpackage(content_type, body).envelope_xml)).header
+    reply = inbound.receive(
+        pair.hospital, content_type, _envelope_changed(body, content_type, change)
+    )
+    assert reply.body is not None and reply.content_type is not None
+    answer = parse_xml(unpackage(reply.content_type, reply.body).envelope_xml)
+    envelope = parse_envelope(answer)
+    assert envelope.is_message_error and envelope.signature_present
+    assert envelope.header.ref_to_message_id == sent.message_id
+    assert envelope.header.to_party.her_id == "8100001"
+    [error] = envelope.error_list.errors  # type: ignore[union-attr]
+    assert error.code == "NotSupported" and location in str(error.location)
+    assert pair.inbound_messages(pair.hospital) == []  # not verified: not stored
+    assert open_alerts(pair.hospital) == {"message-refused:8100001:NotSupported": ("error", 1)}
+
+
+def test_a_message_error_we_cannot_read_is_not_answered_with_one(pair: Pair) -> None:
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    changed = _envelope_changed(body, content_type, _service_action("MessageError"))
+    changed = changed.replace(b'eb:version="2.0"', b'eb:version="3.0"', 1)
+    with pytest.raises(inbound.InboundRefused) as refused:
+        inbound.receive(pair.hospital, content_type, changed)
+    assert refused.value.code == "NotSupported"
