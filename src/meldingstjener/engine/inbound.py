@@ -21,7 +21,6 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -43,7 +42,7 @@ from meldingstjener.ebxml import (
     unpackage,
     unpackage_envelope,
 )
-from meldingstjener.ebxml.codes import ACTION_MESSAGE_ERROR, PARTY_TYPE_HER
+from meldingstjener.ebxml.codes import ACTION_MESSAGE_ERROR, PARTY_TYPE_HER, cid_location
 from meldingstjener.ebxml.parse import readable_header
 from meldingstjener.engine import ebms_alerts, payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
@@ -59,9 +58,6 @@ from meldingstjener.store.tables import MessageRow, ReceiptRow
 from meldingstjener.store.uow import EventKind, UnitOfWork, content_keys_used, sender_actor
 
 log = logging.getLogger(__name__)
-
-# what a content-id keeps unencoded in a cid: URL (RFC 2392: a msg-id's characters but %)
-_CID_SAFE = "@.!#$&'*+-/=?^_`{|}~"
 
 # The payload is for a recipient and readable, and was signed by its sender (the signature is
 # checked first): the certificate it was encrypted to is not one we hold the key of, or our key
@@ -426,9 +422,8 @@ def _after_conflict(
 
 
 def _payload_location(part: Attachment | None) -> str | None:
-    """The eb:location of an error in the payload: its part as a ``cid:`` URL (RFC 2392, the
-    content-id percent-encoded as :func:`~meldingstjener.contentid.content_id_of_url` reads it)."""
-    return None if part is None else "cid:" + quote(part.content_id, safe=_CID_SAFE)
+    """The eb:location of an error in the payload: its part's ``cid:`` URL."""
+    return None if part is None else cid_location(part.content_id)
 
 
 def _key_used_before(location: str | None) -> _Reject:
