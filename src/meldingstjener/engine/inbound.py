@@ -281,8 +281,14 @@ def _receive_message(
             ctx, mime, envelope, root, certificates, body, reject, channel, keys, before_commit
         )
 
-    ack = signals.build_ack(ctx, envelope, root)
-    payload_ref, wire_ref, ack_ref = ctx.store.payloads.put_all(plain, body, ack.body)
+    # ebMS 2.0: an Acknowledgment only when the sender asked for one (eb:AckRequested); a CPA
+    # whose ackRequested is never (NAV's EgenandelForesporsel) has its sender wait for none
+    ack = signals.build_ack(ctx, envelope, root) if envelope.ack_requested else None
+    payload_ref, wire_ref, *acked = ctx.store.payloads.put_all(
+        plain, body, *(() if ack is None else (ack.body,))
+    )
+    ack_ref = acked[0] if acked else None
+    files = (payload_ref, wire_ref, *acked)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     for column, value in message.row_fields().items():
@@ -309,15 +315,19 @@ def _receive_message(
                     + "; ".join(f"{p.code} at {p.path}" for p in message.report.problems[:5]),
                     at=now,
                 )
-            route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
-            reply_inline = _inline(channel, envelope.sync_reply, route)
-            stored = "stored durably; Acknowledgment " + (
-                "offered in the response"
-                if reply_inline
-                else "queued"
-                if route is not None
-                else "stored, with no way back to the sender"
-            )
+            route = None
+            reply_inline = False
+            stored = "stored durably; no Acknowledgment, none was asked for (no AckRequested)"
+            if ack is not None:
+                route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
+                reply_inline = _inline(channel, envelope.sync_reply, route)
+                stored = "stored durably; Acknowledgment " + (
+                    "offered in the response"
+                    if reply_inline
+                    else "queued"
+                    if route is not None
+                    else "stored, with no way back to the sender"
+                )
             if verdict is None:
                 uow.messages.set_status(
                     row, InboundStatus.ACKNOWLEDGED.value, actor="msh", detail=stored, at=now
@@ -339,7 +349,8 @@ def _receive_message(
                     at=now,
                 )
                 receipts.schedule_verdict(ctx, uow, row.id, verdict)
-            _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
+            if ack is not None and ack_ref is not None:
+                _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
             # after the receipt, which wrote the message row (in one INSERT with its status)
             uow.content_keys.record(keys, row.id, at=now)
             if message.msg_type == receipts.APPREC:
@@ -364,16 +375,16 @@ def _receive_message(
         # not stay on disk.
         # the decrypted content must not stay on disk; the wire form goes once the conflict is
         # answered (a spooled body is that file: a refusal stores a copy of it)
-        ctx.store.payloads.discard(payload_ref, ack_ref)
+        ctx.store.payloads.discard(payload_ref, *acked)
         try:
             return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
         finally:
             ctx.store.payloads.discard(wire_ref)
     except BaseException:
-        _discard_unless_committing(ctx, committing, payload_ref, wire_ref, ack_ref)
+        _discard_unless_committing(ctx, committing, *files)
         raise
     ctx.notify_workers(uow)
-    if reply_inline:
+    if reply_inline and ack is not None:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
 
@@ -1077,6 +1088,9 @@ def _resend_signal(
     # Only the transport signal is repeated: an AppRec or DIALOG_AVVIK recorded since is an
     # answer of its own (a message with its own receipts), not what the sender is waiting for.
     signal = _last_transport_receipt(uow, original.id)
+    # our MessageError goes again to every resend; our Acknowledgment only when this one asks
+    # for it (ebMS 2.0: none without eb:AckRequested)
+    unasked = signal is not None and signal.kind == "acknowledgment" and not envelope.ack_requested
     now = ctx.clock()
     uow.events.record(
         original.id,
@@ -1084,10 +1098,18 @@ def _resend_signal(
         actor=sender_actor(channel, _party_shown(envelope.header.from_party)),
         code="duplicate",
         detail="the same ebXML MessageId arrived again; not processed again, "
-        + (f"our {signal.kind} is sent again" if signal else "no signal to repeat yet"),
+        + (
+            "no Acknowledgment sent again, this one asks for none (no AckRequested)"
+            if unasked
+            else f"our {signal.kind} is sent again"
+            if signal
+            else "no signal to repeat"
+        ),
         ebxml_message_id=envelope.header.message_id,
         at=now,
     )
+    if unasked:
+        signal = None
     reply = InboundReply()
     if signal is not None and signal.wire_ref is not None:
         route = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))

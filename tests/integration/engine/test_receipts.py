@@ -1466,6 +1466,30 @@ def test_a_reply_after_the_deadline_resolves_the_apprec_missing_of_the_question_
     assert pair.message(pair.gp, answered).status == "sent"
 
 
+def test_a_message_without_ack_requested_is_stored_and_not_acknowledged(pair: Pair) -> None:
+    """review (interop 5): ebMS 2.0 sends an Acknowledgment only for a message with
+    eb:AckRequested; one was stored and sent for every message, and again for its resend."""
+    from meldingstjener.engine import inbound
+
+    [question] = _questions_without_ack_requested(pair, "Spørsmål")
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "acknowledged"  # stored, and the EPJ's to take
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.receipts.for_message(received.id) == []
+        assert uow.jobs.count() == 0
+        [stored] = [e for e in uow.events.for_message(received.id) if e.actor == "msh"]
+    assert "no Acknowledgment, none was asked for" in str(stored.detail)
+    pair.run()
+    assert pair.message(pair.gp, question).status == "sent"
+    sent = pair.message(pair.gp, question)
+    wire = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    reply = inbound.receive(pair.hospital, str(sent.wire_content_type), wire)  # a resend
+    assert reply.body is None
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.receipts.for_message(received.id) == []
+        assert uow.jobs.count() == 0
+
+
 def _questions_without_ack_requested(pair: Pair, *texts: str) -> list[str]:
     """The GP's agreement binds DIALOG_FORESPORSEL to a channel without AckRequested; one
     question per text is sent, and the hospital (as NAV's gateway) sends no Acknowledgment."""
