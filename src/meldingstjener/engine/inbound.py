@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -47,11 +48,12 @@ from meldingstjener.ebxml.parse import readable_header
 from meldingstjener.engine import ebms_alerts, payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
+from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates, cpa_id_for
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import InboundDeferred, verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.model.privacy import redact
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
@@ -305,6 +307,7 @@ def _receive_message(
             uow.messages.add(
                 row, actor=sender_actor(channel, sender), detail=f"received from {sender}", at=now
             )
+            _note_cpa_not_agreed(ctx, uow, row.id, header, at=now)
             if message.report.problems:
                 uow.events.record(
                     row.id,
@@ -387,6 +390,53 @@ def _receive_message(
     if reply_inline and ack is not None:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
+
+
+def _note_cpa_not_agreed(
+    ctx: EngineContext, uow: UnitOfWork, message_id: str, header: MessageHeader, *, at: datetime
+) -> None:
+    """A note on a received message whose CPAId is not the id of an agreement of ours with its
+    sender, for the help desk. Not a refusal: a well-formed, correctly signed message may not
+    be refused with an ebXML error (the Directorate's rule), and agreements without a CPA
+    (register terms, ``[[partners]]``) have only the id both sides make up
+    (:func:`~meldingstjener.engine.directory.cpa_id_for` of one HER-id of each side, which a
+    sender may make of our organisation's or a service's): any of those passes. The partner
+    cache is compared first; the store is read only when neither matches."""
+    sender = header.from_party.her_id
+    try:
+        partner = ctx.directory.partner(uow, sender, our_her_id=header.to_party.her_id)
+    except PartnerUnknown:
+        partner = None
+    if partner is not None and partner.cpa_id == header.cpa_id:
+        return
+    parties = {sender} | (
+        {partner.organisation_her_id} if partner and partner.organisation_her_id else set()
+    )
+    if header.cpa_id in {
+        cpa_id_for(ours, theirs) for ours in ctx.own_her_ids for theirs in parties
+    }:
+        return
+    agreed = sorted(
+        {
+            row.cpa_id or cpa_id_for(row.our_her_id, row.counterparty_her_id)
+            for row in uow.agreements.for_counterparties(parties)
+            if row.our_her_id in ctx.own_her_ids
+        }
+    )
+    if header.cpa_id in agreed:
+        return
+    shown = header.cpa_id if len(header.cpa_id) <= 60 else header.cpa_id[:57] + "..."
+    ours = f"ours is {', '.join(agreed)}" if agreed else "we have no agreement with it"
+    uow.events.record(
+        message_id,
+        EventKind.NOTE,
+        actor="msh",
+        code="cpa-not-agreed",
+        detail=f"its CPAId {redact(shown)!r} is not the id of an agreement of ours with "
+        f"{sender} ({ours}); taken all the same (a well-formed, signed message is not "
+        "refused for it)",
+        at=at,
+    )
 
 
 def _party_without_her_id(header: MessageHeader) -> _Reject | None:

@@ -861,3 +861,28 @@ def test_a_message_error_we_cannot_read_is_not_answered_with_one(pair: Pair) -> 
     with pytest.raises(inbound.InboundRefused) as refused:
         inbound.receive(pair.hospital, content_type, changed)
     assert refused.value.code == "NotSupported"
+
+
+def test_a_cpa_id_not_agreed_is_taken_with_a_note_not_refused(pair: Pair) -> None:
+    # review (interop 1): not refused (a well-formed, correctly signed message may not be
+    # refused with an ebXML error), but the help desk sees it on the message
+    send_note(pair)
+    [first] = pair.inbound_messages(pair.hospital)
+    with pair.gp.store.unit_of_work() as uow:
+        agreement = uow.agreements.for_pair(
+            pair.gp_site.address_her_id, pair.hospital_site.address_her_id
+        )
+        assert agreement is not None
+        agreement.cpa_id = "nhn:cpa:unknown"
+        uow.commit()
+    message_id = send_note(pair)
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    [second] = [m for m in pair.inbound_messages(pair.hospital) if m.id != first.id]
+    assert second.cpa_id == "nhn:cpa:unknown" and second.status == "acknowledged"
+    with pair.hospital.store.unit_of_work() as uow:
+        [note] = [e for e in uow.events.for_message(second.id) if e.code == "cpa-not-agreed"]
+        assert not [e for e in uow.events.for_message(first.id) if e.code == "cpa-not-agreed"]
+    assert str(note.detail).startswith(
+        "its CPAId 'nhn:cpa:unknown' is not the id of an agreement of ours with 8100001 (ours is "
+        "nhn:cpa:8100001:8200001)"
+    )
