@@ -4,15 +4,16 @@
 message as the body, its Content-Type as the header. The answer is 200 once the message is
 durably stored (empty body, or the signal in the body when the sender asked for SyncReply),
 400 with an explanation when the input is too broken to be answered in ebXML, 413 when it is too
-large, and 503 when the server cannot store right now (the sender then retries): the database is
+large, 415 when it is sent with a Content-Encoding (gzip, say: the MIME message goes as it is),
+and 503 when the server cannot store right now (the sender then retries): the database is
 away, or the payload store or the database's disk cannot be written (``store-failing``: see
 :class:`~meldingstjener.engine.ebms_alerts.StoreFailing`, which ``/health`` reports too). An
 unexpected error is answered 500 with an ``ebms-failing`` alert. A body that stops coming
 (slower than the :class:`BodyPace` allows) is answered 408. A peer refused three times in a row
-(400, 408 or 413, or a head :class:`ServerFaults` refuses: 431, 400) raises an ``ebms-refused``
-alert. After a 408 or 413 the connection is closed
-(a 413 first reads what comes within the pace's grace, so that a sender still writing sees it):
-kept, it was held for whatever the client trickled after.
+(400, 408, 413 or 415, or a head :class:`ServerFaults` refuses: 431, 400) raises an
+``ebms-refused`` alert. After a 408, 413 or 415 the connection is closed (a 413 or 415 first
+reads what comes within the pace's grace, so that a sender still writing sees it): kept, it was
+held for whatever the client trickled after.
 
 A stop (SIGTERM) gives the requests under way uvicorn's graceful period; then it cancels them.
 A body still coming is answered 503 with the connection closed, and so is a receive still
@@ -293,6 +294,7 @@ def create_app(
             200: {"description": "Stored; the body is a signal when SyncReply was asked for"},
             400: {"description": "Unreadable ebXML: no MessageHeader to answer"},
             413: {"description": "Larger than the configured limit"},
+            415: {"description": "Sent with a Content-Encoding other than identity"},
             503: {"description": "Cannot store now, or the server is stopping; resend later"},
         },
     )
@@ -304,6 +306,23 @@ def create_app(
         by_length = (
             declared is not None and declared.isdigit() and int(declared) > max_request_bytes
         )
+        encoding = _content_encoding(request.headers.getlist("content-encoding"))
+        if encoding is not None:
+            # A gzipped body was read as MIME ("the closing MIME boundary is missing"): the
+            # ebMS HTTP binding sends the MIME message as it is. Refused before it is read
+            # (drained as a 413's, so that a sender still writing sees the answer).
+            await run_in_threadpool(
+                ebms_alerts.refused, ctx, address, None, CONTENT_ENCODING_REFUSED, 415
+            )
+            if request.headers.get("expect", "").lower() != "100-continue":
+                await _drain(request, started + pace.grace_seconds)
+            return Response(
+                f"{CONTENT_ENCODING_REFUSED}: the body is sent with Content-Encoding "
+                f"{encoding}, which this server does not take: send the MIME message as it is "
+                "(identity)\n",
+                415,
+                headers=_CLOSE,
+            )
         try:
             if by_length:
                 raise _TooLarge
@@ -662,6 +681,22 @@ async def _to_the_end(
                 )
                 return _stopping()
             deadline = None  # its commit is under way: its answer follows
+
+
+# the code of a POST /ebms refused for its body's Content-Encoding (415)
+CONTENT_ENCODING_REFUSED = "content-encoding"
+
+
+def _content_encoding(values: list[str]) -> str | None:
+    """The Content-Encoding of a received body, shown as the sender wrote it (cut to 40
+    characters of printable ASCII), when it is another than identity; None when the body is
+    not encoded."""
+    codings = [c.strip() for value in values for c in value.split(",") if c.strip()]
+    if all(coding.lower() == "identity" for coding in codings):
+        return None
+    shown = ", ".join(codings)
+    shown = "".join(c if " " <= c <= "~" else "?" for c in shown)
+    return repr(shown if len(shown) <= 40 else shown[:37] + "...")
 
 
 async def _drain(request: Request, until: float) -> None:

@@ -25,10 +25,12 @@ text may quote what it was given (a value of a business document, a database's D
 Before any layer runs it refuses, and closes the connection after, a request head over
 ``MAX_HEAD_BYTES`` (431: h11 bounds only a head that arrives in pieces) and a body framed both by
 Content-Length and by Transfer-Encoding (400: a proxy framing it by its length would pass on as
-part of this request what h11 serves as the next one). Only the client sees that answer (the
-server keeps no access log): a warning names the peer, once per ``REFUSAL_LOG_SECONDS`` at
-most with how many more since, and a refused ``POST /ebms`` counts into the peer's
-``ebms-refused`` alert (a partner's MSH or proxy that sends both headers can never deliver).
+part of this request what h11 serves as the next one), on ``POST /ebms`` in its own plain-text
+form (``head-too-large: ...``, ``ambiguous-length: ...``), elsewhere as a problem. Only the
+client sees that answer (the server keeps no access log): a warning names the peer, once per
+``REFUSAL_LOG_SECONDS`` at most with how many more since, and a refused ``POST /ebms`` counts
+into the peer's ``ebms-refused`` alert (a partner's MSH or proxy that sends both headers can
+never deliver).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meldingstjener.api.problems import problem_response
@@ -203,9 +206,14 @@ class ServerFaults:
         peer = client[0] if client else "unknown"
         path = scope.get("path", "?")
         self.refusals.refused(peer, code, f"{scope.get('method', '?')} {path}", status, told)
-        if path == "/ebms" and self.ebms_refused is not None:
-            await anyio.to_thread.run_sync(self.ebms_refused, peer, code, status)
-        answer = problem_response(status, "invalid-input", told, headers={"Connection": "close"})
+        close = {"Connection": "close"}
+        if path == "/ebms":
+            if self.ebms_refused is not None:
+                await anyio.to_thread.run_sync(self.ebms_refused, peer, code, status)
+            # an MSH reads /ebms's own refusals (the code, then why), not the EPJ API's problem
+            answer: ASGIApp = PlainTextResponse(f"{code}: {told}\n", status, headers=close)
+        else:
+            answer = problem_response(status, "invalid-input", told, headers=close)
         await answer(scope, receive, send)
 
     async def _failed(

@@ -22,6 +22,7 @@ from meldingstjener.ebxml.codes import (
     XML_NS,
     XSI_NS,
     cut_description,
+    wire_location,
 )
 from meldingstjener.ebxml.description import DESCRIPTION_LANG
 from meldingstjener.ebxml.ids import format_timestamp
@@ -147,7 +148,7 @@ def _add_error_list(header_el: etree._Element, error_list: ErrorList) -> None:
         element.set(_eb("errorCode"), error.reported_code or error.code.value)
         element.set(_eb("severity"), error.severity.value)
         if error.location:
-            element.set(_eb("location"), error.location)
+            element.set(_eb("location"), wire_location(error.location))
         if error.description:
             text = _sub(element, "Description", cut_description(error.description))
             text.set(f"{{{XML_NS}}}lang", "en")

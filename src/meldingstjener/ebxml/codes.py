@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import quote
+
+from meldingstjener.contentid import CID_SCHEME, is_cid_url
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -49,6 +52,28 @@ def cut_description(text: str) -> str:
     if len(text) <= MAX_DESCRIPTION_CHARS:
         return text
     return text[: MAX_DESCRIPTION_CHARS - 1] + "\u2026"
+
+
+# what a content-id keeps unencoded in a cid: URL (RFC 2392: a msg-id's characters but %)
+_CID_SAFE = "@.!#$&'*+-/=?^_`{|}~"
+
+
+def cid_location(content_id: str) -> str:
+    """The eb:location of an error in a MIME part: its ``cid:`` URL (RFC 2392, the content-id
+    percent-encoded as :func:`~meldingstjener.contentid.content_id_of_url` reads it)."""
+    return CID_SCHEME + quote(content_id, safe=_CID_SAFE)
+
+
+def wire_location(location: str) -> str:
+    """``location`` as an eb:location says it (ebMS 2.0 4.2.3.4.1: an XPointer into the
+    envelope, or a part's URI): a path of ours into the envelope (``//eb:MessageHeader/...``,
+    ``eb:Manifest``, ``/SOAP:Envelope/...``) becomes ``xpointer(<absolute path>)``, as NAV's
+    MSH writes them; a ``cid:`` URL or an XPointer stays as it is. The one place our paths
+    are turned into what goes on the wire (:mod:`.build`); the log keeps the path."""
+    text = location.strip()
+    if is_cid_url(text) or text.startswith("xpointer("):
+        return text
+    return f"xpointer({text if text.startswith('/') else '//' + text})"
 
 
 class ErrorCode(StrEnum):

@@ -29,6 +29,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -36,7 +37,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from meldingstjener.contentid import content_id as normal_content_id
 from meldingstjener.contentid import written_content_id
-from meldingstjener.ebxml.codes import EbxmlError, ErrorCode
+from meldingstjener.ebxml.codes import EbxmlError, ErrorCode, cid_location
 from meldingstjener.ebxml.mime_headers import (
     MAX_PART_HEADER_BLOCK,
     Headers,
@@ -230,6 +231,18 @@ def _attachment(
     )
 
 
+@contextmanager
+def _located(cid: str) -> Iterator[None]:
+    """An error in reading the part whose content-id is ``cid`` is located at its ``cid:`` URL
+    (none when the part names no content-id)."""
+    try:
+        yield
+    except EbxmlError as exc:
+        if exc.location is None and cid:
+            exc.location = cid_location(cid)
+        raise
+
+
 def _delimiter_at(data: ByteSource, index: int, delimiter: bytes) -> tuple[bool, int] | None:
     """At ``index`` (a line start holding ``delimiter``): (is_closing, start of next line), or
     None when the line merely starts with the delimiter text."""
@@ -389,16 +402,21 @@ def _unpackage(
                 raise EbxmlError(
                     ErrorCode.MIME_PROBLEM, f"two MIME parts have the start content-id {cid[:60]!r}"
                 )
-            envelope_part = (cid, _envelope(data, body_start, part_end, encoding_of_part, what))
+            with _located(cid):
+                envelope = _envelope(data, body_start, part_end, encoding_of_part, what)
+            envelope_part = (cid, envelope)
             continue
         if only_envelope:
             continue
-        part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
+        with _located(cid):
+            part = _attachment(data, cid, part_type, (body_start, part_end), encoding_of_part, what)
         if not cid:
             raise EbxmlError(ErrorCode.MIME_PROBLEM, f"{what} has no Content-ID")
         if cid in attachments or (envelope_part is not None and cid == envelope_part[0]):
             raise EbxmlError(
-                ErrorCode.MIME_PROBLEM, f"two MIME parts have the content-id {cid[:60]!r}"
+                ErrorCode.MIME_PROBLEM,
+                f"two MIME parts have the content-id {cid[:60]!r}",
+                cid_location(cid),
             )
         attachments[cid] = part
     if envelope_part is None:

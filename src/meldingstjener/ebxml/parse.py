@@ -43,7 +43,8 @@ eb:Description that is not HITS 1210 JSON, an unknown errorCode in a received Er
 ``reported_code`` with code Unknown).
 
 Matching signals to the messages we sent is the engine's job; here a signal only has to be
-readable.
+readable. A NotSupported envelope whose MessageHeader can be read on its own
+(:func:`readable_header`) is answered with a MessageError about it by the engine.
 """
 
 from __future__ import annotations
@@ -280,8 +281,11 @@ def _party(parent: etree._Element, name: str, location: str) -> Party:
     return Party(main[1], role, main[0] or "", others)
 
 
-def _message_header(element: etree._Element) -> tuple[MessageHeader, bool]:
-    _check_version(element, _MH)
+def _message_header(
+    element: etree._Element, *, check_version: bool = True
+) -> tuple[MessageHeader, bool]:
+    if check_version:
+        _check_version(element, _MH)
     service_el = _child(element, "Service", f"{_MH}/eb:Service")
     service = _text(element, "Service", _MH)
     service_type = _eb_attr(service_el, "type")
@@ -580,6 +584,25 @@ def parse_envelope(source: etree._Element | bytes) -> Envelope:
         signature_present=signature_present,
         extra_header_elements=tuple(extra),
     )
+
+
+def readable_header(root: etree._Element) -> MessageHeader | None:
+    """The eb:MessageHeader of an envelope :func:`parse_envelope` refused, when it can be read
+    on its own (its eb:version not checked): who sent it, to whom, its MessageId, for a
+    MessageError about what this server does not support (another ebMS version, a header block
+    it must understand, an ebMS service action other than Acknowledgment and MessageError).
+    None when the envelope is no SOAP 1.1 one or its one MessageHeader cannot be read."""
+    try:
+        header_el, _ = _check_root(root)
+    except EbxmlError:
+        return None
+    found = header_el.findall(_eb("MessageHeader"))
+    if len(found) != 1:
+        return None
+    try:
+        return _message_header(found[0], check_version=False)[0]
+    except EbxmlError:
+        return None
 
 
 def check_manifest(envelope: Envelope, content_ids: set[str] | frozenset[str]) -> None:

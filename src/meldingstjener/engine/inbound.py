@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -42,15 +43,17 @@ from meldingstjener.ebxml import (
     unpackage,
     unpackage_envelope,
 )
-from meldingstjener.ebxml.codes import PARTY_TYPE_HER
+from meldingstjener.ebxml.codes import ACTION_MESSAGE_ERROR, PARTY_TYPE_HER, cid_location
+from meldingstjener.ebxml.parse import readable_header
 from meldingstjener.engine import ebms_alerts, payload_io, receipts, recovery, signals
 from meldingstjener.engine.alerts import AlertKind, raise_alert
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates
+from meldingstjener.engine.directory import PartnerUnknown, SigningCertificates, cpa_id_for
 from meldingstjener.engine.fagmelding import Fagmelding, inspect
 from meldingstjener.engine.trust import InboundDeferred, verify_sender
 from meldingstjener.formats.xmlparse import XmlError, parse_xml
 from meldingstjener.model import Direction, InboundStatus
+from meldingstjener.model.privacy import redact
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.store.payloads import PayloadRef, PayloadSource
 from meldingstjener.store.tables import MessageRow, ReceiptRow
@@ -146,6 +149,10 @@ def receive(
             answered = _mime_problem(ctx, content_type, body, exc, channel)
             if answered is not None:
                 return answered
+        if isinstance(exc, EbxmlError) and exc.code is ErrorCode.NOT_SUPPORTED and root is not None:
+            answered = _not_supported(ctx, root, exc, channel)
+            if answered is not None:
+                return answered
         code = str(exc.code) if isinstance(exc, EbxmlError) else "OtherXml"
         with ctx.store.unit_of_work() as uow:
             uow.events.record(
@@ -190,6 +197,40 @@ def _mime_problem(
         reason="its MIME parts could not be read",
         verified=False,
     )
+    return _refuse_read_envelope(ctx, envelope, reject, channel)
+
+
+def _not_supported(
+    ctx: EngineContext, root: etree._Element, exc: EbxmlError, channel: str
+) -> InboundReply | None:
+    """An envelope refused for what this server does not implement (an eb:version other than
+    2.0, a header block with mustUnderstand it does not know, an ebMS service action other
+    than Acknowledgment and MessageError: Ping, StatusRequest), whose MessageHeader could be
+    read: the sender is told by a MessageError NotSupported about its MessageId. It was not
+    parsed whole, so its signature is not checked: a refusal not verified, answered only in
+    the HTTP response, as :func:`_mime_problem`'s. None when there is no MessageHeader to
+    answer, by mail (quarantined whole, as unreadable), or for a MessageError (never answered
+    with one)."""
+    if channel != "http":
+        return None
+    header = readable_header(root)
+    if header is None or (header.is_signal and header.action == ACTION_MESSAGE_ERROR):
+        return None
+    reject = _Reject(
+        ErrorCode.NOT_SUPPORTED,
+        exc.message,
+        exc.location,
+        reason="its envelope uses what this server does not support",
+        verified=False,
+    )
+    return _refuse_read_envelope(ctx, Envelope(header=header), reject, channel)
+
+
+def _refuse_read_envelope(
+    ctx: EngineContext, envelope: Envelope, reject: _Reject, channel: str
+) -> InboundReply:
+    """Refuse a message whose envelope was read but not checked: by its sender's certificates
+    when its From is a HER-id (for the alert), answered as :func:`_refuse_unverified`."""
     header = envelope.header
     certificates = SigningCertificates(None)
     if _party_without_her_id(header) is None:
@@ -242,8 +283,14 @@ def _receive_message(
             ctx, mime, envelope, root, certificates, body, reject, channel, keys, before_commit
         )
 
-    ack = signals.build_ack(ctx, envelope, root)
-    payload_ref, wire_ref, ack_ref = ctx.store.payloads.put_all(plain, body, ack.body)
+    # ebMS 2.0: an Acknowledgment only when the sender asked for one (eb:AckRequested); a CPA
+    # whose ackRequested is never (NAV's EgenandelForesporsel) has its sender wait for none
+    ack = signals.build_ack(ctx, envelope, root) if envelope.ack_requested else None
+    payload_ref, wire_ref, *acked = ctx.store.payloads.put_all(
+        plain, body, *(() if ack is None else (ack.body,))
+    )
+    ack_ref = acked[0] if acked else None
+    files = (payload_ref, wire_ref, *acked)
     now = ctx.clock()
     row = _envelope_row(ctx, envelope, channel, wire_ref.key)
     for column, value in message.row_fields().items():
@@ -260,6 +307,7 @@ def _receive_message(
             uow.messages.add(
                 row, actor=sender_actor(channel, sender), detail=f"received from {sender}", at=now
             )
+            _note_cpa_not_agreed(ctx, uow, row.id, header, at=now)
             if message.report.problems:
                 uow.events.record(
                     row.id,
@@ -270,15 +318,19 @@ def _receive_message(
                     + "; ".join(f"{p.code} at {p.path}" for p in message.report.problems[:5]),
                     at=now,
                 )
-            route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
-            reply_inline = _inline(channel, envelope.sync_reply, route)
-            stored = "stored durably; Acknowledgment " + (
-                "offered in the response"
-                if reply_inline
-                else "queued"
-                if route is not None
-                else "stored, with no way back to the sender"
-            )
+            route = None
+            reply_inline = False
+            stored = "stored durably; no Acknowledgment, none was asked for (no AckRequested)"
+            if ack is not None:
+                route = _reply_endpoint(ctx, uow, sender, header.to_party.her_id)
+                reply_inline = _inline(channel, envelope.sync_reply, route)
+                stored = "stored durably; Acknowledgment " + (
+                    "offered in the response"
+                    if reply_inline
+                    else "queued"
+                    if route is not None
+                    else "stored, with no way back to the sender"
+                )
             if verdict is None:
                 uow.messages.set_status(
                     row, InboundStatus.ACKNOWLEDGED.value, actor="msh", detail=stored, at=now
@@ -300,7 +352,8 @@ def _receive_message(
                     at=now,
                 )
                 receipts.schedule_verdict(ctx, uow, row.id, verdict)
-            _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
+            if ack is not None and ack_ref is not None:
+                _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", row, route, reply_inline)
             # after the receipt, which wrote the message row (in one INSERT with its status)
             uow.content_keys.record(keys, row.id, at=now)
             if message.msg_type == receipts.APPREC:
@@ -325,18 +378,65 @@ def _receive_message(
         # not stay on disk.
         # the decrypted content must not stay on disk; the wire form goes once the conflict is
         # answered (a spooled body is that file: a refusal stores a copy of it)
-        ctx.store.payloads.discard(payload_ref, ack_ref)
+        ctx.store.payloads.discard(payload_ref, *acked)
         try:
             return _after_conflict(ctx, mime, envelope, root, certificates, body, channel)
         finally:
             ctx.store.payloads.discard(wire_ref)
     except BaseException:
-        _discard_unless_committing(ctx, committing, payload_ref, wire_ref, ack_ref)
+        _discard_unless_committing(ctx, committing, *files)
         raise
     ctx.notify_workers(uow)
-    if reply_inline:
+    if reply_inline and ack is not None:
         return InboundReply(ack.content_type, ack.body)
     return InboundReply()
+
+
+def _note_cpa_not_agreed(
+    ctx: EngineContext, uow: UnitOfWork, message_id: str, header: MessageHeader, *, at: datetime
+) -> None:
+    """A note on a received message whose CPAId is not the id of an agreement of ours with its
+    sender, for the help desk. Not a refusal: a well-formed, correctly signed message may not
+    be refused with an ebXML error (the Directorate's rule), and agreements without a CPA
+    (register terms, ``[[partners]]``) have only the id both sides make up
+    (:func:`~meldingstjener.engine.directory.cpa_id_for` of one HER-id of each side, which a
+    sender may make of our organisation's or a service's): any of those passes. The partner
+    cache is compared first; the store is read only when neither matches."""
+    sender = header.from_party.her_id
+    try:
+        partner = ctx.directory.partner(uow, sender, our_her_id=header.to_party.her_id)
+    except PartnerUnknown:
+        partner = None
+    if partner is not None and partner.cpa_id == header.cpa_id:
+        return
+    parties = {sender} | (
+        {partner.organisation_her_id} if partner and partner.organisation_her_id else set()
+    )
+    if header.cpa_id in {
+        cpa_id_for(ours, theirs) for ours in ctx.own_her_ids for theirs in parties
+    }:
+        return
+    agreed = sorted(
+        {
+            row.cpa_id or cpa_id_for(row.our_her_id, row.counterparty_her_id)
+            for row in uow.agreements.for_counterparties(parties)
+            if row.our_her_id in ctx.own_her_ids
+        }
+    )
+    if header.cpa_id in agreed:
+        return
+    shown = header.cpa_id if len(header.cpa_id) <= 60 else header.cpa_id[:57] + "..."
+    ours = f"ours is {', '.join(agreed)}" if agreed else "we have no agreement with it"
+    uow.events.record(
+        message_id,
+        EventKind.NOTE,
+        actor="msh",
+        code="cpa-not-agreed",
+        detail=f"its CPAId {redact(shown)!r} is not the id of an agreement of ours with "
+        f"{sender} ({ours}); taken all the same (a well-formed, signed message is not "
+        "refused for it)",
+        at=at,
+    )
 
 
 def _party_without_her_id(header: MessageHeader) -> _Reject | None:
@@ -378,17 +478,23 @@ def _after_conflict(
         duplicate = uow.messages.by_ebxml_id(Direction.INBOUND, envelope.header.message_id)
     if duplicate is not None:
         return _duplicate(ctx, mime, envelope, root, certificates, duplicate, channel)
-    return _refuse(ctx, mime, envelope, root, certificates, body, _key_used_before(), channel)
+    used = _key_used_before(_payload_location(_payload_part(mime, envelope)))
+    return _refuse(ctx, mime, envelope, root, certificates, body, used, channel)
 
 
-def _key_used_before() -> _Reject:
+def _payload_location(part: Attachment | None) -> str | None:
+    """The eb:location of an error in the payload: its part's ``cid:`` URL."""
+    return None if part is None else cid_location(part.content_id)
+
+
+def _key_used_before(location: str | None) -> _Reject:
     # The same answer whatever the content would have decrypted to (see
     # cms_enveloped.wrapped_keys), and no word of which message used the key.
     return _Reject(
         ErrorCode.SECURITY_FAILURE,
         "the payload's content-encryption key was used in another message before: a payload "
         "is accepted in one message only (encrypt each message with a new key)",
-        "cid",
+        location,
         reason="its payload's content key was used in another message before (a copied payload)",
     )
 
@@ -442,7 +548,7 @@ def _check(
     with ctx.store.database.reading() as connection:  # one SELECT, no transaction around it
         used = content_keys_used(connection, keys)
     if used:
-        raise _key_used_before()
+        raise _key_used_before(_payload_location(payload))
     return keys
 
 
@@ -470,7 +576,7 @@ def _open_payload(
         raise _Reject(
             ErrorCode.SECURITY_FAILURE,
             f"the payload could not be decrypted: {exc}",
-            "cid",
+            _payload_location(encrypted),
             reason="its payload could not be decrypted",
             our_key=exc.code if exc.code in _OUR_KEY_FAILED else None,
         ) from None
@@ -485,10 +591,14 @@ def _open_payload(
         if to not in ctx.own_her_ids:
             raise not_ours
         problems = message.report.problems[:3]
+        # Codes and paths only, never a problem's text: the MessageError is signed, not
+        # encrypted, and the text may quote the fagmelding (a version's value, the parser's
+        # fragment of a line). A path names an element only when it is a schema's name.
         raise _Reject(
             ErrorCode.OTHER_XML,
-            "the business message cannot be interpreted: " + "; ".join(p.message for p in problems),
-            "cid",
+            "the business message cannot be interpreted: "
+            + "; ".join(f"{p.code} at {p.path}" if p.path else p.code for p in problems),
+            _payload_location(encrypted),
             reason="its business message cannot be read",
             logged="the business message cannot be interpreted ("
             + ", ".join(p.code for p in problems)
@@ -504,12 +614,15 @@ def _open_payload(
     if sender not in in_message_from or to not in in_message_to | message.copy_receivers:
         said_from = "/".join(sorted(in_message_from)) or "?"
         said_to = "/".join(sorted(in_message_to)) or "?"
+        # the wire text quotes the envelope only: what the fagmelding says is kept in our log
         raise _Reject(
             ErrorCode.INCONSISTENT,
-            f"the envelope says {sender} -> {to}, the business message says "
-            f"{said_from} -> {said_to}",
+            f"the envelope says {sender} -> {to}, which is not the sender and receiver of the "
+            "business message",
             "eb:MessageHeader",
             reason="the HER-ids of its envelope and business message disagree",
+            logged=f"the envelope says {sender} -> {to}, the business message says "
+            f"{said_from} -> {said_to}",
         )
     return message, plain
 
@@ -1025,6 +1138,9 @@ def _resend_signal(
     # Only the transport signal is repeated: an AppRec or DIALOG_AVVIK recorded since is an
     # answer of its own (a message with its own receipts), not what the sender is waiting for.
     signal = _last_transport_receipt(uow, original.id)
+    # our MessageError goes again to every resend; our Acknowledgment only when this one asks
+    # for it (ebMS 2.0: none without eb:AckRequested)
+    unasked = signal is not None and signal.kind == "acknowledgment" and not envelope.ack_requested
     now = ctx.clock()
     uow.events.record(
         original.id,
@@ -1032,10 +1148,18 @@ def _resend_signal(
         actor=sender_actor(channel, _party_shown(envelope.header.from_party)),
         code="duplicate",
         detail="the same ebXML MessageId arrived again; not processed again, "
-        + (f"our {signal.kind} is sent again" if signal else "no signal to repeat yet"),
+        + (
+            "no Acknowledgment sent again, this one asks for none (no AckRequested)"
+            if unasked
+            else f"our {signal.kind} is sent again"
+            if signal
+            else "no signal to repeat"
+        ),
         ebxml_message_id=envelope.header.message_id,
         at=now,
     )
+    if unasked:
+        signal = None
     reply = InboundReply()
     if signal is not None and signal.wire_ref is not None:
         route = _reply_endpoint(ctx, uow, str(original.from_her_id), str(original.to_her_id))

@@ -171,13 +171,17 @@ class _Limited:
         return data
 
 
+_HUGE_HINT = re.compile(r",?\s*use XML_PARSE_HUGE option", re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def _syntax_errors() -> Iterator[None]:
     """libxml2's complaints as our error types."""
     try:
         yield
     except etree.XMLSyntaxError as exc:
-        message = str(exc)
+        # libxml2's advice to its caller ("use XML_PARSE_HUGE option") is no words for a sender
+        message = _HUGE_HINT.sub("", str(exc))
         lowered = message.lower()
         if "depth" in lowered and ("excessive" in lowered or "exceed" in lowered):
             raise XmlRefused(f"XML nesting deeper than the parser allows: {message}") from None

@@ -733,3 +733,28 @@ def test_a_store_failing_names_the_payload_directory_and_its_cause_s_remedy(
     name = errno.errorcode[code]
     assert f"({name} in the payload directory {root})" in summary
     assert f"{remedy} {root}" in summary and "mend the payload directory" not in summary
+
+
+def test_a_body_sent_with_a_content_encoding_is_refused_naming_it(pair: Pair) -> None:
+    # review (interop 7): a gzipped body was read as MIME, "400 MimeProblem: ... the closing
+    # MIME boundary is missing", which names nothing the sender could mend
+    import gzip
+
+    body, content_type = wire(pair)
+    with TestClient(api_app.create_app(pair.hospital)) as http:
+        for encoding in ("gzip", "identity, gzip"):
+            answer = http.post(
+                "/ebms",
+                content=gzip.compress(body),
+                headers={"Content-Type": content_type, "Content-Encoding": encoding},
+            )
+            assert answer.status_code == 415
+            assert answer.text.startswith("content-encoding: ") and "gzip" in answer.text
+            assert answer.headers["connection"] == "close"
+        answer = http.post(
+            "/ebms",
+            content=body,
+            headers={"Content-Type": content_type, "Content-Encoding": "identity"},
+        )
+        assert answer.status_code == 200, answer.text
+    assert pair.inbound_messages(pair.hospital) != []

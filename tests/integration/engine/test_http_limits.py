@@ -205,11 +205,27 @@ def test_a_body_framed_by_both_length_and_chunks_is_refused_and_nothing_after_it
             answers = _answers(connection)
         assert _statuses(answers) == [400]
         assert b"connection: close" in answers.lower()
+        # in /ebms's own form, not the EPJ API's problem JSON (review: interop 8)
+        assert answers.split(b"\r\n\r\n", 1)[1].startswith(b"ambiguous-length: the request has")
     # Seen by the operator, not only by the partner: one warning for the peer, and its
     # ebms-refused alert (refused three times in a row) names the refusal.
     assert len(served.log_lines("POST /ebms from 127.0.0.1 answered 400", "Transfer")) == 1
     [(_, summary)] = served.alerts("ebms-refused")
     assert "HTTP 400, ambiguous-length, from address 127.0.0.1" in summary
+
+
+def test_a_request_head_over_16_kb_to_ebms_is_refused_in_its_own_form(served: Served) -> None:
+    # review (interop 8): answered the EPJ API's problem JSON ("invalid-input", errorCode
+    # 1000), where README names the code head-too-large
+    head = b"POST /ebms HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Pad: " + b"a" * 20_000
+    with _connect(served.site) as connection:
+        connection.sendall(head + b"\r\n\r\n")
+        answers = _answers(connection)
+    assert _statuses(answers) == [431]
+    assert b"content-type: text/plain" in answers.lower()
+    assert answers.split(b"\r\n\r\n", 1)[1].startswith(
+        b"head-too-large: the request's headers hold"
+    )
 
 
 def test_a_body_too_large_is_refused_without_inviting_it(site: Site) -> None:

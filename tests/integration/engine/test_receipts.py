@@ -1513,6 +1513,72 @@ def test_a_reply_after_the_deadline_resolves_the_apprec_missing_of_the_question_
     assert pair.message(pair.gp, answered).status == "sent"
 
 
+def test_a_message_without_ack_requested_is_stored_and_not_acknowledged(pair: Pair) -> None:
+    """review (interop 5): ebMS 2.0 sends an Acknowledgment only for a message with
+    eb:AckRequested; one was stored and sent for every message, and again for its resend."""
+    from meldingstjener.engine import inbound
+
+    [question] = _questions_without_ack_requested(pair, "Spørsmål")
+    [received] = pair.inbound_messages(pair.hospital)
+    assert received.status == "acknowledged"  # stored, and the EPJ's to take
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.receipts.for_message(received.id) == []
+        assert uow.jobs.count() == 0
+        [stored] = [e for e in uow.events.for_message(received.id) if e.actor == "msh"]
+    assert "no Acknowledgment, none was asked for" in str(stored.detail)
+    pair.run()
+    assert pair.message(pair.gp, question).status == "sent"
+    sent = pair.message(pair.gp, question)
+    wire = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    reply = inbound.receive(pair.hospital, str(sent.wire_content_type), wire)  # a resend
+    assert reply.body is None
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.receipts.for_message(received.id) == []
+        assert uow.jobs.count() == 0
+
+
+def test_a_resend_without_ack_requested_gets_no_acknowledgment_again(pair: Pair) -> None:
+    """A resend of an acknowledged message, signed again by its sender without AckRequested,
+    is not answered with our Acknowledgment (its first receipt asked for one)."""
+    from lxml import etree
+
+    from meldingstjener.ebxml import unpackage
+    from meldingstjener.engine import inbound
+    from meldingstjener.formats.xmlparse import parse_xml
+    from meldingstjener.security.xmldsig import sign_ebxml_envelope
+
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.network.down.clear()
+    sent = pair.message(pair.gp, message_id)
+    wire = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    content_type = str(sent.wire_content_type)
+    inbound.receive(pair.hospital, content_type, wire)  # AckRequested: acknowledged
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    mime = unpackage(content_type, wire)
+    root = parse_xml(mime.envelope_xml)
+    header = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Header")
+    for block in list(header):
+        if etree.QName(block).localname in ("AckRequested", "Signature"):
+            header.remove(block)
+    attachments = {cid: part.data for cid, part in mime.attachments.items()}
+    sign_ebxml_envelope(
+        root, attachments, pair.gp.keys.signing_key, pair.gp.keys.signing_certificate
+    )
+    unasked = wire.replace(mime.envelope_xml, etree.tostring(root))
+    assert inbound.receive(pair.hospital, content_type, unasked).body is None
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 0
+        [received] = [m for m in uow.messages.search(LogFilter()) if m.direction == "in"]
+        [repeat] = [e for e in uow.events.for_message(received.id) if e.code == "duplicate"]
+    assert "no Acknowledgment sent again, this one asks for none" in str(repeat.detail)
+    inbound.receive(pair.hospital, content_type, wire)  # it asks again: sent again
+    with pair.hospital.store.unit_of_work() as uow:
+        assert uow.jobs.count() == 1
+
+
 def _questions_without_ack_requested(pair: Pair, *texts: str) -> list[str]:
     """The GP's agreement binds DIALOG_FORESPORSEL to a channel without AckRequested; one
     question per text is sent, and the hospital (as NAV's gateway) sends no Acknowledgment."""

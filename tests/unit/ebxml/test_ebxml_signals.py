@@ -98,7 +98,9 @@ def test_acknowledgment_refs_mismatch_is_inconsistent() -> None:
 def test_message_error_round_trip() -> None:
     errors = [
         ErrorDetail(ErrorCode.SECURITY_FAILURE, Severity.ERROR, "cid:part-1@x", "digest mismatch"),
-        ErrorDetail(ErrorCode.INCONSISTENT, Severity.WARNING, "//eb:MessageHeader/eb:CPAId"),
+        ErrorDetail(
+            ErrorCode.INCONSISTENT, Severity.WARNING, "xpointer(//eb:MessageHeader/eb:CPAId)"
+        ),
     ]
     root = build_message_error(
         parse_envelope(payload_bytes()), errors, message_id="err-1@us", timestamp=ACKED_AT
@@ -138,7 +140,39 @@ def test_message_error_for_a_message_whose_id_was_unreadable() -> None:
     assert parsed.header.to_party == SENDER
     assert parsed.error_list is not None
     assert parsed.error_list.errors[0].code is ErrorCode.OTHER_XML
-    assert parsed.error_list.errors[0].location == "//eb:MessageData"
+    # an XPointer on the wire, as NAV's MSH writes them (review: interop 6)
+    assert parsed.error_list.errors[0].location == "xpointer(//eb:MessageData)"
+
+
+@pytest.mark.parametrize(
+    ("ours", "on_the_wire"),
+    [
+        ("//eb:MessageHeader/eb:Action", "xpointer(//eb:MessageHeader/eb:Action)"),
+        ("eb:MessageHeader/eb:To/eb:PartyId", "xpointer(//eb:MessageHeader/eb:To/eb:PartyId)"),
+        ("ds:Signature/ds:KeyInfo", "xpointer(//ds:Signature/ds:KeyInfo)"),
+        ("/SOAP:Envelope/SOAP:Header/X", "xpointer(/SOAP:Envelope/SOAP:Header/X)"),
+        ("cid:a%20b@x", "cid:a%20b@x"),
+        ("xpointer(//MessageHeader/CpaId)", "xpointer(//MessageHeader/CpaId)"),
+    ],
+)
+def test_an_error_location_goes_as_an_xpointer_or_a_cid_url(ours: str, on_the_wire: str) -> None:
+    root = build_message_error(
+        OriginalIds(sender=SENDER, cpa_id="c", conversation_id="c"),
+        [ErrorDetail(ErrorCode.OTHER_XML, Severity.ERROR, ours, "x")],
+        message_id="err-4@us",
+        timestamp=ACKED_AT,
+        our_party=RECEIVER,
+    )
+    [error] = parse_envelope(envelope_bytes(root)).error_list.errors  # type: ignore[union-attr]
+    assert error.location == on_the_wire
+
+
+def test_a_part_is_located_by_its_cid_url() -> None:
+    from meldingstjener.contentid import content_id_of_url
+    from meldingstjener.ebxml.codes import cid_location
+
+    assert cid_location("a b%c@x") == "cid:a%20b%25c@x"
+    assert content_id_of_url(cid_location("a b%c@x")) == "a b%c@x"
 
 
 def test_message_error_needs_errors_and_a_sender() -> None:
