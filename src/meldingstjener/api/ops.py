@@ -379,8 +379,12 @@ def ops_router(
         status_code=201,
         responses={
             **NO_MESSAGE,
-            400: {"description": "The copy's checks refused it (the codes of POST /Messages)"},
+            400: {
+                "description": "`checked` cannot be kept as given, or the copy's checks refused "
+                "it (the codes of POST /Messages)"
+            },
             409: {"description": "The message may not be sent again (see the code)"},
+            **SMALL_BODY_TOO_LARGE,
         },
     )
     def resend_message(
