@@ -58,6 +58,32 @@ def _postgres_available() -> str | None:
         return f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}"
 
 
+@pytest.fixture(autouse=True)
+def _databases_disposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every ``Database`` made while a test runs (by the test, its function-scoped fixtures, a
+    pair of engines, a command run in this process) is disposed when the test ends, after its
+    other fixtures. Left to the garbage collector (a database's engine and its listeners make a
+    cycle, collected only by a full collection), each kept its pooled connections open: three
+    files per SQLite connection, a socket per PostgreSQL one, and a worker process ended the
+    suite with a thousand descriptors. Disposing a database still in use is harmless: its next
+    unit of work opens a new connection. Made before the test (a session's or a module's
+    fixture), a database is that fixture's to dispose."""
+    from meldingstjener.store.database import Database
+
+    made: list[Database] = []
+    init = Database.__init__
+
+    def tracked(self: Database, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(Database, "__init__", tracked)
+    yield
+    monkeypatch.setattr(Database, "__init__", init)
+    for database in made:
+        database.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database for this test session."""
@@ -90,7 +116,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
-        upgrade(Database(url))
+        database = Database(url)
+        upgrade(database)
+        database.dispose()
         yield url
         return
     url = request.getfixturevalue("postgres_url")
