@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -38,6 +38,71 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("mail-server"))
 
 
+# --- open descriptors ------------------------------------------------------------------------
+# A test process that ends with many descriptors open has something left open by its tests (a
+# worker once ended with a thousand, and a test that met descriptor 1024 with select() failed).
+# Each process counts its own at the end; the summary says so when one held more than the bound
+# (a line, not a failure: the count depends on what else the process ran). Linux only.
+
+# after the suite a worker holds some 60: pytest's, execnet's and free_port's (64 at most)
+DESCRIPTOR_BOUND = 256
+
+
+def _descriptors_held() -> tuple[int, str] | None:
+    """How many descriptors this process holds, and what they are, the most first; None where
+    /proc/self/fd is not."""
+    from collections import Counter
+
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    kinds: Counter[str] = Counter()
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own, closed already
+            continue
+        if target.startswith("socket:"):
+            kinds["sockets"] += 1
+        elif target.endswith((".db", ".db-wal", ".db-shm")):
+            kinds["SQLite files"] += 1
+        else:
+            kinds["others"] += 1
+    return sum(kinds.values()), ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    held = _descriptors_held()
+    if held is None:
+        return
+    worker = getattr(session.config, "workeroutput", None)
+    if worker is not None:  # an xdist worker: its controller reports it (pytest_testnodedown)
+        worker["descriptors_held"] = held
+    else:
+        _DESCRIPTORS_HELD.append(("this process", *held))
+
+
+_DESCRIPTORS_HELD: list[tuple[str, int, str]] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    held = getattr(node, "workeroutput", {}).get("descriptors_held")
+    if held is not None:
+        _DESCRIPTORS_HELD.append((f"worker {node.gateway.id}", *held))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for process, count, kinds in _DESCRIPTORS_HELD:
+        if count > DESCRIPTOR_BOUND:
+            terminalreporter.write_line(
+                f"{process} ended holding {count} open descriptors ({kinds}), more than "
+                f"{DESCRIPTOR_BOUND}: a test or fixture leaves something open",
+                yellow=True,
+            )
+
+
 # --- databases -------------------------------------------------------------------------------
 # Store tests run on SQLite and on PostgreSQL. Each test session gets its own PostgreSQL
 # database (created here, dropped at the end), so parallel runs never see each other's rows.
@@ -56,6 +121,32 @@ def _postgres_available() -> str | None:
             return None
     except psycopg.Error as exc:
         return f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}"
+
+
+@pytest.fixture(autouse=True)
+def _databases_disposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every ``Database`` made while a test runs (by the test, its function-scoped fixtures, a
+    pair of engines, a command run in this process) is disposed when the test ends, after its
+    other fixtures. Left to the garbage collector (a database's engine and its listeners make a
+    cycle, collected only by a full collection), each kept its pooled connections open: three
+    files per SQLite connection, a socket per PostgreSQL one, and a worker process ended the
+    suite with a thousand descriptors. Disposing a database still in use is harmless: its next
+    unit of work opens a new connection. Made before the test (a session's or a module's
+    fixture), a database is that fixture's to dispose."""
+    from meldingstjener.store.database import Database
+
+    made: list[Database] = []
+    init = Database.__init__
+
+    def tracked(self: Database, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(Database, "__init__", tracked)
+    yield
+    monkeypatch.setattr(Database, "__init__", init)
+    for database in made:
+        database.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +181,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
-        upgrade(Database(url))
+        database = Database(url)
+        upgrade(database)
+        database.dispose()
         yield url
         return
     url = request.getfixturevalue("postgres_url")

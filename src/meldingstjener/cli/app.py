@@ -106,7 +106,15 @@ def store_from(ctx: typer.Context, *, create: bool = False) -> Store:
     # the store (SQLAlchemy, the migrations)
     from meldingstjener.bootstrap import open_store
 
-    return open_store(settings, create=create, migrate=create)
+    return closed_at_end(ctx, open_store(settings, create=create, migrate=create))
+
+
+def closed_at_end(ctx: typer.Context, store: Store) -> Store:
+    """``store``, closed when the command ends: its connections (on SQLite three open files
+    each) are not left to the process, which may go on to run other commands (a test, a
+    script calling the application)."""
+    ctx.call_on_close(store.close)
+    return store
 
 
 # Exit codes every command keeps: 0 done, 1 the command's own failure (refused, not found),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from
+from meldingstjener.cli.app import app, closed_at_end, settings_from
 from meldingstjener.cli.logging_setup import configure_logging
 
 if TYPE_CHECKING:
@@ -390,7 +390,8 @@ def send(
         # The server's store, never a new one: run from another directory with a relative
         # data_dir (a cron job, an EPJ's script) a new store would take the message, and no
         # server would ever send it. Nor is the schema migrated under the running servers.
-        engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
+        store = closed_at_end(ctx, open_store(settings, create=False, migrate=False))
+        engine = build_engine(settings, store=store)
         # a snapshot in the payload store, copied in pieces: a 35 MB file is never held whole,
         # and it becomes the stored payload by a rename
         payloads = engine.store.payloads

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from, store_from
+from meldingstjener.cli.app import app, closed_at_end, settings_from, store_from
 from meldingstjener.cli.helseid_options import (
     AudienceOption,
     ClientIdOption,
@@ -1185,7 +1185,7 @@ def _local_party(ctx: typer.Context, her_id: str) -> CommunicationParty | None:
     from meldingstjener.store.opening import StoreUnavailable
 
     try:
-        store = open_store(settings_from(ctx), create=False, migrate=False)
+        store = closed_at_end(ctx, open_store(settings_from(ctx), create=False, migrate=False))
     except StoreUnavailable:
         return None
     with store.unit_of_work() as uow:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from, store_from
+from meldingstjener.cli.app import app, closed_at_end, settings_from, store_from
 from meldingstjener.model import Direction
 from meldingstjener.model.status import ALL_STATUSES
 
@@ -49,7 +49,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     from meldingstjener.store.migrate import current_revision
 
     settings = settings_from(ctx)
-    store = open_store(settings, migrate=True)
+    store = closed_at_end(ctx, open_store(settings, migrate=True))
     revision = current_revision(store.database)
     typer.echo(f"database {store.database.engine.url.render_as_string()} at revision {revision}")
 
@@ -714,7 +714,8 @@ def resend_command(
     from meldingstjener.engine.resend import Operator, resend
 
     # the server's store as it is, as `send` takes it (no new store, no migration under it)
-    engine = build_engine(settings, store=open_store(settings, create=False, migrate=False))
+    store = closed_at_end(ctx, open_store(settings, create=False, migrate=False))
+    engine = build_engine(settings, store=store)
     with engine.store.unit_of_work() as uow:
         messages = find_messages(uow, message_id)
     if not messages:

@@ -2003,3 +2003,11 @@ class Store:
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.database)
+
+    def close(self) -> None:
+        """Close the database's pooled connections (on SQLite three files each: the database,
+        its WAL and shared memory; on PostgreSQL a socket and a server backend). A process that
+        opens stores and goes on (a command run in a test or a script, a test of its own) holds
+        them until the pool is collected otherwise. The store may still be used after it: a
+        unit of work then opens a new connection."""
+        self.database.dispose()
