@@ -390,9 +390,11 @@ class WebhookDispatcher:
                 "lastSeen": alert.last_seen.isoformat(),
                 "acknowledgedBy": alert.acknowledged_by,
                 "resolvedAt": alert.resolved_at.isoformat() if alert.resolved_at else None,
-                # resolved by hand: by whom, and the note (stripped and masked as stored)
+                # resolved by hand: by whom, and whether with a note; not the note itself, an
+                # operator's free text (masked of identity numbers only), which a webhook target
+                # outside the server need not see: the admin client reads it by GET /api/alerts
                 "resolvedBy": alert.resolved_by,
-                "resolutionNote": alert.resolution_note,
+                "hasResolutionNote": alert.resolution_note is not None,
                 "at": (alert.changed_at or alert.last_seen).isoformat(),
             }
             # one delivery per change told (changed_at), not per count: a lasting state kept by
