@@ -426,7 +426,18 @@ def send(
             typer.echo(f"  - {problem}", err=True)
         raise typer.Exit(1) from None
     typer.echo(message_id)
-    for line in _sent_before(engine.store, message_id):
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        earlier = _sent_before(engine.store, message_id)
+    except SQLAlchemyError as exc:
+        # the message is stored and will be sent: a failed look for earlier copies must not
+        # end the command as failed (a script that retries on failure would send it again)
+        earlier = [
+            "warning: could not look for earlier messages of the same MsgId "
+            f"({type(exc).__name__}); {message_id} is stored and will be sent"
+        ]
+    for line in earlier:
         typer.echo(line, err=True)
 
 

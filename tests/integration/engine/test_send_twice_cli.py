@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from engine_pair import Pair
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from meldingstjener.cli import app
 from meldingstjener.devsites import dialog_note
 from meldingstjener.formats import read_msghead
+from meldingstjener.store.uow import MessageRepository
 
 
 def _send(pair: Pair, file: Path) -> tuple[int, str, str]:
@@ -46,3 +49,22 @@ def test_a_document_sent_twice_is_warned_of(pair: Pair, tmp_path: Path) -> None:
     other.write_bytes(dialog_note(pair.gp_site, pair.hospital_site, "En annen"))
     code, _, said = _send(pair, other)
     assert code == 0 and said == "", said
+
+
+def test_a_failed_look_for_earlier_copies_leaves_the_send_a_success(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id is printed once the message is stored: a database error in the look that follows
+    (fault injected into the repository's search) is a warning, not exit 1, which a script
+    would take for a failed send and send it again."""
+    file = tmp_path / "note.xml"
+    file.write_bytes(dialog_note(pair.gp_site, pair.hospital_site, "x"))
+
+    def locked(*_args: object, **_kwargs: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(MessageRepository, "search", locked)
+    code, sent, said = _send(pair, file)
+    assert code == 0, said
+    assert pair.message(pair.gp, sent).status == "accepted"
+    assert said.startswith("warning: could not look for earlier messages of the same MsgId")
