@@ -50,7 +50,7 @@ from meldingstjener.api.problems import PROBLEM_JSON, ApiProblem
 from meldingstjener.api.unread import unread_query
 from meldingstjener.engine import receipts
 from meldingstjener.engine.context import EngineContext
-from meldingstjener.engine.copies import newest_copy
+from meldingstjener.engine.copies import answering_for
 from meldingstjener.engine.errors import SubmitRejected
 from meldingstjener.engine.fagmelding import inspect
 from meldingstjener.engine.outbound import submit
@@ -494,9 +494,9 @@ class Edi2:
 
     def get_status(self, who: Principal, message_id: uuid.UUID) -> list[StatusInfo]:
         row = self._message(who, message_id, "get-status", direction=Direction.OUTBOUND.value)
-        copy = self._sent_again_as(row)
+        answering, copy = self._answering_for(row)
         try:
-            states = receipts.receiver_status(self.ctx, copy or row.id)
+            states = receipts.receiver_status(self.ctx, answering)
         except receipts.AppRecRefused as refused:
             raise _apprec_problem(refused) from None
         self._audit(
@@ -514,9 +514,9 @@ class Edi2:
 
     def get_apprec_info(self, who: Principal, message_id: uuid.UUID) -> list[ApprecInfo]:
         row = self._message(who, message_id, "get-apprec-info", direction=Direction.OUTBOUND.value)
-        copy = self._sent_again_as(row)
+        answering, copy = self._answering_for(row)
         try:
-            infos = receipts.apprec_info(self.ctx, copy or row.id)
+            infos = receipts.apprec_info(self.ctx, answering)
         except receipts.AppRecRefused as refused:
             raise _apprec_problem(refused) from None
         self._audit(
@@ -537,12 +537,12 @@ class Edi2:
             for i in infos
         ]
 
-    def _sent_again_as(self, row: MessageRow) -> str | None:
-        """The id of the newest copy an operator sent ``row`` again as (``resend``), whose fate
-        is the message's: the EPJ knows only the id it was given. None when it was not."""
+    def _answering_for(self, row: MessageRow) -> tuple[str, str | None]:
+        """Of ``row`` and the copies an operator sent it again as (``resend``), the one whose
+        fate the EPJ, which knows ``row``'s id only, is told, and the newest copy's id (None
+        when it was never sent again): :func:`engine.copies.answering_for`."""
         with self.ctx.store.unit_of_work() as uow:
-            copy = newest_copy(uow, row.id)
-            return copy.id if copy is not None else None
+            return answering_for(uow, row)
 
     def post_apprec(
         self, who: Principal, message_id: uuid.UUID, sender_her_id: int, body: PostAppRecRequest

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from meldingstjener.model import Direction
+from meldingstjener.model import Direction, OutboundStatus
 from meldingstjener.store.tables import MessageRow
 from meldingstjener.store.uow import UnitOfWork
 
@@ -75,18 +75,40 @@ def copies_of(uow: UnitOfWork, messages: list[MessageRow]) -> dict[str, str]:
     return found
 
 
-def newest_copy(uow: UnitOfWork, message_id: str) -> MessageRow | None:
-    """The newest copy ``message_id`` was sent again as: its copy, or that copy's copy when the
-    copy was given up and sent again in turn, and so on; None when it was never sent again.
-    What the EPJ, which knows ``message_id`` only, is answered with (GetStatus, GetApprecInfo)."""
-    newest: MessageRow | None = None
-    seen = {message_id}
-    while (copy := copy_of(uow, newest.id if newest else message_id)) is not None:
-        if copy.id in seen:  # never made so; a loop would not end
-            break
+# What a message and its copies have come to, the furthest first: an AppRec of the receiver
+# (which answers the business document, whichever copy carried it), then a transport receipt.
+_FURTHEST = (
+    frozenset(
+        {
+            OutboundStatus.APPREC_OK.value,
+            OutboundStatus.APPREC_OK_WITH_ERRORS.value,
+            OutboundStatus.APPREC_REJECTED.value,
+        }
+    ),
+    frozenset({OutboundStatus.TRANSPORT_ACKNOWLEDGED.value}),
+)
+
+
+def answering_for(uow: UnitOfWork, message: MessageRow) -> tuple[str, str | None]:
+    """Whose fate the EPJ is told for ``message`` (GetStatus, GetApprecInfo), which it knows by
+    its id only, and the newest copy it was sent again as (``sentAgainAs``, None when never).
+
+    Of the message and its copies, the newest that an AppRec answered, else the newest that a
+    receipt acknowledged, else the newest copy: a late Acknowledgment or AppRec of the original
+    (the receiver had it after all: an AppRec goes to the copy furthest on, which may be the
+    original while its copy waits) is its fate as much as the copy's, and a copy still waiting
+    must not hide it."""
+    chain = [message]
+    seen = {message.id}
+    while (copy := copy_of(uow, chain[-1].id)) is not None and copy.id not in seen:
         seen.add(copy.id)
-        newest = copy
-    return newest
+        chain.append(copy)
+    newest = chain[-1].id if len(chain) > 1 else None
+    for statuses in _FURTHEST:
+        reached = [m for m in chain if m.status in statuses]
+        if reached:
+            return reached[-1].id, newest
+    return chain[-1].id, newest
 
 
 def first_original(uow: UnitOfWork, copy: MessageRow) -> str | None:

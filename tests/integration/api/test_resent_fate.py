@@ -21,6 +21,7 @@ from meldingstjener.api.app import create_app
 from meldingstjener.config import WebhookSettings
 from meldingstjener.devsites import HOSPITAL_SERVICE_HER
 from meldingstjener.engine.resend import Operator, resend
+from meldingstjener.engine.worker import Worker
 from meldingstjener.integration.webhooks import WebhookDispatcher
 
 # the GP's webhook calls may go to this host's test receiver, in plain http
@@ -151,3 +152,47 @@ def test_the_epj_is_answered_for_its_message_with_the_newest_copys_fate(
         assert {body["copyOf"] for body in by_message[copy]} == {original}
     assert {body["businessDocumentId"] for body in sent} == {msg_id}
     assert "apprec-ok" in {body["status"] for body in by_message[newest]}
+
+
+def test_a_late_answer_of_the_original_is_its_fate_while_the_copy_waits(
+    api_pair: ApiPair,
+) -> None:
+    """The receiver had the original after all (only its Acknowledgments were lost): the copy
+    sent again still waits, and the receiver's AppRec answers the original. The EPJ is told
+    that AppRec for the id it knows, not the waiting copy's Unconfirmed (found by a review:
+    the answer followed the newest copy whatever the original had come to)."""
+    pair = api_pair.pair
+    posted = api_pair.post_note("Kom den fram?")
+    assert posted.status_code == 201, posted.text
+    original = str(posted.json())
+    pair.network.down.add(pair.gp_site.endpoint)  # the hospital's Acknowledgments are lost
+    for _ in range(12):
+        pair.run()
+        if pair.message(pair.gp, original).status == "not-delivered":
+            break
+        pair.clock.advance(minutes=11)
+    assert pair.message(pair.gp, original).status == "not-delivered"
+    pair.network.down.clear()
+    copy = resend(pair.gp, original, operator=Operator("cli"), checked="asked: not found").copy_id
+
+    # the hospital's EPJ answers the message it has (the original), and its AppRec arrives
+    [received] = pair.inbound_messages(pair.hospital)
+    answered = api_pair.hospital_http.post(
+        f"/Messages/{received.id}/apprec/{HOSPITAL_SERVICE_HER}",
+        headers={"Authorization": f"Bearer {api_pair.hospital_key}"},
+        json={"appRecStatus": "Ok"},
+    )
+    assert answered.status_code == 201, answered.text
+    Worker(pair.hospital, "hospital").run_until_idle()  # the AppRec goes; the GP's copy is not sent yet
+    assert pair.message(pair.gp, original).status == "apprec-ok"
+    assert pair.message(pair.gp, copy).status == "accepted"
+
+    [status] = _gp(api_pair, f"/Messages/{original}/status")
+    assert status == {
+        "receiverHerId": int(HOSPITAL_SERVICE_HER),
+        "transportDeliveryState": "Acknowledged",
+        "appRecStatus": "Ok",
+        "sentAgainAs": copy,
+    }
+    [info] = _gp(api_pair, f"/Messages/{original}/apprec")
+    assert info["appRecStatus"] == "Ok" and info["sentAgainAs"] == copy
