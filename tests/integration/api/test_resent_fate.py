@@ -183,7 +183,9 @@ def test_a_late_answer_of_the_original_is_its_fate_while_the_copy_waits(
         json={"appRecStatus": "Ok"},
     )
     assert answered.status_code == 201, answered.text
-    Worker(pair.hospital, "hospital").run_until_idle()  # the AppRec goes; the GP's copy is not sent yet
+    Worker(
+        pair.hospital, "hospital"
+    ).run_until_idle()  # the AppRec goes; the GP's copy is not sent yet
     assert pair.message(pair.gp, original).status == "apprec-ok"
     assert pair.message(pair.gp, copy).status == "accepted"
 
