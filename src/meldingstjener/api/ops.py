@@ -408,7 +408,11 @@ def ops_router(
                 detail=refused.code,
             )
             raise _resend_problem(refused) from None
-        return {"messageId": done.copy_id, "copyOf": done.original_id}
+        answer: dict[str, Any] = {"messageId": done.copy_id, "copyOf": done.original_id}
+        if done.checked_kept is not None:
+            # false: the alert was resolved already, and the words are kept nowhere
+            answer["checkedKept"] = done.checked_kept
+        return answer
 
     @router.get(
         "/alerts",

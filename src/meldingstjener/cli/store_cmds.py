@@ -734,3 +734,9 @@ def resend_command(
             typer.echo(f"  - {problem}", err=True)
         raise typer.Exit(1) from None
     typer.echo(done.copy_id)
+    if done.checked_kept is False:
+        typer.echo(
+            "warning: the receiver's word (--checked) was not kept: the not-delivered alert "
+            "was resolved already; keep it where your desk keeps such answers",
+            err=True,
+        )

@@ -68,10 +68,14 @@ class ResendRefused(SubmitRejected):
 
 @dataclass(frozen=True)
 class Resent:
-    """A message sent again: ``original_id``'s new copy is ``copy_id``."""
+    """A message sent again: ``original_id``'s new copy is ``copy_id``. ``checked_kept``: the
+    receiver's word (``checked``) kept as the note of the alert the resend resolved; False when
+    it was given but the alert was resolved already (or is gone): then it is kept nowhere, and
+    the caller says so; None when none was given."""
 
     original_id: str
     copy_id: str
+    checked_kept: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,10 @@ def resend(
     original = _resendable(ctx, message_id, checked=note is not None)
     payload_ref = str(original.payload_ref)
     linked: list[str] = []
+    kept: list[bool] = []
 
     def link(uow: UnitOfWork, copy: MessageRow) -> None:
-        _link(ctx, uow, original.id, copy, operator, note)
+        kept.append(_link(ctx, uow, original.id, copy, operator, note))
         linked.append(copy.id)
 
     try:
@@ -130,7 +135,7 @@ def resend(
         # submit found a copy under the key (another operator's, stored meanwhile) and
         # answered with it instead of storing this one
         raise _already(original.id, copy_id)
-    return Resent(original.id, copy_id)
+    return Resent(original.id, copy_id, kept[-1] if note is not None else None)
 
 
 def _resendable(ctx: EngineContext, message_id: str, *, checked: bool) -> MessageRow:
@@ -198,11 +203,12 @@ def _link(
     copy: MessageRow,
     operator: Operator,
     note: str | None,
-) -> None:
+) -> bool:
     """In the commit that stores ``copy``: the original, locked, still ``not-delivered`` (a
     late Acknowledgment may have come meanwhile: then no copy is stored); both logs name the
     other; the original's ``not-delivered`` alert is resolved, by ``operator``, with ``note``
-    (the receiver's word that it did not arrive, masked; never in a log); audited."""
+    (the receiver's word that it did not arrive, masked; never in a log); audited. Whether the
+    note was kept (not when the alert was resolved already, by hand or by the server)."""
     original = uow.messages.get(original_id, for_update=True)
     if original is None:  # removed meanwhile
         raise ResendRefused("not-found", f"no message {original_id}")
@@ -227,7 +233,8 @@ def _link(
     )
     _answer_sent_again(uow, original, copy, now)
     alert = uow.alerts.by_key(f"{AlertKind.NOT_DELIVERED}:{original.id}")
-    if alert is not None and alert.resolved_at is None:
+    was_open = alert is not None and alert.resolved_at is None
+    if alert is not None and was_open:
         audit.follow_up_alert(
             uow,
             alert.id,
@@ -248,6 +255,7 @@ def _link(
         her_id=original.to_her_id,
         detail=f"sent again as {copy.id}",
     )
+    return note is not None and was_open
 
 
 def _answer_sent_again(

@@ -21,6 +21,7 @@ from meldingstjener.engine.outbound import submit
 from meldingstjener.engine.resend import Operator, ResendRefused, Resent, resend
 from meldingstjener.formats import read_msghead
 from meldingstjener.formats.dialog import build_dialog_svar
+from meldingstjener.store import audit
 from meldingstjener.store.audit import AuditQuery, query
 from meldingstjener.store.tables import AlertRow, MessageRow
 
@@ -355,6 +356,7 @@ def test_a_message_the_receivers_server_took_is_sent_again_only_on_the_receivers
 
     said = "Ola at the hospital found nothing for 01017012345"
     done = resend(pair.gp, original_id, operator=KARI, checked=said)
+    assert done.checked_kept is True
     alert = _not_delivered_alert(pair, original_id)
     assert alert.resolved_at is not None
     assert alert.resolution_note == "Ola at the hospital found nothing for [redacted-id]"
@@ -375,3 +377,20 @@ def test_resend_on_the_command_line_takes_the_receivers_word(pair: Pair) -> None
     )
     assert done.exit_code == 0, done.output
     assert _not_delivered_alert(pair, original_id).resolution_note == "not arrived, said Ola"
+
+
+def test_the_receivers_word_for_an_alert_resolved_already_is_said_not_kept(pair: Pair) -> None:
+    """Ask, resolve the alert, then send again: the word has no open alert to be kept with, and
+    the caller is told (it was dropped without a word, found by a review)."""
+    original_id = _acknowledgments_lost(pair)
+    alert = _not_delivered_alert(pair, original_id)
+    with pair.gp.store.unit_of_work() as uow:
+        audit.follow_up_alert(uow, alert.id, resolve=True, client="cli", person=None, by="cli")
+        uow.commit()
+    config = str(pair.gp_site.config_path)
+    done = CliRunner().invoke(
+        app, ["--config", config, "resend", original_id, "--checked", "not arrived, said Ola"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "--checked) was not kept: the not-delivered alert was resolved already" in done.stderr
+    assert _not_delivered_alert(pair, original_id).resolution_note is None
