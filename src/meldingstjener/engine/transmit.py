@@ -6,8 +6,10 @@ wire bytes (same MessageId, so the partner's duplicate elimination works) are se
 ``Retries`` resends and never past ``PersistDuration``. Then the message is ``not-delivered`` and
 an alert tells the operator that the content must reach the receiver another way; or, when the
 receiver's server took one or more of its attempts (an HTTP 2xx: only the Acknowledgment did not
-come back), or a mail server took one that did not come back as undeliverable, to ask the
-receiver whether it arrived before sending it again (:class:`AttemptsTaken`).
+come back), or a mail server took one that did not come back as undeliverable, or an attempt
+failed only after the whole message was sent (a time-out or a broken connection while waiting
+for the answer), to ask the receiver whether it arrived before sending it again
+(:class:`AttemptsTaken`).
 
 Before each send, first or resend, the checks submit made are made again (:func:`_refusal`): a
 message queued while its receiver was down must not go out once the agreement has ended or no
@@ -134,7 +136,11 @@ class AttemptsTaken:
     ``status`` and ``show`` print) both follow.
 
     ``count``: the attempts whose send worked (:func:`transmit_job` logs each as an ``attempt``
-    event without a code; a failed one has its failure's code). What that says depends on the
+    event without a code; a failed one has its failure's code). ``unsure``: the attempts that
+    failed after the whole message was sent (``TransportFailure.maybe_delivered``: a time-out
+    or a broken connection while waiting for the answer, a 2xx whose answer was too slow or
+    too large; their code ends in ``-after-send``, :func:`_failed`): whether the receiver took
+    them is not known. What ``count`` says depends on the
     channel they went by (``channel``, the message's: that of its last delivered attempt):
     over HTTP the receiver's MSH answered 2xx, it took the message, and only its Acknowledgment
     did not come back (a broken path of signals to us): the receiver very likely has it, and a
@@ -145,26 +151,34 @@ class AttemptsTaken:
     count: int
     channel: str | None
     bounced: int
+    unsure: int = 0
 
     @property
     def maybe_received(self) -> bool:
-        return self.count > self.bounced
+        return self.count + self.unsure > self.bounced
 
     def words(self) -> str:
         """What the receiving side took, and to ask the receiver before sending it again."""
+        ask = "ask the receiver whether it arrived before sending it again"
+        unsure = (
+            f"{self.unsure} attempt{'s' if self.unsure != 1 else ''} ended after the whole "
+            "message was sent (a time-out or a broken connection while waiting for the "
+            "answer), so whether it reached the receiver is not known"
+        )
+        if not self.count:
+            return f"{unsure}: {ask}"
+        also = f", and {unsure}" if self.unsure else ""
         times = f"{self.count} time{'s' if self.count != 1 else ''}"
         if self.channel == "http":
             return (
                 f"the receiver's server took it {times} (HTTP 2xx) but no Acknowledgment came "
-                "back: ask the receiver whether it arrived before sending it again"
+                f"back{also}: {ask}"
             )
         server = "the mail server" if self.channel == "smtp" else "the transport"
         returned = f", {self.bounced} came back as undeliverable" if self.bounced else ""
-        return (
-            f"{server} took it {times}{returned} but no Acknowledgment came back, so whether "
-            "it reached the receiver is not known: ask the receiver whether it arrived before "
-            "sending it again"
-        )
+        if not self.unsure:
+            also = ", so whether it reached the receiver is not known"
+        return f"{server} took it {times}{returned} but no Acknowledgment came back{also}: {ask}"
 
     def event_words(self) -> str:
         """What follows the reason in the give-up's event (nothing when nobody took it)."""
@@ -174,8 +188,8 @@ class AttemptsTaken:
         """The ``not-delivered`` alert's summary (no patient data: ids, names and codes)."""
         message = f"message {row.id} ({row.msg_type}) to {row.to_her_id} ({partner_name})"
         if not self.maybe_received:
-            if self.count:  # every mail handed over came back
-                reason += f"; each of the {self.count} mails handed over came back as undeliverable"
+            if handed := self.count + self.unsure:  # every mail handed over came back
+                reason += f"; each of the {handed} mails handed over came back as undeliverable"
             return (
                 f"{message} was NOT delivered: {reason}. No transport receipt arrived. The "
                 "content must reach the receiver another way (for example phone or paper), or "
@@ -184,31 +198,41 @@ class AttemptsTaken:
             )
         words = self.words()
         resend = f"a resend (meldingstjener resend {row.id})"
-        if self.channel == "http":
+        if self.channel == "http" and self.count:
             duplicate = f"It very likely did: {resend} would then be a duplicate in its EPJ."
         else:
             duplicate = f"If it did, {resend} would be a duplicate in its EPJ."
+        check = (
+            "that the partner's signals can reach this server"
+            if self.count
+            else "that the partner's server answers within the time-out"
+        )
         return (
             f"{message} was given up without an Acknowledgment: {reason}. "
-            f"{words[0].upper()}{words[1:]}. {duplicate} Check that the partner's signals can "
-            "reach this server."
+            f"{words[0].upper()}{words[1:]}. {duplicate} Check {check}."
         )
 
 
 # the code of the event engine.mail_bounces records for a mail returned as undeliverable
 _BOUNCED = "mail-bounced"
+# what ends the code of an attempt's event when it failed after the whole message was sent
+# (``TransportFailure.maybe_delivered``: ``timeout-after-send``, ``connection-lost-after-send``)
+AFTER_SEND = "-after-send"
 
 
 def attempts_taken(uow: UnitOfWork, row: MessageRow) -> AttemptsTaken:
     """The attempts of ``row`` that the receiving side took, from its log (read at a give-up
     only: no statement on the path of a send)."""
-    count = bounced = 0
+    count = bounced = unsure = 0
     for event in uow.events.for_message(row.id):
         if event.kind == EventKind.ATTEMPT and event.code is None:
             count += 1
+        elif event.kind == EventKind.ATTEMPT and str(event.code).endswith(AFTER_SEND):
+            unsure += 1
         elif event.code == _BOUNCED:
             bounced += 1
-    return AttemptsTaken(count, row.channel if row.sent_endpoint is not None else None, bounced)
+    channel = row.channel if row.sent_endpoint is not None else None
+    return AttemptsTaken(count, channel, bounced, unsure)
 
 
 def _resolve_unreachable_given_up(uow: UnitOfWork, row: MessageRow, at: datetime) -> None:
@@ -671,7 +695,8 @@ def _failed(
             row.id,
             EventKind.ATTEMPT,
             actor="worker",
-            code=failure.code,
+            # read by attempts_taken at a give-up: no statement of its own on the send path
+            code=failure.code + (AFTER_SEND if failure.maybe_delivered else ""),
             detail=("an overtaken attempt" if overtaken else f"attempt {row.attempts}")
             + f" failed: {failure.detail}",
             ebxml_message_id=row.ebxml_message_id,

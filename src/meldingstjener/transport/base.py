@@ -52,13 +52,23 @@ class TransportFailure(Exception):
 
     ``code`` is a stable short code for the message log (e.g. ``connect-failed``, ``timeout``,
     ``http-503``), ``detail`` a plain sentence without patient data.
+
+    ``maybe_delivered``: the failure came after the whole message was sent (a time-out or a
+    broken connection while waiting for the answer, an HTTP 2xx whose answer's body was too slow
+    or too large, no answer to the end of a mail's DATA): the other side may have taken it, and
+    a resend may be a duplicate there. False where the failure came before the message was
+    whole on the other side (no connection, a write that broke off) or the answer said it was
+    not taken (a 5xx, a 4xx).
     """
 
-    def __init__(self, code: str, detail: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, code: str, detail: str, *, retryable: bool = True, maybe_delivered: bool = False
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.retryable = retryable
+        self.maybe_delivered = maybe_delivered
 
 
 def send_once(transport: Transport, delivery: Delivery) -> TransportResult:

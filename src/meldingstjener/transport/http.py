@@ -8,13 +8,19 @@ request itself is wrong for that endpoint and are not retried.
 The answer's body is read up to ``MAX_REPLY_BYTES`` and within the delivery's time-out: a peer
 that trickles its answer, or sends one without end, must not hold a worker for ever or fill its
 memory. A larger or slower answer is a retryable failure, like a 5xx.
+
+A failure after the whole request was written (no answer within the time-out, a connection the
+partner closed or that broke while we waited for its answer, a 2xx whose body was too slow or
+too large) is ``maybe_delivered``: the partner's MSH may have taken the message. One before
+that (no connection, a write that broke off or timed out) is not: the partner cannot have a
+message it did not get whole.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +45,20 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK):
             yield chunk
+
+
+class _Body:
+    """A request's body that knows whether it went out whole: httpx asks for the piece after
+    the last one only once the last was written to the connection (its Content-Length is
+    set, so nothing follows it on the wire)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.sent = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._chunks
+        self.sent = True
 
 
 class HttpTransport:
@@ -66,32 +86,41 @@ class HttpTransport:
     def send(self, delivery: Delivery) -> TransportResult:
         headers = {"Content-Type": delivery.content_type, "SOAPAction": '"ebXML"'}
         headers.update(delivery.headers)
-        if isinstance(delivery.body, Path):
-            headers["Content-Length"] = str(body_size(delivery.body))
-            content: bytes | Iterator[bytes] = _file_chunks(delivery.body)
-        else:
-            content = delivery.body
+        headers["Content-Length"] = str(body_size(delivery.body))
+        body = _Body(
+            _file_chunks(delivery.body) if isinstance(delivery.body, Path) else (delivery.body,)
+        )
         try:
             with self._client.stream(
                 "POST",
                 delivery.endpoint,
-                content=content,
+                content=body,
                 headers=headers,
                 timeout=delivery.timeout_seconds,
             ) as response:
                 _check_status(delivery, response)
-                body = _read_reply(delivery, response)
+                reply = _read_reply(delivery, response)
         except httpx.TimeoutException:
+            waited = " after the whole message was sent" if body.sent else ""
             raise TransportFailure(
-                "timeout", f"no answer from {delivery.endpoint} in {delivery.timeout_seconds:g} s"
+                "timeout",
+                f"no answer from {delivery.endpoint} in {delivery.timeout_seconds:g} s{waited}",
+                maybe_delivered=body.sent,
             ) from None
         except httpx.TransportError as exc:
+            if body.sent:
+                raise TransportFailure(
+                    "connection-lost",
+                    f"the connection to {delivery.endpoint} closed or broke after the whole "
+                    f"message was sent, before its answer: {type(exc).__name__}",
+                    maybe_delivered=True,
+                ) from None
             raise TransportFailure(
                 "connect-failed", f"cannot reach {delivery.endpoint}: {type(exc).__name__}"
             ) from None
         return TransportResult(
-            reply_content_type=response.headers.get("content-type") if body else None,
-            reply_body=body or None,
+            reply_content_type=response.headers.get("content-type") if reply else None,
+            reply_body=reply or None,
             status_code=response.status_code,
         )
 
@@ -135,9 +164,11 @@ def _read_reply(delivery: Delivery, response: httpx.Response) -> bytes:
             "reply-too-large",
             f"{delivery.endpoint} answered with more than {MAX_REPLY_BYTES} bytes; "
             "a synchronous signal is a few kilobytes",
+            maybe_delivered=True,  # it answered 2xx: it took the message
         ) from None
     except BodyTooSlow:
         raise TransportFailure(
             "timeout",
             f"{delivery.endpoint} did not finish its answer in {delivery.timeout_seconds:g} s",
+            maybe_delivered=True,  # it answered 2xx: it took the message
         ) from None

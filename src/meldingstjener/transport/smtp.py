@@ -406,6 +406,9 @@ class SmtpTransport:
         self, server: smtplib.SMTP, to_address: str, size: int, data: Iterable[bytes]
     ) -> None:
         options = [f"SIZE={size}"] if server.has_extn("size") else []
+        # once the end of the DATA is out, the relay may have taken the mail whatever befalls
+        # its answer: a failure after that is maybe_delivered
+        ended = False
         try:
             code, text = server.mail(self.from_address, options)
             if code >= 500 and code != 552:  # 552: this mail is too large, which is final
@@ -423,6 +426,7 @@ class SmtpTransport:
             for piece in dot_stuffed(data):
                 server.send(piece)
             server.send(b".\r\n")
+            ended = True
             # A relay may scan a large mail before it answers the end of the upload: RFC 5321
             # (4.5.3.2.6) has the client wait ten minutes for that answer. Given up earlier,
             # the relay may still accept it, and the retry sends it a second time.
@@ -435,14 +439,26 @@ class SmtpTransport:
                     server.sock.settimeout(self.timeout_seconds)
             _expect(reply, "end of DATA")
         except smtplib.SMTPServerDisconnected:
+            # smtplib says so of a time-out waiting for an answer too
             raise TransportFailure(
-                "connection-lost", "the mail server closed the connection during the transfer"
+                "connection-lost",
+                "the connection to the mail server closed or timed out after the whole mail "
+                "was sent, before its answer"
+                if ended
+                else "the mail server closed the connection during the transfer",
+                maybe_delivered=ended,
             ) from None
         except TimeoutError:
-            raise TransportFailure("timeout", "the mail server stopped answering") from None
-        except OSError as exc:
+            after = " after the whole mail was sent" if ended else ""
             raise TransportFailure(
-                "connection-lost", f"the connection broke during the transfer: {exc.strerror}"
+                "timeout", f"the mail server stopped answering{after}", maybe_delivered=ended
+            ) from None
+        except OSError as exc:
+            when = "after the whole mail was sent" if ended else "during the transfer"
+            raise TransportFailure(
+                "connection-lost",
+                f"the connection broke {when}: {exc.strerror}",
+                maybe_delivered=ended,
             ) from None
 
 

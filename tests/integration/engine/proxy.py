@@ -27,7 +27,15 @@ class Proxy:
                 if tamper is not None:
                     body = tamper(body)
                 headers = {"content-type": self.headers.get("content-type", "")}
-                response = httpx.post(proxy.target, content=body, headers=headers, timeout=30)
+                try:
+                    response = httpx.post(proxy.target, content=body, headers=headers, timeout=30)
+                except httpx.ConnectError:
+                    # the target is down: a 502, as a reverse proxy answers, not a connection
+                    # closed after the whole request was read (which may have delivered it)
+                    self.send_response(502)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if duplicate:  # the same bytes again, as a sender that lost our answer would
                     response = httpx.post(proxy.target, content=body, headers=headers, timeout=30)
                 with proxy._lock:

@@ -4,12 +4,15 @@ A give-up after the receiver's server took the message (HTTP 2xx) while only its
 Acknowledgments were lost was told as "NOT delivered ... must reach the receiver another way
 ... meldingstjener resend": the receiver had it, and the advice made a duplicate in its EPJ.
 By mail, our mail server taking a mail says nothing of its arrival: that is told as not known,
-unless every mail came back as undeliverable."""
+unless every mail came back as undeliverable. So is an attempt that failed after the whole
+message was sent (a time-out or a broken connection while waiting for the answer: review r1),
+which was told as "NOT delivered" while the receiver had it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from engine_pair import Pair
 from typer.testing import CliRunner
 
@@ -17,8 +20,9 @@ from meldingstjener.cli import app
 from meldingstjener.devsites import dialog_note
 from meldingstjener.engine.mail_bounces import record_bounce
 from meldingstjener.engine.outbound import submit
+from meldingstjener.engine.resend import Operator, ResendRefused, resend
 from meldingstjener.store.tables import AlertRow
-from meldingstjener.transport.base import Delivery, TransportResult
+from meldingstjener.transport.base import Delivery, TransportFailure, TransportResult
 from meldingstjener.transport.bounce import Bounce, BouncedRecipient
 
 
@@ -159,3 +163,64 @@ def test_a_mail_that_came_back_every_time_is_told_as_not_delivered(pair: Pair) -
     summary = _not_delivered(pair, message_id).summary
     assert "was NOT delivered" in summary and "another way" in summary
     assert "each of the 4 mails handed over came back as undeliverable" in summary
+
+
+@dataclass
+class _TakenThenUnanswered:
+    """The hospital's MSH takes the message, and then the answer does not come: the time-out,
+    or a broken connection, after the whole message was sent (``transport.http``). The first
+    ``answered`` attempts are answered (2xx)."""
+
+    pair: Pair
+    answered: int = 0
+    channel: str = "http"
+
+    def send(self, delivery: Delivery) -> TransportResult:
+        result = self.pair.network.send(delivery)
+        if self.answered:
+            self.answered -= 1
+            return result
+        raise TransportFailure(
+            "timeout",
+            f"no answer from {delivery.endpoint} in 60 s after the whole message was sent",
+            maybe_delivered=True,
+        )
+
+
+def test_a_message_sent_whole_but_unanswered_is_not_told_as_not_delivered(pair: Pair) -> None:
+    pair.network.down.add(pair.gp_site.endpoint)  # the Acknowledgments are lost too
+    pair.gp.transports = {"http": _TakenThenUnanswered(pair)}  # type: ignore[dict-item]
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    _until_given_up(pair, message_id)
+    assert len(pair.inbound_messages(pair.hospital)) == 1  # the hospital has it
+
+    unsure = (
+        "4 attempts ended after the whole message was sent (a time-out or a broken connection "
+        "while waiting for the answer), so whether it reached the receiver is not known: ask "
+        "the receiver whether it arrived before sending it again"
+    )
+    summary = _not_delivered(pair, message_id).summary
+    assert "NOT delivered" not in summary and "another way" not in summary
+    assert unsure[1:] in summary and "very likely" not in summary
+    assert f"If it did, a resend (meldingstjener resend {message_id})" in summary
+    assert unsure in _given_up_detail(pair, message_id)
+    with pytest.raises(ResendRefused) as refused:  # not without the receiver's word
+        resend(pair.gp, message_id, operator=Operator(client="cli", person="kari"))
+    assert refused.value.code == "maybe-received"
+    assert "ended after the whole message was sent" in refused.value.message
+    with pair.gp.store.unit_of_work() as uow:
+        codes = [e.code for e in uow.events.for_message(message_id) if e.kind == "attempt"]
+    assert codes == ["timeout-after-send"] * 4
+
+
+def test_attempts_taken_and_unanswered_are_both_told(pair: Pair) -> None:
+    pair.network.down.add(pair.gp_site.endpoint)
+    pair.gp.transports = {"http": _TakenThenUnanswered(pair, answered=1)}  # type: ignore[dict-item]
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    _until_given_up(pair, message_id)
+    summary = _not_delivered(pair, message_id).summary
+    assert (
+        "The receiver's server took it 1 time (HTTP 2xx) but no Acknowledgment came back, and "
+        "3 attempts ended after the whole message was sent"
+    ) in summary
+    assert "It very likely did" in summary

@@ -122,6 +122,7 @@ def test_an_answer_larger_than_any_signal_is_a_retryable_failure(partner: str) -
     # it used to be read whole: a partner sending without end took the process to 1.2 GB
     failure = _send(f"{partner}/flood")
     assert failure.code == "reply-too-large" and failure.retryable
+    assert failure.maybe_delivered  # it answered 2xx: it took the message
 
 
 def test_an_answer_that_trickles_ends_at_the_time_out(partner: str) -> None:
@@ -131,10 +132,12 @@ def test_an_answer_that_trickles_ends_at_the_time_out(partner: str) -> None:
     failure = _send(f"{partner}/trickle")
     assert failure.code == "timeout" and failure.retryable
     assert "did not finish its answer" in failure.detail
+    assert failure.maybe_delivered  # it answered 2xx: it took the message
 
 
 def test_the_body_of_a_refusal_is_not_waited_for(partner: str) -> None:
     failure = _send(f"{partner}/held/503")
     _Partner.release.set()  # the sender is done: the partner may finish its body
     assert failure.code == "http-503" and failure.retryable
+    assert not failure.maybe_delivered  # it said it did not take it
     assert not _Partner.gave_up.is_set()

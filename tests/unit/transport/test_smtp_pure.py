@@ -356,3 +356,48 @@ def test_a_relay_that_does_not_know_ehlo_is_greeted_with_helo(listener: socket.s
     delivery = Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n")
     assert transport.send(delivery).status_code == 250
     relay.thread.join(timeout=10)
+
+
+class DroppingRelay:
+    """One SMTP session, scripted: the relay closes the connection without an answer at the
+    step ``drop_at`` (``RCPT``, or ``end``: once it has read the whole mail)."""
+
+    def __init__(self, listener: socket.socket, drop_at: str) -> None:
+        self.listener, self.drop_at = listener, drop_at
+        self.read_whole = threading.Event()
+        self.thread = threading.Thread(target=self._session, daemon=True)
+        self.thread.start()
+
+    def _session(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 relay ready\r\n")
+            while line := lines.readline():
+                verb = line[:4].upper().decode()
+                if verb == self.drop_at:
+                    return
+                if verb == "DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    while lines.readline() not in (b".\r\n", b""):
+                        pass
+                    self.read_whole.set()
+                    if self.drop_at == "end":
+                        return
+                connection.sendall(b"250 ok\r\n")
+
+
+@pytest.mark.parametrize(("drop_at", "maybe_delivered"), [("RCPT", False), ("end", True)])
+def test_a_drop_after_the_whole_mail_may_have_delivered_it(
+    listener: socket.socket, drop_at: str, maybe_delivered: bool
+) -> None:
+    # Once the end of the DATA is out, the relay may have taken the mail whatever befalls its
+    # answer: the give-up must not say "NOT delivered" of it.
+    relay = DroppingRelay(listener, drop_at)
+    transport = _waiting_a_second(listener)
+    with pytest.raises(TransportFailure) as caught:
+        transport.send(Delivery("mailto:8200001@testedi.nhn.no", "text/xml", b"<x/>\r\n"))
+    relay.thread.join(timeout=10)
+    assert relay.read_whole.is_set() is maybe_delivered
+    assert caught.value.code == "connection-lost" and caught.value.retryable
+    assert caught.value.maybe_delivered is maybe_delivered
+    assert ("after the whole mail was sent" in caught.value.detail) is maybe_delivered
