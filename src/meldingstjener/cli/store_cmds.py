@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from meldingstjener.cli.app import app, closed_at_end, settings_from, store_from
-from meldingstjener.model import Direction
 from meldingstjener.model.status import ALL_STATUSES
 
 # The store (SQLAlchemy), its views and rich's tables are imported by the functions that use
 # them: importing the command line, for --help or a command without a store, costs none of it.
 if TYPE_CHECKING:
     from rich.console import Console
-    from sqlalchemy import ColumnElement
     from sqlalchemy.orm import InstrumentedAttribute
 
     from meldingstjener.engine.status_report import AnswerSent
@@ -485,8 +483,8 @@ def find_messages(uow: UnitOfWork, identifier: str) -> list[MessageRow]:
     start that several messages share is a usage error that names them.
 
     The identifier is read as :func:`id_given` reads it (blanks and a pair of <> around it
-    dropped). Each step is an exact look-up through an index; the case is tried last, only
-    when nothing else matched (:func:`_by_id_in_any_case`)."""
+    dropped). Each step is a look-up through an index; the case is tried last, only when
+    nothing else matched (:func:`_by_id_in_any_case`)."""
     from meldingstjener.store.tables import MessageRow
     from meldingstjener.store.uow import LogFilter
 
@@ -520,9 +518,6 @@ def id_given(identifier: str) -> str:
     return identifier
 
 
-# An id differing in case from the one given is looked for among at most 2**this of its
-# spellings: each is one descent of the column's index.
-_CASE_LETTERS = 3
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
@@ -531,14 +526,9 @@ def same_but_case(one: str | None, other: str) -> bool:
     return one is not None and one.translate(_ASCII_LOWER) == other.translate(_ASCII_LOWER)
 
 
-def _spellings(text: str) -> list[str]:
-    """Every spelling of ``text`` with its letters A-Z in either case."""
-    spelt = [""]
-    for character in text:
-        either = character in string.ascii_letters
-        cases = (character.lower(), character.upper()) if either else (character,)
-        spelt = [start + case for start in spelt for case in cases]
-    return spelt
+def _has_letters(identifier: str) -> bool:
+    """Whether ``identifier`` has another spelling: a letter A-Z."""
+    return any(character in string.ascii_letters for character in identifier)
 
 
 def _by_id_in_any_case(
@@ -548,40 +538,20 @@ def _by_id_in_any_case(
     the case of its letters A-Z (an EPJ's GUID written in capitals, a MessageId copied from a
     mail header), oldest first.
 
-    Through the column's index, never a ``lower(column)`` no index serves (PostgreSQL read the
-    whole table for it): an id with at most ``_CASE_LETTERS`` letters is looked up in each of
-    its spellings; a longer one (a GUID has some twenty) by each spelling of its start up to
-    its fourth letter, a range of the index where text sorts by code (``_by_id_prefix`` says
-    why only there), and its rows compared whole. An id without letters has no other spelling.
-    """
-    from sqlalchemy import and_, or_, select
+    One descent of the index of ``lower(column)`` (migration 0033), under any collation: the
+    rows whose column the database's ``lower`` makes the same as the id (SQLite's lowers A-Z
+    only, PostgreSQL's every letter), of which those the same but for A-Z are kept. An id
+    without letters has no other spelling."""
+    from sqlalchemy import func, select
 
     from meldingstjener.store.tables import MessageRow
 
-    letters = [at for at, character in enumerate(identifier) if character in string.ascii_letters]
-    if not letters:
+    if not _has_letters(identifier):
         return []
-    matches: ColumnElement[bool]
-    if len(letters) <= _CASE_LETTERS:
-        matches = column.in_(_spellings(identifier))
-    else:
-        starts = _spellings(identifier[: letters[_CASE_LETTERS]])
-        if uow.database.orders_text_by_code:
-            matches = or_(*(and_(column >= start, column < _past(start)) for start in starts))
-        else:
-            matches = or_(*(column.startswith(start, autoescape=True) for start in starts))
-    query = select(MessageRow.id, column).where(matches)
-    if column is MessageRow.ebxml_message_id:
-        # the unique (direction, ebxml_message_id) index, as the exact look-up uses it
-        query = query.where(MessageRow.direction.in_([d.value for d in Direction]))
+    query = select(MessageRow.id, column).where(func.lower(column) == func.lower(identifier))
     ids = [found for found, value in uow.session.execute(query) if same_but_case(value, identifier)]
     messages = [uow.messages.get(found) for found in ids]
     return sorted((m for m in messages if m is not None), key=lambda m: (m.created_at, m.id))
-
-
-def _past(start: str) -> str:
-    """The first text after every one that starts with ``start``, in code order."""
-    return start[:-1] + chr(ord(start[-1]) + 1)
 
 
 def several_share(identifier: str, messages: list[MessageRow]) -> str:
@@ -610,13 +580,35 @@ def messages_or_refusal(
 
 def refused_unstored(uow: UnitOfWork, ebxml_message_id: str) -> list[EventRow]:
     """The log's events of a message with this eb:MessageId refused without a row: one refused
-    before its signature verified is not stored (inbound), and only its events know it."""
+    before its signature verified is not stored (inbound), and only its events know it. As
+    :func:`find_messages`: exactly, else the same but for the case of its letters A-Z."""
+    from sqlalchemy import func, select
+
+    from meldingstjener.store.tables import EventRow
     from meldingstjener.store.uow import LogFilter
 
     if not ebxml_message_id:  # (no criterion: every refusal's events)
         return []
     found = uow.messages.log(LogFilter(ebxml_message_id=ebxml_message_id))
-    return [event for event, message in found if message is None]
+    events = [event for event, message in found if message is None]
+    if events or not _has_letters(ebxml_message_id):
+        return events
+    # in another case, as find_messages tries it last: along the index of lower(...) of the
+    # events of no message (migration 0033)
+    query = (
+        select(EventRow)
+        .where(
+            EventRow.message_id.is_(None),
+            func.lower(EventRow.ebxml_message_id) == func.lower(ebxml_message_id),
+        )
+        .order_by(EventRow.at, EventRow.id)
+        .limit(LogFilter().limit)
+    )
+    return [
+        event
+        for event in uow.session.scalars(query)
+        if same_but_case(event.ebxml_message_id, ebxml_message_id)
+    ]
 
 
 def show_refusal(ebxml_message_id: str, events: list[EventRow], *, as_json: bool) -> None:

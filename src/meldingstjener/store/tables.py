@@ -138,6 +138,9 @@ class MessageRow(Base):
         Index("ix_messages_status", "status"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_msg_id", "msg_id"),
+        # an id looked up in another case (``show``, ``status``, ``resend``; migration 0033)
+        Index("ix_messages_msg_id_lower", text("lower(msg_id)")),
+        Index("ix_messages_ebxml_id_lower", text("lower(ebxml_message_id)")),
         Index("ix_messages_conversation", "ebxml_conversation_id"),
         Index("ix_messages_sender_org", "sender_org_her_id"),
         Index("ix_messages_receiver_org", "receiver_org_her_id"),
@@ -243,6 +246,13 @@ class EventRow(Base):
         Index(
             "ix_message_events_unstored_ebxml",
             "ebxml_message_id",
+            postgresql_where=text(UNSTORED_EVENT),
+            sqlite_where=text(UNSTORED_EVENT),
+        ),
+        # a refused message's eb:MessageId looked up in another case (migration 0033)
+        Index(
+            "ix_message_events_unstored_ebxml_lower",
+            text("lower(ebxml_message_id)"),
             postgresql_where=text(UNSTORED_EVENT),
             sqlite_where=text(UNSTORED_EVENT),
         ),

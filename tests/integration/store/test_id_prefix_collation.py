@@ -67,7 +67,7 @@ def test_an_ids_start_is_found_under_a_norwegian_collation(norwegian: Database) 
 
 def test_an_id_in_another_case_is_found_under_a_norwegian_collation(norwegian: Database) -> None:
     """A MsgId whose start is no range of the index there ("aa" is "å") is found all the same:
-    its start's spellings by LIKE."""
+    along the index of lower(msg_id) (migration 0033)."""
     from meldingstjener.store.uow import UnitOfWork
 
     msg_id = "aa0e8400-e29b-41d4-a716-446655440000"
