@@ -440,12 +440,19 @@ def _note_what_it_proves(
 ) -> None:
     """A note when an Acknowledgment taken proves no part of what we sent: none of its
     digests is of our payload (none at all, or the envelope's ``URI=""`` alone, as NAV's
-    partners send), or ours could not be read back to compare with. One that does (ours
-    repeat every reference) costs no statement."""
+    partners send), one of ours was made with another digest method (a partner MSH that
+    computes them itself with sha1), or ours could not be read back to compare with. One
+    that does (ours repeat every reference) costs no statement."""
     if digests is not None and digests.proves_payload:
         return
     if digests is None:
         why = "its digests could not be compared: the envelope we sent could not be read back"
+    elif digests.not_comparable:
+        uris = ", ".join(f'"{uri}"' for uri in digests.not_comparable[:5])
+        why = (
+            f"its digest of {uris} is not comparable with ours (made with another digest "
+            "method than ours, or empty)"
+        )
     elif digests.matched:
         why = "it carries the digest of our envelope only, none of its payload"
     else:
