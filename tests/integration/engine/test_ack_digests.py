@@ -100,13 +100,31 @@ def test_an_acknowledgment_whose_payload_digest_is_not_ours_changes_nothing(
     assert "ack-timeout" in _job_kinds(pair)
     [refused] = [e for e in _events(pair, message_id) if e.code == "ack-digest-mismatch"]
     assert cid in str(refused.detail) and refused.ebxml_message_id == wire.message_id
-    alert = _open_alerts(pair)["signal-untrusted:8200002"]
+    alert = _open_alerts(pair)[f"signal-untrusted:8200002:{message_id}"]
     assert f"message {message_id}" in alert and "not the one we signed" in alert
     # the true Acknowledgment still counts, and ends the alert
     wire = _ack_with_signed_info(pair, _sent_envelope(pair, message_id))
     inbound.receive(pair.gp, wire.content_type, wire.body)
     assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
-    assert "signal-untrusted:8200002" not in _open_alerts(pair)
+    assert _open_alerts(pair) == {}
+
+
+def test_a_digest_alert_is_ended_only_by_that_message_s_acknowledgment(pair: Pair) -> None:
+    # the partner's good Acknowledgment of another message says nothing of this one
+    first = _sent(pair)
+    original = _sent_envelope(pair, first)
+    _digest_nodes(original)[""].text = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    wire = _ack_with_signed_info(pair, original)
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+    second = _sent(pair)
+    wire = _ack_with_signed_info(pair, _sent_envelope(pair, second))
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+    assert pair.message(pair.gp, second).status == "transport-acknowledged"
+    assert pair.message(pair.gp, first).status == "sent"
+    assert list(_open_alerts(pair)) == [f"signal-untrusted:8200002:{first}"]
+    wire = _ack_with_signed_info(pair, _sent_envelope(pair, first))
+    inbound.receive(pair.gp, wire.content_type, wire.body)
+    assert _open_alerts(pair) == {}
 
 
 def test_an_acknowledgment_whose_digest_method_is_not_ours_is_taken_with_a_note(
@@ -235,4 +253,4 @@ def test_nav_s_acknowledgment_with_another_envelope_digest_changes_nothing(
     assert pair.message(pair.gp, message_id).status == "sent"
     [refused] = [e for e in _events(pair, message_id) if e.code == "ack-digest-mismatch"]
     assert 'digest of ""' in str(refused.detail)
-    assert "signal-untrusted:8200002" in _open_alerts(pair)
+    assert f"signal-untrusted:8200002:{message_id}" in _open_alerts(pair)
