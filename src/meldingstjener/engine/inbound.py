@@ -719,6 +719,61 @@ def _duplicate(
             _verify_signature(ctx, mime, envelope, root, certificates, channel)
     except _Reject as reject:
         return _refuse_repeat(ctx, envelope, original, reject, channel, certificates)
+    if ours is None and envelope.ack_requested:
+        return _acknowledge_duplicate(ctx, original, envelope, root, channel)
+    with ctx.store.unit_of_work() as uow:
+        return _resend_signal(ctx, uow, original, envelope, channel)
+
+
+def _acknowledge_duplicate(
+    ctx: EngineContext,
+    original: MessageRow,
+    envelope: Envelope,
+    root: etree._Element,
+    channel: str,
+) -> InboundReply:
+    """A resend by its sender that asks for an Acknowledgment (eb:AckRequested) of a message
+    whose first copy asked for none, so that none was built: not processed again, but its
+    Acknowledgment is built, stored and sent as a first copy's is (of this copy's signature,
+    verified by the caller: the same message, signed again)."""
+    ack = signals.build_ack(ctx, envelope, root)
+    [ack_ref] = ctx.store.payloads.put_all(ack.body)
+    committing = False
+    try:
+        with ctx.store.unit_of_work() as uow:
+            if _last_transport_receipt(uow, original.id) is None:
+                route = _reply_endpoint(
+                    ctx, uow, str(original.from_her_id), str(original.to_her_id)
+                )
+                inline = _inline(channel, envelope.sync_reply, route)
+                uow.events.record(
+                    original.id,
+                    EventKind.SIGNAL_IN,
+                    actor=sender_actor(channel, _party_shown(envelope.header.from_party)),
+                    code="duplicate",
+                    detail="the same ebXML MessageId arrived again, asking for an "
+                    "Acknowledgment its first copy did not ask for; not processed again, "
+                    "our Acknowledgment "
+                    + (
+                        "offered in the response"
+                        if inline
+                        else "queued"
+                        if route is not None
+                        else "stored, with no way back to the sender"
+                    ),
+                    ebxml_message_id=envelope.header.message_id,
+                    at=ctx.clock(),
+                )
+                _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", original, route, inline)
+                committing = True
+                uow.commit()
+                ctx.notify_workers(uow)
+                return InboundReply(ack.content_type, ack.body) if inline else InboundReply()
+    except BaseException:
+        _discard_unless_committing(ctx, committing, ack_ref)
+        raise
+    # another copy's Acknowledgment was recorded meanwhile: that one is sent again
+    ctx.store.payloads.discard(ack_ref)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
 
