@@ -179,16 +179,23 @@ def _mime_problem(
     """A MIME defect outside a readable envelope (a payload part's transfer encoding or base64,
     a part without Content-ID): the sender is told by a MessageError MimeProblem. Every part is
     covered by the signature, so it cannot be checked: a refusal not verified, answered only in
-    the HTTP response. None when there is no envelope to answer (or the message came by mail,
-    whose refusals without an answer are quarantined whole for the operator)."""
+    the HTTP response. None when there is no envelope to answer, or one not to answer with a
+    MessageError (:func:`_may_answer_with_error`), or the message came by mail (whose
+    refusals without an answer are quarantined whole for the operator)."""
     if channel != "http":
         return None
     try:
         root = parse_xml(unpackage_envelope(content_type, body), max_bytes=ctx.policy.max_xml_bytes)
-        envelope = parse_envelope(root)
     except (EbxmlError, XmlError):
         return None
-    if envelope.header.is_signal:
+    try:
+        envelope = parse_envelope(root)
+    except (EbxmlError, XmlError):  # not taken whole (a signal's): its MessageHeader is told
+        header = readable_header(root)
+        if header is None:
+            return None
+        envelope = Envelope(header=header)
+    if not _may_answer_with_error(envelope.header):
         return None
     reject = _Reject(
         ErrorCode.MIME_PROBLEM,
@@ -209,12 +216,12 @@ def _not_supported(
     read: the sender is told by a MessageError NotSupported about its MessageId. It was not
     parsed whole, so its signature is not checked: a refusal not verified, answered only in
     the HTTP response, as :func:`_mime_problem`'s. None when there is no MessageHeader to
-    answer, by mail (quarantined whole, as unreadable), or for a MessageError (never answered
-    with one)."""
+    answer, by mail (quarantined whole, as unreadable), or for a MessageError
+    (:func:`_may_answer_with_error`)."""
     if channel != "http":
         return None
     header = readable_header(root)
-    if header is None or (header.is_signal and header.action == ACTION_MESSAGE_ERROR):
+    if header is None or not _may_answer_with_error(header):
         return None
     reject = _Reject(
         ErrorCode.NOT_SUPPORTED,
@@ -224,6 +231,15 @@ def _not_supported(
         verified=False,
     )
     return _refuse_read_envelope(ctx, Envelope(header=header), reject, channel)
+
+
+def _may_answer_with_error(header: MessageHeader) -> bool:
+    """Whether an envelope refused before it was checked may be answered with a MessageError:
+    any but a MessageError (ebMS 2.0 reports no error about an error: two MSHs would answer
+    each other's for ever). An Acknowledgment or a signal action we do not know is answered,
+    as a business message is: its sender learns why it was not taken. The one rule of
+    :func:`_mime_problem` and :func:`_not_supported`."""
+    return not (header.is_signal and header.action == ACTION_MESSAGE_ERROR)
 
 
 def _refuse_read_envelope(
