@@ -65,11 +65,11 @@ _CID_SAFE = "@.-_!~*()$&+,;=:"
 def cid_url(value: str) -> str:
     """The ``cid:`` URL of a content-id (bare or in ``<>``, as :func:`content_id` reads it), as
     our signature's ``ds:Reference``, our manifest's ``href`` and our error locations write
-    it: the one encoding of them all. ValueError when ``value`` is no content-id."""
+    it: the one encoding of them all (``part(1)/a@x`` is ``cid:part(1)%2Fa@x``). A value that
+    is no content-id (an error location naming what a part said) is encoded as it is; whoever
+    writes a reference checks the content-id first."""
     bare = content_id(value)
-    if bare is None:
-        raise ValueError(f"not a content-id: {value[:60]!r}")
-    return CID_SCHEME + quote(bare, safe=_CID_SAFE)
+    return CID_SCHEME + quote(value.strip() if bare is None else bare, safe=_CID_SAFE)
 
 
 def comparable_uri(uri: str) -> str:
