@@ -13,7 +13,7 @@ signature.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 CID_SCHEME = "cid:"
 
@@ -54,3 +54,27 @@ def content_id_of_url(url: str) -> str | None:
     if not is_cid_url(url):
         return None
     return content_id(unquote(url[len(CID_SCHEME) :]))
+
+
+# what RFC 2392 lets a cid: URL hold unencoded of a content-id: the form our signatures have
+# always written (a ds:Reference URI is signed, and compared as written by a receiver that
+# does not normalise it: it must not change under messages in flight)
+_CID_SAFE = "@.-_!~*()$&+,;=:"
+
+
+def cid_url(value: str) -> str:
+    """The ``cid:`` URL of a content-id (bare or in ``<>``, as :func:`content_id` reads it), as
+    our signature's ``ds:Reference``, our manifest's ``href`` and our error locations write
+    it: the one encoding of them all (``part(1)/a@x`` is ``cid:part(1)%2Fa@x``). A value that
+    is no content-id (an error location naming what a part said) is encoded as it is; whoever
+    writes a reference checks the content-id first."""
+    bare = content_id(value)
+    return CID_SCHEME + quote(value.strip() if bare is None else bare, safe=_CID_SAFE)
+
+
+def comparable_uri(uri: str) -> str:
+    """``uri`` as two references to one part are compared: a ``cid:`` URL as :func:`cid_url`
+    writes its content-id (``cid:<x>``, ``CID:x`` and ``cid:%3Cx%3E`` are ``cid:x``); any other
+    URI (the envelope's ``""``) as it is."""
+    bare = content_id_of_url(uri)
+    return uri if bare is None else cid_url(bare)

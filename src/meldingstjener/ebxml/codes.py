@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import quote
 
-from meldingstjener.contentid import CID_SCHEME, is_cid_url
+from meldingstjener.contentid import cid_url, is_cid_url
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -54,14 +53,11 @@ def cut_description(text: str) -> str:
     return text[: MAX_DESCRIPTION_CHARS - 1] + "\u2026"
 
 
-# what a content-id keeps unencoded in a cid: URL (RFC 2392: a msg-id's characters but %)
-_CID_SAFE = "@.!#$&'*+-/=?^_`{|}~"
-
-
 def cid_location(content_id: str) -> str:
-    """The eb:location of an error in a MIME part: its ``cid:`` URL (RFC 2392, the content-id
-    percent-encoded as :func:`~meldingstjener.contentid.content_id_of_url` reads it)."""
-    return CID_SCHEME + quote(content_id, safe=_CID_SAFE)
+    """The eb:location of an error in a MIME part: its ``cid:`` URL, encoded as our manifest
+    and signature write it (:func:`~meldingstjener.contentid.cid_url`), which
+    :func:`~meldingstjener.contentid.content_id_of_url` reads back."""
+    return cid_url(content_id)
 
 
 def wire_location(location: str) -> str:

@@ -15,12 +15,15 @@ with those of the message we signed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from lxml import etree
 
+from meldingstjener.contentid import comparable_uri
 from meldingstjener.ebxml.build import build_envelope
 from meldingstjener.ebxml.codes import (
     ACTION_ACKNOWLEDGMENT,
@@ -82,13 +85,16 @@ def signature_references(root: etree._Element) -> list[SignedReference]:
 @dataclass(frozen=True, slots=True)
 class ReceiptDigests:
     """What a received Acknowledgment's ``ds:Reference`` elements say of the message we sent,
-    by the URIs of our signature's references: ``contradicted``, a URI of ours whose digest
-    (method or value) is not ours (the Acknowledgment is of something else); ``matched``, the
-    URIs of ours carried with our digest; ``not_ours``, URIs our signature does not have."""
+    by the URIs of our signature's references: ``contradicted``, a URI of ours whose digest,
+    made with our digest method, has another value (the Acknowledgment is of something else);
+    ``matched``, the URIs of ours carried with our digest; ``not_comparable``, URIs of ours
+    whose digest was made with another method, or is empty (it proves nothing either way);
+    ``not_ours``, URIs our signature does not have (as the Acknowledgment wrote them)."""
 
     contradicted: tuple[str, ...] = ()
     matched: tuple[str, ...] = ()
     not_ours: tuple[str, ...] = ()
+    not_comparable: tuple[str, ...] = ()
 
     @property
     def proves_payload(self) -> bool:
@@ -101,28 +107,44 @@ def compare_receipt_digests(
 ) -> ReceiptDigests:
     """Compare the digests an Acknowledgment carries (``acknowledged``, its eb:Acknowledgment's
     ``ds:Reference`` elements) with the references of the SignedInfo we sent (``sent``,
-    :func:`signature_references` of our envelope). A reference is matched by its URI, exactly
-    as we signed it (a receiver copies it); its digest method URI and its base64 value
-    (whitespace aside, as :func:`~meldingstjener.ebxml.parse.ds_references` reads them) must be
-    ours. ebMS 2.0 has the receiver copy them from the signature it received, so one
-    that differs is no receipt of what we sent."""
-    ours = {reference.uri: reference for reference in sent}
+    :func:`signature_references` of our envelope). A reference is matched by its URI, a
+    ``cid:`` URL by the content-id it names (:func:`~meldingstjener.contentid.comparable_uri`:
+    a receiver may write ``cid:<x>`` or percent-encode otherwise); URIs are reported as we
+    signed them. ebMS 2.0 has the receiver copy the digests from the signature it received,
+    but a receiver may compute them itself: only a digest made with our method can be
+    compared, and only one whose value (whitespace aside, base64-decoded) differs contradicts
+    what we signed. One made with another method, or empty, is not comparable: no proof that
+    the message differs, nor that it arrived whole."""
+    ours = {comparable_uri(reference.uri): reference for reference in sent}
     contradicted: list[str] = []
     matched: list[str] = []
     not_ours: list[str] = []
+    not_comparable: list[str] = []
     for reference in acknowledged:
-        mine = ours.get(reference.uri)
+        mine = ours.get(comparable_uri(reference.uri))
         if mine is None:
             not_ours.append(reference.uri)
-        elif (
-            reference.digest_method.strip() == mine.digest_method.strip()
-            and reference.digest_value == mine.digest_value
-            and reference.digest_value != ""
+        elif reference.digest_method.strip() != mine.digest_method.strip() or not (
+            _digest_bytes(reference.digest_value) and _digest_bytes(mine.digest_value)
         ):
-            matched.append(reference.uri)
+            not_comparable.append(mine.uri)
+        elif _digest_bytes(reference.digest_value) == _digest_bytes(mine.digest_value):
+            matched.append(mine.uri)
         else:
-            contradicted.append(reference.uri)
-    return ReceiptDigests(tuple(contradicted), tuple(matched), tuple(not_ours))
+            contradicted.append(mine.uri)
+    return ReceiptDigests(
+        tuple(contradicted), tuple(matched), tuple(not_ours), tuple(not_comparable)
+    )
+
+
+def _digest_bytes(value: str) -> bytes:
+    """A ``ds:DigestValue`` as compared: its base64 decoded, whitespace aside; one that is no
+    base64 as its text (compared as written)."""
+    text = "".join(value.split())
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return text.encode()
 
 
 def _reply_header(

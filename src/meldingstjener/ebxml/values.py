@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
-from urllib.parse import quote
 
+from meldingstjener.contentid import cid_url, content_id_of_url
 from meldingstjener.contentid import content_id as normal_content_id
-from meldingstjener.contentid import content_id_of_url
 from meldingstjener.ebxml.codes import (
     ACTION_ACKNOWLEDGMENT,
     ACTION_MESSAGE_ERROR,
@@ -81,7 +80,7 @@ class ManifestReference:
         bare = normal_content_id(content_id)
         if bare is None:
             raise ValueError(f"not a content-id: {content_id[:60]!r}")
-        return cls(f"cid:{quote(bare, safe='@.-_!~*()$&+,;=:')}", bare, description)
+        return cls(cid_url(bare), bare, description)
 
 
 def content_id_from_href(href: str) -> str | None:

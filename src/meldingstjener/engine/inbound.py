@@ -179,16 +179,23 @@ def _mime_problem(
     """A MIME defect outside a readable envelope (a payload part's transfer encoding or base64,
     a part without Content-ID): the sender is told by a MessageError MimeProblem. Every part is
     covered by the signature, so it cannot be checked: a refusal not verified, answered only in
-    the HTTP response. None when there is no envelope to answer (or the message came by mail,
-    whose refusals without an answer are quarantined whole for the operator)."""
+    the HTTP response. None when there is no envelope to answer, or one not to answer with a
+    MessageError (:func:`_may_answer_with_error`), or the message came by mail (whose
+    refusals without an answer are quarantined whole for the operator)."""
     if channel != "http":
         return None
     try:
         root = parse_xml(unpackage_envelope(content_type, body), max_bytes=ctx.policy.max_xml_bytes)
-        envelope = parse_envelope(root)
     except (EbxmlError, XmlError):
         return None
-    if envelope.header.is_signal:
+    try:
+        envelope = parse_envelope(root)
+    except (EbxmlError, XmlError):  # not taken whole (a signal's): its MessageHeader is told
+        header = readable_header(root)
+        if header is None:
+            return None
+        envelope = Envelope(header=header)
+    if not _may_answer_with_error(envelope.header):
         return None
     reject = _Reject(
         ErrorCode.MIME_PROBLEM,
@@ -209,12 +216,12 @@ def _not_supported(
     read: the sender is told by a MessageError NotSupported about its MessageId. It was not
     parsed whole, so its signature is not checked: a refusal not verified, answered only in
     the HTTP response, as :func:`_mime_problem`'s. None when there is no MessageHeader to
-    answer, by mail (quarantined whole, as unreadable), or for a MessageError (never answered
-    with one)."""
+    answer, by mail (quarantined whole, as unreadable), or for a MessageError
+    (:func:`_may_answer_with_error`)."""
     if channel != "http":
         return None
     header = readable_header(root)
-    if header is None or (header.is_signal and header.action == ACTION_MESSAGE_ERROR):
+    if header is None or not _may_answer_with_error(header):
         return None
     reject = _Reject(
         ErrorCode.NOT_SUPPORTED,
@@ -224,6 +231,15 @@ def _not_supported(
         verified=False,
     )
     return _refuse_read_envelope(ctx, Envelope(header=header), reject, channel)
+
+
+def _may_answer_with_error(header: MessageHeader) -> bool:
+    """Whether an envelope refused before it was checked may be answered with a MessageError:
+    any but a MessageError (ebMS 2.0 reports no error about an error: two MSHs would answer
+    each other's for ever). An Acknowledgment or a signal action we do not know is answered,
+    as a business message is: its sender learns why it was not taken. The one rule of
+    :func:`_mime_problem` and :func:`_not_supported`."""
+    return not (header.is_signal and header.action == ACTION_MESSAGE_ERROR)
 
 
 def _refuse_read_envelope(
@@ -719,6 +735,61 @@ def _duplicate(
             _verify_signature(ctx, mime, envelope, root, certificates, channel)
     except _Reject as reject:
         return _refuse_repeat(ctx, envelope, original, reject, channel, certificates)
+    if ours is None and envelope.ack_requested:
+        return _acknowledge_duplicate(ctx, original, envelope, root, channel)
+    with ctx.store.unit_of_work() as uow:
+        return _resend_signal(ctx, uow, original, envelope, channel)
+
+
+def _acknowledge_duplicate(
+    ctx: EngineContext,
+    original: MessageRow,
+    envelope: Envelope,
+    root: etree._Element,
+    channel: str,
+) -> InboundReply:
+    """A resend by its sender that asks for an Acknowledgment (eb:AckRequested) of a message
+    whose first copy asked for none, so that none was built: not processed again, but its
+    Acknowledgment is built, stored and sent as a first copy's is (of this copy's signature,
+    verified by the caller: the same message, signed again)."""
+    ack = signals.build_ack(ctx, envelope, root)
+    [ack_ref] = ctx.store.payloads.put_all(ack.body)
+    committing = False
+    try:
+        with ctx.store.unit_of_work() as uow:
+            if _last_transport_receipt(uow, original.id) is None:
+                route = _reply_endpoint(
+                    ctx, uow, str(original.from_her_id), str(original.to_her_id)
+                )
+                inline = _inline(channel, envelope.sync_reply, route)
+                uow.events.record(
+                    original.id,
+                    EventKind.SIGNAL_IN,
+                    actor=sender_actor(channel, _party_shown(envelope.header.from_party)),
+                    code="duplicate",
+                    detail="the same ebXML MessageId arrived again, asking for an "
+                    "Acknowledgment its first copy did not ask for; not processed again, "
+                    "our Acknowledgment "
+                    + (
+                        "offered in the response"
+                        if inline
+                        else "queued"
+                        if route is not None
+                        else "stored, with no way back to the sender"
+                    ),
+                    ebxml_message_id=envelope.header.message_id,
+                    at=ctx.clock(),
+                )
+                _record_signal(ctx, uow, ack, ack_ref, "acknowledgment", original, route, inline)
+                committing = True
+                uow.commit()
+                ctx.notify_workers(uow)
+                return InboundReply(ack.content_type, ack.body) if inline else InboundReply()
+    except BaseException:
+        _discard_unless_committing(ctx, committing, ack_ref)
+        raise
+    # another copy's Acknowledgment was recorded meanwhile: that one is sent again
+    ctx.store.payloads.discard(ack_ref)
     with ctx.store.unit_of_work() as uow:
         return _resend_signal(ctx, uow, original, envelope, channel)
 

@@ -404,8 +404,8 @@ def _refuse_acknowledgment(
 ) -> None:
     """A trusted Acknowledgment whose digests contradict what we signed acknowledges something
     else: nothing changes (no receipt; the message waits, resent at its ack-timeout as if none
-    had come), logged on the message, and ``signal-untrusted`` for its sender (resolved by its
-    next Acknowledgment that counts)."""
+    had come), logged on the message, and ``signal-untrusted`` for it and its sender (resolved
+    by an Acknowledgment of that message that counts, not by the sender's other signals)."""
     uris = ", ".join(f'"{uri}"' for uri in digests.contradicted[:5])
     uow.events.record(
         state.id,
@@ -425,9 +425,17 @@ def _refuse_acknowledgment(
         f"stays {state.status} and is sent again when no Acknowledgment that matches comes. "
         "Ask the partner what its MSH received.",
         at=now,
+        message_id=state.id,
         partner_her_id=sender,
-        key=sender,
+        key=_digest_alert_key(sender, state.id),
     )
+
+
+def _digest_alert_key(sender: str, message_id: str) -> str:
+    """The key of the ``signal-untrusted`` alert of an Acknowledgment refused for its digests:
+    per message, so that only an Acknowledgment of that message that counts ends it (the
+    sender's trusted signals about its other messages say nothing of this one)."""
+    return f"{sender}:{message_id}"
 
 
 def _note_what_it_proves(
@@ -440,12 +448,19 @@ def _note_what_it_proves(
 ) -> None:
     """A note when an Acknowledgment taken proves no part of what we sent: none of its
     digests is of our payload (none at all, or the envelope's ``URI=""`` alone, as NAV's
-    partners send), or ours could not be read back to compare with. One that does (ours
-    repeat every reference) costs no statement."""
+    partners send), one of ours was made with another digest method (a partner MSH that
+    computes them itself with sha1), or ours could not be read back to compare with. One
+    that does (ours repeat every reference) costs no statement."""
     if digests is not None and digests.proves_payload:
         return
     if digests is None:
         why = "its digests could not be compared: the envelope we sent could not be read back"
+    elif digests.not_comparable:
+        uris = ", ".join(f'"{uri}"' for uri in digests.not_comparable[:5])
+        why = (
+            f"its digest of {uris} is not comparable with ours (made with another digest "
+            "method than ours, or empty)"
+        )
     elif digests.matched:
         why = "it carries the digest of our envelope only, none of its payload"
     else:
@@ -477,6 +492,7 @@ def _apply_acknowledgment(
     uow.alerts.resolve(
         f"{AlertKind.ACK_MISSING}:{state.to_her_id}",
         f"{AlertKind.SIGNAL_UNTRUSTED}:{sender}",
+        f"{AlertKind.SIGNAL_UNTRUSTED}:{_digest_alert_key(sender, state.id)}",
         bounce_alert_key(state.id),
         at=now,
     )

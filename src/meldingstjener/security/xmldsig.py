@@ -22,7 +22,6 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -30,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
+from meldingstjener.contentid import cid_url, content_id_of_url
 from meldingstjener.contentid import content_id as normal_content_id
-from meldingstjener.contentid import content_id_of_url
 from meldingstjener.security.certs import CertificateLoadError, certificate_from_bytes
 from meldingstjener.security.errors import SecurityError
 from meldingstjener.security.xmldsig_refs import (
@@ -129,7 +128,7 @@ def sign_ebxml_envelope(
     etree.SubElement(transforms, ds("Transform"), Algorithm=C14N)
     _digest_fields(reference)
     for content_id in attachments:
-        _digest_fields(_reference(signed_info, f"cid:{quote(content_id, safe=_CID_SAFE)}"))
+        _digest_fields(_reference(signed_info, cid_url(content_id)))
     _finish_and_sign(header, signature, attachments, key, certificate)
 
 
@@ -153,10 +152,6 @@ def _signature_skeleton() -> tuple[etree._Element, etree._Element]:
 
 def _reference(signed_info: etree._Element, uri: str) -> etree._Element:
     return etree.SubElement(signed_info, ds("Reference"), URI=uri)
-
-
-# what RFC 2392 lets a cid: URL hold unencoded of a content-id (as the manifest writes it)
-_CID_SAFE = "@.-_!~*()$&+,;=:"
 
 
 def _signed_content_id(value: str) -> str:

@@ -1579,6 +1579,58 @@ def test_a_resend_without_ack_requested_gets_no_acknowledgment_again(pair: Pair)
         assert uow.jobs.count() == 1
 
 
+def test_a_resend_asking_for_an_acknowledgment_gets_one_when_the_first_copy_asked_none(
+    pair: Pair,
+) -> None:
+    """A message whose first copy came without AckRequested (so no Acknowledgment was built),
+    resent with it: the resend gets our Acknowledgment, built and stored now; the message is
+    not processed again. Only a stored signal was repeated, and none existed."""
+    from lxml import etree
+
+    from meldingstjener.ebxml import unpackage
+    from meldingstjener.engine import inbound
+    from meldingstjener.formats.xmlparse import parse_xml
+    from meldingstjener.security.xmldsig import sign_ebxml_envelope
+
+    pair.network.down.add(pair.hospital_site.endpoint)
+    message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
+    pair.run()
+    pair.network.down.clear()
+    sent = pair.message(pair.gp, message_id)
+    wire = pair.gp.store.payloads.read_bytes(str(sent.wire_ref))
+    content_type = str(sent.wire_content_type)
+    mime = unpackage(content_type, wire)
+    root = parse_xml(mime.envelope_xml)
+    header = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Header")
+    for block in list(header):
+        if etree.QName(block).localname in ("AckRequested", "Signature"):
+            header.remove(block)
+    attachments = {cid: part.data for cid, part in mime.attachments.items()}
+    sign_ebxml_envelope(
+        root, attachments, pair.gp.keys.signing_key, pair.gp.keys.signing_certificate
+    )
+    unasked = wire.replace(mime.envelope_xml, etree.tostring(root))
+    assert inbound.receive(pair.hospital, content_type, unasked).body is None  # the first copy
+    with pair.hospital.store.unit_of_work() as uow:
+        [received] = [m for m in uow.messages.search(LogFilter()) if m.direction == "in"]
+        assert uow.receipts.for_message(received.id) == [] and uow.jobs.count() == 0
+    inbound.receive(pair.hospital, content_type, wire)  # the resend asks: acknowledged now
+    with pair.hospital.store.unit_of_work() as uow:
+        assert [m.id for m in uow.messages.search(LogFilter()) if m.direction == "in"] == [
+            received.id
+        ]
+        [ack] = uow.receipts.for_message(received.id)
+        assert (ack.kind, ack.direction) == ("acknowledgment", "out") and ack.wire_ref
+        assert uow.jobs.count() == 1
+        [repeat] = [e for e in uow.events.for_message(received.id) if e.code == "duplicate"]
+    assert "our Acknowledgment queued" in str(repeat.detail)
+    pair.run()
+    assert pair.message(pair.gp, message_id).status == "transport-acknowledged"
+    inbound.receive(pair.hospital, content_type, wire)  # again: the one stored is repeated
+    with pair.hospital.store.unit_of_work() as uow:
+        assert len(uow.receipts.for_message(received.id)) == 1
+
+
 def _questions_without_ack_requested(pair: Pair, *texts: str) -> list[str]:
     """The GP's agreement binds DIALOG_FORESPORSEL to a channel without AckRequested; one
     question per text is sent, and the hospital (as NAV's gateway) sends no Acknowledgment."""

@@ -743,6 +743,57 @@ def test_a_mime_defect_outside_a_readable_envelope_gets_a_message_error(
     assert open_alerts(pair.hospital) == {"message-refused:8100001:MimeProblem": ("error", 1)}
 
 
+def _with_a_mime_defect(body: bytes, content_type: str) -> tuple[str, bytes]:
+    """``body`` with its payload part's Content-Transfer-Encoding one nobody knows: its
+    Content-Type and body."""
+    from meldingstjener.ebxml import unpackage
+
+    mime = unpackage(content_type, body)
+    ((cid, part),) = mime.attachments.items()
+    head = b"--B\r\nContent-Type: %s\r\n"
+    rebuilt = (
+        head % b"text/xml"
+        + b"Content-Transfer-Encoding: binary\r\nContent-ID: <%s>\r\n\r\n" % mime.start.encode()
+        + mime.envelope_xml
+        + b"\r\n"
+        + head % part.content_type.encode()
+        + b"Content-Transfer-Encoding: x-gzip64\r\nContent-ID: <%s>" % cid.encode()
+        + b"\r\n\r\n"
+        + part.data
+        + b"\r\n--B--\r\n"
+    )
+    return f'multipart/related; boundary="B"; start="<{mime.start}>"', rebuilt
+
+
+@pytest.mark.parametrize("action", ["Acknowledgment", "Nonsense"])
+def test_a_signal_with_a_mime_defect_is_answered_as_one_not_supported_is(
+    pair: Pair, action: str
+) -> None:
+    # one rule for both refusals before a check: any envelope but a MessageError is answered
+    # (a MIME defect in an Acknowledgment's envelope was answered with nothing)
+    from meldingstjener.ebxml import parse_envelope, unpackage
+    from meldingstjener.engine import inbound
+    from meldingstjener.formats.xmlparse import parse_xml
+
+    body, content_type = a_wire(pair)
+    changed = _envelope_changed(body, content_type, _service_action(action))
+    reply = inbound.receive(pair.hospital, *_with_a_mime_defect(changed, content_type))
+    assert reply.body is not None and reply.content_type is not None
+    answer = parse_envelope(parse_xml(unpackage(reply.content_type, reply.body).envelope_xml))
+    [error] = answer.error_list.errors  # type: ignore[union-attr]
+    assert error.code == "MimeProblem" and answer.header.ref_to_message_id is not None
+
+
+def test_a_message_error_with_a_mime_defect_is_not_answered_with_one(pair: Pair) -> None:
+    from meldingstjener.engine import inbound
+
+    body, content_type = a_wire(pair)
+    changed = _envelope_changed(body, content_type, _service_action("MessageError"))
+    with pytest.raises(inbound.InboundRefused) as refused:
+        inbound.receive(pair.hospital, *_with_a_mime_defect(changed, content_type))
+    assert refused.value.code == "MimeProblem"
+
+
 def test_a_mail_whose_signature_does_not_verify_is_quarantined_not_stored(
     pair: Pair, tmp_path: Path
 ) -> None:

@@ -247,14 +247,33 @@ def test_an_acknowledgment_repeating_our_digests_proves_the_payload() -> None:
     assert digests.proves_payload
 
 
-def test_a_digest_value_or_method_not_ours_contradicts() -> None:
+def test_a_digest_value_not_ours_contradicts() -> None:
     value = compare_receipt_digests(SIGNED, [SignedReference("cid:part-1@x", SHA256, "CCCC")])
     assert value.contradicted == ("cid:part-1@x",) and not value.proves_payload
+
+
+def test_a_digest_of_another_method_or_empty_is_not_comparable() -> None:
+    # a partner MSH computing the digests itself with sha1 proves nothing either way
     sha1 = "http://www.w3.org/2000/09/xmldsig#sha1"
     method = compare_receipt_digests(SIGNED, [SignedReference("", sha1, "AAAA")])
-    assert method.contradicted == ("",)
+    assert method == ReceiptDigests(not_comparable=("",))
     empty = compare_receipt_digests(SIGNED, [SignedReference("", SHA256, "")])
-    assert empty.contradicted == ("",)
+    assert empty == ReceiptDigests(not_comparable=("",))
+
+
+def test_a_digest_value_is_compared_as_base64_whitespace_aside() -> None:
+    spaced = compare_receipt_digests(
+        [SignedReference("", SHA256, "AAAAAA==")], [SignedReference("", SHA256, " AAAA\nAA== ")]
+    )
+    assert spaced.matched == ("",)
+
+
+@pytest.mark.parametrize("uri", ["cid:<part-1@x>", "cid:%3Cpart-1@x%3E", "CID:part%2D1@x"])
+def test_a_cid_uri_is_compared_by_its_content_id(uri: str) -> None:
+    digests = compare_receipt_digests(SIGNED, [SignedReference(uri, SHA256, "BBBB")])
+    assert digests == ReceiptDigests(matched=("cid:part-1@x",)) and digests.proves_payload
+    other = compare_receipt_digests(SIGNED, [SignedReference(uri, SHA256, "CCCC")])
+    assert other.contradicted == ("cid:part-1@x",)
 
 
 def test_no_references_or_the_envelope_s_alone_prove_no_payload() -> None:

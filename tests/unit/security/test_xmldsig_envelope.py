@@ -272,3 +272,21 @@ def test_a_cid_reference_naming_no_content_id_is_refused(sender: DevParty) -> No
     check = xmldsig.verify_ebxml_envelope(parse_xml(etree.tostring(root)), ATTACHMENTS)
     assert not check.valid
     assert check.references[1].problem == "the cid: reference names no content-id"
+
+
+def test_a_part_s_cid_url_is_one_in_the_signature_the_manifest_and_an_error_location(
+    sender: DevParty,
+) -> None:
+    # three encodings: an error location said cid:part%281%29/a@x of the part the manifest and
+    # the signature name cid:part(1)%2Fa@x. Our signature's form stays (messages in flight).
+    from meldingstjener.contentid import content_id_of_url
+    from meldingstjener.ebxml.codes import cid_location
+    from meldingstjener.ebxml.values import ManifestReference
+
+    cid = "part(1)/a@x"
+    signed = parse_xml(_signed(sender, {cid: b"payload"}))
+    [signed_uri] = [r.get("URI") for r in signed.iter(f"{{{DS}}}Reference") if r.get("URI")]
+    assert signed_uri == "cid:part(1)%2Fa@x"
+    assert ManifestReference.for_content_id(cid).href == signed_uri
+    assert cid_location(cid) == signed_uri
+    assert content_id_of_url(signed_uri) == cid
