@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from meldingstjener.cli.app import app, settings_from, store_from
+from meldingstjener.cli.app import app, closed_at_end, settings_from, store_from
 from meldingstjener.cli.store_cmds import wide_console
 
 mail_app = typer.Typer(
@@ -101,7 +101,9 @@ def reprocess(
 
     settings = settings_from(ctx)
     folder = settings.data_dir / "quarantine"
-    intake = MailIntake(build_engine(settings), folder)
+    engine = build_engine(settings)
+    closed_at_end(ctx, engine.store)
+    intake = MailIntake(engine, folder)
     paths = [file if file.parent != Path() else folder / file for file in files]
     for path in paths:  # all checked before any is taken
         if not intake.in_quarantine(path):

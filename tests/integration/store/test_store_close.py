@@ -15,8 +15,10 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 import meldingstjener.cli.alerts_cmds
+import meldingstjener.cli.mail_cmds
 import meldingstjener.cli.store_cmds  # noqa: F401  (each registers its commands)
 from meldingstjener.cli.app import app
+from meldingstjener.devsites import prepare_sites
 from meldingstjener.store.database import Database
 from meldingstjener.store.payloads import PayloadStore
 from meldingstjener.store.uow import Store
@@ -78,3 +80,14 @@ def test_a_command_closes_the_store_it_opened(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["--data-dir", str(data), *command])
         assert result.exit_code == 0, result.output
         assert _files_open_under(data) == [], command
+
+
+def test_a_command_that_builds_an_engine_closes_its_store(tmp_path: Path) -> None:
+    """``mail reprocess`` opens the store through a whole engine, and here ends refusing what
+    it was given: the store is closed all the same."""
+    _, hospital = prepare_sites(tmp_path)
+    config = ["--config", str(hospital.config_path)]
+    assert CliRunner().invoke(app, [*config, "db", "upgrade"]).exit_code == 0
+    refused = CliRunner().invoke(app, [*config, "mail", "reprocess", "x.eml"])
+    assert refused.exit_code == 2, refused.output
+    assert _files_open_under(hospital.directory) == []
