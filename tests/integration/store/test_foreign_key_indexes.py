@@ -4,6 +4,8 @@ a whole table. The alerts were the one table without (migration 0023)."""
 
 from __future__ import annotations
 
+import warnings
+
 from sqlalchemy import inspect, select, text
 
 from meldingstjener.store.tables import AlertRow
@@ -16,7 +18,12 @@ def test_every_foreign_key_is_the_first_column_of_an_index(store: Store) -> None
     schema = inspect(store.database.engine)
     checked = 0
     for table in schema.get_table_names():
-        leading = {index["column_names"][0] for index in schema.get_indexes(table)}
+        with warnings.catch_warnings():
+            # SQLite's reflection cannot read an index of an expression (``lower(msg_id)``,
+            # migration 0033), which leads with no column: no foreign key's index
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression")
+            indexes = schema.get_indexes(table)
+        leading = {index["column_names"][0] for index in indexes if index["column_names"]}
         unique = {c["column_names"][0] for c in schema.get_unique_constraints(table)}
         primary = schema.get_pk_constraint(table)["constrained_columns"][:1]
         for key in schema.get_foreign_keys(table):

@@ -28,6 +28,7 @@ def differences(store: Store) -> list[Any]:
     expression on SQLite (``lower(msg_id)``, 0033), which :func:`indexes_missing` checks."""
     with store.database.engine.connect() as connection, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "autogenerate skipping .*expression-based index")
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based")
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
 
