@@ -13,6 +13,7 @@ import pytest
 from api_sites import ApiPair, Template, copy_pair, make_template
 from engine_pair import Pair
 from fastapi.testclient import TestClient
+from webhook_receiver import Receiver
 
 from meldingstjener.api.app import create_app
 from meldingstjener.api.clients import add_client
@@ -65,3 +66,11 @@ def api_pair(pair: Pair) -> Iterator[ApiPair]:
         TestClient(create_app(pair.hospital)) as hospital_http,
     ):
         yield ApiPair(pair, gp_http, hospital_http, gp_key, hospital_key, admin_key, outsider_key)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint on loopback (``webhook_receiver.Receiver``), stopped afterwards."""
+    made = Receiver()
+    yield made
+    made.server.shutdown()

@@ -65,12 +65,7 @@ def test_a_message_the_receivers_server_took_needs_the_receivers_word(api_pair: 
     sent = api_pair.post_note("Kom den fram?")
     assert sent.status_code == 201, sent.text
     message_id = str(sent.json())
-    for _ in range(12):
-        pair.run()
-        if pair.message(pair.gp, message_id).status == "not-delivered":
-            break
-        pair.clock.advance(minutes=11)
-    assert pair.message(pair.gp, message_id).status == "not-delivered"
+    pair.until_given_up(message_id)
     pair.network.down.clear()
     _, admin_key = add_client(pair.gp.store, "ops", ["admin"], [])
     http, path = api_pair.gp_http, f"/api/messages/{message_id}/resend"

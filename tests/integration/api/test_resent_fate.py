@@ -7,15 +7,13 @@ name that id (``copyOf``) and the document's MsgId (found by a help desk: the EP
 from __future__ import annotations
 
 import dataclasses
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from api_sites import ApiPair
 from fastapi.testclient import TestClient
+from webhook_receiver import Receiver
 
 from meldingstjener.api.app import create_app
 from meldingstjener.config import WebhookSettings
@@ -26,35 +24,6 @@ from meldingstjener.integration.webhooks import WebhookDispatcher
 
 # the GP's webhook calls may go to this host's test receiver, in plain http
 HOOKS = WebhookSettings(allow_http=True, allowed_networks=["127.0.0.0/8"])
-
-
-class Receiver:
-    """The GP's EPJ's webhook endpoint: keeps each body, answers 200."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.server.shutdown()
 
 
 @pytest.fixture
@@ -166,12 +135,7 @@ def test_a_late_answer_of_the_original_is_its_fate_while_the_copy_waits(
     assert posted.status_code == 201, posted.text
     original = str(posted.json())
     pair.network.down.add(pair.gp_site.endpoint)  # the hospital's Acknowledgments are lost
-    for _ in range(12):
-        pair.run()
-        if pair.message(pair.gp, original).status == "not-delivered":
-            break
-        pair.clock.advance(minutes=11)
-    assert pair.message(pair.gp, original).status == "not-delivered"
+    pair.until_given_up(original)
     pair.network.down.clear()
     copy = resend(pair.gp, original, operator=Operator("cli"), checked="asked: not found").copy_id
 

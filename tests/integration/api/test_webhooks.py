@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from restore import restore_hospital, sqlite_backup
 from sqlalchemy import select
+from webhook_receiver import Receiver
 
 from held_names import HeldResolver, self_signed_certificate
 from meldingstjener.api.app import create_app
@@ -68,38 +68,6 @@ def api_pair(api_pair: ApiPair) -> Iterator[ApiPair]:
     app = create_app(api_pair.pair.hospital, webhook_settings=_settings())
     with TestClient(app) as hospital_http:
         yield dataclasses.replace(api_pair, hospital_http=hospital_http)
-
-
-class Receiver:
-    """A client's webhook endpoint: records calls, answers with ``status``."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, str], bytes]] = []
-        self.status = 200
-        self.answer: Callable[[bytes], int] = lambda body: self.status
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), body))
-                self.send_response(receiver.answer(body))
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.server.shutdown()
 
 
 def _register(api_pair: ApiPair, url: str) -> dict[str, object]:

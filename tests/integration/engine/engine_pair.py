@@ -94,6 +94,17 @@ class Pair:
             if ran == 0:
                 return
 
+    def until_given_up(self, message_id: str) -> None:
+        """Run both sides, moving the clock past the agreement's RetryInterval (10 minutes)
+        between rounds, until the GP's ``message_id`` is ``not-delivered``; fails if it never
+        is within twelve rounds."""
+        for _ in range(12):
+            self.run()
+            if self.message(self.gp, message_id).status == "not-delivered":
+                return
+            self.clock.advance(minutes=11)
+        raise AssertionError(f"{message_id} is {self.message(self.gp, message_id).status}")
+
     def message(self, ctx: EngineContext, message_id: str) -> MessageRow:
         with ctx.store.unit_of_work() as uow:
             row = uow.messages.get(message_id)

@@ -32,15 +32,6 @@ def cli(pair: Pair, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _until_given_up(pair: Pair, message_id: str) -> None:
-    for _ in range(12):
-        pair.run()
-        if pair.message(pair.gp, message_id).status == "not-delivered":
-            return
-        pair.clock.advance(minutes=11)  # past the RetryInterval (10 minutes)
-    raise AssertionError(pair.message(pair.gp, message_id).status)
-
-
 def _not_delivered(pair: Pair, message_id: str) -> AlertRow:
     with pair.gp.store.unit_of_work() as uow:
         [alert] = [a for a in uow.alerts.list() if a.kind == "not-delivered"]
@@ -57,7 +48,7 @@ def _given_up_detail(pair: Pair, message_id: str) -> str:
 def test_a_message_the_receivers_server_took_is_not_told_as_not_delivered(pair: Pair) -> None:
     pair.network.down.add(pair.gp_site.endpoint)  # every Acknowledgment of the hospital is lost
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     assert len(pair.inbound_messages(pair.hospital)) == 1  # the hospital has it, once
 
     taken = (
@@ -89,7 +80,7 @@ def test_only_the_attempts_taken_are_counted(pair: Pair) -> None:
     assert pair.message(pair.gp, message_id).attempts == 2
     pair.network.down = {pair.gp_site.endpoint}
     pair.clock.advance(minutes=11)
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     assert pair.message(pair.gp, message_id).attempts == 4
     assert "receiver's server took it 2 times" in _not_delivered(pair, message_id).summary
 
@@ -97,7 +88,7 @@ def test_only_the_attempts_taken_are_counted(pair: Pair) -> None:
 def test_a_message_nobody_took_is_still_told_as_not_delivered(pair: Pair) -> None:
     pair.network.down.add(pair.hospital_site.endpoint)
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     summary = _not_delivered(pair, message_id).summary
     assert "was NOT delivered" in summary and "another way" in summary
     assert "took it" not in summary and "took it" not in _given_up_detail(pair, message_id)
@@ -139,7 +130,7 @@ def test_a_mail_handed_over_is_told_as_not_known_to_have_arrived(pair: Pair) -> 
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
     pair.run()
     _bounce(pair, message_id)  # one of the four mails came back
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     assert len(mail.sent) == 4
     summary = _not_delivered(pair, message_id).summary
     assert (
@@ -191,7 +182,7 @@ def test_a_message_sent_whole_but_unanswered_is_not_told_as_not_delivered(pair: 
     pair.network.down.add(pair.gp_site.endpoint)  # the Acknowledgments are lost too
     pair.gp.transports = {"http": _TakenThenUnanswered(pair)}  # type: ignore[dict-item]
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     assert len(pair.inbound_messages(pair.hospital)) == 1  # the hospital has it
 
     unsure = (
@@ -217,7 +208,7 @@ def test_attempts_taken_and_unanswered_are_both_told(pair: Pair) -> None:
     pair.network.down.add(pair.gp_site.endpoint)
     pair.gp.transports = {"http": _TakenThenUnanswered(pair, answered=1)}  # type: ignore[dict-item]
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="t")
-    _until_given_up(pair, message_id)
+    pair.until_given_up(message_id)
     summary = _not_delivered(pair, message_id).summary
     assert (
         "The receiver's server took it 1 time (HTTP 2xx) but no Acknowledgment came back, and "

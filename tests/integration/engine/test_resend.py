@@ -324,12 +324,7 @@ def _acknowledgments_lost(pair: Pair) -> str:
     reached the GP office (its endpoint down for the hospital's signals); both up afterwards."""
     pair.network.down.add(pair.gp_site.endpoint)
     message_id = submit(pair.gp, dialog_note(pair.gp_site, pair.hospital_site, "x"), actor="epj")
-    for _ in range(12):
-        pair.run()
-        if pair.message(pair.gp, message_id).status == "not-delivered":
-            break
-        pair.clock.advance(minutes=11)  # past the RetryInterval
-    assert pair.message(pair.gp, message_id).status == "not-delivered"
+    pair.until_given_up(message_id)
     pair.network.down.clear()
     return message_id
 
