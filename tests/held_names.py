@@ -25,11 +25,12 @@ class HeldResolver:
     """``socket.getaddrinfo`` for ``names`` (name -> the address it stands for), other names
     resolved as the system does. After :meth:`hold` a look-up of one of ``names`` waits until
     :meth:`release` (at most :data:`HOLD_LIMIT`, then a temporary failure, as a resolver's own
-    time-out ends). ``asked`` counts the look-ups of each name."""
+    time-out ends; ``expired`` counts those). ``asked`` counts the look-ups of each name."""
 
     def __init__(self, names: dict[str, str]) -> None:
         self.names = names
         self.asked: Counter[str] = Counter()
+        self.expired = 0
         self._held = False
         self._released = threading.Event()
         self._real = socket.getaddrinfo
@@ -44,6 +45,7 @@ class HeldResolver:
         if host in self.names:
             self.asked[host] += 1
             if self._held and not self._released.wait(HOLD_LIMIT):
+                self.expired += 1
                 raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
             host = self.names[host]
         return self._real(host, port, *args, **kwargs)
