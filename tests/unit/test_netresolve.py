@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,10 +30,10 @@ def held() -> Iterator[HeldResolver]:
 
 
 def test_a_look_up_that_hangs_is_given_up_on_when_the_time_is_up(held: HeldResolver) -> None:
-    started = time.monotonic()
     with pytest.raises(ResolveTimeout, match=r"ca\.held\.test was not resolved within 0\.2 s"):
         netresolve.getaddrinfo("ca.held.test", 80, pool=POOL, timeout=0.2, resolver=held)
-    assert time.monotonic() - started < 2  # held up to HOLD_LIMIT (10 s) without the deadline
+    # given up while the look-up was still held, not at the resolver's own end (HOLD_LIMIT)
+    assert held.expired == 0
     # asked again meanwhile, the look-up under way is waited for, no second one begun
     with pytest.raises(ResolveTimeout):
         netresolve.getaddrinfo("ca.held.test", 80, pool=POOL, timeout=0.05, resolver=held)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,17 +110,17 @@ def test_a_name_server_that_does_not_answer_is_given_up_on_at_the_timeout(
     assert answered.validate(certificate, usage="signing").reasons == []
     resolver.hold()
     try:
-        started = time.monotonic()
         check = CertificateValidator(anchors, timeout=0.3, revocation_policy="hard").validate(
             certificate, usage="signing"
         )
-        took = time.monotonic() - started
+        # ended by each source's deadline (0.3 s) while the look-up was still held, not at
+        # the resolver's own end (HOLD_LIMIT, counted in ``expired``)
+        assert resolver.expired == 0
     finally:
         resolver.release()
     assert check.reasons == [Reason.REVOCATION_UNKNOWN], check.details
     assert check.revocation_unknown_only  # an outage, which passes
     assert "ca.held.test was not resolved within 0.3 s" in check.details[0]
-    assert took < 2  # each source's 0.3 s; held up to HOLD_LIMIT (10 s) without the deadline
     # the OCSP request joined the CRL's look-up under way, no second one begun
     assert resolver.asked["ca.held.test"] == 2  # the answered check's, the held one
 
